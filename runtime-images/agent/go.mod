@@ -1,0 +1,3 @@
+module kubelambda.io/agent
+
+go 1.26

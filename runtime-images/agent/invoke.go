@@ -1,0 +1,190 @@
+package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The invoke endpoint, for the gateway: POST /invoke (also served at the Lambda Invoke API path,
+// POST /2015-03-31/functions/{name}/invocations, so that Lambda tooling can call an agent directly).
+//
+// Request headers (all optional):
+//
+//	Lambda-Runtime-Aws-Request-Id        request id (generated when absent)
+//	Lambda-Runtime-Deadline-Ms           epoch ms; can only shorten the function timeout
+//	Lambda-Runtime-Invoked-Function-Arn  ARN the caller used (default: the configured one)
+//	Lambda-Runtime-Trace-Id / X-Amzn-Trace-Id
+//	Lambda-Runtime-Client-Context        client context JSON, or X-Amz-Client-Context as base64 JSON
+//	Lambda-Runtime-Cognito-Identity      cognito identity JSON
+//
+// Answers: see writeResult and docs/runtimes.md.
+
+type invokeAPI struct {
+	pool    *pool
+	cfg     *Config
+	metrics *metrics
+}
+
+func (a *invokeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		rw.Header().Set("Allow", "POST")
+		apiError(rw, http.StatusMethodNotAllowed, "InvalidRequestContentException", "use POST")
+		return
+	}
+	received := time.Now()
+	body, tooLarge, err := readBody(r, a.cfg.MaxRequest)
+	if err != nil {
+		apiError(rw, http.StatusBadRequest, "InvalidRequestContentException", "could not read the request body: "+err.Error())
+		return
+	}
+	if tooLarge {
+		a.metrics.requestTooLarge.Add(1)
+		apiError(rw, http.StatusRequestEntityTooLarge, "RequestTooLargeException",
+			"Request must be smaller than "+strconv.Itoa(a.cfg.MaxRequest)+" bytes for the InvokeFunction operation")
+		return
+	}
+	if len(body) == 0 {
+		body = []byte("{}") // Lambda gives an empty invoke payload to the function as {}.
+	} else if !json.Valid(body) {
+		a.metrics.invalidRequest.Add(1)
+		apiError(rw, http.StatusBadRequest, "InvalidRequestContentException",
+			"Could not parse request body into json: the payload is not valid JSON")
+		return
+	}
+	inv, err := a.newInvocation(r, body, received)
+	if err != nil {
+		a.metrics.invalidRequest.Add(1)
+		apiError(rw, http.StatusBadRequest, "InvalidRequestContentException", err.Error())
+		return
+	}
+	refused, ok := a.pool.submit(inv)
+	if !ok {
+		a.metrics.record(refused, 0)
+		a.writeRefusal(rw, refused)
+		return
+	}
+	timer := time.NewTimer(time.Until(inv.deadline))
+	select {
+	case <-inv.done:
+	case <-timer.C:
+		a.pool.expire(inv)
+		<-inv.done
+	}
+	timer.Stop()
+	a.metrics.record(inv.res.outcome, time.Since(received))
+	a.writeResult(rw, inv)
+}
+
+func (a *invokeAPI) newInvocation(r *http.Request, body []byte, now time.Time) (*invocation, error) {
+	h := r.Header
+	inv := &invocation{payload: body, done: make(chan struct{}), deadline: now.Add(a.cfg.Timeout)}
+	inv.id = headerValue(h, "Lambda-Runtime-Aws-Request-Id")
+	if inv.id == "" {
+		inv.id = newRequestID()
+	} else if len(inv.id) > 256 || strings.ContainsAny(inv.id, "/?#% \t") {
+		return nil, errBadHeader("Lambda-Runtime-Aws-Request-Id", "must be at most 256 characters without / ? # % or spaces")
+	}
+	if v := headerValue(h, "Lambda-Runtime-Deadline-Ms"); v != "" {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, errBadHeader("Lambda-Runtime-Deadline-Ms", "must be epoch milliseconds")
+		}
+		if d := time.UnixMilli(ms); d.Before(inv.deadline) {
+			inv.deadline = d
+		}
+	}
+	inv.arn = headerValue(h, "Lambda-Runtime-Invoked-Function-Arn")
+	if inv.arn == "" {
+		inv.arn = a.cfg.FunctionARN
+	}
+	inv.traceID = headerValue(h, "Lambda-Runtime-Trace-Id")
+	if inv.traceID == "" {
+		inv.traceID = headerValue(h, "X-Amzn-Trace-Id")
+	}
+	if inv.traceID == "" {
+		inv.traceID = newTraceID(now)
+	}
+	inv.clientContext = headerValue(h, "Lambda-Runtime-Client-Context")
+	if v := headerValue(h, "X-Amz-Client-Context"); v != "" && inv.clientContext == "" {
+		dec, err := base64.StdEncoding.DecodeString(v)
+		if err != nil || !json.Valid(dec) {
+			return nil, errBadHeader("X-Amz-Client-Context", "must be base64-encoded JSON")
+		}
+		inv.clientContext = string(dec)
+	}
+	inv.cognito = headerValue(h, "Lambda-Runtime-Cognito-Identity")
+	return inv, nil
+}
+
+type badHeader struct{ name, why string }
+
+func (e badHeader) Error() string { return "header " + e.name + " " + e.why }
+
+func errBadHeader(name, why string) error { return badHeader{name, why} }
+
+// headerValue reads a header by its canonical name without allocating.
+func headerValue(h http.Header, canonical string) string {
+	if v := h[canonical]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// newTraceID makes an X-Ray style trace header for callers that send none.
+func newTraceID(now time.Time) string {
+	return "Root=1-" + strconv.FormatInt(now.Unix(), 16) + "-" + randomHex(24) + ";Parent=" + randomHex(16) + ";Sampled=0"
+}
+
+// writeResult answers an admitted invocation. The status is 200 whenever the function ran or was
+// meant to run (as Lambda's Invoke API); X-Amz-Function-Error marks the body as Lambda's error JSON,
+// and X-Kubelambda-Outcome says which kind of answer it is.
+func (a *invokeAPI) writeResult(rw http.ResponseWriter, inv *invocation) {
+	h := rw.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["X-Amz-Executed-Version"] = []string{a.cfg.FunctionVersion}
+	h["Lambda-Runtime-Aws-Request-Id"] = []string{inv.id}
+	h["X-Kubelambda-Outcome"] = []string{outcomeNames[inv.res.outcome]}
+	if inv.res.outcome != outSuccess {
+		h["X-Amz-Function-Error"] = []string{"Unhandled"}
+		h["X-Kubelambda-Error-Type"] = []string{inv.res.errType}
+	}
+	h["Content-Length"] = []string{strconv.Itoa(len(inv.res.body))}
+	rw.WriteHeader(http.StatusOK)
+	_, _ = rw.Write(inv.res.body)
+}
+
+func (a *invokeAPI) writeRefusal(rw http.ResponseWriter, o outcome) {
+	rw.Header()["X-Kubelambda-Outcome"] = []string{outcomeNames[o]}
+	if o == outRefusedDraining {
+		apiError(rw, http.StatusServiceUnavailable, "ServiceException", "the instance is shutting down; retry on another")
+		return
+	}
+	rw.Header()["Retry-After"] = []string{"0"}
+	apiError(rw, http.StatusTooManyRequests, "TooManyRequestsException",
+		"Rate Exceeded: all "+strconv.Itoa(a.cfg.Workers)+" workers of this instance are busy")
+}
+
+// apiError writes an Invoke API error in the rest-json form.
+func apiError(rw http.ResponseWriter, status int, errType, msg string) {
+	b, _ := json.Marshal(struct {
+		Type    string `json:"Type"`
+		Message string `json:"message"`
+		Reason  string `json:"Reason,omitempty"`
+	}{"User", msg, reasonFor(errType)})
+	h := rw.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["X-Amzn-Errortype"] = []string{errType}
+	rw.WriteHeader(status)
+	_, _ = rw.Write(b)
+}
+
+func reasonFor(errType string) string {
+	if errType == "TooManyRequestsException" {
+		return "ConcurrentInvocationLimitExceeded"
+	}
+	return ""
+}

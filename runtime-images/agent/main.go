@@ -1,0 +1,95 @@
+// Command kubelambda-agent runs in every function pod: it serves the invoke endpoint to the
+// gateway and the Lambda Runtime API to the runtime worker processes it starts.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:], os.LookupEnv)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kubelambda-agent: bad configuration:\n%v\n", err)
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "kubelambda-agent: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg *Config) error {
+	log := newLogger(os.Stdout, os.Stderr)
+	m := newMetrics(cfg.Workers)
+	p := newPool(cfg, log, m)
+
+	// Listen everywhere before the first runtime starts, so its first request finds a server.
+	invokeLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening for invokes on %s: %w", cfg.Listen, err)
+	}
+	var servers []*http.Server
+	for _, w := range p.workers {
+		ln, err := net.Listen("tcp", w.addr)
+		if err != nil {
+			return fmt.Errorf("listening for the Runtime API of worker %d on %s: %w", w.index, w.addr, err)
+		}
+		srv := &http.Server{Handler: &runtimeAPI{pool: p, w: w}, ReadHeaderTimeout: time.Minute}
+		servers = append(servers, srv)
+		go func() { _ = srv.Serve(ln) }()
+	}
+	front := &http.Server{Handler: newFrontMux(cfg, p, m), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	go func() { _ = front.Serve(invokeLn) }()
+	p.start()
+	log.line(fmt.Sprintf("kubelambda-agent: serving invokes on %s, Runtime API on %s (+%d), %d worker(s) of %q",
+		invokeLn.Addr(), cfg.RuntimeAPI, cfg.Workers-1, cfg.Workers, cfg.RuntimeCmd))
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	s := <-sig
+	log.line(fmt.Sprintf("kubelambda-agent: received %v, draining for up to %v", s, cfg.DrainTimeout))
+	if !p.drain(cfg.DrainTimeout) {
+		log.line("kubelambda-agent: drain timed out; stopping with invocations in flight")
+	}
+	p.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = front.Shutdown(ctx)
+	for _, srv := range servers {
+		_ = srv.Close()
+	}
+	log.line("kubelambda-agent: stopped")
+	return nil
+}
+
+func newFrontMux(cfg *Config, p *pool, m *metrics) http.Handler {
+	inv := &invokeAPI{pool: p, cfg: cfg, metrics: m}
+	mux := http.NewServeMux()
+	mux.Handle("/invoke", inv)
+	mux.Handle("/2015-03-31/functions/{name}/invocations", inv)
+	mux.HandleFunc("GET /metrics", m.serveHTTP)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !p.isReady() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}

@@ -1,0 +1,535 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Each worker slot runs one runtime process at a time (a "proc"); a proc serves one invocation at a
+// time, like a Lambda execution environment. The pool admits an invocation only while fewer
+// invocations are in flight than there are workers, so nothing queues behind a busy worker: an
+// admitted invocation waits at most for a worker that is finishing its previous call or (re)starting.
+
+type outcome int
+
+const (
+	outSuccess outcome = iota
+	outFunctionError
+	outTimeout
+	outCrash
+	outInitError
+	outResponseTooLarge
+	outRefusedBusy
+	outRefusedDraining
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{
+	"success", "function_error", "timeout", "crash", "init_error", "response_too_large",
+	"refused_busy", "refused_draining",
+}
+
+// result is what the caller of an invocation gets.
+type result struct {
+	outcome outcome
+	body    []byte // function response or error JSON
+	errType string // errorType for function errors
+}
+
+// invocation is one call in flight. The goroutine that takes it away from its proc (or from the
+// waiter list) under the pool lock is its owner and the only one that calls finish.
+type invocation struct {
+	id            string
+	payload       []byte
+	deadline      time.Time
+	arn           string
+	traceID       string
+	clientContext string
+	cognito       string
+
+	proc    *proc     // assigned under pool.mu
+	started time.Time // when the runtime received the event
+	done    chan struct{}
+	res     result
+}
+
+func (inv *invocation) finish(r result) {
+	inv.res = r
+	close(inv.done)
+}
+
+// proc is one running runtime process.
+type proc struct {
+	w        *worker
+	pid      int
+	started  time.Time
+	events   chan *invocation // capacity 1: a proc holds at most one invocation
+	exited   chan struct{}
+	initDone bool        // first "next" seen; pool.mu
+	cur      *invocation // the invocation it is running; pool.mu
+	dead     bool        // pool.mu
+	coldInit time.Duration
+	coldSeen atomic.Bool // Init Duration reported already
+
+	initErrMu   sync.Mutex
+	initErr     []byte // body of runtime/init/error
+	initErrType string
+}
+
+type worker struct {
+	index   int
+	addr    string // Runtime API address
+	cur     atomic.Pointer[proc]
+	restart chan struct{} // asks a worker parked after an init failure to start again
+	failErr result        // the last init failure; pool.mu
+}
+
+type pool struct {
+	cfg     *Config
+	log     *logger
+	metrics *metrics
+	env     []string
+
+	mu       sync.Mutex
+	workers  []*worker
+	ready    []*proc       // procs blocked in "next"
+	waiters  []*invocation // admitted invocations without a proc yet, oldest first
+	failed   []*worker     // workers parked after an init failure
+	busy     int           // admitted invocations not yet finished
+	initLeft int           // workers that have neither initialised nor failed once
+	drainCh  chan struct{} // closed when draining and nothing is in flight
+	draining bool
+	stopping atomic.Bool
+	initDone chan struct{} // closed once every worker has initialised or failed init
+	wg       sync.WaitGroup
+}
+
+func newPool(cfg *Config, log *logger, m *metrics) *pool {
+	p := &pool{
+		cfg: cfg, log: log, metrics: m,
+		env:      workerEnv(cfg, os.Environ()),
+		initLeft: cfg.Workers,
+		initDone: make(chan struct{}),
+		drainCh:  make(chan struct{}),
+	}
+	for i := 0; i < cfg.Workers; i++ {
+		p.workers = append(p.workers, &worker{index: i, addr: cfg.workerAddr(i), restart: make(chan struct{}, 1)})
+	}
+	return p
+}
+
+// start launches the supervisors; each keeps one proc running for its worker.
+func (p *pool) start() {
+	for _, w := range p.workers {
+		p.wg.Add(1)
+		go p.supervise(w)
+	}
+}
+
+// submit admits inv and hands it to a ready proc, parks it until a proc is ready, or answers it
+// at once (refusal or a pending init error). The caller then waits on inv.done until its deadline.
+func (p *pool) submit(inv *invocation) (refused outcome, ok bool) {
+	p.mu.Lock()
+	if p.draining {
+		p.mu.Unlock()
+		return outRefusedDraining, false
+	}
+	if p.busy >= len(p.workers) {
+		p.mu.Unlock()
+		return outRefusedBusy, false
+	}
+	p.busy++
+	p.metrics.inflight.Add(1)
+	if n := len(p.ready); n > 0 {
+		pr := p.ready[n-1]
+		p.ready = p.ready[:n-1]
+		pr.cur, inv.proc = inv, pr
+		p.mu.Unlock()
+		pr.events <- inv
+		return 0, true
+	}
+	if n := len(p.failed); n > 0 {
+		// Like Lambda, a function whose init failed answers each invoke with the init error and
+		// tries to initialise again for the next one.
+		w := p.failed[n-1]
+		p.failed = p.failed[:n-1]
+		r := w.failErr
+		p.decBusyLocked()
+		p.mu.Unlock()
+		inv.started = time.Now()
+		p.log.start(inv.id, p.cfg.FunctionVersion)
+		inv.finish(r)
+		p.log.report(inv, reportInfo{status: "error", errType: r.errType, memoryMB: p.cfg.MemoryMB})
+		w.restart <- struct{}{}
+		return 0, true
+	}
+	p.waiters = append(p.waiters, inv)
+	p.mu.Unlock()
+	return 0, true
+}
+
+// expire ends inv at its deadline if nobody finished it first.
+func (p *pool) expire(inv *invocation) {
+	p.mu.Lock()
+	pr := inv.proc
+	if pr == nil {
+		for i, w := range p.waiters {
+			if w == inv {
+				p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+				p.decBusyLocked()
+				p.mu.Unlock()
+				inv.started = time.Now()
+				p.log.start(inv.id, p.cfg.FunctionVersion)
+				p.finishTimeout(inv, nil)
+				return
+			}
+		}
+		p.mu.Unlock()
+		return // answered with an init error meanwhile
+	}
+	if pr.cur != inv {
+		p.mu.Unlock()
+		return // the runtime answered just in time
+	}
+	pr.cur = nil
+	p.decBusyLocked()
+	p.mu.Unlock()
+	p.finishTimeout(inv, pr)
+}
+
+func (p *pool) finishTimeout(inv *invocation, pr *proc) {
+	maxMem := 0
+	if pr != nil {
+		maxMem = peakRSSMB(pr.pid)
+		pr.kill()
+	}
+	msg := fmt.Sprintf("Task timed out after %.2f seconds", p.cfg.Timeout.Seconds())
+	if inv.started.IsZero() {
+		inv.started = time.Now()
+	}
+	inv.finish(result{outcome: outTimeout, errType: "Sandbox.Timedout",
+		body: errorJSON("Sandbox.Timedout", fmt.Sprintf("RequestId: %s Error: %s", inv.id, msg))})
+	p.metrics.timeouts.Add(1)
+	p.log.line(fmt.Sprintf("%s %s %s", time.Now().UTC().Format("2006-01-02T15:04:05.000Z"), inv.id, msg))
+	p.log.report(inv, reportInfo{status: "timeout", memoryMB: p.cfg.MemoryMB, maxMemMB: maxMem, initDur: p.takeCold(pr)})
+}
+
+// takeCold returns the proc's Init Duration the first time it is asked, then zero.
+func (p *pool) takeCold(pr *proc) time.Duration {
+	if pr == nil || pr.coldSeen.Swap(true) {
+		return 0
+	}
+	return pr.coldInit
+}
+
+// nextReady is called when pr asks for its next event: pr is free again.
+func (p *pool) nextReady(pr *proc) (stale *invocation) {
+	p.mu.Lock()
+	if pr.dead {
+		p.mu.Unlock()
+		return nil
+	}
+	if !pr.initDone {
+		pr.initDone = true
+		pr.coldInit = time.Since(pr.started)
+		p.metrics.initDuration.observe(pr.coldInit)
+		p.initFinishedLocked()
+	}
+	if pr.cur != nil {
+		// "next" without a response: the runtime gave up on the event.
+		stale = pr.cur
+		pr.cur = nil
+		p.decBusyLocked()
+	}
+	if len(p.waiters) > 0 {
+		inv := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		pr.cur, inv.proc = inv, pr
+		pr.events <- inv
+	} else {
+		p.ready = append(p.ready, pr)
+	}
+	p.mu.Unlock()
+	return stale
+}
+
+// unready takes pr out of the ready list when its "next" request went away.
+func (p *pool) unready(pr *proc) {
+	p.mu.Lock()
+	p.removeReadyLocked(pr)
+	p.mu.Unlock()
+}
+
+func (p *pool) removeReadyLocked(pr *proc) {
+	for i, r := range p.ready {
+		if r == pr {
+			p.ready = append(p.ready[:i], p.ready[i+1:]...)
+			return
+		}
+	}
+}
+
+// complete takes inv away from pr if pr still runs it; the caller then owns inv.
+func (p *pool) complete(pr *proc, id string) *invocation {
+	p.mu.Lock()
+	inv := pr.cur
+	if inv == nil || inv.id != id {
+		p.mu.Unlock()
+		return nil
+	}
+	pr.cur = nil
+	p.decBusyLocked()
+	p.mu.Unlock()
+	return inv
+}
+
+func (p *pool) current(pr *proc) *invocation {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return pr.cur
+}
+
+func (p *pool) decBusyLocked() {
+	p.busy--
+	p.metrics.inflight.Add(-1)
+	if p.draining && p.busy == 0 {
+		closeOnce(p.drainCh)
+	}
+}
+
+func (p *pool) initFinishedLocked() {
+	p.initLeft--
+	if p.initLeft == 0 {
+		close(p.initDone)
+	}
+}
+
+func closeOnce(ch chan struct{}) {
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
+}
+
+// drain refuses new invocations and waits for the admitted ones, at most d.
+func (p *pool) drain(d time.Duration) bool {
+	p.mu.Lock()
+	p.draining = true
+	if p.busy == 0 {
+		closeOnce(p.drainCh)
+	}
+	p.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.drainCh:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// stop kills every proc and waits for the supervisors.
+func (p *pool) stop() {
+	p.stopping.Store(true)
+	for _, w := range p.workers {
+		if pr := w.cur.Load(); pr != nil {
+			pr.kill()
+		}
+		select {
+		case w.restart <- struct{}{}:
+		default:
+		}
+	}
+	p.wg.Wait()
+}
+
+func (p *pool) isReady() bool {
+	select {
+	case <-p.initDone:
+	default:
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.draining
+}
+
+func (pr *proc) kill() {
+	// The runtime runs in its own process group so that its children go too.
+	_ = syscall.Kill(-pr.pid, syscall.SIGKILL)
+}
+
+// supervise keeps one proc running for w until the pool stops.
+func (p *pool) supervise(w *worker) {
+	defer p.wg.Done()
+	firstInit := true
+	for !p.stopping.Load() {
+		pr, err := p.spawn(w)
+		var r result
+		if err != nil {
+			r = result{outcome: outInitError, errType: "Runtime.InvalidEntrypoint",
+				body: errorJSON("Runtime.InvalidEntrypoint", err.Error())}
+			p.log.line(fmt.Sprintf("kubelambda-agent: worker %d could not start %q: %v", w.index, p.cfg.RuntimeCmd[0], err))
+		} else {
+			r = p.waitProc(pr)
+		}
+		if p.stopping.Load() {
+			return
+		}
+		if r.outcome == outInitError {
+			p.mu.Lock()
+			if firstInit {
+				firstInit = false
+				p.initFinishedLocked()
+			}
+			if len(p.waiters) > 0 {
+				inv := p.waiters[0]
+				p.waiters = p.waiters[1:]
+				p.decBusyLocked()
+				p.mu.Unlock()
+				inv.started = time.Now()
+				p.log.start(inv.id, p.cfg.FunctionVersion)
+				inv.finish(r)
+				p.log.report(inv, reportInfo{status: "error", errType: r.errType, memoryMB: p.cfg.MemoryMB})
+			} else {
+				w.failErr = r
+				p.failed = append(p.failed, w)
+				p.mu.Unlock()
+				<-w.restart // an invocation wants another try, or the pool stops
+			}
+		} else if pr != nil && pr.initDone {
+			firstInit = false
+		}
+		p.metrics.restarts.Add(1)
+	}
+}
+
+// spawn starts a runtime process for w.
+func (p *pool) spawn(w *worker) (*proc, error) {
+	argv := p.cfg.RuntimeCmd
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = p.cfg.TaskRoot
+	cmd.Env = append(p.env[:len(p.env):len(p.env)], "AWS_LAMBDA_RUNTIME_API="+w.addr)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
+	pr := &proc{w: w, events: make(chan *invocation, 1), exited: make(chan struct{})}
+	// Publish before start: the runtime may call "next" as soon as it runs.
+	w.cur.Store(pr)
+	pr.started = time.Now()
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return nil, err
+	}
+	pr.pid = cmd.Process.Pid
+	go p.log.pipe(outR, p.log.stdout)
+	go p.log.pipe(errR, p.log.stderr)
+	go func() {
+		err := cmd.Wait()
+		p.exitedProc(pr, err)
+	}()
+	return pr, nil
+}
+
+// waitProc blocks until pr exits and reports whether it failed before initialising.
+func (p *pool) waitProc(pr *proc) result {
+	<-pr.exited
+	p.mu.Lock()
+	initialised := pr.initDone
+	p.mu.Unlock()
+	if initialised {
+		return result{}
+	}
+	pr.initErrMu.Lock()
+	defer pr.initErrMu.Unlock()
+	if pr.initErr != nil {
+		return result{outcome: outInitError, errType: pr.initErrType, body: pr.initErr}
+	}
+	return result{outcome: outInitError, errType: "Runtime.ExitError",
+		body: errorJSON("Runtime.ExitError", "RequestId: - Error: Runtime exited without providing a reason")}
+}
+
+// exitedProc runs once the process is gone: it fails the invocation the proc was running.
+func (p *pool) exitedProc(pr *proc, waitErr error) {
+	p.mu.Lock()
+	pr.dead = true
+	p.removeReadyLocked(pr)
+	inv := pr.cur
+	if inv != nil {
+		pr.cur = nil
+		p.decBusyLocked()
+	}
+	p.mu.Unlock()
+	close(pr.exited)
+	if inv == nil {
+		return
+	}
+	reason := "Runtime exited without providing a reason"
+	if waitErr != nil {
+		reason = "Runtime exited with error: " + waitErr.Error()
+	}
+	inv.finish(result{outcome: outCrash, errType: "Runtime.ExitError",
+		body: errorJSON("Runtime.ExitError", fmt.Sprintf("RequestId: %s Error: %s", inv.id, reason))})
+	p.log.report(inv, reportInfo{status: "error", errType: "Runtime.ExitError", memoryMB: p.cfg.MemoryMB,
+		initDur: p.takeCold(pr)})
+}
+
+// workerEnv is the environment of every runtime process: the pod's, minus the agent's own
+// settings, plus the Lambda variables.
+func workerEnv(c *Config, base []string) []string {
+	lambda := map[string]string{
+		"_HANDLER":                        c.Handler,
+		"LAMBDA_TASK_ROOT":                c.TaskRoot,
+		"LAMBDA_RUNTIME_DIR":              c.RuntimeDir,
+		"AWS_LAMBDA_FUNCTION_NAME":        c.FunctionName,
+		"AWS_LAMBDA_FUNCTION_VERSION":     c.FunctionVersion,
+		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": fmt.Sprint(c.MemoryMB),
+		"AWS_LAMBDA_LOG_GROUP_NAME":       "/aws/lambda/" + c.FunctionName,
+		"AWS_LAMBDA_LOG_STREAM_NAME":      logStreamName(c.FunctionVersion, time.Now()),
+		"AWS_LAMBDA_INITIALIZATION_TYPE":  "on-demand",
+		"AWS_REGION":                      c.Region,
+		"AWS_DEFAULT_REGION":              c.Region,
+		"AWS_EXECUTION_ENV":               "AWS_Lambda_" + c.RuntimeName,
+	}
+	defaults := map[string]string{"TZ": "UTC", "LANG": "en_US.UTF-8"}
+	var env []string
+	for _, kv := range base {
+		key, _, _ := cut(kv, '=')
+		if _, ours := lambda[key]; ours || key == "AWS_LAMBDA_RUNTIME_API" || hasPrefix(key, "KUBELAMBDA_") {
+			continue
+		}
+		delete(defaults, key)
+		env = append(env, kv)
+	}
+	for _, k := range sortedKeys(lambda) {
+		env = append(env, k+"="+lambda[k])
+	}
+	for _, k := range sortedKeys(defaults) {
+		env = append(env, k+"="+defaults[k])
+	}
+	return env
+}
+
+func logStreamName(version string, now time.Time) string {
+	return fmt.Sprintf("%s/[%s]%s", now.UTC().Format("2006/01/02"), version, randomHex(16))
+}

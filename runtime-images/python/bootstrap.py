@@ -1,0 +1,354 @@
+"""kubelambda's Lambda runtime client for Python (standard library only).
+
+Started by the agent as ``python3 $LAMBDA_RUNTIME_DIR/bootstrap.py``. It loads ``$_HANDLER``
+(``module.function``, ``/`` allowed in the module path) from ``$LAMBDA_TASK_ROOT`` and serves
+invocations from the Lambda Runtime API at ``$AWS_LAMBDA_RUNTIME_API``, one at a time.
+"""
+
+from __future__ import annotations
+
+import decimal
+import http.client
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+API_PREFIX = "/2018-06-01/runtime"
+ERROR_CONTENT_TYPE = "application/vnd.aws.lambda.error+json"
+
+
+class FaultError(Exception):
+    """An error the runtime reports with a Lambda error type, e.g. Runtime.ImportModuleError."""
+
+    def __init__(self, error_type: str, message: str, trace: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.trace = trace or []
+
+
+# --- Runtime API client ---------------------------------------------------------------------------
+
+
+class RuntimeClient:
+    """Talks to the Runtime API over one kept-alive connection."""
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self._host, self._port = host, int(port)
+        self._conn = self._connect()
+
+    def _connect(self) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection(self._host, self._port)
+        conn.connect()
+        return conn
+
+    def _call(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, Any, bytes]:
+        for attempt in (1, 2):
+            try:
+                self._conn.request(method, API_PREFIX + path, body=body, headers=headers)
+                resp = self._conn.getresponse()
+                return resp.status, resp.headers, resp.read()
+            except (ConnectionError, http.client.HTTPException):
+                # A kept-alive connection the server closed; one fresh try.
+                self._conn.close()
+                if attempt == 2:
+                    raise
+                self._conn = self._connect()
+        raise AssertionError("unreachable")
+
+    def next(self) -> tuple[Any, bytes]:
+        status, headers, body = self._call("GET", "/invocation/next", None, {})
+        if status != 200:
+            raise RuntimeError(f"Runtime API next answered {status}: {body[:200]!r}")
+        return headers, body
+
+    def respond(self, request_id: str, body: bytes, content_type: str) -> None:
+        status, _, answer = self._call(
+            "POST", f"/invocation/{request_id}/response", body, {"Content-Type": content_type}
+        )
+        if status == 413:
+            # The agent answered the caller with Function.ResponseSizeTooLarge already.
+            log_line(f"[ERROR] response for {request_id} refused: {answer.decode(errors='replace')}")
+        elif status != 202:
+            log_line(f"[ERROR] Runtime API refused the response for {request_id}: {status}")
+
+    def error(self, request_id: str | None, error: dict[str, Any]) -> None:
+        path = f"/invocation/{request_id}/error" if request_id else "/init/error"
+        headers = {
+            "Content-Type": ERROR_CONTENT_TYPE,
+            "Lambda-Runtime-Function-Error-Type": str(error.get("errorType", "")),
+        }
+        self._call("POST", path, json.dumps(error).encode(), headers)
+
+
+# --- handler loading ------------------------------------------------------------------------------
+
+
+def load_handler(handler: str) -> Callable[[Any, Any], Any]:
+    """Import ``module.function``; raise FaultError with Lambda's error type when that fails."""
+    modname, dot, fname = handler.rpartition(".")
+    if not dot or not modname or not fname:
+        raise FaultError(
+            "Runtime.MalformedHandlerName",
+            f"Bad handler '{handler}': not enough values to unpack (expected 2, got 1)",
+        )
+    if modname.split(".")[0] in sys.builtin_module_names:
+        raise FaultError(
+            "Runtime.BuiltInModuleConflict", f"Cannot use built-in module {modname} as a handler module"
+        )
+    try:
+        module = importlib.import_module(modname.replace("/", "."))
+    except ImportError as e:
+        raise FaultError("Runtime.ImportModuleError", f"Unable to import module '{modname}': {e}") from e
+    except SyntaxError as e:
+        trace = [f'  File "{e.filename}" Line {e.lineno}\n    {e.text}']
+        raise FaultError(
+            "Runtime.UserCodeSyntaxError", f"Syntax error in module '{modname}': {e}", trace
+        ) from e
+    try:
+        func = getattr(module, fname)
+    except AttributeError:
+        raise FaultError(
+            "Runtime.HandlerNotFound", f"Handler '{fname}' missing on module '{modname}'"
+        ) from None
+    if not callable(func):
+        raise FaultError(
+            "Runtime.HandlerNotFound", f"Handler '{fname}' on module '{modname}' is not callable"
+        )
+    return func  # type: ignore[no-any-return]
+
+
+# --- context --------------------------------------------------------------------------------------
+
+
+class CognitoIdentity:
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.cognito_identity_id = data.get("cognitoIdentityId")
+        self.cognito_identity_pool_id = data.get("cognitoIdentityPoolId")
+
+
+class Client:
+    __slots__ = ("app_package_name", "app_title", "app_version_code", "app_version_name", "installation_id")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.installation_id = data.get("installation_id")
+        self.app_title = data.get("app_title")
+        self.app_version_name = data.get("app_version_name")
+        self.app_version_code = data.get("app_version_code")
+        self.app_package_name = data.get("app_package_name")
+
+
+class ClientContext:
+    __slots__ = ("client", "custom", "env")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        client = data.get("client")
+        self.client = Client(client) if isinstance(client, dict) else None
+        self.custom = data.get("custom")
+        self.env = data.get("env")
+
+
+class LambdaContext:
+    """The context object handlers receive, with the attribute names of Lambda's Python runtime."""
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        deadline_ms: int,
+        invoked_function_arn: str,
+        client_context: ClientContext | None,
+        identity: CognitoIdentity,
+    ) -> None:
+        self.aws_request_id = request_id
+        self.invoked_function_arn = invoked_function_arn
+        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION")
+        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME")
+        self.client_context = client_context
+        self.identity = identity
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(self._deadline_ms - int(time.time() * 1000), 0)
+
+    def __repr__(self) -> str:
+        return (
+            f"LambdaContext([aws_request_id={self.aws_request_id},function_name={self.function_name},"
+            f"function_version={self.function_version},invoked_function_arn={self.invoked_function_arn}])"
+        )
+
+
+def make_context(headers: Any, request_id: str) -> LambdaContext:
+    cc_json = headers.get("Lambda-Runtime-Client-Context")
+    cognito_json = headers.get("Lambda-Runtime-Cognito-Identity")
+    return LambdaContext(
+        request_id=request_id,
+        deadline_ms=int(headers.get("Lambda-Runtime-Deadline-Ms") or 0),
+        invoked_function_arn=headers.get("Lambda-Runtime-Invoked-Function-Arn") or "",
+        client_context=ClientContext(json.loads(cc_json)) if cc_json else None,
+        identity=CognitoIdentity(json.loads(cognito_json) if cognito_json else {}),
+    )
+
+
+# --- (de)serialisation ----------------------------------------------------------------------------
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, decimal.Decimal):
+        return int(obj) if obj == obj.to_integral_value() else float(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _ensure_ascii() -> bool:
+    # Lambda's Python 3.12+ runtimes write unicode characters as they are; older ones escape them.
+    env = os.environ.get("AWS_EXECUTION_ENV", "")
+    version = env.removeprefix("AWS_Lambda_python")
+    try:
+        major, minor = (int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) < (3, 12)
+
+
+ENSURE_ASCII = _ensure_ascii()
+
+
+def marshal(result: Any) -> tuple[bytes, str]:
+    if isinstance(result, bytes):
+        return result, "application/unknown"
+    try:
+        return (
+            json.dumps(result, default=_json_default, ensure_ascii=ENSURE_ASCII).encode(),
+            "application/json",
+        )
+    except (TypeError, ValueError) as e:
+        raise FaultError("Runtime.MarshalError", f"Unable to marshal response: {e}") from None
+
+
+def unmarshal(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise FaultError("Runtime.UnmarshalError", f"Unable to unmarshal input: {e}") from None
+
+
+# --- errors and logs ------------------------------------------------------------------------------
+
+
+def error_from_exception(exc: BaseException, request_id: str | None) -> dict[str, Any]:
+    if isinstance(exc, FaultError):
+        error_type, message, trace = exc.error_type, exc.message, exc.trace
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        # Drop the runtime's own frames so the trace starts in user code.
+        while frames and frames[0].filename == __file__:
+            frames.pop(0)
+        error_type, message = type(exc).__name__, str(exc)
+        trace = traceback.format_list(frames)
+    error: dict[str, Any] = {"errorMessage": message, "errorType": error_type}
+    if request_id:
+        error["requestId"] = request_id
+    error["stackTrace"] = trace
+    return error
+
+
+def log_line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def log_error(error: dict[str, Any]) -> None:
+    lines = [f"[ERROR] {error['errorType']}: {error['errorMessage']}"]
+    if error.get("stackTrace"):
+        lines.append("Traceback (most recent call last):")
+        lines.extend(line.rstrip("\n") for line in error["stackTrace"])
+    log_line("\n".join(lines))
+
+
+_request_id = ""
+
+
+class LambdaFormatter(logging.Formatter):
+    """Lambda's text log format: [LEVEL]\\t<UTC time>\\t<request id>\\t<message>."""
+
+    converter = time.gmtime
+
+    def __init__(self) -> None:
+        super().__init__(
+            "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s", "%Y-%m-%dT%H:%M:%S"
+        )
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.aws_request_id = _request_id
+        return super().format(record)
+
+
+def setup_logging() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(LambdaFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("AWS_LAMBDA_LOG_LEVEL", "INFO").upper())
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+def serve(client: RuntimeClient, handler: Callable[[Any, Any], Any]) -> None:
+    global _request_id
+    while True:
+        headers, body = client.next()
+        request_id = headers.get("Lambda-Runtime-Aws-Request-Id")
+        _request_id = request_id
+        trace_id = headers.get("Lambda-Runtime-Trace-Id")
+        if trace_id:
+            os.environ["_X_AMZN_TRACE_ID"] = trace_id
+        else:
+            os.environ.pop("_X_AMZN_TRACE_ID", None)
+        try:
+            context = make_context(headers, request_id)
+            result = handler(unmarshal(body), context)
+            payload, content_type = marshal(result)
+        except Exception as e:
+            error = error_from_exception(e, request_id)
+            log_error(error)
+            client.error(request_id, error)
+            continue
+        client.respond(request_id, payload, content_type)
+
+
+def main() -> None:
+    setup_logging()
+    task_root = os.environ.get("LAMBDA_TASK_ROOT", "/var/task")
+    # sys.path[0] is this file's folder; the function's code comes first instead.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [task_root] + [p for p in sys.path if os.path.abspath(p or ".") != here]
+    client = RuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"])
+    try:
+        handler = load_handler(os.environ.get("_HANDLER", ""))
+    except Exception as e:
+        error = error_from_exception(e, None)
+        log_error(error)
+        client.error(None, error)
+        sys.exit(1)
+    serve(client, handler)
+
+
+if __name__ == "__main__":
+    main()
