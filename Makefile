@@ -1,0 +1,43 @@
+# The README's commands. `make test` is what CI runs (.ci/run).
+PY ?= .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: venv lint types test unit integration demo bench binaries clean
+
+# Per-component targets (runtime-images/agent and the runtimes) live in mk/*.mk.
+-include mk/*.mk
+
+venv: .venv/.installed
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[test]'
+	touch $@
+
+binaries:
+	bash hack/kube-binaries.sh
+
+lint: venv
+	$(PY) -m ruff check operator tests bench
+	$(PY) -m ruff format --check operator tests bench
+
+types: venv
+	$(PY) -m mypy
+
+unit: venv
+	$(PY) -m pytest tests/unit -q
+
+integration: venv binaries
+	$(PY) -m pytest tests/integration -q
+
+test: lint types binaries
+	$(PY) -m pytest -q
+
+demo: venv binaries
+	bash hack/demo.sh
+
+bench: venv binaries
+	$(PY) bench/run.py
+
+clean:
+	rm -rf .venv .kubelambda

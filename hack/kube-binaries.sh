@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Builds the pinned Kubernetes binaries from Go modules and caches them:
+#   ~/.cache/kubelambda/bin/<KUBE_VERSION>/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}
+#   ~/.cache/kubelambda/bin/etcd-<ETCD_VERSION>/etcd
+#   ~/.cache/kubelambda/bin/helm-<HELM_VERSION>/helm
+# A directory holding a `.complete` stamp is never rebuilt; change a pin in hack/versions.env to rebuild.
+# Prints the three directories (KUBE_BIN=, ETCD_BIN=, HELM_BIN=) on stdout, progress on stderr.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache=${KUBELAMBDA_CACHE:-$HOME/.cache/kubelambda}
+export GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-local} CGO_ENABLED=0
+
+log() { printf '[kube-binaries] %s\n' "$*" >&2; }
+
+kube_bin=$cache/bin/$KUBE_VERSION
+etcd_bin=$cache/bin/etcd-$ETCD_VERSION
+helm_bin=$cache/bin/helm-$HELM_VERSION
+
+build_kube() {
+  local work=$cache/build/kube-$KUBE_VERSION
+  mkdir -p "$work"
+  log "fetching k8s.io/kubernetes@$KUBE_VERSION"
+  local modfile
+  modfile=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  local minor_patch=${KUBE_VERSION#v1.}
+  local major=1 minor=${minor_patch%%.*}
+  # Our own module depends on k8s.io/kubernetes; each of its ./staging/src/k8s.io/X replaces becomes
+  # k8s.io/X v0.<minor>.<patch>, the same release published as its own module.
+  {
+    echo "module kubelambda.local/kubebuild"
+    echo
+    grep -E '^go [0-9]' "$modfile"
+    echo
+    echo "require k8s.io/kubernetes $KUBE_VERSION"
+    echo
+    echo "replace ("
+    sed -n '/^replace (/,/^)/p' "$modfile" | grep -Eo 'k8s\.io/[a-z0-9-]+ => \./staging/src/k8s\.io/[a-z0-9-]+' \
+      | awk -v v="v0.$minor_patch" '{print "\t" $1 " => " $1 " " v}'
+    echo ")"
+  } > "$work/go.mod"
+  cat > "$work/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  (cd "$work" && go mod tidy -e >&2 2>&1 || true)
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=$major -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  local tmp=$kube_bin.tmp
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    log "building $cmd $KUBE_VERSION (several minutes on a cold cache)"
+    (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd")
+  done
+  touch "$tmp/.complete"
+  rm -rf "$kube_bin"; mv "$tmp" "$kube_bin"
+}
+
+build_etcd() {
+  local work=$cache/build/etcd-$ETCD_VERSION
+  mkdir -p "$work"
+  cat > "$work/go.mod" <<GOMOD
+module kubelambda.local/etcdbuild
+
+go 1.24
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+GOMOD
+  cat > "$work/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+  log "building etcd $ETCD_VERSION"
+  (cd "$work" && go mod tidy >&2 2>&1)
+  local tmp=$etcd_bin.tmp
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  (cd "$work" && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+  touch "$tmp/.complete"
+  rm -rf "$etcd_bin"; mv "$tmp" "$etcd_bin"
+}
+
+build_helm() {
+  local work=$cache/build/helm-$HELM_VERSION
+  mkdir -p "$work"
+  cat > "$work/go.mod" <<GOMOD
+module kubelambda.local/helmbuild
+
+go 1.24
+
+require helm.sh/helm/v3 $HELM_VERSION
+GOMOD
+  cat > "$work/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "helm.sh/helm/v3/cmd/helm"
+GO
+  log "building helm $HELM_VERSION"
+  (cd "$work" && go mod tidy >&2 2>&1)
+  local tmp=$helm_bin.tmp
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  (cd "$work" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm)
+  touch "$tmp/.complete"
+  rm -rf "$helm_bin"; mv "$tmp" "$helm_bin"
+}
+
+# One build at a time per cache (a test run and `dev up` may start together).
+mkdir -p "$cache"
+exec 9>"$cache/.build.lock"
+flock 9
+
+want=${1:-all}
+if [[ $want == all || $want == kube ]]; then
+  [[ -f $kube_bin/.complete ]] && log "kube $KUBE_VERSION cached in $kube_bin" || build_kube
+fi
+if [[ $want == all || $want == etcd ]]; then
+  [[ -f $etcd_bin/.complete ]] && log "etcd $ETCD_VERSION cached in $etcd_bin" || build_etcd
+fi
+if [[ $want == all || $want == helm ]]; then
+  [[ -f $helm_bin/.complete ]] && log "helm $HELM_VERSION cached in $helm_bin" || build_helm
+fi
+echo "KUBE_BIN=$kube_bin"
+echo "ETCD_BIN=$etcd_bin"
+echo "HELM_BIN=$helm_bin"

@@ -1,0 +1,3 @@
+from kubelambda.cli import main
+
+raise SystemExit(main())

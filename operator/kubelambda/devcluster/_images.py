@@ -1,0 +1,112 @@
+"""The image → command table: how the local node runs a container image as a local process.
+
+There is no container runtime here, so an image is a name for a command that already exists on this machine.
+Each entry gives the image's ENTRYPOINT and CMD as local argv, with Kubernetes' usual override rules:
+a container's ``command`` replaces the entrypoint and its ``args`` replace the CMD. ``paths`` translates
+paths inside the image (``/usr/local/bin/python``) to local programs; other programs are looked up on PATH.
+
+An image that is not in this table cannot run locally: its pod stays Pending with the container waiting
+for reason ``ImageNotRunnableLocally`` (the local equivalent of ``ErrImagePull``).
+
+This is the one place that lists what the local node can run; docs/local-cluster.md shows it as a table.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+IMAGE_NOT_RUNNABLE = "ImageNotRunnableLocally"
+COMMAND_NOT_FOUND = "CommandNotFoundLocally"
+
+_PYTHON = sys.executable
+_PYTHON_PATHS = {
+    "python": _PYTHON,
+    "python3": _PYTHON,
+    "/usr/bin/python3": _PYTHON,
+    "/usr/local/bin/python": _PYTHON,
+    "/usr/local/bin/python3": _PYTHON,
+}
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    description: str
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    paths: Mapping[str, str] = field(default_factory=dict)
+
+
+# Keys are repositories without tag or digest. Keep sorted; each line is documented in docs/local-cluster.md.
+IMAGES: dict[str, LocalImage] = {
+    "alpine": LocalImage("a shell; commands resolve against this machine's PATH", cmd=("sh",)),
+    "busybox": LocalImage("a shell; commands resolve against this machine's PATH", cmd=("sh",)),
+    "ghcr.io/kubelambda/kubelambda": LocalImage(
+        "the kubelambda control plane image (operator, gateway, bridge, ...)",
+        entrypoint=(_PYTHON, "-m", "kubelambda"),
+        paths={"kubelambda": _PYTHON, **_PYTHON_PATHS},
+    ),
+    "kubelambda.io/dev/httpserver": LocalImage(
+        "a tiny HTTP server on $KUBELAMBDA_POD_IP:8080 that answers with the pod's name (tests, demo)",
+        entrypoint=(_PYTHON, "-m", "kubelambda.devcluster.httpserver"),
+    ),
+    "python": LocalImage("this machine's Python interpreter", cmd=("python3",), paths=_PYTHON_PATHS),
+    "registry.k8s.io/pause": LocalImage("sleeps until stopped", entrypoint=("sleep", "infinity")),
+}
+
+
+def repository(image: str) -> str:
+    """``docker.io/library/busybox:1.36@sha256:...`` → ``busybox``; ``host:5000/a/b:tag`` → ``host:5000/a/b``."""
+    name = image.split("@", 1)[0]
+    last_slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > last_slash:
+        name = name[:colon]
+    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/"):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+class NotRunnable(Exception):
+    """The container cannot run here; ``reason`` becomes the container's waiting reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def lookup(image: str) -> LocalImage:
+    entry = IMAGES.get(repository(image))
+    if entry is None:
+        known = ", ".join(sorted(IMAGES))
+        raise NotRunnable(
+            IMAGE_NOT_RUNNABLE,
+            f"image {image!r} has no local command on this node (known images: {known}); "
+            "see docs/local-cluster.md",
+        )
+    return entry
+
+
+def container_argv(image: str, command: Sequence[str] | None, args: Sequence[str] | None) -> list[str]:
+    """The local argv for a container, following Docker's ENTRYPOINT/CMD and Kubernetes' override rules."""
+    entry = lookup(image)
+    if command:
+        argv = [*command, *(args or [])]
+    else:
+        argv = [*entry.entrypoint, *(args if args else entry.cmd)]
+    if not argv:
+        raise NotRunnable(
+            COMMAND_NOT_FOUND, f"image {image!r} has no entrypoint and the container sets no command"
+        )
+    program = entry.paths.get(argv[0], argv[0])
+    resolved = shutil.which(program)
+    if resolved is None:
+        raise NotRunnable(
+            COMMAND_NOT_FOUND,
+            f"command {argv[0]!r} of image {image!r} is not a program on this machine",
+        )
+    return [resolved, *argv[1:]]

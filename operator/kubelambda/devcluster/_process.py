@@ -1,0 +1,83 @@
+"""Child processes that never outlive the process that started them.
+
+Every child is started with ``PR_SET_PDEATHSIG=SIGKILL`` (Linux): if its parent dies for any reason,
+including SIGKILL, the kernel kills the child too, so a crashed test run or supervisor leaves no orphans.
+A child also gets its own process group, so stopping it stops what it spawned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log: Path | IO[bytes],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Starts ``argv`` in a new process group with stdout and stderr appended to ``log``."""
+    out: IO[bytes]
+    if isinstance(log, Path):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = log.open("ab")
+    else:
+        out = log
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    finally:
+        if isinstance(log, Path):
+            out.close()
+
+
+def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Sends ``sig`` to the process group of ``proc``; a group that is already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+async def stop(proc: subprocess.Popen[bytes], *, grace_seconds: float) -> int:
+    """SIGTERM, then SIGKILL after ``grace_seconds``; returns the exit status."""
+    if proc.poll() is None:
+        signal_group(proc, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(proc.wait, grace_seconds)
+    if proc.poll() is None:
+        signal_group(proc, signal.SIGKILL)
+        await asyncio.to_thread(proc.wait)
+    # Whatever the group leader left behind goes too.
+    signal_group(proc, signal.SIGKILL)
+    return proc.returncode
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

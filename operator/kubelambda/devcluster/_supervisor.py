@@ -1,0 +1,187 @@
+"""``kubelambda dev serve``: runs the control plane and the local node until SIGTERM / SIGINT.
+
+It records what runs where in ``<state-dir>/dev.json`` (read by ``dev status``, ``dev down``, the tests
+and later components such as the gateway), and stops everything it started on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.devcluster._controlplane import ControlPlane, Endpoints
+from kubelambda.devcluster._network import PodAddresses
+from kubelambda.devcluster._node import LocalNode
+from kubelambda.kube import KubeClient, resource_path
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "dev.json"
+
+
+@dataclass
+class DevState:
+    """The machine-readable description of a running local cluster (``.kubelambda/dev.json``)."""
+
+    state: str  # starting | running | stopped | failed
+    pid: int
+    kubeconfig: str = ""
+    server: str = ""
+    node: str = ""
+    kubelet_port: int = 0
+    components: dict[str, int] = field(default_factory=dict)
+    logs: str = ""
+    started_at: float = 0.0
+    startup_seconds: float = 0.0
+    pod_network: str = ""
+    gateway_url: str | None = None
+    error: str = ""
+
+    def write(self, state_dir: Path) -> None:
+        tmp = state_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        tmp.replace(state_dir / STATE_FILE)
+
+    @classmethod
+    def read(cls, state_dir: Path) -> DevState | None:
+        path = state_dir / STATE_FILE
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _ports_free(ports: Endpoints) -> bool:
+    for port in asdict(ports).values():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def _ports(state_dir: Path) -> Endpoints:
+    """The ports of the last run when they are still free (etcd remembers its peer URL), else new ones."""
+    path = state_dir / "ports.json"
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        previous = Endpoints(**json.loads(path.read_text()))
+        if _ports_free(previous):
+            return previous
+    ports = Endpoints.allocate()
+    path.write_text(json.dumps(asdict(ports)))
+    return ports
+
+
+async def wait_until_usable(kubeconfig: Path, node_name: str, *, timeout_seconds: float = 60.0) -> None:
+    """Until pods can be created: the node is Ready and the ``default`` ServiceAccount exists (the
+    ServiceAccount admission plugin refuses pods before the controller-manager has created it)."""
+    deadline = time.monotonic() + timeout_seconds
+    last = ""
+    async with KubeClient.from_kubeconfig(kubeconfig) as kube:
+        while time.monotonic() < deadline:
+            sa = await kube.get_or_none(
+                resource_path("v1", "serviceaccounts", namespace="default", name="default")
+            )
+            node = await kube.get_or_none(resource_path("v1", "nodes", name=node_name))
+            ready = node is not None and any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in node.get("status", {}).get("conditions", [])
+            )
+            if sa is not None and ready:
+                return
+            last = f"default ServiceAccount {'present' if sa else 'absent'}, node Ready={ready}"
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"the local cluster was not usable after {timeout_seconds:.0f} s: {last}")
+
+
+async def serve(
+    state_dir: Path,
+    *,
+    node_name: str = "kubelambda-local",
+    backoff_seconds: float = 10.0,
+    pod_network: str = "auto",
+) -> int:
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    state = DevState(state="starting", pid=os.getpid(), started_at=time.time(), logs=str(state_dir / "logs"))
+    state.write(state_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+
+    binaries = await asyncio.to_thread(ensure_binaries)
+    plane = ControlPlane(state_dir, binaries, node_name=node_name, ports=_ports(state_dir))
+    node: LocalNode | None = None
+    code = 0
+    try:
+        logger.info("Starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler")
+        await plane.start()
+        addresses = PodAddresses(state_dir, mode=pod_network)
+        await addresses.cleanup_previous()
+        node_ip = await addresses.take_node_address()
+        serving = plane.kubelet_serving_cert(node_ip)
+        node = LocalNode(
+            kubeconfig=plane.node_kubeconfig(),
+            state_dir=state_dir,
+            node_name=node_name,
+            kube_version=binaries.kube_apiserver.parent.name,
+            serving_cert=serving.cert,
+            serving_key=serving.key,
+            ca=plane.ca.pair.cert,
+            api_host="127.0.0.1",
+            api_port=plane.ports.apiserver,
+            backoff_seconds=backoff_seconds,
+            addresses=addresses,
+            node_ip=node_ip,
+        )
+        await node.start()
+        await wait_until_usable(plane.kubeconfig, node_name)
+        state.state = "running"
+        state.kubeconfig = str(plane.kubeconfig)
+        state.server = plane.server
+        state.node = node_name
+        state.kubelet_port = node.kubelet_port
+        state.components = {**plane.pids(), "local-node": os.getpid()}
+        state.pod_network = f"{node.addresses.mode} {node.addresses.network}"
+        state.startup_seconds = round(time.monotonic() - started, 2)
+        state.write(state_dir)
+        logger.info(
+            "The local cluster is up in %.1f s; kubeconfig: %s", state.startup_seconds, plane.kubeconfig
+        )
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            plane.check_running()
+    except Exception as e:
+        logger.exception("The local cluster failed")
+        state.state = "failed"
+        state.error = str(e)
+        code = 1
+    finally:
+        logger.info("Stopping the local cluster")
+        if node is not None:
+            try:
+                await node.stop()
+            except Exception:
+                logger.exception("The local node did not stop cleanly")
+        await plane.stop()
+        if state.state != "failed":
+            state.state = "stopped"
+        state.write(state_dir)
+        logger.info("Stopped the local cluster")
+    return code
