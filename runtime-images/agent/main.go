@@ -40,15 +40,9 @@ func run(cfg *Config) error {
 	if err != nil {
 		return fmt.Errorf("listening for invokes on %s: %w", cfg.Listen, err)
 	}
-	var servers []*http.Server
-	for _, w := range p.workers {
-		ln, err := net.Listen("tcp", w.addr)
-		if err != nil {
-			return fmt.Errorf("listening for the Runtime API of worker %d on %s: %w", w.index, w.addr, err)
-		}
-		srv := &http.Server{Handler: &runtimeAPI{pool: p, w: w}, ReadHeaderTimeout: time.Minute}
-		servers = append(servers, srv)
-		go func() { _ = srv.Serve(ln) }()
+	servers, err := serveRuntimeAPI(p)
+	if err != nil {
+		return err
 	}
 	front := &http.Server{Handler: newFrontMux(cfg, p, m), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	go func() { _ = front.Serve(invokeLn) }()
@@ -72,6 +66,24 @@ func run(cfg *Config) error {
 	}
 	log.line("kubelambda-agent: stopped")
 	return nil
+}
+
+// serveRuntimeAPI starts one Runtime API server per worker.
+func serveRuntimeAPI(p *pool) ([]*http.Server, error) {
+	var servers []*http.Server
+	for _, w := range p.workers {
+		ln, err := net.Listen("tcp", w.addr)
+		if err != nil {
+			for _, srv := range servers {
+				_ = srv.Close()
+			}
+			return nil, fmt.Errorf("listening for the Runtime API of worker %d on %s: %w", w.index, w.addr, err)
+		}
+		srv := &http.Server{Handler: &runtimeAPI{pool: p, w: w}, ReadHeaderTimeout: time.Minute}
+		servers = append(servers, srv)
+		go func() { _ = srv.Serve(ln) }()
+	}
+	return servers, nil
 }
 
 func newFrontMux(cfg *Config, p *pool, m *metrics) http.Handler {

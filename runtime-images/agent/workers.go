@@ -66,7 +66,7 @@ func (inv *invocation) finish(r result) {
 // proc is one running runtime process.
 type proc struct {
 	w        *worker
-	pid      int
+	pid      atomic.Int64 // 0 until started
 	started  time.Time
 	events   chan *invocation // capacity 1: a proc holds at most one invocation
 	exited   chan struct{}
@@ -205,7 +205,7 @@ func (p *pool) expire(inv *invocation) {
 func (p *pool) finishTimeout(inv *invocation, pr *proc) {
 	maxMem := 0
 	if pr != nil {
-		maxMem = peakRSSMB(pr.pid)
+		maxMem = peakRSSMB(int(pr.pid.Load()))
 		pr.kill()
 	}
 	msg := fmt.Sprintf("Task timed out after %.2f seconds", p.cfg.Timeout.Seconds())
@@ -363,7 +363,9 @@ func (p *pool) isReady() bool {
 
 func (pr *proc) kill() {
 	// The runtime runs in its own process group so that its children go too.
-	_ = syscall.Kill(-pr.pid, syscall.SIGKILL)
+	if pid := int(pr.pid.Load()); pid > 0 { // never -0: that is our own group
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
 }
 
 // supervise keeps one proc running for w until the pool stops.
@@ -431,8 +433,8 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 	cmd.Stdout, cmd.Stderr = outW, errW
 	pr := &proc{w: w, events: make(chan *invocation, 1), exited: make(chan struct{})}
 	// Publish before start: the runtime may call "next" as soon as it runs.
-	w.cur.Store(pr)
 	pr.started = time.Now()
+	w.cur.Store(pr)
 	err = cmd.Start()
 	outW.Close()
 	errW.Close()
@@ -441,7 +443,7 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 		errR.Close()
 		return nil, err
 	}
-	pr.pid = cmd.Process.Pid
+	pr.pid.Store(int64(cmd.Process.Pid))
 	go p.log.pipe(outR, p.log.stdout)
 	go p.log.pipe(errR, p.log.stderr)
 	go func() {

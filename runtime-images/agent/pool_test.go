@@ -1,0 +1,294 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as a tiny runtime: with AGENT_TEST_FAKE_RUNTIME set it serves the
+// Runtime API loop, acting on the event: {"sleep_ms": N}, {"crash": true}, {"fail": true},
+// {"big": N} (answers N bytes). AGENT_TEST_FAKE_RUNTIME=initerr reports an init error and exits;
+// =exit exits before asking for an event.
+func TestMain(m *testing.M) {
+	switch os.Getenv("AGENT_TEST_FAKE_RUNTIME") {
+	case "":
+		os.Exit(m.Run())
+	case "initerr":
+		base := "http://" + os.Getenv("AWS_LAMBDA_RUNTIME_API") + "/2018-06-01/runtime"
+		req, _ := http.NewRequest("POST", base+"/init/error", strings.NewReader(`{"errorType":"Runtime.ImportModuleError","errorMessage":"Unable to import module 'app'"}`))
+		req.Header.Set("Lambda-Runtime-Function-Error-Type", "Runtime.ImportModuleError")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+		os.Exit(1)
+	case "exit":
+		os.Exit(3)
+	default:
+		fakeRuntime()
+	}
+}
+
+func fakeRuntime() {
+	base := "http://" + os.Getenv("AWS_LAMBDA_RUNTIME_API") + "/2018-06-01/runtime"
+	for {
+		resp, err := http.Get(base + "/invocation/next")
+		if err != nil {
+			os.Exit(2)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		id := resp.Header.Get("Lambda-Runtime-Aws-Request-Id")
+		var ev struct {
+			SleepMs int  `json:"sleep_ms"`
+			Crash   bool `json:"crash"`
+			Fail    bool `json:"fail"`
+			Big     int  `json:"big"`
+		}
+		_ = json.Unmarshal(body, &ev)
+		time.Sleep(time.Duration(ev.SleepMs) * time.Millisecond)
+		switch {
+		case ev.Crash:
+			os.Exit(7)
+		case ev.Fail:
+			r, _ := http.Post(base+"/invocation/"+id+"/error", "application/json",
+				strings.NewReader(`{"errorType":"ValueError","errorMessage":"boom","stackTrace":[]}`))
+			r.Body.Close()
+		case ev.Big > 0:
+			r, _ := http.Post(base+"/invocation/"+id+"/response", "application/json",
+				bytes.NewReader(bytes.Repeat([]byte("x"), ev.Big)))
+			r.Body.Close()
+		default:
+			r, _ := http.Post(base+"/invocation/"+id+"/response", "application/json", bytes.NewReader(body))
+			r.Body.Close()
+		}
+	}
+}
+
+type testAgent struct {
+	pool *pool
+	url  string
+	out  *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startAgent(t *testing.T, workers int, timeout time.Duration, mode string) *testAgent {
+	t.Helper()
+	t.Setenv("AGENT_TEST_FAKE_RUNTIME", mode)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &Config{Workers: workers, Timeout: timeout, MemoryMB: 128, FunctionName: "fn", FunctionVersion: "$LATEST",
+		FunctionARN: "arn:aws:lambda:us-east-1:000000000000:function:fn", TaskRoot: t.TempDir(),
+		RuntimeCmd: []string{exe}, MaxRequest: 1 << 16, MaxResponse: 1 << 16}
+	out := &syncBuffer{}
+	var p *pool
+	var servers []*http.Server
+	for attempt := 0; ; attempt++ {
+		cfg.RuntimeAPI = fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(30000))
+		p = newPool(cfg, newLogger(out, out), newMetrics(workers))
+		if servers, err = serveRuntimeAPI(p); err == nil {
+			break
+		} else if attempt > 20 {
+			t.Fatal(err)
+		}
+	}
+	front := httptest.NewServer(newFrontMux(cfg, p, p.metrics))
+	p.start()
+	t.Cleanup(func() {
+		p.stop()
+		front.Close()
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	})
+	return &testAgent{pool: p, url: front.URL, out: out}
+}
+
+func (a *testAgent) invoke(t *testing.T, body string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.Post(a.url+"/invoke", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestInvokeOutcomes(t *testing.T) {
+	a := startAgent(t, 1, 2*time.Second, "echo")
+	waitFor(t, "readiness", a.pool.isReady)
+	tests := []struct {
+		name, body   string
+		status       int
+		outcome      string
+		funcErr      bool
+		bodyContains string
+	}{
+		{"echo", `{"a":"é"}`, 200, "success", false, `{"a":"é"}`},
+		{"empty payload is {}", ``, 200, "success", false, `{}`},
+		{"function error", `{"fail":true}`, 200, "function_error", true, `"errorType":"ValueError"`},
+		{"crash", `{"crash":true}`, 200, "crash", true, `Runtime.ExitError`},
+		{"after a crash", `{"n":1}`, 200, "success", false, `{"n":1}`},
+		{"timeout", `{"sleep_ms":5000}`, 200, "timeout", true, `Task timed out after 2.00 seconds`},
+		{"after a timeout", `{"n":2}`, 200, "success", false, `{"n":2}`},
+		{"not json", `hello`, 400, "", false, `InvalidRequestContentException`},
+		{"request too large", `"` + strings.Repeat("x", 1<<16) + `"`, 413, "", false, `RequestTooLargeException`},
+		{"response too large", `{"big":70000}`, 200, "response_too_large", true, `Function.ResponseSizeTooLarge`},
+		{"response at the limit", `{"big":65536}`, 200, "success", false, `xxx`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := a.invoke(t, tt.body)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, body %s", resp.StatusCode, body)
+			}
+			if got := resp.Header.Get("X-Kubelambda-Outcome"); got != tt.outcome {
+				t.Errorf("outcome %q, want %q", got, tt.outcome)
+			}
+			if got := resp.Header.Get("X-Amz-Function-Error") == "Unhandled"; got != tt.funcErr {
+				t.Errorf("function error header = %v", got)
+			}
+			if !strings.Contains(body, tt.bodyContains) && resp.Header.Get("X-Amzn-Errortype") != tt.bodyContains {
+				t.Errorf("body %.200s does not contain %q", body, tt.bodyContains)
+			}
+		})
+	}
+	if got := a.pool.metrics.restarts.Load(); got != 2 {
+		t.Errorf("restarts = %d, want 2 (crash and timeout)", got)
+	}
+	logs := a.out.String()
+	for _, want := range []string{"START RequestId: ", "END RequestId: ", "Status: timeout", "Init Duration: "} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q:\n%s", want, logs)
+		}
+	}
+}
+
+func TestConcurrencyRefusal(t *testing.T) {
+	a := startAgent(t, 2, 5*time.Second, "echo")
+	waitFor(t, "readiness", a.pool.isReady)
+	var wg sync.WaitGroup
+	codes := make([]int, 2)
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, _ := a.invoke(t, `{"sleep_ms":500}`)
+			codes[i] = resp.StatusCode
+		}()
+	}
+	waitFor(t, "two invocations in flight", func() bool { return a.pool.metrics.inflight.Load() == 2 })
+	resp, body := a.invoke(t, `{}`)
+	if resp.StatusCode != 429 || resp.Header.Get("X-Amzn-Errortype") != "TooManyRequestsException" ||
+		resp.Header.Get("X-Kubelambda-Outcome") != "refused_busy" {
+		t.Errorf("third call: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	wg.Wait()
+	if codes[0] != 200 || codes[1] != 200 {
+		t.Errorf("in-flight calls answered %v", codes)
+	}
+}
+
+func TestInitError(t *testing.T) {
+	for _, mode := range []string{"initerr", "exit"} {
+		t.Run(mode, func(t *testing.T) {
+			a := startAgent(t, 1, 2*time.Second, mode)
+			waitFor(t, "init to finish", a.pool.isReady)
+			want := map[string]string{"initerr": "Runtime.ImportModuleError", "exit": "Runtime.ExitError"}[mode]
+			for range 2 {
+				resp, body := a.invoke(t, `{}`)
+				if resp.StatusCode != 200 || resp.Header.Get("X-Kubelambda-Outcome") != "init_error" ||
+					resp.Header.Get("X-Amz-Function-Error") != "Unhandled" || !strings.Contains(body, want) {
+					t.Errorf("%d %v %s", resp.StatusCode, resp.Header, body)
+				}
+			}
+		})
+	}
+}
+
+func TestDrain(t *testing.T) {
+	a := startAgent(t, 1, 5*time.Second, "echo")
+	waitFor(t, "readiness", a.pool.isReady)
+	done := make(chan int)
+	go func() {
+		resp, _ := a.invoke(t, `{"sleep_ms":300}`)
+		done <- resp.StatusCode
+	}()
+	waitFor(t, "the invocation in flight", func() bool { return a.pool.metrics.inflight.Load() == 1 })
+	drained := make(chan bool)
+	go func() { drained <- a.pool.drain(5 * time.Second) }()
+	waitFor(t, "draining", func() bool { return !a.pool.isReady() })
+	if resp, _ := a.invoke(t, `{}`); resp.StatusCode != 503 {
+		t.Errorf("invoke while draining answered %d", resp.StatusCode)
+	}
+	if code := <-done; code != 200 {
+		t.Errorf("in-flight invocation answered %d", code)
+	}
+	if !<-drained {
+		t.Error("drain timed out")
+	}
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	a := startAgent(t, 1, 2*time.Second, "echo")
+	waitFor(t, "readiness", a.pool.isReady)
+	a.invoke(t, `{}`)
+	resp, err := http.Get(a.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`kubelambda_agent_invocations_total{outcome="success"} 1`,
+		`kubelambda_agent_invocation_duration_seconds_count 1`,
+		`kubelambda_agent_init_duration_seconds_count 1`,
+		`kubelambda_agent_inflight_invocations 0`,
+		`kubelambda_agent_timeouts_total 0`,
+		`kubelambda_agent_worker_restarts_total 0`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
