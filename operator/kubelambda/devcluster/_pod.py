@@ -251,6 +251,9 @@ class PodRunner:
             self.mark()
             return False
         cwd = self.rootfs(c)
+        # A restarted container starts from a fresh writable layer; volumes keep their content.
+        shutil.rmtree(cwd / "tmp", ignore_errors=True)
+        (cwd / "tmp").mkdir(parents=True, exist_ok=True)
         if c.spec.get("workingDir"):
             cwd = cwd / c.spec["workingDir"].lstrip("/")
             cwd.mkdir(parents=True, exist_ok=True)

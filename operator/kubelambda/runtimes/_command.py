@@ -1,0 +1,170 @@
+"""Pure builders: which command runs a runtime, and the agent's argv and environment around it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Family = Literal["python", "nodejs"]
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """A runtime of the Function API and how its worker process is started."""
+
+    name: str  # Function.spec.runtime, e.g. python3.12
+    family: Family
+    image: str  # repository of its runtime image
+    folder: str  # runtime-images/<folder>: the runtime client
+    entry: str  # the client's entry file inside that folder
+
+
+RUNTIMES: Mapping[str, RuntimeSpec] = {
+    spec.name: spec
+    for spec in (
+        RuntimeSpec("python3.12", "python", "kubelambda/runtime-python", "python", "bootstrap.py"),
+        RuntimeSpec("python3.13", "python", "kubelambda/runtime-python", "python", "bootstrap.py"),
+        RuntimeSpec("nodejs20", "nodejs", "kubelambda/runtime-nodejs", "nodejs", "index.mjs"),
+        RuntimeSpec("nodejs22", "nodejs", "kubelambda/runtime-nodejs", "nodejs", "index.mjs"),
+    )
+}
+
+
+def _spec(runtime: str) -> RuntimeSpec:
+    try:
+        return RUNTIMES[runtime]
+    except KeyError:
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(sorted(RUNTIMES))}") from None
+
+
+def runtime_for_image(image: str) -> RuntimeSpec | None:
+    """The runtime whose image ``image`` is (tag and registry host ignored), for the local node.
+
+    ``ghcr.io/x/kubelambda/runtime-python:3.13`` → python3.13; an unknown tag picks the family's first.
+    """
+    name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
+    candidates = [s for s in RUNTIMES.values() if name == s.image or name.endswith("/" + s.image)]
+    for spec in candidates:
+        if spec.name.endswith(tag) and tag:
+            return spec
+    return candidates[0] if candidates else None
+
+
+def worker_command(
+    runtime: str,
+    *,
+    runtime_dir: Path | str,
+    python: str = sys.executable,
+    node: str = "node",
+) -> list[str]:
+    """argv of one worker process for ``runtime`` whose client lies in ``runtime_dir``.
+
+    In an image ``runtime_dir`` is /opt/kubelambda/runtime; locally runtime-images/<folder>.
+    """
+    spec = _spec(runtime)
+    entry = str(Path(runtime_dir) / spec.entry)
+    if spec.family == "python":
+        return [python, entry]
+    return [node, entry]
+
+
+@dataclass(frozen=True)
+class LocalCommand:
+    """What to start: argv and the full environment of the agent, and where it answers."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    invoke_url: str  # POST here
+    base_url: str  # /readyz, /healthz and /metrics live here
+    runtime_api: str  # worker 0's Runtime API; worker i uses port+i
+    workers: int = 1
+    timeout_s: float = 3.0
+    function_name: str = "function"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def local_command(
+    runtime: str,
+    code_dir: Path | str,
+    handler: str,
+    *,
+    agent: Path | str,
+    listen: str = "127.0.0.1:8080",
+    runtime_api: str | None = None,
+    workers: int = 1,
+    timeout_s: float = 3.0,
+    memory_mb: int = 128,
+    function_name: str = "function",
+    function_version: str = "$LATEST",
+    region: str = "us-east-1",
+    environment: Mapping[str, str] | None = None,
+    base_env: Mapping[str, str] | None = None,
+    runtime_dir: Path | str | None = None,
+    runtime_cmd: Sequence[str] | None = None,
+    python: str = sys.executable,
+    node: str = "node",
+) -> LocalCommand:
+    """The agent's command line for running ``handler`` from ``code_dir`` locally.
+
+    ``listen`` is the invoke address; the Runtime API defaults to the same IP at port 9001, so that
+    a pod given its own loopback IP (127.0.x.y) binds everything there. ``environment`` is the
+    function's own environment; ``base_env`` what the agent inherits (PATH and the like; default
+    empty, pass ``os.environ`` to inherit everything). ``runtime_cmd`` replaces the runtime client,
+    e.g. with AWS's own ``python -m awslambdaric app.handler``.
+    """
+    spec = _spec(runtime)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    host = listen.rpartition(":")[0] or "127.0.0.1"
+    api = runtime_api or f"{host}:9001"
+    rdir = Path(runtime_dir) if runtime_dir is not None else _default_runtime_dir(spec)
+    cmd = (
+        list(runtime_cmd)
+        if runtime_cmd is not None
+        else worker_command(runtime, runtime_dir=rdir, python=python, node=node)
+    )
+    code = str(Path(code_dir).resolve())
+    argv = [
+        str(agent),
+        f"--listen={listen}",
+        f"--runtime-api={api}",
+        f"--workers={workers}",
+        f"--timeout={timeout_s:g}",
+        f"--memory-mb={memory_mb}",
+        f"--function-name={function_name}",
+        f"--function-version={function_version}",
+        f"--region={region}",
+        f"--handler={handler}",
+        f"--task-root={code}",
+        f"--runtime-dir={rdir}",
+        f"--runtime-name={spec.name}",
+        "--",
+        *cmd,
+    ]
+    env = {k: v for k, v in (base_env or {}).items() if not k.startswith("KUBELAMBDA_")}
+    env.update(environment or {})
+    env = dict(sorted(env.items()))
+    url_host = host if host not in ("", "0.0.0.0") else "127.0.0.1"
+    port = listen.rpartition(":")[2]
+    base_url = f"http://{url_host}:{port}"
+    return LocalCommand(
+        argv=argv,
+        env=env,
+        cwd=code,
+        invoke_url=base_url + "/invoke",
+        base_url=base_url,
+        runtime_api=api,
+        workers=workers,
+        timeout_s=timeout_s,
+        function_name=function_name,
+    )
+
+
+def _default_runtime_dir(spec: RuntimeSpec) -> Path:
+    from kubelambda.runtimes._build import runtime_images_dir
+
+    return runtime_images_dir() / spec.folder

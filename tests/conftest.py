@@ -1,0 +1,44 @@
+"""Fixtures: one local cluster per test session, a fresh namespace per test, an API client."""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from kltest import Cluster, start_cluster, wait_for
+from kubelambda.kube import KubeClient, resource_path
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    with tempfile.TemporaryDirectory(prefix="kubelambda-test-") as tmp:
+        running = start_cluster(Path(tmp))
+        try:
+            yield running
+        finally:
+            code = running.stop()
+            assert code == 0, f"the local cluster exited with {code}; see {tmp}/serve.log"
+
+
+@pytest.fixture(scope="session")
+async def kube(cluster: Cluster) -> AsyncIterator[KubeClient]:
+    async with KubeClient.from_kubeconfig(cluster.kubeconfig) as client:
+        yield client
+
+
+@pytest.fixture
+async def namespace(cluster: Cluster, kube: KubeClient) -> AsyncIterator[str]:
+    name = f"t-{secrets.token_hex(4)}"
+    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": name}})
+    # Pods are refused until the controller-manager has made the namespace's default ServiceAccount.
+    await wait_for(
+        lambda: kube.get_or_none(resource_path("v1", "serviceaccounts", namespace=name, name="default")),
+        lambda sa: sa is not None,
+        what=f"the default ServiceAccount of {name}",
+    )
+    yield name
+    await kube.delete(resource_path("v1", "namespaces", name=name))

@@ -1,0 +1,6 @@
+"""Test support shared by kubelambda's suites: the local cluster, namespaces, and waiting with deadlines."""
+
+from kltest.cluster import Cluster, kubectl_bin, start_cluster
+from kltest.wait import wait_for
+
+__all__ = ["Cluster", "kubectl_bin", "start_cluster", "wait_for"]

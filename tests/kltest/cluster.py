@@ -1,0 +1,109 @@
+"""The local cluster as a test bed: started once per session through ``kubelambda dev serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubelambda.devcluster import DevState
+from kubelambda.devcluster._binaries import ensure_binaries
+
+
+def kubectl_bin() -> Path:
+    return ensure_binaries(quiet=True).kubectl
+
+
+@dataclass
+class Cluster:
+    state_dir: Path
+    proc: subprocess.Popen[bytes]
+    state: DevState
+    kubectl_path: Path
+
+    @property
+    def kubeconfig(self) -> Path:
+        return Path(self.state.kubeconfig)
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        result = subprocess.run(
+            [str(self.kubectl_path), *args], input=input, capture_output=True, text=True, env=env, timeout=60
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]], namespace: str) -> None:
+        docs = manifest if isinstance(manifest, list) else [manifest]
+        body = {"apiVersion": "v1", "kind": "List", "items": docs}
+        self.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+
+    def pod_dir(self, namespace: str, name: str, uid: str) -> Path:
+        return self.state_dir / "pods" / f"{namespace}_{name}_{uid}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        return self.proc.returncode
+
+
+def start_cluster(state_dir: Path, *, backoff: float = 1.0, timeout: float = 180.0) -> Cluster:
+    """Starts ``kubelambda dev serve`` (the same path as ``dev up``) and waits until it reports running."""
+    kubectl = kubectl_bin()  # builds the binaries first, outside the start-up deadline
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = (state_dir / "serve.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kubelambda",
+            "dev",
+            "serve",
+            "--state-dir",
+            str(state_dir),
+            "--backoff",
+            str(backoff),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = DevState.read(state_dir)
+        if state is not None and state.state == "running" and state.pid == proc.pid:
+            return Cluster(state_dir=state_dir, proc=proc, state=state, kubectl_path=kubectl)
+        if proc.poll() is not None or (state is not None and state.state == "failed"):
+            break
+        time.sleep(0.1)
+    proc.kill()
+    tail = (state_dir / "serve.log").read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"the local cluster did not start (state dir {state_dir}):\n{tail}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
