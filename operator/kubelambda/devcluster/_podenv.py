@@ -7,6 +7,7 @@ decides, as in a real cluster, that this node may read only what its pods refere
 from __future__ import annotations
 
 import base64
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -84,7 +85,7 @@ _SUFFIX = {
 
 def parse_quantity(value: str) -> float:
     """A Kubernetes quantity (``500m``, ``128Mi``, ``1e3``) as a float in base units."""
-    match = re.fullmatch(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)", value.strip())
+    match = re.fullmatch(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)", value.strip())
     if not match or match.group(2) not in _SUFFIX:
         raise ConfigError(f"bad quantity {value!r}")
     return float(match.group(1)) * _SUFFIX[match.group(2)]
@@ -92,8 +93,6 @@ def parse_quantity(value: str) -> float:
 
 def _divide(value: str, divisor: str, resource: str) -> str:
     # The kubelet rounds up, and reports at least 1 for a non-zero CPU value (e.g. 250m / 1 → "1").
-    import math
-
     result = math.ceil(parse_quantity(value) / parse_quantity(divisor))
     return str(result)
 

@@ -1,0 +1,125 @@
+"""``kubelambda dev up / status / down``, and no process outliving the cluster however it is stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kltest import kubectl_bin, start_cluster
+from kltest.cluster import alive
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kubelambda", "dev", *args, "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
+    env = {**os.environ, "KUBECONFIG": kubeconfig}
+    out = subprocess.run(
+        [str(kubectl_bin()), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=input,
+        timeout=120,
+        check=True,
+    )
+    return out.stdout
+
+
+def sleeper_pod(name: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}]},
+        }
+    )
+
+
+def wait_ready(kubeconfig: str, name: str) -> dict[str, object]:
+    kubectl(kubeconfig, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=60s")
+    pod: dict[str, object] = json.loads(kubectl(kubeconfig, "get", "pod", name, "-o", "json"))
+    return pod
+
+
+def pod_pid(pod: dict[str, object]) -> int:
+    status = pod["status"]
+    assert isinstance(status, dict)
+    return int(status["containerStatuses"][0]["containerID"].removeprefix("local://"))
+
+
+def lo_addresses() -> str:
+    return subprocess.run(["ip", "-4", "addr", "show", "dev", "lo"], capture_output=True, text=True).stdout
+
+
+def wait_dead(pids: list[int], timeout: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def test_up_status_down_leave_nothing_behind(tmp_path: Path) -> None:
+    up = cli("up", state_dir=tmp_path)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "The local cluster is running" in up.stdout
+    state = json.loads((tmp_path / "dev.json").read_text())
+    assert state["state"] == "running"
+    assert Path(state["kubeconfig"]).exists()
+    assert state["kubeconfig"] in up.stdout
+    status = cli("status", state_dir=tmp_path)
+    assert status.returncode == 0
+    assert "kube-apiserver" in status.stdout
+    again = cli("up", state_dir=tmp_path)
+    assert again.returncode == 0
+    assert "already running" in again.stdout
+
+    kubectl(state["kubeconfig"], "apply", "-f", "-", input=sleeper_pod("sleeper"))
+    pod = wait_ready(state["kubeconfig"], "sleeper")
+    pod_ip = pod["status"]["podIP"]  # type: ignore[index]
+    assert f"inet {pod_ip}/32" in lo_addresses()
+    pids = [*state["components"].values(), pod_pid(pod)]
+
+    down = cli("down", state_dir=tmp_path)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert wait_dead(pids) == []
+    assert f"inet {pod_ip}/32" not in lo_addresses()
+    assert cli("status", state_dir=tmp_path).returncode == 3
+
+
+def test_a_killed_supervisor_takes_every_process_with_it_and_restarts_cleanly(tmp_path: Path) -> None:
+    first = start_cluster(tmp_path)
+    kubeconfig = str(first.kubeconfig)
+    kubectl(kubeconfig, "apply", "-f", "-", input=sleeper_pod("survivor"))
+    pod = wait_ready(kubeconfig, "survivor")
+    pids = [*first.state.components.values(), pod_pid(pod)]
+    first.stop(signal.SIGKILL)
+    # No cleanup code ran: the kernel's parent-death signal ended every child.
+    assert wait_dead(pids) == []
+
+    # The same state directory starts again with its data: the pod object is still there and runs again.
+    second = start_cluster(tmp_path)
+    try:
+        pod = wait_ready(str(second.kubeconfig), "survivor")
+        assert alive(pod_pid(pod))
+        ip = pod["status"]["podIP"]  # type: ignore[index]
+        assert lo_addresses().count(f"inet {ip}/32") == 1
+    finally:
+        assert second.stop(signal.SIGINT) == 0  # Ctrl-C stops it cleanly too
+    assert wait_dead([*second.state.components.values(), pod_pid(pod)]) == []
