@@ -2,10 +2,8 @@
 PY ?= .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: venv lint types test unit integration demo bench binaries clean
-
-# Per-component targets (runtime-images/agent and the runtimes) live in mk/*.mk.
--include mk/*.mk
+.PHONY: venv lint types test unit integration demo bench bench-cluster binaries clean
+.DEFAULT_GOAL := test
 
 venv: .venv/.installed
 .venv/.installed: pyproject.toml
@@ -30,14 +28,21 @@ unit: venv
 integration: venv binaries
 	$(PY) -m pytest tests/integration -q
 
-test: lint types binaries
+# Lint, types, the agent's Go checks, then every Python test (unit + integration on the real local cluster).
+test: lint types binaries agent-test
 	$(PY) -m pytest -q
 
 demo: venv binaries
 	bash hack/demo.sh
 
-bench: venv binaries
-	$(PY) bench/run.py
+# Every benchmark prints its figures beside a baseline or peer measured in the same run.
+bench: bench-cluster agent-bench
+
+bench-cluster: venv binaries
+	$(PY) bench/local_cluster.py --pods 50
 
 clean:
 	rm -rf .venv .kubelambda
+
+# Per-component targets (runtime-images/agent and the runtimes) live in mk/*.mk.
+include mk/*.mk

@@ -46,7 +46,7 @@ def _print_state(state_dir: Path) -> None:
     if state.state == "running":
         print(f"kubeconfig:  {state.kubeconfig}")
         print(f"api server:  {state.server}")
-        print(f"node:        {state.node} (kubelet endpoint https://127.0.0.1:{state.kubelet_port})")
+        print(f"node:        {state.node} (kubelet endpoint https://{state.node_ip}:{state.kubelet_port})")
         print(f"pod network: {state.pod_network}")
         for name, pid in sorted(state.components.items()):
             print(f"  {name:<24} pid {pid}")

@@ -188,7 +188,9 @@ class ControlPlane:
             **{f"kubeconfig_{k}": v for k, v in kcfg.items()},
         }
 
-    async def start(self) -> None:
+    async def start(self, *, controllers: bool = True) -> None:
+        """Starts the components; ``controllers=False`` stops after etcd and the API server (what
+        controller-runtime's envtest runs), which the benchmarks use as their baseline."""
         started = time.monotonic()
         files = self._prepare()
         p = self.ports
@@ -251,6 +253,8 @@ class ControlPlane:
             log=self.logs / "kube-apiserver.log",
         )
         await self._wait_healthy("kube-apiserver", f"{self.server}/readyz", client=True)
+        if not controllers:
+            return
         self._procs["kube-controller-manager"] = spawn(
             [
                 str(b.kube_controller_manager),

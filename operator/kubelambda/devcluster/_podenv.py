@@ -85,7 +85,9 @@ _SUFFIX = {
 
 def parse_quantity(value: str) -> float:
     """A Kubernetes quantity (``500m``, ``128Mi``, ``1e3``) as a float in base units."""
-    match = re.fullmatch(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)", value.strip())
+    match = re.fullmatch(
+        r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)", value.strip()
+    )
     if not match or match.group(2) not in _SUFFIX:
         raise ConfigError(f"bad quantity {value!r}")
     return float(match.group(1)) * _SUFFIX[match.group(2)]

@@ -39,6 +39,7 @@ class DevState:
     server: str = ""
     node: str = ""
     kubelet_port: int = 0
+    node_ip: str = ""
     components: dict[str, int] = field(default_factory=dict)
     logs: str = ""
     started_at: float = 0.0
@@ -156,6 +157,7 @@ async def serve(
         state.server = plane.server
         state.node = node_name
         state.kubelet_port = node.kubelet_port
+        state.node_ip = node_ip
         state.components = {**plane.pids(), "local-node": os.getpid()}
         state.pod_network = f"{node.addresses.mode} {node.addresses.network}"
         state.startup_seconds = round(time.monotonic() - started, 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -84,7 +84,6 @@ class LocalCommand:
     workers: int = 1
     timeout_s: float = 3.0
     function_name: str = "function"
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 def local_command(

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# `make demo`: starts the local cluster and shows a Deployment's pods running as local processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+state=${KUBELAMBDA_STATE_DIR:-.kubelambda}
+
+kubelambda dev up --state-dir "$state"
+kubeconfig=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kubeconfig"])' "$state/dev.json")
+kubectl_bin=$(bash hack/kube-binaries.sh 2>/dev/null | sed -n 's/^KUBE_BIN=//p')/kubectl
+kc() { KUBECONFIG=$kubeconfig "$kubectl_bin" "$@"; }
+k() { echo "\$ kubectl $*"; kc "$@"; }
+
+echo
+echo "==> A Deployment of 3 replicas of a tiny HTTP server image, and a Service selecting them"
+kc create namespace demo --dry-run=client -o yaml | kc apply -f - >/dev/null
+echo "\$ kubectl -n demo create deployment hello --image=kubelambda.io/dev/httpserver --replicas=3 --port=8080"
+kc -n demo create deployment hello --image=kubelambda.io/dev/httpserver --replicas=3 --port=8080 \
+  --dry-run=client -o yaml | kc apply -f -
+echo "\$ kubectl -n demo expose deployment hello --port=80 --target-port=8080"
+kc -n demo expose deployment hello --port=80 --target-port=8080 --dry-run=client -o yaml | kc apply -f -
+k -n demo rollout status deployment/hello --timeout=120s
+echo
+k get nodes -o wide
+echo
+k -n demo get pods -o wide
+echo
+k -n demo get endpointslices
+echo
+echo "==> Each pod is a process on this machine, listening on its own address"
+for pod in $(kc -n demo get pods -l app=hello -o name); do
+  ip=$(kc -n demo get "$pod" -o jsonpath='{.status.podIP}')
+  pid=$(kc -n demo get "$pod" -o jsonpath='{.status.containerStatuses[0].containerID}')
+  pid=${pid#local://}
+  printf '%s  pid %s  %s\n' "$pod" "$pid" "$(ps -o args= -p "$pid")"
+  printf '    curl http://%s:8080/ -> %s\n' "$ip" "$(curl -s "http://$ip:8080/")"
+done
+echo
+k -n demo logs deployment/hello --tail=3
+echo
+cat <<EOT
+The local cluster keeps running. Try:
+  export KUBECONFIG=$kubeconfig
+  $kubectl_bin -n demo scale deployment/hello --replicas=0     # the processes end
+  .venv/bin/kubelambda dev status
+  .venv/bin/kubelambda dev down                                # stops everything
+EOT

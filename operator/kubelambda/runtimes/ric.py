@@ -1,0 +1,110 @@
+"""AWS's own runtime interface clients, installed into the cache for the compatibility tests.
+
+``python -m kubelambda.runtimes.ric`` installs both and prints the commands that start them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+AWSLAMBDARIC_VERSION = "4.2.2"  # PyPI awslambdaric
+AWS_LAMBDA_RIC_VERSION = "4.0.2"  # npm aws-lambda-ric (builds a native addon: needs cmake, make, g++)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("KUBELAMBDA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kubelambda"
+    )
+    return Path(root) / "ric"
+
+
+def _install_once(final: Path, install: Callable[[Path], None]) -> Path:
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
+    try:
+        install(tmp)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not final.is_dir():  # not a concurrent install that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> None:
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+
+def _pip_install(target: Path) -> None:
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-input",
+            "--target",
+            str(target),
+            f"awslambdaric=={AWSLAMBDARIC_VERSION}",
+        ]
+    )
+
+
+def _npm_install(target: Path) -> None:
+    manifest = {
+        "name": "kubelambda-ric",
+        "private": True,
+        "dependencies": {"aws-lambda-ric": AWS_LAMBDA_RIC_VERSION},
+        # npm 11 runs install scripts only for approved packages; this one compiles its client.
+        "allowScripts": {"aws-lambda-ric": True},
+    }
+    (target / "package.json").write_text(json.dumps(manifest, indent=2))
+    _run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=target)
+    if not (target / "node_modules" / "aws-lambda-ric" / "rapid-client.node").is_file():
+        raise RuntimeError("npm installed aws-lambda-ric without building rapid-client.node")
+
+
+def ensure_awslambdaric() -> Path:
+    """A folder to put on PYTHONPATH so that ``python -m awslambdaric HANDLER`` works."""
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return _install_once(cache_dir() / f"awslambdaric-{AWSLAMBDARIC_VERSION}-{tag}", _pip_install)
+
+
+def ensure_aws_lambda_ric() -> Path:
+    """The entry file of npm's aws-lambda-ric: ``node <it> HANDLER`` runs a handler."""
+    folder = _install_once(cache_dir() / f"aws-lambda-ric-{AWS_LAMBDA_RIC_VERSION}", _npm_install)
+    return folder / "node_modules" / "aws-lambda-ric" / "index.mjs"
+
+
+def awslambdaric_command(handler: str, *, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "awslambdaric", handler]
+
+
+def aws_lambda_ric_command(handler: str, *, node: str = "node") -> list[str]:
+    return [node, str(ensure_aws_lambda_ric()), handler]
+
+
+def main() -> int:
+    py = ensure_awslambdaric()
+    js = ensure_aws_lambda_ric()
+    print(f"awslambdaric:   PYTHONPATH={py} {sys.executable} -m awslambdaric HANDLER")
+    print(f"aws-lambda-ric: node {js} HANDLER")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
