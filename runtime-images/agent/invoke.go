@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // The invoke endpoint, for the gateway: POST /invoke (also served at the Lambda Invoke API path,
@@ -49,7 +50,7 @@ func (a *invokeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	if len(body) == 0 {
 		body = []byte("{}") // Lambda gives an empty invoke payload to the function as {}.
-	} else if !json.Valid(body) {
+	} else if !utf8.Valid(body) || !json.Valid(body) { // Go's JSON accepts invalid UTF-8; Lambda does not
 		a.metrics.invalidRequest.Add(1)
 		apiError(rw, http.StatusBadRequest, "InvalidRequestContentException",
 			"Could not parse request body into json: the payload is not valid JSON")

@@ -141,9 +141,14 @@ func (a *runtimeAPI) next(rw http.ResponseWriter, r *http.Request, pr *proc) {
 	_, _ = rw.Write(inv.payload)
 }
 
-// readBody reads at most limit bytes; tooLarge reports a longer body.
+// drainLimit bounds how much of an oversize body is read and thrown away so that the client,
+// which may still be sending, gets the 413 rather than a reset connection.
+const drainLimit = 64 << 20
+
+// readBody reads at most limit bytes; tooLarge reports a longer body (then drained, up to drainLimit).
 func readBody(r *http.Request, limit int) (body []byte, tooLarge bool, err error) {
 	if r.ContentLength > int64(limit) {
+		_, _ = io.CopyN(io.Discard, r.Body, drainLimit)
 		return nil, true, nil
 	}
 	size := 512
@@ -166,6 +171,7 @@ func readBody(r *http.Request, limit int) (body []byte, tooLarge bool, err error
 		}
 	}
 	if len(buf) > limit {
+		_, _ = io.CopyN(io.Discard, r.Body, drainLimit)
 		return nil, true, nil
 	}
 	return buf, false, nil

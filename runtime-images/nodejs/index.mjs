@@ -213,32 +213,32 @@ function emptyEventLoop() {
   return new Promise((resolve) => process.once("beforeExit", resolve));
 }
 
-// Runs one invocation and settles with [error, result, waitForEmptyLoop].
+// Runs one invocation and settles with [error, result, shouldWaitForEmptyLoop()]. Only callback-style
+// handlers wait for the event loop to empty, and only while callbackWaitsForEmptyEventLoop is true.
 function runHandler(handler, event, headers) {
   return new Promise((resolve) => {
     let settled = false;
+    let callbackStyle = handler.length >= 3;
     let ctx;
     const finish = (err, result) => {
       if (settled) return;
       settled = true;
-      resolve([err ?? null, result, ctx.callbackWaitsForEmptyEventLoop]);
+      // Read when the loop asks, after the handler returned: a callback may come synchronously.
+      resolve([err ?? null, result, () => callbackStyle && ctx.callbackWaitsForEmptyEventLoop]);
     };
     ctx = makeContext(headers, finish);
     try {
-      const callbackStyle = handler.length >= 3;
       const out = handler(event, ctx, finish);
       if (out && typeof out.then === "function") {
+        callbackStyle = false;
         out.then(
           (r) => finish(null, r),
           (e) => finish(e ?? new Error("handler rejected with " + String(e))),
         );
-        ctx.callbackWaitsForEmptyEventLoop = false;
       } else if (!callbackStyle) {
-        ctx.callbackWaitsForEmptyEventLoop = false;
         finish(null, out);
-      }
+      } // else the answer comes through the callback
     } catch (e) {
-      ctx.callbackWaitsForEmptyEventLoop = false;
       finish(e);
     }
   });
@@ -262,7 +262,7 @@ async function serve(handler) {
       continue;
     }
     const [err, result, wait] = await runHandler(handler, event, next.headers);
-    if (wait) await emptyEventLoop();
+    if (wait()) await emptyEventLoop();
     if (err !== null) {
       const e = toLambdaError(err);
       console.error("Invoke Error \t" + JSON.stringify(e));

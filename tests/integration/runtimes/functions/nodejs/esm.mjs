@@ -1,0 +1,1 @@
+export const handler = async (event, context) => ({ module: "esm", requestId: context.awsRequestId });

@@ -1,0 +1,65 @@
+"""Handlers the runtime tests call through the agent (our client and awslambdaric alike)."""
+
+import logging
+import os
+import time
+
+logger = logging.getLogger()
+logger.setLevel(logging.INFO)
+
+
+def echo(event, context):
+    return event
+
+
+def ctx(event, context):
+    first = context.get_remaining_time_in_millis()
+    time.sleep(0.05)
+    second = context.get_remaining_time_in_millis()
+    cc = context.client_context
+    return {
+        "aws_request_id": context.aws_request_id,
+        "function_name": context.function_name,
+        "function_version": context.function_version,
+        "invoked_function_arn": context.invoked_function_arn,
+        "memory_limit_in_mb": str(context.memory_limit_in_mb),
+        "log_group_name": context.log_group_name,
+        "log_stream_name": context.log_stream_name,
+        "identity": {
+            "cognito_identity_id": context.identity.cognito_identity_id,
+            "cognito_identity_pool_id": context.identity.cognito_identity_pool_id,
+        },
+        "client_context": None
+        if cc is None
+        else {"installation_id": cc.client.installation_id, "custom": cc.custom, "env": cc.env},
+        "remaining": [first, second],
+        "trace_id": os.environ.get("_X_AMZN_TRACE_ID"),
+        "env": {k: os.environ.get(k) for k in ("AWS_REGION", "AWS_EXECUTION_ENV", "TZ", "GREETING")},
+    }
+
+
+def fail(event, context):
+    raise ValueError("boom: " + str(event.get("why")))
+
+
+def sleep(event, context):
+    time.sleep(event["seconds"])
+    return {"slept": event["seconds"]}
+
+
+def log(event, context):
+    logger.info("logged from the handler")
+    print("printed from the handler")
+    return "ok"
+
+
+def unserialisable(event, context):
+    return {1, 2}
+
+
+def crash(event, context):
+    os._exit(3)
+
+
+def grow(event, context):
+    return "a" * (event["size"] - 2)  # a JSON string of exactly event["size"] bytes

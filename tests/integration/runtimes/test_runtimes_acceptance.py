@@ -1,0 +1,348 @@
+"""The issue's acceptance list, for our Python and Node.js runtime clients, through the real agent."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kubelambda.runtimes import InvokeResult, LocalFunction
+
+from .conftest import FUNCTIONS, StartFunction
+
+RUNTIMES = ["python3.12", "nodejs20"]
+SIX_MB = 6 * 1024 * 1024
+REPORT = re.compile(
+    r"^REPORT RequestId: (?P<id>[0-9a-f-]+)\tDuration: (?P<duration>\d+\.\d\d) ms\t"
+    r"Billed Duration: (?P<billed>\d+) ms\tMemory Size: (?P<size>\d+) MB\tMax Memory Used: (?P<used>\d+) MB\t"
+    r"(?:Init Duration: (?P<init>\d+\.\d\d) ms\t)?(?:Status: (?P<status>\w+)\t)?"
+)
+
+
+def body(result: InvokeResult) -> object:
+    return json.loads(result.body)
+
+
+def trace_of(error: dict[str, object]) -> list[str]:
+    # Lambda's Python runtime calls it stackTrace, its Node.js runtime trace.
+    trace = error.get("stackTrace", error.get("trace"))
+    assert isinstance(trace, list), error
+    return trace
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_echo(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.echo")
+    result = fn.invoke(b'{"hello": "world", "n": [1, 2.5, null, true]}')
+    assert result.status == 200
+    assert result.function_error is None
+    assert body(result) == {"hello": "world", "n": [1, 2.5, None, True]}
+    assert result.headers["x-amz-executed-version"] == "$LATEST"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_context_fields_and_remaining_time(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.ctx", timeout_s=5, memory_mb=256)
+    arn = "arn:aws:lambda:eu-west-1:123456789012:function:test-fn:live"
+    client_context = {"client": {"installation_id": "inst-1"}, "custom": {"k": "v"}, "env": {"platform": "x"}}
+    cognito = {"cognitoIdentityId": "id-1", "cognitoIdentityPoolId": "pool-1"}
+    result = fn.invoke(
+        b"{}",
+        headers={
+            "Lambda-Runtime-Aws-Request-Id": "11111111-2222-4333-8444-555555555555",
+            "Lambda-Runtime-Invoked-Function-Arn": arn,
+            "X-Amz-Client-Context": base64.b64encode(json.dumps(client_context).encode()).decode(),
+            "Lambda-Runtime-Cognito-Identity": json.dumps(cognito),
+            "X-Amzn-Trace-Id": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+        },
+    )
+    assert result.status == 200, result
+    got = body(result)
+    assert isinstance(got, dict)
+    first, second = got.pop("remaining")
+    assert 0 < second < first <= 5000
+    assert first - second >= 40
+    assert got.pop("callbackWaitsForEmptyEventLoop", True) is True
+    assert got["log_stream_name"].startswith(time.strftime("%Y/%m/%d/[$LATEST]", time.gmtime()))
+    del got["log_stream_name"]
+    assert got == {
+        "aws_request_id": "11111111-2222-4333-8444-555555555555",
+        "function_name": "test-fn",
+        "function_version": "$LATEST",
+        "invoked_function_arn": arn,
+        "memory_limit_in_mb": "256",
+        "log_group_name": "/aws/lambda/test-fn",
+        "identity": {"cognito_identity_id": "id-1", "cognito_identity_pool_id": "pool-1"},
+        "client_context": {"installation_id": "inst-1", "custom": {"k": "v"}, "env": {"platform": "x"}},
+        "trace_id": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+        "env": {
+            "AWS_REGION": "us-east-1",
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{runtime}",
+            "TZ": "UTC",
+            "GREETING": "hello",
+        },
+    }
+    assert result.headers["lambda-runtime-aws-request-id"] == "11111111-2222-4333-8444-555555555555"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_thrown_error(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.fail")
+    result = fn.invoke(b'{"why": "testing"}')
+    assert result.status == 200
+    assert result.function_error == "Unhandled"
+    error = body(result)
+    assert isinstance(error, dict)
+    assert error["errorType"] == ("ValueError" if runtime.startswith("python") else "Error")
+    assert error["errorMessage"] == "boom: testing"
+    assert any("fail" in line for line in trace_of(error)), error
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_timeout_then_fresh_worker(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.sleep", timeout_s=1)
+    result = fn.invoke(b'{"seconds": 5}')
+    assert result.status == 200
+    assert result.function_error == "Unhandled"
+    assert result.outcome == "timeout"
+    assert "Task timed out after 1.00 seconds" in body(result)["errorMessage"]  # type: ignore[index]
+    after = fn.invoke(b'{"seconds": 0}')
+    assert (after.status, body(after)) == (200, {"slept": 0})
+    # The second call ran on a new worker: its REPORT has an Init Duration.
+    report = fn.wait_for_log(rf"^REPORT RequestId: {after.headers['lambda-runtime-aws-request-id']}\t")
+    assert "Init Duration" in report.string
+    metrics = fn.get("/metrics").body.decode()
+    assert "kubelambda_agent_timeouts_total 1" in metrics
+    assert "kubelambda_agent_worker_restarts_total 1" in metrics
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_crash_mid_invocation(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.crash")
+    result = fn.invoke(b"{}")
+    assert result.function_error == "Unhandled"
+    assert body(result)["errorType"] == "Runtime.ExitError"  # type: ignore[index]
+    assert "exit status 3" in body(result)["errorMessage"]  # type: ignore[index]
+    again = fn.invoke(b"{}")  # a fresh worker takes it, and crashes the same way
+    assert body(again)["errorType"] == "Runtime.ExitError"  # type: ignore[index]
+
+
+BAD_HANDLERS = {
+    "python3.12": [
+        ("nosuchmodule.handler", "Runtime.ImportModuleError", "Unable to import module 'nosuchmodule'"),
+        ("app.nosuchfunction", "Runtime.HandlerNotFound", "Handler 'nosuchfunction' missing on module 'app'"),
+        ("nodot", "Runtime.MalformedHandlerName", "Bad handler 'nodot'"),
+        ("broken.handler", "Runtime.UserCodeSyntaxError", "Syntax error in module 'broken'"),
+        ("raises_at_import.handler", "RuntimeError", "cannot start"),
+    ],
+    "nodejs20": [
+        ("nosuchmodule.handler", "Runtime.ImportModuleError", "Cannot find module 'nosuchmodule'"),
+        ("app.nosuchfunction", "Runtime.HandlerNotFound", "app.nosuchfunction is undefined or not exported"),
+        ("nodot", "Runtime.MalformedHandlerName", "Bad handler"),
+        ("broken.handler", "Runtime.UserCodeSyntaxError", "SyntaxError"),
+        ("raises_at_import.handler", "Error", "cannot start"),
+    ],
+}
+
+
+def code_with_broken_file(runtime: str, tmp_path: Path) -> Path:
+    import shutil
+
+    code = tmp_path / "code"
+    shutil.copytree(FUNCTIONS / ("python" if runtime.startswith("python") else "nodejs"), code)
+    if runtime.startswith("python"):
+        (code / "broken.py").write_text("def handler(event, context)\n    return 1\n")
+    else:
+        (code / "broken.js").write_text("exports.handler = async (event => {\n")
+    return code
+
+
+@pytest.mark.parametrize(
+    ("runtime", "handler", "error_type", "message"),
+    [(rt, *case) for rt, cases in BAD_HANDLERS.items() for case in cases],
+    ids=[f"{rt}-{case[1]}" for rt, cases in BAD_HANDLERS.items() for case in cases],
+)
+def test_bad_handler_gives_init_error_on_first_invoke(
+    runtime: str, handler: str, error_type: str, message: str, start_function: StartFunction, tmp_path: Path
+) -> None:
+    fn = start_function(runtime, handler, code=code_with_broken_file(runtime, tmp_path))
+    for _ in range(2):  # every invoke gets it, as each retries the init
+        result = fn.invoke(b"{}")
+        assert result.status == 200
+        assert result.function_error == "Unhandled"
+        assert result.outcome == "init_error"
+        error = body(result)
+        assert isinstance(error, dict)
+        assert error["errorType"] == error_type
+        assert message in error["errorMessage"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_four_workers_serve_four_calls_and_refuse_a_fifth(
+    runtime: str, start_function: StartFunction
+) -> None:
+    fn = start_function(runtime, "app.sleep", workers=4, timeout_s=10)
+    results: list[InvokeResult] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        r = fn.invoke(b'{"seconds": 1.5}')
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_for_metric(fn, "kubelambda_agent_inflight_invocations 4")
+    fifth = fn.invoke(b'{"seconds": 0}')
+    for t in threads:
+        t.join(30)
+    assert fifth.status == 429
+    assert fifth.headers["x-amzn-errortype"] == "TooManyRequestsException"
+    assert fifth.outcome == "refused_busy"
+    assert [(r.status, r.function_error) for r in results] == [(200, None)] * 4
+    assert fn.invoke(b'{"seconds": 0}').status == 200
+
+
+def wait_for_metric(fn: LocalFunction, line: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = fn.get("/metrics").body.decode()
+        if line in seen.splitlines():
+            return
+        time.sleep(0.01)  # polling interval of a condition wait, not synchronisation by itself
+    raise AssertionError(f"metric {line!r} not seen within {timeout}s:\n{seen}")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_payload_limits(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.echo", timeout_s=30, memory_mb=1024)
+    payload = b'"' + b"a" * (SIX_MB - 2) + b'"'
+    assert len(payload) == SIX_MB
+    result = fn.invoke(payload)
+    assert result.status == 200, result.body[:300]
+    assert result.function_error is None
+    assert result.body == payload
+    too_big = fn.invoke(b'"' + b"a" * (SIX_MB - 1) + b'"')
+    assert too_big.status == 413
+    assert too_big.headers["x-amzn-errortype"] == "RequestTooLargeException"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_response_limit(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.grow", timeout_s=30, memory_mb=1024)
+    at_limit = fn.invoke(json.dumps({"size": SIX_MB}).encode())
+    assert (at_limit.status, at_limit.function_error, len(at_limit.body)) == (200, None, SIX_MB)
+    over = fn.invoke(json.dumps({"size": SIX_MB + 1}).encode())
+    assert over.status == 200
+    assert over.function_error == "Unhandled"
+    assert over.outcome == "response_too_large"
+    error = body(over)
+    assert isinstance(error, dict)
+    assert error["errorType"] == "Function.ResponseSizeTooLarge"
+    assert str(SIX_MB) in error["errorMessage"]
+    assert fn.invoke(b'{"size": 10}').status == 200  # the worker carries on
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_unicode_and_non_json_payloads(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.echo")
+    event = {"text": "héllo wörld ✓ 日本語 🎉", "emoji": "🦄"}
+    result = fn.invoke(json.dumps(event, ensure_ascii=False).encode())
+    assert result.status == 200
+    assert body(result) == event
+    # Lambda's python3.12+ and Node.js runtimes answer UTF-8, not \u escapes.
+    assert "🦄".encode() in result.body
+    escaped = fn.invoke(json.dumps(event).encode())  # \u escapes in, same event out
+    assert body(escaped) == event
+    assert fn.invoke(b'"just a string"').body == b'"just a string"'
+    assert fn.invoke(b"42").body == b"42"
+    assert fn.invoke(b"").body == b"{}"  # an empty payload reaches the function as {}
+    not_json = fn.invoke(b"hello, not json")
+    assert not_json.status == 400
+    assert not_json.headers["x-amzn-errortype"] == "InvalidRequestContentException"
+    bad_utf8 = fn.invoke(b'"\xff\xfe"')
+    assert bad_utf8.status == 400
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_report_lines(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.log", memory_mb=256)
+    ids = []
+    for _ in range(2):
+        result = fn.invoke(b"{}")
+        assert body(result) == "ok"
+        ids.append(result.headers["lambda-runtime-aws-request-id"])
+    lines = [fn.wait_for_log(rf"^REPORT RequestId: {rid}\t").string for rid in ids]
+    reports = []
+    for rid, line in zip(ids, lines, strict=True):
+        parsed = REPORT.match(line)
+        assert parsed is not None, line
+        reports.append(parsed)
+        assert parsed["id"] == rid
+        assert int(parsed["billed"]) >= float(parsed["duration"])
+        assert parsed["size"] == "256"
+        assert 5 < int(parsed["used"]) < 256
+        fn.wait_for_log(rf"^START RequestId: {rid} Version: \$LATEST$")
+        fn.wait_for_log(rf"^END RequestId: {rid}$")
+    assert reports[0]["init"] is not None  # cold start
+    assert reports[1]["init"] is None
+    # The handler's log line carries its request id.
+    fn.wait_for_log(rf"{ids[0]}\t.*logged from the handler")
+
+
+def test_python_specifics(start_function: StartFunction) -> None:
+    fn = start_function("python3.12", "app.unserialisable")
+    error = body(fn.invoke(b"{}"))
+    assert isinstance(error, dict)
+    assert error["errorType"] == "Runtime.MarshalError"
+    assert "Unable to marshal response" in error["errorMessage"]
+    nested = start_function("python3.12", "pkg/mod.handler")
+    assert body(nested.invoke(b"{}")) == {"from": "pkg/mod"}
+
+
+@pytest.mark.parametrize(
+    ("handler", "expected"),
+    [
+        ("esm.handler", {"module": "esm"}),
+        ("esmpkg/index.handler", {"module": "esm-package"}),
+        ("lib/nested.handler", {"from": "lib/nested"}),
+        ("app.nested.deeper", "nested export"),
+        ("app.callback", {"order": ["sync", "timer"]}),
+    ],
+    ids=["esm-mjs", "esm-package-type-module", "subfolder", "nested-export", "callback-waits-for-event-loop"],
+)
+def test_nodejs_module_kinds(handler: str, expected: object, start_function: StartFunction) -> None:
+    fn = start_function("nodejs20", handler)
+    got = body(fn.invoke(b"{}"))
+    if isinstance(got, dict):
+        got.pop("requestId", None)
+    assert got == expected
+
+
+def test_nodejs_callback_error(start_function: StartFunction) -> None:
+    fn = start_function("nodejs20", "app.callbackError")
+    result = fn.invoke(b"{}")
+    assert result.function_error == "Unhandled"
+    assert body(result)["errorType"] == "TypeError"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_sigterm_drains_in_flight_invocations(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.sleep", timeout_s=10)
+    results: list[InvokeResult] = []
+    t = threading.Thread(target=lambda: results.append(fn.invoke(b'{"seconds": 1}')))
+    t.start()
+    wait_for_metric(fn, "kubelambda_agent_inflight_invocations 1")
+    fn.signal_term()
+    fn.wait_for_log("draining")
+    assert fn.get("/readyz").status == 503
+    t.join(30)
+    assert fn.wait_exit(15) == 0
+    assert [(r.status, body(r)) for r in results] == [(200, {"slept": 1})]

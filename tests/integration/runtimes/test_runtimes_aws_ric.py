@@ -1,0 +1,109 @@
+"""AWS's own runtime interface clients run handlers against the agent unchanged.
+
+awslambdaric (PyPI) and aws-lambda-ric (npm, which compiles a native addon) are installed into the
+cache by the session fixtures on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubelambda.runtimes import InvokeResult
+from kubelambda.runtimes.ric import ensure_aws_lambda_ric, ensure_awslambdaric
+
+from .conftest import FUNCTIONS, StartFunction
+
+
+@pytest.fixture(scope="session")
+def awslambdaric() -> Path:
+    return ensure_awslambdaric()
+
+
+@pytest.fixture(scope="session")
+def aws_lambda_ric() -> Path:
+    return ensure_aws_lambda_ric()
+
+
+@pytest.fixture(params=["awslambdaric", "aws-lambda-ric"])
+def start_aws(request: pytest.FixtureRequest, start_function: StartFunction) -> StartFunction:
+    """Starts a handler under one of AWS's clients instead of ours."""
+
+    def start(handler: str, **kwargs: object) -> object:
+        if request.param == "awslambdaric":
+            pythonpath = request.getfixturevalue("awslambdaric")
+            return start_function(
+                "python3.12",
+                handler,
+                runtime_cmd=[sys.executable, "-m", "awslambdaric", handler],
+                environment={"PYTHONPATH": f"{pythonpath}:{FUNCTIONS / 'python'}"},
+                **kwargs,
+            )
+        entry = request.getfixturevalue("aws_lambda_ric")
+        node = request.getfixturevalue("node")
+        return start_function("nodejs20", handler, runtime_cmd=[node, str(entry), handler], **kwargs)
+
+    return start  # type: ignore[return-value]
+
+
+def body(result: InvokeResult) -> object:
+    return json.loads(result.body)
+
+
+def test_echo(start_aws: StartFunction) -> None:
+    fn = start_aws("app.echo")
+    for event in ({"hello": "wörld ✓"}, [1, 2, 3], "text"):
+        result = fn.invoke(json.dumps(event).encode())
+        assert (result.status, result.function_error) == (200, None), result
+        assert body(result) == event
+
+
+def test_context(start_aws: StartFunction) -> None:
+    fn = start_aws("app.ctx", timeout_s=5)
+    result = fn.invoke(
+        b"{}",
+        headers={
+            "Lambda-Runtime-Aws-Request-Id": "abcdef00-2222-4333-8444-555555555555",
+            "Lambda-Runtime-Cognito-Identity": json.dumps(
+                {"cognitoIdentityId": "i", "cognitoIdentityPoolId": "p"}
+            ),
+        },
+    )
+    got = body(result)
+    assert isinstance(got, dict), result
+    first, second = got["remaining"]
+    assert 0 < second < first <= 5000
+    assert got["aws_request_id"] == "abcdef00-2222-4333-8444-555555555555"
+    assert got["function_name"] == "test-fn"
+    assert got["invoked_function_arn"] == "arn:aws:lambda:us-east-1:000000000000:function:test-fn"
+    assert got["memory_limit_in_mb"] == "256"
+    assert got["identity"] == {"cognito_identity_id": "i", "cognito_identity_pool_id": "p"}
+
+
+def test_error(start_aws: StartFunction) -> None:
+    fn = start_aws("app.fail")
+    result = fn.invoke(b'{"why": "aws"}')
+    assert result.function_error == "Unhandled"
+    error = body(result)
+    assert isinstance(error, dict)
+    assert error["errorMessage"] == "boom: aws"
+    assert error["errorType"] in ("ValueError", "Error")
+
+
+def test_timeout_then_next_call(start_aws: StartFunction) -> None:
+    fn = start_aws("app.sleep", timeout_s=1)
+    assert fn.invoke(b'{"seconds": 5}').outcome == "timeout"
+    after = fn.invoke(b'{"seconds": 0}')
+    assert (after.status, body(after)) == (200, {"slept": 0})
+
+
+def test_init_error(start_aws: StartFunction) -> None:
+    fn = start_aws("app.nosuchfunction")
+    result = fn.invoke(b"{}")
+    assert result.outcome == "init_error"
+    error = body(result)
+    assert isinstance(error, dict)
+    assert error["errorType"] == "Runtime.HandlerNotFound"
