@@ -67,8 +67,8 @@ type reportInfo struct {
 //
 //	REPORT RequestId: <id>\tDuration: 3.12 ms\tBilled Duration: 4 ms\tMemory Size: 128 MB\tMax Memory Used: 56 MB\tInit Duration: 200.67 ms\t
 func (l *logger) report(inv *invocation, ri reportInfo) {
-	l.line(formatEnd(inv.id))
-	l.line(formatReport(inv.id, time.Since(inv.started), ri))
+	// One write for both lines: fewer syscalls on the hot path.
+	l.line(formatEnd(inv.id) + "\n" + formatReport(inv.id, inv.sinceStart(), ri))
 }
 
 func formatEnd(id string) string { return "END RequestId: " + id }

@@ -53,8 +53,9 @@ func run(cfg *Config) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	s := <-sig
+	p.beginDrain()
 	log.line(fmt.Sprintf("kubelambda-agent: received %v, draining for up to %v", s, cfg.DrainTimeout))
-	if !p.drain(cfg.DrainTimeout) {
+	if !p.waitDrained(cfg.DrainTimeout) {
 		log.line("kubelambda-agent: drain timed out; stopping with invocations in flight")
 	}
 	p.stop()

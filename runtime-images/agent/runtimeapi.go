@@ -135,7 +135,7 @@ func (a *runtimeAPI) next(rw http.ResponseWriter, r *http.Request, pr *proc) {
 		h["Lambda-Runtime-Cognito-Identity"] = []string{inv.cognito}
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(inv.payload))}
-	inv.started = time.Now()
+	inv.markStarted()
 	a.pool.log.start(inv.id, a.pool.cfg.FunctionVersion)
 	rw.WriteHeader(http.StatusOK)
 	_, _ = rw.Write(inv.payload)

@@ -52,10 +52,24 @@ type invocation struct {
 	clientContext string
 	cognito       string
 
-	proc    *proc     // assigned under pool.mu
-	started time.Time // when the runtime received the event
+	proc    *proc                     // assigned under pool.mu
+	started atomic.Pointer[time.Time] // when the runtime received the event
 	done    chan struct{}
 	res     result
+}
+
+// markStarted records when the event reached the runtime (or the caller got an answer without one),
+// once; later calls keep the first time.
+func (inv *invocation) markStarted() {
+	now := time.Now()
+	inv.started.CompareAndSwap(nil, &now)
+}
+
+func (inv *invocation) sinceStart() time.Duration {
+	if t := inv.started.Load(); t != nil {
+		return time.Since(*t)
+	}
+	return 0
 }
 
 func (inv *invocation) finish(r result) {
@@ -161,7 +175,7 @@ func (p *pool) submit(inv *invocation) (refused outcome, ok bool) {
 		r := w.failErr
 		p.decBusyLocked()
 		p.mu.Unlock()
-		inv.started = time.Now()
+		inv.markStarted()
 		p.log.start(inv.id, p.cfg.FunctionVersion)
 		inv.finish(r)
 		p.log.report(inv, reportInfo{status: "error", errType: r.errType, memoryMB: p.cfg.MemoryMB})
@@ -183,7 +197,7 @@ func (p *pool) expire(inv *invocation) {
 				p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
 				p.decBusyLocked()
 				p.mu.Unlock()
-				inv.started = time.Now()
+				inv.markStarted()
 				p.log.start(inv.id, p.cfg.FunctionVersion)
 				p.finishTimeout(inv, nil)
 				return
@@ -209,9 +223,7 @@ func (p *pool) finishTimeout(inv *invocation, pr *proc) {
 		pr.kill()
 	}
 	msg := fmt.Sprintf("Task timed out after %.2f seconds", p.cfg.Timeout.Seconds())
-	if inv.started.IsZero() {
-		inv.started = time.Now()
-	}
+	inv.markStarted()
 	inv.finish(result{outcome: outTimeout, errType: "Sandbox.Timedout",
 		body: errorJSON("Sandbox.Timedout", fmt.Sprintf("RequestId: %s Error: %s", inv.id, msg))})
 	p.metrics.timeouts.Add(1)
@@ -317,14 +329,18 @@ func closeOnce(ch chan struct{}) {
 	}
 }
 
-// drain refuses new invocations and waits for the admitted ones, at most d.
-func (p *pool) drain(d time.Duration) bool {
+// beginDrain refuses new invocations from now on.
+func (p *pool) beginDrain() {
 	p.mu.Lock()
 	p.draining = true
 	if p.busy == 0 {
 		closeOnce(p.drainCh)
 	}
 	p.mu.Unlock()
+}
+
+// waitDrained waits for the admitted invocations to finish, at most d.
+func (p *pool) waitDrained(d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -333,6 +349,12 @@ func (p *pool) drain(d time.Duration) bool {
 	case <-t.C:
 		return false
 	}
+}
+
+// drain refuses new invocations and waits for the admitted ones, at most d.
+func (p *pool) drain(d time.Duration) bool {
+	p.beginDrain()
+	return p.waitDrained(d)
 }
 
 // stop kills every proc and waits for the supervisors.
@@ -396,7 +418,7 @@ func (p *pool) supervise(w *worker) {
 				p.waiters = p.waiters[1:]
 				p.decBusyLocked()
 				p.mu.Unlock()
-				inv.started = time.Now()
+				inv.markStarted()
 				p.log.start(inv.id, p.cfg.FunctionVersion)
 				inv.finish(r)
 				p.log.report(inv, reportInfo{status: "error", errType: r.errType, memoryMB: p.cfg.MemoryMB})

@@ -1,0 +1,253 @@
+"""Agent benchmarks, side by side with the AWS Lambda Runtime Interface Emulator (RIE).
+
+    .venv/bin/python bench/agent_bench.py [--requests 3000] [--rounds 3]
+
+- Warm invocations of a no-op Python handler, one worker, one client connection (closed loop):
+  throughput and p50/p99 latency through the agent and through the RIE, with the same handler and
+  the same runtime client (ours, then AWS's awslambdaric), interleaved in rounds so that a noisy
+  neighbour hurts both alike.
+- Agent overhead: p50 through the agent minus p50 of calling the handler in-process.
+- Idle RSS of the agent (and of the RIE) with one initialised worker.
+
+The RIE is built from its Go module into the cache on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubelambda.runtimes import agent_binary, local_command, runtime_images_dir
+from kubelambda.runtimes.ric import cache_dir, ensure_awslambdaric
+
+RIE_MODULE = "github.com/aws/aws-lambda-runtime-interface-emulator"
+RIE_VERSION = "v0.0.0-20261030222936-bef5c4ba774d"
+HANDLER = "def handler(event, context):\n    return None\n"
+
+
+def ensure_rie() -> Path:
+    """aws-lambda-rie built with `go install` from the Go module proxy, cached by version."""
+    binary = cache_dir().parent / "bin" / f"rie-{RIE_VERSION}" / "aws-lambda-rie"
+    if not binary.is_file():
+        print(f"building {RIE_MODULE}/cmd/aws-lambda-rie@{RIE_VERSION} ...", file=sys.stderr)
+        env = {**os.environ, "GOBIN": str(binary.parent), "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
+        subprocess.run(
+            ["go", "install", "-trimpath", f"{RIE_MODULE}/cmd/aws-lambda-rie@{RIE_VERSION}"],
+            env=env,
+            check=True,
+        )
+    return binary
+
+
+def free_loopback(ports: list[int]) -> str:
+    for _ in range(50):
+        ip = f"127.{random.randint(20, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind((ip, port))
+            return ip
+        except OSError:
+            continue
+    raise RuntimeError("no free loopback address")
+
+
+@dataclass
+class Target:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    host: str
+    port: int
+    path: str
+    proc: subprocess.Popen[bytes] | None = None
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while True:  # the first successful invoke is the cold start
+            try:
+                status = invoke_once(self.host, self.port, self.path)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not come up: {self.argv}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def invoke_once(host: str, port: int, path: str) -> int:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def load(target: Target, requests: int) -> None:
+    """Closed loop over one kept-alive connection; appends per-request latencies."""
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=30)
+    body, headers = b"{}", {"Content-Type": "application/json"}
+    lat = target.latencies
+    clock = time.perf_counter
+    start = clock()
+    for _ in range(requests):
+        t0 = clock()
+        conn.request("POST", target.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        lat.append(clock() - t0)
+        if resp.status != 200:
+            raise RuntimeError(f"{target.name} answered {resp.status}")
+    target.seconds += clock() - start
+    conn.close()
+
+
+def agent_target(name: str, code: Path, client_cmd: list[str] | None, env: dict[str, str]) -> Target:
+    ip = free_loopback([8080, 9001])
+    cmd = local_command(
+        "python3.12",
+        code,
+        "app.handler",
+        agent=agent_binary(),
+        listen=f"{ip}:8080",
+        timeout_s=30,
+        runtime_cmd=client_cmd,
+        base_env=env,
+    )
+    return Target(name, cmd.argv, cmd.env, cmd.cwd, ip, 8080, "/invoke")
+
+
+def rie_target(name: str, code: Path, client_cmd: list[str], env: dict[str, str]) -> Target:
+    ip = free_loopback([8080, 9001])
+    argv = [
+        str(ensure_rie()),
+        "--log-level=error",
+        f"--runtime-interface-emulator-address={ip}:8080",
+        f"--runtime-api-address={ip}:9001",
+        *client_cmd,  # the RIE takes the last argument as the handler
+    ]
+    lambda_env = {
+        **env,
+        "_HANDLER": "app.handler",
+        "LAMBDA_TASK_ROOT": str(code),
+        "AWS_LAMBDA_FUNCTION_TIMEOUT": "30",
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
+    }
+    return Target(name, argv, lambda_env, str(code), ip, 8080, "/2015-03-31/functions/function/invocations")
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def direct_call_p50(code: Path, n: int = 20000) -> float:
+    sys.path.insert(0, str(code))
+    import app  # type: ignore[import-not-found]
+
+    lat = []
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        app.handler({}, None)
+        lat.append(clock() - t0)
+    return statistics.median(lat)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=3000, help="measured requests per target per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=300)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="agent-bench-"))
+    code = workdir / "code"
+    code.mkdir()
+    (code / "app.py").write_text(HANDLER)
+    base_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    ours = [sys.executable, str(runtime_images_dir() / "python" / "bootstrap.py"), "app.handler"]
+    aws = [sys.executable, "-m", "awslambdaric", "app.handler"]
+    aws_env = {**base_env, "PYTHONPATH": f"{ensure_awslambdaric()}:{code}"}
+    targets = [
+        agent_target("agent + kubelambda client", code, ours, base_env),
+        rie_target("RIE   + kubelambda client", code, ours, base_env),
+        agent_target("agent + awslambdaric", code, aws, aws_env),
+        rie_target("RIE   + awslambdaric", code, aws, aws_env),
+    ]
+    try:
+        for t in targets:
+            t.start()
+            load(t, args.warmup)
+            t.latencies.clear()
+            t.seconds = 0.0
+        for _ in range(args.rounds):
+            for t in targets:
+                load(t, args.requests)
+        idle = {}
+        time.sleep(2)  # let the processes settle before reading their memory
+        for t in targets:
+            idle[t.name] = t.rss_mb()
+        direct = direct_call_p50(code)
+    finally:
+        for t in targets:
+            t.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(
+        f"warm invocations, no-op Python handler, 1 worker, 1 connection, {args.rounds}x{args.requests} requests"
+    )
+    print(f"{'target':28} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'idle RSS MB':>12}")
+    for t in targets:
+        n = len(t.latencies)
+        print(
+            f"{t.name:28} {n / t.seconds:8.0f} {pct(t.latencies, 0.5) * 1e3:8.3f} "
+            f"{pct(t.latencies, 0.99) * 1e3:8.3f} {idle[t.name]:12.1f}"
+        )
+    agent_p50 = pct(targets[0].latencies, 0.5)
+    print(f"direct in-process call p50: {direct * 1e6:.2f} us")
+    print(
+        f"agent overhead (p50 through agent + kubelambda client - direct call): {(agent_p50 - direct) * 1e3:.3f} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
