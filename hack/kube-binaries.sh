@@ -64,56 +64,30 @@ GO
   rm -rf "$kube_bin"; mv "$tmp" "$kube_bin"
 }
 
-build_etcd() {
-  local work=$cache/build/etcd-$ETCD_VERSION
+# build_single NAME MODULE VERSION PACKAGE DEST LDFLAGS: one binary from one Go module, built in a throwaway
+# module that requires it (so its own go.mod, replaces aside, decides the dependency versions).
+build_single() {
+  local name=$1 module=$2 version=$3 package=$4 dest=$5 ldflags=$6
+  local work=$cache/build/$name-$version
   mkdir -p "$work"
-  cat > "$work/go.mod" <<GOMOD
-module kubelambda.local/etcdbuild
-
-go 1.24
-
-require go.etcd.io/etcd/server/v3 $ETCD_VERSION
-GOMOD
-  cat > "$work/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import _ "go.etcd.io/etcd/server/v3"
-GO
-  log "building etcd $ETCD_VERSION"
+  printf 'module kubelambda.local/%sbuild\n\ngo 1.24\n\nrequire %s %s\n' "$name" "$module" "$version" > "$work/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" > "$work/tools.go"
+  log "building $name $version"
   (cd "$work" && go mod tidy >&2 2>&1)
-  local tmp=$etcd_bin.tmp
+  local tmp=$dest.tmp
   rm -rf "$tmp"; mkdir -p "$tmp"
-  (cd "$work" && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+  (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$tmp/$name" "$package")
   touch "$tmp/.complete"
-  rm -rf "$etcd_bin"; mv "$tmp" "$etcd_bin"
+  rm -rf "$dest"; mv "$tmp" "$dest"
+}
+
+build_etcd() {
+  build_single etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 "$etcd_bin" "-s -w"
 }
 
 build_helm() {
-  local work=$cache/build/helm-$HELM_VERSION
-  mkdir -p "$work"
-  cat > "$work/go.mod" <<GOMOD
-module kubelambda.local/helmbuild
-
-go 1.24
-
-require helm.sh/helm/v3 $HELM_VERSION
-GOMOD
-  cat > "$work/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import _ "helm.sh/helm/v3/cmd/helm"
-GO
-  log "building helm $HELM_VERSION"
-  (cd "$work" && go mod tidy >&2 2>&1)
-  local tmp=$helm_bin.tmp
-  rm -rf "$tmp"; mkdir -p "$tmp"
-  (cd "$work" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm)
-  touch "$tmp/.complete"
-  rm -rf "$helm_bin"; mv "$tmp" "$helm_bin"
+  build_single helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$helm_bin" \
+    "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
 # One build at a time per cache (a test run and `dev up` may start together).

@@ -13,26 +13,13 @@ import time
 from pathlib import Path
 
 from kubelambda import __version__
+from kubelambda.devcluster._process import alive
 
 DEFAULT_STATE_DIR = ".kubelambda"
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir).resolve()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours is not alive either.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _print_state(state_dir: Path) -> None:
@@ -65,7 +52,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 
     state_dir = _state_dir(args)
     state = DevState.read(state_dir)
-    if state is not None and state.state in ("running", "starting") and _alive(state.pid):
+    if state is not None and state.state in ("running", "starting") and alive(state.pid):
         print(f"The local cluster is already {state.state}.")
         _print_state(state_dir)
         return 0
@@ -112,17 +99,17 @@ def cmd_dev_down(args: argparse.Namespace) -> int:
 
     state_dir = _state_dir(args)
     state = DevState.read(state_dir)
-    if state is None or not _alive(state.pid):
+    if state is None or not alive(state.pid):
         print("The local cluster is not running.")
         return 0
     os.kill(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
-    while _alive(state.pid) and time.monotonic() < deadline:
+    while alive(state.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(state.pid):
+    if alive(state.pid):
         os.kill(state.pid, signal.SIGKILL)
         print(f"The supervisor did not stop within {args.timeout:.0f} s and was killed.")
-    leftovers = [f"{name} ({pid})" for name, pid in state.components.items() if _alive(pid)]
+    leftovers = [f"{name} ({pid})" for name, pid in state.components.items() if alive(pid)]
     for name_pid in leftovers:
         print(f"warning: {name_pid} is still running", file=sys.stderr)
     print("The local cluster is stopped." if not leftovers else "The local cluster stopped with leftovers.")
@@ -134,7 +121,7 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
 
     state_dir = _state_dir(args)
     state = DevState.read(state_dir)
-    running = state is not None and state.state == "running" and _alive(state.pid)
+    running = state is not None and state.state == "running" and alive(state.pid)
     if state is not None and state.state == "running" and not running:
         print(
             f"The local cluster recorded in {state_dir} is not running (its supervisor {state.pid} is gone)."

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kltest import kubectl_bin, start_cluster
-from kltest.cluster import alive
+from kltest import alive, kubectl_bin, start_cluster
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from kltest import Cluster, wait_for
-from kltest.cluster import alive
+from kltest import Cluster, alive, wait_for
 from kubelambda.kube import ApiError, KubeClient, resource_path
 
 pytestmark = pytest.mark.integration

@@ -2,5 +2,6 @@
 
 from kltest.cluster import Cluster, kubectl_bin, start_cluster
 from kltest.wait import wait_for
+from kubelambda.devcluster._process import alive
 
-__all__ = ["Cluster", "kubectl_bin", "start_cluster", "wait_for"]
+__all__ = ["Cluster", "alive", "kubectl_bin", "start_cluster", "wait_for"]

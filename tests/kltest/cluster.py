@@ -96,14 +96,3 @@ def start_cluster(state_dir: Path, *, backoff: float = 1.0, timeout: float = 180
     proc.kill()
     tail = (state_dir / "serve.log").read_text(errors="replace")[-3000:]
     raise RuntimeError(f"the local cluster did not start (state dir {state_dir}):\n{tail}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False

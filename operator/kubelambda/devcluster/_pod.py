@@ -307,8 +307,12 @@ class PodRunner:
             return exit_code != 0
         return False
 
+    def _backoff_delay(self, failures: int) -> float:
+        """The kubelet's crash-loop back-off: base, doubling per consecutive failure, capped at 5 minutes."""
+        return min(self.ctx.backoff_seconds * 2.0 ** max(failures - 1, 0), MAX_BACKOFF_SECONDS)
+
     async def _backoff(self, c: ContainerState, failures: int) -> None:
-        delay = min(self.ctx.backoff_seconds * (2 ** max(failures - 1, 0)), MAX_BACKOFF_SECONDS)
+        delay = self._backoff_delay(failures)
         c.last_state = c.state
         c.state = {
             "waiting": {
@@ -328,7 +332,7 @@ class PodRunner:
         while not self.stopping.is_set():
             if not await self._launch(c):
                 failures += 1
-                await self._wait_stopping(min(self.ctx.backoff_seconds * 2**failures, MAX_BACKOFF_SECONDS))
+                await self._wait_stopping(self._backoff_delay(failures))
                 continue
             code = await self._wait_exit(c)
             if code == 0:
@@ -348,7 +352,7 @@ class PodRunner:
         while not self.stopping.is_set():
             if not await self._launch(c):
                 failures += 1
-                await self._wait_stopping(min(self.ctx.backoff_seconds * 2**failures, MAX_BACKOFF_SECONDS))
+                await self._wait_stopping(self._backoff_delay(failures))
                 continue
             launched = time.monotonic()
             c.probe_tasks = self._start_probes(c)

@@ -212,7 +212,7 @@ def _write(directory: Path, relative: str, content: bytes, mode: int | None) -> 
     target.chmod(mode if mode is not None else 0o644)
 
 
-async def _project_keys(
+def _project_keys(
     directory: Path, values: dict[str, bytes], items: list[JSON] | None, default_mode: int | None, what: str
 ) -> None:
     if items:
@@ -225,7 +225,7 @@ async def _project_keys(
             _write(directory, key, value, default_mode)
 
 
-async def _downward(directory: Path, items: list[JSON], facts: PodFacts, default_mode: int | None) -> None:
+def _downward(directory: Path, items: list[JSON], facts: PodFacts, default_mode: int | None) -> None:
     first = facts.pod["spec"]["containers"][0]["name"]
     for item in items:
         if "fieldRef" in item:
@@ -233,6 +233,15 @@ async def _downward(directory: Path, items: list[JSON], facts: PodFacts, default
         else:
             value = facts.resource(item["resourceFieldRef"], first)
         _write(directory, item["path"], value.encode(), item.get("mode", default_mode))
+
+
+async def _project_object(
+    directory: Path, objects: ObjectCache, plural: str, name: str, ref: JSON, mode: int | None
+) -> None:
+    """A ConfigMap's or Secret's keys (all, or ``ref['items']``) as files, for a volume or a projection."""
+    values = await objects.data(plural, name, optional=bool(ref.get("optional")))
+    kind = "secret" if plural == "secrets" else "configmap"
+    _project_keys(directory, values, ref.get("items"), mode, f"{kind} {name}")
 
 
 async def materialize_volume(
@@ -249,21 +258,15 @@ async def materialize_volume(
         return
     if "configMap" in volume:
         src = volume["configMap"]
-        values = await objects.data("configmaps", src["name"], optional=bool(src.get("optional")))
-        await _project_keys(
-            directory, values, src.get("items"), src.get("defaultMode"), f"configmap {src['name']}"
-        )
+        await _project_object(directory, objects, "configmaps", src["name"], src, src.get("defaultMode"))
         return
     if "secret" in volume:
         src = volume["secret"]
-        values = await objects.data("secrets", src["secretName"], optional=bool(src.get("optional")))
-        await _project_keys(
-            directory, values, src.get("items"), src.get("defaultMode"), f"secret {src['secretName']}"
-        )
+        await _project_object(directory, objects, "secrets", src["secretName"], src, src.get("defaultMode"))
         return
     if "downwardAPI" in volume:
         src = volume["downwardAPI"]
-        await _downward(directory, src.get("items", []), facts, src.get("defaultMode"))
+        _downward(directory, src.get("items", []), facts, src.get("defaultMode"))
         return
     if "projected" in volume:
         src = volume["projected"]
@@ -274,14 +277,12 @@ async def materialize_volume(
                 _write(directory, source["serviceAccountToken"]["path"], token.encode(), mode or 0o600)
             elif "configMap" in source:
                 ref = source["configMap"]
-                values = await objects.data("configmaps", ref["name"], optional=bool(ref.get("optional")))
-                await _project_keys(directory, values, ref.get("items"), mode, f"configmap {ref['name']}")
+                await _project_object(directory, objects, "configmaps", ref["name"], ref, mode)
             elif "secret" in source:
                 ref = source["secret"]
-                values = await objects.data("secrets", ref["name"], optional=bool(ref.get("optional")))
-                await _project_keys(directory, values, ref.get("items"), mode, f"secret {ref['name']}")
+                await _project_object(directory, objects, "secrets", ref["name"], ref, mode)
             elif "downwardAPI" in source:
-                await _downward(directory, source["downwardAPI"].get("items", []), facts, mode)
+                _downward(directory, source["downwardAPI"].get("items", []), facts, mode)
             else:
                 raise ConfigError(
                     f"volume {name!r}: projected source {sorted(source)} is not supported locally"
