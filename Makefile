@@ -46,3 +46,8 @@ clean:
 
 # Per-component targets (runtime-images/agent and the runtimes) live in mk/*.mk.
 include mk/*.mk
+
+# The Function and Trigger CRDs, generated from the pydantic models (a unit test fails when they drift).
+.PHONY: crds
+crds: venv
+	$(PY) -m kubelambda.api crds

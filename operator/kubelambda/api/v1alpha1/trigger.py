@@ -1,0 +1,286 @@
+"""The ``Trigger`` resource: an event source (bucket, queue, stream, schedule, HTTP route) wired to a Function."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from kubelambda.api.v1alpha1._common import (
+    CONDITIONS_LIST,
+    DNS_SUBDOMAIN,
+    Condition,
+    Destination,
+    Model,
+    cel,
+    default_of,
+    exactly_one,
+    validations,
+)
+
+SOURCES = ("bucket", "queue", "stream", "schedule", "http")
+URL = r"^[a-z][a-z0-9+.-]*://[^\s]+$"
+SCHEDULE_EXPRESSION = (
+    r"^(rate\((1 (minute|hour|day)|[1-9][0-9]* (minutes|hours|days))\)"
+    r"|cron\(\S+ \S+ \S+ \S+ \S+ \S+\))$"
+)
+
+
+S3EventType = Annotated[
+    str,
+    Field(
+        pattern=r"^s3:(ObjectCreated|ObjectRemoved):(\*|Put|Post|Copy|CompleteMultipartUpload|Delete|DeleteMarkerCreated)$",
+        max_length=64,
+    ),
+]
+
+
+class BucketFilter(Model):
+    prefix: str = Field(default="", max_length=1024)
+    """Only keys starting with this."""
+    suffix: str = Field(default="", max_length=1024)
+    """Only keys ending with this."""
+
+
+class BucketSource(Model):
+    """Object events of an S3-compatible bucket, delivered as Lambda's S3 event (``eventSource: aws:s3``)."""
+
+    endpoint: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    """S3 API endpoint."""
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    """Bucket name."""
+    events: list[S3EventType] = Field(
+        default_factory=lambda: ["s3:ObjectCreated:*"],
+        min_length=1,
+        max_length=16,
+        json_schema_extra={"default": ["s3:ObjectCreated:*"]},
+    )
+    """S3 event types, e.g. ``s3:ObjectCreated:*``."""
+    filter: BucketFilter = Field(default_factory=BucketFilter, json_schema_extra=default_of(BucketFilter))
+    """Key filter."""
+    mode: Literal["notification", "poll"] = "notification"
+    """``notification``: the store pushes events; ``poll``: the bridge lists the bucket."""
+    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$", max_length=64)
+    """Region used to sign requests and reported in events."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Secret with ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
+
+
+class RabbitMQ(Model):
+    url: str = Field(pattern=r"^amqps?://[^\s]+$", max_length=2048)
+    """AMQP URL, e.g. ``amqp://rabbitmq.queues:5672/``."""
+    queue: str = Field(min_length=1, max_length=255)
+    """Queue to consume."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Secret with ``username`` and ``password``."""
+
+
+class Nats(Model):
+    url: str = Field(pattern=r"^nats://[^\s]+$", max_length=2048)
+    """NATS URL."""
+    stream: str = Field(min_length=1, max_length=255, pattern=r"^[^\s.*>]+$")
+    """JetStream stream."""
+    subject: str | None = Field(default=None, min_length=1, max_length=255)
+    """Subject filter within the stream."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Secret with a ``creds`` file or ``token``."""
+
+
+class RedisSource(Model):
+    url: str = Field(pattern=r"^rediss?://[^\s]+$", max_length=2048)
+    """Redis URL."""
+    key: str = Field(min_length=1, max_length=1024)
+    """The list (queues) or stream (streams) key."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Secret with ``password``."""
+
+
+class Sqs(Model):
+    endpoint: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    """SQS API endpoint."""
+    queue_url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    """Queue URL."""
+    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$", max_length=64)
+    """Region."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Secret with ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
+
+
+class QueueSource(Model):
+    """A queue consumed in batches, delivered as SQS-style ``Records``."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(exactly_one(["rabbitmq", "nats", "redis", "sqs"], what="queue"))
+    )
+
+    rabbitmq: RabbitMQ | None = None
+    """A RabbitMQ queue."""
+    nats: Nats | None = None
+    """A NATS JetStream stream used as a work queue."""
+    redis: RedisSource | None = None
+    """A Redis list."""
+    sqs: Sqs | None = None
+    """An SQS-compatible queue."""
+    batch_size: int = Field(default=10, ge=1, le=10000)
+    """Records per invocation (Lambda: default 10)."""
+    max_batching_window_seconds: int = Field(default=0, ge=0, le=300)
+    """How long to gather a batch."""
+    report_batch_item_failures: bool = True
+    """Honour ``{"batchItemFailures": [...]}`` responses."""
+    max_concurrency: int = Field(default=2, ge=2, le=1000)
+    """Concurrent invocations by this trigger (Lambda: 2..1000)."""
+
+
+class Kafka(Model):
+    bootstrap_servers: list[str] = Field(min_length=1, max_length=32)
+    """``host:port`` of brokers."""
+    topic: str = Field(min_length=1, max_length=249, pattern=r"^[a-zA-Z0-9._-]+$")
+    """Topic."""
+    consumer_group: str | None = Field(default=None, min_length=1, max_length=255)
+    """Consumer group; default derived from the Trigger's namespace and name."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Secret with SASL ``username`` / ``password``."""
+
+
+class Kinesis(Model):
+    endpoint: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    """Kinesis API endpoint."""
+    stream_name: str = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_.-]+$")
+    """Stream name."""
+    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$", max_length=64)
+    """Region."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Secret with ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
+
+
+class StreamSource(Model):
+    """An ordered stream read per shard/partition, delivered as Kinesis-style ``Records``."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            exactly_one(["kafka", "redis", "nats", "kinesis"], what="stream"),
+            cel(
+                "(self.startingPosition == 'AT_TIMESTAMP') == has(self.startingPositionTimestamp)",
+                "startingPositionTimestamp is required with, and only with, startingPosition AT_TIMESTAMP",
+                field_path=".startingPositionTimestamp",
+            ),
+            cel(
+                "self.maximumRecordAgeSeconds == -1 || "
+                "(self.maximumRecordAgeSeconds >= 60 && self.maximumRecordAgeSeconds <= 604800)",
+                "maximumRecordAgeSeconds must be -1 (forever) or 60..604800",
+                field_path=".maximumRecordAgeSeconds",
+            ),
+        )
+    )
+
+    kafka: Kafka | None = None
+    """A Kafka topic."""
+    redis: RedisSource | None = None
+    """A Redis stream."""
+    nats: Nats | None = None
+    """A NATS JetStream stream."""
+    kinesis: Kinesis | None = None
+    """A Kinesis-compatible stream."""
+    batch_size: int = Field(default=100, ge=1, le=10000)
+    """Records per invocation (Lambda: default 100)."""
+    max_batching_window_seconds: int = Field(default=0, ge=0, le=300)
+    """How long to gather a batch."""
+    starting_position: Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"] = Field(
+        default="TRIM_HORIZON",
+        json_schema_extra=validations(
+            cel("self == oldSelf", "startingPosition cannot change (as in Lambda); recreate the Trigger")
+        ),
+    )
+    """Where a new consumer starts."""
+    starting_position_timestamp: datetime | None = None
+    """Start time for ``AT_TIMESTAMP``."""
+    bisect_batch_on_function_error: bool = False
+    """Split a failing batch in two and retry each half."""
+    maximum_retry_attempts: int = Field(default=-1, ge=-1, le=10000)
+    """Retries of a failing batch; -1 = until the record expires."""
+    maximum_record_age_seconds: int = Field(default=-1, ge=-1, le=604800)
+    """Discard records older than this; -1 = never."""
+    parallelization_factor: int = Field(default=1, ge=1, le=10)
+    """Concurrent batches per shard/partition, keeping order per key."""
+    report_batch_item_failures: bool = False
+    """Honour ``{"batchItemFailures": [...]}`` responses (checkpoint at the lowest failed sequence number)."""
+    on_failure: Destination | None = None
+    """Where records discarded after retries go."""
+
+
+class ScheduleSource(Model):
+    """An EventBridge-style schedule; the function receives a ``Scheduled Event``."""
+
+    expression: str = Field(pattern=SCHEDULE_EXPRESSION, max_length=256)
+    """``rate(5 minutes)`` or ``cron(0 12 * * ? *)`` (EventBridge syntax, six fields)."""
+    timezone: str = Field(default="UTC", pattern=r"^[A-Za-z0-9_+/-]+$", max_length=64)
+    """IANA time zone for cron expressions."""
+    input: dict[str, Any] | None = None
+    """Constant JSON sent instead of the Scheduled Event."""
+
+
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ANY"]
+
+
+def _any_method() -> list[HttpMethod]:
+    return ["ANY"]
+
+
+class HttpSource(Model):
+    """A gateway route; the function receives API Gateway HTTP API (payload 2.0) events."""
+
+    path: str = Field(pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@{}/-]*$", max_length=1024)
+    """Route path; ``{name}`` segments become pathParameters, ``{proxy+}`` matches the rest."""
+    methods: list[HttpMethod] = Field(
+        default_factory=_any_method,
+        min_length=1,
+        max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "set", "default": ["ANY"]},
+    )
+    """Methods routed to the function."""
+
+
+class TriggerSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            exactly_one(list(SOURCES), what="spec"),
+            cel(
+                " && ".join(f"has(self.{s}) == has(oldSelf.{s})" for s in SOURCES),
+                "the source kind of a Trigger cannot change; create a new Trigger",
+            ),
+        )
+    )
+
+    function: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+    """Name of the Function (same namespace) that receives the events."""
+    enabled: bool = True
+    """``false`` pauses the trigger without deleting it."""
+    bucket: BucketSource | None = None
+    """Bucket object events."""
+    queue: QueueSource | None = None
+    """Queue messages."""
+    stream: StreamSource | None = None
+    """Stream records."""
+    schedule: ScheduleSource | None = None
+    """A schedule."""
+    http: HttpSource | None = None
+    """An HTTP route on the gateway."""
+
+
+class TriggerStatus(Model):
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The ``metadata.generation`` last reconciled."""
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
+    """``Ready`` and its reason."""
+    source: Literal["bucket", "queue", "stream", "schedule", "http"] | None = None
+    """Which source block the spec uses (for ``kubectl get trig``)."""
+
+
+class Trigger(Model):
+    """Wires an event source to a Function (Lambda's triggers and event source mappings)."""
+
+    api_version: Literal["kubelambda.io/v1alpha1"] = "kubelambda.io/v1alpha1"
+    kind: Literal["Trigger"] = "Trigger"
+    spec: TriggerSpec
+    status: TriggerStatus = Field(default_factory=TriggerStatus)
