@@ -21,6 +21,8 @@ import (
 //	Lambda-Runtime-Trace-Id / X-Amzn-Trace-Id
 //	Lambda-Runtime-Client-Context        client context JSON, or X-Amz-Client-Context as base64 JSON
 //	Lambda-Runtime-Cognito-Identity      cognito identity JSON
+//	X-Amz-Log-Type: Tail                 answer with X-Amz-Log-Result, the base64 of the last 4 KB of
+//	                                     the invocation's log (START to REPORT)
 //
 // Answers: see writeResult and docs/runtimes.md.
 
@@ -77,6 +79,16 @@ func (a *invokeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	timer.Stop()
 	a.metrics.record(inv.res.outcome, time.Since(received))
+	if inv.tail != nil {
+		// The log reader finishes the capture at REPORT; it is right behind the answer.
+		t := time.NewTimer(2 * time.Second)
+		select {
+		case <-inv.tail.done:
+		case <-t.C:
+		}
+		t.Stop()
+		rw.Header()["X-Amz-Log-Result"] = []string{base64.StdEncoding.EncodeToString(inv.tail.tail())}
+	}
 	a.writeResult(rw, inv)
 }
 
@@ -118,6 +130,9 @@ func (a *invokeAPI) newInvocation(r *http.Request, body []byte, now time.Time) (
 		inv.clientContext = string(dec)
 	}
 	inv.cognito = headerValue(h, "Lambda-Runtime-Cognito-Identity")
+	if strings.EqualFold(headerValue(h, "X-Amz-Log-Type"), "Tail") {
+		inv.tail = newCapture()
+	}
 	return inv, nil
 }
 

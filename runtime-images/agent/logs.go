@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"math"
@@ -24,20 +25,153 @@ func newLogger(stdout, stderr io.Writer) *logger {
 	return &logger{stdout: stdout, stderr: stderr}
 }
 
-// pipe copies r to w one line at a time until r ends. A line longer than the buffer is written
-// in pieces rather than held back.
-func (l *logger) pipe(r *os.File, w io.Writer) {
+// The agent's own lines about a worker (START, END, REPORT, timeouts) travel through that worker's
+// stdout pipe, behind a marker, so that they come out in order with what the runtime printed: an
+// END line never overtakes the handler's last log line. The agent keeps a copy of the pipe's write
+// end for this (procLog) and closes it once the worker has exited.
+const agentMark = "\x00kubelambda-agent\x00"
+
+// tailBytes is how much of an invocation's log X-Amz-Log-Type: Tail returns, as Lambda does.
+const tailBytes = 4096
+
+// logCapture collects one invocation's log lines for X-Amz-Log-Result.
+type logCapture struct {
+	mu   sync.Mutex
+	buf  []byte
+	done chan struct{}
+	once sync.Once
+}
+
+func newCapture() *logCapture { return &logCapture{done: make(chan struct{})} }
+
+func (c *logCapture) add(line []byte) {
+	c.mu.Lock()
+	c.buf = append(c.buf, line...)
+	if len(c.buf) > 2*tailBytes {
+		c.buf = append(c.buf[:0], c.buf[len(c.buf)-tailBytes:]...)
+	}
+	c.mu.Unlock()
+}
+
+func (c *logCapture) finish() { c.once.Do(func() { close(c.done) }) }
+
+// tail returns the last tailBytes of the log.
+func (c *logCapture) tail() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.buf) > tailBytes {
+		return append([]byte(nil), c.buf[len(c.buf)-tailBytes:]...)
+	}
+	return append([]byte(nil), c.buf...)
+}
+
+// procLog is the agent's end of one worker's stdout pipe.
+type procLog struct {
+	mu       sync.Mutex
+	w        *os.File // nil once closed
+	captures map[string]*logCapture
+}
+
+// emit writes lines into the pipe in one write; false if the pipe is closed.
+func (pl *procLog) emit(capture *logCapture, id string, lines ...string) bool {
+	n := 0
+	for _, l := range lines {
+		n += len(agentMark) + len(l) + 1
+	}
+	b := make([]byte, 0, n)
+	for _, l := range lines {
+		b = append(b, agentMark...)
+		b = append(b, l...)
+		b = append(b, '\n')
+	}
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.w == nil {
+		return false
+	}
+	if capture != nil {
+		if pl.captures == nil {
+			pl.captures = map[string]*logCapture{}
+		}
+		pl.captures[id] = capture
+	}
+	_, err := pl.w.Write(b)
+	return err == nil
+}
+
+func (pl *procLog) take(id string) *logCapture {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	c := pl.captures[id]
+	delete(pl.captures, id)
+	return c
+}
+
+func (pl *procLog) close() {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.w != nil {
+		_ = pl.w.Close()
+		pl.w = nil
+	}
+}
+
+// pipe copies r to w one line at a time until r ends, writing the agent's marked lines in place. A
+// line longer than the buffer is written in pieces rather than held back.
+func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog) {
 	defer r.Close()
 	br := bufio.NewReaderSize(r, 64*1024)
+	var current *logCapture // the invocation whose log is being captured
+	defer func() {
+		if current != nil {
+			current.finish()
+		}
+	}()
+	mark := []byte(agentMark)
 	for {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {
-			l.mu.Lock()
-			_, _ = w.Write(line)
 			if err == io.EOF && line[len(line)-1] != '\n' {
-				_, _ = w.Write([]byte{'\n'})
+				line = append(line[:len(line):len(line)], '\n')
+			}
+			own := -1
+			if pl != nil {
+				own = bytes.Index(line, mark)
+			}
+			l.mu.Lock()
+			if own < 0 {
+				_, _ = w.Write(line)
+			} else {
+				if own > 0 { // the runtime's unfinished line, ended here
+					_, _ = w.Write(append(line[:own:own], '\n'))
+				}
+				_, _ = w.Write(line[own+len(mark):])
 			}
 			l.mu.Unlock()
+			if own < 0 {
+				if current != nil {
+					current.add(line)
+				}
+			} else {
+				if own > 0 && current != nil {
+					current.add(append(line[:own:own], '\n'))
+				}
+				text := line[own+len(mark):]
+				if rest, ok := bytes.CutPrefix(text, []byte("START RequestId: ")); ok {
+					if current != nil {
+						current.finish()
+					}
+					id, _, _ := bytes.Cut(rest, []byte(" "))
+					current = pl.take(string(id))
+				}
+				if current != nil {
+					current.add(text)
+					if bytes.HasPrefix(text, []byte("REPORT ")) {
+						current.finish()
+						current = nil
+					}
+				}
+			}
 		}
 		if err != nil && err != bufio.ErrBufferFull {
 			return
@@ -51,8 +185,8 @@ func (l *logger) line(s string) {
 	l.mu.Unlock()
 }
 
-func (l *logger) start(id, version string) {
-	l.line("START RequestId: " + id + " Version: " + version)
+func startLine(id, version string) string {
+	return "START RequestId: " + id + " Version: " + version
 }
 
 type reportInfo struct {
@@ -63,12 +197,23 @@ type reportInfo struct {
 	initDur  time.Duration
 }
 
-// report writes END and REPORT for inv, the way Lambda does:
-//
-//	REPORT RequestId: <id>\tDuration: 3.12 ms\tBilled Duration: 4 ms\tMemory Size: 128 MB\tMax Memory Used: 56 MB\tInit Duration: 200.67 ms\t
-func (l *logger) report(inv *invocation, ri reportInfo) {
-	// One write for both lines: fewer syscalls on the hot path.
-	l.line(formatEnd(inv.id) + "\n" + formatReport(inv.id, inv.sinceStart(), ri))
+// direct writes lines straight to stdout, for invocations answered without a worker; capture, if
+// any, gets them too and is finished when end is set.
+func (l *logger) direct(capture *logCapture, end bool, lines ...string) {
+	var b strings.Builder
+	for _, s := range lines {
+		b.WriteString(s)
+		b.WriteByte('\n')
+	}
+	l.mu.Lock()
+	_, _ = io.WriteString(l.stdout, b.String())
+	l.mu.Unlock()
+	if capture != nil {
+		capture.add([]byte(b.String()))
+		if end {
+			capture.finish()
+		}
+	}
 }
 
 func formatEnd(id string) string { return "END RequestId: " + id }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -55,6 +57,7 @@ func fakeRuntime() {
 			Big     int  `json:"big"`
 		}
 		_ = json.Unmarshal(body, &ev)
+		fmt.Printf("handling %s\n", id) // must come out between START and END
 		time.Sleep(time.Duration(ev.SleepMs) * time.Millisecond)
 		switch {
 		case ev.Crash:
@@ -290,5 +293,40 @@ func TestMetricsEndpoint(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+func TestLogOrderAndTail(t *testing.T) {
+	a := startAgent(t, 1, 2*time.Second, "echo")
+	waitFor(t, "readiness", a.pool.isReady)
+	req, _ := http.NewRequest("POST", a.url+"/invoke", strings.NewReader(`{}`))
+	req.Header.Set("X-Amz-Log-Type", "Tail")
+	req.Header.Set("Lambda-Runtime-Aws-Request-Id", "req-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	tail, err := base64.StdEncoding.DecodeString(resp.Header.Get("X-Amz-Log-Result"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := regexp.MustCompile(`^START RequestId: req-1 Version: \$LATEST\nhandling req-1\nEND RequestId: req-1\nREPORT RequestId: req-1\t[^\n]*\n$`)
+	if !want.Match(tail) {
+		t.Errorf("log tail %q", tail)
+	}
+	for range 20 { // without Tail, the order holds on the agent's stdout too
+		a.invoke(t, `{}`)
+	}
+	waitFor(t, "the last REPORT", func() bool { return strings.Count(a.out.String(), "REPORT RequestId") == 21 })
+	var last string
+	for _, line := range strings.Split(a.out.String(), "\n") {
+		if strings.HasPrefix(line, "handling ") && !strings.HasPrefix(last, "START RequestId: ") {
+			t.Errorf("%q follows %q, not its START line", line, last)
+		}
+		if strings.HasPrefix(line, "END ") && !strings.HasPrefix(last, "handling ") {
+			t.Errorf("%q follows %q", line, last)
+		}
+		last = line
 	}
 }

@@ -108,9 +108,9 @@ func accepted(rw http.ResponseWriter) {
 
 func (a *runtimeAPI) next(rw http.ResponseWriter, r *http.Request, pr *proc) {
 	if stale := a.pool.nextReady(pr); stale != nil {
+		a.pool.logReport(pr, stale, reportInfo{status: "error", errType: "Runtime.NoResponse", memoryMB: a.pool.cfg.MemoryMB})
 		stale.finish(result{outcome: outCrash, errType: "Runtime.NoResponse",
 			body: errorJSON("Runtime.NoResponse", "RequestId: "+stale.id+" Error: the runtime asked for the next event without answering this one")})
-		a.pool.log.report(stale, reportInfo{status: "error", errType: "Runtime.NoResponse", memoryMB: a.pool.cfg.MemoryMB})
 	}
 	var inv *invocation
 	select {
@@ -136,7 +136,7 @@ func (a *runtimeAPI) next(rw http.ResponseWriter, r *http.Request, pr *proc) {
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(inv.payload))}
 	inv.markStarted()
-	a.pool.log.start(inv.id, a.pool.cfg.FunctionVersion)
+	a.pool.logStart(pr, inv)
 	rw.WriteHeader(http.StatusOK)
 	_, _ = rw.Write(inv.payload)
 }
@@ -200,7 +200,7 @@ func (a *runtimeAPI) response(rw http.ResponseWriter, r *http.Request, pr *proc,
 		accepted(rw)
 	}
 	inv.finish(res)
-	a.pool.log.report(inv, reportInfo{status: status, errType: res.errType, memoryMB: a.pool.cfg.MemoryMB,
+	a.pool.logReport(pr, inv, reportInfo{status: status, errType: res.errType, memoryMB: a.pool.cfg.MemoryMB,
 		maxMemMB: peakRSSMB(int(pr.pid.Load())), initDur: a.pool.takeCold(pr)})
 }
 
@@ -251,7 +251,7 @@ func (a *runtimeAPI) error(rw http.ResponseWriter, r *http.Request, pr *proc, id
 	}
 	accepted(rw)
 	inv.finish(result{outcome: outFunctionError, errType: errType, body: body})
-	a.pool.log.report(inv, reportInfo{status: "error", errType: errType, memoryMB: a.pool.cfg.MemoryMB,
+	a.pool.logReport(pr, inv, reportInfo{status: "error", errType: errType, memoryMB: a.pool.cfg.MemoryMB,
 		maxMemMB: peakRSSMB(int(pr.pid.Load())), initDur: a.pool.takeCold(pr)})
 }
 

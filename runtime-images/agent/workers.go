@@ -52,6 +52,7 @@ type invocation struct {
 	clientContext string
 	cognito       string
 
+	tail    *logCapture               // non-nil when the caller asked for X-Amz-Log-Type: Tail
 	proc    *proc                     // assigned under pool.mu
 	started atomic.Pointer[time.Time] // when the runtime received the event
 	done    chan struct{}
@@ -89,6 +90,7 @@ type proc struct {
 	dead     bool        // pool.mu
 	coldInit time.Duration
 	coldSeen atomic.Bool // Init Duration reported already
+	log      procLog
 
 	initErrMu   sync.Mutex
 	initErr     []byte // body of runtime/init/error
@@ -175,11 +177,11 @@ func (p *pool) submit(inv *invocation) (refused outcome, ok bool) {
 		r := w.failErr
 		p.decBusyLocked()
 		p.mu.Unlock()
-		inv.markStarted()
-		p.log.start(inv.id, p.cfg.FunctionVersion)
-		inv.finish(r)
-		p.log.report(inv, reportInfo{status: "error", errType: r.errType, memoryMB: p.cfg.MemoryMB})
-		w.restart <- struct{}{}
+		p.answerWithoutWorker(inv, r, reportInfo{status: "error", errType: r.errType, memoryMB: p.cfg.MemoryMB})
+		select {
+		case w.restart <- struct{}{}:
+		default:
+		}
 		return 0, true
 	}
 	p.waiters = append(p.waiters, inv)
@@ -197,8 +199,6 @@ func (p *pool) expire(inv *invocation) {
 				p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
 				p.decBusyLocked()
 				p.mu.Unlock()
-				inv.markStarted()
-				p.log.start(inv.id, p.cfg.FunctionVersion)
 				p.finishTimeout(inv, nil)
 				return
 			}
@@ -217,18 +217,45 @@ func (p *pool) expire(inv *invocation) {
 }
 
 func (p *pool) finishTimeout(inv *invocation, pr *proc) {
-	maxMem := 0
-	if pr != nil {
-		maxMem = peakRSSMB(int(pr.pid.Load()))
-		pr.kill()
-	}
 	msg := fmt.Sprintf("Task timed out after %.2f seconds", p.cfg.Timeout.Seconds())
-	inv.markStarted()
-	inv.finish(result{outcome: outTimeout, errType: "Sandbox.Timedout",
-		body: errorJSON("Sandbox.Timedout", fmt.Sprintf("RequestId: %s Error: %s", inv.id, msg))})
+	r := result{outcome: outTimeout, errType: "Sandbox.Timedout",
+		body: errorJSON("Sandbox.Timedout", fmt.Sprintf("RequestId: %s Error: %s", inv.id, msg))}
 	p.metrics.timeouts.Add(1)
-	p.log.line(fmt.Sprintf("%s %s %s", time.Now().UTC().Format("2006-01-02T15:04:05.000Z"), inv.id, msg))
-	p.log.report(inv, reportInfo{status: "timeout", memoryMB: p.cfg.MemoryMB, maxMemMB: maxMem, initDur: p.takeCold(pr)})
+	timedOut := fmt.Sprintf("%s %s %s", time.Now().UTC().Format("2006-01-02T15:04:05.000Z"), inv.id, msg)
+	if pr == nil { // still waiting for a worker
+		p.answerWithoutWorker(inv, r, reportInfo{status: "timeout", memoryMB: p.cfg.MemoryMB}, timedOut)
+		return
+	}
+	ri := reportInfo{status: "timeout", memoryMB: p.cfg.MemoryMB, maxMemMB: peakRSSMB(int(pr.pid.Load())), initDur: p.takeCold(pr)}
+	// Logged before the kill, so the lines follow whatever the runtime printed.
+	p.logReport(pr, inv, ri, timedOut)
+	pr.kill()
+	inv.finish(r)
+}
+
+// answerWithoutWorker answers inv with r when no worker ran it (init error, timeout while waiting).
+func (p *pool) answerWithoutWorker(inv *invocation, r result, ri reportInfo, extra ...string) {
+	inv.markStarted()
+	lines := append([]string{startLine(inv.id, p.cfg.FunctionVersion)}, extra...)
+	lines = append(lines, formatEnd(inv.id), formatReport(inv.id, inv.sinceStart(), ri))
+	p.log.direct(inv.tail, true, lines...)
+	inv.finish(r)
+}
+
+// logStart writes START for inv, in order with pr's output.
+func (p *pool) logStart(pr *proc, inv *invocation) {
+	line := startLine(inv.id, p.cfg.FunctionVersion)
+	if !pr.log.emit(inv.tail, inv.id, line) {
+		p.log.direct(inv.tail, false, line)
+	}
+}
+
+// logReport writes extra lines, END and REPORT for inv, in order with pr's output.
+func (p *pool) logReport(pr *proc, inv *invocation, ri reportInfo, extra ...string) {
+	lines := append(extra, formatEnd(inv.id), formatReport(inv.id, inv.sinceStart(), ri))
+	if !pr.log.emit(nil, "", lines...) {
+		p.log.direct(inv.tail, true, lines...)
+	}
 }
 
 // takeCold returns the proc's Init Duration the first time it is asked, then zero.
@@ -418,10 +445,7 @@ func (p *pool) supervise(w *worker) {
 				p.waiters = p.waiters[1:]
 				p.decBusyLocked()
 				p.mu.Unlock()
-				inv.markStarted()
-				p.log.start(inv.id, p.cfg.FunctionVersion)
-				inv.finish(r)
-				p.log.report(inv, reportInfo{status: "error", errType: r.errType, memoryMB: p.cfg.MemoryMB})
+				p.answerWithoutWorker(inv, r, reportInfo{status: "error", errType: r.errType, memoryMB: p.cfg.MemoryMB})
 			} else {
 				w.failErr = r
 				p.failed = append(p.failed, w)
@@ -454,20 +478,21 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
 	pr := &proc{w: w, events: make(chan *invocation, 1), exited: make(chan struct{})}
+	pr.log.w = outW // kept for the agent's own lines; closed when the process has exited
 	// Publish before start: the runtime may call "next" as soon as it runs.
 	pr.started = time.Now()
 	w.cur.Store(pr)
 	err = cmd.Start()
-	outW.Close()
 	errW.Close()
 	if err != nil {
+		pr.log.close()
 		outR.Close()
 		errR.Close()
 		return nil, err
 	}
 	pr.pid.Store(int64(cmd.Process.Pid))
-	go p.log.pipe(outR, p.log.stdout)
-	go p.log.pipe(errR, p.log.stderr)
+	go p.log.pipe(outR, p.log.stdout, &pr.log)
+	go p.log.pipe(errR, p.log.stderr, nil)
 	go func() {
 		err := cmd.Wait()
 		p.exitedProc(pr, err)
@@ -506,16 +531,18 @@ func (p *pool) exitedProc(pr *proc, waitErr error) {
 	p.mu.Unlock()
 	close(pr.exited)
 	if inv == nil {
+		pr.log.close()
 		return
 	}
 	reason := "Runtime exited without providing a reason"
 	if waitErr != nil {
 		reason = "Runtime exited with error: " + waitErr.Error()
 	}
+	p.logReport(pr, inv, reportInfo{status: "error", errType: "Runtime.ExitError", memoryMB: p.cfg.MemoryMB,
+		initDur: p.takeCold(pr)})
+	pr.log.close()
 	inv.finish(result{outcome: outCrash, errType: "Runtime.ExitError",
 		body: errorJSON("Runtime.ExitError", fmt.Sprintf("RequestId: %s Error: %s", inv.id, reason))})
-	p.log.report(inv, reportInfo{status: "error", errType: "Runtime.ExitError", memoryMB: p.cfg.MemoryMB,
-		initDur: p.takeCold(pr)})
 }
 
 // workerEnv is the environment of every runtime process: the pod's, minus the agent's own

@@ -346,3 +346,15 @@ def test_sigterm_drains_in_flight_invocations(runtime: str, start_function: Star
     t.join(30)
     assert fn.wait_exit(15) == 0
     assert [(r.status, body(r)) for r in results] == [(200, {"slept": 1})]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_log_tail_in_order(runtime: str, start_function: StartFunction) -> None:
+    fn = start_function(runtime, "app.log")
+    result = fn.invoke(b"{}", headers={"X-Amz-Log-Type": "Tail"})
+    rid = result.headers["lambda-runtime-aws-request-id"]
+    lines = base64.b64decode(result.headers["x-amz-log-result"]).decode().splitlines()
+    assert lines[0] == f"START RequestId: {rid} Version: $LATEST"
+    assert any("logged from the handler" in line and rid in line for line in lines[1:-2]), lines
+    assert lines[-2] == f"END RequestId: {rid}"
+    assert REPORT.match(lines[-1]), lines[-1]
