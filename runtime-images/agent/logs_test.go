@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"regexp"
 	"testing"
 	"time"
@@ -63,5 +64,20 @@ func TestVmHWM(t *testing.T) {
 		if got := vmHWMMB([]byte(tt.status)); got != tt.want {
 			t.Errorf("vmHWMMB(%q) = %d, want %d", tt.status, got, tt.want)
 		}
+	}
+}
+
+func TestRSSReader(t *testing.T) {
+	var r rssReader
+	defer r.close()
+	if got := r.peakMB(os.Getpid()); got < 1 || got > 4096 {
+		t.Errorf("peak RSS of the test process = %d MB", got)
+	}
+	if got := r.peakMB(os.Getpid()); got < 1 { // the second read reuses the open file
+		t.Errorf("second read = %d MB", got)
+	}
+	var none rssReader
+	if got := none.peakMB(0); got != 0 {
+		t.Errorf("pid 0 gave %d", got)
 	}
 }

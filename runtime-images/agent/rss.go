@@ -4,18 +4,45 @@ import (
 	"bytes"
 	"os"
 	"strconv"
+	"sync"
 )
 
-// peakRSSMB is the peak resident set size (VmHWM) of pid in MB, rounded up; 0 if unknown.
-func peakRSSMB(pid int) int {
+// rssReader reads a process's peak resident set size (VmHWM) for the REPORT line. It keeps
+// /proc/<pid>/status open and re-reads it with one pread per invocation.
+type rssReader struct {
+	mu  sync.Mutex
+	f   *os.File
+	buf []byte
+}
+
+// peakMB is the peak RSS of pid in MB, rounded up; 0 if unknown.
+func (r *rssReader) peakMB(pid int) int {
 	if pid <= 0 {
 		return 0
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f == nil {
+		f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			return 0
+		}
+		r.f, r.buf = f, make([]byte, 4096)
+	}
+	n, err := r.f.ReadAt(r.buf, 0)
+	if n == 0 && err != nil {
 		return 0
 	}
-	return vmHWMMB(b)
+	return vmHWMMB(r.buf[:n])
+}
+
+func (r *rssReader) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f != nil {
+		_ = r.f.Close()
+		r.f = nil
+	}
 }
 
 func vmHWMMB(status []byte) int {

@@ -201,7 +201,7 @@ func (a *runtimeAPI) response(rw http.ResponseWriter, r *http.Request, pr *proc,
 	}
 	inv.finish(res)
 	a.pool.logReport(pr, inv, reportInfo{status: status, errType: res.errType, memoryMB: a.pool.cfg.MemoryMB,
-		maxMemMB: peakRSSMB(int(pr.pid.Load())), initDur: a.pool.takeCold(pr)})
+		maxMemMB: pr.rss.peakMB(int(pr.pid.Load())), initDur: a.pool.takeCold(pr)})
 }
 
 func (a *runtimeAPI) unknownID(rw http.ResponseWriter, pr *proc, id string) {
@@ -252,7 +252,7 @@ func (a *runtimeAPI) error(rw http.ResponseWriter, r *http.Request, pr *proc, id
 	accepted(rw)
 	inv.finish(result{outcome: outFunctionError, errType: errType, body: body})
 	a.pool.logReport(pr, inv, reportInfo{status: "error", errType: errType, memoryMB: a.pool.cfg.MemoryMB,
-		maxMemMB: peakRSSMB(int(pr.pid.Load())), initDur: a.pool.takeCold(pr)})
+		maxMemMB: pr.rss.peakMB(int(pr.pid.Load())), initDur: a.pool.takeCold(pr)})
 }
 
 // initError records why the runtime could not initialise; the runtime is expected to exit, and is

@@ -91,6 +91,7 @@ type proc struct {
 	coldInit time.Duration
 	coldSeen atomic.Bool // Init Duration reported already
 	log      procLog
+	rss      rssReader
 
 	initErrMu   sync.Mutex
 	initErr     []byte // body of runtime/init/error
@@ -226,7 +227,7 @@ func (p *pool) finishTimeout(inv *invocation, pr *proc) {
 		p.answerWithoutWorker(inv, r, reportInfo{status: "timeout", memoryMB: p.cfg.MemoryMB}, timedOut)
 		return
 	}
-	ri := reportInfo{status: "timeout", memoryMB: p.cfg.MemoryMB, maxMemMB: peakRSSMB(int(pr.pid.Load())), initDur: p.takeCold(pr)}
+	ri := reportInfo{status: "timeout", memoryMB: p.cfg.MemoryMB, maxMemMB: pr.rss.peakMB(int(pr.pid.Load())), initDur: p.takeCold(pr)}
 	// Logged before the kill, so the lines follow whatever the runtime printed.
 	p.logReport(pr, inv, ri, timedOut)
 	pr.kill()
@@ -530,6 +531,7 @@ func (p *pool) exitedProc(pr *proc, waitErr error) {
 	}
 	p.mu.Unlock()
 	close(pr.exited)
+	pr.rss.close()
 	if inv == nil {
 		pr.log.close()
 		return
