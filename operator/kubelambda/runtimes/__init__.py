@@ -15,6 +15,7 @@ from kubelambda.runtimes._command import (
     LocalCommand,
     RuntimeSpec,
     local_command,
+    pod_command,
     runtime_for_image,
     worker_command,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "RuntimeSpec",
     "agent_binary",
     "local_command",
+    "pod_command",
     "repo_root",
     "runtime_for_image",
     "runtime_images_dir",

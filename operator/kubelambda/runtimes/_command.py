@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -167,3 +168,63 @@ def _default_runtime_dir(spec: RuntimeSpec) -> Path:
     from kubelambda.runtimes._build import runtime_images_dir
 
     return runtime_images_dir() / spec.folder
+
+
+def _rehost(address: str | None, ip: str, default_port: int) -> str:
+    port = address.rpartition(":")[2] if address and ":" in address else str(default_port)
+    return f"{ip}:{port}"
+
+
+def pod_command(
+    image: str,
+    *,
+    env: Mapping[str, str],
+    pod_ip: str,
+    task_root: Path | str,
+    agent: Path | str,
+    args: Sequence[str] = (),
+    runtime_dir: Path | str | None = None,
+    python: str = sys.executable,
+    node: str = "node",
+) -> LocalCommand | None:
+    """How the local node runs a container of a runtime image as processes; None for other images.
+
+    ``env`` is the container's environment (the agent's ``KUBELAMBDA_*`` settings among it),
+    ``task_root`` the folder that stands for the pod's /var/task, ``pod_ip`` the pod's own loopback IP:
+    the invoke endpoint and the Runtime API bind there, keeping the ports the settings name. What the
+    image's ENV would have provided (runtime client, its folder, the runtime name) is filled in.
+    """
+    spec = runtime_for_image(image)
+    if spec is None:
+        return None
+    rdir = Path(runtime_dir) if runtime_dir is not None else _default_runtime_dir(spec)
+    listen = _rehost(env.get("KUBELAMBDA_LISTEN"), pod_ip, 8080)
+    out = dict(env)
+    out.update(
+        {
+            "KUBELAMBDA_LISTEN": listen,
+            "KUBELAMBDA_RUNTIME_API": _rehost(env.get("KUBELAMBDA_RUNTIME_API"), pod_ip, 9001),
+            "KUBELAMBDA_TASK_ROOT": str(task_root),
+            "KUBELAMBDA_RUNTIME_DIR": str(rdir),
+            "KUBELAMBDA_RUNTIME_CMD": json.dumps(
+                worker_command(spec.name, runtime_dir=rdir, python=python, node=node)
+            ),
+            "LAMBDA_TASK_ROOT": str(task_root),
+            "LAMBDA_RUNTIME_DIR": str(rdir),
+        }
+    )
+    out.setdefault("KUBELAMBDA_RUNTIME_NAME", spec.name)
+    base_url = f"http://{listen}"
+    workers = out.get("KUBELAMBDA_WORKERS", "1")
+    timeout = out.get("KUBELAMBDA_TIMEOUT", "3")
+    return LocalCommand(
+        argv=[str(agent), *args],
+        env=dict(sorted(out.items())),
+        cwd=str(task_root),
+        invoke_url=base_url + "/invoke",
+        base_url=base_url,
+        runtime_api=out["KUBELAMBDA_RUNTIME_API"],
+        workers=int(workers) if workers.isdigit() else 1,
+        timeout_s=float(timeout) if timeout.replace(".", "", 1).isdigit() else 3.0,
+        function_name=out.get("KUBELAMBDA_FUNCTION_NAME", "function"),
+    )

@@ -36,7 +36,7 @@ def node() -> str:
     return found
 
 
-def _free_loopback(ports: Sequence[int]) -> str:
+def free_loopback(ports: Sequence[int]) -> str:
     for _ in range(50):
         ip = f"127.{random.randint(20, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
         socks = []
@@ -70,7 +70,7 @@ def start_function(agent: Path, node: str, tmp_path: Path) -> Iterator[StartFunc
         environment: dict[str, str] | None = None,
         wait: bool = True,
     ) -> LocalFunction:
-        ip = _free_loopback([8080, *range(9001, 9001 + workers)])
+        ip = free_loopback([8080, *range(9001, 9001 + workers)])
         cmd = local_command(
             runtime,
             code or FUNCTIONS / FAMILY[runtime],

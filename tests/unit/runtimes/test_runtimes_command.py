@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from kubelambda.runtimes import RUNTIMES, local_command, runtime_for_image, worker_command
+from kubelambda.runtimes import RUNTIMES, local_command, pod_command, runtime_for_image, worker_command
 
 AGENT = "/opt/kubelambda/bin/kubelambda-agent"
 
@@ -133,3 +134,53 @@ def test_worker_command_in_an_image() -> None:
         "/opt/kubelambda/runtime/bootstrap.py",
     ]
     assert set(RUNTIMES) >= {"python3.12", "python3.13", "nodejs20", "nodejs22"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "listen", "runtime_api"),
+    [
+        ({}, "127.0.3.7:8080", "127.0.3.7:9001"),
+        (
+            {"KUBELAMBDA_LISTEN": ":8080", "KUBELAMBDA_RUNTIME_API": "127.0.0.1:9001"},
+            "127.0.3.7:8080",
+            "127.0.3.7:9001",
+        ),
+        (
+            {"KUBELAMBDA_LISTEN": "0.0.0.0:9000", "KUBELAMBDA_RUNTIME_API": "127.0.0.1:9100"},
+            "127.0.3.7:9000",
+            "127.0.3.7:9100",
+        ),
+    ],
+    ids=["defaults", "cluster-defaults", "custom-ports"],
+)
+def test_pod_command_binds_the_pod_ip(settings: dict[str, str], listen: str, runtime_api: str) -> None:
+    env = {"KUBELAMBDA_WORKERS": "4", "KUBELAMBDA_HANDLER": "app.handler", "GREETING": "hi", **settings}
+    cmd = pod_command(
+        "kubelambda/runtime-python:3.13",
+        env=env,
+        pod_ip="127.0.3.7",
+        task_root="/tmp/pod/var-task",
+        agent=AGENT,
+        runtime_dir="/src/runtime-images/python",
+        python="/usr/bin/python3",
+    )
+    assert cmd is not None
+    assert cmd.argv == [AGENT]
+    assert cmd.env["KUBELAMBDA_LISTEN"] == listen
+    assert cmd.env["KUBELAMBDA_RUNTIME_API"] == runtime_api
+    assert cmd.env["KUBELAMBDA_TASK_ROOT"] == "/tmp/pod/var-task"
+    assert cmd.env["KUBELAMBDA_RUNTIME_NAME"] == "python3.13"
+    assert json.loads(cmd.env["KUBELAMBDA_RUNTIME_CMD"]) == [
+        "/usr/bin/python3",
+        "/src/runtime-images/python/bootstrap.py",
+    ]
+    assert cmd.env["GREETING"] == "hi"
+    assert list(cmd.env) == sorted(cmd.env)
+    assert (cmd.workers, cmd.base_url, cmd.cwd) == (4, f"http://{listen}", "/tmp/pod/var-task")
+
+
+def test_pod_command_ignores_other_images() -> None:
+    assert (
+        pod_command("kubelambda/kubelambda:0.1.0", env={}, pod_ip="127.0.0.9", task_root="/x", agent=AGENT)
+        is None
+    )

@@ -1,0 +1,45 @@
+"""The local node's way in: a runtime image's container, configured by environment only."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kubelambda.runtimes import LocalFunction, pod_command
+
+from .conftest import FUNCTIONS, free_loopback
+
+
+@pytest.mark.parametrize(
+    ("image", "code", "handler"),
+    [
+        ("kubelambda/runtime-python:3.12", "python", "app.ctx"),
+        ("kubelambda/runtime-nodejs:20", "nodejs", "app.ctx"),
+    ],
+    ids=["python", "nodejs"],
+)
+def test_pod_command_runs_a_function_from_env(
+    image: str, code: str, handler: str, agent: Path, node: str
+) -> None:
+    ip = free_loopback([8080, 9001, 9002])
+    env = {
+        "PATH": os.environ["PATH"],
+        "KUBELAMBDA_LISTEN": ":8080",
+        "KUBELAMBDA_WORKERS": "2",
+        "KUBELAMBDA_TIMEOUT": "5",
+        "KUBELAMBDA_MEMORY_MB": "512",
+        "KUBELAMBDA_FUNCTION_NAME": "from-env",
+        "KUBELAMBDA_HANDLER": handler,
+        "GREETING": "from the pod spec",
+    }
+    cmd = pod_command(image, env=env, pod_ip=ip, task_root=FUNCTIONS / code, agent=agent, node=node)
+    assert cmd is not None
+    with LocalFunction(cmd) as fn:
+        fn.wait_ready()
+        got = json.loads(fn.invoke(b"{}").body)
+    assert got["function_name"] == "from-env"
+    assert got["memory_limit_in_mb"] == "512"
+    assert got["env"]["GREETING"] == "from the pod spec"
