@@ -1,0 +1,38 @@
+"""Invoke API errors in Lambda's rest-json wire format, which boto3 and the AWS CLI parse.
+
+The error code travels in the ``x-amzn-ErrorType`` header and the body is ``{"Type": ..., "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+# (HTTP status, Type) per error code: "User" errors are the caller's, "Service" ones the platform's.
+ERRORS: dict[str, tuple[int, str]] = {
+    "InvalidRequestContentException": (400, "User"),
+    "InvalidParameterValueException": (400, "User"),
+    "ResourceNotFoundException": (404, "User"),
+    "ResourceNotReadyException": (502, "Service"),
+    "RequestTooLargeException": (413, "User"),
+    "UnsupportedMediaTypeException": (415, "User"),
+    "TooManyRequestsException": (429, "User"),
+    "ServiceException": (500, "Service"),
+    "EC2ThrottledException": (502, "Service"),
+    "NotImplementedException": (501, "Service"),
+}
+
+
+def error_response(
+    code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    status, kind = ERRORS[code]
+    body = {"Type": kind, "message": message, **extra}
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers={"x-amzn-ErrorType": code, **(headers or {})},
+    )

@@ -1,0 +1,89 @@
+"""Table tests for the gateway's pure parts: function names and ARNs, the throttler."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubelambda.gateway.names import BadFunctionName, FunctionRef, parse_function_name
+from kubelambda.gateway.throttler import POOL, RESERVED, Throttled, Throttler
+
+
+@pytest.mark.parametrize(
+    ("value", "ref"),
+    [
+        ("hello", FunctionRef("default", "hello")),
+        ("hello:$LATEST", FunctionRef("default", "hello")),
+        ("hello:live", FunctionRef("default", "hello", "live")),
+        ("demo/hello", FunctionRef("demo", "hello")),
+        ("demo/hello:$LATEST", FunctionRef("demo", "hello")),
+        ("arn:aws:lambda:us-east-1:demo:function:hello", FunctionRef("demo", "hello")),
+        ("arn:aws:lambda:us-east-1:demo:function:hello:$LATEST", FunctionRef("demo", "hello")),
+        ("arn:aws:lambda:us-east-1:123456789012:function:hello", FunctionRef("default", "hello")),
+        ("arn:aws-cn:lambda:cn-north-1:team-a:function:thumbs", FunctionRef("team-a", "thumbs")),
+        ("123456789012:function:hello", FunctionRef("default", "hello")),
+        ("demo:function:hello", FunctionRef("demo", "hello")),
+    ],
+    ids=lambda v: str(v),
+)
+def test_parse_function_name(value: str, ref: FunctionRef) -> None:
+    assert parse_function_name(value, default_namespace="default") == ref
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "Hello",
+        "hello_world",
+        "a/b/c",
+        "arn:aws:lambda:us-east-1:demo:layer:x",
+        "x" * 64,
+        "Demo/hello",
+        "-x",
+    ],
+)
+def test_bad_function_names_are_named_in_the_error(value: str) -> None:
+    with pytest.raises(BadFunctionName) as refused:
+        parse_function_name(value, default_namespace="default")
+    assert repr(value) in str(refused.value)
+
+
+def test_arn_round_trip() -> None:
+    ref = FunctionRef("demo", "hello")
+    assert parse_function_name(ref.arn("eu-west-1"), default_namespace="x") == ref
+
+
+def test_reserved_concurrency_is_exact() -> None:
+    throttler = Throttler(pool_limit=100)
+    with throttler.admit("a", reserved=2), throttler.admit("a", reserved=2):
+        with pytest.raises(Throttled) as refused, throttler.admit("a", reserved=2):
+            pass
+        assert refused.value.reason == RESERVED
+        # another function is not affected
+        with throttler.admit("b", reserved=2):
+            assert throttler.in_flight == {"a": 2, "b": 1}
+    assert throttler.in_flight == {}
+    assert throttler.total == 0
+
+
+def test_the_pool_limit_applies_across_functions() -> None:
+    throttler = Throttler(pool_limit=2)
+    with throttler.admit("a", reserved=None), throttler.admit("b", reserved=None):
+        with pytest.raises(Throttled) as refused, throttler.admit("c", reserved=None):
+            pass
+        assert refused.value.reason == POOL
+    with throttler.admit("c", reserved=None):
+        assert throttler.total == 1
+
+
+def test_a_failing_invocation_releases_its_slot() -> None:
+    throttler = Throttler()
+    with pytest.raises(RuntimeError), throttler.admit("a", reserved=1):
+        raise RuntimeError("handler blew up")
+    with throttler.admit("a", reserved=1):
+        assert throttler.in_flight == {"a": 1}
+
+
+def test_reserved_zero_refuses_everything() -> None:
+    with pytest.raises(Throttled), Throttler().admit("a", reserved=0):
+        pass
