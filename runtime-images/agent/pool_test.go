@@ -35,6 +35,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	case "exit":
 		os.Exit(3)
+	case "exitidle": // initialises, then dies while waiting for an event
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			os.Exit(4)
+		}()
+		fakeRuntime()
 	default:
 		fakeRuntime()
 	}
@@ -328,5 +334,15 @@ func TestLogOrderAndTail(t *testing.T) {
 			t.Errorf("%q follows %q", line, last)
 		}
 		last = line
+	}
+}
+
+func TestQuickExitsBackOff(t *testing.T) {
+	a := startAgent(t, 1, 2*time.Second, "exitidle")
+	start := time.Now()
+	waitFor(t, "three restarts", func() bool { return a.pool.metrics.restarts.Load() >= 3 })
+	// 50 + 100 ms of back-off at least between the three restarts, instead of a busy loop.
+	if elapsed := time.Since(start); elapsed < 150*time.Millisecond {
+		t.Errorf("three restarts took only %v", elapsed)
 	}
 }

@@ -90,6 +90,7 @@ type proc struct {
 	dead     bool        // pool.mu
 	coldInit time.Duration
 	coldSeen atomic.Bool // Init Duration reported already
+	killed   atomic.Bool // the agent killed it (timeout, shutdown)
 	log      procLog
 	rss      rssReader
 
@@ -412,6 +413,7 @@ func (p *pool) isReady() bool {
 }
 
 func (pr *proc) kill() {
+	pr.killed.Store(true)
 	// The runtime runs in its own process group so that its children go too.
 	if pid := int(pr.pid.Load()); pid > 0 { // never -0: that is our own group
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
@@ -422,6 +424,7 @@ func (pr *proc) kill() {
 func (p *pool) supervise(w *worker) {
 	defer p.wg.Done()
 	firstInit := true
+	quickExits := 0 // consecutive exits soon after start that the agent did not cause
 	for !p.stopping.Load() {
 		pr, err := p.spawn(w)
 		var r result
@@ -453,8 +456,24 @@ func (p *pool) supervise(w *worker) {
 				p.mu.Unlock()
 				<-w.restart // an invocation wants another try, or the pool stops
 			}
-		} else if pr != nil && pr.initDone {
-			firstInit = false
+		} else if pr != nil {
+			if pr.initDone {
+				firstInit = false
+			}
+			// A runtime that keeps exiting on its own right after starting is restarted with a
+			// growing delay (50 ms, 100 ms, ... 10 s) rather than in a busy loop.
+			if !pr.killed.Load() && time.Since(pr.started) < time.Second {
+				quickExits++
+				delay := min(50*time.Millisecond<<min(quickExits-1, 8), 10*time.Second)
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-w.restart: // the pool stops
+				}
+				t.Stop()
+			} else {
+				quickExits = 0
+			}
 		}
 		p.metrics.restarts.Add(1)
 	}
