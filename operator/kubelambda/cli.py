@@ -139,6 +139,21 @@ def cmd_dev_serve(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from kubelambda.operator import default_login, run
+    from kubelambda.settings import OperatorSettings
+
+    try:
+        settings = OperatorSettings()
+    except ValidationError as e:
+        print(f"kubelambda operator: bad settings (environment KUBELAMBDA_*):\n{e}", file=sys.stderr)
+        return 2
+    asyncio.run(run(settings, login=default_login(settings.kubeconfig)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubelambda", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kubelambda {__version__}")
@@ -189,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="alias: pod addresses from 10.244.0.0/16 added to lo (needs root); loopback: 127.0.x.y; auto: alias when possible",
     )
     serve.set_defaults(func=cmd_dev_serve)
+
+    operator = commands.add_parser(
+        "operator", help="run the operator (reconciles Functions); settings from KUBELAMBDA_* variables"
+    )
+    operator.set_defaults(func=cmd_operator)
     return parser
 
 

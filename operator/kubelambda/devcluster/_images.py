@@ -13,10 +13,12 @@ This is the one place that lists what the local node can run; docs/local-cluster
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 IMAGE_NOT_RUNNABLE = "ImageNotRunnableLocally"
 COMMAND_NOT_FOUND = "CommandNotFoundLocally"
@@ -39,6 +41,39 @@ class LocalImage:
     paths: Mapping[str, str] = field(default_factory=dict)
 
 
+# Runtime images (ghcr.io/kubelambda/runtime-<family>): the agent is the entrypoint and reads its settings from
+# KUBELAMBDA_* variables (set by the operator's Deployment); here it also gets this machine's paths.
+_RUNTIME_SHIM = "from kubelambda.devcluster._images import run_runtime_image; run_runtime_image()"
+
+
+def run_runtime_image() -> None:
+    """Entrypoint of a runtime image on the local node: the agent, bound to the pod's address, with the task root
+    under ``$KUBELAMBDA_ROOTFS`` and the runtime client from ``runtime-images/``."""
+    from kubelambda.runtimes import RUNTIMES, agent_binary, runtime_images_dir, worker_command
+
+    runtime = os.environ.get("KUBELAMBDA_RUNTIME_NAME", "")
+    spec = RUNTIMES.get(runtime)
+    if spec is None:
+        sys.exit(
+            f"runtime {runtime!r} (KUBELAMBDA_RUNTIME_NAME) cannot run locally; known: {', '.join(RUNTIMES)}"
+        )
+    rootfs = Path(os.environ["KUBELAMBDA_ROOTFS"])
+    ip = os.environ["KUBELAMBDA_POD_IP"]
+    task_root = rootfs / os.environ.get("LAMBDA_TASK_ROOT", "/var/task").lstrip("/")
+    runtime_dir = runtime_images_dir() / spec.folder
+    os.environ["TMPDIR"] = str(rootfs / "tmp")
+    argv = [
+        str(agent_binary()),
+        f"--listen={ip}:8080",
+        f"--runtime-api={ip}:9001",
+        f"--task-root={task_root}",
+        f"--runtime-dir={runtime_dir}",
+        "--",
+        *worker_command(runtime, runtime_dir=runtime_dir),
+    ]
+    os.execv(argv[0], argv)
+
+
 # Keys are repositories without tag or digest. Keep sorted; each line is documented in docs/local-cluster.md.
 IMAGES: dict[str, LocalImage] = {
     "alpine": LocalImage("a shell; commands resolve against this machine's PATH", cmd=("sh",)),
@@ -47,6 +82,14 @@ IMAGES: dict[str, LocalImage] = {
         "the kubelambda control plane image (operator, gateway, bridge, ...)",
         entrypoint=(_PYTHON, "-m", "kubelambda"),
         paths={"kubelambda": _PYTHON, **_PYTHON_PATHS},
+    ),
+    "ghcr.io/kubelambda/runtime-nodejs": LocalImage(
+        "the Node.js runtime: the agent on $KUBELAMBDA_POD_IP:8080 + runtime-images/nodejs",
+        entrypoint=(_PYTHON, "-c", _RUNTIME_SHIM),
+    ),
+    "ghcr.io/kubelambda/runtime-python": LocalImage(
+        "the Python runtime: the agent on $KUBELAMBDA_POD_IP:8080 + runtime-images/python",
+        entrypoint=(_PYTHON, "-c", _RUNTIME_SHIM),
     ),
     "kubelambda.io/dev/httpserver": LocalImage(
         "a tiny HTTP server on $KUBELAMBDA_POD_IP:8080 that answers with the pod's name (tests, demo)",

@@ -78,10 +78,18 @@ def _materialize(data_b64: str | None, path: str | None, tmpdir: Path, stem: str
 class KubeClient:
     """Talks to one API server; use as ``async with KubeClient.from_kubeconfig(path) as kube: ...``."""
 
-    def __init__(self, server: str, *, ssl_context: ssl.SSLContext, token_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        *,
+        ssl_context: ssl.SSLContext,
+        token_file: Path | None = None,
+        token: str | None = None,
+    ) -> None:
         self.server = server.rstrip("/")
         self._ssl = ssl_context
         self._token_file = token_file
+        self._token = token  # a fixed bearer token (e.g. from the TokenRequest API), when there is no file
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -138,6 +146,8 @@ class KubeClient:
         if self._token_file is not None:
             # Re-read on every call: bound tokens are rotated on disk by the kubelet.
             headers["Authorization"] = f"Bearer {self._token_file.read_text().strip()}"
+        elif self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
     async def request(
@@ -150,6 +160,22 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: float = 30.0,
     ) -> JSON:
+        _, result = await self.request_with_status(
+            method, path, body=body, params=params, content_type=content_type, timeout=timeout
+        )
+        return result
+
+    async def request_with_status(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> tuple[int, JSON]:
+        """Like :meth:`request`, with the HTTP status (201 tells a server-side apply that it created)."""
         data = None if body is None else json.dumps(body).encode()
         async with self._http().request(
             method,
@@ -163,9 +189,9 @@ class KubeClient:
             if resp.status >= 400:
                 raise _error(resp.status, text)
             if not text:
-                return {}
+                return resp.status, {}
             result: JSON = json.loads(text)
-            return result
+            return resp.status, result
 
     async def get(self, path: str, *, params: Mapping[str, str] | None = None) -> JSON:
         return await self.request("GET", path, params=params)
@@ -196,6 +222,16 @@ class KubeClient:
         return await self.request(
             "PATCH", path, body=body, params=params, content_type="application/apply-patch+yaml"
         )
+
+    async def apply_reporting(
+        self, path: str, body: JSON, *, field_manager: str, force: bool = True
+    ) -> tuple[JSON, bool]:
+        """:meth:`apply`, also saying whether the object was created (True) or already existed."""
+        params = {"fieldManager": field_manager, "force": "true" if force else "false"}
+        status, result = await self.request_with_status(
+            "PATCH", path, body=body, params=params, content_type="application/apply-patch+yaml"
+        )
+        return result, status == 201
 
     async def delete(
         self,

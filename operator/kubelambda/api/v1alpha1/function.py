@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import ConfigDict, Field
 
@@ -334,6 +334,8 @@ class FunctionStatus(Model):
     """SHA-256 of the code as deployed (inline files, archive checksum, or the image reference)."""
     invoke_url: str | None = None
     """Where the gateway serves the Lambda Invoke API for this function."""
+    kopf: dict[str, Any] | None = None
+    """Bookkeeping of the operator framework (kopf): the last handled spec (inline code as a checksum)."""
 
 
 class Function(Model):

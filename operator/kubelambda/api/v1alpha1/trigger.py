@@ -275,6 +275,8 @@ class TriggerStatus(Model):
     """``Ready`` and its reason."""
     source: Literal["bucket", "queue", "stream", "schedule", "http"] | None = None
     """Which source block the spec uses (for ``kubectl get trig``)."""
+    kopf: dict[str, Any] | None = None
+    """Bookkeeping of the operator framework (kopf): the last handled spec (inline code as a checksum)."""
 
 
 class Trigger(Model):

@@ -1,0 +1,10 @@
+"""The kubelambda operator (kopf): reconciles Functions into Deployments, Services and NetworkPolicies.
+
+``kubelambda operator`` runs it; tests run :func:`run` in-process with their own :class:`Login`.
+"""
+
+from kubelambda.operator._kopf import build_registry, run
+from kubelambda.operator._login import Login, default_login
+from kubelambda.operator._reconcile import FunctionReconciler, Outcome
+
+__all__ = ["FunctionReconciler", "Login", "Outcome", "build_registry", "default_login", "run"]

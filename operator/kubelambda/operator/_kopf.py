@@ -1,0 +1,217 @@
+"""The kopf side: handlers, settings, storages and the operator task.
+
+Handlers are thin: they parse, call :class:`FunctionReconciler`, and hand the status to kopf's own patch
+(one status write, merged with kopf's bookkeeping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from kubelambda import metrics
+from kubelambda.api.v1alpha1 import GROUP, VERSION
+from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.operator._login import Login
+from kubelambda.operator._reconcile import FunctionReconciler, Outcome, utcnow
+from kubelambda.resources import FUNCTION_LABEL
+from kubelambda.resources import status as st
+from kubelambda.settings import OperatorSettings
+
+log = logging.getLogger("kubelambda.operator")
+JSON = dict[str, Any]
+FUNCTIONS = (GROUP, VERSION, "functions")
+# Ready reasons that come from the Deployment (and so may be refreshed when it changes), not from a Problem.
+_DEPLOYMENT_REASONS = {
+    "ScaledToZero",
+    "InstancesReady",
+    "InstancesStarting",
+    "ProgressDeadlineExceeded",
+    "Reconciling",
+}
+
+
+class CompactDiffBase(kopf.StatusDiffBaseStorage):
+    """kopf's last-handled spec, kept in ``status.kopf`` with inline code replaced by its checksum.
+
+    Inline code may be up to 1 MiB: stored whole it would double the object (an annotation could not hold it
+    at all). A checksum still tells kopf that the code changed. Keeping it in status, beside the Function's
+    own status, makes the handler's bookkeeping and the status one write.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        essence = copy.deepcopy(super().build(body=body, extra_fields=extra_fields))
+        spec: Any = essence.get("spec") or {}
+        code = spec.get("code") or {}
+        if isinstance(code.get("inline"), dict):
+            digest = hashlib.sha256(json.dumps(code["inline"], sort_keys=True).encode()).hexdigest()
+            code["inline"] = {"sha256": digest}
+        return essence
+
+
+@dataclass
+class Context:
+    """What handlers share, passed as kopf's ``memo``."""
+
+    settings: OperatorSettings
+    login: Login
+    kube: KubeClient
+    reconciler: FunctionReconciler
+
+
+def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
+    settings.persistence.finalizer = f"{GROUP}/operator"  # unused: no handler needs a finalizer
+    settings.persistence.diffbase_storage = CompactDiffBase(name="kopf", field="status.kopf.lastHandledSpec")
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    # kopf would post an Event per handler run; the reconcile posts its own, naming what changed.
+    settings.posting.level = logging.WARNING
+    settings.batching.worker_limit = ours.reconcile_workers
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    if ours.peering:
+        settings.peering.name = ours.peering
+        settings.peering.mandatory = True
+        settings.peering.clusterwide = not ours.namespaces
+    else:
+        settings.peering.standalone = True
+
+
+def _post_events(body: kopf.Body, outcome: Outcome) -> None:
+    for verb, items in (
+        ("Created", outcome.created),
+        ("Updated", outcome.updated),
+        ("Deleted", outcome.deleted),
+    ):
+        if items:
+            kopf.event(body, type="Normal", reason=verb, message=f"{verb} {', '.join(items)}")
+    if outcome.problem is not None:
+        kopf.event(body, type="Warning", reason=outcome.problem.reason, message=outcome.problem.message)
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+        ctx: Context = memo["ctx"]
+        return ctx.login.connection_info()
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        ctx: Context = memo["ctx"]
+        configure(settings, ctx.settings)
+
+    @kopf.on.resume(*FUNCTIONS, registry=registry)
+    @kopf.on.create(*FUNCTIONS, registry=registry)
+    @kopf.on.update(*FUNCTIONS, registry=registry)
+    async def reconcile_function(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        ctx: Context = memo["ctx"]
+        started = time.perf_counter()
+        try:
+            outcome = await ctx.reconciler.reconcile(dict(body))
+        except ApiError as e:
+            metrics.OPERATOR_RECONCILES.labels("Function", "error").inc()
+            if e.status in (400, 403, 422):
+                # Retrying will not help; say so on the object instead of looping.
+                kopf.event(body, type="Warning", reason="ApplyFailed", message=str(e))
+                raise kopf.PermanentError(str(e)) from e
+            raise kopf.TemporaryError(str(e), delay=5) from e
+        finally:
+            metrics.OPERATOR_RECONCILE_SECONDS.labels("Function").observe(time.perf_counter() - started)
+        metrics.OPERATOR_RECONCILES.labels("Function", "problem" if outcome.problem else "ok").inc()
+        _post_events(body, outcome)
+        current = dict(body.get("status") or {})
+        for key, value in st.status_changes(current, outcome.status).items():
+            patch.status[key] = value
+        if outcome.retry_after is not None:
+            raise kopf.TemporaryError(
+                outcome.problem.message if outcome.problem else "retry", delay=outcome.retry_after
+            )
+
+    @kopf.index(*FUNCTIONS, id="function_status_index", registry=registry)
+    def function_status_index(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[tuple[str, str], JSON]:
+        return {(namespace or "", name): dict(body.get("status") or {})}
+
+    @kopf.on.event("apps", "v1", "deployments", labels={FUNCTION_LABEL: kopf.PRESENT}, registry=registry)
+    async def deployment_changed(
+        event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        """Refreshes ``instances`` and Ready of the owning Function when its Deployment's status changes."""
+        ctx: Context = memo["ctx"]
+        function_status_index: kopf.Index[tuple[str, str], JSON] = kwargs["function_status_index"]
+        if event.get("type") == "DELETED":
+            return
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["labels"][FUNCTION_LABEL]
+        found = function_status_index.get((namespace, name))
+        if not found:
+            return
+        current = next(iter(found))
+        if current.get("observedGeneration") is None:
+            return  # the reconcile has not written a status yet; it will, from this Deployment
+        ready = next((c for c in current.get("conditions", []) if c.get("type") == st.READY), None)
+        if ready is not None and ready.get("reason") not in _DEPLOYMENT_REASONS:
+            return  # a Problem decides Ready until the next reconcile
+        status, reason, message = st.ready(problem=None, deployment=dict(body))
+        new = dict(current)
+        new["instances"] = st.instances(dict(body))
+        new["conditions"] = st.set_condition(
+            list(current.get("conditions") or []),
+            type=st.READY,
+            status=status,
+            reason=reason,
+            message=message,
+            generation=int(current["observedGeneration"]),
+            now=utcnow(),
+        )
+        changes = st.status_changes(current, new)
+        if not changes:
+            return
+        path = resource_path(
+            f"{GROUP}/{VERSION}", "functions", namespace=namespace, name=name, subresource="status"
+        )
+        try:
+            await ctx.kube.patch(path, {"status": changes})
+        except ApiError as e:
+            if e.status != 404:
+                raise
+        metrics.OPERATOR_API_WRITES.labels("Function").inc()
+
+    return registry
+
+
+async def run(
+    settings: OperatorSettings,
+    *,
+    login: Login,
+    ready_flag: asyncio.Event | None = None,
+    stop_flag: asyncio.Event | None = None,
+) -> None:
+    """Runs the operator until ``stop_flag`` is set (or forever)."""
+    kube = login.client()
+    ctx = Context(settings=settings, login=login, kube=kube, reconciler=FunctionReconciler(kube, settings))
+    try:
+        await kopf.operator(
+            registry=build_registry(),
+            memo=kopf.Memo(ctx=ctx),
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            standalone=settings.peering is None,
+            peering_name=settings.peering,
+            ready_flag=ready_flag,
+            stop_flag=stop_flag,
+        )
+    finally:
+        await kube.close()

@@ -1,0 +1,243 @@
+"""The function's Deployment: one container running the runtime image (the agent is its entrypoint).
+
+``spec.replicas`` is deliberately absent: the autoscaler owns it (see ``initial_scale``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from kubelambda.resources.configmap import code_sha256
+from kubelambda.resources.labels import labels, selector
+from kubelambda.resources.names import (
+    CONTAINER,
+    INVOKE_PORT,
+    INVOKE_PORT_NAME,
+    JSON,
+    TASK_ROOT,
+    FunctionObject,
+    code_configmap_name,
+    deployment_name,
+)
+from kubelambda.settings import OperatorSettings
+
+CODE_SHA_ANNOTATION = "kubelambda.io/code-sha256"
+MB_PER_VCPU = 1769  # Lambda: 1,769 MB of memory = 1 vCPU
+RUN_AS = 65532  # a non-root uid/gid (the distroless "nonroot" user)
+
+
+def cpu_limit_millicores(memory_mb: int) -> int:
+    """CPU proportional to memory: 1769 MB → 1000m; 128 MB → ceil(72.4) = 73m; 10240 MB → 5789m."""
+    return math.ceil(memory_mb * 1000 / MB_PER_VCPU)
+
+
+def function_env(fn: FunctionObject, *, settings: OperatorSettings) -> list[JSON]:
+    """The agent's configuration (KUBELAMBDA_*), the Lambda variables, then the function's own, each sorted."""
+    spec = fn.spec
+    system = {
+        "KUBELAMBDA_FUNCTION_NAME": fn.name,
+        "KUBELAMBDA_FUNCTION_VERSION": "$LATEST",
+        "KUBELAMBDA_MEMORY_MB": str(spec.memory_mb),
+        "KUBELAMBDA_RUNTIME_NAME": spec.runtime,
+        "KUBELAMBDA_TIMEOUT": str(spec.timeout_seconds),
+        "KUBELAMBDA_WORKERS": str(spec.concurrency.per_instance),
+        "AWS_LAMBDA_FUNCTION_NAME": fn.name,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_REGION": settings.region,
+        "LAMBDA_TASK_ROOT": TASK_ROOT,
+        "TZ": "UTC",
+        "_HANDLER": spec.handler,
+    }
+    env = [{"name": k, "value": v} for k, v in sorted(system.items())]
+    # The function's own variables come last; none can shadow the ones above (the CRD refuses reserved names).
+    env += [{"name": k, "value": v} for k, v in sorted(spec.environment.items()) if k not in system]
+    return env
+
+
+def _env_from(fn: FunctionObject) -> list[JSON]:
+    out: list[JSON] = []
+    for source in fn.spec.env_from:
+        item: JSON = {}
+        if source.config_map_ref is not None:
+            item["configMapRef"] = {
+                "name": source.config_map_ref.name,
+                "optional": source.config_map_ref.optional,
+            }
+        if source.secret_ref is not None:
+            item["secretRef"] = {"name": source.secret_ref.name, "optional": source.secret_ref.optional}
+        if source.prefix:
+            item["prefix"] = source.prefix
+        out.append(item)
+    return out
+
+
+def _fetch_container(fn: FunctionObject, *, settings: OperatorSettings) -> JSON | None:
+    """An init container that downloads the zip, checks its SHA-256 and unpacks it into /var/task."""
+    code = fn.spec.code
+    if code.archive is not None:
+        args = ["fetch-code", "--url", code.archive.url, "--sha256", code.archive.sha256]
+        env: list[JSON] = []
+    elif code.s3 is not None:
+        args = [
+            "fetch-code",
+            "--s3-endpoint",
+            code.s3.endpoint,
+            "--bucket",
+            code.s3.bucket,
+            "--key",
+            code.s3.key,
+        ]
+        args += ["--region", code.s3.region]
+        if code.s3.sha256:
+            args += ["--sha256", code.s3.sha256]
+        env = []
+        if code.s3.credentials_secret:
+            env = [
+                {
+                    "name": key,
+                    "valueFrom": {"secretKeyRef": {"name": code.s3.credentials_secret, "key": key}},
+                }
+                for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            ]
+    else:
+        return None
+    container: JSON = {
+        "name": "fetch-code",
+        "image": settings.fetcher_image,
+        "args": [*args, "--dest", TASK_ROOT],
+        "resources": {
+            "limits": {"cpu": "500m", "memory": "256Mi"},
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "code", "mountPath": TASK_ROOT}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if env:
+        container["env"] = env
+    return container
+
+
+def _container_security() -> JSON:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def make_deployment(
+    fn: FunctionObject, *, image: str, settings: OperatorSettings, replicas: int | None = None
+) -> JSON:
+    """The Deployment for ``fn`` running ``image`` (its runtime image, or ``code.image``).
+
+    ``replicas`` is given only when the Deployment is created (``minInstances``); the operator then hands it
+    over to the autoscaler's field manager (``initial_scale``) and never applies it again.
+    """
+    spec = fn.spec
+    image = spec.code.image or image
+    memory = f"{spec.memory_mb}Mi"
+    cpu_limit = cpu_limit_millicores(spec.memory_mb)
+    cpu_request = max(1, math.ceil(cpu_limit * settings.cpu_request_fraction))
+    volumes: list[JSON] = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": f"{spec.ephemeral_storage_mb}Mi"}},
+    ]
+    mounts: list[JSON] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if spec.code.inline is not None:
+        volumes.append({"name": "code", "configMap": {"name": code_configmap_name(fn), "defaultMode": 0o444}})
+        mounts.append({"name": "code", "mountPath": TASK_ROOT, "readOnly": True})
+    elif spec.code.archive is not None or spec.code.s3 is not None:
+        volumes.append({"name": "code", "emptyDir": {"sizeLimit": "512Mi"}})
+        mounts.append({"name": "code", "mountPath": TASK_ROOT, "readOnly": True})
+    container: JSON = {
+        "name": CONTAINER,
+        "image": image,
+        "env": function_env(fn, settings=settings),
+        "ports": [{"name": INVOKE_PORT_NAME, "containerPort": INVOKE_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": INVOKE_PORT_NAME},
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": INVOKE_PORT_NAME},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": {
+            "limits": {
+                "cpu": f"{cpu_limit}m",
+                "memory": memory,
+                "ephemeral-storage": f"{spec.ephemeral_storage_mb + 256}Mi",
+            },
+            "requests": {
+                "cpu": f"{cpu_request}m",
+                "memory": memory,
+                "ephemeral-storage": f"{spec.ephemeral_storage_mb}Mi",
+            },
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+    env_from = _env_from(fn)
+    if env_from:
+        container["envFrom"] = env_from
+    pod_spec: JSON = {
+        "automountServiceAccountToken": spec.service_account_name is not None,
+        "containers": [container],
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # The agent drains in-flight invocations on SIGTERM for up to the function timeout.
+        "terminationGracePeriodSeconds": spec.timeout_seconds + 5,
+        "volumes": volumes,
+    }
+    if spec.service_account_name is not None:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    fetch = _fetch_container(fn, settings=settings)
+    if fetch is not None:
+        pod_spec["initContainers"] = [fetch]
+    deployment: JSON = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(fn),
+            "namespace": fn.namespace,
+            "labels": labels(fn),
+            "ownerReferences": [fn.owner_reference()],
+        },
+        "spec": {
+            "selector": {"matchLabels": selector(fn)},
+            "revisionHistoryLimit": 2,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": labels(fn),
+                    "annotations": {CODE_SHA_ANNOTATION: code_sha256(fn)},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+    if replicas is not None:
+        deployment["spec"]["replicas"] = replicas
+    return deployment
+
+
+def initial_scale(fn: FunctionObject) -> JSON:
+    """What the scale owner applies once, when the operator creates the Deployment: ``minInstances``.
+
+    Applied under the autoscaler's field manager so that ``spec.replicas`` is never the operator's.
+    """
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deployment_name(fn), "namespace": fn.namespace},
+        "spec": {"replicas": fn.spec.scaling.min_instances},
+    }

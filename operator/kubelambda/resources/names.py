@@ -1,0 +1,66 @@
+"""Names of the objects a Function owns, and the Function as the builders see it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubelambda.api.v1alpha1 import API_VERSION, FunctionSpec
+
+JSON = dict[str, Any]
+INVOKE_PORT = 8080
+INVOKE_PORT_NAME = "invoke"
+TASK_ROOT = "/var/task"
+CONTAINER = "function"
+
+
+@dataclass(frozen=True)
+class FunctionObject:
+    """What the builders need of a Function: identity and a parsed spec (no client, no clock)."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: FunctionSpec
+
+    @classmethod
+    def from_body(cls, body: JSON) -> FunctionObject:
+        meta = body["metadata"]
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation", 1)),
+            spec=FunctionSpec.model_validate(body.get("spec", {})),
+        )
+
+    def owner_reference(self) -> JSON:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "Function",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def deployment_name(fn: FunctionObject) -> str:
+    return fn.name
+
+
+def service_name(fn: FunctionObject) -> str:
+    return fn.name
+
+
+def code_configmap_name(fn: FunctionObject) -> str:
+    return f"{fn.name}-code"
+
+
+def ingress_policy_name(fn: FunctionObject) -> str:
+    return fn.name
+
+
+def egress_policy_name(fn: FunctionObject) -> str:
+    return f"{fn.name}-egress"

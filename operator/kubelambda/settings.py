@@ -1,0 +1,81 @@
+"""Operator settings, declared once (pydantic-settings): environment variables ``KUBELAMBDA_<FIELD>``.
+
+Every field says its unit and default. Bad values fail at start with the key and the value, e.g.
+``KUBELAMBDA_GATEWAY_URL: Input should be a valid URL``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kubelambda import __version__
+from kubelambda.api.v1alpha1 import RUNTIMES
+
+FIELD_MANAGER = "kubelambda-operator"
+"""Server-side apply field manager of everything the operator owns."""
+SCALE_FIELD_MANAGER = "kubelambda-autoscaler"
+"""The field manager that owns a function Deployment's ``spec.replicas`` (the autoscaler; the operator hands
+the initial scale over to it when it creates the Deployment)."""
+
+# Runtime → tag of its runtime image (the image's repository is runtime-<family>).
+_RUNTIME_TAGS = {
+    "python3.12": ("python", "3.12"),
+    "python3.13": ("python", "3.13"),
+    "nodejs20": ("nodejs", "20"),
+    "nodejs22": ("nodejs", "22"),
+    "java21": ("java", "21"),
+    "go": ("provided", "go"),
+    "ruby3.3": ("ruby", "3.3"),
+    "provided": ("provided", "latest"),
+}
+
+
+def default_runtime_images(registry: str) -> dict[str, str]:
+    return {rt: f"{registry}/runtime-{family}:{tag}" for rt, (family, tag) in _RUNTIME_TAGS.items()}
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBELAMBDA_", extra="ignore", frozen=True)
+
+    registry: str = Field(default="ghcr.io/kubelambda", min_length=1)
+    """Registry and namespace of kubelambda's images (default ``ghcr.io/kubelambda``)."""
+    runtime_images: dict[str, str] = Field(default_factory=dict)
+    """Runtime → image, JSON (default: ``<registry>/runtime-<family>:<runtime version>``, e.g. ``runtime-python:3.12``). A runtime
+    missing here makes its Functions ``Ready=False`` with reason ``RuntimeUnknown``."""
+    control_plane_image: str = ""
+    """The kubelambda image, used for the code-fetching init container (default ``<registry>/kubelambda:<version>``)."""
+    gateway_url: str = Field(
+        default="http://kubelambda-gateway.kubelambda-system.svc:8080", pattern=r"^https?://[^\s]+$"
+    )
+    """Base URL of the gateway, shown as each Function's ``status.invokeUrl``."""
+    system_namespace: str = Field(default="kubelambda-system", min_length=1)
+    """Namespace of the gateway and the bridges: function pods admit traffic only from there."""
+    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$")
+    """AWS_REGION the functions see."""
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces to watch, JSON list (default: empty = all namespaces)."""
+    peering: str | None = None
+    """kopf peering name for HA (several replicas, one active). Unset = standalone (one replica)."""
+    cpu_request_fraction: float = Field(default=0.1, gt=0, le=1)
+    """CPU request of a function pod as a fraction of its CPU limit (memoryMB / 1769 cores); default 0.1."""
+    kubeconfig: str | None = None
+    """Kubeconfig to use; unset = in-cluster credentials, or ``$KUBECONFIG``."""
+    reconcile_workers: int = Field(default=32, ge=1, le=1000)
+    """Handlers running at once (kopf's ``batching.worker_limit``)."""
+
+    @field_validator("runtime_images")
+    @classmethod
+    def _known_runtimes(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(RUNTIMES))
+        if unknown:
+            raise ValueError(f"unknown runtimes {unknown}; known: {', '.join(RUNTIMES)}")
+        return value
+
+    def image_for(self, runtime: str) -> str | None:
+        images = self.runtime_images or default_runtime_images(self.registry)
+        return images.get(runtime)
+
+    @property
+    def fetcher_image(self) -> str:
+        return self.control_plane_image or f"{self.registry}/kubelambda:{__version__}"
