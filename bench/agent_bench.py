@@ -8,6 +8,7 @@
   neighbour hurts both alike.
 - Agent overhead: p50 through the agent minus p50 of calling the handler in-process.
 - Idle RSS of the agent (and of the RIE) with one initialised worker.
+- The same for a no-op Node.js handler with our Node.js client (skip with --no-node).
 
 The RIE is built from its Go module into the cache on first use.
 """
@@ -34,6 +35,7 @@ from kubelambda.runtimes.ric import cache_dir, ensure_awslambdaric
 RIE_MODULE = "github.com/aws/aws-lambda-runtime-interface-emulator"
 RIE_VERSION = "v0.0.0-20261030222936-bef5c4ba774d"
 HANDLER = "def handler(event, context):\n    return None\n"
+NODE_HANDLER = "exports.handler = async () => null;\n"
 
 
 def ensure_rie() -> Path:
@@ -139,10 +141,12 @@ def load(target: Target, requests: int) -> None:
     conn.close()
 
 
-def agent_target(name: str, code: Path, client_cmd: list[str] | None, env: dict[str, str]) -> Target:
+def agent_target(
+    name: str, code: Path, client_cmd: list[str] | None, env: dict[str, str], runtime: str = "python3.12"
+) -> Target:
     ip = free_loopback([8080, 9001])
     cmd = local_command(
-        "python3.12",
+        runtime,
         code,
         "app.handler",
         agent=agent_binary(),
@@ -154,7 +158,9 @@ def agent_target(name: str, code: Path, client_cmd: list[str] | None, env: dict[
     return Target(name, cmd.argv, cmd.env, cmd.cwd, ip, 8080, "/invoke")
 
 
-def rie_target(name: str, code: Path, client_cmd: list[str], env: dict[str, str]) -> Target:
+def rie_target(
+    name: str, code: Path, client_cmd: list[str], env: dict[str, str], runtime: str = "python3.12"
+) -> Target:
     ip = free_loopback([8080, 9001])
     argv = [
         str(ensure_rie()),
@@ -168,7 +174,7 @@ def rie_target(name: str, code: Path, client_cmd: list[str], env: dict[str, str]
         "_HANDLER": "app.handler",
         "LAMBDA_TASK_ROOT": str(code),
         "AWS_LAMBDA_FUNCTION_TIMEOUT": "30",
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_{runtime}",
     }
     return Target(name, argv, lambda_env, str(code), ip, 8080, "/2015-03-31/functions/function/invocations")
 
@@ -196,12 +202,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000, help="measured requests per target per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--no-node", action="store_true", help="skip the Node.js rows")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="agent-bench-"))
     code = workdir / "code"
     code.mkdir()
     (code / "app.py").write_text(HANDLER)
+    (code / "app.js").write_text(NODE_HANDLER)
     base_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     ours = [sys.executable, str(runtime_images_dir() / "python" / "bootstrap.py"), "app.handler"]
     aws = [sys.executable, "-m", "awslambdaric", "app.handler"]
@@ -212,6 +220,13 @@ def main() -> int:
         agent_target("agent + awslambdaric", code, aws, aws_env),
         rie_target("RIE   + awslambdaric", code, aws, aws_env),
     ]
+    node = shutil.which("node")
+    if not args.no_node and node:
+        ours_js = [node, str(runtime_images_dir() / "nodejs" / "index.mjs"), "app.handler"]
+        targets += [
+            agent_target("agent + kubelambda node client", code, ours_js, base_env, "nodejs20"),
+            rie_target("RIE   + kubelambda node client", code, ours_js, base_env, "nodejs20"),
+        ]
     try:
         for t in targets:
             t.start()
@@ -234,11 +249,11 @@ def main() -> int:
     print(
         f"warm invocations, no-op Python handler, 1 worker, 1 connection, {args.rounds}x{args.requests} requests"
     )
-    print(f"{'target':28} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'idle RSS MB':>12}")
+    print(f"{'target':32} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'idle RSS MB':>12}")
     for t in targets:
         n = len(t.latencies)
         print(
-            f"{t.name:28} {n / t.seconds:8.0f} {pct(t.latencies, 0.5) * 1e3:8.3f} "
+            f"{t.name:32} {n / t.seconds:8.0f} {pct(t.latencies, 0.5) * 1e3:8.3f} "
             f"{pct(t.latencies, 0.99) * 1e3:8.3f} {idle[t.name]:12.1f}"
         )
     agent_p50 = pct(targets[0].latencies, 0.5)

@@ -515,6 +515,10 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 	go p.log.pipe(errR, p.log.stderr, nil)
 	go func() {
 		err := cmd.Wait()
+		// Whatever the runtime left behind in its process group goes with it, as a sandbox would.
+		if pid := int(pr.pid.Load()); pid > 0 {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
 		p.exitedProc(pr, err)
 	}()
 	return pr, nil
