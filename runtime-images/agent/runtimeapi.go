@@ -119,7 +119,12 @@ func (a *runtimeAPI) next(rw http.ResponseWriter, r *http.Request, pr *proc) {
 		return
 	case <-r.Context().Done():
 		a.pool.unready(pr)
-		// An event may have been handed over just before; the exit watcher or the deadline fails it.
+		return
+	}
+	if r.Context().Err() != nil {
+		// The request went away as the event arrived: keep the event for the runtime's next "next"
+		// (the channel has room, it was just emptied).
+		pr.events <- inv
 		return
 	}
 	h := rw.Header()

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseRuntimePath(t *testing.T) {
@@ -128,4 +129,73 @@ func fuzzPool(t *testing.T) (*pool, *worker) {
 	pr := &proc{w: w, events: make(chan *invocation, 1), exited: make(chan struct{})}
 	w.cur.Store(pr)
 	return p, w
+}
+
+// A "next" whose connection went away must not lose the event handed to it, nor wedge the worker.
+func TestNextAfterAbandonedNext(t *testing.T) {
+	p, w := fuzzPool(t)
+	p.cfg.Timeout = time.Second
+	api := &runtimeAPI{pool: p, w: w}
+	pr := w.cur.Load()
+
+	// The first "next" registers the worker as ready, then its client disconnects.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req := httptest.NewRequest("GET", "/2018-06-01/runtime/invocation/next", nil).WithContext(ctx)
+		api.ServeHTTP(httptest.NewRecorder(), req)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p.mu.Lock()
+		n := len(p.ready)
+		p.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the worker never became ready")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+
+	// The worker is not ready now; an invocation waits for it.
+	inv := &invocation{id: "req-1", payload: []byte(`{}`), deadline: time.Now().Add(time.Second), done: make(chan struct{})}
+	if _, ok := p.submit(inv); !ok {
+		t.Fatal("refused")
+	}
+	// The runtime asks again and gets exactly that event.
+	rec := httptest.NewRecorder()
+	api.ServeHTTP(rec, httptest.NewRequest("GET", "/2018-06-01/runtime/invocation/next", nil))
+	if got := rec.Header().Get("Lambda-Runtime-Aws-Request-Id"); got != "req-1" || rec.Code != 200 {
+		t.Fatalf("next answered %d for %q", rec.Code, got)
+	}
+	if pr.cur != inv {
+		t.Fatal("the invocation is not the worker's current one")
+	}
+}
+
+// An event handed to a "next" that then went away is delivered to the following "next".
+func TestUndeliveredEventGoesToTheNextNext(t *testing.T) {
+	p, w := fuzzPool(t)
+	api := &runtimeAPI{pool: p, w: w}
+	pr := w.cur.Load()
+	p.nextReady(pr) // as if a "next" had arrived and then vanished without reading its event
+	inv := &invocation{id: "req-2", payload: []byte(`{}`), deadline: time.Now().Add(time.Second), done: make(chan struct{})}
+	if _, ok := p.submit(inv); !ok {
+		t.Fatal("refused")
+	}
+	rec := httptest.NewRecorder()
+	api.ServeHTTP(rec, httptest.NewRequest("GET", "/2018-06-01/runtime/invocation/next", nil))
+	if got := rec.Header().Get("Lambda-Runtime-Aws-Request-Id"); got != "req-2" {
+		t.Fatalf("next got %q", got)
+	}
+	select {
+	case <-inv.done:
+		t.Fatalf("the invocation was failed: %s", inv.res.body)
+	default:
+	}
 }

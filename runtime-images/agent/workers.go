@@ -282,6 +282,14 @@ func (p *pool) nextReady(pr *proc) (stale *invocation) {
 		p.initFinishedLocked()
 	}
 	if pr.cur != nil {
+		select {
+		case inv := <-pr.events:
+			// Handed over but never delivered (the previous "next" went away): this "next" gets it.
+			pr.events <- inv
+			p.mu.Unlock()
+			return nil
+		default:
+		}
 		// "next" without a response: the runtime gave up on the event.
 		stale = pr.cur
 		pr.cur = nil
