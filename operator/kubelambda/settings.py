@@ -61,6 +61,9 @@ class OperatorSettings(BaseSettings):
     """CPU request of a function pod as a fraction of its CPU limit (memoryMB / 1769 cores); default 0.1."""
     kubeconfig: str | None = None
     """Kubeconfig to use; unset = in-cluster credentials, or ``$KUBECONFIG``."""
+    problem_retry_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """How soon a Function with a problem that may go away by itself (a missing ServiceAccount) is looked at
+    again, in seconds (default 30)."""
     reconcile_workers: int = Field(default=32, ge=1, le=1000)
     """Handlers running at once (kopf's ``batching.worker_limit``)."""
 

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     # kopf would post an Event per handler run; the reconcile posts its own, naming what changed.
     settings.posting.level = logging.WARNING
-    settings.batching.worker_limit = ours.reconcile_workers
+    settings.queueing.worker_limit = ours.reconcile_workers
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     if ours.peering:
@@ -196,10 +197,15 @@ async def run(
     settings: OperatorSettings,
     *,
     login: Login,
-    ready_flag: asyncio.Event | None = None,
-    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
 ) -> None:
-    """Runs the operator until ``stop_flag`` is set (or forever)."""
+    """Runs the operator until ``stop_flag`` is set (or forever).
+
+    kopf treats every task started after it as its own and cancels them when it stops, so a program that runs
+    it beside other work (a test) runs it in a thread of its own with ``threading.Event`` flags, as kopf's
+    ``KopfRunner`` does.
+    """
     kube = login.client()
     ctx = Context(settings=settings, login=login, kube=kube, reconciler=FunctionReconciler(kube, settings))
     try:

@@ -205,7 +205,7 @@ class Network(Model):
 
     egress: list[EgressRule] = Field(max_length=64)
     """Where the function may connect to; anything else is refused. Absent ``network`` = unrestricted."""
-    allow_dns: bool = True
+    allow_dns: bool = Field(default=True, alias="allowDNS")
     """Also allow DNS (port 53) to any destination, so names keep resolving."""
 
 

@@ -1,0 +1,430 @@
+"""The Function reconciler against the real local control plane, run as its own ServiceAccount.
+
+The operator runs in-process (``kubelambda.operator.run``) with a token of the ServiceAccount bound to the
+ClusterRole in hack/operator-rbac.yaml, so a permission missing there fails these tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from kltest import Cluster, wait_for
+from kubelambda import metrics
+from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.operator import Login, run
+from kubelambda.settings import OperatorSettings
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_NS = "kubelambda-system"
+FN_API = "kubelambda.io/v1alpha1"
+JSON = dict[str, Any]
+OWNED = {
+    "deployment": ("apps/v1", "deployments", "{}"),
+    "service": ("v1", "services", "{}"),
+    "ingress policy": ("networking.k8s.io/v1", "networkpolicies", "{}"),
+}
+
+
+def example(runtime: str) -> JSON:
+    doc: JSON = yaml.safe_load((REPO / "examples" / f"hello-{runtime}" / "function.yaml").read_text())
+    return doc
+
+
+def fn_path(ns: str, name: str, *, status: bool = False) -> str:
+    return resource_path(
+        FN_API, "functions", namespace=ns, name=name, subresource="status" if status else None
+    )
+
+
+async def install_crds_and_rbac(cluster: Cluster, kube: KubeClient) -> str:
+    """CRDs and the operator's RBAC applied; returns a token of the operator's ServiceAccount."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    for name in ("functions.kubelambda.io", "triggers.kubelambda.io"):
+        await wait_for(
+            lambda n=name: kube.get(
+                resource_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=n)
+            ),
+            lambda crd: any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in crd.get("status", {}).get("conditions", [])
+            ),
+            what=f"CRD {name} established",
+        )
+    if await kube.get_or_none(resource_path("v1", "namespaces", name=SYSTEM_NS)) is None:
+        await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": SYSTEM_NS}})
+    cluster.kubectl("apply", "-f", str(REPO / "hack" / "operator-rbac.yaml"))
+    token = await kube.create(
+        resource_path(
+            "v1", "serviceaccounts", namespace=SYSTEM_NS, name="kubelambda-operator", subresource="token"
+        ),
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 7200},
+        },
+    )
+    return str(token["status"]["token"])
+
+
+class RunningOperator:
+    """``kubelambda.operator.run`` in a thread with its own event loop (kopf cancels every task started after
+    it in its loop when it stops, as its own KopfRunner documents); ``stop()`` + ``start()`` restart it."""
+
+    def __init__(self, login: Login, settings: OperatorSettings) -> None:
+        self.login = login
+        self.settings = settings
+        self.thread: threading.Thread | None = None
+        self.stop_flag = threading.Event()
+        self.error: BaseException | None = None
+
+    def _main(self, ready: threading.Event) -> None:
+        try:
+            asyncio.run(run(self.settings, login=self.login, ready_flag=ready, stop_flag=self.stop_flag))
+        except BaseException as e:
+            self.error = e
+
+    async def start(self) -> None:
+        ready = threading.Event()
+        self.stop_flag = threading.Event()
+        self.error = None
+        self.thread = threading.Thread(target=self._main, args=(ready,), name="operator", daemon=True)
+        self.thread.start()
+        await wait_for(
+            lambda: asyncio.sleep(0, result=ready.is_set() or not self.thread or not self.thread.is_alive()),
+            bool,
+            what="the operator ready",
+            timeout=60,
+        )
+        assert ready.is_set(), f"the operator stopped while starting: {self.error!r}"
+
+    async def stop(self) -> None:
+        self.stop_flag.set()
+        if self.thread is not None:
+            await asyncio.to_thread(self.thread.join, 60)
+            assert not self.thread.is_alive(), "the operator did not stop within 60 s"
+        assert self.error is None, f"the operator failed: {self.error!r}"
+
+
+@pytest.fixture(scope="module")
+async def operator(cluster: Cluster, kube: KubeClient) -> AsyncIterator[RunningOperator]:
+    token = await install_crds_and_rbac(cluster, kube)
+    login = Login.from_kubeconfig(cluster.kubeconfig).with_token(token)
+    running = RunningOperator(login, OperatorSettings(problem_retry_seconds=1.0, kubeconfig=None))
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def status_of(kube: KubeClient, ns: str, name: str) -> JSON:
+    return dict((await kube.get(fn_path(ns, name))).get("status") or {})
+
+
+def ready(status: JSON) -> JSON | None:
+    return next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+
+
+async def wait_reconciled(kube: KubeClient, ns: str, name: str, *, timeout: float = 30) -> JSON:
+    async def probe() -> JSON:
+        return await kube.get(fn_path(ns, name))
+
+    fn = await wait_for(
+        probe,
+        lambda f: (f.get("status") or {}).get("observedGeneration") == f["metadata"]["generation"],
+        what=f"Function {ns}/{name} reconciled",
+        timeout=timeout,
+    )
+    return dict(fn["status"])
+
+
+async def apply_fn(cluster: Cluster, ns: str, doc: JSON) -> None:
+    cluster.apply(doc, ns)
+
+
+@pytest.mark.parametrize(
+    "runtime", ["python3.12", "python3.13", "nodejs20", "nodejs22", "java21", "go", "ruby3.3", "provided"]
+)
+async def test_each_example_creates_its_objects(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str, runtime: str
+) -> None:
+    doc = example(runtime)
+    name = doc["metadata"]["name"]
+    await apply_fn(cluster, namespace, doc)
+    status = await wait_reconciled(kube, namespace, name)
+    fn = await kube.get(fn_path(namespace, name))
+    uid = fn["metadata"]["uid"]
+    assert ready(status) == {**ready(status), "status": "True", "reason": "ScaledToZero"}  # type: ignore[dict-item]
+    assert status["instances"] == {"desired": 0, "ready": 0}
+    assert status["invokeUrl"].endswith(f"/2015-03-31/functions/{name}/invocations")
+    assert len(status["codeSha256"]) == 64
+
+    owned = [
+        resource_path("apps/v1", "deployments", namespace=namespace, name=name),
+        resource_path("v1", "services", namespace=namespace, name=name),
+        resource_path("networking.k8s.io/v1", "networkpolicies", namespace=namespace, name=name),
+    ]
+    if "inline" in doc["spec"]["code"]:
+        owned.append(resource_path("v1", "configmaps", namespace=namespace, name=f"{name}-code"))
+    for path in owned:
+        obj = await kube.get(path)
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("Function", name, uid, True), (
+            path
+        )
+    deployment = await kube.get(owned[0])
+    assert deployment["spec"]["replicas"] == 0  # minInstances, handed to the autoscaler
+    managers = {m["manager"]: m for m in deployment["metadata"]["managedFields"]}
+    assert "f:replicas" not in json.dumps(managers["kubelambda-operator"]["fieldsV1"])
+    assert "f:replicas" in json.dumps(managers["kubelambda-autoscaler"]["fieldsV1"])
+
+    table = cluster.kubectl("get", "fn", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "RUNTIME", "READY", "INSTANCES", "AGE"]
+    assert table[1].split()[:4] == [name, runtime, "True", "0"]
+    events = cluster.kubectl_json(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+    )
+    assert any(
+        e["reason"] == "Created" and f"Deployment {namespace}/{name}" in e["message"] for e in events["items"]
+    )
+
+
+async def test_python_function_runs_and_answers(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    doc = example("python3.12")
+    doc["spec"]["scaling"] = {"minInstances": 1}
+    name = doc["metadata"]["name"]
+    await apply_fn(cluster, namespace, doc)
+    status = await wait_for(
+        lambda: status_of(kube, namespace, name),
+        lambda s: (ready(s) or {}).get("reason") == "InstancesReady",
+        what="the function's first instance ready",
+        timeout=120,
+    )
+    assert status["instances"] == {"desired": 1, "ready": 1}
+    pods = await kube.list(
+        resource_path("v1", "pods", namespace=namespace),
+        params={"labelSelector": f"kubelambda.io/function={name}"},
+    )
+    ip = pods["items"][0]["status"]["podIP"]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://{ip}:8080/invoke", json={"name": "kubelambda"}) as resp,
+    ):
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["message"] == "Hello, kubelambda!"
+
+
+async def deployment_of(kube: KubeClient, ns: str, name: str) -> JSON:
+    return await kube.get(resource_path("apps/v1", "deployments", namespace=ns, name=name))
+
+
+def env_of(deployment: JSON) -> dict[str, str]:
+    return {
+        e["name"]: e.get("value", "") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+
+async def test_memory_env_and_code_changes_update_the_deployment_once_each(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    doc = example("python3.12")
+    name = doc["metadata"]["name"]
+    await apply_fn(cluster, namespace, doc)
+    await wait_reconciled(kube, namespace, name)
+    before = await deployment_of(kube, namespace, name)
+    generation = before["metadata"]["generation"]
+
+    changes = [
+        ("memory", lambda d: d["spec"].__setitem__("memoryMB", 512)),
+        ("env", lambda d: d["spec"]["environment"].__setitem__("GREETING", "Hi")),
+        (
+            "code",
+            lambda d: d["spec"]["code"]["inline"].__setitem__("app.py", "def handler(e, c):\n    return 2\n"),
+        ),
+    ]
+    for what, change in changes:
+        doc = copy.deepcopy(doc)
+        change(doc)
+        await apply_fn(cluster, namespace, doc)
+        await wait_reconciled(kube, namespace, name)
+        after = await deployment_of(kube, namespace, name)
+        assert after["metadata"]["generation"] == generation + 1, (
+            f"{what}: the Deployment changed more than once"
+        )
+        generation += 1
+    container = after["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] == "512Mi"
+    assert container["resources"]["limits"]["cpu"] == "290m"  # 512 / 1769 vCPU, rounded up
+    assert env_of(after)["GREETING"] == "Hi"
+    code = await kube.get(resource_path("v1", "configmaps", namespace=namespace, name=f"{name}-code"))
+    assert code["data"]["app.py"].endswith("return 2\n")
+    annotations = after["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["kubelambda.io/code-sha256"] == (await status_of(kube, namespace, name))["codeSha256"]
+    assert after["spec"]["replicas"] == 0, "an update must not touch replicas"
+
+
+async def owned_versions(kube: KubeClient, ns: str) -> dict[str, str]:
+    out = {}
+    for api, plural in (
+        ("apps/v1", "deployments"),
+        ("v1", "services"),
+        ("v1", "configmaps"),
+        ("networking.k8s.io/v1", "networkpolicies"),
+    ):
+        for item in (await kube.list(resource_path(api, plural, namespace=ns)))["items"]:
+            if item["metadata"].get("ownerReferences"):
+                out[f"{plural}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+    return out
+
+
+def reconciles_done() -> float:
+    return sum(
+        s.value for m in metrics.OPERATOR_RECONCILES.collect() for s in m.samples if s.name.endswith("_total")
+    )
+
+
+async def test_restarting_the_operator_changes_nothing(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    for runtime in ("python3.12", "nodejs22"):
+        doc = example(runtime)
+        doc["spec"]["network"] = {
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 443}]}]
+        }
+        await apply_fn(cluster, namespace, doc)
+        await wait_reconciled(kube, namespace, doc["metadata"]["name"])
+    before = await owned_versions(kube, namespace)
+    assert len(before) == 2 * 5, before  # ConfigMap, Deployment, Service, 2 NetworkPolicies each
+    functions_before = {
+        f["metadata"]["name"]: f["metadata"]["resourceVersion"]
+        for f in (await kube.list(resource_path(FN_API, "functions", namespace=namespace)))["items"]
+    }
+
+    await operator.stop()
+    everywhere = len((await kube.list(resource_path(FN_API, "functions")))["items"])
+    done = reconciles_done()
+    await operator.start()
+    # Every Function in the cluster is resumed once; wait for all of them, then compare.
+    await wait_for(
+        lambda: asyncio.sleep(0, result=reconciles_done()),
+        lambda n: n >= done + everywhere,
+        what=f"{everywhere} resumed Functions",
+        timeout=60,
+    )
+    assert await owned_versions(kube, namespace) == before
+    functions_after = {
+        f["metadata"]["name"]: f["metadata"]["resourceVersion"]
+        for f in (await kube.list(resource_path(FN_API, "functions", namespace=namespace)))["items"]
+    }
+    assert functions_after == functions_before
+
+
+async def test_deleting_a_function_removes_what_it_owned(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    doc = example("nodejs20")
+    doc["spec"]["network"] = {"egress": [{"to": [{"podSelector": {"matchLabels": {"app": "db"}}}]}]}
+    name = doc["metadata"]["name"]
+    await apply_fn(cluster, namespace, doc)
+    await wait_reconciled(kube, namespace, name)
+    assert len(await owned_versions(kube, namespace)) == 5
+    await kube.delete(fn_path(namespace, name))
+    await wait_for(
+        lambda: owned_versions(kube, namespace),
+        lambda left: not left,
+        what="garbage collection of the Function's objects",
+        timeout=60,
+    )
+
+
+async def test_removing_network_removes_the_egress_policy(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    doc = example("python3.13")
+    name = doc["metadata"]["name"]
+    doc["spec"]["network"] = {
+        "egress": [{"to": [{"ipBlock": {"cidr": "192.168.0.0/16"}}]}],
+        "allowDNS": False,
+    }
+    await apply_fn(cluster, namespace, doc)
+    await wait_reconciled(kube, namespace, name)
+    policy = await kube.get(
+        resource_path("networking.k8s.io/v1", "networkpolicies", namespace=namespace, name=f"{name}-egress")
+    )
+    assert policy["spec"]["egress"] == [{"to": [{"ipBlock": {"cidr": "192.168.0.0/16"}}]}]
+    del doc["spec"]["network"]
+    await apply_fn(cluster, namespace, doc)
+    await wait_reconciled(kube, namespace, name)
+    assert "networkpolicies/" + f"{name}-egress" not in await owned_versions(kube, namespace)
+
+
+async def test_inline_code_over_the_configmap_limit_is_reported_not_crashlooped(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    doc = example("python3.12")
+    name = doc["metadata"]["name"]
+    doc["spec"]["code"]["inline"]["big.py"] = "# " + "x" * (1024 * 1024 + 10) + "\n"
+    await kube.create(resource_path(FN_API, "functions", namespace=namespace), doc)
+    status = await wait_reconciled(kube, namespace, name)
+    condition = ready(status)
+    assert condition is not None
+    assert (condition["status"], condition["reason"]) == ("False", "CodeTooLarge")
+    assert "1048576" in condition["message"]
+    assert (
+        await kube.get_or_none(resource_path("apps/v1", "deployments", namespace=namespace, name=name))
+        is None
+    )
+    table = cluster.kubectl("get", "fn", name, "-n", namespace, "-o", "wide").stdout
+    assert "CodeTooLarge" in table
+
+
+async def test_missing_execution_role_is_reported_until_it_exists(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    doc = example("python3.12")
+    name = doc["metadata"]["name"]
+    doc["spec"]["serviceAccountName"] = "reader"
+    await apply_fn(cluster, namespace, doc)
+    status = await wait_reconciled(kube, namespace, name)
+    assert (ready(status) or {}).get("reason") == "ServiceAccountMissing"
+    await kube.create(
+        resource_path("v1", "serviceaccounts", namespace=namespace), {"metadata": {"name": "reader"}}
+    )
+    await wait_for(
+        lambda: status_of(kube, namespace, name),
+        lambda s: (ready(s) or {}).get("reason") == "ScaledToZero",
+        what="Ready once the ServiceAccount exists",
+    )
+    pod_spec = (await deployment_of(kube, namespace, name))["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == "reader"
+    assert pod_spec["automountServiceAccountToken"] is True
+
+
+async def test_the_operator_identity_is_its_service_account_and_no_more(
+    operator: RunningOperator, kube: KubeClient, namespace: str
+) -> None:
+    async with operator.login.client() as as_operator:
+        review = await as_operator.create(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        )
+        assert (
+            review["status"]["userInfo"]["username"]
+            == f"system:serviceaccount:{SYSTEM_NS}:kubelambda-operator"
+        )
+        with pytest.raises(ApiError) as refused:
+            await as_operator.list(resource_path("v1", "secrets", namespace=namespace))
+        assert refused.value.status == 403
