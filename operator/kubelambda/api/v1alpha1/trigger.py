@@ -22,7 +22,7 @@ from kubelambda.api.v1alpha1._common import (
 SOURCES = ("bucket", "queue", "stream", "schedule", "http")
 URL = r"^[a-z][a-z0-9+.-]*://[^\s]+$"
 SCHEDULE_EXPRESSION = (
-    r"^(rate\((1 (minute|hour|day)|[1-9][0-9]* (minutes|hours|days))\)"
+    r"^(rate\((1 (minute|hour|day)|([2-9]|[1-9][0-9]+) (minutes|hours|days))\)"
     r"|cron\(\S+ \S+ \S+ \S+ \S+ \S+\))$"
 )
 

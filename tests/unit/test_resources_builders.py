@@ -1,0 +1,259 @@
+"""Table tests of the pure builders: a Function in, objects out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kubelambda.api.v1alpha1 import FunctionSpec
+from kubelambda.resources import (
+    CodeTooLarge,
+    FunctionObject,
+    Problem,
+    cpu_limit_millicores,
+    function_status,
+    make_code_configmap,
+    make_deployment,
+    make_egress_policy,
+    make_ingress_policy,
+    make_service,
+)
+from kubelambda.resources.status import ready, set_condition
+from kubelambda.settings import OperatorSettings
+
+SETTINGS = OperatorSettings()
+JSON = dict[str, Any]
+
+
+def fn(**spec: Any) -> FunctionObject:
+    base: JSON = {"runtime": "python3.12", "handler": "app.handler", "code": {"inline": {"app.py": "x"}}}
+    base.update(spec)
+    return FunctionObject(
+        name="hello", namespace="demo", uid="u-1", generation=3, spec=FunctionSpec.model_validate(base)
+    )
+
+
+def container(d: JSON) -> JSON:
+    c: JSON = d["spec"]["template"]["spec"]["containers"][0]
+    return c
+
+
+@pytest.mark.parametrize(
+    ("memory", "cpu"),
+    [(128, 73), (1769, 1000), (3538, 2000), (10240, 5789)],
+    ids=["128", "1769", "3538", "10240"],
+)
+def test_cpu_is_proportional_to_memory(memory: int, cpu: int) -> None:
+    assert cpu_limit_millicores(memory) == cpu
+    limits = container(make_deployment(fn(memoryMB=memory), image="img", settings=SETTINGS))["resources"][
+        "limits"
+    ]
+    assert limits["cpu"] == f"{cpu}m"
+    assert limits["memory"] == f"{memory}Mi"
+
+
+def test_deployment_never_carries_replicas_unless_creating() -> None:
+    assert "replicas" not in make_deployment(fn(), image="img", settings=SETTINGS)["spec"]
+    assert make_deployment(fn(), image="img", settings=SETTINGS, replicas=2)["spec"]["replicas"] == 2
+
+
+def test_deployment_is_deterministic_and_sorted() -> None:
+    a = make_deployment(fn(environment={"Z": "1", "A": "2"}), image="img", settings=SETTINGS)
+    b = make_deployment(fn(environment={"A": "2", "Z": "1"}), image="img", settings=SETTINGS)
+    assert json.dumps(a) == json.dumps(b)
+    names = [e["name"] for e in container(a)["env"]]
+    assert names[-2:] == ["A", "Z"]
+    assert names[:-2] == sorted(names[:-2])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("AWS_LAMBDA_FUNCTION_NAME", "hello"),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256"),
+        ("_HANDLER", "app.handler"),
+        ("LAMBDA_TASK_ROOT", "/var/task"),
+        ("KUBELAMBDA_TIMEOUT", "30"),
+        ("KUBELAMBDA_WORKERS", "4"),
+        ("KUBELAMBDA_RUNTIME_NAME", "python3.12"),
+        ("TZ", "UTC"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_lambda_environment(key: str, value: str) -> None:
+    d = make_deployment(
+        fn(memoryMB=256, timeoutSeconds=30, concurrency={"perInstance": 4}), image="img", settings=SETTINGS
+    )
+    env = {e["name"]: e["value"] for e in container(d)["env"]}
+    assert env[key] == value
+
+
+def test_hardened_pod() -> None:
+    d = make_deployment(fn(), image="img", settings=SETTINGS)
+    pod = d["spec"]["template"]["spec"]
+    sc = container(d)["securityContext"]
+    assert sc == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert {"name": "tmp", "mountPath": "/tmp"} in container(d)["volumeMounts"]
+    role = make_deployment(fn(serviceAccountName="reader"), image="img", settings=SETTINGS)["spec"][
+        "template"
+    ]["spec"]
+    assert role["automountServiceAccountToken"] is True
+    assert role["serviceAccountName"] == "reader"
+
+
+@pytest.mark.parametrize(
+    ("code", "volume", "init", "image"),
+    [
+        ({"inline": {"app.py": "x"}}, "configMap", False, "img"),
+        ({"archive": {"url": "https://x/f.zip", "sha256": "a" * 64}}, "emptyDir", True, "img"),
+        (
+            {"s3": {"endpoint": "http://s3", "bucket": "code", "key": "f.zip", "credentialsSecret": "s3"}},
+            "emptyDir",
+            True,
+            "img",
+        ),
+        ({"image": "registry.example/fn:1"}, None, False, "registry.example/fn:1"),
+    ],
+    ids=["inline", "archive", "s3", "image"],
+)
+def test_code_sources(code: JSON, volume: str | None, init: bool, image: str) -> None:
+    d = make_deployment(fn(code=code), image="img", settings=SETTINGS)
+    pod = d["spec"]["template"]["spec"]
+    code_volume = next((v for v in pod["volumes"] if v["name"] == "code"), None)
+    assert (code_volume is not None and volume in code_volume) or (code_volume is None and volume is None)
+    assert ("initContainers" in pod) == init
+    assert container(d)["image"] == image
+    if init:
+        assert pod["initContainers"][0]["args"][-2:] == ["--dest", "/var/task"]
+
+
+def test_code_change_rolls_the_pods() -> None:
+    a = make_deployment(fn(code={"inline": {"app.py": "a"}}), image="img", settings=SETTINGS)
+    b = make_deployment(fn(code={"inline": {"app.py": "b"}}), image="img", settings=SETTINGS)
+    key = "kubelambda.io/code-sha256"
+    assert (
+        a["spec"]["template"]["metadata"]["annotations"][key]
+        != b["spec"]["template"]["metadata"]["annotations"][key]
+    )
+
+
+def test_inline_code_over_a_mebibyte_is_too_large() -> None:
+    assert make_code_configmap(fn())["data"] == {"app.py": "x"}  # type: ignore[index]
+    with pytest.raises(CodeTooLarge, match="1048576"):
+        make_code_configmap(fn(code={"inline": {"app.py": "x" * (1024 * 1024)}}))
+    assert make_code_configmap(fn(code={"image": "r/f:1"})) is None
+
+
+def test_owner_reference_on_everything() -> None:
+    f = fn(network={"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]})
+    objects = [
+        make_code_configmap(f),
+        make_deployment(f, image="img", settings=SETTINGS),
+        make_service(f),
+        make_ingress_policy(f, system_namespace="kubelambda-system"),
+        make_egress_policy(f),
+    ]
+    for obj in objects:
+        assert obj is not None
+        assert obj["metadata"]["ownerReferences"] == [
+            {"apiVersion": "kubelambda.io/v1alpha1", "kind": "Function", "name": "hello", "uid": "u-1",
+             "controller": True, "blockOwnerDeletion": True}
+        ]  # fmt: skip
+        assert obj["metadata"]["labels"]["kubelambda.io/function"] == "hello"
+
+
+@pytest.mark.parametrize(
+    ("network", "expected"),
+    [
+        (None, None),
+        (
+            {
+                "egress": [
+                    {
+                        "to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                        "ports": [{"port": 443}],
+                    }
+                ]
+            },
+            [
+                {
+                    "to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                    "ports": [{"port": 443, "protocol": "TCP"}],
+                },
+                {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+            ],
+        ),
+        (
+            {"egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "db"}}}]}], "allowDNS": False},
+            [{"to": [{"namespaceSelector": {"matchLabels": {"team": "db"}}}]}],
+        ),
+    ],
+    ids=["unrestricted", "cidr-and-port", "namespace-no-dns"],
+)
+def test_egress_policy(network: JSON | None, expected: list[JSON] | None) -> None:
+    policy = make_egress_policy(fn(network=network) if network else fn())
+    assert (policy["spec"]["egress"] if policy else None) == expected
+
+
+def test_ingress_only_from_gateway_and_bridges() -> None:
+    policy = make_ingress_policy(fn(), system_namespace="kl")
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]] == [
+        "gateway",
+        "bridge",
+    ]
+    assert all(
+        p["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kl"} for p in rule["from"]
+    )
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+
+
+def dep(replicas: int, ready_replicas: int = 0, conditions: list[JSON] | None = None) -> JSON:
+    return {
+        "spec": {"replicas": replicas},
+        "status": {"readyReplicas": ready_replicas, "conditions": conditions or []},
+    }
+
+
+@pytest.mark.parametrize(
+    ("problem", "deployment", "expected"),
+    [
+        (Problem("CodeTooLarge", "big"), None, ("False", "CodeTooLarge")),
+        (None, None, ("Unknown", "Reconciling")),
+        (None, dep(0), ("True", "ScaledToZero")),
+        (None, dep(2, 0), ("False", "InstancesStarting")),
+        (None, dep(2, 1), ("True", "InstancesReady")),
+        (
+            None,
+            dep(1, 0, [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]),
+            ("False", "ProgressDeadlineExceeded"),
+        ),
+    ],
+    ids=["problem", "no-deployment", "zero", "starting", "ready", "deadline"],
+)
+def test_ready_condition(problem: Problem | None, deployment: JSON | None, expected: tuple[str, str]) -> None:
+    assert ready(problem=problem, deployment=deployment)[:2] == expected
+
+
+def test_transition_time_moves_only_when_status_changes() -> None:
+    first = set_condition([], type="Ready", status="True", reason="A", message="", generation=1, now="t1")
+    same = set_condition(first, type="Ready", status="True", reason="B", message="", generation=2, now="t2")
+    flipped = set_condition(
+        same, type="Ready", status="False", reason="C", message="", generation=2, now="t3"
+    )
+    assert [c["lastTransitionTime"] for c in (first[0], same[0], flipped[0])] == ["t1", "t1", "t3"]
+
+
+def test_status_is_stable_when_nothing_changed() -> None:
+    kwargs: JSON = dict(generation=3, problem=None, deployment=dep(0), code_sha256="c", invoke_url="u")
+    first = function_status({}, now="t1", **kwargs)
+    assert function_status(first, now="t2", **kwargs) == first
