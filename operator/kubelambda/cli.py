@@ -135,7 +135,12 @@ def cmd_dev_serve(args: argparse.Namespace) -> int:
     from kubelambda.devcluster import serve
 
     return asyncio.run(
-        serve(_state_dir(args), node_name=args.node_name, backoff_seconds=args.backoff or 10.0)
+        serve(
+            _state_dir(args),
+            node_name=args.node_name,
+            backoff_seconds=args.backoff or 10.0,
+            pod_network=args.pod_network,
+        )
     )
 
 

@@ -499,10 +499,11 @@ async def test_termination_grace_period_sigterm_then_sigkill(
     stubborn_seconds, polite_seconds = await asyncio.gather(
         delete_and_time("stubborn"), delete_and_time("polite")
     )
-    # SIGTERM was ignored: the node waited the whole grace period, then killed.
-    assert 2.0 <= stubborn_seconds < 10, stubborn_seconds
-    # SIGTERM was honoured: gone long before its 30 s grace period.
-    assert polite_seconds < 10, polite_seconds
+    # SIGTERM was ignored: the node waited the whole grace period, then killed (the upper bound only
+    # leaves room for a loaded machine; without SIGKILL it would never end).
+    assert 2.0 <= stubborn_seconds < 25, stubborn_seconds
+    # SIGTERM was honoured: gone before its 30 s grace period ran out.
+    assert polite_seconds < 25, polite_seconds
     assert not alive(pid_of(pods["stubborn"]))
     assert not alive(pid_of(pods["polite"]))
 

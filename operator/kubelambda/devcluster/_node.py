@@ -29,7 +29,7 @@ from kubelambda.devcluster._kubelet import build_app, server_ssl
 from kubelambda.devcluster._network import PodAddresses
 from kubelambda.devcluster._pod import NodeContext, PodRunner, now_rfc3339
 from kubelambda.devcluster._process import free_port
-from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.kube import ApiError, KubeClient, list_and_watch, resource_path
 
 logger = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -269,33 +269,21 @@ class LocalNode:
     # ---- pods -----------------------------------------------------------------------------------------
 
     async def _watch_pods(self) -> None:
-        path = resource_path("v1", "pods")
-        params = {"fieldSelector": f"spec.nodeName={self.name}"}
-        version = ""
-        while True:
-            try:
-                if not version:
-                    listing = await self.kube.list(path, params=params)
-                    seen = set()
-                    for pod in listing["items"]:
-                        seen.add(pod["metadata"]["uid"])
-                        await self._on_pod("MODIFIED", pod)
-                    for uid in set(self.runners) - seen:
-                        await self._on_pod("DELETED", self.runners[uid].pod)
-                    version = listing["metadata"]["resourceVersion"]
-                async for event in self.kube.watch(path, params=params, resource_version=version):
-                    version = event.object["metadata"].get("resourceVersion", version)
-                    if event.type != "BOOKMARK":
-                        await self._on_pod(event.type, event.object)
-            except ApiError as e:
-                if e.status == 410:
-                    version = ""  # too old: list again
-                    continue
-                logger.warning("Pod watch of node %s failed: %s", self.name, e)
-                await asyncio.sleep(1)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                logger.warning("Pod watch of node %s broke: %s", self.name, e)
-                await asyncio.sleep(1)
+        async def on_list(pods: list[JSON]) -> None:
+            seen = set()
+            for pod in pods:
+                seen.add(pod["metadata"]["uid"])
+                await self._on_pod("MODIFIED", pod)
+            for uid in set(self.runners) - seen:
+                await self._on_pod("DELETED", self.runners[uid].pod)
+
+        await list_and_watch(
+            self.kube,
+            resource_path("v1", "pods"),
+            params={"fieldSelector": f"spec.nodeName={self.name}"},
+            on_list=on_list,
+            on_event=self._on_pod,
+        )
 
     async def _on_pod(self, kind: str, pod: JSON) -> None:
         uid = pod["metadata"]["uid"]
