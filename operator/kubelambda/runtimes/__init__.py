@@ -9,7 +9,7 @@ The same table serves the local Kubernetes node (runtime image → command) and
         print(fn.invoke(b'{"name": "world"}').body)
 """
 
-from kubelambda.runtimes._build import agent_binary, repo_root, runtime_images_dir
+from kubelambda.runtimes._build import agent_binary, java_runtime_dir, repo_root, runtime_images_dir
 from kubelambda.runtimes._command import (
     RUNTIMES,
     LocalCommand,
@@ -29,6 +29,7 @@ __all__ = [
     "LocalFunctionError",
     "RuntimeSpec",
     "agent_binary",
+    "java_runtime_dir",
     "local_command",
     "pod_command",
     "repo_root",

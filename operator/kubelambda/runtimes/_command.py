@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Family = Literal["python", "nodejs"]
+Family = Literal["python", "nodejs", "java", "ruby", "provided"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class RuntimeSpec:
     family: Family
     image: str  # repository of its runtime image
     folder: str  # runtime-images/<folder>: the runtime client
-    entry: str  # the client's entry file inside that folder
+    entry: str  # the client's entry file inside that folder (java: the class path inside it)
 
 
 RUNTIMES: Mapping[str, RuntimeSpec] = {
@@ -30,6 +30,11 @@ RUNTIMES: Mapping[str, RuntimeSpec] = {
         RuntimeSpec("python3.13", "python", "kubelambda/runtime-python", "python", "bootstrap.py"),
         RuntimeSpec("nodejs20", "nodejs", "kubelambda/runtime-nodejs", "nodejs", "index.mjs"),
         RuntimeSpec("nodejs22", "nodejs", "kubelambda/runtime-nodejs", "nodejs", "index.mjs"),
+        RuntimeSpec("java21", "java", "kubelambda/runtime-java", "java", "lib/*"),
+        RuntimeSpec("ruby3.3", "ruby", "kubelambda/runtime-ruby", "ruby", "bootstrap.rb"),
+        # `provided` before `go`: both are runtime-provided images, and an unknown tag means `provided`.
+        RuntimeSpec("provided", "provided", "kubelambda/runtime-provided", "provided", "launch"),
+        RuntimeSpec("go", "provided", "kubelambda/runtime-provided", "provided", "launch"),
     )
 }
 
@@ -44,7 +49,8 @@ def _spec(runtime: str) -> RuntimeSpec:
 def runtime_for_image(image: str) -> RuntimeSpec | None:
     """The runtime whose image ``image`` is (tag and registry host ignored), for the local node.
 
-    ``ghcr.io/x/kubelambda/runtime-python:3.13`` → python3.13; an unknown tag picks the family's first.
+    ``ghcr.io/x/kubelambda/runtime-python:3.13`` → python3.13, ``runtime-provided:go`` → go; an unknown tag
+    picks the family's first.
     """
     name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
     candidates = [s for s in RUNTIMES.values() if name == s.image or name.endswith("/" + s.image)]
@@ -60,16 +66,32 @@ def worker_command(
     runtime_dir: Path | str,
     python: str = sys.executable,
     node: str = "node",
+    java: str = "java",
+    ruby: str = "ruby",
 ) -> list[str]:
     """argv of one worker process for ``runtime`` whose client lies in ``runtime_dir``.
 
-    In an image ``runtime_dir`` is /opt/kubelambda/runtime; locally runtime-images/<folder>.
+    In an image ``runtime_dir`` is /opt/kubelambda/runtime; locally runtime-images/<folder>, except for
+    Java, whose client is compiled: the folder ``hack/build-runtime-java.sh`` prints (``java_runtime_dir()``).
+    ``provided`` and ``go`` run ``launch``, which execs ``$LAMBDA_TASK_ROOT/bootstrap`` (or ``/opt/bootstrap``).
     """
     spec = _spec(runtime)
     entry = str(Path(runtime_dir) / spec.entry)
     if spec.family == "python":
         return [python, entry]
+    if spec.family == "java":
+        return [java, *JAVA_OPTIONS, "-cp", entry, JAVA_MAIN]
+    if spec.family == "ruby":
+        return [ruby, entry]
+    if spec.family == "provided":
+        return [entry]
     return [node, entry]
+
+
+JAVA_MAIN = "io.kubelambda.runtime.Bootstrap"
+# As Lambda's Java runtimes: C1 only (the fastest start for short-lived work) and the serial collector
+# (one invocation at a time per worker). Users add their own through JAVA_TOOL_OPTIONS.
+JAVA_OPTIONS = ("-XX:+TieredCompilation", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xshare:auto")
 
 
 @dataclass(frozen=True)
@@ -107,6 +129,8 @@ def local_command(
     runtime_cmd: Sequence[str] | None = None,
     python: str = sys.executable,
     node: str = "node",
+    java: str = "java",
+    ruby: str = "ruby",
 ) -> LocalCommand:
     """The agent's command line for running ``handler`` from ``code_dir`` locally.
 
@@ -125,7 +149,7 @@ def local_command(
     cmd = (
         list(runtime_cmd)
         if runtime_cmd is not None
-        else worker_command(runtime, runtime_dir=rdir, python=python, node=node)
+        else worker_command(runtime, runtime_dir=rdir, python=python, node=node, java=java, ruby=ruby)
     )
     code = str(Path(code_dir).resolve())
     argv = [
@@ -165,8 +189,10 @@ def local_command(
 
 
 def _default_runtime_dir(spec: RuntimeSpec) -> Path:
-    from kubelambda.runtimes._build import runtime_images_dir
+    from kubelambda.runtimes._build import java_runtime_dir, runtime_images_dir
 
+    if spec.family == "java":
+        return java_runtime_dir()  # compiled: the cached Maven build (built on first use)
     return runtime_images_dir() / spec.folder
 
 
@@ -186,6 +212,8 @@ def pod_command(
     runtime_dir: Path | str | None = None,
     python: str = sys.executable,
     node: str = "node",
+    java: str = "java",
+    ruby: str = "ruby",
 ) -> LocalCommand | None:
     """How the local node runs a container of a runtime image as processes; None for other images.
 
@@ -207,7 +235,7 @@ def pod_command(
             "KUBELAMBDA_TASK_ROOT": str(task_root),
             "KUBELAMBDA_RUNTIME_DIR": str(rdir),
             "KUBELAMBDA_RUNTIME_CMD": json.dumps(
-                worker_command(spec.name, runtime_dir=rdir, python=python, node=node)
+                worker_command(spec.name, runtime_dir=rdir, python=python, node=node, java=java, ruby=ruby)
             ),
             "LAMBDA_TASK_ROOT": str(task_root),
             "LAMBDA_RUNTIME_DIR": str(rdir),
