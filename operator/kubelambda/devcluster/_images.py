@@ -83,12 +83,24 @@ IMAGES: dict[str, LocalImage] = {
         entrypoint=(_PYTHON, "-m", "kubelambda"),
         paths={"kubelambda": _PYTHON, **_PYTHON_PATHS},
     ),
+    "ghcr.io/kubelambda/runtime-java": LocalImage(
+        "the Java runtime: the agent on $KUBELAMBDA_POD_IP:8080 + runtime-images/java",
+        entrypoint=(_PYTHON, "-c", _RUNTIME_SHIM),
+    ),
     "ghcr.io/kubelambda/runtime-nodejs": LocalImage(
         "the Node.js runtime: the agent on $KUBELAMBDA_POD_IP:8080 + runtime-images/nodejs",
         entrypoint=(_PYTHON, "-c", _RUNTIME_SHIM),
     ),
+    "ghcr.io/kubelambda/runtime-provided": LocalImage(
+        "the provided (custom) runtime, also used by go: the agent on $KUBELAMBDA_POD_IP:8080 running the bootstrap",
+        entrypoint=(_PYTHON, "-c", _RUNTIME_SHIM),
+    ),
     "ghcr.io/kubelambda/runtime-python": LocalImage(
         "the Python runtime: the agent on $KUBELAMBDA_POD_IP:8080 + runtime-images/python",
+        entrypoint=(_PYTHON, "-c", _RUNTIME_SHIM),
+    ),
+    "ghcr.io/kubelambda/runtime-ruby": LocalImage(
+        "the Ruby runtime: the agent on $KUBELAMBDA_POD_IP:8080 + runtime-images/ruby",
         entrypoint=(_PYTHON, "-c", _RUNTIME_SHIM),
     ),
     "kubelambda.io/dev/httpserver": LocalImage(
