@@ -9,7 +9,14 @@ The same table serves the local Kubernetes node (runtime image → command) and
         print(fn.invoke(b'{"name": "world"}').body)
 """
 
-from kubelambda.runtimes._build import agent_binary, java_runtime_dir, repo_root, runtime_images_dir
+from kubelambda.runtimes._build import (
+    agent_binary,
+    build_go_function,
+    compile_java_function,
+    java_runtime_dir,
+    repo_root,
+    runtime_images_dir,
+)
 from kubelambda.runtimes._command import (
     RUNTIMES,
     LocalCommand,
@@ -29,6 +36,8 @@ __all__ = [
     "LocalFunctionError",
     "RuntimeSpec",
     "agent_binary",
+    "build_go_function",
+    "compile_java_function",
     "java_runtime_dir",
     "local_command",
     "pod_command",

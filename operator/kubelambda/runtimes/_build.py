@@ -1,9 +1,14 @@
-"""Where the agent binary and the runtime clients come from on a development machine."""
+"""Where the agent binary and the runtime clients come from on a development machine, and the local
+builds of compiled functions (Go ``bootstrap`` binaries, Java classes)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -51,3 +56,77 @@ def agent_binary() -> Path:
     if override:
         return Path(override)
     return _run_build_script("build-agent.sh")
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("KUBELAMBDA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kubelambda"
+    )
+    return Path(root)
+
+
+def _tree_hash(folder: Path, suffixes: tuple[str, ...], *extra: str) -> str:
+    digest = hashlib.sha256("\0".join(extra).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(suffixes)):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _build_once(final: Path, build: Callable[[Path], None]) -> Path:
+    """Runs ``build(tmp)`` and renames tmp to ``final``, unless ``final`` exists (a cache hit)."""
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not final.is_dir():  # not a concurrent build that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _check(argv: list[str], *, cwd: Path | None = None) -> None:
+    done = subprocess.run(argv, cwd=cwd, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+
+def build_go_function(module_dir: Path | str, *, package: str = ".", go: str = "go") -> Path:
+    """The code folder of a Go function: ``bootstrap`` built from ``module_dir`` with
+    ``runtime-images/go/build-bootstrap.sh``, cached by a hash of the module's sources and the toolchain.
+    """
+    module = Path(module_dir).resolve()
+    version = subprocess.run([go, "env", "GOVERSION"], check=True, capture_output=True, text=True).stdout
+    key = _tree_hash(module, (".go", "go.mod", "go.sum"), version, package)
+    script = runtime_images_dir() / "go" / "build-bootstrap.sh"
+
+    def build(out: Path) -> None:
+        _check(["bash", str(script), str(module), str(out), package])
+
+    return _build_once(_cache_root() / "functions" / f"go-{key}", build)
+
+
+def compile_java_function(source_dir: Path | str, *, javac: str = "javac") -> Path:
+    """The code folder of a Java function: ``source_dir``'s ``.java`` files compiled against the runtime's
+    class path (aws-lambda-java-core), classes at the top as in a Lambda zip; jars in ``source_dir/lib``
+    are copied to ``lib/``. Cached by a hash of the sources.
+    """
+    source = Path(source_dir).resolve()
+    runtime = java_runtime_dir()
+    key = _tree_hash(source, (".java", ".jar"), str(runtime))
+
+    def build(out: Path) -> None:
+        sources = sorted(str(p) for p in source.rglob("*.java"))
+        if not sources:
+            raise RuntimeError(f"no .java files under {source}")
+        classpath = os.pathsep.join([str(runtime / "lib" / "*"), str(source / "lib" / "*")])
+        _check([javac, "-encoding", "UTF-8", "-cp", classpath, "-d", str(out), *sources])
+        if (source / "lib").is_dir():
+            shutil.copytree(source / "lib", out / "lib")
+
+    return _build_once(_cache_root() / "functions" / f"java-{key}", build)

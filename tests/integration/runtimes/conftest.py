@@ -15,10 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from kubelambda.runtimes import LocalFunction, agent_binary, local_command
+from kubelambda.runtimes import (
+    LocalFunction,
+    agent_binary,
+    build_go_function,
+    compile_java_function,
+    java_runtime_dir,
+    local_command,
+)
 
 FUNCTIONS = Path(__file__).parent / "functions"
-FAMILY = {"python3.12": "python", "nodejs20": "nodejs"}
+FAMILY = {"python3.12": "python", "nodejs20": "nodejs", "ruby3.3": "ruby", "provided": "provided"}
 
 StartFunction = Callable[..., LocalFunction]
 
@@ -34,6 +41,39 @@ def node() -> str:
     if found is None:
         pytest.fail("node is not installed; the Node.js runtime tests need it")
     return found
+
+
+def _tool(name: str, why: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed; {why} (.ci/run installs it)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def ruby() -> str:
+    return _tool("ruby", "the Ruby runtime tests need it")
+
+
+@pytest.fixture(scope="session")
+def java_runtime() -> Path:
+    """Our Java client, built by hack/build-runtime-java.sh (Maven) on first use and cached."""
+    _tool("java", "the Java runtime tests need a JDK >= 17")
+    return java_runtime_dir()
+
+
+@pytest.fixture(scope="session")
+def java_code(java_runtime: Path) -> Path:
+    """tests/.../functions/java compiled against aws-lambda-java-core (cached by source hash)."""
+    _tool("javac", "the Java runtime tests compile their handlers")
+    return compile_java_function(FUNCTIONS / "java")
+
+
+@pytest.fixture(scope="session")
+def go_code() -> Path:
+    """tests/.../functions/go built with aws-lambda-go into a bootstrap binary (cached by source hash)."""
+    _tool("go", "the Go runtime tests build their handler")
+    return build_go_function(FUNCTIONS / "go")
 
 
 def free_loopback(ports: Sequence[int]) -> str:

@@ -25,6 +25,7 @@ public final class Bootstrap {
         // Line-flushed UTF-8 output: the agent relays it line by line, in order with its own START/END lines.
         System.setOut(new PrintStream(new FileOutputStream(FileDescriptor.out), true, StandardCharsets.UTF_8));
         System.setErr(new PrintStream(new FileOutputStream(FileDescriptor.err), true, StandardCharsets.UTF_8));
+        LineLogger.install(System.out);
         String address = System.getenv("AWS_LAMBDA_RUNTIME_API");
         if (address == null || address.isBlank()) {
             System.err.println("kubelambda java runtime: AWS_LAMBDA_RUNTIME_API is not set");
