@@ -16,6 +16,10 @@ from pathlib import Path
 
 AWSLAMBDARIC_VERSION = "4.2.2"  # PyPI awslambdaric
 AWS_LAMBDA_RIC_VERSION = "4.0.2"  # npm aws-lambda-ric (builds a native addon: needs cmake, make, g++)
+# Maven Central com.amazonaws:aws-lambda-java-runtime-interface-client (ships its JNI client for linux x86_64/aarch64).
+AWS_LAMBDA_JAVA_RIC_VERSION = "2.10.1"
+AWS_LAMBDA_JAVA_RIC_MAIN = "com.amazonaws.services.lambda.runtime.api.client.AWSLambda"
+# AWS's Ruby client (gem aws_lambda_ric) is not here: rubygems.org is not reachable from our machines.
 
 
 def cache_dir() -> Path:
@@ -78,6 +82,30 @@ def _npm_install(target: Path) -> None:
         raise RuntimeError("npm installed aws-lambda-ric without building rapid-client.node")
 
 
+def _maven_install(target: Path) -> None:
+    pom = f"""<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
+<groupId>io.kubelambda</groupId><artifactId>java-ric</artifactId><version>0</version>
+<dependencies><dependency><groupId>com.amazonaws</groupId>
+<artifactId>aws-lambda-java-runtime-interface-client</artifactId><version>{AWS_LAMBDA_JAVA_RIC_VERSION}</version>
+</dependency></dependencies></project>
+"""
+    (target / "pom.xml").write_text(pom)
+    _run(
+        ["mvn", "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={target / 'lib'}"], cwd=target
+    )
+
+
+def ensure_aws_lambda_java_ric() -> Path:
+    """A folder whose ``lib/*`` is AWS's Java runtime interface client and its dependencies."""
+    return _install_once(cache_dir() / f"aws-lambda-java-ric-{AWS_LAMBDA_JAVA_RIC_VERSION}", _maven_install)
+
+
+def aws_lambda_java_ric_command(handler: str, *, code: Path | str, java: str = "java") -> list[str]:
+    """``java -cp <ric>/lib/*:<code> ...AWSLambda HANDLER``: AWS's Java client serving ``handler``."""
+    classpath = f"{ensure_aws_lambda_java_ric() / 'lib' / '*'}:{code}:{Path(code) / 'lib' / '*'}"
+    return [java, "-cp", classpath, AWS_LAMBDA_JAVA_RIC_MAIN, handler]
+
+
 def ensure_awslambdaric() -> Path:
     """A folder to put on PYTHONPATH so that ``python -m awslambdaric HANDLER`` works."""
     tag = f"py{sys.version_info.major}{sys.version_info.minor}"
@@ -101,8 +129,12 @@ def aws_lambda_ric_command(handler: str, *, node: str = "node") -> list[str]:
 def main() -> int:
     py = ensure_awslambdaric()
     js = ensure_aws_lambda_ric()
+    jv = ensure_aws_lambda_java_ric()
     print(f"awslambdaric:   PYTHONPATH={py} {sys.executable} -m awslambdaric HANDLER")
     print(f"aws-lambda-ric: node {js} HANDLER")
+    print(
+        f"aws-lambda-java-runtime-interface-client: java -cp '{jv}/lib/*:CODE' {AWS_LAMBDA_JAVA_RIC_MAIN} HANDLER"
+    )
     return 0
 
 

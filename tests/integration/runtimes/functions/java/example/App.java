@@ -1,6 +1,7 @@
 package example;
 
 import com.amazonaws.services.lambda.runtime.ClientContext;
+import com.amazonaws.services.lambda.runtime.CognitoIdentity;
 import com.amazonaws.services.lambda.runtime.Context;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -25,9 +26,10 @@ public class App {
         out.put("memory_limit_in_mb", String.valueOf(context.getMemoryLimitInMB()));
         out.put("log_group_name", context.getLogGroupName());
         out.put("log_stream_name", context.getLogStreamName());
-        out.put("identity", Map.of(
-                "cognito_identity_id", context.getIdentity().getIdentityId(),
-                "cognito_identity_pool_id", context.getIdentity().getIdentityPoolId()));
+        CognitoIdentity identity = context.getIdentity();
+        out.put("identity", identity == null ? null : Map.of(
+                "cognito_identity_id", identity.getIdentityId(),
+                "cognito_identity_pool_id", identity.getIdentityPoolId()));
         if (cc == null) {
             out.put("client_context", null);
         } else {

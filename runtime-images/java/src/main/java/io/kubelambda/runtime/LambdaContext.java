@@ -88,11 +88,14 @@ final class LambdaContext implements Context {
         return out;
     }
 
-    /** Lambda gives Java handlers an identity object even without Cognito (its fields are then empty). */
+    /** Null without a Cognito identity, as with AWS's Java runtime client. */
     private static CognitoIdentity identity(String json) {
         Map<?, ?> m = object(json);
-        String id = m == null ? "" : String.valueOf(m.get("cognitoIdentityId") == null ? "" : m.get("cognitoIdentityId"));
-        String pool = m == null ? "" : String.valueOf(m.get("cognitoIdentityPoolId") == null ? "" : m.get("cognitoIdentityPoolId"));
+        if (m == null) {
+            return null;
+        }
+        String id = str(m, "cognitoIdentityId");
+        String pool = str(m, "cognitoIdentityPoolId");
         return new CognitoIdentity() {
             @Override public String getIdentityId() { return id; }
             @Override public String getIdentityPoolId() { return pool; }

@@ -535,7 +535,27 @@ final class Pojo {
                     out.put(name, new Getter(name, m, null));
                 }
             }
-            return new ArrayList<>(out.values());
+            return byFieldOrder(c, out);
         });
+    }
+
+    /** Jackson's order: properties backed by a field in the fields' declaration order (superclass first). */
+    private static List<Getter> byFieldOrder(Class<?> c, Map<String, Getter> getters) {
+        List<Class<?>> chain = new ArrayList<>();
+        for (Class<?> k = c; k != null && k != Object.class; k = k.getSuperclass()) {
+            chain.add(0, k);
+        }
+        Map<String, Getter> rest = new LinkedHashMap<>(getters);
+        List<Getter> ordered = new ArrayList<>();
+        for (Class<?> k : chain) {
+            for (Field f : k.getDeclaredFields()) {
+                Getter g = rest.remove(f.getName());
+                if (g != null) {
+                    ordered.add(g);
+                }
+            }
+        }
+        ordered.addAll(rest.values());
+        return ordered;
     }
 }
