@@ -1,7 +1,8 @@
 # The per-pod agent and the runtime clients (runtime-images/). Included by the top-level Makefile.
 AGENT_DIR := runtime-images/agent
 
-.PHONY: agent agent-test agent-fuzz runtimes-ric runtimes-test agent-bench
+.PHONY: agent agent-test agent-fuzz runtimes-build runtimes-java runtimes-ric runtimes-test runtimes-dockerfiles \
+	agent-bench runtimes-bench
 
 # Builds (or finds cached) the static agent binary and prints its path.
 agent:
@@ -18,14 +19,34 @@ agent-test:
 agent-fuzz:
 	cd $(AGENT_DIR) && go test -run '^$$' -fuzz FuzzRuntimeAPI -fuzztime 30s .
 
+# Builds (or finds cached) our Java runtime client with Maven and prints its LAMBDA_RUNTIME_DIR.
+runtimes-java:
+	@bash hack/build-runtime-java.sh
+
+# Everything compiled that the runtimes' tests need, cached under ~/.cache/kubelambda: the agent and the Java
+# client. (Test functions in Go and Java are built by the test fixtures, cached by source hash.)
+runtimes-build: agent runtimes-java
+
+# `make test` builds them first, so that a fresh machine fails here, with the build's own message, if at all.
+test: runtimes-build
+
+# The Dockerfiles of runtime-images/, checked without Docker (pinned bases, USER, ENTRYPOINT, COPY sources,
+# runtime command = the runtime table's).
+runtimes-dockerfiles: venv
+	$(PY) -m pytest tests/unit/runtimes/test_runtimes_dockerfiles.py -q
+
 # Installs AWS's own runtime interface clients into the cache (the integration tests do it too).
 runtimes-ric: venv
 	$(PY) -m kubelambda.runtimes.ric
 
-# The runtimes' tests through the real agent (Python and Node.js, ours and AWS's clients).
-runtimes-test: venv agent
+# The runtimes' tests through the real agent (every runtime; ours and AWS's clients).
+runtimes-test: venv runtimes-build
 	$(PY) -m pytest tests/unit/runtimes tests/integration/runtimes -q
 
 # Agent vs the AWS Lambda Runtime Interface Emulator, overhead and idle RSS.
 agent-bench: venv agent
 	$(PY) bench/agent_bench.py
+
+# Cold start and warm latency of the same echo handler in every runtime, beside the Python baseline.
+runtimes-bench: venv runtimes-build
+	$(PY) bench/runtimes_bench.py
