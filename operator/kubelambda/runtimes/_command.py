@@ -196,6 +196,12 @@ def _default_runtime_dir(spec: RuntimeSpec) -> Path:
     return runtime_images_dir() / spec.folder
 
 
+def local_runtime_dir(runtime: str) -> Path:
+    """This machine's folder for ``runtime``'s client (``LAMBDA_RUNTIME_DIR`` outside an image):
+    ``runtime-images/<folder>``, or for Java the cached Maven build (built on first call)."""
+    return _default_runtime_dir(_spec(runtime))
+
+
 def _rehost(address: str | None, ip: str, default_port: int) -> str:
     port = address.rpartition(":")[2] if address and ":" in address else str(default_port)
     return f"{ip}:{port}"

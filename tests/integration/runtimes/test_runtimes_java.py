@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kubelambda.runtimes import local_runtime_dir
+
 from .conftest import StartFunction
 from .langcheck import (
     CONTEXT_HEADERS,
@@ -148,3 +150,9 @@ def test_response_limit(start_java: StartFunction) -> None:
     over = fn.invoke(json.dumps({"size": six_mb + 1}).encode())
     assert over.outcome == "response_too_large"
     assert fn.invoke(b'{"size": 10}').status == 200  # the worker carries on
+
+
+def test_local_runtime_dir_is_the_built_client(java_runtime: Path) -> None:
+    assert local_runtime_dir("java21") == java_runtime
+    assert (java_runtime / "lib" / "kubelambda-java-runtime.jar").is_file()
+    assert any(p.name.startswith("aws-lambda-java-core-") for p in (java_runtime / "lib").iterdir())

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+
+from kubelambda.runtimes import repo_root
 
 from .conftest import FUNCTIONS, StartFunction
 from .langcheck import body, check_crash, check_echo, check_four_workers, check_init_error, error_of
@@ -89,12 +92,33 @@ def test_missing_bootstrap(start_provided: StartFunction, tmp_path: Path) -> Non
     assert f"{tmp_path}/bootstrap /opt/bootstrap" in str(error["errorMessage"])
 
 
-def test_bootstrap_not_executable(start_provided: StartFunction, tmp_path: Path) -> None:
+def test_script_bootstrap_without_execute_bit_runs_through_its_interpreter(
+    start_provided: StartFunction, tmp_path: Path
+) -> None:
+    # Inline code arrives through a ConfigMap volume (mode 0444): a #! script still runs.
     shutil.copy(FUNCTIONS / "provided" / "bootstrap", tmp_path / "bootstrap")
+    (tmp_path / "bootstrap").chmod(0o444)
+    assert body(start_provided("echo", code=tmp_path).invoke(b'{"a": 1}')) == {"a": 1}
+
+
+def test_binary_bootstrap_without_execute_bit(start_provided: StartFunction, tmp_path: Path) -> None:
+    (tmp_path / "bootstrap").write_bytes(b"\x7fELF not really")
     (tmp_path / "bootstrap").chmod(0o644)
     check_init_error(
         start_provided("echo", code=tmp_path), error_type="Runtime.InvalidEntrypoint", message="chmod +x"
     )
+
+
+def test_the_hello_provided_example_runs_from_inline_code(
+    start_provided: StartFunction, tmp_path: Path
+) -> None:
+    manifest = yaml.safe_load((repo_root() / "examples" / "hello-provided" / "function.yaml").read_text())
+    for name, text in manifest["spec"]["code"]["inline"].items():
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o444)
+    fn = start_provided(manifest["spec"]["handler"], code=tmp_path)
+    got = body(fn.invoke(b'{"name": "world"}'))
+    assert got == {"message": "Hello from a custom runtime", "event": {"name": "world"}}
 
 
 def test_four_workers_serve_four_calls_and_refuse_a_fifth(start_provided: StartFunction) -> None:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from kubelambda.runtimes import RUNTIMES, local_command, pod_command, runtime_for_image, worker_command
+from kubelambda.runtimes import (
+    RUNTIMES,
+    local_command,
+    local_runtime_dir,
+    pod_command,
+    runtime_for_image,
+    runtime_images_dir,
+    worker_command,
+)
 
 AGENT = "/opt/kubelambda/bin/kubelambda-agent"
 RDIR = "/opt/kubelambda/runtime"
@@ -97,3 +105,10 @@ def test_pod_command_for_a_go_image(tmp_path: Path) -> None:
     assert json.loads(cmd.env["KUBELAMBDA_RUNTIME_CMD"]) == [f"{RDIR}/launch"]
     assert cmd.env["KUBELAMBDA_RUNTIME_NAME"] == "go"
     assert cmd.env["LAMBDA_TASK_ROOT"] == str(tmp_path)
+
+
+@pytest.mark.parametrize("runtime", ["python3.12", "nodejs22", "ruby3.3", "provided", "go"])
+def test_local_runtime_dir_is_the_source_folder(runtime: str) -> None:
+    folder = local_runtime_dir(runtime)
+    assert folder == runtime_images_dir() / RUNTIMES[runtime].folder
+    assert (folder / RUNTIMES[runtime].entry).is_file()
