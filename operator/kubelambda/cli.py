@@ -159,6 +159,87 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from kubelambda.gateway.app import serve
+    from kubelambda.gateway.config import GatewaySettings
+    from kubelambda.operator import default_login
+
+    try:
+        settings = GatewaySettings()
+    except ValidationError as e:
+        print(f"kubelambda gateway: bad settings (environment KUBELAMBDA_GATEWAY_*):\n{e}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        async with default_login(settings.kubeconfig).client() as kube:
+            await serve(settings, kube)
+
+    asyncio.run(main())
+    return 0
+
+
+def _gateway_url(args: argparse.Namespace) -> str | None:
+    from kubelambda.devcluster import DevState
+
+    if args.endpoint_url:
+        return str(args.endpoint_url)
+    if os.environ.get("KUBELAMBDA_GATEWAY_URL"):
+        return os.environ["KUBELAMBDA_GATEWAY_URL"]
+    state = DevState.read(Path(args.state_dir).resolve())
+    return state.gateway_url if state is not None else None
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    import base64
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = _gateway_url(args)
+    if not url:
+        print(
+            "kubelambda invoke: no gateway: pass --endpoint-url, set KUBELAMBDA_GATEWAY_URL, or run `kubelambda dev up`",
+            file=sys.stderr,
+        )
+        return 2
+    payload = args.payload
+    if payload.startswith("@"):
+        payload = Path(payload[1:]).read_text()
+    try:
+        json.loads(payload)
+    except ValueError as e:
+        print(f"kubelambda invoke: --payload is not JSON: {e}", file=sys.stderr)
+        return 2
+    headers = {
+        "Content-Type": "application/json",
+        "X-Amz-Invocation-Type": "Event" if args.async_ else "RequestResponse",
+    }
+    if args.log and not args.async_:
+        headers["X-Amz-Log-Type"] = "Tail"
+    target = f"{url.rstrip('/')}/2015-03-31/functions/{urllib.parse.quote(args.name, safe='/')}/invocations"
+    request = urllib.request.Request(target, data=payload.encode(), headers=headers, method="POST")
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=960) as resp:
+            status, answer, body = resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as e:
+        status, answer, body = e.code, dict(e.headers), e.read()
+    elapsed = (time.monotonic() - started) * 1000
+    sys.stdout.write(body.decode(errors="replace") + "\n")
+    error = answer.get("X-Amz-Function-Error") or answer.get("x-amzn-ErrorType")
+    cold = answer.get("X-Kubelambda-Cold-Start") == "true"
+    print(
+        f"status {status}{f' ({error})' if error else ''}, {elapsed:.0f} ms{', cold start' if cold else ''}",
+        file=sys.stderr,
+    )
+    if answer.get("X-Amz-Log-Result"):
+        print(base64.b64decode(answer["X-Amz-Log-Result"]).decode(errors="replace"), file=sys.stderr)
+    return 0 if status < 300 and not error else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubelambda", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kubelambda {__version__}")
@@ -214,6 +295,26 @@ def build_parser() -> argparse.ArgumentParser:
         "operator", help="run the operator (reconciles Functions); settings from KUBELAMBDA_* variables"
     )
     operator.set_defaults(func=cmd_operator)
+
+    gateway = commands.add_parser(
+        "gateway", help="run the gateway (Lambda Invoke API); settings from KUBELAMBDA_GATEWAY_* variables"
+    )
+    gateway.set_defaults(func=cmd_gateway)
+
+    invoke = commands.add_parser(
+        "invoke", help="invoke a function through the gateway, like `aws lambda invoke`"
+    )
+    invoke.add_argument("name", help="function name, namespace/name, or ARN")
+    invoke.add_argument("--payload", default="{}", help="the event: JSON, or @file (default {})")
+    invoke.add_argument("--log", action="store_true", help="print the invocation's log tail")
+    invoke.add_argument(
+        "--async", dest="async_", action="store_true", help="an Event (asynchronous) invocation"
+    )
+    invoke.add_argument(
+        "--endpoint-url", default=None, help="the gateway (default: $KUBELAMBDA_GATEWAY_URL, or dev.json)"
+    )
+    invoke.add_argument("--state-dir", default=default_state, help=state_help)
+    invoke.set_defaults(func=cmd_invoke)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -23,5 +23,64 @@ OPERATOR_API_WRITES = Counter(
     "kubelambda_operator_api_writes_total",
     "Writes by the operator's own client (apply, status patch, delete), by resource.",
     ["resource"],
+    registry=REGISTRY,
+)
+
+# ---- gateway ----------------------------------------------------------------------------------------------
+
+GATEWAY_INVOCATIONS = Counter(
+    "kubelambda_invocations_total",
+    "Invocations through the gateway by function and outcome (success, function_error, timeout, throttled, error).",
+    ["namespace", "function", "outcome"],
+    registry=REGISTRY,
+)
+GATEWAY_INVOCATION_SECONDS = Histogram(
+    "kubelambda_invocation_duration_seconds",
+    "Time from the gateway receiving an invocation to its response, including any cold start.",
+    ["namespace", "function"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+    registry=REGISTRY,
+)
+GATEWAY_COLD_STARTS = Counter(
+    "kubelambda_cold_starts_total",
+    "Invocations that found no ready instance and waited for one.",
+    ["namespace", "function"],
+    registry=REGISTRY,
+)
+GATEWAY_COLD_START_SECONDS = Histogram(
+    "kubelambda_cold_start_seconds",
+    "Time a cold invocation waited for its first ready instance.",
+    ["namespace", "function"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+    registry=REGISTRY,
+)
+GATEWAY_THROTTLES = Counter(
+    "kubelambda_throttles_total",
+    "Invocations refused with 429, by reason (ReservedFunctionConcurrentInvocationLimitExceeded, ...).",
+    ["namespace", "function", "reason"],
+    registry=REGISTRY,
+)
+GATEWAY_CONCURRENT = Gauge(
+    "kubelambda_concurrent_executions",
+    "Invocations admitted and not yet answered (running or waiting for a slot), per function.",
+    ["namespace", "function"],
+    registry=REGISTRY,
+)
+GATEWAY_ACTIVATOR_WAITING = Gauge(
+    "kubelambda_activator_waiting",
+    "Invocations waiting for a first instance of their function.",
+    ["namespace", "function"],
+    registry=REGISTRY,
+)
+AUTOSCALER_DESIRED = Gauge(
+    "kubelambda_instances_desired",
+    "Instances the autoscaler last asked for, per function.",
+    ["namespace", "function"],
+    registry=REGISTRY,
+)
+AUTOSCALER_READY = Gauge(
+    "kubelambda_instances_ready",
+    "Ready instances (endpoints) the gateway routes to, per function.",
+    ["namespace", "function"],
     registry=REGISTRY,
 )

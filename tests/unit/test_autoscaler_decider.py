@@ -6,21 +6,22 @@ import pytest
 
 from kubelambda.autoscaler import Policy, ScalerState, Stats, decide
 
-P = Policy()  # perInstance 1, target utilization 0.7: one instance should carry 0.7 requests in flight
+P = Policy()  # perInstance 1: one instance per concurrent invocation, as Lambda
+P10 = Policy(per_instance=10)  # at target utilization 0.7, one instance should carry 7 in flight
 NOW = 1000.0
 
 
 @pytest.mark.parametrize(
     ("policy", "stats", "ready", "desired"),
     [
-        # 3.5 in flight / 0.7 per instance = 5
-        (P, Stats(3.5, 3.5, NOW), 5, 5),
-        # 1 in flight needs ceil(1 / 0.7) = 2 with the default 30% headroom...
-        (P, Stats(1, 1, NOW), 2, 2),
-        # ...and 1 with target utilization 1.0 (Lambda's one environment per request)
-        (Policy(target_utilization=1.0), Stats(1, 1, NOW), 1, 1),
+        # 3.5 in flight, one per instance -> 4
+        (P, Stats(3.5, 3.5, NOW), 4, 4),
+        # one in flight -> exactly one instance (no 0.7 headroom below a single slot)
+        (P, Stats(1, 1, NOW), 1, 1),
         # perInstance 10 at 0.7: 7 per instance, 20 in flight -> ceil(20 / 7) = 3
-        (Policy(per_instance=10), Stats(20, 20, NOW), 3, 3),
+        (P10, Stats(20, 20, NOW), 3, 3),
+        # perInstance 2 at 0.7: 1.4 per instance, 4.2 in flight -> 3 (float noise must not make it 4)
+        (Policy(per_instance=2), Stats(4.2, 4.2, NOW), 3, 3),
         # maxInstances caps
         (Policy(max_instances=4), Stats(35, 35, NOW), 4, 4),
         # reserved concurrency 6 with perInstance 2 can fill at most 3 instances
@@ -34,9 +35,9 @@ NOW = 1000.0
     ],
     ids=[
         "stable 3.5",
-        "one in flight, headroom",
-        "one in flight, utilization 1",
+        "one in flight",
         "per instance 10",
+        "per instance 2, float noise",
         "max instances",
         "reserved concurrency",
         "min instances",
@@ -71,28 +72,28 @@ def test_scale_down_is_rate_limited_to_half_per_decision() -> None:
 
 
 def test_a_surge_panics_and_holds_its_peak_until_a_calm_stable_window() -> None:
-    # 2 ready, the last 6 s averaged 4.2 in flight: ceil(4.2 / 0.7) = 6 >= 2 x 2 -> panic at 6
+    # 2 ready, the last 6 s averaged 42 in flight: ceil(42 / 7) = 6 >= 2 x 2 -> panic at 6
     state = ScalerState()
-    result, state = decide(P, Stats(1.0, 4.2, NOW), ready=2, now=NOW, state=state)
+    result, state = decide(P10, Stats(10, 42, NOW), ready=2, now=NOW, state=state)
     assert (result.desired, result.panicking) == (6, True)
     # 10 s later the burst is gone from the panic window but panic holds the peak: no scale-down
-    result, state = decide(P, Stats(1.0, 0.5, NOW + 10), ready=6, now=NOW + 10, state=state)
+    result, state = decide(P10, Stats(10, 5, NOW + 10), ready=6, now=NOW + 10, state=state)
     assert (result.desired, result.panicking) == (6, True)
-    # a stable window (60 s) after the last surge: calm, the stable average decides (ceil(1.4 / 0.7) = 2),
+    # a stable window (60 s) after the last surge: calm, the stable average decides (ceil(14 / 7) = 2),
     # limited to halving per decision: 6 -> 3
-    result, state = decide(P, Stats(1.4, 1.4, NOW + 60), ready=6, now=NOW + 60, state=state)
+    result, state = decide(P10, Stats(14, 14, NOW + 60), ready=6, now=NOW + 60, state=state)
     assert (result.desired, result.panicking) == (3, False)
     assert state == ScalerState()
 
 
 def test_a_new_surge_extends_the_panic() -> None:
     state = ScalerState()
-    _, state = decide(P, Stats(1.0, 4.2, NOW), ready=2, now=NOW, state=state)
-    # 50 s later another surge (6 ready, 9 in flight over 6 s -> 13 >= 2 x 6): panic renewed, at 13
-    result, state = decide(P, Stats(2.0, 9.0, NOW + 50), ready=6, now=NOW + 50, state=state)
+    _, state = decide(P, Stats(1, 4, NOW), ready=2, now=NOW, state=state)
+    # 50 s later another surge (6 ready, 13 in flight over 6 s: 13 >= 2 x 6): panic renewed, at 13
+    result, state = decide(P, Stats(2, 13, NOW + 50), ready=6, now=NOW + 50, state=state)
     assert (result.desired, result.panicking) == (13, True)
     # 60 s after the FIRST surge but only 10 s after the second: still panicking, still 13
-    result, state = decide(P, Stats(2.0, 1.0, NOW + 60), ready=13, now=NOW + 60, state=state)
+    result, state = decide(P, Stats(2, 1, NOW + 60), ready=13, now=NOW + 60, state=state)
     assert (result.desired, result.panicking) == (13, True)
 
 
@@ -100,4 +101,4 @@ def test_scale_up_rate_limit() -> None:
     result, _ = decide(
         Policy(max_scale_up_rate=2.0), Stats(70, 70, NOW), ready=3, now=NOW, state=ScalerState()
     )
-    assert result.desired == 6  # wanted 100, at most 3 x 2 per decision
+    assert result.desired == 6  # wanted 70, at most 3 x 2 per decision

@@ -5,9 +5,9 @@ window (6 s). Normally the stable average decides, which keeps the count steady 
 panic average alone would need at least ``panic_threshold`` x the ready instances, the decider panics:
 it follows the panic window and does not scale down until a whole stable window has passed calmly.
 
-Worked example (perInstance 1, targetUtilization 0.7, so one instance should carry 0.7 in-flight requests):
-  stable average 3.5 in flight → ceil(3.5 / 0.7) = 5 instances;
-  2 ready, panic average 4.2 → ceil(4.2 / 0.7) = 6 ≥ 2 x 2 → panic, want 6 now (rate limit permitting);
+Worked example (perInstance 10, targetUtilization 0.7, so one instance should carry 7 in-flight requests):
+  stable average 35 in flight → ceil(35 / 7) = 5 instances;
+  2 ready, panic average 42 → ceil(42 / 7) = 6 ≥ 2 x 2 → panic, want 6 now (rate limit permitting);
   traffic stops: stable average falls to 0 → want 0, but only after ``scale_to_zero_after`` seconds with
   nothing in flight; until then the current count is kept (never below 1 while anything was recent).
 
@@ -39,7 +39,10 @@ class Policy:
 
     @property
     def target_per_instance(self) -> float:
-        return self.per_instance * self.target_utilization
+        """In-flight invocations one instance should carry: ``perInstance x targetUtilization``, but never
+        below one. An instance that runs one invocation at a time is planned at exactly one, as a Lambda
+        execution environment is (Knative's 0.7 for containerConcurrency 1 would start two pods per request)."""
+        return max(1.0, self.per_instance * self.target_utilization)
 
     @property
     def ceiling(self) -> int:

@@ -6,7 +6,6 @@ The error code travels in the ``x-amzn-ErrorType`` header and the body is ``{"Ty
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from aiohttp import web
 
@@ -26,13 +25,16 @@ ERRORS: dict[str, tuple[int, str]] = {
 
 
 def error_response(
-    code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    code: str, message: str, *, reason: str | None = None, extra_headers: dict[str, str] | None = None
 ) -> web.Response:
+    """``reason`` is the ``Reason`` field Lambda adds to TooManyRequestsException."""
     status, kind = ERRORS[code]
-    body = {"Type": kind, "message": message, **extra}
+    body = {"Type": kind, "message": message}
+    if reason is not None:
+        body["Reason"] = reason
     return web.Response(
         status=status,
         body=json.dumps(body).encode(),
         content_type="application/json",
-        headers={"x-amzn-ErrorType": code, **(headers or {})},
+        headers={"x-amzn-ErrorType": code, **(extra_headers or {})},
     )

@@ -1,0 +1,311 @@
+"""The gateway's HTTP surface: the Lambda Invoke API, /healthz, /readyz and /metrics.
+
+One invocation: name → Function (cache) → checks (type, size, JSON, Ready) → throttler (exact in-flight) →
+an instance with a free slot (or the activator, from zero) → the agent → the response, unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from kubelambda import metrics
+from kubelambda.gateway.activator import Activator
+from kubelambda.gateway.balancer import Balancer
+from kubelambda.gateway.config import GatewaySettings
+from kubelambda.gateway.errors import error_response
+from kubelambda.gateway.names import BadFunctionName, FunctionRef, parse_function_name
+from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
+from kubelambda.gateway.registry import FunctionEntry, Registry
+from kubelambda.gateway.throttler import Throttled, Throttler
+from kubelambda.kube import ApiError, KubeClient
+
+if TYPE_CHECKING:
+    from kubelambda.gateway.scaler import Autoscaler
+
+logger = logging.getLogger(__name__)
+
+INVOKE_PATH = "/2015-03-31/functions/{name:.+}/invocations"
+COLD_START_HEADER = "X-Kubelambda-Cold-Start"
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    kube: KubeClient
+    registry: Registry = field(default_factory=Registry)
+    throttler: Throttler = field(init=False)
+    balancer: Balancer = field(default_factory=Balancer)
+    activator: Activator = field(init=False)
+    session: aiohttp.ClientSession | None = None
+    autoscaler: Autoscaler | None = None
+    _runner: web.AppRunner | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.throttler = Throttler(pool_limit=self.settings.pool_limit)
+        self.activator = Activator(self.kube)
+
+    def http(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                auto_decompress=False,
+            )
+        return self.session
+
+    # ---- the Invoke API -------------------------------------------------------------------------------
+
+    async def invoke(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        s = self.settings
+        try:
+            ref = parse_function_name(request.match_info["name"], default_namespace=s.default_namespace)
+        except BadFunctionName as e:
+            return error_response("InvalidParameterValueException", str(e))
+        if request.query.get("Qualifier", "$LATEST") != "$LATEST" or ref.qualifier != "$LATEST":
+            return error_response(
+                "ResourceNotFoundException",
+                f"Function not found: {ref.arn(s.region)}:{ref.qualifier}: kubelambda serves only $LATEST",
+            )
+        kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        if kind not in ("RequestResponse", "Event", "DryRun"):
+            return error_response(
+                "InvalidParameterValueException",
+                f"X-Amz-Invocation-Type {kind!r} must be RequestResponse, Event or DryRun",
+            )
+        body = await _read_body(request, s.max_request_bytes)
+        if body is None:
+            return error_response(
+                "RequestTooLargeException",
+                f"Request must be smaller than {s.max_request_bytes} bytes for the InvokeFunction operation",
+            )
+        if body:
+            try:
+                json.loads(body)
+            except ValueError:
+                return error_response(
+                    "InvalidRequestContentException", "Could not parse request body into json: not valid JSON"
+                )
+        fn = self.registry.function(ref)
+        if fn is None:
+            return error_response("ResourceNotFoundException", f"Function not found: {ref.arn(s.region)}")
+        if not fn.ready:
+            return error_response(
+                "ResourceNotReadyException",
+                f"Function {fn.namespace}/{fn.name} is not Ready ({fn.not_ready}); see kubectl describe fn {fn.name}",
+            )
+        if kind == "DryRun":
+            return web.Response(status=204, headers={"X-Amz-Executed-Version": "$LATEST"})
+        if kind == "Event":
+            return error_response(
+                "NotImplementedException",
+                "Event (asynchronous) invocations are not available on this gateway yet",
+            )
+        return await self._run(request, fn, ref, body or b"{}", started)
+
+    async def _run(
+        self, request: web.Request, fn: FunctionEntry, ref: FunctionRef, body: bytes, started: float
+    ) -> web.StreamResponse:
+        labels = (fn.namespace, fn.name)
+        key = f"{fn.namespace}/{fn.name}"
+        spec = fn.spec
+        try:
+            with self.throttler.admit(key, reserved=spec.concurrency.reserved):
+                metrics.GATEWAY_CONCURRENT.labels(*labels).set(self.throttler.in_flight.get(key, 0))
+                result, cold = await self._route(fn, ref, body, request)
+        except Throttled as e:
+            metrics.GATEWAY_THROTTLES.labels(*labels, e.reason).inc()
+            metrics.GATEWAY_INVOCATIONS.labels(*labels, "throttled").inc()
+            return error_response("TooManyRequestsException", e.message, reason=e.reason)
+        except _Unavailable as e:
+            metrics.GATEWAY_INVOCATIONS.labels(*labels, "error").inc()
+            return error_response(e.code, e.message, reason=e.reason)
+        finally:
+            metrics.GATEWAY_CONCURRENT.labels(*labels).set(self.throttler.in_flight.get(key, 0))
+        outcome = "success"
+        if result.headers.get("X-Amz-Function-Error"):
+            outcome = "timeout" if b"Task timed out" in result.body else "function_error"
+        metrics.GATEWAY_INVOCATIONS.labels(*labels, outcome).inc()
+        metrics.GATEWAY_INVOCATION_SECONDS.labels(*labels).observe(time.monotonic() - started)
+        headers = {**result.headers, COLD_START_HEADER: "true" if cold else "false"}
+        headers.setdefault("X-Amz-Executed-Version", "$LATEST")
+        return web.Response(status=result.status, body=result.body, headers=headers)
+
+    async def _route(
+        self, fn: FunctionEntry, ref: FunctionRef, body: bytes, request: web.Request
+    ) -> tuple[Result, bool]:
+        s = self.settings
+        spec = fn.spec
+        labels = (fn.namespace, fn.name)
+        invocation = Invocation.new(
+            arn=ref.arn(s.region),
+            timeout_seconds=float(spec.timeout_seconds),
+            body=body,
+            log_tail=request.headers.get("X-Amz-Log-Type") == "Tail",
+            client_context=request.headers.get("X-Amz-Client-Context"),
+            trace_id=request.headers.get("X-Amzn-Trace-Id"),
+        )
+        cold = False
+        tried: set[str] = set()
+        give_up = time.monotonic() + spec.timeout_seconds + s.cold_start_allowance_seconds
+        while True:
+            endpoints = self.registry.ready_endpoints(fn.key)
+            logger.debug(
+                "Routing %s to one of %s (tried %s)", invocation.request_id, endpoints, sorted(tried)
+            )
+            if not endpoints:
+                cold = True
+                await self._wait_cold(fn, until=give_up)
+                endpoints = self.registry.ready_endpoints(fn.key)
+            wait = min(s.slot_wait_seconds, max(give_up - time.monotonic(), 0))
+            endpoint = await self.balancer.acquire(
+                lambda: self.registry.ready_endpoints(fn.key),
+                spec.concurrency.per_instance,
+                timeout=wait,
+                avoid=frozenset(tried),
+            )
+            if endpoint is None:
+                if tried and not self.registry.ready_endpoints(fn.key):
+                    continue  # the instances we tried went away: back to the cold path
+                raise _Unavailable(
+                    "TooManyRequestsException",
+                    f"Rate Exceeded. Every instance of {fn.namespace}/{fn.name} was busy for {wait:.1f} s",
+                    reason="ConcurrentInvocationLimitExceeded",
+                )
+            logger.debug("Forwarding %s to %s", invocation.request_id, endpoint)
+            try:
+                # The deadline starts when an instance takes the invocation, as Lambda's timeout does.
+                deadline = time.time() + spec.timeout_seconds
+                return await forward(self.http(), endpoint, invocation, deadline=deadline), cold
+            except TryElsewhere as e:
+                logger.info("Retrying %s/%s elsewhere: %s", *labels, e)
+                tried.add(endpoint)
+            except aiohttp.ClientError as e:
+                raise _Unavailable(
+                    "ServiceException", f"Instance {endpoint} failed mid-invocation: {e}"
+                ) from e
+            finally:
+                self.balancer.release(endpoint)
+
+    async def _wait_cold(self, fn: FunctionEntry, *, until: float) -> None:
+        labels = (fn.namespace, fn.name)
+        metrics.GATEWAY_COLD_STARTS.labels(*labels).inc()
+        gauge = metrics.GATEWAY_ACTIVATOR_WAITING.labels(*labels)
+        gauge.inc()
+        started = time.monotonic()
+        try:
+            try:
+                await self.activator.activate(fn)
+            except ApiError as e:
+                raise _Unavailable(
+                    "ServiceException", f"Could not scale {fn.namespace}/{fn.name} up: {e}"
+                ) from e
+            endpoints = await self.registry.wait_for_endpoints(
+                fn.key, timeout=max(until - time.monotonic(), 0)
+            )
+            if not endpoints:
+                raise _Unavailable(
+                    "ServiceException",
+                    f"No instance of {fn.namespace}/{fn.name} became ready within "
+                    f"{fn.spec.timeout_seconds} s + {self.settings.cold_start_allowance_seconds:.0f} s",
+                )
+        finally:
+            gauge.dec()
+            metrics.GATEWAY_COLD_START_SECONDS.labels(*labels).observe(time.monotonic() - started)
+
+    # ---- the rest -------------------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if not self.registry.synced.is_set():
+            return web.Response(status=503, text="waiting for the first list of Functions and EndpointSlices")
+        return web.Response(text="ok")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.REGISTRY), content_type="text/plain")
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_request_bytes + 1024)
+        app.router.add_post(INVOKE_PATH, self.invoke)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    async def start(self) -> None:
+        """Listens, and starts the watches and the autoscaler; :meth:`stop` undoes it."""
+        from kubelambda.gateway.scaler import Autoscaler
+
+        s = self.settings
+        self.autoscaler = Autoscaler(
+            self, interval=s.autoscale_interval_seconds, sample=s.sample_interval_seconds
+        )
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.host, s.port)
+        await site.start()
+        self._tasks = [
+            asyncio.create_task(self.registry.run(self.kube), name="gateway watches"),
+            asyncio.create_task(self.autoscaler.run(), name="autoscaler"),
+        ]
+        logger.info("The gateway listens on %s:%d", s.host, s.port)
+
+    async def wait(self) -> None:
+        await asyncio.gather(*self._tasks)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it is known to exceed ``limit`` (never a truncated payload)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+
+
+class _Unavailable(Exception):
+    def __init__(self, code: str, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+
+
+async def serve(settings: GatewaySettings, kube: KubeClient) -> None:
+    """Runs the gateway (watches, autoscaler, HTTP) until cancelled."""
+    gateway = Gateway(settings, kube)
+    await gateway.start()
+    try:
+        await gateway.wait()
+    finally:
+        await gateway.stop()

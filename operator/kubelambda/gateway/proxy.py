@@ -1,0 +1,107 @@
+"""Forwarding one invocation to an instance's agent (``POST http://<pod>:8080/invoke``).
+
+The agent enforces the function timeout itself and answers with Lambda's timeout error; the gateway's own
+deadline is a little later and only fires when an instance stops answering altogether.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+
+# What the agent answers that a caller of the Invoke API sees.
+PASSED_HEADERS = ("Content-Type", "X-Amz-Function-Error", "X-Amz-Executed-Version", "X-Amz-Log-Result")
+TIMEOUT_MARGIN_SECONDS = 2.0
+
+
+class TryElsewhere(Exception):
+    """This instance cannot take the invocation (busy, draining, gone); another may."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    request_id: str
+    arn: str
+    timeout_seconds: float
+    body: bytes
+    log_tail: bool
+    client_context: str | None = None
+    trace_id: str | None = None
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        arn: str,
+        timeout_seconds: float,
+        body: bytes,
+        log_tail: bool,
+        client_context: str | None = None,
+        trace_id: str | None = None,
+    ) -> Invocation:
+        return cls(str(uuid.uuid4()), arn, timeout_seconds, body, log_tail, client_context, trace_id)
+
+
+@dataclass(frozen=True)
+class Result:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def timeout_result(invocation: Invocation) -> Result:
+    body = {
+        "errorType": "Sandbox.Timedout",
+        "errorMessage": f"RequestId: {invocation.request_id} Error: Task timed out after {invocation.timeout_seconds:.2f} seconds",
+    }
+    return Result(
+        200,
+        {
+            "Content-Type": "application/json",
+            "X-Amz-Function-Error": "Unhandled",
+            "X-Amz-Executed-Version": "$LATEST",
+        },
+        json.dumps(body).encode(),
+    )
+
+
+async def forward(
+    session: aiohttp.ClientSession, endpoint: str, invocation: Invocation, *, deadline: float
+) -> Result:
+    """Sends ``invocation`` to ``endpoint`` (``ip:port``); raises :class:`TryElsewhere` if it refuses."""
+    headers = {
+        "Content-Type": "application/json",
+        "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
+        "Lambda-Runtime-Deadline-Ms": str(int(deadline * 1000)),
+        "Lambda-Runtime-Invoked-Function-Arn": invocation.arn,
+    }
+    if invocation.log_tail:
+        headers["X-Amz-Log-Type"] = "Tail"
+    if invocation.client_context:
+        headers["X-Amz-Client-Context"] = invocation.client_context
+    if invocation.trace_id:
+        headers["X-Amzn-Trace-Id"] = invocation.trace_id
+    remaining = max(deadline - time.time(), 0.001) + TIMEOUT_MARGIN_SECONDS
+    try:
+        async with session.post(
+            f"http://{endpoint}/invoke",
+            data=invocation.body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=2),
+        ) as resp:
+            body = await resp.read()
+            if resp.status in (429, 503):
+                raise TryElsewhere(f"{endpoint} answered {resp.status}: {body[:200]!r}")
+            passed = {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers}
+            return Result(resp.status, passed, body)
+    except aiohttp.ClientConnectionError as e:
+        # Refused or reset before an answer: the instance is going away. Nothing ran there.
+        if isinstance(e, aiohttp.ServerDisconnectedError):
+            raise
+        raise TryElsewhere(f"{endpoint}: {e}") from e
+    except TimeoutError:
+        return timeout_result(invocation)

@@ -1,0 +1,239 @@
+"""The gateway against the real local cluster: the operator, function pods running the agent, boto3 as the client.
+
+The operator and the gateway each run as their own ServiceAccount (hack/*-rbac.yaml).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+import boto3
+import pytest
+import yaml
+from botocore.config import Config
+
+from kltest import Cluster, wait_for
+from kltest.platform import REPO, RunningOperator, start_gateway, start_operator, stop_gateway
+from kubelambda.gateway.app import Gateway
+from kubelambda.kube import KubeClient, resource_path
+
+pytestmark = pytest.mark.integration
+JSON = dict[str, Any]
+
+HANDLER = """
+import time
+
+
+def handler(event, context):
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    if event.get("fail"):
+        raise ValueError("asked to fail")
+    print("handled", context.aws_request_id)
+    return {"echo": event, "requestId": context.aws_request_id, "function": context.function_name}
+"""
+
+
+@pytest.fixture(scope="module")
+async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
+    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
+    gateway, url = await start_gateway(cluster, kube, slot_wait_seconds=1.0, autoscale_interval_seconds=0.5)
+    try:
+        yield operator, gateway, url
+    finally:
+        await stop_gateway(gateway)
+        await operator.stop()
+
+
+def lambda_client(url: str) -> Any:
+    return boto3.client(
+        "lambda",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="kubelambda",
+        aws_secret_access_key="kubelambda",
+        config=Config(retries={"max_attempts": 1}, read_timeout=120, max_pool_connections=50),
+    )
+
+
+def function(name: str, **spec: Any) -> JSON:
+    doc: JSON = yaml.safe_load((REPO / "examples" / "hello-python3.12" / "function.yaml").read_text())
+    doc = copy.deepcopy(doc)
+    doc["metadata"]["name"] = name
+    doc["spec"]["code"]["inline"] = {"app.py": HANDLER}
+    doc["spec"].update(spec)
+    return doc
+
+
+async def deploy(cluster: Cluster, kube: KubeClient, gateway: Gateway, ns: str, doc: JSON) -> None:
+    cluster.apply(doc, ns)
+    name = doc["metadata"]["name"]
+    await wait_for(
+        lambda: asyncio.sleep(0, result=gateway.registry.functions.get((ns, name))),
+        lambda fn: fn is not None and fn.ready,
+        what=f"the gateway to see Function {ns}/{name} Ready",
+        timeout=60,
+    )
+
+
+async def replicas(kube: KubeClient, ns: str, name: str) -> int:
+    scale = await kube.get(
+        resource_path("apps/v1", "deployments", namespace=ns, name=name, subresource="scale")
+    )
+    return int(scale["spec"].get("replicas", 0))
+
+
+def invoke_sync(client: Any, name: str, payload: JSON, **kwargs: Any) -> JSON:
+    response: JSON = client.invoke(FunctionName=name, Payload=json.dumps(payload).encode(), **kwargs)
+    response["body"] = json.loads(response["Payload"].read() or b"null")
+    return response
+
+
+async def invoke(client: Any, name: str, payload: JSON, **kwargs: Any) -> JSON:
+    """boto3 is blocking and the gateway runs in this test's event loop: call it from a thread."""
+    return await asyncio.to_thread(invoke_sync, client, name, payload, **kwargs)
+
+
+async def call(method: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(method, **kwargs)
+
+
+async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_requests(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, url = platform
+    await deploy(cluster, kube, gateway, namespace, function("cold"))
+    assert await replicas(kube, namespace, "cold") == 0
+    client = lambda_client(url)
+    before = gateway.activator.scale_ups
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(20) as pool:  # the default executor has only a few threads on two cores
+        results = await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, invoke_sync, client, f"{namespace}/cold", {"i": i})
+                for i in range(20)
+            )
+        )
+    assert [r["StatusCode"] for r in results] == [200] * 20
+    assert sorted(r["body"]["echo"]["i"] for r in results) == list(range(20))
+    assert all("FunctionError" not in r for r in results)
+    assert gateway.activator.scale_ups - before == 1
+    headers = [r["ResponseMetadata"]["HTTPHeaders"] for r in results]
+    assert any(h.get("x-kubelambda-cold-start") == "true" for h in headers)
+    assert all(h.get("x-amz-executed-version") == "$LATEST" for h in headers)
+    # The ARN form names the namespace in its account field; the log tail comes back on request.
+    arn = f"arn:aws:lambda:us-east-1:{namespace}:function:cold"
+    warm = await invoke(client, arn, {"again": True}, LogType="Tail")
+    assert warm["ResponseMetadata"]["HTTPHeaders"]["x-kubelambda-cold-start"] == "false"
+    log = base64.b64decode(warm["LogResult"]).decode()
+    assert f"START RequestId: {warm['body']['requestId']}" in log
+    assert "REPORT RequestId:" in log
+
+
+async def test_errors_follow_the_invoke_api(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, url = platform
+    await deploy(cluster, kube, gateway, namespace, function("errs", timeoutSeconds=1))
+    client = lambda_client(url)
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        await call(client.invoke, FunctionName=f"{namespace}/nope", Payload=b"{}")
+    with pytest.raises(client.exceptions.InvalidRequestContentException):
+        await call(client.invoke, FunctionName=f"{namespace}/errs", Payload=b"{not json")
+    with pytest.raises(client.exceptions.RequestTooLargeException):
+        await call(
+            client.invoke, FunctionName=f"{namespace}/errs", Payload=b'"' + b"x" * (6 * 1024 * 1024) + b'"'
+        )
+    dry = await call(client.invoke, FunctionName=f"{namespace}/errs", InvocationType="DryRun", Payload=b"{}")
+    assert dry["StatusCode"] == 204
+    failed = await invoke(client, f"{namespace}/errs", {"fail": True})
+    assert failed["StatusCode"] == 200
+    assert failed["FunctionError"] == "Unhandled"
+    assert failed["body"]["errorType"] == "ValueError"
+    assert failed["body"]["errorMessage"] == "asked to fail"
+    timed_out = await invoke(client, f"{namespace}/errs", {"sleep": 5})
+    assert timed_out["FunctionError"] == "Unhandled"
+    assert "Task timed out after 1.00 seconds" in timed_out["body"]["errorMessage"]
+    # The instance was replaced behind the timeout; the next call works.
+    assert (await invoke(client, f"{namespace}/errs", {"ok": 1}))["body"]["echo"] == {"ok": 1}
+
+
+async def test_reserved_concurrency_is_never_exceeded(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, url = platform
+    doc = function(
+        "limited",
+        timeoutSeconds=10,
+        concurrency={"reserved": 2, "perInstance": 2},
+        scaling={"minInstances": 1, "maxInstances": 1},
+    )
+    await deploy(cluster, kube, gateway, namespace, doc)
+    await wait_for(
+        lambda: asyncio.sleep(0, result=gateway.registry.ready_endpoints((namespace, "limited"))),
+        bool,
+        what="the warm instance",
+        timeout=60,
+    )
+    client = lambda_client(url)
+
+    def call(i: int) -> str:
+        try:
+            return str(invoke_sync(client, f"{namespace}/limited", {"sleep": 2, "i": i})["StatusCode"])
+        except client.exceptions.TooManyRequestsException as e:
+            return str(e.response.get("Reason"))
+
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = await asyncio.gather(*(loop.run_in_executor(pool, call, i) for i in range(6)))
+    assert sorted(outcomes) == ["200", "200"] + ["ReservedFunctionConcurrentInvocationLimitExceeded"] * 4
+    # Seen from the agent itself (2 workers): exactly 2 invocations arrived, and none was refused as busy,
+    # so no third one was ever in flight there.
+    endpoint = gateway.registry.ready_endpoints((namespace, "limited"))[0]
+    async with aiohttp.ClientSession() as http, http.get(f"http://{endpoint}/metrics") as resp:
+        text = await resp.text()
+    counts = {
+        line.split('outcome="')[1].split('"')[0]: int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("kubelambda_agent_invocations_total{")
+    }
+    assert counts["success"] == 2, counts
+    assert counts.get("refused_busy", 0) == 0, counts
+    assert sum(counts.values()) == 2, counts
+
+
+async def test_idle_functions_scale_to_zero_and_wake_again(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, url = platform
+    await deploy(
+        cluster, kube, gateway, namespace, function("sleepy", scaling={"scaleToZeroAfterSeconds": 3})
+    )
+    client = lambda_client(url)
+    assert (await invoke(client, f"{namespace}/sleepy", {}))["StatusCode"] == 200
+    assert await replicas(kube, namespace, "sleepy") == 1
+    await wait_for(
+        lambda: replicas(kube, namespace, "sleepy"),
+        lambda n: n == 0,
+        what="scale to zero after 3 s idle",
+        timeout=60,
+    )
+    await wait_for(
+        lambda: kube.list(
+            resource_path("v1", "pods", namespace=namespace),
+            params={"labelSelector": "kubelambda.io/function=sleepy"},
+        ),
+        lambda pods: pods["items"] == [],
+        what="the pods gone",
+        timeout=60,
+    )
+    again = await invoke(client, f"{namespace}/sleepy", {"back": True})
+    assert again["body"]["echo"] == {"back": True}
+    assert again["ResponseMetadata"]["HTTPHeaders"]["x-kubelambda-cold-start"] == "true"

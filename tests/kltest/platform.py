@@ -1,0 +1,128 @@
+"""The platform on the test cluster: CRDs, the operator and the gateway, each as its own ServiceAccount.
+
+The operator runs in a thread with its own event loop (kopf cancels every task started after it in its loop
+when it stops); the gateway runs in the test's loop. Both authenticate with a token of their ServiceAccount
+(hack/operator-rbac.yaml, hack/gateway-rbac.yaml), so a permission missing there fails the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from kltest.cluster import Cluster
+from kltest.wait import wait_for
+from kubelambda.devcluster._process import free_port
+from kubelambda.gateway.app import Gateway
+from kubelambda.gateway.config import GatewaySettings
+from kubelambda.kube import KubeClient, resource_path
+from kubelambda.operator import Login, run
+from kubelambda.settings import OperatorSettings
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_NS = "kubelambda-system"
+JSON = dict[str, Any]
+
+
+async def install_crds(cluster: Cluster, kube: KubeClient) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    for name in ("functions.kubelambda.io", "triggers.kubelambda.io"):
+        await wait_for(
+            lambda n=name: kube.get(
+                resource_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=n)
+            ),
+            lambda crd: any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in crd.get("status", {}).get("conditions", [])
+            ),
+            what=f"CRD {name} established",
+        )
+
+
+async def service_account_token(cluster: Cluster, kube: KubeClient, rbac_file: str, account: str) -> str:
+    """Applies ``hack/<rbac_file>`` and returns a token of ``kubelambda-system/<account>``."""
+    if await kube.get_or_none(resource_path("v1", "namespaces", name=SYSTEM_NS)) is None:
+        await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": SYSTEM_NS}})
+    cluster.kubectl("apply", "-f", str(REPO / "hack" / rbac_file))
+    token = await kube.create(
+        resource_path("v1", "serviceaccounts", namespace=SYSTEM_NS, name=account, subresource="token"),
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 7200},
+        },
+    )
+    return str(token["status"]["token"])
+
+
+class RunningOperator:
+    """``kubelambda.operator.run`` in a thread with its own event loop; ``stop()`` + ``start()`` restart it."""
+
+    def __init__(self, login: Login, settings: OperatorSettings) -> None:
+        self.login = login
+        self.settings = settings
+        self.thread: threading.Thread | None = None
+        self.stop_flag = threading.Event()
+        self.error: BaseException | None = None
+
+    def _main(self, ready: threading.Event) -> None:
+        try:
+            asyncio.run(run(self.settings, login=self.login, ready_flag=ready, stop_flag=self.stop_flag))
+        except BaseException as e:
+            self.error = e
+
+    async def start(self) -> None:
+        ready = threading.Event()
+        self.stop_flag = threading.Event()
+        self.error = None
+        self.thread = threading.Thread(target=self._main, args=(ready,), name="operator", daemon=True)
+        self.thread.start()
+        await wait_for(
+            lambda: asyncio.sleep(0, result=ready.is_set() or not self.thread or not self.thread.is_alive()),
+            bool,
+            what="the operator ready",
+            timeout=60,
+        )
+        assert ready.is_set(), f"the operator stopped while starting: {self.error!r}"
+
+    async def stop(self) -> None:
+        self.stop_flag.set()
+        if self.thread is not None:
+            await asyncio.to_thread(self.thread.join, 60)
+            assert not self.thread.is_alive(), "the operator did not stop within 60 s"
+        assert self.error is None, f"the operator failed: {self.error!r}"
+
+
+async def start_operator(cluster: Cluster, kube: KubeClient, **settings: Any) -> RunningOperator:
+    await install_crds(cluster, kube)
+    token = await service_account_token(cluster, kube, "operator-rbac.yaml", "kubelambda-operator")
+    login = Login.from_kubeconfig(cluster.kubeconfig).with_token(token)
+    running = RunningOperator(login, OperatorSettings(kubeconfig=None, **settings))
+    await running.start()
+    return running
+
+
+async def start_gateway(cluster: Cluster, kube: KubeClient, **settings: Any) -> tuple[Gateway, str]:
+    """The gateway on a free port of 127.0.0.1, as its ServiceAccount; returns it and its URL once ready."""
+    token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
+    client = Login.from_kubeconfig(cluster.kubeconfig).with_token(token).client()
+    port = free_port()
+    gateway = Gateway(GatewaySettings(host="127.0.0.1", port=port, **settings), client)
+    await gateway.start()
+    url = f"http://127.0.0.1:{port}"
+
+    async def readyz() -> int:
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as resp:
+            return resp.status
+
+    await wait_for(readyz, lambda status: status == 200, what="the gateway's first lists", timeout=30)
+    return gateway, url
+
+
+async def stop_gateway(gateway: Gateway) -> None:
+    await gateway.stop()
+    await gateway.kube.close()
