@@ -5,34 +5,22 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from kltest import Cluster, wait_for
+from kltest import Cluster
+from kltest.platform import REPO, install_crds
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 JSON = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
 async def crds(cluster: Cluster, kube: KubeClient) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    for name in ("functions.kubelambda.io", "triggers.kubelambda.io"):
-        await wait_for(
-            lambda n=name: kube.get(
-                resource_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=n)
-            ),
-            lambda crd: any(
-                c["type"] == "Established" and c["status"] == "True"
-                for c in crd.get("status", {}).get("conditions", [])
-            ),
-            what=f"CRD {name} established",
-        )
+    await install_crds(cluster, kube)
 
 
 def good_function() -> JSON:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kltest import alive, kubectl_bin, start_cluster
+from kltest import Cluster, alive, kubectl_bin, start_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,8 @@ def wait_dead(pids: list[int], timeout: float = 15.0) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
-def test_up_status_down_leave_nothing_behind(tmp_path: Path) -> None:
+def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -> None:
+    # `cluster` (the session's) runs beside this one: stopping this one must not disturb it.
     up = cli("up", state_dir=tmp_path)
     assert up.returncode == 0, up.stdout + up.stderr
     assert "The local cluster is running" in up.stdout
@@ -100,6 +101,8 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path) -> None:
     assert wait_dead(pids) == []
     assert f"inet {pod_ip}/32" not in lo_addresses()
     assert cli("status", state_dir=tmp_path).returncode == 3
+    assert state["node_ip"] != cluster.state.node_ip
+    assert cluster.kubectl("get", "--raw", "/api/v1/nodes/kubelambda-local/proxy/healthz").stdout == "ok"
 
 
 def test_a_killed_supervisor_takes_every_process_with_it_and_restarts_cleanly(tmp_path: Path) -> None:

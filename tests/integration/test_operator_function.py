@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,15 +17,12 @@ import pytest
 import yaml
 
 from kltest import Cluster, wait_for
+from kltest.platform import REPO, SYSTEM_NS, RunningOperator, start_operator
 from kubelambda import metrics
 from kubelambda.kube import ApiError, KubeClient, resource_path
-from kubelambda.operator import Login, run
-from kubelambda.settings import OperatorSettings
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-SYSTEM_NS = "kubelambda-system"
 FN_API = "kubelambda.io/v1alpha1"
 JSON = dict[str, Any]
 OWNED = {
@@ -48,81 +43,9 @@ def fn_path(ns: str, name: str, *, status: bool = False) -> str:
     )
 
 
-async def install_crds_and_rbac(cluster: Cluster, kube: KubeClient) -> str:
-    """CRDs and the operator's RBAC applied; returns a token of the operator's ServiceAccount."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    for name in ("functions.kubelambda.io", "triggers.kubelambda.io"):
-        await wait_for(
-            lambda n=name: kube.get(
-                resource_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=n)
-            ),
-            lambda crd: any(
-                c["type"] == "Established" and c["status"] == "True"
-                for c in crd.get("status", {}).get("conditions", [])
-            ),
-            what=f"CRD {name} established",
-        )
-    if await kube.get_or_none(resource_path("v1", "namespaces", name=SYSTEM_NS)) is None:
-        await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": SYSTEM_NS}})
-    cluster.kubectl("apply", "-f", str(REPO / "hack" / "operator-rbac.yaml"))
-    token = await kube.create(
-        resource_path(
-            "v1", "serviceaccounts", namespace=SYSTEM_NS, name="kubelambda-operator", subresource="token"
-        ),
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 7200},
-        },
-    )
-    return str(token["status"]["token"])
-
-
-class RunningOperator:
-    """``kubelambda.operator.run`` in a thread with its own event loop (kopf cancels every task started after
-    it in its loop when it stops, as its own KopfRunner documents); ``stop()`` + ``start()`` restart it."""
-
-    def __init__(self, login: Login, settings: OperatorSettings) -> None:
-        self.login = login
-        self.settings = settings
-        self.thread: threading.Thread | None = None
-        self.stop_flag = threading.Event()
-        self.error: BaseException | None = None
-
-    def _main(self, ready: threading.Event) -> None:
-        try:
-            asyncio.run(run(self.settings, login=self.login, ready_flag=ready, stop_flag=self.stop_flag))
-        except BaseException as e:
-            self.error = e
-
-    async def start(self) -> None:
-        ready = threading.Event()
-        self.stop_flag = threading.Event()
-        self.error = None
-        self.thread = threading.Thread(target=self._main, args=(ready,), name="operator", daemon=True)
-        self.thread.start()
-        await wait_for(
-            lambda: asyncio.sleep(0, result=ready.is_set() or not self.thread or not self.thread.is_alive()),
-            bool,
-            what="the operator ready",
-            timeout=60,
-        )
-        assert ready.is_set(), f"the operator stopped while starting: {self.error!r}"
-
-    async def stop(self) -> None:
-        self.stop_flag.set()
-        if self.thread is not None:
-            await asyncio.to_thread(self.thread.join, 60)
-            assert not self.thread.is_alive(), "the operator did not stop within 60 s"
-        assert self.error is None, f"the operator failed: {self.error!r}"
-
-
 @pytest.fixture(scope="module")
 async def operator(cluster: Cluster, kube: KubeClient) -> AsyncIterator[RunningOperator]:
-    token = await install_crds_and_rbac(cluster, kube)
-    login = Login.from_kubeconfig(cluster.kubeconfig).with_token(token)
-    running = RunningOperator(login, OperatorSettings(problem_retry_seconds=1.0, kubeconfig=None))
-    await running.start()
+    running = await start_operator(cluster, kube, problem_retry_seconds=1.0)
     yield running
     await running.stop()
 
@@ -166,7 +89,7 @@ async def test_each_example_creates_its_objects(
     uid = fn["metadata"]["uid"]
     assert ready(status) == {**ready(status), "status": "True", "reason": "ScaledToZero"}  # type: ignore[dict-item]
     assert status["instances"] == {"desired": 0, "ready": 0}
-    assert status["invokeUrl"].endswith(f"/2015-03-31/functions/{name}/invocations")
+    assert status["invokeUrl"].endswith(f"/2015-03-31/functions/{namespace}/{name}/invocations")
     assert len(status["codeSha256"]) == 64
 
     owned = [

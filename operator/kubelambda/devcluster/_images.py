@@ -49,18 +49,17 @@ _RUNTIME_SHIM = "from kubelambda.devcluster._images import run_runtime_image; ru
 def run_runtime_image() -> None:
     """Entrypoint of a runtime image on the local node: the agent, bound to the pod's address, with the task root
     under ``$KUBELAMBDA_ROOTFS`` and the runtime client from ``runtime-images/``."""
-    from kubelambda.runtimes import RUNTIMES, agent_binary, runtime_images_dir, worker_command
+    from kubelambda.runtimes import RUNTIMES, agent_binary, local_runtime_dir, worker_command
 
     runtime = os.environ.get("KUBELAMBDA_RUNTIME_NAME", "")
-    spec = RUNTIMES.get(runtime)
-    if spec is None:
+    if runtime not in RUNTIMES:
         sys.exit(
             f"runtime {runtime!r} (KUBELAMBDA_RUNTIME_NAME) cannot run locally; known: {', '.join(RUNTIMES)}"
         )
     rootfs = Path(os.environ["KUBELAMBDA_ROOTFS"])
     ip = os.environ["KUBELAMBDA_POD_IP"]
     task_root = rootfs / os.environ.get("LAMBDA_TASK_ROOT", "/var/task").lstrip("/")
-    runtime_dir = runtime_images_dir() / spec.folder
+    runtime_dir = local_runtime_dir(runtime)  # runtime-images/<folder>, or the cached build (Java)
     os.environ["TMPDIR"] = str(rootfs / "tmp")
     argv = [
         str(agent_binary()),

@@ -47,6 +47,7 @@ class PodAddresses:
         self._candidates: Iterator[str] = self._iterate()
         self._released: list[str] = []
         self._used: set[str] = set()
+        self._node_addresses: set[str] = set()
         self._lock = asyncio.Lock()
         if mode == "loopback":
             logger.warning(
@@ -55,11 +56,11 @@ class PodAddresses:
             )
 
     def _iterate(self) -> Iterator[str]:
-        last = None if self.mode == "loopback" else str(self.network.broadcast_address - 1)
+        # Pods count up from the bottom of the range, node addresses down from the top.
         for host in self.network.hosts():
             text = str(host)
-            if text == last:
-                continue  # the node's own address
+            if text in self._node_addresses:
+                continue
             if self.mode == "loopback" and text.startswith("127.0.0."):
                 continue  # the host's own 127.0.0.x
             if text.endswith((".0", ".255")):
@@ -90,20 +91,25 @@ class PodAddresses:
         self._record.unlink(missing_ok=True)
 
     async def take_node_address(self) -> str:
-        """The node's own InternalIP: the CIDR's last host in alias mode (the API server proxies to it for
-        ``/api/v1/nodes/<node>/proxy/...``, which it refuses for loopback addresses), else 127.0.0.1."""
+        """The node's own InternalIP: in alias mode the highest address of the CIDR that no other local cluster
+        on this machine holds (the API server proxies to it for ``/api/v1/nodes/<node>/proxy/...``, which it
+        refuses for loopback addresses); else 127.0.0.1."""
         if self.mode != "alias":
             return "127.0.0.1"
-        address = str(list(self.network.hosts())[-1]) if self.network.prefixlen >= 16 else ""
-        if not address:
-            raise ValueError(f"pod CIDR {self.network} is too large; use a /16 or smaller")
         async with self._lock:
-            code, err = await self._ip("addr", "add", f"{address}/32", "dev", "lo")
-            if code != 0 and "exists" not in err and "already" not in err:
-                raise RuntimeError(f"could not add the node address {address} to lo: {err}")
-            self._used.add(address)
-            self._save()
-        return address
+            for candidate in range(
+                int(self.network.broadcast_address) - 1, int(self.network.network_address), -1
+            ):
+                address = str(ipaddress.ip_address(candidate))
+                if address.endswith((".0", ".255")):
+                    continue
+                code, _ = await self._ip("addr", "add", f"{address}/32", "dev", "lo")
+                if code == 0:
+                    self._used.add(address)
+                    self._node_addresses.add(address)
+                    self._save()
+                    return address
+        raise RuntimeError(f"no free node address in {self.network}")
 
     async def take(self) -> str:
         async with self._lock:

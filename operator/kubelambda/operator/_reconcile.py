@@ -44,7 +44,8 @@ def utcnow() -> str:
 
 
 def invoke_url(settings: OperatorSettings, fn: FunctionObject) -> str:
-    return f"{settings.gateway_url.rstrip('/')}/2015-03-31/functions/{fn.name}/invocations"
+    """The Invoke API URL; ``<namespace>/<name>`` is the gateway's FunctionName for a namespaced Function."""
+    return f"{settings.gateway_url.rstrip('/')}/2015-03-31/functions/{fn.namespace}/{fn.name}/invocations"
 
 
 def object_path(obj: JSON) -> str:
