@@ -37,6 +37,24 @@ for pod in $(kc -n demo get pods -l app=hello -o name); do
 done
 echo
 k -n demo logs deployment/hello --tail=3
+
+echo
+echo "==> A Lambda function: examples/hello-python3.12, scaled to zero until its first invocation"
+k -n demo apply -f examples/hello-python3.12/function.yaml
+k -n demo wait --for=condition=Ready fn/hello-python312 --timeout=120s
+k -n demo get fn
+echo
+echo "\$ kubelambda invoke demo/hello-python312 --payload '{\"name\": \"demo\"}' --log    # cold: starts the first instance"
+kubelambda invoke demo/hello-python312 --payload '{"name": "demo"}' --log --state-dir "$state"
+echo
+echo "\$ kubelambda invoke demo/hello-python312 --payload '{\"name\": \"again\"}'          # warm"
+kubelambda invoke demo/hello-python312 --payload '{"name": "again"}' --state-dir "$state"
+gateway=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gateway_url"])' "$state/dev.json")
+echo
+cat <<EOT
+The same function answers the AWS SDKs and CLI at the gateway ($gateway), e.g.
+  aws lambda invoke --endpoint-url $gateway --function-name demo/hello-python312 --payload '{}' out.json
+EOT
 echo
 cat <<EOT
 The local cluster keeps running. Try:

@@ -68,6 +68,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     if args.backoff is not None:
         argv += ["--backoff", str(args.backoff)]
     argv += ["--pod-network", args.pod_network]
+    if not args.platform:
+        argv.append("--no-platform")
     with log.open("ab") as out:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -140,6 +142,7 @@ def cmd_dev_serve(args: argparse.Namespace) -> int:
             node_name=args.node_name,
             backoff_seconds=args.backoff or 10.0,
             pod_network=args.pod_network,
+            platform=args.platform,
         )
     )
 
@@ -262,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--pod-network", choices=("auto", "alias", "loopback"), default="auto", help="see `dev serve`"
     )
+    up.add_argument(
+        "--no-platform",
+        dest="platform",
+        action="store_false",
+        help="only Kubernetes: no kubelambda operator and gateway (the test suites run their own)",
+    )
     up.set_defaults(func=cmd_dev_up)
 
     down = dev_commands.add_parser("down", help="stop the local cluster and every pod process")
@@ -288,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "alias", "loopback"),
         default="auto",
         help="alias: pod addresses from 10.244.0.0/16 added to lo (needs root); loopback: 127.0.x.y; auto: alias when possible",
+    )
+    serve.add_argument(
+        "--no-platform",
+        dest="platform",
+        action="store_false",
+        help="only Kubernetes: no kubelambda operator and gateway (the test suites run their own)",
     )
     serve.set_defaults(func=cmd_dev_serve)
 

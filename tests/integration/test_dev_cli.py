@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kltest import Cluster, alive, kubectl_bin, start_cluster
+from kltest.platform import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +90,22 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     again = cli("up", state_dir=tmp_path)
     assert again.returncode == 0
     assert "already running" in again.stdout
+
+    # dev up runs kubelambda too: a Function deployed with kubectl answers `kubelambda invoke` from zero.
+    assert state["gateway_url"].startswith("http://127.0.0.1:")
+    assert {"kubelambda-operator", "kubelambda-gateway"} <= set(state["components"])
+    example = REPO / "examples" / "hello-python3.12" / "function.yaml"
+    kubectl(state["kubeconfig"], "apply", "-n", "default", "-f", str(example))
+    kubectl(state["kubeconfig"], "wait", "--for=condition=Ready", "fn/hello-python312", "--timeout=90s")
+    invoked = subprocess.run(
+        [sys.executable, "-m", "kubelambda", "invoke", "default/hello-python312", "--payload", '{"name": "cli"}',
+         "--log", "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert invoked.returncode == 0, invoked.stdout + invoked.stderr
+    assert json.loads(invoked.stdout)["message"] == "Hello, cli!"
+    assert "cold start" in invoked.stderr
+    assert "REPORT RequestId:" in invoked.stderr
 
     kubectl(state["kubeconfig"], "apply", "-f", "-", input=sleeper_pod("sleeper"))
     pod = wait_ready(state["kubeconfig"], "sleeper")

@@ -64,8 +64,11 @@ class Cluster:
         return self.proc.returncode
 
 
-def start_cluster(state_dir: Path, *, backoff: float = 1.0, timeout: float = 180.0) -> Cluster:
-    """Starts ``kubelambda dev serve`` (the same path as ``dev up``) and waits until it reports running."""
+def start_cluster(
+    state_dir: Path, *, backoff: float = 1.0, timeout: float = 180.0, platform: bool = False
+) -> Cluster:
+    """Starts ``kubelambda dev serve`` (the same path as ``dev up``) and waits until it reports running.
+    ``platform`` also starts kubelambda's operator and gateway (the suites usually run their own)."""
     kubectl = kubectl_bin()  # builds the binaries first, outside the start-up deadline
     state_dir.mkdir(parents=True, exist_ok=True)
     log = (state_dir / "serve.log").open("ab")

@@ -22,6 +22,7 @@ from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._controlplane import ControlPlane, Endpoints
 from kubelambda.devcluster._network import PodAddresses
 from kubelambda.devcluster._node import LocalNode
+from kubelambda.devcluster._platform import Platform
 from kubelambda.kube import KubeClient, resource_path
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,9 @@ async def serve(
     node_name: str = "kubelambda-local",
     backoff_seconds: float = 10.0,
     pod_network: str = "auto",
+    platform: bool = True,
 ) -> int:
+    """``platform=False`` runs only Kubernetes (the test suites run their own operator and gateway)."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -128,6 +131,7 @@ async def serve(
     binaries = await asyncio.to_thread(ensure_binaries)
     plane = ControlPlane(state_dir, binaries, node_name=node_name, ports=_ports(state_dir))
     node: LocalNode | None = None
+    kubelambda: Platform | None = None
     code = 0
     try:
         logger.info("Starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler")
@@ -152,13 +156,22 @@ async def serve(
         )
         await node.start()
         await wait_until_usable(plane.kubeconfig, node_name)
+        if platform:
+            logger.info("Starting the kubelambda operator and gateway")
+            kubelambda = Platform(state_dir, binaries, plane.kubeconfig)
+            await kubelambda.start()
+            state.gateway_url = kubelambda.gateway_url
         state.state = "running"
         state.kubeconfig = str(plane.kubeconfig)
         state.server = plane.server
         state.node = node_name
         state.kubelet_port = node.kubelet_port
         state.node_ip = node_ip
-        state.components = {**plane.pids(), "local-node": os.getpid()}
+        state.components = {
+            **plane.pids(),
+            "local-node": os.getpid(),
+            **(kubelambda.pids() if kubelambda else {}),
+        }
         state.pod_network = f"{node.addresses.mode} {node.addresses.network}"
         state.startup_seconds = round(time.monotonic() - started, 2)
         state.write(state_dir)
@@ -169,6 +182,8 @@ async def serve(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             plane.check_running()
+            if kubelambda is not None:
+                kubelambda.check_running()
     except Exception as e:
         logger.exception("The local cluster failed")
         state.state = "failed"
@@ -176,6 +191,8 @@ async def serve(
         code = 1
     finally:
         logger.info("Stopping the local cluster")
+        if kubelambda is not None:
+            await kubelambda.stop()
         if node is not None:
             try:
                 await node.stop()

@@ -1,0 +1,157 @@
+"""kubelambda itself on the local cluster: CRDs, and the operator and the gateway as supervised processes.
+
+Each runs with a token of its own ServiceAccount (``hack/operator-rbac.yaml``, ``hack/gateway-rbac.yaml``), so
+the local platform has exactly the permissions the chart grants; the gateway listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kubelambda.devcluster._binaries import Binaries, repo_root
+from kubelambda.devcluster._process import free_port, spawn, stop
+from kubelambda.kube import KubeClient, resource_path
+
+SYSTEM_NS = "kubelambda-system"
+TOKEN_SECONDS = 365 * 24 * 3600
+DEFAULT_GATEWAY_PORT = 8090
+
+
+def _kubeconfig_with_token(admin: Path, token: str, target: Path, user: str) -> Path:
+    config = yaml.safe_load(admin.read_text())
+    config["users"] = [{"name": user, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = user
+    target.write_text(yaml.safe_dump(config, sort_keys=True))
+    target.chmod(0o600)
+    return target
+
+
+def _port(preferred: int) -> int:
+    """``preferred`` when it is free (a stable gateway URL across restarts), else any free port."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+@dataclass
+class Platform:
+    state_dir: Path
+    binaries: Binaries
+    admin_kubeconfig: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    gateway_url: str = ""
+
+    async def _token(self, kube: KubeClient, account: str) -> str:
+        result = await kube.create(
+            resource_path("v1", "serviceaccounts", namespace=SYSTEM_NS, name=account, subresource="token"),
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": TOKEN_SECONDS},
+            },
+        )
+        return str(result["status"]["token"])
+
+    def _kubectl(self, *args: str) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.admin_kubeconfig)}
+        subprocess.run(
+            [str(self.binaries.kubectl), *args], check=True, capture_output=True, env=env, timeout=120
+        )
+
+    async def start(self) -> None:
+        root = repo_root()
+        await asyncio.to_thread(
+            self._kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(root / "crds")
+        )
+        await asyncio.to_thread(
+            self._kubectl, "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/functions.kubelambda.io", "crd/triggers.kubelambda.io",
+        )  # fmt: skip
+        async with KubeClient.from_kubeconfig(self.admin_kubeconfig) as kube:
+            if await kube.get_or_none(resource_path("v1", "namespaces", name=SYSTEM_NS)) is None:
+                await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": SYSTEM_NS}})
+            for rbac in ("operator-rbac.yaml", "gateway-rbac.yaml"):
+                await asyncio.to_thread(self._kubectl, "apply", "-f", str(root / "hack" / rbac))
+            operator_token = await self._token(kube, "kubelambda-operator")
+            gateway_token = await self._token(kube, "kubelambda-gateway")
+        operator_config = _kubeconfig_with_token(
+            self.admin_kubeconfig,
+            operator_token,
+            self.state_dir / "operator.kubeconfig",
+            "kubelambda-operator",
+        )
+        gateway_config = _kubeconfig_with_token(
+            self.admin_kubeconfig, gateway_token, self.state_dir / "gateway.kubeconfig", "kubelambda-gateway"
+        )
+        port = _port(DEFAULT_GATEWAY_PORT)
+        self.gateway_url = f"http://127.0.0.1:{port}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")}
+        logs = self.state_dir / "logs"
+        self.procs["kubelambda-gateway"] = spawn(
+            [sys.executable, "-m", "kubelambda", "gateway"],
+            log=logs / "kubelambda-gateway.log",
+            env={
+                **base,
+                "KUBELAMBDA_GATEWAY_KUBECONFIG": str(gateway_config),
+                "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
+                "KUBELAMBDA_GATEWAY_PORT": str(port),
+            },
+        )
+        self.procs["kubelambda-operator"] = spawn(
+            [sys.executable, "-m", "kubelambda", "operator"],
+            log=logs / "kubelambda-operator.log",
+            env={
+                **base,
+                "KUBELAMBDA_KUBECONFIG": str(operator_config),
+                "KUBELAMBDA_GATEWAY_URL": self.gateway_url,
+            },
+        )
+        await self._wait_gateway()
+
+    async def _wait_gateway(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{self.gateway_url}/readyz", timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        while time.monotonic() < deadline:
+            self.check_running()
+            try:
+                if await asyncio.to_thread(ready):
+                    return
+            except (OSError, urllib.error.URLError) as e:
+                last = repr(e)
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"the gateway was not ready at {self.gateway_url} within {timeout:.0f} s: {last}")
+
+    def check_running(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                log = self.state_dir / "logs" / f"{name}.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"{name} exited with status {proc.returncode}; last log lines:\n{tail}")
+
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items()}
+
+    async def stop(self) -> None:
+        for proc in self.procs.values():
+            await stop(proc, grace_seconds=10)
+        self.procs.clear()
