@@ -9,8 +9,12 @@ import asyncio
 import base64
 import copy
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -135,6 +139,42 @@ async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_r
     log = base64.b64decode(warm["LogResult"]).decode()
     assert f"START RequestId: {warm['body']['requestId']}" in log
     assert "REPORT RequestId:" in log
+
+
+async def test_the_aws_cli_invokes_through_the_gateway(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    _, gateway, url = platform
+    await deploy(cluster, kube, gateway, namespace, function("cli"))
+    out = tmp_path / "out.json"
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            str(Path(sys.executable).parent / "aws"), "lambda", "invoke",
+            "--endpoint-url", url,
+            "--function-name", f"arn:aws:lambda:us-east-1:{namespace}:function:cli",
+            "--payload", '{"from": "aws-cli"}',
+            "--log-type", "Tail",
+            str(out),
+        ],
+        capture_output=True, text=True, env=env, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["StatusCode"] == 200
+    assert answer["ExecutedVersion"] == "$LATEST"
+    assert "REPORT RequestId" in base64.b64decode(answer["LogResult"]).decode()
+    assert json.loads(out.read_text())["echo"] == {"from": "aws-cli"}
 
 
 async def test_errors_follow_the_invoke_api(
