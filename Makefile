@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: venv lint types test unit integration demo bench bench-cluster binaries clean
+.PHONY: venv lint types test unit integration demo bench bench-cluster bench-gateway binaries clean
 .DEFAULT_GOAL := test
 
 venv: .venv/.installed
@@ -36,10 +36,13 @@ demo: venv binaries
 	bash hack/demo.sh
 
 # Every benchmark prints its figures beside a baseline or peer measured in the same run.
-bench: bench-cluster agent-bench
+bench: bench-cluster agent-bench bench-operator bench-gateway
 
 bench-cluster: venv binaries
 	$(PY) bench/local_cluster.py --pods 50
+
+bench-gateway: venv binaries runtimes-build
+	$(PY) bench/gateway_bench.py --cold 20 --requests 3000
 
 clean:
 	rm -rf .venv .kubelambda
@@ -56,4 +59,3 @@ crds: venv
 .PHONY: bench-operator
 bench-operator: venv binaries
 	$(PY) bench/operator_scale.py --functions 1000
-bench: bench-operator

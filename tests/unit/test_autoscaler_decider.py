@@ -102,3 +102,31 @@ def test_scale_up_rate_limit() -> None:
         Policy(max_scale_up_rate=2.0), Stats(70, 70, NOW), ready=3, now=NOW, state=ScalerState()
     )
     assert result.desired == 6  # wanted 70, at most 3 x 2 per decision
+
+
+def test_idle_for_the_whole_period_scales_to_zero_before_the_stable_window_forgets() -> None:
+    # scaleToZeroAfterSeconds 5: the stable average (60 s) still shows the last burst, but nothing has been
+    # in flight for 5 s, so the function goes to zero (rate-limited: 1 -> 0)
+    policy = Policy(scale_to_zero_after=5)
+    result, _ = decide(policy, Stats(0.4, 0, NOW - 5), ready=1, now=NOW, state=ScalerState())
+    assert result.desired == 0, result.reason
+    # 4 s idle: not yet
+    result, _ = decide(policy, Stats(0.4, 0, NOW - 4), ready=1, now=NOW, state=ScalerState())
+    assert result.desired == 1, result.reason
+
+
+def test_stale_averages_do_not_bring_an_idle_function_back_from_zero() -> None:
+    # Scaled to zero 2 s after its last request; the windows still average 0.1 in flight
+    policy = Policy(scale_to_zero_after=0)
+    result, _ = decide(policy, Stats(0.06, 0.1, NOW - 2), ready=0, now=NOW, state=ScalerState())
+    assert result.desired == 0, result.reason
+    # ...but a request waiting in the activator does
+    result, _ = decide(policy, Stats(0.06, 0.1, NOW, waiting=1), ready=0, now=NOW, state=ScalerState())
+    assert result.desired == 1, result.reason
+
+
+def test_never_to_zero_under_a_running_request() -> None:
+    # scaleToZeroAfterSeconds 0 and a long request still running: its instance stays
+    policy = Policy(scale_to_zero_after=0)
+    result, _ = decide(policy, Stats(0, 0, NOW - 10, in_flight=1), ready=1, now=NOW, state=ScalerState())
+    assert result.desired == 1, result.reason

@@ -60,6 +60,7 @@ class Stats:
     panic_concurrency: float
     last_active: float | None  # when something was last in flight (monotonic seconds), None if never
     waiting: int = 0  # requests held by the activator for want of an instance
+    in_flight: int = 0  # admitted and unanswered right now (never scale to zero under a running request)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,14 @@ def decide(
         reason = f"stable: {stats.stable_concurrency:.2f} in flight over the stable window"
         new_state = ScalerState()
 
+    # Nothing in flight for the whole idle period: zero, whatever the (slower) stable average still says.
+    idle_for = math.inf if stats.last_active is None else now - stats.last_active
+    # (Also at zero ready: stale window averages must not bring back a function nobody is calling.)
+    if want > 0 and idle_for >= policy.scale_to_zero_after and stats.waiting == 0 and stats.in_flight == 0:
+        want = 0
+        new_state = ScalerState()
+        panic_since = None
+
     if stats.waiting > 0:
         want = max(want, 1)
         reason = f"{stats.waiting} request(s) waiting for an instance"
@@ -116,8 +125,7 @@ def decide(
 
     # Scale to zero only after the idle period; until then keep at least one instance.
     if want == 0 and ready > 0:
-        idle_for = math.inf if stats.last_active is None else now - stats.last_active
-        if idle_for < policy.scale_to_zero_after:
+        if idle_for < policy.scale_to_zero_after or stats.in_flight > 0:
             want = 1
             reason = f"idle {idle_for:.0f} s of {policy.scale_to_zero_after:.0f} s before scaling to zero"
         else:

@@ -49,6 +49,7 @@ class Gateway:
     autoscaler: Autoscaler | None = None
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _function_metrics: dict[tuple[str, str], _FunctionMetrics] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.throttler = Throttler(pool_limit=self.settings.pool_limit)
@@ -112,30 +113,37 @@ class Gateway:
             )
         return await self._run(request, fn, ref, body or b"{}", started)
 
+    def _metrics(self, fn: FunctionEntry) -> _FunctionMetrics:
+        found = self._function_metrics.get(fn.key)
+        if found is None:
+            found = self._function_metrics[fn.key] = _FunctionMetrics(fn.namespace, fn.name)
+        return found
+
     async def _run(
         self, request: web.Request, fn: FunctionEntry, ref: FunctionRef, body: bytes, started: float
     ) -> web.StreamResponse:
-        labels = (fn.namespace, fn.name)
         key = f"{fn.namespace}/{fn.name}"
         spec = fn.spec
+        m = self._metrics(fn)
         try:
             with self.throttler.admit(key, reserved=spec.concurrency.reserved):
-                metrics.GATEWAY_CONCURRENT.labels(*labels).set(self.throttler.in_flight.get(key, 0))
-                result, cold = await self._route(fn, ref, body, request)
+                m.concurrent.inc()
+                try:
+                    result, cold = await self._route(fn, ref, body, request)
+                finally:
+                    m.concurrent.dec()
         except Throttled as e:
-            metrics.GATEWAY_THROTTLES.labels(*labels, e.reason).inc()
-            metrics.GATEWAY_INVOCATIONS.labels(*labels, "throttled").inc()
+            metrics.GATEWAY_THROTTLES.labels(fn.namespace, fn.name, e.reason).inc()
+            m.outcomes["throttled"].inc()
             return error_response("TooManyRequestsException", e.message, reason=e.reason)
         except _Unavailable as e:
-            metrics.GATEWAY_INVOCATIONS.labels(*labels, "error").inc()
+            m.outcomes["error"].inc()
             return error_response(e.code, e.message, reason=e.reason)
-        finally:
-            metrics.GATEWAY_CONCURRENT.labels(*labels).set(self.throttler.in_flight.get(key, 0))
         outcome = "success"
-        if result.headers.get("X-Amz-Function-Error"):
+        if "X-Amz-Function-Error" in result.headers:
             outcome = "timeout" if b"Task timed out" in result.body else "function_error"
-        metrics.GATEWAY_INVOCATIONS.labels(*labels, outcome).inc()
-        metrics.GATEWAY_INVOCATION_SECONDS.labels(*labels).observe(time.monotonic() - started)
+        m.outcomes[outcome].inc()
+        m.duration.observe(time.monotonic() - started)
         headers = {**result.headers, COLD_START_HEADER: "true" if cold else "false"}
         headers.setdefault("X-Amz-Executed-Version", "$LATEST")
         return web.Response(status=result.status, body=result.body, headers=headers)
@@ -291,6 +299,18 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
         if size > limit:
             return None
         chunks.append(chunk)
+
+
+class _FunctionMetrics:
+    """One function's metric children, looked up once (``labels()`` costs a lock and a dict per call)."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        self.concurrent = metrics.GATEWAY_CONCURRENT.labels(namespace, name)
+        self.duration = metrics.GATEWAY_INVOCATION_SECONDS.labels(namespace, name)
+        self.outcomes = {
+            o: metrics.GATEWAY_INVOCATIONS.labels(namespace, name, o)
+            for o in ("success", "function_error", "timeout", "throttled", "error")
+        }
 
 
 class _Unavailable(Exception):

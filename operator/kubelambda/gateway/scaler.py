@@ -44,7 +44,7 @@ class _Track:
     samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
     last_active: float | None = None
     state: ScalerState = field(default_factory=ScalerState)
-    written: int | None = None  # the replicas we last wrote (or read), to skip needless writes
+    written: int | None = None  # the replicas we last wrote or confirmed, to skip needless reads
 
 
 @dataclass
@@ -80,31 +80,36 @@ class Autoscaler:
                 continue
             policy = policy_of(fn)
             ready = len(self.gateway.registry.ready_endpoints(key))
-            waiting = self.gateway.throttler.in_flight.get(f"{key[0]}/{key[1]}", 0) if ready == 0 else 0
+            in_flight = self.gateway.throttler.in_flight.get(f"{key[0]}/{key[1]}", 0)
+            if in_flight:
+                track.last_active = now
             stats = Stats(
                 stable_concurrency=self._average(track.samples, now - policy.stable_window),
                 panic_concurrency=self._average(track.samples, now - policy.panic_window),
                 last_active=track.last_active,
-                waiting=waiting,
+                waiting=in_flight if ready == 0 else 0,
+                in_flight=in_flight,
             )
             result, track.state = decide(policy, stats, ready=ready, now=now, state=track.state)
             metrics.AUTOSCALER_DESIRED.labels(*key).set(result.desired)
             metrics.AUTOSCALER_READY.labels(*key).set(ready)
-            await self._apply(fn, track, result.desired, result.reason)
+            await self._apply(fn, track, result.desired, ready=ready, reason=result.reason)
 
-    async def _apply(self, fn: FunctionEntry, track: _Track, desired: int, reason: str) -> None:
+    async def _apply(
+        self, fn: FunctionEntry, track: _Track, desired: int, *, ready: int, reason: str
+    ) -> None:
+        # Settled (what we wrote is what serves): nothing to read or write. Otherwise read the scale first:
+        # the activator, or the operator creating the Deployment, may have written it since.
+        if track.written == desired and ready == desired:
+            return
         kube = self.gateway.kube
         name = deployment_name_of(fn)
         try:
-            if track.written is None:
-                scale = await kube.get(scale_path(fn.namespace, name))
-                track.written = int(scale.get("spec", {}).get("replicas", 0))
-            if track.written == desired:
-                return
-            # The activator may have scaled up since we last looked: never undo a scale-up from zero here
-            # while requests wait (decide() already keeps >= 1 then).
-            await write_scale(kube, fn.namespace, name, desired)
-            logger.info("Scaled %s/%s from %d to %d (%s)", fn.namespace, name, track.written, desired, reason)
+            scale = await kube.get(scale_path(fn.namespace, name))
+            current = int(scale.get("spec", {}).get("replicas", 0))
+            if current != desired:
+                await write_scale(kube, fn.namespace, name, desired)
+                logger.info("Scaled %s/%s from %d to %d (%s)", fn.namespace, name, current, desired, reason)
             track.written = desired
         except ApiError as e:
             if e.status != 404:  # the Deployment is not there yet (or any more): nothing to scale

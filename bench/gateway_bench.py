@@ -1,0 +1,254 @@
+"""Benchmarks of the gateway (issue: gateway). Figures, never assertions.
+
+1. Cold start from zero to first response on the local cluster, p50 / p95 over N runs, with the breakdown seen
+   from a pod watch (pod created, scheduled, process started, ready) and the runtime's own Init Duration.
+2. Warm throughput and p50 / p99 through the gateway beside calling the same instance's agent directly, in
+   the same run, with the same client, connections and payload.
+
+Run: ``make bench-gateway`` (or ``.venv/bin/python bench/gateway_bench.py --cold 20 --requests 3000``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from kubelambda.devcluster import DevState
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.kube import KubeClient, resource_path
+
+NS = "bench"
+HANDLER = "def handler(event, context):\n    return event\n"
+
+
+def fn(name: str, scaling: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubelambda.io/v1alpha1",
+        "kind": "Function",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "runtime": "python3.12",
+            "handler": "app.handler",
+            "code": {"inline": {"app.py": HANDLER}},
+            "scaling": scaling,
+        },
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def start_cluster(state_dir: Path) -> tuple[subprocess.Popen[bytes], DevState]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)],
+        stdout=(state_dir / "serve.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        state = DevState.read(state_dir)
+        if state is not None and state.state == "running" and state.pid == proc.pid:
+            return proc, state
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError((state_dir / "serve.log").read_text()[-3000:])
+
+
+async def wait(probe: Any, done: Any, what: str, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = await probe()
+        if done(value):
+            return value
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{what}; last seen: {str(value)[:2000]}")
+
+
+async def pods(kube: KubeClient, name: str) -> list[dict[str, Any]]:
+    listing = await kube.list(
+        resource_path("v1", "pods", namespace=NS), params={"labelSelector": f"kubelambda.io/function={name}"}
+    )
+    items: list[dict[str, Any]] = listing["items"]
+    return items
+
+
+async def watch_pod(kube: KubeClient, name: str, seen: dict[str, float], started: float) -> None:
+    """Records when the function's first pod is created, scheduled, running and ready (seconds from start)."""
+    while "ready" not in seen:
+        for pod in await pods(kube, name):
+            now = time.monotonic() - started
+            seen.setdefault("created", now)
+            if pod["spec"].get("nodeName"):
+                seen.setdefault("scheduled", now)
+            statuses = pod.get("status", {}).get("containerStatuses", [])
+            if statuses and "running" in statuses[0].get("state", {}):
+                seen.setdefault("started", now)
+            conditions = pod.get("status", {}).get("conditions", [])
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                seen.setdefault("ready", now)
+        await asyncio.sleep(0.01)
+
+
+async def cold_starts(kube: KubeClient, http: aiohttp.ClientSession, gateway: str, runs: int) -> None:
+    marks: dict[str, list[float]] = {k: [] for k in ("created", "scheduled", "started", "ready", "response")}
+    inits: list[float] = []
+    for _ in range(runs):
+        await wait(lambda: pods(kube, "cold"), lambda p: p == [], "scaled to zero")
+        seen: dict[str, float] = {}
+        started = time.monotonic()
+
+        watcher = asyncio.create_task(watch_pod(kube, "cold", seen, started))
+        async with http.post(
+            f"{gateway}/2015-03-31/functions/{NS}/cold/invocations",
+            data=b"{}",
+            headers={"X-Amz-Log-Type": "Tail"},
+        ) as resp:
+            await resp.read()
+            seen["response"] = time.monotonic() - started
+            log = base64.b64decode(resp.headers.get("X-Amz-Log-Result", "")).decode()
+        await asyncio.wait_for(watcher, 30)
+        match = re.search(r"Init Duration: ([0-9.]+) ms", log)
+        if match:
+            inits.append(float(match.group(1)))
+        for key in marks:
+            if key in seen:
+                marks[key].append(seen[key] * 1000)
+    print(f"== 1. cold start from zero to first response, {runs} runs (python3.12 no-op handler)")
+    labels = {
+        "created": "pod created (scale write + ReplicaSet)",
+        "scheduled": "pod scheduled",
+        "started": "agent process started",
+        "ready": "instance ready (runtime initialised)",
+        "response": "first response (the cold start)",
+    }
+    for key, label in labels.items():
+        values = marks[key]
+        print(f"  {label:<42} p50 {pct(values, 0.5):7.0f} ms   p95 {pct(values, 0.95):7.0f} ms")
+    if inits:
+        print(f"  {'  of which runtime Init Duration':<42} p50 {pct(inits, 0.5):7.0f} ms")
+    print("  target: first response p50 <= 1000 ms")
+
+
+async def load(
+    http: aiohttp.ClientSession, url: str, requests: int, connections: int
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    queue = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in queue:
+            started = time.perf_counter()
+            async with http.post(url, data=b'{"x": 1}') as resp:
+                await resp.read()
+                assert resp.status == 200, resp.status
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return requests / (time.perf_counter() - started), latencies
+
+
+async def warm(
+    http: aiohttp.ClientSession, gateway: str, endpoint: str, requests: int, connections: int
+) -> None:
+    via_gateway = f"{gateway}/2015-03-31/functions/{NS}/warm/invocations"
+    direct = f"http://{endpoint}/invoke"
+    await load(http, via_gateway, 200, connections)  # warm both paths up
+    await load(http, direct, 200, connections)
+    rows: dict[str, list[tuple[float, list[float]]]] = {"gateway": [], "direct": []}
+    for _ in range(3):  # interleaved rounds: the machine's noise hits both alike
+        rows["gateway"].append(await load(http, via_gateway, requests, connections))
+        rows["direct"].append(await load(http, direct, requests, connections))
+    print(
+        f"\n== 2. warm invocations, {connections} connections, 3 x {requests} requests each (perInstance {connections})"
+    )
+    summary = {}
+    for name, results in rows.items():
+        rps = statistics.median(r for r, _ in results)
+        lat = [v for _, ls in results for v in ls]
+        summary[name] = (rps, pct(lat, 0.5), pct(lat, 0.99))
+        print(
+            f"  {name:<8} {rps:8.0f} req/s   p50 {summary[name][1]:6.2f} ms   p99 {summary[name][2]:6.2f} ms"
+        )
+    g, d = summary["gateway"], summary["direct"]
+    print(
+        f"  gateway overhead p50 {g[1] - d[1]:+.2f} ms (target <= 1 ms); throughput {100 * g[0] / d[0]:.0f}% of direct (target >= 70%)"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cold", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--connections", type=int, default=4)
+    args = parser.parse_args()
+    ensure_binaries()
+    with tempfile.TemporaryDirectory(prefix="kl-bench-gw-") as tmp:
+        proc, state = start_cluster(Path(tmp))
+        try:
+            assert state.gateway_url
+            async with KubeClient.from_kubeconfig(state.kubeconfig) as kube, aiohttp.ClientSession() as http:
+                await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
+                await wait(
+                    lambda: kube.get_or_none(
+                        resource_path("v1", "serviceaccounts", namespace=NS, name="default")
+                    ),
+                    lambda sa: sa is not None,
+                    "default ServiceAccount",
+                )
+                path = resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS)
+                await kube.create(path, fn("cold", {"minInstances": 0, "scaleToZeroAfterSeconds": 0}))
+                warm_fn = fn("warm", {"minInstances": 1, "maxInstances": 1})
+                warm_fn["spec"]["concurrency"] = {"perInstance": args.connections}
+                await kube.create(path, warm_fn)
+                await wait(
+                    lambda: pods(kube, "warm"),
+                    lambda p: (
+                        p
+                        and any(
+                            c["type"] == "Ready" and c["status"] == "True"
+                            for c in p[0].get("status", {}).get("conditions", [])
+                        )
+                    ),
+                    "warm instance",
+                )
+                await wait(
+                    lambda: kube.get(
+                        resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS, name="cold")
+                    ),
+                    lambda f: any(
+                        c["type"] == "Ready" and c["status"] == "True"
+                        for c in f.get("status", {}).get("conditions", [])
+                    ),
+                    "cold function Ready",
+                )
+                await cold_starts(kube, http, state.gateway_url, args.cold)
+                endpoint = (await pods(kube, "warm"))[0]["status"]["podIP"] + ":8080"
+                await warm(http, state.gateway_url, endpoint, args.requests, args.connections)
+        except BaseException:
+            for name in ("kubelambda-gateway", "kubelambda-operator"):
+                log = Path(tmp) / "logs" / f"{name}.log"
+                print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            raise
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
