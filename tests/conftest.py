@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,13 +16,17 @@ from kubelambda.kube import KubeClient, resource_path
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    with tempfile.TemporaryDirectory(prefix="kubelambda-test-") as tmp:
-        running = start_cluster(Path(tmp))
-        try:
-            yield running
-        finally:
-            code = running.stop()
-            assert code == 0, f"the local cluster exited with {code}; see {tmp}/serve.log"
+    # Kept when the cluster did not end well, so its component logs can be read afterwards.
+    tmp = Path(tempfile.mkdtemp(prefix="kubelambda-test-"))
+    running = start_cluster(tmp)
+    try:
+        yield running
+    finally:
+        code = running.stop()
+        assert code == 0, (
+            f"the local cluster exited with {code}; its logs are in {tmp}/logs and {tmp}/serve.log"
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

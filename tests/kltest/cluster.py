@@ -83,6 +83,7 @@ def start_cluster(
             str(state_dir),
             "--backoff",
             str(backoff),
+            *([] if platform else ["--no-platform"]),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

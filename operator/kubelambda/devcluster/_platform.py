@@ -7,6 +7,7 @@ the local platform has exactly the permissions the chart grants; the gateway lis
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from kubelambda.devcluster._binaries import Binaries, repo_root
 from kubelambda.devcluster._process import free_port, spawn, stop
 from kubelambda.kube import KubeClient, resource_path
 
+logger = logging.getLogger(__name__)
 SYSTEM_NS = "kubelambda-system"
 TOKEN_SECONDS = 365 * 24 * 3600
 DEFAULT_GATEWAY_PORT = 8090
@@ -55,6 +57,8 @@ class Platform:
     admin_kubeconfig: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     gateway_url: str = ""
+    _commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    _restarted: dict[str, float] = field(default_factory=dict)
 
     async def _token(self, kube: KubeClient, account: str) -> str:
         result = await kube.create(
@@ -132,7 +136,11 @@ class Platform:
                 return bool(resp.status == 200)
 
         while time.monotonic() < deadline:
-            self.check_running()
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    log = self.state_dir / "logs" / f"{name}.log"
+                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                    raise RuntimeError(f"{name} exited with status {proc.returncode} while starting:\n{tail}")
             try:
                 if await asyncio.to_thread(ready):
                     return
@@ -142,11 +150,23 @@ class Platform:
         raise TimeoutError(f"the gateway was not ready at {self.gateway_url} within {timeout:.0f} s: {last}")
 
     def check_running(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                log = self.state_dir / "logs" / f"{name}.log"
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise RuntimeError(f"{name} exited with status {proc.returncode}; last log lines:\n{tail}")
+        """Starts again a component that exited (as its Deployment would), at most every 5 s, with the tail of
+        its log; the cluster itself keeps running."""
+        now = time.monotonic()
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is None or now - self._restarted.get(name, 0.0) < 5.0:
+                continue
+            log = self.state_dir / "logs" / f"{name}.log"
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            logger.warning(
+                "%s exited with status %s; starting it again. Last log lines:\n%s",
+                name,
+                proc.returncode,
+                tail,
+            )
+            argv, env = self._commands[name]
+            self.procs[name] = spawn(argv, log=log, env=env)
+            self._restarted[name] = now
 
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items()}

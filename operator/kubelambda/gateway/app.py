@@ -50,6 +50,7 @@ class Gateway:
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _function_metrics: dict[tuple[str, str], _FunctionMetrics] = field(default_factory=dict)
+    _cold_waiting: dict[tuple[str, str], int] = field(default_factory=dict)  # per function, in the activator
 
     def __post_init__(self) -> None:
         self.throttler = Throttler(pool_limit=self.settings.pool_limit)
@@ -206,6 +207,14 @@ class Gateway:
 
     async def _wait_cold(self, fn: FunctionEntry, *, until: float) -> None:
         labels = (fn.namespace, fn.name)
+        waiting = self._cold_waiting.get(fn.key, 0)
+        if waiting >= self.settings.activator_queue:
+            raise _Unavailable(
+                "TooManyRequestsException",
+                f"Rate Exceeded. {waiting} requests already wait for a first instance of {fn.namespace}/{fn.name}",
+                reason="ConcurrentInvocationLimitExceeded",
+            )
+        self._cold_waiting[fn.key] = waiting + 1
         metrics.GATEWAY_COLD_STARTS.labels(*labels).inc()
         gauge = metrics.GATEWAY_ACTIVATOR_WAITING.labels(*labels)
         gauge.inc()
@@ -227,6 +236,7 @@ class Gateway:
                     f"{fn.spec.timeout_seconds} s + {self.settings.cold_start_allowance_seconds:.0f} s",
                 )
         finally:
+            self._cold_waiting[fn.key] -= 1
             gauge.dec()
             metrics.GATEWAY_COLD_START_SECONDS.labels(*labels).observe(time.monotonic() - started)
 

@@ -277,16 +277,22 @@ class KubeClient:
         ) as resp:
             if resp.status >= 400:
                 raise _error(resp.status, await resp.text())
-            async for line in resp.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if event["type"] == "ERROR":
-                    status = event["object"]
-                    raise ApiError(
-                        int(status.get("code", 500)), status.get("reason", ""), status.get("message", "")
-                    )
-                yield WatchEvent(event["type"], event["object"])
+            # One JSON document per line, and a line can be as large as an object (1.5 MB in etcd): split the
+            # stream ourselves rather than through readline()'s 512 KB limit.
+            pending = b""
+            async for chunk in resp.content.iter_any():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        status = event["object"]
+                        raise ApiError(
+                            int(status.get("code", 500)), status.get("reason", ""), status.get("message", "")
+                        )
+                    yield WatchEvent(event["type"], event["object"])
 
 
 def _error(status: int, text: str) -> ApiError:
