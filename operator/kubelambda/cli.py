@@ -245,6 +245,20 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     return 0 if status < 300 and not error else 1
 
 
+def cmd_fetch_code(args: argparse.Namespace) -> int:
+    from kubelambda.fetchcode import main as fetch_code
+
+    return fetch_code(
+        dest=args.dest,
+        url=args.url,
+        sha256=args.sha256,
+        s3_endpoint=args.s3_endpoint,
+        bucket=args.bucket,
+        key=args.key,
+        region=args.region,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubelambda", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kubelambda {__version__}")
@@ -332,6 +346,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("--state-dir", default=default_state, help=state_help)
     invoke.set_defaults(func=cmd_invoke)
+
+    fetch = commands.add_parser(
+        "fetch-code",
+        help="download a function's zip (HTTP(S) or S3), check its SHA-256 and unpack it (the init container)",
+    )
+    source = fetch.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", help="an http(s) URL of the zip")
+    source.add_argument("--s3-endpoint", help="an S3 endpoint (path-style; credentials from AWS_* variables)")
+    fetch.add_argument("--bucket", help="the S3 bucket (with --s3-endpoint)")
+    fetch.add_argument("--key", help="the S3 object key (with --s3-endpoint)")
+    fetch.add_argument("--region", default="us-east-1", help="the region S3 requests are signed for")
+    fetch.add_argument("--sha256", help="the zip's hex SHA-256 (required with --url)")
+    fetch.add_argument(
+        "--dest", required=True, help="the folder to unpack into (under $KUBELAMBDA_ROOTFS when set)"
+    )
+    fetch.set_defaults(func=cmd_fetch_code)
     return parser
 
 

@@ -1,0 +1,372 @@
+"""``kubelambda fetch-code``: the init container that puts a Function's zip into ``/var/task``.
+
+The operator adds it to the pod of a Function whose ``spec.code`` is ``archive {url, sha256}`` or
+``s3 {endpoint, bucket, key, sha256?, region, credentialsSecret?}`` (``resources/deployment.py``). It:
+
+1. downloads the zip over HTTP(S) (redirects followed), or with an S3 GetObject signed with AWS Signature
+   Version 4 from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (``AWS_SESSION_TOKEN`` too when set;
+   unsigned when neither is set), path-style, no redirects; at most 50 MiB, like Lambda's zip limit;
+2. checks its SHA-256 against the hex digest given (always for ``archive``, when given for ``s3``);
+3. empties the target folder and unpacks the zip into it: absolute names and ``..`` are refused, at most
+   250 MiB unpacked (Lambda's limit), files are 0644 or 0755 from the zip's Unix mode (``bootstrap`` stays
+   executable), symbolic links are kept only when they resolve inside the folder.
+
+The standard library does it all (urllib, hashlib, hmac, zipfile): the control-plane image needs no AWS SDK for
+one GET. On the local node, ``$KUBELAMBDA_ROOTFS`` is the container's root and the target path is taken under
+it. Any failure ends with exit status 1 and one line on stderr naming what went wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import io
+import os
+import re
+import shutil
+import stat
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+MAX_ZIPPED = 50 * 1024 * 1024
+MAX_UNZIPPED = 250 * 1024 * 1024
+TIMEOUT = 60.0  # seconds per socket operation
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_CHUNK = 1 << 16
+
+
+class FetchError(Exception):
+    """A failure to report on one line; the command exits with status 1."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+    session_token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Credentials | None:
+        """``AWS_ACCESS_KEY_ID`` + ``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN``); None when neither is set."""
+        access, secret = env.get("AWS_ACCESS_KEY_ID", ""), env.get("AWS_SECRET_ACCESS_KEY", "")
+        if not access and not secret:
+            return None
+        if not access or not secret:
+            missing = "AWS_ACCESS_KEY_ID" if not access else "AWS_SECRET_ACCESS_KEY"
+            raise FetchError(f"{missing} is empty or unset while the other S3 credential is set")
+        return cls(access, secret, env.get("AWS_SESSION_TOKEN") or None)
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    files: int
+    bytes: int
+
+
+# ---- paths -----------------------------------------------------------------------------------------
+
+
+def target_dir(dest: str, env: Mapping[str, str]) -> Path:
+    """``dest`` as seen by this container: under ``$KUBELAMBDA_ROOTFS`` when set (the local node)."""
+    rootfs = env.get("KUBELAMBDA_ROOTFS")
+    return Path(rootfs) / dest.lstrip("/") if rootfs else Path(dest)
+
+
+# ---- download --------------------------------------------------------------------------------------
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Signed requests never follow a redirect: the Authorization header would go along with it."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _read_capped(read: Callable[[int], bytes], length: str | None, *, what: str, limit: int) -> bytes:
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise FetchError(f"{what} is {int(length)} bytes, over the {limit}-byte limit for a zipped function")
+    out = bytearray()
+    while chunk := read(_CHUNK):
+        out += chunk
+        if len(out) > limit:
+            raise FetchError(f"{what} is over the {limit}-byte limit for a zipped function")
+    return bytes(out)
+
+
+def _s3_error(body: bytes) -> str:
+    text = body[:4096].decode(errors="replace")
+    code = re.search(r"<Code>([^<]*)</Code>", text)
+    message = re.search(r"<Message>([^<]*)</Message>", text)
+    return ": ".join(m.group(1) for m in (code, message) if m is not None)
+
+
+def http_get(
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    what: str,
+    limit: int = MAX_ZIPPED,
+    follow_redirects: bool = True,
+    timeout: float = TIMEOUT,
+) -> bytes:
+    """The body of a GET of ``url``, at most ``limit`` bytes; a FetchError names the status or the failure."""
+    request = urllib.request.Request(url, headers=dict(headers or {}), method="GET")
+    opener = urllib.request.build_opener() if follow_redirects else urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=timeout) as resp:
+            return _read_capped(resp.read, resp.headers.get("Content-Length"), what=what, limit=limit)
+    except urllib.error.HTTPError as e:
+        detail = _s3_error(e.read()) if e.headers.get("Content-Type", "").endswith("xml") else ""
+        raise FetchError(f"{what}: HTTP {e.code} {e.reason}{f' ({detail})' if detail else ''}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = e.reason if isinstance(e, urllib.error.URLError) else e
+        raise FetchError(f"{what}: {reason}") from None
+
+
+# ---- S3 (Signature Version 4) ----------------------------------------------------------------------
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def sigv4_headers(
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    region: str,
+    credentials: Credentials,
+    now: dt.datetime,
+    service: str = "s3",
+    payload_sha256: str = EMPTY_SHA256,
+) -> dict[str, str]:
+    """``headers`` plus ``Host``, ``x-amz-date``, ``x-amz-content-sha256`` and the SigV4 ``Authorization``.
+
+    The URL's path must already be URI-encoded as S3 expects (each segment once, ``/`` kept).
+    """
+    parts = urllib.parse.urlsplit(url)
+    amz_date = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = {
+        **headers,
+        "Host": parts.netloc,
+        "x-amz-date": amz_date,
+        "x-amz-content-sha256": payload_sha256,
+    }
+    if credentials.session_token:
+        out["x-amz-security-token"] = credentials.session_token
+    canonical = {k.lower(): " ".join(v.strip().split()) for k, v in out.items()}
+    signed = ";".join(sorted(canonical))
+    query = "&".join(
+        f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
+        for k, v in sorted(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    )
+    canonical_request = "\n".join(
+        [
+            method,
+            parts.path or "/",
+            query,
+            "".join(f"{k}:{canonical[k]}\n" for k in sorted(canonical)),
+            signed,
+            payload_sha256,
+        ]
+    )
+    scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
+    )
+    key = _hmac(("AWS4" + credentials.secret_key).encode(), amz_date[:8])
+    for part in (region, service, "aws4_request"):
+        key = _hmac(key, part)
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    out["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+        f"SignedHeaders={signed}, Signature={signature}"
+    )
+    return out
+
+
+def s3_object_url(endpoint: str, bucket: str, key: str) -> str:
+    """Path-style: ``<endpoint>/<bucket>/<key>``, the key URI-encoded once with ``/`` kept."""
+    return f"{endpoint.rstrip('/')}/{bucket}/{urllib.parse.quote(key, safe='/-_.~')}"
+
+
+def s3_get(
+    endpoint: str,
+    bucket: str,
+    key: str,
+    *,
+    region: str,
+    credentials: Credentials | None,
+    limit: int = MAX_ZIPPED,
+    now: dt.datetime | None = None,
+) -> bytes:
+    url = s3_object_url(endpoint, bucket, key)
+    headers: dict[str, str] = {}
+    if credentials is not None:
+        headers = sigv4_headers(
+            "GET", url, headers={}, region=region, credentials=credentials, now=now or dt.datetime.now(dt.UTC)
+        )
+    what = f"S3 GetObject s3://{bucket}/{key} at {endpoint}"
+    return http_get(url, headers=headers, what=what, limit=limit, follow_redirects=False)
+
+
+# ---- checksum and unpacking ------------------------------------------------------------------------
+
+
+def verify_sha256(data: bytes, expected: str | None, *, what: str) -> str:
+    """The hex SHA-256 of ``data``; a FetchError naming both digests when it is not ``expected``."""
+    actual = hashlib.sha256(data).hexdigest()
+    if expected is not None and actual != expected.lower():
+        raise FetchError(f"SHA-256 mismatch for {what}: expected {expected.lower()}, got {actual}")
+    return actual
+
+
+def _checked_name(name: str) -> PurePosixPath:
+    if "\x00" in name or "\\" in name:
+        raise FetchError(f"refusing zip entry {name!r}: NUL or backslash in its name")
+    path = PurePosixPath(name)
+    if path.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        raise FetchError(f"refusing zip entry {name!r}: absolute path")
+    if ".." in path.parts:
+        raise FetchError(f"refusing zip entry {name!r}: '..' would leave the target folder")
+    return path
+
+
+def _empty(folder: Path) -> None:
+    """Removes what ``folder`` holds (a restarted init container starts over), not the folder itself."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def unpack(data: bytes, dest: Path, *, limit: int = MAX_UNZIPPED) -> Unpacked:
+    """Unpacks the zip ``data`` into ``dest`` (emptied first); see the module docstring for the rules."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as e:
+        raise FetchError(f"not a zip archive: {e}") from None
+    with archive:
+        infos = archive.infolist()
+        entries = [(info, _checked_name(info.filename)) for info in infos]  # all names checked before writing
+        declared = sum(info.file_size for info in infos)
+        if declared > limit:
+            raise FetchError(f"the zip unpacks to {declared} bytes, over the {limit}-byte limit")
+        if not dest.is_dir():
+            raise FetchError(f"target folder {dest} does not exist")
+        _empty(dest)
+        root = dest.resolve()
+        written = files = 0
+        links: list[tuple[Path, str, str]] = []
+        for info, name in entries:
+            mode = info.external_attr >> 16
+            target = root.joinpath(*name.parts) if name.parts else root
+            if info.is_dir():
+                target.mkdir(mode=0o755, parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if stat.S_ISLNK(mode):
+                links.append((target, archive.read(info).decode(errors="surrogateescape"), info.filename))
+                continue
+            perms = 0o755 if mode & 0o111 else 0o644
+            try:
+                with archive.open(info) as src, open(target, "xb") as out:
+                    while chunk := src.read(_CHUNK):
+                        written += len(chunk)
+                        if written > limit:
+                            raise FetchError(f"the zip unpacks to over the {limit}-byte limit")
+                        out.write(chunk)
+            except FileExistsError:
+                raise FetchError(f"zip entry {info.filename!r} appears twice") from None
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as e:
+                raise FetchError(f"cannot unpack zip entry {info.filename!r}: {e}") from None
+            os.chmod(target, perms)
+            files += 1
+        # Links last, so no file above was written through one; each must resolve inside the folder.
+        for target, link, entry in links:
+            if os.path.isabs(link):
+                raise FetchError(f"refusing zip symlink {entry!r} -> {link!r}: absolute target")
+            os.symlink(link, target)
+            resolved = Path(os.path.realpath(target))
+            if resolved != root and root not in resolved.parents:
+                target.unlink()
+                raise FetchError(f"refusing zip symlink {entry!r} -> {link!r}: it leaves the target folder")
+            files += 1
+    return Unpacked(files=files, bytes=written)
+
+
+# ---- the command -----------------------------------------------------------------------------------
+
+
+def fetch(
+    *,
+    dest: str,
+    env: Mapping[str, str],
+    url: str | None = None,
+    sha256: str | None = None,
+    s3_endpoint: str | None = None,
+    bucket: str | None = None,
+    key: str | None = None,
+    region: str = "us-east-1",
+) -> str:
+    """Fetches, checks and unpacks; returns the line to print on success."""
+    if (url is None) == (s3_endpoint is None):
+        raise FetchError("give exactly one of --url or --s3-endpoint")
+    if url is not None:
+        if not sha256:
+            raise FetchError("--url needs --sha256")
+        what = url
+        data = http_get(url, what=f"GET {url}")
+    else:
+        assert s3_endpoint is not None
+        if not bucket or not key:
+            raise FetchError("--s3-endpoint needs --bucket and --key")
+        what = f"s3://{bucket}/{key}"
+        data = s3_get(s3_endpoint, bucket, key, region=region, credentials=Credentials.from_env(env))
+    digest = verify_sha256(data, sha256, what=what)
+    folder = target_dir(dest, env)
+    unpacked = unpack(data, folder)
+    return (
+        f"fetched {what} ({len(data)} bytes, sha256 {digest}): "
+        f"{unpacked.files} files, {unpacked.bytes} bytes into {dest}"
+    )
+
+
+def main(
+    *,
+    dest: str,
+    url: str | None,
+    sha256: str | None,
+    s3_endpoint: str | None,
+    bucket: str | None,
+    key: str | None,
+    region: str,
+) -> int:
+    try:
+        line = fetch(
+            dest=dest,
+            env=os.environ,
+            url=url,
+            sha256=sha256,
+            s3_endpoint=s3_endpoint,
+            bucket=bucket,
+            key=key,
+            region=region,
+        )
+    except FetchError as e:
+        print(f"kubelambda fetch-code: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"kubelambda fetch-code: {e}", file=sys.stderr)
+        return 1
+    print(line, flush=True)
+    return 0

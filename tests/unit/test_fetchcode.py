@@ -1,0 +1,176 @@
+"""kubelambda fetch-code, pure: checksums, safe unpacking, size caps, the SigV4 signature, the rootfs path."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from kubelambda import fetchcode
+from kubelambda.fetchcode import Credentials, FetchError
+
+
+def make_zip(entries: dict[str, tuple[bytes, int]]) -> bytes:
+    """``{name: (content, unix mode)}`` → zip bytes; a mode with S_IFLNK makes a symlink entry."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, (content, mode) in entries.items():
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            info.external_attr = mode << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, content)
+    return buf.getvalue()
+
+
+def test_sha256_mismatch_names_both_digests() -> None:
+    data = b"zip bytes"
+    actual = hashlib.sha256(data).hexdigest()
+    expected = "0" * 64
+    with pytest.raises(FetchError) as e:
+        fetchcode.verify_sha256(data, expected, what="http://x/code.zip")
+    assert f"expected {expected}, got {actual}" in str(e.value)
+    assert fetchcode.verify_sha256(data, actual, what="x") == actual
+    assert fetchcode.verify_sha256(data, None, what="x") == actual
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "a/../../evil.py", "/etc/passwd", "C:/x", "a\\..\\b"])
+def test_zip_slip_is_refused_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    (tmp_path / "old.txt").write_text("kept")
+    data = make_zip({"ok.py": (b"x", 0o100644), name: (b"evil", 0o100644)})
+    with pytest.raises(FetchError, match="refusing zip entry"):
+        fetchcode.unpack(data, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]
+    assert not (tmp_path.parent / "evil.py").exists()
+
+
+def test_exec_bit_kept_and_the_folder_replaced(tmp_path: Path) -> None:
+    (tmp_path / "stale.py").write_text("gone after unpacking")
+    (tmp_path / "stale-dir").mkdir()
+    data = make_zip(
+        {
+            "bootstrap": (b"#!/bin/sh\necho hi\n", 0o100755),
+            "lib/": (b"", 0o40755),
+            "lib/handler.py": (b"def handler(e, c): return 1\n", 0o100600),
+            "lib/data.bin": (b"\x00" * 1000, 0),  # no Unix mode (zipped elsewhere): a plain readable file
+        }
+    )
+    result = fetchcode.unpack(data, tmp_path)
+    assert result == fetchcode.Unpacked(files=3, bytes=18 + 28 + 1000)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "bootstrap",
+        "lib",
+        "lib/data.bin",
+        "lib/handler.py",
+    ]
+    assert stat.S_IMODE((tmp_path / "bootstrap").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "lib" / "handler.py").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "lib" / "data.bin").stat().st_mode) == 0o644
+    assert os.access(tmp_path / "bootstrap", os.X_OK)
+
+
+def test_symlinks_inside_are_kept_and_escaping_ones_refused(tmp_path: Path) -> None:
+    dest = tmp_path / "task"
+    dest.mkdir()
+    ok = make_zip({"real.txt": (b"x", 0o100644), "sub/link": (b"../real.txt", 0o120777)})
+    fetchcode.unpack(ok, dest)
+    assert (dest / "sub" / "link").is_symlink()
+    assert (dest / "sub" / "link").read_text() == "x"
+    # Lexically inside, physically outside: "sub/up" is the folder itself, so "sub/up/.." is its parent.
+    sneaky = make_zip({"sub/up": (b"..", 0o120777), "out": (b"sub/up/..", 0o120777)})
+    with pytest.raises(FetchError, match="leaves the target folder"):
+        fetchcode.unpack(sneaky, dest)
+    absolute = make_zip({"abs": (b"/etc", 0o120777)})
+    with pytest.raises(FetchError, match="absolute target"):
+        fetchcode.unpack(absolute, dest)
+
+
+def test_unzipped_size_cap_declared_and_actual(tmp_path: Path) -> None:
+    data = make_zip({"big.bin": (b"\x00" * 5000, 0o100644)})
+    with pytest.raises(FetchError, match="over the 4096-byte limit"):
+        fetchcode.unpack(data, tmp_path, limit=4096)
+    # A zip whose header understates the size is stopped while writing, not trusted.
+    buf = io.BytesIO(data)
+    with zipfile.ZipFile(buf) as z:
+        info = z.infolist()[0]
+    lying = bytearray(data)
+    for offset in (info.header_offset + 22, data.rfind(b"PK\x01\x02") + 24):  # local and central sizes
+        lying[offset : offset + 4] = (100).to_bytes(4, "little")
+    with pytest.raises(FetchError):
+        fetchcode.unpack(bytes(lying), tmp_path, limit=4096)
+    assert sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) <= 4096
+
+
+def test_not_a_zip(tmp_path: Path) -> None:
+    with pytest.raises(FetchError, match="not a zip archive"):
+        fetchcode.unpack(b"<html>404</html>", tmp_path)
+
+
+def test_zipped_size_cap() -> None:
+    chunks = iter([b"a" * 600, b"b" * 600, b""])
+    with pytest.raises(FetchError, match="over the 1000-byte limit"):
+        fetchcode._read_capped(lambda n: next(chunks), None, what="GET u", limit=1000)
+    with pytest.raises(FetchError, match="is 2000 bytes, over the 1000-byte limit"):
+        fetchcode._read_capped(lambda n: b"", "2000", what="GET u", limit=1000)
+    chunks = iter([b"a" * 600, b""])
+    assert fetchcode._read_capped(lambda n: next(chunks), "600", what="GET u", limit=1000) == b"a" * 600
+
+
+def test_target_dir_is_under_the_rootfs_when_set() -> None:
+    assert fetchcode.target_dir("/var/task", {}) == Path("/var/task")
+    assert fetchcode.target_dir("/var/task", {"KUBELAMBDA_ROOTFS": "/pods/p/rootfs/fetch-code"}) == Path(
+        "/pods/p/rootfs/fetch-code/var/task"
+    )
+
+
+def test_credentials_from_env() -> None:
+    assert Credentials.from_env({}) is None
+    assert Credentials.from_env({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}) == Credentials(
+        "a", "s"
+    )
+    with pytest.raises(FetchError, match="AWS_SECRET_ACCESS_KEY is empty"):
+        Credentials.from_env({"AWS_ACCESS_KEY_ID": "a"})
+
+
+def test_sigv4_matches_the_aws_documentation_example() -> None:
+    # "Example: GET Object" in the S3 Signature Version 4 documentation (header-based authentication).
+    headers = fetchcode.sigv4_headers(
+        "GET",
+        "https://examplebucket.s3.amazonaws.com/test.txt",
+        headers={"Range": "bytes=0-9"},
+        region="us-east-1",
+        credentials=Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+        now=dt.datetime(2013, 5, 24, tzinfo=dt.UTC),
+    )
+    assert headers["Authorization"] == (
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
+        "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+    )
+
+
+def test_sigv4_matches_botocore_for_a_path_style_key_with_odd_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import botocore.auth
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials as BotoCredentials
+
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    url = fetchcode.s3_object_url("http://127.0.0.1:8333/", "code-bucket", "fns/hello wörld+v1~.zip")
+    assert url == "http://127.0.0.1:8333/code-bucket/fns/hello%20w%C3%B6rld%2Bv1~.zip"
+    ours = fetchcode.sigv4_headers(
+        "GET", url, headers={}, region="eu-west-1", credentials=Credentials("AK", "SK", "TOKEN"), now=now
+    )
+    request = AWSRequest(method="GET", url=url, headers={"x-amz-content-sha256": fetchcode.EMPTY_SHA256})
+    auth = S3SigV4Auth(BotoCredentials("AK", "SK", "TOKEN"), "s3", "eu-west-1")
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
+    auth.add_auth(request)
+    assert ours["Authorization"] == request.headers["Authorization"]
