@@ -37,7 +37,7 @@ async def install_crds(cluster: Cluster, kube: KubeClient) -> None:
             ),
             lambda crd: any(
                 c["type"] == "Established" and c["status"] == "True"
-                for c in crd.get("status", {}).get("conditions", [])
+                for c in (crd.get("status") or {}).get("conditions") or []
             ),
             what=f"CRD {name} established",
         )
