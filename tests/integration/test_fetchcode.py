@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 
 from kltest import Cluster, wait_for
-from kltest.platform import REPO, start_operator
+from kltest.platform import start_operator
 from kubelambda.api.v1alpha1.function import FunctionSpec
 from kubelambda.devcluster.servers import S3Server
 from kubelambda.kube import KubeClient, resource_path
@@ -232,20 +232,6 @@ async def test_s3_signed_and_anonymous(s3: S3Server, tmp_path: Path) -> None:
 async def test_operator_runs_a_function_from_an_archive(
     cluster: Cluster, kube: KubeClient, namespace: str, http_url: str
 ) -> None:
-    # kltest.platform.install_crds fails on a CRD whose status.conditions is still null right after its
-    # creation; when this test runs first, wait for both CRDs here with a null-safe check.
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    for crd in ("functions.kubelambda.io", "triggers.kubelambda.io"):
-        await wait_for(
-            lambda n=crd: kube.get(
-                resource_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=n)
-            ),
-            lambda c: any(
-                x["type"] == "Established" and x["status"] == "True"
-                for x in (c.get("status") or {}).get("conditions") or []
-            ),
-            what=f"CRD {crd} established",
-        )
     operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
     try:
         doc = {
