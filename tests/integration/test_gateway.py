@@ -277,3 +277,60 @@ async def test_idle_functions_scale_to_zero_and_wake_again(
     again = await invoke(client, f"{namespace}/sleepy", {"back": True})
     assert again["body"]["echo"] == {"back": True}
     assert again["ResponseMetadata"]["HTTPHeaders"]["x-kubelambda-cold-start"] == "true"
+
+
+async def test_sustained_load_scales_out_and_back_down(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, url = platform
+    # One invocation per instance; each call takes 0.5 s; 4 callers keep 4 invocations in flight.
+    doc = function("busy", timeoutSeconds=5, scaling={"maxInstances": 10, "scaleToZeroAfterSeconds": 3})
+    await deploy(cluster, kube, gateway, namespace, doc)
+    client = lambda_client(url)
+    stop = asyncio.Event()
+    peak = 0
+
+    async def caller() -> None:
+        while not stop.is_set():
+            await invoke(client, f"{namespace}/busy", {"sleep": 0.5})
+
+    async def watch_scale() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, len(gateway.registry.ready_endpoints((namespace, "busy"))))
+            await asyncio.sleep(0.1)
+
+    tasks = [asyncio.create_task(caller()) for _ in range(4)] + [asyncio.create_task(watch_scale())]
+    try:
+        # Four in flight, one per instance: four ready instances (the panic window reacts within seconds).
+        await wait_for(
+            lambda: asyncio.sleep(0, result=peak),
+            lambda p: p >= 4,
+            what="scale-out to 4 instances",
+            timeout=60,
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert await replicas(kube, namespace, "busy") <= 10
+    # Load gone: back to zero after the idle period, through the rate-limited halving.
+    await wait_for(
+        lambda: replicas(kube, namespace, "busy"),
+        lambda n: n == 0,
+        what="scale back down to zero",
+        timeout=90,
+    )
+
+
+async def test_a_restarted_gateway_routes_from_its_watches(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, _ = platform
+    await deploy(cluster, kube, gateway, namespace, function("again", scaling={"minInstances": 1}))
+    # A second gateway with nothing in memory: it learns Functions and endpoints from its watches.
+    fresh, url = await start_gateway(cluster, kube)
+    try:
+        answer = await invoke(lambda_client(url), f"{namespace}/again", {"after": "restart"})
+        assert answer["body"]["echo"] == {"after": "restart"}
+    finally:
+        await stop_gateway(fresh)
