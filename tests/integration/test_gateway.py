@@ -48,7 +48,9 @@ def handler(event, context):
 @pytest.fixture(scope="module")
 async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
     operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
-    gateway, url = await start_gateway(cluster, kube, slot_wait_seconds=1.0, autoscale_interval_seconds=0.5)
+    gateway, url = await start_gateway(
+        cluster, kube, slot_wait_seconds=1.0, autoscale_interval_seconds=0.5, http_routes=True
+    )
     try:
         yield operator, gateway, url
     finally:
@@ -334,3 +336,58 @@ async def test_a_restarted_gateway_routes_from_its_watches(
         assert answer["body"]["echo"] == {"after": "restart"}
     finally:
         await stop_gateway(fresh)
+
+
+WEB_HANDLER = """
+import base64, json
+
+
+def handler(event, context):
+    if event["rawPath"] == "/png":
+        return {"statusCode": 200, "headers": {"content-type": "image/png"}, "isBase64Encoded": True,
+                "body": base64.b64encode(b"\\x89PNG").decode()}
+    if event["rawPath"] == "/fail":
+        raise RuntimeError("boom")
+    if event["rawPath"] == "/plain":
+        return {"seen": event["rawPath"]}
+    return {"statusCode": 201, "headers": {"x-echo": event["requestContext"]["http"]["method"]},
+            "cookies": ["a=1"], "body": json.dumps(event)}
+"""
+
+
+async def test_http_routes_speak_api_gateway_payload_2(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, url = platform
+    doc = function("web")
+    doc["spec"]["code"]["inline"] = {"app.py": WEB_HANDLER}
+    await deploy(cluster, kube, gateway, namespace, doc)
+    base = f"{url}/http/{namespace}/web"
+    async with aiohttp.ClientSession() as http:
+        async with http.put(
+            f"{base}/items/7?a=1&a=2",
+            data=b"\x00\xff",
+            headers={"Content-Type": "application/octet-stream", "Cookie": "s=1"},
+        ) as resp:
+            assert resp.status == 201
+            assert resp.headers["x-echo"] == "PUT"
+            assert resp.headers.getall("Set-Cookie") == ["a=1"]
+            event = json.loads(await resp.read())
+        assert event["version"] == "2.0"
+        assert event["rawPath"] == "/items/7"
+        assert event["queryStringParameters"] == {"a": "1,2"}
+        assert event["cookies"] == ["s=1"]
+        assert event["isBase64Encoded"] is True
+        assert base64.b64decode(event["body"]) == b"\x00\xff"
+        async with http.get(f"{base}/png") as resp:
+            assert (resp.status, resp.headers["Content-Type"], await resp.read()) == (
+                200,
+                "image/png",
+                b"\x89PNG",
+            )
+        async with http.get(f"{base}/plain") as resp:
+            assert (resp.status, await resp.json()) == (200, {"seen": "/plain"})
+        async with http.get(f"{base}/fail") as resp:
+            assert (resp.status, await resp.json()) == (500, {"message": "Internal Server Error"})
+        async with http.get(f"{url}/http/{namespace}/nope/") as resp:
+            assert (resp.status, await resp.json()) == (404, {"message": "Not Found"})

@@ -114,6 +114,7 @@ class Platform:
                 "KUBELAMBDA_GATEWAY_KUBECONFIG": str(gateway_config),
                 "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
                 "KUBELAMBDA_GATEWAY_PORT": str(port),
+                "KUBELAMBDA_GATEWAY_HTTP_ROUTES": "true",
             },
         )
         self.procs["kubelambda-operator"] = spawn(

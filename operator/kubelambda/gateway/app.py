@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import generate_latest
 
 from kubelambda import metrics
+from kubelambda.gateway import httpapi
 from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
@@ -240,6 +242,47 @@ class Gateway:
             gauge.dec()
             metrics.GATEWAY_COLD_START_SECONDS.labels(*labels).observe(time.monotonic() - started)
 
+    # ---- HTTP routes (API Gateway HTTP API, payload 2.0) ----------------------------------------------
+
+    async def http_route(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        s = self.settings
+        if not s.http_routes:
+            return _http(httpapi.message(404, "Not Found"))
+        ref = FunctionRef(request.match_info["namespace"], request.match_info["name"])
+        fn = self.registry.function(ref)
+        if fn is None:
+            return _http(httpapi.message(404, "Not Found"))
+        if not fn.ready:
+            return _http(httpapi.message(503, "Service Unavailable"))
+        body = await _read_body(request, s.max_request_bytes)
+        if body is None:
+            return _http(httpapi.message(413, "Request Entity Too Large"))
+        version = request.version
+        event = httpapi.build_event(
+            httpapi.HttpRequest(
+                method=request.method,
+                path="/" + request.match_info.get("tail", ""),
+                query_string=request.query_string,
+                query=request.query.items(),
+                headers=request.headers.items(),
+                body=body,
+                source_ip=request.remote or "",
+                protocol=f"HTTP/{version.major}.{version.minor}",
+                host=request.host,
+            ),
+            route_key="$default",
+            account=fn.namespace,
+        )
+        payload = json.dumps(event).encode()
+        if len(payload) > s.max_request_bytes:
+            return _http(httpapi.message(413, "Request Entity Too Large"))
+        answer = await self._run(request, fn, ref, payload, started)
+        assert isinstance(answer, web.Response)
+        if answer.status == 200 and "X-Amz-Function-Error" not in answer.headers:
+            return _http(httpapi.map_result(answer.body if isinstance(answer.body, bytes) else b""))
+        return _http(httpapi.error_for(answer.status, answer.headers))
+
     # ---- the rest -------------------------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -256,6 +299,8 @@ class Gateway:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_request_bytes + 1024)
         app.router.add_post(INVOKE_PATH, self.invoke)
+        app.router.add_route("*", "/http/{namespace}/{name}", self.http_route)
+        app.router.add_route("*", "/http/{namespace}/{name}/{tail:.*}", self.http_route)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -293,6 +338,11 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+
+def _http(response: httpapi.HttpResponse) -> web.Response:
+    headers: CIMultiDict[str] = CIMultiDict(response.headers)
+    return web.Response(status=response.status, body=response.body, headers=headers)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:

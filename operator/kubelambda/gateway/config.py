@@ -36,5 +36,8 @@ class GatewaySettings(BaseSettings):
     """How often the autoscaler decides (default 2 s)."""
     sample_interval_seconds: float = Field(default=0.5, gt=0, le=10)
     """How often in-flight concurrency is sampled for the autoscaler (default 0.5 s)."""
+    http_routes: bool = False
+    """Serve every Function at ``/http/<namespace>/<name>/<path>`` in API Gateway's HTTP API format (payload 2.0)
+    (default off; ``kubelambda dev up`` turns it on)."""
     kubeconfig: str | None = None
     """Kubeconfig to use; unset = in-cluster credentials, or ``$KUBECONFIG``."""

@@ -1,0 +1,172 @@
+"""HTTP routes in API Gateway's HTTP API format (payload 2.0): the event in, the response out. Pure.
+
+A function behind a route receives exactly what an HTTP API sends a Lambda integration, so handlers written for
+API Gateway run unchanged; what they return becomes the HTTP response by the same rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+JSON = dict[str, Any]
+_TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/javascript",
+    "application/x-www-form-urlencoded",
+)
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    path: str  # the path the function sees (rawPath)
+    query_string: str
+    query: Iterable[tuple[str, str]]
+    headers: Iterable[tuple[str, str]]
+    body: bytes
+    source_ip: str
+    protocol: str = "HTTP/1.1"
+    host: str = "localhost"
+
+
+def _joined(pairs: Iterable[tuple[str, str]], *, lower: bool) -> dict[str, str]:
+    """Repeated names are comma-joined, as API Gateway does (header names lower-cased)."""
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower() if lower else name
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+def _is_text(content_type: str, body: bytes) -> bool:
+    if not body:
+        return True
+    if content_type and not content_type.startswith(_TEXT_TYPES):
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def build_event(
+    request: HttpRequest, *, route_key: str, account: str, now: datetime.datetime | None = None
+) -> JSON:
+    now = now or datetime.datetime.now(datetime.UTC)
+    headers = _joined(request.headers, lower=True)
+    cookies = [c.strip() for c in headers.pop("cookie", "").split(";") if c.strip()]
+    text = _is_text(headers.get("content-type", ""), request.body)
+    event: JSON = {
+        "version": "2.0",
+        "routeKey": route_key,
+        "rawPath": request.path,
+        "rawQueryString": request.query_string,
+        "headers": headers,
+        "requestContext": {
+            "accountId": account,
+            "apiId": "kubelambda",
+            "domainName": request.host,
+            "domainPrefix": request.host.split(".")[0],
+            "http": {
+                "method": request.method,
+                "path": request.path,
+                "protocol": request.protocol,
+                "sourceIp": request.source_ip,
+                "userAgent": headers.get("user-agent", ""),
+            },
+            "requestId": str(uuid.uuid4()),
+            "routeKey": route_key,
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
+        },
+        "isBase64Encoded": not text,
+    }
+    if cookies:
+        event["cookies"] = cookies
+    query = _joined(request.query, lower=False)
+    if query:
+        event["queryStringParameters"] = query
+    if request.body:
+        event["body"] = request.body.decode("utf-8") if text else base64.b64encode(request.body).decode()
+    return event
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def map_result(payload: bytes) -> HttpResponse:
+    """A function's result as the HTTP response: ``{statusCode, headers, body, isBase64Encoded, cookies}``, or,
+    without ``statusCode``, the whole result as a 200 JSON body (API Gateway's payload 2.0 rules)."""
+    try:
+        result = json.loads(payload) if payload else None
+    except ValueError:
+        return HttpResponse(200, [("Content-Type", "application/json")], payload)
+    if not isinstance(result, dict) or "statusCode" not in result:
+        return HttpResponse(200, [("Content-Type", "application/json")], json.dumps(result).encode())
+    try:
+        status = int(result["statusCode"])
+    except (TypeError, ValueError):
+        return bad_gateway()
+    headers: list[tuple[str, str]] = [(str(k), str(v)) for k, v in (result.get("headers") or {}).items()]
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        headers += [(str(name), str(v)) for v in values]
+    headers += [("Set-Cookie", str(c)) for c in result.get("cookies") or []]
+    raw = result.get("body")
+    if raw is None:
+        body = b""
+    elif not isinstance(raw, str):
+        body = json.dumps(raw).encode()
+    elif result.get("isBase64Encoded"):
+        try:
+            body = base64.b64decode(raw, validate=True)
+        except ValueError:
+            return bad_gateway()
+    else:
+        body = raw.encode()
+    if not any(k.lower() == "content-type" for k, _ in headers):
+        headers.append(
+            (
+                "Content-Type",
+                "application/json"
+                if raw is not None and not isinstance(raw, str)
+                else "text/plain; charset=utf-8",
+            )
+        )
+    return HttpResponse(status, headers, body)
+
+
+def message(status: int, text: str) -> HttpResponse:
+    return HttpResponse(
+        status, [("Content-Type", "application/json")], json.dumps({"message": text}).encode()
+    )
+
+
+def bad_gateway() -> HttpResponse:
+    return message(500, "Internal Server Error")
+
+
+def error_for(status: int, headers: Mapping[str, str]) -> HttpResponse:
+    """API Gateway's answers when the integration fails: function errors are 500s, throttles 429s."""
+    if status == 429:
+        return message(429, "Too Many Requests")
+    if status == 404:
+        return message(404, "Not Found")
+    if status == 413:
+        return message(413, "Request Entity Too Large")
+    if "X-Amz-Function-Error" in headers:
+        return message(500, "Internal Server Error")
+    return message(503, "Service Unavailable")
