@@ -51,6 +51,10 @@ echo "\$ kubelambda invoke demo/hello-python312 --payload '{\"name\": \"again\"}
 kubelambda invoke demo/hello-python312 --payload '{"name": "again"}' --state-dir "$state"
 gateway=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gateway_url"])' "$state/dev.json")
 echo
+echo "\$ curl $gateway/http/demo/hello-python312/hi    # the same function as an HTTP route (API Gateway payload 2.0)"
+curl -s "$gateway/http/demo/hello-python312/hi"
+echo
+echo
 cat <<EOT
 The same function answers the AWS SDKs and CLI at the gateway ($gateway), e.g.
   aws lambda invoke --endpoint-url $gateway --function-name demo/hello-python312 --payload '{}' out.json
