@@ -64,7 +64,7 @@ class OperatorSettings(BaseSettings):
     problem_retry_seconds: float = Field(default=30.0, gt=0, le=3600)
     """How soon a Function with a problem that may go away by itself (a missing ServiceAccount) is looked at
     again, in seconds (default 30)."""
-    reconcile_workers: int = Field(default=32, ge=1, le=1000)
+    reconcile_workers: int = Field(default=100, ge=1, le=1000)
     """Handlers running at once (kopf's ``batching.worker_limit``)."""
 
     @field_validator("runtime_images")

@@ -257,3 +257,31 @@ def test_status_is_stable_when_nothing_changed() -> None:
     kwargs: JSON = dict(generation=3, problem=None, deployment=dep(0), code_sha256="c", invoke_url="u")
     first = function_status({}, now="t1", **kwargs)
     assert function_status(first, now="t2", **kwargs) == first
+
+
+def test_replicas_handover_moves_replicas_to_the_autoscaler_in_one_patch() -> None:
+    from kubelambda.operator._reconcile import replicas_handover
+
+    fields = {"f:spec": {"f:replicas": {}, "f:template": {}}}
+    created = {
+        "apiVersion": "apps/v1",
+        "metadata": {
+            "managedFields": [
+                {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status"},
+                {"manager": "kubelambda-operator", "operation": "Apply", "fieldsV1": fields},
+            ]
+        },
+    }
+    patch = replicas_handover(created, now="2026-01-01T00:00:00Z")
+    assert patch is not None
+    assert {"op": "test", "path": "/metadata/managedFields/1/fieldsV1", "value": fields} in patch
+    assert {"op": "remove", "path": "/metadata/managedFields/1/fieldsV1/f:spec/f:replicas"} in patch
+    added = patch[-1]["value"]
+    assert (added["manager"], added["operation"], added["fieldsV1"]) == (
+        "kubelambda-autoscaler",
+        "Apply",
+        {"f:spec": {"f:replicas": {}}},
+    )
+    # Nothing to hand over: the operator does not own replicas.
+    created["metadata"]["managedFields"][1]["fieldsV1"] = {"f:spec": {"f:template": {}}}
+    assert replicas_handover(created, now="2026-01-01T00:00:00Z") is None

@@ -134,7 +134,7 @@ class KubeClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=50),
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=200),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             )
         return self._session

@@ -7,13 +7,14 @@ the status. Nothing is remembered between calls: the cluster is the memory.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubelambda import metrics
-from kubelambda.kube import KubeClient, resource_path
+from kubelambda.kube import ApiError, KubeClient, resource_path
 from kubelambda.resources import (
     CodeTooLarge,
     FunctionObject,
@@ -119,21 +120,30 @@ class FunctionReconciler:
 
         deployment: JSON | None = None
         if problem is None or problem.reason == "ServiceAccountMissing":
+            # The other objects do not depend on each other: apply them at once. The Deployment comes after
+            # them, so its pods never start before their code, nor before the policy that admits traffic.
+            steps: list[Awaitable[Any]] = []
             configmap = make_code_configmap(fn)
             if configmap is not None:
-                await self._apply(configmap, outcome, changed=spec_changed)
+                steps.append(self._apply(configmap, outcome, changed=spec_changed))
             elif spec_changed:
-                await self._delete("ConfigMap", fn.namespace, n.code_configmap_name(fn), outcome)
-            await self._apply(make_service(fn), outcome, changed=False)
+                steps.append(self._delete("ConfigMap", fn.namespace, n.code_configmap_name(fn), outcome))
+            steps.append(self._apply(make_service(fn), outcome, changed=False))
             ingress = make_ingress_policy(fn, system_namespace=self.settings.system_namespace)
-            await self._apply(ingress, outcome, changed=False)
+            steps.append(self._apply(ingress, outcome, changed=False))
             egress = make_egress_policy(fn)
             if egress is not None:
-                await self._apply(egress, outcome, changed=spec_changed)
+                steps.append(self._apply(egress, outcome, changed=spec_changed))
             elif spec_changed:
-                await self._delete("NetworkPolicy", fn.namespace, n.egress_policy_name(fn), outcome)
-        if problem is None:
-            deployment = await self._apply_deployment(fn, outcome, changed=spec_changed)
+                steps.append(self._delete("NetworkPolicy", fn.namespace, n.egress_policy_name(fn), outcome))
+            exists = self._deployment_exists(fn) if problem is None else None
+            if exists is not None:
+                steps.append(exists)
+            results = await asyncio.gather(*steps)
+            if problem is None:
+                deployment = await self._apply_deployment(
+                    fn, outcome, changed=spec_changed, exists=results[-1]
+                )
         outcome.status = function_status(
             current,
             generation=fn.generation,
@@ -145,20 +155,37 @@ class FunctionReconciler:
         )
         return outcome
 
-    async def _apply_deployment(self, fn: FunctionObject, outcome: Outcome, *, changed: bool) -> JSON:
-        image = self.settings.image_for(fn.spec.runtime) or ""
+    async def _deployment_exists(self, fn: FunctionObject) -> bool:
         path = resource_path("apps/v1", "deployments", namespace=fn.namespace, name=n.deployment_name(fn))
-        if await self.kube.get_or_none(path) is not None:
+        return await self.kube.get_or_none(path) is not None
+
+    async def _apply_deployment(
+        self, fn: FunctionObject, outcome: Outcome, *, changed: bool, exists: bool
+    ) -> JSON:
+        image = self.settings.image_for(fn.spec.runtime) or ""
+        if exists:
             return await self._apply(
                 make_deployment(fn, image=image, settings=self.settings), outcome, changed=changed
             )
         # A new Deployment starts at minInstances, but replicas must never be the operator's (the autoscaler
-        # owns them). So: create with replicas, hand them to the autoscaler's field manager, and re-apply
-        # without them, which drops the operator's claim now rather than on its next (restart) apply.
+        # owns them). So: create with replicas, then hand them to the autoscaler's field manager.
         body = make_deployment(
             fn, image=image, settings=self.settings, replicas=fn.spec.scaling.min_instances
         )
-        await self._apply(body, outcome, changed=changed)
+        created = await self._apply(body, outcome, changed=changed)
+        path = object_path(body)
+        handover = replicas_handover(created, now=self.clock())
+        if handover is not None:
+            try:
+                result = await self.kube.patch(path, handover, patch_type="json")
+            except ApiError as e:
+                if e.status not in (409, 422):
+                    raise
+                # Someone changed the managed fields since the create (its "test" failed): hand over the
+                # long way, with two applies.
+            else:
+                metrics.OPERATOR_API_WRITES.labels("Deployment").inc()
+                return result
         await self.kube.apply(path, initial_scale(fn), field_manager=SCALE_FIELD_MANAGER)
         metrics.OPERATOR_API_WRITES.labels("Deployment").inc()
         final, _ = await self.kube.apply_reporting(
@@ -166,3 +193,45 @@ class FunctionReconciler:
         )
         metrics.OPERATOR_API_WRITES.labels("Deployment").inc()
         return final
+
+
+def replicas_handover(created: JSON, *, now: str) -> list[JSON] | None:
+    """A JSON patch that moves ``spec.replicas`` of a just-created Deployment from the operator's applied
+    fields to an applied-fields entry of the autoscaler, or None when the managed fields are not as expected.
+
+    One write, with the same result as the autoscaler applying ``{spec.replicas}`` and the operator
+    re-applying without it: the API server takes managed fields given in a patch as they are when no other
+    field changes. The ``test`` operations make it fail (422) if the entry moved or changed meanwhile.
+    """
+    entries = created.get("metadata", {}).get("managedFields") or []
+    for i, entry in enumerate(entries):
+        if (
+            entry.get("manager") == FIELD_MANAGER
+            and entry.get("operation") == "Apply"
+            and not entry.get("subresource")
+        ):
+            fields = entry.get("fieldsV1") or {}
+            if "f:replicas" not in (fields.get("f:spec") or {}):
+                return None
+            if any(e.get("manager") == SCALE_FIELD_MANAGER for e in entries):
+                return None
+            at = f"/metadata/managedFields/{i}"
+            return [
+                {"op": "test", "path": f"{at}/manager", "value": FIELD_MANAGER},
+                {"op": "test", "path": f"{at}/operation", "value": "Apply"},
+                {"op": "test", "path": f"{at}/fieldsV1", "value": fields},
+                {"op": "remove", "path": f"{at}/fieldsV1/f:spec/f:replicas"},
+                {
+                    "op": "add",
+                    "path": "/metadata/managedFields/-",
+                    "value": {
+                        "manager": SCALE_FIELD_MANAGER,
+                        "operation": "Apply",
+                        "apiVersion": created.get("apiVersion", "apps/v1"),
+                        "time": now,
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": {"f:spec": {"f:replicas": {}}},
+                    },
+                },
+            ]
+    return None
