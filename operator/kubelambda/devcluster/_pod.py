@@ -241,7 +241,10 @@ class PodRunner:
             )
             command = [expand(a, env) for a in c.spec.get("command", [])]
             args = [expand(a, env) for a in c.spec.get("args", [])]
-            argv = _images.container_argv(c.spec["image"], command or None, args or None)
+            # In a thread: a runtime image's entrypoint may build the agent once (a cached Go build).
+            argv = await asyncio.to_thread(
+                _images.container_argv, c.spec["image"], command or None, args or None, env=env
+            )
         except _images.NotRunnable as e:
             c.state = {"waiting": {"reason": e.reason, "message": e.message}}
             self.ctx.record_event(self.pod, "Warning", "Failed", f"Error: {e.reason}: {e.message}")
