@@ -84,3 +84,36 @@ AUTOSCALER_READY = Gauge(
     ["namespace", "function"],
     registry=REGISTRY,
 )
+
+# ---- asynchronous invocations -------------------------------------------------------------------------------
+
+ASYNC_ACCEPTED = Counter(
+    "kubelambda_async_events_accepted_total",
+    "Event invocations stored in JetStream and answered 202.",
+    ["namespace", "function"],
+    registry=REGISTRY,
+)
+ASYNC_RETRIES = Counter(
+    "kubelambda_async_retries_total",
+    "Events queued again after a function error (a retry, counted against maxRetries).",
+    ["namespace", "function"],
+    registry=REGISTRY,
+)
+ASYNC_REQUEUES = Counter(
+    "kubelambda_async_requeues_total",
+    "Events put back with backoff after a throttle or platform error (not counted as retries).",
+    ["namespace", "function"],
+    registry=REGISTRY,
+)
+ASYNC_DESTINATION_RECORDS = Counter(
+    "kubelambda_async_destination_records_total",
+    "Invocation records sent, by kind of destination (function, url, dead_letter).",
+    ["namespace", "function", "destination"],
+    registry=REGISTRY,
+)
+ASYNC_DROPPED = Counter(
+    "kubelambda_async_events_dropped_total",
+    "Messages discarded without a record (only malformed ones; must stay 0).",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SIX_MB = 6 * 1024 * 1024
+ONE_MB = 1024 * 1024
 
 
 class GatewaySettings(BaseSettings):
@@ -39,5 +40,23 @@ class GatewaySettings(BaseSettings):
     http_routes: bool = False
     """Serve every Function at ``/http/<namespace>/<name>/<path>`` in API Gateway's HTTP API format (payload 2.0)
     (default off; ``kubelambda dev up`` turns it on)."""
+    nats_url: str | None = Field(default=None, pattern=r"^(nats|tls)://[^\s]+$")
+    """NATS server with JetStream that holds Event (asynchronous) invocations (``nats://host:4222``); unset =
+    Event invocations answer NotImplementedException (501)."""
+    async_stream: str = Field(default="KUBELAMBDA_ASYNC", pattern=r"^[A-Za-z0-9_-]+$")
+    """JetStream stream of queued events (file storage; created at start if missing)."""
+    async_max_event_bytes: int = Field(default=ONE_MB, ge=1)
+    """Largest Event payload in bytes (Lambda: 1 MB)."""
+    async_worker: bool = True
+    """Run the async worker (consumes the stream, invokes, retries, sends records) in the gateway process
+    (default on when ``nats_url`` is set)."""
+    async_worker_concurrency: int = Field(default=64, ge=1, le=10000)
+    """Events the in-process worker handles at once (default 64)."""
+    async_retry_delays_seconds: tuple[float, ...] = Field(default=(60.0, 120.0), min_length=2, max_length=2)
+    """Delay before the first and second retry after a function error (Lambda: about 1 and 2 minutes)."""
+    async_backoff_min_seconds: float = Field(default=1.0, gt=0, le=300)
+    """First requeue delay after a throttle or platform error; doubles per attempt (default 1 s)."""
+    async_backoff_max_seconds: float = Field(default=300.0, gt=0, le=3600)
+    """Longest requeue delay after a throttle or platform error (default 5 min)."""
     kubeconfig: str | None = None
     """Kubeconfig to use; unset = in-cluster credentials, or ``$KUBECONFIG``."""

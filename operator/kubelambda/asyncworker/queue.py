@@ -1,0 +1,146 @@
+"""Queued events on NATS JetStream: the stream, the subjects, the headers an event carries.
+
+One stream (``KUBELAMBDA_ASYNC``, file storage, work-queue retention: a message is gone once acknowledged)
+holds every event on ``kubelambda.async.<namespace>.<function>``. A retry after a function error is a new
+message (same request id, the invoke count so far, the time it becomes due), published before the old one is
+acknowledged; ``Nats-Msg-Id`` makes that publish idempotent, so a crash between the two duplicates nothing
+inside JetStream's duplicate window. Records without a failure destination go to the namespace's dead-letter
+stream ``KUBELAMBDA_DLQ_<namespace>`` (``kubelambda.dlq.<namespace>.<function>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+logger = logging.getLogger(__name__)
+
+EVENT_PREFIX = "kubelambda.async"
+DLQ_PREFIX = "kubelambda.dlq"
+REQUEST_ID = "Kubelambda-Request-Id"
+FUNCTION = "Kubelambda-Function"  # namespace/name: names may hold dots, so subjects are not parsed
+ENQUEUED_AT = "Kubelambda-Enqueued-At"  # epoch seconds when the gateway accepted the event
+INVOKE_COUNT = "Kubelambda-Invoke-Count"  # invocations before this delivery
+NOT_BEFORE = "Kubelambda-Not-Before"  # epoch seconds; a retry is not due before
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
+class BadEvent(ValueError):
+    """A message on the stream without the headers the gateway writes."""
+
+
+@dataclass(frozen=True)
+class QueuedEvent:
+    namespace: str
+    function: str
+    request_id: str
+    payload: bytes
+    enqueued_at: float
+    invoke_count: int = 0
+    not_before: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            REQUEST_ID: self.request_id,
+            FUNCTION: f"{self.namespace}/{self.function}",
+            ENQUEUED_AT: repr(self.enqueued_at),
+            INVOKE_COUNT: str(self.invoke_count),
+            "Nats-Msg-Id": f"{self.request_id}:{self.invoke_count}",
+        }
+        if self.not_before is not None:
+            headers[NOT_BEFORE] = repr(self.not_before)
+        return headers
+
+    @classmethod
+    def from_message(cls, headers: dict[str, str] | None, payload: bytes) -> QueuedEvent:
+        h = headers or {}
+        try:
+            namespace, _, function = h[FUNCTION].partition("/")
+            not_before = h.get(NOT_BEFORE)
+            return cls(
+                namespace=namespace,
+                function=function,
+                request_id=h[REQUEST_ID],
+                payload=payload,
+                enqueued_at=float(h[ENQUEUED_AT]),
+                invoke_count=int(h.get(INVOKE_COUNT, "0")),
+                not_before=float(not_before) if not_before is not None else None,
+            )
+        except (KeyError, ValueError) as e:
+            raise BadEvent(f"not an event the gateway queued ({type(e).__name__}: {e}); headers {h}") from e
+
+
+def event_subject(namespace: str, function: str) -> str:
+    return f"{EVENT_PREFIX}.{namespace}.{function}"
+
+
+def dlq_stream(namespace: str) -> str:
+    return f"KUBELAMBDA_DLQ_{namespace}"
+
+
+class EventQueue:
+    """The JetStream side of asynchronous invocations: publish events, dead-letter records."""
+
+    def __init__(self, nc: NATS, *, stream: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
+        self.stream = stream
+        self._dlq_ready: set[str] = set()  # only spares an idempotent call; a restart just repeats it
+
+    @classmethod
+    async def connect(cls, url: str, *, stream: str) -> EventQueue:
+        """Connects (reconnecting forever after a first success) and makes sure the stream exists."""
+        nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name="kubelambda")
+        queue = cls(nc, stream=stream)
+        await queue._ensure_stream(
+            StreamConfig(
+                name=stream,
+                subjects=[f"{EVENT_PREFIX}.>"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=120.0,
+            )
+        )
+        return queue
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError:
+            # It exists with another configuration (an older kubelambda): bring it to this one.
+            await self.js.update_stream(config)
+            logger.info("Updated JetStream stream %s", config.name)
+
+    async def publish(self, event: QueuedEvent) -> None:
+        """Returns once JetStream has stored the event (the publish ack)."""
+        await self.js.publish(
+            event_subject(event.namespace, event.function),
+            event.payload,
+            stream=self.stream,
+            headers=event.headers(),
+        )
+
+    async def dead_letter(self, namespace: str, function: str, record: dict[str, Any], *, why: str) -> None:
+        stream = dlq_stream(namespace)
+        if stream not in self._dlq_ready:
+            await self._ensure_stream(
+                StreamConfig(name=stream, subjects=[f"{DLQ_PREFIX}.{namespace}.>"], storage=StorageType.FILE)
+            )
+            self._dlq_ready.add(stream)
+        await self.js.publish(
+            f"{DLQ_PREFIX}.{namespace}.{function}",
+            json.dumps(record).encode(),
+            stream=stream,
+            headers={"Kubelambda-Dead-Letter-Reason": why},
+        )
+
+    async def close(self) -> None:
+        await self.nc.drain()

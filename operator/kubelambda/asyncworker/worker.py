@@ -1,0 +1,274 @@
+"""The consumer loop: pull events, invoke through the gateway's sync path, follow the decision.
+
+A message is acknowledged only after its outcome is recorded (a retry published, or the record delivered);
+a worker that dies mid-event leaves it unacknowledged and JetStream redelivers it after ``ACK_WAIT_SECONDS``
+(the same request id: at-least-once). While an invocation runs the worker tells JetStream it is in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from kubelambda import metrics
+from kubelambda.api.v1alpha1 import Destination, FunctionSpec
+from kubelambda.asyncworker.decide import (
+    Condition,
+    Finish,
+    Outcome,
+    Policy,
+    Requeue,
+    Retry,
+    after_invoke,
+    before_invoke,
+)
+from kubelambda.asyncworker.queue import EVENT_PREFIX, BadEvent, EventQueue, QueuedEvent
+from kubelambda.asyncworker.record import Response, invocation_record
+
+logger = logging.getLogger(__name__)
+
+CONSUMER = "kubelambda-async-worker"
+ACK_WAIT_SECONDS = 30.0
+FETCH_WAIT_SECONDS = 1.0
+
+
+class Invoker(Protocol):
+    """The gateway's sync path as the worker needs it."""
+
+    def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
+        """The Function's spec, or None when there is no such Function."""
+
+    def function_arn(self, namespace: str, name: str) -> str: ...
+
+    async def invoke_for_worker(
+        self, namespace: str, name: str, payload: bytes, *, request_id: str
+    ) -> tuple[Outcome, Response | None]: ...
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int
+    retry_delays: tuple[float, ...]
+    backoff_min: float
+    backoff_max: float
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: EventQueue,
+        invoker: Invoker,
+        http: aiohttp.ClientSession,
+        *,
+        settings: WorkerSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue = queue
+        self.invoker = invoker
+        self.http = http
+        self.settings = settings
+        self.clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Consumes until cancelled."""
+        s = self.settings
+        sub = await self.queue.js.pull_subscribe(
+            f"{EVENT_PREFIX}.>",
+            durable=CONSUMER,
+            stream=self.queue.stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ACK_WAIT_SECONDS,
+                max_deliver=-1,
+                max_ack_pending=max(s.concurrency * 4, 1000),
+            ),
+        )
+        logger.info("The async worker consumes %s (%d at once)", self.queue.stream, s.concurrency)
+        try:
+            while True:
+                free = s.concurrency - len(self._tasks)
+                if free <= 0:
+                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    messages = await sub.fetch(batch=free, timeout=FETCH_WAIT_SECONDS)
+                except TimeoutError:
+                    continue
+                except Exception as e:  # NATS reconnecting: the messages stay in the stream
+                    logger.warning("Fetching events failed, trying again: %s", e)
+                    await asyncio.sleep(FETCH_WAIT_SECONDS)
+                    continue
+                for msg in messages:
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            event = QueuedEvent.from_message(msg.headers, msg.data)
+        except BadEvent as e:
+            logger.error("Dropped message %s of %s: %s", msg.metadata.sequence.stream, msg.subject, e)
+            metrics.ASYNC_DROPPED.labels("bad_message").inc()
+            await msg.term()
+            return
+        try:
+            await self._process(msg, event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Recorded nowhere yet: JetStream keeps the event; try it again a little later.
+            logger.exception(
+                "Handling event %s of %s/%s failed", event.request_id, event.namespace, event.function
+            )
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=self.settings.backoff_min)
+
+    async def _process(self, msg: Msg, event: QueuedEvent) -> None:
+        s = self.settings
+        now = self.clock()
+        if event.not_before is not None and now < event.not_before:
+            await msg.nak(delay=event.not_before - now)
+            return
+        spec = self.invoker.async_function(event.namespace, event.function)
+        if spec is None:
+            record = self._record(event, Condition.RETRIES_EXHAUSTED, event.invoke_count, None, now)
+            await self.queue.dead_letter(event.namespace, event.function, record, why="no such Function")
+            metrics.ASYNC_DESTINATION_RECORDS.labels(event.namespace, event.function, "dead_letter").inc()
+            await msg.ack_sync()
+            return
+        policy = Policy(
+            max_retries=spec.async_.max_retries,
+            max_event_age_seconds=spec.async_.max_event_age_seconds,
+            retry_delays=s.retry_delays,
+            backoff_min=s.backoff_min,
+            backoff_max=s.backoff_max,
+        )
+        decision: Finish | Retry | Requeue | None = before_invoke(
+            enqueued_at=event.enqueued_at, now=now, policy=policy, reserved=spec.concurrency.reserved
+        )
+        response: Response | None = None
+        count = event.invoke_count
+        if decision is None:
+            heartbeat = asyncio.create_task(_in_progress(msg))
+            try:
+                outcome, response = await self.invoker.invoke_for_worker(
+                    event.namespace, event.function, event.payload, request_id=event.request_id
+                )
+            finally:
+                heartbeat.cancel()
+            if outcome in (Outcome.SUCCESS, Outcome.FUNCTION_ERROR):
+                count += 1
+            now = self.clock()
+            decision = after_invoke(
+                outcome=outcome,
+                invoke_count=count,
+                requeues=max(msg.metadata.num_delivered - 1, 0),
+                enqueued_at=event.enqueued_at,
+                now=now,
+                policy=policy,
+            )
+        labels = (event.namespace, event.function)
+        if isinstance(decision, Requeue):
+            metrics.ASYNC_REQUEUES.labels(*labels).inc()
+            await msg.nak(delay=decision.delay)
+            return
+        if isinstance(decision, Retry):
+            retry = QueuedEvent(
+                namespace=event.namespace,
+                function=event.function,
+                request_id=event.request_id,
+                payload=event.payload,
+                enqueued_at=event.enqueued_at,
+                invoke_count=decision.invoke_count,
+                not_before=now + decision.delay,
+            )
+            await self.queue.publish(retry)
+            metrics.ASYNC_RETRIES.labels(*labels).inc()
+            await msg.ack_sync()
+            return
+        record = self._record(event, decision.condition, count, response, now)
+        await self._deliver(event, spec, decision, record)
+        await msg.ack_sync()
+
+    def _record(
+        self, event: QueuedEvent, condition: Condition, count: int, response: Response | None, now: float
+    ) -> dict[str, Any]:
+        return invocation_record(
+            request_id=event.request_id,
+            function_arn=self.invoker.function_arn(event.namespace, event.function),
+            condition=condition,
+            invoke_count=count,
+            request_payload=event.payload,
+            response=response,
+            now=now,
+        )
+
+    async def _deliver(
+        self, event: QueuedEvent, spec: FunctionSpec, decision: Finish, record: dict[str, Any]
+    ) -> None:
+        labels = (event.namespace, event.function)
+        destination = spec.async_.on_failure if decision.failed else spec.async_.on_success
+        if destination is None:
+            if decision.failed:
+                await self.queue.dead_letter(*labels, record, why=decision.condition.value)
+                metrics.ASYNC_DESTINATION_RECORDS.labels(*labels, "dead_letter").inc()
+            return
+        try:
+            kind = await self._send(event.namespace, destination, record)
+        except Exception as e:
+            # The outcome is known: keep the record rather than invoke the function again.
+            logger.warning("Destination of %s/%s failed, dead-lettered the record: %s", *labels, e)
+            await self.queue.dead_letter(*labels, record, why=f"destination failed: {e}")
+            metrics.ASYNC_DESTINATION_RECORDS.labels(*labels, "dead_letter").inc()
+            return
+        metrics.ASYNC_DESTINATION_RECORDS.labels(*labels, kind).inc()
+
+    async def _send(self, namespace: str, destination: Destination, record: dict[str, Any]) -> str:
+        body = json.dumps(record).encode()
+        if destination.function is not None:
+            await self.queue.publish(
+                QueuedEvent(
+                    namespace=namespace,
+                    function=destination.function,
+                    request_id=str(uuid.uuid4()),
+                    payload=body,
+                    enqueued_at=self.clock(),
+                )
+            )
+            return "function"
+        assert destination.url is not None
+        async with self.http.post(
+            destination.url,
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as resp:
+            if resp.status >= 300:
+                raise RuntimeError(f"{destination.url} answered {resp.status}")
+        return "url"
+
+
+async def _in_progress(msg: Msg) -> None:
+    """Keeps JetStream from redelivering an event whose invocation is still running."""
+    while True:
+        await asyncio.sleep(ACK_WAIT_SECONDS / 3)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
