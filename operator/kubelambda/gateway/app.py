@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,10 @@ from multidict import CIMultiDict
 from prometheus_client import generate_latest
 
 from kubelambda import metrics
+from kubelambda.api.v1alpha1 import FunctionSpec
+from kubelambda.asyncworker.decide import Outcome
+from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
+from kubelambda.asyncworker.record import Response
 from kubelambda.gateway import httpapi
 from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
@@ -49,6 +54,7 @@ class Gateway:
     activator: Activator = field(init=False)
     session: aiohttp.ClientSession | None = None
     autoscaler: Autoscaler | None = None
+    queue: EventQueue | None = None  # Event invocations, when NATS is configured
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _function_metrics: dict[tuple[str, str], _FunctionMetrics] = field(default_factory=dict)
@@ -110,11 +116,75 @@ class Gateway:
         if kind == "DryRun":
             return web.Response(status=204, headers={"X-Amz-Executed-Version": "$LATEST"})
         if kind == "Event":
+            return await self._enqueue(fn, body or b"{}")
+        return await self._run(request, fn, ref, body or b"{}", started)
+
+    async def _enqueue(self, fn: FunctionEntry, body: bytes) -> web.Response:
+        """Stores an Event invocation in JetStream and answers 202 once the store is acknowledged."""
+        s = self.settings
+        if self.queue is None:
             return error_response(
                 "NotImplementedException",
-                "Event (asynchronous) invocations are not available on this gateway yet",
+                "Event (asynchronous) invocations need NATS JetStream: this gateway has no "
+                "KUBELAMBDA_GATEWAY_NATS_URL",
             )
-        return await self._run(request, fn, ref, body or b"{}", started)
+        if len(body) > s.async_max_event_bytes:
+            return error_response(
+                "RequestTooLargeException",
+                f"Request must be smaller than {s.async_max_event_bytes} bytes for the Event invocation type",
+            )
+        request_id = str(uuid.uuid4())
+        event = QueuedEvent(
+            namespace=fn.namespace,
+            function=fn.name,
+            request_id=request_id,
+            payload=body,
+            enqueued_at=time.time(),
+        )
+        try:
+            await self.queue.publish(event)
+        except Exception as e:  # NATS down or JetStream refusing: nothing was promised yet
+            logger.warning("Could not queue an event for %s/%s: %s", fn.namespace, fn.name, e)
+            return error_response("ServiceException", f"Could not queue the event: {type(e).__name__}: {e}")
+        metrics.ASYNC_ACCEPTED.labels(fn.namespace, fn.name).inc()
+        return web.Response(status=202, headers={"X-Amzn-RequestId": request_id})
+
+    # ---- the async worker's way in (kubelambda.asyncworker.Invoker) ----------------------------------
+
+    def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
+        fn = self.registry.functions.get((namespace, name))
+        return fn.spec if fn is not None else None
+
+    def function_arn(self, namespace: str, name: str) -> str:
+        return FunctionRef(namespace, name).arn(self.settings.region)
+
+    async def invoke_for_worker(
+        self, namespace: str, name: str, payload: bytes, *, request_id: str
+    ) -> tuple[Outcome, Response | None]:
+        """One attempt of a queued event through the sync path (throttler, activator, balancer)."""
+        fn = self.registry.functions.get((namespace, name))
+        if fn is None or not fn.ready:
+            return Outcome.SYSTEM_ERROR, None
+        invocation = Invocation(
+            request_id=request_id,
+            arn=self.function_arn(namespace, name),
+            timeout_seconds=float(fn.spec.timeout_seconds),
+            body=payload,
+            log_tail=False,
+        )
+        try:
+            result, _ = await self._invoke(fn, invocation, time.monotonic())
+        except Throttled:
+            return Outcome.THROTTLED, None
+        except Unavailable as e:
+            throttled = e.code == "TooManyRequestsException"
+            return (Outcome.THROTTLED if throttled else Outcome.SYSTEM_ERROR), None
+        error = result.headers.get("X-Amz-Function-Error")
+        if error is not None:
+            return Outcome.FUNCTION_ERROR, Response(result.status, error, result.body)
+        if result.status != 200:
+            return Outcome.SYSTEM_ERROR, None
+        return Outcome.SUCCESS, Response(result.status, None, result.body)
 
     def _metrics(self, fn: FunctionEntry) -> _FunctionMetrics:
         found = self._function_metrics.get(fn.key)
@@ -125,46 +195,53 @@ class Gateway:
     async def _run(
         self, request: web.Request, fn: FunctionEntry, ref: FunctionRef, body: bytes, started: float
     ) -> web.StreamResponse:
-        key = f"{fn.namespace}/{fn.name}"
-        spec = fn.spec
-        m = self._metrics(fn)
-        try:
-            with self.throttler.admit(key, reserved=spec.concurrency.reserved):
-                m.concurrent.inc()
-                try:
-                    result, cold = await self._route(fn, ref, body, request)
-                finally:
-                    m.concurrent.dec()
-        except Throttled as e:
-            metrics.GATEWAY_THROTTLES.labels(fn.namespace, fn.name, e.reason).inc()
-            m.outcomes["throttled"].inc()
-            return error_response("TooManyRequestsException", e.message, reason=e.reason)
-        except _Unavailable as e:
-            m.outcomes["error"].inc()
-            return error_response(e.code, e.message, reason=e.reason)
-        outcome = "success"
-        if "X-Amz-Function-Error" in result.headers:
-            outcome = "timeout" if b"Task timed out" in result.body else "function_error"
-        m.outcomes[outcome].inc()
-        m.duration.observe(time.monotonic() - started)
-        headers = {**result.headers, COLD_START_HEADER: "true" if cold else "false"}
-        headers.setdefault("X-Amz-Executed-Version", "$LATEST")
-        return web.Response(status=result.status, body=result.body, headers=headers)
-
-    async def _route(
-        self, fn: FunctionEntry, ref: FunctionRef, body: bytes, request: web.Request
-    ) -> tuple[Result, bool]:
-        s = self.settings
-        spec = fn.spec
-        labels = (fn.namespace, fn.name)
         invocation = Invocation.new(
-            arn=ref.arn(s.region),
-            timeout_seconds=float(spec.timeout_seconds),
+            arn=ref.arn(self.settings.region),
+            timeout_seconds=float(fn.spec.timeout_seconds),
             body=body,
             log_tail=request.headers.get("X-Amz-Log-Type") == "Tail",
             client_context=request.headers.get("X-Amz-Client-Context"),
             trace_id=request.headers.get("X-Amzn-Trace-Id"),
         )
+        try:
+            result, cold = await self._invoke(fn, invocation, started)
+        except Throttled as e:
+            return error_response("TooManyRequestsException", e.message, reason=e.reason)
+        except Unavailable as e:
+            return error_response(e.code, e.message, reason=e.reason)
+        headers = {**result.headers, COLD_START_HEADER: "true" if cold else "false"}
+        headers.setdefault("X-Amz-Executed-Version", "$LATEST")
+        return web.Response(status=result.status, body=result.body, headers=headers)
+
+    async def _invoke(self, fn: FunctionEntry, invocation: Invocation, started: float) -> tuple[Result, bool]:
+        """The sync path shared by the Invoke API and the async worker: throttler (exact in-flight), then
+        :meth:`_route`. Raises :class:`Throttled` or :class:`Unavailable`; counts the outcome either way."""
+        m = self._metrics(fn)
+        try:
+            with self.throttler.admit(f"{fn.namespace}/{fn.name}", reserved=fn.spec.concurrency.reserved):
+                m.concurrent.inc()
+                try:
+                    result, cold = await self._route(fn, invocation)
+                finally:
+                    m.concurrent.dec()
+        except Throttled as e:
+            metrics.GATEWAY_THROTTLES.labels(fn.namespace, fn.name, e.reason).inc()
+            m.outcomes["throttled"].inc()
+            raise
+        except Unavailable:
+            m.outcomes["error"].inc()
+            raise
+        outcome = "success"
+        if "X-Amz-Function-Error" in result.headers:
+            outcome = "timeout" if b"Task timed out" in result.body else "function_error"
+        m.outcomes[outcome].inc()
+        m.duration.observe(time.monotonic() - started)
+        return result, cold
+
+    async def _route(self, fn: FunctionEntry, invocation: Invocation) -> tuple[Result, bool]:
+        s = self.settings
+        spec = fn.spec
+        labels = (fn.namespace, fn.name)
         cold = False
         tried: set[str] = set()
         give_up = time.monotonic() + spec.timeout_seconds + s.cold_start_allowance_seconds
@@ -187,7 +264,7 @@ class Gateway:
             if endpoint is None:
                 if tried and not self.registry.ready_endpoints(fn.key):
                     continue  # the instances we tried went away: back to the cold path
-                raise _Unavailable(
+                raise Unavailable(
                     "TooManyRequestsException",
                     f"Rate Exceeded. Every instance of {fn.namespace}/{fn.name} was busy for {wait:.1f} s",
                     reason="ConcurrentInvocationLimitExceeded",
@@ -201,7 +278,7 @@ class Gateway:
                 logger.info("Retrying %s/%s elsewhere: %s", *labels, e)
                 tried.add(endpoint)
             except aiohttp.ClientError as e:
-                raise _Unavailable(
+                raise Unavailable(
                     "ServiceException", f"Instance {endpoint} failed mid-invocation: {e}"
                 ) from e
             finally:
@@ -211,7 +288,7 @@ class Gateway:
         labels = (fn.namespace, fn.name)
         waiting = self._cold_waiting.get(fn.key, 0)
         if waiting >= self.settings.activator_queue:
-            raise _Unavailable(
+            raise Unavailable(
                 "TooManyRequestsException",
                 f"Rate Exceeded. {waiting} requests already wait for a first instance of {fn.namespace}/{fn.name}",
                 reason="ConcurrentInvocationLimitExceeded",
@@ -225,14 +302,14 @@ class Gateway:
             try:
                 await self.activator.activate(fn)
             except ApiError as e:
-                raise _Unavailable(
+                raise Unavailable(
                     "ServiceException", f"Could not scale {fn.namespace}/{fn.name} up: {e}"
                 ) from e
             endpoints = await self.registry.wait_for_endpoints(
                 fn.key, timeout=max(until - time.monotonic(), 0)
             )
             if not endpoints:
-                raise _Unavailable(
+                raise Unavailable(
                     "ServiceException",
                     f"No instance of {fn.namespace}/{fn.name} became ready within "
                     f"{fn.spec.timeout_seconds} s + {self.settings.cold_start_allowance_seconds:.0f} s",
@@ -322,6 +399,24 @@ class Gateway:
             asyncio.create_task(self.registry.run(self.kube), name="gateway watches"),
             asyncio.create_task(self.autoscaler.run(), name="autoscaler"),
         ]
+        if s.nats_url is not None:
+            from kubelambda.asyncworker.worker import Worker, WorkerSettings
+
+            self.queue = await EventQueue.connect(s.nats_url, stream=s.async_stream)
+            logger.info("Event invocations go to JetStream stream %s at %s", s.async_stream, s.nats_url)
+            if s.async_worker:
+                worker = Worker(
+                    self.queue,
+                    self,
+                    self.http(),
+                    settings=WorkerSettings(
+                        concurrency=s.async_worker_concurrency,
+                        retry_delays=s.async_retry_delays_seconds,
+                        backoff_min=s.async_backoff_min_seconds,
+                        backoff_max=s.async_backoff_max_seconds,
+                    ),
+                )
+                self._tasks.append(asyncio.create_task(worker.run(), name="async worker"))
         logger.info("The gateway listens on %s:%d", s.host, s.port)
 
     async def wait(self) -> None:
@@ -332,6 +427,9 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self.queue is not None:
+            await self.queue.close()
+            self.queue = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -373,7 +471,7 @@ class _FunctionMetrics:
         }
 
 
-class _Unavailable(Exception):
+class Unavailable(Exception):
     def __init__(self, code: str, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.code = code
