@@ -317,3 +317,24 @@ async def test_a_gateway_without_nats_answers_event_invocations_not_implemented(
         assert e.value.response["Error"]["Code"] == "NotImplementedException"
     finally:
         await stop_gateway(bare)
+
+
+async def test_reserved_concurrency_zero_sends_events_straight_to_the_failure_destination(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Records,
+) -> None:
+    _, gateway, url = platform
+    key = f"{namespace}-off"
+    doc = function("off", onFailure={"url": records.url(key)})
+    doc["spec"]["concurrency"] = {"reserved": 0}
+    await deploy(cluster, kube, gateway, namespace, doc)
+    answer = await invoke_event(url, f"{namespace}/off", b'{"n": 2}')
+    request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+    (record,) = await records.wait(key)
+    assert record["requestContext"]["requestId"] == request_id
+    assert record["requestContext"]["approximateInvokeCount"] == 0
+    assert record["requestPayload"] == {"n": 2}
+    assert "responseContext" not in record
