@@ -1,4 +1,5 @@
-"""kubelambda itself on the local cluster: CRDs, and the operator and the gateway as supervised processes.
+"""kubelambda itself on the local cluster: CRDs, NATS JetStream, and the operator and the gateway as supervised
+processes.
 
 Each runs with a token of its own ServiceAccount (``hack/operator-rbac.yaml``, ``hack/gateway-rbac.yaml``), so
 the local platform has exactly the permissions the chart grants; the gateway listens on 127.0.0.1.
@@ -22,12 +23,14 @@ import yaml
 
 from kubelambda.devcluster._binaries import Binaries, repo_root
 from kubelambda.devcluster._process import free_port, spawn, stop
+from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
 
 logger = logging.getLogger(__name__)
 SYSTEM_NS = "kubelambda-system"
 TOKEN_SECONDS = 365 * 24 * 3600
 DEFAULT_GATEWAY_PORT = 8090
+DEFAULT_NATS_PORT = 4222
 
 
 def _kubeconfig_with_token(admin: Path, token: str, target: Path, user: str) -> Path:
@@ -57,6 +60,7 @@ class Platform:
     admin_kubeconfig: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     gateway_url: str = ""
+    nats: NatsServer | None = None  # holds Event invocations (JetStream, file storage under <state>/nats)
     _commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     _restarted: dict[str, float] = field(default_factory=dict)
 
@@ -102,31 +106,39 @@ class Platform:
         gateway_config = _kubeconfig_with_token(
             self.admin_kubeconfig, gateway_token, self.state_dir / "gateway.kubeconfig", "kubelambda-gateway"
         )
+        self.nats = NatsServer(self.state_dir / "nats", port=_port(DEFAULT_NATS_PORT))
+        await self.nats.start()
+        logger.info("NATS JetStream for Event invocations listens at %s", self.nats.url)
         port = _port(DEFAULT_GATEWAY_PORT)
         self.gateway_url = f"http://127.0.0.1:{port}"
         base = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")}
-        logs = self.state_dir / "logs"
-        self.procs["kubelambda-gateway"] = spawn(
+        self._spawn(
+            "kubelambda-gateway",
             [sys.executable, "-m", "kubelambda", "gateway"],
-            log=logs / "kubelambda-gateway.log",
-            env={
+            {
                 **base,
                 "KUBELAMBDA_GATEWAY_KUBECONFIG": str(gateway_config),
                 "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
                 "KUBELAMBDA_GATEWAY_PORT": str(port),
                 "KUBELAMBDA_GATEWAY_HTTP_ROUTES": "true",
+                "KUBELAMBDA_GATEWAY_NATS_URL": self.nats.url,
             },
         )
-        self.procs["kubelambda-operator"] = spawn(
+        self._spawn(
+            "kubelambda-operator",
             [sys.executable, "-m", "kubelambda", "operator"],
-            log=logs / "kubelambda-operator.log",
-            env={
+            {
                 **base,
                 "KUBELAMBDA_KUBECONFIG": str(operator_config),
                 "KUBELAMBDA_GATEWAY_URL": self.gateway_url,
             },
         )
         await self._wait_gateway()
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        # Kept so that check_running can start the component again with the same command.
+        self._commands[name] = (argv, env)
+        self.procs[name] = spawn(argv, log=self.state_dir / "logs" / f"{name}.log", env=env)
 
     async def _wait_gateway(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -170,9 +182,16 @@ class Platform:
             self._restarted[name] = now
 
     def pids(self) -> dict[str, int]:
-        return {name: proc.pid for name, proc in self.procs.items()}
+        pids = {name: proc.pid for name, proc in self.procs.items()}
+        if self.nats is not None:
+            for proc in self.nats.procs:
+                pids["nats"] = proc.pid
+        return pids
 
     async def stop(self) -> None:
         for proc in self.procs.values():
             await stop(proc, grace_seconds=10)
         self.procs.clear()
+        if self.nats is not None:
+            await self.nats.stop()
+            self.nats = None
