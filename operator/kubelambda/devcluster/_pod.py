@@ -171,10 +171,13 @@ class PodRunner:
             try:
                 await self._materialize_volumes()
                 return
-            except ConfigError as e:
+            except (ConfigError, ApiError, aiohttp.ClientError, TimeoutError) as e:
+                # An API error here is usually passing (the Node authorizer refuses a token or a ConfigMap of a
+                # pod bound a moment ago; a slow API server): report it and try again, never give the pod up.
+                reason = "CreateContainerConfigError" if isinstance(e, ConfigError) else "ContainerCreating"
                 for c in self.init_containers + self.containers:
-                    c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
-                self.ctx.record_event(self.pod, "Warning", "FailedMount", str(e))
+                    c.state = {"waiting": {"reason": reason, "message": str(e)}}
+                self.ctx.record_event(self.pod, "Warning", "FailedMount", f"MountVolume failed: {e}")
                 self.mark()
                 attempt += 1
                 await self._wait_stopping(self._retry_delay(attempt))
@@ -250,7 +253,7 @@ class PodRunner:
             self.ctx.record_event(self.pod, "Warning", "Failed", f"Error: {e.reason}: {e.message}")
             self.mark()
             return False
-        except ConfigError as e:
+        except (ConfigError, ApiError, aiohttp.ClientError, TimeoutError) as e:
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
             self.ctx.record_event(self.pod, "Warning", "Failed", f"Error: {e}")
             self.mark()
