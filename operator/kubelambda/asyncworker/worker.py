@@ -1,8 +1,9 @@
 """The consumer loop: pull events, invoke through the gateway's sync path, follow the decision.
 
 A message is acknowledged only after its outcome is recorded (a retry published, or the record delivered);
-a worker that dies mid-event leaves it unacknowledged and JetStream redelivers it after ``ACK_WAIT_SECONDS``
-(the same request id: at-least-once). While an invocation runs the worker tells JetStream it is in progress.
+a worker that dies mid-event leaves it unacknowledged and JetStream redelivers it after the ack wait
+(the same request id: at-least-once). While an invocation runs the worker tells JetStream it is in progress;
+a worker that is stopped gives its events back at once.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from kubelambda.asyncworker.record import Response, invocation_record
 logger = logging.getLogger(__name__)
 
 CONSUMER = "kubelambda-async-worker"
-ACK_WAIT_SECONDS = 30.0
 FETCH_WAIT_SECONDS = 1.0
 
 
 class Invoker(Protocol):
     """The gateway's sync path as the worker needs it."""
+
+    async def wait_synced(self) -> None:
+        """Returns once the list of Functions is known: before that, every Function looks absent."""
 
     def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
         """The Function's spec, or None when there is no such Function."""
@@ -62,6 +65,7 @@ class WorkerSettings:
     retry_delays: tuple[float, ...]
     backoff_min: float
     backoff_max: float
+    ack_wait: float = 30.0  # redelivery after a worker died mid-event
 
 
 class Worker:
@@ -84,13 +88,15 @@ class Worker:
     async def run(self) -> None:
         """Consumes until cancelled."""
         s = self.settings
+        # Consuming before the first list would dead-letter every event as "no such Function".
+        await self.invoker.wait_synced()
         sub = await self.queue.js.pull_subscribe(
             f"{EVENT_PREFIX}.>",
             durable=CONSUMER,
             stream=self.queue.stream,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ACK_WAIT_SECONDS,
+                ack_wait=s.ack_wait,
                 max_deliver=-1,
                 max_ack_pending=max(s.concurrency * 4, 1000),
             ),
@@ -132,6 +138,9 @@ class Worker:
         try:
             await self._process(msg, event)
         except asyncio.CancelledError:
+            # Stopping: hand the event back now rather than after the ack wait (it may have run: at-least-once).
+            with contextlib.suppress(Exception):
+                await msg.nak()
             raise
         except Exception:
             # Recorded nowhere yet: JetStream keeps the event; try it again a little later.
@@ -167,7 +176,7 @@ class Worker:
         response: Response | None = None
         count = event.invoke_count
         if decision is None:
-            heartbeat = asyncio.create_task(_in_progress(msg))
+            heartbeat = asyncio.create_task(_in_progress(msg, every=s.ack_wait / 3))
             try:
                 outcome, response = await self.invoker.invoke_for_worker(
                     event.namespace, event.function, event.payload, request_id=event.request_id
@@ -266,9 +275,9 @@ class Worker:
         return "url"
 
 
-async def _in_progress(msg: Msg) -> None:
+async def _in_progress(msg: Msg, *, every: float) -> None:
     """Keeps JetStream from redelivering an event whose invocation is still running."""
     while True:
-        await asyncio.sleep(ACK_WAIT_SECONDS / 3)
+        await asyncio.sleep(every)
         with contextlib.suppress(Exception):
             await msg.in_progress()

@@ -151,6 +151,9 @@ class Gateway:
 
     # ---- the async worker's way in (kubelambda.asyncworker.Invoker) ----------------------------------
 
+    async def wait_synced(self) -> None:
+        await self.registry.synced.wait()
+
     def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
         fn = self.registry.functions.get((namespace, name))
         return fn.spec if fn is not None else None
@@ -414,6 +417,7 @@ class Gateway:
                         retry_delays=s.async_retry_delays_seconds,
                         backoff_min=s.async_backoff_min_seconds,
                         backoff_max=s.async_backoff_max_seconds,
+                        ack_wait=s.async_ack_wait_seconds,
                     ),
                 )
                 self._tasks.append(asyncio.create_task(worker.run(), name="async worker"))

@@ -58,5 +58,8 @@ class GatewaySettings(BaseSettings):
     """First requeue delay after a throttle or platform error; doubles per attempt (default 1 s)."""
     async_backoff_max_seconds: float = Field(default=300.0, gt=0, le=3600)
     """Longest requeue delay after a throttle or platform error (default 5 min)."""
+    async_ack_wait_seconds: float = Field(default=30.0, ge=1, le=3600)
+    """How long JetStream waits before redelivering an event whose worker stopped answering (default 30 s;
+    a running invocation is kept alive meanwhile)."""
     kubeconfig: str | None = None
     """Kubeconfig to use; unset = in-cluster credentials, or ``$KUBECONFIG``."""

@@ -1,0 +1,225 @@
+"""Nothing accepted is lost when the async worker is SIGKILLed and NATS restarts in the middle of a run.
+
+The gateway (with its in-process worker) runs as a real `kubelambda gateway` process here, so it can be
+killed; a third of the events fail their first attempt (a marker file per request id, which the function's
+process can see on the local node) and succeed on the retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+import yaml
+from aiohttp import web
+
+from kltest import Cluster, wait_for
+from kltest.platform import REPO, RunningOperator, service_account_token, start_operator
+from kubelambda.devcluster._platform import _kubeconfig_with_token
+from kubelambda.devcluster._process import free_port, spawn, stop
+from kubelambda.devcluster.servers import NatsServer
+from kubelambda.kube import KubeClient, resource_path
+
+pytestmark = pytest.mark.integration
+JSON = dict[str, Any]
+EVENTS = 60
+
+HANDLER = """
+import os
+
+
+def handler(event, context):
+    marker = event.get("failFirst")
+    if marker:
+        path = os.path.join(marker, context.aws_request_id)
+        if not os.path.exists(path):
+            open(path, "w").close()
+            raise ValueError("the first attempt fails")
+    return {"i": event["i"]}
+"""
+
+
+@pytest.fixture(scope="module")
+async def operator(cluster: Cluster, kube: KubeClient) -> AsyncIterator[RunningOperator]:
+    running = await start_operator(cluster, kube, problem_retry_seconds=1.0)
+    yield running
+    await running.stop()
+
+
+class GatewayProcess:
+    def __init__(self, kubeconfig: Path, nats_url: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")},
+            "KUBELAMBDA_GATEWAY_KUBECONFIG": str(kubeconfig),
+            "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
+            "KUBELAMBDA_GATEWAY_PORT": str(self.port),
+            "KUBELAMBDA_GATEWAY_NATS_URL": nats_url,
+            "KUBELAMBDA_GATEWAY_ASYNC_RETRY_DELAYS_SECONDS": "[0.2, 0.2]",
+            "KUBELAMBDA_GATEWAY_ASYNC_BACKOFF_MIN_SECONDS": "0.2",
+            "KUBELAMBDA_GATEWAY_ASYNC_BACKOFF_MAX_SECONDS": "1",
+            "KUBELAMBDA_GATEWAY_ASYNC_ACK_WAIT_SECONDS": "2",
+        }
+        self.proc = spawn([sys.executable, "-m", "kubelambda", "gateway"], log=log, env=self.env)
+
+    async def ready(self) -> None:
+        async def status() -> int:
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            async with aiohttp.ClientSession() as http, http.get(f"{self.url}/readyz") as resp:
+                return resp.status
+
+        await wait_for(status, lambda s: s == 200, what="the gateway process ready", timeout=60)
+
+
+async def queue_state(url: str) -> str:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        stream = await js.stream_info("KUBELAMBDA_ASYNC")
+        consumer = await js.consumer_info("KUBELAMBDA_ASYNC", "kubelambda-async-worker")
+        return f"stream {stream.state}; consumer {consumer}"
+    finally:
+        await nc.close()
+
+
+async def post_event(url: str, name: str, payload: JSON) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{url}/2015-03-31/functions/{name}/invocations",
+            data=json.dumps(payload).encode(),
+            headers={"X-Amz-Invocation-Type": "Event"},
+        ) as resp,
+    ):
+        assert resp.status == 202, await resp.text()
+        return resp.headers["X-Amzn-RequestId"]
+
+
+async def test_events_survive_a_killed_worker_and_a_nats_restart(
+    cluster: Cluster, kube: KubeClient, operator: RunningOperator, namespace: str, tmp_path: Path
+) -> None:
+    got: dict[str, list[JSON]] = {"ok": [], "failed": []}
+
+    async def receive(request: web.Request) -> web.Response:
+        got[request.match_info["key"]].append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/{key}", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
+    kubeconfig = _kubeconfig_with_token(cluster.kubeconfig, token, tmp_path / "gw.kubeconfig", "gw")
+    nats_server = NatsServer(tmp_path / "nats")
+    await nats_server.start()
+    gateway = GatewayProcess(kubeconfig, nats_server.url, tmp_path / "gateway-1.log")
+    try:
+        await gateway.ready()
+        doc: JSON = copy.deepcopy(
+            yaml.safe_load((REPO / "examples" / "hello-python3.12" / "function.yaml").read_text())
+        )
+        doc["metadata"]["name"] = "steady"
+        doc["spec"]["code"]["inline"] = {"app.py": HANDLER}
+        doc["spec"]["async"] = {
+            "maxRetries": 1,
+            "onSuccess": {"url": f"http://127.0.0.1:{port}/ok"},
+            "onFailure": {"url": f"http://127.0.0.1:{port}/failed"},
+        }
+        doc["spec"]["concurrency"] = {"perInstance": 4}
+        cluster.apply(doc, namespace)
+        await wait_for(
+            lambda: kube.get(
+                resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="steady")
+            ),
+            lambda fn: any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in (fn.get("status") or {}).get("conditions") or []
+            ),
+            what="Function steady Ready",
+            timeout=60,
+        )
+        name = f"{namespace}/steady"
+
+        def payload(i: int) -> JSON:
+            return {"i": i, "failFirst": str(markers)} if i % 3 == 0 else {"i": i}
+
+        # The gateway process sees the Function once a DryRun passes.
+        async def dry_run() -> int:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{gateway.url}/2015-03-31/functions/{name}/invocations",
+                    data=b"{}",
+                    headers={"X-Amz-Invocation-Type": "DryRun"},
+                ) as resp,
+            ):
+                return resp.status
+
+        await wait_for(dry_run, lambda s: s == 204, what="the gateway process to see steady")
+        accepted: dict[str, int] = {}
+        half = EVENTS // 2
+        ids = await asyncio.gather(*(post_event(gateway.url, name, payload(i)) for i in range(half)))
+        accepted.update({rid: i for i, rid in enumerate(ids)})
+        # Some done, some not: kill the worker mid-run, then restart NATS.
+        await wait_for(
+            lambda: asyncio.sleep(0, result=len(got["ok"])),
+            lambda n: n >= 3,
+            what="a few records",
+            timeout=90,
+        )
+        os.killpg(gateway.proc.pid, signal.SIGKILL)
+        await asyncio.to_thread(gateway.proc.wait, 10)
+        done_at_kill = len(got["ok"])
+        await nats_server.stop()
+        await nats_server.start()
+        gateway = GatewayProcess(kubeconfig, nats_server.url, tmp_path / "gateway-2.log")
+        await gateway.ready()
+        ids = await asyncio.gather(*(post_event(gateway.url, name, payload(i)) for i in range(half, EVENTS)))
+        accepted.update({rid: half + i for i, rid in enumerate(ids)})
+
+        def missing() -> set[str]:
+            return set(accepted) - {r["requestContext"]["requestId"] for r in got["ok"]}
+
+        try:
+            await wait_for(
+                lambda: asyncio.sleep(0, result=missing()),
+                lambda m: not m,
+                what="a record of every event",
+                timeout=120,
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nqueue: {await queue_state(nats_server.url)}") from None
+        assert got["failed"] == []
+        seen = [r["requestContext"]["requestId"] for r in got["ok"]]
+        assert set(seen) == set(accepted)
+        duplicates = len(seen) - len(set(seen))
+        # Only events in flight when the worker died may run twice (it ran 64 at once at most).
+        assert done_at_kill < EVENTS
+        assert duplicates <= half, f"{duplicates} duplicate records"
+        for record in got["ok"]:
+            i = accepted[record["requestContext"]["requestId"]]
+            assert record["responsePayload"] == {"i": i}
+            # An attempt that ran when the worker died is not counted (the count is approximate, as Lambda's):
+            # only events accepted after the crash are sure to show both attempts.
+            if i % 3 == 0 and i >= half:
+                assert record["requestContext"]["approximateInvokeCount"] >= 2
+    finally:
+        await stop(gateway.proc, grace_seconds=10)
+        await nats_server.stop()
+        await runner.cleanup()
