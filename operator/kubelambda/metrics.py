@@ -117,3 +117,13 @@ ASYNC_DROPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+ASYNC_QUEUE_DEPTH = Gauge(
+    "kubelambda_async_queue_depth",
+    "Events in the JetStream stream (waiting, being handled, or waiting for a retry).",
+    registry=REGISTRY,
+)
+ASYNC_QUEUE_OLDEST_SECONDS = Gauge(
+    "kubelambda_async_queue_oldest_age_seconds",
+    "Age of the oldest event in the stream since the gateway accepted it (0 when empty).",
+    registry=REGISTRY,
+)

@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import boto3
 import nats
 import pytest
@@ -195,6 +196,13 @@ async def test_an_event_runs_the_function_from_zero_and_reaches_the_success_dest
     assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST"}
     # The handler saw the request id the caller was given: the same one on every attempt.
     assert record["responsePayload"] == {"echo": {"n": 1}, "requestId": request_id}
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as resp:
+        exported = await resp.text()
+    labels = f'function="ok",namespace="{namespace}"'
+    assert f"kubelambda_async_events_accepted_total{{{labels}}} 1.0" in exported
+    assert f'kubelambda_async_destination_records_total{{destination="url",{labels}}} 1.0' in exported
+    assert "kubelambda_async_queue_depth " in exported
+    assert "\nkubelambda_async_events_dropped_total{" not in exported  # nothing dropped
 
 
 @pytest.mark.parametrize("max_retries", [0, 1, 2])

@@ -34,13 +34,14 @@ from kubelambda.asyncworker.decide import (
     after_invoke,
     before_invoke,
 )
-from kubelambda.asyncworker.queue import EVENT_PREFIX, BadEvent, EventQueue, QueuedEvent
+from kubelambda.asyncworker.queue import ENQUEUED_AT, EVENT_PREFIX, BadEvent, EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response, invocation_record
 
 logger = logging.getLogger(__name__)
 
 CONSUMER = "kubelambda-async-worker"
 FETCH_WAIT_SECONDS = 1.0
+OBSERVE_EVERY_SECONDS = 5.0
 
 
 class Invoker(Protocol):
@@ -102,6 +103,7 @@ class Worker:
             ),
         )
         logger.info("The async worker consumes %s (%d at once)", self.queue.stream, s.concurrency)
+        observer = asyncio.create_task(self._observe_queue(), name="async queue metrics")
         try:
             while True:
                 free = s.concurrency - len(self._tasks)
@@ -121,11 +123,28 @@ class Worker:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
         finally:
+            observer.cancel()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _observe_queue(self) -> None:
+        """Queue depth and the oldest event's age, for the metrics (every few seconds, from the stream)."""
+        while True:
+            try:
+                info = await self.queue.js.stream_info(self.queue.stream)
+                metrics.ASYNC_QUEUE_DEPTH.set(info.state.messages)
+                oldest = 0.0
+                if info.state.messages:
+                    first = await self.queue.js.get_msg(self.queue.stream, info.state.first_seq)
+                    enqueued = float((first.headers or {}).get(ENQUEUED_AT, self.clock()))
+                    oldest = max(self.clock() - enqueued, 0.0)
+                metrics.ASYNC_QUEUE_OLDEST_SECONDS.set(oldest)
+            except Exception as e:  # the message may just have been acked; NATS may be reconnecting
+                logger.debug("Could not read the queue's depth: %s", e)
+            await asyncio.sleep(OBSERVE_EVERY_SECONDS)
 
     async def _handle(self, msg: Msg) -> None:
         try:
