@@ -185,6 +185,29 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    import json
+
+    from kubelambda.asyncworker.dlq import list_dead_letters, redrive
+    from kubelambda.asyncworker.queue import EventQueue
+
+    async def main() -> int:
+        queue = await EventQueue.connect(args.nats_url, stream=args.stream)
+        try:
+            if args.dlq_command == "list":
+                for letter in await list_dead_letters(queue, args.namespace):
+                    print(json.dumps({"sequence": letter.sequence, "function": letter.function,
+                                      "reason": letter.reason, "record": letter.record}))  # fmt: skip
+                return 0
+            count = await redrive(queue, args.namespace, function=args.function)
+            print(f"Re-drove {count} record(s) of {args.namespace} as new Event invocations")
+            return 0
+        finally:
+            await queue.close()
+
+    return asyncio.run(main())
+
+
 def _gateway_url(args: argparse.Namespace) -> str | None:
     from kubelambda.devcluster import DevState
 
@@ -362,6 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--dest", required=True, help="the folder to unpack into (under $KUBELAMBDA_ROOTFS when set)"
     )
     fetch.set_defaults(func=cmd_fetch_code)
+
+    dlq = commands.add_parser("dlq", help="the dead-letter stream of a namespace's failed Event invocations")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    for name, help_text in (
+        ("list", "print each record as a JSON line"),
+        ("redrive", "queue each record's requestPayload again as a new Event invocation"),
+    ):
+        sub = dlq_commands.add_parser(name, help=help_text)
+        sub.add_argument("namespace")
+        sub.add_argument(
+            "--nats-url",
+            default=os.environ.get("KUBELAMBDA_GATEWAY_NATS_URL", "nats://127.0.0.1:4222"),
+            help="NATS with JetStream (default: $KUBELAMBDA_GATEWAY_NATS_URL, or kubelambda dev up's 4222)",
+        )
+        sub.add_argument(
+            "--stream", default="KUBELAMBDA_ASYNC", help="the events stream (default KUBELAMBDA_ASYNC)"
+        )
+        if name == "redrive":
+            sub.add_argument("--function", default=None, help="only this Function's records")
+        sub.set_defaults(func=cmd_dlq)
     return parser
 
 

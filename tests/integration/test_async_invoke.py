@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +24,8 @@ from botocore.config import Config
 
 from kltest import Cluster, wait_for
 from kltest.platform import REPO, RunningOperator, start_gateway, start_operator, stop_gateway
-from kubelambda.asyncworker.queue import dlq_stream
+from kubelambda.asyncworker.dlq import list_dead_letters
+from kubelambda.asyncworker.queue import EventQueue, dlq_stream
 from kubelambda.devcluster._process import free_port
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.gateway.app import Gateway
@@ -244,21 +247,42 @@ async def test_without_a_failure_destination_the_record_goes_to_the_namespaces_d
     request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
 
     async def dead_letters() -> list[JSON]:
-        nc = await nats.connect(nats_server.url)
+        queue = await EventQueue.connect(nats_server.url, stream=STREAM)
         try:
-            js = nc.jetstream()
-            info = await js.stream_info(dlq_stream(namespace))
-            return [
-                json.loads((await js.get_msg(dlq_stream(namespace), seq)).data or b"null")
-                for seq in range(info.state.first_seq, info.state.last_seq + 1)
-            ]
+            return [letter.record for letter in await list_dead_letters(queue, namespace)]
         finally:
-            await nc.close()
+            await queue.close()
 
     (record,) = await wait_for(dead_letters, bool, what=f"a record in {dlq_stream(namespace)}")
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["condition"] == "RetriesExhausted"
     assert record["requestContext"]["approximateInvokeCount"] == 1
+
+    # `kubelambda dlq list` shows it; `redrive` queues the payload again (a new invocation, which fails and
+    # comes back with a new request id).
+    listed = await cli("dlq", "list", namespace, "--nats-url", nats_server.url)
+    (line,) = listed.splitlines()
+    assert json.loads(line)["function"] == "dead"
+    assert json.loads(line)["record"]["requestContext"]["requestId"] == request_id
+    assert "Re-drove 1 record(s)" in await cli("dlq", "redrive", namespace, "--nats-url", nats_server.url)
+    (again,) = await wait_for(
+        dead_letters,
+        lambda got: bool(got) and got[0]["requestContext"]["requestId"] != request_id,
+        what="the re-driven event dead-lettered again",
+    )
+    assert again["requestPayload"] == {"fail": True}
+
+
+async def cli(*args: str) -> str:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "kubelambda", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 async def test_a_function_destination_is_invoked_asynchronously_with_the_record(
