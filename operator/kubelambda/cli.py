@@ -185,6 +185,51 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_async_worker(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from kubelambda.asyncworker.remote import run_worker
+    from kubelambda.asyncworker.worker import WorkerSettings
+    from kubelambda.gateway.config import GatewaySettings
+    from kubelambda.operator import default_login
+
+    try:
+        settings = GatewaySettings()
+    except ValidationError as e:
+        print(
+            f"kubelambda async-worker: bad settings (environment KUBELAMBDA_GATEWAY_*):\n{e}", file=sys.stderr
+        )
+        return 2
+    if settings.nats_url is None or not args.gateway_url:
+        print(
+            "kubelambda async-worker: needs KUBELAMBDA_GATEWAY_NATS_URL and a gateway "
+            "(--gateway-url or KUBELAMBDA_GATEWAY_URL)",
+            file=sys.stderr,
+        )
+        return 2
+    nats_url = settings.nats_url
+
+    async def main() -> None:
+        async with default_login(settings.kubeconfig).client() as kube:
+            await run_worker(
+                kube=kube,
+                gateway_url=args.gateway_url,
+                nats_url=nats_url,
+                stream=settings.async_stream,
+                region=settings.region,
+                settings=WorkerSettings(
+                    concurrency=settings.async_worker_concurrency,
+                    retry_delays=settings.async_retry_delays_seconds,
+                    backoff_min=settings.async_backoff_min_seconds,
+                    backoff_max=settings.async_backoff_max_seconds,
+                    ack_wait=settings.async_ack_wait_seconds,
+                ),
+            )
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     import json
 
@@ -385,6 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dest", required=True, help="the folder to unpack into (under $KUBELAMBDA_ROOTFS when set)"
     )
     fetch.set_defaults(func=cmd_fetch_code)
+
+    worker = commands.add_parser(
+        "async-worker",
+        help="consume Event invocations and invoke through a gateway; settings from KUBELAMBDA_GATEWAY_* variables",
+    )
+    worker.add_argument(
+        "--gateway-url",
+        default=os.environ.get("KUBELAMBDA_GATEWAY_URL"),
+        help="the gateway to invoke through (default: $KUBELAMBDA_GATEWAY_URL)",
+    )
+    worker.set_defaults(func=cmd_async_worker)
 
     dlq = commands.add_parser("dlq", help="the dead-letter stream of a namespace's failed Event invocations")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)

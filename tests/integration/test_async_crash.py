@@ -57,7 +57,9 @@ async def operator(cluster: Cluster, kube: KubeClient) -> AsyncIterator[RunningO
 
 
 class GatewayProcess:
-    def __init__(self, kubeconfig: Path, nats_url: str, log: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, nats_url: str, log: Path, *, command: str = "gateway", **extra: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -71,8 +73,9 @@ class GatewayProcess:
             "KUBELAMBDA_GATEWAY_ASYNC_BACKOFF_MIN_SECONDS": "0.2",
             "KUBELAMBDA_GATEWAY_ASYNC_BACKOFF_MAX_SECONDS": "1",
             "KUBELAMBDA_GATEWAY_ASYNC_ACK_WAIT_SECONDS": "2",
+            **extra,
         }
-        self.proc = spawn([sys.executable, "-m", "kubelambda", "gateway"], log=log, env=self.env)
+        self.proc = spawn([sys.executable, "-m", "kubelambda", command], log=log, env=self.env)
 
     async def ready(self) -> None:
         async def status() -> int:
@@ -220,6 +223,83 @@ async def test_events_survive_a_killed_worker_and_a_nats_restart(
             if i % 3 == 0 and i >= half:
                 assert record["requestContext"]["approximateInvokeCount"] >= 2
     finally:
+        await stop(gateway.proc, grace_seconds=10)
+        await nats_server.stop()
+        await runner.cleanup()
+
+
+async def test_kubelambda_async_worker_invokes_through_a_gateway_with_the_events_request_id(
+    cluster: Cluster, kube: KubeClient, operator: RunningOperator, namespace: str, tmp_path: Path
+) -> None:
+    got: list[JSON] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
+    kubeconfig = _kubeconfig_with_token(cluster.kubeconfig, token, tmp_path / "gw.kubeconfig", "gw")
+    nats_server = NatsServer(tmp_path / "nats")
+    await nats_server.start()
+    gateway = GatewayProcess(
+        kubeconfig, nats_server.url, tmp_path / "gateway.log", KUBELAMBDA_GATEWAY_ASYNC_WORKER="false"
+    )
+    worker = None
+    try:
+        await gateway.ready()
+        worker = GatewayProcess(
+            kubeconfig,
+            nats_server.url,
+            tmp_path / "worker.log",
+            command="async-worker",
+            KUBELAMBDA_GATEWAY_URL=gateway.url,
+        )
+        doc: JSON = copy.deepcopy(
+            yaml.safe_load((REPO / "examples" / "hello-python3.12" / "function.yaml").read_text())
+        )
+        doc["metadata"]["name"] = "remote"
+        doc["spec"]["code"]["inline"] = {"app.py": HANDLER}
+        doc["spec"]["async"] = {"maxRetries": 1, "onSuccess": {"url": f"http://127.0.0.1:{port}/"}}
+        cluster.apply(doc, namespace)
+        name = f"{namespace}/remote"
+
+        async def accepted() -> int:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{gateway.url}/2015-03-31/functions/{name}/invocations",
+                    data=json.dumps({"i": 7, "failFirst": str(markers)}).encode(),
+                    headers={"X-Amz-Invocation-Type": "Event"},
+                ) as resp,
+            ):
+                if resp.status == 202:
+                    accepted_ids.append(resp.headers["X-Amzn-RequestId"])
+                return resp.status
+
+        accepted_ids: list[str] = []
+        await wait_for(
+            accepted, lambda status: status == 202, what="the gateway to accept an event", timeout=60
+        )
+        (record,) = await wait_for(
+            lambda: asyncio.sleep(0, result=list(got)), bool, what="the success record", timeout=90
+        )
+        assert worker.proc.poll() is None, worker.log.read_text()[-2000:]
+        # The second attempt found the first attempt's marker: the handler saw the same request id twice.
+        assert record["requestContext"]["requestId"] == accepted_ids[0]
+        assert record["requestContext"]["approximateInvokeCount"] == 2
+        assert record["responsePayload"] == {"i": 7}
+        assert (markers / accepted_ids[0]).exists()
+    finally:
+        if worker is not None:
+            await stop(worker.proc, grace_seconds=10)
         await stop(gateway.proc, grace_seconds=10)
         await nats_server.stop()
         await runner.cleanup()

@@ -7,6 +7,7 @@ an instance with a free slot (or the activator, from zero) → the agent → the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 INVOKE_PATH = "/2015-03-31/functions/{name:.+}/invocations"
 COLD_START_HEADER = "X-Kubelambda-Cold-Start"
+ASYNC_REQUEST_ID_HEADER = "X-Kubelambda-Async-Request-Id"
 
 
 @dataclass
@@ -206,6 +208,10 @@ class Gateway:
             client_context=request.headers.get("X-Amz-Client-Context"),
             trace_id=request.headers.get("X-Amzn-Trace-Id"),
         )
+        # A standalone async worker (kubelambda.asyncworker.remote) keeps an event's request id on every attempt.
+        async_request_id = request.headers.get(ASYNC_REQUEST_ID_HEADER)
+        if async_request_id:
+            invocation = dataclasses.replace(invocation, request_id=async_request_id[:64])
         try:
             result, cold = await self._invoke(fn, invocation, started)
         except Throttled as e:

@@ -1,0 +1,96 @@
+"""The worker as its own process (``kubelambda async-worker``): it invokes through a gateway's Invoke API.
+
+Invoking through the gateway keeps one exact in-flight count (the gateway's throttler), the activator and the
+balancer on the path; the event's request id travels in ``X-Kubelambda-Async-Request-Id`` so every attempt
+carries it. The Functions' ``spec.async`` comes from the worker's own watch (the gateway's Registry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+
+import aiohttp
+
+from kubelambda.api.v1alpha1 import FunctionSpec
+from kubelambda.asyncworker.decide import Outcome
+from kubelambda.asyncworker.queue import EventQueue
+from kubelambda.asyncworker.record import Response
+from kubelambda.asyncworker.worker import Worker, WorkerSettings
+from kubelambda.gateway.app import ASYNC_REQUEST_ID_HEADER as REQUEST_ID_HEADER
+from kubelambda.gateway.names import FunctionRef
+from kubelambda.gateway.registry import Registry
+from kubelambda.kube import KubeClient
+
+logger = logging.getLogger(__name__)
+# Past the function timeout: the gateway's cold-start allowance (60 s by default) and its own margin.
+INVOKE_MARGIN_SECONDS = 120.0
+
+
+class RemoteInvoker:
+    def __init__(
+        self, gateway_url: str, http: aiohttp.ClientSession, registry: Registry, *, region: str
+    ) -> None:
+        self.gateway_url = gateway_url.rstrip("/")
+        self.http = http
+        self.registry = registry
+        self.region = region
+
+    async def wait_synced(self) -> None:
+        await self.registry.synced.wait()
+
+    def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
+        fn = self.registry.functions.get((namespace, name))
+        return fn.spec if fn is not None else None
+
+    def function_arn(self, namespace: str, name: str) -> str:
+        return FunctionRef(namespace, name).arn(self.region)
+
+    async def invoke_for_worker(
+        self, namespace: str, name: str, payload: bytes, *, request_id: str
+    ) -> tuple[Outcome, Response | None]:
+        spec = self.async_function(namespace, name)
+        timeout = (spec.timeout_seconds if spec is not None else 900) + INVOKE_MARGIN_SECONDS
+        path = urllib.parse.quote(f"{namespace}/{name}", safe="/")
+        try:
+            async with self.http.post(
+                f"{self.gateway_url}/2015-03-31/functions/{path}/invocations",
+                data=payload,
+                headers={"Content-Type": "application/json", REQUEST_ID_HEADER: request_id},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                body = await resp.read()
+                error = resp.headers.get("X-Amz-Function-Error")
+                if resp.status == 200 and error is not None:
+                    return Outcome.FUNCTION_ERROR, Response(200, error, body)
+                if resp.status == 200:
+                    return Outcome.SUCCESS, Response(200, None, body)
+                if resp.status == 429:
+                    return Outcome.THROTTLED, None
+                logger.info("The gateway answered %d for %s/%s: %s", resp.status, namespace, name, body[:200])
+                return Outcome.SYSTEM_ERROR, None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            logger.warning("Invoking %s/%s through %s failed: %s", namespace, name, self.gateway_url, e)
+            return Outcome.SYSTEM_ERROR, None
+
+
+async def run_worker(
+    *, kube: KubeClient, gateway_url: str, nats_url: str, stream: str, region: str, settings: WorkerSettings
+) -> None:
+    """Watches Functions and consumes events until cancelled."""
+    registry = Registry()
+    queue = await EventQueue.connect(nats_url, stream=stream)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        invoker = RemoteInvoker(gateway_url, http, registry, region=region)
+        tasks = [
+            asyncio.create_task(registry.run(kube), name="function watch"),
+            asyncio.create_task(Worker(queue, invoker, http, settings=settings).run(), name="async worker"),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await queue.close()
