@@ -7,7 +7,6 @@ served by the test, another Function, and the namespace's dead-letter stream.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import subprocess
 import sys
@@ -15,15 +14,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import boto3
 import nats
 import pytest
-import yaml
 from aiohttp import web
-from botocore.config import Config
 
 from kltest import Cluster, wait_for
-from kltest.platform import REPO, RunningOperator, start_gateway, start_operator, stop_gateway
+from kltest.platform import (
+    RunningOperator,
+    deploy,
+    lambda_client,
+    python_function,
+    start_gateway,
+    start_operator,
+    stop_gateway,
+)
 from kubelambda.asyncworker.dlq import list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, dlq_stream
 from kubelambda.devcluster._process import free_port
@@ -112,36 +116,8 @@ async def platform(
         await operator.stop()
 
 
-def lambda_client(url: str) -> Any:
-    return boto3.client(
-        "lambda",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="kubelambda",
-        aws_secret_access_key="kubelambda",
-        config=Config(retries={"max_attempts": 1}, read_timeout=120),
-    )
-
-
 def function(name: str, **async_config: Any) -> JSON:
-    doc: JSON = copy.deepcopy(
-        yaml.safe_load((REPO / "examples" / "hello-python3.12" / "function.yaml").read_text())
-    )
-    doc["metadata"]["name"] = name
-    doc["spec"]["code"]["inline"] = {"app.py": HANDLER}
-    doc["spec"]["async"] = async_config
-    return doc
-
-
-async def deploy(cluster: Cluster, kube: KubeClient, gateway: Gateway, ns: str, doc: JSON) -> None:
-    cluster.apply(doc, ns)
-    name = doc["metadata"]["name"]
-    await wait_for(
-        lambda: asyncio.sleep(0, result=gateway.registry.functions.get((ns, name))),
-        lambda fn: fn is not None and fn.ready,
-        what=f"the gateway to see Function {ns}/{name} Ready",
-        timeout=60,
-    )
+    return python_function(name, HANDLER, **{"async": async_config})
 
 
 async def invoke_event(url: str, name: str, payload: bytes) -> Any:
@@ -179,7 +155,7 @@ async def test_an_event_runs_the_function_from_zero_and_reaches_the_success_dest
 ) -> None:
     _, gateway, url = platform
     key = f"{namespace}-ok"
-    await deploy(cluster, kube, gateway, namespace, function("ok", onSuccess={"url": records.url(key)}))
+    await deploy(cluster, gateway, namespace, function("ok", onSuccess={"url": records.url(key)}))
     scale = await kube.get(
         resource_path("apps/v1", "deployments", namespace=namespace, name="ok", subresource="scale")
     )
@@ -221,7 +197,7 @@ async def test_a_failing_event_ends_in_exactly_one_failure_record(
     _, gateway, url = platform
     key = f"{namespace}-fail"
     doc = function("fails", maxRetries=max_retries, onFailure={"url": records.url(key)})
-    await deploy(cluster, kube, gateway, namespace, doc)
+    await deploy(cluster, gateway, namespace, doc)
     answer = await invoke_event(url, f"{namespace}/fails", b'{"fail": true}')
     request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
     (record,) = await records.wait(key)
@@ -242,7 +218,7 @@ async def test_without_a_failure_destination_the_record_goes_to_the_namespaces_d
     nats_server: NatsServer,
 ) -> None:
     _, gateway, url = platform
-    await deploy(cluster, kube, gateway, namespace, function("dead", maxRetries=0))
+    await deploy(cluster, gateway, namespace, function("dead", maxRetries=0))
     answer = await invoke_event(url, f"{namespace}/dead", b'{"fail": true}')
     request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
 
@@ -294,8 +270,8 @@ async def test_a_function_destination_is_invoked_asynchronously_with_the_record(
 ) -> None:
     _, gateway, url = platform
     key = f"{namespace}-chain"
-    await deploy(cluster, kube, gateway, namespace, function("second", onSuccess={"url": records.url(key)}))
-    await deploy(cluster, kube, gateway, namespace, function("first", onSuccess={"function": "second"}))
+    await deploy(cluster, gateway, namespace, function("second", onSuccess={"url": records.url(key)}))
+    await deploy(cluster, gateway, namespace, function("first", onSuccess={"function": "second"}))
     answer = await invoke_event(url, f"{namespace}/first", b'{"step": 1}')
     first_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
     (record,) = await records.wait(key)
@@ -314,7 +290,7 @@ async def test_oversize_and_non_json_events_are_refused_and_nothing_is_queued(
     nats_server: NatsServer,
 ) -> None:
     _, gateway, url = platform
-    await deploy(cluster, kube, gateway, namespace, function("refuses"))
+    await deploy(cluster, gateway, namespace, function("refuses"))
     before = await stream_last_seq(nats_server.url, STREAM)
     client = lambda_client(url)
     big = b'"' + b"x" * (1024 * 1024) + b'"'  # over 1 MB, well under the synchronous 6 MB
@@ -333,7 +309,7 @@ async def test_a_gateway_without_nats_answers_event_invocations_not_implemented(
     platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, _ = platform
-    await deploy(cluster, kube, gateway, namespace, function("plain"))
+    await deploy(cluster, gateway, namespace, function("plain"))
     bare, bare_url = await start_gateway(cluster, kube)
     try:
         await wait_for(
@@ -362,7 +338,7 @@ async def test_reserved_concurrency_zero_sends_events_straight_to_the_failure_de
     key = f"{namespace}-off"
     doc = function("off", onFailure={"url": records.url(key)})
     doc["spec"]["concurrency"] = {"reserved": 0}
-    await deploy(cluster, kube, gateway, namespace, doc)
+    await deploy(cluster, gateway, namespace, doc)
     answer = await invoke_event(url, f"{namespace}/off", b'{"n": 2}')
     request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
     (record,) = await records.wait(key)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import json
 import os
 import subprocess
@@ -18,13 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import pytest
-import yaml
-from botocore.config import Config
 
 from kltest import Cluster, wait_for
-from kltest.platform import REPO, RunningOperator, start_gateway, start_operator, stop_gateway
+from kltest.platform import (
+    RunningOperator,
+    deploy,
+    lambda_client,
+    python_function,
+    start_gateway,
+    start_operator,
+    stop_gateway,
+)
 from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
 
@@ -58,35 +62,8 @@ async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[Ru
         await operator.stop()
 
 
-def lambda_client(url: str) -> Any:
-    return boto3.client(
-        "lambda",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="kubelambda",
-        aws_secret_access_key="kubelambda",
-        config=Config(retries={"max_attempts": 1}, read_timeout=120, max_pool_connections=50),
-    )
-
-
 def function(name: str, **spec: Any) -> JSON:
-    doc: JSON = yaml.safe_load((REPO / "examples" / "hello-python3.12" / "function.yaml").read_text())
-    doc = copy.deepcopy(doc)
-    doc["metadata"]["name"] = name
-    doc["spec"]["code"]["inline"] = {"app.py": HANDLER}
-    doc["spec"].update(spec)
-    return doc
-
-
-async def deploy(cluster: Cluster, kube: KubeClient, gateway: Gateway, ns: str, doc: JSON) -> None:
-    cluster.apply(doc, ns)
-    name = doc["metadata"]["name"]
-    await wait_for(
-        lambda: asyncio.sleep(0, result=gateway.registry.functions.get((ns, name))),
-        lambda fn: fn is not None and fn.ready,
-        what=f"the gateway to see Function {ns}/{name} Ready",
-        timeout=60,
-    )
+    return python_function(name, HANDLER, **spec)
 
 
 async def replicas(kube: KubeClient, ns: str, name: str) -> int:
@@ -115,7 +92,7 @@ async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_r
     platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, url = platform
-    await deploy(cluster, kube, gateway, namespace, function("cold"))
+    await deploy(cluster, gateway, namespace, function("cold"))
     assert await replicas(kube, namespace, "cold") == 0
     client = lambda_client(url)
     before = gateway.activator.scale_ups
@@ -151,7 +128,7 @@ async def test_the_aws_cli_invokes_through_the_gateway(
     tmp_path: Path,
 ) -> None:
     _, gateway, url = platform
-    await deploy(cluster, kube, gateway, namespace, function("cli"))
+    await deploy(cluster, gateway, namespace, function("cli"))
     out = tmp_path / "out.json"
     env = {
         **os.environ,
@@ -183,7 +160,7 @@ async def test_errors_follow_the_invoke_api(
     platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, url = platform
-    await deploy(cluster, kube, gateway, namespace, function("errs", timeoutSeconds=1))
+    await deploy(cluster, gateway, namespace, function("errs", timeoutSeconds=1))
     client = lambda_client(url)
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         await call(client.invoke, FunctionName=f"{namespace}/nope", Payload=b"{}")
@@ -217,7 +194,7 @@ async def test_reserved_concurrency_is_never_exceeded(
         concurrency={"reserved": 2, "perInstance": 2},
         scaling={"minInstances": 1, "maxInstances": 1},
     )
-    await deploy(cluster, kube, gateway, namespace, doc)
+    await deploy(cluster, gateway, namespace, doc)
     await wait_for(
         lambda: asyncio.sleep(0, result=gateway.registry.ready_endpoints((namespace, "limited"))),
         bool,
@@ -255,9 +232,7 @@ async def test_idle_functions_scale_to_zero_and_wake_again(
     platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, url = platform
-    await deploy(
-        cluster, kube, gateway, namespace, function("sleepy", scaling={"scaleToZeroAfterSeconds": 3})
-    )
+    await deploy(cluster, gateway, namespace, function("sleepy", scaling={"scaleToZeroAfterSeconds": 3}))
     client = lambda_client(url)
     assert (await invoke(client, f"{namespace}/sleepy", {}))["StatusCode"] == 200
     assert await replicas(kube, namespace, "sleepy") == 1
@@ -287,7 +262,7 @@ async def test_sustained_load_scales_out_and_back_down(
     _, gateway, url = platform
     # One invocation per instance; each call takes 0.5 s; 4 callers keep 4 invocations in flight.
     doc = function("busy", timeoutSeconds=5, scaling={"maxInstances": 10, "scaleToZeroAfterSeconds": 3})
-    await deploy(cluster, kube, gateway, namespace, doc)
+    await deploy(cluster, gateway, namespace, doc)
     client = lambda_client(url)
     stop = asyncio.Event()
     peak = 0
@@ -328,7 +303,7 @@ async def test_a_restarted_gateway_routes_from_its_watches(
     platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, _ = platform
-    await deploy(cluster, kube, gateway, namespace, function("again", scaling={"minInstances": 1}))
+    await deploy(cluster, gateway, namespace, function("again", scaling={"minInstances": 1}))
     # A second gateway with nothing in memory: it learns Functions and endpoints from its watches.
     fresh, url = await start_gateway(cluster, kube)
     try:
@@ -361,7 +336,7 @@ async def test_http_routes_speak_api_gateway_payload_2(
     _, gateway, url = platform
     doc = function("web")
     doc["spec"]["code"]["inline"] = {"app.py": WEB_HANDLER}
-    await deploy(cluster, kube, gateway, namespace, doc)
+    await deploy(cluster, gateway, namespace, doc)
     base = f"{url}/http/{namespace}/web"
     async with aiohttp.ClientSession() as http:
         async with http.put(

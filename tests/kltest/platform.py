@@ -8,11 +8,15 @@ when it stops); the gateway runs in the test's loop. Both authenticate with a to
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import boto3
+import yaml
+from botocore.config import Config
 
 from kltest.cluster import Cluster
 from kltest.wait import wait_for
@@ -126,3 +130,38 @@ async def start_gateway(cluster: Cluster, kube: KubeClient, **settings: Any) -> 
 async def stop_gateway(gateway: Gateway) -> None:
     await gateway.stop()
     await gateway.kube.close()
+
+
+def lambda_client(url: str) -> Any:
+    """boto3's Lambda client pointed at a gateway (no retries: a test sees every answer)."""
+    return boto3.client(
+        "lambda",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="kubelambda",
+        aws_secret_access_key="kubelambda",
+        config=Config(retries={"max_attempts": 1}, read_timeout=120, max_pool_connections=50),
+    )
+
+
+def python_function(name: str, handler: str, **spec: Any) -> JSON:
+    """examples/hello-python3.12 renamed, with ``handler`` as its app.py and ``spec`` fields overridden."""
+    doc: JSON = copy.deepcopy(
+        yaml.safe_load((REPO / "examples" / "hello-python3.12" / "function.yaml").read_text())
+    )
+    doc["metadata"]["name"] = name
+    doc["spec"]["code"]["inline"] = {"app.py": handler}
+    doc["spec"].update(spec)
+    return doc
+
+
+async def deploy(cluster: Cluster, gateway: Gateway, namespace: str, doc: JSON) -> None:
+    """Applies a Function and waits until the gateway sees it invocable."""
+    cluster.apply(doc, namespace)
+    name = doc["metadata"]["name"]
+    await wait_for(
+        lambda: asyncio.sleep(0, result=gateway.registry.functions.get((namespace, name))),
+        lambda fn: fn is not None and fn.ready,
+        what=f"the gateway to see Function {namespace}/{name} Ready",
+        timeout=60,
+    )
