@@ -229,6 +229,25 @@ async def test_restarting_the_operator_changes_nothing(
         }
         await apply_fn(cluster, namespace, doc)
         await wait_reconciled(kube, namespace, doc["metadata"]["name"])
+
+    def settled(deployments: JSON) -> bool:
+        # The deployment controller writes status twice after a rollout (NewReplicaSetCreated, then
+        # NewReplicaSetAvailable); those writes are not the operator's, so the snapshot waits for them.
+        return all(
+            d.get("status", {}).get("observedGeneration") == d["metadata"]["generation"]
+            and any(
+                c["type"] == "Progressing" and c.get("reason") == "NewReplicaSetAvailable"
+                for c in d.get("status", {}).get("conditions") or []
+            )
+            for d in deployments["items"]
+        )
+
+    await wait_for(
+        lambda: kube.list(resource_path("apps/v1", "deployments", namespace=namespace)),
+        settled,
+        what="the Deployments' rollouts settled",
+        timeout=60,
+    )
     before = await owned_versions(kube, namespace)
     assert len(before) == 2 * 5, before  # ConfigMap, Deployment, Service, 2 NetworkPolicies each
     functions_before = {
