@@ -21,10 +21,10 @@ import aiohttp
 import nats
 import pytest
 import yaml
-from aiohttp import web
 
 from kltest import Cluster, wait_for
 from kltest.platform import REPO, RunningOperator, service_account_token, start_operator
+from kltest.records import Records
 from kubelambda.devcluster._platform import _kubeconfig_with_token
 from kubelambda.devcluster._process import free_port, spawn, stop
 from kubelambda.devcluster.servers import NatsServer
@@ -113,18 +113,9 @@ async def post_event(url: str, name: str, payload: JSON) -> str:
 async def test_events_survive_a_killed_worker_and_a_nats_restart(
     cluster: Cluster, kube: KubeClient, operator: RunningOperator, namespace: str, tmp_path: Path
 ) -> None:
-    got: dict[str, list[JSON]] = {"ok": [], "failed": []}
-
-    async def receive(request: web.Request) -> web.Response:
-        got[request.match_info["key"]].append(await request.json())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/{key}", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    records = Records()
+    await records.start()
+    got = {"ok": records.of("ok"), "failed": records.of("failed")}
     markers = tmp_path / "markers"
     markers.mkdir()
     token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
@@ -141,8 +132,8 @@ async def test_events_survive_a_killed_worker_and_a_nats_restart(
         doc["spec"]["code"]["inline"] = {"app.py": HANDLER}
         doc["spec"]["async"] = {
             "maxRetries": 1,
-            "onSuccess": {"url": f"http://127.0.0.1:{port}/ok"},
-            "onFailure": {"url": f"http://127.0.0.1:{port}/failed"},
+            "onSuccess": {"url": records.url("ok")},
+            "onFailure": {"url": records.url("failed")},
         }
         doc["spec"]["concurrency"] = {"perInstance": 4}
         cluster.apply(doc, namespace)
@@ -225,24 +216,14 @@ async def test_events_survive_a_killed_worker_and_a_nats_restart(
     finally:
         await stop(gateway.proc, grace_seconds=10)
         await nats_server.stop()
-        await runner.cleanup()
+        await records.stop()
 
 
 async def test_kubelambda_async_worker_invokes_through_a_gateway_with_the_events_request_id(
     cluster: Cluster, kube: KubeClient, operator: RunningOperator, namespace: str, tmp_path: Path
 ) -> None:
-    got: list[JSON] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    records = Records()
+    await records.start()
     markers = tmp_path / "markers"
     markers.mkdir()
     token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
@@ -267,7 +248,7 @@ async def test_kubelambda_async_worker_invokes_through_a_gateway_with_the_events
         )
         doc["metadata"]["name"] = "remote"
         doc["spec"]["code"]["inline"] = {"app.py": HANDLER}
-        doc["spec"]["async"] = {"maxRetries": 1, "onSuccess": {"url": f"http://127.0.0.1:{port}/"}}
+        doc["spec"]["async"] = {"maxRetries": 1, "onSuccess": {"url": records.url("remote")}}
         cluster.apply(doc, namespace)
         name = f"{namespace}/remote"
 
@@ -288,9 +269,7 @@ async def test_kubelambda_async_worker_invokes_through_a_gateway_with_the_events
         await wait_for(
             accepted, lambda status: status == 202, what="the gateway to accept an event", timeout=60
         )
-        (record,) = await wait_for(
-            lambda: asyncio.sleep(0, result=list(got)), bool, what="the success record", timeout=90
-        )
+        (record,) = await records.wait("remote")
         assert worker.proc.poll() is None, worker.log.read_text()[-2000:]
         # The second attempt found the first attempt's marker: the handler saw the same request id twice.
         assert record["requestContext"]["requestId"] == accepted_ids[0]
@@ -302,4 +281,4 @@ async def test_kubelambda_async_worker_invokes_through_a_gateway_with_the_events
             await stop(worker.proc, grace_seconds=10)
         await stop(gateway.proc, grace_seconds=10)
         await nats_server.stop()
-        await runner.cleanup()
+        await records.stop()

@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
-from aiohttp import web
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
@@ -28,9 +27,9 @@ from kltest.platform import (
     start_operator,
     stop_gateway,
 )
+from kltest.records import Records
 from kubelambda.asyncworker.dlq import list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, dlq_stream
-from kubelambda.devcluster._process import free_port
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
@@ -47,37 +46,6 @@ def handler(event, context):
 """
 
 
-class Records:
-    """An HTTP destination: every record POSTed to /<key> is kept under that key."""
-
-    def __init__(self) -> None:
-        self.got: dict[str, list[JSON]] = {}
-        self.port = free_port()
-        self.runner: web.AppRunner | None = None
-
-    def url(self, key: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{key}"
-
-    async def _post(self, request: web.Request) -> web.Response:
-        self.got.setdefault(request.match_info["key"], []).append(await request.json())
-        return web.Response(status=204)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{key}", self._post)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def wait(self, key: str, count: int = 1) -> list[JSON]:
-        return await wait_for(
-            lambda: asyncio.sleep(0, result=list(self.got.get(key, []))),
-            lambda got: len(got) >= count,
-            what=f"{count} record(s) at /{key}",
-            timeout=90,
-        )
-
-
 @pytest.fixture(scope="module")
 async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
     async with NatsServer(tmp_path_factory.mktemp("nats")) as server:
@@ -90,8 +58,7 @@ async def records() -> AsyncIterator[Records]:
     got = Records()
     await got.start()
     yield got
-    assert got.runner is not None
-    await got.runner.cleanup()
+    await got.stop()
 
 
 @pytest.fixture(scope="module")
