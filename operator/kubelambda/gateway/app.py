@@ -255,14 +255,9 @@ class Gateway:
         tried: set[str] = set()
         give_up = time.monotonic() + spec.timeout_seconds + s.cold_start_allowance_seconds
         while True:
-            endpoints = self.registry.ready_endpoints(fn.key)
-            logger.debug(
-                "Routing %s to one of %s (tried %s)", invocation.request_id, endpoints, sorted(tried)
-            )
-            if not endpoints:
+            if not self.registry.ready_endpoints(fn.key):
                 cold = True
                 await self._wait_cold(fn, until=give_up)
-                endpoints = self.registry.ready_endpoints(fn.key)
             wait = min(s.slot_wait_seconds, max(give_up - time.monotonic(), 0))
             endpoint = await self.balancer.acquire(
                 lambda: self.registry.ready_endpoints(fn.key),
