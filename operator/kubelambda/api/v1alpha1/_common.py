@@ -87,14 +87,17 @@ CONDITIONS_LIST: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernete
 
 
 class Destination(Model):
-    """Where an invocation record (or discarded records) is sent: another Function or an HTTP endpoint."""
+    """Where an invocation record (or discarded records) is sent: another Function, a NATS subject or an HTTP endpoint."""
 
     model_config = ConfigDict(
-        json_schema_extra=validations(exactly_one(["function", "url"], what="destination"))
+        json_schema_extra=validations(exactly_one(["function", "nats", "url"], what="destination"))
     )
 
     function: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
     """Name of a Function in the same namespace, invoked asynchronously with the record."""
+    nats: str | None = Field(default=None, pattern=r"^[^\s*>]+$", max_length=255)
+    """A NATS subject the record is published to (on the platform's NATS, JetStream-acknowledged when a stream
+    captures the subject)."""
     url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2048)
     """An HTTP(S) endpoint that receives the record as a JSON POST."""
 

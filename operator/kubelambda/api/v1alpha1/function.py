@@ -235,6 +235,9 @@ class Scaling(Model):
     """Idle time before the last instance is removed (when minInstances is 0)."""
     target_utilization: float = Field(default=0.7, gt=0, le=1)
     """Fraction of ``instances * perInstance`` the autoscaler aims to keep busy."""
+    warm_pool: bool = True
+    """Serve a cold start from a pre-started pod of the runtime's warm pool when the Function qualifies
+    (zip/inline code, no custom ServiceAccount, no Secret volumes); ``false`` always takes the normal path."""
 
 
 class AsyncConfig(Model):

@@ -65,6 +65,14 @@ class BucketSource(Model):
     """Region used to sign requests and reported in events."""
     credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
     """Secret with ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
+    path_style: bool = True
+    """Path-style addressing (``endpoint/bucket/key``), as most self-hosted stores need; ``false`` uses
+    virtual-hosted style (``bucket.endpoint/key``)."""
+    token_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """``notification`` mode: Secret whose ``token`` key the store must send as ``Authorization: Bearer``;
+    without it the operator generates one (Secret ``<trigger>-bucket-token``)."""
+    poll_interval_seconds: int = Field(default=10, ge=1, le=3600)
+    """``poll`` mode: seconds between bucket listings."""
 
 
 class RabbitMQ(Model):
@@ -91,7 +99,9 @@ class RedisSource(Model):
     url: str = Field(pattern=r"^rediss?://[^\s]+$", max_length=2048)
     """Redis URL."""
     key: str = Field(min_length=1, max_length=1024)
-    """The list (queues) or stream (streams) key."""
+    """The Redis stream key (queues read it through a consumer group, streams in order)."""
+    consumer_group: str | None = Field(default=None, min_length=1, max_length=255)
+    """Queues: the consumer group; default derived from the Trigger's namespace and name."""
     credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
     """Secret with ``password``."""
 
@@ -119,7 +129,7 @@ class QueueSource(Model):
     nats: Nats | None = None
     """A NATS JetStream stream used as a work queue."""
     redis: RedisSource | None = None
-    """A Redis list."""
+    """A Redis stream read through a consumer group (XAUTOCLAIM reclaims stuck messages)."""
     sqs: Sqs | None = None
     """An SQS-compatible queue."""
     batch_size: int = Field(default=10, ge=1, le=10000)
@@ -275,6 +285,14 @@ class TriggerStatus(Model):
     """``Ready`` and its reason."""
     source: Literal["bucket", "queue", "stream", "schedule", "http"] | None = None
     """Which source block the spec uses (for ``kubectl get trig``)."""
+    last_event_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the bridge last delivered an event to the function (RFC 3339)."""
+    lag: int | None = Field(default=None, ge=0)
+    """Records or objects the bridge has yet to deliver, where the source can tell."""
+    iterator_age_seconds: float | None = Field(default=None, ge=0)
+    """Streams: age of the last record read (Lambda's IteratorAge)."""
+    events_delivered: int | None = Field(default=None, ge=0)
+    """Events delivered since the bridge started."""
     kopf: dict[str, Any] | None = None
     """Bookkeeping of the operator framework (kopf): the last handled spec (inline code as a checksum)."""
 
