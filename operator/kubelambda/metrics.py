@@ -107,7 +107,7 @@ ASYNC_REQUEUES = Counter(
 )
 ASYNC_DESTINATION_RECORDS = Counter(
     "kubelambda_async_destination_records_total",
-    "Invocation records sent, by kind of destination (function, url, dead_letter).",
+    "Invocation records sent, by kind of destination (function, nats, url, dead_letter).",
     ["namespace", "function", "destination"],
     registry=REGISTRY,
 )
@@ -125,5 +125,73 @@ ASYNC_QUEUE_DEPTH = Gauge(
 ASYNC_QUEUE_OLDEST_SECONDS = Gauge(
     "kubelambda_async_queue_oldest_age_seconds",
     "Age of the oldest event in the stream since the gateway accepted it (0 when empty).",
+    registry=REGISTRY,
+)
+
+# ---- trigger bridges (one process per Trigger, so no trigger label) ---------------------------------------
+
+BRIDGE_INVOCATIONS = Counter(
+    "kubelambda_bridge_invocations_total",
+    "Invocations the bridge made through the gateway, by outcome (success, function_error, throttled, error).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+BRIDGE_INVOKE_SECONDS = Histogram(
+    "kubelambda_bridge_invoke_seconds",
+    "Time from the bridge sending an invocation to the gateway's answer.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+BRIDGE_EVENTS = Counter(
+    "kubelambda_bridge_events_total",
+    "Events or records handed to the function (accepted for async sources, processed for batches).",
+    registry=REGISTRY,
+)
+BRIDGE_RECORDS_RECEIVED = Counter(
+    "kubelambda_bridge_records_received_total",
+    "Records (messages, objects, ticks) read from the source.",
+    registry=REGISTRY,
+)
+BRIDGE_BATCHES = Counter(
+    "kubelambda_bridge_batches_total",
+    "Batches sent to the function, by outcome (success, partial, failure).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+BRIDGE_BATCH_SIZE = Histogram(
+    "kubelambda_bridge_batch_size",
+    "Records per batch sent to the function.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 10000),
+    registry=REGISTRY,
+)
+BRIDGE_FAILURES = Counter(
+    "kubelambda_bridge_failures_total",
+    "Records whose processing failed (function error or batch item failure) and will be retried or discarded.",
+    registry=REGISTRY,
+)
+BRIDGE_DISCARDED = Counter(
+    "kubelambda_bridge_records_discarded_total",
+    "Records given up on (retries or age exhausted) and sent to the on-failure destination, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+BRIDGE_ITERATOR_AGE = Gauge(
+    "kubelambda_bridge_iterator_age_seconds",
+    "Streams: age of the last record read (Lambda's IteratorAge).",
+    registry=REGISTRY,
+)
+BRIDGE_LAG = Gauge(
+    "kubelambda_bridge_lag",
+    "Records or objects the bridge has yet to deliver, where the source can tell.",
+    registry=REGISTRY,
+)
+BRIDGE_SOURCE_UP = Gauge(
+    "kubelambda_bridge_source_up",
+    "1 when the last attempt to reach the source succeeded, else 0.",
+    registry=REGISTRY,
+)
+BRIDGE_CHECKPOINTS = Counter(
+    "kubelambda_bridge_checkpoints_total",
+    "Checkpoint writes (ConfigMap applies) by the bridge.",
     registry=REGISTRY,
 )

@@ -1,0 +1,191 @@
+"""``kubelambda bridge --trigger NS/NAME``: one process per Trigger, consuming its source.
+
+Reads the Trigger once at start (the operator rolls the bridge Deployment when the spec changes: the pod
+template carries the spec's hash), builds the context, serves ``/healthz``, ``/metrics`` and the source's own
+routes, and runs the source until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kubelambda import metrics
+from kubelambda.api.v1alpha1 import GROUP, VERSION, Trigger
+from kubelambda.bridge._context import (
+    BridgeContext,
+    Checkpoint,
+    Invoker,
+    Secrets,
+    Source,
+    StatusReporter,
+)
+from kubelambda.kube import KubeClient, resource_path
+
+log = logging.getLogger("kubelambda.bridge")
+
+# Source kind → "module:Class"; imported only when used, so a bridge loads one broker client library.
+SOURCES: dict[str, str] = {
+    "bucket": "kubelambda.bridge.bucket:BucketBridge",
+    "schedule": "kubelambda.bridge.schedule:ScheduleBridge",
+    "queue.rabbitmq": "kubelambda.bridge.queues.rabbitmq:RabbitMQQueue",
+    "queue.nats": "kubelambda.bridge.queues.nats:NatsQueue",
+    "queue.redis": "kubelambda.bridge.queues.redis:RedisQueue",
+    "queue.sqs": "kubelambda.bridge.queues.sqs:SqsQueue",
+    "stream.kafka": "kubelambda.bridge.streams.kafka:KafkaStream",
+    "stream.redis": "kubelambda.bridge.streams.redis:RedisStream",
+    "stream.nats": "kubelambda.bridge.streams.nats:NatsStream",
+    "stream.kinesis": "kubelambda.bridge.streams.kinesis:KinesisStream",
+}
+
+
+class BridgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBELAMBDA_BRIDGE_", extra="ignore", frozen=True)
+
+    gateway_url: str = Field(
+        default="http://kubelambda-gateway.kubelambda-system.svc:8080", pattern=r"^https?://[^\s]+$"
+    )
+    """Base URL of the gateway the bridge invokes through."""
+    host: str = "0.0.0.0"
+    """Address of the bridge's HTTP server (health, metrics, webhooks)."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """Port of the bridge's HTTP server (default 8080; 0 = any free port)."""
+    status_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """At most one status write per this many seconds, except reachability changes (default 10 s)."""
+    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$")
+    """Region reported in events (``awsRegion``) and ARNs."""
+    kubeconfig: str | None = None
+    """Kubeconfig to use; unset = in-cluster credentials."""
+
+
+def source_kind(trigger: Trigger) -> str:
+    """``bucket``, ``schedule``, ``queue.<broker>`` or ``stream.<broker>``; raises for ``http`` (no bridge)."""
+    spec = trigger.spec
+    for kind in ("bucket", "schedule"):
+        if getattr(spec, kind) is not None:
+            return kind
+    for kind in ("queue", "stream"):
+        block = getattr(spec, kind)
+        if block is not None:
+            for broker in ("rabbitmq", "nats", "redis", "sqs", "kafka", "kinesis"):
+                if getattr(block, broker, None) is not None:
+                    return f"{kind}.{broker}"
+    raise ValueError("this Trigger needs no bridge (HTTP routes are served by the gateway)")
+
+
+def load_source(kind: str, ctx: BridgeContext) -> Source:
+    module_name, _, class_name = SOURCES[kind].partition(":")
+    cls: Any = getattr(importlib.import_module(module_name), class_name)
+    source: Source = cls(ctx)
+    return source
+
+
+def _client(settings: BridgeSettings) -> KubeClient:
+    if settings.kubeconfig:
+        return KubeClient.from_kubeconfig(settings.kubeconfig)
+    return KubeClient.in_cluster()
+
+
+async def _serve(source: Source, settings: BridgeSettings) -> web.AppRunner:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_view)
+    app.add_routes(source.routes())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    return runner
+
+
+async def run_bridge(
+    namespace: str, name: str, settings: BridgeSettings, *, stop: asyncio.Event | None = None
+) -> None:
+    """Runs the bridge of Trigger ``namespace/name`` until ``stop`` is set (or forever)."""
+    stop = stop or asyncio.Event()
+    async with _client(settings) as kube, aiohttp.ClientSession() as http:
+        body = await kube.get(resource_path(f"{GROUP}/{VERSION}", "triggers", namespace=namespace, name=name))
+        trigger = Trigger.model_validate(body)
+        kind = source_kind(trigger)
+        generation = body["metadata"].get("generation")
+        status = StatusReporter(
+            kube,
+            namespace=namespace,
+            trigger=name,
+            generation=generation,
+            interval=settings.status_interval_seconds,
+        )
+        ctx = BridgeContext(
+            trigger=trigger,
+            namespace=namespace,
+            name=name,
+            kube=kube,
+            invoker=Invoker(
+                http, gateway_url=settings.gateway_url, namespace=namespace, function=trigger.spec.function
+            ),
+            checkpoint=Checkpoint(kube, namespace=namespace, trigger=name),
+            status=status,
+            secrets=Secrets(kube, namespace=namespace),
+            http=http,
+            region=settings.region,
+        )
+        source = load_source(kind, ctx)
+        runner = await _serve(source, settings)
+        log.info("Started the %s bridge of Trigger %s/%s", kind, namespace, name)
+        reporter = asyncio.create_task(status.run(), name="status")
+        consumer = asyncio.create_task(source.run(), name=kind)
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer in done:
+                consumer.result()  # a source returns only by failing; let the pod restart and say why
+        finally:
+            for task in (consumer, stopper, reporter):
+                task.cancel()
+            for task in (consumer, stopper, reporter):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await status.flush()
+            await runner.cleanup()
+            log.info("Stopped the bridge of Trigger %s/%s", namespace, name)
+
+
+def main(trigger_ref: str) -> int:
+    """Entry point of ``kubelambda bridge --trigger NS/NAME``."""
+    namespace, sep, name = trigger_ref.partition("/")
+    if not sep or not namespace or not name:
+        log.error("--trigger must be NAMESPACE/NAME, got %r", trigger_ref)
+        return 2
+    try:
+        settings = BridgeSettings()
+    except ValidationError as e:
+        log.error("bad settings (environment KUBELAMBDA_BRIDGE_*):\n%s", e)
+        return 2
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_bridge(namespace, name, settings, stop=stop)
+
+    asyncio.run(serve())
+    return 0

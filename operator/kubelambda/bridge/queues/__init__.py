@@ -1,0 +1,1 @@
+"""Queue bridges (event source mappings for queues): SQS-shaped ``Records`` batches."""
