@@ -35,6 +35,7 @@ type Config struct {
 	MaxRequest      int           // invoke request body limit, bytes
 	MaxResponse     int           // runtime response body limit, bytes
 	DrainTimeout    time.Duration // how long SIGTERM waits for in-flight invocations
+	Generic         genericMode   // warm-pool pod: wait for POST /specialize (see specialize.go)
 }
 
 type envLookup func(string) (string, bool)
@@ -84,6 +85,9 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 		"largest function response accepted (env KUBELAMBDA_MAX_RESPONSE_BYTES)")
 	drain := fs.String("drain-timeout", env("KUBELAMBDA_DRAIN_TIMEOUT", ""),
 		"how long SIGTERM waits for in-flight invocations; default the function timeout (env KUBELAMBDA_DRAIN_TIMEOUT)")
+	generic := fs.String("generic", env("KUBELAMBDA_GENERIC", "off"),
+		"warm-pool mode: off, prestart (start the runtime now, load code on POST /specialize) or deferred "+
+			"(start the runtime on POST /specialize) (env KUBELAMBDA_GENERIC)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: kubelambda-agent [flags] [-- runtime command...]\n")
 		fs.PrintDefaults()
@@ -104,6 +108,16 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 		bad("listen (KUBELAMBDA_LISTEN)", *listen, err.Error())
 	}
 	c.Listen = *listen
+	switch strings.ToLower(*generic) {
+	case "", "off", "false", "0":
+		c.Generic = genericOff
+	case "prestart", "true", "1":
+		c.Generic = genericPrestart
+	case "deferred":
+		c.Generic = genericDeferred
+	default:
+		bad("generic (KUBELAMBDA_GENERIC)", *generic, "want off, prestart or deferred")
+	}
 	c.Workers = intIn(*workers, 1, 1000, "workers (KUBELAMBDA_WORKERS)", bad)
 	c.MemoryMB = intIn(*memory, 128, 10240, "memory-mb (KUBELAMBDA_MEMORY_MB)", bad)
 	c.MaxRequest = intIn(*maxReq, 1, 1<<30, "max-request-bytes (KUBELAMBDA_MAX_REQUEST_BYTES)", bad)

@@ -38,6 +38,11 @@ func (a *invokeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		apiError(rw, http.StatusMethodNotAllowed, "InvalidRequestContentException", "use POST")
 		return
 	}
+	if !a.pool.live.Load() {
+		apiError(rw, http.StatusServiceUnavailable, "ServiceException",
+			"this is a generic warm-pool instance: POST /specialize gives it a function first")
+		return
+	}
 	received := time.Now()
 	body, tooLarge, err := readBody(r, a.cfg.MaxRequest)
 	if err != nil {

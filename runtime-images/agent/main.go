@@ -44,11 +44,12 @@ func run(cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	front := &http.Server{Handler: newFrontMux(cfg, p, m), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	sp := newSpecializer(cfg, p, log)
+	front := &http.Server{Handler: newFrontMux(cfg, p, m, sp), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	go func() { _ = front.Serve(invokeLn) }()
 	p.start()
-	log.line(fmt.Sprintf("kubelambda-agent: serving invokes on %s, Runtime API on %s (+%d), %d worker(s) of %q",
-		invokeLn.Addr(), cfg.RuntimeAPI, cfg.Workers-1, cfg.Workers, cfg.RuntimeCmd))
+	log.line(fmt.Sprintf("kubelambda-agent: serving invokes on %s, Runtime API on %s (+%d), %d worker(s) of %q%s",
+		invokeLn.Addr(), cfg.RuntimeAPI, cfg.Workers-1, cfg.Workers, cfg.RuntimeCmd, cfg.Generic.describe()))
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -87,12 +88,13 @@ func serveRuntimeAPI(p *pool) ([]*http.Server, error) {
 	return servers, nil
 }
 
-func newFrontMux(cfg *Config, p *pool, m *metrics) http.Handler {
+func newFrontMux(cfg *Config, p *pool, m *metrics, sp *specializer) http.Handler {
 	inv := &invokeAPI{pool: p, cfg: cfg, metrics: m}
 	mux := http.NewServeMux()
 	mux.Handle("/invoke", inv)
 	mux.Handle("/2015-03-31/functions/{name}/invocations", inv)
 	mux.HandleFunc("GET /metrics", m.serveHTTP)
+	mux.Handle("/specialize", sp)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -47,6 +48,9 @@ func TestMain(m *testing.M) {
 }
 
 func fakeRuntime() {
+	if os.Getenv("KUBELAMBDA_AWAIT_SPECIALIZATION") == "1" {
+		awaitFunction()
+	}
 	base := "http://" + os.Getenv("AWS_LAMBDA_RUNTIME_API") + "/2018-06-01/runtime"
 	for {
 		resp, err := http.Get(base + "/invocation/next")
@@ -57,10 +61,12 @@ func fakeRuntime() {
 		resp.Body.Close()
 		id := resp.Header.Get("Lambda-Runtime-Aws-Request-Id")
 		var ev struct {
-			SleepMs int  `json:"sleep_ms"`
-			Crash   bool `json:"crash"`
-			Fail    bool `json:"fail"`
-			Big     int  `json:"big"`
+			SleepMs int    `json:"sleep_ms"`
+			Crash   bool   `json:"crash"`
+			Fail    bool   `json:"fail"`
+			Big     int    `json:"big"`
+			File    string `json:"file"`
+			Env     string `json:"env"`
 		}
 		_ = json.Unmarshal(body, &ev)
 		fmt.Printf("handling %s\n", id) // must come out between START and END
@@ -71,6 +77,16 @@ func fakeRuntime() {
 		case ev.Fail:
 			r, _ := http.Post(base+"/invocation/"+id+"/error", "application/json",
 				strings.NewReader(`{"errorType":"ValueError","errorMessage":"boom","stackTrace":[]}`))
+			r.Body.Close()
+		case ev.File != "" || ev.Env != "":
+			var out []byte
+			if ev.File != "" {
+				out, _ = os.ReadFile(filepath.Join(os.Getenv("LAMBDA_TASK_ROOT"), ev.File))
+			} else {
+				out = []byte(os.Getenv(ev.Env))
+			}
+			b, _ := json.Marshal(string(out))
+			r, _ := http.Post(base+"/invocation/"+id+"/response", "application/json", bytes.NewReader(b))
 			r.Body.Close()
 		case ev.Big > 0:
 			r, _ := http.Post(base+"/invocation/"+id+"/response", "application/json",
@@ -108,6 +124,12 @@ func (s *syncBuffer) String() string {
 
 func startAgent(t *testing.T, workers int, timeout time.Duration, mode string) *testAgent {
 	t.Helper()
+	return startAgentWith(t, workers, timeout, mode, nil)
+}
+
+// startAgentWith is startAgent with a last say on the configuration.
+func startAgentWith(t *testing.T, workers int, timeout time.Duration, mode string, edit func(*Config)) *testAgent {
+	t.Helper()
 	t.Setenv("AGENT_TEST_FAKE_RUNTIME", mode)
 	exe, err := os.Executable()
 	if err != nil {
@@ -116,6 +138,9 @@ func startAgent(t *testing.T, workers int, timeout time.Duration, mode string) *
 	cfg := &Config{Workers: workers, Timeout: timeout, MemoryMB: 128, FunctionName: "fn", FunctionVersion: "$LATEST",
 		FunctionARN: "arn:aws:lambda:us-east-1:000000000000:function:fn", TaskRoot: t.TempDir(),
 		RuntimeCmd: []string{exe}, MaxRequest: 1 << 16, MaxResponse: 1 << 16}
+	if edit != nil {
+		edit(cfg)
+	}
 	out := &syncBuffer{}
 	var p *pool
 	var servers []*http.Server
@@ -128,7 +153,7 @@ func startAgent(t *testing.T, workers int, timeout time.Duration, mode string) *
 			t.Fatal(err)
 		}
 	}
-	front := httptest.NewServer(newFrontMux(cfg, p, p.metrics))
+	front := httptest.NewServer(newFrontMux(cfg, p, p.metrics, newSpecializer(cfg, p, p.log)))
 	p.start()
 	t.Cleanup(func() {
 		p.stop()

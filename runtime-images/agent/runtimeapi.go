@@ -68,6 +68,10 @@ func (a *runtimeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		runtimeErr(rw, http.StatusInternalServerError, "Runtime.Unknown", "no runtime process")
 		return
 	}
+	if r.URL.Path == specializationPath {
+		a.awaitSpecialization(rw, r, pr)
+		return
+	}
 	want := http.MethodPost
 	if route == routeNext {
 		want = http.MethodGet

@@ -89,6 +89,7 @@ type proc struct {
 	cur      *invocation // the invocation it is running; pool.mu
 	dead     bool        // pool.mu
 	coldInit time.Duration
+	initFrom time.Time   // when a pre-started (generic) runtime was given its function; pool.mu
 	coldSeen atomic.Bool // Init Duration reported already
 	killed   atomic.Bool // the agent killed it (timeout, shutdown)
 	log      procLog
@@ -125,6 +126,14 @@ type pool struct {
 	stopping atomic.Bool
 	initDone chan struct{} // closed once every worker has initialised or failed init
 	wg       sync.WaitGroup
+
+	// Generic (warm-pool) mode, see specialize.go. released is closed when the pod gets its function (at
+	// once when not generic); live is set after the configuration is final, so invokes read it race-free.
+	released chan struct{}
+	live     atomic.Bool
+	overlay  []byte        // the environment a pre-started runtime adopts; pool.mu
+	parked   atomic.Int32  // pre-started runtimes waiting for their function
+	stopCh   chan struct{} // closed by stop
 }
 
 func newPool(cfg *Config, log *logger, m *metrics) *pool {
@@ -134,6 +143,12 @@ func newPool(cfg *Config, log *logger, m *metrics) *pool {
 		initLeft: cfg.Workers,
 		initDone: make(chan struct{}),
 		drainCh:  make(chan struct{}),
+		released: make(chan struct{}),
+		stopCh:   make(chan struct{}),
+	}
+	if cfg.Generic == genericOff {
+		close(p.released)
+		p.live.Store(true)
 	}
 	for i := 0; i < cfg.Workers; i++ {
 		p.workers = append(p.workers, &worker{index: i, addr: cfg.workerAddr(i), restart: make(chan struct{}, 1)})
@@ -277,7 +292,11 @@ func (p *pool) nextReady(pr *proc) (stale *invocation) {
 	}
 	if !pr.initDone {
 		pr.initDone = true
-		pr.coldInit = time.Since(pr.started)
+		from := pr.started
+		if !pr.initFrom.IsZero() {
+			from = pr.initFrom
+		}
+		pr.coldInit = time.Since(from)
 		p.metrics.initDuration.observe(pr.coldInit)
 		p.initFinishedLocked()
 	}
@@ -397,6 +416,7 @@ func (p *pool) drain(d time.Duration) bool {
 // stop kills every proc and waits for the supervisors.
 func (p *pool) stop() {
 	p.stopping.Store(true)
+	closeOnce(p.stopCh)
 	for _, w := range p.workers {
 		if pr := w.cur.Load(); pr != nil {
 			pr.kill()
@@ -410,6 +430,10 @@ func (p *pool) stop() {
 }
 
 func (p *pool) isReady() bool {
+	if !p.live.Load() {
+		// A generic pod is ready for the pool once its runtimes wait for a function (prestart), or at once.
+		return p.cfg.Generic == genericDeferred || int(p.parked.Load()) == len(p.workers)
+	}
 	select {
 	case <-p.initDone:
 	default:
@@ -431,6 +455,13 @@ func (pr *proc) kill() {
 // supervise keeps one proc running for w until the pool stops.
 func (p *pool) supervise(w *worker) {
 	defer p.wg.Done()
+	if p.cfg.Generic == genericDeferred {
+		select {
+		case <-p.released:
+		case <-p.stopCh:
+			return
+		}
+	}
 	firstInit := true
 	quickExits := 0 // consecutive exits soon after start that the agent did not cause
 	for !p.stopping.Load() {
@@ -492,7 +523,14 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 	argv := p.cfg.RuntimeCmd
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = p.cfg.TaskRoot
-	cmd.Env = append(p.env[:len(p.env):len(p.env)], "AWS_LAMBDA_RUNTIME_API="+w.addr)
+	p.mu.Lock()
+	env := p.env
+	waiting := !p.live.Load() && p.cfg.Generic == genericPrestart
+	p.mu.Unlock()
+	cmd.Env = append(env[:len(env):len(env)], "AWS_LAMBDA_RUNTIME_API="+w.addr)
+	if waiting {
+		cmd.Env = append(cmd.Env, awaitSpecializationEnv+"=1")
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	outR, outW, err := os.Pipe()
 	if err != nil {

@@ -294,7 +294,33 @@ function crashHandler(kind) {
   };
 }
 
+// A warm-pool pod's runtime starts before it has a function (docs/warm-pools.md): the agent sets
+// KUBELAMBDA_AWAIT_SPECIALIZATION=1, and this call blocks until the pod is given a function, then the
+// function's environment is adopted. Node's start and this module's imports are then off the cold path.
+function awaitFunction() {
+  return new Promise((resolve, reject) => {
+    const path = "/2018-06-01/kubelambda/specialization";
+    const req = http.request({ host: apiHost, port: apiPort, method: "GET", path, agent }, (res) => {
+      const chunks = [];
+      res.on("data", (c) => chunks.push(c));
+      res.on("end", () => {
+        try {
+          const answer = JSON.parse(Buffer.concat(chunks).toString());
+          for (const key of answer.unset || []) delete process.env[key];
+          Object.assign(process.env, answer.env || {});
+          resolve();
+        } catch (e) {
+          reject(e);
+        }
+      });
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
 async function main() {
+  if (process.env.KUBELAMBDA_AWAIT_SPECIALIZATION === "1") await awaitFunction();
   patchConsole();
   process.on("uncaughtException", crashHandler("uncaughtException"));
   process.on("unhandledRejection", crashHandler("Runtime.UnhandledPromiseRejection"));

@@ -392,7 +392,25 @@ def serve(client: RuntimeClient, handler: Callable[[Any, Any], Any]) -> None:
         client.respond(request_id, payload, content_type)
 
 
+def await_function() -> None:
+    """A warm-pool pod's runtime starts before it has a function (docs/warm-pools.md): the agent sets
+    KUBELAMBDA_AWAIT_SPECIALIZATION=1, and this call blocks until the pod is given a function, then adopts
+    the function's environment. Everything above (the interpreter, these imports) is then off the cold path."""
+    import http.client
+
+    host, _, port = os.environ["AWS_LAMBDA_RUNTIME_API"].rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    conn.request("GET", "/2018-06-01/kubelambda/specialization")
+    answer = json.loads(conn.getresponse().read())
+    conn.close()
+    for key in answer.get("unset", []):
+        os.environ.pop(key, None)
+    os.environ.update(answer.get("env", {}))
+
+
 def main() -> None:
+    if os.environ.get("KUBELAMBDA_AWAIT_SPECIALIZATION") == "1":
+        await_function()
     setup_logging()
     task_root = os.environ.get("LAMBDA_TASK_ROOT", "/var/task")
     # sys.path[0] is this file's folder; the function's code comes first instead.
