@@ -66,6 +66,8 @@ class OperatorSettings(BaseSettings):
     again, in seconds (default 30)."""
     reconcile_workers: int = Field(default=100, ge=1, le=1000)
     """Handlers running at once (kopf's ``batching.worker_limit``)."""
+    liveness_endpoint: str | None = Field(default=None, pattern=r"^http://[^\s]+$")
+    """kopf's liveness endpoint (``http://host:port/healthz``), for the Deployment's probes; unset = none."""
 
     @field_validator("runtime_images")
     @classmethod

@@ -18,6 +18,12 @@ from kubelambda.kube import KubeClient
 _IN_CLUSTER_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
+def _in_cluster_dir() -> Path:
+    """The mounted ServiceAccount token; on the local node mounts live under ``$KUBELAMBDA_ROOTFS``."""
+    rootfs = os.environ.get("KUBELAMBDA_ROOTFS")
+    return Path(rootfs) / str(_IN_CLUSTER_DIR).lstrip("/") if rootfs else _IN_CLUSTER_DIR
+
+
 @dataclass(frozen=True)
 class Login:
     """One API server and one identity: a bearer token, or a client certificate."""
@@ -54,7 +60,8 @@ class Login:
         )
 
     @classmethod
-    def in_cluster(cls, *, directory: Path = _IN_CLUSTER_DIR) -> Self:
+    def in_cluster(cls, *, directory: Path | None = None) -> Self:
+        directory = directory or _in_cluster_dir()
         host = os.environ["KUBERNETES_SERVICE_HOST"]
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         return cls(
@@ -96,7 +103,7 @@ def default_login(kubeconfig: str | None) -> Login:
     """The explicit kubeconfig, else in-cluster credentials, else ``$KUBECONFIG`` / ``~/.kube/config``."""
     if kubeconfig:
         return Login.from_kubeconfig(kubeconfig)
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and _IN_CLUSTER_DIR.exists():
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and _in_cluster_dir().exists():
         return Login.in_cluster()
     path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
     return Login.from_kubeconfig(path)
