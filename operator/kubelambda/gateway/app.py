@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 INVOKE_PATH = "/2015-03-31/functions/{name:.+}/invocations"
 COLD_START_HEADER = "X-Kubelambda-Cold-Start"
 ASYNC_REQUEST_ID_HEADER = "X-Kubelambda-Async-Request-Id"
+IDEMPOTENCY_KEY_HEADER = "X-Kubelambda-Idempotency-Key"
+"""An Event invocation's caller-chosen key (a bridge's tick or object version): the request id is derived from
+it, so a caller that re-sends after a crash gets the same request id, and JetStream's duplicate window
+(``Nats-Msg-Id``) stores the event once."""
 
 
 @dataclass
@@ -118,10 +122,10 @@ class Gateway:
         if kind == "DryRun":
             return web.Response(status=204, headers={"X-Amz-Executed-Version": "$LATEST"})
         if kind == "Event":
-            return await self._enqueue(fn, body or b"{}")
+            return await self._enqueue(fn, body or b"{}", key=request.headers.get(IDEMPOTENCY_KEY_HEADER))
         return await self._run(request, fn, ref, body or b"{}", started)
 
-    async def _enqueue(self, fn: FunctionEntry, body: bytes) -> web.Response:
+    async def _enqueue(self, fn: FunctionEntry, body: bytes, *, key: str | None = None) -> web.Response:
         """Stores an Event invocation in JetStream and answers 202 once the store is acknowledged."""
         s = self.settings
         if self.queue is None:
@@ -135,7 +139,10 @@ class Gateway:
                 "RequestTooLargeException",
                 f"Request must be smaller than {s.async_max_event_bytes} bytes for the Event invocation type",
             )
-        request_id = str(uuid.uuid4())
+        if key:
+            request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"kubelambda:{fn.namespace}/{fn.name}/{key}"))
+        else:
+            request_id = str(uuid.uuid4())
         event = QueuedEvent(
             namespace=fn.namespace,
             function=fn.name,
