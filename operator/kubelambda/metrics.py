@@ -195,3 +195,44 @@ BRIDGE_CHECKPOINTS = Counter(
     "Checkpoint writes (ConfigMap applies) by the bridge.",
     registry=REGISTRY,
 )
+
+# ---- warm pool (the gateway; docs/warm-pools.md) ------------------------------------------------------------
+
+WARM_POOL_SIZE = Gauge(
+    "kubelambda_warm_pool_size",
+    "Pool pods per runtime by state: free (ready, unclaimed) and specialised (serving a function).",
+    ["runtime", "state"],
+    registry=REGISTRY,
+)
+WARM_POOL_DESIRED = Gauge(
+    "kubelambda_warm_pool_desired",
+    "Replicas the gateway asks of each runtime's pool Deployment (its size, grown with recent claims).",
+    ["runtime"],
+    registry=REGISTRY,
+)
+WARM_POOL_CLAIMS = Counter(
+    "kubelambda_warm_pool_claims_total",
+    "Cold starts served by specialising a pool pod, by runtime.",
+    ["runtime"],
+    registry=REGISTRY,
+)
+WARM_POOL_MISSES = Counter(
+    "kubelambda_warm_pool_misses_total",
+    "Cold starts of pool-eligible functions that took the normal path, by reason (empty: no free pod; "
+    "failed: specialisation failed).",
+    ["runtime", "reason"],
+    registry=REGISTRY,
+)
+WARM_POOL_SPECIALIZE_SECONDS = Histogram(
+    "kubelambda_warm_pool_specialize_seconds",
+    "Time from claiming a pool pod to its handler being loaded (code delivery + init).",
+    ["runtime"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+WARM_POOL_RETIRED = Counter(
+    "kubelambda_warm_pool_retired_total",
+    "Specialised pool pods deleted, by reason (function_ready, code_changed, function_gone, lifetime, failed).",
+    ["reason"],
+    registry=REGISTRY,
+)

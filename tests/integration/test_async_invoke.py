@@ -10,12 +10,16 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import nats
 import pytest
+from nats.js.api import StorageType, StreamConfig
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
@@ -29,7 +33,7 @@ from kltest.platform import (
 )
 from kltest.records import Records
 from kubelambda.asyncworker.dlq import list_dead_letters
-from kubelambda.asyncworker.queue import EventQueue, dlq_stream
+from kubelambda.asyncworker.queue import EventQueue, QueuedEvent, dlq_stream
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
@@ -39,7 +43,16 @@ JSON = dict[str, Any]
 STREAM = "KUBELAMBDA_ASYNC"
 
 HANDLER = """
+import os
+import time
+
+
 def handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    if event.get("attempts"):
+        # One line per attempt, in a file named after the request id (the pod is a process on this machine).
+        with open(os.path.join(event["attempts"], context.aws_request_id), "a") as f:
+            f.write("attempt\\n")
     if event.get("fail"):
         raise ValueError("asked to fail")
     return {"echo": event, "requestId": context.aws_request_id}
@@ -159,17 +172,24 @@ async def test_a_failing_event_ends_in_exactly_one_failure_record(
     namespace: str,
     records: Records,
     nats_server: NatsServer,
+    tmp_path: Path,
     max_retries: int,
 ) -> None:
     _, gateway, url = platform
     key = f"{namespace}-fail"
     doc = function("fails", maxRetries=max_retries, onFailure={"url": records.url(key)})
     await deploy(cluster, gateway, namespace, doc)
-    answer = await invoke_event(url, f"{namespace}/fails", b'{"fail": true}')
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+    payload = {"fail": True, "attempts": str(attempts)}
+    answer = await invoke_event(url, f"{namespace}/fails", json.dumps(payload).encode())
     request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
     (record,) = await records.wait(key)
     await wait_for(lambda: queue_drained(nats_server.url), bool, what="the async queue drained")
     assert len(records.got[key]) == 1
+    # The handler ran exactly maxRetries + 1 times, each time with the caller's request id.
+    assert [p.name for p in attempts.iterdir()] == [request_id]
+    assert (attempts / request_id).read_text().splitlines() == ["attempt"] * (max_retries + 1)
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["condition"] == "RetriesExhausted"
     assert record["requestContext"]["approximateInvokeCount"] == max_retries + 1
@@ -313,3 +333,209 @@ async def test_reserved_concurrency_zero_sends_events_straight_to_the_failure_de
     assert record["requestContext"]["approximateInvokeCount"] == 0
     assert record["requestPayload"] == {"n": 2}
     assert "responseContext" not in record
+
+
+async def subscribe(nats_url: str, subject: str) -> tuple[Any, list[JSON]]:
+    """A plain NATS subscriber on ``subject``; returns the connection and the list it fills."""
+    got: list[JSON] = []
+
+    async def keep(msg: Any) -> None:
+        got.append(json.loads(msg.data))
+
+    nc = await nats.connect(nats_url)
+    await nc.subscribe(subject, cb=keep)
+    await nc.flush()
+    return nc, got
+
+
+async def test_a_nats_destination_receives_lambdas_invocation_record(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    nats_server: NatsServer,
+) -> None:
+    """No stream captures the subjects: a plain publish to whoever subscribes (the test does, beforehand)."""
+    _, gateway, url = platform
+    ok_subject, failed_subject = f"records.{namespace}.ok", f"records.{namespace}.failed"
+    nc, got_ok = await subscribe(nats_server.url, ok_subject)
+    nc2, got_failed = await subscribe(nats_server.url, failed_subject)
+    try:
+        doc = function(
+            "natsdest", maxRetries=0, onSuccess={"nats": ok_subject}, onFailure={"nats": failed_subject}
+        )
+        await deploy(cluster, gateway, namespace, doc)
+        good = await invoke_event(url, f"{namespace}/natsdest", b'{"n": 3}')
+        bad = await invoke_event(url, f"{namespace}/natsdest", b'{"n": 4, "fail": true}')
+        good_id = good["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+        bad_id = bad["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+        (success,) = await wait_for(
+            lambda: asyncio.sleep(0, result=list(got_ok)), bool, what=f"a record on {ok_subject}", timeout=90
+        )
+        (failure,) = await wait_for(
+            lambda: asyncio.sleep(0, result=list(got_failed)), bool, what=f"a record on {failed_subject}"
+        )
+    finally:
+        await nc.close()
+        await nc2.close()
+    arn = f"arn:aws:lambda:us-east-1:{namespace}:function:natsdest:$LATEST"
+    assert set(success) == {
+        "version",
+        "timestamp",
+        "requestContext",
+        "requestPayload",
+        "responseContext",
+        "responsePayload",
+    }
+    assert success["version"] == "1.0"
+    assert success["timestamp"].endswith("Z")
+    assert success["requestContext"] == {
+        "requestId": good_id,
+        "functionArn": arn,
+        "condition": "Success",
+        "approximateInvokeCount": 1,
+    }
+    assert success["requestPayload"] == {"n": 3}
+    assert success["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST"}
+    assert success["responsePayload"] == {"echo": {"n": 3}, "requestId": good_id}
+    assert failure["requestContext"] == {
+        "requestId": bad_id,
+        "functionArn": arn,
+        "condition": "RetriesExhausted",
+        "approximateInvokeCount": 1,
+    }
+    assert failure["requestPayload"] == {"n": 4, "fail": True}
+    assert failure["responseContext"] == {
+        "statusCode": 200,
+        "executedVersion": "$LATEST",
+        "functionError": "Unhandled",
+    }
+    assert failure["responsePayload"]["errorType"] == "ValueError"
+    assert failure["responsePayload"]["errorMessage"] == "asked to fail"
+
+
+async def test_a_nats_destination_captured_by_a_stream_is_stored_in_it(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    nats_server: NatsServer,
+) -> None:
+    """A stream captures the subject: the record is published through JetStream (acknowledged, kept)."""
+    _, gateway, url = platform
+    subject = f"kept.{namespace}.ok"
+    stream = f"KEPT_{namespace.replace('-', '_')}"
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(
+            StreamConfig(name=stream, subjects=[f"kept.{namespace}.>"], storage=StorageType.FILE)
+        )
+        await deploy(cluster, gateway, namespace, function("kept", onSuccess={"nats": subject}))
+        answer = await invoke_event(url, f"{namespace}/kept", b'{"n": 5}')
+        request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+
+        async def stored() -> int:
+            return int((await js.stream_info(stream)).state.messages)
+
+        await wait_for(stored, lambda n: n >= 1, what=f"a record in stream {stream}", timeout=90)
+        await wait_for(lambda: queue_drained(nats_server.url), bool, what="the async queue drained")
+        assert await stored() == 1
+        msg = await js.get_msg(stream, 1)
+        assert msg.subject == subject
+        record = json.loads(msg.data or b"")
+        assert record["requestContext"]["requestId"] == request_id
+        assert record["requestContext"]["condition"] == "Success"
+        assert record["requestPayload"] == {"n": 5}
+        assert record["responsePayload"] == {"echo": {"n": 5}, "requestId": request_id}
+    finally:
+        await nc.close()
+
+
+async def queue_directly(nats_url: str, event: QueuedEvent) -> None:
+    """Stores an event in the stream exactly as the gateway does, with an acceptance time of the test's choice."""
+    queue = await EventQueue.connect(nats_url, stream=STREAM)
+    try:
+        await queue.publish(event)
+    finally:
+        await queue.close()
+
+
+async def test_an_event_older_than_max_event_age_is_never_invoked(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Records,
+    nats_server: NatsServer,
+    tmp_path: Path,
+) -> None:
+    """The event's age comes from its Kubelambda-Enqueued-At header: an event accepted 61 s ago (queued here
+    with that time, instead of waiting a minute) is past maxEventAgeSeconds 60 and ends without an invocation."""
+    _, gateway, _ = platform
+    key = f"{namespace}-old"
+    doc = function("aged", maxEventAgeSeconds=60, onFailure={"url": records.url(key)})
+    await deploy(cluster, gateway, namespace, doc)
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+    request_id = str(uuid.uuid4())
+    payload = {"attempts": str(attempts)}
+    await queue_directly(
+        nats_server.url,
+        QueuedEvent(
+            namespace=namespace,
+            function="aged",
+            request_id=request_id,
+            payload=json.dumps(payload).encode(),
+            enqueued_at=time.time() - 61,
+        ),
+    )
+    (record,) = await records.wait(key)
+    await wait_for(lambda: queue_drained(nats_server.url), bool, what="the async queue drained")
+    assert record["requestContext"]["requestId"] == request_id
+    assert record["requestContext"]["condition"] == "EventAgeExceeded"
+    assert record["requestContext"]["approximateInvokeCount"] == 0
+    assert record["requestPayload"] == payload
+    assert "responseContext" not in record
+    assert list(attempts.iterdir()) == []  # the handler never ran
+
+
+async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Records,
+    nats_server: NatsServer,
+    tmp_path: Path,
+) -> None:
+    """Accepted 55 s before (of 60), the first attempt starts at once, runs 6 s and fails: its retry would
+    fall due past the age, so the event ends there with EventAgeExceeded after one invocation."""
+    _, gateway, url = platform
+    key = f"{namespace}-ageing"
+    doc = function("ageing", maxRetries=2, maxEventAgeSeconds=60, onFailure={"url": records.url(key)})
+    doc["spec"]["timeoutSeconds"] = 30
+    await deploy(cluster, gateway, namespace, doc)
+    # A first invocation starts the instance, so the queued attempt below starts well inside its 5 s left.
+    await asyncio.to_thread(lambda_client(url).invoke, FunctionName=f"{namespace}/ageing", Payload=b"{}")
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+    request_id = str(uuid.uuid4())
+    payload = {"fail": True, "sleep": 6, "attempts": str(attempts)}
+    await queue_directly(
+        nats_server.url,
+        QueuedEvent(
+            namespace=namespace,
+            function="ageing",
+            request_id=request_id,
+            payload=json.dumps(payload).encode(),
+            enqueued_at=time.time() - 55,
+        ),
+    )
+    (record,) = await records.wait(key)
+    await wait_for(lambda: queue_drained(nats_server.url), bool, what="the async queue drained")
+    assert record["requestContext"]["requestId"] == request_id
+    assert record["requestContext"]["condition"] == "EventAgeExceeded"
+    assert record["requestContext"]["approximateInvokeCount"] == 1
+    assert record["responseContext"]["functionError"] == "Unhandled"
+    assert (attempts / request_id).read_text().splitlines() == ["attempt"]

@@ -19,7 +19,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ ENQUEUED_AT = "Kubelambda-Enqueued-At"  # epoch seconds when the gateway accepte
 INVOKE_COUNT = "Kubelambda-Invoke-Count"  # invocations before this delivery
 NOT_BEFORE = "Kubelambda-Not-Before"  # epoch seconds; a retry is not due before
 PUBLISH_TIMEOUT_SECONDS = 5.0
+# How long "which stream captures this destination subject" is remembered: a stream created for a subject
+# later takes effect within this time.
+STREAM_LOOKUP_TTL_SECONDS = 10.0
 
 
 class BadEvent(ValueError):
@@ -94,6 +97,7 @@ class EventQueue:
         self.js: JetStreamContext = nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
         self.stream = stream
         self._dlq_ready: set[str] = set()  # only spares an idempotent call; a restart just repeats it
+        self._capturing: dict[str, tuple[float, str | None]] = {}  # subject -> (looked up at, stream)
 
     @classmethod
     async def connect(cls, url: str, *, stream: str) -> EventQueue:
@@ -141,6 +145,35 @@ class EventQueue:
             stream=stream,
             headers={"Kubelambda-Dead-Letter-Reason": why},
         )
+
+    async def publish_record(self, subject: str, body: bytes, *, now: float) -> str | None:
+        """Publishes an invocation record to a destination subject; returns the stream that stored it.
+
+        When a JetStream stream captures the subject, the record is published through JetStream and this
+        returns only after the stream's acknowledgement (the record is durable, like an Event). Otherwise it is
+        a plain NATS publish followed by a flush: the server has taken it and handed it to the subscribers
+        present at that moment, at most once (core NATS keeps nothing). A JetStream publish to a subject no
+        stream captures would wait for an ack that never comes when a plain subscriber listens, so which case
+        applies is looked up (and remembered for ``STREAM_LOOKUP_TTL_SECONDS``).
+        """
+        stream = await self._capturing_stream(subject, now=now)
+        if stream is not None:
+            await self.js.publish(subject, body, stream=stream)
+            return stream
+        await self.nc.publish(subject, body)
+        await self.nc.flush(timeout=int(PUBLISH_TIMEOUT_SECONDS))
+        return None
+
+    async def _capturing_stream(self, subject: str, *, now: float) -> str | None:
+        known = self._capturing.get(subject)
+        if known is not None and now - known[0] < STREAM_LOOKUP_TTL_SECONDS:
+            return known[1]
+        try:
+            stream: str | None = await self.js.find_stream_name_by_subject(subject)
+        except NotFoundError:
+            stream = None
+        self._capturing[subject] = (now, stream)
+        return stream
 
     async def close(self) -> None:
         await self.nc.drain()

@@ -282,6 +282,9 @@ class Worker:
                 )
             )
             return "function"
+        if destination.nats is not None:
+            await self.queue.publish_record(destination.nats, body, now=self.clock())
+            return "nats"
         assert destination.url is not None
         async with self.http.post(
             destination.url,
