@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def kubectl_bin() -> Path:
 @dataclass
 class Cluster:
     state_dir: Path
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None  # None: a cluster this suite did not start (the kind backend)
     state: DevState
     kubectl_path: Path
 
@@ -54,6 +55,8 @@ class Cluster:
         return self.state_dir / "pods" / f"{namespace}_{name}_{uid}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc is None:
+            return 0
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -64,11 +67,51 @@ class Cluster:
         return self.proc.returncode
 
 
+BACKENDS = ("local", "kind")
+"""Cluster backends of the suite, chosen with ``KUBELAMBDA_TEST_BACKEND`` (default ``local``): ``kind`` runs the
+same tests against the cluster ``make kind-up`` made (``make e2e``)."""
+
+
+def backend() -> str:
+    chosen = os.environ.get("KUBELAMBDA_TEST_BACKEND", "local")
+    if chosen not in BACKENDS:
+        raise RuntimeError(f"KUBELAMBDA_TEST_BACKEND={chosen!r}: expected one of {', '.join(BACKENDS)}")
+    return chosen
+
+
+def kind_cluster(state_dir: Path) -> Cluster:
+    """The kind cluster ``make kind-up`` created (``$KUBELAMBDA_KIND_CLUSTER``, default kubelambda); fails at once
+    without Docker."""
+    name = os.environ.get("KUBELAMBDA_KIND_CLUSTER", "kubelambda")
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "info"], capture_output=True, timeout=30).returncode != 0:
+        raise RuntimeError(
+            "KUBELAMBDA_TEST_BACKEND=kind needs Docker (no docker command, or its daemon does not answer); "
+            "unset it to run the suite on the local cluster"
+        )
+    kind = shutil.which("kind")
+    if kind is None:
+        raise RuntimeError(
+            "KUBELAMBDA_TEST_BACKEND=kind needs the kind command (make kind-up installs the cluster)"
+        )
+    config = subprocess.run(
+        [kind, "get", "kubeconfig", "--name", name], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "kind.kubeconfig"
+    path.write_text(config)
+    state = DevState(state="running", pid=0, kubeconfig=str(path), node=f"{name}-control-plane")
+    return Cluster(state_dir=state_dir, proc=None, state=state, kubectl_path=kubectl_bin())
+
+
 def start_cluster(
     state_dir: Path, *, backoff: float = 1.0, timeout: float = 180.0, platform: bool = False
 ) -> Cluster:
     """Starts ``kubelambda dev serve`` (the same path as ``dev up``) and waits until it reports running.
-    ``platform`` also starts kubelambda's operator and gateway (the suites usually run their own)."""
+    ``platform`` also starts kubelambda's operator and gateway (the suites usually run their own).
+    With ``KUBELAMBDA_TEST_BACKEND=kind``: the kind cluster instead (:func:`kind_cluster`)."""
+    if backend() == "kind":
+        return kind_cluster(state_dir)
     kubectl = kubectl_bin()  # builds the binaries first, outside the start-up deadline
     state_dir.mkdir(parents=True, exist_ok=True)
     log = (state_dir / "serve.log").open("ab")

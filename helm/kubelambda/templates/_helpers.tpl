@@ -1,0 +1,144 @@
+{{/* Names, labels and images shared by every template. */}}
+
+{{- define "kubelambda.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubelambda.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "kubelambda.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "kubelambda.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubelambda.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubelambda
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Selector labels of one component. app.kubernetes.io/name is always "kubelambda": the NetworkPolicy the operator
+writes for every function admits pods labelled name=kubelambda with component gateway or bridge
+(kubelambda.resources.labels.GATEWAY_LABELS), so it must not follow nameOverride.
+*/}}
+{{- define "kubelambda.selectorLabels" -}}
+app.kubernetes.io/name: kubelambda
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "kubelambda.componentLabels" -}}
+{{ include "kubelambda.labels" .root }}
+{{ include "kubelambda.selectorLabels" . }}
+{{- end -}}
+
+{{- define "kubelambda.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s/%s@%s" .Values.image.registry .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s/%s:%s" .Values.image.registry .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubelambda.natsImage" -}}
+{{- $i := .Values.nats.image -}}
+{{- if $i.digest -}}
+{{- printf "%s/%s:%s@%s" $i.registry $i.repository $i.tag $i.digest -}}
+{{- else -}}
+{{- printf "%s/%s:%s" $i.registry $i.repository $i.tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubelambda.serviceAccountName" -}}
+{{- $sa := index .root.Values.serviceAccounts .key -}}
+{{- default (printf "%s-%s" (include "kubelambda.fullname" .root) .suffix) $sa.name -}}
+{{- end -}}
+
+{{- define "kubelambda.gatewayServiceUrl" -}}
+{{- printf "http://%s-gateway.%s.svc:%d" (include "kubelambda.fullname" .) .Release.Namespace (int .Values.gateway.service.port) -}}
+{{- end -}}
+
+{{/* The NATS URL the gateway and the worker use; empty when Event invocations are off. */}}
+{{- define "kubelambda.natsUrl" -}}
+{{- if .Values.async.enabled -}}
+{{- if .Values.async.natsUrl -}}
+{{- .Values.async.natsUrl -}}
+{{- else if .Values.nats.enabled -}}
+{{- printf "nats://%s-nats.%s.svc:4222" (include "kubelambda.fullname" .) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubelambda.leaderElection" -}}
+{{- if or .Values.operator.leaderElection (gt (int .Values.operator.replicas) 1) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "kubelambda.peeringName" -}}
+{{- include "kubelambda.fullname" . -}}
+{{- end -}}
+
+{{/* env entries from a map, sorted by name (deterministic renders). */}}
+{{- define "kubelambda.extraEnv" -}}
+{{- range $k := keys . | sortAlpha }}
+- name: {{ $k }}
+  value: {{ index $ $k | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "kubelambda.podSecurity" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{/* Preferred anti-affinity across nodes and zones, unless the component sets its own affinity. */}}
+{{- define "kubelambda.affinity" -}}
+{{- if .affinity -}}
+{{ toYaml .affinity }}
+{{- else -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "kubelambda.selectorLabels" . | nindent 12 }}
+    - weight: 50
+      podAffinityTerm:
+        topologyKey: topology.kubernetes.io/zone
+        labelSelector:
+          matchLabels:
+            {{- include "kubelambda.selectorLabels" . | nindent 12 }}
+{{- end -}}
+{{- end -}}
+
+{{/* Egress every control-plane pod needs: DNS and the API server. */}}
+{{- define "kubelambda.np.egressBase" -}}
+# DNS.
+- ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+# The Kubernetes API server.
+- ports:
+    - {port: 443, protocol: TCP}
+    - {port: 6443, protocol: TCP}
+  {{- with .Values.networkPolicy.apiServerCIDRs }}
+  to:
+    {{- range . }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
+  {{- end }}
+{{- end -}}

@@ -1,0 +1,361 @@
+"""The Helm chart (helm/kubelambda), checked without a cluster: lint, renders, values schema, CRDs and RBAC in
+step with the repository, the dashboard's metric names, the kubelambda image's Dockerfile, and `make e2e`
+stopping at once without Docker. (tests/integration/test_helm.py installs it on the local cluster.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import kubelambda
+from kubelambda import metrics
+from kubelambda.devcluster._binaries import ensure_binaries
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "kubelambda"
+MAX_VALUES = CHART / "ci" / "max-values.yaml"
+JSON = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return ensure_binaries(quiet=True).helm
+
+
+def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}"
+    return result
+
+
+def render(helm: Path, *args: str, release: str = "kubelambda") -> list[JSON]:
+    out = run_helm(helm, "template", release, str(CHART), "--namespace", "kubelambda-system", *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def find(docs: list[JSON], kind: str, name: str) -> JSON:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, (
+        f"expected one {kind} {name}, found {[d['metadata']['name'] for d in docs if d['kind'] == kind]}"
+    )
+    return found[0]
+
+
+def env_of(deployment: JSON) -> dict[str, str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+# ---- chart metadata and CRDs --------------------------------------------------------------------------------
+
+
+def test_app_version_is_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == kubelambda.__version__ == project["version"]
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    """`make chart-crds` copies crds/ into the chart; run it after `make crds`."""
+    ours = {p.name: p.read_text() for p in (REPO / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_text() for p in (CHART / "crds").glob("*.yaml")}
+    assert sorted(chart) == sorted(ours), "the chart's CRD files differ from crds/: run `make chart-crds`"
+    for name, text in ours.items():
+        assert chart[name] == text, (
+            f"helm/kubelambda/crds/{name} drifted from crds/{name}: run `make chart-crds`"
+        )
+
+
+# ---- lint and renders ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, MAX_VALUES], ids=["default", "max"])
+def test_helm_lint_strict(helm: Path, values: Path | None) -> None:
+    run_helm(helm, "lint", "--strict", str(CHART), *(["-f", str(values)] if values else []))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("operator.replicas=0", "/operator/replicas"),
+        ("gateway.bogus=1", "'bogus' not allowed"),
+        ("nats.image.tag=latest", "/nats/image/tag"),
+        ("nats.replicas=2", "/nats/replicas"),
+        ("runtime.images.cobol=x/y:1", "'cobol' not allowed"),
+        ("async.natsUrl=http://nats:4222", "/async/natsUrl"),
+    ],
+    ids=["replicas", "unknown-key", "nats-unpinned", "nats-no-quorum", "unknown-runtime", "nats-url"],
+)
+def test_schema_refuses_bad_values_naming_the_key(helm: Path, setting: str, message: str) -> None:
+    result = run_helm(helm, "template", "x", str(CHART), "--set", setting, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_default_render(helm: Path) -> None:
+    docs = render(helm)
+    kinds = sorted({d["kind"] for d in docs})
+    assert kinds == sorted(
+        {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget",
+         "Role", "RoleBinding", "Service", "ServiceAccount", "StatefulSet"}
+    )  # fmt: skip
+    operator = find(docs, "Deployment", "kubelambda-operator")
+    env = env_of(operator)
+    assert "KUBELAMBDA_PEERING" not in env, "one replica runs standalone"
+    assert operator["spec"]["strategy"]["type"] == "Recreate"
+    assert env["KUBELAMBDA_SYSTEM_NAMESPACE"] == "kubelambda-system"
+    assert env["KUBELAMBDA_GATEWAY_URL"] == "http://kubelambda-gateway.kubelambda-system.svc:8080"
+    assert env["KUBELAMBDA_CONTROL_PLANE_IMAGE"] == f"ghcr.io/kubelambda/kubelambda:{kubelambda.__version__}"
+    gateway = find(docs, "Deployment", "kubelambda-gateway")
+    genv = env_of(gateway)
+    assert genv["KUBELAMBDA_GATEWAY_NATS_URL"] == "nats://kubelambda-nats.kubelambda-system.svc:4222"
+    assert genv["KUBELAMBDA_GATEWAY_ASYNC_WORKER"] == "true"
+    assert genv["KUBELAMBDA_GATEWAY_HOST"] == "$(POD_IP)"
+    # Function pods' NetworkPolicies admit the gateway by these labels (kubelambda.resources.labels).
+    labels = gateway["spec"]["template"]["metadata"]["labels"]
+    from kubelambda.resources.labels import GATEWAY_LABELS
+
+    assert GATEWAY_LABELS.items() <= labels.items()
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"] == [
+        "kubelambda-gateway"
+    ]
+    nats = find(docs, "StatefulSet", "kubelambda-nats")
+    assert nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert "jetstream" in find(docs, "ConfigMap", "kubelambda-nats")["data"]["nats.conf"]
+
+
+def images(docs: list[JSON]) -> Iterator[str]:
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                yield c["image"]
+
+
+@pytest.mark.parametrize("values", [None, MAX_VALUES], ids=["default", "max"])
+def test_images_are_pinned_and_pods_run_as_non_root(helm: Path, values: Path | None) -> None:
+    docs = render(helm, *(["-f", str(values)] if values else []))
+    for image in images(docs):
+        assert re.search(r":\d+\.\d+\.\d+[-\w.]*(@sha256:[0-9a-f]{64})?$|@sha256:[0-9a-f]{64}$", image), image
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            pod = d["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            for c in pod["containers"]:
+                assert c["securityContext"]["allowPrivilegeEscalation"] is False
+                assert c["resources"]["requests"], f"{d['metadata']['name']}: no resource requests"
+
+
+def test_max_render_has_leader_election_worker_and_quorum(helm: Path) -> None:
+    docs = render(helm, "-f", str(MAX_VALUES), "--api-versions", "monitoring.coreos.com/v1")
+    operator = find(docs, "Deployment", "kubelambda-operator")
+    assert env_of(operator)["KUBELAMBDA_PEERING"] == "kubelambda"
+    assert "strategy" not in operator["spec"]
+    crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert crds == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    peering = find(docs, "ClusterKopfPeering", "kubelambda")
+    assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]
+    rules = find(docs, "ClusterRole", "kubelambda-operator")["rules"]
+    assert any("kopf.dev" in r["apiGroups"] and "clusterkopfpeerings" in r["resources"] for r in rules)
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"} == {
+        "kubelambda-operator", "kubelambda-gateway", "kubelambda-async-worker", "kubelambda-nats"
+    }  # fmt: skip
+    worker = find(docs, "Deployment", "kubelambda-async-worker")
+    assert env_of(worker)["KUBELAMBDA_GATEWAY_URL"] == "http://kubelambda-gateway.kubelambda-system.svc:8080"
+    assert (
+        env_of(find(docs, "Deployment", "kubelambda-gateway"))["KUBELAMBDA_GATEWAY_ASYNC_WORKER"] == "false"
+    )
+    conf = find(docs, "ConfigMap", "kubelambda-nats")["data"]["nats.conf"]
+    assert conf.count("kubelambda-nats-headless.kubelambda-system.svc:6222") == 3
+    assert json.loads(env_of(operator)["KUBELAMBDA_NAMESPACES"]) == []
+    assert {d["kind"] for d in docs} >= {"ServiceMonitor", "PodMonitor"}
+    service = find(docs, "Service", "kubelambda-gateway")
+    assert service["spec"]["ports"][0]["nodePort"] == 30080
+
+
+def test_monitoring_objects_only_with_the_prometheus_operator(helm: Path) -> None:
+    assert not {"ServiceMonitor", "PodMonitor"} & {d["kind"] for d in render(helm)}
+    with_api = {d["kind"] for d in render(helm, "--api-versions", "monitoring.coreos.com/v1")}
+    assert {"ServiceMonitor", "PodMonitor"} <= with_api
+
+
+def test_external_nats_and_async_off(helm: Path) -> None:
+    docs = render(helm, "--set", "nats.enabled=false", "--set", "async.natsUrl=nats://10.0.0.9:4222")
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]
+    assert env_of(find(docs, "Deployment", "kubelambda-gateway"))["KUBELAMBDA_GATEWAY_NATS_URL"] == (
+        "nats://10.0.0.9:4222"
+    )
+    docs = render(helm, "--set", "async.enabled=false")
+    assert "KUBELAMBDA_GATEWAY_NATS_URL" not in env_of(find(docs, "Deployment", "kubelambda-gateway"))
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]
+
+
+def test_release_name_prefixes_every_name(helm: Path) -> None:
+    docs = render(helm, release="edge")
+    names = {d["metadata"]["name"] for d in docs}
+    assert all(n.startswith("edge-kubelambda") for n in names), names
+
+
+# ---- RBAC in step with hack/*-rbac.yaml ---------------------------------------------------------------------
+
+
+def triples(rules: list[JSON]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule.get("apiGroups", [])
+        for resource in rule.get("resources", [])
+        for verb in rule.get("verbs", [])
+    }
+
+
+def covered(need: tuple[str, str, str], have: set[tuple[str, str, str]]) -> bool:
+    group, resource, verb = need
+    return any(g in (group, "*") and r in (resource, "*") and v in (verb, "*") for g, r, v in have)
+
+
+def rules_by_kind(docs: list[JSON], kind: str) -> set[tuple[str, str, str]]:
+    return set().union(set(), *(triples(d["rules"]) for d in docs if d["kind"] == kind))
+
+
+@pytest.mark.parametrize("component", ["operator", "gateway"])
+@pytest.mark.parametrize("values", [None, MAX_VALUES], ids=["default", "max"])
+def test_chart_rbac_equals_the_hack_rbac(helm: Path, component: str, values: Path | None) -> None:
+    """hack/<component>-rbac.yaml is what the tests and `dev up` run with: the chart grants the same, cluster-wide
+    (ClusterRole) and in the system namespace (Role); leader election may add kopf.dev."""
+    hack = [d for d in yaml.safe_load_all((REPO / "hack" / f"{component}-rbac.yaml").read_text()) if d]
+    docs = [
+        d
+        for d in render(helm, *(["-f", str(values)] if values else []))
+        if d["metadata"]["name"].startswith(f"kubelambda-{component}")
+    ]
+    for kind in ("ClusterRole", "Role"):
+        need, have = rules_by_kind(hack, kind), rules_by_kind(docs, kind)
+        missing = sorted(t for t in need if not covered(t, have))
+        assert not missing, f"the chart's {component} {kind} lacks (group, resource, verb): {missing}"
+        extra = sorted(t for t in have - need if t[0] != "kopf.dev")
+        assert not extra, (
+            f"the chart's {component} {kind} grants more than hack/{component}-rbac.yaml: {extra}"
+        )
+    accounts = [
+        d["metadata"]["name"]
+        for d in render(helm, *(["-f", str(values)] if values else []))
+        if d["kind"] == "ServiceAccount"
+    ]
+    for binding in (d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        [subject] = binding["subjects"]
+        assert subject["namespace"] == "kubelambda-system"
+        assert subject["name"] in accounts
+
+
+# ---- the dashboard ------------------------------------------------------------------------------------------
+
+
+def exported_names() -> set[str]:
+    names: set[str] = set()
+    for family in metrics.REGISTRY.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+        names |= {family.name + s for s in suffixes.get(family.type, [""])}
+    return names
+
+
+def test_dashboard_uses_only_exported_metrics_and_covers_the_topics() -> None:
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\bkubelambda_\w+", e)}
+    unknown = used - exported_names()
+    assert not unknown, f"the dashboard queries metrics kubelambda does not export: {sorted(unknown)}"
+    for topic in (
+        "kubelambda_invocations_total", "kubelambda_invocation_duration_seconds_bucket", "kubelambda_cold_starts_total",
+        "kubelambda_throttles_total", "kubelambda_concurrent_executions", "kubelambda_instances_ready",
+        "kubelambda_async_queue_oldest_age_seconds", "kubelambda_bridge_lag",
+    ):  # fmt: skip
+        assert topic in used, f"no panel shows {topic}"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+# ---- the kubelambda image's Dockerfile and the Docker-only targets ---------------------------------------
+
+
+def dockerfile_lines(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(
+        r"\\\n", " ", "\n".join(ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#"))
+    )
+    return [
+        (ln.split(None, 1)[0].upper(), ln.split(None, 1)[1].strip()) for ln in text.splitlines() if ln.strip()
+    ]
+
+
+def test_kubelambda_dockerfile() -> None:
+    lines = dockerfile_lines(REPO / "Dockerfile")
+    args = {k: v for k, v in (rest.partition("=")[::2] for kw, rest in lines if kw == "ARG") if v}
+    bases = [rest.split()[0] for kw, rest in lines if kw == "FROM"]
+    for base in bases:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base)
+        assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[-\w.]*(@sha256:[0-9a-f]{64})?", image), (
+            f"base {image!r} is not pinned to an exact release"
+        )
+    users = [rest for kw, rest in lines if kw == "USER"]
+    assert users, "no USER: the image would run as root"
+    assert re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]), (
+        f"the last USER must be a numeric non-root id: {users}"
+    )
+    assert any(kw == "ENTRYPOINT" and "kubelambda" in rest for kw, rest in lines)
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    allowed = {ln[1:].rstrip("/") for ln in ignore if ln.startswith("!")}
+    for kw, rest in lines:
+        if kw == "COPY" and "--from=" not in rest:
+            *sources, _dest = rest.split()
+            for source in sources:
+                assert (REPO / source).exists(), f"COPY {source}: no such file in the build context"
+                assert source.rstrip("/") in allowed, f"COPY {source}: excluded by .dockerignore"
+    assert "--platform" not in " ".join(rest for kw, rest in lines if kw == "FROM"), (
+        "FROM --platform pins an architecture; buildx --platform decides it"
+    )
+
+
+@pytest.mark.parametrize("target", ["e2e", "kind-up", "image-kubelambda"])
+def test_docker_targets_stop_at_once_without_docker(tmp_path: Path, target: str) -> None:
+    """No docker on PATH: the target fails before doing anything, with one clear line and a hint."""
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    assert subprocess.run(["sh", "-c", "command -v docker"], env=env, capture_output=True).returncode != 0
+    result = subprocess.run(
+        ["make", "-s", target], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode != 0
+    assert f"'make {target}' needs Docker" in result.stderr, result.stderr
+    assert "hint:" in result.stderr
+
+
+def test_docker_targets_stop_when_the_daemon_does_not_answer(tmp_path: Path) -> None:
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin"}
+    result = subprocess.run(
+        ["make", "-s", "e2e"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode != 0
+    assert "the Docker daemon does not answer" in result.stderr, result.stderr
+
+
+def test_kind_backend_fails_at_once_without_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kltest.cluster import start_cluster
+
+    monkeypatch.setenv("KUBELAMBDA_TEST_BACKEND", "kind")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    with pytest.raises(RuntimeError, match="KUBELAMBDA_TEST_BACKEND=kind needs Docker"):
+        start_cluster(tmp_path)
+    monkeypatch.setenv("KUBELAMBDA_TEST_BACKEND", "minikube")
+    with pytest.raises(RuntimeError, match="expected one of local, kind"):
+        start_cluster(tmp_path)
