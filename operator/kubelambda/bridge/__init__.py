@@ -17,7 +17,7 @@ from kubelambda.bridge._context import (
     checkpoint_name,
     utcnow,
 )
-from kubelambda.bridge._main import SOURCES, BridgeSettings, main, run_bridge, source_kind
+from kubelambda.bridge._main import SOURCES, BridgeSettings, build_context, main, run_bridge, source_kind
 
 __all__ = [
     "BRIDGE_FIELD_MANAGER",
@@ -31,6 +31,7 @@ __all__ = [
     "Secrets",
     "Source",
     "StatusReporter",
+    "build_context",
     "checkpoint_name",
     "main",
     "run_bridge",

@@ -18,7 +18,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -91,8 +91,17 @@ class Invoker:
         self.http = http
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
 
-    async def invoke(self, payload: bytes | Mapping[str, Any], *, asynchronous: bool = False) -> InvokeResult:
+    async def invoke(
+        self,
+        payload: bytes | Mapping[str, Any],
+        *,
+        asynchronous: bool = False,
+        idempotency_key: str | None = None,
+    ) -> InvokeResult:
         """One invocation; ``asynchronous`` makes it an Event invocation (202 once persisted by the gateway).
+
+        ``idempotency_key`` (Event only) makes the request id a function of the key, so an event re-sent after
+        a crash is stored once within JetStream's duplicate window and carries the same request id.
 
         Connection failures come back as status 0 (a platform error), never as exceptions, so every source
         handles "the gateway is down" the way it handles a 5xx.
@@ -102,6 +111,8 @@ class Invoker:
             "Content-Type": "application/json",
             "X-Amz-Invocation-Type": "Event" if asynchronous else "RequestResponse",
         }
+        if idempotency_key is not None:
+            headers["X-Kubelambda-Idempotency-Key"] = idempotency_key
         started = time.perf_counter()
         try:
             async with self.http.post(self.url, data=body, headers=headers, timeout=self.timeout) as resp:
@@ -298,6 +309,8 @@ class BridgeContext:
     http: aiohttp.ClientSession
     region: str = "us-east-1"
     bridge_id: str = ""
+    trigger_meta: JSON = field(default_factory=dict)
+    """The Trigger's ``metadata`` as read at start (uid, creationTimestamp, generation)."""
 
     def __post_init__(self) -> None:
         if not self.bridge_id:

@@ -115,37 +115,46 @@ async def _serve(source: Source, settings: BridgeSettings) -> web.AppRunner:
     return runner
 
 
+async def build_context(
+    kube: KubeClient, http: aiohttp.ClientSession, namespace: str, name: str, settings: BridgeSettings
+) -> tuple[BridgeContext, str]:
+    """Reads the Trigger and builds what its source gets: ``(context, source kind)``."""
+    body = await kube.get(resource_path(f"{GROUP}/{VERSION}", "triggers", namespace=namespace, name=name))
+    trigger = Trigger.model_validate(body)
+    kind = source_kind(trigger)
+    status = StatusReporter(
+        kube,
+        namespace=namespace,
+        trigger=name,
+        generation=body["metadata"].get("generation"),
+        interval=settings.status_interval_seconds,
+    )
+    ctx = BridgeContext(
+        trigger=trigger,
+        namespace=namespace,
+        name=name,
+        kube=kube,
+        invoker=Invoker(
+            http, gateway_url=settings.gateway_url, namespace=namespace, function=trigger.spec.function
+        ),
+        checkpoint=Checkpoint(kube, namespace=namespace, trigger=name),
+        status=status,
+        secrets=Secrets(kube, namespace=namespace),
+        http=http,
+        region=settings.region,
+        trigger_meta=dict(body["metadata"]),
+    )
+    return ctx, kind
+
+
 async def run_bridge(
     namespace: str, name: str, settings: BridgeSettings, *, stop: asyncio.Event | None = None
 ) -> None:
     """Runs the bridge of Trigger ``namespace/name`` until ``stop`` is set (or forever)."""
     stop = stop or asyncio.Event()
     async with _client(settings) as kube, aiohttp.ClientSession() as http:
-        body = await kube.get(resource_path(f"{GROUP}/{VERSION}", "triggers", namespace=namespace, name=name))
-        trigger = Trigger.model_validate(body)
-        kind = source_kind(trigger)
-        generation = body["metadata"].get("generation")
-        status = StatusReporter(
-            kube,
-            namespace=namespace,
-            trigger=name,
-            generation=generation,
-            interval=settings.status_interval_seconds,
-        )
-        ctx = BridgeContext(
-            trigger=trigger,
-            namespace=namespace,
-            name=name,
-            kube=kube,
-            invoker=Invoker(
-                http, gateway_url=settings.gateway_url, namespace=namespace, function=trigger.spec.function
-            ),
-            checkpoint=Checkpoint(kube, namespace=namespace, trigger=name),
-            status=status,
-            secrets=Secrets(kube, namespace=namespace),
-            http=http,
-            region=settings.region,
-        )
+        ctx, kind = await build_context(kube, http, namespace, name, settings)
+        status = ctx.status
         source = load_source(kind, ctx)
         runner = await _serve(source, settings)
         log.info("Started the %s bridge of Trigger %s/%s", kind, namespace, name)

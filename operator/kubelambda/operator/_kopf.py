@@ -24,13 +24,16 @@ from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.kube import ApiError, KubeClient, resource_path
 from kubelambda.operator._login import Login
 from kubelambda.operator._reconcile import FunctionReconciler, Outcome, utcnow
+from kubelambda.operator._trigger import TriggerReconciler, bridge_ready
 from kubelambda.resources import FUNCTION_LABEL
 from kubelambda.resources import status as st
+from kubelambda.resources.bridge import TRIGGER_LABEL, TriggerObject
 from kubelambda.settings import OperatorSettings
 
 log = logging.getLogger("kubelambda.operator")
 JSON = dict[str, Any]
 FUNCTIONS = (GROUP, VERSION, "functions")
+TRIGGERS = (GROUP, VERSION, "triggers")
 # Ready reasons that come from the Deployment (and so may be refreshed when it changes), not from a Problem.
 _DEPLOYMENT_REASONS = {
     "ScaledToZero",
@@ -69,6 +72,7 @@ class Context:
     login: Login
     kube: KubeClient
     reconciler: FunctionReconciler
+    triggers: TriggerReconciler
 
 
 def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
@@ -190,6 +194,80 @@ def build_registry() -> kopf.OperatorRegistry:
                 raise
         metrics.OPERATOR_API_WRITES.labels("Function").inc()
 
+    @kopf.on.resume(*TRIGGERS, registry=registry)
+    @kopf.on.create(*TRIGGERS, registry=registry)
+    @kopf.on.update(*TRIGGERS, registry=registry)
+    async def reconcile_trigger(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        ctx: Context = memo["ctx"]
+        started = time.perf_counter()
+        try:
+            outcome = await ctx.triggers.reconcile(dict(body))
+        except ApiError as e:
+            metrics.OPERATOR_RECONCILES.labels("Trigger", "error").inc()
+            if e.status in (400, 403, 422):
+                kopf.event(body, type="Warning", reason="ApplyFailed", message=str(e))
+                raise kopf.PermanentError(str(e)) from e
+            raise kopf.TemporaryError(str(e), delay=5) from e
+        finally:
+            metrics.OPERATOR_RECONCILE_SECONDS.labels("Trigger").observe(time.perf_counter() - started)
+        metrics.OPERATOR_RECONCILES.labels("Trigger", "ok").inc()
+        _post_events(body, outcome)
+        current = dict(body.get("status") or {})
+        for key, value in st.status_changes(current, outcome.status).items():
+            patch.status[key] = value
+        if outcome.retry_after is not None:
+            # The Function is missing: look again later (creating it does not touch the Trigger).
+            raise kopf.TemporaryError("the Function does not exist yet", delay=outcome.retry_after)
+
+    @kopf.index(*TRIGGERS, id="trigger_index", registry=registry)
+    def trigger_index(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[tuple[str, str], JSON]:
+        return {(namespace or "", name): dict(body)}
+
+    @kopf.on.event("apps", "v1", "deployments", labels={TRIGGER_LABEL: kopf.PRESENT}, registry=registry)
+    async def bridge_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        """Refreshes Ready of the owning Trigger when its bridge Deployment's status changes."""
+        ctx: Context = memo["ctx"]
+        trigger_index: kopf.Index[tuple[str, str], JSON] = kwargs["trigger_index"]
+        if event.get("type") == "DELETED":
+            return
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["labels"][TRIGGER_LABEL]
+        found = trigger_index.get((namespace, name))
+        if not found:
+            return
+        trigger_body = next(iter(found))
+        current = dict(trigger_body.get("status") or {})
+        if current.get("observedGeneration") is None:
+            return
+        ready = next((c for c in current.get("conditions", []) if c.get("type") == st.READY), None)
+        if ready is None or ready.get("reason") == "FunctionMissing":
+            return  # the reconcile decides until the Function exists
+        trigger = TriggerObject.from_body(trigger_body)
+        status, reason, message = bridge_ready(trigger, dict(body))
+        conditions = st.set_condition(
+            list(current.get("conditions") or []),
+            type=st.READY,
+            status=status,
+            reason=reason,
+            message=message,
+            generation=int(current["observedGeneration"]),
+            now=utcnow(),
+        )
+        new = {**current, "conditions": sorted(conditions, key=lambda c: c["type"])}
+        changes = st.status_changes(current, new)
+        if not changes:
+            return
+        path = resource_path(
+            f"{GROUP}/{VERSION}", "triggers", namespace=namespace, name=name, subresource="status"
+        )
+        try:
+            await ctx.kube.patch(path, {"status": changes})
+        except ApiError as e:
+            if e.status != 404:
+                raise
+        metrics.OPERATOR_API_WRITES.labels("Trigger").inc()
+
     return registry
 
 
@@ -207,7 +285,13 @@ async def run(
     ``KopfRunner`` does.
     """
     kube = login.client()
-    ctx = Context(settings=settings, login=login, kube=kube, reconciler=FunctionReconciler(kube, settings))
+    ctx = Context(
+        settings=settings,
+        login=login,
+        kube=kube,
+        reconciler=FunctionReconciler(kube, settings),
+        triggers=TriggerReconciler(kube, settings),
+    )
     try:
         await kopf.operator(
             registry=build_registry(),
@@ -216,6 +300,7 @@ async def run(
             namespaces=settings.namespaces,
             standalone=settings.peering is None,
             peering_name=settings.peering,
+            liveness_endpoint=settings.liveness_endpoint,
             ready_flag=ready_flag,
             stop_flag=stop_flag,
         )

@@ -1,0 +1,176 @@
+"""The Trigger reconcile: one idempotent path for create, update and resume.
+
+A Trigger with a bucket, queue, stream or schedule source becomes a bridge: ServiceAccount, Role and
+RoleBinding (least privilege, see ``resources/bridge.py``), an empty checkpoint ConfigMap, for bucket
+notifications a token Secret and a webhook Service, and the bridge Deployment (0 replicas when disabled).
+HTTP Triggers need nothing: the gateway watches them and serves the route.
+
+Conditions the operator writes: ``Ready`` and ``FunctionMissing``. The bridge writes ``SourceReachable`` and the
+delivery fields itself (server-side apply with its own field manager), so both keep their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kubelambda import metrics
+from kubelambda.api.v1alpha1 import API_VERSION
+from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.operator._reconcile import Outcome, utcnow
+from kubelambda.resources import bridge as b
+from kubelambda.resources import status as st
+from kubelambda.settings import FIELD_MANAGER, OperatorSettings
+
+JSON = dict[str, Any]
+FUNCTION_MISSING = "FunctionMissing"
+_PLURALS = {
+    "ServiceAccount": ("v1", "serviceaccounts"),
+    "ConfigMap": ("v1", "configmaps"),
+    "Secret": ("v1", "secrets"),
+    "Service": ("v1", "services"),
+    "Role": ("rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Deployment": ("apps/v1", "deployments"),
+}
+
+
+def _path(kind: str, namespace: str, name: str) -> str:
+    api_version, plural = _PLURALS[kind]
+    return resource_path(api_version, plural, namespace=namespace, name=name)
+
+
+def bridge_ready(trigger: b.TriggerObject, deployment: JSON | None) -> tuple[str, str, str]:
+    """``(status, reason, message)`` of Ready from the bridge Deployment."""
+    if not trigger.spec.enabled:
+        return "True", "Disabled", "The trigger is disabled (enabled: false); its bridge runs no pod"
+    if deployment is None:
+        return "False", "Reconciling", "The bridge Deployment does not exist yet"
+    status = deployment.get("status") or {}
+    if status.get("observedGeneration", 0) < deployment["metadata"].get("generation", 0):
+        return "False", "Reconciling", "The bridge Deployment has not seen its latest spec yet"
+    if int(status.get("readyReplicas") or 0) >= 1 and int(status.get("updatedReplicas") or 0) >= 1:
+        return "True", "BridgeReady", "The bridge is running"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return "False", "ProgressDeadlineExceeded", cond.get("message", "")
+    return "False", "BridgeStarting", "Waiting for the bridge pod to become ready"
+
+
+def trigger_status(
+    current: JSON,
+    *,
+    trigger: b.TriggerObject,
+    function_exists: bool,
+    deployment: JSON | None,
+    now: str,
+) -> JSON:
+    """The operator's part of the status; the bridge's fields and conditions are carried over untouched."""
+    conditions = list(current.get("conditions") or [])
+    function_ref = f"{trigger.namespace}/{trigger.spec.function}"
+    conditions = st.set_condition(
+        conditions,
+        type=FUNCTION_MISSING,
+        status="False" if function_exists else "True",
+        reason="FunctionFound" if function_exists else "FunctionNotFound",
+        message=""
+        if function_exists
+        else f"Function {function_ref} does not exist; events are not delivered",
+        generation=trigger.generation,
+        now=now,
+    )
+    if not function_exists:
+        ready = ("False", "FunctionMissing", f"Function {function_ref} does not exist")
+    elif trigger.needs_bridge:
+        ready = bridge_ready(trigger, deployment)
+    else:
+        ready = ("True", "RouteConfigured", "The gateway serves this route")
+    conditions = st.set_condition(
+        conditions,
+        type=st.READY,
+        status=ready[0],
+        reason=ready[1],
+        message=ready[2],
+        generation=trigger.generation,
+        now=now,
+    )
+    return {
+        **current,
+        "observedGeneration": trigger.generation,
+        "source": trigger.source,
+        "conditions": sorted(conditions, key=lambda c: c["type"]),
+    }
+
+
+class TriggerReconciler:
+    def __init__(
+        self, kube: KubeClient, settings: OperatorSettings, *, clock: Callable[[], str] = utcnow
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.clock = clock
+
+    async def _apply(self, obj: JSON, outcome: Outcome) -> JSON:
+        meta = obj["metadata"]
+        result, created = await self.kube.apply_reporting(
+            _path(obj["kind"], meta["namespace"], meta["name"]), obj, field_manager=FIELD_MANAGER
+        )
+        metrics.OPERATOR_API_WRITES.labels(obj["kind"]).inc()
+        if created:
+            outcome.created.append(f"{obj['kind']} {meta['namespace']}/{meta['name']}")
+        return result
+
+    async def _create_once(self, obj: JSON, outcome: Outcome) -> None:
+        """Creates ``obj`` unless it exists (a generated token must never change under the store using it)."""
+        meta = obj["metadata"]
+        api_version, plural = _PLURALS[obj["kind"]]
+        try:
+            await self.kube.create(resource_path(api_version, plural, namespace=meta["namespace"]), obj)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            return
+        metrics.OPERATOR_API_WRITES.labels(obj["kind"]).inc()
+        outcome.created.append(f"{obj['kind']} {meta['namespace']}/{meta['name']}")
+
+    async def _delete(self, kind: str, namespace: str, name: str, outcome: Outcome) -> None:
+        if await self.kube.delete(_path(kind, namespace, name)) is not None:
+            metrics.OPERATOR_API_WRITES.labels(kind).inc()
+            outcome.deleted.append(f"{kind} {namespace}/{name}")
+
+    async def reconcile(self, body: JSON) -> Outcome:
+        trigger = b.TriggerObject.from_body(body)
+        current = dict(body.get("status") or {})
+        outcome = Outcome(status={})
+        function_path = resource_path(
+            API_VERSION, "functions", namespace=trigger.namespace, name=trigger.spec.function
+        )
+        function_exists = await self.kube.get_or_none(function_path) is not None
+        deployment: JSON | None = None
+        if trigger.needs_bridge:
+            # RBAC and the checkpoint first, so the bridge's first requests are allowed and find their ConfigMap.
+            steps: list[Awaitable[Any]] = [
+                self._apply(b.make_service_account(trigger), outcome),
+                self._apply(b.make_role(trigger), outcome),
+                self._apply(b.make_role_binding(trigger), outcome),
+                self._apply(b.make_checkpoint(trigger), outcome),
+            ]
+            name = b.bridge_name(trigger.name)
+            if trigger.notification_webhook:
+                steps.append(self._apply(b.make_webhook_service(trigger), outcome))
+                bucket = trigger.spec.bucket
+                if bucket is not None and bucket.token_secret is None:
+                    token = secrets.token_urlsafe(32)
+                    steps.append(self._create_once(b.make_token_secret(trigger, token=token), outcome))
+            else:
+                steps.append(self._delete("Service", trigger.namespace, name, outcome))
+            await asyncio.gather(*steps)
+            deployment = await self._apply(b.make_bridge_deployment(trigger, settings=self.settings), outcome)
+        outcome.status = trigger_status(
+            current, trigger=trigger, function_exists=function_exists, deployment=deployment, now=self.clock()
+        )
+        if not function_exists:
+            outcome.retry_after = self.settings.problem_retry_seconds
+        return outcome

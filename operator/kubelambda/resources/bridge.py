@@ -1,0 +1,277 @@
+"""Pure builders for what a Trigger owns: its bridge's ServiceAccount, Role, RoleBinding, checkpoint ConfigMap,
+Deployment, and (bucket notifications) the webhook Service. A typed Trigger in, dicts out; no client, no clock.
+
+Least privilege: a bridge may read its own Trigger, write its own Trigger's status, read and write its own
+checkpoint ConfigMap and read exactly the Secrets its Trigger names. Nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubelambda.api.v1alpha1 import API_VERSION, GROUP, TriggerSpec
+from kubelambda.resources.labels import COMPONENT_LABEL, MANAGED_BY
+from kubelambda.settings import OperatorSettings
+
+JSON = dict[str, Any]
+TRIGGER_LABEL = "kubelambda.io/trigger"
+"""Name of the Trigger; on everything a Trigger owns (the operator refreshes Ready from the bridge Deployment)."""
+BRIDGE_PORT = 8080
+SPEC_HASH_ANNOTATION = "kubelambda.io/trigger-spec-sha256"
+
+
+@dataclass(frozen=True)
+class TriggerObject:
+    """What the builders need of a Trigger: identity and a parsed spec."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: TriggerSpec
+
+    @classmethod
+    def from_body(cls, body: JSON) -> TriggerObject:
+        meta = body["metadata"]
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation", 1)),
+            spec=TriggerSpec.model_validate(body.get("spec", {})),
+        )
+
+    def owner_reference(self) -> JSON:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "Trigger",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    @property
+    def source(self) -> str:
+        for kind in ("bucket", "queue", "stream", "schedule", "http"):
+            if getattr(self.spec, kind) is not None:
+                return kind
+        raise ValueError("a Trigger has exactly one source block")
+
+    @property
+    def needs_bridge(self) -> bool:
+        """HTTP routes are served by the gateway itself; every other source has a bridge."""
+        return self.source != "http"
+
+    @property
+    def notification_webhook(self) -> bool:
+        return self.spec.bucket is not None and self.spec.bucket.mode == "notification"
+
+
+def bridge_name(trigger: str) -> str:
+    """Deployment, ServiceAccount, Role, RoleBinding and Service of a Trigger's bridge."""
+    return f"{trigger}-bridge"
+
+
+def checkpoint_name(trigger: str) -> str:
+    return f"{trigger}-checkpoint"
+
+
+def token_secret_name(trigger: str) -> str:
+    """The generated notification token of a bucket Trigger without ``tokenSecret``."""
+    return f"{trigger}-bucket-token"
+
+
+def bridge_labels(trigger: TriggerObject) -> dict[str, str]:
+    return dict(
+        sorted(
+            {
+                "app.kubernetes.io/name": "kubelambda",
+                "app.kubernetes.io/instance": trigger.name,
+                COMPONENT_LABEL: "bridge",
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+                TRIGGER_LABEL: trigger.name,
+            }.items()
+        )
+    )
+
+
+def _meta(trigger: TriggerObject, name: str) -> JSON:
+    return {
+        "name": name,
+        "namespace": trigger.namespace,
+        "labels": bridge_labels(trigger),
+        "ownerReferences": [trigger.owner_reference()],
+    }
+
+
+def secret_names(trigger: TriggerObject) -> list[str]:
+    """Every Secret the bridge may read: credentials of whichever source block is set, the bucket token."""
+    spec = trigger.spec
+    names: set[str] = set()
+    blocks: list[Any] = [spec.bucket]
+    for outer in (spec.queue, spec.stream):
+        if outer is not None:
+            blocks += [
+                getattr(outer, b, None) for b in ("rabbitmq", "nats", "redis", "sqs", "kafka", "kinesis")
+            ]
+    for block in blocks:
+        if block is not None and getattr(block, "credentials_secret", None):
+            names.add(block.credentials_secret)
+    if spec.bucket is not None and spec.bucket.mode == "notification":
+        names.add(spec.bucket.token_secret or token_secret_name(trigger.name))
+    return sorted(names)
+
+
+def spec_hash(trigger: TriggerObject) -> str:
+    """Changes whenever the spec does, so a spec change rolls the bridge (which reads the spec at start)."""
+    wire = trigger.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
+
+
+def make_service_account(trigger: TriggerObject) -> JSON:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(trigger, bridge_name(trigger.name)),
+        "automountServiceAccountToken": True,
+    }
+
+
+def make_role(trigger: TriggerObject) -> JSON:
+    rules: list[JSON] = [
+        {"apiGroups": [GROUP], "resources": ["triggers"], "resourceNames": [trigger.name], "verbs": ["get"]},
+        {
+            "apiGroups": [GROUP],
+            "resources": ["triggers/status"],
+            "resourceNames": [trigger.name],
+            "verbs": ["get", "patch"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [checkpoint_name(trigger.name)],
+            "verbs": ["get", "patch", "update"],
+        },
+    ]
+    secrets = secret_names(trigger)
+    if secrets:
+        rules.append(
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": secrets, "verbs": ["get"]}
+        )
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(trigger, bridge_name(trigger.name)),
+        "rules": rules,
+    }
+
+
+def make_role_binding(trigger: TriggerObject) -> JSON:
+    name = bridge_name(trigger.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(trigger, name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": trigger.namespace}],
+    }
+
+
+def make_checkpoint(trigger: TriggerObject) -> JSON:
+    """The checkpoint ConfigMap, without ``data``: the operator owns its metadata, the bridge its data."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(trigger, checkpoint_name(trigger.name)),
+    }
+
+
+def make_token_secret(trigger: TriggerObject, *, token: str) -> JSON:
+    """The generated notification token; created once, never re-applied (the token must not change)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(trigger, token_secret_name(trigger.name)),
+        "type": "Opaque",
+        "stringData": {"token": token},
+    }
+
+
+def make_bridge_deployment(trigger: TriggerObject, *, settings: OperatorSettings) -> JSON:
+    """One replica (zero when disabled), ``Recreate``: two bridges of one Trigger must never run at once,
+    or checkpoints and per-shard order would race."""
+    name = bridge_name(trigger.name)
+    labels = bridge_labels(trigger)
+    env = sorted(
+        [
+            {"name": "KUBELAMBDA_BRIDGE_GATEWAY_URL", "value": settings.gateway_url},
+            {"name": "KUBELAMBDA_BRIDGE_REGION", "value": settings.region},
+            {"name": "KUBELAMBDA_BRIDGE_PORT", "value": str(BRIDGE_PORT)},
+        ],
+        key=lambda e: e["name"],
+    )
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    container: JSON = {
+        "name": "bridge",
+        "image": settings.fetcher_image,
+        "args": ["bridge", "--trigger", f"{trigger.namespace}/{trigger.name}"],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": BRIDGE_PORT, "protocol": "TCP"}],
+        "readinessProbe": {**probe, "initialDelaySeconds": 0},
+        "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
+        "resources": {
+            "limits": {"cpu": "1", "memory": "256Mi"},
+            "requests": {"cpu": "25m", "memory": "64Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(trigger, name),
+        "spec": {
+            "replicas": 1 if trigger.spec.enabled else 0,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {TRIGGER_LABEL: trigger.name, COMPONENT_LABEL: "bridge"}},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {SPEC_HASH_ANNOTATION: spec_hash(trigger)},
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                },
+            },
+        },
+    }
+
+
+def make_webhook_service(trigger: TriggerObject) -> JSON:
+    """Where an S3-compatible store sends notifications: ``http://<trigger>-bridge.<ns>.svc/events``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(trigger, bridge_name(trigger.name)),
+        "spec": {
+            "selector": {TRIGGER_LABEL: trigger.name, COMPONENT_LABEL: "bridge"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }

@@ -1,0 +1,175 @@
+"""The Trigger's objects (bridge RBAC, Deployment, webhook Service) and the operator's status: pure, tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubelambda.operator._trigger import bridge_ready, trigger_status
+from kubelambda.resources import bridge as b
+from kubelambda.settings import OperatorSettings
+
+SETTINGS = OperatorSettings(
+    gateway_url="http://gw.example:8080", control_plane_image="ghcr.io/kubelambda/kubelambda:t"
+)
+
+
+def trigger(**spec: Any) -> b.TriggerObject:
+    body = {
+        "metadata": {"name": "t1", "namespace": "demo", "uid": "u-1", "generation": 3},
+        "spec": {"function": "fn", **spec},
+    }
+    return b.TriggerObject.from_body(body)
+
+
+BUCKET = {"endpoint": "http://s3:8333", "bucket": "photos", "credentialsSecret": "s3-creds"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "secrets"),
+    [
+        ({"schedule": {"expression": "rate(5 minutes)"}}, []),
+        ({"bucket": {**BUCKET, "mode": "poll"}}, ["s3-creds"]),
+        ({"bucket": BUCKET}, ["s3-creds", "t1-bucket-token"]),
+        ({"bucket": {**BUCKET, "tokenSecret": "mine"}}, ["mine", "s3-creds"]),
+        (
+            {"queue": {"rabbitmq": {"url": "amqp://mq:5672/", "queue": "q", "credentialsSecret": "mq"}}},
+            ["mq"],
+        ),
+        ({"stream": {"kafka": {"bootstrapServers": ["k:9092"], "topic": "t"}}}, []),
+    ],
+    ids=["schedule", "bucket-poll", "bucket-notification", "bucket-own-token", "rabbitmq", "kafka"],
+)
+def test_the_bridge_may_read_exactly_the_secrets_its_trigger_names(
+    spec: dict[str, Any], secrets: list[str]
+) -> None:
+    t = trigger(**spec)
+    assert b.secret_names(t) == secrets
+    rules = b.make_role(t)["rules"]
+    secret_rules = [r for r in rules if r["resources"] == ["secrets"]]
+    assert secret_rules == (
+        [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": secrets, "verbs": ["get"]}]
+        if secrets
+        else []
+    )
+    # Every rule is pinned to named objects: no list, no watch, nothing namespace-wide.
+    assert all(r.get("resourceNames") for r in rules)
+    assert all(not {"list", "watch", "create", "delete"} & set(r["verbs"]) for r in rules)
+
+
+def test_the_bridge_deployment_runs_one_bridge_under_its_own_account() -> None:
+    t = trigger(schedule={"expression": "rate(5 minutes)"})
+    d = b.make_bridge_deployment(t, settings=SETTINGS)
+    pod = d["spec"]["template"]["spec"]
+    assert d["metadata"]["name"] == "t1-bridge"
+    assert d["metadata"]["namespace"] == "demo"
+    assert d["metadata"]["ownerReferences"][0]["kind"] == "Trigger"
+    assert d["spec"]["replicas"] == 1
+    assert d["spec"]["strategy"] == {"type": "Recreate"}
+    assert pod["serviceAccountName"] == "t1-bridge"
+    container = pod["containers"][0]
+    assert container["image"] == "ghcr.io/kubelambda/kubelambda:t"
+    assert container["args"] == ["bridge", "--trigger", "demo/t1"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["KUBELAMBDA_BRIDGE_GATEWAY_URL"] == "http://gw.example:8080"
+    assert [e["name"] for e in container["env"]] == sorted(env)
+
+
+def test_disabling_scales_the_bridge_to_zero_and_a_spec_change_rolls_it() -> None:
+    on = trigger(schedule={"expression": "rate(5 minutes)"})
+    off = trigger(schedule={"expression": "rate(5 minutes)"}, enabled=False)
+    other = trigger(schedule={"expression": "rate(10 minutes)"})
+    assert b.make_bridge_deployment(off, settings=SETTINGS)["spec"]["replicas"] == 0
+
+    def spec_hash(t: b.TriggerObject) -> str:
+        return b.make_bridge_deployment(t, settings=SETTINGS)["spec"]["template"]["metadata"]["annotations"][
+            b.SPEC_HASH_ANNOTATION
+        ]
+
+    assert spec_hash(on) == spec_hash(trigger(schedule={"expression": "rate(5 minutes)"}))
+    assert spec_hash(on) != spec_hash(other)
+
+
+def test_http_triggers_need_no_bridge_and_only_notification_buckets_get_a_webhook() -> None:
+    assert not trigger(http={"path": "/x"}).needs_bridge
+    assert trigger(bucket=BUCKET).notification_webhook
+    assert not trigger(bucket={**BUCKET, "mode": "poll"}).notification_webhook
+    service = b.make_webhook_service(trigger(bucket=BUCKET))
+    assert service["spec"]["selector"] == {b.TRIGGER_LABEL: "t1", "app.kubernetes.io/component": "bridge"}
+
+
+def deployment(*, ready: int, generation: int = 1, observed: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "status": {"observedGeneration": observed, "readyReplicas": ready, "updatedReplicas": ready},
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "exists", "dep", "ready"),
+    [
+        ({"schedule": {"expression": "rate(5 minutes)"}}, True, deployment(ready=1), ("True", "BridgeReady")),
+        (
+            {"schedule": {"expression": "rate(5 minutes)"}},
+            True,
+            deployment(ready=0),
+            ("False", "BridgeStarting"),
+        ),
+        (
+            {"schedule": {"expression": "rate(5 minutes)"}},
+            True,
+            deployment(ready=1, generation=2),
+            ("False", "Reconciling"),
+        ),
+        (
+            {"schedule": {"expression": "rate(5 minutes)"}, "enabled": False},
+            True,
+            deployment(ready=0),
+            ("True", "Disabled"),
+        ),
+        (
+            {"schedule": {"expression": "rate(5 minutes)"}},
+            False,
+            deployment(ready=1),
+            ("False", "FunctionMissing"),
+        ),
+        ({"http": {"path": "/x"}}, True, None, ("True", "RouteConfigured")),
+    ],
+    ids=["ready", "starting", "stale", "disabled", "function-missing", "http"],
+)
+def test_ready_follows_the_function_and_the_bridge(
+    spec: dict[str, Any], exists: bool, dep: dict[str, Any] | None, ready: tuple[str, str]
+) -> None:
+    t = trigger(**spec)
+    bridge_condition = {
+        "type": "SourceReachable",
+        "status": "True",
+        "reason": "Reachable",
+        "message": "",
+        "lastTransitionTime": "2026-11-26T00:00:00Z",
+    }
+    current = {"conditions": [bridge_condition], "eventsDelivered": 7}
+    status = trigger_status(
+        current, trigger=t, function_exists=exists, deployment=dep, now="2026-11-26T01:00:00Z"
+    )
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert (by_type["Ready"]["status"], by_type["Ready"]["reason"]) == ready
+    assert by_type["FunctionMissing"]["status"] == ("False" if exists else "True")
+    # What the bridge wrote is carried over untouched.
+    assert by_type["SourceReachable"] == bridge_condition
+    assert status["eventsDelivered"] == 7
+    assert status["observedGeneration"] == 3
+    assert status["source"] == t.source
+
+
+def test_a_deadline_exceeded_bridge_says_so() -> None:
+    dep = deployment(ready=0)
+    dep["status"]["conditions"] = [
+        {"type": "Progressing", "reason": "ProgressDeadlineExceeded", "message": "too slow"}
+    ]
+    assert bridge_ready(trigger(schedule={"expression": "rate(5 minutes)"}), dep) == (
+        "False",
+        "ProgressDeadlineExceeded",
+        "too slow",
+    )
