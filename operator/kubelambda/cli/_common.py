@@ -1,0 +1,173 @@
+"""What every command shares: errors with hints, exit codes, finding the cluster and the gateway, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_STATE_DIR = ".kubelambda"
+FIELD_MANAGER = "kubelambda-cli"
+
+# Exit codes (docs/cli.md): argparse already exits with 2 on a usage error.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3  # `dev status` only: no local cluster is running
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A failure reported as one line (and a hint) on stderr; ``code`` is the exit status."""
+
+    def __init__(self, message: str, *, hint: str | None = None, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.code = code
+
+
+def default_state_dir() -> str:
+    return os.environ.get("KUBELAMBDA_STATE_DIR", DEFAULT_STATE_DIR)
+
+
+STATE_HELP = (
+    f"where the local cluster keeps its state (default: {DEFAULT_STATE_DIR}, or $KUBELAMBDA_STATE_DIR)"
+)
+
+
+def add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", default=default_state_dir(), help=STATE_HELP)
+
+
+def add_cluster_options(parser: argparse.ArgumentParser, *, namespace: bool = True) -> None:
+    """``--kubeconfig``, ``--state-dir`` and ``-n/--namespace``: how a command finds the cluster."""
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig file (default: $KUBECONFIG, else the running `kubelambda dev up` cluster, else ~/.kube/config)",
+    )
+    add_state_dir(parser)
+    if namespace:
+        parser.add_argument(
+            "-n",
+            "--namespace",
+            default=None,
+            help="namespace (default: $KUBELAMBDA_NAMESPACE, else the kubeconfig context's, else default)",
+        )
+
+
+def add_gateway_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="the gateway (default: $KUBELAMBDA_GATEWAY_URL, else the running `kubelambda dev up` cluster's)",
+    )
+
+
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "yaml"),
+        default="table",
+        help="output format (default table)",
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """The cluster a command talks to."""
+
+    kubeconfig: str
+    namespace: str
+    source: str  # where the kubeconfig came from, for error messages
+
+
+def _dev_state(args: argparse.Namespace) -> Any:
+    from kubelambda.devcluster import DevState
+
+    return DevState.read(Path(getattr(args, "state_dir", None) or default_state_dir()).resolve())
+
+
+def _context_namespace(kubeconfig: str) -> str | None:
+    try:
+        config = yaml.safe_load(Path(kubeconfig).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    current = config.get("current-context")
+    for ctx in config.get("contexts") or []:
+        if ctx.get("name") == current:
+            ns = (ctx.get("context") or {}).get("namespace")
+            return str(ns) if ns else None
+    return None
+
+
+def resolve_target(args: argparse.Namespace) -> Target:
+    """``--kubeconfig`` > ``$KUBECONFIG`` > the dev cluster's (dev.json) > ``~/.kube/config``."""
+    kubeconfig, source = args.kubeconfig, "--kubeconfig"
+    if not kubeconfig and os.environ.get("KUBECONFIG"):
+        kubeconfig, source = os.environ["KUBECONFIG"].split(os.pathsep)[0], "$KUBECONFIG"
+    if not kubeconfig:
+        state = _dev_state(args)
+        if state is not None and state.state == "running" and state.kubeconfig:
+            kubeconfig, source = state.kubeconfig, "the local cluster (kubelambda dev up)"
+    if not kubeconfig and (Path.home() / ".kube" / "config").exists():
+        kubeconfig, source = str(Path.home() / ".kube" / "config"), "~/.kube/config"
+    if not kubeconfig:
+        raise CliError(
+            "no cluster: no --kubeconfig, no $KUBECONFIG, no running local cluster, no ~/.kube/config",
+            hint="start one with `kubelambda dev up`, or pass --kubeconfig",
+        )
+    if not Path(kubeconfig).exists():
+        raise CliError(f"kubeconfig {kubeconfig} (from {source}) does not exist", hint="check the path")
+    namespace = (
+        getattr(args, "namespace", None)
+        or os.environ.get("KUBELAMBDA_NAMESPACE")
+        or _context_namespace(kubeconfig)
+        or "default"
+    )
+    return Target(kubeconfig=kubeconfig, namespace=namespace, source=source)
+
+
+def resolve_gateway(args: argparse.Namespace) -> str:
+    """``--endpoint-url`` > ``$KUBELAMBDA_GATEWAY_URL`` > the dev cluster's gateway."""
+    if getattr(args, "endpoint_url", None):
+        return str(args.endpoint_url).rstrip("/")
+    if os.environ.get("KUBELAMBDA_GATEWAY_URL"):
+        return os.environ["KUBELAMBDA_GATEWAY_URL"].rstrip("/")
+    state = _dev_state(args)
+    if state is not None and state.gateway_url:
+        return str(state.gateway_url).rstrip("/")
+    raise CliError(
+        "no gateway: no --endpoint-url, no $KUBELAMBDA_GATEWAY_URL, no running local cluster",
+        hint="start one with `kubelambda dev up`, or pass --endpoint-url http://GATEWAY",
+        code=EXIT_USAGE,
+    )
+
+
+def split_name(name: str, namespace: str) -> tuple[str, str]:
+    """``ns/name`` or ``name`` (in ``namespace``) → ``(namespace, name)``."""
+    if "/" in name:
+        ns, _, short = name.partition("/")
+        if not ns or not short or "/" in short:
+            raise CliError(f"bad function name {name!r}", hint="use NAME or NAMESPACE/NAME", code=EXIT_USAGE)
+        return ns, short
+    return namespace, name
+
+
+def print_structured(data: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=True, default_flow_style=False))
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()

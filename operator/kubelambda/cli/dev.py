@@ -1,0 +1,202 @@
+"""``kubelambda dev up|down|status|serve``: the local development cluster (no Docker needed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kubelambda.cli._common import add_state_dir
+from kubelambda.devcluster._process import alive
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir).resolve()
+
+
+def _print_state(state_dir: Path) -> None:
+    from kubelambda.devcluster import DevState
+
+    state = DevState.read(state_dir)
+    if state is None:
+        print(f"no local cluster recorded in {state_dir}")
+        return
+    print(f"state:       {state.state} (supervisor pid {state.pid})")
+    if state.state == "running":
+        print(f"kubeconfig:  {state.kubeconfig}")
+        print(f"api server:  {state.server}")
+        print(f"node:        {state.node} (kubelet endpoint https://{state.node_ip}:{state.kubelet_port})")
+        print(f"pod network: {state.pod_network}")
+        for name, pid in sorted(state.components.items()):
+            print(f"  {name:<24} pid {pid}")
+        print(f"logs:        {state.logs}")
+        print(f"started in:  {state.startup_seconds:.1f} s")
+        if state.gateway_url:
+            print(f"gateway:     {state.gateway_url}")
+        print(f"\n  export KUBECONFIG={state.kubeconfig}")
+    if state.error:
+        print(f"error:       {state.error}")
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    from kubelambda.devcluster import DevState
+    from kubelambda.devcluster._binaries import ensure_binaries
+
+    state_dir = _state_dir(args)
+    state = DevState.read(state_dir)
+    if state is not None and state.state in ("running", "starting") and alive(state.pid):
+        print(f"The local cluster is already {state.state}.")
+        _print_state(state_dir)
+        return 0
+    state_dir.mkdir(parents=True, exist_ok=True)
+    print("==> Checking the pinned Kubernetes binaries (built once from Go modules, then cached)", flush=True)
+    ensure_binaries()
+    log = state_dir / "logs" / "dev.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    offset = log.stat().st_size if log.exists() else 0
+    (state_dir / "dev.json").unlink(missing_ok=True)
+    print(f"==> Starting the local cluster in the background (log: {log})", flush=True)
+    argv = [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)]
+    if args.backoff is not None:
+        argv += ["--backoff", str(args.backoff)]
+    argv += ["--pod-network", args.pod_network]
+    if not args.platform:
+        argv.append("--no-platform")
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        with log.open("rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+            offset += len(chunk)
+        for line in chunk.decode(errors="replace").splitlines():
+            print(f"    {line}", flush=True)
+        state = DevState.read(state_dir)
+        if state is not None and state.state == "running":
+            print("==> The local cluster is running\n")
+            _print_state(state_dir)
+            return 0
+        if proc.poll() is not None or (state is not None and state.state == "failed"):
+            print(f"The local cluster failed to start; see {log}", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    print(f"The local cluster did not start within {args.timeout:.0f} s; see {log}", file=sys.stderr)
+    proc.send_signal(signal.SIGTERM)
+    return 1
+
+
+def cmd_dev_down(args: argparse.Namespace) -> int:
+    from kubelambda.devcluster import DevState
+
+    state_dir = _state_dir(args)
+    state = DevState.read(state_dir)
+    if state is None or not alive(state.pid):
+        print("The local cluster is not running.")
+        return 0
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while alive(state.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(state.pid):
+        os.kill(state.pid, signal.SIGKILL)
+        print(f"The supervisor did not stop within {args.timeout:.0f} s and was killed.")
+    leftovers = [f"{name} ({pid})" for name, pid in state.components.items() if alive(pid)]
+    for name_pid in leftovers:
+        print(f"warning: {name_pid} is still running", file=sys.stderr)
+    print("The local cluster is stopped." if not leftovers else "The local cluster stopped with leftovers.")
+    return 0 if not leftovers else 1
+
+
+def cmd_dev_status(args: argparse.Namespace) -> int:
+    from kubelambda.devcluster import DevState
+
+    state_dir = _state_dir(args)
+    state = DevState.read(state_dir)
+    running = state is not None and state.state == "running" and alive(state.pid)
+    if state is not None and state.state == "running" and not running:
+        print(
+            f"The local cluster recorded in {state_dir} is not running (its supervisor {state.pid} is gone)."
+        )
+        return 3
+    _print_state(state_dir)
+    return 0 if running else 3
+
+
+def cmd_dev_serve(args: argparse.Namespace) -> int:
+    from kubelambda.devcluster import serve
+
+    return asyncio.run(
+        serve(
+            _state_dir(args),
+            node_name=args.node_name,
+            backoff_seconds=args.backoff or 10.0,
+            pod_network=args.pod_network,
+            platform=args.platform,
+        )
+    )
+
+
+def register(commands: Any) -> None:
+    dev = commands.add_parser("dev", help="the local development cluster (no Docker needed)")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True)
+
+    up = dev_commands.add_parser("up", help="start the local cluster in the background")
+    add_state_dir(up)
+    up.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds to wait for the cluster (default 180)"
+    )
+    up.add_argument(
+        "--backoff", type=float, default=None, help="crash-loop back-off base in seconds (default 10)"
+    )
+    up.add_argument(
+        "--pod-network", choices=("auto", "alias", "loopback"), default="auto", help="see `dev serve`"
+    )
+    up.add_argument(
+        "--no-platform",
+        dest="platform",
+        action="store_false",
+        help="only Kubernetes: no kubelambda operator and gateway (the test suites run their own)",
+    )
+    up.set_defaults(func=cmd_dev_up)
+
+    down = dev_commands.add_parser("down", help="stop the local cluster and every pod process")
+    add_state_dir(down)
+    down.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait before killing (default 60)"
+    )
+    down.set_defaults(func=cmd_dev_down)
+
+    status = dev_commands.add_parser("status", help="what runs where; exit status 3 when not running")
+    add_state_dir(status)
+    status.set_defaults(func=cmd_dev_status)
+
+    serve = dev_commands.add_parser(
+        "serve", help="run the local cluster in the foreground (what `up` starts)"
+    )
+    add_state_dir(serve)
+    serve.add_argument("--node-name", default="kubelambda-local", help="name of the local node")
+    serve.add_argument(
+        "--backoff", type=float, default=None, help="crash-loop back-off base in seconds (default 10)"
+    )
+    serve.add_argument(
+        "--pod-network",
+        choices=("auto", "alias", "loopback"),
+        default="auto",
+        help="alias: pod addresses from 10.244.0.0/16 added to lo (needs root); loopback: 127.0.x.y; auto: alias when possible",
+    )
+    serve.add_argument(
+        "--no-platform",
+        dest="platform",
+        action="store_false",
+        help="only Kubernetes: no kubelambda operator and gateway (the test suites run their own)",
+    )
+    serve.set_defaults(func=cmd_dev_serve)

@@ -1,0 +1,381 @@
+"""Working with deployed Functions: ``invoke``, ``logs``, ``list``, ``describe``, ``delete``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubelambda.cli._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Target,
+    add_cluster_options,
+    add_gateway_option,
+    add_output_option,
+    print_structured,
+    resolve_gateway,
+    resolve_target,
+    split_name,
+)
+from kubelambda.cli._format import RequestFilter, describe_function, function_rows, render_table
+from kubelambda.kube import ApiError, KubeClient, resource_path
+
+API_VERSION = "kubelambda.io/v1alpha1"
+FUNCTION_LABEL = "kubelambda.io/function"
+FUNCTION_NAMESPACE_LABEL = "kubelambda.io/function-namespace"  # on warm-pool pods given to a function
+T = TypeVar("T")
+
+
+def function_path(namespace: str | None, name: str | None = None) -> str:
+    return resource_path(API_VERSION, "functions", namespace=namespace, name=name)
+
+
+def with_kube(target: Target, work: Callable[[KubeClient], Awaitable[T]]) -> T:
+    """Runs ``work`` with a client of ``target``'s cluster; connection failures become one-line errors."""
+    import aiohttp
+
+    async def main() -> T:
+        kube = KubeClient.from_kubeconfig(target.kubeconfig)
+        try:
+            return await work(kube)
+        except aiohttp.ClientConnectionError as e:
+            raise CliError(
+                f"cannot reach the API server {kube.server} (kubeconfig from {target.source}): {e}",
+                hint="is the cluster running? `kubelambda dev status`",
+            ) from e
+        finally:
+            await kube.close()
+
+    return asyncio.run(main())
+
+
+async def get_function(kube: KubeClient, namespace: str, name: str) -> dict[str, Any]:
+    obj = await kube.get_or_none(function_path(namespace, name))
+    if obj is None:
+        raise CliError(f"Function {namespace}/{name} not found", hint=f"see `kubelambda list -n {namespace}`")
+    return obj
+
+
+# ---- invoke ----------------------------------------------------------------------------------------
+
+
+def read_payload(value: str) -> bytes:
+    """``--payload``: JSON text, or ``@file`` (``@-`` = stdin); it must parse as JSON."""
+    if value.startswith("@"):
+        source = value[1:]
+        try:
+            text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        except OSError as e:
+            raise CliError(f"cannot read the payload file {source}: {e.strerror}", code=EXIT_USAGE) from e
+    else:
+        text = value
+    try:
+        json.loads(text)
+    except ValueError as e:
+        raise CliError(
+            f"--payload is not JSON: {e}", hint='quote it: --payload \'{"key": "value"}\'', code=EXIT_USAGE
+        ) from e
+    return text.encode()
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    url = resolve_gateway(args)
+    payload = read_payload(args.payload)
+    headers = {
+        "Content-Type": "application/json",
+        "X-Amz-Invocation-Type": "Event" if args.async_ else "RequestResponse",
+    }
+    if args.log and not args.async_:
+        headers["X-Amz-Log-Type"] = "Tail"
+    name = args.name if "/" in args.name or not args.namespace else f"{args.namespace}/{args.name}"
+    target = f"{url}/2015-03-31/functions/{urllib.parse.quote(name, safe='/:')}/invocations"
+    request = urllib.request.Request(target, data=payload, headers=headers, method="POST")
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=960) as resp:
+            status, answer, body = resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as e:
+        status, answer, body = e.code, dict(e.headers), e.read()
+    except urllib.error.URLError as e:
+        raise CliError(
+            f"cannot reach the gateway {url}: {e.reason}", hint="is it running? `kubelambda dev status`"
+        ) from e
+    elapsed = (time.monotonic() - started) * 1000
+    error = answer.get("X-Amz-Function-Error") or answer.get("x-amzn-ErrorType")
+    if args.async_ and status == 202:
+        print(answer.get("X-Amzn-RequestId", ""))
+        print(f"status 202, queued as an Event invocation, {elapsed:.0f} ms", file=sys.stderr)
+        return EXIT_OK
+    sys.stdout.write(body.decode(errors="replace") + "\n")
+    cold = answer.get("X-Kubelambda-Cold-Start") == "true"
+    print(
+        f"status {status}{f' ({error})' if error else ''}, {elapsed:.0f} ms{', cold start' if cold else ''}",
+        file=sys.stderr,
+    )
+    if answer.get("X-Amz-Log-Result"):
+        print(base64.b64decode(answer["X-Amz-Log-Result"]).decode(errors="replace"), file=sys.stderr)
+    if status == 404:
+        print(
+            f"hint: see `kubelambda list` for the functions in {name.rpartition('/')[0] or 'the namespace'}",
+            file=sys.stderr,
+        )
+    return EXIT_OK if status < 300 and not error else EXIT_ERROR
+
+
+# ---- list ------------------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    target = resolve_target(args)
+
+    async def work(kube: KubeClient) -> dict[str, Any]:
+        return await kube.list(function_path(None if args.all_namespaces else target.namespace))
+
+    found = with_kube(target, work)
+    items = found.get("items") or []
+    if args.output != "table":
+        for item in items:
+            item.setdefault("apiVersion", API_VERSION)
+            item.setdefault("kind", "Function")
+        print_structured({"apiVersion": "v1", "kind": "List", "items": items}, args.output)
+        return EXIT_OK
+    if not items:
+        where = "any namespace" if args.all_namespaces else f"namespace {target.namespace}"
+        print(f"No Functions in {where}.", file=sys.stderr)
+        return EXIT_OK
+    headers, rows = function_rows(items, dt.datetime.now(dt.UTC), all_namespaces=args.all_namespaces)
+    print(render_table(headers, rows))
+    return EXIT_OK
+
+
+# ---- describe --------------------------------------------------------------------------------------
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    target = resolve_target(args)
+    namespace, name = split_name(args.name, target.namespace)
+
+    async def work(kube: KubeClient) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        obj = await get_function(kube, namespace, name)
+        events = await kube.list(
+            resource_path("v1", "events", namespace=namespace),
+            params={"fieldSelector": f"involvedObject.kind=Function,involvedObject.name={name}"},
+        )
+        try:
+            triggers = await kube.list(resource_path(API_VERSION, "triggers", namespace=namespace))
+        except ApiError as e:
+            if e.status != 404:  # no Trigger CRD installed: no Triggers
+                raise
+            triggers = {}
+        pointing = [t for t in triggers.get("items") or [] if (t.get("spec") or {}).get("function") == name]
+        return obj, events.get("items") or [], pointing
+
+    obj, events, triggers = with_kube(target, work)
+    if args.output != "table":
+        print_structured({"function": obj, "triggers": triggers, "events": events}, args.output)
+        return EXIT_OK
+    print(describe_function(obj, events=events, triggers=triggers, now=dt.datetime.now(dt.UTC)))
+    return EXIT_OK
+
+
+# ---- delete ----------------------------------------------------------------------------------------
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    target = resolve_target(args)
+    namespace, name = split_name(args.name, target.namespace)
+
+    async def work(kube: KubeClient) -> bool:
+        gone = await kube.delete(
+            function_path(namespace, name), propagation="Foreground" if args.wait else None
+        )
+        if gone is None:
+            return False
+        if args.wait:
+            deadline = time.monotonic() + args.timeout
+            while await kube.get_or_none(function_path(namespace, name)) is not None:
+                if time.monotonic() > deadline:
+                    raise CliError(
+                        f"Function {namespace}/{name} still exists after {args.timeout:.0f} s",
+                        hint="is the operator running? `kubectl get fn -o yaml` shows its finalizers",
+                    )
+                await asyncio.sleep(0.5)
+        return True
+
+    if not with_kube(target, work):
+        if args.ignore_not_found:
+            return EXIT_OK
+        raise CliError(f"Function {namespace}/{name} not found", hint=f"see `kubelambda list -n {namespace}`")
+    print(f"Deleted Function {namespace}/{name}")
+    return EXIT_OK
+
+
+# ---- logs ------------------------------------------------------------------------------------------
+
+
+async def _pods(kube: KubeClient, namespace: str, name: str, system_namespace: str) -> list[tuple[str, str]]:
+    """``(namespace, pod)`` of every instance: the Function's own pods, and warm-pool pods the gateway
+    specialised for it (they stay in the system namespace, relabelled as the function's; docs/gateway.md)."""
+    found = await kube.list(
+        resource_path("v1", "pods", namespace=namespace), params={"labelSelector": f"{FUNCTION_LABEL}={name}"}
+    )
+    pods = [(namespace, p) for p in found.get("items") or []]
+    if system_namespace != namespace:
+        try:
+            pool = await kube.list(
+                resource_path("v1", "pods", namespace=system_namespace),
+                params={"labelSelector": f"{FUNCTION_LABEL}={name},{FUNCTION_NAMESPACE_LABEL}={namespace}"},
+            )
+        except ApiError as e:
+            if e.status != 403:  # a user who may not read the system namespace sees the function's own pods
+                raise
+        else:
+            pods += [(system_namespace, p) for p in pool.get("items") or []]
+    return sorted(
+        (ns, p["metadata"]["name"])
+        for ns, p in pods
+        if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
+    )
+
+
+async def _print_pod(
+    kube: KubeClient, namespace: str, pod: str, args: argparse.Namespace, *, prefix: bool, follow: bool
+) -> None:
+    params = {"container": "function"}
+    if follow:
+        params["follow"] = "true"
+    if args.tail is not None:
+        params["tailLines"] = str(args.tail)
+    keep = RequestFilter(args.request_id) if args.request_id else None
+    try:
+        async for line in kube.lines(
+            resource_path("v1", "pods", namespace=namespace, name=pod, subresource="log"), params=params
+        ):
+            if keep is not None and not keep.keep(line):
+                continue
+            print(f"[{pod}] {line}" if prefix else line, flush=True)
+    except ApiError as e:
+        if e.status not in (400, 404):  # the pod went away, or its container has not started
+            raise
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    target = resolve_target(args)
+    namespace, name = split_name(args.name, target.namespace)
+
+    async def work(kube: KubeClient) -> None:
+        await get_function(kube, namespace, name)
+        pods = await _pods(kube, namespace, name, args.system_namespace)
+        if not args.follow:
+            if not pods:
+                print(f"Function {namespace}/{name} has no instances (scaled to zero).", file=sys.stderr)
+            prefix = args.prefix or len(pods) > 1
+            for pod_ns, pod in pods:
+                await _print_pod(kube, pod_ns, pod, args, prefix=prefix, follow=False)
+            return
+        # Follow every instance, and new instances as they start, until interrupted.
+        print(f"Following the logs of Function {namespace}/{name} (Ctrl-C to stop)", file=sys.stderr)
+        tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        while True:
+            for pod_ns, pod in await _pods(kube, namespace, name, args.system_namespace):
+                if (pod_ns, pod) not in tasks:
+                    tasks[pod_ns, pod] = asyncio.create_task(
+                        _print_pod(kube, pod_ns, pod, args, prefix=True, follow=True)
+                    )
+            for task in tasks.values():
+                error = task.exception() if task.done() else None
+                if error is not None:
+                    raise error
+            await asyncio.sleep(1.0)
+
+    with_kube(target, work)
+    return EXIT_OK
+
+
+# ---- the parser ------------------------------------------------------------------------------------
+
+
+def register(commands: Any) -> None:
+    invoke = commands.add_parser(
+        "invoke",
+        help="invoke a function through the gateway, like `aws lambda invoke`",
+        description="Invoke a function. The response body goes to stdout; the status, duration and "
+        "(with --log) the log tail go to stderr. Exit status 1 when the function or the gateway answered an error.",
+    )
+    invoke.add_argument("name", help="function name, namespace/name, or ARN")
+    invoke.add_argument(
+        "--payload", default="{}", help="the event: JSON, or @file, or @- for stdin (default {})"
+    )
+    invoke.add_argument("--log", action="store_true", help="print the invocation's log tail (stderr)")
+    invoke.add_argument(
+        "--async",
+        dest="async_",
+        action="store_true",
+        help="an Event (asynchronous) invocation: prints the request id of the queued event",
+    )
+    invoke.add_argument(
+        "-n", "--namespace", default=None, help="namespace of NAME (default: the gateway's default)"
+    )
+    add_gateway_option(invoke)
+    invoke.add_argument(
+        "--state-dir", default=None, help="the local cluster's state folder (default .kubelambda)"
+    )
+    invoke.set_defaults(func=cmd_invoke)
+
+    ls = commands.add_parser("list", aliases=["ls"], help="list Functions: Ready, instances, runtime, age")
+    add_cluster_options(ls)
+    ls.add_argument("-A", "--all-namespaces", action="store_true", help="Functions of every namespace")
+    add_output_option(ls)
+    ls.set_defaults(func=cmd_list)
+
+    describe = commands.add_parser(
+        "describe", help="a Function's spec, status conditions, Triggers pointing at it and recent Events"
+    )
+    describe.add_argument("name", help="NAME or NAMESPACE/NAME")
+    add_cluster_options(describe)
+    add_output_option(describe)
+    describe.set_defaults(func=cmd_describe)
+
+    delete = commands.add_parser(
+        "delete", help="delete a Function (its Deployment, Service and code go with it)"
+    )
+    delete.add_argument("name", help="NAME or NAMESPACE/NAME")
+    add_cluster_options(delete)
+    delete.add_argument(
+        "--wait", action="store_true", help="wait until the Function and what it owns are gone"
+    )
+    delete.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
+    delete.add_argument(
+        "--ignore-not-found", action="store_true", help="exit 0 when there is no such Function"
+    )
+    delete.set_defaults(func=cmd_delete)
+
+    logs = commands.add_parser("logs", help="the logs of every instance of a function (START..REPORT blocks)")
+    logs.add_argument("name", help="NAME or NAMESPACE/NAME")
+    add_cluster_options(logs)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming, from new instances too")
+    logs.add_argument("--request-id", default=None, help="only the START..REPORT block of this request")
+    logs.add_argument("--tail", type=int, default=None, help="the last N lines of each instance")
+    logs.add_argument(
+        "--prefix", action="store_true", help="prefix each line with its pod (default with >1 pod)"
+    )
+    logs.add_argument(
+        "--system-namespace",
+        default=os.environ.get("KUBELAMBDA_SYSTEM_NAMESPACE", "kubelambda-system"),
+        help="where warm-pool instances run (default: $KUBELAMBDA_SYSTEM_NAMESPACE, kubelambda-system)",
+    )
+    logs.set_defaults(func=cmd_logs)

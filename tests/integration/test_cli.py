@@ -1,0 +1,311 @@
+"""The ``kubelambda`` CLI as a user runs it: a subprocess against the test cluster and a real gateway.
+
+init → deploy → invoke → logs → list → describe → delete for Python (inline code) and Node.js (a zip in a
+real S3 bucket, SeaweedFS), every runtime's scaffold validated by the API server (server-side dry run), and the
+errors and exit codes users meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kltest import Cluster, wait_for
+from kltest.platform import RunningOperator, start_gateway, start_operator, stop_gateway
+from kubelambda.api.v1alpha1 import RUNTIMES
+from kubelambda.devcluster.servers import S3Server
+from kubelambda.gateway.app import Gateway
+from kubelambda.kube import KubeClient, resource_path
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
+    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
+    gateway, url = await start_gateway(cluster, kube, slot_wait_seconds=1.0, autoscale_interval_seconds=0.5)
+    try:
+        yield operator, gateway, url
+    finally:
+        await stop_gateway(gateway)
+        await operator.stop()
+
+
+@pytest.fixture(scope="module")
+async def s3(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[S3Server]:
+    async with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        assert isinstance(server, S3Server)
+        yield server
+
+
+class Cli:
+    """Runs ``python -m kubelambda`` with the test cluster's kubeconfig and the test gateway."""
+
+    def __init__(self, cluster: Cluster, gateway_url: str, state_dir: Path, **env: str) -> None:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("KUBELAMBDA_", "AWS_"))}
+        self.env = {
+            **clean,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "KUBELAMBDA_GATEWAY_URL": gateway_url,
+            "KUBELAMBDA_STATE_DIR": str(state_dir),  # no dev.json there: nothing but the above is used
+            **env,
+        }
+
+    async def __call__(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        # In a thread: the gateway serves from this test's event loop.
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "kubelambda", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=cwd,
+            timeout=240,
+        )
+
+    async def ok(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        done = await self(*args, cwd=cwd)
+        assert done.returncode == 0, (
+            f"kubelambda {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        )
+        return done
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert done.returncode == code, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("kubelambda: error: "), done.stderr
+    assert len(lines) == 2, done.stderr
+    assert lines[1].startswith("hint: "), done.stderr
+    for word in words:
+        assert word in done.stderr
+
+
+async def test_python_function_from_init_to_delete(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    _, _, url = platform
+    cli = Cli(cluster, url, tmp_path / "state")
+    folder = tmp_path / "hello"
+
+    done = await cli.ok("init", "python3.12", str(folder), "--name", "hello")
+    assert (folder / "app.py").exists()
+    assert (folder / "function.yaml").exists()
+    assert "kubelambda deploy" in done.stdout
+
+    deployed = await cli.ok("deploy", str(folder), "-n", namespace)
+    assert f"Function {namespace}/hello is Ready" in deployed.stdout
+    assert "inline code" in deployed.stderr
+    assert "Created Function" in deployed.stderr
+    fn = await kube.get(
+        resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="hello")
+    )
+    assert set(fn["spec"]["code"]["inline"]) == {"app.py"}
+    assert "kubelambda-cli" in {m["manager"] for m in fn["metadata"]["managedFields"]}
+
+    invoked = await cli.ok("invoke", f"{namespace}/hello", "--payload", '{"name": "cli"}')
+    answer = json.loads(invoked.stdout)
+    assert answer["message"] == "Hello, cli!"
+    assert invoked.stderr.startswith("status 200")
+    request_id = answer["requestId"]
+    (tmp_path / "event.json").write_text('{"name": "file"}')
+    again = await cli.ok("invoke", "hello", "-n", namespace, "--payload", f"@{tmp_path / 'event.json'}")
+    assert json.loads(again.stdout)["message"] == "Hello, file!"
+
+    # logs --request-id: only that request's START..REPORT block, from whichever pod served it.
+    async def block() -> str:
+        return (await cli.ok("logs", "hello", "-n", namespace, "--request-id", request_id)).stdout
+
+    text = await wait_for(
+        block, lambda out: "REPORT RequestId" in out, what="the request's REPORT line", timeout=60
+    )
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines[0].startswith(f"START RequestId: {request_id}"), text
+    assert lines[-1].startswith(f"REPORT RequestId: {request_id}"), text
+    assert any("Greeting cli" in line for line in lines), text
+    assert "Greeting file" not in text
+    everything = (await cli.ok("logs", "hello", "-n", namespace)).stdout
+    assert "Greeting cli" in everything
+    assert "Greeting file" in everything
+
+    # logs --follow sees a new invocation's lines as they are written.
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kubelambda", "logs", "hello", "-n", namespace, "--follow",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=cli.env,
+    )  # fmt: skip
+    try:
+        await cli.ok("invoke", f"{namespace}/hello", "--payload", '{"name": "follow"}')
+        seen: list[str] = []
+        assert follower.stdout is not None
+        while not any("Greeting follow" in line for line in seen):
+            line = await asyncio.wait_for(follower.stdout.readline(), timeout=60)
+            assert line, f"logs --follow ended: {seen}"
+            seen.append(line.decode())
+        assert seen[-1].startswith("[hello-") or seen[-1].startswith("[warm-pool-"), seen[-1]
+    finally:
+        follower.terminate()
+        await follower.wait()
+
+    listed = await cli.ok("list", "-n", namespace)
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "READY", "INSTANCES", "RUNTIME", "AGE"]
+    assert row.split()[:2] == ["hello", "True"], row
+    assert "python3.12" in row
+    as_json = json.loads((await cli.ok("list", "-n", namespace, "-o", "json")).stdout)
+    assert [item["metadata"]["name"] for item in as_json["items"]] == ["hello"]
+    as_yaml = yaml.safe_load((await cli.ok("list", "-n", namespace, "-o", "yaml")).stdout)
+    assert as_yaml["items"][0]["spec"]["runtime"] == "python3.12"
+
+    cluster.apply(
+        {
+            "apiVersion": "kubelambda.io/v1alpha1",
+            "kind": "Trigger",
+            "metadata": {"name": "every-hour"},
+            "spec": {"function": "hello", "schedule": {"expression": "rate(1 hour)"}},
+        },
+        namespace,
+    )
+    described = (await cli.ok("describe", f"{namespace}/hello")).stdout
+    for expected in (
+        "Name:",
+        "hello",
+        "Runtime:",
+        "python3.12",
+        "app.handler",
+        "Conditions:",
+        "Ready",
+        "Triggers:",
+        "every-hour",
+        "schedule",
+        "Events:",
+    ):
+        assert expected in described, described
+    as_doc = json.loads((await cli.ok("describe", "hello", "-n", namespace, "-o", "json")).stdout)
+    assert as_doc["function"]["metadata"]["name"] == "hello"
+    assert [t["metadata"]["name"] for t in as_doc["triggers"]] == ["every-hour"]
+
+    deleted = await cli.ok("delete", "hello", "-n", namespace, "--wait")
+    assert deleted.stdout.strip() == f"Deleted Function {namespace}/hello"
+    assert (
+        await kube.get_or_none(
+            resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="hello")
+        )
+        is None
+    )
+    assert_one_line_error(await cli("delete", "hello", "-n", namespace), 1, "not found", "kubelambda list")
+    await cli.ok("delete", "hello", "-n", namespace, "--ignore-not-found")
+    assert_one_line_error(await cli("describe", "hello", "-n", namespace), 1, "not found")
+    missing = await cli("invoke", f"{namespace}/hello")
+    assert missing.returncode == 1
+    assert "status 404" in missing.stderr
+
+
+async def test_nodejs_function_as_a_zip_in_a_bucket(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    s3: S3Server,
+    tmp_path: Path,
+) -> None:
+    _, _, url = platform
+    cli = Cli(
+        cluster,
+        url,
+        tmp_path / "state",
+        KUBELAMBDA_BUCKET="functions",
+        KUBELAMBDA_S3_ENDPOINT=s3.endpoint,
+        AWS_ACCESS_KEY_ID="any",
+        AWS_SECRET_ACCESS_KEY="any",
+    )
+    folder = tmp_path / "hello-node"
+    await cli.ok("init", "nodejs22", str(folder))
+    deployed = await cli.ok("deploy", str(folder), "-n", namespace, "--zip")
+    assert "Uploading a" in deployed.stderr
+    assert "s3://functions/" in deployed.stderr
+    fn = await kube.get(
+        resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="hello-node")
+    )
+    code = fn["spec"]["code"]["s3"]
+    assert code["bucket"] == "functions"
+    assert code["endpoint"] == s3.endpoint
+    assert len(code["sha256"]) == 64
+
+    invoked = await cli.ok("invoke", f"{namespace}/hello-node", "--payload", '{"name": "zip"}', "--log")
+    assert json.loads(invoked.stdout)["message"] == "Hello, zip!"
+    assert "REPORT RequestId:" in invoked.stderr
+
+    # Redeploying the same code keeps the same object and generation: nothing to roll.
+    before = fn["metadata"]["generation"]
+    await cli.ok("deploy", str(folder), "-n", namespace, "--zip")
+    fn = await kube.get(
+        resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="hello-node")
+    )
+    assert fn["metadata"]["generation"] == before
+    await cli.ok("delete", f"{namespace}/hello-node")
+
+
+async def test_every_scaffold_is_a_valid_function(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    _, _, url = platform
+    # A bucket is configured for the Java and Go builds' binary output, but a dry run uploads nothing.
+    cli = Cli(
+        cluster,
+        url,
+        tmp_path / "state",
+        KUBELAMBDA_BUCKET="functions",
+        KUBELAMBDA_S3_ENDPOINT="http://127.0.0.1:9",
+    )
+    for runtime in RUNTIMES:
+        folder = tmp_path / runtime.replace(".", "")
+        await cli.ok("init", runtime, str(folder))
+        done = await cli.ok("deploy", str(folder), "-n", namespace, "--dry-run")
+        assert "is valid (server-side dry run" in done.stdout, done.stdout + done.stderr
+    listed = await cli.ok("list", "-n", namespace)
+    assert listed.stdout == ""
+    assert "No Functions" in listed.stderr
+
+
+async def test_errors_are_one_line_with_a_hint_and_a_meaningful_exit_code(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    _, _, url = platform
+    cli = Cli(cluster, url, tmp_path / "state")
+    usage = await cli("init", "cobol", str(tmp_path / "x"))
+    assert usage.returncode == 2
+    assert "invalid choice" in usage.stderr
+
+    folder = tmp_path / "go-fn"
+    await cli.ok("init", "go", str(folder))
+    assert_one_line_error(await cli("init", "go", str(folder)), 2, "not empty", "--force")
+    # A Go binary cannot be inline code, and there is no bucket.
+    assert_one_line_error(await cli("deploy", str(folder), "-n", namespace), 2, "no bucket", "--bucket")
+    assert_one_line_error(
+        await cli("deploy", str(tmp_path / "nothing")), 2, "no function.yaml", "kubelambda init"
+    )
+
+    bad = tmp_path / "bad"
+    await cli.ok("init", "python3.13", str(bad))
+    manifest = yaml.safe_load((bad / "function.yaml").read_text())
+    manifest["spec"]["memoryMB"] = 64
+    (bad / "function.yaml").write_text(yaml.safe_dump(manifest))
+    assert_one_line_error(
+        await cli("deploy", str(bad), "-n", namespace), 1, "was refused", "memoryMB", "function.yaml"
+    )
+
+    assert_one_line_error(await cli("invoke", "x", "--payload", "{nope"), 2, "not JSON")
+    gone = Cli(cluster, url, tmp_path / "state", KUBECONFIG=str(tmp_path / "missing.yaml"))
+    assert_one_line_error(await gone("list"), 1, "does not exist")
