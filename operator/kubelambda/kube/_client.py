@@ -294,6 +294,25 @@ class KubeClient:
                         )
                     yield WatchEvent(event["type"], event["object"])
 
+    async def lines(self, path: str, *, params: Mapping[str, str] | None = None) -> AsyncIterator[str]:
+        """A text answer line by line as it arrives (``pods/log``, with ``follow=true`` too)."""
+        async with self._http().get(
+            self.server + path,
+            params=params,
+            headers={**self._headers(), "Accept": "*/*"},
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        ) as resp:
+            if resp.status >= 400:
+                raise _error(resp.status, await resp.text())
+            pending = b""
+            async for chunk in resp.content.iter_any():
+                pending += chunk
+                *done, pending = pending.split(b"\n")
+                for line in done:
+                    yield line.decode(errors="replace")
+            if pending:
+                yield pending.decode(errors="replace")
+
 
 def _error(status: int, text: str) -> ApiError:
     try:
