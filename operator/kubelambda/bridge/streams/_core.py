@@ -1,0 +1,536 @@
+"""The per-shard loop every stream source shares; a source only says how to list shards, read and checkpoint.
+
+One task per shard reads ahead into a small buffer (the next batch is fetched while the function runs) and
+one task per shard processes: it gathers a batch (``batchSize`` records or ``maxBatchingWindowSeconds``),
+invokes the function synchronously, applies :func:`kubelambda.bridge.streams._batch.plan`, and checkpoints
+only what is done (succeeded, or discarded and reported to the on-failure destination). With
+``parallelizationFactor`` N the processor takes N batches' worth of records, splits them into N lanes by
+partition key, runs the lanes concurrently (each in order) and checkpoints once all lanes are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kubelambda import metrics
+from kubelambda.api.v1alpha1 import Trigger
+from kubelambda.bridge._context import BridgeContext, Checkpoint, utcnow
+from kubelambda.bridge.streams._batch import (
+    RECORD_AGE_EXCEEDED,
+    FailureInfo,
+    Outcome,
+    Piece,
+    Policy,
+    SourceInfo,
+    StreamRecord,
+    classify,
+    cut,
+    dumps,
+    event,
+    expired_prefix,
+    failure_record,
+    plan,
+    split_lanes,
+)
+
+log = logging.getLogger("kubelambda.bridge.streams")
+RECONNECT_MAX_SECONDS = 30.0
+SHARD_RELIST_SECONDS = 30.0
+READ_AHEAD_CHUNKS = 4
+DESTINATION_ATTEMPTS = 8
+
+
+class StreamSettings(BaseSettings):
+    """Settings only the stream bridges read (environment ``KUBELAMBDA_BRIDGE_*``, like the framework's)."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBELAMBDA_BRIDGE_", extra="ignore", frozen=True)
+
+    nats_url: str | None = Field(default=None, pattern=r"^nats://[^\s]+$")
+    """The platform's NATS, for ``onFailure.nats`` destinations (default: none; a NATS stream source
+    publishes on its own server instead)."""
+    checkpoint_interval_seconds: float = Field(default=0.2, gt=0, le=60)
+    """ConfigMap checkpoints are written at most this often (default 0.2 s); a crash replays at most the
+    records processed since the last write."""
+
+
+class ShardReader(Protocol):
+    """Reads one shard in order, starting after its checkpoint (or at the starting position)."""
+
+    shard: str
+
+    async def read(self, max_records: int) -> list[StreamRecord]:
+        """The next records; waits at most about a second and returns ``[]`` when there are none."""
+        ...
+
+    async def commit(self, record: StreamRecord) -> None:
+        """Checkpoints through ``record`` (it and everything before it are done)."""
+        ...
+
+    def lag(self) -> int | None:
+        """Records in the shard after the last one read, when the source can tell."""
+        ...
+
+
+class StreamClient(Protocol):
+    info: SourceInfo
+
+    async def start(self) -> None:
+        """Connects (raises on failure; the caller retries with backoff)."""
+        ...
+
+    async def shards(self) -> list[str]: ...
+
+    async def reader(self, shard: str) -> ShardReader: ...
+
+    async def close(self) -> None: ...
+
+
+class CheckpointStore:
+    """The Trigger's checkpoint ConfigMap as a key/value map, written in the background at most every
+    ``interval`` seconds (and on stop), so that shards do not each write one ConfigMap per batch."""
+
+    def __init__(self, checkpoint: Checkpoint, *, interval: float) -> None:
+        self.checkpoint = checkpoint
+        self.interval = interval
+        self.data: dict[str, str] = {}
+        self._dirty = asyncio.Event()
+        self._saved: dict[str, str] = {}
+
+    async def load(self) -> dict[str, str]:
+        self.data = await self.checkpoint.load()
+        self._saved = dict(self.data)
+        return dict(self.data)
+
+    def get(self, key: str) -> str | None:
+        return self.data.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        self.data[key] = value
+        self._dirty.set()
+
+    async def flush(self) -> None:
+        self._dirty.clear()
+        snapshot = dict(self.data)
+        if snapshot != self._saved:
+            await self.checkpoint.save(snapshot)
+            self._saved = snapshot
+
+    async def run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            try:
+                await self.flush()
+            except Exception as e:  # the API server may be briefly away: keep the data, try again
+                log.warning("Could not save the checkpoint %s: %s", self.checkpoint.name, e)
+                self._dirty.set()
+            await asyncio.sleep(self.interval)
+
+
+def config_key(text: str) -> str:
+    """A ConfigMap key (``[-._a-zA-Z0-9]+``, ≤ 253) standing for ``text``."""
+    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
+    if safe == text and len(safe) <= 200:
+        return safe
+    return f"{safe[:180]}.{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+class FailureDestination:
+    """Sends on-failure records to the Trigger's ``onFailure``: a Function (Event invoke through the gateway,
+    with an idempotency key so a re-sent record is queued once), a NATS subject, or an HTTP endpoint."""
+
+    def __init__(
+        self,
+        ctx: BridgeContext,
+        *,
+        nats_url: str | None,
+        nats_publish: Any = None,
+    ) -> None:
+        self.ctx = ctx
+        self.dest = ctx.trigger.spec.stream.on_failure if ctx.trigger.spec.stream else None
+        self.nats_url = nats_url
+        self._nats_publish = nats_publish
+        self._nc: Any = None
+        if self.dest is not None and self.dest.nats and not (nats_url or nats_publish):
+            raise ValueError(
+                "onFailure.nats needs the platform's NATS: set KUBELAMBDA_BRIDGE_NATS_URL for the bridge"
+            )
+
+    @property
+    def configured(self) -> bool:
+        return self.dest is not None
+
+    async def send(self, record: Mapping[str, Any], *, key: str) -> bool:
+        """Delivers ``record``; retries with backoff a bounded number of times; False when it gave up."""
+        if self.dest is None:
+            return True
+        body = dumps(dict(record))
+        delay = 0.2
+        for attempt in range(1, DESTINATION_ATTEMPTS + 1):
+            try:
+                if await self._send_once(body, key=key):
+                    return True
+            except Exception as e:
+                log.warning("Could not send an on-failure record of Trigger %s: %s", self.ctx.name, e)
+            if attempt < DESTINATION_ATTEMPTS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        log.error(
+            "Gave up sending an on-failure record of Trigger %s/%s after %d attempts: %s",
+            self.ctx.namespace,
+            self.ctx.name,
+            DESTINATION_ATTEMPTS,
+            body[:2000].decode(errors="replace"),
+        )
+        return False
+
+    async def _send_once(self, body: bytes, *, key: str) -> bool:
+        dest = self.dest
+        assert dest is not None
+        if dest.function:
+            base = self.ctx.invoker.url.split("/2015-03-31/", 1)[0]
+            path = urllib.parse.quote(f"{self.ctx.namespace}/{dest.function}", safe="/")
+            headers = {
+                "Content-Type": "application/json",
+                "X-Amz-Invocation-Type": "Event",
+                "X-Kubelambda-Idempotency-Key": key,
+            }
+            async with self.ctx.http.post(
+                f"{base}/2015-03-31/functions/{path}/invocations",
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as resp:
+                await resp.read()
+                return resp.status == 202
+        if dest.url:
+            async with self.ctx.http.post(
+                dest.url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as resp:
+                await resp.read()
+                return 200 <= resp.status < 300
+        if dest.nats:
+            if self._nats_publish is not None:
+                await self._nats_publish(dest.nats, body)
+                return True
+            import nats
+
+            if self._nc is None:
+                assert self.nats_url is not None
+                self._nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1)
+            await self._nc.publish(dest.nats, body)
+            await self._nc.flush(timeout=5)
+            return True
+        return True
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+
+def policy_of(trigger: Trigger) -> Policy:
+    stream = trigger.spec.stream
+    assert stream is not None
+    return Policy(
+        maximum_retry_attempts=stream.maximum_retry_attempts,
+        maximum_record_age_seconds=stream.maximum_record_age_seconds,
+        bisect_batch_on_function_error=stream.bisect_batch_on_function_error,
+        report_batch_item_failures=stream.report_batch_item_failures,
+    )
+
+
+class ShardWorker:
+    """Reads and processes one shard until cancelled."""
+
+    def __init__(self, bridge: StreamBridge, reader: ShardReader) -> None:
+        self.bridge = bridge
+        self.ctx = bridge.ctx
+        self.reader = reader
+        stream = bridge.stream
+        self.batch_size = stream.batch_size
+        self.window = float(stream.max_batching_window_seconds)
+        self.lanes = stream.parallelization_factor
+        self.policy = bridge.policy
+        self.buffer: asyncio.Queue[list[StreamRecord]] = asyncio.Queue(maxsize=READ_AHEAD_CHUNKS)
+        self.pending: deque[StreamRecord] = deque()
+
+    async def run(self) -> None:
+        reading = asyncio.create_task(self._read_ahead(), name=f"read {self.reader.shard}")
+        try:
+            while True:
+                chunk = await self._gather(self.batch_size * self.lanes)
+                if self.lanes == 1:
+                    await self._lane(chunk, commit_each=True)
+                else:
+                    lanes = [lane for lane in split_lanes(chunk, self.lanes) if lane]
+                    await asyncio.gather(*(self._lane(lane, commit_each=False) for lane in lanes))
+                    await self._commit(chunk[-1])
+                self.bridge.iterator_ages[self.reader.shard] = max(0.0, time.time() - chunk[-1].arrival)
+                self.bridge.report_lag()
+        finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
+
+    async def _read_ahead(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                records = await self.reader.read(self.batch_size * self.lanes)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.ctx.status.source_reachable(False, f"reading {self.reader.shard}: {e}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+                continue
+            delay = 0.5
+            self.ctx.status.source_reachable(True)
+            if records:
+                metrics.BRIDGE_RECORDS_RECEIVED.inc(len(records))
+                await self.buffer.put(records)
+            self.bridge.lags[self.reader.shard] = self.reader.lag()
+
+    async def _gather(self, n: int) -> list[StreamRecord]:
+        """Up to ``n`` records: waits for the first, then for more until the batching window closes."""
+        while not self.pending:
+            self.pending.extend(await self.buffer.get())
+        deadline = time.monotonic() + self.window
+        while len(self.pending) < n:
+            try:
+                self.pending.extend(self.buffer.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                self.pending.extend(await asyncio.wait_for(self.buffer.get(), remaining))
+            except TimeoutError:
+                break
+        return [self.pending.popleft() for _ in range(min(n, len(self.pending)))]
+
+    async def _commit(self, record: StreamRecord) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.reader.commit(record)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("Could not checkpoint %s at %s: %s", record.shard, record.sequence, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _lane(self, records: Sequence[StreamRecord], *, commit_each: bool) -> None:
+        queue: deque[Piece] = deque()
+        rest = list(records)
+        while rest:
+            k = cut(rest, batch_size=self.batch_size)
+            queue.append(Piece(tuple(rest[:k])))
+            rest = rest[k:]
+        last_info = FailureInfo()
+        while queue:
+            piece = queue.popleft()
+            expired = expired_prefix(
+                piece.records,
+                maximum_record_age_seconds=self.policy.maximum_record_age_seconds,
+                now=time.time(),
+            )
+            if expired:
+                await self._discard(piece.records[:expired], reason=RECORD_AGE_EXCEEDED, info=last_info)
+                if commit_each:
+                    await self._commit(piece.records[expired - 1])
+                if expired == len(piece.records):
+                    continue
+                piece = Piece(piece.records[expired:], piece.attempts, piece.throttles, piece.first_failure)
+            batch = piece.records
+            metrics.BRIDGE_BATCH_SIZE.observe(len(batch))
+            answer = await self.ctx.invoker.invoke(dumps(event(batch, self.bridge.client.info)))
+            result = classify(
+                status=answer.status,
+                function_error=answer.function_error,
+                response=answer.json() if answer.status == 200 and answer.function_error is None else None,
+                batch=batch,
+                report_batch_item_failures=self.policy.report_batch_item_failures,
+            )
+            metrics.BRIDGE_BATCHES.labels(
+                {Outcome.SUCCESS: "success", Outcome.PARTIAL: "partial"}.get(result.outcome, "failure")
+            ).inc()
+            if result.failed_count:
+                metrics.BRIDGE_FAILURES.inc(result.failed_count)
+            if result.outcome in (Outcome.FUNCTION_ERROR, Outcome.PARTIAL):
+                last_info = FailureInfo(
+                    request_id=answer.request_id,
+                    status=answer.status,
+                    function_error=answer.function_error,
+                    invoke_count=piece.attempts + 1,
+                )
+                log.info(
+                    "Batch %s..%s of %s failed (%s, attempt %d)",
+                    batch[0].sequence,
+                    batch[-1].sequence,
+                    batch[0].shard,
+                    result.outcome.value,
+                    piece.attempts + 1,
+                )
+            decision = plan(piece, result, self.policy, now=time.time())
+            if decision.done:
+                self.ctx.status.delivered(decision.done)
+                if commit_each:
+                    await self._commit(batch[decision.done - 1])
+            if decision.discard:
+                discarded = batch[decision.done : decision.done + decision.discard]
+                await self._discard(discarded, reason=decision.reason, info=last_info)
+                if commit_each:
+                    await self._commit(discarded[-1])
+            queue.extendleft(reversed(decision.retry))
+            if decision.delay:
+                await asyncio.sleep(decision.delay)
+
+    async def _discard(self, records: Sequence[StreamRecord], *, reason: str, info: FailureInfo) -> None:
+        metrics.BRIDGE_DISCARDED.labels(reason).inc(len(records))
+        log.warning(
+            "Discarded %d record(s) %s..%s of %s (%s)",
+            len(records),
+            records[0].sequence,
+            records[-1].sequence,
+            records[0].shard,
+            reason,
+        )
+        record = failure_record(
+            records,
+            condition=reason,
+            function_arn=self.bridge.function_arn,
+            stream_arn=self.bridge.client.info.event_source_arn,
+            info=info,
+            timestamp=utcnow_millis(),
+        )
+        key = hashlib.sha256(
+            f"{self.ctx.namespace}/{self.ctx.name}/{records[0].shard}/{records[0].sequence}/{records[-1].sequence}".encode()
+        ).hexdigest()[:32]
+        await self.bridge.destination.send(record, key=key)
+
+
+def utcnow_millis() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+class StreamBridge:
+    """Base of the four stream sources: subclasses build their :class:`StreamClient` in ``client_for``."""
+
+    def __init__(self, ctx: BridgeContext) -> None:
+        self.ctx = ctx
+        stream = ctx.trigger.spec.stream
+        if stream is None:
+            raise ValueError(f"Trigger {ctx.namespace}/{ctx.name} has no stream block")
+        self.stream = stream
+        self.policy = policy_of(ctx.trigger)
+        self.settings = StreamSettings()
+        self.store = CheckpointStore(ctx.checkpoint, interval=self.settings.checkpoint_interval_seconds)
+        self.function_arn = (
+            f"arn:aws:lambda:{ctx.region}:{ctx.namespace}:function:{ctx.trigger.spec.function}"
+        )
+        self.client = self.client_for(ctx)
+        self.destination = FailureDestination(
+            ctx, nats_url=self.settings.nats_url, nats_publish=self.nats_publish()
+        )
+        self.iterator_ages: dict[str, float] = {}
+        self.lags: dict[str, int | None] = {}
+
+    def client_for(self, ctx: BridgeContext) -> StreamClient:
+        raise NotImplementedError
+
+    def nats_publish(self) -> Any:
+        """A publisher on the source's own NATS connection (NATS sources), used when no platform URL is set."""
+        return None
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
+    def report_lag(self) -> None:
+        lags = [v for v in self.lags.values() if v is not None]
+        ages = list(self.iterator_ages.values())
+        self.ctx.status.set_lag(sum(lags) if lags else None, iterator_age_seconds=max(ages) if ages else None)
+
+    async def _connect(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.client.start()
+                self.ctx.status.source_reachable(True)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.ctx.status.source_reachable(False, str(e) or type(e).__name__)
+                with contextlib.suppress(Exception):
+                    await self.client.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def run(self) -> None:
+        if not self.ctx.trigger.spec.enabled:
+            log.info("Trigger %s/%s is disabled; not reading", self.ctx.namespace, self.ctx.name)
+            await asyncio.Event().wait()
+        await self.store.load()
+        saver = asyncio.create_task(self.store.run(), name="checkpoint")
+        await self._connect()
+        workers: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                try:
+                    shards = await self.client.shards()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self.ctx.status.source_reachable(False, f"listing shards: {e}")
+                    shards = []
+                for shard in shards:
+                    if shard not in workers:
+                        reader = await self.client.reader(shard)
+                        workers[shard] = asyncio.create_task(ShardWorker(self, reader).run(), name=shard)
+                        log.info("Reading %s of Trigger %s/%s", shard, self.ctx.namespace, self.ctx.name)
+                if not workers:
+                    # The stream does not exist yet (or has no shards): look again soon.
+                    await asyncio.sleep(1.0)
+                    continue
+                done, _ = await asyncio.wait(workers.values(), timeout=SHARD_RELIST_SECONDS)
+                for task in done:
+                    task.result()
+        finally:
+            for task in workers.values():
+                task.cancel()
+            for task in workers.values():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await saver
+            with contextlib.suppress(Exception):
+                await self.store.flush()
+            await self.destination.close()
+            with contextlib.suppress(Exception):
+                await self.client.close()
+
+
+__all__ = ["CheckpointStore", "ShardReader", "StreamBridge", "StreamClient", "config_key", "utcnow"]
