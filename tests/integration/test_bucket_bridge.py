@@ -1,0 +1,518 @@
+"""The bucket bridge against the real local cluster, a real SeaweedFS (S3 API) and a real nats-server (Event queue).
+
+The function's success destination is an HTTP endpoint of the test (kltest.records.Records): each invocation
+record's ``requestPayload`` is the S3 event the function received. Until the Trigger reconciler runs bridges,
+the tests create the Trigger with the admin client and run the bridge themselves (in-process, or as a process
+they can SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import boto3
+import pytest
+from botocore.config import Config
+
+from kltest import Cluster, wait_for
+from kltest.bridge import BridgeProcess
+from kltest.platform import (
+    RunningOperator,
+    deploy,
+    python_function,
+    start_gateway,
+    start_operator,
+    stop_gateway,
+)
+from kltest.records import Records
+from kubelambda.bridge import BridgeSettings, run_bridge
+from kubelambda.bridge.bucket import CHECKPOINT_EVERY
+from kubelambda.devcluster._process import free_port
+from kubelambda.devcluster.servers import NatsServer, S3Server
+from kubelambda.gateway.app import Gateway
+from kubelambda.kube import KubeClient, resource_path
+
+pytestmark = pytest.mark.integration
+JSON = dict[str, Any]
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bridge-key", "AWS_SECRET_ACCESS_KEY": "bridge-secret"}
+
+HANDLER = """
+def handler(event, context):
+    return {"records": len(event["Records"])}
+"""
+
+
+@pytest.fixture(scope="module")
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    async with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        assert isinstance(server, NatsServer)
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def s3_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[S3Server]:
+    async with S3Server(tmp_path_factory.mktemp("seaweedfs")) as server:
+        assert isinstance(server, S3Server)
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def records() -> AsyncIterator[Records]:
+    got = Records()
+    await got.start()
+    yield got
+    await got.stop()
+
+
+@pytest.fixture(scope="module")
+async def platform(
+    cluster: Cluster, kube: KubeClient, nats_server: NatsServer
+) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
+    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
+    gateway, url = await start_gateway(
+        cluster,
+        kube,
+        slot_wait_seconds=1.0,
+        autoscale_interval_seconds=0.5,
+        nats_url=nats_server.url,
+        async_retry_delays_seconds=(0.2, 0.2),
+        async_backoff_min_seconds=0.2,
+        async_backoff_max_seconds=1.0,
+    )
+    try:
+        yield operator, gateway, url
+    finally:
+        await stop_gateway(gateway)
+        await operator.stop()
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}, max_pool_connections=16),
+    )
+
+
+def secret(name: str, data: dict[str, str]) -> JSON:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+
+
+def trigger(name: str, function: str, **bucket: Any) -> JSON:
+    return {
+        "apiVersion": "kubelambda.io/v1alpha1",
+        "kind": "Trigger",
+        "metadata": {"name": name},
+        "spec": {"function": function, "bucket": bucket},
+    }
+
+
+async def deploy_recorder(cluster: Cluster, gateway: Gateway, namespace: str, records: Records) -> str:
+    """A Function whose every successful invocation's record (with the event as requestPayload) reaches
+    ``records`` under the namespace's key; returns that key."""
+    key = f"{namespace}-events"
+    doc = python_function(
+        "recorder",
+        HANDLER,
+        timeoutSeconds=10,
+        scaling={"maxInstances": 4},
+        **{"async": {"maxRetries": 0, "onSuccess": {"url": records.url(key)}}},
+    )
+    await deploy(cluster, gateway, namespace, doc)
+    return key
+
+
+def events_of(records: Records, key: str) -> list[JSON]:
+    """Every S3 record the function received (one per invocation), in arrival order."""
+    out: list[JSON] = []
+    for invocation in records.of(key):
+        payload = invocation["requestPayload"]
+        assert len(payload["Records"]) == 1  # one invocation per record, as S3 invokes Lambda
+        out.append(payload["Records"][0])
+    return out
+
+
+def object_key(record: JSON) -> str:
+    return urllib.parse.unquote_plus(record["s3"]["object"]["key"])
+
+
+async def checkpoint_written(kube: KubeClient, namespace: str, name: str) -> JSON | None:
+    found = await kube.get_or_none(
+        resource_path("v1", "configmaps", namespace=namespace, name=f"{name}-checkpoint")
+    )
+    return found if found and (found.get("data") or {}).get("objects") else None
+
+
+@contextlib.asynccontextmanager
+async def bridge_in_process(
+    cluster: Cluster, namespace: str, name: str, gateway_url: str, *, port: int = 0
+) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    settings = BridgeSettings(
+        kubeconfig=str(cluster.kubeconfig),
+        gateway_url=gateway_url,
+        host="127.0.0.1",
+        port=port,
+        status_interval_seconds=1,
+    )
+    task = asyncio.create_task(run_bridge(namespace, name, settings, stop=stop))
+    try:
+        yield
+        assert not task.done() or task.exception() is None, task.exception()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def condition(kube: KubeClient, namespace: str, name: str, kind: str) -> JSON | None:
+    body = await kube.get(resource_path("kubelambda.io/v1alpha1", "triggers", namespace=namespace, name=name))
+    for c in (body.get("status") or {}).get("conditions") or []:
+        if c["type"] == kind:
+            return dict(c)
+    return None
+
+
+async def no_more_events(records: Records, key: str, count: int, *, quiet: float = 3.0) -> None:
+    """Exactly ``count`` events stay: none arrives within ``quiet`` seconds after (a bounded wait for silence)."""
+    deadline = time.monotonic() + quiet
+    while time.monotonic() < deadline:
+        assert len(records.of(key)) == count, [object_key(r) for r in events_of(records, key)]
+        await asyncio.sleep(0.2)
+
+
+async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Records,
+    s3_server: S3Server,
+) -> None:
+    _, gateway, url = platform
+    s3 = s3_client(s3_server.endpoint)
+    bucket = f"poll-{namespace}"
+    await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
+    await asyncio.to_thread(s3.put_object, Bucket=bucket, Key="existing.txt", Body=b"before the trigger")
+    key = await deploy_recorder(cluster, gateway, namespace, records)
+    cluster.apply(secret("s3-creds", CREDENTIALS), namespace)
+    cluster.apply(
+        trigger(
+            "uploads",
+            "recorder",
+            endpoint=s3_server.endpoint,
+            bucket=bucket,
+            mode="poll",
+            pollIntervalSeconds=1,
+            credentialsSecret="s3-creds",
+            events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+        ),
+        namespace,
+    )
+    async with bridge_in_process(cluster, namespace, "uploads", url):
+        await wait_for(lambda: checkpoint_written(kube, namespace, "uploads"), bool, what="the first listing")
+        bodies = {
+            "plain.txt": b"hello",
+            "with space/red flower.jpg": b"x" * 1000,
+            "ünï cødé/日本語.bin": b"\x00" * 7,
+        }
+        for k, body in bodies.items():
+            await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=k, Body=body)
+        got = await records.wait(key, len(bodies), timeout=60)
+        events = events_of(records, key)
+        assert sorted(object_key(e) for e in events) == sorted(
+            bodies
+        )  # not existing.txt: it was there before
+        for event in events:
+            k = object_key(event)
+            head = await asyncio.to_thread(s3.head_object, Bucket=bucket, Key=k)
+            assert event["eventSource"] == "aws:s3"
+            assert event["eventVersion"] == "2.1"
+            assert event["eventName"] == "ObjectCreated:Put"
+            assert event["s3"]["configurationId"] == "uploads"
+            assert event["s3"]["bucket"]["name"] == bucket
+            assert event["s3"]["bucket"]["arn"] == f"arn:aws:s3:::{bucket}"
+            assert event["s3"]["object"]["size"] == len(bodies[k])
+            assert (
+                event["s3"]["object"]["eTag"] == head["ETag"].strip('"') == hashlib.md5(bodies[k]).hexdigest()
+            )
+            assert event["s3"]["object"]["key"] == urllib.parse.quote_plus(k, safe="/")
+        assert len(got) == len(bodies)
+
+        await asyncio.to_thread(s3.delete_object, Bucket=bucket, Key="plain.txt")
+        await records.wait(key, len(bodies) + 1, timeout=60)
+        removed = events_of(records, key)[-1]
+        assert removed["eventName"] == "ObjectRemoved:Delete"
+        assert object_key(removed) == "plain.txt"
+        assert "eTag" not in removed["s3"]["object"]
+        await no_more_events(records, key, len(bodies) + 1, quiet=2.5)
+        trig = await kube.get(
+            resource_path("kubelambda.io/v1alpha1", "triggers", namespace=namespace, name="uploads")
+        )
+        assert (await condition(kube, namespace, "uploads", "SourceReachable") or {}).get("status") == "True"
+        assert trig["status"]["eventsDelivered"] >= len(bodies) + 1
+
+
+async def test_poll_mode_applies_prefix_suffix_and_event_type_filters(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Records,
+    s3_server: S3Server,
+) -> None:
+    _, gateway, url = platform
+    s3 = s3_client(s3_server.endpoint)
+    bucket = f"filter-{namespace}"
+    await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
+    key = await deploy_recorder(cluster, gateway, namespace, records)
+    cluster.apply(
+        trigger(
+            "jpegs",
+            "recorder",
+            endpoint=s3_server.endpoint,
+            bucket=bucket,
+            mode="poll",
+            pollIntervalSeconds=1,
+            filter={"prefix": "in/", "suffix": ".jpg"},
+        ),
+        namespace,
+    )  # no credentialsSecret: unsigned requests, which SeaweedFS without IAM accepts
+    async with bridge_in_process(cluster, namespace, "jpegs", url):
+        await wait_for(lambda: checkpoint_written(kube, namespace, "jpegs"), bool, what="the first listing")
+        for k in ("in/a.jpg", "in/b.png", "out/c.jpg", "in/d.jpg", "in.jpg"):
+            await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=k, Body=b"img")
+        await records.wait(key, 2, timeout=60)
+        await asyncio.to_thread(
+            s3.delete_object, Bucket=bucket, Key="in/a.jpg"
+        )  # not asked: no removal event
+        await asyncio.to_thread(s3.put_object, Bucket=bucket, Key="in/z.jpg", Body=b"last")
+        await records.wait(key, 3, timeout=60)
+        await no_more_events(records, key, 3, quiet=2.5)
+        assert [object_key(e) for e in events_of(records, key)] == ["in/a.jpg", "in/d.jpg", "in/z.jpg"]
+
+
+async def test_a_bridge_killed_during_500_uploads_delivers_every_object_with_bounded_repeats(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Records,
+    s3_server: S3Server,
+    tmp_path: Path,
+) -> None:
+    _, gateway, url = platform
+    s3 = s3_client(s3_server.endpoint)
+    bucket = f"many-{namespace}"
+    await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
+    key = await deploy_recorder(cluster, gateway, namespace, records)
+    cluster.apply(
+        trigger(
+            "many", "recorder", endpoint=s3_server.endpoint, bucket=bucket, mode="poll", pollIntervalSeconds=1
+        ),
+        namespace,
+    )
+    keys = [f"batch/{i:04d} obj.txt" for i in range(500)]
+    bridge = BridgeProcess(cluster, namespace, "many", gateway_url=url, log_dir=tmp_path)
+    with bridge:
+        await wait_for(
+            lambda: checkpoint_written(kube, namespace, "many"), bool, what="the first listing", timeout=60
+        )
+
+        def upload_all() -> None:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=k.encode()), keys))
+
+        uploads = asyncio.create_task(asyncio.to_thread(upload_all))
+        # Kill it mid-run, once some events went through and more are coming.
+        await records.wait(key, 60, timeout=90)
+        bridge.kill()
+        killed_at = len(records.of(key))
+        bridge.start()
+        await uploads
+        seen: Callable[[], set[str]] = lambda: {object_key(e) for e in events_of(records, key)}  # noqa: E731
+        await wait_for(
+            lambda: asyncio.sleep(0, result=seen()),
+            lambda got: got >= set(keys),
+            what="an event for each of the 500 objects",
+            timeout=150,
+            interval=0.5,
+        )
+        await no_more_events(records, key, len(records.of(key)), quiet=3)
+    repeats = len(records.of(key)) - len(keys)
+    print(f"\n500 uploads, bridge SIGKILLed after {killed_at} events: {repeats} repeated event(s)")
+    assert seen() == set(keys)
+    assert 0 <= repeats <= CHECKPOINT_EVERY, repeats
+
+
+async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_without_the_token(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    namespace: str,
+    records: Records,
+) -> None:
+    _, gateway, url = platform
+    key = await deploy_recorder(cluster, gateway, namespace, records)
+    # No tokenSecret: the Secret the operator generates, <trigger>-bucket-token, key "token".
+    cluster.apply(secret("pushed-bucket-token", {"token": "s3cr3t-t0ken"}), namespace)
+    cluster.apply(
+        trigger(
+            "pushed",
+            "recorder",
+            endpoint="http://minio.example:9000",
+            bucket="images",
+            filter={"suffix": ".jpg"},
+        ),
+        namespace,
+    )
+
+    def minio_record(object_key: str, bucket: str = "images", event: str = "s3:ObjectCreated:Put") -> JSON:
+        return {
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "awsRegion": "",
+            "eventTime": "2026-11-26T12:00:00.250Z",
+            "eventName": event,
+            "userIdentity": {"principalId": "minioadmin"},
+            "requestParameters": {"principalId": "minioadmin", "region": "", "sourceIPAddress": "10.0.0.7"},
+            "responseElements": {
+                "x-amz-request-id": "1873F0A5E1B2C3D4",
+                "x-minio-origin-endpoint": "http://x",
+            },
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": "Config",
+                "bucket": {
+                    "name": bucket,
+                    "ownerIdentity": {"principalId": "minioadmin"},
+                    "arn": f"arn:aws:s3:::{bucket}",
+                },
+                "object": {
+                    "key": urllib.parse.quote_plus(object_key, safe=""),  # MinIO escapes "/" too
+                    "size": 2048,
+                    "eTag": "d41d8cd98f00b204e9800998ecf8427e",
+                    "contentType": "image/jpeg",
+                    "userMetadata": {"content-type": "image/jpeg"},
+                    "sequencer": "1873F0A5E1B2C3D4",
+                },
+            },
+            "source": {"host": "10.0.0.7", "port": "", "userAgent": "MinIO (linux; amd64) minio-go/v7"},
+        }
+
+    def notification(*recs: JSON) -> JSON:
+        first = recs[0]
+        return {
+            "EventName": first["eventName"],
+            "Key": f"images/{first['s3']['object']['key']}",
+            "Records": list(recs),
+        }
+
+    port = free_port()
+    webhook = f"http://127.0.0.1:{port}/events"
+    async with (
+        bridge_in_process(cluster, namespace, "pushed", url, port=port),
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def post(body: JSON, headers: dict[str, str]) -> int:
+            async with http.post(webhook, json=body, headers=headers) as resp:
+                return resp.status
+
+        await wait_for(lambda: http_status(http, webhook), lambda s: s == 200, what="the webhook up")
+        good = notification(minio_record("photos/red flower é.jpg"))
+        assert await post(good, {}) == 401
+        assert await post(good, {"Authorization": "Bearer wrong"}) == 403
+        assert await post(good, {"Authorization": "Basic czNjcjN0LXQwa2Vu"}) == 401
+        await no_more_events(records, key, 0, quiet=1.5)  # refused requests invoked nothing
+        auth = {"Authorization": "Bearer s3cr3t-t0ken"}
+        assert await post(good, auth) == 200
+        (invocation,) = await records.wait(key, 1, timeout=60)
+        event = invocation["requestPayload"]["Records"][0]
+        assert event["eventSource"] == "aws:s3"
+        assert event["eventName"] == "ObjectCreated:Put"
+        assert event["eventTime"] == "2026-11-26T12:00:00.250Z"
+        assert event["s3"]["configurationId"] == "pushed"
+        assert event["s3"]["bucket"]["name"] == "images"
+        assert event["s3"]["object"]["key"] == "photos/red+flower+%C3%A9.jpg"
+        assert event["s3"]["object"]["size"] == 2048
+        assert event["s3"]["object"]["eTag"] == "d41d8cd98f00b204e9800998ecf8427e"
+        assert event["requestParameters"] == {"sourceIPAddress": "10.0.0.7"}
+        # Filtered out (suffix, other bucket, event type) but answered 200 so the store does not retry them.
+        ignored = notification(
+            minio_record("a.png"),
+            minio_record("b.jpg", bucket="other"),
+            minio_record("c.jpg", event="s3:ObjectAccessed:Get"),
+        )
+        assert await post(ignored, auth) == 200
+        # Two records in one notification: two invocations.
+        assert await post(notification(minio_record("x.jpg"), minio_record("y.jpg")), auth) == 200
+        await records.wait(key, 3, timeout=60)
+        await no_more_events(records, key, 3, quiet=1.5)
+        assert sorted(object_key(e) for e in events_of(records, key)) == [
+            "photos/red flower é.jpg",
+            "x.jpg",
+            "y.jpg",
+        ]
+        async with http.post(webhook, data=b"not json", headers=auth) as resp:
+            assert resp.status == 400
+
+
+async def http_status(http: aiohttp.ClientSession, url: str) -> int:
+    try:
+        async with http.get(url) as resp:
+            return resp.status
+    except aiohttp.ClientError:
+        return 0
+
+
+async def test_an_unreachable_store_is_reported_and_the_bridge_recovers_by_itself(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Records,
+    tmp_path: Path,
+) -> None:
+    _, gateway, url = platform
+    key = await deploy_recorder(cluster, gateway, namespace, records)
+    server = S3Server(tmp_path / "late-seaweedfs")  # ports chosen, nothing listening yet
+    cluster.apply(
+        trigger(
+            "late", "recorder", endpoint=server.endpoint, bucket="late", mode="poll", pollIntervalSeconds=1
+        ),
+        namespace,
+    )
+    async with bridge_in_process(cluster, namespace, "late", url):
+        down = await wait_for(
+            lambda: condition(kube, namespace, "late", "SourceReachable"),
+            lambda c: c is not None and c["status"] == "False",
+            what="SourceReachable=False",
+        )
+        assert down["reason"] == "Unreachable"
+        assert "Could not connect" in down["message"] or "connect" in down["message"].lower(), down
+        async with server:
+            s3 = s3_client(server.endpoint)
+            await asyncio.to_thread(s3.create_bucket, Bucket="late")
+            await wait_for(
+                lambda: condition(kube, namespace, "late", "SourceReachable"),
+                lambda c: c is not None and c["status"] == "True",
+                what="SourceReachable=True after the store started",
+                timeout=90,
+            )
+            await wait_for(
+                lambda: checkpoint_written(kube, namespace, "late"), bool, what="the first listing"
+            )
+            await asyncio.to_thread(s3.put_object, Bucket="late", Key="after.txt", Body=b"1")
+            (invocation,) = await records.wait(key, 1, timeout=60)
+            assert object_key(invocation["requestPayload"]["Records"][0]) == "after.txt"
