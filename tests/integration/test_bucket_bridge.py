@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 import boto3
 import pytest
+import yaml
 from botocore.config import Config
 
 from kltest import Cluster, wait_for
@@ -43,6 +45,7 @@ from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
+REPO = Path(__file__).resolve().parents[2]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bridge-key", "AWS_SECRET_ACCESS_KEY": "bridge-secret"}
 
 HANDLER = """
@@ -516,3 +519,51 @@ async def test_an_unreachable_store_is_reported_and_the_bridge_recovers_by_itsel
             await asyncio.to_thread(s3.put_object, Bucket="late", Key="after.txt", Body=b"1")
             (invocation,) = await records.wait(key, 1, timeout=60)
             assert object_key(invocation["requestPayload"]["Records"][0]) == "after.txt"
+
+
+async def test_the_s3_thumbnails_example_writes_a_thumbnail_to_the_second_bucket(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    s3_server: S3Server,
+) -> None:
+    from PIL import Image
+
+    _, gateway, url = platform
+    example = REPO / "examples" / "s3-thumbnails"
+    docs = {p.stem: yaml.safe_load(p.read_text()) for p in example.glob("*.yaml")}
+    # The example's endpoint is SeaweedFS on 127.0.0.1:8333 (its README starts one there); this one's port is free.
+    docs["function"]["spec"]["environment"]["AWS_ENDPOINT_URL_S3"] = s3_server.endpoint
+    docs["trigger"]["spec"]["bucket"]["endpoint"] = s3_server.endpoint
+    docs["trigger"]["spec"]["bucket"]["pollIntervalSeconds"] = 1
+    s3 = s3_client(s3_server.endpoint)
+    for bucket in ("photos", "photos-resized"):
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+            await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
+    cluster.apply(docs["secret"], namespace)
+    await deploy(cluster, gateway, namespace, docs["function"])
+    cluster.apply(docs["trigger"], namespace)
+    image = io.BytesIO()
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(image, format="JPEG")
+    key = f"{namespace}/Happy Face.jpg"
+    async with bridge_in_process(cluster, namespace, "thumbnails", url):
+        await wait_for(
+            lambda: checkpoint_written(kube, namespace, "thumbnails"), bool, what="the first listing"
+        )
+        await asyncio.to_thread(s3.put_object, Bucket="photos", Key=key, Body=image.getvalue())
+
+        async def thumbnail() -> bytes | None:
+            try:
+                got = await asyncio.to_thread(s3.get_object, Bucket="photos-resized", Key=f"resized-{key}")
+            except s3.exceptions.NoSuchKey:
+                return None
+            return await asyncio.to_thread(got["Body"].read)
+
+        data = await wait_for(
+            thumbnail, bool, what="the thumbnail in photos-resized", timeout=90, interval=0.5
+        )
+    assert data is not None
+    with Image.open(io.BytesIO(data)) as thumb:
+        assert thumb.format == "JPEG"
+        assert thumb.size == (128, 96)
