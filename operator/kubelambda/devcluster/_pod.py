@@ -34,6 +34,7 @@ from kubelambda.devcluster._podenv import (
     materialize_volume,
 )
 from kubelambda.devcluster._process import spawn, stop
+from kubelambda.devcluster._process import wait as wait_child
 from kubelambda.kube import ApiError, KubeClient, resource_path
 
 logger = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ class PodRunner:
 
     async def _wait_exit(self, c: ContainerState) -> int:
         assert c.proc is not None
-        code = await asyncio.to_thread(c.proc.wait)
+        code = await wait_child(c.proc)
         # A process killed by a signal reports 128 + signal, as container runtimes do.
         exit_code = 128 - code if code < 0 else code
         started = c.state.get("running", {}).get("startedAt", now_rfc3339())

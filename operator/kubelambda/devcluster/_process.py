@@ -8,6 +8,7 @@ A child also gets its own process group, so stopping it stops what it spawned.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import os
@@ -56,6 +57,17 @@ def spawn(
             out.close()
 
 
+# One thread per running child blocks in waitpid(). asyncio.to_thread's default pool has min(32, cpus + 4)
+# threads — six on a two-core machine — so waiting there for long-lived pods starved every other to_thread call
+# (a new pod's container never left ContainerCreating once six pods ran). Waits get their own, large pool.
+_WAITERS = concurrent.futures.ThreadPoolExecutor(max_workers=1024, thread_name_prefix="wait-child")
+
+
+async def wait(proc: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+    """``proc.wait(timeout)`` without taking a thread of the default pool; raises ``TimeoutExpired``."""
+    return await asyncio.get_running_loop().run_in_executor(_WAITERS, proc.wait, timeout)
+
+
 def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     """Sends ``sig`` to the process group of ``proc``; a group that is already gone is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -67,10 +79,10 @@ async def stop(proc: subprocess.Popen[bytes], *, grace_seconds: float) -> int:
     if proc.poll() is None:
         signal_group(proc, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            await asyncio.to_thread(proc.wait, grace_seconds)
+            await wait(proc, grace_seconds)
     if proc.poll() is None:
         signal_group(proc, signal.SIGKILL)
-        await asyncio.to_thread(proc.wait)
+        await wait(proc)
     # Whatever the group leader left behind goes too.
     signal_group(proc, signal.SIGKILL)
     return proc.returncode
