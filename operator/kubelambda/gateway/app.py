@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -38,11 +39,13 @@ from kubelambda.kube import ApiError, KubeClient
 
 if TYPE_CHECKING:
     from kubelambda.gateway.scaler import Autoscaler
+    from kubelambda.gateway.warmpool import WarmPool
 
 logger = logging.getLogger(__name__)
 
 INVOKE_PATH = "/2015-03-31/functions/{name:.+}/invocations"
 COLD_START_HEADER = "X-Kubelambda-Cold-Start"
+WARM_POOL_HEADER = "X-Kubelambda-Warm-Pool"  # the pool pod that answered (docs/warm-pools.md)
 ASYNC_REQUEST_ID_HEADER = "X-Kubelambda-Async-Request-Id"
 IDEMPOTENCY_KEY_HEADER = "X-Kubelambda-Idempotency-Key"
 """An Event invocation's caller-chosen key (a bridge's tick or object version): the request id is derived from
@@ -61,6 +64,7 @@ class Gateway:
     session: aiohttp.ClientSession | None = None
     autoscaler: Autoscaler | None = None
     queue: EventQueue | None = None  # Event invocations, when NATS is configured
+    warm_pool: WarmPool | None = None  # when KUBELAMBDA_GATEWAY_WARM_POOL_SIZES names a pool
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _function_metrics: dict[tuple[str, str], _FunctionMetrics] = field(default_factory=dict)
@@ -262,18 +266,27 @@ class Gateway:
         tried: set[str] = set()
         give_up = time.monotonic() + spec.timeout_seconds + s.cold_start_allowance_seconds
         while True:
+            endpoints_of = partial(self.registry.ready_endpoints, fn.key)
+            per_instance = spec.concurrency.per_instance
             if not self.registry.ready_endpoints(fn.key):
-                cold = True
-                await self._wait_cold(fn, until=give_up)
+                warm = await self._warm(fn)
+                if warm is None:
+                    cold = True
+                    await self._wait_cold(fn, until=give_up)
+                else:
+                    # Served by specialised pool pods (one worker each) until the function's own are ready.
+                    cold = cold or warm
+                    endpoints_of = partial(self._own_or_pool_endpoints, fn)
+                    per_instance = 1
             wait = min(s.slot_wait_seconds, max(give_up - time.monotonic(), 0))
             endpoint = await self.balancer.acquire(
-                lambda: self.registry.ready_endpoints(fn.key),
-                spec.concurrency.per_instance,
+                endpoints_of,
+                per_instance,
                 timeout=wait,
                 avoid=frozenset(tried),
             )
             if endpoint is None:
-                if tried and not self.registry.ready_endpoints(fn.key):
+                if tried and not endpoints_of():
                     continue  # the instances we tried went away: back to the cold path
                 raise Unavailable(
                     "TooManyRequestsException",
@@ -284,16 +297,52 @@ class Gateway:
             try:
                 # The deadline starts when an instance takes the invocation, as Lambda's timeout does.
                 deadline = time.time() + spec.timeout_seconds
-                return await forward(self.http(), endpoint, invocation, deadline=deadline), cold
+                result = await forward(self.http(), endpoint, invocation, deadline=deadline)
+                pod = self.warm_pool.pod_at(endpoint) if self.warm_pool is not None else None
+                if pod is not None:
+                    result.headers[WARM_POOL_HEADER] = pod
+                return result, cold
             except TryElsewhere as e:
                 logger.info("Retrying %s/%s elsewhere: %s", *labels, e)
                 tried.add(endpoint)
+                if self.warm_pool is not None:
+                    self.warm_pool.discard(endpoint)
             except aiohttp.ClientError as e:
                 raise Unavailable(
                     "ServiceException", f"Instance {endpoint} failed mid-invocation: {e}"
                 ) from e
             finally:
                 self.balancer.release(endpoint)
+
+    def _own_or_pool_endpoints(self, fn: FunctionEntry) -> list[str]:
+        own = self.registry.ready_endpoints(fn.key)
+        if own or self.warm_pool is None:
+            return own
+        return self.warm_pool.endpoints(fn)
+
+    async def _warm(self, fn: FunctionEntry) -> bool | None:
+        """The warm-pool path of a function without a ready instance of its own (docs/warm-pools.md):
+        None = not served from the pool (the normal cold path follows); False = a pod specialised earlier
+        has a free slot; True = this request specialised a pool pod (a cold start, without a new pod)."""
+        pool = self.warm_pool
+        if pool is None:
+            return None
+        existing = pool.endpoints(fn)
+        if (existing or pool.eligible(fn)) and self.autoscaler is not None:
+            self.autoscaler.note_active(fn.key, time.monotonic())
+        if existing and any(self.balancer.load.get(e, 0) == 0 for e in existing):
+            return False
+        if not pool.eligible(fn):
+            return None
+        started = time.monotonic()
+        endpoint = await pool.claim(fn, self.http())
+        if endpoint is None:
+            return False if existing else None
+        metrics.GATEWAY_COLD_STARTS.labels(fn.namespace, fn.name).inc()
+        metrics.GATEWAY_COLD_START_SECONDS.labels(fn.namespace, fn.name).observe(time.monotonic() - started)
+        # The regular scale-up, off the request's path: the function's own instance takes over when ready.
+        pool.spawn(self.activator.activate(fn))
+        return True
 
     async def _wait_cold(self, fn: FunctionEntry, *, until: float) -> None:
         labels = (fn.namespace, fn.name)
@@ -410,6 +459,11 @@ class Gateway:
             asyncio.create_task(self.registry.run(self.kube), name="gateway watches"),
             asyncio.create_task(self.autoscaler.run(), name="autoscaler"),
         ]
+        if any(n > 0 for n in s.warm_pool_sizes.values()):
+            from kubelambda.gateway.warmpool import WarmPool
+
+            self.warm_pool = WarmPool(s, self.kube, self.registry, self.balancer)
+            self._tasks.append(asyncio.create_task(self.warm_pool.run(), name="warm pools"))
         if s.nats_url is not None:
             from kubelambda.asyncworker.worker import Worker, WorkerSettings
 

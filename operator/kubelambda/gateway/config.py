@@ -5,7 +5,7 @@ Bad values fail at start naming the key and the value.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SIX_MB = 6 * 1024 * 1024
@@ -63,3 +63,36 @@ class GatewaySettings(BaseSettings):
     a running invocation is kept alive meanwhile)."""
     kubeconfig: str | None = None
     """Kubeconfig to use; unset = in-cluster credentials, or ``$KUBECONFIG``."""
+
+    # ---- warm pools (docs/warm-pools.md) --------------------------------------------------------------
+    warm_pool_sizes: dict[str, int] = Field(default_factory=dict)
+    """Generic pods kept per runtime, JSON (``{"python3.12": 2, "nodejs22": 1}``); default empty = no pools
+    (the chart and ``kubelambda dev up`` set python3.12, nodejs20 and nodejs22). A cold invoke of a qualifying
+    Function is served by one of them instead of waiting for a new pod."""
+    warm_pool_max_sizes: dict[str, int] = Field(default_factory=dict)
+    """Largest pool per runtime under demand, JSON (default 4 times its size): each claim in the last minute adds a pod."""
+    warm_pool_namespace: str = Field(default="kubelambda-system", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Namespace of the pool Deployments and their pods (the system namespace)."""
+    warm_pool_registry: str = Field(default="ghcr.io/kubelambda", min_length=1)
+    """Registry of the runtime images the pools run (as the operator's ``KUBELAMBDA_REGISTRY``)."""
+    warm_pool_images: dict[str, str] = Field(default_factory=dict)
+    """Runtime → image of its pool, JSON (default ``<registry>/runtime-<family>:<version>``, as the operator)."""
+    warm_pool_memory_mb: int = Field(default=1024, ge=128, le=10240)
+    """Memory (and proportional CPU) of a pool pod, MB (default 1024); Functions asking for more take the normal
+    path."""
+    warm_pool_max_lifetime_seconds: float = Field(default=600.0, gt=0, le=86400)
+    """A specialised pool pod is deleted once its function's own instance is ready, or after this long (default
+    600 s), whichever comes first."""
+
+    @field_validator("warm_pool_sizes", "warm_pool_max_sizes")
+    @classmethod
+    def _pool_sizes(cls, value: dict[str, int]) -> dict[str, int]:
+        from kubelambda.api.v1alpha1 import RUNTIMES
+
+        unknown = sorted(set(value) - set(RUNTIMES))
+        if unknown:
+            raise ValueError(f"unknown runtimes {unknown}; known: {', '.join(RUNTIMES)}")
+        bad = sorted(rt for rt, n in value.items() if not 0 <= n <= 100)
+        if bad:
+            raise ValueError(f"pool sizes must be 0..100, not {', '.join(f'{rt}={value[rt]}' for rt in bad)}")
+        return value

@@ -54,6 +54,12 @@ class Autoscaler:
     sample: float = 0.5
     tracks: dict[Key, _Track] = field(default_factory=dict)
 
+    def note_active(self, key: Key, now: float) -> None:
+        """Records activity the sampler may miss: an invocation served by a warm-pool pod can start and end
+        between two samples, and the function must not look idle ("idle for inf s") while its own instance
+        is still starting."""
+        self.tracks.setdefault(key, _Track()).last_active = now
+
     def _sample(self, now: float) -> None:
         in_flight = self.gateway.throttler.in_flight
         for key in self.gateway.registry.functions:
@@ -80,6 +86,10 @@ class Autoscaler:
                 continue
             policy = policy_of(fn)
             ready = len(self.gateway.registry.ready_endpoints(key))
+            pool = self.gateway.warm_pool
+            # Specialised warm-pool pods serve the function until its own instances are ready: they count as
+            # serving instances, so the function is not scaled back to zero under them (docs/warm-pools.md).
+            serving = ready + (len(pool.endpoints(fn)) if pool is not None else 0)
             in_flight = self.gateway.throttler.in_flight.get(f"{key[0]}/{key[1]}", 0)
             if in_flight:
                 track.last_active = now
@@ -87,10 +97,10 @@ class Autoscaler:
                 stable_concurrency=self._average(track.samples, now - policy.stable_window),
                 panic_concurrency=self._average(track.samples, now - policy.panic_window),
                 last_active=track.last_active,
-                waiting=in_flight if ready == 0 else 0,
+                waiting=in_flight if serving == 0 else 0,
                 in_flight=in_flight,
             )
-            result, track.state = decide(policy, stats, ready=ready, now=now, state=track.state)
+            result, track.state = decide(policy, stats, ready=serving, now=now, state=track.state)
             metrics.AUTOSCALER_DESIRED.labels(*key).set(result.desired)
             metrics.AUTOSCALER_READY.labels(*key).set(ready)
             await self._apply(fn, track, result.desired, ready=ready, reason=result.reason)

@@ -1,0 +1,246 @@
+"""Warm pools on the real local cluster: cold starts served by specialised generic pods (docs/warm-pools.md).
+
+The gateway keeps a python3.12 pool of two pods in kubelambda-system; the operator and the gateway run as their
+ServiceAccounts (hack/*-rbac.yaml), so the pool's RBAC is exercised too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from kltest import Cluster, wait_for
+from kltest.platform import (
+    SYSTEM_NS,
+    RunningOperator,
+    deploy,
+    lambda_client,
+    python_function,
+    start_gateway,
+    start_operator,
+    stop_gateway,
+)
+from kubelambda import metrics
+from kubelambda.gateway.app import Gateway
+from kubelambda.gateway.warmpool import WarmPool
+from kubelambda.kube import KubeClient, resource_path
+from kubelambda.resources.labels import FUNCTION_LABEL
+from kubelambda.resources.warmpool import POOL_LABEL, POOL_RUNTIME_LABEL
+
+pytestmark = pytest.mark.integration
+JSON = dict[str, Any]
+POOL_SIZE = 2
+
+HANDLER = """
+import os
+
+VERSION = {version!r}
+
+
+def handler(event, context):
+    return {{"version": VERSION, "function": context.function_name, "greeting": os.environ.get("GREETING"),
+             "memory": context.memory_limit_in_mb, "taskRoot": os.environ.get("LAMBDA_TASK_ROOT")}}
+"""
+
+# Every pool pod that answered in this module, and the function it answered for: a pod never serves two.
+SERVED_BY: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[Gateway, str]]:
+    operator: RunningOperator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
+    gateway, url = await start_gateway(
+        cluster,
+        kube,
+        slot_wait_seconds=1.0,
+        autoscale_interval_seconds=0.5,
+        warm_pool_sizes={"python3.12": POOL_SIZE},
+    )
+    try:
+        await wait_free(gateway, POOL_SIZE, timeout=90)
+        yield gateway, url
+    finally:
+        await stop_gateway(gateway)
+        await operator.stop()
+
+
+def pool_of(gateway: Gateway) -> WarmPool:
+    assert gateway.warm_pool is not None, "the gateway started no warm pool"
+    return gateway.warm_pool
+
+
+def free_pods(gateway: Gateway) -> list[str]:
+    pool = pool_of(gateway)
+    return sorted(
+        p.name
+        for p in pool.pods.values()
+        if p.runtime == "python3.12" and p.free and p.ready and not p.deleting and p.name not in pool._taken
+    )
+
+
+async def wait_free(gateway: Gateway, n: int, *, timeout: float = 60) -> list[str]:
+    return await wait_for(
+        lambda: asyncio.sleep(0, result=free_pods(gateway)),
+        lambda free: len(free) >= n,
+        what=f"{n} free python3.12 pool pods",
+        timeout=timeout,
+    )
+
+
+def function(name: str, version: str = "v1", **spec: Any) -> JSON:
+    doc = python_function(name, HANDLER.format(version=version), **spec)
+    doc["spec"]["memoryMB"] = 256
+    return doc
+
+
+async def invoke(url: str, name: str) -> tuple[JSON, dict[str, str]]:
+    def call() -> tuple[JSON, dict[str, str]]:
+        response = lambda_client(url).invoke(FunctionName=name, Payload=b"{}")
+        assert response["StatusCode"] == 200
+        assert "FunctionError" not in response, response["Payload"].read()
+        return json.loads(response["Payload"].read()), response["ResponseMetadata"]["HTTPHeaders"]
+
+    body, headers = await asyncio.to_thread(call)
+    pod = headers.get("x-kubelambda-warm-pool")
+    if pod is not None:
+        owner = SERVED_BY.setdefault(pod, name)
+        assert owner == name, f"pool pod {pod} served {owner} and then {name}"
+    return body, headers
+
+
+async def pod_or_none(kube: KubeClient, name: str) -> JSON | None:
+    return await kube.get_or_none(resource_path("v1", "pods", namespace=SYSTEM_NS, name=name))
+
+
+async def test_first_invoke_from_zero_is_served_by_a_specialised_pool_pod_which_is_then_replaced_and_retired(
+    platform: tuple[Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    gateway, url = platform
+    claims = metrics.WARM_POOL_CLAIMS.labels("python3.12")
+    before = claims._value.get()
+    await deploy(cluster, gateway, namespace, function("pooled"))
+    body, headers = await invoke(url, f"{namespace}/pooled")
+    pod = headers.get("x-kubelambda-warm-pool")
+    assert pod is not None, f"not served by a pool pod: {headers}"
+    assert headers["x-kubelambda-cold-start"] == "true"
+    # The pool pod runs the function as its own pod would: name, environment, memory, task root.
+    assert body.pop("taskRoot").endswith("/var/task")  # locally under the pod's root folder
+    assert body == {"version": "v1", "function": "pooled", "greeting": "Hello", "memory": "256"}
+    assert claims._value.get() == before + 1
+
+    # In the background: the pod is labelled as the function's and leaves the pool, which replaces it.
+    claimed = await wait_for(
+        lambda: pod_or_none(kube, pod),
+        lambda p: p is not None and p["metadata"]["labels"].get(FUNCTION_LABEL) == "pooled",
+        what=f"pool pod {pod} labelled as the function's",
+    )
+    assert POOL_LABEL not in claimed["metadata"]["labels"]
+    assert claimed["metadata"]["labels"][POOL_RUNTIME_LABEL] == "python3.12"
+    free = await wait_free(gateway, POOL_SIZE, timeout=90)
+    assert pod not in free
+
+    # The regular scale-up happened too; once the function's own instance is ready, the pool pod is deleted.
+    await wait_for(
+        lambda: asyncio.sleep(0, result=gateway.registry.ready_endpoints((namespace, "pooled"))),
+        bool,
+        what="the function's own instance ready",
+        timeout=90,
+    )
+    await wait_for(
+        lambda: pod_or_none(kube, pod),
+        lambda p: p is None or p["metadata"].get("deletionTimestamp") is not None,
+        what=f"the specialised pool pod {pod} retired",
+        timeout=60,
+    )
+    body, headers = await invoke(url, f"{namespace}/pooled")
+    assert body["version"] == "v1"
+    assert "x-kubelambda-warm-pool" not in headers
+
+
+async def test_a_code_change_never_runs_old_code_on_a_pool_pod(
+    platform: tuple[Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    gateway, url = platform
+    await wait_free(gateway, POOL_SIZE, timeout=90)
+    await deploy(cluster, gateway, namespace, function("changing", "v1"))
+    body, headers = await invoke(url, f"{namespace}/changing")
+    first = headers.get("x-kubelambda-warm-pool")
+    assert first is not None
+    assert body["version"] == "v1"
+
+    cluster.apply(function("changing", "v2"), namespace)
+    pool = pool_of(gateway)
+    await wait_for(
+        lambda: asyncio.sleep(0, result=gateway.registry.functions.get((namespace, "changing"))),
+        lambda fn: fn is not None and "v2" in (fn.spec.code.inline or {}).get("app.py", ""),
+        what="the gateway to see the new code",
+    )
+    # The pod specialised with the old code gets no new request from now on, and is deleted.
+    fn = gateway.registry.functions[(namespace, "changing")]
+    assert all(pool.pod_at(e) != first for e in pool.endpoints(fn))
+    await wait_for(
+        lambda: pod_or_none(kube, first),
+        lambda p: p is None or p["metadata"].get("deletionTimestamp") is not None,
+        what=f"pool pod {first} (old code) retired",
+        timeout=60,
+    )
+    # Whatever answers now (another pool pod or the function's own instance) runs the new code.
+    versions = set()
+    for _ in range(3):
+        body, headers = await invoke(url, f"{namespace}/changing")
+        assert headers.get("x-kubelambda-warm-pool") != first
+        if headers.get("x-kubelambda-warm-pool") is not None:
+            assert body["version"] == "v2", "a pool pod ran old code"
+        versions.add(body["version"])
+    await wait_for(
+        lambda: invoke(url, f"{namespace}/changing"),
+        lambda answer: answer[0]["version"] == "v2",
+        what="the new code answering",
+        timeout=90,
+    )
+
+
+async def test_two_functions_cold_at_once_get_two_pool_pods(
+    platform: tuple[Gateway, str], cluster: Cluster, namespace: str
+) -> None:
+    gateway, url = platform
+    await wait_free(gateway, POOL_SIZE, timeout=90)
+    await deploy(cluster, gateway, namespace, function("left"))
+    await deploy(cluster, gateway, namespace, function("right"))
+    (left, lh), (right, rh) = await asyncio.gather(
+        invoke(url, f"{namespace}/left"), invoke(url, f"{namespace}/right")
+    )
+    assert (left["function"], right["function"]) == ("left", "right")
+    assert lh.get("x-kubelambda-warm-pool") is not None
+    assert rh.get("x-kubelambda-warm-pool") is not None
+    assert lh["x-kubelambda-warm-pool"] != rh["x-kubelambda-warm-pool"]
+    # And each keeps its own: a second call of each lands on its own pod (or its own instance), never the other's.
+    for name in ("left", "right", "left", "right"):
+        body, _ = await invoke(url, f"{namespace}/{name}")
+        assert body["function"] == name
+
+
+async def test_a_function_that_opts_out_takes_the_normal_path(
+    platform: tuple[Gateway, str], cluster: Cluster, namespace: str
+) -> None:
+    gateway, url = platform
+    await wait_free(gateway, POOL_SIZE, timeout=90)
+    claims = metrics.WARM_POOL_CLAIMS.labels("python3.12")
+    before = claims._value.get()
+    scale_ups = gateway.activator.scale_ups
+    await deploy(
+        cluster,
+        gateway,
+        namespace,
+        function("optout", scaling={"warmPool": False, "scaleToZeroAfterSeconds": 60}),
+    )
+    body, headers = await invoke(url, f"{namespace}/optout")
+    assert body["function"] == "optout"
+    assert "x-kubelambda-warm-pool" not in headers
+    assert headers["x-kubelambda-cold-start"] == "true"
+    assert gateway.activator.scale_ups == scale_ups + 1
+    assert claims._value.get() == before, "a pool pod was claimed for a function that opted out"
