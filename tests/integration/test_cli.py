@@ -81,10 +81,11 @@ class Cli:
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
     assert done.returncode == code, done.stdout + done.stderr
+    # Progress lines (==> ...) may come first; the error is the last two lines.
     lines = done.stderr.strip().splitlines()
-    assert lines[0].startswith("kubelambda: error: "), done.stderr
-    assert len(lines) == 2, done.stderr
-    assert lines[1].startswith("hint: "), done.stderr
+    assert all(line.startswith(("==> ", "    ")) for line in lines[:-2]), done.stderr
+    assert lines[-2].startswith("kubelambda: error: "), done.stderr
+    assert lines[-1].startswith("hint: "), done.stderr
     for word in words:
         assert word in done.stderr
 

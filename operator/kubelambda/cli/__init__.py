@@ -54,8 +54,6 @@ def _fail(message: str, hint: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kubelambda.kube import ApiError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -67,10 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         _fail(e.message, e.hint)
         return e.code
-    except ApiError as e:
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        # An ApiError can only come from kubelambda.kube, imported lazily by the commands that talk to the cluster.
+        client = sys.modules.get("kubelambda.kube._client")
+        if client is None or not isinstance(e, client.ApiError):
+            raise
         hint = "check your permissions (kubectl auth can-i)" if e.status in (401, 403) else None
         _fail(f"the API server answered {e.status} {e.reason}: {' '.join(e.message.split())}", hint)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
     return result

@@ -28,9 +28,10 @@ from typing import Any
 
 from kubelambda.cli._common import CliError
 from kubelambda.fetchcode import Credentials, s3_object_url, sigv4_headers
-from kubelambda.resources.configmap import CONFIGMAP_LIMIT_BYTES
 
 MANIFEST = "function.yaml"
+INLINE_LIMIT = 1024 * 1024
+"""resources.configmap.CONFIGMAP_LIMIT_BYTES (a ConfigMap's 1 MiB), repeated so the CLI starts without the API models."""
 INLINE_NAME = re.compile(r"^[A-Za-z0-9_][-._A-Za-z0-9]*$")  # the CRD's rule for inline file names
 INLINE_MAX_FILES = 64
 IGNORED_DIRS = {".git", ".hg", ".svn", "__pycache__", ".kubelambda", ".venv", ".idea", ".vscode"}
@@ -64,9 +65,7 @@ def collect(folder: Path, *, skip: tuple[str, ...] = (MANIFEST,)) -> Package:
     return package
 
 
-def inline_files(
-    package: Package, *, limit: int = CONFIGMAP_LIMIT_BYTES
-) -> tuple[dict[str, str] | None, str]:
+def inline_files(package: Package, *, limit: int = INLINE_LIMIT) -> tuple[dict[str, str] | None, str]:
     """``(files, "")`` when the package can be ``code.inline``, else ``(None, why not)``."""
     if not package.files:
         return None, "the folder has no code files"
@@ -189,8 +188,18 @@ def _s3_request(
         resp.read()
 
 
+def _create_bucket(bucket: Bucket, credentials: Credentials | None) -> bool:
+    try:
+        _s3_request(
+            "PUT", f"{bucket.endpoint.rstrip('/')}/{bucket.name}", b"", bucket=bucket, credentials=credentials
+        )
+    except urllib.error.HTTPError:
+        return False  # it exists already (409), or we may not create it: the PutObject error says more
+    return True
+
+
 def upload(data: bytes, key: str, *, bucket: Bucket, env: dict[str, str]) -> None:
-    """PutObject (path-style); creates the bucket once when the store says it does not exist."""
+    """PutObject (path-style). A missing bucket is created once: AWS answers 404 NoSuchBucket, SeaweedFS 403."""
     credentials = Credentials.from_env(env)
     url = s3_object_url(bucket.endpoint, bucket.name, key)
     for attempt in range(2):
@@ -199,19 +208,13 @@ def upload(data: bytes, key: str, *, bucket: Bucket, env: dict[str, str]) -> Non
             return
         except urllib.error.HTTPError as e:
             text = e.read().decode(errors="replace")
-            if e.code == 404 and "NoSuchBucket" in text and attempt == 0:
-                _s3_request(
-                    "PUT",
-                    f"{bucket.endpoint.rstrip('/')}/{bucket.name}",
-                    b"",
-                    bucket=bucket,
-                    credentials=credentials,
-                )
+            if e.code in (403, 404) and attempt == 0 and _create_bucket(bucket, credentials):
                 continue
             code = re.search(r"<Code>([^<]+)</Code>", text)
             raise CliError(
-                f"S3 PutObject s3://{bucket.name}/{key} at {bucket.endpoint} failed: {e.code} {code.group(1) if code else text[:200]}",
-                hint="check --s3-endpoint, --bucket and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+                f"S3 PutObject s3://{bucket.name}/{key} at {bucket.endpoint} failed: "
+                f"{e.code} {code.group(1) if code else text[:200]}",
+                hint="check --bucket, --s3-endpoint and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
             ) from e
         except urllib.error.URLError as e:
             raise CliError(

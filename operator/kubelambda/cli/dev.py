@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from kubelambda.cli._common import add_state_dir
-from kubelambda.devcluster._process import alive
+
+
+def alive(pid: int) -> bool:
+    from kubelambda.devcluster._process import alive as process_alive  # lazy: the devcluster package is heavy
+
+    return process_alive(pid)
 
 
 def _state_dir(args: argparse.Namespace) -> Path:

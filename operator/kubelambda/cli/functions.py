@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kubelambda.cli._common import (
     EXIT_ERROR,
@@ -32,7 +32,11 @@ from kubelambda.cli._common import (
     split_name,
 )
 from kubelambda.cli._format import RequestFilter, describe_function, function_rows, render_table
-from kubelambda.kube import ApiError, KubeClient, resource_path
+
+if TYPE_CHECKING:
+    from kubelambda.kube import KubeClient
+
+# kubelambda.kube (aiohttp) is imported where it is used: `kubelambda --help` and `init` stay fast.
 
 API_VERSION = "kubelambda.io/v1alpha1"
 FUNCTION_LABEL = "kubelambda.io/function"
@@ -41,6 +45,8 @@ T = TypeVar("T")
 
 
 def function_path(namespace: str | None, name: str | None = None) -> str:
+    from kubelambda.kube import resource_path
+
     return resource_path(API_VERSION, "functions", namespace=namespace, name=name)
 
 
@@ -49,6 +55,8 @@ def with_kube(target: Target, work: Callable[[KubeClient], Awaitable[T]]) -> T:
     import aiohttp
 
     async def main() -> T:
+        from kubelambda.kube import KubeClient
+
         kube = KubeClient.from_kubeconfig(target.kubeconfig)
         try:
             return await work(kube)
@@ -170,6 +178,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
     namespace, name = split_name(args.name, target.namespace)
 
     async def work(kube: KubeClient) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        from kubelambda.kube import ApiError, resource_path
+
         obj = await get_function(kube, namespace, name)
         events = await kube.list(
             resource_path("v1", "events", namespace=namespace),
@@ -230,6 +240,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 async def _pods(kube: KubeClient, namespace: str, name: str, system_namespace: str) -> list[tuple[str, str]]:
     """``(namespace, pod)`` of every instance: the Function's own pods, and warm-pool pods the gateway
     specialised for it (they stay in the system namespace, relabelled as the function's; docs/gateway.md)."""
+    from kubelambda.kube import ApiError, resource_path
+
     found = await kube.list(
         resource_path("v1", "pods", namespace=namespace), params={"labelSelector": f"{FUNCTION_LABEL}={name}"}
     )
@@ -255,6 +267,8 @@ async def _pods(kube: KubeClient, namespace: str, name: str, system_namespace: s
 async def _print_pod(
     kube: KubeClient, namespace: str, pod: str, args: argparse.Namespace, *, prefix: bool, follow: bool
 ) -> None:
+    from kubelambda.kube import ApiError, resource_path
+
     params = {"container": "function"}
     if follow:
         params["follow"] = "true"

@@ -11,11 +11,10 @@ import time
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kubelambda.api.v1alpha1 import RUNTIMES
 from kubelambda.cli._common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -25,10 +24,20 @@ from kubelambda.cli._common import (
     resolve_target,
     stderr_is_tty,
 )
-from kubelambda.cli._package import MANIFEST, Bucket, built_code, inline_files, make_zip, s3_code, upload
+from kubelambda.cli._package import (
+    INLINE_LIMIT,
+    MANIFEST,
+    Bucket,
+    built_code,
+    inline_files,
+    make_zip,
+    s3_code,
+    upload,
+)
 from kubelambda.cli.functions import API_VERSION, function_path, with_kube
-from kubelambda.kube import ApiError, KubeClient
-from kubelambda.resources.configmap import CONFIGMAP_LIMIT_BYTES
+
+if TYPE_CHECKING:
+    from kubelambda.kube import ApiError, KubeClient
 
 TEMPLATE_OF = {
     "python3.12": "python",
@@ -40,7 +49,7 @@ TEMPLATE_OF = {
     "ruby3.3": "ruby",
     "provided": "provided",
 }
-assert set(TEMPLATE_OF) == set(RUNTIMES), "a runtime without a scaffold"
+RUNTIMES = tuple(TEMPLATE_OF)  # the API's runtimes (tests/unit/test_cli_format.py checks they match)
 EXECUTABLE_TEMPLATES = {"bootstrap"}
 TEMPLATE_SUFFIX = ".tmpl"  # Python templates are stored as .py.tmpl so that mypy and ruff leave them alone
 # Ready=False reasons that only mean "wait": anything else is reported as a failed deploy.
@@ -257,6 +266,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     body = {"apiVersion": API_VERSION, "kind": "Function", "metadata": metadata, "spec": spec}
 
     async def work(kube: KubeClient) -> None:
+        from kubelambda.kube import ApiError
+
         params = {"fieldManager": FIELD_MANAGER, "force": "true", "fieldValidation": "Strict"}
         if args.dry_run:
             params["dryRun"] = "All"
@@ -332,8 +343,8 @@ def register(commands: Any) -> None:
     deploy.add_argument(
         "--max-inline-bytes",
         type=int,
-        default=CONFIGMAP_LIMIT_BYTES,
-        help=f"largest code deployed inline, keys + contents (default {CONFIGMAP_LIMIT_BYTES}, a ConfigMap's limit)",
+        default=INLINE_LIMIT,
+        help=f"largest code deployed inline, keys + contents (default {INLINE_LIMIT}, a ConfigMap's limit)",
     )
     bucket = deploy.add_argument_group(
         "bucket for zipped code (S3-compatible; AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
