@@ -1,0 +1,15 @@
+# Stream brokers for the stream bridges' tests and benchmark (Kafka in KRaft mode, kinesalite), cached under
+# ~/.cache/kubelambda by hack/stream-servers.sh. Included by the top-level Makefile.
+.PHONY: stream-servers bench-streams
+
+stream-servers:
+	@bash hack/stream-servers.sh
+
+# `make test` installs them first, so that a fresh machine fails here, with the installer's own message, if at all.
+test: stream-servers
+integration: stream-servers
+
+# Records/s end to end per stream source to a no-op function (batch 100), beside the broker's own consumer
+# throughput with the same client library in the same run.
+bench-streams: venv binaries stream-servers
+	$(PY) bench/stream_bench.py --records 20000
