@@ -91,9 +91,9 @@ def load_source(kind: str, ctx: BridgeContext) -> Source:
 
 
 def _client(settings: BridgeSettings) -> KubeClient:
-    if settings.kubeconfig:
-        return KubeClient.from_kubeconfig(settings.kubeconfig)
-    return KubeClient.in_cluster()
+    from kubelambda.operator._login import default_login
+
+    return default_login(settings.kubeconfig).client()
 
 
 async def _serve(source: Source, settings: BridgeSettings) -> web.AppRunner:

@@ -122,6 +122,10 @@ class TriggerReconciler:
             outcome.created.append(f"{obj['kind']} {meta['namespace']}/{meta['name']}")
         return result
 
+    async def _apply_in_order(self, *objs: JSON, outcome: Outcome) -> None:
+        for obj in objs:
+            await self._apply(obj, outcome)
+
     async def _create_once(self, obj: JSON, outcome: Outcome) -> None:
         """Creates ``obj`` unless it exists (a generated token must never change under the store using it)."""
         meta = obj["metadata"]
@@ -151,10 +155,11 @@ class TriggerReconciler:
         deployment: JSON | None = None
         if trigger.needs_bridge:
             # RBAC and the checkpoint first, so the bridge's first requests are allowed and find their ConfigMap.
+            # The Role must exist before its RoleBinding: the API server checks that the operator holds every
+            # permission of a Role it binds, and a Role it cannot find fails that check (404).
             steps: list[Awaitable[Any]] = [
+                self._apply_in_order(b.make_role(trigger), b.make_role_binding(trigger), outcome=outcome),
                 self._apply(b.make_service_account(trigger), outcome),
-                self._apply(b.make_role(trigger), outcome),
-                self._apply(b.make_role_binding(trigger), outcome),
                 self._apply(b.make_checkpoint(trigger), outcome),
             ]
             name = b.bridge_name(trigger.name)

@@ -211,8 +211,11 @@ def make_bridge_deployment(trigger: TriggerObject, *, settings: OperatorSettings
             {"name": "KUBELAMBDA_BRIDGE_GATEWAY_URL", "value": settings.gateway_url},
             {"name": "KUBELAMBDA_BRIDGE_REGION", "value": settings.region},
             {"name": "KUBELAMBDA_BRIDGE_PORT", "value": str(BRIDGE_PORT)},
+            # The pod's own address, not 0.0.0.0: correct everywhere, and on the local node (pods as processes
+            # sharing the host's network) the only address that does not collide with other pods' 8080.
+            {"name": "KUBELAMBDA_BRIDGE_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         ],
-        key=lambda e: e["name"],
+        key=lambda e: str(e["name"]),
     )
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
     container: JSON = {

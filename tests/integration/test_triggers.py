@@ -1,0 +1,309 @@
+"""Triggers against the real local cluster: the operator's bridge objects and RBAC, a bridge pod running under its
+own ServiceAccount, Ready/FunctionMissing/SourceReachable, disabling, and the schedule bridge firing through a real
+gateway and nats-server — in real time (a pod) and under a clock the test moves (in process)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kltest import Cluster, wait_for
+from kltest.platform import (
+    RunningOperator,
+    deploy,
+    install_crds,
+    python_function,
+    start_gateway,
+    start_operator,
+    stop_gateway,
+)
+from kltest.records import Records
+from kubelambda.api.v1alpha1 import GROUP, VERSION
+from kubelambda.bridge import BridgeSettings, build_context
+from kubelambda.bridge._schedule import iso
+from kubelambda.bridge.schedule import LAST_FIRED, ScheduleBridge
+from kubelambda.devcluster.servers import NatsServer
+from kubelambda.gateway.app import Gateway
+from kubelambda.kube import KubeClient, resource_path
+
+pytestmark = pytest.mark.integration
+JSON = dict[str, Any]
+
+RECORDER = """
+import json, os, urllib.request
+
+def handler(event, context):
+    body = json.dumps({"event": event, "requestId": context.aws_request_id}).encode()
+    request = urllib.request.Request(os.environ["RECORDS_URL"], data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).close()
+    return {"ok": True}
+"""
+
+
+@pytest.fixture(scope="module")
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    async with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        assert isinstance(server, NatsServer)
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def records() -> AsyncIterator[Records]:
+    got = Records()
+    await got.start()
+    yield got
+    await got.stop()
+
+
+@pytest.fixture(scope="module")
+async def platform(
+    cluster: Cluster, kube: KubeClient, nats_server: NatsServer
+) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
+    await install_crds(cluster, kube)
+    gateway, url = await start_gateway(
+        cluster, kube, slot_wait_seconds=1.0, autoscale_interval_seconds=0.5, nats_url=nats_server.url
+    )
+    # The operator runs as its chart ServiceAccount (hack/operator-rbac.yaml): every bridge object it makes,
+    # including Roles that grant Secrets, must be within what it holds.
+    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0, gateway_url=url)
+    try:
+        yield operator, gateway, url
+    finally:
+        await operator.stop()
+        await stop_gateway(gateway)
+
+
+def trigger_path(namespace: str, name: str = "") -> str:
+    return resource_path(f"{GROUP}/{VERSION}", "triggers", namespace=namespace, name=name or None)
+
+
+def condition(body: JSON | None, kind: str) -> JSON:
+    for c in ((body or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == kind:
+            return dict(c)
+    return {}
+
+
+async def recorder(cluster: Cluster, gateway: Gateway, namespace: str, name: str, records: Records) -> None:
+    doc = python_function(name, RECORDER, environment={"RECORDS_URL": records.url(f"{namespace}-{name}")})
+    await deploy(cluster, gateway, namespace, doc)
+
+
+async def test_a_schedule_trigger_runs_its_bridge_pod_under_its_own_account_and_fires(
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    platform: tuple[RunningOperator, Gateway, str],
+    records: Records,
+) -> None:
+    _, gateway, _ = platform
+    await recorder(cluster, gateway, namespace, "ticker", records)
+    cluster.apply(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Trigger",
+            "metadata": {"name": "every-minute"},
+            "spec": {"function": "ticker", "schedule": {"expression": "cron(* * * * ? *)"}},
+        },
+        namespace,
+    )
+    path = trigger_path(namespace, "every-minute")
+    body = await wait_for(
+        lambda: kube.get(path),
+        lambda b: condition(b, "Ready").get("reason") == "BridgeReady",
+        what="the Trigger Ready with its bridge running",
+        timeout=90,
+    )
+    assert condition(body, "FunctionMissing")["status"] == "False"
+    assert body["status"]["source"] == "schedule"
+    # The bridge itself (as ServiceAccount every-minute-bridge) wrote SourceReachable: its RBAC allows that.
+    await wait_for(
+        lambda: kube.get(path),
+        lambda b: condition(b, "SourceReachable").get("status") == "True",
+        what="the bridge's SourceReachable",
+        timeout=60,
+    )
+    role = await kube.get(
+        resource_path(
+            "rbac.authorization.k8s.io/v1", "roles", namespace=namespace, name="every-minute-bridge"
+        )
+    )
+    assert all(rule.get("resourceNames") for rule in role["rules"])
+
+    # cron(* * * * ? *) fires at the next minute boundary: one Scheduled Event, on the minute.
+    got = await records.wait(f"{namespace}-ticker", 1, timeout=120)
+    event = got[0]["event"]
+    assert event["detail-type"] == "Scheduled Event"
+    assert event["source"] == "aws.events"
+    assert event["time"].endswith(":00Z")
+    assert event["resources"] == [f"arn:aws:events:us-east-1:{namespace}:rule/every-minute"]
+    checkpoint = await kube.get(
+        resource_path("v1", "configmaps", namespace=namespace, name="every-minute-checkpoint")
+    )
+    assert checkpoint["data"][LAST_FIRED] >= event["time"]
+    body = await wait_for(
+        lambda: kube.get(path),
+        lambda b: (b.get("status") or {}).get("eventsDelivered", 0) >= 1,
+        what="eventsDelivered in the Trigger's status",
+        timeout=60,
+    )
+    assert body["status"]["lastEventTime"]
+
+    # enabled: false scales the bridge to zero; Ready says why.
+    await kube.patch(path, {"spec": {"enabled": False}})
+    deployment_path = resource_path("apps/v1", "deployments", namespace=namespace, name="every-minute-bridge")
+    await wait_for(
+        lambda: kube.get(deployment_path),
+        lambda d: d["spec"]["replicas"] == 0,
+        what="the bridge scaled to zero",
+    )
+    await wait_for(
+        lambda: kube.get(path),
+        lambda b: condition(b, "Ready").get("reason") == "Disabled",
+        what="Ready reason Disabled",
+    )
+
+
+async def test_a_trigger_of_a_missing_function_says_so_until_the_function_exists(
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    platform: tuple[RunningOperator, Gateway, str],
+    records: Records,
+) -> None:
+    _, gateway, _ = platform
+    cluster.apply(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Trigger",
+            "metadata": {"name": "orphan"},
+            "spec": {"function": "later", "http": {"path": "/later", "methods": ["GET"]}},
+        },
+        namespace,
+    )
+    path = trigger_path(namespace, "orphan")
+    body = await wait_for(
+        lambda: kube.get(path),
+        lambda b: condition(b, "FunctionMissing").get("status") == "True",
+        what="FunctionMissing=True",
+    )
+    assert condition(body, "Ready")["status"] == "False"
+    assert f"{namespace}/later" in condition(body, "Ready")["message"]
+    await recorder(cluster, gateway, namespace, "later", records)
+    body = await wait_for(
+        lambda: kube.get(path),
+        lambda b: condition(b, "Ready").get("reason") == "RouteConfigured",
+        what="Ready once the Function exists",
+        timeout=60,
+    )
+    assert condition(body, "FunctionMissing")["status"] == "False"
+    # HTTP triggers have no bridge.
+    bridge = await kube.get_or_none(
+        resource_path("apps/v1", "deployments", namespace=namespace, name="orphan-bridge")
+    )
+    assert bridge is None
+
+
+class MovableClock:
+    """A clock the test moves: the bridge's waits end when the test sets the time past them."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.t = now
+        self.moved = asyncio.Condition()
+
+    def now(self) -> dt.datetime:
+        return self.t
+
+    async def sleep_until(self, t: dt.datetime) -> None:
+        async with self.moved:
+            await self.moved.wait_for(lambda: self.t >= t)
+
+    async def set(self, t: dt.datetime) -> None:
+        async with self.moved:
+            self.t = t
+            self.moved.notify_all()
+
+
+async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    platform: tuple[RunningOperator, Gateway, str],
+    records: Records,
+) -> None:
+    _, gateway, url = platform
+    await recorder(cluster, gateway, namespace, "clocked", records)
+    key = f"{namespace}-clocked"
+    for name, schedule in (
+        ("rate", {"expression": "rate(1 minute)"}),
+        ("cron", {"expression": "cron(30 9 * * ? *)", "timezone": "Europe/Berlin"}),
+    ):
+        # Disabled: the operator makes the objects, but the test runs the bridge itself with its own clock.
+        cluster.apply(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Trigger",
+                "metadata": {"name": name},
+                "spec": {"function": "clocked", "enabled": False, "schedule": schedule},
+            },
+            namespace,
+        )
+    settings = BridgeSettings(kubeconfig=str(cluster.kubeconfig), gateway_url=url, port=0)
+
+    async with KubeClient.from_kubeconfig(cluster.kubeconfig) as admin, aiohttp.ClientSession() as http:
+        # rate(1 minute): ticks at creation + k minutes.
+        ctx, kind = await build_context(admin, http, namespace, "rate", settings)
+        assert kind == "schedule"
+        created = dt.datetime.fromisoformat(ctx.trigger_meta["creationTimestamp"].replace("Z", "+00:00"))
+        clock = MovableClock(created + dt.timedelta(seconds=5))
+        bridge = ScheduleBridge(ctx, clock=clock)
+        task = asyncio.create_task(bridge.run())
+        try:
+            for minute in (1, 2, 3):
+                await clock.set(created + dt.timedelta(minutes=minute, seconds=1))
+                got = await records.wait(key, minute, timeout=60)
+                assert got[-1]["event"]["time"] == iso(created + dt.timedelta(minutes=minute))
+            # Re-sending a tick (a bridge killed after the gateway accepted it, before its checkpoint) is
+            # stored once: same idempotency key, same request id, JetStream's duplicate window.
+            await bridge.fire(created + dt.timedelta(minutes=3))
+        finally:
+            task.cancel()
+        saved = await ctx.checkpoint.load()
+        assert saved[LAST_FIRED] == iso(created + dt.timedelta(minutes=3))
+
+        # Down for 10 minutes: only the latest missed tick fires when it comes back.
+        clock2 = MovableClock(created + dt.timedelta(minutes=13, seconds=30))
+        task = asyncio.create_task(ScheduleBridge(ctx, clock=clock2).run())
+        try:
+            got = await records.wait(key, 4, timeout=60)
+            assert got[3]["event"]["time"] == iso(created + dt.timedelta(minutes=13))
+        finally:
+            task.cancel()
+
+        # cron(30 9 * * ? *) in Berlin: 08:30 UTC in winter.
+        ctx, _ = await build_context(admin, http, namespace, "cron", settings)
+        start = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
+        clock3 = MovableClock(start)
+        task = asyncio.create_task(ScheduleBridge(ctx, clock=clock3).run())
+        try:
+            await clock3.set(dt.datetime(2026, 12, 1, 8, 29, 59, tzinfo=dt.UTC))
+            await clock3.set(dt.datetime(2026, 12, 1, 8, 31, tzinfo=dt.UTC))
+            got = await records.wait(key, 5, timeout=60)
+            assert got[4]["event"]["time"] == "2026-12-01T08:30:00Z"
+        finally:
+            task.cancel()
+
+    # Exactly one event per tick reached the function, each with its own request id.
+    await asyncio.sleep(
+        2
+    )  # any duplicate would have arrived by now; the worker's retries are sub-second here
+    got = records.of(key)
+    times = [r["event"]["time"] for r in got]
+    assert len(times) == len(set(times)) == 5, times
+    assert len({r["requestId"] for r in got}) == 5
