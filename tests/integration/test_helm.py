@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,9 +32,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubelambda"
 RELEASE = "kubelambda"
 SYSTEM_NS = "kubelambda-system"
-# Documents a server-side dry-run cannot judge on a cluster that lacks their API: the kopf peering object (a
-# post-install hook; its CRD is in the same render and only exists once applied).
-HOOK_KINDS = {"ClusterKopfPeering", "KopfPeering"}
+# Documents a server-side dry-run cannot judge on a cluster that lacks their API: the kopf peering object (its
+# CRD is in the same render, and only exists once really applied).
+PEERING_KINDS = {"ClusterKopfPeering", "KopfPeering"}
 
 HANDLER = """
 def handler(event, context):
@@ -68,6 +69,11 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
         yield server
 
 
+def refusals(log: str) -> list[str]:
+    """Lines of a component's log about a request the API server refused (403 Forbidden)."""
+    return [ln for ln in log.splitlines() if re.search(r"\b403\b|forbidden", ln, re.IGNORECASE)]
+
+
 async def ensure_namespace(kube: KubeClient, name: str) -> None:
     if await kube.get_or_none(resource_path("v1", "namespaces", name=name)) is None:
         await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": name}})
@@ -83,7 +89,7 @@ async def test_renders_pass_a_server_side_dry_run(
         "template", RELEASE, str(CHART), "--namespace", SYSTEM_NS, "--include-crds",
         *(["-f", str(values)] if values else []),
     )  # fmt: skip
-    docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] not in HOOK_KINDS]
+    docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] not in PEERING_KINDS]
     body = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
     out = cluster.kubectl(
         "apply", "--dry-run=server", "--server-side", "-n", SYSTEM_NS, "-f", "-", input=body
@@ -92,13 +98,11 @@ async def test_renders_pass_a_server_side_dry_run(
     assert len(applied) == len(docs), out.stdout
 
 
-async def pods(kube: KubeClient, component: str) -> list[JSON]:
-    found = await kube.get(
-        resource_path("v1", "pods", namespace=SYSTEM_NS),
-        params={
-            "labelSelector": f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component={component}"
-        },
-    )
+async def pods(
+    kube: KubeClient, component: str, *, release: str = RELEASE, ns: str = SYSTEM_NS
+) -> list[JSON]:
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component={component}"
+    found = await kube.get(resource_path("v1", "pods", namespace=ns), params={"labelSelector": selector})
     return list(found["items"])
 
 
@@ -203,10 +207,10 @@ async def test_install_invoke_uninstall(
 
     # The operator ran under the chart's RBAC: nothing it asked for was refused.
     operator_log = cluster.kubectl("logs", "-n", SYSTEM_NS, operator_pod["metadata"]["name"]).stdout
-    refused = [ln for ln in operator_log.splitlines() if "403" in ln or "forbidden" in ln.lower()]
+    refused = refusals(operator_log)
     assert not refused, "\n".join(refused[:20])
     gateway_log = cluster.kubectl("logs", "-n", SYSTEM_NS, gateway_pod["metadata"]["name"]).stdout
-    refused = [ln for ln in gateway_log.splitlines() if " 403" in ln or "forbidden" in ln.lower()]
+    refused = refusals(gateway_log)
     assert not refused, "\n".join(refused[:20])
 
     # Uninstall: the Function goes first (what it owns is garbage-collected), then the release.
@@ -233,3 +237,60 @@ async def test_install_invoke_uninstall(
     for crd in ("functions.kubelambda.io", "triggers.kubelambda.io"):
         crd_path = resource_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=crd)
         assert await kube.get_or_none(crd_path) is not None, f"helm uninstall keeps CRDs; {crd} is gone"
+
+
+async def test_leader_election_with_two_operator_replicas(
+    cluster: Cluster, kube: KubeClient, namespace: str, tmp_path: Path
+) -> None:
+    """operator.replicas=2: kopf peering (the chart's ClusterKopfPeering, RBAC on kopf.dev); one replica active."""
+    helm = Helm(cluster, tmp_path)
+    release, ns = "ha", "kubelambda-ha"
+    helm(
+        "install", release, str(CHART), "--namespace", ns, "--create-namespace",
+        "--set", "operator.replicas=2", "--set", "gateway.replicas=0", "--set", "async.enabled=false",
+    )  # fmt: skip
+    operators = await wait_for(
+        lambda: pods(kube, "operator", release=release, ns=ns),
+        lambda items: len(items) == 2 and all(ready(p) for p in items),
+        what="two operator replicas Ready",
+        timeout=120,
+    )
+    peering_path = resource_path("kopf.dev/v1", "clusterkopfpeerings", name=f"{release}-kubelambda")
+    await wait_for(
+        lambda: kube.get(peering_path),
+        lambda p: len(p.get("status") or {}) == 2,
+        what="both replicas' heartbeats in the ClusterKopfPeering",
+        timeout=60,
+    )
+
+    def logs() -> list[str]:
+        return [cluster.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout for p in operators]
+
+    # The active replica reconciles; kopf starts every replica paused (peering is mandatory) and resumes only
+    # the one with the highest priority (the oldest).
+    cluster.apply(python_function("ha", HANDLER), namespace)
+    await wait_for(
+        lambda: kube.get(
+            resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="ha")
+        ),
+        lambda f: str((f.get("status") or {}).get("invokeUrl", "")).startswith(
+            f"http://{release}-kubelambda-gateway.{ns}.svc"
+        ),
+        what="the Function reconciled by the active replica",
+        timeout=60,
+    )
+    texts = await asyncio.to_thread(logs)
+    assert sum("Resuming operations after the pause" in t for t in texts) == 1, texts
+    assert sum("reconcile_function' succeeded" in t for t in texts) == 1, texts
+    assert not any("Possibly conflicting operators" in t for t in texts), texts
+    cluster.kubectl("delete", "function", "ha", "-n", namespace, "--wait=true")
+    for text in logs():
+        refused = refusals(text)
+        assert not refused, "\n".join(refused[:20])
+    helm("uninstall", release, "--namespace", ns, "--wait", "--timeout", "120s")
+    await wait_for(
+        lambda: kube.get_or_none(peering_path),
+        lambda p: p is None,
+        what="the peering object removed",
+        timeout=30,
+    )

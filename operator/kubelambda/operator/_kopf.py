@@ -88,6 +88,9 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
         settings.peering.name = ours.peering
         settings.peering.mandatory = True
         settings.peering.clusterwide = not ours.namespaces
+        # kopf pauses a peer only for a higher priority (equal ones all stay active, with a warning): the oldest
+        # replica wins, so a rolling update keeps the active operator until it stops.
+        settings.peering.priority = -time.time_ns() // 1_000_000
     else:
         settings.peering.standalone = True
 
