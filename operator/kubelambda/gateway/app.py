@@ -313,6 +313,8 @@ class Gateway:
                 ) from e
             finally:
                 self.balancer.release(endpoint)
+                if self.warm_pool is not None:
+                    self.warm_pool.flush(endpoint)
 
     def _own_or_pool_endpoints(self, fn: FunctionEntry) -> list[str]:
         own = self.registry.ready_endpoints(fn.key)
@@ -341,7 +343,7 @@ class Gateway:
         metrics.GATEWAY_COLD_STARTS.labels(fn.namespace, fn.name).inc()
         metrics.GATEWAY_COLD_START_SECONDS.labels(fn.namespace, fn.name).observe(time.monotonic() - started)
         # The regular scale-up, off the request's path: the function's own instance takes over when ready.
-        pool.spawn(self.activator.activate(fn))
+        pool.defer(endpoint, lambda: self.activator.activate(fn))
         return True
 
     async def _wait_cold(self, fn: FunctionEntry, *, until: float) -> None:

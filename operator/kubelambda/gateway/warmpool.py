@@ -21,9 +21,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -59,6 +60,7 @@ JSON = dict[str, Any]
 
 SPECIALIZE_TIMEOUT_SECONDS = 90.0  # an archive download (60 s at most in the agent) plus the handler's init
 CLAIM_WINDOW_SECONDS = 60.0  # claims this recent grow the pool (pool_replicas)
+DEFER_LIMIT_SECONDS = 1.0  # work deferred after a claim starts by then, answered or not
 REAPPLY_SECONDS = 60.0  # pool objects are re-applied this often even when nothing changed (heals deletions)
 
 
@@ -193,6 +195,9 @@ class Specialised:
     sha256: str
     since: float  # monotonic
     retiring: bool = False
+    # Background work held until the pod's first answer is on its way (see WarmPool.defer).
+    deferred: list[Callable[[], Coroutine[Any, Any, Any]]] = field(default_factory=list)
+    flushed: bool = False
 
 
 @dataclass
@@ -320,7 +325,7 @@ class WarmPool:
                 answer.get("state"),
                 (time.monotonic() - started) * 1000,
             )
-            self._spawn(self._record_claim(s))
+            s.deferred.append(partial(self._record_claim, s))
             return s
 
     # ---- background: records, retirement, pool sizes --------------------------------------------------------
@@ -340,6 +345,28 @@ class WarmPool:
                 logger.warning("Background work after a warm-pool claim failed: %s", e)
 
         self._spawn(logged())
+
+    def defer(self, endpoint: str, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Runs ``work`` once the specialised pod at ``endpoint`` has answered its first invocation (or a second
+        later at most): the Kubernetes writes that follow a claim, and the pods they start (the pool's replacement,
+        the function's own instance), then do not compete for the CPU with the cold request itself."""
+        s = self._by_endpoint.get(endpoint)
+        if s is None or s.flushed:
+            self.spawn(work())
+        else:
+            s.deferred.append(work)
+
+    def flush(self, endpoint: str) -> None:
+        """The pod at ``endpoint`` answered: start the work deferred until then."""
+        s = self._by_endpoint.get(endpoint)
+        if s is not None and not s.flushed:
+            self._flush(s)
+
+    def _flush(self, s: Specialised) -> None:
+        s.flushed = True
+        work, s.deferred = s.deferred, []
+        for factory in work:
+            self.spawn(factory())
 
     def _pod_path(self, name: str) -> str:
         return resource_path("v1", "pods", namespace=self.settings.warm_pool_namespace, name=name)
@@ -362,6 +389,8 @@ class WarmPool:
                 self._forget(s)
 
     def _forget(self, s: Specialised) -> None:
+        if not s.flushed:
+            self._flush(s)
         serving = self.serving.get(s.key, [])
         if s in serving:
             serving.remove(s)
@@ -386,6 +415,8 @@ class WarmPool:
             current = self.code_sha(fn) if fn is not None else None
             own_ready = bool(self.registry.ready_endpoints(key))
             for s in list(serving):
+                if not s.flushed and now - s.since > DEFER_LIMIT_SECONDS:
+                    self._flush(s)
                 reason = retire_reason(
                     function_exists=fn is not None,
                     current_sha=current,
