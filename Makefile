@@ -36,13 +36,18 @@ demo: venv binaries
 	bash hack/demo.sh
 
 # Every benchmark prints its figures beside a baseline or peer measured in the same run.
-bench: bench-cluster agent-bench bench-operator bench-gateway
+bench: bench-cluster agent-bench bench-operator bench-gateway bench-warm-pool
 
 bench-cluster: venv binaries
 	$(PY) bench/local_cluster.py --pods 50
 
 bench-gateway: venv binaries runtimes-build
 	$(PY) bench/gateway_bench.py --cold 20 --requests 3000
+
+# Cold starts from zero with and without the warm pool (Python, Node.js), beside a warm invoke (docs/warm-pools.md).
+.PHONY: bench-warm-pool
+bench-warm-pool: venv binaries runtimes-build
+	$(PY) bench/warm_pool_bench.py --runs 20
 
 clean:
 	rm -rf .venv .kubelambda

@@ -53,6 +53,18 @@ func TestParseConfig(t *testing.T) {
 					t.Errorf("cmd = %q", c.RuntimeCmd)
 				}
 			}},
+		{name: "generic modes", args: append(base, "--generic", "prestart", "--", "rt"), check: func(t *testing.T, c *Config) {
+			if c.Generic != genericPrestart {
+				t.Errorf("generic = %v", c.Generic)
+			}
+		}},
+		{name: "generic from env", args: base, env: map[string]string{"KUBELAMBDA_GENERIC": "deferred", "KUBELAMBDA_RUNTIME_CMD": "rt"},
+			check: func(t *testing.T, c *Config) {
+				if c.Generic != genericDeferred {
+					t.Errorf("generic = %v", c.Generic)
+				}
+			}},
+		{name: "bad generic mode", args: append(base, "--generic", "maybe", "--", "rt"), wantErr: `invalid generic (KUBELAMBDA_GENERIC) "maybe"`},
 		{name: "no command", args: base, wantErr: "no runtime command"},
 		{name: "zero workers", args: append(base, "--workers", "0", "--", "rt"), wantErr: `invalid workers (KUBELAMBDA_WORKERS) "0"`},
 		{name: "bad timeout", args: append(base, "--timeout", "soon", "--", "rt"), wantErr: "invalid timeout"},
