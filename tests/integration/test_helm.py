@@ -132,6 +132,8 @@ async def test_install_invoke_uninstall(
     values = {
         # One of each on a 2-core machine; NATS is the test's own server (the local node runs no nats image and
         # has no PersistentVolumes); the gateway's Service URL stays the operator's advertised default.
+        # The local node runs every pod in the host's network namespace: each listens on its own pod IP.
+        "bindPodIP": True,
         "gateway": {"replicas": 1, "httpRoutes": True},
         "async": {"natsUrl": nats_server.url},
         "nats": {"enabled": False},
@@ -248,6 +250,7 @@ async def test_leader_election_with_two_operator_replicas(
     helm(
         "install", release, str(CHART), "--namespace", ns, "--create-namespace",
         "--set", "operator.replicas=2", "--set", "gateway.replicas=0", "--set", "async.enabled=false",
+        "--set", "bindPodIP=true",
     )  # fmt: skip
     operators = await wait_for(
         lambda: pods(kube, "operator", release=release, ns=ns),

@@ -122,7 +122,8 @@ def test_default_render(helm: Path) -> None:
     genv = env_of(gateway)
     assert genv["KUBELAMBDA_GATEWAY_NATS_URL"] == "nats://kubelambda-nats.kubelambda-system.svc:4222"
     assert genv["KUBELAMBDA_GATEWAY_ASYNC_WORKER"] == "true"
-    assert genv["KUBELAMBDA_GATEWAY_HOST"] == "$(POD_IP)"
+    assert genv["KUBELAMBDA_GATEWAY_HOST"] == "0.0.0.0"  # kubectl port-forward reaches 127.0.0.1 in the pod
+    assert env["KUBELAMBDA_LIVENESS_ENDPOINT"] == "http://0.0.0.0:8081/healthz"
     # Function pods' NetworkPolicies admit the gateway by these labels (kubelambda.resources.labels).
     labels = gateway["spec"]["template"]["metadata"]["labels"]
     from kubelambda.resources.labels import GATEWAY_LABELS
