@@ -1,0 +1,411 @@
+"""Benchmark of the stream bridges (issue 9): records/s end to end per source to a no-op function, batch 100.
+
+For each source (Kafka, Redis Streams, NATS JetStream, Kinesis API via kinesalite), in the same run:
+
+1. **ceiling**: the broker's own consumer throughput, with the same client library the bridge uses, reading the
+   same N records (Kafka: aiokafka ``getmany``; Redis: ``XREAD COUNT``; NATS: a pull consumer fetching and
+   acknowledging (AckPolicy.ALL) like the bridge; Kinesis: aiobotocore ``GetRecords`` per shard in parallel);
+2. **bridge**: the Trigger's bridge as the operator runs it (a pod of the local cluster, ``kubelambda bridge``),
+   invoking a no-op Python function through the gateway with batches of 100. The Trigger is created disabled,
+   the N records are published, then the Trigger is enabled; the rate is counted from the first record the
+   bridge delivers to the last (its own ``kubelambda_bridge_events_total``), so pod start-up is left out.
+
+Figures only, never assertions. Run: ``make bench-streams`` (or ``.venv/bin/python bench/stream_bench.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import redis.asyncio as aioredis
+from aiobotocore.session import get_session
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from kubelambda.devcluster import DevState
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.devcluster.servers import NatsServer, RedisServer
+from kubelambda.devcluster.streamservers import KafkaServer, KinesisServer
+from kubelambda.kube import KubeClient, resource_path
+
+NS = "bench-streams"
+FUNCTION = "noop"
+SHARDS = 4
+HANDLER = "def handler(event, context):\n    return {}\n"
+GROUP_VERSION = "kubelambda.io/v1alpha1"
+
+
+def start_cluster(state_dir: Path) -> tuple[subprocess.Popen[bytes], DevState]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)],
+        stdout=(state_dir / "serve.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        state = DevState.read(state_dir)
+        if state is not None and state.state == "running" and state.pid == proc.pid:
+            return proc, state
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError((state_dir / "serve.log").read_text()[-3000:])
+
+
+async def wait(
+    probe: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], what: str, timeout: float = 180
+) -> Any:
+    deadline = time.monotonic() + timeout
+    value: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            value = await probe()
+            if done(value):
+                return value
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{what}; last seen: {str(value)[:2000]}")
+
+
+class Source:
+    """One broker: create a stream of N records, read it as fast as its client can, name it in a Trigger."""
+
+    kind = ""
+
+    async def publish(self, name: str, n: int) -> None:
+        raise NotImplementedError
+
+    async def ceiling(self, name: str, n: int) -> float:
+        raise NotImplementedError
+
+    def spec(self, name: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def data(i: int) -> bytes:
+    return b'{"n": %d, "pad": "%s"}' % (i, b"x" * 64)
+
+
+class Kafka(Source):
+    kind = "kafka"
+
+    def __init__(self, server: KafkaServer) -> None:
+        self.server = server
+
+    async def publish(self, name: str, n: int) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.server.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, SHARDS, 1)])
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=self.server.bootstrap, linger_ms=10)
+        await producer.start()
+        try:
+            for i in range(n):
+                await producer.send(name, data(i), key=b"k%d" % (i % 64))
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def ceiling(self, name: str, n: int) -> float:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.server.bootstrap, group_id=f"ceiling-{name}", enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(name, p) for p in range(SHARDS)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            got = 0
+            started = time.perf_counter()
+            while got < n:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+                got += sum(len(v) for v in batches.values())
+            return n / (time.perf_counter() - started)
+        finally:
+            await consumer.stop()
+
+    def spec(self, name: str) -> dict[str, Any]:
+        return {"kafka": {"bootstrapServers": [self.server.bootstrap], "topic": name}}
+
+
+class Redis(Source):
+    kind = "redis"
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+
+    async def publish(self, name: str, n: int) -> None:
+        conn = aioredis.Redis.from_url(self.server.url)
+        try:
+            for start in range(0, n, 1000):
+                pipe = conn.pipeline(transaction=False)
+                for i in range(start, min(n, start + 1000)):
+                    pipe.xadd(name, {"data": data(i), "partitionKey": f"k{i % 64}"})
+                await pipe.execute()
+        finally:
+            await conn.aclose()
+
+    async def ceiling(self, name: str, n: int) -> float:
+        conn = aioredis.Redis.from_url(self.server.url)
+        try:
+            after, got = "0-0", 0
+            started = time.perf_counter()
+            while got < n:
+                answer: Any = await conn.xread({name: after}, count=1000, block=1000)
+                entries = answer[0][1]
+                got += len(entries)
+                after = entries[-1][0]
+            return n / (time.perf_counter() - started)
+        finally:
+            await conn.aclose()
+
+    def spec(self, name: str) -> dict[str, Any]:
+        return {"redis": {"url": self.server.url, "key": name}}
+
+
+class Nats(Source):
+    kind = "nats"
+
+    def __init__(self, server: NatsServer) -> None:
+        self.server = server
+
+    async def publish(self, name: str, n: int) -> None:
+        nc = await nats.connect(self.server.url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
+            for start in range(0, n, 1000):
+                await asyncio.gather(
+                    *(js.publish(f"{name}.k{i % 64}", data(i)) for i in range(start, min(n, start + 1000)))
+                )
+        finally:
+            await nc.close()
+
+    async def ceiling(self, name: str, n: int) -> float:
+        nc = await nats.connect(self.server.url)
+        try:
+            js = nc.jetstream()
+            config = ConsumerConfig(durable_name="ceiling", ack_policy=AckPolicy.ALL, max_ack_pending=-1)
+            await js.add_consumer(name, config)
+            sub = await js.pull_subscribe_bind(durable="ceiling", stream=name)
+            got = 0
+            started = time.perf_counter()
+            while got < n:
+                msgs = await sub.fetch(batch=1000, timeout=5)
+                got += len(msgs)
+                await msgs[-1].ack_sync()
+            return n / (time.perf_counter() - started)
+        finally:
+            await nc.close()
+
+    def spec(self, name: str) -> dict[str, Any]:
+        return {"nats": {"url": self.server.url, "stream": name}}
+
+
+class Kinesis(Source):
+    kind = "kinesis"
+
+    def __init__(self, server: KinesisServer) -> None:
+        self.server = server
+
+    def client(self) -> Any:
+        return get_session().create_client(
+            "kinesis",
+            endpoint_url=self.server.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
+
+    async def publish(self, name: str, n: int) -> None:
+        async with self.client() as api:
+            await api.create_stream(StreamName=name, ShardCount=SHARDS)
+            await api.get_waiter("stream_exists").wait(StreamName=name)
+            for start in range(0, n, 500):
+                await api.put_records(
+                    StreamName=name,
+                    Records=[
+                        {"PartitionKey": f"k{i % 64}", "Data": data(i)}
+                        for i in range(start, min(n, start + 500))
+                    ],
+                )
+
+    async def ceiling(self, name: str, n: int) -> float:
+        async with self.client() as api:
+            shards = [s["ShardId"] for s in (await api.list_shards(StreamName=name))["Shards"]]
+            counts = dict.fromkeys(shards, 0)
+
+            async def read(shard: str) -> None:
+                iterator = (
+                    await api.get_shard_iterator(
+                        StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+                    )
+                )["ShardIterator"]
+                while sum(counts.values()) < n:
+                    answer = await api.get_records(ShardIterator=iterator, Limit=10000)
+                    iterator = answer["NextShardIterator"]
+                    counts[shard] += len(answer["Records"])
+                    if not answer["Records"]:
+                        await asyncio.sleep(0.05)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(read(s) for s in shards))
+            return n / (time.perf_counter() - started)
+
+    def spec(self, name: str) -> dict[str, Any]:
+        return {"kinesis": {"endpoint": self.server.endpoint, "streamName": name}}
+
+
+def trigger(name: str, source: Source, *, enabled: bool) -> dict[str, Any]:
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "Trigger",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "function": FUNCTION,
+            "enabled": enabled,
+            "stream": {**source.spec(name), "batchSize": 100, "startingPosition": "TRIM_HORIZON"},
+        },
+    }
+
+
+async def bridge_events(kube: KubeClient, http: aiohttp.ClientSession, name: str) -> float | None:
+    """The bridge pod's own count of records delivered (its /metrics), or None while it is not up."""
+    pods = await kube.get(resource_path("v1", "pods", namespace=NS))
+    for pod in pods.get("items", []):
+        if not pod["metadata"]["name"].startswith(f"{name}-") or pod["metadata"].get("deletionTimestamp"):
+            continue
+        ip = pod.get("status", {}).get("podIP")
+        if not ip:
+            continue
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with http.get(f"http://{ip}:8080/metrics", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                match = re.search(r"^kubelambda_bridge_events_total ([0-9.e+]+)$", await resp.text(), re.M)
+                return float(match.group(1)) if match else 0.0
+    return None
+
+
+async def bridge_rate(
+    kube: KubeClient, http: aiohttp.ClientSession, name: str, source: Source, n: int
+) -> float:
+    path = resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name)
+    await kube.patch(path, {"spec": {"enabled": True}})
+    first: tuple[float, float] | None = None
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        events = await bridge_events(kube, http, name)
+        now = time.perf_counter()
+        if events:
+            if first is None:
+                first = (now, events)
+            if events >= n:
+                return (events - first[1]) / (now - first[0]) if now > first[0] else float("nan")
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"the {source.kind} bridge did not deliver {n} records within 600 s")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--sources", default="kafka,redis,nats,kinesis")
+    args = parser.parse_args()
+    n = args.records
+    ensure_binaries()
+    with tempfile.TemporaryDirectory(prefix="kl-bench-streams-") as tmp:
+        root = Path(tmp)
+        kafka, redis_server = KafkaServer(root / "kafka", heap_mb=768), RedisServer(root / "redis")
+        nats_server, kinesis = NatsServer(root / "nats"), KinesisServer(root / "kinesis")
+        proc, state = start_cluster(root)
+        async with contextlib.AsyncExitStack() as stack:
+            await asyncio.gather(
+                *(stack.enter_async_context(s) for s in (kafka, redis_server, nats_server, kinesis))
+            )
+            sources: dict[str, Source] = {
+                "kafka": Kafka(kafka),
+                "redis": Redis(redis_server),
+                "nats": Nats(nats_server),
+                "kinesis": Kinesis(kinesis),
+            }
+            try:
+                async with (
+                    KubeClient.from_kubeconfig(state.kubeconfig) as kube,
+                    aiohttp.ClientSession() as http,
+                ):
+                    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
+                    await wait(
+                        lambda: kube.get_or_none(
+                            resource_path("v1", "serviceaccounts", namespace=NS, name="default")
+                        ),
+                        lambda sa: sa is not None,
+                        "the default ServiceAccount",
+                    )
+                    fn = {
+                        "apiVersion": GROUP_VERSION,
+                        "kind": "Function",
+                        "metadata": {"name": FUNCTION, "namespace": NS},
+                        "spec": {
+                            "runtime": "python3.12",
+                            "handler": "app.handler",
+                            "code": {"inline": {"app.py": HANDLER}},
+                            "concurrency": {"perInstance": SHARDS},
+                            "scaling": {"minInstances": 1, "maxInstances": 1},
+                        },
+                    }
+                    await kube.create(resource_path(GROUP_VERSION, "functions", namespace=NS), fn)
+                    await wait(
+                        lambda: kube.get(
+                            resource_path(GROUP_VERSION, "functions", namespace=NS, name=FUNCTION)
+                        ),
+                        lambda f: any(
+                            c["type"] == "Ready" and c["status"] == "True"
+                            for c in f.get("status", {}).get("conditions", [])
+                        ),
+                        "the function Ready",
+                    )
+                    print(f"{n} records per source, batch 100, no-op python3.12 function; records/s")
+                    print(f"{'source':<8} {'shards':>6} {'ceiling':>10} {'bridge':>10} {'ratio':>6}")
+                    for kind in args.sources.split(","):
+                        source = sources[kind]
+                        name = f"bench-{kind}"
+                        await source.publish(name, n)
+                        ceiling = await source.ceiling(name, n)
+                        await kube.create(
+                            resource_path(GROUP_VERSION, "triggers", namespace=NS),
+                            trigger(name, source, enabled=False),
+                        )
+                        rate = await bridge_rate(kube, http, name, source, n)
+                        shards = SHARDS if kind in ("kafka", "kinesis") else 1
+                        print(
+                            f"{kind:<8} {shards:>6} {ceiling:>10.0f} {rate:>10.0f} {rate / ceiling:>6.0%}",
+                            flush=True,
+                        )
+                        await kube.patch(
+                            resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name),
+                            {"spec": {"enabled": False}},
+                        )
+            except BaseException:
+                for log in sorted((root / "logs").glob("*.log")):
+                    if "operator" in log.name or "gateway" in log.name:
+                        print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+                raise
+            finally:
+                proc.terminate()
+                proc.wait(60)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
