@@ -137,10 +137,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     if answer.get("X-Amz-Log-Result"):
         print(base64.b64decode(answer["X-Amz-Log-Result"]).decode(errors="replace"), file=sys.stderr)
     if status == 404:
-        print(
-            f"hint: see `kubelambda list` for the functions in {name.rpartition('/')[0] or 'the namespace'}",
-            file=sys.stderr,
-        )
+        print("hint: see `kubelambda list` (-n NAMESPACE) for the deployed functions", file=sys.stderr)
     return EXIT_OK if status < 300 and not error else EXIT_ERROR
 
 
@@ -157,6 +154,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     items = found.get("items") or []
     if args.output != "table":
         for item in items:
+            item["metadata"].pop("managedFields", None)  # as kubectl: noise to a reader
             item.setdefault("apiVersion", API_VERSION)
             item.setdefault("kind", "Function")
         print_structured({"apiVersion": "v1", "kind": "List", "items": items}, args.output)
@@ -196,6 +194,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
     obj, events, triggers = with_kube(target, work)
     if args.output != "table":
+        obj["metadata"].pop("managedFields", None)
         print_structured({"function": obj, "triggers": triggers, "events": events}, args.output)
         return EXIT_OK
     print(describe_function(obj, events=events, triggers=triggers, now=dt.datetime.now(dt.UTC)))
