@@ -2,7 +2,8 @@
 operator and the gateway from the chart's Deployments on the local node, as the chart's ServiceAccounts (the
 local node runs the kubelambda image as `python -m kubelambda ...`). A Function is deployed and invoked through
 the chart's gateway (by its pod IP: Service IPs are not routable here), synchronously and as an Event through a
-real NATS JetStream; the operator's log shows no refused request; `helm uninstall` leaves only the CRDs.
+real NATS JetStream; a schedule Trigger gets its bridge; the operator's log shows no refused request;
+`helm uninstall` leaves only the CRDs.
 """
 
 from __future__ import annotations
@@ -207,6 +208,33 @@ async def test_install_invoke_uninstall(
         timeout=60, interval=0.5,
     )  # fmt: skip
 
+    # A schedule Trigger: the operator creates its bridge's ServiceAccount, Role (granting only what the operator
+    # holds itself), RoleBinding, checkpoint ConfigMap and Deployment; the bridge pod reports its source reachable.
+    cluster.apply(
+        {
+            "apiVersion": "kubelambda.io/v1alpha1",
+            "kind": "Trigger",
+            "metadata": {"name": "tick"},
+            "spec": {"function": "hello", "schedule": {"expression": "rate(1 hour)"}},
+        },
+        namespace,
+    )
+    trigger_path = resource_path("kubelambda.io/v1alpha1", "triggers", namespace=namespace, name="tick")
+
+    def condition(body: JSON, kind: str) -> JSON:
+        found = [c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == kind]
+        return found[0] if found else {}
+
+    await wait_for(
+        lambda: kube.get(trigger_path),
+        lambda t: (
+            condition(t, "Ready").get("reason") == "BridgeReady"
+            and condition(t, "SourceReachable").get("status") == "True"
+        ),
+        what="the Trigger's bridge running and reporting (objects made by the chart's operator)",
+        timeout=90,
+    )
+
     # The operator ran under the chart's RBAC: nothing it asked for was refused.
     operator_log = cluster.kubectl("logs", "-n", SYSTEM_NS, operator_pod["metadata"]["name"]).stdout
     refused = refusals(operator_log)
@@ -216,6 +244,7 @@ async def test_install_invoke_uninstall(
     assert not refused, "\n".join(refused[:20])
 
     # Uninstall: the Function goes first (what it owns is garbage-collected), then the release.
+    cluster.kubectl("delete", "trigger", "tick", "-n", namespace, "--wait=true")
     cluster.kubectl("delete", "function", "hello", "-n", namespace, "--wait=true")
     helm("uninstall", RELEASE, "--namespace", SYSTEM_NS, "--wait", "--timeout", "120s")
 
