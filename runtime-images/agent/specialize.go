@@ -219,6 +219,11 @@ func (req *specializeRequest) validate() error {
 
 // materialize puts the function's code into the task root.
 func (s *specializer) materialize(ctx context.Context, req *specializeRequest) error {
+	// Whatever the folder holds goes first: a container restarted in a pod that was specialised before (the
+	// emptyDir outlives the container) must not leave one function's files to another.
+	if err := emptyDir(s.cfg.TaskRoot); err != nil {
+		return fmt.Errorf("emptying the task root: %w", err)
+	}
 	if req.Inline != nil {
 		for _, name := range sortedKeys(req.Inline) {
 			clean, err := checkedName(name)
@@ -376,6 +381,19 @@ func checkedName(name string) (string, error) {
 		return "", fmt.Errorf("refusing file name %q: '..' would leave the task root", name)
 	}
 	return clean, nil
+}
+
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func writeFile(root, name string, data []byte, mode os.FileMode) error {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -83,6 +84,10 @@ func TestGenericSpecializeInline(t *testing.T) {
 	}{{"prestart", genericPrestart}, {"deferred", genericDeferred}} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := genericAgent(t, tc.mode)
+			leftover := filepath.Join(a.pool.cfg.TaskRoot, "leftover.py")
+			if err := os.WriteFile(leftover, []byte("another function's"), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			waitReady(t, a.url)
 			if tc.mode == genericPrestart && a.pool.parked.Load() != 1 {
 				t.Fatalf("parked = %d, want the pre-started runtime waiting", a.pool.parked.Load())
@@ -112,6 +117,9 @@ func TestGenericSpecializeInline(t *testing.T) {
 				if resp.StatusCode != 200 || body != want {
 					t.Errorf("invoke %s: %d %s, want %s", ev, resp.StatusCode, body, want)
 				}
+			}
+			if _, err := os.Stat(leftover); !os.IsNotExist(err) {
+				t.Errorf("a file from before the specialisation survived: %v", err)
 			}
 			// Never a second function, nor the same one again.
 			for _, name := range []string{"other", "hello"} {

@@ -216,6 +216,7 @@ class WarmPool:
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
     _by_endpoint: dict[str, Specialised] = field(default_factory=dict)
     _sha: dict[Key, tuple[object, str]] = field(default_factory=dict)  # spec object → its code sha256
+    _deleting: set[str] = field(default_factory=set)  # pods we asked to delete (until the watch says gone)
 
     # ---- the invoke path (no Kubernetes calls) -------------------------------------------------------------
 
@@ -399,6 +400,9 @@ class WarmPool:
         self._by_endpoint.pop(s.endpoint, None)
 
     async def _delete(self, name: str, uid: str, reason: str) -> None:
+        if name in self._deleting:
+            return
+        self._deleting.add(name)
         try:
             await self.kube.delete(self._pod_path(name), uid=uid or None)
             metrics.WARM_POOL_RETIRED.labels(reason).inc()
@@ -406,6 +410,7 @@ class WarmPool:
         except ApiError as e:
             if e.status != 409:  # 409: the uid precondition failed, the pod is another one by now
                 logger.warning("Could not delete pool pod %s: %s", name, e)
+                self._deleting.discard(name)  # try again on a later round
 
     def retire_once(self, now: float) -> None:
         """Retires the specialised pods that should go (see :func:`retire_reason`), once they are idle."""
@@ -431,20 +436,23 @@ class WarmPool:
                 if self.balancer.load.get(s.endpoint, 0) > 0:
                     continue  # let its invocations finish; next round
                 self._forget(s)
-                if s.pod in self.pods:
-                    self.pods[s.pod].deleting = True
                 self._spawn(self._delete(s.pod, s.uid, reason or "failed"))
         # Claimed pods no gateway here knows of (another gateway's, or ours before a restart).
         wall = time.time()
         ours = {s.pod for serving in self.serving.values() for s in serving}
         for pod in list(self.pods.values()):
-            if pod.free or pod.deleting or pod.name in ours or pod.function is None:
+            if (
+                pod.free
+                or pod.deleting
+                or pod.name in ours
+                or pod.name in self._deleting
+                or pod.function is None
+            ):
                 continue
             gone = pod.function not in self.registry.functions
             ready = bool(self.registry.ready_endpoints(pod.function))
             old = pod.claimed_at is not None and wall - pod.claimed_at > lifetime
             if gone or ready or old:
-                pod.deleting = True
                 reason = "function_gone" if gone else "function_ready" if ready else "lifetime"
                 self._spawn(self._delete(pod.name, pod.uid, reason))
 
@@ -524,12 +532,14 @@ class WarmPool:
     async def _on_list(self, items: list[JSON]) -> None:
         self.pods = {p.name: p for p in map(PoolPod.from_body, items)}
         self._taken &= set(self.pods)
+        self._deleting &= set(self.pods)
 
     async def _on_event(self, kind: str, body: JSON) -> None:
         pod = PoolPod.from_body(body)
         if kind == "DELETED":
             self.pods.pop(pod.name, None)
             self._taken.discard(pod.name)
+            self._deleting.discard(pod.name)
             for serving in list(self.serving.values()):
                 for s in list(serving):
                     if s.pod == pod.name:
