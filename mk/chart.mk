@@ -6,7 +6,8 @@ IMAGE_REGISTRY ?= ghcr.io/kubelambda
 # buildx platforms: one (this machine's) loads the image into docker; several need PUSH=1 (a registry).
 PLATFORMS ?= linux/$(shell uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/')
 PUSH ?=
-BUILDX = docker buildx build --platform $(PLATFORMS) $(if $(PUSH),--push,--load)
+DOCKER ?= docker
+BUILDX = $(DOCKER) buildx build --platform $(PLATFORMS) $(if $(PUSH),--push,--load)
 KIND_VERSION := v0.33.0
 KIND ?= $(or $(shell command -v kind 2>/dev/null),go run sigs.k8s.io/kind@$(KIND_VERSION))
 KIND_CLUSTER := kubelambda
@@ -32,11 +33,11 @@ chart-test: venv binaries
 
 # Everything below needs Docker; without it, it stops at once and says so.
 require-docker:
-	@command -v docker >/dev/null 2>&1 || { \
-		echo "error: 'make $(MAKECMDGOALS)' needs Docker, and no 'docker' command is on PATH." >&2; \
+	@command -v $(DOCKER) >/dev/null 2>&1 || { \
+		echo "error: 'make $(MAKECMDGOALS)' needs Docker, and no '$(DOCKER)' command is on PATH." >&2; \
 		echo "hint: without Docker, the same scenarios run on the local cluster: make integration" >&2; exit 2; }
-	@docker info >/dev/null 2>&1 || { \
-		echo "error: 'make $(MAKECMDGOALS)' needs Docker, and the Docker daemon does not answer ('docker info' failed)." >&2; \
+	@$(DOCKER) info >/dev/null 2>&1 || { \
+		echo "error: 'make $(MAKECMDGOALS)' needs Docker, and the Docker daemon does not answer ('$(DOCKER) info' failed)." >&2; \
 		echo "hint: start Docker, or run the same scenarios on the local cluster: make integration" >&2; exit 2; }
 
 image-kubelambda: require-docker

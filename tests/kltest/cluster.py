@@ -83,7 +83,7 @@ def kind_cluster(state_dir: Path) -> Cluster:
     """The kind cluster ``make kind-up`` created (``$KUBELAMBDA_KIND_CLUSTER``, default kubelambda); fails at once
     without Docker."""
     name = os.environ.get("KUBELAMBDA_KIND_CLUSTER", "kubelambda")
-    docker = shutil.which("docker")
+    docker = shutil.which(os.environ.get("DOCKER", "docker"))  # DOCKER: as in mk/chart.mk
     if docker is None or subprocess.run([docker, "info"], capture_output=True, timeout=30).returncode != 0:
         raise RuntimeError(
             "KUBELAMBDA_TEST_BACKEND=kind needs Docker (no docker command, or its daemon does not answer); "

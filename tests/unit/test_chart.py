@@ -5,7 +5,6 @@ stopping at once without Docker. (tests/integration/test_helm.py installs it on 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import tomllib
@@ -326,16 +325,19 @@ def test_kubelambda_dockerfile() -> None:
     )
 
 
-@pytest.mark.parametrize("target", ["e2e", "kind-up", "image-kubelambda"])
+@pytest.mark.parametrize("target", ["e2e", "kind-up", "image-kubelambda", "image-runtime-python"])
 def test_docker_targets_stop_at_once_without_docker(tmp_path: Path, target: str) -> None:
-    """No docker on PATH: the target fails before doing anything, with one clear line and a hint."""
-    env = {**os.environ, "PATH": "/usr/bin:/bin"}
-    assert subprocess.run(["sh", "-c", "command -v docker"], env=env, capture_output=True).returncode != 0
+    """No docker command (DOCKER names one that does not exist, whatever this host has): the target fails before
+    doing anything, with one clear line and a hint."""
     result = subprocess.run(
-        ["make", "-s", target], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
+        ["make", "-s", target, f"DOCKER={tmp_path / 'docker'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode != 0
-    assert f"'make {target}' needs Docker" in result.stderr, result.stderr
+    assert f"'make {target}' needs Docker, and no" in result.stderr, result.stderr
     assert "hint:" in result.stderr
 
 
@@ -343,9 +345,8 @@ def test_docker_targets_stop_when_the_daemon_does_not_answer(tmp_path: Path) -> 
     fake = tmp_path / "docker"
     fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin"}
     result = subprocess.run(
-        ["make", "-s", "e2e"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
+        ["make", "-s", "e2e", f"DOCKER={fake}"], cwd=REPO, capture_output=True, text=True, timeout=30
     )
     assert result.returncode != 0
     assert "the Docker daemon does not answer" in result.stderr, result.stderr
@@ -355,7 +356,7 @@ def test_kind_backend_fails_at_once_without_docker(tmp_path: Path, monkeypatch: 
     from kltest.cluster import start_cluster
 
     monkeypatch.setenv("KUBELAMBDA_TEST_BACKEND", "kind")
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("DOCKER", str(tmp_path / "docker"))  # no such command, whatever this host has
     with pytest.raises(RuntimeError, match="KUBELAMBDA_TEST_BACKEND=kind needs Docker"):
         start_cluster(tmp_path)
     monkeypatch.setenv("KUBELAMBDA_TEST_BACKEND", "minikube")
