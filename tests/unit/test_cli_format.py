@@ -166,10 +166,10 @@ def test_inline_limit_is_the_configmap_limit() -> None:
         ({"app.py": (b"x", False)}, ""),
         ({"bootstrap": (b"#!/bin/sh\necho", True)}, ""),
         ({}, "the folder has no code files"),
-        ({"lib/a.py": (b"x", False)}, "lib/a.py is in a subfolder (inline files are flat)"),
+        ({"lib/a.py": (b"x", False)}, "lib/a.py is in a subfolder and inline files are flat"),
         ({"a.bin": (b"\xff\xfe", False)}, "a.bin is binary"),
-        ({"tool": (b"ELF", True)}, "tool must stay executable (inline files lose the execute bit)"),
-        ({"big.py": (b"x" * 2000, False)}, "2006 bytes (inline holds at most 1000)"),
+        ({"tool": (b"ELF", True)}, "tool must stay executable and inline files lose the execute bit"),
+        ({"big.py": (b"x" * 2000, False)}, "2006 bytes, over the inline limit of 1000"),
     ],
     ids=["text", "script-bootstrap", "empty", "subfolder", "binary", "executable", "too-large"],
 )

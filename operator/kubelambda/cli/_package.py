@@ -70,19 +70,19 @@ def inline_files(package: Package, *, limit: int = INLINE_LIMIT) -> tuple[dict[s
     if not package.files:
         return None, "the folder has no code files"
     if len(package.files) > INLINE_MAX_FILES:
-        return None, f"{len(package.files)} files (inline holds at most {INLINE_MAX_FILES})"
+        return None, f"{len(package.files)} files, over the inline limit of {INLINE_MAX_FILES}"
     if package.size > limit:
-        return None, f"{package.size} bytes (inline holds at most {limit})"
+        return None, f"{package.size} bytes, over the inline limit of {limit}"
     out: dict[str, str] = {}
     for name, (data, executable) in package.files.items():
         if not INLINE_NAME.match(name):
-            return None, f"{name} is in a subfolder (inline files are flat)"
+            return None, f"{name} is in a subfolder and inline files are flat"
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return None, f"{name} is binary"
         if executable and not text.startswith("#!"):
-            return None, f"{name} must stay executable (inline files lose the execute bit)"
+            return None, f"{name} must stay executable and inline files lose the execute bit"
         out[name] = text
     return out, ""
 

@@ -174,16 +174,16 @@ def package_code(
         reason = "--zip was given" if files is not None else why
         if bucket is None:
             raise CliError(
-                f"the code cannot be inline ({reason}) and no bucket is configured",
+                f"the code cannot be inline ({reason}), and no bucket is configured",
                 hint="pass --bucket NAME --s3-endpoint URL (or set $KUBELAMBDA_BUCKET and $KUBELAMBDA_S3_ENDPOINT)",
                 code=EXIT_USAGE,
             )
         data = make_zip(package)
         code, key = s3_code(data, bucket=bucket, namespace=namespace, name=name)
         if args.dry_run:
-            _say(f"Would upload a {len(data)}-byte zip to s3://{bucket.name}/{key} ({reason})")
+            _say(f"Would upload a {len(data)}-byte zip to s3://{bucket.name}/{key} (not inline: {reason})")
         else:
-            _say(f"Uploading a {len(data)}-byte zip to s3://{bucket.name}/{key} ({reason})")
+            _say(f"Uploading a {len(data)}-byte zip to s3://{bucket.name}/{key} (not inline: {reason})")
             upload(data, key, bucket=bucket, env=dict(os.environ))
         return {"s3": code}
 
