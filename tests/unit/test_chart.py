@@ -5,6 +5,7 @@ stopping at once without Docker. (tests/integration/test_helm.py installs it on 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import tomllib
@@ -204,6 +205,54 @@ def test_release_name_prefixes_every_name(helm: Path) -> None:
     docs = render(helm, release="edge")
     names = {d["metadata"]["name"] for d in docs}
     assert all(n.startswith("edge-kubelambda") for n in names), names
+
+
+COMPONENT_SETTINGS = {"operator": "operator", "gateway": "gateway", "async-worker": "gateway"}
+
+
+@pytest.mark.parametrize("values", [None, MAX_VALUES], ids=["default", "max"])
+def test_every_setting_the_chart_passes_is_a_known_valid_setting(
+    helm: Path, values: Path | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydantic-settings ignores unknown KUBELAMBDA_* variables, so a misspelt one would be silently lost: each
+    must name a field, and together they must load (the component would refuse to start otherwise)."""
+    from kubelambda.gateway.config import GatewaySettings
+    from kubelambda.settings import OperatorSettings
+
+    classes = {
+        "operator": (OperatorSettings, "KUBELAMBDA_"),
+        "gateway": (GatewaySettings, "KUBELAMBDA_GATEWAY_"),
+    }
+    for doc in render(helm, *(["-f", str(values)] if values else [])):
+        if doc["kind"] != "Deployment":
+            continue
+        component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+        cls, prefix = classes[COMPONENT_SETTINGS[component]]
+        fields = {prefix + name.upper() for name in cls.model_fields}
+        env = {k: v.replace("$(POD_IP)", "10.244.0.9") for k, v in env_of(doc).items()}
+        ours = {k: v for k, v in env.items() if k.startswith(prefix)}
+        if component == "async-worker":
+            ours.pop("KUBELAMBDA_GATEWAY_URL")  # the worker's --gateway-url default, not a setting
+        unknown = sorted(set(ours) - fields)
+        assert not unknown, f"{doc['metadata']['name']}: not settings of {cls.__name__}: {unknown}"
+        for key in list(os.environ):
+            if key.startswith("KUBELAMBDA_"):
+                monkeypatch.delenv(key)
+        for key, value in ours.items():
+            monkeypatch.setenv(key, value)
+        cls()  # raises ValidationError naming the variable
+
+
+def test_warm_pools_in_the_release_namespace(helm: Path) -> None:
+    docs = render(helm, "--set", "gateway.warmPools.sizes.python3\\.12=2")
+    env = env_of(find(docs, "Deployment", "kubelambda-gateway"))
+    assert json.loads(env["KUBELAMBDA_GATEWAY_WARM_POOL_SIZES"]) == {"python3.12": 2}
+    assert env["KUBELAMBDA_GATEWAY_WARM_POOL_NAMESPACE"] == "kubelambda-system"
+    egress = find(docs, "NetworkPolicy", "kubelambda-gateway")["spec"]["egress"]
+    assert any("kubelambda.io/pool-runtime" in json.dumps(rule) for rule in egress)
+    assert "KUBELAMBDA_GATEWAY_WARM_POOL_SIZES" not in env_of(
+        find(render(helm), "Deployment", "kubelambda-gateway")
+    )
 
 
 # ---- RBAC in step with hack/*-rbac.yaml ---------------------------------------------------------------------
