@@ -401,6 +401,36 @@ def test_docker_targets_stop_when_the_daemon_does_not_answer(tmp_path: Path) -> 
     assert "the Docker daemon does not answer" in result.stderr, result.stderr
 
 
+def test_kind_up_and_e2e_commands() -> None:
+    """What `make kind-up` and `make e2e` would run (make -n; DOCKER=true stands in for a working Docker)."""
+    result = subprocess.run(
+        ["make", "-n", "e2e", "DOCKER=true", "KIND=kind"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = re.sub(r"\\\n\s*", " ", result.stdout)
+    version = kubelambda.__version__
+    for expected in (
+        "kind create cluster --config kind-config.yaml",
+        f"buildx build --platform linux/{'arm64' if os.uname().machine == 'aarch64' else 'amd64'} --load -f Dockerfile"
+        f" -t ghcr.io/kubelambda/kubelambda:{version} .",
+        "-t ghcr.io/kubelambda/runtime-python:3.12 runtime-images",
+        f"kind load docker-image --name kubelambda ghcr.io/kubelambda/kubelambda:{version}",
+        "upgrade --install kubelambda helm/kubelambda --namespace kubelambda-system",
+        "KUBELAMBDA_TEST_BACKEND=kind",
+    ):
+        assert expected in out, f"{expected!r} not in:\n{out}"
+    # Every tag the operator's default runtime images use is built and loaded.
+    from kubelambda.settings import default_runtime_images
+
+    for image in default_runtime_images("ghcr.io/kubelambda").values():
+        assert f"-t {image} " in out, image
+        assert image in out.split("kind load docker-image", 1)[1], image
+
+
 def test_kind_backend_fails_at_once_without_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from kltest.cluster import start_cluster
 
