@@ -21,7 +21,7 @@ import yaml
 from kltest import Cluster, wait_for
 from kltest.platform import RunningOperator, start_gateway, start_operator, stop_gateway
 from kubelambda.api.v1alpha1 import RUNTIMES
-from kubelambda.devcluster.servers import S3Server
+from kubelambda.devcluster.servers import NatsServer, S3Server
 from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
 
@@ -29,9 +29,20 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    async with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        assert isinstance(server, NatsServer)
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def platform(
+    cluster: Cluster, kube: KubeClient, nats_server: NatsServer
+) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
     operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
-    gateway, url = await start_gateway(cluster, kube, slot_wait_seconds=1.0, autoscale_interval_seconds=0.5)
+    gateway, url = await start_gateway(
+        cluster, kube, slot_wait_seconds=1.0, autoscale_interval_seconds=0.5, nats_url=nats_server.url
+    )
     try:
         yield operator, gateway, url
     finally:
@@ -137,6 +148,19 @@ async def test_python_function_from_init_to_delete(
     assert lines[-1].startswith(f"REPORT RequestId: {request_id}"), text
     assert any("Greeting cli" in line for line in lines), text
     assert "Greeting file" not in text
+    # invoke --async: an Event invocation; its request id (stdout) finds its log block once it has run.
+    queued = await cli.ok("invoke", f"{namespace}/hello", "--async", "--payload", '{"name": "event"}')
+    event_id = queued.stdout.strip()
+    assert len(event_id) == 36, queued.stdout
+    assert "status 202" in queued.stderr
+
+    async def event_block() -> str:
+        return (await cli.ok("logs", "hello", "-n", namespace, "--request-id", event_id)).stdout
+
+    event_text = await wait_for(
+        event_block, lambda out: "REPORT RequestId" in out, what="the Event's REPORT line", timeout=60
+    )
+    assert "Greeting event" in event_text
     everything = (await cli.ok("logs", "hello", "-n", namespace)).stdout
     assert "Greeting cli" in everything
     assert "Greeting file" in everything
