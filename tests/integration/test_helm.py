@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from kltest import Cluster, wait_for
+from kltest.cluster import backend
 from kltest.platform import lambda_client, python_function
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import NatsServer
@@ -36,6 +37,10 @@ SYSTEM_NS = "kubelambda-system"
 # Documents a server-side dry-run cannot judge on a cluster that lacks their API: the kopf peering object (its
 # CRD is in the same render, and only exists once really applied).
 PEERING_KINDS = {"ClusterKopfPeering", "KopfPeering"}
+# KUBELAMBDA_TEST_BACKEND=kind (`make e2e`): the release `make kind-up` installed (the images it built and loaded,
+# the chart's NATS StatefulSet, the gateway on NodePort 30080 = localhost:30080) instead of installing one here.
+KIND = backend() == "kind"
+KIND_GATEWAY_URL = "http://localhost:30080"
 
 HANDLER = """
 def handler(event, context):
@@ -64,7 +69,10 @@ class Helm:
 
 
 @pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer | None]:
+    if KIND:
+        yield None  # the chart's own NATS StatefulSet
+        return
     async with NatsServer(tmp_path / "nats") as server:
         assert isinstance(server, NatsServer)
         yield server
@@ -120,16 +128,20 @@ async def wait_ready(kube: KubeClient, component: str) -> JSON:
     found = await wait_for(
         lambda: pods(kube, component),
         lambda items: len(items) == 1 and ready(items[0]),
-        what=f"the chart's {component} pod Ready on the local node",
+        what=f"the chart's {component} pod Ready",
         timeout=120,
     )
     return found[0]
 
 
 async def test_install_invoke_uninstall(
-    cluster: Cluster, kube: KubeClient, namespace: str, tmp_path: Path, nats_server: NatsServer
+    cluster: Cluster, kube: KubeClient, namespace: str, tmp_path: Path, nats_server: NatsServer | None
 ) -> None:
     helm = Helm(cluster, tmp_path)
+    if KIND:
+        await scenario(cluster, kube, namespace, gateway_url=KIND_GATEWAY_URL)
+        return
+    assert nats_server is not None
     values = {
         # One of each on a 2-core machine; NATS is the test's own server (the local node runs no nats image and
         # has no PersistentVolumes); the gateway's Service URL stays the operator's advertised default.
@@ -151,11 +163,21 @@ async def test_install_invoke_uninstall(
     gateway_pod = await wait_ready(kube, "gateway")
     assert operator_pod["spec"]["serviceAccountName"] == "kubelambda-operator"
     assert gateway_pod["spec"]["serviceAccountName"] == "kubelambda-gateway"
-    gateway_url = f"http://{gateway_pod['status']['podIP']}:8080"
     # kopf's liveness endpoint (the chart's probes) on the operator's pod address.
     health = f"http://{operator_pod['status']['podIP']}:8081/healthz"
     async with aiohttp.ClientSession() as http, http.get(health) as resp:
         assert resp.status == 200, await resp.text()
+
+    await scenario(cluster, kube, namespace, gateway_url=f"http://{gateway_pod['status']['podIP']}:8080")
+
+    helm("uninstall", RELEASE, "--namespace", SYSTEM_NS, "--wait", "--timeout", "120s")
+    await assert_nothing_left(cluster, kube, installed)
+
+
+async def scenario(cluster: Cluster, kube: KubeClient, namespace: str, *, gateway_url: str) -> None:
+    """A Function and a Trigger through the chart's operator and gateway; no request of theirs refused."""
+    operator_pod = await wait_ready(kube, "operator")
+    gateway_pod = (await pods(kube, "gateway"))[0]
 
     # A Function, deployed with kubectl and reconciled by the chart's operator.
     cluster.apply(python_function("hello", HANDLER), namespace)
@@ -243,10 +265,13 @@ async def test_install_invoke_uninstall(
     refused = refusals(gateway_log)
     assert not refused, "\n".join(refused[:20])
 
-    # Uninstall: the Function goes first (what it owns is garbage-collected), then the release.
+    # What the Trigger and the Function own is garbage-collected with them.
     cluster.kubectl("delete", "trigger", "tick", "-n", namespace, "--wait=true")
     cluster.kubectl("delete", "function", "hello", "-n", namespace, "--wait=true")
-    helm("uninstall", RELEASE, "--namespace", SYSTEM_NS, "--wait", "--timeout", "120s")
+
+
+async def assert_nothing_left(cluster: Cluster, kube: KubeClient, installed: list[JSON]) -> None:
+    """After `helm uninstall`: no object of the release, no pod in its namespace; the CRDs stay (as Helm does)."""
 
     async def leftovers() -> list[str]:
         left = []
@@ -270,6 +295,10 @@ async def test_install_invoke_uninstall(
         assert await kube.get_or_none(crd_path) is not None, f"helm uninstall keeps CRDs; {crd} is gone"
 
 
+@pytest.mark.skipif(
+    KIND,
+    reason="on kind, make kind-up's operator already serves every namespace: a second release would compete",
+)
 async def test_leader_election_with_two_operator_replicas(
     cluster: Cluster, kube: KubeClient, namespace: str, tmp_path: Path
 ) -> None:
