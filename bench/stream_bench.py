@@ -270,7 +270,7 @@ class Kinesis(Source):
         return {"kinesis": {"endpoint": self.server.endpoint, "streamName": name}}
 
 
-def trigger(name: str, source: Source, *, enabled: bool) -> dict[str, Any]:
+def trigger(name: str, source: Source, *, enabled: bool, parallelization: int) -> dict[str, Any]:
     return {
         "apiVersion": GROUP_VERSION,
         "kind": "Trigger",
@@ -278,7 +278,12 @@ def trigger(name: str, source: Source, *, enabled: bool) -> dict[str, Any]:
         "spec": {
             "function": FUNCTION,
             "enabled": enabled,
-            "stream": {**source.spec(name), "batchSize": 100, "startingPosition": "TRIM_HORIZON"},
+            "stream": {
+                **source.spec(name),
+                "batchSize": 100,
+                "startingPosition": "TRIM_HORIZON",
+                "parallelizationFactor": parallelization,
+            },
         },
     }
 
@@ -322,6 +327,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--sources", default="kafka,redis,nats,kinesis")
+    parser.add_argument(
+        "--parallelization-factor",
+        type=int,
+        default=1,
+        help="the Triggers' parallelizationFactor (1 = one batch in flight per shard, Lambda's default)",
+    )
     args = parser.parse_args()
     n = args.records
     ensure_binaries()
@@ -376,7 +387,10 @@ async def main() -> None:
                         ),
                         "the function Ready",
                     )
-                    print(f"{n} records per source, batch 100, no-op python3.12 function; records/s")
+                    print(
+                        f"{n} records per source, batch 100, parallelizationFactor {args.parallelization_factor}, "
+                        "no-op python3.12 function; records/s"
+                    )
                     print(f"{'source':<8} {'shards':>6} {'ceiling':>10} {'bridge':>10} {'ratio':>6}")
                     for kind in args.sources.split(","):
                         source = sources[kind]
@@ -385,7 +399,7 @@ async def main() -> None:
                         ceiling = await source.ceiling(name, n)
                         await kube.create(
                             resource_path(GROUP_VERSION, "triggers", namespace=NS),
-                            trigger(name, source, enabled=False),
+                            trigger(name, source, enabled=False, parallelization=args.parallelization_factor),
                         )
                         rate = await bridge_rate(kube, http, name, source, n)
                         shards = SHARDS if kind in ("kafka", "kinesis") else 1

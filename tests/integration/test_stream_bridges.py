@@ -33,7 +33,7 @@ from nats.js.api import StreamConfig
 
 from kltest import Cluster, wait_for
 from kltest.bridge import BridgeProcess
-from kltest.platform import deploy, python_function, start_gateway, start_operator, stop_gateway
+from kltest.platform import REPO, deploy, python_function, start_gateway, start_operator, stop_gateway
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.devcluster.servers import NatsServer, RedisServer
@@ -302,6 +302,11 @@ def items(n: int, *, prefix: str = "k") -> list[tuple[str, bytes]]:
     return [(f"{prefix}{i % KEYS}", payload(i)) for i in range(n)]
 
 
+async def delete_trigger(kube: KubeClient, namespace: str, name: str) -> None:
+    """So that the operator started by the last test runs no bridge for the Triggers of the earlier ones."""
+    await kube.delete(resource_path("kubelambda.io/v1alpha1", "triggers", namespace=namespace, name=name))
+
+
 def settings(platform: Platform, cluster: Cluster) -> BridgeSettings:
     return BridgeSettings(
         kubeconfig=str(cluster.kubeconfig), gateway_url=platform.url, port=0, status_interval_seconds=1
@@ -351,11 +356,12 @@ async def test_ten_thousand_records_once_each_in_order_per_key(
     assert status["eventsDelivered"] == total
     assert status["iteratorAgeSeconds"] >= 0
     assert any(c["type"] == "SourceReachable" and c["status"] == "True" for c in status["conditions"])
+    await delete_trigger(kube, platform.namespace, name)
 
 
 @pytest.mark.parametrize("kind", SOURCES)
 async def test_a_poison_record_blocks_its_shard_then_goes_to_the_failure_destination(
-    kind: str, brokers: Brokers, platform: Platform, cluster: Cluster, records: Records
+    kind: str, brokers: Brokers, platform: Platform, cluster: Cluster, kube: KubeClient, records: Records
 ) -> None:
     name = f"poison-{kind}"
     await brokers.create(kind, name)
@@ -403,11 +409,12 @@ async def test_a_poison_record_blocks_its_shard_then_goes_to_the_failure_destina
     by_index = {index_of(base64.b64decode(r[2])): r for r in rows}
     assert by_index[poison - 1][0].split(":")[0] == info["shardId"]
     assert len(records.of(key)) == 1
+    await delete_trigger(kube, platform.namespace, name)
 
 
 @pytest.mark.parametrize("kind", SOURCES)
 async def test_a_bridge_killed_mid_run_loses_nothing(
-    kind: str, brokers: Brokers, platform: Platform, cluster: Cluster, tmp_path: Path
+    kind: str, brokers: Brokers, platform: Platform, cluster: Cluster, kube: KubeClient, tmp_path: Path
 ) -> None:
     name = f"kill-{kind}"
     await brokers.create(kind, name)
@@ -438,3 +445,36 @@ async def test_a_bridge_killed_mid_run_loses_nothing(
     assert duplicates <= max(1000, before // 2), f"{duplicates} duplicates after {before} records"
     assert max(counts.values()) <= 2
     check_order(rows)
+    await delete_trigger(kube, platform.namespace, name)
+
+
+async def test_the_operator_runs_a_bridge_for_each_kind_of_stream(
+    brokers: Brokers, platform: Platform, cluster: Cluster, kube: KubeClient
+) -> None:
+    """End to end: Triggers applied, the operator's bridge Deployments (pods on the local node) deliver."""
+    total = 1000
+    names = {kind: f"e2e-{kind}" for kind in SOURCES}
+    for kind, name in names.items():
+        await brokers.create(kind, name)
+        await brokers.publish(kind, name, items(total))
+    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0, gateway_url=platform.url)
+    try:
+        for kind, name in names.items():
+            cluster.apply(trigger(kind, name, brokers), platform.namespace)
+        for kind, name in names.items():
+            seen = Seen(platform.out / name)
+            await wait_for(seen.count, lambda n: n >= total, what=f"{total} {kind} records seen", timeout=120)
+            counts = Counter(seen.indexes())
+            assert sorted(counts) == list(range(total))
+            assert max(counts.values()) == 1
+            check_order(seen.rows())
+    finally:
+        await operator.stop()
+
+
+async def test_the_stream_processor_example_is_accepted_by_the_api_server(
+    platform: Platform, cluster: Cluster
+) -> None:
+    folder = REPO / "examples" / "stream-processor"
+    for name in ("function.yaml", "trigger.yaml"):
+        cluster.kubectl("apply", "--dry-run=server", "-n", platform.namespace, "-f", str(folder / name))

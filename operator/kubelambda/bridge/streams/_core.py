@@ -50,6 +50,10 @@ log = logging.getLogger("kubelambda.bridge.streams")
 RECONNECT_MAX_SECONDS = 30.0
 SHARD_RELIST_SECONDS = 30.0
 READ_AHEAD_CHUNKS = 4
+MIN_READ_RECORDS = 1000
+"""Records asked of the broker per read, at least: a few large reads cost far less than many small ones
+(a Kinesis GetRecords call, a Redis XREAD); the read-ahead buffer holds at most ``READ_AHEAD_CHUNKS`` reads."""
+MAX_READ_RECORDS = 10000
 DESTINATION_ATTEMPTS = 8
 
 
@@ -267,11 +271,16 @@ class ShardWorker:
         self.window = float(stream.max_batching_window_seconds)
         self.lanes = stream.parallelization_factor
         self.policy = bridge.policy
+        self.read_size = min(MAX_READ_RECORDS, max(self.batch_size * self.lanes, MIN_READ_RECORDS))
         self.buffer: asyncio.Queue[list[StreamRecord]] = asyncio.Queue(maxsize=READ_AHEAD_CHUNKS)
         self.pending: deque[StreamRecord] = deque()
+        self.to_commit: StreamRecord | None = None
+        self.committed: StreamRecord | None = None
+        self.commit_wanted = asyncio.Event()
 
     async def run(self) -> None:
         reading = asyncio.create_task(self._read_ahead(), name=f"read {self.reader.shard}")
+        committing = asyncio.create_task(self._committer(), name=f"commit {self.reader.shard}")
         try:
             while True:
                 chunk = await self._gather(self.batch_size * self.lanes)
@@ -284,15 +293,22 @@ class ShardWorker:
                 self.bridge.iterator_ages[self.reader.shard] = max(0.0, time.time() - chunk[-1].arrival)
                 self.bridge.report_lag()
         finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reading
+            for task in (reading, committing):
+                task.cancel()
+            for task in (reading, committing):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            # A clean stop checkpoints what is done (a crash replays it: at-least-once).
+            last = self.to_commit
+            if last is not None and last is not self.committed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.reader.commit(last), 5)
 
     async def _read_ahead(self) -> None:
         delay = 0.5
         while True:
             try:
-                records = await self.reader.read(self.batch_size * self.lanes)
+                records = await self.reader.read(self.read_size)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -328,6 +344,25 @@ class ShardWorker:
         return [self.pending.popleft() for _ in range(min(n, len(self.pending)))]
 
     async def _commit(self, record: StreamRecord) -> None:
+        """Marks ``record`` (and everything before it in the shard) done; the committer checkpoints it.
+
+        Processing does not wait for the broker's commit round trip: the next batch is invoked meanwhile and
+        the committer writes the latest done record when the previous write returns (later records supersede
+        earlier ones). Nothing is ever checkpointed before its batch is done.
+        """
+        self.to_commit = record
+        self.commit_wanted.set()
+
+    async def _committer(self) -> None:
+        while True:
+            await self.commit_wanted.wait()
+            self.commit_wanted.clear()
+            record = self.to_commit
+            if record is not None and record is not self.committed:
+                await self._commit_now(record)
+                self.committed = record
+
+    async def _commit_now(self, record: StreamRecord) -> None:
         delay = 0.2
         while True:
             try:
@@ -505,16 +540,27 @@ class StreamBridge:
                 except Exception as e:
                     self.ctx.status.source_reachable(False, f"listing shards: {e}")
                     shards = []
+                missing = False
                 for shard in shards:
-                    if shard not in workers:
+                    if shard in workers:
+                        continue
+                    try:
                         reader = await self.client.reader(shard)
-                        workers[shard] = asyncio.create_task(ShardWorker(self, reader).run(), name=shard)
-                        log.info("Reading %s of Trigger %s/%s", shard, self.ctx.namespace, self.ctx.name)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:  # e.g. Kafka's group coordinator not elected yet
+                        self.ctx.status.source_reachable(False, f"opening {shard}: {e}")
+                        missing = True
+                        continue
+                    workers[shard] = asyncio.create_task(ShardWorker(self, reader).run(), name=shard)
+                    log.info("Reading %s of Trigger %s/%s", shard, self.ctx.namespace, self.ctx.name)
                 if not workers:
-                    # The stream does not exist yet (or has no shards): look again soon.
+                    # The stream does not exist yet, or no shard could be opened: look again soon.
                     await asyncio.sleep(1.0)
                     continue
-                done, _ = await asyncio.wait(workers.values(), timeout=SHARD_RELIST_SECONDS)
+                done, _ = await asyncio.wait(
+                    workers.values(), timeout=1.0 if missing or not shards else SHARD_RELIST_SECONDS
+                )
                 for task in done:
                     task.result()
         finally:
