@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 
@@ -353,6 +354,12 @@ def test_dashboard_uses_only_exported_metrics_and_covers_the_topics() -> None:
         "kubelambda_async_queue_oldest_age_seconds", "kubelambda_bridge_lag",
     ):  # fmt: skip
         assert topic in used, f"no panel shows {topic}"
+    for expr in exprs:  # Grafana's variables, as Grafana substitutes them, then the PromQL parser
+        query = expr.replace("$__rate_interval", "5m").replace("$namespace", ".*").replace("$function", ".*")
+        try:
+            promql_parser.parse(query)
+        except ValueError as e:
+            raise AssertionError(f"not PromQL ({e}): {expr}") from e
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
 
