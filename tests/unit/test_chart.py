@@ -215,11 +215,13 @@ def test_monitoring_objects_only_with_the_prometheus_operator(helm: Path) -> Non
 
 
 def test_external_nats_and_async_off(helm: Path) -> None:
-    docs = render(helm, "--set", "nats.enabled=false", "--set", "async.natsUrl=nats://10.0.0.9:4222")
+    docs = render(helm, "--set", "nats.enabled=false", "--set", "async.natsUrl=nats://10.0.0.9:4333")
     assert not [d for d in docs if d["kind"] == "StatefulSet"]
     assert env_of(find(docs, "Deployment", "kubelambda-gateway"))["KUBELAMBDA_GATEWAY_NATS_URL"] == (
-        "nats://10.0.0.9:4222"
+        "nats://10.0.0.9:4333"
     )
+    egress = find(docs, "NetworkPolicy", "kubelambda-gateway")["spec"]["egress"]
+    assert {"port": 4333, "protocol": "TCP"} in [p for rule in egress for p in rule["ports"]]
     docs = render(helm, "--set", "async.enabled=false")
     assert "KUBELAMBDA_GATEWAY_NATS_URL" not in env_of(find(docs, "Deployment", "kubelambda-gateway"))
     assert not [d for d in docs if d["kind"] == "StatefulSet"]
