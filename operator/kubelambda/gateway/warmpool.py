@@ -60,6 +60,7 @@ JSON = dict[str, Any]
 
 SPECIALIZE_TIMEOUT_SECONDS = 90.0  # an archive download (60 s at most in the agent) plus the handler's init
 CLAIM_WINDOW_SECONDS = 60.0  # claims this recent grow the pool (pool_replicas)
+FLUSH_DELAY_SECONDS = 0.02  # deferred work starts this long after the first answer left
 DEFER_LIMIT_SECONDS = 1.0  # work deferred after a claim starts by then, answered or not
 REAPPLY_SECONDS = 60.0  # pool objects are re-applied this often even when nothing changed (heals deletions)
 
@@ -361,6 +362,11 @@ class WarmPool:
         """The pod at ``endpoint`` answered: start the work deferred until then."""
         s = self._by_endpoint.get(endpoint)
         if s is not None and not s.flushed:
+            # A moment later: the answer is still being written when the invoke path calls this.
+            asyncio.get_running_loop().call_later(FLUSH_DELAY_SECONDS, self._flush_if_pending, s)
+
+    def _flush_if_pending(self, s: Specialised) -> None:
+        if not s.flushed:
             self._flush(s)
 
     def _flush(self, s: Specialised) -> None:
