@@ -210,11 +210,23 @@ async def test_a_trigger_of_a_missing_function_says_so_until_the_function_exists
     assert bridge is None
 
 
+async def wait_records(records: Records, key: str, count: int, *, bridge: asyncio.Task[None]) -> list[JSON]:
+    """``records.wait``, failing at once with the bridge's own error if the bridge task died."""
+    waiting = asyncio.ensure_future(records.wait(key, count, timeout=60))
+    await asyncio.wait({waiting, bridge}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiting.done():
+        waiting.cancel()
+        bridge.result()  # raises the bridge's error
+        raise AssertionError("the bridge stopped without an error")
+    return waiting.result()
+
+
 class MovableClock:
     """A clock the test moves: the bridge's waits end when the test sets the time past them."""
 
     def __init__(self, now: dt.datetime) -> None:
         self.t = now
+        self.wake_at: dt.datetime | None = None  # what the bridge sleeps until, while it sleeps
         self.moved = asyncio.Condition()
 
     def now(self) -> dt.datetime:
@@ -222,10 +234,17 @@ class MovableClock:
 
     async def sleep_until(self, t: dt.datetime) -> None:
         async with self.moved:
+            self.wake_at = t
+            self.moved.notify_all()
             await self.moved.wait_for(lambda: self.t >= t)
+            self.wake_at = None
 
-    async def set(self, t: dt.datetime) -> None:
+    async def advance(self, t: dt.datetime) -> None:
+        """Waits until the bridge sleeps for a tick after the current time, then moves the clock to ``t``."""
         async with self.moved:
+            await asyncio.wait_for(
+                self.moved.wait_for(lambda: self.wake_at is not None and self.wake_at > self.t), timeout=60
+            )
             self.t = t
             self.moved.notify_all()
 
@@ -266,8 +285,8 @@ async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
         task = asyncio.create_task(bridge.run())
         try:
             for minute in (1, 2, 3):
-                await clock.set(created + dt.timedelta(minutes=minute, seconds=1))
-                got = await records.wait(key, minute, timeout=60)
+                await clock.advance(created + dt.timedelta(minutes=minute, seconds=1))
+                got = await wait_records(records, key, minute, bridge=task)
                 assert got[-1]["event"]["time"] == iso(created + dt.timedelta(minutes=minute))
             # Re-sending a tick (a bridge killed after the gateway accepted it, before its checkpoint) is
             # stored once: same idempotency key, same request id, JetStream's duplicate window.
@@ -281,7 +300,7 @@ async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
         clock2 = MovableClock(created + dt.timedelta(minutes=13, seconds=30))
         task = asyncio.create_task(ScheduleBridge(ctx, clock=clock2).run())
         try:
-            got = await records.wait(key, 4, timeout=60)
+            got = await wait_records(records, key, 4, bridge=task)
             assert got[3]["event"]["time"] == iso(created + dt.timedelta(minutes=13))
         finally:
             task.cancel()
@@ -292,9 +311,9 @@ async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
         clock3 = MovableClock(start)
         task = asyncio.create_task(ScheduleBridge(ctx, clock=clock3).run())
         try:
-            await clock3.set(dt.datetime(2026, 12, 1, 8, 29, 59, tzinfo=dt.UTC))
-            await clock3.set(dt.datetime(2026, 12, 1, 8, 31, tzinfo=dt.UTC))
-            got = await records.wait(key, 5, timeout=60)
+            await clock3.advance(dt.datetime(2026, 12, 1, 8, 29, 59, tzinfo=dt.UTC))
+            await clock3.advance(dt.datetime(2026, 12, 1, 8, 31, tzinfo=dt.UTC))
+            got = await wait_records(records, key, 5, bridge=task)
             assert got[4]["event"]["time"] == "2026-12-01T08:30:00Z"
         finally:
             task.cancel()

@@ -81,6 +81,7 @@ class ScheduleBridge:
                 tick=tick,
             )
         delay = 0.5
+        log.debug("Firing the %s tick of Trigger %s/%s", iso(tick), self.ctx.namespace, self.ctx.name)
         while True:
             result = await self.ctx.invoker.invoke(
                 payload,
