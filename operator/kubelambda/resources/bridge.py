@@ -206,7 +206,7 @@ def make_bridge_deployment(trigger: TriggerObject, *, settings: OperatorSettings
     or checkpoints and per-shard order would race."""
     name = bridge_name(trigger.name)
     labels = bridge_labels(trigger)
-    env = sorted(
+    env: list[JSON] = sorted(
         [
             {"name": "KUBELAMBDA_BRIDGE_GATEWAY_URL", "value": settings.gateway_url},
             {"name": "KUBELAMBDA_BRIDGE_REGION", "value": settings.region},
