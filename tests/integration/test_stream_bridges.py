@@ -59,9 +59,18 @@ OUT = os.environ["OUT_DIR"]
 
 def handler(event, context):
     records = event["Records"]
-    for r in records:
-        if base64.b64decode(r["kinesis"]["data"]) == b"poison":
+    failures = []
+    for n, r in enumerate(records):
+        data = base64.b64decode(r["kinesis"]["data"])
+        if data == b"poison":
             raise ValueError("poison record " + r["eventID"])
+        if data == b"poison-partial":
+            # Done up to here; report the rest of the batch as Lambda's partial batch response.
+            failures = [{"itemIdentifier": r["kinesis"]["sequenceNumber"]}]
+            records = records[:n]
+            break
+    if not records:
+        return {"batchItemFailures": failures}
     stream = records[0]["eventSourceARN"].rsplit("/", 1)[1]
     folder = os.path.join(OUT, stream)
     os.makedirs(folder, exist_ok=True)
@@ -74,7 +83,7 @@ def handler(event, context):
     with open(tmp, "w") as f:
         f.write(lines)
     os.rename(tmp, os.path.join(folder, "%d-%s" % (time.time_ns(), context.aws_request_id)))
-    return {}
+    return {"batchItemFailures": failures}
 """
 
 EVENT_SOURCE = {
@@ -359,26 +368,33 @@ async def test_ten_thousand_records_once_each_in_order_per_key(
     await delete_trigger(kube, platform.namespace, name)
 
 
+@pytest.mark.parametrize("mode", ["bisect", "partial"])
 @pytest.mark.parametrize("kind", SOURCES)
 async def test_a_poison_record_blocks_its_shard_then_goes_to_the_failure_destination(
-    kind: str, brokers: Brokers, platform: Platform, cluster: Cluster, kube: KubeClient, records: Records
+    kind: str,
+    mode: str,
+    brokers: Brokers,
+    platform: Platform,
+    cluster: Cluster,
+    kube: KubeClient,
+    records: Records,
 ) -> None:
-    name = f"poison-{kind}"
+    """``bisect``: the function raises on the poison; bisection isolates it, and only it is discarded.
+    ``partial``: the function reports it in ``batchItemFailures``; records before it are done, the batch is
+    retried from it, and after the retries the rest of that batch (from the poison on) is discarded."""
+    name = f"poison-{mode}-{kind}"
     await brokers.create(kind, name)
     total, poison = 300, 150
     # One partition key: every record, the poison included, is in the same shard.
-    published = [("one", b"poison" if i == poison else payload(i)) for i in range(total)]
+    marker = b"poison" if mode == "bisect" else b"poison-partial"
+    published = [("one", marker if i == poison else payload(i)) for i in range(total)]
     await brokers.publish(kind, name, published)
     key = f"{platform.namespace}-{name}"
+    errors: JSON = (
+        {"bisectBatchOnFunctionError": True} if mode == "bisect" else {"reportBatchItemFailures": True}
+    )
     cluster.apply(
-        trigger(
-            kind,
-            name,
-            brokers,
-            bisectBatchOnFunctionError=True,
-            maximumRetryAttempts=2,
-            onFailure={"url": records.url(key)},
-        ),
+        trigger(kind, name, brokers, maximumRetryAttempts=2, onFailure={"url": records.url(key)}, **errors),
         platform.namespace,
     )
     seen = Seen(platform.out / name)
@@ -386,7 +402,9 @@ async def test_a_poison_record_blocks_its_shard_then_goes_to_the_failure_destina
     bridge = asyncio.create_task(run_bridge(platform.namespace, name, settings(platform, cluster), stop=stop))
     try:
         (failure,) = await records.wait(key, timeout=120)
-        await wait_for(seen.count, lambda n: n >= total - 1, what=f"{total - 1} records seen", timeout=60)
+        discarded = failure["KinesisBatchInfo"]["batchSize"]
+        after = set(range(total)) - set(range(poison, poison + discarded))
+        await wait_for(seen.count, lambda n: n >= len(after), what=f"{len(after)} records seen", timeout=60)
     finally:
         stop.set()
         await bridge
@@ -395,17 +413,20 @@ async def test_a_poison_record_blocks_its_shard_then_goes_to_the_failure_destina
     assert failure["requestContext"]["functionArn"] == (
         f"arn:aws:lambda:us-east-1:{platform.namespace}:function:{FUNCTION}"
     )
-    assert failure["responseContext"]["functionError"] == "Unhandled"
+    assert failure["responseContext"]["functionError"] == ("Unhandled" if mode == "bisect" else "")
     info = failure["KinesisBatchInfo"]
-    assert info["batchSize"] == 1
-    assert info["startSequenceNumber"] == info["endSequenceNumber"]
+    if mode == "bisect":
+        assert info["batchSize"] == 1
+        assert info["startSequenceNumber"] == info["endSequenceNumber"]
+    else:
+        assert 1 <= info["batchSize"] <= 100
     assert info["streamArn"].endswith(f"/{name}")
     rows = seen.rows()
     counts = Counter(index_of(base64.b64decode(r[2])) for r in rows)
-    assert sorted(counts) == [i for i in range(total) if i != poison]
+    # Everything but the discarded records, each once, in order; the shard moved on past them.
+    assert sorted(counts) == sorted(after)
     assert max(counts.values()) == 1
     check_order(rows)
-    # The poison's neighbours in the stream are the records the function saw just before and after it.
     by_index = {index_of(base64.b64decode(r[2])): r for r in rows}
     assert by_index[poison - 1][0].split(":")[0] == info["shardId"]
     assert len(records.of(key)) == 1
