@@ -277,6 +277,7 @@ class ShardWorker:
         self.to_commit: StreamRecord | None = None
         self.committed: StreamRecord | None = None
         self.commit_wanted = asyncio.Event()
+        self.busy = False
 
     async def run(self) -> None:
         reading = asyncio.create_task(self._read_ahead(), name=f"read {self.reader.shard}")
@@ -284,6 +285,7 @@ class ShardWorker:
         try:
             while True:
                 chunk = await self._gather(self.batch_size * self.lanes)
+                self.busy = True
                 if self.lanes == 1:
                     await self._lane(chunk, commit_each=True)
                 else:
@@ -291,6 +293,7 @@ class ShardWorker:
                     await asyncio.gather(*(self._lane(lane, commit_each=False) for lane in lanes))
                     await self._commit(chunk[-1])
                 self.bridge.iterator_ages[self.reader.shard] = max(0.0, time.time() - chunk[-1].arrival)
+                self.busy = False
                 self.bridge.report_lag()
         finally:
             for task in (reading, committing):
@@ -321,7 +324,11 @@ class ShardWorker:
             if records:
                 metrics.BRIDGE_RECORDS_RECEIVED.inc(len(records))
                 await self.buffer.put(records)
+            elif not self.busy and self.buffer.empty() and not self.pending:
+                # Caught up and idle: nothing is waiting, so no record is getting older (Lambda's IteratorAge 0).
+                self.bridge.iterator_ages[self.reader.shard] = 0.0
             self.bridge.lags[self.reader.shard] = self.reader.lag()
+            self.bridge.report_lag()
 
     async def _gather(self, n: int) -> list[StreamRecord]:
         """Up to ``n`` records: waits for the first, then for more until the batching window closes."""

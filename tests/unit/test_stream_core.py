@@ -1,0 +1,155 @@
+"""The per-shard loop with an in-memory shard and function (seams: the reader, the invoker, the status).
+
+Brokers and the gateway are real in tests/integration/test_stream_bridges.py; here the loop's own rules are
+pinned down where they are hard to provoke on a real system: parallelizationFactor lanes, throttling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+from kubelambda.api.v1alpha1 import Trigger
+from kubelambda.bridge._context import InvokeResult
+from kubelambda.bridge.streams._batch import SourceInfo, StreamRecord, shard_id
+from kubelambda.bridge.streams._core import ShardWorker, StreamBridge
+
+SOURCE = SourceInfo(
+    "kubelambda:test", "arn:kubelambda:test:us-east-1:ns:stream/s", "arn:aws:iam::ns:role/t", "us-east-1"
+)
+
+
+class MemoryShard:
+    def __init__(self, records: list[StreamRecord]) -> None:
+        self.shard = shard_id(0)
+        self.records = records
+        self.at = 0
+        self.commits: list[str] = []
+
+    async def read(self, max_records: int) -> list[StreamRecord]:
+        chunk = self.records[self.at : self.at + max_records]
+        self.at += len(chunk)
+        if not chunk:
+            await asyncio.sleep(0.01)
+        return chunk
+
+    async def commit(self, record: StreamRecord) -> None:
+        self.commits.append(record.sequence)
+
+    def lag(self) -> int | None:
+        return len(self.records) - self.at
+
+
+class Function:
+    """Records each invocation's (partition key, number) pairs; answers 429 to the first ``throttle`` calls."""
+
+    def __init__(self, *, throttle: int = 0) -> None:
+        self.calls: list[list[tuple[str, int]]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.throttle = throttle
+
+    async def invoke(self, payload: bytes, *, asynchronous: bool = False) -> InvokeResult:
+        if self.throttle:
+            self.throttle -= 1
+            return InvokeResult(status=429, payload=b"", request_id="")
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        await asyncio.sleep(0.005)
+        records = json.loads(payload)["Records"]
+        self.calls.append(
+            [(r["kinesis"]["partitionKey"], int(base64.b64decode(r["kinesis"]["data"]))) for r in records]
+        )
+        self.in_flight -= 1
+        return InvokeResult(status=200, payload=b"{}", request_id="r")
+
+
+class Status:
+    def source_reachable(self, reachable: bool, message: str = "") -> None: ...
+    def delivered(self, count: int = 1) -> None: ...
+    def set_lag(self, lag: int | None, *, iterator_age_seconds: float | None = None) -> None: ...
+
+
+class Bridge(StreamBridge):
+    def client_for(self, ctx: Any) -> Any:
+        return SimpleNamespace(info=SOURCE)
+
+
+def bridge(function: Function, **stream: Any) -> Bridge:
+    trigger = Trigger.model_validate(
+        {
+            "apiVersion": "kubelambda.io/v1alpha1",
+            "kind": "Trigger",
+            "metadata": {"name": "t"},
+            "spec": {"function": "fn", "stream": {"redis": {"url": "redis://x:1/0", "key": "s"}, **stream}},
+        }
+    )
+    ctx = SimpleNamespace(
+        trigger=trigger,
+        namespace="ns",
+        name="t",
+        region="us-east-1",
+        invoker=function,
+        status=Status(),
+        checkpoint=SimpleNamespace(name="t-checkpoint"),
+        http=None,
+    )
+    return Bridge(ctx)  # type: ignore[arg-type]
+
+
+def records(n: int, keys: int) -> list[StreamRecord]:
+    return [
+        StreamRecord(shard_id(0), str(i), f"k{i % keys}", str(i).encode(), 1.7e9, position=i)
+        for i in range(n)
+    ]
+
+
+async def run_until_done(worker: ShardWorker, shard: MemoryShard, last: str) -> None:
+    task = asyncio.create_task(worker.run())
+    try:
+        for _ in range(2000):
+            if shard.commits and shard.commits[-1] == last:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"not done; commits {shard.commits[-5:]}")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_lanes_run_concurrently_keep_order_per_key_and_checkpoint_after_all() -> None:
+    function = Function()
+    shard = MemoryShard(records(600, keys=10))
+    b = bridge(function, batchSize=20, parallelizationFactor=3)
+    await run_until_done(ShardWorker(b, shard), shard, "599")
+    seen = [pair for call in function.calls for pair in call]
+    assert sorted(i for _, i in seen) == list(range(600))
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for key, i in seen:
+        per_key[key].append(i)
+    assert all(v == sorted(v) for v in per_key.values())
+    assert all(len(call) <= 20 for call in function.calls)
+    assert function.max_in_flight > 1
+    # Checkpoints only at the end of a chunk of 3 x 20 records (all lanes done), never inside one.
+    assert all((int(c) + 1) % 60 == 0 for c in shard.commits)
+
+
+async def test_one_lane_is_one_batch_at_a_time_in_shard_order() -> None:
+    function = Function()
+    shard = MemoryShard(records(250, keys=7))
+    await run_until_done(ShardWorker(bridge(function, batchSize=100), shard), shard, "249")
+    assert function.max_in_flight == 1
+    assert [i for call in function.calls for _, i in call] == list(range(250))
+    assert [len(call) for call in function.calls][:2] == [100, 100]
+
+
+async def test_throttles_are_retried_without_using_up_retries() -> None:
+    function = Function(throttle=3)
+    shard = MemoryShard(records(10, keys=1))
+    b = bridge(function, batchSize=10, maximumRetryAttempts=0)
+    await run_until_done(ShardWorker(b, shard), shard, "9")
+    assert [i for call in function.calls for _, i in call] == list(range(10))
