@@ -67,7 +67,12 @@ async def platform(
 ) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
     await install_crds(cluster, kube)
     gateway, url = await start_gateway(
-        cluster, kube, slot_wait_seconds=1.0, autoscale_interval_seconds=0.5, nats_url=nats_server.url
+        cluster,
+        kube,
+        slot_wait_seconds=1.0,
+        autoscale_interval_seconds=0.5,
+        nats_url=nats_server.url,
+        http_routes=True,
     )
     # The operator runs as its chart ServiceAccount (hack/operator-rbac.yaml): every bridge object it makes,
     # including Roles that grant Secrets, must be within what it holds.
@@ -326,3 +331,58 @@ async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
     times = [r["event"]["time"] for r in got]
     assert len(times) == len(set(times)) == 5, times
     assert len({r["requestId"] for r in got}) == 5
+
+
+ECHO_HTTP = """
+import json
+
+def handler(event, context):
+    return {"statusCode": 201, "headers": {"content-type": "application/json"},
+            "body": json.dumps({"routeKey": event["routeKey"], "rawPath": event["rawPath"],
+                                "pathParameters": event.get("pathParameters"), "method": event["requestContext"]["http"]["method"]})}
+"""
+
+
+async def test_an_http_trigger_routes_its_path_and_methods_to_the_function(
+    cluster: Cluster, kube: KubeClient, namespace: str, platform: tuple[RunningOperator, Gateway, str]
+) -> None:
+    _, gateway, url = platform
+    await deploy(cluster, gateway, namespace, python_function("orders", ECHO_HTTP))
+    cluster.apply(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Trigger",
+            "metadata": {"name": "order-by-id"},
+            "spec": {"function": "orders", "http": {"path": "/orders/{id}", "methods": ["GET", "DELETE"]}},
+        },
+        namespace,
+    )
+    await wait_for(
+        lambda: kube.get(trigger_path(namespace, "order-by-id")),
+        lambda b: condition(b, "Ready").get("reason") == "RouteConfigured",
+        what="the HTTP Trigger Ready",
+    )
+
+    async def call(method: str, path: str) -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, f"{url}/api/{namespace}{path}") as resp,
+        ):
+            return resp.status, await resp.json(content_type=None)
+
+    status, body = await wait_for(
+        lambda: call("GET", "/orders/42"), lambda r: r[0] != 404, what="the route on the gateway", timeout=30
+    )
+    assert status == 201
+    assert body == {
+        "routeKey": "GET /orders/{id}",
+        "rawPath": "/orders/42",
+        "pathParameters": {"id": "42"},
+        "method": "GET",
+    }
+    assert (await call("DELETE", "/orders/42"))[0] == 201
+    assert await call("POST", "/orders/42") == (405, {"message": "Method Not Allowed"})
+    assert await call("GET", "/customers/1") == (404, {"message": "Not Found"})
+    # Deleting the Trigger removes the route.
+    await kube.delete(trigger_path(namespace, "order-by-id"))
+    await wait_for(lambda: call("GET", "/orders/42"), lambda r: r[0] == 404, what="the route gone")

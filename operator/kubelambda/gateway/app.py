@@ -34,6 +34,7 @@ from kubelambda.gateway.errors import error_response
 from kubelambda.gateway.names import BadFunctionName, FunctionRef, parse_function_name
 from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
 from kubelambda.gateway.registry import FunctionEntry, Registry
+from kubelambda.gateway.routes import Match, RouteTable
 from kubelambda.gateway.throttler import Throttled, Throttler
 from kubelambda.kube import ApiError, KubeClient
 
@@ -58,6 +59,7 @@ class Gateway:
     settings: GatewaySettings
     kube: KubeClient
     registry: Registry = field(default_factory=Registry)
+    routes: RouteTable = field(default_factory=RouteTable)  # HTTP Triggers (``/api/<namespace>/<path>``)
     throttler: Throttler = field(init=False)
     balancer: Balancer = field(default_factory=Balancer)
     activator: Activator = field(init=False)
@@ -384,11 +386,42 @@ class Gateway:
     # ---- HTTP routes (API Gateway HTTP API, payload 2.0) ----------------------------------------------
 
     async def http_route(self, request: web.Request) -> web.StreamResponse:
-        started = time.monotonic()
-        s = self.settings
-        if not s.http_routes:
+        """``/http/<namespace>/<name>/<path>``: every Function, any method, routeKey ``$default``."""
+        if not self.settings.http_routes:
             return _http(httpapi.message(404, "Not Found"))
         ref = FunctionRef(request.match_info["namespace"], request.match_info["name"])
+        path = "/" + request.match_info.get("tail", "")
+        return await self._serve_http(request, ref, path=path, route_key="$default", path_parameters=None)
+
+    async def trigger_route(self, request: web.Request) -> web.StreamResponse:
+        """``/api/<namespace>/<path>``: the namespace's HTTP Triggers, matched as API Gateway matches routes."""
+        if not self.settings.http_routes:
+            return _http(httpapi.message(404, "Not Found"))
+        namespace = request.match_info["namespace"]
+        path = "/" + request.match_info.get("tail", "")
+        found = self.routes.match(namespace, request.method, path)
+        if not isinstance(found, Match):
+            return _http(httpapi.message(found, "Not Found" if found == 404 else "Method Not Allowed"))
+        ref = FunctionRef(namespace, found.route.function)
+        return await self._serve_http(
+            request,
+            ref,
+            path=path,
+            route_key=found.route.route_key(request.method.upper()),
+            path_parameters=found.path_parameters,
+        )
+
+    async def _serve_http(
+        self,
+        request: web.Request,
+        ref: FunctionRef,
+        *,
+        path: str,
+        route_key: str,
+        path_parameters: dict[str, str] | None,
+    ) -> web.StreamResponse:
+        started = time.monotonic()
+        s = self.settings
         fn = self.registry.function(ref)
         if fn is None:
             return _http(httpapi.message(404, "Not Found"))
@@ -401,7 +434,7 @@ class Gateway:
         event = httpapi.build_event(
             httpapi.HttpRequest(
                 method=request.method,
-                path="/" + request.match_info.get("tail", ""),
+                path=path,
                 query_string=request.query_string,
                 query=request.query.items(),
                 headers=request.headers.items(),
@@ -410,8 +443,9 @@ class Gateway:
                 protocol=f"HTTP/{version.major}.{version.minor}",
                 host=request.host,
             ),
-            route_key="$default",
+            route_key=route_key,
             account=fn.namespace,
+            path_parameters=path_parameters,
         )
         payload = json.dumps(event).encode()
         if len(payload) > s.max_request_bytes:
@@ -440,6 +474,8 @@ class Gateway:
         app.router.add_post(INVOKE_PATH, self.invoke)
         app.router.add_route("*", "/http/{namespace}/{name}", self.http_route)
         app.router.add_route("*", "/http/{namespace}/{name}/{tail:.*}", self.http_route)
+        app.router.add_route("*", "/api/{namespace}", self.trigger_route)
+        app.router.add_route("*", "/api/{namespace}/{tail:.*}", self.trigger_route)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -461,6 +497,8 @@ class Gateway:
             asyncio.create_task(self.registry.run(self.kube), name="gateway watches"),
             asyncio.create_task(self.autoscaler.run(), name="autoscaler"),
         ]
+        if s.http_routes:
+            self._tasks.append(asyncio.create_task(self.routes.run(self.kube), name="trigger routes"))
         if any(n > 0 for n in s.warm_pool_sizes.values()):
             from kubelambda.gateway.warmpool import WarmPool
 

@@ -59,7 +59,12 @@ def _is_text(content_type: str, body: bytes) -> bool:
 
 
 def build_event(
-    request: HttpRequest, *, route_key: str, account: str, now: datetime.datetime | None = None
+    request: HttpRequest,
+    *,
+    route_key: str,
+    account: str,
+    path_parameters: dict[str, str] | None = None,
+    now: datetime.datetime | None = None,
 ) -> JSON:
     now = now or datetime.datetime.now(datetime.UTC)
     headers = _joined(request.headers, lower=True)
@@ -96,6 +101,8 @@ def build_event(
     query = _joined(request.query, lower=False)
     if query:
         event["queryStringParameters"] = query
+    if path_parameters:
+        event["pathParameters"] = dict(path_parameters)
     if request.body:
         event["body"] = request.body.decode("utf-8") if text else base64.b64encode(request.body).decode()
     return event
