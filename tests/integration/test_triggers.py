@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
@@ -33,6 +35,7 @@ from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 RECORDER = """
 import json, os, urllib.request
@@ -386,3 +389,42 @@ async def test_an_http_trigger_routes_its_path_and_methods_to_the_function(
     # Deleting the Trigger removes the route.
     await kube.delete(trigger_path(namespace, "order-by-id"))
     await wait_for(lambda: call("GET", "/orders/42"), lambda r: r[0] == 404, what="the route gone")
+
+
+async def test_the_http_api_and_cron_examples_work_as_documented(
+    cluster: Cluster, kube: KubeClient, namespace: str, platform: tuple[RunningOperator, Gateway, str]
+) -> None:
+    _, gateway, url = platform
+    docs = [
+        d
+        for f in ("http-api", "cron")
+        for d in yaml.safe_load_all((EXAMPLES / f / "function.yaml").read_text())
+    ]
+    cluster.apply(docs, namespace)
+    for trigger in ("notes-collection", "notes-item", "every-minute", "every-five-minutes"):
+        await wait_for(
+            lambda t=trigger: kube.get(trigger_path(namespace, t)),
+            lambda b: condition(b, "Ready").get("status") == "True",
+            what=f"Trigger {trigger} Ready",
+            timeout=90,
+        )
+    await wait_for(
+        lambda: asyncio.sleep(0, result=gateway.registry.functions.get((namespace, "notes"))),
+        lambda fn: fn is not None and fn.ready,
+        what="the notes Function",
+    )
+
+    async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, f"{url}/api/{namespace}{path}", json=body) as resp,
+        ):
+            return resp.status, await resp.json(content_type=None)
+
+    await wait_for(lambda: call("GET", "/notes"), lambda r: r[0] == 200, what="GET /notes", timeout=60)
+    assert await call("POST", "/notes", {"text": "hello"}) == (201, {"text": "hello", "id": "1"})
+    assert await call("GET", "/notes/1") == (200, {"text": "hello", "id": "1"})
+    assert await call("GET", "/notes") == (200, [{"text": "hello", "id": "1"}])
+    assert await call("DELETE", "/notes/1") == (200, {"text": "hello", "id": "1"})
+    assert (await call("GET", "/notes/1"))[0] == 404
+    assert (await call("PUT", "/notes/1"))[0] == 405
