@@ -10,16 +10,22 @@ stream ``KUBELAMBDA_DLQ_<namespace>`` (``kubelambda.dlq.<namespace>.<function>``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +87,19 @@ class QueuedEvent:
             raise BadEvent(f"not an event the gateway queued ({type(e).__name__}: {e}); headers {h}") from e
 
 
+def _api_error(error: Any) -> Exception:
+    """nats-py's typed error for a JetStream API error (its ``from_error`` raises it rather than return it)."""
+    try:
+        made: Exception = APIError.from_error(
+            error if isinstance(error, dict) else {"description": str(error)}
+        )
+        return made
+    except APIError as e:
+        return e
+    except Exception as e:  # a field nats-py does not know
+        return APIError(description=f"{error}: {e}")
+
+
 def event_subject(namespace: str, function: str) -> str:
     return f"{EVENT_PREFIX}.{namespace}.{function}"
 
@@ -98,6 +117,13 @@ class EventQueue:
         self.stream = stream
         self._dlq_ready: set[str] = set()  # only spares an idempotent call; a restart just repeats it
         self._capturing: dict[str, tuple[float, str | None]] = {}  # subject -> (looked up at, stream)
+        # Publish acknowledgements of events in flight (see publish): token -> (future, deadline).
+        self._acks: dict[str, tuple[asyncio.Future[None], float]] = {}
+        self._ack_prefix = ""
+        self._ack_sub: Subscription | None = None
+        self._ack_sweeper: asyncio.Task[None] | None = None
+        self._tokens = itertools.count()
+        self._ack_lock = asyncio.Lock()
 
     @classmethod
     async def connect(cls, url: str, *, stream: str) -> EventQueue:
@@ -124,13 +150,81 @@ class EventQueue:
             logger.info("Updated JetStream stream %s", config.name)
 
     async def publish(self, event: QueuedEvent) -> None:
-        """Returns once JetStream has stored the event (the publish ack)."""
-        await self.js.publish(
-            event_subject(event.namespace, event.function),
-            event.payload,
-            stream=self.stream,
-            headers=event.headers(),
-        )
+        """Returns once JetStream has stored the event (the publish ack); raises when it refused or did not
+        answer within ``PUBLISH_TIMEOUT_SECONDS``.
+
+        The same exchange as ``JetStreamContext.publish`` (a message with a reply subject, the stream's ack to
+        it), leaner per event because this is the Event hot path (every 202 waits for it): acks arrive on one
+        inbox subscription and resolve their future by a counter token (no random token per publish), one
+        sweeper expires late ones (no ``asyncio.wait_for`` per publish), and a successful ack is recognised
+        without decoding its JSON. Many publishes are in flight at once on the one connection.
+        """
+        if self._ack_sub is None:
+            await self._subscribe_acks()
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._acks[token] = (future, loop.time() + PUBLISH_TIMEOUT_SECONDS)
+        headers = event.headers()
+        headers["Nats-Expected-Stream"] = self.stream
+        try:
+            await self.nc.publish(
+                event_subject(event.namespace, event.function),
+                event.payload,
+                reply=self._ack_prefix + token,
+                headers=headers,
+            )
+            await future
+        finally:
+            self._acks.pop(token, None)
+
+    async def _subscribe_acks(self) -> None:
+        async with self._ack_lock:
+            if self._ack_sub is None:
+                await self._subscribe_acks_once()
+
+    async def _subscribe_acks_once(self) -> None:
+        prefix = self.nc.new_inbox() + "."
+        self._ack_sub = await self.nc.subscribe(prefix + "*", cb=self._on_ack)
+        self._ack_prefix = prefix
+        self._ack_sweeper = asyncio.create_task(self._expire_acks(), name="JetStream publish ack timeouts")
+
+    async def _on_ack(self, msg: Msg) -> None:
+        found = self._acks.pop(msg.subject[len(self._ack_prefix) :], None)
+        if found is None or found[0].done():
+            return  # expired already
+        future = found[0]
+        data = msg.data
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(NoStreamResponseError())  # no stream took the subject
+        elif data[:2] == b'{"' and b'"error"' not in data:
+            future.set_result(None)  # {"stream": "...", "seq": N[, "duplicate": true]}
+        else:
+            try:
+                answer = json.loads(data)
+            except ValueError:
+                answer = {"error": {"description": f"not a publish ack: {data[:200]!r}"}}
+            if isinstance(answer, dict) and "error" in answer:
+                future.set_exception(_api_error(answer["error"]))
+            else:
+                future.set_result(None)
+
+    async def _expire_acks(self) -> None:
+        """Fails the acks that did not come in time. Every publish waits the same time, so the dict (in
+        insertion order) is also in deadline order: only its expired head is looked at."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.25)
+            now = loop.time()
+            expired = []
+            for token, (future, deadline) in self._acks.items():
+                if deadline > now:
+                    break
+                expired.append(token)
+                if not future.done():
+                    future.set_exception(nats.errors.TimeoutError())
+            for token in expired:
+                self._acks.pop(token, None)
 
     async def dead_letter(self, namespace: str, function: str, record: dict[str, Any], *, why: str) -> None:
         stream = dlq_stream(namespace)
@@ -176,4 +270,8 @@ class EventQueue:
         return stream
 
     async def close(self) -> None:
+        if self._ack_sweeper is not None:
+            self._ack_sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ack_sweeper
         await self.nc.drain()
