@@ -7,8 +7,13 @@ ServiceAccounts (hack/*-rbac.yaml), so the pool's RBAC is exercised too.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import json
-from collections.abc import AsyncIterator
+import threading
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -244,3 +249,56 @@ async def test_a_function_that_opts_out_takes_the_normal_path(
     assert headers["x-kubelambda-cold-start"] == "true"
     assert gateway.activator.scale_ups == scale_ups + 1
     assert claims._value.get() == before, "a pool pod was claimed for a function that opted out"
+
+
+def zipped(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, content in files.items():
+            z.writestr(name, content)
+    return buf.getvalue()
+
+
+class _Zips(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+
+    def do_GET(self) -> None:
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def zip_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Zips)
+    thread = threading.Thread(target=server.serve_forever, name="zip-server", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+async def test_archive_code_is_fetched_and_verified_by_the_pool_pod(
+    platform: tuple[Gateway, str], cluster: Cluster, namespace: str, zip_server: str
+) -> None:
+    gateway, url = platform
+    await wait_free(gateway, POOL_SIZE, timeout=90)
+    data = zipped({"app.py": HANDLER.format(version="zipped"), "lib/data.txt": "x"})
+    _Zips.files["/fn.zip"] = data
+    doc = function("zipped")
+    doc["spec"]["code"] = {
+        "archive": {"url": f"{zip_server}/fn.zip", "sha256": hashlib.sha256(data).hexdigest()}
+    }
+    await deploy(cluster, gateway, namespace, doc)
+    body, headers = await invoke(url, f"{namespace}/zipped")
+    assert headers.get("x-kubelambda-warm-pool") is not None
+    assert body["version"] == "zipped"
