@@ -212,7 +212,9 @@ async def main() -> None:
                     "default ServiceAccount",
                 )
                 path = resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS)
-                await kube.create(path, fn("cold", {"minInstances": 0, "scaleToZeroAfterSeconds": 0}))
+                await kube.create(
+                    path, fn("cold", {"minInstances": 0, "scaleToZeroAfterSeconds": 0, "warmPool": False})
+                )
                 warm_fn = fn("warm", {"minInstances": 1, "maxInstances": 1})
                 warm_fn["spec"]["concurrency"] = {"perInstance": args.connections}
                 await kube.create(path, warm_fn)
