@@ -256,7 +256,9 @@ class Kinesis(Source):
                     )
                 )["ShardIterator"]
                 while sum(counts.values()) < n:
-                    answer = await api.get_records(ShardIterator=iterator, Limit=10000)
+                    answer = await api.get_records(
+                        ShardIterator=iterator, Limit=1000
+                    )  # the bridge reads 1,000 too
                     iterator = answer["NextShardIterator"]
                     counts[shard] += len(answer["Records"])
                     if not answer["Records"]:

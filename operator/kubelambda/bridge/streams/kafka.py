@@ -125,10 +125,11 @@ class _KafkaClient:
         partitions = cluster.partitions_for_topic(self.topic) or set()
         if not partitions:
             return []
-        wanted = {TopicPartition(self.topic, p) for p in partitions}
-        if wanted - consumer.assignment():
-            consumer.assign(sorted(wanted | consumer.assignment()))
-        return [shard_id(p) for p in sorted(partitions)]
+        if not consumer.assignment():
+            consumer.assign(sorted(TopicPartition(self.topic, p) for p in partitions))
+        # A new assignment would reset every partition's fetch position under the shards' read-ahead (records
+        # read twice, out of order), so partitions added later are read after the bridge restarts.
+        return [shard_id(tp.partition) for tp in sorted(consumer.assignment())]
 
     async def reader(self, shard: str) -> _Reader:
         consumer = self.consumer
