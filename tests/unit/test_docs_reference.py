@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from kubelambda import metrics
 from kubelambda.api import crd_documents
 from kubelambda.api.__main__ import main
-from kubelambda.api._docs import render_reference
+from kubelambda.api._docs import refresh_metrics, render_metrics_table, render_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference.md"
+METRICS = ROOT / "docs" / "metrics.md"
 
 
 def test_checked_in_reference_matches_the_models() -> None:
@@ -90,11 +92,30 @@ def test_every_section_link_resolves() -> None:
     assert links <= headings, sorted(links - headings)
 
 
-def test_the_command_writes_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    target = tmp_path / "out" / "reference.md"
-    assert main(["docs", str(target)]) == 0
-    assert target.read_text() == render_reference()
-    assert f"Wrote {target}" in capsys.readouterr().out
+def test_checked_in_metrics_table_matches_the_registry() -> None:
+    text = METRICS.read_text()
+    assert refresh_metrics(text) == text, (
+        "docs/metrics.md drifted from kubelambda.metrics: run `make docs-reference`"
+    )
+
+
+def test_every_registered_metric_is_in_the_table() -> None:
+    table = render_metrics_table()
+    names = {m.name for m in metrics.REGISTRY.collect()}
+    assert names
+    for name in names:
+        shown = f"{name}_total" if f"`{name}_total`" in table else name
+        assert f"`{shown}`" in table, name
+
+
+def test_the_command_writes_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.md").write_text(f"intro\n{render_metrics_table().replace('kubelambda_', 'old_')}\nend\n")
+    assert main(["docs", str(out)]) == 0
+    assert (out / "reference.md").read_text() == render_reference()
+    assert (out / "metrics.md").read_text() == f"intro\n{render_metrics_table()}\nend\n"
+    assert f"Wrote {out / 'reference.md'}" in capsys.readouterr().out
     assert main(["crds", str(tmp_path / "crds")]) == 0
     assert sorted(p.name for p in (tmp_path / "crds").iterdir()) == sorted(crd_documents())
     assert main(["docs", "a", "b"]) == 2

@@ -1,7 +1,8 @@
-"""``python -m kubelambda.api [crds [DIR] | docs [FILE]]``: write what the models generate.
+"""``python -m kubelambda.api [crds [DIR] | docs [DIR]]``: write what the models generate.
 
 ``crds`` (the default) writes the CRDs (default: crds/); ``docs`` writes the Function and Trigger reference
-(default: docs/reference.md). A bare ``DIR`` is ``crds DIR``, as before.
+``DIR/reference.md`` and refreshes the metrics table in ``DIR/metrics.md`` (default DIR: docs/). A bare ``DIR``
+is ``crds DIR``, as before.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import sys
 from pathlib import Path
 
 from kubelambda.api._crd import write_crds
-from kubelambda.api._docs import write_reference
+from kubelambda.api._docs import write_docs
 
-_USAGE = "usage: python -m kubelambda.api [crds [DIR] | docs [FILE]]"
+_USAGE = "usage: python -m kubelambda.api [crds [DIR] | docs [DIR]]"
 
 
 def main(argv: list[str]) -> int:
@@ -21,7 +22,8 @@ def main(argv: list[str]) -> int:
         print(_USAGE, file=sys.stderr)
         return 2
     if command == "docs":
-        print(f"Wrote {write_reference(Path(rest[0]) if rest else Path('docs/reference.md'))}")
+        for path in write_docs(Path(rest[0]) if rest else Path("docs")):
+            print(f"Wrote {path}")
         return 0
     for path in write_crds(Path(rest[0]) if rest else Path("crds")):
         print(f"Wrote {path}")

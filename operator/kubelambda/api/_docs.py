@@ -189,7 +189,70 @@ def render_reference() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def write_reference(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_reference())
-    return path
+# ---- docs/metrics.md: the table of every metric in kubelambda.metrics --------------------------------------
+
+METRICS_BEGIN = (
+    "<!-- BEGIN metrics table: generated from operator/kubelambda/metrics.py by `make docs-reference` -->"
+)
+METRICS_END = "<!-- END metrics table -->"
+
+# Which process exports a metric, by name prefix (first match wins).
+_EXPORTED_BY = (
+    ("kubelambda_operator_", "operator (counted in-process; not served over HTTP yet)"),
+    ("kubelambda_bridge_", "bridge (`/metrics` of each Trigger's bridge pod)"),
+    ("kubelambda_async_events_accepted", "gateway"),
+    ("kubelambda_async_", "async worker (the gateway's `/metrics` when the worker runs inside it)"),
+    ("kubelambda_", "gateway (`/metrics`)"),
+)
+
+
+def _metric_rows() -> list[tuple[str, str, str, str, str]]:
+    """(name, type, labels, exported by, help) for every collector in kubelambda.metrics, in definition order."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from kubelambda import metrics
+
+    rows = []
+    for value in vars(metrics).values():
+        if not isinstance(value, MetricWrapperBase):
+            continue
+        # prometheus_client keeps a wrapper's declaration in these attributes (it has no public accessor).
+        name = str(value._name)
+        kind = str(value._type)
+        labels = ", ".join(f"`{label}`" for label in value._labelnames)
+        help_text = str(value._documentation)
+        full = f"{name}_total" if kind == "counter" else name
+        where = next(w for prefix, w in _EXPORTED_BY if full.startswith(prefix))
+        rows.append((full, kind, labels, where, help_text))
+    return rows
+
+
+def render_metrics_table() -> str:
+    """The generated block of docs/metrics.md, markers included."""
+    out = [METRICS_BEGIN, "| metric | type | labels | exported by | meaning |", "|---|---|---|---|---|"]
+    for name, kind, labels, where, help_text in _metric_rows():
+        out.append(f"| `{name}` | {kind} | {labels} | {where} | {_cell(help_text)} |")
+    out.append(METRICS_END)
+    return "\n".join(out)
+
+
+def refresh_metrics(text: str) -> str:
+    """``text`` (docs/metrics.md) with its generated block replaced by the current one."""
+    start, end = text.index(METRICS_BEGIN), text.index(METRICS_END) + len(METRICS_END)
+    return text[:start] + render_metrics_table() + text[end:]
+
+
+def write_docs(directory: Path) -> list[Path]:
+    """Write ``reference.md`` and refresh the metrics table of ``metrics.md`` (when it exists) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    reference = directory / "reference.md"
+    reference.write_text(render_reference())
+    written = [reference]
+    metrics_page = directory / "metrics.md"
+    if metrics_page.exists():
+        text = metrics_page.read_text()
+        fresh = refresh_metrics(text)
+        if fresh != text:
+            metrics_page.write_text(fresh)
+        written.append(metrics_page)
+    return written
