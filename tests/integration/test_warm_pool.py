@@ -302,3 +302,22 @@ async def test_archive_code_is_fetched_and_verified_by_the_pool_pod(
     body, headers = await invoke(url, f"{namespace}/zipped")
     assert headers.get("x-kubelambda-warm-pool") is not None
     assert body["version"] == "zipped"
+
+
+async def test_an_init_error_on_a_pool_pod_answers_like_lambda(
+    platform: tuple[Gateway, str], cluster: Cluster, namespace: str
+) -> None:
+    gateway, url = platform
+    await wait_free(gateway, POOL_SIZE, timeout=90)
+    doc = python_function("broken", "raise RuntimeError('no config')\n")
+    await deploy(cluster, gateway, namespace, doc)
+
+    def call() -> tuple[JSON, JSON]:
+        response = lambda_client(url).invoke(FunctionName=f"{namespace}/broken", Payload=b"{}")
+        return response, json.loads(response["Payload"].read())
+
+    response, body = await asyncio.to_thread(call)
+    assert response["ResponseMetadata"]["HTTPHeaders"].get("x-kubelambda-warm-pool") is not None
+    assert response["StatusCode"] == 200
+    assert response["FunctionError"] == "Unhandled"
+    assert "no config" in body["errorMessage"], body
