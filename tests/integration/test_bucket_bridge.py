@@ -9,6 +9,7 @@ they can SIGKILL).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import io
@@ -30,6 +31,7 @@ from kltest.bridge import BridgeProcess
 from kltest.platform import (
     RunningOperator,
     deploy,
+    install_crds,
     python_function,
     start_gateway,
     start_operator,
@@ -69,6 +71,14 @@ async def s3_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[S
 
 
 @pytest.fixture(scope="module")
+async def bucket(s3_server: S3Server) -> str:
+    """One bucket for the poll tests, each under a prefix of its own: the test SeaweedFS (volume.max=16) has
+    room for the data of three buckets only; a fourth bucket's writes fail with InternalError."""
+    await asyncio.to_thread(s3_client(s3_server.endpoint).create_bucket, Bucket="events")
+    return "events"
+
+
+@pytest.fixture(scope="module")
 async def records() -> AsyncIterator[Records]:
     got = Records()
     await got.start()
@@ -80,7 +90,7 @@ async def records() -> AsyncIterator[Records]:
 async def platform(
     cluster: Cluster, kube: KubeClient, nats_server: NatsServer
 ) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
-    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
+    await install_crds(cluster, kube)
     gateway, url = await start_gateway(
         cluster,
         kube,
@@ -91,11 +101,13 @@ async def platform(
         async_backoff_min_seconds=0.2,
         async_backoff_max_seconds=1.0,
     )
+    # The operator gives the bridge pods it makes this gateway's address.
+    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0, gateway_url=url)
     try:
         yield operator, gateway, url
     finally:
-        await stop_gateway(gateway)
         await operator.stop()
+        await stop_gateway(gateway)
 
 
 def s3_client(endpoint: str) -> Any:
@@ -113,12 +125,14 @@ def secret(name: str, data: dict[str, str]) -> JSON:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
 
 
-def trigger(name: str, function: str, **bucket: Any) -> JSON:
+def trigger(name: str, function: str, *, enabled: bool = False, **bucket: Any) -> JSON:
+    """A bucket Trigger. Disabled by default: the operator then makes its objects but runs no bridge pod, and the
+    test runs the bridge itself (in-process, or as a process it can SIGKILL) without a second one competing."""
     return {
         "apiVersion": "kubelambda.io/v1alpha1",
         "kind": "Trigger",
         "metadata": {"name": name},
-        "spec": {"function": function, "bucket": bucket},
+        "spec": {"function": function, "enabled": enabled, "bucket": bucket},
     }
 
 
@@ -202,12 +216,12 @@ async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(
     namespace: str,
     records: Records,
     s3_server: S3Server,
+    bucket: str,
 ) -> None:
     _, gateway, url = platform
     s3 = s3_client(s3_server.endpoint)
-    bucket = f"poll-{namespace}"
-    await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
-    await asyncio.to_thread(s3.put_object, Bucket=bucket, Key="existing.txt", Body=b"before the trigger")
+    p = f"{namespace}/"
+    await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=f"{p}existing.txt", Body=b"before the trigger")
     key = await deploy_recorder(cluster, gateway, namespace, records)
     cluster.apply(secret("s3-creds", CREDENTIALS), namespace)
     cluster.apply(
@@ -220,15 +234,16 @@ async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(
             pollIntervalSeconds=1,
             credentialsSecret="s3-creds",
             events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+            filter={"prefix": p},
         ),
         namespace,
     )
     async with bridge_in_process(cluster, namespace, "uploads", url):
         await wait_for(lambda: checkpoint_written(kube, namespace, "uploads"), bool, what="the first listing")
         bodies = {
-            "plain.txt": b"hello",
-            "with space/red flower.jpg": b"x" * 1000,
-            "ünï cødé/日本語.bin": b"\x00" * 7,
+            f"{p}plain.txt": b"hello",
+            f"{p}with space/red flower.jpg": b"x" * 1000,
+            f"{p}ünï cødé/日本語.bin": b"\x00" * 7,
         }
         for k, body in bodies.items():
             await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=k, Body=body)
@@ -253,11 +268,11 @@ async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(
             assert event["s3"]["object"]["key"] == urllib.parse.quote_plus(k, safe="/")
         assert len(got) == len(bodies)
 
-        await asyncio.to_thread(s3.delete_object, Bucket=bucket, Key="plain.txt")
+        await asyncio.to_thread(s3.delete_object, Bucket=bucket, Key=f"{p}plain.txt")
         await records.wait(key, len(bodies) + 1, timeout=60)
         removed = events_of(records, key)[-1]
         assert removed["eventName"] == "ObjectRemoved:Delete"
-        assert object_key(removed) == "plain.txt"
+        assert object_key(removed) == f"{p}plain.txt"
         assert "eTag" not in removed["s3"]["object"]
         await no_more_events(records, key, len(bodies) + 1, quiet=2.5)
         trig = await kube.get(
@@ -274,11 +289,11 @@ async def test_poll_mode_applies_prefix_suffix_and_event_type_filters(
     namespace: str,
     records: Records,
     s3_server: S3Server,
+    bucket: str,
 ) -> None:
     _, gateway, url = platform
     s3 = s3_client(s3_server.endpoint)
-    bucket = f"filter-{namespace}"
-    await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
+    p = f"{namespace}/"
     key = await deploy_recorder(cluster, gateway, namespace, records)
     cluster.apply(
         trigger(
@@ -288,22 +303,22 @@ async def test_poll_mode_applies_prefix_suffix_and_event_type_filters(
             bucket=bucket,
             mode="poll",
             pollIntervalSeconds=1,
-            filter={"prefix": "in/", "suffix": ".jpg"},
+            filter={"prefix": f"{p}in/", "suffix": ".jpg"},
         ),
         namespace,
     )  # no credentialsSecret: unsigned requests, which SeaweedFS without IAM accepts
     async with bridge_in_process(cluster, namespace, "jpegs", url):
         await wait_for(lambda: checkpoint_written(kube, namespace, "jpegs"), bool, what="the first listing")
         for k in ("in/a.jpg", "in/b.png", "out/c.jpg", "in/d.jpg", "in.jpg"):
-            await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=k, Body=b"img")
+            await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=p + k, Body=b"img")
         await records.wait(key, 2, timeout=60)
         await asyncio.to_thread(
-            s3.delete_object, Bucket=bucket, Key="in/a.jpg"
+            s3.delete_object, Bucket=bucket, Key=f"{p}in/a.jpg"
         )  # not asked: no removal event
-        await asyncio.to_thread(s3.put_object, Bucket=bucket, Key="in/z.jpg", Body=b"last")
+        await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=f"{p}in/z.jpg", Body=b"last")
         await records.wait(key, 3, timeout=60)
         await no_more_events(records, key, 3, quiet=2.5)
-        assert [object_key(e) for e in events_of(records, key)] == ["in/a.jpg", "in/d.jpg", "in/z.jpg"]
+        assert [object_key(e) for e in events_of(records, key)] == [f"{p}in/{n}.jpg" for n in "adz"]
 
 
 async def test_a_bridge_killed_during_500_uploads_delivers_every_object_with_bounded_repeats(
@@ -314,19 +329,24 @@ async def test_a_bridge_killed_during_500_uploads_delivers_every_object_with_bou
     records: Records,
     s3_server: S3Server,
     tmp_path: Path,
+    bucket: str,
 ) -> None:
     _, gateway, url = platform
     s3 = s3_client(s3_server.endpoint)
-    bucket = f"many-{namespace}"
-    await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
     key = await deploy_recorder(cluster, gateway, namespace, records)
     cluster.apply(
         trigger(
-            "many", "recorder", endpoint=s3_server.endpoint, bucket=bucket, mode="poll", pollIntervalSeconds=1
+            "many",
+            "recorder",
+            endpoint=s3_server.endpoint,
+            bucket=bucket,
+            mode="poll",
+            pollIntervalSeconds=1,
+            filter={"prefix": f"{namespace}/"},
         ),
         namespace,
     )
-    keys = [f"batch/{i:04d} obj.txt" for i in range(500)]
+    keys = [f"{namespace}/batch/{i:04d} obj.txt" for i in range(500)]
     bridge = BridgeProcess(cluster, namespace, "many", gateway_url=url, log_dir=tmp_path)
     with bridge:
         await wait_for(
@@ -521,35 +541,65 @@ async def test_an_unreachable_store_is_reported_and_the_bridge_recovers_by_itsel
             assert object_key(invocation["requestPayload"]["Records"][0]) == "after.txt"
 
 
+async def bridge_pod_ip(kube: KubeClient, namespace: str, name: str) -> str:
+    """The address of the operator's bridge pod of Trigger ``name`` once the Trigger says it is running."""
+    path = resource_path("kubelambda.io/v1alpha1", "triggers", namespace=namespace, name=name)
+    await wait_for(
+        lambda: kube.get(path),
+        lambda b: any(
+            c["type"] == "Ready" and c.get("reason") == "BridgeReady"
+            for c in (b.get("status") or {}).get("conditions") or []
+        ),
+        what=f"Trigger {name} Ready with its bridge pod running",
+        timeout=90,
+    )
+    pods = await kube.get(
+        resource_path("v1", "pods", namespace=namespace),
+        params={"labelSelector": f"kubelambda.io/trigger={name}"},
+    )
+    (pod,) = [p for p in pods["items"] if p["status"].get("podIP")]
+    return str(pod["status"]["podIP"])
+
+
 async def test_the_s3_thumbnails_example_writes_a_thumbnail_to_the_second_bucket(
     platform: tuple[RunningOperator, Gateway, str],
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
-    s3_server: S3Server,
+    tmp_path: Path,
 ) -> None:
+    """End to end through the operator: the example's three files applied as they are (but the store's port),
+    the operator runs the poll bridge as a pod under its own ServiceAccount, reading the credentials Secret.
+    A SeaweedFS of its own: the shared one has room for the data of three buckets only."""
     from PIL import Image
 
-    _, gateway, url = platform
-    example = REPO / "examples" / "s3-thumbnails"
-    docs = {p.stem: yaml.safe_load(p.read_text()) for p in example.glob("*.yaml")}
-    # The example's endpoint is SeaweedFS on 127.0.0.1:8333 (its README starts one there); this one's port is free.
-    docs["function"]["spec"]["environment"]["AWS_ENDPOINT_URL_S3"] = s3_server.endpoint
-    docs["trigger"]["spec"]["bucket"]["endpoint"] = s3_server.endpoint
-    docs["trigger"]["spec"]["bucket"]["pollIntervalSeconds"] = 1
-    s3 = s3_client(s3_server.endpoint)
-    for bucket in ("photos", "photos-resized"):
-        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
-            await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
-    cluster.apply(docs["secret"], namespace)
-    await deploy(cluster, gateway, namespace, docs["function"])
-    cluster.apply(docs["trigger"], namespace)
-    image = io.BytesIO()
-    Image.new("RGB", (640, 480), (200, 30, 30)).save(image, format="JPEG")
-    key = f"{namespace}/Happy Face.jpg"
-    async with bridge_in_process(cluster, namespace, "thumbnails", url):
+    _, gateway, _ = platform
+    async with S3Server(tmp_path / "seaweedfs") as s3_server:
+        assert isinstance(s3_server, S3Server)
+        example = REPO / "examples" / "s3-thumbnails"
+        docs = {p.stem: yaml.safe_load(p.read_text()) for p in example.glob("*.yaml")}
+        # The example's endpoint is SeaweedFS on 127.0.0.1:8333 (its README starts one there); this one's port is free.
+        docs["function"]["spec"]["environment"]["AWS_ENDPOINT_URL_S3"] = s3_server.endpoint
+        docs["trigger"]["spec"]["bucket"]["endpoint"] = s3_server.endpoint
+        docs["trigger"]["spec"]["bucket"]["pollIntervalSeconds"] = 1
+        s3 = s3_client(s3_server.endpoint)
+        for bucket in ("photos", "photos-resized"):
+            with contextlib.suppress(
+                s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists
+            ):
+                await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
+        cluster.apply(docs["secret"], namespace)
+        await deploy(cluster, gateway, namespace, docs["function"])
+        cluster.apply(docs["trigger"], namespace)
+        image = io.BytesIO()
+        Image.new("RGB", (640, 480), (200, 30, 30)).save(image, format="JPEG")
+        key = f"{namespace}/Happy Face.jpg"
+        await bridge_pod_ip(kube, namespace, "thumbnails")
         await wait_for(
-            lambda: checkpoint_written(kube, namespace, "thumbnails"), bool, what="the first listing"
+            lambda: checkpoint_written(kube, namespace, "thumbnails"),
+            bool,
+            what="the first listing",
+            timeout=60,
         )
         await asyncio.to_thread(s3.put_object, Bucket="photos", Key=key, Body=image.getvalue())
 
@@ -563,7 +613,57 @@ async def test_the_s3_thumbnails_example_writes_a_thumbnail_to_the_second_bucket
         data = await wait_for(
             thumbnail, bool, what="the thumbnail in photos-resized", timeout=90, interval=0.5
         )
-    assert data is not None
-    with Image.open(io.BytesIO(data)) as thumb:
-        assert thumb.format == "JPEG"
-        assert thumb.size == (128, 96)
+        assert data is not None
+        with Image.open(io.BytesIO(data)) as thumb:
+            assert thumb.format == "JPEG"
+            assert thumb.size == (128, 96)
+        body = await wait_for(
+            lambda: kube.get(
+                resource_path("kubelambda.io/v1alpha1", "triggers", namespace=namespace, name="thumbnails")
+            ),
+            lambda b: (b.get("status") or {}).get("eventsDelivered", 0) >= 1,
+            what="eventsDelivered written by the bridge pod",
+        )
+        assert body["status"]["source"] == "bucket"
+
+
+async def test_a_notification_trigger_through_the_operator_uses_its_generated_token(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Records,
+) -> None:
+    """The operator generates <trigger>-bucket-token and runs the webhook bridge pod, which may read that Secret."""
+    _, gateway, _ = platform
+    key = await deploy_recorder(cluster, gateway, namespace, records)
+    cluster.apply(
+        trigger("hooked", "recorder", enabled=True, endpoint="http://minio.example:9000", bucket="inbox"),
+        namespace,
+    )
+    ip = await bridge_pod_ip(kube, namespace, "hooked")
+    found = await kube.get(resource_path("v1", "secrets", namespace=namespace, name="hooked-bucket-token"))
+    token = base64.b64decode(found["data"]["token"]).decode()
+    assert len(token) >= 16
+    body = {
+        "EventName": "s3:ObjectCreated:Put",
+        "Key": "inbox/a%2Fb.txt",
+        "Records": [
+            {
+                "eventName": "s3:ObjectCreated:Put",
+                "eventTime": "2026-11-26T12:00:00.000Z",
+                "s3": {"bucket": {"name": "inbox"}, "object": {"key": "a%2Fb.txt", "size": 3, "eTag": "abc"}},
+            }
+        ],
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"http://{ip}:8080/events", json=body) as resp:
+            assert resp.status == 401
+        async with http.post(
+            f"http://{ip}:8080/events", json=body, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+    (invocation,) = await records.wait(key, 1, timeout=60)
+    event = invocation["requestPayload"]["Records"][0]
+    assert event["s3"]["object"]["key"] == "a/b.txt"
+    assert event["s3"]["configurationId"] == "hooked"

@@ -275,3 +275,16 @@ def test_a_checkpoint_too_large_is_refused_with_advice() -> None:
 )
 def test_backoff_doubles_up_to_the_cap(attempt: int, seconds: float) -> None:
     assert s3e.backoff_seconds(attempt) == seconds
+
+
+@pytest.mark.parametrize(
+    ("spec", "secret"),
+    [({}, "thumbs-bucket-token"), ({"tokenSecret": "my-token"}, "my-token")],
+    ids=["generated", "named"],
+)
+def test_the_webhook_token_secret_is_named_or_generated(spec: dict[str, str], secret: str) -> None:
+    from kubelambda.api.v1alpha1.trigger import BucketSource
+    from kubelambda.bridge.bucket import token_secret_name
+
+    source = BucketSource.model_validate({"endpoint": "http://s3:9000", "bucket": "photos", **spec})
+    assert token_secret_name("thumbs", source) == secret

@@ -123,7 +123,8 @@ class BucketBridge:
     async def _read_token(self, *, refresh: bool) -> str | None:
         async with self._token_lock:
             fresh = time.monotonic() - self._token_read_at < TOKEN_REFRESH_SECONDS
-            if self._token is None or (refresh and not fresh):
+            # A missing Secret or a rejected token reads it again, but at most every TOKEN_REFRESH_SECONDS.
+            if (self._token is None or refresh) and not fresh:
                 name = token_secret_name(self.ctx.name, self.source)
                 try:
                     self._token = (await self.ctx.secrets.get(name)).get("token") or None
@@ -284,7 +285,10 @@ class BucketBridge:
         while True:
             try:
                 kwargs = await self._client_kwargs()
-            except KeyError as e:  # the credentials Secret does not exist (yet)
+            except (
+                KeyError,
+                ApiError,
+            ) as e:  # the credentials Secret does not exist (yet), or is not readable
                 attempt += 1
                 self.ctx.status.source_reachable(False, str(e).strip("'\""))
                 await asyncio.sleep(s3e.backoff_seconds(attempt))
@@ -302,9 +306,9 @@ class BucketBridge:
                         await asyncio.sleep(s3e.backoff_seconds(attempt))
                         break  # a new client, with the Secret read again
                     attempt = 0
-                    metrics.BRIDGE_RECORDS_RECEIVED.inc(len(listing))
                     self.ctx.status.source_reachable(
-                        True, f"listed {len(listing)} object(s) of bucket {self.source.bucket}"
+                        True,
+                        f"listing bucket {self.source.bucket} every {self.source.poll_interval_seconds} s",
                     )
                     if state is None:
                         # First listing ever: what is already there is not an event (S3 notifies only changes
@@ -320,6 +324,7 @@ class BucketBridge:
                         )
                     else:
                         changes = s3e.diff(state, listing, now=now())
+                        metrics.BRIDGE_RECORDS_RECEIVED.inc(len(changes))
                         self.ctx.status.set_lag(len(changes))
                         if changes:
                             state = await self._deliver(state, changes)
