@@ -336,6 +336,11 @@ async def test_errors_are_one_line_with_a_hint_and_a_meaningful_exit_code(
         await cli("deploy", str(bad), "-n", namespace), 1, "was refused", "memoryMB", "function.yaml"
     )
 
+    # A misspelt field is refused (fieldValidation=Strict), not silently dropped.
+    manifest["spec"]["memoryMb"] = manifest["spec"].pop("memoryMB")
+    (bad / "function.yaml").write_text(yaml.safe_dump(manifest))
+    assert_one_line_error(await cli("deploy", str(bad), "-n", namespace), 1, "was refused", "memoryMb")
+
     assert_one_line_error(await cli("invoke", "x", "--payload", "{nope"), 2, "not JSON")
     gone = Cli(cluster, url, tmp_path / "state", KUBECONFIG=str(tmp_path / "missing.yaml"))
     assert_one_line_error(await gone("list"), 1, "does not exist")

@@ -109,7 +109,8 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     }
     if args.log and not args.async_:
         headers["X-Amz-Log-Type"] = "Tail"
-    name = args.name if "/" in args.name or not args.namespace else f"{args.namespace}/{args.name}"
+    qualified = "/" in args.name or args.name.startswith("arn:")
+    name = args.name if qualified or not args.namespace else f"{args.namespace}/{args.name}"
     target = f"{url}/2015-03-31/functions/{urllib.parse.quote(name, safe='/:')}/invocations"
     request = urllib.request.Request(target, data=payload, headers=headers, method="POST")
     started = time.monotonic()

@@ -280,7 +280,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 content_type="application/apply-patch+yaml",
             )
         except ApiError as e:
-            if e.status in (400, 422):
+            # 422: schema or CEL rule; 400 or 500 "field not declared in schema": a field the CRD does not know.
+            if e.status in (400, 422) or "not declared in schema" in e.message:
                 raise _invalid(e, namespace, name) from e
             raise
         if args.dry_run:
