@@ -1,0 +1,222 @@
+"""The queue bridges' shared loop (kubelambda.bridge.queues._core) against an in-memory broker and a scripted
+invoker: batching, acknowledgement after success, partial failures, throttles held without a delivery attempt,
+reconnection with SourceReachable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from kltest import wait_for
+from kubelambda.api.v1alpha1 import Trigger
+from kubelambda.bridge._context import InvokeResult
+from kubelambda.bridge.queues._batch import Message
+from kubelambda.bridge.queues._core import QueueConsumer, QueueSettings
+
+FAST = QueueSettings(
+    backoff_min_seconds=0.01, backoff_max_seconds=0.02, poll_seconds=0.05, lag_interval_seconds=0.05
+)
+
+
+class MemoryBroker:
+    """A queue in memory: messages become visible again when returned, with their receive count."""
+
+    event_source = "kubelambda:memory"
+    event_source_arn = "arn:kubelambda:memory:us-east-1:ns:q"
+    lease_renew_seconds: float | None = None
+
+    def __init__(self, bodies: list[str], *, fail_fetches: int = 0) -> None:
+        self.ready = [Message(message_id=str(i), body=b.encode()) for i, b in enumerate(bodies)]
+        self.acked: list[str] = []
+        self.retried: list[str] = []
+        self.held: list[list[str]] = []
+        self.connects = 0
+        self.fail_fetches = fail_fetches
+
+    async def connect(self) -> None:
+        self.connects += 1
+
+    async def close(self) -> None:
+        return None
+
+    async def fetch(self, max_count: int, *, wait_seconds: float) -> list[Message]:
+        if self.fail_fetches:
+            self.fail_fetches -= 1
+            raise ConnectionError("broker down")
+        if not self.ready:
+            await asyncio.sleep(min(wait_seconds, 0.01))
+            return []
+        got, self.ready = self.ready[:max_count], self.ready[max_count:]
+        return [Message(message_id=m.message_id, body=m.body, receive_count=m.receive_count) for m in got]
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        self.acked += [m.message_id for m in messages]
+
+    async def retry(self, messages: Sequence[Message]) -> None:
+        self.retried += [m.message_id for m in messages]
+        self.ready += [
+            Message(message_id=m.message_id, body=m.body, receive_count=m.receive_count + 1) for m in messages
+        ]
+
+    async def hold(self, messages: Sequence[Message], *, seconds: float) -> None:
+        self.held.append([m.message_id for m in messages])
+
+    async def depth(self) -> int | None:
+        return len(self.ready)
+
+
+class Invoker:
+    """Answers each invocation with ``answer(records)``; keeps every payload."""
+
+    def __init__(self, answer: Callable[[list[dict[str, Any]]], InvokeResult]) -> None:
+        self.answer = answer
+        self.payloads: list[list[dict[str, Any]]] = []
+
+    async def invoke(self, payload: Any, *, asynchronous: bool = False) -> InvokeResult:
+        self.payloads.append(payload["Records"])
+        return self.answer(payload["Records"])
+
+
+class Status:
+    def __init__(self) -> None:
+        self.reachable: list[tuple[bool, str]] = []
+        self.delivered_count = 0
+        self.lag: int | None = None
+
+    def source_reachable(self, reachable: bool, message: str = "") -> None:
+        self.reachable.append((reachable, message))
+
+    def delivered(self, count: int = 1) -> None:
+        self.delivered_count += count
+
+    def set_lag(self, lag: int | None, *, iterator_age_seconds: float | None = None) -> None:
+        self.lag = lag
+
+
+class Ctx:
+    def __init__(self, invoker: Invoker, **queue: Any) -> None:
+        self.trigger = Trigger.model_validate(
+            {
+                "spec": {
+                    "function": "f",
+                    "queue": {"redis": {"url": "redis://x:6379/0", "key": "k"}, **queue},
+                }
+            }
+        )
+        self.invoker = invoker
+        self.status = Status()
+        self.region = "us-east-1"
+        self.namespace = "ns"
+        self.name = "t"
+        self.bridge_id = "ns/t/1"
+
+
+def ok(_: list[dict[str, Any]]) -> InvokeResult:
+    return InvokeResult(status=200, payload=b"{}", request_id="r")
+
+
+async def consume_until(ctx: Ctx, broker: MemoryBroker, done: Callable[[], bool], what: str) -> None:
+    consumer = QueueConsumer(ctx, broker, settings=FAST)  # type: ignore[arg-type]
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: asyncio.sleep(0, result=done() or task.done()), bool, what=what, timeout=10)
+        if task.done():
+            task.result()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize(
+    ("count", "batch_size", "sizes"),
+    [(25, 10, [10, 10, 5]), (3, 10, [3]), (10, 1, [1] * 10)],
+    ids=["two-full-one-short", "one-short", "batch-of-one"],
+)
+async def test_batches_are_cut_at_batch_size(count: int, batch_size: int, sizes: list[int]) -> None:
+    invoker = Invoker(ok)
+    ctx = Ctx(invoker, batchSize=batch_size)
+    broker = MemoryBroker([f"m{i}" for i in range(count)])
+    await consume_until(ctx, broker, lambda: len(broker.acked) == count, "every message acknowledged")
+    assert sorted(len(p) for p in invoker.payloads) == sorted(sizes)
+    assert sorted(broker.acked, key=int) == [str(i) for i in range(count)]
+    assert ctx.status.delivered_count == count
+    assert broker.retried == []
+
+
+async def test_partial_failures_return_only_the_named_messages() -> None:
+    def answer(records: list[dict[str, Any]]) -> InvokeResult:
+        failed = [
+            {"itemIdentifier": r["messageId"]}
+            for r in records
+            if r["body"] == "bad" and r["attributes"]["ApproximateReceiveCount"] == "1"
+        ]
+        return InvokeResult(
+            status=200, payload=json.dumps({"batchItemFailures": failed}).encode(), request_id="r"
+        )
+
+    invoker = Invoker(answer)
+    ctx = Ctx(invoker, batchSize=10)
+    broker = MemoryBroker(["good", "bad", "good"])
+    await consume_until(ctx, broker, lambda: len(broker.acked) == 3, "all three acknowledged")
+    assert broker.retried == ["1"]
+    assert broker.acked == ["0", "2", "1"]
+    second = invoker.payloads[1]
+    assert [(r["messageId"], r["attributes"]["ApproximateReceiveCount"]) for r in second] == [("1", "2")]
+
+
+async def test_a_function_error_returns_the_whole_batch() -> None:
+    calls = 0
+
+    def answer(_: list[dict[str, Any]]) -> InvokeResult:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return InvokeResult(
+                status=200, payload=b'{"errorMessage": "boom"}', request_id="r", function_error="Unhandled"
+            )
+        return InvokeResult(status=200, payload=b"null", request_id="r")
+
+    invoker = Invoker(answer)
+    ctx = Ctx(invoker, batchSize=10, reportBatchItemFailures=False)
+    broker = MemoryBroker(["a", "b"])
+    await consume_until(ctx, broker, lambda: len(broker.acked) == 2, "both acknowledged on the second try")
+    assert broker.retried == ["0", "1"]
+    assert [r["attributes"]["ApproximateReceiveCount"] for r in invoker.payloads[1]] == ["2", "2"]
+
+
+@pytest.mark.parametrize("status", [429, 502, 0], ids=["throttled", "bad-gateway", "unreachable"])
+async def test_throttles_hold_the_batch_without_using_a_delivery(status: int) -> None:
+    calls = 0
+
+    def answer(_: list[dict[str, Any]]) -> InvokeResult:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            return InvokeResult(status=status, payload=b"", request_id="")
+        return InvokeResult(status=200, payload=b"{}", request_id="r")
+
+    invoker = Invoker(answer)
+    ctx = Ctx(invoker, batchSize=10)
+    broker = MemoryBroker(["a", "b"])
+    await consume_until(ctx, broker, lambda: len(broker.acked) == 2, "acknowledged after the throttles")
+    assert broker.retried == []
+    assert broker.held == [["0", "1"]] * 3
+    assert len(invoker.payloads) == 4
+    # The same records each time: the receive count never moved.
+    assert all(p == invoker.payloads[0] for p in invoker.payloads)
+    assert invoker.payloads[0][0]["attributes"]["ApproximateReceiveCount"] == "1"
+
+
+async def test_an_unreachable_broker_is_reported_and_reconnected() -> None:
+    invoker = Invoker(ok)
+    ctx = Ctx(invoker, batchSize=10)
+    broker = MemoryBroker(["a"], fail_fetches=2)
+    await consume_until(ctx, broker, lambda: broker.acked == ["0"], "the message after reconnecting")
+    assert broker.connects == 3
+    assert [r for r, _ in ctx.status.reachable] == [True, False, True, False, True]
+    assert "ConnectionError: broker down" in ctx.status.reachable[1][1]
