@@ -36,7 +36,7 @@ demo: venv binaries
 	bash hack/demo.sh
 
 # Every benchmark prints its figures beside a baseline or peer measured in the same run.
-bench: bench-cluster agent-bench bench-operator bench-gateway bench-warm-pool
+bench: bench-cluster agent-bench bench-operator bench-gateway bench-warm-pool bench-async
 
 bench-cluster: venv binaries
 	$(PY) bench/local_cluster.py --pods 50
@@ -64,3 +64,9 @@ crds: venv
 .PHONY: bench-operator
 bench-operator: venv binaries
 	$(PY) bench/operator_scale.py --functions 1000
+
+# Event invocations: accepted/s through the gateway beside raw JetStream publish-with-ack, end-to-end throughput
+# to a no-op function and the queue's oldest event age (issue 7).
+.PHONY: bench-async
+bench-async: venv binaries
+	$(PY) bench/async_bench.py --events 6000 --clients 32

@@ -232,8 +232,11 @@ class Worker:
             metrics.ASYNC_RETRIES.labels(*labels).inc()
             await msg.ack_sync()
             return
-        record = self._record(event, decision.condition, count, response, now)
-        await self._deliver(event, spec, decision, record)
+        if (
+            decision.failed or spec.async_.on_success is not None
+        ):  # a success without a destination: no record
+            record = self._record(event, decision.condition, count, response, now)
+            await self._deliver(event, spec, decision, record)
         await msg.ack_sync()
 
     def _record(
