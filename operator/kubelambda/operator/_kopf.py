@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,50 @@ def _post_events(body: kopf.Body, outcome: Outcome) -> None:
         kopf.event(body, type="Warning", reason=outcome.problem.reason, message=outcome.problem.message)
 
 
+async def _reconcile(
+    kind: str, reconcile: Callable[[JSON], Awaitable[Outcome]], body: kopf.Body, patch: kopf.Patch
+) -> None:
+    """One reconcile through kopf: metrics, Events, the status as kopf's own patch, retries as kopf errors."""
+    started = time.perf_counter()
+    try:
+        outcome = await reconcile(dict(body))
+    except ApiError as e:
+        metrics.OPERATOR_RECONCILES.labels(kind, "error").inc()
+        if e.status in (400, 403, 422):
+            # Retrying will not help; say so on the object instead of looping.
+            kopf.event(body, type="Warning", reason="ApplyFailed", message=str(e))
+            raise kopf.PermanentError(str(e)) from e
+        raise kopf.TemporaryError(str(e), delay=5) from e
+    finally:
+        metrics.OPERATOR_RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+    metrics.OPERATOR_RECONCILES.labels(kind, "problem" if outcome.problem else "ok").inc()
+    _post_events(body, outcome)
+    current = dict(body.get("status") or {})
+    for key, value in st.status_changes(current, outcome.status).items():
+        patch.status[key] = value
+    if outcome.retry_after is not None:
+        # A problem that may go away by itself (a missing ServiceAccount or Function): look again later.
+        raise kopf.TemporaryError(
+            outcome.problem.message if outcome.problem else "retry", delay=outcome.retry_after
+        )
+
+
+async def _patch_status_changes(
+    ctx: Context, *, kind: str, plural: str, namespace: str, name: str, current: JSON, new: JSON
+) -> None:
+    """Writes what changed between ``current`` and ``new`` status; a deleted object has nothing to update."""
+    changes = st.status_changes(current, new)
+    if not changes:
+        return
+    path = resource_path(f"{GROUP}/{VERSION}", plural, namespace=namespace, name=name, subresource="status")
+    try:
+        await ctx.kube.patch(path, {"status": changes})
+    except ApiError as e:
+        if e.status != 404:
+            raise
+    metrics.OPERATOR_API_WRITES.labels(kind).inc()
+
+
 def build_registry() -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -125,27 +169,7 @@ def build_registry() -> kopf.OperatorRegistry:
     @kopf.on.update(*FUNCTIONS, registry=registry)
     async def reconcile_function(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         ctx: Context = memo["ctx"]
-        started = time.perf_counter()
-        try:
-            outcome = await ctx.reconciler.reconcile(dict(body))
-        except ApiError as e:
-            metrics.OPERATOR_RECONCILES.labels("Function", "error").inc()
-            if e.status in (400, 403, 422):
-                # Retrying will not help; say so on the object instead of looping.
-                kopf.event(body, type="Warning", reason="ApplyFailed", message=str(e))
-                raise kopf.PermanentError(str(e)) from e
-            raise kopf.TemporaryError(str(e), delay=5) from e
-        finally:
-            metrics.OPERATOR_RECONCILE_SECONDS.labels("Function").observe(time.perf_counter() - started)
-        metrics.OPERATOR_RECONCILES.labels("Function", "problem" if outcome.problem else "ok").inc()
-        _post_events(body, outcome)
-        current = dict(body.get("status") or {})
-        for key, value in st.status_changes(current, outcome.status).items():
-            patch.status[key] = value
-        if outcome.retry_after is not None:
-            raise kopf.TemporaryError(
-                outcome.problem.message if outcome.problem else "retry", delay=outcome.retry_after
-            )
+        await _reconcile("Function", ctx.reconciler.reconcile, body, patch)
 
     @kopf.index(*FUNCTIONS, id="function_status_index", registry=registry)
     def function_status_index(
@@ -184,43 +208,16 @@ def build_registry() -> kopf.OperatorRegistry:
             generation=int(current["observedGeneration"]),
             now=utcnow(),
         )
-        changes = st.status_changes(current, new)
-        if not changes:
-            return
-        path = resource_path(
-            f"{GROUP}/{VERSION}", "functions", namespace=namespace, name=name, subresource="status"
+        await _patch_status_changes(
+            ctx, kind="Function", plural="functions", namespace=namespace, name=name, current=current, new=new
         )
-        try:
-            await ctx.kube.patch(path, {"status": changes})
-        except ApiError as e:
-            if e.status != 404:
-                raise
-        metrics.OPERATOR_API_WRITES.labels("Function").inc()
 
     @kopf.on.resume(*TRIGGERS, registry=registry)
     @kopf.on.create(*TRIGGERS, registry=registry)
     @kopf.on.update(*TRIGGERS, registry=registry)
     async def reconcile_trigger(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         ctx: Context = memo["ctx"]
-        started = time.perf_counter()
-        try:
-            outcome = await ctx.triggers.reconcile(dict(body))
-        except ApiError as e:
-            metrics.OPERATOR_RECONCILES.labels("Trigger", "error").inc()
-            if e.status in (400, 403, 422):
-                kopf.event(body, type="Warning", reason="ApplyFailed", message=str(e))
-                raise kopf.PermanentError(str(e)) from e
-            raise kopf.TemporaryError(str(e), delay=5) from e
-        finally:
-            metrics.OPERATOR_RECONCILE_SECONDS.labels("Trigger").observe(time.perf_counter() - started)
-        metrics.OPERATOR_RECONCILES.labels("Trigger", "ok").inc()
-        _post_events(body, outcome)
-        current = dict(body.get("status") or {})
-        for key, value in st.status_changes(current, outcome.status).items():
-            patch.status[key] = value
-        if outcome.retry_after is not None:
-            # The Function is missing: look again later (creating it does not touch the Trigger).
-            raise kopf.TemporaryError("the Function does not exist yet", delay=outcome.retry_after)
+        await _reconcile("Trigger", ctx.triggers.reconcile, body, patch)
 
     @kopf.index(*TRIGGERS, id="trigger_index", registry=registry)
     def trigger_index(
@@ -258,18 +255,9 @@ def build_registry() -> kopf.OperatorRegistry:
             now=utcnow(),
         )
         new = {**current, "conditions": sorted(conditions, key=lambda c: c["type"])}
-        changes = st.status_changes(current, new)
-        if not changes:
-            return
-        path = resource_path(
-            f"{GROUP}/{VERSION}", "triggers", namespace=namespace, name=name, subresource="status"
+        await _patch_status_changes(
+            ctx, kind="Trigger", plural="triggers", namespace=namespace, name=name, current=current, new=new
         )
-        try:
-            await ctx.kube.patch(path, {"status": changes})
-        except ApiError as e:
-            if e.status != 404:
-                raise
-        metrics.OPERATOR_API_WRITES.labels("Trigger").inc()
 
     return registry
 

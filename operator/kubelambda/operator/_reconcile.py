@@ -106,7 +106,7 @@ class FunctionReconciler:
             if await self.kube.get_or_none(path) is None:
                 return Problem(
                     "ServiceAccountMissing", f"ServiceAccount {fn.namespace}/{sa} does not exist"
-                ), 30.0
+                ), self.settings.problem_retry_seconds
         return None, None
 
     async def reconcile(self, body: JSON) -> Outcome:

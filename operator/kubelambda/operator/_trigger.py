@@ -20,6 +20,7 @@ from kubelambda import metrics
 from kubelambda.api.v1alpha1 import API_VERSION
 from kubelambda.kube import ApiError, KubeClient, resource_path
 from kubelambda.operator._reconcile import Outcome, utcnow
+from kubelambda.resources import Problem
 from kubelambda.resources import bridge as b
 from kubelambda.resources import status as st
 from kubelambda.settings import FIELD_MANAGER, OperatorSettings
@@ -177,5 +178,9 @@ class TriggerReconciler:
             current, trigger=trigger, function_exists=function_exists, deployment=deployment, now=self.clock()
         )
         if not function_exists:
+            ref = f"{trigger.namespace}/{trigger.spec.function}"
+            outcome.problem = Problem(
+                FUNCTION_MISSING, f"Function {ref} does not exist; events are not delivered"
+            )
             outcome.retry_after = self.settings.problem_retry_seconds
         return outcome
