@@ -286,6 +286,9 @@ class Worker:
             )
             return "function"
         if destination.nats is not None:
+            if destination.nats.startswith("kubelambda."):
+                # The platform's own subjects (events, dead letters): a record there would be a malformed event.
+                raise ValueError(f"NATS subject {destination.nats} is kubelambda's own")
             await self.queue.publish_record(destination.nats, body, now=self.clock())
             return "nats"
         assert destination.url is not None
