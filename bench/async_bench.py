@@ -2,9 +2,13 @@
 
 1. Accepted Event invocations per second: N concurrent HTTP clients (keep-alive, loopback) POST Events to a
    gateway process; an answer counts once it is a 202, which the gateway sends only after JetStream's publish
-   acknowledgement. Beside it, in the same run, the baseline: JetStream publish-with-ack from N concurrent
-   publishers of the same client library (nats-py) to a stream of the same kind on the same nats-server,
-   with the same payload and headers. Target: >= 3,000 accepted events/s.
+   acknowledgement. Beside it, in the same run, the baselines: JetStream publish-with-ack from N concurrent
+   publishers of the same client library (nats-py's ``js.publish``, and ``EventQueue.publish``, what the
+   gateway calls) to a stream of the same kind on the same nats-server, with the same payload and headers.
+   Each row also shows the cores and CPU microseconds per event that the gateway, nats-server and the client
+   (this process) used: on a shared machine the rate follows the CPU the processes get, the cost does not.
+   ``--profile PATH`` writes py-spy raw profiles of the accepting and of the working gateway.
+   Target: >= 3,000 accepted events/s.
 2. End to end to a no-op function: the gateway with its in-process worker (the default) takes a closed-loop
    load of Events and works them off; throughput is events / (first POST .. stream empty), and the queue's
    oldest event age is sampled every 0.5 s from the stream during the run (what
