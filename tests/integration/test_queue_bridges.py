@@ -27,7 +27,7 @@ from aiobotocore.session import get_session
 
 from kltest import Cluster, wait_for
 from kltest.bridge import BridgeProcess
-from kltest.platform import deploy, python_function, start_gateway, start_operator, stop_gateway
+from kltest.platform import REPO, deploy, python_function, start_gateway, start_operator, stop_gateway
 from kltest.records import Records
 from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.bridge.queues.nats import consumer_name
@@ -622,3 +622,14 @@ async def test_the_operator_runs_a_bridge_for_each_broker(
         await operator.stop()
         for run in runs:
             await run.stop()
+
+
+@pytest.mark.parametrize(
+    "name", ["function", "trigger-rabbitmq", "trigger-nats", "trigger-redis", "trigger-sqs"]
+)
+async def test_the_queue_worker_example_is_accepted_by_the_api_server(
+    name: str, cluster: Cluster, worker: tuple[str, str]
+) -> None:
+    namespace, _ = worker
+    path = REPO / "examples" / "queue-worker" / f"{name}.yaml"
+    cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path))

@@ -1,6 +1,7 @@
 """RabbitMQ queues (AMQP 0-9-1, aio-pika) as an SQS-style event source (``eventSource: kubelambda:rabbitmq``).
 
-- The bridge consumes the queue with manual acks and a prefetch of ``batchSize * (maxConcurrency + 1)``.
+- The bridge consumes the queue with manual acks and a prefetch of ``2 * batchSize * (maxConcurrency + 1)``
+  (a batch being gathered and the next one waiting, per slot: acks free credit while the next batch is ready).
 - Success: ``basic.ack``. Function failure (or a message named in ``batchItemFailures``): ``basic.nack`` with
   ``requeue=true``, so the broker's own limits apply: on a quorum queue with ``x-delivery-limit`` the message is
   dead-lettered to the queue's ``x-dead-letter-exchange`` (or dropped without one) once the limit is passed,
@@ -48,7 +49,7 @@ class RabbitMQBroker:
         assert spec.rabbitmq is not None
         self.ctx = ctx
         self.spec = spec.rabbitmq
-        self.prefetch = min(65535, spec.batch_size * (spec.max_concurrency + 1))
+        self.prefetch = min(65535, spec.batch_size * 2 * (spec.max_concurrency + 1))
         self.settings = settings
         self.event_source_arn = f"arn:kubelambda:rabbitmq:{ctx.region}:{ctx.namespace}:{self.spec.queue}"
         self.connection: AbstractConnection | None = None

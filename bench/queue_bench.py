@@ -1,0 +1,373 @@
+"""Benchmark of the queue bridges (issue 9): records/s end to end per broker to a no-op function.
+
+For each broker (RabbitMQ, NATS JetStream, Redis Streams, SQS API on ElasticMQ) and each batch size (100, 10),
+in the same run, on a queue pre-filled with N messages:
+
+1. **ceiling**: the broker's own consumer throughput with the same client library the bridge uses, draining the
+   queue the way the bridge does but without invoking anything (aio-pika consumer with prefetch and one ack per
+   message; a NATS pull consumer fetching a batch and acking each message; Redis ``XREADGROUP COUNT`` +
+   ``XACK``; SQS ``ReceiveMessage`` x5 in parallel + ``DeleteMessageBatch``);
+2. **bridge**: the Trigger's bridge as its own process (``python -m kubelambda.bridge``, maxConcurrency 8)
+   invoking a no-op Python function through the gateway, acknowledging after each success. The rate is counted
+   from the bridge's first acknowledged batch to its N-th acknowledged message (its own
+   ``kubelambda_bridge_events_total``), so process start-up and connecting are left out.
+
+Figures only, never assertions. Run: ``make bench-queues`` (or ``.venv/bin/python bench/queue_bench.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import nats
+import redis.asyncio as aioredis
+from aiobotocore.session import get_session
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from kltest import Cluster, start_cluster  # noqa: E402
+from kltest.bridge import BridgeProcess  # noqa: E402
+from kltest.platform import deploy, python_function, start_gateway, start_operator, stop_gateway  # noqa: E402
+from kubelambda.devcluster._process import free_port  # noqa: E402
+from kubelambda.devcluster.servers import NatsServer, RabbitMQServer, RedisServer, SqsServer  # noqa: E402
+from kubelambda.kube import KubeClient, resource_path  # noqa: E402
+
+NS = "bench-queues"
+FUNCTION = "noop"
+CONCURRENCY = 8
+HANDLER = "def handler(event, context):\n    return {}\n"
+
+
+def bodies(n: int) -> list[bytes]:
+    return [json.dumps({"n": i, "pad": "x" * 64}).encode() for i in range(n)]
+
+
+class Rabbit:
+    def __init__(self, server: RabbitMQServer) -> None:
+        self.url = server.url
+
+    def source(self, name: str) -> dict[str, Any]:
+        return {"rabbitmq": {"url": self.url, "queue": name}}
+
+    async def fill(self, name: str, n: int) -> None:
+        async with await aio_pika.connect(self.url) as conn:
+            channel = await conn.channel()
+            await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+            data = bodies(n)
+            for start in range(0, n, 1000):
+                await asyncio.gather(
+                    *(
+                        channel.default_exchange.publish(aio_pika.Message(b), routing_key=name)
+                        for b in data[start : start + 1000]
+                    )
+                )
+
+    async def drain(self, name: str, n: int, batch: int) -> float:
+        async with await aio_pika.connect(self.url) as conn:
+            channel = await conn.channel()
+            await channel.set_qos(prefetch_count=2 * batch * (CONCURRENCY + 1))  # as the bridge
+            queue = await channel.declare_queue(name, passive=True)
+            done = asyncio.Event()
+            got = 0
+
+            async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                nonlocal got
+                await message.ack()
+                got += 1
+                if got >= n:
+                    done.set()
+
+            started = time.perf_counter()
+            await queue.consume(on)
+            await done.wait()
+            return time.perf_counter() - started
+
+
+class Nats:
+    def __init__(self, server: NatsServer) -> None:
+        self.url = server.url
+
+    def source(self, name: str) -> dict[str, Any]:
+        return {"nats": {"url": self.url, "stream": name, "subject": f"{name}.in"}}
+
+    async def fill(self, name: str, n: int) -> None:
+        nc = await nats.connect(self.url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name=name, subjects=[f"{name}.>"])
+            data = bodies(n)
+            for start in range(0, n, 500):
+                await asyncio.gather(*(js.publish(f"{name}.in", b) for b in data[start : start + 500]))
+        finally:
+            await nc.close()
+
+    async def drain(self, name: str, n: int, batch: int) -> float:
+        nc = await nats.connect(self.url)
+        try:
+            js = nc.jetstream()
+            sub = await js.pull_subscribe(f"{name}.in", durable="ceiling", stream=name)
+            got = 0
+            started = time.perf_counter()
+            while got < n:
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    for m in await sub.fetch(batch, timeout=1):
+                        await m.ack()
+                        got += 1
+                    await nc.flush()
+            return time.perf_counter() - started
+        finally:
+            await nc.close()
+
+
+class Redis:
+    def __init__(self, server: RedisServer) -> None:
+        self.url = server.url
+
+    def source(self, name: str) -> dict[str, Any]:
+        return {"redis": {"url": self.url, "key": name}}
+
+    async def fill(self, name: str, n: int) -> None:
+        client = aioredis.from_url(self.url)
+        try:
+            data = bodies(n)
+            for start in range(0, n, 1000):
+                async with client.pipeline(transaction=False) as pipe:
+                    for b in data[start : start + 1000]:
+                        pipe.xadd(name, {"body": b})
+                    await pipe.execute()
+        finally:
+            await client.aclose()
+
+    async def drain(self, name: str, n: int, batch: int) -> float:
+        client = aioredis.from_url(self.url)
+        try:
+            await client.xgroup_create(name, "ceiling", id="0")
+            got = 0
+            started = time.perf_counter()
+            while got < n:
+                answer = await client.xreadgroup("ceiling", "c", {name: ">"}, count=batch, block=1000)
+                for _key, entries in answer or []:
+                    ids = [i for i, _ in entries]
+                    if ids:
+                        await client.xack(name, "ceiling", *ids)
+                        got += len(ids)
+            return time.perf_counter() - started
+        finally:
+            await client.aclose()
+
+
+class Sqs:
+    def __init__(self, server: SqsServer) -> None:
+        self.endpoint = server.endpoint
+        self.session = get_session()
+        self.urls: dict[str, str] = {}
+
+    def client(self) -> Any:
+        return self.session.create_client(
+            "sqs",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
+
+    def source(self, name: str) -> dict[str, Any]:
+        return {"sqs": {"endpoint": self.endpoint, "queueUrl": self.urls[name]}}
+
+    async def fill(self, name: str, n: int) -> None:
+        async with self.client() as sqs:
+            self.urls[name] = (await sqs.create_queue(QueueName=name))["QueueUrl"]
+            data = bodies(n)
+            chunks = [data[i : i + 10] for i in range(0, n, 10)]
+            for start in range(0, len(chunks), 20):
+                await asyncio.gather(
+                    *(
+                        sqs.send_message_batch(
+                            QueueUrl=self.urls[name],
+                            Entries=[{"Id": str(k), "MessageBody": b.decode()} for k, b in enumerate(chunk)],
+                        )
+                        for chunk in chunks[start : start + 20]
+                    )
+                )
+
+    async def drain(self, name: str, n: int, batch: int) -> float:
+        async with self.client() as sqs:
+            url = self.urls[name]
+            got = 0
+            started = time.perf_counter()
+            while got < n:
+                pollers = min(5, math.ceil(batch / 10))
+                answers = await asyncio.gather(
+                    *(
+                        sqs.receive_message(
+                            QueueUrl=url,
+                            MaxNumberOfMessages=min(10, batch),
+                            WaitTimeSeconds=1,
+                            MessageSystemAttributeNames=["All"],
+                            MessageAttributeNames=["All"],
+                        )
+                        for _ in range(pollers)
+                    )
+                )
+                messages = [m for a in answers for m in a.get("Messages") or []]
+                await asyncio.gather(
+                    *(
+                        sqs.delete_message_batch(
+                            QueueUrl=url,
+                            Entries=[
+                                {"Id": str(k), "ReceiptHandle": m["ReceiptHandle"]}
+                                for k, m in enumerate(messages[i : i + 10])
+                            ],
+                        )
+                        for i in range(0, len(messages), 10)
+                    )
+                )
+                got += len(messages)
+            return time.perf_counter() - started
+
+
+async def events_total(http: aiohttp.ClientSession, port: int) -> float | None:
+    """The bridge process's ``kubelambda_bridge_events_total`` (messages acknowledged after a success)."""
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+    except aiohttp.ClientError:
+        return None
+    found = re.search(r"^kubelambda_bridge_events_total ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+async def through_bridge(
+    cluster: Cluster,
+    kube: KubeClient,
+    gateway_url: str,
+    broker: Any,
+    name: str,
+    n: int,
+    batch: int,
+    log_dir: Path,
+) -> float:
+    """Records/s of the bridge process from its first acknowledged batch to the N-th message (start-up and
+    connecting left out)."""
+    trigger = {
+        "apiVersion": "kubelambda.io/v1alpha1",
+        "kind": "Trigger",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "function": FUNCTION,
+            "queue": {
+                **broker.source(name),
+                "batchSize": batch,
+                "maxBatchingWindowSeconds": 1 if batch > 10 else 0,
+                "maxConcurrency": CONCURRENCY,
+            },
+        },
+    }
+    await kube.create(resource_path("kubelambda.io/v1alpha1", "triggers", namespace=NS), trigger)
+    port = free_port()
+    bridge = BridgeProcess(
+        cluster,
+        NS,
+        name,
+        gateway_url=gateway_url,
+        log_dir=log_dir,
+        KUBELAMBDA_BRIDGE_PORT=str(port),
+        KUBELAMBDA_BRIDGE_STATUS_INTERVAL_SECONDS="5",
+    )
+    first: tuple[float, float] | None = None
+    async with aiohttp.ClientSession() as http:
+        with bridge:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                got = await events_total(http, port)
+                now = time.perf_counter()
+                if got and first is None:
+                    first = (now, got)
+                if got is not None and got >= n and first is not None:
+                    if now == first[0]:
+                        break
+                    return (got - first[1]) / (now - first[0])
+                if not bridge.alive():
+                    break
+                await asyncio.sleep(0.01)
+    raise RuntimeError(f"the bridge did not deliver {n} messages:\n{bridge.log()[-3000:]}")
+
+
+async def main(n: int, batches: list[int]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="queue-bench-"))
+    cluster = start_cluster(tmp / "cluster")
+    servers = {
+        "rabbitmq": RabbitMQServer(tmp / "rabbitmq"),
+        "nats": NatsServer(tmp / "nats"),
+        "redis": RedisServer(tmp / "redis"),
+        "sqs": SqsServer(tmp / "elasticmq"),
+    }
+    await asyncio.gather(*(s.start() for s in servers.values()))
+    brokers: dict[str, Any] = {
+        "rabbitmq": Rabbit(servers["rabbitmq"]),
+        "nats": Nats(servers["nats"]),
+        "redis": Redis(servers["redis"]),
+        "sqs": Sqs(servers["sqs"]),
+    }
+    rows: list[tuple[str, int, float, float]] = []
+    try:
+        async with KubeClient.from_kubeconfig(cluster.kubeconfig) as kube:
+            await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
+            operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
+            gateway, url = await start_gateway(cluster, kube, autoscale_interval_seconds=0.5)
+            try:
+                doc = python_function(
+                    FUNCTION,
+                    HANDLER,
+                    timeoutSeconds=30,
+                    concurrency={"perInstance": CONCURRENCY},
+                    scaling={"minInstances": 1, "maxInstances": 1},
+                )
+                await deploy(cluster, gateway, NS, doc)
+            finally:
+                await operator.stop()  # the bridges run here, in-process; no bridge Deployments
+            try:
+                for batch in batches:
+                    for kind, broker in brokers.items():
+                        ceiling_q, bridge_q = f"{kind}-ceiling-{batch}", f"{kind}-bridge-{batch}"
+                        await broker.fill(ceiling_q, n)
+                        ceiling = n / await broker.drain(ceiling_q, n, batch)
+                        await broker.fill(bridge_q, n)
+                        bridged = await through_bridge(cluster, kube, url, broker, bridge_q, n, batch, tmp)
+                        rows.append((kind, batch, ceiling, bridged))
+                        print(
+                            f"{kind:9} batch {batch:3}: bridge {bridged:8.0f} rec/s   ceiling {ceiling:8.0f} rec/s"
+                            f"   {100 * bridged / ceiling:5.1f}%",
+                            flush=True,
+                        )
+            finally:
+                await stop_gateway(gateway)
+    finally:
+        await asyncio.gather(*(s.stop() for s in servers.values()), return_exceptions=True)
+        cluster.stop()
+    print(f"\nqueue bridges, {n} messages per run, maxConcurrency {CONCURRENCY}, no-op python3.12 function")
+    print("| broker | batch | bridge end to end (rec/s) | client ceiling (rec/s) | bridge / ceiling |")
+    print("|---|---|---|---|---|")
+    for kind, batch, ceiling, bridged in rows:
+        print(f"| {kind} | {batch} | {bridged:.0f} | {ceiling:.0f} | {100 * bridged / ceiling:.0f}% |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=10_000, help="messages per run (default 10000)")
+    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 100 and 10)")
+    args = parser.parse_args()
+    asyncio.run(main(args.messages, args.batch or [100, 10]))
