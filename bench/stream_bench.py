@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import nats
+import psutil
 import redis.asyncio as aioredis
 from aiobotocore.session import get_session
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -306,21 +307,46 @@ async def bridge_events(kube: KubeClient, http: aiohttp.ClientSession, name: str
     return None
 
 
+def bridge_process(name: str) -> psutil.Process | None:
+    """The bridge pod's process on the local node (pods are processes here)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "bridge" in cmdline and f"{NS}/{name}" in cmdline:
+            return proc
+    return None
+
+
+def cpu_seconds(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return float("nan")
+    with contextlib.suppress(psutil.Error):
+        times = proc.cpu_times()
+        return float(times.user + times.system)
+    return float("nan")
+
+
 async def bridge_rate(
     kube: KubeClient, http: aiohttp.ClientSession, name: str, source: Source, n: int
-) -> float:
+) -> tuple[float, float]:
+    """Records/s from the first record delivered to the last, and the bridge process's CPU use meanwhile
+    (100 % = one core busy all the time)."""
     path = resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name)
     await kube.patch(path, {"spec": {"enabled": True}})
-    first: tuple[float, float] | None = None
+    first: tuple[float, float, float] | None = None
+    proc: psutil.Process | None = None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         events = await bridge_events(kube, http, name)
         now = time.perf_counter()
         if events:
             if first is None:
-                first = (now, events)
+                proc = bridge_process(name)
+                first = (now, events, cpu_seconds(proc))
             if events >= n:
-                return (events - first[1]) / (now - first[0]) if now > first[0] else float("nan")
+                if now <= first[0]:
+                    return float("nan"), float("nan")
+                elapsed = now - first[0]
+                return (events - first[1]) / elapsed, (cpu_seconds(proc) - first[2]) / elapsed
         await asyncio.sleep(0.02)
     raise TimeoutError(f"the {source.kind} bridge did not deliver {n} records within 600 s")
 
@@ -393,7 +419,9 @@ async def main() -> None:
                         f"{n} records per source, batch 100, parallelizationFactor {args.parallelization_factor}, "
                         "no-op python3.12 function; records/s"
                     )
-                    print(f"{'source':<8} {'shards':>6} {'ceiling':>10} {'bridge':>10} {'ratio':>6}")
+                    print(
+                        f"{'source':<8} {'shards':>6} {'ceiling':>10} {'bridge':>10} {'ratio':>6} {'bridge CPU':>10}"
+                    )
                     for kind in args.sources.split(","):
                         source = sources[kind]
                         name = f"bench-{kind}"
@@ -403,10 +431,10 @@ async def main() -> None:
                             resource_path(GROUP_VERSION, "triggers", namespace=NS),
                             trigger(name, source, enabled=False, parallelization=args.parallelization_factor),
                         )
-                        rate = await bridge_rate(kube, http, name, source, n)
+                        rate, cpu = await bridge_rate(kube, http, name, source, n)
                         shards = SHARDS if kind in ("kafka", "kinesis") else 1
                         print(
-                            f"{kind:<8} {shards:>6} {ceiling:>10.0f} {rate:>10.0f} {rate / ceiling:>6.0%}",
+                            f"{kind:<8} {shards:>6} {ceiling:>10.0f} {rate:>10.0f} {rate / ceiling:>6.0%} {cpu:>10.0%}",
                             flush=True,
                         )
                         await kube.patch(
