@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,17 +110,20 @@ def _context_namespace(kubeconfig: str) -> str | None:
     return None
 
 
-def resolve_target(args: argparse.Namespace) -> Target:
+def resolve_target(
+    args: argparse.Namespace, *, env: Mapping[str, str] = os.environ, home: Path | None = None
+) -> Target:
     """``--kubeconfig`` > ``$KUBECONFIG`` > the dev cluster's (dev.json) > ``~/.kube/config``."""
+    home = home if home is not None else Path.home()
     kubeconfig, source = args.kubeconfig, "--kubeconfig"
-    if not kubeconfig and os.environ.get("KUBECONFIG"):
-        kubeconfig, source = os.environ["KUBECONFIG"].split(os.pathsep)[0], "$KUBECONFIG"
+    if not kubeconfig and env.get("KUBECONFIG"):
+        kubeconfig, source = env["KUBECONFIG"].split(os.pathsep)[0], "$KUBECONFIG"
     if not kubeconfig:
         state = _dev_state(args)
         if state is not None and state.state == "running" and state.kubeconfig:
             kubeconfig, source = state.kubeconfig, "the local cluster (kubelambda dev up)"
-    if not kubeconfig and (Path.home() / ".kube" / "config").exists():
-        kubeconfig, source = str(Path.home() / ".kube" / "config"), "~/.kube/config"
+    if not kubeconfig and (home / ".kube" / "config").exists():
+        kubeconfig, source = str(home / ".kube" / "config"), "~/.kube/config"
     if not kubeconfig:
         raise CliError(
             "no cluster: no --kubeconfig, no $KUBECONFIG, no running local cluster, no ~/.kube/config",
@@ -129,21 +133,21 @@ def resolve_target(args: argparse.Namespace) -> Target:
         raise CliError(f"kubeconfig {kubeconfig} (from {source}) does not exist", hint="check the path")
     namespace = (
         getattr(args, "namespace", None)
-        or os.environ.get("KUBELAMBDA_NAMESPACE")
+        or env.get("KUBELAMBDA_NAMESPACE")
         or _context_namespace(kubeconfig)
         or "default"
     )
     return Target(kubeconfig=kubeconfig, namespace=namespace, source=source)
 
 
-def resolve_gateway(args: argparse.Namespace) -> str:
+def resolve_gateway(args: argparse.Namespace, *, env: Mapping[str, str] = os.environ) -> str:
     """``--endpoint-url`` > ``$KUBELAMBDA_GATEWAY_URL`` > the dev cluster's gateway."""
     if getattr(args, "endpoint_url", None):
         return str(args.endpoint_url).rstrip("/")
-    if os.environ.get("KUBELAMBDA_GATEWAY_URL"):
-        return os.environ["KUBELAMBDA_GATEWAY_URL"].rstrip("/")
+    if env.get("KUBELAMBDA_GATEWAY_URL"):
+        return env["KUBELAMBDA_GATEWAY_URL"].rstrip("/")
     state = _dev_state(args)
-    if state is not None and state.gateway_url:
+    if state is not None and state.state == "running" and state.gateway_url:
         return str(state.gateway_url).rstrip("/")
     raise CliError(
         "no gateway: no --endpoint-url, no $KUBELAMBDA_GATEWAY_URL, no running local cluster",
