@@ -539,3 +539,31 @@ async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(
     assert record["requestContext"]["approximateInvokeCount"] == 1
     assert record["responseContext"]["functionError"] == "Unhandled"
     assert (attempts / request_id).read_text().splitlines() == ["attempt"]
+
+
+async def test_a_nats_destination_on_kubelambdas_own_subjects_is_refused_and_dead_lettered(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    nats_server: NatsServer,
+) -> None:
+    """A record published on kubelambda.async.* would be a malformed event: it goes to the dead letters."""
+    _, gateway, url = platform
+    doc = function("selfish", onSuccess={"nats": f"kubelambda.async.{namespace}.selfish"})
+    await deploy(cluster, gateway, namespace, doc)
+    answer = await invoke_event(url, f"{namespace}/selfish", b'{"n": 6}')
+    request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+
+    async def dead_letters() -> list[Any]:
+        queue = await EventQueue.connect(nats_server.url, stream=STREAM)
+        try:
+            return await list_dead_letters(queue, namespace)
+        finally:
+            await queue.close()
+
+    (letter,) = await wait_for(dead_letters, bool, what="the record dead-lettered")
+    assert "kubelambda's own" in letter.reason
+    assert letter.record["requestContext"]["requestId"] == request_id
+    assert letter.record["requestContext"]["condition"] == "Success"
+    await wait_for(lambda: queue_drained(nats_server.url), bool, what="the async queue drained")
