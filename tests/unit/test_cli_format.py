@@ -21,7 +21,7 @@ from kubelambda.cli._format import (
     ready_column,
     render_table,
 )
-from kubelambda.cli._package import INLINE_LIMIT, Package, collect, inline_files, make_zip
+from kubelambda.cli._package import INLINE_LIMIT, Package, built_code, collect, inline_files, make_zip
 from kubelambda.cli.project import TEMPLATE_OF, function_name_for, render_scaffold
 from kubelambda.resources.configmap import CONFIGMAP_LIMIT_BYTES
 
@@ -236,3 +236,25 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["init", "cobol", "x"])
     assert exit_info.value.code == 2
+
+
+def test_python_requirements_are_installed_beside_the_handler(tmp_path: Path) -> None:
+    # A local wheel, so that pip needs no index: built by hand (a wheel is a zip with a dist-info folder).
+    wheel = tmp_path / "fn" / "greet-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("greet/__init__.py", "def hello():\n    return 'hi'\n")
+        zf.writestr("greet-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: greet\nVersion: 1.0\n")
+        zf.writestr(
+            "greet-1.0.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        zf.writestr("greet-1.0.dist-info/RECORD", "greet/__init__.py,,\ngreet-1.0.dist-info/METADATA,,\n")
+    (tmp_path / "fn" / "app.py").write_text("import greet\n")
+    (tmp_path / "fn" / "requirements.txt").write_text("# deps\n./greet-1.0-py3-none-any.whl\n")
+    steps: list[str] = []
+    with built_code(tmp_path / "fn", "python3.12", progress=steps.append) as package:
+        files = set(package.files)
+    assert steps == ["Installing requirements.txt (pip install --target)"]
+    assert {"app.py", "requirements.txt", "greet/__init__.py", "greet-1.0.dist-info/METADATA"} <= files
+    assert inline_files(Package({k: (b"", False) for k in files}))[0] is None  # subfolders: a zip

@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -117,7 +118,8 @@ def _run(argv: list[str], *, cwd: Path, what: str, env: dict[str, str] | None = 
 
 @contextmanager
 def built_code(folder: Path, runtime: str, *, progress: Any) -> Iterator[Package]:
-    """The package to deploy: Maven's output for a java project, a Go ``bootstrap``, else the folder itself."""
+    """The package to deploy: Maven's output for a java project, a Go ``bootstrap``, else the folder itself
+    (for Python, with ``requirements.txt`` installed beside it by this machine's pip)."""
     if runtime.startswith("java") and (folder / "pom.xml").exists():
         progress("Building with Maven (mvn -B -q package)")
         _run(["mvn", "-B", "-q", "-DskipTests", "package"], cwd=folder, what="the Maven build")
@@ -152,7 +154,29 @@ def built_code(folder: Path, runtime: str, *, progress: Any) -> Iterator[Package
             )
             yield Package({"bootstrap": ((Path(out) / "bootstrap").read_bytes(), True)})
         return
+    if runtime.startswith("python") and _has_requirements(folder / "requirements.txt"):
+        # Lambda's deployment package layout: the dependencies at the top, next to the handler.
+        progress("Installing requirements.txt (pip install --target)")
+        with tempfile.TemporaryDirectory(prefix="kubelambda-deps-") as out:
+            _run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+                 "--target", out, "-r", "requirements.txt"],
+                cwd=folder,
+                what="pip install -r requirements.txt",
+            )  # fmt: skip
+            package = collect(Path(out), skip=())
+            package.files = {k: v for k, v in package.files.items() if not k.startswith("bin/")}
+            package.files.update(collect(folder).files)
+            yield package
+        return
     yield collect(folder)
+
+
+def _has_requirements(path: Path) -> bool:
+    if not path.exists():
+        return False
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return any(lines)
 
 
 # ---- the bucket ------------------------------------------------------------------------------------
