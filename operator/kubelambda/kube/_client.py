@@ -111,7 +111,8 @@ class KubeClient:
             key = _materialize(user.get("client-key-data"), user.get("client-key"), tmpdir, "key")
             if cert and key:
                 ctx.load_cert_chain(cert, key)
-        return cls(cluster["server"], ssl_context=ctx)
+        # A static bearer token (a ServiceAccount's kubeconfig) when the user has one.
+        return cls(cluster["server"], ssl_context=ctx, token=user.get("token"))
 
     @classmethod
     def in_cluster(cls, *, directory: Path = _IN_CLUSTER_DIR) -> Self:
