@@ -9,7 +9,8 @@ SeaweedFS, with a warm Function whose handler reports the moment it starts to a 
    - notification mode: PutObject, then the MinIO-format webhook POST to the bridge (SeaweedFS sends no S3
      notifications, so this process plays MinIO, which posts right after the write) → function start;
    - poll mode at ``--poll-interval`` seconds: PutObject → function start (expect about interval/2 more).
-   Uploads are spaced by a random 0..0.5 s so that they do not line up with the poll period.
+   Samples are spaced by a random 0..0.5 s (poll mode: 0..interval, so that uploads fall uniformly within the
+   poll period and the figure is not biased by lining up with it).
 2. Events per second through one bridge, beside the gateway's own Event invocations/s in the same run:
    - notification: ``--events`` webhook POSTs (one record each), ``--concurrency`` at a time, until all are
      answered (= accepted by the gateway); baseline: as many Event invocations straight to the gateway;
@@ -17,7 +18,7 @@ SeaweedFS, with a warm Function whose handler reports the moment it starts to a 
      first accepted invocation to its last (its ``kubelambda_bridge_events_total``).
    Before each phase the function has run every event queued by the previous one, so phases do not compete.
 
-Bridges run as their own processes (``python -m kubelambda.bridge``), as the Trigger's Deployment would run them.
+The bridges are the pods the operator runs for the two Triggers (the notification one with the token it generates).
 
 Run: ``make bench-bucket`` (or ``.venv/bin/python bench/bucket_bench.py --samples 40 --events 1000``).
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import base64
 import random
 import subprocess
 import sys
@@ -50,7 +51,6 @@ from kubelambda.devcluster.servers import S3Server
 from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench-bucket"
-TOKEN = "bench-token"
 HANDLER = """
 import json
 import os
@@ -123,11 +123,13 @@ class Receiver:
     def __init__(self) -> None:
         self.port = free_port()
         self.started: dict[str, float] = {}
+        self.runs: dict[str, int] = {}
         self.count = 0
 
     async def _hit(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.count += 1
+        self.runs[body["key"]] = self.runs.get(body["key"], 0) + 1
         self.started.setdefault(body["key"], body["t"])
         return web.Response(status=204)
 
@@ -147,22 +149,28 @@ class Receiver:
 
 
 class Bridge:
-    def __init__(self, state: DevState, name: str, log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "KUBELAMBDA_BRIDGE_KUBECONFIG": state.kubeconfig,
-            "KUBELAMBDA_BRIDGE_GATEWAY_URL": state.gateway_url or "",
-            "KUBELAMBDA_BRIDGE_HOST": "127.0.0.1",
-            "KUBELAMBDA_BRIDGE_PORT": str(self.port),
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubelambda.bridge", "--trigger", f"{NS}/{name}"],
-            env=env,
-            stdout=(log_dir / f"bridge-{name}.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+    """The bridge pod the operator runs for Trigger ``name`` (Deployment ``<name>-bridge``), on its pod address."""
+
+    def __init__(self, ip: str) -> None:
+        self.url = f"http://{ip}:8080"
+
+    @classmethod
+    async def of(cls, kube: KubeClient, name: str) -> Bridge:
+        async def ready_ip() -> str | None:
+            pods = await kube.get(
+                resource_path("v1", "pods", namespace=NS),
+                params={"labelSelector": f"kubelambda.io/trigger={name}"},
+            )
+            for pod in pods["items"]:
+                ready = any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in pod["status"].get("conditions") or []
+                )
+                if ready and pod["status"].get("podIP"):
+                    return str(pod["status"]["podIP"])
+            return None
+
+        return cls(await wait(ready_ip, bool, f"the bridge pod of Trigger {name} ready", 120))
 
     async def events_total(self, http: aiohttp.ClientSession) -> float:
         try:
@@ -174,10 +182,6 @@ class Bridge:
             if line.startswith("kubelambda_bridge_events_total "):
                 return float(line.split()[1])
         return 0.0
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def s3_client(endpoint: str) -> Any:
@@ -231,7 +235,7 @@ def minio_notification(bucket: str, key: str, size: int, etag: str) -> dict[str,
 
 
 async def latency_runs(
-    label: str, samples: int, action: Callable[[str], Awaitable[float]], receiver: Receiver
+    label: str, samples: int, action: Callable[[str], Awaitable[float]], receiver: Receiver, *, spacing: float
 ) -> list[float]:
     """``action(key)`` starts one event and returns when it started (epoch s); returns start → function start."""
     out = []
@@ -239,7 +243,7 @@ async def latency_runs(
         key = f"{label}/{i:04d}-{random.getrandbits(32):08x}.bin"
         began = await action(key)
         out.append(await receiver.started_at(key) - began)
-        await asyncio.sleep(random.uniform(0, 0.5))
+        await asyncio.sleep(random.uniform(0, spacing))
     return out
 
 
@@ -264,7 +268,6 @@ async def run(args: argparse.Namespace, state: DevState, tmp: Path) -> None:
     s3_server = S3Server(tmp / "seaweedfs")
     await s3_server.start()
     s3 = s3_client(s3_server.endpoint)
-    bridges: list[Bridge] = []
     try:
         async with KubeClient.from_kubeconfig(state.kubeconfig) as kube, aiohttp.ClientSession() as http:
             await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
@@ -274,10 +277,6 @@ async def run(args: argparse.Namespace, state: DevState, tmp: Path) -> None:
                 ),
                 lambda sa: sa is not None,
                 "default ServiceAccount",
-            )
-            await kube.create(
-                resource_path("v1", "secrets", namespace=NS),
-                {"metadata": {"name": "pushed-bucket-token"}, "stringData": {"token": TOKEN}},
             )
             await kube.create(
                 resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS),
@@ -310,10 +309,12 @@ async def run(args: argparse.Namespace, state: DevState, tmp: Path) -> None:
                     pollIntervalSeconds=args.poll_interval,
                 ),
             )
-            pushed = Bridge(state, "pushed", tmp)
-            polled = Bridge(state, "polled", tmp)
-            bridges += [pushed, polled]
-            await wait(lambda: pushed.events_total(http), lambda v: v >= 0, "the notification bridge up")
+            pushed = await Bridge.of(kube, "pushed")
+            polled = await Bridge.of(kube, "polled")
+            token_secret = await kube.get(
+                resource_path("v1", "secrets", namespace=NS, name="pushed-bucket-token")
+            )
+            token = base64.b64decode(token_secret["data"]["token"]).decode()  # generated by the operator
             await wait(
                 lambda: kube.get_or_none(
                     resource_path("v1", "configmaps", namespace=NS, name="polled-checkpoint")
@@ -323,7 +324,7 @@ async def run(args: argparse.Namespace, state: DevState, tmp: Path) -> None:
             )
             invoke_url = f"{gateway}/2015-03-31/functions/{NS}%2Fprobe/invocations"
             event_headers = {"X-Amz-Invocation-Type": "Event", "Content-Type": "application/json"}
-            webhook_headers = {"Authorization": f"Bearer {TOKEN}"}
+            webhook_headers = {"Authorization": f"Bearer {token}"}
 
             async def invoke_event(payload: dict[str, Any]) -> None:
                 async with http.post(invoke_url, json=payload, headers=event_headers) as resp:
@@ -359,10 +360,10 @@ async def run(args: argparse.Namespace, state: DevState, tmp: Path) -> None:
                 return began
 
             print(f"\n== Upload → function start, {args.samples} samples each (warm function, local cluster)")
-            baseline_event = await latency_runs("direct", args.samples, direct, receiver)
-            notification = await latency_runs("notification", args.samples, notified, receiver)
+            baseline_event = await latency_runs("direct", args.samples, direct, receiver, spacing=0.5)
+            notification = await latency_runs("notification", args.samples, notified, receiver, spacing=0.5)
             put_only = list(put_times)
-            poll = await latency_runs("poll", args.samples, polled_put, receiver)
+            poll = await latency_runs("poll", args.samples, polled_put, receiver, spacing=args.poll_interval)
             print(f"  baseline A: PutObject alone                     {summary(put_only)}")
             print(f"  baseline B: Event invoke → function start       {summary(baseline_event)}")
             print(f"  notification: PutObject + webhook → start        {summary(notification)}")
@@ -388,7 +389,7 @@ async def run(args: argparse.Namespace, state: DevState, tmp: Path) -> None:
             await drained(expected)
 
             async def webhook(i: int) -> None:
-                body = minio_notification("pushed", f"tput/{i:06d}", 1, "0" * 32)
+                body = minio_notification("pushed", f"hook/{i:06d}", 1, "0" * 32)
                 async with http.post(f"{pushed.url}/events", json=body, headers=webhook_headers) as resp:
                     assert resp.status == 200, (resp.status, await resp.text())
 
@@ -430,9 +431,13 @@ async def run(args: argparse.Namespace, state: DevState, tmp: Path) -> None:
             expected += n
             await drained(expected)
             print(f"  (all {expected} events ran the function; it reported {receiver.count} starts)")
+            repeats: dict[str, int] = {}
+            for k, runs in receiver.runs.items():
+                if runs > 1:
+                    phase = k.split("/")[0].split("-")[0]
+                    repeats[phase] = repeats.get(phase, 0) + runs - 1
+            print(f"  repeated runs by phase (at-least-once): {repeats or 'none'}")
     finally:
-        for bridge in bridges:
-            bridge.stop()
         await s3_server.stop()
         await runner.cleanup()
 
