@@ -381,6 +381,20 @@ async def end_to_end(
         f"  queue oldest event age during the run: p50 {pct(ages, 0.5):.1f} s, max {max(ages, default=0):.1f} s "
         f"({len(ages)} samples)"
     )
+    async with http.get(f"{gateway.url}/metrics") as resp:
+        exported = await resp.text()
+    counted = {
+        what: sum(
+            float(line.rpartition(" ")[2])
+            for line in exported.splitlines()
+            if line.startswith(f"kubelambda_async_{what}_total{{")
+        )
+        for what in ("requeues", "retries", "events_dropped")
+    }
+    print(
+        f"  requeued after a throttle or platform error: {counted['requeues']:.0f}, retried: "
+        f"{counted['retries']:.0f}, dropped: {counted['events_dropped']:.0f}"
+    )
 
 
 async def main() -> None:
