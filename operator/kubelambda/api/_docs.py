@@ -13,6 +13,7 @@ from typing import Any
 
 from kubelambda.api._crd import CRDS, crd_documents
 from kubelambda.api.v1alpha1 import API_VERSION
+from kubelambda.api.v1alpha1._common import CONDITION_REASON, DNS_LABEL, DNS_SUBDOMAIN
 
 JSON = dict[str, Any]
 
@@ -32,6 +33,14 @@ CEL validations of an object: the message is what `kubectl apply` prints when th
 """
 
 
+# Patterns that read better as words (the same regular expressions Kubernetes validates names with).
+_NAMED_PATTERNS = {
+    DNS_SUBDOMAIN: "a DNS subdomain name (RFC 1123: lower-case alphanumerics, `-`, `.`)",
+    DNS_LABEL: "a DNS label (RFC 1123: lower-case alphanumerics and `-`)",
+    CONDITION_REASON: "a CamelCase reason",
+}
+
+
 def _code(value: Any) -> str:
     if isinstance(value, bool):
         text = "true" if value else "false"
@@ -39,7 +48,7 @@ def _code(value: Any) -> str:
         text = json.dumps(value, separators=(", ", ": "), sort_keys=False)
     else:
         text = str(value)
-    return "`" + text.replace("|", "\\|") + "`"
+    return f"`{text}`"
 
 
 def _cell(text: str) -> str:
@@ -83,7 +92,8 @@ def _limits(node: JSON) -> str:
             right = f" ≤ {node[hi]}" if hi in node else ""
             parts.append(f"{left}{what}{right}")
     if "pattern" in node:
-        parts.append(f"matches {_code(node['pattern'])}")
+        named = _NAMED_PATTERNS.get(node["pattern"])
+        parts.append(named or f"matches {_code(node['pattern'])}")
     items = node.get("items")
     if node.get("type") == "array" and isinstance(items, dict) and items.get("type") != "object":
         inner = _limits(items)
