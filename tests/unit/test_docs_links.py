@@ -68,3 +68,11 @@ def test_relative_links_resolve(page: Path) -> None:
         elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(f"{target}: no heading #{anchor} in {dest.relative_to(ROOT)}")
     assert not broken, f"{page.relative_to(ROOT)}: {broken}"
+
+
+def test_the_readme_indexes_every_page() -> None:
+    linked = {
+        (ROOT / t.partition("#")[0]).resolve() for t in _links(ROOT / "README.md") if t.startswith("docs/")
+    }
+    unlisted = [str(p.relative_to(ROOT)) for p in PAGES if p.parent != ROOT and p.resolve() not in linked]
+    assert not unlisted, f"pages missing from the README's documentation index: {unlisted}"
