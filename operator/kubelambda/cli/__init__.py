@@ -77,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         client = sys.modules.get("kubelambda.kube._client")
         if client is None or not isinstance(e, client.ApiError):
             raise
-        hint = "check your permissions (kubectl auth can-i)" if e.status in (401, 403) else None
+        hint = None
+        if e.status in (401, 403):
+            hint = "check your permissions (kubectl auth can-i)"
+        elif e.status == 404:  # a list of Functions is only a 404 when the CRD is missing
+            hint = "are kubelambda's CRDs installed? (helm install, or kubelambda dev up)"
         _fail(f"the API server answered {e.status} {e.reason}: {' '.join(e.message.split())}", hint)
         return EXIT_ERROR
     return result

@@ -323,7 +323,7 @@ def register(commands: Any) -> None:
     deploy = commands.add_parser(
         "deploy",
         help="package DIR's code, apply its Function (server-side apply) and wait until Ready",
-        description="Read DIR/function.yaml, build (Maven for java21, Go for go), package the code "
+        description="Read DIR/function.yaml, build (Maven for java21, Go for go, pip for requirements.txt), package the code "
         "(inline when small, else a zip in a bucket), apply the Function and wait for Ready.",
     )
     deploy.add_argument(
