@@ -255,6 +255,19 @@ def test_the_checkpoint_round_trips_and_an_empty_configmap_means_never_listed() 
         s3e.decode_state({"format": "other", "objects": ""})
 
 
+def test_a_checkpoint_of_another_bucket_or_filter_counts_as_never_listed() -> None:
+    scope = s3e.listing_scope(endpoint="http://s3:9000/", bucket="a", prefix="in/", suffix="")
+    assert scope == s3e.listing_scope(endpoint="http://s3:9000", bucket="a", prefix="in/", suffix="")
+    data = s3e.encode_state({"in/k": "AAAAAAAA"}, scope=scope)
+    assert s3e.decode_state(data, scope=scope) == {"in/k": "AAAAAAAA"}
+    for other in (
+        s3e.listing_scope(endpoint="http://s3:9000", bucket="b", prefix="in/", suffix=""),
+        s3e.listing_scope(endpoint="http://s3:9000", bucket="a", prefix="", suffix=""),
+        s3e.listing_scope(endpoint="http://other:9000", bucket="a", prefix="in/", suffix=""),
+    ):
+        assert s3e.decode_state(data, scope=other) is None
+
+
 def test_the_checkpoint_holds_70000_typical_keys_under_the_configmap_limit() -> None:
     objects = [
         listed(f"uploads/2026/11/{i % 28 + 1:02d}/photo-{i:06d}.jpg", f"{i:032x}") for i in range(70_000)

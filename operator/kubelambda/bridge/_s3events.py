@@ -303,7 +303,13 @@ class CheckpointTooLarge(ValueError):
     """The encoded object list does not fit a ConfigMap."""
 
 
-def encode_state(state: Mapping[str, str]) -> dict[str, str]:
+def listing_scope(*, endpoint: str, bucket: str, prefix: str, suffix: str) -> str:
+    """What a poll checkpoint's object list is a list of. A Trigger edited to watch another endpoint, bucket or
+    filter starts from a new first listing instead of reporting the old objects removed and the new ones created."""
+    return hashlib.sha256("\0".join((endpoint.rstrip("/"), bucket, prefix, suffix)).encode()).hexdigest()[:16]
+
+
+def encode_state(state: Mapping[str, str], *, scope: str = "") -> dict[str, str]:
     """The checkpoint ConfigMap's data: the sorted (key, fingerprint) pairs as gzip'd JSON, base64.
 
     Sorted keys share prefixes, which gzip folds: about 14 bytes per object for keys like
@@ -318,13 +324,16 @@ def encode_state(state: Mapping[str, str]) -> dict[str, str]:
             f"{len(state)} objects take {len(encoded)} bytes encoded, over the {MAX_CHECKPOINT_BYTES} "
             "a ConfigMap can hold; narrow the Trigger with filter.prefix/suffix"
         )
-    return {"format": CHECKPOINT_FORMAT, "objects": encoded, "count": str(len(state))}
+    return {"format": CHECKPOINT_FORMAT, "objects": encoded, "count": str(len(state)), "scope": scope}
 
 
-def decode_state(data: Mapping[str, str]) -> dict[str, str] | None:
-    """The state saved by :func:`encode_state`, or None when the bridge never listed the bucket (a fresh,
-    empty checkpoint ConfigMap); raises ``ValueError`` for a checkpoint in another format."""
+def decode_state(data: Mapping[str, str], *, scope: str = "") -> dict[str, str] | None:
+    """The state saved by :func:`encode_state`, or None when the bridge never listed this bucket (a fresh,
+    empty checkpoint ConfigMap, or one saved for another :func:`listing_scope`); raises ``ValueError`` for a
+    checkpoint in another format."""
     if not data.get("objects") and data.get("format") is None:
+        return None
+    if data.get("scope", "") != scope:
         return None
     if data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint format {data.get('format')!r} is not {CHECKPOINT_FORMAT!r}")

@@ -70,6 +70,12 @@ class BucketBridge:
         self._token_read_at = -1e9
         self._token_lock = asyncio.Lock()
         self._invoke_slots = asyncio.Semaphore(INVOKE_CONCURRENCY)
+        self._scope = s3e.listing_scope(
+            endpoint=self.source.endpoint,
+            bucket=self.source.bucket,
+            prefix=self.source.filter.prefix,
+            suffix=self.source.filter.suffix,
+        )
 
     # ---- shared
 
@@ -236,7 +242,7 @@ class BucketBridge:
     async def _save(self, state: dict[str, str]) -> None:
         """Writes the checkpoint, retrying until the API server takes it (the repeat bound depends on it)."""
         try:
-            data = s3e.encode_state(state)
+            data = s3e.encode_state(state, scope=self._scope)
         except s3e.CheckpointTooLarge as e:
             log.error("Could not checkpoint Trigger %s/%s: %s", self.ctx.namespace, self.ctx.name, e)
             return
@@ -279,7 +285,7 @@ class BucketBridge:
         from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
         session = get_session()
-        loaded = s3e.decode_state(await self.ctx.checkpoint.load())
+        loaded = s3e.decode_state(await self.ctx.checkpoint.load(), scope=self._scope)
         state: dict[str, str] | None = loaded
         attempt = 0
         while True:
