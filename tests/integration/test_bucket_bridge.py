@@ -490,6 +490,19 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
         async with http.post(webhook, data=b"not json", headers=auth) as resp:
             assert resp.status == 400
 
+    # A gateway that does not answer: the store is told to retry (not 2xx), nothing is lost silently.
+    port = free_port()
+    down = f"http://127.0.0.1:{free_port()}"
+    async with (
+        bridge_in_process(cluster, namespace, "pushed", down, port=port),
+        aiohttp.ClientSession() as http,
+    ):
+        webhook = f"http://127.0.0.1:{port}/events"
+        await wait_for(lambda: http_status(http, webhook), lambda s: s == 200, what="the webhook up")
+        async with http.post(webhook, json=notification(minio_record("retry.jpg")), headers=auth) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["accepted"] == 0
+
 
 async def http_status(http: aiohttp.ClientSession, url: str) -> int:
     try:
