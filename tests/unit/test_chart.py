@@ -108,7 +108,7 @@ def test_default_render(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == sorted(
-        {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget",
+        {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy",
          "Role", "RoleBinding", "Service", "ServiceAccount", "StatefulSet"}
     )  # fmt: skip
     operator = find(docs, "Deployment", "kubelambda-operator")
@@ -130,9 +130,9 @@ def test_default_render(helm: Path) -> None:
     from kubelambda.resources.labels import GATEWAY_LABELS
 
     assert GATEWAY_LABELS.items() <= labels.items()
-    assert [d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"] == [
-        "kubelambda-gateway"
-    ]
+    # One gateway replica by default (exact concurrency limits): no PodDisruptionBudget to keep one of one.
+    assert gateway["spec"]["replicas"] == 1
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
     nats = find(docs, "StatefulSet", "kubelambda-nats")
     assert nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert "jetstream" in find(docs, "ConfigMap", "kubelambda-nats")["data"]["nats.conf"]
