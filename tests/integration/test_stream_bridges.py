@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import json
 import secrets
 from collections import Counter
@@ -511,6 +512,40 @@ async def test_a_bridge_killed_mid_run_loses_nothing(
     assert not early, f"replayed before the checkpoint {checkpoint}: {early[:5]}"
     assert len(replayed) // 2 < before, f"{len(replayed) // 2} duplicates after {before} records"
     check_order(rows)
+    await delete_trigger(kube, platform.namespace, name)
+
+
+@pytest.mark.parametrize("kind", SOURCES)
+async def test_at_timestamp_starts_at_the_first_record_stored_at_or_after_it(
+    kind: str, brokers: Brokers, platform: Platform, cluster: Cluster, kube: KubeClient
+) -> None:
+    name = f"at-{kind}"
+    await brokers.create(kind, name)
+    await brokers.publish(kind, name, [("k", payload(i)) for i in range(50)])
+    # Whole seconds apart, so that no broker's timestamp precision can put a record on the wrong side.
+    await asyncio.sleep(1.1)
+    start = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(seconds=1)
+    await asyncio.sleep(max(0.0, (start - datetime.datetime.now(datetime.UTC)).total_seconds()) + 0.1)
+    await brokers.publish(kind, name, [("k", payload(i)) for i in range(50, 100)])
+    cluster.apply(
+        trigger(
+            kind,
+            name,
+            brokers,
+            startingPosition="AT_TIMESTAMP",
+            startingPositionTimestamp=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        ),
+        platform.namespace,
+    )
+    seen = Seen(platform.out / name)
+    stop = asyncio.Event()
+    bridge = asyncio.create_task(run_bridge(platform.namespace, name, settings(platform, cluster), stop=stop))
+    try:
+        await wait_for(seen.count, lambda n: n >= 50, what="the 50 later records", timeout=60)
+    finally:
+        stop.set()
+        await bridge
+    assert sorted(seen.indexes()) == list(range(50, 100))
     await delete_trigger(kube, platform.namespace, name)
 
 
