@@ -6,7 +6,7 @@ in the same run, on a queue pre-filled with N messages:
 1. **ceiling**: the broker's own consumer throughput with the same client library the bridge uses, draining the
    queue the way the bridge does but without invoking anything (aio-pika consumer with prefetch and one ack per
    message; a NATS pull consumer fetching a batch and acking each message; Redis ``XREADGROUP COUNT`` +
-   ``XACK``; SQS ``ReceiveMessage`` x5 in parallel + ``DeleteMessageBatch``);
+   ``XACK``; SQS ``ReceiveMessage`` x10 in parallel + ``DeleteMessageBatch``);
 2. **bridge**: the Trigger's bridge as its own process (``python -m kubelambda.bridge``, maxConcurrency 8)
    invoking a no-op Python function through the gateway, acknowledging after each success. The rate is counted
    from the bridge's first acknowledged batch to its N-th acknowledged message (its own
@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from kltest import Cluster, start_cluster  # noqa: E402
 from kltest.bridge import BridgeProcess  # noqa: E402
 from kltest.platform import deploy, python_function, start_gateway, start_operator, stop_gateway  # noqa: E402
+from kubelambda.bridge.queues.sqs import MAX_POLLERS as SQS_POLLERS  # noqa: E402
 from kubelambda.devcluster._process import free_port  # noqa: E402
 from kubelambda.devcluster.servers import NatsServer, RabbitMQServer, RedisServer, SqsServer  # noqa: E402
 from kubelambda.kube import KubeClient, resource_path  # noqa: E402
@@ -49,6 +50,7 @@ NS = "bench-queues"
 FUNCTION = "noop"
 CONCURRENCY = 8
 HANDLER = "def handler(event, context):\n    return {}\n"
+BROKERS = ["rabbitmq", "nats", "redis", "sqs"]
 
 
 def bodies(n: int) -> list[bytes]:
@@ -209,7 +211,7 @@ class Sqs:
             got = 0
             started = time.perf_counter()
             while got < n:
-                pollers = min(5, math.ceil(batch / 10))
+                pollers = min(SQS_POLLERS, math.ceil(batch / 10))
                 answers = await asyncio.gather(
                     *(
                         sqs.receive_message(
@@ -306,7 +308,7 @@ async def through_bridge(
     raise RuntimeError(f"the bridge did not deliver {n} messages:\n{bridge.log()[-3000:]}")
 
 
-async def main(n: int, batches: list[int]) -> None:
+async def main(n: int, batches: list[int], only: list[str]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="queue-bench-"))
     cluster = start_cluster(tmp / "cluster")
     servers = {
@@ -342,6 +344,8 @@ async def main(n: int, batches: list[int]) -> None:
             try:
                 for batch in batches:
                     for kind, broker in brokers.items():
+                        if kind not in only:
+                            continue
                         ceiling_q, bridge_q = f"{kind}-ceiling-{batch}", f"{kind}-bridge-{batch}"
                         await broker.fill(ceiling_q, n)
                         ceiling = n / await broker.drain(ceiling_q, n, batch)
@@ -369,5 +373,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000, help="messages per run (default 10000)")
     parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 100 and 10)")
+    parser.add_argument(
+        "--broker", action="append", choices=BROKERS, help="brokers (default: rabbitmq, nats, redis, sqs)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.messages, args.batch or [100, 10]))
+    asyncio.run(main(args.messages, args.batch or [100, 10], args.broker or BROKERS))

@@ -10,3 +10,7 @@ queue-servers: venv
 # throughput with the same client library in the same run.
 bench-queues: venv binaries queue-servers
 	$(PY) bench/queue_bench.py --messages 10000
+
+# `make test` resolves ElasticMQ first, so that a fresh machine fails here, with Maven's own message, if at all.
+test: queue-servers
+integration: queue-servers

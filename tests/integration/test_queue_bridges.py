@@ -633,3 +633,43 @@ async def test_the_queue_worker_example_is_accepted_by_the_api_server(
     namespace, _ = worker
     path = REPO / "examples" / "queue-worker" / f"{name}.yaml"
     cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path))
+
+
+async def test_an_unreachable_broker_is_reported_and_recovered(
+    cluster: Cluster, kube: KubeClient, worker: tuple[str, str], records: Records, tmp_path: Path
+) -> None:
+    """Redis goes away under the bridge: SourceReachable turns False with the error, the bridge reconnects
+    with backoff once Redis is back on the same port, and delivers what was published meanwhile."""
+    namespace, _ = worker
+    server = RedisServer(tmp_path / "redis")
+    await server.start()
+    run = Run(cluster, worker, {"redis": server}, "redis", tmp_path)
+    try:
+        await run.start("down", batch_size=10, window=0)
+
+        async def reachable() -> str:
+            status = await trigger_status(kube, namespace, run.name)
+            return next(
+                (c["status"] for c in status.get("conditions", []) if c["type"] == "SourceReachable"), ""
+            )
+
+        await wait_for(reachable, lambda s: s == "True", what="SourceReachable True")
+        await server.stop()
+        await wait_for(reachable, lambda s: s == "False", what="SourceReachable False while Redis is down")
+        status = await trigger_status(kube, namespace, run.name)
+        (condition,) = [c for c in status["conditions"] if c["type"] == "SourceReachable"]
+        assert condition["reason"] == "Unreachable"
+        assert condition["message"]
+        server = RedisServer(tmp_path / "redis-again", port=server.port)
+        await server.start()
+        await run.queue.publish(run.name, [f"back-{i}".encode() for i in range(20)])
+        await wait_for(
+            lambda: asyncio.sleep(0, result=len(bodies_seen(records, run.name))),
+            lambda n: n >= 20,
+            what="the messages published after Redis came back",
+            timeout=90,
+        )
+        await wait_for(reachable, lambda s: s == "True", what="SourceReachable True again")
+    finally:
+        await run.stop()
+        await server.stop()

@@ -32,7 +32,7 @@ from kubelambda.bridge.queues._core import QueueConsumer, QueueSettings
 
 log = logging.getLogger("kubelambda.bridge.queues")
 MAX_RECEIVE = 10
-MAX_POLLERS = 5
+MAX_POLLERS = 10  # ReceiveMessage calls at once: a batch of 100 in one round
 
 
 def message_attributes(raw: dict[str, Any] | None) -> dict[str, Any]:
