@@ -29,7 +29,7 @@ else
   done
   echo "stream-servers: resolving Kafka $kafka_version with Maven into $kafka" >&2
   rm -rf "$kafka" && mkdir -p "$kafka"
-  "$mvn" -q -B -f "$root/hack/kafka/pom.xml" dependency:copy-dependencies \
+  "$mvn" -q -B -Dstyle.color=never -f "$root/hack/kafka/pom.xml" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$kafka/lib" >&2
   touch "$kafka/.complete"
 fi
