@@ -305,19 +305,19 @@ async def worker(cluster: Cluster, kube: KubeClient, records: Records) -> AsyncI
     operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
     gateway, url = await start_gateway(cluster, kube, slot_wait_seconds=5.0, autoscale_interval_seconds=0.5)
     try:
-        doc = python_function(
-            "worker",
-            HANDLER,
-            timeoutSeconds=60,
-            environment={"RECORDS_URL": records.url("").rstrip("/")},
-            concurrency={"perInstance": 4},
-            scaling={"minInstances": 1},
-        )
-        await deploy(cluster, gateway, namespace, doc)
-    finally:
-        # From here on Triggers get no bridge Deployment: each test runs the bridge process it needs.
-        await operator.stop()
-    try:
+        try:
+            doc = python_function(
+                "worker",
+                HANDLER,
+                timeoutSeconds=60,
+                environment={"RECORDS_URL": records.url("").rstrip("/")},
+                concurrency={"perInstance": 4},
+                scaling={"minInstances": 1},
+            )
+            await deploy(cluster, gateway, namespace, doc)
+        finally:
+            # From here on Triggers get no bridge Deployment: each test runs the bridge process it needs.
+            await operator.stop()
         yield namespace, url
     finally:
         await stop_gateway(gateway)
