@@ -305,7 +305,7 @@ class S3Server(LocalServer):
                 f"-volume.port={self.volume_port}",
                 f"-filer.port={self.filer_port}",
                 "-master.volumeSizeLimitMB=64",
-                "-volume.max=16",
+                "-volume.max=128",  # each bucket is a collection with volumes of its own
                 "-s3",
                 f"-s3.port={self.s3_port}",
                 "-s3.port.iceberg=0",
