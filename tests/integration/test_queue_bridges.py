@@ -315,6 +315,14 @@ async def worker(cluster: Cluster, kube: KubeClient, records: Records) -> AsyncI
                 scaling={"minInstances": 1},
             )
             await deploy(cluster, gateway, namespace, doc)
+            # The same worker under a name the throttle test can throttle (reserved concurrency 0) and release.
+            # (No minimum instances: reserved concurrency 0 must stay valid.)
+            gated = {
+                **doc,
+                "metadata": {"name": "gated"},
+                "spec": {**doc["spec"], "scaling": {"minInstances": 0}},
+            }
+            await deploy(cluster, gateway, namespace, gated)
         finally:
             # From here on Triggers get no bridge Deployment: each test runs the bridge process it needs.
             await operator.stop()
@@ -358,6 +366,7 @@ class Run:
         visibility_seconds: int = 30,
         report_batch_item_failures: bool = True,
         bridge: bool = True,
+        function: str = "worker",
     ) -> None:
         self.name = f"{self.broker}-{name}"
         source = await self.queue.create(self.name, visibility_seconds=visibility_seconds)
@@ -366,7 +375,7 @@ class Run:
             "kind": "Trigger",
             "metadata": {"name": self.name},
             "spec": {
-                "function": "worker",
+                "function": function,
                 "queue": {
                     **source,
                     "batchSize": batch_size,
@@ -673,3 +682,38 @@ async def test_an_unreachable_broker_is_reported_and_recovered(
     finally:
         await run.stop()
         await server.stop()
+
+
+def set_reserved(cluster: Cluster, namespace: str, name: str, reserved: int | None) -> None:
+    patch = {"spec": {"concurrency": {"reserved": reserved}}}
+    cluster.kubectl("patch", "fn", name, "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+
+
+@pytest.mark.parametrize("run", BROKERS, indirect=True)
+async def test_a_throttled_function_uses_no_delivery_attempt(run: Run, records: Records) -> None:
+    """Reserved concurrency 0 makes every invocation a 429: the bridge holds the batch (renewing the broker's
+    lease, visibility timeout 2 s) and backs off; once the limit is lifted every message arrives on its first
+    receive."""
+    set_reserved(run.cluster, run.namespace, "gated", 0)
+    try:
+        await run.start("throttled", batch_size=10, window=0, visibility_seconds=2, function="gated")
+        await run.queue.publish(run.name, [f"t-{i:02d}".encode() for i in range(20)])
+        assert run.bridge is not None
+        bridge = run.bridge
+        await wait_for(
+            lambda: asyncio.sleep(0, result=bridge.log().count("Held a batch")),
+            lambda n: n >= 2,
+            what="the bridge holding throttled batches",
+            timeout=60,
+        )
+    finally:
+        set_reserved(run.cluster, run.namespace, "gated", None)
+    got = await wait_for(
+        lambda: asyncio.sleep(0, result=seen(records, run.name)),
+        lambda s: len({r["body"] for r in s}) >= 20,
+        what="the 20 messages once the throttle is lifted",
+        timeout=90,
+    )
+    assert sorted(r["body"] for r in got) == [f"t-{i:02d}" for i in range(20)], "a message came twice"
+    assert {r["attributes"]["ApproximateReceiveCount"] for r in got} == {"1"}
+    await wait_for(lambda: run.queue.settled(run.name), bool, what="the queue settled")
