@@ -220,3 +220,48 @@ async def test_an_unreachable_broker_is_reported_and_reconnected() -> None:
     assert broker.connects == 3
     assert [r for r, _ in ctx.status.reachable] == [True, False, True, False, True]
     assert "ConnectionError: broker down" in ctx.status.reachable[1][1]
+
+
+async def test_stopping_lets_the_batches_in_flight_finish_and_be_acknowledged() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    class Slow(Invoker):
+        async def invoke(self, payload: Any, *, asynchronous: bool = False) -> InvokeResult:
+            started.set()
+            await release.wait()
+            return await super().invoke(payload)
+
+    invoker = Slow(ok)
+    ctx = Ctx(invoker, batchSize=10)
+    broker = MemoryBroker(["a", "b", "c"])
+    consumer = QueueConsumer(ctx, broker, settings=FAST)  # type: ignore[arg-type]
+    task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(started.wait(), 5)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done(), "the consumer stopped without waiting for its batch in flight"
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert broker.acked == ["0", "1", "2"]
+
+
+async def test_stopping_gives_up_on_a_batch_after_the_drain_time() -> None:
+    never = asyncio.Event()
+
+    class Stuck(Invoker):
+        async def invoke(self, payload: Any, *, asynchronous: bool = False) -> InvokeResult:
+            await never.wait()
+            raise AssertionError("unreachable")
+
+    ctx = Ctx(Stuck(ok), batchSize=10)
+    broker = MemoryBroker(["a"])
+    settings = FAST.model_copy(update={"drain_seconds": 0.1})
+    consumer = QueueConsumer(ctx, broker, settings=settings)  # type: ignore[arg-type]
+    task = asyncio.create_task(consumer.run())
+    await wait_for(lambda: asyncio.sleep(0, result=not broker.ready), bool, what="the message fetched")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert broker.acked == []

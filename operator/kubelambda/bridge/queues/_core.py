@@ -10,7 +10,8 @@ A broker module implements :class:`Broker` (fetch, ack, return to the queue, kee
 - on a throttle (429) or a platform error keeps the batch (renewing the broker's lease), pauses polling with an
   exponential backoff and invokes again: such an answer never uses up one of the broker's delivery attempts,
 - reconnects with backoff when the broker is unreachable, reporting ``SourceReachable``; reports the queue depth
-  as the Trigger's ``lag``.
+  as the Trigger's ``lag``,
+- on stop, lets the batches in flight finish and be acknowledged (within ``drain_seconds``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class QueueSettings(BaseSettings):
     """Longest a single fetch waits for a first message (default 1 s)."""
     lag_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     """How often the queue depth is read for the Trigger's ``lag`` (default 5 s)."""
+    drain_seconds: float = Field(default=20.0, ge=0, le=3600)
+    """On stop, how long batches in flight may still finish and be acknowledged (default 20 s, within the
+    pod's 30 s termination grace period); what is still running then is left to the broker's redelivery."""
 
 
 class Broker(Protocol):
@@ -153,11 +157,23 @@ class QueueConsumer:
 
     async def _consume(self) -> None:
         slots = asyncio.Semaphore(self.spec.max_concurrency)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._report_depth())
+        inflight: set[asyncio.Task[None]] = set()
+        failed: list[BaseException] = []
+
+        def finished(task: asyncio.Task[None]) -> None:
+            inflight.discard(task)
+            slots.release()
+            if not task.cancelled() and task.exception() is not None:
+                failed.append(task.exception())  # type: ignore[arg-type]
+
+        depth = asyncio.create_task(self._report_depth())
+        try:
             while True:
                 await self._wait_backoff()
                 await slots.acquire()
+                if failed:
+                    slots.release()
+                    raise failed[0]  # a batch could not be acknowledged: the connection is gone
                 try:
                     batch = await self._gather()
                 except BaseException:
@@ -166,8 +182,21 @@ class QueueConsumer:
                 if not batch:
                     slots.release()
                     continue
-                task = group.create_task(self._process(batch))
-                task.add_done_callback(lambda _: slots.release())
+                task = asyncio.create_task(self._process(batch))
+                inflight.add(task)
+                task.add_done_callback(finished)
+        except asyncio.CancelledError:
+            # Stopping (SIGTERM, a rolled Deployment): let the batches in flight finish and be acknowledged,
+            # so a restart does not hand them out again, within the drain time.
+            if inflight:
+                log.info("Draining %d batch(es) in flight of Trigger %s", len(inflight), self.ctx.name)
+                await asyncio.wait(set(inflight), timeout=self.settings.drain_seconds)
+            raise
+        finally:
+            depth.cancel()
+            for task in list(inflight):
+                task.cancel()
+            await asyncio.gather(depth, *inflight, return_exceptions=True)
 
     async def _wait_backoff(self) -> None:
         delay = self._resume_at - time.monotonic()
