@@ -123,26 +123,27 @@ class QueueConsumer:
         self._carry: list[Message] = []
         self._not_delivered = 0  # consecutive throttled / platform-error answers, for the polling backoff
         self._resume_at = 0.0
+        # Consecutive failed connections, for the reconnect backoff; reset by the first fetch that works (a
+        # broker that accepts connections and then fails every read still backs off).
+        self._failures = 0
 
     # ---- the loop
 
     async def run(self) -> None:
-        failures = 0
         while True:
             try:
                 await self.broker.connect()
                 self.ctx.status.source_reachable(True, "")
-                failures = 0
                 await self._consume()
                 raise ConnectionError("the consumer stopped")
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the broker went away or refused us: report, back off, reconnect
-                failures += 1
+                self._failures += 1
                 message = _describe(e)
                 self.ctx.status.source_reachable(False, message)
                 delay = backoff_seconds(
-                    failures,
+                    self._failures,
                     minimum=self.settings.backoff_min_seconds,
                     maximum=self.settings.backoff_max_seconds,
                 )
@@ -221,6 +222,7 @@ class QueueConsumer:
                 else:
                     wait = self.settings.poll_seconds
                 pending = await self.broker.fetch(self.limits.batch_size - len(batch), wait_seconds=wait)
+                self._failures = 0
                 if not pending:
                     if batch:
                         continue
