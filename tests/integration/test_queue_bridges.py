@@ -367,9 +367,11 @@ class Run:
         report_batch_item_failures: bool = True,
         bridge: bool = True,
         function: str = "worker",
+        env: dict[str, str] | None = None,
+        source: JSON | None = None,
     ) -> None:
         self.name = f"{self.broker}-{name}"
-        source = await self.queue.create(self.name, visibility_seconds=visibility_seconds)
+        source = source or await self.queue.create(self.name, visibility_seconds=visibility_seconds)
         trigger = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Trigger",
@@ -397,6 +399,7 @@ class Run:
             KUBELAMBDA_BRIDGE_QUEUE_VISIBILITY_TIMEOUT_SECONDS=str(visibility_seconds),
             KUBELAMBDA_BRIDGE_QUEUE_MAX_RECEIVE_COUNT=str(MAX_RECEIVES),
             KUBELAMBDA_BRIDGE_QUEUE_LAG_INTERVAL_SECONDS="1",
+            **(env or {}),
         )
         self.bridge.start()
 
@@ -717,3 +720,38 @@ async def test_a_throttled_function_uses_no_delivery_attempt(run: Run, records: 
     assert sorted(r["body"] for r in got) == [f"t-{i:02d}" for i in range(20)], "a message came twice"
     assert {r["attributes"]["ApproximateReceiveCount"] for r in got} == {"1"}
     await wait_for(lambda: run.queue.settled(run.name), bool, what="the queue settled")
+
+
+async def test_rabbitmq_classic_queue_failures_go_to_its_dead_letter_exchange(
+    cluster: Cluster, worker: tuple[str, str], servers: dict[str, Any], records: Records, tmp_path: Path
+) -> None:
+    """A classic queue keeps no delivery count: with KUBELAMBDA_BRIDGE_QUEUE_RABBITMQ_REQUEUE=false a failed
+    message is rejected to the queue's dead-letter exchange at once, the others are acknowledged once."""
+    run = Run(cluster, worker, servers, "rabbitmq", tmp_path)
+    assert isinstance(run.queue, RabbitQueue)
+    name = "rabbitmq-classic"
+    channel = await run.queue._channel()
+    dlx = await channel.declare_exchange(f"{name}-dlx", aio_pika.ExchangeType.FANOUT, durable=True)
+    dlq = await channel.declare_queue(f"{name}-dlq", durable=True)
+    await dlq.bind(dlx)
+    await channel.declare_queue(name, durable=True, arguments={"x-dead-letter-exchange": f"{name}-dlx"})
+    await channel.close()
+    try:
+        await run.start(
+            "classic",
+            batch_size=10,
+            window=0,
+            env={"KUBELAMBDA_BRIDGE_QUEUE_RABBITMQ_REQUEUE": "false"},
+            source={"rabbitmq": {"url": run.queue.url, "queue": name}},
+        )
+        await run.queue.publish(name, [b"ok-1", b"poison-1", b"ok-2", b"poison-2", b"ok-3"])
+        await wait_for(
+            lambda: run.queue.dead_letters(name),
+            lambda n: n == 2,
+            what="the two poison messages dead-lettered",
+        )
+        got = bodies_seen(records, name)
+        assert got == {"ok-1": 1, "ok-2": 1, "ok-3": 1, "poison-1": 1, "poison-2": 1}
+        await wait_for(lambda: run.queue.settled(name), bool, what="the queue settled")
+    finally:
+        await run.stop()

@@ -22,6 +22,7 @@ from kubelambda.bridge.queues._batch import (
     to_record,
     unique_ids,
 )
+from kubelambda.bridge.queues.rabbitmq import receive_count
 from kubelambda.bridge.queues.redis import entry_body
 from kubelambda.bridge.queues.sqs import message_attributes
 
@@ -354,3 +355,32 @@ def test_binary_headers_become_binary_attributes() -> None:
         "dataType": "String",
     }
     assert "none" not in got
+
+
+@pytest.mark.parametrize(
+    ("delivery_count", "deaths", "redelivered", "receives"),
+    [
+        (None, None, False, 1),
+        (None, None, True, 2),
+        (0, None, False, 1),
+        (2, None, True, 3),
+        (None, [{"queue": "jobs", "reason": "rejected", "count": 2}], False, 3),
+        (None, [{"queue": "other", "reason": "rejected", "count": 5}], False, 1),
+        (None, [{"queue": "jobs", "reason": "expired", "count": 5}], True, 2),
+        (1, [{"queue": "jobs", "reason": "rejected", "count": 1}], True, 3),
+    ],
+    ids=[
+        "first",
+        "classic-redelivered",
+        "quorum-first",
+        "quorum-returned-twice",
+        "dead-letter-loop",
+        "other-queues-death",
+        "expired-not-counted",
+        "both",
+    ],
+)
+def test_rabbitmq_receive_count(
+    delivery_count: object, deaths: object, redelivered: bool, receives: int
+) -> None:
+    assert receive_count(delivery_count, deaths, queue="jobs", redelivered=redelivered) == receives

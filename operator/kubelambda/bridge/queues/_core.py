@@ -63,6 +63,10 @@ class QueueSettings(BaseSettings):
     """Longest a single fetch waits for a first message (default 1 s)."""
     lag_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     """How often the queue depth is read for the Trigger's ``lag`` (default 5 s)."""
+    rabbitmq_requeue: bool = True
+    """RabbitMQ: return a failed message with ``requeue=true`` (default; quorum queues count it against
+    ``x-delivery-limit``). ``false`` rejects it with ``requeue=false`` instead, so the queue's dead-letter exchange
+    takes it at once (a classic queue's redrive, or a DLX + TTL retry loop); a queue without one drops it."""
     drain_seconds: float = Field(default=20.0, ge=0, le=3600)
     """On stop, how long batches in flight may still finish and be acknowledged (default 20 s, within the
     pod's 30 s termination grace period); what is still running then is left to the broker's redelivery."""

@@ -7,8 +7,12 @@
   dead-lettered to the queue's ``x-dead-letter-exchange`` (or dropped without one) once the limit is passed,
   exactly like SQS's redrive policy. Classic queues have no delivery limit: a failing message comes back until
   the function accepts it (use a quorum queue for a redrive policy).
-- ``ApproximateReceiveCount`` is ``x-delivery-count + 1`` (quorum queues count); on classic queues 1, or 2 for a
-  message the broker flags ``redelivered`` (it keeps no count).
+- With ``KUBELAMBDA_BRIDGE_QUEUE_RABBITMQ_REQUEUE=false`` a failed message is rejected with ``requeue=false``
+  instead: the queue's dead-letter exchange takes it at once (a classic queue's redrive, or a DLX + TTL retry loop
+  that brings it back later); a queue without a DLX drops it.
+- ``ApproximateReceiveCount`` is ``x-delivery-count + 1`` on quorum queues, plus the message's rejections from
+  this queue recorded in ``x-death`` (dead-letter loops); otherwise 1, or 2 for a message the broker flags
+  ``redelivered`` (classic queues keep no count).
 - Throttles keep the messages unacknowledged (no delivery attempt used); RabbitMQ's ``consumer_timeout``
   (30 min by default) bounds how long.
 - ``lag`` is the queue's ready-message count (a passive ``queue.declare``).
@@ -37,6 +41,26 @@ def _ms(value: Any) -> int:
     if hasattr(value, "timestamp"):
         return int(value.timestamp() * 1000)
     return int(value) * 1000
+
+
+def receive_count(delivery_count: Any, deaths: Any, *, queue: str, redelivered: bool) -> int:
+    """``ApproximateReceiveCount`` of a delivery.
+
+    Quorum queues count returns in ``x-delivery-count``. A message that came back through a dead-letter loop
+    (rejected to a DLX, back after a TTL) carries ``x-death`` entries; its rejections from this queue count.
+    Otherwise RabbitMQ only says whether it was ``redelivered`` (then at least 2).
+    """
+    count = 1
+    if isinstance(delivery_count, int):
+        count += delivery_count
+    if isinstance(deaths, list):
+        for death in deaths:
+            if isinstance(death, dict) and death.get("queue") == queue and death.get("reason") == "rejected":
+                n = death.get("count")
+                count += n if isinstance(n, int) else 1
+    if count == 1 and redelivered:
+        count = 2
+    return count
 
 
 class RabbitMQBroker:
@@ -102,11 +126,12 @@ class RabbitMQBroker:
 
     def _message(self, m: AbstractIncomingMessage, now: int) -> Message:
         headers = dict(m.headers or {})
-        count = headers.pop("x-delivery-count", None)
-        if isinstance(count, int):
-            receives = count + 1
-        else:
-            receives = 2 if m.redelivered else 1
+        receives = receive_count(
+            headers.pop("x-delivery-count", None),
+            headers.get("x-death"),
+            queue=self.spec.queue,
+            redelivered=bool(m.redelivered),
+        )
         sent = _ms(m.timestamp) or now
         return Message(
             message_id=m.message_id or f"{self.spec.queue}-{m.delivery_tag}",
@@ -126,7 +151,7 @@ class RabbitMQBroker:
 
     async def retry(self, messages: Sequence[Message]) -> None:
         for m in messages:
-            await m.handle.nack(requeue=True)
+            await m.handle.nack(requeue=self.settings.rabbitmq_requeue)
 
     async def hold(self, messages: Sequence[Message], *, seconds: float) -> None:
         self._alive()  # nothing to renew: an unacknowledged message stays ours while the channel lives
