@@ -55,6 +55,7 @@ MIN_READ_RECORDS = 1000
 (a Kinesis GetRecords call, a Redis XREAD); the read-ahead buffer holds at most ``READ_AHEAD_CHUNKS`` reads."""
 MAX_READ_RECORDS = 10000
 DESTINATION_ATTEMPTS = 8
+STOP_STEP_SECONDS = 10.0
 
 
 class StreamSettings(BaseSettings):
@@ -298,9 +299,8 @@ class ShardWorker:
         finally:
             for task in (reading, committing):
                 task.cancel()
-            for task in (reading, committing):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Bounded: a client library that does not give up a read promptly must not hold the stop up.
+            await asyncio.wait({reading, committing}, timeout=STOP_STEP_SECONDS)
             # A clean stop checkpoints what is done (a crash replays it: at-least-once).
             last = self.to_commit
             if last is not None and last is not self.committed:
@@ -573,17 +573,14 @@ class StreamBridge:
         finally:
             for task in workers.values():
                 task.cancel()
-            for task in workers.values():
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if workers:
+                await asyncio.wait(workers.values(), timeout=2 * STOP_STEP_SECONDS)
             saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await saver
-            with contextlib.suppress(Exception):
-                await self.store.flush()
-            await self.destination.close()
-            with contextlib.suppress(Exception):
-                await self.client.close()
+            await asyncio.wait({saver}, timeout=STOP_STEP_SECONDS)
+            # Each step bounded: stopping must finish even when the API server or the broker does not answer.
+            for step in (self.store.flush(), self.destination.close(), self.client.close()):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(step, STOP_STEP_SECONDS)
 
 
 __all__ = ["CheckpointStore", "ShardReader", "StreamBridge", "StreamClient", "config_key", "utcnow"]

@@ -13,6 +13,7 @@ ack wait. A message becomes a Kinesis-shaped record: ``data`` is the payload, ``
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import nats
@@ -56,7 +57,10 @@ class _Reader:
 
     async def read(self, max_records: int) -> list[StreamRecord]:
         try:
-            msgs = await self.sub.fetch(batch=max_records, timeout=FETCH_TIMEOUT_SECONDS)
+            # Bounded from outside too: a pull that never completes must not stall the shard.
+            msgs = await asyncio.wait_for(
+                self.sub.fetch(batch=max_records, timeout=FETCH_TIMEOUT_SECONDS), FETCH_TIMEOUT_SECONDS + 10
+            )
         except (TimeoutError, NatsTimeout):
             return []
         if msgs:
