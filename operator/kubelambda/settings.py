@@ -49,6 +49,9 @@ class OperatorSettings(BaseSettings):
         default="http://kubelambda-gateway.kubelambda-system.svc:8080", pattern=r"^https?://[^\s]+$"
     )
     """Base URL of the gateway, shown as each Function's ``status.invokeUrl``."""
+    nats_url: str | None = Field(default=None, pattern=r"^nats://[^\s]+$")
+    """The platform's NATS (``nats://host:4222``), handed to Trigger bridges for ``onFailure.nats``
+    destinations; unset = bridges have none."""
     system_namespace: str = Field(default="kubelambda-system", min_length=1)
     """Namespace of the gateway and the bridges: function pods admit traffic only from there."""
     region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$")

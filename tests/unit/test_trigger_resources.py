@@ -173,3 +173,18 @@ def test_a_deadline_exceeded_bridge_says_so() -> None:
         "ProgressDeadlineExceeded",
         "too slow",
     )
+
+
+def test_bridges_get_the_platforms_nats_when_the_operator_has_one() -> None:
+    t = trigger(schedule={"expression": "rate(5 minutes)"})
+    names = [
+        e["name"]
+        for e in b.make_bridge_deployment(t, settings=SETTINGS)["spec"]["template"]["spec"]["containers"][0][
+            "env"
+        ]
+    ]
+    assert "KUBELAMBDA_BRIDGE_NATS_URL" not in names
+    with_nats = OperatorSettings(gateway_url="http://gw:8080", nats_url="nats://nats.kubelambda-system:4222")
+    env = b.make_bridge_deployment(t, settings=with_nats)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in env] == sorted(e["name"] for e in env)
+    assert {"name": "KUBELAMBDA_BRIDGE_NATS_URL", "value": "nats://nats.kubelambda-system:4222"} in env

@@ -132,6 +132,7 @@ class Platform:
                 **base,
                 "KUBELAMBDA_KUBECONFIG": str(operator_config),
                 "KUBELAMBDA_GATEWAY_URL": self.gateway_url,
+                "KUBELAMBDA_NATS_URL": self.nats.url,  # for Trigger bridges' onFailure.nats
             },
         )
         await self._wait_gateway()

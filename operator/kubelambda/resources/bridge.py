@@ -217,6 +217,11 @@ def make_bridge_deployment(trigger: TriggerObject, *, settings: OperatorSettings
         ],
         key=lambda e: str(e["name"]),
     )
+    if settings.nats_url:
+        env.insert(
+            [e["name"] for e in env].index("KUBELAMBDA_BRIDGE_PORT"),
+            {"name": "KUBELAMBDA_BRIDGE_NATS_URL", "value": settings.nats_url},
+        )
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
     container: JSON = {
         "name": "bridge",
