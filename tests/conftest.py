@@ -1,4 +1,5 @@
-"""Fixtures: one local cluster per test session, a fresh namespace per test, an API client."""
+"""Fixtures: one local cluster per test session, a fresh namespace per test, an API client, and per test module
+a nats-server (JetStream, file storage) and an HTTP record receiver."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from kltest import Cluster, start_cluster, wait_for
+from kltest.records import Records
+from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
 
 
@@ -47,3 +50,18 @@ async def namespace(cluster: Cluster, kube: KubeClient) -> AsyncIterator[str]:
     )
     yield name
     await kube.delete(resource_path("v1", "namespaces", name=name))
+
+
+@pytest.fixture(scope="module")
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    async with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        assert isinstance(server, NatsServer)
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def records() -> AsyncIterator[Records]:
+    got = Records()
+    await got.start()
+    yield got
+    await got.stop()

@@ -57,13 +57,6 @@ def handler(event, context):
 
 
 @pytest.fixture(scope="module")
-async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
-    async with NatsServer(tmp_path_factory.mktemp("nats")) as server:
-        assert isinstance(server, NatsServer)
-        yield server
-
-
-@pytest.fixture(scope="module")
 async def s3_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[S3Server]:
     async with S3Server(tmp_path_factory.mktemp("seaweedfs")) as server:
         assert isinstance(server, S3Server)
@@ -76,14 +69,6 @@ async def bucket(s3_server: S3Server) -> str:
     room for the data of three buckets only; a fourth bucket's writes fail with InternalError."""
     await asyncio.to_thread(s3_client(s3_server.endpoint).create_bucket, Bucket="events")
     return "events"
-
-
-@pytest.fixture(scope="module")
-async def records() -> AsyncIterator[Records]:
-    got = Records()
-    await got.start()
-    yield got
-    await got.stop()
 
 
 @pytest.fixture(scope="module")

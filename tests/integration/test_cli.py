@@ -29,13 +29,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
-    async with NatsServer(tmp_path_factory.mktemp("nats")) as server:
-        assert isinstance(server, NatsServer)
-        yield server
-
-
-@pytest.fixture(scope="module")
 async def platform(
     cluster: Cluster, kube: KubeClient, nats_server: NatsServer
 ) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:

@@ -285,14 +285,6 @@ async def servers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dic
 
 
 @pytest.fixture(scope="module")
-async def records() -> AsyncIterator[Records]:
-    got = Records()
-    await got.start()
-    yield got
-    await got.stop()
-
-
-@pytest.fixture(scope="module")
 async def worker(cluster: Cluster, kube: KubeClient, records: Records) -> AsyncIterator[tuple[str, str]]:
     """The platform and the ``worker`` Function in a namespace of this module; yields (namespace, gateway URL)."""
     namespace = f"q-{secrets.token_hex(4)}"

@@ -265,14 +265,6 @@ async def brokers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bro
         yield Brokers(*servers)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-async def records() -> AsyncIterator[Records]:
-    got = Records()
-    await got.start()
-    yield got
-    await got.stop()
-
-
 class Platform:
     def __init__(self, gateway: Gateway, url: str, namespace: str, out: Path) -> None:
         self.gateway = gateway

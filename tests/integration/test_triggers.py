@@ -50,21 +50,6 @@ def handler(event, context):
 
 
 @pytest.fixture(scope="module")
-async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
-    async with NatsServer(tmp_path_factory.mktemp("nats")) as server:
-        assert isinstance(server, NatsServer)
-        yield server
-
-
-@pytest.fixture(scope="module")
-async def records() -> AsyncIterator[Records]:
-    got = Records()
-    await got.start()
-    yield got
-    await got.stop()
-
-
-@pytest.fixture(scope="module")
 async def platform(
     cluster: Cluster, kube: KubeClient, nats_server: NatsServer
 ) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
