@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
@@ -39,8 +38,8 @@ import aiohttp
 import nats
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
+from _common import pct, start_cluster, stop_cluster, wait
 from kubelambda.asyncworker.queue import ENQUEUED_AT, EVENT_PREFIX, EventQueue, QueuedEvent
-from kubelambda.devcluster import DevState
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._process import free_port
 from kubelambda.devcluster.servers import NatsServer
@@ -50,63 +49,6 @@ NS = "bench"
 STREAM = "KUBELAMBDA_ASYNC"
 PAYLOAD = b'{"x": 1}'
 HANDLER = "def handler(event, context):\n    return None\n"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
-
-
-def start_cluster(state_dir: Path) -> tuple[subprocess.Popen[bytes], DevState]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)],
-        stdout=(state_dir / "serve.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        state = DevState.read(state_dir)
-        if state is not None and state.state == "running" and state.pid == proc.pid:
-            return proc, state
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError((state_dir / "serve.log").read_text()[-3000:])
-
-
-def stop_cluster(proc: subprocess.Popen[bytes], state_dir: Path) -> None:
-    """SIGTERM to the supervisor; whatever of this cluster still runs after 90 s (every process of it names
-    the state dir on its command line) is killed, before the state dir is removed under it."""
-    proc.terminate()
-    try:
-        proc.wait(90)
-    except subprocess.TimeoutExpired:
-        print(
-            "warning: the local cluster did not stop within 90 s; killing what is left of it", file=sys.stderr
-        )
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if str(state_dir).encode() in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(10)
-
-
-async def wait(probe: Any, done: Any, what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await probe()
-        if done(value):
-            return value
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{what}; last seen: {str(value)[:2000]}")
 
 
 class GatewayProcess:

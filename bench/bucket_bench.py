@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import base64
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ import boto3
 from aiohttp import web
 from botocore.config import Config
 
+from _common import pct, start_cluster, wait
 from kubelambda.devcluster import DevState
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._process import free_port
@@ -77,44 +77,9 @@ def handler(event, context):
 """
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def summary(values: list[float]) -> str:
     ms = [v * 1000 for v in values]
     return f"p50 {pct(ms, 0.5):8.1f} ms   p95 {pct(ms, 0.95):8.1f} ms   (n={len(ms)})"
-
-
-async def wait(
-    probe: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], what: str, timeout: float = 120
-) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await probe()
-        if done(value):
-            return value
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{what}; last seen: {str(value)[:2000]}")
-
-
-def start_cluster(state_dir: Path) -> tuple[subprocess.Popen[bytes], DevState]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)],
-        stdout=(state_dir / "serve.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        state = DevState.read(state_dir)
-        if state is not None and state.state == "running" and state.pid == proc.pid:
-            return proc, state
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError((state_dir / "serve.log").read_text()[-3000:])
 
 
 class Receiver:

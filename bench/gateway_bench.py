@@ -15,7 +15,6 @@ import asyncio
 import base64
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from kubelambda.devcluster import DevState
+from _common import pct, start_cluster, wait
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.kube import KubeClient, resource_path
 
@@ -44,39 +43,6 @@ def fn(name: str, scaling: dict[str, Any]) -> dict[str, Any]:
             "scaling": scaling,
         },
     }
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def start_cluster(state_dir: Path) -> tuple[subprocess.Popen[bytes], DevState]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)],
-        stdout=(state_dir / "serve.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        state = DevState.read(state_dir)
-        if state is not None and state.state == "running" and state.pid == proc.pid:
-            return proc, state
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError((state_dir / "serve.log").read_text()[-3000:])
-
-
-async def wait(probe: Any, done: Any, what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await probe()
-        if done(value):
-            return value
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{what}; last seen: {str(value)[:2000]}")
 
 
 async def pods(kube: KubeClient, name: str) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from _common import pct
 from kubelambda.devcluster import ControlPlane, DevState
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._images import container_argv
@@ -37,11 +38,6 @@ def rss_mb(pids: dict[str, int]) -> dict[str, float]:
         except psutil.Error:
             out[name] = float("nan")
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def envtest_baseline(idle_seconds: float) -> tuple[float, dict[str, float]]:

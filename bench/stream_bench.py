@@ -19,11 +19,9 @@ import argparse
 import asyncio
 import contextlib
 import re
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from kubelambda.devcluster import DevState
+from _common import start_cluster, wait
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import NatsServer, RedisServer
 from kubelambda.devcluster.streamservers import KafkaServer, KinesisServer
@@ -47,37 +45,6 @@ FUNCTION = "noop"
 SHARDS = 4
 HANDLER = "def handler(event, context):\n    return {}\n"
 GROUP_VERSION = "kubelambda.io/v1alpha1"
-
-
-def start_cluster(state_dir: Path) -> tuple[subprocess.Popen[bytes], DevState]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)],
-        stdout=(state_dir / "serve.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        state = DevState.read(state_dir)
-        if state is not None and state.state == "running" and state.pid == proc.pid:
-            return proc, state
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError((state_dir / "serve.log").read_text()[-3000:])
-
-
-async def wait(
-    probe: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], what: str, timeout: float = 180
-) -> Any:
-    deadline = time.monotonic() + timeout
-    value: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            value = await probe()
-            if done(value):
-                return value
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{what}; last seen: {str(value)[:2000]}")
 
 
 class Source:
@@ -391,6 +358,8 @@ async def main() -> None:
                         ),
                         lambda sa: sa is not None,
                         "the default ServiceAccount",
+                        180,
+                        tolerate_errors=True,
                     )
                     fn = {
                         "apiVersion": GROUP_VERSION,
@@ -414,6 +383,8 @@ async def main() -> None:
                             for c in f.get("status", {}).get("conditions", [])
                         ),
                         "the function Ready",
+                        180,
+                        tolerate_errors=True,
                     )
                     print(
                         f"{n} records per source, batch 100, parallelizationFactor {args.parallelization_factor}, "

@@ -32,7 +32,7 @@ from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.kube import KubeClient, resource_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_bench import pct, start_cluster, wait
+from _common import pct, start_cluster, wait
 
 NS = "bench"
 SYSTEM_NS = "kubelambda-system"

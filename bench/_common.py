@@ -1,0 +1,88 @@
+"""What the benchmarks share: a local cluster of their own, percentiles, and waiting on a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from kubelambda.devcluster import DevState
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``; NaN when there are none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def start_cluster(state_dir: Path) -> tuple[subprocess.Popen[bytes], DevState]:
+    """``kubelambda dev serve`` (the whole platform) in ``state_dir``; returns once its dev.json says running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)],
+        stdout=(state_dir / "serve.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        state = DevState.read(state_dir)
+        if state is not None and state.state == "running" and state.pid == proc.pid:
+            return proc, state
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError((state_dir / "serve.log").read_text()[-3000:])
+
+
+def stop_cluster(proc: subprocess.Popen[bytes], state_dir: Path) -> None:
+    """SIGTERM to the supervisor; whatever of this cluster still runs after 90 s (every process of it names
+    the state dir on its command line) is killed, before the state dir is removed under it."""
+    proc.terminate()
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        print(
+            "warning: the local cluster did not stop within 90 s; killing what is left of it", file=sys.stderr
+        )
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(state_dir).encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
+async def wait(
+    probe: Callable[[], Awaitable[Any]],
+    done: Callable[[Any], bool],
+    what: str,
+    timeout: float = 120,
+    *,
+    tolerate_errors: bool = False,
+) -> Any:
+    """Calls ``probe`` until ``done(value)``; ``tolerate_errors`` treats a failing probe as "not yet"."""
+    deadline = time.monotonic() + timeout
+    value: Any = None
+    while time.monotonic() < deadline:
+        try:
+            value = await probe()
+        except Exception:
+            if not tolerate_errors:
+                raise
+        else:
+            if done(value):
+                return value
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{what}; last seen: {str(value)[:2000]}")
