@@ -9,11 +9,12 @@ real NATS JetStream; a schedule Trigger gets its bridge; the operator's log show
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,30 @@ class Helm:
         )
         assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}"
         return result.stdout
+
+    @contextlib.contextmanager
+    def uninstalled_on_failure(self, release: str, namespace: str) -> Iterator[None]:
+        """A release left behind by a failed test would keep its operators reconciling every namespace of the
+        session's cluster, under the tests that follow: a failure uninstalls it (and still fails)."""
+        try:
+            yield
+        except BaseException:
+            subprocess.run(
+                [
+                    str(self.binary),
+                    "uninstall",
+                    release,
+                    "--namespace",
+                    namespace,
+                    "--wait",
+                    "--timeout",
+                    "120s",
+                ],
+                capture_output=True,
+                env=self.env,
+                timeout=180,
+            )
+            raise
 
 
 @pytest.fixture
@@ -156,6 +181,11 @@ async def test_install_invoke_uninstall(
     helm(
         "install", RELEASE, str(CHART), "--namespace", SYSTEM_NS, "--create-namespace", "-f", str(values_file)
     )
+    with helm.uninstalled_on_failure(RELEASE, SYSTEM_NS):
+        await install_invoke_uninstall(cluster, kube, namespace, helm)
+
+
+async def install_invoke_uninstall(cluster: Cluster, kube: KubeClient, namespace: str, helm: Helm) -> None:
     manifest = helm("get", "manifest", RELEASE, "--namespace", SYSTEM_NS)
     installed = [d for d in yaml.safe_load_all(manifest) if d]
 
@@ -310,6 +340,13 @@ async def test_leader_election_with_two_operator_replicas(
         "--set", "operator.replicas=2", "--set", "gateway.replicas=0", "--set", "async.enabled=false",
         "--set", "bindPodIP=true",
     )  # fmt: skip
+    with helm.uninstalled_on_failure(release, ns):
+        await two_operator_replicas(cluster, kube, namespace, helm, release=release, ns=ns)
+
+
+async def two_operator_replicas(
+    cluster: Cluster, kube: KubeClient, namespace: str, helm: Helm, *, release: str, ns: str
+) -> None:
     operators = await wait_for(
         lambda: pods(kube, "operator", release=release, ns=ns),
         lambda items: len(items) == 2 and all(ready(p) for p in items),
