@@ -246,6 +246,11 @@ class Gateway:
                     result, cold = await self._route(fn, invocation)
                 finally:
                     m.concurrent.dec()
+                    # An invocation shorter than the sampling interval is never seen in flight by the
+                    # sampler: without this a function whose requests are all short looked idle forever
+                    # ("idle for inf s") and was scaled to zero right under them.
+                    if self.autoscaler is not None:
+                        self.autoscaler.note_active(fn.key, time.monotonic())
         except Throttled as e:
             metrics.GATEWAY_THROTTLES.labels(fn.namespace, fn.name, e.reason).inc()
             m.outcomes["throttled"].inc()
