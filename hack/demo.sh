@@ -55,6 +55,26 @@ echo "\$ curl $gateway/http/demo/hello-python312/hi    # the same function as an
 curl -s "$gateway/http/demo/hello-python312/hi"
 echo
 echo
+echo "==> HTTP Triggers: examples/http-api, a REST API of two routes (docs/triggers.md)"
+k -n demo apply -f examples/http-api/function.yaml
+k -n demo wait --for=condition=Ready fn/notes trigger/notes-collection trigger/notes-item --timeout=120s
+# The gateway learns routes from its watch of Triggers: give it a moment (bounded) after Ready.
+for _ in $(seq 50); do
+  [[ $(curl -s -o /dev/null -w '%{http_code}' "$gateway/api/demo/notes") != 404 ]] && break
+  sleep 0.2
+done
+echo "\$ curl -X POST $gateway/api/demo/notes -d '{\"text\": \"hello\"}'"
+curl -s -X POST "$gateway/api/demo/notes" -d '{"text": "hello"}'
+echo
+echo "\$ curl $gateway/api/demo/notes/1"
+curl -s "$gateway/api/demo/notes/1"
+echo
+echo
+echo "==> A schedule Trigger: examples/cron fires nightly-report every minute (its bridge is a pod too)"
+k -n demo apply -f examples/cron/function.yaml
+k -n demo wait --for=condition=Ready trigger/every-minute --timeout=120s
+k -n demo get triggers
+echo
 cat <<EOT
 The same function answers the AWS SDKs and CLI at the gateway ($gateway), e.g.
   aws lambda invoke --endpoint-url $gateway --function-name demo/hello-python312 --payload '{}' out.json
@@ -64,6 +84,7 @@ cat <<EOT
 The local cluster keeps running. Try:
   export KUBECONFIG=$kubeconfig
   $kubectl_bin -n demo scale deployment/hello --replicas=0     # the processes end
+  .venv/bin/kubelambda logs nightly-report -n demo --follow  # a "report for ..." line every minute
   .venv/bin/kubelambda dev status
   .venv/bin/kubelambda dev down                                # stops everything
 EOT
