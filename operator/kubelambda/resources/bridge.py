@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from kubelambda.api.v1alpha1 import API_VERSION, GROUP, TriggerSpec
+from kubelambda.api.v1alpha1 import GROUP, TriggerSpec
 from kubelambda.resources.labels import COMPONENT_LABEL, MANAGED_BY
+from kubelambda.resources.names import OwnerObject
 from kubelambda.settings import OperatorSettings
 
 JSON = dict[str, Any]
@@ -24,35 +25,15 @@ SPEC_HASH_ANNOTATION = "kubelambda.io/trigger-spec-sha256"
 
 
 @dataclass(frozen=True)
-class TriggerObject:
+class TriggerObject(OwnerObject):
     """What the builders need of a Trigger: identity and a parsed spec."""
 
-    name: str
-    namespace: str
-    uid: str
-    generation: int
+    KIND: ClassVar[str] = "Trigger"
     spec: TriggerSpec
 
     @classmethod
     def from_body(cls, body: JSON) -> TriggerObject:
-        meta = body["metadata"]
-        return cls(
-            name=meta["name"],
-            namespace=meta["namespace"],
-            uid=meta["uid"],
-            generation=int(meta.get("generation", 1)),
-            spec=TriggerSpec.model_validate(body.get("spec", {})),
-        )
-
-    def owner_reference(self) -> JSON:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": "Trigger",
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+        return cls(**cls.identity(body), spec=TriggerSpec.model_validate(body.get("spec", {})))
 
     @property
     def source(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from kubelambda.api.v1alpha1 import API_VERSION, FunctionSpec
 
@@ -15,35 +15,47 @@ CONTAINER = "function"
 
 
 @dataclass(frozen=True)
-class FunctionObject:
-    """What the builders need of a Function: identity and a parsed spec (no client, no clock)."""
+class OwnerObject:
+    """Identity of a kubelambda object that owns others (a Function, a Trigger): what ownerReferences need."""
 
+    KIND: ClassVar[str] = ""
     name: str
     namespace: str
     uid: str
     generation: int
-    spec: FunctionSpec
 
-    @classmethod
-    def from_body(cls, body: JSON) -> FunctionObject:
+    @staticmethod
+    def identity(body: JSON) -> JSON:
+        """The identity fields of an API object, as keyword arguments of a subclass."""
         meta = body["metadata"]
-        return cls(
-            name=meta["name"],
-            namespace=meta["namespace"],
-            uid=meta["uid"],
-            generation=int(meta.get("generation", 1)),
-            spec=FunctionSpec.model_validate(body.get("spec", {})),
-        )
+        return {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "generation": int(meta.get("generation", 1)),
+        }
 
     def owner_reference(self) -> JSON:
         return {
             "apiVersion": API_VERSION,
-            "kind": "Function",
+            "kind": self.KIND,
             "name": self.name,
             "uid": self.uid,
             "controller": True,
             "blockOwnerDeletion": True,
         }
+
+
+@dataclass(frozen=True)
+class FunctionObject(OwnerObject):
+    """What the builders need of a Function: identity and a parsed spec (no client, no clock)."""
+
+    KIND: ClassVar[str] = "Function"
+    spec: FunctionSpec
+
+    @classmethod
+    def from_body(cls, body: JSON) -> FunctionObject:
+        return cls(**cls.identity(body), spec=FunctionSpec.model_validate(body.get("spec", {})))
 
 
 def deployment_name(fn: FunctionObject) -> str:
