@@ -53,7 +53,7 @@ class OperatorSettings(BaseSettings):
     """The platform's NATS (``nats://host:4222``), handed to Trigger bridges for ``onFailure.nats``
     destinations; unset = bridges have none."""
     system_namespace: str = Field(default="kubelambda-system", min_length=1)
-    """Namespace of the gateway and the bridges: function pods admit traffic only from there."""
+    """Namespace of the gateway (and its warm pools): function pods admit traffic only from there."""
     region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$")
     """AWS_REGION the functions see."""
     namespaces: list[str] = Field(default_factory=list)
