@@ -30,7 +30,7 @@ from kubelambda.bridge._context import (
     Source,
     StatusReporter,
 )
-from kubelambda.kube import KubeClient, resource_path
+from kubelambda.kube import KubeClient, default_login, resource_path
 
 log = logging.getLogger("kubelambda.bridge")
 
@@ -91,8 +91,6 @@ def load_source(kind: str, ctx: BridgeContext) -> Source:
 
 
 def _client(settings: BridgeSettings) -> KubeClient:
-    from kubelambda.operator._login import default_login
-
     return default_login(settings.kubeconfig).client()
 
 

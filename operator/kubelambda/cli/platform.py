@@ -12,7 +12,8 @@ from typing import Any
 def cmd_operator(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from kubelambda.operator import default_login, run
+    from kubelambda.kube import default_login
+    from kubelambda.operator import run
     from kubelambda.settings import OperatorSettings
 
     try:
@@ -29,7 +30,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     from kubelambda.gateway.app import serve
     from kubelambda.gateway.config import GatewaySettings
-    from kubelambda.operator import default_login
+    from kubelambda.kube import default_login
 
     try:
         settings = GatewaySettings()
@@ -53,7 +54,7 @@ def cmd_async_worker(args: argparse.Namespace) -> int:
     from kubelambda.asyncworker.remote import run_worker
     from kubelambda.asyncworker.worker import WorkerSettings
     from kubelambda.gateway.config import GatewaySettings
-    from kubelambda.operator import default_login
+    from kubelambda.kube import default_login
 
     try:
         settings = GatewaySettings()

@@ -1,6 +1,16 @@
-"""The one door to the Kubernetes API: get / list / create / patch / apply / delete / watch, and its errors."""
+"""The one door to the Kubernetes API: get / list / create / patch / apply / delete / watch, its errors, and the
+credentials (:class:`Login`) a client is made from."""
 
 from kubelambda.kube._client import ApiError, KubeClient, WatchEvent, resource_path
 from kubelambda.kube._informer import list_and_watch
+from kubelambda.kube._login import Login, default_login
 
-__all__ = ["ApiError", "KubeClient", "WatchEvent", "list_and_watch", "resource_path"]
+__all__ = [
+    "ApiError",
+    "KubeClient",
+    "Login",
+    "WatchEvent",
+    "default_login",
+    "list_and_watch",
+    "resource_path",
+]

@@ -3,8 +3,16 @@
 ``kubelambda operator`` runs it; tests run :func:`run` in-process with their own :class:`Login`.
 """
 
-from kubelambda.operator._kopf import build_registry, run
-from kubelambda.operator._login import Login, default_login
+from kubelambda.kube import Login, default_login
+from kubelambda.operator._kopf import build_registry, connection_info, run
 from kubelambda.operator._reconcile import FunctionReconciler, Outcome
 
-__all__ = ["FunctionReconciler", "Login", "Outcome", "build_registry", "default_login", "run"]
+__all__ = [
+    "FunctionReconciler",
+    "Login",
+    "Outcome",
+    "build_registry",
+    "connection_info",
+    "default_login",
+    "run",
+]

@@ -21,8 +21,7 @@ import kopf
 
 from kubelambda import metrics
 from kubelambda.api.v1alpha1 import GROUP, VERSION
-from kubelambda.kube import ApiError, KubeClient, resource_path
-from kubelambda.operator._login import Login
+from kubelambda.kube import ApiError, KubeClient, Login, resource_path
 from kubelambda.operator._reconcile import FunctionReconciler, Outcome, utcnow
 from kubelambda.operator._trigger import TriggerReconciler, bridge_ready
 from kubelambda.resources import FUNCTION_LABEL
@@ -151,13 +150,24 @@ async def _patch_status_changes(
     metrics.OPERATOR_API_WRITES.labels(kind).inc()
 
 
+def connection_info(login: Login) -> kopf.ConnectionInfo:
+    """kopf's view of ``login`` (the token re-read each time kopf asks, as the kubelet rotates it)."""
+    return kopf.ConnectionInfo(
+        server=login.server,
+        ca_data=login.ca_pem,
+        token=login.current_token(),
+        certificate_data=login.cert_pem,
+        private_key_data=login.key_pem,
+    )
+
+
 def build_registry() -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
     def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
         ctx: Context = memo["ctx"]
-        return ctx.login.connection_info()
+        return connection_info(ctx.login)
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:

@@ -1,4 +1,5 @@
-"""Credentials of the operator, given both to kopf (its login handler) and to kubelambda's own client."""
+"""Credentials for the API server: a kubeconfig, the pod's ServiceAccount, or a token; given to kubelambda's own
+client (operator, bridges, CLI) and, through :func:`kubelambda.operator.connection_info`, to kopf."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-import kopf
 import yaml
 
-from kubelambda.kube import KubeClient
+from kubelambda.kube._client import KubeClient
 
 _IN_CLUSTER_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -74,19 +74,11 @@ class Login:
         """The same server as a different identity (e.g. a ServiceAccount's token from the TokenRequest API)."""
         return Login(server=self.server, ca_pem=self.ca_pem, token=token)
 
-    def _token(self) -> str | None:
+    def current_token(self) -> str | None:
+        """The bearer token now: a token file is re-read on every call (the kubelet rotates bound tokens)."""
         if self.token_file is not None:
-            return self.token_file.read_text().strip()  # re-read: the kubelet rotates bound tokens
+            return self.token_file.read_text().strip()
         return self.token
-
-    def connection_info(self) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(
-            server=self.server,
-            ca_data=self.ca_pem,
-            token=self._token(),
-            certificate_data=self.cert_pem,
-            private_key_data=self.key_pem,
-        )
 
     def client(self) -> KubeClient:
         ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
