@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
 from kubelambda.api.v1alpha1 import GROUP, VERSION, FunctionSpec, FunctionStatus, TriggerSpec, TriggerStatus
-
-JSON = dict[str, Any]
+from kubelambda.jsonobj import JSON
 
 # JSON Schema keywords that mean the same in a CRD's OpenAPI v3 schema.
 _KEEP = (

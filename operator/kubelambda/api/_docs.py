@@ -14,8 +14,7 @@ from typing import Any
 from kubelambda.api._crd import CRDS, crd_documents
 from kubelambda.api.v1alpha1 import API_VERSION
 from kubelambda.api.v1alpha1._common import CONDITION_REASON, DNS_LABEL, DNS_SUBDOMAIN
-
-JSON = dict[str, Any]
+from kubelambda.jsonobj import JSON
 
 _HEADER = f"""\
 <!-- Generated from the pydantic models in operator/kubelambda/api by `make docs-reference`. Do not edit. -->

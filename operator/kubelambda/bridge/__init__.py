@@ -15,7 +15,6 @@ from kubelambda.bridge._context import (
     Source,
     StatusReporter,
     checkpoint_name,
-    utcnow,
 )
 from kubelambda.bridge._main import SOURCES, BridgeSettings, build_context, main, run_bridge, source_kind
 
@@ -36,5 +35,4 @@ __all__ = [
     "main",
     "run_bridge",
     "source_kind",
-    "utcnow",
 ]

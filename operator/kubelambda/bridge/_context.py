@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime
 import json
 import logging
 import time
@@ -26,16 +25,12 @@ from aiohttp import web
 
 from kubelambda import metrics
 from kubelambda.api.v1alpha1 import GROUP, VERSION, Trigger
+from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, resource_path
 
 log = logging.getLogger("kubelambda.bridge")
-JSON = dict[str, Any]
 BRIDGE_FIELD_MANAGER = "kubelambda-bridge"
 SOURCE_REACHABLE = "SourceReachable"
-
-
-def utcnow() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def checkpoint_name(trigger: str) -> str:

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-JSON = dict[str, Any]
+from kubelambda.jsonobj import JSON
+
 EVENT_VERSION = "2.1"
 S3_SCHEMA_VERSION = "1.0"
 CREATED_PUT = "ObjectCreated:Put"

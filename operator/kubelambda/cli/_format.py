@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-JSON = dict[str, Any]
+from kubelambda.jsonobj import JSON
 
 
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

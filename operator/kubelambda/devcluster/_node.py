@@ -29,10 +29,10 @@ from kubelambda.devcluster._kubelet import build_app, server_ssl
 from kubelambda.devcluster._network import PodAddresses
 from kubelambda.devcluster._pod import NodeContext, PodRunner, now_rfc3339
 from kubelambda.devcluster._process import free_port
+from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, KubeClient, list_and_watch, resource_path
 
 logger = logging.getLogger(__name__)
-JSON = dict[str, Any]
 
 LEASE_SECONDS = 40
 RENEW_SECONDS = 10.0

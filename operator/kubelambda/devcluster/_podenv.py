@@ -13,11 +13,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, KubeClient, resource_path
-
-JSON = dict[str, Any]
 
 
 class ConfigError(Exception):

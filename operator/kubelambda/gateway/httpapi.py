@@ -12,9 +12,9 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-JSON = dict[str, Any]
+from kubelambda.jsonobj import JSON
+
 _TEXT_TYPES = (
     "text/",
     "application/json",

@@ -10,15 +10,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from kubelambda.api.v1alpha1 import FunctionSpec
 from kubelambda.gateway.names import FunctionRef
+from kubelambda.jsonobj import JSON
 from kubelambda.kube import KubeClient, list_and_watch, resource_path
 from kubelambda.resources.labels import FUNCTION_LABEL
 
 logger = logging.getLogger(__name__)
-JSON = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
 _STARTING_REASONS = ("InstancesStarting",)
 

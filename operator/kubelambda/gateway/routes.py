@@ -13,13 +13,12 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from kubelambda.api.v1alpha1 import GROUP, VERSION
+from kubelambda.jsonobj import JSON
 from kubelambda.kube import KubeClient, list_and_watch, resource_path
 
 logger = logging.getLogger(__name__)
-JSON = dict[str, Any]
 _VARIABLE = re.compile(r"\{([A-Za-z0-9_.-]+)(\+?)\}")
 
 

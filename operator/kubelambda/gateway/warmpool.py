@@ -32,6 +32,7 @@ import aiohttp
 from kubelambda import metrics
 from kubelambda.gateway.names import FunctionRef
 from kubelambda.gateway.registry import FunctionEntry, Key, Registry
+from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, KubeClient, list_and_watch, resource_path
 from kubelambda.resources.configmap import code_sha256
 from kubelambda.resources.labels import FUNCTION_LABEL
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
     from kubelambda.gateway.config import GatewaySettings
 
 logger = logging.getLogger(__name__)
-JSON = dict[str, Any]
 
 SPECIALIZE_TIMEOUT_SECONDS = 90.0  # an archive download (60 s at most in the agent) plus the handler's init
 CLAIM_WINDOW_SECONDS = 60.0  # claims this recent grow the pool (pool_replicas)

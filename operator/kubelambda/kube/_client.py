@@ -19,7 +19,8 @@ from typing import Any, Literal, Self
 import aiohttp
 import yaml
 
-JSON = dict[str, Any]
+from kubelambda.jsonobj import JSON
+
 PatchType = Literal["merge", "strategic", "json"]
 _PATCH_CONTENT_TYPES = {
     "merge": "application/merge-patch+json",

@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 import aiohttp
 
+from kubelambda.jsonobj import JSON
 from kubelambda.kube._client import ApiError, KubeClient
 
 logger = logging.getLogger(__name__)
-JSON = dict[str, Any]
 
 
 async def list_and_watch(

@@ -21,8 +21,9 @@ import kopf
 
 from kubelambda import metrics
 from kubelambda.api.v1alpha1 import GROUP, VERSION
+from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, Login, resource_path
-from kubelambda.operator._reconcile import FunctionReconciler, Outcome, utcnow
+from kubelambda.operator._reconcile import FunctionReconciler, Outcome
 from kubelambda.operator._trigger import TriggerReconciler, bridge_ready
 from kubelambda.resources import FUNCTION_LABEL
 from kubelambda.resources import status as st
@@ -30,7 +31,6 @@ from kubelambda.resources.bridge import TRIGGER_LABEL, TriggerObject
 from kubelambda.settings import OperatorSettings
 
 log = logging.getLogger("kubelambda.operator")
-JSON = dict[str, Any]
 FUNCTIONS = (GROUP, VERSION, "functions")
 TRIGGERS = (GROUP, VERSION, "triggers")
 # Ready reasons that come from the Deployment (and so may be refreshed when it changes), not from a Problem.

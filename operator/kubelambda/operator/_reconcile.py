@@ -8,12 +8,12 @@ the status. Nothing is remembered between calls: the cluster is the memory.
 from __future__ import annotations
 
 import asyncio
-import datetime
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubelambda import metrics
+from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, resource_path
 from kubelambda.resources import (
     CodeTooLarge,
@@ -31,17 +31,12 @@ from kubelambda.resources import (
 from kubelambda.resources import names as n
 from kubelambda.settings import FIELD_MANAGER, SCALE_FIELD_MANAGER, OperatorSettings
 
-JSON = dict[str, Any]
 _PLURALS = {
     "ConfigMap": ("v1", "configmaps"),
     "Service": ("v1", "services"),
     "Deployment": ("apps/v1", "deployments"),
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
 }
-
-
-def utcnow() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def invoke_url(settings: OperatorSettings, fn: FunctionObject) -> str:

@@ -18,14 +18,14 @@ from typing import Any
 
 from kubelambda import metrics
 from kubelambda.api.v1alpha1 import API_VERSION
+from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, resource_path
-from kubelambda.operator._reconcile import Outcome, utcnow
+from kubelambda.operator._reconcile import Outcome
 from kubelambda.resources import Problem
 from kubelambda.resources import bridge as b
 from kubelambda.resources import status as st
 from kubelambda.settings import FIELD_MANAGER, OperatorSettings
 
-JSON = dict[str, Any]
 FUNCTION_MISSING = "FunctionMissing"
 _PLURALS = {
     "ServiceAccount": ("v1", "serviceaccounts"),

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from kubelambda.api.v1alpha1 import GROUP, TriggerSpec
+from kubelambda.jsonobj import JSON
 from kubelambda.resources.labels import COMPONENT_LABEL, MANAGED_BY
 from kubelambda.resources.names import OwnerObject
 from kubelambda.settings import OperatorSettings
 
-JSON = dict[str, Any]
 TRIGGER_LABEL = "kubelambda.io/trigger"
 """Name of the Trigger; on everything a Trigger owns (the operator refreshes Ready from the bridge Deployment)."""
 BRIDGE_PORT = 8080

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
+from kubelambda.jsonobj import JSON
 from kubelambda.resources.labels import labels
-from kubelambda.resources.names import JSON, FunctionObject, code_configmap_name
+from kubelambda.resources.names import FunctionObject, code_configmap_name
 
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024
 """The API server refuses a ConfigMap whose data is larger than 1 MiB."""

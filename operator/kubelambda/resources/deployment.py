@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 
+from kubelambda.jsonobj import JSON
 from kubelambda.resources.configmap import code_sha256
 from kubelambda.resources.labels import labels, selector
 from kubelambda.resources.names import (
     CONTAINER,
     INVOKE_PORT,
     INVOKE_PORT_NAME,
-    JSON,
     TASK_ROOT,
     FunctionObject,
     code_configmap_name,

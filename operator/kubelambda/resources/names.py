@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from kubelambda.api.v1alpha1 import API_VERSION, FunctionSpec
+from kubelambda.jsonobj import JSON
 
-JSON = dict[str, Any]
 INVOKE_PORT = 8080
 INVOKE_PORT_NAME = "invoke"
 TASK_ROOT = "/var/task"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from kubelambda.api.v1alpha1 import Network
+from kubelambda.jsonobj import JSON
 from kubelambda.resources.labels import BRIDGE_LABELS, GATEWAY_LABELS, labels, selector
 from kubelambda.resources.names import (
     INVOKE_PORT,
-    JSON,
     FunctionObject,
     egress_policy_name,
     ingress_policy_name,

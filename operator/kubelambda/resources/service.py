@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from kubelambda.jsonobj import JSON
 from kubelambda.resources.labels import labels, selector
-from kubelambda.resources.names import INVOKE_PORT, INVOKE_PORT_NAME, JSON, FunctionObject, service_name
+from kubelambda.resources.names import INVOKE_PORT, INVOKE_PORT_NAME, FunctionObject, service_name
 
 
 def make_service(fn: FunctionObject) -> JSON:

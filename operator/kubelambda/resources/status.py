@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubelambda.resources.names import JSON
+from kubelambda.jsonobj import JSON
 
 READY = "Ready"
 

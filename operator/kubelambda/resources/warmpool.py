@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from kubelambda.jsonobj import JSON
 from kubelambda.resources.deployment import RUN_AS, cpu_limit_millicores
 from kubelambda.resources.labels import COMPONENT_LABEL, FUNCTION_LABEL, GATEWAY_LABELS
-from kubelambda.resources.names import CONTAINER, INVOKE_PORT, INVOKE_PORT_NAME, JSON, TASK_ROOT
+from kubelambda.resources.names import CONTAINER, INVOKE_PORT, INVOKE_PORT_NAME, TASK_ROOT
 
 POOL_LABEL = "kubelambda.io/pool"
 """``<runtime>`` on free pool pods: the pool Deployment's selector. Removed when a pod is claimed."""

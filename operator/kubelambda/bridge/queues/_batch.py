@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-JSON = dict[str, Any]
+from kubelambda.jsonobj import JSON
 
 # Lambda caps a synchronous request at 6 MB; leave room for the envelope of each record.
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-JSON = dict[str, Any]
+from kubelambda.jsonobj import JSON
 
 # Sync invocations carry at most 6 MB (Lambda's limit); keep room for the envelope of each record.
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024 - 64 * 1024

@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubelambda import metrics
 from kubelambda.api.v1alpha1 import Trigger
-from kubelambda.bridge._context import BridgeContext, Checkpoint, utcnow
+from kubelambda.bridge._context import BridgeContext, Checkpoint
 from kubelambda.bridge.streams._batch import (
     RECORD_AGE_EXCEEDED,
     FailureInfo,
@@ -583,4 +583,4 @@ class StreamBridge:
                     await asyncio.wait_for(step, STOP_STEP_SECONDS)
 
 
-__all__ = ["CheckpointStore", "ShardReader", "StreamBridge", "StreamClient", "config_key", "utcnow"]
+__all__ = ["CheckpointStore", "ShardReader", "StreamBridge", "StreamClient", "config_key"]
