@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubelambda.gateway.names import BadFunctionName, FunctionRef, parse_function_name
+from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
 from kubelambda.gateway.throttler import POOL, RESERVED, Throttled, Throttler
 
 

@@ -19,7 +19,7 @@ from kubelambda.asyncworker.queue import EventQueue
 from kubelambda.asyncworker.record import Response
 from kubelambda.asyncworker.worker import Worker, WorkerSettings
 from kubelambda.gateway.app import ASYNC_REQUEST_ID_HEADER as REQUEST_ID_HEADER
-from kubelambda.gateway.names import FunctionRef
+from kubelambda.gateway.functionname import FunctionRef
 from kubelambda.gateway.registry import Registry
 from kubelambda.kube import KubeClient
 

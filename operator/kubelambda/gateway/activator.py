@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from kubelambda.gateway.registry import FunctionEntry, Key
 from kubelambda.kube import KubeClient, resource_path
-from kubelambda.resources.names import FunctionObject, deployment_name
+from kubelambda.resources.names import deployment_name
 from kubelambda.settings import SCALE_FIELD_MANAGER
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,4 @@ class Activator:
 
 def deployment_name_of(fn: FunctionEntry) -> str:
     """The builders' rule for the Deployment's name, applied to what the gateway knows of the Function."""
-    return deployment_name(
-        FunctionObject(name=fn.name, namespace=fn.namespace, uid="", generation=0, spec=fn.spec)
-    )
+    return deployment_name(fn.name)

@@ -31,7 +31,7 @@ from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
-from kubelambda.gateway.names import BadFunctionName, FunctionRef, parse_function_name
+from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
 from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
 from kubelambda.gateway.registry import FunctionEntry, Registry
 from kubelambda.gateway.routes import Match, RouteTable

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kubelambda.api.v1alpha1 import FunctionSpec
-from kubelambda.gateway.names import FunctionRef
+from kubelambda.gateway.functionname import FunctionRef
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import KubeClient, list_and_watch, resource_path
 from kubelambda.resources.labels import FUNCTION_LABEL

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from kubelambda import metrics
-from kubelambda.gateway.names import FunctionRef
+from kubelambda.gateway.functionname import FunctionRef
 from kubelambda.gateway.registry import FunctionEntry, Key, Registry
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, KubeClient, list_and_watch, resource_path
 from kubelambda.resources.configmap import code_sha256
 from kubelambda.resources.labels import FUNCTION_LABEL
-from kubelambda.resources.names import INVOKE_PORT, FunctionObject
+from kubelambda.resources.names import INVOKE_PORT
 from kubelambda.resources.warmpool import (
     CLAIMED_AT_ANNOTATION,
     FIELD_MANAGER,
@@ -94,9 +94,7 @@ def ineligible(fn: FunctionEntry, *, settings: GatewaySettings) -> str | None:
 
 
 def function_sha256(fn: FunctionEntry) -> str:
-    return code_sha256(
-        FunctionObject(name=fn.name, namespace=fn.namespace, uid="", generation=0, spec=fn.spec)
-    )
+    return code_sha256(fn.spec.code)
 
 
 def specialize_body(fn: FunctionEntry, *, sha256: str, region: str) -> JSON:

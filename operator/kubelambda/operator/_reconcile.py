@@ -122,7 +122,7 @@ class FunctionReconciler:
             if configmap is not None:
                 steps.append(self._apply(configmap, outcome, changed=spec_changed))
             elif spec_changed:
-                steps.append(self._delete("ConfigMap", fn.namespace, n.code_configmap_name(fn), outcome))
+                steps.append(self._delete("ConfigMap", fn.namespace, n.code_configmap_name(fn.name), outcome))
             steps.append(self._apply(make_service(fn), outcome, changed=False))
             ingress = make_ingress_policy(fn, system_namespace=self.settings.system_namespace)
             steps.append(self._apply(ingress, outcome, changed=False))
@@ -130,7 +130,9 @@ class FunctionReconciler:
             if egress is not None:
                 steps.append(self._apply(egress, outcome, changed=spec_changed))
             elif spec_changed:
-                steps.append(self._delete("NetworkPolicy", fn.namespace, n.egress_policy_name(fn), outcome))
+                steps.append(
+                    self._delete("NetworkPolicy", fn.namespace, n.egress_policy_name(fn.name), outcome)
+                )
             exists = self._deployment_exists(fn) if problem is None else None
             if exists is not None:
                 steps.append(exists)
@@ -144,14 +146,16 @@ class FunctionReconciler:
             generation=fn.generation,
             problem=problem,
             deployment=deployment,
-            code_sha256=code_sha256(fn) if problem is None else current.get("codeSha256"),
+            code_sha256=code_sha256(fn.spec.code) if problem is None else current.get("codeSha256"),
             invoke_url=invoke_url(self.settings, fn),
             now=self.clock(),
         )
         return outcome
 
     async def _deployment_exists(self, fn: FunctionObject) -> bool:
-        path = resource_path("apps/v1", "deployments", namespace=fn.namespace, name=n.deployment_name(fn))
+        path = resource_path(
+            "apps/v1", "deployments", namespace=fn.namespace, name=n.deployment_name(fn.name)
+        )
         return await self.kube.get_or_none(path) is not None
 
     async def _apply_deployment(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from kubelambda.api.v1alpha1 import Code
 from kubelambda.jsonobj import JSON
 from kubelambda.resources.labels import labels
 from kubelambda.resources.names import FunctionObject, code_configmap_name
@@ -23,9 +24,8 @@ def inline_size(fn: FunctionObject) -> int:
     return sum(len(k.encode()) + len(v.encode()) for k, v in files.items())
 
 
-def code_sha256(fn: FunctionObject) -> str:
+def code_sha256(code: Code) -> str:
     """A checksum of the code as deployed: inline files (sorted), the archive's sha256, the S3 object or image."""
-    code = fn.spec.code
     if code.archive is not None:
         return code.archive.sha256
     if code.s3 is not None and code.s3.sha256:
@@ -54,7 +54,7 @@ def make_code_configmap(fn: FunctionObject) -> JSON | None:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": code_configmap_name(fn),
+            "name": code_configmap_name(fn.name),
             "namespace": fn.namespace,
             "labels": labels(fn),
             "ownerReferences": [fn.owner_reference()],

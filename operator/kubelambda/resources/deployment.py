@@ -145,7 +145,9 @@ def make_deployment(
     ]
     mounts: list[JSON] = [{"name": "tmp", "mountPath": "/tmp"}]
     if spec.code.inline is not None:
-        volumes.append({"name": "code", "configMap": {"name": code_configmap_name(fn), "defaultMode": 0o444}})
+        volumes.append(
+            {"name": "code", "configMap": {"name": code_configmap_name(fn.name), "defaultMode": 0o444}}
+        )
         mounts.append({"name": "code", "mountPath": TASK_ROOT, "readOnly": True})
     elif spec.code.archive is not None or spec.code.s3 is not None:
         volumes.append({"name": "code", "emptyDir": {"sizeLimit": "512Mi"}})
@@ -207,7 +209,7 @@ def make_deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": deployment_name(fn),
+            "name": deployment_name(fn.name),
             "namespace": fn.namespace,
             "labels": labels(fn),
             "ownerReferences": [fn.owner_reference()],
@@ -219,7 +221,7 @@ def make_deployment(
             "template": {
                 "metadata": {
                     "labels": labels(fn),
-                    "annotations": {CODE_SHA_ANNOTATION: code_sha256(fn)},
+                    "annotations": {CODE_SHA_ANNOTATION: code_sha256(fn.spec.code)},
                 },
                 "spec": pod_spec,
             },
@@ -238,6 +240,6 @@ def initial_scale(fn: FunctionObject) -> JSON:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": deployment_name(fn), "namespace": fn.namespace},
+        "metadata": {"name": deployment_name(fn.name), "namespace": fn.namespace},
         "spec": {"replicas": fn.spec.scaling.min_instances},
     }

@@ -58,21 +58,25 @@ class FunctionObject(OwnerObject):
         return cls(**cls.identity(body), spec=FunctionSpec.model_validate(body.get("spec", {})))
 
 
-def deployment_name(fn: FunctionObject) -> str:
-    return fn.name
+# Names of what a Function owns depend only on the Function's name (all live in its namespace), so the gateway
+# can apply the same rules to what it knows of a Function.
 
 
-def service_name(fn: FunctionObject) -> str:
-    return fn.name
+def deployment_name(function: str) -> str:
+    return function
 
 
-def code_configmap_name(fn: FunctionObject) -> str:
-    return f"{fn.name}-code"
+def service_name(function: str) -> str:
+    return function
 
 
-def ingress_policy_name(fn: FunctionObject) -> str:
-    return fn.name
+def code_configmap_name(function: str) -> str:
+    return f"{function}-code"
 
 
-def egress_policy_name(fn: FunctionObject) -> str:
-    return f"{fn.name}-egress"
+def ingress_policy_name(function: str) -> str:
+    return function
+
+
+def egress_policy_name(function: str) -> str:
+    return f"{function}-egress"

@@ -30,7 +30,7 @@ def make_ingress_policy(fn: FunctionObject, *, system_namespace: str) -> JSON:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _metadata(fn, ingress_policy_name(fn)),
+        "metadata": _metadata(fn, ingress_policy_name(fn.name)),
         "spec": {
             "podSelector": {"matchLabels": selector(fn)},
             "policyTypes": ["Ingress"],
@@ -90,7 +90,7 @@ def make_egress_policy(fn: FunctionObject) -> JSON | None:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _metadata(fn, egress_policy_name(fn)),
+        "metadata": _metadata(fn, egress_policy_name(fn.name)),
         "spec": {
             "podSelector": {"matchLabels": selector(fn)},
             "policyTypes": ["Egress"],

@@ -12,7 +12,7 @@ def make_service(fn: FunctionObject) -> JSON:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": service_name(fn),
+            "name": service_name(fn.name),
             "namespace": fn.namespace,
             "labels": labels(fn),
             "ownerReferences": [fn.owner_reference()],
