@@ -27,8 +27,8 @@ from kltest.platform import (
 from kltest.records import Records
 from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.bridge import BridgeSettings, build_context
-from kubelambda.bridge._schedule import iso
 from kubelambda.bridge.schedule import LAST_FIRED, ScheduleBridge
+from kubelambda.bridge.schedule_expressions import iso
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path

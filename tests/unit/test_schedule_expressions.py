@@ -6,7 +6,13 @@ import datetime as dt
 
 import pytest
 
-from kubelambda.bridge._schedule import BadSchedule, event_id, missed_policy, parse, scheduled_event
+from kubelambda.bridge.schedule_expressions import (
+    BadSchedule,
+    event_id,
+    missed_policy,
+    parse,
+    scheduled_event,
+)
 
 UTC = dt.UTC
 

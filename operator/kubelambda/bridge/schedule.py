@@ -4,7 +4,7 @@ Exactly one firing per tick, across restarts: each tick is sent as an Event invo
 the Trigger's uid and the tick's time, and checkpointed (``lastFired``) once the gateway accepted it. A bridge
 killed between the two re-sends the same tick on restart with the same key: the gateway derives the same request
 id and JetStream's duplicate window (2 minutes) stores it once; the function sees one event with one id.
-Missed ticks (the bridge was down): see ``_schedule.missed_policy`` and docs/triggers-schedule.md.
+Missed ticks (the bridge was down): see ``schedule_expressions.missed_policy`` and docs/triggers-schedule.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from aiohttp import web
 
 from kubelambda import metrics
 from kubelambda.bridge._context import BridgeContext
-from kubelambda.bridge._schedule import Schedule, iso, missed_policy, parse, scheduled_event
+from kubelambda.bridge.schedule_expressions import Schedule, iso, missed_policy, parse, scheduled_event
 
 log = logging.getLogger("kubelambda.bridge.schedule")
 LAST_FIRED = "lastFired"
