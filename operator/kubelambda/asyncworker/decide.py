@@ -1,6 +1,6 @@
 """What happens to an event after a delivery: pure, the clock is a parameter.
 
-Lambda's rules (LAMBDA-COMPAT.md, "Async invocation"):
+Lambda's rules (docs/async.md, "The worker"):
 
 - a function error or timeout is retried ``maxRetries`` times (0 to 2), the first retry after ``retry_delays[0]``
   (Lambda: ~1 min), the second after ``retry_delays[1]`` (~2 min);

@@ -100,10 +100,3 @@ class Destination(Model):
     captures the subject)."""
     url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2048)
     """An HTTP(S) endpoint that receives the record as a JSON POST."""
-
-
-class SecretRef(Model):
-    """A Secret in the object's namespace."""
-
-    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
-    """Name of the Secret."""
