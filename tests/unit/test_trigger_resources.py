@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
 
+from kubelambda.api.v1alpha1 import Trigger
+from kubelambda.api.v1alpha1.trigger import QueueSource, StreamSource, source_kinds
+from kubelambda.bridge import SOURCES, source_kind
 from kubelambda.operator._trigger import bridge_ready, trigger_status
 from kubelambda.resources import bridge as b
 from kubelambda.settings import OperatorSettings
@@ -188,3 +192,53 @@ def test_bridges_get_the_platforms_nats_when_the_operator_has_one() -> None:
     env = b.make_bridge_deployment(t, settings=with_nats)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["name"] for e in env] == sorted(e["name"] for e in env)
     assert {"name": "KUBELAMBDA_BRIDGE_NATS_URL", "value": "nats://nats.kubelambda-system:4222"} in env
+
+
+STREAM_KINESIS = {"endpoint": "http://k:4566", "streamName": "s", "credentialsSecret": "aws"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "kind", "secrets"),
+    [
+        ({"schedule": {"expression": "rate(5 minutes)"}}, "schedule", []),
+        ({"http": {"path": "/x"}}, "http", []),
+        ({"bucket": {**BUCKET, "mode": "poll"}}, "bucket", ["s3-creds"]),
+        (
+            {"queue": {"redis": {"url": "redis://r:6379", "key": "k", "credentialsSecret": "r"}}},
+            "queue.redis",
+            ["r"],
+        ),
+        ({"queue": {"sqs": {"endpoint": "http://q:9324", "queueUrl": "http://q:9324/q"}}}, "queue.sqs", []),
+        ({"stream": {"kinesis": STREAM_KINESIS}}, "stream.kinesis", ["aws"]),
+        ({"stream": {"nats": {"url": "nats://n:4222", "stream": "s"}}}, "stream.nats", []),
+    ],
+)
+def test_the_source_kind_and_its_secrets_come_from_the_block_that_is_set(
+    spec: dict[str, Any], kind: str, secrets: list[str]
+) -> None:
+    parsed = trigger(**spec).spec
+    assert parsed.source == kind.partition(".")[0]
+    assert parsed.source_kind == kind
+    assert parsed.credentials_secrets() == secrets
+
+
+def test_every_source_kind_of_the_models_has_a_bridge_class() -> None:
+    """The broker list is read from the Trigger models; each kind's module must name its class ``BRIDGE``."""
+    assert QueueSource.brokers() == ("rabbitmq", "nats", "redis", "sqs")
+    assert StreamSource.brokers() == ("kafka", "redis", "nats", "kinesis")
+    assert set(source_kinds()) == {"http", *SOURCES}
+    assert SOURCES["queue.rabbitmq"] == "kubelambda.bridge.queues.rabbitmq"
+    assert SOURCES["schedule"] == "kubelambda.bridge.schedule"
+    for kind, module in SOURCES.items():
+        cls = importlib.import_module(module).BRIDGE
+        assert callable(getattr(cls, "run", None)), kind
+        assert callable(getattr(cls, "routes", None)), kind
+    with pytest.raises(ValueError, match="needs no bridge"):
+        source_kind(Trigger.model_validate({"spec": {"function": "fn", "http": {"path": "/x"}}}))
+
+
+def test_a_queue_block_without_a_broker_says_which_fields_it_wants() -> None:
+    with pytest.raises(
+        ValueError, match=r"exactly one of queue\.rabbitmq, queue\.nats, queue\.redis, queue\.sqs"
+    ):
+        QueueSource().broker()

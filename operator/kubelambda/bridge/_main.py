@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubelambda import metrics
 from kubelambda.api.v1alpha1 import GROUP, VERSION, Trigger
+from kubelambda.api.v1alpha1.trigger import source_kinds
 from kubelambda.bridge._context import (
     BridgeContext,
     Checkpoint,
@@ -34,19 +35,17 @@ from kubelambda.kube import KubeClient, default_login, resource_path
 
 log = logging.getLogger("kubelambda.bridge")
 
-# Source kind → "module:Class"; imported only when used, so a bridge loads one broker client library.
-SOURCES: dict[str, str] = {
-    "bucket": "kubelambda.bridge.bucket:BucketBridge",
-    "schedule": "kubelambda.bridge.schedule:ScheduleBridge",
-    "queue.rabbitmq": "kubelambda.bridge.queues.rabbitmq:RabbitMQQueue",
-    "queue.nats": "kubelambda.bridge.queues.nats:NatsQueue",
-    "queue.redis": "kubelambda.bridge.queues.redis:RedisQueue",
-    "queue.sqs": "kubelambda.bridge.queues.sqs:SqsQueue",
-    "stream.kafka": "kubelambda.bridge.streams.kafka:KafkaStream",
-    "stream.redis": "kubelambda.bridge.streams.redis:RedisStream",
-    "stream.nats": "kubelambda.bridge.streams.nats:NatsStream",
-    "stream.kinesis": "kubelambda.bridge.streams.kinesis:KinesisStream",
-}
+
+def source_module(kind: str) -> str:
+    """Where the source of a kind lives: ``kubelambda.bridge.<kind>`` (``bucket``, ``schedule``) or
+    ``kubelambda.bridge.<queues|streams>.<broker>``; each such module names its class ``BRIDGE``."""
+    source, _, broker = kind.partition(".")
+    return f"kubelambda.bridge.{source}s.{broker}" if broker else f"kubelambda.bridge.{source}"
+
+
+# Source kind → module, read from the Trigger models; imported only when used, so a bridge loads one broker
+# client library.
+SOURCES: dict[str, str] = {kind: source_module(kind) for kind in source_kinds() if kind != "http"}
 
 
 class BridgeSettings(BaseSettings):
@@ -70,22 +69,14 @@ class BridgeSettings(BaseSettings):
 
 def source_kind(trigger: Trigger) -> str:
     """``bucket``, ``schedule``, ``queue.<broker>`` or ``stream.<broker>``; raises for ``http`` (no bridge)."""
-    spec = trigger.spec
-    for kind in ("bucket", "schedule"):
-        if getattr(spec, kind) is not None:
-            return kind
-    for kind in ("queue", "stream"):
-        block = getattr(spec, kind)
-        if block is not None:
-            for broker in ("rabbitmq", "nats", "redis", "sqs", "kafka", "kinesis"):
-                if getattr(block, broker, None) is not None:
-                    return f"{kind}.{broker}"
-    raise ValueError("this Trigger needs no bridge (HTTP routes are served by the gateway)")
+    kind = trigger.spec.source_kind
+    if kind not in SOURCES:
+        raise ValueError("this Trigger needs no bridge (HTTP routes are served by the gateway)")
+    return kind
 
 
 def load_source(kind: str, ctx: BridgeContext) -> Source:
-    module_name, _, class_name = SOURCES[kind].partition(":")
-    cls: Any = getattr(importlib.import_module(module_name), class_name)
+    cls: Any = importlib.import_module(SOURCES[kind]).BRIDGE
     source: Source = cls(ctx)
     return source
 

@@ -59,7 +59,7 @@ def _error_text(error: BaseException) -> str:
 
 
 class BucketBridge:
-    """Source ``bucket`` of the bridge framework (``kubelambda.bridge._main.SOURCES``)."""
+    """Source ``bucket`` of the bridge framework (``kubelambda.bridge._main.load_source``)."""
 
     def __init__(self, ctx: BridgeContext) -> None:
         if ctx.trigger.spec.bucket is None:
@@ -336,3 +336,7 @@ class BucketBridge:
                             state = await self._deliver(state, changes)
                     elapsed = time.monotonic() - started
                     await asyncio.sleep(max(0.0, self.source.poll_interval_seconds - elapsed))
+
+
+BRIDGE = BucketBridge
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""

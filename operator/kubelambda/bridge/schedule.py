@@ -130,3 +130,7 @@ class ScheduleBridge:
             await self.clock.sleep_until(tick)
             await self.fire(tick)
             after = tick
+
+
+BRIDGE = ScheduleBridge
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""

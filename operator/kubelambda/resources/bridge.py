@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from kubelambda.api.v1alpha1 import GROUP, TriggerSpec
 from kubelambda.jsonobj import JSON
@@ -37,10 +37,7 @@ class TriggerObject(OwnerObject):
 
     @property
     def source(self) -> str:
-        for kind in ("bucket", "queue", "stream", "schedule", "http"):
-            if getattr(self.spec, kind) is not None:
-                return kind
-        raise ValueError("a Trigger has exactly one source block")
+        return self.spec.source
 
     @property
     def needs_bridge(self) -> bool:
@@ -92,16 +89,7 @@ def _meta(trigger: TriggerObject, name: str) -> JSON:
 def secret_names(trigger: TriggerObject) -> list[str]:
     """Every Secret the bridge may read: credentials of whichever source block is set, the bucket token."""
     spec = trigger.spec
-    names: set[str] = set()
-    blocks: list[Any] = [spec.bucket]
-    for outer in (spec.queue, spec.stream):
-        if outer is not None:
-            blocks += [
-                getattr(outer, b, None) for b in ("rabbitmq", "nats", "redis", "sqs", "kafka", "kinesis")
-            ]
-    for block in blocks:
-        if block is not None and getattr(block, "credentials_secret", None):
-            names.add(block.credentials_secret)
+    names = set(spec.credentials_secrets())
     if spec.bucket is not None and spec.bucket.mode == "notification":
         names.add(spec.bucket.token_secret or token_secret_name(trigger.name))
     return sorted(names)

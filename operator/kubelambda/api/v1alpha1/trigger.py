@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import ConfigDict, Field
 
@@ -19,7 +21,9 @@ from kubelambda.api.v1alpha1._common import (
     validations,
 )
 
-SOURCES = ("bucket", "queue", "stream", "schedule", "http")
+SourceName = Literal["bucket", "queue", "stream", "schedule", "http"]
+SOURCES: tuple[str, ...] = get_args(SourceName)
+"""The source blocks of a Trigger's spec, exactly one of which is set."""
 URL = r"^[a-z][a-z0-9+.-]*://[^\s]+$"
 SCHEDULE_EXPRESSION = (
     r"^(rate\((1 (minute|hour|day)|([2-9]|[1-9][0-9]+) (minutes|hours|days))\)"
@@ -75,7 +79,52 @@ class BucketSource(Model):
     """``poll`` mode: seconds between bucket listings."""
 
 
-class RabbitMQ(Model):
+class Broker(Model):
+    """The connection block of one broker (a field of :class:`QueueSource` or :class:`StreamSource`)."""
+
+
+class BrokerChoice(Model):
+    """A queue or stream block: one optional field per broker (the fields whose type is a :class:`Broker`),
+    exactly one of them set, and the delivery settings. The broker list is read from the fields, so adding a
+    broker is adding its field (and its bridge module, see ``kubelambda.bridge``)."""
+
+    WHAT: ClassVar[str] = ""
+
+    @classmethod
+    def brokers(cls) -> tuple[str, ...]:
+        """The broker fields, in declaration order."""
+        return tuple(
+            name
+            for name, field in cls.model_fields.items()
+            if any(isinstance(t, type) and issubclass(t, Broker) for t in _members(field.annotation))
+        )
+
+    def broker(self) -> tuple[str, Broker]:
+        """The broker that is set: ``(field name, its block)``."""
+        for name in self.brokers():
+            block = getattr(self, name)
+            if block is not None:
+                return name, block
+        raise ValueError(
+            f"exactly one of {', '.join(f'{self.WHAT}.{b}' for b in self.brokers())} must be set"
+        )
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types of an ``X | None`` annotation."""
+    return get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+
+
+def _one_broker(*rules: dict[str, str]) -> Callable[[dict[str, Any], type[Any]], None]:
+    """``json_schema_extra`` of a :class:`BrokerChoice`: CEL "exactly one broker" (from its fields), then ``rules``."""
+
+    def extra(schema: dict[str, Any], cls: type[Any]) -> None:
+        schema.update(validations(exactly_one(list(cls.brokers()), what=cls.WHAT), *rules))
+
+    return extra
+
+
+class RabbitMQ(Broker):
     url: str = Field(pattern=r"^amqps?://[^\s]+$", max_length=2048)
     """AMQP URL, e.g. ``amqp://rabbitmq.queues:5672/``."""
     queue: str = Field(min_length=1, max_length=255)
@@ -84,7 +133,7 @@ class RabbitMQ(Model):
     """Secret with ``username`` and ``password``."""
 
 
-class Nats(Model):
+class Nats(Broker):
     url: str = Field(pattern=r"^nats://[^\s]+$", max_length=2048)
     """NATS URL."""
     stream: str = Field(min_length=1, max_length=255, pattern=r"^[^\s.*>]+$")
@@ -95,7 +144,7 @@ class Nats(Model):
     """Secret with a ``creds`` file or ``token``."""
 
 
-class RedisSource(Model):
+class RedisSource(Broker):
     url: str = Field(pattern=r"^rediss?://[^\s]+$", max_length=2048)
     """Redis URL."""
     key: str = Field(min_length=1, max_length=1024)
@@ -106,7 +155,7 @@ class RedisSource(Model):
     """Secret with ``password``."""
 
 
-class Sqs(Model):
+class Sqs(Broker):
     endpoint: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
     """SQS API endpoint."""
     queue_url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
@@ -117,12 +166,11 @@ class Sqs(Model):
     """Secret with ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
 
 
-class QueueSource(Model):
+class QueueSource(BrokerChoice):
     """A queue consumed in batches, delivered as SQS-style ``Records``."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(exactly_one(["rabbitmq", "nats", "redis", "sqs"], what="queue"))
-    )
+    WHAT: ClassVar[str] = "queue"
+    model_config = ConfigDict(json_schema_extra=_one_broker())
 
     rabbitmq: RabbitMQ | None = None
     """A RabbitMQ queue."""
@@ -142,7 +190,7 @@ class QueueSource(Model):
     """Concurrent invocations by this trigger (Lambda: 2..1000)."""
 
 
-class Kafka(Model):
+class Kafka(Broker):
     bootstrap_servers: list[str] = Field(min_length=1, max_length=32)
     """``host:port`` of brokers."""
     topic: str = Field(min_length=1, max_length=249, pattern=r"^[a-zA-Z0-9._-]+$")
@@ -153,7 +201,7 @@ class Kafka(Model):
     """Secret with SASL ``username`` / ``password``."""
 
 
-class Kinesis(Model):
+class Kinesis(Broker):
     endpoint: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
     """Kinesis API endpoint."""
     stream_name: str = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_.-]+$")
@@ -164,12 +212,12 @@ class Kinesis(Model):
     """Secret with ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
 
 
-class StreamSource(Model):
+class StreamSource(BrokerChoice):
     """An ordered stream read per shard/partition, delivered as Kinesis-style ``Records``."""
 
+    WHAT: ClassVar[str] = "stream"
     model_config = ConfigDict(
-        json_schema_extra=validations(
-            exactly_one(["kafka", "redis", "nats", "kinesis"], what="stream"),
+        json_schema_extra=_one_broker(
             cel(
                 "(self.startingPosition == 'AT_TIMESTAMP') == has(self.startingPositionTimestamp)",
                 "startingPositionTimestamp is required with, and only with, startingPosition AT_TIMESTAMP",
@@ -277,13 +325,50 @@ class TriggerSpec(Model):
     http: HttpSource | None = None
     """An HTTP route on the gateway."""
 
+    @property
+    def source(self) -> str:
+        """The source block that is set: one of :data:`SOURCES`."""
+        for name in SOURCES:
+            if getattr(self, name) is not None:
+                return name
+        raise ValueError(f"exactly one of {', '.join(f'spec.{s}' for s in SOURCES)} must be set")
+
+    @property
+    def source_kind(self) -> str:
+        """``bucket``, ``schedule``, ``http`` or ``<queue|stream>.<broker>`` (what a bridge runs)."""
+        source = self.source
+        block = getattr(self, source)
+        if isinstance(block, BrokerChoice):
+            return f"{source}.{block.broker()[0]}"
+        return source
+
+    def credentials_secrets(self) -> list[str]:
+        """The Secrets named by whichever source block is set (bucket or broker ``credentialsSecret``)."""
+        block = getattr(self, self.source)
+        if isinstance(block, BrokerChoice):
+            block = block.broker()[1]
+        secret = getattr(block, "credentials_secret", None)
+        return [secret] if secret else []
+
+
+def source_kinds() -> tuple[str, ...]:
+    """Every value :attr:`TriggerSpec.source_kind` can take, read from the models."""
+    kinds: list[str] = []
+    for name in SOURCES:
+        block = TriggerSpec.model_fields[name].annotation
+        choice = next(
+            (t for t in _members(block) if isinstance(t, type) and issubclass(t, BrokerChoice)), None
+        )
+        kinds += [f"{name}.{b}" for b in choice.brokers()] if choice is not None else [name]
+    return tuple(kinds)
+
 
 class TriggerStatus(Model):
     observed_generation: int | None = Field(default=None, ge=0)
     """The ``metadata.generation`` last reconciled."""
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
     """``Ready`` and its reason."""
-    source: Literal["bucket", "queue", "stream", "schedule", "http"] | None = None
+    source: SourceName | None = None
     """Which source block the spec uses (for ``kubectl get trig``)."""
     last_event_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the bridge last delivered an event to the function (RFC 3339)."""

@@ -176,3 +176,7 @@ class NatsQueue:
 
     async def run(self) -> None:
         await self.consumer.run()
+
+
+BRIDGE = NatsQueue
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""

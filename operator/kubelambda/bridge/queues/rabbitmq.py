@@ -184,3 +184,7 @@ class RabbitMQQueue:
 
     async def run(self) -> None:
         await self.consumer.run()
+
+
+BRIDGE = RabbitMQQueue
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""

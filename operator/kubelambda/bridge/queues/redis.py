@@ -207,3 +207,7 @@ class RedisQueue:
 
     async def run(self) -> None:
         await self.consumer.run()
+
+
+BRIDGE = RedisQueue
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""

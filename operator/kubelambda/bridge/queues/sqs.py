@@ -180,3 +180,7 @@ class SqsQueue:
 
     async def run(self) -> None:
         await self.consumer.run()
+
+
+BRIDGE = SqsQueue
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""

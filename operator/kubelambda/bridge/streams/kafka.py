@@ -169,3 +169,7 @@ class KafkaStream(StreamBridge):
 
     def client_for(self, ctx: BridgeContext) -> StreamClient:
         return _KafkaClient(ctx)
+
+
+BRIDGE = KafkaStream
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""

@@ -154,3 +154,7 @@ class KinesisStream(StreamBridge):
 
     def client_for(self, ctx: BridgeContext) -> StreamClient:
         return _KinesisClient(ctx, self.store)
+
+
+BRIDGE = KinesisStream
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""

@@ -168,3 +168,7 @@ class NatsStream(StreamBridge):
 
     def nats_publish(self) -> Any:
         return self._nats.publish
+
+
+BRIDGE = NatsStream
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""

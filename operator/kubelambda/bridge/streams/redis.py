@@ -141,3 +141,7 @@ class RedisStream(StreamBridge):
 
     def client_for(self, ctx: BridgeContext) -> StreamClient:
         return _RedisClient(ctx, self.store)
+
+
+BRIDGE = RedisStream
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""
