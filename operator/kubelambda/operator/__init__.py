@@ -5,7 +5,8 @@
 
 from kubelambda.kube import Login, default_login
 from kubelambda.operator._kopf import build_registry, connection_info, run
-from kubelambda.operator._reconcile import FunctionReconciler, Outcome
+from kubelambda.operator._owned import Outcome
+from kubelambda.operator._reconcile import FunctionReconciler
 
 __all__ = [
     "FunctionReconciler",

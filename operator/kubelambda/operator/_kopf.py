@@ -23,7 +23,8 @@ from kubelambda import metrics
 from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, Login, resource_path
-from kubelambda.operator._reconcile import FunctionReconciler, Outcome
+from kubelambda.operator._owned import Outcome
+from kubelambda.operator._reconcile import FunctionReconciler
 from kubelambda.operator._trigger import TriggerReconciler, bridge_ready
 from kubelambda.resources import FUNCTION_LABEL
 from kubelambda.resources import status as st
@@ -161,6 +162,131 @@ def connection_info(login: Login) -> kopf.ConnectionInfo:
     )
 
 
+def _status_of(body: JSON) -> JSON:
+    return dict(body.get("status") or {})
+
+
+def _ready_status(current: JSON, ready: tuple[str, str, str], **changes: Any) -> JSON:
+    """``current`` with ``changes`` and the Ready condition set to ``(status, reason, message)``."""
+    status, reason, message = ready
+    conditions = st.set_condition(
+        list(current.get("conditions") or []),
+        type=st.READY,
+        status=status,
+        reason=reason,
+        message=message,
+        generation=int(current["observedGeneration"]),
+        now=utcnow(),
+    )
+    return {**current, **changes, "conditions": sorted(conditions, key=lambda c: c["type"])}
+
+
+def _function_refresh(owner: JSON, deployment: JSON) -> JSON | None:
+    """A Function's status after its Deployment changed: ``instances`` and Ready, unless a Problem decides Ready."""
+    ready = st.find_condition(owner, st.READY)
+    if ready is not None and ready.get("reason") not in _DEPLOYMENT_REASONS:
+        return None  # a Problem decides Ready until the next reconcile
+    return _ready_status(
+        owner, st.ready(problem=None, deployment=deployment), instances=st.instances(deployment)
+    )
+
+
+def _trigger_refresh(owner: JSON, deployment: JSON) -> JSON | None:
+    """A Trigger's status after its bridge Deployment changed: Ready, unless the Function is missing."""
+    current = _status_of(owner)
+    ready = st.find_condition(current, st.READY)
+    if ready is None or ready.get("reason") == "FunctionMissing":
+        return None  # the reconcile decides until the Function exists
+    return _ready_status(current, bridge_ready(TriggerObject.from_body(owner), deployment))
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """A kind whose objects own Deployments, and how its status follows theirs."""
+
+    resource: tuple[str, str, str]  # group, version, plural
+    kind: str
+    label: str  # on the Deployments, naming the owner
+    keep: Callable[[JSON], JSON]  # what the index keeps of an owner
+    status: Callable[[JSON], JSON]  # the owner's status, from what the index keeps
+    refresh: Callable[[JSON, JSON], JSON | None]  # (kept, Deployment) → new status, or None to leave it
+    reconciler: Callable[[Context], Callable[[JSON], Awaitable[Outcome]]]
+
+
+_OWNERS = (
+    _Owner(
+        FUNCTIONS,
+        kind="Function",
+        label=FUNCTION_LABEL,
+        keep=_status_of,  # only the status: a Function's inline code may be 1 MiB
+        status=dict,
+        refresh=_function_refresh,
+        reconciler=lambda ctx: ctx.reconciler.reconcile,
+    ),
+    _Owner(
+        TRIGGERS,
+        kind="Trigger",
+        label=TRIGGER_LABEL,
+        keep=dict,  # the whole Trigger: its Ready needs the spec
+        status=_status_of,
+        refresh=_trigger_refresh,
+        reconciler=lambda ctx: ctx.triggers.reconcile,
+    ),
+)
+
+
+def _register_owner(registry: kopf.OperatorRegistry, owner: _Owner) -> None:
+    """The reconcile of ``owner``'s objects, an index of them, and the refresh of their status when a
+    Deployment they own changes."""
+    kind = owner.kind.lower()
+    index_id = f"{kind}_index"
+
+    async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        await _reconcile(owner.kind, owner.reconciler(memo["ctx"]), body, patch)
+
+    for on in (kopf.on.resume, kopf.on.create, kopf.on.update):
+        on(*owner.resource, id=f"reconcile_{kind}", registry=registry)(reconcile)
+
+    def index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], JSON]:
+        return {(namespace or "", name): owner.keep(dict(body))}
+
+    kopf.index(*owner.resource, id=index_id, registry=registry)(index)
+
+    async def deployment_changed(
+        event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        if event.get("type") == "DELETED":
+            return
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["labels"][owner.label]
+        found = kwargs[index_id].get((namespace, name))
+        if not found:
+            return
+        kept = next(iter(found))
+        current = owner.status(kept)
+        if current.get("observedGeneration") is None:
+            return  # the reconcile has not written a status yet; it will, from this Deployment
+        new = owner.refresh(kept, dict(body))
+        if new is not None:
+            await _patch_status_changes(
+                memo["ctx"],
+                kind=owner.kind,
+                plural=owner.resource[2],
+                namespace=namespace,
+                name=name,
+                current=current,
+                new=new,
+            )
+
+    kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={owner.label: kopf.PRESENT},
+        id=f"{kind}_deployment_changed",
+        registry=registry,
+    )(deployment_changed)
+
+
 def build_registry() -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -174,101 +300,8 @@ def build_registry() -> kopf.OperatorRegistry:
         ctx: Context = memo["ctx"]
         configure(settings, ctx.settings)
 
-    @kopf.on.resume(*FUNCTIONS, registry=registry)
-    @kopf.on.create(*FUNCTIONS, registry=registry)
-    @kopf.on.update(*FUNCTIONS, registry=registry)
-    async def reconcile_function(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        ctx: Context = memo["ctx"]
-        await _reconcile("Function", ctx.reconciler.reconcile, body, patch)
-
-    @kopf.index(*FUNCTIONS, id="function_status_index", registry=registry)
-    def function_status_index(
-        namespace: str | None, name: str, body: kopf.Body, **_: Any
-    ) -> dict[tuple[str, str], JSON]:
-        return {(namespace or "", name): dict(body.get("status") or {})}
-
-    @kopf.on.event("apps", "v1", "deployments", labels={FUNCTION_LABEL: kopf.PRESENT}, registry=registry)
-    async def deployment_changed(
-        event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
-    ) -> None:
-        """Refreshes ``instances`` and Ready of the owning Function when its Deployment's status changes."""
-        ctx: Context = memo["ctx"]
-        function_status_index: kopf.Index[tuple[str, str], JSON] = kwargs["function_status_index"]
-        if event.get("type") == "DELETED":
-            return
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["labels"][FUNCTION_LABEL]
-        found = function_status_index.get((namespace, name))
-        if not found:
-            return
-        current = next(iter(found))
-        if current.get("observedGeneration") is None:
-            return  # the reconcile has not written a status yet; it will, from this Deployment
-        ready = next((c for c in current.get("conditions", []) if c.get("type") == st.READY), None)
-        if ready is not None and ready.get("reason") not in _DEPLOYMENT_REASONS:
-            return  # a Problem decides Ready until the next reconcile
-        status, reason, message = st.ready(problem=None, deployment=dict(body))
-        new = dict(current)
-        new["instances"] = st.instances(dict(body))
-        new["conditions"] = st.set_condition(
-            list(current.get("conditions") or []),
-            type=st.READY,
-            status=status,
-            reason=reason,
-            message=message,
-            generation=int(current["observedGeneration"]),
-            now=utcnow(),
-        )
-        await _patch_status_changes(
-            ctx, kind="Function", plural="functions", namespace=namespace, name=name, current=current, new=new
-        )
-
-    @kopf.on.resume(*TRIGGERS, registry=registry)
-    @kopf.on.create(*TRIGGERS, registry=registry)
-    @kopf.on.update(*TRIGGERS, registry=registry)
-    async def reconcile_trigger(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        ctx: Context = memo["ctx"]
-        await _reconcile("Trigger", ctx.triggers.reconcile, body, patch)
-
-    @kopf.index(*TRIGGERS, id="trigger_index", registry=registry)
-    def trigger_index(
-        namespace: str | None, name: str, body: kopf.Body, **_: Any
-    ) -> dict[tuple[str, str], JSON]:
-        return {(namespace or "", name): dict(body)}
-
-    @kopf.on.event("apps", "v1", "deployments", labels={TRIGGER_LABEL: kopf.PRESENT}, registry=registry)
-    async def bridge_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        """Refreshes Ready of the owning Trigger when its bridge Deployment's status changes."""
-        ctx: Context = memo["ctx"]
-        trigger_index: kopf.Index[tuple[str, str], JSON] = kwargs["trigger_index"]
-        if event.get("type") == "DELETED":
-            return
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["labels"][TRIGGER_LABEL]
-        found = trigger_index.get((namespace, name))
-        if not found:
-            return
-        trigger_body = next(iter(found))
-        current = dict(trigger_body.get("status") or {})
-        if current.get("observedGeneration") is None:
-            return
-        ready = next((c for c in current.get("conditions", []) if c.get("type") == st.READY), None)
-        if ready is None or ready.get("reason") == "FunctionMissing":
-            return  # the reconcile decides until the Function exists
-        trigger = TriggerObject.from_body(trigger_body)
-        status, reason, message = bridge_ready(trigger, dict(body))
-        conditions = st.set_condition(
-            list(current.get("conditions") or []),
-            type=st.READY,
-            status=status,
-            reason=reason,
-            message=message,
-            generation=int(current["observedGeneration"]),
-            now=utcnow(),
-        )
-        new = {**current, "conditions": sorted(conditions, key=lambda c: c["type"])}
-        await _patch_status_changes(
-            ctx, kind="Trigger", plural="triggers", namespace=namespace, name=name, current=current, new=new
-        )
-
+    for owner in _OWNERS:
+        _register_owner(registry, owner)
     return registry
 
 

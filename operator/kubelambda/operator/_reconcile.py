@@ -8,13 +8,13 @@ the status. Nothing is remembered between calls: the cluster is the memory.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any
 
 from kubelambda import metrics
-from kubelambda.jsonobj import JSON, utcnow
-from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.jsonobj import JSON
+from kubelambda.kube import ApiError, resource_path
+from kubelambda.operator._owned import Outcome, OwnedWriter, object_path, owned_path
 from kubelambda.resources import (
     CodeTooLarge,
     FunctionObject,
@@ -31,62 +31,13 @@ from kubelambda.resources import (
 from kubelambda.resources import names as n
 from kubelambda.settings import FIELD_MANAGER, SCALE_FIELD_MANAGER, OperatorSettings
 
-_PLURALS = {
-    "ConfigMap": ("v1", "configmaps"),
-    "Service": ("v1", "services"),
-    "Deployment": ("apps/v1", "deployments"),
-    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
-}
-
 
 def invoke_url(settings: OperatorSettings, fn: FunctionObject) -> str:
     """The Invoke API URL; ``<namespace>/<name>`` is the gateway's FunctionName for a namespaced Function."""
     return f"{settings.gateway_url.rstrip('/')}/2015-03-31/functions/{fn.namespace}/{fn.name}/invocations"
 
 
-def object_path(obj: JSON) -> str:
-    api_version, plural = _PLURALS[obj["kind"]]
-    meta = obj["metadata"]
-    return resource_path(api_version, plural, namespace=meta["namespace"], name=meta["name"])
-
-
-@dataclass
-class Outcome:
-    """What one reconcile decided: the new status, what changed (for Events) and what went wrong."""
-
-    status: JSON
-    created: list[str] = field(default_factory=list)  # "Deployment demo/hello"
-    updated: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    problem: Problem | None = None
-    retry_after: float | None = None  # a problem that may go away by itself (e.g. a missing ServiceAccount)
-
-
-class FunctionReconciler:
-    def __init__(
-        self, kube: KubeClient, settings: OperatorSettings, *, clock: Callable[[], str] = utcnow
-    ) -> None:
-        self.kube = kube
-        self.settings = settings
-        self.clock = clock
-
-    async def _apply(self, obj: JSON, outcome: Outcome, *, changed: bool) -> JSON:
-        result, created = await self.kube.apply_reporting(object_path(obj), obj, field_manager=FIELD_MANAGER)
-        metrics.OPERATOR_API_WRITES.labels(obj["kind"]).inc()
-        what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
-        if created:
-            outcome.created.append(what)
-        elif changed:
-            outcome.updated.append(what)
-        return result
-
-    async def _delete(self, kind: str, namespace: str, name: str, outcome: Outcome) -> None:
-        api_version, plural = _PLURALS[kind]
-        gone = await self.kube.delete(resource_path(api_version, plural, namespace=namespace, name=name))
-        if gone is not None:
-            metrics.OPERATOR_API_WRITES.labels(kind).inc()
-            outcome.deleted.append(f"{kind} {namespace}/{name}")
-
+class FunctionReconciler(OwnedWriter):
     async def _judge(self, fn: FunctionObject) -> tuple[Problem | None, float | None]:
         """Problems the API server cannot see: ``(problem, retry after seconds)``."""
         if fn.spec.code.image is None and self.settings.image_for(fn.spec.runtime) is None:
@@ -153,9 +104,7 @@ class FunctionReconciler:
         return outcome
 
     async def _deployment_exists(self, fn: FunctionObject) -> bool:
-        path = resource_path(
-            "apps/v1", "deployments", namespace=fn.namespace, name=n.deployment_name(fn.name)
-        )
+        path = owned_path("Deployment", fn.namespace, n.deployment_name(fn.name))
         return await self.kube.get_or_none(path) is not None
 
     async def _apply_deployment(

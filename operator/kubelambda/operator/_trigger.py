@@ -13,34 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
-from kubelambda import metrics
 from kubelambda.api.v1alpha1 import API_VERSION
-from kubelambda.jsonobj import JSON, utcnow
-from kubelambda.kube import ApiError, KubeClient, resource_path
-from kubelambda.operator._reconcile import Outcome
+from kubelambda.jsonobj import JSON
+from kubelambda.kube import resource_path
+from kubelambda.operator._owned import Outcome, OwnedWriter
 from kubelambda.resources import Problem
 from kubelambda.resources import bridge as b
 from kubelambda.resources import status as st
-from kubelambda.settings import FIELD_MANAGER, OperatorSettings
 
 FUNCTION_MISSING = "FunctionMissing"
-_PLURALS = {
-    "ServiceAccount": ("v1", "serviceaccounts"),
-    "ConfigMap": ("v1", "configmaps"),
-    "Secret": ("v1", "secrets"),
-    "Service": ("v1", "services"),
-    "Role": ("rbac.authorization.k8s.io/v1", "roles"),
-    "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
-    "Deployment": ("apps/v1", "deployments"),
-}
-
-
-def _path(kind: str, namespace: str, name: str) -> str:
-    api_version, plural = _PLURALS[kind]
-    return resource_path(api_version, plural, namespace=namespace, name=name)
 
 
 def bridge_ready(trigger: b.TriggerObject, deployment: JSON | None) -> tuple[str, str, str]:
@@ -105,45 +89,10 @@ def trigger_status(
     }
 
 
-class TriggerReconciler:
-    def __init__(
-        self, kube: KubeClient, settings: OperatorSettings, *, clock: Callable[[], str] = utcnow
-    ) -> None:
-        self.kube = kube
-        self.settings = settings
-        self.clock = clock
-
-    async def _apply(self, obj: JSON, outcome: Outcome) -> JSON:
-        meta = obj["metadata"]
-        result, created = await self.kube.apply_reporting(
-            _path(obj["kind"], meta["namespace"], meta["name"]), obj, field_manager=FIELD_MANAGER
-        )
-        metrics.OPERATOR_API_WRITES.labels(obj["kind"]).inc()
-        if created:
-            outcome.created.append(f"{obj['kind']} {meta['namespace']}/{meta['name']}")
-        return result
-
+class TriggerReconciler(OwnedWriter):
     async def _apply_in_order(self, *objs: JSON, outcome: Outcome) -> None:
         for obj in objs:
             await self._apply(obj, outcome)
-
-    async def _create_once(self, obj: JSON, outcome: Outcome) -> None:
-        """Creates ``obj`` unless it exists (a generated token must never change under the store using it)."""
-        meta = obj["metadata"]
-        api_version, plural = _PLURALS[obj["kind"]]
-        try:
-            await self.kube.create(resource_path(api_version, plural, namespace=meta["namespace"]), obj)
-        except ApiError as e:
-            if e.status != 409:
-                raise
-            return
-        metrics.OPERATOR_API_WRITES.labels(obj["kind"]).inc()
-        outcome.created.append(f"{obj['kind']} {meta['namespace']}/{meta['name']}")
-
-    async def _delete(self, kind: str, namespace: str, name: str, outcome: Outcome) -> None:
-        if await self.kube.delete(_path(kind, namespace, name)) is not None:
-            metrics.OPERATOR_API_WRITES.labels(kind).inc()
-            outcome.deleted.append(f"{kind} {namespace}/{name}")
 
     async def reconcile(self, body: JSON) -> Outcome:
         trigger = b.TriggerObject.from_body(body)

@@ -49,6 +49,11 @@ def ready(*, problem: Problem | None, deployment: JSON | None) -> tuple[str, str
     return "False", "InstancesStarting", f"0 of {counts['desired']} instances are ready"
 
 
+def find_condition(status: JSON, type: str) -> JSON | None:
+    """The condition ``type`` of ``status``, if any."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type), None)
+
+
 def set_condition(
     conditions: list[JSON],
     *,
@@ -60,7 +65,7 @@ def set_condition(
     now: str,
 ) -> list[JSON]:
     """``conditions`` with ``type`` set; ``lastTransitionTime`` moves only when ``status`` changes."""
-    previous = next((c for c in conditions if c.get("type") == type), None)
+    previous = find_condition({"conditions": conditions}, type)
     since = previous["lastTransitionTime"] if previous and previous.get("status") == status else now
     updated = {
         "type": type,
