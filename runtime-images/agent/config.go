@@ -16,7 +16,9 @@ import (
 const defaultMaxPayload = 6 * 1024 * 1024
 
 // Config is the agent's whole configuration. Every field can be set by a flag or by the
-// environment variable named in its flag's help; flags win over the environment.
+// KUBELAMBDA_* environment variable named in its flag's help; flags win over the environment. The agent
+// reads no Lambda variable (AWS_*, _HANDLER, LAMBDA_*): it derives them for the runtime from this, in
+// workerEnv, the one place they are written.
 type Config struct {
 	Listen          string        // invoke, metrics and health endpoints, host:port
 	RuntimeAPI      string        // Runtime API of worker 0, host:port; worker i listens on port+i
@@ -62,21 +64,21 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 		"function timeout: seconds (\"3\", \"1.5\") or a Go duration (\"500ms\") (env KUBELAMBDA_TIMEOUT)")
 	memory := fs.String("memory-mb", env("KUBELAMBDA_MEMORY_MB", "128"),
 		"function memory size in MB, 128..10240 (env KUBELAMBDA_MEMORY_MB)")
-	name := fs.String("function-name", env("KUBELAMBDA_FUNCTION_NAME", env("AWS_LAMBDA_FUNCTION_NAME", "function")),
+	name := fs.String("function-name", env("KUBELAMBDA_FUNCTION_NAME", "function"),
 		"function name (env KUBELAMBDA_FUNCTION_NAME)")
 	version := fs.String("function-version", env("KUBELAMBDA_FUNCTION_VERSION", "$LATEST"),
 		"function version (env KUBELAMBDA_FUNCTION_VERSION)")
 	arn := fs.String("function-arn", env("KUBELAMBDA_FUNCTION_ARN", ""),
 		"invoked function ARN when the caller sends none; default arn:aws:lambda:REGION:000000000000:function:NAME "+
 			"(env KUBELAMBDA_FUNCTION_ARN)")
-	region := fs.String("region", env("KUBELAMBDA_REGION", env("AWS_REGION", "us-east-1")),
-		"AWS_REGION given to the runtime (env KUBELAMBDA_REGION, then AWS_REGION)")
-	handler := fs.String("handler", env("KUBELAMBDA_HANDLER", env("_HANDLER", "")),
-		"handler, e.g. app.handler (env KUBELAMBDA_HANDLER, then _HANDLER)")
-	taskRoot := fs.String("task-root", env("KUBELAMBDA_TASK_ROOT", env("LAMBDA_TASK_ROOT", "/var/task")),
-		"folder with the function's code (env KUBELAMBDA_TASK_ROOT, then LAMBDA_TASK_ROOT)")
-	runtimeDir := fs.String("runtime-dir", env("KUBELAMBDA_RUNTIME_DIR", env("LAMBDA_RUNTIME_DIR", "/opt/kubelambda/runtime")),
-		"folder with the runtime client (env KUBELAMBDA_RUNTIME_DIR, then LAMBDA_RUNTIME_DIR)")
+	region := fs.String("region", env("KUBELAMBDA_REGION", "us-east-1"),
+		"AWS_REGION given to the runtime (env KUBELAMBDA_REGION)")
+	handler := fs.String("handler", env("KUBELAMBDA_HANDLER", ""),
+		"handler, e.g. app.handler; _HANDLER of the runtime (env KUBELAMBDA_HANDLER)")
+	taskRoot := fs.String("task-root", env("KUBELAMBDA_TASK_ROOT", "/var/task"),
+		"folder with the function's code; LAMBDA_TASK_ROOT of the runtime (env KUBELAMBDA_TASK_ROOT)")
+	runtimeDir := fs.String("runtime-dir", env("KUBELAMBDA_RUNTIME_DIR", "/opt/kubelambda/runtime"),
+		"folder with the runtime client; LAMBDA_RUNTIME_DIR of the runtime (env KUBELAMBDA_RUNTIME_DIR)")
 	runtimeName := fs.String("runtime-name", env("KUBELAMBDA_RUNTIME_NAME", "provided"),
 		"runtime identifier for AWS_EXECUTION_ENV, e.g. python3.12 (env KUBELAMBDA_RUNTIME_NAME)")
 	maxReq := fs.String("max-request-bytes", env("KUBELAMBDA_MAX_REQUEST_BYTES", strconv.Itoa(defaultMaxPayload)),

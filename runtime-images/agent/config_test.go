@@ -36,6 +36,15 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("workerAddr(3) = %s", c.workerAddr(3))
 			}
 		}},
+		{name: "only the KUBELAMBDA_ vocabulary is read", args: append(base, "--", "rt"), env: map[string]string{
+			"AWS_LAMBDA_FUNCTION_NAME": "lambda-name", "AWS_REGION": "eu-west-1", "_HANDLER": "lambda.handler",
+			"LAMBDA_RUNTIME_DIR": "/elsewhere", "KUBELAMBDA_HANDLER": "app.handler",
+		}, check: func(t *testing.T, c *Config) {
+			if c.FunctionName != "function" || c.Region != "us-east-1" || c.Handler != "app.handler" ||
+				c.RuntimeDir != "/opt/kubelambda/runtime" {
+				t.Errorf("read a Lambda variable as input: %+v", c)
+			}
+		}},
 		{name: "flags win over env", args: append(base, "--workers", "2", "--", "rt"),
 			env: map[string]string{"KUBELAMBDA_WORKERS": "4"}, check: func(t *testing.T, c *Config) {
 				if c.Workers != 2 {

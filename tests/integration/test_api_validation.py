@@ -83,6 +83,7 @@ BAD_FUNCTIONS: list[tuple[str, Callable[[JSON], None], str]] = [
     ("bad env name", spec_set(environment={"1BAD": "x"}), "spec.environment"),
     ("env name with a dash", spec_set(environment={"MY-VAR": "x"}), "spec.environment"),
     ("reserved env", spec_set(environment={"AWS_REGION": "eu-west-1"}), "spec.environment"),
+    ("agent env", spec_set(environment={"KUBELAMBDA_RUNTIME_CMD": "sh"}), "spec.environment"),
     ("5 KB of env", spec_set(environment={f"V{i}": "x" * 500 for i in range(10)}), "spec.environment"),
     ("negative reserved concurrency", spec_set(concurrency={"reserved": -1}), "spec.concurrency.reserved"),
     ("perInstance 0", spec_set(concurrency={"perInstance": 0}), "spec.concurrency.perInstance"),

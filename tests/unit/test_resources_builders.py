@@ -71,23 +71,32 @@ def test_deployment_is_deterministic_and_sorted() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("AWS_LAMBDA_FUNCTION_NAME", "hello"),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256"),
-        ("_HANDLER", "app.handler"),
-        ("LAMBDA_TASK_ROOT", "/var/task"),
+        ("KUBELAMBDA_FUNCTION_NAME", "hello"),
+        ("KUBELAMBDA_MEMORY_MB", "256"),
+        ("KUBELAMBDA_HANDLER", "app.handler"),
+        ("KUBELAMBDA_TASK_ROOT", "/var/task"),
+        ("KUBELAMBDA_REGION", SETTINGS.region),
         ("KUBELAMBDA_TIMEOUT", "30"),
         ("KUBELAMBDA_WORKERS", "4"),
         ("KUBELAMBDA_RUNTIME_NAME", "python3.12"),
-        ("TZ", "UTC"),
     ],
     ids=lambda v: str(v),
 )
-def test_lambda_environment(key: str, value: str) -> None:
+def test_agent_environment(key: str, value: str) -> None:
     d = make_deployment(
         fn(memoryMB=256, timeoutSeconds=30, concurrency={"perInstance": 4}), image="img", settings=SETTINGS
     )
     env = {e["name"]: e["value"] for e in container(d)["env"]}
     assert env[key] == value
+
+
+def test_the_operator_sets_only_the_agents_inputs_and_the_functions_own_variables() -> None:
+    """The Lambda variables (AWS_*, _HANDLER, LAMBDA_*, TZ) are the agent's to derive, in one place."""
+    d = make_deployment(
+        fn(environment={"TZ": "Europe/Paris", "GREETING": "hi"}), image="img", settings=SETTINGS
+    )
+    names = [e["name"] for e in container(d)["env"]]
+    assert [n for n in names if not n.startswith("KUBELAMBDA_")] == ["GREETING", "TZ"]
 
 
 def test_hardened_pod() -> None:

@@ -23,6 +23,7 @@ from kubelambda.settings import OperatorSettings
 
 CODE_SHA_ANNOTATION = "kubelambda.io/code-sha256"
 MB_PER_VCPU = 1769  # Lambda: 1,769 MB of memory = 1 vCPU
+AGENT_ENV_PREFIX = "KUBELAMBDA_"
 RUN_AS = 65532  # a non-root uid/gid (the distroless "nonroot" user)
 
 
@@ -32,26 +33,32 @@ def cpu_limit_millicores(memory_mb: int) -> int:
 
 
 def function_env(fn: FunctionObject, *, settings: OperatorSettings) -> list[JSON]:
-    """The agent's configuration (KUBELAMBDA_*), the Lambda variables, then the function's own, each sorted."""
+    """The agent's inputs (``KUBELAMBDA_*``, sorted), then the function's own variables (sorted).
+
+    Only the agent's vocabulary: the agent derives the Lambda variables the runtime sees (``_HANDLER``,
+    ``AWS_LAMBDA_FUNCTION_NAME``, ``AWS_REGION``, ``LAMBDA_TASK_ROOT``, ``TZ`` unless the function sets it, ...)
+    from these, in one place (docs/runtimes.md, "Configuration").
+    """
     spec = fn.spec
-    system = {
+    agent = {
         "KUBELAMBDA_FUNCTION_NAME": fn.name,
         "KUBELAMBDA_FUNCTION_VERSION": "$LATEST",
+        "KUBELAMBDA_HANDLER": spec.handler,
         "KUBELAMBDA_MEMORY_MB": str(spec.memory_mb),
+        "KUBELAMBDA_REGION": settings.region,
         "KUBELAMBDA_RUNTIME_NAME": spec.runtime,
+        "KUBELAMBDA_TASK_ROOT": TASK_ROOT,
         "KUBELAMBDA_TIMEOUT": str(spec.timeout_seconds),
         "KUBELAMBDA_WORKERS": str(spec.concurrency.per_instance),
-        "AWS_LAMBDA_FUNCTION_NAME": fn.name,
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_REGION": settings.region,
-        "LAMBDA_TASK_ROOT": TASK_ROOT,
-        "TZ": "UTC",
-        "_HANDLER": spec.handler,
     }
-    env = [{"name": k, "value": v} for k, v in sorted(system.items())]
-    # The function's own variables come last; none can shadow the ones above (the CRD refuses reserved names).
-    env += [{"name": k, "value": v} for k, v in sorted(spec.environment.items()) if k not in system]
+    env = [{"name": k, "value": v} for k, v in sorted(agent.items())]
+    # The function's own variables come last; none can configure the agent (the CRD refuses KUBELAMBDA_* and
+    # Lambda's reserved names).
+    env += [
+        {"name": k, "value": v}
+        for k, v in sorted(spec.environment.items())
+        if not k.startswith(AGENT_ENV_PREFIX)
+    ]
     return env
 
 

@@ -84,15 +84,14 @@ def make_pool_deployment(
     cpu_limit = cpu_limit_millicores(memory_mb)
     cpu_request = max(1, math.ceil(cpu_limit * cpu_request_fraction))
     name = pool_name(runtime)
-    env = {
-        "AWS_REGION": region,
+    env = {  # the agent's inputs only, as a Function's pod (resources.deployment.function_env)
         "KUBELAMBDA_FUNCTION_NAME": name,
         "KUBELAMBDA_GENERIC": generic_mode(runtime),
         "KUBELAMBDA_MEMORY_MB": str(memory_mb),
+        "KUBELAMBDA_REGION": region,
         "KUBELAMBDA_RUNTIME_NAME": runtime,
+        "KUBELAMBDA_TASK_ROOT": TASK_ROOT,
         "KUBELAMBDA_WORKERS": "1",
-        "LAMBDA_TASK_ROOT": TASK_ROOT,
-        "TZ": "UTC",
     }
     container: JSON = {
         "name": CONTAINER,

@@ -297,6 +297,10 @@ class FunctionSpec(Model):
                 "environment sets a reserved variable (" + ", ".join(RESERVED_ENV) + ")",
             ),
             cel(
+                "self.all(k, !k.startsWith('KUBELAMBDA_'))",
+                "environment sets a KUBELAMBDA_ variable (reserved for the agent's configuration)",
+            ),
+            cel(
                 f"self.map(k, size(k) + size(self[k])).sum() <= {ENV_MAX_BYTES}",
                 f"environment must not exceed {ENV_MAX_BYTES} characters in total (keys and values)",
             ),
