@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
+from multidict import CIMultiDict
 
 from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
+from kubelambda.gateway.proxy import GATEWAY_OUTCOMES, outcome_of
 from kubelambda.gateway.throttler import POOL, RESERVED, Throttled, Throttler
 
 
@@ -87,3 +92,29 @@ def test_a_failing_invocation_releases_its_slot() -> None:
 def test_reserved_zero_refuses_everything() -> None:
     with pytest.raises(Throttled), Throttler().admit("a", reserved=0):
         pass
+
+
+AGENT_SOURCE = Path(__file__).parents[2] / "runtime-images" / "agent" / "workers.go"
+
+
+def test_the_gateway_knows_every_outcome_the_agent_answers_with() -> None:
+    """The agent's outcome names (Go) are the contract; refusals are answered 429/503, never a result."""
+    names = re.search(r"var outcomeNames = \[numOutcomes\]string\{(.*?)\}", AGENT_SOURCE.read_text(), re.S)
+    assert names is not None
+    answered = {n for n in re.findall(r'"([a-z_]+)"', names.group(1)) if not n.startswith("refused_")}
+    assert answered == set(GATEWAY_OUTCOMES)
+    assert set(GATEWAY_OUTCOMES.values()) == {"success", "function_error", "timeout"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "outcome"),
+    [
+        ({"x-kubelambda-outcome": "timeout", "X-Amz-Function-Error": "Unhandled"}, "timeout"),
+        ({"X-Kubelambda-Outcome": "crash", "X-Amz-Function-Error": "Unhandled"}, "function_error"),
+        ({"X-Kubelambda-Outcome": "success"}, "success"),
+        ({"X-Amz-Function-Error": "Unhandled"}, "function_error"),
+        ({}, "success"),
+    ],
+)
+def test_the_outcome_is_the_agents_not_a_guess_from_the_body(headers: dict[str, str], outcome: str) -> None:
+    assert outcome_of(CIMultiDict(headers)) == outcome

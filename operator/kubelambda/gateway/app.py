@@ -258,10 +258,7 @@ class Gateway:
         except Unavailable:
             m.outcomes["error"].inc()
             raise
-        outcome = "success"
-        if "X-Amz-Function-Error" in result.headers:
-            outcome = "timeout" if b"Task timed out" in result.body else "function_error"
-        m.outcomes[outcome].inc()
+        m.outcomes[result.outcome].inc()
         m.duration.observe(time.monotonic() - started)
         return result, cold
 

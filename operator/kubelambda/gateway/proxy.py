@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -16,6 +17,18 @@ import aiohttp
 # What the agent answers that a caller of the Invoke API sees.
 PASSED_HEADERS = ("Content-Type", "X-Amz-Function-Error", "X-Amz-Executed-Version", "X-Amz-Log-Result")
 TIMEOUT_MARGIN_SECONDS = 2.0
+OUTCOME_HEADER = "X-Kubelambda-Outcome"
+"""The agent's word on what an answered invocation was (docs/runtimes.md, "Invoke endpoint")."""
+# The agent's outcomes → the gateway's (``kubelambda_invocations_total{outcome}``): a crash, an init error or
+# an oversized response is an error of the function, as in Lambda.
+GATEWAY_OUTCOMES = {
+    "success": "success",
+    "function_error": "function_error",
+    "timeout": "timeout",
+    "crash": "function_error",
+    "init_error": "function_error",
+    "response_too_large": "function_error",
+}
 
 
 class TryElsewhere(Exception):
@@ -49,8 +62,18 @@ class Invocation:
 @dataclass(frozen=True)
 class Result:
     status: int
-    headers: dict[str, str]
+    headers: dict[str, str]  # what the caller sees (PASSED_HEADERS)
     body: bytes
+    outcome: str  # success, function_error or timeout (GATEWAY_OUTCOMES)
+
+
+def outcome_of(headers: Mapping[str, str]) -> str:
+    """The gateway's outcome from the agent's ``X-Kubelambda-Outcome`` (case-insensitive ``headers``); without
+    it (not an agent's answer), from ``X-Amz-Function-Error``."""
+    agent = headers.get(OUTCOME_HEADER)
+    if agent is not None:
+        return GATEWAY_OUTCOMES.get(agent, "function_error")
+    return "function_error" if "X-Amz-Function-Error" in headers else "success"
 
 
 def timeout_result(invocation: Invocation) -> Result:
@@ -66,6 +89,7 @@ def timeout_result(invocation: Invocation) -> Result:
             "X-Amz-Executed-Version": "$LATEST",
         },
         json.dumps(body).encode(),
+        "timeout",
     )
 
 
@@ -97,7 +121,7 @@ async def forward(
             if resp.status in (429, 503):
                 raise TryElsewhere(f"{endpoint} answered {resp.status}: {body[:200]!r}")
             passed = {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers}
-            return Result(resp.status, passed, body)
+            return Result(resp.status, passed, body, outcome_of(resp.headers))
     except aiohttp.ClientConnectionError as e:
         # Refused or reset before an answer: the instance is going away. Nothing ran there.
         if isinstance(e, aiohttp.ServerDisconnectedError):
