@@ -134,6 +134,66 @@ def _container_security() -> JSON:
     }
 
 
+def pod_security() -> JSON:
+    """The pod's security context: non-root (the distroless "nonroot" ids), seccomp RuntimeDefault."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def agent_container(
+    *,
+    image: str,
+    env: list[JSON],
+    memory_mb: int,
+    ephemeral_storage_mb: int,
+    cpu_request_fraction: float,
+    readiness_period_seconds: int,
+    mounts: list[JSON],
+) -> JSON:
+    """The container that runs the agent (a Function's pod, a warm-pool pod): port, probes, limits, hardening.
+
+    Memory request = limit; CPU limit proportional to memory (as Lambda), request a fraction of it.
+    """
+    memory = f"{memory_mb}Mi"
+    cpu_limit = cpu_limit_millicores(memory_mb)
+    cpu_request = max(1, math.ceil(cpu_limit * cpu_request_fraction))
+    return {
+        "name": CONTAINER,
+        "image": image,
+        "env": env,
+        "ports": [{"name": INVOKE_PORT_NAME, "containerPort": INVOKE_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": INVOKE_PORT_NAME},
+            "periodSeconds": readiness_period_seconds,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": INVOKE_PORT_NAME},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": {
+            "limits": {
+                "cpu": f"{cpu_limit}m",
+                "memory": memory,
+                "ephemeral-storage": f"{ephemeral_storage_mb + 256}Mi",
+            },
+            "requests": {
+                "cpu": f"{cpu_request}m",
+                "memory": memory,
+                "ephemeral-storage": f"{ephemeral_storage_mb}Mi",
+            },
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+
+
 def make_deployment(
     fn: FunctionObject, *, image: str, settings: OperatorSettings, replicas: int | None = None
 ) -> JSON:
@@ -144,9 +204,6 @@ def make_deployment(
     """
     spec = fn.spec
     image = spec.code.image or image
-    memory = f"{spec.memory_mb}Mi"
-    cpu_limit = cpu_limit_millicores(spec.memory_mb)
-    cpu_request = max(1, math.ceil(cpu_limit * settings.cpu_request_fraction))
     volumes: list[JSON] = [
         {"name": "tmp", "emptyDir": {"sizeLimit": f"{spec.ephemeral_storage_mb}Mi"}},
     ]
@@ -159,36 +216,15 @@ def make_deployment(
     elif spec.code.archive is not None or spec.code.s3 is not None:
         volumes.append({"name": "code", "emptyDir": {"sizeLimit": "512Mi"}})
         mounts.append({"name": "code", "mountPath": TASK_ROOT, "readOnly": True})
-    container: JSON = {
-        "name": CONTAINER,
-        "image": image,
-        "env": function_env(fn, settings=settings),
-        "ports": [{"name": INVOKE_PORT_NAME, "containerPort": INVOKE_PORT, "protocol": "TCP"}],
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": INVOKE_PORT_NAME},
-            "periodSeconds": 2,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": INVOKE_PORT_NAME},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
-        "resources": {
-            "limits": {
-                "cpu": f"{cpu_limit}m",
-                "memory": memory,
-                "ephemeral-storage": f"{spec.ephemeral_storage_mb + 256}Mi",
-            },
-            "requests": {
-                "cpu": f"{cpu_request}m",
-                "memory": memory,
-                "ephemeral-storage": f"{spec.ephemeral_storage_mb}Mi",
-            },
-        },
-        "securityContext": _container_security(),
-        "volumeMounts": mounts,
-    }
+    container = agent_container(
+        image=image,
+        env=function_env(fn, settings=settings),
+        memory_mb=spec.memory_mb,
+        ephemeral_storage_mb=spec.ephemeral_storage_mb,
+        cpu_request_fraction=settings.cpu_request_fraction,
+        readiness_period_seconds=2,
+        mounts=mounts,
+    )
     env_from = _env_from(fn)
     if env_from:
         container["envFrom"] = env_from
@@ -196,13 +232,7 @@ def make_deployment(
         "automountServiceAccountToken": spec.service_account_name is not None,
         "containers": [container],
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
         # The agent drains in-flight invocations on SIGTERM for up to the function timeout.
         "terminationGracePeriodSeconds": spec.timeout_seconds + 5,
         "volumes": volumes,

@@ -10,13 +10,12 @@ Pure builders: settings in, objects out.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from kubelambda.jsonobj import JSON
-from kubelambda.resources.deployment import RUN_AS, cpu_limit_millicores
+from kubelambda.resources.deployment import agent_container, pod_security
 from kubelambda.resources.labels import COMPONENT_LABEL, FUNCTION_LABEL, GATEWAY_LABELS
-from kubelambda.resources.names import CONTAINER, INVOKE_PORT, INVOKE_PORT_NAME, TASK_ROOT
+from kubelambda.resources.names import INVOKE_PORT, TASK_ROOT
 
 POOL_LABEL = "kubelambda.io/pool"
 """``<runtime>`` on free pool pods: the pool Deployment's selector. Removed when a pod is claimed."""
@@ -81,8 +80,6 @@ def make_pool_deployment(
     Every pod is sized for the largest function the pool serves (functions asking for more memory take the
     normal path); it has one worker; its ``/var/task`` is a writable emptyDir for the code it will be given.
     """
-    cpu_limit = cpu_limit_millicores(memory_mb)
-    cpu_request = max(1, math.ceil(cpu_limit * cpu_request_fraction))
     name = pool_name(runtime)
     env = {  # the agent's inputs only, as a Function's pod (resources.deployment.function_env)
         "KUBELAMBDA_FUNCTION_NAME": name,
@@ -93,45 +90,16 @@ def make_pool_deployment(
         "KUBELAMBDA_TASK_ROOT": TASK_ROOT,
         "KUBELAMBDA_WORKERS": "1",
     }
-    container: JSON = {
-        "name": CONTAINER,
-        "image": image,
-        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
-        "ports": [{"name": INVOKE_PORT_NAME, "containerPort": INVOKE_PORT, "protocol": "TCP"}],
+    container = agent_container(
+        image=image,
+        env=[{"name": k, "value": v} for k, v in sorted(env.items())],
+        memory_mb=memory_mb,
+        ephemeral_storage_mb=ephemeral_storage_mb,
+        cpu_request_fraction=cpu_request_fraction,
         # Ready = the runtime is up and waiting for a function: only then is the pod worth claiming.
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": INVOKE_PORT_NAME},
-            "periodSeconds": 1,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": INVOKE_PORT_NAME},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
-        "resources": {
-            "limits": {
-                "cpu": f"{cpu_limit}m",
-                "memory": f"{memory_mb}Mi",
-                "ephemeral-storage": f"{ephemeral_storage_mb + 256}Mi",
-            },
-            "requests": {
-                "cpu": f"{cpu_request}m",
-                "memory": f"{memory_mb}Mi",
-                "ephemeral-storage": f"{ephemeral_storage_mb}Mi",
-            },
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [
-            {"name": "code", "mountPath": TASK_ROOT},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-    }
+        readiness_period_seconds=1,
+        mounts=[{"name": "code", "mountPath": TASK_ROOT}, {"name": "tmp", "mountPath": "/tmp"}],
+    )
     labels = pool_labels(runtime)
     return {
         "apiVersion": "apps/v1",
@@ -149,13 +117,7 @@ def make_pool_deployment(
                     "automountServiceAccountToken": False,
                     "containers": [container],
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security(),
                     "terminationGracePeriodSeconds": 30,
                     "volumes": [
                         {"name": "code", "emptyDir": {"sizeLimit": "512Mi"}},
