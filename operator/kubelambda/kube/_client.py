@@ -279,22 +279,17 @@ class KubeClient:
         ) as resp:
             if resp.status >= 400:
                 raise _error(resp.status, await resp.text())
-            # One JSON document per line, and a line can be as large as an object (1.5 MB in etcd): split the
-            # stream ourselves rather than through readline()'s 512 KB limit.
-            pending = b""
-            async for chunk in resp.content.iter_any():
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    if event["type"] == "ERROR":
-                        status = event["object"]
-                        raise ApiError(
-                            int(status.get("code", 500)), status.get("reason", ""), status.get("message", "")
-                        )
-                    yield WatchEvent(event["type"], event["object"])
+            # One JSON document per line (an unfinished last line is dropped: the watch ended inside it).
+            async for line in _split_lines(resp.content):
+                if not line.strip() or not line.endswith(b"\n"):
+                    continue
+                event = json.loads(line)
+                if event["type"] == "ERROR":
+                    status = event["object"]
+                    raise ApiError(
+                        int(status.get("code", 500)), status.get("reason", ""), status.get("message", "")
+                    )
+                yield WatchEvent(event["type"], event["object"])
 
     async def lines(self, path: str, *, params: Mapping[str, str] | None = None) -> AsyncIterator[str]:
         """A text answer line by line as it arrives (``pods/log``, with ``follow=true`` too)."""
@@ -306,14 +301,22 @@ class KubeClient:
         ) as resp:
             if resp.status >= 400:
                 raise _error(resp.status, await resp.text())
-            pending = b""
-            async for chunk in resp.content.iter_any():
-                pending += chunk
-                *done, pending = pending.split(b"\n")
-                for line in done:
-                    yield line.decode(errors="replace")
-            if pending:
-                yield pending.decode(errors="replace")
+            async for line in _split_lines(resp.content):
+                yield line.removesuffix(b"\n").decode(errors="replace")
+
+
+async def _split_lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The lines of a streamed answer as they arrive, each with its ``\\n``; then an unfinished last line,
+    if any, without. A line can be as large as an object (1.5 MB in etcd): the stream is split here rather than
+    through readline()'s 512 KB limit."""
+    pending = b""
+    async for chunk in content.iter_any():
+        pending += chunk
+        *done, pending = pending.split(b"\n")
+        for line in done:
+            yield line + b"\n"
+    if pending:
+        yield pending
 
 
 def _error(status: int, text: str) -> ApiError:
