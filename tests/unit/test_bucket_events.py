@@ -297,7 +297,7 @@ def test_backoff_doubles_up_to_the_cap(attempt: int, seconds: float) -> None:
 )
 def test_the_webhook_token_secret_is_named_or_generated(spec: dict[str, str], secret: str) -> None:
     from kubelambda.api.v1alpha1.trigger import BucketSource
-    from kubelambda.bridge.bucket import token_secret_name
+    from kubelambda.resources.bridge import webhook_token_secret
 
     source = BucketSource.model_validate({"endpoint": "http://s3:9000", "bucket": "photos", **spec})
-    assert token_secret_name("thumbs", source) == secret
+    assert webhook_token_secret("thumbs", source) == secret

@@ -14,7 +14,6 @@ from kubelambda.bridge._context import (
     Secrets,
     Source,
     StatusReporter,
-    checkpoint_name,
 )
 from kubelambda.bridge._main import SOURCES, BridgeSettings, build_context, main, run_bridge, source_kind
 
@@ -31,7 +30,6 @@ __all__ = [
     "Source",
     "StatusReporter",
     "build_context",
-    "checkpoint_name",
     "main",
     "run_bridge",
     "source_kind",

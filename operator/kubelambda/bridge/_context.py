@@ -27,15 +27,11 @@ from kubelambda import metrics
 from kubelambda.api.v1alpha1 import GROUP, VERSION, Trigger
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.resources.bridge import checkpoint_name
 
 log = logging.getLogger("kubelambda.bridge")
 BRIDGE_FIELD_MANAGER = "kubelambda-bridge"
 SOURCE_REACHABLE = "SourceReachable"
-
-
-def checkpoint_name(trigger: str) -> str:
-    """The ConfigMap the operator creates (empty, owned by the Trigger) for the bridge's checkpoint."""
-    return f"{trigger}-checkpoint"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from kubelambda.api.v1alpha1.trigger import BucketSource
 from kubelambda.bridge import _s3events as s3e
 from kubelambda.bridge._context import BridgeContext
 from kubelambda.kube import ApiError
+from kubelambda.resources.bridge import webhook_token_secret
 
 log = logging.getLogger("kubelambda.bridge.bucket")
 
@@ -43,11 +44,6 @@ CHECKPOINT_EVERY = 100
 INVOKE_CONCURRENCY = 16
 # How long a rejected token keeps the Secret from being read again (rotation is picked up after this).
 TOKEN_REFRESH_SECONDS = 2.0
-
-
-def token_secret_name(trigger: str, source: BucketSource) -> str:
-    """The Secret holding the webhook token: ``tokenSecret`` or the one the operator generates."""
-    return source.token_secret or f"{trigger}-bucket-token"
 
 
 def now() -> datetime.datetime:
@@ -131,7 +127,7 @@ class BucketBridge:
             fresh = time.monotonic() - self._token_read_at < TOKEN_REFRESH_SECONDS
             # A missing Secret or a rejected token reads it again, but at most every TOKEN_REFRESH_SECONDS.
             if (self._token is None or refresh) and not fresh:
-                name = token_secret_name(self.ctx.name, self.source)
+                name = webhook_token_secret(self.ctx.name, self.source)
                 try:
                     self._token = (await self.ctx.secrets.get(name)).get("token") or None
                 except KeyError:
@@ -156,7 +152,7 @@ class BucketBridge:
         if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
             expected = await self._read_token(refresh=True)  # the Secret may have been rotated
         if expected is None:
-            name = token_secret_name(self.ctx.name, self.source)
+            name = webhook_token_secret(self.ctx.name, self.source)
             # 503: the store keeps the notification and retries until the Secret exists.
             return web.json_response({"message": f"Secret {name} with key token not found"}, status=503)
         if not hmac.compare_digest(given.encode(), expected.encode()):

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from kubelambda.api.v1alpha1 import GROUP, TriggerSpec
+from kubelambda.api.v1alpha1.trigger import BucketSource
 from kubelambda.jsonobj import JSON
-from kubelambda.resources.labels import COMPONENT_LABEL, MANAGED_BY
+from kubelambda.resources.labels import COMPONENT_LABEL, owned_labels
 from kubelambda.resources.names import OwnerObject
 from kubelambda.settings import OperatorSettings
 
@@ -55,6 +56,7 @@ def bridge_name(trigger: str) -> str:
 
 
 def checkpoint_name(trigger: str) -> str:
+    """The ConfigMap the operator creates (empty, owned by the Trigger) for the bridge's checkpoint."""
     return f"{trigger}-checkpoint"
 
 
@@ -63,18 +65,13 @@ def token_secret_name(trigger: str) -> str:
     return f"{trigger}-bucket-token"
 
 
+def webhook_token_secret(trigger: str, bucket: BucketSource) -> str:
+    """The Secret holding a bucket Trigger's webhook token: ``tokenSecret``, or the one the operator generates."""
+    return bucket.token_secret or token_secret_name(trigger)
+
+
 def bridge_labels(trigger: TriggerObject) -> dict[str, str]:
-    return dict(
-        sorted(
-            {
-                "app.kubernetes.io/name": "kubelambda",
-                "app.kubernetes.io/instance": trigger.name,
-                COMPONENT_LABEL: "bridge",
-                "app.kubernetes.io/managed-by": MANAGED_BY,
-                TRIGGER_LABEL: trigger.name,
-            }.items()
-        )
-    )
+    return owned_labels(app="kubelambda", component="bridge", owner_label=TRIGGER_LABEL, owner=trigger.name)
 
 
 def _meta(trigger: TriggerObject, name: str) -> JSON:
@@ -91,7 +88,7 @@ def secret_names(trigger: TriggerObject) -> list[str]:
     spec = trigger.spec
     names = set(spec.credentials_secrets())
     if spec.bucket is not None and spec.bucket.mode == "notification":
-        names.add(spec.bucket.token_secret or token_secret_name(trigger.name))
+        names.add(webhook_token_secret(trigger.name, spec.bucket))
     return sorted(names)
 
 

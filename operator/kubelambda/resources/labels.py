@@ -19,15 +19,23 @@ def selector(fn: FunctionObject) -> dict[str, str]:
     return {FUNCTION_LABEL: fn.name}
 
 
-def labels(fn: FunctionObject) -> dict[str, str]:
+def owned_labels(*, app: str, component: str, owner_label: str, owner: str) -> dict[str, str]:
+    """The labels of what a kubelambda object owns: the recommended ``app.kubernetes.io/*`` ones and
+    ``owner_label: owner`` (sorted)."""
     return dict(
         sorted(
             {
-                "app.kubernetes.io/name": "kubelambda-function",
-                "app.kubernetes.io/instance": fn.name,
-                COMPONENT_LABEL: "function",
+                "app.kubernetes.io/name": app,
+                "app.kubernetes.io/instance": owner,
+                COMPONENT_LABEL: component,
                 "app.kubernetes.io/managed-by": MANAGED_BY,
-                FUNCTION_LABEL: fn.name,
+                owner_label: owner,
             }.items()
         )
+    )
+
+
+def labels(fn: FunctionObject) -> dict[str, str]:
+    return owned_labels(
+        app="kubelambda-function", component="function", owner_label=FUNCTION_LABEL, owner=fn.name
     )
