@@ -13,14 +13,12 @@ import urllib.parse
 
 import aiohttp
 
-from kubelambda.api.v1alpha1 import FunctionSpec
 from kubelambda.asyncworker.decide import Outcome
 from kubelambda.asyncworker.queue import EventQueue
 from kubelambda.asyncworker.record import Response
 from kubelambda.asyncworker.worker import Worker, WorkerSettings
 from kubelambda.gateway.app import ASYNC_REQUEST_ID_HEADER as REQUEST_ID_HEADER
-from kubelambda.gateway.functionname import FunctionRef
-from kubelambda.gateway.registry import Registry
+from kubelambda.gateway.registry import Registry, RegistryLookups
 from kubelambda.kube import KubeClient
 
 logger = logging.getLogger(__name__)
@@ -28,7 +26,7 @@ logger = logging.getLogger(__name__)
 INVOKE_MARGIN_SECONDS = 120.0
 
 
-class RemoteInvoker:
+class RemoteInvoker(RegistryLookups):
     def __init__(
         self, gateway_url: str, http: aiohttp.ClientSession, registry: Registry, *, region: str
     ) -> None:
@@ -37,15 +35,8 @@ class RemoteInvoker:
         self.registry = registry
         self.region = region
 
-    async def wait_synced(self) -> None:
-        await self.registry.synced.wait()
-
-    def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
-        fn = self.registry.functions.get((namespace, name))
-        return fn.spec if fn is not None else None
-
-    def function_arn(self, namespace: str, name: str) -> str:
-        return FunctionRef(namespace, name).arn(self.region)
+    def arn_region(self) -> str:
+        return self.region
 
     async def invoke_for_worker(
         self, namespace: str, name: str, payload: bytes, *, request_id: str

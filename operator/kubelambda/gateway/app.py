@@ -22,7 +22,6 @@ from multidict import CIMultiDict
 from prometheus_client import generate_latest
 
 from kubelambda import metrics
-from kubelambda.api.v1alpha1 import FunctionSpec
 from kubelambda.asyncworker.decide import Outcome
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response
@@ -33,7 +32,7 @@ from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
 from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
 from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
-from kubelambda.gateway.registry import FunctionEntry, Registry
+from kubelambda.gateway.registry import FunctionEntry, Registry, RegistryLookups
 from kubelambda.gateway.routes import Match, RouteTable
 from kubelambda.gateway.throttler import Throttled, Throttler
 from kubelambda.kube import ApiError, KubeClient
@@ -55,7 +54,7 @@ it, so a caller that re-sends after a crash gets the same request id, and JetStr
 
 
 @dataclass
-class Gateway:
+class Gateway(RegistryLookups):
     settings: GatewaySettings
     kube: KubeClient
     registry: Registry = field(default_factory=Registry)
@@ -166,15 +165,8 @@ class Gateway:
 
     # ---- the async worker's way in (kubelambda.asyncworker.Invoker) ----------------------------------
 
-    async def wait_synced(self) -> None:
-        await self.registry.synced.wait()
-
-    def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
-        fn = self.registry.functions.get((namespace, name))
-        return fn.spec if fn is not None else None
-
-    def function_arn(self, namespace: str, name: str) -> str:
-        return FunctionRef(namespace, name).arn(self.settings.region)
+    def arn_region(self) -> str:
+        return self.settings.region
 
     async def invoke_for_worker(
         self, namespace: str, name: str, payload: bytes, *, request_id: str

@@ -168,3 +168,23 @@ class Registry:
                 self.synced.set()
 
         return wrapped
+
+
+class RegistryLookups:
+    """What the async worker asks of the Functions (:class:`kubelambda.asyncworker.worker.Invoker`), answered
+    from a :class:`Registry`; shared by the gateway and the standalone worker."""
+
+    registry: Registry
+
+    def arn_region(self) -> str:
+        raise NotImplementedError
+
+    async def wait_synced(self) -> None:
+        await self.registry.synced.wait()
+
+    def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
+        fn = self.registry.functions.get((namespace, name))
+        return fn.spec if fn is not None else None
+
+    def function_arn(self, namespace: str, name: str) -> str:
+        return FunctionRef(namespace, name).arn(self.arn_region())
