@@ -41,7 +41,7 @@ RESERVED_ENV = (
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENV_MAX_BYTES = 4096  # Lambda: 4 KB for all keys and values together
 
-# Handler formats per runtime (LAMBDA-COMPAT.md "Handlers"), as RE2 patterns for CEL's matches().
+# Handler formats per runtime (docs/runtimes.md, "Runtimes"), as RE2 patterns for CEL's matches().
 HANDLER_PATTERNS: dict[str, tuple[str, str]] = {
     "python": (r"^([A-Za-z0-9_.-]+/)*[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*$", "module.function"),
     "nodejs": (r"^([A-Za-z0-9_.-]+/)*[A-Za-z0-9_-]+\.[A-Za-z_$][A-Za-z0-9_$.]*$", "file.export"),
