@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -337,3 +338,21 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, BaseExceptionGroup):
         return "; ".join(_describe(x) for x in e.exceptions)
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+class QueueBridge:
+    """A Trigger source ``queue.<broker>``: a :class:`QueueConsumer` over the :class:`Broker` that
+    :meth:`make_broker` builds. Each broker module subclasses it once and names that class ``BRIDGE``."""
+
+    def __init__(self, ctx: BridgeContext) -> None:
+        settings = QueueSettings()
+        self.consumer = QueueConsumer(ctx, self.make_broker(ctx, settings), settings=settings)
+
+    def make_broker(self, ctx: BridgeContext, settings: QueueSettings) -> Broker:
+        raise NotImplementedError
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
+    async def run(self) -> None:
+        await self.consumer.run()

@@ -26,14 +26,13 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from kubelambda.bridge._context import BridgeContext
 from kubelambda.bridge.queues._batch import Message, string_headers
-from kubelambda.bridge.queues._core import QueueConsumer, QueueSettings
+from kubelambda.bridge.queues._core import QueueBridge, QueueSettings
 
 
 def consumer_name(namespace: str, trigger: str) -> str:
@@ -164,18 +163,11 @@ async def _ignore_none() -> None:
     return None
 
 
-class NatsQueue:
+class NatsQueue(QueueBridge):
     """Trigger source ``queue.nats``."""
 
-    def __init__(self, ctx: BridgeContext) -> None:
-        settings = QueueSettings()
-        self.consumer = QueueConsumer(ctx, NatsBroker(ctx, settings), settings=settings)
-
-    def routes(self) -> list[web.RouteDef]:
-        return []
-
-    async def run(self) -> None:
-        await self.consumer.run()
+    def make_broker(self, ctx: BridgeContext, settings: QueueSettings) -> NatsBroker:
+        return NatsBroker(ctx, settings)
 
 
 BRIDGE = NatsQueue

@@ -28,11 +28,10 @@ from typing import Any
 import aio_pika
 import yarl
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
-from aiohttp import web
 
 from kubelambda.bridge._context import BridgeContext
 from kubelambda.bridge.queues._batch import Message, string_headers
-from kubelambda.bridge.queues._core import QueueConsumer, QueueSettings
+from kubelambda.bridge.queues._core import QueueBridge, QueueSettings
 
 
 def _ms(value: Any) -> int:
@@ -172,18 +171,11 @@ async def _put(buffer: asyncio.Queue[AbstractIncomingMessage], message: Abstract
     buffer.put_nowait(message)
 
 
-class RabbitMQQueue:
+class RabbitMQQueue(QueueBridge):
     """Trigger source ``queue.rabbitmq``."""
 
-    def __init__(self, ctx: BridgeContext) -> None:
-        settings = QueueSettings()
-        self.consumer = QueueConsumer(ctx, RabbitMQBroker(ctx, settings), settings=settings)
-
-    def routes(self) -> list[web.RouteDef]:
-        return []
-
-    async def run(self) -> None:
-        await self.consumer.run()
+    def make_broker(self, ctx: BridgeContext, settings: QueueSettings) -> RabbitMQBroker:
+        return RabbitMQBroker(ctx, settings)
 
 
 BRIDGE = RabbitMQQueue

@@ -27,12 +27,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from aiohttp import web
 
 from kubelambda import metrics
 from kubelambda.bridge._context import BridgeContext
 from kubelambda.bridge.queues._batch import Message, attribute, dead_letter
-from kubelambda.bridge.queues._core import QueueConsumer, QueueSettings
+from kubelambda.bridge.queues._core import QueueBridge, QueueSettings
 
 
 def group_name(namespace: str, trigger: str) -> str:
@@ -195,18 +194,11 @@ class RedisBroker:
         return None
 
 
-class RedisQueue:
+class RedisQueue(QueueBridge):
     """Trigger source ``queue.redis``."""
 
-    def __init__(self, ctx: BridgeContext) -> None:
-        settings = QueueSettings()
-        self.consumer = QueueConsumer(ctx, RedisBroker(ctx, settings), settings=settings)
-
-    def routes(self) -> list[web.RouteDef]:
-        return []
-
-    async def run(self) -> None:
-        await self.consumer.run()
+    def make_broker(self, ctx: BridgeContext, settings: QueueSettings) -> RedisBroker:
+        return RedisBroker(ctx, settings)
 
 
 BRIDGE = RedisQueue

@@ -23,12 +23,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiobotocore.session  # type: ignore[import-untyped]
-from aiohttp import web
 from botocore.config import Config  # type: ignore[import-untyped]
 
 from kubelambda.bridge._context import BridgeContext
 from kubelambda.bridge.queues._batch import Message
-from kubelambda.bridge.queues._core import QueueConsumer, QueueSettings
+from kubelambda.bridge.queues._core import QueueBridge, QueueSettings
 
 log = logging.getLogger("kubelambda.bridge.queues")
 MAX_RECEIVE = 10
@@ -168,18 +167,11 @@ class SqsBroker:
         return int(answer["Attributes"]["ApproximateNumberOfMessages"])
 
 
-class SqsQueue:
+class SqsQueue(QueueBridge):
     """Trigger source ``queue.sqs``."""
 
-    def __init__(self, ctx: BridgeContext) -> None:
-        settings = QueueSettings()
-        self.consumer = QueueConsumer(ctx, SqsBroker(ctx, settings), settings=settings)
-
-    def routes(self) -> list[web.RouteDef]:
-        return []
-
-    async def run(self) -> None:
-        await self.consumer.run()
+    def make_broker(self, ctx: BridgeContext, settings: QueueSettings) -> SqsBroker:
+        return SqsBroker(ctx, settings)
 
 
 BRIDGE = SqsQueue
