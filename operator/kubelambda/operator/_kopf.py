@@ -244,8 +244,11 @@ def _register_owner(registry: kopf.OperatorRegistry, owner: _Owner) -> None:
     async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         await _reconcile(owner.kind, owner.reconciler(memo["ctx"]), body, patch)
 
+    # The id kopf persists in status.kopf.progress: the one it derived when this was a nested function of
+    # build_registry, so objects with a retry in progress keep it across an upgrade.
+    handler_id = f"build_registry.<locals>.reconcile_{kind}"
     for on in (kopf.on.resume, kopf.on.create, kopf.on.update):
-        on(*owner.resource, id=f"reconcile_{kind}", registry=registry)(reconcile)
+        on(*owner.resource, id=handler_id, registry=registry)(reconcile)
 
     def index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], JSON]:
         return {(namespace or "", name): owner.keep(dict(body))}
