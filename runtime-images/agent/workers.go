@@ -92,6 +92,7 @@ type proc struct {
 	initFrom time.Time   // when a pre-started (generic) runtime was given its function; pool.mu
 	coldSeen atomic.Bool // Init Duration reported already
 	killed   atomic.Bool // the agent killed it (timeout, shutdown)
+	oomKills int64       // the memory cgroup's OOM kill count when it started
 	log      procLog
 	rss      rssReader
 
@@ -134,6 +135,7 @@ type pool struct {
 	overlay  []byte        // the environment a pre-started runtime adopts; pool.mu
 	parked   atomic.Int32  // pre-started runtimes waiting for their function
 	stopCh   chan struct{} // closed by stop
+	oom      *oomCounter
 }
 
 func newPool(cfg *Config, log *logger, m *metrics) *pool {
@@ -145,6 +147,7 @@ func newPool(cfg *Config, log *logger, m *metrics) *pool {
 		drainCh:  make(chan struct{}),
 		released: make(chan struct{}),
 		stopCh:   make(chan struct{}),
+		oom:      newOOMCounter(),
 	}
 	if cfg.Generic == genericOff {
 		close(p.released)
@@ -545,6 +548,7 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 	cmd.Stdout, cmd.Stderr = outW, errW
 	pr := &proc{w: w, events: make(chan *invocation, 1), exited: make(chan struct{})}
 	pr.log.w = outW // kept for the agent's own lines; closed when the process has exited
+	pr.oomKills = p.oom.kills()
 	// Publish before start: the runtime may call "next" as soon as it runs.
 	pr.started = time.Now()
 	w.cur.Store(pr)
@@ -609,11 +613,16 @@ func (p *pool) exitedProc(pr *proc, waitErr error) {
 	if waitErr != nil {
 		reason = "Runtime exited with error: " + waitErr.Error()
 	}
-	p.logReport(pr, inv, reportInfo{status: "error", errType: "Runtime.ExitError", memoryMB: p.cfg.MemoryMB,
-		initDur: p.takeCold(pr)})
+	ri := reportInfo{status: "error", errType: "Runtime.ExitError", memoryMB: p.cfg.MemoryMB, initDur: p.takeCold(pr)}
+	// The kernel's OOM killer, not the agent, killed it: Lambda's out-of-memory error, with the memory
+	// used at the limit (the cgroup's limit is the function's memory size).
+	if !pr.killed.Load() && killedBySIGKILL(waitErr) && p.oom.kills() > pr.oomKills {
+		ri.errType, ri.maxMemMB = "Runtime.OutOfMemory", p.cfg.MemoryMB
+	}
+	p.logReport(pr, inv, ri)
 	pr.log.close()
-	inv.finish(result{outcome: outCrash, errType: "Runtime.ExitError",
-		body: errorJSON("Runtime.ExitError", fmt.Sprintf("RequestId: %s Error: %s", inv.id, reason))})
+	inv.finish(result{outcome: outCrash, errType: ri.errType,
+		body: errorJSON(ri.errType, fmt.Sprintf("RequestId: %s Error: %s", inv.id, reason))})
 }
 
 // workerEnv is the environment of every runtime process: the pod's, minus the agent's own

@@ -38,6 +38,8 @@ def _print_state(state_dir: Path) -> None:
         print(f"api server:  {state.server}")
         print(f"node:        {state.node} (kubelet endpoint https://{state.node_ip}:{state.kubelet_port})")
         print(f"pod network: {state.pod_network}")
+        if state.limits:
+            print(f"limits:      {state.limits}")
         for name, pid in sorted(state.components.items()):
             print(f"  {name:<24} pid {pid}")
         print(f"logs:        {state.logs}")
@@ -70,7 +72,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)]
     if args.backoff is not None:
         argv += ["--backoff", str(args.backoff)]
-    argv += ["--pod-network", args.pod_network]
+    argv += ["--pod-network", args.pod_network, "--limits", args.limits]
     if not args.platform:
         argv.append("--no-platform")
     with log.open("ab") as out:
@@ -101,12 +103,17 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 
 def cmd_dev_down(args: argparse.Namespace) -> int:
     from kubelambda.devcluster import DevState
+    from kubelambda.devcluster._cgroups import cleanup_recorded
 
     state_dir = _state_dir(args)
     state = DevState.read(state_dir)
     if state is None or not alive(state.pid):
+        # A supervisor that was killed leaves its cgroups (its pods died with it): remove them.
+        left = cleanup_recorded(state_dir)
+        for path in left:
+            print(f"warning: could not remove the cgroup {path}", file=sys.stderr)
         print("The local cluster is not running.")
-        return 0
+        return 0 if not left else 1
     os.kill(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
     while alive(state.pid) and time.monotonic() < deadline:
@@ -115,6 +122,7 @@ def cmd_dev_down(args: argparse.Namespace) -> int:
         os.kill(state.pid, signal.SIGKILL)
         print(f"The supervisor did not stop within {args.timeout:.0f} s and was killed.")
     leftovers = [f"{name} ({pid})" for name, pid in state.components.items() if alive(pid)]
+    leftovers += [f"cgroup {path}" for path in cleanup_recorded(state_dir)]
     for name_pid in leftovers:
         print(f"warning: {name_pid} is still running", file=sys.stderr)
     print("The local cluster is stopped." if not leftovers else "The local cluster stopped with leftovers.")
@@ -146,6 +154,7 @@ def cmd_dev_serve(args: argparse.Namespace) -> int:
             backoff_seconds=args.backoff or 10.0,
             pod_network=args.pod_network,
             platform=args.platform,
+            limits=args.limits,
         )
     )
 
@@ -165,6 +174,7 @@ def register(commands: Any) -> None:
     up.add_argument(
         "--pod-network", choices=("auto", "alias", "loopback"), default="auto", help="see `dev serve`"
     )
+    up.add_argument("--limits", choices=("auto", "off"), default="auto", help="see `dev serve`")
     up.add_argument(
         "--no-platform",
         dest="platform",
@@ -197,6 +207,13 @@ def register(commands: Any) -> None:
         choices=("auto", "alias", "loopback"),
         default="auto",
         help="alias: pod addresses from 10.244.0.0/16 added to lo (needs root); loopback: 127.0.x.y; auto: alias when possible",
+    )
+    serve.add_argument(
+        "--limits",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: each container gets a cgroup with its memory and CPU limits when /sys/fs/cgroup is "
+        "writable (root), else a warning; off: limits are not enforced",
     )
     serve.add_argument(
         "--no-platform",

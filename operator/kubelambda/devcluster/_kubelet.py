@@ -93,7 +93,7 @@ def build_app(node_name: str, runners: Runners) -> web.Application:
         vm = psutil.virtual_memory()
         pods = []
         for runner in runners().values():
-            memory = runner.memory_bytes()
+            memory = runner.memory_usage()
             meta = runner.pod["metadata"]
             pods.append(
                 {
@@ -103,11 +103,21 @@ def build_app(node_name: str, runners: Runners) -> web.Application:
                         {
                             "name": name,
                             "startTime": runner.start_time,
-                            "memory": {"time": now, "workingSetBytes": rss, "rssBytes": rss},
+                            "memory": {
+                                "time": now,
+                                "workingSetBytes": m.working_set_bytes,
+                                "rssBytes": m.rss_bytes,
+                                "usageBytes": m.usage_bytes,
+                            },
                         }
-                        for name, rss in sorted(memory.items())
+                        for name, m in sorted(memory.items())
                     ],
-                    "memory": {"time": now, "workingSetBytes": sum(memory.values())},
+                    "memory": {
+                        "time": now,
+                        "workingSetBytes": sum(m.working_set_bytes for m in memory.values()),
+                        "rssBytes": sum(m.rss_bytes for m in memory.values()),
+                        "usageBytes": sum(m.usage_bytes for m in memory.values()),
+                    },
                 }
             )
         return web.json_response(

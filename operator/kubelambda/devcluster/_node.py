@@ -25,6 +25,7 @@ import psutil
 from aiohttp import web
 
 import kubelambda
+from kubelambda.devcluster._cgroups import NodeCgroups
 from kubelambda.devcluster._kubelet import build_app, server_ssl
 from kubelambda.devcluster._network import PodAddresses
 from kubelambda.devcluster._pod import NodeContext, PodRunner, now_rfc3339
@@ -58,7 +59,12 @@ class LocalNode:
         kubelet_port: int | None = None,
         addresses: PodAddresses,
         node_ip: str,
+        limits: str = "auto",
     ) -> None:
+        """``limits``: ``auto`` enforces each container's memory and CPU limits with cgroups when the
+        hierarchy is writable (else warns and runs without); ``off`` never does."""
+        if limits not in ("auto", "off"):
+            raise ValueError(f"limits must be auto or off, not {limits!r}")
         self.kubeconfig = kubeconfig
         self.state_dir = state_dir
         self.name = node_name
@@ -78,6 +84,8 @@ class LocalNode:
         self._probe_http: aiohttp.ClientSession | None = None
         self._node_uid = ""
         self._started = time.monotonic()
+        self.limits = limits
+        self.cgroups: NodeCgroups | None = None
 
     @property
     def kube(self) -> KubeClient:
@@ -91,6 +99,9 @@ class LocalNode:
         # Processes of an earlier run are gone (they die with their parent): start from clean folders.
         shutil.rmtree(pods_dir, ignore_errors=True)
         pods_dir.mkdir(parents=True)
+        self.cgroups = await asyncio.to_thread(
+            NodeCgroups, self.state_dir, self.name, enabled=self.limits != "off"
+        )
         self.ctx = NodeContext(
             kube=self.kube,
             node_name=self.name,
@@ -101,6 +112,7 @@ class LocalNode:
             backoff_seconds=self.backoff_seconds,
             record_event=self.record_event,
             probe_http=self._probe_http,
+            cgroups=self.cgroups,
         )
         app = build_app(self.name, lambda: self.runners)
         self._web = web.AppRunner(app, access_log=None)
@@ -128,6 +140,8 @@ class LocalNode:
             self.runners.clear()
         finally:
             await self.addresses.release_all()
+            if self.cgroups is not None:
+                await asyncio.to_thread(self.cgroups.close)
         if self._web is not None:
             await self._web.cleanup()
         if self._probe_http is not None:

@@ -98,4 +98,6 @@ class PodRunner(PodProcesses, PodStatus):
             if c.proc is not None and c.proc.poll() is None:
                 await stop(c.proc, grace_seconds=0)
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.ctx.cgroups is not None and self.ctx.cgroups.enforced:
+            await asyncio.to_thread(self.ctx.cgroups.remove_pod, self.uid)
         shutil.rmtree(self.dir, ignore_errors=True)

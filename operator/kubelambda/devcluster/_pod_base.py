@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from kubelambda.devcluster import _images
+from kubelambda.devcluster._cgroups import ContainerCgroup, NodeCgroups
 from kubelambda.devcluster._podenv import PodFacts
 from kubelambda.kube import KubeClient
 
@@ -44,6 +45,7 @@ class NodeContext:
     backoff_seconds: float
     record_event: Callable[[JSON, str, str, str], None]
     probe_http: aiohttp.ClientSession
+    cgroups: NodeCgroups | None = None  # None: limits not enforced
 
 
 @dataclass
@@ -59,6 +61,7 @@ class ContainerState:
     probe_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
+    cgroup: ContainerCgroup | None = None  # this run's; None when limits are not enforced
 
     @property
     def name(self) -> str:

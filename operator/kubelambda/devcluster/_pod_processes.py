@@ -6,12 +6,14 @@ import asyncio
 import logging
 import shutil
 import signal
+import subprocess
 import time
 
 import aiohttp
 import psutil
 
 from kubelambda.devcluster import _images
+from kubelambda.devcluster._cgroups import ContainerCgroup, Limits, MemoryUsage
 from kubelambda.devcluster._pod_base import ContainerState, now_rfc3339
 from kubelambda.devcluster._pod_probes import PodProbes
 from kubelambda.devcluster._pod_volumes import PodVolumes
@@ -64,8 +66,10 @@ class PodProcesses(PodVolumes, PodProbes):
         if log.exists() and c.restart_count > 0:
             log.replace(self.log_path(c.name, previous=True))
         try:
-            c.proc = spawn(argv, log=log, env=env, cwd=cwd)
-        except OSError as e:
+            c.cgroup = await self._create_cgroup(c)
+            procs = c.cgroup.procs_files() if c.cgroup is not None else []
+            c.proc = spawn(argv, log=log, env=env, cwd=cwd, cgroup_procs=procs)
+        except (OSError, subprocess.SubprocessError, ConfigError) as e:
             c.state = {"waiting": {"reason": "RunContainerError", "message": str(e)}}
             self.mark()
             return False
@@ -77,6 +81,14 @@ class PodProcesses(PodVolumes, PodProbes):
         self.mark()
         return True
 
+    async def _create_cgroup(self, c: ContainerState) -> ContainerCgroup | None:
+        """The container's cgroup with its memory and CPU limits, when the node enforces them."""
+        cgroups = self.ctx.cgroups
+        if cgroups is None or not cgroups.enforced:
+            return None
+        limits = Limits.from_resources(c.spec.get("resources"))
+        return await asyncio.to_thread(cgroups.create, self.uid, c.name, limits)
+
     async def _wait_exit(self, c: ContainerState) -> int:
         assert c.proc is not None
         code = await wait_child(c.proc)
@@ -84,6 +96,15 @@ class PodProcesses(PodVolumes, PodProbes):
         exit_code = 128 - code if code < 0 else code
         started = c.state.get("running", {}).get("startedAt", now_rfc3339())
         reason = "Completed" if exit_code == 0 else "Error"
+        if c.cgroup is not None:
+            # When the container's main process ends, the rest of the container goes too.
+            await asyncio.to_thread(c.cgroup.kill_all)
+            # The kernel's OOM killer acted in this container while it ran (as containerd reports it).
+            if exit_code != 0 and c.cgroup.oom_killed_since_start():
+                reason = "OOMKilled"
+                self.ctx.record_event(
+                    self.pod, "Warning", "OOMKilled", f"Container {c.name} was killed: out of memory"
+                )
         c.state = {
             "terminated": {
                 "exitCode": exit_code,
@@ -170,16 +191,21 @@ class PodProcesses(PodVolumes, PodProbes):
             c.restart_count += 1
             await self._backoff(c, failures)
 
-    def memory_bytes(self) -> dict[str, int]:
-        """Resident memory per container (the process and its children), for /stats/summary."""
-        out: dict[str, int] = {}
+    def memory_usage(self) -> dict[str, MemoryUsage]:
+        """Memory per running container, for /stats/summary: from its cgroup when limits are enforced, else
+        the resident memory of the process and its children."""
+        out: dict[str, MemoryUsage] = {}
         for c in self.containers:
             if c.proc is None or c.proc.poll() is not None:
+                continue
+            if c.cgroup is not None:
+                out[c.name] = c.cgroup.memory()
                 continue
             try:
                 parent = psutil.Process(c.proc.pid)
                 procs = [parent, *parent.children(recursive=True)]
-                out[c.name] = sum(p.memory_info().rss for p in procs if p.is_running())
+                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+                out[c.name] = MemoryUsage(working_set_bytes=rss, rss_bytes=rss, usage_bytes=rss)
             except psutil.Error:
                 continue
         return out

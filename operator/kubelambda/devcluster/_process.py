@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -27,14 +28,27 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _prepare_child(cgroup_procs: list[Path]) -> None:  # runs in the child between fork and exec
+    _die_with_parent()
+    pid = str(os.getpid()).encode()
+    for procs in cgroup_procs:
+        fd = os.open(procs, os.O_WRONLY)
+        try:
+            os.write(fd, pid)
+        finally:
+            os.close(fd)
+
+
 def spawn(
     argv: Sequence[str],
     *,
     log: Path | IO[bytes],
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    cgroup_procs: Sequence[Path] = (),
 ) -> subprocess.Popen[bytes]:
-    """Starts ``argv`` in a new process group with stdout and stderr appended to ``log``."""
+    """Starts ``argv`` in a new process group with stdout and stderr appended to ``log``; with
+    ``cgroup_procs``, the child joins those cgroups (writes its pid into each ``cgroup.procs``) before exec."""
     out: IO[bytes]
     if isinstance(log, Path):
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +64,7 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent if not cgroup_procs else partial(_prepare_child, list(cgroup_procs)),
         )
     finally:
         if isinstance(log, Path):

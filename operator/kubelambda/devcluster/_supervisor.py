@@ -47,6 +47,7 @@ class DevState:
     startup_seconds: float = 0.0
     pod_network: str = ""
     gateway_url: str | None = None
+    limits: str = ""  # whether the node enforces memory and CPU limits, and how
     error: str = ""
 
     def write(self, state_dir: Path) -> None:
@@ -116,6 +117,7 @@ async def serve(
     backoff_seconds: float = 10.0,
     pod_network: str = "auto",
     platform: bool = True,
+    limits: str = "auto",
 ) -> int:
     """``platform=False`` runs only Kubernetes (the test suites run their own operator and gateway)."""
     state_dir = state_dir.resolve()
@@ -153,6 +155,7 @@ async def serve(
             backoff_seconds=backoff_seconds,
             addresses=addresses,
             node_ip=node_ip,
+            limits=limits,
         )
         await node.start()
         await wait_until_usable(plane.kubeconfig, node_name)
@@ -173,6 +176,7 @@ async def serve(
             **(kubelambda.pids() if kubelambda else {}),
         }
         state.pod_network = f"{node.addresses.mode} {node.addresses.network}"
+        state.limits = node.cgroups.describe() if node.cgroups is not None else ""
         state.startup_seconds = round(time.monotonic() - started, 2)
         state.write(state_dir)
         logger.info(
