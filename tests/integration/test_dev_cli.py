@@ -87,6 +87,9 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     status = cli("status", state_dir=tmp_path)
     assert status.returncode == 0
     assert "kube-apiserver" in status.stdout
+    assert "limits:      enforced (cgroup v" in status.stdout
+    cgroups = [Path(p) for p in json.loads((tmp_path / "cgroups.json").read_text())["parents"].values()]
+    assert all(p.is_dir() for p in cgroups)
     again = cli("up", state_dir=tmp_path)
     assert again.returncode == 0
     assert "already running" in again.stdout
@@ -117,6 +120,7 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     assert down.returncode == 0, down.stdout + down.stderr
     assert wait_dead(pids) == []
     assert f"inet {pod_ip}/32" not in lo_addresses()
+    assert not any(p.exists() for p in cgroups)
     assert cli("status", state_dir=tmp_path).returncode == 3
     assert state["node_ip"] != cluster.state.node_ip
     assert cluster.kubectl("get", "--raw", "/api/v1/nodes/kubelambda-local/proxy/healthz").stdout == "ok"
@@ -129,9 +133,15 @@ def test_a_killed_supervisor_takes_every_process_with_it_and_restarts_cleanly(tm
     pod = wait_ready(kubeconfig, "survivor")
     first_pid = pod_pid(pod)
     pids = [*first.state.components.values(), first_pid]
+    first_cgroups = [Path(p) for p in json.loads((tmp_path / "cgroups.json").read_text())["parents"].values()]
     first.stop(signal.SIGKILL)
     # No cleanup code ran: the kernel's parent-death signal ended every child.
     assert wait_dead(pids) == []
+    # Its cgroups outlive it; `dev down` of a cluster that is not running removes them.
+    assert all(p.is_dir() for p in first_cgroups)
+    down = cli("down", state_dir=tmp_path)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not any(p.exists() for p in first_cgroups)
 
     # The same state directory starts again with its data: the pod object is still there and runs again.
     second = start_cluster(tmp_path)

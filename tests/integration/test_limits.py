@@ -226,6 +226,7 @@ async def test_a_function_over_its_memory_is_killed_with_lambdas_out_of_memory_e
     assert oom["FunctionError"] == "Unhandled"
     assert oom["body"]["errorType"] == "Runtime.OutOfMemory", oom["body"]
     assert oom["body"]["errorMessage"].endswith("Error: Runtime exited with error: signal: killed")
+    print(ok["log"], oom["log"], sep="\n")  # shown with -s: the REPORT lines
     killed = report(oom["log"])
     assert killed["Max Memory Used"] == "128 MB", killed
     assert killed["Status"] == "error"

@@ -75,7 +75,12 @@ class PodStatus(PodBase):
         path = resource_path(
             "v1", "pods", namespace=meta["namespace"], name=meta["name"], subresource="status"
         )
-        body = {"metadata": {"uid": self.uid}, "status": self.status()}
+        status = self.status()
+        # A strategic merge patch merges lists keyed by ip: a pod restarted by a new node run (with a new
+        # address) would end with two IPs of one family, which the API server refuses. Replace them instead.
+        for key in ("podIPs", "hostIPs"):
+            status[key] = [*status[key], {"$patch": "replace"}]
+        body = {"metadata": {"uid": self.uid}, "status": status}
         try:
             self.pod = await self.ctx.kube.patch(path, body, patch_type="strategic")
         except ApiError as e:
