@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _common import pct
 from kubelambda.runtimes import agent_binary, local_command, runtime_images_dir
 from kubelambda.runtimes.ric import cache_dir, ensure_awslambdaric
 
@@ -179,11 +179,6 @@ def rie_target(
     return Target(name, argv, lambda_env, str(code), ip, 8080, "/2015-03-31/functions/function/invocations")
 
 
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
 def direct_call_p50(code: Path, n: int = 20000) -> float:
     sys.path.insert(0, str(code))
     import app  # type: ignore[import-not-found]
@@ -194,7 +189,7 @@ def direct_call_p50(code: Path, n: int = 20000) -> float:
         t0 = clock()
         app.handler({}, None)
         lat.append(clock() - t0)
-    return statistics.median(lat)
+    return pct(lat, 0.5)
 
 
 def main() -> int:

@@ -26,7 +26,6 @@ import asyncio
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -251,7 +250,7 @@ async def accept_rate(
     print(f"== 1. accepted Event invocations, {clients} concurrent clients, {rounds} x {events} events each")
     summary = {}
     for name, results in rows.items():
-        rate = statistics.median(r for r, _ in results)
+        rate = pct([r for r, _ in results], 0.5)
         lat = [v for _, ls in results for v in ls]
         summary[name] = rate
         print(

@@ -1,7 +1,10 @@
 """Benchmarks of the gateway (issue: gateway). Figures, never assertions.
 
 1. Cold start from zero to first response on the local cluster, p50 / p95 over N runs, with the breakdown seen
-   from a pod watch (pod created, scheduled, process started, ready) and the runtime's own Init Duration.
+   from a pod watch (pod created, scheduled, process started, ready) and the runtime's own Init Duration; beside
+   the baseline measured in the same run, interleaved: the same pod (the Function's own pod template) in a plain
+   Deployment of its own, scaled 0 -> 1 by a direct write of its scale and invoked on the pod once it is ready,
+   without the gateway.
 2. Warm throughput and p50 / p99 through the gateway beside calling the same instance's agent directly, in
    the same run, with the same client, connections and payload.
 
@@ -14,7 +17,6 @@ import argparse
 import asyncio
 import base64
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +31,7 @@ from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench"
 HANDLER = "def handler(event, context):\n    return event\n"
+PLAIN, PLAIN_LABEL = "plain-cold", "bench.kubelambda.io/baseline"
 
 
 def fn(name: str, scaling: dict[str, Any]) -> dict[str, Any]:
@@ -53,10 +56,59 @@ async def pods(kube: KubeClient, name: str) -> list[dict[str, Any]]:
     return items
 
 
-async def watch_pod(kube: KubeClient, name: str, seen: dict[str, float], started: float) -> None:
+async def plain_pods(kube: KubeClient) -> list[dict[str, Any]]:
+    listing = await kube.list(
+        resource_path("v1", "pods", namespace=NS), params={"labelSelector": f"{PLAIN_LABEL}={PLAIN}"}
+    )
+    items: list[dict[str, Any]] = listing["items"]
+    return items
+
+
+async def make_plain(kube: KubeClient) -> None:
+    """The baseline's Deployment: the ``cold`` Function's pod template under labels the gateway and the operator
+    do not select, 0 replicas."""
+    dep = await kube.get(resource_path("apps/v1", "deployments", namespace=NS, name="cold"))
+    template = dep["spec"]["template"]
+    template["metadata"] = {"labels": {PLAIN_LABEL: PLAIN}}
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": PLAIN, "namespace": NS},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {PLAIN_LABEL: PLAIN}}, "template": template},
+    }
+    await kube.create(resource_path("apps/v1", "deployments", namespace=NS), body)
+
+
+async def scale_plain(kube: KubeClient, replicas: int) -> None:
+    await kube.patch(
+        resource_path("apps/v1", "deployments", namespace=NS, name=PLAIN, subresource="scale"),
+        {"spec": {"replicas": replicas}},
+    )
+
+
+async def plain_cold_start(kube: KubeClient, http: aiohttp.ClientSession) -> dict[str, float]:
+    """One baseline run: scale the plain Deployment to 1, watch its pod like ``watch_pod`` does, invoke the pod's
+    agent directly once it is ready; returns the same marks (ms from the scale write)."""
+    await wait(lambda: plain_pods(kube), lambda p: p == [], "plain Deployment at zero")
+    seen: dict[str, float] = {}
+    started = time.monotonic()
+    await scale_plain(kube, 1)
+    await watch_pod(kube, PLAIN, seen, started, lister=plain_pods)
+    ip = (await plain_pods(kube))[0]["status"]["podIP"]
+    async with http.post(f"http://{ip}:8080/invoke", data=b"{}") as resp:
+        await resp.read()
+        assert resp.status == 200, resp.status
+    seen["response"] = time.monotonic() - started
+    await scale_plain(kube, 0)
+    return {k: v * 1000 for k, v in seen.items()}
+
+
+async def watch_pod(
+    kube: KubeClient, name: str, seen: dict[str, float], started: float, lister: Any = None
+) -> None:
     """Records when the function's first pod is created, scheduled, running and ready (seconds from start)."""
     while "ready" not in seen:
-        for pod in await pods(kube, name):
+        for pod in await (lister(kube) if lister else pods(kube, name)):
             now = time.monotonic() - started
             seen.setdefault("created", now)
             if pod["spec"].get("nodeName"):
@@ -71,7 +123,10 @@ async def watch_pod(kube: KubeClient, name: str, seen: dict[str, float], started
 
 
 async def cold_starts(kube: KubeClient, http: aiohttp.ClientSession, gateway: str, runs: int) -> None:
-    marks: dict[str, list[float]] = {k: [] for k in ("created", "scheduled", "started", "ready", "response")}
+    """Interleaved, run by run: the ``cold`` Function from zero through the gateway, then the baseline."""
+    keys = ("created", "scheduled", "started", "ready", "response")
+    marks: dict[str, list[float]] = {k: [] for k in keys}
+    plain: dict[str, list[float]] = {k: [] for k in keys}
     inits: list[float] = []
     for _ in range(runs):
         await wait(lambda: pods(kube, "cold"), lambda p: p == [], "scaled to zero")
@@ -94,7 +149,10 @@ async def cold_starts(kube: KubeClient, http: aiohttp.ClientSession, gateway: st
         for key in marks:
             if key in seen:
                 marks[key].append(seen[key] * 1000)
+        for key, value in (await plain_cold_start(kube, http)).items():
+            plain[key].append(value)
     print(f"== 1. cold start from zero to first response, {runs} runs (python3.12 no-op handler)")
+    print(f"  {'':<42} {'through the gateway':>27}   {'baseline: plain Deployment':>27}")
     labels = {
         "created": "pod created (scale write + ReplicaSet)",
         "scheduled": "pod scheduled",
@@ -103,10 +161,19 @@ async def cold_starts(kube: KubeClient, http: aiohttp.ClientSession, gateway: st
         "response": "first response (the cold start)",
     }
     for key, label in labels.items():
-        values = marks[key]
-        print(f"  {label:<42} p50 {pct(values, 0.5):7.0f} ms   p95 {pct(values, 0.95):7.0f} ms")
+        values, base = marks[key], plain[key]
+        print(
+            f"  {label:<42} p50 {pct(values, 0.5):7.0f} ms   p95 {pct(values, 0.95):7.0f} ms"
+            f"   p50 {pct(base, 0.5):7.0f} ms   p95 {pct(base, 0.95):7.0f} ms"
+        )
     if inits:
         print(f"  {'  of which runtime Init Duration':<42} p50 {pct(inits, 0.5):7.0f} ms")
+    print(
+        "  (baseline: the same pod template in a Deployment of its own, scaled 0 -> 1 by a direct scale write and\n"
+        "   invoked on the pod once Ready, interleaved run by run; times from the scale write)"
+    )
+    overhead = pct(marks["response"], 0.5) - pct(plain["response"], 0.5)
+    print(f"  the gateway's cold path adds p50 {overhead:+.0f} ms to the plain scale-up")
     print("  target: first response p50 <= 1000 ms")
 
 
@@ -145,7 +212,7 @@ async def warm(
     )
     summary = {}
     for name, results in rows.items():
-        rps = statistics.median(r for r, _ in results)
+        rps = pct([r for r, _ in results], 0.5)
         lat = [v for _, ls in results for v in ls]
         summary[name] = (rps, pct(lat, 0.5), pct(lat, 0.99))
         print(
@@ -205,6 +272,7 @@ async def main() -> None:
                     ),
                     "cold function Ready",
                 )
+                await make_plain(kube)
                 await cold_starts(kube, http, state.gateway_url, args.cold)
                 endpoint = (await pods(kube, "warm"))[0]["status"]["podIP"] + ":8080"
                 await warm(http, state.gateway_url, endpoint, args.requests, args.connections)

@@ -18,14 +18,14 @@ import argparse
 import http.client
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent_bench import ensure_rie, free_loopback, pct
+from _common import pct
+from agent_bench import ensure_rie, free_loopback
 from kubelambda.runtimes import (
     agent_binary,
     build_go_function,
@@ -203,7 +203,7 @@ def main() -> int:
     for row in rows:
         p50 = pct(row.warm, 0.5)
         print(
-            f"{row.name:28} {statistics.median(row.cold) * 1e3:9.1f} {min(row.cold) * 1e3:9.1f} "
+            f"{row.name:28} {pct(row.cold, 0.5) * 1e3:9.1f} {min(row.cold) * 1e3:9.1f} "
             f"{p50 * 1e3:12.3f} {pct(row.warm, 0.99) * 1e3:12.3f} {len(row.warm) / sum(row.warm):8.0f}"
         )
     return 0
