@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from kltest import Cluster, wait_for
+from kltest.drained import async_queue_drained
 from kltest.platform import (
     RunningOperator,
     deploy,
@@ -311,10 +312,10 @@ async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
         finally:
             task.cancel()
 
-    # Exactly one event per tick reached the function, each with its own request id.
-    await asyncio.sleep(
-        2
-    )  # any duplicate would have arrived by now; the worker's retries are sub-second here
+    # Exactly one event per tick reached the function, each with its own request id. A re-sent tick JetStream
+    # had not deduplicated, or a retry, would be a message on the function's subject until the function (which
+    # records before it answers) has run: once the subject is empty nothing more can arrive.
+    await async_queue_drained(gateway, namespace, "clocked")
     got = records.of(key)
     times = [r["event"]["time"] for r in got]
     assert len(times) == len(set(times)) == 5, times

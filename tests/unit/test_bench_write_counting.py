@@ -16,7 +16,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "operator_scale.py"
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("operator_scale", BENCH)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["operator_scale"] = module
     spec.loader.exec_module(module)

@@ -46,7 +46,7 @@ def doc_rows() -> dict[str, Row]:
 
 
 def test_the_agent_table_lists_exactly_what_metrics_go_exports() -> None:
-    exported, outcomes = agent_metrics()
+    exported, _outcomes = agent_metrics()
     rows = doc_rows()
     assert len(exported) >= 7, (
         exported

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -222,7 +223,10 @@ async def test_an_unreachable_broker_is_reported_and_reconnected() -> None:
     assert "ConnectionError: broker down" in ctx.status.reachable[1][1]
 
 
-async def test_stopping_lets_the_batches_in_flight_finish_and_be_acknowledged() -> None:
+async def test_stopping_lets_the_batches_in_flight_finish_and_be_acknowledged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kubelambda.bridge.queues")
     started = asyncio.Event()
     release = asyncio.Event()
 
@@ -239,7 +243,13 @@ async def test_stopping_lets_the_batches_in_flight_finish_and_be_acknowledged() 
     task = asyncio.create_task(consumer.run())
     await asyncio.wait_for(started.wait(), 5)
     task.cancel()
-    await asyncio.sleep(0.05)
+    # The consumer took the stop and is waiting on the batch, which cannot end before ``release``: only then
+    # does the batch finish, and it is acknowledged below only if the consumer waited for it.
+    await wait_for(
+        lambda: asyncio.sleep(0, result=[r.getMessage() for r in caplog.records]),
+        lambda messages: any(m.startswith("Draining 1 batch(es) in flight") for m in messages),
+        what="the consumer draining its batch in flight",
+    )
     assert not task.done(), "the consumer stopped without waiting for its batch in flight"
     release.set()
     with pytest.raises(asyncio.CancelledError):
