@@ -5,3 +5,11 @@
 # baseline measured in the same run (PutObject alone, Event invocations straight to the gateway).
 bench-bucket: venv binaries
 	$(PY) bench/bucket_bench.py --samples 40 --events 1000 --poll-interval 1
+
+# MinIO, built from its Go module and cached (hack/minio.sh): the real store whose bucket notifications the
+# notification mode's integration test receives (tests/kltest/minio.py).
+.PHONY: minio
+minio:
+	@bash hack/minio.sh >/dev/null
+test: minio
+integration: minio

@@ -28,6 +28,7 @@ from botocore.config import Config
 from kltest import Cluster, wait_for
 from kltest.bridge import BridgeProcess
 from kltest.drained import async_queue_drained
+from kltest.minio import ROOT_PASSWORD, ROOT_USER, MinioServer
 from kltest.platform import (
     RunningOperator,
     deploy,
@@ -498,6 +499,96 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
         async with http.post(webhook, json=notification(minio_record("retry.jpg")), headers=auth) as resp:
             assert resp.status == 503
             assert (await resp.json())["accepted"] == 0
+
+
+async def test_notification_mode_takes_the_events_a_real_minio_sends(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    namespace: str,
+    records: Records,
+    tmp_path: Path,
+) -> None:
+    """MinIO (built from its Go module) pushes its own bucket notifications, with the token, to the bridge's
+    webhook: the function gets Lambda's S3 event for each created and removed .jpg object, with MinIO's size,
+    eTag and time, and nothing for the objects the Trigger filters out."""
+    _, gateway, url = platform
+    key = await deploy_recorder(cluster, gateway, namespace, records)
+    token = "m1n10-t0ken"
+    cluster.apply(secret("store-bucket-token", {"token": token}), namespace)
+    port = free_port()
+    webhook = f"http://127.0.0.1:{port}/events"
+    minio = MinioServer(tmp_path / "minio", webhook=webhook, token=token)
+    cluster.apply(
+        trigger(
+            "store",
+            "recorder",
+            endpoint=minio.endpoint,
+            bucket="photos",
+            events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+            filter={"prefix": "in/", "suffix": ".jpg"},
+        ),
+        namespace,
+    )
+    async with (
+        bridge_in_process(cluster, namespace, "store", url, port=port),
+        aiohttp.ClientSession() as http,
+    ):
+        # The webhook first: MinIO checks its target when it starts.
+        await wait_for(lambda: http_status(http, webhook), lambda s: s == 200, what="the webhook up")
+        async with minio:
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=minio.endpoint,
+                region_name="us-east-1",
+                aws_access_key_id=ROOT_USER,
+                aws_secret_access_key=ROOT_PASSWORD,
+                config=Config(s3={"addressing_style": "path"}),
+            )
+            await asyncio.to_thread(s3.create_bucket, Bucket="photos")
+            await asyncio.to_thread(
+                s3.put_bucket_notification_configuration,
+                Bucket="photos",
+                NotificationConfiguration={
+                    "QueueConfigurations": [
+                        {"QueueArn": minio.arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
+                    ]
+                },
+            )
+            bodies = {"in/red flower é.jpg": b"x" * 2048, "in/a/b.jpg": b"jpeg"}
+            for k, body in bodies.items():
+                await asyncio.to_thread(s3.put_object, Bucket="photos", Key=k, Body=body)
+            # Filtered out by the Trigger (MinIO sends them; the bridge answers 200 and invokes nothing).
+            await asyncio.to_thread(s3.put_object, Bucket="photos", Key="in/c.png", Body=b"png")
+            await asyncio.to_thread(s3.put_object, Bucket="photos", Key="out/d.jpg", Body=b"jpg")
+            await records.wait(key, len(bodies), timeout=60)
+            heads = {k: await asyncio.to_thread(s3.head_object, Bucket="photos", Key=k) for k in bodies}
+            await asyncio.to_thread(s3.delete_object, Bucket="photos", Key="in/a/b.jpg")
+            await records.wait(key, len(bodies) + 1, timeout=60)
+            # A marker last: once it is recorded, MinIO has sent what came before it.
+            await asyncio.to_thread(s3.put_object, Bucket="photos", Key="in/zz-marker.jpg", Body=b"m")
+            await wait_for(
+                lambda: asyncio.sleep(0, result=[object_key(e) for e in events_of(records, key)]),
+                lambda got: "in/zz-marker.jpg" in got,
+                what="the marker's event",
+            )
+            await no_more_events(gateway, records, key, namespace, len(bodies) + 2)
+    events = events_of(records, key)
+    created = {object_key(e): e for e in events if e["eventName"] == "ObjectCreated:Put"}
+    assert sorted(created) == sorted([*bodies, "in/zz-marker.jpg"])
+    for k, body in bodies.items():
+        event = created[k]
+        assert event["eventSource"] == "aws:s3"
+        assert event["eventVersion"] == "2.1"
+        assert event["s3"]["configurationId"] == "store"
+        assert event["s3"]["bucket"]["name"] == "photos"
+        assert event["s3"]["bucket"]["arn"] == "arn:aws:s3:::photos"
+        assert event["s3"]["object"]["key"] == urllib.parse.quote_plus(k, safe="/")
+        assert event["s3"]["object"]["size"] == len(body)
+        assert event["s3"]["object"]["eTag"] == heads[k]["ETag"].strip('"') == hashlib.md5(body).hexdigest()
+        assert event["eventTime"].endswith("Z")
+    (removed,) = [e for e in events if e["eventName"].startswith("ObjectRemoved:")]
+    assert removed["eventName"] == "ObjectRemoved:Delete"
+    assert object_key(removed) == "in/a/b.jpg"
 
 
 async def http_status(http: aiohttp.ClientSession, url: str) -> int:
