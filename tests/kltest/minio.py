@@ -35,7 +35,7 @@ class MinioServer(LocalServer):
     sent again. A bucket sends to it once given a notification configuration naming ``arn``."""
 
     name = "minio"
-    TARGET = "kubelambda"
+    TARGET = "KUBELAMBDA"  # the env suffix is the id, case kept: arn:minio:sqs::KUBELAMBDA:webhook
 
     def __init__(self, data_dir: Path, *, webhook: str, token: str) -> None:
         super().__init__(data_dir)
@@ -54,7 +54,7 @@ class MinioServer(LocalServer):
 
     async def start(self) -> None:
         program = await asyncio.to_thread(minio_binary)
-        target = self.TARGET.upper()
+        target = self.TARGET
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("MINIO_")},
             "MINIO_ROOT_USER": ROOT_USER,
