@@ -153,6 +153,10 @@ async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int) -> JSON
         created = time.monotonic() - started
         deployments = statuses = 0
         while time.monotonic() - started < 600:
+            if proc.returncode is not None:
+                log.flush()
+                tail = (kubeconfig.parent / "operator.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the operator exited with {proc.returncode}:\n{tail}")
             peak = max(peak, ps.memory_info().rss / 2**20)
             deployments = await count(kube, resource_path("apps/v1", "deployments", namespace=ns))
             if deployments >= n:
@@ -173,7 +177,8 @@ async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int) -> JSON
             await asyncio.sleep(0.5)
         after = await scrape_writes(kube)
     finally:
-        proc.terminate()
+        if proc.returncode is None:
+            proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
         log.close()
     writes = attributed_writes(write_deltas(before, after))
