@@ -171,6 +171,10 @@ async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int) -> JSON
                     break
             await asyncio.sleep(0.5)
         elapsed = time.monotonic() - started
+        if deployments < n or statuses < n:
+            log.flush()
+            tail = (kubeconfig.parent / "operator.log").read_text(errors="replace")[-4000:]
+            print(f"the operator did not finish within 600 s; the end of its log:\n{tail}", file=sys.stderr)
         # Let trailing writes (Deployment watch refreshes) land before counting.
         for _ in range(10):
             peak = max(peak, ps.memory_info().rss / 2**20)
