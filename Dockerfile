@@ -2,20 +2,40 @@
 #   make image-kubelambda                       (docker buildx, this machine's platform, loaded into docker)
 #   make image-kubelambda PLATFORMS=linux/amd64,linux/arm64 PUSH=1
 # Multi-arch: every stage builds for $TARGETPLATFORM from a multi-arch base; no stage downloads a binary for a
-# fixed architecture. Bases are pinned to exact releases (pin digests too when publishing: `PYTHON_IMAGE=...@sha256:...`).
-ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
+# fixed architecture. Bases are pinned to exact releases (pin digests too when publishing: `BASE=...@sha256:...`).
+# Offline (no container registry; `make images` = hack/images.sh does this): a Debian base bootstrapped here,
+# with Python from Debian's packages (dependencies still come from the package index, as pinned):
+#   --build-arg BASE=kubelambda/debian:bookworm --build-arg PACKAGES=python3 --build-arg BUILD_PACKAGES=python3-venv
+ARG BASE=python:3.12.12-slim-bookworm
+# Debian packages to install on a plain Debian base (none on the official image): in the final stage, and in addition
+# in the build stage.
+ARG PACKAGES=""
+ARG BUILD_PACKAGES=""
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BASE} AS build
+ARG PACKAGES
+ARG BUILD_PACKAGES
+RUN if [ -n "$PACKAGES$BUILD_PACKAGES" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends $PACKAGES $BUILD_PACKAGES && rm -rf /var/lib/apt/lists/*; \
+    fi
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # Dependencies first (pinned in pyproject.toml), so that code changes reuse the cached layer.
 COPY pyproject.toml README.md ./
 COPY operator/ ./operator/
-RUN python -m venv /opt/kubelambda \
+# A build host behind a TLS-intercepting proxy passes its CA bundle as a secret (hack/images.sh passes this host's):
+#   --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt
+RUN --mount=type=secret,id=ca-certificates \
+    if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
+ && python3 -m venv /opt/kubelambda \
  && /opt/kubelambda/bin/pip install --no-compile . \
  && /opt/kubelambda/bin/python -m compileall -q /opt/kubelambda/lib
 
-FROM ${PYTHON_IMAGE}
+FROM ${BASE}
+ARG PACKAGES
+RUN if [ -n "$PACKAGES" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends $PACKAGES && rm -rf /var/lib/apt/lists/*; \
+    fi
 LABEL org.opencontainers.image.source="https://github.com/kubelambda/kubelambda" \
       org.opencontainers.image.description="kubelambda control plane: operator, gateway, async worker, trigger bridges" \
       org.opencontainers.image.licenses="Apache-2.0"

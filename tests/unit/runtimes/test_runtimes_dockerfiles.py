@@ -1,6 +1,7 @@
 """The runtime images' Dockerfiles, checked without Docker: parsed, then held to the conventions every
 runtime image follows (pinned bases, non-root USER, the agent as ENTRYPOINT, COPY sources that exist, and a
-runtime command that is the one kubelambda.runtimes.worker_command gives for that runtime)."""
+runtime command that is the one kubelambda.runtimes.worker_command gives for that runtime). The images built for
+real, and run, are checked by tests/images (make images-test)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ AGENT = "/opt/kubelambda/bin/kubelambda-agent"
 RUNTIME_DIR = "/opt/kubelambda/runtime"
 # Dockerfiles whose final stage builds FROM a kubelambda runtime image (they inherit USER and ENTRYPOINT).
 FUNCTION_BUILDERS = {"go"}
+# Build inputs that hack/images.sh compiles on the host and puts in a copy of the context (offline builds).
+PREBUILT = ".prebuilt/"
 # The interpreter names the images put on PATH.
 IMAGE_TOOLS = {"python": "python3", "node": "node", "java": "java", "ruby": "ruby"}
 
@@ -59,7 +62,13 @@ def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
 
 
 def expand(value: str, args: dict[str, str]) -> str:
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m[1] or m[2], m[0]), value)
+    """ARG references replaced by their defaults, which may themselves name earlier ARGs."""
+    for _ in range(len(args) + 1):
+        expanded = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m[1] or m[2], m[0]), value)
+        if expanded == value:
+            break
+        value = expanded
+    return value
 
 
 def env_of(stage: Stage, args: dict[str, str]) -> dict[str, str]:
@@ -93,7 +102,7 @@ def test_bases_are_pinned(path: Path) -> None:
     names = {s.name for s in stages if s.name}
     for stage in stages:
         base = expand(stage.base, args)
-        if base in names:
+        if base in names or base == "scratch":
             continue
         assert "$" not in base, f"{path}: FROM {stage.base} uses an ARG without a default"
         repo, _, tag = base.rpartition(":") if ":" in base.rsplit("/", 1)[-1] else (base, "", "")
@@ -114,6 +123,10 @@ def test_copy_sources_exist_in_the_context(path: Path) -> None:
             sources = [w for w in words if not w.startswith("--")][:-1]
             assert sources, f"{path}: {keyword} {rest}"
             for source in sources:
+                if source.startswith(PREBUILT):
+                    # Only in a stage that the build selects instead of compiling (AGENT_FROM/CLIENT_FROM).
+                    assert stage.name and stage.name.endswith("-prebuilt"), f"{path}: {keyword} {rest}"
+                    continue
                 assert (CONTEXT / source).exists(), (
                     f"{path}: {keyword} source {source} missing from {CONTEXT}"
                 )
@@ -150,3 +163,14 @@ def test_image_runtime_command_matches_the_runtime_table(runtime: str) -> None:
     assert command == worker_command(runtime, runtime_dir=RUNTIME_DIR, **tools)
     # The runtime name the image reports is one of the family's runtimes (the version comes from a build ARG).
     assert env["KUBELAMBDA_RUNTIME_NAME"] in {r for r, s in RUNTIMES.items() if s.folder == spec.folder}
+
+
+def test_make_images_builds_every_runtime_image_the_operator_names() -> None:
+    """hack/images.sh's table (what `make images` builds) has an image for every runtime of the operator's
+    default table, tagged the same way (<registry>/runtime-<family>:<tag>)."""
+    from kubelambda.settings import default_runtime_images
+
+    script = (CONTEXT.parent / "hack" / "images.sh").read_text()
+    built = {f"R/{name}:{tag}" for name, tag in re.findall(r"^(runtime-[a-z]+)\|([^|]+)\|", script, re.M)}
+    missing = set(default_runtime_images("R").values()) - built
+    assert not missing, f"hack/images.sh builds no image for {sorted(missing)}"

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Builds the images the chart and the Functions use (`make images`): the control-plane image (Dockerfile at the
+# repo root) and the runtime images (runtime-images/<family>/Dockerfile), tagged as the chart's values and the
+# operator's runtime table expect: $IMAGE_REGISTRY/kubelambda:$VERSION, $IMAGE_REGISTRY/runtime-<family>:<tag>.
+# Then prints each image's size (docker image ls). Progress goes to stderr.
+#   hack/images.sh [NAME...]   NAME: kubelambda, runtime-python, runtime-python:3.13, ... (default: all)
+#   BASES=auto|debian|official
+#     official: the Dockerfiles' defaults (python:*-slim, node:*-slim, eclipse-temurin, ruby:*-slim, golang,
+#               maven), for a host that reaches Docker Hub;
+#     debian:   no container registry needed: Debian bases bootstrapped here (hack/debian-bases.sh), interpreters
+#               from Debian's packages, the agent and the Java runtime client built on the host and copied in.
+#               Images of versions no Debian release has (python3.12, nodejs22) need the official base: skipped,
+#               and listed as such;
+#     auto (default): official when Docker Hub's registry answers, else debian.
+#   IMAGE_REGISTRY (default ghcr.io/kubelambda)   VERSION (default: pyproject.toml's)
+#   CA_BUNDLE (default $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt): given to the control-plane image's
+#               pip install as a build secret, for hosts behind a TLS-intercepting proxy
+#   PLATFORMS, PUSH=1   with docker buildx (official bases): build for several platforms and push.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${KUBELAMBDA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubelambda}"
+registry="${IMAGE_REGISTRY:-ghcr.io/kubelambda}"
+version="${VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/pyproject.toml")}"
+bases="${BASES:-auto}"
+ca_bundle="${CA_BUNDLE:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
+say() { echo "images: $*" >&2; }
+started=$SECONDS
+
+# name | tag | Dockerfile | context | build args (both ways) | Debian release ("-": needs the official base) |
+# build args on a Debian base. Tags follow operator/kubelambda/settings.py (_RUNTIME_TAGS): <family>:<version>.
+table="$(cat <<TABLE
+kubelambda|$version|Dockerfile|.||bookworm|PACKAGES=python3 BUILD_PACKAGES=python3-venv
+runtime-python|3.11|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.11|bookworm|PACKAGES=python3
+runtime-python|3.12|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.12|-|
+runtime-python|3.13|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.13|trixie|PACKAGES=python3
+runtime-nodejs|18|runtime-images/nodejs/Dockerfile|runtime-images|NODE_VERSION=18|bookworm|PACKAGES=nodejs
+runtime-nodejs|20|runtime-images/nodejs/Dockerfile|runtime-images|NODE_VERSION=20|trixie|PACKAGES=nodejs
+runtime-nodejs|22|runtime-images/nodejs/Dockerfile|runtime-images|NODE_VERSION=22|-|
+runtime-java|17|runtime-images/java/Dockerfile|runtime-images|JAVA_VERSION=17|bookworm|PACKAGES=openjdk-17-jre-headless CLIENT_FROM=client-prebuilt
+runtime-java|21|runtime-images/java/Dockerfile|runtime-images|JAVA_VERSION=21|trixie|PACKAGES=openjdk-21-jre-headless CLIENT_FROM=client-prebuilt
+runtime-ruby|3.1|runtime-images/ruby/Dockerfile|runtime-images|RUBY_VERSION=3.1|bookworm|PACKAGES=ruby
+runtime-ruby|3.3|runtime-images/ruby/Dockerfile|runtime-images|RUBY_VERSION=3.3|trixie|PACKAGES=ruby
+runtime-provided|latest|runtime-images/provided/Dockerfile|runtime-images||bookworm|
+runtime-provided|go|runtime-images/provided/Dockerfile|runtime-images|RUNTIME_NAME=go|bookworm|
+TABLE
+)"
+
+selected() { # name tag
+  (($# >= 2)) || return 1
+  ((${#wanted[@]})) || return 0
+  local w
+  for w in "${wanted[@]}"; do
+    [[ "$w" == "$1" || "$w" == "$1:$2" ]] && return 0
+  done
+  return 1
+}
+wanted=("$@")
+for w in "${wanted[@]}"; do
+  grep -q "^${w%%:*}|" <<<"$table" || { say "error: unknown image '$w'; known: $(cut -d'|' -f1 <<<"$table" | sort -u | tr '\n' ' ')"; exit 2; }
+done
+
+bash "$root/hack/docker-up.sh"
+
+# The build command: docker buildx when installed, else the daemon's BuildKit through a client that still has
+# the classic `DOCKER_BUILDKIT=1 docker build` (Debian's 20.10; newer clients want buildx for BuildKit).
+build=()
+for client in "${DOCKER:-docker}" /usr/bin/docker; do
+  command -v "$client" >/dev/null 2>&1 || continue
+  if "$client" buildx version >/dev/null 2>&1; then
+    build=("$client" buildx build)
+    [[ -n "${PLATFORMS:-}" ]] && build+=(--platform "$PLATFORMS")
+    if [[ -n "${PUSH:-}" ]]; then build+=(--push); else build+=(--load); fi
+    break
+  fi
+  major="$("$client" version --format '{{.Client.Version}}' 2>/dev/null | cut -d. -f1 || true)"
+  if [[ "$major" =~ ^[0-9]+$ ]] && ((major < 23)); then
+    build=(env DOCKER_BUILDKIT=1 "$client" build)
+    break
+  fi
+done
+if ((${#build[@]} == 0)); then
+  say "error: no way to build with BuildKit: install docker buildx, or Debian's docker.io (its 20.10 client)"
+  exit 1
+fi
+if [[ -n "${PUSH:-}${PLATFORMS:-}" && "${build[1]}" != buildx ]]; then
+  say "error: PLATFORMS/PUSH need docker buildx"
+  exit 1
+fi
+
+if [[ "$bases" == auto ]]; then
+  # Any HTTP answer (401 without a token) means the registry is reachable.
+  code="$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' https://registry-1.docker.io/v2/ || true)"
+  if [[ "$code" =~ ^[1-5][0-9][0-9]$ ]]; then bases=official; else bases=debian; fi
+  say "BASES=auto: Docker Hub's registry $([[ $bases == official ]] && echo answers || echo "does not answer"): $bases bases"
+fi
+case "$bases" in
+  official | debian) ;;
+  *) say "error: BASES=$bases: want auto, debian or official"; exit 2 ;;
+esac
+
+runtime_context="$root/runtime-images"
+if [[ "$bases" == debian ]]; then
+  releases="$(while IFS='|' read -r name tag _ _ _ release _; do
+    if selected "$name" "$tag" && [[ "$release" != - ]]; then echo "$release"; fi; done <<<"$table" | sort -u | tr '\n' ' ')"
+  # shellcheck disable=SC2086
+  [[ -n "$releases" ]] && bash "$root/hack/debian-bases.sh" $releases >/dev/null
+  agent="$(bash "$root/hack/build-agent.sh")"
+  java_lib=""
+  if selected runtime-java 17 || selected runtime-java 21; then
+    java_lib="$(bash "$root/hack/build-runtime-java.sh")/lib"
+  fi
+  # The runtime images' context with the host-built pieces in .prebuilt/ (a fixed path: builds reuse its cache).
+  mkdir -p "$cache/images"
+  exec 8>"$cache/images/context.lock"
+  flock 8
+  runtime_context="$cache/images/runtime-context"
+  rm -rf "$runtime_context"
+  cp -a "$root/runtime-images" "$runtime_context"
+  mkdir -p "$runtime_context/.prebuilt"
+  cp "$agent" "$runtime_context/.prebuilt/kubelambda-agent"
+  [[ -n "$java_lib" ]] && cp -r "$java_lib" "$runtime_context/.prebuilt/java-lib"
+fi
+
+built=()
+skipped=()
+while IFS='|' read -r name tag dockerfile context args release debian_args; do
+  selected "$name" "$tag" || continue
+  ref="$registry/$name:$tag"
+  cmd=("${build[@]}" -f "$root/$dockerfile" -t "$ref")
+  for a in $args; do cmd+=(--build-arg "$a"); done
+  # This host's CA bundle, for builds that reach a package index through a TLS-intercepting proxy (Dockerfile).
+  [[ -s "$ca_bundle" && "$name" == kubelambda ]] && cmd+=(--secret "id=ca-certificates,src=$ca_bundle")
+  if [[ "$context" == runtime-images ]]; then ctx="$runtime_context"; else ctx="$root/$context"; fi
+  if [[ "$bases" == debian ]]; then
+    if [[ "$release" == - ]]; then
+      skipped+=("$ref")
+      say "$ref: skipped (no Debian release has this version; it needs the official base: BASES=official)"
+      continue
+    fi
+    base="kubelambda/debian:$release"
+    cmd+=(--build-arg "BASE=$base" --label "io.kubelambda.base=$base")
+    [[ "$context" == runtime-images ]] && cmd+=(--build-arg AGENT_FROM=agent-prebuilt)
+    for a in $debian_args; do cmd+=(--build-arg "$a"); done
+  fi
+  say "$ref: building ($bases base${release:+, $([[ $bases == debian ]] && echo "Debian $release")})"
+  t0=$SECONDS
+  log="$(mktemp)"
+  if ! "${cmd[@]}" "$ctx" >"$log" 2>&1; then
+    say "error: $ref failed; the build's output ends with:"
+    tail -n 30 "$log" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
+  say "$ref: built in $((SECONDS - t0)) s"
+  built+=("$ref")
+done <<<"$table"
+
+filters=()
+for ref in "${built[@]}"; do filters+=(--filter "reference=$ref"); done
+if ((${#built[@]})) && [[ -z "${PUSH:-}" ]]; then
+  docker image ls --format 'table {{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.Size}}' "${filters[@]}"
+fi
+((${#skipped[@]} == 0)) || echo "not built here (need the official base, BASES=official): ${skipped[*]}"
+echo "images: ${#built[@]} built with $bases bases in $((SECONDS - started)) s"
