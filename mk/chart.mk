@@ -3,19 +3,22 @@ CHART := helm/kubelambda
 HELM = $(shell bash hack/kube-binaries.sh helm 2>/dev/null | sed -n 's/^HELM_BIN=//p')/helm
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_REGISTRY ?= ghcr.io/kubelambda
-# buildx platforms: one (this machine's) loads the image into docker; several need PUSH=1 (a registry).
-PLATFORMS ?= linux/$(shell uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/')
+# docker buildx only (official bases): several platforms need PUSH=1 (a registry). Empty: this machine's platform.
+PLATFORMS ?=
 PUSH ?=
 DOCKER ?= docker
-BUILDX = $(DOCKER) buildx build --platform $(PLATFORMS) $(if $(PUSH),--push,--load)
+# auto (official bases when Docker Hub answers, else Debian bases bootstrapped here), debian or official.
+BASES ?= auto
+IMAGES = IMAGE_REGISTRY=$(IMAGE_REGISTRY) VERSION=$(VERSION) BASES=$(BASES) PLATFORMS=$(PLATFORMS) PUSH=$(PUSH) \
+	DOCKER=$(DOCKER) bash hack/images.sh
 KIND_VERSION := v0.33.0
 KIND ?= $(or $(shell command -v kind 2>/dev/null),go run sigs.k8s.io/kind@$(KIND_VERSION))
 KIND_CLUSTER := kubelambda
 E2E_NAMESPACE := kubelambda-system
-# runtime family → the tags its Dockerfile builds (build-arg name and value per tag).
+# The runtime families (runtime-images/<family>/Dockerfile); hack/images.sh lists the tags of each.
 RUNTIME_FAMILIES := python nodejs java ruby provided
 
-.PHONY: chart-crds chart-lint chart-test require-docker images image-kubelambda \
+.PHONY: chart-crds chart-lint chart-test require-docker docker-up images images-test image-kubelambda \
 	$(addprefix image-runtime-,$(RUNTIME_FAMILIES)) kind-up kind-down e2e
 
 # Copies the generated CRDs (make crds) into the chart; tests/unit/test_chart.py fails when they drift.
@@ -40,30 +43,31 @@ require-docker:
 		echo "error: 'make $(MAKECMDGOALS)' needs Docker, and the Docker daemon does not answer ('$(DOCKER) info' failed)." >&2; \
 		echo "hint: start Docker, or run the same scenarios on the local cluster: make integration" >&2; exit 2; }
 
+# Installs Debian's docker.io if missing and starts dockerd when no daemon answers (root; idempotent).
+docker-up:
+	bash hack/docker-up.sh
+
+# Every image the chart and the Functions use (docs/images.md), then their sizes. Starts Docker if needed; with no
+# container registry reachable, builds on Debian bases bootstrapped here (BASES=auto).
+images:
+	$(IMAGES)
+
+# One image (all its tags), on a host whose Docker already answers.
 image-kubelambda: require-docker
-	$(BUILDX) -f Dockerfile -t $(IMAGE_REGISTRY)/kubelambda:$(VERSION) .
+	$(IMAGES) kubelambda
+$(addprefix image-runtime-,$(RUNTIME_FAMILIES)): image-runtime-%: require-docker
+	$(IMAGES) runtime-$*
 
-image-runtime-python: require-docker
-	$(BUILDX) -f runtime-images/python/Dockerfile --build-arg PYTHON_VERSION=3.12 -t $(IMAGE_REGISTRY)/runtime-python:3.12 runtime-images
-	$(BUILDX) -f runtime-images/python/Dockerfile --build-arg PYTHON_VERSION=3.13 -t $(IMAGE_REGISTRY)/runtime-python:3.13 runtime-images
-image-runtime-nodejs: require-docker
-	$(BUILDX) -f runtime-images/nodejs/Dockerfile --build-arg NODE_VERSION=20 -t $(IMAGE_REGISTRY)/runtime-nodejs:20 runtime-images
-	$(BUILDX) -f runtime-images/nodejs/Dockerfile --build-arg NODE_VERSION=22 -t $(IMAGE_REGISTRY)/runtime-nodejs:22 runtime-images
-image-runtime-java: require-docker
-	$(BUILDX) -f runtime-images/java/Dockerfile --build-arg JAVA_VERSION=21 -t $(IMAGE_REGISTRY)/runtime-java:21 runtime-images
-image-runtime-ruby: require-docker
-	$(BUILDX) -f runtime-images/ruby/Dockerfile --build-arg RUBY_VERSION=3.3 -t $(IMAGE_REGISTRY)/runtime-ruby:3.3 runtime-images
-image-runtime-provided: require-docker
-	$(BUILDX) -f runtime-images/provided/Dockerfile -t $(IMAGE_REGISTRY)/runtime-provided:latest runtime-images
-	$(BUILDX) -f runtime-images/provided/Dockerfile --build-arg RUNTIME_NAME=go -t $(IMAGE_REGISTRY)/runtime-provided:go runtime-images
-
-images: image-kubelambda $(addprefix image-runtime-,$(RUNTIME_FAMILIES))
+# The built images run for real: a hello Function per runtime image invoked through its agent, the memory
+# limit seen inside, non-root users, no build tools (tests/images; not part of `make test` yet).
+images-test: venv images
+	$(PY) -m pytest tests/images -q
 
 # kind: create the cluster (kind-config.yaml), build the images, load them into the node, install the chart
 # (gateway on NodePort 30080, mapped to localhost:30080 by kind-config.yaml).
 kind-up: require-docker binaries
 	$(KIND) get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --config kind-config.yaml --wait 120s
-	$(MAKE) images PLATFORMS=$(PLATFORMS) PUSH=
+	$(MAKE) images PUSH=
 	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_REGISTRY)/kubelambda:$(VERSION) \
 		$(foreach t,python:3.12 python:3.13 nodejs:20 nodejs:22 java:21 ruby:3.3 provided:latest provided:go,$(IMAGE_REGISTRY)/runtime-$(t))
 	$(HELM) upgrade --install kubelambda $(CHART) --namespace $(E2E_NAMESPACE) --create-namespace \

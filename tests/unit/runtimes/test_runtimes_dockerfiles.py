@@ -125,7 +125,7 @@ def test_copy_sources_exist_in_the_context(path: Path) -> None:
             for source in sources:
                 if source.startswith(PREBUILT):
                     # Only in a stage that the build selects instead of compiling (AGENT_FROM/CLIENT_FROM).
-                    assert stage.name and stage.name.endswith("-prebuilt"), f"{path}: {keyword} {rest}"
+                    assert (stage.name or "").endswith("-prebuilt"), f"{path}: {keyword} {rest}"
                     continue
                 assert (CONTEXT / source).exists(), (
                     f"{path}: {keyword} source {source} missing from {CONTEXT}"
