@@ -20,15 +20,21 @@ RUN if [ -n "$PACKAGES$BUILD_PACKAGES" ]; then \
     fi
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# Dependencies first (pinned in pyproject.toml), so that code changes reuse the cached layer.
-COPY pyproject.toml README.md ./
-COPY operator/ ./operator/
+# Dependencies first (pinned in pyproject.toml), installed with an empty stand-in package, so that code changes
+# reuse that layer and reinstall only kubelambda itself.
 # A build host behind a TLS-intercepting proxy passes its CA bundle as a secret (hack/images.sh passes this host's):
 #   --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt
+COPY pyproject.toml README.md ./
 RUN --mount=type=secret,id=ca-certificates \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
  && python3 -m venv /opt/kubelambda \
+ && mkdir -p operator/kubelambda && touch operator/kubelambda/__init__.py \
  && /opt/kubelambda/bin/pip install --no-compile . \
+ && rm -rf operator build
+COPY operator/ ./operator/
+RUN --mount=type=secret,id=ca-certificates \
+    if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
+ && /opt/kubelambda/bin/pip install --no-compile --no-deps --force-reinstall . \
  && /opt/kubelambda/bin/python -m compileall -q /opt/kubelambda/lib
 
 FROM ${BASE}
