@@ -24,13 +24,14 @@ WORKDIR /src
 # reuse that layer and reinstall only kubelambda itself.
 # A build host behind a TLS-intercepting proxy passes its CA bundle as a secret (hack/images.sh passes this host's):
 #   --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 RUN --mount=type=secret,id=ca-certificates \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
  && python3 -m venv /opt/kubelambda \
- && mkdir -p operator/kubelambda && touch operator/kubelambda/__init__.py \
+ && mkdir -p operator/kubelambda && touch operator/kubelambda/__init__.py README.md \
  && /opt/kubelambda/bin/pip install --no-compile . \
- && rm -rf operator build
+ && rm -rf operator build README.md
+COPY README.md ./
 COPY operator/ ./operator/
 RUN --mount=type=secret,id=ca-certificates \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
