@@ -56,8 +56,12 @@ selected() { # name tag
   return 1
 }
 wanted=("$@")
+known="$(cut -d'|' -f1,2 <<<"$table" | tr '|' ':')"
 for w in "${wanted[@]}"; do
-  grep -q "^${w%%:*}|" <<<"$table" || { say "error: unknown image '$w'; known: $(cut -d'|' -f1 <<<"$table" | sort -u | tr '\n' ' ')"; exit 2; }
+  if ! grep -qxF -- "$w" <<<"$known" && ! grep -q "^${w}:" <<<"$known"; then
+    say "error: unknown image '$w'; known: $(tr '\n' ' ' <<<"$known")"
+    exit 2
+  fi
 done
 
 bash "$root/hack/docker-up.sh"
@@ -105,21 +109,24 @@ if [[ "$bases" == debian ]]; then
     if selected "$name" "$tag" && [[ "$release" != - ]]; then echo "$release"; fi; done <<<"$table" | sort -u | tr '\n' ' ')"
   # shellcheck disable=SC2086
   [[ -n "$releases" ]] && bash "$root/hack/debian-bases.sh" $releases >/dev/null
-  agent="$(bash "$root/hack/build-agent.sh")"
-  java_lib=""
-  if selected runtime-java 17 || selected runtime-java 21; then
-    java_lib="$(bash "$root/hack/build-runtime-java.sh")/lib"
+  if grep -q '^runtime-' <<<"$(while IFS='|' read -r name tag _; do
+    if selected "$name" "$tag"; then echo "$name"; fi; done <<<"$table")"; then
+    agent="$(bash "$root/hack/build-agent.sh")"
+    java_lib=""
+    if selected runtime-java 17 || selected runtime-java 21; then
+      java_lib="$(bash "$root/hack/build-runtime-java.sh")/lib"
+    fi
+    # The runtime images' context with the host-built pieces in .prebuilt/ (a fixed path: builds reuse its cache).
+    mkdir -p "$cache/images"
+    exec 8>"$cache/images/context.lock"
+    flock 8
+    runtime_context="$cache/images/runtime-context"
+    rm -rf "$runtime_context"
+    cp -a "$root/runtime-images" "$runtime_context"
+    mkdir -p "$runtime_context/.prebuilt"
+    cp "$agent" "$runtime_context/.prebuilt/kubelambda-agent"
+    if [[ -n "$java_lib" ]]; then cp -r "$java_lib" "$runtime_context/.prebuilt/java-lib"; fi
   fi
-  # The runtime images' context with the host-built pieces in .prebuilt/ (a fixed path: builds reuse its cache).
-  mkdir -p "$cache/images"
-  exec 8>"$cache/images/context.lock"
-  flock 8
-  runtime_context="$cache/images/runtime-context"
-  rm -rf "$runtime_context"
-  cp -a "$root/runtime-images" "$runtime_context"
-  mkdir -p "$runtime_context/.prebuilt"
-  cp "$agent" "$runtime_context/.prebuilt/kubelambda-agent"
-  [[ -n "$java_lib" ]] && cp -r "$java_lib" "$runtime_context/.prebuilt/java-lib"
 fi
 
 built=()
