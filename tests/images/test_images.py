@@ -226,7 +226,7 @@ def test_runtime_image_invokes_a_hello_function(
     docker(
         "run", "-d", "--name", name, "--user", POD_USER, "--read-only", "--tmpfs", "/tmp",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--memory", "256m",
-        "-v", f"{root}:/var/task:ro", "-e", f"_HANDLER={handler}", "-e", "KUBELAMBDA_MEMORY_MB=256",
+        "-v", f"{root}:/var/task:ro", "-e", f"KUBELAMBDA_HANDLER={handler}", "-e", "KUBELAMBDA_MEMORY_MB=256",
         "-e", "KUBELAMBDA_TIMEOUT=30", image.ref,
     )  # fmt: skip
     ip = docker(
