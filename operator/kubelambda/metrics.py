@@ -54,6 +54,25 @@ GATEWAY_COLD_START_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
     registry=REGISTRY,
 )
+GATEWAY_AUTH_MODE = Gauge(
+    "kubelambda_gateway_auth_mode",
+    "1 for the gateway's auth mode (kubernetes, or none: every caller may invoke everything).",
+    ["mode"],
+    registry=REGISTRY,
+)
+GATEWAY_AUTH_REFUSALS = Counter(
+    "kubelambda_gateway_auth_refusals_total",
+    "Calls refused before anything ran, by reason (MissingAuthenticationToken, UnrecognizedClient, "
+    "InvalidSignature, AccessDenied).",
+    ["reason"],
+    registry=REGISTRY,
+)
+GATEWAY_AUTH_REVIEWS = Counter(
+    "kubelambda_gateway_auth_reviews_total",
+    "TokenReviews and SubjectAccessReviews the gateway sent to the API server (cache misses), by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
 GATEWAY_THROTTLES = Counter(
     "kubelambda_throttles_total",
     "Invocations refused with 429, by reason (ReservedFunctionConcurrentInvocationLimitExceeded, ...).",

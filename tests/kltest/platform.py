@@ -110,12 +110,17 @@ async def start_operator(cluster: Cluster, kube: KubeClient, **settings: Any) ->
     return running
 
 
-async def start_gateway(cluster: Cluster, kube: KubeClient, **settings: Any) -> tuple[Gateway, str]:
-    """The gateway on a free port of 127.0.0.1, as its ServiceAccount; returns it and its URL once ready."""
+async def start_gateway(
+    cluster: Cluster, kube: KubeClient, *, auth_mode: str = "none", **settings: Any
+) -> tuple[Gateway, str]:
+    """The gateway on a free port of 127.0.0.1, as its ServiceAccount; returns it and its URL once ready.
+
+    ``auth_mode`` is ``none`` unless a test is about who may invoke (tests/integration/test_auth.py): the other
+    tests call it unsigned, as a trusted network would."""
     token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
     client = Login.from_kubeconfig(cluster.kubeconfig).with_token(token).client()
     port = free_port()
-    gateway = Gateway(GatewaySettings(host="127.0.0.1", port=port, **settings), client)
+    gateway = Gateway(GatewaySettings(host="127.0.0.1", port=port, auth_mode=auth_mode, **settings), client)
     await gateway.start()
     url = f"http://127.0.0.1:{port}"
 

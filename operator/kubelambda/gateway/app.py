@@ -1,7 +1,8 @@
 """The gateway's HTTP surface: the Lambda Invoke API, /healthz, /readyz and /metrics.
 
-One invocation: name → Function (cache) → checks (type, size, JSON, Ready) → throttler (exact in-flight) →
-an instance with a free slot (or the activator, from zero) → the agent → the response, unchanged.
+One invocation: identity → decision (gateway/auth: who calls, and may they invoke this Function) → name →
+Function (cache) → checks (type, size, JSON, Ready) → throttler (exact in-flight) → an instance with a free slot
+(or the activator, from zero) → the agent → the response, unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response
 from kubelambda.gateway import httpapi
 from kubelambda.gateway.activator import Activator
+from kubelambda.gateway.auth import INVOKE, Authoriser, AuthRefused, Identity
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
@@ -62,6 +64,7 @@ class Gateway(RegistryLookups):
     throttler: Throttler = field(init=False)
     balancer: Balancer = field(default_factory=Balancer)
     activator: Activator = field(init=False)
+    auth: Authoriser = field(init=False)
     session: aiohttp.ClientSession | None = None
     autoscaler: Autoscaler | None = None
     queue: EventQueue | None = None  # Event invocations, when NATS is configured
@@ -74,6 +77,7 @@ class Gateway(RegistryLookups):
     def __post_init__(self) -> None:
         self.throttler = Throttler(pool_limit=self.settings.pool_limit)
         self.activator = Activator(self.kube)
+        self.auth = Authoriser(self.settings, self.kube)
 
     def http(self) -> aiohttp.ClientSession:
         if self.session is None:
@@ -109,6 +113,11 @@ class Gateway(RegistryLookups):
                 "RequestTooLargeException",
                 f"Request must be smaller than {s.max_request_bytes} bytes for the InvokeFunction operation",
             )
+        # Identity and decision before anything else is looked at: a refused caller learns nothing more.
+        try:
+            caller = await self.auth.authorise(request, INVOKE, ref, body=body)
+        except AuthRefused as e:
+            return error_response(e.code, e.message)
         if body:
             try:
                 json.loads(body)
@@ -127,8 +136,16 @@ class Gateway(RegistryLookups):
         if kind == "DryRun":
             return web.Response(status=204, headers={"X-Amz-Executed-Version": "$LATEST"})
         if kind == "Event":
-            return await self._enqueue(fn, body or b"{}", key=request.headers.get(IDEMPOTENCY_KEY_HEADER))
-        return await self._run(request, fn, ref, body or b"{}", started)
+            return await self._enqueue(fn, body or b"{}", key=self._idempotency_key(request, caller))
+        return await self._run(request, caller, fn, ref, body or b"{}", started)
+
+    def _idempotency_key(self, request: web.Request, caller: Identity) -> str | None:
+        """The platform's key as sent; anyone else's scoped to the caller, so it never collides with a bridge's
+        or another tenant's (the request id, and JetStream's duplicate window, derive from it)."""
+        key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+        if not key or self.auth.is_platform(caller):
+            return key
+        return f"caller:{caller.username}/{key}"
 
     async def _enqueue(self, fn: FunctionEntry, body: bytes, *, key: str | None = None) -> web.Response:
         """Stores an Event invocation in JetStream and answers 202 once the store is acknowledged."""
@@ -203,7 +220,13 @@ class Gateway(RegistryLookups):
         return found
 
     async def _run(
-        self, request: web.Request, fn: FunctionEntry, ref: FunctionRef, body: bytes, started: float
+        self,
+        request: web.Request,
+        caller: Identity,
+        fn: FunctionEntry,
+        ref: FunctionRef,
+        body: bytes,
+        started: float,
     ) -> web.StreamResponse:
         invocation = Invocation.new(
             arn=ref.arn(self.settings.region),
@@ -215,7 +238,7 @@ class Gateway(RegistryLookups):
         )
         # A standalone async worker (kubelambda.asyncworker.remote) keeps an event's request id on every attempt.
         async_request_id = request.headers.get(ASYNC_REQUEST_ID_HEADER)
-        if async_request_id:
+        if async_request_id and self.auth.is_platform(caller):
             invocation = dataclasses.replace(invocation, request_id=async_request_id[:64])
         try:
             result, cold = await self._invoke(fn, invocation, started)
@@ -416,14 +439,18 @@ class Gateway(RegistryLookups):
     ) -> web.StreamResponse:
         started = time.monotonic()
         s = self.settings
+        body = await _read_body(request, s.max_request_bytes)
+        if body is None:
+            return _http(httpapi.message(413, "Request Entity Too Large"))
+        try:
+            caller = await self.auth.authorise(request, INVOKE, ref, body=body)
+        except AuthRefused as e:  # as a function URL with AWS_IAM answers: 403, the reason in the header
+            return _http(httpapi.forbidden(e.code))
         fn = self.registry.function(ref)
         if fn is None:
             return _http(httpapi.message(404, "Not Found"))
         if not fn.ready:
             return _http(httpapi.message(503, "Service Unavailable"))
-        body = await _read_body(request, s.max_request_bytes)
-        if body is None:
-            return _http(httpapi.message(413, "Request Entity Too Large"))
         version = request.version
         event = httpapi.build_event(
             httpapi.HttpRequest(
@@ -444,7 +471,7 @@ class Gateway(RegistryLookups):
         payload = json.dumps(event).encode()
         if len(payload) > s.max_request_bytes:
             return _http(httpapi.message(413, "Request Entity Too Large"))
-        answer = await self._run(request, fn, ref, payload, started)
+        answer = await self._run(request, caller, fn, ref, payload, started)
         assert isinstance(answer, web.Response)
         if answer.status == 200 and "X-Amz-Function-Error" not in answer.headers:
             return _http(httpapi.map_result(answer.body if isinstance(answer.body, bytes) else b""))
@@ -458,6 +485,8 @@ class Gateway(RegistryLookups):
     async def readyz(self, request: web.Request) -> web.Response:
         if not self.registry.synced.is_set():
             return web.Response(status=503, text="waiting for the first list of Functions and EndpointSlices")
+        if self.auth.enabled and not self.auth.keys.synced.is_set():
+            return web.Response(status=503, text="waiting for the first list of access keys")
         return web.Response(text="ok")
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -480,6 +509,7 @@ class Gateway(RegistryLookups):
         from kubelambda.gateway.scaler import Autoscaler
 
         s = self.settings
+        self.auth.announce()
         self.autoscaler = Autoscaler(
             self, interval=s.autoscale_interval_seconds, sample=s.sample_interval_seconds
         )
@@ -491,6 +521,8 @@ class Gateway(RegistryLookups):
             asyncio.create_task(self.registry.run(self.kube), name="gateway watches"),
             asyncio.create_task(self.autoscaler.run(), name="autoscaler"),
         ]
+        if self.auth.enabled:
+            self._tasks.append(asyncio.create_task(self.auth.keys.run(self.kube), name="access keys"))
         if s.http_routes:
             self._tasks.append(asyncio.create_task(self.routes.run(self.kube), name="trigger routes"))
         if any(n > 0 for n in s.warm_pool_sizes.values()):

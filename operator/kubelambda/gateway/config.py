@@ -5,6 +5,8 @@ Bad values fail at start naming the key and the value.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -63,6 +65,19 @@ class GatewaySettings(BaseSettings):
     a running invocation is kept alive meanwhile)."""
     kubeconfig: str | None = None
     """Kubeconfig to use; unset = in-cluster credentials, or ``$KUBECONFIG``."""
+
+    # ---- who may invoke what (docs/security.md) --------------------------------------------------------
+    auth_mode: Literal["kubernetes", "none"] = "kubernetes"
+    """``kubernetes`` (default): every call is authenticated (SigV4 with an access key, or a Kubernetes bearer
+    token) and authorised with RBAC (verb ``invoke`` on ``functions.kubelambda.io``). ``none``: anyone who
+    reaches the gateway may invoke everything (trusted networks only)."""
+    auth_namespace: str = Field(default="kubelambda-system", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """The platform's namespace: access keys are Secrets there, and its ServiceAccounts are the platform
+    identities trusted with internal headers."""
+    auth_audiences: list[str] = Field(default_factory=list)
+    """Audiences a bearer token must carry, JSON list (default empty: the API server's own audiences)."""
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=60)
+    """How long a TokenReview or SubjectAccessReview answer is reused, allowed or denied (default 5 s)."""
 
     # ---- warm pools (docs/warm-pools.md) --------------------------------------------------------------
     warm_pool_sizes: dict[str, int] = Field(default_factory=dict)

@@ -21,6 +21,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     "ServiceException": (500, "Service"),
     "EC2ThrottledException": (502, "Service"),
     "NotImplementedException": (501, "Service"),
+    # Authentication and authorisation (gateway/auth): Lambda answers each with 403.
+    "MissingAuthenticationTokenException": (403, "User"),
+    "UnrecognizedClientException": (403, "User"),
+    "InvalidSignatureException": (403, "User"),
+    "AccessDeniedException": (403, "User"),
 }
 
 

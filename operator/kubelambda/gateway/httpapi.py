@@ -162,6 +162,15 @@ def message(status: int, text: str) -> HttpResponse:
     )
 
 
+def forbidden(error_type: str) -> HttpResponse:
+    """A function URL's refusal: 403 ``{"Message": "Forbidden"}``, the reason in ``x-amzn-ErrorType``."""
+    return HttpResponse(
+        403,
+        [("Content-Type", "application/json"), ("x-amzn-ErrorType", error_type)],
+        json.dumps({"Message": "Forbidden"}).encode(),
+    )
+
+
 def bad_gateway() -> HttpResponse:
     return message(500, "Internal Server Error")
 

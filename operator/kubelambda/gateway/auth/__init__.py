@@ -1,0 +1,161 @@
+"""Who is calling, and may they? The one step every entry point of the gateway takes before anything is queued
+or run: :meth:`Authoriser.authorise` (docs/security.md).
+
+- **Identity**: AWS SigV4 with an access key (:mod:`.sigv4`, :mod:`.keys`: a key stands for a ServiceAccount),
+  or ``Authorization: Bearer <token>`` checked with TokenReview (:mod:`.reviews`).
+- **Decision**: RBAC, with a SubjectAccessReview for the verb ``invoke`` on ``functions.kubelambda.io`` named
+  after the Function in its namespace; answers are cached a few seconds (positive and negative).
+- **Refusals** are Lambda's: 403 with ``x-amzn-ErrorType`` MissingAuthenticationTokenException,
+  UnrecognizedClientException, InvalidSignatureException or AccessDeniedException.
+
+``auth_mode: none`` skips all of it: every caller is the platform (for trusted networks only; said loudly).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from kubelambda import metrics
+from kubelambda.gateway.auth import sigv4
+from kubelambda.gateway.auth.keys import AccessKeyStore
+from kubelambda.gateway.auth.reviews import AccessReviewer, Identity, TokenReviewer
+from kubelambda.gateway.config import GatewaySettings
+from kubelambda.gateway.names import FunctionRef
+from kubelambda.kube import ApiError, KubeClient
+
+logger = logging.getLogger(__name__)
+
+INVOKE = "lambda:InvokeFunction"
+VERBS = {INVOKE: "invoke"}  # Lambda action -> RBAC verb on functions.kubelambda.io
+NOBODY = Identity(username="system:anonymous", groups=("system:unauthenticated",), via="none")
+
+__all__ = ["INVOKE", "AuthRefused", "Authoriser", "Identity"]
+
+
+class AuthRefused(Exception):
+    """A refused call: ``code`` is Lambda's error type, ``reason`` the metric label."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def reason(self) -> str:
+        return self.code.removesuffix("Exception")
+
+
+@dataclass
+class Authoriser:
+    settings: GatewaySettings
+    kube: KubeClient
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.keys = AccessKeyStore(s.auth_namespace)
+        self.tokens = TokenReviewer(self.kube, audiences=list(s.auth_audiences), ttl=s.auth_cache_seconds)
+        self.access = AccessReviewer(self.kube, ttl=s.auth_cache_seconds)
+        self._platform_prefix = f"system:serviceaccount:{s.auth_namespace}:"
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.auth_mode != "none"
+
+    def announce(self) -> None:
+        """The startup log line and the mode metric."""
+        mode = self.settings.auth_mode
+        metrics.GATEWAY_AUTH_MODE.labels(mode).set(1)
+        if self.enabled:
+            logger.info(
+                "Auth mode kubernetes: callers sign with an access key (SigV4) or send a Kubernetes token; "
+                "RBAC verb invoke on functions.kubelambda.io decides (cached %.0f s)",
+                self.settings.auth_cache_seconds,
+            )
+        else:
+            logger.warning(
+                "AUTH MODE NONE: every caller that reaches this gateway may invoke every Function in every "
+                "namespace, read its log tails and set internal headers. Use it only on a trusted network."
+            )
+
+    def is_platform(self, identity: Identity) -> bool:
+        """The platform's own components (ServiceAccounts of the system namespace), trusted with the internal
+        headers (async request id, unscoped idempotency keys). With auth off everyone is."""
+        return not self.enabled or identity.username.startswith(self._platform_prefix)
+
+    async def authorise(
+        self, request: web.Request, action: str, function: FunctionRef, *, body: bytes
+    ) -> Identity:
+        """The caller's identity if it may do ``action`` on ``function``; raises :class:`AuthRefused`."""
+        if not self.enabled:
+            return NOBODY
+        try:
+            identity = await self.authenticate(request, body)
+            decision = await self.access.may(identity, VERBS[action], function.namespace, function.name)
+            if not decision.allowed:
+                raise AuthRefused(
+                    "AccessDeniedException",
+                    f"User: {identity.username} is not authorized to perform: {action} on resource: "
+                    f"{function.arn(self.settings.region)} because no RBAC rule allows the verb "
+                    f"{VERBS[action]} on functions.kubelambda.io {function.name!r} in namespace "
+                    f"{function.namespace!r} (bind the ClusterRole kubelambda-invoker)",
+                )
+        except AuthRefused as e:
+            metrics.GATEWAY_AUTH_REFUSALS.labels(e.reason).inc()
+            raise
+        return identity
+
+    async def authenticate(self, request: web.Request, body: bytes) -> Identity:
+        authorization = request.headers.get("Authorization", "")
+        if authorization.startswith("Bearer "):
+            token = authorization.removeprefix("Bearer ").strip()
+            try:
+                identity = await self.tokens.review(token)
+            except (ApiError, OSError) as e:
+                logger.warning("TokenReview failed: %s", e)
+                raise AuthRefused(
+                    "UnrecognizedClientException", f"The token could not be reviewed: {e}"
+                ) from e
+            if identity is None:
+                raise AuthRefused(
+                    "UnrecognizedClientException", "The security token included in the request is invalid."
+                )
+            return identity
+        try:
+            signed = sigv4.parse(request.headers, request.query)
+        except sigv4.SignatureError as e:
+            raise AuthRefused(e.code, e.message) from e
+        if signed is None:
+            raise AuthRefused("MissingAuthenticationTokenException", "Missing Authentication Token")
+        if signed.security_token is not None:
+            raise AuthRefused(
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid: kubelambda access keys have no "
+                "session tokens (unset AWS_SESSION_TOKEN)",
+            )
+        key = self.keys.get(signed.access_key_id)
+        if key is None:
+            raise AuthRefused(
+                "UnrecognizedClientException", "The security token included in the request is invalid."
+            )
+        try:
+            sigv4.check_scope(signed, region=self.settings.region, now=datetime.datetime.now(datetime.UTC))
+            sigv4.verify(
+                signed,
+                sigv4.Request(
+                    method=request.method,
+                    raw_path=request.rel_url.raw_path,
+                    query=request.query.items(),
+                    headers=request.headers.items(),
+                    body=body,
+                ),
+                key.secret_access_key,
+            )
+        except sigv4.SignatureError as e:
+            raise AuthRefused(e.code, e.message) from e
+        return Identity.service_account(
+            key.namespace, key.service_account, via="sigv4", access_key_id=key.access_key_id
+        )
