@@ -9,8 +9,8 @@ or in a presigned query string (``X-Amz-Algorithm``, ``X-Amz-Credential``, ``X-A
 - the canonical request: method, the path with every segment URI-encoded a second time (every service but S3),
   the query string (names and values encoded per RFC 3986, sorted; without ``X-Amz-Signature``), the signed
   headers (lower-case names, values trimmed with inner runs of spaces folded), their names, and the payload hash
-  (``x-amz-content-sha256`` when sent, else the SHA-256 of the body; ``UNSIGNED-PAYLOAD`` for presigned URLs,
-  and in the header when the caller sends it);
+  (``x-amz-content-sha256`` when sent, which may be ``UNSIGNED-PAYLOAD``, else the SHA-256 of the body; a
+  presigned URL may also be signed over ``UNSIGNED-PAYLOAD``, as S3-style presigners do);
 - the string to sign over the scope ``<date>/<region>/<service>/aws4_request``;
 - the key derived from the secret by HMAC over date, region, service and ``aws4_request``.
 
@@ -225,17 +225,26 @@ def check_scope(signed: Signed, *, region: str, now: datetime.datetime) -> None:
 
 
 def verify(signed: Signed, request: Request, secret: str) -> None:
-    """Recomputes the signature with ``secret``; raises :class:`SignatureError` when it differs."""
+    """Recomputes the signature with ``secret``; raises :class:`SignatureError` when it differs.
+
+    A presigned request without ``x-amz-content-sha256`` may have been signed over the body's hash (botocore,
+    every service but S3) or over ``UNSIGNED-PAYLOAD`` (S3-style presigners): either is accepted."""
     expected = signature(signed, request, secret)
-    if not hmac.compare_digest(expected, signed.signature):
-        raise SignatureError(
-            "The request signature we calculated does not match the signature you provided. Check your AWS "
-            "Secret Access Key and signing method. Consult the service documentation for details."
-        )
+    if hmac.compare_digest(expected, signed.signature):
+        return
+    no_claim = not any(name.lower() == "x-amz-content-sha256" for name, _ in request.headers)
+    if signed.presigned and no_claim:
+        expected = signature(signed, request, secret, payload_hash=UNSIGNED_PAYLOAD)
+        if hmac.compare_digest(expected, signed.signature):
+            return
+    raise SignatureError(
+        "The request signature we calculated does not match the signature you provided. Check your AWS "
+        "Secret Access Key and signing method. Consult the service documentation for details."
+    )
 
 
-def signature(signed: Signed, request: Request, secret: str) -> str:
-    canonical = canonical_request(signed, request)
+def signature(signed: Signed, request: Request, secret: str, *, payload_hash: str | None = None) -> str:
+    canonical = canonical_request(signed, request, payload_hash=payload_hash)
     to_sign = "\n".join(
         (ALGORITHM, signed.amz_date, signed.scope, hashlib.sha256(canonical.encode()).hexdigest())
     )
@@ -250,7 +259,7 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
     return key
 
 
-def canonical_request(signed: Signed, request: Request) -> str:
+def canonical_request(signed: Signed, request: Request, *, payload_hash: str | None = None) -> str:
     headers: dict[str, list[str]] = {}
     for name, value in request.headers:
         headers.setdefault(name.lower(), []).append(_SPACES.sub(" ", value.strip()))
@@ -266,15 +275,15 @@ def canonical_request(signed: Signed, request: Request) -> str:
             canonical_query(request.query),
             "".join(lines),
             ";".join(signed.signed_headers),
-            _payload_hash(signed, headers, request.body),
+            payload_hash or _payload_hash(headers, request.body),
         )
     )
 
 
-def _payload_hash(signed: Signed, headers: Mapping[str, list[str]], body: bytes) -> str:
+def _payload_hash(headers: Mapping[str, list[str]], body: bytes) -> str:
     claimed = headers.get("x-amz-content-sha256")
     if claimed is None:
-        return UNSIGNED_PAYLOAD if signed.presigned else hashlib.sha256(body).hexdigest()
+        return hashlib.sha256(body).hexdigest()
     value = claimed[0]
     if value == UNSIGNED_PAYLOAD:
         return value
