@@ -140,7 +140,7 @@ def test_clock_skew_is_fifteen_minutes(shift: int, accepted: bool) -> None:
     if accepted:
         sigv4.check_scope(signed, region="us-east-1", now=NOW)
     else:
-        with pytest.raises(sigv4.SignatureError, match="Signature (expired|not yet current)"):
+        with pytest.raises(sigv4.SignatureError, match=r"Signature (expired|not yet current)"):
             sigv4.check_scope(signed, region="us-east-1", now=NOW)
 
 

@@ -6,6 +6,7 @@ One module per command group, each with a ``register(commands)`` that adds its s
 - ``functions``: ``invoke``, ``logs``, ``list``, ``describe``, ``delete``
 - ``dev``: ``dev up|down|status|serve``
 - ``platform``: ``operator``, ``gateway``, ``async-worker``, ``fetch-code``, ``dlq``
+- ``accesskeys``: ``access-key create|list|delete``
 
 A new group (for instance ``bridge``) is a module with a ``register`` function added to ``GROUPS`` below.
 Exit codes: 0 ok, 1 error, 2 usage (bad arguments or configuration), 3 ``dev status``: not running,
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubelambda import __version__
-from kubelambda.cli import bridge, dev, functions, platform, project
+from kubelambda.cli import accesskeys, bridge, dev, functions, platform, project
 from kubelambda.cli._common import EXIT_ERROR, EXIT_INTERRUPTED, CliError
 
 GROUPS: tuple[Callable[[Any], None], ...] = (
@@ -31,6 +32,7 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     dev.register,
     platform.register,
     bridge.register,
+    accesskeys.register,
 )
 
 
