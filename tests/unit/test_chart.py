@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -472,3 +473,70 @@ def test_kind_backend_fails_at_once_without_docker(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("KUBELAMBDA_TEST_BACKEND", "minikube")
     with pytest.raises(RuntimeError, match="expected one of local, kind"):
         start_cluster(tmp_path)
+
+
+# ---- who may invoke (docs/security.md) ------------------------------------------------------------------------
+
+
+def test_auth_is_on_by_default_with_the_invoker_role_aggregated(helm: Path) -> None:
+    docs = render(helm)
+    env = env_of(find(docs, "Deployment", "kubelambda-gateway"))
+    assert env["KUBELAMBDA_GATEWAY_AUTH_MODE"] == "kubernetes"
+    assert env["KUBELAMBDA_GATEWAY_AUTH_NAMESPACE"] == "kubelambda-system"
+    invoker = find(docs, "ClusterRole", "kubelambda-invoker")
+    assert triples(invoker["rules"]) == {("kubelambda.io", "functions", "invoke")}
+    labels = invoker["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    # Access keys: Secrets of the release namespace only (a Role), never cluster-wide.
+    keys = find(docs, "Role", "kubelambda-gateway-access-keys")
+    assert keys["metadata"]["namespace"] == "kubelambda-system"
+    assert not any(
+        resource == "secrets"
+        for d in docs
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "kubelambda-gateway"
+        for _, resource, _ in triples(d["rules"])
+    )
+
+
+def notes(helm: Path, tmp_path: Path, *args: str) -> str:
+    """NOTES.txt as `helm install` prints it (`helm template` skips NOTES.txt: a copy of the chart renders it
+    inside a ConfigMap, as a named template)."""
+    chart = tmp_path / "kubelambda"
+    shutil.copytree(CHART, chart)
+    text = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes_under_test.tpl").write_text(
+        '{{- define "notes.under.test" -}}\n' + text + "{{- end -}}\n"
+    )
+    (chart / "templates" / "notes-under-test.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes-under-test}\ndata:\n  notes: |\n"
+        '{{ include "notes.under.test" . | indent 4 }}\n'
+    )
+    out = run_helm(
+        helm,
+        "template",
+        "kubelambda",
+        str(chart),
+        "--namespace",
+        "kubelambda-system",
+        "--show-only",
+        "templates/notes-under-test.yaml",
+        *args,
+    ).stdout
+    return str(yaml.safe_load(out)["data"]["notes"])
+
+
+def test_auth_mode_none_is_loud(helm: Path, tmp_path: Path) -> None:
+    assert "WARNING: auth.mode is none" in notes(helm, tmp_path / "none", "--set", "auth.mode=none")
+    env = env_of(find(render(helm, "--set", "auth.mode=none"), "Deployment", "kubelambda-gateway"))
+    assert env["KUBELAMBDA_GATEWAY_AUTH_MODE"] == "none"
+    default = notes(helm, tmp_path / "default")
+    assert "WARNING: auth.mode is none" not in default
+    assert "kubelambda access-key create" in default
+
+
+def test_auth_mode_is_checked_by_the_schema(helm: Path) -> None:
+    failed = run_helm(helm, "template", "x", str(CHART), "--set", "auth.mode=open", check=False)
+    assert failed.returncode != 0
+    assert "auth" in failed.stderr
+    assert "mode" in failed.stderr
