@@ -119,6 +119,8 @@ async def start_gateway(
     tests call it unsigned, as a trusted network would."""
     token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
     client = Login.from_kubeconfig(cluster.kubeconfig).with_token(token).client()
+    if auth_mode != "none":
+        cluster.kubectl("apply", "-f", str(REPO / "hack" / "invoker-rbac.yaml"))
     port = free_port()
     gateway = Gateway(GatewaySettings(host="127.0.0.1", port=port, auth_mode=auth_mode, **settings), client)
     await gateway.start()
@@ -137,15 +139,16 @@ async def stop_gateway(gateway: Gateway) -> None:
     await gateway.kube.close()
 
 
-def lambda_client(url: str) -> Any:
-    """boto3's Lambda client pointed at a gateway (no retries: a test sees every answer)."""
+def lambda_client(url: str, key_id: str = "kubelambda", secret: str = "kubelambda", **config: Any) -> Any:
+    """boto3's Lambda client pointed at a gateway (no retries: a test sees every answer), signing with an access
+    key (the default one exists only for gateways with auth off)."""
     return boto3.client(
         "lambda",
         endpoint_url=url,
         region_name="us-east-1",
-        aws_access_key_id="kubelambda",
-        aws_secret_access_key="kubelambda",
-        config=Config(retries={"max_attempts": 1}, read_timeout=120, max_pool_connections=50),
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1}, read_timeout=120, max_pool_connections=50, **config),
     )
 
 

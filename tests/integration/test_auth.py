@@ -1,0 +1,341 @@
+"""Who may invoke what (gateway/auth, docs/security.md), on the real local cluster with boto3 as the client: the
+gateway in ``auth_mode=kubernetes``, SigV4 access keys made with ``kubelambda access-key``, ServiceAccount
+bearer tokens checked with TokenReview, and RBAC (verb ``invoke``) decided with SubjectAccessReview."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import botocore
+import botocore.exceptions
+import pytest
+
+from kltest import Cluster, wait_for
+from kltest.platform import (
+    SYSTEM_NS,
+    RunningOperator,
+    deploy,
+    lambda_client,
+    python_function,
+    start_gateway,
+    start_operator,
+    stop_gateway,
+)
+from kubelambda import metrics
+from kubelambda.gateway.app import Gateway
+from kubelambda.kube import KubeClient, resource_path
+
+pytestmark = pytest.mark.integration
+JSON = dict[str, Any]
+CACHE_SECONDS = 2.0
+HANDLER = """
+def handler(event, context):
+    print("ran", context.aws_request_id)
+    return {"echo": event}
+"""
+
+
+@pytest.fixture(scope="module")
+async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
+    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
+    gateway, url = await start_gateway(
+        cluster, kube, auth_mode="kubernetes", auth_cache_seconds=CACHE_SECONDS, http_routes=True
+    )
+    try:
+        yield operator, gateway, url
+    finally:
+        await stop_gateway(gateway)
+        await operator.stop()
+
+
+async def kubelambda(
+    cluster: Cluster, *args: str, kubeconfig: Any = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess (in a thread: the gateway shares this event loop)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "kubelambda", *args, "--kubeconfig", str(kubeconfig or cluster.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def service_account(kube: KubeClient, namespace: str, name: str) -> None:
+    await kube.create(
+        resource_path("v1", "serviceaccounts", namespace=namespace), {"metadata": {"name": name}}
+    )
+
+
+async def token_of(kube: KubeClient, namespace: str, name: str) -> str:
+    answer = await kube.create(
+        resource_path("v1", "serviceaccounts", namespace=namespace, name=name, subresource="token"),
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+    )
+    return str(answer["status"]["token"])
+
+
+async def create_key(cluster: Cluster, namespace: str, account: str) -> tuple[str, str]:
+    done = await kubelambda(cluster, "access-key", "create", f"{namespace}/{account}", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    key = json.loads(done.stdout)
+    assert key["serviceAccount"] == f"{namespace}/{account}"
+    return key["accessKeyId"], key["secretAccessKey"]
+
+
+async def bind_invoker(kube: KubeClient, namespace: str, name: str, subject_ns: str, account: str) -> None:
+    await kube.create(
+        resource_path("rbac.authorization.k8s.io/v1", "rolebindings", namespace=namespace),
+        {
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "kubelambda-invoker",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": subject_ns}],
+        },
+    )
+
+
+async def error_of(client: Any, name: str, **kwargs: Any) -> tuple[str, str, int]:
+    """The Lambda error code, message and HTTP status of a refused invoke (fails when it was not refused); boto3
+    runs in a thread, as the gateway shares this event loop."""
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        await asyncio.to_thread(client.invoke, FunctionName=name, Payload=b"{}", **kwargs)
+    error = caught.value.response["Error"]
+    return (
+        error["Code"],
+        error.get("Message", ""),
+        caught.value.response["ResponseMetadata"]["HTTPStatusCode"],
+    )
+
+
+def refusals(reason: str) -> float:
+    return metrics.GATEWAY_AUTH_REFUSALS.labels(reason)._value.get()
+
+
+async def test_the_four_refusals_and_nothing_runs(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, url = platform
+    await deploy(cluster, gateway, namespace, python_function("hello", HANDLER))
+    name = f"{namespace}/hello"
+    before = {
+        r: refusals(r)
+        for r in ("MissingAuthenticationToken", "UnrecognizedClient", "InvalidSignature", "AccessDenied")
+    }
+
+    unsigned = lambda_client(url, signature_version=botocore.UNSIGNED)
+    assert await error_of(unsigned, name) == (
+        "MissingAuthenticationTokenException",
+        "Missing Authentication Token",
+        403,
+    )
+
+    unknown = lambda_client(url, "KLAKAAAAAAAAAAAAAAAA", "x" * 40)
+    code, _, status = await error_of(unknown, name)
+    assert (code, status) == ("UnrecognizedClientException", 403)
+
+    await service_account(kube, namespace, "caller")
+    key_id, secret = await create_key(cluster, namespace, "caller")
+    await wait_for(
+        lambda: _sleep0(gateway.auth.keys.get(key_id)),
+        lambda k: k is not None,
+        what="the gateway to see the key",
+    )
+    wrong = lambda_client(url, key_id, secret[::-1])
+    code, message, status = await error_of(wrong, name)
+    assert (code, status) == ("InvalidSignatureException", 403)
+    assert "signature we calculated does not match" in message
+
+    signed = lambda_client(url, key_id, secret)
+    for kwargs in ({}, {"InvocationType": "DryRun"}, {"InvocationType": "Event"}, {"LogType": "Tail"}):
+        code, message, status = await error_of(signed, name, **kwargs)
+        assert (code, status) == ("AccessDeniedException", 403), kwargs
+        assert f"system:serviceaccount:{namespace}:caller" in message
+        assert "lambda:InvokeFunction" in message
+        assert f"arn:aws:lambda:us-east-1:{namespace}:function:hello" in message
+    # A Function that does not exist is refused the same way: a caller without rights learns nothing.
+    assert (await error_of(signed, f"{namespace}/nothing"))[0] == "AccessDeniedException"
+
+    # Nothing was queued or run: the Function is still at zero, without a cold start.
+    scale = await kube.get(
+        resource_path("apps/v1", "deployments", namespace=namespace, name="hello", subresource="scale")
+    )
+    assert scale["spec"].get("replicas", 0) == 0
+    assert metrics.GATEWAY_COLD_STARTS.labels(namespace, "hello")._value.get() == 0
+    after = {r: refusals(r) - n for r, n in before.items()}
+    assert after == {
+        "MissingAuthenticationToken": 1,
+        "UnrecognizedClient": 1,
+        "InvalidSignature": 1,
+        "AccessDenied": 5,
+    }
+
+    # HTTP routes answer as a function URL with AWS_IAM: 403 Forbidden, the reason in x-amzn-ErrorType.
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/http/{namespace}/hello/") as resp:
+        assert resp.status == 403
+        assert resp.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+        assert await resp.json() == {"Message": "Forbidden"}
+
+
+async def _sleep0(value: Any) -> Any:
+    return value
+
+
+async def test_rbac_binding_grants_and_its_removal_revokes(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, url = platform
+    await deploy(cluster, gateway, namespace, python_function("target", HANDLER))
+    other = f"t-{secrets.token_hex(4)}"
+    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": other}})
+    try:
+        await service_account(kube, other, "app")
+        token = await token_of(kube, other, "app")
+        target = f"{url}/2015-03-31/functions/{namespace}%2Ftarget/invocations"
+
+        async def invoke(bearer: str = token, **headers: str) -> tuple[int, str, bytes]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    target, data=b'{"n": 1}', headers={"Authorization": f"Bearer {bearer}", **headers}
+                ) as resp,
+            ):
+                return resp.status, resp.headers.get("x-amzn-ErrorType", ""), await resp.read()
+
+        status, error, _ = await invoke("not-a-token")
+        assert (status, error) == (403, "UnrecognizedClientException")
+        status, error, body = await invoke()
+        assert (status, error) == (403, "AccessDeniedException")
+        assert f"system:serviceaccount:{other}:app" in json.loads(body)["message"]
+
+        await bind_invoker(kube, namespace, "app-invokes", other, "app")
+        status, error, body = await wait_for(
+            invoke, lambda r: r[0] == 200, what="the binding to take effect", timeout=CACHE_SECONDS + 60
+        )
+        assert json.loads(body) == {"echo": {"n": 1}}
+        dry, _, _ = await invoke(**{"X-Amz-Invocation-Type": "DryRun"})
+        assert dry == 204
+
+        await kube.delete(
+            resource_path(
+                "rbac.authorization.k8s.io/v1", "rolebindings", namespace=namespace, name="app-invokes"
+            )
+        )
+        removed = time.monotonic()
+        await wait_for(
+            invoke,
+            lambda r: r[1] == "AccessDeniedException",
+            what="the removed binding to stop the caller",
+            timeout=CACHE_SECONDS + 5,
+        )
+        assert time.monotonic() - removed <= CACHE_SECONDS + 5
+    finally:
+        await kube.delete(resource_path("v1", "namespaces", name=other))
+
+
+async def test_an_access_key_works_until_it_is_revoked(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, url = platform
+    await deploy(cluster, gateway, namespace, python_function("keyed", HANDLER))
+    await service_account(kube, namespace, "ci")
+    await bind_invoker(kube, namespace, "ci-invokes", namespace, "ci")
+    key_id, secret = await create_key(cluster, namespace, "ci")
+    listed = await kubelambda(cluster, "access-key", "list", "-n", namespace, "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert [k["accessKeyId"] for k in json.loads(listed.stdout)] == [key_id]
+    assert secret not in listed.stdout
+    client = lambda_client(url, key_id, secret)
+
+    def invoke() -> Any:
+        try:
+            answer = client.invoke(FunctionName=f"{namespace}/keyed", Payload=b'{"k": 1}', LogType="Tail")
+        except botocore.exceptions.ClientError as e:
+            return e.response["Error"]["Code"]
+        return json.loads(answer["Payload"].read())
+
+    result = await wait_for(
+        lambda: _thread(invoke),
+        lambda r: isinstance(r, dict),
+        what="the signed invoke to succeed",
+        timeout=90,
+    )
+    assert result == {"echo": {"k": 1}}
+
+    done = await kubelambda(cluster, "access-key", "delete", key_id)
+    assert done.returncode == 0, done.stderr
+    revoked = time.monotonic()
+    await wait_for(
+        lambda: _thread(invoke),
+        lambda r: r == "UnrecognizedClientException",
+        what="the revoked key to stop working",
+        timeout=10,
+    )
+    assert time.monotonic() - revoked <= 10
+
+
+async def test_a_key_only_for_a_service_account_one_may_act_as(
+    cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    """`access-key create` checks, with a SelfSubjectAccessReview, that its user may act as the ServiceAccount."""
+    await service_account(kube, namespace, "creator")
+    await service_account(kube, namespace, "victim")
+    # The creator may write Secrets in the system namespace (so writing the key is not what stops it) but may not
+    # create tokens for victim.
+    rbac = "rbac.authorization.k8s.io/v1"
+    role = f"{namespace}-key-writer"
+    await kube.create(
+        resource_path(rbac, "roles", namespace=SYSTEM_NS),
+        {
+            "metadata": {"name": role},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get", "list"]}],
+        },
+    )
+    try:
+        await kube.create(
+            resource_path(rbac, "rolebindings", namespace=SYSTEM_NS),
+            {
+                "metadata": {"name": role},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": "creator", "namespace": namespace}],
+            },
+        )
+        token = await token_of(kube, namespace, "creator")
+        config = yaml_kubeconfig(cluster, token)
+        done = await kubelambda(cluster, "access-key", "create", f"{namespace}/victim", kubeconfig=config)
+        assert done.returncode == 1
+        assert f"you may not act as ServiceAccount {namespace}/victim" in done.stderr
+    finally:
+        await kube.delete(resource_path(rbac, "roles", namespace=SYSTEM_NS, name=role))
+        await kube.delete(resource_path(rbac, "rolebindings", namespace=SYSTEM_NS, name=role))
+
+
+def yaml_kubeconfig(cluster: Cluster, token: str) -> Any:
+    """The cluster's kubeconfig with its user replaced by a bearer token."""
+    import yaml
+
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    for user in config["users"]:
+        user["user"] = {"token": token}
+    path = cluster.kubeconfig.with_name(f"kubeconfig-{secrets.token_hex(4)}")
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def _thread(work: Any) -> Any:
+    return await asyncio.to_thread(work)
