@@ -57,6 +57,16 @@ def test_the_bridge_may_read_exactly_the_secrets_its_trigger_names(
         if secrets
         else []
     )
+    # It may invoke exactly its Function (gateway/auth), as its own ServiceAccount.
+    invoke = [r for r in rules if "invoke" in r["verbs"]]
+    assert invoke == [
+        {
+            "apiGroups": ["kubelambda.io"],
+            "resources": ["functions"],
+            "resourceNames": [t.spec.function],
+            "verbs": ["invoke"],
+        }
+    ]
     # Every rule is pinned to named objects: no list, no watch, nothing namespace-wide.
     assert all(r.get("resourceNames") for r in rules)
     assert all(not {"list", "watch", "create", "delete"} & set(r["verbs"]) for r in rules)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
+from collections.abc import Callable
 
 import aiohttp
 
@@ -28,8 +29,17 @@ INVOKE_MARGIN_SECONDS = 120.0
 
 class RemoteInvoker(RegistryLookups):
     def __init__(
-        self, gateway_url: str, http: aiohttp.ClientSession, registry: Registry, *, region: str
+        self,
+        gateway_url: str,
+        http: aiohttp.ClientSession,
+        registry: Registry,
+        *,
+        region: str,
+        token: Callable[[], str | None] | None = None,
     ) -> None:
+        self.token = (
+            token  # the worker's ServiceAccount token: a platform identity to the gateway (gateway/auth)
+        )
         self.gateway_url = gateway_url.rstrip("/")
         self.http = http
         self.registry = registry
@@ -44,11 +54,15 @@ class RemoteInvoker(RegistryLookups):
         spec = self.async_function(namespace, name)
         timeout = (spec.timeout_seconds if spec is not None else 900) + INVOKE_MARGIN_SECONDS
         path = urllib.parse.quote(f"{namespace}/{name}", safe="/")
+        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
+        bearer = self.token() if self.token is not None else None
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
         try:
             async with self.http.post(
                 f"{self.gateway_url}/2015-03-31/functions/{path}/invocations",
                 data=payload,
-                headers={"Content-Type": "application/json", REQUEST_ID_HEADER: request_id},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 body = await resp.read()
@@ -73,7 +87,7 @@ async def run_worker(
     registry = Registry()
     queue = await EventQueue.connect(nats_url, stream=stream)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        invoker = RemoteInvoker(gateway_url, http, registry, region=region)
+        invoker = RemoteInvoker(gateway_url, http, registry, region=region, token=kube.bearer_token)
         tasks = [
             asyncio.create_task(registry.run(kube), name="function watch"),
             asyncio.create_task(Worker(queue, invoker, http, settings=settings).run(), name="async worker"),

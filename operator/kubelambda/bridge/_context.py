@@ -16,7 +16,7 @@ import logging
 import time
 import urllib.parse
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,10 +76,12 @@ class Invoker:
         namespace: str,
         function: str,
         timeout_seconds: float = 1020.0,
+        token: Callable[[], str | None] | None = None,
     ) -> None:
         path = urllib.parse.quote(f"{namespace}/{function}", safe="/")
         self.url = f"{gateway_url.rstrip('/')}/2015-03-31/functions/{path}/invocations"
         self.http = http
+        self.token = token  # the bridge's ServiceAccount token, sent as a bearer token (gateway/auth)
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
 
     async def invoke(
@@ -104,6 +106,9 @@ class Invoker:
         }
         if idempotency_key is not None:
             headers["X-Kubelambda-Idempotency-Key"] = idempotency_key
+        bearer = self.token() if self.token is not None else None
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
         started = time.perf_counter()
         try:
             async with self.http.post(self.url, data=body, headers=headers, timeout=self.timeout) as resp:

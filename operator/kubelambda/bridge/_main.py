@@ -124,7 +124,11 @@ async def build_context(
         name=name,
         kube=kube,
         invoker=Invoker(
-            http, gateway_url=settings.gateway_url, namespace=namespace, function=trigger.spec.function
+            http,
+            gateway_url=settings.gateway_url,
+            namespace=namespace,
+            function=trigger.spec.function,
+            token=kube.bearer_token,
         ),
         checkpoint=Checkpoint(kube, namespace=namespace, trigger=name),
         status=status,

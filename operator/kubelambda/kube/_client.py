@@ -141,6 +141,13 @@ class KubeClient:
             )
         return self._session
 
+    def bearer_token(self) -> str | None:
+        """The token this client authenticates with (re-read: the kubelet rotates it), or None (certificates).
+        Platform components present it to the gateway too (``Authorization: Bearer``, gateway/auth)."""
+        if self._token_file is not None:
+            return self._token_file.read_text().strip()
+        return self._token
+
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if content_type:

@@ -122,6 +122,13 @@ def make_role(trigger: TriggerObject) -> JSON:
             "resourceNames": [checkpoint_name(trigger.name)],
             "verbs": ["get", "patch", "update"],
         },
+        # The bridge invokes exactly its Function, as its own ServiceAccount (gateway/auth, docs/security.md).
+        {
+            "apiGroups": [GROUP],
+            "resources": ["functions"],
+            "resourceNames": [trigger.spec.function],
+            "verbs": ["invoke"],
+        },
     ]
     secrets = secret_names(trigger)
     if secrets:
