@@ -156,6 +156,37 @@ def resolve_gateway(args: argparse.Namespace, *, env: Mapping[str, str] = os.env
     )
 
 
+def resolve_credentials(
+    args: argparse.Namespace, gateway_url: str, *, env: Mapping[str, str] = os.environ
+) -> tuple[str, str] | None:
+    """The access key to sign with: the local cluster's developer key when talking to its gateway, else
+    ``$AWS_ACCESS_KEY_ID``/``$AWS_SECRET_ACCESS_KEY``, else none (only a gateway with auth off answers)."""
+    state = _dev_state(args)
+    if (
+        state is not None
+        and state.state == "running"
+        and str(state.gateway_url or "").rstrip("/") == gateway_url
+        and state.aws_access_key_id
+    ):
+        return str(state.aws_access_key_id), str(state.aws_secret_access_key)
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    return None
+
+
+def sign(
+    method: str, url: str, body: bytes, headers: dict[str, str], credentials: tuple[str, str], *, region: str
+) -> dict[str, str]:
+    """``headers`` plus AWS SigV4's (service ``lambda``), signed with botocore as every AWS SDK signs."""
+    from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
+    from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+    from botocore.credentials import Credentials  # type: ignore[import-untyped]
+
+    request = AWSRequest(method=method, url=url, data=body, headers=headers)
+    SigV4Auth(Credentials(*credentials), "lambda", region).add_auth(request)
+    return {k: str(v) for k, v in request.headers.items()}
+
+
 def split_name(name: str, namespace: str) -> tuple[str, str]:
     """``ns/name`` or ``name`` (in ``namespace``) → ``(namespace, name)``."""
     if "/" in name:

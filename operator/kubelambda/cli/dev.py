@@ -47,6 +47,12 @@ def _print_state(state_dir: Path) -> None:
         if state.gateway_url:
             print(f"gateway:     {state.gateway_url}")
         print(f"\n  export KUBECONFIG={state.kubeconfig}")
+        if state.aws_access_key_id:
+            # The developer's access key (it may invoke every Function) for the AWS CLI and SDKs.
+            print(f"  export AWS_ENDPOINT_URL_LAMBDA={state.gateway_url}")
+            print(f"  export AWS_ACCESS_KEY_ID={state.aws_access_key_id}")
+            print(f"  export AWS_SECRET_ACCESS_KEY={state.aws_secret_access_key}")
+            print("  export AWS_REGION=us-east-1")
     if state.error:
         print(f"error:       {state.error}")
 

@@ -27,8 +27,10 @@ from kubelambda.cli._common import (
     add_gateway_option,
     add_output_option,
     print_structured,
+    resolve_credentials,
     resolve_gateway,
     resolve_target,
+    sign,
     split_name,
 )
 from kubelambda.cli._format import RequestFilter, describe_function, function_rows, render_table
@@ -112,6 +114,10 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     qualified = "/" in args.name or args.name.startswith("arn:")
     name = args.name if qualified or not args.namespace else f"{args.namespace}/{args.name}"
     target = f"{url}/2015-03-31/functions/{urllib.parse.quote(name, safe='/:')}/invocations"
+    credentials = resolve_credentials(args, url)
+    if credentials is not None:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        headers = sign("POST", target, payload, headers, credentials, region=region)
     request = urllib.request.Request(target, data=payload, headers=headers, method="POST")
     started = time.monotonic()
     try:
@@ -139,6 +145,12 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         print(base64.b64decode(answer["X-Amz-Log-Result"]).decode(errors="replace"), file=sys.stderr)
     if status == 404:
         print("hint: see `kubelambda list` (-n NAMESPACE) for the deployed functions", file=sys.stderr)
+    if status == 403:
+        print(
+            "hint: the gateway checks who calls: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to an access key "
+            "(`kubelambda access-key create`) whose ServiceAccount may invoke (docs/security.md)",
+            file=sys.stderr,
+        )
     return EXIT_OK if status < 300 and not error else EXIT_ERROR
 
 

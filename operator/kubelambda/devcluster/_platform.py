@@ -2,7 +2,10 @@
 processes.
 
 Each runs with a token of its own ServiceAccount (``hack/operator-rbac.yaml``, ``hack/gateway-rbac.yaml``), so
-the local platform has exactly the permissions the chart grants; the gateway listens on 127.0.0.1.
+the local platform has exactly the permissions the chart grants; the gateway listens on 127.0.0.1 with auth on
+(``auth_mode=kubernetes``, as the chart's default), and a developer access key (ServiceAccount
+``default/kubelambda-developer``, bound to ``kubelambda-invoker`` in every namespace) is made for the CLI and the
+AWS SDKs (``.kubelambda/dev.json``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ SYSTEM_NS = "kubelambda-system"
 TOKEN_SECONDS = 365 * 24 * 3600
 DEFAULT_GATEWAY_PORT = 8090
 DEFAULT_NATS_PORT = 4222
+DEVELOPER_NAMESPACE = "default"
+DEVELOPER_ACCOUNT = "kubelambda-developer"
 
 
 def _kubeconfig_with_token(admin: Path, token: str, target: Path, user: str) -> Path:
@@ -61,6 +66,8 @@ class Platform:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     gateway_url: str = ""
     nats: NatsServer | None = None  # holds Event invocations (JetStream, file storage under <state>/nats)
+    access_key_id: str = ""  # the developer's access key (dev.json), allowed to invoke every Function
+    secret_access_key: str = ""
     _commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     _restarted: dict[str, float] = field(default_factory=dict)
 
@@ -93,10 +100,11 @@ class Platform:
         async with KubeClient.from_kubeconfig(self.admin_kubeconfig) as kube:
             if await kube.get_or_none(resource_path("v1", "namespaces", name=SYSTEM_NS)) is None:
                 await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": SYSTEM_NS}})
-            for rbac in ("operator-rbac.yaml", "gateway-rbac.yaml"):
+            for rbac in ("operator-rbac.yaml", "gateway-rbac.yaml", "invoker-rbac.yaml"):
                 await asyncio.to_thread(self._kubectl, "apply", "-f", str(root / "hack" / rbac))
             operator_token = await self._token(kube, "kubelambda-operator")
             gateway_token = await self._token(kube, "kubelambda-gateway")
+            await self._developer_key(kube)
         operator_config = _kubeconfig_with_token(
             self.admin_kubeconfig,
             operator_token,
@@ -123,6 +131,8 @@ class Platform:
                 "KUBELAMBDA_GATEWAY_HTTP_ROUTES": "true",
                 "KUBELAMBDA_GATEWAY_WARM_POOL_SIZES": '{"python3.12": 2, "nodejs20": 1, "nodejs22": 1}',
                 "KUBELAMBDA_GATEWAY_NATS_URL": self.nats.url,
+                "KUBELAMBDA_GATEWAY_AUTH_MODE": "kubernetes",
+                "KUBELAMBDA_GATEWAY_AUTH_NAMESPACE": SYSTEM_NS,
             },
         )
         self._spawn(
@@ -136,6 +146,54 @@ class Platform:
             },
         )
         await self._wait_gateway()
+
+    async def _developer_key(self, kube: KubeClient) -> None:
+        """The developer's ServiceAccount, allowed to invoke every Function, and its access key (kept across
+        restarts of the local cluster: the one already stored is reused)."""
+        from kubelambda.gateway.auth.keys import SELECTOR, from_secret, new_key, secrets_path, to_secret
+
+        account = resource_path(
+            "v1", "serviceaccounts", namespace=DEVELOPER_NAMESPACE, name=DEVELOPER_ACCOUNT
+        )
+        if await kube.get_or_none(account) is None:
+            await kube.create(
+                resource_path("v1", "serviceaccounts", namespace=DEVELOPER_NAMESPACE),
+                {"metadata": {"name": DEVELOPER_ACCOUNT}},
+            )
+        await kube.apply(
+            resource_path("rbac.authorization.k8s.io/v1", "clusterrolebindings", name=DEVELOPER_ACCOUNT),
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": DEVELOPER_ACCOUNT},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "kubelambda-invoker",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": DEVELOPER_ACCOUNT, "namespace": DEVELOPER_NAMESPACE}
+                ],
+            },
+            field_manager="kubelambda-dev",
+        )
+        listing = await kube.list(secrets_path(SYSTEM_NS), params=SELECTOR)
+        for item in listing["items"]:
+            key = from_secret(item)
+            if key is not None and (key.namespace, key.service_account) == (
+                DEVELOPER_NAMESPACE,
+                DEVELOPER_ACCOUNT,
+            ):
+                break
+        else:
+            key = new_key(
+                DEVELOPER_NAMESPACE,
+                DEVELOPER_ACCOUNT,
+                created_by="kubelambda dev up",
+                description="developer key",
+            )
+            await kube.create(secrets_path(SYSTEM_NS), to_secret(key, namespace=SYSTEM_NS))
+        self.access_key_id, self.secret_access_key = key.access_key_id, key.secret_access_key
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         # Kept so that check_running can start the component again with the same command.

@@ -48,10 +48,14 @@ class DevState:
     pod_network: str = ""
     gateway_url: str | None = None
     limits: str = ""  # whether the node enforces memory and CPU limits, and how
+    aws_access_key_id: str = ""  # the developer's access key: may invoke every Function (docs/security.md)
+    aws_secret_access_key: str = ""
     error: str = ""
 
     def write(self, state_dir: Path) -> None:
         tmp = state_dir / f".{STATE_FILE}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.touch(mode=0o600)  # it holds the developer's secret access key
         tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
         tmp.replace(state_dir / STATE_FILE)
 
@@ -164,6 +168,8 @@ async def serve(
             kubelambda = Platform(state_dir, binaries, plane.kubeconfig)
             await kubelambda.start()
             state.gateway_url = kubelambda.gateway_url
+            state.aws_access_key_id = kubelambda.access_key_id
+            state.aws_secret_access_key = kubelambda.secret_access_key
         state.state = "running"
         state.kubeconfig = str(plane.kubeconfig)
         state.server = plane.server
