@@ -6,6 +6,10 @@ export PATH="$PWD/.venv/bin:$PATH"
 state=${KUBELAMBDA_STATE_DIR:-.kubelambda}
 
 kubelambda dev up --state-dir "$state"
+# The gateway checks who calls (auth on, as Lambda): curl signs with the developer access key `dev up` made.
+key_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["aws_access_key_id"])' "$state/dev.json")
+key_secret=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["aws_secret_access_key"])' "$state/dev.json")
+signed() { curl -s --aws-sigv4 "aws:amz:us-east-1:lambda" --user "$key_id:$key_secret" "$@"; }
 kubeconfig=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["kubeconfig"])' "$state/dev.json")
 kubectl_bin=$(bash hack/kube-binaries.sh 2>/dev/null | sed -n 's/^KUBE_BIN=//p')/kubectl
 kc() { KUBECONFIG=$kubeconfig "$kubectl_bin" "$@"; }
@@ -51,8 +55,12 @@ echo "\$ kubelambda invoke demo/hello-python312 --payload '{\"name\": \"again\"}
 kubelambda invoke demo/hello-python312 --payload '{"name": "again"}' --state-dir "$state"
 gateway=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gateway_url"])' "$state/dev.json")
 echo
-echo "\$ curl $gateway/http/demo/hello-python312/hi    # the same function as an HTTP route (API Gateway payload 2.0)"
-curl -s "$gateway/http/demo/hello-python312/hi"
+echo "\$ curl --aws-sigv4 aws:amz:us-east-1:lambda --user \$KEY:\$SECRET $gateway/http/demo/hello-python312/hi    # an HTTP route (API Gateway payload 2.0)"
+signed "$gateway/http/demo/hello-python312/hi"
+echo
+echo "\$ curl $gateway/http/demo/hello-python312/hi    # unsigned: refused, as a function URL with AWS_IAM"
+curl -s -i "$gateway/http/demo/hello-python312/hi" | grep -i -e '^HTTP' -e '^x-amzn-ErrorType'
+
 echo
 echo
 echo "==> HTTP Triggers: examples/http-api, a REST API of two routes (docs/triggers.md)"
@@ -60,14 +68,14 @@ k -n demo apply -f examples/http-api/function.yaml
 k -n demo wait --for=condition=Ready fn/notes trigger/notes-collection trigger/notes-item --timeout=120s
 # The gateway learns routes from its watch of Triggers: give it a moment (bounded) after Ready.
 for _ in $(seq 50); do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' "$gateway/api/demo/notes") != 404 ]] && break
+  [[ $(signed -o /dev/null -w '%{http_code}' "$gateway/api/demo/notes") != 404 ]] && break
   sleep 0.2
 done
-echo "\$ curl -X POST $gateway/api/demo/notes -d '{\"text\": \"hello\"}'"
-curl -s -X POST "$gateway/api/demo/notes" -d '{"text": "hello"}'
+echo "\$ curl --aws-sigv4 ... -X POST $gateway/api/demo/notes -d '{\"text\": \"hello\"}'"
+signed -X POST "$gateway/api/demo/notes" -d '{"text": "hello"}'
 echo
-echo "\$ curl $gateway/api/demo/notes/1"
-curl -s "$gateway/api/demo/notes/1"
+echo "\$ curl --aws-sigv4 ... $gateway/api/demo/notes/1"
+signed "$gateway/api/demo/notes/1"
 echo
 echo
 echo "==> A schedule Trigger: examples/cron fires nightly-report every minute (its bridge is a pod too)"
@@ -76,7 +84,8 @@ k -n demo wait --for=condition=Ready trigger/every-minute --timeout=120s
 k -n demo get triggers
 echo
 cat <<EOT
-The same function answers the AWS SDKs and CLI at the gateway ($gateway), e.g.
+The same function answers the AWS SDKs and CLI at the gateway ($gateway), signed with the developer key, e.g.
+  eval "\$(.venv/bin/kubelambda dev status | grep '^  export AWS_')"
   aws lambda invoke --endpoint-url $gateway --function-name demo/hello-python312 --payload '{}' out.json
 EOT
 echo
