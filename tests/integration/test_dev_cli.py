@@ -96,6 +96,10 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
 
     # dev up runs kubelambda too: a Function deployed with kubectl answers `kubelambda invoke` from zero.
     assert state["gateway_url"].startswith("http://127.0.0.1:")
+    # With auth on: `kubelambda invoke` signs with the developer key dev up made (docs/security.md).
+    assert state["aws_access_key_id"].startswith("KLAK")
+    assert (tmp_path / "dev.json").stat().st_mode & 0o777 == 0o600
+    assert f"export AWS_ACCESS_KEY_ID={state['aws_access_key_id']}" in status.stdout
     assert {"kubelambda-operator", "kubelambda-gateway"} <= set(state["components"])
     example = REPO / "examples" / "hello-python3.12" / "function.yaml"
     kubectl(state["kubeconfig"], "apply", "-n", "default", "-f", str(example))
