@@ -40,6 +40,31 @@ def start_cluster(state_dir: Path) -> tuple[subprocess.Popen[bytes], DevState]:
     raise RuntimeError((state_dir / "serve.log").read_text()[-3000:])
 
 
+async def developer_headers(state: DevState) -> dict[str, str]:
+    """``Authorization: Bearer`` with a token of the local cluster's developer ServiceAccount (allowed to invoke
+    every Function; the gateway runs with auth on, docs/security.md): a static header costs the load generator
+    nothing per request, unlike signing each one."""
+    from kubelambda.devcluster._platform import DEVELOPER_ACCOUNT, DEVELOPER_NAMESPACE
+    from kubelambda.kube import KubeClient, resource_path
+
+    async with KubeClient.from_kubeconfig(state.kubeconfig) as kube:
+        answer = await kube.create(
+            resource_path(
+                "v1",
+                "serviceaccounts",
+                namespace=DEVELOPER_NAMESPACE,
+                name=DEVELOPER_ACCOUNT,
+                subresource="token",
+            ),
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 7200},
+            },
+        )
+    return {"Authorization": f"Bearer {answer['status']['token']}"}
+
+
 def stop_cluster(proc: subprocess.Popen[bytes], state_dir: Path) -> None:
     """SIGTERM to the supervisor; whatever of this cluster still runs after 90 s (every process of it names
     the state dir on its command line) is killed, before the state dir is removed under it."""

@@ -63,6 +63,8 @@ class GatewayProcess:
             "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
             "KUBELAMBDA_GATEWAY_PORT": str(self.port),
             "KUBELAMBDA_GATEWAY_NATS_URL": nats_url,
+            # This bench measures the Event path, not who may call (bench/auth_bench.py does): auth explicitly off.
+            "KUBELAMBDA_GATEWAY_AUTH_MODE": "none",
             **extra,
         }
         self.proc = subprocess.Popen(

@@ -43,7 +43,7 @@ import boto3
 from aiohttp import web
 from botocore.config import Config
 
-from _common import pct, start_cluster, wait
+from _common import developer_headers, pct, start_cluster, wait
 from kubelambda.devcluster import DevState
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._process import free_port
@@ -234,7 +234,11 @@ async def run(args: argparse.Namespace, state: DevState, tmp: Path) -> None:
     await s3_server.start()
     s3 = s3_client(s3_server.endpoint)
     try:
-        async with KubeClient.from_kubeconfig(state.kubeconfig) as kube, aiohttp.ClientSession() as http:
+        headers = await developer_headers(state)  # the gateway checks who calls
+        async with (
+            KubeClient.from_kubeconfig(state.kubeconfig) as kube,
+            aiohttp.ClientSession(headers=headers) as http,
+        ):
             await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
             await wait(
                 lambda: kube.get_or_none(

@@ -32,7 +32,7 @@ from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.kube import KubeClient, resource_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import pct, start_cluster, wait
+from _common import developer_headers, pct, start_cluster, wait
 
 NS = "bench"
 SYSTEM_NS = "kubelambda-system"
@@ -184,7 +184,11 @@ async def main() -> None:
         proc, state = start_cluster(Path(tmp))
         try:
             assert state.gateway_url
-            async with KubeClient.from_kubeconfig(state.kubeconfig) as kube, aiohttp.ClientSession() as http:
+            headers = await developer_headers(state)  # the gateway checks who calls
+            async with (
+                KubeClient.from_kubeconfig(state.kubeconfig) as kube,
+                aiohttp.ClientSession(headers=headers) as http,
+            ):
                 await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
                 await wait(
                     lambda: kube.get_or_none(
