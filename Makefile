@@ -36,13 +36,18 @@ demo: venv binaries
 	bash hack/demo.sh
 
 # Every benchmark prints its figures beside a baseline or peer measured in the same run.
-bench: bench-cluster agent-bench bench-operator bench-gateway bench-warm-pool bench-async
+bench: bench-cluster agent-bench bench-operator bench-gateway bench-warm-pool bench-async bench-auth
 
 bench-cluster: venv binaries
 	$(PY) bench/local_cluster.py --pods 50
 
 bench-gateway: venv binaries runtimes-build
 	$(PY) bench/gateway_bench.py --cold 20 --requests 3000
+
+# Warm invokes through a gateway with auth on (SigV4, bearer) beside one with auth off, and a cache miss's cost.
+.PHONY: bench-auth
+bench-auth: venv binaries runtimes-build
+	$(PY) bench/auth_bench.py --requests 2000
 
 # Cold starts from zero with and without the warm pool (Python, Node.js), beside a warm invoke (docs/warm-pools.md).
 .PHONY: bench-warm-pool

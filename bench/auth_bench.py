@@ -1,0 +1,231 @@
+"""What authentication and authorisation cost (issue 16). Figures, never assertions.
+
+Two ``kubelambda gateway`` processes alike in everything but ``KUBELAMBDA_GATEWAY_AUTH_MODE`` (``none`` and
+``kubernetes``) route to the same warm instance of a no-op function on the local platform; the same client, in
+interleaved rounds, measures warm invoke p50/p99 and throughput through each:
+
+- ``none``: unsigned;
+- ``sigv4``: signed with the developer access key (requests signed before the timed loop, so the client's own
+  signing is not counted; the gateway verifies every one and its decision cache is warm);
+- ``bearer``: the developer ServiceAccount's token (TokenReview and SubjectAccessReview answers cached).
+
+Then the cost of a cache miss (one SubjectAccessReview, one TokenReview round trip to the API server) and of the
+SigV4 verification alone (in this process). Target: <= 0.1 ms added at p50.
+
+Run: ``.venv/bin/python bench/auth_bench.py --requests 2000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from _common import developer_headers, pct, start_cluster, stop_cluster, wait
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.devcluster._process import free_port
+from kubelambda.gateway.auth import sigv4
+from kubelambda.gateway.auth.reviews import AccessReviewer, Identity, TokenReviewer
+from kubelambda.kube import KubeClient, resource_path
+
+NS = "bench"
+BODY = b'{"x": 1}'
+
+
+def gateway_process(state_dir: Path, mode: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")},
+        "KUBELAMBDA_GATEWAY_KUBECONFIG": str(
+            state_dir / "gateway.kubeconfig"
+        ),  # the gateway's ServiceAccount
+        "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
+        "KUBELAMBDA_GATEWAY_PORT": str(port),
+        "KUBELAMBDA_GATEWAY_AUTH_MODE": mode,
+    }
+    log = (state_dir / "logs" / f"bench-gateway-{mode}.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelambda", "gateway"], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def presigned(url: str, key: tuple[str, str], count: int) -> list[dict[str, str]]:
+    signed = []
+    for _ in range(count):
+        request = AWSRequest(method="POST", url=url, data=BODY, headers={"Content-Type": "application/json"})
+        SigV4Auth(Credentials(*key), "lambda", "us-east-1").add_auth(request)
+        signed.append({k: str(v) for k, v in request.headers.items()})
+    return signed
+
+
+async def load(
+    http: aiohttp.ClientSession, url: str, headers: list[dict[str, str]], requests: int, connections: int
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    work = iter(range(requests))
+
+    async def worker() -> None:
+        for i in work:
+            started = time.perf_counter()
+            async with http.post(url, data=BODY, headers=headers[i % len(headers)]) as resp:
+                await resp.read()
+                assert resp.status == 200, (resp.status, await resp.text())
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return requests / (time.perf_counter() - started), latencies
+
+
+async def misses(kube: KubeClient, token: str, n: int) -> None:
+    access = AccessReviewer(kube, ttl=0)
+    tokens = TokenReviewer(kube, audiences=[], ttl=0)
+    who = Identity.service_account("default", "kubelambda-developer", via="bench")
+    sar: list[float] = []
+    tr: list[float] = []
+    for _ in range(n):
+        started = time.perf_counter()
+        decision = await access.may(who, "invoke", NS, "warm")
+        sar.append((time.perf_counter() - started) * 1000)
+        assert decision.allowed
+        started = time.perf_counter()
+        assert await tokens.review(token) is not None
+        tr.append((time.perf_counter() - started) * 1000)
+    print(f"\n== cache misses, {n} each, sequential (the API server of the local cluster)")
+    print(f"  SubjectAccessReview  p50 {pct(sar, 0.5):6.2f} ms   p99 {pct(sar, 0.99):6.2f} ms")
+    print(f"  TokenReview          p50 {pct(tr, 0.5):6.2f} ms   p99 {pct(tr, 0.99):6.2f} ms")
+
+
+def verify_cost(url: str, key: tuple[str, str], n: int) -> None:
+    headers = presigned(url, key, 1)[0]
+    headers["Host"] = url.split("/")[2]
+    path = "/" + url.split("/", 3)[3]
+    request = sigv4.Request("POST", path, [], headers.items(), BODY)
+    signed = sigv4.parse(headers, {})
+    assert signed is not None
+    started = time.perf_counter()
+    for _ in range(n):
+        sigv4.verify(signed, request, key[1])
+    each = (time.perf_counter() - started) / n * 1e6
+    print(
+        f"\n== SigV4 verification alone (canonical request, key derivation, HMAC), in process: {each:.1f} us"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--misses", type=int, default=200)
+    args = parser.parse_args()
+    ensure_binaries()
+    with tempfile.TemporaryDirectory(prefix="kl-bench-auth-") as tmp:
+        root = Path(tmp)
+        proc, state = start_cluster(root)
+        gateways: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+        try:
+            key = (state.aws_access_key_id, state.aws_secret_access_key)
+            bearer = await developer_headers(state)
+            async with (
+                KubeClient.from_kubeconfig(state.kubeconfig) as kube,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+            ):
+                await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
+                await wait(
+                    lambda: kube.get_or_none(
+                        resource_path("v1", "serviceaccounts", namespace=NS, name="default")
+                    ),
+                    lambda sa: sa is not None,
+                    "default ServiceAccount",
+                )
+                await kube.create(
+                    resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS),
+                    {
+                        "apiVersion": "kubelambda.io/v1alpha1",
+                        "kind": "Function",
+                        "metadata": {"name": "warm", "namespace": NS},
+                        "spec": {
+                            "runtime": "python3.12",
+                            "handler": "app.handler",
+                            "code": {
+                                "inline": {"app.py": "def handler(event, context):\n    return event\n"}
+                            },
+                            "scaling": {"minInstances": 1, "maxInstances": 1, "warmPool": False},
+                            "concurrency": {"perInstance": args.connections},
+                        },
+                    },
+                )
+                for mode in ("none", "kubernetes"):
+                    gateways[mode] = gateway_process(root, mode)
+                path = f"/2015-03-31/functions/{NS}/warm/invocations"
+                none_url, auth_url = gateways["none"][1] + path, gateways["kubernetes"][1] + path
+                sign_pool = presigned(auth_url, key, 64)
+
+                async def answers(url: str, headers: dict[str, str]) -> int:
+                    try:
+                        async with http.post(url, data=BODY, headers=headers) as resp:
+                            return resp.status
+                    except aiohttp.ClientConnectionError:
+                        return 0
+
+                await wait(
+                    lambda: answers(none_url, {}), lambda s: s == 200, "the none gateway to answer", 180
+                )
+                await wait(
+                    lambda: answers(auth_url, bearer), lambda s: s == 200, "the auth gateway to answer"
+                )
+                cases = {
+                    "none": (none_url, [{}]),
+                    "sigv4": (auth_url, sign_pool),
+                    "bearer": (auth_url, [bearer]),
+                }
+                for url, headers in cases.values():  # warm up every path (and the decision caches)
+                    await load(http, url, headers, 300, args.connections)
+                rows: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in cases}
+                for _ in range(args.rounds):  # interleaved: the machine's noise hits every case alike
+                    for name, (url, headers) in cases.items():
+                        rows[name].append(await load(http, url, headers, args.requests, args.connections))
+                print(
+                    f"== warm invocations, {args.connections} connections, {args.rounds} x {args.requests} "
+                    "requests per case, same instance, gateways alike but for auth mode"
+                )
+                base = None
+                for name, results in rows.items():
+                    rps = statistics.median(r for r, _ in results)
+                    lat = [v for _, ls in results for v in ls]
+                    p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
+                    base = base or (p50, p99)
+                    print(
+                        f"  {name:<7} {rps:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms"
+                        f"   vs none: p50 {p50 - base[0]:+.3f} ms, p99 {p99 - base[1]:+.3f} ms"
+                    )
+                print("  target: <= 0.1 ms added at p50")
+                token = bearer["Authorization"].removeprefix("Bearer ")
+                await misses(kube, token, args.misses)
+                verify_cost(auth_url, key, 5000)
+        except BaseException:
+            for log in sorted((root / "logs").glob("*gateway*.log")):
+                print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            raise
+        finally:
+            for gateway, _ in gateways.values():
+                gateway.terminate()
+                gateway.wait(30)
+            stop_cluster(proc, root)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
