@@ -10,6 +10,7 @@ import secrets
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,13 +42,24 @@ def handler(event, context):
     print("ran", context.aws_request_id)
     return {"echo": event}
 """
+ID_HANDLER = """
+def handler(event, context):
+    return {"requestId": context.aws_request_id}
+"""
 
 
 @pytest.fixture(scope="module")
-async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
+async def platform(
+    cluster: Cluster, kube: KubeClient, nats_server: Any
+) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
     operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
     gateway, url = await start_gateway(
-        cluster, kube, auth_mode="kubernetes", auth_cache_seconds=CACHE_SECONDS, http_routes=True
+        cluster,
+        kube,
+        auth_mode="kubernetes",
+        auth_cache_seconds=CACHE_SECONDS,
+        http_routes=True,
+        nats_url=nats_server.url,
     )
     try:
         yield operator, gateway, url
@@ -339,3 +351,87 @@ def yaml_kubeconfig(cluster: Cluster, token: str) -> Any:
 
 async def _thread(work: Any) -> Any:
     return await asyncio.to_thread(work)
+
+
+async def test_internal_headers_only_from_the_platform(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    """A tenant's Event with a bridge's idempotency key gets its own request id (it can never suppress the
+    bridge's event in JetStream's duplicate window); the platform's key is taken as sent; a tenant cannot pick
+    the request id of a synchronous invoke with the async worker's header."""
+    _, gateway, url = platform
+    await deploy(cluster, gateway, namespace, python_function("ids", ID_HANDLER))
+    target = f"{url}/2015-03-31/functions/{namespace}%2Fids/invocations"
+    tokens = {}
+    for ns, account in ((namespace, "tenant"), (namespace, "ids-bridge"), (SYSTEM_NS, f"{namespace}-worker")):
+        await service_account(kube, ns, account)
+        await bind_invoker(kube, namespace, f"{account}-invokes", ns, account)
+        tokens[account] = await token_of(kube, ns, account)
+
+    async def post(account: str, **headers: str) -> tuple[int, str, bytes]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                target, data=b"{}", headers={"Authorization": f"Bearer {tokens[account]}", **headers}
+            ) as resp,
+        ):
+            return resp.status, resp.headers.get("X-Amzn-RequestId", ""), await resp.read()
+
+    event = {"X-Amz-Invocation-Type": "Event", "X-Kubelambda-Idempotency-Key": "object-v1"}
+    bridge = await wait_for(
+        lambda: post("ids-bridge", **event), lambda r: r[0] == 202, what="the bridge's Event"
+    )
+    tenant = await post("tenant", **event)
+    assert tenant[0] == 202
+    assert tenant[1] != bridge[1]
+    assert (await post("tenant", **event))[1] == tenant[1]  # still idempotent for the tenant itself
+    assert (await post("ids-bridge", **event))[1] == bridge[1]
+    platform_id = await post(f"{namespace}-worker", **event)
+    assert platform_id[0] == 202
+    assert platform_id[1] == str(uuid.uuid5(uuid.NAMESPACE_URL, f"kubelambda:{namespace}/ids/object-v1"))
+
+    forged = {"X-Kubelambda-Async-Request-Id": "forged-request-id"}
+    status, _, body = await post("tenant", **forged)
+    assert status == 200
+    assert json.loads(body)["requestId"] != "forged-request-id"
+    status, _, body = await post(f"{namespace}-worker", **forged)
+    assert status == 200
+    assert json.loads(body)["requestId"] == "forged-request-id"
+    await kube.delete(resource_path("v1", "serviceaccounts", namespace=SYSTEM_NS, name=f"{namespace}-worker"))
+
+
+async def test_http_triggers_are_aws_iam_unless_auth_type_none(
+    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    _, gateway, url = platform
+    await deploy(cluster, gateway, namespace, python_function("site", HANDLER))
+    for name, auth in (("private", None), ("public", "NONE")):
+        http: JSON = {"path": f"/{name}", "methods": ["GET"], **({"authType": auth} if auth else {})}
+        cluster.apply(
+            {
+                "apiVersion": "kubelambda.io/v1alpha1",
+                "kind": "Trigger",
+                "metadata": {"name": name},
+                "spec": {"function": "site", "http": http},
+            },
+            namespace,
+        )
+    await service_account(kube, namespace, "browser")
+    await bind_invoker(kube, namespace, "browser-invokes", namespace, "browser")
+    token = await token_of(kube, namespace, "browser")
+
+    async def get(path: str, **headers: str) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{url}/api/{namespace}{path}", headers=headers) as resp,
+        ):
+            return resp.status, resp.headers.get("x-amzn-ErrorType", "")
+
+    assert await wait_for(
+        lambda: get("/public"), lambda r: r[0] == 200, what="the public route", timeout=90
+    ) == (200, "")
+    assert await wait_for(lambda: get("/private"), lambda r: r[0] != 404, what="the private route") == (
+        403,
+        "MissingAuthenticationTokenException",
+    )
+    assert await get("/private", Authorization=f"Bearer {token}") == (200, "")

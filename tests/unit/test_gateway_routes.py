@@ -107,3 +107,18 @@ def test_routes_follow_the_triggers(table: RouteTable) -> None:
 def test_a_greedy_variable_must_be_last(path: str) -> None:
     with pytest.raises(ValueError, match="must be the last segment"):
         compile_route("demo", "t", "f", path, ["ANY"])
+
+
+def test_a_route_is_aws_iam_unless_its_trigger_says_none() -> None:
+    table = RouteTable()
+    for name, auth in (("private", None), ("public", "NONE")):
+        http = {"path": f"/{name}", **({"authType": auth} if auth else {})}
+        table.apply_trigger(
+            "ADDED",
+            {"metadata": {"namespace": "demo", "name": name}, "spec": {"function": "f", "http": http}},
+        )
+    private, public = table.match("demo", "GET", "/private"), table.match("demo", "GET", "/public")
+    assert isinstance(private, Match)
+    assert isinstance(public, Match)
+    assert private.route.auth_type == "AWS_IAM"
+    assert public.route.auth_type == "NONE"

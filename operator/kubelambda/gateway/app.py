@@ -28,7 +28,7 @@ from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response
 from kubelambda.gateway import httpapi
 from kubelambda.gateway.activator import Activator
-from kubelambda.gateway.auth import INVOKE, Authoriser, AuthRefused, Identity
+from kubelambda.gateway.auth import INVOKE, PUBLIC, Authoriser, AuthRefused, Identity
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
@@ -426,6 +426,7 @@ class Gateway(RegistryLookups):
             path=path,
             route_key=found.route.route_key(request.method.upper()),
             path_parameters=found.path_parameters,
+            public=found.route.auth_type == "NONE",
         )
 
     async def _serve_http(
@@ -436,14 +437,16 @@ class Gateway(RegistryLookups):
         path: str,
         route_key: str,
         path_parameters: dict[str, str] | None,
+        public: bool = False,
     ) -> web.StreamResponse:
+        """``public``: an HTTP Trigger with ``authType: NONE`` (anyone may call; never a platform identity)."""
         started = time.monotonic()
         s = self.settings
         body = await _read_body(request, s.max_request_bytes)
         if body is None:
             return _http(httpapi.message(413, "Request Entity Too Large"))
         try:
-            caller = await self.auth.authorise(request, INVOKE, ref, body=body)
+            caller = PUBLIC if public else await self.auth.authorise(request, INVOKE, ref, body=body)
         except AuthRefused as e:  # as a function URL with AWS_IAM answers: 403, the reason in the header
             return _http(httpapi.forbidden(e.code))
         fn = self.registry.function(ref)

@@ -32,13 +32,22 @@ class Route:
     pattern: re.Pattern[str]
     # Sort key: fewer variables and no greedy segment first, then longer literal text.
     specificity: tuple[int, int, int]
+    auth_type: str = "AWS_IAM"  # NONE: public, no caller check (a function URL's AuthType)
 
     def route_key(self, method: str) -> str:
         """API Gateway's routeKey: the method the route names (or ANY) and its path template."""
         return f"{method if method in self.methods else 'ANY'} {self.path}"
 
 
-def compile_route(namespace: str, trigger: str, function: str, path: str, methods: Iterable[str]) -> Route:
+def compile_route(
+    namespace: str,
+    trigger: str,
+    function: str,
+    path: str,
+    methods: Iterable[str],
+    *,
+    auth_type: str = "AWS_IAM",
+) -> Route:
     """A route from a Trigger's ``http`` block; raises ``ValueError`` naming a bad template."""
     regex = ""
     position = 0
@@ -71,6 +80,7 @@ def compile_route(namespace: str, trigger: str, function: str, path: str, method
         methods=frozenset(m.upper() for m in methods),
         pattern=re.compile(f"^{regex}$"),
         specificity=(int(greedy), variables, -literal),
+        auth_type=auth_type,
     )
 
 
@@ -143,7 +153,12 @@ class RouteTable:
             return
         try:
             route = compile_route(
-                namespace, name, spec["function"], http["path"], http.get("methods") or ["ANY"]
+                namespace,
+                name,
+                spec["function"],
+                http["path"],
+                http.get("methods") or ["ANY"],
+                auth_type=http.get("authType", "AWS_IAM"),
             )
         except (KeyError, ValueError) as e:
             logger.warning("Ignored the route of Trigger %s/%s: %s", namespace, name, e)

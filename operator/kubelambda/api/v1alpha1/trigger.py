@@ -297,6 +297,9 @@ class HttpSource(Model):
         json_schema_extra={"x-kubernetes-list-type": "set", "default": ["ANY"]},
     )
     """Methods routed to the function."""
+    authType: Literal["AWS_IAM", "NONE"] = "AWS_IAM"
+    """As a Lambda function URL's: ``AWS_IAM`` (default) when the gateway checks callers (SigV4 or a Kubernetes
+    token, RBAC verb ``invoke`` on the Function; docs/security.md), ``NONE`` for a public route anyone may call."""
 
 
 class TriggerSpec(Model):

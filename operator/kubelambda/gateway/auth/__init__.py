@@ -32,8 +32,10 @@ logger = logging.getLogger(__name__)
 INVOKE = "lambda:InvokeFunction"
 VERBS = {INVOKE: "invoke"}  # Lambda action -> RBAC verb on functions.kubelambda.io
 NOBODY = Identity(username="system:anonymous", groups=("system:unauthenticated",), via="none")
+PUBLIC = Identity(username="system:anonymous", groups=("system:unauthenticated",), via="public")
+"""The caller of an HTTP Trigger with ``authType: NONE``: unchecked, and never trusted with internal headers."""
 
-__all__ = ["INVOKE", "AuthRefused", "Authoriser", "Identity"]
+__all__ = ["INVOKE", "PUBLIC", "AuthRefused", "Authoriser", "Identity"]
 
 
 class AuthRefused(Exception):
@@ -84,6 +86,8 @@ class Authoriser:
     def is_platform(self, identity: Identity) -> bool:
         """The platform's own components (ServiceAccounts of the system namespace), trusted with the internal
         headers (async request id, unscoped idempotency keys). With auth off everyone is."""
+        if identity.via == "public":
+            return False
         return not self.enabled or identity.username.startswith(self._platform_prefix)
 
     async def authorise(
