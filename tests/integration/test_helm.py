@@ -25,6 +25,7 @@ import yaml
 from kltest import Cluster, wait_for
 from kltest.cluster import backend
 from kltest.platform import lambda_client, python_function
+from kubelambda.cli.accesskeys import create_key, delete_key
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
@@ -229,8 +230,17 @@ async def scenario(cluster: Cluster, kube: KubeClient, namespace: str, *, gatewa
     )
     assert fn["status"]["invokeUrl"].startswith(f"http://{RELEASE}-gateway.{SYSTEM_NS}.svc:8080/")
 
+    # The chart's gateway checks who calls (auth.mode kubernetes, the default): a ServiceAccount bound to the
+    # release's invoker ClusterRole, with an access key made as `kubelambda access-key create` makes it.
+    cluster.kubectl("create", "serviceaccount", "caller", "-n", namespace)
+    cluster.kubectl(
+        "create", "rolebinding", "caller-invokes", "-n", namespace, f"--clusterrole={RELEASE}-invoker",
+        f"--serviceaccount={namespace}:caller",
+    )  # fmt: skip
+    key = await create_key(kube, namespace, "caller", system_namespace=SYSTEM_NS)
+    client = lambda_client(gateway_url, key.access_key_id, key.secret_access_key)
+
     # Invoked through the chart's gateway, synchronously (boto3), then as an Event (NATS JetStream).
-    client = lambda_client(gateway_url)
 
     async def invoke() -> JSON:
         return await asyncio.to_thread(
@@ -297,6 +307,9 @@ async def scenario(cluster: Cluster, kube: KubeClient, namespace: str, *, gatewa
     gateway_log = cluster.kubectl("logs", "-n", SYSTEM_NS, gateway_pod["metadata"]["name"]).stdout
     refused = refusals(gateway_log)
     assert not refused, "\n".join(refused[:20])
+
+    # The access key is not the release's: revoke it (kubelambda access-key delete).
+    await delete_key(kube, key.access_key_id, system_namespace=SYSTEM_NS)
 
     # What the Trigger and the Function own is garbage-collected with them.
     cluster.kubectl("delete", "trigger", "tick", "-n", namespace, "--wait=true")
