@@ -31,6 +31,8 @@ from kltest.platform import (
     stop_gateway,
 )
 from kubelambda import metrics
+from kubelambda.asyncworker.dlq import list_dead_letters
+from kubelambda.asyncworker.queue import EventQueue
 from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
 
@@ -435,3 +437,65 @@ async def test_http_triggers_are_aws_iam_unless_auth_type_none(
         "MissingAuthenticationTokenException",
     )
     assert await get("/private", Authorization=f"Bearer {token}") == (200, "")
+
+
+FAILING = """
+def handler(event, context):
+    raise ValueError("asked to fail")
+"""
+
+
+async def test_a_function_destination_needs_the_sources_identity_to_may_invoke_it(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    nats_server: Any,
+) -> None:
+    """As a Lambda execution role needs lambda:InvokeFunction on a destination: the source's ServiceAccount
+    (here the namespace's default) without invoke on the target -> the record is dead-lettered with the reason."""
+    _, gateway, url = platform
+    await deploy(cluster, gateway, namespace, python_function("sink", HANDLER))
+    doc = python_function("src", FAILING)
+    doc["spec"]["async"] = {"maxRetries": 0, "onFailure": {"function": "sink"}}
+    await deploy(cluster, gateway, namespace, doc)
+    await service_account(kube, namespace, "caller")
+    await bind_invoker(kube, namespace, "caller-invokes", namespace, "caller")
+    token = await token_of(kube, namespace, "caller")
+
+    async def event() -> int:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{url}/2015-03-31/functions/{namespace}%2Fsrc/invocations",
+                data=b"{}",
+                headers={"Authorization": f"Bearer {token}", "X-Amz-Invocation-Type": "Event"},
+            ) as resp,
+        ):
+            return resp.status
+
+    async def dead_letters() -> list[Any]:
+        queue = await EventQueue.connect(nats_server.url, stream=gateway.settings.async_stream)
+        try:
+            return await list_dead_letters(queue, namespace)
+        finally:
+            await queue.close()
+
+    assert await wait_for(event, lambda s: s == 202, what="the Event accepted") == 202
+    (letter,) = await wait_for(dead_letters, bool, what="the record dead-lettered", timeout=120)
+    assert "AccessDeniedException" in letter.reason
+    assert f"system:serviceaccount:{namespace}:default" in letter.reason
+    assert f"arn:aws:lambda:us-east-1:{namespace}:function:sink" in letter.reason
+    assert letter.record["requestContext"]["condition"] == "RetriesExhausted"
+
+    # Granted: the next record goes to the sink.
+    await bind_invoker(kube, namespace, "default-invokes", namespace, "default")
+    sent = metrics.ASYNC_DESTINATION_RECORDS.labels(namespace, "src", "function")
+    before = sent._value.get()
+    await wait_for(lambda: event(), lambda s: s == 202, what="another Event accepted")
+    await wait_for(
+        lambda: _sleep0(sent._value.get()),
+        lambda n: n > before,
+        what="the record sent to the sink",
+        timeout=120,
+    )

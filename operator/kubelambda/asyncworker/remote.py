@@ -19,6 +19,8 @@ from kubelambda.asyncworker.queue import EventQueue
 from kubelambda.asyncworker.record import Response
 from kubelambda.asyncworker.worker import Worker, WorkerSettings
 from kubelambda.gateway.app import ASYNC_REQUEST_ID_HEADER as REQUEST_ID_HEADER
+from kubelambda.gateway.auth import destination_refusal
+from kubelambda.gateway.auth.reviews import AccessReviewer
 from kubelambda.gateway.registry import Registry, RegistryLookups
 from kubelambda.kube import KubeClient
 
@@ -36,7 +38,9 @@ class RemoteInvoker(RegistryLookups):
         *,
         region: str,
         token: Callable[[], str | None] | None = None,
+        access: AccessReviewer | None = None,
     ) -> None:
+        self.access = access  # destination checks (gateway/auth); None when the gateway's auth is off
         self.token = (
             token  # the worker's ServiceAccount token: a platform identity to the gateway (gateway/auth)
         )
@@ -47,6 +51,17 @@ class RemoteInvoker(RegistryLookups):
 
     def arn_region(self) -> str:
         return self.region
+
+    async def destination_refusal(self, namespace: str, source: str, target: str) -> str | None:
+        fn = self.registry.functions.get((namespace, source))
+        return await destination_refusal(
+            self.access,
+            namespace,
+            source,
+            fn.spec.service_account_name if fn is not None else None,
+            target,
+            arn=self.function_arn(namespace, target),
+        )
 
     async def invoke_for_worker(
         self, namespace: str, name: str, payload: bytes, *, request_id: str
@@ -81,13 +96,24 @@ class RemoteInvoker(RegistryLookups):
 
 
 async def run_worker(
-    *, kube: KubeClient, gateway_url: str, nats_url: str, stream: str, region: str, settings: WorkerSettings
+    *,
+    kube: KubeClient,
+    gateway_url: str,
+    nats_url: str,
+    stream: str,
+    region: str,
+    settings: WorkerSettings,
+    check_destinations: bool = True,
+    cache_seconds: float = 5.0,
 ) -> None:
     """Watches Functions and consumes events until cancelled."""
     registry = Registry()
     queue = await EventQueue.connect(nats_url, stream=stream)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        invoker = RemoteInvoker(gateway_url, http, registry, region=region, token=kube.bearer_token)
+        access = AccessReviewer(kube, ttl=cache_seconds) if check_destinations else None
+        invoker = RemoteInvoker(
+            gateway_url, http, registry, region=region, token=kube.bearer_token, access=access
+        )
         tasks = [
             asyncio.create_task(registry.run(kube), name="function watch"),
             asyncio.create_task(Worker(queue, invoker, http, settings=settings).run(), name="async worker"),

@@ -59,6 +59,10 @@ class Invoker(Protocol):
         self, namespace: str, name: str, payload: bytes, *, request_id: str
     ) -> tuple[Outcome, Response | None]: ...
 
+    async def destination_refusal(self, namespace: str, source: str, target: str) -> str | None:
+        """None when the Function ``source`` may send records to the Function ``target`` (its execution identity
+        may invoke it, or auth is off); else why not (gateway/auth)."""
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -263,7 +267,7 @@ class Worker:
                 metrics.ASYNC_DESTINATION_RECORDS.labels(*labels, "dead_letter").inc()
             return
         try:
-            kind = await self._send(event.namespace, destination, record)
+            kind = await self._send(event.namespace, destination, record, source=event.function)
         except Exception as e:
             # The outcome is known: keep the record rather than invoke the function again.
             logger.warning("Destination of %s/%s failed, dead-lettered the record: %s", *labels, e)
@@ -272,9 +276,14 @@ class Worker:
             return
         metrics.ASYNC_DESTINATION_RECORDS.labels(*labels, kind).inc()
 
-    async def _send(self, namespace: str, destination: Destination, record: dict[str, Any]) -> str:
+    async def _send(
+        self, namespace: str, destination: Destination, record: dict[str, Any], *, source: str
+    ) -> str:
         body = json.dumps(record).encode()
         if destination.function is not None:
+            refused = await self.invoker.destination_refusal(namespace, source, destination.function)
+            if refused is not None:
+                raise PermissionError(refused)
             await self.queue.publish(
                 QueuedEvent(
                     namespace=namespace,

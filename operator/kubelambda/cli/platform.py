@@ -87,6 +87,9 @@ def cmd_async_worker(args: argparse.Namespace) -> int:
                     backoff_max=settings.async_backoff_max_seconds,
                     ack_wait=settings.async_ack_wait_seconds,
                 ),
+                # Function destinations need the source's execution identity to may invoke the target.
+                check_destinations=settings.auth_mode != "none",
+                cache_seconds=settings.auth_cache_seconds,
             )
 
     asyncio.run(main())

@@ -28,7 +28,14 @@ from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response
 from kubelambda.gateway import httpapi
 from kubelambda.gateway.activator import Activator
-from kubelambda.gateway.auth import INVOKE, PUBLIC, Authoriser, AuthRefused, Identity
+from kubelambda.gateway.auth import (
+    INVOKE,
+    PUBLIC,
+    Authoriser,
+    AuthRefused,
+    Identity,
+    destination_refusal,
+)
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
@@ -184,6 +191,17 @@ class Gateway(RegistryLookups):
 
     def arn_region(self) -> str:
         return self.settings.region
+
+    async def destination_refusal(self, namespace: str, source: str, target: str) -> str | None:
+        fn = self.registry.functions.get((namespace, source))
+        return await destination_refusal(
+            self.auth.access if self.auth.enabled else None,
+            namespace,
+            source,
+            fn.spec.service_account_name if fn is not None else None,
+            target,
+            arn=self.function_arn(namespace, target),
+        )
 
     async def invoke_for_worker(
         self, namespace: str, name: str, payload: bytes, *, request_id: str

@@ -35,7 +35,31 @@ NOBODY = Identity(username="system:anonymous", groups=("system:unauthenticated",
 PUBLIC = Identity(username="system:anonymous", groups=("system:unauthenticated",), via="public")
 """The caller of an HTTP Trigger with ``authType: NONE``: unchecked, and never trusted with internal headers."""
 
-__all__ = ["INVOKE", "PUBLIC", "AuthRefused", "Authoriser", "Identity"]
+__all__ = ["INVOKE", "PUBLIC", "AuthRefused", "Authoriser", "Identity", "destination_refusal"]
+
+
+async def destination_refusal(
+    access: AccessReviewer | None,
+    namespace: str,
+    source: str,
+    source_account: str | None,
+    target: str,
+    *,
+    arn: str,
+) -> str | None:
+    """Why the Function ``source`` may not have its records sent to the Function ``target`` (same namespace), or
+    None: its execution identity (``serviceAccountName``, else the namespace's ``default``) needs ``invoke`` on
+    the target, as a Lambda execution role needs lambda:InvokeFunction. ``access`` None: auth is off."""
+    if access is None:
+        return None
+    identity = Identity.service_account(namespace, source_account or "default", via="execution-role")
+    decision = await access.may(identity, VERBS[INVOKE], namespace, target)
+    if decision.allowed:
+        return None
+    return (
+        f"AccessDeniedException: {identity.username} (the execution identity of {namespace}/{source}) is not "
+        f"authorized to perform: {INVOKE} on resource: {arn}"
+    )
 
 
 class AuthRefused(Exception):
