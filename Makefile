@@ -47,7 +47,7 @@ bench-gateway: venv binaries runtimes-build
 # Warm invokes through a gateway with auth on (SigV4, bearer) beside one with auth off, and a cache miss's cost.
 .PHONY: bench-auth
 bench-auth: venv binaries runtimes-build
-	$(PY) bench/auth_bench.py --requests 2000
+	$(PY) bench/auth_bench.py --rounds 10 --requests 300
 
 # Cold starts from zero with and without the warm pool (Python, Node.js), beside a warm invoke (docs/warm-pools.md).
 .PHONY: bench-warm-pool
