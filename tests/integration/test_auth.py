@@ -24,6 +24,7 @@ from kltest.platform import (
     SYSTEM_NS,
     RunningOperator,
     deploy,
+    install_crds,
     lambda_client,
     python_function,
     start_gateway,
@@ -54,7 +55,7 @@ def handler(event, context):
 async def platform(
     cluster: Cluster, kube: KubeClient, nats_server: Any
 ) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
-    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
+    await install_crds(cluster, kube)
     gateway, url = await start_gateway(
         cluster,
         kube,
@@ -63,6 +64,8 @@ async def platform(
         http_routes=True,
         nats_url=nats_server.url,
     )
+    # Bridges (pods, as their own ServiceAccounts) invoke through this gateway.
+    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0, gateway_url=url)
     try:
         yield operator, gateway, url
     finally:
@@ -503,3 +506,55 @@ async def test_a_function_destination_needs_the_sources_identity_to_may_invoke_i
         timeout=120,
         interval=1.0,
     )
+
+
+RECORDER = """
+import json, os, urllib.request
+
+def handler(event, context):
+    body = json.dumps({"event": event}).encode()
+    request = urllib.request.Request(os.environ["RECORDS_URL"], data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).close()
+    return {"ok": True}
+"""
+
+
+async def test_a_schedule_bridge_invokes_as_its_own_service_account(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Any,
+) -> None:
+    """The bridge pod presents its ServiceAccount's token; the operator's Role grants it invoke on exactly its
+    Function, so a schedule Trigger delivers with auth on."""
+    _, gateway, _ = platform
+    doc = python_function("ticker", RECORDER, environment={"RECORDS_URL": records.url(f"{namespace}-ticker")})
+    await deploy(cluster, gateway, namespace, doc)
+    cluster.apply(
+        {
+            "apiVersion": "kubelambda.io/v1alpha1",
+            "kind": "Trigger",
+            "metadata": {"name": "every-minute"},
+            "spec": {"function": "ticker", "schedule": {"expression": "cron(* * * * ? *)"}},
+        },
+        namespace,
+    )
+    role = await wait_for(
+        lambda: kube.get(
+            resource_path(
+                "rbac.authorization.k8s.io/v1", "roles", namespace=namespace, name="every-minute-bridge"
+            )
+        ),
+        lambda r: r is not None,
+        what="the bridge's Role",
+    )
+    assert {
+        "apiGroups": ["kubelambda.io"],
+        "resources": ["functions"],
+        "resourceNames": ["ticker"],
+        "verbs": ["invoke"],
+    } in role["rules"]
+    (got,) = await records.wait(f"{namespace}-ticker", 1, timeout=150)
+    assert got["event"]["detail-type"] == "Scheduled Event"
