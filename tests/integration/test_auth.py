@@ -410,8 +410,18 @@ async def test_http_triggers_are_aws_iam_unless_auth_type_none(
 ) -> None:
     _, gateway, url = platform
     await deploy(cluster, gateway, namespace, python_function("site", HANDLER))
+    cors = {
+        "allowOrigins": ["https://app.example"],
+        "allowMethods": ["GET"],
+        "allowHeaders": ["authorization"],
+    }
     for name, auth in (("private", None), ("public", "NONE")):
-        http: JSON = {"path": f"/{name}", "methods": ["GET"], **({"authType": auth} if auth else {})}
+        http: JSON = {
+            "path": f"/{name}",
+            "methods": ["GET"],
+            "cors": cors,
+            **({"authType": auth} if auth else {}),
+        }
         cluster.apply(
             {
                 "apiVersion": "kubelambda.io/v1alpha1",
@@ -440,6 +450,26 @@ async def test_http_triggers_are_aws_iam_unless_auth_type_none(
         "MissingAuthenticationTokenException",
     )
     assert await get("/private", Authorization=f"Bearer {token}") == (200, "")
+
+    # A browser: the preflight is answered by the gateway (no credentials needed), the unsigned call is refused,
+    # and both carry the CORS headers so the page can read the refusal.
+    browser = {"Origin": "https://app.example"}
+    async with aiohttp.ClientSession() as http:
+        async with http.options(
+            f"{url}/api/{namespace}/private", headers={**browser, "Access-Control-Request-Method": "GET"}
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            assert resp.headers["Access-Control-Allow-Methods"] == "GET"
+            assert resp.headers["Access-Control-Allow-Headers"] == "authorization"
+        async with http.get(f"{url}/api/{namespace}/private", headers=browser) as resp:
+            assert resp.status == 403
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        async with http.get(
+            f"{url}/api/{namespace}/private", headers={"Origin": "https://evil.example"}
+        ) as resp:
+            assert resp.status == 403
+            assert "Access-Control-Allow-Origin" not in resp.headers
 
 
 FAILING = """

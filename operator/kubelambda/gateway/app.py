@@ -434,11 +434,19 @@ class Gateway(RegistryLookups):
             return _http(httpapi.message(404, "Not Found"))
         namespace = request.match_info["namespace"]
         path = "/" + request.match_info.get("tail", "")
+        origin = request.headers.get("Origin")
+        asked = request.headers.get("Access-Control-Request-Method")
+        if request.method == "OPTIONS" and origin and asked:  # a CORS preflight: the gateway answers it
+            route = self.routes.match(namespace, asked, path)
+            if isinstance(route, Match) and route.route.cors is not None:
+                return web.Response(
+                    status=200, headers=CIMultiDict(route.route.cors.preflight(origin, asked))
+                )
         found = self.routes.match(namespace, request.method, path)
         if not isinstance(found, Match):
             return _http(httpapi.message(found, "Not Found" if found == 404 else "Method Not Allowed"))
         ref = FunctionRef(namespace, found.route.function)
-        return await self._serve_http(
+        answer = await self._serve_http(
             request,
             ref,
             path=path,
@@ -446,6 +454,10 @@ class Gateway(RegistryLookups):
             path_parameters=found.path_parameters,
             public=found.route.auth_type == "NONE",
         )
+        if found.route.cors is not None:
+            for name, value in found.route.cors.response_headers(origin):
+                answer.headers.add(name, value)
+        return answer
 
     async def _serve_http(
         self,

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kubelambda.api.v1alpha1 import GROUP, VERSION
+from kubelambda.gateway.cors import CorsPolicy
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import KubeClient, list_and_watch, resource_path
 
@@ -33,6 +34,7 @@ class Route:
     # Sort key: fewer variables and no greedy segment first, then longer literal text.
     specificity: tuple[int, int, int]
     auth_type: str = "AWS_IAM"  # NONE: public, no caller check (a function URL's AuthType)
+    cors: CorsPolicy | None = None  # the Trigger's http.cors block (gateway/cors.py)
 
     def route_key(self, method: str) -> str:
         """API Gateway's routeKey: the method the route names (or ANY) and its path template."""
@@ -47,6 +49,7 @@ def compile_route(
     methods: Iterable[str],
     *,
     auth_type: str = "AWS_IAM",
+    cors: CorsPolicy | None = None,
 ) -> Route:
     """A route from a Trigger's ``http`` block; raises ``ValueError`` naming a bad template."""
     regex = ""
@@ -81,6 +84,7 @@ def compile_route(
         pattern=re.compile(f"^{regex}$"),
         specificity=(int(greedy), variables, -literal),
         auth_type=auth_type,
+        cors=cors,
     )
 
 
@@ -159,6 +163,7 @@ class RouteTable:
                 http["path"],
                 http.get("methods") or ["ANY"],
                 auth_type=http.get("authType", "AWS_IAM"),
+                cors=CorsPolicy.from_spec(http["cors"]) if http.get("cors") else None,
             )
         except (KeyError, ValueError) as e:
             logger.warning("Ignored the route of Trigger %s/%s: %s", namespace, name, e)

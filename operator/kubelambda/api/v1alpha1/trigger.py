@@ -285,6 +285,24 @@ def _any_method() -> list[HttpMethod]:
     return ["ANY"]
 
 
+class Cors(Model):
+    """A function URL's CORS settings: preflights (``OPTIONS`` with ``Access-Control-Request-Method``) are answered by
+    the gateway without invoking the function or checking the caller; other responses get the allow headers."""
+
+    allow_origins: list[str] = Field(default_factory=list, max_length=100)
+    """Origins allowed (``https://app.example.com``), or ``*``."""
+    allow_methods: list[HttpMethod] = Field(default_factory=list, max_length=8)
+    """Methods allowed (``ANY``: every method)."""
+    allow_headers: list[str] = Field(default_factory=list, max_length=100)
+    """Request headers allowed, or ``*``."""
+    expose_headers: list[str] = Field(default_factory=list, max_length=100)
+    """Response headers a browser may read."""
+    max_age: int = Field(default=0, ge=0, le=86400)
+    """Seconds a browser may cache a preflight's answer (0: not sent)."""
+    allow_credentials: bool = False
+    """Cookies and authorization headers allowed on cross-origin requests."""
+
+
 class HttpSource(Model):
     """A gateway route; the function receives API Gateway HTTP API (payload 2.0) events."""
 
@@ -297,9 +315,11 @@ class HttpSource(Model):
         json_schema_extra={"x-kubernetes-list-type": "set", "default": ["ANY"]},
     )
     """Methods routed to the function."""
-    authType: Literal["AWS_IAM", "NONE"] = "AWS_IAM"
+    auth_type: Literal["AWS_IAM", "NONE"] = "AWS_IAM"
     """As a Lambda function URL's: ``AWS_IAM`` (default) when the gateway checks callers (SigV4 or a Kubernetes
     token, RBAC verb ``invoke`` on the Function; docs/security.md), ``NONE`` for a public route anyone may call."""
+    cors: Cors | None = None
+    """Cross-origin requests from browsers, answered as a function URL answers them (preflights included)."""
 
 
 class TriggerSpec(Model):
