@@ -117,7 +117,7 @@ async def step_cost(kube: KubeClient, url: str, key: tuple[str, str], bearer: di
     from kubelambda.gateway.auth import INVOKE, Authoriser
     from kubelambda.gateway.auth.keys import AccessKey
     from kubelambda.gateway.config import GatewaySettings
-    from kubelambda.gateway.names import FunctionRef
+    from kubelambda.gateway.functionname import FunctionRef
 
     ref = FunctionRef(NS, "warm")
     path = "/" + url.split("/", 3)[3]

@@ -19,7 +19,7 @@ from kubelambda.gateway.auth import INVOKE, Authoriser, AuthRefused
 from kubelambda.gateway.auth.keys import AccessKeyStore, from_secret, new_key, secret_name, to_secret
 from kubelambda.gateway.auth.reviews import Identity, TtlCache
 from kubelambda.gateway.config import GatewaySettings
-from kubelambda.gateway.names import FunctionRef
+from kubelambda.gateway.functionname import FunctionRef
 from kubelambda.kube import KubeClient
 
 

@@ -24,7 +24,7 @@ from kubelambda.gateway.auth import sigv4
 from kubelambda.gateway.auth.keys import AccessKeyStore
 from kubelambda.gateway.auth.reviews import AccessReviewer, Identity, TokenReviewer
 from kubelambda.gateway.config import GatewaySettings
-from kubelambda.gateway.names import FunctionRef
+from kubelambda.gateway.functionname import FunctionRef
 from kubelambda.kube import ApiError, KubeClient
 
 logger = logging.getLogger(__name__)
