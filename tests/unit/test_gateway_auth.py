@@ -146,3 +146,26 @@ def test_internal_headers_are_the_platforms_and_other_keys_are_scoped() -> None:
     assert len(scoped) == 3
     assert gateway._idempotency_key(request, tenant) == "caller:system:serviceaccount:team-a:web/tick-1"
     assert gateway._idempotency_key(make_mocked_request("POST", "/"), tenant) is None
+
+
+async def test_an_api_server_that_cannot_be_asked_is_a_service_error_not_a_refusal() -> None:
+    """TokenReview or SubjectAccessReview failing (nothing listens at the client's server) answers 500
+    ServiceException, which clients retry, rather than calling the caller unrecognised or denied."""
+    async with _kube() as kube:
+        await _refusals_without_an_api_server(Authoriser(GatewaySettings(auth_mode="kubernetes"), kube))
+
+
+async def _refusals_without_an_api_server(auth: Authoriser) -> None:
+    ref = FunctionRef("team-a", "hello")
+    bearer = make_mocked_request("POST", "/", headers={"Authorization": "Bearer some-token"})
+    with pytest.raises(AuthRefused) as refused:
+        await auth.authorise(bearer, INVOKE, ref, body=b"")
+    assert refused.value.code == "ServiceException"
+    key = new_key("team-a", "web")
+    await auth.keys._listed([to_secret(key, namespace="kubelambda-system")])
+    url = "http://gw:8080/2015-03-31/functions/team-a%2Fhello/invocations"
+    signed = _signed(url, b"{}", key.access_key_id, key.secret_access_key)
+    with pytest.raises(AuthRefused) as refused:
+        await auth.authorise(signed, INVOKE, ref, body=b"{}")
+    assert refused.value.code == "ServiceException"
+    assert "Could not decide whether system:serviceaccount:team-a:web may invoke" in refused.value.message

@@ -17,6 +17,7 @@ import datetime
 import logging
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp import web
 
 from kubelambda import metrics
@@ -63,7 +64,8 @@ async def destination_refusal(
 
 
 class AuthRefused(Exception):
-    """A refused call: ``code`` is Lambda's error type, ``reason`` the metric label."""
+    """A refused call: ``code`` is Lambda's error type (``ServiceException`` when the API server could not be
+    asked: 500, worth a retry), ``reason`` the metric label."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -122,7 +124,13 @@ class Authoriser:
             return NOBODY
         try:
             identity = await self.authenticate(request, body)
-            decision = await self.access.may(identity, VERBS[action], function.namespace, function.name)
+            try:
+                decision = await self.access.may(identity, VERBS[action], function.namespace, function.name)
+            except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
+                logger.warning("SubjectAccessReview failed: %s", e)
+                raise AuthRefused(
+                    "ServiceException", f"Could not decide whether {identity.username} may invoke: {e}"
+                ) from e
             if not decision.allowed:
                 raise AuthRefused(
                     "AccessDeniedException",
@@ -142,11 +150,9 @@ class Authoriser:
             token = authorization.removeprefix("Bearer ").strip()
             try:
                 identity = await self.tokens.review(token)
-            except (ApiError, OSError) as e:
+            except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
                 logger.warning("TokenReview failed: %s", e)
-                raise AuthRefused(
-                    "UnrecognizedClientException", f"The token could not be reviewed: {e}"
-                ) from e
+                raise AuthRefused("ServiceException", f"The token could not be reviewed: {e}") from e
             if identity is None:
                 raise AuthRefused(
                     "UnrecognizedClientException", "The security token included in the request is invalid."
