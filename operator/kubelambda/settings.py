@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubelambda import __version__
 from kubelambda.api.v1alpha1 import RUNTIMES
+from kubelambda.runtimes.table import image as runtime_image
 
 FIELD_MANAGER = "kubelambda-operator"
 """Server-side apply field manager of everything the operator owns."""
@@ -18,21 +19,9 @@ SCALE_FIELD_MANAGER = "kubelambda-autoscaler"
 """The field manager that owns a function Deployment's ``spec.replicas`` (the autoscaler; the operator hands
 the initial scale over to it when it creates the Deployment)."""
 
-# Runtime → tag of its runtime image (the image's repository is runtime-<family>).
-_RUNTIME_TAGS = {
-    "python3.12": ("python", "3.12"),
-    "python3.13": ("python", "3.13"),
-    "nodejs20": ("nodejs", "20"),
-    "nodejs22": ("nodejs", "22"),
-    "java21": ("java", "21"),
-    "go": ("provided", "go"),
-    "ruby3.3": ("ruby", "3.3"),
-    "provided": ("provided", "latest"),
-}
-
-
 def default_runtime_images(registry: str) -> dict[str, str]:
-    return {rt: f"{registry}/runtime-{family}:{tag}" for rt, (family, tag) in _RUNTIME_TAGS.items()}
+    """Runtime → ``<registry>/runtime-<family>:<tag>``, from the runtime table."""
+    return {name: runtime_image(name, registry) for name in RUNTIMES}
 
 
 class OperatorSettings(BaseSettings):

@@ -33,6 +33,7 @@ type Config struct {
 	TaskRoot        string        // LAMBDA_TASK_ROOT: the function's code
 	RuntimeDir      string        // LAMBDA_RUNTIME_DIR: the runtime client
 	RuntimeName     string        // AWS_EXECUTION_ENV suffix, e.g. python3.12
+	RuntimeSubst    string        // dev clusters only: "python3.13 on /usr/bin/python3.11 (3.11.7)", logged and in REPORT
 	RuntimeCmd      []string      // argv of one worker process
 	MaxRequest      int           // invoke request body limit, bytes
 	MaxResponse     int           // runtime response body limit, bytes
@@ -81,6 +82,9 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 		"folder with the runtime client; LAMBDA_RUNTIME_DIR of the runtime (env KUBELAMBDA_RUNTIME_DIR)")
 	runtimeName := fs.String("runtime-name", env("KUBELAMBDA_RUNTIME_NAME", "provided"),
 		"runtime identifier for AWS_EXECUTION_ENV, e.g. python3.12 (env KUBELAMBDA_RUNTIME_NAME)")
+	subst := fs.String("runtime-substitute", env("KUBELAMBDA_RUNTIME_SUBSTITUTE", ""),
+		"set by a local dev cluster that runs the runtime on an interpreter of another version: what ran, "+
+			"logged at start and added to every REPORT line (env KUBELAMBDA_RUNTIME_SUBSTITUTE)")
 	maxReq := fs.String("max-request-bytes", env("KUBELAMBDA_MAX_REQUEST_BYTES", strconv.Itoa(defaultMaxPayload)),
 		"largest invoke payload accepted (env KUBELAMBDA_MAX_REQUEST_BYTES)")
 	maxResp := fs.String("max-response-bytes", env("KUBELAMBDA_MAX_RESPONSE_BYTES", strconv.Itoa(defaultMaxPayload)),
@@ -100,7 +104,7 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 
 	c := &Config{
 		FunctionName: *name, FunctionVersion: *version, Region: *region, Handler: *handler,
-		TaskRoot: *taskRoot, RuntimeDir: *runtimeDir, RuntimeName: *runtimeName,
+		TaskRoot: *taskRoot, RuntimeDir: *runtimeDir, RuntimeName: *runtimeName, RuntimeSubst: *subst,
 	}
 	var errs []error
 	bad := func(key, value, why string) {

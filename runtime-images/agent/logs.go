@@ -195,6 +195,7 @@ type reportInfo struct {
 	memoryMB int
 	maxMemMB int
 	initDur  time.Duration
+	subst    string // Config.RuntimeSubst
 }
 
 // direct writes lines straight to stdout, for invocations answered without a worker; capture, if
@@ -245,6 +246,11 @@ func formatReport(id string, d time.Duration, ri reportInfo) string {
 			b.WriteString(ri.errType)
 			b.WriteString("\t")
 		}
+	}
+	if ri.subst != "" {
+		b.WriteString("Runtime Substitute: ")
+		b.WriteString(ri.subst)
+		b.WriteString("\t")
 	}
 	return b.String()
 }

@@ -22,6 +22,8 @@ func TestFormatReport(t *testing.T) {
 			"REPORT RequestId: r1\tDuration: 3000.00 ms\tBilled Duration: 3000 ms\tMemory Size: 512 MB\tMax Memory Used: 0 MB\tStatus: timeout\t"},
 		{"error", time.Millisecond, reportInfo{memoryMB: 128, status: "error", errType: "Runtime.ExitError"},
 			"REPORT RequestId: r1\tDuration: 1.00 ms\tBilled Duration: 1 ms\tMemory Size: 128 MB\tMax Memory Used: 0 MB\tStatus: error\tError Type: Runtime.ExitError\t"},
+		{"substituted", time.Millisecond, reportInfo{memoryMB: 128, maxMemMB: 9, subst: "python3.13 on /usr/bin/python3.11 (3.11.7)"},
+			"REPORT RequestId: r1\tDuration: 1.00 ms\tBilled Duration: 1 ms\tMemory Size: 128 MB\tMax Memory Used: 9 MB\tRuntime Substitute: python3.13 on /usr/bin/python3.11 (3.11.7)\t"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -51,6 +51,10 @@ func run(cfg *Config) error {
 	log.line(fmt.Sprintf("kubelambda-agent: serving invokes on %s, Runtime API on %s (+%d), %d worker(s) of %q%s",
 		invokeLn.Addr(), cfg.RuntimeAPI, cfg.Workers-1, cfg.Workers, cfg.RuntimeCmd, cfg.Generic.describe()))
 
+	if cfg.RuntimeSubst != "" {
+		log.line("kubelambda-agent: RUNTIME SUBSTITUTED (dev opt-in): " + cfg.RuntimeSubst)
+	}
+
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	s := <-sig

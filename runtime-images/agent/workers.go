@@ -256,6 +256,7 @@ func (p *pool) finishTimeout(inv *invocation, pr *proc) {
 // answerWithoutWorker answers inv with r when no worker ran it (init error, timeout while waiting).
 func (p *pool) answerWithoutWorker(inv *invocation, r result, ri reportInfo, extra ...string) {
 	inv.markStarted()
+	ri.subst = p.cfg.RuntimeSubst
 	lines := append([]string{startLine(inv.id, p.cfg.FunctionVersion)}, extra...)
 	lines = append(lines, formatEnd(inv.id), formatReport(inv.id, inv.sinceStart(), ri))
 	p.log.direct(inv.tail, true, lines...)
@@ -272,6 +273,7 @@ func (p *pool) logStart(pr *proc, inv *invocation) {
 
 // logReport writes extra lines, END and REPORT for inv, in order with pr's output.
 func (p *pool) logReport(pr *proc, inv *invocation, ri reportInfo, extra ...string) {
+	ri.subst = p.cfg.RuntimeSubst
 	lines := append(extra, formatEnd(inv.id), formatReport(inv.id, inv.sinceStart(), ri))
 	if !pr.log.emit(nil, "", lines...) {
 		p.log.direct(inv.tail, true, lines...)

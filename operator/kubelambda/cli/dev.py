@@ -81,6 +81,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     argv += ["--pod-network", args.pod_network, "--limits", args.limits]
     if not args.platform:
         argv.append("--no-platform")
+    if args.substitute_runtimes:
+        argv.append("--substitute-runtimes")
     with log.open("ab") as out:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -152,6 +154,17 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
 
 def cmd_dev_serve(args: argparse.Namespace) -> int:
     from kubelambda.devcluster import serve
+    from kubelambda.devcluster._interpreters import SUBSTITUTE_ENV, substitution_allowed
+
+    if args.substitute_runtimes:
+        os.environ[SUBSTITUTE_ENV] = "1"  # read by the node when it starts a runtime container
+    if substitution_allowed():
+        print(
+            f"warning: runtime substitution is on ({SUBSTITUTE_ENV}): a Function whose runtime's interpreter is "
+            "not installed runs on another version of it (the agent's log and REPORT lines say which)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     return asyncio.run(
         serve(
@@ -186,6 +199,13 @@ def register(commands: Any) -> None:
         dest="platform",
         action="store_false",
         help="only Kubernetes: no kubelambda operator and gateway (the test suites run their own)",
+    )
+    up.add_argument(
+        "--substitute-runtimes",
+        action="store_true",
+        help="dev opt-in: run a runtime whose interpreter version is not installed on another version of it "
+        "(e.g. python3.13 on Python 3.11; logged, and named in every REPORT line); also "
+        "KUBELAMBDA_DEV_SUBSTITUTE_RUNTIMES=1. Default: such a Function waits with reason RuntimeUnavailable",
     )
     up.set_defaults(func=cmd_dev_up)
 
@@ -226,5 +246,12 @@ def register(commands: Any) -> None:
         dest="platform",
         action="store_false",
         help="only Kubernetes: no kubelambda operator and gateway (the test suites run their own)",
+    )
+    serve.add_argument(
+        "--substitute-runtimes",
+        action="store_true",
+        help="dev opt-in: run a runtime whose interpreter version is not installed on another version of it "
+        "(e.g. python3.13 on Python 3.11; logged, and named in every REPORT line); also "
+        "KUBELAMBDA_DEV_SUBSTITUTE_RUNTIMES=1. Default: such a Function waits with reason RuntimeUnavailable",
     )
     serve.set_defaults(func=cmd_dev_serve)

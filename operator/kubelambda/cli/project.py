@@ -35,21 +35,13 @@ from kubelambda.cli._package import (
     upload,
 )
 from kubelambda.cli.functions import API_VERSION, function_path, with_kube
+from kubelambda.runtimes.table import RUNTIMES as RUNTIME_TABLE
 
 if TYPE_CHECKING:
     from kubelambda.kube import ApiError, KubeClient
 
-TEMPLATE_OF = {
-    "python3.12": "python",
-    "python3.13": "python",
-    "nodejs20": "nodejs",
-    "nodejs22": "nodejs",
-    "java21": "java",
-    "go": "go",
-    "ruby3.3": "ruby",
-    "provided": "provided",
-}
-RUNTIMES = tuple(TEMPLATE_OF)  # the API's runtimes (tests/unit/test_cli_format.py checks they match)
+TEMPLATE_OF = {rt.name: rt.scaffold for rt in RUNTIME_TABLE.values()}  # from the runtime table
+RUNTIMES = tuple(TEMPLATE_OF)
 EXECUTABLE_TEMPLATES = {"bootstrap"}
 TEMPLATE_SUFFIX = ".tmpl"  # Python templates are stored as .py.tmpl so that mypy and ruff leave them alone
 # Ready=False reasons that only mean "wait": anything else is reported as a failed deploy.

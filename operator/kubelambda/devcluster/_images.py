@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubelambda.runtimes.table import FAMILIES
+
 IMAGE_NOT_RUNNABLE = "ImageNotRunnableLocally"
 COMMAND_NOT_FOUND = "CommandNotFoundLocally"
 
@@ -45,8 +47,10 @@ class LocalImage:
 
 def _runtime_entrypoint(env: dict[str, str]) -> list[str]:
     """A runtime image's entrypoint on the local node: the agent, bound to the pod's address, with the task root
-    under ``$KUBELAMBDA_ROOTFS`` and this machine's runtime client. Computed in the node (no interpreter starts
+    under ``$KUBELAMBDA_ROOTFS`` and this machine's runtime client, on the interpreter of the runtime's version
+    (``_interpreters``: none installed = ``RuntimeUnavailable``). Computed in the node (no interpreter starts
     just to work out the agent's command line: that cost ≈0.3 s of every cold start)."""
+    from kubelambda.devcluster import _interpreters
     from kubelambda.runtimes import RUNTIMES, agent_binary, local_runtime_dir, worker_command
 
     runtime = env.get("KUBELAMBDA_RUNTIME_NAME", "")
@@ -55,6 +59,13 @@ def _runtime_entrypoint(env: dict[str, str]) -> list[str]:
             COMMAND_NOT_FOUND,
             f"runtime {runtime!r} (KUBELAMBDA_RUNTIME_NAME) cannot run locally; known: {', '.join(RUNTIMES)}",
         )
+    try:
+        interpreter = _interpreters.resolve(runtime, substitute=_interpreters.substitution_allowed())
+    except _interpreters.RuntimeUnavailable as e:
+        raise NotRunnable(_interpreters.RUNTIME_UNAVAILABLE, str(e)) from None
+    if interpreter.substitute_for:
+        # The agent logs it and adds it to every REPORT line.
+        env["KUBELAMBDA_RUNTIME_SUBSTITUTE"] = f"{runtime} on {interpreter.describe()}"
     rootfs = Path(env["KUBELAMBDA_ROOTFS"])
     ip = env["KUBELAMBDA_POD_IP"]
     task_root = rootfs / env.get("LAMBDA_TASK_ROOT", "/var/task").lstrip("/")
@@ -67,11 +78,25 @@ def _runtime_entrypoint(env: dict[str, str]) -> list[str]:
         f"--task-root={task_root}",
         f"--runtime-dir={runtime_dir}",
         "--",
-        *worker_command(runtime, runtime_dir=runtime_dir),
+        *worker_command(runtime, runtime_dir=runtime_dir, interpreter=interpreter.path),
     ]
 
 
+def _runtime_images() -> dict[str, LocalImage]:
+    """One runtime image per family of the runtime table (the tag picks the runtime: KUBELAMBDA_RUNTIME_NAME)."""
+    out = {}
+    for family in FAMILIES.values():
+        client = f"runtime-images/{family.name}" if family.programs else "the function's bootstrap"
+        out[f"ghcr.io/kubelambda/{family.image}"] = LocalImage(
+            f"the {family.title} runtime: the agent on $KUBELAMBDA_POD_IP:8080 + {client}"
+            + (f", on this machine's {family.title} of the runtime's version" if family.programs else ""),
+            prepare=_runtime_entrypoint,
+        )
+    return out
+
+
 # Keys are repositories without tag or digest. Keep sorted; each line is documented in docs/local-cluster.md.
+# The runtime images (ghcr.io/kubelambda/runtime-<family>) come from the runtime table.
 IMAGES: dict[str, LocalImage] = {
     "alpine": LocalImage("a shell; commands resolve against this machine's PATH", cmd=("sh",)),
     "busybox": LocalImage("a shell; commands resolve against this machine's PATH", cmd=("sh",)),
@@ -80,26 +105,7 @@ IMAGES: dict[str, LocalImage] = {
         entrypoint=(_PYTHON, "-m", "kubelambda"),
         paths={"kubelambda": _PYTHON, **_PYTHON_PATHS},
     ),
-    "ghcr.io/kubelambda/runtime-java": LocalImage(
-        "the Java runtime: the agent on $KUBELAMBDA_POD_IP:8080 + runtime-images/java",
-        prepare=_runtime_entrypoint,
-    ),
-    "ghcr.io/kubelambda/runtime-nodejs": LocalImage(
-        "the Node.js runtime: the agent on $KUBELAMBDA_POD_IP:8080 + runtime-images/nodejs",
-        prepare=_runtime_entrypoint,
-    ),
-    "ghcr.io/kubelambda/runtime-provided": LocalImage(
-        "the provided (custom) runtime, also used by go: the agent on $KUBELAMBDA_POD_IP:8080 running the bootstrap",
-        prepare=_runtime_entrypoint,
-    ),
-    "ghcr.io/kubelambda/runtime-python": LocalImage(
-        "the Python runtime: the agent on $KUBELAMBDA_POD_IP:8080 + runtime-images/python",
-        prepare=_runtime_entrypoint,
-    ),
-    "ghcr.io/kubelambda/runtime-ruby": LocalImage(
-        "the Ruby runtime: the agent on $KUBELAMBDA_POD_IP:8080 + runtime-images/ruby",
-        prepare=_runtime_entrypoint,
-    ),
+    **_runtime_images(),
     "kubelambda.io/dev/httpserver": LocalImage(
         "a tiny HTTP server on $KUBELAMBDA_POD_IP:8080 that answers with the pod's name (tests, demo)",
         entrypoint=(_PYTHON, "-m", "kubelambda.devcluster.httpserver"),

@@ -7,43 +7,30 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-Family = Literal["python", "nodejs", "java", "ruby", "provided"]
-
+from kubelambda.runtimes import table
+from kubelambda.runtimes.table import FamilyName
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    """A runtime of the Function API and how its worker process is started."""
+    """A runtime of the Function API and how its worker process is started (a view of the runtime table)."""
 
     name: str  # Function.spec.runtime, e.g. python3.12
-    family: Family
+    family: FamilyName
     image: str  # repository of its runtime image
     folder: str  # runtime-images/<folder>: the runtime client
     entry: str  # the client's entry file inside that folder (java: the class path inside it)
 
 
 RUNTIMES: Mapping[str, RuntimeSpec] = {
-    spec.name: spec
-    for spec in (
-        RuntimeSpec("python3.12", "python", "kubelambda/runtime-python", "python", "bootstrap.py"),
-        RuntimeSpec("python3.13", "python", "kubelambda/runtime-python", "python", "bootstrap.py"),
-        RuntimeSpec("nodejs20", "nodejs", "kubelambda/runtime-nodejs", "nodejs", "index.mjs"),
-        RuntimeSpec("nodejs22", "nodejs", "kubelambda/runtime-nodejs", "nodejs", "index.mjs"),
-        RuntimeSpec("java21", "java", "kubelambda/runtime-java", "java", "lib/*"),
-        RuntimeSpec("ruby3.3", "ruby", "kubelambda/runtime-ruby", "ruby", "bootstrap.rb"),
-        # `provided` before `go`: both are runtime-provided images, and an unknown tag means `provided`.
-        RuntimeSpec("provided", "provided", "kubelambda/runtime-provided", "provided", "launch"),
-        RuntimeSpec("go", "provided", "kubelambda/runtime-provided", "provided", "launch"),
-    )
+    rt.name: RuntimeSpec(rt.name, rt.family, f"kubelambda/{rt.spec.image}", rt.family, rt.spec.entry)
+    for rt in table.RUNTIMES.values()
 }
 
 
 def _spec(runtime: str) -> RuntimeSpec:
-    try:
-        return RUNTIMES[runtime]
-    except KeyError:
-        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(sorted(RUNTIMES))}") from None
+    table.runtime(runtime)  # the error naming the known runtimes
+    return RUNTIMES[runtime]
 
 
 def runtime_for_image(image: str) -> RuntimeSpec | None:
@@ -55,43 +42,32 @@ def runtime_for_image(image: str) -> RuntimeSpec | None:
     name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
     candidates = [s for s in RUNTIMES.values() if name == s.image or name.endswith("/" + s.image)]
     for spec in candidates:
-        if spec.name.endswith(tag) and tag:
+        if tag and table.RUNTIMES[spec.name].tag == tag:
             return spec
     return candidates[0] if candidates else None
 
 
-def worker_command(
-    runtime: str,
-    *,
-    runtime_dir: Path | str,
-    python: str = sys.executable,
-    node: str = "node",
-    java: str = "java",
-    ruby: str = "ruby",
-) -> list[str]:
-    """argv of one worker process for ``runtime`` whose client lies in ``runtime_dir``.
+def default_interpreter(runtime: str) -> str:
+    """The interpreter ``runtime`` runs on when none is named: this Python for Python runtimes (``kubelambda
+    invoke --local`` and the tests), the family's program on PATH otherwise; "" when it needs none."""
+    family = table.runtime(runtime).spec
+    return sys.executable if family.name == "python" else family.program
+
+
+def worker_command(runtime: str, *, runtime_dir: Path | str, interpreter: str | None = None) -> list[str]:
+    """argv of one worker process for ``runtime`` whose client lies in ``runtime_dir``, on ``interpreter``
+    (default :func:`default_interpreter`).
 
     In an image ``runtime_dir`` is /opt/kubelambda/runtime; locally runtime-images/<folder>, except for
     Java, whose client is compiled: the folder ``hack/build-runtime-java.sh`` prints (``java_runtime_dir()``).
     ``provided`` and ``go`` run ``launch``, which execs ``$LAMBDA_TASK_ROOT/bootstrap`` (or ``/opt/bootstrap``).
     """
     spec = _spec(runtime)
-    entry = str(Path(runtime_dir) / spec.entry)
-    if spec.family == "python":
-        return [python, entry]
-    if spec.family == "java":
-        return [java, *JAVA_OPTIONS, "-cp", entry, JAVA_MAIN]
-    if spec.family == "ruby":
-        return [ruby, entry]
-    if spec.family == "provided":
-        return [entry]
-    return [node, entry]
-
-
-JAVA_MAIN = "io.kubelambda.runtime.Bootstrap"
-# As Lambda's Java runtimes: C1 only (the fastest start for short-lived work) and the serial collector
-# (one invocation at a time per worker). Users add their own through JAVA_TOOL_OPTIONS.
-JAVA_OPTIONS = ("-XX:+TieredCompilation", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xshare:auto")
+    fill = {
+        "interpreter": interpreter if interpreter is not None else default_interpreter(runtime),
+        "entry": str(Path(runtime_dir) / spec.entry),
+    }
+    return [part.format_map(fill) for part in table.FAMILIES[spec.family].worker]
 
 
 @dataclass(frozen=True)
@@ -127,10 +103,7 @@ def local_command(
     base_env: Mapping[str, str] | None = None,
     runtime_dir: Path | str | None = None,
     runtime_cmd: Sequence[str] | None = None,
-    python: str = sys.executable,
-    node: str = "node",
-    java: str = "java",
-    ruby: str = "ruby",
+    interpreter: str | None = None,
 ) -> LocalCommand:
     """The agent's command line for running ``handler`` from ``code_dir`` locally.
 
@@ -149,7 +122,7 @@ def local_command(
     cmd = (
         list(runtime_cmd)
         if runtime_cmd is not None
-        else worker_command(runtime, runtime_dir=rdir, python=python, node=node, java=java, ruby=ruby)
+        else worker_command(runtime, runtime_dir=rdir, interpreter=interpreter)
     )
     code = str(Path(code_dir).resolve())
     argv = [
@@ -216,10 +189,7 @@ def pod_command(
     agent: Path | str,
     args: Sequence[str] = (),
     runtime_dir: Path | str | None = None,
-    python: str = sys.executable,
-    node: str = "node",
-    java: str = "java",
-    ruby: str = "ruby",
+    interpreter: str | None = None,
 ) -> LocalCommand | None:
     """How the local node runs a container of a runtime image as processes; None for other images.
 
@@ -241,7 +211,7 @@ def pod_command(
             "KUBELAMBDA_TASK_ROOT": str(task_root),
             "KUBELAMBDA_RUNTIME_DIR": str(rdir),
             "KUBELAMBDA_RUNTIME_CMD": json.dumps(
-                worker_command(spec.name, runtime_dir=rdir, python=python, node=node, java=java, ruby=ruby)
+                worker_command(spec.name, runtime_dir=rdir, interpreter=interpreter)
             ),
             "LAMBDA_TASK_ROOT": str(task_root),
             "LAMBDA_RUNTIME_DIR": str(rdir),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -18,8 +18,14 @@ from kubelambda.api.v1alpha1._common import (
     validations,
 )
 
-Runtime = Literal["python3.12", "python3.13", "nodejs20", "nodejs22", "java21", "go", "ruby3.3", "provided"]
-RUNTIMES: tuple[str, ...] = get_args(Runtime)
+from kubelambda.runtimes.table import FAMILIES, RUNTIME_NAMES
+
+# The runtimes come from the runtime table (kubelambda/runtimes/table.py); the CRD's enum is generated from it.
+if TYPE_CHECKING:
+    Runtime = str
+else:
+    Runtime = Literal[RUNTIME_NAMES]
+RUNTIMES: tuple[str, ...] = RUNTIME_NAMES
 
 # Lambda's reserved environment variables: a function may not set them (they describe the execution environment).
 RESERVED_ENV = (
@@ -41,18 +47,9 @@ RESERVED_ENV = (
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENV_MAX_BYTES = 4096  # Lambda: 4 KB for all keys and values together
 
-# Handler formats per runtime (docs/runtimes.md, "Runtimes"), as RE2 patterns for CEL's matches().
+# Handler formats per runtime family (docs/runtimes.md, "Runtimes"), as RE2 patterns for CEL's matches(), from the runtime table.
 HANDLER_PATTERNS: dict[str, tuple[str, str]] = {
-    "python": (r"^([A-Za-z0-9_.-]+/)*[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*$", "module.function"),
-    "nodejs": (r"^([A-Za-z0-9_.-]+/)*[A-Za-z0-9_-]+\.[A-Za-z_$][A-Za-z0-9_$.]*$", "file.export"),
-    "java": (
-        r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*(::[A-Za-z_$][A-Za-z0-9_$]*)?$",
-        "package.Class::method or package.Class",
-    ),
-    "ruby": (
-        r"^([A-Za-z0-9_.-]+/)*[A-Za-z0-9_-]+\.([A-Z][A-Za-z0-9_]*::)*[A-Za-z_][A-Za-z0-9_]*[?!]?$",
-        "file.method or file.Module::Class.method",
-    ),
+    f.name: (f.handler, f.handler_shape) for f in FAMILIES.values() if f.handler
 }
 
 
