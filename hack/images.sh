@@ -28,7 +28,7 @@ say() { echo "images: $*" >&2; }
 started=$SECONDS
 
 # name | tag | Dockerfile | context | build args (both ways) | Debian release ("-": needs the official base) |
-# build args on a Debian base. Tags follow operator/kubelambda/settings.py (_RUNTIME_TAGS): <family>:<version>.
+# build args on a Debian base. Tags follow the runtime table (operator/kubelambda/runtimes/table.py): <family>:<version>.
 table="$(cat <<TABLE
 kubelambda|$version|Dockerfile|.||bookworm|PACKAGES=python3 BUILD_PACKAGES=python3-venv
 runtime-python|3.11|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.11|bookworm|PACKAGES=python3

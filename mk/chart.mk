@@ -15,7 +15,9 @@ KIND_VERSION := v0.33.0
 KIND ?= $(or $(shell command -v kind 2>/dev/null),go run sigs.k8s.io/kind@$(KIND_VERSION))
 KIND_CLUSTER := kubelambda
 E2E_NAMESPACE := kubelambda-system
-# The runtime families (runtime-images/<family>/Dockerfile); hack/images.sh lists the tags of each.
+# The runtime families (runtime-images/<family>/Dockerfile); hack/images.sh lists the tags of each
+# (tests/unit/runtimes/test_runtimes_table.py: one per runtime of the runtime table at least). RUNTIME_IMAGES, the
+# runtime images of the runtime table, comes from mk/runtime-images.mk (generated: make runtimes-generate).
 RUNTIME_FAMILIES := python nodejs java ruby provided
 
 .PHONY: chart-crds chart-lint chart-test require-docker docker-up images images-test image-kubelambda \
@@ -69,7 +71,7 @@ kind-up: require-docker binaries
 	$(KIND) get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --config kind-config.yaml --wait 120s
 	$(MAKE) images PUSH=
 	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_REGISTRY)/kubelambda:$(VERSION) \
-		$(foreach t,python:3.12 python:3.13 nodejs:20 nodejs:22 java:21 ruby:3.3 provided:latest provided:go,$(IMAGE_REGISTRY)/runtime-$(t))
+		$(addprefix $(IMAGE_REGISTRY)/,$(RUNTIME_IMAGES))
 	$(HELM) upgrade --install kubelambda $(CHART) --namespace $(E2E_NAMESPACE) --create-namespace \
 		--kube-context kind-$(KIND_CLUSTER) --set image.pullPolicy=Never \
 		--set gateway.service.type=NodePort --set gateway.service.nodePort=30080 \

@@ -1,8 +1,14 @@
 # The per-pod agent and the runtime clients (runtime-images/). Included by the top-level Makefile.
 AGENT_DIR := runtime-images/agent
 
-.PHONY: agent agent-test agent-fuzz runtimes-build runtimes-java runtimes-ric runtimes-test runtimes-dockerfiles \
+.PHONY: runtimes-generate agent agent-test agent-fuzz runtimes-build runtimes-java runtimes-ric runtimes-test runtimes-dockerfiles \
 	agent-bench runtimes-bench
+
+# The files generated from the runtime table (operator/kubelambda/runtimes/table.py): the chart's values schema
+# and mk/runtime-images.mk; then the CRDs and docs/reference.md, which take the runtimes from the API models.
+runtimes-generate: venv
+	$(PY) -m kubelambda.runtimes.generate
+	$(MAKE) crds chart-crds docs-reference
 
 # Builds (or finds cached) the static agent binary and prints its path.
 agent:

@@ -19,6 +19,7 @@ SCALE_FIELD_MANAGER = "kubelambda-autoscaler"
 """The field manager that owns a function Deployment's ``spec.replicas`` (the autoscaler; the operator hands
 the initial scale over to it when it creates the Deployment)."""
 
+
 def default_runtime_images(registry: str) -> dict[str, str]:
     """Runtime → ``<registry>/runtime-<family>:<tag>``, from the runtime table."""
     return {name: runtime_image(name, registry) for name in RUNTIMES}

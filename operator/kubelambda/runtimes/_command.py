@@ -11,6 +11,7 @@ from pathlib import Path
 from kubelambda.runtimes import table
 from kubelambda.runtimes.table import FamilyName
 
+
 @dataclass(frozen=True)
 class RuntimeSpec:
     """A runtime of the Function API and how its worker process is started (a view of the runtime table)."""

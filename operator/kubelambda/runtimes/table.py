@@ -25,7 +25,9 @@ class Family:
 
     name: FamilyName
     title: str  # for people: "Python"
-    entry: str  # the runtime client inside runtime-images/<name>/ (java: the class path inside the built folder)
+    entry: (
+        str  # the runtime client inside runtime-images/<name>/ (java: the class path inside the built folder)
+    )
     version_arg: str  # the Dockerfile's build argument that picks the runtime's version
     handler: str = ""  # RE2 pattern a handler must match (CEL's matches()); "" = any (the bootstrap reads it)
     handler_shape: str = ""  # the pattern in words, for the error message
@@ -95,7 +97,11 @@ FAMILIES: Mapping[FamilyName, Family] = {
             version_arg="JAVA_VERSION",
             handler=r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*(::[A-Za-z_$][A-Za-z0-9_$]*)?$",
             handler_shape="package.Class::method or package.Class",
-            programs=("/usr/lib/jvm/java-{v}-openjdk-*/bin/java", "/usr/lib/jvm/temurin-{v}-*/bin/java", "java"),
+            programs=(
+                "/usr/lib/jvm/java-{v}-openjdk-*/bin/java",
+                "/usr/lib/jvm/temurin-{v}-*/bin/java",
+                "java",
+            ),
             version_probe=("-version",),
             worker=("{interpreter}", *JAVA_OPTIONS, "-cp", "{entry}", JAVA_MAIN),
             program="java",
@@ -112,7 +118,13 @@ FAMILIES: Mapping[FamilyName, Family] = {
             program="ruby",
         ),
         # The function brings its own `bootstrap` (Go, Rust, a shell script...): the image only has the agent.
-        Family("provided", "OS-only (custom runtime)", entry="launch", version_arg="RUNTIME_NAME", worker=("{entry}",)),
+        Family(
+            "provided",
+            "OS-only (custom runtime)",
+            entry="launch",
+            version_arg="RUNTIME_NAME",
+            worker=("{entry}",),
+        ),
     )
 }
 

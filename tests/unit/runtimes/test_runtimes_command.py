@@ -31,7 +31,7 @@ def flags(argv: list[str]) -> dict[str, str]:
     ids=["python3.12", "python3.13", "nodejs20", "nodejs22"],
 )
 def test_worker_command_per_runtime(runtime: str, interpreter: str, entry: str, tmp_path: Path) -> None:
-    cmd = local_command(runtime, tmp_path, "app.handler", agent=AGENT, python="/usr/bin/python3")
+    cmd = local_command(runtime, tmp_path, "app.handler", agent=AGENT, interpreter=interpreter)
     worker = cmd.argv[cmd.argv.index("--") + 1 :]
     assert worker[0] == interpreter
     assert worker[1].endswith(entry)
@@ -115,7 +115,7 @@ def test_local_command_rejects(kwargs: dict[str, object], message: str, tmp_path
         ("kubelambda/runtime-python:3.13", "python3.13"),
         ("kubelambda/runtime-python:3.12", "python3.12"),
         ("ghcr.io/acme/kubelambda/runtime-python:3.12", "python3.12"),
-        ("kubelambda/runtime-python", "python3.12"),
+        ("kubelambda/runtime-python", "python3.11"),
         ("kubelambda/runtime-nodejs:22", "nodejs22"),
         ("localhost:5000/kubelambda/runtime-nodejs:20", "nodejs20"),
         ("kubelambda/kubelambda:0.1.0", None),
@@ -129,7 +129,7 @@ def test_runtime_for_image(image: str, runtime: str | None) -> None:
 
 
 def test_worker_command_in_an_image() -> None:
-    assert worker_command("python3.13", runtime_dir="/opt/kubelambda/runtime", python="python3") == [
+    assert worker_command("python3.13", runtime_dir="/opt/kubelambda/runtime", interpreter="python3") == [
         "python3",
         "/opt/kubelambda/runtime/bootstrap.py",
     ]
@@ -162,7 +162,7 @@ def test_pod_command_binds_the_pod_ip(settings: dict[str, str], listen: str, run
         task_root="/tmp/pod/var-task",
         agent=AGENT,
         runtime_dir="/src/runtime-images/python",
-        python="/usr/bin/python3",
+        interpreter="/usr/bin/python3",
     )
     assert cmd is not None
     assert cmd.argv == [AGENT]

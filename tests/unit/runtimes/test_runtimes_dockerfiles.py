@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kubelambda.runtimes import RUNTIMES, runtime_images_dir, worker_command
+from kubelambda.runtimes.table import FAMILIES
 
 CONTEXT = runtime_images_dir()  # every Dockerfile is built with runtime-images/ as its context
 DOCKERFILES = sorted(CONTEXT.glob("*/Dockerfile"))
@@ -24,7 +25,6 @@ FUNCTION_BUILDERS = {"go"}
 # Build inputs that hack/images.sh compiles on the host and puts in a copy of the context (offline builds).
 PREBUILT = ".prebuilt/"
 # The interpreter names the images put on PATH.
-IMAGE_TOOLS = {"python": "python3", "node": "node", "java": "java", "ruby": "ruby"}
 
 
 @dataclass
@@ -159,8 +159,9 @@ def test_image_runtime_command_matches_the_runtime_table(runtime: str) -> None:
     final = stages[-1]
     env = env_of(final, stage_args(final, args))
     command = json.loads(env["KUBELAMBDA_RUNTIME_CMD"])
-    tools = {k: v for k, v in IMAGE_TOOLS.items()}
-    assert command == worker_command(runtime, runtime_dir=RUNTIME_DIR, **tools)
+    # In an image the interpreter is the family's program on PATH (python3, node, java, ruby).
+    program = FAMILIES[spec.family].program
+    assert command == worker_command(runtime, runtime_dir=RUNTIME_DIR, interpreter=program)
     # The runtime name the image reports is one of the family's runtimes (the version comes from a build ARG).
     assert env["KUBELAMBDA_RUNTIME_NAME"] in {r for r, s in RUNTIMES.items() if s.folder == spec.folder}
 

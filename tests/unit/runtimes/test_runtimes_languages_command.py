@@ -44,14 +44,16 @@ RDIR = "/opt/kubelambda/runtime"
     ids=["java21", "ruby3.3", "provided", "go"],
 )
 def test_worker_command(runtime: str, argv: list[str]) -> None:
-    assert worker_command(runtime, runtime_dir=RDIR, java="/usr/bin/java", ruby="/usr/bin/ruby") == argv
+    interpreter = argv[0] if argv[0].startswith("/usr/bin/") else None
+    assert worker_command(runtime, runtime_dir=RDIR, interpreter=interpreter) == argv
 
 
 @pytest.mark.parametrize(
     ("image", "runtime"),
     [
         ("ghcr.io/kubelambda/runtime-java:21", "java21"),
-        ("kubelambda/runtime-java", "java21"),
+        ("ghcr.io/kubelambda/runtime-java:17", "java17"),
+        ("kubelambda/runtime-java", "java17"),
         ("ghcr.io/kubelambda/runtime-ruby:3.3", "ruby3.3"),
         ("ghcr.io/kubelambda/runtime-provided:latest", "provided"),
         ("ghcr.io/kubelambda/runtime-provided:go", "go"),
@@ -67,10 +69,12 @@ def test_runtime_for_image(image: str, runtime: str) -> None:
 
 def test_every_function_api_runtime_is_in_the_table() -> None:
     assert set(RUNTIMES) == {
+        "python3.11",
         "python3.12",
         "python3.13",
         "nodejs20",
         "nodejs22",
+        "java17",
         "java21",
         "go",
         "ruby3.3",
@@ -86,9 +90,13 @@ def test_local_command_for_provided_uses_the_launcher(tmp_path: Path) -> None:
 
 
 def test_local_command_passes_the_interpreters(tmp_path: Path) -> None:
-    java = local_command("java21", tmp_path, "a.B::c", agent=AGENT, runtime_dir=RDIR, java="/jdk/bin/java")
+    java = local_command(
+        "java21", tmp_path, "a.B::c", agent=AGENT, runtime_dir=RDIR, interpreter="/jdk/bin/java"
+    )
     assert java.argv[java.argv.index("--") + 1] == "/jdk/bin/java"
-    ruby = local_command("ruby3.3", tmp_path, "app.handler", agent=AGENT, runtime_dir=RDIR, ruby="/rb/ruby")
+    ruby = local_command(
+        "ruby3.3", tmp_path, "app.handler", agent=AGENT, runtime_dir=RDIR, interpreter="/rb/ruby"
+    )
     assert ruby.argv[ruby.argv.index("--") + 1 :] == ["/rb/ruby", f"{RDIR}/bootstrap.rb"]
 
 

@@ -17,7 +17,6 @@ from kubelambda.api.v1alpha1._common import (
     exactly_one,
     validations,
 )
-
 from kubelambda.runtimes.table import FAMILIES, RUNTIME_NAMES
 
 # The runtimes come from the runtime table (kubelambda/runtimes/table.py); the CRD's enum is generated from it.
