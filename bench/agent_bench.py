@@ -30,7 +30,9 @@ from pathlib import Path
 
 from _common import pct
 from kubelambda.runtimes import agent_binary, local_command, runtime_images_dir
-from kubelambda.runtimes.ric import cache_dir, ensure_awslambdaric
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from kltest.ric import cache_dir, ensure_awslambdaric
 
 RIE_MODULE = "github.com/aws/aws-lambda-runtime-interface-emulator"
 RIE_VERSION = "v0.0.0-20261030222936-bef5c4ba774d"

@@ -310,7 +310,7 @@ async def end_to_end(
     done.set()
     await sampler
     print(
-        "\n== 2. end to end to a no-op python3.12 function (gateway with its in-process worker, default settings)"
+        "\n== 2. end to end to a no-op python3.11 function (gateway with its in-process worker, default settings)"
     )
     print(
         f"  backlog of {backlog} events worked off in {drain:.1f} s: {backlog / drain:8.0f} events/s"
@@ -375,7 +375,7 @@ async def main() -> None:
                     "kind": "Function",
                     "metadata": {"name": "noop", "namespace": NS},
                     "spec": {
-                        "runtime": "python3.12",
+                        "runtime": "python3.11",
                         "handler": "app.handler",
                         "code": {"inline": {"app.py": HANDLER}},
                         "concurrency": {"perInstance": 8},

@@ -254,7 +254,7 @@ async def run(args: argparse.Namespace, state: DevState, tmp: Path) -> None:
                     "kind": "Function",
                     "metadata": {"name": "probe"},
                     "spec": {
-                        "runtime": "python3.12",
+                        "runtime": "python3.11",
                         "handler": "app.handler",
                         "code": {"inline": {"app.py": HANDLER}},
                         "timeoutSeconds": 30,

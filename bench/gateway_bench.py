@@ -40,7 +40,7 @@ def fn(name: str, scaling: dict[str, Any]) -> dict[str, Any]:
         "kind": "Function",
         "metadata": {"name": name, "namespace": NS},
         "spec": {
-            "runtime": "python3.12",
+            "runtime": "python3.11",
             "handler": "app.handler",
             "code": {"inline": {"app.py": HANDLER}},
             "scaling": scaling,
@@ -151,7 +151,7 @@ async def cold_starts(kube: KubeClient, http: aiohttp.ClientSession, gateway: st
                 marks[key].append(seen[key] * 1000)
         for key, value in (await plain_cold_start(kube, http)).items():
             plain[key].append(value)
-    print(f"== 1. cold start from zero to first response, {runs} runs (python3.12 no-op handler)")
+    print(f"== 1. cold start from zero to first response, {runs} runs (python3.11 no-op handler)")
     print(f"  {'':<42} {'through the gateway':>27}   {'baseline: plain Deployment':>27}")
     labels = {
         "created": "pod created (scale write + ReplicaSet)",

@@ -362,7 +362,7 @@ async def main(n: int, batches: list[int], only: list[str]) -> None:
     finally:
         await asyncio.gather(*(s.stop() for s in servers.values()), return_exceptions=True)
         cluster.stop()
-    print(f"\nqueue bridges, {n} messages per run, maxConcurrency {CONCURRENCY}, no-op python3.12 function")
+    print(f"\nqueue bridges, {n} messages per run, maxConcurrency {CONCURRENCY}, no-op python3.11 function")
     print("| broker | batch | bridge end to end (rec/s) | client ceiling (rec/s) | bridge / ceiling |")
     print("|---|---|---|---|---|")
     for kind, batch, ceiling, bridged in rows:

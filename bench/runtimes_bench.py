@@ -33,7 +33,9 @@ from kubelambda.runtimes import (
     java_runtime_dir,
     local_command,
 )
-from kubelambda.runtimes.ric import aws_lambda_java_ric_command
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from kltest.ric import aws_lambda_java_ric_command
 
 FUNCTIONS = Path(__file__).resolve().parents[1] / "tests" / "integration" / "runtimes" / "functions"
 EVENT = b'{"hello": "world", "n": [1, 2.5, null, true]}'

@@ -366,7 +366,7 @@ async def main() -> None:
                         "kind": "Function",
                         "metadata": {"name": FUNCTION, "namespace": NS},
                         "spec": {
-                            "runtime": "python3.12",
+                            "runtime": "python3.11",
                             "handler": "app.handler",
                             "code": {"inline": {"app.py": HANDLER}},
                             "concurrency": {"perInstance": SHARDS},
@@ -388,7 +388,7 @@ async def main() -> None:
                     )
                     print(
                         f"{n} records per source, batch 100, parallelizationFactor {args.parallelization_factor}, "
-                        "no-op python3.12 function; records/s"
+                        "no-op python3.11 function; records/s"
                     )
                     print(
                         f"{'source':<8} {'shards':>6} {'ceiling':>10} {'bridge':>10} {'ratio':>6} {'bridge CPU':>10}"

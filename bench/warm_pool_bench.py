@@ -1,6 +1,6 @@
 """Benchmark of warm pools (issue 11; docs/warm-pools.md). Figures, never assertions.
 
-On the local cluster (`kubelambda dev serve`, whose gateway keeps python3.12, nodejs20 and nodejs22 pools), for
+On the local cluster (`kubelambda dev serve`, whose gateway keeps python3.11 and nodejs20 pools), for
 Python and Node.js, in the same run and interleaved so the machine's noise hits both alike:
 
 - cold start from zero to first response of a function that may use the pool (``scaling.warmPool: true``),
@@ -38,8 +38,8 @@ NS = "bench"
 SYSTEM_NS = "kubelambda-system"
 WARM_CALLS = 200  # warm invokes in all, spread evenly over the runs
 RUNTIMES = {
-    "python3.12": ("app.handler", {"app.py": "def handler(event, context):\n    return event\n"}),
-    "nodejs22": ("index.handler", {"index.mjs": "export const handler = async (event) => event;\n"}),
+    "python3.11": ("app.handler", {"app.py": "def handler(event, context):\n    return event\n"}),
+    "nodejs20": ("index.handler", {"index.mjs": "export const handler = async (event) => event;\n"}),
 }
 
 

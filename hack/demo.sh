@@ -43,23 +43,23 @@ echo
 k -n demo logs deployment/hello --tail=3
 
 echo
-echo "==> A Lambda function: examples/hello-python3.12, scaled to zero until its first invocation"
-k -n demo apply -f examples/hello-python3.12/function.yaml
-k -n demo wait --for=condition=Ready fn/hello-python312 --timeout=120s
+echo "==> A Lambda function: examples/hello-python3.11, scaled to zero until its first invocation"
+k -n demo apply -f examples/hello-python3.11/function.yaml
+k -n demo wait --for=condition=Ready fn/hello-python311 --timeout=120s
 k -n demo get fn
 echo
-echo "\$ kubelambda invoke demo/hello-python312 --payload '{\"name\": \"demo\"}' --log    # cold: starts the first instance"
-kubelambda invoke demo/hello-python312 --payload '{"name": "demo"}' --log --state-dir "$state"
+echo "\$ kubelambda invoke demo/hello-python311 --payload '{\"name\": \"demo\"}' --log    # cold: starts the first instance"
+kubelambda invoke demo/hello-python311 --payload '{"name": "demo"}' --log --state-dir "$state"
 echo
-echo "\$ kubelambda invoke demo/hello-python312 --payload '{\"name\": \"again\"}'          # warm"
-kubelambda invoke demo/hello-python312 --payload '{"name": "again"}' --state-dir "$state"
+echo "\$ kubelambda invoke demo/hello-python311 --payload '{\"name\": \"again\"}'          # warm"
+kubelambda invoke demo/hello-python311 --payload '{"name": "again"}' --state-dir "$state"
 gateway=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gateway_url"])' "$state/dev.json")
 echo
-echo "\$ curl --aws-sigv4 aws:amz:us-east-1:lambda --user \$KEY:\$SECRET $gateway/http/demo/hello-python312/hi    # an HTTP route (API Gateway payload 2.0)"
-signed "$gateway/http/demo/hello-python312/hi"
+echo "\$ curl --aws-sigv4 aws:amz:us-east-1:lambda --user \$KEY:\$SECRET $gateway/http/demo/hello-python311/hi    # an HTTP route (API Gateway payload 2.0)"
+signed "$gateway/http/demo/hello-python311/hi"
 echo
-echo "\$ curl $gateway/http/demo/hello-python312/hi    # unsigned: refused, as a function URL with AWS_IAM"
-curl -s -i "$gateway/http/demo/hello-python312/hi" | grep -i -e '^HTTP' -e '^x-amzn-ErrorType'
+echo "\$ curl $gateway/http/demo/hello-python311/hi    # unsigned: refused, as a function URL with AWS_IAM"
+curl -s -i "$gateway/http/demo/hello-python311/hi" | grep -i -e '^HTTP' -e '^x-amzn-ErrorType'
 
 echo
 echo
@@ -86,7 +86,7 @@ echo
 cat <<EOT
 The same function answers the AWS SDKs and CLI at the gateway ($gateway), signed with the developer key, e.g.
   eval "\$(.venv/bin/kubelambda dev status | grep '^  export AWS_')"
-  aws lambda invoke --endpoint-url $gateway --function-name demo/hello-python312 --payload '{}' out.json
+  aws lambda invoke --endpoint-url $gateway --function-name demo/hello-python311 --payload '{}' out.json
 EOT
 echo
 cat <<EOT

@@ -43,7 +43,7 @@ runtimes-dockerfiles: venv
 
 # Installs AWS's own runtime interface clients into the cache (the integration tests do it too).
 runtimes-ric: venv
-	$(PY) -m kubelambda.runtimes.ric
+	PYTHONPATH=tests $(PY) -m kltest.ric
 
 # The runtimes' tests through the real agent (every runtime; ours and AWS's clients).
 runtimes-test: venv runtimes-build

@@ -143,7 +143,7 @@ async def test_events_survive_a_killed_worker_and_a_nats_restart(
     try:
         await gateway.ready()
         doc: JSON = copy.deepcopy(
-            yaml.safe_load((REPO / "examples" / "hello-python3.12" / "function.yaml").read_text())
+            yaml.safe_load((REPO / "examples" / "hello-python3.11" / "function.yaml").read_text())
         )
         doc["metadata"]["name"] = "steady"
         doc["spec"]["code"]["inline"] = {"app.py": HANDLER}
@@ -267,7 +267,7 @@ async def test_kubelambda_async_worker_invokes_through_a_gateway_with_the_events
             KUBELAMBDA_GATEWAY_URL=gateway.url,
         )
         doc: JSON = copy.deepcopy(
-            yaml.safe_load((REPO / "examples" / "hello-python3.12" / "function.yaml").read_text())
+            yaml.safe_load((REPO / "examples" / "hello-python3.11" / "function.yaml").read_text())
         )
         doc["metadata"]["name"] = "remote"
         doc["spec"]["code"]["inline"] = {"app.py": HANDLER}

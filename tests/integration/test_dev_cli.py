@@ -101,11 +101,11 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     assert (tmp_path / "dev.json").stat().st_mode & 0o777 == 0o600
     assert f"export AWS_ACCESS_KEY_ID={state['aws_access_key_id']}" in status.stdout
     assert {"kubelambda-operator", "kubelambda-gateway"} <= set(state["components"])
-    example = REPO / "examples" / "hello-python3.12" / "function.yaml"
+    example = REPO / "examples" / "hello-python3.11" / "function.yaml"
     kubectl(state["kubeconfig"], "apply", "-n", "default", "-f", str(example))
-    kubectl(state["kubeconfig"], "wait", "--for=condition=Ready", "fn/hello-python312", "--timeout=90s")
+    kubectl(state["kubeconfig"], "wait", "--for=condition=Ready", "fn/hello-python311", "--timeout=90s")
     invoked = subprocess.run(
-        [sys.executable, "-m", "kubelambda", "invoke", "default/hello-python312", "--payload", '{"name": "cli"}',
+        [sys.executable, "-m", "kubelambda", "invoke", "default/hello-python311", "--payload", '{"name": "cli"}',
          "--log", "--state-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip

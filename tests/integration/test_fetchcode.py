@@ -98,7 +98,7 @@ async def s3(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[S3Server
 
 
 def function(code: dict[str, Any]) -> FunctionObject:
-    spec = {"runtime": "python3.12", "handler": "app.handler", "code": code}
+    spec = {"runtime": "python3.11", "handler": "app.handler", "code": code}
     return FunctionObject(
         name="zipped", namespace="ns", uid="u-1", generation=1, spec=FunctionSpec.model_validate(spec)
     )
@@ -239,7 +239,7 @@ async def test_operator_runs_a_function_from_an_archive(
             "kind": "Function",
             "metadata": {"name": "zipped"},
             "spec": {
-                "runtime": "python3.12",
+                "runtime": "python3.11",
                 "handler": "app.handler",
                 "code": {"archive": {"url": f"{http_url}/code.zip", "sha256": ZIP_SHA}},
                 "scaling": {"minInstances": 1},

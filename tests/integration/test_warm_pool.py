@@ -1,6 +1,6 @@
 """Warm pools on the real local cluster: cold starts served by specialised generic pods (docs/warm-pools.md).
 
-The gateway keeps a python3.12 pool of two pods in kubelambda-system; the operator and the gateway run as their
+The gateway keeps a python3.11 pool of two pods in kubelambda-system; the operator and the gateway run as their
 ServiceAccounts (hack/*-rbac.yaml), so the pool's RBAC is exercised too.
 """
 
@@ -63,7 +63,7 @@ async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[Ga
         kube,
         slot_wait_seconds=1.0,
         autoscale_interval_seconds=0.5,
-        warm_pool_sizes={"python3.12": POOL_SIZE},
+        warm_pool_sizes={"python3.11": POOL_SIZE},
     )
     try:
         await wait_free(gateway, POOL_SIZE, timeout=90)
@@ -83,7 +83,7 @@ def free_pods(gateway: Gateway) -> list[str]:
     return sorted(
         p.name
         for p in pool.pods.values()
-        if p.runtime == "python3.12" and p.free and p.ready and not p.deleting and p.name not in pool._taken
+        if p.runtime == "python3.11" and p.free and p.ready and not p.deleting and p.name not in pool._taken
     )
 
 
@@ -91,7 +91,7 @@ async def wait_free(gateway: Gateway, n: int, *, timeout: float = 60) -> list[st
     return await wait_for(
         lambda: asyncio.sleep(0, result=free_pods(gateway)),
         lambda free: len(free) >= n,
-        what=f"{n} free python3.12 pool pods",
+        what=f"{n} free python3.11 pool pods",
         timeout=timeout,
     )
 
@@ -125,7 +125,7 @@ async def test_first_invoke_from_zero_is_served_by_a_specialised_pool_pod_which_
     platform: tuple[Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     gateway, url = platform
-    claims = metrics.WARM_POOL_CLAIMS.labels("python3.12")
+    claims = metrics.WARM_POOL_CLAIMS.labels("python3.11")
     before = claims._value.get()
     await deploy(cluster, gateway, namespace, function("pooled"))
     body, headers = await invoke(url, f"{namespace}/pooled")
@@ -144,7 +144,7 @@ async def test_first_invoke_from_zero_is_served_by_a_specialised_pool_pod_which_
         what=f"pool pod {pod} labelled as the function's",
     )
     assert POOL_LABEL not in claimed["metadata"]["labels"]
-    assert claimed["metadata"]["labels"][POOL_RUNTIME_LABEL] == "python3.12"
+    assert claimed["metadata"]["labels"][POOL_RUNTIME_LABEL] == "python3.11"
     free = await wait_free(gateway, POOL_SIZE, timeout=90)
     assert pod not in free
 
@@ -234,7 +234,7 @@ async def test_a_function_that_opts_out_takes_the_normal_path(
 ) -> None:
     gateway, url = platform
     await wait_free(gateway, POOL_SIZE, timeout=90)
-    claims = metrics.WARM_POOL_CLAIMS.labels("python3.12")
+    claims = metrics.WARM_POOL_CLAIMS.labels("python3.11")
     before = claims._value.get()
     scale_ups = gateway.activator.scale_ups
     await deploy(

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,10 +106,16 @@ def kind_cluster(state_dir: Path) -> Cluster:
 
 
 def start_cluster(
-    state_dir: Path, *, backoff: float = 1.0, timeout: float = 180.0, platform: bool = False
+    state_dir: Path,
+    *,
+    backoff: float = 1.0,
+    timeout: float = 180.0,
+    platform: bool = False,
+    args: Sequence[str] = (),
 ) -> Cluster:
     """Starts ``kubelambda dev serve`` (the same path as ``dev up``) and waits until it reports running.
-    ``platform`` also starts kubelambda's operator and gateway (the suites usually run their own).
+    ``platform`` also starts kubelambda's operator and gateway (the suites usually run their own); ``args`` are
+    more options of ``dev serve`` (e.g. ``--substitute-runtimes``).
     With ``KUBELAMBDA_TEST_BACKEND=kind``: the kind cluster instead (:func:`kind_cluster`)."""
     if backend() == "kind":
         return kind_cluster(state_dir)
@@ -127,6 +134,7 @@ def start_cluster(
             "--backoff",
             str(backoff),
             *([] if platform else ["--no-platform"]),
+            *args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -153,9 +153,9 @@ def lambda_client(url: str, key_id: str = "kubelambda", secret: str = "kubelambd
 
 
 def python_function(name: str, handler: str, **spec: Any) -> JSON:
-    """examples/hello-python3.12 renamed, with ``handler`` as its app.py and ``spec`` fields overridden."""
+    """examples/hello-python3.11 renamed, with ``handler`` as its app.py and ``spec`` fields overridden."""
     doc: JSON = copy.deepcopy(
-        yaml.safe_load((REPO / "examples" / "hello-python3.12" / "function.yaml").read_text())
+        yaml.safe_load((REPO / "examples" / "hello-python3.11" / "function.yaml").read_text())
     )
     doc["metadata"]["name"] = name
     doc["spec"]["code"]["inline"] = {"app.py": handler}

@@ -129,7 +129,7 @@ class Platform:
                 "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
                 "KUBELAMBDA_GATEWAY_PORT": str(port),
                 "KUBELAMBDA_GATEWAY_HTTP_ROUTES": "true",
-                "KUBELAMBDA_GATEWAY_WARM_POOL_SIZES": '{"python3.12": 2, "nodejs20": 1, "nodejs22": 1}',
+                "KUBELAMBDA_GATEWAY_WARM_POOL_SIZES": '{"python3.11": 2, "nodejs20": 1}',
                 "KUBELAMBDA_GATEWAY_NATS_URL": self.nats.url,
                 "KUBELAMBDA_GATEWAY_AUTH_MODE": "kubernetes",
                 "KUBELAMBDA_GATEWAY_AUTH_NAMESPACE": SYSTEM_NS,

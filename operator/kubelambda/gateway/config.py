@@ -82,7 +82,7 @@ class GatewaySettings(BaseSettings):
     # ---- warm pools (docs/warm-pools.md) --------------------------------------------------------------
     warm_pool_sizes: dict[str, int] = Field(default_factory=dict)
     """Generic pods kept per runtime, JSON (``{"python3.12": 2, "nodejs22": 1}``); default empty = no pools
-    (the chart and ``kubelambda dev up`` set python3.12, nodejs20 and nodejs22). A cold invoke of a qualifying
+    (``kubelambda dev up`` sets python3.11 and nodejs20). A cold invoke of a qualifying
     Function is served by one of them instead of waiting for a new pod."""
     warm_pool_max_sizes: dict[str, int] = Field(default_factory=dict)
     """Largest pool per runtime under demand, JSON (default 4 times its size): each claim in the last minute adds a pod."""

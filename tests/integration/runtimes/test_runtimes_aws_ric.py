@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from kltest.ric import ensure_aws_lambda_ric, ensure_awslambdaric
 from kubelambda.runtimes import InvokeResult
-from kubelambda.runtimes.ric import ensure_aws_lambda_ric, ensure_awslambdaric
 
 from .conftest import FUNCTIONS, StartFunction
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kubelambda.runtimes.ric import aws_lambda_java_ric_command, ensure_aws_lambda_java_ric
+from kltest.ric import aws_lambda_java_ric_command, ensure_aws_lambda_java_ric
 
 from .conftest import StartFunction
 from .langcheck import CONTEXT_HEADERS, body, error_of

@@ -1,6 +1,6 @@
 """AWS's own runtime interface clients, installed into the cache for the compatibility tests.
 
-``python -m kubelambda.runtimes.ric`` installs both and prints the commands that start them.
+``PYTHONPATH=tests python -m kltest.ric`` (``make runtimes-ric``) installs both and prints the commands that start them.
 """
 
 from __future__ import annotations
