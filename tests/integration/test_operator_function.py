@@ -19,6 +19,7 @@ import yaml
 from kltest import Cluster, wait_for
 from kltest.platform import REPO, SYSTEM_NS, RunningOperator, start_operator
 from kubelambda import metrics
+from kubelambda.devcluster import _interpreters
 from kubelambda.kube import ApiError, KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,8 @@ async def apply_fn(cluster: Cluster, ns: str, doc: JSON) -> None:
 
 
 @pytest.mark.parametrize(
-    "runtime", ["python3.12", "python3.13", "nodejs20", "nodejs22", "java21", "go", "ruby3.3", "provided"]
+    "runtime",
+    ["python3.11", "python3.12", "python3.13", "nodejs20", "nodejs22", "java21", "go", "ruby3.3", "provided"],
 )
 async def test_each_example_creates_its_objects(
     operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str, runtime: str
@@ -125,7 +127,7 @@ async def test_each_example_creates_its_objects(
 async def test_python_function_runs_and_answers(
     operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
-    doc = example("python3.12")
+    doc = example("python3.11")
     doc["spec"]["scaling"] = {"minInstances": 1}
     name = doc["metadata"]["name"]
     await apply_fn(cluster, namespace, doc)
@@ -150,6 +152,35 @@ async def test_python_function_runs_and_answers(
     assert body["message"] == "Hello, kubelambda!"
 
 
+async def test_a_runtime_this_node_cannot_run_makes_the_function_say_why(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    def lacking(runtime: str) -> bool:
+        try:
+            _interpreters.resolve(runtime)
+        except _interpreters.RuntimeUnavailable:
+            return True
+        return False
+
+    runtime = next(r for r in ("python3.13", "nodejs22", "ruby3.3", "python3.12") if lacking(r))
+    doc = example(runtime)
+    doc["spec"]["scaling"] = {"minInstances": 1}
+    name = doc["metadata"]["name"]
+    await apply_fn(cluster, namespace, doc)
+    status = await wait_for(
+        lambda: status_of(kube, namespace, name),
+        lambda s: (ready(s) or {}).get("reason") == "RuntimeUnavailable",
+        what="Ready=False with the pod's RuntimeUnavailable reason",
+        timeout=60,
+    )
+    condition = ready(status) or {}
+    assert condition["status"] == "False"
+    assert f"runtime {runtime} needs" in condition["message"]
+    assert condition["message"].startswith("pod ")
+    listed = cluster.kubectl("get", "fn", name, "-n", namespace, "-o", "wide").stdout
+    assert "RuntimeUnavailable" in listed
+
+
 async def deployment_of(kube: KubeClient, ns: str, name: str) -> JSON:
     return await kube.get(resource_path("apps/v1", "deployments", namespace=ns, name=name))
 
@@ -163,7 +194,7 @@ def env_of(deployment: JSON) -> dict[str, str]:
 async def test_memory_env_and_code_changes_update_the_deployment_once_each(
     operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
-    doc = example("python3.12")
+    doc = example("python3.11")
     name = doc["metadata"]["name"]
     await apply_fn(cluster, namespace, doc)
     await wait_reconciled(kube, namespace, name)
@@ -222,7 +253,7 @@ def reconciles_done() -> float:
 async def test_restarting_the_operator_changes_nothing(
     operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
-    for runtime in ("python3.12", "nodejs22"):
+    for runtime in ("python3.11", "nodejs22"):
         doc = example(runtime)
         doc["spec"]["network"] = {
             "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 443}]}]
@@ -321,7 +352,7 @@ async def test_removing_network_removes_the_egress_policy(
 async def test_inline_code_over_the_configmap_limit_is_reported_not_crashlooped(
     operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
-    doc = example("python3.12")
+    doc = example("python3.11")
     name = doc["metadata"]["name"]
     doc["spec"]["code"]["inline"]["big.py"] = "# " + "x" * (1024 * 1024 + 10) + "\n"
     await kube.create(resource_path(FN_API, "functions", namespace=namespace), doc)
@@ -341,7 +372,7 @@ async def test_inline_code_over_the_configmap_limit_is_reported_not_crashlooped(
 async def test_missing_execution_role_is_reported_until_it_exists(
     operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
-    doc = example("python3.12")
+    doc = example("python3.11")
     name = doc["metadata"]["name"]
     doc["spec"]["serviceAccountName"] = "reader"
     await apply_fn(cluster, namespace, doc)

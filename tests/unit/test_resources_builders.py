@@ -20,7 +20,7 @@ from kubelambda.resources import (
     make_ingress_policy,
     make_service,
 )
-from kubelambda.resources.status import ready, set_condition
+from kubelambda.resources.status import pod_problem, ready, set_condition
 from kubelambda.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()
@@ -294,3 +294,30 @@ def test_replicas_handover_moves_replicas_to_the_autoscaler_in_one_patch() -> No
     # Nothing to hand over: the operator does not own replicas.
     created["metadata"]["managedFields"][1]["fieldsV1"] = {"f:spec": {"f:template": {}}}
     assert replicas_handover(created, now="2026-01-01T00:00:00Z") is None
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        ({}, None),
+        ({"containerStatuses": [{"name": "f", "state": {"running": {}}}]}, None),
+        ({"containerStatuses": [{"name": "f", "state": {"waiting": {"reason": "ContainerCreating"}}}]}, None),
+        (
+            {
+                "containerStatuses": [
+                    {"name": "f", "state": {"waiting": {"reason": "RuntimeUnavailable", "message": "m"}}}
+                ]
+            },
+            ("RuntimeUnavailable", "pod p-1: m"),
+        ),
+        (
+            {"initContainerStatuses": [{"name": "i", "state": {"waiting": {"reason": "ErrImagePull"}}}]},
+            ("ErrImagePull", "pod p-1: ErrImagePull"),
+        ),
+    ],
+    ids=["no-status", "running", "creating", "runtime-unavailable", "init-image-pull"],
+)
+def test_pod_problem_names_the_stuck_reason(
+    statuses: dict[str, Any], expected: tuple[str, str] | None
+) -> None:
+    assert pod_problem({"metadata": {"name": "p-1"}, "status": statuses}) == expected

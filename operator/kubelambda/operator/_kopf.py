@@ -184,11 +184,22 @@ def _ready_status(current: JSON, ready: tuple[str, str, str], **changes: Any) ->
 def _function_refresh(owner: JSON, deployment: JSON) -> JSON | None:
     """A Function's status after its Deployment changed: ``instances`` and Ready, unless a Problem decides Ready."""
     ready = st.find_condition(owner, st.READY)
-    if ready is not None and ready.get("reason") not in _DEPLOYMENT_REASONS:
+    if ready is not None and ready.get("reason") not in _DEPLOYMENT_REASONS | st.POD_REASONS:
         return None  # a Problem decides Ready until the next reconcile
-    return _ready_status(
-        owner, st.ready(problem=None, deployment=deployment), instances=st.instances(deployment)
-    )
+    decided = st.ready(problem=None, deployment=deployment)
+    if decided[1] == "InstancesStarting" and ready is not None and ready.get("reason") in st.POD_REASONS:
+        return None  # still starting: the stuck pod's reason says more (_function_pod_changed)
+    return _ready_status(owner, decided, instances=st.instances(deployment))
+
+
+def _function_pod_problem(owner: JSON, pod: JSON) -> JSON | None:
+    """A Function's status when one of its pods is stuck waiting (st.POD_REASONS, e.g. RuntimeUnavailable) while
+    the Function waits for instances: Ready=False with the pod's reason and message; None to leave it."""
+    problem = st.pod_problem(pod)
+    ready = st.find_condition(owner, st.READY)
+    if problem is None or ready is None or ready.get("reason") not in {"InstancesStarting"} | st.POD_REASONS:
+        return None  # no stuck pod; or ready, scaled to zero, or a Problem of the operator's own
+    return _ready_status(owner, ("False", *problem))
 
 
 def _trigger_refresh(owner: JSON, deployment: JSON) -> JSON | None:
@@ -305,6 +316,33 @@ def build_registry() -> kopf.OperatorRegistry:
 
     for owner in _OWNERS:
         _register_owner(registry, owner)
+
+    @kopf.on.event("", "v1", "pods", labels={FUNCTION_LABEL: kopf.PRESENT}, registry=registry)
+    async def function_pod_changed(
+        event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        """A function pod stuck waiting gives its reason to the Function's Ready (_function_pod_problem)."""
+        if event.get("type") == "DELETED":
+            return
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["labels"][FUNCTION_LABEL]
+        found = kwargs["function_index"].get((namespace, name))
+        if not found:
+            return
+        current = next(iter(found))
+        if current.get("observedGeneration") is None:
+            return
+        new = _function_pod_problem(current, dict(body))
+        if new is not None:
+            await _patch_status_changes(
+                memo["ctx"],
+                kind="Function",
+                plural="functions",
+                namespace=namespace,
+                name=name,
+                current=current,
+                new=new,
+            )
+
     return registry
 
 

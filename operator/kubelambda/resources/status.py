@@ -54,6 +54,35 @@ def find_condition(status: JSON, type: str) -> JSON | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == type), None)
 
 
+# Waiting reasons of a function pod's container that do not clear by themselves, shown as the Function's Ready
+# reason while it waits for instances: the local node's RuntimeUnavailable (no interpreter of the runtime's
+# version, docs/local-cluster.md), ImageNotRunnableLocally and CommandNotFoundLocally; a kubelet's image and
+# configuration errors.
+POD_REASONS = frozenset(
+    {
+        "RuntimeUnavailable",
+        "ImageNotRunnableLocally",
+        "CommandNotFoundLocally",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+def pod_problem(pod: JSON) -> tuple[str, str] | None:
+    """``(reason, message)`` of the first container of ``pod`` stuck waiting for a reason in :data:`POD_REASONS`."""
+    status = pod.get("status") or {}
+    name = (pod.get("metadata") or {}).get("name", "")
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in POD_REASONS:
+            return str(waiting["reason"]), f"pod {name}: {waiting.get('message') or waiting['reason']}"
+    return None
+
+
 def set_condition(
     conditions: list[JSON],
     *,
