@@ -6,7 +6,8 @@ a container's ``command`` replaces the entrypoint and its ``args`` replace the C
 paths inside the image (``/usr/local/bin/python``) to local programs; other programs are looked up on PATH.
 
 An image that is not in this table cannot run locally: its pod stays Pending with the container waiting
-for reason ``ImageNotRunnableLocally`` (the local equivalent of ``ErrImagePull``).
+for reason ``ImageNotRunnableLocally`` (the local equivalent of ``ErrImagePull``). A runtime image runs only on an
+interpreter of its runtime's version (``_interpreters``); without one its container waits with ``RuntimeUnavailable``.
 
 This is the one place that lists what the local node can run; docs/local-cluster.md shows it as a table.
 """
