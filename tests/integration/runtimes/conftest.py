@@ -23,6 +23,7 @@ from kubelambda.runtimes import (
     java_runtime_dir,
     local_command,
 )
+from kubelambda.runtimes.table import RUNTIMES
 
 FUNCTIONS = Path(__file__).parent / "functions"
 FAMILY = {"python3.12": "python", "nodejs20": "nodejs", "ruby3.3": "ruby", "provided": "provided"}
@@ -124,7 +125,7 @@ def start_function(agent: Path, node: str, tmp_path: Path) -> Iterator[StartFunc
             base_env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
             environment={"GREETING": "hello", **(environment or {})},
             runtime_cmd=runtime_cmd,
-            node=node,
+            interpreter=node if RUNTIMES[runtime].family == "nodejs" else None,
         )
         fn = LocalFunction(cmd)
         started.append(fn)

@@ -35,7 +35,10 @@ def test_pod_command_runs_a_function_from_env(
         "KUBELAMBDA_HANDLER": handler,
         "GREETING": "from the pod spec",
     }
-    cmd = pod_command(image, env=env, pod_ip=ip, task_root=FUNCTIONS / code, agent=agent, node=node)
+    interpreter = node if "runtime-nodejs" in image else None
+    cmd = pod_command(
+        image, env=env, pod_ip=ip, task_root=FUNCTIONS / code, agent=agent, interpreter=interpreter
+    )
     assert cmd is not None
     with LocalFunction(cmd) as fn:
         fn.wait_ready()
