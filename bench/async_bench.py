@@ -40,7 +40,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from _common import pct, start_cluster, stop_cluster, wait
 from kubelambda.asyncworker.queue import ENQUEUED_AT, EVENT_PREFIX, EventQueue, QueuedEvent
 from kubelambda.devcluster._binaries import ensure_binaries
-from kubelambda.devcluster._process import free_port
+from kubelambda.devcluster._ports import free_port
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
 

@@ -46,7 +46,7 @@ from botocore.config import Config
 from _common import developer_headers, pct, start_cluster, wait
 from kubelambda.devcluster import DevState
 from kubelambda.devcluster._binaries import ensure_binaries
-from kubelambda.devcluster._process import free_port
+from kubelambda.devcluster._ports import free_port
 from kubelambda.devcluster.servers import S3Server
 from kubelambda.kube import KubeClient, resource_path
 

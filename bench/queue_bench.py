@@ -42,7 +42,7 @@ from kltest import Cluster, start_cluster  # noqa: E402
 from kltest.bridge import BridgeProcess  # noqa: E402
 from kltest.platform import deploy, python_function, start_gateway, start_operator, stop_gateway  # noqa: E402
 from kubelambda.bridge.queues.sqs import MAX_POLLERS as SQS_POLLERS  # noqa: E402
-from kubelambda.devcluster._process import free_port  # noqa: E402
+from kubelambda.devcluster._ports import free_port  # noqa: E402
 from kubelambda.devcluster.servers import NatsServer, RabbitMQServer, RedisServer, SqsServer  # noqa: E402
 from kubelambda.kube import KubeClient, resource_path  # noqa: E402
 

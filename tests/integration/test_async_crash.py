@@ -27,7 +27,8 @@ from kltest import Cluster, wait_for
 from kltest.platform import REPO, RunningOperator, service_account_token, start_operator
 from kltest.records import Records
 from kubelambda.devcluster._platform import _kubeconfig_with_token
-from kubelambda.devcluster._process import free_port, spawn, stop
+from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
+from kubelambda.devcluster._process import spawn, stop
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
 
@@ -66,17 +67,18 @@ async def operator(cluster: Cluster, kube: KubeClient) -> AsyncIterator[RunningO
 
 
 class GatewayProcess:
+    """``kubelambda gateway`` as a process on a port outside the ephemeral range; started again on a new port
+    when another process took the port first (see ``kubelambda.devcluster._ports``)."""
+
     def __init__(
         self, kubeconfig: Path, nats_url: str, log: Path, *, command: str = "gateway", **extra: str
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.env = {
+        self.command = command
+        self.base_env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")},
             "KUBELAMBDA_GATEWAY_KUBECONFIG": str(kubeconfig),
             "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
-            "KUBELAMBDA_GATEWAY_PORT": str(self.port),
             "KUBELAMBDA_GATEWAY_NATS_URL": nats_url,
             "KUBELAMBDA_GATEWAY_ASYNC_RETRY_DELAYS_SECONDS": "[0.2, 0.2]",
             "KUBELAMBDA_GATEWAY_ASYNC_BACKOFF_MIN_SECONDS": "0.2",
@@ -85,15 +87,39 @@ class GatewayProcess:
             "KUBELAMBDA_GATEWAY_ASYNC_WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
             **extra,
         }
-        self.proc = spawn([sys.executable, "-m", "kubelambda", command], log=log, env=self.env)
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.mark = self.log.stat().st_size if self.log.exists() else 0
+        env = {**self.base_env, "KUBELAMBDA_GATEWAY_PORT": str(self.port)}
+        self.proc = spawn([sys.executable, "-m", "kubelambda", self.command], log=self.log, env=env)
+
+    def _said(self) -> str:
+        with self.log.open("rb") as f:
+            f.seek(self.mark)
+            return f.read().decode(errors="replace")
 
     async def ready(self) -> None:
         async def status() -> int:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            if self.proc.poll() is not None:
+                return -1  # exited
             async with aiohttp.ClientSession() as http, http.get(f"{self.url}/readyz") as resp:
                 return resp.status
 
-        await wait_for(status, lambda s: s == 200, what="the gateway process ready", timeout=60)
+        async def attempt() -> None:
+            await wait_for(status, lambda s: s in (200, -1), what="the gateway process ready", timeout=60)
+            if self.proc.poll() is not None:
+                said = self._said()
+                if address_in_use(said):
+                    self._spawn()
+                    raise PortTaken(said[-500:])
+                raise AssertionError(
+                    f"the gateway process exited with {self.proc.returncode}:\n{said[-2000:]}"
+                )
+
+        await retry_taken_ports(attempt, what="the gateway process")
 
 
 async def queue_state(url: str) -> str:

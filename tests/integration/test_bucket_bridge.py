@@ -41,7 +41,7 @@ from kltest.platform import (
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.bridge.bucket import CHECKPOINT_EVERY
-from kubelambda.devcluster._process import free_port
+from kubelambda.devcluster._ports import free_port
 from kubelambda.devcluster.servers import NatsServer, S3Server
 from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path

@@ -20,7 +20,7 @@ from botocore.config import Config
 
 from kltest.cluster import Cluster
 from kltest.wait import wait_for
-from kubelambda.devcluster._process import free_port
+from kubelambda.devcluster._ports import free_port, retry_taken_ports
 from kubelambda.gateway.app import Gateway
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.kube import KubeClient, resource_path
@@ -113,7 +113,8 @@ async def start_operator(cluster: Cluster, kube: KubeClient, **settings: Any) ->
 async def start_gateway(
     cluster: Cluster, kube: KubeClient, *, auth_mode: str = "none", **settings: Any
 ) -> tuple[Gateway, str]:
-    """The gateway on a free port of 127.0.0.1, as its ServiceAccount; returns it and its URL once ready.
+    """The gateway on a free port of 127.0.0.1 (another one if it is taken before the gateway binds it), as its
+    ServiceAccount; returns it and its URL once ready.
 
     ``auth_mode`` is ``none`` unless a test is about who may invoke (tests/integration/test_auth.py): the other
     tests call it unsigned, as a trusted network would."""
@@ -121,9 +122,20 @@ async def start_gateway(
     client = Login.from_kubeconfig(cluster.kubeconfig).with_token(token).client()
     if auth_mode != "none":
         cluster.kubectl("apply", "-f", str(REPO / "hack" / "invoker-rbac.yaml"))
-    port = free_port()
-    gateway = Gateway(GatewaySettings(host="127.0.0.1", port=port, auth_mode=auth_mode, **settings), client)
-    await gateway.start()
+
+    async def listen() -> tuple[Gateway, int]:
+        port = free_port()
+        gateway = Gateway(
+            GatewaySettings(host="127.0.0.1", port=port, auth_mode=auth_mode, **settings), client
+        )
+        try:
+            await gateway.start()
+        except OSError:
+            await gateway.stop()
+            raise
+        return gateway, port
+
+    gateway, port = await retry_taken_ports(listen, what="the test gateway")
     url = f"http://127.0.0.1:{port}"
 
     async def readyz() -> int:

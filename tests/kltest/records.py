@@ -1,4 +1,6 @@
-"""An HTTP destination for invocation records: every record POSTed to /<key> is kept under that key."""
+"""An HTTP destination for invocation records: every record POSTed to /<key> is kept under that key.
+
+It binds port 0 and reads back the port it got, so no other process can take the port in between."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from typing import Any
 from aiohttp import web
 
 from kltest.wait import wait_for
-from kubelambda.devcluster._process import free_port
 
 JSON = dict[str, Any]
 
@@ -16,10 +17,11 @@ JSON = dict[str, Any]
 class Records:
     def __init__(self) -> None:
         self.got: dict[str, list[JSON]] = {}
-        self.port = free_port()
+        self.port = 0  # known once started
         self.runner: web.AppRunner | None = None
 
     def url(self, key: str) -> str:
+        assert self.port, "Records.start() first"
         return f"http://127.0.0.1:{self.port}/{key}"
 
     def of(self, key: str) -> list[JSON]:
@@ -34,7 +36,8 @@ class Records:
         app.router.add_post("/{key}", self._post)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.port = int(self.runner.addresses[0][1])
 
     async def stop(self) -> None:
         if self.runner is not None:

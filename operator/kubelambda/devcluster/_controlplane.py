@@ -21,7 +21,8 @@ import yaml
 
 from kubelambda.devcluster._binaries import Binaries
 from kubelambda.devcluster._certs import CertificateAuthority, CertPair, service_account_keys
-from kubelambda.devcluster._process import free_port, spawn, stop
+from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
+from kubelambda.devcluster._process import spawn, stop
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ class Endpoints:
             controller_manager=free_port(),
             scheduler=free_port(),
         )
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
 
 
 def write_kubeconfig(path: Path, *, server: str, ca: Path, client: CertPair, user: str) -> Path:
@@ -190,7 +197,30 @@ class ControlPlane:
 
     async def start(self, *, controllers: bool = True) -> None:
         """Starts the components; ``controllers=False`` stops after etcd and the API server (what
-        controller-runtime's envtest runs), which the benchmarks use as their baseline."""
+        controller-runtime's envtest runs), which the benchmarks use as their baseline.
+
+        When a component could not bind its port (taken after it was found free), everything started is
+        stopped and started again on new ports."""
+        tries = 0
+
+        async def attempt() -> None:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                self.ports = Endpoints.allocate()
+            marks = {log: log.stat().st_size for log in self.logs.glob("*.log")}
+            try:
+                await self._start(controllers=controllers)
+            except (RuntimeError, TimeoutError) as e:
+                await self.stop()
+                said = "".join(_read_from(log, marks.get(log, 0)) for log in self.logs.glob("*.log"))
+                if address_in_use(said):
+                    raise PortTaken(f"a control plane component could not bind its port: {e}") from e
+                raise
+
+        await retry_taken_ports(attempt, what="the control plane")
+
+    async def _start(self, *, controllers: bool) -> None:
         started = time.monotonic()
         files = self._prepare()
         p = self.ports

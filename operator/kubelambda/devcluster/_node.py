@@ -29,7 +29,7 @@ from kubelambda.devcluster._cgroups import NodeCgroups
 from kubelambda.devcluster._kubelet import build_app, server_ssl
 from kubelambda.devcluster._network import PodAddresses
 from kubelambda.devcluster._pod import NodeContext, PodRunner, now_rfc3339
-from kubelambda.devcluster._process import free_port
+from kubelambda.devcluster._ports import free_port, retry_taken_ports
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, KubeClient, list_and_watch, resource_path
 
@@ -73,6 +73,7 @@ class LocalNode:
         self.api_host = api_host
         self.api_port = api_port
         self.backoff_seconds = backoff_seconds
+        self._fixed_kubelet_port = kubelet_port
         self.kubelet_port = kubelet_port or free_port()
         self.runners: dict[str, PodRunner] = {}
         self.addresses = addresses
@@ -117,8 +118,24 @@ class LocalNode:
         app = build_app(self.name, lambda: self.runners)
         self._web = web.AppRunner(app, access_log=None)
         await self._web.setup()
-        site = web.TCPSite(self._web, self.node_ip, self.kubelet_port, ssl_context=server_ssl(*self.serving))
-        await site.start()
+        web_runner = self._web
+        tries = 0
+
+        async def listen() -> None:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and not self._fixed_kubelet_port:
+                self.kubelet_port = free_port()
+            site = web.TCPSite(
+                web_runner, self.node_ip, self.kubelet_port, ssl_context=server_ssl(*self.serving)
+            )
+            try:
+                await site.start()
+            except OSError:
+                await site.stop()
+                raise
+
+        await retry_taken_ports(listen, what="the kubelet endpoint")
         await self._register()
         self._tasks = [
             asyncio.create_task(self._lease_loop(), name="node lease"),

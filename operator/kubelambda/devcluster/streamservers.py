@@ -21,7 +21,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from kubelambda.devcluster._process import free_port
+from kubelambda.devcluster._ports import free_port
 from kubelambda.devcluster.servers import HOST, LocalServer, ServerMissing, _exchange, _http_ok, find_program
 
 KAFKA_VERSION = "4.3.1"
@@ -96,10 +96,14 @@ class KafkaServer(LocalServer):
         self, data_dir: Path, *, port: int | None = None, partitions: int = 1, heap_mb: int = 384
     ) -> None:
         super().__init__(data_dir)
-        self.port = port or free_port()
-        self.controller_port = free_port()
+        self._port = port
+        self._pick_ports()
         self.partitions = partitions
         self.heap_mb = heap_mb
+
+    def _pick_ports(self) -> None:
+        self.port = self._port or free_port()
+        self.controller_port = free_port()
 
     @property
     def bootstrap(self) -> str:
@@ -119,7 +123,7 @@ class KafkaServer(LocalServer):
             f"{lib}/*",
         ]
 
-    async def start(self) -> None:
+    async def _launch(self) -> None:
         java = self._java()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
@@ -157,13 +161,17 @@ class KinesisServer(LocalServer):
 
     def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
         super().__init__(data_dir)
-        self.port = port or free_port()
+        self._port = port
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        self.port = self._port or free_port()
 
     @property
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    async def start(self) -> None:
+    async def _launch(self) -> None:
         home = _installed(
             cache_dir() / f"kinesalite-{KINESALITE_VERSION}", f"kinesalite {KINESALITE_VERSION}"
         )

@@ -1,0 +1,102 @@
+"""Ports for servers on loopback that cannot be taken by someone else between "found free" and "bound".
+
+A port the kernel hands out for ``bind(("127.0.0.1", 0))`` comes from the ephemeral range
+(``/proc/sys/net/ipv4/ip_local_port_range``, 32768-60999 by default), the same range every outgoing connection
+on the machine takes its source port from: on a loaded machine one of them takes the port before the server
+binds it (``bind: address already in use``). So :func:`free_port` picks at random *below* that range, where
+only servers listen, and the server's start is tried again with new ports when its bind still fails
+(another test run on the same machine picked the same port): :func:`retry_taken_ports`.
+
+A server in this process should rather bind port 0 and read back the port it got
+(``web.TCPSite(runner, host, 0)``, then ``runner.addresses``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Below 20000 live many well-known development servers (8080, 9090, 15672, ...); leave them alone.
+LOWEST = 20000
+DEFAULT_EPHEMERAL = (32768, 60999)
+ATTEMPTS = 5
+
+_IN_USE = re.compile(r"address already in use|address in use|eaddrinuse|errno 98\b", re.IGNORECASE)
+
+
+class PortTaken(RuntimeError):
+    """A server could not bind a port it was given: someone took it after it was found free."""
+
+
+def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections and ``bind(..., 0)``."""
+    try:
+        low, high = (int(p) for p in path.read_text().split())
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL
+    return low, high
+
+
+def candidates(*, offset: int = 0, ephemeral: tuple[int, int] | None = None) -> range:
+    """Ports ``p`` such that ``p`` and ``p + offset`` are both outside the ephemeral range (the kernel's, unless
+    given) and at or above LOWEST."""
+    low, high = ephemeral or ephemeral_range()
+    if low - offset > LOWEST:
+        return range(LOWEST, low - offset)
+    # The ephemeral range starts low (a tuned machine): use what lies above it instead.
+    start = max(high + 1, LOWEST)
+    if start + offset >= 65536:
+        raise RuntimeError(f"no port range outside the ephemeral range {low}-{high} with room for +{offset}")
+    return range(start, 65536 - offset)
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", *, offset: int = 0) -> int:
+    """A TCP port outside the ephemeral range that is free now on ``host`` (and ``port + offset`` too when
+    ``offset`` is given: SeaweedFS listens for gRPC at port + 10000)."""
+    pool = candidates(offset=offset)
+    for _ in range(200):
+        port = random.choice(pool)
+        if _bindable(host, port) and (offset == 0 or _bindable(host, port + offset)):
+            return port
+    raise RuntimeError(f"no free port in {pool.start}-{pool.stop - 1} on {host} after 200 tries")
+
+
+def address_in_use(text: str) -> bool:
+    """True when a server's log or error says a port it wanted was taken."""
+    return bool(_IN_USE.search(text))
+
+
+def is_port_taken(error: BaseException) -> bool:
+    return isinstance(error, PortTaken) or (isinstance(error, OSError) and error.errno == errno.EADDRINUSE)
+
+
+async def retry_taken_ports(start: Callable[[], Awaitable[T]], *, what: str, attempts: int = ATTEMPTS) -> T:
+    """``await start()``, again (up to ``attempts`` times in all) while it fails with :class:`PortTaken` or
+    ``EADDRINUSE``; ``start`` picks new ports each time and cleans up after itself when it fails."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await start()
+        except (PortTaken, OSError) as e:
+            if not is_port_taken(e) or attempt == attempts:
+                raise
+            logger.warning("%s: a port was taken before it was bound (%s); trying new ports", what, e)
+    raise AssertionError("unreachable")
