@@ -3,7 +3,6 @@ a nats-server (JetStream, file storage) and an HTTP record receiver."""
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kltest import Cluster, start_cluster, wait_for
+from kltest import Cluster, create_namespace, start_cluster
 from kltest.records import Records
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
@@ -40,14 +39,7 @@ async def kube(cluster: Cluster) -> AsyncIterator[KubeClient]:
 
 @pytest.fixture
 async def namespace(cluster: Cluster, kube: KubeClient) -> AsyncIterator[str]:
-    name = f"t-{secrets.token_hex(4)}"
-    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": name}})
-    # Pods are refused until the controller-manager has made the namespace's default ServiceAccount.
-    await wait_for(
-        lambda: kube.get_or_none(resource_path("v1", "serviceaccounts", namespace=name, name="default")),
-        lambda sa: sa is not None,
-        what=f"the default ServiceAccount of {name}",
-    )
+    name = await create_namespace(kube, "t")
     yield name
     await kube.delete(resource_path("v1", "namespaces", name=name))
 

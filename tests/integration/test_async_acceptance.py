@@ -22,18 +22,16 @@ import pytest
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
-    RunningOperator,
+    FAST_ASYNC,
+    PlatformUnderTest,
     deploy,
     python_function,
-    start_gateway,
-    start_operator,
-    stop_gateway,
+    running_platform,
 )
 from kltest.records import Records
 from kubelambda.asyncworker.dlq import list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue
 from kubelambda.devcluster.servers import NatsServer
-from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient
 
 pytestmark = pytest.mark.integration
@@ -62,25 +60,13 @@ def handler(event, context):
 @pytest.fixture
 async def platform(
     cluster: Cluster, kube: KubeClient, tmp_path: Path
-) -> AsyncIterator[tuple[Gateway, str, NatsServer]]:
-    operator: RunningOperator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
+) -> AsyncIterator[tuple[PlatformUnderTest, NatsServer]]:
     async with NatsServer(tmp_path / "nats") as server:
         assert isinstance(server, NatsServer)
-        gateway, url = await start_gateway(
-            cluster,
-            kube,
-            slot_wait_seconds=2.0,
-            autoscale_interval_seconds=0.5,
-            nats_url=server.url,
-            async_retry_delays_seconds=(0.2, 0.2),
-            async_backoff_min_seconds=0.2,
-            async_backoff_max_seconds=1.0,
-        )
-        try:
-            yield gateway, url, server
-        finally:
-            await stop_gateway(gateway)
-            await operator.stop()
+        async with running_platform(
+            cluster, kube, slot_wait_seconds=2.0, nats_url=server.url, **FAST_ASYNC
+        ) as platform:
+            yield platform, server
 
 
 def kind_of(i: int) -> str:
@@ -108,12 +94,12 @@ async def queue_drained(nats_url: str) -> str:
 
 
 async def test_a_thousand_events_each_end_in_exactly_one_record(
-    platform: tuple[Gateway, str, NatsServer],
+    platform: tuple[PlatformUnderTest, NatsServer],
     cluster: Cluster,
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    gateway, url, nats_server = platform
+    (_, gateway, url), nats_server = platform
     records = Records()
     await records.start()
     markers = tmp_path / "markers"

@@ -23,19 +23,19 @@ from nats.js.api import StorageType, StreamConfig
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
-    RunningOperator,
+    FAST_ASYNC,
+    PlatformUnderTest,
     deploy,
     lambda_client,
     python_function,
+    running_platform,
     start_gateway,
-    start_operator,
     stop_gateway,
 )
 from kltest.records import Records
 from kubelambda.asyncworker.dlq import list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent, dlq_stream
 from kubelambda.devcluster.servers import NatsServer
-from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -62,23 +62,9 @@ def handler(event, context):
 @pytest.fixture(scope="module")
 async def platform(
     cluster: Cluster, kube: KubeClient, nats_server: NatsServer
-) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
-    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
-    gateway, url = await start_gateway(
-        cluster,
-        kube,
-        slot_wait_seconds=1.0,
-        autoscale_interval_seconds=0.5,
-        nats_url=nats_server.url,
-        async_retry_delays_seconds=(0.2, 0.2),
-        async_backoff_min_seconds=0.2,
-        async_backoff_max_seconds=1.0,
-    )
-    try:
-        yield operator, gateway, url
-    finally:
-        await stop_gateway(gateway)
-        await operator.stop()
+) -> AsyncIterator[PlatformUnderTest]:
+    async with running_platform(cluster, kube, nats_url=nats_server.url, **FAST_ASYNC) as platform:
+        yield platform
 
 
 def function(name: str, **async_config: Any) -> JSON:
@@ -112,7 +98,7 @@ async def queue_drained(nats_url: str) -> bool:
 
 
 async def test_an_event_runs_the_function_from_zero_and_reaches_the_success_destination(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -151,7 +137,7 @@ async def test_an_event_runs_the_function_from_zero_and_reaches_the_success_dest
 
 @pytest.mark.parametrize("max_retries", [0, 1, 2])
 async def test_a_failing_event_ends_in_exactly_one_failure_record(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -183,7 +169,7 @@ async def test_a_failing_event_ends_in_exactly_one_failure_record(
 
 
 async def test_without_a_failure_destination_the_record_goes_to_the_namespaces_dead_letter_stream(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -234,7 +220,7 @@ async def cli(*args: str) -> str:
 
 
 async def test_a_function_destination_is_invoked_asynchronously_with_the_record(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -255,7 +241,7 @@ async def test_a_function_destination_is_invoked_asynchronously_with_the_record(
 
 
 async def test_oversize_and_non_json_events_are_refused_and_nothing_is_queued(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -278,7 +264,7 @@ async def test_oversize_and_non_json_events_are_refused_and_nothing_is_queued(
 
 
 async def test_a_gateway_without_nats_answers_event_invocations_not_implemented(
-    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, _ = platform
     await deploy(cluster, gateway, namespace, function("plain"))
@@ -300,7 +286,7 @@ async def test_a_gateway_without_nats_answers_event_invocations_not_implemented(
 
 
 async def test_reserved_concurrency_zero_sends_events_straight_to_the_failure_destination(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -334,7 +320,7 @@ async def subscribe(nats_url: str, subject: str) -> tuple[Any, list[JSON]]:
 
 
 async def test_a_nats_destination_receives_lambdas_invocation_record(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -400,7 +386,7 @@ async def test_a_nats_destination_receives_lambdas_invocation_record(
 
 
 async def test_a_nats_destination_captured_by_a_stream_is_stored_in_it(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -447,7 +433,7 @@ async def queue_directly(nats_url: str, event: QueuedEvent) -> None:
 
 
 async def test_an_event_older_than_max_event_age_is_never_invoked(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -486,7 +472,7 @@ async def test_an_event_older_than_max_event_age_is_never_invoked(
 
 
 async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -527,7 +513,7 @@ async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(
 
 
 async def test_a_nats_destination_on_kubelambdas_own_subjects_is_refused_and_dead_lettered(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,

@@ -30,13 +30,11 @@ from kltest.bridge import BridgeProcess
 from kltest.drained import async_queue_drained
 from kltest.minio import ROOT_PASSWORD, ROOT_USER, MinioServer
 from kltest.platform import (
-    RunningOperator,
+    FAST_ASYNC,
+    PlatformUnderTest,
     deploy,
-    install_crds,
     python_function,
-    start_gateway,
-    start_operator,
-    stop_gateway,
+    running_platform,
 )
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
@@ -75,25 +73,9 @@ async def bucket(s3_server: S3Server) -> str:
 @pytest.fixture(scope="module")
 async def platform(
     cluster: Cluster, kube: KubeClient, nats_server: NatsServer
-) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
-    await install_crds(cluster, kube)
-    gateway, url = await start_gateway(
-        cluster,
-        kube,
-        slot_wait_seconds=1.0,
-        autoscale_interval_seconds=0.5,
-        nats_url=nats_server.url,
-        async_retry_delays_seconds=(0.2, 0.2),
-        async_backoff_min_seconds=0.2,
-        async_backoff_max_seconds=1.0,
-    )
-    # The operator gives the bridge pods it makes this gateway's address.
-    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0, gateway_url=url)
-    try:
-        yield operator, gateway, url
-    finally:
-        await operator.stop()
-        await stop_gateway(gateway)
+) -> AsyncIterator[PlatformUnderTest]:
+    async with running_platform(cluster, kube, nats_url=nats_server.url, **FAST_ASYNC) as platform:
+        yield platform
 
 
 def s3_client(endpoint: str) -> Any:
@@ -196,7 +178,7 @@ async def no_more_events(gateway: Gateway, records: Records, key: str, namespace
 
 
 async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -273,7 +255,7 @@ async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(
 
 
 async def test_poll_mode_applies_prefix_suffix_and_event_type_filters(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -312,7 +294,7 @@ async def test_poll_mode_applies_prefix_suffix_and_event_type_filters(
 
 
 async def test_a_bridge_killed_during_500_uploads_delivers_every_object_with_bounded_repeats(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -377,7 +359,7 @@ async def test_a_bridge_killed_during_500_uploads_delivers_every_object_with_bou
 
 
 async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_without_the_token(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     namespace: str,
     records: Records,
@@ -600,7 +582,7 @@ async def http_status(http: aiohttp.ClientSession, url: str) -> int:
 
 
 async def test_an_unreachable_store_is_reported_and_the_bridge_recovers_by_itself(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -662,7 +644,7 @@ async def bridge_pod_ip(kube: KubeClient, namespace: str, name: str) -> str:
 
 
 async def test_the_s3_thumbnails_example_writes_a_thumbnail_to_the_second_bucket(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -728,7 +710,7 @@ async def test_the_s3_thumbnails_example_writes_a_thumbnail_to_the_second_bucket
 
 
 async def test_a_notification_trigger_through_the_operator_uses_its_generated_token(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,

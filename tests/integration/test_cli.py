@@ -19,11 +19,13 @@ import pytest
 import yaml
 
 from kltest import Cluster, wait_for
-from kltest.platform import RunningOperator, start_gateway, start_operator, stop_gateway
+from kltest.platform import (
+    PlatformUnderTest,
+    running_platform,
+)
 from kubelambda.api.v1alpha1 import RUNTIMES
 from kubelambda.cli.project import TEMPLATE_OF
 from kubelambda.devcluster.servers import NatsServer, S3Server
-from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -32,16 +34,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 async def platform(
     cluster: Cluster, kube: KubeClient, nats_server: NatsServer
-) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
-    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
-    gateway, url = await start_gateway(
-        cluster, kube, slot_wait_seconds=1.0, autoscale_interval_seconds=0.5, nats_url=nats_server.url
-    )
-    try:
-        yield operator, gateway, url
-    finally:
-        await stop_gateway(gateway)
-        await operator.stop()
+) -> AsyncIterator[PlatformUnderTest]:
+    async with running_platform(cluster, kube, nats_url=nats_server.url) as platform:
+        yield platform
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +91,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int, *wo
 
 
 async def test_python_function_from_init_to_delete(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -232,7 +227,7 @@ async def test_python_function_from_init_to_delete(
 
 
 async def test_nodejs_function_as_a_zip_in_a_bucket(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -281,7 +276,7 @@ COMPILED = ("java17", "go")
 
 @pytest.mark.parametrize("runtime", COMPILED)
 async def test_compiled_scaffolds_build_deploy_and_answer(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     namespace: str,
     s3: S3Server,
@@ -302,7 +297,7 @@ async def test_compiled_scaffolds_build_deploy_and_answer(
 
 
 async def test_every_scaffold_is_a_valid_function(
-    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, namespace: str, tmp_path: Path
+    platform: PlatformUnderTest, cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
     _, _, url = platform
     cli = Cli(cluster, url, tmp_path / "state")
@@ -324,7 +319,7 @@ async def test_every_scaffold_is_a_valid_function(
 
 
 async def test_errors_are_one_line_with_a_hint_and_a_meaningful_exit_code(
-    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, namespace: str, tmp_path: Path
+    platform: PlatformUnderTest, cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
     _, _, url = platform
     cli = Cli(cluster, url, tmp_path / "state")

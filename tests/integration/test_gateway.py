@@ -21,15 +21,14 @@ import pytest
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
-    RunningOperator,
+    PlatformUnderTest,
     deploy,
     lambda_client,
     python_function,
+    running_platform,
     start_gateway,
-    start_operator,
     stop_gateway,
 )
-from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -50,16 +49,9 @@ def handler(event, context):
 
 
 @pytest.fixture(scope="module")
-async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
-    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
-    gateway, url = await start_gateway(
-        cluster, kube, slot_wait_seconds=1.0, autoscale_interval_seconds=0.5, http_routes=True
-    )
-    try:
-        yield operator, gateway, url
-    finally:
-        await stop_gateway(gateway)
-        await operator.stop()
+async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[PlatformUnderTest]:
+    async with running_platform(cluster, kube, http_routes=True) as platform:
+        yield platform
 
 
 def function(name: str, **spec: Any) -> JSON:
@@ -89,7 +81,7 @@ async def call(method: Any, **kwargs: Any) -> Any:
 
 
 async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_requests(
-    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, url = platform
     await deploy(cluster, gateway, namespace, function("cold"))
@@ -121,7 +113,7 @@ async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_r
 
 
 async def test_the_aws_cli_invokes_through_the_gateway(
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
@@ -157,7 +149,7 @@ async def test_the_aws_cli_invokes_through_the_gateway(
 
 
 async def test_errors_follow_the_invoke_api(
-    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, url = platform
     await deploy(cluster, gateway, namespace, function("errs", timeoutSeconds=1))
@@ -185,7 +177,7 @@ async def test_errors_follow_the_invoke_api(
 
 
 async def test_reserved_concurrency_is_never_exceeded(
-    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, url = platform
     doc = function(
@@ -229,7 +221,7 @@ async def test_reserved_concurrency_is_never_exceeded(
 
 
 async def test_idle_functions_scale_to_zero_and_wake_again(
-    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, url = platform
     await deploy(cluster, gateway, namespace, function("sleepy", scaling={"scaleToZeroAfterSeconds": 3}))
@@ -257,7 +249,7 @@ async def test_idle_functions_scale_to_zero_and_wake_again(
 
 
 async def test_sustained_load_scales_out_and_back_down(
-    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, url = platform
     # One invocation per instance; each call takes 0.5 s; 4 callers keep 4 invocations in flight.
@@ -300,7 +292,7 @@ async def test_sustained_load_scales_out_and_back_down(
 
 
 async def test_a_restarted_gateway_routes_from_its_watches(
-    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, _ = platform
     await deploy(cluster, gateway, namespace, function("again", scaling={"minInstances": 1}))
@@ -331,7 +323,7 @@ def handler(event, context):
 
 
 async def test_http_routes_speak_api_gateway_payload_2(
-    platform: tuple[RunningOperator, Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     _, gateway, url = platform
     doc = function("web")

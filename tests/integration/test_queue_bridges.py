@@ -14,7 +14,6 @@ import base64
 import collections
 import hashlib
 import json
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,9 +24,15 @@ import pytest
 import redis.asyncio as aioredis
 from aiobotocore.session import get_session
 
-from kltest import Cluster, wait_for
+from kltest import Cluster, create_namespace, wait_for
 from kltest.bridge import BridgeProcess
-from kltest.platform import REPO, deploy, python_function, start_gateway, start_operator, stop_gateway
+from kltest.platform import (
+    REPO,
+    deploy,
+    python_function,
+    running_platform,
+    start_operator,
+)
 from kltest.records import Records
 from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.bridge.queues.nats import consumer_name
@@ -287,41 +292,31 @@ async def servers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dic
 @pytest.fixture(scope="module")
 async def worker(cluster: Cluster, kube: KubeClient, records: Records) -> AsyncIterator[tuple[str, str]]:
     """The platform and the ``worker`` Function in a namespace of this module; yields (namespace, gateway URL)."""
-    namespace = f"q-{secrets.token_hex(4)}"
-    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": namespace}})
-    await wait_for(
-        lambda: kube.get_or_none(resource_path("v1", "serviceaccounts", namespace=namespace, name="default")),
-        lambda sa: sa is not None,
-        what=f"the default ServiceAccount of {namespace}",
-    )
-    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
-    gateway, url = await start_gateway(cluster, kube, slot_wait_seconds=5.0, autoscale_interval_seconds=0.5)
-    try:
+    namespace = await create_namespace(kube, "q")
+    async with running_platform(cluster, kube, slot_wait_seconds=5.0) as (operator, gateway, url):
+        doc = python_function(
+            "worker",
+            HANDLER,
+            timeoutSeconds=60,
+            environment={"RECORDS_URL": records.url("").rstrip("/")},
+            concurrency={"perInstance": 4},
+            scaling={"minInstances": 1},
+        )
+        await deploy(cluster, gateway, namespace, doc)
+        # The same worker under a name the throttle test can throttle (reserved concurrency 0) and release.
+        # (No minimum instances: reserved concurrency 0 must stay valid.)
+        gated = {
+            **doc,
+            "metadata": {"name": "gated"},
+            "spec": {**doc["spec"], "scaling": {"minInstances": 0}},
+        }
+        await deploy(cluster, gateway, namespace, gated)
+        # From here on Triggers get no bridge Deployment: each test runs the bridge process it needs.
+        await operator.stop()
         try:
-            doc = python_function(
-                "worker",
-                HANDLER,
-                timeoutSeconds=60,
-                environment={"RECORDS_URL": records.url("").rstrip("/")},
-                concurrency={"perInstance": 4},
-                scaling={"minInstances": 1},
-            )
-            await deploy(cluster, gateway, namespace, doc)
-            # The same worker under a name the throttle test can throttle (reserved concurrency 0) and release.
-            # (No minimum instances: reserved concurrency 0 must stay valid.)
-            gated = {
-                **doc,
-                "metadata": {"name": "gated"},
-                "spec": {**doc["spec"], "scaling": {"minInstances": 0}},
-            }
-            await deploy(cluster, gateway, namespace, gated)
+            yield namespace, url
         finally:
-            # From here on Triggers get no bridge Deployment: each test runs the bridge process it needs.
-            await operator.stop()
-        yield namespace, url
-    finally:
-        await stop_gateway(gateway)
-        await kube.delete(resource_path("v1", "namespaces", name=namespace))
+            await kube.delete(resource_path("v1", "namespaces", name=namespace))
 
 
 def queue_for(broker: str, servers: dict[str, Any], namespace: str) -> Queue:

@@ -18,7 +18,6 @@ import base64
 import contextlib
 import datetime
 import json
-import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,9 +31,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from nats.js.api import StreamConfig
 
-from kltest import Cluster, wait_for
+from kltest import Cluster, create_namespace, wait_for
 from kltest.bridge import BridgeProcess
-from kltest.platform import REPO, deploy, python_function, start_gateway, start_operator, stop_gateway
+from kltest.platform import (
+    REPO,
+    deploy,
+    python_function,
+    running_platform,
+    start_operator,
+)
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.devcluster.servers import NatsServer, RedisServer
@@ -277,20 +282,14 @@ class Platform:
 async def platform(
     cluster: Cluster, kube: KubeClient, brokers: Brokers, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Platform]:
-    namespace = f"st-{secrets.token_hex(4)}"
-    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": namespace}})
-    await wait_for(
-        lambda: kube.get_or_none(resource_path("v1", "serviceaccounts", namespace=namespace, name="default")),
-        lambda sa: sa is not None,
-        what=f"the default ServiceAccount of {namespace}",
-    )
+    namespace = await create_namespace(kube, "st")
     out = tmp_path_factory.mktemp("seen")
-    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
     # The gateway queues Event invocations (the function destination) in the brokers' NATS.
-    gateway, url = await start_gateway(
-        cluster, kube, slot_wait_seconds=5.0, autoscale_interval_seconds=0.5, nats_url=brokers.nats.url
-    )
-    try:
+    async with running_platform(cluster, kube, slot_wait_seconds=5.0, nats_url=brokers.nats.url) as (
+        operator,
+        gateway,
+        url,
+    ):
         await deploy(
             cluster,
             gateway,
@@ -306,14 +305,12 @@ async def platform(
             scaling={"minInstances": 1, "maxInstances": 2},
         )
         await deploy(cluster, gateway, namespace, doc)
-    finally:
         # From here on Triggers get no bridge Deployment: each test runs the bridge it needs.
         await operator.stop()
-    try:
-        yield Platform(gateway, url, namespace, out)
-    finally:
-        await stop_gateway(gateway)
-        await kube.delete(resource_path("v1", "namespaces", name=namespace))
+        try:
+            yield Platform(gateway, url, namespace, out)
+        finally:
+            await kube.delete(resource_path("v1", "namespaces", name=namespace))
 
 
 def trigger(kind: str, name: str, brokers: Brokers, **stream: Any) -> JSON:

@@ -17,13 +17,10 @@ import yaml
 from kltest import Cluster, wait_for
 from kltest.drained import async_queue_drained
 from kltest.platform import (
-    RunningOperator,
+    PlatformUnderTest,
     deploy,
-    install_crds,
     python_function,
-    start_gateway,
-    start_operator,
-    stop_gateway,
+    running_platform,
 )
 from kltest.records import Records
 from kubelambda.api.v1alpha1 import GROUP, VERSION
@@ -53,24 +50,9 @@ def handler(event, context):
 @pytest.fixture(scope="module")
 async def platform(
     cluster: Cluster, kube: KubeClient, nats_server: NatsServer
-) -> AsyncIterator[tuple[RunningOperator, Gateway, str]]:
-    await install_crds(cluster, kube)
-    gateway, url = await start_gateway(
-        cluster,
-        kube,
-        slot_wait_seconds=1.0,
-        autoscale_interval_seconds=0.5,
-        nats_url=nats_server.url,
-        http_routes=True,
-    )
-    # The operator runs as its chart ServiceAccount (hack/operator-rbac.yaml): every bridge object it makes,
-    # including Roles that grant Secrets, must be within what it holds.
-    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0, gateway_url=url)
-    try:
-        yield operator, gateway, url
-    finally:
-        await operator.stop()
-        await stop_gateway(gateway)
+) -> AsyncIterator[PlatformUnderTest]:
+    async with running_platform(cluster, kube, nats_url=nats_server.url, http_routes=True) as platform:
+        yield platform
 
 
 def trigger_path(namespace: str, name: str = "") -> str:
@@ -93,7 +75,7 @@ async def test_a_schedule_trigger_runs_its_bridge_pod_under_its_own_account_and_
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     records: Records,
 ) -> None:
     _, gateway, _ = platform
@@ -168,7 +150,7 @@ async def test_a_trigger_of_a_missing_function_says_so_until_the_function_exists
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     records: Records,
 ) -> None:
     _, gateway, _ = platform
@@ -247,7 +229,7 @@ async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
-    platform: tuple[RunningOperator, Gateway, str],
+    platform: PlatformUnderTest,
     records: Records,
 ) -> None:
     _, gateway, url = platform
@@ -333,7 +315,7 @@ def handler(event, context):
 
 
 async def test_an_http_trigger_routes_its_path_and_methods_to_the_function(
-    cluster: Cluster, kube: KubeClient, namespace: str, platform: tuple[RunningOperator, Gateway, str]
+    cluster: Cluster, kube: KubeClient, namespace: str, platform: PlatformUnderTest
 ) -> None:
     _, gateway, url = platform
     await deploy(cluster, gateway, namespace, python_function("orders", ECHO_HTTP))
@@ -378,7 +360,7 @@ async def test_an_http_trigger_routes_its_path_and_methods_to_the_function(
 
 
 async def test_the_http_api_and_cron_examples_work_as_documented(
-    cluster: Cluster, kube: KubeClient, namespace: str, platform: tuple[RunningOperator, Gateway, str]
+    cluster: Cluster, kube: KubeClient, namespace: str, platform: PlatformUnderTest
 ) -> None:
     _, gateway, url = platform
     docs = [

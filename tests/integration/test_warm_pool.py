@@ -21,13 +21,11 @@ import pytest
 from kltest import Cluster, wait_for
 from kltest.platform import (
     SYSTEM_NS,
-    RunningOperator,
+    PlatformUnderTest,
     deploy,
     lambda_client,
     python_function,
-    start_gateway,
-    start_operator,
-    stop_gateway,
+    running_platform,
 )
 from kubelambda import metrics
 from kubelambda.gateway.app import Gateway
@@ -56,21 +54,10 @@ SERVED_BY: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
-async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[tuple[Gateway, str]]:
-    operator: RunningOperator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
-    gateway, url = await start_gateway(
-        cluster,
-        kube,
-        slot_wait_seconds=1.0,
-        autoscale_interval_seconds=0.5,
-        warm_pool_sizes={"python3.11": POOL_SIZE},
-    )
-    try:
-        await wait_free(gateway, POOL_SIZE, timeout=90)
-        yield gateway, url
-    finally:
-        await stop_gateway(gateway)
-        await operator.stop()
+async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[PlatformUnderTest]:
+    async with running_platform(cluster, kube, warm_pool_sizes={"python3.11": POOL_SIZE}) as platform:
+        await wait_free(platform.gateway, POOL_SIZE, timeout=90)
+        yield platform
 
 
 def pool_of(gateway: Gateway) -> WarmPool:
@@ -122,9 +109,9 @@ async def pod_or_none(kube: KubeClient, name: str) -> JSON | None:
 
 
 async def test_first_invoke_from_zero_is_served_by_a_specialised_pool_pod_which_is_then_replaced_and_retired(
-    platform: tuple[Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
-    gateway, url = platform
+    _, gateway, url = platform
     claims = metrics.WARM_POOL_CLAIMS.labels("python3.11")
     before = claims._value.get()
     await deploy(cluster, gateway, namespace, function("pooled"))
@@ -167,9 +154,9 @@ async def test_first_invoke_from_zero_is_served_by_a_specialised_pool_pod_which_
 
 
 async def test_a_code_change_never_runs_old_code_on_a_pool_pod(
-    platform: tuple[Gateway, str], cluster: Cluster, kube: KubeClient, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
-    gateway, url = platform
+    _, gateway, url = platform
     await wait_free(gateway, POOL_SIZE, timeout=90)
     await deploy(cluster, gateway, namespace, function("changing", "v1"))
     body, headers = await invoke(url, f"{namespace}/changing")
@@ -210,9 +197,9 @@ async def test_a_code_change_never_runs_old_code_on_a_pool_pod(
 
 
 async def test_two_functions_cold_at_once_get_two_pool_pods(
-    platform: tuple[Gateway, str], cluster: Cluster, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, namespace: str
 ) -> None:
-    gateway, url = platform
+    _, gateway, url = platform
     await wait_free(gateway, POOL_SIZE, timeout=90)
     await deploy(cluster, gateway, namespace, function("left"))
     await deploy(cluster, gateway, namespace, function("right"))
@@ -230,9 +217,9 @@ async def test_two_functions_cold_at_once_get_two_pool_pods(
 
 
 async def test_a_function_that_opts_out_takes_the_normal_path(
-    platform: tuple[Gateway, str], cluster: Cluster, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, namespace: str
 ) -> None:
-    gateway, url = platform
+    _, gateway, url = platform
     await wait_free(gateway, POOL_SIZE, timeout=90)
     claims = metrics.WARM_POOL_CLAIMS.labels("python3.11")
     before = claims._value.get()
@@ -288,9 +275,9 @@ def zip_server() -> Iterator[str]:
 
 
 async def test_archive_code_is_fetched_and_verified_by_the_pool_pod(
-    platform: tuple[Gateway, str], cluster: Cluster, namespace: str, zip_server: str
+    platform: PlatformUnderTest, cluster: Cluster, namespace: str, zip_server: str
 ) -> None:
-    gateway, url = platform
+    _, gateway, url = platform
     await wait_free(gateway, POOL_SIZE, timeout=90)
     data = zipped({"app.py": HANDLER.format(version="zipped"), "lib/data.txt": "x"})
     _Zips.files["/fn.zip"] = data
@@ -305,9 +292,9 @@ async def test_archive_code_is_fetched_and_verified_by_the_pool_pod(
 
 
 async def test_an_init_error_on_a_pool_pod_answers_like_lambda(
-    platform: tuple[Gateway, str], cluster: Cluster, namespace: str
+    platform: PlatformUnderTest, cluster: Cluster, namespace: str
 ) -> None:
-    gateway, url = platform
+    _, gateway, url = platform
     await wait_free(gateway, POOL_SIZE, timeout=90)
     doc = python_function("broken", "raise RuntimeError('no config')\n")
     await deploy(cluster, gateway, namespace, doc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kltest.wait import wait_for
 from kubelambda.devcluster import DevState
 from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.kube import KubeClient, resource_path
 
 
 def kubectl_bin() -> Path:
@@ -151,3 +154,16 @@ def start_cluster(
     proc.kill()
     tail = (state_dir / "serve.log").read_text(errors="replace")[-3000:]
     raise RuntimeError(f"the local cluster did not start (state dir {state_dir}):\n{tail}")
+
+
+async def create_namespace(kube: KubeClient, prefix: str) -> str:
+    """A new namespace ``<prefix>-<random>``, once pods can be made in it (the admission plugin refuses them
+    until the controller-manager has made the namespace's default ServiceAccount)."""
+    name = f"{prefix}-{secrets.token_hex(4)}"
+    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": name}})
+    await wait_for(
+        lambda: kube.get_or_none(resource_path("v1", "serviceaccounts", namespace=name, name="default")),
+        lambda sa: sa is not None,
+        what=f"the default ServiceAccount of {name}",
+    )
+    return name

@@ -8,10 +8,12 @@ when it stops); the gateway runs in the test's loop. Both authenticate with a to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import boto3
@@ -149,6 +151,45 @@ async def start_gateway(
 async def stop_gateway(gateway: Gateway) -> None:
     await gateway.stop()
     await gateway.kube.close()
+
+
+# Event invocations retried and backed off in fractions of a second, for tests of the async path.
+FAST_ASYNC: dict[str, Any] = {
+    "async_retry_delays_seconds": (0.2, 0.2),
+    "async_backoff_min_seconds": 0.2,
+    "async_backoff_max_seconds": 1.0,
+}
+
+
+class PlatformUnderTest(NamedTuple):
+    operator: RunningOperator
+    gateway: Gateway
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def running_platform(
+    cluster: Cluster, kube: KubeClient, **gateway_settings: Any
+) -> AsyncIterator[PlatformUnderTest]:
+    """The CRDs, the gateway (``gateway_settings`` over quick test defaults), then the operator, which gives the
+    bridge pods it makes this gateway's URL; both stop on the way out (the operator may be stopped earlier)."""
+    await install_crds(cluster, kube)
+    settings: dict[str, Any] = {
+        "slot_wait_seconds": 1.0,
+        "autoscale_interval_seconds": 0.5,
+        **gateway_settings,
+    }
+    gateway, url = await start_gateway(cluster, kube, **settings)
+    try:
+        # The operator runs as its chart ServiceAccount (hack/operator-rbac.yaml): every object it makes,
+        # including Roles that grant Secrets, must be within what it holds.
+        operator = await start_operator(cluster, kube, problem_retry_seconds=1.0, gateway_url=url)
+        try:
+            yield PlatformUnderTest(operator, gateway, url)
+        finally:
+            await operator.stop()
+    finally:
+        await stop_gateway(gateway)
 
 
 def lambda_client(url: str, key_id: str = "kubelambda", secret: str = "kubelambda", **config: Any) -> Any:
