@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import threading
 import time
 from pathlib import Path
@@ -14,18 +13,10 @@ import pytest
 from kubelambda.runtimes import InvokeResult, LocalFunction
 
 from .conftest import FUNCTIONS, StartFunction
+from .langcheck import REPORT, body
 
 RUNTIMES = ["python3.12", "nodejs20"]
 SIX_MB = 6 * 1024 * 1024
-REPORT = re.compile(
-    r"^REPORT RequestId: (?P<id>[0-9a-f-]+)\tDuration: (?P<duration>\d+\.\d\d) ms\t"
-    r"Billed Duration: (?P<billed>\d+) ms\tMemory Size: (?P<size>\d+) MB\tMax Memory Used: (?P<used>\d+) MB\t"
-    r"(?:Init Duration: (?P<init>\d+\.\d\d) ms\t)?(?:Status: (?P<status>\w+)\t)?"
-)
-
-
-def body(result: InvokeResult) -> object:
-    return json.loads(result.body)
 
 
 def trace_of(error: dict[str, object]) -> list[str]:
