@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,10 @@ from kltest.platform import (
     stop_gateway,
 )
 from kltest.records import Records
-from kubelambda.asyncworker.dlq import list_dead_letters
+from kubelambda.asyncworker.dlq import DeadLetter, list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent, dlq_stream
 from kubelambda.devcluster.servers import NatsServer
+from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -67,13 +69,81 @@ async def platform(
         yield platform
 
 
+@dataclass
+class Ev:
+    """What a test here works with: the platform, the test's namespace, the module's NATS and record receiver."""
+
+    cluster: Cluster
+    kube: KubeClient
+    gateway: Gateway
+    url: str
+    namespace: str
+    nats_url: str
+    records: Records
+
+
+@pytest.fixture
+def ev(
+    platform: PlatformUnderTest,
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    nats_server: NatsServer,
+    records: Records,
+) -> Ev:
+    return Ev(cluster, kube, platform.gateway, platform.url, namespace, nats_server.url, records)
+
+
 def function(name: str, **async_config: Any) -> JSON:
     return python_function(name, HANDLER, **{"async": async_config})
 
 
-async def invoke_event(url: str, name: str, payload: bytes) -> Any:
+async def invoke_event(url: str, name: str, payload: bytes) -> str:
+    """An Event invocation; returns the request id the caller was given once it was accepted (202)."""
     client = lambda_client(url)
-    return await asyncio.to_thread(client.invoke, FunctionName=name, InvocationType="Event", Payload=payload)
+    answer = await asyncio.to_thread(
+        client.invoke, FunctionName=name, InvocationType="Event", Payload=payload
+    )
+    assert answer["StatusCode"] == 202, answer
+    return str(answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"])
+
+
+def request_context(namespace: str, name: str, request_id: str, condition: str, count: int) -> JSON:
+    """The requestContext of Lambda's invocation record."""
+    return {
+        "requestId": request_id,
+        "functionArn": f"arn:aws:lambda:us-east-1:{namespace}:function:{name}:$LATEST",
+        "condition": condition,
+        "approximateInvokeCount": count,
+    }
+
+
+async def dead_letters(nats_url: str, namespace: str) -> list[DeadLetter]:
+    queue = await EventQueue.connect(nats_url, stream=STREAM)
+    try:
+        return await list_dead_letters(queue, namespace)
+    finally:
+        await queue.close()
+
+
+async def queue_accepted_ago(nats_url: str, namespace: str, name: str, payload: JSON, seconds: float) -> str:
+    """Stores an Event in the stream exactly as the gateway does, as if accepted ``seconds`` ago; returns its
+    request id."""
+    request_id = str(uuid.uuid4())
+    queue = await EventQueue.connect(nats_url, stream=STREAM)
+    try:
+        await queue.publish(
+            QueuedEvent(
+                namespace=namespace,
+                function=name,
+                request_id=request_id,
+                payload=json.dumps(payload).encode(),
+                enqueued_at=time.time() - seconds,
+            )
+        )
+    finally:
+        await queue.close()
+    return request_id
 
 
 async def stream_last_seq(nats_url: str, stream: str) -> int:
@@ -97,38 +167,24 @@ async def queue_drained(nats_url: str) -> bool:
         await nc.close()
 
 
-async def test_an_event_runs_the_function_from_zero_and_reaches_the_success_destination(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-) -> None:
-    _, gateway, url = platform
-    key = f"{namespace}-ok"
-    await deploy(cluster, gateway, namespace, function("ok", onSuccess={"url": records.url(key)}))
-    scale = await kube.get(
-        resource_path("apps/v1", "deployments", namespace=namespace, name="ok", subresource="scale")
+async def test_an_event_runs_the_function_from_zero_and_reaches_the_success_destination(ev: Ev) -> None:
+    key = f"{ev.namespace}-ok"
+    await deploy(ev.cluster, ev.gateway, ev.namespace, function("ok", onSuccess={"url": ev.records.url(key)}))
+    scale = await ev.kube.get(
+        resource_path("apps/v1", "deployments", namespace=ev.namespace, name="ok", subresource="scale")
     )
     assert scale["spec"].get("replicas", 0) == 0
-    answer = await invoke_event(url, f"{namespace}/ok", b'{"n": 1}')
-    assert answer["StatusCode"] == 202
-    request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
-    (record,) = await records.wait(key)
+    request_id = await invoke_event(ev.url, f"{ev.namespace}/ok", b'{"n": 1}')
+    (record,) = await ev.records.wait(key)
     assert record["version"] == "1.0"
-    assert record["requestContext"] == {
-        "requestId": request_id,
-        "functionArn": f"arn:aws:lambda:us-east-1:{namespace}:function:ok:$LATEST",
-        "condition": "Success",
-        "approximateInvokeCount": 1,
-    }
+    assert record["requestContext"] == request_context(ev.namespace, "ok", request_id, "Success", 1)
     assert record["requestPayload"] == {"n": 1}
     assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST"}
     # The handler saw the request id the caller was given: the same one on every attempt.
     assert record["responsePayload"] == {"echo": {"n": 1}, "requestId": request_id}
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as resp:
+    async with aiohttp.ClientSession() as http, http.get(f"{ev.url}/metrics") as resp:
         exported = await resp.text()
-    labels = f'function="ok",namespace="{namespace}"'
+    labels = f'function="ok",namespace="{ev.namespace}"'
     assert f"kubelambda_async_events_accepted_total{{{labels}}} 1.0" in exported
     assert f'kubelambda_async_destination_records_total{{destination="url",{labels}}} 1.0' in exported
     assert "kubelambda_async_queue_depth " in exported
@@ -137,27 +193,18 @@ async def test_an_event_runs_the_function_from_zero_and_reaches_the_success_dest
 
 @pytest.mark.parametrize("max_retries", [0, 1, 2])
 async def test_a_failing_event_ends_in_exactly_one_failure_record(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-    nats_server: NatsServer,
-    tmp_path: Path,
-    max_retries: int,
+    ev: Ev, tmp_path: Path, max_retries: int
 ) -> None:
-    _, gateway, url = platform
-    key = f"{namespace}-fail"
-    doc = function("fails", maxRetries=max_retries, onFailure={"url": records.url(key)})
-    await deploy(cluster, gateway, namespace, doc)
+    key = f"{ev.namespace}-fail"
+    doc = function("fails", maxRetries=max_retries, onFailure={"url": ev.records.url(key)})
+    await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
     attempts = tmp_path / "attempts"
     attempts.mkdir()
     payload = {"fail": True, "attempts": str(attempts)}
-    answer = await invoke_event(url, f"{namespace}/fails", json.dumps(payload).encode())
-    request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
-    (record,) = await records.wait(key)
-    await wait_for(lambda: queue_drained(nats_server.url), bool, what="the async queue drained")
-    assert len(records.got[key]) == 1
+    request_id = await invoke_event(ev.url, f"{ev.namespace}/fails", json.dumps(payload).encode())
+    (record,) = await ev.records.wait(key)
+    await wait_for(lambda: queue_drained(ev.nats_url), bool, what="the async queue drained")
+    assert len(ev.records.got[key]) == 1
     # The handler ran exactly maxRetries + 1 times, each time with the caller's request id.
     assert [p.name for p in attempts.iterdir()] == [request_id]
     assert (attempts / request_id).read_text().splitlines() == ["attempt"] * (max_retries + 1)
@@ -169,38 +216,28 @@ async def test_a_failing_event_ends_in_exactly_one_failure_record(
 
 
 async def test_without_a_failure_destination_the_record_goes_to_the_namespaces_dead_letter_stream(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    nats_server: NatsServer,
+    ev: Ev,
 ) -> None:
-    _, gateway, url = platform
-    await deploy(cluster, gateway, namespace, function("dead", maxRetries=0))
-    answer = await invoke_event(url, f"{namespace}/dead", b'{"fail": true}')
-    request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+    await deploy(ev.cluster, ev.gateway, ev.namespace, function("dead", maxRetries=0))
+    request_id = await invoke_event(ev.url, f"{ev.namespace}/dead", b'{"fail": true}')
 
-    async def dead_letters() -> list[JSON]:
-        queue = await EventQueue.connect(nats_server.url, stream=STREAM)
-        try:
-            return [letter.record for letter in await list_dead_letters(queue, namespace)]
-        finally:
-            await queue.close()
+    async def records_dead() -> list[JSON]:
+        return [letter.record for letter in await dead_letters(ev.nats_url, ev.namespace)]
 
-    (record,) = await wait_for(dead_letters, bool, what=f"a record in {dlq_stream(namespace)}")
+    (record,) = await wait_for(records_dead, bool, what=f"a record in {dlq_stream(ev.namespace)}")
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["condition"] == "RetriesExhausted"
     assert record["requestContext"]["approximateInvokeCount"] == 1
 
     # `kubelambda dlq list` shows it; `redrive` queues the payload again (a new invocation, which fails and
     # comes back with a new request id).
-    listed = await cli("dlq", "list", namespace, "--nats-url", nats_server.url)
+    listed = await cli("dlq", "list", ev.namespace, "--nats-url", ev.nats_url)
     (line,) = listed.splitlines()
     assert json.loads(line)["function"] == "dead"
     assert json.loads(line)["record"]["requestContext"]["requestId"] == request_id
-    assert "Re-drove 1 record(s)" in await cli("dlq", "redrive", namespace, "--nats-url", nats_server.url)
+    assert "Re-drove 1 record(s)" in await cli("dlq", "redrive", ev.namespace, "--nats-url", ev.nats_url)
     (again,) = await wait_for(
-        dead_letters,
+        records_dead,
         lambda got: bool(got) and got[0]["requestContext"]["requestId"] != request_id,
         what="the re-driven event dead-lettered again",
     )
@@ -219,20 +256,14 @@ async def cli(*args: str) -> str:
     return done.stdout
 
 
-async def test_a_function_destination_is_invoked_asynchronously_with_the_record(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-) -> None:
-    _, gateway, url = platform
-    key = f"{namespace}-chain"
-    await deploy(cluster, gateway, namespace, function("second", onSuccess={"url": records.url(key)}))
-    await deploy(cluster, gateway, namespace, function("first", onSuccess={"function": "second"}))
-    answer = await invoke_event(url, f"{namespace}/first", b'{"step": 1}')
-    first_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
-    (record,) = await records.wait(key)
+async def test_a_function_destination_is_invoked_asynchronously_with_the_record(ev: Ev) -> None:
+    key = f"{ev.namespace}-chain"
+    await deploy(
+        ev.cluster, ev.gateway, ev.namespace, function("second", onSuccess={"url": ev.records.url(key)})
+    )
+    await deploy(ev.cluster, ev.gateway, ev.namespace, function("first", onSuccess={"function": "second"}))
+    first_id = await invoke_event(ev.url, f"{ev.namespace}/first", b'{"step": 1}')
+    (record,) = await ev.records.wait(key)
     # "second" received the record of "first" as its event and echoed it.
     inner = record["responsePayload"]["echo"]
     assert inner["requestContext"]["requestId"] == first_id
@@ -240,66 +271,48 @@ async def test_a_function_destination_is_invoked_asynchronously_with_the_record(
     assert record["requestContext"]["requestId"] != first_id
 
 
-async def test_oversize_and_non_json_events_are_refused_and_nothing_is_queued(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    nats_server: NatsServer,
-) -> None:
-    _, gateway, url = platform
-    await deploy(cluster, gateway, namespace, function("refuses"))
-    before = await stream_last_seq(nats_server.url, STREAM)
-    client = lambda_client(url)
+async def test_oversize_and_non_json_events_are_refused_and_nothing_is_queued(ev: Ev) -> None:
+    await deploy(ev.cluster, ev.gateway, ev.namespace, function("refuses"))
+    before = await stream_last_seq(ev.nats_url, STREAM)
+    client = lambda_client(ev.url)
     big = b'"' + b"x" * (1024 * 1024) + b'"'  # over 1 MB, well under the synchronous 6 MB
     with pytest.raises(client.exceptions.RequestTooLargeException):
         await asyncio.to_thread(
-            client.invoke, FunctionName=f"{namespace}/refuses", InvocationType="Event", Payload=big
+            client.invoke, FunctionName=f"{ev.namespace}/refuses", InvocationType="Event", Payload=big
         )
     with pytest.raises(client.exceptions.InvalidRequestContentException):
         await asyncio.to_thread(
-            client.invoke, FunctionName=f"{namespace}/refuses", InvocationType="Event", Payload=b"{nope"
+            client.invoke, FunctionName=f"{ev.namespace}/refuses", InvocationType="Event", Payload=b"{nope"
         )
-    assert await stream_last_seq(nats_server.url, STREAM) == before
+    assert await stream_last_seq(ev.nats_url, STREAM) == before
 
 
-async def test_a_gateway_without_nats_answers_event_invocations_not_implemented(
-    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
-) -> None:
-    _, gateway, _ = platform
-    await deploy(cluster, gateway, namespace, function("plain"))
-    bare, bare_url = await start_gateway(cluster, kube)
+async def test_a_gateway_without_nats_answers_event_invocations_not_implemented(ev: Ev) -> None:
+    await deploy(ev.cluster, ev.gateway, ev.namespace, function("plain"))
+    bare, bare_url = await start_gateway(ev.cluster, ev.kube)
     try:
         await wait_for(
-            lambda: asyncio.sleep(0, result=bare.registry.functions.get((namespace, "plain"))),
+            lambda: asyncio.sleep(0, result=bare.registry.functions.get((ev.namespace, "plain"))),
             lambda fn: fn is not None and fn.ready,
-            what="the second gateway to see the Function Ready",
+            what="the second ev.gateway to see the Function Ready",
         )
         client = lambda_client(bare_url)
         with pytest.raises(client.exceptions.ClientError, match="KUBELAMBDA_GATEWAY_NATS_URL") as e:
             await asyncio.to_thread(
-                client.invoke, FunctionName=f"{namespace}/plain", InvocationType="Event", Payload=b"{}"
+                client.invoke, FunctionName=f"{ev.namespace}/plain", InvocationType="Event", Payload=b"{}"
             )
         assert e.value.response["Error"]["Code"] == "NotImplementedException"
     finally:
         await stop_gateway(bare)
 
 
-async def test_reserved_concurrency_zero_sends_events_straight_to_the_failure_destination(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-) -> None:
-    _, gateway, url = platform
-    key = f"{namespace}-off"
-    doc = function("off", onFailure={"url": records.url(key)})
+async def test_reserved_concurrency_zero_sends_events_straight_to_the_failure_destination(ev: Ev) -> None:
+    key = f"{ev.namespace}-off"
+    doc = function("off", onFailure={"url": ev.records.url(key)})
     doc["spec"]["concurrency"] = {"reserved": 0}
-    await deploy(cluster, gateway, namespace, doc)
-    answer = await invoke_event(url, f"{namespace}/off", b'{"n": 2}')
-    request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
-    (record,) = await records.wait(key)
+    await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
+    request_id = await invoke_event(ev.url, f"{ev.namespace}/off", b'{"n": 2}')
+    (record,) = await ev.records.wait(key)
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["approximateInvokeCount"] == 0
     assert record["requestPayload"] == {"n": 2}
@@ -319,27 +332,18 @@ async def subscribe(nats_url: str, subject: str) -> tuple[Any, list[JSON]]:
     return nc, got
 
 
-async def test_a_nats_destination_receives_lambdas_invocation_record(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    nats_server: NatsServer,
-) -> None:
+async def test_a_nats_destination_receives_lambdas_invocation_record(ev: Ev) -> None:
     """No stream captures the subjects: a plain publish to whoever subscribes (the test does, beforehand)."""
-    _, gateway, url = platform
-    ok_subject, failed_subject = f"records.{namespace}.ok", f"records.{namespace}.failed"
-    nc, got_ok = await subscribe(nats_server.url, ok_subject)
-    nc2, got_failed = await subscribe(nats_server.url, failed_subject)
+    ok_subject, failed_subject = f"records.{ev.namespace}.ok", f"records.{ev.namespace}.failed"
+    nc, got_ok = await subscribe(ev.nats_url, ok_subject)
+    nc2, got_failed = await subscribe(ev.nats_url, failed_subject)
     try:
         doc = function(
             "natsdest", maxRetries=0, onSuccess={"nats": ok_subject}, onFailure={"nats": failed_subject}
         )
-        await deploy(cluster, gateway, namespace, doc)
-        good = await invoke_event(url, f"{namespace}/natsdest", b'{"n": 3}')
-        bad = await invoke_event(url, f"{namespace}/natsdest", b'{"n": 4, "fail": true}')
-        good_id = good["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
-        bad_id = bad["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+        await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
+        good_id = await invoke_event(ev.url, f"{ev.namespace}/natsdest", b'{"n": 3}')
+        bad_id = await invoke_event(ev.url, f"{ev.namespace}/natsdest", b'{"n": 4, "fail": true}')
         (success,) = await wait_for(
             lambda: asyncio.sleep(0, result=list(got_ok)), bool, what=f"a record on {ok_subject}", timeout=90
         )
@@ -349,7 +353,6 @@ async def test_a_nats_destination_receives_lambdas_invocation_record(
     finally:
         await nc.close()
         await nc2.close()
-    arn = f"arn:aws:lambda:us-east-1:{namespace}:function:natsdest:$LATEST"
     assert set(success) == {
         "version",
         "timestamp",
@@ -360,21 +363,13 @@ async def test_a_nats_destination_receives_lambdas_invocation_record(
     }
     assert success["version"] == "1.0"
     assert success["timestamp"].endswith("Z")
-    assert success["requestContext"] == {
-        "requestId": good_id,
-        "functionArn": arn,
-        "condition": "Success",
-        "approximateInvokeCount": 1,
-    }
+    assert success["requestContext"] == request_context(ev.namespace, "natsdest", good_id, "Success", 1)
     assert success["requestPayload"] == {"n": 3}
     assert success["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST"}
     assert success["responsePayload"] == {"echo": {"n": 3}, "requestId": good_id}
-    assert failure["requestContext"] == {
-        "requestId": bad_id,
-        "functionArn": arn,
-        "condition": "RetriesExhausted",
-        "approximateInvokeCount": 1,
-    }
+    assert failure["requestContext"] == request_context(
+        ev.namespace, "natsdest", bad_id, "RetriesExhausted", 1
+    )
     assert failure["requestPayload"] == {"n": 4, "fail": True}
     assert failure["responseContext"] == {
         "statusCode": 200,
@@ -385,32 +380,24 @@ async def test_a_nats_destination_receives_lambdas_invocation_record(
     assert failure["responsePayload"]["errorMessage"] == "asked to fail"
 
 
-async def test_a_nats_destination_captured_by_a_stream_is_stored_in_it(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    nats_server: NatsServer,
-) -> None:
+async def test_a_nats_destination_captured_by_a_stream_is_stored_in_it(ev: Ev) -> None:
     """A stream captures the subject: the record is published through JetStream (acknowledged, kept)."""
-    _, gateway, url = platform
-    subject = f"kept.{namespace}.ok"
-    stream = f"KEPT_{namespace.replace('-', '_')}"
-    nc = await nats.connect(nats_server.url)
+    subject = f"kept.{ev.namespace}.ok"
+    stream = f"KEPT_{ev.namespace.replace('-', '_')}"
+    nc = await nats.connect(ev.nats_url)
     try:
         js = nc.jetstream()
         await js.add_stream(
-            StreamConfig(name=stream, subjects=[f"kept.{namespace}.>"], storage=StorageType.FILE)
+            StreamConfig(name=stream, subjects=[f"kept.{ev.namespace}.>"], storage=StorageType.FILE)
         )
-        await deploy(cluster, gateway, namespace, function("kept", onSuccess={"nats": subject}))
-        answer = await invoke_event(url, f"{namespace}/kept", b'{"n": 5}')
-        request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+        await deploy(ev.cluster, ev.gateway, ev.namespace, function("kept", onSuccess={"nats": subject}))
+        request_id = await invoke_event(ev.url, f"{ev.namespace}/kept", b'{"n": 5}')
 
         async def stored() -> int:
             return int((await js.stream_info(stream)).state.messages)
 
         await wait_for(stored, lambda n: n >= 1, what=f"a record in stream {stream}", timeout=90)
-        await wait_for(lambda: queue_drained(nats_server.url), bool, what="the async queue drained")
+        await wait_for(lambda: queue_drained(ev.nats_url), bool, what="the async queue drained")
         assert await stored() == 1
         msg = await js.get_msg(stream, 1)
         assert msg.subject == subject
@@ -423,46 +410,18 @@ async def test_a_nats_destination_captured_by_a_stream_is_stored_in_it(
         await nc.close()
 
 
-async def queue_directly(nats_url: str, event: QueuedEvent) -> None:
-    """Stores an event in the stream exactly as the gateway does, with an acceptance time of the test's choice."""
-    queue = await EventQueue.connect(nats_url, stream=STREAM)
-    try:
-        await queue.publish(event)
-    finally:
-        await queue.close()
-
-
-async def test_an_event_older_than_max_event_age_is_never_invoked(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-    nats_server: NatsServer,
-    tmp_path: Path,
-) -> None:
+async def test_an_event_older_than_max_event_age_is_never_invoked(ev: Ev, tmp_path: Path) -> None:
     """The event's age comes from its Kubelambda-Enqueued-At header: an event accepted 61 s ago (queued here
     with that time, instead of waiting a minute) is past maxEventAgeSeconds 60 and ends without an invocation."""
-    _, gateway, _ = platform
-    key = f"{namespace}-old"
-    doc = function("aged", maxEventAgeSeconds=60, onFailure={"url": records.url(key)})
-    await deploy(cluster, gateway, namespace, doc)
+    key = f"{ev.namespace}-old"
+    doc = function("aged", maxEventAgeSeconds=60, onFailure={"url": ev.records.url(key)})
+    await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
     attempts = tmp_path / "attempts"
     attempts.mkdir()
-    request_id = str(uuid.uuid4())
     payload = {"attempts": str(attempts)}
-    await queue_directly(
-        nats_server.url,
-        QueuedEvent(
-            namespace=namespace,
-            function="aged",
-            request_id=request_id,
-            payload=json.dumps(payload).encode(),
-            enqueued_at=time.time() - 61,
-        ),
-    )
-    (record,) = await records.wait(key)
-    await wait_for(lambda: queue_drained(nats_server.url), bool, what="the async queue drained")
+    request_id = await queue_accepted_ago(ev.nats_url, ev.namespace, "aged", payload, 61)
+    (record,) = await ev.records.wait(key)
+    await wait_for(lambda: queue_drained(ev.nats_url), bool, what="the async queue drained")
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["condition"] == "EventAgeExceeded"
     assert record["requestContext"]["approximateInvokeCount"] == 0
@@ -471,40 +430,23 @@ async def test_an_event_older_than_max_event_age_is_never_invoked(
     assert list(attempts.iterdir()) == []  # the handler never ran
 
 
-async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-    nats_server: NatsServer,
-    tmp_path: Path,
-) -> None:
+async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(ev: Ev, tmp_path: Path) -> None:
     """Accepted 55 s before (of 60), the first attempt starts at once, runs 6 s and fails: its retry would
     fall due past the age, so the event ends there with EventAgeExceeded after one invocation."""
-    _, gateway, url = platform
-    key = f"{namespace}-ageing"
-    doc = function("ageing", maxRetries=2, maxEventAgeSeconds=60, onFailure={"url": records.url(key)})
+    key = f"{ev.namespace}-ageing"
+    doc = function("ageing", maxRetries=2, maxEventAgeSeconds=60, onFailure={"url": ev.records.url(key)})
     doc["spec"]["timeoutSeconds"] = 30
-    await deploy(cluster, gateway, namespace, doc)
+    await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
     # A first invocation starts the instance, so the queued attempt below starts well inside its 5 s left.
-    await asyncio.to_thread(lambda_client(url).invoke, FunctionName=f"{namespace}/ageing", Payload=b"{}")
+    await asyncio.to_thread(
+        lambda_client(ev.url).invoke, FunctionName=f"{ev.namespace}/ageing", Payload=b"{}"
+    )
     attempts = tmp_path / "attempts"
     attempts.mkdir()
-    request_id = str(uuid.uuid4())
     payload = {"fail": True, "sleep": 6, "attempts": str(attempts)}
-    await queue_directly(
-        nats_server.url,
-        QueuedEvent(
-            namespace=namespace,
-            function="ageing",
-            request_id=request_id,
-            payload=json.dumps(payload).encode(),
-            enqueued_at=time.time() - 55,
-        ),
-    )
-    (record,) = await records.wait(key)
-    await wait_for(lambda: queue_drained(nats_server.url), bool, what="the async queue drained")
+    request_id = await queue_accepted_ago(ev.nats_url, ev.namespace, "ageing", payload, 55)
+    (record,) = await ev.records.wait(key)
+    await wait_for(lambda: queue_drained(ev.nats_url), bool, what="the async queue drained")
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["condition"] == "EventAgeExceeded"
     assert record["requestContext"]["approximateInvokeCount"] == 1
@@ -512,29 +454,15 @@ async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(
     assert (attempts / request_id).read_text().splitlines() == ["attempt"]
 
 
-async def test_a_nats_destination_on_kubelambdas_own_subjects_is_refused_and_dead_lettered(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    nats_server: NatsServer,
-) -> None:
+async def test_a_nats_destination_on_kubelambdas_own_subjects_is_refused_and_dead_lettered(ev: Ev) -> None:
     """A record published on kubelambda.async.* would be a malformed event: it goes to the dead letters."""
-    _, gateway, url = platform
-    doc = function("selfish", onSuccess={"nats": f"kubelambda.async.{namespace}.selfish"})
-    await deploy(cluster, gateway, namespace, doc)
-    answer = await invoke_event(url, f"{namespace}/selfish", b'{"n": 6}')
-    request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
-
-    async def dead_letters() -> list[Any]:
-        queue = await EventQueue.connect(nats_server.url, stream=STREAM)
-        try:
-            return await list_dead_letters(queue, namespace)
-        finally:
-            await queue.close()
-
-    (letter,) = await wait_for(dead_letters, bool, what="the record dead-lettered")
+    doc = function("selfish", onSuccess={"nats": f"kubelambda.async.{ev.namespace}.selfish"})
+    await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
+    request_id = await invoke_event(ev.url, f"{ev.namespace}/selfish", b'{"n": 6}')
+    (letter,) = await wait_for(
+        lambda: dead_letters(ev.nats_url, ev.namespace), bool, what="the record dead-lettered"
+    )
     assert "kubelambda's own" in letter.reason
     assert letter.record["requestContext"]["requestId"] == request_id
     assert letter.record["requestContext"]["condition"] == "Success"
-    await wait_for(lambda: queue_drained(nats_server.url), bool, what="the async queue drained")
+    await wait_for(lambda: queue_drained(ev.nats_url), bool, what="the async queue drained")
