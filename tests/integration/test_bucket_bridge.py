@@ -16,6 +16,7 @@ import io
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,62 @@ async def platform(
         yield platform
 
 
+@dataclass
+class Bk:
+    """What a test here works with: the platform, the test's namespace, the module's records and S3 server."""
+
+    cluster: Cluster
+    kube: KubeClient
+    gateway: Gateway
+    url: str
+    namespace: str
+    records: Records
+    s3: S3Server
+    bucket: str
+
+    def apply(self, doc: JSON) -> None:
+        self.cluster.apply(doc, self.namespace)
+
+    async def deploy_recorder(self) -> str:
+        """A Function whose every successful invocation's record (with the event as requestPayload) reaches
+        ``records`` under the namespace's key; returns that key."""
+        key = f"{self.namespace}-events"
+        doc = python_function(
+            "recorder",
+            HANDLER,
+            timeoutSeconds=10,
+            scaling={"maxInstances": 4},
+            **{"async": {"maxRetries": 0, "onSuccess": {"url": self.records.url(key)}}},
+        )
+        await deploy(self.cluster, self.gateway, self.namespace, doc)
+        return key
+
+    def poll(self, name: str, **bucket: Any) -> JSON:
+        """A polling Trigger of the recorder on the module's bucket, every second."""
+        return trigger(
+            name,
+            "recorder",
+            endpoint=self.s3.endpoint,
+            bucket=self.bucket,
+            mode="poll",
+            pollIntervalSeconds=1,
+            **bucket,
+        )
+
+
+@pytest.fixture
+def bk(
+    platform: PlatformUnderTest,
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Records,
+    s3_server: S3Server,
+    bucket: str,
+) -> Bk:
+    return Bk(cluster, kube, platform.gateway, platform.url, namespace, records, s3_server, bucket)
+
+
 def s3_client(endpoint: str) -> Any:
     return boto3.client(
         "s3",
@@ -102,21 +159,6 @@ def trigger(name: str, function: str, *, enabled: bool = False, **bucket: Any) -
         "metadata": {"name": name},
         "spec": {"function": function, "enabled": enabled, "bucket": bucket},
     }
-
-
-async def deploy_recorder(cluster: Cluster, gateway: Gateway, namespace: str, records: Records) -> str:
-    """A Function whose every successful invocation's record (with the event as requestPayload) reaches
-    ``records`` under the namespace's key; returns that key."""
-    key = f"{namespace}-events"
-    doc = python_function(
-        "recorder",
-        HANDLER,
-        timeoutSeconds=10,
-        scaling={"maxInstances": 4},
-        **{"async": {"maxRetries": 0, "onSuccess": {"url": records.url(key)}}},
-    )
-    await deploy(cluster, gateway, namespace, doc)
-    return key
 
 
 def events_of(records: Records, key: str) -> list[JSON]:
@@ -177,58 +219,47 @@ async def no_more_events(gateway: Gateway, records: Records, key: str, namespace
     assert len(records.of(key)) == count, [object_key(r) for r in events_of(records, key)]
 
 
-async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-    s3_server: S3Server,
-    bucket: str,
-) -> None:
-    _, gateway, url = platform
-    s3 = s3_client(s3_server.endpoint)
-    p = f"{namespace}/"
-    await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=f"{p}existing.txt", Body=b"before the trigger")
-    key = await deploy_recorder(cluster, gateway, namespace, records)
-    cluster.apply(secret("s3-creds", CREDENTIALS), namespace)
-    cluster.apply(
-        trigger(
+async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(bk: Bk) -> None:
+    s3 = s3_client(bk.s3.endpoint)
+    p = f"{bk.namespace}/"
+    await asyncio.to_thread(
+        s3.put_object, Bucket=bk.bucket, Key=f"{p}existing.txt", Body=b"before the trigger"
+    )
+    key = await bk.deploy_recorder()
+    bk.apply(secret("s3-creds", CREDENTIALS))
+    bk.apply(
+        bk.poll(
             "uploads",
-            "recorder",
-            endpoint=s3_server.endpoint,
-            bucket=bucket,
-            mode="poll",
-            pollIntervalSeconds=1,
             credentialsSecret="s3-creds",
             events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
             filter={"prefix": p},
-        ),
-        namespace,
+        )
     )
-    async with bridge_in_process(cluster, namespace, "uploads", url):
-        await wait_for(lambda: checkpoint_written(kube, namespace, "uploads"), bool, what="the first listing")
+    async with bridge_in_process(bk.cluster, bk.namespace, "uploads", bk.url):
+        await wait_for(
+            lambda: checkpoint_written(bk.kube, bk.namespace, "uploads"), bool, what="the first listing"
+        )
         bodies = {
             f"{p}plain.txt": b"hello",
             f"{p}with space/red flower.jpg": b"x" * 1000,
             f"{p}ünï cødé/日本語.bin": b"\x00" * 7,
         }
         for k, body in bodies.items():
-            await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=k, Body=body)
-        got = await records.wait(key, len(bodies), timeout=60)
-        events = events_of(records, key)
+            await asyncio.to_thread(s3.put_object, Bucket=bk.bucket, Key=k, Body=body)
+        got = await bk.records.wait(key, len(bodies), timeout=60)
+        events = events_of(bk.records, key)
         assert sorted(object_key(e) for e in events) == sorted(
             bodies
         )  # not existing.txt: it was there before
         for event in events:
             k = object_key(event)
-            head = await asyncio.to_thread(s3.head_object, Bucket=bucket, Key=k)
+            head = await asyncio.to_thread(s3.head_object, Bucket=bk.bucket, Key=k)
             assert event["eventSource"] == "aws:s3"
             assert event["eventVersion"] == "2.1"
             assert event["eventName"] == "ObjectCreated:Put"
             assert event["s3"]["configurationId"] == "uploads"
-            assert event["s3"]["bucket"]["name"] == bucket
-            assert event["s3"]["bucket"]["arn"] == f"arn:aws:s3:::{bucket}"
+            assert event["s3"]["bucket"]["name"] == bk.bucket
+            assert event["s3"]["bucket"]["arn"] == f"arn:aws:s3:::{bk.bucket}"
             assert event["s3"]["object"]["size"] == len(bodies[k])
             assert (
                 event["s3"]["object"]["eTag"] == head["ETag"].strip('"') == hashlib.md5(bodies[k]).hexdigest()
@@ -236,107 +267,85 @@ async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(
             assert event["s3"]["object"]["key"] == urllib.parse.quote_plus(k, safe="/")
         assert len(got) == len(bodies)
 
-        await asyncio.to_thread(s3.delete_object, Bucket=bucket, Key=f"{p}plain.txt")
-        await records.wait(key, len(bodies) + 1, timeout=60)
-        removed = events_of(records, key)[-1]
+        await asyncio.to_thread(s3.delete_object, Bucket=bk.bucket, Key=f"{p}plain.txt")
+        await bk.records.wait(key, len(bodies) + 1, timeout=60)
+        removed = events_of(bk.records, key)[-1]
         assert removed["eventName"] == "ObjectRemoved:Delete"
         assert object_key(removed) == f"{p}plain.txt"
         assert "eTag" not in removed["s3"]["object"]
         # A marker uploaded last: once its event is recorded, a listing after every change above was diffed.
-        await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=f"{p}zz-marker.txt", Body=b"m")
-        await records.wait(key, len(bodies) + 2, timeout=60)
-        assert object_key(events_of(records, key)[-1]) == f"{p}zz-marker.txt"
-        await no_more_events(gateway, records, key, namespace, len(bodies) + 2)
-        trig = await kube.get(
-            resource_path("kubelambda.io/v1alpha1", "triggers", namespace=namespace, name="uploads")
+        await asyncio.to_thread(s3.put_object, Bucket=bk.bucket, Key=f"{p}zz-marker.txt", Body=b"m")
+        await bk.records.wait(key, len(bodies) + 2, timeout=60)
+        assert object_key(events_of(bk.records, key)[-1]) == f"{p}zz-marker.txt"
+        await no_more_events(bk.gateway, bk.records, key, bk.namespace, len(bodies) + 2)
+        trig = await bk.kube.get(
+            resource_path("kubelambda.io/v1alpha1", "triggers", namespace=bk.namespace, name="uploads")
         )
-        assert (await condition(kube, namespace, "uploads", "SourceReachable") or {}).get("status") == "True"
+        assert (await condition(bk.kube, bk.namespace, "uploads", "SourceReachable") or {}).get(
+            "status"
+        ) == "True"
         assert trig["status"]["eventsDelivered"] >= len(bodies) + 1
 
 
-async def test_poll_mode_applies_prefix_suffix_and_event_type_filters(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-    s3_server: S3Server,
-    bucket: str,
-) -> None:
-    _, gateway, url = platform
-    s3 = s3_client(s3_server.endpoint)
-    p = f"{namespace}/"
-    key = await deploy_recorder(cluster, gateway, namespace, records)
-    cluster.apply(
-        trigger(
+async def test_poll_mode_applies_prefix_suffix_and_event_type_filters(bk: Bk) -> None:
+    s3 = s3_client(bk.s3.endpoint)
+    p = f"{bk.namespace}/"
+    key = await bk.deploy_recorder()
+    bk.apply(
+        bk.poll(
             "jpegs",
-            "recorder",
-            endpoint=s3_server.endpoint,
-            bucket=bucket,
-            mode="poll",
-            pollIntervalSeconds=1,
             filter={"prefix": f"{p}in/", "suffix": ".jpg"},
-        ),
-        namespace,
+        )
     )  # no credentialsSecret: unsigned requests, which SeaweedFS without IAM accepts
-    async with bridge_in_process(cluster, namespace, "jpegs", url):
-        await wait_for(lambda: checkpoint_written(kube, namespace, "jpegs"), bool, what="the first listing")
+    async with bridge_in_process(bk.cluster, bk.namespace, "jpegs", bk.url):
+        await wait_for(
+            lambda: checkpoint_written(bk.kube, bk.namespace, "jpegs"), bool, what="the first listing"
+        )
         for k in ("in/a.jpg", "in/b.png", "out/c.jpg", "in/d.jpg", "in.jpg"):
-            await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=p + k, Body=b"img")
-        await records.wait(key, 2, timeout=60)
+            await asyncio.to_thread(s3.put_object, Bucket=bk.bucket, Key=p + k, Body=b"img")
+        await bk.records.wait(key, 2, timeout=60)
         await asyncio.to_thread(
-            s3.delete_object, Bucket=bucket, Key=f"{p}in/a.jpg"
+            s3.delete_object, Bucket=bk.bucket, Key=f"{p}in/a.jpg"
         )  # not asked: no removal event
-        await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=f"{p}in/z.jpg", Body=b"last")
-        await records.wait(key, 3, timeout=60)  # z.jpg, uploaded last, is the marker
-        await no_more_events(gateway, records, key, namespace, 3)
-        assert [object_key(e) for e in events_of(records, key)] == [f"{p}in/{n}.jpg" for n in "adz"]
+        await asyncio.to_thread(s3.put_object, Bucket=bk.bucket, Key=f"{p}in/z.jpg", Body=b"last")
+        await bk.records.wait(key, 3, timeout=60)  # z.jpg, uploaded last, is the marker
+        await no_more_events(bk.gateway, bk.records, key, bk.namespace, 3)
+        assert [object_key(e) for e in events_of(bk.records, key)] == [f"{p}in/{n}.jpg" for n in "adz"]
 
 
 async def test_a_bridge_killed_during_500_uploads_delivers_every_object_with_bounded_repeats(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-    s3_server: S3Server,
-    tmp_path: Path,
-    bucket: str,
+    bk: Bk, tmp_path: Path
 ) -> None:
-    _, gateway, url = platform
-    s3 = s3_client(s3_server.endpoint)
-    key = await deploy_recorder(cluster, gateway, namespace, records)
-    cluster.apply(
-        trigger(
+    s3 = s3_client(bk.s3.endpoint)
+    key = await bk.deploy_recorder()
+    bk.apply(
+        bk.poll(
             "many",
-            "recorder",
-            endpoint=s3_server.endpoint,
-            bucket=bucket,
-            mode="poll",
-            pollIntervalSeconds=1,
-            filter={"prefix": f"{namespace}/"},
-        ),
-        namespace,
+            filter={"prefix": f"{bk.namespace}/"},
+        )
     )
-    keys = [f"{namespace}/batch/{i:04d} obj.txt" for i in range(500)]
-    bridge = BridgeProcess(cluster, namespace, "many", gateway_url=url, log_dir=tmp_path)
+    keys = [f"{bk.namespace}/batch/{i:04d} obj.txt" for i in range(500)]
+    bridge = BridgeProcess(bk.cluster, bk.namespace, "many", gateway_url=bk.url, log_dir=tmp_path)
     with bridge:
         await wait_for(
-            lambda: checkpoint_written(kube, namespace, "many"), bool, what="the first listing", timeout=60
+            lambda: checkpoint_written(bk.kube, bk.namespace, "many"),
+            bool,
+            what="the first listing",
+            timeout=60,
         )
 
         def upload_all() -> None:
             with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=k.encode()), keys))
+                list(pool.map(lambda k: s3.put_object(Bucket=bk.bucket, Key=k, Body=k.encode()), keys))
 
         uploads = asyncio.create_task(asyncio.to_thread(upload_all))
         # Kill it mid-run, once some events went through and more are coming.
-        await records.wait(key, 60, timeout=90)
+        await bk.records.wait(key, 60, timeout=90)
         bridge.kill()
-        killed_at = len(records.of(key))
+        killed_at = len(bk.records.of(key))
         bridge.start()
         await uploads
-        seen: Callable[[], set[str]] = lambda: {object_key(e) for e in events_of(records, key)}  # noqa: E731
+        seen: Callable[[], set[str]] = lambda: {object_key(e) for e in events_of(bk.records, key)}  # noqa: E731
         await wait_for(
             lambda: asyncio.sleep(0, result=seen()),
             lambda got: got >= set(keys),
@@ -346,37 +355,32 @@ async def test_a_bridge_killed_during_500_uploads_delivers_every_object_with_bou
         )
         # A marker uploaded after every object's event was seen: its event comes from a listing after the
         # restart's first one, the only listing that can repeat events.
-        marker = f"{namespace}/zz-marker.txt"
-        await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=marker, Body=b"m")
+        marker = f"{bk.namespace}/zz-marker.txt"
+        await asyncio.to_thread(s3.put_object, Bucket=bk.bucket, Key=marker, Body=b"m")
         await wait_for(
             lambda: asyncio.sleep(0, result=seen()), lambda got: marker in got, what="the marker's event"
         )
-        await no_more_events(gateway, records, key, namespace, len(records.of(key)))
-    repeats = len(records.of(key)) - len(keys) - 1
+        await no_more_events(bk.gateway, bk.records, key, bk.namespace, len(bk.records.of(key)))
+    repeats = len(bk.records.of(key)) - len(keys) - 1
     print(f"\n500 uploads, bridge SIGKILLed after {killed_at} events: {repeats} repeated event(s)")
     assert seen() == {*keys, marker}
     assert 0 <= repeats <= CHECKPOINT_EVERY, repeats
 
 
 async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_without_the_token(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    namespace: str,
-    records: Records,
+    bk: Bk,
 ) -> None:
-    _, gateway, url = platform
-    key = await deploy_recorder(cluster, gateway, namespace, records)
+    key = await bk.deploy_recorder()
     # No tokenSecret: the Secret the operator generates, <trigger>-bucket-token, key "token".
-    cluster.apply(secret("pushed-bucket-token", {"token": "s3cr3t-t0ken"}), namespace)
-    cluster.apply(
+    bk.apply(secret("pushed-bucket-token", {"token": "s3cr3t-t0ken"}))
+    bk.apply(
         trigger(
             "pushed",
             "recorder",
             endpoint="http://minio.example:9000",
             bucket="images",
             filter={"suffix": ".jpg"},
-        ),
-        namespace,
+        )
     )
 
     def minio_record(object_key: str, bucket: str = "images", event: str = "s3:ObjectCreated:Put") -> JSON:
@@ -423,7 +427,7 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
     port = free_port()
     webhook = f"http://127.0.0.1:{port}/events"
     async with (
-        bridge_in_process(cluster, namespace, "pushed", url, port=port),
+        bridge_in_process(bk.cluster, bk.namespace, "pushed", bk.url, port=port),
         aiohttp.ClientSession() as http,
     ):
 
@@ -439,7 +443,7 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
         # Refused requests invoke nothing: counted exactly below, once the accepted ones are all handled.
         auth = {"Authorization": "Bearer s3cr3t-t0ken"}
         assert await post(good, auth) == 200
-        (invocation,) = await records.wait(key, 1, timeout=60)
+        (invocation,) = await bk.records.wait(key, 1, timeout=60)
         event = invocation["requestPayload"]["Records"][0]
         assert event["eventSource"] == "aws:s3"
         assert event["eventName"] == "ObjectCreated:Put"
@@ -459,9 +463,9 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
         assert await post(ignored, auth) == 200
         # Two records in one notification: two invocations.
         assert await post(notification(minio_record("x.jpg"), minio_record("y.jpg")), auth) == 200
-        await records.wait(key, 3, timeout=60)
-        await no_more_events(gateway, records, key, namespace, 3)
-        assert sorted(object_key(e) for e in events_of(records, key)) == [
+        await bk.records.wait(key, 3, timeout=60)
+        await no_more_events(bk.gateway, bk.records, key, bk.namespace, 3)
+        assert sorted(object_key(e) for e in events_of(bk.records, key)) == [
             "photos/red flower é.jpg",
             "x.jpg",
             "y.jpg",
@@ -473,7 +477,7 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
     port = free_port()
     down = f"http://127.0.0.1:{free_port()}"
     async with (
-        bridge_in_process(cluster, namespace, "pushed", down, port=port),
+        bridge_in_process(bk.cluster, bk.namespace, "pushed", down, port=port),
         aiohttp.ClientSession() as http,
     ):
         webhook = f"http://127.0.0.1:{port}/events"
@@ -483,24 +487,17 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
             assert (await resp.json())["accepted"] == 0
 
 
-async def test_notification_mode_takes_the_events_a_real_minio_sends(
-    platform: tuple[RunningOperator, Gateway, str],
-    cluster: Cluster,
-    namespace: str,
-    records: Records,
-    tmp_path: Path,
-) -> None:
+async def test_notification_mode_takes_the_events_a_real_minio_sends(bk: Bk, tmp_path: Path) -> None:
     """MinIO (built from its Go module) pushes its own bucket notifications, with the token, to the bridge's
     webhook: the function gets Lambda's S3 event for each created and removed .jpg object, with MinIO's size,
     eTag and time, and nothing for the objects the Trigger filters out."""
-    _, gateway, url = platform
-    key = await deploy_recorder(cluster, gateway, namespace, records)
+    key = await bk.deploy_recorder()
     token = "m1n10-t0ken"
-    cluster.apply(secret("store-bucket-token", {"token": token}), namespace)
+    bk.apply(secret("store-bucket-token", {"token": token}))
     port = free_port()
     webhook = f"http://127.0.0.1:{port}/events"
     minio = MinioServer(tmp_path / "minio", webhook=webhook, token=token)
-    cluster.apply(
+    bk.apply(
         trigger(
             "store",
             "recorder",
@@ -508,11 +505,10 @@ async def test_notification_mode_takes_the_events_a_real_minio_sends(
             bucket="photos",
             events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
             filter={"prefix": "in/", "suffix": ".jpg"},
-        ),
-        namespace,
+        )
     )
     async with (
-        bridge_in_process(cluster, namespace, "store", url, port=port),
+        bridge_in_process(bk.cluster, bk.namespace, "store", bk.url, port=port),
         aiohttp.ClientSession() as http,
     ):
         # The webhook first: MinIO checks its target when it starts.
@@ -542,19 +538,19 @@ async def test_notification_mode_takes_the_events_a_real_minio_sends(
             # Filtered out by the Trigger (MinIO sends them; the bridge answers 200 and invokes nothing).
             await asyncio.to_thread(s3.put_object, Bucket="photos", Key="in/c.png", Body=b"png")
             await asyncio.to_thread(s3.put_object, Bucket="photos", Key="out/d.jpg", Body=b"jpg")
-            await records.wait(key, len(bodies), timeout=60)
+            await bk.records.wait(key, len(bodies), timeout=60)
             heads = {k: await asyncio.to_thread(s3.head_object, Bucket="photos", Key=k) for k in bodies}
             await asyncio.to_thread(s3.delete_object, Bucket="photos", Key="in/a/b.jpg")
-            await records.wait(key, len(bodies) + 1, timeout=60)
+            await bk.records.wait(key, len(bodies) + 1, timeout=60)
             # A marker last: once it is recorded, MinIO has sent what came before it.
             await asyncio.to_thread(s3.put_object, Bucket="photos", Key="in/zz-marker.jpg", Body=b"m")
             await wait_for(
-                lambda: asyncio.sleep(0, result=[object_key(e) for e in events_of(records, key)]),
+                lambda: asyncio.sleep(0, result=[object_key(e) for e in events_of(bk.records, key)]),
                 lambda got: "in/zz-marker.jpg" in got,
                 what="the marker's event",
             )
-            await no_more_events(gateway, records, key, namespace, len(bodies) + 2)
-    events = events_of(records, key)
+            await no_more_events(bk.gateway, bk.records, key, bk.namespace, len(bodies) + 2)
+    events = events_of(bk.records, key)
     created = {object_key(e): e for e in events if e["eventName"] == "ObjectCreated:Put"}
     assert sorted(created) == sorted([*bodies, "in/zz-marker.jpg"])
     for k, body in bodies.items():
@@ -582,25 +578,18 @@ async def http_status(http: aiohttp.ClientSession, url: str) -> int:
 
 
 async def test_an_unreachable_store_is_reported_and_the_bridge_recovers_by_itself(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-    tmp_path: Path,
+    bk: Bk, tmp_path: Path
 ) -> None:
-    _, gateway, url = platform
-    key = await deploy_recorder(cluster, gateway, namespace, records)
+    key = await bk.deploy_recorder()
     server = S3Server(tmp_path / "late-seaweedfs")  # ports chosen, nothing listening yet
-    cluster.apply(
+    bk.apply(
         trigger(
             "late", "recorder", endpoint=server.endpoint, bucket="late", mode="poll", pollIntervalSeconds=1
-        ),
-        namespace,
+        )
     )
-    async with bridge_in_process(cluster, namespace, "late", url):
+    async with bridge_in_process(bk.cluster, bk.namespace, "late", bk.url):
         down = await wait_for(
-            lambda: condition(kube, namespace, "late", "SourceReachable"),
+            lambda: condition(bk.kube, bk.namespace, "late", "SourceReachable"),
             lambda c: c is not None and c["status"] == "False",
             what="SourceReachable=False",
         )
@@ -610,16 +599,16 @@ async def test_an_unreachable_store_is_reported_and_the_bridge_recovers_by_itsel
             s3 = s3_client(server.endpoint)
             await asyncio.to_thread(s3.create_bucket, Bucket="late")
             await wait_for(
-                lambda: condition(kube, namespace, "late", "SourceReachable"),
+                lambda: condition(bk.kube, bk.namespace, "late", "SourceReachable"),
                 lambda c: c is not None and c["status"] == "True",
                 what="SourceReachable=True after the store started",
                 timeout=90,
             )
             await wait_for(
-                lambda: checkpoint_written(kube, namespace, "late"), bool, what="the first listing"
+                lambda: checkpoint_written(bk.kube, bk.namespace, "late"), bool, what="the first listing"
             )
             await asyncio.to_thread(s3.put_object, Bucket="late", Key="after.txt", Body=b"1")
-            (invocation,) = await records.wait(key, 1, timeout=60)
+            (invocation,) = await bk.records.wait(key, 1, timeout=60)
             assert object_key(invocation["requestPayload"]["Records"][0]) == "after.txt"
 
 
@@ -644,18 +633,13 @@ async def bridge_pod_ip(kube: KubeClient, namespace: str, name: str) -> str:
 
 
 async def test_the_s3_thumbnails_example_writes_a_thumbnail_to_the_second_bucket(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    tmp_path: Path,
+    bk: Bk, tmp_path: Path
 ) -> None:
     """End to end through the operator: the example's three files applied as they are (but the store's port),
     the operator runs the poll bridge as a pod under its own ServiceAccount, reading the credentials Secret.
     A SeaweedFS of its own: the shared one has room for the data of three buckets only."""
     from PIL import Image
 
-    _, gateway, _ = platform
     async with S3Server(tmp_path / "seaweedfs") as s3_server:
         assert isinstance(s3_server, S3Server)
         example = REPO / "examples" / "s3-thumbnails"
@@ -670,15 +654,15 @@ async def test_the_s3_thumbnails_example_writes_a_thumbnail_to_the_second_bucket
                 s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists
             ):
                 await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
-        cluster.apply(docs["secret"], namespace)
-        await deploy(cluster, gateway, namespace, docs["function"])
-        cluster.apply(docs["trigger"], namespace)
+        bk.apply(docs["secret"])
+        await deploy(bk.cluster, bk.gateway, bk.namespace, docs["function"])
+        bk.apply(docs["trigger"])
         image = io.BytesIO()
         Image.new("RGB", (640, 480), (200, 30, 30)).save(image, format="JPEG")
-        key = f"{namespace}/Happy Face.jpg"
-        await bridge_pod_ip(kube, namespace, "thumbnails")
+        key = f"{bk.namespace}/Happy Face.jpg"
+        await bridge_pod_ip(bk.kube, bk.namespace, "thumbnails")
         await wait_for(
-            lambda: checkpoint_written(kube, namespace, "thumbnails"),
+            lambda: checkpoint_written(bk.kube, bk.namespace, "thumbnails"),
             bool,
             what="the first listing",
             timeout=60,
@@ -700,8 +684,8 @@ async def test_the_s3_thumbnails_example_writes_a_thumbnail_to_the_second_bucket
             assert thumb.format == "JPEG"
             assert thumb.size == (128, 96)
         body = await wait_for(
-            lambda: kube.get(
-                resource_path("kubelambda.io/v1alpha1", "triggers", namespace=namespace, name="thumbnails")
+            lambda: bk.kube.get(
+                resource_path("kubelambda.io/v1alpha1", "triggers", namespace=bk.namespace, name="thumbnails")
             ),
             lambda b: (b.get("status") or {}).get("eventsDelivered", 0) >= 1,
             what="eventsDelivered written by the bridge pod",
@@ -709,22 +693,16 @@ async def test_the_s3_thumbnails_example_writes_a_thumbnail_to_the_second_bucket
         assert body["status"]["source"] == "bucket"
 
 
-async def test_a_notification_trigger_through_the_operator_uses_its_generated_token(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-) -> None:
+async def test_a_notification_trigger_through_the_operator_uses_its_generated_token(bk: Bk) -> None:
     """The operator generates <trigger>-bucket-token and runs the webhook bridge pod, which may read that Secret."""
-    _, gateway, _ = platform
-    key = await deploy_recorder(cluster, gateway, namespace, records)
-    cluster.apply(
-        trigger("hooked", "recorder", enabled=True, endpoint="http://minio.example:9000", bucket="inbox"),
-        namespace,
+    key = await bk.deploy_recorder()
+    bk.apply(
+        trigger("hooked", "recorder", enabled=True, endpoint="http://minio.example:9000", bucket="inbox")
     )
-    ip = await bridge_pod_ip(kube, namespace, "hooked")
-    found = await kube.get(resource_path("v1", "secrets", namespace=namespace, name="hooked-bucket-token"))
+    ip = await bridge_pod_ip(bk.kube, bk.namespace, "hooked")
+    found = await bk.kube.get(
+        resource_path("v1", "secrets", namespace=bk.namespace, name="hooked-bucket-token")
+    )
     token = base64.b64decode(found["data"]["token"]).decode()
     assert len(token) >= 16
     body = {
@@ -745,7 +723,7 @@ async def test_a_notification_trigger_through_the_operator_uses_its_generated_to
             f"http://{ip}:8080/events", json=body, headers={"Authorization": f"Bearer {token}"}
         ) as resp:
             assert resp.status == 200, await resp.text()
-    (invocation,) = await records.wait(key, 1, timeout=60)
+    (invocation,) = await bk.records.wait(key, 1, timeout=60)
     event = invocation["requestPayload"]["Records"][0]
     assert event["s3"]["object"]["key"] == "a/b.txt"
     assert event["s3"]["configurationId"] == "hooked"

@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from kubelambda.devcluster._process import free_port
+from kubelambda.devcluster._ports import free_port
 from kubelambda.devcluster.servers import HOST, LocalServer, ServerMissing, _http_ok
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,10 +38,12 @@ class MinioServer(LocalServer):
     TARGET = "KUBELAMBDA"  # the env suffix is the id, case kept: arn:minio:sqs::KUBELAMBDA:webhook
 
     def __init__(self, data_dir: Path, *, webhook: str, token: str) -> None:
-        super().__init__(data_dir)
         self.webhook = webhook
         self.token = token
-        self.port = free_port()
+        super().__init__(data_dir)
+
+    def _pick_ports(self) -> None:
+        super()._pick_ports()
         self.console_port = free_port()
 
     @property
@@ -52,7 +54,7 @@ class MinioServer(LocalServer):
     def arn(self) -> str:
         return f"arn:minio:sqs::{self.TARGET}:webhook"
 
-    async def start(self) -> None:
+    async def _launch(self) -> None:
         program = await asyncio.to_thread(minio_binary)
         target = self.TARGET
         env = {
