@@ -1,5 +1,6 @@
 """Fixtures: one local cluster per test session, a fresh namespace per test, an API client, and per test module
-a nats-server (JetStream, file storage) and an HTTP record receiver."""
+a nats-server (JetStream, file storage), an HTTP record receiver and the platform (a module that needs other
+gateway settings defines its own ``platform``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kltest import Cluster, create_namespace, start_cluster
+from kltest.platform import FAST_ASYNC, Env, PlatformUnderTest, running_platform
 from kltest.records import Records
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
@@ -57,3 +59,19 @@ async def records() -> AsyncIterator[Records]:
     await got.start()
     yield got
     await got.stop()
+
+
+@pytest.fixture(scope="module")
+async def platform(
+    cluster: Cluster, kube: KubeClient, nats_server: NatsServer
+) -> AsyncIterator[PlatformUnderTest]:
+    """The operator and the gateway, Event invocations in the module's NATS, retried within a second."""
+    async with running_platform(cluster, kube, nats_url=nats_server.url, **FAST_ASYNC) as platform:
+        yield platform
+
+
+@pytest.fixture
+def env(
+    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str, records: Records
+) -> Env:
+    return Env(cluster, kube, platform.gateway, platform.url, namespace, records)

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +20,18 @@ import nats
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
-from kltest import Cluster, wait_for
+from kltest import wait_for
 from kltest.platform import (
-    FAST_ASYNC,
-    PlatformUnderTest,
+    Env,
     deploy,
     lambda_client,
     python_function,
-    running_platform,
     start_gateway,
     stop_gateway,
 )
-from kltest.records import Records
 from kubelambda.asyncworker.dlq import DeadLetter, list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent, dlq_stream
-from kubelambda.devcluster.servers import NatsServer
-from kubelambda.gateway.app import Gateway
-from kubelambda.kube import KubeClient, resource_path
+from kubelambda.kube import resource_path
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
@@ -59,39 +52,6 @@ def handler(event, context):
         raise ValueError("asked to fail")
     return {"echo": event, "requestId": context.aws_request_id}
 """
-
-
-@pytest.fixture(scope="module")
-async def platform(
-    cluster: Cluster, kube: KubeClient, nats_server: NatsServer
-) -> AsyncIterator[PlatformUnderTest]:
-    async with running_platform(cluster, kube, nats_url=nats_server.url, **FAST_ASYNC) as platform:
-        yield platform
-
-
-@dataclass
-class Ev:
-    """What a test here works with: the platform, the test's namespace, the module's NATS and record receiver."""
-
-    cluster: Cluster
-    kube: KubeClient
-    gateway: Gateway
-    url: str
-    namespace: str
-    nats_url: str
-    records: Records
-
-
-@pytest.fixture
-def ev(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    nats_server: NatsServer,
-    records: Records,
-) -> Ev:
-    return Ev(cluster, kube, platform.gateway, platform.url, namespace, nats_server.url, records)
 
 
 def function(name: str, **async_config: Any) -> JSON:
@@ -167,24 +127,24 @@ async def queue_drained(nats_url: str) -> bool:
         await nc.close()
 
 
-async def test_an_event_runs_the_function_from_zero_and_reaches_the_success_destination(ev: Ev) -> None:
-    key = f"{ev.namespace}-ok"
-    await deploy(ev.cluster, ev.gateway, ev.namespace, function("ok", onSuccess={"url": ev.records.url(key)}))
-    scale = await ev.kube.get(
-        resource_path("apps/v1", "deployments", namespace=ev.namespace, name="ok", subresource="scale")
+async def test_an_event_runs_the_function_from_zero_and_reaches_the_success_destination(env: Env) -> None:
+    key = f"{env.namespace}-ok"
+    await env.deploy(function("ok", onSuccess={"url": env.records.url(key)}))
+    scale = await env.kube.get(
+        resource_path("apps/v1", "deployments", namespace=env.namespace, name="ok", subresource="scale")
     )
     assert scale["spec"].get("replicas", 0) == 0
-    request_id = await invoke_event(ev.url, f"{ev.namespace}/ok", b'{"n": 1}')
-    (record,) = await ev.records.wait(key)
+    request_id = await invoke_event(env.url, f"{env.namespace}/ok", b'{"n": 1}')
+    (record,) = await env.records.wait(key)
     assert record["version"] == "1.0"
-    assert record["requestContext"] == request_context(ev.namespace, "ok", request_id, "Success", 1)
+    assert record["requestContext"] == request_context(env.namespace, "ok", request_id, "Success", 1)
     assert record["requestPayload"] == {"n": 1}
     assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST"}
     # The handler saw the request id the caller was given: the same one on every attempt.
     assert record["responsePayload"] == {"echo": {"n": 1}, "requestId": request_id}
-    async with aiohttp.ClientSession() as http, http.get(f"{ev.url}/metrics") as resp:
+    async with aiohttp.ClientSession() as http, http.get(f"{env.url}/metrics") as resp:
         exported = await resp.text()
-    labels = f'function="ok",namespace="{ev.namespace}"'
+    labels = f'function="ok",namespace="{env.namespace}"'
     assert f"kubelambda_async_events_accepted_total{{{labels}}} 1.0" in exported
     assert f'kubelambda_async_destination_records_total{{destination="url",{labels}}} 1.0' in exported
     assert "kubelambda_async_queue_depth " in exported
@@ -193,18 +153,18 @@ async def test_an_event_runs_the_function_from_zero_and_reaches_the_success_dest
 
 @pytest.mark.parametrize("max_retries", [0, 1, 2])
 async def test_a_failing_event_ends_in_exactly_one_failure_record(
-    ev: Ev, tmp_path: Path, max_retries: int
+    env: Env, tmp_path: Path, max_retries: int
 ) -> None:
-    key = f"{ev.namespace}-fail"
-    doc = function("fails", maxRetries=max_retries, onFailure={"url": ev.records.url(key)})
-    await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
+    key = f"{env.namespace}-fail"
+    doc = function("fails", maxRetries=max_retries, onFailure={"url": env.records.url(key)})
+    await env.deploy(doc)
     attempts = tmp_path / "attempts"
     attempts.mkdir()
     payload = {"fail": True, "attempts": str(attempts)}
-    request_id = await invoke_event(ev.url, f"{ev.namespace}/fails", json.dumps(payload).encode())
-    (record,) = await ev.records.wait(key)
-    await wait_for(lambda: queue_drained(ev.nats_url), bool, what="the async queue drained")
-    assert len(ev.records.got[key]) == 1
+    request_id = await invoke_event(env.url, f"{env.namespace}/fails", json.dumps(payload).encode())
+    (record,) = await env.records.wait(key)
+    await wait_for(lambda: queue_drained(env.nats_url), bool, what="the async queue drained")
+    assert len(env.records.got[key]) == 1
     # The handler ran exactly maxRetries + 1 times, each time with the caller's request id.
     assert [p.name for p in attempts.iterdir()] == [request_id]
     assert (attempts / request_id).read_text().splitlines() == ["attempt"] * (max_retries + 1)
@@ -216,26 +176,26 @@ async def test_a_failing_event_ends_in_exactly_one_failure_record(
 
 
 async def test_without_a_failure_destination_the_record_goes_to_the_namespaces_dead_letter_stream(
-    ev: Ev,
+    env: Env,
 ) -> None:
-    await deploy(ev.cluster, ev.gateway, ev.namespace, function("dead", maxRetries=0))
-    request_id = await invoke_event(ev.url, f"{ev.namespace}/dead", b'{"fail": true}')
+    await env.deploy(function("dead", maxRetries=0))
+    request_id = await invoke_event(env.url, f"{env.namespace}/dead", b'{"fail": true}')
 
     async def records_dead() -> list[JSON]:
-        return [letter.record for letter in await dead_letters(ev.nats_url, ev.namespace)]
+        return [letter.record for letter in await dead_letters(env.nats_url, env.namespace)]
 
-    (record,) = await wait_for(records_dead, bool, what=f"a record in {dlq_stream(ev.namespace)}")
+    (record,) = await wait_for(records_dead, bool, what=f"a record in {dlq_stream(env.namespace)}")
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["condition"] == "RetriesExhausted"
     assert record["requestContext"]["approximateInvokeCount"] == 1
 
     # `kubelambda dlq list` shows it; `redrive` queues the payload again (a new invocation, which fails and
     # comes back with a new request id).
-    listed = await cli("dlq", "list", ev.namespace, "--nats-url", ev.nats_url)
+    listed = await cli("dlq", "list", env.namespace, "--nats-url", env.nats_url)
     (line,) = listed.splitlines()
     assert json.loads(line)["function"] == "dead"
     assert json.loads(line)["record"]["requestContext"]["requestId"] == request_id
-    assert "Re-drove 1 record(s)" in await cli("dlq", "redrive", ev.namespace, "--nats-url", ev.nats_url)
+    assert "Re-drove 1 record(s)" in await cli("dlq", "redrive", env.namespace, "--nats-url", env.nats_url)
     (again,) = await wait_for(
         records_dead,
         lambda got: bool(got) and got[0]["requestContext"]["requestId"] != request_id,
@@ -256,14 +216,14 @@ async def cli(*args: str) -> str:
     return done.stdout
 
 
-async def test_a_function_destination_is_invoked_asynchronously_with_the_record(ev: Ev) -> None:
-    key = f"{ev.namespace}-chain"
+async def test_a_function_destination_is_invoked_asynchronously_with_the_record(env: Env) -> None:
+    key = f"{env.namespace}-chain"
     await deploy(
-        ev.cluster, ev.gateway, ev.namespace, function("second", onSuccess={"url": ev.records.url(key)})
+        env.cluster, env.gateway, env.namespace, function("second", onSuccess={"url": env.records.url(key)})
     )
-    await deploy(ev.cluster, ev.gateway, ev.namespace, function("first", onSuccess={"function": "second"}))
-    first_id = await invoke_event(ev.url, f"{ev.namespace}/first", b'{"step": 1}')
-    (record,) = await ev.records.wait(key)
+    await env.deploy(function("first", onSuccess={"function": "second"}))
+    first_id = await invoke_event(env.url, f"{env.namespace}/first", b'{"step": 1}')
+    (record,) = await env.records.wait(key)
     # "second" received the record of "first" as its event and echoed it.
     inner = record["responsePayload"]["echo"]
     assert inner["requestContext"]["requestId"] == first_id
@@ -271,48 +231,48 @@ async def test_a_function_destination_is_invoked_asynchronously_with_the_record(
     assert record["requestContext"]["requestId"] != first_id
 
 
-async def test_oversize_and_non_json_events_are_refused_and_nothing_is_queued(ev: Ev) -> None:
-    await deploy(ev.cluster, ev.gateway, ev.namespace, function("refuses"))
-    before = await stream_last_seq(ev.nats_url, STREAM)
-    client = lambda_client(ev.url)
+async def test_oversize_and_non_json_events_are_refused_and_nothing_is_queued(env: Env) -> None:
+    await env.deploy(function("refuses"))
+    before = await stream_last_seq(env.nats_url, STREAM)
+    client = lambda_client(env.url)
     big = b'"' + b"x" * (1024 * 1024) + b'"'  # over 1 MB, well under the synchronous 6 MB
     with pytest.raises(client.exceptions.RequestTooLargeException):
         await asyncio.to_thread(
-            client.invoke, FunctionName=f"{ev.namespace}/refuses", InvocationType="Event", Payload=big
+            client.invoke, FunctionName=f"{env.namespace}/refuses", InvocationType="Event", Payload=big
         )
     with pytest.raises(client.exceptions.InvalidRequestContentException):
         await asyncio.to_thread(
-            client.invoke, FunctionName=f"{ev.namespace}/refuses", InvocationType="Event", Payload=b"{nope"
+            client.invoke, FunctionName=f"{env.namespace}/refuses", InvocationType="Event", Payload=b"{nope"
         )
-    assert await stream_last_seq(ev.nats_url, STREAM) == before
+    assert await stream_last_seq(env.nats_url, STREAM) == before
 
 
-async def test_a_gateway_without_nats_answers_event_invocations_not_implemented(ev: Ev) -> None:
-    await deploy(ev.cluster, ev.gateway, ev.namespace, function("plain"))
-    bare, bare_url = await start_gateway(ev.cluster, ev.kube)
+async def test_a_gateway_without_nats_answers_event_invocations_not_implemented(env: Env) -> None:
+    await env.deploy(function("plain"))
+    bare, bare_url = await start_gateway(env.cluster, env.kube)
     try:
         await wait_for(
-            lambda: asyncio.sleep(0, result=bare.registry.functions.get((ev.namespace, "plain"))),
+            lambda: asyncio.sleep(0, result=bare.registry.functions.get((env.namespace, "plain"))),
             lambda fn: fn is not None and fn.ready,
-            what="the second ev.gateway to see the Function Ready",
+            what="the second env.gateway to see the Function Ready",
         )
         client = lambda_client(bare_url)
         with pytest.raises(client.exceptions.ClientError, match="KUBELAMBDA_GATEWAY_NATS_URL") as e:
             await asyncio.to_thread(
-                client.invoke, FunctionName=f"{ev.namespace}/plain", InvocationType="Event", Payload=b"{}"
+                client.invoke, FunctionName=f"{env.namespace}/plain", InvocationType="Event", Payload=b"{}"
             )
         assert e.value.response["Error"]["Code"] == "NotImplementedException"
     finally:
         await stop_gateway(bare)
 
 
-async def test_reserved_concurrency_zero_sends_events_straight_to_the_failure_destination(ev: Ev) -> None:
-    key = f"{ev.namespace}-off"
-    doc = function("off", onFailure={"url": ev.records.url(key)})
+async def test_reserved_concurrency_zero_sends_events_straight_to_the_failure_destination(env: Env) -> None:
+    key = f"{env.namespace}-off"
+    doc = function("off", onFailure={"url": env.records.url(key)})
     doc["spec"]["concurrency"] = {"reserved": 0}
-    await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
-    request_id = await invoke_event(ev.url, f"{ev.namespace}/off", b'{"n": 2}')
-    (record,) = await ev.records.wait(key)
+    await env.deploy(doc)
+    request_id = await invoke_event(env.url, f"{env.namespace}/off", b'{"n": 2}')
+    (record,) = await env.records.wait(key)
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["approximateInvokeCount"] == 0
     assert record["requestPayload"] == {"n": 2}
@@ -332,18 +292,18 @@ async def subscribe(nats_url: str, subject: str) -> tuple[Any, list[JSON]]:
     return nc, got
 
 
-async def test_a_nats_destination_receives_lambdas_invocation_record(ev: Ev) -> None:
+async def test_a_nats_destination_receives_lambdas_invocation_record(env: Env) -> None:
     """No stream captures the subjects: a plain publish to whoever subscribes (the test does, beforehand)."""
-    ok_subject, failed_subject = f"records.{ev.namespace}.ok", f"records.{ev.namespace}.failed"
-    nc, got_ok = await subscribe(ev.nats_url, ok_subject)
-    nc2, got_failed = await subscribe(ev.nats_url, failed_subject)
+    ok_subject, failed_subject = f"records.{env.namespace}.ok", f"records.{env.namespace}.failed"
+    nc, got_ok = await subscribe(env.nats_url, ok_subject)
+    nc2, got_failed = await subscribe(env.nats_url, failed_subject)
     try:
         doc = function(
             "natsdest", maxRetries=0, onSuccess={"nats": ok_subject}, onFailure={"nats": failed_subject}
         )
-        await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
-        good_id = await invoke_event(ev.url, f"{ev.namespace}/natsdest", b'{"n": 3}')
-        bad_id = await invoke_event(ev.url, f"{ev.namespace}/natsdest", b'{"n": 4, "fail": true}')
+        await env.deploy(doc)
+        good_id = await invoke_event(env.url, f"{env.namespace}/natsdest", b'{"n": 3}')
+        bad_id = await invoke_event(env.url, f"{env.namespace}/natsdest", b'{"n": 4, "fail": true}')
         (success,) = await wait_for(
             lambda: asyncio.sleep(0, result=list(got_ok)), bool, what=f"a record on {ok_subject}", timeout=90
         )
@@ -363,12 +323,12 @@ async def test_a_nats_destination_receives_lambdas_invocation_record(ev: Ev) -> 
     }
     assert success["version"] == "1.0"
     assert success["timestamp"].endswith("Z")
-    assert success["requestContext"] == request_context(ev.namespace, "natsdest", good_id, "Success", 1)
+    assert success["requestContext"] == request_context(env.namespace, "natsdest", good_id, "Success", 1)
     assert success["requestPayload"] == {"n": 3}
     assert success["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST"}
     assert success["responsePayload"] == {"echo": {"n": 3}, "requestId": good_id}
     assert failure["requestContext"] == request_context(
-        ev.namespace, "natsdest", bad_id, "RetriesExhausted", 1
+        env.namespace, "natsdest", bad_id, "RetriesExhausted", 1
     )
     assert failure["requestPayload"] == {"n": 4, "fail": True}
     assert failure["responseContext"] == {
@@ -380,24 +340,24 @@ async def test_a_nats_destination_receives_lambdas_invocation_record(ev: Ev) -> 
     assert failure["responsePayload"]["errorMessage"] == "asked to fail"
 
 
-async def test_a_nats_destination_captured_by_a_stream_is_stored_in_it(ev: Ev) -> None:
+async def test_a_nats_destination_captured_by_a_stream_is_stored_in_it(env: Env) -> None:
     """A stream captures the subject: the record is published through JetStream (acknowledged, kept)."""
-    subject = f"kept.{ev.namespace}.ok"
-    stream = f"KEPT_{ev.namespace.replace('-', '_')}"
-    nc = await nats.connect(ev.nats_url)
+    subject = f"kept.{env.namespace}.ok"
+    stream = f"KEPT_{env.namespace.replace('-', '_')}"
+    nc = await nats.connect(env.nats_url)
     try:
         js = nc.jetstream()
         await js.add_stream(
-            StreamConfig(name=stream, subjects=[f"kept.{ev.namespace}.>"], storage=StorageType.FILE)
+            StreamConfig(name=stream, subjects=[f"kept.{env.namespace}.>"], storage=StorageType.FILE)
         )
-        await deploy(ev.cluster, ev.gateway, ev.namespace, function("kept", onSuccess={"nats": subject}))
-        request_id = await invoke_event(ev.url, f"{ev.namespace}/kept", b'{"n": 5}')
+        await env.deploy(function("kept", onSuccess={"nats": subject}))
+        request_id = await invoke_event(env.url, f"{env.namespace}/kept", b'{"n": 5}')
 
         async def stored() -> int:
             return int((await js.stream_info(stream)).state.messages)
 
         await wait_for(stored, lambda n: n >= 1, what=f"a record in stream {stream}", timeout=90)
-        await wait_for(lambda: queue_drained(ev.nats_url), bool, what="the async queue drained")
+        await wait_for(lambda: queue_drained(env.nats_url), bool, what="the async queue drained")
         assert await stored() == 1
         msg = await js.get_msg(stream, 1)
         assert msg.subject == subject
@@ -410,18 +370,18 @@ async def test_a_nats_destination_captured_by_a_stream_is_stored_in_it(ev: Ev) -
         await nc.close()
 
 
-async def test_an_event_older_than_max_event_age_is_never_invoked(ev: Ev, tmp_path: Path) -> None:
+async def test_an_event_older_than_max_event_age_is_never_invoked(env: Env, tmp_path: Path) -> None:
     """The event's age comes from its Kubelambda-Enqueued-At header: an event accepted 61 s ago (queued here
     with that time, instead of waiting a minute) is past maxEventAgeSeconds 60 and ends without an invocation."""
-    key = f"{ev.namespace}-old"
-    doc = function("aged", maxEventAgeSeconds=60, onFailure={"url": ev.records.url(key)})
-    await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
+    key = f"{env.namespace}-old"
+    doc = function("aged", maxEventAgeSeconds=60, onFailure={"url": env.records.url(key)})
+    await env.deploy(doc)
     attempts = tmp_path / "attempts"
     attempts.mkdir()
     payload = {"attempts": str(attempts)}
-    request_id = await queue_accepted_ago(ev.nats_url, ev.namespace, "aged", payload, 61)
-    (record,) = await ev.records.wait(key)
-    await wait_for(lambda: queue_drained(ev.nats_url), bool, what="the async queue drained")
+    request_id = await queue_accepted_ago(env.nats_url, env.namespace, "aged", payload, 61)
+    (record,) = await env.records.wait(key)
+    await wait_for(lambda: queue_drained(env.nats_url), bool, what="the async queue drained")
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["condition"] == "EventAgeExceeded"
     assert record["requestContext"]["approximateInvokeCount"] == 0
@@ -430,23 +390,25 @@ async def test_an_event_older_than_max_event_age_is_never_invoked(ev: Ev, tmp_pa
     assert list(attempts.iterdir()) == []  # the handler never ran
 
 
-async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(ev: Ev, tmp_path: Path) -> None:
+async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(
+    env: Env, tmp_path: Path
+) -> None:
     """Accepted 55 s before (of 60), the first attempt starts at once, runs 6 s and fails: its retry would
     fall due past the age, so the event ends there with EventAgeExceeded after one invocation."""
-    key = f"{ev.namespace}-ageing"
-    doc = function("ageing", maxRetries=2, maxEventAgeSeconds=60, onFailure={"url": ev.records.url(key)})
+    key = f"{env.namespace}-ageing"
+    doc = function("ageing", maxRetries=2, maxEventAgeSeconds=60, onFailure={"url": env.records.url(key)})
     doc["spec"]["timeoutSeconds"] = 30
-    await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
+    await env.deploy(doc)
     # A first invocation starts the instance, so the queued attempt below starts well inside its 5 s left.
     await asyncio.to_thread(
-        lambda_client(ev.url).invoke, FunctionName=f"{ev.namespace}/ageing", Payload=b"{}"
+        lambda_client(env.url).invoke, FunctionName=f"{env.namespace}/ageing", Payload=b"{}"
     )
     attempts = tmp_path / "attempts"
     attempts.mkdir()
     payload = {"fail": True, "sleep": 6, "attempts": str(attempts)}
-    request_id = await queue_accepted_ago(ev.nats_url, ev.namespace, "ageing", payload, 55)
-    (record,) = await ev.records.wait(key)
-    await wait_for(lambda: queue_drained(ev.nats_url), bool, what="the async queue drained")
+    request_id = await queue_accepted_ago(env.nats_url, env.namespace, "ageing", payload, 55)
+    (record,) = await env.records.wait(key)
+    await wait_for(lambda: queue_drained(env.nats_url), bool, what="the async queue drained")
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["condition"] == "EventAgeExceeded"
     assert record["requestContext"]["approximateInvokeCount"] == 1
@@ -454,15 +416,15 @@ async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(ev:
     assert (attempts / request_id).read_text().splitlines() == ["attempt"]
 
 
-async def test_a_nats_destination_on_kubelambdas_own_subjects_is_refused_and_dead_lettered(ev: Ev) -> None:
+async def test_a_nats_destination_on_kubelambdas_own_subjects_is_refused_and_dead_lettered(env: Env) -> None:
     """A record published on kubelambda.async.* would be a malformed event: it goes to the dead letters."""
-    doc = function("selfish", onSuccess={"nats": f"kubelambda.async.{ev.namespace}.selfish"})
-    await deploy(ev.cluster, ev.gateway, ev.namespace, doc)
-    request_id = await invoke_event(ev.url, f"{ev.namespace}/selfish", b'{"n": 6}')
+    doc = function("selfish", onSuccess={"nats": f"kubelambda.async.{env.namespace}.selfish"})
+    await env.deploy(doc)
+    request_id = await invoke_event(env.url, f"{env.namespace}/selfish", b'{"n": 6}')
     (letter,) = await wait_for(
-        lambda: dead_letters(ev.nats_url, ev.namespace), bool, what="the record dead-lettered"
+        lambda: dead_letters(env.nats_url, env.namespace), bool, what="the record dead-lettered"
     )
     assert "kubelambda's own" in letter.reason
     assert letter.record["requestContext"]["requestId"] == request_id
     assert letter.record["requestContext"]["condition"] == "Success"
-    await wait_for(lambda: queue_drained(ev.nats_url), bool, what="the async queue drained")
+    await wait_for(lambda: queue_drained(env.nats_url), bool, what="the async queue drained")

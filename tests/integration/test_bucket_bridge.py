@@ -31,18 +31,14 @@ from kltest.bridge import BridgeProcess
 from kltest.drained import async_queue_drained
 from kltest.minio import ROOT_PASSWORD, ROOT_USER, MinioServer
 from kltest.platform import (
-    FAST_ASYNC,
-    PlatformUnderTest,
-    deploy,
+    Env,
     python_function,
-    running_platform,
 )
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.bridge.bucket import CHECKPOINT_EVERY
 from kubelambda.devcluster._ports import free_port
-from kubelambda.devcluster.servers import NatsServer, S3Server
-from kubelambda.gateway.app import Gateway
+from kubelambda.devcluster.servers import S3Server
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -71,29 +67,12 @@ async def bucket(s3_server: S3Server) -> str:
     return "events"
 
 
-@pytest.fixture(scope="module")
-async def platform(
-    cluster: Cluster, kube: KubeClient, nats_server: NatsServer
-) -> AsyncIterator[PlatformUnderTest]:
-    async with running_platform(cluster, kube, nats_url=nats_server.url, **FAST_ASYNC) as platform:
-        yield platform
-
-
 @dataclass
-class Bk:
-    """What a test here works with: the platform, the test's namespace, the module's records and S3 server."""
+class Bk(Env):
+    """And the module's S3 server and bucket."""
 
-    cluster: Cluster
-    kube: KubeClient
-    gateway: Gateway
-    url: str
-    namespace: str
-    records: Records
     s3: S3Server
     bucket: str
-
-    def apply(self, doc: JSON) -> None:
-        self.cluster.apply(doc, self.namespace)
 
     async def deploy_recorder(self) -> str:
         """A Function whose every successful invocation's record (with the event as requestPayload) reaches
@@ -106,7 +85,7 @@ class Bk:
             scaling={"maxInstances": 4},
             **{"async": {"maxRetries": 0, "onSuccess": {"url": self.records.url(key)}}},
         )
-        await deploy(self.cluster, self.gateway, self.namespace, doc)
+        await self.deploy(doc)
         return key
 
     def poll(self, name: str, **bucket: Any) -> JSON:
@@ -123,16 +102,8 @@ class Bk:
 
 
 @pytest.fixture
-def bk(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    records: Records,
-    s3_server: S3Server,
-    bucket: str,
-) -> Bk:
-    return Bk(cluster, kube, platform.gateway, platform.url, namespace, records, s3_server, bucket)
+def bk(env: Env, s3_server: S3Server, bucket: str) -> Bk:
+    return Bk(**vars(env), s3=s3_server, bucket=bucket)
 
 
 def s3_client(endpoint: str) -> Any:
@@ -655,7 +626,7 @@ async def test_the_s3_thumbnails_example_writes_a_thumbnail_to_the_second_bucket
             ):
                 await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
         bk.apply(docs["secret"])
-        await deploy(bk.cluster, bk.gateway, bk.namespace, docs["function"])
+        await bk.deploy(docs["function"])
         bk.apply(docs["trigger"])
         image = io.BytesIO()
         Image.new("RGB", (640, 480), (200, 30, 30)).save(image, format="JPEG")

@@ -21,22 +21,13 @@ import yaml
 from kltest import Cluster, wait_for
 from kltest.platform import (
     PlatformUnderTest,
-    running_platform,
 )
 from kubelambda.api.v1alpha1 import RUNTIMES
 from kubelambda.cli.project import TEMPLATE_OF
-from kubelambda.devcluster.servers import NatsServer, S3Server
+from kubelambda.devcluster.servers import S3Server
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-async def platform(
-    cluster: Cluster, kube: KubeClient, nats_server: NatsServer
-) -> AsyncIterator[PlatformUnderTest]:
-    async with running_platform(cluster, kube, nats_url=nats_server.url) as platform:
-        yield platform
 
 
 @pytest.fixture(scope="module")

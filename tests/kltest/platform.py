@@ -12,6 +12,7 @@ import contextlib
 import copy
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,6 +22,7 @@ import yaml
 from botocore.config import Config
 
 from kltest.cluster import Cluster
+from kltest.records import Records
 from kltest.wait import wait_for
 from kubelambda.devcluster._ports import free_port, retry_taken_ports
 from kubelambda.gateway.app import Gateway
@@ -190,6 +192,30 @@ async def running_platform(
             await operator.stop()
     finally:
         await stop_gateway(gateway)
+
+
+@dataclass
+class Env:
+    """What an integration test works with: the module's platform, the test's namespace and the module's record
+    receiver (tests/conftest.py's ``env`` fixture)."""
+
+    cluster: Cluster
+    kube: KubeClient
+    gateway: Gateway
+    url: str
+    namespace: str
+    records: Records
+
+    @property
+    def nats_url(self) -> str:
+        assert self.gateway.settings.nats_url, "this module's gateway has no NATS"
+        return self.gateway.settings.nats_url
+
+    def apply(self, doc: JSON) -> None:
+        self.cluster.apply(doc, self.namespace)
+
+    async def deploy(self, doc: JSON) -> None:
+        await deploy(self.cluster, self.gateway, self.namespace, doc)
 
 
 def lambda_client(url: str, key_id: str = "kubelambda", secret: str = "kubelambda", **config: Any) -> Any:

@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUES = ROOT / "helm" / "kubelambda" / "values.yaml"
-DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 
 KEY = r"[a-z][A-Za-z0-9]*(?:\.[A-Za-z0-9]+)+"
 MENTIONS = [
