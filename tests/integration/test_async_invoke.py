@@ -23,7 +23,6 @@ from nats.js.api import StorageType, StreamConfig
 from kltest import wait_for
 from kltest.platform import (
     Env,
-    deploy,
     lambda_client,
     python_function,
     start_gateway,
@@ -218,9 +217,7 @@ async def cli(*args: str) -> str:
 
 async def test_a_function_destination_is_invoked_asynchronously_with_the_record(env: Env) -> None:
     key = f"{env.namespace}-chain"
-    await deploy(
-        env.cluster, env.gateway, env.namespace, function("second", onSuccess={"url": env.records.url(key)})
-    )
+    await env.deploy(function("second", onSuccess={"url": env.records.url(key)}))
     await env.deploy(function("first", onSuccess={"function": "second"}))
     first_id = await invoke_event(env.url, f"{env.namespace}/first", b'{"step": 1}')
     (record,) = await env.records.wait(key)
@@ -254,7 +251,7 @@ async def test_a_gateway_without_nats_answers_event_invocations_not_implemented(
         await wait_for(
             lambda: asyncio.sleep(0, result=bare.registry.functions.get((env.namespace, "plain"))),
             lambda fn: fn is not None and fn.ready,
-            what="the second env.gateway to see the Function Ready",
+            what="the second gateway to see the Function Ready",
         )
         client = lambda_client(bare_url)
         with pytest.raises(client.exceptions.ClientError, match="KUBELAMBDA_GATEWAY_NATS_URL") as e:

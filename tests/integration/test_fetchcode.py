@@ -15,10 +15,8 @@ import os
 import stat
 import subprocess
 import sys
-import threading
 import zipfile
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import aiohttp
 import pytest
 
 from kltest import Cluster, wait_for
+from kltest.files import serve_files
 from kltest.platform import start_operator
 from kubelambda.api.v1alpha1.function import FunctionSpec
 from kubelambda.devcluster.servers import S3Server
@@ -60,34 +59,10 @@ ZIP = code_zip()
 ZIP_SHA = hashlib.sha256(ZIP).hexdigest()
 
 
-class Files(BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-
-    def do_GET(self) -> None:
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def http_url() -> Iterator[str]:
-    Files.files = {"/code.zip": ZIP, "/not-a-zip": b"<html>hello</html>"}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    thread = threading.Thread(target=server.serve_forever, name="zip-server", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve_files({"/code.zip": ZIP, "/not-a-zip": b"<html>hello</html>"}) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ import yaml
 from kltest import Cluster, wait_for
 from kltest.drained import async_queue_drained
 from kltest.platform import (
+    Env,
     PlatformUnderTest,
-    deploy,
     python_function,
     running_platform,
 )
@@ -28,7 +28,6 @@ from kubelambda.bridge import BridgeSettings, build_context
 from kubelambda.bridge.schedule import LAST_FIRED, ScheduleBridge
 from kubelambda.bridge.schedule_expressions import iso
 from kubelambda.devcluster.servers import NatsServer
-from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -66,32 +65,25 @@ def condition(body: JSON | None, kind: str) -> JSON:
     return {}
 
 
-async def recorder(cluster: Cluster, gateway: Gateway, namespace: str, name: str, records: Records) -> None:
-    doc = python_function(name, RECORDER, environment={"RECORDS_URL": records.url(f"{namespace}-{name}")})
-    await deploy(cluster, gateway, namespace, doc)
+async def recorder(env: Env, name: str) -> None:
+    """A Function ``name`` that POSTs each event it gets to the records under ``<namespace>-<name>``."""
+    url = env.records.url(f"{env.namespace}-{name}")
+    await env.deploy(python_function(name, RECORDER, environment={"RECORDS_URL": url}))
 
 
-async def test_a_schedule_trigger_runs_its_bridge_pod_under_its_own_account_and_fires(
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    platform: PlatformUnderTest,
-    records: Records,
-) -> None:
-    _, gateway, _ = platform
-    await recorder(cluster, gateway, namespace, "ticker", records)
-    cluster.apply(
+async def test_a_schedule_trigger_runs_its_bridge_pod_under_its_own_account_and_fires(env: Env) -> None:
+    await recorder(env, "ticker")
+    env.apply(
         {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Trigger",
             "metadata": {"name": "every-minute"},
             "spec": {"function": "ticker", "schedule": {"expression": "cron(* * * * ? *)"}},
-        },
-        namespace,
+        }
     )
-    path = trigger_path(namespace, "every-minute")
+    path = trigger_path(env.namespace, "every-minute")
     body = await wait_for(
-        lambda: kube.get(path),
+        lambda: env.kube.get(path),
         lambda b: condition(b, "Ready").get("reason") == "BridgeReady",
         what="the Trigger Ready with its bridge running",
         timeout=90,
@@ -100,31 +92,31 @@ async def test_a_schedule_trigger_runs_its_bridge_pod_under_its_own_account_and_
     assert body["status"]["source"] == "schedule"
     # The bridge itself (as ServiceAccount every-minute-bridge) wrote SourceReachable: its RBAC allows that.
     await wait_for(
-        lambda: kube.get(path),
+        lambda: env.kube.get(path),
         lambda b: condition(b, "SourceReachable").get("status") == "True",
         what="the bridge's SourceReachable",
         timeout=60,
     )
-    role = await kube.get(
+    role = await env.kube.get(
         resource_path(
-            "rbac.authorization.k8s.io/v1", "roles", namespace=namespace, name="every-minute-bridge"
+            "rbac.authorization.k8s.io/v1", "roles", namespace=env.namespace, name="every-minute-bridge"
         )
     )
     assert all(rule.get("resourceNames") for rule in role["rules"])
 
     # cron(* * * * ? *) fires at the next minute boundary: one Scheduled Event, on the minute.
-    got = await records.wait(f"{namespace}-ticker", 1, timeout=120)
+    got = await env.records.wait(f"{env.namespace}-ticker", 1, timeout=120)
     event = got[0]["event"]
     assert event["detail-type"] == "Scheduled Event"
     assert event["source"] == "aws.events"
     assert event["time"].endswith(":00Z")
-    assert event["resources"] == [f"arn:aws:events:us-east-1:{namespace}:rule/every-minute"]
-    checkpoint = await kube.get(
-        resource_path("v1", "configmaps", namespace=namespace, name="every-minute-checkpoint")
+    assert event["resources"] == [f"arn:aws:events:us-east-1:{env.namespace}:rule/every-minute"]
+    checkpoint = await env.kube.get(
+        resource_path("v1", "configmaps", namespace=env.namespace, name="every-minute-checkpoint")
     )
     assert checkpoint["data"][LAST_FIRED] >= event["time"]
     body = await wait_for(
-        lambda: kube.get(path),
+        lambda: env.kube.get(path),
         lambda b: (b.get("status") or {}).get("eventsDelivered", 0) >= 1,
         what="eventsDelivered in the Trigger's status",
         timeout=60,
@@ -132,56 +124,50 @@ async def test_a_schedule_trigger_runs_its_bridge_pod_under_its_own_account_and_
     assert body["status"]["lastEventTime"]
 
     # enabled: false scales the bridge to zero; Ready says why.
-    await kube.patch(path, {"spec": {"enabled": False}})
-    deployment_path = resource_path("apps/v1", "deployments", namespace=namespace, name="every-minute-bridge")
+    await env.kube.patch(path, {"spec": {"enabled": False}})
+    deployment_path = resource_path(
+        "apps/v1", "deployments", namespace=env.namespace, name="every-minute-bridge"
+    )
     await wait_for(
-        lambda: kube.get(deployment_path),
+        lambda: env.kube.get(deployment_path),
         lambda d: d["spec"]["replicas"] == 0,
         what="the bridge scaled to zero",
     )
     await wait_for(
-        lambda: kube.get(path),
+        lambda: env.kube.get(path),
         lambda b: condition(b, "Ready").get("reason") == "Disabled",
         what="Ready reason Disabled",
     )
 
 
-async def test_a_trigger_of_a_missing_function_says_so_until_the_function_exists(
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    platform: PlatformUnderTest,
-    records: Records,
-) -> None:
-    _, gateway, _ = platform
-    cluster.apply(
+async def test_a_trigger_of_a_missing_function_says_so_until_the_function_exists(env: Env) -> None:
+    env.apply(
         {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Trigger",
             "metadata": {"name": "orphan"},
             "spec": {"function": "later", "http": {"path": "/later", "methods": ["GET"]}},
-        },
-        namespace,
+        }
     )
-    path = trigger_path(namespace, "orphan")
+    path = trigger_path(env.namespace, "orphan")
     body = await wait_for(
-        lambda: kube.get(path),
+        lambda: env.kube.get(path),
         lambda b: condition(b, "FunctionMissing").get("status") == "True",
         what="FunctionMissing=True",
     )
     assert condition(body, "Ready")["status"] == "False"
-    assert f"{namespace}/later" in condition(body, "Ready")["message"]
-    await recorder(cluster, gateway, namespace, "later", records)
+    assert f"{env.namespace}/later" in condition(body, "Ready")["message"]
+    await recorder(env, "later")
     body = await wait_for(
-        lambda: kube.get(path),
+        lambda: env.kube.get(path),
         lambda b: condition(b, "Ready").get("reason") == "RouteConfigured",
         what="Ready once the Function exists",
         timeout=60,
     )
     assert condition(body, "FunctionMissing")["status"] == "False"
     # HTTP triggers have no bridge.
-    bridge = await kube.get_or_none(
-        resource_path("apps/v1", "deployments", namespace=namespace, name="orphan-bridge")
+    bridge = await env.kube.get_or_none(
+        resource_path("apps/v1", "deployments", namespace=env.namespace, name="orphan-bridge")
     )
     assert bridge is None
 
@@ -225,35 +211,27 @@ class MovableClock:
             self.moved.notify_all()
 
 
-async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    platform: PlatformUnderTest,
-    records: Records,
-) -> None:
-    _, gateway, url = platform
-    await recorder(cluster, gateway, namespace, "clocked", records)
-    key = f"{namespace}-clocked"
+async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(env: Env) -> None:
+    await recorder(env, "clocked")
+    key = f"{env.namespace}-clocked"
     for name, schedule in (
         ("rate", {"expression": "rate(1 minute)"}),
         ("cron", {"expression": "cron(30 9 * * ? *)", "timezone": "Europe/Berlin"}),
     ):
         # Disabled: the operator makes the objects, but the test runs the bridge itself with its own clock.
-        cluster.apply(
+        env.apply(
             {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "Trigger",
                 "metadata": {"name": name},
                 "spec": {"function": "clocked", "enabled": False, "schedule": schedule},
-            },
-            namespace,
+            }
         )
-    settings = BridgeSettings(kubeconfig=str(cluster.kubeconfig), gateway_url=url, port=0)
+    settings = BridgeSettings(kubeconfig=str(env.cluster.kubeconfig), gateway_url=env.url, port=0)
 
-    async with KubeClient.from_kubeconfig(cluster.kubeconfig) as admin, aiohttp.ClientSession() as http:
+    async with KubeClient.from_kubeconfig(env.cluster.kubeconfig) as admin, aiohttp.ClientSession() as http:
         # rate(1 minute): ticks at creation + k minutes.
-        ctx, kind = await build_context(admin, http, namespace, "rate", settings)
+        ctx, kind = await build_context(admin, http, env.namespace, "rate", settings)
         assert kind == "schedule"
         created = dt.datetime.fromisoformat(ctx.trigger_meta["creationTimestamp"].replace("Z", "+00:00"))
         clock = MovableClock(created + dt.timedelta(seconds=5))
@@ -262,7 +240,7 @@ async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
         try:
             for minute in (1, 2, 3):
                 await clock.advance(created + dt.timedelta(minutes=minute, seconds=1))
-                got = await wait_records(records, key, minute, bridge=task)
+                got = await wait_records(env.records, key, minute, bridge=task)
                 assert got[-1]["event"]["time"] == iso(created + dt.timedelta(minutes=minute))
             # Re-sending a tick (a bridge killed after the gateway accepted it, before its checkpoint) is
             # stored once: same idempotency key, same request id, JetStream's duplicate window.
@@ -276,20 +254,20 @@ async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
         clock2 = MovableClock(created + dt.timedelta(minutes=13, seconds=30))
         task = asyncio.create_task(ScheduleBridge(ctx, clock=clock2).run())
         try:
-            got = await wait_records(records, key, 4, bridge=task)
+            got = await wait_records(env.records, key, 4, bridge=task)
             assert got[3]["event"]["time"] == iso(created + dt.timedelta(minutes=13))
         finally:
             task.cancel()
 
         # cron(30 9 * * ? *) in Berlin: 08:30 UTC in winter.
-        ctx, _ = await build_context(admin, http, namespace, "cron", settings)
+        ctx, _ = await build_context(admin, http, env.namespace, "cron", settings)
         start = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
         clock3 = MovableClock(start)
         task = asyncio.create_task(ScheduleBridge(ctx, clock=clock3).run())
         try:
             await clock3.advance(dt.datetime(2026, 12, 1, 8, 29, 59, tzinfo=dt.UTC))
             await clock3.advance(dt.datetime(2026, 12, 1, 8, 31, tzinfo=dt.UTC))
-            got = await wait_records(records, key, 5, bridge=task)
+            got = await wait_records(env.records, key, 5, bridge=task)
             assert got[4]["event"]["time"] == "2026-12-01T08:30:00Z"
         finally:
             task.cancel()
@@ -297,8 +275,8 @@ async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(
     # Exactly one event per tick reached the function, each with its own request id. A re-sent tick JetStream
     # had not deduplicated, or a retry, would be a message on the function's subject until the function (which
     # records before it answers) has run: once the subject is empty nothing more can arrive.
-    await async_queue_drained(gateway, namespace, "clocked")
-    got = records.of(key)
+    await async_queue_drained(env.gateway, env.namespace, "clocked")
+    got = env.records.of(key)
     times = [r["event"]["time"] for r in got]
     assert len(times) == len(set(times)) == 5, times
     assert len({r["requestId"] for r in got}) == 5
@@ -314,22 +292,18 @@ def handler(event, context):
 """
 
 
-async def test_an_http_trigger_routes_its_path_and_methods_to_the_function(
-    cluster: Cluster, kube: KubeClient, namespace: str, platform: PlatformUnderTest
-) -> None:
-    _, gateway, url = platform
-    await deploy(cluster, gateway, namespace, python_function("orders", ECHO_HTTP))
-    cluster.apply(
+async def test_an_http_trigger_routes_its_path_and_methods_to_the_function(env: Env) -> None:
+    await env.deploy(python_function("orders", ECHO_HTTP))
+    env.apply(
         {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Trigger",
             "metadata": {"name": "order-by-id"},
             "spec": {"function": "orders", "http": {"path": "/orders/{id}", "methods": ["GET", "DELETE"]}},
-        },
-        namespace,
+        }
     )
     await wait_for(
-        lambda: kube.get(trigger_path(namespace, "order-by-id")),
+        lambda: env.kube.get(trigger_path(env.namespace, "order-by-id")),
         lambda b: condition(b, "Ready").get("reason") == "RouteConfigured",
         what="the HTTP Trigger Ready",
     )
@@ -337,12 +311,15 @@ async def test_an_http_trigger_routes_its_path_and_methods_to_the_function(
     async def call(method: str, path: str) -> tuple[int, Any]:
         async with (
             aiohttp.ClientSession() as http,
-            http.request(method, f"{url}/api/{namespace}{path}") as resp,
+            http.request(method, f"{env.url}/api/{env.namespace}{path}") as resp,
         ):
             return resp.status, await resp.json(content_type=None)
 
     status, body = await wait_for(
-        lambda: call("GET", "/orders/42"), lambda r: r[0] != 404, what="the route on the gateway", timeout=30
+        lambda: call("GET", "/orders/42"),
+        lambda r: r[0] != 404,
+        what="the route on the gateway",
+        timeout=30,
     )
     assert status == 201
     assert body == {
@@ -355,29 +332,26 @@ async def test_an_http_trigger_routes_its_path_and_methods_to_the_function(
     assert await call("POST", "/orders/42") == (405, {"message": "Method Not Allowed"})
     assert await call("GET", "/customers/1") == (404, {"message": "Not Found"})
     # Deleting the Trigger removes the route.
-    await kube.delete(trigger_path(namespace, "order-by-id"))
+    await env.kube.delete(trigger_path(env.namespace, "order-by-id"))
     await wait_for(lambda: call("GET", "/orders/42"), lambda r: r[0] == 404, what="the route gone")
 
 
-async def test_the_http_api_and_cron_examples_work_as_documented(
-    cluster: Cluster, kube: KubeClient, namespace: str, platform: PlatformUnderTest
-) -> None:
-    _, gateway, url = platform
+async def test_the_http_api_and_cron_examples_work_as_documented(env: Env) -> None:
     docs = [
         d
         for f in ("http-api", "cron")
         for d in yaml.safe_load_all((EXAMPLES / f / "function.yaml").read_text())
     ]
-    cluster.apply(docs, namespace)
+    env.apply(docs)
     for trigger in ("notes-collection", "notes-item", "every-minute", "every-five-minutes"):
         await wait_for(
-            lambda t=trigger: kube.get(trigger_path(namespace, t)),
+            lambda t=trigger: env.kube.get(trigger_path(env.namespace, t)),
             lambda b: condition(b, "Ready").get("status") == "True",
             what=f"Trigger {trigger} Ready",
             timeout=90,
         )
     await wait_for(
-        lambda: asyncio.sleep(0, result=gateway.registry.functions.get((namespace, "notes"))),
+        lambda: asyncio.sleep(0, result=env.gateway.registry.functions.get((env.namespace, "notes"))),
         lambda fn: fn is not None and fn.ready,
         what="the notes Function",
     )
@@ -385,7 +359,7 @@ async def test_the_http_api_and_cron_examples_work_as_documented(
     async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
         async with (
             aiohttp.ClientSession() as http,
-            http.request(method, f"{url}/api/{namespace}{path}", json=body) as resp,
+            http.request(method, f"{env.url}/api/{env.namespace}{path}", json=body) as resp,
         ):
             return resp.status, await resp.json(content_type=None)
 

@@ -10,15 +10,14 @@ import asyncio
 import hashlib
 import io
 import json
-import threading
 import zipfile
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from kltest import Cluster, wait_for
+from kltest.files import FileServer, serve_files
 from kltest.platform import (
     SYSTEM_NS,
     PlatformUnderTest,
@@ -246,44 +245,22 @@ def zipped(files: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
-class _Zips(BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-
-    def do_GET(self) -> None:
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
-def zip_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Zips)
-    thread = threading.Thread(target=server.serve_forever, name="zip-server", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+def zip_server() -> Iterator[FileServer]:
+    with serve_files() as server:
+        yield server
 
 
 async def test_archive_code_is_fetched_and_verified_by_the_pool_pod(
-    platform: PlatformUnderTest, cluster: Cluster, namespace: str, zip_server: str
+    platform: PlatformUnderTest, cluster: Cluster, namespace: str, zip_server: FileServer
 ) -> None:
     _, gateway, url = platform
     await wait_free(gateway, POOL_SIZE, timeout=90)
     data = zipped({"app.py": HANDLER.format(version="zipped"), "lib/data.txt": "x"})
-    _Zips.files["/fn.zip"] = data
+    zip_server.files["/fn.zip"] = data
     doc = function("zipped")
     doc["spec"]["code"] = {
-        "archive": {"url": f"{zip_server}/fn.zip", "sha256": hashlib.sha256(data).hexdigest()}
+        "archive": {"url": f"{zip_server.url}/fn.zip", "sha256": hashlib.sha256(data).hexdigest()}
     }
     await deploy(cluster, gateway, namespace, doc)
     body, headers = await invoke(url, f"{namespace}/zipped")

@@ -211,8 +211,8 @@ class Env:
         assert self.gateway.settings.nats_url, "this module's gateway has no NATS"
         return self.gateway.settings.nats_url
 
-    def apply(self, doc: JSON) -> None:
-        self.cluster.apply(doc, self.namespace)
+    def apply(self, manifest: JSON | list[JSON]) -> None:
+        self.cluster.apply(manifest, self.namespace)
 
     async def deploy(self, doc: JSON) -> None:
         await deploy(self.cluster, self.gateway, self.namespace, doc)
