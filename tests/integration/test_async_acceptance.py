@@ -21,13 +21,7 @@ import nats
 import pytest
 
 from kltest import Cluster, wait_for
-from kltest.platform import (
-    FAST_ASYNC,
-    PlatformUnderTest,
-    deploy,
-    python_function,
-    running_platform,
-)
+from kltest.platform import FAST_ASYNC, PlatformUnderTest, deploy, python_function, running_platform
 from kltest.records import Records
 from kubelambda.asyncworker.dlq import list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue

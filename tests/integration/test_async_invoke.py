@@ -21,13 +21,7 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from kltest import wait_for
-from kltest.platform import (
-    Env,
-    lambda_client,
-    python_function,
-    start_gateway,
-    stop_gateway,
-)
+from kltest.platform import Env, lambda_client, python_function, start_gateway, stop_gateway
 from kubelambda.asyncworker.dlq import DeadLetter, list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent, dlq_stream
 from kubelambda.kube import resource_path

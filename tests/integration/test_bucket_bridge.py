@@ -30,10 +30,7 @@ from kltest import Cluster, wait_for
 from kltest.bridge import BridgeProcess
 from kltest.drained import async_queue_drained
 from kltest.minio import ROOT_PASSWORD, ROOT_USER, MinioServer
-from kltest.platform import (
-    Env,
-    python_function,
-)
+from kltest.platform import Env, python_function
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.bridge.bucket import CHECKPOINT_EVERY

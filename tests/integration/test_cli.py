@@ -19,9 +19,7 @@ import pytest
 import yaml
 
 from kltest import Cluster, wait_for
-from kltest.platform import (
-    PlatformUnderTest,
-)
+from kltest.platform import PlatformUnderTest
 from kubelambda.api.v1alpha1 import RUNTIMES
 from kubelambda.cli.project import TEMPLATE_OF
 from kubelambda.devcluster.servers import S3Server

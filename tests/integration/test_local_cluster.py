@@ -88,6 +88,15 @@ async def get_pod(kube: KubeClient, ns: str, name: str) -> JSON:
     return await kube.get(pods_path(ns, name))
 
 
+async def pod_in_phase(kube: KubeClient, ns: str, name: str, *phases: str) -> JSON:
+    """The pod once its phase is one of ``phases``."""
+    return await wait_for(
+        lambda: get_pod(kube, ns, name),
+        lambda p: p["status"].get("phase") in phases,
+        what=f"pod {name} to reach phase {' or '.join(phases)}",
+    )
+
+
 def http_get(url: str) -> JSON:
     with urllib.request.urlopen(url, timeout=5) as resp:
         result: JSON = json.loads(resp.read())
@@ -203,11 +212,7 @@ async def test_nonzero_exit_is_reported_and_restarted_per_policy(
         [pod("always", script, restart="Always"), pod("never", script, restart="Never")],
         namespace,
     )
-    never = await wait_for(
-        lambda: get_pod(kube, namespace, "never"),
-        lambda p: p["status"].get("phase") == "Failed",
-        what="pod never to fail",
-    )
+    never = await pod_in_phase(kube, namespace, "never", "Failed")
     status = never["status"]["containerStatuses"][0]
     assert status["state"]["terminated"]["exitCode"] == 3
     assert status["state"]["terminated"]["reason"] == "Error"
@@ -241,11 +246,7 @@ async def test_on_failure_restarts_until_success(cluster: Cluster, kube: KubeCli
         ),
         namespace,
     )
-    done = await wait_for(
-        lambda: get_pod(kube, namespace, "retry"),
-        lambda p: p["status"].get("phase") == "Succeeded",
-        what="pod retry to succeed",
-    )
+    done = await pod_in_phase(kube, namespace, "retry", "Succeeded")
     status = done["status"]["containerStatuses"][0]
     assert status["restartCount"] == 1
     assert status["state"]["terminated"]["exitCode"] == 0
@@ -352,11 +353,7 @@ async def test_env_volumes_and_downward_api_reach_the_process(
     )
     manifest["metadata"]["labels"] = {"team": "lambda"}
     cluster.apply(manifest, namespace)
-    done = await wait_for(
-        lambda: get_pod(kube, namespace, "envpod"),
-        lambda p: p["status"].get("phase") in ("Succeeded", "Failed"),
-        what="pod envpod to finish",
-    )
+    done = await pod_in_phase(kube, namespace, "envpod", "Succeeded", "Failed")
     logs = cluster.kubectl("logs", "-n", namespace, "envpod").stdout
     assert done["status"]["phase"] == "Succeeded", logs
     ip = done["status"]["podIP"]
@@ -389,11 +386,7 @@ async def test_init_containers_run_in_order_before_the_app(
         container={"volumeMounts": [{"name": "shared", "mountPath": "/shared"}]},
     )
     cluster.apply(manifest, namespace)
-    done = await wait_for(
-        lambda: get_pod(kube, namespace, "inits"),
-        lambda p: p["status"].get("phase") == "Succeeded",
-        what="pod inits to succeed",
-    )
+    done = await pod_in_phase(kube, namespace, "inits", "Succeeded")
     assert [s["state"]["terminated"]["exitCode"] for s in done["status"]["initContainerStatuses"]] == [0, 0]
     assert cluster.kubectl("logs", "-n", namespace, "inits").stdout.split() == ["one", "two"]
 
@@ -407,11 +400,7 @@ async def test_a_failing_init_container_blocks_the_app(
         initContainers=[{"name": "setup", "image": "busybox", "command": ["sh", "-c", "exit 7"]}],
     )
     cluster.apply(manifest, namespace)
-    failed = await wait_for(
-        lambda: get_pod(kube, namespace, "badinit"),
-        lambda p: p["status"].get("phase") == "Failed",
-        what="pod badinit to fail",
-    )
+    failed = await pod_in_phase(kube, namespace, "badinit", "Failed")
     init = failed["status"]["initContainerStatuses"][0]
     assert init["state"]["terminated"]["exitCode"] == 7
     assert "containerID" not in failed["status"]["containerStatuses"][0]

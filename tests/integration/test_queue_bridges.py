@@ -26,13 +26,7 @@ from aiobotocore.session import get_session
 
 from kltest import Cluster, create_namespace, wait_for
 from kltest.bridge import BridgeProcess
-from kltest.platform import (
-    REPO,
-    deploy,
-    python_function,
-    running_platform,
-    start_operator,
-)
+from kltest.platform import REPO, deploy, python_function, running_platform, start_operator
 from kltest.records import Records
 from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.bridge.queues.nats import consumer_name

@@ -33,13 +33,7 @@ from nats.js.api import StreamConfig
 
 from kltest import Cluster, create_namespace, wait_for
 from kltest.bridge import BridgeProcess
-from kltest.platform import (
-    REPO,
-    deploy,
-    python_function,
-    running_platform,
-    start_operator,
-)
+from kltest.platform import REPO, deploy, python_function, running_platform, start_operator
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.devcluster.servers import NatsServer, RedisServer

@@ -16,12 +16,7 @@ import yaml
 
 from kltest import Cluster, wait_for
 from kltest.drained import async_queue_drained
-from kltest.platform import (
-    Env,
-    PlatformUnderTest,
-    python_function,
-    running_platform,
-)
+from kltest.platform import Env, PlatformUnderTest, python_function, running_platform
 from kltest.records import Records
 from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.bridge import BridgeSettings, build_context

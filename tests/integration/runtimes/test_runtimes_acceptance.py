@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from kubelambda.runtimes import InvokeResult, LocalFunction
+from kubelambda.runtimes import InvokeResult
 
 from .conftest import FUNCTIONS, StartFunction
-from .langcheck import REPORT, body
+from .langcheck import REPORT, body, wait_for_metric
 
 RUNTIMES = ["python3.12", "nodejs20"]
 SIX_MB = 6 * 1024 * 1024
@@ -198,17 +198,6 @@ def test_four_workers_serve_four_calls_and_refuse_a_fifth(
     assert fifth.outcome == "refused_busy"
     assert [(r.status, r.function_error) for r in results] == [(200, None)] * 4
     assert fn.invoke(b'{"seconds": 0}').status == 200
-
-
-def wait_for_metric(fn: LocalFunction, line: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    seen = ""
-    while time.monotonic() < deadline:
-        seen = fn.get("/metrics").body.decode()
-        if line in seen.splitlines():
-            return
-        time.sleep(0.01)  # polling interval of a condition wait, not synchronisation by itself
-    raise AssertionError(f"metric {line!r} not seen within {timeout}s:\n{seen}")
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
