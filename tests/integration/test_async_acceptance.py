@@ -21,7 +21,14 @@ import nats
 import pytest
 
 from kltest import Cluster, wait_for
-from kltest.platform import FAST_ASYNC, PlatformUnderTest, deploy, python_function, running_platform
+from kltest.platform import (
+    FAIL_FIRST_HANDLER,
+    FAST_ASYNC,
+    PlatformUnderTest,
+    deploy,
+    python_function,
+    running_platform,
+)
 from kltest.records import Records
 from kubelambda.asyncworker.dlq import list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue
@@ -33,22 +40,6 @@ JSON = dict[str, Any]
 EVENTS = 1000
 CLIENTS = 32
 STREAM = "KUBELAMBDA_ASYNC"
-
-HANDLER = """
-import os
-
-
-def handler(event, context):
-    if event.get("alwaysFail"):
-        raise ValueError("this event always fails")
-    marker = event.get("failFirst")
-    if marker:
-        path = os.path.join(marker, context.aws_request_id)
-        if not os.path.exists(path):
-            open(path, "w").close()
-            raise ValueError("the first attempt fails")
-    return {"i": event["i"]}
-"""
 
 
 @pytest.fixture
@@ -101,7 +92,7 @@ async def test_a_thousand_events_each_end_in_exactly_one_record(
     try:
         doc = python_function(
             "thousand",
-            HANDLER,
+            FAIL_FIRST_HANDLER,
             concurrency={"perInstance": 8},
             scaling={"minInstances": 1, "maxInstances": 2},
             **{

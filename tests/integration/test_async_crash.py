@@ -9,7 +9,6 @@ process can see on the local node) and succeed on the retry.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import os
 import signal
@@ -21,10 +20,15 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
-import yaml
 
 from kltest import Cluster, wait_for
-from kltest.platform import REPO, RunningOperator, service_account_token, start_operator
+from kltest.platform import (
+    FAIL_FIRST_HANDLER,
+    RunningOperator,
+    python_function,
+    service_account_token,
+    start_operator,
+)
 from kltest.records import Records
 from kubelambda.devcluster._platform import _kubeconfig_with_token
 from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
@@ -43,20 +47,6 @@ WORKER_CONCURRENCY = 64
 # every third of it; long enough that a starved machine (the worker's loop stalled for seconds) does not
 # redeliver an event still being worked on, which would run it twice without any crash.
 ACK_WAIT_SECONDS = 10
-
-HANDLER = """
-import os
-
-
-def handler(event, context):
-    marker = event.get("failFirst")
-    if marker:
-        path = os.path.join(marker, context.aws_request_id)
-        if not os.path.exists(path):
-            open(path, "w").close()
-            raise ValueError("the first attempt fails")
-    return {"i": event["i"]}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +112,12 @@ class GatewayProcess:
         await retry_taken_ports(attempt, what="the gateway process")
 
 
+async def gateway_kubeconfig(cluster: Cluster, kube: KubeClient, tmp_path: Path) -> Path:
+    """A kubeconfig with a token of the gateway's ServiceAccount (hack/gateway-rbac.yaml)."""
+    token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
+    return _kubeconfig_with_token(cluster.kubeconfig, token, tmp_path / "gw.kubeconfig", "gw")
+
+
 async def queue_state(url: str) -> str:
     nc = await nats.connect(url)
     try:
@@ -161,24 +157,24 @@ async def test_events_survive_a_killed_worker_and_a_nats_restart(
     got = {"ok": records.of("ok"), "failed": records.of("failed")}
     markers = tmp_path / "markers"
     markers.mkdir()
-    token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
-    kubeconfig = _kubeconfig_with_token(cluster.kubeconfig, token, tmp_path / "gw.kubeconfig", "gw")
+    kubeconfig = await gateway_kubeconfig(cluster, kube, tmp_path)
     nats_server = NatsServer(tmp_path / "nats")
     await nats_server.start()
     gateway = GatewayProcess(kubeconfig, nats_server.url, tmp_path / "gateway-1.log")
     try:
         await gateway.ready()
-        doc: JSON = copy.deepcopy(
-            yaml.safe_load((REPO / "examples" / "hello-python3.11" / "function.yaml").read_text())
+        doc = python_function(
+            "steady",
+            FAIL_FIRST_HANDLER,
+            concurrency={"perInstance": 4},
+            **{
+                "async": {
+                    "maxRetries": 1,
+                    "onSuccess": {"url": records.url("ok")},
+                    "onFailure": {"url": records.url("failed")},
+                }
+            },
         )
-        doc["metadata"]["name"] = "steady"
-        doc["spec"]["code"]["inline"] = {"app.py": HANDLER}
-        doc["spec"]["async"] = {
-            "maxRetries": 1,
-            "onSuccess": {"url": records.url("ok")},
-            "onFailure": {"url": records.url("failed")},
-        }
-        doc["spec"]["concurrency"] = {"perInstance": 4}
         cluster.apply(doc, namespace)
         await wait_for(
             lambda: kube.get(
@@ -275,8 +271,7 @@ async def test_kubelambda_async_worker_invokes_through_a_gateway_with_the_events
     await records.start()
     markers = tmp_path / "markers"
     markers.mkdir()
-    token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
-    kubeconfig = _kubeconfig_with_token(cluster.kubeconfig, token, tmp_path / "gw.kubeconfig", "gw")
+    kubeconfig = await gateway_kubeconfig(cluster, kube, tmp_path)
     nats_server = NatsServer(tmp_path / "nats")
     await nats_server.start()
     gateway = GatewayProcess(
@@ -292,12 +287,11 @@ async def test_kubelambda_async_worker_invokes_through_a_gateway_with_the_events
             command="async-worker",
             KUBELAMBDA_GATEWAY_URL=gateway.url,
         )
-        doc: JSON = copy.deepcopy(
-            yaml.safe_load((REPO / "examples" / "hello-python3.11" / "function.yaml").read_text())
+        doc = python_function(
+            "remote",
+            FAIL_FIRST_HANDLER,
+            **{"async": {"maxRetries": 1, "onSuccess": {"url": records.url("remote")}}},
         )
-        doc["metadata"]["name"] = "remote"
-        doc["spec"]["code"]["inline"] = {"app.py": HANDLER}
-        doc["spec"]["async"] = {"maxRetries": 1, "onSuccess": {"url": records.url("remote")}}
         cluster.apply(doc, namespace)
         name = f"{namespace}/remote"
 

@@ -368,16 +368,24 @@ def settings(platform: Platform, cluster: Cluster) -> BridgeSettings:
     )
 
 
+async def ten_thousand(
+    kind: str, name: str, brokers: Brokers, platform: Platform, cluster: Cluster, total: int
+) -> Seen:
+    """A stream ``name`` holding ``total`` records over KEYS keys, and its Trigger (no operator runs its bridge:
+    the test does); returns what the function will have seen of it."""
+    await brokers.create(kind, name)
+    await brokers.publish(kind, name, items(total))
+    cluster.apply(trigger(kind, name, brokers), platform.namespace)
+    return Seen(platform.out / name)
+
+
 @pytest.mark.parametrize("kind", SOURCES)
 async def test_ten_thousand_records_once_each_in_order_per_key(
     kind: str, brokers: Brokers, platform: Platform, cluster: Cluster, kube: KubeClient
 ) -> None:
     name = f"once-{kind}"
-    await brokers.create(kind, name)
     total = 10_000
-    await brokers.publish(kind, name, items(total))
-    cluster.apply(trigger(kind, name, brokers), platform.namespace)
-    seen = Seen(platform.out / name)
+    seen = await ten_thousand(kind, name, brokers, platform, cluster, total)
     stop = asyncio.Event()
     bridge = asyncio.create_task(run_bridge(platform.namespace, name, settings(platform, cluster), stop=stop))
     try:
@@ -496,11 +504,8 @@ async def test_a_bridge_killed_mid_run_loses_nothing(
     kind: str, brokers: Brokers, platform: Platform, cluster: Cluster, kube: KubeClient, tmp_path: Path
 ) -> None:
     name = f"kill-{kind}"
-    await brokers.create(kind, name)
     total = 10_000
-    await brokers.publish(kind, name, items(total))
-    cluster.apply(trigger(kind, name, brokers), platform.namespace)
-    seen = Seen(platform.out / name)
+    seen = await ten_thousand(kind, name, brokers, platform, cluster, total)
     bridge = BridgeProcess(cluster, platform.namespace, name, gateway_url=platform.url, log_dir=tmp_path)
     with bridge:
 

@@ -163,6 +163,25 @@ FAST_ASYNC: dict[str, Any] = {
 }
 
 
+# Fails the first attempt of an event with {"failFirst": <folder>} (a marker file per request id, which the
+# function's process sees on the local node) and every attempt of one with {"alwaysFail": true}; returns {"i": i}.
+FAIL_FIRST_HANDLER = """
+import os
+
+
+def handler(event, context):
+    if event.get("alwaysFail"):
+        raise ValueError("this event always fails")
+    marker = event.get("failFirst")
+    if marker:
+        path = os.path.join(marker, context.aws_request_id)
+        if not os.path.exists(path):
+            open(path, "w").close()
+            raise ValueError("the first attempt fails")
+    return {"i": event["i"]}
+"""
+
+
 class PlatformUnderTest(NamedTuple):
     operator: RunningOperator
     gateway: Gateway
