@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from kltest import Cluster, wait_for
-from kltest.platform import PlatformUnderTest
+from kltest.platform import Env
 from kubelambda.api.v1alpha1 import RUNTIMES
 from kubelambda.cli.project import TEMPLATE_OF
 from kubelambda.devcluster.servers import S3Server
-from kubelambda.kube import KubeClient, resource_path
+from kubelambda.kube import resource_path
 
 pytestmark = pytest.mark.integration
 
@@ -79,15 +79,8 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int, *wo
         assert word in done.stderr
 
 
-async def test_python_function_from_init_to_delete(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    tmp_path: Path,
-) -> None:
-    _, _, url = platform
-    cli = Cli(cluster, url, tmp_path / "state")
+async def test_python_function_from_init_to_delete(env: Env, tmp_path: Path) -> None:
+    cli = Cli(env.cluster, env.url, tmp_path / "state")
     folder = tmp_path / "hello"
 
     done = await cli.ok("init", "python3.11", str(folder), "--name", "hello")
@@ -95,28 +88,28 @@ async def test_python_function_from_init_to_delete(
     assert (folder / "function.yaml").exists()
     assert "kubelambda deploy" in done.stdout
 
-    deployed = await cli.ok("deploy", str(folder), "-n", namespace)
-    assert f"Function {namespace}/hello is Ready" in deployed.stdout
+    deployed = await cli.ok("deploy", str(folder), "-n", env.namespace)
+    assert f"Function {env.namespace}/hello is Ready" in deployed.stdout
     assert "inline code" in deployed.stderr
     assert "Created Function" in deployed.stderr
-    fn = await kube.get(
-        resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="hello")
+    fn = await env.kube.get(
+        resource_path("kubelambda.io/v1alpha1", "functions", namespace=env.namespace, name="hello")
     )
     assert set(fn["spec"]["code"]["inline"]) == {"app.py"}
     assert "kubelambda-cli" in {m["manager"] for m in fn["metadata"]["managedFields"]}
 
-    invoked = await cli.ok("invoke", f"{namespace}/hello", "--payload", '{"name": "cli"}')
+    invoked = await cli.ok("invoke", f"{env.namespace}/hello", "--payload", '{"name": "cli"}')
     answer = json.loads(invoked.stdout)
     assert answer["message"] == "Hello, cli!"
     assert invoked.stderr.startswith("status 200")
     request_id = answer["requestId"]
     (tmp_path / "event.json").write_text('{"name": "file"}')
-    again = await cli.ok("invoke", "hello", "-n", namespace, "--payload", f"@{tmp_path / 'event.json'}")
+    again = await cli.ok("invoke", "hello", "-n", env.namespace, "--payload", f"@{tmp_path / 'event.json'}")
     assert json.loads(again.stdout)["message"] == "Hello, file!"
 
     # logs --request-id: only that request's START..REPORT block, from whichever pod served it.
     async def block() -> str:
-        return (await cli.ok("logs", "hello", "-n", namespace, "--request-id", request_id)).stdout
+        return (await cli.ok("logs", "hello", "-n", env.namespace, "--request-id", request_id)).stdout
 
     text = await wait_for(
         block, lambda out: "REPORT RequestId" in out, what="the request's REPORT line", timeout=60
@@ -127,29 +120,29 @@ async def test_python_function_from_init_to_delete(
     assert any("Greeting cli" in line for line in lines), text
     assert "Greeting file" not in text
     # invoke --async: an Event invocation; its request id (stdout) finds its log block once it has run.
-    queued = await cli.ok("invoke", f"{namespace}/hello", "--async", "--payload", '{"name": "event"}')
+    queued = await cli.ok("invoke", f"{env.namespace}/hello", "--async", "--payload", '{"name": "event"}')
     event_id = queued.stdout.strip()
     assert len(event_id) == 36, queued.stdout
     assert "status 202" in queued.stderr
 
     async def event_block() -> str:
-        return (await cli.ok("logs", "hello", "-n", namespace, "--request-id", event_id)).stdout
+        return (await cli.ok("logs", "hello", "-n", env.namespace, "--request-id", event_id)).stdout
 
     event_text = await wait_for(
         event_block, lambda out: "REPORT RequestId" in out, what="the Event's REPORT line", timeout=60
     )
     assert "Greeting event" in event_text
-    everything = (await cli.ok("logs", "hello", "-n", namespace)).stdout
+    everything = (await cli.ok("logs", "hello", "-n", env.namespace)).stdout
     assert "Greeting cli" in everything
     assert "Greeting file" in everything
 
     # logs --follow sees a new invocation's lines as they are written.
     follower = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kubelambda", "logs", "hello", "-n", namespace, "--follow",
+        sys.executable, "-m", "kubelambda", "logs", "hello", "-n", env.namespace, "--follow",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=cli.env,
     )  # fmt: skip
     try:
-        await cli.ok("invoke", f"{namespace}/hello", "--payload", '{"name": "follow"}')
+        await cli.ok("invoke", f"{env.namespace}/hello", "--payload", '{"name": "follow"}')
         seen: list[str] = []
         assert follower.stdout is not None
         while not any("Greeting follow" in line for line in seen):
@@ -161,26 +154,25 @@ async def test_python_function_from_init_to_delete(
         follower.terminate()
         await follower.wait()
 
-    listed = await cli.ok("list", "-n", namespace)
+    listed = await cli.ok("list", "-n", env.namespace)
     header, row = listed.stdout.splitlines()
     assert header.split() == ["NAME", "READY", "INSTANCES", "RUNTIME", "AGE"]
     assert row.split()[:2] == ["hello", "True"], row
     assert "python3.11" in row
-    as_json = json.loads((await cli.ok("list", "-n", namespace, "-o", "json")).stdout)
+    as_json = json.loads((await cli.ok("list", "-n", env.namespace, "-o", "json")).stdout)
     assert [item["metadata"]["name"] for item in as_json["items"]] == ["hello"]
-    as_yaml = yaml.safe_load((await cli.ok("list", "-n", namespace, "-o", "yaml")).stdout)
+    as_yaml = yaml.safe_load((await cli.ok("list", "-n", env.namespace, "-o", "yaml")).stdout)
     assert as_yaml["items"][0]["spec"]["runtime"] == "python3.11"
 
-    cluster.apply(
+    env.apply(
         {
             "apiVersion": "kubelambda.io/v1alpha1",
             "kind": "Trigger",
             "metadata": {"name": "every-hour"},
             "spec": {"function": "hello", "schedule": {"expression": "rate(1 hour)"}},
-        },
-        namespace,
+        }
     )
-    described = (await cli.ok("describe", f"{namespace}/hello")).stdout
+    described = (await cli.ok("describe", f"{env.namespace}/hello")).stdout
     for expected in (
         "Name:",
         "hello",
@@ -195,38 +187,32 @@ async def test_python_function_from_init_to_delete(
         "Events:",
     ):
         assert expected in described, described
-    as_doc = json.loads((await cli.ok("describe", "hello", "-n", namespace, "-o", "json")).stdout)
+    as_doc = json.loads((await cli.ok("describe", "hello", "-n", env.namespace, "-o", "json")).stdout)
     assert as_doc["function"]["metadata"]["name"] == "hello"
     assert [t["metadata"]["name"] for t in as_doc["triggers"]] == ["every-hour"]
 
-    deleted = await cli.ok("delete", "hello", "-n", namespace, "--wait")
-    assert deleted.stdout.strip() == f"Deleted Function {namespace}/hello"
+    deleted = await cli.ok("delete", "hello", "-n", env.namespace, "--wait")
+    assert deleted.stdout.strip() == f"Deleted Function {env.namespace}/hello"
     assert (
-        await kube.get_or_none(
-            resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="hello")
+        await env.kube.get_or_none(
+            resource_path("kubelambda.io/v1alpha1", "functions", namespace=env.namespace, name="hello")
         )
         is None
     )
-    assert_one_line_error(await cli("delete", "hello", "-n", namespace), 1, "not found", "kubelambda list")
-    await cli.ok("delete", "hello", "-n", namespace, "--ignore-not-found")
-    assert_one_line_error(await cli("describe", "hello", "-n", namespace), 1, "not found")
-    missing = await cli("invoke", f"{namespace}/hello")
+    assert_one_line_error(
+        await cli("delete", "hello", "-n", env.namespace), 1, "not found", "kubelambda list"
+    )
+    await cli.ok("delete", "hello", "-n", env.namespace, "--ignore-not-found")
+    assert_one_line_error(await cli("describe", "hello", "-n", env.namespace), 1, "not found")
+    missing = await cli("invoke", f"{env.namespace}/hello")
     assert missing.returncode == 1
     assert "status 404" in missing.stderr
 
 
-async def test_nodejs_function_as_a_zip_in_a_bucket(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    s3: S3Server,
-    tmp_path: Path,
-) -> None:
-    _, _, url = platform
+async def test_nodejs_function_as_a_zip_in_a_bucket(env: Env, s3: S3Server, tmp_path: Path) -> None:
     cli = Cli(
-        cluster,
-        url,
+        env.cluster,
+        env.url,
         tmp_path / "state",
         KUBELAMBDA_BUCKET="functions",
         KUBELAMBDA_S3_ENDPOINT=s3.endpoint,
@@ -235,29 +221,29 @@ async def test_nodejs_function_as_a_zip_in_a_bucket(
     )
     folder = tmp_path / "hello-node"
     await cli.ok("init", "nodejs20", str(folder))
-    deployed = await cli.ok("deploy", str(folder), "-n", namespace, "--zip")
+    deployed = await cli.ok("deploy", str(folder), "-n", env.namespace, "--zip")
     assert "Uploading a" in deployed.stderr
     assert "s3://functions/" in deployed.stderr
-    fn = await kube.get(
-        resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="hello-node")
+    fn = await env.kube.get(
+        resource_path("kubelambda.io/v1alpha1", "functions", namespace=env.namespace, name="hello-node")
     )
     code = fn["spec"]["code"]["s3"]
     assert code["bucket"] == "functions"
     assert code["endpoint"] == s3.endpoint
     assert len(code["sha256"]) == 64
 
-    invoked = await cli.ok("invoke", f"{namespace}/hello-node", "--payload", '{"name": "zip"}', "--log")
+    invoked = await cli.ok("invoke", f"{env.namespace}/hello-node", "--payload", '{"name": "zip"}', "--log")
     assert json.loads(invoked.stdout)["message"] == "Hello, zip!"
     assert "REPORT RequestId:" in invoked.stderr
 
     # Redeploying the same code keeps the same object and generation: nothing to roll.
     before = fn["metadata"]["generation"]
-    await cli.ok("deploy", str(folder), "-n", namespace, "--zip")
-    fn = await kube.get(
-        resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="hello-node")
+    await cli.ok("deploy", str(folder), "-n", env.namespace, "--zip")
+    fn = await env.kube.get(
+        resource_path("kubelambda.io/v1alpha1", "functions", namespace=env.namespace, name="hello-node")
     )
     assert fn["metadata"]["generation"] == before
-    await cli.ok("delete", f"{namespace}/hello-node")
+    await cli.ok("delete", f"{env.namespace}/hello-node")
 
 
 COMPILED = ("java17", "go")
@@ -265,36 +251,31 @@ COMPILED = ("java17", "go")
 
 @pytest.mark.parametrize("runtime", COMPILED)
 async def test_compiled_scaffolds_build_deploy_and_answer(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    namespace: str,
-    s3: S3Server,
-    tmp_path: Path,
-    runtime: str,
+    env: Env, s3: S3Server, tmp_path: Path, runtime: str
 ) -> None:
-    _, _, url = platform
     cli = Cli(
-        cluster, url, tmp_path / "state", KUBELAMBDA_BUCKET="compiled", KUBELAMBDA_S3_ENDPOINT=s3.endpoint
+        env.cluster,
+        env.url,
+        tmp_path / "state",
+        KUBELAMBDA_BUCKET="compiled",
+        KUBELAMBDA_S3_ENDPOINT=s3.endpoint,
     )
     folder = tmp_path / f"hello-{runtime}"
     await cli.ok("init", runtime, str(folder))
-    deployed = await cli.ok("deploy", str(folder), "-n", namespace)
+    deployed = await cli.ok("deploy", str(folder), "-n", env.namespace)
     assert "Building with" in deployed.stderr
     assert "s3://compiled/" in deployed.stderr
-    invoked = await cli.ok("invoke", f"{namespace}/hello-{runtime}", "--payload", '{"name": "compiled"}')
+    invoked = await cli.ok("invoke", f"{env.namespace}/hello-{runtime}", "--payload", '{"name": "compiled"}')
     assert json.loads(invoked.stdout)["message"] == "Hello, compiled!"
 
 
-async def test_every_scaffold_is_a_valid_function(
-    platform: PlatformUnderTest, cluster: Cluster, namespace: str, tmp_path: Path
-) -> None:
-    _, _, url = platform
-    cli = Cli(cluster, url, tmp_path / "state")
+async def test_every_scaffold_is_a_valid_function(env: Env, tmp_path: Path) -> None:
+    cli = Cli(env.cluster, env.url, tmp_path / "state")
 
     async def validate(runtime: str) -> None:
         folder = tmp_path / runtime.replace(".", "")
         await cli.ok("init", runtime, str(folder))
-        done = await cli.ok("deploy", str(folder), "-n", namespace, "--dry-run")
+        done = await cli.ok("deploy", str(folder), "-n", env.namespace, "--dry-run")
         assert "is valid (server-side dry run" in done.stdout, done.stdout + done.stderr
 
     # java17 and go are built and deployed for real above (their builds dominate the time; java21 has the same
@@ -302,16 +283,13 @@ async def test_every_scaffold_is_a_valid_function(
     interpreted = [r for r in RUNTIMES if TEMPLATE_OF[r] not in {TEMPLATE_OF[c] for c in COMPILED}]
     for pair in (interpreted[i : i + 2] for i in range(0, len(interpreted), 2)):
         await asyncio.gather(*(validate(runtime) for runtime in pair))
-    listed = await cli.ok("list", "-n", namespace)
+    listed = await cli.ok("list", "-n", env.namespace)
     assert listed.stdout == ""
     assert "No Functions" in listed.stderr
 
 
-async def test_errors_are_one_line_with_a_hint_and_a_meaningful_exit_code(
-    platform: PlatformUnderTest, cluster: Cluster, namespace: str, tmp_path: Path
-) -> None:
-    _, _, url = platform
-    cli = Cli(cluster, url, tmp_path / "state")
+async def test_errors_are_one_line_with_a_hint_and_a_meaningful_exit_code(env: Env, tmp_path: Path) -> None:
+    cli = Cli(env.cluster, env.url, tmp_path / "state")
     usage = await cli("init", "cobol", str(tmp_path / "x"))
     assert usage.returncode == 2
     assert "invalid choice" in usage.stderr
@@ -320,7 +298,7 @@ async def test_errors_are_one_line_with_a_hint_and_a_meaningful_exit_code(
     await cli.ok("init", "go", str(folder))
     assert_one_line_error(await cli("init", "go", str(folder)), 2, "not empty", "--force")
     # A Go binary cannot be inline code, and there is no bucket.
-    assert_one_line_error(await cli("deploy", str(folder), "-n", namespace), 2, "no bucket", "--bucket")
+    assert_one_line_error(await cli("deploy", str(folder), "-n", env.namespace), 2, "no bucket", "--bucket")
     assert_one_line_error(
         await cli("deploy", str(tmp_path / "nothing")), 2, "no function.yaml", "kubelambda init"
     )
@@ -331,14 +309,14 @@ async def test_errors_are_one_line_with_a_hint_and_a_meaningful_exit_code(
     manifest["spec"]["memoryMB"] = 64
     (bad / "function.yaml").write_text(yaml.safe_dump(manifest))
     assert_one_line_error(
-        await cli("deploy", str(bad), "-n", namespace), 1, "was refused", "memoryMB", "function.yaml"
+        await cli("deploy", str(bad), "-n", env.namespace), 1, "was refused", "memoryMB", "function.yaml"
     )
 
     # A misspelt field is refused (fieldValidation=Strict), not silently dropped.
     manifest["spec"]["memoryMb"] = manifest["spec"].pop("memoryMB")
     (bad / "function.yaml").write_text(yaml.safe_dump(manifest))
-    assert_one_line_error(await cli("deploy", str(bad), "-n", namespace), 1, "was refused", "memoryMb")
+    assert_one_line_error(await cli("deploy", str(bad), "-n", env.namespace), 1, "was refused", "memoryMb")
 
     assert_one_line_error(await cli("invoke", "x", "--payload", "{nope"), 2, "not JSON")
-    gone = Cli(cluster, url, tmp_path / "state", KUBECONFIG=str(tmp_path / "missing.yaml"))
+    gone = Cli(env.cluster, env.url, tmp_path / "state", KUBECONFIG=str(tmp_path / "missing.yaml"))
     assert_one_line_error(await gone("list"), 1, "does not exist")

@@ -21,8 +21,8 @@ import pytest
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
+    Env,
     PlatformUnderTest,
-    deploy,
     lambda_client,
     python_function,
     running_platform,
@@ -80,31 +80,28 @@ async def call(method: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(method, **kwargs)
 
 
-async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_requests(
-    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
-) -> None:
-    _, gateway, url = platform
-    await deploy(cluster, gateway, namespace, function("cold"))
-    assert await replicas(kube, namespace, "cold") == 0
-    client = lambda_client(url)
-    before = gateway.activator.scale_ups
+async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_requests(env: Env) -> None:
+    await env.deploy(function("cold"))
+    assert await replicas(env.kube, env.namespace, "cold") == 0
+    client = lambda_client(env.url)
+    before = env.gateway.activator.scale_ups
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(20) as pool:  # the default executor has only a few threads on two cores
         results = await asyncio.gather(
             *(
-                loop.run_in_executor(pool, invoke_sync, client, f"{namespace}/cold", {"i": i})
+                loop.run_in_executor(pool, invoke_sync, client, f"{env.namespace}/cold", {"i": i})
                 for i in range(20)
             )
         )
     assert [r["StatusCode"] for r in results] == [200] * 20
     assert sorted(r["body"]["echo"]["i"] for r in results) == list(range(20))
     assert all("FunctionError" not in r for r in results)
-    assert gateway.activator.scale_ups - before == 1
+    assert env.gateway.activator.scale_ups - before == 1
     headers = [r["ResponseMetadata"]["HTTPHeaders"] for r in results]
     assert any(h.get("x-kubelambda-cold-start") == "true" for h in headers)
     assert all(h.get("x-amz-executed-version") == "$LATEST" for h in headers)
     # The ARN form names the namespace in its account field; the log tail comes back on request.
-    arn = f"arn:aws:lambda:us-east-1:{namespace}:function:cold"
+    arn = f"arn:aws:lambda:us-east-1:{env.namespace}:function:cold"
     warm = await invoke(client, arn, {"again": True}, LogType="Tail")
     assert warm["ResponseMetadata"]["HTTPHeaders"]["x-kubelambda-cold-start"] == "false"
     log = base64.b64decode(warm["LogResult"]).decode()
@@ -112,17 +109,10 @@ async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_r
     assert "REPORT RequestId:" in log
 
 
-async def test_the_aws_cli_invokes_through_the_gateway(
-    platform: PlatformUnderTest,
-    cluster: Cluster,
-    kube: KubeClient,
-    namespace: str,
-    tmp_path: Path,
-) -> None:
-    _, gateway, url = platform
-    await deploy(cluster, gateway, namespace, function("cli"))
+async def test_the_aws_cli_invokes_through_the_gateway(env: Env, tmp_path: Path) -> None:
+    await env.deploy(function("cli"))
     out = tmp_path / "out.json"
-    env = {
+    aws_env = {
         **os.environ,
         "AWS_ACCESS_KEY_ID": "x",
         "AWS_SECRET_ACCESS_KEY": "x",
@@ -132,13 +122,13 @@ async def test_the_aws_cli_invokes_through_the_gateway(
         subprocess.run,
         [
             str(Path(sys.executable).parent / "aws"), "lambda", "invoke",
-            "--endpoint-url", url,
-            "--function-name", f"arn:aws:lambda:us-east-1:{namespace}:function:cli",
+            "--endpoint-url", env.url,
+            "--function-name", f"arn:aws:lambda:us-east-1:{env.namespace}:function:cli",
             "--payload", '{"from": "aws-cli"}',
             "--log-type", "Tail",
             str(out),
         ],
-        capture_output=True, text=True, env=env, timeout=180,
+        capture_output=True, text=True, env=aws_env, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
@@ -148,56 +138,54 @@ async def test_the_aws_cli_invokes_through_the_gateway(
     assert json.loads(out.read_text())["echo"] == {"from": "aws-cli"}
 
 
-async def test_errors_follow_the_invoke_api(
-    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
-) -> None:
-    _, gateway, url = platform
-    await deploy(cluster, gateway, namespace, function("errs", timeoutSeconds=1))
-    client = lambda_client(url)
+async def test_errors_follow_the_invoke_api(env: Env) -> None:
+    await env.deploy(function("errs", timeoutSeconds=1))
+    client = lambda_client(env.url)
     with pytest.raises(client.exceptions.ResourceNotFoundException):
-        await call(client.invoke, FunctionName=f"{namespace}/nope", Payload=b"{}")
+        await call(client.invoke, FunctionName=f"{env.namespace}/nope", Payload=b"{}")
     with pytest.raises(client.exceptions.InvalidRequestContentException):
-        await call(client.invoke, FunctionName=f"{namespace}/errs", Payload=b"{not json")
+        await call(client.invoke, FunctionName=f"{env.namespace}/errs", Payload=b"{not json")
     with pytest.raises(client.exceptions.RequestTooLargeException):
         await call(
-            client.invoke, FunctionName=f"{namespace}/errs", Payload=b'"' + b"x" * (6 * 1024 * 1024) + b'"'
+            client.invoke,
+            FunctionName=f"{env.namespace}/errs",
+            Payload=b'"' + b"x" * (6 * 1024 * 1024) + b'"',
         )
-    dry = await call(client.invoke, FunctionName=f"{namespace}/errs", InvocationType="DryRun", Payload=b"{}")
+    dry = await call(
+        client.invoke, FunctionName=f"{env.namespace}/errs", InvocationType="DryRun", Payload=b"{}"
+    )
     assert dry["StatusCode"] == 204
-    failed = await invoke(client, f"{namespace}/errs", {"fail": True})
+    failed = await invoke(client, f"{env.namespace}/errs", {"fail": True})
     assert failed["StatusCode"] == 200
     assert failed["FunctionError"] == "Unhandled"
     assert failed["body"]["errorType"] == "ValueError"
     assert failed["body"]["errorMessage"] == "asked to fail"
-    timed_out = await invoke(client, f"{namespace}/errs", {"sleep": 5})
+    timed_out = await invoke(client, f"{env.namespace}/errs", {"sleep": 5})
     assert timed_out["FunctionError"] == "Unhandled"
     assert "Task timed out after 1.00 seconds" in timed_out["body"]["errorMessage"]
     # The instance was replaced behind the timeout; the next call works.
-    assert (await invoke(client, f"{namespace}/errs", {"ok": 1}))["body"]["echo"] == {"ok": 1}
+    assert (await invoke(client, f"{env.namespace}/errs", {"ok": 1}))["body"]["echo"] == {"ok": 1}
 
 
-async def test_reserved_concurrency_is_never_exceeded(
-    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
-) -> None:
-    _, gateway, url = platform
+async def test_reserved_concurrency_is_never_exceeded(env: Env) -> None:
     doc = function(
         "limited",
         timeoutSeconds=10,
         concurrency={"reserved": 2, "perInstance": 2},
         scaling={"minInstances": 1, "maxInstances": 1},
     )
-    await deploy(cluster, gateway, namespace, doc)
+    await env.deploy(doc)
     await wait_for(
-        lambda: asyncio.sleep(0, result=gateway.registry.ready_endpoints((namespace, "limited"))),
+        lambda: asyncio.sleep(0, result=env.gateway.registry.ready_endpoints((env.namespace, "limited"))),
         bool,
         what="the warm instance",
         timeout=60,
     )
-    client = lambda_client(url)
+    client = lambda_client(env.url)
 
     def call(i: int) -> str:
         try:
-            return str(invoke_sync(client, f"{namespace}/limited", {"sleep": 2, "i": i})["StatusCode"])
+            return str(invoke_sync(client, f"{env.namespace}/limited", {"sleep": 2, "i": i})["StatusCode"])
         except client.exceptions.TooManyRequestsException as e:
             return str(e.response.get("Reason"))
 
@@ -207,7 +195,7 @@ async def test_reserved_concurrency_is_never_exceeded(
     assert sorted(outcomes) == ["200", "200"] + ["ReservedFunctionConcurrentInvocationLimitExceeded"] * 4
     # Seen from the agent itself (2 workers): exactly 2 invocations arrived, and none was refused as busy,
     # so no third one was ever in flight there.
-    endpoint = gateway.registry.ready_endpoints((namespace, "limited"))[0]
+    endpoint = env.gateway.registry.ready_endpoints((env.namespace, "limited"))[0]
     async with aiohttp.ClientSession() as http, http.get(f"http://{endpoint}/metrics") as resp:
         text = await resp.text()
     counts = {
@@ -220,53 +208,47 @@ async def test_reserved_concurrency_is_never_exceeded(
     assert sum(counts.values()) == 2, counts
 
 
-async def test_idle_functions_scale_to_zero_and_wake_again(
-    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
-) -> None:
-    _, gateway, url = platform
-    await deploy(cluster, gateway, namespace, function("sleepy", scaling={"scaleToZeroAfterSeconds": 3}))
-    client = lambda_client(url)
-    assert (await invoke(client, f"{namespace}/sleepy", {}))["StatusCode"] == 200
-    assert await replicas(kube, namespace, "sleepy") == 1
+async def test_idle_functions_scale_to_zero_and_wake_again(env: Env) -> None:
+    await env.deploy(function("sleepy", scaling={"scaleToZeroAfterSeconds": 3}))
+    client = lambda_client(env.url)
+    assert (await invoke(client, f"{env.namespace}/sleepy", {}))["StatusCode"] == 200
+    assert await replicas(env.kube, env.namespace, "sleepy") == 1
     await wait_for(
-        lambda: replicas(kube, namespace, "sleepy"),
+        lambda: replicas(env.kube, env.namespace, "sleepy"),
         lambda n: n == 0,
         what="scale to zero after 3 s idle",
         timeout=60,
     )
     await wait_for(
-        lambda: kube.list(
-            resource_path("v1", "pods", namespace=namespace),
+        lambda: env.kube.list(
+            resource_path("v1", "pods", namespace=env.namespace),
             params={"labelSelector": "kubelambda.io/function=sleepy"},
         ),
         lambda pods: pods["items"] == [],
         what="the pods gone",
         timeout=60,
     )
-    again = await invoke(client, f"{namespace}/sleepy", {"back": True})
+    again = await invoke(client, f"{env.namespace}/sleepy", {"back": True})
     assert again["body"]["echo"] == {"back": True}
     assert again["ResponseMetadata"]["HTTPHeaders"]["x-kubelambda-cold-start"] == "true"
 
 
-async def test_sustained_load_scales_out_and_back_down(
-    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
-) -> None:
-    _, gateway, url = platform
+async def test_sustained_load_scales_out_and_back_down(env: Env) -> None:
     # One invocation per instance; each call takes 0.5 s; 4 callers keep 4 invocations in flight.
     doc = function("busy", timeoutSeconds=5, scaling={"maxInstances": 10, "scaleToZeroAfterSeconds": 3})
-    await deploy(cluster, gateway, namespace, doc)
-    client = lambda_client(url)
+    await env.deploy(doc)
+    client = lambda_client(env.url)
     stop = asyncio.Event()
     peak = 0
 
     async def caller() -> None:
         while not stop.is_set():
-            await invoke(client, f"{namespace}/busy", {"sleep": 0.5})
+            await invoke(client, f"{env.namespace}/busy", {"sleep": 0.5})
 
     async def watch_scale() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, len(gateway.registry.ready_endpoints((namespace, "busy"))))
+            peak = max(peak, len(env.gateway.registry.ready_endpoints((env.namespace, "busy"))))
             await asyncio.sleep(0.1)
 
     tasks = [asyncio.create_task(caller()) for _ in range(4)] + [asyncio.create_task(watch_scale())]
@@ -281,25 +263,22 @@ async def test_sustained_load_scales_out_and_back_down(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-    assert await replicas(kube, namespace, "busy") <= 10
+    assert await replicas(env.kube, env.namespace, "busy") <= 10
     # Load gone: back to zero after the idle period, through the rate-limited halving.
     await wait_for(
-        lambda: replicas(kube, namespace, "busy"),
+        lambda: replicas(env.kube, env.namespace, "busy"),
         lambda n: n == 0,
         what="scale back down to zero",
         timeout=90,
     )
 
 
-async def test_a_restarted_gateway_routes_from_its_watches(
-    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
-) -> None:
-    _, gateway, _ = platform
-    await deploy(cluster, gateway, namespace, function("again", scaling={"minInstances": 1}))
+async def test_a_restarted_gateway_routes_from_its_watches(env: Env) -> None:
+    await env.deploy(function("again", scaling={"minInstances": 1}))
     # A second gateway with nothing in memory: it learns Functions and endpoints from its watches.
-    fresh, url = await start_gateway(cluster, kube)
+    fresh, url = await start_gateway(env.cluster, env.kube)
     try:
-        answer = await invoke(lambda_client(url), f"{namespace}/again", {"after": "restart"})
+        answer = await invoke(lambda_client(url), f"{env.namespace}/again", {"after": "restart"})
         assert answer["body"]["echo"] == {"after": "restart"}
     finally:
         await stop_gateway(fresh)
@@ -322,14 +301,11 @@ def handler(event, context):
 """
 
 
-async def test_http_routes_speak_api_gateway_payload_2(
-    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
-) -> None:
-    _, gateway, url = platform
+async def test_http_routes_speak_api_gateway_payload_2(env: Env) -> None:
     doc = function("web")
     doc["spec"]["code"]["inline"] = {"app.py": WEB_HANDLER}
-    await deploy(cluster, gateway, namespace, doc)
-    base = f"{url}/http/{namespace}/web"
+    await env.deploy(doc)
+    base = f"{env.url}/http/{env.namespace}/web"
     async with aiohttp.ClientSession() as http:
         async with http.put(
             f"{base}/items/7?a=1&a=2",
@@ -356,5 +332,5 @@ async def test_http_routes_speak_api_gateway_payload_2(
             assert (resp.status, await resp.json()) == (200, {"seen": "/plain"})
         async with http.get(f"{base}/fail") as resp:
             assert (resp.status, await resp.json()) == (500, {"message": "Internal Server Error"})
-        async with http.get(f"{url}/http/{namespace}/nope/") as resp:
+        async with http.get(f"{env.url}/http/{env.namespace}/nope/") as resp:
             assert (resp.status, await resp.json()) == (404, {"message": "Not Found"})

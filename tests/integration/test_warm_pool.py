@@ -20,8 +20,8 @@ from kltest import Cluster, wait_for
 from kltest.files import FileServer, serve_files
 from kltest.platform import (
     SYSTEM_NS,
+    Env,
     PlatformUnderTest,
-    deploy,
     lambda_client,
     python_function,
     running_platform,
@@ -108,13 +108,12 @@ async def pod_or_none(kube: KubeClient, name: str) -> JSON | None:
 
 
 async def test_first_invoke_from_zero_is_served_by_a_specialised_pool_pod_which_is_then_replaced_and_retired(
-    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
+    env: Env,
 ) -> None:
-    _, gateway, url = platform
     claims = metrics.WARM_POOL_CLAIMS.labels("python3.11")
     before = claims._value.get()
-    await deploy(cluster, gateway, namespace, function("pooled"))
-    body, headers = await invoke(url, f"{namespace}/pooled")
+    await env.deploy(function("pooled"))
+    body, headers = await invoke(env.url, f"{env.namespace}/pooled")
     pod = headers.get("x-kubelambda-warm-pool")
     assert pod is not None, f"not served by a pool pod: {headers}"
     assert headers["x-kubelambda-cold-start"] == "true"
@@ -125,56 +124,53 @@ async def test_first_invoke_from_zero_is_served_by_a_specialised_pool_pod_which_
 
     # In the background: the pod is labelled as the function's and leaves the pool, which replaces it.
     claimed = await wait_for(
-        lambda: pod_or_none(kube, pod),
+        lambda: pod_or_none(env.kube, pod),
         lambda p: p is not None and p["metadata"]["labels"].get(FUNCTION_LABEL) == "pooled",
         what=f"pool pod {pod} labelled as the function's",
     )
     assert POOL_LABEL not in claimed["metadata"]["labels"]
     assert claimed["metadata"]["labels"][POOL_RUNTIME_LABEL] == "python3.11"
-    free = await wait_free(gateway, POOL_SIZE, timeout=90)
+    free = await wait_free(env.gateway, POOL_SIZE, timeout=90)
     assert pod not in free
 
     # The regular scale-up happened too; once the function's own instance is ready, the pool pod is deleted.
     await wait_for(
-        lambda: asyncio.sleep(0, result=gateway.registry.ready_endpoints((namespace, "pooled"))),
+        lambda: asyncio.sleep(0, result=env.gateway.registry.ready_endpoints((env.namespace, "pooled"))),
         bool,
         what="the function's own instance ready",
         timeout=90,
     )
     await wait_for(
-        lambda: pod_or_none(kube, pod),
+        lambda: pod_or_none(env.kube, pod),
         lambda p: p is None or p["metadata"].get("deletionTimestamp") is not None,
         what=f"the specialised pool pod {pod} retired",
         timeout=60,
     )
-    body, headers = await invoke(url, f"{namespace}/pooled")
+    body, headers = await invoke(env.url, f"{env.namespace}/pooled")
     assert body["version"] == "v1"
     assert "x-kubelambda-warm-pool" not in headers
 
 
-async def test_a_code_change_never_runs_old_code_on_a_pool_pod(
-    platform: PlatformUnderTest, cluster: Cluster, kube: KubeClient, namespace: str
-) -> None:
-    _, gateway, url = platform
-    await wait_free(gateway, POOL_SIZE, timeout=90)
-    await deploy(cluster, gateway, namespace, function("changing", "v1"))
-    body, headers = await invoke(url, f"{namespace}/changing")
+async def test_a_code_change_never_runs_old_code_on_a_pool_pod(env: Env) -> None:
+    await wait_free(env.gateway, POOL_SIZE, timeout=90)
+    await env.deploy(function("changing", "v1"))
+    body, headers = await invoke(env.url, f"{env.namespace}/changing")
     first = headers.get("x-kubelambda-warm-pool")
     assert first is not None
     assert body["version"] == "v1"
 
-    cluster.apply(function("changing", "v2"), namespace)
-    pool = pool_of(gateway)
+    env.apply(function("changing", "v2"))
+    pool = pool_of(env.gateway)
     await wait_for(
-        lambda: asyncio.sleep(0, result=gateway.registry.functions.get((namespace, "changing"))),
+        lambda: asyncio.sleep(0, result=env.gateway.registry.functions.get((env.namespace, "changing"))),
         lambda fn: fn is not None and "v2" in (fn.spec.code.inline or {}).get("app.py", ""),
         what="the gateway to see the new code",
     )
     # The pod specialised with the old code gets no new request from now on, and is deleted.
-    fn = gateway.registry.functions[(namespace, "changing")]
+    fn = env.gateway.registry.functions[(env.namespace, "changing")]
     assert all(pool.pod_at(e) != first for e in pool.endpoints(fn))
     await wait_for(
-        lambda: pod_or_none(kube, first),
+        lambda: pod_or_none(env.kube, first),
         lambda p: p is None or p["metadata"].get("deletionTimestamp") is not None,
         what=f"pool pod {first} (old code) retired",
         timeout=60,
@@ -182,28 +178,25 @@ async def test_a_code_change_never_runs_old_code_on_a_pool_pod(
     # Whatever answers now (another pool pod or the function's own instance) runs the new code.
     versions = set()
     for _ in range(3):
-        body, headers = await invoke(url, f"{namespace}/changing")
+        body, headers = await invoke(env.url, f"{env.namespace}/changing")
         assert headers.get("x-kubelambda-warm-pool") != first
         if headers.get("x-kubelambda-warm-pool") is not None:
             assert body["version"] == "v2", "a pool pod ran old code"
         versions.add(body["version"])
     await wait_for(
-        lambda: invoke(url, f"{namespace}/changing"),
+        lambda: invoke(env.url, f"{env.namespace}/changing"),
         lambda answer: answer[0]["version"] == "v2",
         what="the new code answering",
         timeout=90,
     )
 
 
-async def test_two_functions_cold_at_once_get_two_pool_pods(
-    platform: PlatformUnderTest, cluster: Cluster, namespace: str
-) -> None:
-    _, gateway, url = platform
-    await wait_free(gateway, POOL_SIZE, timeout=90)
-    await deploy(cluster, gateway, namespace, function("left"))
-    await deploy(cluster, gateway, namespace, function("right"))
+async def test_two_functions_cold_at_once_get_two_pool_pods(env: Env) -> None:
+    await wait_free(env.gateway, POOL_SIZE, timeout=90)
+    await env.deploy(function("left"))
+    await env.deploy(function("right"))
     (left, lh), (right, rh) = await asyncio.gather(
-        invoke(url, f"{namespace}/left"), invoke(url, f"{namespace}/right")
+        invoke(env.url, f"{env.namespace}/left"), invoke(env.url, f"{env.namespace}/right")
     )
     assert (left["function"], right["function"]) == ("left", "right")
     assert lh.get("x-kubelambda-warm-pool") is not None
@@ -211,29 +204,23 @@ async def test_two_functions_cold_at_once_get_two_pool_pods(
     assert lh["x-kubelambda-warm-pool"] != rh["x-kubelambda-warm-pool"]
     # And each keeps its own: a second call of each lands on its own pod (or its own instance), never the other's.
     for name in ("left", "right", "left", "right"):
-        body, _ = await invoke(url, f"{namespace}/{name}")
+        body, _ = await invoke(env.url, f"{env.namespace}/{name}")
         assert body["function"] == name
 
 
-async def test_a_function_that_opts_out_takes_the_normal_path(
-    platform: PlatformUnderTest, cluster: Cluster, namespace: str
-) -> None:
-    _, gateway, url = platform
-    await wait_free(gateway, POOL_SIZE, timeout=90)
+async def test_a_function_that_opts_out_takes_the_normal_path(env: Env) -> None:
+    await wait_free(env.gateway, POOL_SIZE, timeout=90)
     claims = metrics.WARM_POOL_CLAIMS.labels("python3.11")
     before = claims._value.get()
-    scale_ups = gateway.activator.scale_ups
-    await deploy(
-        cluster,
-        gateway,
-        namespace,
+    scale_ups = env.gateway.activator.scale_ups
+    await env.deploy(
         function("optout", scaling={"warmPool": False, "scaleToZeroAfterSeconds": 60}),
     )
-    body, headers = await invoke(url, f"{namespace}/optout")
+    body, headers = await invoke(env.url, f"{env.namespace}/optout")
     assert body["function"] == "optout"
     assert "x-kubelambda-warm-pool" not in headers
     assert headers["x-kubelambda-cold-start"] == "true"
-    assert gateway.activator.scale_ups == scale_ups + 1
+    assert env.gateway.activator.scale_ups == scale_ups + 1
     assert claims._value.get() == before, "a pool pod was claimed for a function that opted out"
 
 
@@ -251,33 +238,27 @@ def zip_server() -> Iterator[FileServer]:
         yield server
 
 
-async def test_archive_code_is_fetched_and_verified_by_the_pool_pod(
-    platform: PlatformUnderTest, cluster: Cluster, namespace: str, zip_server: FileServer
-) -> None:
-    _, gateway, url = platform
-    await wait_free(gateway, POOL_SIZE, timeout=90)
+async def test_archive_code_is_fetched_and_verified_by_the_pool_pod(env: Env, zip_server: FileServer) -> None:
+    await wait_free(env.gateway, POOL_SIZE, timeout=90)
     data = zipped({"app.py": HANDLER.format(version="zipped"), "lib/data.txt": "x"})
     zip_server.files["/fn.zip"] = data
     doc = function("zipped")
     doc["spec"]["code"] = {
         "archive": {"url": f"{zip_server.url}/fn.zip", "sha256": hashlib.sha256(data).hexdigest()}
     }
-    await deploy(cluster, gateway, namespace, doc)
-    body, headers = await invoke(url, f"{namespace}/zipped")
+    await env.deploy(doc)
+    body, headers = await invoke(env.url, f"{env.namespace}/zipped")
     assert headers.get("x-kubelambda-warm-pool") is not None
     assert body["version"] == "zipped"
 
 
-async def test_an_init_error_on_a_pool_pod_answers_like_lambda(
-    platform: PlatformUnderTest, cluster: Cluster, namespace: str
-) -> None:
-    _, gateway, url = platform
-    await wait_free(gateway, POOL_SIZE, timeout=90)
+async def test_an_init_error_on_a_pool_pod_answers_like_lambda(env: Env) -> None:
+    await wait_free(env.gateway, POOL_SIZE, timeout=90)
     doc = python_function("broken", "raise RuntimeError('no config')\n")
-    await deploy(cluster, gateway, namespace, doc)
+    await env.deploy(doc)
 
     def call() -> tuple[JSON, JSON]:
-        response = lambda_client(url).invoke(FunctionName=f"{namespace}/broken", Payload=b"{}")
+        response = lambda_client(env.url).invoke(FunctionName=f"{env.namespace}/broken", Payload=b"{}")
         return response, json.loads(response["Payload"].read())
 
     response, body = await asyncio.to_thread(call)

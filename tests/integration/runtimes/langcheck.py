@@ -138,6 +138,7 @@ def check_four_workers(fn: LocalFunction, *, sleep: bytes, quick: bytes) -> None
         t.join(60)
     assert fifth.status == 429
     assert fifth.headers["x-amzn-errortype"] == "TooManyRequestsException"
+    assert fifth.outcome == "refused_busy"
     assert [(r.status, r.function_error) for r in results] == [(200, None)] * 4, results
     assert fn.invoke(quick).status == 200
 

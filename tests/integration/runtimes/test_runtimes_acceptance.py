@@ -13,7 +13,7 @@ import pytest
 from kubelambda.runtimes import InvokeResult
 
 from .conftest import FUNCTIONS, StartFunction
-from .langcheck import REPORT, body, wait_for_metric
+from .langcheck import REPORT, body, check_four_workers
 
 RUNTIMES = ["python3.12", "nodejs20"]
 SIX_MB = 6 * 1024 * 1024
@@ -178,26 +178,7 @@ def test_four_workers_serve_four_calls_and_refuse_a_fifth(
     runtime: str, start_function: StartFunction
 ) -> None:
     fn = start_function(runtime, "app.sleep", workers=4, timeout_s=10)
-    results: list[InvokeResult] = []
-    lock = threading.Lock()
-
-    def call() -> None:
-        r = fn.invoke(b'{"seconds": 1.5}')
-        with lock:
-            results.append(r)
-
-    threads = [threading.Thread(target=call) for _ in range(4)]
-    for t in threads:
-        t.start()
-    wait_for_metric(fn, "kubelambda_agent_inflight_invocations 4")
-    fifth = fn.invoke(b'{"seconds": 0}')
-    for t in threads:
-        t.join(30)
-    assert fifth.status == 429
-    assert fifth.headers["x-amzn-errortype"] == "TooManyRequestsException"
-    assert fifth.outcome == "refused_busy"
-    assert [(r.status, r.function_error) for r in results] == [(200, None)] * 4
-    assert fn.invoke(b'{"seconds": 0}').status == 200
+    check_four_workers(fn, sleep=b'{"seconds": 1.5}', quick=b'{"seconds": 0}')
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
