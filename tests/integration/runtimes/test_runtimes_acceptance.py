@@ -13,7 +13,7 @@ import pytest
 from kubelambda.runtimes import InvokeResult
 
 from .conftest import FUNCTIONS, StartFunction
-from .langcheck import REPORT, body, check_four_workers
+from .langcheck import REPORT, body, check_four_workers, wait_for_metric
 
 RUNTIMES = ["python3.12", "nodejs20"]
 SIX_MB = 6 * 1024 * 1024
