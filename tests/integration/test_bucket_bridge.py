@@ -34,7 +34,7 @@ from kltest.platform import Env, python_function
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.bridge.bucket import CHECKPOINT_EVERY
-from kubelambda.devcluster._ports import free_port
+from kubelambda.devcluster._ports import free_port, retry_taken_ports
 from kubelambda.devcluster.servers import S3Server
 from kubelambda.kube import KubeClient, resource_path
 
@@ -151,9 +151,41 @@ async def checkpoint_written(kube: KubeClient, namespace: str, name: str) -> JSO
 
 
 @contextlib.asynccontextmanager
+async def webhook_in_process(
+    cluster: Cluster, namespace: str, name: str, gateway_url: str
+) -> AsyncIterator[str]:
+    """A notification-mode bridge in this process on a port outside the ephemeral range (another one if that is
+    taken before the bridge binds it); yields its webhook URL once it answers."""
+
+    async def start() -> tuple[contextlib.AbstractAsyncContextManager[asyncio.Task[None]], str]:
+        port = free_port()
+        running = bridge_in_process(cluster, namespace, name, gateway_url, port=port)
+        task = await running.__aenter__()
+        url = f"http://127.0.0.1:{port}/events"
+        async with aiohttp.ClientSession() as http:
+            await wait_for(
+                lambda: http_status(http, url), lambda s: s == 200 or task.done(), what="the webhook up"
+            )
+        if task.done():
+            error = task.exception() or AssertionError("the bridge stopped while starting")
+            await running.__aexit__(type(error), error, None)
+            raise error
+        return running, url
+
+    running, url = await retry_taken_ports(start, what="the webhook bridge")
+    try:
+        yield url
+    except BaseException as e:
+        if not await running.__aexit__(type(e), e, e.__traceback__):
+            raise
+    else:
+        await running.__aexit__(None, None, None)
+
+
+@contextlib.asynccontextmanager
 async def bridge_in_process(
     cluster: Cluster, namespace: str, name: str, gateway_url: str, *, port: int = 0
-) -> AsyncIterator[None]:
+) -> AsyncIterator[asyncio.Task[None]]:
     stop = asyncio.Event()
     settings = BridgeSettings(
         kubeconfig=str(cluster.kubeconfig),
@@ -164,11 +196,12 @@ async def bridge_in_process(
     )
     task = asyncio.create_task(run_bridge(namespace, name, settings, stop=stop))
     try:
-        yield
+        yield task
         assert not task.done() or task.exception() is None, task.exception()
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        with contextlib.suppress(OSError):  # a bridge that could not bind its port has stopped already
+            await asyncio.wait_for(task, 30)
 
 
 async def condition(kube: KubeClient, namespace: str, name: str, kind: str) -> JSON | None:
@@ -392,10 +425,8 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
             "Records": list(recs),
         }
 
-    port = free_port()
-    webhook = f"http://127.0.0.1:{port}/events"
     async with (
-        bridge_in_process(bk.cluster, bk.namespace, "pushed", bk.url, port=port),
+        webhook_in_process(bk.cluster, bk.namespace, "pushed", bk.url) as webhook,
         aiohttp.ClientSession() as http,
     ):
 
@@ -403,7 +434,6 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
             async with http.post(webhook, json=body, headers=headers) as resp:
                 return resp.status
 
-        await wait_for(lambda: http_status(http, webhook), lambda s: s == 200, what="the webhook up")
         good = notification(minio_record("photos/red flower é.jpg"))
         assert await post(good, {}) == 401
         assert await post(good, {"Authorization": "Bearer wrong"}) == 403
@@ -442,17 +472,14 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
             assert resp.status == 400
 
     # A gateway that does not answer: the store is told to retry (not 2xx), nothing is lost silently.
-    port = free_port()
     down = f"http://127.0.0.1:{free_port()}"
     async with (
-        bridge_in_process(bk.cluster, bk.namespace, "pushed", down, port=port),
+        webhook_in_process(bk.cluster, bk.namespace, "pushed", down) as webhook,
         aiohttp.ClientSession() as http,
+        http.post(webhook, json=notification(minio_record("retry.jpg")), headers=auth) as resp,
     ):
-        webhook = f"http://127.0.0.1:{port}/events"
-        await wait_for(lambda: http_status(http, webhook), lambda s: s == 200, what="the webhook up")
-        async with http.post(webhook, json=notification(minio_record("retry.jpg")), headers=auth) as resp:
-            assert resp.status == 503
-            assert (await resp.json())["accepted"] == 0
+        assert resp.status == 503
+        assert (await resp.json())["accepted"] == 0
 
 
 async def test_notification_mode_takes_the_events_a_real_minio_sends(bk: Bk, tmp_path: Path) -> None:
