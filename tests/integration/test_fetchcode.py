@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import os
 import stat
 import subprocess
 import sys
-import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import aiohttp
 import pytest
 
 from kltest import Cluster, wait_for
-from kltest.files import serve_files
+from kltest.files import serve_files, zip_bytes
 from kltest.platform import start_operator
 from kubelambda.api.v1alpha1.function import FunctionSpec
 from kubelambda.devcluster.servers import S3Server
@@ -40,19 +38,13 @@ BOOTSTRAP = b"#!/bin/sh\necho bootstrap\n"
 
 
 def code_zip() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, content, mode in (
-            ("app.py", HANDLER, 0o100644),
-            ("bootstrap", BOOTSTRAP, 0o100755),
-            ("pkg/__init__.py", b"", 0o100644),
-        ):
-            info = zipfile.ZipInfo(name)
-            info.create_system = 3
-            info.external_attr = mode << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, content)
-    return buf.getvalue()
+    return zip_bytes(
+        {
+            "app.py": (HANDLER, 0o100644),
+            "bootstrap": (BOOTSTRAP, 0o100755),
+            "pkg/__init__.py": (b"", 0o100644),
+        }
+    )
 
 
 ZIP = code_zip()

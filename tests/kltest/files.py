@@ -1,9 +1,12 @@
-"""A plain HTTP file server on 127.0.0.1 (a code archive's URL): it binds port 0 and reports the port it got."""
+"""Code archives for tests: zips with Unix modes, and a plain HTTP file server on 127.0.0.1 that binds port 0 and
+reports the port it got."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -50,3 +53,16 @@ def serve_files(files: dict[str, bytes] | None = None) -> Iterator[FileServer]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def zip_bytes(entries: dict[str, tuple[bytes, int]]) -> bytes:
+    """``{name: (content, unix mode)}`` → zip bytes made on Unix; a mode with S_IFLNK makes a symlink entry."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, (content, mode) in entries.items():
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            info.external_attr = mode << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, content)
+    return buf.getvalue()

@@ -12,21 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from kltest.files import zip_bytes as make_zip
 from kubelambda import fetchcode
 from kubelambda.fetchcode import Credentials, FetchError
-
-
-def make_zip(entries: dict[str, tuple[bytes, int]]) -> bytes:
-    """``{name: (content, unix mode)}`` → zip bytes; a mode with S_IFLNK makes a symlink entry."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, (content, mode) in entries.items():
-            info = zipfile.ZipInfo(name)
-            info.create_system = 3
-            info.external_attr = mode << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, content)
-    return buf.getvalue()
 
 
 def test_sha256_mismatch_names_both_digests() -> None:
