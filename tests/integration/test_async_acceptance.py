@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 import pytest
 
 from kltest import Cluster, wait_for
@@ -25,6 +24,7 @@ from kltest.platform import (
     FAIL_FIRST_HANDLER,
     FAST_ASYNC,
     PlatformUnderTest,
+    async_queue_drained,
     deploy,
     python_function,
     running_platform,
@@ -60,22 +60,6 @@ def kind_of(i: int) -> str:
     if i % 3 == 0:
         return "failFirst"
     return "ok"
-
-
-async def queue_drained(nats_url: str) -> str:
-    """'' once nothing is left in the stream nor delivered but unacknowledged, else what is left."""
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        stream = await js.stream_info(STREAM)
-        consumer = await js.consumer_info(STREAM, "kubelambda-async-worker")
-        if stream.state.messages == 0 and consumer.num_ack_pending == 0 and consumer.num_pending == 0:
-            return ""
-        return (
-            f"stream {stream.state}; ack pending {consumer.num_ack_pending}, pending {consumer.num_pending}"
-        )
-    finally:
-        await nc.close()
 
 
 async def test_a_thousand_events_each_end_in_exactly_one_record(
@@ -136,9 +120,7 @@ async def test_a_thousand_events_each_end_in_exactly_one_record(
             what="a record of every event (count of those missing)",
             timeout=150,
         )
-        await wait_for(
-            lambda: queue_drained(nats_server.url), lambda left: left == "", what="the queue drained"
-        )
+        await async_queue_drained(nats_server.url)
         ok, failed = records.of("ok"), records.of("failed")
         # Exactly once: no crash happened, so a duplicate record would be a bug.
         seen = Counter(r["requestContext"]["requestId"] for r in ok + failed)

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 import pytest
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
     FAIL_FIRST_HANDLER,
     RunningOperator,
+    async_queue_left,
     python_function,
     service_account_token,
     start_operator,
@@ -116,17 +116,6 @@ async def gateway_kubeconfig(cluster: Cluster, kube: KubeClient, tmp_path: Path)
     """A kubeconfig with a token of the gateway's ServiceAccount (hack/gateway-rbac.yaml)."""
     token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
     return _kubeconfig_with_token(cluster.kubeconfig, token, tmp_path / "gw.kubeconfig", "gw")
-
-
-async def queue_state(url: str) -> str:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        stream = await js.stream_info("KUBELAMBDA_ASYNC")
-        consumer = await js.consumer_info("KUBELAMBDA_ASYNC", "kubelambda-async-worker")
-        return f"stream {stream.state}; consumer {consumer}"
-    finally:
-        await nc.close()
 
 
 async def post_events(url: str, name: str, payloads: dict[int, JSON]) -> dict[str, int]:
@@ -235,7 +224,7 @@ async def test_events_survive_a_killed_worker_and_a_nats_restart(
                 timeout=120,
             )
         except AssertionError as e:
-            raise AssertionError(f"{e}\nqueue: {await queue_state(nats_server.url)}") from None
+            raise AssertionError(f"{e}\nqueue: {await async_queue_left(nats_server.url)}") from None
         assert got["failed"] == []
         seen = [r["requestContext"]["requestId"] for r in got["ok"]]
         assert set(seen) == set(accepted)

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import aiohttp
 import boto3
+import nats
 import yaml
 from botocore.config import Config
 
@@ -33,6 +34,8 @@ from kubelambda.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_NS = "kubelambda-system"
+ASYNC_STREAM = "KUBELAMBDA_ASYNC"  # the gateway's default stream and its worker's consumer
+ASYNC_CONSUMER = "kubelambda-async-worker"
 JSON = dict[str, Any]
 
 
@@ -235,6 +238,32 @@ class Env:
 
     async def deploy(self, doc: JSON) -> None:
         await deploy(self.cluster, self.gateway, self.namespace, doc)
+
+
+async def async_queue_left(nats_url: str) -> str:
+    """What is left of the Event invocations queue: '' once nothing is left in the stream nor delivered but
+    unacknowledged."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        stream = await js.stream_info(ASYNC_STREAM)
+        consumer = await js.consumer_info(ASYNC_STREAM, ASYNC_CONSUMER)
+        if stream.state.messages == 0 and consumer.num_ack_pending == 0 and consumer.num_pending == 0:
+            return ""
+        return (
+            f"stream {stream.state}; ack pending {consumer.num_ack_pending}, pending {consumer.num_pending}"
+        )
+    finally:
+        await nc.close()
+
+
+async def async_queue_drained(nats_url: str, *, timeout: float = 60) -> None:
+    await wait_for(
+        lambda: async_queue_left(nats_url),
+        lambda left: left == "",
+        what="the async queue drained",
+        timeout=timeout,
+    )
 
 
 def lambda_client(url: str, key_id: str = "kubelambda", secret: str = "kubelambda", **config: Any) -> Any:
