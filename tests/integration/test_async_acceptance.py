@@ -46,12 +46,11 @@ STREAM = "KUBELAMBDA_ASYNC"
 async def platform(
     cluster: Cluster, kube: KubeClient, tmp_path: Path
 ) -> AsyncIterator[tuple[PlatformUnderTest, NatsServer]]:
-    async with NatsServer(tmp_path / "nats") as server:
-        assert isinstance(server, NatsServer)
-        async with running_platform(
-            cluster, kube, slot_wait_seconds=2.0, nats_url=server.url, **FAST_ASYNC
-        ) as platform:
-            yield platform, server
+    async with (
+        NatsServer(tmp_path / "nats") as server,
+        running_platform(cluster, kube, slot_wait_seconds=2.0, nats_url=server.url, **FAST_ASYNC) as platform,
+    ):
+        yield platform, server
 
 
 def kind_of(i: int) -> str:

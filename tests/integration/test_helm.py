@@ -103,7 +103,6 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer | None]:
         yield None  # the chart's own NATS StatefulSet
         return
     async with NatsServer(tmp_path / "nats") as server:
-        assert isinstance(server, NatsServer)
         yield server
 
 

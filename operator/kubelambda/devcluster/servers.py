@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Self
 
 from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
 from kubelambda.devcluster._process import spawn, stop
@@ -131,7 +132,7 @@ class LocalServer:
             await stop(proc, grace_seconds=10)
         self.procs.clear()
 
-    async def __aenter__(self) -> LocalServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
