@@ -115,13 +115,6 @@ class HttpServer(LocalServer):
 
     name = "http"
 
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir)
-        self._pick_ports()
-
-    def _pick_ports(self) -> None:
-        self.port = servers.free_port()
-
     async def _launch(self) -> None:
         self._spawn([sys.executable, "-S", "-c", SERVE, HOST, str(self.port)])
         await self._wait(lambda: servers._http_ok(f"http://{HOST}:{self.port}/"), timeout=30)

@@ -61,9 +61,12 @@ class LocalServer:
 
     name = "server"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
         self.data_dir = data_dir
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._port = port  # None: any free port
+        self.port = 0
+        self._pick_ports()
 
     @property
     def log(self) -> Path:
@@ -95,6 +98,7 @@ class LocalServer:
 
     def _pick_ports(self) -> None:
         """Chooses the ports the caller did not fix; called again before each new try of :meth:`start`."""
+        self.port = self._port or free_port()
 
     async def _launch(self) -> None:
         """Starts the processes and waits until the server answers."""
@@ -167,13 +171,8 @@ class NatsServer(LocalServer):
 
     name = "nats"
 
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
-        super().__init__(data_dir)
-        self._port = port
-        self._pick_ports()
-
     def _pick_ports(self) -> None:
-        self.port = self._port or free_port()
+        super()._pick_ports()
         self.monitor_port = free_port()
 
     @property
@@ -202,14 +201,6 @@ class RedisServer(LocalServer):
     """redis-server without persistence; ``url`` is ``redis://127.0.0.1:<port>/0``."""
 
     name = "redis"
-
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
-        super().__init__(data_dir)
-        self._port = port
-        self._pick_ports()
-
-    def _pick_ports(self) -> None:
-        self.port = self._port or free_port()
 
     @property
     def url(self) -> str:
@@ -241,13 +232,8 @@ class RabbitMQServer(LocalServer):
     name = "rabbitmq"
     _LIB = "/usr/lib/rabbitmq/bin"
 
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
-        super().__init__(data_dir)
-        self._port = port
-        self._pick_ports()
-
     def _pick_ports(self) -> None:
-        self.port = self._port or free_port()
+        super()._pick_ports()
         self.dist_port = free_port()
         self.epmd_port = free_port()
         self.node = f"kubelambda{self.port}@localhost"
@@ -315,16 +301,12 @@ class S3Server(LocalServer):
 
     name = "seaweedfs"
 
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir)
-        self._pick_ports()
-
     def _pick_ports(self) -> None:
-        # Each SeaweedFS port p also opens a gRPC port at p + 10000.
+        # Each SeaweedFS port p also opens a gRPC port at p + 10000; ``port`` is the S3 API's.
         self.master_port = free_port(offset=10000)
         self.volume_port = free_port(offset=10000)
         self.filer_port = free_port(offset=10000)
-        self.s3_port = free_port(offset=10000)
+        self.s3_port = self.port = self._port or free_port(offset=10000)
 
     @property
     def endpoint(self) -> str:
@@ -435,14 +417,6 @@ class SqsServer(LocalServer):
     """
 
     name = "elasticmq"
-
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
-        super().__init__(data_dir)
-        self._port = port
-        self._pick_ports()
-
-    def _pick_ports(self) -> None:
-        self.port = self._port or free_port()
 
     @property
     def endpoint(self) -> str:

@@ -95,14 +95,12 @@ class KafkaServer(LocalServer):
     def __init__(
         self, data_dir: Path, *, port: int | None = None, partitions: int = 1, heap_mb: int = 384
     ) -> None:
-        super().__init__(data_dir)
-        self._port = port
-        self._pick_ports()
         self.partitions = partitions
         self.heap_mb = heap_mb
+        super().__init__(data_dir, port=port)
 
     def _pick_ports(self) -> None:
-        self.port = self._port or free_port()
+        super()._pick_ports()
         self.controller_port = free_port()
 
     @property
@@ -158,14 +156,6 @@ class KinesisServer(LocalServer):
     """kinesalite (in-memory) on 127.0.0.1; ``endpoint`` is its HTTP URL. Streams become ACTIVE at once."""
 
     name = "kinesalite"
-
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
-        super().__init__(data_dir)
-        self._port = port
-        self._pick_ports()
-
-    def _pick_ports(self) -> None:
-        self.port = self._port or free_port()
 
     @property
     def endpoint(self) -> str:
