@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from kubelambda.devcluster._binaries import Binaries, repo_root
-from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
+from kubelambda.devcluster._ports import PortTaken, address_in_use, bindable, free_port, retry_taken_ports
 from kubelambda.devcluster._process import spawn, stop
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
@@ -51,12 +50,7 @@ def _kubeconfig_with_token(admin: Path, token: str, target: Path, user: str) -> 
 
 def _preferred(port: int) -> int | None:
     """``port`` when it is free (a stable URL across restarts), else None (any free port)."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return None
-    return port
+    return port if bindable("127.0.0.1", port) else None
 
 
 @dataclass

@@ -60,7 +60,8 @@ def candidates(*, offset: int = 0, ephemeral: tuple[int, int] | None = None) -> 
     return range(start, 65536 - offset)
 
 
-def _bindable(host: str, port: int) -> bool:
+def bindable(host: str, port: int) -> bool:
+    """True when ``host:port`` can be bound right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -75,7 +76,7 @@ def free_port(host: str = "127.0.0.1", *, offset: int = 0) -> int:
     pool = candidates(offset=offset)
     for _ in range(200):
         port = random.choice(pool)
-        if _bindable(host, port) and (offset == 0 or _bindable(host, port + offset)):
+        if bindable(host, port) and (offset == 0 or bindable(host, port + offset)):
             return port
     raise RuntimeError(f"no free port in {pool.start}-{pool.stop - 1} on {host} after 200 tries")
 

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from kubelambda.devcluster._controlplane import ControlPlane, Endpoints
 from kubelambda.devcluster._network import PodAddresses
 from kubelambda.devcluster._node import LocalNode
 from kubelambda.devcluster._platform import Platform
+from kubelambda.devcluster._ports import bindable
 from kubelambda.kube import KubeClient, resource_path
 
 logger = logging.getLogger(__name__)
@@ -71,13 +71,7 @@ class DevState:
 
 
 def _ports_free(ports: Endpoints) -> bool:
-    for port in asdict(ports).values():
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
+    return all(bindable("127.0.0.1", port) for port in asdict(ports).values())
 
 
 def _ports(state_dir: Path) -> Endpoints:
