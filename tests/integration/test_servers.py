@@ -1,14 +1,19 @@
-"""The brokers and stores the platform's tests and the local cluster start: each answers its real protocol."""
+"""The brokers and stores the platform's tests and the local cluster start: each answers its real protocol; and
+a server whose port is taken between "found free" and "bound" starts again on new ports."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.devcluster._controlplane import ControlPlane, Endpoints
+from kubelambda.devcluster._ports import free_port
 from kubelambda.devcluster._process import alive
 from kubelambda.devcluster.servers import HOST, NatsServer, RabbitMQServer, RedisServer, S3Server
 
@@ -73,3 +78,32 @@ async def test_s3_put_and_get_an_object(tmp_path: Path) -> None:
                 return body
 
         assert await asyncio.to_thread(put_get) == b"hi"
+
+
+async def test_a_broker_whose_port_was_taken_starts_on_another(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind((HOST, port))
+        server = RedisServer(tmp_path)
+        server.port = port  # as if it had picked this port a moment before someone took it
+        async with server:
+            assert server.port != port
+            assert await roundtrip(server.port, b"PING\r\n", b"+PONG")
+            assert "Address already in use" in server.log.read_text()
+
+
+async def test_the_control_plane_starts_again_on_new_ports_when_the_api_servers_was_taken(
+    tmp_path: Path,
+) -> None:
+    ports = Endpoints.allocate()
+    taken = ports.apiserver
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", taken))
+        plane = ControlPlane(tmp_path, await asyncio.to_thread(ensure_binaries, quiet=True), ports=ports)
+        try:
+            await plane.start(controllers=False)
+            assert plane.ports.apiserver != taken
+            assert "address already in use" in (tmp_path / "logs" / "kube-apiserver.log").read_text()
+            assert plane.server == f"https://127.0.0.1:{plane.ports.apiserver}"
+        finally:
+            await plane.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import shutil
 import ssl
 import subprocess
 import time
@@ -202,12 +203,16 @@ class ControlPlane:
         When a component could not bind its port (taken after it was found free), everything started is
         stopped and started again on new ports."""
         tries = 0
+        etcd_data = self.state_dir / "etcd"
+        fresh = not etcd_data.exists()
 
         async def attempt() -> None:
             nonlocal tries
             tries += 1
             if tries > 1:
                 self.ports = Endpoints.allocate()
+                if fresh:  # a member made on the first try would remember that try's peer URL
+                    shutil.rmtree(etcd_data, ignore_errors=True)
             marks = {log: log.stat().st_size for log in self.logs.glob("*.log")}
             try:
                 await self._start(controllers=controllers)
