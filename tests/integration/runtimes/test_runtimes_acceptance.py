@@ -13,7 +13,7 @@ import pytest
 from kubelambda.runtimes import InvokeResult
 
 from .conftest import FUNCTIONS, StartFunction
-from .langcheck import REPORT, body, check_four_workers, wait_for_metric
+from .langcheck import REPORT, body, check_four_workers, check_timeout_then_fresh_worker, wait_for_metric
 
 RUNTIMES = ["python3.12", "nodejs20"]
 SIX_MB = 6 * 1024 * 1024
@@ -97,19 +97,8 @@ def test_thrown_error(runtime: str, start_function: StartFunction) -> None:
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_timeout_then_fresh_worker(runtime: str, start_function: StartFunction) -> None:
     fn = start_function(runtime, "app.sleep", timeout_s=1)
-    result = fn.invoke(b'{"seconds": 5}')
-    assert result.status == 200
-    assert result.function_error == "Unhandled"
-    assert result.outcome == "timeout"
-    assert "Task timed out after 1.00 seconds" in body(result)["errorMessage"]  # type: ignore[index]
-    after = fn.invoke(b'{"seconds": 0}')
-    assert (after.status, body(after)) == (200, {"slept": 0})
-    # The second call ran on a new worker: its REPORT has an Init Duration.
-    report = fn.wait_for_log(rf"^REPORT RequestId: {after.headers['lambda-runtime-aws-request-id']}\t")
-    assert "Init Duration" in report.string
-    metrics = fn.get("/metrics").body.decode()
-    assert "kubelambda_agent_timeouts_total 1" in metrics
-    assert "kubelambda_agent_worker_restarts_total 1" in metrics
+    after = check_timeout_then_fresh_worker(fn, long=b'{"seconds": 5}', short=b'{"seconds": 0}')
+    assert body(after) == {"slept": 0}
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
