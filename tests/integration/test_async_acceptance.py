@@ -24,7 +24,7 @@ from kltest.platform import (
     FAIL_FIRST_HANDLER,
     FAST_ASYNC,
     PlatformUnderTest,
-    async_queue_drained,
+    async_stream_drained,
     deploy,
     python_function,
     running_platform,
@@ -119,7 +119,7 @@ async def test_a_thousand_events_each_end_in_exactly_one_record(
             what="a record of every event (count of those missing)",
             timeout=150,
         )
-        await async_queue_drained(nats_server.url)
+        await async_stream_drained(nats_server.url)
         ok, failed = records.of("ok"), records.of("failed")
         # Exactly once: no crash happened, so a duplicate record would be a bug.
         seen = Counter(r["requestContext"]["requestId"] for r in ok + failed)

@@ -24,7 +24,7 @@ from kltest import Cluster, wait_for
 from kltest.platform import (
     FAIL_FIRST_HANDLER,
     RunningOperator,
-    async_queue_left,
+    async_stream_left,
     python_function,
     service_account_token,
     start_operator,
@@ -224,7 +224,7 @@ async def test_events_survive_a_killed_worker_and_a_nats_restart(
                 timeout=120,
             )
         except AssertionError as e:
-            raise AssertionError(f"{e}\nqueue: {await async_queue_left(nats_server.url)}") from None
+            raise AssertionError(f"{e}\nqueue: {await async_stream_left(nats_server.url)}") from None
         assert got["failed"] == []
         seen = [r["requestContext"]["requestId"] for r in got["ok"]]
         assert set(seen) == set(accepted)

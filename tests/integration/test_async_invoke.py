@@ -23,7 +23,7 @@ from nats.js.api import StorageType, StreamConfig
 from kltest import wait_for
 from kltest.platform import (
     Env,
-    async_queue_drained,
+    async_stream_drained,
     lambda_client,
     python_function,
     start_gateway,
@@ -151,7 +151,7 @@ async def test_a_failing_event_ends_in_exactly_one_failure_record(
     payload = {"fail": True, "attempts": str(attempts)}
     request_id = await invoke_event(env.url, f"{env.namespace}/fails", json.dumps(payload).encode())
     (record,) = await env.records.wait(key)
-    await async_queue_drained(env.nats_url)
+    await async_stream_drained(env.nats_url)
     assert len(env.records.got[key]) == 1
     # The handler ran exactly maxRetries + 1 times, each time with the caller's request id.
     assert [p.name for p in attempts.iterdir()] == [request_id]
@@ -343,7 +343,7 @@ async def test_a_nats_destination_captured_by_a_stream_is_stored_in_it(env: Env)
             return int((await js.stream_info(stream)).state.messages)
 
         await wait_for(stored, lambda n: n >= 1, what=f"a record in stream {stream}", timeout=90)
-        await async_queue_drained(env.nats_url)
+        await async_stream_drained(env.nats_url)
         assert await stored() == 1
         msg = await js.get_msg(stream, 1)
         assert msg.subject == subject
@@ -367,7 +367,7 @@ async def test_an_event_older_than_max_event_age_is_never_invoked(env: Env, tmp_
     payload = {"attempts": str(attempts)}
     request_id = await queue_accepted_ago(env.nats_url, env.namespace, "aged", payload, 61)
     (record,) = await env.records.wait(key)
-    await async_queue_drained(env.nats_url)
+    await async_stream_drained(env.nats_url)
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["condition"] == "EventAgeExceeded"
     assert record["requestContext"]["approximateInvokeCount"] == 0
@@ -394,7 +394,7 @@ async def test_a_retry_that_would_fall_due_past_max_event_age_ends_the_event(
     payload = {"fail": True, "sleep": 6, "attempts": str(attempts)}
     request_id = await queue_accepted_ago(env.nats_url, env.namespace, "ageing", payload, 55)
     (record,) = await env.records.wait(key)
-    await async_queue_drained(env.nats_url)
+    await async_stream_drained(env.nats_url)
     assert record["requestContext"]["requestId"] == request_id
     assert record["requestContext"]["condition"] == "EventAgeExceeded"
     assert record["requestContext"]["approximateInvokeCount"] == 1
@@ -413,4 +413,4 @@ async def test_a_nats_destination_on_kubelambdas_own_subjects_is_refused_and_dea
     assert "kubelambda's own" in letter.reason
     assert letter.record["requestContext"]["requestId"] == request_id
     assert letter.record["requestContext"]["condition"] == "Success"
-    await async_queue_drained(env.nats_url)
+    await async_stream_drained(env.nats_url)

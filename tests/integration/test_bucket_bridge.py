@@ -211,12 +211,12 @@ async def condition(kube: KubeClient, namespace: str, name: str, kind: str) -> J
     return None
 
 
-async def no_more_events(gateway: Gateway, records: Records, key: str, namespace: str, count: int) -> None:
+async def no_more_events(bk: Bk, key: str, count: int) -> None:
     """Exactly ``count`` events reached the recorder, and no more can: every event the gateway accepted for it
     has been handled (its subject in the async stream is empty, see kltest.drained). Call it after a later
     event (a marker) was recorded, so the bridge is past whatever could have produced an extra one."""
-    await async_queue_drained(gateway, namespace, "recorder")
-    assert len(records.of(key)) == count, [object_key(r) for r in events_of(records, key)]
+    await async_queue_drained(bk.gateway, bk.namespace, "recorder")
+    assert len(bk.records.of(key)) == count, [object_key(r) for r in events_of(bk.records, key)]
 
 
 async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(bk: Bk) -> None:
@@ -277,7 +277,7 @@ async def test_poll_mode_delivers_one_event_per_object_with_key_size_and_etag(bk
         await asyncio.to_thread(s3.put_object, Bucket=bk.bucket, Key=f"{p}zz-marker.txt", Body=b"m")
         await bk.records.wait(key, len(bodies) + 2, timeout=60)
         assert object_key(events_of(bk.records, key)[-1]) == f"{p}zz-marker.txt"
-        await no_more_events(bk.gateway, bk.records, key, bk.namespace, len(bodies) + 2)
+        await no_more_events(bk, key, len(bodies) + 2)
         trig = await bk.kube.get(
             resource_path("kubelambda.io/v1alpha1", "triggers", namespace=bk.namespace, name="uploads")
         )
@@ -309,7 +309,7 @@ async def test_poll_mode_applies_prefix_suffix_and_event_type_filters(bk: Bk) ->
         )  # not asked: no removal event
         await asyncio.to_thread(s3.put_object, Bucket=bk.bucket, Key=f"{p}in/z.jpg", Body=b"last")
         await bk.records.wait(key, 3, timeout=60)  # z.jpg, uploaded last, is the marker
-        await no_more_events(bk.gateway, bk.records, key, bk.namespace, 3)
+        await no_more_events(bk, key, 3)
         assert [object_key(e) for e in events_of(bk.records, key)] == [f"{p}in/{n}.jpg" for n in "adz"]
 
 
@@ -360,7 +360,7 @@ async def test_a_bridge_killed_during_500_uploads_delivers_every_object_with_bou
         await wait_for(
             lambda: asyncio.sleep(0, result=seen()), lambda got: marker in got, what="the marker's event"
         )
-        await no_more_events(bk.gateway, bk.records, key, bk.namespace, len(bk.records.of(key)))
+        await no_more_events(bk, key, len(bk.records.of(key)))
     repeats = len(bk.records.of(key)) - len(keys) - 1
     print(f"\n500 uploads, bridge SIGKILLed after {killed_at} events: {repeats} repeated event(s)")
     assert seen() == {*keys, marker}
@@ -461,7 +461,7 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
         # Two records in one notification: two invocations.
         assert await post(notification(minio_record("x.jpg"), minio_record("y.jpg")), auth) == 200
         await bk.records.wait(key, 3, timeout=60)
-        await no_more_events(bk.gateway, bk.records, key, bk.namespace, 3)
+        await no_more_events(bk, key, 3)
         assert sorted(object_key(e) for e in events_of(bk.records, key)) == [
             "photos/red flower é.jpg",
             "x.jpg",
@@ -488,9 +488,7 @@ async def test_notification_mode_takes_the_events_a_real_minio_sends(bk: Bk, tmp
     key = await bk.deploy_recorder()
     token = "m1n10-t0ken"
     bk.apply(secret("store-bucket-token", {"token": token}))
-    port = free_port()
-    webhook = f"http://127.0.0.1:{port}/events"
-    minio = MinioServer(tmp_path / "minio", webhook=webhook, token=token)
+    minio = MinioServer(tmp_path / "minio", webhook="", token=token)  # the webhook's URL is known below
     bk.apply(
         trigger(
             "store",
@@ -501,12 +499,9 @@ async def test_notification_mode_takes_the_events_a_real_minio_sends(bk: Bk, tmp
             filter={"prefix": "in/", "suffix": ".jpg"},
         )
     )
-    async with (
-        bridge_in_process(bk.cluster, bk.namespace, "store", bk.url, port=port),
-        aiohttp.ClientSession() as http,
-    ):
-        # The webhook first: MinIO checks its target when it starts.
-        await wait_for(lambda: http_status(http, webhook), lambda s: s == 200, what="the webhook up")
+    # The webhook first: MinIO checks its target when it starts.
+    async with webhook_in_process(bk.cluster, bk.namespace, "store", bk.url) as webhook:
+        minio.webhook = webhook
         async with minio:
             s3 = boto3.client(
                 "s3",
@@ -543,7 +538,7 @@ async def test_notification_mode_takes_the_events_a_real_minio_sends(bk: Bk, tmp
                 lambda got: "in/zz-marker.jpg" in got,
                 what="the marker's event",
             )
-            await no_more_events(bk.gateway, bk.records, key, bk.namespace, len(bodies) + 2)
+            await no_more_events(bk, key, len(bodies) + 2)
     events = events_of(bk.records, key)
     created = {object_key(e): e for e in events if e["eventName"] == "ObjectCreated:Put"}
     assert sorted(created) == sorted([*bodies, "in/zz-marker.jpg"])

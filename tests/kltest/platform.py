@@ -240,7 +240,7 @@ class Env:
         await deploy(self.cluster, self.gateway, self.namespace, doc)
 
 
-async def async_queue_left(nats_url: str) -> str:
+async def async_stream_left(nats_url: str) -> str:
     """What is left of the Event invocations queue: '' once nothing is left in the stream nor delivered but
     unacknowledged."""
     nc = await nats.connect(nats_url)
@@ -257,9 +257,9 @@ async def async_queue_left(nats_url: str) -> str:
         await nc.close()
 
 
-async def async_queue_drained(nats_url: str, *, timeout: float = 60) -> None:
+async def async_stream_drained(nats_url: str, *, timeout: float = 60) -> None:
     await wait_for(
-        lambda: async_queue_left(nats_url),
+        lambda: async_stream_left(nats_url),
         lambda left: left == "",
         what="the async queue drained",
         timeout=timeout,
