@@ -70,6 +70,7 @@ class GatewayProcess:
             "KUBELAMBDA_GATEWAY_KUBECONFIG": str(kubeconfig),
             "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
             "KUBELAMBDA_GATEWAY_NATS_URL": nats_url,
+            "KUBELAMBDA_GATEWAY_AUTH_MODE": "none",  # called unsigned, as kltest.platform.start_gateway's gateways
             "KUBELAMBDA_GATEWAY_ASYNC_RETRY_DELAYS_SECONDS": "[0.2, 0.2]",
             "KUBELAMBDA_GATEWAY_ASYNC_BACKOFF_MIN_SECONDS": "0.2",
             "KUBELAMBDA_GATEWAY_ASYNC_BACKOFF_MAX_SECONDS": "1",
