@@ -275,3 +275,36 @@ async def test_stopping_gives_up_on_a_batch_after_the_drain_time() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
     assert broker.acked == []
+
+
+async def test_stopping_stops_even_when_the_client_swallows_the_cancellation() -> None:
+    """A broker client that loses the CancelledError (redis-py on Python 3.11, when it lands at the wrong
+    moment of a command) must not keep the consumer polling after a stop: it stops and closes the client."""
+    polling = asyncio.Event()
+
+    class Swallowing(MemoryBroker):
+        swallowed = 0
+        closed = 0
+
+        async def fetch(self, max_count: int, *, wait_seconds: float) -> list[Message]:
+            polling.set()
+            try:
+                await asyncio.sleep(wait_seconds)
+            except asyncio.CancelledError:
+                if self.swallowed:
+                    raise
+                self.swallowed += 1  # what the client library did: the first stop is lost here
+            return []
+
+        async def close(self) -> None:
+            self.closed += 1
+
+    broker = Swallowing([])
+    consumer = QueueConsumer(Ctx(Invoker(ok), batchSize=10), broker, settings=FAST)  # type: ignore[arg-type]
+    task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(polling.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert broker.swallowed == 1
+    assert broker.closed == 1

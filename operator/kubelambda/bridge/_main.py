@@ -8,9 +8,9 @@ routes, and runs the source until SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
+import os
 import signal
 from typing import Any
 
@@ -34,6 +34,12 @@ from kubelambda.bridge._context import (
 from kubelambda.kube import KubeClient, default_login, resource_path
 
 log = logging.getLogger("kubelambda.bridge")
+
+SOURCE_STOP_SECONDS = 24.0
+"""On stop, how long the source may take to finish (a queue source drains its batches in flight for up to
+``drain_seconds``, 20 s by default); with the steps after it, within the pod's 30 s termination grace period."""
+STOP_STEP_SECONDS = 2.0
+"""How long each later stop step may take (status reporter, last status write, HTTP server)."""
 
 
 def source_module(kind: str) -> str:
@@ -98,7 +104,7 @@ async def _serve(source: Source, settings: BridgeSettings) -> web.AppRunner:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     app.add_routes(source.routes())
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_STEP_SECONDS)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     return runner
@@ -140,10 +146,29 @@ async def build_context(
     return ctx, kind
 
 
+async def _stop_task(task: asyncio.Task[Any], seconds: float, what: str) -> bool:
+    """Cancels ``task`` and waits at most ``seconds`` for it; says so when it did not stop."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        # A client library may swallow a CancelledError: ask once more before giving up on it.
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+    if not done:
+        log.error("The %s did not stop within %.0f s", what, seconds)
+        return False
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("The %s ended with %r", what, task.exception())
+    return True
+
+
 async def run_bridge(
     namespace: str, name: str, settings: BridgeSettings, *, stop: asyncio.Event | None = None
-) -> None:
-    """Runs the bridge of Trigger ``namespace/name`` until ``stop`` is set (or forever)."""
+) -> bool:
+    """Runs the bridge of Trigger ``namespace/name`` until ``stop`` is set (or forever).
+
+    Every stop step is bounded and logged. Returns whether every task stopped (False: one is still running,
+    and the caller should exit the process rather than wait for it)."""
     stop = stop or asyncio.Event()
     async with _client(settings) as kube, aiohttp.ClientSession() as http:
         ctx, kind = await build_context(kube, http, namespace, name, settings)
@@ -154,20 +179,26 @@ async def run_bridge(
         reporter = asyncio.create_task(status.run(), name="status")
         consumer = asyncio.create_task(source.run(), name=kind)
         stopper = asyncio.create_task(stop.wait(), name="stop")
+        stopped = True
         try:
             done, _ = await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if consumer in done:
                 consumer.result()  # a source returns only by failing; let the pod restart and say why
+            log.info("Stopping the bridge of Trigger %s/%s", namespace, name)
         finally:
-            for task in (consumer, stopper, reporter):
-                task.cancel()
-            for task in (consumer, stopper, reporter):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            with contextlib.suppress(Exception):
-                await status.flush()
+            stopper.cancel()
+            stopped = await _stop_task(consumer, SOURCE_STOP_SECONDS, f"source of Trigger {name}")
+            stopped = (
+                await _stop_task(reporter, STOP_STEP_SECONDS, f"status reporter of Trigger {name}")
+                and stopped
+            )
+            try:
+                await asyncio.wait_for(status.flush(), STOP_STEP_SECONDS)
+            except Exception as e:  # TimeoutError included: the API server did not answer in time
+                log.warning("Could not write the last status of Trigger %s: %r", name, e)
             await runner.cleanup()
             log.info("Stopped the bridge of Trigger %s/%s", namespace, name)
+        return stopped
 
 
 def main(trigger_ref: str) -> int:
@@ -187,7 +218,10 @@ def main(trigger_ref: str) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_bridge(namespace, name, settings, stop=stop)
+        if not await run_bridge(namespace, name, settings, stop=stop):
+            # asyncio.run would wait for the task that did not stop, without end: leave at once instead.
+            logging.shutdown()
+            os._exit(1)
 
     asyncio.run(serve())
     return 0

@@ -17,7 +17,6 @@ A broker module implements :class:`Broker` (fetch, ack, return to the queue, kee
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -42,6 +41,20 @@ from kubelambda.bridge.queues._batch import (
 )
 
 log = logging.getLogger("kubelambda.bridge.queues")
+
+STOP_STEP_SECONDS = 2.0
+"""On stop, how long each step after the drain may take (cancelling the depth reader and what is left in
+flight, closing the broker client)."""
+
+
+def _stop_requested() -> bool:
+    """The current task was asked to stop, even if a client library swallowed the CancelledError.
+
+    A cancellation can be lost inside a broker client (redis-py on Python 3.11 drops one that lands at the
+    wrong moment of a command); the task stays marked as cancelling, so the loops check this and stop anyway
+    instead of polling on until the pod is killed."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class QueueSettings(BaseSettings):
@@ -137,6 +150,8 @@ class QueueConsumer:
     async def run(self) -> None:
         while True:
             try:
+                if _stop_requested():
+                    raise asyncio.CancelledError
                 await self.broker.connect()
                 self.ctx.status.source_reachable(True, "")
                 await self._consume()
@@ -157,9 +172,20 @@ class QueueConsumer:
                 )
             finally:
                 self._carry.clear()  # leases of a closed connection are gone; the broker redelivers them
-                with contextlib.suppress(Exception):
-                    await self.broker.close()
+                await self._close()
             await asyncio.sleep(delay)
+
+    async def _close(self) -> None:
+        try:
+            await asyncio.wait_for(self.broker.close(), STOP_STEP_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "Gave up closing the queue client of Trigger %s after %.0f s",
+                self.ctx.name,
+                STOP_STEP_SECONDS,
+            )
+        except Exception as e:
+            log.debug("Closing the queue client of Trigger %s: %s", self.ctx.name, _describe(e))
 
     async def _consume(self) -> None:
         slots = asyncio.Semaphore(self.spec.max_concurrency)
@@ -175,6 +201,8 @@ class QueueConsumer:
         depth = asyncio.create_task(self._report_depth())
         try:
             while True:
+                if _stop_requested():
+                    raise asyncio.CancelledError
                 await self._wait_backoff()
                 await slots.acquire()
                 if failed:
@@ -202,7 +230,15 @@ class QueueConsumer:
             depth.cancel()
             for task in list(inflight):
                 task.cancel()
-            await asyncio.gather(depth, *inflight, return_exceptions=True)
+            # Bounded: a client call that ignores its cancellation must not hold the stop up.
+            _, stuck = await asyncio.wait({depth, *inflight}, timeout=STOP_STEP_SECONDS)
+            if stuck:
+                log.warning(
+                    "Left %d task(s) of Trigger %s that did not stop within %.0f s",
+                    len(stuck),
+                    self.ctx.name,
+                    STOP_STEP_SECONDS,
+                )
 
     async def _wait_backoff(self) -> None:
         delay = self._resume_at - time.monotonic()
@@ -324,7 +360,7 @@ class QueueConsumer:
             invocation.cancel()
 
     async def _report_depth(self) -> None:
-        while True:
+        while not _stop_requested():
             try:
                 depth = await self.broker.depth()
             except Exception as e:
