@@ -157,6 +157,13 @@ def wait_for_metric(fn: LocalFunction, line: str, timeout: float = 30.0) -> None
     raise AssertionError(f"metric {line!r} not seen within {timeout}s:\n{seen}")
 
 
+def wait_for_fresh_worker(fn: LocalFunction) -> None:
+    """After a timeout of a one-worker function: the worker started again has finished its init (the second init
+    observed). A call made before that waits for the init within its own timeout (as on Lambda), which a short
+    timeout on a loaded machine does not always hold (a JVM's start)."""
+    wait_for_metric(fn, "kubelambda_agent_init_duration_seconds_count 2", timeout=60)
+
+
 def check_report_lines(fn: LocalFunction, *, memory_mb: int) -> list[str]:
     """Two calls: START/END/REPORT for each, Init Duration on the first only. Returns the request ids."""
     ids = []

@@ -16,6 +16,7 @@ from kltest.ric import ensure_aws_lambda_ric, ensure_awslambdaric
 from kubelambda.runtimes import InvokeResult
 
 from .conftest import FUNCTIONS, StartFunction
+from .langcheck import wait_for_fresh_worker
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +97,7 @@ def test_error(start_aws: StartFunction) -> None:
 def test_timeout_then_next_call(start_aws: StartFunction) -> None:
     fn = start_aws("app.sleep", timeout_s=1)
     assert fn.invoke(b'{"seconds": 5}').outcome == "timeout"
+    wait_for_fresh_worker(fn)
     after = fn.invoke(b'{"seconds": 0}')
     assert (after.status, body(after)) == (200, {"slept": 0})
 

@@ -11,7 +11,7 @@ import pytest
 from kltest.ric import aws_lambda_java_ric_command, ensure_aws_lambda_java_ric
 
 from .conftest import StartFunction
-from .langcheck import CONTEXT_HEADERS, body, error_of
+from .langcheck import CONTEXT_HEADERS, body, error_of, wait_for_fresh_worker
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +57,7 @@ def test_error_and_timeout(start_aws_java: StartFunction) -> None:
     assert (error["errorType"], error["errorMessage"]) == ("java.lang.IllegalArgumentException", "boom: aws")
     fn = start_aws_java("example.App::sleep", timeout_s=1)
     assert fn.invoke(b'{"seconds": 5}').outcome == "timeout"
+    wait_for_fresh_worker(fn)
     assert body(fn.invoke(b'{"seconds": 0}')) == {"slept": 0}
 
 

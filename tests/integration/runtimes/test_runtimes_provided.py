@@ -15,7 +15,15 @@ import yaml
 from kubelambda.runtimes import repo_root
 
 from .conftest import FUNCTIONS, StartFunction
-from .langcheck import body, check_crash, check_echo, check_four_workers, check_init_error, error_of
+from .langcheck import (
+    body,
+    check_crash,
+    check_echo,
+    check_four_workers,
+    check_init_error,
+    error_of,
+    wait_for_fresh_worker,
+)
 
 RUNTIME = "provided"
 
@@ -69,6 +77,7 @@ def test_error_posted_by_the_bootstrap(start_provided: StartFunction) -> None:
 def test_timeout_then_fresh_worker(start_provided: StartFunction) -> None:
     fn = start_provided("sleep", timeout_s=1)
     assert fn.invoke(b'{"seconds": 5}').outcome == "timeout"
+    wait_for_fresh_worker(fn)
     after = fn.invoke(b'{"seconds": 0}')
     assert (after.status, body(after)) == (200, {"slept": 0})
 
