@@ -9,6 +9,7 @@ process can see on the local node) and succeed on the retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
+import nats.js.errors
 import pytest
 
 from kltest import Cluster, wait_for
@@ -117,6 +120,42 @@ async def gateway_kubeconfig(cluster: Cluster, kube: KubeClient, tmp_path: Path)
     """A kubeconfig with a token of the gateway's ServiceAccount (hack/gateway-rbac.yaml)."""
     token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
     return _kubeconfig_with_token(cluster.kubeconfig, token, tmp_path / "gw.kubeconfig", "gw")
+
+
+async def whereabouts(
+    lost: set[str],
+    accepted: dict[str, int],
+    failed: list[JSON],
+    url: str,
+    namespace: str,
+    logs: list[Path],
+) -> str:
+    """Where the events without a success record went: their failure records, dead letters, gateway log lines."""
+    lines = [f"events without a success record (request id -> index): { ({r: accepted[r] for r in lost}) }"]
+    lines += [f"failure record: {r}" for r in failed if r["requestContext"]["requestId"] in lost]
+    lines.append(f"{len(failed)} failure record(s) in all")
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        stream = f"KUBELAMBDA_DLQ_{namespace}"
+        try:
+            info = await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            lines.append(f"no dead-letter stream {stream}")
+        else:
+            lines.append(f"dead-letter stream {stream}: {info.state.messages} record(s)")
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    msg = await js.get_msg(stream, seq)
+                    lines.append(f"dead letter {seq} {msg.headers}: {(msg.data or b'')[:600]!r}")
+    finally:
+        await nc.close()
+    for log in logs:
+        if log.exists():
+            text = log.read_text(errors="replace").splitlines()
+            lines += [f"{log.name}: {line}" for line in text if any(r in line for r in lost)]
+            lines += [f"{log.name}: {line}" for line in text if "Traceback" in line or "ERROR" in line][:20]
+    return "\n".join(lines)
 
 
 async def post_events(url: str, name: str, payloads: dict[int, JSON]) -> dict[str, int]:
@@ -225,7 +264,11 @@ async def test_events_survive_a_killed_worker_and_a_nats_restart(
                 timeout=120,
             )
         except AssertionError as e:
-            raise AssertionError(f"{e}\nqueue: {await async_stream_left(nats_server.url)}") from None
+            logs = [tmp_path / "gateway-1.log", tmp_path / "gateway-2.log"]
+            raise AssertionError(
+                f"{e}\nqueue: {await async_stream_left(nats_server.url) or 'empty, nothing unacknowledged'}\n"
+                + await whereabouts(missing(), accepted, got["failed"], nats_server.url, namespace, logs)
+            ) from None
         assert got["failed"] == []
         seen = [r["requestContext"]["requestId"] for r in got["ok"]]
         assert set(seen) == set(accepted)

@@ -183,6 +183,9 @@ class Worker:
         if spec is None:
             record = self._record(event, Condition.RETRIES_EXHAUSTED, event.invoke_count, None, now)
             await self.queue.dead_letter(event.namespace, event.function, record, why="no such Function")
+            logger.warning(
+                "Event %s of %s/%s dead-lettered: no such Function", event.request_id, *_labels(event)
+            )
             metrics.ASYNC_DESTINATION_RECORDS.labels(event.namespace, event.function, "dead_letter").inc()
             await msg.ack_sync()
             return
@@ -234,6 +237,13 @@ class Worker:
             )
             await self.queue.publish(retry)
             metrics.ASYNC_RETRIES.labels(*labels).inc()
+            logger.info(
+                "Event %s of %s/%s: invocation %d failed (%s), retry queued",
+                event.request_id,
+                *labels,
+                decision.invoke_count,
+                response.function_error if response is not None else None,
+            )
             await msg.ack_sync()
             return
         if (
@@ -261,6 +271,17 @@ class Worker:
     ) -> None:
         labels = (event.namespace, event.function)
         destination = spec.async_.on_failure if decision.failed else spec.async_.on_success
+        # Every event that does not end in success leaves its request id in the log, and so does every record
+        # that does not reach its destination: "where did event X go" has an answer.
+        if decision.failed:
+            logger.warning(
+                "Event %s of %s/%s failed: %s after %d invocation(s), last error %s",
+                event.request_id,
+                *labels,
+                decision.condition.value,
+                record["requestContext"]["approximateInvokeCount"],
+                (record.get("responseContext") or {}).get("functionError"),
+            )
         if destination is None:
             if decision.failed:
                 await self.queue.dead_letter(*labels, record, why=decision.condition.value)
@@ -270,8 +291,14 @@ class Worker:
             kind = await self._send(event.namespace, destination, record, source=event.function)
         except Exception as e:
             # The outcome is known: keep the record rather than invoke the function again.
-            logger.warning("Destination of %s/%s failed, dead-lettered the record: %s", *labels, e)
-            await self.queue.dead_letter(*labels, record, why=f"destination failed: {e}")
+            logger.warning(
+                "Destination of event %s of %s/%s failed, dead-lettered the record: %s: %s",
+                event.request_id,
+                *labels,
+                type(e).__name__,
+                e,
+            )
+            await self.queue.dead_letter(*labels, record, why=f"destination failed: {type(e).__name__}: {e}")
             metrics.ASYNC_DESTINATION_RECORDS.labels(*labels, "dead_letter").inc()
             return
         metrics.ASYNC_DESTINATION_RECORDS.labels(*labels, kind).inc()
@@ -310,6 +337,10 @@ class Worker:
             if resp.status >= 300:
                 raise RuntimeError(f"{destination.url} answered {resp.status}")
         return "url"
+
+
+def _labels(event: QueuedEvent) -> tuple[str, str]:
+    return (event.namespace, event.function)
 
 
 async def _in_progress(msg: Msg, *, every: float) -> None:
