@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import nats
 import pytest
 from nats.js.errors import APIError, NoStreamResponseError
 
+from kltest import wait_for
+from kltest.records import Records
+from kubelambda.api.v1alpha1 import FunctionSpec
+from kubelambda.asyncworker.decide import Outcome
+from kubelambda.asyncworker.dlq import list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
+from kubelambda.asyncworker.record import Response
+from kubelambda.asyncworker.worker import CONSUMER, Worker, WorkerSettings
 from kubelambda.devcluster.servers import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -65,3 +74,98 @@ async def test_a_publish_no_stream_takes_or_the_wrong_stream_takes_is_refused(
     finally:
         await other.close()
         await queue.close()
+
+
+class StallingInvoker:
+    """The gateway's sync path for one function whose first invocation fails after stalling the event loop past
+    the ack wait (the worker cannot renew it: JetStream redelivers the event while it still runs); every later
+    invocation succeeds, as a handler that fails only its first attempt does."""
+
+    def __init__(self, spec: FunctionSpec, *, stall: float) -> None:
+        self.spec = spec
+        self.stall = stall
+        self.attempts: list[str] = []
+        self.second = asyncio.Event()
+
+    async def wait_synced(self) -> None:
+        return None
+
+    def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
+        return self.spec if (namespace, name) == ("ns", "fn") else None
+
+    def function_arn(self, namespace: str, name: str) -> str:
+        return f"arn:aws:lambda:local:000000000000:function:{namespace}/{name}"
+
+    async def destination_refusal(self, namespace: str, source: str, target: str) -> str | None:
+        return None
+
+    async def invoke_for_worker(
+        self, namespace: str, name: str, payload: bytes, *, request_id: str
+    ) -> tuple[Outcome, Response | None]:
+        self.attempts.append(request_id)
+        if len(self.attempts) == 1:
+            time.sleep(self.stall)  # noqa: ASYNC251 - a starved machine: the loop (and the ack renewal) stalls
+            # Still running when the redelivery is handled.
+            await asyncio.wait_for(self.second.wait(), 30)
+            return Outcome.FUNCTION_ERROR, Response(200, "Unhandled", b'{"errorMessage": "first"}')
+        self.second.set()
+        return Outcome.SUCCESS, Response(200, None, payload)
+
+
+async def test_an_event_redelivered_while_its_failing_first_delivery_runs_still_ends_in_a_record(
+    nats_server: NatsServer,
+) -> None:
+    """The crash test's worst case without a crash: the ack wait runs out under a stalled loop, the event runs a
+    second time while the first delivery (which fails and queues a retry) still runs. Every delivery ends in a
+    success record; nothing is left in the stream, nothing is dead-lettered, none is a failure record."""
+    records = Records()
+    await records.start()
+    spec = FunctionSpec.model_validate(
+        {
+            "runtime": "python3.12",
+            "handler": "app.handler",
+            "code": {"inline": {"app.py": ""}},
+            "async": {
+                "maxRetries": 1,
+                "onSuccess": {"url": records.url("ok")},
+                "onFailure": {"url": records.url("failed")},
+            },
+        }
+    )
+    invoker = StallingInvoker(spec, stall=2.5)
+    queue = await EventQueue.connect(nats_server.url, stream=STREAM)
+    settings = WorkerSettings(
+        concurrency=4, retry_delays=(0.1,), backoff_min=0.1, backoff_max=0.5, ack_wait=1.0
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            worker = asyncio.create_task(Worker(queue, invoker, http, settings=settings).run())
+            try:
+                await queue.publish(
+                    QueuedEvent(
+                        namespace="ns",
+                        function="fn",
+                        request_id="req-1",
+                        payload=b"{}",
+                        enqueued_at=time.time(),
+                    )
+                )
+                # The redelivery succeeds; the first delivery's retry succeeds too: two success records.
+                ok = await records.wait("ok", 2, timeout=60)
+
+                async def state() -> tuple[int, int]:
+                    info = await queue.js.consumer_info(STREAM, CONSUMER)
+                    return (await queue.js.stream_info(STREAM)).state.messages, info.num_ack_pending
+
+                await wait_for(state, lambda s: s == (0, 0), what="the stream drained")
+            finally:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+        assert invoker.attempts == ["req-1"] * 3
+        assert [r["requestContext"]["requestId"] for r in ok] == ["req-1", "req-1"]
+        assert sorted(r["requestContext"]["approximateInvokeCount"] for r in ok) == [1, 2]
+        assert records.of("failed") == []
+        assert await list_dead_letters(queue, "ns") == []
+    finally:
+        await queue.close()
+        await records.stop()
