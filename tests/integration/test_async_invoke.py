@@ -7,10 +7,12 @@ served by the test, another Function, and the namespace's dead-letter stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,17 @@ from kltest.platform import (
     async_stream_drained,
     lambda_client,
     python_function,
+    service_account_token,
     start_gateway,
     stop_gateway,
 )
 from kubelambda.asyncworker.dlq import DeadLetter, list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent, dlq_stream
+from kubelambda.devcluster._ports import free_port
+from kubelambda.gateway.app import Gateway
+from kubelambda.gateway.config import GatewaySettings
 from kubelambda.kube import resource_path
+from kubelambda.operator import Login
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
@@ -413,4 +420,77 @@ async def test_a_nats_destination_on_kubelambdas_own_subjects_is_refused_and_dea
     assert "kubelambda's own" in letter.reason
     assert letter.record["requestContext"]["requestId"] == request_id
     assert letter.record["requestContext"]["condition"] == "Success"
+    await async_stream_drained(env.nats_url)
+
+
+async def test_a_gateway_listens_only_once_its_event_queue_is_connected(env: Env) -> None:
+    """A gateway whose NATS is slow to answer (just restarted, a starved machine) must not take Events before its
+    queue is connected: it answered them 501 "this gateway has no KUBELAMBDA_GATEWAY_NATS_URL", which an SDK does
+    not retry. A relay in front of the real nats-server holds the gateway's connections until released."""
+    await env.deploy(function("early"))
+    nats_port = urllib.parse.urlsplit(env.nats_url).port
+    held = True
+    reached = asyncio.Event()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reached.set()
+        try:
+            if held:  # never answered: the client gives up (connect timeout) and tries again
+                await reader.read()
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", nats_port)
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(ConnectionError):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            writer.close()
+
+    relay_server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    relay_port = relay_server.sockets[0].getsockname()[1]
+    token = await service_account_token(env.cluster, env.kube, "gateway-rbac.yaml", "kubelambda-gateway")
+    port = free_port()
+    late = Gateway(
+        GatewaySettings(
+            host="127.0.0.1",
+            port=port,
+            auth_mode="none",
+            nats_url=f"nats://127.0.0.1:{relay_port}",
+            async_worker=False,
+        ),
+        Login.from_kubeconfig(env.cluster.kubeconfig).with_token(token).client(),
+    )
+    starting = asyncio.create_task(late.start())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.wait_for(reached.wait(), 60)
+        # Connecting to NATS: nothing listens yet (a refused connection is retried by every client).
+        with pytest.raises(aiohttp.ClientConnectorError):
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{url}/2015-03-31/functions/{env.namespace}/early/invocations",
+                    data=b"{}",
+                    headers={"X-Amz-Invocation-Type": "Event"},
+                ),
+            ):
+                pass
+        held = False
+        await asyncio.wait_for(starting, 60)
+        await wait_for(
+            lambda: asyncio.sleep(0, result=late.registry.functions.get((env.namespace, "early"))),
+            lambda fn: fn is not None,
+            what="the late gateway to see the Function",
+        )
+        await invoke_event(url, f"{env.namespace}/early", b"{}")
+    finally:
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await stop_gateway(late)
+        relay_server.close()
     await async_stream_drained(env.nats_url)

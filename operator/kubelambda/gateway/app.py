@@ -546,6 +546,11 @@ class Gateway(RegistryLookups):
         self.autoscaler = Autoscaler(
             self, interval=s.autoscale_interval_seconds, sample=s.sample_interval_seconds
         )
+        if s.nats_url is not None:
+            # Before listening: an Event that arrived while the queue connects was answered 501 "this gateway has
+            # no KUBELAMBDA_GATEWAY_NATS_URL" (seen right after a NATS restart), which SDKs do not retry.
+            self.queue = await EventQueue.connect(s.nats_url, stream=s.async_stream)
+            logger.info("Event invocations go to JetStream stream %s at %s", s.async_stream, s.nats_url)
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port)
@@ -563,25 +568,22 @@ class Gateway(RegistryLookups):
 
             self.warm_pool = WarmPool(s, self.kube, self.registry, self.balancer)
             self._tasks.append(asyncio.create_task(self.warm_pool.run(), name="warm pools"))
-        if s.nats_url is not None:
+        if self.queue is not None and s.async_worker:
             from kubelambda.asyncworker.worker import Worker, WorkerSettings
 
-            self.queue = await EventQueue.connect(s.nats_url, stream=s.async_stream)
-            logger.info("Event invocations go to JetStream stream %s at %s", s.async_stream, s.nats_url)
-            if s.async_worker:
-                worker = Worker(
-                    self.queue,
-                    self,
-                    self.http(),
-                    settings=WorkerSettings(
-                        concurrency=s.async_worker_concurrency,
-                        retry_delays=s.async_retry_delays_seconds,
-                        backoff_min=s.async_backoff_min_seconds,
-                        backoff_max=s.async_backoff_max_seconds,
-                        ack_wait=s.async_ack_wait_seconds,
-                    ),
-                )
-                self._tasks.append(asyncio.create_task(worker.run(), name="async worker"))
+            worker = Worker(
+                self.queue,
+                self,
+                self.http(),
+                settings=WorkerSettings(
+                    concurrency=s.async_worker_concurrency,
+                    retry_delays=s.async_retry_delays_seconds,
+                    backoff_min=s.async_backoff_min_seconds,
+                    backoff_max=s.async_backoff_max_seconds,
+                    ack_wait=s.async_ack_wait_seconds,
+                ),
+            )
+            self._tasks.append(asyncio.create_task(worker.run(), name="async worker"))
         logger.info("The gateway listens on %s:%d", s.host, s.port)
 
     async def wait(self) -> None:
