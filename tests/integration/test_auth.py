@@ -12,14 +12,19 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import boto3
 import botocore
 import botocore.exceptions
 import pytest
+import redis.asyncio as aioredis
+from botocore.config import Config
 
 from kltest import Cluster, wait_for
+from kltest.bridge import BridgeProcess, checkpoint_written
 from kltest.platform import (
     SYSTEM_NS,
     RunningOperator,
@@ -32,14 +37,18 @@ from kltest.platform import (
     stop_gateway,
 )
 from kubelambda import metrics
+from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.asyncworker.dlq import list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue
+from kubelambda.devcluster.servers import RedisServer, S3Server
 from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
+from kubelambda.resources.bridge import bridge_name, checkpoint_name
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
 CACHE_SECONDS = 2.0
+RBAC = "rbac.authorization.k8s.io/v1"
 HANDLER = """
 def handler(event, context):
     print("ran", context.aws_request_id)
@@ -571,15 +580,7 @@ async def test_a_schedule_bridge_invokes_as_its_own_service_account(
         },
         namespace,
     )
-    role = await wait_for(
-        lambda: kube.get(
-            resource_path(
-                "rbac.authorization.k8s.io/v1", "roles", namespace=namespace, name="every-minute-bridge"
-            )
-        ),
-        lambda r: r is not None,
-        what="the bridge's Role",
-    )
+    role = await bridge_role(kube, namespace, "every-minute")
     assert {
         "apiGroups": ["kubelambda.io"],
         "resources": ["functions"],
@@ -588,3 +589,233 @@ async def test_a_schedule_bridge_invokes_as_its_own_service_account(
     } in role["rules"]
     (got,) = await records.wait(f"{namespace}-ticker", 1, timeout=150)
     assert got["event"]["detail-type"] == "Scheduled Event"
+
+
+async def bridge_role(kube: KubeClient, namespace: str, trigger: str) -> JSON:
+    """The Role the operator made for the bridge of ``trigger`` (bound to its ServiceAccount), once it exists."""
+    role: JSON = await wait_for(
+        lambda: kube.get_or_none(
+            resource_path(RBAC, "roles", namespace=namespace, name=bridge_name(trigger))
+        ),
+        lambda r: r is not None,
+        what=f"the Role of Trigger {trigger}'s bridge",
+    )
+    return role
+
+
+async def bridge_kubeconfig(cluster: Cluster, kube: KubeClient, namespace: str, trigger: str) -> Path:
+    """A kubeconfig whose user is the ServiceAccount the operator made for ``trigger``'s bridge (once its Role
+    exists): a bridge process run with it authenticates to the API server and to the gateway (bearer token) as
+    the bridge's pod does."""
+    await bridge_role(kube, namespace, trigger)
+    path: Path = yaml_kubeconfig(cluster, await token_of(kube, namespace, bridge_name(trigger)))
+    return path
+
+
+async def let_read_trigger(kube: KubeClient, namespace: str, account: str, trigger: str) -> None:
+    """Lets ``account`` do what the bridge of ``trigger`` does with the API server (read it, write its status and
+    checkpoint), but not invoke its Function: the bridge of one Trigger aimed at another Trigger's Function."""
+    name = f"{account}-runs-{trigger}"
+    await kube.create(
+        resource_path(RBAC, "roles", namespace=namespace),
+        {
+            "metadata": {"name": name},
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": ["triggers"],
+                    "resourceNames": [trigger],
+                    "verbs": ["get"],
+                },
+                {
+                    "apiGroups": [GROUP],
+                    "resources": ["triggers/status"],
+                    "resourceNames": [trigger],
+                    "verbs": ["get", "patch"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [checkpoint_name(trigger)],
+                    "verbs": ["get", "patch", "update"],
+                },
+            ],
+        },
+    )
+    await kube.create(
+        resource_path(RBAC, "rolebindings", namespace=namespace),
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    )
+
+
+def disabled_trigger(name: str, function: str, **source: JSON) -> JSON:
+    """A Trigger the operator makes the bridge objects of (ServiceAccount, Role, checkpoint) but runs no pod for:
+    the test runs the bridge itself, as a process."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Trigger",
+        "metadata": {"name": name},
+        "spec": {"function": function, "enabled": False, **source},
+    }
+
+
+@pytest.fixture(scope="module")
+async def redis_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RedisServer]:
+    async with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+async def test_a_queue_bridge_delivers_only_to_the_function_it_was_granted(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Any,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """A Redis queue Trigger's bridge, as its ServiceAccount, delivers to its Function. The same bridge identity
+    aimed at a Function it was not granted is refused (AccessDenied): the gateway's refusal is a platform error to
+    the bridge, which holds the message (no delivery attempt used, nothing dead-lettered) and delivers it once
+    the grant exists."""
+    _, gateway, url = platform
+    for fn in ("sink", "other"):
+        doc = python_function(fn, RECORDER, environment={"RECORDS_URL": records.url(f"{namespace}-{fn}")})
+        await deploy(cluster, gateway, namespace, doc)
+    redis = aioredis.from_url(redis_server.url)
+    try:
+        for name, fn in (("jobs", "sink"), ("stray", "other")):
+            cluster.apply(
+                disabled_trigger(
+                    name,
+                    fn,
+                    queue={
+                        "redis": {"url": redis_server.url, "key": name},
+                        "batchSize": 10,
+                        "maxBatchingWindowSeconds": 0,
+                    },
+                ),
+                namespace,
+            )
+        config = await bridge_kubeconfig(cluster, kube, namespace, "jobs")
+        await bridge_role(kube, namespace, "stray")
+        await let_read_trigger(kube, namespace, bridge_name("jobs"), "stray")
+
+        with BridgeProcess(cluster, namespace, "jobs", gateway_url=url, log_dir=tmp_path, kubeconfig=config):
+            await redis.xadd("jobs", {"body": b"to-sink"})
+            (got,) = await records.wait(f"{namespace}-sink", 1, timeout=120)
+            assert [r["body"] for r in got["event"]["Records"]] == ["to-sink"]
+
+        denied = refusals("AccessDenied")
+        stray = BridgeProcess(
+            cluster,
+            namespace,
+            "stray",
+            gateway_url=url,
+            log_dir=tmp_path,
+            kubeconfig=config,
+            KUBELAMBDA_BRIDGE_QUEUE_BACKOFF_MAX_SECONDS="1",
+        )
+        with stray:
+            await redis.xadd("stray", {"body": b"to-other"})
+            await wait_for(
+                lambda: asyncio.sleep(0, result=stray.log()),
+                lambda text: "gateway answered 403" in text,
+                what="the stray bridge refused",
+                timeout=120,
+            )
+            assert refusals("AccessDenied") > denied
+            # Held, not lost: delivered to this bridge and not acknowledged, nothing dead-lettered.
+            (group,) = await redis.xinfo_groups("stray")
+            assert group["pending"] == 1
+            assert await redis.xlen("stray:dlq") == 0
+            assert records.of(f"{namespace}-other") == []
+
+            await bind_invoker(kube, namespace, "jobs-bridge-invokes-other", namespace, bridge_name("jobs"))
+            (got,) = await records.wait(f"{namespace}-other", 1, timeout=120)
+            (record,) = got["event"]["Records"]
+            assert record["body"] == "to-other"
+            assert record["attributes"]["ApproximateReceiveCount"] == "1"
+            await wait_for(
+                lambda: redis.xinfo_groups("stray"),
+                lambda groups: groups[0]["pending"] == 0,
+                what="the message acknowledged",
+            )
+    finally:
+        await redis.aclose()
+
+
+async def test_a_bucket_bridge_delivers_only_to_the_function_it_was_granted(
+    platform: tuple[RunningOperator, Gateway, str],
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    records: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """A polling bucket Trigger's bridge (SeaweedFS), as its ServiceAccount, delivers each new object to its
+    Function (Event invocations, later run by the async worker as the platform). Aimed at a Function it was not
+    granted, its events are refused (AccessDenied) and retried with backoff, the checkpoint held back, until the
+    grant exists; then the object's event arrives."""
+    _, gateway, url = platform
+    for fn in ("sink", "other"):
+        doc = python_function(fn, RECORDER, environment={"RECORDS_URL": records.url(f"{namespace}-{fn}")})
+        await deploy(cluster, gateway, namespace, doc)
+    async with S3Server(tmp_path_factory.mktemp("seaweedfs")) as s3_server:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_server.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            config=Config(s3={"addressing_style": "path"}),
+        )
+        await asyncio.to_thread(s3.create_bucket, Bucket="uploads")
+        for name, fn in (("files", "sink"), ("stray", "other")):
+            bucket = {
+                "endpoint": s3_server.endpoint,
+                "bucket": "uploads",
+                "mode": "poll",
+                "pollIntervalSeconds": 1,
+                "filter": {"prefix": f"{name}/"},
+            }
+            cluster.apply(disabled_trigger(name, fn, bucket=bucket), namespace)
+        config = await bridge_kubeconfig(cluster, kube, namespace, "files")
+        await bridge_role(kube, namespace, "stray")
+        await let_read_trigger(kube, namespace, bridge_name("files"), "stray")
+
+        for name, fn in (("files", "sink"), ("stray", "other")):
+            bridge = BridgeProcess(
+                cluster, namespace, name, gateway_url=url, log_dir=tmp_path, kubeconfig=config
+            )
+            with bridge:
+                await wait_for(
+                    lambda n=name: checkpoint_written(kube, namespace, n),
+                    bool,
+                    what=f"{name}'s first listing",
+                )
+                await asyncio.to_thread(s3.put_object, Bucket="uploads", Key=f"{name}/a.txt", Body=b"a")
+                if name == "stray":
+                    await wait_for(
+                        lambda b=bridge: asyncio.sleep(0, result=b.log()),
+                        lambda text: (
+                            "Gateway refused an event of Trigger" in text
+                            and f"{bridge_name('files')} is not authorized to perform: lambda:InvokeFunction"
+                            in text
+                        ),
+                        what="the stray bridge refused",
+                        timeout=120,
+                    )
+                    assert records.of(f"{namespace}-other") == []
+                    await bind_invoker(
+                        kube, namespace, "files-bridge-invokes-other", namespace, bridge_name("files")
+                    )
+                (got,) = await records.wait(f"{namespace}-{fn}", 1, timeout=120)
+                (event,) = got["event"]["Records"]
+                assert event["s3"]["object"]["key"] == f"{name}/a.txt"
+                assert event["eventName"] == "ObjectCreated:Put"

@@ -27,7 +27,7 @@ import yaml
 from botocore.config import Config
 
 from kltest import Cluster, wait_for
-from kltest.bridge import BridgeProcess
+from kltest.bridge import BridgeProcess, checkpoint_written
 from kltest.drained import async_queue_drained
 from kltest.minio import ROOT_PASSWORD, ROOT_USER, MinioServer
 from kltest.platform import Env, python_function
@@ -140,13 +140,6 @@ def events_of(records: Records, key: str) -> list[JSON]:
 
 def object_key(record: JSON) -> str:
     return urllib.parse.unquote_plus(record["s3"]["object"]["key"])
-
-
-async def checkpoint_written(kube: KubeClient, namespace: str, name: str) -> JSON | None:
-    found = await kube.get_or_none(
-        resource_path("v1", "configmaps", namespace=namespace, name=f"{name}-checkpoint")
-    )
-    return found if found and (found.get("data") or {}).get("objects") else None
 
 
 @contextlib.asynccontextmanager

@@ -7,24 +7,38 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from kltest.cluster import Cluster
+from kubelambda.kube import KubeClient, resource_path
+from kubelambda.resources.bridge import checkpoint_name
+
+JSON = dict[str, Any]
 
 
 class BridgeProcess:
-    """``python -m kubelambda.bridge --trigger NS/NAME`` with the test cluster's admin kubeconfig.
+    """``python -m kubelambda.bridge --trigger NS/NAME`` with the test cluster's admin kubeconfig, or
+    ``kubeconfig`` (e.g. one holding the token of the bridge's ServiceAccount, as its pod authenticates).
 
     The operator normally runs the bridge as a pod under its own ServiceAccount; tests of a source's delivery
     semantics run it directly so they can SIGKILL it at a chosen moment.
     """
 
     def __init__(
-        self, cluster: Cluster, namespace: str, name: str, *, gateway_url: str, log_dir: Path, **env: str
+        self,
+        cluster: Cluster,
+        namespace: str,
+        name: str,
+        *,
+        gateway_url: str,
+        log_dir: Path,
+        kubeconfig: Path | None = None,
+        **env: str,
     ) -> None:
         self.args = [sys.executable, "-m", "kubelambda.bridge", "--trigger", f"{namespace}/{name}"]
         self.env = {
             **os.environ,
-            "KUBELAMBDA_BRIDGE_KUBECONFIG": str(cluster.kubeconfig),
+            "KUBELAMBDA_BRIDGE_KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
             "KUBELAMBDA_BRIDGE_GATEWAY_URL": gateway_url,
             "KUBELAMBDA_BRIDGE_PORT": "0",
             "KUBELAMBDA_BRIDGE_STATUS_INTERVAL_SECONDS": "1",
@@ -70,3 +84,12 @@ class BridgeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def checkpoint_written(kube: KubeClient, namespace: str, name: str) -> JSON | None:
+    """The checkpoint ConfigMap of a bucket Trigger once its bridge has saved a listing (its first one included),
+    else None."""
+    found = await kube.get_or_none(
+        resource_path("v1", "configmaps", namespace=namespace, name=checkpoint_name(name))
+    )
+    return found if found and (found.get("data") or {}).get("objects") else None
