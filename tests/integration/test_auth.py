@@ -812,6 +812,10 @@ async def test_a_bucket_bridge_delivers_only_to_the_function_it_was_granted(
                         timeout=120,
                     )
                     assert records.of(f"{namespace}-other") == []
+                    # The checkpoint stays before the refused object (the first listing's empty prefix).
+                    held = await checkpoint_written(kube, namespace, name)
+                    assert held is not None
+                    assert held["data"]["count"] == "0"
                     await bind_invoker(
                         kube, namespace, "files-bridge-invokes-other", namespace, bridge_name("files")
                     )
