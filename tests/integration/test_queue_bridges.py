@@ -676,11 +676,16 @@ def set_reserved(cluster: Cluster, namespace: str, name: str, reserved: int | No
 @pytest.mark.parametrize("run", BROKERS, indirect=True)
 async def test_a_throttled_function_uses_no_delivery_attempt(run: Run, records: Records) -> None:
     """Reserved concurrency 0 makes every invocation a 429: the bridge holds the batch (renewing the broker's
-    lease, visibility timeout 2 s) and backs off; once the limit is lifted every message arrives on its first
-    receive."""
+    lease) and backs off; once the limit is lifted every message arrives on its first receive.
+
+    The batch is held for longer than the visibility timeout, so only the renewals keep it from coming back. The
+    timeout (5 s) leaves room for the first 429 on a loaded machine: SQS (like Lambda's poller) renews nothing
+    while an invocation is under way, so a receive-to-429 round trip longer than the timeout would be a
+    redelivery the bridge never saw, not a failed renewal."""
+    visibility = 5
     set_reserved(run.cluster, run.namespace, "gated", 0)
     try:
-        await run.start("throttled", batch_size=10, window=0, visibility_seconds=2, function="gated")
+        await run.start("throttled", batch_size=10, window=0, visibility_seconds=visibility, function="gated")
         await run.queue.publish(run.name, [f"t-{i:02d}".encode() for i in range(20)])
         assert run.bridge is not None
         bridge = run.bridge
@@ -690,6 +695,8 @@ async def test_a_throttled_function_uses_no_delivery_attempt(run: Run, records: 
             what="the bridge holding throttled batches",
             timeout=60,
         )
+        # Held past the visibility timeout: the first receive count below then proves the renewals.
+        await asyncio.sleep(visibility * 1.5)
     finally:
         set_reserved(run.cluster, run.namespace, "gated", None)
     got = await wait_for(
