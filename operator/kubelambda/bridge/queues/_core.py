@@ -326,8 +326,7 @@ class QueueConsumer:
                     decision.reason,
                     delay,
                 )
-            await self.broker.hold(batch, seconds=delay + self.settings.visibility_timeout_seconds)
-            await asyncio.sleep(delay)
+            await self._hold_for(batch, delay)
         self._not_delivered = 0
         acked = [by_id[i] for i in decision.ack]
         failed = [by_id[i] for i in decision.retry]
@@ -345,6 +344,20 @@ class QueueConsumer:
                 decision.reason or "batch item failures",
             )
         metrics.BRIDGE_BATCHES.labels(decision.outcome.value).inc()
+
+    async def _hold_for(self, batch: list[Message], seconds: float) -> None:
+        """Keeps the batch ours for ``seconds`` (the back-off before invoking again). A broker whose lease has a
+        length of its own (NATS' ack wait, Redis' idle time) is renewed every ``lease_renew_seconds`` meanwhile:
+        one hold would lapse during a back-off longer than the lease, and the redelivery would cost the batch a
+        delivery attempt that the throttle, not the function, caused."""
+        every = self.broker.lease_renew_seconds
+        until = time.monotonic() + seconds
+        while True:
+            left = until - time.monotonic()
+            await self.broker.hold(batch, seconds=max(0.0, left) + self.settings.visibility_timeout_seconds)
+            if left <= 0:
+                return
+            await asyncio.sleep(left if every is None else min(every, left))
 
     async def _invoke_keeping_lease(self, batch: list[Message], payload: dict[str, object]) -> InvokeResult:
         every = self.broker.lease_renew_seconds
