@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from kubelambda.devcluster import DevState
+from kubelambda.kube import KubeClient, resource_path
 
 
 def pct(values: list[float], q: float) -> float:
@@ -111,3 +114,44 @@ async def wait(
                 return value
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{what}; last seen: {str(value)[:2000]}")
+
+
+async def create_namespace(
+    kube: KubeClient, name: str, timeout: float = 120, *, tolerate_errors: bool = False
+) -> None:
+    """Creates the namespace ``name`` and waits for its default ServiceAccount (a Function's pods need it)."""
+    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": name}})
+    await wait(
+        lambda: kube.get_or_none(resource_path("v1", "serviceaccounts", namespace=name, name="default")),
+        lambda sa: sa is not None,
+        f"the default ServiceAccount of namespace {name}",
+        timeout,
+        tolerate_errors=tolerate_errors,
+    )
+
+
+async def post_load(
+    http: aiohttp.ClientSession,
+    url: str,
+    requests: int,
+    connections: int,
+    *,
+    body: bytes = b'{"x": 1}',
+    headers: Sequence[Mapping[str, str]] = ({},),
+) -> tuple[float, list[float]]:
+    """``requests`` POSTs of ``body`` to ``url`` over ``connections`` concurrent workers, request i with
+    ``headers[i % len(headers)]``; returns (requests per second, latencies in ms). Every answer must be a 200."""
+    latencies: list[float] = []
+    work = iter(range(requests))
+
+    async def worker() -> None:
+        for i in work:
+            started = time.perf_counter()
+            async with http.post(url, data=body, headers=headers[i % len(headers)]) as resp:
+                await resp.read()
+                assert resp.status == 200, (resp.status, await resp.text())
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return requests / (time.perf_counter() - started), latencies

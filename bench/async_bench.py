@@ -37,7 +37,7 @@ import aiohttp
 import nats
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from _common import pct, start_cluster, stop_cluster, wait
+from _common import create_namespace, pct, start_cluster, stop_cluster, wait
 from kubelambda.asyncworker.queue import ENQUEUED_AT, EVENT_PREFIX, EventQueue, QueuedEvent
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._ports import free_port
@@ -362,14 +362,7 @@ async def main() -> None:
                 KubeClient.from_kubeconfig(state.kubeconfig) as kube,
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
             ):
-                await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
-                await wait(
-                    lambda: kube.get_or_none(
-                        resource_path("v1", "serviceaccounts", namespace=NS, name="default")
-                    ),
-                    lambda sa: sa is not None,
-                    "default ServiceAccount",
-                )
+                await create_namespace(kube, NS)
                 fn = {
                     "apiVersion": "kubelambda.io/v1alpha1",
                     "kind": "Function",

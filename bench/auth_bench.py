@@ -34,7 +34,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from _common import developer_headers, pct, start_cluster, stop_cluster, wait
+from _common import create_namespace, developer_headers, pct, post_load, start_cluster, stop_cluster, wait
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._process import free_port
 from kubelambda.gateway.auth import sigv4
@@ -70,25 +70,6 @@ def presigned(url: str, key: tuple[str, str], count: int) -> list[dict[str, str]
         SigV4Auth(Credentials(*key), "lambda", "us-east-1").add_auth(request)
         signed.append({k: str(v) for k, v in request.headers.items()})
     return signed
-
-
-async def load(
-    http: aiohttp.ClientSession, url: str, headers: list[dict[str, str]], requests: int, connections: int
-) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    work = iter(range(requests))
-
-    async def worker() -> None:
-        for i in work:
-            started = time.perf_counter()
-            async with http.post(url, data=BODY, headers=headers[i % len(headers)]) as resp:
-                await resp.read()
-                assert resp.status == 200, (resp.status, await resp.text())
-            latencies.append((time.perf_counter() - started) * 1000)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    return requests / (time.perf_counter() - started), latencies
 
 
 async def misses(kube: KubeClient, token: str, n: int) -> None:
@@ -175,14 +156,7 @@ async def main() -> None:
                 KubeClient.from_kubeconfig(state.kubeconfig) as kube,
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
             ):
-                await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
-                await wait(
-                    lambda: kube.get_or_none(
-                        resource_path("v1", "serviceaccounts", namespace=NS, name="default")
-                    ),
-                    lambda sa: sa is not None,
-                    "default ServiceAccount",
-                )
+                await create_namespace(kube, NS)
                 await kube.create(
                     resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS),
                     {
@@ -225,11 +199,15 @@ async def main() -> None:
                     "bearer": (auth_url, [bearer]),
                 }
                 for url, headers in cases.values():  # warm up every path (and the decision caches)
-                    await load(http, url, headers, 300, args.connections)
+                    await post_load(http, url, 300, args.connections, body=BODY, headers=headers)
                 rows: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in cases}
                 for _ in range(args.rounds):  # interleaved: the machine's noise hits every case alike
                     for name, (url, headers) in cases.items():
-                        rows[name].append(await load(http, url, headers, args.requests, args.connections))
+                        rows[name].append(
+                            await post_load(
+                                http, url, args.requests, args.connections, body=BODY, headers=headers
+                            )
+                        )
                 print(
                     f"== warm invocations, {args.connections} connections, {args.rounds} x {args.requests} "
                     "requests per case, same instance, gateways alike but for auth mode"

@@ -43,7 +43,7 @@ import boto3
 from aiohttp import web
 from botocore.config import Config
 
-from _common import developer_headers, pct, start_cluster, wait
+from _common import create_namespace, developer_headers, pct, start_cluster, wait
 from kubelambda.devcluster import DevState
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._ports import free_port
@@ -239,14 +239,7 @@ async def run(args: argparse.Namespace, state: DevState, tmp: Path) -> None:
             KubeClient.from_kubeconfig(state.kubeconfig) as kube,
             aiohttp.ClientSession(headers=headers) as http,
         ):
-            await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
-            await wait(
-                lambda: kube.get_or_none(
-                    resource_path("v1", "serviceaccounts", namespace=NS, name="default")
-                ),
-                lambda sa: sa is not None,
-                "default ServiceAccount",
-            )
+            await create_namespace(kube, NS)
             await kube.create(
                 resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS),
                 {

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from _common import developer_headers, pct, start_cluster, wait
+from _common import create_namespace, developer_headers, pct, post_load, start_cluster, wait
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.kube import KubeClient, resource_path
 
@@ -177,36 +177,17 @@ async def cold_starts(kube: KubeClient, http: aiohttp.ClientSession, gateway: st
     print("  target: first response p50 <= 1000 ms")
 
 
-async def load(
-    http: aiohttp.ClientSession, url: str, requests: int, connections: int
-) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    queue = iter(range(requests))
-
-    async def worker() -> None:
-        for _ in queue:
-            started = time.perf_counter()
-            async with http.post(url, data=b'{"x": 1}') as resp:
-                await resp.read()
-                assert resp.status == 200, resp.status
-            latencies.append((time.perf_counter() - started) * 1000)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    return requests / (time.perf_counter() - started), latencies
-
-
 async def warm(
     http: aiohttp.ClientSession, gateway: str, endpoint: str, requests: int, connections: int
 ) -> None:
     via_gateway = f"{gateway}/2015-03-31/functions/{NS}/warm/invocations"
     direct = f"http://{endpoint}/invoke"
-    await load(http, via_gateway, 200, connections)  # warm both paths up
-    await load(http, direct, 200, connections)
+    await post_load(http, via_gateway, 200, connections)  # warm both paths up
+    await post_load(http, direct, 200, connections)
     rows: dict[str, list[tuple[float, list[float]]]] = {"gateway": [], "direct": []}
     for _ in range(3):  # interleaved rounds: the machine's noise hits both alike
-        rows["gateway"].append(await load(http, via_gateway, requests, connections))
-        rows["direct"].append(await load(http, direct, requests, connections))
+        rows["gateway"].append(await post_load(http, via_gateway, requests, connections))
+        rows["direct"].append(await post_load(http, direct, requests, connections))
     print(
         f"\n== 2. warm invocations, {connections} connections, 3 x {requests} requests each (perInstance {connections})"
     )
@@ -240,14 +221,7 @@ async def main() -> None:
                 KubeClient.from_kubeconfig(state.kubeconfig) as kube,
                 aiohttp.ClientSession(headers=headers) as http,
             ):
-                await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
-                await wait(
-                    lambda: kube.get_or_none(
-                        resource_path("v1", "serviceaccounts", namespace=NS, name="default")
-                    ),
-                    lambda sa: sa is not None,
-                    "default ServiceAccount",
-                )
+                await create_namespace(kube, NS)
                 path = resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS)
                 await kube.create(
                     path, fn("cold", {"minInstances": 0, "scaleToZeroAfterSeconds": 0, "warmPool": False})

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from _common import start_cluster, wait
+from _common import create_namespace, start_cluster, wait
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import NatsServer, RedisServer
 from kubelambda.devcluster.streamservers import KafkaServer, KinesisServer
@@ -351,16 +351,7 @@ async def main() -> None:
                     KubeClient.from_kubeconfig(state.kubeconfig) as kube,
                     aiohttp.ClientSession() as http,
                 ):
-                    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
-                    await wait(
-                        lambda: kube.get_or_none(
-                            resource_path("v1", "serviceaccounts", namespace=NS, name="default")
-                        ),
-                        lambda sa: sa is not None,
-                        "the default ServiceAccount",
-                        180,
-                        tolerate_errors=True,
-                    )
+                    await create_namespace(kube, NS, 180, tolerate_errors=True)
                     fn = {
                         "apiVersion": GROUP_VERSION,
                         "kind": "Function",

@@ -32,7 +32,7 @@ from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.kube import KubeClient, resource_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import developer_headers, pct, start_cluster, wait
+from _common import create_namespace, developer_headers, pct, start_cluster, wait
 
 NS = "bench"
 SYSTEM_NS = "kubelambda-system"
@@ -189,14 +189,7 @@ async def main() -> None:
                 KubeClient.from_kubeconfig(state.kubeconfig) as kube,
                 aiohttp.ClientSession(headers=headers) as http,
             ):
-                await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
-                await wait(
-                    lambda: kube.get_or_none(
-                        resource_path("v1", "serviceaccounts", namespace=NS, name="default")
-                    ),
-                    lambda sa: sa is not None,
-                    "default ServiceAccount",
-                )
+                await create_namespace(kube, NS)
                 path = resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS)
                 for runtime in runtimes:
                     rt = short(runtime)
