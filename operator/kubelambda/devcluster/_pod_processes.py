@@ -150,14 +150,21 @@ class PodProcesses(PodVolumes, PodProbes):
         self.mark()
         await self._wait_stopping(delay)
 
+    async def _launch_retrying(self, c: ContainerState, failures: int) -> int | None:
+        """Launches ``c``, retrying a failed launch after a delay that grows with the failures: once it runs,
+        ``failures`` plus the failed launches; None if the pod stops first."""
+        while not self.stopping.is_set():
+            if await self._launch(c):
+                return failures
+            failures += 1
+            await self._wait_stopping(self._retry_delay(failures))
+        return None
+
     async def _run_to_completion(self, c: ContainerState) -> bool:
         """An init container: True once it exits 0; False if the pod fails or stops."""
         failures = 0
-        while not self.stopping.is_set():
-            if not await self._launch(c):
-                failures += 1
-                await self._wait_stopping(self._retry_delay(failures))
-                continue
+        while (counted := await self._launch_retrying(c, failures)) is not None:
+            failures = counted
             code = await self._wait_exit(c)
             if code == 0:
                 c.done.set()
@@ -173,11 +180,8 @@ class PodProcesses(PodVolumes, PodProbes):
 
     async def _container_loop(self, c: ContainerState) -> None:
         failures = 0
-        while not self.stopping.is_set():
-            if not await self._launch(c):
-                failures += 1
-                await self._wait_stopping(self._retry_delay(failures))
-                continue
+        while (counted := await self._launch_retrying(c, failures)) is not None:
+            failures = counted
             launched = time.monotonic()
             c.probe_tasks = self._start_probes(c)
             code = await self._wait_exit(c)
