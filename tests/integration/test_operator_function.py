@@ -76,6 +76,27 @@ async def apply_fn(cluster: Cluster, ns: str, doc: JSON) -> None:
     cluster.apply(doc, ns)
 
 
+async def ready_for(
+    kube: KubeClient, ns: str, name: str, reason: str, *, what: str, timeout: float = 30
+) -> JSON:
+    """Waits until Function ``ns/name``'s Ready condition gives ``reason``; returns its status."""
+    status: JSON = await wait_for(
+        lambda: status_of(kube, ns, name),
+        lambda s: (ready(s) or {}).get("reason") == reason,
+        what=what,
+        timeout=timeout,
+    )
+    return status
+
+
+async def apply_one_instance(cluster: Cluster, ns: str, runtime: str) -> str:
+    """Applies ``runtime``'s example Function with one instance kept up; returns its name."""
+    doc = example(runtime)
+    doc["spec"]["scaling"] = {"minInstances": 1}
+    await apply_fn(cluster, ns, doc)
+    return str(doc["metadata"]["name"])
+
+
 @pytest.mark.parametrize(
     "runtime",
     ["python3.11", "python3.12", "python3.13", "nodejs20", "nodejs22", "java21", "go", "ruby3.3", "provided"],
@@ -127,15 +148,9 @@ async def test_each_example_creates_its_objects(
 async def test_python_function_runs_and_answers(
     operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
-    doc = example("python3.11")
-    doc["spec"]["scaling"] = {"minInstances": 1}
-    name = doc["metadata"]["name"]
-    await apply_fn(cluster, namespace, doc)
-    status = await wait_for(
-        lambda: status_of(kube, namespace, name),
-        lambda s: (ready(s) or {}).get("reason") == "InstancesReady",
-        what="the function's first instance ready",
-        timeout=120,
+    name = await apply_one_instance(cluster, namespace, "python3.11")
+    status = await ready_for(
+        kube, namespace, name, "InstancesReady", what="the function's first instance ready", timeout=120
     )
     assert status["instances"] == {"desired": 1, "ready": 1}
     pods = await kube.list(
@@ -163,13 +178,12 @@ async def test_a_runtime_this_node_cannot_run_makes_the_function_say_why(
         return False
 
     runtime = next(r for r in ("python3.13", "nodejs22", "ruby3.3", "python3.12") if lacking(r))
-    doc = example(runtime)
-    doc["spec"]["scaling"] = {"minInstances": 1}
-    name = doc["metadata"]["name"]
-    await apply_fn(cluster, namespace, doc)
-    status = await wait_for(
-        lambda: status_of(kube, namespace, name),
-        lambda s: (ready(s) or {}).get("reason") == "RuntimeUnavailable",
+    name = await apply_one_instance(cluster, namespace, runtime)
+    status = await ready_for(
+        kube,
+        namespace,
+        name,
+        "RuntimeUnavailable",
         what="Ready=False with the pod's RuntimeUnavailable reason",
         timeout=60,
     )
@@ -381,11 +395,7 @@ async def test_missing_execution_role_is_reported_until_it_exists(
     await kube.create(
         resource_path("v1", "serviceaccounts", namespace=namespace), {"metadata": {"name": "reader"}}
     )
-    await wait_for(
-        lambda: status_of(kube, namespace, name),
-        lambda s: (ready(s) or {}).get("reason") == "ScaledToZero",
-        what="Ready once the ServiceAccount exists",
-    )
+    await ready_for(kube, namespace, name, "ScaledToZero", what="Ready once the ServiceAccount exists")
     pod_spec = (await deployment_of(kube, namespace, name))["spec"]["template"]["spec"]
     assert pod_spec["serviceAccountName"] == "reader"
     assert pod_spec["automountServiceAccountToken"] is True
