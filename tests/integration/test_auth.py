@@ -35,6 +35,7 @@ from kltest.platform import (
     start_gateway,
     start_operator,
     stop_gateway,
+    token_of,
 )
 from kubelambda import metrics
 from kubelambda.api.v1alpha1 import GROUP, VERSION
@@ -99,18 +100,6 @@ async def service_account(kube: KubeClient, namespace: str, name: str) -> None:
     await kube.create(
         resource_path("v1", "serviceaccounts", namespace=namespace), {"metadata": {"name": name}}
     )
-
-
-async def token_of(kube: KubeClient, namespace: str, name: str) -> str:
-    answer = await kube.create(
-        resource_path("v1", "serviceaccounts", namespace=namespace, name=name, subresource="token"),
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600},
-        },
-    )
-    return str(answer["status"]["token"])
 
 
 async def create_key(cluster: Cluster, namespace: str, account: str) -> tuple[str, str]:

@@ -59,15 +59,20 @@ async def service_account_token(cluster: Cluster, kube: KubeClient, rbac_file: s
     if await kube.get_or_none(resource_path("v1", "namespaces", name=SYSTEM_NS)) is None:
         await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": SYSTEM_NS}})
     cluster.kubectl("apply", "-f", str(REPO / "hack" / rbac_file))
-    token = await kube.create(
-        resource_path("v1", "serviceaccounts", namespace=SYSTEM_NS, name=account, subresource="token"),
+    return await token_of(kube, SYSTEM_NS, account, seconds=7200)
+
+
+async def token_of(kube: KubeClient, namespace: str, name: str, *, seconds: int = 3600) -> str:
+    """A token of ServiceAccount ``namespace/name`` (TokenRequest), valid ``seconds``."""
+    answer = await kube.create(
+        resource_path("v1", "serviceaccounts", namespace=namespace, name=name, subresource="token"),
         {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 7200},
+            "spec": {"expirationSeconds": seconds},
         },
     )
-    return str(token["status"]["token"])
+    return str(answer["status"]["token"])
 
 
 class RunningOperator:
