@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kltest import Cluster, wait_for
+from kltest import Cluster, manifests, wait_for
 from kltest.platform import (
     RunningOperator,
     deploy,
@@ -48,23 +48,14 @@ def container_cgroup(cluster: Cluster, pod_uid: str, container: str, controller:
 
 
 def pod(name: str, script: str, *, limits: JSON, restart: str = "Never") -> JSON:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": restart,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "python",
-                    "command": ["python3", "-c", script],
-                    "resources": {"limits": limits},
-                }
-            ],
-        },
-    }
+    return manifests.pod(
+        name,
+        ["python3", "-c", script],
+        restart=restart,
+        image="python",
+        grace=1,
+        container={"resources": {"limits": limits}},
+    )
 
 
 async def get_pod(kube: KubeClient, ns: str, name: str) -> JSON:

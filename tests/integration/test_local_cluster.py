@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from kltest import Cluster, alive, wait_for
+from kltest.manifests import pod
 from kubelambda.kube import ApiError, KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -48,24 +49,6 @@ def deployment(name: str, *, replicas: int, image: str = "kubelambda.io/dev/http
                     ],
                 },
             },
-        },
-    }
-
-
-def pod(
-    name: str, command: list[str], *, restart: str = "Never", image: str = "busybox:1.36", **extra: Any
-) -> JSON:
-    container: JSON = {"name": "main", "image": image, "command": command}
-    container.update(extra.pop("container", {}))
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": restart,
-            "terminationGracePeriodSeconds": 5,
-            "containers": [container],
-            **extra,
         },
     }
 
