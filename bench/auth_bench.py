@@ -36,7 +36,7 @@ from botocore.credentials import Credentials
 
 from _common import create_namespace, developer_headers, pct, post_load, start_cluster, stop_cluster, wait
 from kubelambda.devcluster._binaries import ensure_binaries
-from kubelambda.devcluster._process import free_port
+from kubelambda.devcluster._ports import free_port
 from kubelambda.gateway.auth import sigv4
 from kubelambda.gateway.auth.reviews import AccessReviewer, Identity, TokenReviewer
 from kubelambda.kube import KubeClient, resource_path
@@ -193,7 +193,7 @@ async def main() -> None:
                 await wait(
                     lambda: answers(auth_url, bearer), lambda s: s == 200, "the auth gateway to answer"
                 )
-                cases = {
+                cases: dict[str, tuple[str, list[dict[str, str]]]] = {
                     "none": (none_url, [{}]),
                     "sigv4": (auth_url, sign_pool),
                     "bearer": (auth_url, [bearer]),
