@@ -304,6 +304,7 @@ async def test_an_access_key_works_until_it_is_revoked(
     assert time.monotonic() - revoked <= 10
 
 
+@pytest.mark.usefixtures("platform")  # the platform's namespace, where the key would be written
 async def test_a_key_only_for_a_service_account_one_may_act_as(
     cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
