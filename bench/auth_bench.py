@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 import aiohttp
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
+from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
+from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+from botocore.credentials import Credentials  # type: ignore[import-untyped]
 
 from _common import create_namespace, developer_headers, pct, post_load, start_cluster, stop_cluster, wait
 from kubelambda.devcluster._binaries import ensure_binaries
