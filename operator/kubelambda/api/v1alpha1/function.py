@@ -269,7 +269,7 @@ class FunctionSpec(Model):
     )
 
     runtime: Runtime
-    """Language runtime: python3.12, python3.13, nodejs20, nodejs22, java21, go, ruby3.3 or provided."""
+    """Language runtime: one of the runtimes in docs/runtimes.md (e.g. python3.11, nodejs20, java17, go, provided)."""
     handler: str = Field(min_length=1, max_length=128, pattern=r"^[^\s]+$")
     """Entry point, in the runtime's Lambda convention (``app.handler``, ``index.handler``, ``pkg.Class::method``)."""
     code: Code
