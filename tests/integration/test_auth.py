@@ -396,10 +396,12 @@ async def test_internal_headers_only_from_the_platform(
 
     forged = {"X-Kubelambda-Async-Request-Id": "forged-request-id"}
     status, _, body = await post("tenant", **forged)
-    assert status == 200
+    assert status == 200, body
     assert json.loads(body)["requestId"] != "forged-request-id"
     status, _, body = await post(f"{namespace}-worker", **forged)
-    assert status == 200
+    # Seen once (1 of 4 loaded full runs): 502 right after the tenant's 200, cause not found; the body names
+    # the error the gateway gave, so the next one says which.
+    assert status == 200, body
     assert json.loads(body)["requestId"] == "forged-request-id"
     await kube.delete(resource_path("v1", "serviceaccounts", namespace=SYSTEM_NS, name=f"{namespace}-worker"))
 
