@@ -353,11 +353,12 @@ class QueueConsumer:
         every = self.broker.lease_renew_seconds
         until = time.monotonic() + seconds
         while True:
-            left = until - time.monotonic()
-            await self.broker.hold(batch, seconds=max(0.0, left) + self.settings.visibility_timeout_seconds)
-            if left <= 0:
+            left = max(0.0, until - time.monotonic())
+            await self.broker.hold(batch, seconds=left + self.settings.visibility_timeout_seconds)
+            if every is None or left <= every:  # this hold lasts past the back-off
+                await asyncio.sleep(left)
                 return
-            await asyncio.sleep(left if every is None else min(every, left))
+            await asyncio.sleep(every)
 
     async def _invoke_keeping_lease(self, batch: list[Message], payload: dict[str, object]) -> InvokeResult:
         every = self.broker.lease_renew_seconds
