@@ -51,7 +51,10 @@ class PodProcesses(PodVolumes, PodProbes):
             self.mark()
             return False
         except (ConfigError, ApiError, aiohttp.ClientError, TimeoutError) as e:
-            c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+            # A missing Secret or ConfigMap, a bad reference: CreateContainerConfigError, which the Function's
+            # Ready reports (resources/status.py POD_REASONS). An API error is passing: still creating.
+            reason = "CreateContainerConfigError" if isinstance(e, ConfigError) else "ContainerCreating"
+            c.state = {"waiting": {"reason": reason, "message": str(e)}}
             self.ctx.record_event(self.pod, "Warning", "Failed", f"Error: {e}")
             self.mark()
             return False

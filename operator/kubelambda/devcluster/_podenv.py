@@ -128,7 +128,9 @@ class ObjectCache:
                     resource_path("v1", plural, namespace=self.namespace, name=name)
                 )
             except ApiError as e:
-                if e.status not in (403, 404):
+                # Only a 404 means "missing". A 403 is the Node authorizer refusing an object of a pod bound a
+                # moment ago (its graph has not caught up): passing, so it propagates and the caller retries.
+                if e.status != 404:
                     raise
                 self._cache[key] = None
         obj = self._cache[key]
