@@ -84,7 +84,7 @@ async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_r
     await env.deploy(function("cold"))
     assert await replicas(env.kube, env.namespace, "cold") == 0
     client = lambda_client(env.url)
-    before = env.gateway.activator.scale_ups
+    before = env.gateway.path.activator.scale_ups
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(20) as pool:  # the default executor has only a few threads on two cores
         results = await asyncio.gather(
@@ -96,7 +96,7 @@ async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_r
     assert [r["StatusCode"] for r in results] == [200] * 20
     assert sorted(r["body"]["echo"]["i"] for r in results) == list(range(20))
     assert all("FunctionError" not in r for r in results)
-    assert env.gateway.activator.scale_ups - before == 1
+    assert env.gateway.path.activator.scale_ups - before == 1
     headers = [r["ResponseMetadata"]["HTTPHeaders"] for r in results]
     assert any(h.get("x-kubelambda-cold-start") == "true" for h in headers)
     assert all(h.get("x-amz-executed-version") == "$LATEST" for h in headers)

@@ -60,8 +60,8 @@ async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[Platform
 
 
 def pool_of(gateway: Gateway) -> WarmPool:
-    assert gateway.warm_pool is not None, "the gateway started no warm pool"
-    return gateway.warm_pool
+    assert gateway.path.warm_pool is not None, "the gateway started no warm pool"
+    return gateway.path.warm_pool
 
 
 def free_pods(gateway: Gateway) -> list[str]:
@@ -212,7 +212,7 @@ async def test_a_function_that_opts_out_takes_the_normal_path(env: Env) -> None:
     await wait_free(env.gateway, POOL_SIZE, timeout=90)
     claims = metrics.WARM_POOL_CLAIMS.labels("python3.11")
     before = claims._value.get()
-    scale_ups = env.gateway.activator.scale_ups
+    scale_ups = env.gateway.path.activator.scale_ups
     await env.deploy(
         function("optout", scaling={"warmPool": False, "scaleToZeroAfterSeconds": 60}),
     )
@@ -220,7 +220,7 @@ async def test_a_function_that_opts_out_takes_the_normal_path(env: Env) -> None:
     assert body["function"] == "optout"
     assert "x-kubelambda-warm-pool" not in headers
     assert headers["x-kubelambda-cold-start"] == "true"
-    assert env.gateway.activator.scale_ups == scale_ups + 1
+    assert env.gateway.path.activator.scale_ups == scale_ups + 1
     assert claims._value.get() == before, "a pool pod was claimed for a function that opted out"
 
 

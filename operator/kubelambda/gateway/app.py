@@ -1,7 +1,8 @@
 """The gateway's HTTP surface: the Lambda Invoke API, /healthz, /readyz and /metrics.
 
-One invocation: identity → decision (gateway/auth: who calls, and may they invoke this Function) → name →
-Function (cache) → checks (type, size, JSON, Ready) → throttler (exact in-flight) → an instance with a free slot
+One invocation at an entry point (the Invoke API, an HTTP route): identity → decision (gateway/auth: who calls,
+and may they invoke this Function) → name → Function (cache) → checks (type, size, JSON, Ready); then the invoke
+path every entry point shares (gateway/invoke_path.py): throttler (exact in-flight) → an instance with a free slot
 (or the activator, from zero) → the agent → the response, unchanged.
 """
 
@@ -14,8 +15,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import partial
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -36,25 +35,20 @@ from kubelambda.gateway.auth import (
     Identity,
     destination_refusal,
 )
-from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
 from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
-from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
+from kubelambda.gateway.invoke_path import InvokePath, Unavailable
+from kubelambda.gateway.proxy import Invocation
 from kubelambda.gateway.registry import FunctionEntry, Registry, RegistryLookups
 from kubelambda.gateway.routes import Match, RouteTable
-from kubelambda.gateway.throttler import Throttled, Throttler
-from kubelambda.kube import ApiError, KubeClient
-
-if TYPE_CHECKING:
-    from kubelambda.gateway.scaler import Autoscaler
-    from kubelambda.gateway.warmpool import WarmPool
+from kubelambda.gateway.throttler import Throttled
+from kubelambda.kube import KubeClient
 
 logger = logging.getLogger(__name__)
 
 INVOKE_PATH = "/2015-03-31/functions/{name:.+}/invocations"
 COLD_START_HEADER = "X-Kubelambda-Cold-Start"
-WARM_POOL_HEADER = "X-Kubelambda-Warm-Pool"  # the pool pod that answered (docs/warm-pools.md)
 ASYNC_REQUEST_ID_HEADER = "X-Kubelambda-Async-Request-Id"
 IDEMPOTENCY_KEY_HEADER = "X-Kubelambda-Idempotency-Key"
 """An Event invocation's caller-chosen key (a bridge's tick or object version): the request id is derived from
@@ -68,22 +62,15 @@ class Gateway(RegistryLookups):
     kube: KubeClient
     registry: Registry = field(default_factory=Registry)
     routes: RouteTable = field(default_factory=RouteTable)  # HTTP Triggers (``/api/<namespace>/<path>``)
-    throttler: Throttler = field(init=False)
-    balancer: Balancer = field(default_factory=Balancer)
-    activator: Activator = field(init=False)
+    path: InvokePath = field(init=False)  # throttler → instance → agent, for every entry point
     auth: Authoriser = field(init=False)
     session: aiohttp.ClientSession | None = None
-    autoscaler: Autoscaler | None = None
     queue: EventQueue | None = None  # Event invocations, when NATS is configured
-    warm_pool: WarmPool | None = None  # when KUBELAMBDA_GATEWAY_WARM_POOL_SIZES names a pool
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _function_metrics: dict[tuple[str, str], _FunctionMetrics] = field(default_factory=dict)
-    _cold_waiting: dict[tuple[str, str], int] = field(default_factory=dict)  # per function, in the activator
 
     def __post_init__(self) -> None:
-        self.throttler = Throttler(pool_limit=self.settings.pool_limit)
-        self.activator = Activator(self.kube)
+        self.path = InvokePath(self.settings, self.registry, Activator(self.kube), self.http)
         self.auth = Authoriser(self.settings, self.kube)
 
     def http(self) -> aiohttp.ClientSession:
@@ -218,7 +205,7 @@ class Gateway(RegistryLookups):
             log_tail=False,
         )
         try:
-            result, _ = await self._invoke(fn, invocation, time.monotonic())
+            result, _ = await self.path.run(fn, invocation, time.monotonic())
         except Throttled:
             return Outcome.THROTTLED, None
         except Unavailable as e:
@@ -230,12 +217,6 @@ class Gateway(RegistryLookups):
         if result.status != 200:
             return Outcome.SYSTEM_ERROR, None
         return Outcome.SUCCESS, Response(result.status, None, result.body)
-
-    def _metrics(self, fn: FunctionEntry) -> _FunctionMetrics:
-        found = self._function_metrics.get(fn.key)
-        if found is None:
-            found = self._function_metrics[fn.key] = _FunctionMetrics(fn.namespace, fn.name)
-        return found
 
     async def _run(
         self,
@@ -259,7 +240,7 @@ class Gateway(RegistryLookups):
         if async_request_id and self.auth.is_platform(caller):
             invocation = dataclasses.replace(invocation, request_id=async_request_id[:64])
         try:
-            result, cold = await self._invoke(fn, invocation, started)
+            result, cold = await self.path.run(fn, invocation, started)
         except Throttled as e:
             return error_response("TooManyRequestsException", e.message, reason=e.reason)
         except Unavailable as e:
@@ -267,156 +248,6 @@ class Gateway(RegistryLookups):
         headers = {**result.headers, COLD_START_HEADER: "true" if cold else "false"}
         headers.setdefault("X-Amz-Executed-Version", "$LATEST")
         return web.Response(status=result.status, body=result.body, headers=headers)
-
-    async def _invoke(self, fn: FunctionEntry, invocation: Invocation, started: float) -> tuple[Result, bool]:
-        """The sync path shared by the Invoke API and the async worker: throttler (exact in-flight), then
-        :meth:`_route`. Raises :class:`Throttled` or :class:`Unavailable`; counts the outcome either way."""
-        m = self._metrics(fn)
-        try:
-            with self.throttler.admit(f"{fn.namespace}/{fn.name}", reserved=fn.spec.concurrency.reserved):
-                m.concurrent.inc()
-                try:
-                    result, cold = await self._route(fn, invocation)
-                finally:
-                    m.concurrent.dec()
-                    # An invocation shorter than the sampling interval is never seen in flight by the
-                    # sampler: without this a function whose requests are all short looked idle forever
-                    # ("idle for inf s") and was scaled to zero right under them.
-                    if self.autoscaler is not None:
-                        self.autoscaler.note_active(fn.key, time.monotonic())
-        except Throttled as e:
-            metrics.GATEWAY_THROTTLES.labels(fn.namespace, fn.name, e.reason).inc()
-            m.outcomes["throttled"].inc()
-            raise
-        except Unavailable:
-            m.outcomes["error"].inc()
-            raise
-        m.outcomes[result.outcome].inc()
-        m.duration.observe(time.monotonic() - started)
-        return result, cold
-
-    async def _route(self, fn: FunctionEntry, invocation: Invocation) -> tuple[Result, bool]:
-        s = self.settings
-        spec = fn.spec
-        labels = (fn.namespace, fn.name)
-        cold = False
-        tried: set[str] = set()
-        give_up = time.monotonic() + spec.timeout_seconds + s.cold_start_allowance_seconds
-        while True:
-            endpoints_of = partial(self.registry.ready_endpoints, fn.key)
-            per_instance = spec.concurrency.per_instance
-            if not self.registry.ready_endpoints(fn.key):
-                warm = await self._warm(fn)
-                if warm is None:
-                    cold = True
-                    await self._wait_cold(fn, until=give_up)
-                else:
-                    # Served by specialised pool pods (one worker each) until the function's own are ready.
-                    cold = cold or warm
-                    endpoints_of = partial(self._own_or_pool_endpoints, fn)
-                    per_instance = 1
-            wait = min(s.slot_wait_seconds, max(give_up - time.monotonic(), 0))
-            endpoint = await self.balancer.acquire(
-                endpoints_of,
-                per_instance,
-                timeout=wait,
-                avoid=frozenset(tried),
-            )
-            if endpoint is None:
-                if tried and not endpoints_of():
-                    continue  # the instances we tried went away: back to the cold path
-                raise Unavailable(
-                    "TooManyRequestsException",
-                    f"Rate Exceeded. Every instance of {fn.namespace}/{fn.name} was busy for {wait:.1f} s",
-                    reason="ConcurrentInvocationLimitExceeded",
-                )
-            logger.debug("Forwarding %s to %s", invocation.request_id, endpoint)
-            try:
-                # The deadline starts when an instance takes the invocation, as Lambda's timeout does.
-                deadline = time.time() + spec.timeout_seconds
-                result = await forward(self.http(), endpoint, invocation, deadline=deadline)
-                pod = self.warm_pool.pod_at(endpoint) if self.warm_pool is not None else None
-                if pod is not None:
-                    result.headers[WARM_POOL_HEADER] = pod
-                return result, cold
-            except TryElsewhere as e:
-                logger.info("Retrying %s/%s elsewhere: %s", *labels, e)
-                tried.add(endpoint)
-                if self.warm_pool is not None:
-                    self.warm_pool.discard(endpoint)
-            except aiohttp.ClientError as e:
-                raise Unavailable(
-                    "ServiceException", f"Instance {endpoint} failed mid-invocation: {e}"
-                ) from e
-            finally:
-                self.balancer.release(endpoint)
-                if self.warm_pool is not None:
-                    self.warm_pool.flush(endpoint)
-
-    def _own_or_pool_endpoints(self, fn: FunctionEntry) -> list[str]:
-        own = self.registry.ready_endpoints(fn.key)
-        if own or self.warm_pool is None:
-            return own
-        return self.warm_pool.endpoints(fn)
-
-    async def _warm(self, fn: FunctionEntry) -> bool | None:
-        """The warm-pool path of a function without a ready instance of its own (docs/warm-pools.md):
-        None = not served from the pool (the normal cold path follows); False = a pod specialised earlier
-        has a free slot; True = this request specialised a pool pod (a cold start, without a new pod)."""
-        pool = self.warm_pool
-        if pool is None:
-            return None
-        existing = pool.endpoints(fn)
-        if (existing or pool.eligible(fn)) and self.autoscaler is not None:
-            self.autoscaler.note_active(fn.key, time.monotonic())
-        if existing and any(self.balancer.load.get(e, 0) == 0 for e in existing):
-            return False
-        if not pool.eligible(fn):
-            return None
-        started = time.monotonic()
-        endpoint = await pool.claim(fn, self.http())
-        if endpoint is None:
-            return False if existing else None
-        metrics.GATEWAY_COLD_STARTS.labels(fn.namespace, fn.name).inc()
-        metrics.GATEWAY_COLD_START_SECONDS.labels(fn.namespace, fn.name).observe(time.monotonic() - started)
-        # The regular scale-up, off the request's path: the function's own instance takes over when ready.
-        pool.defer(endpoint, lambda: self.activator.activate(fn))
-        return True
-
-    async def _wait_cold(self, fn: FunctionEntry, *, until: float) -> None:
-        labels = (fn.namespace, fn.name)
-        waiting = self._cold_waiting.get(fn.key, 0)
-        if waiting >= self.settings.activator_queue:
-            raise Unavailable(
-                "TooManyRequestsException",
-                f"Rate Exceeded. {waiting} requests already wait for a first instance of {fn.namespace}/{fn.name}",
-                reason="ConcurrentInvocationLimitExceeded",
-            )
-        self._cold_waiting[fn.key] = waiting + 1
-        metrics.GATEWAY_COLD_STARTS.labels(*labels).inc()
-        gauge = metrics.GATEWAY_ACTIVATOR_WAITING.labels(*labels)
-        gauge.inc()
-        started = time.monotonic()
-        try:
-            try:
-                await self.activator.activate(fn)
-            except ApiError as e:
-                raise Unavailable(
-                    "ServiceException", f"Could not scale {fn.namespace}/{fn.name} up: {e}"
-                ) from e
-            endpoints = await self.registry.wait_for_endpoints(
-                fn.key, timeout=max(until - time.monotonic(), 0)
-            )
-            if not endpoints:
-                raise Unavailable(
-                    "ServiceException",
-                    f"No instance of {fn.namespace}/{fn.name} became ready within "
-                    f"{fn.spec.timeout_seconds} s + {self.settings.cold_start_allowance_seconds:.0f} s",
-                )
-        finally:
-            self._cold_waiting[fn.key] -= 1
-            gauge.dec()
-            metrics.GATEWAY_COLD_START_SECONDS.labels(*labels).observe(time.monotonic() - started)
 
     # ---- HTTP routes (API Gateway HTTP API, payload 2.0) ----------------------------------------------
 
@@ -543,7 +374,7 @@ class Gateway(RegistryLookups):
 
         s = self.settings
         self.auth.announce()
-        self.autoscaler = Autoscaler(
+        autoscaler = self.path.autoscaler = Autoscaler(
             self, interval=s.autoscale_interval_seconds, sample=s.sample_interval_seconds
         )
         if s.nats_url is not None:
@@ -557,7 +388,7 @@ class Gateway(RegistryLookups):
         await site.start()
         self._tasks = [
             asyncio.create_task(self.registry.run(self.kube), name="gateway watches"),
-            asyncio.create_task(self.autoscaler.run(), name="autoscaler"),
+            asyncio.create_task(autoscaler.run(), name="autoscaler"),
         ]
         if self.auth.enabled:
             self._tasks.append(asyncio.create_task(self.auth.keys.run(self.kube), name="access keys"))
@@ -566,8 +397,8 @@ class Gateway(RegistryLookups):
         if any(n > 0 for n in s.warm_pool_sizes.values()):
             from kubelambda.gateway.warmpool import WarmPool
 
-            self.warm_pool = WarmPool(s, self.kube, self.registry, self.balancer)
-            self._tasks.append(asyncio.create_task(self.warm_pool.run(), name="warm pools"))
+            pool = self.path.warm_pool = WarmPool(s, self.kube, self.registry, self.path.balancer)
+            self._tasks.append(asyncio.create_task(pool.run(), name="warm pools"))
         if self.queue is not None and s.async_worker:
             from kubelambda.asyncworker.worker import Worker, WorkerSettings
 
@@ -624,26 +455,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
         if size > limit:
             return None
         chunks.append(chunk)
-
-
-class _FunctionMetrics:
-    """One function's metric children, looked up once (``labels()`` costs a lock and a dict per call)."""
-
-    def __init__(self, namespace: str, name: str) -> None:
-        self.concurrent = metrics.GATEWAY_CONCURRENT.labels(namespace, name)
-        self.duration = metrics.GATEWAY_INVOCATION_SECONDS.labels(namespace, name)
-        self.outcomes = {
-            o: metrics.GATEWAY_INVOCATIONS.labels(namespace, name, o)
-            for o in ("success", "function_error", "timeout", "throttled", "error")
-        }
-
-
-class Unavailable(Exception):
-    def __init__(self, code: str, message: str, *, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
 
 
 async def serve(settings: GatewaySettings, kube: KubeClient) -> None:

@@ -61,7 +61,7 @@ class Autoscaler:
         self.tracks.setdefault(key, _Track()).last_active = now
 
     def _sample(self, now: float) -> None:
-        in_flight = self.gateway.throttler.in_flight
+        in_flight = self.gateway.path.throttler.in_flight
         for key in self.gateway.registry.functions:
             track = self.tracks.setdefault(key, _Track())
             value = in_flight.get(f"{key[0]}/{key[1]}", 0)
@@ -86,11 +86,11 @@ class Autoscaler:
                 continue
             policy = policy_of(fn)
             ready = len(self.gateway.registry.ready_endpoints(key))
-            pool = self.gateway.warm_pool
+            pool = self.gateway.path.warm_pool
             # Specialised warm-pool pods serve the function until its own instances are ready: they count as
             # serving instances, so the function is not scaled back to zero under them (docs/warm-pools.md).
             serving = ready + (len(pool.endpoints(fn)) if pool is not None else 0)
-            in_flight = self.gateway.throttler.in_flight.get(f"{key[0]}/{key[1]}", 0)
+            in_flight = self.gateway.path.throttler.in_flight.get(f"{key[0]}/{key[1]}", 0)
             if in_flight:
                 track.last_active = now
             stats = Stats(

@@ -1,0 +1,229 @@
+"""The gateway's invoke path, shared by every entry point (the Invoke API, HTTP routes, the async worker).
+
+An entry point identifies the caller, decides, and resolves the Function (gateway/app.py); then this path runs the
+invocation: throttler (exact in-flight per function and for the pool) → an instance with a free slot (the function's
+own, a warm-pool pod, or the activator from zero) → the agent (gateway/proxy.py) → the result, unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from kubelambda import metrics
+from kubelambda.gateway.activator import Activator
+from kubelambda.gateway.balancer import Balancer
+from kubelambda.gateway.config import GatewaySettings
+from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
+from kubelambda.gateway.registry import FunctionEntry, Registry
+from kubelambda.gateway.throttler import Throttled, Throttler
+from kubelambda.kube import ApiError
+
+if TYPE_CHECKING:
+    from kubelambda.gateway.scaler import Autoscaler
+    from kubelambda.gateway.warmpool import WarmPool
+
+logger = logging.getLogger(__name__)
+
+WARM_POOL_HEADER = "X-Kubelambda-Warm-Pool"  # the pool pod that answered (docs/warm-pools.md)
+
+
+class Unavailable(Exception):
+    """No instance could take the invocation: Lambda's error ``code`` (and ``reason`` for a 429)."""
+
+    def __init__(self, code: str, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+
+
+class FunctionMetrics:
+    """One function's metric children, looked up once (``labels()`` costs a lock and a dict per call)."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        self.concurrent = metrics.GATEWAY_CONCURRENT.labels(namespace, name)
+        self.duration = metrics.GATEWAY_INVOCATION_SECONDS.labels(namespace, name)
+        self.outcomes = {
+            o: metrics.GATEWAY_INVOCATIONS.labels(namespace, name, o)
+            for o in ("success", "function_error", "timeout", "throttled", "error")
+        }
+
+
+@dataclass
+class InvokePath:
+    settings: GatewaySettings
+    registry: Registry
+    activator: Activator
+    http: Callable[[], aiohttp.ClientSession]  # the gateway's pooled session to the agents
+    throttler: Throttler = field(init=False)
+    balancer: Balancer = field(default_factory=Balancer)
+    autoscaler: Autoscaler | None = None  # set by the gateway when it starts
+    warm_pool: WarmPool | None = None  # when KUBELAMBDA_GATEWAY_WARM_POOL_SIZES names a pool
+    _function_metrics: dict[tuple[str, str], FunctionMetrics] = field(default_factory=dict)
+    _cold_waiting: dict[tuple[str, str], int] = field(default_factory=dict)  # per function, in the activator
+
+    def __post_init__(self) -> None:
+        self.throttler = Throttler(pool_limit=self.settings.pool_limit)
+
+    def metrics_of(self, fn: FunctionEntry) -> FunctionMetrics:
+        found = self._function_metrics.get(fn.key)
+        if found is None:
+            found = self._function_metrics[fn.key] = FunctionMetrics(fn.namespace, fn.name)
+        return found
+
+    async def run(self, fn: FunctionEntry, invocation: Invocation, started: float) -> tuple[Result, bool]:
+        """One invocation: throttler (exact in-flight), then :meth:`_route`. Raises :class:`Throttled` or
+        :class:`Unavailable`; counts the outcome either way. ``started``: when the entry point took the call."""
+        m = self.metrics_of(fn)
+        try:
+            with self.throttler.admit(f"{fn.namespace}/{fn.name}", reserved=fn.spec.concurrency.reserved):
+                m.concurrent.inc()
+                try:
+                    result, cold = await self._route(fn, invocation)
+                finally:
+                    m.concurrent.dec()
+                    # An invocation shorter than the sampling interval is never seen in flight by the
+                    # sampler: without this a function whose requests are all short looked idle forever
+                    # ("idle for inf s") and was scaled to zero right under them.
+                    if self.autoscaler is not None:
+                        self.autoscaler.note_active(fn.key, time.monotonic())
+        except Throttled as e:
+            metrics.GATEWAY_THROTTLES.labels(fn.namespace, fn.name, e.reason).inc()
+            m.outcomes["throttled"].inc()
+            raise
+        except Unavailable:
+            m.outcomes["error"].inc()
+            raise
+        m.outcomes[result.outcome].inc()
+        m.duration.observe(time.monotonic() - started)
+        return result, cold
+
+    async def _route(self, fn: FunctionEntry, invocation: Invocation) -> tuple[Result, bool]:
+        s = self.settings
+        spec = fn.spec
+        labels = (fn.namespace, fn.name)
+        cold = False
+        tried: set[str] = set()
+        give_up = time.monotonic() + spec.timeout_seconds + s.cold_start_allowance_seconds
+        while True:
+            endpoints_of = partial(self.registry.ready_endpoints, fn.key)
+            per_instance = spec.concurrency.per_instance
+            if not self.registry.ready_endpoints(fn.key):
+                warm = await self._warm(fn)
+                if warm is None:
+                    cold = True
+                    await self._wait_cold(fn, until=give_up)
+                else:
+                    # Served by specialised pool pods (one worker each) until the function's own are ready.
+                    cold = cold or warm
+                    endpoints_of = partial(self._own_or_pool_endpoints, fn)
+                    per_instance = 1
+            wait = min(s.slot_wait_seconds, max(give_up - time.monotonic(), 0))
+            endpoint = await self.balancer.acquire(
+                endpoints_of,
+                per_instance,
+                timeout=wait,
+                avoid=frozenset(tried),
+            )
+            if endpoint is None:
+                if tried and not endpoints_of():
+                    continue  # the instances we tried went away: back to the cold path
+                raise Unavailable(
+                    "TooManyRequestsException",
+                    f"Rate Exceeded. Every instance of {fn.namespace}/{fn.name} was busy for {wait:.1f} s",
+                    reason="ConcurrentInvocationLimitExceeded",
+                )
+            logger.debug("Forwarding %s to %s", invocation.request_id, endpoint)
+            try:
+                # The deadline starts when an instance takes the invocation, as Lambda's timeout does.
+                deadline = time.time() + spec.timeout_seconds
+                result = await forward(self.http(), endpoint, invocation, deadline=deadline)
+                pod = self.warm_pool.pod_at(endpoint) if self.warm_pool is not None else None
+                if pod is not None:
+                    result.headers[WARM_POOL_HEADER] = pod
+                return result, cold
+            except TryElsewhere as e:
+                logger.info("Retrying %s/%s elsewhere: %s", *labels, e)
+                tried.add(endpoint)
+                if self.warm_pool is not None:
+                    self.warm_pool.discard(endpoint)
+            except aiohttp.ClientError as e:
+                raise Unavailable(
+                    "ServiceException", f"Instance {endpoint} failed mid-invocation: {e}"
+                ) from e
+            finally:
+                self.balancer.release(endpoint)
+                if self.warm_pool is not None:
+                    self.warm_pool.flush(endpoint)
+
+    def _own_or_pool_endpoints(self, fn: FunctionEntry) -> list[str]:
+        own = self.registry.ready_endpoints(fn.key)
+        if own or self.warm_pool is None:
+            return own
+        return self.warm_pool.endpoints(fn)
+
+    async def _warm(self, fn: FunctionEntry) -> bool | None:
+        """The warm-pool path of a function without a ready instance of its own (docs/warm-pools.md):
+        None = not served from the pool (the normal cold path follows); False = a pod specialised earlier
+        has a free slot; True = this request specialised a pool pod (a cold start, without a new pod)."""
+        pool = self.warm_pool
+        if pool is None:
+            return None
+        existing = pool.endpoints(fn)
+        if (existing or pool.eligible(fn)) and self.autoscaler is not None:
+            self.autoscaler.note_active(fn.key, time.monotonic())
+        if existing and any(self.balancer.load.get(e, 0) == 0 for e in existing):
+            return False
+        if not pool.eligible(fn):
+            return None
+        started = time.monotonic()
+        endpoint = await pool.claim(fn, self.http())
+        if endpoint is None:
+            return False if existing else None
+        metrics.GATEWAY_COLD_STARTS.labels(fn.namespace, fn.name).inc()
+        metrics.GATEWAY_COLD_START_SECONDS.labels(fn.namespace, fn.name).observe(time.monotonic() - started)
+        # The regular scale-up, off the request's path: the function's own instance takes over when ready.
+        pool.defer(endpoint, lambda: self.activator.activate(fn))
+        return True
+
+    async def _wait_cold(self, fn: FunctionEntry, *, until: float) -> None:
+        labels = (fn.namespace, fn.name)
+        waiting = self._cold_waiting.get(fn.key, 0)
+        if waiting >= self.settings.activator_queue:
+            raise Unavailable(
+                "TooManyRequestsException",
+                f"Rate Exceeded. {waiting} requests already wait for a first instance of {fn.namespace}/{fn.name}",
+                reason="ConcurrentInvocationLimitExceeded",
+            )
+        self._cold_waiting[fn.key] = waiting + 1
+        metrics.GATEWAY_COLD_STARTS.labels(*labels).inc()
+        gauge = metrics.GATEWAY_ACTIVATOR_WAITING.labels(*labels)
+        gauge.inc()
+        started = time.monotonic()
+        try:
+            try:
+                await self.activator.activate(fn)
+            except ApiError as e:
+                raise Unavailable(
+                    "ServiceException", f"Could not scale {fn.namespace}/{fn.name} up: {e}"
+                ) from e
+            endpoints = await self.registry.wait_for_endpoints(
+                fn.key, timeout=max(until - time.monotonic(), 0)
+            )
+            if not endpoints:
+                raise Unavailable(
+                    "ServiceException",
+                    f"No instance of {fn.namespace}/{fn.name} became ready within "
+                    f"{fn.spec.timeout_seconds} s + {self.settings.cold_start_allowance_seconds:.0f} s",
+                )
+        finally:
+            self._cold_waiting[fn.key] -= 1
+            gauge.dec()
+            metrics.GATEWAY_COLD_START_SECONDS.labels(*labels).observe(time.monotonic() - started)
