@@ -90,12 +90,20 @@ build_helm() {
     "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
-# One build at a time per cache (a test run and `dev up` may start together).
-mkdir -p "$cache"
-exec 9>"$cache/.build.lock"
-flock 9
-
 want=${1:-all}
+# One build at a time per cache (a test run and `dev up` may start together). When everything asked for is
+# cached there is nothing to build: no lock, so a lookup never waits behind another build (a make -n did, 60 s).
+complete=true
+for name in kube etcd helm; do
+  dir_var=${name}_bin
+  if [[ $want == all || $want == "$name" ]] && [[ ! -f ${!dir_var}/.complete ]]; then complete=false; fi
+done
+if ! $complete; then
+  mkdir -p "$cache"
+  exec 9>"$cache/.build.lock"
+  flock 9
+fi
+
 if [[ $want == all || $want == kube ]]; then
   [[ -f $kube_bin/.complete ]] && log "kube $KUBE_VERSION cached in $kube_bin" || build_kube
 fi
