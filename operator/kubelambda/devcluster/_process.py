@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -45,9 +46,12 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     cgroup_procs: Sequence[Path] = (),
+    user: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Starts ``argv`` in a new process group with stdout and stderr appended to ``log``; with
-    ``cgroup_procs``, the child joins those cgroups (writes its pid into each ``cgroup.procs``) before exec."""
+    ``cgroup_procs``, the child joins those cgroups (writes its pid into each ``cgroup.procs``) before exec;
+    with ``user`` (the caller being root), it runs as that user and its group (for servers that refuse to run
+    as root). The user is changed before the parent-death signal is set, which a change of user clears."""
     out: IO[bytes]
     if isinstance(log, Path):
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,9 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
             preexec_fn=_die_with_parent if not cgroup_procs else partial(_prepare_child, list(cgroup_procs)),
+            user=user,
+            group=None if user is None else pwd.getpwnam(user).pw_gid,
+            extra_groups=None if user is None else [],
         )
     finally:
         if isinstance(log, Path):

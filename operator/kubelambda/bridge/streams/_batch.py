@@ -67,6 +67,8 @@ class SourceInfo:
     event_source_arn: str
     invoke_identity_arn: str
     region: str
+    batch_info_key: str = "KinesisBatchInfo"
+    """The key of the on-failure record's batch information (``DDBStreamBatchInfo`` for change streams)."""
 
 
 @dataclass(frozen=True)
@@ -305,9 +307,10 @@ def failure_record(
     stream_arn: str,
     info: FailureInfo,
     timestamp: str,
+    batch_info_key: str = "KinesisBatchInfo",
 ) -> JSON:
-    """Lambda's on-failure record for stream sources: invocation metadata and ``KinesisBatchInfo`` naming
-    the discarded records (the records themselves stay in the stream, as with Lambda)."""
+    """Lambda's on-failure record for stream sources: invocation metadata and ``KinesisBatchInfo`` (or
+    ``DDBStreamBatchInfo``) naming the discarded records (the records themselves stay in the stream, as with Lambda)."""
     first, last = records[0], records[-1]
     return {
         "requestContext": {
@@ -323,7 +326,7 @@ def failure_record(
         },
         "version": "1.0",
         "timestamp": timestamp,
-        "KinesisBatchInfo": {
+        batch_info_key: {
             "shardId": first.shard,
             "startSequenceNumber": first.sequence,
             "endSequenceNumber": last.sequence,

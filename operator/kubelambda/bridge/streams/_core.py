@@ -406,7 +406,7 @@ class ShardWorker:
                 piece = Piece(piece.records[expired:], piece.attempts, piece.throttles, piece.first_failure)
             batch = piece.records
             metrics.BRIDGE_BATCH_SIZE.observe(len(batch))
-            answer = await self.ctx.invoker.invoke(dumps(event(batch, self.bridge.client.info)))
+            answer = await self.ctx.invoker.invoke(self.bridge.encode(batch))
             result = classify(
                 status=answer.status,
                 function_error=answer.function_error,
@@ -465,6 +465,7 @@ class ShardWorker:
             stream_arn=self.bridge.client.info.event_source_arn,
             info=info,
             timestamp=utcnow_millis(),
+            batch_info_key=self.bridge.client.info.batch_info_key,
         )
         key = hashlib.sha256(
             f"{self.ctx.namespace}/{self.ctx.name}/{records[0].shard}/{records[0].sequence}/{records[-1].sequence}".encode()
@@ -501,6 +502,10 @@ class StreamBridge:
 
     def client_for(self, ctx: BridgeContext) -> StreamClient:
         raise NotImplementedError
+
+    def encode(self, batch: Sequence[StreamRecord]) -> bytes:
+        """The event of one batch, as the function receives it (Kinesis's shape unless a source says otherwise)."""
+        return dumps(event(batch, self.client.info))
 
     def nats_publish(self) -> Any:
         """A publisher on the source's own NATS connection (NATS sources), used when no platform URL is set."""

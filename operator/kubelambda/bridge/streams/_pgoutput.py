@@ -1,0 +1,406 @@
+"""Pure parts of the PostgreSQL change stream: ``pgoutput`` messages and DynamoDB Streams records.
+
+``pgoutput`` (protocol version 1, text values) is PostgreSQL's own logical decoding output, documented in
+"Logical Replication Message Formats". Nothing here talks to a server: :class:`Decoder` turns the payload of
+each replication message into events, :class:`Shaper` turns the row changes of a committed transaction into
+DynamoDB Streams records (``eventName`` INSERT / MODIFY / REMOVE, ``dynamodb.Keys``, ``NewImage``,
+``OldImage`` as typed attribute values).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubelambda.jsonobj import JSON
+
+PG_EPOCH = 946684800.0
+"""2000-01-01T00:00:00Z in Unix seconds: PostgreSQL's timestamps count microseconds from there."""
+
+UNCHANGED_TOAST = object()
+"""A column value pgoutput leaves out: a TOASTed value an UPDATE did not change (without REPLICA IDENTITY FULL
+the server does not send it)."""
+
+BOOL = 16
+BYTEA = 17
+NUMBERS = {20, 21, 23, 26, 700, 701, 1700}  # int8 int2 int4 oid float4 float8 numeric
+JSONS = {114, 3802}  # json jsonb
+ARRAYS: dict[int, int] = {
+    1000: BOOL,  # _bool
+    1005: 21,  # _int2
+    1007: 23,  # _int4
+    1016: 20,  # _int8
+    1021: 700,  # _float4
+    1022: 701,  # _float8
+    1231: 1700,  # _numeric
+    1009: 25,  # _text
+    1015: 1043,  # _varchar
+    1014: 1042,  # _bpchar
+    2951: 2950,  # _uuid
+    199: 114,  # _json
+    3807: 3802,  # _jsonb
+}
+
+
+class DecodeError(ValueError):
+    """A replication message this decoder does not understand."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_oid: int
+    key: bool
+
+
+@dataclass(frozen=True)
+class Relation:
+    oid: int
+    schema: str
+    name: str
+    replica_identity: str
+    """``d`` default (primary key), ``f`` full, ``i`` an index, ``n`` nothing."""
+    columns: tuple[Column, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+Tuple = list[Any]
+"""Column values in the relation's order: ``str`` (text format), ``None`` (NULL) or :data:`UNCHANGED_TOAST`."""
+
+
+@dataclass(frozen=True)
+class Begin:
+    final_lsn: int
+    """The LSN of the transaction's commit record."""
+    timestamp: float
+    xid: int
+
+
+@dataclass(frozen=True)
+class Commit:
+    commit_lsn: int
+    end_lsn: int
+    """Where the transaction ends: confirming this LSN tells the server the transaction is done."""
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    """``INSERT``, ``MODIFY`` or ``REMOVE``."""
+    relation: Relation
+    new: Tuple | None
+    old: Tuple | None
+    old_is_full: bool
+    """The old tuple has every column (REPLICA IDENTITY FULL), not only the key."""
+
+
+@dataclass(frozen=True)
+class Truncate:
+    relations: tuple[Relation, ...]
+
+
+Event = Begin | Commit | Change | Truncate | Relation | None
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.at = 0
+
+    def take(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        if self.at + size > len(self.data):
+            raise DecodeError("message too short")
+        (value,) = struct.unpack_from(fmt, self.data, self.at)
+        self.at += size
+        return value
+
+    def string(self) -> str:
+        end = self.data.find(b"\0", self.at)
+        if end < 0:
+            raise DecodeError("unterminated string")
+        text = self.data[self.at : end].decode("utf-8", errors="replace")
+        self.at = end + 1
+        return text
+
+    def tuple(self) -> Tuple:
+        n = self.take("!h")
+        values: Tuple = []
+        for _ in range(n):
+            kind = self.take("!c")
+            if kind == b"n":
+                values.append(None)
+            elif kind == b"u":
+                values.append(UNCHANGED_TOAST)
+            elif kind == b"t":
+                size = self.take("!i")
+                values.append(self.data[self.at : self.at + size].decode("utf-8", errors="replace"))
+                self.at += size
+            else:
+                raise DecodeError(f"unknown tuple column kind {kind!r}")
+        return values
+
+
+def pg_time(micros: int) -> float:
+    return PG_EPOCH + micros / 1e6
+
+
+@dataclass
+class Decoder:
+    """Decodes pgoutput messages; remembers the Relation messages the server sends before a table's first change."""
+
+    relations: dict[int, Relation] = field(default_factory=dict)
+
+    def feed(self, payload: bytes) -> Event:
+        r = _Reader(payload)
+        tag = r.take("!c")
+        if tag == b"B":
+            final_lsn, ts, xid = r.take("!Q"), r.take("!q"), r.take("!I")
+            return Begin(final_lsn, pg_time(ts), xid)
+        if tag == b"C":
+            r.take("!b")
+            commit_lsn, end_lsn, ts = r.take("!Q"), r.take("!Q"), r.take("!q")
+            return Commit(commit_lsn, end_lsn, pg_time(ts))
+        if tag == b"R":
+            oid = r.take("!I")
+            schema, name = r.string() or "pg_catalog", r.string()
+            identity = r.take("!c").decode()
+            columns = []
+            for _ in range(r.take("!h")):
+                flags = r.take("!b")
+                col = r.string()
+                type_oid = r.take("!I")
+                r.take("!i")  # type modifier
+                columns.append(Column(col, type_oid, bool(flags & 1)))
+            rel = Relation(oid, schema, name, identity, tuple(columns))
+            self.relations[oid] = rel
+            return rel
+        if tag in (b"I", b"U", b"D"):
+            rel = self._relation(r.take("!I"))
+            old: Tuple | None = None
+            full = False
+            marker = r.take("!c")
+            if tag == b"I":
+                if marker != b"N":
+                    raise DecodeError(f"insert without new tuple ({marker!r})")
+                return Change("INSERT", rel, r.tuple(), None, False)
+            if marker in (b"K", b"O"):
+                old = r.tuple()
+                full = marker == b"O"
+                if tag == b"U":
+                    marker = r.take("!c")
+            if tag == b"D":
+                return Change("REMOVE", rel, None, old, full)
+            if marker != b"N":
+                raise DecodeError(f"update without new tuple ({marker!r})")
+            return Change("MODIFY", rel, r.tuple(), old, full)
+        if tag == b"T":
+            n = r.take("!i")
+            r.take("!b")
+            return Truncate(tuple(self._relation(r.take("!I")) for _ in range(n)))
+        # Type, Origin, logical Message: nothing a change stream delivers.
+        return None
+
+    def _relation(self, oid: int) -> Relation:
+        rel = self.relations.get(oid)
+        if rel is None:
+            raise DecodeError(f"change of relation {oid} before its Relation message")
+        return rel
+
+
+class _Num(str):
+    """A JSON number kept as its text (DynamoDB ``N`` values are strings)."""
+
+
+def _json_attr(value: Any) -> JSON:
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, _Num):
+        return {"N": str(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, list):
+        return {"L": [_json_attr(v) for v in value]}
+    return {"M": {str(k): _json_attr(v) for k, v in value.items()}}
+
+
+def _number(text: str) -> JSON:
+    # DynamoDB numbers are finite: NaN and ±Infinity (float, numeric) are delivered as strings.
+    if text in ("NaN", "Infinity", "-Infinity"):
+        return {"S": text}
+    return {"N": text}
+
+
+def parse_array(text: str) -> list[str | None] | None:
+    """A one-dimensional array literal (``{a,"b c",NULL}``) as its elements; None for anything else
+    (several dimensions, explicit bounds)."""
+    if not (text.startswith("{") and text.endswith("}")) or text.startswith("{{"):
+        return None
+    body = text[1:-1]
+    if not body:
+        return []
+    out: list[str | None] = []
+    i = 0
+    while i <= len(body):
+        if i < len(body) and body[i] == '"':
+            i += 1
+            chars: list[str] = []
+            while i < len(body) and body[i] != '"':
+                if body[i] == "\\" and i + 1 < len(body):
+                    i += 1
+                chars.append(body[i])
+                i += 1
+            out.append("".join(chars))
+            i += 1  # closing quote
+        else:
+            end = body.find(",", i)
+            end = len(body) if end < 0 else end
+            raw = body[i:end]
+            out.append(None if raw == "NULL" else raw)
+            i = end
+        if i < len(body) and body[i] != ",":
+            return None
+        i += 1
+    return out
+
+
+def attribute(type_oid: int, text: str | None) -> JSON:
+    """One column's text value as a DynamoDB attribute value."""
+    if text is None:
+        return {"NULL": True}
+    if type_oid == BOOL:
+        return {"BOOL": text == "t"}
+    if type_oid in NUMBERS:
+        return _number(text)
+    if type_oid == BYTEA and text.startswith("\\x"):
+        return {"B": base64.b64encode(bytes.fromhex(text[2:])).decode("ascii")}
+    if type_oid in JSONS:
+        try:
+            return _json_attr(json.loads(text, parse_float=_Num, parse_int=_Num))
+        except ValueError:
+            return {"S": text}
+    element = ARRAYS.get(type_oid)
+    if element is not None:
+        items = parse_array(text)
+        if items is not None:
+            return {"L": [attribute(element, item) for item in items]}
+    return {"S": text}
+
+
+@dataclass(frozen=True)
+class Table:
+    """What the bridge learned about a table at start: its primary key columns, in key order."""
+
+    qualified: str
+    key: tuple[str, ...]
+
+
+def sequence_number(commit_lsn: int, index: int) -> str:
+    """28 digits, increasing in commit order: the commit's LSN, then the change's place in its transaction."""
+    return f"{commit_lsn:020d}{index:08d}"
+
+
+@dataclass
+class Shaper:
+    """Turns row changes into DynamoDB Streams records (the ``Records[]`` elements of the Lambda event)."""
+
+    tables: dict[str, Table]
+    view_type: str
+    region: str
+    namespace: str
+    slot: str
+    warned_toast: set[str] = field(default_factory=set)
+
+    def arn(self, table: str) -> str:
+        return f"arn:kubelambda:postgres:{self.region}:{self.namespace}:table/{table}/stream/{self.slot}"
+
+    def record(self, change: Change, *, sequence: str, timestamp: float) -> tuple[str, JSON]:
+        """``(partition key, record)`` of one change; the partition key is the table and its key values."""
+        rel = change.relation
+        table = self.tables.get(rel.qualified)
+        if table is None:
+            raise DecodeError(f"a change of table {rel.qualified}, which this Trigger does not stream")
+        types = {c.name: c.type_oid for c in rel.columns}
+        new = self._image(rel, change.new) if change.new is not None else None
+        old = self._image(rel, change.old) if change.old is not None else None
+        if new is not None and old is not None and change.old_is_full:
+            # Unchanged TOASTed values are not in the new tuple; with REPLICA IDENTITY FULL the old one has them.
+            for name, value in list(new.items()):
+                if value is UNCHANGED_TOAST:
+                    new[name] = old.get(name)
+        keys_from = new if new is not None else old
+        assert keys_from is not None
+        keys: JSON = {}
+        for name in table.key:
+            value = keys_from.get(name)
+            keys[name] = attribute(types[name], value if isinstance(value, str) else None)
+        dynamodb: JSON = {
+            "ApproximateCreationDateTime": int(timestamp),
+            "Keys": keys,
+        }
+        if new is not None and self.view_type in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
+            dynamodb["NewImage"] = self._typed(rel.qualified, new, types)
+        if (
+            old is not None
+            and change.old_is_full
+            and self.view_type in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES")
+            and change.kind != "INSERT"
+        ):
+            dynamodb["OldImage"] = self._typed(rel.qualified, old, types)
+        dynamodb["SequenceNumber"] = sequence
+        dynamodb["SizeBytes"] = len(
+            json.dumps([dynamodb["Keys"], dynamodb.get("NewImage"), dynamodb.get("OldImage")]).encode()
+        )
+        dynamodb["StreamViewType"] = self.view_type
+        record: JSON = {
+            "eventID": hashlib.blake2b(f"{self.slot}:{sequence}".encode(), digest_size=16).hexdigest(),
+            "eventName": change.kind,
+            "eventVersion": "1.1",
+            "eventSource": "aws:dynamodb",
+            "awsRegion": self.region,
+            "dynamodb": dynamodb,
+            "eventSourceARN": self.arn(rel.qualified),
+        }
+        partition = rel.qualified + ":" + json.dumps(keys, sort_keys=True, separators=(",", ":"))
+        return partition, record
+
+    @staticmethod
+    def _image(rel: Relation, values: Sequence[Any]) -> dict[str, Any]:
+        return {col.name: value for col, value in zip(rel.columns, values, strict=False)}
+
+    def _typed(self, table: str, image: dict[str, Any], types: dict[str, int]) -> JSON:
+        out: JSON = {}
+        for name, value in image.items():
+            if value is UNCHANGED_TOAST:
+                self.warned_toast.add(table)
+                continue
+            out[name] = attribute(types[name], value)
+        return out
+
+
+__all__ = [
+    "UNCHANGED_TOAST",
+    "Begin",
+    "Change",
+    "Commit",
+    "DecodeError",
+    "Decoder",
+    "Relation",
+    "Shaper",
+    "Table",
+    "Truncate",
+    "attribute",
+    "parse_array",
+    "sequence_number",
+]

@@ -1,0 +1,412 @@
+"""PostgreSQL change streams: logical replication (``pgoutput``) delivered as DynamoDB Streams records.
+
+The self-hosted DynamoDB Streams. The bridge reads a logical replication slot through psycopg2's replication
+protocol support, decodes ``pgoutput`` (:mod:`._pgoutput`) and hands every row change of a committed
+transaction, in commit order, to the shared per-shard loop (:mod:`._core`): batching, retries, bisection,
+partial failures, maximum record age, on-failure destination and ``parallelizationFactor`` (lanes by table and
+primary key) all work as for the other stream sources. The slot is one shard, ``shardId-000000000000``.
+
+The checkpoint is the slot's confirmed LSN, sent to the server only for work that is done: when the last
+change of a transaction is done, its end LSN; a transaction that is only partly done is not confirmed (the
+server replays a transaction whole), so a restart replays it from its first change. At start the bridge checks
+``wal_level``, that each table exists and has a primary key (and ``REPLICA IDENTITY FULL`` when the records
+carry old images), then creates the publication and the slot when they do not exist (and says what they
+need when it may not); it never drops anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+from kubelambda.bridge._context import BridgeContext
+from kubelambda.bridge.streams._batch import SourceInfo, StreamRecord, dumps, shard_id
+from kubelambda.bridge.streams._core import CheckpointStore, StreamBridge, StreamClient, config_key
+from kubelambda.bridge.streams._pgoutput import (
+    Begin,
+    Change,
+    Commit,
+    Decoder,
+    Relation,
+    Shaper,
+    Table,
+    Truncate,
+    sequence_number,
+)
+
+log = logging.getLogger("kubelambda.bridge.streams.postgres")
+WAIT_SECONDS = 1.0
+MESSAGES_PER_TURN = 2000
+"""Replication messages decoded before giving the event loop a turn."""
+STATUS_INTERVAL_SECONDS = 10
+
+
+class ConfigurationError(RuntimeError):
+    """The database is not set up for this Trigger; the message says what to change."""
+
+
+def slot_name(namespace: str, trigger: str) -> str:
+    """The default slot (and publication) name: ``kubelambda_<namespace>_<trigger>``, at most 63 characters."""
+    raw = f"kubelambda_{namespace}_{trigger}".lower()
+    safe = "".join(c if c.isalnum() else "_" for c in raw)
+    if len(safe) <= 63:
+        return safe
+    return f"{safe[:50]}_{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+
+
+def split_table(name: str) -> tuple[str, str]:
+    schema, _, table = name.rpartition(".")
+    return schema or "public", table
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _Reader:
+    """Reads the slot: decodes messages, keeps each transaction until its commit, then hands out its changes."""
+
+    def __init__(self, client: _PostgresClient, shard: str) -> None:
+        self.client = client
+        self.shard = shard
+        self.decoder = Decoder()
+        self.ready: deque[StreamRecord] = deque()
+        self.txn: list[Change] = []
+        self.begin: Begin | None = None
+        self.last_end = 0
+        """End LSN of the last transaction that had records (what its last record confirms)."""
+        self.last_emitted: int | None = None
+        self.confirmed = 0
+        self.idle_end = 0
+        """End LSN of transactions without records after the last one with records: confirmed with it."""
+        self.emitted_commit = 0
+        """Commit LSN of the last transaction handed out: after a reconnect the server sends again what was
+        not confirmed, and what was handed out already is skipped."""
+
+    async def read(self, max_records: int) -> list[StreamRecord]:
+        try:
+            await self._fill()
+        except (psycopg2.Error, OSError):
+            # The connection is gone: reopen on the next read, from the slot's confirmed LSN.
+            self.txn, self.begin = [], None
+            await self.client.close()
+            raise
+        n = min(max_records, len(self.ready))
+        return [self.ready.popleft() for _ in range(n)]
+
+    async def _fill(self) -> None:
+        if self.client.cur is None:
+            await self.client.open_replication()
+        cur = self.client.cur
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_SECONDS
+        handled = 0
+        while not self.ready:
+            msg = cur.read_message()
+            if msg is None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await self._readable(remaining)
+                continue
+            self._handle(msg.payload)
+            handled += 1
+            if handled % MESSAGES_PER_TURN == 0:
+                await asyncio.sleep(0)
+
+    async def _readable(self, timeout: float) -> None:
+        conn = self.client.repl
+        assert conn is not None
+        loop = asyncio.get_running_loop()
+        fd = conn.fileno()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready, timeout)
+        finally:
+            loop.remove_reader(fd)
+
+    def _handle(self, payload: bytes) -> None:
+        event = self.decoder.feed(payload)
+        if isinstance(event, Begin):
+            self.begin = event
+            self.txn = []
+        elif isinstance(event, Change):
+            if self.client.wanted(event.relation):
+                self.txn.append(event)
+        elif isinstance(event, Commit):
+            self._commit_txn(event)
+        elif isinstance(event, Truncate):
+            names = ", ".join(r.qualified for r in event.relations)
+            log.warning("TRUNCATE of %s: a change stream has no record for it (rows removed unseen)", names)
+
+    def _commit_txn(self, commit: Commit) -> None:
+        begin = self.begin
+        changes, self.txn, self.begin = self.txn, [], None
+        if begin is not None and begin.final_lsn <= self.emitted_commit:
+            return  # sent again after a reconnect: handed out already
+        if not changes or begin is None:
+            self.idle_end = commit.end_lsn
+            if self.last_emitted is None or self.last_emitted == self.confirmed:
+                # Nothing of ours in flight: let the server forget this transaction's WAL now.
+                self._confirm(commit.end_lsn)
+            return
+        shaper = self.client.shaper
+        assert shaper is not None
+        previous = self.last_end
+        for i, change in enumerate(changes):
+            sequence = sequence_number(begin.final_lsn, i)
+            partition, record = shaper.record(change, sequence=sequence, timestamp=commit.timestamp)
+            last = i == len(changes) - 1
+            self.ready.append(
+                StreamRecord(
+                    shard=self.shard,
+                    sequence=sequence,
+                    partition_key=partition,
+                    data=dumps(record),
+                    arrival=commit.timestamp,
+                    # The LSN this record confirms once it is done: its transaction's end when it is the
+                    # last change of it, else the end of the transaction before (a partial one replays whole).
+                    position=commit.end_lsn if last else previous,
+                )
+            )
+        self.last_end = commit.end_lsn
+        self.last_emitted = commit.end_lsn
+        self.emitted_commit = begin.final_lsn
+        self.idle_end = 0
+
+    def _confirm(self, lsn: int) -> None:
+        cur = self.client.cur
+        if cur is None or lsn <= self.confirmed:
+            return
+        cur.send_feedback(flush_lsn=lsn, force=True)
+        self.confirmed = lsn
+
+    async def commit(self, record: StreamRecord) -> None:
+        lsn = int(record.position or 0)
+        if lsn and lsn == self.last_emitted and self.idle_end > lsn:
+            lsn = self.idle_end
+        self._confirm(lsn)
+        self.client.store.set(self.client.checkpoint_key, str(lsn))
+
+    def lag(self) -> int | None:
+        return None
+
+
+class _PostgresClient:
+    def __init__(self, ctx: BridgeContext, store: CheckpointStore) -> None:
+        stream = ctx.trigger.spec.stream
+        assert stream is not None
+        assert stream.postgres is not None
+        self.ctx = ctx
+        self.spec = stream.postgres
+        self.stream = stream
+        self.store = store
+        self.slot = self.spec.slot or slot_name(ctx.namespace, ctx.name)
+        self.publication = self.spec.publication or self.slot
+        self.checkpoint_key = config_key(f"postgres.{self.slot}")
+        self.tables = [".".join(split_table(t)) for t in self.spec.tables]
+        self.repl: Any = None
+        self.cur: Any = None
+        self.shaper: Shaper | None = None
+        self.kwargs: dict[str, str] = {}
+        self.info = SourceInfo(
+            event_source="aws:dynamodb",
+            event_source_arn=f"arn:kubelambda:postgres:{ctx.region}:{ctx.namespace}:slot/{self.slot}",
+            invoke_identity_arn=f"arn:aws:iam::{ctx.namespace}:role/{ctx.name}",
+            region=ctx.region,
+            batch_info_key="DDBStreamBatchInfo",
+        )
+
+    def wanted(self, relation: Relation) -> bool:
+        # A publication the user named may publish more tables than the Trigger streams.
+        return relation.qualified in self.tables
+
+    async def _connect_kwargs(self) -> dict[str, str]:
+        kwargs: dict[str, str] = {}
+        if self.spec.credentials_secret:
+            secret = await self.ctx.secrets.get(self.spec.credentials_secret)
+            if "password" in secret:
+                kwargs["password"] = secret["password"]
+            if "username" in secret:
+                kwargs["user"] = secret["username"]
+        return kwargs
+
+    async def start(self) -> None:
+        if self.stream.starting_position == "AT_TIMESTAMP":
+            raise ConfigurationError(
+                "stream.postgres: startingPosition AT_TIMESTAMP is not supported (a slot starts where it is created)"
+            )
+        kwargs = await self._connect_kwargs()
+        tables = await asyncio.to_thread(self._prepare, kwargs)
+        self.shaper = Shaper(
+            tables=tables,
+            view_type=self.spec.stream_view_type,
+            region=self.ctx.region,
+            namespace=self.ctx.namespace,
+            slot=self.slot,
+        )
+        self.kwargs = kwargs
+        await self.open_replication()
+
+    async def open_replication(self) -> None:
+        self.repl, self.cur = await asyncio.to_thread(self._start_replication, self.kwargs)
+
+    @staticmethod
+    def _options(kwargs: dict[str, str]) -> dict[str, Any]:
+        return {"connect_timeout": 10, "application_name": "kubelambda-bridge", **kwargs}
+
+    def _prepare(self, kwargs: dict[str, str]) -> dict[str, Table]:
+        """Checks the database and creates the publication and slot when missing (blocking; in a thread)."""
+        conn = psycopg2.connect(self.spec.url, **self._options(kwargs))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW wal_level")
+                (level,) = cur.fetchone() or ("",)
+                if level != "logical":
+                    raise ConfigurationError(
+                        f"wal_level is {level!r}: logical replication needs wal_level = logical "
+                        "(postgresql.conf, then restart the server)"
+                    )
+                tables = {name: self._table(cur, name) for name in self.tables}
+                self._publication(cur)
+                self._slot(cur)
+            return tables
+        finally:
+            conn.close()
+
+    def _table(self, cur: Any, name: str) -> Table:
+        schema, table = split_table(name)
+        cur.execute(
+            """
+            SELECT c.relreplident,
+                   ARRAY(SELECT a.attname::text
+                         FROM pg_index i
+                         JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON true
+                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                         WHERE i.indrelid = c.oid AND i.indisprimary
+                         ORDER BY k.n)
+            FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+            WHERE s.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+            """,
+            (schema, table),
+        )
+        row = cur.fetchone()
+        if row is None:
+            raise ConfigurationError(f"stream.postgres.tables: table {name} does not exist")
+        identity, key = row
+        if not key:
+            raise ConfigurationError(
+                f"stream.postgres.tables: table {name} has no primary key; its columns become dynamodb.Keys "
+                f"(ALTER TABLE {name} ADD PRIMARY KEY (...))"
+            )
+        if self.spec.stream_view_type in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES") and identity != "f":
+            raise ConfigurationError(
+                f"stream.postgres.streamViewType {self.spec.stream_view_type} needs the old rows: "
+                f"ALTER TABLE {name} REPLICA IDENTITY FULL (or use NEW_IMAGE or KEYS_ONLY)"
+            )
+        return Table(name, tuple(key))
+
+    def _publication(self, cur: Any) -> None:
+        cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,))
+        if cur.fetchone() is None:
+            listed = ", ".join(
+                f"{quote_ident(s)}.{quote_ident(t)}" for s, t in (split_table(n) for n in self.tables)
+            )
+            try:
+                cur.execute(f"CREATE PUBLICATION {quote_ident(self.publication)} FOR TABLE {listed}")
+            except psycopg2.Error as e:
+                raise ConfigurationError(
+                    f"could not create publication {self.publication} ({e.pgerror or e}): create it as the "
+                    f"tables' owner (CREATE PUBLICATION {self.publication} FOR TABLE {listed}) "
+                    "or name an existing one in stream.postgres.publication"
+                ) from e
+            log.info("Created publication %s for %s", self.publication, listed)
+            return
+        cur.execute(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
+            (self.publication,),
+        )
+        published = {r[0] for r in cur.fetchall()}
+        missing = [t for t in self.tables if t not in published]
+        if missing:
+            raise ConfigurationError(
+                f"publication {self.publication} does not publish {', '.join(missing)} "
+                f"(ALTER PUBLICATION {self.publication} ADD TABLE ...)"
+            )
+
+    def _slot(self, cur: Any) -> None:
+        cur.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (self.slot,))
+        row = cur.fetchone()
+        if row is not None:
+            if row[0] != "pgoutput":
+                raise ConfigurationError(f"replication slot {self.slot} uses plugin {row[0]}, not pgoutput")
+            return
+        try:
+            cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.slot,))
+        except psycopg2.Error as e:
+            raise ConfigurationError(
+                f"could not create replication slot {self.slot} ({e.pgerror or e}): the user needs the "
+                "REPLICATION attribute (ALTER ROLE ... REPLICATION), and the server free slots "
+                "(max_replication_slots)"
+            ) from e
+        log.info("Created replication slot %s", self.slot)
+
+    def _start_replication(self, kwargs: dict[str, str]) -> tuple[Any, Any]:
+        conn = psycopg2.connect(
+            self.spec.url,
+            connection_factory=psycopg2.extras.LogicalReplicationConnection,
+            **self._options(kwargs),
+        )
+        cur = conn.cursor()
+        cur.start_replication(
+            slot_name=self.slot,
+            decode=False,
+            status_interval=STATUS_INTERVAL_SECONDS,
+            options={"proto_version": "1", "publication_names": self.publication},
+        )
+        return conn, cur
+
+    async def shards(self) -> list[str]:
+        return [shard_id(0)]
+
+    async def reader(self, shard: str) -> _Reader:
+        return _Reader(self, shard)
+
+    async def close(self) -> None:
+        if self.repl is not None:
+            with contextlib.suppress(Exception):
+                self.repl.close()
+            self.repl = None
+            self.cur = None
+
+
+class PostgresStream(StreamBridge):
+    """``spec.stream.postgres``: a database's row changes, in commit order, as DynamoDB Streams records."""
+
+    def client_for(self, ctx: BridgeContext) -> StreamClient:
+        return _PostgresClient(ctx, self.store)
+
+    def encode(self, batch: Sequence[StreamRecord]) -> bytes:
+        # Each record's data is its finished JSON: the event is their list.
+        return b'{"Records":[' + b",".join(r.data for r in batch) + b"]}"
+
+
+BRIDGE = PostgresStream
+"""The source class of this kind (``kubelambda.bridge._main.load_source``)."""
