@@ -31,7 +31,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from kltest import Cluster, create_namespace, wait_for
 from kltest.bridge import BridgeProcess
-from kltest.platform import deploy, python_function, running_platform
+from kltest.platform import REPO, deploy, python_function, running_platform
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.devcluster.servers import PostgresServer
@@ -542,3 +542,11 @@ async def test_a_table_without_a_primary_key_is_a_clear_error(
     assert "public.nokey has no primary key" in cond["message"]
     # Nothing was created for a Trigger that cannot run.
     assert not await database.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pg_nokey'")
+
+
+async def test_the_orders_table_example_is_accepted_by_the_api_server(
+    platform: Platform, cluster: Cluster
+) -> None:
+    folder = REPO / "examples" / "orders-table"
+    for name in ("function.yaml", "trigger.yaml"):
+        cluster.kubectl("apply", "--dry-run=server", "-n", platform.namespace, "-f", str(folder / name))
