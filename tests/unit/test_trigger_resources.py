@@ -221,6 +221,15 @@ STREAM_KINESIS = {"endpoint": "http://k:4566", "streamName": "s", "credentialsSe
         ({"queue": {"sqs": {"endpoint": "http://q:9324", "queueUrl": "http://q:9324/q"}}}, "queue.sqs", []),
         ({"stream": {"kinesis": STREAM_KINESIS}}, "stream.kinesis", ["aws"]),
         ({"stream": {"nats": {"url": "nats://n:4222", "stream": "s"}}}, "stream.nats", []),
+        (
+            {
+                "stream": {
+                    "postgres": {"url": "postgresql://u@db/x", "tables": ["t"], "credentialsSecret": "pg"}
+                }
+            },
+            "stream.postgres",
+            ["pg"],
+        ),
     ],
 )
 def test_the_source_kind_and_its_secrets_come_from_the_block_that_is_set(
@@ -235,7 +244,7 @@ def test_the_source_kind_and_its_secrets_come_from_the_block_that_is_set(
 def test_every_source_kind_of_the_models_has_a_bridge_class() -> None:
     """The broker list is read from the Trigger models; each kind's module must name its class ``BRIDGE``."""
     assert QueueSource.brokers() == ("rabbitmq", "nats", "redis", "sqs")
-    assert StreamSource.brokers() == ("kafka", "redis", "nats", "kinesis")
+    assert StreamSource.brokers() == ("kafka", "redis", "nats", "kinesis", "postgres")
     assert set(source_kinds()) == {"http", *SOURCES}
     assert SOURCES["queue.rabbitmq"] == "kubelambda.bridge.queues.rabbitmq"
     assert SOURCES["schedule"] == "kubelambda.bridge.schedule"
