@@ -194,7 +194,7 @@ def describe_function(
 
 def trigger_source(trigger: JSON) -> str:
     spec = trigger.get("spec") or {}
-    for source in ("bucket", "queue", "stream", "schedule", "http"):
+    for source in ("bucket", "queue", "stream", "topic", "schedule", "http"):
         if source in spec:
             return source
     return "?"

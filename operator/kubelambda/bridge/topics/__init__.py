@@ -1,0 +1,1 @@
+"""Topic subscriptions (the self-hosted SNS): one module per broker, each naming its class ``BRIDGE``."""
