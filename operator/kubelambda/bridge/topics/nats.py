@@ -65,6 +65,7 @@ class NatsTopic:
         self.spec = topic.nats
         self.slots = asyncio.Semaphore(topic.max_concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
         self.subscription_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"kubelambda:{ctx.namespace}/{ctx.name}"))
 
     def routes(self) -> list[web.RouteDef]:
@@ -150,7 +151,8 @@ class NatsTopic:
                 options["password"] = secret.get("password", "")
 
         async def disconnected() -> None:
-            self.ctx.status.source_reachable(False, f"disconnected from {self.spec.url}")
+            if not self.stopping:
+                self.ctx.status.source_reachable(False, f"disconnected from {self.spec.url}")
 
         async def reconnected() -> None:
             self.ctx.status.source_reachable(True)
@@ -185,6 +187,7 @@ class NatsTopic:
             log.info("Subscribed Trigger %s/%s to %s", self.ctx.namespace, self.ctx.name, self.spec.subject)
             await asyncio.Event().wait()
         finally:
+            self.stopping = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.drain(), 5)
             if self.tasks:
