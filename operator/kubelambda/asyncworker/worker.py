@@ -36,6 +36,7 @@ from kubelambda.asyncworker.decide import (
 )
 from kubelambda.asyncworker.queue import ENQUEUED_AT, EVENT_PREFIX, BadEvent, EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response, invocation_record
+from kubelambda.destinations import Senders
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class Worker:
         self.settings = settings
         self.clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        # Queue and topic destinations: connections by URL; a NATS one without URL uses the worker's NATS.
+        self.senders = Senders(platform_nats=getattr(queue, "nc", None))
 
     async def run(self) -> None:
         """Consumes until cancelled."""
@@ -133,6 +136,7 @@ class Worker:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            await self.senders.close()
 
     async def _observe_queue(self) -> None:
         """Queue depth and the oldest event's age, for the metrics (every few seconds, from the stream)."""
@@ -327,6 +331,12 @@ class Worker:
                 raise ValueError(f"NATS subject {destination.nats} is kubelambda's own")
             await self.queue.publish_record(destination.nats, body, now=self.clock())
             return "nats"
+        target = destination.queue or destination.topic
+        if target is not None:
+            # The key is the same when a redelivered event sends its record again (JetStream deduplicates it).
+            condition = record["requestContext"]["condition"]
+            key = f"{record['requestContext']['requestId']}:{condition}"
+            return await self.senders.send(target, body, key=key, subject=condition)
         assert destination.url is not None
         async with self.http.post(
             destination.url,

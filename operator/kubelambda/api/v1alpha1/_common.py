@@ -86,11 +86,71 @@ class Condition(Model):
 CONDITIONS_LIST: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
 
 
-class Destination(Model):
-    """Where an invocation record (or discarded records) is sent: another Function, a NATS subject or an HTTP endpoint."""
+class SqsQueueTarget(Model):
+    queue_url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    """Queue URL (``SendMessage``)."""
+    endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2048)
+    """SQS API endpoint; default: the queue URL's scheme and host."""
+    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$", max_length=64)
+    """Region used to sign (credentials: the sender's ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``)."""
+
+
+class RabbitMQQueueTarget(Model):
+    url: str = Field(pattern=r"^amqps?://[^\s]+$", max_length=2048)
+    """AMQP URL, credentials included."""
+    queue: str = Field(min_length=1, max_length=255)
+    """Queue the record is published to (default exchange, persistent, with publisher confirms)."""
+
+
+class RedisQueueTarget(Model):
+    url: str = Field(pattern=r"^rediss?://[^\s]+$", max_length=2048)
+    """Redis URL, password included."""
+    key: str = Field(min_length=1, max_length=1024)
+    """Stream key the record is added to (``XADD``, field ``data``)."""
+
+
+class NatsQueueTarget(Model):
+    url: str | None = Field(default=None, pattern=r"^nats://[^\s]+$", max_length=2048)
+    """NATS URL; default: the platform's NATS."""
+    subject: str = Field(min_length=1, max_length=255, pattern=r"^[^\s*>]+$")
+    """Subject a JetStream stream captures; the record is published with ``Nats-Msg-Id`` and acknowledged."""
+
+
+class QueueTarget(Model):
+    """A queue that receives the record as one message (exactly one of the brokers)."""
 
     model_config = ConfigDict(
-        json_schema_extra=validations(exactly_one(["function", "nats", "url"], what="destination"))
+        json_schema_extra=validations(exactly_one(["sqs", "rabbitmq", "redis", "nats"], what="queue"))
+    )
+
+    sqs: SqsQueueTarget | None = None
+    """An SQS-compatible queue."""
+    rabbitmq: RabbitMQQueueTarget | None = None
+    """A RabbitMQ queue."""
+    redis: RedisQueueTarget | None = None
+    """A Redis stream."""
+    nats: NatsQueueTarget | None = None
+    """A NATS JetStream stream."""
+
+
+class TopicTarget(Model):
+    """A topic (docs/triggers-topic.md): the record is published as a message its subscribers receive as
+    SNS's ``Message``."""
+
+    model_config = ConfigDict(json_schema_extra=validations(exactly_one(["nats"], what="topic")))
+
+    nats: NatsQueueTarget | None = None
+    """A NATS subject (core publish; subscribers present at that moment get it)."""
+
+
+class Destination(Model):
+    """Where an invocation record (or discarded records) is sent: another Function, a NATS subject, an HTTP endpoint,
+    a queue or a topic."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            exactly_one(["function", "nats", "url", "queue", "topic"], what="destination")
+        )
     )
 
     function: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
@@ -100,3 +160,7 @@ class Destination(Model):
     captures the subject)."""
     url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2048)
     """An HTTP(S) endpoint that receives the record as a JSON POST."""
+    queue: QueueTarget | None = None
+    """A queue (SQS API, RabbitMQ, Redis stream, NATS JetStream) that receives the record as one message."""
+    topic: TopicTarget | None = None
+    """A topic whose subscribers receive the record (docs/triggers-topic.md)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 import urllib.parse
@@ -45,6 +46,7 @@ from kubelambda.bridge.streams._batch import (
     plan,
     split_lanes,
 )
+from kubelambda.destinations import Senders
 
 log = logging.getLogger("kubelambda.bridge.streams")
 RECONNECT_MAX_SECONDS = 30.0
@@ -168,6 +170,7 @@ class FailureDestination:
         self.nats_url = nats_url
         self._nats_publish = nats_publish
         self._nc: Any = None
+        self._senders: Senders | None = None
         if self.dest is not None and self.dest.nats and not (nats_url or nats_publish):
             raise ValueError(
                 "onFailure.nats needs the platform's NATS: set KUBELAMBDA_BRIDGE_NATS_URL for the bridge"
@@ -229,6 +232,16 @@ class FailureDestination:
             ) as resp:
                 await resp.read()
                 return 200 <= resp.status < 300
+        target = dest.queue or dest.topic
+        if target is not None:
+            if target.nats is not None and target.nats.url is None and self.nats_url:
+                # No URL: the platform's NATS, as for onFailure.nats.
+                target = target.model_copy(update={"nats": target.nats.model_copy(update={"url": self.nats_url})})
+            if self._senders is None:
+                self._senders = Senders()
+            record = json.loads(body)
+            await self._senders.send(target, body, key=key, subject=record["requestContext"]["condition"])
+            return True
         if dest.nats:
             if self._nats_publish is not None:
                 await self._nats_publish(dest.nats, body)
@@ -244,6 +257,8 @@ class FailureDestination:
         return True
 
     async def close(self) -> None:
+        if self._senders is not None:
+            await self._senders.close()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.close()
