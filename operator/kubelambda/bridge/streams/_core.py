@@ -236,7 +236,9 @@ class FailureDestination:
         if target is not None:
             if target.nats is not None and target.nats.url is None and self.nats_url:
                 # No URL: the platform's NATS, as for onFailure.nats.
-                target = target.model_copy(update={"nats": target.nats.model_copy(update={"url": self.nats_url})})
+                target = target.model_copy(
+                    update={"nats": target.nats.model_copy(update={"url": self.nats_url})}
+                )
             if self._senders is None:
                 self._senders = Senders()
             record = json.loads(body)
