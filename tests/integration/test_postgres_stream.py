@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+import yaml
 from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecordEventName
 
@@ -34,7 +35,7 @@ from kltest.bridge import BridgeProcess
 from kltest.platform import REPO, deploy, python_function, running_platform
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
-from kubelambda.devcluster.servers import PostgresServer
+from kubelambda.devcluster.servers import NatsServer, PostgresServer
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -138,10 +139,43 @@ async def database(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Da
 
 
 class Platform:
-    def __init__(self, url: str, namespace: str, out: Path) -> None:
+    def __init__(self, url: str, namespace: str, out: Path, nats_url: str) -> None:
         self.url = url
         self.namespace = namespace
         self.out = out
+        self.nats_url = nats_url
+
+
+RECORDER = """
+import json
+import os
+
+
+def handler(event, context):
+    folder = os.path.join(os.environ["OUT_DIR"], os.environ["NAME"])
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, context.aws_request_id), "w") as f:
+        json.dump(event, f)
+    return {}
+"""
+
+
+def example(nats_url: str, out: Path) -> dict[tuple[str, str], JSON]:
+    """examples/orders-table as shipped, pointed at the test's NATS; the subscribers' handlers are recorders."""
+    folder = REPO / "examples" / "orders-table"
+    docs: dict[tuple[str, str], JSON] = {
+        (d["kind"], d["metadata"]["name"]): d
+        for name in ("function.yaml", "trigger.yaml", "topic.yaml")
+        for d in yaml.safe_load_all((folder / name).read_text())
+    }
+    docs[("Function", "order-events")]["spec"]["environment"] = {"NATS_URL": nats_url}
+    for name in ("order-audit", "order-mailer"):
+        fn = docs[("Function", name)]
+        fn["spec"]["code"]["inline"] = {"app.py": RECORDER}
+        fn["spec"]["environment"] = {"OUT_DIR": str(out), "NAME": name}
+    for name in ("orders-audit", "orders-mailer"):
+        docs[("Trigger", name)]["spec"]["topic"]["nats"]["url"] = nats_url
+    return docs
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +185,17 @@ async def platform(
     namespace = await create_namespace(kube, "pg")
     out = tmp_path_factory.mktemp("seen")
     os.chmod(out, 0o777)
-    async with running_platform(cluster, kube, slot_wait_seconds=5.0) as (operator, gateway, url):
+    async with (
+        NatsServer(tmp_path_factory.mktemp("nats")) as nats_server,
+        running_platform(cluster, kube, slot_wait_seconds=5.0, nats_url=nats_server.url) as (
+            operator,
+            gateway,
+            url,
+        ),
+    ):
+        for (kind, _), doc in example(nats_server.url, out).items():
+            if kind == "Function":
+                await deploy(cluster, gateway, namespace, doc)
         await deploy(
             cluster,
             gateway,
@@ -167,7 +211,7 @@ async def platform(
         )
         await operator.stop()
         try:
-            yield Platform(url, namespace, out)
+            yield Platform(url, namespace, out, nats_server.url)
         finally:
             await kube.delete(resource_path("v1", "namespaces", name=namespace))
 
@@ -550,3 +594,80 @@ async def test_the_orders_table_example_is_accepted_by_the_api_server(
     folder = REPO / "examples" / "orders-table"
     for name in ("function.yaml", "trigger.yaml"):
         cluster.kubectl("apply", "--dry-run=server", "-n", platform.namespace, "-f", str(folder / name))
+
+
+async def test_the_orders_table_example_end_to_end(
+    database: Database, platform: Platform, cluster: Cluster, kube: KubeClient
+) -> None:
+    """examples/orders-table (URLs pointed at the test's servers): the table's changes reach order-events, which
+    publishes them on the topic; order-audit gets every change, order-mailer only new orders over 100."""
+    docs = example(platform.nats_url, platform.out)
+    trig = docs[("Trigger", "orders-changes")]
+    del trig["spec"]["stream"]["postgres"]["credentialsSecret"]
+    trig["spec"]["stream"]["postgres"]["url"] = database.server.url
+    trig["spec"]["stream"]["postgres"]["slot"] = "example_orders"
+    await database.run(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric NOT NULL, "
+        "status text NOT NULL)",
+        "ALTER TABLE orders REPLICA IDENTITY FULL",
+    )
+    names = ["orders-changes", "orders-audit", "orders-mailer"]
+    for name in names:
+        cluster.apply(docs[("Trigger", name)], platform.namespace)
+    stop = asyncio.Event()
+    bridges = [
+        asyncio.create_task(run_bridge(platform.namespace, n, settings(platform, cluster), stop=stop))
+        for n in names
+    ]
+    audit, mailer = Seen(platform.out / "order-audit"), Seen(platform.out / "order-mailer")
+    try:
+        await wait_for(
+            lambda: database.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'example_orders'"),
+            lambda rows: bool(rows) or any(b.done() for b in bridges),
+            what="the slot created",
+            timeout=60,
+        )
+        for name in ("orders-audit", "orders-mailer"):
+            await wait_for(
+                lambda name=name: kube.get(trigger_path(platform, name)),  # type: ignore[misc]
+                lambda b: any(
+                    c["type"] == "SourceReachable" and "subscribed" in c.get("message", "")
+                    for c in (b.get("status") or {}).get("conditions", [])
+                ),
+                what=f"{name} subscribed",
+                timeout=60,
+            )
+        await database.transactions(
+            [
+                ["INSERT INTO orders VALUES (1, 'ann', 120, 'new')"],
+                ["INSERT INTO orders VALUES (2, 'bob', 20, 'new')"],
+                ["UPDATE orders SET status = 'paid' WHERE id = 1"],
+                ["DELETE FROM orders WHERE id = 2"],
+            ]
+        )
+
+        async def counts() -> tuple[int, int]:
+            return len(audit.events()), len(mailer.events())
+
+        await wait_for(
+            counts,
+            lambda c: (c[0] >= 4 and c[1] >= 1) or any(b.done() for b in bridges),
+            what="4 audited changes and 1 mail",
+            timeout=120,
+            interval=0.5,
+        )
+        assert not any(b.done() for b in bridges)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*bridges, return_exceptions=True), 60)
+    audited = sorted(
+        (e["Records"][0]["Sns"]["MessageId"], json.loads(e["Records"][0]["Sns"]["Message"]))
+        for e in audit.events()
+    )
+    assert [m["change"] for _, m in audited] == ["INSERT", "INSERT", "MODIFY", "REMOVE"]
+    assert audited[2][1]["order"] == {"id": 1.0, "customer": "ann", "amount": 120.0, "status": "paid"}
+    (mail,) = mailer.events()
+    sns = mail["Records"][0]["Sns"]
+    assert json.loads(sns["Message"])["order"]["customer"] == "ann"
+    assert sns["MessageAttributes"]["amount"] == {"Type": "Number", "Value": "120.0"}
+    assert sns["MessageAttributes"]["eventName"] == {"Type": "String", "Value": "INSERT"}
