@@ -13,3 +13,9 @@ integration: stream-servers
 # throughput with the same client library in the same run.
 bench-streams: venv binaries stream-servers
 	$(PY) bench/stream_bench.py --records 20000
+
+# Row changes/s through one PostgreSQL change-stream bridge beside psycopg2's own replication read rate, and
+# commit → function start latency (docs/triggers-database.md).
+.PHONY: bench-postgres
+bench-postgres: venv binaries
+	$(PY) bench/postgres_bench.py --records 20000

@@ -21,7 +21,7 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes import SNSEvent
 
 from kltest import Cluster, create_namespace, wait_for
-from kltest.platform import deploy, python_function, running_platform
+from kltest.platform import deploy, python_function, running_platform, start_operator
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.devcluster.servers import NatsServer
@@ -286,3 +286,38 @@ async def test_the_functions_async_settings_apply(
     assert record["requestContext"]["approximateInvokeCount"] == 1
     assert record["requestPayload"]["Records"][0]["Sns"]["MessageId"] == "doomed"
     assert record["responseContext"]["functionError"] == "Unhandled"
+
+
+async def test_the_operator_runs_a_topic_bridge(
+    platform: Platform, cluster: Cluster, kube: KubeClient
+) -> None:
+    """End to end: the Trigger applied, the operator's bridge Deployment (a pod on the local node) subscribes."""
+    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0, gateway_url=platform.url)
+    try:
+        cluster.apply(trigger("by-operator", "sub-a", "shop.operated", platform), platform.namespace)
+        path = resource_path(
+            "kubelambda.io/v1alpha1", "triggers", namespace=platform.namespace, name="by-operator"
+        )
+        await wait_for(
+            lambda: kube.get(path),
+            lambda b: any(
+                c["type"] == "SourceReachable" and "subscribed" in c.get("message", "")
+                for c in (b.get("status") or {}).get("conditions", [])
+            ),
+            what="the bridge pod subscribed",
+            timeout=120,
+        )
+        await publish(
+            platform.nats_url, [("shop.operated", b"via the operator", {"Sns-Message-Id": "operated-1"})]
+        )
+        await wait_for(
+            lambda: asyncio.sleep(
+                0, [e for e in seen(platform, "sub-a") if e["Records"][0]["Sns"]["MessageId"] == "operated-1"]
+            ),
+            bool,
+            what="the message delivered by the operator's bridge",
+            timeout=60,
+        )
+    finally:
+        await kube.delete(path)
+        await operator.stop()

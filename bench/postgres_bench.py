@@ -1,0 +1,301 @@
+"""Benchmark of the PostgreSQL change stream (issue 22): row changes/s through one database bridge, beside the
+driver's own logical-replication read rate in the same run, and commit → function start latency.
+
+1. **ceiling**: psycopg2's replication protocol reading the same N changes from a slot of its own with
+   ``pgoutput`` (``read_message`` in a loop, no decoding): the rate the bridge's driver can read at;
+2. **bridge**: the Trigger's bridge as the operator runs it (a pod of the local cluster), invoking a no-op
+   Python function through the gateway with batches of 100. Both slots exist before the N rows are written
+   (inserts of 100 rows per transaction); the Trigger is created disabled, then enabled, and the rate is counted
+   from the first change delivered to the last (the bridge's ``kubelambda_bridge_events_total``);
+3. **latency**: with a bridge caught up, 200 single-row transactions 20 ms apart; the function notes, when it
+   starts, the time since the row's ``clock_timestamp()`` (its commit, within a millisecond): p50 and p95.
+
+Figures only, never assertions. Run: ``make bench-postgres`` (or ``.venv/bin/python bench/postgres_bench.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import select
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg2
+import psycopg2.extras
+
+from _common import create_namespace, start_cluster, wait
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.devcluster.servers import PostgresServer
+from kubelambda.kube import KubeClient, resource_path
+from stream_bench import GROUP_VERSION, NS, bridge_rate
+
+NOOP = "def handler(event, context):\n    return {}\n"
+STAMP = """
+import json
+import os
+import time
+
+
+def handler(event, context):
+    now = time.time()
+    lines = "".join("%f\\n" % (now - float(r["dynamodb"]["NewImage"]["t"]["N"])) for r in event["Records"])
+    with open(os.environ["OUT"], "a") as f:
+        f.write(lines)
+    return {}
+"""
+
+
+class Postgres:
+    kind = "postgres"
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+
+    def sql(self, *statements: str) -> None:
+        conn = psycopg2.connect(self.server.url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                for s in statements:
+                    cur.execute(s)
+        finally:
+            conn.close()
+
+    def prepare(self, table: str, *, slots: list[str]) -> None:
+        self.sql(
+            f"CREATE TABLE {table} (id int PRIMARY KEY, t double precision NOT NULL, pad text NOT NULL)",
+            f"CREATE PUBLICATION {table}_pub FOR TABLE {table}",
+            *(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')" for slot in slots),
+        )
+
+    def publish(self, table: str, n: int) -> None:
+        conn = psycopg2.connect(self.server.url)
+        try:
+            with conn.cursor() as cur:
+                for start in range(0, n, 100):
+                    psycopg2.extras.execute_values(
+                        cur,
+                        f"INSERT INTO {table} VALUES %s",
+                        [(i, 0.0, "x" * 64) for i in range(start, min(n, start + 100))],
+                    )
+                    conn.commit()
+        finally:
+            conn.close()
+
+    def ceiling(self, table: str, slot: str, n: int) -> float:
+        conn = psycopg2.connect(
+            self.server.url, connection_factory=psycopg2.extras.LogicalReplicationConnection
+        )
+        try:
+            cur = conn.cursor()
+            cur.start_replication(
+                slot_name=slot,
+                decode=False,
+                options={"proto_version": "1", "publication_names": f"{table}_pub"},
+            )
+            got = 0
+            started = time.perf_counter()
+            while got < n:
+                msg = cur.read_message()
+                if msg is None:
+                    select.select([cur], [], [], 1.0)
+                    continue
+                if msg.payload[:1] == b"I":
+                    got += 1
+                    if got % 1000 == 0:
+                        cur.send_feedback(flush_lsn=msg.data_start)
+            return n / (time.perf_counter() - started)
+        finally:
+            conn.close()
+
+    def spec(self, name: str) -> dict[str, Any]:
+        table = name.replace("-", "_")
+        return {
+            "postgres": {
+                "url": self.server.url,
+                "tables": [table],
+                "slot": f"{table}_bridge",
+                "publication": f"{table}_pub",
+                "streamViewType": "NEW_IMAGE",
+            }
+        }
+
+
+async def shaped_rate(server: PostgresServer, table: str, slot: str, n: int) -> float:
+    """The bridge's own reading pipeline in this process (psycopg2 read, pgoutput decoding, DynamoDB records),
+    without invoking anything: what one bridge can read and shape at."""
+    import types
+
+    from kubelambda.api.v1alpha1 import Trigger
+    from kubelambda.bridge.streams._core import CheckpointStore
+    from kubelambda.bridge.streams.postgres import _PostgresClient
+
+    class Nowhere:
+        name = "bench"
+
+        async def load(self) -> dict[str, str]:
+            return {}
+
+        async def save(self, data: Any) -> None:
+            return None
+
+    spec = {"url": server.url, "tables": [table], "slot": slot, "publication": f"{table}_pub"}
+    ctx: Any = types.SimpleNamespace(
+        trigger=Trigger.model_validate({"spec": {"function": "f", "stream": {"postgres": spec}}}),
+        namespace=NS,
+        name="bench",
+        region="us-east-1",
+        secrets=None,
+    )
+    client = _PostgresClient(ctx, CheckpointStore(Nowhere(), interval=1))  # type: ignore[arg-type]
+    await client.start()
+    try:
+        reader = await client.reader("shardId-000000000000")
+        got = 0
+        started = time.perf_counter()
+        while got < n:
+            got += len(await reader.read(1000))
+        return n / (time.perf_counter() - started)
+    finally:
+        await client.close()
+
+
+def trigger(
+    name: str, source: Postgres, function: str, *, enabled: bool, batch: int = 100, lanes: int = 1
+) -> dict[str, Any]:
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "Trigger",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "function": function,
+            "enabled": enabled,
+            "stream": {
+                **source.spec(name),
+                "batchSize": batch,
+                "parallelizationFactor": lanes,
+                "startingPosition": "TRIM_HORIZON",
+            },
+        },
+    }
+
+
+async def deploy(kube: KubeClient, name: str, handler: str, env: dict[str, str]) -> None:
+    fn = {
+        "apiVersion": GROUP_VERSION,
+        "kind": "Function",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "runtime": "python3.11",
+            "handler": "app.handler",
+            "code": {"inline": {"app.py": handler}},
+            "environment": env,
+            "concurrency": {"perInstance": 4},
+            "scaling": {"minInstances": 1, "maxInstances": 1},
+        },
+    }
+    await kube.create(resource_path(GROUP_VERSION, "functions", namespace=NS), fn)
+    await wait(
+        lambda: kube.get(resource_path(GROUP_VERSION, "functions", namespace=NS, name=name)),
+        lambda f: any(
+            c["type"] == "Ready" and c["status"] == "True" for c in f.get("status", {}).get("conditions", [])
+        ),
+        f"the function {name} Ready",
+        180,
+        tolerate_errors=True,
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--latency-rows", type=int, default=200)
+    args = parser.parse_args()
+    n = args.records
+    ensure_binaries()
+    with tempfile.TemporaryDirectory(prefix="kl-bench-postgres-") as tmp:
+        root = Path(tmp)
+        out = root / "latency.txt"
+        out.touch()
+        out.chmod(0o666)
+        proc, state = start_cluster(root)
+        async with PostgresServer(root / "postgres") as server:
+            pg = Postgres(server)
+            try:
+                async with (
+                    KubeClient.from_kubeconfig(state.kubeconfig) as kube,
+                    aiohttp.ClientSession() as http,
+                ):
+                    await create_namespace(kube, NS, 180, tolerate_errors=True)
+                    await deploy(kube, "noop", NOOP, {})
+                    await deploy(kube, "stamp", STAMP, {"OUT": str(out)})
+                    name = "bench-rows"
+                    await asyncio.to_thread(
+                        pg.prepare, "bench_rows", slots=["bench_rows_ceiling", "bench_rows_bridge"]
+                    )
+                    await asyncio.to_thread(pg.publish, "bench_rows", n)
+                    ceiling = await asyncio.to_thread(pg.ceiling, "bench_rows", "bench_rows_ceiling", n)
+                    await kube.create(
+                        resource_path(GROUP_VERSION, "triggers", namespace=NS),
+                        trigger(name, pg, "noop", enabled=False),
+                    )
+                    rate, cpu = await bridge_rate(kube, http, name, pg, n)  # type: ignore[arg-type]
+                    print(
+                        f"{n} row changes (INSERTs, 100 per transaction), batch 100, no-op python3.11 function"
+                    )
+                    print(f"{'ceiling (psycopg2 replication read)':<36} {ceiling:>8.0f} changes/s")
+                    print(
+                        f"{'bridge':<36} {rate:>8.0f} changes/s  ({rate / ceiling:.0%} of the ceiling, CPU {cpu:.0%})"
+                    )
+
+                    lat = "bench-lat"
+                    await asyncio.to_thread(pg.prepare, "bench_lat", slots=["bench_lat_bridge"])
+                    await kube.create(
+                        resource_path(GROUP_VERSION, "triggers", namespace=NS),
+                        trigger(lat, pg, "stamp", enabled=True),
+                    )
+                    await asyncio.sleep(
+                        15
+                    )  # the bridge pod up and reading (no change yet: nothing to wait for)
+                    conn = psycopg2.connect(server.url)
+                    conn.autocommit = True
+                    with conn.cursor() as cur:
+                        for i in range(args.latency_rows):
+                            cur.execute(
+                                "INSERT INTO bench_lat VALUES (%s, extract(epoch from clock_timestamp()), 'x')",
+                                (i,),
+                            )
+                            await asyncio.sleep(0.02)
+                    conn.close()
+                    await wait(
+                        lambda: asyncio.sleep(0, len(out.read_text().split())),
+                        lambda c: c >= args.latency_rows,
+                        "every latency noted",
+                        120,
+                    )
+                    values = sorted(float(v) * 1000 for v in out.read_text().split())
+                    q = statistics.quantiles(values, n=20)
+                    print(
+                        f"commit → function start, {len(values)} single-row transactions 20 ms apart: "
+                        f"p50 {statistics.median(values):.0f} ms, p95 {q[18]:.0f} ms, max {values[-1]:.0f} ms"
+                    )
+            except BaseException:
+                for log in sorted((root / "logs").glob("*.log")):
+                    if "operator" in log.name or "gateway" in log.name:
+                        print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    proc.terminate()
+                    proc.wait(60)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
