@@ -236,24 +236,32 @@ async def main() -> None:
                     await create_namespace(kube, NS, 180, tolerate_errors=True)
                     await deploy(kube, "noop", NOOP, {})
                     await deploy(kube, "stamp", STAMP, {"OUT": str(out)})
-                    name = "bench-rows"
-                    await asyncio.to_thread(
-                        pg.prepare, "bench_rows", slots=["bench_rows_ceiling", "bench_rows_bridge"]
-                    )
-                    await asyncio.to_thread(pg.publish, "bench_rows", n)
-                    ceiling = await asyncio.to_thread(pg.ceiling, "bench_rows", "bench_rows_ceiling", n)
-                    await kube.create(
-                        resource_path(GROUP_VERSION, "triggers", namespace=NS),
-                        trigger(name, pg, "noop", enabled=False),
-                    )
-                    rate, cpu = await bridge_rate(kube, http, name, pg, n)  # type: ignore[arg-type]
                     print(
-                        f"{n} row changes (INSERTs, 100 per transaction), batch 100, no-op python3.11 function"
+                        f"{n} row changes (INSERTs, 100 per transaction), no-op python3.11 function; changes/s"
                     )
-                    print(f"{'ceiling (psycopg2 replication read)':<36} {ceiling:>8.0f} changes/s")
-                    print(
-                        f"{'bridge':<36} {rate:>8.0f} changes/s  ({rate / ceiling:.0%} of the ceiling, CPU {cpu:.0%})"
-                    )
+                    runs = [("bench-rows", 100, 1), ("bench-big", 1000, 1), ("bench-lanes", 1000, 4)]
+                    for name, batch, lanes in runs:
+                        table = name.replace("-", "_")
+                        slots = [f"{table}_ceiling", f"{table}_shaped", f"{table}_bridge"]
+                        await asyncio.to_thread(pg.prepare, table, slots=slots)
+                        await asyncio.to_thread(pg.publish, table, n)
+                        ceiling = await asyncio.to_thread(pg.ceiling, table, slots[0], n)
+                        shaped = await shaped_rate(server, table, slots[1], n)
+                        await kube.create(
+                            resource_path(GROUP_VERSION, "triggers", namespace=NS),
+                            trigger(name, pg, "noop", enabled=False, batch=batch, lanes=lanes),
+                        )
+                        rate, cpu = await bridge_rate(kube, http, name, pg, n)  # type: ignore[arg-type]
+                        print(
+                            f"batch {batch:>4}, parallelizationFactor {lanes}: ceiling (psycopg2 read) {ceiling:>7.0f}, "
+                            f"bridge read+decode+shape {shaped:>6.0f} ({shaped / ceiling:.0%}), "
+                            f"bridge end to end {rate:>6.0f} ({rate / ceiling:.0%}, bridge CPU {cpu:.0%})",
+                            flush=True,
+                        )
+                        await kube.patch(
+                            resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name),
+                            {"spec": {"enabled": False}},
+                        )
 
                     lat = "bench-lat"
                     await asyncio.to_thread(pg.prepare, "bench_lat", slots=["bench_lat_bridge"])

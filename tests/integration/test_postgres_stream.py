@@ -424,6 +424,50 @@ async def test_a_bridge_killed_mid_run_replays_only_after_the_confirmed_lsn(
     check_commit_order(records)
 
 
+async def test_a_dropped_replication_connection_loses_and_repeats_nothing(
+    database: Database, platform: Platform, cluster: Cluster
+) -> None:
+    """The server ends the bridge's walsender mid-run (pg_terminate_backend): the bridge reconnects, the server
+    sends again what was not confirmed, and what the bridge had handed out already is not delivered twice."""
+    name, table, slot = "pg-drop", "drop_counters", "pg_drop"
+    total = 3000
+    await counters(database, table)
+    cluster.apply(trigger(name, database, [table]), platform.namespace)
+    seen = Seen(platform.out / table)
+    stop = asyncio.Event()
+    bridge = asyncio.create_task(run_bridge(platform.namespace, name, settings(platform, cluster), stop=stop))
+    try:
+        await wait_for(
+            lambda: database.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", slot),
+            lambda rows: bool(rows) or bridge.done(),
+            what="the slot created",
+            timeout=60,
+        )
+        await seed(database, table)
+        await database.transactions(updates(total, table))
+        await wait_for(seen.count, lambda n: n >= 500, what="500 changes seen", timeout=120, interval=0.2)
+        (killed,) = await database.query(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s", slot
+        )
+        assert killed == (True,)
+        await wait_for(
+            seen.count,
+            lambda n: n >= total + KEYS or bridge.done(),
+            what=f"{total + KEYS} changes seen",
+            timeout=180,
+            interval=0.5,
+        )
+        assert not bridge.done(), bridge.exception()
+    finally:
+        stop.set()
+        await asyncio.wait_for(bridge, 60)
+    records = seen.records()
+    counts = Counter(r["dynamodb"]["SequenceNumber"] for r in records)
+    assert len(counts) == total + KEYS
+    assert max(counts.values()) == 1, "duplicates after the reconnect"
+    check_commit_order(records)
+
+
 async def test_a_transaction_touching_several_rows_and_a_toasted_value(
     database: Database, platform: Platform, cluster: Cluster
 ) -> None:

@@ -48,6 +48,7 @@ WAIT_SECONDS = 1.0
 MESSAGES_PER_TURN = 2000
 """Replication messages decoded before giving the event loop a turn."""
 STATUS_INTERVAL_SECONDS = 10
+KEEPALIVE_SECONDS = 10.0
 
 
 class ConfigurationError(RuntimeError):
@@ -98,12 +99,13 @@ class _Reader:
         except (psycopg2.Error, OSError):
             # The connection is gone: reopen on the next read, from the slot's confirmed LSN.
             self.txn, self.begin = [], None
-            await self.client.close()
+            self.client.close_replication()
             raise
         n = min(max_records, len(self.ready))
         return [self.ready.popleft() for _ in range(n)]
 
     async def _fill(self) -> None:
+        self.client.last_read = asyncio.get_running_loop().time()
         if self.client.cur is None:
             await self.client.open_replication()
         cur = self.client.cur
@@ -225,6 +227,8 @@ class _PostgresClient:
         self.cur: Any = None
         self.shaper: Shaper | None = None
         self.kwargs: dict[str, str] = {}
+        self.last_read = 0.0
+        self._keeper: asyncio.Task[None] | None = None
         self.info = SourceInfo(
             event_source="aws:dynamodb",
             event_source_arn=f"arn:kubelambda:postgres:{ctx.region}:{ctx.namespace}:slot/{self.slot}",
@@ -386,10 +390,28 @@ class _PostgresClient:
     async def shards(self) -> list[str]:
         return [shard_id(0)]
 
+    async def _keepalive(self) -> None:
+        """While the shard does not read (a failing batch blocks it, the read-ahead buffer is full), answers the
+        server anyway: a walsender that hears nothing for ``wal_sender_timeout`` (60 s) drops the connection."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(KEEPALIVE_SECONDS)
+            if self.cur is not None and loop.time() - self.last_read >= KEEPALIVE_SECONDS:
+                with contextlib.suppress(Exception):
+                    self.cur.send_feedback(force=True)
+
     async def reader(self, shard: str) -> _Reader:
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keepalive(), name="postgres keepalive")
         return _Reader(self, shard)
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            self._keeper = None
+        self.close_replication()
+
+    def close_replication(self) -> None:
         if self.repl is not None:
             with contextlib.suppress(Exception):
                 self.repl.close()
