@@ -146,7 +146,13 @@ async def shaped_rate(server: PostgresServer, table: str, slot: str, n: int) -> 
         async def save(self, data: Any) -> None:
             return None
 
-    spec = {"url": server.url, "tables": [table], "slot": slot, "publication": f"{table}_pub"}
+    spec = {
+        "url": server.url,
+        "tables": [table],
+        "slot": slot,
+        "publication": f"{table}_pub",
+        "streamViewType": "NEW_IMAGE",
+    }
     ctx: Any = types.SimpleNamespace(
         trigger=Trigger.model_validate({"spec": {"function": "f", "stream": {"postgres": spec}}}),
         namespace=NS,

@@ -10,6 +10,7 @@ DynamoDB Streams records (``eventName`` INSERT / MODIFY / REMOVE, ``dynamodb.Key
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import struct
@@ -67,9 +68,14 @@ class Relation:
     """``d`` default (primary key), ``f`` full, ``i`` an index, ``n`` nothing."""
     columns: tuple[Column, ...]
 
-    @property
+    @functools.cached_property
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    @functools.cached_property
+    def types(self) -> dict[str, int]:
+        """Column name → type OID."""
+        return {c.name: c.type_oid for c in self.columns}
 
 
 Tuple = list[Any]
@@ -111,17 +117,22 @@ class Truncate:
 Event = Begin | Commit | Change | Truncate | Relation | None
 
 
+_STRUCTS: dict[str, struct.Struct] = {}
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.at = 0
 
     def take(self, fmt: str) -> Any:
-        size = struct.calcsize(fmt)
-        if self.at + size > len(self.data):
+        compiled = _STRUCTS.get(fmt)
+        if compiled is None:
+            compiled = _STRUCTS[fmt] = struct.Struct(fmt)
+        if self.at + compiled.size > len(self.data):
             raise DecodeError("message too short")
-        (value,) = struct.unpack_from(fmt, self.data, self.at)
-        self.at += size
+        (value,) = compiled.unpack_from(self.data, self.at)
+        self.at += compiled.size
         return value
 
     def string(self) -> str:
@@ -134,19 +145,27 @@ class _Reader:
 
     def tuple(self) -> Tuple:
         n = self.take("!h")
+        data, at, end = self.data, self.at, len(self.data)
         values: Tuple = []
         for _ in range(n):
-            kind = self.take("!c")
-            if kind == b"n":
+            if at >= end:
+                raise DecodeError("message too short")
+            kind = data[at]
+            at += 1
+            if kind == 0x74:  # t: text
+                size = int.from_bytes(data[at : at + 4], "big")
+                at += 4
+                if at + size > end:
+                    raise DecodeError("message too short")
+                values.append(data[at : at + size].decode("utf-8", errors="replace"))
+                at += size
+            elif kind == 0x6E:  # n: NULL
                 values.append(None)
-            elif kind == b"u":
+            elif kind == 0x75:  # u: unchanged TOAST
                 values.append(UNCHANGED_TOAST)
-            elif kind == b"t":
-                size = self.take("!i")
-                values.append(self.data[self.at : self.at + size].decode("utf-8", errors="replace"))
-                self.at += size
             else:
-                raise DecodeError(f"unknown tuple column kind {kind!r}")
+                raise DecodeError(f"unknown tuple column kind {bytes([kind])!r}")
+        self.at = at
         return values
 
 
@@ -215,6 +234,13 @@ class Decoder:
         if rel is None:
             raise DecodeError(f"change of relation {oid} before its Relation message")
         return rel
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _encode(value: Any) -> bytes:
+    return _ENCODER.encode(value).encode()
 
 
 class _Num(str):
@@ -321,17 +347,19 @@ class Shaper:
     namespace: str
     slot: str
     warned_toast: set[str] = field(default_factory=set)
+    _envelopes: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
 
     def arn(self, table: str) -> str:
         return f"arn:kubelambda:postgres:{self.region}:{self.namespace}:table/{table}/stream/{self.slot}"
 
-    def record(self, change: Change, *, sequence: str, timestamp: float) -> tuple[str, JSON]:
-        """``(partition key, record)`` of one change; the partition key is the table and its key values."""
+    def record(self, change: Change, *, sequence: str, timestamp: float) -> tuple[str, bytes]:
+        """``(partition key, the record as JSON)`` of one change; the partition key is the table and its key
+        values. The record is encoded once: its images are encoded and measured (``SizeBytes``) on the way."""
         rel = change.relation
         table = self.tables.get(rel.qualified)
         if table is None:
             raise DecodeError(f"a change of table {rel.qualified}, which this Trigger does not stream")
-        types = {c.name: c.type_oid for c in rel.columns}
+        types = rel.types
         new = self._image(rel, change.new) if change.new is not None else None
         old = self._image(rel, change.old) if change.old is not None else None
         if new is not None and old is not None and change.old_is_full:
@@ -341,39 +369,54 @@ class Shaper:
                     new[name] = old.get(name)
         keys_from = new if new is not None else old
         assert keys_from is not None
-        keys: JSON = {}
-        for name in table.key:
-            value = keys_from.get(name)
-            keys[name] = attribute(types[name], value if isinstance(value, str) else None)
-        dynamodb: JSON = {
-            "ApproximateCreationDateTime": int(timestamp),
-            "Keys": keys,
+        key_values = [keys_from.get(name) for name in table.key]
+        keys = {
+            name: attribute(types[name], value if isinstance(value, str) else None)
+            for name, value in zip(table.key, key_values, strict=True)
         }
+        keys_json = _encode(keys)
+        parts = [b'{"ApproximateCreationDateTime":%d,"Keys":' % int(timestamp), keys_json]
+        size = len(keys_json)
         if new is not None and self.view_type in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
-            dynamodb["NewImage"] = self._typed(rel.qualified, new, types)
+            image = _encode(self._typed(rel.qualified, new, types))
+            parts += [b',"NewImage":', image]
+            size += len(image)
         if (
             old is not None
             and change.old_is_full
             and self.view_type in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES")
             and change.kind != "INSERT"
         ):
-            dynamodb["OldImage"] = self._typed(rel.qualified, old, types)
-        dynamodb["SequenceNumber"] = sequence
-        dynamodb["SizeBytes"] = len(
-            json.dumps([dynamodb["Keys"], dynamodb.get("NewImage"), dynamodb.get("OldImage")]).encode()
+            image = _encode(self._typed(rel.qualified, old, types))
+            parts += [b',"OldImage":', image]
+            size += len(image)
+        event_id = hashlib.blake2b(f"{self.slot}:{sequence}".encode(), digest_size=16).hexdigest()
+        parts.append(
+            b',"SequenceNumber":"%s","SizeBytes":%d,"StreamViewType":"%s"}'
+            % (sequence.encode(), size, self.view_type.encode())
         )
-        dynamodb["StreamViewType"] = self.view_type
-        record: JSON = {
-            "eventID": hashlib.blake2b(f"{self.slot}:{sequence}".encode(), digest_size=16).hexdigest(),
-            "eventName": change.kind,
-            "eventVersion": "1.1",
-            "eventSource": "aws:dynamodb",
-            "awsRegion": self.region,
-            "dynamodb": dynamodb,
-            "eventSourceARN": self.arn(rel.qualified),
-        }
-        partition = rel.qualified + ":" + json.dumps(keys, sort_keys=True, separators=(",", ":"))
+        head, tail = self._envelope(rel.qualified)
+        record = b"".join(
+            [
+                b'{"eventID":"%s","eventName":"%s",' % (event_id.encode(), change.kind.encode()),
+                head,
+                *parts,
+                tail,
+            ]
+        )
+        partition = rel.qualified + "\x00" + "\x00".join(v if isinstance(v, str) else "" for v in key_values)
         return partition, record
+
+    def _envelope(self, table: str) -> tuple[bytes, bytes]:
+        """The parts of a record that are the same for every change of a table (JSON-escaped once)."""
+        cached = self._envelopes.get(table)
+        if cached is None:
+            head = b'"eventVersion":"1.1","eventSource":"aws:dynamodb","awsRegion":%s,"dynamodb":' % _encode(
+                self.region
+            )
+            tail = b',"eventSourceARN":%s}' % _encode(self.arn(table))
+            cached = self._envelopes[table] = (head, tail)
+        return cached
 
     @staticmethod
     def _image(rel: Relation, values: Sequence[Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from kubelambda.bridge._context import BridgeContext
-from kubelambda.bridge.streams._batch import SourceInfo, StreamRecord, dumps, shard_id
+from kubelambda.bridge.streams._batch import SourceInfo, StreamRecord, shard_id
 from kubelambda.bridge.streams._core import CheckpointStore, StreamBridge, StreamClient, config_key
 from kubelambda.bridge.streams._pgoutput import (
     Begin,
@@ -180,7 +180,7 @@ class _Reader:
                     shard=self.shard,
                     sequence=sequence,
                     partition_key=partition,
-                    data=dumps(record),
+                    data=record,
                     arrival=commit.timestamp,
                     # The LSN this record confirms once it is done: its transaction's end when it is the
                     # last change of it, else the end of the transaction before (a partial one replays whole).
