@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,11 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     assert (tmp_path / "dev.json").stat().st_mode & 0o777 == 0o600
     assert f"export AWS_ACCESS_KEY_ID={state['aws_access_key_id']}" in status.stdout
     assert {"kubelambda-operator", "kubelambda-gateway"} <= set(state["components"])
+    # Every endpoint is in dev.json and `dev status`: NATS too (`kubelambda dlq` finds it there).
+    assert state["nats_url"].startswith("nats://127.0.0.1:")
+    assert state["endpoints"]["nats"] == state["nats_url"]
+    assert state["endpoints"]["gateway"] == state["gateway_url"]
+    assert f"nats:        {state['nats_url']}" in status.stdout
     example = REPO / "examples" / "hello-python3.11" / "function.yaml"
     kubectl(state["kubeconfig"], "apply", "-n", "default", "-f", str(example))
     kubectl(state["kubeconfig"], "wait", "--for=condition=Ready", "fn/hello-python311", "--timeout=90s")
@@ -128,6 +134,30 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     assert cli("status", state_dir=tmp_path).returncode == 3
     assert state["node_ip"] != cluster.state.node_ip
     assert cluster.kubectl("get", "--raw", "/api/v1/nodes/kubelambda-local/proxy/healthz").stdout == "ok"
+
+    # Started again: the pods the stop ended (the function's instance; its ReplicaSet replaced it) are removed,
+    # not left Completed for ever; the bare pod stays, as Kubernetes keeps it.
+    log = tmp_path / "logs" / "dev.log"
+    mark = log.stat().st_size
+    again = cli("up", state_dir=tmp_path)
+    try:
+        assert again.returncode == 0, again.stdout + again.stderr
+        said = log.read_text(errors="replace")[mark:]
+        removed = re.search(r"Removed (\d+) pods the last run left terminated", said)
+        assert removed is not None, said[-3000:]
+        assert int(removed.group(1)) >= 1
+        deadline = time.monotonic() + 30
+        while ghosts := [
+            p["metadata"]["name"]
+            for p in json.loads(kubectl(state["kubeconfig"], "get", "pods", "-A", "-o", "json"))["items"]
+            if p["status"].get("phase") in ("Succeeded", "Failed")
+            and any(o.get("kind") == "ReplicaSet" for o in p["metadata"].get("ownerReferences") or [])
+        ]:
+            assert time.monotonic() < deadline, f"pods left terminated after a restart: {ghosts}"
+            time.sleep(0.2)
+        kubectl(state["kubeconfig"], "get", "pod", "sleeper")
+    finally:
+        assert cli("down", state_dir=tmp_path).returncode == 0
 
 
 def test_a_killed_supervisor_takes_every_process_with_it_and_restarts_cleanly(tmp_path: Path) -> None:

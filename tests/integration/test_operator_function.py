@@ -416,3 +416,23 @@ async def test_the_operator_identity_is_its_service_account_and_no_more(
         with pytest.raises(ApiError) as refused:
             await as_operator.list(resource_path("v1", "secrets", namespace=namespace))
         assert refused.value.status == 403
+
+
+async def test_an_object_the_api_server_refuses_is_reported_and_retried(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    """A refused apply (here a quota that allows no Service: 403) is Ready=False ApplyFailed with the API
+    server's words, not a reconcile given up for good; once the cause is gone, the retry makes it Ready."""
+    quota = resource_path("v1", "resourcequotas", namespace=namespace)
+    await kube.create(quota, {"metadata": {"name": "no-services"}, "spec": {"hard": {"services": "0"}}})
+    doc = example("python3.11")
+    name = doc["metadata"]["name"]
+    await apply_fn(cluster, namespace, doc)
+    status = await ready_for(kube, namespace, name, "ApplyFailed", what="the refusal on the Function")
+    condition = ready(status) or {}
+    assert condition["status"] == "False"
+    assert f"Service {namespace}/{name}" in condition["message"], condition
+    assert "403" in condition["message"], condition
+    assert "no-services" in condition["message"], condition
+    await kube.delete(resource_path("v1", "resourcequotas", namespace=namespace, name="no-services"))
+    await ready_for(kube, namespace, name, "ScaledToZero", what="Ready once the quota is gone", timeout=60)

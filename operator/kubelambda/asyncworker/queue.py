@@ -126,9 +126,31 @@ class EventQueue:
         self._ack_lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, url: str, *, stream: str) -> EventQueue:
-        """Connects (reconnecting forever after a first success) and makes sure the stream exists."""
-        nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name="kubelambda")
+    async def connect(cls, url: str, *, stream: str, reconnect: bool = True) -> EventQueue:
+        """Connects (reconnecting forever after a first success) and makes sure the stream exists.
+        ``reconnect=False`` (a command line's one-shot use): the first failure to connect raises, quietly."""
+        if reconnect:
+            nc = await nats.connect(
+                url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name="kubelambda"
+            )
+        else:
+            errors: list[Exception] = []
+
+            async def note(error: Exception) -> None:
+                errors.append(error)
+
+            try:
+                nc = await nats.connect(
+                    url,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.1,
+                    connect_timeout=3,
+                    error_cb=note,
+                    name="kubelambda",
+                )
+            except nats.errors.NoServersError as e:
+                raise ConnectionError(str(errors[-1]) if errors else str(e)) from e
         queue = cls(nc, stream=stream)
         await queue._ensure_stream(
             StreamConfig(

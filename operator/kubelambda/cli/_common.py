@@ -13,7 +13,6 @@ from typing import Any
 
 import yaml
 
-DEFAULT_STATE_DIR = ".kubelambda"
 FIELD_MANAGER = "kubelambda-cli"
 
 # Exit codes (docs/cli.md): argparse already exits with 2 on a usage error.
@@ -34,17 +33,56 @@ class CliError(Exception):
         self.code = code
 
 
-def default_state_dir() -> str:
-    return os.environ.get("KUBELAMBDA_STATE_DIR", DEFAULT_STATE_DIR)
+DEFAULT_PLATFORM = "default"
+
+
+def state_home(env: Mapping[str, str] = os.environ) -> Path:
+    """Where every local platform keeps its state: ``$XDG_STATE_HOME/kubelambda`` (``~/.local/state/kubelambda``)."""
+    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "state")
+    return Path(base) / "kubelambda"
+
+
+def valid_platform_name(name: str) -> str:
+    if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
+        raise CliError(
+            f"bad platform name {name!r}",
+            hint="use letters, digits, '-', '_' and '.' (e.g. --platform-name staging)",
+            code=EXIT_USAGE,
+        )
+    return name
+
+
+def default_state_dir(env: Mapping[str, str] = os.environ, *, name: str | None = None) -> str:
+    """``$KUBELAMBDA_STATE_DIR``, else the named platform's folder under :func:`state_home` (the name from
+    ``name``, else ``$KUBELAMBDA_PLATFORM_NAME``, else ``default``): the same from every folder."""
+    if name is None and env.get("KUBELAMBDA_STATE_DIR"):
+        return env["KUBELAMBDA_STATE_DIR"]
+    name = valid_platform_name(name or env.get("KUBELAMBDA_PLATFORM_NAME") or DEFAULT_PLATFORM)
+    return str(state_home(env) / name)
+
+
+def state_dir_of(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Path:
+    """The state folder a command works with: ``--state-dir``, else ``--platform-name``'s, else the default."""
+    explicit = getattr(args, "state_dir", None)
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    return Path(default_state_dir(env, name=getattr(args, "platform_name", None))).resolve()
 
 
 STATE_HELP = (
-    f"where the local cluster keeps its state (default: {DEFAULT_STATE_DIR}, or $KUBELAMBDA_STATE_DIR)"
+    "where the local platform keeps its state (default: $KUBELAMBDA_STATE_DIR, else "
+    "$XDG_STATE_HOME/kubelambda/NAME, i.e. ~/.local/state/kubelambda/default)"
 )
 
 
 def add_state_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", default=default_state_dir(), help=STATE_HELP)
+    parser.add_argument("--state-dir", default=None, help=STATE_HELP)
+    parser.add_argument(
+        "--platform-name",
+        default=None,
+        metavar="NAME",
+        help="which local platform, when several run (default: $KUBELAMBDA_PLATFORM_NAME, else default)",
+    )
 
 
 def add_cluster_options(parser: argparse.ArgumentParser, *, namespace: bool = True) -> None:
@@ -91,10 +129,10 @@ class Target:
     source: str  # where the kubeconfig came from, for error messages
 
 
-def _dev_state(args: argparse.Namespace) -> Any:
+def _dev_state(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Any:
     from kubelambda.devcluster import DevState
 
-    return DevState.read(Path(getattr(args, "state_dir", None) or default_state_dir()).resolve())
+    return DevState.read(state_dir_of(args, env))
 
 
 def _context_namespace(kubeconfig: str) -> str | None:
@@ -119,7 +157,7 @@ def resolve_target(
     if not kubeconfig and env.get("KUBECONFIG"):
         kubeconfig, source = env["KUBECONFIG"].split(os.pathsep)[0], "$KUBECONFIG"
     if not kubeconfig:
-        state = _dev_state(args)
+        state = _dev_state(args, env)
         if state is not None and state.state == "running" and state.kubeconfig:
             kubeconfig, source = state.kubeconfig, "the local cluster (kubelambda dev up)"
     if not kubeconfig and (home / ".kube" / "config").exists():
@@ -146,7 +184,7 @@ def resolve_gateway(args: argparse.Namespace, *, env: Mapping[str, str] = os.env
         return str(args.endpoint_url).rstrip("/")
     if env.get("KUBELAMBDA_GATEWAY_URL"):
         return env["KUBELAMBDA_GATEWAY_URL"].rstrip("/")
-    state = _dev_state(args)
+    state = _dev_state(args, env)
     if state is not None and state.state == "running" and state.gateway_url:
         return str(state.gateway_url).rstrip("/")
     raise CliError(
@@ -161,7 +199,7 @@ def resolve_credentials(
 ) -> tuple[str, str] | None:
     """The access key to sign with: the local cluster's developer key when talking to its gateway, else
     ``$AWS_ACCESS_KEY_ID``/``$AWS_SECRET_ACCESS_KEY``, else none (only a gateway with auth off answers)."""
-    state = _dev_state(args)
+    state = _dev_state(args, env)
     if (
         state is not None
         and state.state == "running"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubelambda.cli._common import add_state_dir
+from kubelambda.cli._common import CliError, add_state_dir, state_dir_of
 
 
 def alive(pid: int) -> bool:
@@ -22,7 +22,7 @@ def alive(pid: int) -> bool:
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir).resolve()
+    return state_dir_of(args)
 
 
 def _print_state(state_dir: Path) -> None:
@@ -33,6 +33,7 @@ def _print_state(state_dir: Path) -> None:
         print(f"no local cluster recorded in {state_dir}")
         return
     print(f"state:       {state.state} (supervisor pid {state.pid})")
+    print(f"state dir:   {state_dir}")
     if state.state == "running":
         print(f"kubeconfig:  {state.kubeconfig}")
         print(f"api server:  {state.server}")
@@ -46,7 +47,12 @@ def _print_state(state_dir: Path) -> None:
         print(f"started in:  {state.startup_seconds:.1f} s")
         if state.gateway_url:
             print(f"gateway:     {state.gateway_url}")
+        if state.nats_url:
+            print(f"nats:        {state.nats_url}")
+        for note in state.moved:
+            print(f"moved:       {note}")
         print(f"\n  export KUBECONFIG={state.kubeconfig}")
+
         if state.aws_access_key_id:
             # The developer's access key (it may invoke every Function) for the AWS CLI and SDKs.
             print(f"  export AWS_ENDPOINT_URL_LAMBDA={state.gateway_url}")
@@ -69,7 +75,15 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         return 0
     state_dir.mkdir(parents=True, exist_ok=True)
     print("==> Checking the pinned Kubernetes binaries (built once from Go modules, then cached)", flush=True)
-    ensure_binaries()
+    try:
+        ensure_binaries()
+    except FileNotFoundError as e:
+        raise CliError(str(e), hint="`kubelambda doctor` says what the local platform needs") from e
+    except subprocess.CalledProcessError as e:
+        raise CliError(
+            f"building the Kubernetes binaries failed (exit status {e.returncode}; its output is above)",
+            hint="they are built from Go modules: `kubelambda doctor` checks Go and the module proxy",
+        ) from e
     log = state_dir / "logs" / "dev.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     offset = log.stat().st_size if log.exists() else 0
@@ -101,8 +115,11 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             _print_state(state_dir)
             return 0
         if proc.poll() is not None or (state is not None and state.state == "failed"):
-            print(f"The local cluster failed to start; see {log}", file=sys.stderr)
-            return 1
+            error = state.error.splitlines()[0] if state is not None and state.error else "see the log"
+            raise CliError(
+                f"the local cluster failed to start: {error}",
+                hint=f"the whole story is in {log}; `kubelambda doctor` checks what it needs",
+            )
         time.sleep(0.2)
     print(f"The local cluster did not start within {args.timeout:.0f} s; see {log}", file=sys.stderr)
     proc.send_signal(signal.SIGTERM)

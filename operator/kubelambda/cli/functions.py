@@ -26,6 +26,7 @@ from kubelambda.cli._common import (
     add_cluster_options,
     add_gateway_option,
     add_output_option,
+    add_state_dir,
     print_structured,
     resolve_credentials,
     resolve_gateway,
@@ -357,9 +358,7 @@ def register(commands: Any) -> None:
         "-n", "--namespace", default=None, help="namespace of NAME (default: the gateway's default)"
     )
     add_gateway_option(invoke)
-    invoke.add_argument(
-        "--state-dir", default=None, help="the local cluster's state folder (default .kubelambda)"
-    )
+    add_state_dir(invoke)
     invoke.set_defaults(func=cmd_invoke)
 
     ls = commands.add_parser("list", aliases=["ls"], help="list Functions: Ready, instances, runtime, age")

@@ -6,7 +6,12 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
+
+from kubelambda.cli._common import CliError, add_state_dir, state_dir_of
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -96,14 +101,39 @@ def cmd_async_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def nats_url_of(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """``(url, where it came from)``: ``--nats-url``, ``$KUBELAMBDA_GATEWAY_NATS_URL``, the running local
+    platform's (dev.json), else ``nats://127.0.0.1:4222``."""
+    if args.nats_url:
+        return args.nats_url, "--nats-url"
+    if env.get("KUBELAMBDA_GATEWAY_NATS_URL"):
+        return env["KUBELAMBDA_GATEWAY_NATS_URL"], "$KUBELAMBDA_GATEWAY_NATS_URL"
+    from kubelambda.devcluster import DevState
+
+    state = DevState.read(state_dir_of(args, env))
+    if state is not None and state.state == "running" and state.nats_url:
+        return state.nats_url, "the local platform (kubelambda dev status)"
+    return DEFAULT_NATS_URL, "the default"
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     import json
+
+    import nats.errors
 
     from kubelambda.asyncworker.dlq import list_dead_letters, redrive
     from kubelambda.asyncworker.queue import EventQueue
 
+    url, source = nats_url_of(args)
+
     async def main() -> int:
-        queue = await EventQueue.connect(args.nats_url, stream=args.stream)
+        try:
+            queue = await EventQueue.connect(url, stream=args.stream, reconnect=False)
+        except (OSError, TimeoutError, nats.errors.Error) as e:
+            raise CliError(
+                f"cannot reach NATS at {url} (from {source}): {str(e) or type(e).__name__}",
+                hint="is the platform running? `kubelambda dev status` lists its NATS; or pass --nats-url",
+            ) from e
         try:
             if args.dlq_command == "list":
                 for letter in await list_dead_letters(queue, args.namespace):
@@ -181,9 +211,11 @@ def register(commands: Any) -> None:
         sub.add_argument("namespace")
         sub.add_argument(
             "--nats-url",
-            default=os.environ.get("KUBELAMBDA_GATEWAY_NATS_URL", "nats://127.0.0.1:4222"),
-            help="NATS with JetStream (default: $KUBELAMBDA_GATEWAY_NATS_URL, or kubelambda dev up's 4222)",
+            default=None,
+            help="NATS with JetStream (default: $KUBELAMBDA_GATEWAY_NATS_URL, else the running local "
+            f"platform's, else {DEFAULT_NATS_URL})",
         )
+        add_state_dir(sub)
         sub.add_argument(
             "--stream", default="KUBELAMBDA_ASYNC", help="the events stream (default KUBELAMBDA_ASYNC)"
         )

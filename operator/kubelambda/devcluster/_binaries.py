@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import kubelambda
+from kubelambda import bundle
 
 
 @dataclass(frozen=True)
@@ -22,17 +22,13 @@ class Binaries:
 
 
 def repo_root() -> Path:
-    """The source checkout this package was installed from (editable install)."""
-    return Path(kubelambda.__file__).resolve().parents[2]
+    """The source checkout this package was installed from, or the wheel's copy of its platform files."""
+    return bundle.root()
 
 
 def ensure_binaries(*, quiet: bool = False) -> Binaries:
     """Builds what is missing (minutes on a cold cache, instant on a warm one) and returns the paths."""
     script = repo_root() / "hack" / "kube-binaries.sh"
-    if not script.exists():
-        raise FileNotFoundError(
-            f"{script} not found: kubelambda's local cluster needs a source checkout (pip install -e .)"
-        )
     result = subprocess.run(
         ["bash", str(script)],
         check=True,

@@ -300,11 +300,24 @@ class LocalNode:
     # ---- pods -----------------------------------------------------------------------------------------
 
     async def _watch_pods(self) -> None:
+        first = True
+
         async def on_list(pods: list[JSON]) -> None:
+            nonlocal first
             seen = set()
             for pod in pods:
                 seen.add(pod["metadata"]["uid"])
+                if first and not self.runners and left_by_a_stop(pod):
+                    self._spawn(self._delete_now(pod))
+                    continue
                 await self._on_pod("MODIFIED", pod)
+            if first:
+                left = sum(1 for pod in pods if left_by_a_stop(pod))
+                if left:
+                    logger.info(
+                        "Removed %d pods the last run left terminated (their controllers replace them)", left
+                    )
+            first = False
             for uid in set(self.runners) - seen:
                 await self._on_pod("DELETED", self.runners[uid].pod)
 
@@ -399,6 +412,18 @@ class LocalNode:
                 await self.kube.create(resource_path("v1", "events", namespace=meta["namespace"]), event)
 
         self._spawn(send())
+
+
+def left_by_a_stop(pod: JSON) -> bool:
+    """A pod of a ReplicaSet (restartPolicy Always) that is Succeeded or Failed: only a stop of the node ends
+    one so. Its ReplicaSet has made a replacement, so it is only a ghost in ``kubectl get pods`` (and its
+    address may be another pod's now): the node removes it when it starts."""
+    if (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+        return False
+    if (pod.get("spec") or {}).get("restartPolicy", "Always") != "Always":
+        return False
+    owners = pod["metadata"].get("ownerReferences") or []
+    return any(o.get("controller") and o.get("kind") == "ReplicaSet" for o in owners)
 
 
 def _machine_id() -> str:

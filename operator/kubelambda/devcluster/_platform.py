@@ -63,6 +63,7 @@ class Platform:
     nats: NatsServer | None = None  # holds Event invocations (JetStream, file storage under <state>/nats)
     access_key_id: str = ""  # the developer's access key (dev.json), allowed to invoke every Function
     secret_access_key: str = ""
+    moved: list[str] = field(default_factory=list)  # "gateway: port 8090 was taken; it listens at …"
     _commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     _restarted: dict[str, float] = field(default_factory=dict)
 
@@ -112,6 +113,8 @@ class Platform:
         self.nats = NatsServer(self.state_dir / "nats", port=_preferred(DEFAULT_NATS_PORT))
         await self.nats.start()
         logger.info("NATS JetStream for Event invocations listens at %s", self.nats.url)
+        if not self.nats.url.endswith(f":{DEFAULT_NATS_PORT}"):
+            self._moved("nats", DEFAULT_NATS_PORT, self.nats.url)
         base = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")}
         preferred = _preferred(DEFAULT_GATEWAY_PORT)
         nats_url = self.nats.url
@@ -150,6 +153,8 @@ class Platform:
 
         # The operator gives bridges the gateway's URL: the gateway has its port first.
         await retry_taken_ports(gateway, what="the gateway")
+        if not self.gateway_url.endswith(f":{DEFAULT_GATEWAY_PORT}"):
+            self._moved("gateway", DEFAULT_GATEWAY_PORT, self.gateway_url)
         self._spawn(
             "kubelambda-operator",
             [sys.executable, "-m", "kubelambda", "operator"],
@@ -160,6 +165,13 @@ class Platform:
                 "KUBELAMBDA_NATS_URL": nats_url,  # for Trigger bridges' onFailure.nats
             },
         )
+
+    def _moved(self, what: str, port: int, url: str) -> None:
+        note = (
+            f"{what}: port {port} was taken (another platform or program listens there); it listens at {url}"
+        )
+        logger.warning("%s", note)
+        self.moved.append(note)
 
     async def _developer_key(self, kube: KubeClient) -> None:
         """The developer's ServiceAccount, allowed to invoke every Function, and its access key (kept across

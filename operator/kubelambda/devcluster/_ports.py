@@ -61,8 +61,11 @@ def candidates(*, offset: int = 0, ephemeral: tuple[int, int] | None = None) -> 
 
 
 def bindable(host: str, port: int) -> bool:
-    """True when ``host:port`` can be bound right now."""
+    """True when a server can bind ``host:port`` right now. With SO_REUSEADDR, as servers bind (aiohttp,
+    nats-server, etcd): a port whose last connections linger in TIME_WAIT (for a minute after a server stopped)
+    is free to them, and so it is here."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -47,6 +47,9 @@ class DevState:
     startup_seconds: float = 0.0
     pod_network: str = ""
     gateway_url: str | None = None
+    nats_url: str | None = None  # NATS JetStream of Event invocations and dead letters (`kubelambda dlq`)
+    endpoints: dict[str, str] = field(default_factory=dict)  # every URL the platform serves, by name
+    moved: list[str] = field(default_factory=list)  # fixed ports that were taken, and where they went instead
     limits: str = ""  # whether the node enforces memory and CPU limits, and how
     aws_access_key_id: str = ""  # the developer's access key: may invoke every Function (docs/security.md)
     aws_secret_access_key: str = ""
@@ -164,6 +167,8 @@ async def serve(
             kubelambda = Platform(state_dir, binaries, plane.kubeconfig)
             await kubelambda.start()
             state.gateway_url = kubelambda.gateway_url
+            state.nats_url = kubelambda.nats.url if kubelambda.nats is not None else None
+            state.moved = list(kubelambda.moved)
             state.aws_access_key_id = kubelambda.access_key_id
             state.aws_secret_access_key = kubelambda.secret_access_key
         state.state = "running"
@@ -178,6 +183,12 @@ async def serve(
             **(kubelambda.pids() if kubelambda else {}),
         }
         state.pod_network = f"{node.addresses.mode} {node.addresses.network}"
+        state.endpoints = {
+            "api server": plane.server,
+            "kubelet": f"https://{node_ip}:{node.kubelet_port}",
+            **({"gateway": state.gateway_url} if state.gateway_url else {}),
+            **({"nats": state.nats_url} if state.nats_url else {}),
+        }
         state.limits = node.cgroups.describe() if node.cgroups is not None else ""
         state.startup_seconds = round(time.monotonic() - started, 2)
         state.write(state_dir)

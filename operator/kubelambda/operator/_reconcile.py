@@ -8,6 +8,7 @@ the status. Nothing is remembered between calls: the cluster is the memory.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Awaitable
 from typing import Any
 
@@ -30,6 +31,34 @@ from kubelambda.resources import (
 )
 from kubelambda.resources import names as n
 from kubelambda.settings import FIELD_MANAGER, SCALE_FIELD_MANAGER, OperatorSettings
+
+# An object the API server refused is retried after APPLY_RETRY_MIN s, then after as long as the Function has
+# been failing (so each wait about doubles), at most APPLY_RETRY_MAX s: stateless, from the Ready condition.
+APPLY_RETRY_MIN = 5.0
+APPLY_RETRY_MAX = 300.0
+APPLY_FAILED = "ApplyFailed"
+
+
+class ApplyRefused(Exception):
+    """The API server refused to write one of the Function's objects."""
+
+    def __init__(self, what: str, error: ApiError) -> None:
+        message = " ".join(error.message.split())
+        super().__init__(f"{what}: the API server answered {error.status} {error.reason}: {message}")
+        self.error = error
+
+
+def apply_retry_seconds(current: JSON, now: str) -> float:
+    """How long to wait before applying again, from how long the Function has been ``ApplyFailed``."""
+    ready = next((c for c in current.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready is None or ready.get("reason") != APPLY_FAILED or not ready.get("lastTransitionTime"):
+        return APPLY_RETRY_MIN
+    try:
+        since = dt.datetime.fromisoformat(str(ready["lastTransitionTime"]).replace("Z", "+00:00"))
+        failing = (dt.datetime.fromisoformat(now.replace("Z", "+00:00")) - since).total_seconds()
+    except ValueError:
+        return APPLY_RETRY_MIN
+    return min(APPLY_RETRY_MAX, max(APPLY_RETRY_MIN, failing))
 
 
 def invoke_url(settings: OperatorSettings, fn: FunctionObject) -> str:
@@ -65,6 +94,35 @@ class FunctionReconciler(OwnedWriter):
         outcome.problem, outcome.retry_after = problem, retry
 
         deployment: JSON | None = None
+        try:
+            deployment = await self._apply_all(fn, outcome, spec_changed=spec_changed)
+        except ApplyRefused as e:
+            # Whatever the API server said (a 422 on an object in the way, a 403, a 500), the Function says it
+            # as Ready=False, and the operator tries again with a growing back-off: the cause may go away.
+            outcome.problem = problem = Problem(APPLY_FAILED, str(e))
+            outcome.retry_after = apply_retry_seconds(current, self.clock())
+        outcome.status = function_status(
+            current,
+            generation=fn.generation,
+            problem=problem,
+            deployment=deployment,
+            code_sha256=code_sha256(fn.spec.code) if problem is None else current.get("codeSha256"),
+            invoke_url=invoke_url(self.settings, fn),
+            now=self.clock(),
+        )
+        return outcome
+
+    async def _apply(self, obj: JSON, outcome: Outcome, *, changed: bool = False) -> JSON:
+        try:
+            return await super()._apply(obj, outcome, changed=changed)
+        except ApiError as e:
+            meta = obj["metadata"]
+            raise ApplyRefused(f"{obj['kind']} {meta['namespace']}/{meta['name']}", e) from e
+
+    async def _apply_all(self, fn: FunctionObject, outcome: Outcome, *, spec_changed: bool) -> JSON | None:
+        """Applies the owned objects (unless a problem forbids); the Deployment as applied, if it was."""
+        problem = outcome.problem
+        deployment: JSON | None = None
         if problem is None or problem.reason == "ServiceAccountMissing":
             # The other objects do not depend on each other: apply them at once. The Deployment comes after
             # them, so its pods never start before their code, nor before the policy that admits traffic.
@@ -89,19 +147,13 @@ class FunctionReconciler(OwnedWriter):
                 steps.append(exists)
             results = await asyncio.gather(*steps)
             if problem is None:
-                deployment = await self._apply_deployment(
-                    fn, outcome, changed=spec_changed, exists=results[-1]
-                )
-        outcome.status = function_status(
-            current,
-            generation=fn.generation,
-            problem=problem,
-            deployment=deployment,
-            code_sha256=code_sha256(fn.spec.code) if problem is None else current.get("codeSha256"),
-            invoke_url=invoke_url(self.settings, fn),
-            now=self.clock(),
-        )
-        return outcome
+                try:
+                    deployment = await self._apply_deployment(
+                        fn, outcome, changed=spec_changed, exists=results[-1]
+                    )
+                except ApiError as e:  # the replicas' hand-over (the applies raise ApplyRefused)
+                    raise ApplyRefused(f"Deployment {fn.namespace}/{n.deployment_name(fn.name)}", e) from e
+        return deployment
 
     async def _deployment_exists(self, fn: FunctionObject) -> bool:
         path = owned_path("Deployment", fn.namespace, n.deployment_name(fn.name))

@@ -14,8 +14,11 @@ from pathlib import Path
 
 
 def repo_root() -> Path:
-    """The source checkout this package runs from (operator/kubelambda/runtimes → repo)."""
-    return Path(__file__).resolve().parents[3]
+    """The source checkout this package runs from, or the wheel's copy of its platform files
+    (:mod:`kubelambda.bundle`)."""
+    from kubelambda import bundle
+
+    return bundle.root()
 
 
 def runtime_images_dir() -> Path:

@@ -1,0 +1,118 @@
+"""One local platform found from any folder: its state under $XDG_STATE_HOME, named platforms side by side,
+every endpoint in dev.json, ports judged free as servers bind them, and an apply error's back-off."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+
+import pytest
+
+from kubelambda.cli import main
+from kubelambda.cli._common import CliError, default_state_dir, resolve_gateway, state_dir_of
+from kubelambda.cli.platform import DEFAULT_NATS_URL, nats_url_of
+from kubelambda.devcluster import DevState
+from kubelambda.devcluster._ports import bindable
+from kubelambda.operator._reconcile import APPLY_RETRY_MAX, APPLY_RETRY_MIN, apply_retry_seconds
+
+
+def test_the_state_is_per_user_and_per_name_not_per_folder(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path / "home")}
+    assert default_state_dir(env) == str(tmp_path / "home/.local/state/kubelambda/default")
+    assert default_state_dir({**env, "XDG_STATE_HOME": "/xdg"}) == "/xdg/kubelambda/default"
+    assert default_state_dir({**env, "KUBELAMBDA_PLATFORM_NAME": "b"}).endswith("/kubelambda/b")
+    assert default_state_dir({**env, "KUBELAMBDA_STATE_DIR": "/s"}) == "/s"
+    # An explicit name wins over $KUBELAMBDA_STATE_DIR; --state-dir over both.
+    named = argparse.Namespace(state_dir=None, platform_name="staging")
+    assert state_dir_of(named, {**env, "KUBELAMBDA_STATE_DIR": "/s"}) == Path(env["HOME"]).joinpath(
+        ".local/state/kubelambda/staging"
+    )
+    explicit = argparse.Namespace(state_dir=str(tmp_path / "x"), platform_name="staging")
+    assert state_dir_of(explicit, env) == tmp_path / "x"
+    with pytest.raises(CliError, match=r"bad platform name '\.\./up'") as raised:
+        state_dir_of(argparse.Namespace(state_dir=None, platform_name="../up"), env)
+    assert raised.value.code == 2
+
+
+def test_invoke_finds_the_platform_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "xdg" / "kubelambda" / "default"
+    state.mkdir(parents=True)
+    DevState(state="running", pid=1, gateway_url="http://gw:8090", nats_url="nats://127.0.0.1:4333").write(
+        state
+    )
+    elsewhere = tmp_path / "some" / "project"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    nothing = argparse.Namespace(state_dir=None, platform_name=None, endpoint_url=None, nats_url=None)
+    assert resolve_gateway(nothing, env=env) == "http://gw:8090"
+    assert nats_url_of(nothing, env) == (
+        "nats://127.0.0.1:4333",
+        "the local platform (kubelambda dev status)",
+    )
+    assert nats_url_of(nothing, {"HOME": str(tmp_path / "nohome")}) == (DEFAULT_NATS_URL, "the default")
+    assert nats_url_of(nothing, {**env, "KUBELAMBDA_GATEWAY_NATS_URL": "nats://e:1"})[0] == "nats://e:1"
+
+
+def test_dev_status_lists_every_endpoint_and_what_moved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    DevState(
+        state="running",
+        pid=os.getpid(),
+        gateway_url="http://127.0.0.1:20001",
+        nats_url="nats://127.0.0.1:20002",
+        moved=["gateway: port 8090 was taken (…); it listens at http://127.0.0.1:20001"],
+    ).write(tmp_path)
+    assert main(["dev", "status", "--state-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "gateway:     http://127.0.0.1:20001" in out
+    assert "nats:        nats://127.0.0.1:20002" in out
+    assert "moved:       gateway: port 8090 was taken" in out
+    assert f"state dir:   {tmp_path}" in out
+
+
+def test_a_port_in_time_wait_is_free_to_a_server() -> None:
+    """After a server stopped, its port lingers in TIME_WAIT (~60 s): a bind with SO_REUSEADDR (as every
+    server binds) succeeds, so the fixed port (8090, 4222) is kept instead of moved."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end of the connection goes to TIME_WAIT
+    client.recv(1)
+    client.close()
+    server.close()
+    # The check as it was, without SO_REUSEADDR: the port looks taken.
+    with socket.socket() as plain, pytest.raises(OSError, match="in use"):
+        plain.bind(("127.0.0.1", port))
+    assert bindable("127.0.0.1", port)
+    with socket.create_server(("127.0.0.1", 0)) as listening:  # a listening port is taken, as ever
+        assert not bindable("127.0.0.1", listening.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("ready", "now", "expected"),
+    [
+        (None, "2026-01-01T00:00:00Z", APPLY_RETRY_MIN),
+        (("ScaledToZero", "2026-01-01T00:00:00Z"), "2026-01-01T00:10:00Z", APPLY_RETRY_MIN),
+        (("ApplyFailed", "2026-01-01T00:00:00Z"), "2026-01-01T00:00:02Z", APPLY_RETRY_MIN),
+        (("ApplyFailed", "2026-01-01T00:00:00Z"), "2026-01-01T00:00:40Z", 40.0),
+        (("ApplyFailed", "2026-01-01T00:00:00Z"), "2026-01-01T05:00:00Z", APPLY_RETRY_MAX),
+    ],
+    ids=["first", "other-reason", "min", "doubles", "max"],
+)
+def test_a_refused_apply_is_retried_with_a_growing_back_off(
+    ready: tuple[str, str] | None, now: str, expected: float
+) -> None:
+    conditions = (
+        []
+        if ready is None
+        else [{"type": "Ready", "status": "False", "reason": ready[0], "lastTransitionTime": ready[1]}]
+    )
+    assert apply_retry_seconds({"conditions": conditions}, now) == expected
