@@ -116,3 +116,31 @@ def test_a_refused_apply_is_retried_with_a_growing_back_off(
         else [{"type": "Ready", "status": "False", "reason": ready[0], "lastTransitionTime": ready[1]}]
     )
     assert apply_retry_seconds({"conditions": conditions}, now) == expected
+
+
+def test_doctor_names_each_piece_and_what_a_missing_one_costs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubelambda.cli import doctor
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(doctor, "FIXED_PORTS", {"the gateway": port})
+        monkeypatch.setenv("PATH", "/nonexistent")  # no go, no ip, no docker: each says what it costs
+        code = main(["doctor"])
+    out = capsys.readouterr().out
+    for name in (
+        "python",
+        "platform files",
+        "go",
+        "ip",
+        "root or CAP_NET_ADMIN",
+        "cgroups",
+        "docker/containerd",
+    ):
+        assert f" {name} " in out, out
+    assert "missing  go " in out
+    assert "dev up cannot start" in out
+    assert f"warn     port {port} " in out
+    assert "the gateway listens on another port" in out
+    assert code == 1  # Go is missing: the platform cannot start

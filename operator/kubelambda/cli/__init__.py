@@ -7,6 +7,7 @@ One module per command group, each with a ``register(commands)`` that adds its s
 - ``dev``: ``dev up|down|status|serve``
 - ``platform``: ``operator``, ``gateway``, ``async-worker``, ``fetch-code``, ``dlq``
 - ``accesskeys``: ``access-key create|list|delete``
+- ``doctor``: what the local platform needs on this machine
 
 A new group (for instance ``bridge``) is a module with a ``register`` function added to ``GROUPS`` below.
 Exit codes: 0 ok, 1 error, 2 usage (bad arguments or configuration), 3 ``dev status``: not running,
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubelambda import __version__
-from kubelambda.cli import accesskeys, bridge, dev, functions, platform, project
+from kubelambda.cli import accesskeys, bridge, dev, doctor, functions, platform, project
 from kubelambda.cli._common import EXIT_ERROR, EXIT_INTERRUPTED, CliError
 
 GROUPS: tuple[Callable[[Any], None], ...] = (
@@ -33,6 +34,7 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     platform.register,
     bridge.register,
     accesskeys.register,
+    doctor.register,
 )
 
 
