@@ -8,6 +8,7 @@ One module per command group, each with a ``register(commands)`` that adds its s
 - ``platform``: ``operator``, ``gateway``, ``async-worker``, ``fetch-code``, ``dlq``
 - ``accesskeys``: ``access-key create|list|delete``
 - ``doctor``: what the local platform needs on this machine
+- ``local``: ``local invoke``, a handler run once without a cluster
 
 A new group (for instance ``bridge``) is a module with a ``register`` function added to ``GROUPS`` below.
 Exit codes: 0 ok, 1 error, 2 usage (bad arguments or configuration), 3 ``dev status``: not running,
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubelambda import __version__
-from kubelambda.cli import accesskeys, bridge, dev, doctor, functions, platform, project
+from kubelambda.cli import accesskeys, bridge, dev, doctor, functions, local, platform, project
 from kubelambda.cli._common import EXIT_ERROR, EXIT_INTERRUPTED, CliError
 
 GROUPS: tuple[Callable[[Any], None], ...] = (
@@ -35,6 +36,7 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     bridge.register,
     accesskeys.register,
     doctor.register,
+    local.register,
 )
 
 

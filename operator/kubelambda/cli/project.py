@@ -46,6 +46,9 @@ EXECUTABLE_TEMPLATES = {"bootstrap"}
 TEMPLATE_SUFFIX = ".tmpl"  # Python templates are stored as .py.tmpl so that mypy and ruff leave them alone
 # Ready=False reasons that only mean "wait": anything else is reported as a failed deploy.
 TRANSIENT_REASONS = {"InstancesStarting", "Reconciling"}
+WATCH_POLL_SECONDS = 0.2
+WATCH_SETTLE_SECONDS = 0.1
+WATCH_SKIP = {"__pycache__", "node_modules", "target", "build", "dist"}
 
 
 def function_name_for(folder: Path) -> str:
@@ -235,10 +238,10 @@ async def _wait_ready(
         await asyncio.sleep(0.25)
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
-    folder = Path(args.dir)
+def _deploy_once(args: argparse.Namespace, folder: Path, target: Any, *, rollout: bool = False) -> None:
+    """Package, apply and (unless --no-wait) wait for Ready; with ``rollout``, also until the Function's
+    Deployment runs only pods of this code (so that the next invocation meets it)."""
     doc = read_manifest(folder)
-    target = resolve_target(args)
     name = args.name or str(doc["metadata"]["name"])
     namespace = args.namespace or doc["metadata"].get("namespace") or target.namespace
     spec = dict(doc["spec"])
@@ -288,6 +291,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         ready = await _wait_ready(
             kube, namespace, name, int(applied["metadata"].get("generation") or 1), args.timeout
         )
+        if rollout:
+            await _wait_rollout(kube, namespace, name, started + args.timeout)
         cond = next(c for c in ready["status"]["conditions"] if c["type"] == "Ready")
         print(
             f"Function {namespace}/{name} is Ready ({cond.get('reason')}) after {time.monotonic() - started:.1f} s"
@@ -297,6 +302,82 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             print(f"  url:    {ready['status']['invokeUrl']}")
 
     with_kube(target, work)
+
+
+async def _wait_rollout(kube: KubeClient, namespace: str, name: str, deadline: float) -> None:
+    """Until the Function's Deployment has rolled out its newest template and no pod of an older one is left."""
+    from kubelambda.kube import resource_path
+    from kubelambda.resources import names
+
+    path = resource_path("apps/v1", "deployments", namespace=namespace, name=names.deployment_name(name))
+    while time.monotonic() < deadline:
+        deployment = await kube.get_or_none(path)
+        if deployment is None:
+            return
+        status = deployment.get("status") or {}
+        replicas = int(status.get("replicas") or 0)
+        if (status.get("observedGeneration") or 0) >= deployment["metadata"].get(
+            "generation", 0
+        ) and replicas == int(status.get("updatedReplicas") or 0):
+            return
+        await asyncio.sleep(0.1)
+
+
+def _signature(folder: Path) -> dict[str, tuple[int, int]]:
+    """``{path: (mtime_ns, size)}`` of what a change of would be redeployed (dot-folders, caches, builds left out)."""
+    seen: dict[str, tuple[int, int]] = {}
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in WATCH_SKIP]
+        for name in names:
+            if name.startswith(".") or name.endswith(("~", ".swp", ".pyc")):
+                continue
+            path = Path(root) / name
+            try:
+                stat = path.stat()
+            except OSError:
+                continue  # removed while walking
+            seen[str(path.relative_to(folder))] = (stat.st_mtime_ns, stat.st_size)
+    return seen
+
+
+def _watch(args: argparse.Namespace, folder: Path, target: Any) -> int:
+    """Redeploy on every saved change until interrupted; a failed redeploy is reported and watching goes on."""
+    root = folder if folder.is_dir() else folder.parent
+    print(f"Watching {root} for changes (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    last = _signature(root)
+    while True:
+        time.sleep(WATCH_POLL_SECONDS)
+        now = _signature(root)
+        if now == last:
+            continue
+        time.sleep(WATCH_SETTLE_SECONDS)  # an editor's save may be several writes
+        now = _signature(root)
+        changed = sorted(k for k in now.keys() | last.keys() if now.get(k) != last.get(k))
+        last = now
+        started = time.monotonic()
+        _say(f"Changed: {', '.join(changed[:5])}{' …' if len(changed) > 5 else ''}; redeploying")
+        try:
+            _deploy_once(args, folder, target, rollout=True)
+        except CliError as e:
+            print(f"kubelambda: error: {e.message}", file=sys.stderr)
+            if e.hint:
+                print(f"hint: {e.hint}", file=sys.stderr)
+            continue
+        print(
+            f"Redeployed in {time.monotonic() - started:.1f} s; the next invocation runs the new code",
+            flush=True,
+        )
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    folder = Path(args.dir)
+    read_manifest(folder)  # a bad folder fails before the cluster is looked for
+    target = resolve_target(args)
+    if args.watch and (args.dry_run or args.no_wait):
+        raise CliError("--watch waits for each deploy", hint="drop --dry-run / --no-wait", code=EXIT_USAGE)
+    _deploy_once(args, folder, target, rollout=args.watch)
+    if args.watch:
+        return _watch(args, folder, target)
     return EXIT_OK
 
 
@@ -328,6 +409,11 @@ def register(commands: Any) -> None:
     )
     deploy.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for Ready (default 180)"
+    )
+    deploy.add_argument(
+        "--watch",
+        action="store_true",
+        help="stay, and redeploy whenever a file in DIR changes (each time until the new code serves)",
     )
     deploy.add_argument(
         "--dry-run", action="store_true", help="validate on the server (dryRun=All); change nothing"
