@@ -319,3 +319,87 @@ async def test_errors_are_one_line_with_a_hint_and_a_meaningful_exit_code(env: E
     assert_one_line_error(await cli("invoke", "x", "--payload", "{nope"), 2, "not JSON")
     gone = Cli(env.cluster, env.url, tmp_path / "state", KUBECONFIG=str(tmp_path / "missing.yaml"))
     assert_one_line_error(await gone("list"), 1, "does not exist")
+
+
+def start_watch(folder: Path, namespace: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubelambda", "deploy", str(folder), "-n", namespace, "--watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+async def test_deploy_watch_redeploys_a_saved_change_and_the_next_invoke_runs_it(
+    env: Env, tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    cli = Cli(env.cluster, env.url, tmp_path / "state")
+    folder = tmp_path / "watched"
+    await cli.ok("init", "python3.11", str(folder), "--name", "watched")
+    watcher = start_watch(folder, env.namespace, cli.env)
+    said: list[str] = []
+    assert watcher.stdout is not None
+    stream = watcher.stdout
+    reader = threading.Thread(target=lambda: said.extend(iter(stream.readline, "")), daemon=True)
+    reader.start()
+
+    async def output() -> str:
+        return "".join(said)
+
+    try:
+        await wait_for(
+            output, lambda out: "Watching" in out, what="the first deploy, then watching", timeout=120
+        )
+        assert "is Ready" in "".join(said)
+        # Warm: an instance runs the old code when the change is saved.
+        first = await cli.ok("invoke", f"{env.namespace}/watched", "--payload", '{"name": "w"}')
+        assert json.loads(first.stdout)["message"] == "Hello, w!"
+        mark = len("".join(said))
+        saved = time.monotonic()
+        (folder / "app.py").write_text(
+            "def handler(event, context):\n    return {'message': 'Changed, ' + event['name'] + '!'}\n"
+        )
+        await wait_for(
+            output, lambda out: "Redeployed in" in out[mark:], what="the redeploy of the change", timeout=120
+        )
+        second = await cli.ok("invoke", f"{env.namespace}/watched", "--payload", '{"name": "w"}')
+        answered = time.monotonic() - saved
+        assert json.loads(second.stdout)["message"] == "Changed, w!", "".join(said)[mark:]
+        assert "Changed: app.py; redeploying" in "".join(said)[mark:]
+        print(f"\nsaved -> the next invoke answered by the new code: {answered:.2f} s")
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=30)
+
+
+def test_local_invoke_runs_a_folder_once_without_a_cluster(tmp_path: Path) -> None:
+    folder = tmp_path / "here"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBELAMBDA_", "KUBECONFIG"))}
+    env["HOME"] = str(tmp_path / "home")  # no cluster to be found anywhere
+    env["KUBELAMBDA_CACHE"] = os.environ.get("KUBELAMBDA_CACHE") or str(Path.home() / ".cache" / "kubelambda")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kubelambda", *args], capture_output=True, text=True, env=env, timeout=240
+        )
+
+    assert run("init", "python3.11", str(folder)).returncode == 0
+    done = run("local", "invoke", str(folder), "--payload", '{"name": "local"}')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["message"] == "Hello, local!"
+    assert "status 200" in done.stderr
+    assert "Greeting local" in done.stderr  # the log tail
+    assert "REPORT RequestId:" in done.stderr
+    (folder / "app.py").write_text(
+        "def handler(event, context):\n    raise ValueError('no ' + event['name'])\n"
+    )
+    failed = run("local", "invoke", str(folder), "--payload", '{"name": "luck"}')
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert json.loads(failed.stdout)["errorMessage"] == "no luck"
+    assert "(Unhandled)" in failed.stderr
+    missing = run("local", "invoke", str(tmp_path / "nowhere"))
+    assert_one_line_error(missing, 2, "no function.yaml")

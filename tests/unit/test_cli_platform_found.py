@@ -144,3 +144,26 @@ def test_doctor_names_each_piece_and_what_a_missing_one_costs(
     assert f"warn     port {port} " in out
     assert "the gateway listens on another port" in out
     assert code == 1  # Go is missing: the platform cannot start
+
+
+def test_dev_env_prints_what_a_clean_shell_needs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    DevState(
+        state="running",
+        pid=os.getpid(),
+        kubeconfig="/k/kubeconfig",
+        kubectl="/bins/v1/kubectl",
+        gateway_url="http://127.0.0.1:8090",
+        aws_access_key_id="KLAKX",
+        aws_secret_access_key="s",
+    ).write(tmp_path)
+    assert main(["dev", "env", "--state-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "export KUBECONFIG=/k/kubeconfig"
+    assert lines[1].startswith("export PATH=/bins/v1:")
+    assert lines[1].endswith(":$PATH")
+    assert "export AWS_ACCESS_KEY_ID=KLAKX" in lines
+    assert "export GW=http://127.0.0.1:8090" in lines
+    assert main(["dev", "env", "--state-dir", str(tmp_path / "none")]) == 3
+    assert "no running local platform" in capsys.readouterr().err

@@ -51,14 +51,9 @@ def _print_state(state_dir: Path) -> None:
             print(f"nats:        {state.nats_url}")
         for note in state.moved:
             print(f"moved:       {note}")
-        print(f"\n  export KUBECONFIG={state.kubeconfig}")
-
-        if state.aws_access_key_id:
-            # The developer's access key (it may invoke every Function) for the AWS CLI and SDKs.
-            print(f"  export AWS_ENDPOINT_URL_LAMBDA={state.gateway_url}")
-            print(f"  export AWS_ACCESS_KEY_ID={state.aws_access_key_id}")
-            print(f"  export AWS_SECRET_ACCESS_KEY={state.aws_secret_access_key}")
-            print("  export AWS_REGION=us-east-1")
+        print()
+        for line in env_lines(state):  # also `eval "$(kubelambda dev env)"`
+            print(f"  {line}")
     if state.error:
         print(f"error:       {state.error}")
 
@@ -169,6 +164,41 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
     return 0 if running else 3
 
 
+def env_lines(state: Any) -> list[str]:
+    """``export`` lines for a shell: the kubeconfig, PATH with kubelambda and the server's kubectl first, and
+    the developer key for the AWS CLI and SDKs."""
+    lines = [f"export KUBECONFIG={state.kubeconfig}"]
+    first = [str(Path(sys.executable).parent)]
+    if state.kubectl:
+        first.insert(0, str(Path(state.kubectl).parent))
+    lines.append(f"export PATH={os.pathsep.join(first)}{os.pathsep}$PATH")
+    if state.aws_access_key_id:
+        lines += [
+            f"export AWS_ENDPOINT_URL_LAMBDA={state.gateway_url}",
+            f"export AWS_ACCESS_KEY_ID={state.aws_access_key_id}",
+            f"export AWS_SECRET_ACCESS_KEY={state.aws_secret_access_key}",
+            "export AWS_REGION=us-east-1",
+        ]
+    if state.gateway_url:
+        lines.append(f"export GW={state.gateway_url}")
+    return lines
+
+
+def cmd_dev_env(args: argparse.Namespace) -> int:
+    from kubelambda.devcluster import DevState
+
+    state_dir = _state_dir(args)
+    state = DevState.read(state_dir)
+    if state is None or state.state != "running" or not alive(state.pid):
+        raise CliError(
+            f"no running local platform in {state_dir}",
+            hint="start it with `kubelambda dev up` (or name it: --platform-name)",
+            code=3,
+        )
+    print("\n".join(env_lines(state)))
+    return 0
+
+
 def cmd_dev_serve(args: argparse.Namespace) -> int:
     from kubelambda.devcluster import serve
     from kubelambda.devcluster._interpreters import SUBSTITUTE_ENV, substitution_allowed
@@ -236,6 +266,13 @@ def register(commands: Any) -> None:
     status = dev_commands.add_parser("status", help="what runs where; exit status 3 when not running")
     add_state_dir(status)
     status.set_defaults(func=cmd_dev_status)
+
+    env = dev_commands.add_parser(
+        "env",
+        help='export lines for a shell: eval "$(kubelambda dev env)" sets KUBECONFIG, PATH (kubectl), AWS_*, GW',
+    )
+    add_state_dir(env)
+    env.set_defaults(func=cmd_dev_env)
 
     serve = dev_commands.add_parser(
         "serve", help="run the local cluster in the foreground (what `up` starts)"

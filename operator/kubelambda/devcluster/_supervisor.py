@@ -50,6 +50,7 @@ class DevState:
     nats_url: str | None = None  # NATS JetStream of Event invocations and dead letters (`kubelambda dlq`)
     endpoints: dict[str, str] = field(default_factory=dict)  # every URL the platform serves, by name
     moved: list[str] = field(default_factory=list)  # fixed ports that were taken, and where they went instead
+    kubectl: str = ""  # the kubectl of the server's version (`dev env` puts its folder first on PATH)
     limits: str = ""  # whether the node enforces memory and CPU limits, and how
     aws_access_key_id: str = ""  # the developer's access key: may invoke every Function (docs/security.md)
     aws_secret_access_key: str = ""
@@ -174,6 +175,7 @@ async def serve(
         state.state = "running"
         state.kubeconfig = str(plane.kubeconfig)
         state.server = plane.server
+        state.kubectl = str(binaries.kubectl)
         state.node = node_name
         state.kubelet_port = node.kubelet_port
         state.node_ip = node_ip
