@@ -20,7 +20,8 @@ class BuildWithBundle(build_py):
         target = Path(self.build_lib) / "kubelambda" / "_bundle"
         shutil.rmtree(target, ignore_errors=True)
         for name in BUNDLED:
-            shutil.copytree(HERE / name, target / name, ignore=SKIP, symlinks=False)
+            if (HERE / name).is_dir():  # the Dockerfile builds from operator/ alone: nothing to bundle
+                shutil.copytree(HERE / name, target / name, ignore=SKIP, symlinks=False)
 
 
 setup(cmdclass={"build_py": BuildWithBundle})

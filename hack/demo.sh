@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-state=${KUBELAMBDA_STATE_DIR:-.kubelambda}
+# The platform's state: $KUBELAMBDA_STATE_DIR, else ~/.local/state/kubelambda/default (found from any folder).
+state=$(.venv/bin/python -c 'from kubelambda.cli._common import default_state_dir; print(default_state_dir())')
 
 kubelambda dev up --state-dir "$state"
 # The gateway checks who calls (auth on, as Lambda): curl signs with the developer access key `dev up` made.
@@ -18,12 +19,12 @@ k() { echo "\$ kubectl $*"; kc "$@"; }
 echo
 echo "==> A Deployment of 3 replicas of a tiny HTTP server image, and a Service selecting them"
 kc create namespace demo --dry-run=client -o yaml | kc apply -f - >/dev/null
-echo "\$ kubectl -n demo create deployment hello --image=kubelambda.io/dev/httpserver --replicas=3 --port=8080"
-kc -n demo create deployment hello --image=kubelambda.io/dev/httpserver --replicas=3 --port=8080 \
+echo "\$ kubectl -n demo create deployment web --image=kubelambda.io/dev/httpserver --replicas=3 --port=8080"
+kc -n demo create deployment web --image=kubelambda.io/dev/httpserver --replicas=3 --port=8080 \
   --dry-run=client -o yaml | kc apply -f -
-echo "\$ kubectl -n demo expose deployment hello --port=80 --target-port=8080"
-kc -n demo expose deployment hello --port=80 --target-port=8080 --dry-run=client -o yaml | kc apply -f -
-k -n demo rollout status deployment/hello --timeout=120s
+echo "\$ kubectl -n demo expose deployment web --port=80 --target-port=8080"
+kc -n demo expose deployment web --port=80 --target-port=8080 --dry-run=client -o yaml | kc apply -f -
+k -n demo rollout status deployment/web --timeout=120s
 echo
 k get nodes -o wide
 echo
@@ -32,7 +33,7 @@ echo
 k -n demo get endpointslices
 echo
 echo "==> Each pod is a process on this machine, listening on its own address"
-for pod in $(kc -n demo get pods -l app=hello -o name); do
+for pod in $(kc -n demo get pods -l app=web -o name); do
   ip=$(kc -n demo get "$pod" -o jsonpath='{.status.podIP}')
   pid=$(kc -n demo get "$pod" -o jsonpath='{.status.containerStatuses[0].containerID}')
   pid=${pid#local://}
@@ -40,7 +41,7 @@ for pod in $(kc -n demo get pods -l app=hello -o name); do
   printf '    curl http://%s:8080/ -> %s\n' "$ip" "$(curl -s "http://$ip:8080/")"
 done
 echo
-k -n demo logs deployment/hello --tail=3
+k -n demo logs deployment/web --tail=3
 
 echo
 echo "==> A Lambda function: examples/hello-python3.11, scaled to zero until its first invocation"
@@ -85,15 +86,15 @@ k -n demo get triggers
 echo
 cat <<EOT
 The same function answers the AWS SDKs and CLI at the gateway ($gateway), signed with the developer key, e.g.
-  eval "\$(.venv/bin/kubelambda dev status | grep '^  export AWS_')"
-  aws lambda invoke --endpoint-url $gateway --function-name demo/hello-python311 --payload '{}' out.json
+  eval "\$(.venv/bin/kubelambda dev env)"
+  aws lambda invoke --endpoint-url \$GW --function-name demo/hello-python311 --payload '{}' out.json
 EOT
 echo
 cat <<EOT
-The local cluster keeps running. Try:
-  export KUBECONFIG=$kubeconfig
-  $kubectl_bin -n demo scale deployment/hello --replicas=0     # the processes end
-  .venv/bin/kubelambda logs nightly-report -n demo --follow  # a "report for ..." line every minute
-  .venv/bin/kubelambda dev status
-  .venv/bin/kubelambda dev down                                # stops everything
+The local cluster keeps running. Try, from any folder:
+  eval "\$($PWD/.venv/bin/kubelambda dev env)"   # KUBECONFIG, PATH (kubelambda, kubectl), AWS_*, GW
+  kubectl -n demo scale deployment/web --replicas=0      # the processes end
+  kubelambda logs nightly-report -n demo --follow        # a "report for ..." line every minute
+  kubelambda dev status
+  kubelambda dev down                                    # stops everything
 EOT
