@@ -178,6 +178,7 @@ def env_lines(state: Any) -> list[str]:
             f"export AWS_ACCESS_KEY_ID={state.aws_access_key_id}",
             f"export AWS_SECRET_ACCESS_KEY={state.aws_secret_access_key}",
             "export AWS_REGION=us-east-1",
+            "export AWS_DEFAULT_REGION=us-east-1",  # the AWS CLI v1 reads only this one
         ]
     if state.gateway_url:
         lines.append(f"export GW={state.gateway_url}")
