@@ -307,7 +307,7 @@ class LocalNode:
             seen = set()
             for pod in pods:
                 seen.add(pod["metadata"]["uid"])
-                if first and not self.runners and left_by_a_stop(pod):
+                if first and left_by_a_stop(pod):
                     self._spawn(self._delete_now(pod))
                     continue
                 await self._on_pod("MODIFIED", pod)
