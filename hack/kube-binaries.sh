@@ -3,6 +3,8 @@
 #   ~/.cache/kubelambda/bin/<KUBE_VERSION>/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}
 #   ~/.cache/kubelambda/bin/etcd-<ETCD_VERSION>/etcd
 #   ~/.cache/kubelambda/bin/helm-<HELM_VERSION>/helm
+#   ~/.cache/kubelambda/bin/node-<KUBE_VERSION>/{kubelet,kube-proxy}  (`node`: only for the container node)
+#   ~/.cache/kubelambda/bin/coredns-<COREDNS_VERSION>/coredns          (`node` too)
 # A directory holding a `.complete` stamp is never rebuilt; change a pin in hack/versions.env to rebuild.
 # Prints the three directories (KUBE_BIN=, ETCD_BIN=, HELM_BIN=) on stdout, progress on stderr.
 set -euo pipefail
@@ -17,6 +19,8 @@ log() { printf '[kube-binaries] %s\n' "$*" >&2; }
 kube_bin=$cache/bin/$KUBE_VERSION
 etcd_bin=$cache/bin/etcd-$ETCD_VERSION
 helm_bin=$cache/bin/helm-$HELM_VERSION
+node_bin=$cache/bin/node-$KUBE_VERSION
+coredns_bin=$cache/bin/coredns-$COREDNS_VERSION
 
 build_kube() {
   local work=$cache/build/kube-$KUBE_VERSION
@@ -25,7 +29,6 @@ build_kube() {
   local modfile
   modfile=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   local minor_patch=${KUBE_VERSION#v1.}
-  local major=1 minor=${minor_patch%%.*}
   # Our own module depends on k8s.io/kubernetes; each of its ./staging/src/k8s.io/X replaces becomes
   # k8s.io/X v0.<minor>.<patch>, the same release published as its own module.
   {
@@ -53,7 +56,8 @@ import (
 )
 GO
   (cd "$work" && go mod tidy -e >&2 2>&1 || true)
-  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=$major -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  local ldflags
+  kube_ldflags "${minor_patch%%.*}"
   local tmp=$kube_bin.tmp
   rm -rf "$tmp"; mkdir -p "$tmp"
   for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
@@ -62,6 +66,33 @@ GO
   done
   touch "$tmp/.complete"
   rm -rf "$kube_bin"; mv "$tmp" "$kube_bin"
+}
+
+# kube_ldflags MINOR: sets $ldflags, the version stamp kubectl, kubeadm and the kubelet report.
+kube_ldflags() {
+  local major=1 minor=$1
+  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=$major -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+}
+
+# The container node's kubelet and kube-proxy, from the same module as the control plane (build_kube made it).
+build_node() {
+  local work=$cache/build/kube-$KUBE_VERSION
+  [[ -f $work/go.mod ]] || { log "no $work/go.mod: build the control plane first (kube-binaries.sh kube)"; return 1; }
+  local minor_patch=${KUBE_VERSION#v1.}
+  local ldflags
+  kube_ldflags "${minor_patch%%.*}"
+  local tmp=$node_bin.tmp
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  for cmd in kubelet kube-proxy; do
+    log "building $cmd $KUBE_VERSION (several minutes on a cold cache)"
+    (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd")
+  done
+  touch "$tmp/.complete"
+  rm -rf "$node_bin"; mv "$tmp" "$node_bin"
+}
+
+build_coredns() {
+  build_single coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns "$coredns_bin" "-s -w"
 }
 
 # build_single NAME MODULE VERSION PACKAGE DEST LDFLAGS: one binary from one Go module, built in a throwaway
@@ -112,6 +143,14 @@ if [[ $want == all || $want == etcd ]]; then
 fi
 if [[ $want == all || $want == helm ]]; then
   [[ -f $helm_bin/.complete ]] && log "helm $HELM_VERSION cached in $helm_bin" || build_helm
+fi
+# Not part of `all`: only the container node (kubelambda dev up --node container) needs them.
+if [[ $want == node ]]; then
+  [[ -f $kube_bin/.complete ]] || build_kube
+  [[ -f $node_bin/.complete ]] && log "kubelet, kube-proxy $KUBE_VERSION cached in $node_bin" || build_node
+  [[ -f $coredns_bin/.complete ]] && log "coredns $COREDNS_VERSION cached in $coredns_bin" || build_coredns
+  echo "NODE_BIN=$node_bin"
+  echo "COREDNS_BIN=$coredns_bin"
 fi
 echo "KUBE_BIN=$kube_bin"
 echo "ETCD_BIN=$etcd_bin"

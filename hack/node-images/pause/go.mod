@@ -1,0 +1,3 @@
+module kubelambda.local/pause
+
+go 1.24
