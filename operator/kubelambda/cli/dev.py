@@ -37,7 +37,10 @@ def _print_state(state_dir: Path) -> None:
     if state.state == "running":
         print(f"kubeconfig:  {state.kubeconfig}")
         print(f"api server:  {state.server}")
-        print(f"node:        {state.node} (kubelet endpoint https://{state.node_ip}:{state.kubelet_port})")
+        kind = "container node" if state.node_kind == "container" else "process node"
+        print(
+            f"node:        {state.node}, {kind} (kubelet endpoint https://{state.node_ip}:{state.kubelet_port})"
+        )
         print(f"pod network: {state.pod_network}")
         if state.limits:
             print(f"limits:      {state.limits}")
@@ -49,6 +52,8 @@ def _print_state(state_dir: Path) -> None:
             print(f"gateway:     {state.gateway_url}")
         if state.nats_url:
             print(f"nats:        {state.nats_url}")
+        if state.gateway_access:
+            print(f"reached by:  {state.gateway_access}")
         for note in state.moved:
             print(f"moved:       {note}")
         print()
@@ -87,7 +92,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)]
     if args.backoff is not None:
         argv += ["--backoff", str(args.backoff)]
-    argv += ["--pod-network", args.pod_network, "--limits", args.limits]
+    argv += ["--pod-network", args.pod_network, "--limits", args.limits, "--node", args.node]
     if not args.platform:
         argv.append("--no-platform")
     if args.substitute_runtimes:
@@ -128,8 +133,10 @@ def cmd_dev_down(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     state = DevState.read(state_dir)
     if state is None or not alive(state.pid):
-        # A supervisor that was killed leaves its cgroups (its pods died with it): remove them.
-        left = cleanup_recorded(state_dir)
+        # A supervisor that was killed leaves its cgroups (its pods died with it): remove them. The container
+        # node's containers outlive it (their shims are not its children): they, their mounts, network
+        # namespaces and iptables rules go too.
+        left = cleanup_recorded(state_dir) + _container_leftovers(state_dir)
         for path in left:
             print(f"warning: could not remove the cgroup {path}", file=sys.stderr)
         print("The local cluster is not running.")
@@ -143,10 +150,20 @@ def cmd_dev_down(args: argparse.Namespace) -> int:
         print(f"The supervisor did not stop within {args.timeout:.0f} s and was killed.")
     leftovers = [f"{name} ({pid})" for name, pid in state.components.items() if alive(pid)]
     leftovers += [f"cgroup {path}" for path in cleanup_recorded(state_dir)]
+    leftovers += _container_leftovers(state_dir)
     for name_pid in leftovers:
         print(f"warning: {name_pid} is still running", file=sys.stderr)
     print("The local cluster is stopped." if not leftovers else "The local cluster stopped with leftovers.")
     return 0 if not leftovers else 1
+
+
+def _container_leftovers(state_dir: Path) -> list[str]:
+    """Removes what a container node recorded in ``state_dir`` left on the host; returns what stayed."""
+    from kubelambda.devcluster._containernode import RECORD, cleanup_host
+
+    if not (state_dir / RECORD).exists():
+        return []
+    return cleanup_host(state_dir)
 
 
 def cmd_dev_status(args: argparse.Namespace) -> int:
@@ -222,6 +239,7 @@ def cmd_dev_serve(args: argparse.Namespace) -> int:
             pod_network=args.pod_network,
             platform=args.platform,
             limits=args.limits,
+            node_kind=args.node,
         )
     )
 
@@ -242,6 +260,7 @@ def register(commands: Any) -> None:
         "--pod-network", choices=("auto", "alias", "loopback"), default="auto", help="see `dev serve`"
     )
     up.add_argument("--limits", choices=("auto", "off"), default="auto", help="see `dev serve`")
+    up.add_argument("--node", choices=("process", "container"), default="process", help="see `dev serve`")
     up.add_argument(
         "--no-platform",
         dest="platform",
@@ -295,6 +314,13 @@ def register(commands: Any) -> None:
         default="auto",
         help="auto: each container gets a cgroup with its memory and CPU limits when /sys/fs/cgroup is "
         "writable (root), else a warning; off: limits are not enforced",
+    )
+    serve.add_argument(
+        "--node",
+        choices=("process", "container"),
+        default="process",
+        help="process (default): pods run as processes of this supervisor; container: a real kubelet with its "
+        "own containerd, CNI bridge and kube-proxy (root; images from make images; docs/local-cluster.md)",
     )
     serve.add_argument(
         "--no-platform",

@@ -94,6 +94,9 @@ class ControlPlane:
     binaries: Binaries
     node_name: str = "kubelambda-local"
     ports: Endpoints = field(default_factory=Endpoints.allocate)
+    # 127.0.0.1 for the process node. The container node's pods reach the API server through the `kubernetes`
+    # Service, whose endpoint is this address: a routable address of the host, served on every interface.
+    advertise_address: str = "127.0.0.1"
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -137,8 +140,9 @@ class ControlPlane:
 
     def _prepare(self) -> dict[str, Path]:
         ca = self.ca
+        routable = self.advertise_address != "127.0.0.1"
         apiserver = ca.issue(
-            "apiserver",
+            f"apiserver-{self.advertise_address}" if routable else "apiserver",
             common_name="kube-apiserver",
             dns_names=(
                 "localhost",
@@ -147,7 +151,11 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
             ),
-            ip_addresses=("127.0.0.1", KUBERNETES_SERVICE_IP),
+            ip_addresses=(
+                "127.0.0.1",
+                KUBERNETES_SERVICE_IP,
+                *((self.advertise_address,) if routable else ()),
+            ),
             server=True,
         )
         kubelet_client = ca.issue(
@@ -259,8 +267,10 @@ class ControlPlane:
                 f"--etcd-cafile={files['ca']}",
                 f"--etcd-certfile={files['etcd_crt']}",
                 f"--etcd-keyfile={files['etcd_key']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                "--bind-address=127.0.0.1"
+                if self.advertise_address == "127.0.0.1"
+                else "--bind-address=0.0.0.0",
+                f"--advertise-address={self.advertise_address}",
                 f"--secure-port={p.apiserver}",
                 f"--tls-cert-file={files['apiserver_crt']}",
                 f"--tls-private-key-file={files['apiserver_key']}",

@@ -55,6 +55,8 @@ class DevState:
     aws_access_key_id: str = ""  # the developer's access key: may invoke every Function (docs/security.md)
     aws_secret_access_key: str = ""
     error: str = ""
+    node_kind: str = "process"  # process (the default) | container (docs/local-cluster.md)
+    gateway_access: str = ""  # how the gateway is reached (the container node: NodePort on the node address)
 
     def write(self, state_dir: Path) -> None:
         tmp = state_dir / f".{STATE_FILE}.tmp"
@@ -120,6 +122,7 @@ async def serve(
     pod_network: str = "auto",
     platform: bool = True,
     limits: str = "auto",
+    node_kind: str = "process",
 ) -> int:
     """``platform=False`` runs only Kubernetes (the test suites run their own operator and gateway)."""
     state_dir = state_dir.resolve()
@@ -132,6 +135,10 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
 
+    if node_kind not in ("process", "container"):
+        raise ValueError(f"node kind must be process or container, not {node_kind!r}")
+    if node_kind == "container":
+        return await _serve_container(state_dir, state, stop, node_name=node_name, platform=platform)
     binaries = await asyncio.to_thread(ensure_binaries)
     plane = ControlPlane(state_dir, binaries, node_name=node_name, ports=_ports(state_dir))
     node: LocalNode | None = None
@@ -218,6 +225,111 @@ async def serve(
             except Exception:
                 logger.exception("The local node did not stop cleanly")
         await plane.stop()
+        if state.state != "failed":
+            state.state = "stopped"
+        state.write(state_dir)
+        logger.info("Stopped the local cluster")
+    return code
+
+
+async def _serve_container(
+    state_dir: Path, state: DevState, stop: asyncio.Event, *, node_name: str, platform: bool
+) -> int:
+    """``serve`` with the container node (containerd + kubelet + CNI + kube-proxy) instead of the process node;
+    with ``platform``, kubelambda runs from its Helm chart as pods (:mod:`kubelambda.devcluster._chart`)."""
+    from kubelambda.devcluster._containernode import (
+        ContainerNode,
+        check_host,
+        ensure_node_binaries,
+        node_address,
+        proxy_kubeconfig,
+    )
+
+    started = time.monotonic()
+    state.node_kind = "container"
+    code = 0
+    plane: ControlPlane | None = None
+    node: ContainerNode | None = None
+    chart: Any = None
+    try:
+        check_host()
+        binaries = await asyncio.to_thread(ensure_binaries)
+        node_binaries = await asyncio.to_thread(ensure_node_binaries)
+        node_ip = node_address()
+        plane = ControlPlane(
+            state_dir, binaries, node_name=node_name, ports=_ports(state_dir), advertise_address=node_ip
+        )
+        logger.info("Starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler")
+        await plane.start()
+        (state_dir / "ports.json").write_text(json.dumps(asdict(plane.ports)))
+        serving = plane.kubelet_serving_cert(node_ip)
+        from kubelambda.devcluster._chart import chart_images
+
+        images = await asyncio.to_thread(chart_images, control_plane=platform)
+        node = ContainerNode(
+            state_dir=state_dir,
+            node_name=node_name,
+            node_ip=node_ip,
+            kubeconfig=plane.node_kubeconfig(),
+            admin_kubeconfig=plane.kubeconfig,
+            proxy_kubeconfig=proxy_kubeconfig(plane.ca, state_dir, plane.server, plane.ca.pair.cert),
+            ca=plane.ca.pair.cert,
+            serving_cert=serving.cert,
+            serving_key=serving.key,
+            binaries=node_binaries,
+            images=images,
+        )
+        logger.info("Starting the container node (containerd, CoreDNS, kubelet, kube-proxy)")
+        await node.start()
+        await wait_until_usable(plane.kubeconfig, node_name)
+        if platform:
+            from kubelambda.devcluster._chart import ChartPlatform
+
+            logger.info("Installing kubelambda from its Helm chart")
+            chart = ChartPlatform(
+                state_dir, binaries, plane.kubeconfig, node_ip=node_ip, nats_image=node.images[1]
+            )
+            await chart.install()
+            state.gateway_url = chart.gateway_url
+            state.gateway_access = chart.access
+            state.aws_access_key_id = chart.access_key_id
+            state.aws_secret_access_key = chart.secret_access_key
+        state.state = "running"
+        state.kubeconfig = str(plane.kubeconfig)
+        state.server = plane.server
+        state.node = node_name
+        state.kubelet_port = node.kubelet_port
+        state.node_ip = node_ip
+        state.components = {**plane.pids(), **node.pids()}
+        state.pod_network = node.describe()
+        state.limits = "enforced by the kubelet and runc (each container's cgroup)"
+        state.startup_seconds = round(time.monotonic() - started, 2)
+        state.write(state_dir)
+        logger.info(
+            "The local cluster is up in %.1f s; kubeconfig: %s", state.startup_seconds, plane.kubeconfig
+        )
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            plane.check_running()
+            node.check_running()
+    except Exception as e:
+        logger.exception("The local cluster failed")
+        state.state = "failed"
+        state.error = str(e)
+        code = 1
+    finally:
+        logger.info("Stopping the local cluster")
+        if chart is not None:
+            with contextlib.suppress(Exception):
+                await chart.stop()
+        if node is not None:
+            try:
+                await node.stop()
+            except Exception:
+                logger.exception("The container node did not stop cleanly")
+        if plane is not None:
+            await plane.stop()
         if state.state != "failed":
             state.state = "stopped"
         state.write(state_dir)
