@@ -52,7 +52,10 @@ ENV PATH=/opt/kubelambda/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8
 WORKDIR /tmp
-# A numeric non-root user (the chart runs with runAsNonRoot and readOnlyRootFilesystem; /tmp is an emptyDir).
+# A numeric non-root user (the chart runs with runAsNonRoot and readOnlyRootFilesystem; /tmp is an emptyDir), with a
+# passwd entry: the operator's peering identity comes from getpass.getuser(), which fails for an unnamed uid.
+RUN groupadd --gid 65532 kubelambda \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin kubelambda
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["python", "-m", "kubelambda"]

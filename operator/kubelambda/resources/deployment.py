@@ -165,6 +165,9 @@ def agent_container(
     return {
         "name": CONTAINER,
         "image": image,
+        # Runtime images are immutable per tag: never pull one the node holds (runtime-provided is `:latest`, for
+        # which the kubelet's default is Always: no start without a registry, e.g. images loaded into kind).
+        "imagePullPolicy": "IfNotPresent",
         "env": env,
         "ports": [{"name": INVOKE_PORT_NAME, "containerPort": INVOKE_PORT, "protocol": "TCP"}],
         "readinessProbe": {
