@@ -90,6 +90,8 @@ class ChartPlatform:
             "--set", "nats.image.pullPolicy=Never",
             "--set", "gateway.service.type=NodePort",
             "--set", f"gateway.service.nodePort={GATEWAY_NODE_PORT}",
+            # The async worker as pods of its own (the chart's default runs it inside the gateway).
+            "--set", "async.worker.separate=true",
         ]  # fmt: skip
 
     async def _nats_volume(self, kube: KubeClient) -> None:

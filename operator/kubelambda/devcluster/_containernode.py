@@ -175,8 +175,7 @@ def host_leftovers() -> list[str]:
     for rule in _forward_rules():
         if _run("iptables", "-C", *rule, check=False).returncode == 0:
             left.append(f"iptables {' '.join(rule)}")
-    for family, table, rule in _kube_rules():
-        left.append(f"{family} -t {table} {rule}")
+    left += [f"{family} -t {table} {line}" for family, table, line in _kube_rules()]
     left += [f"process {pid} ({what})" for pid, what in _our_processes()]
     left += [f"cgroup {d}" for d in _cgroup_dirs()]
     return left

@@ -1,0 +1,87 @@
+"""The e2e suite: kubelambda from its Helm chart on the container node (``kubelambda dev serve --node container``:
+containerd, the real kubelet, CNI, kube-proxy), started once per session; Functions are invoked with boto3 through
+the chart's gateway on its NodePort, signed with the developer's access key from ``.kubelambda/dev.json``.
+
+Needs root, Docker with the images of ``make images``, and the container node's Debian packages (``make e2e``
+checks and builds them). The last module (``test_zz_down``) stops the cluster with ``kubelambda dev down`` and
+checks that nothing it made is left on the host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kltest import Cluster, start_cluster
+from kltest.cluster import kubectl_bin
+from kubelambda.devcluster import DevState
+from kltest.platform import lambda_client
+from kubelambda.devcluster._containernode import cleanup_host, host_leftovers
+
+E2E_DIR = Path(tempfile.gettempdir()) / "kubelambda-e2e"
+
+
+def host_snapshot() -> dict[str, set[str]]:
+    """What the container node could leave behind, as lines to compare before ``up`` and after ``down``."""
+    import subprocess
+
+    def lines(*argv: str) -> set[str]:
+        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        return {line for line in out.splitlines() if line and not line.startswith("#")}
+
+    mounts = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+    links = {line.split(":", 2)[1].split("@")[0].strip() for line in lines("ip", "-o", "link")}
+    return {
+        "mounts": mounts,
+        "links": links,
+        "iptables filter": {
+            line for line in lines("iptables-save", "-t", "filter") if not line.startswith(":")
+        }
+        | {line.split()[0] for line in lines("iptables-save", "-t", "filter") if line.startswith(":")},
+        "iptables nat": {line for line in lines("iptables-save", "-t", "nat") if not line.startswith(":")}
+        | {line.split()[0] for line in lines("iptables-save", "-t", "nat") if line.startswith(":")},
+    }
+
+
+@pytest.fixture(scope="session")
+def host_before() -> dict[str, set[str]]:
+    if os.environ.get("KUBELAMBDA_E2E_STATE_DIR"):
+        return {}
+    left = host_leftovers()
+    assert not left, f"a container node's leftovers are on this machine before the suite: {left}"
+    return host_snapshot()
+
+
+@pytest.fixture(scope="session")
+def cluster(host_before: dict[str, set[str]]) -> Iterator[Cluster]:
+    running_dir = os.environ.get("KUBELAMBDA_E2E_STATE_DIR")
+    if (
+        running_dir
+    ):  # a container node already running (kubelambda dev up --node container): used, not stopped
+        state = DevState.read(Path(running_dir))
+        assert state is not None and state.state == "running" and state.node_kind == "container", (
+            f"KUBELAMBDA_E2E_STATE_DIR={running_dir}: no running container node recorded there"
+        )
+        yield Cluster(state_dir=Path(running_dir), proc=None, state=state, kubectl_path=kubectl_bin())
+        return
+    shutil.rmtree(E2E_DIR, ignore_errors=True)
+    running = start_cluster(E2E_DIR, platform=True, timeout=1500, args=["--node", "container"])
+    try:
+        yield running
+    finally:
+        code = running.stop(timeout=180)
+        left = cleanup_host(E2E_DIR)  # a supervisor that failed leaves its containers: never leave them
+        assert code == 0, f"the cluster exited with {code}; logs in {E2E_DIR}/logs and {E2E_DIR}/serve.log"
+        assert not left, left
+
+
+@pytest.fixture(scope="session")
+def client(cluster: Cluster) -> Any:
+    s = cluster.state
+    assert s.gateway_url and s.aws_access_key_id, "dev.json names no gateway or access key"
+    return lambda_client(s.gateway_url, s.aws_access_key_id, s.aws_secret_access_key)
