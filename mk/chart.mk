@@ -21,7 +21,7 @@ E2E_NAMESPACE := kubelambda-system
 RUNTIME_FAMILIES := python nodejs java ruby provided
 
 .PHONY: chart-crds chart-lint chart-test require-docker docker-up images images-test image-kubelambda \
-	$(addprefix image-runtime-,$(RUNTIME_FAMILIES)) kind-up kind-down e2e
+	$(addprefix image-runtime-,$(RUNTIME_FAMILIES)) kind-up kind-down e2e-kind
 
 # Copies the generated CRDs (make crds) into the chart; tests/unit/test_chart.py fails when they drift.
 chart-crds:
@@ -80,6 +80,7 @@ kind-up: require-docker binaries
 kind-down: require-docker
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
-# The integration suite against kind (KUBELAMBDA_TEST_BACKEND=kind, read by tests/kltest/cluster.py).
-e2e: require-docker kind-up
+# The integration suite against kind (KUBELAMBDA_TEST_BACKEND=kind, read by tests/kltest/cluster.py). `make e2e`
+# (mk/container-node.mk) is the e2e suite on this machine's container node.
+e2e-kind: require-docker kind-up
 	KUBELAMBDA_TEST_BACKEND=kind KUBELAMBDA_KIND_CLUSTER=$(KIND_CLUSTER) $(PY) -m pytest -q tests/integration

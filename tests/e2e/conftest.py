@@ -19,8 +19,8 @@ import pytest
 
 from kltest import Cluster, start_cluster
 from kltest.cluster import kubectl_bin
-from kubelambda.devcluster import DevState
 from kltest.platform import lambda_client
+from kubelambda.devcluster import DevState
 from kubelambda.devcluster._containernode import cleanup_host, host_leftovers
 
 E2E_DIR = Path(tempfile.gettempdir()) / "kubelambda-e2e"
@@ -59,14 +59,14 @@ def host_before() -> dict[str, set[str]]:
 
 @pytest.fixture(scope="session")
 def cluster(host_before: dict[str, set[str]]) -> Iterator[Cluster]:
+    # A container node already running (kubelambda dev up --node container) is used instead of a new one.
     running_dir = os.environ.get("KUBELAMBDA_E2E_STATE_DIR")
-    if (
-        running_dir
-    ):  # a container node already running (kubelambda dev up --node container): used, not stopped
+    if running_dir:
         state = DevState.read(Path(running_dir))
-        assert state is not None and state.state == "running" and state.node_kind == "container", (
-            f"KUBELAMBDA_E2E_STATE_DIR={running_dir}: no running container node recorded there"
-        )
+        if state is None or state.state != "running" or state.node_kind != "container":
+            raise RuntimeError(
+                f"KUBELAMBDA_E2E_STATE_DIR={running_dir}: no running container node recorded there"
+            )
         yield Cluster(state_dir=Path(running_dir), proc=None, state=state, kubectl_path=kubectl_bin())
         return
     shutil.rmtree(E2E_DIR, ignore_errors=True)
@@ -83,5 +83,6 @@ def cluster(host_before: dict[str, set[str]]) -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def client(cluster: Cluster) -> Any:
     s = cluster.state
-    assert s.gateway_url and s.aws_access_key_id, "dev.json names no gateway or access key"
+    assert s.gateway_url, "dev.json names no gateway"
+    assert s.aws_access_key_id, "dev.json names no access key"
     return lambda_client(s.gateway_url, s.aws_access_key_id, s.aws_secret_access_key)

@@ -1,5 +1,5 @@
 """The Helm chart (helm/kubelambda), checked without a cluster: lint, renders, values schema, CRDs and RBAC in
-step with the repository, the dashboard's metric names, the kubelambda image's Dockerfile, and `make e2e`
+step with the repository, the dashboard's metric names, the kubelambda image's Dockerfile, and `make e2e-kind`
 stopping at once without Docker. (tests/integration/test_helm.py installs it on the local cluster.)"""
 
 from __future__ import annotations
@@ -407,7 +407,7 @@ def test_kubelambda_dockerfile() -> None:
     )
 
 
-@pytest.mark.parametrize("target", ["e2e", "kind-up", "image-kubelambda", "image-runtime-python"])
+@pytest.mark.parametrize("target", ["e2e-kind", "kind-up", "image-kubelambda", "image-runtime-python"])
 def test_docker_targets_stop_at_once_without_docker(tmp_path: Path, target: str) -> None:
     """No docker command (DOCKER names one that does not exist, whatever this host has): the target fails before
     doing anything, with one clear line and a hint."""
@@ -428,16 +428,16 @@ def test_docker_targets_stop_when_the_daemon_does_not_answer(tmp_path: Path) -> 
     fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
     fake.chmod(0o755)
     result = subprocess.run(
-        ["make", "-s", "e2e", f"DOCKER={fake}"], cwd=REPO, capture_output=True, text=True, timeout=30
+        ["make", "-s", "e2e-kind", f"DOCKER={fake}"], cwd=REPO, capture_output=True, text=True, timeout=30
     )
     assert result.returncode != 0
     assert "the Docker daemon does not answer" in result.stderr, result.stderr
 
 
 def test_kind_up_and_e2e_commands() -> None:
-    """What `make kind-up` and `make e2e` would run (make -n; DOCKER=true stands in for a working Docker)."""
+    """What `make kind-up` and `make e2e-kind` would run (make -n; DOCKER=true stands in for a working Docker)."""
     result = subprocess.run(
-        ["make", "-n", "e2e", "DOCKER=true", "KIND=kind"],
+        ["make", "-n", "e2e-kind", "DOCKER=true", "KIND=kind"],
         cwd=REPO,
         capture_output=True,
         text=True,

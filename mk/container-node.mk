@@ -1,0 +1,24 @@
+# The container node (kubelambda dev up --node container; docs/local-cluster.md "The container node") and the e2e
+# suite on it. Included by the top-level Makefile.
+
+.PHONY: node-binaries node-packages e2e bench-container-node
+
+# kubelet, kube-proxy (the pinned Kubernetes module) and CoreDNS, built once into ~/.cache/kubelambda/bin.
+node-binaries: binaries
+	bash hack/kube-binaries.sh node
+
+# Debian's containerd, runc, CNI plugins, conntrack (root). Docker comes from `make images` (hack/docker-up.sh).
+node-packages:
+	@missing=$$(for p in containerd runc containernetworking-plugins conntrack iptables; do \
+		dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+# The e2e suite (tests/e2e): the chart on the container node, Functions invoked with boto3 through its gateway,
+# ending with `dev down` and a check that nothing is left on the host. Not part of `make test` (docs/local-cluster.md).
+e2e: venv node-packages images node-binaries
+	$(PY) -m pytest -q tests/e2e
+
+# Cold start from zero, container node beside process node in the same run (p50/p95, steps).
+bench-container-node: venv node-packages images node-binaries
+	$(PY) bench/container_node_bench.py --runs 20

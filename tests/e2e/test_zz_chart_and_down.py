@@ -1,0 +1,79 @@
+"""The suite's last module (it changes and then removes the platform): ``helm upgrade`` to a changed value,
+``helm uninstall`` leaving nothing but the CRDs, then ``kubelambda dev down`` leaving nothing on the host."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from kltest import Cluster, wait_for
+from kubelambda.devcluster._binaries import ensure_binaries, repo_root
+from kubelambda.devcluster._containernode import host_leftovers
+
+SYSTEM = "kubelambda-system"
+INSTANCE = "app.kubernetes.io/instance=kubelambda"
+
+
+def helm(cluster: Cluster, *args: str) -> str:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    result = subprocess.run(
+        [str(ensure_binaries(quiet=True).helm), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, f"helm {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+async def test_helm_upgrade_to_a_changed_value(cluster: Cluster, client: Any) -> None:
+    helm(
+        cluster, "upgrade", "kubelambda", str(repo_root() / "helm" / "kubelambda"), "-n", SYSTEM,
+        "--reuse-values", "--set", "gateway.replicas=2", "--wait", "--timeout", "5m",
+    )  # fmt: skip
+    deployment = cluster.kubectl_json("get", "deployment", "-n", SYSTEM, "kubelambda-gateway")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["status"].get("readyReplicas") == 2, deployment["status"]
+    listed = await asyncio.to_thread(client.list_functions)
+    assert "Functions" in listed
+
+
+async def test_helm_uninstall_leaves_only_the_crds(cluster: Cluster) -> None:
+    helm(cluster, "uninstall", "kubelambda", "-n", SYSTEM, "--wait", "--timeout", "5m")
+    kinds = "deployments,statefulsets,services,configmaps,secrets,serviceaccounts,roles,rolebindings,networkpolicies"
+
+    def left() -> list[str]:
+        names = cluster.kubectl("get", kinds, "-n", SYSTEM, "-l", INSTANCE, "-o", "name").stdout.split()
+        names += cluster.kubectl(
+            "get", "clusterroles,clusterrolebindings", "-l", INSTANCE, "-o", "name"
+        ).stdout.split()
+        names += cluster.kubectl("get", "pods", "-n", SYSTEM, "-o", "name").stdout.split()
+        return names
+
+    await wait_for(
+        lambda: asyncio.to_thread(left), lambda names: not names, what="the release's objects to go", timeout=240
+    )
+    crds = cluster.kubectl("get", "crd", "-o", "name").stdout.split()
+    assert "customresourcedefinition.apiextensions.k8s.io/functions.kubelambda.io" in crds, crds
+
+
+def test_dev_down_leaves_nothing_on_the_host(cluster: Cluster, host_before: dict[str, set[str]]) -> None:
+    down = subprocess.run(
+        [sys.executable, "-m", "kubelambda", "dev", "down", "--state-dir", str(cluster.state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert host_leftovers() == []
+    if not host_before:  # KUBELAMBDA_E2E_STATE_DIR: no snapshot from before that cluster started
+        return
+    from conftest import host_snapshot
+
+    after = host_snapshot()
+    ours = ("klbr0", "10.245.", "KUBE-", "CNI-", "/run/kubelambda", "/var/lib/kubelambda", "veth")
+    for what, lines in after.items():
+        new = [line for line in lines - host_before[what] if any(mark in line for mark in ours)]
+        assert not new, f"{what} left by the container node: {new}"
+    assert not list(Path("/run/kubelambda").glob("containerd*")), list(Path("/run/kubelambda").iterdir())
