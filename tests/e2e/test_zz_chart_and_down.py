@@ -52,7 +52,10 @@ async def test_helm_uninstall_leaves_only_the_crds(cluster: Cluster) -> None:
         return names
 
     await wait_for(
-        lambda: asyncio.to_thread(left), lambda names: not names, what="the release's objects to go", timeout=240
+        lambda: asyncio.to_thread(left),
+        lambda names: not names,
+        what="the release's objects to go",
+        timeout=240,
     )
     crds = cluster.kubectl("get", "crd", "-o", "name").stdout.split()
     assert "customresourcedefinition.apiextensions.k8s.io/functions.kubelambda.io" in crds, crds
