@@ -19,33 +19,12 @@ import pytest
 
 from kltest import Cluster, start_cluster
 from kltest.cluster import kubectl_bin
+from kltest.e2e import host_snapshot
 from kltest.platform import lambda_client
 from kubelambda.devcluster import DevState
 from kubelambda.devcluster._containernode import cleanup_host, host_leftovers
 
 E2E_DIR = Path(tempfile.gettempdir()) / "kubelambda-e2e"
-
-
-def host_snapshot() -> dict[str, set[str]]:
-    """What the container node could leave behind, as lines to compare before ``up`` and after ``down``."""
-    import subprocess
-
-    def lines(*argv: str) -> set[str]:
-        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-        return {line for line in out.splitlines() if line and not line.startswith("#")}
-
-    mounts = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
-    links = {line.split(":", 2)[1].split("@")[0].strip() for line in lines("ip", "-o", "link")}
-    return {
-        "mounts": mounts,
-        "links": links,
-        "iptables filter": {
-            line for line in lines("iptables-save", "-t", "filter") if not line.startswith(":")
-        }
-        | {line.split()[0] for line in lines("iptables-save", "-t", "filter") if line.startswith(":")},
-        "iptables nat": {line for line in lines("iptables-save", "-t", "nat") if not line.startswith(":")}
-        | {line.split()[0] for line in lines("iptables-save", "-t", "nat") if line.startswith(":")},
-    }
 
 
 @pytest.fixture(scope="session")

@@ -4,22 +4,16 @@ scale to zero and back, the kernel's OOM killer → Lambda's out-of-memory error
 from __future__ import annotations
 
 import asyncio
-import base64
-import copy
 import json
-import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from kltest import Cluster, wait_for
-from kubelambda.kube import KubeClient, resource_path
+from kltest.e2e import example, function_pods, invoke, python, ready, report
+from kubelambda.kube import KubeClient
 
-REPO = Path(__file__).resolve().parents[2]
-JSON = dict[str, Any]
 # Runtime → (example, what its hello answers contain). Java's examples need a code image built with Maven (not here).
 HELLOS = {
     "python3.11": "hello-python3.11",
@@ -28,50 +22,6 @@ HELLOS = {
     "ruby3.3": "hello-ruby3.3",
     "provided": "hello-provided",
 }
-
-
-def example(name: str, **spec: Any) -> JSON:
-    doc: JSON = copy.deepcopy(yaml.safe_load((REPO / "examples" / name / "function.yaml").read_text()))
-    doc["spec"].update(spec)
-    return doc
-
-
-def python(name: str, code: str, **spec: Any) -> JSON:
-    doc = example("hello-python3.11", **spec)
-    doc["metadata"]["name"] = name
-    doc["spec"]["code"] = {"inline": {"app.py": code}}
-    return doc
-
-
-def invoke(client: Any, function: str, payload: JSON | None = None, **kwargs: Any) -> JSON:
-    response = client.invoke(
-        FunctionName=function, Payload=json.dumps(payload or {}).encode(), LogType="Tail", **kwargs
-    )
-    raw = response["Payload"].read()
-    response["body"] = json.loads(raw) if raw else None
-    response["log"] = base64.b64decode(response.get("LogResult", "")).decode()
-    return response
-
-
-def report(log: str) -> JSON:
-    line = next(line for line in log.splitlines() if line.startswith("REPORT "))
-    return {k.strip(): v for k, v in re.findall(r"([A-Za-z ]+): ([^\t]+)\t", line.removeprefix("REPORT "))}
-
-
-async def ready(cluster: Cluster, namespace: str, name: str, timeout: float = 240) -> None:
-    await wait_for(
-        lambda: asyncio.to_thread(cluster.kubectl_json, "get", "function", "-n", namespace, name),
-        lambda fn: any(
-            c["type"] == "Ready" and c["status"] == "True" for c in fn.get("status", {}).get("conditions", [])
-        ),
-        what=f"Function {namespace}/{name} Ready",
-        timeout=timeout,
-    )
-
-
-async def function_pods(kube: KubeClient, namespace: str) -> list[JSON]:
-    pods = await kube.get(resource_path("v1", "pods", namespace=namespace))
-    return [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
 
 
 @pytest.mark.parametrize("runtime", sorted(HELLOS))

@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kltest import Cluster, wait_for
+from kltest.e2e import host_snapshot
 from kubelambda.devcluster._binaries import ensure_binaries, repo_root
 from kubelambda.devcluster._containernode import host_leftovers
 
@@ -27,6 +30,7 @@ def helm(cluster: Cluster, *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.timeout(900)
 async def test_helm_upgrade_to_a_changed_value(cluster: Cluster, client: Any) -> None:
     helm(
         cluster, "upgrade", "kubelambda", str(repo_root() / "helm" / "kubelambda"), "-n", SYSTEM,
@@ -39,6 +43,7 @@ async def test_helm_upgrade_to_a_changed_value(cluster: Cluster, client: Any) ->
     assert "Functions" in listed
 
 
+@pytest.mark.timeout(900)
 async def test_helm_uninstall_leaves_only_the_crds(cluster: Cluster) -> None:
     helm(cluster, "uninstall", "kubelambda", "-n", SYSTEM, "--wait", "--timeout", "5m")
     kinds = "deployments,statefulsets,services,configmaps,secrets,serviceaccounts,roles,rolebindings,networkpolicies"
@@ -72,8 +77,6 @@ def test_dev_down_leaves_nothing_on_the_host(cluster: Cluster, host_before: dict
     assert host_leftovers() == []
     if not host_before:  # KUBELAMBDA_E2E_STATE_DIR: no snapshot from before that cluster started
         return
-    from conftest import host_snapshot
-
     after = host_snapshot()
     ours = ("klbr0", "10.245.", "KUBE-", "CNI-", "/run/kubelambda", "/var/lib/kubelambda", "veth")
     for what, lines in after.items():

@@ -1,0 +1,86 @@
+"""Helpers of the e2e suite (tests/e2e): Functions from the examples, invokes with boto3, the host's state."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kltest.cluster import Cluster
+from kltest.wait import wait_for
+from kubelambda.kube import KubeClient, resource_path
+
+JSON = dict[str, Any]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def example(name: str, **spec: Any) -> JSON:
+    doc: JSON = copy.deepcopy(yaml.safe_load((REPO / "examples" / name / "function.yaml").read_text()))
+    doc["spec"].update(spec)
+    return doc
+
+
+def python(name: str, code: str, **spec: Any) -> JSON:
+    doc = example("hello-python3.11", **spec)
+    doc["metadata"]["name"] = name
+    doc["spec"]["code"] = {"inline": {"app.py": code}}
+    return doc
+
+
+def invoke(client: Any, function: str, payload: JSON | None = None, **kwargs: Any) -> JSON:
+    response = client.invoke(
+        FunctionName=function, Payload=json.dumps(payload or {}).encode(), LogType="Tail", **kwargs
+    )
+    raw = response["Payload"].read()
+    response["body"] = json.loads(raw) if raw else None
+    response["log"] = base64.b64decode(response.get("LogResult", "")).decode()
+    return response
+
+
+def report(log: str) -> JSON:
+    line = next(line for line in log.splitlines() if line.startswith("REPORT "))
+    return {k.strip(): v for k, v in re.findall(r"([A-Za-z ]+): ([^\t]+)\t", line.removeprefix("REPORT "))}
+
+
+async def ready(cluster: Cluster, namespace: str, name: str, timeout: float = 240) -> None:
+    await wait_for(
+        lambda: asyncio.to_thread(cluster.kubectl_json, "get", "function", "-n", namespace, name),
+        lambda fn: any(
+            c["type"] == "Ready" and c["status"] == "True" for c in fn.get("status", {}).get("conditions", [])
+        ),
+        what=f"Function {namespace}/{name} Ready",
+        timeout=timeout,
+    )
+
+
+async def function_pods(kube: KubeClient, namespace: str) -> list[JSON]:
+    pods = await kube.get(resource_path("v1", "pods", namespace=namespace))
+    return [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def host_snapshot() -> dict[str, set[str]]:
+    """What the container node could leave behind, as lines to compare before ``up`` and after ``down``."""
+
+    def lines(*argv: str) -> set[str]:
+        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        return {line for line in out.splitlines() if line and not line.startswith("#")}
+
+    mounts = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+    links = {line.split(":", 2)[1].split("@")[0].strip() for line in lines("ip", "-o", "link")}
+    return {
+        "mounts": mounts,
+        "links": links,
+        "iptables filter": {
+            line for line in lines("iptables-save", "-t", "filter") if not line.startswith(":")
+        }
+        | {line.split()[0] for line in lines("iptables-save", "-t", "filter") if line.startswith(":")},
+        "iptables nat": {line for line in lines("iptables-save", "-t", "nat") if not line.startswith(":")}
+        | {line.split()[0] for line in lines("iptables-save", "-t", "nat") if line.startswith(":")},
+    }
