@@ -115,17 +115,21 @@ async def one(kube: KubeClient, http: aiohttp.ClientSession, gateway: str, name:
             await asyncio.sleep(0.02)
 
     poller = asyncio.create_task(poll())
-    async with http.post(
-        f"{gateway}/2015-03-31/functions/{NS}/{name}/invocations",
-        data=b'{"x": 1}',
-        headers={"X-Amz-Log-Type": "Tail"},
-    ) as resp:
-        await resp.read()
-        times["first byte"] = (time.perf_counter() - started) * 1000
-        assert resp.status == 200, resp.status
-        log = base64.b64decode(resp.headers.get("X-Amz-Log-Result", "")).decode()
-    done.set()
-    await poller
+    try:
+        async with http.post(
+            f"{gateway}/2015-03-31/functions/{NS}/{name}/invocations",
+            data=b'{"x": 1}',
+            headers={"X-Amz-Log-Type": "Tail"},
+        ) as resp:
+            body = await resp.read()
+            times["first byte"] = (time.perf_counter() - started) * 1000
+            log = base64.b64decode(resp.headers.get("X-Amz-Log-Result", "")).decode()
+    finally:
+        done.set()
+        await poller
+    if resp.status != 200:  # counted and shown, not measured
+        print(f"  {name}: HTTP {resp.status} after {times['first byte']:.0f} ms: {body[:300]!r}", flush=True)
+        return {}
     match = re.search(r"Init Duration: ([0-9.]+) ms", log)
     if match:
         times["runtime init"] = float(match.group(1))
@@ -146,6 +150,8 @@ async def measure(node: str, runs: int) -> list[dict[str, float]]:
             await create_namespace(kube, NS)
             for i in range(runs):
                 results.append(await one(kube, http, state.gateway_url, f"cold-{i}"))
+                if results[-1]:
+                    print(f"  cold-{i}: {results[-1]['first byte']:.0f} ms", flush=True)
     finally:
         await asyncio.to_thread(stop_cluster, proc, state_dir)
         if node == "container":
@@ -163,6 +169,7 @@ def table(results: dict[str, list[dict[str, float]]]) -> None:
             values = [s[step] for s in samples if step in s]
             row += f"{f'{pct(values, 0.5):.0f} / {pct(values, 0.95):.0f} (n={len(values)})':>26}"
         print(row)
+    print("failed invokes: " + ", ".join(f"{node} {sum(not s for s in r)}" for node, r in results.items()))
 
 
 async def main() -> None:
