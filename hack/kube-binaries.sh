@@ -129,6 +129,9 @@ for name in kube etcd helm; do
   dir_var=${name}_bin
   if [[ $want == all || $want == "$name" ]] && [[ ! -f ${!dir_var}/.complete ]]; then complete=false; fi
 done
+if [[ $want == node ]]; then  # the container node's: the control plane's module, then kubelet, kube-proxy, CoreDNS
+  for dir in "$kube_bin" "$node_bin" "$coredns_bin"; do [[ -f $dir/.complete ]] || complete=false; done
+fi
 if ! $complete; then
   mkdir -p "$cache"
   exec 9>"$cache/.build.lock"
