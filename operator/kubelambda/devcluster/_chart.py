@@ -3,7 +3,7 @@
 ``helm upgrade --install`` of ``helm/kubelambda`` with the images ``make images`` built (imported into the node's
 containerd, so ``pullPolicy: Never``), NATS from ``kubelambda.io/dev/nats`` (hack/node-images.sh: no registry
 serves the official image here) on a hostPath PersistentVolume made for its claim, and the gateway on a NodePort
-of the node address. ``.kubelambda/dev.json`` says how it is reached (``gateway_url``, ``gateway_access``).
+of the node address. ``<state>/dev.json`` says how it is reached (``gateway_url``, ``gateway_access``).
 """
 
 from __future__ import annotations

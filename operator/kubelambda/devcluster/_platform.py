@@ -5,7 +5,7 @@ Each runs with a token of its own ServiceAccount (``hack/operator-rbac.yaml``, `
 the local platform has exactly the permissions the chart grants; the gateway listens on 127.0.0.1 with auth on
 (``auth_mode=kubernetes``, as the chart's default), and a developer access key (ServiceAccount
 ``default/kubelambda-developer``, bound to ``kubelambda-invoker`` in every namespace) is made for the CLI and the
-AWS SDKs (``.kubelambda/dev.json``).
+AWS SDKs (``<state>/dev.json``, the state folder of docs/local-cluster.md).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ STATE_FILE = "dev.json"
 
 @dataclass
 class DevState:
-    """The machine-readable description of a running local cluster (``.kubelambda/dev.json``)."""
+    """The machine-readable description of a running local cluster (``<state>/dev.json``, the state folder of docs/local-cluster.md)."""
 
     state: str  # starting | running | stopped | failed
     pid: int
