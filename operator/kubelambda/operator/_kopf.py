@@ -23,7 +23,7 @@ from kubelambda import metrics
 from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, Login, resource_path
-from kubelambda.operator._owned import Outcome
+from kubelambda.operator._owned import NAME_CONFLICT, Outcome
 from kubelambda.operator._reconcile import FunctionReconciler
 from kubelambda.operator._trigger import TriggerReconciler, bridge_ready
 from kubelambda.resources import FUNCTION_LABEL
@@ -206,8 +206,10 @@ def _trigger_refresh(owner: JSON, deployment: JSON) -> JSON | None:
     """A Trigger's status after its bridge Deployment changed: Ready, unless the Function is missing."""
     current = _status_of(owner)
     ready = st.find_condition(current, st.READY)
-    if ready is None or ready.get("reason") == "FunctionMissing":
-        return None  # the reconcile decides until the Function exists
+    if ready is None or ready.get("reason") in ("FunctionMissing", NAME_CONFLICT):
+        return (
+            None  # the reconcile decides until the Function exists and no object of another's is in the way
+        )
     return _ready_status(current, bridge_ready(TriggerObject.from_body(owner), deployment))
 
 

@@ -1,5 +1,12 @@
 """What both reconcilers (Function, Trigger) do with the objects their owner owns: apply, create once, delete,
-and remember what changed for the owner's Events."""
+and remember what changed for the owner's Events.
+
+Never an object of someone else's (docs/security.md): an existing object with the derived name that does not
+name the owner in its ``ownerReferences`` is neither applied, nor deleted, nor used. The owner gets
+``Ready=False`` with reason ``NameConflict`` naming it, and since it never became an owner of that object,
+deleting it leaves the object alone. An object of ours is applied with its ``resourceVersion`` as a precondition,
+so one replaced between the read and the write fails (409) instead of being taken over.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +53,32 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     problem: Problem | None = None
     retry_after: float | None = None  # a problem that may go away by itself (e.g. a missing ServiceAccount)
+    conflicts: list[str] = field(default_factory=list)  # objects with our names that are not ours
+
+
+NAME_CONFLICT = "NameConflict"
+
+
+def owner_uid(obj: JSON) -> str:
+    """The uid of the owner ``obj`` was built for (every object we build names its owner as controller)."""
+    refs = obj["metadata"].get("ownerReferences") or []
+    return str(refs[0]["uid"]) if refs else ""
+
+
+def is_ours(existing: JSON, uid: str) -> bool:
+    """Whether ``existing`` names the owner ``uid`` in its ownerReferences (so it is that owner's)."""
+    refs = existing.get("metadata", {}).get("ownerReferences") or []
+    return bool(uid) and any(ref.get("uid") == uid for ref in refs)
+
+
+def conflict_problem(outcome: Outcome, owner_kind: str) -> Problem:
+    """The ``NameConflict`` problem of ``outcome``'s conflicts."""
+    objects = ", ".join(outcome.conflicts)
+    return Problem(
+        NAME_CONFLICT,
+        f"{objects} already exists and is not this {owner_kind}'s: it is left unchanged; "
+        f"rename the {owner_kind} or remove that object",
+    )
 
 
 def _what(obj: JSON) -> str:
@@ -63,9 +96,35 @@ class OwnedWriter:
         self.settings = settings
         self.clock = clock
 
-    async def _apply(self, obj: JSON, outcome: Outcome, *, changed: bool = False) -> JSON:
-        """Server-side apply; ``changed`` (the spec changed) reports an existing object as updated."""
-        result, created = await self.kube.apply_reporting(object_path(obj), obj, field_manager=FIELD_MANAGER)
+    async def _ours_or_none(self, obj: JSON, outcome: Outcome) -> tuple[bool, JSON | None]:
+        """``(usable, existing)``: the object now at ``obj``'s path, and False (noted in ``outcome.conflicts``)
+        when it exists and is not of ``obj``'s owner."""
+        existing = await self.kube.get_or_none(object_path(obj))
+        if existing is not None and not is_ours(existing, owner_uid(obj)):
+            what = _what(obj)
+            if what not in outcome.conflicts:
+                outcome.conflicts.append(what)
+            return False, existing
+        return True, existing
+
+    async def _apply(self, obj: JSON, outcome: Outcome, *, changed: bool = False) -> JSON | None:
+        """Server-side apply; ``changed`` (the spec changed) reports an existing object as updated. None, and
+        nothing written, when an object that is not ours has that name."""
+        usable, existing = await self._ours_or_none(obj, outcome)
+        if not usable:
+            return None
+        return await self._apply_checked(obj, existing, outcome, changed=changed)
+
+    async def _apply_checked(
+        self, obj: JSON, existing: JSON | None, outcome: Outcome, *, changed: bool = False
+    ) -> JSON:
+        """:meth:`_apply` of an object already read as ours (``existing``) or missing (None)."""
+        body = obj
+        if existing is not None:
+            # Precondition: the object we read as ours is the one we write (409 if it was replaced meanwhile).
+            version = existing["metadata"].get("resourceVersion")
+            body = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
+        result, created = await self.kube.apply_reporting(object_path(obj), body, field_manager=FIELD_MANAGER)
         metrics.OPERATOR_API_WRITES.labels(obj["kind"]).inc()
         if created:
             outcome.created.append(_what(obj))
@@ -74,17 +133,31 @@ class OwnedWriter:
         return result
 
     async def _create_once(self, obj: JSON, outcome: Outcome) -> None:
-        """Creates ``obj`` unless it exists (a generated token must never change under the store using it)."""
+        """Creates ``obj`` unless it exists (a generated token must never change under the store using it); an
+        existing one that is not ours is a conflict."""
         try:
             await self.kube.create(owned_path(obj["kind"], obj["metadata"]["namespace"]), obj)
         except ApiError as e:
             if e.status != 409:
                 raise
+            await self._ours_or_none(obj, outcome)
             return
         metrics.OPERATOR_API_WRITES.labels(obj["kind"]).inc()
         outcome.created.append(_what(obj))
 
-    async def _delete(self, kind: str, namespace: str, name: str, outcome: Outcome) -> None:
-        if await self.kube.delete(owned_path(kind, namespace, name)) is not None:
+    async def _delete(self, kind: str, namespace: str, name: str, uid: str, outcome: Outcome) -> None:
+        """Deletes the object if it is of the owner ``uid``; another's is left alone (and not a conflict: the
+        spec does not ask for it)."""
+        path = owned_path(kind, namespace, name)
+        existing = await self.kube.get_or_none(path)
+        if existing is None or not is_ours(existing, uid):
+            return
+        try:
+            deleted = await self.kube.delete(path, uid=existing["metadata"]["uid"])
+        except ApiError as e:
+            if e.status == 409:  # replaced since the read: not the object we read as ours
+                return
+            raise
+        if deleted is not None:
             metrics.OPERATOR_API_WRITES.labels(kind).inc()
             outcome.deleted.append(f"{kind} {namespace}/{name}")

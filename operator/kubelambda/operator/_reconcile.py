@@ -15,7 +15,7 @@ from typing import Any
 from kubelambda import metrics
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, resource_path
-from kubelambda.operator._owned import Outcome, OwnedWriter, object_path, owned_path
+from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem, object_path
 from kubelambda.resources import (
     CodeTooLarge,
     FunctionObject,
@@ -101,6 +101,7 @@ class FunctionReconciler(OwnedWriter):
             # as Ready=False, and the operator tries again with a growing back-off: the cause may go away.
             outcome.problem = problem = Problem(APPLY_FAILED, str(e))
             outcome.retry_after = apply_retry_seconds(current, self.clock())
+        problem = outcome.problem  # a NameConflict found while applying
         outcome.status = function_status(
             current,
             generation=fn.generation,
@@ -112,7 +113,7 @@ class FunctionReconciler(OwnedWriter):
         )
         return outcome
 
-    async def _apply(self, obj: JSON, outcome: Outcome, *, changed: bool = False) -> JSON:
+    async def _apply(self, obj: JSON, outcome: Outcome, *, changed: bool = False) -> JSON | None:
         try:
             return await super()._apply(obj, outcome, changed=changed)
         except ApiError as e:
@@ -131,7 +132,9 @@ class FunctionReconciler(OwnedWriter):
             if configmap is not None:
                 steps.append(self._apply(configmap, outcome, changed=spec_changed))
             elif spec_changed:
-                steps.append(self._delete("ConfigMap", fn.namespace, n.code_configmap_name(fn.name), outcome))
+                steps.append(
+                    self._delete("ConfigMap", fn.namespace, n.code_configmap_name(fn.name), fn.uid, outcome)
+                )
             steps.append(self._apply(make_service(fn), outcome, changed=False))
             ingress = make_ingress_policy(fn, system_namespace=self.settings.system_namespace)
             steps.append(self._apply(ingress, outcome, changed=False))
@@ -140,39 +143,44 @@ class FunctionReconciler(OwnedWriter):
                 steps.append(self._apply(egress, outcome, changed=spec_changed))
             elif spec_changed:
                 steps.append(
-                    self._delete("NetworkPolicy", fn.namespace, n.egress_policy_name(fn.name), outcome)
+                    self._delete(
+                        "NetworkPolicy", fn.namespace, n.egress_policy_name(fn.name), fn.uid, outcome
+                    )
                 )
-            exists = self._deployment_exists(fn) if problem is None else None
-            if exists is not None:
-                steps.append(exists)
-            results = await asyncio.gather(*steps)
             if problem is None:
+                image = self.settings.image_for(fn.spec.runtime) or ""
+                steps.append(
+                    self._ours_or_none(make_deployment(fn, image=image, settings=self.settings), outcome)
+                )
+            results = await asyncio.gather(*steps)
+            if outcome.conflicts:
+                # Nothing of someone else's is changed, and no pod starts half-configured.
+                outcome.problem = conflict_problem(outcome, "Function")
+                outcome.retry_after = self.settings.problem_retry_seconds
+            elif problem is None:
                 try:
                     deployment = await self._apply_deployment(
-                        fn, outcome, changed=spec_changed, exists=results[-1]
+                        fn, outcome, changed=spec_changed, existing=results[-1][1]
                     )
                 except ApiError as e:  # the replicas' hand-over (the applies raise ApplyRefused)
                     raise ApplyRefused(f"Deployment {fn.namespace}/{n.deployment_name(fn.name)}", e) from e
         return deployment
 
-    async def _deployment_exists(self, fn: FunctionObject) -> bool:
-        path = owned_path("Deployment", fn.namespace, n.deployment_name(fn.name))
-        return await self.kube.get_or_none(path) is not None
-
     async def _apply_deployment(
-        self, fn: FunctionObject, outcome: Outcome, *, changed: bool, exists: bool
+        self, fn: FunctionObject, outcome: Outcome, *, changed: bool, existing: JSON | None
     ) -> JSON:
+        """The Deployment, ``existing`` (already read as ours) or new."""
         image = self.settings.image_for(fn.spec.runtime) or ""
-        if exists:
-            return await self._apply(
-                make_deployment(fn, image=image, settings=self.settings), outcome, changed=changed
+        if existing is not None:
+            return await self._apply_checked(
+                make_deployment(fn, image=image, settings=self.settings), existing, outcome, changed=changed
             )
         # A new Deployment starts at minInstances, but replicas must never be the operator's (the autoscaler
         # owns them). So: create with replicas, then hand them to the autoscaler's field manager.
         body = make_deployment(
             fn, image=image, settings=self.settings, replicas=fn.spec.scaling.min_instances
         )
-        created = await self._apply(body, outcome, changed=changed)
+        created = await self._apply_checked(body, None, outcome, changed=changed)
         path = object_path(body)
         handover = replicas_handover(created, now=self.clock())
         if handover is not None:

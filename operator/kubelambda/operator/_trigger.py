@@ -19,7 +19,7 @@ from typing import Any
 from kubelambda.api.v1alpha1 import API_VERSION
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import resource_path
-from kubelambda.operator._owned import Outcome, OwnedWriter
+from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem
 from kubelambda.resources import Problem
 from kubelambda.resources import bridge as b
 from kubelambda.resources import status as st
@@ -51,8 +51,10 @@ def trigger_status(
     function_exists: bool,
     deployment: JSON | None,
     now: str,
+    conflict: Problem | None = None,
 ) -> JSON:
-    """The operator's part of the status; the bridge's fields and conditions are carried over untouched."""
+    """The operator's part of the status; the bridge's fields and conditions are carried over untouched.
+    ``conflict``: an object with one of the bridge's names is not the Trigger's (Ready=False, NameConflict)."""
     conditions = list(current.get("conditions") or [])
     function_ref = f"{trigger.namespace}/{trigger.spec.function}"
     conditions = st.set_condition(
@@ -66,7 +68,9 @@ def trigger_status(
         generation=trigger.generation,
         now=now,
     )
-    if not function_exists:
+    if conflict is not None:
+        ready = ("False", conflict.reason, conflict.message)
+    elif not function_exists:
         ready = ("False", "FunctionMissing", f"Function {function_ref} does not exist")
     elif trigger.needs_bridge:
         ready = bridge_ready(trigger, deployment)
@@ -92,7 +96,8 @@ def trigger_status(
 class TriggerReconciler(OwnedWriter):
     async def _apply_in_order(self, *objs: JSON, outcome: Outcome) -> None:
         for obj in objs:
-            await self._apply(obj, outcome)
+            if await self._apply(obj, outcome) is None:
+                return  # not ours: what follows depends on it
 
     async def reconcile(self, body: JSON) -> Outcome:
         trigger = b.TriggerObject.from_body(body)
@@ -108,8 +113,13 @@ class TriggerReconciler(OwnedWriter):
             # The Role must exist before its RoleBinding: the API server checks that the operator holds every
             # permission of a Role it binds, and a Role it cannot find fails that check (404).
             steps: list[Awaitable[Any]] = [
-                self._apply_in_order(b.make_role(trigger), b.make_role_binding(trigger), outcome=outcome),
-                self._apply(b.make_service_account(trigger), outcome),
+                # The ServiceAccount before them: a RoleBinding must never grant an account that is not ours.
+                self._apply_in_order(
+                    b.make_service_account(trigger),
+                    b.make_role(trigger),
+                    b.make_role_binding(trigger),
+                    outcome=outcome,
+                ),
                 self._apply(b.make_checkpoint(trigger), outcome),
             ]
             name = b.bridge_name(trigger.name)
@@ -120,13 +130,24 @@ class TriggerReconciler(OwnedWriter):
                     token = secrets.token_urlsafe(32)
                     steps.append(self._create_once(b.make_token_secret(trigger, token=token), outcome))
             else:
-                steps.append(self._delete("Service", trigger.namespace, name, outcome))
-            await asyncio.gather(*steps)
-            deployment = await self._apply(b.make_bridge_deployment(trigger, settings=self.settings), outcome)
+                steps.append(self._delete("Service", trigger.namespace, name, trigger.uid, outcome))
+            bridge = b.make_bridge_deployment(trigger, settings=self.settings)
+            steps.append(self._ours_or_none(bridge, outcome))
+            results = await asyncio.gather(*steps)
+            if not outcome.conflicts:
+                deployment = await self._apply_checked(bridge, results[-1][1], outcome)
         outcome.status = trigger_status(
-            current, trigger=trigger, function_exists=function_exists, deployment=deployment, now=self.clock()
+            current,
+            trigger=trigger,
+            function_exists=function_exists,
+            deployment=deployment,
+            now=self.clock(),
+            conflict=conflict_problem(outcome, "Trigger") if outcome.conflicts else None,
         )
-        if not function_exists:
+        if outcome.conflicts:
+            outcome.problem = conflict_problem(outcome, "Trigger")
+            outcome.retry_after = self.settings.problem_retry_seconds
+        elif not function_exists:
             ref = f"{trigger.namespace}/{trigger.spec.function}"
             outcome.problem = Problem(
                 FUNCTION_MISSING, f"Function {ref} does not exist; events are not delivered"
