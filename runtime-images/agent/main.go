@@ -103,7 +103,7 @@ func newFrontMux(cfg *Config, p *pool, m *metrics, sp *specializer) http.Handler
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !p.isReady() {
+		if !p.isReady() || sp.consumed() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte("not ready\n"))
 			return

@@ -77,6 +77,8 @@ type specializeRequest struct {
 	TimeoutSeconds float64           `json:"timeoutSeconds"`
 	Environment    map[string]string `json:"environment"`
 	CodeSha256     string            `json:"codeSha256"`
+	Runtime        string            `json:"runtime,omitempty"` // the runtime the sender means (identity.go)
+	PodUID         string            `json:"podUid,omitempty"`  // the pod the sender means (identity.go)
 	Inline         map[string]string `json:"inline,omitempty"`
 	Archive        *archiveRef       `json:"archive,omitempty"`
 }
@@ -106,6 +108,9 @@ func newSpecializer(cfg *Config, p *pool, log *logger) *specializer {
 	s.status.State = "generic"
 	if cfg.Generic == genericOff {
 		s.status = specializeStatus{State: "ready", FunctionName: cfg.FunctionName}
+	} else if taskRootUsed(cfg.TaskRoot) {
+		s.status = specializeStatus{State: "consumed", Error: "the task root holds code: this pod was specialised before its agent restarted"}
+		log.line("kubelambda-agent: " + s.status.Error + "; it is never specialised again")
 	}
 	return s
 }
@@ -139,6 +144,10 @@ func (s *specializer) specialize(rw http.ResponseWriter, r *http.Request) {
 	}
 	if err := req.validate(); err != nil {
 		apiError(rw, http.StatusBadRequest, "InvalidRequestContentException", err.Error())
+		return
+	}
+	if why := s.misdirected(&req); why != "" {
+		refuseMisdirected(rw, why)
 		return
 	}
 	// One function per pod, ever: the first accepted request consumes the pod, even if it fails later.

@@ -107,8 +107,10 @@ def test_pool_grows_with_recent_claims(size: int, claims: int, cap: int, want: i
         ({"current_sha": None}, "code_changed"),
         ({"own_ready": True}, "function_ready"),
         ({"age": 601.0}, "lifetime"),
+        ({"restarted": True}, "restarted"),
+        ({"restarted": True, "own_ready": True}, "restarted"),
     ],
-    ids=["keep", "gone", "new code", "no code", "own ready", "too old"],
+    ids=["keep", "gone", "new code", "no code", "own ready", "too old", "restarted", "restarted first"],
 )
 def test_retire_reason(kwargs: JSON, want: str | None) -> None:
     args: JSON = {
@@ -140,9 +142,10 @@ def test_pool_deployment_runs_generic_pods_that_leave_the_pool_when_claimed() ->
     pod = template["spec"]
     assert pod["automountServiceAccountToken"] is False
     [container] = pod["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["KUBELAMBDA_GENERIC"] == "prestart"
     assert env["KUBELAMBDA_RUNTIME_NAME"] == "python3.12"
+    assert env["KUBELAMBDA_POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}  # /specialize names it
     assert [e["name"] for e in container["env"]] == sorted(env)
     assert {"name": "code", "mountPath": "/var/task"} in container[
         "volumeMounts"

@@ -6,8 +6,10 @@ claim: no Kubernetes write on the critical path), ``POST``s ``/specialize`` to i
 invocation there. Afterwards, in the background: the pod is relabelled as the function's (it leaves the pool's
 selector, so the ReplicaSet replaces it), the function's own Deployment scales up as usual, and once one of its
 own instances is ready the specialised pod is deleted. A specialised pod is never given back to the pool nor to
-another function (its agent refuses a second ``/specialize``), and it serves only the code SHA-256 it was given:
-after a code change it gets no new requests and is deleted.
+another function (its agent refuses a second ``/specialize``; a pod whose container ever restarted is never
+claimed and is deleted, since a restarted agent has forgotten; ``/specialize`` names the runtime and pod uid it
+is meant for, so a pod now holding a stale address refuses it), and it serves only the code SHA-256 it was
+given: after a code change it gets no new requests and is deleted.
 
 Several gateways may share the pools: two that pick the same free pod race on ``/specialize``, and the loser
 (409) takes another pod.
@@ -97,10 +99,15 @@ def function_sha256(fn: FunctionEntry) -> str:
     return code_sha256(fn.spec.code)
 
 
-def specialize_body(fn: FunctionEntry, *, sha256: str, region: str) -> JSON:
-    """What ``POST /specialize`` tells the agent: the function, its limits, environment and code."""
+def specialize_body(
+    fn: FunctionEntry, *, sha256: str, region: str, runtime: str = "", pod_uid: str = ""
+) -> JSON:
+    """What ``POST /specialize`` tells the agent: the function, its limits, environment and code, and the
+    runtime and pod it is meant for (the agent of any other pod refuses it)."""
     spec = fn.spec
     body: JSON = {
+        "runtime": runtime or spec.runtime,
+        "podUid": pod_uid,
         "functionName": fn.name,
         "functionArn": FunctionRef(fn.namespace, fn.name).arn(region),
         "handler": spec.handler,
@@ -124,8 +131,11 @@ def retire_reason(
     own_ready: bool,
     age: float,
     lifetime: float,
+    restarted: bool = False,
 ) -> str | None:
     """Why a specialised pod should go now (None: keep serving). Pure, for the table test."""
+    if restarted:
+        return "restarted"  # its agent has forgotten the function: it must not serve, nor be claimed again
     if not function_exists:
         return "function_gone"
     if current_sha != pod_sha:
@@ -150,6 +160,7 @@ class PoolPod:
     deleting: bool
     function: Key | None  # set once claimed (labels)
     claimed_at: float | None  # epoch seconds, from the annotation
+    restarts: int = 0  # container restarts the kubelet counted: a restarted agent has forgotten its function
 
     @classmethod
     def from_body(cls, body: JSON) -> PoolPod:
@@ -169,7 +180,9 @@ class PoolPod:
                 claimed_at = datetime.fromisoformat(annotations[CLAIMED_AT_ANNOTATION]).timestamp()
             except ValueError:
                 claimed_at = 0.0
+        restarts = sum(int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or [])
         return cls(
+            restarts=restarts,
             name=meta["name"],
             uid=meta.get("uid", ""),
             runtime=labels.get(POOL_RUNTIME_LABEL, ""),
@@ -268,6 +281,7 @@ class WarmPool:
                 and pod.ready
                 and pod.ip
                 and not pod.deleting
+                and pod.restarts == 0
                 and pod.name not in self._taken
             ):
                 self._taken.add(pod.name)
@@ -278,13 +292,15 @@ class WarmPool:
         self, fn: FunctionEntry, sha: str, session: aiohttp.ClientSession
     ) -> Specialised | None:
         runtime = fn.spec.runtime
-        body = specialize_body(fn, sha256=sha, region=self.settings.region)
         while True:
             pod = self._take_free(runtime)
             if pod is None:
                 metrics.WARM_POOL_MISSES.labels(runtime, "empty").inc()
                 logger.info("No free %s pool pod for %s/%s: normal cold start", runtime, *fn.key)
                 return None
+            body = specialize_body(
+                fn, sha256=sha, region=self.settings.region, runtime=runtime, pod_uid=pod.uid
+            )
             endpoint = f"{pod.ip}:{INVOKE_PORT}"
             started = time.monotonic()
             try:
@@ -300,6 +316,13 @@ class WarmPool:
                 self._spawn(self._delete(pod.name, pod.uid, "failed"))
                 metrics.WARM_POOL_MISSES.labels(runtime, "failed").inc()
                 return None
+            if status == 421:
+                # The address is another pod's by now (ours was deleted, its address reused before our watch
+                # said so): that pod refused. Try the next one.
+                logger.warning(
+                    "Pool pod %s's address %s is another pod's now: %s", pod.name, endpoint, answer
+                )
+                continue
             if status == 409:
                 # Another gateway got there first: it is that gateway's pod now. Try the next one.
                 logger.info("Pool pod %s was specialised by someone else: %s", pod.name, answer)
@@ -392,6 +415,9 @@ class WarmPool:
             logger.warning("Could not label pool pod %s as %s/%s's: %s", s.pod, *s.key, e)
             if e.status == 404:
                 self._forget(s)
+            else:
+                # Still in its pool's selector: no new requests; the maintenance loop deletes it when idle.
+                s.retiring = True
 
     def _forget(self, s: Specialised) -> None:
         if not s.flushed:
@@ -433,6 +459,7 @@ class WarmPool:
                     own_ready=own_ready,
                     age=now - s.since,
                     lifetime=lifetime,
+                    restarted=self._restarted(s.pod),
                 )
                 if reason is None and not s.retiring:
                     continue
@@ -441,10 +468,14 @@ class WarmPool:
                     continue  # let its invocations finish; next round
                 self._forget(s)
                 self._spawn(self._delete(s.pod, s.uid, reason or "failed"))
-        # Claimed pods no gateway here knows of (another gateway's, or ours before a restart).
+        # Claimed pods no gateway here knows of (another gateway's, or ours before a restart), and free pods
+        # whose container restarted (never claimed: their agent may have forgotten a specialisation).
         wall = time.time()
         ours = {s.pod for serving in self.serving.values() for s in serving}
         for pod in list(self.pods.values()):
+            if pod.restarts > 0 and pod.free and not pod.deleting and pod.name not in self._deleting:
+                self._spawn(self._delete(pod.name, pod.uid, "restarted"))
+                continue
             if (
                 pod.free
                 or pod.deleting
@@ -456,9 +487,22 @@ class WarmPool:
             gone = pod.function not in self.registry.functions
             ready = bool(self.registry.ready_endpoints(pod.function))
             old = pod.claimed_at is not None and wall - pod.claimed_at > lifetime
-            if gone or ready or old:
-                reason = "function_gone" if gone else "function_ready" if ready else "lifetime"
+            restarted = pod.restarts > 0
+            if gone or ready or old or restarted:
+                reason = (
+                    "restarted"
+                    if restarted
+                    else "function_gone"
+                    if gone
+                    else "function_ready"
+                    if ready
+                    else "lifetime"
+                )
                 self._spawn(self._delete(pod.name, pod.uid, reason))
+
+    def _restarted(self, name: str) -> bool:
+        pod = self.pods.get(name)
+        return pod is not None and pod.restarts > 0
 
     def desired(self, runtime: str, now: float) -> int:
         size = self.settings.warm_pool_sizes.get(runtime, 0)

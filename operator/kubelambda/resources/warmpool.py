@@ -92,7 +92,12 @@ def make_pool_deployment(
     }
     container = agent_container(
         image=image,
-        env=[{"name": k, "value": v} for k, v in sorted(env.items())],
+        env=sorted(
+            [{"name": k, "value": v} for k, v in env.items()]
+            # The pod's uid: the agent refuses a /specialize meant for another pod (a stale address).
+            + [{"name": "KUBELAMBDA_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}],
+            key=lambda e: str(e["name"]),
+        ),
         memory_mb=memory_mb,
         ephemeral_storage_mb=ephemeral_storage_mb,
         cpu_request_fraction=cpu_request_fraction,
