@@ -6,7 +6,7 @@ Every field says its unit and default. Bad values fail at start with the key and
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubelambda import __version__
@@ -54,6 +54,12 @@ class OperatorSettings(BaseSettings):
     """CPU request of a function pod as a fraction of its CPU limit (memoryMB / 1769 cores); default 0.1."""
     kubeconfig: str | None = None
     """Kubeconfig to use; unset = in-cluster credentials, or ``$KUBECONFIG``."""
+    agent_key: SecretStr | None = Field(default=None, min_length=16)
+    """The platform's agent key (at least 16 characters; the chart generates one): each Function's pods then
+    answer ``/invoke`` and ``/metrics`` only with the token derived from it (docs/security.md). Unset = agents
+    answer anyone who reaches port 8080."""
+    agent_metrics_token: SecretStr | None = Field(default=None, min_length=16)
+    """A token every agent also accepts on ``/metrics`` (for Prometheus); unset = only the Function's token."""
     problem_retry_seconds: float = Field(default=30.0, gt=0, le=3600)
     """How soon a Function with a problem that may go away by itself (a missing ServiceAccount) is looked at
     again, in seconds (default 30)."""

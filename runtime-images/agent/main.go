@@ -95,10 +95,10 @@ func serveRuntimeAPI(p *pool) ([]*http.Server, error) {
 func newFrontMux(cfg *Config, p *pool, m *metrics, sp *specializer) http.Handler {
 	inv := &invokeAPI{pool: p, cfg: cfg, metrics: m}
 	mux := http.NewServeMux()
-	mux.Handle("/invoke", inv)
-	mux.Handle("/2015-03-31/functions/{name}/invocations", inv)
-	mux.HandleFunc("GET /metrics", m.serveHTTP)
-	mux.Handle("/specialize", sp)
+	mux.Handle("/invoke", sp.auth.guard(inv, false))
+	mux.Handle("/2015-03-31/functions/{name}/invocations", sp.auth.guard(inv, false))
+	mux.Handle("GET /metrics", sp.auth.guard(http.HandlerFunc(m.serveHTTP), true))
+	mux.Handle("/specialize", sp.auth.guard(sp, false))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

@@ -77,8 +77,9 @@ type specializeRequest struct {
 	TimeoutSeconds float64           `json:"timeoutSeconds"`
 	Environment    map[string]string `json:"environment"`
 	CodeSha256     string            `json:"codeSha256"`
-	Runtime        string            `json:"runtime,omitempty"` // the runtime the sender means (identity.go)
-	PodUID         string            `json:"podUid,omitempty"`  // the pod the sender means (identity.go)
+	Runtime        string            `json:"runtime,omitempty"`    // the runtime the sender means (identity.go)
+	PodUID         string            `json:"podUid,omitempty"`     // the pod the sender means (identity.go)
+	AgentToken     string            `json:"agentToken,omitempty"` // the function's token, from now on (auth.go)
 	Inline         map[string]string `json:"inline,omitempty"`
 	Archive        *archiveRef       `json:"archive,omitempty"`
 }
@@ -98,13 +99,15 @@ type specializer struct {
 	pool   *pool
 	log    *logger
 	client *http.Client
+	auth   *agentAuth
 
 	mu     sync.Mutex
 	status specializeStatus
 }
 
 func newSpecializer(cfg *Config, p *pool, log *logger) *specializer {
-	s := &specializer{cfg: cfg, pool: p, log: log, client: &http.Client{Timeout: archiveFetchTimeout}}
+	s := &specializer{cfg: cfg, pool: p, log: log, client: &http.Client{Timeout: archiveFetchTimeout},
+		auth: newAgentAuth(os.LookupEnv)}
 	s.status.State = "generic"
 	if cfg.Generic == genericOff {
 		s.status = specializeStatus{State: "ready", FunctionName: cfg.FunctionName}
@@ -160,6 +163,7 @@ func (s *specializer) specialize(rw http.ResponseWriter, r *http.Request) {
 	}
 	s.status = specializeStatus{State: "specializing", FunctionName: req.FunctionName, CodeSha256: req.CodeSha256}
 	s.mu.Unlock()
+	s.auth.replace(req.AgentToken) // the pool's token opens nothing here any more
 
 	if err := s.materialize(r.Context(), &req); err != nil {
 		s.fail(rw, &req, err)

@@ -113,6 +113,10 @@ class RunningOperator:
         assert self.error is None, f"the operator failed: {self.error!r}"
 
 
+AGENT_KEY = "test-agent-key-0123456789abcdef"
+"""The platform's agent key in tests: the gateway shows agents the tokens derived from it."""
+
+
 async def start_operator(cluster: Cluster, kube: KubeClient, **settings: Any) -> RunningOperator:
     await install_crds(cluster, kube)
     token = await service_account_token(cluster, kube, "operator-rbac.yaml", "kubelambda-operator")
@@ -206,13 +210,16 @@ async def running_platform(
     settings: dict[str, Any] = {
         "slot_wait_seconds": 1.0,
         "autoscale_interval_seconds": 0.5,
+        "agent_key": AGENT_KEY,  # agents answer only the gateway (docs/security.md)
         **gateway_settings,
     }
     gateway, url = await start_gateway(cluster, kube, **settings)
     try:
         # The operator runs as its chart ServiceAccount (hack/operator-rbac.yaml): every object it makes,
         # including Roles that grant Secrets, must be within what it holds.
-        operator = await start_operator(cluster, kube, problem_retry_seconds=1.0, gateway_url=url)
+        operator = await start_operator(
+            cluster, kube, problem_retry_seconds=1.0, gateway_url=url, agent_key=settings["agent_key"]
+        )
         try:
             yield PlatformUnderTest(operator, gateway, url)
         finally:

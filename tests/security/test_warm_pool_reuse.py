@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
+    AGENT_KEY,
     SYSTEM_NS,
     Env,
     PlatformUnderTest,
@@ -30,6 +31,7 @@ from kltest.platform import (
     running_platform,
 )
 from kubelambda import metrics
+from kubelambda.agentauth import bearer, pool_token
 from kubelambda.gateway.app import Gateway
 from kubelambda.gateway.warmpool import PoolPod, WarmPool
 from kubelambda.kube import KubeClient, resource_path
@@ -83,8 +85,12 @@ async def invoke(url: str, name: str) -> tuple[int, bytes, bool, dict[str, str]]
     return await asyncio.to_thread(call)
 
 
-async def agent_state(ip: str) -> JSON:
-    async with aiohttp.ClientSession() as session, session.get(f"http://{ip}:8080/specialize") as resp:
+async def agent_state(ip: str, runtime: str) -> JSON:
+    headers = bearer(pool_token(AGENT_KEY, SYSTEM_NS, runtime))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{ip}:8080/specialize", headers=headers) as resp,
+    ):
         state: JSON = await resp.json(content_type=None)
         return state
 
@@ -121,7 +127,7 @@ async def test_a_specialisation_sent_to_a_stale_address_never_runs_on_the_pod_no
     assert json.loads(payload) == {"runtime": "python", "function": "hello"}
     assert headers.get("x-kubelambda-warm-pool") != node_pod.name
     # The Node.js pod refused and is still generic: nothing else broke, it serves the next Node.js function.
-    assert (await agent_state(node_pod.ip))["state"] == "generic"
+    assert (await agent_state(node_pod.ip, "nodejs20"))["state"] == "generic"
     assert node_pod.name not in pool._taken
 
 

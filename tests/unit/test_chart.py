@@ -4,6 +4,7 @@ stopping at once without Docker. (tests/integration/test_helm.py installs it on 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -105,12 +106,34 @@ def test_schema_refuses_bad_values_naming_the_key(helm: Path, setting: str, mess
     assert message in result.stderr, result.stderr
 
 
+def test_the_agent_key_is_generated_and_given_to_the_operator_gateway_and_prometheus(helm: Path) -> None:
+    docs = render(helm, "--api-versions", "monitoring.coreos.com/v1")
+    secret = find(docs, "Secret", "kubelambda-agent-key")
+    assert {k: len(base64.b64decode(v)) for k, v in secret["data"].items()} == {
+        "key": 48,
+        "metrics-token": 48,
+    }
+    for name, env in (
+        ("kubelambda-operator", "KUBELAMBDA_AGENT_KEY"),
+        ("kubelambda-gateway", "KUBELAMBDA_GATEWAY_AGENT_KEY"),
+    ):
+        container = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        [item] = [e for e in container["env"] if e["name"] == env]
+        assert item["valueFrom"]["secretKeyRef"] == {"name": "kubelambda-agent-key", "key": "key"}
+    monitor = find(docs, "PodMonitor", "kubelambda-functions")
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["authorization"]["credentials"] == {
+        "name": "kubelambda-agent-key",
+        "key": "metrics-token",
+    }
+
+
 def test_default_render(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == sorted(
         {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy",
-         "Role", "RoleBinding", "Service", "ServiceAccount", "StatefulSet"}
+         "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet"}
     )  # fmt: skip
     operator = find(docs, "Deployment", "kubelambda-operator")
     env = env_of(operator)
@@ -257,6 +280,10 @@ def test_every_setting_the_chart_passes_is_a_known_valid_setting(
         cls, prefix = classes[COMPONENT_SETTINGS[component]]
         fields = {prefix + name.upper() for name in cls.model_fields}
         env = {k: v.replace("$(POD_IP)", "10.244.0.9") for k, v in env_of(doc).items()}
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        for item in container.get("env", []):
+            if "secretKeyRef" in item.get("valueFrom", {}):
+                env[item["name"]] = "s" * 48  # the generated agent key (agent-key.yaml)
         ours = {k: v for k, v in env.items() if k.startswith(prefix)}
         if component == "async-worker":
             ours.pop("KUBELAMBDA_GATEWAY_URL")  # the worker's --gateway-url default, not a setting

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -116,6 +117,7 @@ class Platform:
         if not self.nats.url.endswith(f":{DEFAULT_NATS_PORT}"):
             self._moved("nats", DEFAULT_NATS_PORT, self.nats.url)
         base = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")}
+        agent_key = _agent_key(self.state_dir / "agent.key")
         preferred = _preferred(DEFAULT_GATEWAY_PORT)
         nats_url = self.nats.url
 
@@ -139,6 +141,7 @@ class Platform:
                     "KUBELAMBDA_GATEWAY_NATS_URL": nats_url,
                     "KUBELAMBDA_GATEWAY_AUTH_MODE": "kubernetes",
                     "KUBELAMBDA_GATEWAY_AUTH_NAMESPACE": SYSTEM_NS,
+                    "KUBELAMBDA_GATEWAY_AGENT_KEY": agent_key,
                 },
             )
             try:
@@ -163,6 +166,7 @@ class Platform:
                 "KUBELAMBDA_KUBECONFIG": str(operator_config),
                 "KUBELAMBDA_GATEWAY_URL": self.gateway_url,
                 "KUBELAMBDA_NATS_URL": nats_url,  # for Trigger bridges' onFailure.nats
+                "KUBELAMBDA_AGENT_KEY": agent_key,
             },
         )
 
@@ -281,3 +285,11 @@ class Platform:
         if self.nats is not None:
             await self.nats.stop()
             self.nats = None
+
+
+def _agent_key(path: Path) -> str:
+    """The platform's agent key (docs/security.md), generated once and kept in the state folder."""
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SIX_MB = 6 * 1024 * 1024
@@ -86,6 +86,9 @@ class GatewaySettings(BaseSettings):
     Function is served by one of them instead of waiting for a new pod."""
     warm_pool_max_sizes: dict[str, int] = Field(default_factory=dict)
     """Largest pool per runtime under demand, JSON (default 4 times its size): each claim in the last minute adds a pod."""
+    agent_key: SecretStr | None = Field(default=None, min_length=16)
+    """The platform's agent key, the operator's ``KUBELAMBDA_AGENT_KEY``: the gateway shows agents the tokens
+    derived from it (docs/security.md). Unset = no token is sent (agents of a platform without a key)."""
     warm_pool_namespace: str = Field(default="kubelambda-system", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     """Namespace of the pool Deployments and their pods (the system namespace)."""
     warm_pool_registry: str = Field(default="ghcr.io/kubelambda", min_length=1)

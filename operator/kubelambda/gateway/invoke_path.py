@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from kubelambda import metrics
+from kubelambda.agentauth import function_token
 from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
@@ -144,7 +145,8 @@ class InvokePath:
             try:
                 # The deadline starts when an instance takes the invocation, as Lambda's timeout does.
                 deadline = time.time() + spec.timeout_seconds
-                result = await forward(self.http(), endpoint, invocation, deadline=deadline)
+                token = function_token(key.get_secret_value(), *fn.key) if (key := s.agent_key) else None
+                result = await forward(self.http(), endpoint, invocation, deadline=deadline, token=token)
                 pod = self.warm_pool.pod_at(endpoint) if self.warm_pool is not None else None
                 if pod is not None:
                     result.headers[WARM_POOL_HEADER] = pod

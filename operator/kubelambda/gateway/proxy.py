@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from kubelambda.agentauth import bearer
+
 # What the agent answers that a caller of the Invoke API sees.
 PASSED_HEADERS = ("Content-Type", "X-Amz-Function-Error", "X-Amz-Executed-Version", "X-Amz-Log-Result")
 TIMEOUT_MARGIN_SECONDS = 2.0
@@ -94,10 +96,17 @@ def timeout_result(invocation: Invocation) -> Result:
 
 
 async def forward(
-    session: aiohttp.ClientSession, endpoint: str, invocation: Invocation, *, deadline: float
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    invocation: Invocation,
+    *,
+    deadline: float,
+    token: str | None = None,
 ) -> Result:
-    """Sends ``invocation`` to ``endpoint`` (``ip:port``); raises :class:`TryElsewhere` if it refuses."""
+    """Sends ``invocation`` to ``endpoint`` (``ip:port``), showing the agent ``token`` (the function's, see
+    ``kubelambda.agentauth``); raises :class:`TryElsewhere` if it refuses."""
     headers = {
+        **bearer(token),
         "Content-Type": "application/json",
         "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
         "Lambda-Runtime-Deadline-Ms": str(int(deadline * 1000)),
@@ -118,7 +127,8 @@ async def forward(
             timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=2),
         ) as resp:
             body = await resp.read()
-            if resp.status in (429, 503):
+            # 401: the pod at this address is not one of the function's (a stale address now another pod's).
+            if resp.status in (401, 429, 503):
                 raise TryElsewhere(f"{endpoint} answered {resp.status}: {body[:200]!r}")
             passed = {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers}
             return Result(resp.status, passed, body, outcome_of(resp.headers))

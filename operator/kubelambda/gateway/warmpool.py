@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from kubelambda import metrics
+from kubelambda.agentauth import bearer, function_token, pool_token
 from kubelambda.gateway.functionname import FunctionRef
 from kubelambda.gateway.registry import FunctionEntry, Key, Registry
 from kubelambda.jsonobj import JSON
@@ -301,12 +302,19 @@ class WarmPool:
             body = specialize_body(
                 fn, sha256=sha, region=self.settings.region, runtime=runtime, pod_uid=pod.uid
             )
+            key = self.settings.agent_key
+            headers: dict[str, str] = {}
+            if key is not None:
+                ns = self.settings.warm_pool_namespace
+                headers = bearer(pool_token(key.get_secret_value(), ns, runtime))
+                body["agentToken"] = function_token(key.get_secret_value(), *fn.key)
             endpoint = f"{pod.ip}:{INVOKE_PORT}"
             started = time.monotonic()
             try:
                 async with session.post(
                     f"http://{endpoint}/specialize",
                     json=body,
+                    headers=headers,
                     timeout=aiohttp.ClientTimeout(total=SPECIALIZE_TIMEOUT_SECONDS, sock_connect=2),
                 ) as resp:
                     status = resp.status
@@ -316,7 +324,7 @@ class WarmPool:
                 self._spawn(self._delete(pod.name, pod.uid, "failed"))
                 metrics.WARM_POOL_MISSES.labels(runtime, "failed").inc()
                 return None
-            if status == 421:
+            if status in (401, 421):
                 # The address is another pod's by now (ours was deleted, its address reused before our watch
                 # said so): that pod refused. Try the next one.
                 logger.warning(
@@ -539,6 +547,7 @@ class WarmPool:
                 replicas=replicas,
                 memory_mb=s.warm_pool_memory_mb,
                 region=s.region,
+                agent_token=pool_token(s.agent_key.get_secret_value(), ns, runtime) if s.agent_key else None,
             )
             await self.kube.apply(
                 resource_path("apps/v1", "deployments", namespace=ns, name=pool_name(runtime)),

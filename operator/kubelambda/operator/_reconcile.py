@@ -23,6 +23,7 @@ from kubelambda.resources import (
     code_sha256,
     function_status,
     initial_scale,
+    make_agent_secret,
     make_code_configmap,
     make_deployment,
     make_egress_policy,
@@ -135,6 +136,9 @@ class FunctionReconciler(OwnedWriter):
                 steps.append(
                     self._delete("ConfigMap", fn.namespace, n.code_configmap_name(fn.name), fn.uid, outcome)
                 )
+            agent_secret = make_agent_secret(fn, settings=self.settings)
+            if agent_secret is not None:
+                steps.append(self._apply(agent_secret, outcome, changed=False))
             steps.append(self._apply(make_service(fn), outcome, changed=False))
             ingress = make_ingress_policy(fn, system_namespace=self.settings.system_namespace)
             steps.append(self._apply(ingress, outcome, changed=False))

@@ -4,7 +4,12 @@ One module per kind of object, as Knative's ``pkg/reconciler/*/resources``.
 """
 
 from kubelambda.resources.configmap import CodeTooLarge, code_sha256, make_code_configmap
-from kubelambda.resources.deployment import cpu_limit_millicores, initial_scale, make_deployment
+from kubelambda.resources.deployment import (
+    cpu_limit_millicores,
+    initial_scale,
+    make_agent_secret,
+    make_deployment,
+)
 from kubelambda.resources.labels import FUNCTION_LABEL, labels, selector
 from kubelambda.resources.names import FunctionObject
 from kubelambda.resources.networkpolicy import make_egress_policy, make_ingress_policy
@@ -21,6 +26,7 @@ __all__ = [
     "function_status",
     "initial_scale",
     "labels",
+    "make_agent_secret",
     "make_code_configmap",
     "make_deployment",
     "make_egress_policy",

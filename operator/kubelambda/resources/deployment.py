@@ -5,8 +5,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
+from kubelambda.agentauth import (
+    METRICS_TOKEN_ENV,
+    SECRET_METRICS_KEY,
+    SECRET_TOKEN_KEY,
+    TOKEN_ENV,
+    function_token,
+)
 from kubelambda.jsonobj import JSON
 from kubelambda.resources.configmap import code_sha256
 from kubelambda.resources.labels import labels, selector
@@ -16,6 +24,7 @@ from kubelambda.resources.names import (
     INVOKE_PORT_NAME,
     TASK_ROOT,
     FunctionObject,
+    agent_secret_name,
     code_configmap_name,
     deployment_name,
 )
@@ -51,7 +60,14 @@ def function_env(fn: FunctionObject, *, settings: OperatorSettings) -> list[JSON
         "KUBELAMBDA_TIMEOUT": str(spec.timeout_seconds),
         "KUBELAMBDA_WORKERS": str(spec.concurrency.per_instance),
     }
-    env = [{"name": k, "value": v} for k, v in sorted(agent.items())]
+    env: list[JSON] = [{"name": k, "value": v} for k, v in agent.items()]
+    if settings.agent_key is not None:
+        # The tokens the agent asks of callers (docs/security.md), from the Function's own Secret.
+        secret = agent_secret_name(fn.name)
+        env.append(_secret_env(TOKEN_ENV, secret, SECRET_TOKEN_KEY))
+        if settings.agent_metrics_token is not None:
+            env.append(_secret_env(METRICS_TOKEN_ENV, secret, SECRET_METRICS_KEY))
+    env.sort(key=lambda e: str(e["name"]))
     # The function's own variables come last; none can configure the agent (the CRD refuses KUBELAMBDA_* and
     # Lambda's reserved names).
     env += [
@@ -60,6 +76,32 @@ def function_env(fn: FunctionObject, *, settings: OperatorSettings) -> list[JSON
         if not k.startswith(AGENT_ENV_PREFIX)
     ]
     return env
+
+
+def _secret_env(name: str, secret: str, key: str) -> JSON:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def make_agent_secret(fn: FunctionObject, *, settings: OperatorSettings) -> JSON | None:
+    """The Secret holding the token of ``fn``'s agents (and the platform's metrics token), or None without an
+    agent key."""
+    if settings.agent_key is None:
+        return None
+    data = {SECRET_TOKEN_KEY: function_token(settings.agent_key.get_secret_value(), fn.namespace, fn.name)}
+    if settings.agent_metrics_token is not None:
+        data[SECRET_METRICS_KEY] = settings.agent_metrics_token.get_secret_value()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": agent_secret_name(fn.name),
+            "namespace": fn.namespace,
+            "labels": labels(fn),
+            "ownerReferences": [fn.owner_reference()],
+        },
+        "type": "Opaque",
+        "stringData": data,
+    }
 
 
 def _env_from(fn: FunctionObject) -> list[JSON]:
@@ -261,7 +303,7 @@ def make_deployment(
             "template": {
                 "metadata": {
                     "labels": labels(fn),
-                    "annotations": {CODE_SHA_ANNOTATION: code_sha256(fn.spec.code)},
+                    "annotations": _pod_annotations(fn, settings),
                 },
                 "spec": pod_spec,
             },
@@ -270,6 +312,18 @@ def make_deployment(
     if replicas is not None:
         deployment["spec"]["replicas"] = replicas
     return deployment
+
+
+AGENT_KEY_ANNOTATION = "kubelambda.io/agent-key-sha256"
+"""A digest of the agent key on the pod template: a new key restarts the pods, whose token env it changed."""
+
+
+def _pod_annotations(fn: FunctionObject, settings: OperatorSettings) -> dict[str, str]:
+    annotations = {CODE_SHA_ANNOTATION: code_sha256(fn.spec.code)}
+    if settings.agent_key is not None:
+        digest = hashlib.sha256(b"agent-key:" + settings.agent_key.get_secret_value().encode())
+        annotations[AGENT_KEY_ANNOTATION] = digest.hexdigest()[:16]
+    return annotations
 
 
 def initial_scale(fn: FunctionObject) -> JSON:

@@ -74,6 +74,11 @@ def code_configmap_name(function: str) -> str:
     return f"{function}-code"
 
 
+def agent_secret_name(function: str) -> str:
+    """The Secret with the token of the function's agents (docs/security.md)."""
+    return f"{function}-agent"
+
+
 def ingress_policy_name(function: str) -> str:
     return function
 

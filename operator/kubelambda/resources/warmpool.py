@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kubelambda.agentauth import TOKEN_ENV
 from kubelambda.jsonobj import JSON
 from kubelambda.resources.deployment import agent_container, pod_security
 from kubelambda.resources.labels import COMPONENT_LABEL, FUNCTION_LABEL, GATEWAY_LABELS
@@ -74,6 +75,7 @@ def make_pool_deployment(
     region: str,
     cpu_request_fraction: float = 0.1,
     ephemeral_storage_mb: int = 512,
+    agent_token: str | None = None,
 ) -> JSON:
     """The pool Deployment of ``runtime``: ``replicas`` generic pods of ``memory_mb`` each.
 
@@ -90,6 +92,9 @@ def make_pool_deployment(
         "KUBELAMBDA_TASK_ROOT": TASK_ROOT,
         "KUBELAMBDA_WORKERS": "1",
     }
+    if agent_token:
+        # The pool's token (``kubelambda.agentauth``): opens /specialize; the function's replaces it there.
+        env[TOKEN_ENV] = agent_token
     container = agent_container(
         image=image,
         env=sorted(

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+)
+
+func call(t *testing.T, method, url, token string, body any) int {
+	t.Helper()
+	var reader io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		reader = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, url, reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// A pool pod: its pool's token opens /specialize; the function's token, given there, then replaces it.
+func TestAdminEndpointsNeedThePodsToken(t *testing.T) {
+	t.Setenv(agentTokenEnv, "pool-token")
+	t.Setenv(metricsTokenEnv, "metrics-token")
+	a := startAgentWith(t, 1, 2*time.Second, "ok", func(c *Config) {
+		c.Generic = genericDeferred
+		c.FunctionName = "pool-fake"
+	})
+	waitReady(t, a.url) // probes need no token
+	req := specializeRequest{FunctionName: "hello", Handler: "app.handler", CodeSha256: "abc", MemoryMB: 128,
+		TimeoutSeconds: 2, Inline: map[string]string{"app.py": "x"}, AgentToken: "function-token"}
+	for _, token := range []string{"", "wrong", "metrics-token"} {
+		if got := call(t, "POST", a.url+"/specialize", token, req); got != http.StatusUnauthorized {
+			t.Fatalf("specialise with token %q: %d, want 401", token, got)
+		}
+		if got := call(t, "POST", a.url+"/invoke", token, map[string]string{}); got != http.StatusUnauthorized {
+			t.Fatalf("invoke with token %q: %d, want 401", token, got)
+		}
+	}
+	if got := call(t, "GET", a.url+"/metrics", "", nil); got != http.StatusUnauthorized {
+		t.Fatalf("metrics without a token: %d, want 401", got)
+	}
+	if got := call(t, "GET", a.url+"/metrics", "metrics-token", nil); got != 200 {
+		t.Fatalf("metrics with the metrics token: %d, want 200", got)
+	}
+	if got := call(t, "POST", a.url+"/specialize", "pool-token", req); got != 200 {
+		t.Fatalf("specialise with the pool token: %d, want 200", got)
+	}
+	if got := call(t, "POST", a.url+"/invoke", "pool-token", map[string]string{}); got != http.StatusUnauthorized {
+		t.Fatalf("invoke with the pool token after specialisation: %d, want 401", got)
+	}
+	if got := call(t, "POST", a.url+"/invoke", "function-token", map[string]string{}); got != 200 {
+		t.Fatalf("invoke with the function's token: %d, want 200", got)
+	}
+}
