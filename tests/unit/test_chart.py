@@ -128,6 +128,18 @@ def test_the_agent_key_is_generated_and_given_to_the_operator_gateway_and_promet
     }
 
 
+def test_the_secret_reference_policy_is_off_by_default_and_rendered_when_enabled(helm: Path) -> None:
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    assert not [d for d in render(helm) if d["kind"] in kinds]
+    docs = render(helm, "--set", "admission.secretReferences.enabled=true")
+    names = sorted((d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in kinds)
+    assert names == sorted(
+        (kind, f"kubelambda-secret-references-{plural}")
+        for kind in kinds
+        for plural in ("functions", "triggers")
+    )
+
+
 def test_default_render(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted({d["kind"] for d in docs})
