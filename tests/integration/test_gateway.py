@@ -21,6 +21,7 @@ import pytest
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
+    AGENT_KEY,
     Env,
     PlatformUnderTest,
     lambda_client,
@@ -29,6 +30,7 @@ from kltest.platform import (
     start_gateway,
     stop_gateway,
 )
+from kubelambda.agentauth import bearer, function_token
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -196,7 +198,11 @@ async def test_reserved_concurrency_is_never_exceeded(env: Env) -> None:
     # Seen from the agent itself (2 workers): exactly 2 invocations arrived, and none was refused as busy,
     # so no third one was ever in flight there.
     endpoint = env.gateway.registry.ready_endpoints((env.namespace, "limited"))[0]
-    async with aiohttp.ClientSession() as http, http.get(f"http://{endpoint}/metrics") as resp:
+    token = function_token(AGENT_KEY, env.namespace, "limited")  # agents answer only their token
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{endpoint}/metrics", headers=bearer(token)) as resp,
+    ):
         text = await resp.text()
     counts = {
         line.split('outcome="')[1].split('"')[0]: int(line.rsplit(" ", 1)[1])

@@ -134,6 +134,8 @@ async def start_gateway(
 
     ``auth_mode`` is ``none`` unless a test is about who may invoke (tests/integration/test_auth.py): the other
     tests call it unsigned, as a trusted network would."""
+    # The test agent key: harmless towards agents without a token (an operator started without it).
+    settings.setdefault("agent_key", AGENT_KEY)
     token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
     client = Login.from_kubeconfig(cluster.kubeconfig).with_token(token).client()
     if auth_mode != "none":
