@@ -37,6 +37,7 @@ from kubelambda.asyncworker.decide import (
 from kubelambda.asyncworker.queue import ENQUEUED_AT, EVENT_PREFIX, BadEvent, EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response, invocation_record
 from kubelambda.destinations import Senders
+from kubelambda.natspolicy import subject_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -326,9 +327,10 @@ class Worker:
             )
             return "function"
         if destination.nats is not None:
-            if destination.nats.startswith("kubelambda."):
-                # The platform's own subjects (events, dead letters): a record there would be a malformed event.
-                raise ValueError(f"NATS subject {destination.nats} is kubelambda's own")
+            # Never the server's APIs ($JS., $SYS., ...) nor kubelambda's own subjects (kubelambda.natspolicy).
+            refused = subject_refusal(destination.nats)
+            if refused is not None:
+                raise PermissionError(refused)
             await self.queue.publish_record(destination.nats, body, now=self.clock())
             return "nats"
         target = destination.queue or destination.topic

@@ -47,6 +47,7 @@ from kubelambda.bridge.streams._batch import (
     split_lanes,
 )
 from kubelambda.destinations import Senders
+from kubelambda.natspolicy import subject_refusal
 
 log = logging.getLogger("kubelambda.bridge.streams")
 RECONNECT_MAX_SECONDS = 30.0
@@ -185,6 +186,16 @@ class FailureDestination:
         if self.dest is None:
             return True
         body = dumps(dict(record))
+        refused = subject_refusal(self.dest.nats) if self.dest.nats else None
+        if refused is not None:
+            # Never the server's APIs ($JS., $SYS., ...) nor kubelambda's own subjects: no retry changes that.
+            log.error(
+                "Refused the on-failure destination of Trigger %s/%s: %s",
+                self.ctx.namespace,
+                self.ctx.name,
+                refused,
+            )
+            return False
         delay = 0.2
         for attempt in range(1, DESTINATION_ATTEMPTS + 1):
             try:
