@@ -140,6 +140,20 @@ def test_the_secret_reference_policy_is_off_by_default_and_rendered_when_enabled
     )
 
 
+def test_nats_monitoring_is_reachable_only_from_the_platform_and_named_peers(helm: Path) -> None:
+    def monitor_rule(docs: list[JSON]) -> JSON:
+        policy = find(docs, "NetworkPolicy", "kubelambda-nats")
+        [rule] = [
+            r for r in policy["spec"]["ingress"] if {"port": "monitor", "protocol": "TCP"} in r["ports"]
+        ]
+        return rule
+
+    assert monitor_rule(render(helm))["from"] == [{"podSelector": {}}]  # the release namespace only
+    prometheus = '{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}'
+    docs = render(helm, "--set-json", f"networkPolicy.natsMonitorFrom=[{prometheus}]")
+    assert monitor_rule(docs)["from"] == [{"podSelector": {}}, json.loads(prometheus)]
+
+
 def test_default_render(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted({d["kind"] for d in docs})
