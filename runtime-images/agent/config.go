@@ -39,6 +39,7 @@ type Config struct {
 	MaxResponse     int           // runtime response body limit, bytes
 	DrainTimeout    time.Duration // how long SIGTERM waits for in-flight invocations
 	Generic         genericMode   // warm-pool pod: wait for POST /specialize (see specialize.go)
+	ExtensionsDir   string        // external extensions started in every environment (extensions.go); "" for none
 }
 
 type envLookup func(string) (string, bool)
@@ -94,6 +95,9 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 	generic := fs.String("generic", env("KUBELAMBDA_GENERIC", "off"),
 		"warm-pool mode: off, prestart (start the runtime now, load code on POST /specialize) or deferred "+
 			"(start the runtime on POST /specialize) (env KUBELAMBDA_GENERIC)")
+	extDir := fs.String("extensions-dir", env("KUBELAMBDA_EXTENSIONS_DIR", "/opt/extensions"),
+		"folder of external Lambda extensions, each executable file started beside every runtime worker; "+
+			"\"none\" for none (env KUBELAMBDA_EXTENSIONS_DIR)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: kubelambda-agent [flags] [-- runtime command...]\n")
 		fs.PrintDefaults()
@@ -114,6 +118,11 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 		bad("listen (KUBELAMBDA_LISTEN)", *listen, err.Error())
 	}
 	c.Listen = *listen
+	if c.ExtensionsDir = *extDir; c.ExtensionsDir == "none" {
+		c.ExtensionsDir = ""
+	} else if st, err := os.Stat(c.ExtensionsDir); err == nil && !st.IsDir() {
+		bad("extensions-dir (KUBELAMBDA_EXTENSIONS_DIR)", c.ExtensionsDir, "is not a folder")
+	}
 	switch strings.ToLower(*generic) {
 	case "", "off", "false", "0":
 		c.Generic = genericOff

@@ -23,7 +23,14 @@ import (
 // {"big": N} (answers N bytes). AGENT_TEST_FAKE_RUNTIME=initerr reports an init error and exits;
 // =exit exits before asking for an event.
 func TestMain(m *testing.M) {
+	if os.Getenv("AGENT_TEST_FAKE_EXTENSION") != "" { // extensions_test.go
+		fakeExtension()
+		return
+	}
 	switch os.Getenv("AGENT_TEST_FAKE_RUNTIME") {
+	case "internal": // extensions_test.go
+		internalExtension()
+		fakeRuntime()
 	case "":
 		os.Exit(m.Run())
 	case "initerr":

@@ -62,6 +62,10 @@ type runtimeAPI struct {
 }
 
 func (a *runtimeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, extensionsPrefix) {
+		a.pool.serveExtensionAPI(rw, r, a.w) // extensions.go
+		return
+	}
 	route, id := parseRuntimePath(r.URL.Path)
 	pr := a.w.cur.Load()
 	if pr == nil {
@@ -209,7 +213,7 @@ func (a *runtimeAPI) response(rw http.ResponseWriter, r *http.Request, pr *proc,
 		accepted(rw)
 	}
 	inv.finish(res)
-	a.pool.logReport(pr, inv, reportInfo{status: status, errType: res.errType, memoryMB: a.pool.cfg.MemoryMB,
+	a.pool.reportWhenDone(pr, inv, reportInfo{status: status, errType: res.errType, memoryMB: a.pool.cfg.MemoryMB,
 		maxMemMB: pr.rss.peakMB(int(pr.pid.Load())), initDur: a.pool.takeCold(pr)})
 }
 
@@ -260,7 +264,7 @@ func (a *runtimeAPI) error(rw http.ResponseWriter, r *http.Request, pr *proc, id
 	}
 	accepted(rw)
 	inv.finish(result{outcome: outFunctionError, errType: errType, body: body})
-	a.pool.logReport(pr, inv, reportInfo{status: "error", errType: errType, memoryMB: a.pool.cfg.MemoryMB,
+	a.pool.reportWhenDone(pr, inv, reportInfo{status: "error", errType: errType, memoryMB: a.pool.cfg.MemoryMB,
 		maxMemMB: pr.rss.peakMB(int(pr.pid.Load())), initDur: a.pool.takeCold(pr)})
 }
 

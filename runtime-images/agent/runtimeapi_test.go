@@ -126,7 +126,7 @@ func fuzzPool(t *testing.T) (*pool, *worker) {
 	cfg := &Config{Workers: 1, MaxResponse: 1 << 10, MemoryMB: 128, FunctionVersion: "$LATEST", RuntimeAPI: "127.0.0.1:9001"}
 	p := newPool(cfg, newLogger(io.Discard, io.Discard), newMetrics(1))
 	w := p.workers[0]
-	pr := &proc{w: w, events: make(chan *invocation, 1), exited: make(chan struct{})}
+	pr := &proc{w: w, events: make(chan *invocation, 1), exited: make(chan struct{}), ext: p.newExtSet(w)}
 	w.cur.Store(pr)
 	return p, w
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -95,6 +96,7 @@ type proc struct {
 	oomKills int64       // the memory cgroup's OOM kill count when it started
 	log      procLog
 	rss      rssReader
+	ext      *extSet // its environment's extensions (extensions.go)
 
 	initErrMu   sync.Mutex
 	initErr     []byte // body of runtime/init/error
@@ -105,8 +107,9 @@ type worker struct {
 	index   int
 	addr    string // Runtime API address
 	cur     atomic.Pointer[proc]
-	restart chan struct{} // asks a worker parked after an init failure to start again
-	failErr result        // the last init failure; pool.mu
+	restart chan struct{}          // asks a worker parked after an init failure to start again
+	ext     atomic.Pointer[extSet] // the extensions of the current environment, for the Extensions API
+	failErr result                 // the last init failure; pool.mu
 }
 
 type pool struct {
@@ -185,6 +188,7 @@ func (p *pool) submit(inv *invocation) (refused outcome, ok bool) {
 		pr := p.ready[n-1]
 		p.ready = p.ready[:n-1]
 		pr.cur, inv.proc = inv, pr
+		pr.ext.invokeLocked(inv)
 		p.mu.Unlock()
 		pr.events <- inv
 		return 0, true
@@ -295,16 +299,6 @@ func (p *pool) nextReady(pr *proc) (stale *invocation) {
 		p.mu.Unlock()
 		return nil
 	}
-	if !pr.initDone {
-		pr.initDone = true
-		from := pr.started
-		if !pr.initFrom.IsZero() {
-			from = pr.initFrom
-		}
-		pr.coldInit = time.Since(from)
-		p.metrics.initDuration.observe(pr.coldInit)
-		p.initFinishedLocked()
-	}
 	if pr.cur != nil {
 		select {
 		case inv := <-pr.events:
@@ -317,18 +311,42 @@ func (p *pool) nextReady(pr *proc) (stale *invocation) {
 		// "next" without a response: the runtime gave up on the event.
 		stale = pr.cur
 		pr.cur = nil
+		pr.ext.awaitReport = false
 		p.decBusyLocked()
 	}
+	// The phase (init or invoke) ends when the runtime and every extension have called next.
+	pr.ext.runtimeWaiting = true
+	p.envMaybeFreeLocked(pr)
+	p.mu.Unlock()
+	return stale
+}
+
+// envInitDoneLocked: the runtime and every extension of pr's environment have initialised.
+func (p *pool) envInitDoneLocked(pr *proc) {
+	pr.initDone = true
+	from := pr.started
+	if !pr.initFrom.IsZero() {
+		from = pr.initFrom
+	}
+	if !pr.ext.launched.IsZero() && pr.initFrom.IsZero() {
+		from = pr.ext.launched // Init Duration covers the extensions' init
+	}
+	pr.coldInit = time.Since(from)
+	p.metrics.initDuration.observe(pr.coldInit)
+	p.initFinishedLocked()
+}
+
+// freeLocked gives pr the oldest waiting invocation, or lists it as ready.
+func (p *pool) freeLocked(pr *proc) {
 	if len(p.waiters) > 0 {
 		inv := p.waiters[0]
 		p.waiters = p.waiters[1:]
 		pr.cur, inv.proc = inv, pr
+		pr.ext.invokeLocked(inv)
 		pr.events <- inv
 	} else {
 		p.ready = append(p.ready, pr)
 	}
-	p.mu.Unlock()
-	return stale
 }
 
 // unready takes pr out of the ready list when its "next" request went away.
@@ -356,6 +374,8 @@ func (p *pool) complete(pr *proc, id string) *invocation {
 		return nil
 	}
 	pr.cur = nil
+	// With extensions registered for INVOKE, the REPORT waits for them (reportWhenDone).
+	pr.ext.awaitReport = pr.ext.hasInvokeLocked()
 	p.decBusyLocked()
 	p.mu.Unlock()
 	return inv
@@ -472,7 +492,10 @@ func (p *pool) supervise(w *worker) {
 	for !p.stopping.Load() {
 		pr, err := p.spawn(w)
 		var r result
-		if err != nil {
+		var failed *initFailure
+		if errors.As(err, &failed) {
+			r = failed.res
+		} else if err != nil {
 			r = result{outcome: outInitError, errType: "Runtime.InvalidEntrypoint",
 				body: errorJSON("Runtime.InvalidEntrypoint", err.Error())}
 			p.log.line(fmt.Sprintf("kubelambda-agent: worker %d could not start %q: %v", w.index, p.cfg.RuntimeCmd[0], err))
@@ -537,8 +560,16 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 		cmd.Env = append(cmd.Env, awaitSpecializationEnv+"=1")
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Extension init: the external extensions start and register before the runtime starts.
+	es := p.newExtSet(w)
+	w.ext.Store(es)
+	es.launched = time.Now()
+	if err := es.launch(env); err != nil {
+		return nil, err
+	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
+		es.shutdown("failure")
 		return nil, err
 	}
 	errR, errW, err := os.Pipe()
@@ -548,18 +579,22 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
-	pr := &proc{w: w, events: make(chan *invocation, 1), exited: make(chan struct{})}
+	pr := &proc{w: w, events: make(chan *invocation, 1), exited: make(chan struct{}), ext: es}
 	pr.log.w = outW // kept for the agent's own lines; closed when the process has exited
 	pr.oomKills = p.oom.kills()
 	// Publish before start: the runtime may call "next" as soon as it runs.
 	pr.started = time.Now()
 	w.cur.Store(pr)
+	p.mu.Lock()
+	es.pr = pr
+	p.mu.Unlock()
 	err = cmd.Start()
 	errW.Close()
 	if err != nil {
 		pr.log.close()
 		outR.Close()
 		errR.Close()
+		es.shutdown("failure")
 		return nil, err
 	}
 	pr.pid.Store(int64(cmd.Process.Pid))
@@ -579,6 +614,8 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 // waitProc blocks until pr exits and reports whether it failed before initialising.
 func (p *pool) waitProc(pr *proc) result {
 	<-pr.exited
+	// The environment ends with its runtime: SHUTDOWN to the extensions, then they are stopped.
+	pr.ext.shutdown(p.shutdownReason(pr))
 	p.mu.Lock()
 	initialised := pr.initDone
 	p.mu.Unlock()
@@ -604,9 +641,16 @@ func (p *pool) exitedProc(pr *proc, waitErr error) {
 		pr.cur = nil
 		p.decBusyLocked()
 	}
+	pending := pr.ext.pending // answered, its extensions still at work
+	pr.ext.pending = nil
 	p.mu.Unlock()
 	close(pr.exited)
 	pr.rss.close()
+	if pending != nil {
+		pending.timer.Stop()
+		pending.ri.status, pending.ri.errType = "error", "Runtime.ExitError"
+		p.logReport(pr, pending.inv, pending.ri)
+	}
 	if inv == nil {
 		pr.log.close()
 		return
