@@ -166,6 +166,24 @@ func readLines(t *testing.T, path string) []string {
 	return strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(b)), " ", "_"))
 }
 
+// expectLines waits (up to 10 s) for the file at path to hold exactly want, space-joined (spaces within a
+// line read as _), since an extension records an event after the agent sent it.
+func expectLines(t *testing.T, path, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := strings.Join(readLines(t, path), " ")
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s holds\n%s\nwant\n%s", filepath.Base(path), got, want)
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func invokeID(t *testing.T, a *testAgent, id, body string) (*http.Response, string) {
 	t.Helper()
 	req, _ := http.NewRequest("POST", a.url+"/invoke", strings.NewReader(body))
@@ -279,6 +297,7 @@ func TestSlowExtensionAfterResponse(t *testing.T) {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
 	// The extension holds r1 until released: the answer came without it.
+	waitFor(t, "the extension to record r1", func() bool { return len(readLines(t, out)) == 2 })
 	if got := readLines(t, out); strings.Join(got, " ") != "REGISTERED INVOKE_r1" {
 		t.Fatalf("extension saw %v", got)
 	}
@@ -308,9 +327,7 @@ func TestSlowExtensionAfterResponse(t *testing.T) {
 	if strings.Index(logs, "REPORT RequestId: r1") > strings.Index(logs, "START RequestId: r2") {
 		t.Errorf("r2 started before the extension was done with r1:\n%s", logs)
 	}
-	if got := strings.Join(readLines(t, out), " "); got != "REGISTERED INVOKE_r1 DONE_r1 INVOKE_r2 DONE_r2" {
-		t.Errorf("extension saw %s", got)
-	}
+	expectLines(t, out, "REGISTERED INVOKE_r1 DONE_r1 INVOKE_r2 DONE_r2")
 }
 
 // An extension still busy at the invocation's deadline resets the environment: REPORT says timeout, the
@@ -337,9 +354,7 @@ func TestExtensionPastDeadlineResets(t *testing.T) {
 	}
 	// The held extension never calls next again, so it never reads its SHUTDOWN and is killed after the
 	// shutdown limit; the fresh one registers and sees r2.
-	if got := strings.Join(readLines(t, out), " "); got != "REGISTERED INVOKE_r1 REGISTERED INVOKE_r2 DONE_r2" {
-		t.Errorf("extensions saw %s", got)
-	}
+	expectLines(t, out, "REGISTERED INVOKE_r1 REGISTERED INVOKE_r2 DONE_r2")
 }
 
 // An extension that crashes after init resets the environment: the other extension gets SHUTDOWN
@@ -365,9 +380,7 @@ func TestExtensionCrashResets(t *testing.T) {
 	if resp, body := invokeID(t, a, "r2", `{"c":3}`); body != `{"c":3}` {
 		t.Fatalf("after the crash: %v %s", resp.Header, body)
 	}
-	if got := strings.Join(readLines(t, filepath.Join(dir, "a-rec.out")), " "); got != "REGISTERED INVOKE_r1 SHUTDOWN_failure REGISTERED INVOKE_r2" {
-		t.Errorf("the other extension saw %s", got)
-	}
+	expectLines(t, filepath.Join(dir, "a-rec.out"), "REGISTERED INVOKE_r1 SHUTDOWN_failure REGISTERED INVOKE_r2")
 	if !strings.Contains(a.out.String(), "Extension.Crash: extension b-victim crashed: signal: killed") {
 		t.Errorf("the crash is not logged:\n%s", a.out.String())
 	}
@@ -381,10 +394,7 @@ func TestInternalExtension(t *testing.T) {
 	waitFor(t, "readiness", a.pool.isReady)
 	invokeID(t, a, "i1", `{}`)
 	invokeID(t, a, "i2", `{}`)
-	waitFor(t, "two events", func() bool { return len(readLines(t, out)) >= 3 })
-	if got := strings.Join(readLines(t, out), " "); got != "SHUTDOWN-REGISTRATION_403 INVOKE_i1 INVOKE_i2" {
-		t.Errorf("internal extension saw %s", got)
-	}
+	expectLines(t, out, "SHUTDOWN-REGISTRATION_403 INVOKE_i1 INVOKE_i2")
 }
 
 // The API's refusals name what is wrong.

@@ -585,9 +585,6 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 	// Publish before start: the runtime may call "next" as soon as it runs.
 	pr.started = time.Now()
 	w.cur.Store(pr)
-	p.mu.Lock()
-	es.pr = pr
-	p.mu.Unlock()
 	err = cmd.Start()
 	errW.Close()
 	if err != nil {
@@ -598,6 +595,22 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 		return nil, err
 	}
 	pr.pid.Store(int64(cmd.Process.Pid))
+	// From here an extension failure kills this runtime (extSet.failWith); one that came before is
+	// applied now. The extensions may have called next already: the phase may be over.
+	p.mu.Lock()
+	es.pr = pr
+	early := es.fail
+	if early != nil {
+		pr.initErrMu.Lock()
+		pr.initErr, pr.initErrType = early.body, early.errType
+		pr.initErrMu.Unlock()
+	} else {
+		p.envMaybeFreeLocked(pr)
+	}
+	p.mu.Unlock()
+	if early != nil {
+		pr.kill()
+	}
 	go p.log.pipe(outR, p.log.stdout, &pr.log)
 	go p.log.pipe(errR, p.log.stderr, nil)
 	go func() {
