@@ -85,16 +85,18 @@ type extProc struct {
 
 // extSet is the extensions of one environment (one worker's runtime process and what runs beside it).
 type extSet struct {
-	p        *pool
-	w        *worker
-	pr       *proc // the runtime, once started; pool.mu
-	phase    extPhase
-	byID     map[string]*extension
-	byName   map[string]*extension
-	list     []*extension // registration order
-	procs    []*extProc
-	launched time.Time // when extension init began
-	waiting  int       // launched external extensions that have not registered yet; pool.mu
+	p           *pool
+	w           *worker
+	pr          *proc // the runtime, once started; pool.mu
+	phase       extPhase
+	byID        map[string]*extension
+	byName      map[string]*extension
+	list        []*extension // registration order
+	procs       []*extProc
+	launched    time.Time // when extension init began
+	tel         *telemetry
+	runtimeInit bool // the runtime has called next once; pool.mu
+	waiting     int  // launched external extensions that have not registered yet; pool.mu
 
 	registered chan struct{} // closed when every launched extension has registered
 	failed     chan struct{} // closed at the first failure
@@ -115,7 +117,7 @@ type pendingReport struct {
 
 func (p *pool) newExtSet(w *worker) *extSet {
 	return &extSet{
-		p: p, w: w, byID: map[string]*extension{}, byName: map[string]*extension{},
+		p: p, w: w, byID: map[string]*extension{}, byName: map[string]*extension{}, tel: newTelemetry(),
 		registered: make(chan struct{}), failed: make(chan struct{}), killed: make(chan struct{}),
 	}
 }
@@ -166,6 +168,7 @@ func extensionEnv(env []string, addr string) []string {
 // them again and returns an *initFailure.
 func (es *extSet) launch(env []string) error {
 	p := es.p
+	es.tel.initStart(initType)
 	files, err := extensionFiles(p.cfg.ExtensionsDir)
 	if err == nil && len(files) > maxExtensions {
 		err = fmt.Errorf("%d extensions in %s; at most %d are allowed", len(files), p.cfg.ExtensionsDir, maxExtensions)
@@ -239,8 +242,8 @@ func (es *extSet) start(path string, env []string) error {
 	p.mu.Lock()
 	es.procs = append(es.procs, xp)
 	p.mu.Unlock()
-	go p.log.pipe(outR, p.log.stdout, nil)
-	go p.log.pipe(errR, p.log.stderr, nil)
+	go p.log.pipe(outR, &lineTee{w: p.log.stdout, tel: es.tel, kind: "extension"}, nil)
+	go p.log.pipe(errR, &lineTee{w: p.log.stderr, tel: es.tel, kind: "extension"}, nil)
 	go func() {
 		xp.err = cmd.Wait()
 		_ = syscall.Kill(-xp.pid, syscall.SIGKILL) // its children go with it
@@ -364,6 +367,8 @@ func (es *extSet) shutdown(reason string) {
 		es.pending.timer.Stop()
 	}
 	p.mu.Unlock()
+	// Telemetry already buffered goes out before the extensions hear of the shutdown.
+	es.tel.closeAll(time.Now().Add(extShutdownLimit / 2))
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 wait:
@@ -389,6 +394,10 @@ func (p *pool) serveExtensionAPI(rw http.ResponseWriter, r *http.Request, w *wor
 	es := w.ext.Load()
 	if es == nil {
 		runtimeErr(rw, http.StatusInternalServerError, "Extension.Unknown", "no execution environment")
+		return
+	}
+	if r.URL.Path == telemetryPath || r.URL.Path == telemetryPath+"/" {
+		es.serveTelemetry(rw, r) // telemetry.go
 		return
 	}
 	verb := strings.TrimPrefix(r.URL.Path, extensionsPrefix)
@@ -503,6 +512,14 @@ func (es *extSet) register(rw http.ResponseWriter, r *http.Request) {
 		}
 	}
 	p.mu.Unlock()
+	var events []string
+	if x.onInvoke {
+		events = append(events, "INVOKE")
+	}
+	if x.onShutdown {
+		events = append(events, "SHUTDOWN")
+	}
+	es.tel.emitPlatform("platform.extension", map[string]any{"name": name, "state": "Ready", "events": events})
 	resp := map[string]string{"functionName": p.cfg.FunctionName, "functionVersion": p.cfg.FunctionVersion, "handler": p.cfg.Handler}
 	if strings.Contains(r.Header.Get("Lambda-Extension-Accept-Feature"), "accountId") {
 		resp["accountId"] = accountID(p.cfg.FunctionARN)
@@ -593,6 +610,8 @@ func (p *pool) envMaybeFreeLocked(pr *proc) {
 	if !pr.initDone {
 		p.envInitDoneLocked(pr)
 		es.phase = extPhaseReady
+		es.tel.initReport(initType, "success", pr.coldInit)
+		es.tel.initOver()
 	}
 	if pd := es.pending; pd != nil {
 		es.pending = nil
@@ -614,6 +633,7 @@ func (p *pool) reportWhenDone(pr *proc, inv *invocation, ri reportInfo) {
 		return
 	}
 	es.awaitReport = false
+	es.tel.runtimeDone(inv, telemetryStatus(ri.status), ri.errType)
 	pd := &pendingReport{inv: inv, ri: ri}
 	es.pending = pd
 	pd.timer = time.AfterFunc(time.Until(inv.deadline), func() { p.extDeadline(pr, pd) })
@@ -641,6 +661,19 @@ func (p *pool) extDeadline(pr *proc, pd *pendingReport) {
 	p.metrics.timeouts.Add(1)
 	p.logReport(pr, pd.inv, pd.ri, msg)
 	pr.kill()
+}
+
+// initType is the environment's platform.init* initializationType.
+const initType = "on-demand"
+
+func telemetryStatus(reportStatus string) string {
+	switch reportStatus {
+	case "timeout":
+		return "timeout"
+	case "error":
+		return "error"
+	}
+	return "success"
 }
 
 // shutdownReason is what the extensions of pr's environment are told when it ends.

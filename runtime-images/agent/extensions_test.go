@@ -41,6 +41,9 @@ func fakeExtension() {
 		os.Exit(3)
 	case "silent":
 		select {}
+	case "telemetry":
+		telemetryExtension(out)
+		return
 	}
 	base := "http://" + os.Getenv("AWS_LAMBDA_RUNTIME_API") + "/2020-01-01/extension"
 	req, _ := http.NewRequest("POST", base+"/register", strings.NewReader(`{"events":["INVOKE","SHUTDOWN"]}`))

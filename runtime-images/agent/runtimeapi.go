@@ -62,7 +62,7 @@ type runtimeAPI struct {
 }
 
 func (a *runtimeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, extensionsPrefix) {
+	if strings.HasPrefix(r.URL.Path, extensionsPrefix) || strings.HasPrefix(r.URL.Path, "/2022-07-01/") {
 		a.pool.serveExtensionAPI(rw, r, a.w) // extensions.go
 		return
 	}

@@ -53,11 +53,12 @@ type invocation struct {
 	clientContext string
 	cognito       string
 
-	tail    *logCapture               // non-nil when the caller asked for X-Amz-Log-Type: Tail
-	proc    *proc                     // assigned under pool.mu
-	started atomic.Pointer[time.Time] // when the runtime received the event
-	done    chan struct{}
-	res     result
+	tail        *logCapture               // non-nil when the caller asked for X-Amz-Log-Type: Tail
+	proc        *proc                     // assigned under pool.mu
+	started     atomic.Pointer[time.Time] // when the runtime received the event
+	runtimeDone atomic.Bool               // platform.runtimeDone sent (telemetry.go)
+	done        chan struct{}
+	res         result
 }
 
 // markStarted records when the event reached the runtime (or the caller got an answer without one),
@@ -273,14 +274,21 @@ func (p *pool) logStart(pr *proc, inv *invocation) {
 	if !pr.log.emit(inv.tail, inv.id, line) {
 		p.log.direct(inv.tail, false, line)
 	}
+	if pr.ext != nil {
+		pr.ext.tel.start(inv, p.cfg.FunctionVersion)
+	}
 }
 
 // logReport writes extra lines, END and REPORT for inv, in order with pr's output.
 func (p *pool) logReport(pr *proc, inv *invocation, ri reportInfo, extra ...string) {
 	ri.subst = p.cfg.RuntimeSubst
-	lines := append(extra, formatEnd(inv.id), formatReport(inv.id, inv.sinceStart(), ri))
+	d := inv.sinceStart()
+	lines := append(extra, formatEnd(inv.id), formatReport(inv.id, d, ri))
 	if !pr.log.emit(nil, "", lines...) {
 		p.log.direct(inv.tail, true, lines...)
+	}
+	if pr.ext != nil {
+		pr.ext.tel.report(inv, d, ri)
 	}
 }
 
@@ -313,6 +321,10 @@ func (p *pool) nextReady(pr *proc) (stale *invocation) {
 		pr.cur = nil
 		pr.ext.awaitReport = false
 		p.decBusyLocked()
+	}
+	if !pr.ext.runtimeInit {
+		pr.ext.runtimeInit = true
+		pr.ext.tel.initRuntimeDone(initType, "success")
 	}
 	// The phase (init or invoke) ends when the runtime and every extension have called next.
 	pr.ext.runtimeWaiting = true
@@ -611,8 +623,8 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 	if early != nil {
 		pr.kill()
 	}
-	go p.log.pipe(outR, p.log.stdout, &pr.log)
-	go p.log.pipe(errR, p.log.stderr, nil)
+	go p.log.pipe(outR, &lineTee{w: p.log.stdout, tel: es.tel, kind: "function"}, &pr.log)
+	go p.log.pipe(errR, &lineTee{w: p.log.stderr, tel: es.tel, kind: "function"}, nil)
 	go func() {
 		err := cmd.Wait()
 		// Whatever the runtime left behind in its process group goes with it, as a sandbox would.
