@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,7 @@ type Config struct {
 	DrainTimeout    time.Duration // how long SIGTERM waits for in-flight invocations
 	Generic         genericMode   // warm-pool pod: wait for POST /specialize (see specialize.go)
 	ExtensionsDir   string        // external extensions started in every environment (extensions.go); "" for none
+	OptDir          string        // where the Function's layers are (/opt); their paths go into the runtime's environment
 }
 
 type envLookup func(string) (string, bool)
@@ -95,9 +97,12 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 	generic := fs.String("generic", env("KUBELAMBDA_GENERIC", "off"),
 		"warm-pool mode: off, prestart (start the runtime now, load code on POST /specialize) or deferred "+
 			"(start the runtime on POST /specialize) (env KUBELAMBDA_GENERIC)")
-	extDir := fs.String("extensions-dir", env("KUBELAMBDA_EXTENSIONS_DIR", "/opt/extensions"),
+	optDir := fs.String("opt-dir", env("KUBELAMBDA_OPT_DIR", "/opt"),
+		"the layers' folder, Lambda's /opt: its bin, lib, python, nodejs... go on the runtime's search paths "+
+			"(env KUBELAMBDA_OPT_DIR)")
+	extDir := fs.String("extensions-dir", env("KUBELAMBDA_EXTENSIONS_DIR", ""),
 		"folder of external Lambda extensions, each executable file started beside every runtime worker; "+
-			"\"none\" for none (env KUBELAMBDA_EXTENSIONS_DIR)")
+			"default OPT-DIR/extensions; \"none\" for none (env KUBELAMBDA_EXTENSIONS_DIR)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: kubelambda-agent [flags] [-- runtime command...]\n")
 		fs.PrintDefaults()
@@ -118,7 +123,11 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 		bad("listen (KUBELAMBDA_LISTEN)", *listen, err.Error())
 	}
 	c.Listen = *listen
-	if c.ExtensionsDir = *extDir; c.ExtensionsDir == "none" {
+	c.OptDir = *optDir
+	if c.ExtensionsDir = *extDir; c.ExtensionsDir == "" {
+		c.ExtensionsDir = filepath.Join(c.OptDir, "extensions")
+	}
+	if c.ExtensionsDir == "none" {
 		c.ExtensionsDir = ""
 	} else if st, err := os.Stat(c.ExtensionsDir); err == nil && !st.IsDir() {
 		bad("extensions-dir (KUBELAMBDA_EXTENSIONS_DIR)", c.ExtensionsDir, "is not a folder")

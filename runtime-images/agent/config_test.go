@@ -25,6 +25,21 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("arn = %q", c.FunctionARN)
 			}
 		}},
+		{name: "layers and extensions folders", args: append(base, "--", "rt"), check: func(t *testing.T, c *Config) {
+			if c.OptDir != "/opt" || c.ExtensionsDir != "/opt/extensions" {
+				t.Errorf("opt %q, extensions %q", c.OptDir, c.ExtensionsDir)
+			}
+		}},
+		{name: "opt dir moves the extensions", args: append(base, "--opt-dir", dir, "--", "rt"), check: func(t *testing.T, c *Config) {
+			if c.ExtensionsDir != dir+"/extensions" {
+				t.Errorf("extensions %q", c.ExtensionsDir)
+			}
+		}},
+		{name: "no extensions", args: append(base, "--extensions-dir", "none", "--", "rt"), check: func(t *testing.T, c *Config) {
+			if c.ExtensionsDir != "" {
+				t.Errorf("extensions %q", c.ExtensionsDir)
+			}
+		}},
 		{name: "env", args: base, env: map[string]string{
 			"KUBELAMBDA_WORKERS": "4", "KUBELAMBDA_TIMEOUT": "1.5", "KUBELAMBDA_RUNTIME_CMD": `["python3", "-u", "b.py"]`,
 			"KUBELAMBDA_RUNTIME_API": "127.0.3.7:9001", "KUBELAMBDA_FUNCTION_NAME": "hello",

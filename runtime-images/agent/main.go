@@ -16,6 +16,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "copy-opt" { // install.go
+		if err := copyOpt(os.Args[2:], os.Getenv); err != nil {
+			fmt.Fprintf(os.Stderr, "kubelambda-agent copy-opt: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg, err := parseConfig(os.Args[1:], os.LookupEnv)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)

@@ -301,7 +301,7 @@ func (s *specializer) configure(req *specializeRequest) {
 		c.Timeout = time.Duration(req.TimeoutSeconds * float64(time.Second))
 		c.DrainTimeout = c.Timeout
 	}
-	env := functionEnv(c, os.Environ(), req.Environment)
+	env := withLayerPaths(c, functionEnv(c, os.Environ(), req.Environment))
 	overlay := map[string]string{}
 	for _, kv := range env {
 		k, v, _ := cut(kv, '=')

@@ -145,7 +145,7 @@ type pool struct {
 func newPool(cfg *Config, log *logger, m *metrics) *pool {
 	p := &pool{
 		cfg: cfg, log: log, metrics: m,
-		env:      workerEnv(cfg, os.Environ()),
+		env:      withLayerPaths(cfg, workerEnv(cfg, os.Environ())),
 		initLeft: cfg.Workers,
 		initDone: make(chan struct{}),
 		drainCh:  make(chan struct{}),
