@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import hmac
 import io
+import json
 import os
 import re
 import shutil
@@ -249,8 +250,18 @@ def _empty(folder: Path) -> None:
             os.unlink(entry.path)
 
 
-def unpack(data: bytes, dest: Path, *, limit: int = MAX_UNZIPPED) -> Unpacked:
-    """Unpacks the zip ``data`` into ``dest`` (emptied first); see the module docstring for the rules."""
+def unpack(
+    data: bytes,
+    dest: Path,
+    *,
+    limit: int = MAX_UNZIPPED,
+    merge: bool = False,
+    reserved: frozenset[str] = frozenset(),
+) -> Unpacked:
+    """Unpacks the zip ``data`` into ``dest`` (emptied first); see the module docstring for the rules.
+
+    With ``merge`` (a layer over the layers before it) ``dest`` is not emptied and the zip's files replace what
+    is there; an entry whose first path part is in ``reserved`` is refused."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as e:
@@ -258,13 +269,18 @@ def unpack(data: bytes, dest: Path, *, limit: int = MAX_UNZIPPED) -> Unpacked:
     with archive:
         infos = archive.infolist()
         entries = [(info, _checked_name(info.filename)) for info in infos]  # all names checked before writing
+        for info, name in entries:
+            if name.parts and name.parts[0] in reserved:
+                raise FetchError(f"refusing zip entry {info.filename!r}: {name.parts[0]}/ is reserved")
         declared = sum(info.file_size for info in infos)
         if declared > limit:
             raise FetchError(f"the zip unpacks to {declared} bytes, over the {limit}-byte limit")
         if not dest.is_dir():
             raise FetchError(f"target folder {dest} does not exist")
-        _empty(dest)
+        if not merge:
+            _empty(dest)
         root = dest.resolve()
+        seen: set[str] = set()
         written = files = 0
         links: list[tuple[Path, str, str]] = []
         for info, name in entries:
@@ -274,6 +290,11 @@ def unpack(data: bytes, dest: Path, *, limit: int = MAX_UNZIPPED) -> Unpacked:
                 target.mkdir(mode=0o755, parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if merge:
+                if info.filename.rstrip("/") in seen:
+                    raise FetchError(f"zip entry {info.filename!r} appears twice")
+                seen.add(info.filename.rstrip("/"))
+                _replace(target)
             if stat.S_ISLNK(mode):
                 links.append((target, archive.read(info).decode(errors="surrogateescape"), info.filename))
                 continue
@@ -302,6 +323,14 @@ def unpack(data: bytes, dest: Path, *, limit: int = MAX_UNZIPPED) -> Unpacked:
                 raise FetchError(f"refusing zip symlink {entry!r} -> {link!r}: it leaves the target folder")
             files += 1
     return Unpacked(files=files, bytes=written)
+
+
+def _replace(target: Path) -> None:
+    """Makes room for a file of a later layer: what an earlier layer put there goes."""
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
 
 
 # ---- the command -----------------------------------------------------------------------------------
@@ -369,4 +398,82 @@ def main(
         print(f"kubelambda fetch-code: {e}", file=sys.stderr)
         return 1
     print(line, flush=True)
+    return 0
+
+
+# ---- layers ----------------------------------------------------------------------------------------
+
+RESERVED_OPT = frozenset({"kubelambda"})  # /opt/kubelambda holds the agent and the runtime client
+
+
+def fetch_layers(*, dest: str, layers: list[dict[str, str]], env: Mapping[str, str]) -> list[str]:
+    """Fetches and unpacks a Function's layers into ``dest`` in order, a later layer overwriting an earlier one's
+    files; together at most 250 MiB unpacked. Each layer is ``{"url", "sha256"}``, ``{"s3Endpoint", "bucket",
+    "key", "region", "sha256"?, "credentialsPrefix"?}`` (credentials from ``<prefix>AWS_ACCESS_KEY_ID`` ...) or
+    ``{"file", "sha256"?}`` (a zip already in this container, from a ConfigMap). Returns a line per layer."""
+    folder = target_dir(dest, env)
+    if not folder.is_dir():
+        raise FetchError(f"target folder {dest} does not exist")
+    _empty(folder)  # a restarted init container starts over
+    budget = MAX_UNZIPPED
+    lines = []
+    for i, layer in enumerate(layers, 1):
+        sha256 = layer.get("sha256") or None
+        if "url" in layer:
+            if not sha256:
+                raise FetchError(f"layer {i}: a url needs a sha256")
+            what = layer["url"]
+            data = http_get(what, what=f"layer {i}: GET {what}")
+        elif "s3Endpoint" in layer:
+            prefix = layer.get("credentialsPrefix", "")
+            creds = Credentials.from_env(
+                {k[len(prefix) :]: v for k, v in env.items() if prefix and k.startswith(prefix)}
+            )
+            what = f"s3://{layer['bucket']}/{layer['key']}"
+            data = s3_get(
+                layer["s3Endpoint"],
+                layer["bucket"],
+                layer["key"],
+                region=layer.get("region", "us-east-1"),
+                credentials=creds,
+            )
+        elif "file" in layer:
+            what = layer["file"]
+            path = target_dir(what, env)
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise FetchError(f"layer {i}: {what}: {e.strerror}") from None
+            if len(data) > MAX_ZIPPED:
+                raise FetchError(f"layer {i}: {what} is over the {MAX_ZIPPED}-byte limit for a zip")
+        else:
+            raise FetchError(f"layer {i}: want url, s3Endpoint or file, got {sorted(layer)}")
+        digest = verify_sha256(data, sha256, what=f"layer {i} ({what})")
+        try:
+            unpacked = unpack(data, folder, limit=budget, merge=True, reserved=RESERVED_OPT)
+        except FetchError as e:
+            raise FetchError(f"layer {i} ({what}): {e}") from None
+        budget -= unpacked.bytes
+        lines.append(
+            f"layer {i}: {what} ({len(data)} bytes, sha256 {digest}): "
+            f"{unpacked.files} files, {unpacked.bytes} bytes into {dest}"
+        )
+    return lines
+
+
+def main_layers(*, dest: str, layers_json: str) -> int:
+    try:
+        layers = json.loads(layers_json)
+        if not isinstance(layers, list) or not all(
+            isinstance(x, dict) and all(isinstance(v, str) for v in x.values()) for x in layers
+        ):
+            raise FetchError("--layers must be a JSON array of objects of strings")
+        for line in fetch_layers(dest=dest, layers=layers, env=os.environ):
+            print(line, flush=True)
+    except json.JSONDecodeError as e:
+        print(f"kubelambda fetch-layers: --layers is not JSON: {e}", file=sys.stderr)
+        return 1
+    except (FetchError, OSError) as e:
+        print(f"kubelambda fetch-layers: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,3 +166,19 @@ def test_an_unknown_field_ref_is_a_config_error() -> None:
     facts = PodFacts(pod=POD, pod_ip="", host_ip="", node_name="")
     with pytest.raises(ConfigError, match=r"status\.phase"):
         facts.field("status.phase")
+
+
+def test_runtime_image_agent_path_is_this_machines_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Function with layers runs the image's agent as ``copy-opt`` in an init container."""
+    agent = tmp_path / "kubelambda-agent"
+    agent.write_text("#!/bin/sh\n")
+    agent.chmod(0o755)
+    monkeypatch.setenv("KUBELAMBDA_AGENT", str(agent))
+    argv = _images.container_argv(
+        "ghcr.io/kubelambda/runtime-python:3.12",
+        ["/opt/kubelambda/bin/kubelambda-agent", "copy-opt", "/opt-layers/kubelambda"],
+        None,
+    )
+    assert argv == [str(agent), "copy-opt", "/opt-layers/kubelambda"]

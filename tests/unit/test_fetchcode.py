@@ -162,3 +162,69 @@ def test_sigv4_matches_botocore_for_a_path_style_key_with_odd_characters(
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
     auth.add_auth(request)
     assert ours["Authorization"] == request.headers["Authorization"]
+
+
+# ---- layers ----------------------------------------------------------------------------------------
+
+
+def _layer_file(tmp_path: Path, name: str, files: dict[str, tuple[bytes, int]]) -> str:
+    path = tmp_path / "sources" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(make_zip(files))
+    return str(path)
+
+
+def test_layers_unpack_in_order_a_later_one_overriding(tmp_path: Path) -> None:
+    opt = tmp_path / "opt"
+    opt.mkdir()
+    (opt / "stale").write_text("from a previous try")
+    first = _layer_file(
+        tmp_path,
+        "1.zip",
+        {
+            "python/shared/__init__.py": (b"VERSION = 1\n", 0o100644),
+            "python/only_first.py": (b"", 0o100644),
+            "bin/tool": (b"#!/bin/sh\n", 0o100755),
+        },
+    )
+    second = _layer_file(tmp_path, "2.zip", {"python/shared/__init__.py": (b"VERSION = 2\n", 0o100644)})
+    lines = fetchcode.fetch_layers(dest=str(opt), layers=[{"file": first}, {"file": second}], env={})
+    assert [line.split(":")[0] for line in lines] == ["layer 1", "layer 2"]
+    assert (opt / "python/shared/__init__.py").read_text() == "VERSION = 2\n"
+    assert (opt / "python/only_first.py").exists()
+    assert stat.S_IMODE((opt / "bin/tool").stat().st_mode) == 0o755
+    assert not (opt / "stale").exists()
+
+
+def test_layers_checks(tmp_path: Path) -> None:
+    opt = tmp_path / "opt"
+    opt.mkdir()
+    ours = _layer_file(tmp_path, "ours.zip", {"kubelambda/bin/kubelambda-agent": (b"x", 0o100755)})
+    with pytest.raises(FetchError, match=r"layer 1 .*kubelambda/ is reserved"):
+        fetchcode.fetch_layers(dest=str(opt), layers=[{"file": ours}], env={})
+    ok = _layer_file(tmp_path, "ok.zip", {"a.txt": (b"a", 0o100644)})
+    with pytest.raises(FetchError, match="SHA-256 mismatch for layer 2"):
+        fetchcode.fetch_layers(dest=str(opt), layers=[{"file": ok}, {"file": ok, "sha256": "0" * 64}], env={})
+    with pytest.raises(FetchError, match="layer 1: a url needs a sha256"):
+        fetchcode.fetch_layers(dest=str(opt), layers=[{"url": "http://x/l.zip"}], env={})
+    with pytest.raises(FetchError, match="layer 1: want url, s3Endpoint or file"):
+        fetchcode.fetch_layers(dest=str(opt), layers=[{"nope": "x"}], env={})
+    with pytest.raises(FetchError, match="layer 1: /missing.zip"):
+        fetchcode.fetch_layers(dest=str(opt), layers=[{"file": "/missing.zip"}], env={})
+
+
+def test_layers_share_one_unzipped_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetchcode, "MAX_UNZIPPED", 1500)
+    opt = tmp_path / "opt"
+    opt.mkdir()
+    one = _layer_file(tmp_path, "1.zip", {"a.bin": (b"\x00" * 1000, 0o100644)})
+    two = _layer_file(tmp_path, "2.zip", {"b.bin": (b"\x00" * 1000, 0o100644)})
+    with pytest.raises(FetchError, match="layer 2 .*over the 500-byte limit"):
+        fetchcode.fetch_layers(dest=str(opt), layers=[{"file": one}, {"file": two}], env={})
+
+
+def test_fetch_layers_command_reports_bad_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert fetchcode.main_layers(dest="/nowhere", layers_json="{") == 1
+    assert "--layers is not JSON" in capsys.readouterr().err
+    assert fetchcode.main_layers(dest="/nowhere", layers_json='[{"url": 1}]') == 1
+    assert "JSON array of objects of strings" in capsys.readouterr().err

@@ -321,3 +321,58 @@ def test_pod_problem_names_the_stuck_reason(
     statuses: dict[str, Any], expected: tuple[str, str] | None
 ) -> None:
     assert pod_problem({"metadata": {"name": "p-1"}, "status": statuses}) == expected
+
+
+def test_layers_make_opt_an_emptydir_filled_by_init_containers() -> None:
+    sha = "a" * 64
+    d = make_deployment(
+        fn(
+            layers=[
+                {"archive": {"url": "http://files/one.zip", "sha256": sha}},
+                {"configMap": {"name": "libs"}},
+                {
+                    "s3": {
+                        "endpoint": "http://s3:9000",
+                        "bucket": "layers",
+                        "key": "x.zip",
+                        "credentialsSecret": "s3",
+                    }
+                },
+            ]
+        ),
+        image="ghcr.io/kubelambda/runtime-python:3.12",
+        settings=SETTINGS,
+    )
+    pod = d["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["opt"] == {"name": "opt", "emptyDir": {"sizeLimit": "300Mi"}}
+    assert volumes["layer-2"]["configMap"] == {
+        "name": "libs",
+        "items": [{"key": "layer.zip", "path": "layer.zip"}],
+    }
+    fetch, copy = pod["initContainers"]
+    assert fetch["name"] == "fetch-layers" and fetch["image"] == SETTINGS.fetcher_image
+    assert json.loads(fetch["args"][2]) == [
+        {"url": "http://files/one.zip", "sha256": sha},
+        {"file": "/layer-sources/2/layer.zip"},
+        {
+            "s3Endpoint": "http://s3:9000",
+            "bucket": "layers",
+            "key": "x.zip",
+            "region": "us-east-1",
+            "credentialsPrefix": "LAYER3_",
+        },
+    ]
+    assert fetch["args"][3:] == ["--dest", "/opt-layers"]
+    assert {e["name"] for e in fetch["env"]} == {"LAYER3_AWS_ACCESS_KEY_ID", "LAYER3_AWS_SECRET_ACCESS_KEY"}
+    assert {"name": "layer-2", "mountPath": "/layer-sources/2", "readOnly": True} in fetch["volumeMounts"]
+    # The runtime image's own /opt/kubelambda is copied beside the layers, after them.
+    assert copy["image"] == "ghcr.io/kubelambda/runtime-python:3.12"
+    assert copy["command"] == ["/opt/kubelambda/bin/kubelambda-agent", "copy-opt", "/opt-layers/kubelambda"]
+    assert {"name": "opt", "mountPath": "/opt", "readOnly": True} in container(d)["volumeMounts"]
+
+
+def test_no_layers_no_opt_volume() -> None:
+    pod = make_deployment(fn(), image="img", settings=SETTINGS)["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert all(v["name"] != "opt" for v in pod["volumes"])

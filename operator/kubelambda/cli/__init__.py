@@ -5,7 +5,7 @@ One module per command group, each with a ``register(commands)`` that adds its s
 - ``project``: ``init``, ``deploy``
 - ``functions``: ``invoke``, ``logs``, ``list``, ``describe``, ``delete``
 - ``dev``: ``dev up|down|status|serve``
-- ``platform``: ``operator``, ``gateway``, ``async-worker``, ``fetch-code``, ``dlq``
+- ``platform``: ``operator``, ``gateway``, ``async-worker``, ``fetch-code``, ``fetch-layers``, ``dlq``
 - ``accesskeys``: ``access-key create|list|delete``
 - ``doctor``: what the local platform needs on this machine
 - ``local``: ``local invoke``, a handler run once without a cluster

@@ -1,4 +1,4 @@
-"""The platform's own processes: ``operator``, ``gateway``, ``async-worker``, ``fetch-code``, and ``dlq``."""
+"""The platform's own processes: ``operator``, ``gateway``, ``async-worker``, ``fetch-code``, ``fetch-layers``, and ``dlq``."""
 
 from __future__ import annotations
 
@@ -163,6 +163,12 @@ def cmd_fetch_code(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_fetch_layers(args: argparse.Namespace) -> int:
+    from kubelambda.fetchcode import main_layers
+
+    return main_layers(dest=args.dest, layers_json=args.layers)
+
+
 def register(commands: Any) -> None:
     operator = commands.add_parser(
         "operator", help="run the operator (reconciles Functions); settings from KUBELAMBDA_* variables"
@@ -189,6 +195,16 @@ def register(commands: Any) -> None:
         "--dest", required=True, help="the folder to unpack into (under $KUBELAMBDA_ROOTFS when set)"
     )
     fetch.set_defaults(func=cmd_fetch_code)
+
+    layers = commands.add_parser(
+        "fetch-layers",
+        help="fetch a Function's layers (HTTP(S), S3 or a file) and unpack them in order (the init container)",
+    )
+    layers.add_argument("--layers", required=True, help="a JSON array of layers (kubelambda/fetchcode.py)")
+    layers.add_argument(
+        "--dest", required=True, help="the folder to unpack into (under $KUBELAMBDA_ROOTFS when set)"
+    )
+    layers.set_defaults(func=cmd_fetch_layers)
 
     worker = commands.add_parser(
         "async-worker",

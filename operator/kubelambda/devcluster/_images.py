@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,9 +78,31 @@ def _runtime_entrypoint(env: dict[str, str]) -> list[str]:
         f"--runtime-api={ip}:9001",
         f"--task-root={task_root}",
         f"--runtime-dir={runtime_dir}",
+        # The pod's /opt (its layers, extensions in /opt/extensions), never this machine's.
+        f"--opt-dir={rootfs / 'opt'}",
         "--",
         *worker_command(runtime, runtime_dir=runtime_dir, interpreter=interpreter.path),
     ]
+
+
+class _AgentInImage(Mapping[str, str]):
+    """The agent's path in a runtime image, ``/opt/kubelambda/bin/kubelambda-agent`` (a Function with layers runs
+    it as ``copy-opt`` in an init container), as this machine's agent build, looked up only when asked for."""
+
+    key = "/opt/kubelambda/bin/kubelambda-agent"
+
+    def __getitem__(self, k: str) -> str:
+        if k != self.key:
+            raise KeyError(k)
+        from kubelambda.runtimes import agent_binary
+
+        return str(agent_binary())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([self.key])
+
+    def __len__(self) -> int:
+        return 1
 
 
 def _runtime_images() -> dict[str, LocalImage]:
@@ -92,6 +114,7 @@ def _runtime_images() -> dict[str, LocalImage]:
             f"the {family.title} runtime: the agent on $KUBELAMBDA_POD_IP:8080 + {client}"
             + (f", on this machine's {family.title} of the runtime's version" if family.programs else ""),
             prepare=_runtime_entrypoint,
+            paths=_AgentInImage(),
         )
     return out
 

@@ -81,6 +81,8 @@ def ineligible(fn: FunctionEntry, *, settings: GatewaySettings) -> str | None:
         return f"no warm pool for {spec.runtime}"
     if spec.code.inline is None and spec.code.archive is None:
         return "only inline and archive code is delivered to pool pods"
+    if spec.layers:
+        return "layers (a pool pod has no /opt of the function's)"
     if spec.service_account_name is not None:
         return "a custom serviceAccountName (pool pods get no token)"
     if spec.env_from:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 
 from kubelambda.agentauth import (
@@ -167,6 +168,83 @@ def _fetch_container(fn: FunctionObject, *, settings: OperatorSettings) -> JSON 
     return container
 
 
+OPT = "/opt"
+OPT_STAGING = "/opt-layers"  # where the init containers see the layers' emptyDir
+AGENT_IN_IMAGE = "/opt/kubelambda/bin/kubelambda-agent"
+
+
+def _layers(fn: FunctionObject, *, image: str, settings: OperatorSettings) -> tuple[list[JSON], list[JSON]]:
+    """The volumes and init containers that put the Function's layers into ``/opt`` (docs/extensions.md).
+
+    ``/opt`` becomes an emptyDir: ``fetch-layers`` (the control-plane image) unpacks the layers into it in order,
+    then ``copy-opt`` (the runtime image) copies the image's own ``/opt/kubelambda`` (the agent and the runtime
+    client) beside them, so that nothing of the image is hidden.
+    """
+    layers = fn.spec.layers
+    if not layers:
+        return [], []
+    volumes: list[JSON] = [{"name": "opt", "emptyDir": {"sizeLimit": "300Mi"}}]
+    mounts: list[JSON] = [{"name": "opt", "mountPath": OPT_STAGING}, {"name": "tmp", "mountPath": "/tmp"}]
+    specs: list[dict[str, str]] = []
+    env: list[JSON] = []
+    for i, layer in enumerate(layers, 1):
+        if layer.archive is not None:
+            specs.append({"url": layer.archive.url, "sha256": layer.archive.sha256})
+        elif layer.s3 is not None:
+            s3 = layer.s3
+            spec = {"s3Endpoint": s3.endpoint, "bucket": s3.bucket, "key": s3.key, "region": s3.region}
+            if s3.sha256:
+                spec["sha256"] = s3.sha256
+            if s3.credentials_secret:
+                spec["credentialsPrefix"] = f"LAYER{i}_"
+                env += [
+                    {
+                        "name": f"LAYER{i}_{key}",
+                        "valueFrom": {"secretKeyRef": {"name": s3.credentials_secret, "key": key}},
+                    }
+                    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                ]
+            specs.append(spec)
+        elif layer.config_map is not None:
+            volume = f"layer-{i}"
+            volumes.append(
+                {
+                    "name": volume,
+                    "configMap": {
+                        "name": layer.config_map.name,
+                        "items": [{"key": layer.config_map.key, "path": "layer.zip"}],
+                    },
+                }
+            )
+            mounts.append({"name": volume, "mountPath": f"/layer-sources/{i}", "readOnly": True})
+            specs.append({"file": f"/layer-sources/{i}/layer.zip"})
+    fetch: JSON = {
+        "name": "fetch-layers",
+        "image": settings.fetcher_image,
+        "args": ["fetch-layers", "--layers", json.dumps(specs, separators=(",", ":")), "--dest", OPT_STAGING],
+        "resources": {
+            "limits": {"cpu": "500m", "memory": "256Mi"},
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+    if env:
+        fetch["env"] = env
+    copy: JSON = {
+        "name": "copy-opt",
+        "image": image,
+        "command": [AGENT_IN_IMAGE, "copy-opt", f"{OPT_STAGING}/kubelambda"],
+        "resources": {
+            "limits": {"cpu": "200m", "memory": "64Mi"},
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "opt", "mountPath": OPT_STAGING}],
+    }
+    return volumes, [fetch, copy]
+
+
 def _container_security() -> JSON:
     return {
         "allowPrivilegeEscalation": False,
@@ -261,6 +339,10 @@ def make_deployment(
     elif spec.code.archive is not None or spec.code.s3 is not None:
         volumes.append({"name": "code", "emptyDir": {"sizeLimit": "512Mi"}})
         mounts.append({"name": "code", "mountPath": TASK_ROOT, "readOnly": True})
+    layer_volumes, layer_inits = _layers(fn, image=image, settings=settings)
+    if layer_volumes:
+        volumes += layer_volumes
+        mounts.append({"name": "opt", "mountPath": OPT, "readOnly": True})
     container = agent_container(
         image=image,
         env=function_env(fn, settings=settings),
@@ -285,8 +367,9 @@ def make_deployment(
     if spec.service_account_name is not None:
         pod_spec["serviceAccountName"] = spec.service_account_name
     fetch = _fetch_container(fn, settings=settings)
-    if fetch is not None:
-        pod_spec["initContainers"] = [fetch]
+    inits = ([fetch] if fetch is not None else []) + layer_inits
+    if inits:
+        pod_spec["initContainers"] = inits
     deployment: JSON = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

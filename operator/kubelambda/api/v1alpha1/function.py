@@ -126,6 +126,30 @@ class Code(Model):
     """A container image built FROM a kubelambda runtime image, with the code in /var/task."""
 
 
+class ConfigMapLayer(Model):
+    """A zip kept in a ConfigMap's ``binaryData`` (at most about 1 MiB)."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+    """The ConfigMap, in the Function's namespace."""
+    key: str = Field(default="layer.zip", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+    """The key whose value is the zip."""
+
+
+class Layer(Model):
+    """One layer: a zip unpacked into ``/opt`` (exactly one of archive, s3, configMap); docs/extensions.md."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(exactly_one(["archive", "s3", "configMap"], what="layer"))
+    )
+
+    archive: ArchiveCode | None = None
+    """A zip fetched over HTTP(S) and checked against its SHA-256."""
+    s3: S3Code | None = None
+    """A zip in an S3-compatible bucket."""
+    config_map: ConfigMapLayer | None = None
+    """A zip in a ConfigMap."""
+
+
 class EnvFromSource(Model):
     """All keys of a ConfigMap or Secret as environment variables (exactly one ref)."""
 
@@ -265,6 +289,11 @@ class FunctionSpec(Model):
                 "scaling.minInstances * concurrency.perInstance must not exceed concurrency.reserved",
                 field_path=".scaling.minInstances",
             ),
+            cel(
+                "!has(self.code.image) || !has(self.layers) || size(self.layers) == 0",
+                "a container image Function has no layers (as on Lambda): put their files in the image",
+                field_path=".layers",
+            ),
         )
     )
 
@@ -274,6 +303,9 @@ class FunctionSpec(Model):
     """Entry point, in the runtime's Lambda convention (``app.handler``, ``index.handler``, ``pkg.Class::method``)."""
     code: Code
     """The function's code."""
+    layers: list[Layer] = Field(default_factory=list, max_length=5)
+    """Lambda's layers: up to 5 zips unpacked into ``/opt`` in order (a later one overwrites an earlier one's files),
+    within Lambda's 250 MB unzipped with the function; not with ``code.image`` (docs/extensions.md)."""
     memory_mb: int = Field(default=128, ge=128, le=10240, alias="memoryMB")
     """Memory in MB (128..10240); the CPU limit is proportional (1769 MB = 1 vCPU)."""
     timeout_seconds: int = Field(default=3, ge=1, le=900)
