@@ -209,7 +209,7 @@ def test_layers_checks(tmp_path: Path) -> None:
         fetchcode.fetch_layers(dest=str(opt), layers=[{"url": "http://x/l.zip"}], env={})
     with pytest.raises(FetchError, match="layer 1: want url, s3Endpoint or file"):
         fetchcode.fetch_layers(dest=str(opt), layers=[{"nope": "x"}], env={})
-    with pytest.raises(FetchError, match="layer 1: /missing.zip"):
+    with pytest.raises(FetchError, match=r"layer 1: /missing\.zip"):
         fetchcode.fetch_layers(dest=str(opt), layers=[{"file": "/missing.zip"}], env={})
 
 
@@ -219,7 +219,7 @@ def test_layers_share_one_unzipped_budget(tmp_path: Path, monkeypatch: pytest.Mo
     opt.mkdir()
     one = _layer_file(tmp_path, "1.zip", {"a.bin": (b"\x00" * 1000, 0o100644)})
     two = _layer_file(tmp_path, "2.zip", {"b.bin": (b"\x00" * 1000, 0o100644)})
-    with pytest.raises(FetchError, match="layer 2 .*over the 500-byte limit"):
+    with pytest.raises(FetchError, match=r"layer 2 .*over the 500-byte limit"):
         fetchcode.fetch_layers(dest=str(opt), layers=[{"file": one}, {"file": two}], env={})
 
 

@@ -351,7 +351,8 @@ def test_layers_make_opt_an_emptydir_filled_by_init_containers() -> None:
         "items": [{"key": "layer.zip", "path": "layer.zip"}],
     }
     fetch, copy = pod["initContainers"]
-    assert fetch["name"] == "fetch-layers" and fetch["image"] == SETTINGS.fetcher_image
+    assert fetch["name"] == "fetch-layers"
+    assert fetch["image"] == SETTINGS.fetcher_image
     assert json.loads(fetch["args"][2]) == [
         {"url": "http://files/one.zip", "sha256": sha},
         {"file": "/layer-sources/2/layer.zip"},
