@@ -124,7 +124,7 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 	}
 	c.Listen = *listen
 	c.OptDir = *optDir
-	if c.ExtensionsDir = *extDir; c.ExtensionsDir == "" {
+	if c.ExtensionsDir = *extDir; c.ExtensionsDir == "" && c.OptDir != "" {
 		c.ExtensionsDir = filepath.Join(c.OptDir, "extensions")
 	}
 	if c.ExtensionsDir == "none" {

@@ -40,6 +40,11 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("extensions %q", c.ExtensionsDir)
 			}
 		}},
+		{name: "no opt dir, no extensions", args: append(base, "--opt-dir=", "--", "rt"), check: func(t *testing.T, c *Config) {
+			if c.OptDir != "" || c.ExtensionsDir != "" {
+				t.Errorf("opt %q, extensions %q", c.OptDir, c.ExtensionsDir)
+			}
+		}},
 		{name: "env", args: base, env: map[string]string{
 			"KUBELAMBDA_WORKERS": "4", "KUBELAMBDA_TIMEOUT": "1.5", "KUBELAMBDA_RUNTIME_CMD": `["python3", "-u", "b.py"]`,
 			"KUBELAMBDA_RUNTIME_API": "127.0.3.7:9001", "KUBELAMBDA_FUNCTION_NAME": "hello",

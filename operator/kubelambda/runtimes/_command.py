@@ -140,6 +140,7 @@ def local_command(
         f"--task-root={code}",
         f"--runtime-dir={rdir}",
         f"--runtime-name={spec.name}",
+        "--opt-dir=",  # no layers: neither this machine's /opt on the paths nor its /opt/extensions
         "--",
         *cmd,
     ]
