@@ -42,6 +42,7 @@ type Config struct {
 	Generic         genericMode   // warm-pool pod: wait for POST /specialize (see specialize.go)
 	ExtensionsDir   string        // external extensions started in every environment (extensions.go); "" for none
 	OptDir          string        // where the Function's layers are (/opt); their paths go into the runtime's environment
+	WorkDir         string        // the workers' working directory; default TaskRoot (Lambda's ImageConfig.WorkingDirectory)
 }
 
 type envLookup func(string) (string, bool)
@@ -97,6 +98,8 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 	generic := fs.String("generic", env("KUBELAMBDA_GENERIC", "off"),
 		"warm-pool mode: off, prestart (start the runtime now, load code on POST /specialize) or deferred "+
 			"(start the runtime on POST /specialize) (env KUBELAMBDA_GENERIC)")
+	workDir := fs.String("workdir", env("KUBELAMBDA_WORKDIR", ""),
+		"the workers' working directory; default the task root (env KUBELAMBDA_WORKDIR)")
 	optDir := fs.String("opt-dir", env("KUBELAMBDA_OPT_DIR", "/opt"),
 		"the layers' folder, Lambda's /opt: its bin, lib, python, nodejs... go on the runtime's search paths "+
 			"(env KUBELAMBDA_OPT_DIR)")
@@ -124,6 +127,7 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 	}
 	c.Listen = *listen
 	c.OptDir = *optDir
+	c.WorkDir = *workDir
 	if c.ExtensionsDir = *extDir; c.ExtensionsDir == "" && c.OptDir != "" {
 		c.ExtensionsDir = filepath.Join(c.OptDir, "extensions")
 	}

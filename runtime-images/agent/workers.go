@@ -563,6 +563,9 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 	argv := p.cfg.RuntimeCmd
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = p.cfg.TaskRoot
+	if p.cfg.WorkDir != "" {
+		cmd.Dir = p.cfg.WorkDir
+	}
 	p.mu.Lock()
 	env := p.env
 	waiting := !p.live.Load() && p.cfg.Generic == genericPrestart

@@ -67,6 +67,31 @@ BAD_FUNCTIONS: list[tuple[str, Callable[[JSON], None], str]] = [
     ("two code sources", code({"inline": {"a.py": "x"}, "image": "r/fn:1"}), "spec.code: Invalid value"),
     ("no code source", code({}), "spec.code: Invalid value"),
     (
+        "layers with an image",
+        spec_set(code={"image": "r/fn:1"}, layers=[{"configMap": {"name": "libs"}}]),
+        "spec.layers",
+    ),
+    ("six layers", spec_set(layers=[{"configMap": {"name": f"l{i}"}} for i in range(6)]), "spec.layers"),
+    (
+        "a layer with two sources",
+        spec_set(
+            layers=[
+                {"configMap": {"name": "libs"}, "s3": {"endpoint": "http://s3", "bucket": "b1", "key": "k"}}
+            ]
+        ),
+        "spec.layers[0]",
+    ),
+    (
+        "imageConfig on a kubelambda image",
+        code({"image": "r/fn:1", "imageConfig": {"command": ["app.handler"]}}),
+        "spec.code.imageConfig",
+    ),
+    (
+        "imageLayout on inline code",
+        code({"inline": {"a.py": "x"}, "imageLayout": "lambda"}),
+        "spec.code.imageConfig",
+    ),
+    (
         "bad archive sha256",
         code({"archive": {"url": "https://x/f.zip", "sha256": "abc"}}),
         "spec.code.archive.sha256",

@@ -377,3 +377,45 @@ def test_no_layers_no_opt_volume() -> None:
     pod = make_deployment(fn(), image="img", settings=SETTINGS)["spec"]["template"]["spec"]
     assert "initContainers" not in pod
     assert all(v["name"] != "opt" for v in pod["volumes"])
+
+
+@pytest.mark.parametrize(
+    ("config", "argv_tail", "workdir"),
+    [
+        (None, ["/lambda-entrypoint.sh", "app.handler"], None),
+        (
+            {
+                "entryPoint": ["/usr/bin/python3", "-m", "awslambdaric"],
+                "command": ["main.run"],
+                "workingDirectory": "/srv",
+            },
+            ["/usr/bin/python3", "-m", "awslambdaric", "main.run"],
+            "/srv",
+        ),
+    ],
+    ids=["base-image defaults", "imageConfig"],
+)
+def test_a_lambda_layout_image_runs_its_entrypoint_under_the_injected_agent(
+    config: JSON | None, argv_tail: list[str], workdir: str | None
+) -> None:
+    code: JSON = {"image": "registry.example/fn:1", "imageLayout": "lambda"}
+    if config is not None:
+        code["imageConfig"] = config
+    d = make_deployment(fn(code=code), image="ghcr.io/kubelambda/runtime-python:3.12", settings=SETTINGS)
+    pod = d["spec"]["template"]["spec"]
+    (inject,) = pod["initContainers"]
+    assert inject["image"] == "ghcr.io/kubelambda/runtime-python:3.12"
+    assert inject["command"] == ["/opt/kubelambda/bin/kubelambda-agent", "copy-opt", "/kubelambda/agent"]
+    c = container(d)
+    assert c["image"] == "registry.example/fn:1"
+    assert c["command"] == ["/kubelambda/agent/bin/kubelambda-agent", "--", *argv_tail]
+    assert {"name": "kubelambda-agent", "mountPath": "/kubelambda", "readOnly": True} in c["volumeMounts"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["KUBELAMBDA_RUNTIME_DIR"] == "/var/runtime"
+    assert env.get("KUBELAMBDA_WORKDIR") == workdir
+
+
+def test_a_kubelambda_image_keeps_its_entrypoint() -> None:
+    d = make_deployment(fn(code={"image": "registry.example/fn:1"}), image="rt", settings=SETTINGS)
+    assert "command" not in container(d)
+    assert "initContainers" not in d["spec"]["template"]["spec"]

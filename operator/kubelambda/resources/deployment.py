@@ -42,7 +42,9 @@ def cpu_limit_millicores(memory_mb: int) -> int:
     return math.ceil(memory_mb * 1000 / MB_PER_VCPU)
 
 
-def function_env(fn: FunctionObject, *, settings: OperatorSettings) -> list[JSON]:
+def function_env(
+    fn: FunctionObject, *, settings: OperatorSettings, extra: dict[str, str] | None = None
+) -> list[JSON]:
     """The agent's inputs (``KUBELAMBDA_*``, sorted), then the function's own variables (sorted).
 
     Only the agent's vocabulary: the agent derives the Lambda variables the runtime sees (``_HANDLER``,
@@ -60,6 +62,7 @@ def function_env(fn: FunctionObject, *, settings: OperatorSettings) -> list[JSON
         "KUBELAMBDA_TASK_ROOT": TASK_ROOT,
         "KUBELAMBDA_TIMEOUT": str(spec.timeout_seconds),
         "KUBELAMBDA_WORKERS": str(spec.concurrency.per_instance),
+        **(extra or {}),
     }
     env: list[JSON] = [{"name": k, "value": v} for k, v in agent.items()]
     if settings.agent_key is not None:
@@ -245,6 +248,35 @@ def _layers(fn: FunctionObject, *, image: str, settings: OperatorSettings) -> tu
     return volumes, [fetch, copy]
 
 
+AGENT_VOLUME_PATH = "/kubelambda"
+INJECTED_AGENT = f"{AGENT_VOLUME_PATH}/agent/bin/kubelambda-agent"
+LAMBDA_ENTRYPOINT = "/lambda-entrypoint.sh"  # AWS's base images
+LAMBDA_RUNTIME_DIR = "/var/runtime"
+
+
+def _lambda_image(fn: FunctionObject, *, image: str) -> tuple[JSON, JSON, list[str]]:
+    """For ``imageLayout: lambda``: the agent's volume, the init container that copies the agent into it from
+    the runtime image, and the function container's argv (the agent, then the image's entrypoint + command as
+    its runtime command)."""
+    code = fn.spec.code
+    config = code.image_config
+    entry = (config.entry_point if config and config.entry_point else None) or [LAMBDA_ENTRYPOINT]
+    command = (config.command if config and config.command else None) or [fn.spec.handler]
+    volume: JSON = {"name": "kubelambda-agent", "emptyDir": {"sizeLimit": "64Mi"}}
+    inject: JSON = {
+        "name": "inject-agent",
+        "image": image,
+        "command": [AGENT_IN_IMAGE, "copy-opt", f"{AGENT_VOLUME_PATH}/agent"],
+        "resources": {
+            "limits": {"cpu": "200m", "memory": "64Mi"},
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "kubelambda-agent", "mountPath": AGENT_VOLUME_PATH}],
+    }
+    return volume, inject, [INJECTED_AGENT, "--", *entry, *command]
+
+
 def _container_security() -> JSON:
     return {
         "allowPrivilegeEscalation": False,
@@ -326,6 +358,7 @@ def make_deployment(
     over to the autoscaler's field manager (``initial_scale``) and never applies it again.
     """
     spec = fn.spec
+    runtime_image = image
     image = spec.code.image or image
     volumes: list[JSON] = [
         {"name": "tmp", "emptyDir": {"sizeLimit": f"{spec.ephemeral_storage_mb}Mi"}},
@@ -343,15 +376,30 @@ def make_deployment(
     if layer_volumes:
         volumes += layer_volumes
         mounts.append({"name": "opt", "mountPath": OPT, "readOnly": True})
+    lambda_inits: list[JSON] = []
+    argv: list[str] = []
+    extra: dict[str, str] = {}
+    if spec.code.image is not None and spec.code.image_layout == "lambda":
+        volume, inject, argv = _lambda_image(fn, image=runtime_image)
+        volumes.append(volume)
+        mounts.append({"name": "kubelambda-agent", "mountPath": AGENT_VOLUME_PATH, "readOnly": True})
+        lambda_inits.append(inject)
+        extra["KUBELAMBDA_RUNTIME_DIR"] = LAMBDA_RUNTIME_DIR
+        config = spec.code.image_config
+        if config is not None and config.working_directory:
+            extra["KUBELAMBDA_WORKDIR"] = config.working_directory
+    env = function_env(fn, settings=settings, extra=extra)
     container = agent_container(
         image=image,
-        env=function_env(fn, settings=settings),
+        env=env,
         memory_mb=spec.memory_mb,
         ephemeral_storage_mb=spec.ephemeral_storage_mb,
         cpu_request_fraction=settings.cpu_request_fraction,
         readiness_period_seconds=2,
         mounts=mounts,
     )
+    if argv:
+        container["command"] = argv
     env_from = _env_from(fn)
     if env_from:
         container["envFrom"] = env_from
@@ -367,7 +415,7 @@ def make_deployment(
     if spec.service_account_name is not None:
         pod_spec["serviceAccountName"] = spec.service_account_name
     fetch = _fetch_container(fn, settings=settings)
-    inits = ([fetch] if fetch is not None else []) + layer_inits
+    inits = ([fetch] if fetch is not None else []) + layer_inits + lambda_inits
     if inits:
         pod_spec["initContainers"] = inits
     deployment: JSON = {

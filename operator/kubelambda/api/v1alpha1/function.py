@@ -92,12 +92,34 @@ class S3Code(Model):
     """Secret with ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``; absent = anonymous."""
 
 
+class ImageConfig(Model):
+    """Lambda's ImageConfig, for an image in Lambda's layout: what the agent runs as the runtime."""
+
+    entry_point: list[str] | None = Field(default=None, min_length=1, max_length=64)
+    """The image's ENTRYPOINT as Lambda runs it; default ``["/lambda-entrypoint.sh"]`` (AWS's base images)."""
+    command: list[str] | None = Field(default=None, min_length=1, max_length=64)
+    """The image's CMD; default ``[handler]`` (the base images take the handler as CMD)."""
+    working_directory: str | None = Field(default=None, pattern=r"^/[^\s]*$", max_length=1024)
+    """The runtime's working directory; default ``/var/task``."""
+
+
 class Code(Model):
     """Where the function's code comes from: exactly one of inline, archive, s3, image."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
             exactly_one(["inline", "archive", "s3", "image"], what="code"),
+            cel(
+                "has(self.image) || (!has(self.imageLayout) || self.imageLayout == 'kubelambda') "
+                "&& !has(self.imageConfig)",
+                "imageLayout and imageConfig apply to code.image only",
+                field_path=".imageConfig",
+            ),
+            cel(
+                "!has(self.imageConfig) || (has(self.imageLayout) && self.imageLayout == 'lambda')",
+                "imageConfig needs imageLayout: lambda (a kubelambda image's entrypoint is the agent)",
+                field_path=".imageConfig",
+            ),
             cel(
                 "has(self.image) == has(oldSelf.image)",
                 "the package type cannot change between image and zip code (inline, archive, s3); "
@@ -123,7 +145,13 @@ class Code(Model):
     s3: S3Code | None = None
     """A zip in an S3-compatible bucket."""
     image: str | None = Field(default=None, pattern=r"^[a-z0-9]+([._/:@-][A-Za-z0-9_.+-]+)*$", max_length=512)
-    """A container image built FROM a kubelambda runtime image, with the code in /var/task."""
+    """A container image: built FROM a kubelambda runtime image (``imageLayout: kubelambda``), or in Lambda's
+    layout (``imageLayout: lambda``, e.g. FROM AWS's base images), with the code in /var/task."""
+    image_layout: Literal["kubelambda", "lambda"] = "kubelambda"
+    """``lambda``: an unmodified Lambda image; the agent is injected and runs the image's entrypoint as the runtime
+    (docs/extensions.md, "Lambda container images")."""
+    image_config: ImageConfig | None = None
+    """Lambda's ImageConfig for ``imageLayout: lambda``."""
 
 
 class ConfigMapLayer(Model):
