@@ -2,7 +2,7 @@
 AGENT_DIR := runtime-images/agent
 
 .PHONY: runtimes-generate agent agent-test agent-fuzz runtimes-build runtimes-java runtimes-ric runtimes-test runtimes-dockerfiles \
-	agent-bench runtimes-bench
+	agent-bench runtimes-bench extensions-bench
 
 # The files generated from the runtime table (operator/kubelambda/runtimes/table.py): the chart's values schema
 # and mk/runtime-images.mk; then the CRDs and docs/reference.md, which take the runtimes from the API models.
@@ -52,6 +52,10 @@ runtimes-test: venv runtimes-build
 # Agent vs the AWS Lambda Runtime Interface Emulator, overhead and idle RSS.
 agent-bench: venv agent
 	$(PY) bench/agent_bench.py
+
+# Warm invoke with one no-op extension beside none; cold start with two layers beside none (docs/extensions.md).
+extensions-bench: venv agent
+	$(PY) bench/extensions_bench.py
 
 # Cold start and warm latency of the same echo handler in every runtime, beside the Python baseline.
 runtimes-bench: venv runtimes-build
