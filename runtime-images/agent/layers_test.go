@@ -78,3 +78,18 @@ func TestCopyTree(t *testing.T) {
 		t.Errorf("copy-opt without DEST: %v", err)
 	}
 }
+
+// --workdir (Lambda's ImageConfig.WorkingDirectory) is the runtime's working directory; the task root otherwise.
+func TestWorkDir(t *testing.T) {
+	dir := t.TempDir()
+	a := startAgentWith(t, 1, 5*time.Second, "echo", func(c *Config) { c.WorkDir = dir })
+	waitFor(t, "readiness", a.pool.isReady)
+	if _, body := a.invoke(t, `{"cwd":true}`); body != `"`+dir+`"` {
+		t.Errorf("cwd %s, want %s", body, dir)
+	}
+	b := startAgent(t, 1, 5*time.Second, "echo")
+	waitFor(t, "readiness", b.pool.isReady)
+	if _, body := b.invoke(t, `{"cwd":true}`); body != `"`+b.pool.cfg.TaskRoot+`"` {
+		t.Errorf("cwd %s, want the task root %s", body, b.pool.cfg.TaskRoot)
+	}
+}

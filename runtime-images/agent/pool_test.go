@@ -74,6 +74,7 @@ func fakeRuntime() {
 			Big     int    `json:"big"`
 			File    string `json:"file"`
 			Env     string `json:"env"`
+			Cwd     bool   `json:"cwd"`
 		}
 		_ = json.Unmarshal(body, &ev)
 		fmt.Printf("handling %s\n", id) // must come out between START and END
@@ -85,9 +86,12 @@ func fakeRuntime() {
 			r, _ := http.Post(base+"/invocation/"+id+"/error", "application/json",
 				strings.NewReader(`{"errorType":"ValueError","errorMessage":"boom","stackTrace":[]}`))
 			r.Body.Close()
-		case ev.File != "" || ev.Env != "":
+		case ev.File != "" || ev.Env != "" || ev.Cwd:
 			var out []byte
-			if ev.File != "" {
+			if ev.Cwd {
+				wd, _ := os.Getwd()
+				out = []byte(wd)
+			} else if ev.File != "" {
 				out, _ = os.ReadFile(filepath.Join(os.Getenv("LAMBDA_TASK_ROOT"), ev.File))
 			} else {
 				out = []byte(os.Getenv(ev.Env))
