@@ -54,6 +54,7 @@ def test_local_command_defaults(tmp_path: Path) -> None:
         "task-root": str(tmp_path.resolve()),
         "runtime-dir": flags(cmd.argv)["runtime-dir"],
         "runtime-name": "python3.12",
+        "opt-dir": "",  # neither layers nor extensions from this machine's /opt
     }
     assert cmd.cwd == str(tmp_path.resolve())
     assert cmd.invoke_url == "http://127.0.0.1:8080/invoke"
