@@ -175,7 +175,7 @@ def test_runtime_image_agent_path_is_this_machines_agent(
     agent = tmp_path / "kubelambda-agent"
     agent.write_text("#!/bin/sh\n")
     agent.chmod(0o755)
-    monkeypatch.setenv("KUBELAMBDA_AGENT", str(agent))
+    monkeypatch.setattr("kubelambda.runtimes.agent_binary", lambda: agent)
     argv = _images.container_argv(
         "ghcr.io/kubelambda/runtime-python:3.12",
         ["/opt/kubelambda/bin/kubelambda-agent", "copy-opt", "/opt-layers/kubelambda"],
