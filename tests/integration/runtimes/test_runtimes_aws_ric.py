@@ -7,16 +7,19 @@ cache by the session fixtures on first use.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 from kltest.ric import ensure_aws_lambda_ric, ensure_awslambdaric
-from kubelambda.runtimes import InvokeResult
+from kubelambda.runtimes import InvokeResult, LocalFunction, local_command
 
-from .conftest import FUNCTIONS, StartFunction
+from .conftest import FUNCTIONS, StartFunction, free_loopback
 from .langcheck import wait_for_fresh_worker
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="session")
@@ -109,3 +112,65 @@ def test_init_error(start_aws: StartFunction) -> None:
     error = body(result)
     assert isinstance(error, dict)
     assert error["errorType"] == "Runtime.HandlerNotFound"
+
+
+LAMBDA_ENTRYPOINT = """#!/bin/sh
+# The convention of AWS's base images: the emulator when run alone, the runtime interface client under Lambda.
+if [ -z "${AWS_LAMBDA_RUNTIME_API}" ]; then
+  echo "no AWS_LAMBDA_RUNTIME_API: this would start the runtime interface emulator" >&2
+  exit 64
+fi
+exec "$IMAGE_PYTHON" -m awslambdaric "$@"
+"""
+
+
+def test_a_lambda_layout_image_runs_its_entrypoint_and_its_extensions(
+    agent: Path, awslambdaric: Path, tmp_path: Path
+) -> None:
+    """What ``imageLayout: lambda`` runs in the container, as local processes: the agent with the image's
+    ``/lambda-entrypoint.sh HANDLER`` as the runtime command (it execs awslambdaric because the agent sets
+    ``AWS_LAMBDA_RUNTIME_API``), and an external extension from the image's ``/opt/extensions``."""
+    root = tmp_path / "image"
+    (root / "opt" / "extensions").mkdir(parents=True)
+    entry = root / "lambda-entrypoint.sh"
+    entry.write_text(LAMBDA_ENTRYPOINT)
+    entry.chmod(0o755)
+    recorder = root / "opt" / "extensions" / "recorder"
+    recorder.write_bytes(
+        (REPO / "runtime-images" / "agent" / "testdata" / "recorder_extension.py").read_bytes()
+    )
+    recorder.chmod(0o755)
+    seen = tmp_path / "extension.out"
+    ip = free_loopback([8080, 9001])
+    cmd = local_command(
+        "python3.12",
+        FUNCTIONS / "python",
+        "app.echo",
+        agent=agent,
+        listen=f"{ip}:8080",
+        timeout_s=5,
+        function_name="image-fn",
+        base_env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
+        environment={
+            "PYTHONPATH": f"{awslambdaric}:{FUNCTIONS / 'python'}",
+            "IMAGE_PYTHON": sys.executable,
+            "EXT_OUT": str(seen),
+        },
+        runtime_cmd=[str(entry), "app.echo"],
+    )
+    cmd.argv[cmd.argv.index("--opt-dir=")] = f"--opt-dir={root / 'opt'}"  # the image's /opt
+    fn = LocalFunction(cmd)
+    fn.start()
+    try:
+        fn.wait_ready(timeout=30)
+        ids = ["img-1", "img-2"]
+        for i, rid in enumerate(ids):
+            result = fn.invoke(json.dumps({"n": i}).encode(), headers={"Lambda-Runtime-Aws-Request-Id": rid})
+            assert (result.status, result.function_error) == (200, None), result
+            assert body(result) == {"n": i}
+    finally:
+        fn.stop()
+    lines = seen.read_text().split("\n")
+    assert lines[0] == "REGISTERED image-fn"
+    assert [line.split()[1] for line in lines if line.startswith("INVOKE ")] == ids
+    assert "SHUTDOWN spindown" in lines
