@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -44,14 +46,32 @@ func TestMain(m *testing.M) {
 	case "exit":
 		os.Exit(3)
 	case "exitidle": // initialises, then dies while waiting for an event
-		go func() {
-			time.Sleep(20 * time.Millisecond)
-			os.Exit(4)
-		}()
-		fakeRuntime()
+		// It dies a moment after its first "next" went out, so that the agent has seen it initialise (a fixed
+		// delay from the start lost that race on a loaded machine: an init failure parks the worker).
+		http.DefaultTransport.(*http.Transport).DisableKeepAlives = true
+		trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) {
+			go func() {
+				time.Sleep(100 * time.Millisecond)
+				os.Exit(4)
+			}()
+		}}
+		resp, err := http.DefaultClient.Do(mustRequest(httptrace.WithClientTrace(context.Background(), trace),
+			"http://"+os.Getenv("AWS_LAMBDA_RUNTIME_API")+"/2018-06-01/runtime/invocation/next"))
+		if err == nil {
+			resp.Body.Close()
+		}
+		select {}
 	default:
 		fakeRuntime()
 	}
+}
+
+func mustRequest(ctx context.Context, url string) *http.Request {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		panic(err)
+	}
+	return req
 }
 
 func fakeRuntime() {
