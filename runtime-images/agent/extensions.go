@@ -40,9 +40,11 @@ import (
 const (
 	extensionsPrefix = "/2020-01-01/extension/"
 	maxExtensions    = 10 // Lambda's limit, enforced at registration
-	// extShutdownLimit is the time external extensions get to finish after a SHUTDOWN event.
-	extShutdownLimit = 2 * time.Second
 )
+
+// extShutdownLimit is the time external extensions get to finish after a SHUTDOWN event (Lambda's 2 s); a
+// variable for the tests.
+var extShutdownLimit = 2 * time.Second
 
 // extRegisterLimit bounds the extension init phase (Lambda's init phase limit); a variable for the tests.
 var extRegisterLimit = 10 * time.Second
@@ -63,16 +65,23 @@ func (f *initFailure) Error() string { return f.res.errType }
 
 // extension is one registered extension.
 type extension struct {
-	set         *extSet
-	id, name    string
-	external    bool
-	onInvoke    bool
-	onShutdown  bool
-	events      chan []byte   // INVOKE and SHUTDOWN events not yet fetched
-	idle        bool          // has called next since its last event (or since registering); pool.mu
-	gotShutdown bool          // a SHUTDOWN event was queued; pool.mu
-	shutDone    chan struct{} // closed when it calls next after its SHUTDOWN event
-	proc        *extProc      // the launched file, for an external extension
+	set        *extSet
+	id, name   string
+	external   bool
+	onInvoke   bool
+	onShutdown bool
+	events     chan extEvent // INVOKE and SHUTDOWN events not yet fetched
+	idle       bool          // has called next since its last event (or since registering); pool.mu
+	shutSent   bool          // its SHUTDOWN event was delivered; pool.mu
+	shutClosed bool          // shutDone is closed; pool.mu
+	shutDone   chan struct{} // closed when it calls next after its SHUTDOWN event was delivered
+	errored    bool          // it reported init/error or exit/error: no further call succeeds; pool.mu
+	proc       *extProc      // the launched file, for an external extension
+}
+
+type extEvent struct {
+	body     []byte
+	shutdown bool
 }
 
 // extProc is one launched external extension process.
@@ -333,7 +342,7 @@ func (es *extSet) invokeLocked(inv *invocation) {
 			})
 		}
 		x.idle = false
-		x.events <- body
+		x.events <- extEvent{body: body}
 	}
 }
 
@@ -354,9 +363,9 @@ func (es *extSet) shutdown(reason string) {
 	var told []*extension
 	for _, x := range es.list {
 		if x.external && x.onShutdown {
-			x.idle, x.gotShutdown = false, true
+			x.idle = false
 			select {
-			case x.events <- body:
+			case x.events <- extEvent{body: body, shutdown: true}:
 			default: // an unfetched INVOKE fills the queue: it gets no SHUTDOWN, and the kill
 			}
 			told = append(told, x)
@@ -450,7 +459,7 @@ func (es *extSet) register(rw http.ResponseWriter, r *http.Request) {
 		runtimeErr(rw, http.StatusBadRequest, "InvalidRequest", `the body must be {"events": ["INVOKE", "SHUTDOWN"]}`)
 		return
 	}
-	x := &extension{set: es, name: name, id: newRequestID(), events: make(chan []byte, 2), shutDone: make(chan struct{})}
+	x := &extension{set: es, name: name, id: newRequestID(), events: make(chan extEvent, 2), shutDone: make(chan struct{})}
 	for _, ev := range req.Events {
 		switch ev {
 		case "INVOKE":
@@ -540,15 +549,25 @@ func accountID(arn string) string {
 func (es *extSet) next(rw http.ResponseWriter, r *http.Request, x *extension) {
 	p := es.p
 	p.mu.Lock()
-	if es.fail != nil && es.phase != extPhaseShutdown {
+	if x.errored {
 		p.mu.Unlock()
-		runtimeErr(rw, http.StatusInternalServerError, "Extension.EnvironmentFailed", "the environment failed; exit")
+		runtimeErr(rw, http.StatusInternalServerError, "Extension.Failed", "this extension reported an error: exit")
 		return
 	}
-	if x.gotShutdown && !x.idle {
-		x.idle = true
-		close(x.shutDone)
-	} else if !x.idle {
+	if x.shutSent {
+		// Done with its SHUTDOWN: it waits to be stopped.
+		if !x.shutClosed {
+			x.shutClosed = true
+			close(x.shutDone)
+		}
+		p.mu.Unlock()
+		select {
+		case <-r.Context().Done():
+		case <-es.killed:
+		}
+		return
+	}
+	if !x.idle {
 		x.idle = true
 		if es.pr != nil {
 			p.envMaybeFreeLocked(es.pr)
@@ -556,7 +575,13 @@ func (es *extSet) next(rw http.ResponseWriter, r *http.Request, x *extension) {
 	}
 	p.mu.Unlock()
 	select {
-	case body := <-x.events:
+	case ev := <-x.events:
+		if ev.shutdown {
+			p.mu.Lock()
+			x.shutSent = true
+			p.mu.Unlock()
+		}
+		body := ev.body
 		h := rw.Header()
 		h["Content-Type"] = []string{"application/json"}
 		h["Lambda-Extension-Event-Identifier"] = []string{newRequestID()}
@@ -593,6 +618,9 @@ func (es *extSet) reportError(rw http.ResponseWriter, r *http.Request, x *extens
 	if json.Unmarshal(body, &e) == nil && e.ErrorMessage != "" {
 		msg += ": " + e.ErrorMessage
 	}
+	p.mu.Lock()
+	x.errored = true
+	p.mu.Unlock()
 	rw.Header()["Lambda-Extension-Identifier"] = []string{x.id}
 	accepted(rw)
 	es.failWith(ourType, msg)
@@ -603,8 +631,8 @@ func (es *extSet) reportError(rw http.ResponseWriter, r *http.Request, x *extens
 // invocation.
 func (p *pool) envMaybeFreeLocked(pr *proc) {
 	es := pr.ext
-	if pr.dead || !es.runtimeWaiting || !es.idleLocked() || es.awaitReport {
-		return
+	if pr.dead || es.fail != nil || !es.runtimeWaiting || !es.idleLocked() || es.awaitReport {
+		return // a failed environment is being reset: it takes nothing more
 	}
 	es.runtimeWaiting = false
 	if !pr.initDone {

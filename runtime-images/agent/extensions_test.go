@@ -68,8 +68,8 @@ func fakeExtension() {
 		req, _ := http.NewRequest("GET", base+"/event/next", nil)
 		req.Header.Set("Lambda-Extension-Identifier", id)
 		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			os.Exit(6)
+		if err != nil || resp.StatusCode != 200 {
+			os.Exit(6) // as the API asks: an error answer means exit
 		}
 		var ev struct {
 			EventType      string `json:"eventType"`
@@ -363,6 +363,10 @@ func TestExtensionPastDeadlineResets(t *testing.T) {
 // An extension that crashes after init resets the environment: the other extension gets SHUTDOWN
 // (failure), and the next invocation runs in a fresh environment.
 func TestExtensionCrashResets(t *testing.T) {
+	// The SHUTDOWN must reach the other extension and be recorded: on a loaded machine that may take more
+	// than Lambda's 2 s.
+	defer func(d time.Duration) { extShutdownLimit = d }(extShutdownLimit)
+	extShutdownLimit = 10 * time.Second
 	dir := extDir(t, map[string]string{"a-rec": "record", "b-victim": "record"})
 	a := startAgentWith(t, 1, 5*time.Second, "echo", func(c *Config) { c.ExtensionsDir = dir })
 	waitFor(t, "readiness", a.pool.isReady)
