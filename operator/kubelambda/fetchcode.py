@@ -9,7 +9,12 @@ The operator adds it to the pod of a Function whose ``spec.code`` is ``archive {
 2. checks its SHA-256 against the hex digest given (always for ``archive``, when given for ``s3``);
 3. empties the target folder and unpacks the zip into it: absolute names and ``..`` are refused, at most
    250 MiB unpacked (Lambda's limit), files are 0644 or 0755 from the zip's Unix mode (``bootstrap`` stays
-   executable), symbolic links are kept only when they resolve inside the folder.
+   executable), symbolic links are kept only when they resolve inside the folder, through the links written
+   before them too (``a -> x/..`` with ``x -> .`` is refused).
+
+Every connection (the first and each redirect's) goes only to an address that is not loopback, link-local (cloud
+metadata), unspecified or the API server's (``KUBERNETES_SERVICE_HOST``), unless ``--allow-cidr`` names its range
+(kubelambda/egress.py; the operator passes its ``KUBELAMBDA_URL_ALLOW_CIDRS``).
 
 The standard library does it all (urllib, hashlib, hmac, zipfile): the control-plane image needs no AWS SDK for
 one GET. On the local node, ``$KUBELAMBDA_ROOTFS`` is the container's root and the target path is taken under
@@ -21,20 +26,25 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import http.client
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kubelambda.egress import AddressPolicy, api_server_addresses
 
 MAX_ZIPPED = 50 * 1024 * 1024
 MAX_UNZIPPED = 250 * 1024 * 1024
@@ -90,6 +100,57 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def _checked_connect(policy: AddressPolicy) -> Callable[..., socket.socket]:
+    """``socket.create_connection`` that connects only to addresses ``policy`` lets through."""
+
+    def connect(address: tuple[str, int], timeout: Any = None, source_address: Any = None) -> socket.socket:
+        host, port = address
+        error: OSError | None = None
+        for family, ip in policy.resolve(host, port):  # Refused (an OSError) when any address is refused
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                if isinstance(timeout, int | float):  # else http.client's "no timeout given" marker
+                    sock.settimeout(timeout)
+                sock.connect((ip, port))
+                return sock
+            except OSError as e:
+                sock.close()
+                error = e
+        assert error is not None
+        raise error
+
+    return connect
+
+
+def _opener(policy: AddressPolicy, *, follow_redirects: bool) -> urllib.request.OpenerDirector:
+    """urllib's opener whose HTTP and HTTPS connections (each redirect's too) go through :func:`_checked_connect`
+    (HTTPS still verifies the certificate for the URL's host name)."""
+    connect = _checked_connect(policy)
+
+    class Http(http.client.HTTPConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._create_connection = connect
+
+    class Https(http.client.HTTPSConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._create_connection = connect
+
+    class HttpHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Http, req)
+
+    class HttpsHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Https, req, context=self._context)  # type: ignore[attr-defined]
+
+    handlers: list[Any] = [HttpHandler(), HttpsHandler()]
+    if not follow_redirects:
+        handlers.append(_NoRedirect())
+    return urllib.request.build_opener(*handlers)
+
+
 def _read_capped(read: Callable[[int], bytes], length: str | None, *, what: str, limit: int) -> bytes:
     if length is not None and length.isdigit() and int(length) > limit:
         raise FetchError(f"{what} is {int(length)} bytes, over the {limit}-byte limit for a zipped function")
@@ -116,10 +177,12 @@ def http_get(
     limit: int = MAX_ZIPPED,
     follow_redirects: bool = True,
     timeout: float = TIMEOUT,
+    policy: AddressPolicy | None = None,
 ) -> bytes:
-    """The body of a GET of ``url``, at most ``limit`` bytes; a FetchError names the status or the failure."""
+    """The body of a GET of ``url``, at most ``limit`` bytes; a FetchError names the status or the failure.
+    ``policy``: the addresses refused (default: :func:`default_policy` with nothing allowed)."""
     request = urllib.request.Request(url, headers=dict(headers or {}), method="GET")
-    opener = urllib.request.build_opener() if follow_redirects else urllib.request.build_opener(_NoRedirect)
+    opener = _opener(policy or default_policy(()), follow_redirects=follow_redirects)
     try:
         with opener.open(request, timeout=timeout) as resp:
             return _read_capped(resp.read, resp.headers.get("Content-Length"), what=what, limit=limit)
@@ -129,6 +192,17 @@ def http_get(
     except (urllib.error.URLError, OSError) as e:
         reason = e.reason if isinstance(e, urllib.error.URLError) else e
         raise FetchError(f"{what}: {reason}") from None
+
+
+def default_policy(allow: Sequence[str], env: Mapping[str, str] = os.environ) -> AddressPolicy:
+    """Refuses loopback, link-local, metadata and the API server (``KUBERNETES_SERVICE_HOST``) but ``allow``."""
+    from kubelambda.egress import parse_cidrs
+
+    try:
+        allowed = parse_cidrs(allow)
+    except ValueError as e:
+        raise FetchError(f"--allow-cidr: {e}") from None
+    return AddressPolicy(allow=allowed, api_server=api_server_addresses(None, env), setting="--allow-cidr")
 
 
 # ---- S3 (Signature Version 4) ----------------------------------------------------------------------
@@ -208,6 +282,7 @@ def s3_get(
     credentials: Credentials | None,
     limit: int = MAX_ZIPPED,
     now: dt.datetime | None = None,
+    policy: AddressPolicy | None = None,
 ) -> bytes:
     url = s3_object_url(endpoint, bucket, key)
     headers: dict[str, str] = {}
@@ -216,7 +291,7 @@ def s3_get(
             "GET", url, headers={}, region=region, credentials=credentials, now=now or dt.datetime.now(dt.UTC)
         )
     what = f"S3 GetObject s3://{bucket}/{key} at {endpoint}"
-    return http_get(url, headers=headers, what=what, limit=limit, follow_redirects=False)
+    return http_get(url, headers=headers, what=what, limit=limit, follow_redirects=False, policy=policy)
 
 
 # ---- checksum and unpacking ------------------------------------------------------------------------
@@ -248,6 +323,11 @@ def _empty(folder: Path) -> None:
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
+
+
+def _inside(root: Path, link: Path) -> bool:
+    resolved = Path(os.path.realpath(link))
+    return resolved == root or root in resolved.parents
 
 
 def unpack(
@@ -312,16 +392,25 @@ def unpack(
                 raise FetchError(f"cannot unpack zip entry {info.filename!r}: {e}") from None
             os.chmod(target, perms)
             files += 1
-        # Links last, so no file above was written through one; each must resolve inside the folder.
+        # Links last, so no file above was written through one. Each must resolve inside the folder when written,
+        # and again once all are written: ``a -> x/..`` passes alone while ``x`` is missing, and leaves the
+        # folder once ``x -> .`` exists.
         for target, link, entry in links:
             if os.path.isabs(link):
                 raise FetchError(f"refusing zip symlink {entry!r} -> {link!r}: absolute target")
             os.symlink(link, target)
-            resolved = Path(os.path.realpath(target))
-            if resolved != root and root not in resolved.parents:
+            if not _inside(root, target):
                 target.unlink()
                 raise FetchError(f"refusing zip symlink {entry!r} -> {link!r}: it leaves the target folder")
             files += 1
+        for target, link, entry in links:
+            if not _inside(root, target):
+                for made, _, _ in links:
+                    made.unlink(missing_ok=True)
+                raise FetchError(
+                    f"refusing zip symlink {entry!r} -> {link!r}: it leaves the target folder through the "
+                    "zip's other symlinks"
+                )
     return Unpacked(files=files, bytes=written)
 
 
@@ -346,21 +435,25 @@ def fetch(
     bucket: str | None = None,
     key: str | None = None,
     region: str = "us-east-1",
+    allow_cidrs: Sequence[str] = (),
 ) -> str:
     """Fetches, checks and unpacks; returns the line to print on success."""
+    policy = default_policy(allow_cidrs, env)
     if (url is None) == (s3_endpoint is None):
         raise FetchError("give exactly one of --url or --s3-endpoint")
     if url is not None:
         if not sha256:
             raise FetchError("--url needs --sha256")
         what = url
-        data = http_get(url, what=f"GET {url}")
+        data = http_get(url, what=f"GET {url}", policy=policy)
     else:
         assert s3_endpoint is not None
         if not bucket or not key:
             raise FetchError("--s3-endpoint needs --bucket and --key")
         what = f"s3://{bucket}/{key}"
-        data = s3_get(s3_endpoint, bucket, key, region=region, credentials=Credentials.from_env(env))
+        data = s3_get(
+            s3_endpoint, bucket, key, region=region, credentials=Credentials.from_env(env), policy=policy
+        )
     digest = verify_sha256(data, sha256, what=what)
     folder = target_dir(dest, env)
     unpacked = unpack(data, folder)
@@ -379,6 +472,7 @@ def main(
     bucket: str | None,
     key: str | None,
     region: str,
+    allow_cidrs: Sequence[str] = (),
 ) -> int:
     try:
         line = fetch(
@@ -390,6 +484,7 @@ def main(
             bucket=bucket,
             key=key,
             region=region,
+            allow_cidrs=allow_cidrs,
         )
     except FetchError as e:
         print(f"kubelambda fetch-code: {e}", file=sys.stderr)
@@ -406,11 +501,14 @@ def main(
 RESERVED_OPT = frozenset({"kubelambda"})  # /opt/kubelambda holds the agent and the runtime client
 
 
-def fetch_layers(*, dest: str, layers: list[dict[str, str]], env: Mapping[str, str]) -> list[str]:
+def fetch_layers(
+    *, dest: str, layers: list[dict[str, str]], env: Mapping[str, str], allow_cidrs: Sequence[str] = ()
+) -> list[str]:
     """Fetches and unpacks a Function's layers into ``dest`` in order, a later layer overwriting an earlier one's
     files; together at most 250 MiB unpacked. Each layer is ``{"url", "sha256"}``, ``{"s3Endpoint", "bucket",
     "key", "region", "sha256"?, "credentialsPrefix"?}`` (credentials from ``<prefix>AWS_ACCESS_KEY_ID`` ...) or
     ``{"file", "sha256"?}`` (a zip already in this container, from a ConfigMap). Returns a line per layer."""
+    policy = default_policy(allow_cidrs, env)
     folder = target_dir(dest, env)
     if not folder.is_dir():
         raise FetchError(f"target folder {dest} does not exist")
@@ -423,7 +521,7 @@ def fetch_layers(*, dest: str, layers: list[dict[str, str]], env: Mapping[str, s
             if not sha256:
                 raise FetchError(f"layer {i}: a url needs a sha256")
             what = layer["url"]
-            data = http_get(what, what=f"layer {i}: GET {what}")
+            data = http_get(what, what=f"layer {i}: GET {what}", policy=policy)
         elif "s3Endpoint" in layer:
             prefix = layer.get("credentialsPrefix", "")
             creds = Credentials.from_env(
@@ -436,6 +534,7 @@ def fetch_layers(*, dest: str, layers: list[dict[str, str]], env: Mapping[str, s
                 layer["key"],
                 region=layer.get("region", "us-east-1"),
                 credentials=creds,
+                policy=policy,
             )
         elif "file" in layer:
             what = layer["file"]
@@ -453,6 +552,13 @@ def fetch_layers(*, dest: str, layers: list[dict[str, str]], env: Mapping[str, s
             unpacked = unpack(data, folder, limit=budget, merge=True, reserved=RESERVED_OPT)
         except FetchError as e:
             raise FetchError(f"layer {i} ({what}): {e}") from None
+        # A link of an earlier layer may leave the folder through one of this layer's.
+        root = folder.resolve()
+        for path in [Path(d) / n for d, dirs, names in os.walk(folder) for n in (*dirs, *names)]:
+            if path.is_symlink() and not _inside(root, path):
+                raise FetchError(
+                    f"layer {i} ({what}): symlink {path.relative_to(folder)} leaves the target folder"
+                )
         budget -= unpacked.bytes
         lines.append(
             f"layer {i}: {what} ({len(data)} bytes, sha256 {digest}): "
@@ -461,14 +567,14 @@ def fetch_layers(*, dest: str, layers: list[dict[str, str]], env: Mapping[str, s
     return lines
 
 
-def main_layers(*, dest: str, layers_json: str) -> int:
+def main_layers(*, dest: str, layers_json: str, allow_cidrs: Sequence[str] = ()) -> int:
     try:
         layers = json.loads(layers_json)
         if not isinstance(layers, list) or not all(
             isinstance(x, dict) and all(isinstance(v, str) for v in x.values()) for x in layers
         ):
             raise FetchError("--layers must be a JSON array of objects of strings")
-        for line in fetch_layers(dest=dest, layers=layers, env=os.environ):
+        for line in fetch_layers(dest=dest, layers=layers, env=os.environ, allow_cidrs=allow_cidrs):
             print(line, flush=True)
     except json.JSONDecodeError as e:
         print(f"kubelambda fetch-layers: --layers is not JSON: {e}", file=sys.stderr)

@@ -35,6 +35,12 @@ class OperatorSettings(BaseSettings):
     missing here makes its Functions ``Ready=False`` with reason ``RuntimeUnknown``."""
     control_plane_image: str = ""
     """The kubelambda image, used for the code-fetching init container (default ``<registry>/kubelambda:<version>``)."""
+    url_allow_cidrs: list[str] = Field(default_factory=list)
+    """Addresses the ``fetch-code`` init container may download code from although they are loopback,
+    link-local (cloud metadata), unspecified or the API server's, JSON list of CIDRs (default empty: none)."""
+    function_egress_deny_cidrs: list[str] = Field(default_factory=list)
+    """Ranges no function pod may reach, JSON list of CIDRs, in every Function's egress NetworkPolicy (default
+    empty: none; the chart denies the cloud metadata addresses, ``networkPolicy.functionEgressDeny``)."""
     gateway_url: str = Field(
         default="http://kubelambda-gateway.kubelambda-system.svc:8080", pattern=r"^https?://[^\s]+$"
     )
@@ -67,6 +73,13 @@ class OperatorSettings(BaseSettings):
     """Handlers running at once (kopf's ``batching.worker_limit``)."""
     liveness_endpoint: str | None = Field(default=None, pattern=r"^http://[^\s]+$")
     """kopf's liveness endpoint (``http://host:port/healthz``), for the Deployment's probes; unset = none."""
+
+    @field_validator("url_allow_cidrs", "function_egress_deny_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        from kubelambda.egress import parse_cidrs
+
+        return [str(net) for net in parse_cidrs(value)]
 
     @field_validator("runtime_images")
     @classmethod

@@ -29,7 +29,7 @@ def _payload(body: bytes) -> Any:
         return None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return body.decode("utf-8", "replace")
 
 

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
+import socket
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -37,6 +42,7 @@ from kubelambda.asyncworker.decide import (
 from kubelambda.asyncworker.queue import ENQUEUED_AT, EVENT_PREFIX, BadEvent, EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response, invocation_record
 from kubelambda.destinations import Senders
+from kubelambda.egress import AddressPolicy
 from kubelambda.natspolicy import subject_refusal
 
 logger = logging.getLogger(__name__)
@@ -73,6 +79,27 @@ class WorkerSettings:
     backoff_min: float
     backoff_max: float
     ack_wait: float = 30.0  # redelivery after a worker died mid-event
+    destinations: AddressPolicy = field(default_factory=AddressPolicy)
+    """Where ``url`` destinations may not go (loopback, metadata, the API server) unless allowed."""
+
+
+class CheckedResolver(AbstractResolver):
+    """Resolves as aiohttp does, then refuses a host any of whose addresses ``policy`` refuses (the connection
+    is made to the addresses checked here, so a name cannot resolve to another address in between)."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        self.policy.check(host, [r["host"] for r in found])
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 class Worker:
@@ -93,6 +120,9 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         # Queue and topic destinations: connections by URL; a NATS one without URL uses the worker's NATS.
         self.senders = Senders(platform_nats=getattr(queue, "nc", None))
+        self._destination_http: aiohttp.ClientSession | None = (
+            None  # url destinations only (checked addresses)
+        )
 
     async def run(self) -> None:
         """Consumes until cancelled."""
@@ -138,6 +168,9 @@ class Worker:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             await self.senders.close()
+            if self._destination_http is not None:
+                await self._destination_http.close()
+                self._destination_http = None
 
     async def _observe_queue(self) -> None:
         """Queue depth and the oldest event's age, for the metrics (every few seconds, from the stream)."""
@@ -340,15 +373,33 @@ class Worker:
             key = f"{record['requestContext']['requestId']}:{condition}"
             return await self.senders.send(target, body, key=key, subject=condition)
         assert destination.url is not None
-        async with self.http.post(
-            destination.url,
+        await self._post_record(destination.url, body)
+        return "url"
+
+    async def _post_record(self, url: str, body: bytes) -> None:
+        """POSTs a record to a ``url`` destination: never to a refused address, never after a redirect."""
+        policy = self.settings.destinations
+        host = urllib.parse.urlsplit(url).hostname or ""
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host)  # aiohttp does not resolve an address: check it here
+            policy.check(host, [host])
+        if self._destination_http is None:
+            self._destination_http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=CheckedResolver(policy), limit=0)
+            )
+        async with self._destination_http.post(
+            url,
             data=body,
             headers={"Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=10),
+            allow_redirects=False,
         ) as resp:
+            if 300 <= resp.status < 400:
+                raise RuntimeError(
+                    f"{url} answered {resp.status} (a redirect: destinations do not follow them)"
+                )
             if resp.status >= 300:
-                raise RuntimeError(f"{destination.url} answered {resp.status}")
-        return "url"
+                raise RuntimeError(f"{url} answered {resp.status}")
 
 
 def _labels(event: QueuedEvent) -> tuple[str, str]:

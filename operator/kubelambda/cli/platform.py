@@ -91,6 +91,7 @@ def cmd_async_worker(args: argparse.Namespace) -> int:
                     backoff_min=settings.async_backoff_min_seconds,
                     backoff_max=settings.async_backoff_max_seconds,
                     ack_wait=settings.async_ack_wait_seconds,
+                    destinations=settings.destination_policy(kube.server),
                 ),
                 # Function destinations need the source's execution identity to may invoke the target.
                 check_destinations=settings.auth_mode != "none",
@@ -160,13 +161,14 @@ def cmd_fetch_code(args: argparse.Namespace) -> int:
         bucket=args.bucket,
         key=args.key,
         region=args.region,
+        allow_cidrs=args.allow_cidr,
     )
 
 
 def cmd_fetch_layers(args: argparse.Namespace) -> int:
     from kubelambda.fetchcode import main_layers
 
-    return main_layers(dest=args.dest, layers_json=args.layers)
+    return main_layers(dest=args.dest, layers_json=args.layers, allow_cidrs=args.allow_cidr)
 
 
 def register(commands: Any) -> None:
@@ -192,6 +194,13 @@ def register(commands: Any) -> None:
     fetch.add_argument("--region", default="us-east-1", help="the region S3 requests are signed for")
     fetch.add_argument("--sha256", help="the zip's hex SHA-256 (required with --url)")
     fetch.add_argument(
+        "--allow-cidr",
+        action="append",
+        default=[],
+        help="a range the download may reach although it is loopback, link-local (metadata) or the API "
+        "server's (repeatable; default none)",
+    )
+    fetch.add_argument(
         "--dest", required=True, help="the folder to unpack into (under $KUBELAMBDA_ROOTFS when set)"
     )
     fetch.set_defaults(func=cmd_fetch_code)
@@ -201,6 +210,12 @@ def register(commands: Any) -> None:
         help="fetch a Function's layers (HTTP(S), S3 or a file) and unpack them in order (the init container)",
     )
     layers.add_argument("--layers", required=True, help="a JSON array of layers (kubelambda/fetchcode.py)")
+    layers.add_argument(
+        "--allow-cidr",
+        action="append",
+        default=[],
+        help="a range downloads may reach although loopback, link-local (metadata) or the API server's",
+    )
     layers.add_argument(
         "--dest", required=True, help="the folder to unpack into (under $KUBELAMBDA_ROOTFS when set)"
     )

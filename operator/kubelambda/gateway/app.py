@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -68,6 +69,7 @@ class Gateway(RegistryLookups):
     queue: EventQueue | None = None  # Event invocations, when NATS is configured
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    buffered: int = 0  # request body bytes all requests hold now (max_buffered_request_bytes)
 
     def __post_init__(self) -> None:
         self.path = InvokePath(self.settings, self.registry, Activator(self.kube), self.http)
@@ -101,8 +103,18 @@ class Gateway(RegistryLookups):
                 "InvalidParameterValueException",
                 f"X-Amz-Invocation-Type {kind!r} must be RequestResponse, Event or DryRun",
             )
-        body = await _read_body(request, s.max_request_bytes)
-        if body is None:
+        try:
+            body = await self._read_body(request)
+        except BodyRefused as e:
+            if e.kind == "busy":
+                return error_response(
+                    "TooManyRequestsException", "Rate Exceeded.", reason="ConcurrentInvocationLimitExceeded"
+                )
+            if e.kind == "timeout":
+                return error_response(
+                    "RequestTimeoutException",
+                    f"The request body did not arrive within {s.body_timeout_seconds:g} s",
+                )
             return error_response(
                 "RequestTooLargeException",
                 f"Request must be smaller than {s.max_request_bytes} bytes for the InvokeFunction operation",
@@ -118,6 +130,11 @@ class Gateway(RegistryLookups):
             except ValueError:
                 return error_response(
                     "InvalidRequestContentException", "Could not parse request body into json: not valid JSON"
+                )
+            except RecursionError:  # deeper than the parser goes: the caller's error, not a 500
+                return error_response(
+                    "InvalidRequestContentException",
+                    "Could not parse request body into json: arrays and objects are nested too deeply",
                 )
         fn = self.registry.function(ref)
         if fn is None:
@@ -170,7 +187,8 @@ class Gateway(RegistryLookups):
             await self.queue.publish(event)
         except Exception as e:  # NATS down or JetStream refusing: nothing was promised yet
             logger.warning("Could not queue an event for %s/%s: %s", fn.namespace, fn.name, e)
-            return error_response("ServiceException", f"Could not queue the event: {type(e).__name__}: {e}")
+            # The broker's address and words stay in the log.
+            return error_response("ServiceException", "Could not queue the event; try again")
         metrics.ASYNC_ACCEPTED.labels(fn.namespace, fn.name).inc()
         return web.Response(status=202, headers={"X-Amzn-RequestId": request_id})
 
@@ -303,9 +321,10 @@ class Gateway(RegistryLookups):
         """``public``: an HTTP Trigger with ``authType: NONE`` (anyone may call; never a platform identity)."""
         started = time.monotonic()
         s = self.settings
-        body = await _read_body(request, s.max_request_bytes)
-        if body is None:
-            return _http(httpapi.message(413, "Request Entity Too Large"))
+        try:
+            body = await self._read_body(request)
+        except BodyRefused as e:
+            return _http(httpapi.message(*BODY_REFUSALS[e.kind]))
         try:
             caller = PUBLIC if public else await self.auth.authorise(request, INVOKE, ref, body=body)
         except AuthRefused as e:  # as a function URL with AWS_IAM answers: 403, the reason in the header
@@ -338,7 +357,15 @@ class Gateway(RegistryLookups):
         answer = await self._run(request, caller, fn, ref, payload, started)
         assert isinstance(answer, web.Response)
         if answer.status == 200 and "X-Amz-Function-Error" not in answer.headers:
-            return _http(httpapi.map_result(answer.body if isinstance(answer.body, bytes) else b""))
+            mapped = httpapi.map_result(answer.body if isinstance(answer.body, bytes) else b"")
+            if mapped.malformed is not None:
+                logger.warning(
+                    "%s/%s answered an HTTP route with a malformed response: %s",
+                    fn.namespace,
+                    fn.name,
+                    mapped.malformed,
+                )
+            return _http(mapped)
         return _http(httpapi.error_for(answer.status, answer.headers))
 
     # ---- the rest -------------------------------------------------------------------------------------
@@ -356,8 +383,63 @@ class Gateway(RegistryLookups):
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.REGISTRY), content_type="text/plain")
 
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body (never a truncated payload), or :class:`BodyRefused`: over ``max_request_bytes``, not
+        arrived within ``body_timeout_seconds``, or over what all requests together may hold. The bytes held are
+        given back when the request is answered (:meth:`_guard`)."""
+        s = self.settings
+        limit = s.max_request_bytes
+        if request.content_length is not None:
+            if request.content_length > limit:
+                raise BodyRefused("too_large")
+            self._hold(request, request.content_length)  # all of it before a byte is read
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(s.body_timeout_seconds):
+                while True:
+                    chunk = await request.content.read(65536)
+                    if not chunk:
+                        return b"".join(chunks)
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyRefused("too_large")
+                    self._hold(request, size - request.get(HELD, 0))
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise BodyRefused("timeout") from None
+
+    def _hold(self, request: web.Request, more: int) -> None:
+        if more <= 0:
+            return
+        if self.buffered + more > self.settings.max_buffered_request_bytes:
+            raise BodyRefused("busy")
+        self.buffered += more
+        request[HELD] = request.get(HELD, 0) + more
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Gives back the request's held body bytes once answered; an unexpected error is logged and answered
+        without a traceback or internal detail (Lambda's ServiceException; API Gateway's 500 on HTTP routes)."""
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            logger.exception("Unexpected error answering %s %s", request.method, request.path)
+            if request.path.startswith(("/http/", "/api/")):
+                return _http(httpapi.bad_gateway())
+            return error_response("ServiceException", "An internal error occurred; try again")
+        finally:
+            self.buffered -= request.get(HELD, 0)
+            request[HELD] = 0
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_request_bytes + 1024)
+        app = web.Application(
+            client_max_size=self.settings.max_request_bytes + 1024, middlewares=[self._guard]
+        )
         app.router.add_post(INVOKE_PATH, self.invoke)
         app.router.add_route("*", "/http/{namespace}/{name}", self.http_route)
         app.router.add_route("*", "/http/{namespace}/{name}/{tail:.*}", self.http_route)
@@ -382,7 +464,8 @@ class Gateway(RegistryLookups):
             # no KUBELAMBDA_GATEWAY_NATS_URL" (seen right after a NATS restart), which SDKs do not retry.
             self.queue = await EventQueue.connect(s.nats_url, stream=s.async_stream)
             logger.info("Event invocations go to JetStream stream %s at %s", s.async_stream, s.nats_url)
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # keepalive_timeout also closes a connection whose first request's headers are not complete by then.
+        self._runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=s.idle_timeout_seconds)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port)
         await site.start()
@@ -412,6 +495,7 @@ class Gateway(RegistryLookups):
                     backoff_min=s.async_backoff_min_seconds,
                     backoff_max=s.async_backoff_max_seconds,
                     ack_wait=s.async_ack_wait_seconds,
+                    destinations=s.destination_policy(self.kube.server),
                 ),
             )
             self._tasks.append(asyncio.create_task(worker.run(), name="async worker"))
@@ -441,20 +525,20 @@ def _http(response: httpapi.HttpResponse) -> web.Response:
     return web.Response(status=response.status, body=response.body, headers=headers)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it is known to exceed ``limit`` (never a truncated payload)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+class BodyRefused(Exception):
+    """A request body not read: ``kind`` is ``too_large``, ``timeout`` or ``busy`` (the global cap)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+HELD = "kubelambda.held_bytes"  # request key: body bytes this request holds of max_buffered_request_bytes
+BODY_REFUSALS = {
+    "too_large": (413, "Request Entity Too Large"),
+    "timeout": (408, "Request Timeout"),
+    "busy": (429, "Too Many Requests"),
+}
 
 
 async def serve(settings: GatewaySettings, kube: KubeClient) -> None:

@@ -5,10 +5,13 @@ Bad values fail at start naming the key and the value.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from kubelambda.egress import AddressPolicy
 
 SIX_MB = 6 * 1024 * 1024
 ONE_MB = 1024 * 1024
@@ -35,6 +38,17 @@ class GatewaySettings(BaseSettings):
     """Requests one function may hold while it has no instance (default 1,000); more get 429."""
     max_request_bytes: int = Field(default=SIX_MB, ge=1)
     """Largest synchronous payload in bytes (Lambda: 6 MB)."""
+    max_response_bytes: int = Field(default=SIX_MB, ge=1)
+    """Largest response read from an instance, in bytes (Lambda: 6 MB); more is Lambda's
+    ``Function.ResponseSizeTooLarge`` error, and the rest is never read."""
+    max_buffered_request_bytes: int = Field(default=256 * ONE_MB, ge=1)
+    """Request bodies all connections together may hold at once, in bytes (default 256 MB); a request that would
+    go over it is answered 429 before more of it is read."""
+    idle_timeout_seconds: float = Field(default=75.0, gt=0, le=3600)
+    """A connection that sends no complete request headers within this long (after connecting, or after its
+    previous response: the keep-alive timeout) is closed (default 75 s, above common load balancers' 60 s)."""
+    body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Time a request body may take to arrive, whole (default 60 s); slower is answered 408."""
     autoscale_interval_seconds: float = Field(default=2.0, gt=0, le=60)
     """How often the autoscaler decides (default 2 s)."""
     sample_interval_seconds: float = Field(default=0.5, gt=0, le=10)
@@ -65,6 +79,9 @@ class GatewaySettings(BaseSettings):
     a running invocation is kept alive meanwhile)."""
     kubeconfig: str | None = None
     """Kubeconfig to use; unset = in-cluster credentials, or ``$KUBECONFIG``."""
+    url_allow_cidrs: list[str] = Field(default_factory=list)
+    """Addresses ``url`` destinations may reach although they are loopback, link-local (cloud metadata), the
+    unspecified address or the API server's, JSON list of CIDRs (default empty: none; docs/security.md)."""
 
     # ---- who may invoke what (docs/security.md) --------------------------------------------------------
     auth_mode: Literal["kubernetes", "none"] = "kubernetes"
@@ -101,6 +118,24 @@ class GatewaySettings(BaseSettings):
     warm_pool_max_lifetime_seconds: float = Field(default=600.0, gt=0, le=86400)
     """A specialised pool pod is deleted once its function's own instance is ready, or after this long (default
     600 s), whichever comes first."""
+
+    def destination_policy(self, api_server: str | None) -> AddressPolicy:
+        """Where ``url`` destinations may not go: ``api_server`` is the API server URL this process uses."""
+        from kubelambda.egress import AddressPolicy, api_server_addresses, parse_cidrs
+
+        return AddressPolicy(
+            allow=parse_cidrs(self.url_allow_cidrs),
+            api_server=api_server_addresses(api_server),
+            setting="KUBELAMBDA_GATEWAY_URL_ALLOW_CIDRS",
+        )
+
+    @field_validator("url_allow_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        from kubelambda.egress import parse_cidrs
+
+        parse_cidrs(value)
+        return value
 
     @field_validator("warm_pool_sizes", "warm_pool_max_sizes")
     @classmethod

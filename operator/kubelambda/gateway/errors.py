@@ -16,6 +16,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "ResourceNotFoundException": (404, "User"),
     "ResourceNotReadyException": (502, "Service"),
     "RequestTooLargeException": (413, "User"),
+    "RequestTimeoutException": (408, "User"),  # not Lambda's: a body slower than body_timeout_seconds
     "UnsupportedMediaTypeException": (415, "User"),
     "TooManyRequestsException": (429, "User"),
     "ServiceException": (500, "Service"),

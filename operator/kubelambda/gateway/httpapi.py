@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -113,37 +114,104 @@ class HttpResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    malformed: str | None = None
+    """Why a function's result could not be the response (it is then API Gateway's 500), for the log."""
+
+
+# The gateway frames the response itself: a function never sets these (response splitting, smuggling behind a
+# keep-alive ingress); API Gateway drops or rewrites them too.
+DROPPED_HEADERS = frozenset(
+    ("connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer")
+)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but tab: CR and LF above all
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _text(value: object, what: str) -> str:
+    """A header value as API Gateway takes it: a string, number or boolean."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise _Malformed(f"{what} is a {type(value).__name__}, not a string")
+
+
+def _headers(result: dict[str, object]) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    headers = result.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise _Malformed(f"headers is a {type(headers).__name__}, not an object")
+    for name, value in headers.items():
+        pairs.append((name, _text(value, f"header {name!r}")))
+    multi = result.get("multiValueHeaders") or {}
+    if not isinstance(multi, dict):
+        raise _Malformed(f"multiValueHeaders is a {type(multi).__name__}, not an object")
+    for name, values in multi.items():
+        if not isinstance(values, list):
+            raise _Malformed(f"multiValueHeaders {name!r} is not a list")
+        pairs += [(name, _text(v, f"header {name!r}")) for v in values]
+    cookies = result.get("cookies") or []
+    if not isinstance(cookies, list):
+        raise _Malformed(f"cookies is a {type(cookies).__name__}, not a list")
+    # Payload 2.0: each cookie is its own Set-Cookie header (never comma-joined).
+    pairs += [("Set-Cookie", _text(c, "a cookie")) for c in cookies]
+    kept: list[tuple[str, str]] = []
+    for name, value in pairs:
+        if not _TOKEN.fullmatch(name):
+            raise _Malformed(f"header name {name!r} is not a token")
+        if _BAD_VALUE.search(value):
+            raise _Malformed(f"header {name!r} has a control character (CR, LF, NUL, ...) in its value")
+        lowered = name.lower()
+        if lowered in DROPPED_HEADERS or lowered.startswith("proxy-"):
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def _status(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Malformed(f"statusCode {value!r} is not an integer")
+    if isinstance(value, str) and not value.isdigit():
+        raise _Malformed(f"statusCode {value!r} is not an integer")
+    status = int(value)
+    if not 200 <= status <= 599:  # 1xx would leave the connection mid-response
+        raise _Malformed(f"statusCode {status} is not within 200..599")
+    return status
 
 
 def map_result(payload: bytes) -> HttpResponse:
     """A function's result as the HTTP response: ``{statusCode, headers, body, isBase64Encoded, cookies}``, or,
-    without ``statusCode``, the whole result as a 200 JSON body (API Gateway's payload 2.0 rules)."""
+    without ``statusCode``, the whole result as a 200 JSON body (API Gateway's payload 2.0 rules). A result that
+    cannot be a response (a bad status, header or body encoding) is API Gateway's 500, with ``malformed`` set."""
     try:
         result = json.loads(payload) if payload else None
     except ValueError:
         return HttpResponse(200, [("Content-Type", "application/json")], payload)
+    except RecursionError:
+        return bad_gateway("the result is nested too deeply to parse")
     if not isinstance(result, dict) or "statusCode" not in result:
         return HttpResponse(200, [("Content-Type", "application/json")], json.dumps(result).encode())
     try:
-        status = int(result["statusCode"])
-    except (TypeError, ValueError):
-        return bad_gateway()
-    headers: list[tuple[str, str]] = [(str(k), str(v)) for k, v in (result.get("headers") or {}).items()]
-    for name, values in (result.get("multiValueHeaders") or {}).items():
-        headers += [(str(name), str(v)) for v in values]
-    headers += [("Set-Cookie", str(c)) for c in result.get("cookies") or []]
-    raw = result.get("body")
-    if raw is None:
-        body = b""
-    elif not isinstance(raw, str):
-        body = json.dumps(raw).encode()
-    elif result.get("isBase64Encoded"):
-        try:
-            body = base64.b64decode(raw, validate=True)
-        except ValueError:
-            return bad_gateway()
-    else:
-        body = raw.encode()
+        status = _status(result["statusCode"])
+        headers = _headers(result)
+        raw = result.get("body")
+        if raw is None:
+            body = b""
+        elif not isinstance(raw, str):
+            body = json.dumps(raw).encode()
+        elif result.get("isBase64Encoded"):
+            try:
+                body = base64.b64decode(raw, validate=True)
+            except ValueError:
+                raise _Malformed("body is not valid base64 although isBase64Encoded is true") from None
+        else:
+            body = raw.encode()
+    except _Malformed as e:
+        return bad_gateway(str(e))
     if not any(k.lower() == "content-type" for k, _ in headers):
         headers.append(
             (
@@ -171,8 +239,11 @@ def forbidden(error_type: str) -> HttpResponse:
     )
 
 
-def bad_gateway() -> HttpResponse:
-    return message(500, "Internal Server Error")
+def bad_gateway(malformed: str | None = None) -> HttpResponse:
+    """API Gateway's answer to an integration response it cannot use: 500 ``{"message": "Internal Server
+    Error"}``; ``malformed`` says why, for the gateway's log only."""
+    answer = message(500, "Internal Server Error")
+    return HttpResponse(answer.status, answer.headers, answer.body, malformed)
 
 
 def error_for(status: int, headers: Mapping[str, str]) -> HttpResponse:

@@ -146,7 +146,14 @@ class InvokePath:
                 # The deadline starts when an instance takes the invocation, as Lambda's timeout does.
                 deadline = time.time() + spec.timeout_seconds
                 token = function_token(key.get_secret_value(), *fn.key) if (key := s.agent_key) else None
-                result = await forward(self.http(), endpoint, invocation, deadline=deadline, token=token)
+                result = await forward(
+                    self.http(),
+                    endpoint,
+                    invocation,
+                    deadline=deadline,
+                    token=token,
+                    max_response_bytes=s.max_response_bytes,
+                )
                 pod = self.warm_pool.pod_at(endpoint) if self.warm_pool is not None else None
                 if pod is not None:
                     result.headers[WARM_POOL_HEADER] = pod
@@ -157,8 +164,18 @@ class InvokePath:
                 if self.warm_pool is not None:
                     self.warm_pool.discard(endpoint)
             except aiohttp.ClientError as e:
+                # The caller learns no pod address nor the client's error (both logged).
+                logger.warning(
+                    "Instance %s of %s/%s failed mid-invocation %s: %s",
+                    endpoint,
+                    *labels,
+                    invocation.request_id,
+                    e,
+                )
                 raise Unavailable(
-                    "ServiceException", f"Instance {endpoint} failed mid-invocation: {e}"
+                    "ServiceException",
+                    f"An instance of {fn.namespace}/{fn.name} failed mid-invocation "
+                    f"(RequestId: {invocation.request_id})",
                 ) from e
             finally:
                 self.balancer.release(endpoint)
@@ -213,9 +230,8 @@ class InvokePath:
             try:
                 await self.activator.activate(fn)
             except ApiError as e:
-                raise Unavailable(
-                    "ServiceException", f"Could not scale {fn.namespace}/{fn.name} up: {e}"
-                ) from e
+                logger.warning("Could not scale %s/%s up: %s", *labels, e)  # the API's words stay in the log
+                raise Unavailable("ServiceException", f"Could not scale {fn.namespace}/{fn.name} up") from e
             endpoints = await self.registry.wait_for_endpoints(
                 fn.key, timeout=max(until - time.monotonic(), 0)
             )

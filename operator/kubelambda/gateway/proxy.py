@@ -78,6 +78,41 @@ def outcome_of(headers: Mapping[str, str]) -> str:
     return "function_error" if "X-Amz-Function-Error" in headers else "success"
 
 
+def too_large_result(limit: int) -> Result:
+    """Lambda's answer to a response over its limit (the agent's own words for it, docs/runtimes.md)."""
+    body = {
+        "errorMessage": f"Response payload size exceeded maximum allowed payload size ({limit} bytes).",
+        "errorType": "Function.ResponseSizeTooLarge",
+    }
+    return Result(
+        200,
+        {
+            "Content-Type": "application/json",
+            "X-Amz-Function-Error": "Unhandled",
+            "X-Amz-Executed-Version": "$LATEST",
+        },
+        json.dumps(body).encode(),
+        "function_error",
+    )
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to exceed ``limit`` (the connection is then dropped, so the
+    rest is never read nor buffered)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        resp.close()
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def timeout_result(invocation: Invocation) -> Result:
     body = {
         "errorType": "Sandbox.Timedout",
@@ -102,9 +137,11 @@ async def forward(
     *,
     deadline: float,
     token: str | None = None,
+    max_response_bytes: int = 6 * 1024 * 1024,
 ) -> Result:
     """Sends ``invocation`` to ``endpoint`` (``ip:port``), showing the agent ``token`` (the function's, see
-    ``kubelambda.agentauth``); raises :class:`TryElsewhere` if it refuses."""
+    ``kubelambda.agentauth``); raises :class:`TryElsewhere` if it refuses. A response over
+    ``max_response_bytes`` is Lambda's ``Function.ResponseSizeTooLarge`` error, however the pod sends it."""
     headers = {
         **bearer(token),
         "Content-Type": "application/json",
@@ -126,7 +163,9 @@ async def forward(
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=2),
         ) as resp:
-            body = await resp.read()
+            body = await _read_capped(resp, max_response_bytes)
+            if body is None:
+                return too_large_result(max_response_bytes)
             # 401: the pod at this address is not one of the function's (a stale address now another pod's).
             if resp.status in (401, 429, 503):
                 raise TryElsewhere(f"{endpoint} answered {resp.status}: {body[:200]!r}")

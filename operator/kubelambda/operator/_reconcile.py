@@ -142,7 +142,7 @@ class FunctionReconciler(OwnedWriter):
             steps.append(self._apply(make_service(fn), outcome, changed=False))
             ingress = make_ingress_policy(fn, system_namespace=self.settings.system_namespace)
             steps.append(self._apply(ingress, outcome, changed=False))
-            egress = make_egress_policy(fn)
+            egress = make_egress_policy(fn, deny=self.settings.function_egress_deny_cidrs)
             if egress is not None:
                 steps.append(self._apply(egress, outcome, changed=spec_changed))
             elif spec_changed:

@@ -158,7 +158,7 @@ def _fetch_container(fn: FunctionObject, *, settings: OperatorSettings) -> JSON 
     container: JSON = {
         "name": "fetch-code",
         "image": settings.fetcher_image,
-        "args": [*args, "--dest", TASK_ROOT],
+        "args": [*args, *(f"--allow-cidr={c}" for c in settings.url_allow_cidrs), "--dest", TASK_ROOT],
         "resources": {
             "limits": {"cpu": "500m", "memory": "256Mi"},
             "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -224,7 +224,14 @@ def _layers(fn: FunctionObject, *, image: str, settings: OperatorSettings) -> tu
     fetch: JSON = {
         "name": "fetch-layers",
         "image": settings.fetcher_image,
-        "args": ["fetch-layers", "--layers", json.dumps(specs, separators=(",", ":")), "--dest", OPT_STAGING],
+        "args": [
+            "fetch-layers",
+            "--layers",
+            json.dumps(specs, separators=(",", ":")),
+            *(f"--allow-cidr={c}" for c in settings.url_allow_cidrs),
+            "--dest",
+            OPT_STAGING,
+        ],
         "resources": {
             "limits": {"cpu": "500m", "memory": "256Mi"},
             "requests": {"cpu": "50m", "memory": "64Mi"},

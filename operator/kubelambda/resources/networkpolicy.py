@@ -1,6 +1,10 @@
-"""NetworkPolicies: function pods admit only the gateway and the bridges; optional egress allow-list."""
+"""NetworkPolicies: function pods admit only the gateway and the bridges; optional egress allow-list; no egress to
+the platform's denied ranges (the chart: cloud metadata addresses)."""
 
 from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
 
 from kubelambda.api.v1alpha1 import Network
 from kubelambda.jsonobj import JSON
@@ -82,11 +86,61 @@ def _egress_rules(network: Network) -> list[JSON]:
     return rules
 
 
-def make_egress_policy(fn: FunctionObject) -> JSON | None:
-    """Lambda's VPC configuration as an egress allow-list; None (no policy, unrestricted) without ``network``."""
+def _everywhere_but(deny: Sequence[str]) -> list[JSON]:
+    """Peers for "any address but ``deny``": every pod, and each IP family's whole range minus its denied CIDRs."""
+    peers: list[JSON] = [{"namespaceSelector": {}}]
+    for everything in ("0.0.0.0/0", "::/0"):
+        family = ipaddress.ip_network(everything).version
+        block: JSON = {"cidr": everything}
+        excepted = [c for c in deny if ipaddress.ip_network(c, strict=False).version == family]
+        if excepted:
+            block["except"] = excepted
+        peers.append({"ipBlock": block})
+    return peers
+
+
+def _without(rules: list[JSON], deny: Sequence[str]) -> list[JSON]:
+    """``rules`` that never allow ``deny``: an ipBlock containing a denied range gets it in ``except``; a rule to
+    any destination (no ``to``) is narrowed to :func:`_everywhere_but`."""
+    out: list[JSON] = []
+    for rule in rules:
+        rule = dict(rule)
+        if "to" not in rule:
+            is_dns = all(p.get("port") == 53 for p in rule.get("ports") or [{}])
+            if not is_dns:
+                rule["to"] = _everywhere_but(deny)
+        else:
+            peers = []
+            for peer in rule["to"]:
+                block = peer.get("ipBlock")
+                if block is not None:
+                    net = ipaddress.ip_network(block["cidr"], strict=False)
+                    inside = [
+                        c
+                        for c in deny
+                        if (d := ipaddress.ip_network(c, strict=False)).version == net.version
+                        and d.subnet_of(net)  # type: ignore[arg-type]
+                        and c not in block.get("except", [])
+                    ]
+                    if inside:
+                        peer = {**peer, "ipBlock": {**block, "except": [*block.get("except", []), *inside]}}
+                peers.append(peer)
+            rule["to"] = peers
+        out.append(rule)
+    return out
+
+
+def make_egress_policy(fn: FunctionObject, *, deny: Sequence[str] = ()) -> JSON | None:
+    """Lambda's VPC configuration as an egress allow-list, never reaching ``deny`` (the operator's
+    ``KUBELAMBDA_FUNCTION_EGRESS_DENY_CIDRS``); without ``network``, everything but ``deny`` (no policy at all,
+    unrestricted, when ``deny`` is empty)."""
     network = fn.spec.network
     if network is None:
-        return None
+        if not deny:
+            return None
+        rules: list[JSON] = [{"to": _everywhere_but(deny)}]
+    else:
+        rules = _without(_egress_rules(network), deny) if deny else _egress_rules(network)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -94,6 +148,6 @@ def make_egress_policy(fn: FunctionObject) -> JSON | None:
         "spec": {
             "podSelector": {"matchLabels": selector(fn)},
             "policyTypes": ["Egress"],
-            "egress": _egress_rules(network),
+            "egress": rules,
         },
     }

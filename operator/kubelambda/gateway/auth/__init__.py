@@ -129,7 +129,7 @@ class Authoriser:
             except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
                 logger.warning("SubjectAccessReview failed: %s", e)
                 raise AuthRefused(
-                    "ServiceException", f"Could not decide whether {identity.username} may invoke: {e}"
+                    "ServiceException", f"Could not decide whether {identity.username} may invoke"
                 ) from e
             if not decision.allowed:
                 raise AuthRefused(
@@ -152,7 +152,7 @@ class Authoriser:
                 identity = await self.tokens.review(token)
             except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
                 logger.warning("TokenReview failed: %s", e)
-                raise AuthRefused("ServiceException", f"The token could not be reviewed: {e}") from e
+                raise AuthRefused("ServiceException", "The token could not be reviewed") from e
             if identity is None:
                 raise AuthRefused(
                     "UnrecognizedClientException", "The security token included in the request is invalid."
