@@ -13,6 +13,7 @@ import pytest
 from nats.js.errors import APIError, NoStreamResponseError
 
 from kltest import wait_for
+from kltest.platform import LOOPBACK_ALLOWED
 from kltest.records import Records
 from kubelambda.api.v1alpha1 import FunctionSpec
 from kubelambda.asyncworker.decide import Outcome
@@ -21,6 +22,7 @@ from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response
 from kubelambda.asyncworker.worker import CONSUMER, Worker, WorkerSettings
 from kubelambda.devcluster.servers import NatsServer
+from kubelambda.egress import AddressPolicy, parse_cidrs
 
 pytestmark = pytest.mark.integration
 STREAM = "KUBELAMBDA_ASYNC"
@@ -135,7 +137,12 @@ async def test_an_event_redelivered_while_its_failing_first_delivery_runs_still_
     invoker = StallingInvoker(spec, stall=2.5)
     queue = await EventQueue.connect(nats_server.url, stream=STREAM)
     settings = WorkerSettings(
-        concurrency=4, retry_delays=(0.1,), backoff_min=0.1, backoff_max=0.5, ack_wait=1.0
+        concurrency=4,
+        retry_delays=(0.1,),
+        backoff_min=0.1,
+        backoff_max=0.5,
+        ack_wait=1.0,
+        destinations=AddressPolicy(allow=parse_cidrs(LOOPBACK_ALLOWED)),  # the record receiver
     )
     try:
         async with aiohttp.ClientSession() as http:

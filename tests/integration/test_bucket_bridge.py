@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import hashlib
 import io
 import urllib.parse
@@ -33,6 +34,7 @@ from kltest.minio import ROOT_PASSWORD, ROOT_USER, MinioServer
 from kltest.platform import Env, python_function
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
+from kubelambda.bridge._s3events import iso_time
 from kubelambda.bridge.bucket import CHECKPOINT_EVERY
 from kubelambda.devcluster._ports import free_port, retry_taken_ports
 from kubelambda.devcluster.servers import S3Server
@@ -364,6 +366,8 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
     bk: Bk,
 ) -> None:
     key = await bk.deploy_recorder()
+    # Now: the bridge delivers no record whose event time is more than its replay window from now.
+    event_time = iso_time(datetime.datetime.now(datetime.UTC))
     # No tokenSecret: the Secret the operator generates, <trigger>-bucket-token, key "token".
     bk.apply(secret("pushed-bucket-token", {"token": "s3cr3t-t0ken"}))
     bk.apply(
@@ -381,7 +385,7 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
             "eventVersion": "2.0",
             "eventSource": "minio:s3",
             "awsRegion": "",
-            "eventTime": "2026-11-26T12:00:00.250Z",
+            "eventTime": event_time,
             "eventName": event,
             "userIdentity": {"principalId": "minioadmin"},
             "requestParameters": {"principalId": "minioadmin", "region": "", "sourceIPAddress": "10.0.0.7"},
@@ -437,7 +441,7 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
         event = invocation["requestPayload"]["Records"][0]
         assert event["eventSource"] == "aws:s3"
         assert event["eventName"] == "ObjectCreated:Put"
-        assert event["eventTime"] == "2026-11-26T12:00:00.250Z"
+        assert event["eventTime"] == event_time
         assert event["s3"]["configurationId"] == "pushed"
         assert event["s3"]["bucket"]["name"] == "images"
         assert event["s3"]["object"]["key"] == "photos/red+flower+%C3%A9.jpg"
@@ -693,7 +697,7 @@ async def test_a_notification_trigger_through_the_operator_uses_its_generated_to
         "Records": [
             {
                 "eventName": "s3:ObjectCreated:Put",
-                "eventTime": "2026-11-26T12:00:00.000Z",
+                "eventTime": iso_time(datetime.datetime.now(datetime.UTC)),
                 "s3": {"bucket": {"name": "inbox"}, "object": {"key": "a%2Fb.txt", "size": 3, "eTag": "abc"}},
             }
         ],

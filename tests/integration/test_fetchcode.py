@@ -23,7 +23,7 @@ import pytest
 
 from kltest import Cluster, wait_for
 from kltest.files import serve_files, zip_bytes
-from kltest.platform import start_operator
+from kltest.platform import LOOPBACK_ALLOWED, start_operator
 from kubelambda.api.v1alpha1.function import FunctionSpec
 from kubelambda.devcluster.servers import S3Server
 from kubelambda.kube import KubeClient, resource_path
@@ -72,7 +72,8 @@ def function(code: dict[str, Any]) -> FunctionObject:
 
 def init_container_args(code: dict[str, Any]) -> list[str]:
     """The fetch-code container's args exactly as the operator's Deployment builder writes them."""
-    deployment = make_deployment(function(code), image="runtime", settings=OperatorSettings(kubeconfig=None))
+    settings = OperatorSettings(kubeconfig=None, url_allow_cidrs=LOOPBACK_ALLOWED)  # the servers here
+    deployment = make_deployment(function(code), image="runtime", settings=settings)
     (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
     assert init["image"].startswith("ghcr.io/kubelambda/kubelambda:")
     return list(init["args"])
@@ -147,7 +148,17 @@ def test_archive_failures_are_one_line_and_write_nothing(
 def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
     root, _ = rootfs(tmp_path)
     done = run_fetch(
-        ["fetch-code", "--url", "http://127.0.0.1:9/x.zip", "--sha256", ZIP_SHA, "--dest", "/var/task"], root
+        [
+            "fetch-code",
+            "--url",
+            "http://127.0.0.1:9/x.zip",
+            "--sha256",
+            ZIP_SHA,
+            "--allow-cidr=127.0.0.0/8",
+            "--dest",
+            "/var/task",
+        ],
+        root,
     )
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1, done.stderr

@@ -36,6 +36,10 @@ REPO = Path(__file__).resolve().parents[2]
 SYSTEM_NS = "kubelambda-system"
 ASYNC_STREAM = "KUBELAMBDA_ASYNC"  # the gateway's default stream and its worker's consumer
 ASYNC_CONSUMER = "kubelambda-async-worker"
+LOOPBACK_ALLOWED = ["127.0.0.0/8"]
+"""The tests' record receivers, code servers and stores listen on loopback, which url destinations and code URLs
+may not reach unless the platform allows it (docs/security.md, "Outbound requests"): the tests allow it
+explicitly; tests/security/test_ssrf.py runs the platform without it."""
 JSON = dict[str, Any]
 
 
@@ -121,6 +125,7 @@ async def start_operator(cluster: Cluster, kube: KubeClient, **settings: Any) ->
     await install_crds(cluster, kube)
     token = await service_account_token(cluster, kube, "operator-rbac.yaml", "kubelambda-operator")
     login = Login.from_kubeconfig(cluster.kubeconfig).with_token(token)
+    settings.setdefault("url_allow_cidrs", LOOPBACK_ALLOWED)
     running = RunningOperator(login, OperatorSettings(kubeconfig=None, **settings))
     await running.start()
     return running
@@ -138,6 +143,7 @@ async def start_gateway(
     settings.setdefault("agent_key", AGENT_KEY)
     token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
     client = Login.from_kubeconfig(cluster.kubeconfig).with_token(token).client()
+    settings.setdefault("url_allow_cidrs", LOOPBACK_ALLOWED)
     if auth_mode != "none":
         cluster.kubectl("apply", "-f", str(REPO / "hack" / "invoker-rbac.yaml"))
 

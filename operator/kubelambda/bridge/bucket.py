@@ -6,6 +6,9 @@ Two modes (``spec.bucket.mode``):
   target sends them, authenticated by ``Authorization: Bearer <token>`` (the ``token`` key of Secret
   ``spec.bucket.tokenSecret``, or of ``<trigger>-bucket-token`` which the operator generates when unset).
   The store is answered 200 only once every record was accepted by the gateway, so it retries otherwise.
+  A record is delivered at most once: one seen in the last ``REPLAY_WINDOW_SECONDS`` (same bucket, key, event,
+  sequencer, eTag and event time) is a replay, and one whose event time is further than that from now is stale;
+  both are answered 200 and not delivered (a captured notification cannot be replayed).
 - ``poll``: the bridge lists the bucket (ListObjectsV2) every ``pollIntervalSeconds`` and diffs the listing
   against its checkpoint (key → fingerprint of eTag/size/LastModified, in the Trigger's checkpoint ConfigMap).
 
@@ -17,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -44,6 +49,58 @@ CHECKPOINT_EVERY = 100
 INVOKE_CONCURRENCY = 16
 # How long a rejected token keeps the Secret from being read again (rotation is picked up after this).
 TOKEN_REFRESH_SECONDS = 2.0
+# Notification mode: a record whose event time is further than this from now is stale, and one seen within it a
+# replay; neither is delivered. Stores send within seconds (MinIO retries a failed target for longer: such
+# events are dropped, and logged).
+REPLAY_WINDOW_SECONDS = 900.0
+# Records remembered at most (the oldest are forgotten first: a replay of one of them then goes through).
+REPLAY_MEMORY = 100_000
+
+
+class ReplayGuard:
+    """At most one delivery per record within the window (notification mode)."""
+
+    def __init__(
+        self,
+        window: float = REPLAY_WINDOW_SECONDS,
+        memory: int = REPLAY_MEMORY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.window = window
+        self.memory = memory
+        self.clock = clock
+        self._seen: OrderedDict[bytes, float] = OrderedDict()  # record digest -> when it was claimed
+
+    @staticmethod
+    def digest(bucket: str, event: s3e.ObjectEvent) -> bytes:
+        parts = (
+            bucket,
+            event.key,
+            event.event_name,
+            event.sequencer,
+            event.etag,
+            s3e.iso_time(event.event_time),
+        )
+        return hashlib.sha256("\0".join(parts).encode()).digest()
+
+    def stale(self, event: s3e.ObjectEvent) -> bool:
+        return abs(self.clock() - event.event_time.timestamp()) > self.window
+
+    def claim(self, digest: bytes) -> bool:
+        """True (and remembered) the first time within the window; False for a replay."""
+        now = self.clock()
+        while self._seen and (
+            len(self._seen) >= self.memory or next(iter(self._seen.values())) < now - self.window
+        ):
+            self._seen.popitem(last=False)
+        if digest in self._seen:
+            return False
+        self._seen[digest] = now
+        return True
+
+    def release(self, digest: bytes) -> None:
+        """Forgets a claimed record that was not delivered (the store's retry delivers it)."""
+        self._seen.pop(digest, None)
 
 
 def now() -> datetime.datetime:
@@ -66,6 +123,7 @@ class BucketBridge:
         self._token_read_at = -1e9
         self._token_lock = asyncio.Lock()
         self._invoke_slots = asyncio.Semaphore(INVOKE_CONCURRENCY)
+        self.replays = ReplayGuard()
         self._scope = s3e.listing_scope(
             endpoint=self.source.endpoint,
             bucket=self.source.bucket,
@@ -87,9 +145,11 @@ class BucketBridge:
             event, bucket=self.source.bucket, region=self.source.region, configuration_id=self.ctx.name
         )
 
-    async def _invoke_once(self, record: dict[str, Any]) -> bool:
+    async def _invoke_once(self, record: dict[str, Any], *, idempotency_key: str | None = None) -> bool:
         async with self._invoke_slots:
-            result = await self.ctx.invoker.invoke({"Records": [record]}, asynchronous=True)
+            result = await self.ctx.invoker.invoke(
+                {"Records": [record]}, asynchronous=True, idempotency_key=idempotency_key
+            )
         if not result.ok:
             log.warning(
                 "Gateway refused an event of Trigger %s/%s: %s %s",
@@ -168,13 +228,42 @@ class BucketBridge:
             return refused
         try:
             records = s3e.notification_records(await request.json())
-        except (ValueError, json.JSONDecodeError) as e:
+        except (ValueError, json.JSONDecodeError, RecursionError) as e:
             return web.json_response({"message": f"not an S3 event notification: {e}"}, status=400)
         metrics.BRIDGE_RECORDS_RECEIVED.inc(len(records))
         received = now()
         events = [found for r in records if (found := s3e.from_store_record(r, now=received)) is not None]
-        wanted = [self._record(event) for bucket, event in events if self._wanted(bucket, event)]
-        accepted = await self._invoke_all(wanted)
+        wanted: list[tuple[bytes, dict[str, Any]]] = []
+        stale = replayed = 0
+        for bucket, event in events:
+            if not self._wanted(bucket, event):
+                continue
+            digest = self.replays.digest(bucket, event)
+            if self.replays.stale(event):
+                stale += 1
+            elif not self.replays.claim(digest):
+                replayed += 1
+            else:
+                wanted.append((digest, self._record(event)))
+        if stale or replayed:
+            log.warning(
+                "Trigger %s/%s: %d stale and %d replayed record(s) of a notification not delivered "
+                "(event times more than %g s from now, or seen within that)",
+                self.ctx.namespace,
+                self.ctx.name,
+                stale,
+                replayed,
+                self.replays.window,
+            )
+        # The key makes a copy that reaches the gateway twice anyway (after a bridge restart) one event.
+        accepted = list(
+            await asyncio.gather(
+                *(self._invoke_once(r, idempotency_key=f"bucket:{d.hex()}") for d, r in wanted)
+            )
+        )
+        for (digest, _), ok in zip(wanted, accepted, strict=True):
+            if not ok:
+                self.replays.release(digest)
         delivered = sum(accepted)
         if delivered:
             self.ctx.status.delivered(delivered)
@@ -189,7 +278,14 @@ class BucketBridge:
                 },
                 status=503,
             )
-        return web.json_response({"accepted": delivered, "ignored": len(records) - len(wanted)})
+        return web.json_response(
+            {
+                "accepted": delivered,
+                "ignored": len(records) - len(wanted) - stale - replayed,
+                "stale": stale,
+                "replayed": replayed,
+            }
+        )
 
     # ---- poll mode
 

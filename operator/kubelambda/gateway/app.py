@@ -533,7 +533,8 @@ class BodyRefused(Exception):
         self.kind = kind
 
 
-HELD = "kubelambda.held_bytes"  # request key: body bytes this request holds of max_buffered_request_bytes
+HELD = web.RequestKey("kubelambda.held_bytes", int)
+"""Body bytes a request holds of ``max_buffered_request_bytes``."""
 BODY_REFUSALS = {
     "too_large": (413, "Request Entity Too Large"),
     "timeout": (408, "Request Timeout"),
