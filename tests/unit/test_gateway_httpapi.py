@@ -139,3 +139,50 @@ def test_results_map_to_responses(
 )
 def test_integration_failures(status: int, headers: dict[str, str], expected: int) -> None:
     assert error_for(status, headers).status == expected
+
+
+def test_functions_never_set_framing_headers() -> None:
+    result = {
+        "statusCode": 200,
+        "headers": {"Content-Length": "1", "Transfer-Encoding": "chunked", "Proxy-Connection": "x", "X-A": 1},
+        "multiValueHeaders": {"Connection": ["close"], "X-B": ["1", "2"]},
+        "cookies": ["a=1", "b=2"],
+        "body": "hello",
+    }
+    mapped = map_result(json.dumps(result).encode())
+    assert mapped.malformed is None
+    assert mapped.headers == [
+        ("X-A", "1"),
+        ("X-B", "1"),
+        ("X-B", "2"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("Content-Type", "text/plain; charset=utf-8"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [
+        ({"statusCode": 100}, "statusCode 100 is not within 200..599"),
+        ({"statusCode": True}, "statusCode True is not an integer"),
+        ({"statusCode": 200.5}, "statusCode 200.5 is not an integer"),
+        ({"statusCode": 200, "headers": {"X": "a\r\nB: c"}}, "header 'X' has a control character"),
+        ({"statusCode": 200, "headers": {"X\n": "a"}}, "header name 'X\\n' is not a token"),
+        ({"statusCode": 200, "headers": {"X": {"a": 1}}}, "header 'X' is a dict, not a string"),
+        ({"statusCode": 200, "cookies": "a=1"}, "cookies is a str, not a list"),
+        ({"statusCode": 200, "cookies": ["a=1\r\n"]}, "header 'Set-Cookie' has a control character"),
+        ({"statusCode": 200, "body": "%%", "isBase64Encoded": True}, "body is not valid base64"),
+    ],
+)
+def test_malformed_results_are_api_gateways_500(result: dict[str, object], reason: str) -> None:
+    mapped = map_result(json.dumps(result).encode())
+    assert (mapped.status, mapped.body) == (500, b'{"message": "Internal Server Error"}')
+    assert mapped.malformed is not None
+    assert reason in mapped.malformed
+
+
+def test_a_result_nested_too_deeply_is_a_500_not_an_exception() -> None:
+    mapped = map_result(b"[" * 100_000 + b"]" * 100_000)
+    assert mapped.status == 500
+    assert mapped.malformed == "the result is nested too deeply to parse"
