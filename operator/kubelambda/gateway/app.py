@@ -385,14 +385,13 @@ class Gateway(RegistryLookups):
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The whole body (never a truncated payload), or :class:`BodyRefused`: over ``max_request_bytes``, not
-        arrived within ``body_timeout_seconds``, or over what all requests together may hold. The bytes held are
-        given back when the request is answered (:meth:`_guard`)."""
+        arrived within ``body_timeout_seconds``, or over what all requests together may hold. Bytes are counted
+        as they arrive (a declared ``Content-Length`` holds nothing until sent, so idle connections cannot
+        reserve the cap), and given back when the request is answered (:meth:`_guard`)."""
         s = self.settings
         limit = s.max_request_bytes
-        if request.content_length is not None:
-            if request.content_length > limit:
-                raise BodyRefused("too_large")
-            self._hold(request, request.content_length)  # all of it before a byte is read
+        if request.content_length is not None and request.content_length > limit:
+            raise BodyRefused("too_large")
         chunks: list[bytes] = []
         size = 0
         try:
@@ -404,7 +403,7 @@ class Gateway(RegistryLookups):
                     size += len(chunk)
                     if size > limit:
                         raise BodyRefused("too_large")
-                    self._hold(request, size - request.get(HELD, 0))
+                    self._hold(request, len(chunk))
                     chunks.append(chunk)
         except TimeoutError:
             raise BodyRefused("timeout") from None
