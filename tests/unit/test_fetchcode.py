@@ -79,6 +79,18 @@ def test_symlinks_inside_are_kept_and_escaping_ones_refused(tmp_path: Path) -> N
         fetchcode.unpack(absolute, dest)
 
 
+def test_a_symlink_chain_is_checked_once_every_link_exists(tmp_path: Path) -> None:
+    dest = tmp_path / "task"
+    dest.mkdir()
+    # "a" alone is the folder (x is missing); "x" alone is the folder; together "a" is the folder's parent.
+    chain = make_zip({"a": (b"x/..", 0o120777), "x": (b".", 0o120777)})
+    with pytest.raises(
+        FetchError, match=r"'a' -> 'x/\.\.': it leaves the target folder through the zip's other"
+    ):
+        fetchcode.unpack(chain, dest)
+    assert list(dest.iterdir()) == []  # no link left behind
+
+
 def test_unzipped_size_cap_declared_and_actual(tmp_path: Path) -> None:
     data = make_zip({"big.bin": (b"\x00" * 5000, 0o100644)})
     with pytest.raises(FetchError, match="over the 4096-byte limit"):
