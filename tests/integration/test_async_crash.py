@@ -26,6 +26,7 @@ import pytest
 from kltest import Cluster, wait_for
 from kltest.platform import (
     FAIL_FIRST_HANDLER,
+    LOOPBACK_ALLOWED,
     RunningOperator,
     async_stream_left,
     python_function,
@@ -79,6 +80,7 @@ class GatewayProcess:
             "KUBELAMBDA_GATEWAY_ASYNC_BACKOFF_MAX_SECONDS": "1",
             "KUBELAMBDA_GATEWAY_ASYNC_ACK_WAIT_SECONDS": str(ACK_WAIT_SECONDS),
             "KUBELAMBDA_GATEWAY_ASYNC_WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+            "KUBELAMBDA_GATEWAY_URL_ALLOW_CIDRS": json.dumps(LOOPBACK_ALLOWED),  # the record receiver
             **extra,
         }
         self._spawn()
