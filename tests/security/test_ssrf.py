@@ -29,6 +29,7 @@ from aiohttp import web
 from kltest import Cluster, wait_for
 from kltest.files import FileServer, serve_files, zip_bytes
 from kltest.platform import (
+    AGENT_KEY,
     ASYNC_STREAM,
     FAST_ASYNC,
     PlatformUnderTest,
@@ -122,6 +123,7 @@ async def platform(
             kube,
             problem_retry_seconds=1.0,
             gateway_url=url,
+            agent_key=AGENT_KEY,
             function_egress_deny_cidrs=[str(n) for n in METADATA],
         )
         try:
