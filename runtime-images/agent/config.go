@@ -43,6 +43,7 @@ type Config struct {
 	ExtensionsDir   string        // external extensions started in every environment (extensions.go); "" for none
 	OptDir          string        // where the Function's layers are (/opt); their paths go into the runtime's environment
 	WorkDir         string        // the workers' working directory; default TaskRoot (Lambda's ImageConfig.WorkingDirectory)
+	Log             logShipConfig // log shipping to the log store (logship.go)
 }
 
 type envLookup func(string) (string, bool)
@@ -106,6 +107,7 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 	extDir := fs.String("extensions-dir", env("KUBELAMBDA_EXTENSIONS_DIR", ""),
 		"folder of external Lambda extensions, each executable file started beside every runtime worker; "+
 			"default OPT-DIR/extensions; \"none\" for none (env KUBELAMBDA_EXTENSIONS_DIR)")
+	logFlags := addLogShipFlags(fs, env)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: kubelambda-agent [flags] [-- runtime command...]\n")
 		fs.PrintDefaults()
@@ -183,6 +185,7 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 	if st, err := os.Stat(c.TaskRoot); err != nil || !st.IsDir() {
 		bad("task-root (KUBELAMBDA_TASK_ROOT)", c.TaskRoot, "is not a folder")
 	}
+	c.Log = logFlags.parse(bad)
 	c.RuntimeCmd = fs.Args()
 	if len(c.RuntimeCmd) == 0 {
 		if v, ok := getenv("KUBELAMBDA_RUNTIME_CMD"); ok && strings.TrimSpace(v) != "" {

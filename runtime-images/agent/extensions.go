@@ -251,8 +251,8 @@ func (es *extSet) start(path string, env []string) error {
 	p.mu.Lock()
 	es.procs = append(es.procs, xp)
 	p.mu.Unlock()
-	go p.log.pipe(outR, &lineTee{w: p.log.stdout, tel: es.tel, kind: "extension"}, nil)
-	go p.log.pipe(errR, &lineTee{w: p.log.stderr, tel: es.tel, kind: "extension"}, nil)
+	go p.log.pipe(outR, &lineTee{w: p.log.stdout, tel: es.tel, kind: "extension"}, nil, nil)
+	go p.log.pipe(errR, &lineTee{w: p.log.stderr, tel: es.tel, kind: "extension"}, nil, nil)
 	go func() {
 		xp.err = cmd.Wait()
 		_ = syscall.Kill(-xp.pid, syscall.SIGKILL) // its children go with it

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,6 +20,7 @@ type logger struct {
 	mu     sync.Mutex
 	stdout io.Writer
 	stderr io.Writer
+	ship   *shipper // nil: log shipping off (logship.go)
 }
 
 func newLogger(stdout, stderr io.Writer) *logger {
@@ -70,6 +72,17 @@ type procLog struct {
 	mu       sync.Mutex
 	w        *os.File // nil once closed
 	captures map[string]*logCapture
+	current  atomic.Pointer[string] // the request id the stdout pipe is in, for the stderr pipe's records
+}
+
+func (pl *procLog) currentID() string {
+	if pl == nil {
+		return ""
+	}
+	if id := pl.current.Load(); id != nil {
+		return *id
+	}
+	return ""
 }
 
 // emit writes lines into the pipe in one write; false if the pipe is closed.
@@ -117,9 +130,14 @@ func (pl *procLog) close() {
 }
 
 // pipe copies r to w one line at a time until r ends, writing the agent's marked lines in place. A
-// line longer than the buffer is written in pieces rather than held back.
-func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog) {
+// line longer than the buffer is written in pieces rather than held back. ids, when pl is nil, is the
+// worker's stdout pipe, whose current request id the shipped records of this pipe carry.
+func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog, ids *procLog) {
 	defer r.Close()
+	stream := "stderr"
+	if pl != nil {
+		ids, stream = pl, "stdout"
+	}
 	br := bufio.NewReaderSize(r, 64*1024)
 	var current *logCapture // the invocation whose log is being captured
 	defer func() {
@@ -148,6 +166,9 @@ func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog) {
 				_, _ = w.Write(line[own+len(mark):])
 			}
 			l.mu.Unlock()
+			if l.ship != nil {
+				l.shipPiped(stream, ids, pl != nil, line, own, mark)
+			}
 			if own < 0 {
 				if current != nil {
 					current.add(line)
@@ -183,6 +204,7 @@ func (l *logger) line(s string) {
 	l.mu.Lock()
 	_, _ = io.WriteString(l.stdout, s+"\n")
 	l.mu.Unlock()
+	l.ship.ship("stdout", "", []byte(s))
 }
 
 func startLine(id, version string) string {
@@ -209,6 +231,17 @@ func (l *logger) direct(capture *logCapture, end bool, lines ...string) {
 	l.mu.Lock()
 	_, _ = io.WriteString(l.stdout, b.String())
 	l.mu.Unlock()
+	if l.ship != nil {
+		id := ""
+		for _, s := range lines {
+			if id = requestIDOf([]byte(s)); id != "" {
+				break
+			}
+		}
+		for _, s := range lines {
+			l.ship.ship("stdout", id, []byte(s))
+		}
+	}
 	if capture != nil {
 		capture.add([]byte(b.String()))
 		if end {

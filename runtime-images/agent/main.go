@@ -40,6 +40,12 @@ func main() {
 func run(cfg *Config) error {
 	log := newLogger(os.Stdout, os.Stderr)
 	m := newMetrics(cfg.Workers)
+	ship, err := newShipper(cfg.Log.URL, cfg.Log.Namespace, cfg.FunctionName, cfg.FunctionVersion, cfg.Log.Pod, cfg.Log.Buffer)
+	if err != nil {
+		return err
+	}
+	log.ship, m.ship = ship, ship
+	ship.start()
 	p := newPool(cfg, log, m)
 
 	// Listen everywhere before the first runtime starts, so its first request finds a server.
@@ -78,6 +84,7 @@ func run(cfg *Config) error {
 		_ = srv.Close()
 	}
 	log.line("kubelambda-agent: stopped")
+	ship.close(logShutdownFlush)
 	return nil
 }
 

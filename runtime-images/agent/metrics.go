@@ -20,6 +20,7 @@ type metrics struct {
 	requestTooLarge   atomic.Uint64
 	invalidRequest    atomic.Uint64
 	workersConfigured int
+	ship              *shipper // log shipping's counters (logship.go); nil = off
 }
 
 var durationBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900}
@@ -98,4 +99,5 @@ func (m *metrics) serveHTTP(w http.ResponseWriter, _ *http.Request) {
 		"# TYPE kubelambda_agent_timeouts_total counter\nkubelambda_agent_timeouts_total %d\n", m.timeouts.Load())
 	fmt.Fprintf(w, "# HELP kubelambda_agent_worker_restarts_total Runtime processes started again after exiting or being killed.\n"+
 		"# TYPE kubelambda_agent_worker_restarts_total counter\nkubelambda_agent_worker_restarts_total %d\n", m.restarts.Load())
+	m.ship.writeMetrics(w)
 }

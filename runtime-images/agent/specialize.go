@@ -71,6 +71,7 @@ type archiveRef struct {
 // specializeRequest is the body of POST /specialize.
 type specializeRequest struct {
 	FunctionName   string            `json:"functionName"`
+	Namespace      string            `json:"namespace,omitempty"` // the function's, for shipped log records
 	FunctionARN    string            `json:"functionArn"`
 	Handler        string            `json:"handler"`
 	MemoryMB       int               `json:"memoryMB"`
@@ -289,6 +290,10 @@ func (s *specializer) configure(req *specializeRequest) {
 	p := s.pool
 	// Nothing reads these before p.live is set below (invokes are refused, workers are parked or not started).
 	c.FunctionName = req.FunctionName
+	if req.Namespace != "" {
+		c.Log.Namespace = req.Namespace
+	}
+	s.log.ship.setFunction(c.Log.Namespace, c.FunctionName)
 	c.FunctionARN = req.FunctionARN
 	if c.FunctionARN == "" {
 		c.FunctionARN = fmt.Sprintf("arn:aws:lambda:%s:000000000000:function:%s", c.Region, c.FunctionName)

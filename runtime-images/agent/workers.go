@@ -626,8 +626,8 @@ func (p *pool) spawn(w *worker) (*proc, error) {
 	if early != nil {
 		pr.kill()
 	}
-	go p.log.pipe(outR, &lineTee{w: p.log.stdout, tel: es.tel, kind: "function"}, &pr.log)
-	go p.log.pipe(errR, &lineTee{w: p.log.stderr, tel: es.tel, kind: "function"}, nil)
+	go p.log.pipe(outR, &lineTee{w: p.log.stdout, tel: es.tel, kind: "function"}, &pr.log, nil)
+	go p.log.pipe(errR, &lineTee{w: p.log.stderr, tel: es.tel, kind: "function"}, nil, &pr.log)
 	go func() {
 		err := cmd.Wait()
 		// Whatever the runtime left behind in its process group goes with it, as a sandbox would.

@@ -1,0 +1,542 @@
+package main
+
+// Log shipping (docs/logs.md): every line the agent writes to the pod's log (the runtime's output, the
+// agent's START / END / REPORT lines) is also published, as one JSON record, to the platform's NATS
+// JetStream, where a stream per namespace keeps it past the pod's life. Shipping never blocks the
+// invocation: records go through a bounded queue to one sender goroutine; a record that finds the queue
+// full, or that the store refuses or never acknowledges, is counted in
+// kubelambda_agent_log_records_dropped_total, never lost silently.
+//
+// The agent speaks the NATS client protocol itself (CONNECT, PUB with a reply subject, SUB, PING/PONG:
+// https://docs.nats.io/reference/reference-protocols/nats-protocol) so that it stays a static binary
+// without dependencies; JetStream answers each published message on the reply subject with
+// {"stream":..,"seq":..} or {"error":..}, and with a 503 status when no stream takes the subject.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	logSubjectPrefix  = "kubelambda.logs"
+	defaultLogBuffer  = 8192             // records waiting for the sender, at most
+	maxLogMessage     = 64 * 1024        // a longer line is cut (the record says so)
+	logBatchRecords   = 512              // records written before one flush
+	logDialTimeout    = 2 * time.Second  // connecting to NATS
+	logAckTimeout     = 10 * time.Second // a record not acknowledged by then counts as dropped
+	logRetryMax       = 5 * time.Second  // the longest wait between connection attempts
+	logShutdownFlush  = 2 * time.Second  // how long SIGTERM waits for queued records to be stored
+	noRequestID       = "none"           // subject token of lines outside any invocation
+	logInboxTokenSize = 12
+)
+
+// logRecord is what the store keeps for one line (field names are the log store's schema, docs/logs.md).
+type logRecord struct {
+	Time      string `json:"time"`
+	Namespace string `json:"namespace"`
+	Function  string `json:"function"`
+	Version   string `json:"version"`
+	RequestID string `json:"requestId,omitempty"`
+	Pod       string `json:"pod"`
+	Stream    string `json:"stream"` // stdout or stderr
+	Message   string `json:"message"`
+	Truncated bool   `json:"truncated,omitempty"`
+}
+
+type outRecord struct {
+	subject string
+	payload []byte
+}
+
+// shipper owns the queue and the connection to NATS.
+type shipper struct {
+	addr    string // host:port
+	user    string
+	pass    string
+	pod     string
+	version string
+	ident   atomic.Pointer[[2]string] // namespace, function (a warm-pool pod learns them at /specialize)
+
+	queue   chan outRecord
+	done    chan struct{}
+	stopped chan struct{}
+
+	queued    atomic.Uint64 // accepted into the queue
+	stored    atomic.Uint64 // acknowledged by JetStream
+	dropped   atomic.Uint64 // queue full, refused, unacknowledged or lost with a connection
+	inflight  atomic.Int64  // published, not yet acknowledged
+	lastError atomic.Pointer[string]
+	now       func() time.Time
+}
+
+// newShipper returns nil when rawURL is empty (shipping off).
+func newShipper(rawURL, namespace, function, version, pod string, buffer int) (*shipper, error) {
+	if rawURL == "" {
+		return nil, nil
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme != "nats" || u.Host == "" {
+		return nil, fmt.Errorf("invalid log store URL (KUBELAMBDA_LOG_NATS_URL) %q: want nats://host:port", rawURL)
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "4222")
+	}
+	if buffer <= 0 {
+		buffer = defaultLogBuffer
+	}
+	s := &shipper{
+		addr: host, pod: pod, version: version,
+		queue: make(chan outRecord, buffer), done: make(chan struct{}), stopped: make(chan struct{}),
+		now: time.Now,
+	}
+	if u.User != nil {
+		s.user = u.User.Username()
+		s.pass, _ = u.User.Password()
+	}
+	s.setFunction(namespace, function)
+	return s, nil
+}
+
+func (s *shipper) setFunction(namespace, function string) {
+	if s == nil {
+		return
+	}
+	s.ident.Store(&[2]string{namespace, function})
+}
+
+// subjectToken keeps a NATS subject token valid: no dots, spaces or wildcards.
+func subjectToken(v string) string {
+	if v == "" {
+		return "_"
+	}
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '.', ' ', '\t', '*', '>', '\r', '\n':
+			return '_'
+		}
+		return r
+	}, v)
+}
+
+// ship queues one line; it never blocks. id is the invocation's request id, "" outside one.
+func (s *shipper) ship(stream, id string, line []byte) {
+	if s == nil {
+		return
+	}
+	line = bytes.TrimRight(line, "\r\n")
+	ident := s.ident.Load()
+	rec := logRecord{
+		Time: s.now().UTC().Format(time.RFC3339Nano), Namespace: ident[0], Function: ident[1],
+		Version: s.version, RequestID: id, Pod: s.pod, Stream: stream,
+	}
+	if len(line) > maxLogMessage {
+		line, rec.Truncated = line[:maxLogMessage], true
+	}
+	rec.Message = string(line)
+	payload, err := json.Marshal(&rec)
+	if err != nil {
+		s.dropped.Add(1)
+		return
+	}
+	rid := id
+	if rid == "" {
+		rid = noRequestID
+	}
+	subject := logSubjectPrefix + "." + subjectToken(ident[0]) + "." + subjectToken(ident[1]) + "." + subjectToken(rid)
+	select {
+	case s.queue <- outRecord{subject, payload}:
+		s.queued.Add(1)
+	default:
+		s.dropped.Add(1)
+	}
+}
+
+// requestIDOf returns X of an agent line "START|END|REPORT RequestId: X ...", else "".
+func requestIDOf(line []byte) string {
+	for _, p := range []string{"START RequestId: ", "END RequestId: ", "REPORT RequestId: "} {
+		if rest, ok := bytes.CutPrefix(line, []byte(p)); ok {
+			end := bytes.IndexAny(rest, " \t\r\n")
+			if end < 0 {
+				end = len(rest)
+			}
+			return string(rest[:end])
+		}
+	}
+	return ""
+}
+
+func (s *shipper) start() {
+	if s != nil {
+		go s.run()
+	}
+}
+
+// close stops taking records and waits up to wait for the queued ones to be acknowledged.
+func (s *shipper) close(wait time.Duration) {
+	if s == nil {
+		return
+	}
+	close(s.done)
+	select {
+	case <-s.stopped:
+	case <-time.After(wait):
+	}
+}
+
+func (s *shipper) fail(err error) {
+	msg := err.Error()
+	s.lastError.Store(&msg)
+}
+
+// run connects, sends and reconnects until close.
+func (s *shipper) run() {
+	defer close(s.stopped)
+	backoff := 100 * time.Millisecond
+	for {
+		finished, err := s.session()
+		if finished {
+			return
+		}
+		if err != nil {
+			s.fail(err)
+		}
+		select {
+		case <-s.done:
+			// Closing while disconnected: what is queued cannot be stored.
+			s.dropped.Add(uint64(len(s.queue)))
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, logRetryMax)
+	}
+}
+
+// natsConn is one connection: a writer shared by the sender and the reader's PONGs.
+type natsConn struct {
+	conn net.Conn
+	mu   sync.Mutex
+	w    *bufio.Writer
+}
+
+func (c *natsConn) write(parts ...[]byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range parts {
+		if _, err := c.w.Write(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *natsConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.w.Flush()
+}
+
+// session runs one connection; finished is true once close was asked and the queue is empty.
+func (s *shipper) session() (finished bool, err error) {
+	conn, err := net.DialTimeout("tcp", s.addr, logDialTimeout)
+	if err != nil {
+		return false, fmt.Errorf("connecting to the log store %s: %w", s.addr, err)
+	}
+	defer conn.Close()
+	br := bufio.NewReaderSize(conn, 32*1024)
+	_ = conn.SetReadDeadline(time.Now().Add(logDialTimeout))
+	info, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(info, "INFO ") {
+		return false, fmt.Errorf("the log store %s did not greet as NATS: %q %v", s.addr, info, err)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	connect := map[string]any{
+		"verbose": false, "pedantic": false, "lang": "go", "version": "kubelambda-agent", "protocol": 1,
+		"headers": true, "no_responders": true, "name": "kubelambda-agent " + s.pod,
+	}
+	if s.user != "" {
+		connect["user"], connect["pass"] = s.user, s.pass
+	}
+	cj, _ := json.Marshal(connect)
+	inbox := "_INBOX." + randomToken() + "."
+	nc := &natsConn{conn: conn, w: bufio.NewWriterSize(conn, 64*1024)}
+	if err := nc.write([]byte("CONNECT "), cj, []byte("\r\nSUB "+inbox+"* 1\r\nPING\r\n")); err != nil {
+		return false, err
+	}
+	if err := nc.flush(); err != nil {
+		return false, err
+	}
+
+	// Every published record waits for its acknowledgement in pending, keyed by the reply token.
+	var pmu sync.Mutex
+	pending := map[uint64]time.Time{}
+	settle := func(key uint64, ok bool) {
+		pmu.Lock()
+		_, known := pending[key]
+		delete(pending, key)
+		pmu.Unlock()
+		if !known {
+			return
+		}
+		s.inflight.Add(-1)
+		if ok {
+			s.stored.Add(1)
+		} else {
+			s.dropped.Add(1)
+		}
+	}
+	lost := func() { // the connection ended: what it did not acknowledge is lost
+		pmu.Lock()
+		n := len(pending)
+		clear(pending)
+		pmu.Unlock()
+		s.inflight.Add(-int64(n))
+		s.dropped.Add(uint64(n))
+	}
+	defer lost()
+
+	readErr := make(chan error, 1)
+	go func() { readErr <- s.read(br, nc, inbox, settle) }()
+
+	var seq uint64
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var seqBuf, lenBuf [20]byte
+	publish := func(r outRecord) error {
+		seq++
+		pmu.Lock()
+		pending[seq] = time.Now()
+		pmu.Unlock()
+		s.inflight.Add(1)
+		return nc.write([]byte("PUB "+r.subject+" "+inbox), strconv.AppendUint(seqBuf[:0], seq, 10),
+			[]byte(" "), strconv.AppendInt(lenBuf[:0], int64(len(r.payload)), 10), []byte("\r\n"), r.payload, []byte("\r\n"))
+	}
+	closing := false
+	var closeBy time.Time
+	for {
+		var r outRecord
+		select {
+		case r = <-s.queue:
+		case err := <-readErr:
+			return false, err
+		case <-tick.C:
+			expired := 0
+			pmu.Lock()
+			for k, at := range pending {
+				if time.Since(at) > logAckTimeout {
+					delete(pending, k)
+					expired++
+				}
+			}
+			pmu.Unlock()
+			s.inflight.Add(-int64(expired))
+			s.dropped.Add(uint64(expired))
+			if err := nc.write([]byte("PING\r\n")); err != nil {
+				return false, err
+			}
+			if err := nc.flush(); err != nil {
+				return false, err
+			}
+			continue
+		case <-s.done:
+			if !closing {
+				closing, closeBy = true, time.Now().Add(logShutdownFlush)
+			}
+			if len(s.queue) == 0 {
+				// Wait (briefly) for the acknowledgements of what was sent.
+				for s.inflight.Load() > 0 && time.Now().Before(closeBy) {
+					select {
+					case err := <-readErr:
+						return true, err
+					case <-time.After(10 * time.Millisecond):
+					}
+				}
+				return true, nil
+			}
+			r = <-s.queue
+		}
+		if err := publish(r); err != nil {
+			return false, err
+		}
+		for n := 1; n < logBatchRecords; n++ {
+			select {
+			case r = <-s.queue:
+				if err := publish(r); err != nil {
+					return false, err
+				}
+				continue
+			default:
+			}
+			break
+		}
+		if err := nc.flush(); err != nil {
+			return false, err
+		}
+	}
+}
+
+// read handles what the server sends: PING, acknowledgements (MSG / HMSG on the inbox), errors.
+func (s *shipper) read(br *bufio.Reader, nc *natsConn, inbox string, settle func(uint64, bool)) error {
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		line = strings.TrimRight(line, "\r\n")
+		switch {
+		case line == "PING":
+			if err := nc.write([]byte("PONG\r\n")); err != nil {
+				return err
+			}
+			if err := nc.flush(); err != nil {
+				return err
+			}
+		case line == "PONG", line == "+OK", strings.HasPrefix(line, "INFO "):
+		case strings.HasPrefix(line, "-ERR"):
+			return fmt.Errorf("the log store said %s", line)
+		case strings.HasPrefix(line, "MSG "), strings.HasPrefix(line, "HMSG "):
+			// MSG <subject> <sid> [reply] <size>; HMSG <subject> <sid> [reply] <hdr size> <total size>
+			f := strings.Fields(line)
+			hmsg := f[0] == "HMSG"
+			total, err := strconv.Atoi(f[len(f)-1])
+			if err != nil {
+				return fmt.Errorf("bad message line from the log store: %q", line)
+			}
+			body := make([]byte, total+2)
+			if _, err := ioReadFull(br, body); err != nil {
+				return err
+			}
+			body = body[:total]
+			key, _ := strconv.ParseUint(strings.TrimPrefix(f[1], inbox), 10, 64)
+			ok := !hmsg && !bytes.Contains(body, []byte(`"error"`))
+			if hmsg { // a status (503: no stream takes the subject) or an answer with headers
+				hdrSize, _ := strconv.Atoi(f[len(f)-2])
+				status := body[:min(hdrSize, len(body))]
+				ok = !bytes.Contains(status, []byte(" 503")) && !bytes.Contains(body[min(hdrSize, len(body)):], []byte(`"error"`))
+				if !ok {
+					s.fail(fmt.Errorf("the log store refused a record (%s)", strings.TrimSpace(string(status))))
+				}
+			} else if !ok {
+				s.fail(fmt.Errorf("the log store refused a record: %s", body))
+			}
+			settle(key, ok)
+		}
+	}
+}
+
+func ioReadFull(br *bufio.Reader, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := br.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func randomToken() string {
+	var b [logInboxTokenSize / 2]byte
+	f, err := os.Open("/dev/urandom")
+	if err == nil {
+		_, _ = f.Read(b[:])
+		f.Close()
+	} else {
+		t := time.Now().UnixNano()
+		for i := range b {
+			b[i] = byte(t >> (8 * i))
+		}
+	}
+	return fmt.Sprintf("%x", b[:])
+}
+
+// writeMetrics adds the shipper's counters to /metrics.
+func (s *shipper) writeMetrics(w io.Writer) {
+	var queued, stored, dropped uint64
+	var inflight int64
+	if s != nil {
+		queued, stored, dropped, inflight = s.queued.Load(), s.stored.Load(), s.dropped.Load(), s.inflight.Load()
+	}
+	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_queued_total Log records accepted for shipping to the log store.\n"+
+		"# TYPE kubelambda_agent_log_records_queued_total counter\nkubelambda_agent_log_records_queued_total %d\n", queued)
+	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_stored_total Log records the log store acknowledged.\n"+
+		"# TYPE kubelambda_agent_log_records_stored_total counter\nkubelambda_agent_log_records_stored_total %d\n", stored)
+	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_dropped_total Log records not stored: buffer full, refused, "+
+		"unacknowledged or lost with the connection.\n"+
+		"# TYPE kubelambda_agent_log_records_dropped_total counter\nkubelambda_agent_log_records_dropped_total %d\n", dropped)
+	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_inflight Log records sent, not yet acknowledged.\n"+
+		"# TYPE kubelambda_agent_log_records_inflight gauge\nkubelambda_agent_log_records_inflight %d\n", inflight)
+}
+
+// shipPiped ships one line read from a worker's pipe. own is where the agent's marker starts in line (-1:
+// none); on the stdout pipe a START line makes its request id the current one, and REPORT ends it.
+func (l *logger) shipPiped(stream string, ids *procLog, isStdout bool, line []byte, own int, mark []byte) {
+	if own < 0 {
+		l.ship.ship(stream, ids.currentID(), line)
+		return
+	}
+	if own > 0 { // the runtime's unfinished line, ended by the agent's
+		l.ship.ship(stream, ids.currentID(), line[:own])
+	}
+	text := line[own+len(mark):]
+	id := requestIDOf(text)
+	if isStdout && bytes.HasPrefix(text, []byte("START ")) && id != "" {
+		ids.current.Store(&id)
+	}
+	if id == "" {
+		id = ids.currentID()
+	}
+	l.ship.ship(stream, id, text)
+	if isStdout && bytes.HasPrefix(text, []byte("REPORT ")) {
+		ids.current.Store(nil)
+	}
+}
+
+// logShipConfig is the log shipping part of Config.
+type logShipConfig struct {
+	URL       string // nats://host:port of the log store; "" = off
+	Namespace string // the function's namespace (a warm-pool pod learns it at /specialize)
+	Pod       string // this pod's name
+	Buffer    int    // records queued at most
+}
+
+type logShipFlags struct{ url, namespace, pod, buffer *string }
+
+func addLogShipFlags(fs *flag.FlagSet, env func(key, def string) string) logShipFlags {
+	host, _ := os.Hostname()
+	return logShipFlags{
+		url: fs.String("log-nats-url", env("KUBELAMBDA_LOG_NATS_URL", ""),
+			"NATS JetStream that keeps the function's log past the pod, nats://host:port; empty = no shipping "+
+				"(env KUBELAMBDA_LOG_NATS_URL)"),
+		namespace: fs.String("function-namespace", env("KUBELAMBDA_FUNCTION_NAMESPACE", ""),
+			"the function's namespace, in shipped log records (env KUBELAMBDA_FUNCTION_NAMESPACE)"),
+		pod: fs.String("pod-name", env("KUBELAMBDA_POD_NAME", host),
+			"this pod's name, in shipped log records (env KUBELAMBDA_POD_NAME, default the host name)"),
+		buffer: fs.String("log-buffer", env("KUBELAMBDA_LOG_BUFFER", strconv.Itoa(defaultLogBuffer)),
+			"log records waiting to be shipped, at most; more are dropped and counted (env KUBELAMBDA_LOG_BUFFER)"),
+	}
+}
+
+func (f logShipFlags) parse(bad func(key, value, why string)) logShipConfig {
+	c := logShipConfig{URL: *f.url, Namespace: *f.namespace, Pod: *f.pod}
+	c.Buffer = intIn(*f.buffer, 1, 1<<24, "log-buffer (KUBELAMBDA_LOG_BUFFER)", bad)
+	if c.URL != "" {
+		if _, err := newShipper(c.URL, "", "", "", "", 1); err != nil {
+			bad("log-nats-url (KUBELAMBDA_LOG_NATS_URL)", c.URL, "want nats://host:port")
+		}
+	}
+	return c
+}

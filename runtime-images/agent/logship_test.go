@@ -1,0 +1,140 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestShipQueueFullIsCounted(t *testing.T) {
+	s, err := newShipper("nats://127.0.0.1:1", "ns", "fn", "$LATEST", "pod-1", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The sender is not started: the queue holds 2 records, the next 3 are dropped and counted.
+	for i := range 5 {
+		s.ship("stdout", "r1", []byte(fmt.Sprintf("line %d\n", i)))
+	}
+	if q, d := s.queued.Load(), s.dropped.Load(); q != 2 || d != 3 {
+		t.Fatalf("queued %d dropped %d, want 2 and 3", q, d)
+	}
+	r := <-s.queue
+	if r.subject != "kubelambda.logs.ns.fn.r1" {
+		t.Errorf("subject %q", r.subject)
+	}
+	var rec logRecord
+	if err := json.Unmarshal(r.payload, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Message != "line 0" || rec.RequestID != "r1" || rec.Pod != "pod-1" || rec.Namespace != "ns" || rec.Function != "fn" {
+		t.Errorf("record %+v", rec)
+	}
+}
+
+func TestShipSubjectOutsideInvocationAndSpecialised(t *testing.T) {
+	s, _ := newShipper("nats://127.0.0.1:1", "", "function", "$LATEST", "p", 4)
+	s.ship("stdout", "", []byte("warm-pool pod started"))
+	s.setFunction("team-a", "hello.v2")
+	s.ship("stderr", "", []byte("x"))
+	if got := (<-s.queue).subject; got != "kubelambda.logs._.function.none" {
+		t.Errorf("got %q", got)
+	}
+	if got := (<-s.queue).subject; got != "kubelambda.logs.team-a.hello_v2.none" {
+		t.Errorf("got %q", got)
+	}
+}
+
+func TestShipperNilIsOff(t *testing.T) {
+	var s *shipper
+	s.ship("stdout", "r", []byte("x"))
+	s.setFunction("a", "b")
+	s.close(time.Millisecond)
+	if s, err := newShipper("", "ns", "fn", "v", "p", 1); s != nil || err != nil {
+		t.Fatal("an empty URL turns shipping off")
+	}
+	if _, err := newShipper("http://x:1", "ns", "fn", "v", "p", 1); err == nil || !strings.Contains(err.Error(), "KUBELAMBDA_LOG_NATS_URL") {
+		t.Fatalf("a bad URL names the variable: %v", err)
+	}
+}
+
+func TestRequestIDOf(t *testing.T) {
+	for line, want := range map[string]string{
+		"START RequestId: abc Version: $LATEST": "abc",
+		"END RequestId: abc":                    "abc",
+		"REPORT RequestId: abc\tDuration: 1 ms": "abc",
+		"hello":                                 "",
+	} {
+		if got := requestIDOf([]byte(line)); got != want {
+			t.Errorf("%q: got %q want %q", line, got, want)
+		}
+	}
+}
+
+// Lines of the worker's stdout and stderr pipes carry the request id between START and REPORT.
+func TestShipPipedAttribution(t *testing.T) {
+	s, _ := newShipper("nats://127.0.0.1:1", "ns", "fn", "$LATEST", "p", 16)
+	l := &logger{ship: s}
+	pl := &procLog{}
+	mark := []byte(agentMark)
+	agent := func(text string) []byte { return append(append([]byte(nil), mark...), text+"\n"...) }
+	l.shipPiped("stdout", pl, true, []byte("init\n"), -1, mark)
+	l.shipPiped("stdout", pl, true, agent("START RequestId: r9 Version: $LATEST"), 0, mark)
+	l.shipPiped("stdout", pl, true, []byte("hello\n"), -1, mark)
+	l.shipPiped("stderr", pl, false, []byte("warning\n"), -1, mark)
+	l.shipPiped("stdout", pl, true, append([]byte("partial"), agent("END RequestId: r9")...), len("partial"), mark)
+	l.shipPiped("stdout", pl, true, agent("REPORT RequestId: r9\tDuration: 1.00 ms"), 0, mark)
+	l.shipPiped("stdout", pl, true, []byte("after\n"), -1, mark)
+	want := []string{"none:init", "r9:START RequestId: r9 Version: $LATEST", "r9:hello", "r9:warning", "r9:partial",
+		"r9:END RequestId: r9", "r9:REPORT RequestId: r9\tDuration: 1.00 ms", "none:after"}
+	for _, w := range want {
+		r := <-s.queue
+		var rec logRecord
+		_ = json.Unmarshal(r.payload, &rec)
+		got := r.subject[strings.LastIndex(r.subject, ".")+1:] + ":" + rec.Message
+		if got != w {
+			t.Errorf("got %q want %q", got, w)
+		}
+	}
+}
+
+// Against a real nats-server (NATS_SERVER: its binary; `make agent-test` passes the venv's): records
+// published where no JetStream stream takes them are refused (503, no responders) and counted as dropped.
+func TestShipToNatsWithoutStreamCountsDrops(t *testing.T) {
+	bin := os.Getenv("NATS_SERVER")
+	if bin == "" {
+		t.Fatal("NATS_SERVER is not set: the path of a nats-server binary (`make agent-test` sets it)")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	srv := exec.Command(bin, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-js", "-sd", t.TempDir())
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	s, _ := newShipper(fmt.Sprintf("nats://127.0.0.1:%d", port), "ns", "fn", "$LATEST", "p", 16)
+	s.start()
+	for i := range 3 {
+		s.ship("stdout", "r1", []byte(fmt.Sprintf("line %d", i)))
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for s.dropped.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d, st := s.dropped.Load(), s.stored.Load(); d != 3 || st != 0 {
+		e := s.lastError.Load()
+		t.Fatalf("dropped %d stored %d, want 3 and 0 (last error %v)", d, st, e)
+	}
+	if e := s.lastError.Load(); e == nil || !strings.Contains(*e, "503") {
+		t.Errorf("last error %v, want the 503 of no stream", e)
+	}
+	s.close(time.Second)
+}
