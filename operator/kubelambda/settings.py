@@ -48,6 +48,15 @@ class OperatorSettings(BaseSettings):
     nats_url: str | None = Field(default=None, pattern=r"^nats://[^\s]+$")
     """The platform's NATS (``nats://host:4222``), handed to Trigger bridges for ``onFailure.nats``
     destinations; unset = bridges have none."""
+    logs: bool = True
+    """Function logs kept past their pods (docs/logs.md): with ``nats_url`` set, every function pod's agent ships
+    its log to the platform's NATS, and the operator makes each namespace's log stream. False = pod logs only."""
+    log_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    """How long a namespace's log stream keeps records, in seconds (default 7 days)."""
+    log_retention_by_namespace: dict[str, float] = Field(default_factory=dict)
+    """Namespace → retention in seconds, JSON, over ``log_retention_seconds``."""
+    log_max_bytes: int = Field(default=-1, ge=-1)
+    """Size limit of each namespace's log stream in bytes; the oldest records go first (default -1: none)."""
     system_namespace: str = Field(default="kubelambda-system", min_length=1)
     """Namespace of the gateway (and its warm pools): function pods admit traffic only from there."""
     region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$")
@@ -88,6 +97,19 @@ class OperatorSettings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown runtimes {unknown}; known: {', '.join(RUNTIMES)}")
         return value
+
+    @field_validator("log_retention_by_namespace")
+    @classmethod
+    def _positive_retention(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {ns: v for ns, v in value.items() if not v > 0}
+        if bad:
+            raise ValueError(f"retention must be > 0 seconds, got {bad}")
+        return value
+
+    @property
+    def log_nats_url(self) -> str | None:
+        """Where function pods ship their logs; None = not shipped."""
+        return self.nats_url if self.logs else None
 
     def image_for(self, runtime: str) -> str | None:
         images = self.runtime_images or default_runtime_images(self.registry)

@@ -300,16 +300,112 @@ async def _print_pod(
             raise
 
 
+def _log_store_url(args: argparse.Namespace) -> str | None:
+    """``--log-store`` > ``$KUBELAMBDA_LOG_STORE_URL`` > the running `kubelambda dev up` cluster's NATS."""
+    if args.log_store:
+        return str(args.log_store)
+    if os.environ.get("KUBELAMBDA_LOG_STORE_URL"):
+        return os.environ["KUBELAMBDA_LOG_STORE_URL"]
+    from kubelambda.cli._common import _dev_state
+
+    state = _dev_state(args)
+    if state is not None and state.state == "running" and getattr(state, "nats_url", ""):
+        return str(state.nats_url)
+    return None
+
+
+async def _store_logs(args: argparse.Namespace, url: str, namespace: str, name: str) -> None:
+    """Every invocation's log from the log store (docs/logs.md), pods gone or not."""
+    import collections
+
+    import nats
+    import nats.errors
+
+    from kubelambda import logstore
+
+    try:
+        since = logstore.parse_time(args.since) if args.since else None
+        until = logstore.parse_time(args.until) if args.until else None
+        level = logstore.check_level(args.level) if args.level else None
+    except ValueError as e:
+        raise CliError(str(e), hint="e.g. --since 10m, --until 2026-01-02T15:04:05Z, --level WARN") from None
+    query = logstore.LogQuery(
+        namespace,
+        name,
+        request_id=args.request_id,
+        since=since,
+        until=until,
+        contains=args.filter,
+        level=level,
+    )
+    try:
+        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0)
+    except (OSError, TimeoutError, nats.errors.Error) as e:
+        raise CliError(
+            f"cannot reach the log store at {url}: {e}",
+            hint="give its URL with --log-store or $KUBELAMBDA_LOG_STORE_URL, or --from pods for the pods' logs",
+        ) from None
+
+    def show(record: logstore.LogRecord) -> None:
+        if args.output == "json":
+            print(json.dumps(logstore.to_jsonable(record)), flush=True)
+        else:
+            print(logstore.format_record(record, prefix=args.prefix), flush=True)
+
+    count = 0
+    try:
+        last: collections.deque[logstore.LogRecord] | None = (
+            collections.deque(maxlen=args.tail) if args.tail is not None and not args.follow else None
+        )
+        if args.follow:
+            print(f"Following the logs of Function {namespace}/{name} (Ctrl-C to stop)", file=sys.stderr)
+        try:
+            async for record in logstore.read(nc, query, follow=args.follow):
+                count += 1
+                if last is not None:
+                    last.append(record)
+                else:
+                    show(record)
+        except logstore.LogStoreError:
+            pass  # no stream: why_empty says so
+        for record in last or ():
+            show(record)
+        if count == 0:
+            print(logstore.why_empty(query, await logstore.stream_state(nc, namespace)), file=sys.stderr)
+    finally:
+        await nc.close()
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     target = resolve_target(args)
     namespace, name = split_name(args.name, target.namespace)
+    url = _log_store_url(args) if args.source != "pods" else None
+    if args.source == "store" and url is None:
+        raise CliError(
+            "no log store to read from",
+            hint="give its URL with --log-store or $KUBELAMBDA_LOG_STORE_URL (the platform's NATS), "
+            "or read the running pods' logs with --from pods",
+        )
+    if url is None and (args.since or args.until or args.level or args.filter):
+        raise CliError(
+            "--since, --until, --level and --filter need the log store",
+            hint="give its URL with --log-store or $KUBELAMBDA_LOG_STORE_URL (docs/logs.md)",
+        )
 
     async def work(kube: KubeClient) -> None:
+        # Who may not read the Function may not read its logs either (the API server answers 403 here).
         await get_function(kube, namespace, name)
+        if url is not None:
+            await _store_logs(args, url, namespace, name)
+            return
         pods = await _pods(kube, namespace, name, args.system_namespace)
         if not args.follow:
             if not pods:
-                print(f"Function {namespace}/{name} has no instances (scaled to zero).", file=sys.stderr)
+                print(
+                    f"Function {namespace}/{name} has no instances (scaled to zero); without the log store "
+                    "(--log-store) the logs of instances that are gone cannot be read.",
+                    file=sys.stderr,
+                )
             prefix = args.prefix or len(pods) > 1
             for pod_ns, pod in pods:
                 await _print_pod(kube, pod_ns, pod, args, prefix=prefix, follow=False)
@@ -389,14 +485,46 @@ def register(commands: Any) -> None:
     )
     delete.set_defaults(func=cmd_delete)
 
-    logs = commands.add_parser("logs", help="the logs of every instance of a function (START..REPORT blocks)")
+    logs = commands.add_parser(
+        "logs",
+        help="every invocation's log (START..REPORT blocks), from the log store: pods gone or not",
+        description="A Function's log from the log store (docs/logs.md), which keeps every invocation's records "
+        "past its pod; with no log store (--from pods), the logs of the running instances.",
+    )
     logs.add_argument("name", help="NAME or NAMESPACE/NAME")
     add_cluster_options(logs)
-    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming, from new instances too")
-    logs.add_argument("--request-id", default=None, help="only the START..REPORT block of this request")
-    logs.add_argument("--tail", type=int, default=None, help="the last N lines of each instance")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming new records")
+    logs.add_argument("--request-id", default=None, help="only the records of this request")
     logs.add_argument(
-        "--prefix", action="store_true", help="prefix each line with its pod (default with >1 pod)"
+        "--since", default=None, help="from this time: 10m, 2h, 7d ago, or ISO 8601 (log store)"
+    )
+    logs.add_argument("--until", default=None, help="up to this time: as --since (log store)")
+    logs.add_argument(
+        "--level", default=None, help="JSON or [LEVEL] lines of at least this level: DEBUG, INFO, WARN, ERROR"
+    )
+    logs.add_argument("--filter", default=None, help="only records whose message contains this text")
+    logs.add_argument(
+        "--tail", type=int, default=None, help="the last N records (of each instance with pods)"
+    )
+    logs.add_argument("--prefix", action="store_true", help="prefix each line with its pod")
+    logs.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="json: one record per line (log store)",
+    )
+    logs.add_argument(
+        "--from",
+        dest="source",
+        choices=("auto", "store", "pods"),
+        default="auto",
+        help="store: the log store; pods: running instances only; auto (default): the store when one is known",
+    )
+    logs.add_argument(
+        "--log-store",
+        default=None,
+        help="the log store, nats://host:port (default: $KUBELAMBDA_LOG_STORE_URL, else the dev cluster's)",
     )
     logs.add_argument(
         "--system-namespace",

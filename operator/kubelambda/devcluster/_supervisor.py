@@ -47,7 +47,7 @@ class DevState:
     startup_seconds: float = 0.0
     pod_network: str = ""
     gateway_url: str | None = None
-    nats_url: str | None = None  # NATS JetStream of Event invocations and dead letters (`kubelambda dlq`)
+    nats_url: str | None = None  # NATS JetStream of Event invocations, dead letters (`kubelambda dlq`), logs
     endpoints: dict[str, str] = field(default_factory=dict)  # every URL the platform serves, by name
     moved: list[str] = field(default_factory=list)  # fixed ports that were taken, and where they went instead
     kubectl: str = ""  # the kubectl of the server's version (`dev env` puts its folder first on PATH)

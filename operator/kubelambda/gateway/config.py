@@ -59,6 +59,9 @@ class GatewaySettings(BaseSettings):
     nats_url: str | None = Field(default=None, pattern=r"^(nats|tls)://[^\s]+$")
     """NATS server with JetStream that holds Event (asynchronous) invocations (``nats://host:4222``); unset =
     Event invocations answer NotImplementedException (501)."""
+    logs: bool = True
+    """Warm-pool pods ship their functions' logs to ``nats_url`` (docs/logs.md), as the operator's function pods
+    do; False = pod logs only."""
     async_stream: str = Field(default="KUBELAMBDA_ASYNC", pattern=r"^[A-Za-z0-9_-]+$")
     """JetStream stream of queued events (file storage; created at start if missing)."""
     async_max_event_bytes: int = Field(default=ONE_MB, ge=1)

@@ -112,6 +112,7 @@ def specialize_body(
         "runtime": runtime or spec.runtime,
         "podUid": pod_uid,
         "functionName": fn.name,
+        "namespace": fn.namespace,  # for the log records the agent ships (docs/logs.md)
         "functionArn": FunctionRef(fn.namespace, fn.name).arn(region),
         "handler": spec.handler,
         "memoryMB": spec.memory_mb,
@@ -550,6 +551,7 @@ class WarmPool:
                 memory_mb=s.warm_pool_memory_mb,
                 region=s.region,
                 agent_token=pool_token(s.agent_key.get_secret_value(), ns, runtime) if s.agent_key else None,
+                log_nats_url=s.nats_url if s.logs else None,
             )
             await self.kube.apply(
                 resource_path("apps/v1", "deployments", namespace=ns, name=pool_name(runtime)),

@@ -382,4 +382,6 @@ async def run(
             stop_flag=stop_flag,
         )
     finally:
+        if ctx.reconciler.log_streams is not None:
+            await ctx.reconciler.log_streams.close()
         await kube.close()

@@ -15,6 +15,7 @@ from typing import Any
 from kubelambda import metrics
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, resource_path
+from kubelambda.logstore import LogStreams, Retention
 from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem, object_path
 from kubelambda.resources import (
     CodeTooLarge,
@@ -68,6 +69,8 @@ def invoke_url(settings: OperatorSettings, fn: FunctionObject) -> str:
 
 
 class FunctionReconciler(OwnedWriter):
+    log_streams: LogStreams | None = None  # made on first use (settings.log_nats_url)
+
     async def _judge(self, fn: FunctionObject) -> tuple[Problem | None, float | None]:
         """Problems the API server cannot see: ``(problem, retry after seconds)``."""
         if fn.spec.code.image is None and self.settings.image_for(fn.spec.runtime) is None:
@@ -162,6 +165,7 @@ class FunctionReconciler(OwnedWriter):
                 outcome.problem = conflict_problem(outcome, "Function")
                 outcome.retry_after = self.settings.problem_retry_seconds
             elif problem is None:
+                await self._ensure_log_stream(fn.namespace)
                 try:
                     deployment = await self._apply_deployment(
                         fn, outcome, changed=spec_changed, existing=results[-1][1]
@@ -169,6 +173,23 @@ class FunctionReconciler(OwnedWriter):
                 except ApiError as e:  # the replicas' hand-over (the applies raise ApplyRefused)
                     raise ApplyRefused(f"Deployment {fn.namespace}/{n.deployment_name(fn.name)}", e) from e
         return deployment
+
+    async def _ensure_log_stream(self, namespace: str) -> None:
+        """The namespace's log stream, before the first pod ships to it (docs/logs.md); never fails the
+        reconcile (a log store that is down costs log records, counted by the agents, not the Function)."""
+        url = self.settings.log_nats_url
+        if url is None:
+            return
+        if self.log_streams is None:
+            self.log_streams = LogStreams(
+                url,
+                Retention(
+                    max_age_seconds=self.settings.log_retention_seconds,
+                    max_bytes=self.settings.log_max_bytes,
+                    by_namespace=dict(self.settings.log_retention_by_namespace),
+                ),
+            )
+        await self.log_streams.ensure(namespace)
 
     async def _apply_deployment(
         self, fn: FunctionObject, outcome: Outcome, *, changed: bool, existing: JSON | None

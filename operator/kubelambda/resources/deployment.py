@@ -37,6 +37,13 @@ AGENT_ENV_PREFIX = "KUBELAMBDA_"
 RUN_AS = 65532  # a non-root uid/gid (the distroless "nonroot" user)
 
 
+POD_NAME_ENV: JSON = {
+    "name": "KUBELAMBDA_POD_NAME",
+    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+}
+"""The pod's name, in the log records the agent ships."""
+
+
 def cpu_limit_millicores(memory_mb: int) -> int:
     """CPU proportional to memory: 1769 MB → 1000m; 128 MB → ceil(72.4) = 73m; 10240 MB → 5789m."""
     return math.ceil(memory_mb * 1000 / MB_PER_VCPU)
@@ -64,7 +71,12 @@ def function_env(
         "KUBELAMBDA_WORKERS": str(spec.concurrency.per_instance),
         **(extra or {}),
     }
+    if settings.log_nats_url:  # log shipping (docs/logs.md)
+        agent["KUBELAMBDA_FUNCTION_NAMESPACE"] = fn.namespace
+        agent["KUBELAMBDA_LOG_NATS_URL"] = settings.log_nats_url
     env: list[JSON] = [{"name": k, "value": v} for k, v in agent.items()]
+    if settings.log_nats_url:
+        env.append(POD_NAME_ENV)
     if settings.agent_key is not None:
         # The tokens the agent asks of callers (docs/security.md), from the Function's own Secret.
         secret = agent_secret_name(fn.name)

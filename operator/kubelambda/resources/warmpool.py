@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from kubelambda.agentauth import TOKEN_ENV
 from kubelambda.jsonobj import JSON
-from kubelambda.resources.deployment import agent_container, pod_security
+from kubelambda.resources.deployment import POD_NAME_ENV, agent_container, pod_security
 from kubelambda.resources.labels import COMPONENT_LABEL, FUNCTION_LABEL, GATEWAY_LABELS
 from kubelambda.resources.names import INVOKE_PORT, TASK_ROOT
 
@@ -76,6 +76,7 @@ def make_pool_deployment(
     cpu_request_fraction: float = 0.1,
     ephemeral_storage_mb: int = 512,
     agent_token: str | None = None,
+    log_nats_url: str | None = None,
 ) -> JSON:
     """The pool Deployment of ``runtime``: ``replicas`` generic pods of ``memory_mb`` each.
 
@@ -95,12 +96,15 @@ def make_pool_deployment(
     if agent_token:
         # The pool's token (``kubelambda.agentauth``): opens /specialize; the function's replaces it there.
         env[TOKEN_ENV] = agent_token
+    if log_nats_url:  # log shipping (docs/logs.md): the namespace comes with POST /specialize
+        env["KUBELAMBDA_LOG_NATS_URL"] = log_nats_url
     container = agent_container(
         image=image,
         env=sorted(
             [{"name": k, "value": v} for k, v in env.items()]
             # The pod's uid: the agent refuses a /specialize meant for another pod (a stale address).
-            + [{"name": "KUBELAMBDA_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}],
+            + [{"name": "KUBELAMBDA_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}]
+            + ([POD_NAME_ENV] if log_nats_url else []),
             key=lambda e: str(e["name"]),
         ),
         memory_mb=memory_mb,
