@@ -1,0 +1,272 @@
+"""Function logs that outlive their pods (docs/logs.md), on the real local cluster with a real nats-server.
+
+The operator and the gateway are given the module's NATS: function pods and warm-pool pods ship their log to it,
+the operator makes each namespace's log stream, and ``kubelambda logs`` (a subprocess, as a user runs it) reads
+it after the pods are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+import yaml
+
+from kltest import Cluster, create_namespace, wait_for
+from kltest.platform import (
+    FAST_ASYNC,
+    SYSTEM_NS,
+    Env,
+    PlatformUnderTest,
+    install_crds,
+    lambda_client,
+    python_function,
+    start_gateway,
+    start_operator,
+    stop_gateway,
+    token_of,
+)
+from kubelambda import logstore
+from kubelambda.devcluster.servers import NatsServer
+from kubelambda.kube import KubeClient, resource_path
+
+pytestmark = pytest.mark.integration
+JSON = dict[str, Any]
+
+HANDLER = """
+import json
+
+
+def handler(event, context):
+    print("hello from", context.aws_request_id, event.get("i"))
+    print(json.dumps({"level": "ERROR", "message": "something to look at", "i": event.get("i")}))
+    return {"ok": True}
+"""
+
+
+@pytest.fixture(scope="module")
+async def platform(
+    cluster: Cluster, kube: KubeClient, nats_server: NatsServer
+) -> AsyncIterator[PlatformUnderTest]:
+    """The gateway (Event invocations and a one-pod python3.11 warm pool) and the operator, both given the
+    module's NATS, so function pods and warm-pool pods ship their logs there."""
+    await install_crds(cluster, kube)
+    gateway, url = await start_gateway(
+        cluster,
+        kube,
+        slot_wait_seconds=1.0,
+        autoscale_interval_seconds=0.5,
+        nats_url=nats_server.url,
+        warm_pool_sizes={"python3.11": 1},
+        **FAST_ASYNC,
+    )
+    try:
+        operator = await start_operator(
+            cluster, kube, problem_retry_seconds=1.0, gateway_url=url, nats_url=nats_server.url
+        )
+        try:
+            yield PlatformUnderTest(operator, gateway, url)
+        finally:
+            await operator.stop()
+    finally:
+        await stop_gateway(gateway)
+
+
+async def kubelambda_logs(
+    env: Env, *args: str, kubeconfig: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KUBELAMBDA_", "AWS_"))}
+    run_env = {
+        **clean,
+        "KUBECONFIG": str(kubeconfig or env.cluster.kubeconfig),
+        "KUBELAMBDA_LOG_STORE_URL": env.nats_url,
+        "KUBELAMBDA_STATE_DIR": "/nonexistent",
+    }
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "kubelambda", "logs", "-n", env.namespace, *args],
+        capture_output=True,
+        text=True,
+        env=run_env,
+        timeout=120,
+    )
+
+
+def invoke_tail(url: str, name: str, payload: JSON) -> tuple[str, str, dict[str, str]]:
+    """A sync invoke with LogType=Tail: its request id (from the START line of the tail), tail and headers."""
+    response = lambda_client(url).invoke(FunctionName=name, Payload=json.dumps(payload), LogType="Tail")
+    assert response["StatusCode"] == 200
+    assert "FunctionError" not in response, response["Payload"].read()
+    tail = base64.b64decode(response["LogResult"]).decode()
+    start = next(line for line in tail.splitlines() if line.startswith("START RequestId: "))
+    return start.split()[2], tail, response["ResponseMetadata"]["HTTPHeaders"]
+
+
+async def instances(kube: KubeClient, namespace: str, name: str) -> list[str]:
+    own = await kube.list(
+        resource_path("v1", "pods", namespace=namespace),
+        params={"labelSelector": f"kubelambda.io/function={name}"},
+    )
+    pool = await kube.list(
+        resource_path("v1", "pods", namespace=SYSTEM_NS),
+        params={
+            "labelSelector": f"kubelambda.io/function={name},kubelambda.io/function-namespace={namespace}"
+        },
+    )
+    return [p["metadata"]["name"] for p in own["items"] + pool["items"]]
+
+
+async def stored(env: Env, name: str, request_id: str) -> list[str]:
+    nc = await nats.connect(env.nats_url)
+    try:
+        query = logstore.LogQuery(env.namespace, name, request_id=request_id)
+        return [r.message async for r in logstore.read(nc, query)]
+    finally:
+        await nc.close()
+
+
+async def test_a_cold_invoke_served_by_a_warm_pool_pod_is_readable_by_request_id_after_scale_to_zero(
+    env: Env,
+) -> None:
+    doc = python_function("logged", HANDLER, scaling={"scaleToZeroAfterSeconds": 2})
+    await env.deploy(doc)
+    rid, tail, headers = await asyncio.to_thread(invoke_tail, env.url, f"{env.namespace}/logged", {"i": 1})
+    assert headers.get("x-kubelambda-warm-pool"), f"not served by a warm-pool pod: {headers}"
+    assert f"hello from {rid} 1" in tail
+    # Everything of the request is in the store (the agent ships in the background; REPORT is the last line).
+    messages = await wait_for(
+        lambda: stored(env, "logged", rid),
+        lambda got: any(m.startswith("REPORT RequestId: ") for m in got),
+        what=f"request {rid}'s REPORT in the log store",
+    )
+    assert messages[0].startswith(f"START RequestId: {rid} ")
+    assert f"hello from {rid} 1" in messages
+    # Scaled to zero: neither the pool pod that served it nor any pod of the function is left.
+    await wait_for(
+        lambda: instances(env.kube, env.namespace, "logged"),
+        lambda pods: pods == [],
+        what="every instance of the function gone",
+        timeout=120,
+    )
+    done = await kubelambda_logs(env, "logged", "--request-id", rid)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"START RequestId: {rid} Version: $LATEST"), done.stdout
+    assert f"hello from {rid} 1" in lines
+    assert lines[-1].startswith(f"REPORT RequestId: {rid}\t"), done.stdout
+    # Filters: the JSON line at ERROR, a text filter, JSON output with the record's attributes.
+    level = await kubelambda_logs(env, "logged", "--level", "error")
+    assert level.returncode == 0, level.stderr
+    assert [json.loads(line)["level"] for line in level.stdout.splitlines()] == ["ERROR"]
+    as_json = await kubelambda_logs(env, "logged", "--filter", "hello from", "-o", "json")
+    (record,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert (record["namespace"], record["function"], record["requestId"]) == (env.namespace, "logged", rid)
+    assert record["pod"] == headers["x-kubelambda-warm-pool"]
+    # An empty answer says why.
+    none = await kubelambda_logs(env, "logged", "--request-id", "no-such-request")
+    assert none.returncode == 0
+    assert none.stdout == ""
+    assert "No log records for request no-such-request of Function" in none.stderr
+    later = await kubelambda_logs(env, "logged", "--since", "2099-01-01T00:00:00Z")
+    assert "no invocation logged since 2099-01-01T00:00:00Z" in later.stderr
+
+
+async def test_every_async_invocation_is_kept_and_no_record_is_dropped(env: Env) -> None:
+    count = 200
+    await env.deploy(python_function("many", HANDLER, concurrency={"perInstance": 4}))
+
+    def enqueue() -> list[str]:
+        client = lambda_client(env.url)
+        ids = []
+        for i in range(count):
+            answer = client.invoke(
+                FunctionName=f"{env.namespace}/many", InvocationType="Event", Payload=json.dumps({"i": i})
+            )
+            assert answer["StatusCode"] == 202
+            ids.append(answer["ResponseMetadata"]["RequestId"])
+        return ids
+
+    ids = await asyncio.to_thread(enqueue)
+    assert all(ids), "an Event invoke without a request id"
+
+    async def reports() -> set[str]:
+        nc = await nats.connect(env.nats_url)
+        try:
+            query = logstore.LogQuery(env.namespace, "many", contains="REPORT RequestId: ")
+            return {r.request_id async for r in logstore.read(nc, query)}
+        finally:
+            await nc.close()
+
+    got = await wait_for(
+        reports, lambda seen: seen >= set(ids), what=f"the REPORT of {count} requests", timeout=180
+    )
+    assert set(ids) <= got
+    # Every request's own records: START, the handler's two lines, END, REPORT.
+    for rid in ids[:: count // 10]:
+        messages = await stored(env, "many", rid)
+        assert len(messages) == 5, messages
+    # The agents dropped nothing and had everything acknowledged.
+    for endpoint in env.gateway.registry.ready_endpoints((env.namespace, "many")):
+        async with aiohttp.ClientSession() as http, http.get(f"http://{endpoint}/metrics") as resp:
+            text = await resp.text()
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("kubelambda_agent_log_records_")
+        }
+        assert values["kubelambda_agent_log_records_dropped_total"] == 0, values
+        assert values["kubelambda_agent_log_records_stored_total"] > 0, values
+
+
+async def test_a_tenant_cannot_read_another_namespaces_logs(env: Env, tmp_path: Path) -> None:
+    await env.deploy(python_function("private", HANDLER))
+    other = await create_namespace(env.kube, "tenant")
+    try:
+        await env.kube.create(
+            resource_path("v1", "serviceaccounts", namespace=other), {"metadata": {"name": "tenant"}}
+        )
+        token = await token_of(env.kube, other, "tenant")
+        config = yaml.safe_load(env.cluster.kubeconfig.read_text())
+        config["users"] = [{"name": "tenant", "user": {"token": token}}]
+        for context in config["contexts"]:
+            context["context"]["user"] = "tenant"
+        kubeconfig = tmp_path / "tenant.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(config))
+        done = await kubelambda_logs(env, "private", kubeconfig=kubeconfig)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stdout == ""
+        assert "403" in done.stderr or "forbidden" in done.stderr.lower(), done.stderr
+    finally:
+        await env.kube.delete(resource_path("v1", "namespaces", name=other))
+
+
+async def test_retention_removes_old_records(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await logstore.ensure_stream(nc, "short-lived", logstore.Retention(max_age_seconds=1.0))
+        js = nc.jetstream()
+        record = {"time": "2026-01-01T00:00:00Z", "requestId": "r1", "message": "old"}
+        await js.publish(logstore.subject("short-lived", "fn", "r1"), json.dumps(record).encode())
+        assert (await logstore.stream_state(nc, "short-lived")).messages == 1
+        state = await wait_for(
+            lambda: logstore.stream_state(nc, "short-lived"),
+            lambda s: s.messages == 0,
+            what="the record removed after the stream's 1 s retention",
+            timeout=30,
+        )
+        assert state.max_age_seconds == 1.0
+        # A longer retention given later updates the stream in place.
+        await logstore.ensure_stream(nc, "short-lived", logstore.Retention(max_age_seconds=3600))
+        assert (await logstore.stream_state(nc, "short-lived")).max_age_seconds == 3600
+    finally:
+        await nc.close()
