@@ -474,8 +474,7 @@ func (s *shipper) writeMetrics(w io.Writer) {
 		"# TYPE kubelambda_agent_log_records_queued_total counter\nkubelambda_agent_log_records_queued_total %d\n", queued)
 	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_stored_total Log records the log store acknowledged.\n"+
 		"# TYPE kubelambda_agent_log_records_stored_total counter\nkubelambda_agent_log_records_stored_total %d\n", stored)
-	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_dropped_total Log records not stored: buffer full, refused, "+
-		"unacknowledged or lost with the connection.\n"+
+	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_dropped_total Log records not stored: buffer full, refused, unacknowledged or lost with the connection.\n"+
 		"# TYPE kubelambda_agent_log_records_dropped_total counter\nkubelambda_agent_log_records_dropped_total %d\n", dropped)
 	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_inflight Log records sent, not yet acknowledged.\n"+
 		"# TYPE kubelambda_agent_log_records_inflight gauge\nkubelambda_agent_log_records_inflight %d\n", inflight)

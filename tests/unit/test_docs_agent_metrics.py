@@ -1,4 +1,4 @@
-"""docs/metrics.md's agent table says what runtime-images/agent/metrics.go exports: the same metrics, types,
+"""docs/metrics.md's agent table says what runtime-images/agent/metrics.go (and logship.go) exports: the same metrics, types,
 help texts (the table's meaning) and outcome label values."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ Row = tuple[str, str, str]  # (type, labels, meaning)
 def agent_metrics() -> tuple[dict[str, tuple[str, str]], list[str]]:
     """{name: (type, help)} of every metric metrics.go writes, and the outcome values of the invocation counter
     in the order it writes them."""
-    source = (AGENT / "metrics.go").read_text()
+    source = (AGENT / "metrics.go").read_text() + (AGENT / "logship.go").read_text()
     helps = dict(re.findall(r"# HELP (kubelambda_agent_\w+) (.*?)\\n", source))
     types = dict(re.findall(r"# TYPE (kubelambda_agent_\w+) (\w+)", source))
     for name, help_text in re.findall(
