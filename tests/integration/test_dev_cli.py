@@ -119,6 +119,26 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     assert json.loads(invoked.stdout)["message"] == "Hello, cli!"
     assert "cold start" in invoked.stderr
     assert "REPORT RequestId:" in invoked.stderr
+    # The README's `kubelambda logs hello --request-id ID`: from the log store (dev.json's nats_url), which keeps
+    # the request's log whichever pod (a warm-pool pod, gone a second later) served it (docs/logs.md).
+    assert state["nats_url"].startswith("nats://127.0.0.1:")
+    request_id = invoked.stderr.split("START RequestId: ", 1)[1].split()[0]
+
+    def logs() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kubelambda", "logs", "default/hello-python311", "--request-id", request_id,
+             "--from", "store", "--state-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    deadline = time.monotonic() + 30
+    stored = logs()
+    while "REPORT RequestId:" not in stored.stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+        stored = logs()
+    assert stored.returncode == 0, stored.stdout + stored.stderr
+    assert stored.stdout.startswith(f"START RequestId: {request_id}"), stored.stdout + stored.stderr
+    assert stored.stdout.splitlines()[-1].startswith(f"REPORT RequestId: {request_id}")
 
     kubectl(state["kubeconfig"], "apply", "-f", "-", input=sleeper_pod("sleeper"))
     pod = wait_ready(state["kubeconfig"], "sleeper")

@@ -270,3 +270,39 @@ async def test_retention_removes_old_records(nats_server: NatsServer) -> None:
         assert (await logstore.stream_state(nc, "short-lived")).max_age_seconds == 3600
     finally:
         await nc.close()
+
+
+async def test_follow_prints_stored_records_then_new_ones(env: Env) -> None:
+    await env.deploy(python_function("followed", HANDLER))
+    first, _, _ = await asyncio.to_thread(invoke_tail, env.url, f"{env.namespace}/followed", {"i": 1})
+    await wait_for(
+        lambda: stored(env, "followed", first),
+        lambda got: any(m.startswith("REPORT ") for m in got),
+        what="the first request's REPORT stored",
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KUBELAMBDA_", "AWS_"))}
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kubelambda", "logs", "followed", "-n", env.namespace, "--follow", "--prefix",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        env={**clean, "KUBECONFIG": str(env.cluster.kubeconfig), "KUBELAMBDA_LOG_STORE_URL": env.nats_url,
+             "KUBELAMBDA_STATE_DIR": "/nonexistent"},
+    )  # fmt: skip
+    out = follower.stdout
+    assert out is not None
+    seen: list[str] = []
+
+    async def until(text: str) -> None:
+        while not any(text in line for line in seen):
+            line = await asyncio.wait_for(out.readline(), timeout=60)
+            assert line, f"logs --follow ended: {seen}"
+            seen.append(line.decode())
+
+    try:
+        await until(f"hello from {first} 1")  # what was stored before
+        second, _, _ = await asyncio.to_thread(invoke_tail, env.url, f"{env.namespace}/followed", {"i": 2})
+        await until(f"REPORT RequestId: {second}")  # then what comes
+        assert any(f"hello from {second} 2" in line for line in seen)
+        assert all(line.startswith("[") for line in seen), seen  # --prefix: [pod]
+    finally:
+        follower.terminate()
+        await follower.wait()
