@@ -32,15 +32,15 @@ import (
 
 const (
 	logSubjectPrefix  = "kubelambda.logs"
-	defaultLogBuffer  = 8192                 // records waiting for the sender, at most
-	maxLogMessage     = 64 * 1024            // a longer line is cut (the record says so)
-	logBatchRecords   = 512                  // records written before one flush
+	defaultLogBuffer  = 8192                  // records waiting for the sender, at most
+	maxLogMessage     = 64 * 1024             // a longer line is cut (the record says so)
+	logBatchRecords   = 512                   // records written before one flush
 	logLinger         = 10 * time.Millisecond // how long a batch waits for more records before its flush
-	logDialTimeout    = 2 * time.Second      // connecting to NATS
-	logAckTimeout     = 10 * time.Second     // a record not acknowledged by then counts as dropped
-	logRetryMax       = 5 * time.Second      // the longest wait between connection attempts
-	logShutdownFlush  = 2 * time.Second      // how long SIGTERM waits for queued records to be stored
-	noRequestID       = "none"               // subject token of lines outside any invocation
+	logDialTimeout    = 2 * time.Second       // connecting to NATS
+	logAckTimeout     = 10 * time.Second      // a record not acknowledged by then counts as dropped
+	logRetryMax       = 5 * time.Second       // the longest wait between connection attempts
+	logShutdownFlush  = 2 * time.Second       // how long SIGTERM waits for queued records to be stored
+	noRequestID       = "none"                // subject token of lines outside any invocation
 	logInboxTokenSize = 12
 )
 
