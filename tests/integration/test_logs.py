@@ -313,3 +313,39 @@ async def test_follow_prints_stored_records_then_new_ones(env: Env) -> None:
     finally:
         follower.terminate()
         await follower.wait()
+
+
+async def test_an_invocation_by_a_trigger_bridge_is_kept_too(env: Env) -> None:
+    await env.deploy(python_function("ticked", HANDLER))
+    env.apply(
+        {
+            "apiVersion": "kubelambda.io/v1alpha1",
+            "kind": "Trigger",
+            "metadata": {"name": "tick"},
+            "spec": {"function": "ticked", "schedule": {"expression": "cron(* * * * ? *)"}},
+        }
+    )
+
+    async def printed() -> list[logstore.LogRecord]:
+        nc = await nats.connect(env.nats_url)
+        try:
+            query = logstore.LogQuery(env.namespace, "ticked", contains="hello from ")
+            return [r async for r in logstore.read(nc, query)]
+        finally:
+            await nc.close()
+
+    # The bridge fires at the next minute boundary (the bridge pod starts first).
+    (first, *_) = await wait_for(
+        printed, bool, what="the scheduled invocation's output stored", timeout=180, interval=1.0
+    )
+    assert first.message == f"hello from {first.request_id} None"
+    done = await wait_for(
+        lambda: kubelambda_logs(env, "ticked", "--request-id", first.request_id),
+        lambda d: d.returncode != 0 or "REPORT RequestId" in d.stdout,
+        what="the scheduled invocation's REPORT",
+        interval=0.5,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"START RequestId: {first.request_id} "), done.stdout
+    assert lines[-1].startswith(f"REPORT RequestId: {first.request_id}\t"), done.stdout
