@@ -107,13 +107,16 @@ async def kubelambda_logs(
 
 
 def invoke_tail(url: str, name: str, payload: JSON) -> tuple[str, str, dict[str, str]]:
-    """A sync invoke with LogType=Tail: its request id (from the START line of the tail), tail and headers."""
+    """A sync invoke with LogType=Tail: its request id (boto3's ResponseMetadata), log tail and headers."""
     response = lambda_client(url).invoke(FunctionName=name, Payload=json.dumps(payload), LogType="Tail")
     assert response["StatusCode"] == 200
     assert "FunctionError" not in response, response["Payload"].read()
     tail = base64.b64decode(response["LogResult"]).decode()
     start = next(line for line in tail.splitlines() if line.startswith("START RequestId: "))
-    return start.split()[2], tail, response["ResponseMetadata"]["HTTPHeaders"]
+    # The SDK's request id (x-amzn-RequestId) is the invocation's, in START and in the log store.
+    request_id = response["ResponseMetadata"]["RequestId"]
+    assert start.split()[2] == request_id, (start, response["ResponseMetadata"])
+    return request_id, tail, response["ResponseMetadata"]["HTTPHeaders"]
 
 
 async def instances(kube: KubeClient, namespace: str, name: str) -> list[str]:

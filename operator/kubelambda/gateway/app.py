@@ -265,6 +265,8 @@ class Gateway(RegistryLookups):
             return error_response(e.code, e.message, reason=e.reason)
         headers = {**result.headers, COLD_START_HEADER: "true" if cold else "false"}
         headers.setdefault("X-Amz-Executed-Version", "$LATEST")
+        # As Lambda: SDKs read it as ResponseMetadata.RequestId, the id of the call's log records (docs/logs.md).
+        headers["X-Amzn-RequestId"] = invocation.request_id
         return web.Response(status=result.status, body=result.body, headers=headers)
 
     # ---- HTTP routes (API Gateway HTTP API, payload 2.0) ----------------------------------------------
