@@ -3,12 +3,17 @@ explanation of an empty answer, and the agent's inputs the operator gives functi
 
 from __future__ import annotations
 
+import argparse
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from kubelambda import logstore
+from kubelambda.cli._common import Target
+from kubelambda.cli.functions import _log_store_url
+from kubelambda.devcluster import DevState
 from kubelambda.resources import FunctionObject
 from kubelambda.resources.deployment import function_env
 from kubelambda.resources.warmpool import make_pool_deployment
@@ -133,3 +138,21 @@ def test_warm_pool_pods_ship_when_given_the_url() -> None:
 def test_retention_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="retention must be > 0 seconds"):
         OperatorSettings(log_retention_by_namespace={"team-a": 0})
+
+
+def test_the_cli_finds_the_log_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--log-store`` > ``$KUBELAMBDA_LOG_STORE_URL`` > dev.json's NATS, only for the dev cluster itself."""
+    dev, other = tmp_path / "dev.yaml", tmp_path / "other.yaml"
+    DevState(state="running", pid=1, kubeconfig=str(dev), nats_url="nats://127.0.0.1:4222").write(tmp_path)
+    monkeypatch.delenv("KUBELAMBDA_LOG_STORE_URL", raising=False)
+
+    def url(kubeconfig: Path, log_store: str | None = None) -> str | None:
+        args = argparse.Namespace(log_store=log_store, state_dir=str(tmp_path))
+        return _log_store_url(args, Target(str(kubeconfig), "default", "test"))
+
+    assert url(dev) == "nats://127.0.0.1:4222"
+    assert url(other) is None  # another cluster: the dev cluster's NATS is not its store
+    assert url(other, "nats://flag:4222") == "nats://flag:4222"
+    monkeypatch.setenv("KUBELAMBDA_LOG_STORE_URL", "nats://env:4222")
+    assert url(dev) == "nats://env:4222"
+    assert url(dev, "nats://flag:4222") == "nats://flag:4222"

@@ -300,8 +300,9 @@ async def _print_pod(
             raise
 
 
-def _log_store_url(args: argparse.Namespace) -> str | None:
-    """``--log-store`` > ``$KUBELAMBDA_LOG_STORE_URL`` > the running `kubelambda dev up` cluster's NATS."""
+def _log_store_url(args: argparse.Namespace, target: Target) -> str | None:
+    """``--log-store`` > ``$KUBELAMBDA_LOG_STORE_URL`` > the NATS of the running `kubelambda dev up` cluster, when
+    that is the cluster the command talks to."""
     if args.log_store:
         return str(args.log_store)
     if os.environ.get("KUBELAMBDA_LOG_STORE_URL"):
@@ -309,7 +310,8 @@ def _log_store_url(args: argparse.Namespace) -> str | None:
     from kubelambda.cli._common import _dev_state
 
     state = _dev_state(args)
-    if state is not None and state.state == "running" and getattr(state, "nats_url", ""):
+    same_cluster = state is not None and Path(state.kubeconfig).resolve() == Path(target.kubeconfig).resolve()
+    if same_cluster and state.state == "running" and state.nats_url:
         return str(state.nats_url)
     return None
 
@@ -379,7 +381,7 @@ async def _store_logs(args: argparse.Namespace, url: str, namespace: str, name: 
 def cmd_logs(args: argparse.Namespace) -> int:
     target = resolve_target(args)
     namespace, name = split_name(args.name, target.namespace)
-    url = _log_store_url(args) if args.source != "pods" else None
+    url = _log_store_url(args, target) if args.source != "pods" else None
     if args.source == "store" and url is None:
         raise CliError(
             "no log store to read from",
