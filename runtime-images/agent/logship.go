@@ -114,6 +114,7 @@ func newShipper(rawURL, namespace, function, version, pod string, buffer int) (*
 
 // identity is what every record of the pod shares, encoded once: the subject's prefix and the record's fields.
 type identity struct {
+	off     bool   // no namespace yet (a warm-pool pod before /specialize): its lines belong to no function
 	subject string // kubelambda.logs.<namespace>.<function>.
 	fields  []byte // "namespace":..,"function":..,"version":..,"pod":..,
 }
@@ -132,6 +133,7 @@ func (s *shipper) setFunction(namespace, function string) {
 	f = appendJSONString(f, s.pod)
 	f = append(f, ',')
 	s.ident.Store(&identity{
+		off:     namespace == "",
 		subject: logSubjectPrefix + "." + subjectToken(namespace) + "." + subjectToken(function) + ".",
 		fields:  f,
 	})
@@ -157,8 +159,11 @@ func (s *shipper) ship(stream, id string, line []byte) {
 	if s == nil {
 		return
 	}
-	line = bytes.TrimRight(line, "\r\n")
 	ident := s.ident.Load()
+	if ident.off {
+		return
+	}
+	line = bytes.TrimRight(line, "\r\n")
 	truncated := len(line) > maxLogMessage
 	if truncated {
 		line = line[:maxLogMessage]
