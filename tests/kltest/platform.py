@@ -45,7 +45,7 @@ JSON = dict[str, Any]
 
 async def install_crds(cluster: Cluster, kube: KubeClient) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    for name in ("functions.kubelambda.io", "triggers.kubelambda.io"):
+    for name in ("functions.kubelambda.io", "triggers.kubelambda.io", "functionaliases.kubelambda.io"):
         await wait_for(
             lambda n=name: kube.get(
                 resource_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=n)

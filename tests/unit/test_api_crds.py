@@ -66,9 +66,13 @@ def test_printer_columns_and_names() -> None:
     assert trig["spec"]["names"]["shortNames"] == ["trig"]
     assert fn["spec"]["names"]["categories"] == ["kubelambda"] == trig["spec"]["names"]["categories"]
     shown = [c["name"] for c in fn["spec"]["versions"][0]["additionalPrinterColumns"] if "priority" not in c]
-    assert shown == ["Runtime", "Ready", "Instances", "Age"]
+    assert shown == ["Runtime", "Version-Of", "Version", "Ready", "Instances", "Age"]
     shown = [
         c["name"] for c in trig["spec"]["versions"][0]["additionalPrinterColumns"] if "priority" not in c
     ]
     assert shown == ["Function", "Source", "Ready", "Age"]
     assert fn["spec"]["versions"][0]["subresources"] == {"status": {}}
+    alias = yaml.safe_load(render_crds()["kubelambda.io_functionaliases.yaml"])
+    assert alias["spec"]["names"]["shortNames"] == ["fnalias"]
+    shown = [c["name"] for c in alias["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert shown == ["Function", "Alias", "Version", "Additional", "Weight", "Age"]

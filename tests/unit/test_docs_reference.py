@@ -86,7 +86,7 @@ def test_every_section_link_resolves() -> None:
         for line in text.splitlines()
         if line.startswith("### ")
     }
-    headings |= {"function", "trigger"}
+    headings |= {"function", "trigger", "functionalias"}
     links = set(re.findall(r"\]\(#([^)]+)\)", text))
     assert links
     assert links <= headings, sorted(links - headings)

@@ -13,7 +13,16 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from kubelambda.api.v1alpha1 import GROUP, VERSION, FunctionSpec, FunctionStatus, TriggerSpec, TriggerStatus
+from kubelambda.api.v1alpha1 import (
+    GROUP,
+    VERSION,
+    FunctionAliasSpec,
+    FunctionAliasStatus,
+    FunctionSpec,
+    FunctionStatus,
+    TriggerSpec,
+    TriggerStatus,
+)
 from kubelambda.jsonobj import JSON
 
 # JSON Schema keywords that mean the same in a CRD's OpenAPI v3 schema.
@@ -69,6 +78,9 @@ CRDS: tuple[CrdInfo, ...] = (
         description="A function: code + runtime + limits, run by the operator as a Deployment of agent pods.",
         columns=(
             {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime"},
+            {"name": "Version-Of", "type": "string", "jsonPath": ".spec.versionOf.function"},
+            {"name": "Version", "type": "integer", "jsonPath": ".spec.versionOf.version"},
+            {"name": "Code-SHA256", "type": "string", "jsonPath": ".status.codeSha256", "priority": 1},
             {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status"},
             {"name": "Reason", "type": "string", "jsonPath": f"{_READY}.reason", "priority": 1},
             {"name": "Instances", "type": "integer", "jsonPath": ".status.instances.ready"},
@@ -87,6 +99,23 @@ CRDS: tuple[CrdInfo, ...] = (
             {"name": "Function", "type": "string", "jsonPath": ".spec.function"},
             {"name": "Source", "type": "string", "jsonPath": ".status.source"},
             {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ),
+    ),
+    CrdInfo(
+        kind="FunctionAlias",
+        plural="functionaliases",
+        short_names=("fnalias",),
+        spec=FunctionAliasSpec,
+        status=FunctionAliasStatus,
+        description="A Lambda alias: a name for a published version of a Function, with optional weighted "
+        "routing to a second version.",
+        columns=(
+            {"name": "Function", "type": "string", "jsonPath": ".spec.function"},
+            {"name": "Alias", "type": "string", "jsonPath": ".spec.name"},
+            {"name": "Version", "type": "string", "jsonPath": ".spec.functionVersion"},
+            {"name": "Additional", "type": "string", "jsonPath": ".spec.routing[0].version"},
+            {"name": "Weight", "type": "number", "jsonPath": ".spec.routing[0].weight"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ),
     ),

@@ -1,4 +1,4 @@
-"""``docs/reference.md``: the Function and Trigger reference, generated from the models.
+"""``docs/reference.md``: the Function, Trigger and FunctionAlias reference, generated from the models.
 
 It walks the same structural schema the CRDs are made of (``crd_documents()``), so every field, type, default,
 limit, description and CEL rule message in the reference is exactly what the API server enforces. One section
@@ -194,7 +194,8 @@ def render_reference() -> str:
         ]
         out.append(f"`kubectl get` columns: {', '.join(columns)}.\n")
         for part in ("spec", "status"):
-            _section(f"{info.kind}.{part}", schema["properties"][part], out)
+            if schema["properties"][part].get("properties"):  # a kind without status fields has no section
+                _section(f"{info.kind}.{part}", schema["properties"][part], out)
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -92,7 +92,7 @@ class Platform:
         )
         await asyncio.to_thread(
             self._kubectl, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/functions.kubelambda.io", "crd/triggers.kubelambda.io",
+            "crd/functions.kubelambda.io", "crd/triggers.kubelambda.io", "crd/functionaliases.kubelambda.io",
         )  # fmt: skip
         async with KubeClient.from_kubeconfig(self.admin_kubeconfig) as kube:
             if await kube.get_or_none(resource_path("v1", "namespaces", name=SYSTEM_NS)) is None:

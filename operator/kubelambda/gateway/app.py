@@ -38,10 +38,17 @@ from kubelambda.gateway.auth import (
 )
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
-from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
+from kubelambda.gateway.functionname import (
+    BadFunctionName,
+    FunctionRef,
+    parse_function_name,
+    qualified,
+    qualified_arn,
+)
 from kubelambda.gateway.invoke_path import InvokePath, Unavailable
+from kubelambda.gateway.lambdaapi import LambdaApi
 from kubelambda.gateway.proxy import Invocation
-from kubelambda.gateway.registry import FunctionEntry, Registry, RegistryLookups
+from kubelambda.gateway.registry import FunctionEntry, NotFound, Registry, RegistryLookups, Resolved
 from kubelambda.gateway.routes import Match, RouteTable
 from kubelambda.gateway.throttler import Throttled
 from kubelambda.kube import KubeClient
@@ -92,11 +99,10 @@ class Gateway(RegistryLookups):
             ref = parse_function_name(request.match_info["name"], default_namespace=s.default_namespace)
         except BadFunctionName as e:
             return error_response("InvalidParameterValueException", str(e))
-        if request.query.get("Qualifier", "$LATEST") != "$LATEST" or ref.qualifier != "$LATEST":
-            return error_response(
-                "ResourceNotFoundException",
-                f"Function not found: {ref.arn(s.region)}:{ref.qualifier}: kubelambda serves only $LATEST",
-            )
+        try:
+            ref = qualified(ref, request.query.get("Qualifier"))
+        except BadFunctionName as e:
+            return error_response("InvalidParameterValueException", str(e))
         kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if kind not in ("RequestResponse", "Event", "DryRun"):
             return error_response(
@@ -136,19 +142,31 @@ class Gateway(RegistryLookups):
                     "InvalidRequestContentException",
                     "Could not parse request body into json: arrays and objects are nested too deeply",
                 )
-        fn = self.registry.function(ref)
-        if fn is None:
-            return error_response("ResourceNotFoundException", f"Function not found: {ref.arn(s.region)}")
+        resolved = self.resolve(ref)
+        if resolved is None:
+            return error_response(
+                "ResourceNotFoundException", f"Function not found: {qualified_arn(ref, s.region)}"
+            )
+        fn = resolved.entry
         if not fn.ready:
             return error_response(
                 "ResourceNotReadyException",
                 f"Function {fn.namespace}/{fn.name} is not Ready ({fn.not_ready}); see kubectl describe fn {fn.name}",
             )
         if kind == "DryRun":
-            return web.Response(status=204, headers={"X-Amz-Executed-Version": "$LATEST"})
+            return web.Response(status=204, headers={"X-Amz-Executed-Version": resolved.version})
         if kind == "Event":
             return await self._enqueue(fn, body or b"{}", key=self._idempotency_key(request, caller))
-        return await self._run(request, caller, fn, ref, body or b"{}", started)
+        return await self._run(request, caller, resolved, ref, body or b"{}", started)
+
+    def resolve(self, ref: FunctionRef) -> Resolved | None:
+        """The resolve step of every entry point: a name with its qualifier (``$LATEST``, a version number, an
+        alias, whose weighted routing picks a version here, once per invocation) → the Function object that
+        runs it and the version reported as ``X-Amz-Executed-Version``; None when nothing matches."""
+        try:
+            return self.registry.resolve(ref)
+        except NotFound:
+            return None
 
     def _idempotency_key(self, request: web.Request, caller: Identity) -> str | None:
         """The platform's key as sent; anyone else's scoped to the caller, so it never collides with a bridge's
@@ -240,13 +258,14 @@ class Gateway(RegistryLookups):
         self,
         request: web.Request,
         caller: Identity,
-        fn: FunctionEntry,
+        resolved: Resolved,
         ref: FunctionRef,
         body: bytes,
         started: float,
     ) -> web.StreamResponse:
+        fn = resolved.entry
         invocation = Invocation.new(
-            arn=ref.arn(self.settings.region),
+            arn=qualified_arn(ref, self.settings.region),
             timeout_seconds=float(fn.spec.timeout_seconds),
             body=body,
             log_tail=request.headers.get("X-Amz-Log-Type") == "Tail",
@@ -264,7 +283,8 @@ class Gateway(RegistryLookups):
         except Unavailable as e:
             return error_response(e.code, e.message, reason=e.reason)
         headers = {**result.headers, COLD_START_HEADER: "true" if cold else "false"}
-        headers.setdefault("X-Amz-Executed-Version", "$LATEST")
+        # The gateway resolved the version: a warm-pool pod specialised for a version says $LATEST itself.
+        headers["X-Amz-Executed-Version"] = resolved.version
         # As Lambda: SDKs read it as ResponseMetadata.RequestId, the id of the call's log records (docs/logs.md).
         headers["X-Amzn-RequestId"] = invocation.request_id
         return web.Response(status=result.status, body=result.body, headers=headers)
@@ -331,9 +351,10 @@ class Gateway(RegistryLookups):
             caller = PUBLIC if public else await self.auth.authorise(request, INVOKE, ref, body=body)
         except AuthRefused as e:  # as a function URL with AWS_IAM answers: 403, the reason in the header
             return _http(httpapi.forbidden(e.code))
-        fn = self.registry.function(ref)
-        if fn is None:
+        resolved = self.resolve(ref)
+        if resolved is None:
             return _http(httpapi.message(404, "Not Found"))
+        fn = resolved.entry
         if not fn.ready:
             return _http(httpapi.message(503, "Service Unavailable"))
         version = request.version
@@ -356,7 +377,7 @@ class Gateway(RegistryLookups):
         payload = json.dumps(event).encode()
         if len(payload) > s.max_request_bytes:
             return _http(httpapi.message(413, "Request Entity Too Large"))
-        answer = await self._run(request, caller, fn, ref, payload, started)
+        answer = await self._run(request, caller, resolved, ref, payload, started)
         assert isinstance(answer, web.Response)
         if answer.status == 200 and "X-Amz-Function-Error" not in answer.headers:
             mapped = httpapi.map_result(answer.body if isinstance(answer.body, bytes) else b"")
@@ -442,6 +463,7 @@ class Gateway(RegistryLookups):
             client_max_size=self.settings.max_request_bytes + 1024, middlewares=[self._guard]
         )
         app.router.add_post(INVOKE_PATH, self.invoke)
+        LambdaApi(self.settings, self.kube, self.auth).register(app.router)  # the control-plane API
         app.router.add_route("*", "/http/{namespace}/{name}", self.http_route)
         app.router.add_route("*", "/http/{namespace}/{name}/{tail:.*}", self.http_route)
         app.router.add_route("*", "/api/{namespace}", self.trigger_route)

@@ -14,6 +14,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     "InvalidRequestContentException": (400, "User"),
     "InvalidParameterValueException": (400, "User"),
     "ResourceNotFoundException": (404, "User"),
+    "ResourceConflictException": (409, "User"),
+    "ResourceInUseException": (400, "User"),
+    "PreconditionFailedException": (412, "User"),
+    "CodeStorageExceededException": (400, "User"),
+    "RequestEntityTooLargeException": (413, "User"),
     "ResourceNotReadyException": (502, "Service"),
     "RequestTooLargeException": (413, "User"),
     "RequestTimeoutException": (408, "User"),  # not Lambda's: a body slower than body_timeout_seconds

@@ -6,7 +6,8 @@ Lambda accepts a name, a partial ARN or a full ARN, each with an optional qualif
     demo/hello                                     → namespace demo (kubelambda's own short form)
     123456789012:function:hello                    → partial ARN
     arn:aws:lambda:us-east-1:demo:function:hello   → the ARN's account field carries the namespace
-    hello:$LATEST, arn:...:function:hello:$LATEST  → qualifier ``$LATEST`` (the only version kubelambda has)
+    hello:$LATEST, arn:...:function:hello:$LATEST  → qualifier ``$LATEST`` (the Function as edited)
+    hello:3, hello:live                            → a published version, an alias (docs/versions.md)
 
 A twelve-digit account (as AWS tooling fills in) is not a namespace name (those must start with a letter),
 so it selects the default namespace. The ARNs kubelambda hands out use the namespace as the account:
@@ -60,3 +61,23 @@ def parse_function_name(value: str, *, default_namespace: str) -> FunctionRef:
     if not re.fullmatch(_NAME, namespace):
         raise BadFunctionName(f"FunctionName {value!r}: {namespace!r} is not a valid namespace")
     return FunctionRef(namespace=namespace, name=name, qualifier=match.group("qualifier") or "$LATEST")
+
+
+def qualified(ref: FunctionRef, qualifier: str | None) -> FunctionRef:
+    """``ref`` with the ``Qualifier`` parameter applied; the name's own qualifier must agree with it."""
+    if qualifier is None or qualifier == "":
+        return ref
+    if not re.fullmatch(_QUALIFIER, qualifier) or len(qualifier) > 128:
+        raise BadFunctionName(f"Qualifier {qualifier!r} is not $LATEST, a version number or an alias name")
+    if ref.qualifier != "$LATEST" and ref.qualifier != qualifier:
+        raise BadFunctionName(
+            f"The derived qualifier from the function name ({ref.qualifier!r}) does not match the "
+            f"specified Qualifier {qualifier!r}"
+        )
+    return FunctionRef(ref.namespace, ref.name, qualifier)
+
+
+def qualified_arn(ref: FunctionRef, region: str) -> str:
+    """The ARN as invoked: with ``:<qualifier>`` unless the call named no qualifier."""
+    arn = ref.arn(region)
+    return arn if ref.qualifier == "$LATEST" else f"{arn}:{ref.qualifier}"

@@ -1,21 +1,24 @@
 """What the gateway knows of functions and their instances, kept current by watches.
 
-Two watches across all namespaces: Functions (``kubelambda.io/v1alpha1``) and the EndpointSlices of their
-Services (label ``kubelambda.io/function``). The invoke path only reads this cache; it never calls the API.
+Three watches across all namespaces: Functions (``kubelambda.io/v1alpha1``; published versions are Functions
+too, with ``spec.versionOf``), FunctionAliases, and the EndpointSlices of the Functions' Services (label
+``kubelambda.io/function``). The invoke path only reads this cache; it never calls the API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from kubelambda.api.v1alpha1 import FunctionSpec
+from kubelambda.api.v1alpha1 import FunctionAliasSpec, FunctionSpec
 from kubelambda.gateway.functionname import FunctionRef
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import KubeClient, list_and_watch, resource_path
 from kubelambda.resources.labels import FUNCTION_LABEL
+from kubelambda.resources.names import lambda_name, lambda_version
 
 logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
@@ -34,6 +37,48 @@ class FunctionEntry:
     def key(self) -> Key:
         return (self.namespace, self.name)
 
+    @property
+    def lambda_name(self) -> str:
+        """The function name callers use: a published version's is its Function's."""
+        return lambda_name(self.name, self.spec)
+
+    @property
+    def version(self) -> str:
+        """``$LATEST`` or the published version's number (``X-Amz-Executed-Version``)."""
+        return lambda_version(self.spec)
+
+
+VersionKey = tuple[str, str, str]  # (namespace, function, version number or alias name)
+
+
+@dataclass(frozen=True)
+class AliasEntry:
+    namespace: str
+    function: str
+    name: str
+    version: str  # a number or $LATEST
+    additional: str | None = None  # a second version, taking ``weight`` of the invocations
+    weight: float = 0.0
+
+    def pick(self, draw: float) -> str:
+        """The version one invocation runs, for a uniform ``draw`` in [0, 1)."""
+        if self.additional is not None and draw < self.weight:
+            return self.additional
+        return self.version
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a qualified name invokes: the Function object that runs, and the version callers are told."""
+
+    entry: FunctionEntry
+    version: str  # X-Amz-Executed-Version
+    qualifier: str  # as asked ($LATEST, a number or an alias), for the invoked ARN
+
+
+class NotFound(Exception):
+    """The name or qualifier names nothing; the message says which part."""
+
 
 @dataclass
 class Registry:
@@ -43,12 +88,42 @@ class Registry:
     _slices: dict[str, tuple[Key, list[str]]] = field(
         default_factory=dict
     )  # slice uid → (function, addresses)
+    # Published versions: (namespace, function, "N") → the Function object that holds it.
+    versions: dict[VersionKey, Key] = field(default_factory=dict)
+    aliases: dict[VersionKey, AliasEntry] = field(default_factory=dict)
+    _alias_keys: dict[Key, VersionKey] = field(default_factory=dict)  # object (namespace, name) → alias
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _listed: set[str] = field(default_factory=set)
     synced: asyncio.Event = field(default_factory=asyncio.Event)
 
     def function(self, ref: FunctionRef) -> FunctionEntry | None:
         return self.functions.get((ref.namespace, ref.name))
+
+    def resolve(self, ref: FunctionRef, *, draw: float | None = None) -> Resolved:
+        """The one resolve step of every entry point: ``name``, ``name:N`` or ``name:alias`` → the Function
+        object that runs it. An alias with weighted routing picks its version with ``draw`` (uniform in
+        [0, 1), random when None), once per invocation. Raises :class:`NotFound`."""
+        base = self.functions.get((ref.namespace, ref.name))
+        if base is None:
+            raise NotFound("function")
+        qualifier = ref.qualifier
+        if qualifier == "$LATEST":
+            return Resolved(base, base.version, qualifier)
+        if base.spec.version_of is not None:
+            raise NotFound("qualifier")  # a version object's own name takes no qualifier
+        version = qualifier
+        if not qualifier.isdigit():
+            alias = self.aliases.get((ref.namespace, ref.name, qualifier))
+            if alias is None:
+                raise NotFound("alias")
+            version = alias.pick(random.random() if draw is None else draw)
+            if version == "$LATEST":
+                return Resolved(base, version, qualifier)
+        key = self.versions.get((ref.namespace, ref.name, str(int(version))))
+        entry = self.functions.get(key) if key is not None else None
+        if entry is None:
+            raise NotFound("version")
+        return Resolved(entry, entry.version, qualifier)
 
     def ready_endpoints(self, key: Key) -> list[str]:
         return self.endpoints.get(key, [])
@@ -71,6 +146,7 @@ class Registry:
     def apply_function(self, kind: str, body: JSON) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
+        self._forget_version(key)
         if kind == "DELETED":
             self.functions.pop(key, None)
             return
@@ -80,6 +156,8 @@ class Registry:
             logger.warning("Ignored Function %s/%s with a spec the gateway cannot read: %s", *key, e)
             self.functions.pop(key, None)
             return
+        if spec.version_of is not None:
+            self.versions[(key[0], spec.version_of.function, str(spec.version_of.version))] = key
         ready = next(
             (c for c in body.get("status", {}).get("conditions", []) if c.get("type") == "Ready"), None
         )
@@ -94,6 +172,39 @@ class Registry:
             else (f"{ready.get('reason', '')}: {ready.get('message', '')}" if ready else "not reconciled yet")
         )
         self.functions[key] = FunctionEntry(meta["namespace"], meta["name"], spec, is_ready, why)
+
+    def _forget_version(self, key: Key) -> None:
+        old = self.functions.get(key)
+        if old is not None and old.spec.version_of is not None:
+            of = old.spec.version_of
+            version_key = (key[0], of.function, str(of.version))
+            if self.versions.get(version_key) == key:
+                del self.versions[version_key]
+
+    def apply_alias(self, kind: str, body: JSON) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        old = self._alias_keys.pop(key, None)
+        if old is not None:
+            self.aliases.pop(old, None)
+        if kind == "DELETED":
+            return
+        try:
+            spec = FunctionAliasSpec.model_validate(body.get("spec", {}))
+        except ValueError as e:
+            logger.warning("Ignored FunctionAlias %s/%s with a spec the gateway cannot read: %s", *key, e)
+            return
+        extra = spec.routing[0] if spec.routing else None
+        alias_key = (key[0], spec.function, spec.name)
+        self.aliases[alias_key] = AliasEntry(
+            key[0],
+            spec.function,
+            spec.name,
+            spec.function_version,
+            extra.version if extra is not None else None,
+            extra.weight if extra is not None else 0.0,
+        )
+        self._alias_keys[key] = alias_key
 
     def apply_slice(self, kind: str, body: JSON) -> None:
         meta = body["metadata"]
@@ -120,6 +231,7 @@ class Registry:
 
     async def _on_functions(self, items: list[JSON]) -> None:
         self.functions.clear()
+        self.versions.clear()
         for item in items:
             self.apply_function("MODIFIED", item)
         await self._notify()
@@ -127,6 +239,15 @@ class Registry:
     async def _on_function(self, kind: str, body: JSON) -> None:
         self.apply_function(kind, body)
         await self._notify()
+
+    async def _on_aliases(self, items: list[JSON]) -> None:
+        self.aliases.clear()
+        self._alias_keys.clear()
+        for item in items:
+            self.apply_alias("ADDED", item)
+
+    async def _on_alias(self, kind: str, body: JSON) -> None:
+        self.apply_alias(kind, body)
 
     async def _on_slices(self, items: list[JSON]) -> None:
         self._slices.clear()
@@ -151,6 +272,12 @@ class Registry:
             ),
             list_and_watch(
                 kube,
+                resource_path("kubelambda.io/v1alpha1", "functionaliases"),
+                on_list=self._synced_after(self._on_aliases, "functionaliases"),
+                on_event=self._on_alias,
+            ),
+            list_and_watch(
+                kube,
                 resource_path("discovery.k8s.io/v1", "endpointslices"),
                 params={"labelSelector": FUNCTION_LABEL},
                 on_list=self._synced_after(self._on_slices, "endpointslices"),
@@ -164,7 +291,7 @@ class Registry:
         async def wrapped(items: list[JSON]) -> None:
             await handler(items)
             self._listed.add(what)
-            if self._listed >= {"functions", "endpointslices"}:
+            if self._listed >= {"functions", "functionaliases", "endpointslices"}:
                 self.synced.set()
 
         return wrapped
@@ -187,4 +314,8 @@ class RegistryLookups:
         return fn.spec if fn is not None else None
 
     def function_arn(self, namespace: str, name: str) -> str:
+        """The ARN of the Function object ``name``: a published version's is ``<function>:<N>``."""
+        fn = self.registry.functions.get((namespace, name))
+        if fn is not None and fn.spec.version_of is not None:
+            return f"{FunctionRef(namespace, fn.lambda_name).arn(self.arn_region())}:{fn.version}"
         return FunctionRef(namespace, name).arn(self.arn_region())

@@ -60,8 +60,8 @@ def function_env(
     """
     spec = fn.spec
     agent = {
-        "KUBELAMBDA_FUNCTION_NAME": fn.name,
-        "KUBELAMBDA_FUNCTION_VERSION": "$LATEST",
+        "KUBELAMBDA_FUNCTION_NAME": fn.lambda_name,
+        "KUBELAMBDA_FUNCTION_VERSION": fn.lambda_version,
         "KUBELAMBDA_HANDLER": spec.handler,
         "KUBELAMBDA_MEMORY_MB": str(spec.memory_mb),
         "KUBELAMBDA_REGION": settings.region,

@@ -57,6 +57,29 @@ class FunctionObject(OwnerObject):
     def from_body(cls, body: JSON) -> FunctionObject:
         return cls(**cls.identity(body), spec=FunctionSpec.model_validate(body.get("spec", {})))
 
+    @property
+    def lambda_name(self) -> str:
+        """The function name Lambda's API and the runtime see: a published version's is its Function's."""
+        return lambda_name(self.name, self.spec)
+
+    @property
+    def lambda_version(self) -> str:
+        """``$LATEST``, or a published version's number."""
+        return lambda_version(self.spec)
+
+
+def lambda_name(name: str, spec: FunctionSpec) -> str:
+    return spec.version_of.function if spec.version_of is not None else name
+
+
+def lambda_version(spec: FunctionSpec) -> str:
+    return str(spec.version_of.version) if spec.version_of is not None else "$LATEST"
+
+
+def version_object_name(function: str, version: int) -> str:
+    """The Function object holding version ``version`` of ``function`` (docs/versions.md)."""
+    return f"{function}-v{version}"
+
 
 # Names of what a Function owns depend only on the Function's name (all live in its namespace), so the gateway
 # can apply the same rules to what it knows of a Function.

@@ -1,6 +1,13 @@
 """``kubelambda.io/v1alpha1``: the Function and Trigger APIs (the single source of truth for the CRDs)."""
 
 from kubelambda.api.v1alpha1._common import API_VERSION, GROUP, VERSION, Condition, Destination
+from kubelambda.api.v1alpha1.alias import (
+    FunctionAlias,
+    FunctionAliasSpec,
+    FunctionAliasStatus,
+    VersionWeight,
+    alias_object_name,
+)
 from kubelambda.api.v1alpha1.function import (
     RESERVED_ENV,
     RUNTIMES,
@@ -12,6 +19,7 @@ from kubelambda.api.v1alpha1.function import (
     Instances,
     Network,
     Scaling,
+    VersionOf,
 )
 from kubelambda.api.v1alpha1.trigger import SOURCES, Trigger, TriggerSpec, TriggerStatus
 
@@ -27,6 +35,9 @@ __all__ = [
     "Condition",
     "Destination",
     "Function",
+    "FunctionAlias",
+    "FunctionAliasSpec",
+    "FunctionAliasStatus",
     "FunctionSpec",
     "FunctionStatus",
     "Instances",
@@ -35,4 +46,7 @@ __all__ = [
     "Trigger",
     "TriggerSpec",
     "TriggerStatus",
+    "VersionOf",
+    "VersionWeight",
+    "alias_object_name",
 ]

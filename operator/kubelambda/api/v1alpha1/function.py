@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field
 
 from kubelambda.api.v1alpha1._common import (
     CONDITIONS_LIST,
+    DNS_LABEL,
     DNS_SUBDOMAIN,
     Condition,
     Destination,
@@ -301,10 +302,29 @@ class AsyncConfig(Model):
     """Where the record of a failed or expired event goes."""
 
 
+class VersionOf(Model):
+    """What makes a Function a published version (Lambda's PublishVersion): the function it was published from
+    and its number. Set by PublishVersion (the control-plane API, ``kubelambda publish``), never changed."""
+
+    function: str = Field(pattern=DNS_LABEL, max_length=63)
+    """The Function (in the same namespace) this is a version of; it owns this object."""
+    version: int = Field(ge=1, le=1000000)
+    """The version number (1, 2, ...): ``Qualifier`` ``N`` and ``function:N`` invoke it."""
+
+
 class FunctionSpec(Model):
     model_config = ConfigDict(
         json_schema_extra=validations(
             *_handler_rules(),
+            cel(
+                "has(self.versionOf) == has(oldSelf.versionOf)",
+                "a Function cannot become or stop being a published version",
+                field_path=".versionOf",
+            ),
+            cel(
+                "!has(oldSelf.versionOf) || self == oldSelf",
+                "a published version is immutable: change the Function and publish a new version",
+            ),
             cel(
                 "!has(self.concurrency.reserved) || "
                 "self.concurrency.reserved <= self.scaling.maxInstances * self.concurrency.perInstance",
@@ -377,6 +397,16 @@ class FunctionSpec(Model):
         default_factory=AsyncConfig, alias="async", json_schema_extra=default_of(AsyncConfig)
     )
     """Asynchronous invocation: retries, event age, destinations."""
+    version_of: VersionOf | None = Field(
+        default=None,
+        json_schema_extra=validations(
+            cel(
+                "self == oldSelf", "versionOf is immutable: a published version keeps its function and number"
+            )
+        ),
+    )
+    """Set only on a published version (an immutable snapshot of a Function's code and configuration, made by
+    PublishVersion): which Function and which number. Absent on the Function as edited (``$LATEST``)."""
 
 
 class Instances(Model):

@@ -36,7 +36,7 @@ NOBODY = Identity(username="system:anonymous", groups=("system:unauthenticated",
 PUBLIC = Identity(username="system:anonymous", groups=("system:unauthenticated",), via="public")
 """The caller of an HTTP Trigger with ``authType: NONE``: unchecked, and never trusted with internal headers."""
 
-__all__ = ["INVOKE", "PUBLIC", "AuthRefused", "Authoriser", "Identity", "destination_refusal"]
+__all__ = ["INVOKE", "NOBODY", "PUBLIC", "AuthRefused", "Authoriser", "Identity", "destination_refusal"]
 
 
 async def destination_refusal(
@@ -124,25 +124,55 @@ class Authoriser:
             return NOBODY
         try:
             identity = await self.authenticate(request, body)
+        except AuthRefused as e:
+            metrics.GATEWAY_AUTH_REFUSALS.labels(e.reason).inc()
+            raise
+        await self.decide(
+            identity,
+            action,
+            VERBS[action],
+            function.namespace,
+            function.name,
+            arn=function.arn(self.settings.region),
+            hint=" (bind the ClusterRole kubelambda-invoker)",
+        )
+        return identity
+
+    async def decide(
+        self,
+        identity: Identity,
+        action: str,
+        verb: str,
+        namespace: str,
+        name: str,
+        *,
+        arn: str,
+        resource: str = "functions",
+        hint: str = "",
+    ) -> None:
+        """Raises :class:`AccessDeniedException <AuthRefused>` unless RBAC allows ``identity`` the ``verb`` on
+        ``resource`` (of kubelambda.io) named ``name`` (empty: all) in ``namespace``; nothing when auth is off."""
+        if not self.enabled:
+            return
+        try:
             try:
-                decision = await self.access.may(identity, VERBS[action], function.namespace, function.name)
+                decision = await self.access.may(identity, verb, namespace, name, resource=resource)
             except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
                 logger.warning("SubjectAccessReview failed: %s", e)
                 raise AuthRefused(
-                    "ServiceException", f"Could not decide whether {identity.username} may invoke"
+                    "ServiceException", f"Could not decide whether {identity.username} may {verb}"
                 ) from e
             if not decision.allowed:
+                target = f"{resource}.kubelambda.io {name!r}" if name else f"{resource}.kubelambda.io"
                 raise AuthRefused(
                     "AccessDeniedException",
                     f"User: {identity.username} is not authorized to perform: {action} on resource: "
-                    f"{function.arn(self.settings.region)} because no RBAC rule allows the verb "
-                    f"{VERBS[action]} on functions.kubelambda.io {function.name!r} in namespace "
-                    f"{function.namespace!r} (bind the ClusterRole kubelambda-invoker)",
+                    f"{arn} because no RBAC rule allows the verb {verb} on {target} in namespace "
+                    f"{namespace!r}{hint}",
                 )
         except AuthRefused as e:
             metrics.GATEWAY_AUTH_REFUSALS.labels(e.reason).inc()
             raise
-        return identity
 
     async def authenticate(self, request: web.Request, body: bytes) -> Identity:
         authorization = request.headers.get("Authorization", "")

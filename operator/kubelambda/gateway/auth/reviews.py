@@ -124,14 +124,18 @@ class AccessReviewer:
 
     def __init__(self, kube: KubeClient, *, ttl: float) -> None:
         self.kube = kube
-        self.cache: TtlCache[tuple[Identity, str, str, str], Decision] = TtlCache(ttl)
+        self.cache: TtlCache[tuple[Identity, str, str, str, str], Decision] = TtlCache(ttl)
 
-    async def may(self, identity: Identity, verb: str, namespace: str, name: str) -> Decision:
+    async def may(
+        self, identity: Identity, verb: str, namespace: str, name: str, *, resource: str = "functions"
+    ) -> Decision:
+        """``resource``: ``functions`` (invoke, and the control-plane API) or ``functionaliases``."""
         return await self.cache.get(
-            (identity, verb, namespace, name), lambda: self._ask(identity, verb, namespace, name)
+            (identity, verb, namespace, name, resource),
+            lambda: self._ask(identity, verb, namespace, name, resource),
         )
 
-    async def _ask(self, identity: Identity, verb: str, namespace: str, name: str) -> Decision:
+    async def _ask(self, identity: Identity, verb: str, namespace: str, name: str, resource: str) -> Decision:
         metrics.GATEWAY_AUTH_REVIEWS.labels("SubjectAccessReview").inc()
         spec: dict[str, object] = {
             "user": identity.username,
@@ -140,7 +144,7 @@ class AccessReviewer:
                 "namespace": namespace,
                 "verb": verb,
                 "group": "kubelambda.io",
-                "resource": "functions",
+                "resource": resource,
                 "name": name,
             },
         }
