@@ -463,7 +463,7 @@ class Gateway(RegistryLookups):
             client_max_size=self.settings.max_request_bytes + 1024, middlewares=[self._guard]
         )
         app.router.add_post(INVOKE_PATH, self.invoke)
-        LambdaApi(self.settings, self.kube, self.auth).register(app.router)  # the control-plane API
+        LambdaApi(self.settings, self.kube, self.auth, self.registry).register(app.router)  # control plane
         app.router.add_route("*", "/http/{namespace}/{name}", self.http_route)
         app.router.add_route("*", "/http/{namespace}/{name}/{tail:.*}", self.http_route)
         app.router.add_route("*", "/api/{namespace}", self.trigger_route)

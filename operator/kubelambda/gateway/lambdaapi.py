@@ -34,6 +34,7 @@ from kubelambda.gateway.auth import NOBODY, Authoriser, AuthRefused, Identity
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
 from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
+from kubelambda.gateway.registry import Registry
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, KubeClient, resource_path
 from kubelambda.resources.configmap import CONFIGMAP_LIMIT_BYTES
@@ -83,13 +84,13 @@ def kube_failure(e: ApiError, what: str) -> Failure:
     if e.status == 404:
         return _not_found(what)
     if e.status == 409:
-        return Failure(
-            "ResourceConflictException",
-            f"{what}: {e.message} (another field manager owns a field this call changes: change it where it "
-            "is managed, e.g. with kubectl or in Git)"
-            if "conflict" in e.message.lower() and "manager" in e.message.lower()
-            else f"{what}: {e.message}",
+        hint = (
+            " (another field manager owns a field this call changes: change it where it is managed, e.g. "
+            "with kubectl or in Git)"
+            if "conflict with" in e.message
+            else ""
         )
+        return Failure("ResourceConflictException", f"{what}: {e.message}{hint}")
     if e.status in (400, 422):
         return Failure("InvalidParameterValueException", f"{what}: {e.message}")
     if e.status == 403:
@@ -370,6 +371,9 @@ class LambdaApi:
     settings: GatewaySettings
     kube: KubeClient
     auth: Authoriser
+    registry: Registry | None = None
+    """This gateway's cache: an alias write goes into it at once (an UpdateAlias takes effect for the next
+    call on this gateway; other replicas follow through their watch)."""
 
     # ---- plumbing -----------------------------------------------------------------------------------
 
@@ -850,6 +854,8 @@ class LambdaApi:
         assert call.ref is not None
         found = await self._alias(call)
         await self.kube.delete(_aliases(call.ref.namespace, found["metadata"]["name"]))
+        if self.registry is not None:
+            self.registry.apply_alias("DELETED", found)
         return _json(None, 204)
 
     async def list_aliases(self, call: Call) -> web.Response:

@@ -33,14 +33,20 @@ class FunctionAliasSpec(Model):
                 "the additional version must differ from functionVersion",
                 field_path=".routing",
             ),
-            cel("self.function == oldSelf.function", "function is immutable", field_path=".function"),
-            cel("self.name == oldSelf.name", "name is immutable", field_path=".name"),
         )
     )
 
-    function: str = Field(pattern=DNS_LABEL, max_length=63)
+    function: str = Field(
+        pattern=DNS_LABEL,
+        max_length=63,
+        json_schema_extra=validations(cel("self == oldSelf", "function is immutable")),
+    )
     """The Function (in the same namespace) whose version the alias names."""
-    name: str = Field(pattern=ALIAS_NAME_RE2, max_length=128)
+    name: str = Field(
+        pattern=ALIAS_NAME_RE2,
+        max_length=128,
+        json_schema_extra=validations(cel("self == oldSelf", "name is immutable")),
+    )
     """The alias name as callers use it (``Qualifier=live``, ``function:live``); Lambda's rules (letters, digits,
     '-', '_', not only digits)."""
     function_version: str = Field(pattern=r"^(\$LATEST|[0-9]+)$", max_length=7)

@@ -1,0 +1,211 @@
+"""Versions, aliases and the control-plane API's pure parts: the resolve step, qualifiers, Lambda's shapes."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Any
+
+import pytest
+
+from kubelambda.api.v1alpha1 import alias_object_name
+from kubelambda.gateway import lambdaapi
+from kubelambda.gateway.functionname import (
+    BadFunctionName,
+    FunctionRef,
+    parse_function_name,
+    qualified,
+    qualified_arn,
+)
+from kubelambda.gateway.registry import NotFound, Registry
+from kubelambda.resources.deployment import function_env
+from kubelambda.resources.names import FunctionObject
+from kubelambda.settings import OperatorSettings
+
+SPEC = {"runtime": "python3.12", "handler": "app.handler", "code": {"inline": {"app.py": "x"}}}
+READY = {"conditions": [{"type": "Ready", "status": "True", "reason": "ScaledToZero", "message": "zero"}]}
+
+
+def function(name: str, *, version_of: tuple[str, int] | None = None, **meta: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = dict(SPEC)
+    if version_of is not None:
+        spec["versionOf"] = {"function": version_of[0], "version": version_of[1]}
+    return {
+        "metadata": {"name": name, "namespace": "demo", "uid": "u", "generation": 1, **meta},
+        "spec": spec,
+        "status": {**READY, "observedGeneration": 1},
+    }
+
+
+def alias(name: str, version: str, extra: tuple[str, float] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"function": "hello", "name": name, "functionVersion": version}
+    if extra is not None:
+        spec["routing"] = [{"version": extra[0], "weight": extra[1]}]
+    return {"metadata": {"name": alias_object_name("hello", name), "namespace": "demo"}, "spec": spec}
+
+
+@pytest.fixture
+def registry() -> Registry:
+    r = Registry()
+    r.apply_function("ADDED", function("hello"))
+    r.apply_function("ADDED", function("hello-v1", version_of=("hello", 1)))
+    r.apply_function("ADDED", function("hello-v2", version_of=("hello", 2)))
+    r.apply_alias("ADDED", alias("live", "1", ("2", 0.1)))
+    r.apply_alias("ADDED", alias("edge", "$LATEST"))
+    return r
+
+
+def ref(qualifier: str = "$LATEST") -> FunctionRef:
+    return FunctionRef("demo", "hello", qualifier)
+
+
+def test_resolve_latest_versions_and_aliases(registry: Registry) -> None:
+    assert (registry.resolve(ref()).entry.name, registry.resolve(ref()).version) == ("hello", "$LATEST")
+    assert (registry.resolve(ref("2")).entry.name, registry.resolve(ref("2")).version) == ("hello-v2", "2")
+    # The weighted alias: a draw under the weight runs the additional version.
+    assert registry.resolve(ref("live"), draw=0.05).version == "2"
+    assert registry.resolve(ref("live"), draw=0.1).version == "1"
+    assert registry.resolve(ref("live"), draw=0.99).entry.name == "hello-v1"
+    assert registry.resolve(ref("edge")).version == "$LATEST"
+
+
+@pytest.mark.parametrize(
+    ("name", "qualifier", "what"),
+    [("nope", "$LATEST", "function"), ("hello", "3", "version"), ("hello", "prod", "alias"), ("hello-v1", "1", "qualifier")],
+)  # fmt: skip
+def test_resolve_names_what_is_missing(registry: Registry, name: str, qualifier: str, what: str) -> None:
+    with pytest.raises(NotFound, match=what):
+        registry.resolve(FunctionRef("demo", name, qualifier))
+
+
+def test_deleted_versions_and_aliases_leave_the_cache(registry: Registry) -> None:
+    registry.apply_function("DELETED", function("hello-v2", version_of=("hello", 2)))
+    registry.apply_alias("DELETED", alias("live", "1"))
+    assert ("demo", "hello", "2") not in registry.versions
+    assert ("demo", "hello", "live") not in registry.aliases
+    with pytest.raises(NotFound):
+        registry.resolve(ref("2"))
+    # A moved alias replaces the old entry (one object, one alias).
+    registry.apply_alias("MODIFIED", alias("edge", "1"))
+    assert registry.resolve(ref("edge")).version == "1"
+    assert len(registry.aliases) == 1
+
+
+def test_a_version_answers_as_its_function() -> None:
+    r = Registry()
+    r.apply_function("ADDED", function("hello-v1", version_of=("hello", 1)))
+    entry = r.functions[("demo", "hello-v1")]
+    assert (entry.lambda_name, entry.version) == ("hello", "1")
+    fn = FunctionObject.from_body(function("hello-v1", version_of=("hello", 1)))
+    env = {e["name"]: e["value"] for e in function_env(fn, settings=OperatorSettings(kubeconfig=None))}
+    assert (env["KUBELAMBDA_FUNCTION_NAME"], env["KUBELAMBDA_FUNCTION_VERSION"]) == ("hello", "1")
+
+
+def test_qualifier_parameter_and_arn_suffix() -> None:
+    named = parse_function_name("arn:aws:lambda:us-east-1:demo:function:hello:live", default_namespace="x")
+    assert named == FunctionRef("demo", "hello", "live")
+    assert qualified(named, "live") == named
+    assert qualified(FunctionRef("demo", "hello"), "3").qualifier == "3"
+    assert qualified(FunctionRef("demo", "hello"), None).qualifier == "$LATEST"
+    with pytest.raises(BadFunctionName, match="does not match"):
+        qualified(named, "2")
+    with pytest.raises(BadFunctionName, match="Qualifier"):
+        qualified(FunctionRef("demo", "hello"), "a b")
+    assert qualified_arn(named, "us-east-1") == "arn:aws:lambda:us-east-1:demo:function:hello:live"
+    assert (
+        qualified_arn(FunctionRef("demo", "hello"), "eu-west-1")
+        == "arn:aws:lambda:eu-west-1:demo:function:hello"
+    )
+
+
+def test_alias_object_names() -> None:
+    assert alias_object_name("hello", "live") == "hello.live"
+    odd = alias_object_name("hello", "Blue_Green")
+    assert odd.startswith("hello.blue-green-")
+    assert odd != alias_object_name("hello", "blue_green")  # aliases are case-sensitive
+
+
+def test_state_for_the_waiters() -> None:
+    assert lambdaapi.state_of(function("a"))[::2] == ("Active", "Successful")
+    pending = function("a")
+    pending["metadata"]["generation"] = 2
+    assert lambdaapi.state_of(pending)[::2] == ("Pending", "InProgress")
+    failed = function("a")
+    failed["status"]["conditions"] = [
+        {"type": "Ready", "status": "False", "reason": "RuntimeUnknown", "message": "no image"}
+    ]
+    assert lambdaapi.state_of(failed) == ("Failed", "RuntimeUnknown: no image", "Failed")
+
+
+def test_configuration_of_a_version() -> None:
+    config = lambdaapi.configuration(function("hello-v3", version_of=("hello", 3)), "us-east-1")
+    assert config["FunctionName"] == "hello"
+    assert config["FunctionArn"] == "arn:aws:lambda:us-east-1:demo:function:hello:3"
+    assert (config["Version"], config["State"], config["Runtime"]) == ("3", "Active", "python3.12")
+    assert config["Role"] == "arn:aws:iam::demo:role/none"
+
+
+@pytest.mark.parametrize(
+    ("role", "account"),
+    [
+        ("arn:aws:iam::123456789012:role/runner", "runner"),
+        ("arn:aws:iam::demo:role/path/to/runner", "runner"),
+    ],
+)
+def test_role_names_a_service_account(role: str, account: str) -> None:
+    assert lambdaapi.role_account(role, "demo") == account
+
+
+@pytest.mark.parametrize(
+    ("role", "says"),
+    [("runner", "not an IAM role ARN"), ("arn:aws:iam::other:role/x", "names namespace 'other'"), ("arn:aws:iam::1:role/Big", "ServiceAccount")],
+)  # fmt: skip
+def test_bad_roles_name_the_field(role: str, says: str) -> None:
+    with pytest.raises(lambdaapi.Failure, match=says) as info:
+        lambdaapi.role_account(role, "demo")
+    assert info.value.message.startswith("Role: ")
+
+
+def zipped(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def test_zips_become_inline_code_or_say_why_not() -> None:
+    assert lambdaapi.unzip_inline(zipped({"app.py": b"x = 1\n"})) == {"app.py": "x = 1\n"}
+    for files, says in (
+        ({"pkg/app.py": b"x"}, "not a top-level file"),
+        ({"lib.so": b"\xff\xfe\x00"}, "not UTF-8 text"),
+    ):
+        with pytest.raises(lambdaapi.Failure, match=says) as info:
+            lambdaapi.unzip_inline(zipped(files))
+        assert info.value.code == "CodeStorageExceededException"
+    with pytest.raises(lambdaapi.Failure, match="not a zip"):
+        lambdaapi.unzip_inline(b"nope")
+
+
+def test_runtime_names() -> None:
+    assert lambdaapi.kube_runtime("nodejs20.x") == "nodejs20"
+    assert lambdaapi.kube_runtime("provided.al2023") == "provided"
+    assert lambdaapi.lambda_runtime("nodejs22") == "nodejs22.x"
+    assert lambdaapi.lambda_runtime("python3.12") == "python3.12"
+
+
+def test_spec_changes_name_the_lambda_field() -> None:
+    changes = lambdaapi.spec_changes(
+        {"MemorySize": 256, "Timeout": 9, "Environment": {"Variables": {"A": "b"}}, "EphemeralStorage": {"Size": 600}},
+        "demo",
+    )  # fmt: skip
+    assert changes == {
+        "memoryMB": 256,
+        "timeoutSeconds": 9,
+        "environment": {"A": "b"},
+        "ephemeralStorageMB": 600,
+    }
+    with pytest.raises(lambdaapi.Failure, match=r"^MemorySize: "):
+        lambdaapi.spec_changes({"MemorySize": "big"}, "demo")
+    with pytest.raises(lambdaapi.Failure, match=r"^spec\.memoryMB: "):
+        lambdaapi.check_spec({**SPEC, "memoryMB": 64})
