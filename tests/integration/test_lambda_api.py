@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
 import pytest
 from botocore.exceptions import ClientError
 
@@ -31,6 +32,7 @@ from kltest.platform import (
     stop_gateway,
     token_of,
 )
+from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -53,8 +55,10 @@ def zipped(source: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[PlatformUnderTest]:
-    async with running_platform(cluster, kube) as platform:
+async def platform(
+    cluster: Cluster, kube: KubeClient, nats_server: NatsServer
+) -> AsyncIterator[PlatformUnderTest]:
+    async with running_platform(cluster, kube, nats_url=nats_server.url) as platform:
         yield platform
 
 
@@ -439,3 +443,76 @@ async def test_the_api_authorises_with_rbac_verbs(cluster: Cluster, kube: KubeCl
         )
     finally:
         await stop_gateway(gateway)
+
+
+RECORDER = """
+import json, os, urllib.request
+
+def handler(event, context):
+    body = json.dumps({"version": context.function_version, "bodies": [r["body"] for r in event["Records"]]})
+    request = urllib.request.Request(os.environ["RECORDS_URL"], data=body.encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).close()
+    return {}
+"""
+
+
+async def test_a_queue_trigger_follows_its_alias(env: Env, nats_server: NatsServer) -> None:
+    """A Trigger naming ``fn:live`` delivers to the version the alias names, and follows it when it moves."""
+    client = lambda_client(env.url)
+    fn = f"{env.namespace}/queued"
+    key = f"{env.namespace}-queued"
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr("app.py", RECORDER)
+    await call(
+        client.create_function,
+        FunctionName=fn,
+        Runtime="python3.11",
+        Role=ROLE,
+        Handler="app.handler",
+        Code={"ZipFile": code.getvalue()},
+        Environment={"Variables": {"RECORDS_URL": env.records.url(key), "RELEASE": "1"}},
+    )
+    await wait_waiter(client, "function_active_v2", FunctionName=fn)
+    assert await publish(client, env, "queued") == "1"
+    await call(
+        client.update_function_configuration,
+        FunctionName=fn,
+        Environment={"Variables": {"RECORDS_URL": env.records.url(key), "RELEASE": "2"}},
+    )
+    await wait_waiter(client, "function_updated_v2", FunctionName=fn)
+    assert await publish(client, env, "queued") == "2"
+    await call(client.create_alias, FunctionName=fn, Name="live", FunctionVersion="1")
+
+    stream = f"versions{env.namespace.replace('-', '')}"
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+        env.apply(
+            {
+                "apiVersion": "kubelambda.io/v1alpha1",
+                "kind": "Trigger",
+                "metadata": {"name": "follow"},
+                "spec": {
+                    "function": "queued:live",
+                    "queue": {
+                        "nats": {"url": nats_server.url, "stream": stream, "subject": f"{stream}.in"},
+                        "batchSize": 1,
+                    },
+                },
+            }
+        )
+        await js.publish(f"{stream}.in", b"first")
+        got = await env.records.wait(key, 1, timeout=120)
+        assert (got[0]["version"], got[0]["bodies"]) == ("1", ["first"])
+        await call(client.update_alias, FunctionName=fn, Name="live", FunctionVersion="2")
+        await js.publish(f"{stream}.in", b"second")
+        got = await env.records.wait(key, 2, timeout=120)
+        assert (got[1]["version"], got[1]["bodies"]) == ("2", ["second"])
+        trigger = env.cluster.kubectl_json("get", "trigger", "follow", "-n", env.namespace)
+        ready = {c["type"]: c for c in trigger["status"]["conditions"]}
+        assert ready["FunctionMissing"]["status"] == "False"
+    finally:
+        await nc.close()

@@ -316,7 +316,8 @@ class Gateway(RegistryLookups):
         found = self.routes.match(namespace, request.method, path)
         if not isinstance(found, Match):
             return _http(httpapi.message(found, "Not Found" if found == 404 else "Method Not Allowed"))
-        ref = FunctionRef(namespace, found.route.function)
+        function, _, qualifier = found.route.function.partition(":")  # a Trigger may name hello:live
+        ref = FunctionRef(namespace, function, qualifier or "$LATEST")
         answer = await self._serve_http(
             request,
             ref,

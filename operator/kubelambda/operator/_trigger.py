@@ -56,7 +56,7 @@ def trigger_status(
     """The operator's part of the status; the bridge's fields and conditions are carried over untouched.
     ``conflict``: an object with one of the bridge's names is not the Trigger's (Ready=False, NameConflict)."""
     conditions = list(current.get("conditions") or [])
-    function_ref = f"{trigger.namespace}/{trigger.spec.function}"
+    function_ref = f"{trigger.namespace}/{trigger.spec.function_name}"
     conditions = st.set_condition(
         conditions,
         type=FUNCTION_MISSING,
@@ -104,7 +104,7 @@ class TriggerReconciler(OwnedWriter):
         current = dict(body.get("status") or {})
         outcome = Outcome(status={})
         function_path = resource_path(
-            API_VERSION, "functions", namespace=trigger.namespace, name=trigger.spec.function
+            API_VERSION, "functions", namespace=trigger.namespace, name=trigger.spec.function_name
         )
         function_exists = await self.kube.get_or_none(function_path) is not None
         deployment: JSON | None = None
@@ -148,7 +148,7 @@ class TriggerReconciler(OwnedWriter):
             outcome.problem = conflict_problem(outcome, "Trigger")
             outcome.retry_after = self.settings.problem_retry_seconds
         elif not function_exists:
-            ref = f"{trigger.namespace}/{trigger.spec.function}"
+            ref = f"{trigger.namespace}/{trigger.spec.function_name}"
             outcome.problem = Problem(
                 FUNCTION_MISSING, f"Function {ref} does not exist; events are not delivered"
             )

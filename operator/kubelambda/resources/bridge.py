@@ -126,7 +126,7 @@ def make_role(trigger: TriggerObject) -> JSON:
         {
             "apiGroups": [GROUP],
             "resources": ["functions"],
-            "resourceNames": [trigger.spec.function],
+            "resourceNames": [trigger.spec.function_name],  # invoke on a Function covers its qualifiers
             "verbs": ["invoke"],
         },
     ]

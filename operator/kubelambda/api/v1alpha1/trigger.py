@@ -402,8 +402,17 @@ class TriggerSpec(Model):
         )
     )
 
-    function: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
-    """Name of the Function (same namespace) that receives the events."""
+    function: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(:(\$LATEST|[a-zA-Z0-9_-]{1,128}))?$", max_length=192
+    )
+    """Name of the Function (same namespace) that receives the events, optionally with a qualifier: ``hello:live``
+    (an alias, followed as it moves) or ``hello:3`` (a published version); docs/versions.md."""
+
+    @property
+    def function_name(self) -> str:
+        """The Function object named, without the qualifier."""
+        return self.function.split(":", 1)[0]
+
     enabled: bool = True
     """``false`` pauses the trigger without deleting it."""
     bucket: BucketSource | None = None
