@@ -54,6 +54,11 @@ bench-auth: venv binaries runtimes-build
 bench-warm-pool: venv binaries runtimes-build
 	$(PY) bench/warm_pool_bench.py --runs 20
 
+# Invoke p50 through an alias beside $LATEST and the version; CreateFunction to first invoke beside kubectl create.
+.PHONY: bench-versions
+bench-versions: venv binaries runtimes-build
+	$(PY) bench/versions_bench.py --requests 2000 --creates 5
+
 clean:
 	rm -rf .venv .kubelambda
 

@@ -386,6 +386,30 @@ async def test_the_aws_cli_manages_functions(env: Env, tmp_path: Path) -> None:
     assert json.loads(out.read_text())["tag"] == "cli"
     versions = await asyncio.to_thread(aws, "list-versions-by-function", "--function-name", fn)
     assert [v["Version"] for v in versions["Versions"]] == ["$LATEST", "1"]
+
+    # kubelambda's own commands, through the same API.
+    def kubelambda(*args: str) -> Any:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "kubelambda"), *args, "--endpoint-url", env.url, "-o", "json"],
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    published = await asyncio.to_thread(kubelambda, "publish", fn)
+    assert published["Version"] == "1"  # nothing changed since version 1: Lambda answers that version
+    listed = await asyncio.to_thread(kubelambda, "versions", fn)
+    assert [v["Version"] for v in listed] == ["$LATEST", "1"]
+    moved = await asyncio.to_thread(
+        kubelambda, "alias", "update", fn, "--alias", "prod", "--version", "$LATEST"
+    )
+    assert moved[0]["FunctionVersion"] == "$LATEST"
+    aliases = await asyncio.to_thread(kubelambda, "alias", "list", fn)
+    assert [(a["Name"], a["FunctionVersion"]) for a in aliases] == [("prod", "$LATEST")]
     await asyncio.to_thread(aws, "delete-function", "--function-name", fn)
 
 

@@ -4,6 +4,7 @@ One module per command group, each with a ``register(commands)`` that adds its s
 
 - ``project``: ``init``, ``deploy``
 - ``functions``: ``invoke``, ``logs``, ``list``, ``describe``, ``delete``
+- ``versions``: ``publish``, ``versions``, ``alias`` (through the gateway's control-plane API)
 - ``dev``: ``dev up|down|status|serve``
 - ``platform``: ``operator``, ``gateway``, ``async-worker``, ``fetch-code``, ``fetch-layers``, ``dlq``
 - ``accesskeys``: ``access-key create|list|delete``
@@ -25,12 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 from kubelambda import __version__
-from kubelambda.cli import accesskeys, bridge, dev, doctor, functions, local, platform, project
+from kubelambda.cli import accesskeys, bridge, dev, doctor, functions, local, platform, project, versions
 from kubelambda.cli._common import EXIT_ERROR, EXIT_INTERRUPTED, CliError
 
 GROUPS: tuple[Callable[[Any], None], ...] = (
     project.register,
     functions.register,
+    versions.register,
     dev.register,
     platform.register,
     bridge.register,

@@ -207,6 +207,25 @@ class Platform:
             },
             field_manager="kubelambda-dev",
         )
+        # ... and to manage Functions and aliases (kubectl, and the control-plane API: docs/versions.md).
+        editor = f"{DEVELOPER_ACCOUNT}-editor"
+        await kube.apply(
+            resource_path("rbac.authorization.k8s.io/v1", "clusterrolebindings", name=editor),
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": editor},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "kubelambda-editor",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": DEVELOPER_ACCOUNT, "namespace": DEVELOPER_NAMESPACE}
+                ],
+            },
+            field_manager="kubelambda-dev",
+        )
         listing = await kube.list(secrets_path(SYSTEM_NS), params=SELECTOR)
         for item in listing["items"]:
             key = from_secret(item)
