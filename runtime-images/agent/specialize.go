@@ -70,19 +70,20 @@ type archiveRef struct {
 
 // specializeRequest is the body of POST /specialize.
 type specializeRequest struct {
-	FunctionName   string            `json:"functionName"`
-	Namespace      string            `json:"namespace,omitempty"` // the function's, for shipped log records
-	FunctionARN    string            `json:"functionArn"`
-	Handler        string            `json:"handler"`
-	MemoryMB       int               `json:"memoryMB"`
-	TimeoutSeconds float64           `json:"timeoutSeconds"`
-	Environment    map[string]string `json:"environment"`
-	CodeSha256     string            `json:"codeSha256"`
-	Runtime        string            `json:"runtime,omitempty"`    // the runtime the sender means (identity.go)
-	PodUID         string            `json:"podUid,omitempty"`     // the pod the sender means (identity.go)
-	AgentToken     string            `json:"agentToken,omitempty"` // the function's token, from now on (auth.go)
-	Inline         map[string]string `json:"inline,omitempty"`
-	Archive        *archiveRef       `json:"archive,omitempty"`
+	FunctionName    string            `json:"functionName"`
+	Namespace       string            `json:"namespace,omitempty"` // the function's, for shipped log records
+	FunctionARN     string            `json:"functionArn"`
+	FunctionVersion string            `json:"functionVersion,omitempty"` // a published version's number; absent = $LATEST
+	Handler         string            `json:"handler"`
+	MemoryMB        int               `json:"memoryMB"`
+	TimeoutSeconds  float64           `json:"timeoutSeconds"`
+	Environment     map[string]string `json:"environment"`
+	CodeSha256      string            `json:"codeSha256"`
+	Runtime         string            `json:"runtime,omitempty"`    // the runtime the sender means (identity.go)
+	PodUID          string            `json:"podUid,omitempty"`     // the pod the sender means (identity.go)
+	AgentToken      string            `json:"agentToken,omitempty"` // the function's token, from now on (auth.go)
+	Inline          map[string]string `json:"inline,omitempty"`
+	Archive         *archiveRef       `json:"archive,omitempty"`
 }
 
 // specializeStatus is the answer of POST and GET /specialize.
@@ -295,6 +296,9 @@ func (s *specializer) configure(req *specializeRequest) {
 	}
 	s.log.ship.setFunction(c.Log.Namespace, c.FunctionName)
 	c.FunctionARN = req.FunctionARN
+	if req.FunctionVersion != "" {
+		c.FunctionVersion = req.FunctionVersion
+	}
 	if c.FunctionARN == "" {
 		c.FunctionARN = fmt.Sprintf("arn:aws:lambda:%s:000000000000:function:%s", c.Region, c.FunctionName)
 	}

@@ -97,7 +97,7 @@ func TestGenericSpecializeInline(t *testing.T) {
 			if resp.StatusCode != http.StatusServiceUnavailable {
 				t.Fatalf("invoke before specialisation: %d, want 503", resp.StatusCode)
 			}
-			req := specializeRequest{FunctionName: "hello", Handler: "app.handler", CodeSha256: "abc",
+			req := specializeRequest{FunctionName: "hello", FunctionVersion: "3", Handler: "app.handler", CodeSha256: "abc",
 				MemoryMB: 256, TimeoutSeconds: 2, Inline: map[string]string{"app.py": "print('hi')", "lib/x.txt": "x"},
 				Environment: map[string]string{"GREETING": "hey", "AWS_LAMBDA_FUNCTION_NAME": "evil", "KUBELAMBDA_X": "no"}}
 			status, st := postJSON(t, a.url+"/specialize", req)
@@ -109,6 +109,7 @@ func TestGenericSpecializeInline(t *testing.T) {
 				`{"file":"lib/x.txt"}`:                      `"x"`,
 				`{"env":"GREETING"}`:                        `"hey"`,
 				`{"env":"AWS_LAMBDA_FUNCTION_NAME"}`:        `"hello"`,
+				`{"env":"AWS_LAMBDA_FUNCTION_VERSION"}`:     `"3"`,
 				`{"env":"_HANDLER"}`:                        `"app.handler"`,
 				`{"env":"AWS_LAMBDA_FUNCTION_MEMORY_SIZE"}`: `"256"`,
 				`{"env":"KUBELAMBDA_AWAIT_SPECIALIZATION"}`: `""`,

@@ -149,6 +149,8 @@ async def test_create_invoke_publish_update_and_delete(env: Env) -> None:
     body, version = await asyncio.to_thread(invoke_sync, client, f"{arn}:1")
     assert (body["tag"], version, body["arn"]) == ("one", "1", f"{arn}:1")
 
+    latest = await call(client.get_function_configuration, FunctionName=f"{env.namespace}/crud")
+    assert latest["Description"] == "first"  # UpdateFunctionCode leaves the rest of the configuration
     got = await call(client.get_function, FunctionName=f"{env.namespace}/crud", Qualifier="1")
     assert (got["Configuration"]["Version"], got["Configuration"]["State"]) == ("1", "Active")
     versions = await call(client.list_versions_by_function, FunctionName=f"{env.namespace}/crud")

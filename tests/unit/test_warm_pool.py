@@ -192,6 +192,12 @@ def test_specialize_body_carries_code_and_limits() -> None:
         entry(code={"archive": {"url": "http://x/f.zip", "sha256": SHA}}), sha256=SHA, region="r"
     )
     assert archive["archive"] == {"url": "http://x/f.zip", "sha256": SHA}
+    assert "functionVersion" not in inline
+    # A published version (docs/versions.md) runs as its Function, with its number.
+    version = specialize_body(
+        entry(name="fn-v2", versionOf={"function": "fn", "version": 2}), sha256=SHA, region="r"
+    )
+    assert (version["functionName"], version["functionVersion"]) == ("fn", "2")
 
 
 def pool(registry: Registry) -> WarmPool:

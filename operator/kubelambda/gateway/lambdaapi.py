@@ -509,11 +509,22 @@ class LambdaApi:
         return sorted(listed.get("items", []), key=lambda i: str(i["spec"]["name"]))
 
     async def _apply_function(
-        self, namespace: str, name: str, spec: JSON, *, description: str | None
+        self,
+        namespace: str,
+        name: str,
+        spec: JSON,
+        *,
+        description: str | None,
+        current: JSON | None = None,
     ) -> JSON:
-        """Server-side apply of the whole ``spec`` (what this manager wants; unchanged fields are co-owned)."""
+        """Server-side apply of the whole ``spec`` (what this manager wants; unchanged fields are co-owned).
+        ``description`` None keeps ``current``'s (an apply that leaves out a field this manager set removes it)."""
         check_spec(spec)
         meta: JSON = {"name": name, "namespace": namespace}
+        if description is None and current is not None:
+            description = ((current.get("metadata") or {}).get("annotations") or {}).get(
+                DESCRIPTION_ANNOTATION
+            )
         if description is not None:
             meta["annotations"] = {DESCRIPTION_ANNOTATION: description}
         doc = {"apiVersion": API_VERSION, "kind": "Function", "metadata": meta, "spec": spec}
@@ -585,7 +596,9 @@ class LambdaApi:
         current = await self._get_function(ns, name)
         spec = {**(current.get("spec") or {}), **spec_changes(call.body, ns)}
         self._check_revision(call, current)
-        updated = await self._apply_function(ns, name, spec, description=call.body.get("Description"))
+        updated = await self._apply_function(
+            ns, name, spec, description=call.body.get("Description"), current=current
+        )
         return _json(self._config(updated))
 
     async def update_function_code(self, call: Call) -> web.Response:
@@ -595,7 +608,7 @@ class LambdaApi:
         self._check_revision(call, current)
         code = {k: v for k, v in call.body.items() if k in ("ZipFile", "ImageUri", "S3Bucket", "S3Key")}
         spec = {**(current.get("spec") or {}), "code": code_of(code)}
-        updated = await self._apply_function(ns, name, spec, description=None)
+        updated = await self._apply_function(ns, name, spec, description=None, current=current)
         if call.body.get("Publish"):
             updated = await self._publish(updated, description=None)
         return _json(self._config(updated))
@@ -884,7 +897,7 @@ class LambdaApi:
         current = await self._get_function(ns, name)
         spec = dict(current.get("spec") or {})
         spec["concurrency"] = {**(spec.get("concurrency") or {}), "reserved": reserved}
-        await self._apply_function(ns, name, spec, description=None)
+        await self._apply_function(ns, name, spec, description=None, current=current)
         return _json({"ReservedConcurrentExecutions": reserved})
 
     async def delete_concurrency(self, call: Call) -> web.Response:

@@ -111,15 +111,17 @@ def specialize_body(
     body: JSON = {
         "runtime": runtime or spec.runtime,
         "podUid": pod_uid,
-        "functionName": fn.name,
+        "functionName": fn.lambda_name,  # a published version runs as its Function, with its number
         "namespace": fn.namespace,  # for the log records the agent ships (docs/logs.md)
-        "functionArn": FunctionRef(fn.namespace, fn.name).arn(region),
+        "functionArn": FunctionRef(fn.namespace, fn.lambda_name).arn(region),
         "handler": spec.handler,
         "memoryMB": spec.memory_mb,
         "timeoutSeconds": spec.timeout_seconds,
         "environment": dict(sorted(spec.environment.items())),
         "codeSha256": sha256,
     }
+    if fn.version != "$LATEST":
+        body["functionVersion"] = fn.version
     if spec.code.inline is not None:
         body["inline"] = dict(spec.code.inline)
     elif spec.code.archive is not None:
