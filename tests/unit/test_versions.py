@@ -142,7 +142,7 @@ def test_configuration_of_a_version() -> None:
     assert config["FunctionName"] == "hello"
     assert config["FunctionArn"] == "arn:aws:lambda:us-east-1:demo:function:hello:3"
     assert (config["Version"], config["State"], config["Runtime"]) == ("3", "Active", "python3.12")
-    assert config["Role"] == "arn:aws:iam::demo:role/none"
+    assert config["Role"] == "arn:aws:iam::demo:role/default"  # no ServiceAccount
 
 
 @pytest.mark.parametrize(

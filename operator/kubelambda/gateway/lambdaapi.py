@@ -51,6 +51,7 @@ ALIAS_OF_LABEL = "kubelambda.io/alias-of"
 LAST_VERSION_ANNOTATION = "kubelambda.io/last-version"
 """On a Function: the highest version number ever published (numbers are never reused, as in Lambda)."""
 DESCRIPTION_ANNOTATION = "kubelambda.io/description"
+NO_ROLE = "default"  # Role .../role/default: no serviceAccountName (no token mounted)
 ZIP_MAX_BYTES = 50 * 1024 * 1024  # Lambda's direct upload limit (zipped)
 BODY_MAX_BYTES = ZIP_MAX_BYTES * 4 // 3 + 64 * 1024  # the zip, base64 in JSON, and the rest of the request
 SMALL_BODY_MAX_BYTES = 1024 * 1024
@@ -117,9 +118,10 @@ def kube_runtime(value: Any) -> str:
     return value.removesuffix(".x") if value.startswith("nodejs") else value
 
 
-def role_account(role: Any, namespace: str) -> str:
+def role_account(role: Any, namespace: str) -> str | None:
     """The ServiceAccount a Role ARN names: ``arn:aws:iam::<namespace>:role/<serviceaccount>`` (a twelve-digit
-    account stands for the function's namespace)."""
+    account stands for the function's namespace). ``role/default`` is no ServiceAccount: the function runs
+    without a token, as a Function without ``serviceAccountName`` does (and a warm pool may serve it)."""
     if not isinstance(role, str):
         raise _bad("Role", f"{role!r} is not an IAM role ARN")
     match = _ROLE.match(role)
@@ -132,11 +134,11 @@ def role_account(role: Any, namespace: str) -> str:
         raise _bad("Role", f"{role!r} names namespace {account!r}; the function is in {namespace!r}")
     if not _NAME.match(name) or len(name) > 253:
         raise _bad("Role", f"{name!r} is not a ServiceAccount name")
-    return name
+    return None if name == NO_ROLE else name
 
 
 def role_arn(namespace: str, service_account: str | None) -> str:
-    return f"arn:aws:iam::{namespace}:role/{service_account or 'none'}"
+    return f"arn:aws:iam::{namespace}:role/{service_account or NO_ROLE}"
 
 
 def unzip_inline(data: bytes) -> dict[str, str]:
@@ -240,7 +242,7 @@ def spec_changes(body: JSON, namespace: str) -> JSON:
             raise _bad("Environment.Variables", "must map names to strings")
         out["environment"] = variables
     if "Role" in body:
-        out["serviceAccountName"] = role_account(body["Role"], namespace)
+        out["serviceAccountName"] = role_account(body["Role"], namespace)  # None: no ServiceAccount
     return out
 
 
@@ -519,6 +521,7 @@ class LambdaApi:
     ) -> JSON:
         """Server-side apply of the whole ``spec`` (what this manager wants; unchanged fields are co-owned).
         ``description`` None keeps ``current``'s (an apply that leaves out a field this manager set removes it)."""
+        spec = {k: v for k, v in spec.items() if v is not None}  # None: unset (e.g. Role .../role/default)
         check_spec(spec)
         meta: JSON = {"name": name, "namespace": namespace}
         if description is None and current is not None:
