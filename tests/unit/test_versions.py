@@ -18,6 +18,7 @@ from kubelambda.gateway.functionname import (
     qualified_arn,
 )
 from kubelambda.gateway.registry import NotFound, Registry
+from kubelambda.gateway.throttler import RESERVED, Throttled, Throttler
 from kubelambda.resources.deployment import function_env
 from kubelambda.resources.names import FunctionObject
 from kubelambda.settings import OperatorSettings
@@ -209,3 +210,20 @@ def test_spec_changes_name_the_lambda_field() -> None:
         lambdaapi.spec_changes({"MemorySize": "big"}, "demo")
     with pytest.raises(lambdaapi.Failure, match=r"^spec\.memoryMB: "):
         lambdaapi.check_spec({**SPEC, "memoryMB": 64})
+
+
+def test_reserved_concurrency_counts_a_function_with_its_versions() -> None:
+    throttler = Throttler()
+    with (
+        throttler.admit("demo/hello", reserved=2, function="demo/hello"),
+        throttler.admit("demo/hello-v1", reserved=2, function="demo/hello"),
+    ):
+        with (
+            pytest.raises(Throttled) as info,
+            throttler.admit("demo/hello-v2", reserved=2, function="demo/hello"),
+        ):
+            pass
+        assert info.value.reason == RESERVED
+        assert throttler.in_flight == {"demo/hello": 1, "demo/hello-v1": 1}  # the autoscaler's, per object
+        assert throttler.by_function == {"demo/hello": 2}
+    assert (throttler.in_flight, throttler.by_function, throttler.total) == ({}, {}, 0)

@@ -84,7 +84,13 @@ class InvokePath:
         :class:`Unavailable`; counts the outcome either way. ``started``: when the entry point took the call."""
         m = self.metrics_of(fn)
         try:
-            with self.throttler.admit(f"{fn.namespace}/{fn.name}", reserved=fn.spec.concurrency.reserved):
+            # Reserved concurrency is the function's, shared by its published versions (docs/versions.md).
+            base = self.registry.functions.get((fn.namespace, fn.lambda_name)) or fn
+            with self.throttler.admit(
+                f"{fn.namespace}/{fn.name}",
+                reserved=base.spec.concurrency.reserved,
+                function=f"{fn.namespace}/{fn.lambda_name}",
+            ):
                 m.concurrent.inc()
                 try:
                     result, cold = await self._route(fn, invocation)

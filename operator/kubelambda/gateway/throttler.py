@@ -28,24 +28,29 @@ class Throttler:
     """Counts in-flight invocations per function and in total; ``admit`` raises :class:`Throttled` at a limit."""
 
     pool_limit: int = 1000
-    in_flight: dict[str, int] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)  # per Function object (the autoscaler's input)
+    by_function: dict[str, int] = field(default_factory=dict)  # per function with all its versions
     total: int = 0
 
     @contextmanager
-    def admit(self, key: str, *, reserved: int | None) -> Iterator[None]:
-        current = self.in_flight.get(key, 0)
-        if reserved is not None and current >= reserved:
-            raise Throttled(RESERVED, f"Rate Exceeded. Reserved concurrency of {key} is {reserved}")
+    def admit(self, key: str, *, reserved: int | None, function: str | None = None) -> Iterator[None]:
+        """``function``: what ``reserved`` counts, a function with all its published versions, as Lambda
+        counts reserved concurrency (default ``key``)."""
+        group = function or key
+        if reserved is not None and self.by_function.get(group, 0) >= reserved:
+            raise Throttled(RESERVED, f"Rate Exceeded. Reserved concurrency of {group} is {reserved}")
         if self.total >= self.pool_limit:
             raise Throttled(POOL, f"Rate Exceeded. The concurrency pool of {self.pool_limit} is in use")
-        self.in_flight[key] = current + 1
+        self.in_flight[key] = self.in_flight.get(key, 0) + 1
+        self.by_function[group] = self.by_function.get(group, 0) + 1
         self.total += 1
         try:
             yield
         finally:
             self.total -= 1
-            left = self.in_flight[key] - 1
-            if left:
-                self.in_flight[key] = left
-            else:
-                del self.in_flight[key]
+            for counts, name in ((self.in_flight, key), (self.by_function, group)):
+                left = counts[name] - 1
+                if left:
+                    counts[name] = left
+                else:
+                    del counts[name]
