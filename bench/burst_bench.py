@@ -1,0 +1,230 @@
+"""Bursts from zero on the local cluster. Figures, never assertions.
+
+1. ``--calls`` concurrent first calls to one function at zero (perInstance 1, maxInstances = calls, no warm pool,
+   a handler that sleeps ``--sleep`` seconds so that the calls overlap): time until every call is answered, the
+   answers by status (none may be lost; 5xx and 429 are counted), and the instances the autoscaler asked for and
+   got over time (from the Deployment's spec.replicas and ready replicas, sampled every 0.25 s), as instances
+   per second — printed beside Lambda's documented scaling rate (1,000 execution environments per 10 s per
+   function) and beside the plain scale-up of the same pods in the same run: the function's own pod template in
+   a Deployment of its own, scaled 0 → calls by one write, time until all are ready.
+2. ``--functions`` different functions at zero woken by one call each, at once: time until all are answered.
+
+Run: ``make bench-burst`` (or ``.venv/bin/python bench/burst_bench.py --calls 200 --functions 100``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from _common import create_namespace, developer_headers, pct, start_cluster, wait
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.kube import KubeClient, resource_path
+
+NS = "bench-burst"
+FN_API = "kubelambda.io/v1alpha1"
+LAMBDA_RATE = 1000 / 10  # environments per second per function (AWS Lambda's documented scaling rate)
+PLAIN_LABEL = "bench.kubelambda.io/plain"
+
+
+def function(name: str, *, max_instances: int, sleep: float) -> dict[str, Any]:
+    return {
+        "apiVersion": FN_API,
+        "kind": "Function",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "runtime": "python3.11",
+            "handler": "app.handler",
+            "timeoutSeconds": 60,
+            "code": {
+                "inline": {
+                    "app.py": f"import time\n\ndef handler(event, context):\n    time.sleep({sleep})\n    return event\n"
+                }
+            },
+            "scaling": {"minInstances": 0, "maxInstances": max_instances, "warmPool": False},
+            "concurrency": {"perInstance": 1},
+        },
+    }
+
+
+async def ready_function(kube: KubeClient, name: str) -> None:
+    await wait(
+        lambda: kube.get(resource_path(FN_API, "functions", namespace=NS, name=name)),
+        lambda f: any(
+            c["type"] == "Ready" and c["status"] == "True" for c in f.get("status", {}).get("conditions", [])
+        ),
+        f"Function {name} Ready",
+        300,
+    )
+
+
+async def call(http: aiohttp.ClientSession, url: str, started: float) -> tuple[int, float, bool]:
+    try:
+        async with http.post(url, data=b"{}", timeout=aiohttp.ClientTimeout(total=300)) as resp:
+            await resp.read()
+            return (
+                resp.status,
+                time.monotonic() - started,
+                resp.headers.get("X-Kubelambda-Cold-Start") == "true",
+            )
+    except (aiohttp.ClientError, TimeoutError):
+        return 0, time.monotonic() - started, False
+
+
+async def sample_deployment(
+    kube: KubeClient, name: str, started: float, out: list[tuple[float, int, int]]
+) -> None:
+    path = resource_path("apps/v1", "deployments", namespace=NS, name=name)
+    while True:
+        dep = await kube.get(path)
+        out.append(
+            (
+                time.monotonic() - started,
+                int(dep["spec"].get("replicas", 0)),
+                int(dep.get("status", {}).get("readyReplicas", 0)),
+            )
+        )
+        await asyncio.sleep(0.25)
+
+
+def first_reaching(samples: list[tuple[float, int, int]], index: int, level: int) -> float:
+    return next((s[0] for s in samples if s[index] >= level), float("nan"))
+
+
+async def plain_scale_up(kube: KubeClient, n: int) -> tuple[float, float]:
+    """The burst function's pod template in a Deployment of its own, scaled 0 → n by one write: (seconds
+    until the first pod is ready, seconds until all n are ready)."""
+    dep = await kube.get(resource_path("apps/v1", "deployments", namespace=NS, name="burst"))
+    template = dep["spec"]["template"]
+    template["metadata"] = {"labels": {PLAIN_LABEL: "plain"}}
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "plain", "namespace": NS},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {PLAIN_LABEL: "plain"}}, "template": template},
+    }
+    await kube.create(resource_path("apps/v1", "deployments", namespace=NS), body)
+    samples: list[tuple[float, int, int]] = []
+    started = time.monotonic()
+    await kube.patch(
+        resource_path("apps/v1", "deployments", namespace=NS, name="plain", subresource="scale"),
+        {"spec": {"replicas": n}},
+    )
+    sampler = asyncio.create_task(sample_deployment(kube, "plain", started, samples))
+    try:
+        await wait(
+            lambda: asyncio.sleep(0, samples[-1][2] if samples else 0), lambda r: r >= n, "plain ready", 600
+        )
+    finally:
+        sampler.cancel()
+    return first_reaching(samples, 2, 1), first_reaching(samples, 2, n)
+
+
+async def one_function_burst(
+    kube: KubeClient, http: aiohttp.ClientSession, gateway: str, calls: int, sleep: float
+) -> None:
+    await kube.create(
+        resource_path(FN_API, "functions", namespace=NS), function("burst", max_instances=calls, sleep=sleep)
+    )
+    await ready_function(kube, "burst")
+    url = f"{gateway}/2015-03-31/functions/{NS}/burst/invocations"
+    samples: list[tuple[float, int, int]] = []
+    started = time.monotonic()
+    sampler = asyncio.create_task(sample_deployment(kube, "burst", started, samples))
+    results = await asyncio.gather(*(call(http, url, started) for _ in range(calls)))
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(1)
+    sampler.cancel()
+    statuses = Counter(status for status, _, _ in results)
+    latencies = [t * 1000 for _, t, _ in results]
+    peak_asked = max(s[1] for s in samples)
+    peak_ready = max(s[2] for s in samples)
+    t_ready = first_reaching(samples, 2, peak_ready)
+    t_first = first_reaching(samples, 2, 1)
+    rate = (peak_ready - 1) / (t_ready - t_first) if peak_ready > 1 and t_ready > t_first else float("nan")
+    plain_first, plain_all = await plain_scale_up(kube, peak_ready)
+    plain_rate = (peak_ready - 1) / (plain_all - plain_first) if plain_all > plain_first else float("nan")
+    print(
+        f"\n== 1. {calls} concurrent first calls to one function at zero (perInstance 1, handler sleeps {sleep} s)"
+    )
+    print(
+        f"  all answered after {elapsed:.1f} s; answers by status: {dict(sorted(statuses.items()))} (0 = no answer)"
+    )
+    print(
+        f"  latency p50 {pct(latencies, 0.5):.0f} ms, p95 {pct(latencies, 0.95):.0f} ms, max {max(latencies):.0f} ms"
+    )
+    print(f"  cold-start answers: {sum(1 for _, _, c in results if c)}")
+    print(f"  instances asked for (peak spec.replicas) {peak_asked}; ready at peak {peak_ready}")
+    print(f"  first instance ready at {t_first:.1f} s; {peak_ready} ready at {t_ready:.1f} s")
+    print(
+        f"  {'instances per second (after the first)':<44}{'kubelambda':>14}{'plain Deployment':>18}{'Lambda':>10}"
+    )
+    print(f"  {'':<44}{rate:>14.1f}{plain_rate:>18.1f}{LAMBDA_RATE:>10.0f}")
+    print(
+        f"  (plain: the same pod template scaled 0 -> {peak_ready} by one write in the same run: first ready"
+        f" {plain_first:.1f} s, all ready {plain_all:.1f} s; Lambda: 1,000 environments per 10 s per function)"
+    )
+
+
+async def many_functions(kube: KubeClient, http: aiohttp.ClientSession, gateway: str, n: int) -> None:
+    path = resource_path(FN_API, "functions", namespace=NS)
+    names = [f"wake-{i:03d}" for i in range(n)]
+    for name in names:
+        await kube.create(path, function(name, max_instances=1, sleep=0))
+    for name in names:
+        await ready_function(kube, name)
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(call(http, f"{gateway}/2015-03-31/functions/{NS}/{name}/invocations", started) for name in names)
+    )
+    elapsed = time.monotonic() - started
+    statuses = Counter(status for status, _, _ in results)
+    latencies = [t * 1000 for _, t, _ in results]
+    print(f"\n== 2. {n} different functions at zero, one call each, at once")
+    print(f"  all answered after {elapsed:.1f} s; answers by status: {dict(sorted(statuses.items()))}")
+    print(f"  latency p50 {pct(latencies, 0.5):.0f} ms, p95 {pct(latencies, 0.95):.0f} ms")
+    print(f"  functions woken per second: {n / elapsed:.1f}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--functions", type=int, default=100)
+    parser.add_argument("--sleep", type=float, default=2.0)
+    args = parser.parse_args()
+    ensure_binaries()
+    with tempfile.TemporaryDirectory(prefix="kl-bench-burst-") as tmp:
+        proc, state = start_cluster(Path(tmp))
+        try:
+            assert state.gateway_url
+            headers = await developer_headers(state)
+            async with (
+                KubeClient.from_kubeconfig(state.kubeconfig) as kube,
+                aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=0)) as http,
+            ):
+                await create_namespace(kube, NS)
+                if args.calls:
+                    await one_function_burst(kube, http, state.gateway_url, args.calls, args.sleep)
+                if args.functions:
+                    await many_functions(kube, http, state.gateway_url, args.functions)
+                print(f"\n(load average {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores)")
+        except BaseException:
+            log = Path(tmp) / "logs" / "kubelambda-gateway.log"
+            print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            raise
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

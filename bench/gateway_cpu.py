@@ -1,0 +1,281 @@
+"""The gateway's cost per warm invoke in CPU time, machine-independent-ish: CPU microseconds per call of the
+gateway process (user + system, from /proc), beside, in the same run and interleaved round by round:
+
+- a floor proxy: a minimal reverse proxy on the same event loop and HTTP stack (aiohttp server + one pooled
+  aiohttp client session, same Python), doing nothing but forwarding the body to the same agent's ``/invoke``
+  and the answer back: what any Python proxy on this stack must pay;
+- the instance itself: its agent process and its runtime process, per call, from the same calls.
+
+Latency and throughput of the three paths (gateway, floor proxy, agent directly) come from the same load.
+
+Run: ``make bench-gateway-cpu`` (or ``.venv/bin/python bench/gateway_cpu.py --requests 3000``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from _common import create_namespace, developer_headers, pct, post_load, start_cluster, wait
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.kube import KubeClient, resource_path
+
+NS = "bench-cpu"
+HANDLER = "def handler(event, context):\n    return event\n"
+
+FLOOR_PROXY = """
+import sys
+import aiohttp
+from aiohttp import web
+
+target = sys.argv[2]
+
+async def session(app):
+    app["http"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    yield
+    await app["http"].close()
+
+async def forward(request):
+    body = await request.read()
+    async with request.app["http"].post(
+        target, data=body, headers={"Content-Type": "application/json"}
+    ) as resp:
+        answer = await resp.read()
+        return web.Response(status=resp.status, body=answer, content_type="application/json")
+
+app = web.Application()
+app.cleanup_ctx.append(session)
+app.router.add_post("/invoke", forward)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ppid_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def descendants(root: int) -> list[int]:
+    """Every process under ``root`` (by parent pid, from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(ppid_of(int(entry.name)), []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def gateway_pid(root: int) -> int:
+    for pid in descendants(root):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[-3:-1] == [b"kubelambda", b"gateway"] or args[-2:] == [b"kubelambda", b"gateway"]:
+            return pid
+    raise RuntimeError("no gateway process under the local cluster")
+
+
+def instance_pids(root: int, pod_ip: str) -> tuple[int, list[int]]:
+    """(agent pid, runtime pids) of the pod with ``pod_ip``: its processes carry KUBELAMBDA_POD_IP; the agent
+    is the one whose parent is not one of them."""
+    mine = []
+    for pid in descendants(root):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"KUBELAMBDA_POD_IP={pod_ip}".encode() in env:
+            mine.append(pid)
+    agents = [p for p in mine if ppid_of(p) not in mine]
+    if len(agents) != 1:
+        raise RuntimeError(f"expected one agent process for pod {pod_ip}, found {agents} among {mine}")
+    runtime = descendants(agents[0])
+    if not runtime:
+        raise RuntimeError(f"no runtime process under the agent {agents[0]} of pod {pod_ip}")
+    return agents[0], runtime
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def warm_pod(kube: KubeClient) -> dict[str, Any]:
+    def ready(pods: list[dict[str, Any]]) -> bool:
+        return bool(pods) and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pods[0].get("status", {}).get("conditions", [])
+        )
+
+    async def pods() -> list[dict[str, Any]]:
+        listing = await kube.list(
+            resource_path("v1", "pods", namespace=NS), params={"labelSelector": "kubelambda.io/function=noop"}
+        )
+        items: list[dict[str, Any]] = listing["items"]
+        return items
+
+    return (await wait(pods, ready, "the function's instance ready", 180))[0]  # type: ignore[no-any-return]
+
+
+async def measure(
+    http: aiohttp.ClientSession,
+    urls: dict[str, str],
+    pids: dict[str, list[int]],
+    requests: int,
+    connections: int,
+) -> None:
+    for url in urls.values():
+        await post_load(http, url, 300, connections)  # warm every path up
+    cpu: dict[tuple[str, str], list[float]] = {}  # (path, process) → CPU µs per call, one per round
+    load: dict[str, list[tuple[float, list[float]]]] = {path: [] for path in urls}
+    idle: dict[str, list[float]] = {name: [] for name in pids}
+    rounds = 3
+    for _ in range(rounds):
+        # What each process burns with no calls at all (watches, samplers), per second, this round.
+        before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
+        started = time.perf_counter()
+        await asyncio.sleep(2)
+        spent = time.perf_counter() - started
+        for name, ps in pids.items():
+            idle[name].append(1e6 * (sum(cpu_seconds(p) for p in ps) - before[name]) / spent)
+        for path, url in urls.items():
+            before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
+            started = time.perf_counter()
+            load[path].append(await post_load(http, url, requests, connections))
+            spent = time.perf_counter() - started
+            for name, ps in pids.items():
+                used = sum(cpu_seconds(p) for p in ps) - before[name]
+                # Net of the process's idle burn over the same time (measured just before, this round).
+                net = 1e6 * used - idle[name][-1] * spent
+                cpu.setdefault((path, name), []).append(net / requests)
+    print(
+        f"\n== warm invokes of a no-op Python function, {connections} connections, {rounds} interleaved rounds"
+        f" x {requests} calls per path (load average {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"  {'path':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}   CPU us per call, net of idle (median of rounds)"
+    )
+    names = list(pids)
+    print(f"  {'':<24}{'':>27}   " + "".join(f"{n:>14}" for n in names))
+    for path in urls:
+        rps = pct([r for r, _ in load[path]], 0.5)
+        lat = [v for _, ls in load[path] for v in ls]
+        row = "".join(f"{pct(cpu[(path, n)], 0.5):>14.0f}" for n in names)
+        print(f"  {path:<24}{rps:>9.0f}{pct(lat, 0.5):>9.2f}{pct(lat, 0.99):>9.2f}   {row}")
+    print(f"  {'idle, us per second':<24}{'':>27}   " + "".join(f"{pct(idle[n], 0.5):>14.0f}" for n in names))
+    gw = pct(cpu[("gateway", "gateway")], 0.5)
+    floor = pct(cpu[("floor proxy", "floor proxy")], 0.5)
+    agent = pct(cpu[("agent directly", "agent")], 0.5)
+    print(
+        f"\n  the gateway: {gw:.0f} us per call beside the floor proxy's {floor:.0f} us"
+        f" ({gw / floor:.2f}x; ours: {gw - floor:+.0f} us), and the agent's {agent:.0f} us"
+    )
+    print(
+        "  (CPU of a process during a path's calls less its idle rate over the same time, divided by the calls;"
+    )
+    print(
+        "   a process a path does not use shows about 0. CPU time, unlike latency, barely depends on the load)"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--profile", type=Path, help="py-spy (raw, from PyPI) of the gateway to this file")
+    args = parser.parse_args()
+    ensure_binaries()
+    with tempfile.TemporaryDirectory(prefix="kl-bench-gwcpu-") as tmp:
+        proc, state = start_cluster(Path(tmp))
+        floor: asyncio.subprocess.Process | None = None
+        try:
+            assert state.gateway_url
+            headers = await developer_headers(state)
+            async with (
+                KubeClient.from_kubeconfig(state.kubeconfig) as kube,
+                aiohttp.ClientSession(headers=headers) as http,
+            ):
+                await create_namespace(kube, NS)
+                body = {
+                    "apiVersion": "kubelambda.io/v1alpha1",
+                    "kind": "Function",
+                    "metadata": {"name": "noop", "namespace": NS},
+                    "spec": {
+                        "runtime": "python3.11",
+                        "handler": "app.handler",
+                        "code": {"inline": {"app.py": HANDLER}},
+                        "scaling": {"minInstances": 1, "maxInstances": 1},
+                        "concurrency": {"perInstance": args.connections},
+                    },
+                }
+                await kube.create(resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS), body)
+                pod_ip = (await warm_pod(kube))["status"]["podIP"]
+                port = free_port()
+                floor = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", FLOOR_PROXY, str(port), f"http://{pod_ip}:8080/invoke"
+                )
+                floor_url = f"http://127.0.0.1:{port}/invoke"
+
+                async def floor_status() -> int:
+                    async with http.post(floor_url, data=b"{}") as resp:
+                        return resp.status
+
+                await wait(
+                    floor_status, lambda s: s == 200, "the floor proxy answering", 60, tolerate_errors=True
+                )
+                agent, runtime = instance_pids(proc.pid, pod_ip)
+                pids = {
+                    "gateway": [gateway_pid(proc.pid)],
+                    "floor proxy": [floor.pid],
+                    "agent": [agent],
+                    "runtime": runtime,
+                }
+                urls = {
+                    "gateway": f"{state.gateway_url}/2015-03-31/functions/{NS}/noop/invocations",
+                    "floor proxy": floor_url,
+                    "agent directly": f"http://{pod_ip}:8080/invoke",
+                }
+                spy = None
+                if args.profile:
+                    spy = await asyncio.create_subprocess_exec(
+                        "py-spy", "record", "--pid", str(pids["gateway"][0]), "--format", "raw",
+                        "--rate", "200", "-o", str(args.profile),
+                    )  # fmt: skip
+                await measure(http, urls, pids, args.requests, args.connections)
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                    await spy.wait()
+        finally:
+            if floor is not None and floor.returncode is None:
+                floor.terminate()
+                await floor.wait()
+            proc.terminate()
+            proc.wait(60)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
