@@ -79,7 +79,7 @@ class OperatorSettings(BaseSettings):
     """How soon a Function with a problem that may go away by itself (a missing ServiceAccount) is looked at
     again, in seconds (default 30)."""
     reconcile_workers: int = Field(default=100, ge=1, le=1000)
-    """Handlers running at once (kopf's ``batching.worker_limit``)."""
+    """Reconciles running at once (a semaphore around the reconcile; kopf's own worker limit stays unset)."""
     liveness_endpoint: str | None = Field(default=None, pattern=r"^http://[^\s]+$")
     """kopf's liveness endpoint (``http://host:port/healthz``), for the Deployment's probes; unset = none."""
 

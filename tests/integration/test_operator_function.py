@@ -324,6 +324,31 @@ async def test_restarting_the_operator_changes_nothing(
         await operator.start()
 
 
+async def test_an_operator_started_with_more_functions_than_workers_reconciles_them_all(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    """kopf holds each object's worker until every object listed at start is indexed; with kopf's worker limit
+    below the number listed, the workers over it never started and the operator deadlocked (issue 24)."""
+    await operator.stop()
+    scoped = RunningOperator(
+        operator.login,
+        operator.settings.model_copy(update={"namespaces": [namespace], "reconcile_workers": 2}),
+    )
+    names = []
+    try:
+        for i in range(5):
+            doc = example("python3.12")
+            doc["metadata"]["name"] = f"many-{i}"
+            names.append(doc["metadata"]["name"])
+            await apply_fn(cluster, namespace, doc)
+        await scoped.start()
+        for name in names:
+            await wait_reconciled(kube, namespace, name, timeout=60)
+    finally:
+        await scoped.stop()
+        await operator.start()
+
+
 async def test_deleting_a_function_removes_what_it_owned(
     operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import kopf
 
 from kubelambda import metrics
@@ -73,6 +74,7 @@ class Context:
     kube: KubeClient
     reconciler: FunctionReconciler
     triggers: TriggerReconciler
+    slots: asyncio.Semaphore  # reconciles running at once (settings.reconcile_workers)
 
 
 def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
@@ -81,7 +83,10 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     # kopf would post an Event per handler run; the reconcile posts its own, naming what changed.
     settings.posting.level = logging.WARNING
-    settings.queueing.worker_limit = ours.reconcile_workers
+    # No kopf worker limit: kopf holds every object's worker until all objects listed at start are indexed,
+    # and a worker over the limit never starts, so more objects than the limit at start (a restart, a burst
+    # while the first lists run) deadlocked the operator. The reconciles are bounded by Context.slots instead.
+    settings.queueing.worker_limit = None
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     if ours.peering:
@@ -121,6 +126,10 @@ async def _reconcile(
             kopf.event(body, type="Warning", reason="ApplyFailed", message=str(e))
             raise kopf.PermanentError(str(e)) from e
         raise kopf.TemporaryError(str(e), delay=5) from e
+    except (TimeoutError, aiohttp.ClientError) as e:
+        # An API server too busy to answer in time: again soon, like a 5xx (kopf's default would be 60 s).
+        metrics.OPERATOR_RECONCILES.labels(kind, "error").inc()
+        raise kopf.TemporaryError(f"the API server did not answer: {e!r}", delay=5) from e
     finally:
         metrics.OPERATOR_RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
     metrics.OPERATOR_RECONCILES.labels(kind, "problem" if outcome.problem else "ok").inc()
@@ -255,7 +264,9 @@ def _register_owner(registry: kopf.OperatorRegistry, owner: _Owner) -> None:
     index_id = f"{kind}_index"
 
     async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        await _reconcile(owner.kind, owner.reconciler(memo["ctx"]), body, patch)
+        ctx: Context = memo["ctx"]
+        async with ctx.slots:
+            await _reconcile(owner.kind, owner.reconciler(ctx), body, patch)
 
     # The id kopf persists in status.kopf.progress: the one it derived when this was a nested function of
     # build_registry, so objects with a retry in progress keep it across an upgrade.
@@ -368,6 +379,7 @@ async def run(
         kube=kube,
         reconciler=FunctionReconciler(kube, settings),
         triggers=TriggerReconciler(kube, settings),
+        slots=asyncio.Semaphore(settings.reconcile_workers),
     )
     try:
         await kopf.operator(
