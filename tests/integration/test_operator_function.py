@@ -20,6 +20,7 @@ from kltest import Cluster, wait_for
 from kltest.platform import REPO, SYSTEM_NS, RunningOperator, start_operator
 from kubelambda import metrics
 from kubelambda.devcluster import _interpreters
+from kubelambda.gateway.activator import write_scale
 from kubelambda.kube import ApiError, KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -129,10 +130,7 @@ async def test_each_example_creates_its_objects(
             path
         )
     deployment = await kube.get(owned[0])
-    assert deployment["spec"]["replicas"] == 0  # minInstances, handed to the autoscaler
-    managers = {m["manager"]: m for m in deployment["metadata"]["managedFields"]}
-    assert "f:replicas" not in json.dumps(managers["kubelambda-operator"]["fieldsV1"])
-    assert "f:replicas" in json.dumps(managers["kubelambda-autoscaler"]["fieldsV1"])
+    assert deployment["spec"]["replicas"] == 0  # minInstances, created in one write
 
     table = cluster.kubectl("get", "fn", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "RUNTIME", "READY", "INSTANCES", "AGE"]
@@ -242,6 +240,19 @@ async def test_memory_env_and_code_changes_update_the_deployment_once_each(
     annotations = after["spec"]["template"]["metadata"]["annotations"]
     assert annotations["kubelambda.io/code-sha256"] == (await status_of(kube, namespace, name))["codeSha256"]
     assert after["spec"]["replicas"] == 0, "an update must not touch replicas"
+
+    # The autoscaler's scale write takes replicas from the operator; an update after it keeps its value.
+    await write_scale(kube, namespace, name, 1)
+    doc = copy.deepcopy(doc)
+    doc["spec"]["environment"]["GREETING"] = "Hey"
+    await apply_fn(cluster, namespace, doc)
+    await wait_reconciled(kube, namespace, name)
+    after = await deployment_of(kube, namespace, name)
+    assert env_of(after)["GREETING"] == "Hey"
+    assert after["spec"]["replicas"] == 1, "an update must keep the autoscaler's scale"
+    managers = {(m["manager"], m["operation"]): m for m in after["metadata"]["managedFields"]}
+    assert "f:replicas" not in json.dumps(managers[("kubelambda-operator", "Apply")]["fieldsV1"])
+    assert "f:replicas" in json.dumps(managers[("kubelambda-autoscaler", "Update")]["fieldsV1"])
 
 
 async def owned_versions(kube: KubeClient, ns: str) -> dict[str, str]:

@@ -268,32 +268,32 @@ def test_status_is_stable_when_nothing_changed() -> None:
     assert function_status(first, now="t2", **kwargs) == first
 
 
-def test_replicas_handover_moves_replicas_to_the_autoscaler_in_one_patch() -> None:
-    from kubelambda.operator._reconcile import replicas_handover
+def test_operator_owns_replicas_reads_the_operators_applied_fields() -> None:
+    from kubelambda.operator._reconcile import operator_owns_replicas
 
-    fields = {"f:spec": {"f:replicas": {}, "f:template": {}}}
     created = {
-        "apiVersion": "apps/v1",
         "metadata": {
             "managedFields": [
                 {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status"},
-                {"manager": "kubelambda-operator", "operation": "Apply", "fieldsV1": fields},
+                {
+                    "manager": "kubelambda-operator",
+                    "operation": "Apply",
+                    "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}},
+                },
             ]
         },
     }
-    patch = replicas_handover(created, now="2026-01-01T00:00:00Z")
-    assert patch is not None
-    assert {"op": "test", "path": "/metadata/managedFields/1/fieldsV1", "value": fields} in patch
-    assert {"op": "remove", "path": "/metadata/managedFields/1/fieldsV1/f:spec/f:replicas"} in patch
-    added = patch[-1]["value"]
-    assert (added["manager"], added["operation"], added["fieldsV1"]) == (
-        "kubelambda-autoscaler",
-        "Apply",
-        {"f:spec": {"f:replicas": {}}},
-    )
-    # Nothing to hand over: the operator does not own replicas.
+    assert operator_owns_replicas(created)
+    # The autoscaler's scale write took them: the operator's entry no longer lists them.
     created["metadata"]["managedFields"][1]["fieldsV1"] = {"f:spec": {"f:template": {}}}
-    assert replicas_handover(created, now="2026-01-01T00:00:00Z") is None
+    created["metadata"]["managedFields"].append(
+        {
+            "manager": "kubelambda-autoscaler",
+            "operation": "Update",
+            "fieldsV1": {"f:spec": {"f:replicas": {}}},
+        }
+    )
+    assert not operator_owns_replicas(created)
 
 
 @pytest.mark.parametrize(

@@ -12,18 +12,16 @@ import datetime as dt
 from collections.abc import Awaitable
 from typing import Any
 
-from kubelambda import metrics
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, resource_path
 from kubelambda.logstore import LogStreams, Retention
-from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem, object_path
+from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem
 from kubelambda.resources import (
     CodeTooLarge,
     FunctionObject,
     Problem,
     code_sha256,
     function_status,
-    initial_scale,
     make_agent_secret,
     make_code_configmap,
     make_deployment,
@@ -32,7 +30,7 @@ from kubelambda.resources import (
     make_service,
 )
 from kubelambda.resources import names as n
-from kubelambda.settings import FIELD_MANAGER, SCALE_FIELD_MANAGER, OperatorSettings
+from kubelambda.settings import FIELD_MANAGER, OperatorSettings
 
 # An object the API server refused is retried after APPLY_RETRY_MIN s, then after as long as the Function has
 # been failing (so each wait about doubles), at most APPLY_RETRY_MAX s: stateless, from the Ready condition.
@@ -170,7 +168,7 @@ class FunctionReconciler(OwnedWriter):
                     deployment = await self._apply_deployment(
                         fn, outcome, changed=spec_changed, existing=results[-1][1]
                     )
-                except ApiError as e:  # the replicas' hand-over (the applies raise ApplyRefused)
+                except ApiError as e:  # the Deployment's apply (the other applies raise ApplyRefused)
                     raise ApplyRefused(f"Deployment {fn.namespace}/{n.deployment_name(fn.name)}", e) from e
         return deployment
 
@@ -196,75 +194,42 @@ class FunctionReconciler(OwnedWriter):
     ) -> JSON:
         """The Deployment, ``existing`` (already read as ours) or new."""
         image = self.settings.image_for(fn.spec.runtime) or ""
-        if existing is not None:
-            return await self._apply_checked(
-                make_deployment(fn, image=image, settings=self.settings), existing, outcome, changed=changed
+        if existing is None:
+            # A new Deployment starts at minInstances, in one write: the creator owns every field it sets, so
+            # the operator owns replicas until the autoscaler's first scale write takes them (an update
+            # operation takes the fields it changes).
+            body = make_deployment(
+                fn, image=image, settings=self.settings, replicas=fn.spec.scaling.min_instances
             )
-        # A new Deployment starts at minInstances, but replicas must never be the operator's (the autoscaler
-        # owns them). So: create with replicas, then hand them to the autoscaler's field manager.
-        body = make_deployment(
-            fn, image=image, settings=self.settings, replicas=fn.spec.scaling.min_instances
-        )
-        created = await self._apply_checked(body, None, outcome, changed=changed)
-        path = object_path(body)
-        handover = replicas_handover(created, now=self.clock())
-        if handover is not None:
+            return await self._apply_checked(body, None, outcome, changed=changed)
+        body = make_deployment(fn, image=image, settings=self.settings)
+        for attempt in range(3):
+            held = body
+            if operator_owns_replicas(existing):
+                # The operator still owns replicas (the autoscaler has not scaled since the create): apply them
+                # as they are, under the read's resourceVersion (_apply_checked), so that the apply neither
+                # drops them (the Deployment would go to 1) nor undoes a scale written after the read (409:
+                # read again). An update or a restart writes nothing more than without them.
+                replicas = int(existing["spec"].get("replicas", 0))
+                held = {**body, "spec": {**body["spec"], "replicas": replicas}}
             try:
-                result = await self.kube.patch(path, handover, patch_type="json")
+                return await self._apply_checked(held, existing, outcome, changed=changed)
             except ApiError as e:
-                if e.status not in (409, 422):
+                if e.status != 409 or attempt == 2:
                     raise
-                # Someone changed the managed fields since the create (its "test" failed): hand over the
-                # long way, with two applies.
-            else:
-                metrics.OPERATOR_API_WRITES.labels("Deployment").inc()
-                return result
-        await self.kube.apply(path, initial_scale(fn), field_manager=SCALE_FIELD_MANAGER)
-        metrics.OPERATOR_API_WRITES.labels("Deployment").inc()
-        final, _ = await self.kube.apply_reporting(
-            path, make_deployment(fn, image=image, settings=self.settings), field_manager=FIELD_MANAGER
-        )
-        metrics.OPERATOR_API_WRITES.labels("Deployment").inc()
-        return final
+                error = e
+            usable, again = await self._ours_or_none(body, outcome)
+            if not usable or again is None:
+                raise ApplyRefused(f"Deployment {fn.namespace}/{n.deployment_name(fn.name)}", error)
+            existing = again
+        raise AssertionError("unreachable")
 
 
-def replicas_handover(created: JSON, *, now: str) -> list[JSON] | None:
-    """A JSON patch that moves ``spec.replicas`` of a just-created Deployment from the operator's applied
-    fields to an applied-fields entry of the autoscaler, or None when the managed fields are not as expected.
-
-    One write, with the same result as the autoscaler applying ``{spec.replicas}`` and the operator
-    re-applying without it: the API server takes managed fields given in a patch as they are when no other
-    field changes. The ``test`` operations make it fail (422) if the entry moved or changed meanwhile.
-    """
-    entries = created.get("metadata", {}).get("managedFields") or []
-    for i, entry in enumerate(entries):
-        if (
-            entry.get("manager") == FIELD_MANAGER
-            and entry.get("operation") == "Apply"
-            and not entry.get("subresource")
-        ):
+def operator_owns_replicas(live: JSON) -> bool:
+    """Whether the operator's applied fields of a live Deployment include ``spec.replicas``."""
+    for entry in live.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
             fields = entry.get("fieldsV1") or {}
-            if "f:replicas" not in (fields.get("f:spec") or {}):
-                return None
-            if any(e.get("manager") == SCALE_FIELD_MANAGER for e in entries):
-                return None
-            at = f"/metadata/managedFields/{i}"
-            return [
-                {"op": "test", "path": f"{at}/manager", "value": FIELD_MANAGER},
-                {"op": "test", "path": f"{at}/operation", "value": "Apply"},
-                {"op": "test", "path": f"{at}/fieldsV1", "value": fields},
-                {"op": "remove", "path": f"{at}/fieldsV1/f:spec/f:replicas"},
-                {
-                    "op": "add",
-                    "path": "/metadata/managedFields/-",
-                    "value": {
-                        "manager": SCALE_FIELD_MANAGER,
-                        "operation": "Apply",
-                        "apiVersion": created.get("apiVersion", "apps/v1"),
-                        "time": now,
-                        "fieldsType": "FieldsV1",
-                        "fieldsV1": {"f:spec": {"f:replicas": {}}},
-                    },
-                },
-            ]
-    return None
+            if "f:replicas" in (fields.get("f:spec") or {}):
+                return True
+    return False

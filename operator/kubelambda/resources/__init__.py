@@ -6,7 +6,6 @@ One module per kind of object, as Knative's ``pkg/reconciler/*/resources``.
 from kubelambda.resources.configmap import CodeTooLarge, code_sha256, make_code_configmap
 from kubelambda.resources.deployment import (
     cpu_limit_millicores,
-    initial_scale,
     make_agent_secret,
     make_deployment,
 )
@@ -24,7 +23,6 @@ __all__ = [
     "code_sha256",
     "cpu_limit_millicores",
     "function_status",
-    "initial_scale",
     "labels",
     "make_agent_secret",
     "make_code_configmap",

@@ -1,6 +1,7 @@
 """The function's Deployment: one container running the runtime image (the agent is its entrypoint).
 
-``spec.replicas`` is deliberately absent: the autoscaler owns it (see ``initial_scale``).
+``spec.replicas`` is set only at creation (``minInstances``): the autoscaler owns it (see the operator's
+``_apply_deployment``).
 """
 
 from __future__ import annotations
@@ -373,8 +374,8 @@ def make_deployment(
 ) -> JSON:
     """The Deployment for ``fn`` running ``image`` (its runtime image, or ``code.image``).
 
-    ``replicas`` is given only when the Deployment is created (``minInstances``); the operator then hands it
-    over to the autoscaler's field manager (``initial_scale``) and never applies it again.
+    ``replicas`` is given only when the Deployment is created (``minInstances``); the autoscaler's first scale
+    write takes it, and until then the operator applies it as it is (never changes it).
     """
     spec = fn.spec
     runtime_image = image
@@ -474,16 +475,3 @@ def _pod_annotations(fn: FunctionObject, settings: OperatorSettings) -> dict[str
         digest = hashlib.sha256(b"agent-key:" + settings.agent_key.get_secret_value().encode())
         annotations[AGENT_KEY_ANNOTATION] = digest.hexdigest()[:16]
     return annotations
-
-
-def initial_scale(fn: FunctionObject) -> JSON:
-    """What the scale owner applies once, when the operator creates the Deployment: ``minInstances``.
-
-    Applied under the autoscaler's field manager so that ``spec.replicas`` is never the operator's.
-    """
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": deployment_name(fn.name), "namespace": fn.namespace},
-        "spec": {"replicas": fn.spec.scaling.min_instances},
-    }
