@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import nats
 import pytest
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError
 
 from kltest import wait_for
@@ -21,7 +22,7 @@ from kubelambda.asyncworker.dlq import list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response
 from kubelambda.asyncworker.worker import CONSUMER, Worker, WorkerSettings
-from kubelambda.devcluster.servers import NatsServer
+from kubelambda.devcluster.servers import NatsCluster, NatsServer
 from kubelambda.egress import AddressPolicy, parse_cidrs
 
 pytestmark = pytest.mark.integration
@@ -176,3 +177,52 @@ async def test_an_event_redelivered_while_its_failing_first_delivery_runs_still_
     finally:
         await queue.close()
         await records.stop()
+
+
+async def test_streams_get_min_of_the_setting_and_the_cluster_size_and_are_raised_in_place(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    lone = await EventQueue.connect(nats_server.url, stream=STREAM)
+    try:
+        assert (await lone.js.stream_info(STREAM)).config.num_replicas == 1  # one server: one replica
+    finally:
+        await lone.close()
+    async with NatsCluster(tmp_path / "cluster") as cluster:
+        # A stream an older kubelambda created with one replica, holding events.
+        nc = await nats.connect(cluster.nodes[0].url)
+        js = nc.jetstream()
+        await js.add_stream(
+            StreamConfig(
+                name=STREAM,
+                subjects=["kubelambda.async.>"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                num_replicas=1,
+            )
+        )
+        for i in range(10):
+            await js.publish(f"kubelambda.async.ns.fn{i}", b"%d" % i)
+        await nc.close()
+        queue = await EventQueue.connect(cluster.url, stream=STREAM)
+        try:
+            assert queue.cluster_size() == 3
+            info = await queue.js.stream_info(STREAM)
+            assert info.config.num_replicas == 3
+            assert info.state.messages == 10  # raised in place, nothing lost
+            await queue.dead_letter("ns", "fn", {"i": 1}, why="test")
+            assert (await queue.js.stream_info("KUBELAMBDA_DLQ_ns")).config.num_replicas == 3
+            # Asked for fewer than the cluster has: the setting wins.
+            await queue.js.delete_stream(STREAM)
+        finally:
+            await queue.close()
+        small = await EventQueue.connect(cluster.url, stream=STREAM, replicas=2)
+        try:
+            assert (await small.js.stream_info(STREAM)).config.num_replicas == 2
+        finally:
+            await small.close()
+        # Asked for one, a replicated stream keeps its replicas (a node down at start is not a smaller cluster).
+        one = await EventQueue.connect(cluster.url, stream=STREAM, replicas=1)
+        try:
+            assert (await one.js.stream_info(STREAM)).config.num_replicas == 2
+        finally:
+            await one.close()

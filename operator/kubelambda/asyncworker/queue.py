@@ -6,6 +6,11 @@ message (same request id, the invoke count so far, the time it becomes due), pub
 acknowledged; ``Nats-Msg-Id`` makes that publish idempotent, so a crash between the two duplicates nothing
 inside JetStream's duplicate window. Records without a failure destination go to the namespace's dead-letter
 stream ``KUBELAMBDA_DLQ_<namespace>`` (``kubelambda.dlq.<namespace>.<function>``).
+
+Both are replicated: ``replicas = min(setting, cluster size)`` (default 3; 1 on a lone server), so a 3-node NATS
+keeps every acknowledged event through the loss of any one node. A stream created with fewer replicas (an older
+kubelambda, a smaller cluster then) is updated in place; the worker's durable consumer leaves its replica count
+unset, so it follows the stream's.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 # How long "which stream captures this destination subject" is remembered: a stream created for a subject
 # later takes effect within this time.
 STREAM_LOOKUP_TTL_SECONDS = 10.0
+DEFAULT_REPLICAS = 3
+# JetStream's "replicas > 1 not supported in non-clustered mode".
+ERR_REPLICAS_NOT_CLUSTERED = 10074
 
 
 class BadEvent(ValueError):
@@ -111,8 +119,11 @@ def dlq_stream(namespace: str) -> str:
 class EventQueue:
     """The JetStream side of asynchronous invocations: publish events, dead-letter records."""
 
-    def __init__(self, nc: NATS, *, stream: str) -> None:
+    def __init__(self, nc: NATS, *, stream: str, replicas: int = DEFAULT_REPLICAS) -> None:
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, not {replicas}")
         self.nc = nc
+        self.replicas_setting = replicas
         self.js: JetStreamContext = nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
         self.stream = stream
         self._dlq_ready: set[str] = set()  # only spares an idempotent call; a restart just repeats it
@@ -126,12 +137,19 @@ class EventQueue:
         self._ack_lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, url: str, *, stream: str, reconnect: bool = True) -> EventQueue:
+    async def connect(
+        cls, url: str, *, stream: str, reconnect: bool = True, replicas: int = DEFAULT_REPLICAS
+    ) -> EventQueue:
         """Connects (reconnecting forever after a first success) and makes sure the stream exists.
-        ``reconnect=False`` (a command line's one-shot use): the first failure to connect raises, quietly."""
+        ``reconnect=False`` (a command line's one-shot use): the first failure to connect raises, quietly.
+
+        ``url`` may name several servers of one cluster, comma-separated (``nats://a:4222,nats://b:4222``); the
+        client also learns the cluster's other servers from the one it reaches and reconnects to any of them.
+        """
+        servers = [u.strip() for u in url.split(",") if u.strip()]
         if reconnect:
             nc = await nats.connect(
-                url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name="kubelambda"
+                servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name="kubelambda"
             )
         else:
             errors: list[Exception] = []
@@ -141,7 +159,7 @@ class EventQueue:
 
             try:
                 nc = await nats.connect(
-                    url,
+                    servers,
                     allow_reconnect=False,
                     max_reconnect_attempts=1,
                     reconnect_time_wait=0.1,
@@ -151,7 +169,7 @@ class EventQueue:
                 )
             except nats.errors.NoServersError as e:
                 raise ConnectionError(str(errors[-1]) if errors else str(e)) from e
-        queue = cls(nc, stream=stream)
+        queue = cls(nc, stream=stream, replicas=replicas)
         await queue._ensure_stream(
             StreamConfig(
                 name=stream,
@@ -163,11 +181,42 @@ class EventQueue:
         )
         return queue
 
+    def cluster_size(self) -> int:
+        """Servers in the connected server's cluster, as its INFO lists their client URLs (1 when it is not
+        clustered)."""
+        info = self.nc._server_info  # the INFO of the server this client is connected to
+        if not info.get("cluster"):
+            return 1
+        return max(1, len(info.get("connect_urls") or []))
+
+    @property
+    def replicas(self) -> int:
+        """The replica count streams get: ``min(setting, cluster size)``."""
+        return min(self.replicas_setting, self.cluster_size())
+
     async def _ensure_stream(self, config: StreamConfig) -> None:
+        config.num_replicas = self.replicas
+        try:
+            await self._add_or_update(config)
+        except APIError as e:
+            if e.err_code != ERR_REPLICAS_NOT_CLUSTERED or config.num_replicas == 1:
+                raise
+            # Clustered INFO from a server whose JetStream is not (a cluster of plain NATS servers).
+            config.num_replicas = 1
+            await self._add_or_update(config)
+        logger.info("JetStream stream %s: %d replica(s)", config.name, config.num_replicas)
+
+    async def _add_or_update(self, config: StreamConfig) -> None:
         try:
             await self.js.add_stream(config)
-        except BadRequestError:
-            # It exists with another configuration (an older kubelambda): bring it to this one.
+        except BadRequestError as e:
+            if e.err_code == ERR_REPLICAS_NOT_CLUSTERED:
+                raise
+            # It exists with another configuration (an older kubelambda, fewer replicas): bring it to this one
+            # in place (JetStream adds replicas to a stream without losing its messages). Never fewer replicas
+            # than it has: a node down while this process starts is missing from the count, not gone.
+            info = await self.js.stream_info(config.name or self.stream)
+            config.num_replicas = max(config.num_replicas or 1, info.config.num_replicas or 1)
             await self.js.update_stream(config)
             logger.info("Updated JetStream stream %s", config.name)
 

@@ -105,10 +105,11 @@ async def run_worker(
     settings: WorkerSettings,
     check_destinations: bool = True,
     cache_seconds: float = 5.0,
+    replicas: int = 3,
 ) -> None:
     """Watches Functions and consumes events until cancelled."""
     registry = Registry()
-    queue = await EventQueue.connect(nats_url, stream=stream)
+    queue = await EventQueue.connect(nats_url, stream=stream, replicas=replicas)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         access = AccessReviewer(kube, ttl=cache_seconds) if check_destinations else None
         invoker = RemoteInvoker(

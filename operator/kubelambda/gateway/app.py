@@ -206,7 +206,11 @@ class Gateway(RegistryLookups):
         except Exception as e:  # NATS down or JetStream refusing: nothing was promised yet
             logger.warning("Could not queue an event for %s/%s: %s", fn.namespace, fn.name, e)
             # The broker's address and words stay in the log.
-            return error_response("ServiceException", "Could not queue the event; try again")
+            return error_response(
+                "ServiceUnavailableException",
+                "Could not queue the event, nothing was accepted; try again",
+                extra_headers={"Retry-After": "1"},
+            )
         metrics.ASYNC_ACCEPTED.labels(fn.namespace, fn.name).inc()
         return web.Response(status=202, headers={"X-Amzn-RequestId": request_id})
 
@@ -486,7 +490,9 @@ class Gateway(RegistryLookups):
         if s.nats_url is not None:
             # Before listening: an Event that arrived while the queue connects was answered 501 "this gateway has
             # no KUBELAMBDA_GATEWAY_NATS_URL" (seen right after a NATS restart), which SDKs do not retry.
-            self.queue = await EventQueue.connect(s.nats_url, stream=s.async_stream)
+            self.queue = await EventQueue.connect(
+                s.nats_url, stream=s.async_stream, replicas=s.async_replicas
+            )
             logger.info("Event invocations go to JetStream stream %s at %s", s.async_stream, s.nats_url)
         # keepalive_timeout also closes a connection whose first request's headers are not complete by then.
         self._runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=s.idle_timeout_seconds)

@@ -57,13 +57,16 @@ class GatewaySettings(BaseSettings):
     """Serve every Function at ``/http/<namespace>/<name>/<path>`` in API Gateway's HTTP API format (payload 2.0)
     (default off; ``kubelambda dev up`` turns it on)."""
     nats_url: str | None = Field(default=None, pattern=r"^(nats|tls)://[^\s]+$")
-    """NATS server with JetStream that holds Event (asynchronous) invocations (``nats://host:4222``); unset =
-    Event invocations answer NotImplementedException (501)."""
+    """NATS server with JetStream that holds Event (asynchronous) invocations (``nats://host:4222``, or several
+    servers of one cluster comma-separated); unset = Event invocations answer NotImplementedException (501)."""
     logs: bool = True
     """Warm-pool pods ship their functions' logs to ``nats_url`` (docs/logs.md), as the operator's function pods
     do; False = pod logs only."""
     async_stream: str = Field(default="KUBELAMBDA_ASYNC", pattern=r"^[A-Za-z0-9_-]+$")
     """JetStream stream of queued events (file storage; created at start if missing)."""
+    async_replicas: int = Field(default=3, ge=1, le=5)
+    """Replicas of the JetStream streams (events, dead letters): ``min(this, NATS cluster size)``, so 3 on a
+    3-node NATS and 1 on a lone server; a stream with fewer is raised to it in place at start (default 3)."""
     async_max_event_bytes: int = Field(default=ONE_MB, ge=1)
     """Largest Event payload in bytes (Lambda: 1 MB)."""
     async_worker: bool = True

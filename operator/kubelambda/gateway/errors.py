@@ -25,6 +25,9 @@ ERRORS: dict[str, tuple[int, str]] = {
     "UnsupportedMediaTypeException": (415, "User"),
     "TooManyRequestsException": (429, "User"),
     "ServiceException": (500, "Service"),
+    # The event store cannot take an Event now (NATS down, or a JetStream stream without quorum): nothing was
+    # accepted, the caller may retry.
+    "ServiceUnavailableException": (503, "Service"),
     "EC2ThrottledException": (502, "Service"),
     "NotImplementedException": (501, "Service"),
     # Authentication and authorisation (gateway/auth): Lambda answers each with 403.
