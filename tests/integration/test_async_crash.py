@@ -1,5 +1,7 @@
 """Nothing accepted is lost when the async worker is SIGKILLed and NATS restarts in the middle of a run of
-1,000 events (500 queued, the worker killed a few records in, NATS restarted, 500 more).
+1,000 events (500 queued, the worker killed a few records in, NATS restarted, 500 more), nor when nodes of a
+3-node NATS cluster are SIGKILLed during 1,000 events (one node: events still accepted; two: no quorum, events
+refused with 503 and none accepted).
 
 The gateway (with its in-process worker) runs as a real `kubelambda gateway` process here, so it can be
 killed; a third of the events fail their first attempt (a marker file per request id, which the function's
@@ -37,7 +39,7 @@ from kltest.records import Records
 from kubelambda.devcluster._platform import _kubeconfig_with_token
 from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
 from kubelambda.devcluster._process import spawn, stop
-from kubelambda.devcluster.servers import NatsServer
+from kubelambda.devcluster.servers import NatsCluster, NatsServer
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -299,6 +301,155 @@ async def test_events_survive_a_killed_worker_and_a_nats_restart(
     finally:
         await stop(gateway.proc, grace_seconds=10)
         await nats_server.stop()
+        await records.stop()
+
+
+async def ready_function(cluster: Cluster, kube: KubeClient, namespace: str, doc: JSON, name: str) -> None:
+    cluster.apply(doc, namespace)
+    await wait_for(
+        lambda: kube.get(
+            resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name=name)
+        ),
+        lambda fn: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (fn.get("status") or {}).get("conditions") or []
+        ),
+        what=f"Function {name} Ready",
+        timeout=60,
+    )
+
+
+async def test_events_survive_sigkilled_nodes_of_a_3_node_nats_and_no_quorum_refuses_them(
+    cluster: Cluster, kube: KubeClient, operator: RunningOperator, namespace: str, tmp_path: Path
+) -> None:
+    records = Records()
+    await records.start()
+    got = records.of("ok")
+    kubeconfig = await gateway_kubeconfig(cluster, kube, tmp_path)
+    nats_cluster = NatsCluster(tmp_path / "nats")
+    await nats_cluster.start()
+    gateway = GatewayProcess(kubeconfig, nats_cluster.url, tmp_path / "gateway.log")
+    try:
+        await gateway.ready()
+        doc = python_function(
+            "replicated",
+            FAIL_FIRST_HANDLER,
+            concurrency={"perInstance": 4},
+            timeoutSeconds=30,
+            **{"async": {"maxRetries": 0, "onSuccess": {"url": records.url("ok")}}},
+        )
+        await ready_function(cluster, kube, namespace, doc, "replicated")
+        name = f"{namespace}/replicated"
+        nc = await nats.connect(nats_cluster.nodes[2].url)
+        try:
+            info = await nc.jetstream().stream_info("KUBELAMBDA_ASYNC")
+            assert info.config.num_replicas == 3, info.config
+        finally:
+            await nc.close()
+
+        accepted: dict[str, int] = {}
+        refused: list[tuple[int, int, str]] = []  # (index, status, body)
+        phase = {"no quorum": False, "name": "3 nodes"}
+        refused_in: dict[str, int] = {}  # phase at the answer -> events refused
+        refused_without_quorum: list[tuple[int, int, str]] = []
+        accepted_without_quorum: list[int] = []
+        work = iter(range(EVENTS))
+
+        async def client(http: aiohttp.ClientSession) -> None:
+            for i in work:
+                # Sent and answered while two nodes were down: the store had no quorum all along.
+                started_without_quorum = phase["no quorum"]
+                async with http.post(
+                    f"{gateway.url}/2015-03-31/functions/{name}/invocations",
+                    data=json.dumps({"i": i}).encode(),
+                    headers={"X-Amz-Invocation-Type": "Event"},
+                ) as resp:
+                    if resp.status == 202:
+                        accepted[resp.headers["X-Amzn-RequestId"]] = i
+                        if started_without_quorum and phase["no quorum"]:
+                            accepted_without_quorum.append(i)
+                    else:
+                        answer = (i, resp.status, await resp.text())
+                        refused.append(answer)
+                        refused_in[phase["name"]] = refused_in.get(phase["name"], 0) + 1
+                        if started_without_quorum and phase["no quorum"]:
+                            refused_without_quorum.append(answer)
+
+        async def chaos() -> None:
+            def answered() -> Any:
+                return asyncio.sleep(0, result=(len(accepted), len(refused)))
+
+            await wait_for(answered, lambda n: n[0] >= 250, what="250 events accepted", timeout=120)
+            nats_cluster.nodes[0].kill()
+            phase["name"] = "2 of 3 nodes"
+            at_first_kill = len(accepted)
+            # Two of three nodes hold a quorum: events are still accepted.
+            await wait_for(
+                answered,
+                lambda n: n[0] >= at_first_kill + 250,
+                what="events accepted on 2 nodes",
+                timeout=120,
+            )
+            nats_cluster.nodes[1].kill()
+            phase["name"] = "1 of 3 nodes"
+            refused_before = len(refused)
+            phase["no quorum"] = True
+            await wait_for(
+                answered,
+                lambda n: n[1] >= refused_before + 2 * CLIENTS,
+                what="events refused without quorum",
+                timeout=120,
+            )
+            await asyncio.gather(nats_cluster.nodes[0].start(), nats_cluster.nodes[1].start())
+            phase["no quorum"] = False
+            phase["name"] = "3 nodes again"
+
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(chaos(), *(client(http) for _ in range(CLIENTS)))
+
+        assert not accepted_without_quorum, f"events accepted without quorum: {accepted_without_quorum}"
+        assert refused_without_quorum, "no event was refused while two of three NATS nodes were down"
+        for i, status, body in refused:
+            assert status == 503, (i, status, body)
+            assert "Could not queue the event, nothing was accepted (retry)" in body, body
+            assert json.loads(body)["Type"] == "Service"
+
+        def missing() -> set[str]:
+            return set(accepted) - {r["requestContext"]["requestId"] for r in got}
+
+        try:
+            await wait_for(
+                lambda: asyncio.sleep(0, result=missing()),
+                lambda m: not m,
+                what="a record of every accepted event",
+                timeout=180,
+            )
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e}\nqueue: {await async_stream_left(nats_cluster.nodes[2].url) or 'empty, nothing unacknowledged'}\n"
+                + await whereabouts(
+                    missing(), accepted, [], nats_cluster.nodes[2].url, namespace, [gateway.log]
+                )
+            ) from None
+        seen = [r["requestContext"]["requestId"] for r in got]
+        counts: dict[str, int] = {}
+        for rid in seen:
+            counts[rid] = counts.get(rid, 0) + 1
+        repeated = {accepted.get(rid, rid): n for rid, n in counts.items() if n > 1}
+        unasked = [rid for rid in counts if rid not in accepted]
+        print(
+            f"\n{len(accepted)} accepted, {len(refused)} refused (503), {len(refused_without_quorum)} while "
+            f"without quorum; refused by phase {refused_in}; {len(unasked)} record(s) of refused events that had "
+            "been stored"
+        )
+        assert not repeated, f"accepted events recorded more than once: {repeated}"
+        for record in got:
+            i = accepted.get(record["requestContext"]["requestId"])
+            if i is not None:
+                assert record["responsePayload"] == {"i": i}
+    finally:
+        await stop(gateway.proc, grace_seconds=10)
+        await nats_cluster.stop()
         await records.stop()
 
 
