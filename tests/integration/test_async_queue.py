@@ -72,8 +72,18 @@ async def test_a_publish_no_stream_takes_or_the_wrong_stream_takes_is_refused(
         with pytest.raises(APIError):
             await other.publish(event(1))
         await queue.js.delete_stream(STREAM)
+        queue.failover_seconds = 1.0
         with pytest.raises(NoStreamResponseError):
             await queue.publish(event(2))
+        # A stream that answers again within failover_seconds (as a replicated stream's new leader after an
+        # election) takes the publish, sent again meanwhile.
+        queue.failover_seconds = 30.0
+        publishing = asyncio.create_task(queue.publish(event(3)))
+        await asyncio.sleep(0.5)  # a few refused tries first
+        assert not publishing.done()
+        await queue.js.add_stream(StreamConfig(name=STREAM, subjects=["kubelambda.async.>"]))
+        await publishing
+        assert (await queue.js.stream_info(STREAM)).state.messages == 1
     finally:
         await other.close()
         await queue.close()

@@ -46,6 +46,10 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 # later takes effect within this time.
 STREAM_LOOKUP_TTL_SECONDS = 10.0
 DEFAULT_REPLICAS = 3
+# How long a publish goes on trying while no stream answers ("no responders"): a replicated stream whose leader
+# died elects another within NATS's election timeout (4-9 s); without quorum, the publish fails after this.
+FAILOVER_SECONDS = 12.0
+FAILOVER_RETRY_SECONDS = 0.25
 # JetStream's "replicas > 1 not supported in non-clustered mode".
 ERR_REPLICAS_NOT_CLUSTERED = 10074
 
@@ -119,11 +123,19 @@ def dlq_stream(namespace: str) -> str:
 class EventQueue:
     """The JetStream side of asynchronous invocations: publish events, dead-letter records."""
 
-    def __init__(self, nc: NATS, *, stream: str, replicas: int = DEFAULT_REPLICAS) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        stream: str,
+        replicas: int = DEFAULT_REPLICAS,
+        failover_seconds: float = FAILOVER_SECONDS,
+    ) -> None:
         if replicas < 1:
             raise ValueError(f"replicas must be at least 1, not {replicas}")
         self.nc = nc
         self.replicas_setting = replicas
+        self.failover_seconds = failover_seconds
         self.js: JetStreamContext = nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
         self.stream = stream
         self._dlq_ready: set[str] = set()  # only spares an idempotent call; a restart just repeats it
@@ -222,7 +234,26 @@ class EventQueue:
 
     async def publish(self, event: QueuedEvent) -> None:
         """Returns once JetStream has stored the event (the publish ack); raises when it refused or did not
-        answer within ``PUBLISH_TIMEOUT_SECONDS``.
+        answer within ``PUBLISH_TIMEOUT_SECONDS``, or when no stream answered for ``failover_seconds``.
+
+        "No responders" means no server took the message, so sending it again is safe (and ``Nats-Msg-Id``
+        would drop a copy anyway): it is sent again every ``FAILOVER_RETRY_SECONDS`` while a replicated stream
+        elects a new leader after losing one, so the loss of one NATS node delays Events instead of refusing
+        them.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.failover_seconds
+        while True:
+            try:
+                await self._publish_once(event)
+                return
+            except NoStreamResponseError:
+                if loop.time() + FAILOVER_RETRY_SECONDS >= deadline:
+                    raise
+                await asyncio.sleep(FAILOVER_RETRY_SECONDS)
+
+    async def _publish_once(self, event: QueuedEvent) -> None:
+        """One publish and its ack.
 
         The same exchange as ``JetStreamContext.publish`` (a message with a reply subject, the stream's ack to
         it), leaner per event because this is the Event hot path (every 202 waits for it): acks arrive on one
