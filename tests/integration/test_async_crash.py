@@ -413,7 +413,7 @@ async def test_events_survive_sigkilled_nodes_of_a_3_node_nats_and_no_quorum_ref
         assert refused_without_quorum, "no event was refused while two of three NATS nodes were down"
         for i, status, body in refused:
             assert status == 503, (i, status, body)
-            assert "Could not queue the event, nothing was accepted (retry)" in body, body
+            assert "Could not queue the event, nothing was accepted; try again" in body, body
             assert json.loads(body)["Type"] == "Service"
 
         def missing() -> set[str]:
