@@ -19,7 +19,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -44,6 +44,9 @@ from kubelambda.asyncworker.record import Response, invocation_record
 from kubelambda.destinations import Senders
 from kubelambda.egress import AddressPolicy
 from kubelambda.natspolicy import subject_refusal
+
+if TYPE_CHECKING:
+    from kubelambda.gateway.config import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,18 @@ class WorkerSettings:
     ack_wait: float = 30.0  # redelivery after a worker died mid-event
     destinations: AddressPolicy = field(default_factory=AddressPolicy)
     """Where ``url`` destinations may not go (loopback, metadata, the API server) unless allowed."""
+
+    @classmethod
+    def of(cls, settings: GatewaySettings, *, api_server: str) -> WorkerSettings:
+        """The worker's settings from the gateway's (the in-process worker and ``kubelambda async-worker``)."""
+        return cls(
+            concurrency=settings.async_worker_concurrency,
+            retry_delays=settings.async_retry_delays_seconds,
+            backoff_min=settings.async_backoff_min_seconds,
+            backoff_max=settings.async_backoff_max_seconds,
+            ack_wait=settings.async_ack_wait_seconds,
+            destinations=settings.destination_policy(api_server),
+        )
 
 
 class CheckedResolver(AbstractResolver):

@@ -85,14 +85,7 @@ def cmd_async_worker(args: argparse.Namespace) -> int:
                 nats_url=nats_url,
                 stream=settings.async_stream,
                 region=settings.region,
-                settings=WorkerSettings(
-                    concurrency=settings.async_worker_concurrency,
-                    retry_delays=settings.async_retry_delays_seconds,
-                    backoff_min=settings.async_backoff_min_seconds,
-                    backoff_max=settings.async_backoff_max_seconds,
-                    ack_wait=settings.async_ack_wait_seconds,
-                    destinations=settings.destination_policy(kube.server),
-                ),
+                settings=WorkerSettings.of(settings, api_server=kube.server),
                 # Function destinations need the source's execution identity to may invoke the target.
                 check_destinations=settings.auth_mode != "none",
                 cache_seconds=settings.auth_cache_seconds,

@@ -519,14 +519,7 @@ class Gateway(RegistryLookups):
                 self.queue,
                 self,
                 self.http(),
-                settings=WorkerSettings(
-                    concurrency=s.async_worker_concurrency,
-                    retry_delays=s.async_retry_delays_seconds,
-                    backoff_min=s.async_backoff_min_seconds,
-                    backoff_max=s.async_backoff_max_seconds,
-                    ack_wait=s.async_ack_wait_seconds,
-                    destinations=s.destination_policy(self.kube.server),
-                ),
+                settings=WorkerSettings.of(s, api_server=self.kube.server),
             )
             self._tasks.append(asyncio.create_task(worker.run(), name="async worker"))
         logger.info("The gateway listens on %s:%d", s.host, s.port)
