@@ -231,6 +231,9 @@ def make_bridge_deployment(trigger: TriggerObject, *, settings: OperatorSettings
                 },
                 "spec": {
                     "serviceAccountName": name,
+                    # No service-link variables: a Service named kubelambda-* in the namespace would otherwise set
+                    # KUBELAMBDA_* variables the bridge reads as settings (one crashed the async worker).
+                    "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": {
                         "runAsNonRoot": True,
