@@ -1,0 +1,277 @@
+"""A real Prometheus (Debian's ``prometheus``) scrapes the platform with the chart's ServiceMonitor/PodMonitors
+turned into scrape jobs as the Prometheus Operator would (tests/kltest/prometheus.py); after a scenario (a cold
+start, an Event invocation with a retry and a destination, a throttle, a queue Trigger's batch) every query of
+the shipped Grafana dashboard returns data for the test's namespace, the chart's alert rules load and evaluate,
+and no metric grows a series per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import yaml
+
+from kltest import wait_for
+from kltest.platform import REPO, SYSTEM_NS, Env, PlatformUnderTest, lambda_client, python_function
+from kltest.prometheus import PodDiscovery, PrometheusServer, scrape_configs
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.devcluster.servers import NatsServer
+from kubelambda.kube import KubeClient, resource_path
+
+pytestmark = pytest.mark.integration
+JSON = dict[str, Any]
+CHART = REPO / "helm" / "kubelambda"
+DASHBOARD = CHART / "files" / "dashboard.json"
+RELEASE = "kubelambda"
+SCRAPE = "1s"  # the chart's 30 s, shortened so rates have two samples within seconds
+RATE_WINDOW = "30s"  # Grafana's $__rate_interval for a 1 s scrape interval is at least 4 intervals
+
+# Fails the first attempt of an event with {"failFirst": <folder>} (one marker file per request id, seen by the
+# function's process on this machine); answers everything else, queue batches included.
+HANDLER = """
+import os
+
+
+def handler(event, context):
+    marker = event.get("failFirst")
+    if marker:
+        path = os.path.join(marker, context.aws_request_id)
+        if not os.path.exists(path):
+            open(path, "w").close()
+            raise ValueError("the first attempt fails")
+    return {"requestId": context.aws_request_id}
+"""
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
+def rendered_chart(*args: str) -> list[JSON]:
+    helm = ensure_binaries(quiet=True).helm
+    out = subprocess.run(
+        [str(helm), "template", RELEASE, str(CHART), "--namespace", SYSTEM_NS, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def gateway_target(docs: list[JSON], url: str) -> JSON:
+    """The test gateway (on loopback) as the endpoints discovery would show the chart's gateway Service."""
+    (service,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == f"{RELEASE}-gateway"]
+    labels: dict[str, str] = {
+        "__meta_kubernetes_namespace": SYSTEM_NS,
+        "__meta_kubernetes_service_name": service["metadata"]["name"],
+        "__meta_kubernetes_endpoint_port_name": service["spec"]["ports"][0]["name"],
+        "__meta_kubernetes_pod_name": f"{RELEASE}-gateway-0",
+        "__meta_kubernetes_pod_container_name": "gateway",
+    }
+    for key, value in service["metadata"]["labels"].items():
+        meta = re.sub(r"[^a-zA-Z0-9_]", "_", key)
+        labels[f"__meta_kubernetes_service_label_{meta}"] = str(value)
+        labels[f"__meta_kubernetes_service_labelpresent_{meta}"] = "true"
+    return {"address": url.removeprefix("http://"), "labels": labels}
+
+
+def dashboard_queries(namespace: str) -> list[tuple[str, str]]:
+    """(panel title, query) of every panel target, Grafana's variables replaced for the test's namespace."""
+    board = json.loads(DASHBOARD.read_text())
+    queries = []
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            expr = (
+                target["expr"]
+                .replace("$__rate_interval", RATE_WINDOW)
+                .replace("$namespace", namespace)  # a DNS label: no regex metacharacters
+                .replace("$function", ".*")
+            )
+            queries.append((panel["title"], expr))
+    return queries
+
+
+@pytest.fixture(scope="module")
+async def prometheus(
+    platform: PlatformUnderTest, kube: KubeClient, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[PrometheusServer]:
+    docs = rendered_chart("--api-versions", "monitoring.coreos.com/v1")
+    monitors = [d for d in docs if d["kind"] in ("ServiceMonitor", "PodMonitor")]
+    assert {m["metadata"]["name"] for m in monitors} == {
+        f"{RELEASE}-gateway",
+        f"{RELEASE}-functions",
+        f"{RELEASE}-bridges",
+    }, monitors
+    data = tmp_path_factory.mktemp("prometheus")
+    discovery = PodDiscovery(kube)
+    await discovery.start()
+    config = {
+        "global": {"scrape_interval": SCRAPE, "evaluation_interval": SCRAPE},
+        "scrape_configs": scrape_configs(
+            monitors,
+            interval=SCRAPE,
+            discovery_url=discovery.url,
+            static_services={f"{RELEASE}-gateway": gateway_target(docs, platform.url)},
+        ),
+    }
+    try:
+        async with PrometheusServer(data, config) as server:
+            yield server
+    finally:
+        await discovery.stop()
+
+
+async def scenario(env: Env, nats_server: NatsServer, tmp_path: Path) -> list[str]:
+    """A cold start, an Event with one retry reaching its success destination, a throttle, and a queue
+    Trigger's batch; returns the request ids the callers saw."""
+    client = lambda_client(env.url)
+    await env.deploy(
+        python_function(
+            "obs", HANDLER, **{"async": {"onSuccess": {"url": env.records.url(f"ok-{env.namespace}")}}}
+        )
+    )
+    await env.deploy(python_function("obs-throttled", HANDLER, concurrency={"reserved": 0}))
+    ids = []
+    answer = await asyncio.to_thread(client.invoke, FunctionName=f"{env.namespace}/obs", Payload=b"{}")
+    assert answer["StatusCode"] == 200, answer
+    assert "FunctionError" not in answer, answer
+    ids.append(json.loads(answer["Payload"].read())["requestId"])
+    answer = await asyncio.to_thread(
+        client.invoke,
+        FunctionName=f"{env.namespace}/obs",
+        InvocationType="Event",
+        Payload=json.dumps({"failFirst": str(tmp_path)}).encode(),
+    )
+    assert answer["StatusCode"] == 202, answer
+    ids.append(answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"])
+    with pytest.raises(client.exceptions.TooManyRequestsException):
+        await asyncio.to_thread(client.invoke, FunctionName=f"{env.namespace}/obs-throttled", Payload=b"{}")
+
+    stream = f"obs-{env.namespace}"
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+        env.apply(
+            {
+                "apiVersion": "kubelambda.io/v1alpha1",
+                "kind": "Trigger",
+                "metadata": {"name": "obs-queue"},
+                "spec": {
+                    "function": "obs",
+                    "queue": {"nats": {"url": nats_server.url, "stream": stream, "subject": f"{stream}.in"}},
+                },
+            }
+        )
+        await js.publish(f"{stream}.in", b'{"from": "the queue"}')
+    finally:
+        await nc.close()
+    (record,) = await env.records.wait(f"ok-{env.namespace}", 1)
+    assert record["requestContext"]["approximateInvokeCount"] == 2, record
+    return ids
+
+
+async def test_every_dashboard_query_returns_data_for_the_functions_namespace(
+    env: Env, nats_server: NatsServer, prometheus: PrometheusServer, tmp_path: Path
+) -> None:
+    await scenario(env, nats_server, tmp_path)
+
+    async def empty_queries() -> list[str]:
+        empty = []
+        for title, expr in dashboard_queries(env.namespace):
+            if not await prometheus.query(expr):
+                empty.append(f"{title}: {expr}")
+        return empty
+
+    await wait_for(
+        empty_queries, lambda left: not left, what="every dashboard query to return data", timeout=120
+    )
+    for title, expr in dashboard_queries(env.namespace):
+        for sample in await prometheus.query(expr):
+            labels = sample["metric"]
+            # A target label overwriting the metric's own (the gateway lives in another namespace) would
+            # show the platform's namespace here, or an exported_namespace.
+            assert labels.get("namespace", env.namespace) == env.namespace, (title, expr, labels)
+            assert not any(k.startswith("exported_") for k in labels), (title, expr, labels)
+    targets = await prometheus.targets()
+    jobs = {t["labels"]["job"] for t in targets if t["health"] == "up" and t["labels"].get("namespace")}
+    assert {
+        f"{RELEASE}-gateway",
+        f"{SYSTEM_NS}/{RELEASE}-functions",
+        f"{SYSTEM_NS}/{RELEASE}-bridges",
+    } <= jobs, targets
+
+
+async def test_no_metric_grows_a_series_per_request(
+    env: Env, nats_server: NatsServer, prometheus: PrometheusServer, tmp_path: Path
+) -> None:
+    """Series counts stay put when the same scenario runs again with new request ids, and no label value is a
+    request id, a UUID or a payload."""
+    seen: set[str] = set()
+
+    async def series_now() -> dict[str, int]:
+        rows = await prometheus.query('count by (__name__) ({__name__=~"kubelambda_.*"})')
+        return {row["metric"]["__name__"]: int(row["value"][1]) for row in rows}
+
+    seen.update(await scenario(env, nats_server, tmp_path / "first"))
+    client = lambda_client(env.url)
+    for i in range(20):
+        answer = await asyncio.to_thread(
+            client.invoke, FunctionName=f"{env.namespace}/obs", Payload=json.dumps({"i": i}).encode()
+        )
+        seen.add(json.loads(answer["Payload"].read())["requestId"])
+    after_first = await wait_for(
+        series_now,
+        lambda counts: counts.get("kubelambda_bridge_invocations_total", 0) > 0,
+        what="the scenario's series scraped",
+        timeout=60,
+    )
+    series = await prometheus.query('{__name__=~"kubelambda_.*"}')
+    for sample in series:
+        for name, value in sample["metric"].items():
+            assert value not in seen, (name, value, sample["metric"])
+            assert not UUID.search(value), (name, value, sample["metric"])
+            assert len(value) <= 253, (name, value)
+    # Twenty more invocations with new request ids and payloads: no new series.
+    mark = await prometheus.query('sum(kubelambda_invocations_total{function="obs"})')
+    before = float(mark[0]["value"][1])
+    for i in range(20):
+        await asyncio.to_thread(
+            client.invoke,
+            FunctionName=f"{env.namespace}/obs",
+            Payload=json.dumps({"again": i, "tmp": str(tmp_path)}).encode(),
+        )
+    await wait_for(
+        lambda: prometheus.query('sum(kubelambda_invocations_total{function="obs"})'),
+        lambda rows: bool(rows) and float(rows[0]["value"][1]) >= before + 20,
+        what="the twenty invocations scraped",
+        timeout=60,
+    )
+    after = await series_now()
+    grown = {
+        name: (after_first.get(name), count)
+        for name, count in after.items()
+        if count > after_first.get(name, 0)
+    }
+    assert not grown, grown
+
+
+async def test_the_chart_monitors_target_the_pods_the_operator_makes(
+    kube: KubeClient, env: Env, prometheus: PrometheusServer
+) -> None:
+    """Every scraped pod target is a function or bridge pod in the cluster (the discovery and the keep rules
+    select them, nothing else)."""
+    targets = await prometheus.targets()
+    pods = [t for t in targets if t["labels"]["job"].endswith(("-functions", "-bridges"))]
+    for target in pods:
+        labels = target["labels"]
+        pod = await kube.get(resource_path("v1", "pods", namespace=labels["namespace"], name=labels["pod"]))
+        pod_labels = pod["metadata"]["labels"]
+        assert "kubelambda.io/function" in pod_labels or "kubelambda.io/trigger" in pod_labels, pod_labels
