@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -255,3 +258,34 @@ WARM_POOL_RETIRED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+
+class _Families:
+    """The families of :data:`REGISTRY` whose names start (or do not start) with given prefixes.
+
+    Every process imports every metric above; each serves only its own, so the gateway does not export the
+    bridges' unlabelled gauges (``kubelambda_bridge_source_up 0`` would read as a source down) nor a bridge
+    the gateway's."""
+
+    def __init__(self, prefixes: tuple[str, ...], *, exclude: bool) -> None:
+        self.prefixes = prefixes
+        self.exclude = exclude
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            if family.name.startswith(self.prefixes) != self.exclude:
+                yield family
+
+
+def _view(*prefixes: str, exclude: bool = False) -> CollectorRegistry:
+    view = CollectorRegistry(auto_describe=False)
+    view.register(_Families(prefixes, exclude=exclude))
+    return view
+
+
+BRIDGE_PREFIXES = ("kubelambda_bridge_",)
+OPERATOR_PREFIXES = ("kubelambda_operator_",)
+# What each process serves on /metrics.
+GATEWAY_VIEW = _view(*BRIDGE_PREFIXES, *OPERATOR_PREFIXES, exclude=True)
+BRIDGE_VIEW = _view(*BRIDGE_PREFIXES)
+OPERATOR_VIEW = _view(*OPERATOR_PREFIXES)

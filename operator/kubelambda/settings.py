@@ -82,6 +82,9 @@ class OperatorSettings(BaseSettings):
     """Reconciles running at once (a semaphore around the reconcile; kopf's own worker limit stays unset)."""
     liveness_endpoint: str | None = Field(default=None, pattern=r"^http://[^\s]+$")
     """kopf's liveness endpoint (``http://host:port/healthz``), for the Deployment's probes; unset = none."""
+    metrics_address: str | None = Field(default=None, pattern=r"^[^\s:]+:[0-9]{1,5}$")
+    """Where the operator serves ``GET /metrics`` (its ``kubelambda_operator_*`` metrics), ``host:port``;
+    unset = not served."""
 
     @field_validator("url_allow_cidrs", "function_egress_deny_cidrs")
     @classmethod

@@ -20,9 +20,20 @@ import pytest
 import yaml
 
 from kltest import wait_for
-from kltest.platform import REPO, SYSTEM_NS, Env, PlatformUnderTest, lambda_client, python_function
+from kltest.cluster import Cluster
+from kltest.platform import (
+    FAST_ASYNC,
+    REPO,
+    SYSTEM_NS,
+    Env,
+    PlatformUnderTest,
+    lambda_client,
+    python_function,
+    running_platform,
+)
 from kltest.prometheus import PodDiscovery, PrometheusServer, scrape_configs
 from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.devcluster._ports import free_port
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
 
@@ -98,14 +109,60 @@ def dashboard_queries(namespace: str) -> list[tuple[str, str]]:
     return queries
 
 
+def operator_target(docs: list[JSON], address: str) -> JSON:
+    """The test operator (a thread of the test, on loopback) as the pod discovery would show the chart's
+    operator pod."""
+    (deployment,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == f"{RELEASE}-operator"
+    ]
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    (port,) = [p for p in container["ports"] if p["name"] == "metrics"]
+    labels: dict[str, str] = {
+        "__meta_kubernetes_namespace": SYSTEM_NS,
+        "__meta_kubernetes_pod_name": f"{RELEASE}-operator-0",
+        "__meta_kubernetes_pod_container_name": container["name"],
+        "__meta_kubernetes_pod_container_port_name": port["name"],
+    }
+    for key, value in template["metadata"]["labels"].items():
+        meta = re.sub(r"[^a-zA-Z0-9_]", "_", key)
+        labels[f"__meta_kubernetes_pod_label_{meta}"] = str(value)
+        labels[f"__meta_kubernetes_pod_labelpresent_{meta}"] = "true"
+    return {"address": address, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def operator_metrics() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+async def platform(
+    cluster: Cluster, kube: KubeClient, nats_server: NatsServer, operator_metrics: str
+) -> AsyncIterator[PlatformUnderTest]:
+    """The module's platform (tests/conftest.py's) with the operator serving its metrics."""
+    async with running_platform(
+        cluster,
+        kube,
+        operator_settings={"metrics_address": operator_metrics},
+        nats_url=nats_server.url,
+        **FAST_ASYNC,
+    ) as platform:
+        yield platform
+
+
 @pytest.fixture(scope="module")
 async def prometheus(
-    platform: PlatformUnderTest, kube: KubeClient, tmp_path_factory: pytest.TempPathFactory
+    platform: PlatformUnderTest,
+    kube: KubeClient,
+    operator_metrics: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[PrometheusServer]:
     docs = rendered_chart("--api-versions", "monitoring.coreos.com/v1")
     monitors = [d for d in docs if d["kind"] in ("ServiceMonitor", "PodMonitor")]
     assert {m["metadata"]["name"] for m in monitors} == {
         f"{RELEASE}-gateway",
+        f"{RELEASE}-operator",
         f"{RELEASE}-functions",
         f"{RELEASE}-bridges",
     }, monitors
@@ -118,7 +175,10 @@ async def prometheus(
             monitors,
             interval=SCRAPE,
             discovery_url=discovery.url,
-            static_services={f"{RELEASE}-gateway": gateway_target(docs, platform.url)},
+            static_targets={
+                f"{RELEASE}-gateway": gateway_target(docs, platform.url),
+                f"{RELEASE}-operator": operator_target(docs, operator_metrics),
+            },
         ),
     }
     try:
@@ -183,9 +243,18 @@ async def test_every_dashboard_query_returns_data_for_the_functions_namespace(
 ) -> None:
     await scenario(env, nats_server, tmp_path)
 
+    # Beyond the dashboard: the operator's and the agents' own series.
+    more = [
+        ("operator reconciles", "sum by (kind, result) (kubelambda_operator_reconciles_total)"),
+        (
+            "agent invocations",
+            f'sum by (pod) (kubelambda_agent_invocations_total{{namespace="{env.namespace}"}})',
+        ),
+    ]
+
     async def empty_queries() -> list[str]:
         empty = []
-        for title, expr in dashboard_queries(env.namespace):
+        for title, expr in [*dashboard_queries(env.namespace), *more]:
             if not await prometheus.query(expr):
                 empty.append(f"{title}: {expr}")
         return empty
@@ -220,7 +289,7 @@ async def test_no_metric_grows_a_series_per_request(
         rows = await prometheus.query('count by (__name__) ({__name__=~"kubelambda_.*"})')
         return {row["metric"]["__name__"]: int(row["value"][1]) for row in rows}
 
-    seen.update(await scenario(env, nats_server, tmp_path / "first"))
+    seen.update(await scenario(env, nats_server, tmp_path))
     client = lambda_client(env.url)
     for i in range(20):
         answer = await asyncio.to_thread(

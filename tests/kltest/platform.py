@@ -210,10 +210,15 @@ class PlatformUnderTest(NamedTuple):
 
 @contextlib.asynccontextmanager
 async def running_platform(
-    cluster: Cluster, kube: KubeClient, **gateway_settings: Any
+    cluster: Cluster,
+    kube: KubeClient,
+    *,
+    operator_settings: dict[str, Any] | None = None,
+    **gateway_settings: Any,
 ) -> AsyncIterator[PlatformUnderTest]:
-    """The CRDs, the gateway (``gateway_settings`` over quick test defaults), then the operator, which gives the
-    bridge pods it makes this gateway's URL; both stop on the way out (the operator may be stopped earlier)."""
+    """The CRDs, the gateway (``gateway_settings`` over quick test defaults), then the operator (with
+    ``operator_settings``), which gives the bridge pods it makes this gateway's URL; both stop on the way out (the
+    operator may be stopped earlier)."""
     await install_crds(cluster, kube)
     settings: dict[str, Any] = {
         "slot_wait_seconds": 1.0,
@@ -226,7 +231,12 @@ async def running_platform(
         # The operator runs as its chart ServiceAccount (hack/operator-rbac.yaml): every object it makes,
         # including Roles that grant Secrets, must be within what it holds.
         operator = await start_operator(
-            cluster, kube, problem_retry_seconds=1.0, gateway_url=url, agent_key=settings["agent_key"]
+            cluster,
+            kube,
+            problem_retry_seconds=1.0,
+            gateway_url=url,
+            agent_key=settings["agent_key"],
+            **(operator_settings or {}),
         )
         try:
             yield PlatformUnderTest(operator, gateway, url)

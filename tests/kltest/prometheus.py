@@ -87,13 +87,14 @@ def _target_labels(kind: str, monitor: JSON, port: str) -> list[JSON]:
 
 
 def scrape_configs(
-    monitors: list[JSON], *, interval: str, discovery_url: str, static_services: dict[str, JSON]
+    monitors: list[JSON], *, interval: str, discovery_url: str, static_targets: dict[str, JSON]
 ) -> list[JSON]:
     """Scrape jobs for the rendered ``monitors`` (ServiceMonitor/PodMonitor documents), every ``interval``.
 
-    Pods are discovered through ``discovery_url`` (a :class:`PodDiscovery`). A ServiceMonitor must be named in
-    ``static_services``, which gives its target (``{"address": ..., "labels": {...}}``, the labels being the
-    endpoints discovery's ``__meta_kubernetes_*`` labels)."""
+    Pods are discovered through ``discovery_url`` (a :class:`PodDiscovery`). A monitor named in
+    ``static_targets`` scrapes that target instead (``{"address": ..., "labels": {...}}``, the labels being the
+    ``__meta_kubernetes_*`` labels discovery would give it: a process of the test, not a pod); a ServiceMonitor
+    must be (Endpoints are not discovered here)."""
     jobs: list[JSON] = []
     for monitor in monitors:
         kind, meta, spec = monitor["kind"], monitor["metadata"], monitor["spec"]
@@ -117,11 +118,11 @@ def scrape_configs(
                     *_target_labels(kind, monitor, port),
                 ],
             }
-            if kind == "ServiceMonitor":
-                static = static_services.get(meta["name"])
-                if static is None:
-                    raise ValueError(f"ServiceMonitor {meta['name']} has no target in static_services")
+            static = static_targets.get(meta["name"])
+            if static is not None:
                 job["static_configs"] = [{"targets": [static["address"]], "labels": static["labels"]}]
+            elif kind == "ServiceMonitor":
+                raise ValueError(f"ServiceMonitor {meta['name']} has no target in static_targets")
             else:
                 ns_sel = spec.get("namespaceSelector") or {}
                 names = [] if ns_sel.get("any") else ns_sel.get("matchNames") or [meta["namespace"]]

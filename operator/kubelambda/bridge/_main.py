@@ -97,7 +97,7 @@ async def _serve(source: Source, settings: BridgeSettings) -> web.AppRunner:
 
     async def metrics_view(_: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(metrics.BRIDGE_VIEW), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     app = web.Application(client_max_size=16 * 1024 * 1024)

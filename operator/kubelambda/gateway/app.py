@@ -409,7 +409,7 @@ class Gateway(RegistryLookups):
         return web.Response(text="ok")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.REGISTRY), content_type="text/plain")
+        return web.Response(body=generate_latest(metrics.GATEWAY_VIEW), content_type="text/plain")
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The whole body (never a truncated payload), or :class:`BodyRefused`: over ``max_request_bytes``, not

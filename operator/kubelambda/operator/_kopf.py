@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 import kopf
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubelambda import metrics
 from kubelambda.api.v1alpha1 import GROUP, VERSION
@@ -372,6 +374,8 @@ async def run(
     it beside other work (a test) runs it in a thread of its own with ``threading.Event`` flags, as kopf's
     ``KopfRunner`` does.
     """
+    # Started before kopf, which cancels every task started after it when it stops.
+    served = await _serve_metrics(settings.metrics_address) if settings.metrics_address else None
     kube = login.client()
     ctx = Context(
         settings=settings,
@@ -397,3 +401,26 @@ async def run(
         if ctx.reconciler.log_streams is not None:
             await ctx.reconciler.log_streams.close()
         await kube.close()
+        if served is not None:
+            await served.cleanup()
+
+
+async def _serve_metrics(address: str) -> web.AppRunner:
+    """``GET /metrics`` on ``address`` (host:port): the operator's own metrics (:data:`metrics.OPERATOR_VIEW`)."""
+
+    async def view(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.OPERATOR_VIEW), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", view)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = address.rsplit(":", 1)
+    try:
+        await web.TCPSite(runner, host, int(port)).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner
