@@ -254,5 +254,8 @@ class PrometheusServer(LocalServer):
     async def targets(self) -> list[JSON]:
         return list((await asyncio.to_thread(self._get, "/api/v1/targets"))["activeTargets"])
 
+    async def rules(self) -> list[JSON]:
+        return list((await asyncio.to_thread(self._get, "/api/v1/rules"))["groups"])
+
     async def alerts(self) -> list[JSON]:
         return list((await asyncio.to_thread(self._get, "/api/v1/alerts"))["alerts"])
