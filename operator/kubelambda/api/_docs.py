@@ -208,7 +208,7 @@ METRICS_END = "<!-- END metrics table -->"
 
 # Which process exports a metric, by name prefix (first match wins).
 _EXPORTED_BY = (
-    ("kubelambda_operator_", "operator (counted in-process; not served over HTTP yet)"),
+    ("kubelambda_operator_", "operator (`/metrics` on its metrics port, 8082 in the chart)"),
     ("kubelambda_bridge_", "bridge (`/metrics` of each Trigger's bridge pod)"),
     ("kubelambda_async_events_accepted", "gateway"),
     ("kubelambda_async_", "async worker (the gateway's `/metrics` when the worker runs inside it)"),
