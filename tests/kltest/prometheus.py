@@ -87,14 +87,20 @@ def _target_labels(kind: str, monitor: JSON, port: str) -> list[JSON]:
 
 
 def scrape_configs(
-    monitors: list[JSON], *, interval: str, discovery_url: str, static_targets: dict[str, JSON]
+    monitors: list[JSON],
+    *,
+    interval: str,
+    discovery_url: str,
+    static_targets: dict[str, JSON],
+    secrets: dict[tuple[str, str], str] | None = None,
 ) -> list[JSON]:
     """Scrape jobs for the rendered ``monitors`` (ServiceMonitor/PodMonitor documents), every ``interval``.
 
     Pods are discovered through ``discovery_url`` (a :class:`PodDiscovery`). A monitor named in
     ``static_targets`` scrapes that target instead (``{"address": ..., "labels": {...}}``, the labels being the
     ``__meta_kubernetes_*`` labels discovery would give it: a process of the test, not a pod); a ServiceMonitor
-    must be (Endpoints are not discovered here)."""
+    must be (Endpoints are not discovered here). ``secrets`` gives the value of each (Secret name, key) an
+    endpoint's ``authorization.credentials`` names."""
     jobs: list[JSON] = []
     for monitor in monitors:
         kind, meta, spec = monitor["kind"], monitor["metadata"], monitor["spec"]
@@ -118,6 +124,13 @@ def scrape_configs(
                     *_target_labels(kind, monitor, port),
                 ],
             }
+            auth = endpoint.get("authorization")
+            if auth is not None:
+                ref = auth["credentials"]
+                known = (secrets or {}).get((ref["name"], ref["key"]))
+                if known is None:
+                    raise ValueError(f"{meta['name']}: no value for Secret {ref['name']} key {ref['key']}")
+                job["authorization"] = {"type": auth.get("type", "Bearer"), "credentials": known}
             static = static_targets.get(meta["name"])
             if static is not None:
                 job["static_configs"] = [{"targets": [static["address"]], "labels": static["labels"]}]
