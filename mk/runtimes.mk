@@ -42,7 +42,9 @@ test: runtimes-build
 runtimes-dockerfiles: venv
 	$(PY) -m pytest tests/unit/runtimes/test_runtimes_dockerfiles.py -q
 
-# Installs AWS's own runtime interface clients into the cache (the integration tests do it too).
+# Installs AWS's own runtime interface clients into the cache. `make test` installs them before the tests: on a
+# cold cache npm's aws-lambda-ric compiles a native client for minutes, which inside a test ran into its timeout.
+test: runtimes-ric
 runtimes-ric: venv
 	PYTHONPATH=tests $(PY) -m kltest.ric
 
