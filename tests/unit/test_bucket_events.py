@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import urllib.parse
 
@@ -301,3 +302,76 @@ def test_the_webhook_token_secret_is_named_or_generated(spec: dict[str, str], se
 
     source = BucketSource.model_validate({"endpoint": "http://s3:9000", "bucket": "photos", **spec})
     assert webhook_token_secret("thumbs", source) == secret
+
+
+# VersityGW v1.8.0's webhook record (s3event/event.go, as it posted it): eventVersion 2.2, "PrincipalId"
+# capitalised, the raw key (not encoded), a quoted eTag, eventTime to the second.
+VERSITYGW_RECORD = {
+    "eventVersion": "2.2",
+    "eventSource": "aws:s3",
+    "awsRegion": "us-east-1",
+    "eventTime": "2026-12-05T09:00:01Z",
+    "eventName": "s3:ObjectCreated:Put",
+    "userIdentity": {"PrincipalId": "kubelambda"},
+    "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+    "responseElements": {"x-amz-request-id": "", "x-amz-id-2": ""},
+    "s3": {
+        "s3SchemaVersion": "1.0",
+        "configurationId": "webhook-global",
+        "bucket": {"name": "photos", "ownerIdentity": {"PrincipalId": "kubelambda"}, "arn": "arn:aws:s3:::/photos/in/a b+100% é.jpg"},
+        "object": {"key": "in/a b+100% é.jpg", "size": 4, "eTag": '"d41d8cd98f00b204e9800998ecf8427e"', "versionId": None, "sequencer": "188E3A1B2C3D4E5F"},
+    },
+    "glacierEventData": {"restoreEventData": {"lifecycleRestorationExpiryTime": "", "lifecycleRestoreStorageClass": ""}},
+}  # fmt: skip
+
+
+def test_a_versitygw_record_becomes_an_s3_record() -> None:
+    found = s3e.from_store_record(VERSITYGW_RECORD, now=T0)
+    assert found is not None
+    bucket, event = found
+    assert (bucket, event.key, event.principal_id, event.owner_id) == (
+        "photos",
+        "in/a b+100% é.jpg",
+        "kubelambda",
+        "kubelambda",
+    )
+    record = s3e.s3_record(event, bucket=bucket, region="us-east-1", configuration_id="trig")
+    assert record["eventVersion"] == "2.1"
+    assert record["eventTime"] == "2026-12-05T09:00:01.000Z"
+    assert record["userIdentity"] == {"principalId": "kubelambda"}
+    assert record["s3"]["bucket"]["arn"] == "arn:aws:s3:::photos"
+    assert record["s3"]["object"] == {
+        "key": "in/a+b%2B100%25+%C3%A9.jpg",
+        "size": 4,
+        "eTag": "d41d8cd98f00b204e9800998ecf8427e",
+        "sequencer": "188E3A1B2C3D4E5F",
+    }
+    # The store gave no request ids: derived from the change, as in poll mode.
+    assert len(record["responseElements"]["x-amz-request-id"]) == 16
+
+
+def basic(user_pass: str) -> str:
+    return "Basic " + base64.b64encode(user_pass.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer s3cr3t", "s3cr3t"),
+        ("bearer   s3cr3t ", "s3cr3t"),
+        (basic("kubelambda:s3cr3t"), "s3cr3t"),
+        (basic(":s3:cr3t"), "s3:cr3t"),  # the password is everything after the first colon
+        ("", None),
+        ("Bearer", None),
+        ("Bearer  ", None),
+        (basic("s3cr3t"), None),  # no user:password
+        (basic("kubelambda:"), None),
+        ("Basic not*base64", None),
+        ("Basic " + base64.b64encode(b"u:\xff").decode(), None),
+        ("Token s3cr3t", None),
+    ],
+)
+def test_the_webhook_token_is_a_bearer_or_a_basic_password(header: str, token: str | None) -> None:
+    from kubelambda.bridge.bucket import presented_token
+
+    assert presented_token(header) == token

@@ -171,6 +171,19 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _principal(identity: Any) -> str:
+    """``{"principalId": ...}``; VersityGW writes ``PrincipalId``."""
+    if not isinstance(identity, Mapping):
+        return ""
+    return _str(identity.get("principalId")) or _str(identity.get("PrincipalId"))
+
+
+def _raw_keys(identity: Any) -> bool:
+    """Whether the record is VersityGW's, whose keys are raw (``a b+c.jpg``) where S3 and MinIO encode them:
+    its ``userIdentity`` is ``{"PrincipalId": ...}`` (v1.8.0), AWS's and MinIO's ``{"principalId": ...}``."""
+    return isinstance(identity, Mapping) and "PrincipalId" in identity and "principalId" not in identity
+
+
 def from_store_record(record: Mapping[str, Any], *, now: datetime.datetime) -> tuple[str, ObjectEvent] | None:
     """(bucket, event) from a record a store pushed (MinIO's webhook, Ceph RGW, S3 itself); None when it is not
     an object event. The store's own fields (eTag, size, versionId, sequencer, time, requester, request id) are
@@ -192,17 +205,18 @@ def from_store_record(record: Mapping[str, Any], *, now: datetime.datetime) -> t
     owner = bucket.get("ownerIdentity")
     event = ObjectEvent(
         event_name=name,
-        key=decode_key(obj["key"]),
+        # VersityGW (the one store that writes "PrincipalId") sends the raw key, not an encoded one.
+        key=obj["key"] if _raw_keys(identity) else decode_key(obj["key"]),
         event_time=parse_time(_str(record.get("eventTime"))) or now,
         size=size if isinstance(size, int) and not isinstance(size, bool) else None,
         etag=strip_etag(_str(obj.get("eTag"))),
         version_id=_str(obj.get("versionId")) or None,
         sequencer=_str(obj.get("sequencer")),
-        principal_id=_str(identity.get("principalId")) if isinstance(identity, Mapping) else "",
+        principal_id=_principal(identity),
         source_ip=_str(request.get("sourceIPAddress")) if isinstance(request, Mapping) else "",
         request_id=_str(response.get("x-amz-request-id")) if isinstance(response, Mapping) else "",
         host_id=_str(response.get("x-amz-id-2")) if isinstance(response, Mapping) else "",
-        owner_id=_str(owner.get("principalId")) if isinstance(owner, Mapping) else "",
+        owner_id=_principal(owner),
     )
     return _str(bucket.get("name")), event
 

@@ -3,7 +3,8 @@
 Two modes (``spec.bucket.mode``):
 
 - ``notification``: the store pushes. ``POST /events`` accepts S3-format notifications as MinIO's webhook
-  target sends them, authenticated by ``Authorization: Bearer <token>`` (the ``token`` key of Secret
+  target or VersityGW's webhook sends them, authenticated by ``Authorization: Bearer <token>`` or Basic with the
+  token as password (:func:`presented_token`; the ``token`` key of Secret
   ``spec.bucket.tokenSecret``, or of ``<trigger>-bucket-token`` which the operator generates when unset).
   The store is answered 200 only once every record was accepted by the gateway, so it retries otherwise.
   A record is delivered at most once: one seen in the last ``REPLAY_WINDOW_SECONDS`` (same bucket, key, event,
@@ -19,6 +20,8 @@ docs/triggers-bucket.md describes the settings, guarantees and limits.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime
 import hashlib
 import hmac
@@ -55,6 +58,29 @@ TOKEN_REFRESH_SECONDS = 2.0
 REPLAY_WINDOW_SECONDS = 900.0
 # Records remembered at most (the oldest are forgotten first: a replay of one of them then goes through).
 REPLAY_MEMORY = 100_000
+
+
+def presented_token(header: str) -> str | None:
+    """The token an ``Authorization`` header presents, None when it presents none.
+
+    ``Bearer <token>`` (MinIO's ``auth_token``), or ``Basic`` with the token as the password and any user name:
+    what a store that cannot set headers sends for a webhook URL ``http://<user>:<token>@host/events``
+    (VersityGW's ``--event-webhook-url``; Go's HTTP client turns the URL's user information into Basic).
+    """
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if not value:
+        return None
+    if scheme.lower() == "bearer":
+        return value
+    if scheme.lower() == "basic":
+        try:
+            user_pass = base64.b64decode(value, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, colon, password = user_pass.partition(":")
+        return password if colon and password else None
+    return None
 
 
 class ReplayGuard:
@@ -199,15 +225,13 @@ class BucketBridge:
 
     async def _authorized(self, request: web.Request) -> web.Response | None:
         """None when the request carries the token; else the answer to give."""
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        given = presented_token(request.headers.get("Authorization", ""))
+        if given is None:
             return web.json_response(
-                {"message": "missing Authorization: Bearer <token>"},
+                {"message": "missing Authorization: Bearer <token> (or Basic with the token as password)"},
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="kubelambda-bucket"'},
             )
-        given = given.strip()
         expected = await self._read_token(refresh=False)
         if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
             expected = await self._read_token(refresh=True)  # the Secret may have been rotated
