@@ -6,10 +6,10 @@
 bench-bucket: venv binaries
 	$(PY) bench/bucket_bench.py --samples 40 --events 1000 --poll-interval 1
 
-# MinIO, built from its Go module and cached (hack/minio.sh): the real store whose bucket notifications the
-# notification mode's integration test receives (tests/kltest/minio.py).
-.PHONY: minio
-minio:
-	@bash hack/minio.sh >/dev/null
-test: minio
-integration: minio
+# VersityGW, built from its Go module and cached (hack/versitygw.sh): the real store whose bucket notifications
+# the notification mode's integration test receives (tests/kltest/versitygw.py).
+.PHONY: versitygw
+versitygw:
+	@bash hack/versitygw.sh >/dev/null
+test: versitygw
+integration: versitygw

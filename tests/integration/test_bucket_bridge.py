@@ -1,4 +1,5 @@
-"""The bucket bridge against the real local cluster, a real SeaweedFS (S3 API) and a real nats-server (Event queue).
+"""The bucket bridge against the real local cluster, a real SeaweedFS (S3 API), a real VersityGW (S3 event
+notifications) and a real nats-server (Event queue).
 
 The function's success destination is an HTTP endpoint of the test (kltest.records.Records): each invocation
 record's ``requestPayload`` is the S3 event the function received. Until the Trigger reconciler runs bridges,
@@ -30,9 +31,11 @@ from botocore.config import Config
 from kltest import Cluster, wait_for
 from kltest.bridge import BridgeProcess, checkpoint_written
 from kltest.drained import async_queue_drained
-from kltest.minio import ROOT_PASSWORD, ROOT_USER, MinioServer
 from kltest.platform import Env, python_function
 from kltest.records import Records
+from kltest.versitygw import ROOT_PASSWORD as VERSITYGW_PASSWORD
+from kltest.versitygw import ROOT_USER as VERSITYGW_USER
+from kltest.versitygw import VersityGWServer
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.bridge._s3events import iso_time
 from kubelambda.bridge.bucket import CHECKPOINT_EVERY
@@ -138,6 +141,10 @@ def events_of(records: Records, key: str) -> list[JSON]:
         assert len(payload["Records"]) == 1  # one invocation per record, as S3 invokes Lambda
         out.append(payload["Records"][0])
     return out
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def object_key(record: JSON) -> str:
@@ -433,7 +440,9 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
         good = notification(minio_record("photos/red flower é.jpg"))
         assert await post(good, {}) == 401
         assert await post(good, {"Authorization": "Bearer wrong"}) == 403
-        assert await post(good, {"Authorization": "Basic czNjcjN0LXQwa2Vu"}) == 401
+        assert await post(good, {"Authorization": "Basic czNjcjN0LXQwa2Vu"}) == 401  # no user:password
+        # Basic with the token as the password (VersityGW's webhook URL http://user:token@host/events).
+        assert await post(good, {"Authorization": "Basic " + b64("kubelambda:wrong")}) == 403
         # Refused requests invoke nothing: counted exactly below, once the accepted ones are all handled.
         auth = {"Authorization": "Bearer s3cr3t-t0ken"}
         assert await post(good, auth) == 200
@@ -457,12 +466,15 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
         assert await post(ignored, auth) == 200
         # Two records in one notification: two invocations.
         assert await post(notification(minio_record("x.jpg"), minio_record("y.jpg")), auth) == 200
-        await bk.records.wait(key, 3, timeout=60)
-        await no_more_events(bk, key, 3)
+        basic = {"Authorization": "Basic " + b64("kubelambda:s3cr3t-t0ken")}
+        assert await post(notification(minio_record("z.jpg")), basic) == 200
+        await bk.records.wait(key, 4, timeout=60)
+        await no_more_events(bk, key, 4)
         assert sorted(object_key(e) for e in events_of(bk.records, key)) == [
             "photos/red flower é.jpg",
             "x.jpg",
             "y.jpg",
+            "z.jpg",
         ]
         async with http.post(webhook, data=b"not json", headers=auth) as resp:
             assert resp.status == 400
@@ -478,57 +490,53 @@ async def test_notification_mode_invokes_for_a_minio_notification_and_refuses_wi
         assert (await resp.json())["accepted"] == 0
 
 
-async def test_notification_mode_takes_the_events_a_real_minio_sends(bk: Bk, tmp_path: Path) -> None:
-    """MinIO (built from its Go module) pushes its own bucket notifications, with the token, to the bridge's
-    webhook: the function gets Lambda's S3 event for each created and removed .jpg object, with MinIO's size,
-    eTag and time, and nothing for the objects the Trigger filters out."""
+async def test_notification_mode_takes_the_events_a_real_versitygw_sends(bk: Bk, tmp_path: Path) -> None:
+    """VersityGW (built from its Go module) pushes its own bucket notifications, with the token as the Basic
+    password of its webhook URL, to the bridge's webhook: the function gets Lambda's S3 event for each created and
+    removed .jpg object, with VersityGW's size, eTag and time, and nothing for the objects the Trigger filters out."""
     key = await bk.deploy_recorder()
-    token = "m1n10-t0ken"
+    token = "vers1ty-t0ken"
     bk.apply(secret("store-bucket-token", {"token": token}))
-    minio = MinioServer(tmp_path / "minio", webhook="", token=token)  # the webhook's URL is known below
+    store = VersityGWServer(
+        tmp_path / "versitygw", webhook="", token=token
+    )  # the webhook's URL is known below
     bk.apply(
         trigger(
             "store",
             "recorder",
-            endpoint=minio.endpoint,
+            endpoint=store.endpoint,
             bucket="photos",
             events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
             filter={"prefix": "in/", "suffix": ".jpg"},
         )
     )
-    # The webhook first: MinIO checks its target when it starts.
+    # The webhook first: VersityGW posts a test event to it when it starts, and does not start without it.
     async with webhook_in_process(bk.cluster, bk.namespace, "store", bk.url) as webhook:
-        minio.webhook = webhook
-        async with minio:
+        store.webhook = webhook
+        async with store:
             s3 = boto3.client(
                 "s3",
-                endpoint_url=minio.endpoint,
+                endpoint_url=store.endpoint,
                 region_name="us-east-1",
-                aws_access_key_id=ROOT_USER,
-                aws_secret_access_key=ROOT_PASSWORD,
+                aws_access_key_id=VERSITYGW_USER,
+                aws_secret_access_key=VERSITYGW_PASSWORD,
                 config=Config(s3={"addressing_style": "path"}),
             )
+            # VersityGW notifies for every bucket (no per-bucket notification configuration to set).
             await asyncio.to_thread(s3.create_bucket, Bucket="photos")
-            await asyncio.to_thread(
-                s3.put_bucket_notification_configuration,
-                Bucket="photos",
-                NotificationConfiguration={
-                    "QueueConfigurations": [
-                        {"QueueArn": minio.arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
-                    ]
-                },
-            )
-            bodies = {"in/red flower é.jpg": b"x" * 2048, "in/a/b.jpg": b"jpeg"}
-            for k, body in bodies.items():
-                await asyncio.to_thread(s3.put_object, Bucket="photos", Key=k, Body=body)
-            # Filtered out by the Trigger (MinIO sends them; the bridge answers 200 and invokes nothing).
+            # Filtered out by the Trigger (VersityGW sends them; the bridge answers 200 and invokes nothing).
             await asyncio.to_thread(s3.put_object, Bucket="photos", Key="in/c.png", Body=b"png")
             await asyncio.to_thread(s3.put_object, Bucket="photos", Key="out/d.jpg", Body=b"jpg")
+            # VersityGW sends raw keys (S3 and MinIO encode them): a "+" or "%" must stay itself.
+            bodies = {"in/red flower é+100%.jpg": b"x" * 2048, "in/a/b.jpg": b"jpeg"}
+            for k, body in bodies.items():
+                await asyncio.to_thread(s3.put_object, Bucket="photos", Key=k, Body=body)
             await bk.records.wait(key, len(bodies), timeout=60)
             heads = {k: await asyncio.to_thread(s3.head_object, Bucket="photos", Key=k) for k in bodies}
             await asyncio.to_thread(s3.delete_object, Bucket="photos", Key="in/a/b.jpg")
             await bk.records.wait(key, len(bodies) + 1, timeout=60)
-            # A marker last: once it is recorded, MinIO has sent what came before it.
+            # A marker last: VersityGW posts each event as its request completes (one goroutine each, 3 s
+            # timeout), so once the marker is recorded the filtered-out ones, sent seconds earlier, were answered.
             await asyncio.to_thread(s3.put_object, Bucket="photos", Key="in/zz-marker.jpg", Body=b"m")
             await wait_for(
                 lambda: asyncio.sleep(0, result=[object_key(e) for e in events_of(bk.records, key)]),
@@ -550,6 +558,7 @@ async def test_notification_mode_takes_the_events_a_real_minio_sends(bk: Bk, tmp
         assert event["s3"]["object"]["size"] == len(body)
         assert event["s3"]["object"]["eTag"] == heads[k]["ETag"].strip('"') == hashlib.md5(body).hexdigest()
         assert event["eventTime"].endswith("Z")
+        assert event["userIdentity"] == {"principalId": VERSITYGW_USER}
     (removed,) = [e for e in events if e["eventName"].startswith("ObjectRemoved:")]
     assert removed["eventName"] == "ObjectRemoved:Delete"
     assert object_key(removed) == "in/a/b.jpg"
