@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,8 +134,19 @@ async def test_each_example_creates_its_objects(
     assert deployment["spec"]["replicas"] == 0  # minInstances, created in one write
 
     table = cluster.kubectl("get", "fn", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "RUNTIME", "READY", "INSTANCES", "AGE"]
-    assert table[1].split()[:4] == [name, runtime, "True", "0"]
+    header = table[0].split()
+    assert header == ["NAME", "RUNTIME", "VERSION-OF", "VERSION", "READY", "INSTANCES", "AGE"]
+    # Cells by the header's column starts: a Function that is not a published version has empty VERSION cells.
+    starts = [m.start() for m in re.finditer(r"\S+", table[0])] + [len(max(table, key=len)) + 1]
+    row = {h: table[1][a:b].strip() for h, a, b in zip(header, starts, starts[1:], strict=False)}
+    assert [row[h] for h in ("NAME", "RUNTIME", "VERSION-OF", "VERSION", "READY", "INSTANCES")] == [
+        name,
+        runtime,
+        "",
+        "",
+        "True",
+        "0",
+    ]
     events = cluster.kubectl_json(
         "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
     )
