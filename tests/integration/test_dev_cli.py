@@ -141,6 +141,10 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     assert stored.stdout.splitlines()[-1].startswith(f"REPORT RequestId: {request_id}")
 
     kubectl(state["kubeconfig"], "apply", "-f", "-", input=sleeper_pod("sleeper"))
+    # A ReplicaSet's pod that the stop ends, whatever the autoscaler did to the function's own instance meanwhile
+    # (it may have scaled it to zero before the stop): the restart below must remove it.
+    kubectl(state["kubeconfig"], "create", "deployment", "sleepers", "--image=busybox", "--", "sleep", "3600")
+    kubectl(state["kubeconfig"], "rollout", "status", "deployment/sleepers", "--timeout=60s")
     pod = wait_ready(state["kubeconfig"], "sleeper")
     pod_ip = pod["status"]["podIP"]  # type: ignore[index]
     assert f"inet {pod_ip}/32" in lo_addresses()
