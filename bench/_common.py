@@ -25,14 +25,17 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def start_cluster(state_dir: Path) -> tuple[subprocess.Popen[bytes], DevState]:
-    """``kubelambda dev serve`` (the whole platform) in ``state_dir``; returns once its dev.json says running."""
+def start_cluster(
+    state_dir: Path, *args: str, timeout: float = 180
+) -> tuple[subprocess.Popen[bytes], DevState]:
+    """``kubelambda dev serve [args]`` (the whole platform) in ``state_dir``; returns once its dev.json says
+    running (``timeout``: a container node imports its images first)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir)],
+        [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir), *args],
         stdout=(state_dir / "serve.log").open("ab"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = DevState.read(state_dir)
         if state is not None and state.state == "running" and state.pid == proc.pid:

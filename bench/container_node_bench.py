@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import base64
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,32 +30,14 @@ from typing import Any
 
 import aiohttp
 
-from kubelambda.devcluster import DevState
 from kubelambda.devcluster._containernode import cleanup_host
 from kubelambda.kube import KubeClient, resource_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import create_namespace, developer_headers, pct, stop_cluster, wait
+from _common import create_namespace, developer_headers, pct, start_cluster, stop_cluster, wait
 
 NS = "bench"
 STEPS = ("scheduled", "sandbox", "container started", "pod ready", "first byte")
-
-
-def start(state_dir: Path, node: str) -> tuple[subprocess.Popen[bytes], DevState]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelambda", "dev", "serve", "--state-dir", str(state_dir), "--node", node],
-        stdout=(state_dir / "serve.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 1200
-    while time.monotonic() < deadline:
-        state = DevState.read(state_dir)
-        if state is not None and state.state == "running" and state.pid == proc.pid:
-            return proc, state
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise RuntimeError((state_dir / "serve.log").read_text()[-3000:])
 
 
 def function(name: str) -> dict[str, Any]:
@@ -138,7 +119,8 @@ async def one(kube: KubeClient, http: aiohttp.ClientSession, gateway: str, name:
 
 async def measure(node: str, runs: int) -> list[dict[str, float]]:
     state_dir = Path(tempfile.mkdtemp(prefix=f"kubelambda-bench-{node}-"))
-    proc, state = await asyncio.to_thread(start, state_dir, node)
+    # A container node imports its images first: up to 20 min on a cold cache.
+    proc, state = await asyncio.to_thread(start_cluster, state_dir, "--node", node, timeout=1200)
     results = []
     try:
         assert state.gateway_url
