@@ -13,9 +13,10 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._controlplane import ControlPlane, Endpoints
@@ -114,6 +115,30 @@ async def wait_until_usable(kubeconfig: Path, node_name: str, *, timeout_seconds
     raise TimeoutError(f"the local cluster was not usable after {timeout_seconds:.0f} s: {last}")
 
 
+class _Running(Protocol):
+    def check_running(self) -> None: ...
+
+
+async def _run_until_stopped(
+    state: DevState,
+    state_dir: Path,
+    started: float,
+    plane: ControlPlane,
+    stop: asyncio.Event,
+    components: Sequence[_Running],
+) -> None:
+    """Records the cluster as up, then checks every second that each of ``components`` still runs (their
+    ``check_running`` raises when one died) until ``stop`` is set."""
+    state.startup_seconds = round(time.monotonic() - started, 2)
+    state.write(state_dir)
+    logger.info("The local cluster is up in %.1f s; kubeconfig: %s", state.startup_seconds, plane.kubeconfig)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        for component in components:
+            component.check_running()
+
+
 async def serve(
     state_dir: Path,
     *,
@@ -199,17 +224,9 @@ async def serve(
             **({"nats": state.nats_url} if state.nats_url else {}),
         }
         state.limits = node.cgroups.describe() if node.cgroups is not None else ""
-        state.startup_seconds = round(time.monotonic() - started, 2)
-        state.write(state_dir)
-        logger.info(
-            "The local cluster is up in %.1f s; kubeconfig: %s", state.startup_seconds, plane.kubeconfig
+        await _run_until_stopped(
+            state, state_dir, started, plane, stop, [plane, *([kubelambda] if kubelambda is not None else [])]
         )
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            plane.check_running()
-            if kubelambda is not None:
-                kubelambda.check_running()
     except Exception as e:
         logger.exception("The local cluster failed")
         state.state = "failed"
@@ -303,16 +320,7 @@ async def _serve_container(
         state.components = {**plane.pids(), **node.pids()}
         state.pod_network = node.describe()
         state.limits = "enforced by the kubelet and runc (each container's cgroup)"
-        state.startup_seconds = round(time.monotonic() - started, 2)
-        state.write(state_dir)
-        logger.info(
-            "The local cluster is up in %.1f s; kubeconfig: %s", state.startup_seconds, plane.kubeconfig
-        )
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            plane.check_running()
-            node.check_running()
+        await _run_until_stopped(state, state_dir, started, plane, stop, [plane, node])
     except Exception as e:
         logger.exception("The local cluster failed")
         state.state = "failed"
