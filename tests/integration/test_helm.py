@@ -114,7 +114,8 @@ def refusals(log: str) -> list[str]:
     return [
         ln
         for ln in log.splitlines()
-        if re.search(r"\b403\b|forbidden", ln, re.IGNORECASE)
+        # Not a log timestamp's milliseconds (",403"): that false match failed the test once.
+        if re.search(r"(?<![,.])\b403\b|forbidden", ln, re.IGNORECASE)
         and not re.search(r"because it is being terminated|NamespaceTerminating", ln)
     ]
 

@@ -127,7 +127,8 @@ async def _reconcile(
             # Retrying will not help; say so on the object instead of looping.
             kopf.event(body, type="Warning", reason="ApplyFailed", message=str(e))
             raise kopf.PermanentError(str(e)) from e
-        raise kopf.TemporaryError(str(e), delay=5) from e
+        # A 409 is a write that raced ours: read and apply again at once.
+        raise kopf.TemporaryError(str(e), delay=1 if e.status == 409 else 5) from e
     except (TimeoutError, aiohttp.ClientError) as e:
         # An API server too busy to answer in time: again soon, like a 5xx (kopf's default would be 60 s).
         metrics.OPERATOR_RECONCILES.labels(kind, "error").inc()

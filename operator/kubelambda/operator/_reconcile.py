@@ -99,8 +99,13 @@ class FunctionReconciler(OwnedWriter):
         try:
             deployment = await self._apply_all(fn, outcome, spec_changed=spec_changed)
         except ApplyRefused as e:
-            # Whatever the API server said (a 422 on an object in the way, a 403, a 500), the Function says it
-            # as Ready=False, and the operator tries again with a growing back-off: the cause may go away.
+            if e.error.status == 409:
+                # A write raced ours (the applies carry the read's resourceVersion): nothing is wrong with the
+                # Function, so its Ready stays as it is and the reconcile runs again at once (_kopf._reconcile).
+                # As ApplyFailed it read as not Ready and the gateway refused invocations (seen in CI).
+                raise e.error from e
+            # Whatever else the API server said (a 422 on an object in the way, a 403, a 500), the Function says
+            # it as Ready=False, and the operator tries again with a growing back-off: the cause may go away.
             outcome.problem = problem = Problem(APPLY_FAILED, str(e))
             outcome.retry_after = apply_retry_seconds(current, self.clock())
         problem = outcome.problem  # a NameConflict found while applying
