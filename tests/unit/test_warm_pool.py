@@ -111,8 +111,21 @@ def test_pool_grows_with_recent_claims(size: int, claims: int, cap: int, want: i
         ({"age": 601.0}, "lifetime"),
         ({"restarted": True}, "restarted"),
         ({"restarted": True, "own_ready": True}, "restarted"),
+        ({"failed": True, "own_ready": True}, "failed"),
+        ({"failed": True, "restarted": True}, "restarted"),
     ],
-    ids=["keep", "gone", "new code", "no code", "own ready", "too old", "restarted", "restarted first"],
+    ids=[
+        "keep",
+        "gone",
+        "new code",
+        "no code",
+        "own ready",
+        "too old",
+        "restarted",
+        "restarted first",
+        "failed before ready",
+        "restarted before failed",
+    ],
 )
 def test_retire_reason(kwargs: JSON, want: str | None) -> None:
     args: JSON = {

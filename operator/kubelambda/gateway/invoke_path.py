@@ -170,6 +170,8 @@ class InvokePath:
                 if self.warm_pool is not None:
                     self.warm_pool.discard(endpoint)
             except aiohttp.ClientError as e:
+                if self.warm_pool is not None:
+                    self.warm_pool.discard(endpoint)  # a pool pod that failed is never specialised again
                 # The caller learns no pod address nor the client's error (both logged).
                 logger.warning(
                     "Instance %s of %s/%s failed mid-invocation %s: %s",

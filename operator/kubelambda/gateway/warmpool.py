@@ -138,10 +138,13 @@ def retire_reason(
     age: float,
     lifetime: float,
     restarted: bool = False,
+    failed: bool = False,
 ) -> str | None:
     """Why a specialised pod should go now (None: keep serving). Pure, for the table test."""
     if restarted:
         return "restarted"  # its agent has forgotten the function: it must not serve, nor be claimed again
+    if failed:
+        return "failed"  # it refused work or its agent failed mid-invocation: never trusted again
     if not function_exists:
         return "function_gone"
     if current_sha != pod_sha:
@@ -213,6 +216,7 @@ class Specialised:
     sha256: str
     since: float  # monotonic
     retiring: bool = False
+    failed: bool = False  # refused work or failed mid-invocation (see WarmPool.discard)
     # Background work held until the pod's first answer is on its way (see WarmPool.defer).
     deferred: list[Callable[[], Coroutine[Any, Any, Any]]] = field(default_factory=list)
     flushed: bool = False
@@ -259,10 +263,13 @@ class WarmPool:
         return s.pod if s is not None else None
 
     def discard(self, endpoint: str) -> None:
-        """The pod at ``endpoint`` refused work: no new requests go there; the maintenance loop deletes it."""
+        """The pod at ``endpoint`` refused work or its agent failed mid-invocation: no new requests go there;
+        the maintenance loop deletes it with reason ``failed`` as soon as it is idle, whatever else is true of
+        its function (its own instance may be ready by then: the reason must still say the pod failed)."""
         s = self._by_endpoint.get(endpoint)
         if s is not None:
             s.retiring = True
+            s.failed = True
 
     def eligible(self, fn: FunctionEntry) -> bool:
         return ineligible(fn, settings=self.settings) is None
@@ -473,6 +480,7 @@ class WarmPool:
                     age=now - s.since,
                     lifetime=lifetime,
                     restarted=self._restarted(s.pod),
+                    failed=s.failed,
                 )
                 if reason is None and not s.retiring:
                     continue
