@@ -336,7 +336,7 @@ func (es *extSet) invokeLocked(inv *invocation) {
 		}
 		if body == nil {
 			body, _ = json.Marshal(map[string]any{
-				"eventType": "INVOKE", "deadlineMs": inv.deadline.UnixMilli(), "requestId": inv.id,
+				"eventType": "INVOKE", "deadlineMs": inv.deadline().UnixMilli(), "requestId": inv.id,
 				"invokedFunctionArn": inv.arn,
 				"tracing":            map[string]string{"type": "X-Amzn-Trace-Id", "value": inv.traceID},
 			})
@@ -664,7 +664,7 @@ func (p *pool) reportWhenDone(pr *proc, inv *invocation, ri reportInfo) {
 	es.tel.runtimeDone(inv, telemetryStatus(ri.status), ri.errType)
 	pd := &pendingReport{inv: inv, ri: ri}
 	es.pending = pd
-	pd.timer = time.AfterFunc(time.Until(inv.deadline), func() { p.extDeadline(pr, pd) })
+	pd.timer = time.AfterFunc(time.Until(inv.deadline()), func() { p.extDeadline(pr, pd) })
 	p.envMaybeFreeLocked(pr)
 	p.mu.Unlock()
 }

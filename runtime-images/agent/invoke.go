@@ -75,14 +75,19 @@ func (a *invokeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		a.writeRefusal(rw, refused)
 		return
 	}
-	timer := time.NewTimer(time.Until(inv.deadline))
-	select {
-	case <-inv.done:
-	case <-timer.C:
-		a.pool.expire(inv)
-		<-inv.done
+	for ended := false; !ended; {
+		timer := time.NewTimer(time.Until(inv.deadline()))
+		select {
+		case <-inv.done:
+			ended = true
+		case <-inv.moved: // re-armed with the new deadline
+		case <-timer.C:
+			if ended = a.pool.expire(inv); ended {
+				<-inv.done
+			}
+		}
+		timer.Stop()
 	}
-	timer.Stop()
 	a.metrics.record(inv.res.outcome, time.Since(received))
 	if inv.tail != nil {
 		// The log reader finishes the capture at REPORT; it is right behind the answer.
@@ -99,7 +104,8 @@ func (a *invokeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 
 func (a *invokeAPI) newInvocation(r *http.Request, body []byte, now time.Time) (*invocation, error) {
 	h := r.Header
-	inv := &invocation{payload: body, done: make(chan struct{}), deadline: now.Add(a.cfg.Timeout)}
+	inv := &invocation{payload: body, done: make(chan struct{}), moved: make(chan struct{}, 1)}
+	inv.setDeadline(now.Add(a.cfg.Timeout))
 	inv.id = headerValue(h, "Lambda-Runtime-Aws-Request-Id")
 	if inv.id == "" {
 		inv.id = newRequestID()
@@ -111,9 +117,10 @@ func (a *invokeAPI) newInvocation(r *http.Request, body []byte, now time.Time) (
 		if err != nil {
 			return nil, errBadHeader("Lambda-Runtime-Deadline-Ms", "must be epoch milliseconds")
 		}
-		if d := time.UnixMilli(ms); d.Before(inv.deadline) {
-			inv.deadline = d
+		if d := time.UnixMilli(ms); d.Before(inv.deadline()) {
+			inv.setDeadline(d)
 		}
+		inv.ownDeadline = true
 	}
 	inv.arn = headerValue(h, "Lambda-Runtime-Invoked-Function-Arn")
 	if inv.arn == "" {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -61,6 +62,10 @@ func TestMain(m *testing.M) {
 			resp.Body.Close()
 		}
 		select {}
+	case "slowinit": // initialises for AGENT_TEST_INIT_MS before its first "next"
+		ms, _ := strconv.Atoi(os.Getenv("AGENT_TEST_INIT_MS"))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		fakeRuntime()
 	default:
 		fakeRuntime()
 	}
@@ -207,10 +212,10 @@ func (a *testAgent) invoke(t *testing.T, body string) (*http.Response, string) {
 	return resp, string(b)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor polls cond until it holds or 30 s pass (generous: the race detector on a loaded two-core machine).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -401,4 +406,40 @@ func TestQuickExitsBackOff(t *testing.T) {
 	if elapsed := time.Since(start); elapsed < 150*time.Millisecond {
 		t.Errorf("three restarts took only %v", elapsed)
 	}
+}
+
+// Like Lambda's Init phase, a runtime's init does not count toward the function's timeout: an invocation that
+// waits for it gets the whole timeout once the runtime takes it, unless the caller set its own deadline, and it
+// waits at most initWaitLimit for the init.
+func TestInitWaitDoesNotCountTowardTheTimeout(t *testing.T) {
+	t.Setenv("AGENT_TEST_INIT_MS", "1500")
+	a := startAgent(t, 1, 500*time.Millisecond, "slowinit")
+	if resp, body := a.invoke(t, `{"a":1}`); resp.Header.Get("X-Kubelambda-Outcome") != "success" || body != `{"a":1}` {
+		t.Fatalf("waiting for a 1.5 s init with a 0.5 s timeout: %v %s", resp.Header, body)
+	}
+
+	t.Run("the caller's deadline holds", func(t *testing.T) {
+		t.Setenv("AGENT_TEST_INIT_MS", "1500")
+		a := startAgent(t, 1, 500*time.Millisecond, "slowinit")
+		req, _ := http.NewRequest("POST", a.url+"/invoke", strings.NewReader(`{}`))
+		req.Header.Set("Lambda-Runtime-Deadline-Ms", strconv.FormatInt(time.Now().Add(500*time.Millisecond).UnixMilli(), 10))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("X-Kubelambda-Outcome"); got != "timeout" {
+			t.Errorf("outcome %q, want timeout", got)
+		}
+	})
+
+	t.Run("the init wait is bounded", func(t *testing.T) {
+		defer func(d time.Duration) { initWaitLimit = d }(initWaitLimit)
+		initWaitLimit = 200 * time.Millisecond
+		t.Setenv("AGENT_TEST_INIT_MS", "3000")
+		a := startAgent(t, 1, 300*time.Millisecond, "slowinit")
+		if resp, body := a.invoke(t, `{}`); resp.Header.Get("X-Kubelambda-Outcome") != "timeout" {
+			t.Errorf("a 3 s init with a 0.2 s wait limit and a 0.3 s timeout: %v %s", resp.Header, body)
+		}
+	})
 }

@@ -138,7 +138,7 @@ func (a *runtimeAPI) next(rw http.ResponseWriter, r *http.Request, pr *proc) {
 	h := rw.Header()
 	h["Content-Type"] = []string{"application/json"}
 	h["Lambda-Runtime-Aws-Request-Id"] = []string{inv.id}
-	h["Lambda-Runtime-Deadline-Ms"] = []string{strconv.FormatInt(inv.deadline.UnixMilli(), 10)}
+	h["Lambda-Runtime-Deadline-Ms"] = []string{strconv.FormatInt(inv.deadline().UnixMilli(), 10)}
 	h["Lambda-Runtime-Invoked-Function-Arn"] = []string{inv.arn}
 	h["Lambda-Runtime-Trace-Id"] = []string{inv.traceID}
 	if inv.clientContext != "" {

@@ -163,7 +163,8 @@ func TestNextAfterAbandonedNext(t *testing.T) {
 	<-done
 
 	// The worker is not ready now; an invocation waits for it.
-	inv := &invocation{id: "req-1", payload: []byte(`{}`), deadline: time.Now().Add(time.Second), done: make(chan struct{})}
+	inv := &invocation{id: "req-1", payload: []byte(`{}`), done: make(chan struct{})}
+	inv.setDeadline(time.Now().Add(time.Second))
 	if _, ok := p.submit(inv); !ok {
 		t.Fatal("refused")
 	}
@@ -184,7 +185,8 @@ func TestUndeliveredEventGoesToTheNextNext(t *testing.T) {
 	api := &runtimeAPI{pool: p, w: w}
 	pr := w.cur.Load()
 	p.nextReady(pr) // as if a "next" had arrived and then vanished without reading its event
-	inv := &invocation{id: "req-2", payload: []byte(`{}`), deadline: time.Now().Add(time.Second), done: make(chan struct{})}
+	inv := &invocation{id: "req-2", payload: []byte(`{}`), done: make(chan struct{})}
+	inv.setDeadline(time.Now().Add(time.Second))
 	if _, ok := p.submit(inv); !ok {
 		t.Fatal("refused")
 	}

@@ -47,7 +47,9 @@ type result struct {
 type invocation struct {
 	id            string
 	payload       []byte
-	deadline      time.Time
+	deadlineNs    atomic.Int64  // see deadline()
+	moved         chan struct{} // signalled when the deadline changes after receipt (the invoke handler re-arms)
+	ownDeadline   bool          // the caller set Lambda-Runtime-Deadline-Ms: it holds from receipt, init included
 	arn           string
 	traceID       string
 	clientContext string
@@ -59,6 +61,25 @@ type invocation struct {
 	runtimeDone atomic.Bool               // platform.runtimeDone sent (telemetry.go)
 	done        chan struct{}
 	res         result
+}
+
+// initWaitLimit is how long an invocation may wait for a runtime still initialising before its own timeout
+// starts: Lambda's limit on the Init phase, which does not count toward the function's timeout.
+var initWaitLimit = 10 * time.Second
+
+// deadline is when the invocation times out: receipt + timeout when a runtime is ready for it; while it waits for
+// a runtime's init, receipt + initWaitLimit + timeout; once a runtime takes it, that moment + timeout. A deadline
+// the caller sent is never extended.
+func (inv *invocation) deadline() time.Time { return time.Unix(0, inv.deadlineNs.Load()) }
+
+func (inv *invocation) setDeadline(t time.Time) {
+	inv.deadlineNs.Store(t.UnixNano())
+	if inv.moved != nil {
+		select {
+		case inv.moved <- struct{}{}:
+		default: // already signalled: the handler reads the latest deadline
+		}
+	}
 }
 
 // markStarted records when the event reached the runtime (or the caller got an answer without one),
@@ -209,14 +230,22 @@ func (p *pool) submit(inv *invocation) (refused outcome, ok bool) {
 		}
 		return 0, true
 	}
+	if !inv.ownDeadline {
+		inv.setDeadline(time.Now().Add(initWaitLimit + p.cfg.Timeout))
+	}
 	p.waiters = append(p.waiters, inv)
 	p.mu.Unlock()
 	return 0, true
 }
 
-// expire ends inv at its deadline if nobody finished it first.
-func (p *pool) expire(inv *invocation) {
+// expire ends inv at its deadline if nobody finished it first. It returns false, doing nothing, when the deadline
+// moved meanwhile (a runtime took it after its init: see invocation.deadline).
+func (p *pool) expire(inv *invocation) bool {
 	p.mu.Lock()
+	if time.Now().Before(inv.deadline()) {
+		p.mu.Unlock()
+		return false
+	}
 	pr := inv.proc
 	if pr == nil {
 		for i, w := range p.waiters {
@@ -225,20 +254,21 @@ func (p *pool) expire(inv *invocation) {
 				p.decBusyLocked()
 				p.mu.Unlock()
 				p.finishTimeout(inv, nil)
-				return
+				return true
 			}
 		}
 		p.mu.Unlock()
-		return // answered with an init error meanwhile
+		return true // answered with an init error meanwhile
 	}
 	if pr.cur != inv {
 		p.mu.Unlock()
-		return // the runtime answered just in time
+		return true // the runtime answered just in time
 	}
 	pr.cur = nil
 	p.decBusyLocked()
 	p.mu.Unlock()
 	p.finishTimeout(inv, pr)
+	return true
 }
 
 func (p *pool) finishTimeout(inv *invocation, pr *proc) {
@@ -353,6 +383,9 @@ func (p *pool) freeLocked(pr *proc) {
 	if len(p.waiters) > 0 {
 		inv := p.waiters[0]
 		p.waiters = p.waiters[1:]
+		if !inv.ownDeadline { // the wait for init did not count: the function's timeout starts now
+			inv.setDeadline(time.Now().Add(p.cfg.Timeout))
+		}
 		pr.cur, inv.proc = inv, pr
 		pr.ext.invokeLocked(inv)
 		pr.events <- inv
