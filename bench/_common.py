@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,57 @@ def stop_cluster(proc: subprocess.Popen[bytes], state_dir: Path) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
+
+
+@dataclass
+class Platform:
+    """A whole local platform of a benchmark's own (see :func:`platform`)."""
+
+    state: DevState
+    state_dir: Path
+    proc: subprocess.Popen[bytes]
+    kube: KubeClient
+    http: aiohttp.ClientSession  # sends the developer's token (see developer_headers)
+
+    @property
+    def gateway(self) -> str:
+        assert self.state.gateway_url
+        return self.state.gateway_url
+
+
+@contextlib.asynccontextmanager
+async def platform(
+    name: str, namespace: str, *, connections: int = 100, serve_args: Sequence[str] = ()
+) -> AsyncIterator[Platform]:
+    """Builds what is missing, starts ``kubelambda dev serve`` in a temporary state dir, and yields it with an
+    API client, an HTTP session with the developer's token (``connections``: its connection limit, 0 = none) and
+    ``namespace`` created. On a failure the tails of the gateway's and operator's logs go to stderr; the cluster
+    is always stopped (:func:`stop_cluster`)."""
+    from kubelambda.devcluster._binaries import ensure_binaries
+
+    ensure_binaries()
+    with tempfile.TemporaryDirectory(prefix=f"kl-bench-{name}-") as tmp:
+        state_dir = Path(tmp)
+        proc, state = start_cluster(state_dir, *serve_args)
+        try:
+            assert state.gateway_url
+            headers = await developer_headers(state)
+            async with (
+                KubeClient.from_kubeconfig(state.kubeconfig) as kube,
+                aiohttp.ClientSession(
+                    headers=headers, connector=aiohttp.TCPConnector(limit=connections)
+                ) as http,
+            ):
+                await create_namespace(kube, namespace)
+                yield Platform(state, state_dir, proc, kube, http)
+        except BaseException:
+            for log_name in ("kubelambda-gateway", "kubelambda-operator"):
+                log = state_dir / "logs" / f"{log_name}.log"
+                if log.exists():
+                    print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            raise
+        finally:
+            stop_cluster(proc, state_dir)
 
 
 async def wait(

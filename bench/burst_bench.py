@@ -17,17 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from _common import create_namespace, developer_headers, pct, start_cluster, wait
-from kubelambda.devcluster._binaries import ensure_binaries
+from _common import pct, platform, wait
 from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench-burst"
@@ -201,29 +197,13 @@ async def main() -> None:
     parser.add_argument("--functions", type=int, default=100)
     parser.add_argument("--sleep", type=float, default=2.0)
     args = parser.parse_args()
-    ensure_binaries()
-    with tempfile.TemporaryDirectory(prefix="kl-bench-burst-") as tmp:
-        proc, state = start_cluster(Path(tmp))
-        try:
-            assert state.gateway_url
-            headers = await developer_headers(state)
-            async with (
-                KubeClient.from_kubeconfig(state.kubeconfig) as kube,
-                aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=0)) as http,
-            ):
-                await create_namespace(kube, NS)
-                if args.calls:
-                    await one_function_burst(kube, http, state.gateway_url, args.calls, args.sleep)
-                if args.functions:
-                    await many_functions(kube, http, state.gateway_url, args.functions)
-                print(f"\n(load average {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores)")
-        except BaseException:
-            log = Path(tmp) / "logs" / "kubelambda-gateway.log"
-            print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-            raise
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    async with platform("burst", NS, connections=0) as p:
+        kube, http = p.kube, p.http
+        if args.calls:
+            await one_function_burst(kube, http, p.gateway, args.calls, args.sleep)
+        if args.functions:
+            await many_functions(kube, http, p.gateway, args.functions)
+        print(f"\n(load average {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

@@ -17,16 +17,12 @@ import argparse
 import asyncio
 import base64
 import re
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from _common import create_namespace, developer_headers, pct, post_load, start_cluster, wait
-from kubelambda.devcluster._binaries import ensure_binaries
+from _common import pct, platform, post_load, wait
 from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench"
@@ -211,57 +207,38 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=4)
     args = parser.parse_args()
-    ensure_binaries()
-    with tempfile.TemporaryDirectory(prefix="kl-bench-gw-") as tmp:
-        proc, state = start_cluster(Path(tmp))
-        try:
-            assert state.gateway_url
-            headers = await developer_headers(state)  # the gateway checks who calls
-            async with (
-                KubeClient.from_kubeconfig(state.kubeconfig) as kube,
-                aiohttp.ClientSession(headers=headers) as http,
-            ):
-                await create_namespace(kube, NS)
-                path = resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS)
-                await kube.create(
-                    path, fn("cold", {"minInstances": 0, "scaleToZeroAfterSeconds": 0, "warmPool": False})
+    async with platform("gw", NS) as p:
+        kube, http = p.kube, p.http
+        path = resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS)
+        await kube.create(
+            path, fn("cold", {"minInstances": 0, "scaleToZeroAfterSeconds": 0, "warmPool": False})
+        )
+        warm_fn = fn("warm", {"minInstances": 1, "maxInstances": 1})
+        warm_fn["spec"]["concurrency"] = {"perInstance": args.connections}
+        await kube.create(path, warm_fn)
+        await wait(
+            lambda: pods(kube, "warm"),
+            lambda p: (
+                p
+                and any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in p[0].get("status", {}).get("conditions", [])
                 )
-                warm_fn = fn("warm", {"minInstances": 1, "maxInstances": 1})
-                warm_fn["spec"]["concurrency"] = {"perInstance": args.connections}
-                await kube.create(path, warm_fn)
-                await wait(
-                    lambda: pods(kube, "warm"),
-                    lambda p: (
-                        p
-                        and any(
-                            c["type"] == "Ready" and c["status"] == "True"
-                            for c in p[0].get("status", {}).get("conditions", [])
-                        )
-                    ),
-                    "warm instance",
-                )
-                await wait(
-                    lambda: kube.get(
-                        resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS, name="cold")
-                    ),
-                    lambda f: any(
-                        c["type"] == "Ready" and c["status"] == "True"
-                        for c in f.get("status", {}).get("conditions", [])
-                    ),
-                    "cold function Ready",
-                )
-                await make_plain(kube)
-                await cold_starts(kube, http, state.gateway_url, args.cold)
-                endpoint = (await pods(kube, "warm"))[0]["status"]["podIP"] + ":8080"
-                await warm(http, state.gateway_url, endpoint, args.requests, args.connections)
-        except BaseException:
-            for name in ("kubelambda-gateway", "kubelambda-operator"):
-                log = Path(tmp) / "logs" / f"{name}.log"
-                print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-            raise
-        finally:
-            proc.terminate()
-            proc.wait(60)
+            ),
+            "warm instance",
+        )
+        await wait(
+            lambda: kube.get(resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS, name="cold")),
+            lambda f: any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in f.get("status", {}).get("conditions", [])
+            ),
+            "cold function Ready",
+        )
+        await make_plain(kube)
+        await cold_starts(kube, http, p.gateway, args.cold)
+        endpoint = (await pods(kube, "warm"))[0]["status"]["podIP"] + ":8080"
+        await warm(http, p.gateway, endpoint, args.requests, args.connections)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,13 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from _common import create_namespace, developer_headers, pct, post_load, start_cluster, wait
-from kubelambda.devcluster._binaries import ensure_binaries
+from _common import pct, platform, post_load, wait
 from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench-cpu"
@@ -208,73 +206,63 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--profile", type=Path, help="py-spy (raw, from PyPI) of the gateway to this file")
     args = parser.parse_args()
-    ensure_binaries()
-    with tempfile.TemporaryDirectory(prefix="kl-bench-gwcpu-") as tmp:
-        proc, state = start_cluster(Path(tmp))
-        floor: asyncio.subprocess.Process | None = None
+    floor: asyncio.subprocess.Process | None = None
+    async with platform("gwcpu", NS) as p:
+        proc, kube, http = p.proc, p.kube, p.http
         try:
-            assert state.gateway_url
-            headers = await developer_headers(state)
-            async with (
-                KubeClient.from_kubeconfig(state.kubeconfig) as kube,
-                aiohttp.ClientSession(headers=headers) as http,
-            ):
-                await create_namespace(kube, NS)
-                body = {
-                    "apiVersion": "kubelambda.io/v1alpha1",
-                    "kind": "Function",
-                    "metadata": {"name": "noop", "namespace": NS},
-                    "spec": {
-                        "runtime": "python3.11",
-                        "handler": "app.handler",
-                        "code": {"inline": {"app.py": HANDLER}},
-                        "scaling": {"minInstances": 1, "maxInstances": 1},
-                        "concurrency": {"perInstance": args.connections},
-                    },
-                }
-                await kube.create(resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS), body)
-                pod_ip = (await warm_pod(kube))["status"]["podIP"]
-                port = free_port()
-                floor = await asyncio.create_subprocess_exec(
-                    sys.executable, "-c", FLOOR_PROXY, str(port), f"http://{pod_ip}:8080/invoke"
-                )
-                floor_url = f"http://127.0.0.1:{port}/invoke"
+            body = {
+                "apiVersion": "kubelambda.io/v1alpha1",
+                "kind": "Function",
+                "metadata": {"name": "noop", "namespace": NS},
+                "spec": {
+                    "runtime": "python3.11",
+                    "handler": "app.handler",
+                    "code": {"inline": {"app.py": HANDLER}},
+                    "scaling": {"minInstances": 1, "maxInstances": 1},
+                    "concurrency": {"perInstance": args.connections},
+                },
+            }
+            await kube.create(resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS), body)
+            pod_ip = (await warm_pod(kube))["status"]["podIP"]
+            port = free_port()
+            floor = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", FLOOR_PROXY, str(port), f"http://{pod_ip}:8080/invoke"
+            )
+            floor_url = f"http://127.0.0.1:{port}/invoke"
 
-                async def floor_status() -> int:
-                    async with http.post(floor_url, data=b"{}") as resp:
-                        return resp.status
+            async def floor_status() -> int:
+                async with http.post(floor_url, data=b"{}") as resp:
+                    return resp.status
 
-                await wait(
-                    floor_status, lambda s: s == 200, "the floor proxy answering", 60, tolerate_errors=True
-                )
-                agent, runtime = instance_pids(proc.pid, pod_ip)
-                pids = {
-                    "gateway": [gateway_pid(proc.pid)],
-                    "floor proxy": [floor.pid],
-                    "agent": [agent],
-                    "runtime": runtime,
-                }
-                urls = {
-                    "gateway": f"{state.gateway_url}/2015-03-31/functions/{NS}/noop/invocations",
-                    "floor proxy": floor_url,
-                    "agent directly": f"http://{pod_ip}:8080/invoke",
-                }
-                spy = None
-                if args.profile:
-                    spy = await asyncio.create_subprocess_exec(
-                        "py-spy", "record", "--pid", str(pids["gateway"][0]), "--format", "raw",
-                        "--rate", "200", "-o", str(args.profile),
-                    )  # fmt: skip
-                await measure(http, urls, pids, args.requests, args.connections)
-                if spy is not None:
-                    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-                    await spy.wait()
+            await wait(
+                floor_status, lambda s: s == 200, "the floor proxy answering", 60, tolerate_errors=True
+            )
+            agent, runtime = instance_pids(proc.pid, pod_ip)
+            pids = {
+                "gateway": [gateway_pid(proc.pid)],
+                "floor proxy": [floor.pid],
+                "agent": [agent],
+                "runtime": runtime,
+            }
+            urls = {
+                "gateway": f"{p.gateway}/2015-03-31/functions/{NS}/noop/invocations",
+                "floor proxy": floor_url,
+                "agent directly": f"http://{pod_ip}:8080/invoke",
+            }
+            spy = None
+            if args.profile:
+                spy = await asyncio.create_subprocess_exec(
+                    "py-spy", "record", "--pid", str(pids["gateway"][0]), "--format", "raw",
+                    "--rate", "200", "-o", str(args.profile),
+                )  # fmt: skip
+            await measure(http, urls, pids, args.requests, args.connections)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                await spy.wait()
         finally:
             if floor is not None and floor.returncode is None:
                 floor.terminate()
                 await floor.wait()
-            proc.terminate()
-            proc.wait(60)
 
 
 if __name__ == "__main__":

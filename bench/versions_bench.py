@@ -15,18 +15,14 @@ import argparse
 import asyncio
 import base64
 import io
-import sys
-import tempfile
 import time
 import urllib.parse
 import zipfile
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from _common import create_namespace, developer_headers, pct, post_load, start_cluster, stop_cluster
-from kubelambda.devcluster._binaries import ensure_binaries
+from _common import pct, platform, post_load
 from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench"
@@ -161,27 +157,9 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--creates", type=int, default=5)
     args = parser.parse_args()
-    ensure_binaries()
-    with tempfile.TemporaryDirectory(prefix="kl-bench-versions-") as tmp:
-        proc, state = start_cluster(Path(tmp))
-        try:
-            assert state.gateway_url
-            headers = await developer_headers(state)  # the developer may invoke and manage Functions
-            async with (
-                KubeClient.from_kubeconfig(state.kubeconfig) as kube,
-                aiohttp.ClientSession(headers=headers) as http,
-            ):
-                await create_namespace(kube, NS)
-                await alias_latency(http, kube, state.gateway_url, args.requests, args.connections)
-                await create_to_invoke(http, kube, state.gateway_url, args.creates)
-        except BaseException:
-            for name in ("kubelambda-gateway", "kubelambda-operator"):
-                log = Path(tmp) / "logs" / f"{name}.log"
-                if log.exists():
-                    print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-            raise
-        finally:
-            stop_cluster(proc, Path(tmp))
+    async with platform("versions", NS, connections=max(100, args.connections)) as p:
+        await alias_latency(p.http, p.kube, p.gateway, args.requests, args.connections)
+        await create_to_invoke(p.http, p.kube, p.gateway, args.creates)
 
 
 if __name__ == "__main__":

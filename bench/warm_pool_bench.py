@@ -21,18 +21,16 @@ import asyncio
 import base64
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.kube import KubeClient, resource_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import create_namespace, developer_headers, pct, start_cluster, wait
+from _common import pct, platform, wait
 
 NS = "bench"
 SYSTEM_NS = "kubelambda-system"
@@ -179,61 +177,39 @@ async def main() -> None:
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     args = parser.parse_args()
     runtimes = args.runtimes.split(",")
-    ensure_binaries()
-    with tempfile.TemporaryDirectory(prefix="kl-bench-wp-") as tmp:
-        proc, state = start_cluster(Path(tmp))
-        try:
-            assert state.gateway_url
-            headers = await developer_headers(state)  # the gateway checks who calls
-            async with (
-                KubeClient.from_kubeconfig(state.kubeconfig) as kube,
-                aiohttp.ClientSession(headers=headers) as http,
-            ):
-                await create_namespace(kube, NS)
-                path = resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS)
-                for runtime in runtimes:
-                    rt = short(runtime)
-                    await kube.create(path, function(f"pool-{rt}", runtime, {"scaleToZeroAfterSeconds": 0}))
-                    await kube.create(
-                        path,
-                        function(f"nopool-{rt}", runtime, {"scaleToZeroAfterSeconds": 0, "warmPool": False}),
-                    )
-                    await kube.create(
-                        path, function(f"warm-{rt}", runtime, {"minInstances": 1, "maxInstances": 1})
-                    )
-                for runtime in runtimes:
-                    name = f"warm-{short(runtime)}"
-                    await wait(
-                        lambda n=name: pods(kube, NS, f"kubelambda.io/function={n}"),
-                        lambda p: bool(p) and ready(p[0]),
-                        f"{name} instance ready",
-                        timeout=180,
-                    )
-                    for fn_name in (f"pool-{short(runtime)}", f"nopool-{short(runtime)}"):
-                        await wait(
-                            lambda n=fn_name: kube.get(
-                                resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS, name=n)
-                            ),
-                            lambda f: any(
-                                c["type"] == "Ready" and c["status"] == "True"
-                                for c in f.get("status", {}).get("conditions", [])
-                            ),
-                            f"{fn_name} Ready",
-                        )
-                results = {
-                    rt: await bench_runtime(kube, http, state.gateway_url, rt, args.runs) for rt in runtimes
-                }
-                for runtime, r in results.items():
-                    report(runtime, args.runs, r)
-        except BaseException:
-            for name in ("kubelambda-gateway", "kubelambda-operator"):
-                log = Path(tmp) / "logs" / f"{name}.log"
-                if log.exists():
-                    print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-            raise
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    async with platform("wp", NS) as p:
+        kube, http = p.kube, p.http
+        path = resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS)
+        for runtime in runtimes:
+            rt = short(runtime)
+            await kube.create(path, function(f"pool-{rt}", runtime, {"scaleToZeroAfterSeconds": 0}))
+            await kube.create(
+                path,
+                function(f"nopool-{rt}", runtime, {"scaleToZeroAfterSeconds": 0, "warmPool": False}),
+            )
+            await kube.create(path, function(f"warm-{rt}", runtime, {"minInstances": 1, "maxInstances": 1}))
+        for runtime in runtimes:
+            name = f"warm-{short(runtime)}"
+            await wait(
+                lambda n=name: pods(kube, NS, f"kubelambda.io/function={n}"),
+                lambda p: bool(p) and ready(p[0]),
+                f"{name} instance ready",
+                timeout=180,
+            )
+            for fn_name in (f"pool-{short(runtime)}", f"nopool-{short(runtime)}"):
+                await wait(
+                    lambda n=fn_name: kube.get(
+                        resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS, name=n)
+                    ),
+                    lambda f: any(
+                        c["type"] == "Ready" and c["status"] == "True"
+                        for c in f.get("status", {}).get("conditions", [])
+                    ),
+                    f"{fn_name} Ready",
+                )
+        results = {rt: await bench_runtime(kube, http, p.gateway, rt, args.runs) for rt in runtimes}
+        for runtime, r in results.items():
+            report(runtime, args.runs, r)
 
 
 if __name__ == "__main__":
