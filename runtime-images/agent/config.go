@@ -44,6 +44,7 @@ type Config struct {
 	OptDir          string        // where the Function's layers are (/opt); their paths go into the runtime's environment
 	WorkDir         string        // the workers' working directory; default TaskRoot (Lambda's ImageConfig.WorkingDirectory)
 	Log             logShipConfig // log shipping to the log store (logship.go)
+	Format          logFormat     // Lambda's LoggingConfig: Text or JSON, levels (logformat.go)
 }
 
 type envLookup func(string) (string, bool)
@@ -108,6 +109,15 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 		"folder of external Lambda extensions, each executable file started beside every runtime worker; "+
 			"default OPT-DIR/extensions; \"none\" for none (env KUBELAMBDA_EXTENSIONS_DIR)")
 	logFlags := addLogShipFlags(fs, env)
+	logFormatFlag := fs.String("log-format", env("KUBELAMBDA_LOG_FORMAT", "Text"),
+		"Lambda's LoggingConfig.LogFormat: Text, or JSON for JSON system records and AWS_LAMBDA_LOG_FORMAT=JSON "+
+			"for the runtime (env KUBELAMBDA_LOG_FORMAT)")
+	appLevel := fs.String("application-log-level", env("KUBELAMBDA_APPLICATION_LOG_LEVEL", ""),
+		"JSON format only: the runtime's lines under this level (TRACE..FATAL) are dropped; AWS_LAMBDA_LOG_LEVEL "+
+			"of the runtime; default INFO (env KUBELAMBDA_APPLICATION_LOG_LEVEL)")
+	sysLevel := fs.String("system-log-level", env("KUBELAMBDA_SYSTEM_LOG_LEVEL", ""),
+		"JSON format only: the agent's records under this level (DEBUG, INFO, WARN) are dropped; default INFO "+
+			"(env KUBELAMBDA_SYSTEM_LOG_LEVEL)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: kubelambda-agent [flags] [-- runtime command...]\n")
 		fs.PrintDefaults()
@@ -186,6 +196,7 @@ func parseConfig(args []string, getenv envLookup) (*Config, error) {
 		bad("task-root (KUBELAMBDA_TASK_ROOT)", c.TaskRoot, "is not a folder")
 	}
 	c.Log = logFlags.parse(bad)
+	c.Format = parseLogFormat(*logFormatFlag, *appLevel, *sysLevel, bad)
 	c.RuntimeCmd = fs.Args()
 	if len(c.RuntimeCmd) == 0 {
 		if v, ok := getenv("KUBELAMBDA_RUNTIME_CMD"); ok && strings.TrimSpace(v) != "" {

@@ -21,6 +21,7 @@ type logger struct {
 	stdout io.Writer
 	stderr io.Writer
 	ship   *shipper // nil: log shipping off (logship.go)
+	format atomic.Pointer[logFormat]
 }
 
 func newLogger(stdout, stderr io.Writer) *logger {
@@ -156,28 +157,50 @@ func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog, ids *procLog) {
 			if pl != nil {
 				own = bytes.Index(line, mark)
 			}
+			f := l.logFormat()
+			app := line // the runtime's part of the line
+			if own >= 0 {
+				app = line[:own]
+			}
+			if len(app) > 0 && f.JSON && !f.keepApp(app) {
+				app = nil // under applicationLogLevel
+			}
+			var text []byte // the agent's line, as the pipe carries it
+			var out [][]byte
+			if own >= 0 {
+				text = line[own+len(mark):]
+				if f.JSON {
+					out = f.render(text, time.Now())
+				}
+			}
 			l.mu.Lock()
 			if own < 0 {
-				_, _ = w.Write(line)
-			} else {
-				if own > 0 { // the runtime's unfinished line, ended here
-					_, _ = w.Write(append(line[:own:own], '\n'))
+				if app != nil {
+					_, _ = w.Write(app)
 				}
-				_, _ = w.Write(line[own+len(mark):])
+			} else {
+				if len(app) > 0 { // the runtime's unfinished line, ended here
+					_, _ = w.Write(append(app[:len(app):len(app)], '\n'))
+				}
+				if !f.JSON {
+					_, _ = w.Write(text)
+				}
+				for _, o := range out {
+					_, _ = w.Write(append(o, '\n'))
+				}
 			}
 			l.mu.Unlock()
 			if l.ship != nil {
-				l.shipPiped(stream, ids, pl != nil, line, own, mark)
+				l.shipPiped(stream, ids, pl != nil, app, text, out, f.JSON)
 			}
 			if own < 0 {
-				if current != nil {
-					current.add(line)
+				if current != nil && app != nil {
+					current.add(app)
 				}
 			} else {
-				if own > 0 && current != nil {
-					current.add(append(line[:own:own], '\n'))
+				if len(app) > 0 && current != nil {
+					current.add(append(app[:len(app):len(app)], '\n'))
 				}
-				text := line[own+len(mark):]
 				if rest, ok := bytes.CutPrefix(text, []byte("START RequestId: ")); ok {
 					if current != nil {
 						current.finish()
@@ -186,7 +209,13 @@ func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog, ids *procLog) {
 					current = pl.take(string(id))
 				}
 				if current != nil {
-					current.add(text)
+					if f.JSON {
+						for _, o := range out {
+							current.add(append(o, '\n'))
+						}
+					} else {
+						current.add(text)
+					}
 					if bytes.HasPrefix(text, []byte("REPORT ")) {
 						current.finish()
 						current = nil
@@ -200,11 +229,16 @@ func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog, ids *procLog) {
 	}
 }
 
+// logFormat is the LoggingConfig in force (logformat.go); Text until one is set.
+func (l *logger) logFormat() *logFormat {
+	if f := l.format.Load(); f != nil {
+		return f
+	}
+	return textFormat
+}
+
 func (l *logger) line(s string) {
-	l.mu.Lock()
-	_, _ = io.WriteString(l.stdout, s+"\n")
-	l.mu.Unlock()
-	l.ship.ship("stdout", "", []byte(s))
+	l.direct(nil, false, s)
 }
 
 func startLine(id, version string) string {
@@ -223,9 +257,19 @@ type reportInfo struct {
 // direct writes lines straight to stdout, for invocations answered without a worker; capture, if
 // any, gets them too and is finished when end is set.
 func (l *logger) direct(capture *logCapture, end bool, lines ...string) {
+	f := l.logFormat()
 	var b strings.Builder
+	var out [][]byte
+	now := time.Now()
 	for _, s := range lines {
-		b.WriteString(s)
+		if !f.JSON {
+			out = append(out, []byte(s))
+		} else {
+			out = append(out, f.render([]byte(s), now)...)
+		}
+	}
+	for _, o := range out {
+		b.Write(o)
 		b.WriteByte('\n')
 	}
 	l.mu.Lock()
@@ -238,8 +282,8 @@ func (l *logger) direct(capture *logCapture, end bool, lines ...string) {
 				break
 			}
 		}
-		for _, s := range lines {
-			l.ship.ship("stdout", id, []byte(s))
+		for _, o := range out {
+			l.ship.ship("stdout", id, o)
 		}
 	}
 	if capture != nil {

@@ -578,17 +578,16 @@ func (s *shipper) writeMetrics(w io.Writer) {
 		"# TYPE kubelambda_agent_log_records_buffered gauge\nkubelambda_agent_log_records_buffered %d\n", buffered)
 }
 
-// shipPiped ships one line read from a worker's pipe. own is where the agent's marker starts in line (-1:
-// none); on the stdout pipe a START line makes its request id the current one, and REPORT ends it.
-func (l *logger) shipPiped(stream string, ids *procLog, isStdout bool, line []byte, own int, mark []byte) {
-	if own < 0 {
-		l.ship.ship(stream, ids.currentID(), line)
+// shipPiped ships what one line read from a worker's pipe became: app, the runtime's part (nil: none or
+// filtered out), text, the agent's line behind the marker (nil: none), and out, that line as rendered in JSON
+// mode. On the stdout pipe a START line makes its request id the current one, and REPORT ends it.
+func (l *logger) shipPiped(stream string, ids *procLog, isStdout bool, app, text []byte, out [][]byte, json bool) {
+	if len(app) > 0 {
+		l.ship.ship(stream, ids.currentID(), app)
+	}
+	if text == nil {
 		return
 	}
-	if own > 0 { // the runtime's unfinished line, ended by the agent's
-		l.ship.ship(stream, ids.currentID(), line[:own])
-	}
-	text := line[own+len(mark):]
 	id := requestIDOf(text)
 	if isStdout && bytes.HasPrefix(text, []byte("START ")) && id != "" {
 		ids.current.Store(&id)
@@ -596,7 +595,13 @@ func (l *logger) shipPiped(stream string, ids *procLog, isStdout bool, line []by
 	if id == "" {
 		id = ids.currentID()
 	}
-	l.ship.ship(stream, id, text)
+	if json {
+		for _, o := range out {
+			l.ship.ship(stream, id, o)
+		}
+	} else {
+		l.ship.ship(stream, id, text)
+	}
 	if isStdout && bytes.HasPrefix(text, []byte("REPORT ")) {
 		ids.current.Store(nil)
 	}

@@ -80,15 +80,14 @@ func TestShipPipedAttribution(t *testing.T) {
 	s, _ := newShipper("nats://127.0.0.1:1", "ns", "fn", "$LATEST", "p", 16)
 	l := &logger{ship: s}
 	pl := &procLog{}
-	mark := []byte(agentMark)
-	agent := func(text string) []byte { return append(append([]byte(nil), mark...), text+"\n"...) }
-	l.shipPiped("stdout", pl, true, []byte("init\n"), -1, mark)
-	l.shipPiped("stdout", pl, true, agent("START RequestId: r9 Version: $LATEST"), 0, mark)
-	l.shipPiped("stdout", pl, true, []byte("hello\n"), -1, mark)
-	l.shipPiped("stderr", pl, false, []byte("warning\n"), -1, mark)
-	l.shipPiped("stdout", pl, true, append([]byte("partial"), agent("END RequestId: r9")...), len("partial"), mark)
-	l.shipPiped("stdout", pl, true, agent("REPORT RequestId: r9\tDuration: 1.00 ms"), 0, mark)
-	l.shipPiped("stdout", pl, true, []byte("after\n"), -1, mark)
+	app := func(s string) []byte { return []byte(s + "\n") }
+	l.shipPiped("stdout", pl, true, app("init"), nil, nil, false)
+	l.shipPiped("stdout", pl, true, nil, app("START RequestId: r9 Version: $LATEST"), nil, false)
+	l.shipPiped("stdout", pl, true, app("hello"), nil, nil, false)
+	l.shipPiped("stderr", pl, false, app("warning"), nil, nil, false)
+	l.shipPiped("stdout", pl, true, []byte("partial"), app("END RequestId: r9"), nil, false)
+	l.shipPiped("stdout", pl, true, nil, app("REPORT RequestId: r9\tDuration: 1.00 ms"), nil, false)
+	l.shipPiped("stdout", pl, true, app("after"), nil, nil, false)
 	want := []string{"none:init", "r9:START RequestId: r9 Version: $LATEST", "r9:hello", "r9:warning", "r9:partial",
 		"r9:END RequestId: r9", "r9:REPORT RequestId: r9\tDuration: 1.00 ms", "none:after"}
 	for _, w := range want {

@@ -39,6 +39,7 @@ func main() {
 
 func run(cfg *Config) error {
 	log := newLogger(os.Stdout, os.Stderr)
+	log.format.Store(&cfg.Format)
 	m := newMetrics(cfg.Workers)
 	ship, err := newShipper(cfg.Log.URL, cfg.Log.Namespace, cfg.FunctionName, cfg.FunctionVersion, cfg.Log.Pod, cfg.Log.Buffer)
 	if err != nil {

@@ -84,6 +84,14 @@ type specializeRequest struct {
 	AgentToken      string            `json:"agentToken,omitempty"` // the function's token, from now on (auth.go)
 	Inline          map[string]string `json:"inline,omitempty"`
 	Archive         *archiveRef       `json:"archive,omitempty"`
+	Logging         *loggingConfig    `json:"logging,omitempty"` // the Function's LoggingConfig; absent = Text
+}
+
+// loggingConfig is a Function's spec.logging, as the gateway sends it.
+type loggingConfig struct {
+	LogFormat           string `json:"logFormat"`
+	ApplicationLogLevel string `json:"applicationLogLevel,omitempty"`
+	SystemLogLevel      string `json:"systemLogLevel,omitempty"`
 }
 
 // specializeStatus is the answer of POST and GET /specialize.
@@ -229,6 +237,15 @@ func (req *specializeRequest) validate() error {
 	case req.TimeoutSeconds != 0 && (req.TimeoutSeconds < 0.1 || req.TimeoutSeconds > 900):
 		return errors.New("timeoutSeconds must be 0.1..900")
 	}
+	if l := req.Logging; l != nil {
+		var bad []string
+		parseLogFormat(l.LogFormat, l.ApplicationLogLevel, l.SystemLogLevel, func(key, value, why string) {
+			bad = append(bad, fmt.Sprintf("logging: %s %q: %s", key, value, why))
+		})
+		if len(bad) > 0 {
+			return errors.New(strings.Join(bad, "; "))
+		}
+	}
 	return nil
 }
 
@@ -303,6 +320,11 @@ func (s *specializer) configure(req *specializeRequest) {
 		c.FunctionARN = fmt.Sprintf("arn:aws:lambda:%s:000000000000:function:%s", c.Region, c.FunctionName)
 	}
 	c.Handler = req.Handler
+	if req.Logging != nil {
+		c.Format = parseLogFormat(req.Logging.LogFormat, req.Logging.ApplicationLogLevel, req.Logging.SystemLogLevel,
+			func(string, string, string) {}) // validate refused a bad one
+		s.log.format.Store(&c.Format)
+	}
 	if req.MemoryMB != 0 {
 		c.MemoryMB = req.MemoryMB
 	}

@@ -749,6 +749,7 @@ func workerEnv(c *Config, base []string) []string {
 		"AWS_DEFAULT_REGION":              c.Region,
 		"AWS_EXECUTION_ENV":               "AWS_Lambda_" + c.RuntimeName,
 	}
+	c.Format.runtimeEnv(lambda)
 	defaults := map[string]string{"TZ": "UTC", "LANG": "en_US.UTF-8"}
 	var env []string
 	for _, kv := range base {
