@@ -42,8 +42,11 @@ NO_REQUEST = "none"  # the subject token of lines outside an invocation (the age
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 _LEVEL_ALIASES = {"WARNING": "WARN", "CRITICAL": "FATAL"}
-# The Python runtime's text format: "[INFO]\t2024-01-01T00:00:00.000Z\t<request id>\tmessage".
-_TEXT_LEVEL = re.compile(r"^\[([A-Z]+)\]\t")
+# The Python runtime's text format: "[INFO]\t2024-01-01T00:00:00.000Z\t<request id>\tmessage"; the Node.js
+# runtime's: "2024-01-01T00:00:00.000Z\t<request id>\tINFO\tmessage".
+_TEXT_LEVEL = re.compile(r"^\[([A-Z]+)\]\t|^\d{4}-\d\d-\d\dT[^\t]*\t[^\t]*\t([A-Z]+)\t")
+# Lambda's JSON system records (LoggingConfig JSON, docs/logs.md) and their level.
+_PLATFORM_LEVELS = {"platform.runtimeDone": "DEBUG"}
 _TOKEN = re.compile(r"[.\s*>]")
 
 
@@ -96,8 +99,9 @@ class LogRecord:
 
     @property
     def level(self) -> str | None:
-        """The level of a JSON log line (``{"level": "ERROR", ...}``, Lambda's JSON log format) or of the
-        Python runtime's text format (``[ERROR]\\t...``); None for other lines."""
+        """The level of a JSON log line (``{"level": "ERROR", ...}``, Lambda's JSON log format; a JSON platform
+        record is INFO, ``platform.runtimeDone`` DEBUG) or of the Python and Node.js runtimes' text formats
+        (``[ERROR]\\t...``, ``<time>\\t<id>\\tERROR\\t...``); None for other lines."""
         text = self.message
         found: str | None = None
         if text.startswith("{"):
@@ -105,10 +109,12 @@ class LogRecord:
                 doc = json.loads(text)
                 if isinstance(doc, dict) and isinstance(doc.get("level"), str):
                     found = doc["level"].upper()
+                elif isinstance(doc, dict) and str(doc.get("type", "")).startswith("platform."):
+                    found = _PLATFORM_LEVELS.get(doc["type"], "INFO")
         else:
             m = _TEXT_LEVEL.match(text)
             if m:
-                found = m.group(1)
+                found = m.group(1) or m.group(2)
         if found is None:
             return None
         found = _LEVEL_ALIASES.get(found, found)

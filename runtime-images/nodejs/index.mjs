@@ -103,12 +103,27 @@ function rawLog(line) {
   process.stdout.write(line + "\n");
 }
 
+// Lambda's LoggingConfig (docs/logs.md): with AWS_LAMBDA_LOG_FORMAT=JSON every console line is one JSON object
+// (timestamp, level, requestId, message), and lines under AWS_LAMBDA_LOG_LEVEL are not written.
+const LEVEL_ORDER = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"];
+
 function patchConsole() {
   const levels = { log: "INFO", info: "INFO", warn: "WARN", error: "ERROR", debug: "DEBUG", trace: "TRACE" };
+  const json = (process.env.AWS_LAMBDA_LOG_FORMAT || "").toUpperCase() === "JSON";
+  const min = json ? Math.max(0, LEVEL_ORDER.indexOf((process.env.AWS_LAMBDA_LOG_LEVEL || "INFO").toUpperCase())) : 0;
   for (const [fn, level] of Object.entries(levels)) {
+    if (LEVEL_ORDER.indexOf(level) < min) {
+      console[fn] = () => {};
+      continue;
+    }
     console[fn] = (...args) => {
       let msg = util.format(...args);
       if (fn === "trace") msg += "\n" + new Error().stack.split("\n").slice(2).join("\n");
+      if (json) {
+        const line = { timestamp: new Date().toISOString(), level, requestId: currentRequestId, message: msg };
+        process.stdout.write(JSON.stringify(line) + "\n");
+        return;
+      }
       process.stdout.write(`${new Date().toISOString()}\t${currentRequestId ?? "undefined"}\t${level}\t${msg}\n`);
     };
   }

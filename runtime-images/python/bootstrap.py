@@ -330,7 +330,16 @@ def log_line(text: str) -> None:
     sys.stdout.flush()
 
 
+def json_logs() -> bool:
+    """Lambda's LoggingConfig.LogFormat JSON, which the agent passes as AWS_LAMBDA_LOG_FORMAT (docs/logs.md)."""
+    return os.environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON"
+
+
 def log_error(error: dict[str, Any]) -> None:
+    if json_logs():
+        stamp = time.strftime(JSON_TIME_FORMAT, time.gmtime())
+        log_line(json.dumps({"timestamp": stamp, "level": "ERROR", **error}, default=str, ensure_ascii=False))
+        return
     lines = [f"[ERROR] {error['errorType']}: {error['errorMessage']}"]
     if error.get("stackTrace"):
         lines.append("Traceback (most recent call last):")
@@ -356,14 +365,54 @@ class LambdaFormatter(logging.Formatter):
         return super().format(record)
 
 
+JSON_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# A LogRecord's own attributes; any other (``extra=...``) becomes a field of the JSON line.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """Lambda's JSON application log format, one object a line: timestamp, level, message, logger, requestId,
+    and for an exception errorType, errorMessage, stackTrace and location; ``extra`` fields are added."""
+
+    converter = time.gmtime
+
+    def __init__(self) -> None:
+        super().__init__(datefmt=JSON_TIME_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = min(50, max(0, record.levelno)) // 10 * 10
+        out: dict[str, Any] = {
+            "timestamp": self.formatTime(record, self.datefmt),
+            "level": logging.getLevelName(level),
+            "message": record.msg if isinstance(record.msg, dict) and not record.args else record.getMessage(),
+            "logger": record.name,
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            out["errorType"] = record.exc_info[0].__name__
+            out["errorMessage"] = str(record.exc_info[1])
+            out["stackTrace"] = traceback.format_tb(record.exc_info[2])
+            out["location"] = f"{record.pathname}:{record.funcName}:{record.lineno}"
+        if _request_id:
+            out["requestId"] = _request_id
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and key not in out and key != "aws_request_id":
+                out[key] = value
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+# AWS_LAMBDA_LOG_LEVEL names Lambda's levels; Python's logging knows them as these.
+_PYTHON_LEVELS = {"TRACE": "DEBUG", "WARN": "WARNING", "FATAL": "CRITICAL"}
+
+
 def setup_logging() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(LambdaFormatter())
+    handler.setFormatter(JsonLogFormatter() if json_logs() else LambdaFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("AWS_LAMBDA_LOG_LEVEL", "INFO").upper())
+    level = os.environ.get("AWS_LAMBDA_LOG_LEVEL", "INFO").upper()
+    root.setLevel(_PYTHON_LEVELS.get(level, level))
 
 
 # --- the loop -------------------------------------------------------------------------------------

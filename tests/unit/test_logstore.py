@@ -59,6 +59,9 @@ def test_record_from_agent_json() -> None:
         ("[NOTALEVEL]\tx", None),
         ("{not json", None),
         ("START RequestId: r1 Version: $LATEST", None),
+        ("2026-01-02T03:04:05.000Z\tr1\tWARN\tslow", "WARN"),  # the Node.js runtimes' text format
+        ('{"time": "t", "type": "platform.report", "record": {"requestId": "r1"}}', "INFO"),
+        ('{"time": "t", "type": "platform.runtimeDone", "record": {"requestId": "r1"}}', "DEBUG"),
     ],
 )
 def test_levels(message: str, level: str | None) -> None:

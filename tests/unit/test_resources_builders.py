@@ -90,6 +90,39 @@ def test_agent_environment(key: str, value: str) -> None:
     assert env[key] == value
 
 
+@pytest.mark.parametrize(
+    ("logging", "expected"),
+    [
+        (None, {}),
+        ({"logFormat": "Text"}, {}),
+        ({"logFormat": "JSON"}, {"KUBELAMBDA_LOG_FORMAT": "JSON"}),
+        (
+            {"logFormat": "JSON", "applicationLogLevel": "WARN", "systemLogLevel": "DEBUG"},
+            {
+                "KUBELAMBDA_LOG_FORMAT": "JSON",
+                "KUBELAMBDA_APPLICATION_LOG_LEVEL": "WARN",
+                "KUBELAMBDA_SYSTEM_LOG_LEVEL": "DEBUG",
+            },
+        ),
+    ],
+    ids=["absent", "text", "json", "json-levels"],
+)
+def test_logging_config_becomes_the_agents_log_format(logging: JSON | None, expected: JSON) -> None:
+    spec = {"logging": logging} if logging is not None else {}
+    env = {
+        e["name"]: e.get("value")
+        for e in container(make_deployment(fn(**spec), image="img", settings=SETTINGS))["env"]
+    }
+    assert {k: v for k, v in env.items() if "LOG_FORMAT" in k or "LOG_LEVEL" in k} == expected
+
+
+def test_logging_levels_need_json() -> None:
+    with pytest.raises(ValueError, match="Input should be 'TRACE'"):
+        fn(logging={"logFormat": "JSON", "applicationLogLevel": "LOUD"})
+    with pytest.raises(ValueError, match="Input should be 'Text' or 'JSON'"):
+        fn(logging={"logFormat": "XML"})
+
+
 def test_the_operator_sets_only_the_agents_inputs_and_the_functions_own_variables() -> None:
     """The Lambda variables (AWS_*, _HANDLER, LAMBDA_*, TZ) are the agent's to derive, in one place."""
     d = make_deployment(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kubelambda.api.v1alpha1 import alias_object_name
+from kubelambda.api.v1alpha1 import FunctionSpec, alias_object_name
 from kubelambda.gateway import lambdaapi
 from kubelambda.gateway.functionname import (
     BadFunctionName,
@@ -210,6 +210,42 @@ def test_spec_changes_name_the_lambda_field() -> None:
         lambdaapi.spec_changes({"MemorySize": "big"}, "demo")
     with pytest.raises(lambdaapi.Failure, match=r"^spec\.memoryMB: "):
         lambdaapi.check_spec({**SPEC, "memoryMB": 64})
+
+
+def test_logging_config_maps_to_spec_logging_and_back() -> None:
+    assert lambdaapi.spec_changes({"LoggingConfig": {"LogFormat": "JSON", "ApplicationLogLevel": "WARN"}}, "demo", "hello") == {
+        "logging": {"logFormat": "JSON", "applicationLogLevel": "WARN"}
+    }  # fmt: skip
+    same_group = {"LogFormat": "Text", "LogGroup": "/aws/lambda/hello"}
+    assert lambdaapi.spec_changes({"LoggingConfig": same_group}, "demo", "hello") == {
+        "logging": {"logFormat": "Text"}
+    }
+    for config, message in [
+        ({"LogFormat": "XML"}, r"^LoggingConfig\.LogFormat: 'XML' is not one of Text, JSON"),
+        (
+            {"LogFormat": "Text", "SystemLogLevel": "WARN"},
+            r"^LoggingConfig\.SystemLogLevel: a log level needs LogFormat JSON",
+        ),
+        (
+            {"LogFormat": "JSON", "SystemLogLevel": "ERROR"},
+            r"^LoggingConfig\.SystemLogLevel: 'ERROR' is not one of DEBUG",
+        ),
+        ({"LogGroup": "/custom/group"}, r"^LoggingConfig\.LogGroup: '/custom/group': kubelambda keeps"),
+        ("JSON", r"^LoggingConfig: must be an object"),
+    ]:
+        with pytest.raises(lambdaapi.Failure, match=message):
+            lambdaapi.spec_changes({"LoggingConfig": config}, "demo", "hello")
+    text = lambdaapi.logging_config(FunctionSpec.model_validate(SPEC), "hello")
+    assert text == {"LogFormat": "Text", "LogGroup": "/aws/lambda/hello"}
+    json_spec = FunctionSpec.model_validate(
+        {**SPEC, "logging": {"logFormat": "JSON", "systemLogLevel": "WARN"}}
+    )
+    assert lambdaapi.logging_config(json_spec, "hello") == {
+        "LogFormat": "JSON",
+        "ApplicationLogLevel": "INFO",
+        "SystemLogLevel": "WARN",
+        "LogGroup": "/aws/lambda/hello",
+    }
 
 
 def test_reserved_concurrency_counts_a_function_with_its_versions() -> None:

@@ -211,6 +211,12 @@ def test_specialize_body_carries_code_and_limits() -> None:
         entry(name="fn-v2", versionOf={"function": "fn", "version": 2}), sha256=SHA, region="r"
     )
     assert (version["functionName"], version["functionVersion"]) == ("fn", "2")
+    # Lambda's LoggingConfig goes to the agent when it is not the default Text (docs/logs.md).
+    assert "logging" not in inline
+    logged = specialize_body(
+        entry(logging={"logFormat": "JSON", "applicationLogLevel": "WARN"}), sha256=SHA, region="r"
+    )
+    assert logged["logging"] == {"logFormat": "JSON", "applicationLogLevel": "WARN"}
 
 
 def pool(registry: Registry) -> WarmPool:

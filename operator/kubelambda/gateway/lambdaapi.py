@@ -218,7 +218,7 @@ def _int(body: JSON, field: str) -> int | None:
     return value
 
 
-def spec_changes(body: JSON, namespace: str) -> JSON:
+def spec_changes(body: JSON, namespace: str, name: str = "") -> JSON:
     """The spec fields a CreateFunction / UpdateFunctionConfiguration body sets (camelCase, as the CRD)."""
     out: JSON = {}
     if "Runtime" in body:
@@ -243,6 +243,53 @@ def spec_changes(body: JSON, namespace: str) -> JSON:
         out["environment"] = variables
     if "Role" in body:
         out["serviceAccountName"] = role_account(body["Role"], namespace)  # None: no ServiceAccount
+    if "LoggingConfig" in body:
+        out["logging"] = logging_of(body["LoggingConfig"], name)
+    return out
+
+
+_LOG_LEVELS = {
+    "ApplicationLogLevel": ("applicationLogLevel", ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")),
+    "SystemLogLevel": ("systemLogLevel", ("DEBUG", "INFO", "WARN")),
+}
+
+
+def logging_of(config: Any, function: str) -> JSON:
+    """``spec.logging`` from Lambda's ``LoggingConfig`` (docs/logs.md): LogFormat Text or JSON, the levels (JSON
+    only, as Lambda refuses them with Text), LogGroup only as Lambda's default ``/aws/lambda/<name>``."""
+    if not isinstance(config, dict):
+        raise _bad("LoggingConfig", "must be an object with LogFormat, ApplicationLogLevel, SystemLogLevel")
+    fmt = config.get("LogFormat", "Text")
+    if fmt not in ("Text", "JSON"):
+        raise _bad("LoggingConfig.LogFormat", f"{fmt!r} is not one of Text, JSON")
+    out: JSON = {"logFormat": fmt}
+    for field, (key, allowed) in _LOG_LEVELS.items():
+        if field not in config:
+            continue
+        level = config[field]
+        if level not in allowed:
+            raise _bad(f"LoggingConfig.{field}", f"{level!r} is not one of {', '.join(allowed)}")
+        if fmt != "JSON":
+            raise _bad(f"LoggingConfig.{field}", "a log level needs LogFormat JSON")
+        out[key] = level
+    group = config.get("LogGroup")
+    if group is not None and group != f"/aws/lambda/{function}":
+        raise _bad(
+            "LoggingConfig.LogGroup",
+            f"{group!r}: kubelambda keeps a function's log in its namespace's log store (docs/logs.md); only the "
+            "default /aws/lambda/<function name> is accepted",
+        )
+    return out
+
+
+def logging_config(spec: FunctionSpec, name: str) -> JSON:
+    """Lambda's ``LoggingConfig`` of a Function (Lambda answers the levels, INFO by default, only for JSON)."""
+    logging = spec.logging
+    out: JSON = {"LogFormat": logging.log_format if logging is not None else "Text"}
+    if logging is not None and logging.log_format == "JSON":
+        out["ApplicationLogLevel"] = logging.application_log_level or "INFO"
+        out["SystemLogLevel"] = logging.system_log_level or "INFO"
+    out["LogGroup"] = f"/aws/lambda/{name}"
     return out
 
 
@@ -307,6 +354,7 @@ def configuration(body: JSON, region: str) -> JSON:
         "PackageType": "Image" if code.image is not None else "Zip",
         "Architectures": ["x86_64"],
         "EphemeralStorage": {"Size": spec.ephemeral_storage_mb},
+        "LoggingConfig": logging_config(spec, name),
     }
     if update == "Failed":
         out["LastUpdateStatusReason"] = reason
@@ -556,7 +604,7 @@ class LambdaApi:
         for field in ("Handler", "Runtime") if call.body.get("PackageType") != "Image" else ():
             if field not in call.body:
                 raise _bad(field, "is required for a Zip package")
-        spec = spec_changes(call.body, ns)
+        spec = spec_changes(call.body, ns, name)
         spec["code"] = code_of(call.body.get("Code"))
         if "runtime" not in spec:
             spec["runtime"] = "provided"
@@ -597,7 +645,7 @@ class LambdaApi:
         assert call.ref is not None
         ns, name = call.ref.namespace, call.ref.name
         current = await self._get_function(ns, name)
-        spec = {**(current.get("spec") or {}), **spec_changes(call.body, ns)}
+        spec = {**(current.get("spec") or {}), **spec_changes(call.body, ns, name)}
         self._check_revision(call, current)
         updated = await self._apply_function(
             ns, name, spec, description=call.body.get("Description"), current=current

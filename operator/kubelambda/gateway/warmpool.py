@@ -122,6 +122,8 @@ def specialize_body(
     }
     if fn.version != "$LATEST":
         body["functionVersion"] = fn.version
+    if spec.logging is not None and spec.logging.log_format != "Text":  # LoggingConfig (docs/logs.md)
+        body["logging"] = spec.logging.wire()
     if spec.code.inline is not None:
         body["inline"] = dict(spec.code.inline)
     elif spec.code.archive is not None:

@@ -17,6 +17,7 @@ from kubelambda.agentauth import (
     TOKEN_ENV,
     function_token,
 )
+from kubelambda.api.v1alpha1.function import Logging
 from kubelambda.jsonobj import JSON
 from kubelambda.resources.configmap import code_sha256
 from kubelambda.resources.labels import labels, selector
@@ -72,6 +73,7 @@ def function_env(
         "KUBELAMBDA_WORKERS": str(spec.concurrency.per_instance),
         **(extra or {}),
     }
+    agent.update(logging_env(spec.logging))
     if settings.log_nats_url:  # log shipping (docs/logs.md)
         agent["KUBELAMBDA_FUNCTION_NAMESPACE"] = fn.namespace
         agent["KUBELAMBDA_LOG_NATS_URL"] = settings.log_nats_url
@@ -92,6 +94,18 @@ def function_env(
         for k, v in sorted(spec.environment.items())
         if not k.startswith(AGENT_ENV_PREFIX)
     ]
+    return env
+
+
+def logging_env(logging: Logging | None) -> dict[str, str]:
+    """The agent's inputs for a Function's LoggingConfig (docs/logs.md); nothing for Text, the default."""
+    if logging is None or logging.log_format == "Text":
+        return {}
+    env: dict[str, str] = {"KUBELAMBDA_LOG_FORMAT": logging.log_format}
+    if logging.application_log_level:
+        env["KUBELAMBDA_APPLICATION_LOG_LEVEL"] = logging.application_log_level
+    if logging.system_log_level:
+        env["KUBELAMBDA_SYSTEM_LOG_LEVEL"] = logging.system_log_level
     return env
 
 

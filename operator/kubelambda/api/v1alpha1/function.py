@@ -302,6 +302,36 @@ class AsyncConfig(Model):
     """Where the record of a failed or expired event goes."""
 
 
+LogFormat = Literal["Text", "JSON"]
+ApplicationLogLevel = Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"]
+SystemLogLevel = Literal["DEBUG", "INFO", "WARN"]
+
+
+class Logging(Model):
+    """Lambda's LoggingConfig (docs/logs.md, "Log format and levels"): the format of the function's log and, in
+    JSON, the levels under which application lines and the platform's records are dropped."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.logFormat == 'JSON' || (!has(self.applicationLogLevel) && !has(self.systemLogLevel))",
+                "applicationLogLevel and systemLogLevel need logFormat JSON (as on Lambda)",
+                field_path=".logFormat",
+            )
+        )
+    )
+
+    log_format: LogFormat = "Text"
+    """``Text`` (START / END / REPORT lines) or ``JSON`` (Lambda's JSON platform records; the runtime gets
+    ``AWS_LAMBDA_LOG_FORMAT=JSON`` and writes JSON application logs)."""
+    application_log_level: ApplicationLogLevel | None = None
+    """JSON only: application lines under this level are dropped (a line's level is its JSON ``level`` field, INFO
+    for other lines); the runtime's ``AWS_LAMBDA_LOG_LEVEL``. Default INFO."""
+    system_log_level: SystemLogLevel | None = None
+    """JSON only: platform records under this level are dropped (``platform.start`` and ``platform.report`` are
+    INFO, ``platform.runtimeDone`` DEBUG, timeouts WARN). Default INFO."""
+
+
 class VersionOf(Model):
     """What makes a Function a published version (Lambda's PublishVersion): the function it was published from
     and its number. Set by PublishVersion (the control-plane API, ``kubelambda publish``), never changed."""
@@ -397,6 +427,9 @@ class FunctionSpec(Model):
         default_factory=AsyncConfig, alias="async", json_schema_extra=default_of(AsyncConfig)
     )
     """Asynchronous invocation: retries, event age, destinations."""
+    logging: Logging | None = None
+    """Lambda's LoggingConfig: log format (Text or JSON) and, in JSON, the application and system log levels.
+    Absent = Text."""
     version_of: VersionOf | None = Field(
         default=None,
         json_schema_extra=validations(

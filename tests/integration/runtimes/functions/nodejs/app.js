@@ -40,6 +40,15 @@ exports.log = async () => {
   return "ok";
 };
 
+exports.levels = async () => {
+  console.debug("debug line");
+  console.info("info line");
+  console.warn("warn line");
+  console.error("error line");
+  console.log("printed line");
+  return "ok";
+};
+
 exports.unserialisable = async () => {
   const a = {};
   a.self = a;

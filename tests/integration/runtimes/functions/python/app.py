@@ -53,6 +53,18 @@ def log(event, context):
     return "ok"
 
 
+def levels(event, context):
+    """One line of each level, a plain print and a printed JSON line: LoggingConfig's levels (docs/logs.md)."""
+    log = logging.getLogger("levels")
+    log.debug("debug line")
+    log.info("info line")
+    log.warning("warn line", extra={"tenant": "t1"})
+    log.error("error line")
+    print("printed line")
+    print('{"level": "error", "message": "printed json error"}')
+    return "ok"
+
+
 def unserialisable(event, context):
     return {1, 2}
 
