@@ -17,6 +17,7 @@ from kubelambda.cli._format import (
     age,
     code_summary,
     describe_function,
+    logging_summary,
     function_rows,
     ready_column,
     render_table,
@@ -128,9 +129,18 @@ def test_describe_shows_spec_conditions_triggers_and_events() -> None:
     assert "Name:        a" in text
     assert "Handler:     app.handler" in text
     assert "Code:        inline (1 file" in text
+    assert "Logging:     Text" in text
     assert "Ready   True     ScaledToZero" in text
     assert "nightly   schedule   true" in text
     assert "60s   Warning   CodeTooLarge   kubelambda-operator   too big" in text
+
+
+def test_logging_summary() -> None:
+    assert logging_summary({}) == "Text"
+    assert (
+        logging_summary({"logFormat": "JSON", "applicationLogLevel": "WARN"})
+        == "JSON (application WARN, system INFO)"
+    )
 
 
 def test_describe_says_none_when_empty() -> None:

@@ -107,6 +107,15 @@ def code_summary(code: JSON) -> str:
     return "<none>"
 
 
+def logging_summary(logging: JSON) -> str:
+    """A Function's LoggingConfig (docs/logs.md): ``Text``, or ``JSON (application INFO, system INFO)``."""
+    fmt = str(logging.get("logFormat", "Text"))
+    if fmt != "JSON":
+        return fmt
+    app, system = logging.get("applicationLogLevel", "INFO"), logging.get("systemLogLevel", "INFO")
+    return f"JSON (application {app}, system {system})"
+
+
 def describe_function(
     obj: JSON, *, events: Sequence[JSON], triggers: Sequence[JSON], now: dt.datetime
 ) -> str:
@@ -133,6 +142,7 @@ def describe_function(
             f"to zero after {scaling.get('scaleToZeroAfterSeconds', 60)} s idle",
         ),
         ("Environment", ", ".join(sorted(spec.get("environment") or {})) or "<none>"),
+        ("Logging", logging_summary(spec.get("logging") or {})),
         ("Ready", ready_column(obj)),
         ("Instances", f"{instances_column(obj)} ready/desired"),
         ("Generation", f"{meta.get('generation', '?')} (observed {status.get('observedGeneration', '-')})"),
