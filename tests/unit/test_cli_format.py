@@ -17,8 +17,8 @@ from kubelambda.cli._format import (
     age,
     code_summary,
     describe_function,
-    logging_summary,
     function_rows,
+    logging_summary,
     ready_column,
     render_table,
 )
