@@ -144,14 +144,19 @@ def load(target: Target, requests: int) -> None:
 
 
 def agent_target(
-    name: str, code: Path, client_cmd: list[str] | None, env: dict[str, str], runtime: str = "python3.12"
+    name: str,
+    code: Path,
+    client_cmd: list[str] | None,
+    env: dict[str, str],
+    runtime: str = "python3.12",
+    agent: Path | None = None,
 ) -> Target:
     ip = free_loopback([8080, 9001])
     cmd = local_command(
         runtime,
         code,
         "app.handler",
-        agent=agent_binary(),
+        agent=agent or agent_binary(),
         listen=f"{ip}:8080",
         timeout_s=30,
         runtime_cmd=client_cmd,

@@ -1,6 +1,6 @@
 """Log shipping's cost (docs/logs.md): the same agent with shipping on beside off, in the same run.
 
-    .venv/bin/python bench/logs_bench.py [--requests 2000] [--rounds 3] [--burst 20000 100000]
+    .venv/bin/python bench/logs_bench.py [--requests 2000] [--rounds 3] [--burst 20000 100000] [--before AGENT]
 
 - Warm invocations of a Python handler that prints one line (4 records an invocation with START, END, REPORT),
   one worker, one connection, closed loop: p50/p99 through an agent shipping to a real nats-server (JetStream,
@@ -9,6 +9,8 @@
 - Log records per second through one agent: one invocation prints N lines as fast as Python can; how fast the
   agent's pipe took them with shipping off (the baseline) and on, how many the store acknowledged per second
   until the queue was empty, and how many were dropped (the bounded queue, 8,192 records, full).
+- ``--before AGENT``: a third target, another agent binary shipping (e.g. main's, to show a change's effect
+  beside this tree's agent in the same run; ``make bench-logs BEFORE=path``).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def burst(t: Target, lines: int, shipping: bool) -> str:
     t0 = time.perf_counter()
     took = invoke_lines(t, lines)
     if not shipping:
-        return f"{'off (baseline)':16} {lines:>8} {lines / took:>14.0f} {'-':>12} {'-':>10}"
+        return f"{t.name:24} {lines:>8} {lines / took:>14.0f} {'-':>12} {'-':>10}"
     while True:  # until the queue is empty and everything sent is acknowledged (or counted as dropped)
         now = metrics(t)
         if (
@@ -105,7 +107,7 @@ def burst(t: Target, lines: int, shipping: bool) -> str:
         - before["kubelambda_agent_log_records_dropped_total"]
     )
     settled = time.perf_counter() - t0
-    return f"{'on':16} {lines:>8} {lines / took:>14.0f} {stored / settled:>12.0f} {int(dropped):>10}"
+    return f"{t.name:24} {lines:>8} {lines / took:>14.0f} {stored / settled:>12.0f} {int(dropped):>10}"
 
 
 async def make_stream(url: str) -> None:
@@ -128,6 +130,7 @@ async def run() -> int:
     parser.add_argument(
         "--burst", type=int, nargs="*", default=[20000, 100000], help="lines of one invocation"
     )
+    parser.add_argument("--before", type=Path, help="another agent binary, shipping, as a third target")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="logs-bench-"))
@@ -143,12 +146,15 @@ async def run() -> int:
         await make_stream(server.url)
         off = agent_target("agent, shipping off", code, client, base_env)
         on = agent_target("agent, shipping on", code, client, base_env)
-        on.env.update(
-            KUBELAMBDA_LOG_NATS_URL=server.url,
-            KUBELAMBDA_FUNCTION_NAMESPACE=NAMESPACE,
-            KUBELAMBDA_POD_NAME="bench",
-        )
         targets = [off, on]
+        if args.before is not None:
+            targets.append(agent_target("before, shipping on", code, client, base_env, agent=args.before))
+        for t in targets[1:]:
+            t.env.update(
+                KUBELAMBDA_LOG_NATS_URL=server.url,
+                KUBELAMBDA_FUNCTION_NAMESPACE=NAMESPACE,
+                KUBELAMBDA_POD_NAME="bench",
+            )
         try:
             for t in targets:
                 t.start()
@@ -165,10 +171,10 @@ async def run() -> int:
                     load(t, args.requests)
                     cpu[t.name] += cpu_seconds(t.proc.pid) - agent0
                     nats_cpu[t.name] += cpu_seconds(nats_pid) - nats0
-            shipped = metrics(on)
+            shipped = metrics(on)  # this tree's agent
             for lines in args.burst:
                 rows.append(burst(off, lines, shipping=False))
-                rows.append(burst(on, lines, shipping=True))
+                rows.extend(burst(t, lines, shipping=True) for t in targets[1:])
         finally:
             for t in targets:
                 t.stop()
@@ -188,17 +194,18 @@ async def run() -> int:
             f"{t.name:24} {n / t.seconds:8.0f} {pct(t.latencies, 0.5) * 1e3:8.3f} "
             f"{pct(t.latencies, 0.99) * 1e3:8.3f} {cpu[t.name] / n * 1e6:17.1f} {nats_cpu[t.name] / n * 1e6:16.1f}"
         )
-    p50_off, p50_on = pct(off.latencies, 0.5), pct(on.latencies, 0.5)
-    p99_off, p99_on = pct(off.latencies, 0.99), pct(on.latencies, 0.99)
-    print(
-        f"shipping on vs off: p50 {(p50_on / p50_off - 1) * 100:+.1f} %, p99 {(p99_on / p99_off - 1) * 100:+.1f} %"
-    )
+    p50_off, p99_off = pct(off.latencies, 0.5), pct(off.latencies, 0.99)
+    for t in targets[1:]:
+        p50_on, p99_on = pct(t.latencies, 0.5), pct(t.latencies, 0.99)
+        print(
+            f"{t.name} vs off: p50 {(p50_on / p50_off - 1) * 100:+.1f} %, p99 {(p99_on / p99_off - 1) * 100:+.1f} %"
+        )
     print(
         f"records during the warm rounds: stored {shipped['kubelambda_agent_log_records_stored_total']:.0f}, "
         f"dropped {shipped['kubelambda_agent_log_records_dropped_total']:.0f}"
     )
     print("\none invocation printing N lines as fast as it can")
-    print(f"{'shipping':16} {'lines':>8} {'printed/s':>14} {'stored/s':>12} {'dropped':>10}")
+    print(f"{'target':24} {'lines':>8} {'printed/s':>14} {'stored/s':>12} {'dropped':>10}")
     for row in rows:
         print(row)
     return 0

@@ -1,7 +1,8 @@
 """Function logs kept past their pods: NATS JetStream, one stream per namespace (docs/logs.md).
 
 Every function pod's agent publishes each log line as a JSON record on
-``kubelambda.logs.<namespace>.<function>.<request id>`` (``none`` outside an invocation). The stream
+``kubelambda.logs.<namespace>.<function>.<request id>`` (``none`` outside an invocation), a request's consecutive
+records in one message, one record a line. The stream
 ``KUBELAMBDA_LOGS_<NAMESPACE>`` (file storage, limits retention: records go when older than the namespace's
 retention, or the oldest first past its size limit) keeps them; the operator makes it for every namespace with a
 Function. Reading filters by subject (function, request id) and by the stream's time (``--since``), so a
@@ -290,19 +291,29 @@ async def read(
                 stored = msg.metadata.timestamp
                 if query.until is not None and stored is not None and not follow and stored > query.until:
                     return
-                try:
-                    record = LogRecord.from_json(msg.data)
-                except (ValueError, KeyError, TypeError):
-                    logger.warning("Skipped a record that is not a log record on %s", msg.subject)
-                    continue
-                if query.keep(record):
-                    yield record
+                for record in records_of(msg.data, msg.subject):
+                    if query.keep(record):
+                        yield record
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
         if consumer is not None:  # else the server removes it after inactive_threshold
             with contextlib.suppress(Exception):
                 await js.delete_consumer(name, consumer)
+
+
+def records_of(data: bytes, subject: str = "") -> list[LogRecord]:
+    """The records of one stored message: the agent sends a request's consecutive records as one message, one
+    JSON record a line (a record's own newlines are escaped)."""
+    out = []
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            out.append(LogRecord.from_json(line))
+        except (ValueError, KeyError, TypeError):
+            logger.warning("Skipped a record that is not a log record on %s", subject)
+    return out
 
 
 def parse_time(value: str, *, now: datetime | None = None) -> datetime:

@@ -3,8 +3,11 @@ package main
 // Log shipping (docs/logs.md): every line the agent writes to the pod's log (the runtime's output, the
 // agent's START / END / REPORT lines) is also published, as one JSON record, to the platform's NATS
 // JetStream, where a stream per namespace keeps it past the pod's life. Shipping never blocks the
-// invocation: records go through a bounded queue to one sender goroutine; a record that finds the queue
-// full, or that the store refuses or never acknowledges, is counted in
+// invocation and stays off its path: a line is encoded straight into a bounded buffer (no allocation, one
+// uncontended lock, no channel send); the sender goroutine is woken once a batch (when the buffer turns
+// non-empty), lingers 10 ms, swaps the buffer and publishes it, the consecutive records of one request as one
+// message (newline-separated JSON records), so that neither the agent nor NATS pays per line. A record that
+// finds the buffer full, or that the store refuses or never acknowledges, is counted in
 // kubelambda_agent_log_records_dropped_total, never lost silently.
 //
 // The agent speaks the NATS client protocol itself (CONNECT, PUB with a reply subject, SUB, PING/PONG:
@@ -33,9 +36,11 @@ import (
 const (
 	logSubjectPrefix  = "kubelambda.logs"
 	defaultLogBuffer  = 8192                  // records waiting for the sender, at most
+	maxLogBufferBytes = 16 << 20              // bytes of records waiting for the sender, at most
 	maxLogMessage     = 64 * 1024             // a longer line is cut (the record says so)
-	logBatchRecords   = 512                   // records written before one flush
-	logLinger         = 10 * time.Millisecond // how long a batch waits for more records before its flush
+	logMessageRecords = 256                   // records of one request in one NATS message, at most
+	logMessageBytes   = 256 * 1024            // bytes of one NATS message, at most (NATS' default limit is 1 MiB)
+	logLinger         = 10 * time.Millisecond // how long a batch waits for more records before it is sent
 	logDialTimeout    = 2 * time.Second       // connecting to NATS
 	logAckTimeout     = 10 * time.Second      // a record not acknowledged by then counts as dropped
 	logRetryMax       = 5 * time.Second       // the longest wait between connection attempts
@@ -57,6 +62,19 @@ type logRecord struct {
 	Truncated bool   `json:"truncated,omitempty"`
 }
 
+// logBatch is the buffer records are encoded into: their bytes, each followed by a newline, and where each is.
+type logBatch struct {
+	data    []byte
+	entries []logEntry
+}
+
+type logEntry struct {
+	ident      *identity
+	id         string // request id; "" outside an invocation
+	start, end int    // the record in data, without its newline
+}
+
+// outRecord is one NATS message: a subject and newline-separated records.
 type outRecord struct {
 	subject string
 	payload []byte
@@ -71,7 +89,11 @@ type shipper struct {
 	version string
 	ident   atomic.Pointer[identity] // namespace, function (a warm-pool pod learns them at /specialize)
 
-	queue   chan outRecord
+	mu      sync.Mutex
+	buf     *logBatch     // records being added
+	spare   *logBatch     // the sender's last batch, emptied, for the next swap
+	limit   int           // records in buf, at most
+	wake    chan struct{} // capacity 1: buf turned non-empty
 	done    chan struct{}
 	stopped chan struct{}
 
@@ -101,7 +123,8 @@ func newShipper(rawURL, namespace, function, version, pod string, buffer int) (*
 	}
 	s := &shipper{
 		addr: host, pod: pod, version: version,
-		queue: make(chan outRecord, buffer), done: make(chan struct{}), stopped: make(chan struct{}),
+		buf: &logBatch{}, spare: &logBatch{}, limit: buffer,
+		wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{}),
 		now: time.Now,
 	}
 	if u.User != nil {
@@ -153,8 +176,9 @@ func subjectToken(v string) string {
 	}, v)
 }
 
-// ship queues one line; it never blocks. id is the invocation's request id, "" outside one. The record is
-// encoded by hand (the logRecord fields, in that order): it runs on the pipe's goroutine for every line.
+// ship adds one line to the buffer; it never blocks. id is the invocation's request id, "" outside one. The
+// record is encoded by hand (the logRecord fields, in that order) straight into the buffer: it runs on the
+// pipe's goroutine for every line.
 func (s *shipper) ship(stream, id string, line []byte) {
 	if s == nil {
 		return
@@ -168,33 +192,97 @@ func (s *shipper) ship(stream, id string, line []byte) {
 	if truncated {
 		line = line[:maxLogMessage]
 	}
-	b := make([]byte, 0, len(line)+len(ident.fields)+len(id)+96)
-	b = append(b, `{"time":"`...)
-	b = s.now().UTC().AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `",`...)
-	b = append(b, ident.fields...)
-	if id != "" {
-		b = append(b, `"requestId":`...)
-		b = appendJSONString(b, id)
-		b = append(b, ',')
-	}
-	b = append(b, `"stream":"`...)
-	b = append(b, stream...)
-	b = append(b, `","message":`...)
-	b = appendJSONBytes(b, line)
-	if truncated {
-		b = append(b, `,"truncated":true`...)
-	}
-	b = append(b, '}')
-	rid := id
-	if rid == "" {
-		rid = noRequestID
-	}
-	select {
-	case s.queue <- outRecord{ident.subject + subjectToken(rid), b}:
-		s.queued.Add(1)
-	default:
+	now := s.now()
+	s.mu.Lock()
+	b := s.buf
+	if len(b.entries) >= s.limit || len(b.data)+len(line) > maxLogBufferBytes {
+		s.mu.Unlock()
 		s.dropped.Add(1)
+		return
+	}
+	start := len(b.data)
+	d := append(b.data, `{"time":"`...)
+	d = now.UTC().AppendFormat(d, time.RFC3339Nano)
+	d = append(d, `",`...)
+	d = append(d, ident.fields...)
+	if id != "" {
+		d = append(d, `"requestId":`...)
+		d = appendJSONString(d, id)
+		d = append(d, ',')
+	}
+	d = append(d, `"stream":"`...)
+	d = append(d, stream...)
+	d = append(d, `","message":`...)
+	d = appendJSONBytes(d, line)
+	if truncated {
+		d = append(d, `,"truncated":true`...)
+	}
+	d = append(d, '}')
+	b.entries = append(b.entries, logEntry{ident: ident, id: id, start: start, end: len(d)})
+	b.data = append(d, '\n')
+	first := len(b.entries) == 1
+	s.mu.Unlock()
+	s.queued.Add(1)
+	if first {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// take swaps the buffer for an empty one and returns what it held.
+func (s *shipper) take() *logBatch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.buf
+	if s.spare == nil {
+		s.spare = &logBatch{}
+	}
+	s.buf, s.spare = s.spare, nil
+	return b
+}
+
+// recycle keeps a sent batch's memory for the next swap (unless a burst made it large).
+func (s *shipper) recycle(b *logBatch) {
+	if cap(b.data) > 1<<20 {
+		b = &logBatch{}
+	}
+	clear(b.entries)
+	b.data, b.entries = b.data[:0], b.entries[:0]
+	s.mu.Lock()
+	s.spare = b
+	s.mu.Unlock()
+}
+
+// buffered is how many records wait for the sender.
+func (s *shipper) buffered() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.buf.entries)
+}
+
+// messages groups a batch into NATS messages: consecutive records of one request (one subject) together.
+func (b *logBatch) messages(yield func(subject string, payload []byte, records int) bool) {
+	for i := 0; i < len(b.entries); {
+		e := b.entries[i]
+		j, size := i+1, e.end-e.start
+		for j < len(b.entries) && j-i < logMessageRecords {
+			n := b.entries[j]
+			if n.ident != e.ident || n.id != e.id || size+1+n.end-n.start > logMessageBytes {
+				break
+			}
+			size += 1 + n.end - n.start
+			j++
+		}
+		rid := e.id
+		if rid == "" {
+			rid = noRequestID
+		}
+		if !yield(e.ident.subject+subjectToken(rid), b.data[e.start:b.entries[j-1].end], j-i) {
+			return
+		}
+		i = j
 	}
 }
 
@@ -295,8 +383,8 @@ func (s *shipper) run() {
 		}
 		select {
 		case <-s.done:
-			// Closing while disconnected: what is queued cannot be stored.
-			s.dropped.Add(uint64(len(s.queue)))
+			// Closing while disconnected: what is buffered cannot be stored.
+			s.dropped.Add(uint64(len(s.take().entries)))
 			return
 		case <-time.After(backoff):
 		}
@@ -359,33 +447,42 @@ func (s *shipper) session() (finished bool, err error) {
 		return false, err
 	}
 
-	// Every published record waits for its acknowledgement in pending, keyed by the reply token.
+	// Every published message waits for its acknowledgement in pending, keyed by the reply token.
+	type sent struct {
+		at      time.Time
+		records int
+	}
 	var pmu sync.Mutex
-	pending := map[uint64]time.Time{}
+	pending := map[uint64]sent{}
 	settle := func(key uint64, ok bool) {
 		pmu.Lock()
-		_, known := pending[key]
+		p, known := pending[key]
 		delete(pending, key)
 		pmu.Unlock()
 		if !known {
 			return
 		}
-		s.inflight.Add(-1)
+		s.inflight.Add(-int64(p.records))
 		if ok {
-			s.stored.Add(1)
+			s.stored.Add(uint64(p.records))
 		} else {
-			s.dropped.Add(1)
+			s.dropped.Add(uint64(p.records))
 		}
 	}
-	lost := func() { // the connection ended: what it did not acknowledge is lost
+	lost := func(expiredOnly bool) { // the connection ended (or acknowledgements are overdue): those are lost
+		n := 0
 		pmu.Lock()
-		n := len(pending)
-		clear(pending)
+		for k, p := range pending {
+			if !expiredOnly || time.Since(p.at) > logAckTimeout {
+				delete(pending, k)
+				n += p.records
+			}
+		}
 		pmu.Unlock()
 		s.inflight.Add(-int64(n))
 		s.dropped.Add(uint64(n))
 	}
-	defer lost()
+	defer lost(false)
 
 	readErr := make(chan error, 1)
 	go func() { readErr <- s.read(br, nc, inbox, settle) }()
@@ -394,89 +491,78 @@ func (s *shipper) session() (finished bool, err error) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var seqBuf, lenBuf [20]byte
-	publish := func(r outRecord) error {
-		seq++
-		pmu.Lock()
-		pending[seq] = time.Now()
-		pmu.Unlock()
-		s.inflight.Add(1)
-		return nc.write([]byte("PUB "+r.subject+" "+inbox), strconv.AppendUint(seqBuf[:0], seq, 10),
-			[]byte(" "), strconv.AppendInt(lenBuf[:0], int64(len(r.payload)), 10), []byte("\r\n"), r.payload, []byte("\r\n"))
+	// send publishes what the buffer holds, one message per request's consecutive records, with one flush.
+	send := func() error {
+		b := s.take()
+		defer s.recycle(b)
+		if len(b.entries) == 0 {
+			return nil
+		}
+		var err error
+		b.messages(func(subject string, payload []byte, records int) bool {
+			seq++
+			pmu.Lock()
+			pending[seq] = sent{time.Now(), records}
+			pmu.Unlock()
+			s.inflight.Add(int64(records))
+			err = nc.write([]byte("PUB "), []byte(subject), []byte(" "), []byte(inbox), strconv.AppendUint(seqBuf[:0], seq, 10),
+				[]byte(" "), strconv.AppendInt(lenBuf[:0], int64(len(payload)), 10), []byte("\r\n"), payload, []byte("\r\n"))
+			return err == nil
+		})
+		if err != nil {
+			return err
+		}
+		return nc.flush()
 	}
-	closing := false
-	var closeBy time.Time
 	linger := time.NewTimer(logLinger)
 	linger.Stop()
 	defer linger.Stop()
-	for {
-		var r outRecord
+	if s.buffered() > 0 { // left by a connection that broke
 		select {
-		case r = <-s.queue:
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	for {
+		select {
+		case <-s.wake:
+			// Linger a little for more records: one write and one wake-up of the server for many records,
+			// instead of one per line, keeps shipping's CPU off the invocations' path.
+			linger.Reset(logLinger)
+			select {
+			case <-linger.C:
+			case <-s.done:
+				linger.Stop()
+			case err := <-readErr:
+				return false, err
+			}
+			if err := send(); err != nil {
+				return false, err
+			}
 		case err := <-readErr:
 			return false, err
 		case <-tick.C:
-			expired := 0
-			pmu.Lock()
-			for k, at := range pending {
-				if time.Since(at) > logAckTimeout {
-					delete(pending, k)
-					expired++
-				}
-			}
-			pmu.Unlock()
-			s.inflight.Add(-int64(expired))
-			s.dropped.Add(uint64(expired))
+			lost(true)
 			if err := nc.write([]byte("PING\r\n")); err != nil {
 				return false, err
 			}
 			if err := nc.flush(); err != nil {
 				return false, err
 			}
-			continue
 		case <-s.done:
-			if !closing {
-				closing, closeBy = true, time.Now().Add(logShutdownFlush)
+			if err := send(); err != nil {
+				return false, err
 			}
-			if len(s.queue) == 0 {
-				// Wait (briefly) for the acknowledgements of what was sent.
-				for s.inflight.Load() > 0 && time.Now().Before(closeBy) {
-					select {
-					case err := <-readErr:
-						return true, err
-					case <-time.After(10 * time.Millisecond):
-					}
+			// Wait (briefly) for the acknowledgements of what was sent.
+			closeBy := time.Now().Add(logShutdownFlush)
+			for s.inflight.Load() > 0 && time.Now().Before(closeBy) {
+				select {
+				case err := <-readErr:
+					return true, err
+				case <-time.After(10 * time.Millisecond):
 				}
-				return true, nil
 			}
-			r = <-s.queue
-		}
-		if err := publish(r); err != nil {
-			return false, err
-		}
-		// Linger a little for more records: one write and one wake-up of the server for many records,
-		// instead of one per line, keeps shipping's CPU off the invocations' path.
-		linger.Reset(logLinger)
-	batch:
-		for n := 1; n < logBatchRecords; n++ {
-			select {
-			case r = <-s.queue:
-				if err := publish(r); err != nil {
-					return false, err
-				}
-			case <-linger.C:
-				break batch
-			case <-s.done:
-				break batch
-			}
-		}
-		if !linger.Stop() {
-			select {
-			case <-linger.C:
-			default:
-			}
-		}
-		if err := nc.flush(); err != nil {
-			return false, err
+			return true, nil
 		}
 	}
 }
@@ -564,7 +650,7 @@ func (s *shipper) writeMetrics(w io.Writer) {
 	buffered := 0
 	if s != nil {
 		queued, stored, dropped, inflight = s.queued.Load(), s.stored.Load(), s.dropped.Load(), s.inflight.Load()
-		buffered = len(s.queue)
+		buffered = s.buffered()
 	}
 	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_queued_total Log records accepted for shipping to the log store.\n"+
 		"# TYPE kubelambda_agent_log_records_queued_total counter\nkubelambda_agent_log_records_queued_total %d\n", queued)

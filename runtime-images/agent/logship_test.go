@@ -11,19 +11,69 @@ import (
 	"time"
 )
 
+// pop takes the oldest record from the buffer, as the one message it would be alone.
+func pop(s *shipper) outRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.buf.entries[0]
+	s.buf.entries = s.buf.entries[1:]
+	rid := e.id
+	if rid == "" {
+		rid = noRequestID
+	}
+	return outRecord{e.ident.subject + subjectToken(rid), s.buf.data[e.start:e.end]}
+}
+
+// A batch goes out as one message per run of one request's records: newline-separated records, in order.
+func TestBatchMessagesGroupARequestsRecords(t *testing.T) {
+	s, _ := newShipper("nats://127.0.0.1:1", "ns", "fn", "$LATEST", "p", 1000)
+	for _, r := range [][2]string{{"", "init"}, {"r1", "START"}, {"r1", "hello"}, {"r1", "REPORT"}, {"r2", "START"}, {"", "after"}} {
+		s.ship("stdout", r[0], []byte(r[1]))
+	}
+	var got []string
+	s.take().messages(func(subject string, payload []byte, records int) bool {
+		var msgs []string
+		for _, line := range strings.Split(string(payload), "\n") {
+			var rec logRecord
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatalf("%q: %v", line, err)
+			}
+			msgs = append(msgs, rec.Message)
+		}
+		if len(msgs) != records {
+			t.Errorf("%s: %d records, said %d", subject, len(msgs), records)
+		}
+		got = append(got, subject[strings.LastIndex(subject, ".")+1:]+":"+strings.Join(msgs, ","))
+		return true
+	})
+	want := []string{"none:init", "r1:START,hello,REPORT", "r2:START", "none:after"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("got %v want %v", got, want)
+	}
+	// A long run is cut at logMessageRecords records.
+	for i := range logMessageRecords + 3 {
+		s.ship("stdout", "r3", []byte(fmt.Sprint(i)))
+	}
+	var sizes []int
+	s.take().messages(func(_ string, _ []byte, records int) bool { sizes = append(sizes, records); return true })
+	if fmt.Sprint(sizes) != fmt.Sprint([]int{logMessageRecords, 3}) {
+		t.Errorf("sizes %v", sizes)
+	}
+}
+
 func TestShipQueueFullIsCounted(t *testing.T) {
 	s, err := newShipper("nats://127.0.0.1:1", "ns", "fn", "$LATEST", "pod-1", 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The sender is not started: the queue holds 2 records, the next 3 are dropped and counted.
+	// The sender is not started: the buffer holds 2 records, the next 3 are dropped and counted.
 	for i := range 5 {
 		s.ship("stdout", "r1", []byte(fmt.Sprintf("line %d\n", i)))
 	}
 	if q, d := s.queued.Load(), s.dropped.Load(); q != 2 || d != 3 {
 		t.Fatalf("queued %d dropped %d, want 2 and 3", q, d)
 	}
-	r := <-s.queue
+	r := pop(s)
 	if r.subject != "kubelambda.logs.ns.fn.r1" {
 		t.Errorf("subject %q", r.subject)
 	}
@@ -44,7 +94,7 @@ func TestShipSubjectOutsideInvocationAndSpecialised(t *testing.T) {
 	}
 	s.setFunction("team-a", "hello.v2")
 	s.ship("stderr", "", []byte("x"))
-	if got := (<-s.queue).subject; got != "kubelambda.logs.team-a.hello_v2.none" {
+	if got := (pop(s)).subject; got != "kubelambda.logs.team-a.hello_v2.none" {
 		t.Errorf("got %q", got)
 	}
 }
@@ -91,7 +141,7 @@ func TestShipPipedAttribution(t *testing.T) {
 	want := []string{"none:init", "r9:START RequestId: r9 Version: $LATEST", "r9:hello", "r9:warning", "r9:partial",
 		"r9:END RequestId: r9", "r9:REPORT RequestId: r9\tDuration: 1.00 ms", "none:after"}
 	for _, w := range want {
-		r := <-s.queue
+		r := pop(s)
 		var rec logRecord
 		_ = json.Unmarshal(r.payload, &rec)
 		got := r.subject[strings.LastIndex(r.subject, ".")+1:] + ":" + rec.Message
@@ -143,7 +193,7 @@ func TestShipRecordEncoding(t *testing.T) {
 	s, _ := newShipper("nats://127.0.0.1:1", `n"s`, "fn\\x", "$LATEST", "pod\n1", 16)
 	for _, msg := range []string{"plain", `say "hi" \ bye`, "tab\there\x01\x1f", "héllo ✓ \u2028", "bad \xff\xfe utf8", ""} {
 		s.ship("stderr", "r\"1", []byte(msg+"\n"))
-		r := <-s.queue
+		r := pop(s)
 		var rec logRecord
 		if err := json.Unmarshal(r.payload, &rec); err != nil {
 			t.Fatalf("%q: %v in %s", msg, err, r.payload)
@@ -163,7 +213,7 @@ func TestShipRecordEncoding(t *testing.T) {
 	long := strings.Repeat("x", maxLogMessage+10)
 	s.ship("stdout", "", []byte(long))
 	var rec logRecord
-	_ = json.Unmarshal((<-s.queue).payload, &rec)
+	_ = json.Unmarshal((pop(s)).payload, &rec)
 	if len(rec.Message) != maxLogMessage || !rec.Truncated || rec.RequestID != "" {
 		t.Errorf("long line: %d bytes, truncated %v", len(rec.Message), rec.Truncated)
 	}
@@ -174,9 +224,8 @@ func BenchmarkShip(b *testing.B) {
 	line := []byte("line 1 of a burst, padded to about one hundred bytes like a typical log line.........\n")
 	for b.Loop() {
 		s.ship("stdout", "6f1c1a52-0d6a-4c8e-9f55-3f0e2f1d7b11", line)
-		select {
-		case <-s.queue:
-		default:
+		if len(s.buf.entries) > 4096 {
+			s.recycle(s.take())
 		}
 	}
 }

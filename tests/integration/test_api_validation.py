@@ -64,6 +64,16 @@ BAD_FUNCTIONS: list[tuple[str, Callable[[JSON], None], str]] = [
     ("timeout 0", spec_set(timeoutSeconds=0), "spec.timeoutSeconds"),
     ("timeout 901", spec_set(timeoutSeconds=901), "spec.timeoutSeconds"),
     ("ephemeral storage 100", spec_set(ephemeralStorageMB=100), "spec.ephemeralStorageMB"),
+    (
+        "log level with Text",
+        spec_set(logging={"logFormat": "Text", "applicationLogLevel": "WARN"}),
+        "spec.logging.logFormat: Invalid value: applicationLogLevel and systemLogLevel need logFormat JSON",
+    ),
+    (
+        "unknown log format",
+        spec_set(logging={"logFormat": "XML"}),
+        "spec.logging.logFormat: Unsupported value",
+    ),
     ("two code sources", code({"inline": {"a.py": "x"}, "image": "r/fn:1"}), "spec.code: Invalid value"),
     ("no code source", code({}), "spec.code: Invalid value"),
     (

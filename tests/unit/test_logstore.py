@@ -44,6 +44,14 @@ def test_names_and_subjects() -> None:
     assert logstore.Retention().max_age("other") == 7 * 24 * 3600
 
 
+def test_a_message_holds_a_requests_records_one_a_line() -> None:
+    lines = [
+        json.dumps({"time": "2026-01-02T03:04:05Z", "requestId": "r1", "message": m}) for m in ("a\nb", "c")
+    ]
+    data = ("\n".join(lines[:1]) + "\n" + "not json\n" + lines[1]).encode()
+    assert [r.message for r in logstore.records_of(data, "s")] == ["a\nb", "c"]  # the bad line is skipped
+
+
 def test_record_from_agent_json() -> None:
     r = record("hello world")
     assert r.time == datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)  # nanoseconds cut to microseconds
