@@ -352,3 +352,98 @@ async def test_an_invocation_by_a_trigger_bridge_is_kept_too(env: Env) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"START RequestId: {first.request_id} "), done.stdout
     assert lines[-1].startswith(f"REPORT RequestId: {first.request_id}\t"), done.stdout
+
+
+async def gateway_logs(url: str, path: str, token: str | None = None) -> tuple[int, list[JSON]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http, http.get(f"{url}{path}", headers=headers) as resp:
+        text = await resp.text()
+    if resp.status != 200:
+        return resp.status, [{"error": resp.headers.get("x-amzn-ErrorType"), "body": text}]
+    return resp.status, [json.loads(line) for line in text.splitlines()]
+
+
+async def test_the_gateway_serves_logs_to_who_may_get_the_function(env: Env) -> None:
+    """GET /kubelambda/logs/NS/NAME (gateway/logsapi.py): a tenant reads the store without reaching NATS, only the
+    Functions RBAC lets it get; `kubelambda logs --from gateway` reads through it."""
+    await env.deploy(python_function("viewed", HANDLER))
+    rid, _, _ = await asyncio.to_thread(invoke_tail, env.url, f"{env.namespace}/viewed", {"i": 7})
+    await wait_for(
+        lambda: stored(env, "viewed", rid),
+        lambda got: any(m.startswith("REPORT ") for m in got),
+        what="the request's REPORT stored",
+    )
+    # The CLI through the module's gateway (auth off), unsigned: no log store URL, no NATS.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KUBELAMBDA_", "AWS_"))}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "kubelambda", "logs", "viewed", "-n", env.namespace, "--from", "gateway",
+         "--endpoint-url", env.url, "--request-id", rid],
+        capture_output=True, text=True, timeout=120,
+        env={**clean, "KUBECONFIG": str(env.cluster.kubeconfig), "KUBELAMBDA_STATE_DIR": "/nonexistent"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"START RequestId: {rid} "), done.stdout
+    assert f"hello from {rid} 7" in lines
+    assert lines[-1].startswith(f"REPORT RequestId: {rid}\t"), done.stdout
+    empty = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "kubelambda", "logs", "viewed", "-n", env.namespace, "--from", "gateway",
+         "--endpoint-url", env.url, "--request-id", "no-such-request"],
+        capture_output=True, text=True, timeout=120,
+        env={**clean, "KUBECONFIG": str(env.cluster.kubeconfig), "KUBELAMBDA_STATE_DIR": "/nonexistent"},
+    )  # fmt: skip
+    assert (empty.returncode, empty.stdout) == (0, ""), empty.stderr
+    assert "No log records for request no-such-request of Function" in empty.stderr
+
+    # A gateway that checks callers: a ServiceAccount allowed to get Functions in this namespace only.
+    gateway, url = await start_gateway(
+        env.cluster, env.kube, auth_mode="kubernetes", nats_url=env.nats_url, async_worker=False
+    )
+    other = await create_namespace(env.kube, "elsewhere")
+    try:
+        rbac = "rbac.authorization.k8s.io/v1"
+        await env.kube.create(
+            resource_path("v1", "serviceaccounts", namespace=env.namespace), {"metadata": {"name": "reader"}}
+        )
+        await env.kube.create(
+            resource_path(rbac, "roles", namespace=env.namespace),
+            {
+                "metadata": {"name": "function-reader"},
+                "rules": [{"apiGroups": ["kubelambda.io"], "resources": ["functions"], "verbs": ["get"]}],
+            },
+        )
+        await env.kube.create(
+            resource_path(rbac, "rolebindings", namespace=env.namespace),
+            {
+                "metadata": {"name": "function-reader"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "function-reader",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": env.namespace}],
+            },
+        )
+        token = await token_of(env.kube, env.namespace, "reader")
+        status, records = await wait_for(
+            lambda: gateway_logs(url, f"/kubelambda/logs/{env.namespace}/viewed?requestId={rid}", token),
+            lambda answer: answer[0] == 200,
+            what="the reader's RBAC in force",
+        )
+        assert records[-1] == {"done": True, "records": len(records) - 1, "why": ""}, records
+        assert [r["requestId"] for r in records[:-1]] == [rid] * (len(records) - 1)
+        assert records[-2]["message"].startswith(f"REPORT RequestId: {rid}")
+        # Another namespace's Function, no credentials: refused, as an invoke would be.
+        status, answer = await gateway_logs(url, f"/kubelambda/logs/{other}/viewed", token)
+        assert (status, answer[0]["error"]) == (403, "AccessDeniedException"), answer
+        status, answer = await gateway_logs(url, f"/kubelambda/logs/{env.namespace}/viewed")
+        assert (status, answer[0]["error"]) == (403, "MissingAuthenticationTokenException"), answer
+        # A bad parameter is named.
+        status, answer = await gateway_logs(url, f"/kubelambda/logs/{env.namespace}/viewed?level=loud", token)
+        assert status == 400
+        assert "level: unknown log level 'loud'" in answer[0]["body"]
+    finally:
+        await stop_gateway(gateway)
+        await env.kube.delete(resource_path("v1", "namespaces", name=other))

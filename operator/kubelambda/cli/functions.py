@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
 import os
@@ -13,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +39,7 @@ from kubelambda.cli._format import RequestFilter, describe_function, function_ro
 
 if TYPE_CHECKING:
     from kubelambda.kube import KubeClient
+    from kubelambda.logstore import LogRecord
 
 # kubelambda.kube (aiohttp) is imported where it is used: `kubelambda --help` and `init` stay fast.
 
@@ -318,8 +320,6 @@ def _log_store_url(args: argparse.Namespace, target: Target) -> str | None:
 
 async def _store_logs(args: argparse.Namespace, url: str, namespace: str, name: str) -> None:
     """Every invocation's log from the log store (docs/logs.md), pods gone or not."""
-    import collections
-
     import nats
     import nats.errors
 
@@ -348,39 +348,128 @@ async def _store_logs(args: argparse.Namespace, url: str, namespace: str, name: 
             hint="give its URL with --log-store or $KUBELAMBDA_LOG_STORE_URL, or --from pods for the pods' logs",
         ) from None
 
-    def show(record: logstore.LogRecord) -> None:
-        if args.output == "json":
-            print(json.dumps(logstore.to_jsonable(record)), flush=True)
-        else:
-            print(logstore.format_record(record, prefix=args.prefix), flush=True)
-
     count = 0
     try:
-        last: collections.deque[logstore.LogRecord] | None = (
-            collections.deque(maxlen=args.tail) if args.tail is not None and not args.follow else None
-        )
-        if args.follow:
-            print(f"Following the logs of Function {namespace}/{name} (Ctrl-C to stop)", file=sys.stderr)
-        try:
-            async for record in logstore.read(nc, query, follow=args.follow):
-                count += 1
-                if last is not None:
-                    last.append(record)
-                else:
-                    show(record)
-        except logstore.LogStoreError:
-            pass  # no stream: why_empty says so
-        for record in last or ():
-            show(record)
+        with contextlib.suppress(logstore.LogStoreError):  # no stream: why_empty says so
+            count = await _show_records(args, logstore.read(nc, query, follow=args.follow), namespace, name)
         if count == 0:
             print(logstore.why_empty(query, await logstore.stream_state(nc, namespace)), file=sys.stderr)
     finally:
         await nc.close()
 
 
+async def _show_records(
+    args: argparse.Namespace, records: AsyncIterator[LogRecord], namespace: str, name: str
+) -> int:
+    """Prints records as they come (the last ``--tail`` of them, unless following); how many there were."""
+    import collections
+
+    from kubelambda import logstore
+
+    def show(record: LogRecord) -> None:
+        if args.output == "json":
+            print(json.dumps(logstore.to_jsonable(record)), flush=True)
+        else:
+            print(logstore.format_record(record, prefix=args.prefix), flush=True)
+
+    last: collections.deque[LogRecord] | None = (
+        collections.deque(maxlen=args.tail) if args.tail is not None and not args.follow else None
+    )
+    if args.follow:
+        print(f"Following the logs of Function {namespace}/{name} (Ctrl-C to stop)", file=sys.stderr)
+    count = 0
+    async for record in records:
+        count += 1
+        if last is not None:
+            last.append(record)
+        else:
+            show(record)
+    for record in last or ():
+        show(record)
+    return count
+
+
+async def _gateway_logs(args: argparse.Namespace, url: str, namespace: str, name: str) -> None:
+    """Every invocation's log through the gateway's logs route (docs/logs.md): no access to the store needed,
+    signed with the access key as ``invoke`` is; the gateway checks that the caller may get the Function."""
+    import aiohttp
+
+    from kubelambda import logstore
+
+    params = {
+        "requestId": args.request_id,
+        "since": args.since,
+        "until": args.until,
+        "level": args.level,
+        "filter": args.filter,
+        "follow": "true" if args.follow else None,
+    }
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
+    path = f"/kubelambda/logs/{urllib.parse.quote(namespace)}/{urllib.parse.quote(name)}"
+    target = f"{url}{path}" + (f"?{query}" if query else "")
+    headers: dict[str, str] = {}
+    credentials = resolve_credentials(args, url)
+    if credentials is not None:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        headers = sign("GET", target, b"", headers, credentials, region=region)
+    why = ""
+
+    async def records(resp: aiohttp.ClientResponse) -> AsyncIterator[LogRecord]:
+        nonlocal why
+        async for line in resp.content:
+            if not line.strip():
+                continue
+            doc = json.loads(line)
+            if doc.get("done"):
+                why = str(doc.get("why") or "")
+                return
+            yield logstore.LogRecord.from_json(line)
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(target, headers=headers) as resp,
+        ):
+            if resp.status != 200:
+                body = await resp.text()
+                try:
+                    message = json.loads(body).get("message", body)
+                except ValueError:
+                    message = body
+                raise CliError(
+                    f"the gateway answered {resp.status} {resp.headers.get('x-amzn-ErrorType', '')}: {message}",
+                    hint="reading a Function's logs needs get on it in its namespace (docs/logs.md)",
+                )
+            count = await _show_records(args, records(resp), namespace, name)
+    except aiohttp.ClientError as e:
+        raise CliError(
+            f"cannot reach the gateway {url}: {e}", hint="is it running? `kubelambda dev status`"
+        ) from e
+    if count == 0 and why:
+        print(why, file=sys.stderr)
+
+
+def _logs_gateway(args: argparse.Namespace) -> str | None:
+    """The gateway to read logs through: always with ``--from gateway``; with ``auto``, when one is known
+    (``--endpoint-url``, ``$KUBELAMBDA_GATEWAY_URL``, the dev cluster's) and no store is named explicitly."""
+    if args.source == "gateway":
+        return resolve_gateway(args)
+    if args.source != "auto" or args.log_store or os.environ.get("KUBELAMBDA_LOG_STORE_URL"):
+        return None
+    try:
+        return resolve_gateway(args)
+    except CliError:
+        return None
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     target = resolve_target(args)
     namespace, name = split_name(args.name, target.namespace)
+    gateway = _logs_gateway(args)
+    if gateway is not None:
+        asyncio.run(_gateway_logs(args, gateway, namespace, name))
+        return EXIT_OK
     url = _log_store_url(args, target) if args.source != "pods" else None
     if args.source == "store" and url is None:
         raise CliError(
@@ -519,10 +608,13 @@ def register(commands: Any) -> None:
     logs.add_argument(
         "--from",
         dest="source",
-        choices=("auto", "store", "pods"),
+        choices=("auto", "gateway", "store", "pods"),
         default="auto",
-        help="store: the log store; pods: running instances only; auto (default): the store when one is known",
+        help="gateway: the gateway's logs route (no access to the store needed); store: the log store itself; "
+        "pods: running instances only; auto (default): the store when named (--log-store, "
+        "$KUBELAMBDA_LOG_STORE_URL), else the gateway when one is known, else the dev cluster's store, else pods",
     )
+    add_gateway_option(logs)
     logs.add_argument(
         "--log-store",
         default=None,

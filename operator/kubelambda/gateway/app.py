@@ -47,6 +47,7 @@ from kubelambda.gateway.functionname import (
 )
 from kubelambda.gateway.invoke_path import InvokePath, Unavailable
 from kubelambda.gateway.lambdaapi import LambdaApi
+from kubelambda.gateway.logsapi import LogsApi
 from kubelambda.gateway.proxy import Invocation
 from kubelambda.gateway.registry import FunctionEntry, NotFound, Registry, RegistryLookups, Resolved
 from kubelambda.gateway.routes import Match, RouteTable
@@ -72,6 +73,7 @@ class Gateway(RegistryLookups):
     routes: RouteTable = field(default_factory=RouteTable)  # HTTP Triggers (``/api/<namespace>/<path>``)
     path: InvokePath = field(init=False)  # throttler → instance → agent, for every entry point
     auth: Authoriser = field(init=False)
+    logs_api: LogsApi = field(init=False)  # GET /kubelambda/logs/... (gateway/logsapi.py)
     session: aiohttp.ClientSession | None = None
     queue: EventQueue | None = None  # Event invocations, when NATS is configured
     _runner: web.AppRunner | None = None
@@ -81,6 +83,7 @@ class Gateway(RegistryLookups):
     def __post_init__(self) -> None:
         self.path = InvokePath(self.settings, self.registry, Activator(self.kube), self.http)
         self.auth = Authoriser(self.settings, self.kube)
+        self.logs_api = LogsApi(self.settings, self.auth)
 
     def http(self) -> aiohttp.ClientSession:
         if self.session is None:
@@ -469,6 +472,7 @@ class Gateway(RegistryLookups):
         )
         app.router.add_post(INVOKE_PATH, self.invoke)
         LambdaApi(self.settings, self.kube, self.auth, self.registry).register(app.router)  # control plane
+        self.logs_api.register(app.router)  # function logs from the log store (docs/logs.md)
         app.router.add_route("*", "/http/{namespace}/{name}", self.http_route)
         app.router.add_route("*", "/http/{namespace}/{name}/{tail:.*}", self.http_route)
         app.router.add_route("*", "/api/{namespace}", self.trigger_route)
@@ -535,6 +539,7 @@ class Gateway(RegistryLookups):
         if self.queue is not None:
             await self.queue.close()
             self.queue = None
+        await self.logs_api.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
