@@ -217,6 +217,17 @@ BRIDGE_CHECKPOINTS = Counter(
     "Checkpoint writes (ConfigMap applies) by the bridge.",
     registry=REGISTRY,
 )
+BRIDGE_LOG_RECORDS_STORED = Counter(
+    "kubelambda_bridge_log_records_stored_total",
+    "The bridge's own log records the log store acknowledged (docs/logs.md).",
+    registry=REGISTRY,
+)
+BRIDGE_LOG_RECORDS_DROPPED = Counter(
+    "kubelambda_bridge_log_records_dropped_total",
+    "The bridge's own log records not stored, by reason (buffer_full, or the error that lost them).",
+    ["reason"],
+    registry=REGISTRY,
+)
 
 # ---- warm pool (the gateway; docs/warm-pools.md) ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import concurrent.futures
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -352,6 +353,61 @@ async def test_an_invocation_by_a_trigger_bridge_is_kept_too(env: Env) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"START RequestId: {first.request_id} "), done.stdout
     assert lines[-1].startswith(f"REPORT RequestId: {first.request_id}\t"), done.stdout
+
+    # The bridge pod's own lines are kept too, beside its function's records, outside any request.
+    async def bridge_lines() -> list[logstore.LogRecord]:
+        nc = await nats.connect(env.nats_url)
+        try:
+            query = logstore.LogQuery(
+                env.namespace, "ticked", request_id=logstore.NO_REQUEST, contains="Fired the"
+            )
+            return [r async for r in logstore.read(nc, query)]
+        finally:
+            await nc.close()
+
+    (fired, *_) = await wait_for(bridge_lines, bool, what="the bridge's 'Fired the ... tick' line stored")
+    assert fired.pod.startswith("tick-bridge-"), fired
+    assert fired.message.startswith("[INFO]\tkubelambda.bridge"), fired
+    assert fired.level == "INFO"
+    bridge = await kubelambda_logs(env, "ticked", "--filter", "Fired the", "-o", "json")
+    assert json.loads(bridge.stdout.splitlines()[0])["pod"] == fired.pod, bridge.stdout + bridge.stderr
+
+
+async def test_a_bridges_lines_past_its_buffer_are_counted_not_kept(nats_server: NatsServer) -> None:
+    """The bridge's shipper (kubelambda/logstore_ship.py) against the real NATS: records are stored in the
+    namespace's stream; what does not fit the bounded buffer is counted as dropped."""
+    from kubelambda import metrics
+    from kubelambda.logstore_ship import LogShipper
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        await logstore.ensure_stream(nc, "bridged", logstore.Retention())
+        shipper = LogShipper(
+            nats_server.url,
+            namespace="bridged",
+            function="fn",
+            pod="bridge-pod",
+            component="bridge/t",
+            buffer=3,
+        )
+        logger = logging.getLogger("kubelambda.test.bridge")
+        logger.addHandler(shipper)
+        logger.setLevel(logging.INFO)
+        dropped = metrics.BRIDGE_LOG_RECORDS_DROPPED.labels("buffer_full")._value.get()
+        try:
+            for i in range(5):  # before the sender runs: 3 fit, 2 do not
+                logger.warning("line %d", i)
+            shipper.start()
+            await shipper.aclose()
+        finally:
+            logger.removeHandler(shipper)
+        assert metrics.BRIDGE_LOG_RECORDS_DROPPED.labels("buffer_full")._value.get() - dropped == 2
+        query = logstore.LogQuery("bridged", "fn")
+        got = [r async for r in logstore.read(nc, query)]
+        assert [r.message for r in got] == [f"[WARNING]\tkubelambda.test.bridge: line {i}" for i in range(3)]
+        assert {(r.pod, r.request_id, r.level) for r in got} == {("bridge-pod", "", "WARN")}
+    finally:
+        await nc.close()
 
 
 async def gateway_logs(url: str, path: str, token: str | None = None) -> tuple[int, list[JSON]]:

@@ -202,6 +202,11 @@ def test_bridges_get_the_platforms_nats_when_the_operator_has_one() -> None:
     env = b.make_bridge_deployment(t, settings=with_nats)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["name"] for e in env] == sorted(e["name"] for e in env)
     assert {"name": "KUBELAMBDA_BRIDGE_NATS_URL", "value": "nats://nats.kubelambda-system:4222"} in env
+    # With log shipping (on by default with NATS), the bridge ships its own lines, named by its pod.
+    assert {"name": "KUBELAMBDA_BRIDGE_LOG_NATS_URL", "value": "nats://nats.kubelambda-system:4222"} in env
+    pod = {"name": "KUBELAMBDA_BRIDGE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert pod in env
+    assert "KUBELAMBDA_BRIDGE_LOG_NATS_URL" not in names
 
 
 STREAM_KINESIS = {"endpoint": "http://k:4566", "streamName": "s", "credentialsSecret": "aws"}

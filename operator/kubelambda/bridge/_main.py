@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 from typing import Any
 
 import aiohttp
@@ -32,6 +33,7 @@ from kubelambda.bridge._context import (
     StatusReporter,
 )
 from kubelambda.kube import KubeClient, default_login, resource_path
+from kubelambda.logstore_ship import LogShipper
 
 log = logging.getLogger("kubelambda.bridge")
 
@@ -71,6 +73,11 @@ class BridgeSettings(BaseSettings):
     """Region reported in events (``awsRegion``) and ARNs."""
     kubeconfig: str | None = None
     """Kubeconfig to use; unset = in-cluster credentials."""
+    log_nats_url: str | None = Field(default=None, pattern=r"^(nats|tls)://[^\s]+$")
+    """The log store (docs/logs.md): the bridge ships its own log lines there, with its function's records;
+    unset = pod log only."""
+    pod_name: str = Field(default_factory=socket.gethostname)
+    """This pod's name, in the shipped records (the operator sets it from ``metadata.name``)."""
 
 
 def source_kind(trigger: Trigger) -> str:
@@ -172,6 +179,17 @@ async def run_bridge(
     stop = stop or asyncio.Event()
     async with _client(settings) as kube, aiohttp.ClientSession() as http:
         ctx, kind = await build_context(kube, http, namespace, name, settings)
+        shipper = None
+        if settings.log_nats_url:  # the bridge's own lines, beside its function's records (docs/logs.md)
+            shipper = LogShipper(
+                settings.log_nats_url,
+                namespace=namespace,
+                function=ctx.trigger.spec.function,
+                pod=settings.pod_name,
+                component=f"bridge/{name}",
+            )
+            logging.getLogger().addHandler(shipper)
+            shipper.start()
         status = ctx.status
         source = load_source(kind, ctx)
         runner = await _serve(source, settings)
@@ -198,6 +216,9 @@ async def run_bridge(
                 log.warning("Could not write the last status of Trigger %s: %r", name, e)
             await runner.cleanup()
             log.info("Stopped the bridge of Trigger %s/%s", namespace, name)
+            if shipper is not None:
+                logging.getLogger().removeHandler(shipper)
+                await shipper.aclose()
         return stopped
 
 

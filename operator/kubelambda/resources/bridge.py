@@ -195,6 +195,12 @@ def make_bridge_deployment(trigger: TriggerObject, *, settings: OperatorSettings
             [e["name"] for e in env].index("KUBELAMBDA_BRIDGE_PORT"),
             {"name": "KUBELAMBDA_BRIDGE_NATS_URL", "value": settings.nats_url},
         )
+    if settings.log_nats_url:  # the bridge's own log lines go to the log store (docs/logs.md)
+        env += [
+            {"name": "KUBELAMBDA_BRIDGE_LOG_NATS_URL", "value": settings.log_nats_url},
+            {"name": "KUBELAMBDA_BRIDGE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ]
+        env.sort(key=lambda e: str(e["name"]))
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
     container: JSON = {
         "name": "bridge",
