@@ -99,7 +99,8 @@ func TestGenericSpecializeInline(t *testing.T) {
 			}
 			req := specializeRequest{FunctionName: "hello", FunctionVersion: "3", Handler: "app.handler", CodeSha256: "abc",
 				MemoryMB: 256, TimeoutSeconds: 2, Inline: map[string]string{"app.py": "print('hi')", "lib/x.txt": "x"},
-				Environment: map[string]string{"GREETING": "hey", "AWS_LAMBDA_FUNCTION_NAME": "evil", "KUBELAMBDA_X": "no"}}
+				Environment: map[string]string{"GREETING": "hey", "AWS_LAMBDA_FUNCTION_NAME": "evil", "KUBELAMBDA_X": "no"},
+				Logging:     &loggingConfig{LogFormat: "JSON", ApplicationLogLevel: "WARN"}}
 			status, st := postJSON(t, a.url+"/specialize", req)
 			if status != 200 || st.State != "ready" || st.FunctionName != "hello" || st.CodeSha256 != "abc" {
 				t.Fatalf("specialise: %d %+v", status, st)
@@ -113,6 +114,8 @@ func TestGenericSpecializeInline(t *testing.T) {
 				`{"env":"_HANDLER"}`:                        `"app.handler"`,
 				`{"env":"AWS_LAMBDA_FUNCTION_MEMORY_SIZE"}`: `"256"`,
 				`{"env":"KUBELAMBDA_AWAIT_SPECIALIZATION"}`: `""`,
+				`{"env":"AWS_LAMBDA_LOG_FORMAT"}`:           `"JSON"`, // the Function's LoggingConfig
+				`{"env":"AWS_LAMBDA_LOG_LEVEL"}`:            `"WARN"`,
 			} {
 				resp, body := a.invoke(t, ev)
 				if resp.StatusCode != 200 || body != want {
@@ -121,6 +124,11 @@ func TestGenericSpecializeInline(t *testing.T) {
 			}
 			if _, err := os.Stat(leftover); !os.IsNotExist(err) {
 				t.Errorf("a file from before the specialisation survived: %v", err)
+			}
+			// JSON from the specialisation on: platform records, and the runtime's plain lines (INFO) under WARN dropped.
+			waitFor(t, "a platform.report record", func() bool { return strings.Contains(a.out.String(), `"type":"platform.report"`) })
+			if out := a.out.String(); strings.Contains(out, "START RequestId") || strings.Contains(out, "handling ") {
+				t.Errorf("text lines after a JSON specialisation:\n%s", out)
 			}
 			// Never a second function, nor the same one again.
 			for _, name := range []string{"other", "hello"} {
@@ -215,6 +223,9 @@ func TestSpecializeRequestValidation(t *testing.T) {
 		{"sha mismatch", func(r *specializeRequest) { r.Inline = nil; r.Archive = &archiveRef{URL: "u", Sha256: "t"} }, "differ"},
 		{"memory", func(r *specializeRequest) { r.MemoryMB = 64 }, "memoryMB"},
 		{"timeout", func(r *specializeRequest) { r.TimeoutSeconds = 1000 }, "timeoutSeconds"},
+		{"logging", func(r *specializeRequest) { r.Logging = &loggingConfig{LogFormat: "JSON", SystemLogLevel: "WARN"} }, ""},
+		{"logging level with Text", func(r *specializeRequest) { r.Logging = &loggingConfig{LogFormat: "Text", ApplicationLogLevel: "WARN"} },
+			"logging: application-log-level (KUBELAMBDA_APPLICATION_LOG_LEVEL) \"WARN\": needs log-format JSON"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := ok
