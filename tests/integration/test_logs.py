@@ -88,13 +88,14 @@ async def platform(
 
 
 async def kubelambda_logs(
-    env: Env, *args: str, kubeconfig: Path | None = None
+    env: Env, *args: str, kubeconfig: Path | None = None, store: bool = True
 ) -> subprocess.CompletedProcess[str]:
+    """`kubelambda logs -n NAMESPACE ARGS`, told the store's URL (``store``) or nothing but the cluster."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KUBELAMBDA_", "AWS_"))}
     run_env = {
         **clean,
         "KUBECONFIG": str(kubeconfig or env.cluster.kubeconfig),
-        "KUBELAMBDA_LOG_STORE_URL": env.nats_url,
+        **({"KUBELAMBDA_LOG_STORE_URL": env.nats_url} if store else {}),
         "KUBELAMBDA_STATE_DIR": "/nonexistent",
     }
     return await asyncio.to_thread(
@@ -141,6 +142,18 @@ async def stored(env: Env, name: str, request_id: str) -> list[str]:
         return [r.message async for r in logstore.read(nc, query)]
     finally:
         await nc.close()
+
+
+async def deployed_and_invoked(env: Env, name: str, payload: JSON) -> str:
+    """Deploys HANDLER as ``name``, invokes it once and waits for the request's REPORT in the store; its id."""
+    await env.deploy(python_function(name, HANDLER))
+    rid, _, _ = await asyncio.to_thread(invoke_tail, env.url, f"{env.namespace}/{name}", payload)
+    await wait_for(
+        lambda: stored(env, name, rid),
+        lambda got: any(m.startswith("REPORT ") for m in got),
+        what=f"request {rid}'s REPORT stored",
+    )
+    return rid
 
 
 async def test_a_cold_invoke_served_by_a_warm_pool_pod_is_readable_by_request_id_after_scale_to_zero(
@@ -284,13 +297,7 @@ async def test_retention_removes_old_records(nats_server: NatsServer) -> None:
 
 
 async def test_follow_prints_stored_records_then_new_ones(env: Env) -> None:
-    await env.deploy(python_function("followed", HANDLER))
-    first, _, _ = await asyncio.to_thread(invoke_tail, env.url, f"{env.namespace}/followed", {"i": 1})
-    await wait_for(
-        lambda: stored(env, "followed", first),
-        lambda got: any(m.startswith("REPORT ") for m in got),
-        what="the first request's REPORT stored",
-    )
+    first = await deployed_and_invoked(env, "followed", {"i": 1})
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KUBELAMBDA_", "AWS_"))}
     follower = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kubelambda", "logs", "followed", "-n", env.namespace, "--follow", "--prefix",
@@ -422,34 +429,16 @@ async def gateway_logs(url: str, path: str, token: str | None = None) -> tuple[i
 async def test_the_gateway_serves_logs_to_who_may_get_the_function(env: Env) -> None:
     """GET /kubelambda/logs/NS/NAME (gateway/logsapi.py): a tenant reads the store without reaching NATS, only the
     Functions RBAC lets it get; `kubelambda logs --from gateway` reads through it."""
-    await env.deploy(python_function("viewed", HANDLER))
-    rid, _, _ = await asyncio.to_thread(invoke_tail, env.url, f"{env.namespace}/viewed", {"i": 7})
-    await wait_for(
-        lambda: stored(env, "viewed", rid),
-        lambda got: any(m.startswith("REPORT ") for m in got),
-        what="the request's REPORT stored",
-    )
+    rid = await deployed_and_invoked(env, "viewed", {"i": 7})
     # The CLI through the module's gateway (auth off), unsigned: no log store URL, no NATS.
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KUBELAMBDA_", "AWS_"))}
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "kubelambda", "logs", "viewed", "-n", env.namespace, "--from", "gateway",
-         "--endpoint-url", env.url, "--request-id", rid],
-        capture_output=True, text=True, timeout=120,
-        env={**clean, "KUBECONFIG": str(env.cluster.kubeconfig), "KUBELAMBDA_STATE_DIR": "/nonexistent"},
-    )  # fmt: skip
+    via = ("--from", "gateway", "--endpoint-url", env.url)
+    done = await kubelambda_logs(env, "viewed", *via, "--request-id", rid, store=False)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"START RequestId: {rid} "), done.stdout
     assert f"hello from {rid} 7" in lines
     assert lines[-1].startswith(f"REPORT RequestId: {rid}\t"), done.stdout
-    empty = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "kubelambda", "logs", "viewed", "-n", env.namespace, "--from", "gateway",
-         "--endpoint-url", env.url, "--request-id", "no-such-request"],
-        capture_output=True, text=True, timeout=120,
-        env={**clean, "KUBECONFIG": str(env.cluster.kubeconfig), "KUBELAMBDA_STATE_DIR": "/nonexistent"},
-    )  # fmt: skip
+    empty = await kubelambda_logs(env, "viewed", *via, "--request-id", "no-such-request", store=False)
     assert (empty.returncode, empty.stdout) == (0, ""), empty.stderr
     assert "No log records for request no-such-request of Function" in empty.stderr
 
