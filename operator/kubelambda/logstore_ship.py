@@ -121,16 +121,19 @@ class LogShipper(logging.Handler):
                 batch.append(data)
                 size += len(data) + 1
 
+    async def _connect(self) -> None:
+        if self._nc is None or self._nc.is_closed:
+            try:
+                self._nc = await nats.connect(
+                    self.url, connect_timeout=3, max_reconnect_attempts=-1, allow_reconnect=True
+                )
+            except (OSError, TimeoutError, nats.errors.Error):
+                self._nc = None  # what comes meanwhile is counted as dropped; tried again at the next batch
+
     async def _run(self) -> None:
         assert self._wake is not None
         while True:
-            if self._nc is None or self._nc.is_closed:
-                try:
-                    self._nc = await nats.connect(
-                        self.url, connect_timeout=3, max_reconnect_attempts=-1, allow_reconnect=True
-                    )
-                except (OSError, TimeoutError, nats.errors.Error):
-                    self._nc = None
+            await self._connect()
             await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(self.linger)
@@ -143,6 +146,7 @@ class LogShipper(logging.Handler):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._connect()
         await self._send(self._take())
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
