@@ -315,6 +315,23 @@ async def test_errors_are_lambdas(env: Env) -> None:
     assert env.cluster.kubectl_json("get", "function", "errs", "-n", env.namespace)["spec"]["memoryMB"] == 192
     updated = await call(client.update_function_configuration, FunctionName=fn, Timeout=7)
     assert (updated["Timeout"], updated["MemorySize"]) == (7, 192)
+    # LoggingConfig (docs/logs.md): Lambda's fields, through boto3's own validation and the CRD's rule.
+    assert updated["LoggingConfig"] == {"LogFormat": "Text", "LogGroup": "/aws/lambda/errs"}
+    logging_config = {"LogFormat": "JSON", "ApplicationLogLevel": "WARN"}
+    updated = await call(client.update_function_configuration, FunctionName=fn, LoggingConfig=logging_config)
+    assert updated["LoggingConfig"] == {
+        **logging_config,
+        "SystemLogLevel": "INFO",
+        "LogGroup": "/aws/lambda/errs",
+    }
+    spec = env.cluster.kubectl_json("get", "function", "errs", "-n", env.namespace)["spec"]
+    assert spec["logging"] == {"logFormat": "JSON", "applicationLogLevel": "WARN"}
+    bad = {"LogFormat": "Text", "SystemLogLevel": "WARN"}
+    code, message = await error_of(client.update_function_configuration, FunctionName=fn, LoggingConfig=bad)
+    assert (code, message) == (
+        "InvalidParameterValueException",
+        "LoggingConfig.SystemLogLevel: a log level needs LogFormat JSON",
+    )
     concurrency = await call(client.put_function_concurrency, FunctionName=fn, ReservedConcurrentExecutions=3)
     assert concurrency["ReservedConcurrentExecutions"] == 3
     got = await call(client.get_function_concurrency, FunctionName=fn)
