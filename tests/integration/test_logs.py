@@ -489,6 +489,24 @@ async def test_the_gateway_serves_logs_to_who_may_get_the_function(env: Env) -> 
         status, answer = await gateway_logs(url, f"/kubelambda/logs/{env.namespace}/viewed?level=loud", token)
         assert status == 400
         assert "level: unknown log level 'loud'" in answer[0]["body"]
+        # A follower that goes away leaves no consumer on the store behind.
+        follow = f"{url}/kubelambda/logs/{env.namespace}/viewed?follow=true"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(follow, headers={"Authorization": f"Bearer {token}"}) as resp,
+        ):
+            assert resp.status == 200
+            assert json.loads(await resp.content.readline())["function"] == "viewed"
+
+        async def consumers() -> int:
+            nc = await nats.connect(env.nats_url)
+            try:
+                info = await nc.jetstream().stream_info(logstore.stream_name(env.namespace))
+                return int(info.state.consumer_count or 0)
+            finally:
+                await nc.close()
+
+        await wait_for(consumers, lambda n: n == 0, what="the gone follower's consumer removed")
     finally:
         await stop_gateway(gateway)
         await env.kube.delete(resource_path("v1", "namespaces", name=other))

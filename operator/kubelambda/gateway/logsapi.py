@@ -116,14 +116,29 @@ class LogsApi:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         count = 0
-        with contextlib.suppress(ConnectionResetError):
-            try:
+
+        async def pump() -> None:
+            nonlocal count
+            with contextlib.suppress(logstore.LogStoreError):  # no stream: why_empty says so
                 async for record in logstore.read(nc, query, follow=follow):
                     count += 1
                     line = logstore.to_jsonable(record) | ({"truncated": True} if record.truncated else {})
                     await response.write(json.dumps(line).encode() + b"\n")
-            except logstore.LogStoreError:
-                pass  # no stream: why_empty says so
+
+        # A follower that went away is noticed even while nothing is written: its consumer must not stay.
+        task = asyncio.create_task(pump())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=1.0)
+                if request.transport is None or request.transport.is_closing():
+                    return response
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(ConnectionResetError):
+            await task
             why = logstore.why_empty(query, await logstore.stream_state(nc, namespace)) if count == 0 else ""
             await response.write(json.dumps({"done": True, "records": count, "why": why}).encode() + b"\n")
             await response.write_eof()
