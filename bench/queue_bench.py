@@ -22,16 +22,22 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import aiohttp
 import nats
+import psutil
 import redis.asyncio as aioredis
 from aiobotocore.session import get_session
 
@@ -51,6 +57,9 @@ FUNCTION = "noop"
 CONCURRENCY = 8
 HANDLER = "def handler(event, context):\n    return {}\n"
 BROKERS = ["rabbitmq", "nats", "redis", "sqs"]
+POLL_SECONDS = 0.1
+"""How often the bridge's /metrics is read: each read costs the bridge CPU (a 10 ms poll took ~10 % of its
+samples in a profile), and 0.1 s is within 2 % of a run of several seconds."""
 
 
 def bodies(n: int) -> list[bytes]:
@@ -252,6 +261,62 @@ async def events_total(http: aiohttp.ClientSession, port: int) -> float | None:
     return float(found.group(1)) if found else None
 
 
+@dataclass(frozen=True)
+class Run:
+    rate: float
+    """Messages/s."""
+    cpu_us: float
+    """CPU µs per message of the consuming process (the bridge; the ceiling's client)."""
+    gateway_cpu_us: float = float("nan")
+    """CPU µs per message of this process while the bridge ran: the gateway (and this loop's polling)."""
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+@contextlib.contextmanager
+def profiled(bridge: BridgeProcess, directory: Path | None, name: str) -> Any:
+    """py-spy (``pip install py-spy``; not a dependency) recording the bridge and this process (the gateway)
+    while the block runs; each writes ``<name>-<who>.txt`` (collapsed stacks) when stopped."""
+    if directory is None:
+        yield
+        return
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+    directory.mkdir(parents=True, exist_ok=True)
+    assert bridge.proc is not None
+    spies = [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--output",
+                str(directory / f"{name}-{who}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for who, pid in (("bridge", bridge.proc.pid), ("gateway", os.getpid()))
+    ]
+    try:
+        yield
+    finally:
+        for proc in spies:
+            proc.send_signal(signal.SIGINT)
+        for proc in spies:
+            proc.wait(60)
+
+
 async def through_bridge(
     cluster: Cluster,
     kube: KubeClient,
@@ -261,9 +326,11 @@ async def through_bridge(
     n: int,
     batch: int,
     log_dir: Path,
-) -> float:
+    profile: Path | None = None,
+) -> Run:
     """Records/s of the bridge process from its first acknowledged batch to the N-th message (start-up and
-    connecting left out)."""
+    connecting left out). With ``profile``, py-spy samples the bridge process and this one (the gateway) while
+    the bridge runs, as collapsed stacks in that directory."""
     trigger = {
         "apiVersion": "kubelambda.io/v1alpha1",
         "kind": "Trigger",
@@ -289,26 +356,34 @@ async def through_bridge(
         KUBELAMBDA_BRIDGE_PORT=str(port),
         KUBELAMBDA_BRIDGE_STATUS_INTERVAL_SECONDS="5",
     )
-    first: tuple[float, float] | None = None
+    first: tuple[float, float, float, float] | None = None
+    me = psutil.Process()
     async with aiohttp.ClientSession() as http:
-        with bridge:
+        with bridge, profiled(bridge, profile, name):
+            assert bridge.proc is not None
+            process = psutil.Process(bridge.proc.pid)
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
                 got = await events_total(http, port)
                 now = time.perf_counter()
                 if got and first is None:
-                    first = (now, got)
+                    first = (now, got, cpu_seconds(process), cpu_seconds(me))
                 if got is not None and got >= n and first is not None:
                     if now == first[0]:
                         break
-                    return (got - first[1]) / (now - first[0])
+                    count = got - first[1]
+                    return Run(
+                        count / (now - first[0]),
+                        1e6 * (cpu_seconds(process) - first[2]) / count,
+                        1e6 * (cpu_seconds(me) - first[3]) / count,
+                    )
                 if not bridge.alive():
                     break
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(POLL_SECONDS)
     raise RuntimeError(f"the bridge did not deliver {n} messages:\n{bridge.log()[-3000:]}")
 
 
-async def main(n: int, batches: list[int], only: list[str]) -> None:
+async def main(n: int, batches: list[int], only: list[str], profile: Path | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="queue-bench-"))
     cluster = start_cluster(tmp / "cluster")
     servers = {
@@ -324,7 +399,7 @@ async def main(n: int, batches: list[int], only: list[str]) -> None:
         "redis": Redis(servers["redis"]),
         "sqs": Sqs(servers["sqs"]),
     }
-    rows: list[tuple[str, int, float, float]] = []
+    rows: list[tuple[str, int, Run, Run]] = []
     try:
         async with KubeClient.from_kubeconfig(cluster.kubeconfig) as kube:
             await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
@@ -348,13 +423,20 @@ async def main(n: int, batches: list[int], only: list[str]) -> None:
                             continue
                         ceiling_q, bridge_q = f"{kind}-ceiling-{batch}", f"{kind}-bridge-{batch}"
                         await broker.fill(ceiling_q, n)
-                        ceiling = n / await broker.drain(ceiling_q, n, batch)
+                        me = psutil.Process()
+                        cpu = cpu_seconds(me)
+                        took = await broker.drain(ceiling_q, n, batch)
+                        ceiling = Run(n / took, 1e6 * (cpu_seconds(me) - cpu) / n)
                         await broker.fill(bridge_q, n)
-                        bridged = await through_bridge(cluster, kube, url, broker, bridge_q, n, batch, tmp)
+                        bridged = await through_bridge(
+                            cluster, kube, url, broker, bridge_q, n, batch, tmp, profile
+                        )
                         rows.append((kind, batch, ceiling, bridged))
                         print(
-                            f"{kind:9} batch {batch:3}: bridge {bridged:8.0f} rec/s   ceiling {ceiling:8.0f} rec/s"
-                            f"   {100 * bridged / ceiling:5.1f}%",
+                            f"{kind:9} batch {batch:3}: bridge {bridged.rate:6.0f} rec/s"
+                            f" ({bridged.cpu_us:4.0f} µs CPU/msg, gateway {bridged.gateway_cpu_us:4.0f})"
+                            f"   ceiling {ceiling.rate:6.0f} rec/s ({ceiling.cpu_us:4.0f} µs CPU/msg)"
+                            f"   {100 * bridged.rate / ceiling.rate:5.1f}%",
                             flush=True,
                         )
             finally:
@@ -363,10 +445,16 @@ async def main(n: int, batches: list[int], only: list[str]) -> None:
         await asyncio.gather(*(s.stop() for s in servers.values()), return_exceptions=True)
         cluster.stop()
     print(f"\nqueue bridges, {n} messages per run, maxConcurrency {CONCURRENCY}, no-op python3.11 function")
-    print("| broker | batch | bridge end to end (rec/s) | client ceiling (rec/s) | bridge / ceiling |")
-    print("|---|---|---|---|---|")
+    print(
+        "| broker | batch | bridge end to end (rec/s) | client ceiling (rec/s) | bridge / ceiling "
+        "| CPU µs/msg: bridge | gateway | ceiling's client |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for kind, batch, ceiling, bridged in rows:
-        print(f"| {kind} | {batch} | {bridged:.0f} | {ceiling:.0f} | {100 * bridged / ceiling:.0f}% |")
+        print(
+            f"| {kind} | {batch} | {bridged.rate:.0f} | {ceiling.rate:.0f} | {100 * bridged.rate / ceiling.rate:.0f}% "
+            f"| {bridged.cpu_us:.0f} | {bridged.gateway_cpu_us:.0f} | {ceiling.cpu_us:.0f} |"
+        )
 
 
 if __name__ == "__main__":
@@ -376,5 +464,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--broker", action="append", choices=BROKERS, help="brokers (default: rabbitmq, nats, redis, sqs)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="write py-spy profiles (collapsed stacks) of each bridge run to this directory",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.messages, args.batch or [100, 10], args.broker or BROKERS))
+    asyncio.run(main(args.messages, args.batch or [100, 10], args.broker or BROKERS, args.profile))

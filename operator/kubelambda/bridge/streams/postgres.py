@@ -95,7 +95,7 @@ class _Reader:
 
     async def read(self, max_records: int) -> list[StreamRecord]:
         try:
-            await self._fill()
+            await self._fill(max_records)
         except (psycopg2.Error, OSError):
             # The connection is gone: reopen on the next read, from the slot's confirmed LSN.
             self.txn, self.begin = [], None
@@ -104,7 +104,11 @@ class _Reader:
         n = min(max_records, len(self.ready))
         return [self.ready.popleft() for _ in range(n)]
 
-    async def _fill(self) -> None:
+    async def _fill(self, max_records: int) -> None:
+        """Decodes what the server has sent, up to ``max_records`` ready changes: a read takes every committed
+        transaction already received (not one per read: the shard loop's read-ahead holds a few reads, and a
+        read per 100-row transaction kept batches of 1,000 at a few hundred records); it waits (up to
+        ``WAIT_SECONDS``) only while nothing is ready."""
         self.client.last_read = asyncio.get_running_loop().time()
         if self.client.cur is None:
             await self.client.open_replication()
@@ -112,9 +116,11 @@ class _Reader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT_SECONDS
         handled = 0
-        while not self.ready:
+        while len(self.ready) < max_records:
             msg = cur.read_message()
             if msg is None:
+                if self.ready:
+                    break
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
