@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import psycopg2
 import psycopg2.extras
 
@@ -173,6 +174,12 @@ async def shaped_rate(server: PostgresServer, table: str, slot: str, n: int) -> 
         await client.close()
 
 
+def process_cpu() -> float:
+    """CPU seconds of this process so far (all threads: the ceiling's read runs in one)."""
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
+
+
 def trigger(
     name: str, source: Postgres, function: str, *, enabled: bool, batch: int = 100, lanes: int = 1
 ) -> dict[str, Any]:
@@ -251,17 +258,22 @@ async def main() -> None:
                         slots = [f"{table}_ceiling", f"{table}_shaped", f"{table}_bridge"]
                         await asyncio.to_thread(pg.prepare, table, slots=slots)
                         await asyncio.to_thread(pg.publish, table, n)
+                        cpu = process_cpu()
                         ceiling = await asyncio.to_thread(pg.ceiling, table, slots[0], n)
+                        ceiling_us = 1e6 * (process_cpu() - cpu) / n
+                        cpu = process_cpu()
                         shaped = await shaped_rate(server, table, slots[1], n)
+                        shaped_us = 1e6 * (process_cpu() - cpu) / n
                         await kube.create(
                             resource_path(GROUP_VERSION, "triggers", namespace=NS),
                             trigger(name, pg, "noop", enabled=False, batch=batch, lanes=lanes),
                         )
                         rate, cpu = await bridge_rate(kube, http, name, pg, n)  # type: ignore[arg-type]
                         print(
-                            f"batch {batch:>4}, parallelizationFactor {lanes}: ceiling (psycopg2 read) {ceiling:>7.0f}, "
-                            f"bridge read+decode+shape {shaped:>6.0f} ({shaped / ceiling:.0%}), "
-                            f"bridge end to end {rate:>6.0f} ({rate / ceiling:.0%}, bridge CPU {cpu:.0%})",
+                            f"batch {batch:>4}, parallelizationFactor {lanes}: ceiling (psycopg2 read) {ceiling:>7.0f}"
+                            f" ({ceiling_us:.1f} µs CPU/change), bridge read+decode+shape {shaped:>6.0f}"
+                            f" ({shaped / ceiling:.0%}; {shaped_us:.1f} µs CPU/change), bridge end to end {rate:>6.0f}"
+                            f" ({rate / ceiling:.0%}, bridge CPU {cpu:.0%} = {1e6 * cpu / rate:.1f} µs/change)",
                             flush=True,
                         )
                         await kube.patch(

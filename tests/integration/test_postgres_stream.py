@@ -632,6 +632,57 @@ async def test_a_table_without_a_primary_key_is_a_clear_error(
     assert not await database.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pg_nokey'")
 
 
+async def test_a_deleted_trigger_drops_the_slot_and_publication_its_bridge_created_and_nothing_else(
+    database: Database, platform: Platform, cluster: Cluster, kube: KubeClient
+) -> None:
+    """``pg-owned``'s bridge creates its slot and publication; ``pg-found`` streams a slot and a publication made
+    by hand. A bridge stopped while its Trigger exists drops nothing; a restarted one knows what it created (the
+    checkpoint ConfigMap); once the Triggers are deleted, their stopping bridges drop only what they created."""
+    table = "owned_counters"
+    await counters(database, table)
+    await database.run(
+        f"CREATE PUBLICATION pg_found FOR TABLE {table}",
+        "SELECT pg_create_logical_replication_slot('pg_found', 'pgoutput')",
+    )
+    ns = platform.namespace
+    cluster.apply(trigger("pg-owned", database, [table]), ns)
+    cluster.apply(trigger("pg-found", database, [table]), ns)
+
+    async def objects() -> set[str]:
+        slots = await database.query(
+            "SELECT 'slot ' || slot_name || CASE WHEN active THEN ' active' ELSE '' END FROM pg_replication_slots"
+        )
+        publications = await database.query("SELECT 'publication ' || pubname FROM pg_publication")
+        return {r[0] for r in slots + publications}
+
+    def start(name: str) -> tuple[asyncio.Event, asyncio.Task[bool]]:
+        stop = asyncio.Event()
+        return stop, asyncio.create_task(run_bridge(ns, name, settings(platform, cluster), stop=stop))
+
+    async def stopped(bridge: tuple[asyncio.Event, asyncio.Task[bool]]) -> None:
+        bridge[0].set()
+        assert await asyncio.wait_for(bridge[1], 60)
+
+    running = {"slot pg_owned active", "slot pg_found active", "publication pg_owned", "publication pg_found"}
+    owned, found = start("pg-owned"), start("pg-found")
+    try:
+        await wait_for(objects, lambda o: running <= o, what="both slots in use", timeout=60)
+    finally:
+        await stopped(owned)
+    assert {"slot pg_owned", "publication pg_owned"} <= await objects(), "dropped while its Trigger exists"
+    owned = start("pg-owned")
+    try:
+        await wait_for(objects, lambda o: running <= o, what="both slots in use again", timeout=60)
+        for name in ("pg-owned", "pg-found"):
+            await kube.delete(trigger_path(platform, name))
+    finally:
+        await stopped(owned)
+        await stopped(found)
+    left = {o.removesuffix(" active") for o in await objects()}
+    assert not {"slot pg_owned", "publication pg_owned"} & left, left
+    assert {"slot pg_found", "publication pg_found"} <= left, left
+
+
 async def test_the_orders_table_example_is_accepted_by_the_api_server(
     platform: Platform, cluster: Cluster
 ) -> None:

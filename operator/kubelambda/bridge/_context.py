@@ -32,6 +32,9 @@ from kubelambda.resources.bridge import checkpoint_name
 log = logging.getLogger("kubelambda.bridge")
 BRIDGE_FIELD_MANAGER = "kubelambda-bridge"
 SOURCE_REACHABLE = "SourceReachable"
+TOKEN_REREAD_SECONDS = 30.0
+"""How long the bridge reuses its ServiceAccount token before reading it again: the kubelet renews a projected
+token when 80 % of its lifetime (at least 10 minutes) has passed, long before the old one expires."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,17 @@ class Invoker:
         self.http = http
         self.token = token  # the bridge's ServiceAccount token, sent as a bearer token (gateway/auth)
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._bearer: tuple[float, str | None] | None = None
+
+    def _bearer_token(self) -> str | None:
+        """The token, re-read at most every ``TOKEN_REREAD_SECONDS`` (in a pod it is a file the kubelet
+        rotates: reading it for every batch was three system calls per invocation)."""
+        if self.token is None:
+            return None
+        now = time.monotonic()
+        if self._bearer is None or now - self._bearer[0] >= TOKEN_REREAD_SECONDS:
+            self._bearer = (now, self.token())
+        return self._bearer[1]
 
     async def invoke(
         self,
@@ -106,7 +120,7 @@ class Invoker:
         }
         if idempotency_key is not None:
             headers["X-Kubelambda-Idempotency-Key"] = idempotency_key
-        bearer = self.token() if self.token is not None else None
+        bearer = self._bearer_token()
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
         started = time.perf_counter()

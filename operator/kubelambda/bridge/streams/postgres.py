@@ -11,7 +11,9 @@ change of a transaction is done, its end LSN; a transaction that is only partly 
 server replays a transaction whole), so a restart replays it from its first change. At start the bridge checks
 ``wal_level``, that each table exists and has a primary key (and ``REPLICA IDENTITY FULL`` when the records
 carry old images), then creates the publication and the slot when they do not exist (and says what they
-need when it may not); it never drops anything.
+need when it may not). What it created is recorded in the Trigger's checkpoint ConfigMap; when the bridge stops
+because its Trigger was deleted (the Trigger is gone, or carries a deletion timestamp or another uid), it drops
+the slot and the publication it created, and never one it found.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +31,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.bridge._context import BridgeContext
 from kubelambda.bridge.streams._batch import SourceInfo, StreamRecord, shard_id
 from kubelambda.bridge.streams._core import CheckpointStore, StreamBridge, StreamClient, config_key
@@ -42,6 +46,7 @@ from kubelambda.bridge.streams._pgoutput import (
     Truncate,
     sequence_number,
 )
+from kubelambda.kube import resource_path
 
 log = logging.getLogger("kubelambda.bridge.streams.postgres")
 WAIT_SECONDS = 1.0
@@ -49,6 +54,9 @@ MESSAGES_PER_TURN = 2000
 """Replication messages decoded before giving the event loop a turn."""
 STATUS_INTERVAL_SECONDS = 10
 KEEPALIVE_SECONDS = 10.0
+DROP_WAIT_SECONDS = 5.0
+"""How long a slot being dropped may still be in use (the walsender of the connection just closed exits)."""
+OBJECT_IN_USE = "55006"
 
 
 class ConfigurationError(RuntimeError):
@@ -228,6 +236,9 @@ class _PostgresClient:
         self.slot = self.spec.slot or slot_name(ctx.namespace, ctx.name)
         self.publication = self.spec.publication or self.slot
         self.checkpoint_key = config_key(f"postgres.{self.slot}")
+        self.created_key = config_key(f"postgres.{self.slot}.created")
+        self.created: set[str] = set()
+        """What this Trigger's bridge created: ``slot``, ``publication`` (dropped when the Trigger is deleted)."""
         self.tables = [".".join(split_table(t)) for t in self.spec.tables]
         self.repl: Any = None
         self.cur: Any = None
@@ -263,7 +274,13 @@ class _PostgresClient:
                 "stream.postgres: startingPosition AT_TIMESTAMP is not supported (a slot starts where it is created)"
             )
         kwargs = await self._connect_kwargs()
-        tables = await asyncio.to_thread(self._prepare, kwargs)
+        recorded = {k for k in (self.store.get(self.created_key) or "").split(",") if k}
+        tables, created = await asyncio.to_thread(self._prepare, kwargs)
+        self.created = recorded | created
+        if self.created != recorded:
+            # Written before reading: a bridge that dies now still knows at its next start what is its own.
+            self.store.set(self.created_key, ",".join(sorted(self.created)))
+            await self.store.flush()
         self.shaper = Shaper(
             tables=tables,
             view_type=self.spec.stream_view_type,
@@ -281,8 +298,9 @@ class _PostgresClient:
     def _options(kwargs: dict[str, str]) -> dict[str, Any]:
         return {"connect_timeout": 10, "application_name": "kubelambda-bridge", **kwargs}
 
-    def _prepare(self, kwargs: dict[str, str]) -> dict[str, Table]:
-        """Checks the database and creates the publication and slot when missing (blocking; in a thread)."""
+    def _prepare(self, kwargs: dict[str, str]) -> tuple[dict[str, Table], set[str]]:
+        """Checks the database and creates the publication and slot when missing (blocking; in a thread).
+        Returns the tables and what it created (``slot``, ``publication``)."""
         conn = psycopg2.connect(self.spec.url, **self._options(kwargs))
         conn.autocommit = True
         try:
@@ -295,9 +313,10 @@ class _PostgresClient:
                         "(postgresql.conf, then restart the server)"
                     )
                 tables = {name: self._table(cur, name) for name in self.tables}
-                self._publication(cur)
-                self._slot(cur)
-            return tables
+                created = {"publication"} if self._publication(cur) else set()
+                if self._slot(cur):
+                    created.add("slot")
+            return tables, created
         finally:
             conn.close()
 
@@ -333,7 +352,8 @@ class _PostgresClient:
             )
         return Table(name, tuple(key))
 
-    def _publication(self, cur: Any) -> None:
+    def _publication(self, cur: Any) -> bool:
+        """Checks the publication, creating it when missing (True: created)."""
         cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,))
         if cur.fetchone() is None:
             listed = ", ".join(
@@ -348,7 +368,7 @@ class _PostgresClient:
                     "or name an existing one in stream.postgres.publication"
                 ) from e
             log.info("Created publication %s for %s", self.publication, listed)
-            return
+            return True
         cur.execute(
             "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
             (self.publication,),
@@ -360,14 +380,16 @@ class _PostgresClient:
                 f"publication {self.publication} does not publish {', '.join(missing)} "
                 f"(ALTER PUBLICATION {self.publication} ADD TABLE ...)"
             )
+        return False
 
-    def _slot(self, cur: Any) -> None:
+    def _slot(self, cur: Any) -> bool:
+        """Checks the slot, creating it when missing (True: created)."""
         cur.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (self.slot,))
         row = cur.fetchone()
         if row is not None:
             if row[0] != "pgoutput":
                 raise ConfigurationError(f"replication slot {self.slot} uses plugin {row[0]}, not pgoutput")
-            return
+            return False
         try:
             cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.slot,))
         except psycopg2.Error as e:
@@ -377,6 +399,7 @@ class _PostgresClient:
                 "(max_replication_slots)"
             ) from e
         log.info("Created replication slot %s", self.slot)
+        return True
 
     def _start_replication(self, kwargs: dict[str, str]) -> tuple[Any, Any]:
         conn = psycopg2.connect(
@@ -416,6 +439,66 @@ class _PostgresClient:
             self._keeper.cancel()
             self._keeper = None
         self.close_replication()
+        if self.created and await self._trigger_deleted():
+            await asyncio.to_thread(self._drop, self.kwargs)
+
+    async def _trigger_deleted(self) -> bool:
+        """The Trigger this bridge runs for is gone (or going): not found, a deletion timestamp, another uid.
+        An API server that does not answer means no (nothing is dropped on a doubt)."""
+        path = resource_path(
+            f"{GROUP}/{VERSION}", "triggers", namespace=self.ctx.namespace, name=self.ctx.name
+        )
+        try:
+            found = await self.ctx.kube.get_or_none(path)
+        except Exception as e:
+            log.warning(
+                "Could not tell whether Trigger %s was deleted (%s): dropping nothing", self.ctx.name, e
+            )
+            return False
+        if found is None:
+            return True
+        meta = found.get("metadata") or {}
+        uid = self.ctx.trigger_meta.get("uid")
+        return bool(meta.get("deletionTimestamp")) or (uid is not None and meta.get("uid") != uid)
+
+    def _drop(self, kwargs: dict[str, str]) -> None:
+        """Drops the slot and the publication this Trigger's bridge created (blocking; in a thread)."""
+        conn = None
+        try:
+            conn = psycopg2.connect(self.spec.url, **self._options(kwargs))
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                if "slot" in self.created:
+                    deadline = time.monotonic() + DROP_WAIT_SECONDS
+                    while True:
+                        try:
+                            cur.execute(
+                                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                "WHERE slot_name = %s",
+                                (self.slot,),
+                            )
+                            break
+                        except psycopg2.Error as e:
+                            # Still active: the walsender of the connection just closed has not exited yet.
+                            if e.pgcode != OBJECT_IN_USE or time.monotonic() >= deadline:
+                                raise
+                            time.sleep(0.1)
+                    log.info("Dropped replication slot %s (its Trigger was deleted)", self.slot)
+                if "publication" in self.created:
+                    cur.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(self.publication)}")
+                    log.info("Dropped publication %s (its Trigger was deleted)", self.publication)
+        except psycopg2.Error as e:
+            log.warning(
+                "Could not drop what the bridge of Trigger %s created (%s): drop it by hand "
+                "(SELECT pg_drop_replication_slot('%s'); DROP PUBLICATION %s)",
+                self.ctx.name,
+                e.pgerror or e,
+                self.slot,
+                self.publication,
+            )
+        finally:
+            if conn is not None:
+                conn.close()
 
     def close_replication(self) -> None:
         if self.repl is not None:
