@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+import redis.asyncio as aioredis
 import yaml
 from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecordEventName
@@ -35,7 +36,7 @@ from kltest.bridge import BridgeProcess
 from kltest.platform import REPO, deploy, python_function, running_platform
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
-from kubelambda.devcluster.servers import NatsServer, PostgresServer
+from kubelambda.devcluster.servers import NatsServer, PostgresServer, RedisServer
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -602,6 +603,55 @@ async def test_a_poison_change_is_bisected_out_to_the_failure_destination(
     assert got == [i for i in range(60) if i != 30]
     assert {r["dynamodb"]["StreamViewType"] for r in seen.records()} == {"NEW_IMAGE"}
     assert len(records.of(key)) == 1
+
+
+async def test_a_failure_destination_queue_takes_its_credentials_from_a_secret(
+    database: Database, platform: Platform, cluster: Cluster, kube: KubeClient, tmp_path: Path
+) -> None:
+    """``onFailure.queue.redis`` on a Redis that requires a password: the URL has none, the Secret named by
+    ``credentialsSecret`` has it; the discarded change arrives there once."""
+    name, table = "pg-creds", "creds_rows"
+    await database.run(f"CREATE TABLE {table} (k text PRIMARY KEY, n int NOT NULL, note text)")
+    async with RedisServer(tmp_path / "redis") as server:
+        admin = aioredis.from_url(server.url)
+        await admin.config_set("requirepass", "s3cret-pw")
+        await admin.aclose()
+        await kube.create(
+            resource_path("v1", "secrets", namespace=platform.namespace),
+            {"metadata": {"name": "failure-redis"}, "stringData": {"password": "s3cret-pw"}},
+        )
+        failures = {"redis": {"url": server.url, "key": "failures", "credentialsSecret": "failure-redis"}}
+        cluster.apply(
+            trigger(name, database, [table], maximumRetryAttempts=0, onFailure={"queue": failures}),
+            platform.namespace,
+        )
+        stop = asyncio.Event()
+        bridge = asyncio.create_task(
+            run_bridge(platform.namespace, name, settings(platform, cluster), stop=stop)
+        )
+        reader = aioredis.from_url(server.url, password="s3cret-pw")
+        try:
+            await wait_for(
+                lambda: database.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pg_creds'"),
+                lambda rows: bool(rows) or bridge.done(),
+                what="the slot created",
+                timeout=60,
+            )
+            await database.run((f"INSERT INTO {table} VALUES (%s, %s, %s)", ("p", 1, "poison")))
+            entries = await wait_for(
+                lambda: reader.xrange("failures"),
+                lambda got: bool(got) or bridge.done(),
+                what="the failure record in the Redis stream",
+                timeout=120,
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(bridge, 60)
+            await reader.aclose()
+    ((_, fields),) = entries
+    record = json.loads(fields[b"data"])
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["DDBStreamBatchInfo"]["batchSize"] == 1
 
 
 async def test_a_table_without_a_primary_key_is_a_clear_error(

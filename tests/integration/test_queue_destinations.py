@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from nats.js.api import StreamConfig
 
-from kltest import wait_for
+from kltest import Cluster, wait_for
 from kltest.platform import Env, lambda_client, python_function
 from kubelambda.devcluster.servers import RabbitMQServer, RedisServer, SqsServer
 
@@ -197,3 +198,24 @@ async def test_each_queue_and_a_topic_receive_one_record_per_failed_event(env: E
         await sub.unsubscribe()
         await nc.close()
         await rabbit.close()
+
+
+async def test_a_functions_async_destination_may_not_name_a_credentials_secret(
+    env: Env, cluster: Cluster
+) -> None:
+    """Only a Trigger's bridge reads Secrets of a namespace (its Role names them); the async worker reads none, so
+    the API server refuses ``credentialsSecret`` in a Function's async destination, naming the field."""
+    redis = {"url": "redis://redis:6379", "key": "failed", "credentialsSecret": "redis-creds"}
+    doc = python_function("with-secret", HANDLER, **{"async": {"onFailure": {"queue": {"redis": redis}}}})
+
+    def dry_run() -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(
+            "apply", "--dry-run=server", "-n", env.namespace, "-f", "-", input=json.dumps(doc), check=False
+        )
+
+    refused = dry_run()
+    assert refused.returncode != 0
+    assert "async.onFailure: credentialsSecret is for a Trigger's onFailure only" in refused.stderr
+    del redis["credentialsSecret"]
+    accepted = dry_run()
+    assert accepted.returncode == 0, accepted.stderr

@@ -235,6 +235,30 @@ STREAM_KINESIS = {"endpoint": "http://k:4566", "streamName": "s", "credentialsSe
             "stream.postgres",
             ["pg"],
         ),
+        (
+            {
+                "stream": {
+                    "kinesis": STREAM_KINESIS,
+                    "onFailure": {
+                        "queue": {"rabbitmq": {"url": "amqp://mq/", "queue": "q", "credentialsSecret": "mq"}}
+                    },
+                }
+            },
+            "stream.kinesis",
+            ["aws", "mq"],
+        ),
+        (
+            {
+                "stream": {
+                    "nats": {"url": "nats://n:4222", "stream": "s"},
+                    "onFailure": {
+                        "topic": {"nats": {"url": "nats://n:4222", "subject": "x", "credentialsSecret": "n"}}
+                    },
+                }
+            },
+            "stream.nats",
+            ["n"],
+        ),
     ],
 )
 def test_the_source_kind_and_its_secrets_come_from_the_block_that_is_set(

@@ -92,21 +92,28 @@ class SqsQueueTarget(Model):
     endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2048)
     """SQS API endpoint; default: the queue URL's scheme and host."""
     region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$", max_length=64)
-    """Region used to sign (credentials: the sender's ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``)."""
+    """Region used to sign (credentials: ``credentialsSecret``, else the sender's ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY``)."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """A Trigger's ``onFailure`` only: Secret with ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``."""
 
 
 class RabbitMQQueueTarget(Model):
     url: str = Field(pattern=r"^amqps?://[^\s]+$", max_length=2048)
-    """AMQP URL, credentials included."""
+    """AMQP URL (credentials in it, or in ``credentialsSecret``)."""
     queue: str = Field(min_length=1, max_length=255)
     """Queue the record is published to (default exchange, persistent, with publisher confirms)."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """A Trigger's ``onFailure`` only: Secret with ``username`` and ``password`` (they replace the URL's)."""
 
 
 class RedisQueueTarget(Model):
     url: str = Field(pattern=r"^rediss?://[^\s]+$", max_length=2048)
-    """Redis URL, password included."""
+    """Redis URL (password in it, or in ``credentialsSecret``)."""
     key: str = Field(min_length=1, max_length=1024)
     """Stream key the record is added to (``XADD``, field ``data``)."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """A Trigger's ``onFailure`` only: Secret with ``password`` (and optionally ``username``, Redis 6 ACLs)."""
 
 
 class NatsQueueTarget(Model):
@@ -114,6 +121,8 @@ class NatsQueueTarget(Model):
     """NATS URL; default: the platform's NATS."""
     subject: str = Field(min_length=1, max_length=255, pattern=r"^[^\s*>]+$")
     """Subject a JetStream stream captures; the record is published with ``Nats-Msg-Id`` and acknowledged."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """A Trigger's ``onFailure`` only, with ``url``: Secret with ``token``, or ``username`` and ``password``."""
 
 
 class QueueTarget(Model):
@@ -132,6 +141,11 @@ class QueueTarget(Model):
     nats: NatsQueueTarget | None = None
     """A NATS JetStream stream."""
 
+    def credentials(self) -> str | None:
+        """The ``credentialsSecret`` of the broker that is set."""
+        block = self.sqs or self.rabbitmq or self.redis or self.nats
+        return block.credentials_secret if block is not None else None
+
 
 class TopicTarget(Model):
     """A topic (docs/triggers-topic.md): the record is published as a message its subscribers receive as
@@ -141,6 +155,9 @@ class TopicTarget(Model):
 
     nats: NatsQueueTarget | None = None
     """A NATS subject (core publish; subscribers present at that moment get it)."""
+
+    def credentials(self) -> str | None:
+        return self.nats.credentials_secret if self.nats is not None else None
 
 
 class Destination(Model):

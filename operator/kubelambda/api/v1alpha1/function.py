@@ -289,8 +289,30 @@ class Scaling(Model):
     (zip/inline code, no custom ServiceAccount, no Secret volumes); ``false`` always takes the normal path."""
 
 
+def _no_credentials_secret(destination: str) -> dict[str, str]:
+    """CEL: the async ``destination``'s queue or topic names no ``credentialsSecret`` (only a Trigger's bridge
+    is allowed to read a tenant's Secrets; the async worker is not)."""
+    d = f"self.{destination}"
+    queue = " || ".join(
+        f"(has({d}.queue.{b}) && has({d}.queue.{b}.credentialsSecret))"
+        for b in ("sqs", "rabbitmq", "redis", "nats")
+    )
+    topic = f"has({d}.topic.nats) && has({d}.topic.nats.credentialsSecret)"
+    return cel(
+        f"!has({d}) || ((!has({d}.queue) || !({queue})) && (!has({d}.topic) || !({topic})))",
+        f"async.{destination}: credentialsSecret is for a Trigger's onFailure only (the async worker reads no "
+        "Secrets of a namespace): put the credentials in the destination's URL",
+    )
+
+
 class AsyncConfig(Model):
     """Lambda's asynchronous invocation configuration."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            _no_credentials_secret("onSuccess"), _no_credentials_secret("onFailure")
+        )
+    )
 
     max_retries: int = Field(default=2, ge=0, le=2)
     """Retries after a function error (Lambda: 0..2, default 2)."""

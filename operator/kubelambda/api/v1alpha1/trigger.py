@@ -446,12 +446,17 @@ class TriggerSpec(Model):
         return source
 
     def credentials_secrets(self) -> list[str]:
-        """The Secrets named by whichever source block is set (bucket or broker ``credentialsSecret``)."""
+        """The Secrets named by whichever source block is set (bucket or broker ``credentialsSecret``) and by a
+        stream's ``onFailure`` queue or topic."""
         block = getattr(self, self.source)
         if isinstance(block, BrokerChoice):
             block = block.broker()[1]
-        secret = getattr(block, "credentials_secret", None)
-        return [secret] if secret else []
+        secrets = [getattr(block, "credentials_secret", None)]
+        failure = self.stream.on_failure if self.stream is not None else None
+        target = (failure.queue or failure.topic) if failure is not None else None
+        if target is not None:
+            secrets.append(target.credentials())
+        return list(dict.fromkeys(s for s in secrets if s))
 
 
 def source_kinds() -> tuple[str, ...]:

@@ -251,7 +251,7 @@ class FailureDestination:
                     update={"nats": target.nats.model_copy(update={"url": self.nats_url})}
                 )
             if self._senders is None:
-                self._senders = Senders()
+                self._senders = Senders(secrets=self.ctx.secrets.get)
             record = json.loads(body)
             await self._senders.send(target, body, key=key, subject=record["requestContext"]["condition"])
             return True
