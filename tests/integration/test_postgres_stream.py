@@ -622,7 +622,14 @@ async def test_a_failure_destination_queue_takes_its_credentials_from_a_secret(
         )
         failures = {"redis": {"url": server.url, "key": "failures", "credentialsSecret": "failure-redis"}}
         cluster.apply(
-            trigger(name, database, [table], maximumRetryAttempts=0, onFailure={"queue": failures}),
+            trigger(
+                name,
+                database,
+                [table],
+                postgres={"streamViewType": "NEW_IMAGE"},
+                maximumRetryAttempts=0,
+                onFailure={"queue": failures},
+            ),
             platform.namespace,
         )
         stop = asyncio.Event()

@@ -18,13 +18,14 @@ from typing import Any
 
 import nats
 import pytest
+import redis.asyncio as aioredis
 from aws_lambda_powertools.utilities.data_classes import SNSEvent
 
 from kltest import Cluster, create_namespace, wait_for
 from kltest.platform import deploy, python_function, running_platform, start_operator
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
-from kubelambda.devcluster.servers import NatsServer
+from kubelambda.devcluster.servers import NatsServer, RedisServer
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -272,6 +273,62 @@ async def test_a_body_scoped_policy(platform: Platform, cluster: Cluster, kube: 
     await kube.delete(
         resource_path("kubelambda.io/v1alpha1", "triggers", namespace=platform.namespace, name="body-b")
     )
+
+
+async def test_a_redis_channel_fans_out_and_filters_on_the_body(
+    platform: Platform, cluster: Cluster, kube: KubeClient, tmp_path: Path
+) -> None:
+    """``topic.redis``: sub-a subscribes to a pattern, sub-b to the channel with a body policy; both get their
+    messages from one ``PUBLISH`` each, as SNS events (no attributes: Redis messages have none)."""
+    total = 30
+    async with RedisServer(tmp_path / "redis") as server:
+        redis = {"url": server.url, "channel": "shop.redis"}
+        for name, function, topic in (
+            ("redis-a", "sub-a", {"redis": {**redis, "channel": "shop.*", "pattern": True}}),
+            (
+                "redis-b",
+                "sub-b",
+                {
+                    "redis": redis,
+                    "filterPolicyScope": "MessageBody",
+                    "filterPolicy": {"status": ["paid"]},
+                },
+            ),
+        ):
+            doc = trigger(name, function, "-", platform)
+            doc["spec"]["topic"] = topic
+            cluster.apply(doc, platform.namespace)
+
+        def redis_events(function: str) -> list[SNSEvent]:
+            events = [SNSEvent(e) for e in seen(platform, function)]
+            return [e for e in events if e.record.sns.topic_arn.startswith("arn:kubelambda:redis:")]
+
+        want_b = {i for i in range(total) if i % 3 == 0}
+        async with bridges(platform, cluster, kube, ["redis-a", "redis-b"]):
+            client = aioredis.from_url(server.url)
+            try:
+                for _, data, _ in orders(total):
+                    assert await client.publish("shop.redis", data) == 2  # both bridges subscribed
+            finally:
+                await client.aclose()
+            await wait_for(
+                lambda: asyncio.sleep(0, result=(len(redis_events("sub-a")), len(redis_events("sub-b")))),
+                lambda got: got[0] >= total and got[1] >= len(want_b),
+                what=f"{total} events for sub-a and {len(want_b)} for sub-b",
+                timeout=120,
+                interval=0.5,
+            )
+    a, b = redis_events("sub-a"), redis_events("sub-b")
+    assert sorted(json.loads(e.sns_message)["order"] for e in a) == list(range(total))
+    assert sorted(json.loads(e.sns_message)["order"] for e in b) == sorted(want_b)
+    assert {e.record.sns.topic_arn for e in a + b} == {
+        f"arn:kubelambda:redis:us-east-1:{platform.namespace}:shop.redis"
+    }
+    assert all(not e.record.sns.message_attributes for e in a + b)
+    for name in ("redis-a", "redis-b"):
+        await kube.delete(
+            resource_path("kubelambda.io/v1alpha1", "triggers", namespace=platform.namespace, name=name)
+        )
 
 
 async def test_the_functions_async_settings_apply(

@@ -310,6 +310,17 @@ class NatsTopic(Broker):
     """Secret with ``token`` or ``username`` / ``password``."""
 
 
+class RedisTopic(Broker):
+    url: str = Field(pattern=r"^rediss?://[^\s]+$", max_length=2048)
+    """Redis URL."""
+    channel: str = Field(min_length=1, max_length=1024, pattern=r"^[^\s]+$")
+    """The Pub/Sub channel (the topic); with ``pattern``, a glob pattern (``orders.*``) subscribing to several."""
+    pattern: bool = False
+    """Subscribe with ``PSUBSCRIBE`` (``channel`` is a glob pattern) instead of ``SUBSCRIBE``."""
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Secret with ``password`` (and ``username``, for Redis 6 ACL users)."""
+
+
 class TopicSource(BrokerChoice):
     """A publish/subscribe topic (the self-hosted SNS): each message that passes the filter policy is one
     asynchronous invocation with Lambda's SNS event, under the Function's async settings."""
@@ -319,6 +330,8 @@ class TopicSource(BrokerChoice):
 
     nats: NatsTopic | None = None
     """A NATS subject (core NATS publish/subscribe)."""
+    redis: RedisTopic | None = None
+    """A Redis Pub/Sub channel (``PUBLISH``; no message attributes: Redis messages have none)."""
     filter_policy: dict[str, Any] | None = None
     """SNS subscription filter policy (docs/triggers-topic.md); messages that do not match are not delivered."""
     filter_policy_scope: Literal["MessageAttributes", "MessageBody"] = "MessageAttributes"

@@ -17,22 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
-import time
-import uuid
 from typing import Any
 
 import nats
-from aiohttp import web
 
-from kubelambda import metrics
-from kubelambda.api.v1alpha1.trigger import TopicSource
-from kubelambda.bridge._context import BridgeContext
-from kubelambda.bridge.topics._sns import body_matches, matches, message_text, parse_types, sns_event
+from kubelambda.bridge.topics._core import RETRY_MAX_SECONDS, TopicBridge, log
+from kubelambda.bridge.topics._sns import parse_types
 
-log = logging.getLogger("kubelambda.bridge.topics")
-RETRY_MAX_SECONDS = 30.0
 RESERVED_PREFIXES = ("nats-", "sns-")
 
 
@@ -53,92 +44,19 @@ def attributes_of(headers: dict[str, str] | None) -> tuple[dict[str, Any], str |
     return attrs, subject, message_id
 
 
-class NatsTopic:
+class NatsTopic(TopicBridge):
     """``spec.topic.nats``: a subscription to a NATS subject."""
 
-    def __init__(self, ctx: BridgeContext) -> None:
-        topic = ctx.trigger.spec.topic
-        if topic is None or topic.nats is None:
-            raise ValueError(f"Trigger {ctx.namespace}/{ctx.name} has no topic.nats block")
-        self.ctx = ctx
-        self.topic: TopicSource = topic
-        self.spec = topic.nats
-        self.slots = asyncio.Semaphore(topic.max_concurrency)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.stopping = False
-        self.subscription_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"kubelambda:{ctx.namespace}/{ctx.name}"))
+    broker = "nats"
 
-    def routes(self) -> list[web.RouteDef]:
-        return []
-
-    def topic_arn(self, subject: str) -> str:
-        return f"arn:kubelambda:nats:{self.ctx.region}:{self.ctx.namespace}:{subject}"
-
-    def wanted(self, message: str, encoded: bool, attributes: dict[str, Any]) -> bool:
-        policy = self.topic.filter_policy
-        if policy is None:
-            return True
-        if self.topic.filter_policy_scope == "MessageBody":
-            if encoded:
-                return False
-            try:
-                body = json.loads(message)
-            except ValueError:
-                return False
-            return body_matches(policy, body)
-        return matches(policy, attributes)
+    def topic_arn(self, name: str) -> str:
+        return f"arn:kubelambda:nats:{self.ctx.region}:{self.ctx.namespace}:{name}"
 
     async def on_message(self, msg: Any) -> None:
-        received = time.time()
         attributes, subject, message_id = attributes_of(msg.headers)
-        message, encoded = message_text(msg.data or b"")
-        if encoded:
-            attributes["Kubelambda-Message-Encoding"] = {"Type": "String", "Value": "base64"}
-        metrics.BRIDGE_RECORDS_RECEIVED.inc()
-        if not self.wanted(message, encoded, attributes):
-            metrics.BRIDGE_DISCARDED.labels("filtered").inc()
-            return
-        event = sns_event(
-            message=message,
-            message_id=message_id or str(uuid.uuid4()),
-            topic_arn=self.topic_arn(msg.subject),
-            subscription_arn=f"{self.topic_arn(msg.subject)}:{self.subscription_id}",
-            subject=subject,
-            attributes=attributes,
-            timestamp=received,
+        await self.handle(
+            msg.data or b"", topic=msg.subject, attributes=attributes, subject=subject, message_id=message_id
         )
-        await self.slots.acquire()
-        task = asyncio.create_task(self.deliver(event))
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        self.slots.release()
-
-    async def deliver(self, event: dict[str, Any]) -> None:
-        message_id = event["Records"][0]["Sns"]["MessageId"]
-        key = f"topic:{self.ctx.namespace}/{self.ctx.name}:{message_id}"
-        delay = 0.1
-        while True:
-            result = await self.ctx.invoker.invoke(event, asynchronous=True, idempotency_key=key)
-            if result.ok:
-                self.ctx.status.delivered()
-                return
-            if 400 <= result.status < 500 and result.status not in (404, 429):
-                # The event itself is refused (too large, not JSON): retrying cannot help.
-                log.error(
-                    "The gateway refused message %s of Trigger %s/%s (status %d): %s",
-                    message_id,
-                    self.ctx.namespace,
-                    self.ctx.name,
-                    result.status,
-                    result.payload[:300].decode(errors="replace"),
-                )
-                metrics.BRIDGE_DISCARDED.labels("refused").inc()
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def _connect(self) -> Any:
         options: dict[str, Any] = {}
@@ -165,10 +83,7 @@ class NatsTopic:
             **options,
         )
 
-    async def run(self) -> None:
-        if not self.ctx.trigger.spec.enabled:
-            log.info("Trigger %s/%s is disabled; not subscribing", self.ctx.namespace, self.ctx.name)
-            await asyncio.Event().wait()
+    async def subscribe(self) -> None:
         delay = 0.5
         while True:
             try:
@@ -190,11 +105,6 @@ class NatsTopic:
             self.stopping = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.drain(), 5)
-            if self.tasks:
-                # Messages accepted from NATS but not yet by the gateway: a few seconds to hand them over.
-                await asyncio.wait(set(self.tasks), timeout=5)
-                for task in list(self.tasks):
-                    task.cancel()
 
 
 BRIDGE = NatsTopic
