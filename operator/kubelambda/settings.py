@@ -48,6 +48,11 @@ class OperatorSettings(BaseSettings):
     nats_url: str | None = Field(default=None, pattern=r"^nats://[^\s]+$")
     """The platform's NATS (``nats://host:4222``), handed to Trigger bridges for ``onFailure.nats``
     destinations; unset = bridges have none."""
+    tracing_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    """OTLP/HTTP endpoint of the platform's traces (``KUBELAMBDA_TRACING_ENDPOINT``, docs/tracing.md), handed to
+    Trigger bridges with ``tracing_sample_ratio``; unset = bridges trace nothing."""
+    tracing_sample_ratio: float = Field(default=0.05, ge=0, le=1)
+    """``KUBELAMBDA_TRACING_SAMPLE_RATIO``, handed to Trigger bridges (default 0.05)."""
     logs: bool = True
     """Function logs kept past their pods (docs/logs.md): with ``nats_url`` set, every function pod's agent ships
     its log to the platform's NATS, and the operator makes each namespace's log stream. False = pod logs only."""

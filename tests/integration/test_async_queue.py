@@ -113,7 +113,7 @@ class StallingInvoker:
         return None
 
     async def invoke_for_worker(
-        self, namespace: str, name: str, payload: bytes, *, request_id: str
+        self, namespace: str, name: str, payload: bytes, *, request_id: str, traceparent: str | None = None
     ) -> tuple[Outcome, Response | None]:
         self.attempts.append(request_id)
         if len(self.attempts) == 1:

@@ -41,6 +41,7 @@ FUNCTION = "Kubelambda-Function"  # namespace/name: names may hold dots, so subj
 ENQUEUED_AT = "Kubelambda-Enqueued-At"  # epoch seconds when the gateway accepted the event
 INVOKE_COUNT = "Kubelambda-Invoke-Count"  # invocations before this delivery
 NOT_BEFORE = "Kubelambda-Not-Before"  # epoch seconds; a retry is not due before
+TRACEPARENT = "traceparent"  # W3C Trace Context of the event's trace (docs/tracing.md), when there is one
 PUBLISH_TIMEOUT_SECONDS = 5.0
 # How long "which stream captures this destination subject" is remembered: a stream created for a subject
 # later takes effect within this time.
@@ -67,6 +68,7 @@ class QueuedEvent:
     enqueued_at: float
     invoke_count: int = 0
     not_before: float | None = None
+    traceparent: str | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -78,6 +80,8 @@ class QueuedEvent:
         }
         if self.not_before is not None:
             headers[NOT_BEFORE] = repr(self.not_before)
+        if self.traceparent:
+            headers[TRACEPARENT] = self.traceparent
         return headers
 
     @classmethod
@@ -94,6 +98,7 @@ class QueuedEvent:
                 enqueued_at=float(h[ENQUEUED_AT]),
                 invoke_count=int(h.get(INVOKE_COUNT, "0")),
                 not_before=float(not_before) if not_before is not None else None,
+                traceparent=h.get(TRACEPARENT),
             )
         except (KeyError, ValueError) as e:
             raise BadEvent(f"not an event the gateway queued ({type(e).__name__}: {e}); headers {h}") from e

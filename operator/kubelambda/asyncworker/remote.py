@@ -64,12 +64,14 @@ class RemoteInvoker(RegistryLookups):
         )
 
     async def invoke_for_worker(
-        self, namespace: str, name: str, payload: bytes, *, request_id: str
+        self, namespace: str, name: str, payload: bytes, *, request_id: str, traceparent: str | None = None
     ) -> tuple[Outcome, Response | None]:
         spec = self.async_function(namespace, name)
         timeout = (spec.timeout_seconds if spec is not None else 900) + INVOKE_MARGIN_SECONDS
         path = urllib.parse.quote(f"{namespace}/{name}", safe="/")
         headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
+        if traceparent:
+            headers["traceparent"] = traceparent
         bearer = self.token() if self.token is not None else None
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"

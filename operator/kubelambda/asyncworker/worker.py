@@ -27,7 +27,7 @@ from aiohttp.resolver import DefaultResolver
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from kubelambda import metrics
+from kubelambda import metrics, tracing
 from kubelambda.api.v1alpha1 import Destination, FunctionSpec
 from kubelambda.asyncworker.decide import (
     Condition,
@@ -67,8 +67,9 @@ class Invoker(Protocol):
     def function_arn(self, namespace: str, name: str) -> str: ...
 
     async def invoke_for_worker(
-        self, namespace: str, name: str, payload: bytes, *, request_id: str
-    ) -> tuple[Outcome, Response | None]: ...
+        self, namespace: str, name: str, payload: bytes, *, request_id: str, traceparent: str | None = None
+    ) -> tuple[Outcome, Response | None]:
+        """One attempt; ``traceparent``: the attempt's trace parent (docs/tracing.md)."""
 
     async def destination_refusal(self, namespace: str, source: str, target: str) -> str | None:
         """None when the Function ``source`` may send records to the Function ``target`` (its execution identity
@@ -212,7 +213,23 @@ class Worker:
             await msg.term()
             return
         try:
-            await self._process(msg, event)
+            # One span per delivery, in the event's trace: the attempt, a retry queued and a destination's
+            # record are its children (the retry's delivery then continues the same trace).
+            with tracing.span(
+                f"async {event.namespace}/{event.function}",
+                context=tracing.parent(event.traceparent),
+                kind=tracing.SpanKind.CONSUMER,
+            ) as span:
+                tracing.set_attributes(
+                    span,
+                    {
+                        "faas.invocation_id": event.request_id,
+                        "kubelambda.namespace": event.namespace,
+                        "kubelambda.function": event.function,
+                        "kubelambda.invoke_count": event.invoke_count,
+                    },
+                )
+                await self._process(msg, event)
         except asyncio.CancelledError:
             # Stopping: hand the event back now rather than after the ack wait (it may have run: at-least-once).
             with contextlib.suppress(Exception):
@@ -258,7 +275,11 @@ class Worker:
             heartbeat = asyncio.create_task(_in_progress(msg, every=s.ack_wait / 3))
             try:
                 outcome, response = await self.invoker.invoke_for_worker(
-                    event.namespace, event.function, event.payload, request_id=event.request_id
+                    event.namespace,
+                    event.function,
+                    event.payload,
+                    request_id=event.request_id,
+                    traceparent=_traceparent(event),
                 )
             finally:
                 heartbeat.cancel()
@@ -287,6 +308,7 @@ class Worker:
                 enqueued_at=event.enqueued_at,
                 invoke_count=decision.invoke_count,
                 not_before=now + decision.delay,
+                traceparent=_traceparent(event),
             )
             await self.queue.publish(retry)
             metrics.ASYNC_RETRIES.labels(*labels).inc()
@@ -359,6 +381,14 @@ class Worker:
     async def _send(
         self, namespace: str, destination: Destination, record: dict[str, Any], *, source: str
     ) -> str:
+        with tracing.span("destination", kind=tracing.SpanKind.PRODUCER) as span:
+            kind = await self._send_record(namespace, destination, record, source=source)
+            tracing.set_attributes(span, {"kubelambda.destination": kind})
+            return kind
+
+    async def _send_record(
+        self, namespace: str, destination: Destination, record: dict[str, Any], *, source: str
+    ) -> str:
         body = json.dumps(record).encode()
         if destination.function is not None:
             refused = await self.invoker.destination_refusal(namespace, source, destination.function)
@@ -371,6 +401,7 @@ class Worker:
                     request_id=str(uuid.uuid4()),
                     payload=body,
                     enqueued_at=self.clock(),
+                    traceparent=tracing.current_traceparent(),
                 )
             )
             return "function"
@@ -415,6 +446,11 @@ class Worker:
                 )
             if resp.status >= 300:
                 raise RuntimeError(f"{url} answered {resp.status}")
+
+
+def _traceparent(event: QueuedEvent) -> str | None:
+    """What an attempt or a retry carries: the current span's (the delivery's), else the event's as it came."""
+    return tracing.current_traceparent() or event.traceparent
 
 
 def _labels(event: QueuedEvent) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from kubelambda import metrics
+from kubelambda import metrics, tracing
 from kubelambda.api.v1alpha1 import GROUP, VERSION, Trigger
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, resource_path
@@ -120,6 +120,8 @@ class Invoker:
         }
         if idempotency_key is not None:
             headers["X-Kubelambda-Idempotency-Key"] = idempotency_key
+        if (traceparent := tracing.current_traceparent()) is not None:  # the batch's span (docs/tracing.md)
+            headers[tracing.TRACEPARENT] = traceparent
         bearer = self._bearer_token()
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kubelambda import metrics
+from kubelambda import metrics, tracing
 from kubelambda.api.v1alpha1 import GROUP, VERSION, Trigger
 from kubelambda.api.v1alpha1.trigger import source_kinds
 from kubelambda.bridge._context import (
@@ -232,6 +232,9 @@ def main(trigger_ref: str) -> int:
         settings = BridgeSettings()
     except ValidationError as e:
         log.error("bad settings (environment KUBELAMBDA_BRIDGE_*):\n%s", e)
+        return 2
+    if (bad := tracing.from_environment("kubelambda-bridge")) is not None:
+        log.error("%s", bad)
         return 2
 
     async def serve() -> None:

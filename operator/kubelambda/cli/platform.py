@@ -33,6 +33,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
 def cmd_gateway(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from kubelambda import tracing
     from kubelambda.gateway.app import serve
     from kubelambda.gateway.config import GatewaySettings
     from kubelambda.kube import default_login
@@ -41,6 +42,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         settings = GatewaySettings()
     except ValidationError as e:
         print(f"kubelambda gateway: bad settings (environment KUBELAMBDA_GATEWAY_*):\n{e}", file=sys.stderr)
+        return 2
+    if (bad := tracing.from_environment("kubelambda-gateway")) is not None:
+        print(f"kubelambda gateway: {bad}", file=sys.stderr)
         return 2
 
     async def main() -> None:
@@ -56,6 +60,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 def cmd_async_worker(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from kubelambda import tracing
     from kubelambda.asyncworker.remote import run_worker
     from kubelambda.asyncworker.worker import WorkerSettings
     from kubelambda.gateway.config import GatewaySettings
@@ -74,6 +79,9 @@ def cmd_async_worker(args: argparse.Namespace) -> int:
             "(--gateway-url or KUBELAMBDA_GATEWAY_URL)",
             file=sys.stderr,
         )
+        return 2
+    if (bad := tracing.from_environment("kubelambda-async-worker")) is not None:
+        print(f"kubelambda async-worker: {bad}", file=sys.stderr)
         return 2
     nats_url = settings.nats_url
 

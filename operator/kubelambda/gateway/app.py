@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import generate_latest
 
-from kubelambda import metrics
+from kubelambda import metrics, tracing
 from kubelambda.asyncworker.decide import Outcome
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response
@@ -159,7 +159,13 @@ class Gateway(RegistryLookups):
         if kind == "DryRun":
             return web.Response(status=204, headers={"X-Amz-Executed-Version": resolved.version})
         if kind == "Event":
-            return await self._enqueue(fn, body or b"{}", key=self._idempotency_key(request, caller))
+            return await self._enqueue(
+                fn,
+                body or b"{}",
+                key=self._idempotency_key(request, caller),
+                traceparent=request.headers.get(tracing.TRACEPARENT),
+                xray=request.headers.get("X-Amzn-Trace-Id"),
+            )
         return await self._run(request, caller, resolved, ref, body or b"{}", started)
 
     def resolve(self, ref: FunctionRef) -> Resolved | None:
@@ -179,8 +185,18 @@ class Gateway(RegistryLookups):
             return key
         return f"caller:{caller.username}/{key}"
 
-    async def _enqueue(self, fn: FunctionEntry, body: bytes, *, key: str | None = None) -> web.Response:
-        """Stores an Event invocation in JetStream and answers 202 once the store is acknowledged."""
+    async def _enqueue(
+        self,
+        fn: FunctionEntry,
+        body: bytes,
+        *,
+        key: str | None = None,
+        traceparent: str | None = None,
+        xray: str | None = None,
+    ) -> web.Response:
+        """Stores an Event invocation in JetStream and answers 202 once the store is acknowledged. The event
+        carries the trace (its ``enqueue`` span's, else the caller's ``traceparent``) to every attempt, retry
+        and destination (docs/tracing.md)."""
         s = self.settings
         if self.queue is None:
             return error_response(
@@ -197,13 +213,37 @@ class Gateway(RegistryLookups):
             request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"kubelambda:{fn.namespace}/{fn.name}/{key}"))
         else:
             request_id = str(uuid.uuid4())
-        event = QueuedEvent(
-            namespace=fn.namespace,
-            function=fn.name,
-            request_id=request_id,
-            payload=body,
-            enqueued_at=time.time(),
-        )
+        with tracing.span(
+            f"enqueue {fn.namespace}/{fn.name}",
+            context=tracing.parent(traceparent, xray),
+            kind=tracing.SpanKind.PRODUCER,
+        ) as span:
+            tracing.set_attributes(
+                span,
+                {
+                    "faas.invocation_id": request_id,
+                    "kubelambda.namespace": fn.namespace,
+                    "kubelambda.function": fn.name,
+                    "kubelambda.invocation_type": "Event",
+                },
+            )
+            event = QueuedEvent(
+                namespace=fn.namespace,
+                function=fn.name,
+                request_id=request_id,
+                payload=body,
+                enqueued_at=time.time(),
+                traceparent=tracing.current_traceparent() or traceparent,
+            )
+            refused = await self._publish(fn, event)
+        if refused is not None:
+            return refused
+        metrics.ASYNC_ACCEPTED.labels(fn.namespace, fn.name).inc()
+        return web.Response(status=202, headers={"X-Amzn-RequestId": request_id})
+
+    async def _publish(self, fn: FunctionEntry, event: QueuedEvent) -> web.Response | None:
+        """None once JetStream stored the event; else the answer that nothing was accepted."""
+        assert self.queue is not None
         try:
             await self.queue.publish(event)
         except Exception as e:  # NATS down or JetStream refusing: nothing was promised yet
@@ -214,8 +254,7 @@ class Gateway(RegistryLookups):
                 "Could not queue the event, nothing was accepted; try again",
                 extra_headers={"Retry-After": "1"},
             )
-        metrics.ASYNC_ACCEPTED.labels(fn.namespace, fn.name).inc()
-        return web.Response(status=202, headers={"X-Amzn-RequestId": request_id})
+        return None
 
     # ---- the async worker's way in (kubelambda.asyncworker.Invoker) ----------------------------------
 
@@ -234,9 +273,10 @@ class Gateway(RegistryLookups):
         )
 
     async def invoke_for_worker(
-        self, namespace: str, name: str, payload: bytes, *, request_id: str
+        self, namespace: str, name: str, payload: bytes, *, request_id: str, traceparent: str | None = None
     ) -> tuple[Outcome, Response | None]:
-        """One attempt of a queued event through the sync path (throttler, activator, balancer)."""
+        """One attempt of a queued event through the sync path (throttler, activator, balancer); its span is a
+        child of ``traceparent`` (the worker's span for the attempt)."""
         fn = self.registry.functions.get((namespace, name))
         if fn is None or not fn.ready:
             return Outcome.SYSTEM_ERROR, None
@@ -246,6 +286,8 @@ class Gateway(RegistryLookups):
             timeout_seconds=float(fn.spec.timeout_seconds),
             body=payload,
             log_tail=False,
+            traceparent=traceparent,
+            invocation_type="Event",
         )
         try:
             result, _ = await self.path.run(fn, invocation, time.monotonic())
@@ -278,6 +320,7 @@ class Gateway(RegistryLookups):
             log_tail=request.headers.get("X-Amz-Log-Type") == "Tail",
             client_context=request.headers.get("X-Amz-Client-Context"),
             trace_id=request.headers.get("X-Amzn-Trace-Id"),
+            traceparent=request.headers.get(tracing.TRACEPARENT),
         )
         # A standalone async worker (kubelambda.asyncworker.remote) keeps an event's request id on every attempt.
         async_request_id = request.headers.get(ASYNC_REQUEST_ID_HEADER)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from kubelambda import metrics
+from kubelambda import metrics, tracing
 from kubelambda.agentauth import function_token
 from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WARM_POOL_HEADER = "X-Kubelambda-Warm-Pool"  # the pool pod that answered (docs/warm-pools.md)
+INIT_DURATION = "kubelambda.init_duration_ms"
+"""The invoke span's attribute for a cold start: how long it waited for an instance (the activator's scale-up
+and the runtime's init, or a warm-pool pod's specialisation), in ms."""
 
 
 class Unavailable(Exception):
@@ -81,7 +84,42 @@ class InvokePath:
 
     async def run(self, fn: FunctionEntry, invocation: Invocation, started: float) -> tuple[Result, bool]:
         """One invocation: throttler (exact in-flight), then :meth:`_route`. Raises :class:`Throttled` or
-        :class:`Unavailable`; counts the outcome either way. ``started``: when the entry point took the call."""
+        :class:`Unavailable`; counts the outcome either way. ``started``: when the entry point took the call.
+
+        With tracing on, it is one span (``invoke <namespace>/<name>``, a child of the caller's ``traceparent``
+        or of the current span) whose children are the cold path's wait and the forward (docs/tracing.md)."""
+        parent = tracing.parent(invocation.traceparent, invocation.trace_id)
+        with tracing.span(
+            f"invoke {fn.namespace}/{fn.name}", context=parent, kind=tracing.SpanKind.SERVER
+        ) as span:
+            outcome = "error"
+            cold = False
+            try:
+                result, cold = await self._run(fn, invocation, started)
+                outcome = result.outcome
+                return result, cold
+            except Throttled:
+                outcome = "throttled"
+                raise
+            finally:
+                if span is not None and span.is_recording():
+                    span.set_attributes(
+                        {
+                            "faas.name": fn.lambda_name,
+                            "faas.version": fn.version,
+                            "faas.invocation_id": invocation.request_id,
+                            "faas.coldstart": cold,
+                            "kubelambda.namespace": fn.namespace,
+                            "kubelambda.function": fn.name,
+                            "kubelambda.invocation_type": invocation.invocation_type,
+                            "kubelambda.throttled": outcome == "throttled",
+                            "kubelambda.outcome": outcome,
+                        }
+                    )
+                    if outcome not in ("success", "function_error"):
+                        span.set_status(tracing.StatusCode.ERROR, outcome)
+
+    async def _run(self, fn: FunctionEntry, invocation: Invocation, started: float) -> tuple[Result, bool]:
         m = self.metrics_of(fn)
         try:
             # Reserved concurrency is the function's, shared by its published versions (docs/versions.md).
@@ -149,17 +187,7 @@ class InvokePath:
                 )
             logger.debug("Forwarding %s to %s", invocation.request_id, endpoint)
             try:
-                # The deadline starts when an instance takes the invocation, as Lambda's timeout does.
-                deadline = time.time() + spec.timeout_seconds
-                token = function_token(key.get_secret_value(), *fn.key) if (key := s.agent_key) else None
-                result = await forward(
-                    self.http(),
-                    endpoint,
-                    invocation,
-                    deadline=deadline,
-                    token=token,
-                    max_response_bytes=s.max_response_bytes,
-                )
+                result = await self._forward(fn, endpoint, invocation)
                 pod = self.warm_pool.pod_at(endpoint) if self.warm_pool is not None else None
                 if pod is not None:
                     result.headers[WARM_POOL_HEADER] = pod
@@ -190,6 +218,23 @@ class InvokePath:
                 if self.warm_pool is not None:
                     self.warm_pool.flush(endpoint)
 
+    async def _forward(self, fn: FunctionEntry, endpoint: str, invocation: Invocation) -> Result:
+        s = self.settings
+        # The deadline starts when an instance takes the invocation, as Lambda's timeout does.
+        deadline = time.time() + fn.spec.timeout_seconds
+        token = function_token(key.get_secret_value(), *fn.key) if (key := s.agent_key) else None
+        # The function's trace parent (forward reads the current span): its own spans are children of this one.
+        with tracing.span("forward", kind=tracing.SpanKind.CLIENT) as span:
+            tracing.set_attributes(span, {"server.address": endpoint})
+            return await forward(
+                self.http(),
+                endpoint,
+                invocation,
+                deadline=deadline,
+                token=token,
+                max_response_bytes=s.max_response_bytes,
+            )
+
     def _own_or_pool_endpoints(self, fn: FunctionEntry) -> list[str]:
         own = self.registry.ready_endpoints(fn.key)
         if own or self.warm_pool is None:
@@ -211,11 +256,15 @@ class InvokePath:
         if not pool.eligible(fn):
             return None
         started = time.monotonic()
-        endpoint = await pool.claim(fn, self.http())
+        with tracing.span("warm-pool specialisation") as span:
+            endpoint = await pool.claim(fn, self.http())
+            tracing.set_attributes(span, {"kubelambda.specialised": endpoint is not None})
         if endpoint is None:
             return False if existing else None
+        waited = time.monotonic() - started
         metrics.GATEWAY_COLD_STARTS.labels(fn.namespace, fn.name).inc()
-        metrics.GATEWAY_COLD_START_SECONDS.labels(fn.namespace, fn.name).observe(time.monotonic() - started)
+        metrics.GATEWAY_COLD_START_SECONDS.labels(fn.namespace, fn.name).observe(waited)
+        tracing.annotate({INIT_DURATION: waited * 1000})
         # The regular scale-up, off the request's path: the function's own instance takes over when ready.
         pool.defer(endpoint, lambda: self.activator.activate(fn))
         return True
@@ -235,14 +284,19 @@ class InvokePath:
         gauge.inc()
         started = time.monotonic()
         try:
-            try:
-                await self.activator.activate(fn)
-            except ApiError as e:
-                logger.warning("Could not scale %s/%s up: %s", *labels, e)  # the API's words stay in the log
-                raise Unavailable("ServiceException", f"Could not scale {fn.namespace}/{fn.name} up") from e
-            endpoints = await self.registry.wait_for_endpoints(
-                fn.key, timeout=max(until - time.monotonic(), 0)
-            )
+            with tracing.span("activator wait"):
+                try:
+                    await self.activator.activate(fn)
+                except ApiError as e:
+                    logger.warning(
+                        "Could not scale %s/%s up: %s", *labels, e
+                    )  # the API's words stay in the log
+                    raise Unavailable(
+                        "ServiceException", f"Could not scale {fn.namespace}/{fn.name} up"
+                    ) from e
+                endpoints = await self.registry.wait_for_endpoints(
+                    fn.key, timeout=max(until - time.monotonic(), 0)
+                )
             if not endpoints:
                 raise Unavailable(
                     "ServiceException",
@@ -252,4 +306,6 @@ class InvokePath:
         finally:
             self._cold_waiting[fn.key] -= 1
             gauge.dec()
-            metrics.GATEWAY_COLD_START_SECONDS.labels(*labels).observe(time.monotonic() - started)
+            waited = time.monotonic() - started
+            metrics.GATEWAY_COLD_START_SECONDS.labels(*labels).observe(waited)
+            tracing.annotate({INIT_DURATION: waited * 1000})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from kubelambda import tracing
 from kubelambda.agentauth import bearer
 
 # What the agent answers that a caller of the Invoke API sees.
@@ -45,7 +46,9 @@ class Invocation:
     body: bytes
     log_tail: bool
     client_context: str | None = None
-    trace_id: str | None = None
+    trace_id: str | None = None  # the caller's X-Amzn-Trace-Id
+    traceparent: str | None = None  # the caller's W3C traceparent (kubelambda.tracing)
+    invocation_type: str = "RequestResponse"  # or Event (the async worker's attempts)
 
     @classmethod
     def new(
@@ -57,8 +60,11 @@ class Invocation:
         log_tail: bool,
         client_context: str | None = None,
         trace_id: str | None = None,
+        traceparent: str | None = None,
     ) -> Invocation:
-        return cls(str(uuid.uuid4()), arn, timeout_seconds, body, log_tail, client_context, trace_id)
+        return cls(
+            str(uuid.uuid4()), arn, timeout_seconds, body, log_tail, client_context, trace_id, traceparent
+        )
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,14 @@ async def forward(
         headers["X-Amz-Log-Type"] = "Tail"
     if invocation.client_context:
         headers["X-Amz-Client-Context"] = invocation.client_context
-    if invocation.trace_id:
+    # The trace as the function sees it (docs/tracing.md): the forward span's when tracing is on, else the
+    # caller's; in both W3C and X-Ray form (the X-Ray one derived from the W3C one, as Lambda does).
+    traceparent = tracing.current_traceparent() or invocation.traceparent
+    xray = tracing.xray_header(traceparent) if traceparent else None
+    if traceparent and xray:
+        headers["traceparent"] = traceparent
+        headers["X-Amzn-Trace-Id"] = xray
+    elif invocation.trace_id:
         headers["X-Amzn-Trace-Id"] = invocation.trace_id
     remaining = max(deadline - time.time(), 0.001) + TIMEOUT_MARGIN_SECONDS
     try:

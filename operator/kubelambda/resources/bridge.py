@@ -200,7 +200,12 @@ def make_bridge_deployment(trigger: TriggerObject, *, settings: OperatorSettings
             {"name": "KUBELAMBDA_BRIDGE_LOG_NATS_URL", "value": settings.log_nats_url},
             {"name": "KUBELAMBDA_BRIDGE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ]
-        env.sort(key=lambda e: str(e["name"]))
+    if settings.tracing_endpoint:  # the same tracing settings as the platform's (docs/tracing.md)
+        env += [
+            {"name": "KUBELAMBDA_TRACING_ENDPOINT", "value": settings.tracing_endpoint},
+            {"name": "KUBELAMBDA_TRACING_SAMPLE_RATIO", "value": repr(settings.tracing_sample_ratio)},
+        ]
+    env.sort(key=lambda e: str(e["name"]))
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
     container: JSON = {
         "name": "bridge",

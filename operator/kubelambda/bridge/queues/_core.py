@@ -26,7 +26,7 @@ from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kubelambda import metrics
+from kubelambda import metrics, tracing
 from kubelambda.api.v1alpha1.trigger import QueueSource
 from kubelambda.bridge._context import BridgeContext, InvokeResult
 from kubelambda.bridge.queues._batch import (
@@ -45,6 +45,19 @@ log = logging.getLogger("kubelambda.bridge.queues")
 STOP_STEP_SECONDS = 2.0
 """On stop, how long each step after the drain may take (cancelling the depth reader and what is left in
 flight, closing the broker client)."""
+
+
+def trace_links(batch: Sequence[Message]) -> list[tracing.Link]:
+    """Links to the traces the messages name in a ``traceparent`` attribute (SQS message attribute, NATS or
+    RabbitMQ header, Redis field)."""
+    links = []
+    for m in batch:
+        found = m.message_attributes.get(tracing.TRACEPARENT)
+        value = found.get("stringValue") if isinstance(found, dict) else None
+        made = tracing.link(value) if isinstance(value, str) else None
+        if made is not None:
+            links.append(made)
+    return links
 
 
 def _stop_requested() -> bool:
@@ -285,6 +298,21 @@ class QueueConsumer:
         return batch
 
     async def _process(self, batch: list[Message]) -> None:
+        # One span per batch (docs/tracing.md), linked to each message's trace when it carries a ``traceparent``
+        # attribute/header; the invocations it makes are its children.
+        links = trace_links(batch) if tracing.enabled() else ()
+        with tracing.span(f"batch {self.ctx.name}", kind=tracing.SpanKind.CONSUMER, links=links) as span:
+            tracing.set_attributes(
+                span,
+                {
+                    "messaging.system": self.broker.event_source,
+                    "messaging.batch.message_count": len(batch),
+                    "kubelambda.trigger": self.ctx.name,
+                },
+            )
+            await self._process_batch(batch)
+
+    async def _process_batch(self, batch: list[Message]) -> None:
         unique_ids(batch)
         records = [
             to_record(

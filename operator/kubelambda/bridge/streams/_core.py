@@ -26,7 +26,7 @@ from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kubelambda import metrics
+from kubelambda import metrics, tracing
 from kubelambda.api.v1alpha1 import Trigger
 from kubelambda.bridge._context import BridgeContext, Checkpoint
 from kubelambda.bridge.streams._batch import (
@@ -434,7 +434,16 @@ class ShardWorker:
                 piece = Piece(piece.records[expired:], piece.attempts, piece.throttles, piece.first_failure)
             batch = piece.records
             metrics.BRIDGE_BATCH_SIZE.observe(len(batch))
-            answer = await self.ctx.invoker.invoke(self.bridge.encode(batch))
+            with tracing.span(f"batch {self.ctx.name}", kind=tracing.SpanKind.CONSUMER) as span:
+                tracing.set_attributes(
+                    span,
+                    {
+                        "messaging.batch.message_count": len(batch),
+                        "messaging.destination.partition.id": batch[0].shard,
+                        "kubelambda.trigger": self.ctx.name,
+                    },
+                )
+                answer = await self.ctx.invoker.invoke(self.bridge.encode(batch))
             result = classify(
                 status=answer.status,
                 function_error=answer.function_error,
