@@ -19,6 +19,8 @@ import (
 //	Lambda-Runtime-Deadline-Ms           epoch ms; can only shorten the function timeout
 //	Lambda-Runtime-Invoked-Function-Arn  ARN the caller used (default: the configured one)
 //	Lambda-Runtime-Trace-Id / X-Amzn-Trace-Id
+//	traceparent                          W3C Trace Context: passed to the runtime as is; the X-Ray form of
+//	                                     it is the trace id when neither header above is sent
 //	Lambda-Runtime-Client-Context        client context JSON, or X-Amz-Client-Context as base64 JSON
 //	Lambda-Runtime-Cognito-Identity      cognito identity JSON
 //	X-Amz-Log-Type: Tail                 answer with X-Amz-Log-Result, the base64 of the last 4 KB of
@@ -130,6 +132,14 @@ func (a *invokeAPI) newInvocation(r *http.Request, body []byte, now time.Time) (
 	if inv.traceID == "" {
 		inv.traceID = headerValue(h, "X-Amzn-Trace-Id")
 	}
+	if tp := headerValue(h, "Traceparent"); tp != "" {
+		if xray, ok := xrayOfTraceparent(tp); ok {
+			inv.traceparent = tp
+			if inv.traceID == "" {
+				inv.traceID = xray
+			}
+		}
+	}
 	if inv.traceID == "" {
 		inv.traceID = newTraceID(now)
 	}
@@ -166,6 +176,30 @@ func headerValue(h http.Header, canonical string) string {
 func newTraceID(now time.Time) string {
 	// Trace ids need to be unique, not secret: a fast non-cryptographic generator will do.
 	return "Root=1-" + strconv.FormatInt(now.Unix(), 16) + "-" + fastHex(24) + ";Parent=" + fastHex(16) + ";Sampled=0"
+}
+
+// xrayOfTraceparent gives a W3C traceparent (version 00) in X-Ray's form, as Lambda derives
+// _X_AMZN_TRACE_ID from a trace: Root=1-<first 8 hex of the trace id>-<other 24>;Parent=<span id>;Sampled=<0|1>.
+func xrayOfTraceparent(tp string) (string, bool) {
+	// 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>
+	if len(tp) != 55 || tp[:3] != "00-" || tp[35] != '-' || tp[52] != '-' || !isLowerHex(tp[3:35]) ||
+		!isLowerHex(tp[36:52]) || !isLowerHex(tp[53:]) {
+		return "", false
+	}
+	sampled := "0"
+	if strings.IndexByte("13579bdf", tp[54]) >= 0 {
+		sampled = "1"
+	}
+	return "Root=1-" + tp[3:11] + "-" + tp[11:35] + ";Parent=" + tp[36:52] + ";Sampled=" + sampled, true
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // writeResult answers an admitted invocation. The status is 200 whenever the function ran or was

@@ -141,6 +141,9 @@ func (a *runtimeAPI) next(rw http.ResponseWriter, r *http.Request, pr *proc) {
 	h["Lambda-Runtime-Deadline-Ms"] = []string{strconv.FormatInt(inv.deadline().UnixMilli(), 10)}
 	h["Lambda-Runtime-Invoked-Function-Arn"] = []string{inv.arn}
 	h["Lambda-Runtime-Trace-Id"] = []string{inv.traceID}
+	if inv.traceparent != "" { // for runtimes and handlers that read W3C Trace Context (docs/tracing.md)
+		h["Traceparent"] = []string{inv.traceparent}
+	}
 	if inv.clientContext != "" {
 		h["Lambda-Runtime-Client-Context"] = []string{inv.clientContext}
 	}

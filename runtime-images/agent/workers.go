@@ -51,7 +51,8 @@ type invocation struct {
 	moved         chan struct{} // signalled when the deadline changes after receipt (the invoke handler re-arms)
 	ownDeadline   bool          // the caller set Lambda-Runtime-Deadline-Ms: it holds from receipt, init included
 	arn           string
-	traceID       string
+	traceID       string // X-Ray form (Lambda-Runtime-Trace-Id, _X_AMZN_TRACE_ID)
+	traceparent   string // W3C Trace Context, when the caller sent one
 	clientContext string
 	cognito       string
 
