@@ -211,3 +211,68 @@ async def post_load(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(connections)))
     return requests / (time.perf_counter() - started), latencies
+
+
+def gateway_process(
+    state_dir: Path, name: str, env: Mapping[str, str]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``kubelambda gateway`` process of the local cluster in ``state_dir`` (as the gateway's ServiceAccount) on a
+    free port of 127.0.0.1, with ``env`` over no other ``KUBELAMBDA_*`` variable; returns it and its URL. Its log
+    is ``logs/bench-gateway-<name>.log``."""
+    from kubelambda.devcluster._ports import free_port
+
+    port = free_port()
+    full = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")},
+        "KUBELAMBDA_GATEWAY_KUBECONFIG": str(state_dir / "gateway.kubeconfig"),
+        "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
+        "KUBELAMBDA_GATEWAY_PORT": str(port),
+        **env,
+    }
+    log = (state_dir / "logs" / f"bench-gateway-{name}.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubelambda", "gateway"], stdout=log, stderr=subprocess.STDOUT, env=full
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def print_rows(rows: Mapping[str, list[tuple[float, list[float]]]]) -> None:
+    """Each case's median req/s and p50/p99 over all its rounds, beside the first case's."""
+    import statistics
+
+    base: tuple[float, float] | None = None
+    first = next(iter(rows), "")
+    for name, results in rows.items():
+        rps = statistics.median(r for r, _ in results)
+        lat = [v for _, ls in results for v in ls]
+        p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
+        base = base or (p50, p99)
+        print(
+            f"  {name:<22} {rps:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms"
+            f"   vs {first}: p50 {p50 - base[0]:+.3f} ms ({(p50 / base[0] - 1) * 100:+.1f} %),"
+            f" p99 {p99 - base[1]:+.3f} ms"
+        )
+
+
+async def create_warm_function(
+    kube: KubeClient, namespace: str, *, per_instance: int, name: str = "warm"
+) -> None:
+    """A no-op python3.11 Function with one instance always up, ``per_instance`` concurrent invocations each."""
+    await kube.create(
+        resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace),
+        {
+            "apiVersion": "kubelambda.io/v1alpha1",
+            "kind": "Function",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "runtime": "python3.11",
+                "handler": "app.handler",
+                # 1 vCPU: at the default 128 MB (73m CPU) the instance's CPU quota, not the gateway, caps
+                # throughput and its throttling sets p99 (~90 ms) for every case
+                "memoryMB": 1769,
+                "code": {"inline": {"app.py": "def handler(event, context):\n    return event\n"}},
+                "scaling": {"minInstances": 1, "maxInstances": 1, "warmPool": False},
+                "concurrency": {"perInstance": per_instance},
+            },
+        },
+    )

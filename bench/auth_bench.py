@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,33 +34,29 @@ from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
 
-from _common import create_namespace, developer_headers, pct, post_load, start_cluster, stop_cluster, wait
+from _common import (
+    create_namespace,
+    create_warm_function,
+    developer_headers,
+    gateway_process,
+    pct,
+    post_load,
+    print_rows,
+    start_cluster,
+    stop_cluster,
+    wait,
+)
 from kubelambda.devcluster._binaries import ensure_binaries
-from kubelambda.devcluster._ports import free_port
 from kubelambda.gateway.auth import sigv4
 from kubelambda.gateway.auth.reviews import AccessReviewer, Identity, TokenReviewer
-from kubelambda.kube import KubeClient, resource_path
+from kubelambda.kube import KubeClient
 
 NS = "bench"
 BODY = b'{"x": 1}'
 
 
-def gateway_process(state_dir: Path, mode: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")},
-        "KUBELAMBDA_GATEWAY_KUBECONFIG": str(
-            state_dir / "gateway.kubeconfig"
-        ),  # the gateway's ServiceAccount
-        "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
-        "KUBELAMBDA_GATEWAY_PORT": str(port),
-        "KUBELAMBDA_GATEWAY_AUTH_MODE": mode,
-    }
-    log = (state_dir / "logs" / f"bench-gateway-{mode}.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelambda", "gateway"], stdout=log, stderr=subprocess.STDOUT, env=env
-    )
-    return proc, f"http://127.0.0.1:{port}"
+def gateway_mode(state_dir: Path, mode: str) -> tuple[subprocess.Popen[bytes], str]:
+    return gateway_process(state_dir, mode, {"KUBELAMBDA_GATEWAY_AUTH_MODE": mode})
 
 
 def presigned(url: str, key: tuple[str, str], count: int) -> list[dict[str, str]]:
@@ -159,28 +153,9 @@ async def main() -> None:
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
             ):
                 await create_namespace(kube, NS)
-                await kube.create(
-                    resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS),
-                    {
-                        "apiVersion": "kubelambda.io/v1alpha1",
-                        "kind": "Function",
-                        "metadata": {"name": "warm", "namespace": NS},
-                        "spec": {
-                            "runtime": "python3.11",
-                            "handler": "app.handler",
-                            # 1 vCPU: at the default 128 MB (73m CPU) the instance's CPU quota, not the
-                            # gateway, caps throughput and its throttling sets p99 (~90 ms) for every case
-                            "memoryMB": 1769,
-                            "code": {
-                                "inline": {"app.py": "def handler(event, context):\n    return event\n"}
-                            },
-                            "scaling": {"minInstances": 1, "maxInstances": 1, "warmPool": False},
-                            "concurrency": {"perInstance": args.connections},
-                        },
-                    },
-                )
+                await create_warm_function(kube, NS, per_instance=args.connections)
                 for name, mode in (("none", "none"), ("kubernetes", "kubernetes"), ("none-2", "none")):
-                    gateways[name] = gateway_process(root, mode)
+                    gateways[name] = gateway_mode(root, mode)
                 path = f"/2015-03-31/functions/{NS}/warm/invocations"
                 none_url, auth_url = gateways["none"][1] + path, gateways["kubernetes"][1] + path
                 sign_pool = presigned(auth_url, key, 64)
@@ -223,16 +198,7 @@ async def main() -> None:
                     f"== warm invocations, {args.connections} connections, {args.rounds} x {args.requests} "
                     "requests per case, same instance, gateways alike but for auth mode"
                 )
-                base = None
-                for name, results in rows.items():
-                    rps = statistics.median(r for r, _ in results)
-                    lat = [v for _, ls in results for v in ls]
-                    p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
-                    base = base or (p50, p99)
-                    print(
-                        f"  {name:<18} {rps:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms"
-                        f"   vs none: p50 {p50 - base[0]:+.3f} ms, p99 {p99 - base[1]:+.3f} ms"
-                    )
+                print_rows(rows)
                 print("  target: <= 0.1 ms added at p50")
                 token = bearer["Authorization"].removeprefix("Bearer ")
                 await step_cost(kube, auth_url, key, bearer, 5000)

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
     "Link",
@@ -70,9 +71,10 @@ _provider: TracerProvider | None = None
 _tracer: trace.Tracer | None = None
 
 
-def configure(service: str, settings: TracingSettings) -> None:
+def configure(service: str, settings: TracingSettings, *, exporter: SpanExporter | None = None) -> None:
     """Sets this process's tracer up (or off, without an endpoint), replacing an earlier one (flushed first).
-    The SDK's global tracer provider is left alone: the spans here are kubelambda's own."""
+    The SDK's global tracer provider is left alone: the spans here are kubelambda's own. ``exporter``: another
+    than OTLP to ``endpoint`` (the unit tests' in-memory one), fed synchronously."""
     global _provider, _tracer
     shutdown()
     if settings.endpoint is None:
@@ -81,15 +83,18 @@ def configure(service: str, settings: TracingSettings) -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     provider = TracerProvider(
         resource=Resource.create({"service.name": service}),
         sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
     )
-    exporter = OTLPSpanExporter(endpoint=settings.endpoint.rstrip("/") + "/v1/traces", timeout=10)
-    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    else:
+        otlp = OTLPSpanExporter(endpoint=settings.endpoint.rstrip("/") + "/v1/traces", timeout=10)
+        provider.add_span_processor(BatchSpanProcessor(otlp, schedule_delay_millis=1000))
     _provider = provider
     _tracer = provider.get_tracer("kubelambda")
 
