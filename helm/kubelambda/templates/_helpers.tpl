@@ -141,4 +141,26 @@ podAntiAffinity:
     - ipBlock: {cidr: {{ . }}}
     {{- end }}
   {{- end }}
+{{- if .Values.tracing.endpoint }}
+# The traces' OTLP endpoint (tracing.endpoint).
+- ports:
+    - {port: {{ include "kubelambda.tracingPort" . }}, protocol: TCP}
+{{- end }}
+{{- end -}}
+
+{{/* KUBELAMBDA_TRACING_* when tracing.endpoint is set (docs/tracing.md); the same names for every component. */}}
+{{- define "kubelambda.tracingEnv" -}}
+{{- with .Values.tracing.endpoint }}
+- name: KUBELAMBDA_TRACING_ENDPOINT
+  value: {{ . | quote }}
+- name: KUBELAMBDA_TRACING_SAMPLE_RATIO
+  value: {{ $.Values.tracing.sampleRatio | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The TCP port of tracing.endpoint (its own, else 443 for https, 80 for http). */}}
+{{- define "kubelambda.tracingPort" -}}
+{{- $u := urlParse .Values.tracing.endpoint -}}
+{{- $parts := splitList ":" $u.host -}}
+{{- if gt (len $parts) 1 }}{{ last $parts }}{{ else if eq $u.scheme "https" }}443{{ else }}80{{ end -}}
 {{- end -}}
