@@ -276,3 +276,24 @@ async def create_warm_function(
             },
         },
     )
+
+
+async def interleaved(
+    http: aiohttp.ClientSession,
+    cases: Mapping[str, tuple[str, Sequence[Mapping[str, str]]]],
+    *,
+    rounds: int,
+    requests: int,
+    connections: int,
+    body: bytes,
+) -> dict[str, list[tuple[float, list[float]]]]:
+    """Each case (name → URL and the headers to cycle through) warmed up with 300 requests, then ``rounds`` rounds
+    of :func:`post_load` over every case in turn (the machine's noise hits every case alike); per case, each
+    round's (req/s, latencies)."""
+    for url, headers in cases.values():
+        await post_load(http, url, 300, connections, body=body, headers=headers)
+    rows: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (url, headers) in cases.items():
+            rows[name].append(await post_load(http, url, requests, connections, body=body, headers=headers))
+    return rows

@@ -39,8 +39,8 @@ from _common import (
     create_warm_function,
     developer_headers,
     gateway_process,
+    interleaved,
     pct,
-    post_load,
     print_rows,
     start_cluster,
     stop_cluster,
@@ -184,16 +184,15 @@ async def main() -> None:
                     "none, 2nd gateway": (none2_url, [{}]),
                     "none, auth headers": (none_url, [{**bearer, **h} for h in sign_pool]),
                 }
-                for url, headers in cases.values():  # warm up every path (and the decision caches)
-                    await post_load(http, url, 300, args.connections, body=BODY, headers=headers)
-                rows: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in cases}
-                for _ in range(args.rounds):  # interleaved: the machine's noise hits every case alike
-                    for name, (url, headers) in cases.items():
-                        rows[name].append(
-                            await post_load(
-                                http, url, args.requests, args.connections, body=BODY, headers=headers
-                            )
-                        )
+                # Every path warmed up first (and the decision caches).
+                rows = await interleaved(
+                    http,
+                    cases,
+                    rounds=args.rounds,
+                    requests=args.requests,
+                    connections=args.connections,
+                    body=BODY,
+                )
                 print(
                     f"== warm invocations, {args.connections} connections, {args.rounds} x {args.requests} "
                     "requests per case, same instance, gateways alike but for auth mode"

@@ -29,7 +29,7 @@ from _common import (
     create_namespace,
     create_warm_function,
     gateway_process,
-    post_load,
+    interleaved,
     print_rows,
     start_cluster,
     stop_cluster,
@@ -87,14 +87,15 @@ async def main() -> None:
                     await wait(
                         lambda u=url + path: answers(u), lambda s: s == 200, f"the {name} gateway", 180
                     )
-                for _, url in gateways.values():  # warm up every path
-                    await post_load(http, url + path, 300, args.connections, body=BODY)
-                rows: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in gateways}
-                for _ in range(args.rounds):  # interleaved: the machine's noise hits every case alike
-                    for name, (_, url) in gateways.items():
-                        rows[name].append(
-                            await post_load(http, url + path, args.requests, args.connections, body=BODY)
-                        )
+                cases = {name: (url + path, [{}]) for name, (_, url) in gateways.items()}
+                rows = await interleaved(
+                    http,
+                    cases,
+                    rounds=args.rounds,
+                    requests=args.requests,
+                    connections=args.connections,
+                    body=BODY,
+                )
                 print(
                     f"== warm invocations, {args.connections} connections, {args.rounds} x {args.requests} "
                     "requests per case, same instance, gateways alike but for KUBELAMBDA_TRACING_*"
