@@ -213,6 +213,10 @@ class Worker:
             await msg.term()
             return
         try:
+            now = self.clock()
+            if event.not_before is not None and now < event.not_before:  # a retry, not due yet: no span
+                await msg.nak(delay=event.not_before - now)
+                return
             # One span per delivery, in the event's trace: the attempt, a retry queued and a destination's
             # record are its children (the retry's delivery then continues the same trace).
             with tracing.span(
@@ -246,9 +250,6 @@ class Worker:
     async def _process(self, msg: Msg, event: QueuedEvent) -> None:
         s = self.settings
         now = self.clock()
-        if event.not_before is not None and now < event.not_before:
-            await msg.nak(delay=event.not_before - now)
-            return
         spec = self.invoker.async_function(event.namespace, event.function)
         if spec is None:
             record = self._record(event, Condition.RETRIES_EXHAUSTED, event.invoke_count, None, now)
