@@ -227,6 +227,8 @@ def gateway_process(
         "KUBELAMBDA_GATEWAY_KUBECONFIG": str(state_dir / "gateway.kubeconfig"),
         "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
         "KUBELAMBDA_GATEWAY_PORT": str(port),
+        # The platform's agent key (the cluster's own gateway has it): agents answer no one else (401).
+        "KUBELAMBDA_GATEWAY_AGENT_KEY": (state_dir / "agent.key").read_text().strip(),
         **env,
     }
     log = (state_dir / "logs" / f"bench-gateway-{name}.log").open("ab")

@@ -1,7 +1,7 @@
 """What tracing costs on the invoke path (issue 20). Figures, never assertions.
 
-``kubelambda gateway`` processes alike in everything but ``KUBELAMBDA_TRACING_*`` route to the same warm instance
-of a no-op function (python3.11, 1769 MB = 1 vCPU) on the local platform; the same client, in interleaved rounds,
+``kubelambda gateway`` processes (auth off) alike in everything but ``KUBELAMBDA_TRACING_*`` route to the same
+warm instance of a no-op function (python3.11, 1769 MB = 1 vCPU) on the local platform; the same client, in interleaved rounds,
 measures warm invoke p50/p99 and throughput through each:
 
 - ``off``: no endpoint (the default: no SDK loaded, one shared no-op context manager per span);
@@ -73,8 +73,10 @@ async def main() -> None:
                     "on, sampling 1": {**on, "KUBELAMBDA_TRACING_SAMPLE_RATIO": "1"},
                 }
                 path = f"/2015-03-31/functions/{NS}/warm/invocations"
-                for i, (name, env) in enumerate(configs.items()):
-                    gateways[name] = gateway_process(root, f"tracing-{i}", env)
+                for i, (name, env) in enumerate(configs.items()):  # auth off: only tracing differs
+                    gateways[name] = gateway_process(
+                        root, f"tracing-{i}", {"KUBELAMBDA_GATEWAY_AUTH_MODE": "none", **env}
+                    )
 
                 async def answers(url: str) -> int:
                     try:
