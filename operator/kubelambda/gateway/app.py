@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,9 @@ from kubelambda.gateway.functionname import (
 )
 from kubelambda.gateway.invoke_path import InvokePath, Unavailable
 from kubelambda.gateway.lambdaapi import LambdaApi
+from kubelambda.gateway.limits import SharedLimits, peer_token
 from kubelambda.gateway.logsapi import LogsApi
+from kubelambda.gateway.peers import Peers
 from kubelambda.gateway.proxy import Invocation
 from kubelambda.gateway.registry import FunctionEntry, NotFound, Registry, RegistryLookups, Resolved
 from kubelambda.gateway.routes import Match, RouteTable
@@ -79,6 +82,8 @@ class Gateway(RegistryLookups):
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     buffered: int = 0  # request body bytes all requests hold now (max_buffered_request_bytes)
+    peers: Peers | None = None  # several replicas (settings.peer_url): membership and the leader's Lease
+    draining: bool = False  # SIGTERM: /readyz answers 503, then in-flight requests finish (drain)
 
     def __post_init__(self) -> None:
         self.path = InvokePath(self.settings, self.registry, Activator(self.kube), self.http)
@@ -448,6 +453,10 @@ class Gateway(RegistryLookups):
         return web.Response(text="ok")
 
     async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.Response(
+                status=503, text="draining: stopping once the requests in flight are answered"
+            )
         if not self.registry.synced.is_set():
             return web.Response(status=503, text="waiting for the first list of Functions and EndpointSlices")
         if self.auth.enabled and not self.auth.keys.synced.is_set():
@@ -523,6 +532,8 @@ class Gateway(RegistryLookups):
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
+        if isinstance(self.path.limits, SharedLimits):
+            self.path.limits.register(app.router)
         return app
 
     async def start(self) -> None:
@@ -531,8 +542,31 @@ class Gateway(RegistryLookups):
 
         s = self.settings
         self.auth.announce()
+        limits: SharedLimits | None = None
+        if s.peer_url is not None and s.agent_key is not None:
+            self.peers = Peers(
+                self.kube,
+                s.lease_namespace,
+                s.peer_url,
+                lease_seconds=s.lease_seconds,
+                renew_seconds=s.lease_renew_seconds,
+            )
+            limits = self.path.limits = SharedLimits(
+                self.path.throttler, self.peers, self.http, peer_token(s.agent_key.get_secret_value())
+            )
+
+        def decider() -> bool:
+            return limits is None or (limits.peers.is_leader and limits.synced.is_set())
+
         autoscaler = self.path.autoscaler = Autoscaler(
-            self, interval=s.autoscale_interval_seconds, sample=s.sample_interval_seconds
+            self.path.throttler,
+            self.registry,
+            self.kube,
+            pool_serving=self._pool_serving,
+            is_decider=decider,
+            hand_over=limits is not None,
+            interval=s.autoscale_interval_seconds,
+            sample=s.sample_interval_seconds,
         )
         if s.nats_url is not None:
             # Before listening: an Event that arrived while the queue connects was answered 501 "this gateway has
@@ -542,7 +576,12 @@ class Gateway(RegistryLookups):
             )
             logger.info("Event invocations go to JetStream stream %s at %s", s.async_stream, s.nats_url)
         # keepalive_timeout also closes a connection whose first request's headers are not complete by then.
-        self._runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=s.idle_timeout_seconds)
+        self._runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            keepalive_timeout=s.idle_timeout_seconds,
+            shutdown_timeout=s.drain_timeout_seconds,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port)
         await site.start()
@@ -550,6 +589,9 @@ class Gateway(RegistryLookups):
             asyncio.create_task(self.registry.run(self.kube), name="gateway watches"),
             asyncio.create_task(autoscaler.run(), name="autoscaler"),
         ]
+        if self.peers is not None and limits is not None:
+            self._tasks.append(asyncio.create_task(self.peers.run(), name="gateway leases"))
+            self._tasks.append(asyncio.create_task(limits.run(), name="shared limits"))
         if self.auth.enabled:
             self._tasks.append(asyncio.create_task(self.auth.keys.run(self.kube), name="access keys"))
         if s.http_routes:
@@ -571,14 +613,40 @@ class Gateway(RegistryLookups):
             self._tasks.append(asyncio.create_task(worker.run(), name="async worker"))
         logger.info("The gateway listens on %s:%d", s.host, s.port)
 
+    def _pool_serving(self, fn: FunctionEntry) -> int:
+        pool = self.path.warm_pool
+        return len(pool.endpoints(fn)) if pool is not None else 0
+
     async def wait(self) -> None:
         await asyncio.gather(*self._tasks)
+
+    async def drain(self) -> None:
+        """SIGTERM: /readyz answers 503; after ``drain_delay_seconds`` (Services stop sending here) the replica
+        hands the leader's Lease on (keeping its member Lease, so the new leader counts its slots), stops
+        listening and waits for the requests in flight (up to ``drain_timeout_seconds``); :meth:`stop` follows.
+        Accepted Event invocations are in JetStream already; the worker's unacknowledged ones are redelivered."""
+        s = self.settings
+        self.draining = True
+        logger.info(
+            "Draining: not ready; stopping in %g s, once the requests in flight are answered",
+            s.drain_delay_seconds,
+        )
+        await asyncio.sleep(s.drain_delay_seconds)
+        if self.peers is not None:
+            await self.peers.resign()
+        if self._runner is not None:
+            await self._runner.cleanup()  # stops listening, then waits for the handlers still running
+            self._runner = None
+        logger.info("Drained: every request in flight was answered")
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self.peers is not None:
+            await self.peers.resign()
+            await self.peers.leave()
         if self.queue is not None:
             await self.queue.close()
             self.queue = None
@@ -614,10 +682,23 @@ BODY_REFUSALS = {
 
 
 async def serve(settings: GatewaySettings, kube: KubeClient) -> None:
-    """Runs the gateway (watches, autoscaler, HTTP) until cancelled."""
+    """Runs the gateway (watches, autoscaler, HTTP) until cancelled, or until SIGTERM and a drain."""
     gateway = Gateway(settings, kube)
     await gateway.start()
+    loop = asyncio.get_running_loop()
+    terminated = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, terminated.set)
+    running = asyncio.ensure_future(gateway.wait())
+    stopping = asyncio.ensure_future(terminated.wait())
     try:
-        await gateway.wait()
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if terminated.is_set():
+            await gateway.drain()  # SIGTERM: the watches, Leases and worker keep running meanwhile
+        else:
+            running.result()  # a task failed: raise its error
+
     finally:
+        stopping.cancel()
+        running.cancel()
+        loop.remove_signal_handler(signal.SIGTERM)
         await gateway.stop()

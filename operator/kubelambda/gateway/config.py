@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -83,6 +83,25 @@ class GatewaySettings(BaseSettings):
     async_ack_wait_seconds: float = Field(default=30.0, ge=1, le=3600)
     """How long JetStream waits before redelivering an event whose worker stopped answering (default 30 s;
     a running invocation is kept alive meanwhile)."""
+    # ---- several replicas (docs/architecture.md, "Several gateway replicas"; docs/operations.md) --------------
+    peer_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+$")
+    """This replica's URL as the other replicas reach it (``http://<pod IP>:8080``; the chart sets it). Set =
+    several replicas: one of them, the leader (a Lease), counts every replica's in-flight slots, so reserved
+    concurrency and the pool limit hold exactly, and alone decides the scaling. Needs ``agent_key`` (the
+    replicas' requests to each other carry a token derived from it). Unset = one replica counts alone."""
+    lease_namespace: str = Field(default="kubelambda-system", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Namespace of the replicas' Leases (``kubelambda-gateway-leader`` and one per replica)."""
+    lease_seconds: float = Field(default=8.0, ge=1, le=120)
+    """How long a replica's Lease lasts unrenewed: a SIGKILLed leader is replaced within about this plus
+    ``lease_renew_seconds`` (default 8 s)."""
+    lease_renew_seconds: float = Field(default=2.0, gt=0, le=60)
+    """How often each replica renews its Leases and tries to take the leader's (default 2 s)."""
+    drain_delay_seconds: float = Field(default=0.0, ge=0, le=300)
+    """On SIGTERM, how long the replica keeps answering after /readyz turned 503, so that Services and load
+    balancers stop sending to it first (default 0 s; the chart sets 5 s)."""
+    drain_timeout_seconds: float = Field(default=900.0, ge=0, le=3600)
+    """On SIGTERM, how long the replica then waits for its in-flight requests before it stops (default 900 s,
+    Lambda's longest timeout; the chart's terminationGracePeriodSeconds is above it)."""
     kubeconfig: str | None = None
     """Kubeconfig to use; unset = in-cluster credentials, or ``$KUBECONFIG``."""
     url_allow_cidrs: list[str] = Field(default_factory=list)
@@ -134,6 +153,15 @@ class GatewaySettings(BaseSettings):
             api_server=api_server_addresses(api_server),
             setting="KUBELAMBDA_GATEWAY_URL_ALLOW_CIDRS",
         )
+
+    @model_validator(mode="after")
+    def _peers_need_a_key(self) -> GatewaySettings:
+        if self.peer_url is not None and self.agent_key is None:
+            raise ValueError(
+                f"KUBELAMBDA_GATEWAY_PEER_URL={self.peer_url} (several replicas) needs KUBELAMBDA_GATEWAY_AGENT_KEY: "
+                "the replicas' requests to each other carry a token derived from it"
+            )
+        return self
 
     @field_validator("url_allow_cidrs")
     @classmethod

@@ -21,9 +21,10 @@ from kubelambda.agentauth import function_token
 from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
+from kubelambda.gateway.limits import LocalLimits, SharedLimits
 from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
 from kubelambda.gateway.registry import FunctionEntry, Registry
-from kubelambda.gateway.throttler import Throttled, Throttler
+from kubelambda.gateway.throttler import LimitsUnavailable, Throttled, Throttler
 from kubelambda.kube import ApiError
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class InvokePath:
     activator: Activator
     http: Callable[[], aiohttp.ClientSession]  # the gateway's pooled session to the agents
     throttler: Throttler = field(init=False)
+    limits: LocalLimits | SharedLimits = field(
+        init=False
+    )  # SharedLimits with several replicas (the leader counts)
     balancer: Balancer = field(default_factory=Balancer)
     autoscaler: Autoscaler | None = None  # set by the gateway when it starts
     warm_pool: WarmPool | None = None  # when KUBELAMBDA_GATEWAY_WARM_POOL_SIZES names a pool
@@ -75,6 +79,7 @@ class InvokePath:
 
     def __post_init__(self) -> None:
         self.throttler = Throttler(pool_limit=self.settings.pool_limit)
+        self.limits = LocalLimits(self.throttler)
 
     def metrics_of(self, fn: FunctionEntry) -> FunctionMetrics:
         found = self._function_metrics.get(fn.key)
@@ -124,7 +129,7 @@ class InvokePath:
         try:
             # Reserved concurrency is the function's, shared by its published versions (docs/versions.md).
             base = self.registry.functions.get((fn.namespace, fn.lambda_name)) or fn
-            with self.throttler.admit(
+            async with self.limits.admit(
                 f"{fn.namespace}/{fn.name}",
                 reserved=base.spec.concurrency.reserved,
                 function=f"{fn.namespace}/{fn.lambda_name}",
@@ -139,6 +144,9 @@ class InvokePath:
                     # ("idle for inf s") and was scaled to zero right under them.
                     if self.autoscaler is not None:
                         self.autoscaler.note_active(fn.key, time.monotonic())
+        except LimitsUnavailable as e:
+            m.outcomes["error"].inc()
+            raise Unavailable("ServiceException", str(e)) from e
         except Throttled as e:
             metrics.GATEWAY_THROTTLES.labels(fn.namespace, fn.name, e.reason).inc()
             m.outcomes["throttled"].inc()

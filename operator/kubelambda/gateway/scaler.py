@@ -3,7 +3,13 @@
 In-flight concurrency per function (admitted and not yet answered, the throttler's exact count) is sampled
 every ``sample`` seconds; every ``interval`` seconds each function's stable and panic window averages go to
 :func:`kubelambda.autoscaler.decide`, and a changed decision is written to the Deployment's scale subresource.
-One gateway replica decides (leader election for several replicas is still to come).
+With several gateway replicas only the leader decides (gateway/peers.py): its counts hold every replica's slots
+(gateway/limits.py). A new leader first learns every replica's slots; then, for one stable window, it only scales
+up: its own samples are too few to scale a busy function down, let alone to zero, during the hand-over.
+
+Its inputs are narrow: the in-flight counts (a :class:`~kubelambda.gateway.throttler.Throttler`), the registry
+(Functions and their ready endpoints), how many warm-pool pods serve a function, and the API client that writes
+the scale.
 """
 
 from __future__ import annotations
@@ -12,17 +18,15 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from kubelambda import metrics
 from kubelambda.autoscaler import Policy, ScalerState, Stats, decide
 from kubelambda.gateway.activator import deployment_name_of, scale_path, write_scale
-from kubelambda.gateway.registry import FunctionEntry, Key
-from kubelambda.kube import ApiError
-
-if TYPE_CHECKING:
-    from kubelambda.gateway.app import Gateway
+from kubelambda.gateway.registry import FunctionEntry, Key, Registry
+from kubelambda.gateway.throttler import Throttler
+from kubelambda.kube import ApiError, KubeClient
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +51,26 @@ class _Track:
     written: int | None = None  # the replicas we last wrote or confirmed, to skip needless reads
 
 
+def _no_pool(fn: FunctionEntry) -> int:
+    return 0
+
+
+def _always() -> bool:
+    return True
+
+
 @dataclass
 class Autoscaler:
-    gateway: Gateway
+    counts: Throttler  # in flight per Function object ("ns/name"); on the leader, every replica's
+    registry: Registry
+    kube: KubeClient  # writes the Deployments' scale
+    pool_serving: Callable[[FunctionEntry], int] = _no_pool  # specialised warm-pool pods serving a function
+    is_decider: Callable[[], bool] = _always  # this replica leads (and knows every replica's slots)
+    hand_over: bool = False  # several replicas: a new decider settles first (see _take_over)
     interval: float = 2.0
     sample: float = 0.5
     tracks: dict[Key, _Track] = field(default_factory=dict)
+    decider_since: float | None = None  # when this replica became the decider (monotonic)
 
     def note_active(self, key: Key, now: float) -> None:
         """Records activity the sampler may miss: an invocation served by a warm-pool pod can start and end
@@ -61,17 +79,21 @@ class Autoscaler:
         self.tracks.setdefault(key, _Track()).last_active = now
 
     def _sample(self, now: float) -> None:
-        in_flight = self.gateway.path.throttler.in_flight
-        for key in self.gateway.registry.functions:
+        in_flight = self.counts.in_flight
+        for key in self.registry.functions:
             track = self.tracks.setdefault(key, _Track())
-            value = in_flight.get(f"{key[0]}/{key[1]}", 0)
+            name = f"{key[0]}/{key[1]}"
+            value = in_flight.get(name, 0)
             track.samples.append((now, value))
+            released = self.counts.last_active.get(name)
             if value:
                 track.last_active = now
+            elif released is not None and (track.last_active is None or released > track.last_active):
+                track.last_active = released  # a short invocation (of any replica) between two samples
             horizon = now - Policy().stable_window
             while track.samples and track.samples[0][0] < horizon:
                 track.samples.popleft()
-        for key in set(self.tracks) - set(self.gateway.registry.functions):
+        for key in set(self.tracks) - set(self.registry.functions):
             del self.tracks[key]
 
     @staticmethod
@@ -80,17 +102,21 @@ class Autoscaler:
         return sum(values) / len(values) if values else 0.0
 
     async def decide_once(self, now: float) -> None:
-        for key, fn in list(self.gateway.registry.functions.items()):
+        settling = (
+            self.hand_over
+            and self.decider_since is not None
+            and now - self.decider_since < Policy().stable_window
+        )
+        for key, fn in list(self.registry.functions.items()):
             track = self.tracks.get(key)
             if track is None:
                 continue
             policy = policy_of(fn)
-            ready = len(self.gateway.registry.ready_endpoints(key))
-            pool = self.gateway.path.warm_pool
+            ready = len(self.registry.ready_endpoints(key))
             # Specialised warm-pool pods serve the function until its own instances are ready: they count as
             # serving instances, so the function is not scaled back to zero under them (docs/warm-pools.md).
-            serving = ready + (len(pool.endpoints(fn)) if pool is not None else 0)
-            in_flight = self.gateway.path.throttler.in_flight.get(f"{key[0]}/{key[1]}", 0)
+            serving = ready + self.pool_serving(fn)
+            in_flight = self.counts.in_flight.get(f"{key[0]}/{key[1]}", 0)
             if in_flight:
                 track.last_active = now
             stats = Stats(
@@ -101,9 +127,12 @@ class Autoscaler:
                 in_flight=in_flight,
             )
             result, track.state = decide(policy, stats, ready=serving, now=now, state=track.state)
-            metrics.AUTOSCALER_DESIRED.labels(*key).set(result.desired)
+            desired = result.desired
+            if settling and desired < ready:
+                desired = ready  # a new decider: up only, until its window holds a stable window of samples
+            metrics.AUTOSCALER_DESIRED.labels(*key).set(desired)
             metrics.AUTOSCALER_READY.labels(*key).set(ready)
-            await self._apply(fn, track, result.desired, ready=ready, reason=result.reason)
+            await self._apply(fn, track, desired, ready=ready, reason=result.reason)
 
     async def _apply(
         self, fn: FunctionEntry, track: _Track, desired: int, *, ready: int, reason: str
@@ -112,7 +141,7 @@ class Autoscaler:
         # the activator, or the operator creating the Deployment, may have written it since.
         if track.written == desired and ready == desired:
             return
-        kube = self.gateway.kube
+        kube = self.kube
         name = deployment_name_of(fn)
         try:
             scale = await kube.get(scale_path(fn.namespace, name))
@@ -126,10 +155,24 @@ class Autoscaler:
                 logger.warning("Could not scale %s/%s: %s", fn.namespace, name, e)
             track.written = None
 
+    def _take_over(self, now: float) -> None:
+        """This replica just became the decider: fresh windows, and every function counts as active now (its
+        idle time is unknown here), so nothing is scaled to zero before a whole idle period has been watched."""
+        self.decider_since = now
+        if self.hand_over:
+            self.tracks = {key: _Track(last_active=now) for key in self.registry.functions}
+            logger.info("This gateway replica decides the scaling now")
+
     async def run(self) -> None:
         next_decision = time.monotonic()
         while True:
             now = time.monotonic()
+            if not self.is_decider():
+                self.decider_since = None
+                await asyncio.sleep(self.sample)
+                continue
+            if self.decider_since is None:
+                self._take_over(now)
             self._sample(now)
             if now >= next_decision:
                 await self.decide_once(now)
