@@ -158,7 +158,7 @@ def test_default_render(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == sorted(
-        {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy",
+        {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget",
          "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet"}
     )  # fmt: skip
     operator = find(docs, "Deployment", "kubelambda-operator")
@@ -180,9 +180,15 @@ def test_default_render(helm: Path) -> None:
     from kubelambda.resources.labels import GATEWAY_LABELS
 
     assert GATEWAY_LABELS.items() <= labels.items()
-    # One gateway replica by default (exact concurrency limits): no PodDisruptionBudget to keep one of one.
-    assert gateway["spec"]["replicas"] == 1
-    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    # Three gateway replicas by default: a leader counts their slots (exact limits), a PodDisruptionBudget keeps two.
+    assert gateway["spec"]["replicas"] == 3
+    assert genv["KUBELAMBDA_GATEWAY_PEER_URL"] == "http://$(POD_IP):8080"
+    assert genv["KUBELAMBDA_GATEWAY_LEASE_NAMESPACE"] == "kubelambda-system"
+    assert genv["KUBELAMBDA_GATEWAY_DRAIN_TIMEOUT_SECONDS"] == "55"
+    assert genv["KUBELAMBDA_GATEWAY_AGENT_KEY"] is not None  # the replicas' token derives from it
+    assert find(docs, "PodDisruptionBudget", "kubelambda-gateway")["spec"]["maxUnavailable"] == 1
+    leases = find(docs, "Role", "kubelambda-gateway-leases")
+    assert leases["rules"][0]["resources"] == ["leases"]
     nats = find(docs, "StatefulSet", "kubelambda-nats")
     assert nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert "jetstream" in find(docs, "ConfigMap", "kubelambda-nats")["data"]["nats.conf"]

@@ -83,7 +83,7 @@ def helm_table() -> list[tuple[str, str]]:
 
 def test_the_values_table_of_helm_md_says_what_values_yaml_says() -> None:
     rows = helm_table()
-    assert ("gateway.replicas", "1") in [(k, VALUES_FLAT.get(k)) for k, _ in rows], rows  # the table is read
+    assert ("gateway.replicas", "3") in [(k, VALUES_FLAT.get(k)) for k, _ in rows], rows  # the table is read
     wrong = [
         f"{key}: docs/helm.md says {default!r}, values.yaml {VALUES_FLAT.get(key, '(no such key)')!r}"
         for key, default in rows

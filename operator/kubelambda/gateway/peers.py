@@ -96,17 +96,17 @@ class Peers:
 
     async def _renew_member(self) -> None:
         name = self.member_lease
-        body: JSON = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": name, "labels": {MEMBER_LABEL: "true"}},
-            "spec": self._spec(),
-        }
         try:
-            await self.kube.replace(self._path(name), body)
+            await self.kube.patch(self._path(name), {"spec": {"renewTime": _now()}})
         except ApiError as e:
             if e.status != 404:
                 raise
+            body: JSON = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": name, "labels": {MEMBER_LABEL: "true"}},
+                "spec": self._spec(),
+            }
             await self.kube.create(self._path(), body)
 
     async def _lead(self) -> None:

@@ -1,9 +1,10 @@
 """Warm pools, the gateway's side (docs/warm-pools.md): cold starts served by pre-started generic pods.
 
 The gateway keeps one pool Deployment per runtime in the system namespace (``resources/warmpool.py``) and
-watches its pods. On a cold invoke of a qualifying Function it takes a free pod from that watch (an in-memory
-claim: no Kubernetes write on the critical path), ``POST``s ``/specialize`` to its agent, and sends the
-invocation there. Afterwards, in the background: the pod is relabelled as the function's (it leaves the pool's
+watches its pods. On a cold invoke of a qualifying Function it takes a free pod from that watch, claims it through
+the API server (an annotation patch whose precondition is the resourceVersion it watched: of two gateway replicas
+claiming one pod, exactly one succeeds, the other gets 409 and takes another pod), ``POST``s ``/specialize`` to its
+agent, and sends the invocation there. Afterwards, in the background: the pod is relabelled as the function's (it leaves the pool's
 selector, so the ReplicaSet replaces it), the function's own Deployment scales up as usual, and once one of its
 own instances is ready the specialised pod is deleted. A specialised pod is never given back to the pool nor to
 another function (its agent refuses a second ``/specialize``; a pod whose container ever restarted is never
@@ -11,8 +12,8 @@ claimed and is deleted, since a restarted agent has forgotten; ``/specialize`` n
 is meant for, so a pod now holding a stale address refuses it), and it serves only the code SHA-256 it was
 given: after a code change it gets no new requests and is deleted.
 
-Several gateways may share the pools: two that pick the same free pod race on ``/specialize``, and the loser
-(409) takes another pod.
+Several gateways share the pools: the claim above decides which one gets a pod; the agent's own refusal of a
+second ``/specialize`` (409) remains as a second line.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from kubelambda.resources.labels import FUNCTION_LABEL
 from kubelambda.resources.names import INVOKE_PORT
 from kubelambda.resources.warmpool import (
     CLAIMED_AT_ANNOTATION,
+    CLAIMED_BY_ANNOTATION,
     FIELD_MANAGER,
     FUNCTION_NAMESPACE_LABEL,
     POOL_LABEL,
@@ -167,11 +169,12 @@ class PoolPod:
     runtime: str
     ip: str
     ready: bool
-    free: bool  # still carries the pool label
+    free: bool  # still carries the pool label, and nobody claimed it
     deleting: bool
     function: Key | None  # set once claimed (labels)
     claimed_at: float | None  # epoch seconds, from the annotation
     restarts: int = 0  # container restarts the kubelet counted: a restarted agent has forgotten its function
+    resource_version: str = ""  # the claim's precondition
 
     @classmethod
     def from_body(cls, body: JSON) -> PoolPod:
@@ -199,7 +202,8 @@ class PoolPod:
             runtime=labels.get(POOL_RUNTIME_LABEL, ""),
             ip=status.get("podIP") or "",
             ready=ready,
-            free=POOL_LABEL in labels,
+            free=POOL_LABEL in labels and CLAIMED_BY_ANNOTATION not in annotations,
+            resource_version=meta.get("resourceVersion", ""),
             deleting=meta.get("deletionTimestamp") is not None,
             function=function,
             claimed_at=claimed_at,
@@ -313,6 +317,8 @@ class WarmPool:
                 metrics.WARM_POOL_MISSES.labels(runtime, "empty").inc()
                 logger.info("No free %s pool pod for %s/%s: normal cold start", runtime, *fn.key)
                 return None
+            if not await self._claim(pod):
+                continue
             body = specialize_body(
                 fn, sha256=sha, region=self.settings.region, runtime=runtime, pod_uid=pod.uid
             )
@@ -372,6 +378,29 @@ class WarmPool:
             )
             s.deferred.append(partial(self._record_claim, s))
             return s
+
+    async def _claim(self, pod: PoolPod) -> bool:
+        """Claims ``pod`` through the API server: an annotation patch with the watched resourceVersion as its
+        precondition, so of several gateway replicas exactly one gets it (the others: 409, take another)."""
+        patch = {
+            "metadata": {
+                "resourceVersion": pod.resource_version,
+                "annotations": {
+                    CLAIMED_BY_ANNOTATION: self.identity,
+                    CLAIMED_AT_ANNOTATION: datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+            }
+        }
+        try:
+            await self.kube.patch(self._pod_path(pod.name), patch)
+        except ApiError as e:
+            if e.status in (404, 409):  # gone, or changed since we saw it (claimed by another replica)
+                logger.info(
+                    "Pool pod %s was claimed or changed meanwhile (%d): taking another", pod.name, e.status
+                )
+                return False
+            raise
+        return True
 
     # ---- background: records, retirement, pool sizes --------------------------------------------------------
 
@@ -504,11 +533,12 @@ class WarmPool:
                 or pod.deleting
                 or pod.name in ours
                 or pod.name in self._deleting
-                or pod.function is None
+                or (pod.function is None and pod.claimed_at is None)
             ):
                 continue
-            gone = pod.function not in self.registry.functions
-            ready = bool(self.registry.ready_endpoints(pod.function))
+            # Claimed but never relabelled (its gateway stopped in between): only its lifetime retires it.
+            gone = pod.function is not None and pod.function not in self.registry.functions
+            ready = pod.function is not None and bool(self.registry.ready_endpoints(pod.function))
             old = pod.claimed_at is not None and wall - pod.claimed_at > lifetime
             restarted = pod.restarts > 0
             if gone or ready or old or restarted:

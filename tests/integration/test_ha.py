@@ -1,0 +1,339 @@
+"""Three gateway replicas (processes) on the local cluster: exact limits, one decider, drain.
+
+The replicas share the slots' count at the leader (a Lease) and it alone autoscales (docs/architecture.md,
+"Several gateway replicas"). Calls are spread over the replicas round robin; what the agents saw is read from their
+own metrics, so a slot admitted twice would show there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kltest import Cluster, manifests, wait_for
+from kltest.gateways import Replicas, leader_url, ready, start_replicas
+from kltest.platform import AGENT_KEY, lambda_client, python_function, start_operator
+from kubelambda.agentauth import bearer, function_token
+from kubelambda.gateway.balancer import Balancer
+from kubelambda.gateway.config import GatewaySettings
+from kubelambda.gateway.registry import Registry
+from kubelambda.gateway.throttler import POOL, RESERVED
+from kubelambda.gateway.warmpool import PoolPod, WarmPool
+from kubelambda.kube import KubeClient, resource_path
+from kubelambda.resources.names import INVOKE_PORT
+from kubelambda.resources.warmpool import CLAIMED_BY_ANNOTATION, POOL_LABEL, POOL_RUNTIME_LABEL
+
+pytestmark = pytest.mark.integration
+JSON = dict[str, Any]
+POOL_LIMIT = 5
+
+# Waits for the file event["gate"] (the function runs as a process of the local node, so it sees the test's
+# files): every admitted call is in flight at once until the test opens the gate.
+HANDLER = """
+import os
+import time
+
+
+def handler(event, context):
+    gate = event.get("gate")
+    deadline = time.time() + 60
+    while gate and not os.path.exists(gate) and time.time() < deadline:
+        time.sleep(0.05)
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    return {"i": event.get("i")}
+"""
+
+
+@pytest.fixture(scope="module")
+async def replicas(
+    cluster: Cluster, kube: KubeClient, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Replicas]:
+    running = await start_replicas(
+        cluster, kube, tmp_path_factory.mktemp("gateways"), 3, pool_limit=POOL_LIMIT, drain_delay_seconds=2
+    )
+    try:
+        operator = await start_operator(
+            cluster, kube, problem_retry_seconds=1.0, gateway_url=running[0].url, agent_key=AGENT_KEY
+        )
+        try:
+            yield running
+        finally:
+            await operator.stop()
+    finally:
+        running.stop()
+
+
+async def deploy(cluster: Cluster, kube: KubeClient, namespace: str, name: str, **spec: Any) -> None:
+    cluster.apply(python_function(name, HANDLER, **spec), namespace)
+    await wait_for(
+        lambda: kube.get(
+            resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name=name)
+        ),
+        lambda fn: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (fn.get("status") or {}).get("conditions") or []
+        ),
+        what=f"Function {name} Ready",
+        timeout=120,
+    )
+
+
+async def agents(kube: KubeClient, namespace: str, name: str) -> list[str]:
+    pods = await kube.list(
+        resource_path("v1", "pods", namespace=namespace),
+        params={"labelSelector": f"kubelambda.io/function={name}"},
+    )
+    return [
+        f"{p['status']['podIP']}:{INVOKE_PORT}" for p in pods["items"] if (p.get("status") or {}).get("podIP")
+    ]
+
+
+async def agent_metrics(namespace: str, name: str, endpoint: str) -> dict[str, float]:
+    """The agent's invocations by outcome and its in-flight gauge (``inflight``)."""
+    token = function_token(AGENT_KEY, namespace, name)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{endpoint}/metrics", headers=bearer(token)) as resp,
+    ):
+        text = await resp.text()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("kubelambda_agent_invocations_total{"):
+            found[line.split('outcome="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("kubelambda_agent_inflight_invocations"):
+            found["inflight"] = found.get("inflight", 0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def outcome(client: Any, name: str, payload: JSON) -> str:
+    try:
+        response = client.invoke(FunctionName=name, Payload=json.dumps(payload).encode())
+    except client.exceptions.TooManyRequestsException as e:
+        return str(e.response.get("Reason"))
+    except client.exceptions.ServiceException as e:
+        return f"ServiceException: {e}"
+    return str(response["StatusCode"])
+
+
+async def flood_through_a_gate(
+    replicas: Replicas, kube: KubeClient, namespace: str, name: str, *, gate: Path, limit: int, reason: str
+) -> None:
+    """30 callers spread over the replicas, each call held in the function until ``gate`` exists: exactly
+    ``limit`` run (the agent's own counts say so), the other ``30 - limit`` get 429 with ``reason``."""
+    clients = [lambda_client(r.url) for r in replicas.members]
+    # A first call through each replica: the instance is ready and every replica knows it.
+    for client in clients:
+        await wait_for(
+            lambda c=client: asyncio.to_thread(outcome, c, f"{namespace}/{name}", {}),
+            lambda o: o == "200",
+            what="a first call through each replica",
+            timeout=120,
+        )
+    [endpoint] = await agents(kube, namespace, name)
+    before = await agent_metrics(namespace, name, endpoint)
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(30) as pool:
+        calls = [
+            loop.run_in_executor(
+                pool, outcome, clients[i % len(clients)], f"{namespace}/{name}", {"gate": str(gate), "i": i}
+            )
+            for i in range(30)
+        ]
+        # Every call is either refused or held in the function: then open the gate.
+        held = await wait_for(
+            lambda: agent_metrics(namespace, name, endpoint),
+            lambda m: m.get("inflight", 0) >= limit and sum(c.done() for c in calls) >= 30 - limit,
+            what=f"{limit} calls held in the function and {30 - limit} refused",
+            timeout=90,
+        )
+        assert held["inflight"] == limit, held
+        gate.touch()
+        outcomes = await asyncio.gather(*calls)
+    assert sorted(outcomes) == ["200"] * limit + [reason] * (30 - limit), outcomes
+    after = await agent_metrics(namespace, name, endpoint)
+    assert after.get("success", 0) - before.get("success", 0) == limit, (before, after)
+    assert after.get("refused_busy", 0) == 0, after
+
+
+async def test_of_replicas_claiming_one_pool_pod_exactly_one_gets_it(
+    kube: KubeClient, namespace: str
+) -> None:
+    """The claim is an annotation patch whose precondition is the resourceVersion each replica watched."""
+    doc = manifests.pod("pooled", ["sleep", "60"], grace=1)
+    doc["metadata"]["labels"] = {POOL_LABEL: "python3.11", POOL_RUNTIME_LABEL: "python3.11"}
+    await kube.create(resource_path("v1", "pods", namespace=namespace), doc)
+    # Ready: no more status writes change its resourceVersion under the claims.
+    body = await wait_for(
+        lambda: kube.get(resource_path("v1", "pods", namespace=namespace, name="pooled")),
+        lambda p: PoolPod.from_body(p).ready,
+        what="the pod ready",
+        timeout=60,
+    )
+    settings = GatewaySettings(warm_pool_namespace=namespace)
+    pools = [WarmPool(settings, kube, Registry(), Balancer(), identity=f"replica-{i}") for i in range(3)]
+    seen = PoolPod.from_body(body)  # what each replica's watch showed it
+    assert seen.free
+    won = await asyncio.gather(*(pool._claim(seen) for pool in pools))
+    assert sorted(won) == [False, False, True], won
+    after = await kube.get(resource_path("v1", "pods", namespace=namespace, name="pooled"))
+    winner = next(pool.identity for pool, w in zip(pools, won, strict=True) if w)
+    assert after["metadata"]["annotations"][CLAIMED_BY_ANNOTATION] == winner
+    assert not PoolPod.from_body(after).free  # no replica's watch offers it again
+
+
+async def test_reserved_concurrency_holds_across_three_replicas(
+    replicas: Replicas, cluster: Cluster, kube: KubeClient, namespace: str, tmp_path: Path
+) -> None:
+    # Ten workers on the one instance: only the replicas' shared count keeps it at five. (minInstances 0: the API
+    # wants minInstances x perInstance within reserved; the first calls start the instance.)
+    await deploy(
+        cluster,
+        kube,
+        namespace,
+        "reserved",
+        timeoutSeconds=90,
+        concurrency={"reserved": 5, "perInstance": 10},
+        scaling={"minInstances": 0, "maxInstances": 1, "scaleToZeroAfterSeconds": 600},
+    )
+    await flood_through_a_gate(
+        replicas, kube, namespace, "reserved", gate=tmp_path / "open", limit=5, reason=RESERVED
+    )
+
+
+async def test_the_pool_limit_holds_across_three_replicas(
+    replicas: Replicas, cluster: Cluster, kube: KubeClient, namespace: str, tmp_path: Path
+) -> None:
+    await deploy(
+        cluster,
+        kube,
+        namespace,
+        "pooled",
+        timeoutSeconds=90,
+        concurrency={"perInstance": 10},
+        scaling={"minInstances": 1, "maxInstances": 1},
+    )
+    await flood_through_a_gate(
+        replicas, kube, namespace, "pooled", gate=tmp_path / "open", limit=POOL_LIMIT, reason=POOL
+    )
+
+
+async def scale_of(kube: KubeClient, namespace: str, name: str) -> int:
+    scale = await kube.get(
+        resource_path("apps/v1", "deployments", namespace=namespace, name=name, subresource="scale")
+    )
+    return int(scale["spec"].get("replicas", 0))
+
+
+async def test_a_sigkilled_decider_is_replaced_within_15_s_without_scaling_to_zero(
+    replicas: Replicas, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    await deploy(
+        cluster,
+        kube,
+        namespace,
+        "steady",
+        timeoutSeconds=30,
+        concurrency={"perInstance": 1},
+        scaling={"minInstances": 0, "maxInstances": 6, "scaleToZeroAfterSeconds": 5},
+    )
+    leader = await wait_for(lambda: leader_url(kube), bool, what="a leader")
+    others = [r for r in replicas.members if r.url != leader and r.process.poll() is None]
+    [killed] = [r for r in replicas.members if r.url == leader]
+    clients = [lambda_client(r.url) for r in others]
+    stop = False
+    outcomes: list[str] = []
+
+    def steady(client: Any) -> None:  # one caller at a time per client: two in flight, steadily
+        while not stop:
+            outcomes.append(outcome(client, f"{namespace}/steady", {"sleep": 0.3}))
+
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(len(clients)) as pool:
+        callers = [loop.run_in_executor(pool, steady, c) for c in clients]
+        try:
+            steady_value = await wait_for(
+                lambda: scale_of(kube, namespace, "steady"),
+                lambda n: n >= 2,
+                what="scaled up under load",
+                timeout=120,
+            )
+            killed.signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            new = await wait_for(
+                lambda: leader_url(kube),
+                lambda url: url is not None and url != leader,
+                what="a new leader",
+                timeout=20,
+            )
+            took = time.monotonic() - killed_at
+            assert took <= 15, f"the new decider {new} took {took:.1f} s"
+            # 30 s after the kill (watched, not slept): never scaled to zero, and within 1 of the steady value.
+            seen: list[int] = []
+            while time.monotonic() - killed_at < 30:
+                seen.append(await scale_of(kube, namespace, "steady"))
+                await asyncio.sleep(0.5)
+            assert min(seen) > 0, seen
+            assert abs(seen[-1] - steady_value) <= 1, (steady_value, seen)
+        finally:
+            stop = True
+            await asyncio.gather(*callers)
+    # Only the dead replica's calls could fail; these went to the others (held while the leader changed).
+    assert set(outcomes) == {"200"}, sorted(set(outcomes))
+
+
+async def test_sigterm_drains_the_calls_in_flight(
+    replicas: Replicas, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    await deploy(
+        cluster,
+        kube,
+        namespace,
+        "drained",
+        timeoutSeconds=30,
+        concurrency={"perInstance": 3},
+        scaling={"minInstances": 1, "maxInstances": 1},
+    )
+    live = [r for r in replicas.members if r.process.poll() is None]
+    target = live[-1]
+    client = lambda_client(target.url)
+    await wait_for(
+        lambda: asyncio.to_thread(outcome, client, f"{namespace}/drained", {}),
+        lambda o: o == "200",
+        what="a first call",
+        timeout=120,
+    )
+    [endpoint] = await agents(kube, namespace, "drained")
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(3) as pool:
+        calls = [
+            loop.run_in_executor(pool, outcome, client, f"{namespace}/drained", {"sleep": 4, "i": i})
+            for i in range(3)
+        ]
+        await wait_for(
+            lambda: agent_metrics(namespace, "drained", endpoint),
+            lambda m: m.get("inflight") == 3,
+            what="three calls in flight",
+            timeout=60,
+        )
+        target.signal(signal.SIGTERM)
+        # Not ready at once (Services stop sending), while the calls in flight go on.
+        await wait_for(
+            lambda: ready(target.url), lambda status: status == 503, what="readiness off", timeout=5
+        )
+        outcomes = await asyncio.gather(*calls)
+    assert outcomes == ["200"] * 3, outcomes
+    code = await asyncio.to_thread(target.process.wait, 60)
+    assert code == 0, target.log.read_text()[-3000:]
+    # The others carry on.
+    survivor = next(r for r in replicas.members if r.process.poll() is None)
+    assert await asyncio.to_thread(outcome, lambda_client(survivor.url), f"{namespace}/drained", {}) == "200"
