@@ -30,6 +30,7 @@ from kltest.platform import (
     FAIL_FIRST_HANDLER,
     LOOPBACK_ALLOWED,
     RunningOperator,
+    apply_ready,
     async_stream_left,
     python_function,
     service_account_token,
@@ -305,18 +306,8 @@ async def test_events_survive_a_killed_worker_and_a_nats_restart(
 
 
 async def ready_function(cluster: Cluster, kube: KubeClient, namespace: str, doc: JSON, name: str) -> None:
-    cluster.apply(doc, namespace)
-    await wait_for(
-        lambda: kube.get(
-            resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name=name)
-        ),
-        lambda fn: any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in (fn.get("status") or {}).get("conditions") or []
-        ),
-        what=f"Function {name} Ready",
-        timeout=60,
-    )
+    assert doc["metadata"]["name"] == name
+    await apply_ready(cluster, kube, namespace, doc)
 
 
 async def test_events_survive_sigkilled_nodes_of_a_3_node_nats_and_no_quorum_refuses_them(

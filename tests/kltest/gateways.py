@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from kltest.cluster import Cluster
 from kltest.platform import AGENT_KEY, LOOPBACK_ALLOWED, SYSTEM_NS, install_crds, service_account_token
 from kltest.wait import wait_for
+from kubelambda.devcluster._platform import _kubeconfig_with_token
 from kubelambda.devcluster._ports import free_port
 from kubelambda.gateway.peers import LEADER_LEASE, url_of
 from kubelambda.kube import KubeClient, resource_path
@@ -36,25 +36,41 @@ class Replica:
 
 @dataclass
 class Replicas:
+    env: dict[str, str]  # every replica's environment but its port
+    tmp: Path
     members: list[Replica] = field(default_factory=list)
 
     def __getitem__(self, i: int) -> Replica:
         return self.members[i]
+
+    @property
+    def live(self) -> list[Replica]:
+        return [r for r in self.members if r.process.poll() is None]
+
+    async def top_up(self, count: int) -> None:
+        """Starts replicas until ``count`` are alive; returns once each new one answers /readyz."""
+        started = []
+        while len(self.live) < count:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            env = {**self.env, "KUBELAMBDA_GATEWAY_PORT": str(port), "KUBELAMBDA_GATEWAY_PEER_URL": url}
+            log = self.tmp / f"gateway-{len(self.members)}.log"
+            replica = Replica(url, spawn_gateway(env, log), log)
+            self.members.append(replica)
+            started.append(replica)
+        for replica in started:
+            await wait_for(
+                lambda r=replica: ready(r.url),
+                lambda status: status == 200,
+                what=f"gateway replica {replica.url} ready (log: {replica.log})",
+                timeout=60,
+            )
 
     def stop(self) -> None:
         for replica in self.members:
             if replica.process.poll() is None:
                 replica.process.kill()
             replica.process.wait(30)
-
-
-def kubeconfig_with_token(cluster: Cluster, token: str, path: Path) -> Path:
-    """The cluster's kubeconfig, authenticating with ``token`` instead of the admin's credentials."""
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    for user in config.get("users") or []:
-        user["user"] = {"token": token}
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 async def ready(url: str) -> int:
@@ -79,7 +95,7 @@ async def start_replicas(
     once every one answers /readyz."""
     await install_crds(cluster, kube)
     token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
-    config = kubeconfig_with_token(cluster, token, tmp / "gateway.kubeconfig")
+    config = _kubeconfig_with_token(cluster.kubeconfig, token, tmp / "gateway.kubeconfig", "gateway")
     values: dict[str, Any] = {
         "agent_key": AGENT_KEY,
         "auth_mode": "none",
@@ -89,32 +105,19 @@ async def start_replicas(
         "lease_seconds": 4,
         "lease_renew_seconds": 1,
         "kubeconfig": str(config),
+        "host": "127.0.0.1",
         **settings,
     }
-    replicas = Replicas()
-    for i in range(count):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            **{
-                f"KUBELAMBDA_GATEWAY_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
-                for k, v in values.items()
-            },
-            "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
-            "KUBELAMBDA_GATEWAY_PORT": str(port),
-            "KUBELAMBDA_GATEWAY_PEER_URL": url,
-        }
-        log = tmp / f"gateway-{i}.log"
-        replicas.members.append(Replica(url, spawn_gateway(env, log), log))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")},
+        **{
+            f"KUBELAMBDA_GATEWAY_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
+            for k, v in values.items()
+        },
+    }
+    replicas = Replicas(env, tmp)
     try:
-        for replica in replicas.members:
-            await wait_for(
-                lambda r=replica: ready(r.url),
-                lambda status: status == 200,
-                what=f"gateway replica {replica.url} ready (log: {replica.log})",
-                timeout=60,
-            )
+        await replicas.top_up(count)
     except BaseException:
         replicas.stop()
         raise

@@ -320,6 +320,25 @@ def python_function(name: str, handler: str, **spec: Any) -> JSON:
     return doc
 
 
+async def apply_ready(
+    cluster: Cluster, kube: KubeClient, namespace: str, doc: JSON, *, timeout: float = 60
+) -> None:
+    """Applies a Function and waits for its Ready condition (for gateways the test runs as processes)."""
+    cluster.apply(doc, namespace)
+    name = doc["metadata"]["name"]
+    await wait_for(
+        lambda: kube.get(
+            resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name=name)
+        ),
+        lambda fn: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (fn.get("status") or {}).get("conditions") or []
+        ),
+        what=f"Function {name} Ready",
+        timeout=timeout,
+    )
+
+
 async def deploy(cluster: Cluster, gateway: Gateway, namespace: str, doc: JSON) -> None:
     """Applies a Function and waits until the gateway sees it invocable."""
     cluster.apply(doc, namespace)

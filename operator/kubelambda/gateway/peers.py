@@ -113,6 +113,11 @@ class Peers:
         """Takes the leader Lease if it is free or expired, renews it if ours; records who holds it."""
         now = time.monotonic()
         lease = await self.kube.get_or_none(self._path(LEADER_LEASE))
+        if self._stopping:
+            # Draining: never leads again, but follows who does (its slots go to that leader until it stops).
+            holder = ((lease or {}).get("spec") or {}).get("holderIdentity") or None
+            self._set_leader(holder if holder != self.identity and lease and self._live(lease, now) else None)
+            return
         if lease is None:
             body = {"metadata": {"name": LEADER_LEASE}, "spec": self._spec()}
             try:
@@ -126,11 +131,8 @@ class Peers:
             return
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or None
-        live = self._live(lease, now)
-        if holder != self.identity and live and not self._stopping:
+        if holder != self.identity and self._live(lease, now):
             self._set_leader(holder)
-            return
-        if self._stopping:
             return
         transitions = int(spec.get("leaseTransitions") or 0) + (holder != self.identity)
         acquired = spec.get("acquireTime") if holder == self.identity else None
@@ -190,6 +192,7 @@ class Peers:
                 await self.kube.replace(self._path(LEADER_LEASE), lease)
         except (ApiError, aiohttp.ClientError, TimeoutError) as e:
             logger.warning("Could not hand the gateway leader's Lease back: %s", e)
+        self._set_leader(None)  # until the next renewal reads who took over
 
     async def leave(self) -> None:
         """Deletes the member Lease (this replica holds no slot any more)."""
