@@ -368,8 +368,10 @@ async def under_load_kill_one(
         namespace,
         "mixed",
         timeoutSeconds=30,
-        concurrency={"perInstance": 4},
-        scaling={"minInstances": 1, "maxInstances": 3},
+        # Room for every sync caller and every replica's worker at once (12 + 3 x 8 of 48 slots): a call the
+        # instances had no room for would be a 429, not a failure of the kill.
+        concurrency={"perInstance": 16},
+        scaling={"minInstances": 3, "maxInstances": 3},
         **{"async": {"maxRetries": 2, "onSuccess": {"url": records.url(f"{namespace}-ok")}}},
     )
     leader = await wait_for(lambda: leader_url(kube), bool, what="a leader")

@@ -1,0 +1,211 @@
+"""Benchmarks of several gateway replicas (issue 18). Figures, never assertions.
+
+On a local cluster of its own (``kubelambda dev serve``), one warm instance of an echo function, and gateway
+processes started here (auth off, the platform's agent key):
+
+1. Warm throughput and p50 / p99 through one replica counting alone (the baseline: no ``PEER_URL``) and through
+   three replicas sharing the count at their leader, the calls spread round robin, in the same run, with the same
+   client, connections and payload.
+2. The latency the shared count adds: p50 through one replica that does not lead (one round trip to the leader
+   per call) beside the lone replica.
+3. Decider failover: the leader SIGKILLed, the seconds until another replica holds the leader Lease (``--kills``
+   times; the replica is replaced after each).
+
+On this 2-core machine the three replicas, the agent and the load generator share two cores: the ratio says what
+the extra processes and round trips cost here, not what three nodes would give.
+
+Run: ``.venv/bin/python bench/ha_bench.py --requests 3000 --kills 3``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from _common import create_namespace, pct, post_load, start_cluster, stop_cluster, wait
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.devcluster._ports import free_port
+from kubelambda.gateway.peers import LEADER_LEASE, url_of
+from kubelambda.kube import KubeClient, resource_path
+
+NS = "bench"
+HANDLER = "def handler(event, context):\n    return event\n"
+
+
+class Gateways:
+    """``kubelambda gateway`` processes of this bench; ``shared`` ones elect a leader through Leases."""
+
+    def __init__(self, state_dir: Path, kubeconfig: str) -> None:
+        self.base = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")},
+            "KUBELAMBDA_GATEWAY_KUBECONFIG": kubeconfig,
+            "KUBELAMBDA_GATEWAY_HOST": "127.0.0.1",
+            "KUBELAMBDA_GATEWAY_AUTH_MODE": "none",
+            "KUBELAMBDA_GATEWAY_AGENT_KEY": (state_dir / "agent.key").read_text().strip(),
+            "KUBELAMBDA_GATEWAY_LEASE_SECONDS": "4",
+            "KUBELAMBDA_GATEWAY_LEASE_RENEW_SECONDS": "1",
+        }
+        self.state_dir = state_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @staticmethod
+    def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "kubelambda", "gateway"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    async def start(self, *, shared: bool) -> str:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**self.base, "KUBELAMBDA_GATEWAY_PORT": str(port)}
+        if shared:
+            env["KUBELAMBDA_GATEWAY_PEER_URL"] = url
+        self.procs[url] = self._spawn(env, self.state_dir / f"gateway-{port}.log")
+
+        async def readyz() -> int:
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as resp:
+                return resp.status
+
+        await wait(readyz, lambda s: s == 200, f"gateway {url} ready", 60, tolerate_errors=True)
+        return url
+
+    def kill(self, url: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        proc = self.procs.pop(url)
+        proc.send_signal(sig)
+        proc.wait(60)
+
+    def stop(self) -> None:
+        for url in list(self.procs):
+            self.kill(url)
+
+
+async def leader(kube: KubeClient) -> str | None:
+    lease = await kube.get_or_none(
+        resource_path("coordination.k8s.io/v1", "leases", namespace="kubelambda-system", name=LEADER_LEASE)
+    )
+    holder = ((lease or {}).get("spec") or {}).get("holderIdentity")
+    return url_of(holder) if holder else None
+
+
+async def spread_load(
+    http: aiohttp.ClientSession, urls: list[str], path: str, requests: int, connections: int
+) -> tuple[float, list[float]]:
+    """``requests`` spread evenly over ``urls`` (``connections`` in all); returns (requests/s, latencies ms)."""
+    started = time.perf_counter()
+    parts = await asyncio.gather(
+        *(post_load(http, f"{u}{path}", requests // len(urls), connections // len(urls)) for u in urls)
+    )
+    wall = time.perf_counter() - started
+    return (requests // len(urls)) * len(urls) / wall, [ms for _, lat in parts for ms in lat]
+
+
+def row(name: str, rps: float, latencies: list[float]) -> str:
+    return f"{name:<46} {rps:>8.0f} req/s   p50 {pct(latencies, 0.5):6.2f} ms   p99 {pct(latencies, 0.99):7.2f} ms"
+
+
+async def run(args: argparse.Namespace, state_dir: Path, kubeconfig: str) -> None:
+    gateways = Gateways(state_dir, kubeconfig)
+    path = f"/2015-03-31/functions/{NS}/echo/invocations"
+    try:
+        async with KubeClient.from_kubeconfig(kubeconfig) as kube, aiohttp.ClientSession() as http:
+            await create_namespace(kube, NS)
+            doc: dict[str, Any] = {
+                "apiVersion": "kubelambda.io/v1alpha1",
+                "kind": "Function",
+                "metadata": {"name": "echo", "namespace": NS},
+                "spec": {
+                    "runtime": "python3.11",
+                    "handler": "app.handler",
+                    "code": {"inline": {"app.py": HANDLER}},
+                    "scaling": {"minInstances": 1, "maxInstances": 1},
+                    "concurrency": {"perInstance": args.connections},
+                },
+            }
+            await kube.create(resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS), doc)
+            lone = await gateways.start(shared=False)
+
+            async def echo() -> int:
+                async with http.post(f"{lone}{path}", data=b"{}") as resp:
+                    return resp.status
+
+            await wait(echo, lambda s: s == 200, "the warm instance through the lone gateway", 180)
+            urls = [await gateways.start(shared=True) for _ in range(3)]
+            head = await wait(lambda: leader(kube), lambda u: u in urls, "a leader of the three", 60)
+            follower = next(u for u in urls if u != head)
+            for u in urls:  # warm each one's connections and registry
+                await post_load(http, f"{u}{path}", 50, 2)
+            await post_load(http, f"{lone}{path}", 50, 2)
+            results = []
+            for _ in range(args.rounds):  # interleaved, so that drift in the machine's load hits both alike
+                results.append(
+                    (
+                        "1 replica, counting alone (baseline)",
+                        *await spread_load(http, [lone], path, args.requests, args.connections),
+                    )
+                )
+                results.append(
+                    (
+                        "3 replicas, shared count, spread",
+                        *await spread_load(http, urls, path, args.requests, args.connections),
+                    )
+                )
+                results.append(("1 of 3 replicas, not the leader (round trip)", *await spread_load(
+                    http, [follower], path, args.requests, args.connections)))  # fmt: skip
+            print(
+                f"\nwarm echo, {args.requests} requests x {args.rounds} rounds, {args.connections} connections"
+            )
+            for name in dict.fromkeys(r[0] for r in results):
+                rps = [r[1] for r in results if r[0] == name]
+                latencies = [ms for r in results if r[0] == name for ms in r[2]]
+                print(row(name, sum(rps) / len(rps), latencies))
+            base = [ms for r in results if r[0].startswith("1 replica") for ms in r[2]]
+            shared = [ms for r in results if r[0].startswith("1 of 3") for ms in r[2]]
+            print(f"added p50 of the shared count: {pct(shared, 0.5) - pct(base, 0.5):+.2f} ms")
+            gateways.kill(lone)
+            took = []
+            for _ in range(args.kills):
+                head = await wait(lambda: leader(kube), lambda u: u in gateways.procs, "a leader", 60)
+                gateways.kill(head)
+                killed_at = time.monotonic()
+                await wait(
+                    lambda: leader(kube), lambda u, h=head: u is not None and u != h, "a new leader", 60
+                )
+                took.append(time.monotonic() - killed_at)
+                await gateways.start(shared=True)
+            print(
+                "decider failover after SIGKILL (LEASE_SECONDS 4, RENEW 1): "
+                + ", ".join(f"{t:.1f} s" for t in took)
+            )
+    finally:
+        gateways.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--connections", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--kills", type=int, default=3)
+    args = parser.parse_args()
+    ensure_binaries()
+    with tempfile.TemporaryDirectory(prefix="kl-bench-ha-") as tmp:
+        proc, state = start_cluster(Path(tmp))
+        try:
+            await run(args, Path(tmp), state.kubeconfig)
+        finally:
+            stop_cluster(proc, Path(tmp))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
