@@ -459,6 +459,8 @@ class Gateway(RegistryLookups):
             )
         if not self.registry.synced.is_set():
             return web.Response(status=503, text="waiting for the first list of Functions and EndpointSlices")
+        if self.peers is not None and not self.peers.joined.is_set():
+            return web.Response(status=503, text="joining the other replicas (member Lease, leader)")
         if self.auth.enabled and not self.auth.keys.synced.is_set():
             return web.Response(status=503, text="waiting for the first list of access keys")
         return web.Response(text="ok")

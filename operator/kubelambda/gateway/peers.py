@@ -56,6 +56,7 @@ class Peers:
         default_factory=dict
     )  # Lease → (resourceVersion, seen at)
     _stopping: bool = False
+    joined: asyncio.Event = field(default_factory=asyncio.Event)  # the member Lease exists, a leader is known
 
     def __post_init__(self) -> None:
         # A restarted process is a new member: the slots its predecessor held are not its own.
@@ -168,6 +169,8 @@ class Peers:
     async def step(self) -> None:
         await self._renew_member()
         await self._lead()
+        if self.leader is not None:
+            self.joined.set()
 
     async def run(self) -> None:
         while True:
