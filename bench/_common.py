@@ -113,6 +113,22 @@ class Platform:
         return self.state.gateway_url
 
 
+def warm_function(name: str, namespace: str, handler: str, *, per_instance: int) -> dict[str, Any]:
+    """A python3.11 Function of one always-warm instance (min = max = 1) running ``handler`` as app.handler."""
+    return {
+        "apiVersion": "kubelambda.io/v1alpha1",
+        "kind": "Function",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "runtime": "python3.11",
+            "handler": "app.handler",
+            "code": {"inline": {"app.py": handler}},
+            "scaling": {"minInstances": 1, "maxInstances": 1},
+            "concurrency": {"perInstance": per_instance},
+        },
+    }
+
+
 @contextlib.asynccontextmanager
 async def platform(
     name: str, namespace: str, *, connections: int = 100, serve_args: Sequence[str] = ()

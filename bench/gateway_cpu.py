@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from _common import pct, platform, post_load, wait
+from _common import pct, platform, post_load, wait, warm_function
 from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench-cpu"
@@ -210,18 +210,7 @@ async def main() -> None:
     async with platform("gwcpu", NS) as p:
         proc, kube, http = p.proc, p.kube, p.http
         try:
-            body = {
-                "apiVersion": "kubelambda.io/v1alpha1",
-                "kind": "Function",
-                "metadata": {"name": "noop", "namespace": NS},
-                "spec": {
-                    "runtime": "python3.11",
-                    "handler": "app.handler",
-                    "code": {"inline": {"app.py": HANDLER}},
-                    "scaling": {"minInstances": 1, "maxInstances": 1},
-                    "concurrency": {"perInstance": args.connections},
-                },
-            }
+            body = warm_function("noop", NS, HANDLER, per_instance=args.connections)
             await kube.create(resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS), body)
             pod_ip = (await warm_pod(kube))["status"]["podIP"]
             port = free_port()

@@ -15,6 +15,11 @@ On this 2-core machine the three replicas, the agent and the load generator shar
 the extra processes and round trips cost here, not what three nodes would give.
 
 Run: ``.venv/bin/python bench/ha_bench.py --requests 3000 --kills 3``.
+
+Last run (2026-12-05, 2 cores at load 30 from other work, 2,000 requests x 2 rounds, 12 connections):
+1 replica counting alone 88 req/s, p50 125 ms; 3 replicas sharing the count 46 req/s, p50 235 ms; one non-leader
+replica 45 req/s, p50 254 ms (the shared count added +129 ms at p50: each call is two more hops between processes
+fighting for the same two cores); decider failover 4.0, 3.3, 3.7 s (LEASE_SECONDS 4, RENEW 1).
 """
 
 from __future__ import annotations
@@ -25,15 +30,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
-from _common import create_namespace, pct, post_load, start_cluster, stop_cluster, wait
-from kubelambda.devcluster._binaries import ensure_binaries
+from _common import Platform, pct, platform, post_load, wait, warm_function
 from kubelambda.devcluster._ports import free_port
 from kubelambda.gateway.peers import LEADER_LEASE, url_of
 from kubelambda.kube import KubeClient, resource_path
@@ -114,79 +116,65 @@ def row(name: str, rps: float, latencies: list[float]) -> str:
     return f"{name:<46} {rps:>8.0f} req/s   p50 {pct(latencies, 0.5):6.2f} ms   p99 {pct(latencies, 0.99):7.2f} ms"
 
 
-async def run(args: argparse.Namespace, state_dir: Path, kubeconfig: str) -> None:
-    gateways = Gateways(state_dir, kubeconfig)
+async def run(args: argparse.Namespace, p: Platform) -> None:
+    gateways = Gateways(p.state_dir, p.state.kubeconfig)
     path = f"/2015-03-31/functions/{NS}/echo/invocations"
+    kube, http = p.kube, p.http
     try:
-        async with KubeClient.from_kubeconfig(kubeconfig) as kube, aiohttp.ClientSession() as http:
-            await create_namespace(kube, NS)
-            doc: dict[str, Any] = {
-                "apiVersion": "kubelambda.io/v1alpha1",
-                "kind": "Function",
-                "metadata": {"name": "echo", "namespace": NS},
-                "spec": {
-                    "runtime": "python3.11",
-                    "handler": "app.handler",
-                    "code": {"inline": {"app.py": HANDLER}},
-                    "scaling": {"minInstances": 1, "maxInstances": 1},
-                    "concurrency": {"perInstance": args.connections},
-                },
-            }
-            await kube.create(resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS), doc)
-            lone = await gateways.start(shared=False)
+        doc = warm_function("echo", NS, HANDLER, per_instance=args.connections)
+        await kube.create(resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS), doc)
+        lone = await gateways.start(shared=False)
 
-            async def echo() -> int:
-                async with http.post(f"{lone}{path}", data=b"{}") as resp:
-                    return resp.status
+        async def echo() -> int:
+            async with http.post(f"{lone}{path}", data=b"{}") as resp:
+                return resp.status
 
-            await wait(echo, lambda s: s == 200, "the warm instance through the lone gateway", 180)
-            urls = [await gateways.start(shared=True) for _ in range(3)]
-            head = await wait(lambda: leader(kube), lambda u: u in urls, "a leader of the three", 60)
-            follower = next(u for u in urls if u != head)
-            for u in urls:  # warm each one's connections and registry
-                await post_load(http, f"{u}{path}", 50, 2)
-            await post_load(http, f"{lone}{path}", 50, 2)
-            results = []
-            for _ in range(args.rounds):  # interleaved, so that drift in the machine's load hits both alike
-                results.append(
-                    (
-                        "1 replica, counting alone (baseline)",
-                        *await spread_load(http, [lone], path, args.requests, args.connections),
-                    )
+        await wait(echo, lambda s: s == 200, "the warm instance through the lone gateway", 180)
+        urls = [await gateways.start(shared=True) for _ in range(3)]
+        head = await wait(lambda: leader(kube), lambda u: u in urls, "a leader of the three", 60)
+        follower = next(u for u in urls if u != head)
+        for u in urls:  # warm each one's connections and registry
+            await post_load(http, f"{u}{path}", 50, 2)
+        await post_load(http, f"{lone}{path}", 50, 2)
+        results = []
+        for _ in range(args.rounds):  # interleaved, so that drift in the machine's load hits both alike
+            results.append(
+                (
+                    "1 replica, counting alone (baseline)",
+                    *await spread_load(http, [lone], path, args.requests, args.connections),
                 )
-                results.append(
-                    (
-                        "3 replicas, shared count, spread",
-                        *await spread_load(http, urls, path, args.requests, args.connections),
-                    )
-                )
-                results.append(("1 of 3 replicas, not the leader (round trip)", *await spread_load(
-                    http, [follower], path, args.requests, args.connections)))  # fmt: skip
-            print(
-                f"\nwarm echo, {args.requests} requests x {args.rounds} rounds, {args.connections} connections"
             )
-            for name in dict.fromkeys(r[0] for r in results):
-                rps = [r[1] for r in results if r[0] == name]
-                latencies = [ms for r in results if r[0] == name for ms in r[2]]
-                print(row(name, sum(rps) / len(rps), latencies))
-            base = [ms for r in results if r[0].startswith("1 replica") for ms in r[2]]
-            shared = [ms for r in results if r[0].startswith("1 of 3") for ms in r[2]]
-            print(f"added p50 of the shared count: {pct(shared, 0.5) - pct(base, 0.5):+.2f} ms")
-            gateways.kill(lone)
-            took = []
-            for _ in range(args.kills):
-                head = await wait(lambda: leader(kube), lambda u: u in gateways.procs, "a leader", 60)
-                gateways.kill(head)
-                killed_at = time.monotonic()
-                await wait(
-                    lambda: leader(kube), lambda u, h=head: u is not None and u != h, "a new leader", 60
+            results.append(
+                (
+                    "3 replicas, shared count, spread",
+                    *await spread_load(http, urls, path, args.requests, args.connections),
                 )
-                took.append(time.monotonic() - killed_at)
-                await gateways.start(shared=True)
-            print(
-                "decider failover after SIGKILL (LEASE_SECONDS 4, RENEW 1): "
-                + ", ".join(f"{t:.1f} s" for t in took)
             )
+            results.append(("1 of 3 replicas, not the leader (round trip)", *await spread_load(
+                http, [follower], path, args.requests, args.connections)))  # fmt: skip
+        print(f"\nwarm echo, {args.requests} requests x {args.rounds} rounds, {args.connections} connections")
+        for name in dict.fromkeys(r[0] for r in results):
+            rps = [r[1] for r in results if r[0] == name]
+            latencies = [ms for r in results if r[0] == name for ms in r[2]]
+            print(row(name, sum(rps) / len(rps), latencies))
+        base = [ms for r in results if r[0].startswith("1 replica") for ms in r[2]]
+        shared = [ms for r in results if r[0].startswith("1 of 3") for ms in r[2]]
+        print(f"added p50 of the shared count: {pct(shared, 0.5) - pct(base, 0.5):+.2f} ms")
+        gateways.kill(lone)
+        took = []
+        for _ in range(args.kills):
+            head = await wait(lambda: leader(kube), lambda u: u in gateways.procs, "a leader", 60)
+            gateways.kill(head)
+            killed_at = time.monotonic()
+            await wait(
+                lambda: leader(kube), lambda u: u is not None and u in gateways.procs, "a new leader", 60
+            )
+            took.append(time.monotonic() - killed_at)
+            await gateways.start(shared=True)
+        print(
+            "decider failover after SIGKILL (LEASE_SECONDS 4, RENEW 1): "
+            + ", ".join(f"{t:.1f} s" for t in took)
+        )
     finally:
         gateways.stop()
 
@@ -198,13 +186,8 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--kills", type=int, default=3)
     args = parser.parse_args()
-    ensure_binaries()
-    with tempfile.TemporaryDirectory(prefix="kl-bench-ha-") as tmp:
-        proc, state = start_cluster(Path(tmp))
-        try:
-            await run(args, Path(tmp), state.kubeconfig)
-        finally:
-            stop_cluster(proc, Path(tmp))
+    async with platform("ha", NS, connections=0) as p:
+        await run(args, p)
 
 
 if __name__ == "__main__":
