@@ -442,6 +442,42 @@ async def test_probes_gate_readiness_and_liveness_restarts(
     assert "Liveness probe failed" in events
 
 
+async def test_a_startup_probe_fails_only_after_its_threshold_of_periods(
+    cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    """The node probes quickly until a first success, but like the kubelet it counts one failure per period: a
+    process slower to listen than failureThreshold x 0.1 s is not killed (the chart's operator and gateway were,
+    under load), and one that never listens is restarted only after (failureThreshold - 1) x periodSeconds."""
+    manifest = pod(
+        "slowstart",
+        ["sleep", "3600"],  # never listens
+        restart="Always",
+        container={"startupProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2, "failureThreshold": 3}},
+    )
+    cluster.apply(manifest, namespace)
+    running = await wait_for(
+        lambda: get_pod(kube, namespace, "slowstart"),
+        lambda p: "running" in p["status"].get("containerStatuses", [{}])[0].get("state", {}),
+        what="the container to run",
+    )
+    since = time.monotonic()
+    first_pid = pid_of(running)
+    restarted = await wait_for(
+        lambda: get_pod(kube, namespace, "slowstart"),
+        lambda p: p["status"]["containerStatuses"][0]["restartCount"] >= 1,
+        what="the startup probe to restart the container",
+        timeout=120,
+    )
+    # Three failures, two periods apart: at least 4 s (load only makes it later).
+    assert time.monotonic() - since >= 4
+    assert not alive(first_pid)
+    assert not restarted["status"]["containerStatuses"][0].get("started")
+    events = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=slowstart"
+    ).stdout
+    assert events.count("Startup probe failed") <= 3 + 3  # once per period per container run, not every 0.1 s
+
+
 async def test_termination_grace_period_sigterm_then_sigkill(
     cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:

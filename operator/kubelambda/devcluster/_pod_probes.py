@@ -41,15 +41,22 @@ class PodProbes(PodBase):
                 await asyncio.sleep(0.05)
         await asyncio.sleep(float(probe.get("initialDelaySeconds", 0)))
         successes = failures = 0
+        counted = float("-inf")  # when a failure last counted toward failureThreshold
         while True:
             ok, detail = await self._probe_once(c, probe)
             if ok:
-                successes, failures = successes + 1, 0
-            else:
-                successes, failures = 0, failures + 1
+                successes, failures, counted = successes + 1, 0, float("-inf")
+            elif time.monotonic() - counted >= period:
+                # Probed quickly until the first success (below), a failure still counts once per period, as the
+                # kubelet's: failureThreshold failures take (failureThreshold - 1) x periodSeconds, not 0.1 s each.
+                successes, failures, counted = 0, failures + 1, time.monotonic()
                 self.ctx.record_event(
                     self.pod, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {detail}"
                 )
+            else:
+                successes = 0
+                await asyncio.sleep(0.1)
+                continue
             if kind == "startup":
                 if successes >= 1:
                     c.started = True
