@@ -64,6 +64,11 @@ class OperatorSettings(BaseSettings):
     """Size limit of each namespace's log stream in bytes; the oldest records go first (default -1: none)."""
     system_namespace: str = Field(default="kubelambda-system", min_length=1)
     """Namespace of the gateway (and its warm pools): function pods admit traffic only from there."""
+    gateway_service_account: str = Field(
+        default="kubelambda-gateway", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253
+    )
+    """The gateway's ServiceAccount (in ``system_namespace``): each Function gives it a Role to scale exactly the
+    Function's Deployment (``<name>-scale``; docs/security.md)."""
     region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$")
     """AWS_REGION the functions see."""
     namespaces: list[str] = Field(default_factory=list)

@@ -158,7 +158,7 @@ def test_default_render(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == sorted(
-        {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget",
+        {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Namespace", "NetworkPolicy", "PodDisruptionBudget",
          "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet"}
     )  # fmt: skip
     operator = find(docs, "Deployment", "kubelambda-operator")
@@ -329,13 +329,41 @@ def test_every_setting_the_chart_passes_is_a_known_valid_setting(
         cls()  # raises ValidationError naming the variable
 
 
-def test_warm_pools_in_the_release_namespace(helm: Path) -> None:
+def test_warm_pools_in_a_namespace_of_their_own(helm: Path) -> None:
+    """Issue 17 item 3: pool pods are not beside the operator's ServiceAccount; the gateway's pod, Deployment and
+    NetworkPolicy rights are in the pool namespace only, and it holds no cluster-wide deployments/scale."""
     docs = render(helm, "--set", "gateway.warmPools.sizes.python3\\.12=2")
     env = env_of(find(docs, "Deployment", "kubelambda-gateway"))
     assert json.loads(env["KUBELAMBDA_GATEWAY_WARM_POOL_SIZES"]) == {"python3.12": 2}
-    assert env["KUBELAMBDA_GATEWAY_WARM_POOL_NAMESPACE"] == "kubelambda-system"
+    assert env["KUBELAMBDA_GATEWAY_WARM_POOL_NAMESPACE"] == "kubelambda-warm-pool"
+    assert find(docs, "Namespace", "kubelambda-warm-pool")
+    assert (
+        find(docs, "Role", "kubelambda-gateway-warm-pool")["metadata"]["namespace"] == "kubelambda-warm-pool"
+    )
+    accounts = [d["metadata"] for d in docs if d["kind"] == "ServiceAccount"]
+    assert accounts and all(m["namespace"] == "kubelambda-system" for m in accounts)
+    writes = {"create", "patch", "update", "delete", "*"}
+    for role in (
+        d for d in docs if d["kind"] in ("Role", "ClusterRole") and "gateway" in d["metadata"]["name"]
+    ):
+        for group, resource, verb in triples(role["rules"]):
+            if resource in ("pods", "deployments", "deployments/scale", "networkpolicies") and verb in writes:
+                assert role["kind"] == "Role" and role["metadata"]["namespace"] == "kubelambda-warm-pool", (
+                    f"{role['kind']} {role['metadata']['name']} grants {verb} {resource} outside the pool namespace"
+                )
     egress = find(docs, "NetworkPolicy", "kubelambda-gateway")["spec"]["egress"]
     assert any("kubelambda.io/pool-runtime" in json.dumps(rule) for rule in egress)
+    operator_env = env_of(find(docs, "Deployment", "kubelambda-operator"))
+    assert operator_env["KUBELAMBDA_GATEWAY_SERVICE_ACCOUNT"] == "kubelambda-gateway"
+    docs = render(
+        helm,
+        "--set",
+        "gateway.warmPools.namespace=pools",
+        "--set",
+        "gateway.warmPools.createNamespace=false",
+    )
+    assert not [d for d in docs if d["kind"] == "Namespace"]
+    assert find(docs, "Role", "kubelambda-gateway-warm-pool")["metadata"]["namespace"] == "pools"
     assert "KUBELAMBDA_GATEWAY_WARM_POOL_SIZES" not in env_of(
         find(render(helm), "Deployment", "kubelambda-gateway")
     )
@@ -391,6 +419,14 @@ def test_chart_rbac_equals_the_hack_rbac(helm: Path, component: str, values: Pat
         [subject] = binding["subjects"]
         assert subject["namespace"] == "kubelambda-system"
         assert subject["name"] in accounts
+    # Each Role sits in the namespace hack/ puts it in (the warm-pool Role in the pool namespace).
+    where = {
+        d["metadata"]["name"]: d["metadata"]["namespace"]
+        for d in hack
+        if d["kind"] in ("Role", "RoleBinding")
+    }
+    for role in (d for d in docs if d["kind"] in ("Role", "RoleBinding")):
+        assert role["metadata"]["namespace"] == where[role["metadata"]["name"]], role["metadata"]
 
 
 # ---- the dashboard ------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from kubelambda.resources import (
     make_deployment,
     make_egress_policy,
     make_ingress_policy,
+    make_scale_role,
+    make_scale_role_binding,
     make_service,
 )
 from kubelambda.resources.status import pod_problem, ready, set_condition
@@ -203,6 +205,10 @@ def test_owner_reference_on_everything() -> None:
         make_service(f),
         make_ingress_policy(f, system_namespace="kubelambda-system"),
         make_egress_policy(f),
+        make_scale_role(f),
+        make_scale_role_binding(
+            f, gateway_account="kubelambda-gateway", system_namespace="kubelambda-system"
+        ),
     ]
     for obj in objects:
         assert obj is not None
@@ -452,3 +458,22 @@ def test_a_kubelambda_image_keeps_its_entrypoint() -> None:
     d = make_deployment(fn(code={"image": "registry.example/fn:1"}), image="rt", settings=SETTINGS)
     assert "command" not in container(d)
     assert "initContainers" not in d["spec"]["template"]["spec"]
+
+
+def test_the_gateway_may_scale_exactly_the_functions_deployment() -> None:
+    """Issue 17 item 3: no cluster-wide deployments/scale; each Function's Role names its Deployment only."""
+    role = make_scale_role(fn())
+    assert role["metadata"] | {"labels": None, "ownerReferences": None} == {
+        "name": "hello-scale", "namespace": "demo", "labels": None, "ownerReferences": None
+    }  # fmt: skip
+    assert role["rules"] == [
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "resourceNames": ["hello"],
+         "verbs": ["get", "patch"]}
+    ]  # fmt: skip
+    binding = make_scale_role_binding(fn(), gateway_account="edge-gw", system_namespace="platform")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "hello-scale",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "edge-gw", "namespace": "platform"}]

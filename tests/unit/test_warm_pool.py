@@ -63,6 +63,7 @@ def entry(namespace: str = "demo", name: str = "fn", **spec: Any) -> FunctionEnt
         (entry(memoryMB=2048), "memoryMB 2048"),
         (entry(ephemeralStorageMB=1024), "ephemeralStorageMB"),
         (entry(namespace="kubelambda-system"), "system namespace"),
+        (entry(namespace="kubelambda-warm-pool"), "pool or system namespace"),
         (entry(layers=[{"configMap": {"name": "libs"}}]), "layers"),
     ],
     ids=[
@@ -79,6 +80,7 @@ def entry(namespace: str = "demo", name: str = "fn", **spec: Any) -> FunctionEnt
         "memory",
         "storage",
         "system namespace",
+        "pool namespace",
         "layers",
     ],
 )

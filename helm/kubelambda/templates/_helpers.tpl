@@ -63,6 +63,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-%s" (include "kubelambda.fullname" .root) .suffix) $sa.name -}}
 {{- end -}}
 
+{{- /* The warm pools' namespace: gateway.warmPools.namespace, or <fullname>-warm-pool. */ -}}
+{{- define "kubelambda.warmPoolNamespace" -}}
+{{- default (printf "%s-warm-pool" (include "kubelambda.fullname" .)) .Values.gateway.warmPools.namespace -}}
+{{- end -}}
+
 {{- define "kubelambda.gatewayServiceUrl" -}}
 {{- printf "http://%s-gateway.%s.svc:%d" (include "kubelambda.fullname" .) .Release.Namespace (int .Values.gateway.service.port) -}}
 {{- end -}}

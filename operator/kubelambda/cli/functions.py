@@ -254,7 +254,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 async def _pods(kube: KubeClient, namespace: str, name: str, system_namespace: str) -> list[tuple[str, str]]:
     """``(namespace, pod)`` of every instance: the Function's own pods, and warm-pool pods the gateway
-    specialised for it (they stay in the system namespace, relabelled as the function's; docs/gateway.md)."""
+    specialised for it (they stay in the warm-pool namespace, relabelled as the function's; docs/gateway.md)."""
     from kubelambda.kube import ApiError, resource_path
 
     found = await kube.list(
@@ -268,7 +268,7 @@ async def _pods(kube: KubeClient, namespace: str, name: str, system_namespace: s
                 params={"labelSelector": f"{FUNCTION_LABEL}={name},{FUNCTION_NAMESPACE_LABEL}={namespace}"},
             )
         except ApiError as e:
-            if e.status != 403:  # a user who may not read the system namespace sees the function's own pods
+            if e.status != 403:  # a user who may not read the pool namespace sees the function's own pods
                 raise
         else:
             pods += [(system_namespace, p) for p in pool.get("items") or []]
@@ -621,8 +621,9 @@ def register(commands: Any) -> None:
         help="the log store, nats://host:port (default: $KUBELAMBDA_LOG_STORE_URL, else the dev cluster's)",
     )
     logs.add_argument(
-        "--system-namespace",
-        default=os.environ.get("KUBELAMBDA_SYSTEM_NAMESPACE", "kubelambda-system"),
-        help="where warm-pool instances run (default: $KUBELAMBDA_SYSTEM_NAMESPACE, kubelambda-system)",
+        "--warm-pool-namespace",
+        dest="system_namespace",
+        default=os.environ.get("KUBELAMBDA_WARM_POOL_NAMESPACE", "kubelambda-warm-pool"),
+        help="where warm-pool instances run (default: $KUBELAMBDA_WARM_POOL_NAMESPACE, kubelambda-warm-pool)",
     )
     logs.set_defaults(func=cmd_logs)

@@ -131,8 +131,11 @@ class GatewaySettings(BaseSettings):
     agent_key: SecretStr | None = Field(default=None, min_length=16)
     """The platform's agent key, the operator's ``KUBELAMBDA_AGENT_KEY``: the gateway shows agents the tokens
     derived from it (docs/security.md). Unset = no token is sent (agents of a platform without a key)."""
-    warm_pool_namespace: str = Field(default="kubelambda-system", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    """Namespace of the pool Deployments and their pods (the system namespace)."""
+    warm_pool_namespace: str = Field(
+        default="kubelambda-warm-pool", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
+    """Namespace of the pool Deployments and their pods (default ``kubelambda-warm-pool``): one of their own,
+    holding no platform ServiceAccount, where the gateway's Role lets it write pool objects (docs/security.md)."""
     warm_pool_registry: str = Field(default="ghcr.io/kubelambda", min_length=1)
     """Registry of the runtime images the pools run (as the operator's ``KUBELAMBDA_REGISTRY``)."""
     warm_pool_images: dict[str, str] = Field(default_factory=dict)

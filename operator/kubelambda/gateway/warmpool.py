@@ -95,8 +95,8 @@ def ineligible(fn: FunctionEntry, *, settings: GatewaySettings) -> str | None:
         return f"memoryMB {spec.memory_mb} is over the pool pods' {settings.warm_pool_memory_mb}"
     if spec.ephemeral_storage_mb > 512:
         return "ephemeralStorageMB over the pool pods' 512"
-    if fn.namespace == settings.warm_pool_namespace:
-        return "functions in the system namespace are never pooled"
+    if fn.namespace in (settings.warm_pool_namespace, settings.auth_namespace):
+        return "functions in the pool or system namespace are never pooled"
     return None
 
 
@@ -573,7 +573,7 @@ class WarmPool:
         )
         ns = s.warm_pool_namespace
         if not self._applied:
-            policy = make_pool_ingress_policy(ns)
+            policy = make_pool_ingress_policy(ns, gateway_namespace=s.auth_namespace)
             await self.kube.apply(
                 resource_path("networking.k8s.io/v1", "networkpolicies", namespace=ns, name="warm-pool"),
                 policy,

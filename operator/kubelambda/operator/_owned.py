@@ -115,6 +115,12 @@ class OwnedWriter:
             return None
         return await self._apply_checked(obj, existing, outcome, changed=changed)
 
+    async def _apply_in_order(self, *objs: JSON, outcome: Outcome) -> None:
+        """Applies ``objs`` one after the other, stopping at one that is not ours (what follows depends on it)."""
+        for obj in objs:
+            if await self._apply(obj, outcome) is None:
+                return
+
     async def _apply_checked(
         self, obj: JSON, existing: JSON | None, outcome: Outcome, *, changed: bool = False
     ) -> JSON:

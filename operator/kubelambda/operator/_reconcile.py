@@ -27,6 +27,8 @@ from kubelambda.resources import (
     make_deployment,
     make_egress_policy,
     make_ingress_policy,
+    make_scale_role,
+    make_scale_role_binding,
     make_service,
 )
 from kubelambda.resources import names as n
@@ -146,6 +148,14 @@ class FunctionReconciler(OwnedWriter):
             if agent_secret is not None:
                 steps.append(self._apply(agent_secret, outcome, changed=False))
             steps.append(self._apply(make_service(fn), outcome, changed=False))
+            # The gateway's right to scale this Deployment only (it holds no cluster-wide scale): the Role first,
+            # since the API server checks that the operator holds what a Role it binds grants.
+            binding = make_scale_role_binding(
+                fn,
+                gateway_account=self.settings.gateway_service_account,
+                system_namespace=self.settings.system_namespace,
+            )
+            steps.append(self._apply_in_order(make_scale_role(fn), binding, outcome=outcome))
             ingress = make_ingress_policy(fn, system_namespace=self.settings.system_namespace)
             steps.append(self._apply(ingress, outcome, changed=False))
             egress = make_egress_policy(fn, deny=self.settings.function_egress_deny_cidrs)

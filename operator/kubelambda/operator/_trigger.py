@@ -94,11 +94,6 @@ def trigger_status(
 
 
 class TriggerReconciler(OwnedWriter):
-    async def _apply_in_order(self, *objs: JSON, outcome: Outcome) -> None:
-        for obj in objs:
-            if await self._apply(obj, outcome) is None:
-                return  # not ours: what follows depends on it
-
     async def reconcile(self, body: JSON) -> Outcome:
         trigger = b.TriggerObject.from_body(body)
         current = dict(body.get("status") or {})

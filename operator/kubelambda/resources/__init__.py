@@ -12,6 +12,7 @@ from kubelambda.resources.deployment import (
 from kubelambda.resources.labels import FUNCTION_LABEL, labels, selector
 from kubelambda.resources.names import FunctionObject
 from kubelambda.resources.networkpolicy import make_egress_policy, make_ingress_policy
+from kubelambda.resources.rbac import make_scale_role, make_scale_role_binding
 from kubelambda.resources.service import make_service
 from kubelambda.resources.status import Problem, function_status, status_changes
 
@@ -29,6 +30,8 @@ __all__ = [
     "make_deployment",
     "make_egress_policy",
     "make_ingress_policy",
+    "make_scale_role",
+    "make_scale_role_binding",
     "make_service",
     "selector",
     "status_changes",

@@ -108,3 +108,8 @@ def ingress_policy_name(function: str) -> str:
 
 def egress_policy_name(function: str) -> str:
     return f"{function}-egress"
+
+
+def scale_role_name(function: str) -> str:
+    """The Role and RoleBinding letting the gateway scale the function's Deployment (docs/security.md)."""
+    return f"{function}-scale"

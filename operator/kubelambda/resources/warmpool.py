@@ -1,4 +1,5 @@
-"""The warm pool of a runtime: a Deployment of generic pods in the system namespace (docs/warm-pools.md).
+"""The warm pool of a runtime: a Deployment of generic pods in the pool namespace (docs/warm-pools.md), a
+namespace of their own beside the system namespace, holding no platform ServiceAccount (docs/security.md).
 
 Each pod runs the runtime image with the agent in generic mode (``KUBELAMBDA_GENERIC``): the language runtime
 is started, without code, and waits for ``POST /specialize``. The gateway claims a pod, specialises it for one
@@ -17,13 +18,14 @@ from kubelambda.jsonobj import JSON
 from kubelambda.resources.deployment import POD_NAME_ENV, agent_container, pod_security
 from kubelambda.resources.labels import COMPONENT_LABEL, FUNCTION_LABEL, GATEWAY_LABELS
 from kubelambda.resources.names import INVOKE_PORT, TASK_ROOT
+from kubelambda.resources.networkpolicy import NAMESPACE_NAME_LABEL
 
 POOL_LABEL = "kubelambda.io/pool"
 """``<runtime>`` on free pool pods: the pool Deployment's selector. Removed when a pod is claimed."""
 POOL_RUNTIME_LABEL = "kubelambda.io/pool-runtime"
 """``<runtime>`` on every pod a pool ever made, free or claimed (what the gateway watches); never changes."""
 FUNCTION_NAMESPACE_LABEL = "kubelambda.io/function-namespace"
-"""On a claimed pod: the namespace of the Function it serves (the pod itself stays in the system namespace)."""
+"""On a claimed pod: the namespace of the Function it serves (the pod itself stays in the pool namespace)."""
 CLAIMED_BY_ANNOTATION = "kubelambda.io/claimed-by"
 CLAIMED_AT_ANNOTATION = "kubelambda.io/claimed-at"
 CODE_SHA_ANNOTATION = "kubelambda.io/code-sha256"
@@ -143,8 +145,9 @@ def make_pool_deployment(
     }
 
 
-def make_pool_ingress_policy(namespace: str) -> JSON:
-    """Pool pods, free or claimed, admit only the gateway: nobody else may specialise or invoke them."""
+def make_pool_ingress_policy(namespace: str, *, gateway_namespace: str) -> JSON:
+    """Pool pods, free or claimed, admit only the gateway (in ``gateway_namespace``): nobody else may specialise
+    or invoke them."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -158,7 +161,12 @@ def make_pool_ingress_policy(namespace: str) -> JSON:
             "policyTypes": ["Ingress"],
             "ingress": [
                 {
-                    "from": [{"podSelector": {"matchLabels": dict(GATEWAY_LABELS)}}],
+                    "from": [
+                        {
+                            "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: gateway_namespace}},
+                            "podSelector": {"matchLabels": dict(GATEWAY_LABELS)},
+                        }
+                    ],
                     "ports": [{"port": INVOKE_PORT, "protocol": "TCP"}],
                 }
             ],
