@@ -14,9 +14,11 @@ import hmac
 
 AUTHORIZATION = "Authorization"
 TOKEN_ENV = "KUBELAMBDA_AGENT_TOKEN"
-METRICS_TOKEN_ENV = "KUBELAMBDA_AGENT_METRICS_TOKEN"
+METRICS_TOKEN_ENV = "KUBELAMBDA_AGENT_METRICS_TOKEN_SHA256"
+"""What agents check the metrics token against: its SHA-256 (hex), so a pod's environment and its Secret, which
+a tenant may read, hold nothing that opens another pod's ``/metrics``."""
 SECRET_TOKEN_KEY = "token"
-SECRET_METRICS_KEY = "metrics-token"
+SECRET_METRICS_KEY = "metrics-token-sha256"
 
 
 def _derive(key: str, what: str) -> str:
@@ -31,6 +33,11 @@ def function_token(key: str, namespace: str, name: str) -> str:
 def pool_token(key: str, namespace: str, runtime: str) -> str:
     """The token of the generic pods of ``runtime``'s warm pool in ``namespace``."""
     return _derive(key, f"pool:{namespace}/{runtime}")
+
+
+def metrics_token_digest(token: str) -> str:
+    """What a pod holds of the platform's metrics token (Prometheus shows the token itself)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def bearer(token: str | None) -> dict[str, str]:

@@ -8,13 +8,17 @@ package main
 //   - a warm-pool pod: its pool's token until POST /specialize (which the pool token authorises) hands it the
 //     function's token, which then replaces it.
 //
-// /metrics also accepts the platform's metrics token (KUBELAMBDA_AGENT_METRICS_TOKEN), for Prometheus.
+// /metrics also accepts the platform's metrics token, for Prometheus. The pod holds only its SHA-256
+// (KUBELAMBDA_AGENT_METRICS_TOKEN_SHA256, hex): whoever reads the pod's environment or its Secret (a tenant may)
+// learns nothing that opens another pod's /metrics.
 // Without KUBELAMBDA_AGENT_TOKEN the endpoints are open, as before (a platform without an agent key).
 // The tokens are read once and never given to the runtime workers (their environment drops KUBELAMBDA_*);
 // the agent also makes itself non-dumpable, so code in the pod cannot read them from /proc/<agent>/environ.
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"net/http"
 	"strings"
 	"sync"
@@ -22,19 +26,20 @@ import (
 
 const (
 	agentTokenEnv   = "KUBELAMBDA_AGENT_TOKEN"
-	metricsTokenEnv = "KUBELAMBDA_AGENT_METRICS_TOKEN"
+	metricsTokenEnv = "KUBELAMBDA_AGENT_METRICS_TOKEN_SHA256"
 )
 
 type agentAuth struct {
 	mu      sync.RWMutex
 	token   string
-	metrics string
+	metrics string // hex SHA-256 of the metrics token
 }
 
 func newAgentAuth(lookup func(string) (string, bool)) *agentAuth {
 	a := &agentAuth{}
 	a.token, _ = lookup(agentTokenEnv)
-	a.metrics, _ = lookup(metricsTokenEnv)
+	metrics, _ := lookup(metricsTokenEnv)
+	a.metrics = strings.ToLower(strings.TrimSpace(metrics))
 	return a
 }
 
@@ -62,7 +67,11 @@ func (a *agentAuth) allows(r *http.Request, metrics bool) bool {
 	if subtle.ConstantTimeCompare([]byte(given), []byte(token)) == 1 {
 		return true
 	}
-	return metrics && metricsToken != "" && subtle.ConstantTimeCompare([]byte(given), []byte(metricsToken)) == 1
+	if !metrics || metricsToken == "" {
+		return false
+	}
+	sum := sha256.Sum256([]byte(given))
+	return subtle.ConstantTimeCompare([]byte(hex.EncodeToString(sum[:])), []byte(metricsToken)) == 1
 }
 
 // guard wraps an admin endpoint: 401 without a valid token, before anything else is read.

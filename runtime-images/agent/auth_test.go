@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -35,7 +37,8 @@ func call(t *testing.T, method, url, token string, body any) int {
 // A pool pod: its pool's token opens /specialize; the function's token, given there, then replaces it.
 func TestAdminEndpointsNeedThePodsToken(t *testing.T) {
 	t.Setenv(agentTokenEnv, "pool-token")
-	t.Setenv(metricsTokenEnv, "metrics-token")
+	sum := sha256.Sum256([]byte("metrics-token"))
+	t.Setenv(metricsTokenEnv, hex.EncodeToString(sum[:])) // what the pod holds: the hash, never the token
 	a := startAgentWith(t, 1, 2*time.Second, "ok", func(c *Config) {
 		c.Generic = genericDeferred
 		c.FunctionName = "pool-fake"
@@ -53,6 +56,9 @@ func TestAdminEndpointsNeedThePodsToken(t *testing.T) {
 	}
 	if got := call(t, "GET", a.url+"/metrics", "", nil); got != http.StatusUnauthorized {
 		t.Fatalf("metrics without a token: %d, want 401", got)
+	}
+	if got := call(t, "GET", a.url+"/metrics", hex.EncodeToString(sum[:]), nil); got != http.StatusUnauthorized {
+		t.Fatalf("metrics with the hash the pod holds: %d, want 401", got)
 	}
 	if got := call(t, "GET", a.url+"/metrics", "metrics-token", nil); got != 200 {
 		t.Fatalf("metrics with the metrics token: %d, want 200", got)

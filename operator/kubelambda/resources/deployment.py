@@ -16,6 +16,7 @@ from kubelambda.agentauth import (
     SECRET_TOKEN_KEY,
     TOKEN_ENV,
     function_token,
+    metrics_token_digest,
 )
 from kubelambda.api.v1alpha1.function import Logging
 from kubelambda.jsonobj import JSON
@@ -120,7 +121,7 @@ def make_agent_secret(fn: FunctionObject, *, settings: OperatorSettings) -> JSON
         return None
     data = {SECRET_TOKEN_KEY: function_token(settings.agent_key.get_secret_value(), fn.namespace, fn.name)}
     if settings.agent_metrics_token is not None:
-        data[SECRET_METRICS_KEY] = settings.agent_metrics_token.get_secret_value()
+        data[SECRET_METRICS_KEY] = metrics_token_digest(settings.agent_metrics_token.get_secret_value())
     return {
         "apiVersion": "v1",
         "kind": "Secret",
