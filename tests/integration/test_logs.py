@@ -27,7 +27,7 @@ import yaml
 from kltest import Cluster, create_namespace, wait_for
 from kltest.platform import (
     FAST_ASYNC,
-    SYSTEM_NS,
+    POOL_NS,
     Env,
     PlatformUnderTest,
     install_crds,
@@ -127,7 +127,7 @@ async def instances(kube: KubeClient, namespace: str, name: str) -> list[str]:
         params={"labelSelector": f"kubelambda.io/function={name}"},
     )
     pool = await kube.list(
-        resource_path("v1", "pods", namespace=SYSTEM_NS),
+        resource_path("v1", "pods", namespace=POOL_NS),
         params={
             "labelSelector": f"kubelambda.io/function={name},kubelambda.io/function-namespace={namespace}"
         },

@@ -1,6 +1,6 @@
 """Warm pools on the real local cluster: cold starts served by specialised generic pods (docs/warm-pools.md).
 
-The gateway keeps a python3.11 pool of two pods in kubelambda-system; the operator and the gateway run as their
+The gateway keeps a python3.11 pool of two pods in kubelambda-warm-pool; the operator and the gateway run as their
 ServiceAccounts (hack/*-rbac.yaml), so the pool's RBAC is exercised too.
 """
 
@@ -19,7 +19,7 @@ import pytest
 from kltest import Cluster, wait_for
 from kltest.files import FileServer, serve_files
 from kltest.platform import (
-    SYSTEM_NS,
+    POOL_NS,
     Env,
     PlatformUnderTest,
     lambda_client,
@@ -104,7 +104,7 @@ async def invoke(url: str, name: str) -> tuple[JSON, dict[str, str]]:
 
 
 async def pod_or_none(kube: KubeClient, name: str) -> JSON | None:
-    return await kube.get_or_none(resource_path("v1", "pods", namespace=SYSTEM_NS, name=name))
+    return await kube.get_or_none(resource_path("v1", "pods", namespace=POOL_NS, name=name))
 
 
 async def test_first_invoke_from_zero_is_served_by_a_specialised_pool_pod_which_is_then_replaced_and_retired(

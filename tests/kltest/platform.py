@@ -34,6 +34,8 @@ from kubelambda.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_NS = "kubelambda-system"
+POOL_NS = "kubelambda-warm-pool"
+"""The warm pools' namespace of their own (the gateway's default; hack/gateway-rbac.yaml creates it)."""
 ASYNC_STREAM = "KUBELAMBDA_ASYNC"  # the gateway's default stream and its worker's consumer
 ASYNC_CONSUMER = "kubelambda-async-worker"
 LOOPBACK_ALLOWED = ["127.0.0.0/8"]

@@ -18,6 +18,7 @@ import pytest
 
 from kltest import Cluster, wait_for
 from kltest.platform import (
+    POOL_NS,
     SYSTEM_NS,
     Env,
     PlatformUnderTest,
@@ -29,7 +30,6 @@ from kubelambda.kube import ApiError, KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
 GATEWAY = f"system:serviceaccount:{SYSTEM_NS}:kubelambda-gateway"
-POOL_NS = "kubelambda-warm-pool"
 HELLO = "def handler(event, context):\n    return {'ok': True}\n"
 
 

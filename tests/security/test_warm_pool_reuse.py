@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 from kltest import Cluster, wait_for
 from kltest.platform import (
     AGENT_KEY,
-    SYSTEM_NS,
+    POOL_NS,
     Env,
     PlatformUnderTest,
     lambda_client,
@@ -86,7 +86,7 @@ async def invoke(url: str, name: str) -> tuple[int, bytes, bool, dict[str, str]]
 
 
 async def agent_state(ip: str, runtime: str) -> JSON:
-    headers = bearer(pool_token(AGENT_KEY, SYSTEM_NS, runtime))
+    headers = bearer(pool_token(AGENT_KEY, POOL_NS, runtime))
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://{ip}:8080/specialize", headers=headers) as resp,
@@ -147,7 +147,7 @@ async def test_a_pool_pod_whose_function_restarts_its_agent_is_never_specialised
     serving = pool_of(gateway).serving.get((env.namespace, "restarter")) or []
     pod = serving[0].pod if serving else None  # None: already retired (the counter below says so)
     if pod is not None:
-        path = resource_path("v1", "pods", namespace=SYSTEM_NS, name=pod)
+        path = resource_path("v1", "pods", namespace=POOL_NS, name=pod)
         await wait_for(
             lambda: env.kube.get_or_none(path),
             lambda p: p is None or p["metadata"].get("deletionTimestamp") is not None,

@@ -341,14 +341,18 @@ def test_warm_pools_in_a_namespace_of_their_own(helm: Path) -> None:
         find(docs, "Role", "kubelambda-gateway-warm-pool")["metadata"]["namespace"] == "kubelambda-warm-pool"
     )
     accounts = [d["metadata"] for d in docs if d["kind"] == "ServiceAccount"]
-    assert accounts and all(m["namespace"] == "kubelambda-system" for m in accounts)
+    assert accounts
+    assert all(m["namespace"] == "kubelambda-system" for m in accounts)
     writes = {"create", "patch", "update", "delete", "*"}
     for role in (
         d for d in docs if d["kind"] in ("Role", "ClusterRole") and "gateway" in d["metadata"]["name"]
     ):
-        for group, resource, verb in triples(role["rules"]):
+        for _group, resource, verb in triples(role["rules"]):
             if resource in ("pods", "deployments", "deployments/scale", "networkpolicies") and verb in writes:
-                assert role["kind"] == "Role" and role["metadata"]["namespace"] == "kubelambda-warm-pool", (
+                assert (role["kind"], role["metadata"].get("namespace")) == (
+                    "Role",
+                    "kubelambda-warm-pool",
+                ), (
                     f"{role['kind']} {role['metadata']['name']} grants {verb} {resource} outside the pool namespace"
                 )
     egress = find(docs, "NetworkPolicy", "kubelambda-gateway")["spec"]["egress"]
