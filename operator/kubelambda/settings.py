@@ -64,6 +64,10 @@ class OperatorSettings(BaseSettings):
     """Size limit of each namespace's log stream in bytes; the oldest records go first (default -1: none)."""
     system_namespace: str = Field(default="kubelambda-system", min_length=1)
     """Namespace of the gateway (and its warm pools): function pods admit traffic only from there."""
+    metrics_namespaces: list[str] = Field(default_factory=list)
+    """Namespaces whose pods may scrape function pods' ``/metrics`` through their ingress NetworkPolicy (Prometheus's,
+    e.g. ``["monitoring"]``), JSON list (default empty: only the system namespace's gateway and bridges reach
+    function pods)."""
     gateway_service_account: str = Field(
         default="kubelambda-gateway", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253
     )

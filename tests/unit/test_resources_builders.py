@@ -265,6 +265,16 @@ def test_ingress_only_from_gateway_and_bridges() -> None:
     assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
 
 
+def test_prometheus_namespaces_may_scrape_function_pods() -> None:
+    """Review of issue 17: a Function's ingress policy would block Prometheus in another namespace."""
+    policy = make_ingress_policy(fn(), system_namespace="kl", metrics_namespaces=["monitoring"])
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"][2:] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]  # /metrics is on the invoke port
+
+
 def dep(replicas: int, ready_replicas: int = 0, conditions: list[JSON] | None = None) -> JSON:
     return {
         "spec": {"replicas": replicas},

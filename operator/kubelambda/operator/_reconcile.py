@@ -156,7 +156,11 @@ class FunctionReconciler(OwnedWriter):
                 system_namespace=self.settings.system_namespace,
             )
             steps.append(self._apply_in_order(make_scale_role(fn), binding, outcome=outcome))
-            ingress = make_ingress_policy(fn, system_namespace=self.settings.system_namespace)
+            ingress = make_ingress_policy(
+                fn,
+                system_namespace=self.settings.system_namespace,
+                metrics_namespaces=self.settings.metrics_namespaces,
+            )
             steps.append(self._apply(ingress, outcome, changed=False))
             egress = make_egress_policy(fn, deny=self.settings.function_egress_deny_cidrs)
             if egress is not None:

@@ -28,9 +28,16 @@ def _metadata(fn: FunctionObject, name: str) -> JSON:
     }
 
 
-def make_ingress_policy(fn: FunctionObject, *, system_namespace: str) -> JSON:
-    """Only the gateway and the bridges (pods in the system namespace) may call the invoke port."""
+def make_ingress_policy(
+    fn: FunctionObject, *, system_namespace: str, metrics_namespaces: Sequence[str] = ()
+) -> JSON:
+    """Only the gateway and the bridges (pods in the system namespace) may call the invoke port, and pods of
+    ``metrics_namespaces`` (Prometheus's) may scrape it: ``/metrics`` is served there too, and the agent asks
+    every caller of ``/invoke`` and ``/metrics`` for its token anyway (docs/security.md)."""
     system = {"matchLabels": {NAMESPACE_NAME_LABEL: system_namespace}}
+    scrapers: list[JSON] = [
+        {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: ns}}} for ns in metrics_namespaces
+    ]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -43,6 +50,7 @@ def make_ingress_policy(fn: FunctionObject, *, system_namespace: str) -> JSON:
                     "from": [
                         {"namespaceSelector": system, "podSelector": {"matchLabels": dict(GATEWAY_LABELS)}},
                         {"namespaceSelector": system, "podSelector": {"matchLabels": dict(BRIDGE_LABELS)}},
+                        *scrapers,
                     ],
                     "ports": [{"port": INVOKE_PORT, "protocol": "TCP"}],
                 }
