@@ -20,13 +20,18 @@ E2E_NAMESPACE := kubelambda-system
 # runtime images of the runtime table, comes from mk/runtime-images.mk (generated: make runtimes-generate).
 RUNTIME_FAMILIES := python nodejs java ruby provided
 
-.PHONY: chart-crds chart-lint chart-test require-docker docker-up images images-test image-kubelambda \
+.PHONY: chart-crds nats-authorization chart-lint chart-test require-docker docker-up images images-test image-kubelambda \
 	$(addprefix image-runtime-,$(RUNTIME_FAMILIES)) kind-up kind-down e2e-kind
 
 # Copies the generated CRDs (make crds) into the chart; tests/unit/test_chart.py fails when they drift.
 chart-crds:
 	rm -f $(CHART)/crds/kubelambda.io_*.yaml
 	cp crds/kubelambda.io_*.yaml $(CHART)/crds/
+
+# The NATS users and their permissions (operator/kubelambda/natsauth.py) as the chart's NATS reads them;
+# tests/unit/test_chart.py fails when they drift.
+nats-authorization: venv
+	$(PY) -m kubelambda.natsauth > $(CHART)/files/nats-authorization.conf
 
 # helm lint (default and maximal values), the chart's unit tests, and the install on the local cluster.
 chart-lint: binaries

@@ -35,6 +35,8 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from kubelambda import natsauth
+
 logger = logging.getLogger(__name__)
 
 SUBJECT_PREFIX = "kubelambda.logs"
@@ -214,12 +216,19 @@ class LogStreams:
             try:
                 if self._nc is None or self._nc.is_closed:
                     self._nc = await nats.connect(
-                        self.url, connect_timeout=2, max_reconnect_attempts=-1, allow_reconnect=True
+                        natsauth.servers(self.url),
+                        connect_timeout=2,
+                        max_reconnect_attempts=-1,
+                        allow_reconnect=True,
+                        **natsauth.connect_options(self.url),
                     )
                 await ensure_stream(self._nc, namespace, self.retention)
             except (OSError, TimeoutError, nats.errors.Error) as e:
                 logger.warning(
-                    "Could not make the log stream of namespace %s at %s: %s", namespace, self.url, e
+                    "Could not make the log stream of namespace %s at %s: %s",
+                    namespace,
+                    natsauth.redacted(self.url),
+                    e,
                 )
                 return False
             self._done.add(namespace)

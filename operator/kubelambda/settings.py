@@ -46,8 +46,14 @@ class OperatorSettings(BaseSettings):
     )
     """Base URL of the gateway, shown as each Function's ``status.invokeUrl``."""
     nats_url: str | None = Field(default=None, pattern=r"^nats://[^\s]+$")
-    """The platform's NATS (``nats://host:4222``), handed to Trigger bridges for ``onFailure.nats``
-    destinations; unset = bridges have none."""
+    """The platform's NATS (``nats://host:4222``, with the operator's own NATS user where NATS has users): the
+    operator makes each namespace's log stream there, and bridges (``onFailure.nats``) and agents (logs) get it
+    unless ``bridge_nats_url`` / ``agent_nats_url`` say otherwise; unset = neither has one."""
+    bridge_nats_url: str | None = Field(default=None, pattern=r"^nats://[^\s]+$")
+    """The NATS URL handed to Trigger bridges, with the bridges' own NATS user (docs/security.md, "NATS"): it is in
+    their pods' environment in tenants' namespaces; default ``nats_url``."""
+    agent_nats_url: str | None = Field(default=None, pattern=r"^nats://[^\s]+$")
+    """The NATS URL function pods' agents ship logs to, with the agents' own NATS user; default ``nats_url``."""
     tracing_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     """OTLP/HTTP endpoint of the platform's traces (``KUBELAMBDA_TRACING_ENDPOINT``, docs/tracing.md), handed to
     Trigger bridges with ``tracing_sample_ratio``; unset = bridges trace nothing."""
@@ -125,7 +131,12 @@ class OperatorSettings(BaseSettings):
 
     @property
     def log_nats_url(self) -> str | None:
-        """Where function pods ship their logs; None = not shipped."""
+        """Where function pods ship their logs (with the agents' NATS user); None = not shipped."""
+        return (self.agent_nats_url or self.nats_url) if self.logs and self.nats_url else None
+
+    @property
+    def log_store_url(self) -> str | None:
+        """Where the operator makes each namespace's log stream (its own NATS user); None = no log store."""
         return self.nats_url if self.logs else None
 
     def image_for(self, runtime: str) -> str | None:

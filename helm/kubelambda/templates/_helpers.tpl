@@ -83,6 +83,29 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{- /* Whether the chart runs NATS (and so makes its users: docs/security.md, "NATS"). */ -}}
+{{- define "kubelambda.chartNats" -}}
+{{- if and .Values.async.enabled .Values.nats.enabled (not .Values.async.natsUrl) -}}true{{- end -}}
+{{- end -}}
+
+{{- /* The NATS URL as one of the chart's NATS users (dict "root" . "user" "gateway"): its password comes from the
+environment variable kubelambda.natsPasswordEnv defines before it. With an external NATS: async.natsUrl as is. */ -}}
+{{- define "kubelambda.natsUrlAs" -}}
+{{- if include "kubelambda.chartNats" .root -}}
+{{- printf "nats://%s:$(KL_NATS_%s_PASSWORD)@%s-nats.%s.svc:4222" .user (upper .user) (include "kubelambda.fullname" .root) .root.Release.Namespace -}}
+{{- else -}}
+{{- include "kubelambda.natsUrl" .root -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* The env entry with a chart NATS user's password (dict "root" . "user" "gateway"), from <release>-nats-users. */ -}}
+{{- define "kubelambda.natsPasswordEnv" -}}
+{{- if include "kubelambda.chartNats" .root }}
+- name: KL_NATS_{{ upper .user }}_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ include "kubelambda.fullname" .root }}-nats-users, key: {{ .user }}}}
+{{- end }}
+{{- end -}}
+
 {{- define "kubelambda.leaderElection" -}}
 {{- if or .Values.operator.leaderElection (gt (int .Values.operator.replicas) 1) -}}true{{- end -}}
 {{- end -}}

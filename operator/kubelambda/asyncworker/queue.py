@@ -32,6 +32,8 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 
+from kubelambda import natsauth
+
 logger = logging.getLogger(__name__)
 
 EVENT_PREFIX = "kubelambda.async"
@@ -164,9 +166,11 @@ class EventQueue:
         client also learns the cluster's other servers from the one it reaches and reconnects to any of them.
         """
         servers = [u.strip() for u in url.split(",") if u.strip()]
+        # Replies (fetched events, JetStream's answers) come to the platform's own inboxes (kubelambda.natsauth).
+        options = natsauth.connect_options(url)
         if reconnect:
             nc = await nats.connect(
-                servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name="kubelambda"
+                servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name="kubelambda", **options
             )
         else:
             errors: list[Exception] = []
@@ -183,6 +187,7 @@ class EventQueue:
                     connect_timeout=3,
                     error_cb=note,
                     name="kubelambda",
+                    **options,
                 )
             except nats.errors.NoServersError as e:
                 raise ConnectionError(str(errors[-1]) if errors else str(e)) from e

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubelambda import natsauth
 from kubelambda.cli._common import CliError, add_state_dir, state_dir_of
 
 
@@ -51,7 +52,7 @@ def _print_state(state_dir: Path) -> None:
         if state.gateway_url:
             print(f"gateway:     {state.gateway_url}")
         if state.nats_url:
-            print(f"nats:        {state.nats_url}")
+            print(f"nats:        {natsauth.redacted(state.nats_url)}")
         if state.gateway_access:
             print(f"reached by:  {state.gateway_access}")
         for note in state.moved:

@@ -323,7 +323,7 @@ async def _store_logs(args: argparse.Namespace, url: str, namespace: str, name: 
     import nats
     import nats.errors
 
-    from kubelambda import logstore
+    from kubelambda import logstore, natsauth
 
     try:
         since = logstore.parse_time(args.since) if args.since else None
@@ -341,10 +341,16 @@ async def _store_logs(args: argparse.Namespace, url: str, namespace: str, name: 
         level=level,
     )
     try:
-        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0)
+        nc = await nats.connect(
+            natsauth.servers(url),
+            connect_timeout=3,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            **natsauth.connect_options(url),
+        )
     except (OSError, TimeoutError, nats.errors.Error) as e:
         raise CliError(
-            f"cannot reach the log store at {url}: {e}",
+            f"cannot reach the log store at {natsauth.redacted(url)}: {e}",
             hint="give its URL with --log-store or $KUBELAMBDA_LOG_STORE_URL, or --from pods for the pods' logs",
         ) from None
 

@@ -11,6 +11,7 @@ AWS SDKs (``<state>/dev.json``, the state folder of docs/local-cluster.md).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from kubelambda import natsauth
 from kubelambda.devcluster._binaries import Binaries, repo_root
 from kubelambda.devcluster._ports import PortTaken, address_in_use, bindable, free_port, retry_taken_ports
 from kubelambda.devcluster._process import spawn, stop
@@ -111,7 +113,11 @@ class Platform:
         gateway_config = _kubeconfig_with_token(
             self.admin_kubeconfig, gateway_token, self.state_dir / "gateway.kubeconfig", "kubelambda-gateway"
         )
-        self.nats = NatsServer(self.state_dir / "nats", port=_preferred(DEFAULT_NATS_PORT))
+        # NATS users, one per component, each with only its subjects (docs/security.md, "NATS").
+        passwords = _nats_passwords(self.state_dir / "nats-users.json")
+        self.nats = NatsServer(
+            self.state_dir / "nats", port=_preferred(DEFAULT_NATS_PORT), passwords=passwords
+        )
         await self.nats.start()
         logger.info("NATS JetStream for Event invocations listens at %s", self.nats.url)
         if not self.nats.url.endswith(f":{DEFAULT_NATS_PORT}"):
@@ -119,7 +125,7 @@ class Platform:
         base = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")}
         agent_key = _agent_key(self.state_dir / "agent.key")
         preferred = _preferred(DEFAULT_GATEWAY_PORT)
-        nats_url = self.nats.url
+        nats = self.nats
 
         async def gateway() -> None:
             nonlocal preferred
@@ -138,7 +144,8 @@ class Platform:
                     "KUBELAMBDA_GATEWAY_PORT": str(port),
                     "KUBELAMBDA_GATEWAY_HTTP_ROUTES": "true",
                     "KUBELAMBDA_GATEWAY_WARM_POOL_SIZES": '{"python3.11": 2, "nodejs20": 1}',
-                    "KUBELAMBDA_GATEWAY_NATS_URL": nats_url,
+                    "KUBELAMBDA_GATEWAY_NATS_URL": nats.url_as("gateway"),
+                    "KUBELAMBDA_GATEWAY_AGENT_NATS_URL": nats.url_as("agent"),
                     "KUBELAMBDA_GATEWAY_AUTH_MODE": "kubernetes",
                     "KUBELAMBDA_GATEWAY_AUTH_NAMESPACE": SYSTEM_NS,
                     "KUBELAMBDA_GATEWAY_AGENT_KEY": agent_key,
@@ -165,7 +172,9 @@ class Platform:
                 **base,
                 "KUBELAMBDA_KUBECONFIG": str(operator_config),
                 "KUBELAMBDA_GATEWAY_URL": self.gateway_url,
-                "KUBELAMBDA_NATS_URL": nats_url,  # for Trigger bridges' onFailure.nats
+                "KUBELAMBDA_NATS_URL": nats.url_as("operator"),  # log streams
+                "KUBELAMBDA_BRIDGE_NATS_URL": nats.url_as("bridge"),  # Trigger bridges' onFailure.nats
+                "KUBELAMBDA_AGENT_NATS_URL": nats.url_as("agent"),  # function pods' log shipping
                 "KUBELAMBDA_AGENT_KEY": agent_key,
             },
         )
@@ -304,6 +313,16 @@ class Platform:
         if self.nats is not None:
             await self.nats.stop()
             self.nats = None
+
+
+def _nats_passwords(path: Path) -> dict[str, str]:
+    """The NATS users' passwords, generated once and kept in the state folder (running pods hold them)."""
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if set(known) != set(natsauth.USERS):
+        known = {**natsauth.new_passwords(), **{u: p for u, p in known.items() if u in natsauth.USERS}}
+        path.write_text(json.dumps(known))
+        path.chmod(0o600)
+    return known
 
 
 def _agent_key(path: Path) -> str:

@@ -200,7 +200,8 @@ async def serve(
             kubelambda = Platform(state_dir, binaries, plane.kubeconfig)
             await kubelambda.start()
             state.gateway_url = kubelambda.gateway_url
-            state.nats_url = kubelambda.nats.url if kubelambda.nats is not None else None
+            # The CLI's (kubelambda logs, kubelambda dlq): the admin user's; dev.json is the user's own (0600).
+            state.nats_url = kubelambda.nats.url_as("admin") if kubelambda.nats is not None else None
             state.moved = list(kubelambda.moved)
             state.aws_access_key_id = kubelambda.access_key_id
             state.aws_secret_access_key = kubelambda.secret_access_key

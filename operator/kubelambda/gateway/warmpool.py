@@ -593,7 +593,7 @@ class WarmPool:
                 memory_mb=s.warm_pool_memory_mb,
                 region=s.region,
                 agent_token=pool_token(s.agent_key.get_secret_value(), ns, runtime) if s.agent_key else None,
-                log_nats_url=s.nats_url if s.logs else None,
+                log_nats_url=(s.agent_nats_url or s.nats_url) if s.logs else None,
             )
             await self.kube.apply(
                 resource_path("apps/v1", "deployments", namespace=ns, name=pool_name(runtime)),

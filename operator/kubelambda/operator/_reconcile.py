@@ -194,7 +194,7 @@ class FunctionReconciler(OwnedWriter):
     async def _ensure_log_stream(self, namespace: str) -> None:
         """The namespace's log stream, before the first pod ships to it (docs/logs.md); never fails the
         reconcile (a log store that is down costs log records, counted by the agents, not the Function)."""
-        url = self.settings.log_nats_url
+        url = self.settings.log_store_url
         if url is None:
             return
         if self.log_streams is None:

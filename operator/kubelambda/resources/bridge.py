@@ -190,10 +190,11 @@ def make_bridge_deployment(trigger: TriggerObject, *, settings: OperatorSettings
         ],
         key=lambda e: str(e["name"]),
     )
-    if settings.nats_url:
+    nats_url = settings.bridge_nats_url or settings.nats_url
+    if nats_url:
         env.insert(
             [e["name"] for e in env].index("KUBELAMBDA_BRIDGE_PORT"),
-            {"name": "KUBELAMBDA_BRIDGE_NATS_URL", "value": settings.nats_url},
+            {"name": "KUBELAMBDA_BRIDGE_NATS_URL", "value": nats_url},
         )
     if settings.log_nats_url:  # the bridge's own log lines go to the log store (docs/logs.md)
         env += [

@@ -1,0 +1,234 @@
+"""Issue 17, item 5: NATS has credentials, and each component only the subjects it needs.
+
+The attack: a tenant reads the NATS URL its own pods carry (the agents' log shipping, a Trigger bridge's
+``onFailure.nats``: both are in its pods' specs) and uses it to read other namespaces' queued events and logs,
+purge the Event queue, inject events, or call JetStream's API; or it connects with no credentials at all.
+Expected: nats-server refuses each (no user: Authorization Violation; a user: a permissions violation for that
+subject), while the platform, every component logged in as its own user (kubelambda.natsauth), still queues and
+runs Event invocations and stores the function's log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+
+from kltest import Cluster, wait_for
+from kltest.platform import (
+    FAST_ASYNC,
+    Env,
+    PlatformUnderTest,
+    async_stream_drained,
+    lambda_client,
+    python_function,
+    running_platform,
+)
+from kubelambda import natsauth
+from kubelambda.devcluster.servers import NatsServer
+from kubelambda.kube import KubeClient, resource_path
+from kubelambda.logstore import stream_name
+
+pytestmark = pytest.mark.integration
+JSON = dict[str, Any]
+HANDLER = "def handler(event, context):\n    print('secret of', event['tenant'])\n    return {'ok': True}\n"
+
+
+@pytest.fixture(scope="module")
+async def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    passwords = natsauth.new_passwords()
+    async with NatsServer(tmp_path_factory.mktemp("nats-users"), passwords=passwords) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def platform(
+    cluster: Cluster, kube: KubeClient, secured_nats: NatsServer
+) -> AsyncIterator[PlatformUnderTest]:
+    """The gateway (with its in-process Event worker), the operator, the agents and the bridges, each as its own
+    NATS user, as `kubelambda dev up` and the chart run them."""
+    nats_ = secured_nats
+    async with running_platform(
+        cluster,
+        kube,
+        nats_url=nats_.url_as("gateway"),
+        agent_nats_url=nats_.url_as("agent"),
+        operator_settings={
+            "nats_url": nats_.url_as("operator"),
+            "bridge_nats_url": nats_.url_as("bridge"),
+            "agent_nats_url": nats_.url_as("agent"),
+        },
+        **FAST_ASYNC,
+    ) as platform:
+        yield platform
+
+
+class Connection:
+    """A NATS connection that keeps what the server refused (nats-py reports it through ``error_cb``)."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: Any = None
+
+    async def open(self, url: str) -> Connection:
+        async def note(error: Exception) -> None:
+            self.errors.append(str(error).lower())
+
+        self.nc = await nats.connect(
+            natsauth.servers(url),
+            error_cb=note,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=5,
+        )
+        return self
+
+    async def refused(self, what: str, subject: str) -> None:
+        """Waits for the server's ``permissions violation for <what> to "<subject>"``."""
+        needle = f'permissions violation for {what} to "{subject.lower()}"'
+        await wait_for(
+            lambda: asyncio.sleep(0, result=self.errors),
+            lambda errors: any(needle in e for e in errors),
+            what=f"the server refusing {what} to {subject}",
+            timeout=10,
+        )
+
+
+async def invoke_event(env: Env, name: str, payload: JSON) -> None:
+    def call() -> None:
+        response = lambda_client(env.url).invoke(
+            FunctionName=f"{env.namespace}/{name}",
+            InvocationType="Event",
+            Payload=json.dumps(payload).encode(),
+        )
+        assert response["StatusCode"] == 202
+
+    await asyncio.to_thread(call)
+
+
+async def log_messages(admin_url: str, namespace: str) -> int:
+    nc = await nats.connect(natsauth.servers(admin_url), **natsauth.connect_options(admin_url))
+    try:
+        try:
+            info = await nc.jetstream().stream_info(stream_name(namespace))
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+async def agent_url_of(env: Env, name: str) -> str:
+    """What the tenant can read: the NATS URL in its function's pod template."""
+    deployment = await env.kube.get(
+        resource_path("apps/v1", "deployments", namespace=env.namespace, name=name)
+    )
+    [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "function"]
+    env_vars = {e["name"]: e.get("value") for e in container["env"]}
+    url = env_vars["KUBELAMBDA_LOG_NATS_URL"]
+    assert url is not None
+    return str(url)
+
+
+async def test_every_component_works_as_its_own_nats_user(env: Env, secured_nats: NatsServer) -> None:
+    doc = python_function("victim", HANDLER)
+    doc["spec"]["scaling"] = {"warmPool": False}
+    await env.deploy(doc)
+    admin = secured_nats.url_as("admin")
+    # The gateway queues it (user gateway), its worker runs it (gateway, in process), the agent ships the line
+    # (agent) into the stream the operator made (operator).
+    await invoke_event(env, "victim", {"tenant": env.namespace})
+    await async_stream_drained(admin)
+    await wait_for(
+        lambda: log_messages(admin, env.namespace),
+        lambda n: n >= 1,
+        what=f"the function's log lines in {stream_name(env.namespace)}",
+        timeout=90,
+    )
+    assert natsauth.user_of(await agent_url_of(env, "victim")) == "agent"
+
+
+async def test_nats_refuses_a_client_without_credentials(secured_nats: NatsServer) -> None:
+    for url in (secured_nats.url, natsauth.with_credentials(secured_nats.url, "agent", "guessed")):
+        errors: list[str] = []
+
+        async def note(error: Exception, errors: list[str] = errors) -> None:
+            errors.append(str(error).lower())
+
+        with pytest.raises((nats.errors.NoServersError, nats.errors.Error)):
+            await nats.connect(
+                url, error_cb=note, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5
+            )
+        assert any("authorization violation" in e for e in errors), errors
+
+
+async def test_a_tenant_with_its_pods_agent_credentials_reads_no_events_nor_logs(
+    env: Env, secured_nats: NatsServer
+) -> None:
+    doc = python_function("reader", HANDLER)
+    doc["spec"]["scaling"] = {"warmPool": False}
+    await env.deploy(doc)
+    conn = await Connection().open(await agent_url_of(env, "reader"))
+    try:
+        for subject in ("kubelambda.async.>", "kubelambda.dlq.>", "kubelambda.logs.>", ">", "_KL_INBOX.>"):
+            await conn.nc.subscribe(subject)
+            await conn.refused("subscription", subject)
+        # JetStream's API: no stream listing, no consumer on another namespace's logs, no direct reads.
+        js = conn.nc.jetstream(timeout=2)
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.stream_info("KUBELAMBDA_ASYNC")
+        await conn.refused("publish", "$JS.API.STREAM.INFO.KUBELAMBDA_ASYNC")
+        other = stream_name("someone-else")
+        await conn.nc.publish(f"$JS.API.CONSUMER.CREATE.{other}", b"{}")
+        await conn.refused("publish", f"$JS.API.CONSUMER.CREATE.{other}")
+        # What the agent is for still works: a log record is stored and acknowledged.
+        ack = await js.publish(f"kubelambda.logs.{env.namespace}.reader.none", b'{"message": "ok"}')
+        assert ack.stream == stream_name(env.namespace)
+    finally:
+        await conn.nc.close()
+
+
+async def test_a_tenant_with_a_bridges_credentials_cannot_touch_the_queues(
+    env: Env, secured_nats: NatsServer
+) -> None:
+    admin = await Connection().open(secured_nats.url_as("admin"))
+    conn = await Connection().open(secured_nats.url_as("bridge"))  # what the operator puts in bridge pods
+    try:
+        js = admin.nc.jetstream()
+        before = (await js.stream_info("KUBELAMBDA_ASYNC")).state
+        for subject in (
+            "$JS.API.STREAM.PURGE.KUBELAMBDA_ASYNC",
+            "$JS.API.STREAM.DELETE.KUBELAMBDA_ASYNC",
+            f"kubelambda.async.{env.namespace}.victim",  # a forged Event
+            f"kubelambda.logs.{env.namespace}.victim.none",  # a forged log line
+            "$SYS.REQ.SERVER.PING",
+        ):
+            await conn.nc.publish(subject, b"{}")
+            await conn.refused("publish", subject)
+        await conn.nc.subscribe("kubelambda.async.>")
+        await conn.refused("subscription", "kubelambda.async.>")
+        after = (await js.stream_info("KUBELAMBDA_ASYNC")).state
+        assert (after.first_seq, after.last_seq) == (before.first_seq, before.last_seq)
+        # Tenants' own subjects (onFailure.nats) still get the bridge's records.
+        received: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def got(msg: Any) -> None:
+            await received.put(msg.data)
+
+        await admin.nc.subscribe("orders.failed", cb=got)
+        await admin.nc.flush()
+        await conn.nc.publish("orders.failed", b"record")
+        await conn.nc.flush()
+        try:
+            assert await asyncio.wait_for(received.get(), 10) == b"record"
+        except TimeoutError:
+            state = (conn.nc.is_connected, admin.nc.is_connected, conn.errors[-3:], admin.errors)
+            raise AssertionError(f"the bridge's record did not arrive: {state}") from None
+    finally:
+        await conn.nc.close()
+        await admin.nc.close()
