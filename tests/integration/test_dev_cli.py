@@ -15,6 +15,7 @@ import pytest
 
 from kltest import Cluster, alive, kubectl_bin, start_cluster
 from kltest.platform import REPO
+from kubelambda import natsauth
 
 pytestmark = pytest.mark.integration
 
@@ -102,11 +103,14 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     assert (tmp_path / "dev.json").stat().st_mode & 0o777 == 0o600
     assert f"export AWS_ACCESS_KEY_ID={state['aws_access_key_id']}" in status.stdout
     assert {"kubelambda-operator", "kubelambda-gateway"} <= set(state["components"])
-    # Every endpoint is in dev.json and `dev status`: NATS too (`kubelambda dlq` finds it there).
-    assert state["nats_url"].startswith("nats://127.0.0.1:")
-    assert state["endpoints"]["nats"] == state["nats_url"]
+    # Every endpoint is in dev.json and `dev status`: NATS too (`kubelambda dlq` finds it there), as its admin user
+    # (docs/security.md, "NATS users"), whose password dev.json alone holds (0600).
+    assert state["nats_url"].startswith("nats://admin:")
+    assert "@127.0.0.1:" in state["nats_url"]
+    assert state["endpoints"]["nats"] == natsauth.redacted(state["nats_url"])
     assert state["endpoints"]["gateway"] == state["gateway_url"]
-    assert f"nats:        {state['nats_url']}" in status.stdout
+    assert f"nats:        {natsauth.redacted(state['nats_url'])}" in status.stdout
+    assert state["nats_url"].split(":")[2].split("@")[0] not in status.stdout
     example = REPO / "examples" / "hello-python3.11" / "function.yaml"
     kubectl(state["kubeconfig"], "apply", "-n", "default", "-f", str(example))
     kubectl(state["kubeconfig"], "wait", "--for=condition=Ready", "fn/hello-python311", "--timeout=90s")
@@ -121,7 +125,7 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     assert "REPORT RequestId:" in invoked.stderr
     # The README's `kubelambda logs hello --request-id ID`: from the log store (dev.json's nats_url), which keeps
     # the request's log whichever pod (a warm-pool pod, gone a second later) served it (docs/logs.md).
-    assert state["nats_url"].startswith("nats://127.0.0.1:")
+    assert state["nats_url"].startswith("nats://admin:")
     request_id = invoked.stderr.split("START RequestId: ", 1)[1].split()[0]
 
     def logs() -> subprocess.CompletedProcess[str]:

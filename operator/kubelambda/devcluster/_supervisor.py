@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from kubelambda import natsauth
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._controlplane import ControlPlane, Endpoints
 from kubelambda.devcluster._network import PodAddresses
@@ -222,7 +223,7 @@ async def serve(
             "api server": plane.server,
             "kubelet": f"https://{node_ip}:{node.kubelet_port}",
             **({"gateway": state.gateway_url} if state.gateway_url else {}),
-            **({"nats": state.nats_url} if state.nats_url else {}),
+            **({"nats": natsauth.redacted(state.nats_url)} if state.nats_url else {}),
         }
         state.limits = node.cgroups.describe() if node.cgroups is not None else ""
         await _run_until_stopped(
