@@ -137,9 +137,26 @@ async def test_renders_pass_a_server_side_dry_run(
     )  # fmt: skip
     docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] not in PEERING_KINDS]
     body = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
-    out = cluster.kubectl(
-        "apply", "--dry-run=server", "--server-side", "-n", SYSTEM_NS, "-f", "-", input=body
+    # Objects of the chart's other namespaces (the warm pools') need theirs to exist for a dry run; it goes again
+    # after, so that `helm install` creates it as the release's.
+    others = sorted(
+        {d["metadata"]["namespace"] for d in docs if d["metadata"].get("namespace", SYSTEM_NS) != SYSTEM_NS}
     )
+    made = [ns for ns in others if await kube.get_or_none(resource_path("v1", "namespaces", name=ns)) is None]
+    for ns in made:
+        await ensure_namespace(kube, ns)
+    try:
+        out = cluster.kubectl("apply", "--dry-run=server", "--server-side", "-f", "-", input=body)
+    finally:
+        for ns in made:
+            await kube.delete(resource_path("v1", "namespaces", name=ns))
+        for ns in made:
+            await wait_for(
+                lambda ns=ns: kube.get_or_none(resource_path("v1", "namespaces", name=ns)),
+                lambda found: found is None,
+                what=f"namespace {ns} gone",
+                timeout=60,
+            )
     applied = [line for line in out.stdout.splitlines() if "(server dry run)" in line]
     assert len(applied) == len(docs), out.stdout
 
