@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import pct, platform, wait
 
 NS = "bench"
-SYSTEM_NS = "kubelambda-system"
+POOL_NS = "kubelambda-warm-pool"  # where the gateway keeps its pools (docs/warm-pools.md)
 WARM_CALLS = 200  # warm invokes in all, spread evenly over the runs
 RUNTIMES = {
     "python3.11": ("app.handler", {"app.py": "def handler(event, context):\n    return event\n"}),
@@ -73,11 +73,11 @@ async def at_zero(kube: KubeClient, name: str, runtime: str) -> bool:
     own = await pods(kube, NS, f"kubelambda.io/function={name}")
     pooled = [
         p
-        for p in await pods(kube, SYSTEM_NS, f"kubelambda.io/function={name}")
+        for p in await pods(kube, POOL_NS, f"kubelambda.io/function={name}")
         if p["metadata"].get("deletionTimestamp") is None
     ]
     # The pool at its steady state: every pod of it ready (no replacement still starting its runtime).
-    pool = await pods(kube, SYSTEM_NS, f"kubelambda.io/pool={runtime}")
+    pool = await pods(kube, POOL_NS, f"kubelambda.io/pool={runtime}")
     return not own and not pooled and bool(pool) and all(ready(p) for p in pool)
 
 
