@@ -28,6 +28,7 @@ from kubelambda.resources.warmpool import (
     claim_patch,
     generic_mode,
     make_pool_deployment,
+    make_pool_ingress_policy,
     pool_name,
     pool_replicas,
     pool_selector,
@@ -287,3 +288,21 @@ def test_pool_pod_from_body() -> None:
 def test_bad_pool_sizes_fail_at_start(sizes: dict[str, int]) -> None:
     with pytest.raises(ValidationError, match="warm_pool_sizes"):
         GatewaySettings(warm_pool_sizes=sizes)
+
+
+def test_pool_pods_admit_only_the_gateway_of_the_system_namespace() -> None:
+    """Issue 17 item 3: pools live in a namespace of their own, so the policy names the gateway's namespace."""
+    policy = make_pool_ingress_policy("kubelambda-warm-pool", gateway_namespace="kubelambda-system")
+    assert policy["metadata"]["namespace"] == "kubelambda-warm-pool"
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubelambda-system"}},
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "kubelambda",
+                    "app.kubernetes.io/component": "gateway",
+                }
+            },
+        }
+    ]
