@@ -225,6 +225,7 @@ class NatsServer(LocalServer):
             "-n", f"kubelambda-{self.port}",
         ]  # fmt: skip
         if self.passwords is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
             config = self.data_dir / "authorization.conf"
             config.write_text(natsauth.authorization(self.passwords))
             config.chmod(0o600)
