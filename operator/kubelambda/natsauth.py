@@ -6,7 +6,7 @@
 | ``gateway`` | as ``worker`` (it runs the Event worker unless ``async.worker.separate``) | its own inbox |
 | ``worker`` | Event queue and dead letters, JetStream's API (its consumer, acks), tenants' ``nats`` destinations; never ``$SYS``/``$KV``/``$O``, a stream's deletion or purge, logs, nor another's inbox | its own inbox |
 | ``bridge`` | tenants' subjects only (``onFailure.nats``): no ``$`` subject, nothing of ``kubelambda.``, no inbox | ``_INBOX.>`` (publish acknowledgements) |
-| ``agent`` | ``kubelambda.logs.>`` (log shipping) | ``_INBOX.>`` (the store's acknowledgements) |
+| ``agent`` | ``kubelambda.logs.>`` (log shipping: agents, and bridges' own lines) | ``_INBOX.>`` (the store's acknowledgements) |
 | ``admin`` | everything (the CLI: ``kubelambda logs``, ``kubelambda dlq``) | everything |
 
 Bridges and agents run in tenants' namespaces, so tenants can read their credentials: those users may neither

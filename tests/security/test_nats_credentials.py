@@ -15,6 +15,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import nats
 import nats.errors
 import pytest
@@ -151,6 +152,15 @@ async def test_every_component_works_as_its_own_nats_user(env: Env, secured_nats
         timeout=90,
     )
     assert natsauth.user_of(await agent_url_of(env, "victim")) == "agent"
+    # The gateway's logs route reads the store as the gateway's user (its answers come to its own inbox).
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{env.url}/kubelambda/logs/{env.namespace}/victim") as resp,
+    ):
+        lines = [json.loads(line) for line in (await resp.text()).splitlines() if line.strip()]
+    assert resp.status == 200, lines
+    assert any(env.namespace in str(r.get("message", "")) for r in lines), lines
+    assert lines[-1].get("done") is True, lines
 
 
 async def test_nats_refuses_a_client_without_credentials(secured_nats: NatsServer) -> None:

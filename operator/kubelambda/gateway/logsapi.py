@@ -24,7 +24,7 @@ import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from kubelambda import logstore
+from kubelambda import logstore, natsauth
 from kubelambda.gateway.auth import NOBODY, Authoriser, AuthRefused
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
@@ -51,8 +51,13 @@ class LogsApi:
         async with self._lock:
             if self._nc is None or self._nc.is_closed:
                 assert self.settings.nats_url is not None
+                url = self.settings.nats_url
                 self._nc = await nats.connect(
-                    self.settings.nats_url, connect_timeout=3, max_reconnect_attempts=-1, allow_reconnect=True
+                    natsauth.servers(url),
+                    connect_timeout=3,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                    **natsauth.connect_options(url),  # the store's answers come to the gateway's own inbox
                 )
             return self._nc
 
