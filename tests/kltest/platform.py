@@ -299,7 +299,8 @@ async def async_stream_drained(nats_url: str, *, timeout: float = 60) -> None:
 
 
 def lambda_client(url: str, key_id: str = "kubelambda", secret: str = "kubelambda", **config: Any) -> Any:
-    """boto3's Lambda client pointed at a gateway (no retries: a test sees every answer), signing with an access
+    """boto3's Lambda client pointed at a gateway (no retries: a test sees every answer; botocore's ``max_attempts``
+    counts retries, so 1 was one retry of every 429 and 5xx), signing with an access
     key (the default one exists only for gateways with auth off)."""
     return boto3.client(
         "lambda",
@@ -307,7 +308,7 @@ def lambda_client(url: str, key_id: str = "kubelambda", secret: str = "kubelambd
         region_name="us-east-1",
         aws_access_key_id=key_id,
         aws_secret_access_key=secret,
-        config=Config(retries={"max_attempts": 1}, read_timeout=120, max_pool_connections=50, **config),
+        config=Config(retries={"total_max_attempts": 1}, read_timeout=120, max_pool_connections=50, **config),
     )
 
 
