@@ -1,4 +1,5 @@
-"""AWS's own runtime interface clients, installed into the cache for the compatibility tests.
+"""AWS's own runtime interface clients, installed into the cache for the compatibility tests, and AWS Labs'
+Lambda Web Adapter (a public extension, built by hack/lambda-web-adapter.sh).
 
 ``PYTHONPATH=tests python -m kltest.ric`` (``make runtimes-ric``) installs both and prints the commands that start them.
 """
@@ -118,6 +119,15 @@ def ensure_aws_lambda_ric() -> Path:
     return folder / "node_modules" / "aws-lambda-ric" / "index.mjs"
 
 
+def ensure_lambda_web_adapter() -> Path:
+    """The ``lambda-adapter`` binary of AWS Labs' Lambda Web Adapter, built once from its crate (cached)."""
+    script = Path(__file__).resolve().parents[2] / "hack" / "lambda-web-adapter.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} could not build the Lambda Web Adapter:\n{done.stderr[-3000:]}")
+    return Path(done.stdout.strip())
+
+
 def awslambdaric_command(handler: str, *, python: str = sys.executable) -> list[str]:
     return [python, "-m", "awslambdaric", handler]
 
@@ -130,11 +140,13 @@ def main() -> int:
     py = ensure_awslambdaric()
     js = ensure_aws_lambda_ric()
     jv = ensure_aws_lambda_java_ric()
+    lwa = ensure_lambda_web_adapter()
     print(f"awslambdaric:   PYTHONPATH={py} {sys.executable} -m awslambdaric HANDLER")
     print(f"aws-lambda-ric: node {js} HANDLER")
     print(
         f"aws-lambda-java-runtime-interface-client: java -cp '{jv}/lib/*:CODE' {AWS_LAMBDA_JAVA_RIC_MAIN} HANDLER"
     )
+    print(f"Lambda Web Adapter: {lwa} (as /opt/extensions/lambda-adapter)")
     return 0
 
 
