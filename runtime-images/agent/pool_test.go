@@ -356,6 +356,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		`kubelambda_agent_inflight_invocations 0`,
 		`kubelambda_agent_timeouts_total 0`,
 		`kubelambda_agent_worker_restarts_total 0`,
+		`kubelambda_agent_max_memory_used_megabytes_count 1`,
+		`kubelambda_agent_memory_size_megabytes 128`,
+		`kubelambda_agent_oom_kills_total 0`,
 	} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics lack %q", want)
@@ -442,4 +445,26 @@ func TestInitWaitDoesNotCountTowardTheTimeout(t *testing.T) {
 			t.Errorf("a 3 s init with a 0.2 s wait limit and a 0.3 s timeout: %v %s", resp.Header, body)
 		}
 	})
+}
+
+// Each REPORT's Max Memory Used goes to a histogram in MB, and an OOM kill to its counter.
+func TestReportMetrics(t *testing.T) {
+	m := newMetrics(1)
+	m.report(reportInfo{maxMemMB: 40})
+	m.report(reportInfo{maxMemMB: 128, errType: "Runtime.OutOfMemory"})
+	m.report(reportInfo{}) // answered without a worker: no memory figure
+	rec := httptest.NewRecorder()
+	m.serveHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`kubelambda_agent_max_memory_used_megabytes_bucket{le="32"} 0`,
+		`kubelambda_agent_max_memory_used_megabytes_bucket{le="64"} 1`,
+		`kubelambda_agent_max_memory_used_megabytes_bucket{le="128"} 2`,
+		`kubelambda_agent_max_memory_used_megabytes_sum 168`,
+		`kubelambda_agent_max_memory_used_megabytes_count 2`,
+		`kubelambda_agent_oom_kills_total 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, rec.Body.String())
+		}
+	}
 }

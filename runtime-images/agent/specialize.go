@@ -327,6 +327,7 @@ func (s *specializer) configure(req *specializeRequest) {
 	}
 	if req.MemoryMB != 0 {
 		c.MemoryMB = req.MemoryMB
+		p.metrics.memoryMB.Store(int64(c.MemoryMB))
 	}
 	if req.TimeoutSeconds != 0 {
 		c.Timeout = time.Duration(req.TimeoutSeconds * float64(time.Second))

@@ -165,6 +165,7 @@ type pool struct {
 }
 
 func newPool(cfg *Config, log *logger, m *metrics) *pool {
+	m.memoryMB.Store(int64(cfg.MemoryMB))
 	p := &pool{
 		cfg: cfg, log: log, metrics: m,
 		env:      withLayerPaths(cfg, workerEnv(cfg, os.Environ())),
@@ -314,6 +315,7 @@ func (p *pool) logStart(pr *proc, inv *invocation) {
 func (p *pool) logReport(pr *proc, inv *invocation, ri reportInfo, extra ...string) {
 	ri.subst = p.cfg.RuntimeSubst
 	d := inv.sinceStart()
+	p.metrics.report(ri)
 	lines := append(extra, formatEnd(inv.id), formatReport(inv.id, d, ri))
 	if !pr.log.emit(nil, "", lines...) {
 		p.log.direct(inv.tail, true, lines...)

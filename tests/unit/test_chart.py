@@ -486,10 +486,15 @@ def test_chart_rbac_equals_the_hack_rbac(helm: Path, component: str, values: Pat
 
 
 def exported_names() -> set[str]:
+    """The series names the platform's Python processes and the Go agent export."""
+    from .test_docs_agent_metrics import agent_metrics
+
     names: set[str] = set()
     for family in metrics.REGISTRY.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
         names |= {family.name + s for s in suffixes.get(family.type, [""])}
+    for name, (kind, _) in agent_metrics()[0].items():
+        names |= {name + s for s in (["_bucket", "_sum", "_count"] if kind == "histogram" else [""])}
     return names
 
 
