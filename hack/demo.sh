@@ -97,4 +97,9 @@ The local cluster keeps running. Try, from any folder:
   kubelambda logs nightly-report -n demo --follow        # a "report for ..." line every minute
   kubelambda dev status
   kubelambda dev down                                    # stops everything
+
+Where to look:
+  curl -s $gateway/metrics | grep kubelambda_invocations_total   # Prometheus metrics (docs/metrics.md)
+  helm/kubelambda/files/dashboard.json                           # the Grafana dashboard (a Prometheus scraping the chart)
+  docs/tracing.md                                                # traces: set KUBELAMBDA_TRACING_ENDPOINT to an OTLP/HTTP collector
 EOT
