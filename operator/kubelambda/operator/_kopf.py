@@ -27,6 +27,7 @@ from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, Login, resource_path
 from kubelambda.operator._owned import NAME_CONFLICT, Outcome
+from kubelambda.operator._pace import AdaptiveLimit, backoff_seconds, is_transient
 from kubelambda.operator._reconcile import FunctionReconciler
 from kubelambda.operator._trigger import TriggerReconciler, bridge_ready
 from kubelambda.resources import FUNCTION_LABEL
@@ -76,7 +77,7 @@ class Context:
     kube: KubeClient
     reconciler: FunctionReconciler
     triggers: TriggerReconciler
-    slots: asyncio.Semaphore  # reconciles running at once (settings.reconcile_workers)
+    slots: AdaptiveLimit  # reconciles running at once (at most settings.reconcile_workers)
 
 
 def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
@@ -114,8 +115,17 @@ def _post_events(body: kopf.Body, outcome: Outcome) -> None:
         kopf.event(body, type="Warning", reason=outcome.problem.reason, message=outcome.problem.message)
 
 
+# A reconcile whose object's reads and writes were each retried (_pace.ATTEMPTS) and still met an API server too
+# busy for them is retried whole after a random wait of this order (its 2nd back-off step and more).
+RECONCILE_RETRY_STEP = 3
+
+
 async def _reconcile(
-    kind: str, reconcile: Callable[[JSON], Awaitable[Outcome]], body: kopf.Body, patch: kopf.Patch
+    kind: str,
+    reconcile: Callable[[JSON], Awaitable[Outcome]],
+    body: kopf.Body,
+    patch: kopf.Patch,
+    slots: AdaptiveLimit,
 ) -> None:
     """One reconcile through kopf: metrics, Events, the status as kopf's own patch, retries as kopf errors."""
     started = time.perf_counter()
@@ -127,14 +137,21 @@ async def _reconcile(
             # Retrying will not help; say so on the object instead of looping.
             kopf.event(body, type="Warning", reason="ApplyFailed", message=str(e))
             raise kopf.PermanentError(str(e)) from e
-        # A 409 is a write that raced ours: read and apply again at once.
-        raise kopf.TemporaryError(str(e), delay=1 if e.status == 409 else 5) from e
+        if e.status == 409:  # a write that raced ours: read and apply again at once
+            raise kopf.TemporaryError(str(e), delay=1) from e
+        if is_transient(e):
+            slots.overloaded()
+        raise kopf.TemporaryError(str(e), delay=backoff_seconds(RECONCILE_RETRY_STEP)) from e
     except (TimeoutError, aiohttp.ClientError) as e:
         # An API server too busy to answer in time: again soon, like a 5xx (kopf's default would be 60 s).
         metrics.OPERATOR_RECONCILES.labels(kind, "error").inc()
-        raise kopf.TemporaryError(f"the API server did not answer: {e!r}", delay=5) from e
+        slots.overloaded()
+        raise kopf.TemporaryError(
+            f"the API server did not answer: {e!r}", delay=backoff_seconds(RECONCILE_RETRY_STEP)
+        ) from e
     finally:
         metrics.OPERATOR_RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+    slots.succeeded()
     metrics.OPERATOR_RECONCILES.labels(kind, "problem" if outcome.problem else "ok").inc()
     _post_events(body, outcome)
     current = dict(body.get("status") or {})
@@ -269,7 +286,7 @@ def _register_owner(registry: kopf.OperatorRegistry, owner: _Owner) -> None:
     async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         ctx: Context = memo["ctx"]
         async with ctx.slots:
-            await _reconcile(owner.kind, owner.reconciler(ctx), body, patch)
+            await _reconcile(owner.kind, owner.reconciler(ctx), body, patch, ctx.slots)
 
     # The id kopf persists in status.kopf.progress: the one it derived when this was a nested function of
     # build_registry, so objects with a retry in progress keep it across an upgrade.
@@ -378,13 +395,11 @@ async def run(
     # Started before kopf, which cancels every task started after it when it stops.
     served = await _serve_metrics(settings.metrics_address) if settings.metrics_address else None
     kube = login.client()
+    slots = AdaptiveLimit(settings.reconcile_workers)
+    reconciler, triggers = FunctionReconciler(kube, settings), TriggerReconciler(kube, settings)
+    reconciler.overloaded = triggers.overloaded = slots.overloaded
     ctx = Context(
-        settings=settings,
-        login=login,
-        kube=kube,
-        reconciler=FunctionReconciler(kube, settings),
-        triggers=TriggerReconciler(kube, settings),
-        slots=asyncio.Semaphore(settings.reconcile_workers),
+        settings=settings, login=login, kube=kube, reconciler=reconciler, triggers=triggers, slots=slots
     )
     try:
         await kopf.operator(

@@ -6,16 +6,27 @@ name the owner in its ``ownerReferences`` is neither applied, nor deleted, nor u
 ``Ready=False`` with reason ``NameConflict`` naming it, and since it never became an owner of that object,
 deleting it leaves the object alone. An object of ours is applied with its ``resourceVersion`` as a precondition,
 so one replaced between the read and the write fails (409) instead of being taken over.
+
+Only what differs is written: every applied object carries the digest of what was applied
+(:data:`APPLIED_ANNOTATION`), and an object whose live state already holds everything the operator would apply,
+digest included, is not written again (a resume, or a retry after a failure elsewhere, writes nothing for it).
+The digest catches what a containment check cannot: a field the operator no longer sets. A read or a write the
+API server is too busy for is retried on its own (:func:`kubelambda.operator._pace.retrying`), not the whole
+reconcile.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubelambda import metrics
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.operator._pace import retrying
 from kubelambda.resources import Problem
 from kubelambda.settings import FIELD_MANAGER, OperatorSettings
 
@@ -81,6 +92,31 @@ def conflict_problem(outcome: Outcome, owner_kind: str) -> Problem:
     )
 
 
+APPLIED_ANNOTATION = "kubelambda.io/applied-sha256"
+
+
+def with_digest(obj: JSON) -> JSON:
+    """``obj`` annotated with the digest of itself (:data:`APPLIED_ANNOTATION`)."""
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    meta = obj["metadata"]
+    annotations = {**(meta.get("annotations") or {}), APPLIED_ANNOTATION: digest}
+    return {**obj, "metadata": {**meta, "annotations": annotations}}
+
+
+def contains(live: Any, want: Any) -> bool:
+    """Whether ``live`` holds everything in ``want``: every key of a mapping (extra keys in ``live``, such as
+    the API server's defaults, are fine), lists item by item with the same length, other values equal."""
+    if isinstance(want, dict):
+        return isinstance(live, dict) and all(k in live and contains(live[k], v) for k, v in want.items())
+    if isinstance(want, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(want)
+            and all(contains(a, b) for a, b in zip(live, want, strict=True))
+        )
+    return bool(live == want)
+
+
 def _what(obj: JSON) -> str:
     return f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
 
@@ -95,11 +131,16 @@ class OwnedWriter:
         self.kube = kube
         self.settings = settings
         self.clock = clock
+        self.overloaded: Callable[[], None] = lambda: None  # told of each transient answer (_pace)
+
+    async def _retrying(self, call: Callable[[], Any]) -> Any:
+        return await retrying(call, overloaded=self.overloaded)
 
     async def _ours_or_none(self, obj: JSON, outcome: Outcome) -> tuple[bool, JSON | None]:
         """``(usable, existing)``: the object now at ``obj``'s path, and False (noted in ``outcome.conflicts``)
         when it exists and is not of ``obj``'s owner."""
-        existing = await self.kube.get_or_none(object_path(obj))
+        path = object_path(obj)
+        existing = await self._retrying(lambda: self.kube.get_or_none(path))
         if existing is not None and not is_ours(existing, owner_uid(obj)):
             what = _what(obj)
             if what not in outcome.conflicts:
@@ -109,11 +150,17 @@ class OwnedWriter:
 
     async def _apply(self, obj: JSON, outcome: Outcome, *, changed: bool = False) -> JSON | None:
         """Server-side apply; ``changed`` (the spec changed) reports an existing object as updated. None, and
-        nothing written, when an object that is not ours has that name."""
-        usable, existing = await self._ours_or_none(obj, outcome)
-        if not usable:
-            return None
-        return await self._apply_checked(obj, existing, outcome, changed=changed)
+        nothing written, when an object that is not ours has that name. A write the API server was too busy
+        for is read and judged again before it is retried (it may have been applied after all)."""
+
+        async def attempt() -> JSON | None:
+            usable, existing = await self._ours_or_none(obj, outcome)
+            if not usable:
+                return None
+            return await self._apply_checked(obj, existing, outcome, changed=changed)
+
+        result: JSON | None = await self._retrying(attempt)
+        return result
 
     async def _apply_in_order(self, *objs: JSON, outcome: Outcome) -> None:
         """Applies ``objs`` one after the other, stopping at one that is not ours (what follows depends on it)."""
@@ -124,8 +171,11 @@ class OwnedWriter:
     async def _apply_checked(
         self, obj: JSON, existing: JSON | None, outcome: Outcome, *, changed: bool = False
     ) -> JSON:
-        """:meth:`_apply` of an object already read as ours (``existing``) or missing (None)."""
-        body = obj
+        """:meth:`_apply` of an object already read as ours (``existing``) or missing (None); nothing is written
+        when ``existing`` already holds all of ``obj`` (``existing`` is returned)."""
+        body = with_digest(obj)
+        if existing is not None and contains(existing, body):
+            return existing
         if existing is not None:
             # Precondition: the object we read as ours is the one we write (409 if it was replaced meanwhile).
             version = existing["metadata"].get("resourceVersion")
@@ -155,7 +205,7 @@ class OwnedWriter:
         """Deletes the object if it is of the owner ``uid``; another's is left alone (and not a conflict: the
         spec does not ask for it)."""
         path = owned_path(kind, namespace, name)
-        existing = await self.kube.get_or_none(path)
+        existing = await self._retrying(lambda: self.kube.get_or_none(path))
         if existing is None or not is_ours(existing, uid):
             return
         try:

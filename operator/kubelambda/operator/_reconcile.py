@@ -12,10 +12,13 @@ import datetime as dt
 from collections.abc import Awaitable
 from typing import Any
 
+import aiohttp
+
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, resource_path
 from kubelambda.logstore import LogStreams, Retention
 from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem
+from kubelambda.operator._pace import ATTEMPTS, backoff_seconds, is_transient
 from kubelambda.resources import (
     CodeTooLarge,
     FunctionObject,
@@ -211,36 +214,43 @@ class FunctionReconciler(OwnedWriter):
     async def _apply_deployment(
         self, fn: FunctionObject, outcome: Outcome, *, changed: bool, existing: JSON | None
     ) -> JSON:
-        """The Deployment, ``existing`` (already read as ours) or new."""
+        """The Deployment, ``existing`` (already read as ours) or new. A write that raced another (409) or that
+        the API server was too busy for (_pace) is read and judged again before it is retried."""
         image = self.settings.image_for(fn.spec.runtime) or ""
-        if existing is None:
-            # A new Deployment starts at minInstances, in one write: the creator owns every field it sets, so
-            # the operator owns replicas until the autoscaler's first scale write takes them (an update
-            # operation takes the fields it changes).
-            body = make_deployment(
-                fn, image=image, settings=self.settings, replicas=fn.spec.scaling.min_instances
-            )
-            return await self._apply_checked(body, None, outcome, changed=changed)
         body = make_deployment(fn, image=image, settings=self.settings)
-        for attempt in range(3):
-            held = body
-            if operator_owns_replicas(existing):
+        for attempt in range(ATTEMPTS):
+            if existing is None:
+                # A new Deployment starts at minInstances, in one write: the creator owns every field it sets,
+                # so the operator owns replicas until the autoscaler's first scale write takes them (an update
+                # operation takes the fields it changes).
+                held = make_deployment(
+                    fn, image=image, settings=self.settings, replicas=fn.spec.scaling.min_instances
+                )
+            elif operator_owns_replicas(existing):
                 # The operator still owns replicas (the autoscaler has not scaled since the create): apply them
                 # as they are, under the read's resourceVersion (_apply_checked), so that the apply neither
                 # drops them (the Deployment would go to 1) nor undoes a scale written after the read (409:
                 # read again). An update or a restart writes nothing more than without them.
                 replicas = int(existing["spec"].get("replicas", 0))
                 held = {**body, "spec": {**body["spec"], "replicas": replicas}}
+            else:
+                held = body
             try:
                 return await self._apply_checked(held, existing, outcome, changed=changed)
-            except ApiError as e:
-                if e.status != 409 or attempt == 2:
+            except (ApiError, TimeoutError, aiohttp.ClientError) as e:
+                raced = isinstance(e, ApiError) and e.status == 409
+                if not (raced or is_transient(e)) or attempt == ATTEMPTS - 1:
                     raise
-                error = e
-            usable, again = await self._ours_or_none(body, outcome)
-            if not usable or again is None:
-                raise ApplyRefused(f"Deployment {fn.namespace}/{n.deployment_name(fn.name)}", error)
-            existing = again
+                if not raced:
+                    self.overloaded()
+                    await asyncio.sleep(backoff_seconds(attempt))
+                usable, existing = await self._ours_or_none(body, outcome)
+                if not usable:  # replaced meanwhile by an object of someone else's (outcome.conflicts)
+                    if isinstance(e, ApiError):
+                        raise ApplyRefused(
+                            f"Deployment {fn.namespace}/{n.deployment_name(fn.name)}", e
+                        ) from e
+                    raise
         raise AssertionError("unreachable")
 
 
