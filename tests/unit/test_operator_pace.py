@@ -8,7 +8,7 @@ import pytest
 
 from kubelambda.kube import ApiError
 from kubelambda.operator import _pace
-from kubelambda.operator._owned import APPLIED_ANNOTATION, contains, with_digest
+from kubelambda.operator._owned import APPLIED_ANNOTATION, contains, stored_form, with_digest
 from kubelambda.operator._pace import AdaptiveLimit, backoff_seconds, is_transient, retrying
 
 
@@ -128,3 +128,10 @@ def test_an_object_holding_all_it_would_be_applied_with_needs_no_write() -> None
         != want["metadata"]["annotations"][APPLIED_ANNOTATION]
     )
     assert not contains(live, fewer)
+
+
+def test_a_secret_written_as_string_data_is_compared_as_the_data_it_is_kept_as() -> None:
+    want = {"kind": "Secret", "metadata": {"name": "s"}, "type": "Opaque", "stringData": {"token": "abc"}}
+    live = {"kind": "Secret", "metadata": {"name": "s"}, "type": "Opaque", "data": {"token": "YWJj"}}
+    assert contains(live, stored_form(want))
+    assert not contains(live, stored_form({**want, "stringData": {"token": "abd"}}))

@@ -17,6 +17,7 @@ reconcile.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -117,6 +118,16 @@ def contains(live: Any, want: Any) -> bool:
     return bool(live == want)
 
 
+def stored_form(obj: JSON) -> JSON:
+    """``obj`` as the API server keeps it, where that differs from how it is written: a Secret's ``stringData``
+    is kept base64-encoded in ``data``."""
+    if "stringData" not in obj:
+        return obj
+    encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in obj["stringData"].items()}
+    rest = {k: v for k, v in obj.items() if k != "stringData"}
+    return {**rest, "data": {**(obj.get("data") or {}), **encoded}}
+
+
 def _what(obj: JSON) -> str:
     return f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
 
@@ -174,7 +185,7 @@ class OwnedWriter:
         """:meth:`_apply` of an object already read as ours (``existing``) or missing (None); nothing is written
         when ``existing`` already holds all of ``obj`` (``existing`` is returned)."""
         body = with_digest(obj)
-        if existing is not None and contains(existing, body):
+        if existing is not None and contains(existing, stored_form(body)):
             return existing
         if existing is not None:
             # Precondition: the object we read as ours is the one we write (409 if it was replaced meanwhile).
