@@ -1,0 +1,157 @@
+"""Many Functions present (issue 24, item 1's second half): the operator's and the gateway's memory (RSS), and
+the gateway's routing cost per warm call (CPU microseconds of the gateway process, from /proc, and latency),
+first with 10 Functions present, then with ``--functions`` present, on the same platform in the same run.
+
+Every Function but the one called has ``minInstances: 0``: the operator reconciles each into its objects
+(ConfigMap, Service, NetworkPolicy, a Deployment at 0 replicas) and a status, and the gateway knows each, but
+no pod runs for them. The run waits until every Function's status is written before measuring.
+
+    .venv/bin/python bench/functions_many.py --functions 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from _common import pct, platform, post_load
+from gateway_cpu import NS, cpu_seconds, descendants, gateway_pid, warm_pod
+from kubelambda.kube import KubeClient, resource_path
+
+FN_API = "kubelambda.io/v1alpha1"
+HANDLER = "def handler(event, context):\n    return event\n"
+
+
+def function(name: str, *, min_instances: int = 0) -> dict[str, Any]:
+    return {
+        "apiVersion": FN_API,
+        "kind": "Function",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "runtime": "python3.11",
+            "handler": "app.handler",
+            "code": {"inline": {"app.py": HANDLER}},
+            "scaling": {"minInstances": min_instances, "maxInstances": 1},
+        },
+    }
+
+
+def operator_pid(root: int) -> int:
+    for pid in descendants(root):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"operator" in args and b"kubelambda" in args:
+            return pid
+    raise RuntimeError("no operator process under the local cluster")
+
+
+async def create_functions(kube: KubeClient, first: int, last: int) -> None:
+    """Functions ``fn-<first>`` .. ``fn-<last - 1>``, 20 creates at a time."""
+    path = resource_path(FN_API, "functions", namespace=NS)
+    todo = iter(range(first, last))
+
+    async def worker() -> None:
+        for i in todo:
+            await kube.create(path, function(f"fn-{i:05d}"))
+
+    await asyncio.gather(*(worker() for _ in range(20)))
+
+
+async def wait_reconciled(kube: KubeClient, n: int, timeout: float) -> float:
+    """Waits until ``n`` Functions have a status for their generation; the seconds it took."""
+    started = time.monotonic()
+    path = resource_path(FN_API, "functions", namespace=NS)
+    done = 0
+    while time.monotonic() - started < timeout:
+        items = (await kube.list(path))["items"]
+        done = sum(
+            1
+            for f in items
+            if (f.get("status") or {}).get("observedGeneration") == f["metadata"]["generation"]
+        )
+        if done >= n:
+            return time.monotonic() - started
+        await asyncio.sleep(2)
+    raise TimeoutError(f"{done} of {n} Functions reconciled after {timeout:.0f} s")
+
+
+async def routing_cost(
+    http: aiohttp.ClientSession, url: str, gateway: int, requests: int, rounds: int
+) -> tuple[float, float, float]:
+    """(gateway CPU us per call net of its idle burn, p50 ms, p99 ms), medians over ``rounds``."""
+    await post_load(http, url, 200, 4)
+    cpu, latencies = [], []
+    for _ in range(rounds):
+        before, started = cpu_seconds(gateway), time.perf_counter()
+        await asyncio.sleep(2)
+        idle = (cpu_seconds(gateway) - before) / (time.perf_counter() - started)
+        before, started = cpu_seconds(gateway), time.perf_counter()
+        _, lat = await post_load(http, url, requests, 4)
+        spent = time.perf_counter() - started
+        cpu.append(1e6 * (cpu_seconds(gateway) - before - idle * spent) / requests)
+        latencies.extend(lat)
+    return pct(cpu, 0.5), pct(latencies, 0.5), pct(latencies, 0.99)
+
+
+def rss_mb(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--functions", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=2000, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the reconciles")
+    args = parser.parse_args()
+    async with platform("many", NS) as p:
+        kube, http = p.kube, p.http
+        await kube.create(resource_path(FN_API, "functions", namespace=NS), function("noop", min_instances=1))
+        await warm_pod(kube)
+        await create_functions(kube, 0, 9)
+        await wait_reconciled(kube, 10, 600)
+        gateway, operator = gateway_pid(p.proc.pid), operator_pid(p.proc.pid)
+        url = f"{p.gateway}/2015-03-31/functions/{NS}/noop/invocations"
+        rows = [
+            (
+                10,
+                rss_mb(operator),
+                rss_mb(gateway),
+                *await routing_cost(http, url, gateway, args.requests, args.rounds),
+            )
+        ]
+        started = time.monotonic()
+        await create_functions(kube, 9, args.functions - 1)
+        created = time.monotonic() - started
+        reconciled = await wait_reconciled(kube, args.functions, args.timeout)
+        rows.append(
+            (args.functions, rss_mb(operator), rss_mb(gateway), *await routing_cost(http, url, gateway, args.requests, args.rounds))
+        )  # fmt: skip
+    print(
+        f"\nFunctions present vs the operator's and gateway's RSS and the gateway's cost per warm call "
+        f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)"
+    )
+    print(
+        f"  {args.functions - 10} Functions created in {created:.0f} s, all reconciled {reconciled:.0f} s later"
+    )
+    print(f"\n  {'Functions':>10}{'operator RSS MB':>17}{'gateway RSS MB':>16}{'gateway CPU us/call':>21}"
+          f"{'p50 ms':>9}{'p99 ms':>9}")  # fmt: skip
+    for n, op, gw, cpu, p50, p99 in rows:
+        print(f"  {n:>10}{op:>17.0f}{gw:>16.0f}{cpu:>21.0f}{p50:>9.2f}{p99:>9.2f}")
+    print(
+        f"\n  routing cost with {args.functions} vs 10 Functions: {rows[1][3] / rows[0][3]:.2f}x CPU per call"
+        " (target: does not grow)"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
