@@ -187,6 +187,7 @@ async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int) -> JSON
         log.close()
     writes = attributed_writes(write_deltas(before, after))
     return {
+        "load": os.getloadavg()[0],
         "created": created,
         "elapsed": elapsed,
         "deployments": deployments,
@@ -233,6 +234,7 @@ async def main_async(n: int) -> int:
             async with KubeClient.from_kubeconfig(cluster.kubeconfig) as kube:
                 result = await run_operator_bench(kube, cluster.kubeconfig, n)
                 floor, floor_writes = await run_floor(kube, n)
+                floor_load = os.getloadavg()[0]
         finally:
             cluster.stop()
     writes: dict[WriteKey, float] = result["writes"]
@@ -244,7 +246,9 @@ async def main_async(n: int) -> int:
           f"load average {os.getloadavg()[0]:.1f} at the end)\n")  # fmt: skip
     print(f"{'figure':<46}{'kubelambda operator':>22}{'floor: direct apply':>22}")
     print(f"{'all Deployments exist + every status written':<46}{result['elapsed']:>20.1f} s{floor:>20.1f} s")
+    print(f"{'  operator / floor':<46}{result['elapsed'] / floor:>21.2f}x")
     print(f"{'  (creating the Functions took)':<46}{result['created']:>20.1f} s")
+    print(f"{'load average (1 min) at the end of each phase':<46}{result['load']:>22.1f}{floor_load:>22.1f}")
     print(f"{'Deployments / statuses seen':<46}{result['deployments']:>15} / {result['statuses']}")
     print(f"{'operator peak RSS':<46}{result['peak_rss_mb']:>19.0f} MB")
     print(f"{'API writes per Function (excluding Events)':<46}{total / n:>22.2f}{floor_total / n:>22.2f}")
@@ -256,7 +260,7 @@ async def main_async(n: int) -> int:
         print(
             f"{'  ' + label(key):<46}{writes.get(key, 0.0) / n:>22.2f}{floor_writes.get(key, 0.0) / n:>22.2f}"
         )
-    print("\ntargets: <= 60 s, <= 200 MB, writes <= the floor's + 1 status write")
+    print("\ntargets: <= 1.3x the floor's time, <= 200 MB, writes <= the floor's + 1 status write")
     return 0 if result["deployments"] >= n and result["statuses"] >= n else 1
 
 
