@@ -27,6 +27,24 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
+ECHO_HANDLER = "def handler(event, context):\n    return event\n"
+
+
+def inline_function(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """A Python 3.11 Function whose inline handler answers its event, with ``spec`` fields added."""
+    return {
+        "apiVersion": "kubelambda.io/v1alpha1",
+        "kind": "Function",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "runtime": "python3.11",
+            "handler": "app.handler",
+            "code": {"inline": {"app.py": ECHO_HANDLER}},
+            **spec,
+        },
+    }
+
+
 def start_cluster(
     state_dir: Path, *args: str, timeout: float = 180
 ) -> tuple[subprocess.Popen[bytes], DevState]:

@@ -15,43 +15,20 @@ import argparse
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
 
-from _common import pct, platform, post_load
-from gateway_cpu import NS, cpu_seconds, descendants, gateway_pid, warm_pod
+from _common import inline_function, pct, platform, post_load
+from gateway_cpu import NS, component_pid, cpu_seconds, warm_pod
 from kubelambda.kube import KubeClient, resource_path
 
 FN_API = "kubelambda.io/v1alpha1"
-HANDLER = "def handler(event, context):\n    return event\n"
 
 
 def function(name: str, *, min_instances: int = 0) -> dict[str, Any]:
-    return {
-        "apiVersion": FN_API,
-        "kind": "Function",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "runtime": "python3.11",
-            "handler": "app.handler",
-            "code": {"inline": {"app.py": HANDLER}},
-            "scaling": {"minInstances": min_instances, "maxInstances": 1},
-        },
-    }
-
-
-def operator_pid(root: int) -> int:
-    for pid in descendants(root):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"operator" in args and b"kubelambda" in args:
-            return pid
-    raise RuntimeError("no operator process under the local cluster")
+    return inline_function(name, NS, scaling={"minInstances": min_instances, "maxInstances": 1})
 
 
 async def create_functions(kube: KubeClient, first: int, last: int) -> None:
@@ -119,7 +96,7 @@ async def main() -> None:
         await warm_pod(kube)
         await create_functions(kube, 0, 9)
         await wait_reconciled(kube, 10, 600)
-        gateway, operator = gateway_pid(p.proc.pid), operator_pid(p.proc.pid)
+        gateway, operator = component_pid(p.proc.pid, "gateway"), component_pid(p.proc.pid, "operator")
         url = f"{p.gateway}/2015-03-31/functions/{NS}/noop/invocations"
         rows = [
             (

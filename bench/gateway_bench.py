@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from _common import pct, platform, post_load, wait
+from _common import inline_function, pct, platform, post_load, wait
 from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench"
@@ -31,17 +31,7 @@ PLAIN, PLAIN_LABEL = "plain-cold", "bench.kubelambda.io/baseline"
 
 
 def fn(name: str, scaling: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubelambda.io/v1alpha1",
-        "kind": "Function",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "runtime": "python3.11",
-            "handler": "app.handler",
-            "code": {"inline": {"app.py": HANDLER}},
-            "scaling": scaling,
-        },
-    }
+    return inline_function(name, NS, scaling=scaling)
 
 
 async def pods(kube: KubeClient, name: str) -> list[dict[str, Any]]:

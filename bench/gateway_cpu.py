@@ -85,15 +85,21 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def gateway_pid(root: int) -> int:
+def component_pid(root: int, component: str) -> int:
+    """The process of ``kubelambda <component>`` (gateway, operator) under the local cluster ``root``."""
+    want = [b"kubelambda", component.encode()]
     for pid in descendants(root):
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if args[-3:-1] == [b"kubelambda", b"gateway"] or args[-2:] == [b"kubelambda", b"gateway"]:
+        if args[-3:-1] == want or args[-2:] == want:
             return pid
-    raise RuntimeError("no gateway process under the local cluster")
+    raise RuntimeError(f"no {component} process under the local cluster")
+
+
+def gateway_pid(root: int) -> int:
+    return component_pid(root, "gateway")
 
 
 def instance_pids(root: int, pod_ip: str) -> tuple[int, list[int]]:

@@ -117,6 +117,9 @@ def test_an_object_holding_all_it_would_be_applied_with_needs_no_write() -> None
         "spec": {"ports": [{"port": 80, "protocol": "TCP"}], "selector": {"x": "1"}, "type": "ClusterIP"},
     }
     assert contains(live, want)  # the API server's defaults are extra, not different
+    # A false the API server does not keep is held; a true it would keep is not.
+    assert contains(live, {**want, "spec": {**want["spec"], "publishNotReadyAddresses": False}})
+    assert not contains(live, {**want, "spec": {**want["spec"], "publishNotReadyAddresses": True}})
     drifted = {**live, "spec": {**live["spec"], "selector": {"x": "2"}}}
     assert not contains(drifted, want)
     extra_port = {**live, "spec": {**live["spec"], "ports": [{"port": 80}, {"port": 81}]}}

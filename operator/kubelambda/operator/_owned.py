@@ -106,9 +106,13 @@ def with_digest(obj: JSON) -> JSON:
 
 def contains(live: Any, want: Any) -> bool:
     """Whether ``live`` holds everything in ``want``: every key of a mapping (extra keys in ``live``, such as
-    the API server's defaults, are fine), lists item by item with the same length, other values equal."""
+    the API server's defaults, are fine), lists item by item with the same length, other values equal. A key
+    missing in ``live`` whose wanted value is empty (false, 0, "", [], {}) counts as held: the API server leaves
+    out such values of fields it does not keep explicitly (a Service's ``publishNotReadyAddresses: false``)."""
     if isinstance(want, dict):
-        return isinstance(live, dict) and all(k in live and contains(live[k], v) for k, v in want.items())
+        return isinstance(live, dict) and all(
+            contains(live[k], v) if k in live else _empty(v) for k, v in want.items()
+        )
     if isinstance(want, list):
         return (
             isinstance(live, list)
@@ -126,6 +130,10 @@ def stored_form(obj: JSON) -> JSON:
     encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in obj["stringData"].items()}
     rest = {k: v for k, v in obj.items() if k != "stringData"}
     return {**rest, "data": {**(obj.get("data") or {}), **encoded}}
+
+
+def _empty(value: Any) -> bool:
+    return value is not None and not value
 
 
 def _what(obj: JSON) -> str:
