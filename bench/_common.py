@@ -30,8 +30,9 @@ def pct(values: list[float], q: float) -> float:
 ECHO_HANDLER = "def handler(event, context):\n    return event\n"
 
 
-def inline_function(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    """A Python 3.11 Function whose inline handler answers its event, with ``spec`` fields added."""
+def inline_function(name: str, namespace: str, handler: str = ECHO_HANDLER, **spec: Any) -> dict[str, Any]:
+    """A python3.11 Function running ``handler`` (default: answers its event) as app.handler, with ``spec``
+    fields added."""
     return {
         "apiVersion": "kubelambda.io/v1alpha1",
         "kind": "Function",
@@ -39,7 +40,7 @@ def inline_function(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
         "spec": {
             "runtime": "python3.11",
             "handler": "app.handler",
-            "code": {"inline": {"app.py": ECHO_HANDLER}},
+            "code": {"inline": {"app.py": handler}},
             **spec,
         },
     }
@@ -133,18 +134,13 @@ class Platform:
 
 def warm_function(name: str, namespace: str, handler: str, *, per_instance: int) -> dict[str, Any]:
     """A python3.11 Function of one always-warm instance (min = max = 1) running ``handler`` as app.handler."""
-    return {
-        "apiVersion": "kubelambda.io/v1alpha1",
-        "kind": "Function",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "runtime": "python3.11",
-            "handler": "app.handler",
-            "code": {"inline": {"app.py": handler}},
-            "scaling": {"minInstances": 1, "maxInstances": 1},
-            "concurrency": {"perInstance": per_instance},
-        },
-    }
+    return inline_function(
+        name,
+        namespace,
+        handler,
+        scaling={"minInstances": 1, "maxInstances": 1},
+        concurrency={"perInstance": per_instance},
+    )
 
 
 @contextlib.asynccontextmanager
@@ -296,21 +292,15 @@ async def create_warm_function(
     """A no-op python3.11 Function with one instance always up, ``per_instance`` concurrent invocations each."""
     await kube.create(
         resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace),
-        {
-            "apiVersion": "kubelambda.io/v1alpha1",
-            "kind": "Function",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "runtime": "python3.11",
-                "handler": "app.handler",
-                # 1 vCPU: at the default 128 MB (73m CPU) the instance's CPU quota, not the gateway, caps
-                # throughput and its throttling sets p99 (~90 ms) for every case
-                "memoryMB": 1769,
-                "code": {"inline": {"app.py": "def handler(event, context):\n    return event\n"}},
-                "scaling": {"minInstances": 1, "maxInstances": 1, "warmPool": False},
-                "concurrency": {"perInstance": per_instance},
-            },
-        },
+        inline_function(
+            name,
+            namespace,
+            # 1 vCPU: at the default 128 MB (73m CPU) the instance's CPU quota, not the gateway, caps
+            # throughput and its throttling sets p99 (~90 ms) for every case
+            memoryMB=1769,
+            scaling={"minInstances": 1, "maxInstances": 1, "warmPool": False},
+            concurrency={"perInstance": per_instance},
+        ),
     )
 
 
