@@ -646,13 +646,23 @@ async def test_an_unreachable_broker_is_reported_and_recovered(
                 (c["status"] for c in status.get("conditions", []) if c["type"] == "SourceReachable"), ""
             )
 
+        async def ready() -> tuple[str, str]:
+            status = await trigger_status(kube, namespace, run.name)
+            cond = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+            return cond.get("status", ""), cond.get("reason", "")
+
         await wait_for(reachable, lambda s: s == "True", what="SourceReachable True")
+        await wait_for(ready, lambda r: r == ("True", "BridgeReady"), what="Ready True")
         await server.stop()
         await wait_for(reachable, lambda s: s == "False", what="SourceReachable False while Redis is down")
         status = await trigger_status(kube, namespace, run.name)
         (condition,) = [c for c in status["conditions"] if c["type"] == "SourceReachable"]
         assert condition["reason"] == "Unreachable"
         assert condition["message"]
+        # The operator follows: not READY while nothing can be delivered (kubectl get trig's column).
+        await wait_for(
+            ready, lambda r: r == ("False", "SourceUnreachable"), what="Ready False SourceUnreachable"
+        )
         server = RedisServer(tmp_path / "redis-again", port=server.port)
         await server.start()
         await run.queue.publish(run.name, [f"back-{i}".encode() for i in range(20)])
@@ -663,6 +673,7 @@ async def test_an_unreachable_broker_is_reported_and_recovered(
             timeout=90,
         )
         await wait_for(reachable, lambda s: s == "True", what="SourceReachable True again")
+        await wait_for(ready, lambda r: r == ("True", "BridgeReady"), what="Ready True again")
     finally:
         await run.stop()
         await server.stop()

@@ -71,7 +71,7 @@ def test_every_field_description_and_rule_message_is_in_the_reference() -> None:
         ("[`code`](#functionspeccode) (required)", "a required object links to its section"),
         ("### `Function.spec.envFrom[]`", "a list of objects gets a section"),
         ("exactly one of code.inline, code.archive, code.s3, code.image must be set", "an object's CEL rule"),
-        ("`kubectl get` columns: Function, Source, Ready, Age.", "the printer columns"),
+        ("`kubectl get` columns: Function, Source, Ready, Reason (`-o wide`), Age.", "the printer columns"),
     ],
     ids=["memory", "timeout", "link", "list", "rule", "columns"],
 )

@@ -10,8 +10,10 @@ import pytest
 from kubelambda.api.v1alpha1 import Trigger
 from kubelambda.api.v1alpha1.trigger import QueueSource, StreamSource, source_kinds
 from kubelambda.bridge import SOURCES, source_kind
+from kubelambda.operator._kopf import _trigger_source_refresh
 from kubelambda.operator._trigger import bridge_ready, trigger_status
 from kubelambda.resources import bridge as b
+from kubelambda.resources import status as st
 from kubelambda.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(
@@ -175,6 +177,86 @@ def test_ready_follows_the_function_and_the_bridge(
     assert status["eventsDelivered"] == 7
     assert status["observedGeneration"] == 3
     assert status["source"] == t.source
+
+
+def reachable(status: str, message: str = "") -> dict[str, Any]:
+    return {
+        "type": "SourceReachable",
+        "status": status,
+        "reason": "Reachable" if status == "True" else "Unreachable",
+        "message": message,
+        "lastTransitionTime": "2026-11-26T00:00:00Z",
+    }
+
+
+QUEUE = {"queue": {"redis": {"url": "redis://r:6379", "key": "k"}}}
+
+
+@pytest.mark.parametrize(
+    ("source", "enabled", "dep", "ready"),
+    [
+        (reachable("False", "connection refused"), True, deployment(ready=1), ("False", "SourceUnreachable")),
+        (reachable("True"), True, deployment(ready=1), ("True", "BridgeReady")),
+        (None, True, deployment(ready=1), ("True", "BridgeReady")),  # not reported yet
+        (reachable("False"), True, deployment(ready=0), ("False", "BridgeStarting")),
+        (reachable("False"), False, deployment(ready=0), ("True", "Disabled")),
+    ],
+    ids=["unreachable", "reachable", "unreported", "starting", "disabled"],
+)
+def test_a_running_bridge_whose_source_does_not_answer_is_not_ready(
+    source: dict[str, Any] | None, enabled: bool, dep: dict[str, Any], ready: tuple[str, str]
+) -> None:
+    current = {"conditions": [source] if source else []}
+    status = trigger_status(
+        current,
+        trigger=trigger(**QUEUE, enabled=enabled),
+        function_exists=True,
+        deployment=dep,
+        now="2026-11-26T01:00:00Z",
+    )
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert (by_type["Ready"]["status"], by_type["Ready"]["reason"]) == ready
+    if ready[1] == "SourceUnreachable":
+        assert (
+            by_type["Ready"]["message"] == "The bridge runs but cannot reach its source: connection refused"
+        )
+
+
+def ready_condition(status: str, reason: str) -> dict[str, Any]:
+    return {"type": "Ready", "status": status, "reason": reason, "message": "", "lastTransitionTime": "t0"}
+
+
+@pytest.mark.parametrize(
+    ("conditions", "after"),
+    [
+        (
+            [ready_condition("True", "BridgeReady"), reachable("False", "refused")],
+            ("False", "SourceUnreachable"),
+        ),
+        ([ready_condition("False", "SourceUnreachable"), reachable("True")], ("True", "BridgeReady")),
+        ([ready_condition("True", "BridgeReady"), reachable("True")], None),  # agrees already
+        ([ready_condition("False", "SourceUnreachable"), reachable("False", "refused")], None),
+        ([ready_condition("False", "BridgeStarting"), reachable("False")], None),  # the Deployment decides
+        ([ready_condition("False", "FunctionMissing"), reachable("False")], None),
+        ([ready_condition("True", "Disabled"), reachable("False")], None),
+    ],
+    ids=["goes-down", "comes-back", "agrees", "still-down", "starting", "function-missing", "disabled"],
+)
+def test_ready_follows_what_the_bridge_writes_about_its_source(
+    conditions: list[dict[str, Any]], after: tuple[str, str] | None
+) -> None:
+    body = {
+        "metadata": {"name": "t1", "namespace": "demo", "generation": 3},
+        "status": {"observedGeneration": 3, "conditions": conditions},
+    }
+    new = _trigger_source_refresh(body)
+    ready = next(c for c in (new or body["status"])["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == (after or (conditions[0]["status"], conditions[0]["reason"]))
+    if new is not None:
+        assert next(c for c in new["conditions"] if c["type"] == "SourceReachable") == conditions[1]
+        # Its own write comes back as an event: nothing more to write then (no loop of patches).
+        again = _trigger_source_refresh({**body, "status": new})
+        assert again is None or st.status_changes(new, again) == {}
 
 
 def test_a_deadline_exceeded_bridge_says_so() -> None:

@@ -99,6 +99,7 @@ CRDS: tuple[CrdInfo, ...] = (
             {"name": "Function", "type": "string", "jsonPath": ".spec.function"},
             {"name": "Source", "type": "string", "jsonPath": ".status.source"},
             {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status"},
+            {"name": "Reason", "type": "string", "jsonPath": f"{_READY}.reason", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ),
     ),

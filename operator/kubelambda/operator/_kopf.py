@@ -29,7 +29,7 @@ from kubelambda.kube import ApiError, KubeClient, Login, resource_path
 from kubelambda.operator._owned import NAME_CONFLICT, Outcome
 from kubelambda.operator._pace import AdaptiveLimit, backoff_seconds, is_transient
 from kubelambda.operator._reconcile import FunctionReconciler
-from kubelambda.operator._trigger import TriggerReconciler, bridge_ready
+from kubelambda.operator._trigger import TriggerReconciler, bridge_ready, source_changed
 from kubelambda.resources import FUNCTION_LABEL
 from kubelambda.resources import status as st
 from kubelambda.resources.bridge import TRIGGER_LABEL, TriggerObject
@@ -239,7 +239,17 @@ def _trigger_refresh(owner: JSON, deployment: JSON) -> JSON | None:
         return (
             None  # the reconcile decides until the Function exists and no object of another's is in the way
         )
-    return _ready_status(current, bridge_ready(TriggerObject.from_body(owner), deployment))
+    return _ready_status(current, bridge_ready(TriggerObject.from_body(owner), deployment, current))
+
+
+def _trigger_source_refresh(body: JSON) -> JSON | None:
+    """A Trigger's status after its bridge wrote ``SourceReachable``: Ready follows it (``SourceUnreachable``
+    and back) while the bridge runs; None to leave it."""
+    current = _status_of(body)
+    if current.get("observedGeneration") is None:
+        return None
+    ready = source_changed(current)
+    return None if ready is None else _ready_status(current, ready)
 
 
 @dataclass(frozen=True)
@@ -349,6 +359,25 @@ def build_registry() -> kopf.OperatorRegistry:
 
     for owner in _OWNERS:
         _register_owner(registry, owner)
+
+    @kopf.on.event(*TRIGGERS, id="trigger_source_changed", registry=registry)
+    async def trigger_source_changed(
+        event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> None:
+        """The bridge wrote SourceReachable (its own field manager): Ready follows it (_trigger_source_refresh)."""
+        if event.get("type") == "DELETED":
+            return
+        new = _trigger_source_refresh(dict(body))
+        if new is not None:
+            await _patch_status_changes(
+                memo["ctx"],
+                kind="Trigger",
+                plural="triggers",
+                namespace=body["metadata"]["namespace"],
+                name=body["metadata"]["name"],
+                current=_status_of(dict(body)),
+                new=new,
+            )
 
     @kopf.on.event("", "v1", "pods", labels={FUNCTION_LABEL: kopf.PRESENT}, registry=registry)
     async def function_pod_changed(

@@ -6,7 +6,9 @@ notifications a token Secret and a webhook Service, and the bridge Deployment (0
 HTTP Triggers need nothing: the gateway watches them and serves the route.
 
 Conditions the operator writes: ``Ready`` and ``FunctionMissing``. The bridge writes ``SourceReachable`` and the
-delivery fields itself (server-side apply with its own field manager), so both keep their own.
+delivery fields itself (server-side apply with its own field manager), so both keep their own. A running bridge
+whose source does not answer (``SourceReachable=False``) is not Ready: ``Ready=False SourceUnreachable`` with the
+bridge's message, so ``kubectl get trig`` never says READY True while nothing can be delivered.
 """
 
 from __future__ import annotations
@@ -25,19 +27,49 @@ from kubelambda.resources import bridge as b
 from kubelambda.resources import status as st
 
 FUNCTION_MISSING = "FunctionMissing"
+SOURCE_REACHABLE = "SourceReachable"  # written by the bridge (kubelambda.bridge._context)
+SOURCE_UNREACHABLE = "SourceUnreachable"
+BRIDGE_READY = ("True", "BridgeReady", "The bridge is running")
 
 
-def bridge_ready(trigger: b.TriggerObject, deployment: JSON | None) -> tuple[str, str, str]:
-    """``(status, reason, message)`` of Ready from the bridge Deployment."""
+def with_source(ready: tuple[str, str, str], status: JSON) -> tuple[str, str, str]:
+    """``ready`` as the bridge Deployment decides it, unless the bridge runs and says its source does not
+    answer (``SourceReachable=False`` in ``status``): then ``Ready=False SourceUnreachable`` with its message."""
+    reachable = st.find_condition(status, SOURCE_REACHABLE)
+    if ready[1] != BRIDGE_READY[1] or reachable is None or reachable.get("status") != "False":
+        return ready
+    said = str(reachable.get("message") or "").strip()
+    return (
+        "False",
+        SOURCE_UNREACHABLE,
+        "The bridge runs but cannot reach its source" + (f": {said}" if said else ""),
+    )
+
+
+def source_changed(status: JSON) -> tuple[str, str, str] | None:
+    """Ready after the bridge wrote ``SourceReachable``, when the bridge's state decides Ready (``BridgeReady``
+    or ``SourceUnreachable``); None to leave it (starting, disabled, a missing Function, a conflict)."""
+    ready = st.find_condition(status, st.READY)
+    if ready is None or ready.get("reason") not in (BRIDGE_READY[1], SOURCE_UNREACHABLE):
+        return None
+    return with_source(BRIDGE_READY, status)
+
+
+def bridge_ready(
+    trigger: b.TriggerObject, deployment: JSON | None, status: JSON | None = None
+) -> tuple[str, str, str]:
+    """``(status, reason, message)`` of Ready from the bridge Deployment and (``status``: the Trigger's current
+    status) the bridge's ``SourceReachable``."""
     if not trigger.spec.enabled:
         return "True", "Disabled", "The trigger is disabled (enabled: false); its bridge runs no pod"
     if deployment is None:
         return "False", "Reconciling", "The bridge Deployment does not exist yet"
+    current = status
     status = deployment.get("status") or {}
     if status.get("observedGeneration", 0) < deployment["metadata"].get("generation", 0):
         return "False", "Reconciling", "The bridge Deployment has not seen its latest spec yet"
     if int(status.get("readyReplicas") or 0) >= 1 and int(status.get("updatedReplicas") or 0) >= 1:
-        return "True", "BridgeReady", "The bridge is running"
+        return with_source(BRIDGE_READY, current or {})
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
             return "False", "ProgressDeadlineExceeded", cond.get("message", "")
@@ -73,7 +105,7 @@ def trigger_status(
     elif not function_exists:
         ready = ("False", "FunctionMissing", f"Function {function_ref} does not exist")
     elif trigger.needs_bridge:
-        ready = bridge_ready(trigger, deployment)
+        ready = bridge_ready(trigger, deployment, current)
     else:
         ready = ("True", "RouteConfigured", "The gateway serves this route")
     conditions = st.set_condition(
