@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kltest import Cluster, alive, kubectl_bin, start_cluster
 from kltest.platform import REPO
 from kubelambda import natsauth
+from kubelambda.devcluster._ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -224,3 +226,62 @@ def test_a_killed_supervisor_takes_every_process_with_it_and_restarts_cleanly(tm
     finally:
         assert second.stop(signal.SIGINT) == 0  # Ctrl-C stops it cleanly too
     assert wait_dead([*second.state.components.values(), pod_pid(pod)]) == []
+
+
+def listens(pid: int, port: int) -> bool:
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+    )
+
+
+@pytest.mark.timeout(900)
+def test_two_platforms_started_at_once_never_share_a_fixed_port(tmp_path: Path) -> None:
+    """Both find the fixed ports free at the same moment; one keeps them, the other moves and says so, and each
+    gateway and NATS listens where its own dev.json says (the race: the loser's readiness check was answered by
+    the winner's gateway, and both recorded 8090)."""
+    gateway_port, nats_port = free_port(), free_port()
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    ups = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kubelambda",
+                "dev",
+                "up",
+                "--state-dir",
+                str(d),
+                "--timeout",
+                "600",
+                "--gateway-port",
+                str(gateway_port),
+                "--nats-port",
+                str(nats_port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for d in dirs
+    ]
+    try:
+        said = [up.communicate(timeout=700)[0] for up in ups]
+        for up, out in zip(ups, said, strict=True):
+            assert up.returncode == 0, out[-4000:]
+        states = [json.loads((d / "dev.json").read_text()) for d in dirs]
+        kept = [s for s in states if s["gateway_url"] == f"http://127.0.0.1:{gateway_port}"]
+        assert len(kept) == 1, [s["gateway_url"] for s in states]
+        (moved,) = [s for s in states if s is not kept[0]]
+        assert any(m.startswith(f"gateway: port {gateway_port} was taken") for m in moved["moved"]), moved
+        assert f"gateway: port {gateway_port} was taken" in said[states.index(moved)]
+        for state in states:
+            for url, component in ((state["gateway_url"], "kubelambda-gateway"), (state["nats_url"], "nats")):
+                port = int(url.rsplit(":", 1)[1])
+                assert listens(state["components"][component], port), (component, url, state["components"])
+    finally:
+        for up in ups:
+            if up.poll() is None:
+                up.kill()
+        for d in dirs:
+            cli("down", state_dir=d)

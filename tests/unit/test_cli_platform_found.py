@@ -4,6 +4,9 @@ every endpoint in dev.json, ports judged free as servers bind them, and an apply
 from __future__ import annotations
 
 import argparse
+import asyncio
+import fcntl
+import os
 import socket
 from pathlib import Path
 
@@ -11,9 +14,11 @@ import pytest
 
 from kubelambda.cli import main
 from kubelambda.cli._common import CliError, default_state_dir, resolve_gateway, state_dir_of
+from kubelambda.cli.dev import FIXED_PORTS
 from kubelambda.cli.platform import DEFAULT_NATS_URL, nats_url_of
 from kubelambda.devcluster import DevState
-from kubelambda.devcluster._ports import bindable
+from kubelambda.devcluster._platform import DEFAULT_GATEWAY_PORT, DEFAULT_NATS_PORT
+from kubelambda.devcluster._ports import bindable, fixed_ports_held
 from kubelambda.operator._reconcile import APPLY_RETRY_MAX, APPLY_RETRY_MIN, apply_retry_seconds
 
 
@@ -40,15 +45,20 @@ def test_invoke_finds_the_platform_from_another_folder(
 ) -> None:
     state = tmp_path / "xdg" / "kubelambda" / "default"
     state.mkdir(parents=True)
-    DevState(state="running", pid=1, gateway_url="http://gw:8090", nats_url="nats://127.0.0.1:4333").write(
-        state
-    )
+    (state / "kubeconfig").write_text("{}")
+    DevState(
+        state="running",
+        pid=1,
+        kubeconfig=str(state / "kubeconfig"),
+        gateway_url="http://gw:8090",
+        nats_url="nats://127.0.0.1:4333",
+    ).write(state)
     elsewhere = tmp_path / "some" / "project"
     elsewhere.mkdir(parents=True)
     monkeypatch.chdir(elsewhere)
     env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
     nothing = argparse.Namespace(state_dir=None, platform_name=None, endpoint_url=None, nats_url=None)
-    assert resolve_gateway(nothing, env=env) == "http://gw:8090"
+    assert resolve_gateway(nothing, env=env, home=tmp_path / "nohome") == "http://gw:8090"
     assert nats_url_of(nothing, env) == (
         "nats://127.0.0.1:4333",
         "the local platform (kubelambda dev status)",
@@ -94,6 +104,40 @@ def test_a_port_in_time_wait_is_free_to_a_server() -> None:
     assert bindable("127.0.0.1", port)
     with socket.create_server(("127.0.0.1", 0)) as listening:  # a listening port is taken, as ever
         assert not bindable("127.0.0.1", listening.getsockname()[1])
+
+
+def test_choosing_a_fixed_port_is_one_step_on_the_machine(tmp_path: Path) -> None:
+    """While one platform holds the lock (from "is 8090 free?" until its gateway listens), another cannot take
+    it; it can once the first let go. tests/integration/test_dev_cli.py starts two platforms at once."""
+    lock = tmp_path / "ports.lock"
+
+    def try_lock() -> bool:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    async def hold() -> tuple[bool, bool]:
+        async with fixed_ports_held(lock):
+            during = try_lock()
+        return during, try_lock()
+
+    assert asyncio.run(hold()) == (False, True)
+    assert dict(FIXED_PORTS) == {"gateway": DEFAULT_GATEWAY_PORT, "nats": DEFAULT_NATS_PORT}
+
+
+def test_dev_up_refuses_a_port_that_is_none(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["dev", "up", "--gateway-port", "80900"])
+    assert exited.value.code == 2
+    assert (
+        "argument --gateway-port: port must be a number from 1 to 65535, not '80900'"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(

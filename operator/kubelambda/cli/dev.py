@@ -98,6 +98,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         argv.append("--no-platform")
     if args.substitute_runtimes:
         argv.append("--substitute-runtimes")
+    argv += ["--gateway-port", str(args.gateway_port), "--nats-port", str(args.nats_port)]
     with log.open("ab") as out:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -241,8 +242,37 @@ def cmd_dev_serve(args: argparse.Namespace) -> int:
             platform=args.platform,
             limits=args.limits,
             node_kind=args.node,
+            gateway_port=args.gateway_port,
+            nats_port=args.nats_port,
         )
     )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be a number from 1 to 65535, not {text!r}")
+    return port
+
+
+# devcluster._platform's DEFAULT_GATEWAY_PORT and DEFAULT_NATS_PORT (not imported here: the CLI starts without
+# loading the local cluster's code; tests/unit/test_cli_parse.py checks they agree).
+FIXED_PORTS = (("gateway", 8090), ("nats", 4222))
+
+
+def _add_port_options(parser: argparse.ArgumentParser) -> None:
+    for what, default in FIXED_PORTS:
+        parser.add_argument(
+            f"--{what}-port",
+            type=_port,
+            default=default,
+            metavar="PORT",
+            help=f"the {'gateway' if what == 'gateway' else 'NATS'} port kept when free (default {default}); "
+            "taken: another, which dev up and dev status announce",
+        )
 
 
 def register(commands: Any) -> None:
@@ -275,6 +305,7 @@ def register(commands: Any) -> None:
         "(e.g. python3.13 on Python 3.11; logged, and named in every REPORT line); also "
         "KUBELAMBDA_DEV_SUBSTITUTE_RUNTIMES=1. Default: such a Function waits with reason RuntimeUnavailable",
     )
+    _add_port_options(up)
     up.set_defaults(func=cmd_dev_up)
 
     down = dev_commands.add_parser("down", help="stop the local cluster and every pod process")
@@ -336,4 +367,5 @@ def register(commands: Any) -> None:
         "(e.g. python3.13 on Python 3.11; logged, and named in every REPORT line); also "
         "KUBELAMBDA_DEV_SUBSTITUTE_RUNTIMES=1. Default: such a Function waits with reason RuntimeUnavailable",
     )
+    _add_port_options(serve)
     serve.set_defaults(func=cmd_dev_serve)

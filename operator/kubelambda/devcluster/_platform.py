@@ -27,7 +27,14 @@ import yaml
 
 from kubelambda import natsauth
 from kubelambda.devcluster._binaries import Binaries, repo_root
-from kubelambda.devcluster._ports import PortTaken, address_in_use, bindable, free_port, retry_taken_ports
+from kubelambda.devcluster._ports import (
+    PortTaken,
+    address_in_use,
+    bindable,
+    fixed_ports_held,
+    free_port,
+    retry_taken_ports,
+)
 from kubelambda.devcluster._process import spawn, stop
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
@@ -67,6 +74,8 @@ class Platform:
     access_key_id: str = ""  # the developer's access key (dev.json), allowed to invoke every Function
     secret_access_key: str = ""
     moved: list[str] = field(default_factory=list)  # "gateway: port 8090 was taken; it listens at …"
+    gateway_port: int = DEFAULT_GATEWAY_PORT  # kept when free (dev up --gateway-port)
+    nats_port: int = DEFAULT_NATS_PORT  # kept when free (dev up --nats-port)
     _commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     _restarted: dict[str, float] = field(default_factory=dict)
 
@@ -113,18 +122,35 @@ class Platform:
         gateway_config = _kubeconfig_with_token(
             self.admin_kubeconfig, gateway_token, self.state_dir / "gateway.kubeconfig", "kubelambda-gateway"
         )
-        # NATS users, one per component, each with only its subjects (docs/security.md, "NATS").
-        passwords = _nats_passwords(self.state_dir / "nats-users.json")
-        self.nats = NatsServer(
-            self.state_dir / "nats", port=_preferred(DEFAULT_NATS_PORT), passwords=passwords
-        )
-        await self.nats.start()
-        logger.info("NATS JetStream for Event invocations listens at %s", self.nats.url)
-        if not self.nats.url.endswith(f":{DEFAULT_NATS_PORT}"):
-            self._moved("nats", DEFAULT_NATS_PORT, self.nats.url)
         base = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")}
         agent_key = _agent_key(self.state_dir / "agent.key")
-        preferred = _preferred(DEFAULT_GATEWAY_PORT)
+        # From "is the fixed port free?" to "it listens": one step on this machine (fixed_ports_held).
+        async with fixed_ports_held():
+            nats = await self._start_servers(base, agent_key, gateway_config)
+        self._spawn(
+            "kubelambda-operator",
+            [sys.executable, "-m", "kubelambda", "operator"],
+            {
+                **base,
+                "KUBELAMBDA_KUBECONFIG": str(operator_config),
+                "KUBELAMBDA_GATEWAY_URL": self.gateway_url,
+                "KUBELAMBDA_NATS_URL": nats.url_as("operator"),  # log streams
+                "KUBELAMBDA_BRIDGE_NATS_URL": nats.url_as("bridge"),  # Trigger bridges' onFailure.nats
+                "KUBELAMBDA_AGENT_NATS_URL": nats.url_as("agent"),  # function pods' log shipping
+                "KUBELAMBDA_AGENT_KEY": agent_key,
+            },
+        )
+
+    async def _start_servers(self, base: dict[str, str], agent_key: str, gateway_config: Path) -> NatsServer:
+        """NATS, then the gateway, each on its fixed port when that is free; the NATS server."""
+        # NATS users, one per component, each with only its subjects (docs/security.md, "NATS").
+        passwords = _nats_passwords(self.state_dir / "nats-users.json")
+        self.nats = NatsServer(self.state_dir / "nats", port=_preferred(self.nats_port), passwords=passwords)
+        await self.nats.start()
+        logger.info("NATS JetStream for Event invocations listens at %s", self.nats.url)
+        if not self.nats.url.endswith(f":{self.nats_port}"):
+            self._moved("nats", self.nats_port, self.nats.url)
+        preferred = _preferred(self.gateway_port)
         nats = self.nats
 
         async def gateway() -> None:
@@ -163,21 +189,9 @@ class Platform:
 
         # The operator gives bridges the gateway's URL: the gateway has its port first.
         await retry_taken_ports(gateway, what="the gateway")
-        if not self.gateway_url.endswith(f":{DEFAULT_GATEWAY_PORT}"):
-            self._moved("gateway", DEFAULT_GATEWAY_PORT, self.gateway_url)
-        self._spawn(
-            "kubelambda-operator",
-            [sys.executable, "-m", "kubelambda", "operator"],
-            {
-                **base,
-                "KUBELAMBDA_KUBECONFIG": str(operator_config),
-                "KUBELAMBDA_GATEWAY_URL": self.gateway_url,
-                "KUBELAMBDA_NATS_URL": nats.url_as("operator"),  # log streams
-                "KUBELAMBDA_BRIDGE_NATS_URL": nats.url_as("bridge"),  # Trigger bridges' onFailure.nats
-                "KUBELAMBDA_AGENT_NATS_URL": nats.url_as("agent"),  # function pods' log shipping
-                "KUBELAMBDA_AGENT_KEY": agent_key,
-            },
-        )
+        if not self.gateway_url.endswith(f":{self.gateway_port}"):
+            self._moved("gateway", self.gateway_port, self.gateway_url)
+        return nats
 
     def _moved(self, what: str, port: int, url: str) -> None:
         note = (

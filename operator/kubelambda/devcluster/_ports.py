@@ -9,16 +9,25 @@ only servers listen, and the server's start is tried again with new ports when i
 
 A server in this process should rather bind port 0 and read back the port it got
 (``web.TCPSite(runner, host, 0)``, then ``runner.addresses``).
+
+A *fixed* port (the local platform's gateway at 8090, NATS at 4222: stable URLs) is kept when it is free. Two
+platforms starting at the same moment would both find it free, and the loser's readiness check would be answered
+by the winner's server: :func:`fixed_ports_held` makes "is it free?" and "it listens" one step, machine-wide.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+import fcntl
 import logging
+import os
 import random
 import re
 import socket
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,6 +41,31 @@ DEFAULT_EPHEMERAL = (32768, 60999)
 ATTEMPTS = 5
 
 _IN_USE = re.compile(r"address already in use|address in use|eaddrinuse|errno 98\b", re.IGNORECASE)
+
+
+# Machine-wide, not per state folder or user: the ports are the machine's.
+FIXED_PORTS_LOCK = Path(tempfile.gettempdir()) / "kubelambda-fixed-ports.lock"
+
+
+@contextlib.asynccontextmanager
+async def fixed_ports_held(path: Path = FIXED_PORTS_LOCK) -> AsyncIterator[None]:
+    """Held from "is the fixed port free?" until the server listens (there or elsewhere): another process
+    starting a platform waits here instead of finding the same port free. Polled, so a cancelled start lets go."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    logger.info("Another local platform is choosing its ports; waiting for it (%s)", path)
+                    waited = True
+                await asyncio.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # lets go of the lock
 
 
 class PortTaken(RuntimeError):

@@ -23,7 +23,7 @@ from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._controlplane import ControlPlane, Endpoints
 from kubelambda.devcluster._network import PodAddresses
 from kubelambda.devcluster._node import LocalNode
-from kubelambda.devcluster._platform import Platform
+from kubelambda.devcluster._platform import DEFAULT_GATEWAY_PORT, DEFAULT_NATS_PORT, Platform
 from kubelambda.devcluster._ports import bindable
 from kubelambda.kube import KubeClient, resource_path
 
@@ -149,8 +149,11 @@ async def serve(
     platform: bool = True,
     limits: str = "auto",
     node_kind: str = "process",
+    gateway_port: int = DEFAULT_GATEWAY_PORT,
+    nats_port: int = DEFAULT_NATS_PORT,
 ) -> int:
-    """``platform=False`` runs only Kubernetes (the test suites run their own operator and gateway)."""
+    """``platform=False`` runs only Kubernetes (the test suites run their own operator and gateway);
+    ``gateway_port``/``nats_port``: the fixed ports the gateway and NATS keep when free."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -198,7 +201,9 @@ async def serve(
         await wait_until_usable(plane.kubeconfig, node_name)
         if platform:
             logger.info("Starting the kubelambda operator and gateway")
-            kubelambda = Platform(state_dir, binaries, plane.kubeconfig)
+            kubelambda = Platform(
+                state_dir, binaries, plane.kubeconfig, gateway_port=gateway_port, nats_port=nats_port
+            )
             await kubelambda.start()
             state.gateway_url = kubelambda.gateway_url
             # The CLI's (kubelambda logs, kubelambda dlq): the admin user's; dev.json is the user's own (0600).
