@@ -631,14 +631,16 @@ async def test_the_queue_worker_example_is_accepted_by_the_api_server(
 async def test_an_unreachable_broker_is_reported_and_recovered(
     cluster: Cluster, kube: KubeClient, worker: tuple[str, str], records: Records, tmp_path: Path
 ) -> None:
-    """Redis goes away under the bridge: SourceReachable turns False with the error, the bridge reconnects
-    with backoff once Redis is back on the same port, and delivers what was published meanwhile."""
-    namespace, _ = worker
+    """Redis goes away under the bridge (the operator's bridge Deployment): SourceReachable turns False with the
+    error and the operator's Ready with it (SourceUnreachable), the bridge reconnects with backoff once Redis is
+    back on the same port, delivers what was published meanwhile, and Ready is True again."""
+    namespace, url = worker
     server = RedisServer(tmp_path / "redis")
     await server.start()
     run = Run(cluster, worker, {"redis": server}, "redis", tmp_path)
+    operator = await start_operator(cluster, kube, problem_retry_seconds=1.0, gateway_url=url)
     try:
-        await run.start("down", batch_size=10, window=0)
+        await run.start("down", batch_size=10, window=0, bridge=False)
 
         async def reachable() -> str:
             status = await trigger_status(kube, namespace, run.name)
@@ -675,6 +677,7 @@ async def test_an_unreachable_broker_is_reported_and_recovered(
         await wait_for(reachable, lambda s: s == "True", what="SourceReachable True again")
         await wait_for(ready, lambda r: r == ("True", "BridgeReady"), what="Ready True again")
     finally:
+        await operator.stop()
         await run.stop()
         await server.stop()
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from kubelambda.cli._common import CliError, resolve_gateway, resolve_target
+from kubelambda.cli._common import (
+    GATEWAY_URL_ANNOTATION,
+    CliError,
+    gateway_of_service,
+    resolve_credentials,
+    resolve_gateway,
+    resolve_target,
+)
 from kubelambda.devcluster import DevState
 
 
@@ -109,3 +117,79 @@ def test_gateway_order(world: dict[str, str]) -> None:
     with pytest.raises(CliError) as raised:
         resolve_gateway(args(world, state_dir=world["tmp"] + "/none"), env={})
     assert raised.value.code == 2
+
+
+def platform_kubeconfig(path: Path, server: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "x",
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {}}],
+            }
+        )
+    )
+    return str(path)
+
+
+def test_the_gateway_follows_the_kubeconfigs_cluster_among_local_platforms(tmp_path: Path) -> None:
+    """$KUBECONFIG names platform b while the default platform a runs too: b's gateway and b's key, not a's."""
+    home = tmp_path / "xdg" / "kubelambda"
+    for name, port in (("default", 6443), ("b", 7443)):
+        server = f"https://127.0.0.1:{port}"
+        DevState(
+            state="running",
+            pid=1,
+            kubeconfig=platform_kubeconfig(home / name / "kubeconfig", server),
+            server=server,
+            gateway_url=f"http://127.0.0.1:{port + 1}",
+            aws_access_key_id=f"KEY-{name}",
+            aws_secret_access_key=f"SECRET-{name}",
+        ).write(home / name)
+    env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    nothing = argparse.Namespace(state_dir=None, platform_name=None, endpoint_url=None, kubeconfig=None)
+    assert resolve_gateway(nothing, env=env, home=tmp_path) == "http://127.0.0.1:6444"
+    to_b = {**env, "KUBECONFIG": str(home / "b" / "kubeconfig")}
+    assert resolve_gateway(nothing, env=to_b, home=tmp_path) == "http://127.0.0.1:7444"
+    assert resolve_credentials(nothing, "http://127.0.0.1:7444", env=to_b) == ("KEY-b", "SECRET-b")
+
+
+def service(
+    kind: str = "ClusterIP", annotations: dict[str, str] | None = None, **extra: object
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "kl-gateway",
+            "namespace": "kubelambda-system",
+            "annotations": annotations or {},
+        },
+        "spec": {"type": kind, "ports": [{"name": "http", "port": 8080, **extra}]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("svc", "url", "note"),
+    [
+        (
+            service(annotations={GATEWAY_URL_ANNOTATION: "https://fn.example.com/"}),
+            "https://fn.example.com",
+            "annotation",
+        ),
+        (
+            {**service("LoadBalancer"), "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}},
+            "http://203.0.113.7:8080",
+            "LoadBalancer",
+        ),
+        (service("LoadBalancer"), None, "without an address yet"),
+        (service("NodePort", nodePort=30080), "http://10.1.2.3:30080", "NodePort"),
+        (service(), None, "is ClusterIP: not reachable from outside the cluster"),
+    ],
+    ids=["annotation", "load-balancer", "load-balancer-pending", "node-port", "cluster-ip"],
+)
+def test_the_gateway_a_cluster_publishes(svc: dict[str, Any], url: str | None, note: str) -> None:
+    got, said = gateway_of_service(svc, "https://10.1.2.3:6443")
+    assert got == url
+    assert note in said
+    assert "Service kubelambda-system/kl-gateway" in said

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kubelambda.jsonobj import JSON
 
 FIELD_MANAGER = "kubelambda-cli"
 
@@ -106,7 +110,14 @@ def add_gateway_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoint-url",
         default=None,
-        help="the gateway (default: $KUBELAMBDA_GATEWAY_URL, else the running `kubelambda dev up` cluster's)",
+        help="the gateway (default: $KUBELAMBDA_GATEWAY_URL, else the gateway of the kubeconfig's cluster: a "
+        "running local platform's, or the one the cluster's gateway Service publishes)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="the cluster whose gateway to use (default: $KUBECONFIG, else the running local platform, "
+        "else ~/.kube/config)",
     )
 
 
@@ -118,6 +129,9 @@ def add_output_option(parser: argparse.ArgumentParser) -> None:
         default="table",
         help="output format (default table)",
     )
+
+
+LOCAL_SOURCE = "the local cluster (kubelambda dev up)"
 
 
 @dataclass(frozen=True)
@@ -153,13 +167,13 @@ def resolve_target(
 ) -> Target:
     """``--kubeconfig`` > ``$KUBECONFIG`` > the dev cluster's (dev.json) > ``~/.kube/config``."""
     home = home if home is not None else Path.home()
-    kubeconfig, source = args.kubeconfig, "--kubeconfig"
+    kubeconfig, source = getattr(args, "kubeconfig", None), "--kubeconfig"
     if not kubeconfig and env.get("KUBECONFIG"):
         kubeconfig, source = env["KUBECONFIG"].split(os.pathsep)[0], "$KUBECONFIG"
     if not kubeconfig:
         state = _dev_state(args, env)
         if state is not None and state.state == "running" and state.kubeconfig:
-            kubeconfig, source = state.kubeconfig, "the local cluster (kubelambda dev up)"
+            kubeconfig, source = state.kubeconfig, LOCAL_SOURCE
     if not kubeconfig and (home / ".kube" / "config").exists():
         kubeconfig, source = str(home / ".kube" / "config"), "~/.kube/config"
     if not kubeconfig:
@@ -178,35 +192,150 @@ def resolve_target(
     return Target(kubeconfig=kubeconfig, namespace=namespace, source=source)
 
 
-def resolve_gateway(args: argparse.Namespace, *, env: Mapping[str, str] = os.environ) -> str:
-    """``--endpoint-url`` > ``$KUBELAMBDA_GATEWAY_URL`` > the dev cluster's gateway."""
+# How a cluster publishes its gateway to the CLI (docs/cli.md#finding-the-gateway): the chart's gateway Service
+# carries these labels; an annotation on it names the URL to use from outside (an Ingress, a load balancer).
+GATEWAY_SELECTOR = "app.kubernetes.io/name=kubelambda,app.kubernetes.io/component=gateway"
+GATEWAY_URL_ANNOTATION = "kubelambda.io/gateway-url"
+
+
+def kubeconfig_server(kubeconfig: str) -> str | None:
+    """The API server of the kubeconfig's current context."""
+    try:
+        config = yaml.safe_load(Path(kubeconfig).read_text()) or {}
+        context = next(c["context"] for c in config["contexts"] if c["name"] == config.get("current-context"))
+        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+        return str(cluster["server"]).rstrip("/")
+    except (OSError, yaml.YAMLError, KeyError, StopIteration, TypeError):
+        return None
+
+
+def local_platform_serving(server: str, args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Any:
+    """The running local platform whose API server is ``server``: the command's own state folder first, then
+    every named platform under :func:`state_home`."""
+    return next((s for s in _local_platforms(args, env) if str(s.server or "").rstrip("/") == server), None)
+
+
+def gateway_of_service(service: JSON, server: str) -> tuple[str | None, str]:
+    """``(url, what was found)`` for one gateway Service: its annotation's URL; a LoadBalancer's address; a
+    NodePort on the API server's host (kind and single-node clusters map it there); a ClusterIP: none."""
+    meta, spec = service.get("metadata") or {}, service.get("spec") or {}
+    name = f"Service {meta.get('namespace')}/{meta.get('name')}"
+    annotated = (meta.get("annotations") or {}).get(GATEWAY_URL_ANNOTATION)
+    if annotated:
+        return str(annotated).rstrip("/"), f"{name} (annotation {GATEWAY_URL_ANNOTATION})"
+    ports = spec.get("ports") or [{}]
+    port = next((p for p in ports if p.get("name") == "http"), ports[0])
+    kind = spec.get("type", "ClusterIP")
+    if kind == "LoadBalancer":
+        for ingress in (service.get("status") or {}).get("loadBalancer", {}).get("ingress") or []:
+            host = ingress.get("hostname") or ingress.get("ip")
+            if host:
+                return f"http://{host}:{port.get('port')}", f"{name} (LoadBalancer)"
+        return None, f"{name} is a LoadBalancer without an address yet"
+    if kind == "NodePort" and port.get("nodePort"):
+        host = urllib.parse.urlsplit(server).hostname or "127.0.0.1"
+        return f"http://{host}:{port['nodePort']}", f"{name} (NodePort on the API server's host)"
+    return None, f"{name} is {kind}: not reachable from outside the cluster"
+
+
+async def _gateway_services(kubeconfig: str) -> tuple[list[JSON], str]:
+    """The cluster's gateway Services (every namespace, else ``kubelambda-system`` when listing all is not
+    allowed), and how they were looked for."""
+    from kubelambda.kube import ApiError, KubeClient
+
+    params = {"labelSelector": GATEWAY_SELECTOR}
+    async with KubeClient.from_kubeconfig(kubeconfig) as kube:
+        try:
+            found = await kube.list("/api/v1/services", params=params)
+            return list(found.get("items") or []), "in every namespace"
+        except ApiError as e:
+            if e.status != 403:
+                raise
+        found = await kube.list("/api/v1/namespaces/kubelambda-system/services", params=params)
+        return list(found.get("items") or []), "in kubelambda-system (listing every namespace is not allowed)"
+
+
+def discover_gateway(kubeconfig: str, server: str) -> tuple[str | None, list[str]]:
+    """The gateway the cluster publishes (:func:`gateway_of_service`), and what was tried."""
+    import aiohttp
+
+    from kubelambda.kube import ApiError
+
+    where = f"Services labelled {GATEWAY_SELECTOR}"
+    try:
+        services, scope = asyncio.run(_gateway_services(kubeconfig))
+    except (ApiError, aiohttp.ClientError, OSError, ValueError, KeyError, StopIteration) as e:
+        return None, [f"{where}: the lookup at the API server {server} failed ({type(e).__name__}: {e})"]
+    if not services:
+        return None, [f"{where} {scope}: none"]
+    found = [gateway_of_service(svc, server) for svc in services]
+    urls = sorted({url for url, _ in found if url})
+    if len(urls) > 1:
+        raise CliError(
+            f"the cluster at {server} publishes several gateways: {', '.join(urls)}",
+            hint="pick one with --endpoint-url (or $KUBELAMBDA_GATEWAY_URL)",
+            code=EXIT_USAGE,
+        )
+    return (urls[0] if urls else None), [note for _, note in found]
+
+
+def resolve_gateway(
+    args: argparse.Namespace, *, env: Mapping[str, str] = os.environ, home: Path | None = None
+) -> str:
+    """``--endpoint-url`` > ``$KUBELAMBDA_GATEWAY_URL`` > the gateway of the cluster the command talks to (as
+    :func:`resolve_target` picks it): a running local platform of that API server (its dev.json), else the
+    gateway the cluster publishes (its gateway Service: :func:`discover_gateway`)."""
     if getattr(args, "endpoint_url", None):
         return str(args.endpoint_url).rstrip("/")
     if env.get("KUBELAMBDA_GATEWAY_URL"):
         return env["KUBELAMBDA_GATEWAY_URL"].rstrip("/")
-    state = _dev_state(args, env)
-    if state is not None and state.state == "running" and state.gateway_url:
-        return str(state.gateway_url).rstrip("/")
+    tried = ["no --endpoint-url", "no $KUBELAMBDA_GATEWAY_URL"]
+    try:
+        target = resolve_target(args, env=env, home=home)
+    except CliError as e:
+        raise CliError(
+            f"no gateway: {', '.join(tried)}, and no cluster ({e.message})",
+            hint="start one with `kubelambda dev up`, or pass --endpoint-url http://GATEWAY",
+            code=EXIT_USAGE,
+        ) from e
+    if target.source == LOCAL_SOURCE:  # the command's own local platform (its dev.json)
+        state = _dev_state(args, env)
+        if state is not None and state.gateway_url:
+            return str(state.gateway_url).rstrip("/")
+    server = kubeconfig_server(target.kubeconfig) or "?"
+    local = local_platform_serving(server, args, env)
+    if local is not None and local.gateway_url:
+        return str(local.gateway_url).rstrip("/")
+    tried.append(f"no running local platform under {state_home(env)} serves {server}")
+    url, notes = discover_gateway(target.kubeconfig, server)
+    if url is not None:
+        return url
     raise CliError(
-        "no gateway: no --endpoint-url, no $KUBELAMBDA_GATEWAY_URL, no running local cluster",
-        hint="start one with `kubelambda dev up`, or pass --endpoint-url http://GATEWAY",
+        f"no gateway for the cluster at {server} (kubeconfig from {target.source}): {'; '.join(tried + notes)}",
+        hint=f"pass --endpoint-url http://GATEWAY, or annotate the gateway Service with {GATEWAY_URL_ANNOTATION}: "
+        "URL (docs/cli.md#finding-the-gateway); a local platform: `kubelambda dev status`",
         code=EXIT_USAGE,
     )
+
+
+def _local_platforms(args: argparse.Namespace, env: Mapping[str, str]) -> list[Any]:
+    """Every running local platform's state: the command's own, then each under :func:`state_home`."""
+    from kubelambda.devcluster import DevState
+
+    home = state_home(env)
+    folders = [state_dir_of(args, env), *(sorted(home.iterdir()) if home.is_dir() else [])]
+    states = [DevState.read(folder) for folder in folders]
+    return [s for s in states if s is not None and s.state == "running"]
 
 
 def resolve_credentials(
     args: argparse.Namespace, gateway_url: str, *, env: Mapping[str, str] = os.environ
 ) -> tuple[str, str] | None:
-    """The access key to sign with: the local cluster's developer key when talking to its gateway, else
+    """The access key to sign with: a local platform's developer key when talking to its gateway, else
     ``$AWS_ACCESS_KEY_ID``/``$AWS_SECRET_ACCESS_KEY``, else none (only a gateway with auth off answers)."""
-    state = _dev_state(args, env)
-    if (
-        state is not None
-        and state.state == "running"
-        and str(state.gateway_url or "").rstrip("/") == gateway_url
-        and state.aws_access_key_id
-    ):
-        return str(state.aws_access_key_id), str(state.aws_secret_access_key)
+    for state in _local_platforms(args, env):
+        if str(state.gateway_url or "").rstrip("/") == gateway_url and state.aws_access_key_id:
+            return str(state.aws_access_key_id), str(state.aws_secret_access_key)
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
     return None
