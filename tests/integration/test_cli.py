@@ -321,6 +321,54 @@ async def test_errors_are_one_line_with_a_hint_and_a_meaningful_exit_code(env: E
     assert_one_line_error(await gone("list"), 1, "does not exist")
 
 
+async def test_the_gateway_is_found_through_the_kubeconfigs_cluster(env: Env, tmp_path: Path) -> None:
+    """No --endpoint-url, no $KUBELAMBDA_GATEWAY_URL, no local platform: `invoke` asks the cluster $KUBECONFIG
+    points at for its gateway Service (the chart's labels; the URL from outside in the annotation
+    kubelambda.io/gateway-url, docs/cli.md#finding-the-gateway), and names what it tried when there is none."""
+    cli = Cli(env.cluster, env.url, tmp_path / "state", XDG_STATE_HOME=str(tmp_path / "xdg"))
+    del cli.env["KUBELAMBDA_GATEWAY_URL"]
+    folder = tmp_path / "found"
+    await cli.ok("init", "python3.11", str(folder), "--name", "found")
+    await cli.ok("deploy", str(folder), "-n", env.namespace)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kubelambda-gateway",
+            "labels": {"app.kubernetes.io/name": "kubelambda", "app.kubernetes.io/component": "gateway"},
+            "annotations": {"kubelambda.io/gateway-url": env.url},
+        },
+        "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 8080}]},
+    }
+    env.apply(service)
+    try:
+        invoked = await cli.ok("invoke", f"{env.namespace}/found", "--payload", '{"name": "found"}')
+        assert json.loads(invoked.stdout)["message"] == "Hello, found!"
+        # Without the annotation a ClusterIP Service cannot be reached from here: one line naming what was tried.
+        env.cluster.kubectl(
+            "annotate", "service", "kubelambda-gateway", "-n", env.namespace, "kubelambda.io/gateway-url-"
+        )
+        unreachable = await cli("invoke", f"{env.namespace}/found")
+        assert_one_line_error(
+            unreachable,
+            2,
+            "no gateway for the cluster at https://127.0.0.1:",
+            "(kubeconfig from $KUBECONFIG)",
+            "no running local platform under",
+            f"Service {env.namespace}/kubelambda-gateway is ClusterIP: not reachable from outside the cluster",
+            "--endpoint-url",
+            "kubelambda.io/gateway-url",
+        )
+    finally:
+        env.cluster.kubectl(
+            "delete", "service", "kubelambda-gateway", "-n", env.namespace, "--ignore-not-found"
+        )
+    gone = await cli("invoke", f"{env.namespace}/found")
+    assert_one_line_error(
+        gone, 2, "Services labelled app.kubernetes.io/name=kubelambda,app.kubernetes.io/component=gateway"
+    )
+
+
 def start_watch(folder: Path, namespace: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "kubelambda", "deploy", str(folder), "-n", namespace, "--watch"],
