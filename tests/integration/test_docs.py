@@ -1,7 +1,9 @@
 """Every documented shell step runs as written: the ``sh``/``bash`` blocks of README.md, docs/quickstart.md,
 docs/invoking.md, docs/async.md and each example's README, in order, in a new user's clean shell, from a folder
-that looks like a fresh clone (links to the checkout's entries: kltest.docs), against one local platform of this
-module's own (``$XDG_STATE_HOME`` in the test's folder).
+that looks like a fresh clone (links to the checkout's entries: kltest.docs) whose ``.venv`` is the wheel built
+from this checkout, installed in a fresh venv (kltest.wheel; with the ``test`` extra, which the examples' snippets
+and the AWS CLI come from), against one local platform of this module's own (``$XDG_STATE_HOME`` in the test's
+folder).
 
 A block that cannot run here is marked in its page (``<!-- docs-test: skip: why -->``, and the page says why);
 this module checks that every such mark gives a reason and that each page keeps the steps it is about. A page
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kltest.docs import checkout_copy, clean_env, run_page, shell_blocks
-from kltest.platform import REPO
+from kltest.wheel import wheel_venv
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +111,7 @@ class Walk:
 
     def kubelambda(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(REPO / ".venv" / "bin" / "kubelambda"), *args],
+            [str(self.work / ".venv" / "bin" / "kubelambda"), *args],
             env=self.env, cwd=self.work, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 
@@ -119,7 +121,8 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walk]:
     root = tmp_path_factory.mktemp("docs")
     logs = root / "logs"
     logs.mkdir()
-    walk = Walk(checkout_copy(root / "kubelambda"), clean_env(root / "state"), logs)
+    venv = wheel_venv(root / "wheel", extras="servers,test")
+    walk = Walk(checkout_copy(root / "kubelambda", venv), clean_env(root / "state"), logs)
     try:
         yield walk
     finally:
@@ -134,7 +137,7 @@ def test_every_skipped_block_says_why() -> None:
             assert block.skipped is None or len(block.skipped) > 20, block
 
 
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(3000)  # the first page waits for the wheel's venv too
 @pytest.mark.parametrize("page", PAGES, ids=[p.path for p in PAGES])
 def test_the_page_runs_as_written(page: Page, walk: Walk) -> None:
     for run in range(1, page.runs + 1):

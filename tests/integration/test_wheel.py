@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kltest.platform import REPO
+from kltest.wheel import wheel_venv
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +27,10 @@ def run(
 
 @pytest.mark.timeout(1200)
 def test_a_wheel_in_a_fresh_venv_runs_the_platform_from_any_folder(tmp_path: Path) -> None:
-    wheels, venv, work, other = tmp_path / "wheels", tmp_path / "venv", tmp_path / "work", tmp_path / "other"
-    for folder in (wheels, work, other):
+    work, other = tmp_path / "work", tmp_path / "other"
+    for folder in (work, other):
         folder.mkdir()
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)], cwd=tmp_path,
-        env=dict(os.environ))  # fmt: skip
-    (wheel,) = wheels.glob("kubelambda-*.whl")
-    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, env=dict(os.environ))
-    run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[servers]"], cwd=tmp_path, env=dict(os.environ))
+    venv = wheel_venv(tmp_path)
 
     # A clean shell: no variable of ours, the fresh venv first on PATH (not the checkout's), a state home of its own.
     env = {

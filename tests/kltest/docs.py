@@ -10,6 +10,7 @@ Nothing else is left out or rewritten: a step that cannot run as written is fixe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -61,14 +62,17 @@ def script(page: str, trace: Path) -> str:
     return "\n".join(parts) + "\n"
 
 
-def checkout_copy(work: Path) -> Path:
-    """A folder that looks like a fresh clone to the steps (they run "from the checkout": ``.venv/bin/…``,
-    ``examples/``, ``make demo``), made of links to the repository's entries, so what the steps write
-    (``hello/``, ``out.json``) lands here and not in the repository."""
+def checkout_copy(work: Path, venv: Path) -> Path:
+    """A folder that looks like a fresh clone after ``make venv`` to the steps (they run "from the checkout":
+    ``.venv/bin/…``, ``examples/``, ``make demo``): links to the repository's entries, so what the steps write
+    (``hello/``, ``out.json``) lands here and not in the repository, and ``.venv`` is ``venv`` (the wheel's, in a
+    fresh venv: kltest.wheel), marked as made so that ``make`` leaves it as it is."""
     work.mkdir(parents=True, exist_ok=True)
     for entry in REPO.iterdir():
-        if entry.name != ".git" and not (work / entry.name).exists():
+        if entry.name not in (".git", ".venv") and not (work / entry.name).exists():
             (work / entry.name).symlink_to(entry)
+    (work / ".venv").symlink_to(venv)
+    (venv / ".installed").touch()
     return work
 
 
@@ -100,11 +104,13 @@ def run_page(page: str, *, work: Path, env: dict[str, str], log: Path, timeout: 
             start_new_session=True,
         )
         try:
-            code = proc.wait(timeout=timeout)
+            code: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the steps' background servers too
-            proc.wait()
             code = None
+        # What a failed page left running in the background (its servers: its clean-up never ran) goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     said = log.read_text(errors="replace")
     what = "timed out" if code is None else f"exit {code}"
     traced = trace.read_text(errors="replace") if trace.exists() else ""
