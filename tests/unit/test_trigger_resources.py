@@ -33,6 +33,27 @@ BUCKET = {"endpoint": "http://s3:8333", "bucket": "photos", "credentialsSecret":
 
 
 @pytest.mark.parametrize(
+    ("on_failure", "functions"),
+    [
+        ({"function": "failures"}, ["failures", "fn"]),
+        ({"function": "fn"}, ["fn"]),
+        ({"url": "https://hooks.example.com/x"}, ["fn"]),
+        (None, ["fn"]),
+    ],
+    ids=["function", "itself", "url", "none"],
+)
+def test_a_stream_bridge_may_invoke_its_on_failure_function(
+    on_failure: dict[str, str] | None, functions: list[str]
+) -> None:
+    """The bridge sends discarded records to onFailure.function as itself (the gateway checks RBAC)."""
+    stream: dict[str, Any] = {"kafka": {"bootstrapServers": ["k:9092"], "topic": "t"}}
+    if on_failure is not None:
+        stream["onFailure"] = on_failure
+    (invoke,) = [r for r in b.make_role(trigger(stream=stream))["rules"] if "invoke" in r["verbs"]]
+    assert invoke["resourceNames"] == functions
+
+
+@pytest.mark.parametrize(
     ("spec", "secrets"),
     [
         ({"schedule": {"expression": "rate(5 minutes)"}}, []),

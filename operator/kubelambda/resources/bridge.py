@@ -107,6 +107,15 @@ def make_service_account(trigger: TriggerObject) -> JSON:
     }
 
 
+def invoked_functions(trigger: TriggerObject) -> list[str]:
+    """The Functions the bridge invokes: the Trigger's, and a stream's ``onFailure.function``."""
+    names = [trigger.spec.function_name]
+    stream = trigger.spec.stream
+    if stream is not None and stream.on_failure is not None and stream.on_failure.function:
+        names.append(stream.on_failure.function)
+    return sorted(set(names))
+
+
 def make_role(trigger: TriggerObject) -> JSON:
     rules: list[JSON] = [
         {"apiGroups": [GROUP], "resources": ["triggers"], "resourceNames": [trigger.name], "verbs": ["get"]},
@@ -122,11 +131,12 @@ def make_role(trigger: TriggerObject) -> JSON:
             "resourceNames": [checkpoint_name(trigger.name)],
             "verbs": ["get", "patch", "update"],
         },
-        # The bridge invokes exactly its Function, as its own ServiceAccount (gateway/auth, docs/security.md).
+        # The bridge invokes exactly its Function (and a stream's onFailure Function), as its own ServiceAccount
+        # (gateway/auth, docs/security.md).
         {
             "apiGroups": [GROUP],
             "resources": ["functions"],
-            "resourceNames": [trigger.spec.function_name],  # invoke on a Function covers its qualifiers
+            "resourceNames": invoked_functions(trigger),  # invoke on a Function covers its qualifiers
             "verbs": ["invoke"],
         },
     ]

@@ -226,13 +226,25 @@ class FailureDestination:
                 "X-Amz-Invocation-Type": "Event",
                 "X-Kubelambda-Idempotency-Key": key,
             }
+            # As the bridge's own invocations: its ServiceAccount's token (a gateway with auth refuses the rest).
+            bearer = self.ctx.invoker.token() if self.ctx.invoker.token is not None else None
+            if bearer:
+                headers["Authorization"] = f"Bearer {bearer}"
             async with self.ctx.http.post(
                 f"{base}/2015-03-31/functions/{path}/invocations",
                 data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=30),
             ) as resp:
-                await resp.read()
+                said = await resp.read()
+                if resp.status != 202:
+                    log.warning(
+                        "The on-failure Function %s of Trigger %s answered %d: %s",
+                        dest.function,
+                        self.ctx.name,
+                        resp.status,
+                        said[:300].decode(errors="replace"),
+                    )
                 return resp.status == 202
         if dest.url:
             async with self.ctx.http.post(
