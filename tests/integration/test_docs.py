@@ -79,7 +79,7 @@ PAGES = (
     ),
     Page(
         "examples/stream-processor/README.md",
-        ("Kafka on 127.0.0.1:9092", "discarded 1 record(s) of shardId-", "eventsDelivered"),
+        ("customer", "discarded 1 record(s) of shardId-", "eventsDelivered"),
         starts_platform=True,
     ),
     Page(
