@@ -113,12 +113,15 @@ def add_gateway_option(parser: argparse.ArgumentParser) -> None:
         help="the gateway (default: $KUBELAMBDA_GATEWAY_URL, else the gateway of the kubeconfig's cluster: a "
         "running local platform's, or the one the cluster's gateway Service publishes)",
     )
-    parser.add_argument(
-        "--kubeconfig",
-        default=None,
-        help="the cluster whose gateway to use (default: $KUBECONFIG, else the running local platform, "
-        "else ~/.kube/config)",
-    )
+    if (
+        "--kubeconfig" not in parser._option_string_actions
+    ):  # a command of the cluster too (add_cluster_options)
+        parser.add_argument(
+            "--kubeconfig",
+            default=None,
+            help="the cluster whose gateway to use (default: $KUBECONFIG, else the running local platform, "
+            "else ~/.kube/config)",
+        )
 
 
 def add_output_option(parser: argparse.ArgumentParser) -> None:
