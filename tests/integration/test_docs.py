@@ -13,6 +13,7 @@ runs); pages that stop it (``dev down``) leave the next page to start it again.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,7 +122,9 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walk]:
     root = tmp_path_factory.mktemp("docs")
     logs = root / "logs"
     logs.mkdir()
-    venv = wheel_venv(root / "wheel", extras="servers,test")
+    # $KLTEST_DOCS_VENV: a venv made so before (to run one page again without building the wheel again).
+    given = os.environ.get("KLTEST_DOCS_VENV")
+    venv = Path(given) if given else wheel_venv(root / "wheel", extras="servers,test")
     walk = Walk(checkout_copy(root / "kubelambda", venv), clean_env(root / "state"), logs)
     try:
         yield walk
