@@ -85,7 +85,7 @@ PAGES = (
     ),
     Page(
         "examples/orders-table/README.md",
-        ("PostgreSQL at postgresql://", "CREATE TABLE", "INSERT", "MODIFY", "mail to ann about order 1"),
+        ("CREATE TABLE", "INSERT", "MODIFY", "mail to ann about order 1"),
     ),
     Page(
         "README.md",
