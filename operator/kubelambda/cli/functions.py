@@ -395,7 +395,7 @@ async def _show_records(
     return count
 
 
-async def _gateway_logs(args: argparse.Namespace, url: str, namespace: str, name: str) -> None:
+async def _gateway_logs(args: argparse.Namespace, url: str, namespace: str, name: str) -> tuple[int, str]:
     """Every invocation's log through the gateway's logs route (docs/logs.md): no access to the store needed,
     signed with the access key as ``invoke`` is; the gateway checks that the caller may get the Function."""
     import aiohttp
@@ -452,8 +452,7 @@ async def _gateway_logs(args: argparse.Namespace, url: str, namespace: str, name
         raise CliError(
             f"cannot reach the gateway {url}: {e}", hint="is it running? `kubelambda dev status`"
         ) from e
-    if count == 0 and why:
-        print(why, file=sys.stderr)
+    return count, why
 
 
 def _logs_gateway(args: argparse.Namespace) -> str | None:
@@ -474,8 +473,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     namespace, name = split_name(args.name, target.namespace)
     gateway = _logs_gateway(args)
     if gateway is not None:
-        asyncio.run(_gateway_logs(args, gateway, namespace, name))
-        return EXIT_OK
+        count, why = asyncio.run(_gateway_logs(args, gateway, namespace, name))
+        if count or args.source == "gateway":
+            if count == 0 and why:
+                print(why, file=sys.stderr)
+            return EXIT_OK
+        # auto: the store has nothing for this query (e.g. the platform keeps no logs past pods, so the
+        # namespace has no log stream): the running pods' logs are the next place to look.
+        if why:
+            print(f"{why}; reading the running instances' logs instead", file=sys.stderr)
+        args.source = "pods"
     url = _log_store_url(args, target) if args.source != "pods" else None
     if args.source == "store" and url is None:
         raise CliError(
