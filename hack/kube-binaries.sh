@@ -5,6 +5,7 @@
 #   ~/.cache/kubelambda/bin/helm-<HELM_VERSION>/helm
 #   ~/.cache/kubelambda/bin/node-<KUBE_VERSION>/{kubelet,kube-proxy}  (`node`: only for the container node)
 #   ~/.cache/kubelambda/bin/coredns-<COREDNS_VERSION>/coredns          (`node` too)
+#   ~/.cache/kubelambda/bin/kube-router-<KUBE_ROUTER_VERSION>/kube-router  (`node` too: its NetworkPolicy controller)
 # A directory holding a `.complete` stamp is never rebuilt; change a pin in hack/versions.env to rebuild.
 # Prints the three directories (KUBE_BIN=, ETCD_BIN=, HELM_BIN=) on stdout, progress on stderr.
 set -euo pipefail
@@ -21,6 +22,7 @@ etcd_bin=$cache/bin/etcd-$ETCD_VERSION
 helm_bin=$cache/bin/helm-$HELM_VERSION
 node_bin=$cache/bin/node-$KUBE_VERSION
 coredns_bin=$cache/bin/coredns-$COREDNS_VERSION
+kube_router_bin=$cache/bin/kube-router-$KUBE_ROUTER_VERSION
 
 build_kube() {
   local work=$cache/build/kube-$KUBE_VERSION
@@ -97,6 +99,13 @@ build_coredns() {
 
 # build_single NAME MODULE VERSION PACKAGE DEST LDFLAGS: one binary from one Go module, built in a throwaway
 # module that requires it (so its own go.mod, replaces aside, decides the dependency versions).
+# kube-router's NetworkPolicy controller (iptables + ipset; the container node runs it with only --run-firewall).
+build_kube_router() {
+  build_single kube-router github.com/cloudnativelabs/kube-router/v2 "$KUBE_ROUTER_VERSION" \
+    github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "$kube_router_bin" \
+    "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION"
+}
+
 build_single() {
   local name=$1 module=$2 version=$3 package=$4 dest=$5 ldflags=$6
   local work=$cache/build/$name-$version
@@ -129,8 +138,8 @@ for name in kube etcd helm; do
   dir_var=${name}_bin
   if [[ $want == all || $want == "$name" ]] && [[ ! -f ${!dir_var}/.complete ]]; then complete=false; fi
 done
-if [[ $want == node ]]; then  # the container node's: the control plane's module, then kubelet, kube-proxy, CoreDNS
-  for dir in "$kube_bin" "$node_bin" "$coredns_bin"; do [[ -f $dir/.complete ]] || complete=false; done
+if [[ $want == node ]]; then  # the container node's: the control plane's module, kubelet, kube-proxy, CoreDNS, kube-router
+  for dir in "$kube_bin" "$node_bin" "$coredns_bin" "$kube_router_bin"; do [[ -f $dir/.complete ]] || complete=false; done
 fi
 if ! $complete; then
   mkdir -p "$cache"
@@ -152,8 +161,11 @@ if [[ $want == node ]]; then
   [[ -f $kube_bin/.complete ]] || build_kube
   [[ -f $node_bin/.complete ]] && log "kubelet, kube-proxy $KUBE_VERSION cached in $node_bin" || build_node
   [[ -f $coredns_bin/.complete ]] && log "coredns $COREDNS_VERSION cached in $coredns_bin" || build_coredns
+  [[ -f $kube_router_bin/.complete ]] && log "kube-router $KUBE_ROUTER_VERSION cached in $kube_router_bin" \
+    || build_kube_router
   echo "NODE_BIN=$node_bin"
   echo "COREDNS_BIN=$coredns_bin"
+  echo "KUBE_ROUTER_BIN=$kube_router_bin"
 fi
 echo "KUBE_BIN=$kube_bin"
 echo "ETCD_BIN=$etcd_bin"

@@ -11,18 +11,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kltest import Cluster, start_cluster
+from kltest import Cluster, create_namespace, start_cluster
 from kltest.cluster import kubectl_bin
 from kltest.e2e import host_snapshot
 from kltest.platform import lambda_client
 from kubelambda.devcluster import DevState
+from kubelambda.devcluster._chart import RESTRICTED
 from kubelambda.devcluster._containernode import cleanup_host, host_leftovers
+from kubelambda.kube import KubeClient, resource_path
 
 E2E_DIR = Path(tempfile.gettempdir()) / "kubelambda-e2e"
 
@@ -65,3 +67,11 @@ def client(cluster: Cluster) -> Any:
     assert s.gateway_url, "dev.json names no gateway"
     assert s.aws_access_key_id, "dev.json names no access key"
     return lambda_client(s.gateway_url, s.aws_access_key_id, s.aws_secret_access_key)
+
+
+@pytest.fixture
+async def namespace(cluster: Cluster, kube: KubeClient) -> AsyncIterator[str]:
+    """Each test's namespace enforces Pod Security ``restricted``: every function pod of the suite must pass it."""
+    name = await create_namespace(kube, "t", labels=RESTRICTED)
+    yield name
+    await kube.delete(resource_path("v1", "namespaces", name=name))

@@ -1,20 +1,27 @@
 """Functions on real containers: a hello of every runtime image built here, through the chart's gateway (boto3),
-scale to zero and back, the kernel's OOM killer → Lambda's out-of-memory error, timeouts, an Event invoke retried."""
+scale to zero and back, the kernel's OOM killer → Lambda's out-of-memory error, CPU proportional to memory (the
+container's CFS quota), timeouts, an Event invoke retried. Every test's namespace enforces Pod Security
+``restricted`` (conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kltest import Cluster, wait_for
 from kltest.e2e import example, function_pods, invoke, python, ready, report
+from kubelambda.devcluster._containernode import CGROUP_ROOT, import_image
 from kubelambda.kube import KubeClient
 
-# Runtime → (example, what its hello answers contain). Java's examples need a code image built with Maven (not here).
+# Runtime → example. java21 runs from a code image built here (test_java21_from_a_code_image).
 HELLOS = {
     "python3.11": "hello-python3.11",
     "python3.13": "hello-python3.13",
@@ -144,3 +151,100 @@ async def test_event_invoke_is_retried_after_a_function_error(
         what="the retried Event invocation to succeed (its log line)",
         timeout=180,
     )
+
+
+SPIN = """
+import time
+
+
+def handler(event, context):
+    started, cpu = time.monotonic(), time.process_time()
+    total = 0
+    for i in range(event["n"]):
+        total += i * i
+    return {"wall": time.monotonic() - started, "cpu": time.process_time() - cpu}
+"""
+
+
+def cpu_quota(pod: dict[str, Any]) -> tuple[int, int]:
+    """The function container's CFS quota and period, read from its cgroup on the host (cgroup v1 or v2)."""
+    uid = pod["metadata"]["uid"]
+    [status] = pod["status"]["containerStatuses"]
+    container = status["containerID"].removeprefix("containerd://")
+    base = Path("/sys/fs/cgroup")
+    if (base / "cgroup.controllers").exists():  # v2: "max 100000" or "<quota> <period>"
+        [found] = base.glob(f"{CGROUP_ROOT.strip('/')}/**/pod{uid}/{container}/cpu.max")
+        quota, period = found.read_text().split()
+        return int(quota), int(period)
+    [found] = (base / "cpu").glob(f"{CGROUP_ROOT.strip('/')}/**/pod{uid}/{container}")
+    return int((found / "cpu.cfs_quota_us").read_text()), int((found / "cpu.cfs_period_us").read_text())
+
+
+async def test_cpu_is_proportional_to_memory(
+    cluster: Cluster, kube: KubeClient, client: Any, namespace: str
+) -> None:
+    """Lambda's 1,769 MB = 1 vCPU: the operator's CPU limit becomes the container's CFS quota, which the kernel
+    applies (a fixed loop, measured at both sizes, is printed; timing is not asserted)."""
+    sizes = {"spin128": 128, "spin1769": 1769}
+    for name, mb in sizes.items():
+        cluster.apply(
+            python(name, SPIN, memoryMB=mb, timeoutSeconds=120, scaling={"minInstances": 1}), namespace
+        )
+    for name in sizes:
+        await ready(cluster, namespace, name)
+    pods = {
+        p["metadata"]["labels"]["kubelambda.io/function"]: p for p in await function_pods(kube, namespace)
+    }
+    for name, mb in sizes.items():
+        millicores = math.ceil(mb * 1000 / 1769)
+        [container] = pods[name]["spec"]["containers"]
+        assert container["resources"]["limits"]["cpu"] == f"{millicores}m", container["resources"]
+        quota, period = cpu_quota(pods[name])
+        assert (quota, period) == (millicores * period // 1000, period), (name, quota, period)
+        spun = await asyncio.to_thread(invoke, client, f"{namespace}/{name}", {"n": 2_000_000})
+        print(
+            f"{name}: CPU limit {millicores}m, quota {quota}/{period} us; 2e6-step loop took "
+            f"{spun['body']['wall']:.2f} s wall, {spun['body']['cpu']:.2f} s CPU"
+        )
+
+
+JAVA_HELLO = """\
+package e2e;
+import java.util.Map;
+public class Hello {
+  public static Map<String, Object> handle(Map<String, Object> event) {
+    return Map.of("hello", event.get("name"), "java", System.getProperty("java.specification.version"));
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def java21_code_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A code image FROM the java21 runtime image (classes compiled here, no Maven), imported into the node."""
+    work = tmp_path_factory.mktemp("java21")
+    src = work / "Hello.java"
+    src.write_text(JAVA_HELLO)
+    subprocess.run(["javac", "--release", "21", "-d", str(work / "task"), str(src)], check=True, timeout=300)
+    (work / "Dockerfile").write_text("FROM ghcr.io/kubelambda/runtime-java:21\nCOPY task/ /var/task/\n")
+    digest = hashlib.sha256(JAVA_HELLO.encode()).hexdigest()[:12]
+    image = f"kubelambda.io/e2e/hello-java21:{digest}"
+    subprocess.run(["docker", "build", "-q", "-t", image, str(work)], check=True, timeout=600)
+    import_image(image)
+    return image
+
+
+async def test_java21_from_a_code_image(
+    cluster: Cluster, kube: KubeClient, client: Any, namespace: str, java21_code_image: str
+) -> None:
+    doc = example(
+        "hello-java21", handler="e2e.Hello::handle", code={"image": java21_code_image}, memoryMB=512
+    )
+    doc["spec"]["timeoutSeconds"] = 30
+    cluster.apply(doc, namespace)
+    await ready(cluster, namespace, "hello-java21")
+    answer = await asyncio.to_thread(invoke, client, f"{namespace}/hello-java21", {"name": "e2e"})
+    assert "FunctionError" not in answer, answer["body"]
+    assert answer["body"] == {"hello": "e2e", "java": "21"}, answer["body"]
+    [pod] = [p for p in await function_pods(kube, namespace) if p["status"].get("phase") == "Running"]
+    assert pod["spec"]["containers"][0]["image"] == java21_code_image

@@ -1,5 +1,6 @@
-"""The suite's last module (it changes and then removes the platform): ``helm upgrade`` to a changed value,
-``helm uninstall`` leaving nothing but the CRDs, then ``kubelambda dev down`` leaving nothing on the host."""
+"""The suite's last module (it changes and then removes the platform): ``helm upgrade`` to changed values (two
+gateway replicas, a python3.11 warm pool), a cold invoke served by a pool pod, ``helm uninstall`` leaving nothing
+but the CRDs, then ``kubelambda dev down`` leaving nothing on the host."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from typing import Any
 import pytest
 
 from kltest import Cluster, wait_for
-from kltest.e2e import host_snapshot
+from kltest.e2e import host_snapshot, invoke, python, ready
 from kubelambda.devcluster._binaries import ensure_binaries, repo_root
 from kubelambda.devcluster._containernode import host_leftovers
 
 SYSTEM = "kubelambda-system"
 INSTANCE = "app.kubernetes.io/instance=kubelambda"
+POOL = "kubelambda.io/pool-runtime=python3.11"
 
 
 def helm(cluster: Cluster, *args: str) -> str:
@@ -34,7 +36,8 @@ def helm(cluster: Cluster, *args: str) -> str:
 async def test_helm_upgrade_to_a_changed_value(cluster: Cluster, client: Any) -> None:
     helm(
         cluster, "upgrade", "kubelambda", str(repo_root() / "helm" / "kubelambda"), "-n", SYSTEM,
-        "--reuse-values", "--set", "gateway.replicas=2", "--wait", "--timeout", "5m",
+        "--reuse-values", "--set", "gateway.replicas=2", "--set", "gateway.warmPools.sizes.python3\\.11=1",
+        "--wait", "--timeout", "5m",
     )  # fmt: skip
     deployment = cluster.kubectl_json("get", "deployment", "-n", SYSTEM, "kubelambda-gateway")
     assert deployment["spec"]["replicas"] == 2
@@ -42,6 +45,40 @@ async def test_helm_upgrade_to_a_changed_value(cluster: Cluster, client: Any) ->
     # The upgraded gateway answers, authenticating the developer's key: no such Function.
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         await asyncio.to_thread(client.invoke, FunctionName="default/no-such-function", Payload=b"{}")
+
+
+@pytest.mark.timeout(600)
+async def test_a_cold_invoke_is_served_by_a_warm_pool_pod(
+    cluster: Cluster, client: Any, namespace: str
+) -> None:
+    def ready_pool_pods() -> list[Any]:
+        pods = cluster.kubectl_json("get", "pods", "-A", "-l", POOL)["items"]
+        return [
+            p
+            for p in pods
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+        ]
+
+    [pool_pod, *_] = await wait_for(
+        lambda: asyncio.to_thread(ready_pool_pods),
+        bool,
+        what="a ready python3.11 pool pod (the gateway applies its pool Deployment)",
+        timeout=300,
+    )
+    # Pool pods are containers of the kubelet too, admitted by the system namespace's Pod Security "restricted".
+    assert pool_pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+    cluster.apply(python("pooled", "def handler(event, context):\n    return 'from the pool'\n"), namespace)
+    await ready(cluster, namespace, "pooled")
+    answer = await asyncio.to_thread(invoke, client, f"{namespace}/pooled")
+    headers = answer["ResponseMetadata"]["HTTPHeaders"]
+    assert answer["body"] == "from the pool", answer["body"]
+    assert headers.get("x-kubelambda-cold-start") == "true", headers
+    served_by = headers.get("x-kubelambda-warm-pool")
+    assert served_by is not None, f"the cold invoke was not served by a pool pod: {headers}"
+    pool_pods = {
+        p["metadata"]["name"] for p in cluster.kubectl_json("get", "pods", "-A", "-l", POOL)["items"]
+    }
+    assert served_by in pool_pods, (served_by, pool_pods)  # a claimed pod keeps its runtime label
 
 
 @pytest.mark.timeout(900)

@@ -156,11 +156,11 @@ def start_cluster(
     raise RuntimeError(f"the local cluster did not start (state dir {state_dir}):\n{tail}")
 
 
-async def create_namespace(kube: KubeClient, prefix: str) -> str:
-    """A new namespace ``<prefix>-<random>``, once pods can be made in it (the admission plugin refuses them
-    until the controller-manager has made the namespace's default ServiceAccount)."""
+async def create_namespace(kube: KubeClient, prefix: str, labels: dict[str, str] | None = None) -> str:
+    """A new namespace ``<prefix>-<random>`` (with ``labels``), once pods can be made in it (the admission plugin
+    refuses them until the controller-manager has made the namespace's default ServiceAccount)."""
     name = f"{prefix}-{secrets.token_hex(4)}"
-    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": name}})
+    await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": name, "labels": labels or {}}})
     await wait_for(
         lambda: kube.get_or_none(resource_path("v1", "serviceaccounts", namespace=name, name="default")),
         lambda sa: sa is not None,

@@ -83,4 +83,24 @@ def host_snapshot() -> dict[str, set[str]]:
         | {line.split()[0] for line in lines("iptables-save", "-t", "filter") if line.startswith(":")},
         "iptables nat": {line for line in lines("iptables-save", "-t", "nat") if not line.startswith(":")}
         | {line.split()[0] for line in lines("iptables-save", "-t", "nat") if line.startswith(":")},
+        "ipsets": lines("ipset", "list", "-n"),
     }
+
+
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+    print("connected")
+except OSError as e:
+    print(type(e).__name__, e)
+"""
+
+
+def connect(cluster: Cluster, namespace: str, pod: str, ip: str, port: int, container: str = "") -> str:
+    """A TCP connect from inside ``pod`` (its image has python3) to ``ip``:``port``: ``connected`` or the error."""
+    which = ["-c", container] if container else []
+    out = cluster.kubectl(
+        "exec", "-n", namespace, pod, *which, "--", "python3", "-c", CONNECT, ip, str(port)
+    ).stdout.strip()
+    return out

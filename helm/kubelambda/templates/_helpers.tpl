@@ -161,8 +161,9 @@ podAntiAffinity:
     - {port: 53, protocol: TCP}
 # The Kubernetes API server.
 - ports:
-    - {port: 443, protocol: TCP}
-    - {port: 6443, protocol: TCP}
+    {{- range .Values.networkPolicy.apiServerPorts }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
   {{- with .Values.networkPolicy.apiServerCIDRs }}
   to:
     {{- range . }}

@@ -4,6 +4,10 @@
 containerd, so ``pullPolicy: Never``), NATS from ``kubelambda.io/dev/nats`` (hack/node-images.sh: no registry
 serves the official image here) on a hostPath PersistentVolume made for its claim, and the gateway on a NodePort
 of the node address. ``<state>/dev.json`` says how it is reached (``gateway_url``, ``gateway_access``).
+
+The release namespace enforces Pod Security ``restricted`` (every pod of the chart, warm-pool pods included, must
+pass it), and the chart's NetworkPolicies are enforced (kube-router): their API-server egress names the API
+server's own address and port, which is what the enforcer sees after kube-proxy's DNAT.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ REGISTRY = "ghcr.io/kubelambda"
 GATEWAY_NODE_PORT = 30080
 PV_ROOT = Path("/var/lib/kubelambda/pv")
 NATS_PV = "kubelambda-dev-nats-data"
+# Pod Security Standards: the release namespace enforces (and warns and audits at) "restricted".
+RESTRICTED = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
 
 
 def chart_images(*, control_plane: bool = True) -> list[str]:
@@ -56,6 +62,9 @@ class ChartPlatform:
     admin_kubeconfig: Path
     node_ip: str
     nats_image: str  # kubelambda.io/dev/nats:<version>
+    api_server_port: (
+        int  # where the API server listens on the node address (the `kubernetes` Service's endpoint)
+    )
     gateway_url: str = ""
     access: str = ""
     access_key_id: str = ""
@@ -92,6 +101,9 @@ class ChartPlatform:
             "--set", f"gateway.service.nodePort={GATEWAY_NODE_PORT}",
             # The async worker as pods of its own (the chart's default runs it inside the gateway).
             "--set", "async.worker.separate=true",
+            # Enforced NetworkPolicies see the API server's endpoint, not the Service's 443.
+            "--set", f"networkPolicy.apiServerCIDRs={{{self.node_ip}/32}}",
+            "--set", f"networkPolicy.apiServerPorts={{{self.api_server_port}}}",
         ]  # fmt: skip
 
     async def _nats_volume(self, kube: KubeClient) -> None:
@@ -117,8 +129,24 @@ class ChartPlatform:
                 },
             )
 
+    async def _restricted_namespace(self, kube: KubeClient) -> None:
+        """The release namespace, labelled to enforce Pod Security ``restricted`` before anything runs in it."""
+        path = resource_path("v1", "namespaces", name=SYSTEM_NS)
+        if await kube.get_or_none(path) is None:
+            await kube.create(
+                resource_path("v1", "namespaces"),
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": SYSTEM_NS, "labels": RESTRICTED},
+                },
+            )
+        else:
+            await kube.patch(path, {"metadata": {"labels": RESTRICTED}})
+
     async def install(self) -> None:
         async with KubeClient.from_kubeconfig(self.admin_kubeconfig) as kube:
+            await self._restricted_namespace(kube)
             await self._nats_volume(kube)
         chart = repo_root() / "helm" / "kubelambda"
         await asyncio.to_thread(

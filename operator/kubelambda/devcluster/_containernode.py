@@ -2,7 +2,8 @@
 
 ``kubelambda dev up --node container`` joins it to the same control plane the process node uses. Pods are real
 containers (runc, cgroups, network namespaces on a CNI bridge), images come from ``make images`` (imported from
-Docker into the node's containerd), Services work through kube-proxy (iptables) and names through CoreDNS.
+Docker into the node's containerd), Services work through kube-proxy (iptables), names through CoreDNS and
+NetworkPolicies through kube-router's network policy controller (iptables and ipset; ``--run-firewall`` only).
 
 What it makes on the host, and removes on stop (and on ``dev down`` / the next start after a crash):
 
@@ -11,7 +12,8 @@ What it makes on the host, and removes on stop (and on ``dev down`` / the next s
 - the kubelet (root dir ``/var/lib/kubelambda/kubelet``, pods' cgroups under ``/kubelambda-node``), its mounts;
 - the CNI bridge ``klbr0`` with ``10.245.0.0/24`` (host-local IPAM, state in the state dir), veths;
 - iptables: two FORWARD rules for the pod subnet (comment ``kubelambda-container-node``; Docker's FORWARD policy
-  is DROP) and kube-proxy's ``KUBE-*`` chains (``kube-proxy --cleanup``);
+  is DROP), kube-proxy's ``KUBE-*`` chains (``kube-proxy --cleanup``) and kube-router's (``KUBE-ROUTER-*``,
+  ``KUBE-POD-FW-*``, ``KUBE-NWPLCY-*``) with its ipsets (``KUBE-SRC-*``, ``KUBE-DST-*``);
 - CoreDNS on the node address, port 53 (the pods' ``clusterDNS``).
 
 Only one container node runs on a machine at a time (a lock in ``/run/kubelambda``): kube-proxy's chains and
@@ -63,7 +65,7 @@ CNI_BIN = Path("/usr/lib/cni")
 CNI_CACHE = Path("/var/lib/cni")
 RECORD = "container-node.json"
 # Debian packages the container node needs (.ci/run installs them).
-PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack")
+PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack", "ipset")
 
 
 class ContainerNodeError(RuntimeError):
@@ -75,10 +77,12 @@ class NodeBinaries:
     kubelet: Path
     kube_proxy: Path
     coredns: Path
+    kube_router: Path  # only its NetworkPolicy controller runs (--run-firewall)
 
 
 def ensure_node_binaries() -> NodeBinaries:
-    """kubelet and kube-proxy from the pinned Kubernetes module, CoreDNS from its own (built once, cached)."""
+    """kubelet and kube-proxy from the pinned Kubernetes module, CoreDNS and kube-router from their own (built once,
+    cached)."""
     result = subprocess.run(
         ["bash", str(repo_root() / "hack" / "kube-binaries.sh"), "node"],
         check=True,
@@ -86,8 +90,13 @@ def ensure_node_binaries() -> NodeBinaries:
         text=True,
     )
     dirs = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    node, coredns = Path(dirs["NODE_BIN"]), Path(dirs["COREDNS_BIN"])
-    return NodeBinaries(kubelet=node / "kubelet", kube_proxy=node / "kube-proxy", coredns=coredns / "coredns")
+    node, coredns, router = Path(dirs["NODE_BIN"]), Path(dirs["COREDNS_BIN"]), Path(dirs["KUBE_ROUTER_BIN"])
+    return NodeBinaries(
+        kubelet=node / "kubelet",
+        kube_proxy=node / "kube-proxy",
+        coredns=coredns / "coredns",
+        kube_router=router / "kube-router",
+    )
 
 
 def check_host() -> None:
@@ -101,6 +110,7 @@ def check_host() -> None:
         ("runc", "runc"),
         ("iptables", "iptables"),
         ("conntrack", "conntrack"),
+        ("ipset", "ipset"),
         ("ip", "iproute2"),
     ):
         if shutil.which(program) is None:
@@ -176,6 +186,7 @@ def host_leftovers() -> list[str]:
         if _run("iptables", "-C", *rule, check=False).returncode == 0:
             left.append(f"iptables {' '.join(rule)}")
     left += [f"{family} -t {table} {line}" for family, table, line in _kube_rules()]
+    left += [f"ipset {name}" for name in _kube_ipsets()]
     left += [f"process {pid} ({what})" for pid, what in _our_processes()]
     left += [f"cgroup {d}" for d in _cgroup_dirs()]
     return left
@@ -209,6 +220,14 @@ def _remove_kube_rules() -> None:
     for family, table, line in rules:
         if line.startswith(":"):
             _run(family, "-t", table, "-X", line[1:].split()[0], check=False)
+
+
+def _kube_ipsets() -> list[str]:
+    """kube-router's ipsets (the pods and blocks its NetworkPolicy rules match)."""
+    if shutil.which("ipset") is None:
+        return []
+    names = _run("ipset", "list", "-n", check=False).stdout.decode(errors="replace").split()
+    return [n for n in names if n.removeprefix("inet6:").startswith(("KUBE-SRC-", "KUBE-DST-"))]
 
 
 def _our_processes() -> list[tuple[int, str]]:
@@ -255,7 +274,9 @@ def cleanup_host(state_dir: Path) -> list[str]:
     proxy = record.get("kube_proxy")
     if proxy and Path(proxy).exists():
         _run(proxy, "--cleanup", check=False)
-    _remove_kube_rules()  # what --cleanup leaves: the kubelet's own chains (KUBE-FIREWALL, canaries)
+    _remove_kube_rules()  # what --cleanup leaves: the kubelet's and kube-router's chains (KUBE-FIREWALL, canaries)
+    for name in _kube_ipsets():  # after the rules that match them
+        _run("ipset", "destroy", name, check=False)
     for d in sorted(_cgroup_dirs(), key=lambda p: len(p.parts), reverse=True):
         for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):
@@ -278,6 +299,21 @@ def _read_record(state_dir: Path) -> dict[str, Any]:
         return data
     except (OSError, ValueError):
         return {}
+
+
+def import_image(image: str) -> None:
+    """``docker save`` of ``image`` → ``ctr images import`` into the running node's containerd."""
+    save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+    assert save.stdout is not None
+    result = subprocess.run(
+        ["ctr", "--address", str(SOCKET), "-n", "k8s.io", "images", "import", "--no-unpack", "-"],
+        stdin=save.stdout,
+        capture_output=True,
+        check=False,
+    )
+    save.stdout.close()
+    if save.wait() != 0 or result.returncode != 0:
+        raise ContainerNodeError(f"importing {image} failed: {result.stderr.decode()[-500:]}")
 
 
 @dataclass
@@ -345,6 +381,7 @@ class ContainerNode:
         self._start_coredns()
         self._start_kubelet()
         self._start_kube_proxy()
+        self._start_kube_router()
         await self._wait_ready()
         logger.info("Started the container node %s in %.1f s", self.node_name, time.monotonic() - started)
 
@@ -429,17 +466,7 @@ oom_score = 0
                 todo.append((image, ident))
         for image, ident in todo:
             started = time.monotonic()
-            save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-            assert save.stdout is not None
-            result = subprocess.run(
-                ["ctr", "--address", str(SOCKET), "-n", "k8s.io", "images", "import", "--no-unpack", "-"],
-                stdin=save.stdout,
-                capture_output=True,
-                check=False,
-            )
-            save.stdout.close()
-            if save.wait() != 0 or result.returncode != 0:
-                raise ContainerNodeError(f"importing {image} failed: {result.stderr.decode()[-500:]}")
+            import_image(image)
             imported[image] = ident
             IMPORTED.write_text(json.dumps(imported, indent=1, sort_keys=True) + "\n")
             logger.info("Imported %s into the node's containerd in %.1f s", image, time.monotonic() - started)
@@ -574,6 +601,28 @@ oom_score = 0
             [str(self.binaries.kube_proxy), f"--config={path}", "--v=1"], log=self.logs / "kube-proxy.log"
         )
 
+    def _start_kube_router(self) -> None:
+        """kube-router's NetworkPolicy controller alone: iptables chains per pod (KUBE-POD-FW-*) jumped to from
+        FORWARD, INPUT and OUTPUT, ipsets of the selected pods. Not kube-network-policies: it needs nftables'
+        ``queue`` expression, which this machine's kernel lacks (docs/local-cluster.md)."""
+        self._procs["kube-router"] = spawn(
+            [
+                str(self.binaries.kube_router),
+                "--run-firewall=true",
+                "--run-router=false",
+                "--run-service-proxy=false",
+                "--enable-cni=false",
+                "--enable-ipv6=false",
+                f"--kubeconfig={self.admin_kubeconfig}",
+                f"--hostname-override={self.node_name}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--health-port={free_port()}",
+                "--iptables-sync-period=1m",
+                "--v=1",
+            ],
+            log=self.logs / "kube-router.log",
+        )
+
     async def _wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         last = "not registered"
@@ -603,7 +652,10 @@ oom_score = 0
         return {name: proc.pid for name, proc in self._procs.items()}
 
     def describe(self) -> str:
-        return f"container node (containerd, kubelet, CNI bridge {BRIDGE} {POD_SUBNET}, kube-proxy iptables)"
+        return (
+            f"container node (containerd, kubelet, CNI bridge {BRIDGE} {POD_SUBNET}, kube-proxy iptables, "
+            "NetworkPolicies by kube-router)"
+        )
 
     # stop -----------------------------------------------------------------------------------------------
 
@@ -639,7 +691,7 @@ oom_score = 0
                 await self._drain()
             except Exception:
                 logger.exception("Draining the container node failed; removing its containers by force")
-        for name in ("kube-proxy", "kubelet", "coredns"):
+        for name in ("kube-router", "kube-proxy", "kubelet", "coredns"):
             proc = self._procs.pop(name, None)
             if proc is not None:
                 await stop(proc, grace_seconds=10)
@@ -679,5 +731,6 @@ __all__ = [
     "cleanup_host",
     "ensure_node_binaries",
     "host_leftovers",
+    "import_image",
     "node_address",
 ]

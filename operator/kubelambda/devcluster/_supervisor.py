@@ -303,7 +303,7 @@ async def _serve_container(
             binaries=node_binaries,
             images=images,
         )
-        logger.info("Starting the container node (containerd, CoreDNS, kubelet, kube-proxy)")
+        logger.info("Starting the container node (containerd, CoreDNS, kubelet, kube-proxy, kube-router)")
         await node.start()
         await wait_until_usable(plane.kubeconfig, node_name)
         if platform:
@@ -311,7 +311,12 @@ async def _serve_container(
 
             logger.info("Installing kubelambda from its Helm chart")
             chart = ChartPlatform(
-                state_dir, binaries, plane.kubeconfig, node_ip=node_ip, nats_image=node.images[1]
+                state_dir,
+                binaries,
+                plane.kubeconfig,
+                node_ip=node_ip,
+                nats_image=node.images[1],
+                api_server_port=plane.ports.apiserver,
             )
             await chart.install()
             state.gateway_url = chart.gateway_url
