@@ -3,13 +3,13 @@
 
 .PHONY: node-binaries node-packages e2e bench-container-node
 
-# kubelet, kube-proxy (the pinned Kubernetes module) and CoreDNS, built once into ~/.cache/kubelambda/bin.
+# kubelet, kube-proxy (the pinned Kubernetes module), CoreDNS and kube-router, built once into ~/.cache/kubelambda/bin.
 node-binaries: binaries
 	bash hack/kube-binaries.sh node
 
-# Debian's containerd, runc, CNI plugins, conntrack (root). Docker comes from `make images` (hack/docker-up.sh).
+# Debian's containerd, runc, CNI plugins, conntrack, ipset (kube-router) (root). Docker comes from `make images` (hack/docker-up.sh).
 node-packages:
-	@missing=$$(for p in containerd runc containernetworking-plugins conntrack iptables; do \
+	@missing=$$(for p in containerd runc containernetworking-plugins conntrack iptables ipset; do \
 		dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi

@@ -381,8 +381,8 @@ class ContainerNode:
         self._start_coredns()
         self._start_kubelet()
         self._start_kube_proxy()
-        self._start_kube_router()
         await self._wait_ready()
+        self._start_kube_router()  # it reads its Node object at start: only once the kubelet registered it
         logger.info("Started the container node %s in %.1f s", self.node_name, time.monotonic() - started)
 
     # containerd -----------------------------------------------------------------------------------------
