@@ -332,6 +332,36 @@ def test_external_nats_and_async_off(helm: Path) -> None:
     assert not [d for d in docs if d["kind"] == "StatefulSet"]
 
 
+def test_api_server_egress_names_its_ports_and_addresses(helm: Path) -> None:
+    """Egress to the API server: ports 443 and 6443 by default; an enforcer after kube-proxy's DNAT (the container
+    node's kube-router) needs the endpoint's own port and address instead."""
+
+    def api_rule(docs: list[JSON]) -> JSON:
+        dns, api, *_ = find(docs, "NetworkPolicy", "kubelambda-operator")["spec"]["egress"]
+        assert dns["ports"][0]["port"] == 53, dns
+        rule: JSON = api
+        return rule
+
+    assert api_rule(render(helm))["ports"] == [
+        {"port": 443, "protocol": "TCP"},
+        {"port": 6443, "protocol": "TCP"},
+    ]
+    docs = render(
+        helm,
+        "--set",
+        "networkPolicy.apiServerPorts={24001}",
+        "--set",
+        "networkPolicy.apiServerCIDRs={192.0.2.2/32}",
+    )
+    rule = api_rule(docs)
+    assert rule == {
+        "ports": [{"port": 24001, "protocol": "TCP"}],
+        "to": [{"ipBlock": {"cidr": "192.0.2.2/32"}}],
+    }
+    with pytest.raises(AssertionError, match="apiServerPorts"):
+        render(helm, "--set", "networkPolicy.apiServerPorts={0}")
+
+
 def test_release_name_prefixes_every_name(helm: Path) -> None:
     docs = render(helm, release="edge")
     names = {d["metadata"]["name"] for d in docs}
