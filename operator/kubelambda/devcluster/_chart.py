@@ -130,19 +130,13 @@ class ChartPlatform:
             )
 
     async def _restricted_namespace(self, kube: KubeClient) -> None:
-        """The release namespace, labelled to enforce Pod Security ``restricted`` before anything runs in it."""
-        path = resource_path("v1", "namespaces", name=SYSTEM_NS)
-        if await kube.get_or_none(path) is None:
-            await kube.create(
-                resource_path("v1", "namespaces"),
-                {
-                    "apiVersion": "v1",
-                    "kind": "Namespace",
-                    "metadata": {"name": SYSTEM_NS, "labels": RESTRICTED},
-                },
-            )
-        else:
-            await kube.patch(path, {"metadata": {"labels": RESTRICTED}})
+        """The release namespace, labelled to enforce Pod Security ``restricted`` before anything runs in it
+        (server-side apply: made, or its labels set)."""
+        await kube.apply(
+            resource_path("v1", "namespaces", name=SYSTEM_NS),
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NS, "labels": RESTRICTED}},
+            field_manager="kubelambda-dev",
+        )
 
     async def install(self) -> None:
         async with KubeClient.from_kubeconfig(self.admin_kubeconfig) as kube:
