@@ -36,6 +36,13 @@ def helm(cluster: Cluster, *args: str) -> str:
 async def test_a_cold_invoke_is_served_by_a_warm_pool_pod(
     cluster: Cluster, client: Any, namespace: str
 ) -> None:
+    # One gateway replica: replicas keep their pools and autoscalers apart (docs/scaling.md), so with two a
+    # function one scaled up may be scaled to zero by the other, and the next cold invoke finds no pool pod.
+    helm(
+        cluster, "upgrade", "kubelambda", str(repo_root() / "helm" / "kubelambda"), "-n", SYSTEM,
+        "--reuse-values", "--set", "gateway.warmPools.sizes.python3\\.11=1", "--wait", "--timeout", "5m",
+    )  # fmt: skip
+
     def ready_pool_pods() -> list[Any]:
         pods = cluster.kubectl_json("get", "pods", "-A", "-l", POOL)["items"]
         return [
