@@ -15,12 +15,14 @@ import pytest
 
 from kltest import Cluster, wait_for
 from kltest.e2e import host_snapshot, invoke, python, ready
+from kltest.platform import lambda_client
 from kubelambda.devcluster._binaries import ensure_binaries, repo_root
 from kubelambda.devcluster._containernode import host_leftovers
 
 SYSTEM = "kubelambda-system"
 INSTANCE = "app.kubernetes.io/instance=kubelambda"
 POOL = "kubelambda.io/pool-runtime=python3.11"
+GATEWAY = "app.kubernetes.io/component=gateway"
 
 
 def helm(cluster: Cluster, *args: str) -> str:
@@ -33,15 +35,25 @@ def helm(cluster: Cluster, *args: str) -> str:
 
 
 @pytest.mark.timeout(600)
-async def test_a_cold_invoke_is_served_by_a_warm_pool_pod(
-    cluster: Cluster, client: Any, namespace: str
-) -> None:
+async def test_a_cold_invoke_is_served_by_a_warm_pool_pod(cluster: Cluster, namespace: str) -> None:
     # One gateway replica: replicas keep their pools and autoscalers apart (docs/scaling.md), so with two a
     # function one scaled up may be scaled to zero by the other, and the next cold invoke finds no pool pod.
     helm(
         cluster, "upgrade", "kubelambda", str(repo_root() / "helm" / "kubelambda"), "-n", SYSTEM,
         "--reuse-values", "--set", "gateway.warmPools.sizes.python3\\.11=1", "--wait", "--timeout", "5m",
     )  # fmt: skip
+    # The session's client keeps its connections, NodePort-forwarded to the gateway pod before the upgrade, which
+    # drains them without a pool: a new client, once the old pod is gone.
+    await wait_for(
+        lambda: asyncio.to_thread(
+            lambda: cluster.kubectl("get", "pods", "-n", SYSTEM, "-l", GATEWAY, "-o", "name").stdout.split()
+        ),
+        lambda pods: len(pods) == 1,
+        what="the gateway pod from before the upgrade to go",
+        timeout=120,
+    )
+    s = cluster.state
+    client = lambda_client(s.gateway_url, s.aws_access_key_id, s.aws_secret_access_key)
 
     def ready_pool_pods() -> list[Any]:
         pods = cluster.kubectl_json("get", "pods", "-A", "-l", POOL)["items"]
