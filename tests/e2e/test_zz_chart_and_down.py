@@ -36,11 +36,12 @@ def helm(cluster: Cluster, *args: str) -> str:
 
 @pytest.mark.timeout(600)
 async def test_a_cold_invoke_is_served_by_a_warm_pool_pod(cluster: Cluster, namespace: str) -> None:
-    # One gateway replica: replicas keep their pools and autoscalers apart (docs/scaling.md), so with two a
-    # function one scaled up may be scaled to zero by the other, and the next cold invoke finds no pool pod.
+    # One gateway replica: each replica keeps its own pool view and claims in memory (docs/warm-pools.md), and
+    # before leader election a second replica scaled a function the first had just activated back to zero.
     helm(
         cluster, "upgrade", "kubelambda", str(repo_root() / "helm" / "kubelambda"), "-n", SYSTEM,
-        "--reuse-values", "--set", "gateway.warmPools.sizes.python3\\.11=1", "--wait", "--timeout", "5m",
+        "--reuse-values", "--set", "gateway.replicas=1", "--set", "gateway.warmPools.sizes.python3\\.11=1",
+        "--wait", "--timeout", "5m",
     )  # fmt: skip
     # The session's client keeps its connections, NodePort-forwarded to the gateway pod before the upgrade, which
     # drains them without a pool: a new client, once the old pod is gone.
@@ -49,7 +50,7 @@ async def test_a_cold_invoke_is_served_by_a_warm_pool_pod(cluster: Cluster, name
             lambda: cluster.kubectl("get", "pods", "-n", SYSTEM, "-l", GATEWAY, "-o", "name").stdout.split()
         ),
         lambda pods: len(pods) == 1,
-        what="the gateway pod from before the upgrade to go",
+        what="the gateway pods from before the upgrade to go",
         timeout=120,
     )
     s = cluster.state
