@@ -70,7 +70,7 @@ async def test_a_cold_invoke_is_served_by_a_warm_pool_pod(cluster: Cluster, name
         what="a ready python3.11 pool pod (the gateway applies its pool Deployment)",
         timeout=300,
     )
-    # Pool pods are containers of the kubelet too, admitted by the system namespace's Pod Security "restricted".
+    # Pool pods are containers of the kubelet too.
     assert pool_pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
     cluster.apply(python("pooled", "def handler(event, context):\n    return 'from the pool'\n"), namespace)
     await ready(cluster, namespace, "pooled")
