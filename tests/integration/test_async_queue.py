@@ -112,6 +112,9 @@ class StallingInvoker:
     async def destination_refusal(self, namespace: str, source: str, target: str) -> str | None:
         return None
 
+    def destination_object(self, namespace: str, target: str) -> str:
+        return target
+
     async def invoke_for_worker(
         self, namespace: str, name: str, payload: bytes, *, request_id: str, traceparent: str | None = None
     ) -> tuple[Outcome, Response | None]:

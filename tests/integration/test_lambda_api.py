@@ -5,6 +5,8 @@ docs/versions.md)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import io
 import json
 import os
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import boto3
 import nats
 import pytest
 from botocore.exceptions import ClientError
@@ -32,7 +35,7 @@ from kltest.platform import (
     stop_gateway,
     token_of,
 )
-from kubelambda.devcluster.servers import NatsServer
+from kubelambda.devcluster.servers import NatsServer, S3Server, SqsServer
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -54,12 +57,47 @@ def zipped(source: str) -> bytes:
     return out.getvalue()
 
 
+STORE_KEY, STORE_SECRET = "kubelambda", "kubelambda-secret"  # SeaweedFS without IAM takes any key
+
+
+@pytest.fixture(scope="module")
+async def code_store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[S3Server]:
+    """The platform's S3-compatible code store (SeaweedFS, as ``kubelambda dev up`` runs it)."""
+    async with S3Server(tmp_path_factory.mktemp("code-store")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SqsServer]:
+    async with SqsServer(tmp_path_factory.mktemp("elasticmq")) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 async def platform(
-    cluster: Cluster, kube: KubeClient, nats_server: NatsServer
+    cluster: Cluster, kube: KubeClient, nats_server: NatsServer, code_store: S3Server, sqs_server: SqsServer
 ) -> AsyncIterator[PlatformUnderTest]:
-    async with running_platform(cluster, kube, nats_url=nats_server.url) as platform:
+    async with running_platform(
+        cluster,
+        kube,
+        nats_url=nats_server.url,
+        code_store_endpoint=code_store.endpoint,
+        code_store_access_key_id=STORE_KEY,
+        code_store_secret_access_key=STORE_SECRET,
+        code_store_source_buckets=["uploads"],
+        event_source_sqs_endpoint=sqs_server.endpoint,
+    ) as platform:
         yield platform
+
+
+def s3_client(store: S3Server) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=store.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=STORE_KEY,
+        aws_secret_access_key=STORE_SECRET,
+    )
 
 
 def invoke_sync(client: Any, name: str, **kwargs: Any) -> tuple[JSON, str]:
@@ -559,3 +597,280 @@ async def test_a_queue_trigger_follows_its_alias(env: Env, nats_server: NatsServ
         assert ready["FunctionMissing"]["status"] == "False"
     finally:
         await nc.close()
+
+
+BLOB_HANDLER = """
+import hashlib, os
+
+def handler(event, context):
+    with open(os.path.join(os.path.dirname(__file__), "data", "blob.bin"), "rb") as f:
+        blob = f.read()
+    return {"tag": TAG, "blob": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+"""
+
+
+def blob_zip(tag: str, blob: bytes) -> bytes:
+    """A zip no ConfigMap could hold: a module, and a binary file in a folder."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("app.py", f"TAG = {tag!r}\n" + BLOB_HANDLER)
+        archive.writestr("data/blob.bin", blob)
+    return out.getvalue()
+
+
+async def http_get(url: str) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_zips_go_to_the_code_store(env: Env, code_store: S3Server) -> None:
+    """A binary 3 MiB zip with a folder (no ConfigMap holds it) is stored by its sha256 and fetched by the pods;
+    GetFunction's Code.Location downloads it; CodeSha256 is Lambda's base64; S3Bucket/S3Key/S3ObjectVersion
+    name a zip in the store."""
+    client = lambda_client(env.url)
+    fn = f"{env.namespace}/blobs"
+    blob = os.urandom(3 * 1024 * 1024)
+    code = blob_zip("zip", blob)
+    created = await call(
+        client.create_function,
+        FunctionName=fn,
+        Runtime="python3.11",
+        Role=ROLE,
+        Handler="app.handler",
+        Code={"ZipFile": code},
+    )
+    assert created["CodeSha256"] == base64.b64encode(hashlib.sha256(code).digest()).decode()
+    assert created["CodeSize"] == len(code)
+    await wait_waiter(client, "function_active_v2", FunctionName=fn)
+    await gateway_sees(env, "blobs")
+    body, _ = await asyncio.to_thread(invoke_sync, client, fn)
+    assert body == {"tag": "zip", "blob": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+    obj = env.cluster.kubectl_json("get", "function", "blobs", "-n", env.namespace)
+    assert obj["spec"]["code"]["archive"]["sha256"] == hashlib.sha256(code).hexdigest()
+    configmaps = env.cluster.kubectl_json("get", "configmaps", "-n", env.namespace)["items"]
+    assert [c["metadata"]["name"] for c in configmaps if c["metadata"]["name"].startswith("blobs")] == []
+
+    got = await call(client.get_function, FunctionName=fn)
+    assert got["Configuration"]["CodeSha256"] == created["CodeSha256"]
+    location = got["Code"]["Location"]
+    assert await http_get(location) == (200, code)
+    status, _ = await http_get(location.replace("signature=", "signature=0"))
+    assert status == 403
+    # PublishVersion takes the CodeSha256 GetFunction answered.
+    version = (await call(client.publish_version, FunctionName=fn, CodeSha256=created["CodeSha256"]))[
+        "Version"
+    ]
+    assert version == "1"
+
+    # S3Bucket/S3Key/S3ObjectVersion: an older version of an object in an allowed bucket of the store.
+    s3 = s3_client(code_store)
+    await asyncio.to_thread(s3.create_bucket, Bucket="uploads")
+    await asyncio.to_thread(
+        s3.put_bucket_versioning, Bucket="uploads", VersioningConfiguration={"Status": "Enabled"}
+    )
+    first = blob_zip("s3-old", b"old")
+    put = await asyncio.to_thread(s3.put_object, Bucket="uploads", Key="app.zip", Body=first)
+    await asyncio.to_thread(s3.put_object, Bucket="uploads", Key="app.zip", Body=blob_zip("s3-new", b"new"))
+    updated = await call(
+        client.update_function_code,
+        FunctionName=fn,
+        S3Bucket="uploads",
+        S3Key="app.zip",
+        S3ObjectVersion=put["VersionId"],
+    )
+    assert updated["CodeSha256"] == base64.b64encode(hashlib.sha256(first).digest()).decode()
+    await wait_waiter(client, "function_updated_v2", FunctionName=fn)
+    await wait_for(
+        lambda: asyncio.to_thread(invoke_sync, client, fn),
+        lambda answer: answer[0]["tag"] == "s3-old",
+        what="$LATEST of blobs to run the zip from S3",
+        timeout=120,
+    )
+    body, version = await asyncio.to_thread(invoke_sync, client, fn, Qualifier="1")
+    assert (body["tag"], body["size"], version) == ("zip", len(blob), "1")
+
+    async def error_of(**kwargs: Any) -> tuple[str, str]:
+        with pytest.raises(ClientError) as info:
+            await call(client.update_function_code, FunctionName=fn, **kwargs)
+        return info.value.response["Error"]["Code"], info.value.response["Error"]["Message"]
+
+    code_, message = await error_of(S3Bucket="elsewhere", S3Key="app.zip")
+    assert code_ == "InvalidParameterValueException", message
+    assert "S3Bucket" in message, message
+    code_, message = await error_of(S3Bucket="uploads", S3Key="missing.zip")
+    assert code_ == "InvalidParameterValueException", message
+    assert "NoSuchKey" in message, message
+    code_, message = await error_of(ZipFile=b"not a zip")
+    assert code_ == "InvalidParameterValueException", message
+    assert "Code.ZipFile" in message, message
+    await call(client.delete_function, FunctionName=fn)
+
+
+SINK = """
+import json, os, urllib.request
+
+def handler(event, context):
+    body = json.dumps({"version": context.function_version, "condition": event["requestContext"]["condition"]})
+    request = urllib.request.Request(os.environ["RECORDS_URL"], data=body.encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).close()
+    return {}
+"""
+
+
+async def test_tags_and_a_destination_naming_an_alias(env: Env) -> None:
+    """Tags are an annotation and labels; PutFunctionEventInvokeConfig's OnSuccess names ``sink:live`` and the
+    record of an Event invocation reaches the version the alias names."""
+    client = lambda_client(env.url)
+    key = f"{env.namespace}-sink"
+    arn = f"arn:aws:lambda:us-east-1:{env.namespace}:function"
+    await call(
+        client.create_function,
+        FunctionName=f"{env.namespace}/sink",
+        Runtime="python3.11",
+        Role=ROLE,
+        Handler="app.handler",
+        Code={"ZipFile": zipped(SINK)},
+        Environment={"Variables": {"RECORDS_URL": env.records.url(key)}},
+    )
+    await wait_waiter(client, "function_active_v2", FunctionName=f"{env.namespace}/sink")
+    assert await publish(client, env, "sink") == "1"
+    await call(client.create_alias, FunctionName=f"{env.namespace}/sink", Name="live", FunctionVersion="1")
+    await create(client, env, "source", "src", Tags={"team": "payments", "cost centre": "R&D 42"})
+
+    assert (await call(client.list_tags, Resource=f"{arn}:source"))["Tags"] == {
+        "team": "payments",
+        "cost centre": "R&D 42",
+    }
+    await call(client.tag_resource, Resource=f"{arn}:source", Tags={"stage": "prod"})
+    await call(client.untag_resource, Resource=f"{arn}:source", TagKeys=["cost centre"])
+    assert (await call(client.list_tags, Resource=f"{arn}:source"))["Tags"] == {
+        "team": "payments",
+        "stage": "prod",
+    }
+    labels = env.cluster.kubectl_json("get", "function", "source", "-n", env.namespace)["metadata"]["labels"]
+    assert {k: v for k, v in labels.items() if k.startswith("tags.kubelambda.io/")} == {
+        "tags.kubelambda.io/team": "payments",
+        "tags.kubelambda.io/stage": "prod",
+    }
+    table = env.cluster.kubectl(
+        "get", "fn", "-n", env.namespace, "-l", "tags.kubelambda.io/team=payments"
+    ).stdout
+    assert [line.split()[0] for line in table.splitlines()[1:]] == ["source"]
+
+    fn = f"{env.namespace}/source"
+    with pytest.raises(ClientError) as info:
+        await call(client.get_function_event_invoke_config, FunctionName=fn)
+    assert info.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    config = await call(
+        client.put_function_event_invoke_config,
+        FunctionName=fn,
+        MaximumRetryAttempts=0,
+        DestinationConfig={"OnSuccess": {"Destination": f"{arn}:sink:live"}},
+    )
+    assert config["DestinationConfig"] == {"OnSuccess": {"Destination": f"{arn}:sink:live"}}
+    assert config["MaximumRetryAttempts"] == 0
+    obj = env.cluster.kubectl_json("get", "function", "source", "-n", env.namespace)
+    assert obj["spec"]["async"]["onSuccess"] == {"function": "sink:live"}
+    assert obj["metadata"]["labels"]["tags.kubelambda.io/team"] == "payments"  # the tags stay
+    got = await call(client.get_function_event_invoke_config, FunctionName=fn)
+    assert (got["MaximumRetryAttempts"], got["MaximumEventAgeInSeconds"]) == (0, 21600)
+    updated = await call(
+        client.update_function_event_invoke_config, FunctionName=fn, MaximumEventAgeInSeconds=600
+    )
+    assert (updated["MaximumEventAgeInSeconds"], updated["DestinationConfig"]) == (
+        600,
+        config["DestinationConfig"],
+    )
+    with pytest.raises(ClientError) as info:
+        await call(
+            client.put_function_event_invoke_config,
+            FunctionName=fn,
+            DestinationConfig={"OnFailure": {"Destination": "arn:aws:sns:us-east-1:000000000000:topic"}},
+        )
+    assert info.value.response["Error"]["Code"] == "InvalidParameterValueException"
+    assert "DestinationConfig.OnFailure.Destination" in info.value.response["Error"]["Message"]
+
+    await gateway_sees(env, "source")
+    await call(client.invoke, FunctionName=fn, InvocationType="Event", Payload=b"{}")
+    got_records = await env.records.wait(key, 1, timeout=120)
+    assert got_records[0] == {"version": "1", "condition": "Success"}
+    await call(client.delete_function_event_invoke_config, FunctionName=fn)
+    listed = await call(client.list_function_event_invoke_configs, FunctionName=fn)
+    assert listed["FunctionEventInvokeConfigs"] == []
+
+
+async def test_event_source_mappings_are_triggers(env: Env, sqs_server: SqsServer) -> None:
+    """An SQS event source mapping through the API is a Trigger kubectl shows, delivers the queue's messages to
+    ``fn:live``, and Update/List/Delete map onto it."""
+    client = lambda_client(env.url)
+    fn = f"{env.namespace}/mapped"
+    key = f"{env.namespace}-mapped"
+    await call(
+        client.create_function,
+        FunctionName=fn,
+        Runtime="python3.11",
+        Role=ROLE,
+        Handler="app.handler",
+        Code={"ZipFile": zipped(RECORDER)},
+        Environment={"Variables": {"RECORDS_URL": env.records.url(key)}},
+    )
+    await wait_waiter(client, "function_active_v2", FunctionName=fn)
+    assert await publish(client, env, "mapped") == "1"
+    await call(client.create_alias, FunctionName=fn, Name="live", FunctionVersion="1")
+    sqs = boto3.client(
+        "sqs", endpoint_url=sqs_server.endpoint, region_name="us-east-1", aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )  # fmt: skip
+    queue = f"esm-{env.namespace}"
+    queue_url = (await asyncio.to_thread(sqs.create_queue, QueueName=queue))["QueueUrl"]
+    source_arn = f"arn:aws:sqs:us-east-1:000000000000:{queue}"
+
+    created = await call(
+        client.create_event_source_mapping,
+        FunctionName=f"{fn}:live",
+        EventSourceArn=source_arn,
+        BatchSize=1,
+    )
+    uuid = created["UUID"]
+    assert created["EventSourceArn"] == source_arn
+    assert created["FunctionArn"] == f"arn:aws:lambda:us-east-1:{env.namespace}:function:mapped:live"
+    assert (created["BatchSize"], created["State"]) == (1, "Creating")
+    trigger = env.cluster.kubectl_json("get", "trigger", f"esm-{uuid}", "-n", env.namespace)
+    assert trigger["spec"]["function"] == "mapped:live"
+    assert trigger["spec"]["queue"]["sqs"]["queueUrl"] == f"{sqs_server.endpoint}/000000000000/{queue}"
+    assert queue_url.endswith(f"/000000000000/{queue}")
+    await wait_for(
+        lambda: call(client.get_event_source_mapping, UUID=uuid),
+        lambda got: got["State"] == "Enabled",
+        what="the mapping's Trigger Ready",
+        timeout=180,
+    )
+    await asyncio.to_thread(sqs.send_message, QueueUrl=queue_url, MessageBody="hello")
+    got = await env.records.wait(key, 1, timeout=120)
+    assert (got[0]["version"], got[0]["bodies"]) == ("1", ["hello"])
+
+    updated = await call(client.update_event_source_mapping, UUID=uuid, BatchSize=5, Enabled=False)
+    assert updated["BatchSize"] == 5
+    got_mapping = await call(client.get_event_source_mapping, UUID=uuid)
+    assert (got_mapping["BatchSize"], got_mapping["State"]) == (5, "Disabled")
+    listed = await call(client.list_event_source_mappings, FunctionName=fn)
+    assert [m["UUID"] for m in listed["EventSourceMappings"]] == [uuid]
+    listed = await call(
+        client.list_event_source_mappings, EventSourceArn="arn:aws:sqs:us-east-1:000000000000:other"
+    )
+    assert listed["EventSourceMappings"] == []
+    with pytest.raises(ClientError) as info:
+        await call(
+            client.create_event_source_mapping,
+            FunctionName=fn,
+            EventSourceArn="arn:aws:dynamodb:us-east-1:000000000000:table/t/stream/x",
+        )
+    assert info.value.response["Error"]["Code"] == "InvalidParameterValueException"
+    assert "EventSourceArn" in info.value.response["Error"]["Message"]
+
+    deleted = await call(client.delete_event_source_mapping, UUID=uuid)
+    assert deleted["State"] == "Deleting"
+    with pytest.raises(ClientError) as info:
+        await call(client.get_event_source_mapping, UUID=uuid)
+    assert info.value.response["Error"]["Code"] == "ResourceNotFoundException"

@@ -71,6 +71,9 @@ class Invoker(Protocol):
     ) -> tuple[Outcome, Response | None]:
         """One attempt; ``traceparent``: the attempt's trace parent (docs/tracing.md)."""
 
+    def destination_object(self, namespace: str, target: str) -> str:
+        """The Function object a ``function`` destination (``name``, ``name:N``, ``name:alias``) sends to."""
+
     async def destination_refusal(self, namespace: str, source: str, target: str) -> str | None:
         """None when the Function ``source`` may send records to the Function ``target`` (its execution identity
         may invoke it, or auth is off); else why not (gateway/auth)."""
@@ -392,13 +395,16 @@ class Worker:
     ) -> str:
         body = json.dumps(record).encode()
         if destination.function is not None:
-            refused = await self.invoker.destination_refusal(namespace, source, destination.function)
+            # RBAC names the function (its versions and aliases are its own); the record goes to the object the
+            # qualifier names now.
+            base = destination.function.split(":", 1)[0]
+            refused = await self.invoker.destination_refusal(namespace, source, base)
             if refused is not None:
                 raise PermissionError(refused)
             await self.queue.publish(
                 QueuedEvent(
                     namespace=namespace,
-                    function=destination.function,
+                    function=self.invoker.destination_object(namespace, destination.function),
                     request_id=str(uuid.uuid4()),
                     payload=body,
                     enqueued_at=self.clock(),

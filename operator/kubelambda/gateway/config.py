@@ -111,6 +111,31 @@ class GatewaySettings(BaseSettings):
     """Addresses ``url`` destinations may reach although they are loopback, link-local (cloud metadata), the
     unspecified address or the API server's, JSON list of CIDRs (default empty: none; docs/security.md)."""
 
+    # ---- the code store of the control-plane API (docs/versions.md, "Code") ---------------------------
+    code_store_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    """S3 API endpoint of the platform's code store (``http://seaweedfs.kubelambda-system:8333``); unset = no
+    store: ``Code.ZipFile`` is unpacked into ``code.inline`` (plain text files up to 1 MiB), S3Bucket refused."""
+    code_store_bucket: str = Field(default="kubelambda-code", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    """Bucket of the content-addressed zips (``sha256/<hex>.zip``), created if missing."""
+    code_store_region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$")
+    """Region the store's requests are signed for."""
+    code_store_access_key_id: str | None = None
+    """The store's access key (the Secret's ``AWS_ACCESS_KEY_ID`` in the chart)."""
+    code_store_secret_access_key: SecretStr | None = None
+    """The store's secret key; code URLs are signed with a key derived from it (every replica shares it)."""
+    code_store_source_buckets: list[str] = Field(default_factory=list)
+    """Buckets of the store a CreateFunction / UpdateFunctionCode may name with ``S3Bucket``, JSON list
+    (default empty: none). Anyone allowed to create a function may read any object in them."""
+    code_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    """The gateway URL function pods download stored code from (``http://kubelambda-gateway.kubelambda-system:8080``);
+    unset = the URL the API caller used."""
+
+    event_source_sqs_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    """The SQS-compatible service an event source mapping's queue ARN (``arn:aws:sqs:<region>:<account>:<name>``)
+    is on: the Trigger reads ``<endpoint>/<account>/<name>``; unset = SQS ARNs are refused."""
+    event_source_kinesis_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    """The Kinesis-compatible service an event source mapping's stream ARN is on; unset = refused."""
+
     # ---- who may invoke what (docs/security.md) --------------------------------------------------------
     auth_mode: Literal["kubernetes", "none"] = "kubernetes"
     """``kubernetes`` (default): every call is authenticated (SigV4 with an access key, or a Kubernetes bearer

@@ -31,13 +31,14 @@ from pydantic import ValidationError
 from kubelambda.api.v1alpha1 import API_VERSION, FunctionSpec, alias_object_name
 from kubelambda.api.v1alpha1.alias import ALIAS_NAME
 from kubelambda.gateway.auth import NOBODY, Authoriser, AuthRefused, Identity
+from kubelambda.gateway.codestore import CODE_PATH, ZIP_MAX_BYTES, CodeStore, StoreError, check_zip
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
 from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
 from kubelambda.gateway.registry import Registry
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, KubeClient, resource_path
-from kubelambda.resources.configmap import CONFIGMAP_LIMIT_BYTES
+from kubelambda.resources.configmap import CONFIGMAP_LIMIT_BYTES, code_sha256
 from kubelambda.resources.names import version_object_name
 from kubelambda.resources.status import find_condition
 
@@ -51,8 +52,9 @@ ALIAS_OF_LABEL = "kubelambda.io/alias-of"
 LAST_VERSION_ANNOTATION = "kubelambda.io/last-version"
 """On a Function: the highest version number ever published (numbers are never reused, as in Lambda)."""
 DESCRIPTION_ANNOTATION = "kubelambda.io/description"
+CODE_SIZE_ANNOTATION = "kubelambda.io/code-size"
+"""On a Function whose zip the API stored: the zip's size in bytes (Lambda's CodeSize)."""
 NO_ROLE = "default"  # Role .../role/default: no serviceAccountName (no token mounted)
-ZIP_MAX_BYTES = 50 * 1024 * 1024  # Lambda's direct upload limit (zipped)
 BODY_MAX_BYTES = ZIP_MAX_BYTES * 4 // 3 + 64 * 1024  # the zip, base64 in JSON, and the rest of the request
 SMALL_BODY_MAX_BYTES = 1024 * 1024
 _ROLE = re.compile(r"^arn:aws[a-zA-Z-]*:iam::(?P<account>[^:]+):role/(?:[^:]*/)?(?P<name>[^/:]+)$")
@@ -193,7 +195,7 @@ def _zip_bytes(value: Any) -> bytes:
 
 
 def code_of(code: Any) -> JSON:
-    """``spec.code`` from Lambda's ``Code`` (ZipFile or ImageUri)."""
+    """``spec.code`` from Lambda's ``Code`` (ZipFile or ImageUri) without a code store."""
     if not isinstance(code, dict):
         raise _bad("Code", "must be an object with ZipFile or ImageUri")
     if "ZipFile" in code:
@@ -203,8 +205,8 @@ def code_of(code: Any) -> JSON:
     if "S3Bucket" in code or "S3Key" in code:
         raise _bad(
             "Code.S3Bucket",
-            "S3Bucket/S3Key are not supported yet (kubelambda has no platform code store yet); upload ZipFile, "
-            "or reference the bucket in the Function's spec.code.s3 with kubectl",
+            "S3Bucket/S3Key need the platform's code store (KUBELAMBDA_GATEWAY_CODE_STORE_ENDPOINT, unset on this "
+            "gateway); upload ZipFile, or reference the bucket in the Function's spec.code.s3 with kubectl",
         )
     raise _bad("Code", "set ZipFile or ImageUri")
 
@@ -333,6 +335,7 @@ def configuration(body: JSON, region: str) -> JSON:
     state, reason, update = state_of(body)
     code = spec.code
     size = sum(len(v.encode()) for v in code.inline.values()) if code.inline is not None else 0
+    size = int((meta.get("annotations") or {}).get(CODE_SIZE_ANNOTATION, size))
     out: JSON = {
         "FunctionName": name,
         "FunctionArn": arn if version == "$LATEST" else f"{arn}:{version}",
@@ -344,7 +347,7 @@ def configuration(body: JSON, region: str) -> JSON:
         "Timeout": spec.timeout_seconds,
         "MemorySize": spec.memory_mb,
         "LastModified": _last_modified(meta),
-        "CodeSha256": (body.get("status") or {}).get("codeSha256", ""),
+        "CodeSha256": lambda_sha256(code_sha256(code)),
         "Version": version,
         "Environment": {"Variables": dict(spec.environment)},
         "RevisionId": meta.get("resourceVersion", ""),
@@ -359,6 +362,16 @@ def configuration(body: JSON, region: str) -> JSON:
     if update == "Failed":
         out["LastUpdateStatusReason"] = reason
     return out
+
+
+def lambda_sha256(hex_digest: str) -> str:
+    """Lambda's ``CodeSha256``: the base64 of the digest (of the zip, for stored and archive code)."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+def same_sha256(given: str, hex_digest: str) -> bool:
+    """``given`` (Lambda's base64, or hex) names ``hex_digest``."""
+    return given in (hex_digest, lambda_sha256(hex_digest))
 
 
 def _last_modified(meta: JSON) -> str:
@@ -424,11 +437,21 @@ class LambdaApi:
     registry: Registry | None = None
     """This gateway's cache: an alias write goes into it at once (an UpdateAlias takes effect for the next
     call on this gateway; other replicas follow through their watch)."""
+    store: CodeStore | None = None
+    """The platform's code store (gateway/codestore.py), when ``code_store_endpoint`` is set."""
+
+    def __post_init__(self) -> None:
+        if self.store is None and self.settings.code_store_endpoint is not None:
+            self.store = CodeStore(self.settings)
 
     # ---- plumbing -----------------------------------------------------------------------------------
 
     def register(self, router: web.UrlDispatcher) -> None:
+        from kubelambda.gateway import lambdaextras as x
+
         f = "/2015-03-31/functions"
+        esm = "/2015-03-31/event-source-mappings"
+        config = "/2019-09-25/functions/{name:.+}/event-invoke-config"
         routes: list[tuple[str, str, str, str, str, Handler]] = [
             # method, path, action, verb, resource (functions | functionaliases), handler
             ("POST", f, "CreateFunction", "create", "functions", LambdaApi.create_function),
@@ -460,12 +483,30 @@ class LambdaApi:
              LambdaApi.account_settings),
             ("GET", "/2016-08-19/account-settings/", "GetAccountSettings", "list", "functions",
              LambdaApi.account_settings),
+            ("POST", "/2017-03-31/tags/{name:.+}", "TagResource", "update", "functions", x.tag_resource),
+            ("DELETE", "/2017-03-31/tags/{name:.+}", "UntagResource", "update", "functions", x.untag_resource),
+            ("GET", "/2017-03-31/tags/{name:.+}", "ListTags", "get", "functions", x.list_tags),
+            ("GET", config + "/list", "ListFunctionEventInvokeConfigs", "get", "functions", x.list_invoke_configs),
+            ("PUT", config, "PutFunctionEventInvokeConfig", "update", "functions", x.put_invoke_config),
+            ("POST", config, "UpdateFunctionEventInvokeConfig", "update", "functions", x.update_invoke_config),
+            ("GET", config, "GetFunctionEventInvokeConfig", "get", "functions", x.get_invoke_config),
+            ("DELETE", config, "DeleteFunctionEventInvokeConfig", "update", "functions", x.delete_invoke_config),
+            ("POST", esm, "CreateEventSourceMapping", "create", "triggers", x.create_mapping),
+            ("POST", esm + "/", "CreateEventSourceMapping", "create", "triggers", x.create_mapping),
+            ("GET", esm, "ListEventSourceMappings", "list", "triggers", x.list_mappings),
+            ("GET", esm + "/", "ListEventSourceMappings", "list", "triggers", x.list_mappings),
+            ("GET", esm + "/{uuid}", "GetEventSourceMapping", "get", "triggers", x.get_mapping),
+            ("PUT", esm + "/{uuid}", "UpdateEventSourceMapping", "update", "triggers", x.update_mapping),
+            ("DELETE", esm + "/{uuid}", "DeleteEventSourceMapping", "delete", "triggers", x.delete_mapping),
             # Last: {name:.+} would match the paths above.
             ("GET", f + "/{name:.+}", "GetFunction", "get", "functions", LambdaApi.get_function),
             ("DELETE", f + "/{name:.+}", "DeleteFunction", "delete", "functions", LambdaApi.delete_function),
         ]  # fmt: skip
         for method, path, action, verb, resource, handler in routes:
             router.add_route(method, path, self._endpoint(action, verb, resource, handler))
+        if self.store is not None:
+            # Authorised by the URL's signature (a Function's spec or GetFunction's Code.Location), not a caller.
+            router.add_get(CODE_PATH + "/{sha256:[a-f0-9]{64}}.zip", self.store.serve)
 
     def _endpoint(
         self, action: str, verb: str, resource: str, handler: Handler
@@ -481,14 +522,19 @@ class LambdaApi:
                 ref = None
                 if "name" in request.match_info:
                     ref = self._ref(request.match_info["name"], namespace)
-                elif action == "CreateFunction":
+                elif action in ("CreateFunction", "CreateEventSourceMapping"):
                     ref = self._ref(_str(body, "FunctionName"), namespace)
+                elif action == "ListEventSourceMappings" and request.query.get("FunctionName"):
+                    ref = self._ref(request.query["FunctionName"], namespace)
                 if ref is not None:
                     namespace = ref.namespace
                 name = ref.name if ref is not None and verb != "list" else ""
                 if resource == "functionaliases" and ref is not None:
                     alias = request.match_info.get("alias") or str(body.get("Name", ""))
                     name = alias_object_name(ref.name, alias) if alias else ""
+                if resource == "triggers":
+                    uuid = request.match_info.get("uuid")
+                    name = f"esm-{uuid}" if uuid else ""
                 arn = ref.arn(self.settings.region) if ref is not None else f"arn:aws:lambda:*:{namespace}:*"
                 await self.auth.decide(
                     identity, f"lambda:{action}", verb, namespace, name, arn=arn, resource=resource
@@ -496,7 +542,7 @@ class LambdaApi:
                 return await handler(self, Call(request, identity, namespace, ref, body))
             except AuthRefused as e:
                 return error_response(e.code, e.message)
-            except Failure as e:
+            except (Failure, StoreError) as e:
                 return error_response(e.code, e.message)
             except ApiError as e:
                 failure = kube_failure(e, action)
@@ -566,18 +612,31 @@ class LambdaApi:
         *,
         description: str | None,
         current: JSON | None = None,
+        code_size: int | None = None,
+        tags: dict[str, str] | None = None,
     ) -> JSON:
         """Server-side apply of the whole ``spec`` (what this manager wants; unchanged fields are co-owned).
-        ``description`` None keeps ``current``'s (an apply that leaves out a field this manager set removes it)."""
+        ``description`` and ``code_size`` None keep ``current``'s (an apply that leaves out a field this manager
+        set removes it); so do the tags (:meth:`tag_resource`) this manager set."""
         spec = {k: v for k, v in spec.items() if v is not None}  # None: unset (e.g. Role .../role/default)
         check_spec(spec)
         meta: JSON = {"name": name, "namespace": namespace}
-        if description is None and current is not None:
-            description = ((current.get("metadata") or {}).get("annotations") or {}).get(
-                DESCRIPTION_ANNOTATION
-            )
+        annotations, labels = _own_metadata(current)
         if description is not None:
-            meta["annotations"] = {DESCRIPTION_ANNOTATION: description}
+            annotations[DESCRIPTION_ANNOTATION] = description
+        if code_size is not None:
+            annotations[CODE_SIZE_ANNOTATION] = str(code_size)
+        elif "inline" in (spec.get("code") or {}) or "image" in (spec.get("code") or {}):
+            annotations.pop(CODE_SIZE_ANNOTATION, None)
+        if tags is not None:
+            annotations.pop(TAGS_ANNOTATION, None)
+            labels = {}
+            tag_annotations, labels = tag_metadata(tags)
+            annotations.update(tag_annotations)
+        if annotations:
+            meta["annotations"] = annotations
+        if labels:
+            meta["labels"] = labels
         doc = {"apiVersion": API_VERSION, "kind": "Function", "metadata": meta, "spec": spec}
         try:
             return await self.kube.apply(
@@ -588,6 +647,33 @@ class LambdaApi:
 
     def _config(self, body: JSON) -> JSON:
         return configuration(body, self.settings.region)
+
+    async def _tag(self, ns: str, name: str, tags: dict[str, str], *, current: JSON) -> JSON:
+        """Sets the Function's tags to ``tags`` (its spec as it is)."""
+        return await self._apply_function(
+            ns, name, dict(current.get("spec") or {}), description=None, current=current, tags=tags
+        )
+
+    async def _code(self, call: Call, code: Any) -> tuple[JSON, int | None]:
+        """``spec.code`` from Lambda's ``Code`` and the zip's size when stored: with a code store, a ZipFile or
+        an S3Bucket/S3Key goes into it and the Function references it as ``archive``; without, :func:`code_of`."""
+        if self.store is None or not isinstance(code, dict) or "ImageUri" in code:
+            return code_of(code), None
+        if "ZipFile" in code:
+            data = _zip_bytes(code["ZipFile"])
+            check_zip(data, "Code.ZipFile")
+        elif "S3Bucket" in code or "S3Key" in code:
+            bucket, key = _str(code, "S3Bucket"), _str(code, "S3Key")
+            version = code.get("S3ObjectVersion")
+            if version is not None and not isinstance(version, str):
+                raise _bad("S3ObjectVersion", f"{version!r} is not a string")
+            data = await self.store.read_source(bucket, key, version)
+            check_zip(data, f"S3Key s3://{bucket}/{key}")
+        else:
+            raise _bad("Code", "set ZipFile, S3Bucket and S3Key, or ImageUri")
+        stored = await self.store.put(data)
+        url = self.store.pod_url(call.request, stored.sha256)
+        return {"archive": {"url": url, "sha256": stored.sha256}}, stored.size
 
     # ---- functions ----------------------------------------------------------------------------------
 
@@ -605,12 +691,16 @@ class LambdaApi:
             if field not in call.body:
                 raise _bad(field, "is required for a Zip package")
         spec = spec_changes(call.body, ns, name)
-        spec["code"] = code_of(call.body.get("Code"))
+        spec["code"], size = await self._code(call, call.body.get("Code"))
         if "runtime" not in spec:
             spec["runtime"] = "provided"
         if "handler" not in spec:
             spec["handler"] = "function.handler"
-        created = await self._apply_function(ns, name, spec, description=call.body.get("Description"))
+        created = await self._apply_function(
+            ns, name, spec, description=call.body.get("Description"), code_size=size
+        )
+        if "Tags" in call.body:
+            created = await self._tag(ns, name, _tags(call.body.get("Tags")), current=created)
         if call.body.get("Publish"):
             created = await self._publish(created, description=call.body.get("Description"))
         return _json(self._config(created), 201)
@@ -622,7 +712,14 @@ class LambdaApi:
         code: JSON = {"RepositoryType": "S3"}
         if "image" in spec.get("code", {}):
             code = {"RepositoryType": "ECR", "ImageUri": spec["code"]["image"]}
+        archive = (spec.get("code") or {}).get("archive") or {}
+        stored = self.store.sha_of_url(archive.get("url", "")) if self.store is not None else None
+        if self.store is not None and stored is not None and stored == archive.get("sha256"):
+            code["Location"] = self.store.location(_base_url(call.request), stored)
         out: JSON = {"Configuration": self._config(found), "Code": code}
+        tags = _tags_of(found)
+        if tags:
+            out["Tags"] = tags
         reserved = (spec.get("concurrency") or {}).get("reserved")
         if reserved is not None:
             out["Concurrency"] = {"ReservedConcurrentExecutions": reserved}
@@ -657,9 +754,12 @@ class LambdaApi:
         ns, name = call.ref.namespace, call.ref.name
         current = await self._get_function(ns, name)
         self._check_revision(call, current)
-        code = {k: v for k, v in call.body.items() if k in ("ZipFile", "ImageUri", "S3Bucket", "S3Key")}
-        spec = {**(current.get("spec") or {}), "code": code_of(code)}
-        updated = await self._apply_function(ns, name, spec, description=None, current=current)
+        fields = ("ZipFile", "ImageUri", "S3Bucket", "S3Key", "S3ObjectVersion")
+        code, size = await self._code(call, {k: v for k, v in call.body.items() if k in fields})
+        spec = {**(current.get("spec") or {}), "code": code}
+        updated = await self._apply_function(
+            ns, name, spec, description=None, current=current, code_size=size
+        )
         if call.body.get("Publish"):
             updated = await self._publish(updated, description=None)
         return _json(self._config(updated))
@@ -725,10 +825,11 @@ class LambdaApi:
         current = await self._get_function(call.ref.namespace, call.ref.name)
         self._check_revision(call, current)
         sha = call.body.get("CodeSha256")
-        if sha and sha != (current.get("status") or {}).get("codeSha256"):
+        latest = code_sha256(FunctionSpec.model_validate(current.get("spec") or {}).code)
+        if sha and not same_sha256(str(sha), latest):
             raise Failure(
                 "PreconditionFailedException",
-                f"CodeSha256 {sha!r} is not the code of $LATEST ({(current.get('status') or {}).get('codeSha256')})",
+                f"CodeSha256 {sha!r} is not the code of $LATEST ({lambda_sha256(latest)})",
             )
         return _json(
             self._config(await self._publish(current, description=call.body.get("Description"))), 201
@@ -754,6 +855,9 @@ class LambdaApi:
                 "FunctionName", f"{name!r} is too long to publish versions ({object_name!r} > 63 characters)"
             )
         annotations = {DESCRIPTION_ANNOTATION: description} if description else {}
+        size = (meta.get("annotations") or {}).get(CODE_SIZE_ANNOTATION)
+        if size is not None:
+            annotations[CODE_SIZE_ANNOTATION] = size
         doc: JSON = {
             "apiVersion": API_VERSION,
             "kind": "Function",
@@ -1058,3 +1162,61 @@ async def _read(request: web.Request, limit: int) -> bytes:
         if size > limit:
             raise Failure("RequestEntityTooLargeException", f"Request must be smaller than {limit} bytes")
         chunks.append(chunk)
+
+
+def _base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+# ---- tags (TagResource, UntagResource, ListTags; CreateFunction's Tags) -----------------------------------
+
+TAGS_ANNOTATION = "kubelambda.io/tags"
+"""On a Function: its Lambda tags, a JSON object (any key and value Lambda allows)."""
+TAG_LABEL_PREFIX = "tags.kubelambda.io/"
+"""A tag whose key and value are valid in a label is also the label ``tags.kubelambda.io/<key>`` (``kubectl get fn
+-l tags.kubelambda.io/team=payments``)."""
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def _tags(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _bad("Tags", "must map keys to values")
+    for key, val in value.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= 128 or key.lower().startswith("aws:"):
+            raise _bad("Tags", f"key {key!r} must be 1..128 characters and not start with aws:")
+        if not isinstance(val, str) or len(val) > 256:
+            raise _bad("Tags", f"the value of {key!r} must be a string of at most 256 characters")
+    if len(value) > 50:
+        raise _bad("Tags", f"{len(value)} tags; a function takes at most 50")
+    return dict(value)
+
+
+def _tags_of(body: JSON | None) -> dict[str, str]:
+    raw = (((body or {}).get("metadata") or {}).get("annotations") or {}).get(TAGS_ANNOTATION)
+    try:
+        tags = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
+
+
+def tag_metadata(tags: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(annotations, labels)`` that carry ``tags``."""
+    annotations = {TAGS_ANNOTATION: json.dumps(tags, sort_keys=True)} if tags else {}
+    labels = {
+        TAG_LABEL_PREFIX + k: v for k, v in tags.items() if _LABEL_NAME.match(k) and _LABEL_VALUE.match(v)
+    }
+    return annotations, labels
+
+
+def _own_metadata(current: JSON | None) -> tuple[dict[str, str], dict[str, str]]:
+    """The annotations and labels this API keeps on a Function (description, code size, tags), as they are."""
+    meta = (current or {}).get("metadata") or {}
+    annotations = {
+        k: v
+        for k, v in (meta.get("annotations") or {}).items()
+        if k in (DESCRIPTION_ANNOTATION, CODE_SIZE_ANNOTATION, TAGS_ANNOTATION)
+    }
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith(TAG_LABEL_PREFIX)}
+    return annotations, labels

@@ -309,6 +309,16 @@ class RegistryLookups:
     async def wait_synced(self) -> None:
         await self.registry.synced.wait()
 
+    def destination_object(self, namespace: str, target: str) -> str:
+        """The Function object a ``function`` destination (``name``, ``name:N`` or ``name:alias``) sends to now
+        (an alias with weighted routing picks a version per record); ``target``'s name when nothing matches (the
+        record is then dead-lettered as for a missing Function)."""
+        name, _, qualifier = target.partition(":")
+        try:
+            return self.registry.resolve(FunctionRef(namespace, name, qualifier or "$LATEST")).entry.name
+        except NotFound:
+            return name
+
     def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
         fn = self.registry.functions.get((namespace, name))
         return fn.spec if fn is not None else None

@@ -170,8 +170,13 @@ class Destination(Model):
         )
     )
 
-    function: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
-    """Name of a Function in the same namespace, invoked asynchronously with the record."""
+    function: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:(\$LATEST|[a-zA-Z0-9_-]{1,128}))?$",
+        max_length=192,
+    )
+    """Name of a Function in the same namespace, invoked asynchronously with the record, optionally with a
+    qualifier: ``audit:live`` (an alias, followed as it moves) or ``audit:3`` (a published version)."""
     nats: str | None = Field(default=None, pattern=r"^[^\s*>]+$", max_length=255)
     """A NATS subject the record is published to (on the platform's NATS, JetStream-acknowledged when a stream
     captures the subject)."""
