@@ -164,15 +164,14 @@ class CodeStore:
             args["VersionId"] = version
         try:
             async with self._client() as client:
-                head = await client.head_object(**args)
-                if int(head.get("ContentLength", 0)) > ZIP_MAX_BYTES:
-                    raise StoreError(
-                        "InvalidParameterValueException",
-                        f"S3Key: s3://{bucket}/{key} is {head['ContentLength']} bytes; the limit for a zip "
-                        f"is {ZIP_MAX_BYTES}",
-                    )
                 answer = await client.get_object(**args)
                 async with answer["Body"] as body:
+                    if int(answer.get("ContentLength", 0)) > ZIP_MAX_BYTES:
+                        raise StoreError(
+                            "InvalidParameterValueException",
+                            f"S3Key: s3://{bucket}/{key} is {answer['ContentLength']} bytes; the limit for a "
+                            f"zip is {ZIP_MAX_BYTES}",
+                        )
                     data: bytes = await body.read()
         except ClientError as e:
             raise StoreError(

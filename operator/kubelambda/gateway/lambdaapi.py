@@ -511,6 +511,8 @@ class LambdaApi:
     def _endpoint(
         self, action: str, verb: str, resource: str, handler: Handler
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        from kubelambda.gateway import lambdaextras as x
+
         big = action in ("CreateFunction", "UpdateFunctionCode")
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
@@ -535,6 +537,8 @@ class LambdaApi:
                 if resource == "triggers":
                     uuid = request.match_info.get("uuid")
                     name = f"esm-{uuid}" if uuid else ""
+                    if uuid:
+                        namespace = await x.mapping_namespace(self, uuid, namespace)
                 arn = ref.arn(self.settings.region) if ref is not None else f"arn:aws:lambda:*:{namespace}:*"
                 await self.auth.decide(
                     identity, f"lambda:{action}", verb, namespace, name, arn=arn, resource=resource

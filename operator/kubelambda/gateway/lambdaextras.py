@@ -179,15 +179,25 @@ def invoke_config(api: LambdaApi, body: JSON) -> JSON:
     return out
 
 
+def _configured(function: JSON) -> bool:
+    """Whether the Function has an asynchronous invocation configuration of its own: ``spec.async`` other than
+    the defaults (the CRD fills them in when it is absent)."""
+    config = (function.get("spec") or {}).get("async") or {}
+    return {k: v for k, v in config.items() if v is not None} not in ({}, _DEFAULT_ASYNC)
+
+
+_DEFAULT_ASYNC = {"maxRetries": 2, "maxEventAgeSeconds": 21600}
+
+
 async def _write_async(api: LambdaApi, call: Call, *, merge: bool) -> web.Response:
     assert call.ref is not None
     _qualifier_is_latest(call, "the asynchronous invocation configuration")
     ns, name = call.ref.namespace, call.ref.name
     current = await api._get_function(ns, name)
     spec = dict(current.get("spec") or {})
-    if merge and not spec.get("async"):
+    if merge and not _configured(current):
         raise _not_found(f"EventInvokeConfig of {call.ref.arn(api.settings.region)}")
-    spec["async"] = _async_of(call, spec.get("async") or {} if merge else {})
+    spec["async"] = _async_of(call, (spec.get("async") or {}) if merge else {})
     updated = await api._apply_function(ns, name, spec, description=None, current=current)
     return _json(invoke_config(api, updated))
 
@@ -204,7 +214,7 @@ async def get_invoke_config(api: LambdaApi, call: Call) -> web.Response:
     assert call.ref is not None
     _qualifier_is_latest(call, "the asynchronous invocation configuration")
     current = await api._get_function(call.ref.namespace, call.ref.name)
-    if not (current.get("spec") or {}).get("async"):
+    if not _configured(current):
         raise _not_found(
             f"The function {call.ref.arn(api.settings.region)} doesn't have an EventInvokeConfig"
         )
@@ -214,7 +224,7 @@ async def get_invoke_config(api: LambdaApi, call: Call) -> web.Response:
 async def list_invoke_configs(api: LambdaApi, call: Call) -> web.Response:
     assert call.ref is not None
     current = await api._get_function(call.ref.namespace, call.ref.name)
-    configs = [invoke_config(api, current)] if (current.get("spec") or {}).get("async") else []
+    configs = [invoke_config(api, current)] if _configured(current) else []
     return _json(_page(configs, call.request, "FunctionEventInvokeConfigs", key=lambda c: c["FunctionArn"]))
 
 
@@ -223,7 +233,7 @@ async def delete_invoke_config(api: LambdaApi, call: Call) -> web.Response:
     _qualifier_is_latest(call, "the asynchronous invocation configuration")
     ns, name = call.ref.namespace, call.ref.name
     current = await api._get_function(ns, name)
-    if not (current.get("spec") or {}).get("async"):
+    if not _configured(current):
         raise _not_found(
             f"The function {call.ref.arn(api.settings.region)} doesn't have an EventInvokeConfig"
         )
@@ -241,6 +251,22 @@ async def delete_invoke_config(api: LambdaApi, call: Call) -> web.Response:
 
 def _triggers(namespace: str, name: str | None = None) -> str:
     return resource_path(API_VERSION, "triggers", namespace=namespace, name=name)
+
+
+async def mapping_namespace(api: LambdaApi, mapping: str, default: str) -> str:
+    """The namespace of the mapping ``mapping`` (Lambda's UUIDs are account-wide: one cluster-wide lookup with the
+    gateway's own list right), ``default`` when there is none; the caller's RBAC is then checked there."""
+    if not _UUID.match(mapping):
+        return default
+    listed = await api.kube.list(
+        resource_path(API_VERSION, "triggers"),
+        params={
+            "fieldSelector": f"metadata.name={ESM_PREFIX}{mapping}",
+            "labelSelector": f"{ESM_LABEL}=true",
+        },
+    )
+    items = listed.get("items", [])
+    return str(items[0]["metadata"]["namespace"]) if len(items) == 1 else default
 
 
 def esm_object_name(mapping: str) -> str:
