@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import zipfile
 from typing import Any
@@ -9,7 +11,9 @@ from typing import Any
 import pytest
 
 from kubelambda.api.v1alpha1 import FunctionSpec, alias_object_name
-from kubelambda.gateway import lambdaapi
+from kubelambda.gateway import lambdaapi, lambdaextras
+from kubelambda.gateway.codestore import CodeStore, StoreError, check_zip
+from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.functionname import (
     BadFunctionName,
     FunctionRef,
@@ -17,7 +21,7 @@ from kubelambda.gateway.functionname import (
     qualified,
     qualified_arn,
 )
-from kubelambda.gateway.registry import NotFound, Registry
+from kubelambda.gateway.registry import NotFound, Registry, RegistryLookups
 from kubelambda.gateway.throttler import RESERVED, Throttled, Throttler
 from kubelambda.resources.deployment import function_env
 from kubelambda.resources.names import FunctionObject
@@ -263,3 +267,86 @@ def test_reserved_concurrency_counts_a_function_with_its_versions() -> None:
         assert throttler.in_flight == {"demo/hello": 1, "demo/hello-v1": 1}  # the autoscaler's, per object
         assert throttler.by_function == {"demo/hello": 2}
     assert (throttler.in_flight, throttler.by_function, throttler.total) == ({}, {}, 0)
+
+
+def test_code_sha256_is_lambdas_base64() -> None:
+    digest = hashlib.sha256(b"zip").hexdigest()
+    stored = function("hello")
+    stored["spec"] = {
+        **SPEC,
+        "code": {"archive": {"url": "http://gw/kubelambda/code/x.zip", "sha256": digest}},
+    }
+    stored["metadata"]["annotations"] = {lambdaapi.CODE_SIZE_ANNOTATION: "3"}
+    config = lambdaapi.configuration(stored, "us-east-1")
+    assert config["CodeSha256"] == base64.b64encode(hashlib.sha256(b"zip").digest()).decode()
+    assert config["CodeSize"] == 3
+    assert lambdaapi.same_sha256(config["CodeSha256"], digest)
+    assert lambdaapi.same_sha256(digest, digest)
+    assert not lambdaapi.same_sha256("0" * 64, digest)
+
+
+def test_code_urls_are_signed_and_expire() -> None:
+    store = CodeStore(
+        GatewaySettings(code_store_endpoint="http://store:8333", code_store_secret_access_key="secret")
+    )
+    sha = hashlib.sha256(b"zip").hexdigest()
+    url = store.url("http://gw:8080", sha)
+    assert url.startswith(f"http://gw:8080/kubelambda/code/{sha}.zip?expires=0&signature=")
+    assert store.sha_of_url(url) == sha
+    assert store.sha_of_url("http://example.com/code.zip") is None
+    other = CodeStore(
+        GatewaySettings(code_store_endpoint="http://store:8333", code_store_secret_access_key="other")
+    )
+    assert other.url("http://gw:8080", sha) != url  # the key comes from the store's secret
+    assert "expires=0" not in store.location("http://gw:8080", sha)
+
+
+def test_check_zip_says_what_is_wrong() -> None:
+    with pytest.raises(StoreError, match=r"Code.ZipFile: not a zip archive"):
+        check_zip(b"nope", "Code.ZipFile")
+    with pytest.raises(StoreError) as info:
+        check_zip(b"x" * (50 * 1024 * 1024 + 1), "Code.ZipFile")
+    assert info.value.code == "RequestEntityTooLargeException"
+
+
+def test_tags_are_an_annotation_and_labels_where_they_fit() -> None:
+    tags = lambdaapi._tags({"team": "payments", "cost centre": "R&D 42"})
+    annotations, labels = lambdaapi.tag_metadata(tags)
+    assert labels == {"tags.kubelambda.io/team": "payments"}
+    assert lambdaapi._tags_of({"metadata": {"annotations": annotations}}) == tags
+    with pytest.raises(lambdaapi.Failure, match="aws:"):
+        lambdaapi._tags({"aws:owner": "x"})
+
+
+def test_destinations_from_lambdas_strings() -> None:
+    ref = FunctionRef("demo", "source")
+    arn = "arn:aws:lambda:us-east-1:demo:function"
+    assert lambdaextras.destination_of(f"{arn}:sink:live", "D", ref) == {"function": "sink:live"}
+    assert lambdaextras.destination_of("arn:aws:lambda:us-east-1:123456789012:function:sink", "D", ref) == {
+        "function": "sink"
+    }
+    assert lambdaextras.destination_of("sink:3", "D", ref) == {"function": "sink:3"}
+    assert lambdaextras.destination_of("https://hooks.example/x", "D", ref) == {
+        "url": "https://hooks.example/x"
+    }
+    for bad, says in [
+        ("arn:aws:sqs:us-east-1:000000000000:q", "SQS, SNS"),
+        (f"{arn.replace(':demo:', ':other:')}:sink", "namespace 'other'"),
+    ]:
+        with pytest.raises(lambdaapi.Failure, match=says):
+            lambdaextras.destination_of(bad, "DestinationConfig.OnSuccess.Destination", ref)
+    assert lambdaextras.destination_arn({"function": "sink:live"}, ref, "us-east-1") == f"{arn}:sink:live"
+
+
+def test_a_registry_resolves_a_destination_with_a_qualifier(registry: Registry) -> None:
+    class Lookups(RegistryLookups):
+        def arn_region(self) -> str:
+            return "us-east-1"
+
+    lookups = Lookups()
+    lookups.registry = registry
+    assert lookups.destination_object("demo", "hello") == "hello"
+    assert lookups.destination_object("demo", "hello:2") == "hello-v2"
+    assert lookups.destination_object("demo", "hello:edge") == "hello"
+    assert lookups.destination_object("demo", "hello:live") in ("hello-v1", "hello-v2")
+    assert lookups.destination_object("demo", "hello:nope") == "hello"  # dead-lettered as before
