@@ -129,16 +129,24 @@ async def gateway_sees(env: Env, name: str) -> None:
     )
 
 
-async def create(client: Any, env: Env, name: str, tag: str, **kwargs: Any) -> JSON:
+async def create_from(client: Any, fn: str, source: str | bytes, **kwargs: Any) -> JSON:
+    """CreateFunction of a python3.11 ``app.handler`` from ``source`` (the module's text, or a zip)."""
+    code = source if isinstance(source, bytes) else zipped(source)
     created: JSON = await call(
         client.create_function,
-        FunctionName=f"arn:aws:lambda:us-east-1:{env.namespace}:function:{name}",
+        FunctionName=fn,
         Runtime="python3.11",
         Role=ROLE,
         Handler="app.handler",
-        Code={"ZipFile": zipped(handler(tag))},
+        Code={"ZipFile": code},
         **kwargs,
     )
+    return created
+
+
+async def create(client: Any, env: Env, name: str, tag: str, **kwargs: Any) -> JSON:
+    fn = f"arn:aws:lambda:us-east-1:{env.namespace}:function:{name}"
+    created = await create_from(client, fn, handler(tag), **kwargs)
     await wait_waiter(client, "function_active_v2", FunctionName=f"{env.namespace}/{name}")
     await gateway_sees(env, name)
     return created
@@ -543,17 +551,8 @@ async def test_a_queue_trigger_follows_its_alias(env: Env, nats_server: NatsServ
     client = lambda_client(env.url)
     fn = f"{env.namespace}/queued"
     key = f"{env.namespace}-queued"
-    code = io.BytesIO()
-    with zipfile.ZipFile(code, "w") as archive:
-        archive.writestr("app.py", RECORDER)
-    await call(
-        client.create_function,
-        FunctionName=fn,
-        Runtime="python3.11",
-        Role=ROLE,
-        Handler="app.handler",
-        Code={"ZipFile": code.getvalue()},
-        Environment={"Variables": {"RECORDS_URL": env.records.url(key), "RELEASE": "1"}},
+    await create_from(
+        client, fn, RECORDER, Environment={"Variables": {"RECORDS_URL": env.records.url(key), "RELEASE": "1"}}
     )
     await wait_waiter(client, "function_active_v2", FunctionName=fn)
     assert await publish(client, env, "queued") == "1"
@@ -631,14 +630,7 @@ async def test_zips_go_to_the_code_store(env: Env, code_store: S3Server) -> None
     fn = f"{env.namespace}/blobs"
     blob = os.urandom(3 * 1024 * 1024)
     code = blob_zip("zip", blob)
-    created = await call(
-        client.create_function,
-        FunctionName=fn,
-        Runtime="python3.11",
-        Role=ROLE,
-        Handler="app.handler",
-        Code={"ZipFile": code},
-    )
+    created = await create_from(client, fn, code)
     assert created["CodeSha256"] == base64.b64encode(hashlib.sha256(code).digest()).decode()
     assert created["CodeSize"] == len(code)
     await wait_waiter(client, "function_active_v2", FunctionName=fn)
@@ -724,13 +716,10 @@ async def test_tags_and_a_destination_naming_an_alias(env: Env) -> None:
     client = lambda_client(env.url)
     key = f"{env.namespace}-sink"
     arn = f"arn:aws:lambda:us-east-1:{env.namespace}:function"
-    await call(
-        client.create_function,
-        FunctionName=f"{env.namespace}/sink",
-        Runtime="python3.11",
-        Role=ROLE,
-        Handler="app.handler",
-        Code={"ZipFile": zipped(SINK)},
+    await create_from(
+        client,
+        f"{env.namespace}/sink",
+        SINK,
         Environment={"Variables": {"RECORDS_URL": env.records.url(key)}},
     )
     await wait_waiter(client, "function_active_v2", FunctionName=f"{env.namespace}/sink")
@@ -806,15 +795,7 @@ async def test_event_source_mappings_are_triggers(env: Env, sqs_server: SqsServe
     client = lambda_client(env.url)
     fn = f"{env.namespace}/mapped"
     key = f"{env.namespace}-mapped"
-    await call(
-        client.create_function,
-        FunctionName=fn,
-        Runtime="python3.11",
-        Role=ROLE,
-        Handler="app.handler",
-        Code={"ZipFile": zipped(RECORDER)},
-        Environment={"Variables": {"RECORDS_URL": env.records.url(key)}},
-    )
+    await create_from(client, fn, RECORDER, Environment={"Variables": {"RECORDS_URL": env.records.url(key)}})
     await wait_waiter(client, "function_active_v2", FunctionName=fn)
     assert await publish(client, env, "mapped") == "1"
     await call(client.create_alias, FunctionName=fn, Name="live", FunctionVersion="1")
