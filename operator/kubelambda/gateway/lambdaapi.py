@@ -798,8 +798,10 @@ class LambdaApi:
                     "ResourceConflictException",
                     f"Version {qualifier} of {name} is used by alias(es) {', '.join(users)}; move them first",
                 )
-            if await self.kube.delete(_functions(ns, version_object_name(name, int(qualifier)))) is None:
+            object_name = version_object_name(name, int(qualifier))
+            if await self.kube.delete(_functions(ns, object_name)) is None:
                 raise _not_found(f"Function {FunctionRef(ns, name).arn(self.settings.region)}:{qualifier}")
+            self._forget(ns, object_name)
             return _json(None, 204)
         await self._get_function(ns, name)
         # The versions and aliases are owned by the Function (the garbage collector would remove them too);
@@ -808,8 +810,18 @@ class LambdaApi:
             await self.kube.delete(_aliases(ns, alias["metadata"]["name"]))
         for version in await self._versions(ns, name):
             await self.kube.delete(_functions(ns, version["metadata"]["name"]))
+            self._forget(ns, version["metadata"]["name"])
         await self.kube.delete(_functions(ns, name))
+        self._forget(ns, name)
         return _json(None, 204)
+
+    def _forget(self, namespace: str, object_name: str) -> None:
+        """A deleted Function object leaves this gateway's cache at once (the next call is ResourceNotFound, as
+        in Lambda; other replicas follow through their watch)."""
+        if self.registry is not None:
+            self.registry.apply_function(
+                "DELETED", {"metadata": {"namespace": namespace, "name": object_name}}
+            )
 
     async def list_functions(self, call: Call) -> web.Response:
         everything = call.request.query.get("FunctionVersion") == "ALL"
