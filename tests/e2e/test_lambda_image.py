@@ -3,7 +3,8 @@
 The image is built here from a plain Debian base: Debian's python3, AWS's awslambdaric (PyPI) in /var/runtime, a
 ``/lambda-entrypoint.sh`` that execs ``python3 -m awslambdaric "$@"`` when ``AWS_LAMBDA_RUNTIME_API`` is set, the
 handler in /var/task, ``ENTRYPOINT ["/lambda-entrypoint.sh"]`` and ``CMD ["app.handler"]``: no agent and none of our
-runtime clients in it. The operator injects the agent (docs/extensions.md, "Lambda container images")."""
+runtime clients in it. An external extension in its ``/opt/extensions`` (the Python recorder of the agent's tests)
+starts as on Lambda. The operator injects the agent (docs/extensions.md, "Lambda container images")."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from typing import Any
 import pytest
 
 from kltest import Cluster
-from kltest.e2e import example, function_pods, invoke, ready
+from kltest.e2e import REPO, example, function_pods, invoke, ready
 from kltest.ric import AWSLAMBDARIC_VERSION, ensure_awslambdaric
 from kubelambda.devcluster._containernode import import_image
 from kubelambda.kube import KubeClient
+
+RECORDER = REPO / "runtime-images" / "agent" / "testdata" / "recorder_extension.py"
 
 # The convention of AWS's base images: the runtime interface emulator when run alone, the client under Lambda.
 ENTRYPOINT = """#!/bin/sh
@@ -37,6 +40,8 @@ import sys
 
 
 def handler(event, context):
+    with open(os.environ["EXT_OUT"], encoding="utf-8") as f:
+        extension = f.read().splitlines()
     if "fail" in event:
         raise ValueError("boom: " + event["fail"])
     return {
@@ -48,6 +53,8 @@ def handler(event, context):
         "our_runtime": os.path.exists("/opt/kubelambda"),
         "runtime_api": bool(os.environ.get("AWS_LAMBDA_RUNTIME_API")),
         "function": context.function_name,
+        "request_id": context.aws_request_id,
+        "extension": extension,
     }
 """
 
@@ -57,8 +64,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 && rm -
 COPY runtime/ /var/runtime/
 COPY lambda-entrypoint.sh /lambda-entrypoint.sh
 COPY app.py /var/task/app.py
+COPY recorder /opt/extensions/recorder
 ENV LAMBDA_TASK_ROOT=/var/task LAMBDA_RUNTIME_DIR=/var/runtime PYTHONPATH=/var/runtime \\
-    E2E_IMAGE_ENV=set-by-the-image
+    E2E_IMAGE_ENV=set-by-the-image EXT_OUT=/tmp/extension.out
 WORKDIR /var/task
 ENTRYPOINT ["/lambda-entrypoint.sh"]
 CMD ["app.handler"]
@@ -75,10 +83,13 @@ def lambda_layout_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     entry.write_text(ENTRYPOINT)
     entry.chmod(0o755)
     (work / "app.py").write_text(HANDLER)
+    recorder = work / "recorder"
+    recorder.write_bytes(RECORDER.read_bytes())
+    recorder.chmod(0o755)
     (work / "Dockerfile").write_text(DOCKERFILE)
-    digest = hashlib.sha256((DOCKERFILE + ENTRYPOINT + HANDLER + AWSLAMBDARIC_VERSION).encode()).hexdigest()[
-        :12
-    ]
+    digest = hashlib.sha256(
+        (DOCKERFILE + ENTRYPOINT + HANDLER + AWSLAMBDARIC_VERSION).encode() + RECORDER.read_bytes()
+    ).hexdigest()[:12]
     image = f"kubelambda.io/e2e/lambda-layout-python:{digest}"
     subprocess.run(["docker", "build", "-q", "-t", image, str(work)], check=True, timeout=900)
     # Nothing of ours in it: the agent is injected by the operator.
@@ -92,6 +103,10 @@ def lambda_layout_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     assert "kubelambda" not in listing, listing
     import_image(image)
     return image
+
+
+def request_id(answer: dict[str, Any]) -> str:
+    return str(answer["ResponseMetadata"]["RequestId"])
 
 
 async def test_a_lambda_layout_image_serves_invocations_through_the_gateway(
@@ -115,7 +130,10 @@ async def test_a_lambda_layout_image_serves_invocations_through_the_gateway(
 
     answer = await asyncio.to_thread(invoke, client, function, {"name": "e2e"})
     assert "FunctionError" not in answer, answer["body"]
-    assert answer["body"] == {
+    first = answer["body"]
+    assert first.pop("request_id") == request_id(answer), (first, answer["ResponseMetadata"])
+    assert first.pop("extension")[0] == "REGISTERED lambda-image", first
+    assert first == {
         "hello": "e2e",
         "entrypoint": "/lambda-entrypoint.sh app.handler",
         "image_env": "set-by-the-image",
@@ -124,7 +142,7 @@ async def test_a_lambda_layout_image_serves_invocations_through_the_gateway(
         "our_runtime": False,
         "runtime_api": True,
         "function": "lambda-image",
-    }, answer["body"]
+    }, first
     assert "REPORT RequestId:" in answer["log"], answer["log"]
 
     failed = await asyncio.to_thread(invoke, client, function, {"fail": "from the image"})
@@ -135,9 +153,34 @@ async def test_a_lambda_layout_image_serves_invocations_through_the_gateway(
     again = await asyncio.to_thread(invoke, client, function, {"name": "after the error"})
     assert "FunctionError" not in again, again["body"]
     assert again["body"]["hello"] == "after the error", again["body"]
+    # The image's extension saw both earlier invocations, in order, before the environment was reused.
+    seen = [line.split()[1] for line in again["body"]["extension"][1:]]
+    assert seen[:2] == [request_id(answer), request_id(failed)], again["body"]["extension"]
 
     [pod] = [p for p in await function_pods(kube, namespace) if p["status"].get("phase") == "Running"]
     [container] = pod["spec"]["containers"]
     assert container["image"] == lambda_layout_image
     assert container["command"][1:] == ["--", "/lambda-entrypoint.sh", "app.handler"], container["command"]
     assert [c["name"] for c in pod["spec"]["initContainers"]] == ["inject-agent"]
+
+
+async def test_a_lambda_layout_image_without_image_config_runs_the_base_images_defaults(
+    cluster: Cluster, client: Any, namespace: str, lambda_layout_image: str
+) -> None:
+    """No ``imageConfig``: ``/lambda-entrypoint.sh`` and the handler as its command, as AWS's base images."""
+    doc = example(
+        "hello-python3.11",
+        handler="app.handler",
+        code={"image": lambda_layout_image, "imageLayout": "lambda"},
+    )
+    doc["metadata"]["name"] = "lambda-image-defaults"
+    doc["spec"]["timeoutSeconds"] = 30
+    cluster.apply(doc, namespace)
+    await ready(cluster, namespace, "lambda-image-defaults")
+    answer = await asyncio.to_thread(
+        invoke, client, f"{namespace}/lambda-image-defaults", {"name": "defaults"}
+    )
+    assert "FunctionError" not in answer, answer["body"]
+    assert answer["body"]["hello"] == "defaults", answer["body"]
+    assert answer["body"]["entrypoint"] == "/lambda-entrypoint.sh app.handler", answer["body"]
+    assert answer["body"]["client"] == "/var/runtime/awslambdaric/__init__.py", answer["body"]
