@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import shutil
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -77,6 +78,11 @@ CMD ["app.handler"]
 def lambda_layout_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The image, built with Docker and imported into the node's containerd. awslambdaric is the one the
     compatibility tests install (pip, this machine's Python 3.11 = bookworm's python3)."""
+    if sys.version_info[:2] != (3, 11):  # awslambdaric's native client is built for one CPython version
+        raise RuntimeError(
+            f"awslambdaric is installed for this machine's Python {sys.version_info.major}.{sys.version_info.minor}; "
+            "the image's python3 is Debian bookworm's 3.11: run the e2e suite with a Python 3.11 venv"
+        )
     work = tmp_path_factory.mktemp("lambda-image")
     shutil.copytree(ensure_awslambdaric(), work / "runtime")
     entry = work / "lambda-entrypoint.sh"
