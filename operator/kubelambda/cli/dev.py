@@ -58,7 +58,7 @@ def _print_state(state_dir: Path) -> None:
         for note in state.moved:
             print(f"moved:       {note}")
         print()
-        for line in env_lines(state):  # also `eval "$(kubelambda dev env)"`
+        for line in env_lines(state, nats_password=False):  # also `eval "$(kubelambda dev env)"`
             print(f"  {line}")
     if state.error:
         print(f"error:       {state.error}")
@@ -183,9 +183,10 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
     return 0 if running else 3
 
 
-def env_lines(state: Any) -> list[str]:
-    """``export`` lines for a shell: the kubeconfig, PATH with kubelambda and the server's kubectl first, and
-    the developer key for the AWS CLI and SDKs."""
+def env_lines(state: Any, *, nats_password: bool = True) -> list[str]:
+    """``export`` lines for a shell: the kubeconfig, PATH with kubelambda and the server's kubectl first, the
+    developer key for the AWS CLI and SDKs, and the platform's NATS (its password hidden without
+    ``nats_password``)."""
     lines = [f"export KUBECONFIG={state.kubeconfig}"]
     first = [str(Path(sys.executable).parent)]
     if state.kubectl:
@@ -201,6 +202,11 @@ def env_lines(state: Any) -> list[str]:
         ]
     if state.gateway_url:
         lines.append(f"export GW={state.gateway_url}")
+    if state.nats_url:
+        # The platform's NATS as its admin user, for the developer's own tools and examples (the `nats` CLI reads
+        # NATS_URL); `dev status` shows it with the password hidden.
+        url = state.nats_url if nats_password else natsauth.redacted(state.nats_url)
+        lines.append(f"export NATS_URL={url}")
     return lines
 
 
@@ -321,7 +327,7 @@ def register(commands: Any) -> None:
 
     env = dev_commands.add_parser(
         "env",
-        help='export lines for a shell: eval "$(kubelambda dev env)" sets KUBECONFIG, PATH (kubectl), AWS_*, GW',
+        help='export lines for a shell: eval "$(kubelambda dev env)" sets KUBECONFIG, PATH (kubectl), AWS_*, GW, NATS_URL',
     )
     add_state_dir(env)
     env.set_defaults(func=cmd_dev_env)
