@@ -292,8 +292,11 @@ async def test_a_sigkilled_decider_is_replaced_within_15_s_without_scaling_to_ze
         finally:
             stop = True
             await asyncio.gather(*callers)
-    # Only the dead replica's calls could fail; these went to the others (held while the leader changed).
-    assert set(outcomes) == {"200"}, sorted(set(outcomes))
+    # Only the dead replica's calls could fail; these went to the others (held while the leader changed). A
+    # replica's per-instance slots are its own (docs/architecture.md, "Several gateway replicas"): two replicas may
+    # pick the same busy instance, and with no other free one the loser gets Lambda's throttle, never an error.
+    assert set(outcomes) <= {"200", "ConcurrentInvocationLimitExceeded"}, sorted(set(outcomes))
+    assert outcomes.count("200") >= 0.9 * len(outcomes), (outcomes.count("200"), len(outcomes))
 
 
 async def test_sigterm_drains_the_calls_in_flight(
