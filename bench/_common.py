@@ -202,6 +202,27 @@ async def wait(
     raise TimeoutError(f"{what}; last seen: {str(value)[:2000]}")
 
 
+async def wait_answering(
+    http: aiohttp.ClientSession,
+    url: str,
+    what: str,
+    *,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> None:
+    """POSTs ``body`` to ``url`` until it answers 200 (a refused connection counts as "not yet")."""
+
+    async def status() -> int:
+        try:
+            async with http.post(url, data=body, headers=dict(headers or {})) as resp:
+                return resp.status
+        except aiohttp.ClientConnectionError:
+            return 0
+
+    await wait(status, lambda s: s == 200, what, timeout)
+
+
 async def create_namespace(
     kube: KubeClient, name: str, timeout: float = 120, *, tolerate_errors: bool = False
 ) -> None:

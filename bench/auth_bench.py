@@ -44,7 +44,7 @@ from _common import (
     print_rows,
     start_cluster,
     stop_cluster,
-    wait,
+    wait_answering,
 )
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.gateway.auth import sigv4
@@ -160,23 +160,10 @@ async def main() -> None:
                 none_url, auth_url = gateways["none"][1] + path, gateways["kubernetes"][1] + path
                 sign_pool = presigned(auth_url, key, 64)
 
-                async def answers(url: str, headers: dict[str, str]) -> int:
-                    try:
-                        async with http.post(url, data=BODY, headers=headers) as resp:
-                            return resp.status
-                    except aiohttp.ClientConnectionError:
-                        return 0
-
-                await wait(
-                    lambda: answers(none_url, {}), lambda s: s == 200, "the none gateway to answer", 180
-                )
+                await wait_answering(http, none_url, "the none gateway to answer", body=BODY, timeout=180)
                 none2_url = gateways["none-2"][1] + path
-                await wait(
-                    lambda: answers(none2_url, {}), lambda s: s == 200, "the 2nd none gateway to answer"
-                )
-                await wait(
-                    lambda: answers(auth_url, bearer), lambda s: s == 200, "the auth gateway to answer"
-                )
+                await wait_answering(http, none2_url, "the 2nd none gateway to answer", body=BODY)
+                await wait_answering(http, auth_url, "the auth gateway to answer", body=BODY, headers=bearer)
                 cases: dict[str, tuple[str, list[dict[str, str]]]] = {
                     "none": (none_url, [{}]),
                     "sigv4": (auth_url, sign_pool),

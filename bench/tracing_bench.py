@@ -33,7 +33,7 @@ from _common import (
     print_rows,
     start_cluster,
     stop_cluster,
-    wait,
+    wait_answering,
 )
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.kube import KubeClient
@@ -78,17 +78,8 @@ async def main() -> None:
                         root, f"tracing-{i}", {"KUBELAMBDA_GATEWAY_AUTH_MODE": "none", **env}
                     )
 
-                async def answers(url: str) -> int:
-                    try:
-                        async with http.post(url, data=BODY) as resp:
-                            return resp.status
-                    except aiohttp.ClientConnectionError:
-                        return 0
-
                 for name, (_, url) in gateways.items():
-                    await wait(
-                        lambda u=url + path: answers(u), lambda s: s == 200, f"the {name} gateway", 180
-                    )
+                    await wait_answering(http, url + path, f"the {name} gateway", body=BODY, timeout=180)
                 cases = {name: (url + path, [{}]) for name, (_, url) in gateways.items()}
                 rows = await interleaved(
                     http,
