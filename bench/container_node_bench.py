@@ -34,25 +34,22 @@ from kubelambda.devcluster._containernode import cleanup_host
 from kubelambda.kube import KubeClient, resource_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import create_namespace, developer_headers, pct, start_cluster, stop_cluster, wait
+from _common import (
+    create_namespace,
+    developer_headers,
+    inline_function,
+    pct,
+    start_cluster,
+    stop_cluster,
+    wait,
+)
 
 NS = "bench"
 STEPS = ("scheduled", "sandbox", "container started", "pod ready", "first byte")
 
 
 def function(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubelambda.io/v1alpha1",
-        "kind": "Function",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "runtime": "python3.11",
-            "handler": "app.handler",
-            "code": {"inline": {"app.py": "def handler(event, context):\n    return event\n"}},
-            "memoryMB": 256,
-            "scaling": {"warmPool": False},
-        },
-    }
+    return inline_function(name, NS, memoryMB=256, scaling={"warmPool": False})
 
 
 def steps_seen(pod: dict[str, Any]) -> set[str]:
