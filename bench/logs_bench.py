@@ -1,14 +1,18 @@
 """Log shipping's cost (docs/logs.md): the same agent with shipping on beside off, in the same run.
 
-    .venv/bin/python bench/logs_bench.py [--requests 2000] [--rounds 3] [--burst 20000 100000] [--before AGENT]
+    .venv/bin/python bench/logs_bench.py [--requests 1000] [--rounds 15] [--burst 20000 100000] [--before AGENT]
 
 - Warm invocations of a Python handler that prints one line (4 records an invocation with START, END, REPORT),
   one worker, one connection, closed loop: p50/p99 through an agent shipping to a real nats-server (JetStream,
   file storage, the namespace's stream as the operator makes it) beside an agent with shipping off, interleaved
-  in rounds so that a noisy neighbour hurts both alike.
-- Log records per second through one agent: one invocation prints N lines as fast as Python can; how fast the
-  agent's pipe took them with shipping off (the baseline) and on, how many the store acknowledged per second
-  until the queue was empty, and how many were dropped (the bounded queue, 8,192 records, full).
+  in rounds (the order alternating each round) so that a noisy neighbour hurts both alike. The figure is the
+  median over the rounds of each round's p50 (and of each round's on/off ratio), not one pooled p50 that a
+  single noisy round could move.
+- Log records per second through one agent before drops begin: the handler prints at a paced rate for a few
+  seconds, rate after rate (doubling); the highest rate whose records were all stored, none dropped.
+- One invocation prints N lines as fast as Python can; how fast the agent's pipe took them with shipping off
+  (the baseline) and on, how many the store acknowledged per second until the queue was empty, and how many
+  were dropped (the bounded queue, 8,192 records, full).
 - ``--before AGENT``: a third target, another agent binary shipping (e.g. main's, to show a change's effect
   beside this tree's agent in the same run; ``make bench-logs BEFORE=path``).
 """
@@ -21,6 +25,7 @@ import http.client
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -36,15 +41,33 @@ from kubelambda.runtimes import runtime_images_dir
 
 NAMESPACE = "bench"
 HANDLER = """import sys
+import time
+
+LINE = "line {} of a burst of {}, padded to about one hundred bytes like a typical log line......\\n"
 
 
 def handler(event, context):
-    n = (event or {}).get("lines", 1)
+    event = event or {}
+    n = event.get("lines", 1)
     write = sys.stdout.write
-    for i in range(n):
-        write(f"line {i} of a burst of {n}, padded to about one hundred bytes like a typical log line......\\n")
-    sys.stdout.flush()
-    return None
+    rate = event.get("rate")
+    if not rate:
+        for i in range(n):
+            write(LINE.format(i, n))
+        sys.stdout.flush()
+        return None
+    # n lines at rate lines a second: a slice every 10 ms
+    t0 = time.monotonic()
+    i = 0
+    while i < n:
+        for _ in range(min(max(1, rate // 100), n - i)):
+            write(LINE.format(i, n))
+            i += 1
+        sys.stdout.flush()
+        ahead = t0 + i / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    return time.monotonic() - t0
 """
 
 
@@ -68,37 +91,74 @@ def metrics(t: Target) -> dict[str, float]:
     }
 
 
-def invoke_lines(t: Target, lines: int) -> float:
-    """Seconds one invocation printing ``lines`` lines took, as the caller saw it."""
+def invoke_lines(t: Target, lines: int, rate: int | None = None) -> tuple[float, bytes]:
+    """Seconds one invocation printing ``lines`` lines (at ``rate`` a second) took as the caller saw it, and
+    its answer."""
     conn = http.client.HTTPConnection(t.host, t.port, timeout=300)
     try:
         t0 = time.perf_counter()
         conn.request(
-            "POST", t.path, body=json.dumps({"lines": lines}), headers={"Content-Type": "application/json"}
+            "POST",
+            t.path,
+            body=json.dumps({"lines": lines, "rate": rate}),
+            headers={"Content-Type": "application/json"},
         )
         resp = conn.getresponse()
-        resp.read()
+        body = resp.read()
         if resp.status != 200:
             raise RuntimeError(f"{t.name} answered {resp.status}")
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, body
     finally:
         conn.close()
 
 
-def burst(t: Target, lines: int, shipping: bool) -> str:
-    before = metrics(t) if shipping else {}
-    t0 = time.perf_counter()
-    took = invoke_lines(t, lines)
-    if not shipping:
-        return f"{t.name:24} {lines:>8} {lines / took:>14.0f} {'-':>12} {'-':>10}"
-    while True:  # until the queue is empty and everything sent is acknowledged (or counted as dropped)
+def settled(t: Target) -> dict[str, float]:
+    """The agent's log metrics once its queue is empty and what it sent is acknowledged (or counted dropped)."""
+    deadline = time.monotonic() + 60
+    while True:
         now = metrics(t)
         if (
             now["kubelambda_agent_log_records_buffered"] == 0
             and now["kubelambda_agent_log_records_inflight"] == 0
         ):
-            break
+            return now
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{t.name}: records still queued after 60 s: {now}")
         time.sleep(0.02)
+
+
+def before_drops(t: Target, seconds: float, start_rate: int, max_rate: int) -> list[str]:
+    """Paced rates, doubling from ``start_rate``, until records are dropped (or ``max_rate``); one row each."""
+    rows = []
+    rate = start_rate
+    while rate <= max_rate:
+        before = metrics(t)
+        _, body = invoke_lines(t, int(rate * seconds), rate)
+        took = float(body)
+        now = settled(t)
+        stored = (
+            now["kubelambda_agent_log_records_stored_total"]
+            - before["kubelambda_agent_log_records_stored_total"]
+        )
+        dropped = (
+            now["kubelambda_agent_log_records_dropped_total"]
+            - before["kubelambda_agent_log_records_dropped_total"]
+        )
+        achieved = int(rate * seconds) / took
+        rows.append(f"{t.name:24} {rate:>10} {achieved:>12.0f} {int(stored):>10} {int(dropped):>10}")
+        if dropped or achieved < rate * 0.9:  # drops began, or Python cannot print faster
+            break
+        rate *= 2
+    return rows
+
+
+def burst(t: Target, lines: int, shipping: bool) -> str:
+    before = metrics(t) if shipping else {}
+    t0 = time.perf_counter()
+    took, _ = invoke_lines(t, lines)
+    if not shipping:
+        return f"{t.name:24} {lines:>8} {lines / took:>14.0f} {'-':>12} {'-':>10}"
+    now = settled(t)
     stored = (
         now["kubelambda_agent_log_records_stored_total"] - before["kubelambda_agent_log_records_stored_total"]
     )
@@ -106,8 +166,7 @@ def burst(t: Target, lines: int, shipping: bool) -> str:
         now["kubelambda_agent_log_records_dropped_total"]
         - before["kubelambda_agent_log_records_dropped_total"]
     )
-    settled = time.perf_counter() - t0
-    return f"{t.name:24} {lines:>8} {lines / took:>14.0f} {stored / settled:>12.0f} {int(dropped):>10}"
+    return f"{t.name:24} {lines:>8} {lines / took:>14.0f} {stored / (time.perf_counter() - t0):>12.0f} {int(dropped):>10}"
 
 
 async def make_stream(url: str) -> None:
@@ -124,12 +183,14 @@ def main() -> int:
 
 async def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="measured requests per target per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=1000, help="measured requests per target per round")
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument(
         "--burst", type=int, nargs="*", default=[20000, 100000], help="lines of one invocation"
     )
+    parser.add_argument("--paced-seconds", type=float, default=3.0, help="how long each paced rate prints")
+    parser.add_argument("--max-rate", type=int, default=640000, help="the highest paced rate tried, lines/s")
     parser.add_argument("--before", type=Path, help="another agent binary, shipping, as a third target")
     args = parser.parse_args()
 
@@ -163,18 +224,25 @@ async def run() -> int:
                 t.seconds = 0.0
             cpu = {t.name: 0.0 for t in targets}
             nats_cpu = {t.name: 0.0 for t in targets}
+            rounds: dict[str, list[tuple[float, float]]] = {t.name: [] for t in targets}  # (p50, p99) a round
             nats_pid = server.procs[0].pid
-            for _ in range(args.rounds):
-                for t in targets:
+            for r in range(args.rounds):
+                for t in targets if r % 2 == 0 else targets[::-1]:
                     assert t.proc is not None
                     agent0, nats0 = cpu_seconds(t.proc.pid), cpu_seconds(nats_pid)
+                    first = len(t.latencies)
                     load(t, args.requests)
                     cpu[t.name] += cpu_seconds(t.proc.pid) - agent0
                     nats_cpu[t.name] += cpu_seconds(nats_pid) - nats0
-            shipped = metrics(on)  # this tree's agent
+                    mine = t.latencies[first:]
+                    rounds[t.name].append((pct(mine, 0.5), pct(mine, 0.99)))
+            shipped = settled(on)  # this tree's agent
             for lines in args.burst:
                 rows.append(burst(off, lines, shipping=False))
                 rows.extend(burst(t, lines, shipping=True) for t in targets[1:])
+            paced = []
+            for t in targets[1:]:
+                paced += before_drops(t, args.paced_seconds, 5000, args.max_rate)
         finally:
             for t in targets:
                 t.stop()
@@ -183,27 +251,39 @@ async def run() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(
-        f"warm invocations, Python handler printing 1 line, 1 worker, 1 connection, {args.rounds}x{args.requests}"
+        f"warm invocations, Python handler printing 1 line, 1 worker, 1 connection, {args.rounds} rounds x "
+        f"{args.requests}; p50/p99: the median of the rounds' (pooled in brackets)"
     )
     print(
-        f"{'target':24} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'agent CPU us/inv':>17} {'NATS CPU us/inv':>16}"
+        f"{'target':24} {'req/s':>8} {'p50 ms':>16} {'p99 ms':>16} {'agent CPU us/inv':>17} {'NATS CPU us/inv':>16}"
     )
     for t in targets:
         n = len(t.latencies)
+        p50 = statistics.median(p for p, _ in rounds[t.name])
+        p99 = statistics.median(p for _, p in rounds[t.name])
         print(
-            f"{t.name:24} {n / t.seconds:8.0f} {pct(t.latencies, 0.5) * 1e3:8.3f} "
-            f"{pct(t.latencies, 0.99) * 1e3:8.3f} {cpu[t.name] / n * 1e6:17.1f} {nats_cpu[t.name] / n * 1e6:16.1f}"
+            f"{t.name:24} {n / t.seconds:8.0f} {p50 * 1e3:7.3f} ({pct(t.latencies, 0.5) * 1e3:6.3f}) "
+            f"{p99 * 1e3:7.3f} ({pct(t.latencies, 0.99) * 1e3:6.3f}) "
+            f"{cpu[t.name] / n * 1e6:17.1f} {nats_cpu[t.name] / n * 1e6:16.1f}"
         )
-    p50_off, p99_off = pct(off.latencies, 0.5), pct(off.latencies, 0.99)
     for t in targets[1:]:
-        p50_on, p99_on = pct(t.latencies, 0.5), pct(t.latencies, 0.99)
+        ratios50 = [on[0] / off[0] for on, off in zip(rounds[t.name], rounds[targets[0].name], strict=True)]
+        ratios99 = [on[1] / off[1] for on, off in zip(rounds[t.name], rounds[targets[0].name], strict=True)]
         print(
-            f"{t.name} vs off: p50 {(p50_on / p50_off - 1) * 100:+.1f} %, p99 {(p99_on / p99_off - 1) * 100:+.1f} %"
+            f"{t.name} vs off, median of the rounds' ratios: p50 {(statistics.median(ratios50) - 1) * 100:+.1f} % "
+            f"(rounds from {(min(ratios50) - 1) * 100:+.1f} to {(max(ratios50) - 1) * 100:+.1f} %), "
+            f"p99 {(statistics.median(ratios99) - 1) * 100:+.1f} %"
         )
     print(
         f"records during the warm rounds: stored {shipped['kubelambda_agent_log_records_stored_total']:.0f}, "
         f"dropped {shipped['kubelambda_agent_log_records_dropped_total']:.0f}"
     )
+    print(
+        f"\nlogs written per second through one agent before drops begin: paced for {args.paced_seconds:g} s a rate"
+    )
+    print(f"{'target':24} {'lines/s':>10} {'printed/s':>12} {'stored':>10} {'dropped':>10}")
+    for row in paced:
+        print(row)
     print("\none invocation printing N lines as fast as it can")
     print(f"{'target':24} {'lines':>8} {'printed/s':>14} {'stored/s':>12} {'dropped':>10}")
     for row in rows:

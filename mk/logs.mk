@@ -5,6 +5,6 @@
 # Warm invoke p50/p99 and the agent's CPU with log shipping on beside off (same run, interleaved rounds), and
 # records per second through one agent before drops begin.
 bench-logs: venv agent
-	$(PY) bench/logs_bench.py --requests 500 --rounds 6 $(if $(BEFORE),--before $(BEFORE))
+	$(PY) bench/logs_bench.py --requests 1000 --rounds 15 $(if $(BEFORE),--before $(BEFORE))
 
 bench: bench-logs

@@ -262,8 +262,10 @@ func (s *shipper) buffered() int {
 	return len(s.buf.entries)
 }
 
-// messages groups a batch into NATS messages: consecutive records of one request (one subject) together.
-func (b *logBatch) messages(yield func(subject string, payload []byte, records int) bool) {
+// messages groups a batch into NATS messages: consecutive records of one request (one subject) together. last
+// is true for the last message of a run of one pod identity (one namespace's stream): the sender asks JetStream
+// to acknowledge only those.
+func (b *logBatch) messages(yield func(subject string, payload []byte, records int, last bool) bool) {
 	for i := 0; i < len(b.entries); {
 		e := b.entries[i]
 		j, size := i+1, e.end-e.start
@@ -279,7 +281,8 @@ func (b *logBatch) messages(yield func(subject string, payload []byte, records i
 		if rid == "" {
 			rid = noRequestID
 		}
-		if !yield(e.ident.subject+subjectToken(rid), b.data[e.start:b.entries[j-1].end], j-i) {
+		last := j == len(b.entries) || b.entries[j].ident != e.ident
+		if !yield(e.ident.subject+subjectToken(rid), b.data[e.start:b.entries[j-1].end], j-i, last) {
 			return
 		}
 		i = j
@@ -491,7 +494,11 @@ func (s *shipper) session() (finished bool, err error) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var seqBuf, lenBuf [20]byte
-	// send publishes what the buffer holds, one message per request's consecutive records, with one flush.
+	// send publishes what the buffer holds, one message per request's consecutive records, with one flush. Only
+	// the last message of a batch (of a run of one stream) carries a reply subject: JetStream stores one
+	// connection's messages to a stream in order, so its acknowledgement stands for the messages before it, and
+	// neither NATS nor the agent handles an acknowledgement per invocation. With no stream for the subject that
+	// last message gets the 503 of no responders, and the whole run counts as dropped.
 	send := func() error {
 		b := s.take()
 		defer s.recycle(b)
@@ -499,17 +506,27 @@ func (s *shipper) session() (finished bool, err error) {
 			return nil
 		}
 		var err error
-		b.messages(func(subject string, payload []byte, records int) bool {
+		group := 0 // records written since the last reply subject, not yet waiting in pending
+		b.messages(func(subject string, payload []byte, records int, last bool) bool {
+			group += records
+			s.inflight.Add(int64(records))
+			size := strconv.AppendInt(lenBuf[:0], int64(len(payload)), 10)
+			if !last {
+				err = nc.write([]byte("PUB "), []byte(subject), []byte(" "), size, []byte("\r\n"), payload, []byte("\r\n"))
+				return err == nil
+			}
 			seq++
 			pmu.Lock()
-			pending[seq] = sent{time.Now(), records}
+			pending[seq] = sent{time.Now(), group}
 			pmu.Unlock()
-			s.inflight.Add(int64(records))
+			group = 0
 			err = nc.write([]byte("PUB "), []byte(subject), []byte(" "), []byte(inbox), strconv.AppendUint(seqBuf[:0], seq, 10),
-				[]byte(" "), strconv.AppendInt(lenBuf[:0], int64(len(payload)), 10), []byte("\r\n"), payload, []byte("\r\n"))
+				[]byte(" "), size, []byte("\r\n"), payload, []byte("\r\n"))
 			return err == nil
 		})
 		if err != nil {
+			s.inflight.Add(-int64(group)) // written without a reply yet: the broken connection lost them
+			s.dropped.Add(uint64(group))
 			return err
 		}
 		return nc.flush()

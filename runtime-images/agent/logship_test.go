@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -31,7 +32,9 @@ func TestBatchMessagesGroupARequestsRecords(t *testing.T) {
 		s.ship("stdout", r[0], []byte(r[1]))
 	}
 	var got []string
-	s.take().messages(func(subject string, payload []byte, records int) bool {
+	var lasts []bool
+	s.take().messages(func(subject string, payload []byte, records int, last bool) bool {
+		lasts = append(lasts, last)
 		var msgs []string
 		for _, line := range strings.Split(string(payload), "\n") {
 			var rec logRecord
@@ -50,12 +53,15 @@ func TestBatchMessagesGroupARequestsRecords(t *testing.T) {
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("got %v want %v", got, want)
 	}
+	if fmt.Sprint(lasts) != "[false false false true]" { // only the batch's last message asks for an acknowledgement
+		t.Errorf("last flags %v", lasts)
+	}
 	// A long run is cut at logMessageRecords records.
 	for i := range logMessageRecords + 3 {
 		s.ship("stdout", "r3", []byte(fmt.Sprint(i)))
 	}
 	var sizes []int
-	s.take().messages(func(_ string, _ []byte, records int) bool { sizes = append(sizes, records); return true })
+	s.take().messages(func(_ string, _ []byte, records int, _ bool) bool { sizes = append(sizes, records); return true })
 	if fmt.Sprint(sizes) != fmt.Sprint([]int{logMessageRecords, 3}) {
 		t.Errorf("sizes %v", sizes)
 	}
@@ -151,9 +157,10 @@ func TestShipPipedAttribution(t *testing.T) {
 	}
 }
 
-// Against a real nats-server (NATS_SERVER: its binary; `make agent-test` passes the venv's): records
-// published where no JetStream stream takes them are refused (503, no responders) and counted as dropped.
-func TestShipToNatsWithoutStreamCountsDrops(t *testing.T) {
+// natsServer starts a real nats-server with JetStream (NATS_SERVER: its binary; `make agent-test` passes the
+// venv's) and returns its port.
+func natsServer(t *testing.T) int {
+	t.Helper()
 	bin := os.Getenv("NATS_SERVER")
 	if bin == "" {
 		t.Fatal("NATS_SERVER is not set: the path of a nats-server binary (`make agent-test` sets it)")
@@ -168,22 +175,97 @@ func TestShipToNatsWithoutStreamCountsDrops(t *testing.T) {
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			conn.Close()
+			return port
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nats-server did not listen on %d: %v", port, err)
+		}
+	}
+}
+
+// waitShipped waits (20 s at most) until stored + dropped reach n.
+func waitShipped(s *shipper, n uint64) {
+	deadline := time.Now().Add(20 * time.Second)
+	for s.dropped.Load()+s.stored.Load() < n && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Records published where no JetStream stream takes them are refused (503, no responders) and counted as dropped.
+func TestShipToNatsWithoutStreamCountsDrops(t *testing.T) {
+	port := natsServer(t)
 	s, _ := newShipper(fmt.Sprintf("nats://127.0.0.1:%d", port), "ns", "fn", "$LATEST", "p", 16)
 	s.start()
 	for i := range 3 {
 		s.ship("stdout", "r1", []byte(fmt.Sprintf("line %d", i)))
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for s.dropped.Load() < 3 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitShipped(s, 3)
 	if d, st := s.dropped.Load(), s.stored.Load(); d != 3 || st != 0 {
 		e := s.lastError.Load()
 		t.Fatalf("dropped %d stored %d, want 3 and 0 (last error %v)", d, st, e)
 	}
 	if e := s.lastError.Load(); e == nil || !strings.Contains(*e, "503") {
 		t.Errorf("last error %v, want the 503 of no stream", e)
+	}
+	s.close(time.Second)
+}
+
+// jsRequest sends one JetStream API request over a raw connection and returns the answer's body.
+func jsRequest(t *testing.T, port int, subject, body string) string {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "CONNECT {\"verbose\":false}\r\nSUB _INBOX.t 1\r\nPUB %s _INBOX.t %d\r\n%s\r\n", subject, len(body), body)
+	br := bufio.NewReader(conn)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("%s: %v", subject, err)
+		}
+		if strings.HasPrefix(line, "MSG ") {
+			answer, _ := br.ReadString('\n')
+			return answer
+		}
+	}
+}
+
+// Several requests' records sent in one batch (one acknowledgement, for the batch's last message) are all stored
+// and counted as stored, each request's on its own subject.
+func TestShipBatchIsStoredWithOneAcknowledgement(t *testing.T) {
+	port := natsServer(t)
+	jsRequest(t, port, "$JS.API.STREAM.CREATE.L", `{"name":"L","subjects":["kubelambda.logs.>"],"storage":"memory"}`)
+	s, _ := newShipper(fmt.Sprintf("nats://127.0.0.1:%d", port), "ns", "fn", "$LATEST", "p", 100)
+	s.start()
+	for r := range 5 {
+		for i := range 4 {
+			s.ship("stdout", fmt.Sprintf("r%d", r), []byte(fmt.Sprintf("line %d", i)))
+		}
+	}
+	waitShipped(s, 20)
+	if d, st := s.dropped.Load(), s.stored.Load(); d != 0 || st != 20 {
+		t.Fatalf("dropped %d stored %d, want 0 and 20 (last error %v)", d, st, s.lastError.Load())
+	}
+	info := jsRequest(t, port, "$JS.API.STREAM.INFO.L", `{"subjects_filter":">"}`)
+	var got struct {
+		State struct {
+			Messages uint64            `json:"messages"`
+			Subjects map[string]uint64 `json:"subjects"`
+		} `json:"state"`
+	}
+	if err := json.Unmarshal([]byte(info), &got); err != nil {
+		t.Fatalf("%v: %s", err, info)
+	}
+	if got.State.Messages != 5 || got.State.Subjects["kubelambda.logs.ns.fn.r4"] != 1 {
+		t.Errorf("stream state %s, want 5 messages, one per request's subject", info)
 	}
 	s.close(time.Second)
 }
