@@ -8,3 +8,11 @@ bench-logs: venv agent
 	$(PY) bench/logs_bench.py --requests 1000 --rounds 15 $(if $(BEFORE),--before $(BEFORE))
 
 bench: bench-logs
+
+# The OpenTelemetry Collector (OTLP receiver, file exporter) built from its Go modules and cached
+# (hack/otelcol.sh): the real OTLP receiver the log export tests send to and read back from.
+.PHONY: otelcol
+otelcol:
+	@bash hack/otelcol.sh >/dev/null
+test: otelcol
+integration: otelcol
