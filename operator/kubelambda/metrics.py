@@ -270,6 +270,28 @@ WARM_POOL_RETIRED = Counter(
     registry=REGISTRY,
 )
 
+# ---- log export (kubelambda log-export) ----------------------------------------------------------------------
+
+LOG_EXPORT_RECORDS = Counter(
+    "kubelambda_log_export_records_total",
+    "Log records sent to the OTLP endpoint, by result (exported; rejected: the endpoint refused them for good, "
+    "a 4xx other than 429 or a partial success's rejected count).",
+    ["namespace", "result"],
+    registry=REGISTRY,
+)
+LOG_EXPORT_FAILURES = Counter(
+    "kubelambda_log_export_failures_total",
+    "OTLP requests that failed and are retried (unreachable, timeout, 429, 5xx); their records stay in the store.",
+    ["namespace"],
+    registry=REGISTRY,
+)
+LOG_EXPORT_LAG = Gauge(
+    "kubelambda_log_export_pending_messages",
+    "Messages of the namespace's log stream not yet exported (the export consumer's pending count).",
+    ["namespace"],
+    registry=REGISTRY,
+)
+
 
 class _Families:
     """The families of :data:`REGISTRY` whose names start (or do not start) with given prefixes.
@@ -296,7 +318,9 @@ def _view(*prefixes: str, exclude: bool = False) -> CollectorRegistry:
 
 BRIDGE_PREFIXES = ("kubelambda_bridge_",)
 OPERATOR_PREFIXES = ("kubelambda_operator_",)
+LOG_EXPORT_PREFIXES = ("kubelambda_log_export_",)
 # What each process serves on /metrics.
-GATEWAY_VIEW = _view(*BRIDGE_PREFIXES, *OPERATOR_PREFIXES, exclude=True)
+GATEWAY_VIEW = _view(*BRIDGE_PREFIXES, *OPERATOR_PREFIXES, *LOG_EXPORT_PREFIXES, exclude=True)
+LOG_EXPORT_VIEW = _view(*LOG_EXPORT_PREFIXES)
 BRIDGE_VIEW = _view(*BRIDGE_PREFIXES)
 OPERATOR_VIEW = _view(*OPERATOR_PREFIXES)

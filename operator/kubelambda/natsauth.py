@@ -7,6 +7,7 @@
 | ``worker`` | Event queue and dead letters, JetStream's API (its consumer, acks), tenants' ``nats`` destinations; never ``$SYS``/``$KV``/``$O``, a stream's deletion or purge, logs, nor another's inbox | its own inbox |
 | ``bridge`` | tenants' subjects only (``onFailure.nats``): no ``$`` subject, nothing of ``kubelambda.``, no inbox | ``_INBOX.>`` (publish acknowledgements) |
 | ``agent`` | ``kubelambda.logs.>`` (log shipping: agents, and bridges' own lines) | ``_INBOX.>`` (the store's acknowledgements) |
+| ``exporter`` | JetStream's stream names, its durable consumer ``kubelambda-otlp`` (info, create, next, acks) | its own inbox |
 | ``admin`` | everything (the CLI: ``kubelambda logs``, ``kubelambda dlq``) | everything |
 
 Bridges and agents run in tenants' namespaces, so tenants can read their credentials: those users may neither
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-USERS = ("admin", "operator", "gateway", "worker", "bridge", "agent")
+USERS = ("admin", "operator", "gateway", "worker", "bridge", "agent", "exporter")
 PLATFORM_INBOX = "_KL_INBOX"
 """Inbox prefix of the platform's own connections (``_KL_INBOX.<user>``): not ``_INBOX.``, which bridges and
 agents may subscribe to."""
@@ -34,6 +35,16 @@ PASSWORD_ENV = "KL_NATS_{user}_PASSWORD"
 _SERVER = ["$JS.>", "$JSC.>", "$KV.>", "$O.>", "$SYS.>", "$NRG.>", "$MQTT.>"]
 _INBOXES = ["_INBOX.>", "_R_.>", f"{PLATFORM_INBOX}.>"]
 _STREAMS = ["$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*"]
+EXPORT_CONSUMER = "kubelambda-otlp"  # kubelambda.logexport.CONSUMER
+_EXPORTER = [
+    "$JS.API.STREAM.NAMES",
+    f"$JS.API.CONSUMER.INFO.*.{EXPORT_CONSUMER}",
+    f"$JS.API.CONSUMER.CREATE.*.{EXPORT_CONSUMER}",
+    f"$JS.API.CONSUMER.CREATE.*.{EXPORT_CONSUMER}.>",
+    f"$JS.API.CONSUMER.DURABLE.CREATE.*.{EXPORT_CONSUMER}",
+    f"$JS.API.CONSUMER.MSG.NEXT.*.{EXPORT_CONSUMER}",
+    f"$JS.ACK.*.{EXPORT_CONSUMER}.>",
+]
 _WORKER_DENY = [
     "$SYS.>",
     "$KV.>",
@@ -63,6 +74,8 @@ def permissions(user: str) -> dict[str, Any] | None:
             "publish": {"allow": [">"], "deny": [*_SERVER, *_INBOXES, "kubelambda.>"]},
             "subscribe": {"allow": [TENANT_INBOX]},
         }
+    if user == "exporter":
+        return {"publish": {"allow": _EXPORTER}, "subscribe": {"allow": own}}
     if user == "agent":
         return {"publish": {"allow": ["kubelambda.logs.>"]}, "subscribe": {"allow": [TENANT_INBOX]}}
     raise ValueError(f"unknown NATS user {user!r}; known: {', '.join(USERS)}")

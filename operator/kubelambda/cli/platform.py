@@ -104,6 +104,23 @@ def cmd_async_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_log_export(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from kubelambda import logexport
+
+    try:
+        settings = logexport.LogExportSettings()  # type: ignore[call-arg]  # from the environment
+    except ValidationError as e:
+        print(
+            f"kubelambda log-export: bad settings (environment KUBELAMBDA_LOG_EXPORT_*):\n{e}",
+            file=sys.stderr,
+        )
+        return 2
+    asyncio.run(logexport.main(settings))
+    return 0
+
+
 def nats_url_of(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> tuple[str, str]:
     """``(url, where it came from)``: ``--nats-url``, ``$KUBELAMBDA_GATEWAY_NATS_URL``, the running local
     platform's (dev.json), else ``nats://127.0.0.1:4222``."""
@@ -233,6 +250,13 @@ def register(commands: Any) -> None:
         help="the gateway to invoke through (default: $KUBELAMBDA_GATEWAY_URL)",
     )
     worker.set_defaults(func=cmd_async_worker)
+
+    export = commands.add_parser(
+        "log-export",
+        help="send every namespace's function logs from the log store to an OpenTelemetry (OTLP/HTTP) endpoint; "
+        "settings from KUBELAMBDA_LOG_EXPORT_* variables",
+    )
+    export.set_defaults(func=cmd_log_export)
 
     dlq = commands.add_parser("dlq", help="the dead-letter stream of a namespace's failed Event invocations")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
