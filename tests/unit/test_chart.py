@@ -287,7 +287,7 @@ def test_nats_users_are_the_platforms_and_each_component_connects_as_its_own(hel
     assert (CHART / "files" / "nats-authorization.conf").read_text() == natsauth.authorization(), (
         "files/nats-authorization.conf is stale: make nats-authorization"
     )
-    docs = render(helm, "--set", "async.worker.separate=true")
+    docs = render(helm, "--set", "async.worker.separate=true", "--set", "logs.otlp.endpoint=http://otel:4318")
     assert set(find(docs, "Secret", "kubelambda-nats-users")["data"]) == set(natsauth.USERS)
     assert set(nats_password_env(docs)) == {f"KL_NATS_{u.upper()}_PASSWORD" for u in natsauth.USERS}
     urls = {
@@ -297,6 +297,7 @@ def test_nats_users_are_the_platforms_and_each_component_connects_as_its_own(hel
         ("kubelambda-operator", "KUBELAMBDA_NATS_URL"): "operator",
         ("kubelambda-operator", "KUBELAMBDA_BRIDGE_NATS_URL"): "bridge",
         ("kubelambda-operator", "KUBELAMBDA_AGENT_NATS_URL"): "agent",
+        ("kubelambda-log-export", "KUBELAMBDA_LOG_EXPORT_NATS_URL"): "exporter",
     }
     for (deployment, variable), user in urls.items():
         container = find(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
@@ -311,6 +312,42 @@ def test_nats_users_are_the_platforms_and_each_component_connects_as_its_own(hel
     assert env_of(find(external, "Deployment", "kubelambda-gateway"))["KUBELAMBDA_GATEWAY_NATS_URL"] == (
         "nats://u:p@10.0.0.9:4333"
     )
+
+
+def test_the_log_exporter_runs_only_with_an_otlp_endpoint(helm: Path) -> None:
+    assert not [d for d in render(helm) if d["metadata"]["name"] == "kubelambda-log-export"]
+    docs = render(
+        helm,
+        "--set",
+        "logs.otlp.endpoint=https://otlp.example:4318",
+        "--set",
+        "logs.otlp.namespaces={team-a}",
+        "--set",
+        "logs.otlp.headersSecret=otlp-headers",
+    )
+    deployment = find(docs, "Deployment", "kubelambda-log-export")
+    env = env_of(deployment)
+    assert (env["KUBELAMBDA_LOG_EXPORT_ENDPOINT"], env["KUBELAMBDA_LOG_EXPORT_NAMESPACES"]) == (
+        "https://otlp.example:4318",
+        '["team-a"]',
+    )
+    headers = next(
+        e
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if e["name"].endswith("HEADERS")
+    )
+    assert headers["valueFrom"]["secretKeyRef"] == {"name": "otlp-headers", "key": "headers"}
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    policy = find(docs, "NetworkPolicy", "kubelambda-log-export")
+    assert [p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]][-2:] == [4318, 443]
+    nats_from = find(docs, "NetworkPolicy", "kubelambda-nats")["spec"]["ingress"][0]["from"]
+    assert any(
+        f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "log-export"
+        for f in nats_from
+    )
+    bad = run_helm(helm, "template", "k", str(CHART), "--set", "logs.otlp.endpoint=otel:4318", check=False)
+    assert bad.returncode != 0  # the schema wants a URL
+    assert "/logs/otlp/endpoint" in bad.stderr, bad.stderr
 
 
 def test_monitoring_objects_only_with_the_prometheus_operator(helm: Path) -> None:

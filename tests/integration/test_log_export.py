@@ -1,0 +1,210 @@
+"""Function logs exported over OpenTelemetry (docs/logs.md, "Export"), end to end on real servers: a real agent
+ships its invocations' log to a real nats-server (the platform's NATS users: the agent as ``agent``), the
+exporter (``kubelambda log-export``'s, logged in as ``exporter``) reads the namespace's log stream and sends
+OTLP/HTTP to a real OpenTelemetry Collector (hack/otelcol.sh), whose file exporter the test reads back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from kltest.otelcol import ExportedLog, OtelCollector
+from kltest.wait import wait_for
+from kubelambda import logexport, logstore, metrics, natsauth
+from kubelambda.devcluster._ports import free_port
+from kubelambda.devcluster.servers import NatsServer
+from kubelambda.runtimes import agent_binary, local_command, runtime_images_dir
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "team-otlp"
+HANDLER = """
+import json
+
+
+def handler(event, context):
+    print("plain line", event["tag"])
+    print(json.dumps({"level": "ERROR", "message": "json line", "tag": event["tag"]}))
+    return {"requestId": context.aws_request_id}
+"""
+
+
+@pytest.fixture(scope="module")
+async def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    async with NatsServer(tmp_path_factory.mktemp("nats"), passwords=natsauth.new_passwords()) as server:
+        nc = await nats.connect(
+            server.url_as("operator"), **natsauth.connect_options(server.url_as("operator"))
+        )
+        try:  # the operator makes the namespace's stream before the Function's pods start
+            await logstore.ensure_stream(nc, NAMESPACE, logstore.Retention())
+        finally:
+            await nc.close()
+        yield server
+
+
+@pytest.fixture(scope="module")
+def agent(secured_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real agent running a Python handler, shipping its log as the ``agent`` user; yields its invoke URL."""
+    code = tmp_path_factory.mktemp("code")
+    (code / "app.py").write_text(HANDLER)
+    cmd = local_command(
+        "python3.12",
+        code,
+        "app.handler",
+        agent=agent_binary(),
+        listen=f"127.0.0.1:{free_port()}",
+        runtime_api=f"127.0.0.1:{free_port()}",
+        function_name="exported",
+        timeout_s=30,
+        runtime_cmd=[sys.executable, str(runtime_images_dir() / "python" / "bootstrap.py"), "app.handler"],
+        base_env={"PATH": "/usr/bin:/bin"},
+    )
+    env = {
+        **cmd.env,
+        "KUBELAMBDA_LOG_NATS_URL": secured_nats.url_as("agent"),
+        "KUBELAMBDA_FUNCTION_NAMESPACE": NAMESPACE,
+        "KUBELAMBDA_POD_NAME": "exported-7d9f-abcde",
+    }
+    log = (tmp_path_factory.mktemp("agent") / "agent.log").open("wb")
+    proc = subprocess.Popen(cmd.argv, env=env, cwd=cmd.cwd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield cmd.invoke_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def invoke(url: str, tag: str) -> str:
+    """One invocation; its request id."""
+    host, _, port = url.split("/")[2].partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request(
+            "POST", "/invoke", body=json.dumps({"tag": tag}), headers={"Content-Type": "application/json"}
+        )
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 200, body
+        return str(json.loads(body)["requestId"])
+    finally:
+        conn.close()
+
+
+async def invoked(url: str, tag: str) -> str:
+    async def attempt() -> str | None:  # the agent may still be starting
+        try:
+            return await asyncio.to_thread(invoke, url, tag)
+        except OSError:
+            return None
+
+    return str(await wait_for(attempt, bool, what="the agent answering", timeout=60, interval=0.2))
+
+
+@contextlib.asynccontextmanager
+async def exporting(nats_server: NatsServer, endpoint: str) -> AsyncIterator[None]:
+    settings = logexport.LogExportSettings(
+        nats_url=nats_server.url_as("exporter"), endpoint=endpoint, rescan_seconds=0.5, metrics_address=""
+    )
+    task = asyncio.create_task(logexport.LogExporter(settings).run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def of_request(logs: list[ExportedLog], request_id: str) -> list[ExportedLog]:
+    return [r for r in logs if r.attributes.get("faas.invocation_id") == request_id]
+
+
+async def exported(collector: OtelCollector, request_id: str) -> list[ExportedLog]:
+    """The request's records once its REPORT reached the Collector."""
+
+    async def got() -> list[ExportedLog]:
+        return of_request(collector.logs(), request_id)
+
+    return list(
+        await wait_for(
+            got,
+            lambda rs: any(r.body.startswith("REPORT ") for r in rs),
+            what=f"{request_id}'s REPORT exported",
+        )
+    )
+
+
+async def test_an_invocations_records_reach_the_collector_with_their_attributes(
+    secured_nats: NatsServer, agent: str, tmp_path: Path
+) -> None:
+    async with OtelCollector(tmp_path / "otelcol") as collector, exporting(secured_nats, collector.endpoint):
+        request_id = await invoked(agent, "first")
+        records = await exported(collector, request_id)
+
+    bodies = [r.body for r in records]
+    assert bodies[0].startswith(f"START RequestId: {request_id} "), bodies
+    assert "plain line first" in bodies, bodies
+    assert bodies[-1].startswith(f"REPORT RequestId: {request_id}\t"), bodies
+    assert len(bodies) == len(set(bodies)) == 5, bodies  # START, two lines, END, REPORT: each once
+    for r in records:
+        assert r.resource == {
+            "service.name": "exported",
+            "service.namespace": NAMESPACE,
+            "faas.name": "exported",
+            "faas.version": "$LATEST",
+            "faas.instance": "exported-7d9f-abcde",
+            "k8s.namespace.name": NAMESPACE,
+            "k8s.pod.name": "exported-7d9f-abcde",
+        }, r
+        assert r.attributes == {"faas.invocation_id": request_id, "log.iostream": "stdout"}, r
+        assert 0 < r.time_unix_nano <= r.observed_time_unix_nano, r
+    (json_line,) = [r for r in records if r.body.startswith("{")]
+    assert json.loads(json_line.body)["message"] == "json line"
+    assert (json_line.severity_number, json_line.severity_text) == (
+        17,
+        "ERROR",
+    )  # the level, as --level reads it
+    (plain,) = [r for r in records if r.body == "plain line first"]
+    assert (plain.severity_number, plain.severity_text) == (0, "")
+
+
+async def test_records_wait_in_the_store_while_the_collector_is_down(
+    secured_nats: NatsServer, agent: str, tmp_path: Path
+) -> None:
+    """The exporter acknowledges records only once the endpoint took them: a Collector that is down loses none,
+    and what was exported before is not sent again (the durable consumer resumes where it stopped)."""
+    port = free_port()
+    failures = metrics.LOG_EXPORT_FAILURES.labels(NAMESPACE)
+    async with (
+        OtelCollector(tmp_path / "before", port=port) as collector,
+        exporting(secured_nats, collector.endpoint),
+    ):
+        before = await invoked(agent, "before")
+        await exported(collector, before)
+        await collector.stop()
+        failed = failures._value.get()
+        during = await invoked(agent, "during")
+
+        async def failures_now() -> float:
+            return float(failures._value.get())
+
+        await wait_for(failures_now, lambda n: n > failed, what="a failed OTLP request (Collector down)")
+        async with OtelCollector(tmp_path / "after", port=port) as again:
+            records = await exported(again, during)
+            assert len(records) == 5, [r.body for r in records]
+            assert not of_request(again.logs(), before), "records exported before the outage were sent again"
+    assert metrics.LOG_EXPORT_RECORDS.labels(NAMESPACE, "rejected")._value.get() == 0
