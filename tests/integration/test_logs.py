@@ -202,6 +202,36 @@ async def test_a_cold_invoke_served_by_a_warm_pool_pod_is_readable_by_request_id
     assert "no invocation logged since 2099-01-01T00:00:00Z" in later.stderr
 
 
+async def test_a_cold_invoke_of_a_function_scaled_to_zero_is_readable_through_the_gateway_after_its_pod_went(
+    env: Env,
+) -> None:
+    """No warm pool: the cold invoke starts the function's own pod, which scale to zero removes; the request id of
+    boto3's ResponseMetadata then finds its records through the gateway (no route to NATS)."""
+    scaling = {"scaleToZeroAfterSeconds": 2, "warmPool": False}
+    await env.deploy(python_function("zeroed", HANDLER, scaling=scaling))
+    await wait_for(
+        lambda: instances(env.kube, env.namespace, "zeroed"),
+        lambda pods: pods == [],
+        what="the new Function at zero instances",
+        timeout=120,
+    )
+    rid, _, headers = await asyncio.to_thread(invoke_tail, env.url, f"{env.namespace}/zeroed", {"i": 0})
+    assert not headers.get("x-kubelambda-warm-pool"), headers
+    await wait_for(
+        lambda: instances(env.kube, env.namespace, "zeroed"),
+        lambda pods: pods == [],
+        what="the instance that served it gone (scale to zero)",
+        timeout=120,
+    )
+    via = ("--from", "gateway", "--endpoint-url", env.url, "--request-id", rid)
+    done = await kubelambda_logs(env, "zeroed", *via, store=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"START RequestId: {rid} "), done.stdout
+    assert f"hello from {rid} 0" in lines
+    assert lines[-1].startswith(f"REPORT RequestId: {rid}\t"), done.stdout
+
+
 async def test_every_async_invocation_is_kept_and_no_record_is_dropped(env: Env) -> None:
     count = 1000  # the issue's acceptance figure
     await env.deploy(python_function("many", HANDLER, concurrency={"perInstance": 4}))
