@@ -112,13 +112,22 @@ def invoke_lines(t: Target, lines: int, rate: int | None = None) -> tuple[float,
         conn.close()
 
 
-def settled(t: Target) -> dict[str, float]:
-    """The agent's log metrics once its queue is empty and what it sent is acknowledged (or counted dropped)."""
+def settled(t: Target, before: dict[str, float] | None = None, lines: int = 0) -> dict[str, float]:
+    """The agent's log metrics once ``lines`` records more than ``before`` were stored or dropped (the pipe may
+    still hold some when the invocation answers), its queue is empty and what it sent is acknowledged."""
     deadline = time.monotonic() + 60
     while True:
         now = metrics(t)
+        done = sum(
+            now[k] - (before or {}).get(k, 0.0)
+            for k in (
+                "kubelambda_agent_log_records_stored_total",
+                "kubelambda_agent_log_records_dropped_total",
+            )
+        )
         if (
-            now["kubelambda_agent_log_records_buffered"] == 0
+            done >= lines
+            and now["kubelambda_agent_log_records_buffered"] == 0
             and now["kubelambda_agent_log_records_inflight"] == 0
         ):
             return now
@@ -135,7 +144,7 @@ def before_drops(t: Target, seconds: float, start_rate: int, max_rate: int) -> l
         before = metrics(t)
         _, body = invoke_lines(t, int(rate * seconds), rate)
         took = float(body)
-        now = settled(t)
+        now = settled(t, before, int(rate * seconds))
         stored = (
             now["kubelambda_agent_log_records_stored_total"]
             - before["kubelambda_agent_log_records_stored_total"]
@@ -158,7 +167,7 @@ def burst(t: Target, lines: int, shipping: bool) -> str:
     took, _ = invoke_lines(t, lines)
     if not shipping:
         return f"{t.name:24} {lines:>8} {lines / took:>14.0f} {'-':>12} {'-':>10}"
-    now = settled(t)
+    now = settled(t, before, lines)
     stored = (
         now["kubelambda_agent_log_records_stored_total"] - before["kubelambda_agent_log_records_stored_total"]
     )

@@ -210,6 +210,7 @@ METRICS_END = "<!-- END metrics table -->"
 _EXPORTED_BY = (
     ("kubelambda_operator_", "operator (`/metrics` on its metrics port, 8082 in the chart)"),
     ("kubelambda_bridge_", "bridge (`/metrics` of each Trigger's bridge pod)"),
+    ("kubelambda_log_export_", "log exporter (`/metrics` on port 9464, `logs.otlp.metricsPort`)"),
     ("kubelambda_async_events_accepted", "gateway"),
     ("kubelambda_async_", "async worker (the gateway's `/metrics` when the worker runs inside it)"),
     ("kubelambda_", "gateway (`/metrics`)"),
