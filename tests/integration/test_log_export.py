@@ -10,9 +10,8 @@ import asyncio
 import contextlib
 import http.client
 import json
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -22,6 +21,7 @@ from kltest.otelcol import ExportedLog, OtelCollector
 from kltest.wait import wait_for
 from kubelambda import logexport, logstore, metrics, natsauth
 from kubelambda.devcluster._ports import free_port
+from kubelambda.devcluster._process import spawn, stop
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.runtimes import agent_binary, local_command, runtime_images_dir
 
@@ -53,7 +53,7 @@ async def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 
 
 @pytest.fixture(scope="module")
-def agent(secured_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+async def agent(secured_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A real agent running a Python handler, shipping its log as the ``agent`` user; yields its invoke URL."""
     code = tmp_path_factory.mktemp("code")
     (code / "app.py").write_text(HANDLER)
@@ -75,18 +75,11 @@ def agent(secured_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) ->
         "KUBELAMBDA_FUNCTION_NAMESPACE": NAMESPACE,
         "KUBELAMBDA_POD_NAME": "exported-7d9f-abcde",
     }
-    log = (tmp_path_factory.mktemp("agent") / "agent.log").open("wb")
-    proc = subprocess.Popen(cmd.argv, env=env, cwd=cmd.cwd, stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn(cmd.argv, log=tmp_path_factory.mktemp("agent") / "agent.log", env=env, cwd=Path(cmd.cwd))
     try:
         yield cmd.invoke_url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        await stop(proc, grace_seconds=10)
 
 
 def invoke(url: str, tag: str) -> str:
