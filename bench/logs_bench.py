@@ -200,6 +200,12 @@ async def run() -> int:
     )
     parser.add_argument("--paced-seconds", type=float, default=3.0, help="how long each paced rate prints")
     parser.add_argument("--max-rate", type=int, default=640000, help="the highest paced rate tried, lines/s")
+    parser.add_argument(
+        "--split-cpus",
+        action="store_true",
+        help="nats-server on the last CPU, the agents, their runtimes and this client on the others (as with NATS "
+        "on another node: what a function's own cores pay for shipping)",
+    )
     parser.add_argument("--before", type=Path, help="another agent binary, shipping, as a third target")
     args = parser.parse_args()
 
@@ -210,7 +216,14 @@ async def run() -> int:
     base_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     client = [sys.executable, str(runtime_images_dir() / "python" / "bootstrap.py"), "app.handler"]
     server = NatsServer(workdir / "nats")
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.split_cpus:
+        if len(cpus) < 2:
+            parser.error("--split-cpus needs two CPUs at least")
+        os.sched_setaffinity(0, cpus[-1:])  # nats-server (started now) inherits it
     await server.start()
+    if args.split_cpus:
+        os.sched_setaffinity(0, cpus[:-1])  # the agents and their runtimes (started later) inherit this
     rows: list[str] = []
     try:
         await make_stream(server.url)
@@ -259,6 +272,10 @@ async def run() -> int:
         await server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
+    if args.split_cpus:
+        print(
+            f"nats-server on CPU {cpus[-1]}; agents, runtimes and the client on CPU {','.join(map(str, cpus[:-1]))}"
+        )
     print(
         f"warm invocations, Python handler printing 1 line, 1 worker, 1 connection, {args.rounds} rounds x "
         f"{args.requests}; p50/p99: the median of the rounds' (pooled in brackets)"
