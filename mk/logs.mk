@@ -3,9 +3,11 @@
 .PHONY: bench-logs
 
 # Warm invoke p50/p99 and the agent's CPU with log shipping on beside off (same run, interleaved rounds), and
-# records per second through one agent before drops begin.
+# records per second through one agent before drops begin; then again with nats-server on a CPU of its own (as
+# with NATS on another node).
 bench-logs: venv agent
-	$(PY) bench/logs_bench.py --requests 1000 --rounds 15 $(if $(BEFORE),--before $(BEFORE))
+	nice -n 10 $(PY) bench/logs_bench.py --requests 1000 --rounds 15 $(if $(BEFORE),--before $(BEFORE))
+	nice -n 10 $(PY) bench/logs_bench.py --requests 1000 --rounds 15 --burst --max-rate 0 --split-cpus $(if $(BEFORE),--before $(BEFORE))
 
 bench: bench-logs
 

@@ -147,6 +147,18 @@ async def test_an_invocations_records_reach_the_collector_with_their_attributes(
     async with OtelCollector(tmp_path / "otelcol") as collector, exporting(secured_nats, collector.endpoint):
         request_id = await invoked(agent, "first")
         records = await exported(collector, request_id)
+        # The exporter's acknowledgements reach the store (its NATS user may send them): nothing left to redeliver.
+        admin = secured_nats.url_as("admin")
+        nc = await nats.connect(admin, **natsauth.connect_options(admin))
+        try:
+            stream, js = logstore.stream_name(NAMESPACE), nc.jetstream()
+            await wait_for(
+                lambda: js.consumer_info(stream, logexport.CONSUMER),
+                lambda info: (info.num_ack_pending, info.num_pending) == (0, 0),
+                what="every exported message acknowledged",
+            )
+        finally:
+            await nc.close()
 
     bodies = [r.body for r in records]
     assert bodies[0].startswith(f"START RequestId: {request_id} "), bodies
