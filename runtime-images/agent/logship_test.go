@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -308,6 +310,39 @@ func BenchmarkShip(b *testing.B) {
 		s.ship("stdout", "6f1c1a52-0d6a-4c8e-9f55-3f0e2f1d7b11", line)
 		if len(s.buf.entries) > 4096 {
 			s.recycle(s.take())
+		}
+	}
+}
+
+// One invocation's shipping as the agent does it at a few thousand invocations a second: its four records
+// encoded, and its share of a batch (32 invocations) grouped into PUB commands, written to a buffered writer.
+func BenchmarkShipInvocation(b *testing.B) {
+	s, _ := newShipper("nats://127.0.0.1:1", "ns", "fn", "$LATEST", "pod-1", 1<<20)
+	w := bufio.NewWriterSize(io.Discard, 64*1024)
+	id := "6f1c1a52-0d6a-4c8e-9f55-3f0e2f1d7b11"
+	lines := [][]byte{
+		[]byte("START RequestId: " + id + " Version: $LATEST"),
+		[]byte("line 1 of a handler, padded to about one hundred bytes like a typical log line............"),
+		[]byte("END RequestId: " + id),
+		[]byte("REPORT RequestId: " + id + "\tDuration: 0.21 ms\tBilled Duration: 1 ms\tMemory Size: 128 MB\tMax Memory Used: 20 MB"),
+	}
+	var size [20]byte
+	n := 0
+	for b.Loop() {
+		for _, l := range lines {
+			s.ship("stdout", id, l)
+		}
+		if n++; n%32 == 0 {
+			batch := s.take()
+			batch.messages(func(subject string, payload []byte, _ int, _ bool) bool {
+				_, _ = w.WriteString("PUB ")
+				_, _ = w.WriteString(subject)
+				_, _ = w.Write(strconv.AppendInt(size[:0], int64(len(payload)), 10))
+				_, _ = w.Write(payload)
+				return true
+			})
+			_ = w.Flush()
+			s.recycle(batch)
 		}
 	}
 }
