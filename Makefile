@@ -28,9 +28,11 @@ unit: venv
 integration: venv binaries
 	$(PY) -m pytest tests/integration -q
 
-# Lint, types, the agent's Go checks, then every Python test (unit + integration on the real local cluster).
+# Lint, types, the agent's Go checks, every Python test (unit + integration on the real local cluster), then the
+# e2e suite on the container node (root; mk/container-node.mk, docs/local-cluster.md "The e2e suite").
 test: lint types binaries agent-test
 	$(PY) -m pytest -q
+	$(MAKE) e2e
 
 demo: venv binaries
 	bash hack/demo.sh

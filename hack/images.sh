@@ -16,6 +16,8 @@
 #   CA_BUNDLE (default $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt): given to the control-plane image's
 #               pip install as a build secret, for hosts behind a TLS-intercepting proxy
 #   PLATFORMS, PUSH=1   with docker buildx (official bases): build for several platforms and push.
+#   BASE_REPO  the Debian bases' repository (default kubelambda/debian; hack/debian-bases.sh)
+#   DOCKER_BUILD_FLAGS  more flags for every build, e.g. --no-cache (a cold build's timing, docs/local-cluster.md)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +25,8 @@ cache="${KUBELAMBDA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubelambda}"
 registry="${IMAGE_REGISTRY:-ghcr.io/kubelambda}"
 version="${VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/pyproject.toml")}"
 bases="${BASES:-auto}"
+base_repo="${BASE_REPO:-kubelambda/debian}"
+read -r -a extra_flags <<<"${DOCKER_BUILD_FLAGS:-}"
 ca_bundle="${CA_BUNDLE:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
 say() { echo "images: $*" >&2; }
 started=$SECONDS
@@ -134,7 +138,7 @@ skipped=()
 while IFS='|' read -r name tag dockerfile context args release debian_args; do
   selected "$name" "$tag" || continue
   ref="$registry/$name:$tag"
-  cmd=("${build[@]}" -f "$root/$dockerfile" -t "$ref")
+  cmd=("${build[@]}" "${extra_flags[@]}" -f "$root/$dockerfile" -t "$ref")
   for a in $args; do cmd+=(--build-arg "$a"); done
   # This host's CA bundle, for builds that reach a package index through a TLS-intercepting proxy (Dockerfile).
   [[ -s "$ca_bundle" && "$name" == kubelambda ]] && cmd+=(--secret "id=ca-certificates,src=$ca_bundle")
@@ -145,7 +149,7 @@ while IFS='|' read -r name tag dockerfile context args release debian_args; do
       say "$ref: skipped (no Debian release has this version; it needs the official base: BASES=official)"
       continue
     fi
-    base="kubelambda/debian:$release"
+    base="$base_repo:$release"
     cmd+=(--build-arg "BASE=$base" --label "io.kubelambda.base=$base")
     [[ "$context" == runtime-images ]] && cmd+=(--build-arg AGENT_FROM=agent-prebuilt)
     for a in $debian_args; do cmd+=(--build-arg "$a"); done

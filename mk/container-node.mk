@@ -7,15 +7,17 @@
 node-binaries: binaries
 	bash hack/kube-binaries.sh node
 
-# Debian's containerd, runc, CNI plugins, conntrack, ipset (kube-router) (root). Docker comes from `make images` (hack/docker-up.sh).
+# Debian's containerd, runc, CNI plugins, conntrack, ipset (kube-router), and Docker with debootstrap (the images
+# are built with Docker on Debian bases bootstrapped here: hack/images.sh) (root). .ci/run installs the same list.
+NODE_PACKAGES := containerd runc containernetworking-plugins conntrack iptables ipset docker.io debootstrap
 node-packages:
-	@missing=$$(for p in containerd runc containernetworking-plugins conntrack iptables ipset; do \
+	@missing=$$(for p in $(NODE_PACKAGES); do \
 		dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
 # The e2e suite (tests/e2e): the chart on the container node, Functions invoked with boto3 through its gateway,
-# ending with `dev down` and a check that nothing is left on the host. Not part of `make test` (docs/local-cluster.md).
+# ending with `dev down` and a check that nothing is left on the host. `make test` runs it last (docs/local-cluster.md).
 e2e: venv node-packages images node-binaries
 	$(PY) -m pytest -q tests/e2e
 

@@ -6,7 +6,6 @@ container's CFS quota), timeouts, an Event invoke retried. Every test's namespac
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import subprocess
@@ -17,8 +16,8 @@ from typing import Any
 import pytest
 
 from kltest import Cluster, wait_for
-from kltest.e2e import example, function_pods, invoke, python, ready, report
-from kubelambda.devcluster._containernode import CGROUP_ROOT, import_image
+from kltest.e2e import code_image, example, function_pods, invoke, python, ready, report
+from kubelambda.devcluster._containernode import CGROUP_ROOT
 from kubelambda.kube import KubeClient
 
 # Runtime → example. java21 runs from a code image built here (test_java21_from_a_code_image).
@@ -228,12 +227,10 @@ def java21_code_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     src.write_text(JAVA_HELLO)
     # Debian bookworm's javac is 17's: class files of 17 run on the java21 runtime, which the answer reports.
     subprocess.run(["javac", "--release", "17", "-d", str(work / "task"), str(src)], check=True, timeout=300)
-    (work / "Dockerfile").write_text("FROM ghcr.io/kubelambda/runtime-java:21\nCOPY task/ /var/task/\n")
-    digest = hashlib.sha256(JAVA_HELLO.encode()).hexdigest()[:12]
-    image = f"kubelambda.io/e2e/hello-java21:{digest}"
-    subprocess.run(["docker", "build", "-q", "-t", image, str(work)], check=True, timeout=600)
-    import_image(image)
-    return image
+    src.unlink()
+    return code_image(
+        "hello-java21", work, "FROM ghcr.io/kubelambda/runtime-java:21\nCOPY task/ /var/task/\n"
+    )
 
 
 async def test_java21_from_a_code_image(

