@@ -158,9 +158,17 @@ def test_default_render(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == sorted(
-        {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Namespace", "NetworkPolicy", "PodDisruptionBudget",
-         "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet"}
+        {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Job", "Namespace", "NetworkPolicy",
+         "PodDisruptionBudget", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet"}
     )  # fmt: skip
+    # The warm pools' namespace enforces Pod Security "restricted"; the gateway's Leases go with a post-delete hook.
+    pool_ns = find(docs, "Namespace", "kubelambda-warm-pool")["metadata"]["labels"]
+    assert pool_ns["pod-security.kubernetes.io/enforce"] == "restricted"
+    uninstall = find(docs, "Job", "kubelambda-uninstall")
+    assert uninstall["metadata"]["annotations"]["helm.sh/hook"] == "post-delete"
+    assert find(docs, "Role", "kubelambda-uninstall")["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list", "delete"]}
+    ]
     operator = find(docs, "Deployment", "kubelambda-operator")
     env = env_of(operator)
     assert "KUBELAMBDA_PEERING" not in env, "one replica runs standalone"
