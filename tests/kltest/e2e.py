@@ -18,7 +18,7 @@ import yaml
 
 from kltest.cluster import Cluster
 from kltest.wait import wait_for
-from kubelambda.devcluster._containernode import import_image
+from kubelambda.devcluster._containernode import BRIDGE, import_image
 from kubelambda.kube import KubeClient, resource_path
 
 JSON = dict[str, Any]
@@ -103,7 +103,14 @@ def host_snapshot() -> dict[str, set[str]]:
         return {line for line in out.splitlines() if line and not line.startswith("#")}
 
     mounts = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
-    links = {line.split(":", 2)[1].split("@")[0].strip() for line in lines("ip", "-o", "link")}
+    links = set()
+    for line in lines("ip", "-o", "link"):
+        words = line.split()
+        # Docker's containers (image builds, other users of this machine) come and go on Docker's own bridges:
+        # a link enslaved to a bridge other than the node's is never the node's.
+        master = words[words.index("master") + 1] if "master" in words else None
+        if master is None or master == BRIDGE:
+            links.add(line.split(":", 2)[1].split("@")[0].strip())
     return {
         "mounts": mounts,
         "links": links,
