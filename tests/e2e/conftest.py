@@ -26,7 +26,8 @@ from kubelambda.devcluster._chart import RESTRICTED
 from kubelambda.devcluster._containernode import cleanup_host, host_leftovers
 from kubelambda.kube import KubeClient, resource_path
 
-E2E_DIR = Path(tempfile.gettempdir()) / "kubelambda-e2e"
+# KUBELAMBDA_E2E_DIR: another folder, for two suites on one machine (a kind run and a container-node run).
+E2E_DIR = Path(os.environ.get("KUBELAMBDA_E2E_DIR") or Path(tempfile.gettempdir()) / "kubelambda-e2e")
 
 
 @pytest.fixture(scope="session")
