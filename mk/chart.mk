@@ -21,7 +21,7 @@ E2E_NAMESPACE := kubelambda-system
 RUNTIME_FAMILIES := python nodejs java ruby provided
 
 .PHONY: chart-crds nats-authorization chart-lint chart-test require-docker docker-up images images-test image-kubelambda \
-	$(addprefix image-runtime-,$(RUNTIME_FAMILIES)) kind-up kind-down e2e-kind
+	$(addprefix image-runtime-,$(RUNTIME_FAMILIES)) kind-up kind-down
 
 # Copies the generated CRDs (make crds) into the chart; tests/unit/test_chart.py fails when they drift.
 chart-crds:
@@ -85,7 +85,5 @@ kind-up: require-docker binaries
 kind-down: require-docker
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
-# The integration suite against kind (KUBELAMBDA_TEST_BACKEND=kind, read by tests/kltest/cluster.py). `make e2e`
-# (mk/container-node.mk) is the e2e suite on this machine's container node.
-e2e-kind: require-docker kind-up
-	KUBELAMBDA_TEST_BACKEND=kind KUBELAMBDA_KIND_CLUSTER=$(KIND_CLUSTER) $(PY) -m pytest -q tests/integration
+# `make e2e-kind` (mk/kind.mk) is the e2e suite on a kind cluster assembled on this machine; `make e2e`
+# (mk/container-node.mk) the same suite on this machine's container node.

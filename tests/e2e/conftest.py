@@ -4,12 +4,17 @@ the chart's gateway on its NodePort, signed with the developer's access key from
 
 Needs root, Docker with the images of ``make images``, and the container node's Debian packages (``make e2e``
 checks and builds them). The last module (``test_zz_down``) stops the cluster with ``kubelambda dev down`` and
-checks that nothing it made is left on the host."""
+checks that nothing it made is left on the host.
+
+``KUBELAMBDA_TEST_BACKEND=kind`` (``make e2e-kind``): the same suite on the kind cluster that hack/kind-up.sh made
+on this machine from a locally assembled node image, with the chart installed the same way."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,21 +23,43 @@ from typing import Any
 import pytest
 
 from kltest import Cluster, create_namespace, start_cluster
-from kltest.cluster import kubectl_bin
+from kltest.cluster import backend, kind_cluster, kubectl_bin
 from kltest.e2e import host_snapshot
 from kltest.platform import lambda_client
 from kubelambda.devcluster import DevState
-from kubelambda.devcluster._chart import RESTRICTED
+from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.devcluster._chart import GATEWAY_NODE_PORT, RESTRICTED
 from kubelambda.devcluster._containernode import cleanup_host, host_leftovers
+from kubelambda.devcluster._platform import Platform
 from kubelambda.kube import KubeClient, resource_path
 
 # KUBELAMBDA_E2E_DIR: another folder, for two suites on one machine (a kind run and a container-node run).
 E2E_DIR = Path(os.environ.get("KUBELAMBDA_E2E_DIR") or Path(tempfile.gettempdir()) / "kubelambda-e2e")
 
 
+def kind_platform() -> Cluster:
+    """The kind cluster hack/kind-up.sh made, chart installed: the gateway on the node's NodePort, and the
+    developer's access key made as ``dev up`` makes it."""
+    running = kind_cluster(E2E_DIR)
+    node = running.state.node
+    inspect = ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", node]
+    node_ip = subprocess.run(inspect, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    helper = Platform(E2E_DIR, ensure_binaries(quiet=True), running.kubeconfig)
+
+    async def developer_key() -> None:
+        async with KubeClient.from_kubeconfig(running.kubeconfig) as kube:
+            await helper._developer_key(kube)
+
+    asyncio.run(developer_key())
+    s = running.state
+    s.node_ip, s.node_kind, s.gateway_url = node_ip, "kind", f"http://{node_ip}:{GATEWAY_NODE_PORT}"
+    s.aws_access_key_id, s.aws_secret_access_key = helper.access_key_id, helper.secret_access_key
+    return running
+
+
 @pytest.fixture(scope="session")
 def host_before() -> dict[str, set[str]]:
-    if os.environ.get("KUBELAMBDA_E2E_STATE_DIR"):
+    if os.environ.get("KUBELAMBDA_E2E_STATE_DIR") or backend() == "kind":
         return {}
     left = host_leftovers()
     assert not left, f"a container node's leftovers are on this machine before the suite: {left}"
@@ -50,6 +77,9 @@ def cluster(host_before: dict[str, set[str]]) -> Iterator[Cluster]:
                 f"KUBELAMBDA_E2E_STATE_DIR={running_dir}: no running container node recorded there"
             )
         yield Cluster(state_dir=Path(running_dir), proc=None, state=state, kubectl_path=kubectl_bin())
+        return
+    if backend() == "kind":
+        yield kind_platform()
         return
     shutil.rmtree(E2E_DIR, ignore_errors=True)
     running = start_cluster(E2E_DIR, platform=True, timeout=1500, args=["--node", "container"])

@@ -662,10 +662,10 @@ def test_docker_targets_stop_when_the_daemon_does_not_answer(tmp_path: Path) -> 
     assert "the Docker daemon does not answer" in result.stderr, result.stderr
 
 
-def test_kind_up_and_e2e_commands() -> None:
-    """What `make kind-up` and `make e2e-kind` would run (make -n; DOCKER=true stands in for a working Docker)."""
+def test_kind_up_commands() -> None:
+    """What `make kind-up` would run (make -n; DOCKER=true stands in for a working Docker)."""
     result = subprocess.run(
-        ["make", "-n", "e2e-kind", "DOCKER=true", "KIND=kind"],
+        ["make", "-n", "kind-up", "DOCKER=true", "KIND=kind"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -680,7 +680,6 @@ def test_kind_up_and_e2e_commands() -> None:
         "bash hack/images.sh",
         f"kind load docker-image --name kubelambda ghcr.io/kubelambda/kubelambda:{version}",
         "upgrade --install kubelambda helm/kubelambda --namespace kubelambda-system",
-        "KUBELAMBDA_TEST_BACKEND=kind",
     ):
         assert expected in out, f"{expected!r} not in:\n{out}"
     # Every tag the operator's default runtime images use is loaded (hack/images.sh builds them:
@@ -689,6 +688,17 @@ def test_kind_up_and_e2e_commands() -> None:
 
     for image in default_runtime_images("ghcr.io/kubelambda").values():
         assert image in out.split("kind load docker-image", 1)[1], image
+
+
+def test_e2e_kind_commands() -> None:
+    """`make e2e-kind` (mk/kind.mk): the kind cluster of this machine's assembled node image, then the e2e suite."""
+    result = subprocess.run(
+        ["make", "-n", "e2e-kind", "DOCKER=true"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    out = re.sub(r"\\\n\s*", " ", result.stdout)
+    for expected in ("bash hack/images.sh", "bash hack/kind-up.sh", "KUBELAMBDA_TEST_BACKEND=kind", "pytest -q tests/e2e"):
+        assert expected in out, f"{expected!r} not in:\n{out}"
 
 
 def test_kind_backend_fails_at_once_without_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
