@@ -697,7 +697,12 @@ def test_e2e_kind_commands() -> None:
     )
     assert result.returncode == 0, result.stderr
     out = re.sub(r"\\\n\s*", " ", result.stdout)
-    for expected in ("bash hack/images.sh", "bash hack/kind-up.sh", "KUBELAMBDA_TEST_BACKEND=kind", "pytest -q tests/e2e"):
+    for expected in (
+        "bash hack/images.sh",
+        "bash hack/kind-up.sh",
+        "KUBELAMBDA_TEST_BACKEND=kind",
+        "pytest -q tests/e2e",
+    ):
         assert expected in out, f"{expected!r} not in:\n{out}"
 
 
