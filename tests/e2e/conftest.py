@@ -26,7 +26,7 @@ from kltest import Cluster, create_namespace, start_cluster
 from kltest.cluster import backend, kind_cluster, kubectl_bin
 from kltest.e2e import host_snapshot
 from kltest.platform import lambda_client
-from kubelambda.devcluster import DevState
+from kubelambda.devcluster import DevState, _containernode
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._chart import GATEWAY_NODE_PORT, RESTRICTED
 from kubelambda.devcluster._containernode import cleanup_host, host_leftovers
@@ -35,16 +35,30 @@ from kubelambda.kube import KubeClient, resource_path
 
 # KUBELAMBDA_E2E_DIR: another folder, for two suites on one machine (a kind run and a container-node run).
 E2E_DIR = Path(os.environ.get("KUBELAMBDA_E2E_DIR") or Path(tempfile.gettempdir()) / "kubelambda-e2e")
+# The kind backend's: never the container node's folder (a run there removes it first, and test_zz stops it).
+KIND_E2E_DIR = Path(tempfile.gettempdir()) / "kubelambda-e2e-kind"
+
+
+def kind_load_image(image: str) -> None:
+    """``kind load docker-image``: what ``import_image`` does for the container node, for the kind node."""
+    name = os.environ.get("KUBELAMBDA_KIND_CLUSTER", "kubelambda")
+    load = ["kind", "load", "docker-image", "--name", name, image]
+    result = subprocess.run(load, capture_output=True, text=True, check=False, timeout=900)
+    assert result.returncode == 0, f"kind load docker-image {image} failed: {result.stderr[-500:]}"
+
+
+if backend() == "kind":  # before the test modules import it: their images go into the kind node
+    _containernode.import_image = kind_load_image
 
 
 def kind_platform() -> Cluster:
     """The kind cluster hack/kind-up.sh made, chart installed: the gateway on the node's NodePort, and the
     developer's access key made as ``dev up`` makes it."""
-    running = kind_cluster(E2E_DIR)
+    running = kind_cluster(KIND_E2E_DIR)
     node = running.state.node
     inspect = ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", node]
     node_ip = subprocess.run(inspect, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-    helper = Platform(E2E_DIR, ensure_binaries(quiet=True), running.kubeconfig)
+    helper = Platform(KIND_E2E_DIR, ensure_binaries(quiet=True), running.kubeconfig)
 
     async def developer_key() -> None:
         async with KubeClient.from_kubeconfig(running.kubeconfig) as kube:
