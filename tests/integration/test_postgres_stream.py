@@ -38,6 +38,7 @@ from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.devcluster.servers import NatsServer, PostgresServer, RedisServer
 from kubelambda.kube import KubeClient, resource_path
+from kubelambda.resources.bridge import CLEANUP_FINALIZER, bridge_to_wake
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
@@ -738,6 +739,48 @@ async def test_a_deleted_trigger_drops_the_slot_and_publication_its_bridge_creat
     left = {o.removesuffix(" active") for o in await objects()}
     assert not {"slot pg_owned", "publication pg_owned"} & left, left
     assert {"slot pg_found", "publication pg_found"} <= left, left
+
+
+async def test_a_trigger_deleted_while_its_bridge_is_down_stays_until_the_bridge_dropped_its_slot(
+    database: Database, platform: Platform, cluster: Cluster, kube: KubeClient, tmp_path: Path
+) -> None:
+    """The bridge puts its finalizer on the Trigger before creating the slot and publication. SIGKILLed, then the
+    Trigger disabled and deleted: the Trigger stays (and so its bridge's Deployment, which would start the bridge
+    again), with the slot and the publication; the bridge started again drops both and releases the Trigger."""
+    name, table = "pg-down", "down_counters"
+    await counters(database, table)
+    cluster.apply(trigger(name, database, [table]), platform.namespace)
+    path = trigger_path(platform, name)
+
+    async def objects() -> set[str]:
+        slots = await database.query("SELECT 'slot ' || slot_name FROM pg_replication_slots")
+        publications = await database.query("SELECT 'publication ' || pubname FROM pg_publication")
+        return {r[0] for r in slots + publications}
+
+    ours = {"slot pg_down", "publication pg_down"}
+    bridge = BridgeProcess(cluster, platform.namespace, name, gateway_url=platform.url, log_dir=tmp_path)
+    with bridge:
+        await wait_for(objects, lambda o: ours <= o, what="the slot and publication created", timeout=60)
+        assert CLEANUP_FINALIZER in (await kube.get(path))["metadata"]["finalizers"]
+        bridge.kill()
+    await kube.patch(path, {"spec": {"enabled": False}})  # disabled too: its bridge would run no pod
+    await kube.delete(path)
+    held = await kube.get(path)
+    assert held["metadata"]["deletionTimestamp"]
+    assert CLEANUP_FINALIZER in held["metadata"]["finalizers"]
+    assert bridge_to_wake(held), "the operator would not start the bridge of this disabled Trigger"
+    assert ours <= await objects(), "dropped with no bridge running"
+
+    stop = asyncio.Event()
+    again = asyncio.create_task(run_bridge(platform.namespace, name, settings(platform, cluster), stop=stop))
+    try:
+        await wait_for(
+            lambda: kube.get_or_none(path), lambda t: t is None, what="the Trigger gone", timeout=60
+        )
+        assert not ours & await objects()
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(again, 60)
 
 
 async def test_the_orders_table_example_is_accepted_by_the_api_server(

@@ -7,6 +7,7 @@ Handlers are thin: they parse, call :class:`FunctionReconciler`, and hand the st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
@@ -32,7 +33,7 @@ from kubelambda.operator._reconcile import FunctionReconciler
 from kubelambda.operator._trigger import TriggerReconciler, bridge_ready, source_changed
 from kubelambda.resources import FUNCTION_LABEL
 from kubelambda.resources import status as st
-from kubelambda.resources.bridge import TRIGGER_LABEL, TriggerObject
+from kubelambda.resources.bridge import TRIGGER_LABEL, TriggerObject, bridge_name, bridge_to_wake
 from kubelambda.settings import OperatorSettings
 
 log = logging.getLogger("kubelambda.operator")
@@ -367,6 +368,19 @@ def build_registry() -> kopf.OperatorRegistry:
         """The bridge wrote SourceReachable (its own field manager): Ready follows it (_trigger_source_refresh)."""
         if event.get("type") == "DELETED":
             return
+        if bridge_to_wake(
+            dict(body)
+        ):  # a deleted, disabled PostgreSQL stream: its bridge drops its slot first
+            with contextlib.suppress(ApiError):
+                await memo["ctx"].kube.patch(
+                    resource_path(
+                        "apps/v1",
+                        "deployments",
+                        namespace=body["metadata"]["namespace"],
+                        name=bridge_name(body["metadata"]["name"]),
+                    ),
+                    {"spec": {"replicas": 1}},
+                )
         new = _trigger_source_refresh(dict(body))
         if new is not None:
             await _patch_status_changes(

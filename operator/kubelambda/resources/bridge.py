@@ -50,6 +50,24 @@ class TriggerObject(OwnerObject):
         return self.spec.bucket is not None and self.spec.bucket.mode == "notification"
 
 
+CLEANUP_FINALIZER = f"{GROUP}/postgres-cleanup"
+"""Put on a Trigger by its PostgreSQL stream bridge before it may create a replication slot or publication, taken
+off once the bridge dropped them (kubelambda.bridge.streams.postgres): a Trigger deleted while its bridge is down
+stays until the bridge ran again."""
+
+
+def bridge_to_wake(trigger: JSON) -> bool:
+    """A Trigger being deleted whose disabled bridge (0 replicas) still has to drop what it created: the operator
+    gives its Deployment one replica, so the bridge runs, drops and takes :data:`CLEANUP_FINALIZER` off."""
+    meta = trigger.get("metadata") or {}
+    spec = trigger.get("spec") or {}
+    return (
+        bool(meta.get("deletionTimestamp"))
+        and CLEANUP_FINALIZER in (meta.get("finalizers") or [])
+        and spec.get("enabled", True) is False
+    )
+
+
 def bridge_name(trigger: str) -> str:
     """Deployment, ServiceAccount, Role, RoleBinding and Service of a Trigger's bridge."""
     return f"{trigger}-bridge"
@@ -118,7 +136,13 @@ def invoked_functions(trigger: TriggerObject) -> list[str]:
 
 def make_role(trigger: TriggerObject) -> JSON:
     rules: list[JSON] = [
-        {"apiGroups": [GROUP], "resources": ["triggers"], "resourceNames": [trigger.name], "verbs": ["get"]},
+        {
+            "apiGroups": [GROUP],
+            "resources": ["triggers"],
+            "resourceNames": [trigger.name],
+            # A PostgreSQL stream's bridge holds a finalizer on its Trigger until it dropped its slot.
+            "verbs": ["get", "patch"] if trigger.spec.stream and trigger.spec.stream.postgres else ["get"],
+        },
         {
             "apiGroups": [GROUP],
             "resources": ["triggers/status"],

@@ -11,9 +11,16 @@ change of a transaction is done, its end LSN; a transaction that is only partly 
 server replays a transaction whole), so a restart replays it from its first change. At start the bridge checks
 ``wal_level``, that each table exists and has a primary key (and ``REPLICA IDENTITY FULL`` when the records
 carry old images), then creates the publication and the slot when they do not exist (and says what they
-need when it may not). What it created is recorded in the Trigger's checkpoint ConfigMap; when the bridge stops
-because its Trigger was deleted (the Trigger is gone, or carries a deletion timestamp or another uid), it drops
-the slot and the publication it created, and never one it found.
+need when it may not). What it created is recorded in the Trigger's checkpoint ConfigMap; when its Trigger is deleted (the Trigger is
+gone, or carries a deletion timestamp or another uid), it drops the slot and the publication it created, and never
+one it found.
+
+So that a Trigger deleted while its bridge is down does not leave them behind (a slot keeps the server's WAL
+forever), the bridge puts the finalizer :data:`FINALIZER` on its Trigger before it may create anything, and takes
+it off only once what it created is dropped: the Trigger (and with it the bridge's Deployment) stays until then. A
+running bridge looks for its Trigger's deletion every ``DELETION_POLL_SECONDS``; one that was down when it
+happened finds it when it starts, drops, and releases the Trigger (the operator starts the bridge of a disabled
+Trigger being deleted for this).
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ from kubelambda.bridge.streams._pgoutput import (
     Truncate,
     sequence_number,
 )
-from kubelambda.kube import resource_path
+from kubelambda.kube import ApiError, resource_path
+from kubelambda.resources.bridge import CLEANUP_FINALIZER as FINALIZER
 
 log = logging.getLogger("kubelambda.bridge.streams.postgres")
 WAIT_SECONDS = 1.0
@@ -57,6 +65,9 @@ KEEPALIVE_SECONDS = 10.0
 DROP_WAIT_SECONDS = 5.0
 """How long a slot being dropped may still be in use (the walsender of the connection just closed exits)."""
 OBJECT_IN_USE = "55006"
+DELETION_POLL_SECONDS = 5.0
+"""How often a running bridge reads its Trigger to notice a deletion (the finalizer keeps the bridge running)."""
+CLEANUP_RETRY_MAX_SECONDS = 60.0
 
 
 class ConfigurationError(RuntimeError):
@@ -268,19 +279,33 @@ class _PostgresClient:
                 kwargs["user"] = secret["username"]
         return kwargs
 
+    def recorded(self) -> set[str]:
+        """What the checkpoint says this Trigger's bridges created (``slot``, ``publication``)."""
+        return {k for k in (self.store.get(self.created_key) or "").split(",") if k}
+
     async def start(self) -> None:
         if self.stream.starting_position == "AT_TIMESTAMP":
             raise ConfigurationError(
                 "stream.postgres: startingPosition AT_TIMESTAMP is not supported (a slot starts where it is created)"
             )
         kwargs = await self._connect_kwargs()
-        recorded = {k for k in (self.store.get(self.created_key) or "").split(",") if k}
-        tables, created = await asyncio.to_thread(self._prepare, kwargs)
+        recorded = self.recorded()
+        # Before anything may be created: a Trigger deleted from now on waits until the bridge dropped it.
+        await self._finalizer(hold=True)
+        try:
+            tables, created = await asyncio.to_thread(self._prepare, kwargs)
+        except BaseException:
+            if not recorded:  # nothing was created (_prepare raises before or instead of creating)
+                with contextlib.suppress(Exception):
+                    await self._finalizer(hold=False)
+            raise
         self.created = recorded | created
         if self.created != recorded:
             # Written before reading: a bridge that dies now still knows at its next start what is its own.
             self.store.set(self.created_key, ",".join(sorted(self.created)))
             await self.store.flush()
+        if not self.created:
+            await self._finalizer(hold=False)  # nothing of ours to drop: deleting the Trigger need not wait
         self.shaper = Shaper(
             tables=tables,
             view_type=self.spec.stream_view_type,
@@ -439,17 +464,74 @@ class _PostgresClient:
             self._keeper.cancel()
             self._keeper = None
         self.close_replication()
-        if self.created and await self._trigger_deleted():
-            await asyncio.to_thread(self._drop, self.kwargs)
+        if await self.trigger_deleted():
+            await self.clean_up()
 
-    async def _trigger_deleted(self) -> bool:
-        """The Trigger this bridge runs for is gone (or going): not found, a deletion timestamp, another uid.
-        An API server that does not answer means no (nothing is dropped on a doubt)."""
-        path = resource_path(
+    async def clean_up(self) -> bool:
+        """The Trigger is being deleted: drops what its bridges created (the checkpoint's record), then takes the
+        finalizer off. False when the drop failed (the Trigger stays, with its finalizer, for another try)."""
+        self.close_replication()
+        if (
+            not self.created
+        ):  # not started in this process (a disabled Trigger, deleted while its bridge was down)
+            if not self.store.data:
+                await self.store.load()
+            self.created = self.recorded()
+        if self.created:
+            if not self.kwargs:
+                self.kwargs = await self._connect_kwargs()
+            if not await asyncio.to_thread(self._drop, self.kwargs):
+                return False
+        await self._finalizer(hold=False)
+        return True
+
+    async def wait_deleted(self) -> None:
+        """Returns once the Trigger is being deleted (read every ``DELETION_POLL_SECONDS``)."""
+        while True:
+            if await self.trigger_deleted():
+                return
+            await asyncio.sleep(DELETION_POLL_SECONDS)
+
+    def _trigger_path(self) -> str:
+        return resource_path(
             f"{GROUP}/{VERSION}", "triggers", namespace=self.ctx.namespace, name=self.ctx.name
         )
+
+    async def _finalizer(self, *, hold: bool) -> None:
+        """Puts :data:`FINALIZER` on the Trigger (``hold``) or takes it off; a merge patch carrying the
+        resourceVersion read, so another party's finalizers are never lost (a conflict reads again)."""
+        for _ in range(10):
+            found = await self.ctx.kube.get_or_none(self._trigger_path())
+            if found is None:
+                return
+            meta = found.get("metadata") or {}
+            uid = self.ctx.trigger_meta.get("uid")
+            if uid is not None and meta.get("uid") != uid:
+                return  # another Trigger of the same name: not ours to change
+            finalizers: list[str] = list(meta.get("finalizers") or [])
+            if (FINALIZER in finalizers) == hold:
+                return
+            if hold and meta.get("deletionTimestamp"):
+                raise RuntimeError(f"Trigger {self.ctx.name} is being deleted: creating nothing for it")
+            wanted = [*finalizers, FINALIZER] if hold else [f for f in finalizers if f != FINALIZER]
+            try:
+                await self.ctx.kube.patch(
+                    self._trigger_path(),
+                    {"metadata": {"finalizers": wanted, "resourceVersion": meta.get("resourceVersion")}},
+                )
+            except ApiError as e:
+                if e.status in (404, 409):
+                    continue
+                raise
+            log.info("%s finalizer %s on Trigger %s", "Put" if hold else "Took", FINALIZER, self.ctx.name)
+            return
+        raise RuntimeError(f"could not change the finalizers of Trigger {self.ctx.name}: it kept changing")
+
+    async def trigger_deleted(self) -> bool:
+        """The Trigger this bridge runs for is gone (or going): not found, a deletion timestamp, another uid.
+        An API server that does not answer means no (nothing is dropped on a doubt)."""
         try:
-            found = await self.ctx.kube.get_or_none(path)
+            found = await self.ctx.kube.get_or_none(self._trigger_path())
         except Exception as e:
             log.warning(
                 "Could not tell whether Trigger %s was deleted (%s): dropping nothing", self.ctx.name, e
@@ -461,8 +543,9 @@ class _PostgresClient:
         uid = self.ctx.trigger_meta.get("uid")
         return bool(meta.get("deletionTimestamp")) or (uid is not None and meta.get("uid") != uid)
 
-    def _drop(self, kwargs: dict[str, str]) -> None:
-        """Drops the slot and the publication this Trigger's bridge created (blocking; in a thread)."""
+    def _drop(self, kwargs: dict[str, str]) -> bool:
+        """Drops the slot and the publication this Trigger's bridge created (blocking; in a thread); False when
+        it could not."""
         conn = None
         try:
             conn = psycopg2.connect(self.spec.url, **self._options(kwargs))
@@ -487,6 +570,7 @@ class _PostgresClient:
                 if "publication" in self.created:
                     cur.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(self.publication)}")
                     log.info("Dropped publication %s (its Trigger was deleted)", self.publication)
+            return True
         except psycopg2.Error as e:
             log.warning(
                 "Could not drop what the bridge of Trigger %s created (%s): drop it by hand "
@@ -496,6 +580,7 @@ class _PostgresClient:
                 self.slot,
                 self.publication,
             )
+            return False
         finally:
             if conn is not None:
                 conn.close()
@@ -511,8 +596,38 @@ class _PostgresClient:
 class PostgresStream(StreamBridge):
     """``spec.stream.postgres``: a database's row changes, in commit order, as DynamoDB Streams records."""
 
+    client: _PostgresClient
+
     def client_for(self, ctx: BridgeContext) -> StreamClient:
         return _PostgresClient(ctx, self.store)
+
+    async def run(self) -> None:
+        """Streams until the Trigger is being deleted, then drops what its bridges created (retrying until that
+        works) and releases the Trigger; a bridge started for a Trigger being deleted only does the latter."""
+        if not await self.client.trigger_deleted():
+            streaming = asyncio.create_task(super().run(), name="stream")
+            watching = asyncio.create_task(self.client.wait_deleted(), name="deletion")
+            try:
+                await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+                if streaming.done():
+                    streaming.result()
+                    return
+            finally:
+                watching.cancel()
+                streaming.cancel()
+                # Its stop closes the client, which already drops what it created when it can.
+                await asyncio.wait({streaming, watching})
+        delay = 1.0
+        while not await self.client.clean_up():
+            self.ctx.status.source_reachable(False, "dropping the slot of a deleted Trigger failed; retrying")
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, CLEANUP_RETRY_MAX_SECONDS)
+        log.info(
+            "Trigger %s/%s is deleted and cleaned up: waiting to be stopped",
+            self.ctx.namespace,
+            self.ctx.name,
+        )
+        await asyncio.Event().wait()
 
     def encode(self, batch: Sequence[StreamRecord]) -> bytes:
         # Each record's data is its finished JSON: the event is their list.
