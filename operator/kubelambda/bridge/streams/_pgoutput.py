@@ -16,6 +16,7 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any
 
 from kubelambda.jsonobj import JSON
@@ -337,6 +338,77 @@ def sequence_number(commit_lsn: int, index: int) -> str:
     return f"{commit_lsn:020d}{index:08d}"
 
 
+_NULL = b'{"NULL":true}'
+_TRUE, _FALSE = b'{"BOOL":true}', b'{"BOOL":false}'
+_NOT_FINITE = frozenset(("NaN", "Infinity", "-Infinity"))
+
+
+def _json_string(text: str) -> bytes:
+    """``text`` as a JSON string (what ``_encode`` writes for it: UTF-8, only what JSON must escape)."""
+    return encode_basestring(text).encode()
+
+
+def _number_bytes(text: str) -> bytes:
+    if text in _NOT_FINITE:
+        return b'{"S":"%s"}' % text.encode()
+    return b'{"N":"%s"}' % text.encode()  # a number's text needs no escaping
+
+
+def _string_bytes(text: str) -> bytes:
+    return b'{"S":' + _json_string(text) + b"}"
+
+
+def _column_encoder(type_oid: int) -> Any:
+    """A column's text value → its DynamoDB attribute value as JSON bytes (the same bytes as
+    ``_encode(attribute(type_oid, text))``, without building the dict for the common types)."""
+    if type_oid in NUMBERS:
+        return _number_bytes
+    if type_oid == BOOL:
+        return lambda text: _TRUE if text == "t" else _FALSE
+    if type_oid in JSONS or type_oid in ARRAYS or type_oid == BYTEA:
+        return lambda text: _encode(attribute(type_oid, text))
+    return _string_bytes
+
+
+class _Plan:
+    """How one relation's tuples become JSON: each column's ``"name":`` prefix and value encoder, the key's
+    column positions (built once per Relation message)."""
+
+    def __init__(self, rel: Relation, table: Table) -> None:
+        self.qualified = rel.qualified
+        position = {c.name: i for i, c in enumerate(rel.columns)}
+        missing = [k for k in table.key if k not in position]
+        if missing:
+            raise DecodeError(f"table {rel.qualified} has no column {', '.join(missing)} of its primary key")
+        self.key_indexes = [position[k] for k in table.key]
+        self.key_columns = [
+            (_json_string(k) + b":", _column_encoder(rel.columns[position[k]].type_oid)) for k in table.key
+        ]
+        self.columns = [(_json_string(c.name) + b":", _column_encoder(c.type_oid)) for c in rel.columns]
+
+    def keys(self, values: Sequence[Any]) -> bytes:
+        return (
+            b"{"
+            + b",".join(
+                prefix + (encode(v) if isinstance(v, str) else _NULL)
+                for (prefix, encode), v in zip(self.key_columns, values, strict=True)
+            )
+            + b"}"
+        )
+
+    def image(self, values: Sequence[Any]) -> bytes:
+        """The typed image of a tuple; unchanged TOASTed values are left out (as the column were not there)."""
+        return (
+            b"{"
+            + b",".join(
+                prefix + (_NULL if v is None else encode(v))
+                for (prefix, encode), v in zip(self.columns, values, strict=False)
+                if v is not UNCHANGED_TOAST
+            )
+            + b"}"
+        )
+
+
 @dataclass
 class Shaper:
     """Turns row changes into DynamoDB Streams records (the ``Records[]`` elements of the Lambda event)."""
@@ -348,37 +420,39 @@ class Shaper:
     slot: str
     warned_toast: set[str] = field(default_factory=set)
     _envelopes: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    _plans: dict[int, tuple[Relation, _Plan]] = field(default_factory=dict)
+    """Relation OID → the Relation a plan was built for, and the plan."""
 
     def arn(self, table: str) -> str:
         return f"arn:kubelambda:postgres:{self.region}:{self.namespace}:table/{table}/stream/{self.slot}"
 
     def record(self, change: Change, *, sequence: str, timestamp: float) -> tuple[str, bytes]:
         """``(partition key, the record as JSON)`` of one change; the partition key is the table and its key
-        values. The record is encoded once: its images are encoded and measured (``SizeBytes``) on the way."""
+        values. The record is written as JSON bytes directly, column by column (:class:`_Plan`), and measured
+        (``SizeBytes``) on the way."""
         rel = change.relation
-        table = self.tables.get(rel.qualified)
-        if table is None:
-            raise DecodeError(f"a change of table {rel.qualified}, which this Trigger does not stream")
-        types = rel.types
-        new = self._image(rel, change.new) if change.new is not None else None
-        old = self._image(rel, change.old) if change.old is not None else None
-        if new is not None and old is not None and change.old_is_full:
+        cached = self._plans.get(rel.oid)
+        if cached is not None and cached[0] is rel:
+            plan = cached[1]
+        else:  # a table's first change, or its first after a new Relation message (its columns changed)
+            table = self.tables.get(rel.qualified)
+            if table is None:
+                raise DecodeError(f"a change of table {rel.qualified}, which this Trigger does not stream")
+            plan = _Plan(rel, table)
+            self._plans[rel.oid] = (rel, plan)
+        new, old = change.new, change.old
+        if new is not None and old is not None and change.old_is_full and UNCHANGED_TOAST in new:
             # Unchanged TOASTed values are not in the new tuple; with REPLICA IDENTITY FULL the old one has them.
-            for name, value in list(new.items()):
-                if value is UNCHANGED_TOAST:
-                    new[name] = old.get(name)
-        keys_from = new if new is not None else old
-        assert keys_from is not None
-        key_values = [keys_from.get(name) for name in table.key]
-        keys = {
-            name: attribute(types[name], value if isinstance(value, str) else None)
-            for name, value in zip(table.key, key_values, strict=True)
-        }
-        keys_json = _encode(keys)
+            new = [o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=False)]
+        values = new if new is not None else old
+        assert values is not None
+        n = len(values)
+        key_values = [values[i] if i < n else None for i in plan.key_indexes]
+        keys_json = plan.keys(key_values)
         parts = [b'{"ApproximateCreationDateTime":%d,"Keys":' % int(timestamp), keys_json]
         size = len(keys_json)
         if new is not None and self.view_type in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
-            image = _encode(self._typed(rel.qualified, new, types))
+            image = self._typed(plan, new)
             parts += [b',"NewImage":', image]
             size += len(image)
         if (
@@ -387,7 +461,7 @@ class Shaper:
             and self.view_type in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES")
             and change.kind != "INSERT"
         ):
-            image = _encode(self._typed(rel.qualified, old, types))
+            image = self._typed(plan, old)
             parts += [b',"OldImage":', image]
             size += len(image)
         event_id = hashlib.blake2b(f"{self.slot}:{sequence}".encode(), digest_size=16).hexdigest()
@@ -407,6 +481,11 @@ class Shaper:
         partition = rel.qualified + "\x00" + "\x00".join(v if isinstance(v, str) else "" for v in key_values)
         return partition, record
 
+    def _typed(self, plan: _Plan, values: Sequence[Any]) -> bytes:
+        if UNCHANGED_TOAST in values:
+            self.warned_toast.add(plan.qualified)
+        return plan.image(values)
+
     def _envelope(self, table: str) -> tuple[bytes, bytes]:
         """The parts of a record that are the same for every change of a table (JSON-escaped once)."""
         cached = self._envelopes.get(table)
@@ -417,19 +496,6 @@ class Shaper:
             tail = b',"eventSourceARN":%s}' % _encode(self.arn(table))
             cached = self._envelopes[table] = (head, tail)
         return cached
-
-    @staticmethod
-    def _image(rel: Relation, values: Sequence[Any]) -> dict[str, Any]:
-        return {col.name: value for col, value in zip(rel.columns, values, strict=False)}
-
-    def _typed(self, table: str, image: dict[str, Any], types: dict[str, int]) -> JSON:
-        out: JSON = {}
-        for name, value in image.items():
-            if value is UNCHANGED_TOAST:
-                self.warned_toast.add(table)
-                continue
-            out[name] = attribute(types[name], value)
-        return out
 
 
 __all__ = [
