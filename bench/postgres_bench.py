@@ -18,6 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import json
+import re
 import select
 import statistics
 import sys
@@ -35,8 +38,10 @@ from _common import create_namespace, start_cluster, wait
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import PostgresServer
 from kubelambda.kube import KubeClient, resource_path
-from stream_bench import GROUP_VERSION, NS, bridge_rate
+from stream_bench import GROUP_VERSION, NS, bridge_metrics, bridge_rate
 
+POLL_SECONDS = 0.1
+"""How often the bridge pod's /metrics is read while it runs (each read costs the bridge CPU)."""
 NOOP = "def handler(event, context):\n    return {}\n"
 STAMP = """
 import json
@@ -90,7 +95,8 @@ class Postgres:
         finally:
             conn.close()
 
-    def ceiling(self, table: str, slot: str, n: int) -> float:
+    def ceiling(self, table: str, slot: str, n: int) -> tuple[float, list[bytes]]:
+        """The driver's read rate, and the messages it read (for :func:`stages`)."""
         conn = psycopg2.connect(
             self.server.url, connection_factory=psycopg2.extras.LogicalReplicationConnection
         )
@@ -102,17 +108,19 @@ class Postgres:
                 options={"proto_version": "1", "publication_names": f"{table}_pub"},
             )
             got = 0
+            payloads: list[bytes] = []
             started = time.perf_counter()
             while got < n:
                 msg = cur.read_message()
                 if msg is None:
                     select.select([cur], [], [], 1.0)
                     continue
+                payloads.append(msg.payload)
                 if msg.payload[:1] == b"I":
                     got += 1
                     if got % 1000 == 0:
                         cur.send_feedback(flush_lsn=msg.data_start)
-            return n / (time.perf_counter() - started)
+            return n / (time.perf_counter() - started), payloads
         finally:
             conn.close()
 
@@ -172,6 +180,75 @@ async def shaped_rate(server: PostgresServer, table: str, slot: str, n: int) -> 
         return n / (time.perf_counter() - started)
     finally:
         await client.close()
+
+
+def stages(payloads: list[bytes], table: str, batch: int) -> dict[str, float]:
+    """CPU ms per batch of ``batch`` changes of each stage of the bridge's pipeline, run alone in this process on
+    the messages the ceiling read: pgoutput decoding, shaping DynamoDB records, the event's encoding, and the
+    function side's ``json.loads`` of the event (what the Python runtime does before calling the handler)."""
+    from kubelambda.bridge.streams._batch import StreamRecord
+    from kubelambda.bridge.streams._pgoutput import Change, Decoder, Shaper, Table, sequence_number
+    from kubelambda.bridge.streams.postgres import PostgresStream
+
+    decoder = Decoder()
+    shaper = Shaper(
+        tables={f"public.{table}": Table(f"public.{table}", ("id",))},
+        view_type="NEW_IMAGE",
+        region="us-east-1",
+        namespace=NS,
+        slot=table,
+    )
+    clock = time.process_time
+    t0 = clock()
+    changes = [e for e in map(decoder.feed, payloads) if isinstance(e, Change)]
+    t1 = clock()
+    records = []
+    for i, change in enumerate(changes):
+        sequence = sequence_number(1 << 32, i)
+        partition, data = shaper.record(change, sequence=sequence, timestamp=0.0)
+        records.append(StreamRecord("s", sequence, partition, data, 0.0, i))
+    t2 = clock()
+    encode = PostgresStream.encode
+    events = [encode(None, records[i : i + batch]) for i in range(0, len(records), batch)]  # type: ignore[arg-type]
+    t3 = clock()
+    for body in events:
+        json.loads(body)
+    t4 = clock()
+    per_batch = 1e3 * batch / len(changes)
+    return {
+        "decode": (t1 - t0) * per_batch,
+        "shape": (t2 - t1) * per_batch,
+        "encode": (t3 - t2) * per_batch,
+        "handler json.loads": (t4 - t3) * per_batch,
+        "event KB": len(events[0]) / 1024,
+    }
+
+
+def function_cpu() -> float:
+    """CPU seconds of the no-op function's pod so far: its agent and the runtime under it (pods are processes
+    here; the agent's task root names the pod's folder, ``<namespace>_<pod>``)."""
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if "kubelambda-agent" in cmdline and f"{NS}_noop-" in cmdline:
+            with contextlib.suppress(psutil.Error):
+                for p in (proc, *proc.children(recursive=True)):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+    return total
+
+
+def platform_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of ``kubelambda dev serve`` (the gateway, the operator and the node, in one process)."""
+    with contextlib.suppress(psutil.Error):
+        times = proc.cpu_times()
+        return float(times.user + times.system)
+    return float("nan")
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    return float(found.group(1)) if found else float("nan")
 
 
 def process_cpu() -> float:
@@ -259,8 +336,9 @@ async def main() -> None:
                         await asyncio.to_thread(pg.prepare, table, slots=slots)
                         await asyncio.to_thread(pg.publish, table, n)
                         cpu = process_cpu()
-                        ceiling = await asyncio.to_thread(pg.ceiling, table, slots[0], n)
+                        ceiling, payloads = await asyncio.to_thread(pg.ceiling, table, slots[0], n)
                         ceiling_us = 1e6 * (process_cpu() - cpu) / n
+                        stage = stages(payloads, table, batch)
                         cpu = process_cpu()
                         shaped = await shaped_rate(server, table, slots[1], n)
                         shaped_us = 1e6 * (process_cpu() - cpu) / n
@@ -268,12 +346,38 @@ async def main() -> None:
                             resource_path(GROUP_VERSION, "triggers", namespace=NS),
                             trigger(name, pg, "noop", enabled=False, batch=batch, lanes=lanes),
                         )
-                        rate, cpu = await bridge_rate(kube, http, name, pg, n)  # type: ignore[arg-type]
+                        serve = psutil.Process(proc.pid)
+                        rate, cpu, others = await bridge_rate(
+                            kube,
+                            http,
+                            name,
+                            pg,  # type: ignore[arg-type]
+                            n,
+                            interval=POLL_SECONDS,
+                            samplers={
+                                "function": function_cpu,
+                                "platform": functools.partial(platform_cpu, serve),
+                            },
+                        )
+                        text = await bridge_metrics(kube, http, name) or ""
+                        invokes = metric(text, "kubelambda_bridge_invoke_seconds_count")
+                        invoke_ms = 1e3 * metric(text, "kubelambda_bridge_invoke_seconds_sum") / invokes
                         print(
                             f"batch {batch:>4}, parallelizationFactor {lanes}: ceiling (psycopg2 read) {ceiling:>7.0f}"
                             f" ({ceiling_us:.1f} µs CPU/change), bridge read+decode+shape {shaped:>6.0f}"
                             f" ({shaped / ceiling:.0%}; {shaped_us:.1f} µs CPU/change), bridge end to end {rate:>6.0f}"
                             f" ({rate / ceiling:.0%}, bridge CPU {cpu:.0%} = {1e6 * cpu / rate:.1f} µs/change)",
+                            flush=True,
+                        )
+                        per = batch / 1e3  # µs per change → ms per batch
+                        print(
+                            f"    per batch of {batch} ({stage['event KB']:.0f} KB event): wall {1e3 * batch / rate:.0f} ms"
+                            f" end to end; {invokes:.0f} invocations, round trip {invoke_ms:.0f} ms (gateway → agent →"
+                            f" runtime → handler → back); CPU ms: bridge {1e6 * cpu / rate * per:.1f} (alone: decode"
+                            f" {stage['decode']:.1f}, shape {stage['shape']:.1f}, encode {stage['encode']:.1f}),"
+                            f" function pod {others['function'] * per:.1f} (of it the event's json.loads"
+                            f" {stage['handler json.loads']:.1f}), platform process (gateway, operator, node)"
+                            f" {others['platform'] * per:.1f}",
                             flush=True,
                         )
                         await kube.patch(

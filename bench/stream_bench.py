@@ -22,6 +22,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,15 @@ def trigger(name: str, source: Source, *, enabled: bool, parallelization: int) -
 
 async def bridge_events(kube: KubeClient, http: aiohttp.ClientSession, name: str) -> float | None:
     """The bridge pod's own count of records delivered (its /metrics), or None while it is not up."""
+    text = await bridge_metrics(kube, http, name)
+    if text is None:
+        return None
+    match = re.search(r"^kubelambda_bridge_events_total ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def bridge_metrics(kube: KubeClient, http: aiohttp.ClientSession, name: str) -> str | None:
+    """The bridge pod's /metrics text, or None while it is not up."""
     pods = await kube.get(resource_path("v1", "pods", namespace=NS))
     for pod in pods.get("items", []):
         if not pod["metadata"]["name"].startswith(f"{name}-") or pod["metadata"].get("deletionTimestamp"):
@@ -269,8 +279,7 @@ async def bridge_events(kube: KubeClient, http: aiohttp.ClientSession, name: str
             continue
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with http.get(f"http://{ip}:8080/metrics", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                match = re.search(r"^kubelambda_bridge_events_total ([0-9.e+]+)$", await resp.text(), re.M)
-                return float(match.group(1)) if match else 0.0
+                return await resp.text()
     return None
 
 
@@ -293,13 +302,22 @@ def cpu_seconds(proc: psutil.Process | None) -> float:
 
 
 async def bridge_rate(
-    kube: KubeClient, http: aiohttp.ClientSession, name: str, source: Source, n: int
-) -> tuple[float, float]:
-    """Records/s from the first record delivered to the last, and the bridge process's CPU use meanwhile
-    (100 % = one core busy all the time)."""
+    kube: KubeClient,
+    http: aiohttp.ClientSession,
+    name: str,
+    source: Source,
+    n: int,
+    *,
+    interval: float = 0.02,
+    samplers: dict[str, Callable[[], float]] | None = None,
+) -> tuple[float, float, dict[str, float]]:
+    """Records/s from the first record delivered to the last, the bridge process's CPU use meanwhile (100 % = one
+    core busy all the time), and the CPU µs per record of each of ``samplers`` (CPU seconds of other processes)
+    over the same time."""
     path = resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name)
     await kube.patch(path, {"spec": {"enabled": True}})
-    first: tuple[float, float, float] | None = None
+    samplers = samplers or {}
+    first: tuple[float, float, float, dict[str, float]] | None = None
     proc: psutil.Process | None = None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -308,13 +326,14 @@ async def bridge_rate(
         if events:
             if first is None:
                 proc = bridge_process(name)
-                first = (now, events, cpu_seconds(proc))
+                first = (now, events, cpu_seconds(proc), {k: f() for k, f in samplers.items()})
             if events >= n:
                 if now <= first[0]:
-                    return float("nan"), float("nan")
-                elapsed = now - first[0]
-                return (events - first[1]) / elapsed, (cpu_seconds(proc) - first[2]) / elapsed
-        await asyncio.sleep(0.02)
+                    return float("nan"), float("nan"), {}
+                elapsed, count = now - first[0], events - first[1]
+                others = {k: 1e6 * (f() - first[3][k]) / count for k, f in samplers.items()}
+                return count / elapsed, (cpu_seconds(proc) - first[2]) / elapsed, others
+        await asyncio.sleep(interval)
     raise TimeoutError(f"the {source.kind} bridge did not deliver {n} records within 600 s")
 
 
@@ -393,7 +412,7 @@ async def main() -> None:
                             resource_path(GROUP_VERSION, "triggers", namespace=NS),
                             trigger(name, source, enabled=False, parallelization=args.parallelization_factor),
                         )
-                        rate, cpu = await bridge_rate(kube, http, name, source, n)
+                        rate, cpu, _ = await bridge_rate(kube, http, name, source, n)
                         shards = SHARDS if kind in ("kafka", "kinesis") else 1
                         print(
                             f"{kind:<8} {shards:>6} {ceiling:>10.0f} {rate:>10.0f} {rate / ceiling:>6.0%} {cpu:>10.0%}",

@@ -119,6 +119,7 @@ Event = Begin | Commit | Change | Truncate | Relation | None
 
 
 _STRUCTS: dict[str, struct.Struct] = {}
+_OID = struct.Struct("!I")
 
 
 class _Reader:
@@ -181,6 +182,11 @@ class Decoder:
     relations: dict[int, Relation] = field(default_factory=dict)
 
     def feed(self, payload: bytes) -> Event:
+        if payload[:1] == b"I" and payload[5:6] == b"N" and len(payload) >= 6:
+            # The common message, an INSERT, without the general reader's per-field work.
+            r = _Reader(payload)
+            r.at = 6
+            return Change("INSERT", self._relation(_OID.unpack_from(payload, 1)[0]), r.tuple(), None, False)
         r = _Reader(payload)
         tag = r.take("!c")
         if tag == b"B":
