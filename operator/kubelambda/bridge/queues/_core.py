@@ -42,6 +42,8 @@ from kubelambda.bridge.queues._batch import (
 
 log = logging.getLogger("kubelambda.bridge.queues")
 
+MAX_READ_AHEAD = 1000
+"""Messages fetched at most for the batches of the other free slots, besides the one being gathered."""
 STOP_STEP_SECONDS = 2.0
 """On stop, how long each step after the drain may take (cancelling the depth reader and what is left in
 flight, closing the broker client)."""
@@ -222,7 +224,9 @@ class QueueConsumer:
                     slots.release()
                     raise failed[0]  # a batch could not be acknowledged: the connection is gone
                 try:
-                    batch = await self._gather()
+                    # The slots free besides this one: their batches are fetched with this one (one broker
+                    # round trip for several batches, as Lambda's poller reads ahead for its concurrent batches).
+                    batch = await self._gather(free=self.spec.max_concurrency - len(inflight) - 1)
                 except BaseException:
                     slots.release()
                     raise
@@ -256,10 +260,17 @@ class QueueConsumer:
     async def _wait_backoff(self) -> None:
         delay = self._resume_at - time.monotonic()
         if delay > 0:
-            await asyncio.sleep(delay)
+            if self._carry:  # fetched for the next batches: keep them ours while backing off
+                await self._hold_for(self._carry, delay)
+            else:
+                await asyncio.sleep(delay)
 
-    async def _gather(self) -> list[Message]:
-        """One batch: up to batchSize, within the batching window, under the payload cap."""
+    async def _gather(self, *, free: int = 0) -> list[Message]:
+        """One batch: up to batchSize, within the batching window, under the payload cap. With ``free`` other
+        slots free (and no back-off in progress) a fetch asks for their batches too: the rest is carried to the
+        next batches, which those slots take at once."""
+        ahead = self.limits.batch_size * max(0, free) if not self._not_delivered else 0
+        ahead = min(ahead, MAX_READ_AHEAD)
         batch: list[Message] = []
         size = 0
         started = 0.0
@@ -275,7 +286,11 @@ class QueueConsumer:
                         break
                 else:
                     wait = self.settings.poll_seconds
-                pending = await self.broker.fetch(self.limits.batch_size - len(batch), wait_seconds=wait)
+                pending = await self.broker.fetch(
+                    self.limits.batch_size - len(batch) + ahead, wait_seconds=wait
+                )
+                # Once per batch: a batch still filling within its window fetches only what it lacks.
+                ahead = 0
                 self._failures = 0
                 if not pending:
                     if batch:
