@@ -119,7 +119,7 @@ Event = Begin | Commit | Change | Truncate | Relation | None
 
 
 _STRUCTS: dict[str, struct.Struct] = {}
-_OID = struct.Struct("!I")
+_OID = _SIZE = struct.Struct("!I")
 
 
 class _Reader:
@@ -155,11 +155,13 @@ class _Reader:
             kind = data[at]
             at += 1
             if kind == 0x74:  # t: text
-                size = int.from_bytes(data[at : at + 4], "big")
+                if at + 4 > end:
+                    raise DecodeError("message too short")
+                (size,) = _SIZE.unpack_from(data, at)
                 at += 4
                 if at + size > end:
                     raise DecodeError("message too short")
-                values.append(data[at : at + size].decode("utf-8", errors="replace"))
+                values.append(data[at : at + size].decode("utf-8", "replace"))
                 at += size
             elif kind == 0x6E:  # n: NULL
                 values.append(None)
