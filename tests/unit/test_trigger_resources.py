@@ -95,6 +95,30 @@ def test_the_bridge_may_read_exactly_the_secrets_its_trigger_names(
     assert all(not {"list", "watch", "create", "delete"} & set(r["verbs"]) for r in rules)
 
 
+def test_only_a_postgres_stream_bridge_may_patch_its_trigger_and_a_deleted_disabled_one_is_woken() -> None:
+    postgres = trigger(stream={"postgres": {"url": "postgresql://db/app", "tables": ["t"]}})
+    kafka = trigger(stream={"kafka": {"bootstrapServers": ["k:9092"], "topic": "t"}})
+    for t, verbs in ((postgres, ["get", "patch"]), (kafka, ["get"])):
+        (own,) = [r for r in b.make_role(t)["rules"] if r["resources"] == ["triggers"]]
+        assert own == {
+            "apiGroups": ["kubelambda.io"],
+            "resources": ["triggers"],
+            "resourceNames": ["t1"],
+            "verbs": verbs,
+        }
+
+    def body(*, deleting: bool, finalizer: bool, enabled: bool) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": "t1", "finalizers": [b.CLEANUP_FINALIZER] if finalizer else ["other"]}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-12-05T13:00:00Z"
+        return {"metadata": meta, "spec": {"enabled": enabled}}
+
+    assert b.bridge_to_wake(body(deleting=True, finalizer=True, enabled=False))
+    assert not b.bridge_to_wake(body(deleting=True, finalizer=True, enabled=True))  # its bridge runs already
+    assert not b.bridge_to_wake(body(deleting=True, finalizer=False, enabled=False))  # nothing to drop
+    assert not b.bridge_to_wake(body(deleting=False, finalizer=True, enabled=False))  # disabled, not deleted
+
+
 def test_the_bridge_deployment_runs_one_bridge_under_its_own_account() -> None:
     t = trigger(schedule={"expression": "rate(5 minutes)"})
     d = b.make_bridge_deployment(t, settings=SETTINGS)
