@@ -284,12 +284,14 @@ async def bridge_metrics(kube: KubeClient, http: aiohttp.ClientSession, name: st
 
 
 def bridge_process(name: str) -> psutil.Process | None:
-    """The bridge pod's process on the local node (pods are processes here)."""
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if "bridge" in cmdline and f"{NS}/{name}" in cmdline:
-            return proc
-    return None
+    """The bridge pod's process on the local node (pods are processes here): the newest, as the pod of the
+    Trigger's disabled revision may still be stopping when the enabled one reads."""
+    found = [
+        proc
+        for proc in psutil.process_iter(["cmdline", "create_time"])
+        if "bridge" in (proc.info.get("cmdline") or []) and f"{NS}/{name}" in (proc.info.get("cmdline") or [])
+    ]
+    return max(found, key=lambda p: p.info.get("create_time") or 0.0, default=None)
 
 
 def cpu_seconds(proc: psutil.Process | None) -> float:
