@@ -226,17 +226,18 @@ def stages(payloads: list[bytes], table: str, batch: int) -> dict[str, float]:
     }
 
 
-def function_cpu() -> float:
-    """CPU seconds of the no-op function's pod so far: its agent and the runtime under it (pods are processes
-    here; the agent's task root names the pod's folder, ``<namespace>_<pod>``)."""
+def function_cpu(serve: psutil.Process) -> float:
+    """CPU seconds so far of the local cluster's function pods (pods are processes here): each agent and the
+    runtime under it. All of them: the no-op function's pod may be one taken from the warm pool (its folder is
+    named after the pool's pod), and the other pods idle meanwhile."""
     total = 0.0
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if "kubelambda-agent" in cmdline and f"{NS}_noop-" in cmdline:
+    with contextlib.suppress(psutil.Error):
+        for proc in serve.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                for p in (proc, *proc.children(recursive=True)):
-                    times = p.cpu_times()
-                    total += times.user + times.system
+                if any("kubelambda-agent" in part for part in proc.cmdline()[:1]):
+                    for p in (proc, *proc.children(recursive=True)):
+                        times = p.cpu_times()
+                        total += times.user + times.system
     return total
 
 
@@ -359,7 +360,7 @@ async def main() -> None:
                             n,
                             interval=POLL_SECONDS,
                             samplers={
-                                "function": function_cpu,
+                                "function": functools.partial(function_cpu, serve),
                                 "gateway": functools.partial(gateway_cpu, serve),
                             },
                         )
