@@ -149,6 +149,30 @@ async def test_batches_are_cut_at_batch_size(count: int, batch_size: int, sizes:
     assert broker.retried == []
 
 
+async def test_one_fetch_reads_for_every_free_slot() -> None:
+    """maxConcurrency 4, all free: the first fetch asks for four batches (one broker round trip), and the three
+    carried batches go to the other slots as they are; each batch is still at most batchSize."""
+
+    class Counting(MemoryBroker):
+        def __init__(self, bodies: list[str]) -> None:
+            super().__init__(bodies)
+            self.asked: list[tuple[int, int]] = []  # (asked for, got)
+
+        async def fetch(self, max_count: int, *, wait_seconds: float) -> list[Message]:
+            got = await super().fetch(max_count, wait_seconds=wait_seconds)
+            self.asked.append((max_count, len(got)))
+            return got
+
+    invoker = Invoker(ok)
+    ctx = Ctx(invoker, batchSize=10, maxConcurrency=4)
+    broker = Counting([f"m{i}" for i in range(40)])
+    await consume_until(ctx, broker, lambda: len(broker.acked) == 40, "every message acknowledged")
+    assert broker.asked[0] == (40, 40)
+    assert [got for _, got in broker.asked if got] == [40]
+    assert sorted(len(p) for p in invoker.payloads) == [10, 10, 10, 10]
+    assert sorted(broker.acked, key=int) == [str(i) for i in range(40)]
+
+
 async def test_partial_failures_return_only_the_named_messages() -> None:
     def answer(records: list[dict[str, Any]]) -> InvokeResult:
         failed = [
