@@ -1,8 +1,11 @@
 """1,000 Functions applied at once: time until every Deployment exists and every status is written, the
-operator's peak RSS, and API writes per Function — beside the floor measured in the same run: the same
-objects applied directly by one client (no operator, no watch, no status).
+operator's peak RSS, and API requests per Function — beside the floor measured in the same run: the same
+objects (ConfigMap, Service, Role, RoleBinding, NetworkPolicy, Deployment) applied directly by one client (no
+operator, no watch, no status).
 
-    .venv/bin/python bench/operator_scale.py --functions 1000
+    .venv/bin/python bench/operator_scale.py --functions 1000 [--profile operator.svg]
+
+``--profile`` records the operator with py-spy (``pip install py-spy``) for the whole operator phase.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,11 +26,14 @@ import psutil
 
 from kubelambda.api.v1alpha1 import FunctionSpec
 from kubelambda.kube import KubeClient, resource_path
+from kubelambda.operator._owned import object_path
 from kubelambda.resources import (
     FunctionObject,
     make_code_configmap,
     make_deployment,
     make_ingress_policy,
+    make_scale_role,
+    make_scale_role_binding,
     make_service,
 )
 from kubelambda.settings import FIELD_MANAGER, OperatorSettings
@@ -37,6 +44,7 @@ from kltest import start_cluster  # noqa: E402
 
 FN_API = "kubelambda.io/v1alpha1"
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE"}
+READ_VERBS = {"GET"}  # of one object (the benchmark's own polling is LIST; the operator's watches are WATCH)
 JSON = dict[str, Any]
 
 
@@ -59,19 +67,29 @@ _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>.*)\} (?P<value>\S+)
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 # What the operator writes for a Function: its status, the objects it owns, and its Events. The local cluster's
 # controllers also write the status of Deployments and ReplicaSets; those are not the operator's.
-OWNED = ("functions", "configmaps", "deployments", "services", "networkpolicies", "events")
+OWNED = (
+    "functions",
+    "configmaps",
+    "deployments",
+    "services",
+    "networkpolicies",
+    "roles",
+    "rolebindings",
+    "events",
+)
 
 
-def parse_write_totals(text: str) -> dict[WriteKey, float]:
-    """The write samples of ``apiserver_request_total`` in a /metrics scrape, summed by (verb, resource,
-    subresource, code) over the labels left out (group, version, scope, component, dry_run)."""
+def parse_write_totals(text: str, verbs: frozenset[str] | set[str] = WRITE_VERBS) -> dict[WriteKey, float]:
+    """The samples of ``apiserver_request_total`` in a /metrics scrape for ``verbs`` (writes by default), summed
+    by (verb, resource, subresource, code) over the labels left out (group, version, scope, component,
+    dry_run)."""
     out: dict[WriteKey, float] = {}
     for line in text.splitlines():
         m = _SAMPLE.match(line)
         if m is None:
             continue
         labels = dict(_LABEL.findall(m["labels"]))
-        if labels.get("verb") not in WRITE_VERBS:
+        if labels.get("verb") not in verbs:
             continue
         key = (
             labels["verb"],
@@ -111,8 +129,9 @@ def label(key: WriteKey) -> str:
 
 
 async def scrape_writes(kube: KubeClient) -> dict[WriteKey, float]:
+    """Writes and single-object reads (GET) counted so far."""
     response = await kube._http().get(kube.server + "/metrics")  # plain text, not JSON
-    return parse_write_totals(await response.text())
+    return parse_write_totals(await response.text(), WRITE_VERBS | READ_VERBS)
 
 
 async def gather_limited(coros: list[Any], limit: int) -> None:
@@ -130,7 +149,17 @@ async def count(kube: KubeClient, path: str, predicate: Any = None) -> int:
     return sum(1 for i in items if predicate is None or predicate(i))
 
 
-async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int) -> JSON:
+async def start_profile(pid: int, out: Path) -> asyncio.subprocess.Process:
+    """py-spy recording ``pid`` into ``out`` (collapsed stacks for ``.txt``, else a flame graph) until SIGINT."""
+    fmt = "raw" if out.suffix == ".txt" else "flamegraph"
+    spy = Path(sys.executable).with_name("py-spy")
+    return await asyncio.create_subprocess_exec(
+        str(spy), "record", "--nonblocking", "--rate", "50", "--format", fmt, "-o", str(out), "-p", str(pid),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int, profile: Path | None = None) -> JSON:
     ns = "bench-operator"
     await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": ns}})
     env = {**os.environ, "KUBELAMBDA_KUBECONFIG": str(kubeconfig)}
@@ -139,6 +168,7 @@ async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int) -> JSON
         sys.executable, "-m", "kubelambda", "operator", env=env, stdout=subprocess.DEVNULL, stderr=log
     )
     peak = 0.0
+    spy = None if profile is None else await start_profile(proc.pid, profile)
     try:
         ps = psutil.Process(proc.pid)
         before = await scrape_writes(kube)
@@ -181,6 +211,9 @@ async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int) -> JSON
             await asyncio.sleep(0.5)
         after = await scrape_writes(kube)
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            await asyncio.wait_for(spy.wait(), 60)
         if proc.returncode is None:
             proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
@@ -198,25 +231,25 @@ async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int) -> JSON
 
 
 async def run_floor(kube: KubeClient, n: int) -> tuple[float, dict[WriteKey, float]]:
-    """The same objects applied directly (ConfigMap, Service, NetworkPolicy, Deployment), 20 at a time: the
-    time it took and the writes the API server counted for it (after the operator has stopped)."""
+    """The same objects the operator makes of a Function with its default settings (ConfigMap, Service, Role,
+    RoleBinding, NetworkPolicy, Deployment) applied directly, 20 Functions at a time: the time it took and the
+    requests the API server counted for it (after the operator has stopped)."""
     ns = "bench-floor"
     await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": ns}})
     settings = OperatorSettings()
-    paths = {"ConfigMap": ("v1", "configmaps"), "Service": ("v1", "services"),
-             "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"), "Deployment": ("apps/v1", "deployments")}  # fmt: skip
 
     async def one(i: int) -> None:
         fn = FunctionObject(f"fn-{i:04d}", ns, f"00000000-0000-0000-0000-{i:012d}", 1,
                             FunctionSpec.model_validate(function("x")["spec"]))  # fmt: skip
-        objs = [make_code_configmap(fn), make_service(fn), make_ingress_policy(fn, system_namespace="kl"),
+        binding = make_scale_role_binding(fn, gateway_account=settings.gateway_service_account,
+                                          system_namespace=settings.system_namespace)  # fmt: skip
+        objs = [make_code_configmap(fn), make_service(fn), make_scale_role(fn), binding,
+                make_ingress_policy(fn, system_namespace=settings.system_namespace),
                 make_deployment(fn, image="img", settings=settings, replicas=0)]  # fmt: skip
         for obj in objs:
             assert obj is not None
             obj["metadata"].pop("ownerReferences")
-            api, plural = paths[obj["kind"]]
-            path = resource_path(api, plural, namespace=ns, name=obj["metadata"]["name"])
-            await kube.apply(path, obj, field_manager=FIELD_MANAGER)
+            await kube.apply(object_path(obj), obj, field_manager=FIELD_MANAGER)
 
     before = await scrape_writes(kube)
     started = time.monotonic()
@@ -225,21 +258,25 @@ async def run_floor(kube: KubeClient, n: int) -> tuple[float, dict[WriteKey, flo
     return elapsed, attributed_writes(write_deltas(before, await scrape_writes(kube)))
 
 
-async def main_async(n: int) -> int:
+async def main_async(n: int, profile: Path | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kubelambda-bench-op-") as tmp:
         cluster = start_cluster(Path(tmp))
         try:
             cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
             cluster.kubectl("wait", "--for=condition=Established", "crd/functions.kubelambda.io")
             async with KubeClient.from_kubeconfig(cluster.kubeconfig) as kube:
-                result = await run_operator_bench(kube, cluster.kubeconfig, n)
-                floor, floor_writes = await run_floor(kube, n)
+                result = await run_operator_bench(kube, cluster.kubeconfig, n, profile)
+                floor, floor_requests = await run_floor(kube, n)
                 floor_load = os.getloadavg()[0]
         finally:
             cluster.stop()
-    writes: dict[WriteKey, float] = result["writes"]
+    requests: dict[WriteKey, float] = result["writes"]
+    writes = {k: v for k, v in requests.items() if k[0] != "GET"}
+    floor_writes = {k: v for k, v in floor_requests.items() if k[0] != "GET"}
     total = sum(v for k, v in writes.items() if k[1] != "events")
     floor_total = sum(v for k, v in floor_writes.items() if k[1] != "events")
+    reads = sum(v for k, v in requests.items() if k[0] == "GET")
+    floor_reads = sum(v for k, v in floor_requests.items() if k[0] == "GET")
     rejected = sum(v for k, v in writes.items() if k[1] != "events" and not k[3].startswith("2"))
     cores = os.cpu_count()
     print(f"\n{n} Functions applied at once on the local cluster ({cores} cores by os.cpu_count(), "
@@ -253,12 +290,14 @@ async def main_async(n: int) -> int:
     print(f"{'operator peak RSS':<46}{result['peak_rss_mb']:>19.0f} MB")
     print(f"{'API writes per Function (excluding Events)':<46}{total / n:>22.2f}{floor_total / n:>22.2f}")
     print(f"{'  of which answered other than 2xx':<46}{rejected / n:>22.2f}")
+    print(f"{'single-object reads (GET) per Function':<46}{reads / n:>22.2f}{floor_reads / n:>22.2f}")
     print(
-        "\nevery write counted by apiserver_request_total, per Function (verb resource[/subresource] code):"
+        "\nevery request counted by apiserver_request_total, per Function (verb resource[/subresource] code):"
     )
-    for key in sorted(set(writes) | set(floor_writes)):
+    for key in sorted(set(requests) | set(floor_requests)):
         print(
-            f"{'  ' + label(key):<46}{writes.get(key, 0.0) / n:>22.2f}{floor_writes.get(key, 0.0) / n:>22.2f}"
+            f"{'  ' + label(key):<46}{requests.get(key, 0.0) / n:>22.2f}"
+            f"{floor_requests.get(key, 0.0) / n:>22.2f}"
         )
     print("\ntargets: <= 1.3x the floor's time, <= 200 MB, writes <= the floor's + 1 status write")
     return 0 if result["deployments"] >= n and result["statuses"] >= n else 1
@@ -267,8 +306,11 @@ async def main_async(n: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--functions", type=int, default=1000)
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy output for the operator (.txt: collapsed stacks)"
+    )
     args = parser.parse_args()
-    return asyncio.run(main_async(args.functions))
+    return asyncio.run(main_async(args.functions, args.profile.resolve() if args.profile else None))
 
 
 if __name__ == "__main__":
