@@ -43,22 +43,25 @@ async def create_functions(kube: KubeClient, first: int, last: int) -> None:
     await asyncio.gather(*(worker() for _ in range(20)))
 
 
-async def wait_reconciled(kube: KubeClient, n: int, timeout: float) -> float:
-    """Waits until ``n`` Functions have a status for their generation; the seconds it took."""
+async def count_reconciled(kube: KubeClient) -> int:
+    """How many Functions have a status for their generation."""
+    items = (await kube.list(resource_path(FN_API, "functions", namespace=NS)))["items"]
+    return sum(
+        1 for f in items if (f.get("status") or {}).get("observedGeneration") == f["metadata"]["generation"]
+    )
+
+
+async def wait_reconciled(kube: KubeClient, n: int, timeout: float) -> tuple[int, float]:
+    """Waits until ``n`` Functions have a status for their generation, or ``timeout`` s: (how many do, the seconds
+    it took)."""
     started = time.monotonic()
-    path = resource_path(FN_API, "functions", namespace=NS)
     done = 0
     while time.monotonic() - started < timeout:
-        items = (await kube.list(path))["items"]
-        done = sum(
-            1
-            for f in items
-            if (f.get("status") or {}).get("observedGeneration") == f["metadata"]["generation"]
-        )
+        done = await count_reconciled(kube)
         if done >= n:
-            return time.monotonic() - started
-        await asyncio.sleep(2)
-    raise TimeoutError(f"{done} of {n} Functions reconciled after {timeout:.0f} s")
+            break
+        await asyncio.sleep(max(2.0, n / 1000))  # a list of 10,000 Functions is work for the API server too
+    return done, time.monotonic() - started
 
 
 async def routing_cost(
@@ -88,14 +91,17 @@ async def main() -> None:
     parser.add_argument("--functions", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=2000, help="calls per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the reconciles")
+    parser.add_argument(
+        "--timeout", type=float, default=3600, help="seconds to wait for the reconciles, then measure anyway"
+    )
     args = parser.parse_args()
     async with platform("many", NS) as p:
         kube, http = p.kube, p.http
         await kube.create(resource_path(FN_API, "functions", namespace=NS), function("noop", min_instances=1))
         await warm_pod(kube)
         await create_functions(kube, 0, 9)
-        await wait_reconciled(kube, 10, 600)
+        if (await wait_reconciled(kube, 10, 600))[0] < 10:
+            raise TimeoutError("the first 10 Functions were not reconciled within 600 s")
         gateway, operator = component_pid(p.proc.pid, "gateway"), component_pid(p.proc.pid, "operator")
         url = f"{p.gateway}/2015-03-31/functions/{NS}/noop/invocations"
         rows = [
@@ -109,7 +115,8 @@ async def main() -> None:
         started = time.monotonic()
         await create_functions(kube, 9, args.functions - 1)
         created = time.monotonic() - started
-        reconciled = await wait_reconciled(kube, args.functions, args.timeout)
+        # All reconciled, or what the operator did by the deadline (the gateway knows every Function at once).
+        done, reconciled = await wait_reconciled(kube, args.functions, args.timeout)
         rows.append(
             (args.functions, rss_mb(operator), rss_mb(gateway), *await routing_cost(http, url, gateway, args.requests, args.rounds))
         )  # fmt: skip
@@ -118,7 +125,8 @@ async def main() -> None:
         f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)"
     )
     print(
-        f"  {args.functions - 10} Functions created in {created:.0f} s, all reconciled {reconciled:.0f} s later"
+        f"  {args.functions - 10} Functions created in {created:.0f} s; {reconciled:.0f} s later {done} of "
+        f"{args.functions} reconciled{'' if done >= args.functions else ' (--timeout reached)'}, then measured"
     )
     print(f"\n  {'Functions':>10}{'operator RSS MB':>17}{'gateway RSS MB':>16}{'gateway CPU us/call':>21}"
           f"{'p50 ms':>9}{'p99 ms':>9}")  # fmt: skip
