@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import hashlib
 import json
 import logging
@@ -16,7 +15,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kopf
@@ -60,7 +59,15 @@ class CompactDiffBase(kopf.StatusDiffBaseStorage):
     def build(
         self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
     ) -> kopf.BodyEssence:
-        essence = copy.deepcopy(super().build(body=body, extra_fields=extra_fields))
+        # kopf deep-copies the whole body it is given and then drops the status and the metadata but labels and
+        # annotations: give it only what it keeps (it builds this on every watch event of every Function, and
+        # the status and managedFields are most of a Function). Extra fields may be anywhere: the whole body then.
+        if not extra_fields:
+            meta = body.get("metadata") or {}
+            kept = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+            slim = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+            body = kopf.Body(cast(kopf.RawBody, {**slim, "metadata": kept}))
+        essence = super().build(body=body, extra_fields=extra_fields)  # a deep copy of its own
         spec: Any = essence.get("spec") or {}
         code = spec.get("code") or {}
         if isinstance(code.get("inline"), dict):
