@@ -1,7 +1,7 @@
 """1,000 Functions applied at once: time until every Deployment exists and every status is written, the
 operator's peak RSS, and API requests per Function — beside the floor measured in the same run: the same
-objects (ConfigMap, Service, Role, RoleBinding, NetworkPolicy, Deployment) applied directly by one client (no
-operator, no watch, no status).
+Functions created and the same objects (ConfigMap, Service, Role, RoleBinding, NetworkPolicy, Deployment, owned by
+their Function) applied directly by one client (no operator, no watch, no status, no Event).
 
     .venv/bin/python bench/operator_scale.py --functions 1000 [--profile operator.svg]
 
@@ -24,7 +24,6 @@ from typing import Any
 
 import psutil
 
-from kubelambda.api.v1alpha1 import FunctionSpec
 from kubelambda.kube import KubeClient, resource_path
 from kubelambda.operator._owned import object_path
 from kubelambda.resources import (
@@ -144,6 +143,28 @@ async def gather_limited(coros: list[Any], limit: int) -> None:
     await asyncio.gather(*(one(c) for c in coros))
 
 
+COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler")
+
+
+def component_cpu(root: int, extra: dict[str, int] | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each control-plane process under ``root`` (the ``dev serve``
+    process), and by the processes of ``extra`` (name → pid)."""
+    out: dict[str, float] = {}
+    procs = {p.name(): p for p in psutil.Process(root).children(recursive=True) if p.name() in COMPONENTS}
+    procs.update({name: psutil.Process(pid) for name, pid in (extra or {}).items()})
+    for name, proc in procs.items():
+        try:
+            times = proc.cpu_times()
+            out[name] = times.user + times.system + times.children_user + times.children_system
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
 async def count(kube: KubeClient, path: str, predicate: Any = None) -> int:
     items = (await kube.list(path, params={"limit": "5000"}))["items"]
     return sum(1 for i in items if predicate is None or predicate(i))
@@ -159,7 +180,9 @@ async def start_profile(pid: int, out: Path) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int, profile: Path | None = None) -> JSON:
+async def run_operator_bench(
+    kube: KubeClient, kubeconfig: Path, n: int, root: int, profile: Path | None = None
+) -> JSON:
     ns = "bench-operator"
     await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": ns}})
     env = {**os.environ, "KUBELAMBDA_KUBECONFIG": str(kubeconfig)}
@@ -172,6 +195,7 @@ async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int, profile
     try:
         ps = psutil.Process(proc.pid)
         before = await scrape_writes(kube)
+        cpu_before = component_cpu(root, {"operator": proc.pid})
         started = time.monotonic()
         await gather_limited(
             [
@@ -201,6 +225,7 @@ async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int, profile
                     break
             await asyncio.sleep(0.5)
         elapsed = time.monotonic() - started
+        cpu = cpu_delta(cpu_before, component_cpu(root, {"operator": proc.pid}))
         if deployments < n or statuses < n:
             log.flush()
             tail = (kubeconfig.parent / "operator.log").read_text(errors="replace")[-4000:]
@@ -227,20 +252,25 @@ async def run_operator_bench(kube: KubeClient, kubeconfig: Path, n: int, profile
         "statuses": statuses,
         "peak_rss_mb": peak,
         "writes": writes,
+        "cpu": cpu,
     }
 
 
-async def run_floor(kube: KubeClient, n: int) -> tuple[float, dict[WriteKey, float]]:
-    """The same objects the operator makes of a Function with its default settings (ConfigMap, Service, Role,
-    RoleBinding, NetworkPolicy, Deployment) applied directly, 20 Functions at a time: the time it took and the
-    requests the API server counted for it (after the operator has stopped)."""
+async def run_floor(
+    kube: KubeClient, n: int, root: int
+) -> tuple[float, dict[WriteKey, float], dict[str, float]]:
+    """What the operator phase makes, by one client without the operator, 20 Functions at a time: each Function
+    created, then the objects the operator makes of it with its default settings (ConfigMap, Service, Role,
+    RoleBinding, NetworkPolicy, Deployment, each owned by the Function as the operator's are, so the garbage
+    collector tracks them as it does the operator's) applied one after the other. The time it took, the requests
+    the API server counted for it and the CPU it cost (after the operator has stopped)."""
     ns = "bench-floor"
     await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": ns}})
     settings = OperatorSettings()
 
     async def one(i: int) -> None:
-        fn = FunctionObject(f"fn-{i:04d}", ns, f"00000000-0000-0000-0000-{i:012d}", 1,
-                            FunctionSpec.model_validate(function("x")["spec"]))  # fmt: skip
+        body = await kube.create(resource_path(FN_API, "functions", namespace=ns), function(f"fn-{i:04d}"))
+        fn = FunctionObject.from_body(body)
         binding = make_scale_role_binding(fn, gateway_account=settings.gateway_service_account,
                                           system_namespace=settings.system_namespace)  # fmt: skip
         objs = [make_code_configmap(fn), make_service(fn), make_scale_role(fn), binding,
@@ -248,25 +278,28 @@ async def run_floor(kube: KubeClient, n: int) -> tuple[float, dict[WriteKey, flo
                 make_deployment(fn, image="img", settings=settings, replicas=0)]  # fmt: skip
         for obj in objs:
             assert obj is not None
-            obj["metadata"].pop("ownerReferences")
             await kube.apply(object_path(obj), obj, field_manager=FIELD_MANAGER)
 
     before = await scrape_writes(kube)
+    cpu_before = component_cpu(root, {"bench (the floor's client)": os.getpid()})
     started = time.monotonic()
     await gather_limited([one(i) for i in range(n)], limit=20)
     elapsed = time.monotonic() - started
-    return elapsed, attributed_writes(write_deltas(before, await scrape_writes(kube)))
+    cpu = cpu_delta(cpu_before, component_cpu(root, {"bench (the floor's client)": os.getpid()}))
+    return elapsed, attributed_writes(write_deltas(before, await scrape_writes(kube))), cpu
 
 
 async def main_async(n: int, profile: Path | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kubelambda-bench-op-") as tmp:
         cluster = start_cluster(Path(tmp))
+        assert cluster.proc is not None
+        root = cluster.proc.pid
         try:
             cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
             cluster.kubectl("wait", "--for=condition=Established", "crd/functions.kubelambda.io")
             async with KubeClient.from_kubeconfig(cluster.kubeconfig) as kube:
-                result = await run_operator_bench(kube, cluster.kubeconfig, n, profile)
-                floor, floor_requests = await run_floor(kube, n)
+                result = await run_operator_bench(kube, cluster.kubeconfig, n, root, profile)
+                floor, floor_requests, floor_cpu = await run_floor(kube, n, root)
                 floor_load = os.getloadavg()[0]
         finally:
             cluster.stop()
@@ -287,6 +320,11 @@ async def main_async(n: int, profile: Path | None = None) -> int:
     print(f"{'  (creating the Functions took)':<46}{result['created']:>20.1f} s")
     print(f"{'load average (1 min) at the end of each phase':<46}{result['load']:>22.1f}{floor_load:>22.1f}")
     print(f"{'Deployments / statuses seen':<46}{result['deployments']:>15} / {result['statuses']}")
+    cpu: dict[str, float] = result["cpu"]
+    print(f"{'CPU seconds during the phase, by process:':<46}")
+    for name in sorted(set(cpu) | set(floor_cpu), key=lambda k: -max(cpu.get(k, 0.0), floor_cpu.get(k, 0.0))):
+        print(f"{'  ' + name:<46}{cpu.get(name, 0.0):>20.1f} s{floor_cpu.get(name, 0.0):>20.1f} s")
+    print(f"{'  all of these':<46}{sum(cpu.values()):>20.1f} s{sum(floor_cpu.values()):>20.1f} s")
     print(f"{'operator peak RSS':<46}{result['peak_rss_mb']:>19.0f} MB")
     print(f"{'API writes per Function (excluding Events)':<46}{total / n:>22.2f}{floor_total / n:>22.2f}")
     print(f"{'  of which answered other than 2xx':<46}{rejected / n:>22.2f}")
