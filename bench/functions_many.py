@@ -44,11 +44,19 @@ async def create_functions(kube: KubeClient, first: int, last: int) -> None:
 
 
 async def count_reconciled(kube: KubeClient) -> int:
-    """How many Functions have a status for their generation."""
-    items = (await kube.list(resource_path(FN_API, "functions", namespace=NS)))["items"]
-    return sum(
-        1 for f in items if (f.get("status") or {}).get("observedGeneration") == f["metadata"]["generation"]
-    )
+    """How many Functions have a status for their generation (listed 500 at a time: one list of 10,000 Functions
+    can take the API server longer than a request's timeout on a loaded machine)."""
+    path, params, done = resource_path(FN_API, "functions", namespace=NS), {"limit": "500"}, 0
+    while True:
+        page = await kube.request("GET", path, params=params, timeout=120)
+        done += sum(
+            1
+            for f in page["items"]
+            if (f.get("status") or {}).get("observedGeneration") == f["metadata"]["generation"]
+        )
+        if not page["metadata"].get("continue"):
+            return done
+        params = {"limit": "500", "continue": page["metadata"]["continue"]}
 
 
 async def wait_reconciled(kube: KubeClient, n: int, timeout: float) -> tuple[int, float]:
