@@ -25,6 +25,9 @@ from gateway_cpu import NS, component_pid, cpu_seconds, warm_pod
 from kubelambda.kube import KubeClient, resource_path
 
 FN_API = "kubelambda.io/v1alpha1"
+# Calls at once to the one instance (perInstance 1): more wait for its worker, and on a loaded machine past the
+# gateway's 2 s slot wait (429), which says nothing of the routing.
+CONNECTIONS = 1
 
 
 def function(name: str, *, min_instances: int = 0) -> dict[str, Any]:
@@ -76,14 +79,14 @@ async def routing_cost(
     http: aiohttp.ClientSession, url: str, gateway: int, requests: int, rounds: int
 ) -> tuple[float, float, float]:
     """(gateway CPU us per call net of its idle burn, p50 ms, p99 ms), medians over ``rounds``."""
-    await post_load(http, url, 200, 4)
+    await post_load(http, url, 200, CONNECTIONS)
     cpu, latencies = [], []
     for _ in range(rounds):
         before, started = cpu_seconds(gateway), time.perf_counter()
         await asyncio.sleep(2)
         idle = (cpu_seconds(gateway) - before) / (time.perf_counter() - started)
         before, started = cpu_seconds(gateway), time.perf_counter()
-        _, lat = await post_load(http, url, requests, 4)
+        _, lat = await post_load(http, url, requests, CONNECTIONS)
         spent = time.perf_counter() - started
         cpu.append(1e6 * (cpu_seconds(gateway) - before - idle * spent) / requests)
         latencies.extend(lat)
@@ -125,9 +128,15 @@ async def main() -> None:
         created = time.monotonic() - started
         # All reconciled, or what the operator did by the deadline (the gateway knows every Function at once).
         done, reconciled = await wait_reconciled(kube, args.functions, args.timeout)
+        memory = (
+            rss_mb(operator),
+            rss_mb(gateway),
+        )  # before the calls, so that a failing call does not lose them
+        print(f"{args.functions} Functions present, {done} reconciled: operator RSS {memory[0]:.0f} MB, "
+              f"gateway RSS {memory[1]:.0f} MB", flush=True)  # fmt: skip
         rows.append(
-            (args.functions, rss_mb(operator), rss_mb(gateway), *await routing_cost(http, url, gateway, args.requests, args.rounds))
-        )  # fmt: skip
+            (args.functions, *memory, *await routing_cost(http, url, gateway, args.requests, args.rounds))
+        )
     print(
         f"\nFunctions present vs the operator's and gateway's RSS and the gateway's cost per warm call "
         f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)"
