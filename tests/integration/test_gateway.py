@@ -111,6 +111,35 @@ async def test_boto3_invokes_from_zero_with_one_scale_up_for_twenty_concurrent_r
     assert "REPORT RequestId:" in log
 
 
+async def test_a_burst_from_zero_waits_for_the_instances_it_started_instead_of_being_throttled(
+    env: Env,
+) -> None:
+    # Eight concurrent first calls of one invocation per instance, each busy for 4 s: the first instance takes one
+    # and the rest find it busy for longer than slot_wait_seconds (1 s here). They wait for the instances the
+    # autoscaler asked for (as Lambda waits for new execution environments): none is answered 429.
+    calls = 8
+    doc = function(
+        "burst", timeoutSeconds=30, concurrency={"perInstance": 1}, scaling={"maxInstances": calls}
+    )
+    await env.deploy(doc)
+    client = lambda_client(env.url)
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(calls) as pool:
+        results = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    pool, invoke_sync, client, f"{env.namespace}/burst", {"sleep": 4, "i": i}
+                )
+                for i in range(calls)
+            ),
+            return_exceptions=True,
+        )
+    answers = [r if isinstance(r, BaseException) else r["StatusCode"] for r in results]
+    assert answers == [200] * calls, answers
+    assert sorted(r["body"]["echo"]["i"] for r in results if isinstance(r, dict)) == list(range(calls))
+    assert await replicas(env.kube, env.namespace, "burst") > 1
+
+
 async def test_the_aws_cli_invokes_through_the_gateway(env: Env, tmp_path: Path) -> None:
     await env.deploy(function("cli"))
     out = tmp_path / "out.json"

@@ -188,6 +188,8 @@ class InvokePath:
             if endpoint is None:
                 if tried and not endpoints_of():
                     continue  # the instances we tried went away: back to the cold path
+                if self._growing(fn) and time.monotonic() < give_up:
+                    continue  # an instance is starting for it, as Lambda waits for a new environment
                 raise Unavailable(
                     "TooManyRequestsException",
                     f"Rate Exceeded. Every instance of {fn.namespace}/{fn.name} was busy for {wait:.1f} s",
@@ -242,6 +244,16 @@ class InvokePath:
                 token=token,
                 max_response_bytes=s.max_response_bytes,
             )
+
+    def _growing(self, fn: FunctionEntry) -> bool:
+        """The autoscaler of this replica has asked for more instances of ``fn`` than are ready: a request
+        without a free slot keeps waiting for one (up to the function timeout plus the cold-start allowance)
+        instead of 429 after ``slot_wait_seconds``, so that a burst from zero is served, not throttled, while
+        its instances start (docs/gateway.md). A replica that does not decide the scaling knows no such thing."""
+        scaler = self.autoscaler
+        track = scaler.tracks.get(fn.key) if scaler is not None and scaler.is_decider() else None
+        wanted = track.written if track is not None else None
+        return wanted is not None and wanted > len(self.registry.ready_endpoints(fn.key))
 
     def _own_or_pool_endpoints(self, fn: FunctionEntry) -> list[str]:
         own = self.registry.ready_endpoints(fn.key)
