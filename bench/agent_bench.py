@@ -1,6 +1,7 @@
-"""Agent benchmarks, side by side with the AWS Lambda Runtime Interface Emulator (RIE).
+"""Agent benchmarks, side by side with the AWS Lambda Runtime Interface Emulator (RIE), or with OpenFaaS'
+of-watchdog (``--peer``).
 
-    .venv/bin/python bench/agent_bench.py [--requests 3000] [--rounds 3]
+    .venv/bin/python bench/agent_bench.py [--requests 3000] [--rounds 3] [--peer]
 
 - Warm invocations of a no-op Python handler, one worker, one client connection (closed loop):
   throughput and p50/p99 latency through the agent and through the RIE, with the same handler and
@@ -10,12 +11,19 @@
 - Idle RSS of the agent (and of the RIE) with one initialised worker.
 - The same for a no-op Node.js handler with our Node.js client (skip with --no-node).
 
-The RIE is built from its Go module into the cache on first use.
+With ``--peer`` (``make bench-agent-peer``), instead of the RIE rows: the same no-op handler behind OpenFaaS'
+of-watchdog in HTTP mode (``mode=http``: the watchdog forwards each request to the function's own HTTP server,
+here Python's ``http.server`` calling the handler, HTTP/1.1 kept alive), and that HTTP server called directly (what
+the watchdog adds is the difference), interleaved with the agent in the same rounds; idle RSS of the agent or
+watchdog alone and with its runtime or function process.
+
+The RIE is built from its Go module into the cache on first use; of-watchdog by hack/of-watchdog.sh.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import random
@@ -28,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from _common import pct
 from kubelambda.runtimes import agent_binary, local_command, runtime_images_dir
 
@@ -37,6 +47,47 @@ from kltest.ric import cache_dir, ensure_awslambdaric
 RIE_MODULE = "github.com/aws/aws-lambda-runtime-interface-emulator"
 RIE_VERSION = "v0.0.0-20261030222936-bef5c4ba774d"
 HANDLER = "def handler(event, context):\n    return None\n"
+# The function process of the of-watchdog rows: the same handler behind an HTTP server of the standard library,
+# one request at a time per connection (argv: port, code directory), chunked request bodies read.
+WATCHDOG_UPSTREAM = """
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+sys.path.insert(0, sys.argv[2])
+from app import handler
+
+
+class Invoke(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes
+
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        chunks = []  # the watchdog streams the request body in chunks
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\\r\\n", b"\\n", b""):
+            pass  # trailers
+        return b"".join(chunks)
+
+    def do_POST(self):
+        body = self.body()
+        answer = json.dumps(handler(json.loads(body or b"null"), None)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Invoke).serve_forever()
+"""
 NODE_HANDLER = "exports.handler = async () => null;\n"
 
 
@@ -98,19 +149,23 @@ class Target:
 
     def stop(self) -> None:
         if self.proc is not None:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
             self.proc.terminate()
             try:
                 self.proc.wait(10)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # of-watchdog drains for its write timeout
                 self.proc.kill()
                 self.proc.wait()
+            for child in children:  # a function process the killed watchdog left
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
 
-    def rss_mb(self) -> float:
+    def rss_mb(self) -> tuple[float, float]:
+        """Resident memory of the process alone and with its children (runtime, function process), in MB."""
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        me = psutil.Process(self.proc.pid)
+        own = me.memory_info().rss
+        return own / 2**20, (own + sum(c.memory_info().rss for c in me.children(recursive=True))) / 2**20
 
 
 def invoke_once(host: str, port: int, path: str) -> int:
@@ -186,6 +241,67 @@ def rie_target(
     return Target(name, argv, lambda_env, str(code), ip, 8080, "/2015-03-31/functions/function/invocations")
 
 
+def ensure_of_watchdog() -> Path:
+    """of-watchdog built by hack/of-watchdog.sh (cached); its path."""
+    script = Path(__file__).resolve().parents[1] / "hack" / "of-watchdog.sh"
+    built = subprocess.run([str(script)], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def free_port(ip: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+def watchdog_targets(code: Path, env: dict[str, str]) -> list[Target]:
+    """of-watchdog in HTTP mode before the handler's HTTP server, and that server alone. The watchdog listens on
+    every address and always serves its metrics on port 8081, which must be free."""
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", 8081))
+        except OSError as e:
+            raise RuntimeError(
+                f"of-watchdog serves its metrics on port 8081, which is taken here: {e}"
+            ) from e
+    upstream = free_port()
+    (code / "upstream.py").write_text(WATCHDOG_UPSTREAM)
+    server = [sys.executable, str(code / "upstream.py")]  # of-watchdog splits fprocess at spaces
+    port = free_port("0.0.0.0")
+    watchdog_env = {
+        **env,
+        "mode": "http",
+        "port": str(port),
+        "fprocess": " ".join([*server, str(upstream), str(code)]),
+        "upstream_url": f"http://127.0.0.1:{upstream}",
+        "suppress_lock": "true",
+        "exec_timeout": "30s",
+        "write_timeout": "30s",
+        "read_timeout": "30s",
+    }
+    direct = free_port()
+    return [
+        Target(
+            "of-watchdog + http.server",
+            [str(ensure_of_watchdog())],
+            watchdog_env,
+            str(code),
+            "127.0.0.1",
+            port,
+            "/",
+        ),
+        Target(
+            "http.server directly",
+            [*server, str(direct), str(code)],
+            env,
+            str(code),
+            "127.0.0.1",
+            direct,
+            "/",
+        ),
+    ]
+
+
 def direct_call_p50(code: Path, n: int = 20000) -> float:
     sys.path.insert(0, str(code))
     import app  # type: ignore[import-not-found]
@@ -205,6 +321,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--no-node", action="store_true", help="skip the Node.js rows")
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="OpenFaaS' of-watchdog (HTTP mode) instead of the RIE rows, Python only",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="agent-bench-"))
@@ -214,16 +335,19 @@ def main() -> int:
     (code / "app.js").write_text(NODE_HANDLER)
     base_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     ours = [sys.executable, str(runtime_images_dir() / "python" / "bootstrap.py"), "app.handler"]
-    aws = [sys.executable, "-m", "awslambdaric", "app.handler"]
-    aws_env = {**base_env, "PYTHONPATH": f"{ensure_awslambdaric()}:{code}"}
-    targets = [
-        agent_target("agent + kubelambda client", code, ours, base_env),
-        rie_target("RIE   + kubelambda client", code, ours, base_env),
-        agent_target("agent + awslambdaric", code, aws, aws_env),
-        rie_target("RIE   + awslambdaric", code, aws, aws_env),
-    ]
+    targets = [agent_target("agent + kubelambda client", code, ours, base_env)]
+    if args.peer:
+        targets += watchdog_targets(code, base_env)
+    else:
+        aws = [sys.executable, "-m", "awslambdaric", "app.handler"]
+        aws_env = {**base_env, "PYTHONPATH": f"{ensure_awslambdaric()}:{code}"}
+        targets += [
+            rie_target("RIE   + kubelambda client", code, ours, base_env),
+            agent_target("agent + awslambdaric", code, aws, aws_env),
+            rie_target("RIE   + awslambdaric", code, aws, aws_env),
+        ]
     node = shutil.which("node")
-    if not args.no_node and node:
+    if not args.no_node and not args.peer and node:
         ours_js = [node, str(runtime_images_dir() / "nodejs" / "index.mjs"), "app.handler"]
         targets += [
             agent_target("agent + kubelambda node client", code, ours_js, base_env, "nodejs20"),
@@ -251,12 +375,16 @@ def main() -> int:
     print(
         f"warm invocations, no-op Python handler, 1 worker, 1 connection, {args.rounds}x{args.requests} requests"
     )
-    print(f"{'target':32} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'idle RSS MB':>12}")
+    print(
+        f"{'target':32} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'idle RSS MB':>12} {'+ children':>11}"
+        f"   (load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores)"
+    )
     for t in targets:
         n = len(t.latencies)
+        own, tree = idle[t.name]
         print(
             f"{t.name:32} {n / t.seconds:8.0f} {pct(t.latencies, 0.5) * 1e3:8.3f} "
-            f"{pct(t.latencies, 0.99) * 1e3:8.3f} {idle[t.name]:12.1f}"
+            f"{pct(t.latencies, 0.99) * 1e3:8.3f} {own:12.1f} {tree:11.1f}"
         )
     agent_p50 = pct(targets[0].latencies, 0.5)
     print(f"direct in-process call p50: {direct * 1e6:.2f} us")

@@ -10,3 +10,9 @@ bench-gateway-cpu: venv binaries runtimes-build
 .PHONY: bench-burst
 bench-burst: venv binaries runtimes-build
 	$(PY) bench/burst_bench.py --calls 200 --functions 100
+
+# The agent beside OpenFaaS' of-watchdog (HTTP mode) with the same no-op Python handler: throughput, p50/p99, idle
+# RSS (of-watchdog built by hack/of-watchdog.sh; OF_WATCHDOG_SRC=<a git clone> when the Go module proxy refuses it).
+.PHONY: bench-agent-peer
+bench-agent-peer: venv agent
+	$(PY) bench/agent_bench.py --peer
