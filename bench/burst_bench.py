@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import time
 from collections import Counter
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -125,8 +128,21 @@ async def plain_scale_up(kube: KubeClient, n: int) -> tuple[float, float]:
     return first_reaching(samples, 2, 1), first_reaching(samples, 2, n)
 
 
+def decision_trace(gateway_log: Path, name: str, since: float) -> list[str]:
+    """The scale writes the gateway logged for ``name`` from ``since`` (wall clock) on: the activator's first one
+    and every autoscaler decision that changed the Deployment's scale, with its reason (panic or stable)."""
+    lines = []
+    for line in gateway_log.read_text(errors="replace").splitlines():
+        if f"Scaled Deployment {NS}/{name} " not in line and f"Scaled {NS}/{name} " not in line:
+            continue
+        at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # logging's asctime, local
+        if at >= since - 1:
+            lines.append(f"+{at - since:5.1f} s  {line.split(': ', 1)[1]}")
+    return lines
+
+
 async def one_function_burst(
-    kube: KubeClient, http: aiohttp.ClientSession, gateway: str, calls: int, sleep: float
+    kube: KubeClient, http: aiohttp.ClientSession, gateway: str, calls: int, sleep: float, gateway_log: Path
 ) -> None:
     await kube.create(
         resource_path(FN_API, "functions", namespace=NS), function("burst", max_instances=calls, sleep=sleep)
@@ -134,11 +150,15 @@ async def one_function_burst(
     await ready_function(kube, "burst")
     url = f"{gateway}/2015-03-31/functions/{NS}/burst/invocations"
     samples: list[tuple[float, int, int]] = []
-    started = time.monotonic()
+    started, wall = time.monotonic(), time.time()
     sampler = asyncio.create_task(sample_deployment(kube, "burst", started, samples))
     results = await asyncio.gather(*(call(http, url, started) for _ in range(calls)))
     elapsed = time.monotonic() - started
-    await asyncio.sleep(1)
+    # The instances asked for keep starting after the calls are answered: sampled until they are all ready.
+    with contextlib.suppress(TimeoutError):
+        await wait(
+            lambda: asyncio.sleep(0.25, samples[-1]), lambda s: s[2] >= s[1], "the instances asked for", 180
+        )
     sampler.cancel()
     statuses = Counter(status for status, _, _ in results)
     latencies = [t * 1000 for _, t, _ in results]
@@ -169,6 +189,9 @@ async def one_function_burst(
         f"  (plain: the same pod template scaled 0 -> {peak_ready} by one write in the same run: first ready"
         f" {plain_first:.1f} s, all ready {plain_all:.1f} s; Lambda: 1,000 environments per 10 s per function)"
     )
+    print("  the scale writes (activator, then the autoscaler's decisions), from the gateway's log:")
+    for line in decision_trace(gateway_log, "burst", wall):
+        print(f"    {line}")
 
 
 async def many_functions(kube: KubeClient, http: aiohttp.ClientSession, gateway: str, n: int) -> None:
@@ -200,7 +223,8 @@ async def main() -> None:
     async with platform("burst", NS, connections=0) as p:
         kube, http = p.kube, p.http
         if args.calls:
-            await one_function_burst(kube, http, p.gateway, args.calls, args.sleep)
+            gateway_log = p.state_dir / "logs" / "kubelambda-gateway.log"
+            await one_function_burst(kube, http, p.gateway, args.calls, args.sleep, gateway_log)
         if args.functions:
             await many_functions(kube, http, p.gateway, args.functions)
         print(f"\n(load average {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores)")

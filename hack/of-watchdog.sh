@@ -4,7 +4,7 @@
 #   ~/.cache/kubelambda/bin/of-watchdog-<OF_WATCHDOG_VERSION>/of-watchdog
 # Prints the binary's path on stdout.
 # of-watchdog's tags (0.11.6) are not Go module versions, so the module is asked for by the tag's pseudo-version.
-# When the Go module proxy refuses it (proxy.golang.org answered 403 "This module version is not available" for
+# When the Go module proxy refuses it (it answered 403 "This module version is not available" for
 # the version list, the tag and the pseudo-version on 2026-12-05), OF_WATCHDOG_SRC may name a git repository of
 # of-watchdog (a clone): the tag is built from it with its own vendor/ directory, offline.
 # of-watchdog is MIT-licensed; it is only run as a separate benchmark peer here, never linked into kubelambda.
