@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
 from multidict import CIMultiDict
 
 from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
-from kubelambda.gateway.proxy import GATEWAY_OUTCOMES, outcome_of
+from kubelambda.gateway.proxy import GATEWAY_OUTCOMES, outcome_of, request_id
 from kubelambda.gateway.throttler import POOL, RESERVED, Throttled, Throttler
 
 
@@ -118,3 +119,17 @@ def test_the_gateway_knows_every_outcome_the_agent_answers_with() -> None:
 )
 def test_the_outcome_is_the_agents_not_a_guess_from_the_body(headers: dict[str, str], outcome: str) -> None:
     assert outcome_of(CIMultiDict(headers)) == outcome
+
+
+def test_request_ids_are_random_version_4_uuids_in_text_form() -> None:
+    ids = [request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value  # lower-case, 8-4-4-4-12
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+    # Every bit but the six fixed ones varies.
+    fixed = int(uuid.UUID(ids[0])) ^ int(uuid.UUID(ids[1]))
+    for value in ids[2:]:
+        fixed |= int(uuid.UUID(ids[0])) ^ int(uuid.UUID(value))
+    assert bin(fixed).count("1") == 128 - 6

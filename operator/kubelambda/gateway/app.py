@@ -477,6 +477,12 @@ class Gateway(RegistryLookups):
         limit = s.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
             raise BodyRefused("too_large")
+        if request.content.is_eof():  # all of it arrived with the headers (a small body): no wait, no timer
+            body = request.content.read_nowait()
+            if len(body) > limit:
+                raise BodyRefused("too_large")
+            self._hold(request, len(body))
+            return body
         chunks: list[bytes] = []
         size = 0
         try:

@@ -16,6 +16,7 @@ so it selects the default namespace. The ARNs kubelambda hands out use the names
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ class FunctionRef:
         return f"arn:aws:lambda:{region}:{self.namespace}:function:{self.name}"
 
 
+@functools.lru_cache(maxsize=4096)  # every invocation parses its name: the same few names, over and over
 def parse_function_name(value: str, *, default_namespace: str) -> FunctionRef:
     match = _ARN.match(value) or _PARTIAL.match(value)
     if match:

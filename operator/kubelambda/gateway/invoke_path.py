@@ -76,6 +76,7 @@ class InvokePath:
     warm_pool: WarmPool | None = None  # when KUBELAMBDA_GATEWAY_WARM_POOL_SIZES names a pool
     _function_metrics: dict[tuple[str, str], FunctionMetrics] = field(default_factory=dict)
     _cold_waiting: dict[tuple[str, str], int] = field(default_factory=dict)  # per function, in the activator
+    _tokens: dict[tuple[str, str], str] = field(default_factory=dict)  # the agent token of each function
 
     def __post_init__(self) -> None:
         self.throttler = Throttler(pool_limit=self.settings.pool_limit)
@@ -232,7 +233,9 @@ class InvokePath:
         s = self.settings
         # The deadline starts when an instance takes the invocation, as Lambda's timeout does.
         deadline = time.time() + fn.spec.timeout_seconds
-        token = function_token(key.get_secret_value(), *fn.key) if (key := s.agent_key) else None
+        token = self._tokens.get(fn.key)
+        if token is None and (key := s.agent_key):  # an HMAC: worked out once per function
+            token = self._tokens[fn.key] = function_token(key.get_secret_value(), *fn.key)
         # The function's trace parent (forward reads the current span): its own spans are children of this one.
         with tracing.span("forward", kind=tracing.SpanKind.CLIENT) as span:
             tracing.set_attributes(span, {"server.address": endpoint})

@@ -7,8 +7,8 @@ deadline is a little later and only fires when an instance stops answering altog
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -62,9 +62,17 @@ class Invocation:
         trace_id: str | None = None,
         traceparent: str | None = None,
     ) -> Invocation:
-        return cls(
-            str(uuid.uuid4()), arn, timeout_seconds, body, log_tail, client_context, trace_id, traceparent
-        )
+        return cls(request_id(), arn, timeout_seconds, body, log_tail, client_context, trace_id, traceparent)
+
+
+def request_id() -> str:
+    """A random (version 4) UUID in its usual text form, as ``str(uuid.uuid4())`` but in a third of its time
+    (it is made for every invocation)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    x = raw.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 @dataclass(frozen=True)
@@ -105,9 +113,11 @@ def too_large_result(limit: int) -> Result:
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """The body, or None as soon as it is known to exceed ``limit`` (the connection is then dropped, so the
     rest is never read nor buffered)."""
-    if resp.content_length is not None and resp.content_length > limit:
-        resp.close()
-        return None
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            resp.close()
+            return None
+        return await resp.read()  # the agent's answers have a length: read at once, within the limit
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(65536):
