@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from _common import pct, platform, post_load, wait, warm_function
+from kubelambda.agentauth import bearer, function_token
 from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench-cpu"
@@ -37,6 +38,7 @@ import aiohttp
 from aiohttp import web
 
 target = sys.argv[2]
+headers = {"Content-Type": "application/json", "Authorization": sys.argv[3]}  # the agent answers the gateway only
 
 async def session(app):
     app["http"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -45,9 +47,7 @@ async def session(app):
 
 async def forward(request):
     body = await request.read()
-    async with request.app["http"].post(
-        target, data=body, headers={"Content-Type": "application/json"}
-    ) as resp:
+    async with request.app["http"].post(target, data=body, headers=headers) as resp:
         answer = await resp.read()
         return web.Response(status=resp.status, body=answer, content_type="application/json")
 
@@ -151,9 +151,11 @@ async def measure(
     pids: dict[str, list[int]],
     requests: int,
     connections: int,
+    headers: dict[str, dict[str, str]],
 ) -> None:
-    for url in urls.values():
-        await post_load(http, url, 300, connections)  # warm every path up
+    """``headers``: per path, what its requests send over the session's (the developer's token)."""
+    for path, url in urls.items():
+        await post_load(http, url, 300, connections, headers=(headers.get(path, {}),))  # warm every path up
     cpu: dict[tuple[str, str], list[float]] = {}  # (path, process) → CPU µs per call, one per round
     load: dict[str, list[tuple[float, list[float]]]] = {path: [] for path in urls}
     idle: dict[str, list[float]] = {name: [] for name in pids}
@@ -169,7 +171,9 @@ async def measure(
         for path, url in urls.items():
             before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
             started = time.perf_counter()
-            load[path].append(await post_load(http, url, requests, connections))
+            load[path].append(
+                await post_load(http, url, requests, connections, headers=(headers.get(path, {}),))
+            )
             spent = time.perf_counter() - started
             for name, ps in pids.items():
                 used = sum(cpu_seconds(p) for p in ps) - before[name]
@@ -220,9 +224,12 @@ async def main() -> None:
             await kube.create(resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS), body)
             pod_ip = (await warm_pod(kube))["status"]["podIP"]
             port = free_port()
+            # What the gateway shows the agent (docs/security.md): the function's token, from the platform's key.
+            agent_auth = bearer(function_token((p.state_dir / "agent.key").read_text().strip(), NS, "noop"))
             floor = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", FLOOR_PROXY, str(port), f"http://{pod_ip}:8080/invoke"
-            )
+                sys.executable, "-c", FLOOR_PROXY, str(port), f"http://{pod_ip}:8080/invoke",
+                agent_auth["Authorization"],
+            )  # fmt: skip
             floor_url = f"http://127.0.0.1:{port}/invoke"
 
             async def floor_status() -> int:
@@ -250,7 +257,7 @@ async def main() -> None:
                     "py-spy", "record", "--pid", str(pids["gateway"][0]), "--format", "raw",
                     "--rate", "200", "-o", str(args.profile),
                 )  # fmt: skip
-            await measure(http, urls, pids, args.requests, args.connections)
+            await measure(http, urls, pids, args.requests, args.connections, {"agent directly": agent_auth})
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 await spy.wait()
