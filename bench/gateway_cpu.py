@@ -18,6 +18,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,11 +26,12 @@ from typing import Any
 
 import aiohttp
 
-from _common import pct, platform, post_load, wait, warm_function
+from _common import gateway_process, pct, platform, post_load, wait, wait_answering, warm_function
 from kubelambda.agentauth import bearer, function_token
 from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench-cpu"
+BEFORE, AFTER = "gateway before", "gateway after"  # --before: the same gateway process at two commits
 HANDLER = "def handler(event, context):\n    return event\n"
 
 FLOOR_PROXY = """
@@ -152,6 +154,7 @@ async def measure(
     requests: int,
     connections: int,
     headers: dict[str, dict[str, str]],
+    rounds: int = 3,
 ) -> None:
     """``headers``: per path, what its requests send over the session's (the developer's token)."""
     for path, url in urls.items():
@@ -159,7 +162,6 @@ async def measure(
     cpu: dict[tuple[str, str], list[float]] = {}  # (path, process) → CPU µs per call, one per round
     load: dict[str, list[tuple[float, list[float]]]] = {path: [] for path in urls}
     idle: dict[str, list[float]] = {name: [] for name in pids}
-    rounds = 3
     for _ in range(rounds):
         # What each process burns with no calls at all (watches, samplers), per second, this round.
         before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
@@ -202,6 +204,12 @@ async def measure(
         f"\n  the gateway: {gw:.0f} us per call beside the floor proxy's {floor:.0f} us"
         f" ({gw / floor:.2f}x; ours: {gw - floor:+.0f} us), and the agent's {agent:.0f} us"
     )
+    if (BEFORE, BEFORE) in cpu:
+        old, new = pct(cpu[(BEFORE, BEFORE)], 0.5), pct(cpu[(AFTER, AFTER)], 0.5)
+        print(
+            f"  {BEFORE}: {old:.0f} us per call, {AFTER}: {new:.0f} us ({new - old:+.0f} us;"
+            f" over the floor: {old - floor:+.0f} -> {new - floor:+.0f} us; same run, rounds interleaved)"
+        )
     print(
         "  (CPU of a process during a path's calls less its idle rate over the same time, divided by the calls;"
     )
@@ -214,9 +222,18 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="py-spy (raw, from PyPI) of the gateway to this file")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of another commit (a git worktree): two more gateway processes on the same cluster, with"
+        " the same settings, one running that checkout's operator/ code and one this checkout's, measured in the"
+        " same rounds (before/after a change in the same machine state)",
+    )
     args = parser.parse_args()
     floor: asyncio.subprocess.Process | None = None
+    extra: list[subprocess.Popen[bytes]] = []
     async with platform("gwcpu", NS) as p:
         proc, kube, http = p.proc, p.kube, p.http
         try:
@@ -251,13 +268,23 @@ async def main() -> None:
                 "floor proxy": floor_url,
                 "agent directly": f"http://{pod_ip}:8080/invoke",
             }
+            if args.before is not None:
+                code = {BEFORE: {"PYTHONPATH": str(args.before.resolve() / "operator")}, AFTER: {}}
+                for name, env in code.items():
+                    gw, url = gateway_process(p.state_dir, name.replace(" ", "-"), env)
+                    extra.append(gw)
+                    pids[name] = [gw.pid]
+                    urls[name] = f"{url}/2015-03-31/functions/{NS}/noop/invocations"
+                    await wait_answering(http, urls[name], f"{name} answering", body=b"{}", timeout=180)
             spy = None
             if args.profile:
                 spy = await asyncio.create_subprocess_exec(
                     "py-spy", "record", "--pid", str(pids["gateway"][0]), "--format", "raw",
                     "--rate", "200", "-o", str(args.profile),
                 )  # fmt: skip
-            await measure(http, urls, pids, args.requests, args.connections, {"agent directly": agent_auth})
+            await measure(
+                http, urls, pids, args.requests, args.connections, {"agent directly": agent_auth}, args.rounds
+            )
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 await spy.wait()
@@ -265,6 +292,9 @@ async def main() -> None:
             if floor is not None and floor.returncode is None:
                 floor.terminate()
                 await floor.wait()
+            for gw in extra:
+                gw.terminate()
+                gw.wait(30)
 
 
 if __name__ == "__main__":
