@@ -24,6 +24,7 @@ from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.limits import LocalLimits, SharedLimits
 from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
 from kubelambda.gateway.registry import FunctionEntry, Registry
+from kubelambda.gateway.scaler import policy_of
 from kubelambda.gateway.throttler import LimitsUnavailable, Throttled, Throttler
 from kubelambda.kube import ApiError
 
@@ -249,14 +250,11 @@ class InvokePath:
             )
 
     def _growing(self, fn: FunctionEntry) -> bool:
-        """The autoscaler of this replica has asked for more instances of ``fn`` than are ready: a request
-        without a free slot keeps waiting for one (up to the function timeout plus the cold-start allowance)
-        instead of 429 after ``slot_wait_seconds``, so that a burst from zero is served, not throttled, while
-        its instances start (docs/gateway.md). A replica that does not decide the scaling knows no such thing."""
-        scaler = self.autoscaler
-        track = scaler.tracks.get(fn.key) if scaler is not None and scaler.is_decider() else None
-        wanted = track.written if track is not None else None
-        return wanted is not None and wanted > len(self.registry.ready_endpoints(fn.key))
+        """``fn`` has fewer ready instances than it may have (maxInstances, and what reserved concurrency can
+        fill): a request that found no free slot for ``slot_wait_seconds`` is demand the autoscaler scales up for,
+        so it keeps waiting for a new instance (up to the function timeout plus the cold-start allowance) instead
+        of a 429, as a Lambda request waits for a new execution environment (docs/gateway.md)."""
+        return len(self.registry.ready_endpoints(fn.key)) < policy_of(fn).ceiling
 
     def _own_or_pool_endpoints(self, fn: FunctionEntry) -> list[str]:
         own = self.registry.ready_endpoints(fn.key)
