@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from multidict import CIMultiDict
 
 from kubelambda.asyncworker.decide import (
     Condition,
@@ -14,6 +15,7 @@ from kubelambda.asyncworker.decide import (
     Retry,
     after_invoke,
     before_invoke,
+    outcome_of_answer,
 )
 from kubelambda.asyncworker.queue import BadEvent, QueuedEvent
 from kubelambda.asyncworker.record import Response, invocation_record
@@ -150,3 +152,39 @@ def test_queued_event_headers_round_trip() -> None:
 def test_a_message_without_headers_is_a_bad_event() -> None:
     with pytest.raises(BadEvent, match="Kubelambda-Request-Id"):
         QueuedEvent.from_message({"Kubelambda-Function": "demo/x"}, b"{}")
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "outcome"),
+    [
+        # The agent's header decides, whatever the body or X-Amz-Function-Error say.
+        (
+            200,
+            {"x-kubelambda-outcome": "timeout", "X-Amz-Function-Error": "Unhandled"},
+            Outcome.FUNCTION_ERROR,
+        ),
+        (200, {"X-Kubelambda-Outcome": "crash"}, Outcome.FUNCTION_ERROR),
+        (
+            200,
+            {"X-Kubelambda-Outcome": "init_error", "X-Amz-Function-Error": "Unhandled"},
+            Outcome.FUNCTION_ERROR,
+        ),
+        (200, {"X-Kubelambda-Outcome": "success"}, Outcome.SUCCESS),
+        # A handled error the function returned itself: an error of the function too.
+        (
+            200,
+            {"X-Kubelambda-Outcome": "function_error", "X-Amz-Function-Error": "Handled"},
+            Outcome.FUNCTION_ERROR,
+        ),
+        # Without the header (an older gateway): X-Amz-Function-Error.
+        (200, {"X-Amz-Function-Error": "Unhandled"}, Outcome.FUNCTION_ERROR),
+        (200, {}, Outcome.SUCCESS),
+        (429, {}, Outcome.THROTTLED),
+        (500, {"X-Kubelambda-Outcome": "success"}, Outcome.SYSTEM_ERROR),
+        (502, {}, Outcome.SYSTEM_ERROR),
+    ],
+)
+def test_the_worker_decides_from_the_agents_outcome_header(
+    status: int, headers: dict[str, str], outcome: Outcome
+) -> None:
+    assert outcome_of_answer(status, CIMultiDict(headers)) is outcome

@@ -10,8 +10,9 @@ import pytest
 from multidict import CIMultiDict
 
 from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
-from kubelambda.gateway.proxy import GATEWAY_OUTCOMES, outcome_of, request_id
+from kubelambda.gateway.proxy import request_id
 from kubelambda.gateway.throttler import POOL, RESERVED, Throttled, Throttler
+from kubelambda.outcomes import GATEWAY_OUTCOMES, outcome_of
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,10 @@ A throttled event requeued for the fourth time waits min(1 s * 2**3, 300 s) = 8 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from kubelambda.outcomes import outcome_of
 
 
 class Outcome(enum.Enum):
@@ -24,6 +27,18 @@ class Outcome(enum.Enum):
     FUNCTION_ERROR = "function_error"  # including a timeout
     THROTTLED = "throttled"
     SYSTEM_ERROR = "system_error"  # the platform failed; the function may not have run
+
+
+def outcome_of_answer(status: int, headers: Mapping[str, str]) -> Outcome:
+    """The worker's outcome of an answered attempt (``headers`` case-insensitive): the agent's
+    ``X-Kubelambda-Outcome``, passed through by the gateway (kubelambda.outcomes), says whether the function ran
+    and failed (a timeout, a crash, an init error included: retried, counted) or succeeded, whatever the body
+    says; a 429 is a throttle; any other status a platform error (the function may not have run: requeued)."""
+    if status == 429:
+        return Outcome.THROTTLED
+    if status != 200:
+        return Outcome.SYSTEM_ERROR
+    return Outcome.SUCCESS if outcome_of(headers) == "success" else Outcome.FUNCTION_ERROR
 
 
 class Condition(enum.Enum):

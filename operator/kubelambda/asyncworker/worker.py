@@ -19,7 +19,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -44,9 +44,6 @@ from kubelambda.asyncworker.record import Response, invocation_record
 from kubelambda.destinations import Senders
 from kubelambda.egress import AddressPolicy
 from kubelambda.natspolicy import subject_refusal
-
-if TYPE_CHECKING:
-    from kubelambda.gateway.config import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +76,23 @@ class Invoker(Protocol):
         may invoke it, or auth is off); else why not (gateway/auth)."""
 
 
+class SettingsSource(Protocol):
+    """What :meth:`WorkerSettings.of` reads: the gateway's settings (kubelambda.gateway.config), named here by
+    shape so this package never imports the gateway (tests/unit/test_import_cycles.py)."""
+
+    @property
+    def async_worker_concurrency(self) -> int: ...
+    @property
+    def async_retry_delays_seconds(self) -> tuple[float, ...]: ...
+    @property
+    def async_backoff_min_seconds(self) -> float: ...
+    @property
+    def async_backoff_max_seconds(self) -> float: ...
+    @property
+    def async_ack_wait_seconds(self) -> float: ...
+    def destination_policy(self, api_server: str | None) -> AddressPolicy: ...
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     concurrency: int
@@ -90,7 +104,7 @@ class WorkerSettings:
     """Where ``url`` destinations may not go (loopback, metadata, the API server) unless allowed."""
 
     @classmethod
-    def of(cls, settings: GatewaySettings, *, api_server: str) -> WorkerSettings:
+    def of(cls, settings: SettingsSource, *, api_server: str) -> WorkerSettings:
         """The worker's settings from the gateway's (the in-process worker and ``kubelambda async-worker``)."""
         return cls(
             concurrency=settings.async_worker_concurrency,

@@ -63,9 +63,9 @@ def cmd_async_worker(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from kubelambda import tracing
-    from kubelambda.asyncworker.remote import run_worker
     from kubelambda.asyncworker.worker import WorkerSettings
     from kubelambda.gateway.config import GatewaySettings
+    from kubelambda.gateway.remoteworker import run_worker
     from kubelambda.kube import default_login
 
     try:

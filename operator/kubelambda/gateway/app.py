@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from prometheus_client import generate_latest
 
 from kubelambda import metrics, natsauth, tracing
-from kubelambda.asyncworker.decide import Outcome
+from kubelambda.asyncworker.decide import Outcome, outcome_of_answer
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
 from kubelambda.asyncworker.record import Response
 from kubelambda.gateway import httpapi
@@ -56,12 +56,12 @@ from kubelambda.gateway.registry import FunctionEntry, NotFound, Registry, Regis
 from kubelambda.gateway.routes import Match, RouteTable
 from kubelambda.gateway.throttler import Throttled
 from kubelambda.kube import KubeClient
+from kubelambda.outcomes import ASYNC_REQUEST_ID_HEADER, FUNCTION_ERROR_HEADER, OUTCOME_HEADER
 
 logger = logging.getLogger(__name__)
 
 INVOKE_PATH = "/2015-03-31/functions/{name:.+}/invocations"
 COLD_START_HEADER = "X-Kubelambda-Cold-Start"
-ASYNC_REQUEST_ID_HEADER = "X-Kubelambda-Async-Request-Id"
 IDEMPOTENCY_KEY_HEADER = "X-Kubelambda-Idempotency-Key"
 """An Event invocation's caller-chosen key (a bridge's tick or object version): the request id is derived from
 it, so a caller that re-sends after a crash gets the same request id, and JetStream's duplicate window
@@ -301,12 +301,10 @@ class Gateway(RegistryLookups):
         except Unavailable as e:
             throttled = e.code == "TooManyRequestsException"
             return (Outcome.THROTTLED if throttled else Outcome.SYSTEM_ERROR), None
-        error = result.headers.get("X-Amz-Function-Error")
-        if error is not None:
-            return Outcome.FUNCTION_ERROR, Response(result.status, error, result.body)
-        if result.status != 200:
-            return Outcome.SYSTEM_ERROR, None
-        return Outcome.SUCCESS, Response(result.status, None, result.body)
+        outcome = outcome_of_answer(result.status, result.headers)
+        if outcome in (Outcome.SUCCESS, Outcome.FUNCTION_ERROR):
+            return outcome, Response(result.status, result.headers.get(FUNCTION_ERROR_HEADER), result.body)
+        return outcome, None
 
     async def _run(
         self,
@@ -327,7 +325,7 @@ class Gateway(RegistryLookups):
             trace_id=request.headers.get("X-Amzn-Trace-Id"),
             traceparent=request.headers.get(tracing.TRACEPARENT),
         )
-        # A standalone async worker (kubelambda.asyncworker.remote) keeps an event's request id on every attempt.
+        # A standalone async worker (kubelambda.gateway.remoteworker) keeps an event's request id on every attempt.
         async_request_id = request.headers.get(ASYNC_REQUEST_ID_HEADER)
         if async_request_id and self.auth.is_platform(caller):
             invocation = dataclasses.replace(invocation, request_id=async_request_id[:64])
@@ -338,6 +336,9 @@ class Gateway(RegistryLookups):
         except Unavailable as e:
             return error_response(e.code, e.message, reason=e.reason)
         headers = {**result.headers, COLD_START_HEADER: "true" if cold else "false"}
+        # The agent's outcome, passed through (the async worker decides from it); the gateway's own when it made
+        # the answer without the agent's.
+        headers.setdefault(OUTCOME_HEADER, result.outcome)
         # The gateway resolved the version: a warm-pool pod specialised for a version says $LATEST itself.
         headers["X-Amz-Executed-Version"] = resolved.version
         # As Lambda: SDKs read it as ResponseMetadata.RequestId, the id of the call's log records (docs/logs.md).

@@ -9,29 +9,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 
 from kubelambda import tracing
 from kubelambda.agentauth import bearer
+from kubelambda.outcomes import OUTCOME_HEADER, outcome_of
 
 # What the agent answers that a caller of the Invoke API sees.
-PASSED_HEADERS = ("Content-Type", "X-Amz-Function-Error", "X-Amz-Executed-Version", "X-Amz-Log-Result")
+PASSED_HEADERS = (
+    "Content-Type",
+    "X-Amz-Function-Error",
+    "X-Amz-Executed-Version",
+    "X-Amz-Log-Result",
+    OUTCOME_HEADER,  # passed through to the async worker, which decides from it (kubelambda.outcomes)
+)
 TIMEOUT_MARGIN_SECONDS = 2.0
-OUTCOME_HEADER = "X-Kubelambda-Outcome"
-"""The agent's word on what an answered invocation was (docs/runtimes.md, "Invoke endpoint")."""
-# The agent's outcomes → the gateway's (``kubelambda_invocations_total{outcome}``): a crash, an init error or
-# an oversized response is an error of the function, as in Lambda.
-GATEWAY_OUTCOMES = {
-    "success": "success",
-    "function_error": "function_error",
-    "timeout": "timeout",
-    "crash": "function_error",
-    "init_error": "function_error",
-    "response_too_large": "function_error",
-}
 
 
 class TryElsewhere(Exception):
@@ -83,15 +77,6 @@ class Result:
     outcome: str  # success, function_error or timeout (GATEWAY_OUTCOMES)
 
 
-def outcome_of(headers: Mapping[str, str]) -> str:
-    """The gateway's outcome from the agent's ``X-Kubelambda-Outcome`` (case-insensitive ``headers``); without
-    it (not an agent's answer), from ``X-Amz-Function-Error``."""
-    agent = headers.get(OUTCOME_HEADER)
-    if agent is not None:
-        return GATEWAY_OUTCOMES.get(agent, "function_error")
-    return "function_error" if "X-Amz-Function-Error" in headers else "success"
-
-
 def too_large_result(limit: int) -> Result:
     """Lambda's answer to a response over its limit (the agent's own words for it, docs/runtimes.md)."""
     body = {
@@ -104,6 +89,7 @@ def too_large_result(limit: int) -> Result:
             "Content-Type": "application/json",
             "X-Amz-Function-Error": "Unhandled",
             "X-Amz-Executed-Version": "$LATEST",
+            OUTCOME_HEADER: "response_too_large",
         },
         json.dumps(body).encode(),
         "function_error",
@@ -140,6 +126,7 @@ def timeout_result(invocation: Invocation) -> Result:
             "Content-Type": "application/json",
             "X-Amz-Function-Error": "Unhandled",
             "X-Amz-Executed-Version": "$LATEST",
+            OUTCOME_HEADER: "timeout",
         },
         json.dumps(body).encode(),
         "timeout",

@@ -1,8 +1,13 @@
-"""The worker as its own process (``kubelambda async-worker``): it invokes through a gateway's Invoke API.
+"""The async worker as its own process (``kubelambda async-worker``): it invokes through a gateway's Invoke API.
+
+It lives with the gateway, not in kubelambda.asyncworker: it is a client of the gateway's API and uses its
+Function watch and access checks, while the gateway runs kubelambda.asyncworker's Worker in process; so the
+dependency goes one way, gateway → asyncworker (tests/unit/test_import_cycles.py).
 
 Invoking through the gateway keeps one exact in-flight count (the gateway's throttler), the activator and the
 balancer on the path; the event's request id travels in ``X-Kubelambda-Async-Request-Id`` so every attempt
-carries it. The Functions' ``spec.async`` comes from the worker's own watch (the gateway's Registry).
+carries it. The Functions' ``spec.async`` comes from the worker's own watch (the gateway's Registry). Whether
+the function ran and failed comes from the agent's ``X-Kubelambda-Outcome``, which the gateway passes through.
 """
 
 from __future__ import annotations
@@ -14,15 +19,15 @@ from collections.abc import Callable
 
 import aiohttp
 
-from kubelambda.asyncworker.decide import Outcome
+from kubelambda.asyncworker.decide import Outcome, outcome_of_answer
 from kubelambda.asyncworker.queue import EventQueue
 from kubelambda.asyncworker.record import Response
 from kubelambda.asyncworker.worker import Worker, WorkerSettings
-from kubelambda.gateway.app import ASYNC_REQUEST_ID_HEADER as REQUEST_ID_HEADER
 from kubelambda.gateway.auth import destination_refusal
 from kubelambda.gateway.auth.reviews import AccessReviewer
 from kubelambda.gateway.registry import Registry, RegistryLookups
 from kubelambda.kube import KubeClient
+from kubelambda.outcomes import ASYNC_REQUEST_ID_HEADER, FUNCTION_ERROR_HEADER
 
 logger = logging.getLogger(__name__)
 # Past the function timeout: the gateway's cold-start allowance (60 s by default) and its own margin.
@@ -69,7 +74,7 @@ class RemoteInvoker(RegistryLookups):
         spec = self.async_function(namespace, name)
         timeout = (spec.timeout_seconds if spec is not None else 900) + INVOKE_MARGIN_SECONDS
         path = urllib.parse.quote(f"{namespace}/{name}", safe="/")
-        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
+        headers = {"Content-Type": "application/json", ASYNC_REQUEST_ID_HEADER: request_id}
         if traceparent:
             headers["traceparent"] = traceparent
         bearer = self.token() if self.token is not None else None
@@ -83,15 +88,14 @@ class RemoteInvoker(RegistryLookups):
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 body = await resp.read()
-                error = resp.headers.get("X-Amz-Function-Error")
-                if resp.status == 200 and error is not None:
-                    return Outcome.FUNCTION_ERROR, Response(200, error, body)
-                if resp.status == 200:
-                    return Outcome.SUCCESS, Response(200, None, body)
-                if resp.status == 429:
-                    return Outcome.THROTTLED, None
-                logger.info("The gateway answered %d for %s/%s: %s", resp.status, namespace, name, body[:200])
-                return Outcome.SYSTEM_ERROR, None
+                outcome = outcome_of_answer(resp.status, resp.headers)
+                if outcome in (Outcome.SUCCESS, Outcome.FUNCTION_ERROR):
+                    return outcome, Response(200, resp.headers.get(FUNCTION_ERROR_HEADER), body)
+                if outcome is Outcome.SYSTEM_ERROR:
+                    logger.info(
+                        "The gateway answered %d for %s/%s: %s", resp.status, namespace, name, body[:200]
+                    )
+                return outcome, None
         except (aiohttp.ClientError, TimeoutError) as e:
             logger.warning("Invoking %s/%s through %s failed: %s", namespace, name, self.gateway_url, e)
             return Outcome.SYSTEM_ERROR, None
