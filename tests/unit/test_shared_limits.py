@@ -4,14 +4,17 @@ are covered by tests/integration/test_ha.py."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import pytest
 
-from kubelambda.gateway.limits import SharedLimits, peer_token
+from kubelambda.gateway.limits import Held, SharedLimits, peer_token
 from kubelambda.gateway.peers import Peers, url_of
 from kubelambda.gateway.throttler import RESERVED, Throttled, Throttler
 from kubelambda.kube import KubeClient
+
+F = Held("ns/f", "ns/f", timeout=10.0)
 
 
 def shared(pool_limit: int = 10) -> SharedLimits:
@@ -30,11 +33,11 @@ def test_a_replica_identity_names_its_url_and_differs_per_process() -> None:
 
 def test_the_leader_counts_every_replicas_slots_against_reserved() -> None:
     limits = shared()
-    limits._count("a", 1, ("ns/f", "ns/f"), 2)
-    limits._count("b", 1, ("ns/f", "ns/f"), 2)
-    limits._count("b", 1, ("ns/f", "ns/f"), 2)  # a retried request: counted once
+    limits._count("a", 1, F, 2)
+    limits._count("b", 1, F, 2)
+    limits._count("b", 1, F, 2)  # a retried request: counted once
     with pytest.raises(Throttled) as refused:
-        limits._count("c", 1, ("ns/f", "ns/f"), 2)
+        limits._count("c", 1, F, 2)
     assert refused.value.reason == RESERVED
     assert limits.throttler.in_flight == {"ns/f": 2}
     limits._uncount("a", 1)
@@ -46,9 +49,9 @@ def test_the_leader_counts_every_replicas_slots_against_reserved() -> None:
 def test_a_sync_releases_what_the_replica_gave_back_and_keeps_later_grants() -> None:
     limits = shared()
     for seq in (1, 2, 3):
-        limits._count("a", seq, ("ns/f", "ns/f"), None)
+        limits._count("a", seq, F, None)
     # The replica's list was taken after it gave back 1 and before it learnt of 3: 3 stays counted.
-    limits._apply_sync("a", {"held": [[2, "ns/f", "ns/f"]], "last": 2})
+    limits._apply_sync("a", {"held": [[2, "ns/f", "ns/f", None, 10]], "last": 2})
     assert sorted(limits._ledger["a"]) == [2, 3]
     assert limits.throttler.total == 2
 
@@ -59,5 +62,62 @@ def test_a_new_leader_counts_the_slots_it_is_told_of_even_over_a_limit() -> None
     limits._apply_sync("b", {"held": [[7, "ns/f", "ns/f"]], "last": 7})
     assert limits.throttler.total == 3  # granted by the old leader: counted, so nothing more is admitted
     with pytest.raises(Throttled):
-        limits._count("c", 1, ("ns/h", "ns/h"), None)
+        limits._count("c", 1, Held("ns/h", "ns/h"), None)
     assert limits.throttler.by_function == {"ns/f": 2, "ns/g": 1}
+
+
+def test_the_leader_assigns_an_instance_with_the_slot_over_every_replicas_calls() -> None:
+    """perInstance 1, two instances: two replicas get one each, a third call gets its slot but no instance."""
+    limits = shared()
+    both = ["10.1.0.1:8080", "10.1.0.2:8080"]
+    first = limits._grant("a", 1, F, None, both, 1)
+    second = limits._grant("b", 1, F, None, both, 1)
+    assert {first, second} == set(both)
+    assert limits._grant("c", 1, F, None, both, 1) is None
+    assert limits.throttler.total == 3
+    limits._uncount("a", 1)  # the release gives the slot and its instance back in one
+    assert limits._grant("c", 2, F, None, both, 1) == first
+    assert limits.instances.load == dict.fromkeys(both, 1)
+
+
+async def test_a_call_waits_at_the_leader_for_an_instance_to_free_up() -> None:
+    limits = shared()
+    one = ["10.1.0.1:8080"]
+    assert limits._grant("a", 1, F, None, one, 1) == one[0]
+    limits._count("b", 1, F, None)
+    waiting = asyncio.create_task(limits._place_for("b", 1, lambda: one, 1, frozenset(), 10.0))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    limits._uncount("a", 1)
+    assert await waiting == one[0]
+    assert limits._ledger["b"][1].endpoint == one[0]
+    # Another try elsewhere gives the instance back first; the one tried is avoided.
+    assert await limits._place_for("b", 1, lambda: one, 1, frozenset(one), 0.0) is None
+    assert limits.instances.load == {}
+
+
+def test_a_dead_replicas_placed_slots_stay_counted_until_its_calls_timed_out_at_the_agent() -> None:
+    limits = shared()
+    me = limits.peers.identity
+    limits._grant("dead", 1, F, 5, ["10.1.0.1:8080"], 1)  # running at the agent
+    limits._grant("dead", 2, F, 5, [], 1)  # admitted, not yet sent to an instance
+    until = limits._ledger["dead"][1].until
+    limits.drop_gone({me}, now=until - 1)
+    assert sorted(limits._ledger["dead"]) == [1]  # the unplaced slot went with the replica
+    assert limits.throttler.by_function == {"ns/f": 1}
+    assert limits.instances.load == {"10.1.0.1:8080": 1}
+    limits.drop_gone({me}, now=until)  # the agent has ended it by now (the function's timeout)
+    assert "dead" not in limits._ledger
+    assert limits.throttler.total == 0
+    assert limits.instances.load == {}
+
+
+def test_a_new_leader_learns_which_instances_the_slots_are_on() -> None:
+    limits = shared()
+    limits._apply_sync("a", {"held": [[1, "ns/f", "ns/f", "10.1.0.1:8080", 10]], "last": 1})
+    limits._apply_sync("b", {"held": [[4, "ns/f", "ns/f", "10.1.0.1:8080", 10]], "last": 4})
+    assert limits.instances.load == {"10.1.0.1:8080": 2}  # counted as they are, even over perInstance
+    assert limits._grant("c", 1, F, None, ["10.1.0.1:8080", "10.1.0.2:8080"], 2) == "10.1.0.2:8080"
+    # A replica's next sync moves or drops a placement it changed.
+    limits._apply_sync("a", {"held": [[1, "ns/f", "ns/f", None, 10]], "last": 1})
+    assert limits.instances.load == {"10.1.0.1:8080": 1, "10.1.0.2:8080": 1}

@@ -561,7 +561,11 @@ class Gateway(RegistryLookups):
                 renew_seconds=s.lease_renew_seconds,
             )
             limits = self.path.limits = SharedLimits(
-                self.path.throttler, self.peers, self.http, peer_token(s.agent_key.get_secret_value())
+                self.path.throttler,
+                self.peers,
+                self.http,
+                peer_token(s.agent_key.get_secret_value()),
+                balancer=self.path.balancer,
             )
 
         def decider() -> bool:

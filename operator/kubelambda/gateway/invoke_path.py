@@ -21,7 +21,7 @@ from kubelambda.agentauth import function_token
 from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
-from kubelambda.gateway.limits import LocalLimits, SharedLimits
+from kubelambda.gateway.limits import LocalLimits, SharedLimits, Ticket
 from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
 from kubelambda.gateway.registry import FunctionEntry, Registry
 from kubelambda.gateway.scaler import policy_of
@@ -81,7 +81,7 @@ class InvokePath:
 
     def __post_init__(self) -> None:
         self.throttler = Throttler(pool_limit=self.settings.pool_limit)
-        self.limits = LocalLimits(self.throttler)
+        self.limits = LocalLimits(self.throttler, self.balancer)
 
     def metrics_of(self, fn: FunctionEntry) -> FunctionMetrics:
         found = self._function_metrics.get(fn.key)
@@ -131,14 +131,18 @@ class InvokePath:
         try:
             # Reserved concurrency is the function's, shared by its published versions (docs/versions.md).
             base = self.registry.functions.get((fn.namespace, fn.lambda_name)) or fn
+            # With several replicas the leader also assigns one of the ready instances with the slot.
             async with self.limits.admit(
                 f"{fn.namespace}/{fn.name}",
                 reserved=base.spec.concurrency.reserved,
                 function=f"{fn.namespace}/{fn.lambda_name}",
-            ):
+                endpoints=self.registry.ready_endpoints(fn.key),
+                per_instance=fn.spec.concurrency.per_instance,
+                timeout=float(fn.spec.timeout_seconds),
+            ) as ticket:
                 m.concurrent.inc()
                 try:
-                    result, cold = await self._route(fn, invocation)
+                    result, cold = await self._route(fn, invocation, ticket)
                 finally:
                     m.concurrent.dec()
                     # An invocation shorter than the sampling interval is never seen in flight by the
@@ -160,7 +164,7 @@ class InvokePath:
         m.duration.observe(time.monotonic() - started)
         return result, cold
 
-    async def _route(self, fn: FunctionEntry, invocation: Invocation) -> tuple[Result, bool]:
+    async def _route(self, fn: FunctionEntry, invocation: Invocation, ticket: Ticket) -> tuple[Result, bool]:
         s = self.settings
         spec = fn.spec
         labels = (fn.namespace, fn.name)
@@ -181,11 +185,9 @@ class InvokePath:
                     endpoints_of = partial(self._own_or_pool_endpoints, fn)
                     per_instance = 1
             wait = min(s.slot_wait_seconds, max(give_up - time.monotonic(), 0))
-            endpoint = await self.balancer.acquire(
-                endpoints_of,
-                per_instance,
-                timeout=wait,
-                avoid=frozenset(tried),
+            # An instance's worker slots are counted over every replica's calls (gateway/limits.py).
+            endpoint = await self.limits.place(
+                ticket, endpoints_of, per_instance, wait=wait, avoid=frozenset(tried)
             )
             if endpoint is None:
                 if tried and not endpoints_of():
@@ -198,6 +200,7 @@ class InvokePath:
                     reason="ConcurrentInvocationLimitExceeded",
                 )
             logger.debug("Forwarding %s to %s", invocation.request_id, endpoint)
+            again = False
             try:
                 result = await self._forward(fn, endpoint, invocation)
                 pod = self.warm_pool.pod_at(endpoint) if self.warm_pool is not None else None
@@ -206,6 +209,7 @@ class InvokePath:
                 return result, cold
             except TryElsewhere as e:
                 logger.info("Retrying %s/%s elsewhere: %s", *labels, e)
+                again = True
                 tried.add(endpoint)
                 if self.warm_pool is not None:
                     self.warm_pool.discard(endpoint)
@@ -226,7 +230,7 @@ class InvokePath:
                     f"(RequestId: {invocation.request_id})",
                 ) from e
             finally:
-                self.balancer.release(endpoint)
+                self.limits.unplace(ticket, endpoint, final=not again)
                 if self.warm_pool is not None:
                     self.warm_pool.flush(endpoint)
 

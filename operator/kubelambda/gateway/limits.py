@@ -1,16 +1,32 @@
-"""Exact concurrency limits across gateway replicas: one replica, the leader, counts every slot.
+"""Exact concurrency limits across gateway replicas: one replica, the leader, counts every slot and every
+instance's worker slots.
 
 A replica admits an invocation by asking the leader (gateway/peers.py) for a slot: ``POST /_kubelambda/limits/
-acquire`` with the function, its reserved concurrency and a sequence number of the asking replica; the leader
-counts it in its :class:`~kubelambda.gateway.throttler.Throttler` or answers Lambda's 429 reason. The slot is
-given back when the response is complete (``release``, sent in the background). The leader admits its own
-invocations the same way, without the round trip. So the limits are exact whatever the number of replicas, at
-the cost of one loopback-or-pod-network round trip per invocation.
+acquire`` with the function, its reserved concurrency, a sequence number of the asking replica and, when the
+function has ready instances, their addresses and ``perInstance``; the leader counts the slot in its
+:class:`~kubelambda.gateway.throttler.Throttler` or answers Lambda's 429 reason, and in the same answer assigns
+an instance with a free worker slot, counted in its own :class:`~kubelambda.gateway.balancer.Balancer` over
+every replica's calls. So ``perInstance`` holds across replicas too: two replicas never pick the same busy
+instance while another is idle. A call whose instance was not assigned with the slot (all busy, a cold start,
+another try after a refusal) asks for one (``place``, held at the leader up to ``wait`` for one to free up).
+The slot and its instance are given back in one ``release`` when the response is complete, sent in the
+background and batched with the other releases of the moment. The leader admits its own invocations the same
+way, without the round trip. So the limits are exact whatever the number of replicas, at the cost of one
+loopback-or-pod-network round trip per warm invocation.
 
 Every replica also sends the leader, every ``sync_seconds`` and at once when the leader changes, the full list of
-the slots it holds (``sync``): a lost release is corrected by it, and a new leader learns every replica's slots
-before it admits anything (it waits for a sync from every live member, or for that member's Lease to expire).
-A replica whose member Lease expires (SIGKILL) has its slots dropped by the leader.
+the slots it holds and their instances (``sync``): a lost release is corrected by it, and a new leader learns
+every replica's slots before it admits anything (it waits for a sync from every live member, or for that member's
+Lease to expire).
+
+A replica that dies (SIGKILL) keeps its slots counted until its member Lease expires (``lease_seconds``): the
+limits are then conservative (a caller may be throttled while its slots are in fact free). Once the Lease has
+expired, the slots it had not yet sent to an instance go; the ones it had, whose invocations keep running at the
+agents (an agent does not stop a function when its caller goes), stay counted until the function's timeout
+after they were placed has passed (the agent ends the invocation by then): the limit is never exceeded by new
+calls, at the cost of holding those slots up to one timeout. A dead *leader*'s own slots are lost with its
+memory (the new leader learns only live replicas' slots): its calls still running may exceed the limit until
+they end (docs/architecture.md).
 
 The requests between replicas carry a token derived from the platform's agent key (an HMAC), as the agents'
 tokens are: tenants reach the gateway's port, never this API.
@@ -22,8 +38,9 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +48,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.peers import Peers, url_of
+from kubelambda.gateway.proxy import TIMEOUT_MARGIN_SECONDS
 from kubelambda.gateway.throttler import LimitsUnavailable, Throttled, Throttler
 from kubelambda.kube import ApiError
 
@@ -39,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "/_kubelambda/limits"
 TOKEN_HEADER = "X-Kubelambda-Peer-Token"
-Slot = tuple[str, str]  # (Function object key "ns/name", what reserved counts "ns/function")
+Endpoints = Callable[[], Sequence[str]]
 
 
 def peer_token(agent_key: str) -> str:
@@ -47,17 +66,64 @@ def peer_token(agent_key: str) -> str:
 
 
 @dataclass
+class Ticket:
+    """One admitted invocation: ``seq`` names its slot at the leader; ``placed``, the instance it holds a
+    worker slot of (assigned with the slot, or by :meth:`place`)."""
+
+    seq: int
+    placed: str | None = None
+
+
+@dataclass
+class Held:
+    """A slot: the Function object (``ns/name``), what reserved concurrency counts (``ns/function``), the
+    instance it was placed on, the function's timeout, and (the leader's clock) by when an invocation placed on
+    that instance is over at the latest."""
+
+    key: str
+    group: str
+    timeout: float = 900.0
+    endpoint: str | None = None
+    until: float = math.inf
+
+    def row(self, seq: int) -> list[Any]:
+        return [seq, self.key, self.group, self.endpoint, self.timeout]
+
+
+@dataclass
 class LocalLimits:
-    """One gateway replica: its own :class:`Throttler` is the whole count."""
+    """One gateway replica: its own :class:`Throttler` and :class:`Balancer` are the whole count."""
 
     throttler: Throttler
+    balancer: Balancer
 
     @asynccontextmanager
     async def admit(
-        self, key: str, *, reserved: int | None, function: str | None = None
-    ) -> AsyncIterator[None]:
+        self,
+        key: str,
+        *,
+        reserved: int | None,
+        function: str | None = None,
+        endpoints: Sequence[str] = (),
+        per_instance: int = 1,
+        timeout: float = 900.0,
+    ) -> AsyncIterator[Ticket]:
         with self.throttler.admit(key, reserved=reserved, function=function):
-            yield
+            yield Ticket(0)
+
+    async def place(
+        self,
+        ticket: Ticket,
+        endpoints: Endpoints,
+        per_instance: int,
+        *,
+        wait: float,
+        avoid: frozenset[str] = frozenset(),
+    ) -> str | None:
+        return await self.balancer.acquire(endpoints, per_instance, timeout=wait, avoid=avoid)
+
+    def unplace(self, ticket: Ticket, endpoint: str, *, final: bool) -> None:
+        self.balancer.release(endpoint)
 
     @property
     def in_flight_here(self) -> int:
@@ -70,13 +136,17 @@ class SharedLimits:
     peers: Peers
     http: Callable[[], aiohttp.ClientSession]
     token: str
+    balancer: Balancer = field(default_factory=Balancer)  # this replica's own calls per instance (warm pools)
     wait_seconds: float = 15.0  # how long an admission waits for a leader that counts slots
     sync_seconds: float = 1.0
-    held: dict[int, Slot] = field(default_factory=dict)  # this replica's slots, by sequence number
+    release_batch_seconds: float = 0.005  # releases of the moment go to the leader in one request
+    held: dict[int, Held] = field(default_factory=dict)  # this replica's slots, by sequence number
     seq: int = 0
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # leader: every member's slots are known
-    _ledger: dict[str, dict[int, Slot]] = field(default_factory=dict)  # leader: member → its slots
-    _pending: set[str] = field(default_factory=set)  # leader: members whose first sync is awaited
+    instances: Balancer = field(default_factory=Balancer)  # leader: every replica's calls per instance
+    _ledger: dict[str, dict[int, Held]] = field(default_factory=dict)  # leader: member → its slots
+    _gone: set[str] = field(default_factory=set)  # leader: members whose Lease expired, slots still counted
+    _releasing: list[int] = field(default_factory=list)  # released here, not yet sent to the leader
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _leader_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -87,45 +157,146 @@ class SharedLimits:
 
     @asynccontextmanager
     async def admit(
-        self, key: str, *, reserved: int | None, function: str | None = None
-    ) -> AsyncIterator[None]:
+        self,
+        key: str,
+        *,
+        reserved: int | None,
+        function: str | None = None,
+        endpoints: Sequence[str] = (),
+        per_instance: int = 1,
+        timeout: float = 900.0,
+    ) -> AsyncIterator[Ticket]:
         group = function or key
         self.seq += 1
-        seq = self.seq
-        await self._acquire(seq, key, group, reserved)
-        self.held[seq] = (key, group)
+        ticket = Ticket(self.seq)
+        slot = Held(key, group, timeout=timeout)
+        placed = await self._acquire(ticket.seq, slot, reserved, list(endpoints), per_instance)
+        self.held[ticket.seq] = slot
+        if placed is not None:
+            self._placed_here(ticket, placed)
         try:
-            yield
+            yield ticket
         finally:
-            del self.held[seq]
-            self._release(seq)
+            del self.held[ticket.seq]
+            if ticket.placed is not None:  # assigned with the slot and never used
+                self.balancer.release(ticket.placed)
+            self._release(ticket.seq)  # the slot and its instance, in one
 
     @property
     def in_flight_here(self) -> int:
         return len(self.held)
 
-    async def _acquire(self, seq: int, key: str, group: str, reserved: int | None) -> None:
+    def _placed_here(self, ticket: Ticket, endpoint: str) -> None:
+        ticket.placed = endpoint
+        self.held[ticket.seq].endpoint = endpoint
+        self.balancer.load[endpoint] = self.balancer.load.get(endpoint, 0) + 1
+
+    async def place(
+        self,
+        ticket: Ticket,
+        endpoints: Endpoints,
+        per_instance: int,
+        *,
+        wait: float,
+        avoid: frozenset[str] = frozenset(),
+    ) -> str | None:
+        """An instance of ``endpoints()`` with a free worker slot, counted over every replica's calls; None when
+        none freed up within ``wait``."""
+        if ticket.placed is not None:
+            if ticket.placed in endpoints() and ticket.placed not in avoid:
+                return ticket.placed
+            self.unplace(ticket, ticket.placed, final=False)  # gone meanwhile: give it back, pick again
+        deadline = time.monotonic() + wait
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            leader = self.peers.leader
+            found: str | None = None
+            asked = False
+            if leader is not None and leader == self.peers.identity and self.peers.is_leader:
+                if self.synced.is_set():
+                    # Short waits: endpoints() is read again, so an instance that became ready is seen.
+                    found = await self._place_for(
+                        leader, ticket.seq, endpoints, per_instance, avoid, min(left, 0.5)
+                    )
+                    asked = True
+            elif leader is not None:
+                answer = await self._ask(
+                    leader,
+                    "place",
+                    {
+                        "seq": ticket.seq,
+                        "endpoints": list(endpoints()),
+                        "perInstance": per_instance,
+                        "avoid": sorted(avoid),
+                        "wait": min(left, 0.5),
+                    },
+                    timeout=min(left, 0.5) + 5,
+                )
+                if answer is not None and answer[0] == 200 and self.peers.leader == leader:
+                    found = answer[1].get("endpoint")
+                    asked = True
+            if found is not None:
+                if ticket.seq in self.held:
+                    self._placed_here(ticket, found)
+                return found
+            if time.monotonic() >= deadline:
+                return None
+            if not asked:  # no leader that answers: until it changes, then ask again
+                self._leader_changed.clear()
+                try:
+                    async with asyncio.timeout(min(deadline - time.monotonic(), 0.2)):
+                        await self._leader_changed.wait()
+                except TimeoutError:
+                    pass
+
+    def unplace(self, ticket: Ticket, endpoint: str, *, final: bool) -> None:
+        """Gives back the instance's worker slot. ``final``: the call is over; its slot's release, which follows,
+        gives the instance back at the leader too. Otherwise (another try elsewhere) the leader is told now."""
+        self.balancer.release(endpoint)
+        ticket.placed = None
+        slot = self.held.get(ticket.seq)
+        if slot is not None:
+            slot.endpoint = None
+        if final:
+            return
+        leader = self.peers.leader
+        if leader == self.peers.identity:
+            self._unplace(leader, ticket.seq)
+        elif leader is not None:
+            self._spawn(self._ask(leader, "unplace", {"seq": ticket.seq}))
+
+    async def _acquire(
+        self, seq: int, slot: Held, reserved: int | None, endpoints: list[str], per_instance: int
+    ) -> str | None:
+        """Counts the slot at the leader; the instance assigned with it, if any."""
         deadline = time.monotonic() + self.wait_seconds
         while True:
             leader = self.peers.leader
             if leader is not None and leader == self.peers.identity and self.peers.is_leader:
                 if self.synced.is_set():
-                    self._count(self.peers.identity, seq, (key, group), reserved)
-                    return
+                    return self._grant(leader, seq, slot, reserved, endpoints, per_instance)
             elif leader is not None:
-                answer = await self._ask(
-                    leader, "acquire", {"seq": seq, "key": key, "function": group, "reserved": reserved}
-                )
+                body: dict[str, Any] = {
+                    "seq": seq,
+                    "key": slot.key,
+                    "function": slot.group,
+                    "reserved": reserved,
+                    "timeout": slot.timeout,
+                }
+                if endpoints:
+                    body |= {"endpoints": endpoints, "perInstance": per_instance}
+                answer = await self._ask(leader, "acquire", body)
                 if answer is not None:
-                    status, body = answer
+                    status, said = answer
                     if status == 200 and self.peers.leader == leader:
-                        return
+                        endpoint = said.get("endpoint")
+                        return str(endpoint) if endpoint is not None else None
                     if status == 200:
                         # Counted by a leader that was replaced meanwhile: this replica's sync to the new one may
                         # have left the slot out, so the new leader counts it again.
                         continue
                     if status == 429:
-                        raise Throttled(str(body.get("reason")), str(body.get("message")))
+                        raise Throttled(str(said.get("reason")), str(said.get("message")))
             left = deadline - time.monotonic()
             if left <= 0:
                 raise LimitsUnavailable(
@@ -140,14 +311,16 @@ class SharedLimits:
             except TimeoutError:
                 pass
 
-    async def _ask(self, leader: str, op: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    async def _ask(
+        self, leader: str, op: str, body: dict[str, Any], *, timeout: float = 5.0
+    ) -> tuple[int, dict[str, Any]] | None:
         """One request to the leader: (status, JSON answer), or None when it did not answer."""
         try:
             async with self.http().post(
                 f"{url_of(leader)}{PREFIX}/{op}",
                 json={"member": self.peers.identity, **body},
                 headers={TOKEN_HEADER: self.token},
-                timeout=aiohttp.ClientTimeout(total=5, sock_connect=1),
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=1),
             ) as resp:
                 return resp.status, await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
@@ -160,7 +333,19 @@ class SharedLimits:
             self._uncount(self.peers.identity, seq)
         elif leader is not None:
             # Not awaited: the response is complete already. A lost release is corrected by the next sync.
-            self._spawn(self._ask(leader, "release", {"seq": seq}))
+            if not self._releasing:
+                self._spawn(self._send_releases())
+            self._releasing.append(seq)
+
+    async def _send_releases(self) -> None:
+        await asyncio.sleep(self.release_batch_seconds)
+        seqs, self._releasing = self._releasing, []
+        leader = self.peers.leader
+        if leader is not None and leader != self.peers.identity:
+            await self._ask(leader, "release", {"seqs": seqs})
+        elif leader is not None:
+            for seq in seqs:
+                self._uncount(leader, seq)
 
     def _spawn(self, coro: Any) -> None:
         async def run() -> None:
@@ -171,13 +356,15 @@ class SharedLimits:
         task.add_done_callback(self._background.discard)
 
     def _sync_body(self) -> dict[str, Any]:
-        return {"held": [[seq, key, group] for seq, (key, group) in self.held.items()], "last": self.seq}
+        return {"held": [slot.row(seq) for seq, slot in self.held.items()], "last": self.seq}
 
     def _on_leader(self, leader: str | None) -> None:
         self._leader_changed.set()
         self.synced.clear()
         self.throttler.clear()
+        self.instances = Balancer()
         self._ledger = {}
+        self._gone = set()
         if leader is not None and leader == self.peers.identity:
             # This replica's own slots first; the others' come with their syncs (see _await_members).
             self._apply_sync(self.peers.identity, self._sync_body())
@@ -200,15 +387,31 @@ class SharedLimits:
                 except (ApiError, aiohttp.ClientError, TimeoutError) as e:
                     logger.warning("Could not list the gateway replicas: %s", e)
                     continue
-                for member in set(self._ledger) - live - {self.peers.identity}:
-                    logger.info(
-                        "Gateway replica %s is gone: dropping its %d slots", member, len(self._ledger[member])
-                    )
-                    for seq in list(self._ledger[member]):
-                        self._uncount(member, seq)
-                    self._ledger.pop(member, None)
+                self.drop_gone(live | {self.peers.identity}, time.monotonic())
 
     # ---- the leader ---------------------------------------------------------------------------------------
+
+    def drop_gone(self, live: set[str], now: float) -> None:
+        """The slots of members not in ``live`` (their Lease expired): those never placed on an instance go
+        now; those placed stay counted until their invocation is over at the agent (``Held.until``)."""
+        for member in set(self._ledger) - live:
+            slots = self._ledger[member]
+            if member not in self._gone:
+                self._gone.add(member)
+                placed = sum(s.endpoint is not None for s in slots.values())
+                logger.info(
+                    "Gateway replica %s is gone: dropping %d slots; %d placed on instances stay counted until "
+                    "their function timeout has passed",
+                    member,
+                    len(slots) - placed,
+                    placed,
+                )
+            for seq, slot in list(slots.items()):
+                if slot.endpoint is None or slot.until <= now:
+                    self._uncount(member, seq)
+            if not slots:
+                del self._ledger[member]
+                self._gone.discard(member)
 
     async def _await_members(self) -> None:
         """A new leader admits nothing until every live member has told it its slots (or has gone)."""
@@ -233,26 +436,86 @@ class SharedLimits:
                 return
             await asyncio.sleep(0.2)
 
-    def _count(self, member: str, seq: int, slot: Slot, reserved: int | None, *, force: bool = False) -> None:
+    def _count(self, member: str, seq: int, slot: Held, reserved: int | None, *, force: bool = False) -> Held:
         slots = self._ledger.setdefault(member, {})
-        if seq in slots:
-            return  # a retried request: counted already
-        self.throttler.acquire(slot[0], reserved=reserved, function=slot[1], force=force)
-        slots[seq] = slot
+        found = slots.get(seq)
+        if found is not None:
+            return found  # a retried request: counted already
+        self.throttler.acquire(slot.key, reserved=reserved, function=slot.group, force=force)
+        counted = slots[seq] = Held(slot.key, slot.group, timeout=slot.timeout)
+        return counted
+
+    def _grant(
+        self, member: str, seq: int, slot: Held, reserved: int | None, endpoints: list[str], per_instance: int
+    ) -> str | None:
+        """Counts a slot (or raises :class:`Throttled`) and places it on one of ``endpoints`` with a free worker
+        slot, if one is free now."""
+        counted = self._count(member, seq, slot, reserved)
+        if counted.endpoint is not None:
+            return counted.endpoint
+        endpoint = self.instances.try_acquire(endpoints, per_instance) if endpoints else None
+        if endpoint is not None:
+            self._set_placed(counted, endpoint)
+        return endpoint
+
+    def _set_placed(self, slot: Held, endpoint: str) -> None:
+        slot.endpoint = endpoint
+        # The agent ends the invocation at its timeout after it starts, which is after now.
+        slot.until = time.monotonic() + slot.timeout + TIMEOUT_MARGIN_SECONDS
+
+    async def _place_for(
+        self,
+        member: str,
+        seq: int,
+        endpoints: Endpoints,
+        per_instance: int,
+        avoid: frozenset[str],
+        wait: float,
+    ) -> str | None:
+        self._unplace(member, seq)  # a retried request, or another try elsewhere
+        instances = self.instances
+        endpoint = await instances.acquire(endpoints, per_instance, timeout=wait, avoid=avoid)
+        if endpoint is None:
+            return None
+        slot = self._ledger.get(member, {}).get(seq)
+        if slot is None or instances is not self.instances or slot.endpoint is not None:
+            # Released meanwhile (the caller gave up), or the leader changed: not placed.
+            instances.release(endpoint)
+            return None
+        self._set_placed(slot, endpoint)
+        return endpoint
+
+    def _unplace(self, member: str, seq: int) -> None:
+        slot = self._ledger.get(member, {}).get(seq)
+        if slot is not None and slot.endpoint is not None:
+            self.instances.release(slot.endpoint)
+            slot.endpoint = None
+            slot.until = math.inf
 
     def _uncount(self, member: str, seq: int) -> None:
+        self._unplace(member, seq)
         slot = self._ledger.get(member, {}).pop(seq, None)
         if slot is not None:
-            self.throttler.release(slot[0], function=slot[1])
+            self.throttler.release(slot.key, function=slot.group)
 
     def _apply_sync(self, member: str, body: dict[str, Any]) -> None:
-        held = {int(seq): (str(key), str(group)) for seq, key, group in body["held"]}
+        rows: dict[int, Held] = {}
+        for seq, key, group, *more in body["held"]:
+            endpoint = more[0] if more else None
+            timeout = float(more[1]) if len(more) > 1 else 900.0
+            rows[int(seq)] = Held(str(key), str(group), timeout=timeout, endpoint=endpoint)
         last = int(body["last"])
         slots = self._ledger.setdefault(member, {})
-        for seq in [s for s in slots if s <= last and s not in held]:
+        for seq in [s for s in slots if s <= last and s not in rows]:
             self._uncount(member, seq)  # given back; its release was lost or is still on its way
-        for seq, slot in held.items():
-            self._count(member, seq, slot, None, force=True)
+        for seq, row in rows.items():
+            counted = self._count(member, seq, row, None, force=True)
+            if counted.endpoint != row.endpoint:
+                self._unplace(member, seq)
+                if row.endpoint is not None:
+                    # Placed by an earlier leader (or the place answer is on its way): counted even if full.
+                    self.instances.load[row.endpoint] = self.instances.load.get(row.endpoint, 0) + 1
+                    self._set_placed(counted, row.endpoint)
 
     def _refuse(self, request: web.Request) -> web.Response | None:
         if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), self.token):
@@ -268,15 +531,44 @@ class SharedLimits:
         body = await request.json()
         if not self.synced.is_set():
             return web.json_response({"message": "learning the replicas' slots"}, status=503)
+        slot = Held(str(body["key"]), str(body["function"]), timeout=float(body.get("timeout", 900.0)))
         try:
-            self._count(
+            endpoint = self._grant(
                 str(body["member"]),
                 int(body["seq"]),
-                (str(body["key"]), str(body["function"])),
+                slot,
                 body.get("reserved"),
+                [str(e) for e in body.get("endpoints") or ()],
+                int(body.get("perInstance", 1)),
             )
         except Throttled as e:
             return web.json_response({"reason": e.reason, "message": e.message}, status=429)
+        return web.json_response({"endpoint": endpoint})
+
+    async def _place_handler(self, request: web.Request) -> web.Response:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        body = await request.json()
+        if not self.synced.is_set():
+            return web.json_response({"message": "learning the replicas' slots"}, status=503)
+        endpoints = [str(e) for e in body["endpoints"]]
+        endpoint = await self._place_for(
+            str(body["member"]),
+            int(body["seq"]),
+            lambda: endpoints,
+            int(body["perInstance"]),
+            frozenset(str(e) for e in body.get("avoid") or ()),
+            min(float(body.get("wait", 0)), 5.0),
+        )
+        return web.json_response({"endpoint": endpoint})
+
+    async def _unplace_handler(self, request: web.Request) -> web.Response:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        body = await request.json()
+        self._unplace(str(body["member"]), int(body["seq"]))
         return web.json_response({})
 
     async def _release_handler(self, request: web.Request) -> web.Response:
@@ -284,7 +576,9 @@ class SharedLimits:
         if refused is not None:
             return refused
         body = await request.json()
-        self._uncount(str(body["member"]), int(body["seq"]))
+        member = str(body["member"])
+        for seq in body.get("seqs") or [body["seq"]]:
+            self._uncount(member, int(seq))
         return web.json_response({})
 
     async def _sync_handler(self, request: web.Request) -> web.Response:
@@ -297,5 +591,7 @@ class SharedLimits:
 
     def register(self, router: web.UrlDispatcher) -> None:
         router.add_post(f"{PREFIX}/acquire", self._acquire_handler)
+        router.add_post(f"{PREFIX}/place", self._place_handler)
+        router.add_post(f"{PREFIX}/unplace", self._unplace_handler)
         router.add_post(f"{PREFIX}/release", self._release_handler)
         router.add_post(f"{PREFIX}/sync", self._sync_handler)
