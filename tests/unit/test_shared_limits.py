@@ -51,7 +51,7 @@ def test_a_sync_releases_what_the_replica_gave_back_and_keeps_later_grants() -> 
     for seq in (1, 2, 3):
         limits._count("a", seq, F, None)
     # The replica's list was taken after it gave back 1 and before it learnt of 3: 3 stays counted.
-    limits._apply_sync("a", {"held": [[2, "ns/f", "ns/f", None, 10]], "last": 2})
+    limits._apply_sync("a", {"held": [[2, "ns/f", "ns/f"]], "last": 2})
     assert sorted(limits._ledger["a"]) == [2, 3]
     assert limits.throttler.total == 2
 
@@ -114,10 +114,23 @@ def test_a_dead_replicas_placed_slots_stay_counted_until_its_calls_timed_out_at_
 
 def test_a_new_leader_learns_which_instances_the_slots_are_on() -> None:
     limits = shared()
-    limits._apply_sync("a", {"held": [[1, "ns/f", "ns/f", "10.1.0.1:8080", 10]], "last": 1})
-    limits._apply_sync("b", {"held": [[4, "ns/f", "ns/f", "10.1.0.1:8080", 10]], "last": 4})
+    on_one = ["10.1.0.1:8080", 10]
+    limits._apply_sync("a", {"held": [[1, "ns/f", "ns/f"]], "slots": {"1": on_one}, "last": 1})
+    limits._apply_sync("b", {"held": [[4, "ns/f", "ns/f"]], "slots": {"4": on_one}, "last": 4})
     assert limits.instances.load == {"10.1.0.1:8080": 2}  # counted as they are, even over perInstance
     assert limits._grant("c", 1, F, None, ["10.1.0.1:8080", "10.1.0.2:8080"], 2) == "10.1.0.2:8080"
     # A replica's next sync moves or drops a placement it changed.
-    limits._apply_sync("a", {"held": [[1, "ns/f", "ns/f", None, 10]], "last": 1})
+    limits._apply_sync("a", {"held": [[1, "ns/f", "ns/f"]], "slots": {"1": [None, 10]}, "last": 1})
     assert limits.instances.load == {"10.1.0.1:8080": 1, "10.1.0.2:8080": 1}
+
+
+def test_a_replica_syncs_in_the_format_a_leader_of_the_previous_version_reads() -> None:
+    """A rolling update mixes versions: "held" keeps its three columns, the instance goes beside it."""
+    limits = shared()
+    limits.held[3] = Held("ns/f", "ns/f", timeout=10.0, endpoint="10.1.0.1:8080")
+    limits.seq = 3
+    body = limits._sync_body()
+    assert body["held"] == [[3, "ns/f", "ns/f"]]
+    leader = shared()
+    leader._apply_sync("a", body)
+    assert leader.instances.load == {"10.1.0.1:8080": 1}

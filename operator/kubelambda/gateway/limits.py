@@ -86,9 +86,6 @@ class Held:
     endpoint: str | None = None
     until: float = math.inf
 
-    def row(self, seq: int) -> list[Any]:
-        return [seq, self.key, self.group, self.endpoint, self.timeout]
-
 
 @dataclass
 class LocalLimits:
@@ -235,6 +232,13 @@ class SharedLimits:
                 if answer is not None and answer[0] == 200 and self.peers.leader == leader:
                     found = answer[1].get("endpoint")
                     asked = True
+                elif answer is not None and answer[0] == 404:
+                    # A leader from before per-instance counting (a rolling update): this replica's own count.
+                    found = await self.balancer.acquire(endpoints, per_instance, timeout=left, avoid=avoid)
+                    if found is not None:
+                        ticket.placed = found
+                        self.held[ticket.seq].endpoint = found
+                    return found
             if found is not None:
                 if ticket.seq in self.held:
                     self._placed_here(ticket, found)
@@ -356,7 +360,13 @@ class SharedLimits:
         task.add_done_callback(self._background.discard)
 
     def _sync_body(self) -> dict[str, Any]:
-        return {"held": [slot.row(seq) for seq, slot in self.held.items()], "last": self.seq}
+        # "held" as replicas before per-instance counting sent it (a rolling update mixes versions); the rest
+        # in "slots": seq → [instance or null, function timeout].
+        return {
+            "held": [[seq, slot.key, slot.group] for seq, slot in self.held.items()],
+            "slots": {str(seq): [slot.endpoint, slot.timeout] for seq, slot in self.held.items()},
+            "last": self.seq,
+        }
 
     def _on_leader(self, leader: str | None) -> None:
         self._leader_changed.set()
@@ -499,11 +509,11 @@ class SharedLimits:
             self.throttler.release(slot.key, function=slot.group)
 
     def _apply_sync(self, member: str, body: dict[str, Any]) -> None:
+        more = body.get("slots") or {}
         rows: dict[int, Held] = {}
-        for seq, key, group, *more in body["held"]:
-            endpoint = more[0] if more else None
-            timeout = float(more[1]) if len(more) > 1 else 900.0
-            rows[int(seq)] = Held(str(key), str(group), timeout=timeout, endpoint=endpoint)
+        for seq, key, group in body["held"]:
+            endpoint, timeout = more.get(str(seq)) or (None, 900.0)
+            rows[int(seq)] = Held(str(key), str(group), timeout=float(timeout), endpoint=endpoint)
         last = int(body["last"])
         slots = self._ledger.setdefault(member, {})
         for seq in [s for s in slots if s <= last and s not in rows]:
