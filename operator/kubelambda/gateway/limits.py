@@ -520,12 +520,13 @@ class SharedLimits:
             self._uncount(member, seq)  # given back; its release was lost or is still on its way
         for seq, row in rows.items():
             counted = self._count(member, seq, row, None, force=True)
-            if counted.endpoint != row.endpoint:
+            # A placement the replica does not list yet may be an answer still on its way: kept (the slot's
+            # release gives it back). One it lists elsewhere, or one this leader did not make, is counted as
+            # listed, even over perInstance.
+            if row.endpoint is not None and counted.endpoint != row.endpoint:
                 self._unplace(member, seq)
-                if row.endpoint is not None:
-                    # Placed by an earlier leader (or the place answer is on its way): counted even if full.
-                    self.instances.load[row.endpoint] = self.instances.load.get(row.endpoint, 0) + 1
-                    self._set_placed(counted, row.endpoint)
+                self.instances.load[row.endpoint] = self.instances.load.get(row.endpoint, 0) + 1
+                self._set_placed(counted, row.endpoint)
 
     def _refuse(self, request: web.Request) -> web.Response | None:
         if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), self.token):
