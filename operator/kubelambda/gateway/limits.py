@@ -204,6 +204,7 @@ class SharedLimits:
                 return ticket.placed
             self.unplace(ticket, ticket.placed, final=False)  # gone meanwhile: give it back, pick again
         deadline = time.monotonic() + wait
+        no_leader_deadline = time.monotonic() + self.wait_seconds
         while True:
             left = max(deadline - time.monotonic(), 0.0)
             leader = self.peers.leader
@@ -243,15 +244,24 @@ class SharedLimits:
                 if ticket.seq in self.held:
                     self._placed_here(ticket, found)
                 return found
-            if time.monotonic() >= deadline:
-                return None
-            if not asked:  # no leader that answers: until it changes, then ask again
+            if asked and time.monotonic() >= deadline:
+                return None  # every instance busy for ``wait``: the caller's 429
+            if not asked:
+                # No leader that answers (it is being replaced): that time is not "every instance busy".
+                # Until it changes, then ask again, as long as an admission waits for one.
+                if time.monotonic() >= no_leader_deadline:
+                    raise LimitsUnavailable(
+                        f"No gateway replica assigned an instance within {self.wait_seconds:g} s "
+                        "(the leader is being replaced); try again"
+                    )
+                paused = time.monotonic()
                 self._leader_changed.clear()
                 try:
-                    async with asyncio.timeout(min(deadline - time.monotonic(), 0.2)):
+                    async with asyncio.timeout(0.2):
                         await self._leader_changed.wait()
                 except TimeoutError:
                     pass
+                deadline += time.monotonic() - paused
 
     def unplace(self, ticket: Ticket, endpoint: str, *, final: bool) -> None:
         """Gives back the instance's worker slot. ``final``: the call is over; its slot's release, which follows,
