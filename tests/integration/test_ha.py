@@ -377,10 +377,20 @@ async def test_a_sigkilled_replicas_calls_keep_their_slots_while_they_run_at_the
             gate.touch()
             assert sorted(await asyncio.gather(*early)) == ["200"] * 2 + [RESERVED] * 4
         await asyncio.gather(*orphans)
-    # Once the function's timeout has passed since they were placed, the victim's slots go.
+
+    # Once the function's timeout has passed since they were placed, the victim's slots go: five calls at once
+    # (each held a second, so they overlap) are all admitted again.
+    async def five_at_once() -> list[str]:
+        return await asyncio.gather(
+            *(
+                asyncio.to_thread(outcome, clients[1 + i % 2], f"{namespace}/orphans", {"sleep": 1})
+                for i in range(5)
+            )
+        )
+
     await wait_for(
-        lambda: asyncio.to_thread(outcome, clients[1], f"{namespace}/orphans", {}),
-        lambda o: o == "200",
+        five_at_once,
+        lambda got: got == ["200"] * 5,
         what="the victim's slots freed after the function timeout",
         timeout=timeout + 30,
     )
