@@ -21,7 +21,7 @@ from kubelambda.agentauth import function_token
 from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
-from kubelambda.gateway.limits import LocalLimits, SharedLimits, Ticket
+from kubelambda.gateway.limits import Admission, Choice, LocalLimits, SharedLimits, Ticket
 from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
 from kubelambda.gateway.registry import FunctionEntry, Registry
 from kubelambda.gateway.scaler import policy_of
@@ -132,14 +132,15 @@ class InvokePath:
             # Reserved concurrency is the function's, shared by its published versions (docs/versions.md).
             base = self.registry.functions.get((fn.namespace, fn.lambda_name)) or fn
             # With several replicas the leader also assigns one of the ready instances with the slot.
-            async with self.limits.admit(
+            want = Admission(
                 f"{fn.namespace}/{fn.name}",
                 reserved=base.spec.concurrency.reserved,
                 function=f"{fn.namespace}/{fn.lambda_name}",
                 endpoints=self.registry.ready_endpoints(fn.key),
                 per_instance=fn.spec.concurrency.per_instance,
                 timeout=float(fn.spec.timeout_seconds),
-            ) as ticket:
+            )
+            async with self.limits.admit(want) as ticket:
                 m.concurrent.inc()
                 try:
                     result, cold = await self._route(fn, invocation, ticket)
@@ -187,7 +188,7 @@ class InvokePath:
             wait = min(s.slot_wait_seconds, max(give_up - time.monotonic(), 0))
             # An instance's worker slots are counted over every replica's calls (gateway/limits.py).
             endpoint = await self.limits.place(
-                ticket, endpoints_of, per_instance, wait=wait, avoid=frozenset(tried)
+                ticket, Choice(endpoints_of, per_instance, wait, frozenset(tried))
             )
             if endpoint is None:
                 if tried and not endpoints_of():

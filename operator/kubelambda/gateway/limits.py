@@ -40,7 +40,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +74,31 @@ class Ticket:
     placed: str | None = None
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What an invocation asks for: a slot of the Function object ``key`` (reserved concurrency counts
+    ``function``, all its versions), and, when it has ready instances, one of ``endpoints`` with fewer than
+    ``per_instance`` calls; ``timeout``: the function's."""
+
+    key: str
+    reserved: int | None
+    function: str | None = None
+    endpoints: Sequence[str] = ()
+    per_instance: int = 1
+    timeout: float = 900.0
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An instance to find: one of ``endpoints()`` (read again while waiting) with fewer than ``per_instance``
+    calls, not in ``avoid``, waiting up to ``wait`` seconds for one to free up."""
+
+    endpoints: Endpoints
+    per_instance: int
+    wait: float
+    avoid: frozenset[str] = frozenset()
+
+
 @dataclass
 class Held:
     """A slot: the Function object (``ns/name``), what reserved concurrency counts (``ns/function``), the
@@ -95,29 +120,14 @@ class LocalLimits:
     balancer: Balancer
 
     @asynccontextmanager
-    async def admit(
-        self,
-        key: str,
-        *,
-        reserved: int | None,
-        function: str | None = None,
-        endpoints: Sequence[str] = (),
-        per_instance: int = 1,
-        timeout: float = 900.0,
-    ) -> AsyncIterator[Ticket]:
-        with self.throttler.admit(key, reserved=reserved, function=function):
+    async def admit(self, want: Admission) -> AsyncIterator[Ticket]:
+        with self.throttler.admit(want.key, reserved=want.reserved, function=want.function):
             yield Ticket(0)
 
-    async def place(
-        self,
-        ticket: Ticket,
-        endpoints: Endpoints,
-        per_instance: int,
-        *,
-        wait: float,
-        avoid: frozenset[str] = frozenset(),
-    ) -> str | None:
-        return await self.balancer.acquire(endpoints, per_instance, timeout=wait, avoid=avoid)
+    async def place(self, ticket: Ticket, want: Choice) -> str | None:
+        return await self.balancer.acquire(
+            want.endpoints, want.per_instance, timeout=want.wait, avoid=want.avoid
+        )
 
     def unplace(self, ticket: Ticket, endpoint: str, *, final: bool) -> None:
         self.balancer.release(endpoint)
@@ -153,21 +163,11 @@ class SharedLimits:
     # ---- every replica ------------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def admit(
-        self,
-        key: str,
-        *,
-        reserved: int | None,
-        function: str | None = None,
-        endpoints: Sequence[str] = (),
-        per_instance: int = 1,
-        timeout: float = 900.0,
-    ) -> AsyncIterator[Ticket]:
-        group = function or key
+    async def admit(self, want: Admission) -> AsyncIterator[Ticket]:
         self.seq += 1
         ticket = Ticket(self.seq)
-        slot = Held(key, group, timeout=timeout)
-        placed = await self._acquire(ticket.seq, slot, reserved, list(endpoints), per_instance)
+        slot = Held(want.key, want.function or want.key, timeout=want.timeout)
+        placed = await self._acquire(ticket.seq, slot, want.reserved, list(want.endpoints), want.per_instance)
         self.held[ticket.seq] = slot
         if placed is not None:
             self._placed_here(ticket, placed)
@@ -188,22 +188,15 @@ class SharedLimits:
         self.held[ticket.seq].endpoint = endpoint
         self.balancer.load[endpoint] = self.balancer.load.get(endpoint, 0) + 1
 
-    async def place(
-        self,
-        ticket: Ticket,
-        endpoints: Endpoints,
-        per_instance: int,
-        *,
-        wait: float,
-        avoid: frozenset[str] = frozenset(),
-    ) -> str | None:
+    async def place(self, ticket: Ticket, want: Choice) -> str | None:
         """An instance of ``endpoints()`` with a free worker slot, counted over every replica's calls; None when
         none freed up within ``wait``."""
+        endpoints, per_instance, avoid = want.endpoints, want.per_instance, want.avoid
         if ticket.placed is not None:
             if ticket.placed in endpoints() and ticket.placed not in avoid:
                 return ticket.placed
             self.unplace(ticket, ticket.placed, final=False)  # gone meanwhile: give it back, pick again
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + want.wait
         no_leader_deadline = time.monotonic() + self.wait_seconds
         while True:
             left = max(deadline - time.monotonic(), 0.0)
@@ -538,20 +531,27 @@ class SharedLimits:
                 self.instances.load[row.endpoint] = self.instances.load.get(row.endpoint, 0) + 1
                 self._set_placed(counted, row.endpoint)
 
-    def _refuse(self, request: web.Request) -> web.Response | None:
-        if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), self.token):
-            return web.json_response({"message": "not a gateway replica"}, status=403)
-        if not self.peers.is_leader:
-            return web.json_response({"message": "not the leader", "leader": self.peers.leader}, status=503)
-        return None
+    def _serve(
+        self, op: Callable[[dict[str, Any]], Awaitable[web.Response]], *, counting: bool = False
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """A handler of the API between replicas: the peer token, this replica leading and (``counting``) knowing
+        every replica's slots, then ``op`` on the JSON body."""
 
-    async def _acquire_handler(self, request: web.Request) -> web.Response:
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        body = await request.json()
-        if not self.synced.is_set():
-            return web.json_response({"message": "learning the replicas' slots"}, status=503)
+        async def handle(request: web.Request) -> web.Response:
+            if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), self.token):
+                return web.json_response({"message": "not a gateway replica"}, status=403)
+            if not self.peers.is_leader:
+                return web.json_response(
+                    {"message": "not the leader", "leader": self.peers.leader}, status=503
+                )
+            body = await request.json()
+            if counting and not self.synced.is_set():
+                return web.json_response({"message": "learning the replicas' slots"}, status=503)
+            return await op(body)
+
+        return handle
+
+    async def _acquire_op(self, body: dict[str, Any]) -> web.Response:
         slot = Held(str(body["key"]), str(body["function"]), timeout=float(body.get("timeout", 900.0)))
         try:
             endpoint = self._grant(
@@ -566,13 +566,7 @@ class SharedLimits:
             return web.json_response({"reason": e.reason, "message": e.message}, status=429)
         return web.json_response({"endpoint": endpoint})
 
-    async def _place_handler(self, request: web.Request) -> web.Response:
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        body = await request.json()
-        if not self.synced.is_set():
-            return web.json_response({"message": "learning the replicas' slots"}, status=503)
+    async def _place_op(self, body: dict[str, Any]) -> web.Response:
         endpoints = [str(e) for e in body["endpoints"]]
         endpoint = await self._place_for(
             str(body["member"]),
@@ -584,35 +578,23 @@ class SharedLimits:
         )
         return web.json_response({"endpoint": endpoint})
 
-    async def _unplace_handler(self, request: web.Request) -> web.Response:
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        body = await request.json()
+    async def _unplace_op(self, body: dict[str, Any]) -> web.Response:
         self._unplace(str(body["member"]), int(body["seq"]))
         return web.json_response({})
 
-    async def _release_handler(self, request: web.Request) -> web.Response:
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        body = await request.json()
+    async def _release_op(self, body: dict[str, Any]) -> web.Response:
         member = str(body["member"])
         for seq in body.get("seqs") or [body["seq"]]:
             self._uncount(member, int(seq))
         return web.json_response({})
 
-    async def _sync_handler(self, request: web.Request) -> web.Response:
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        body = await request.json()
+    async def _sync_op(self, body: dict[str, Any]) -> web.Response:
         self._apply_sync(str(body["member"]), body)
         return web.json_response({})
 
     def register(self, router: web.UrlDispatcher) -> None:
-        router.add_post(f"{PREFIX}/acquire", self._acquire_handler)
-        router.add_post(f"{PREFIX}/place", self._place_handler)
-        router.add_post(f"{PREFIX}/unplace", self._unplace_handler)
-        router.add_post(f"{PREFIX}/release", self._release_handler)
-        router.add_post(f"{PREFIX}/sync", self._sync_handler)
+        router.add_post(f"{PREFIX}/acquire", self._serve(self._acquire_op, counting=True))
+        router.add_post(f"{PREFIX}/place", self._serve(self._place_op, counting=True))
+        router.add_post(f"{PREFIX}/unplace", self._serve(self._unplace_op))
+        router.add_post(f"{PREFIX}/release", self._serve(self._release_op))
+        router.add_post(f"{PREFIX}/sync", self._serve(self._sync_op))
