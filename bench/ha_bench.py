@@ -17,10 +17,13 @@ the extra processes and round trips cost here, not what three nodes would give.
 
 Run: ``.venv/bin/python bench/ha_bench.py --requests 3000 --kills 3``.
 
-Last run (2026-12-05, 2 cores at load 30 from other work, 2,000 requests x 2 rounds, 12 connections):
-1 replica counting alone 88 req/s, p50 125 ms; 3 replicas sharing the count 46 req/s, p50 235 ms; one non-leader
-replica 45 req/s, p50 254 ms (the shared count added +129 ms at p50: each call is two more hops between processes
-fighting for the same two cores); decider failover 4.0, 3.3, 3.7 s (LEASE_SECONDS 4, RENEW 1).
+Last run (2026-12-05 14:05, 2 cores at load ~30 with a CI run beside it, ``--requests 600 --rounds 2 --kills 2
+--low-requests 150``, per-instance slots counted at the leader, the instance assigned in the slot's answer):
+12 connections: 1 replica counting alone 71 req/s, p50 158 ms; 3 replicas sharing the count 33 req/s, p50 311 ms;
+one non-leader replica 30 req/s, p50 356 ms (added +199 ms at p50). Where no queueing hides it: 1 connection,
+p50 17 ms alone, 43 ms through a non-leader (**+26 ms**, the one round trip to the leader on a starved machine);
+4 connections, 72 ms vs 143 ms (+71 ms). Decider failover 4.2, 4.0 s (LEASE_SECONDS 4, RENEW 1). An earlier run
+(before per-instance counting, load 30, 2,000 x 2 at 12 connections): 88 vs 45 req/s, +129 ms at p50.
 """
 
 from __future__ import annotations
