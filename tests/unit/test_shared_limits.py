@@ -142,3 +142,11 @@ def test_a_replica_syncs_in_the_format_a_leader_of_the_previous_version_reads() 
     leader = shared()
     leader._apply_sync("a", body)
     assert leader.instances.load == {"10.1.0.1:8080": 1}
+
+
+def test_a_sync_taken_before_a_release_does_not_count_the_slot_again() -> None:
+    limits = shared()
+    limits._count("a", 1, F, None)
+    limits._uncount("a", 1)  # the release arrived first
+    limits._apply_sync("a", {"held": [[1, "ns/f", "ns/f"]], "last": 1})
+    assert limits.throttler.total == 0

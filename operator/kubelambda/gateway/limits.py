@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 PREFIX = "/_kubelambda/limits"
 TOKEN_HEADER = "X-Kubelambda-Peer-Token"
 Endpoints = Callable[[], Sequence[str]]
+RELEASED_SECONDS = (
+    30.0  # how long the leader remembers a released slot against syncs taken before the release
+)
 
 
 def peer_token(agent_key: str) -> str:
@@ -154,6 +157,9 @@ class SharedLimits:
     _ledger: dict[str, dict[int, Held]] = field(default_factory=dict)  # leader: member → its slots
     _placing: dict[str, int] = field(default_factory=dict)  # leader: place requests waiting, per instance
     _gone: set[str] = field(default_factory=set)  # leader: members whose Lease expired, slots still counted
+    _released: dict[str, dict[int, float]] = field(
+        default_factory=dict
+    )  # leader: member → seq → when released
     _releasing: list[int] = field(default_factory=list)  # released here, not yet sent to the leader
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _leader_changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -379,6 +385,7 @@ class SharedLimits:
         self.instances = Balancer()
         self._ledger = {}
         self._gone = set()
+        self._released = {}
         if leader is not None and leader == self.peers.identity:
             # This replica's own slots first; the others' come with their syncs (see _await_members).
             self._apply_sync(self.peers.identity, self._sync_body())
@@ -426,6 +433,7 @@ class SharedLimits:
             if not slots:
                 del self._ledger[member]
                 self._gone.discard(member)
+                self._released.pop(member, None)
 
     async def _await_members(self) -> None:
         """A new leader admits nothing until every live member has told it its slots (or has gone)."""
@@ -518,6 +526,8 @@ class SharedLimits:
             slot.until = math.inf
 
     def _uncount(self, member: str, seq: int) -> None:
+        if member != self.peers.identity:  # (this replica's own slots are never synced to itself)
+            self._released.setdefault(member, {})[seq] = time.monotonic()
         self._unplace(member, seq)
         slot = self._ledger.get(member, {}).pop(seq, None)
         if slot is not None:
@@ -533,7 +543,14 @@ class SharedLimits:
         slots = self._ledger.setdefault(member, {})
         for seq in [s for s in slots if s <= last and s not in rows]:
             self._uncount(member, seq)  # given back; its release was lost or is still on its way
+        # A sync taken before a release may arrive after it: a slot released here is not counted again.
+        released = self._released.setdefault(member, {})
+        old = time.monotonic() - RELEASED_SECONDS
+        for seq in [s for s, at in released.items() if at < old]:
+            del released[seq]
         for seq, row in rows.items():
+            if seq in released:
+                continue
             counted = self._count(member, seq, row, None, force=True)
             # A placement the replica does not list yet may be an answer still on its way: kept (the slot's
             # release gives it back). One it lists elsewhere, or one this leader did not make, is counted as
