@@ -122,6 +122,16 @@ async def agent_metrics(namespace: str, name: str, endpoint: str) -> dict[str, f
     return found
 
 
+async def in_flight(namespace: str, name: str, endpoint: str, count: int) -> None:
+    """Until the agent at ``endpoint`` has exactly ``count`` calls in flight."""
+    await wait_for(
+        lambda: agent_metrics(namespace, name, endpoint),
+        lambda m: m.get("inflight") == count,
+        what=f"{count} calls of {name} in flight",
+        timeout=60,
+    )
+
+
 def outcome(client: Any, name: str, payload: JSON, *, why: bool = False) -> str:
     """ "200", the 429's reason (with its message if ``why``), or the ServiceException."""
     try:
@@ -342,12 +352,7 @@ async def test_a_sigkilled_replicas_calls_keep_their_slots_while_they_run_at_the
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
         orphans = [asyncio.create_task(through_the_victim(http, i)) for i in range(3)]
-        await wait_for(
-            lambda: agent_metrics(namespace, "orphans", endpoint),
-            lambda m: m.get("inflight") == 3,
-            what="three calls of the victim in flight",
-            timeout=60,
-        )
+        await in_flight(namespace, "orphans", endpoint, 3)
         victim.signal(signal.SIGKILL)
         with ThreadPoolExecutor(12) as pool:
 
@@ -421,12 +426,7 @@ async def test_sigterm_drains_the_calls_in_flight(
             loop.run_in_executor(pool, outcome, client, f"{namespace}/drained", {"sleep": 4, "i": i})
             for i in range(3)
         ]
-        await wait_for(
-            lambda: agent_metrics(namespace, "drained", endpoint),
-            lambda m: m.get("inflight") == 3,
-            what="three calls in flight",
-            timeout=60,
-        )
+        await in_flight(namespace, "drained", endpoint, 3)
         target.signal(signal.SIGTERM)
         # Not ready at once (Services stop sending), while the calls in flight go on.
         await wait_for(

@@ -155,7 +155,6 @@ class SharedLimits:
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # leader: every member's slots are known
     instances: Balancer = field(default_factory=Balancer)  # leader: every replica's calls per instance
     _ledger: dict[str, dict[int, Held]] = field(default_factory=dict)  # leader: member → its slots
-    _placing: dict[str, int] = field(default_factory=dict)  # leader: place requests waiting, per instance
     _gone: set[str] = field(default_factory=set)  # leader: members whose Lease expired, slots still counted
     _released: dict[str, dict[int, float]] = field(
         default_factory=dict
@@ -475,9 +474,7 @@ class SharedLimits:
         counted = self._count(member, seq, slot, reserved)
         if counted.endpoint is not None:
             return counted.endpoint
-        # Not ahead of the calls already waiting for an instance (they get the next free worker, in turn).
-        free = endpoints and not any(self._placing.get(e) for e in endpoints)
-        endpoint = self.instances.try_acquire(endpoints, per_instance) if free else None
+        endpoint = self.instances.try_acquire(endpoints, per_instance) if endpoints else None
         if endpoint is not None:
             self._set_placed(counted, endpoint)
         return endpoint
@@ -498,16 +495,7 @@ class SharedLimits:
     ) -> str | None:
         self._unplace(member, seq)  # a retried request, or another try elsewhere
         instances = self.instances
-        waiting_on = list(endpoints())
-        for e in waiting_on:
-            self._placing[e] = self._placing.get(e, 0) + 1
-        try:
-            endpoint = await instances.acquire(endpoints, per_instance, timeout=wait, avoid=avoid)
-        finally:
-            for e in waiting_on:
-                self._placing[e] -= 1
-                if not self._placing[e]:
-                    del self._placing[e]
+        endpoint = await instances.acquire(endpoints, per_instance, timeout=wait, avoid=avoid)
         if endpoint is None:
             return None
         slot = self._ledger.get(member, {}).get(seq)
