@@ -147,3 +147,15 @@ def test_a_sync_taken_before_a_release_does_not_count_the_slot_again() -> None:
     limits._uncount("a", 1)  # the release arrived first
     limits._apply_sync("a", {"held": [[1, "ns/f", "ns/f"]], "last": 1})
     assert limits.throttler.total == 0
+
+
+def test_a_sync_never_gives_back_a_slot_whose_grant_is_on_its_way() -> None:
+    replica, leader = shared(), shared()
+    replica.held[1] = Held("ns/f", "ns/f")
+    replica.seq = 3
+    replica._asking = {2, 3}  # asked, not answered: the leader may have counted them
+    body = replica._sync_body()
+    assert body["last"] == 1
+    leader._count("a", 2, F, None)
+    leader._apply_sync("a", body)
+    assert sorted(leader._ledger["a"]) == [1, 2]

@@ -160,6 +160,7 @@ class SharedLimits:
         default_factory=dict
     )  # leader: member → seq → when released
     _releasing: list[int] = field(default_factory=list)  # released here, not yet sent to the leader
+    _asking: set[int] = field(default_factory=set)  # slots asked of the leader, not answered yet
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _leader_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -173,7 +174,13 @@ class SharedLimits:
         self.seq += 1
         ticket = Ticket(self.seq)
         slot = Held(want.key, want.function or want.key, timeout=want.timeout)
-        placed = await self._acquire(ticket.seq, slot, want.reserved, list(want.endpoints), want.per_instance)
+        self._asking.add(ticket.seq)
+        try:
+            placed = await self._acquire(
+                ticket.seq, slot, want.reserved, list(want.endpoints), want.per_instance
+            )
+        finally:
+            self._asking.discard(ticket.seq)
         self.held[ticket.seq] = slot
         if placed is not None:
             self._placed_here(ticket, placed)
@@ -374,7 +381,8 @@ class SharedLimits:
         return {
             "held": [[seq, slot.key, slot.group] for seq, slot in self.held.items()],
             "slots": {str(seq): [slot.endpoint, slot.timeout] for seq, slot in self.held.items()},
-            "last": self.seq,
+            # Not past a slot still being asked for: the leader may have granted it, and it is not in "held" yet.
+            "last": min(self._asking, default=self.seq + 1) - 1,
         }
 
     def _on_leader(self, leader: str | None) -> None:
