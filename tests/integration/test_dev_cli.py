@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -70,6 +72,55 @@ def pod_pid(pod: dict[str, object]) -> int:
 
 def lo_addresses() -> str:
     return subprocess.run(["ip", "-4", "addr", "show", "dev", "lo"], capture_output=True, text=True).stdout
+
+
+STORED_HANDLER = """
+import os
+
+def handler(event, context):
+    with open(os.path.join(os.path.dirname(__file__), "data", "blob.bin"), "rb") as f:
+        return {"blob": f.read().hex(), "version": context.function_version}
+"""
+
+
+def create_function_through_the_code_store(state: dict[str, Any], status: str, tmp_path: Path) -> None:
+    """Issue 19 item 4: dev up runs the code store (SeaweedFS) and the gateway uses it, so `aws lambda
+    create-function` with a zip no ConfigMap holds (a folder, binary bytes) runs; dev status names the store."""
+    store = state["endpoints"]["code store"]
+    assert store == state["code_store_url"] and store.startswith("http://127.0.0.1:")
+    assert f"code store:  {store}" in status
+    assert "code-store" in state["components"]
+    archive = tmp_path / "code.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("app.py", STORED_HANDLER)
+        out.writestr("data/blob.bin", bytes(range(256)))
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": state["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": state["aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def aws(*args: str) -> Any:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "aws"), "lambda", *args, "--endpoint-url", state["gateway_url"],
+             "--output", "json"],
+            capture_output=True, text=True, env=env, timeout=180, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
+    created = aws(
+        "create-function", "--function-name", "stored", "--runtime", "python3.11", "--handler", "app.handler",
+        "--role", "arn:aws:iam::default:role/default", "--zip-file", f"fileb://{archive}", "--publish",
+    )  # fmt: skip
+    assert created["Version"] == "1"
+    aws("wait", "published-version-active", "--function-name", "stored", "--qualifier", "1")
+    answer = tmp_path / "answer.json"
+    invoked = aws("invoke", "--function-name", "stored", "--qualifier", "1", str(answer))
+    assert invoked["ExecutedVersion"] == "1"
+    assert json.loads(answer.read_text()) == {"blob": bytes(range(256)).hex(), "version": "1"}
+    aws("delete-function", "--function-name", "stored")
 
 
 def wait_dead(pids: list[int], timeout: float = 15.0) -> list[int]:
@@ -145,6 +196,8 @@ def test_up_status_down_leave_nothing_behind(tmp_path: Path, cluster: Cluster) -
     assert stored.returncode == 0, stored.stdout + stored.stderr
     assert stored.stdout.startswith(f"START RequestId: {request_id}"), stored.stdout + stored.stderr
     assert stored.stdout.splitlines()[-1].startswith(f"REPORT RequestId: {request_id}")
+
+    create_function_through_the_code_store(state, status.stdout, tmp_path)
 
     kubectl(state["kubeconfig"], "apply", "-f", "-", input=sleeper_pod("sleeper"))
     # A ReplicaSet's pod that the stop ends, whatever the autoscaler did to the function's own instance meanwhile

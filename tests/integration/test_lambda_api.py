@@ -12,10 +12,11 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.parse
 import zipfile
 from collections import Counter
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,9 @@ def zipped(source: str) -> bytes:
 
 
 STORE_KEY, STORE_SECRET = "kubelambda", "kubelambda-secret"  # SeaweedFS without IAM takes any key
+GRACE = (
+    10.0  # seconds an unreferenced zip is kept (well above a CreateFunction's store-then-apply at load 40)
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +89,9 @@ async def platform(
         code_store_access_key_id=STORE_KEY,
         code_store_secret_access_key=STORE_SECRET,
         code_store_source_buckets=["uploads"],
+        # The collector of unreferenced zips, quick (test_unreferenced_zips_are_deleted).
+        code_store_gc_interval_seconds=1,
+        code_store_gc_grace_seconds=GRACE,
         event_source_sqs_endpoint=sqs_server.endpoint,
     ) as platform:
         yield platform
@@ -216,6 +223,29 @@ async def test_create_invoke_publish_update_and_delete(env: Env) -> None:
     assert [i["metadata"]["name"] for i in listed["items"]] == []
 
 
+async def invoke_many(
+    url: str, fn: str, qualifier: str, count: int, *, concurrency: int
+) -> list[tuple[JSON, str]]:
+    """``count`` synchronous invocations, ``concurrency`` at a time, from this event loop (aiohttp: no boto3
+    threads fighting the in-process gateway for the GIL); each answer's body and ``X-Amz-Executed-Version``."""
+    target = (
+        f"{url}/2015-03-31/functions/{urllib.parse.quote(fn, safe='/')}/invocations?Qualifier={qualifier}"
+    )
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(http: aiohttp.ClientSession) -> tuple[JSON, str]:
+        async with slots, http.post(target, data=b"{}") as resp:
+            body = await resp.json(content_type=None)
+            assert resp.status == 200, (resp.status, body)
+            assert "X-Amz-Function-Error" not in resp.headers, body
+            return body, resp.headers["X-Amz-Executed-Version"]
+
+    async with aiohttp.ClientSession() as http:
+        return await asyncio.gather(*(one(http) for _ in range(count)))
+
+
+# 1,000 calls of a weighted alias: about 100 s at load 40, over pytest's default 300 s once with boto3 in threads.
+@pytest.mark.timeout(900)
 async def test_a_weighted_alias_splits_invocations_and_moves_at_once(env: Env) -> None:
     client = lambda_client(env.url)
     fn = f"{env.namespace}/canary"
@@ -237,14 +267,7 @@ async def test_a_weighted_alias_splits_invocations_and_moves_at_once(env: Env) -
         lambda found: found is not None,
         what="the gateway to see alias live",
     )
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(8) as pool:
-        answers = await asyncio.gather(
-            *(
-                loop.run_in_executor(pool, lambda: invoke_sync(client, fn, Qualifier="live"))
-                for _ in range(1000)
-            )
-        )
+    answers = await invoke_many(env.url, fn, "live", 1000, concurrency=8)
     executed = Counter(version for _, version in answers)
     assert set(executed) <= {"1", "2"}, executed
     assert all(body["tag"] == {"1": "one", "2": "two"}[version] for body, version in answers)
@@ -697,6 +720,57 @@ async def test_zips_go_to_the_code_store(env: Env, code_store: S3Server) -> None
     assert code_ == "InvalidParameterValueException", message
     assert "Code.ZipFile" in message, message
     await call(client.delete_function, FunctionName=fn)
+
+
+async def test_unreferenced_zips_are_deleted(env: Env, code_store: S3Server) -> None:
+    """Issue 19: a zip no Function, version or alias references is deleted after the grace period, by the one
+    collecting replica (this gateway alone: no peers); referenced ones stay, and a deleted function's go."""
+    client = lambda_client(env.url)
+    s3 = s3_client(code_store)
+    fn = f"{env.namespace}/collected"
+    zips = {tag: zipped(handler(tag)) for tag in ("one", "two", "three")}
+    keys = {tag: f"sha256/{hashlib.sha256(data).hexdigest()}.zip" for tag, data in zips.items()}
+
+    async def stored(tag: str) -> bool:
+        listed = await asyncio.to_thread(s3.list_objects_v2, Bucket="kubelambda-code", Prefix=keys[tag])
+        return any(o["Key"] == keys[tag] for o in listed.get("Contents", []))
+
+    await create_from(client, fn, zips["one"], Publish=True)  # version 1 keeps "one"
+    await call(client.update_function_code, FunctionName=fn, ZipFile=zips["two"])
+    await call(client.update_function_code, FunctionName=fn, ZipFile=zips["three"])  # $LATEST: "three"
+    last_upload = time.time()
+    assert [await stored(tag) for tag in zips] == [True, True, True]
+    collector = env.gateway.code_collector
+    assert collector is not None
+    await wait_for(
+        lambda: stored("two"), lambda found: not found, what="zip two (unreferenced) deleted", timeout=90
+    )
+    # A whole pass that began after the referenced zips were past the grace period left them.
+    await wait_for(
+        lambda: asyncio.sleep(0, result=collector.last_pass_started),
+        lambda started: started > last_upload + GRACE,
+        what="a collector pass past the grace period",
+        timeout=90,
+    )
+    assert [await stored("one"), await stored("three")] == [True, True]
+    listed = await env.kube.list(
+        resource_path("kubelambda.io/v1alpha1", "functions", namespace=env.namespace)
+    )
+    archives = {
+        i["metadata"]["name"]: i["spec"]["code"]["archive"]["sha256"]
+        for i in listed["items"]
+        if i["metadata"]["name"].startswith("collected")
+    }
+    assert archives == {
+        "collected": hashlib.sha256(zips["three"]).hexdigest(),
+        "collected-v1": hashlib.sha256(zips["one"]).hexdigest(),
+    }
+
+    await call(client.delete_function, FunctionName=fn)
+    for tag in ("one", "three"):
+        await wait_for(
+            lambda tag=tag: stored(tag), lambda found: not found, what=f"zip {tag} deleted", timeout=90
+        )
 
 
 SINK = """

@@ -53,6 +53,9 @@ def _print_state(state_dir: Path) -> None:
             print(f"gateway:     {state.gateway_url}")
         if state.nats_url:
             print(f"nats:        {natsauth.redacted(state.nats_url)}")
+        if state.code_store_url:
+            # The control-plane API's zips (docs/local-cluster.md): bucket kubelambda-code; S3Bucket may name uploads.
+            print(f"code store:  {state.code_store_url} (S3, SeaweedFS; CreateFunction's S3Bucket: uploads)")
         if state.gateway_access:
             print(f"reached by:  {state.gateway_access}")
         for note in state.moved:

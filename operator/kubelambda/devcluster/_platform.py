@@ -1,5 +1,5 @@
-"""kubelambda itself on the local cluster: CRDs, NATS JetStream, and the operator and the gateway as supervised
-processes.
+"""kubelambda itself on the local cluster: CRDs, NATS JetStream, the code store (SeaweedFS), and the operator and
+the gateway as supervised processes.
 
 Each runs with a token of its own ServiceAccount (``hack/operator-rbac.yaml``, ``hack/gateway-rbac.yaml``), so
 the local platform has exactly the permissions the chart grants; the gateway listens on 127.0.0.1 with auth on
@@ -36,7 +36,7 @@ from kubelambda.devcluster._ports import (
     retry_taken_ports,
 )
 from kubelambda.devcluster._process import spawn, stop
-from kubelambda.devcluster.servers import NatsServer
+from kubelambda.devcluster.servers import NatsServer, S3Server
 from kubelambda.kube import KubeClient, resource_path
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,10 @@ DEFAULT_GATEWAY_PORT = 8090
 DEFAULT_NATS_PORT = 4222
 DEVELOPER_NAMESPACE = "default"
 DEVELOPER_ACCOUNT = "kubelambda-developer"
+CODE_STORE_ACCESS_KEY = "kubelambda"  # SeaweedFS without IAM takes any key; the secret signs the code URLs
+CODE_STORE_SOURCE_BUCKET = (
+    "uploads"  # the bucket CreateFunction's S3Bucket/S3Key may name (docs/local-cluster.md)
+)
 
 
 def _kubeconfig_with_token(admin: Path, token: str, target: Path, user: str) -> Path:
@@ -71,6 +75,9 @@ class Platform:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     gateway_url: str = ""
     nats: NatsServer | None = None  # holds Event invocations (JetStream, file storage under <state>/nats)
+    code_store: S3Server | None = (
+        None  # the control-plane API's zips (SeaweedFS, data under <state>/code-store)
+    )
     access_key_id: str = ""  # the developer's access key (dev.json), allowed to invoke every Function
     secret_access_key: str = ""
     moved: list[str] = field(default_factory=list)  # "gateway: port 8090 was taken; it listens at …"
@@ -124,6 +131,11 @@ class Platform:
         )
         base = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")}
         agent_key = _agent_key(self.state_dir / "agent.key")
+        # The code store of the control-plane API (CreateFunction's zips), on any free port (Functions reference their
+        # zips through the gateway's URL, never the store's), before the fixed ports' lock below.
+        self.code_store = S3Server(self.state_dir / "code-store")
+        await self.code_store.start()
+        logger.info("The code store (SeaweedFS) listens at %s", self.code_store.endpoint)
         # From "is the fixed port free?" to "it listens": one step on this machine (fixed_ports_held).
         async with fixed_ports_held():
             nats = await self._start_servers(base, agent_key, gateway_config)
@@ -138,11 +150,15 @@ class Platform:
                 "KUBELAMBDA_BRIDGE_NATS_URL": nats.url_as("bridge"),  # Trigger bridges' onFailure.nats
                 "KUBELAMBDA_AGENT_NATS_URL": nats.url_as("agent"),  # function pods' log shipping
                 "KUBELAMBDA_AGENT_KEY": agent_key,
+                # Function pods' fetch-code downloads the API's zips from the gateway, which listens on 127.0.0.1
+                # (the pods share this machine's network): that one loopback address only (docs/local-cluster.md).
+                "KUBELAMBDA_URL_ALLOW_CIDRS": '["127.0.0.1/32"]',
             },
         )
 
     async def _start_servers(self, base: dict[str, str], agent_key: str, gateway_config: Path) -> NatsServer:
-        """NATS, then the gateway, each on its fixed port when that is free; the NATS server."""
+        """NATS and the code store, then the gateway, NATS and the gateway on their fixed ports when free; the NATS
+        server."""
         # NATS users, one per component, each with only its subjects (docs/security.md, "NATS").
         passwords = _nats_passwords(self.state_dir / "nats-users.json")
         self.nats = NatsServer(self.state_dir / "nats", port=_preferred(self.nats_port), passwords=passwords)
@@ -150,6 +166,9 @@ class Platform:
         logger.info("NATS JetStream for Event invocations listens at %s", self.nats.url)
         if not self.nats.url.endswith(f":{self.nats_port}"):
             self._moved("nats", self.nats_port, self.nats.url)
+        assert self.code_store is not None
+        store = self.code_store
+        store_secret = _secret_file(self.state_dir / "code-store.key")
         preferred = _preferred(self.gateway_port)
         nats = self.nats
 
@@ -175,6 +194,11 @@ class Platform:
                     "KUBELAMBDA_GATEWAY_AUTH_MODE": "kubernetes",
                     "KUBELAMBDA_GATEWAY_AUTH_NAMESPACE": SYSTEM_NS,
                     "KUBELAMBDA_GATEWAY_AGENT_KEY": agent_key,
+                    "KUBELAMBDA_GATEWAY_CODE_STORE_ENDPOINT": store.endpoint,
+                    "KUBELAMBDA_GATEWAY_CODE_STORE_ACCESS_KEY_ID": CODE_STORE_ACCESS_KEY,
+                    "KUBELAMBDA_GATEWAY_CODE_STORE_SECRET_ACCESS_KEY": store_secret,
+                    "KUBELAMBDA_GATEWAY_CODE_STORE_SOURCE_BUCKETS": json.dumps([CODE_STORE_SOURCE_BUCKET]),
+                    "KUBELAMBDA_GATEWAY_CODE_URL": self.gateway_url,
                 },
             )
             try:
@@ -318,6 +342,9 @@ class Platform:
         if self.nats is not None:
             for proc in self.nats.procs:
                 pids["nats"] = proc.pid
+        if self.code_store is not None:
+            for proc in self.code_store.procs:
+                pids["code-store"] = proc.pid
         return pids
 
     async def stop(self) -> None:
@@ -327,6 +354,9 @@ class Platform:
         if self.nats is not None:
             await self.nats.stop()
             self.nats = None
+        if self.code_store is not None:
+            await self.code_store.stop()
+            self.code_store = None
 
 
 def _nats_passwords(path: Path) -> dict[str, str]:
@@ -341,6 +371,12 @@ def _nats_passwords(path: Path) -> dict[str, str]:
 
 def _agent_key(path: Path) -> str:
     """The platform's agent key (docs/security.md), generated once and kept in the state folder."""
+    return _secret_file(path)
+
+
+def _secret_file(path: Path) -> str:
+    """A random secret generated once and kept in the state folder (the agent key; the code store's secret key,
+    from which the gateway derives the signing key of the code URLs that Functions keep in their spec)."""
     if not path.exists():
         path.write_text(secrets.token_urlsafe(32))
         path.chmod(0o600)

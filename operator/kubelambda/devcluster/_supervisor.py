@@ -50,6 +50,7 @@ class DevState:
     pod_network: str = ""
     gateway_url: str | None = None
     nats_url: str | None = None  # NATS JetStream of Event invocations, dead letters (`kubelambda dlq`), logs
+    code_store_url: str | None = None  # the S3 endpoint of the control-plane API's code store (SeaweedFS)
     endpoints: dict[str, str] = field(default_factory=dict)  # every URL the platform serves, by name
     moved: list[str] = field(default_factory=list)  # fixed ports that were taken, and where they went instead
     kubectl: str = ""  # the kubectl of the server's version (`dev env` puts its folder first on PATH)
@@ -208,6 +209,8 @@ async def serve(
             state.gateway_url = kubelambda.gateway_url
             # The CLI's (kubelambda logs, kubelambda dlq): the admin user's; dev.json is the user's own (0600).
             state.nats_url = kubelambda.nats.url_as("admin") if kubelambda.nats is not None else None
+            store = kubelambda.code_store
+            state.code_store_url = store.endpoint if store is not None else None
             state.moved = list(kubelambda.moved)
             state.aws_access_key_id = kubelambda.access_key_id
             state.aws_secret_access_key = kubelambda.secret_access_key
@@ -229,6 +232,7 @@ async def serve(
             "kubelet": f"https://{node_ip}:{node.kubelet_port}",
             **({"gateway": state.gateway_url} if state.gateway_url else {}),
             **({"nats": natsauth.redacted(state.nats_url)} if state.nats_url else {}),
+            **({"code store": state.code_store_url} if state.code_store_url else {}),
         }
         state.limits = node.cgroups.describe() if node.cgroups is not None else ""
         await _run_until_stopped(

@@ -37,6 +37,7 @@ from kubelambda.gateway.auth import (
     Identity,
     destination_refusal,
 )
+from kubelambda.gateway.codestore import CodeCollector, CodeStore
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
 from kubelambda.gateway.functionname import (
@@ -84,6 +85,9 @@ class Gateway(RegistryLookups):
     buffered: int = 0  # request body bytes all requests hold now (max_buffered_request_bytes)
     peers: Peers | None = None  # several replicas (settings.peer_url): membership and the leader's Lease
     draining: bool = False  # SIGTERM: /readyz answers 503, then in-flight requests finish (drain)
+    code_collector: CodeCollector | None = (
+        None  # deletes unreferenced zips of the code store (the leader's acts)
+    )
 
     def __post_init__(self) -> None:
         self.path = InvokePath(self.settings, self.registry, Activator(self.kube), self.http)
@@ -613,6 +617,12 @@ class Gateway(RegistryLookups):
             self._tasks.append(asyncio.create_task(self.auth.keys.run(self.kube), name="access keys"))
         if s.http_routes:
             self._tasks.append(asyncio.create_task(self.routes.run(self.kube), name="trigger routes"))
+        if s.code_store_endpoint is not None:
+            peers = self.peers
+            self.code_collector = CodeCollector(
+                CodeStore(s), self.kube, is_collector=lambda: peers is None or peers.is_leader
+            )
+            self._tasks.append(asyncio.create_task(self.code_collector.run(), name="code store collector"))
         if any(n > 0 for n in s.warm_pool_sizes.values()):
             from kubelambda.gateway.warmpool import WarmPool
 

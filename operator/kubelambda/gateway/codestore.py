@@ -10,24 +10,32 @@ read the Function may read its code, as in Lambda.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
+import logging
+import re
 import time
 import urllib.parse
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
+from kubelambda.api.v1alpha1 import API_VERSION
 from kubelambda.gateway.config import GatewaySettings
+from kubelambda.kube import ApiError, KubeClient, resource_path
 
 ZIP_MAX_BYTES = 50 * 1024 * 1024  # Lambda's direct upload limit (zipped); fetch-code refuses more too
 CODE_PATH = "/kubelambda/code"
 LOCATION_SECONDS = 600  # Lambda's Code.Location is valid ten minutes
 _KEY_PREFIX = "sha256/"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+logger = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -133,16 +141,23 @@ class CodeStore:
         self._bucket_ready = True
 
     async def put(self, data: bytes) -> StoredCode:
-        """Stores a zip under its sha256 (once: an object already there is the same bytes)."""
+        """Stores a zip under its sha256 (once: an object already there is the same bytes). An object older than
+        half the collector's grace period is written again, so that its age restarts: the Function that will
+        reference it is written well within the grace period (:class:`CodeCollector`)."""
 
         sha = hashlib.sha256(data).hexdigest()
+        key = _KEY_PREFIX + sha + ".zip"
         try:
             async with self._client() as client:
                 await self._ensure_bucket(client)
                 try:
-                    await client.head_object(Bucket=self.bucket, Key=_KEY_PREFIX + sha + ".zip")
+                    head = await client.head_object(Bucket=self.bucket, Key=key)
+                    age = time.time() - head["LastModified"].timestamp()
+                    fresh = age < self.settings.code_store_gc_grace_seconds / 2
                 except ClientError:
-                    await client.put_object(Bucket=self.bucket, Key=_KEY_PREFIX + sha + ".zip", Body=data)
+                    fresh = False
+                if not fresh:
+                    await client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except (ClientError, BotoCoreError) as e:
             raise StoreError(
                 "ServiceException", f"The code store at {self.endpoint} refused the zip: {e}"
@@ -217,6 +232,87 @@ class CodeStore:
             raise web.HTTPBadGateway(text=f"the code store: {e}") from e
         except BotoCoreError as e:
             raise web.HTTPBadGateway(text=f"the code store: {e}") from e
+
+    async def stored(self) -> dict[str, float]:
+        """Every zip of the store: sha256 → when it was last written (Unix time)."""
+        found: dict[str, float] = {}
+        async with self._client() as client:
+            await self._ensure_bucket(client)
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=_KEY_PREFIX)
+            async for page in pages:
+                for item in page.get("Contents") or []:
+                    sha = str(item["Key"])[len(_KEY_PREFIX) :].removesuffix(".zip")
+                    if _SHA256.match(sha):
+                        found[sha] = item["LastModified"].timestamp()
+        return found
+
+    async def delete(self, shas: list[str]) -> None:
+        async with self._client() as client:
+            for sha in shas:
+                await client.delete_object(Bucket=self.bucket, Key=_KEY_PREFIX + sha + ".zip")
+
+
+class CodeCollector:
+    """Deletes the zips no Function references (docs/versions.md, "Code"): every ``interval`` seconds, when
+    ``is_collector()`` (the leader replica; every replica runs the loop, one acts), it lists the store, then every
+    Function (``$LATEST`` and published versions; an alias names versions, which are Functions), and deletes each
+    zip that no ``spec.code.archive.sha256`` names and that was written more than ``grace`` seconds ago. The store
+    is listed first: a zip stored after that listing is not a candidate, and one stored before it (or written again
+    by :meth:`CodeStore.put`) is younger than the grace period while its Function is being written."""
+
+    def __init__(
+        self, store: CodeStore, kube: KubeClient, *, is_collector: Callable[[], bool] = lambda: True
+    ) -> None:
+        self.store = store
+        self.kube = kube
+        self.is_collector = is_collector
+        self.interval = store.settings.code_store_gc_interval_seconds
+        self.grace = store.settings.code_store_gc_grace_seconds
+        self.passes = 0
+        """Passes completed (this replica's)."""
+        self.last_pass_started = 0.0
+        """Unix time the last completed pass listed the store."""
+        self.deleted = 0
+
+    async def referenced(self) -> set[str]:
+        listed = await self.kube.list(resource_path(API_VERSION, "functions"))
+        out: set[str] = set()
+        for item in listed.get("items", []):
+            archive = ((item.get("spec") or {}).get("code") or {}).get("archive") or {}
+            sha = archive.get("sha256")
+            if isinstance(sha, str):
+                out.add(sha.lower())
+        return out
+
+    async def collect(self) -> list[str]:
+        """One pass; the sha256s it deleted."""
+        started = time.time()
+        stored = await self.store.stored()
+        referenced = await self.referenced()
+        doomed = sorted(
+            sha for sha, written in stored.items() if sha not in referenced and written < started - self.grace
+        )
+        if doomed:
+            await self.store.delete(doomed)
+            logger.info("Deleted %d zip(s) no Function references from the code store", len(doomed))
+        self.deleted += len(doomed)
+        self.passes += 1
+        self.last_pass_started = started
+        return doomed
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if not self.is_collector():
+                continue
+            try:
+                await self.collect()
+            except (ClientError, BotoCoreError, ApiError, OSError) as e:
+                logger.warning(
+                    "The code store's collector could not finish a pass (next in %.0f s): %s",
+                    self.interval,
+                    e,
+                )
 
 
 def _s3_code(e: Any) -> str:

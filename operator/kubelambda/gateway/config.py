@@ -126,6 +126,13 @@ class GatewaySettings(BaseSettings):
     code_store_source_buckets: list[str] = Field(default_factory=list)
     """Buckets of the store a CreateFunction / UpdateFunctionCode may name with ``S3Bucket``, JSON list
     (default empty: none). Anyone allowed to create a function may read any object in them."""
+    code_store_gc_interval_seconds: float = Field(default=600.0, gt=0, le=86400)
+    """How often unreferenced zips are looked for (default 10 min): by the leader replica (one replica alone
+    without ``peer_url``), which deletes every zip of the store that no Function, published version or alias (whose
+    versions are Functions) references and that is older than ``code_store_gc_grace_seconds``."""
+    code_store_gc_grace_seconds: float = Field(default=3600.0, ge=1, le=30 * 86400)
+    """Age below which an unreferenced zip is kept (default 1 h): a zip just stored for a CreateFunction /
+    UpdateFunctionCode whose Function is not written yet is never deleted under it."""
     code_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
     """The gateway URL function pods download stored code from (``http://kubelambda-gateway.kubelambda-system:8080``);
     unset = the URL the API caller used."""
