@@ -1,5 +1,5 @@
 """Lambda's control-plane API, versions and aliases against the real local cluster: boto3 and the AWS CLI (from
-PyPI) as clients, the operator running the functions, the gateway as its own ServiceAccount (docs/lambda-api.md,
+PyPI) as clients, the operator running the functions, the gateway as its own ServiceAccount (docs/versions.md,
 docs/versions.md)."""
 
 from __future__ import annotations

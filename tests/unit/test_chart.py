@@ -453,6 +453,74 @@ def test_every_setting_the_chart_passes_is_a_known_valid_setting(
         cls()  # raises ValidationError naming the variable
 
 
+def test_the_code_store_values_reach_the_gateway(helm: Path, tmp_path: Path) -> None:
+    """Issue 19 item 4: gateway.codeStore sets the gateway's code store (credentials from the named Secret, code URLs
+    on the gateway Service by default), opens the gateway's egress to its port; without a Secret it fails naming
+    the key; unset, no store."""
+    assert not any(
+        k.startswith("KUBELAMBDA_GATEWAY_CODE")
+        for k in env_of(find(render(helm), "Deployment", "kubelambda-gateway"))
+    )
+    values = tmp_path / "store.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "gateway": {
+                    "codeStore": {
+                        "endpoint": "http://seaweedfs-s3.storage:8333",
+                        "credentialsSecret": "code-store",
+                        "sourceBuckets": ["uploads"],
+                        "gcGraceSeconds": 600,
+                    }
+                }
+            }
+        )
+    )
+    docs = render(helm, "-f", str(values))
+    gateway = find(docs, "Deployment", "kubelambda-gateway")
+    env = env_of(gateway)
+    assert {k: v for k, v in env.items() if k.startswith("KUBELAMBDA_GATEWAY_CODE")} == {
+        "KUBELAMBDA_GATEWAY_CODE_STORE_ENDPOINT": "http://seaweedfs-s3.storage:8333",
+        "KUBELAMBDA_GATEWAY_CODE_STORE_BUCKET": "kubelambda-code",
+        "KUBELAMBDA_GATEWAY_CODE_STORE_REGION": "us-east-1",
+        "KUBELAMBDA_GATEWAY_CODE_STORE_ACCESS_KEY_ID": "",
+        "KUBELAMBDA_GATEWAY_CODE_STORE_SECRET_ACCESS_KEY": "",
+        "KUBELAMBDA_GATEWAY_CODE_STORE_SOURCE_BUCKETS": '["uploads"]',
+        "KUBELAMBDA_GATEWAY_CODE_STORE_GC_INTERVAL_SECONDS": "600",
+        "KUBELAMBDA_GATEWAY_CODE_STORE_GC_GRACE_SECONDS": "600",
+        "KUBELAMBDA_GATEWAY_CODE_URL": "http://kubelambda-gateway.kubelambda-system.svc:8080",
+    }
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]
+        if e["name"].startswith("KUBELAMBDA_GATEWAY_CODE_STORE_") and "valueFrom" in e
+    }
+    assert refs == {
+        "KUBELAMBDA_GATEWAY_CODE_STORE_ACCESS_KEY_ID": {"name": "code-store", "key": "AWS_ACCESS_KEY_ID"},
+        "KUBELAMBDA_GATEWAY_CODE_STORE_SECRET_ACCESS_KEY": {
+            "name": "code-store",
+            "key": "AWS_SECRET_ACCESS_KEY",
+        },
+    }
+    egress = find(docs, "NetworkPolicy", "kubelambda-gateway")["spec"]["egress"]
+    assert {"ports": [{"port": 8333, "protocol": "TCP"}]} in egress
+    failed = run_helm(
+        helm,
+        "template",
+        "kubelambda",
+        str(CHART),
+        "--set",
+        "gateway.codeStore.endpoint=http://s3:8333",
+        check=False,
+    )
+    assert failed.returncode != 0
+    assert "gateway.codeStore.credentialsSecret: required" in failed.stderr
+    failed = run_helm(
+        helm, "template", "kubelambda", str(CHART), "--set", "gateway.codeStore.bucket=No_Bucket", check=False
+    )
+    assert "/gateway/codeStore/bucket" in failed.stderr
+
+
 def test_warm_pools_in_a_namespace_of_their_own(helm: Path) -> None:
     """Issue 17 item 3: pool pods are not beside the operator's ServiceAccount; the gateway's pod, Deployment and
     NetworkPolicy rights are in the pool namespace only, and it holds no cluster-wide deployments/scale."""

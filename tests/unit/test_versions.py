@@ -285,6 +285,17 @@ def test_code_sha256_is_lambdas_base64() -> None:
     assert not lambdaapi.same_sha256("0" * 64, digest)
 
 
+def test_a_code_store_needs_its_secret_key_which_signs_the_code_urls() -> None:
+    with pytest.raises(ValueError, match="KUBELAMBDA_GATEWAY_CODE_STORE_SECRET_ACCESS_KEY"):
+        GatewaySettings(code_store_endpoint="http://store:8333")
+    with pytest.raises(ValueError, match="code_store_gc_grace_seconds"):
+        GatewaySettings(
+            code_store_endpoint="http://store:8333",
+            code_store_secret_access_key="s",
+            code_store_gc_grace_seconds=0,
+        )
+
+
 def test_code_urls_are_signed_and_expire() -> None:
     store = CodeStore(
         GatewaySettings(code_store_endpoint="http://store:8333", code_store_secret_access_key="secret")

@@ -189,7 +189,12 @@ podAntiAffinity:
 
 {{/* The TCP port of tracing.endpoint (its own, else 443 for https, 80 for http). */}}
 {{- define "kubelambda.tracingPort" -}}
-{{- $u := urlParse .Values.tracing.endpoint -}}
+{{- include "kubelambda.urlPort" .Values.tracing.endpoint -}}
+{{- end -}}
+
+{{/* The TCP port of an http(s) URL: its own, else 443 for https and 80 for http. */}}
+{{- define "kubelambda.urlPort" -}}
+{{- $u := urlParse . -}}
 {{- $parts := splitList ":" $u.host -}}
 {{- if gt (len $parts) 1 }}{{ last $parts }}{{ else if eq $u.scheme "https" }}443{{ else }}80{{ end -}}
 {{- end -}}

@@ -201,6 +201,17 @@ class GatewaySettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _code_store_needs_a_secret(self) -> GatewaySettings:
+        if self.code_store_endpoint is not None and not (
+            self.code_store_secret_access_key and self.code_store_secret_access_key.get_secret_value()
+        ):
+            raise ValueError(
+                f"KUBELAMBDA_GATEWAY_CODE_STORE_ENDPOINT={self.code_store_endpoint} needs "
+                "KUBELAMBDA_GATEWAY_CODE_STORE_SECRET_ACCESS_KEY: the code URLs are signed with a key derived from it"
+            )
+        return self
+
     @field_validator("url_allow_cidrs")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:

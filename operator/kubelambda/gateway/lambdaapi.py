@@ -1,5 +1,5 @@
 """Lambda's control-plane API (rest-json, the 2015-03-31 paths botocore's service model routes), on the
-gateway's port: functions, versions, aliases, reserved concurrency, account settings (docs/lambda-api.md).
+gateway's port: functions, versions, aliases, reserved concurrency, account settings (docs/versions.md).
 
 Every call takes the gateway's auth step (gateway/auth): the caller's identity, then a SubjectAccessReview of
 the RBAC verb the call needs on ``functions.kubelambda.io`` (``functionaliases`` for alias writes), so the API
@@ -162,7 +162,7 @@ def unzip_inline(data: bytes) -> dict[str, str]:
         if not _INLINE_FILE.match(info.filename):
             raise Failure(
                 "CodeStorageExceededException",
-                f"Code.ZipFile: {info.filename!r} is not a top-level file; without a code store (docs/lambda-api.md, "
+                f"Code.ZipFile: {info.filename!r} is not a top-level file; without a code store (docs/versions.md, "
                 "'Code') a zip must hold plain files only",
             )
         size += info.file_size
@@ -170,14 +170,14 @@ def unzip_inline(data: bytes) -> dict[str, str]:
             raise Failure(
                 "CodeStorageExceededException",
                 f"Code.ZipFile unpacks to more than {CONFIGMAP_LIMIT_BYTES} bytes; without a code store "
-                "(docs/lambda-api.md, 'Code') a zip must fit in a ConfigMap",
+                "(docs/versions.md, 'Code') a zip must fit in a ConfigMap",
             )
         try:
             files[info.filename] = archive.read(info).decode()
         except UnicodeDecodeError as e:
             raise Failure(
                 "CodeStorageExceededException",
-                f"Code.ZipFile: {info.filename!r} is not UTF-8 text; without a code store (docs/lambda-api.md, "
+                f"Code.ZipFile: {info.filename!r} is not UTF-8 text; without a code store (docs/versions.md, "
                 "'Code') a zip must hold text files only",
             ) from e
     if not files:
