@@ -64,6 +64,28 @@ curl -s -i "$gateway/http/demo/hello-python311/hi" | grep -i -e '^HTTP' -e '^x-a
 
 echo
 echo
+echo "==> Lambda's control-plane API: the AWS CLI creates a function from a zip (kept in the code store, SeaweedFS)"
+work=$(mktemp -d)
+python3 - "$work/hello.zip" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1], "w") as archive:
+    archive.writestr("app.py", "def handler(event, context):\n    return {'message': f'Hello from version {context.function_version}!'}\n")
+PY
+awsl() { AWS_ACCESS_KEY_ID=$key_id AWS_SECRET_ACCESS_KEY=$key_secret AWS_DEFAULT_REGION=us-east-1 \
+  aws lambda --endpoint-url "$gateway" "$@"; }
+awsl delete-function --function-name demo/zipped >/dev/null 2>&1 || true  # a demo run before this one
+echo "\$ aws lambda create-function --function-name demo/zipped --runtime python3.11 --handler app.handler \\"
+echo "    --role arn:aws:iam::demo:role/default --zip-file fileb://hello.zip --publish"
+awsl create-function --function-name demo/zipped --runtime python3.11 --handler app.handler \
+  --role arn:aws:iam::demo:role/default --zip-file "fileb://$work/hello.zip" --publish \
+  --query '{Version: Version, State: State, CodeSha256: CodeSha256, CodeSize: CodeSize}' --output json
+echo "\$ aws lambda wait published-version-active --function-name demo/zipped --qualifier 1"
+awsl wait published-version-active --function-name demo/zipped --qualifier 1
+echo "\$ aws lambda invoke --function-name demo/zipped --qualifier 1 out.json && cat out.json"
+awsl invoke --function-name demo/zipped --qualifier 1 "$work/out.json" --output json
+cat "$work/out.json"
+echo
+echo
 echo "==> HTTP Triggers: examples/http-api, a REST API of two routes (docs/triggers.md)"
 k -n demo apply -f examples/http-api/function.yaml
 k -n demo wait --for=condition=Ready fn/notes trigger/notes-collection trigger/notes-item --timeout=120s

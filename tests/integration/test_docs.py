@@ -91,6 +91,7 @@ PAGES = (
         "README.md",
         (
             "Hello, demo!",  # make demo
+            "Hello from version 1!",  # make demo: aws lambda create-function --zip-file (the code store)
             '"message": "Hello, you!"',
             "The local cluster is stopped.",
             "kubelambda-local",  # kubectl get nodes
