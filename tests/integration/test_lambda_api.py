@@ -396,6 +396,11 @@ async def test_errors_are_lambdas(env: Env) -> None:
     assert code == "ResourceConflictException", message
     assert "gitops" in message, message
     assert env.cluster.kubectl_json("get", "function", "errs", "-n", env.namespace)["spec"]["memoryMB"] == 192
+    code, message = await error_of(
+        client.update_function_configuration, FunctionName=fn, Timeout=7, RevisionId="1"
+    )
+    assert code == "PreconditionFailedException", message
+    assert "RevisionId" in message, message
     updated = await call(client.update_function_configuration, FunctionName=fn, Timeout=7)
     assert (updated["Timeout"], updated["MemorySize"]) == (7, 192)
     # LoggingConfig (docs/logs.md): Lambda's fields, through boto3's own validation and the CRD's rule.
@@ -474,6 +479,7 @@ async def test_the_aws_cli_manages_functions(env: Env, tmp_path: Path) -> None:
     await asyncio.to_thread(
         aws, "wait", "published-version-active", "--function-name", fn, "--qualifier", "1"
     )
+    await asyncio.to_thread(aws, "wait", "function-active-v2", "--function-name", fn)
     alias = await asyncio.to_thread(
         aws, "create-alias", "--function-name", fn, "--name", "prod", "--function-version", "1"
     )
@@ -510,8 +516,17 @@ async def test_the_aws_cli_manages_functions(env: Env, tmp_path: Path) -> None:
         kubelambda, "alias", "update", fn, "--alias", "prod", "--version", "$LATEST"
     )
     assert moved[0]["FunctionVersion"] == "$LATEST"
+    created_alias = await asyncio.to_thread(
+        kubelambda, "alias", "create", fn, "--alias", "beta", "--version", "1"
+    )
+    assert (created_alias[0]["Name"], created_alias[0]["FunctionVersion"]) == ("beta", "1")
     aliases = await asyncio.to_thread(kubelambda, "alias", "list", fn)
-    assert [(a["Name"], a["FunctionVersion"]) for a in aliases] == [("prod", "$LATEST")]
+    assert [(a["Name"], a["FunctionVersion"]) for a in aliases] == [("beta", "1"), ("prod", "$LATEST")]
+    kubectl_aliases = env.cluster.kubectl("get", "functionaliases", "-n", env.namespace).stdout.splitlines()
+    assert sorted(line.split()[:4] for line in kubectl_aliases[1:]) == [
+        ["cli.beta", "cli", "beta", "1"],
+        ["cli.prod", "cli", "prod", "$LATEST"],
+    ]
     await asyncio.to_thread(aws, "delete-function", "--function-name", fn)
 
 
