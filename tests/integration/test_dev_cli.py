@@ -87,7 +87,8 @@ def create_function_through_the_code_store(state: dict[str, Any], status: str, t
     """Issue 19 item 4: dev up runs the code store (SeaweedFS) and the gateway uses it, so `aws lambda
     create-function` with a zip no ConfigMap holds (a folder, binary bytes) runs; dev status names the store."""
     store = state["endpoints"]["code store"]
-    assert store == state["code_store_url"] and store.startswith("http://127.0.0.1:")
+    assert store == state["code_store_url"]
+    assert store.startswith("http://127.0.0.1:")
     assert f"code store:  {store}" in status
     assert "code-store" in state["components"]
     archive = tmp_path / "code.zip"
