@@ -313,6 +313,8 @@ class CodeCollector:
                     self.interval,
                     e,
                 )
+            except Exception:  # never the gateway's end: the next pass tries again
+                logger.exception("The code store's collector failed a pass (next in %.0f s)", self.interval)
 
 
 def _s3_code(e: Any) -> str:
