@@ -220,11 +220,16 @@ class CodeStore:
                         "Content-Length": str(answer["ContentLength"]),
                     }
                 )
-                await response.prepare(request)
-                async with answer["Body"] as body:
-                    while chunk := await body.read(256 * 1024):
-                        await response.write(chunk)
-                await response.write_eof()
+                try:
+                    await response.prepare(request)
+                    async with answer["Body"] as body:
+                        while chunk := await body.read(256 * 1024):
+                            await response.write(chunk)
+                    await response.write_eof()
+                except ConnectionResetError:
+                    # The downloader went away (a pod's init container stopped, a client gave up): nothing to
+                    # answer, and no "unexpected error" either.
+                    logger.info("The download of zip %s ended: the client closed the connection", sha)
                 return response
         except ClientError as e:
             if _s3_code(e) in ("NoSuchKey", "404"):
