@@ -674,6 +674,8 @@ async def http_get(url: str) -> tuple[int, bytes]:
         return resp.status, await resp.read()
 
 
+# Three rollouts from zero with a 3 MiB zip: over pytest's default 300 s once at load 85.
+@pytest.mark.timeout(900)
 async def test_zips_go_to_the_code_store(env: Env, code_store: S3Server) -> None:
     """A binary 3 MiB zip with a folder (no ConfigMap holds it) is stored by its sha256 and fetched by the pods;
     GetFunction's Code.Location downloads it; CodeSha256 is Lambda's base64; S3Bucket/S3Key/S3ObjectVersion
