@@ -24,6 +24,8 @@ from kubelambda.bridge.schedule import LAST_FIRED, ScheduleBridge
 from kubelambda.bridge.schedule_expressions import iso
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
+from kubelambda.operator._cleanup import GRACE_SECONDS, held_in_deletion
+from kubelambda.resources.bridge import CLEANUP_FINALIZER
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
@@ -365,3 +367,34 @@ async def test_the_http_api_and_cron_examples_work_as_documented(env: Env) -> No
     assert await call("DELETE", "/notes/1") == (200, {"text": "hello", "id": "1"})
     assert (await call("GET", "/notes/1"))[0] == 404
     assert (await call("PUT", "/notes/1"))[0] == 405
+
+
+async def test_a_namespace_deleted_under_a_held_postgres_trigger_is_not_held_for_ever(env: Env) -> None:
+    """PostgreSQL stream Triggers whose bridge holds the cleanup finalizer (it created a slot, then its pod went):
+    one deleted on its own first, one deleted with the namespace. A terminating namespace admits no bridge pod, so
+    the operator takes the finalizers off after its grace and the namespace goes (`kubectl delete namespace` of
+    examples/orders-table hung for ever before; docs/triggers-database.md)."""
+    postgres = {"url": "postgresql://kubelambda@127.0.0.1:9/shop", "tables": ["orders"]}
+    for name in ("alone", "with-namespace"):
+        env.apply(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Trigger",
+                "metadata": {"name": name, "finalizers": [CLEANUP_FINALIZER]},
+                "spec": {"function": "absent", "enabled": False, "stream": {"postgres": postgres}},
+            }
+        )
+    alone = trigger_path(env.namespace, "alone")
+    await env.kube.delete(alone)
+    held = await env.kube.get(alone)
+    assert held["metadata"]["deletionTimestamp"]
+    assert held_in_deletion(held)
+
+    namespace = resource_path("v1", "namespaces", name=env.namespace)
+    await env.kube.delete(namespace)
+    await wait_for(
+        lambda: env.kube.get_or_none(namespace),
+        lambda ns: ns is None,
+        what=f"namespace {env.namespace} deleted",
+        timeout=GRACE_SECONDS + 120,
+    )

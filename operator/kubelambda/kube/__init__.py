@@ -2,6 +2,7 @@
 credentials (:class:`Login`) a client is made from."""
 
 from kubelambda.kube._client import ApiError, KubeClient, WatchEvent, resource_path
+from kubelambda.kube._finalizers import change_finalizer
 from kubelambda.kube._informer import list_and_watch
 from kubelambda.kube._login import Login, default_login
 
@@ -10,6 +11,7 @@ __all__ = [
     "KubeClient",
     "Login",
     "WatchEvent",
+    "change_finalizer",
     "default_login",
     "list_and_watch",
     "resource_path",

@@ -26,6 +26,7 @@ from kubelambda import metrics
 from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, Login, resource_path
+from kubelambda.operator._cleanup import follow_held_trigger
 from kubelambda.operator._owned import NAME_CONFLICT, Outcome
 from kubelambda.operator._pace import AdaptiveLimit, backoff_seconds, is_transient
 from kubelambda.operator._reconcile import FunctionReconciler
@@ -388,6 +389,8 @@ def build_registry() -> kopf.OperatorRegistry:
                     ),
                     {"spec": {"replicas": 1}},
                 )
+        # A Trigger held by its bridge's cleanup finalizer in a namespace being deleted (operator/_cleanup.py).
+        await follow_held_trigger(memo["ctx"].kube, dict(body))
         new = _trigger_source_refresh(dict(body))
         if new is not None:
             await _patch_status_changes(

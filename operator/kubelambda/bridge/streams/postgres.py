@@ -53,7 +53,7 @@ from kubelambda.bridge.streams._pgoutput import (
     Truncate,
     sequence_number,
 )
-from kubelambda.kube import ApiError, resource_path
+from kubelambda.kube import change_finalizer, resource_path
 from kubelambda.resources.bridge import CLEANUP_FINALIZER as FINALIZER
 
 log = logging.getLogger("kubelambda.bridge.streams.postgres")
@@ -498,34 +498,12 @@ class _PostgresClient:
         )
 
     async def _finalizer(self, *, hold: bool) -> None:
-        """Puts :data:`FINALIZER` on the Trigger (``hold``) or takes it off; a merge patch carrying the
-        resourceVersion read, so another party's finalizers are never lost (a conflict reads again)."""
-        for _ in range(10):
-            found = await self.ctx.kube.get_or_none(self._trigger_path())
-            if found is None:
-                return
-            meta = found.get("metadata") or {}
-            uid = self.ctx.trigger_meta.get("uid")
-            if uid is not None and meta.get("uid") != uid:
-                return  # another Trigger of the same name: not ours to change
-            finalizers: list[str] = list(meta.get("finalizers") or [])
-            if (FINALIZER in finalizers) == hold:
-                return
-            if hold and meta.get("deletionTimestamp"):
-                raise RuntimeError(f"Trigger {self.ctx.name} is being deleted: creating nothing for it")
-            wanted = [*finalizers, FINALIZER] if hold else [f for f in finalizers if f != FINALIZER]
-            try:
-                await self.ctx.kube.patch(
-                    self._trigger_path(),
-                    {"metadata": {"finalizers": wanted, "resourceVersion": meta.get("resourceVersion")}},
-                )
-            except ApiError as e:
-                if e.status in (404, 409):
-                    continue
-                raise
+        """Puts :data:`FINALIZER` on the Trigger (``hold``) or takes it off, never losing another party's
+        (kubelambda.kube.change_finalizer); another Trigger of the same name is left alone."""
+        if await change_finalizer(
+            self.ctx.kube, self._trigger_path(), FINALIZER, hold=hold, uid=self.ctx.trigger_meta.get("uid")
+        ):
             log.info("%s finalizer %s on Trigger %s", "Put" if hold else "Took", FINALIZER, self.ctx.name)
-            return
-        raise RuntimeError(f"could not change the finalizers of Trigger {self.ctx.name}: it kept changing")
 
     async def trigger_deleted(self) -> bool:
         """The Trigger this bridge runs for is gone (or going): not found, a deletion timestamp, another uid.
