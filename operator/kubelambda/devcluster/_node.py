@@ -153,6 +153,7 @@ class LocalNode:
             runner.pod["metadata"]["deletionGracePeriodSeconds"] = min(runner._grace(), grace_seconds)
         try:
             await asyncio.gather(*(r.terminate() for r in self.runners.values()), return_exceptions=True)
+            await asyncio.gather(*(r.report_stopped() for r in self.runners.values()), return_exceptions=True)
             await asyncio.gather(*(r.close() for r in self.runners.values()), return_exceptions=True)
             self.runners.clear()
         finally:

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import shutil
 
+import aiohttp
+
 from kubelambda.devcluster._pod_base import JSON, ContainerState, NodeContext, now_rfc3339
 from kubelambda.devcluster._pod_processes import PodProcesses
 from kubelambda.devcluster._pod_status import PodStatus
@@ -75,6 +77,12 @@ class PodRunner(PodProcesses, PodStatus):
                 task.cancel()
             c.ready = False
         self.mark()
+
+    async def report_stopped(self) -> None:
+        """Writes the terminated status at once: a node that stops closes its pods right after terminating them,
+        which would cancel the status writer before it wrote (the next start then took the pods for running)."""
+        with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
+            await self._flush()
 
     async def finish_deletion(self) -> None:
         """After termination: the final status, then the pod object's removal (the kubelet's last word)."""
