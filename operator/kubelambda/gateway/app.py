@@ -35,8 +35,8 @@ from kubelambda.gateway.auth import (
     Authoriser,
     AuthRefused,
     Identity,
-    destination_refusal,
 )
+from kubelambda.gateway.auth.reviews import AccessReviewer
 from kubelambda.gateway.codestore import CodeCollector, CodeStore
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
@@ -270,16 +270,8 @@ class Gateway(RegistryLookups):
     def arn_region(self) -> str:
         return self.settings.region
 
-    async def destination_refusal(self, namespace: str, source: str, target: str) -> str | None:
-        fn = self.registry.functions.get((namespace, source))
-        return await destination_refusal(
-            self.auth.access if self.auth.enabled else None,
-            namespace,
-            source,
-            fn.spec.service_account_name if fn is not None else None,
-            target,
-            arn=self.function_arn(namespace, target),
-        )
+    def destination_access(self) -> AccessReviewer | None:
+        return self.auth.access if self.auth.enabled else None
 
     async def invoke_for_worker(
         self, namespace: str, name: str, payload: bytes, *, request_id: str, traceparent: str | None = None

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kubelambda.api.v1alpha1 import FunctionAliasSpec, FunctionSpec
+from kubelambda.gateway.auth import destination_refusal
+from kubelambda.gateway.auth.reviews import AccessReviewer
 from kubelambda.gateway.functionname import FunctionRef
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import KubeClient, list_and_watch, resource_path
@@ -322,6 +324,23 @@ class RegistryLookups:
     def async_function(self, namespace: str, name: str) -> FunctionSpec | None:
         fn = self.registry.functions.get((namespace, name))
         return fn.spec if fn is not None else None
+
+    def destination_access(self) -> AccessReviewer | None:
+        """Who decides whether a Function may send its records to another (None: auth is off)."""
+        raise NotImplementedError
+
+    async def destination_refusal(self, namespace: str, source: str, target: str) -> str | None:
+        """Why ``source``'s execution identity may not invoke the destination ``target``, or None
+        (kubelambda.gateway.auth.destination_refusal)."""
+        fn = self.registry.functions.get((namespace, source))
+        return await destination_refusal(
+            self.destination_access(),
+            namespace,
+            source,
+            fn.spec.service_account_name if fn is not None else None,
+            target,
+            arn=self.function_arn(namespace, target),
+        )
 
     def function_arn(self, namespace: str, name: str) -> str:
         """The ARN of the Function object ``name``: a published version's is ``<function>:<N>``."""

@@ -23,7 +23,6 @@ from kubelambda.asyncworker.decide import Outcome, outcome_of_answer
 from kubelambda.asyncworker.queue import EventQueue
 from kubelambda.asyncworker.record import Response
 from kubelambda.asyncworker.worker import Worker, WorkerSettings
-from kubelambda.gateway.auth import destination_refusal
 from kubelambda.gateway.auth.reviews import AccessReviewer
 from kubelambda.gateway.registry import Registry, RegistryLookups
 from kubelambda.kube import KubeClient
@@ -57,16 +56,8 @@ class RemoteInvoker(RegistryLookups):
     def arn_region(self) -> str:
         return self.region
 
-    async def destination_refusal(self, namespace: str, source: str, target: str) -> str | None:
-        fn = self.registry.functions.get((namespace, source))
-        return await destination_refusal(
-            self.access,
-            namespace,
-            source,
-            fn.spec.service_account_name if fn is not None else None,
-            target,
-            arn=self.function_arn(namespace, target),
-        )
+    def destination_access(self) -> AccessReviewer | None:
+        return self.access
 
     async def invoke_for_worker(
         self, namespace: str, name: str, payload: bytes, *, request_id: str, traceparent: str | None = None
