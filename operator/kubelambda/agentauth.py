@@ -19,6 +19,8 @@ METRICS_TOKEN_ENV = "KUBELAMBDA_AGENT_METRICS_TOKEN_SHA256"
 a tenant may read, hold nothing that opens another pod's ``/metrics``."""
 SECRET_TOKEN_KEY = "token"
 SECRET_METRICS_KEY = "metrics-token-sha256"
+SECRET_LOG_URL_KEY = "log-nats-url"
+"""The log store's URL with the namespace's own log credentials (docs/logs.md, "Credentials")."""
 
 
 def _derive(key: str, what: str) -> str:

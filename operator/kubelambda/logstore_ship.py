@@ -23,7 +23,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from kubelambda import logstore, metrics
+from kubelambda import logstore, metrics, natsauth
 
 DEFAULT_BUFFER = 8192
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -43,6 +43,7 @@ class LogShipper(logging.Handler):
     ) -> None:
         super().__init__(level=logging.INFO)
         self.url = url
+        self.inbox = natsauth.log_inbox(namespace)
         self.subject = logstore.subject(namespace, function, logstore.NO_REQUEST)
         self.fields = {"namespace": namespace, "function": function, "version": "", "pod": pod}
         self.component = component  # e.g. "bridge/nightly", in each record
@@ -125,7 +126,11 @@ class LogShipper(logging.Handler):
         if self._nc is None or self._nc.is_closed:
             try:
                 self._nc = await nats.connect(
-                    self.url, connect_timeout=3, max_reconnect_attempts=-1, allow_reconnect=True
+                    self.url,
+                    connect_timeout=3,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                    inbox_prefix=self.inbox,  # the namespace's log user subscribes only there
                 )
             except (OSError, TimeoutError, nats.errors.Error):
                 self._nc = None  # what comes meanwhile is counted as dropped; tried again at the next batch

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubelambda import __version__
 from kubelambda.api.v1alpha1 import RUNTIMES
+from kubelambda.natsauth import log_url
 from kubelambda.runtimes.table import image as runtime_image
 
 FIELD_MANAGER = "kubelambda-operator"
@@ -53,7 +54,8 @@ class OperatorSettings(BaseSettings):
     """The NATS URL handed to Trigger bridges, with the bridges' own NATS user (docs/security.md, "NATS"): it is in
     their pods' environment in tenants' namespaces; default ``nats_url``."""
     agent_nats_url: str | None = Field(default=None, pattern=r"^nats://[^\s]+$")
-    """The NATS URL function pods' agents ship logs to, with the agents' own NATS user; default ``nats_url``."""
+    """The NATS URL function pods' agents ship logs to; default ``nats_url``. With an agent key, its user is
+    replaced by each namespace's own log credentials (``logs.<namespace>``, :func:`log_nats_url_for`)."""
     tracing_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     """OTLP/HTTP endpoint of the platform's traces (``KUBELAMBDA_TRACING_ENDPOINT``, docs/tracing.md), handed to
     Trigger bridges with ``tracing_sample_ratio``; unset = bridges trace nothing."""
@@ -133,6 +135,14 @@ class OperatorSettings(BaseSettings):
     def log_nats_url(self) -> str | None:
         """Where function pods ship their logs (with the agents' NATS user); None = not shipped."""
         return (self.agent_nats_url or self.nats_url) if self.logs and self.nats_url else None
+
+    def log_nats_url_for(self, namespace: str, issued: int) -> str | None:
+        """What the pods of ``namespace`` made at ``issued`` (Unix seconds) ship their logs to: with an agent
+        key, as that namespace's log user (docs/logs.md, "Credentials"); None = not shipped."""
+        url = self.log_nats_url
+        if url is None or self.agent_key is None:
+            return url
+        return log_url(url, self.agent_key.get_secret_value(), namespace, issued)
 
     @property
     def log_store_url(self) -> str | None:

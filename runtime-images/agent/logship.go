@@ -82,8 +82,9 @@ type outRecord struct {
 
 // shipper owns the queue and the connection to NATS.
 type shipper struct {
-	addr    string // host:port
-	user    string
+	cmu     sync.Mutex // addr, user, pass: a warm-pool pod gets its namespace's credentials at /specialize
+	addr    string     // host:port
+	user    string     // logs.<namespace> (docs/logs.md, "Credentials")
 	pass    string
 	pod     string
 	version string
@@ -110,29 +111,60 @@ func newShipper(rawURL, namespace, function, version, pod string, buffer int) (*
 	if rawURL == "" {
 		return nil, nil
 	}
+	if buffer <= 0 {
+		buffer = defaultLogBuffer
+	}
+	s := &shipper{
+		pod: pod, version: version,
+		buf: &logBatch{}, spare: &logBatch{}, limit: buffer,
+		wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{}),
+		now: time.Now,
+	}
+	if err := s.setURL(rawURL); err != nil {
+		return nil, err
+	}
+	s.setFunction(namespace, function)
+	return s, nil
+}
+
+// setURL sets where to ship and as whom (nats://user:password@host:port); the next connection uses it.
+func (s *shipper) setURL(rawURL string) error {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme != "nats" || u.Host == "" {
-		return nil, fmt.Errorf("invalid log store URL (KUBELAMBDA_LOG_NATS_URL) %q: want nats://host:port", rawURL)
+		return fmt.Errorf("invalid log store URL (KUBELAMBDA_LOG_NATS_URL) %q: want nats://host:port", redactURL(rawURL))
 	}
 	host := u.Host
 	if u.Port() == "" {
 		host = net.JoinHostPort(u.Hostname(), "4222")
 	}
-	if buffer <= 0 {
-		buffer = defaultLogBuffer
-	}
-	s := &shipper{
-		addr: host, pod: pod, version: version,
-		buf: &logBatch{}, spare: &logBatch{}, limit: buffer,
-		wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{}),
-		now: time.Now,
-	}
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	s.addr, s.user, s.pass = host, "", ""
 	if u.User != nil {
 		s.user = u.User.Username()
 		s.pass, _ = u.User.Password()
 	}
-	s.setFunction(namespace, function)
-	return s, nil
+	return nil
+}
+
+// redactURL is rawURL without its password, for messages.
+func redactURL(rawURL string) string {
+	if u, err := url.Parse(rawURL); err == nil && u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "***")
+			return u.String()
+		}
+	}
+	return rawURL
+}
+
+// inboxPrefix is where the store's acknowledgements come: a namespace's log user may subscribe only under
+// _INBOX.<namespace>.
+func inboxPrefix(user string) string {
+	if ns, ok := strings.CutPrefix(user, "logs."); ok && ns != "" {
+		return "_INBOX." + ns + "." + randomToken() + "."
+	}
+	return "_INBOX." + randomToken() + "."
 }
 
 // identity is what every record of the pod shares, encoded once: the subject's prefix and the record's fields.
@@ -160,6 +192,10 @@ func (s *shipper) setFunction(namespace, function string) {
 		subject: logSubjectPrefix + "." + subjectToken(namespace) + "." + subjectToken(function) + ".",
 		fields:  f,
 	})
+	select { // a warm-pool pod's sender waits for its namespace before it connects
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // subjectToken keeps a NATS subject token valid: no dots, spaces or wildcards.
@@ -375,6 +411,18 @@ func (s *shipper) fail(err error) {
 // run connects, sends and reconnects until close.
 func (s *shipper) run() {
 	defer close(s.stopped)
+	// A warm-pool pod has nothing to ship, nor credentials, before /specialize names its namespace.
+	for s.ident.Load().off {
+		select {
+		case <-s.done:
+			return
+		case <-s.wake:
+		}
+	}
+	select { // the wake-up above may have been a record's: look at the buffer once
+	case s.wake <- struct{}{}:
+	default:
+	}
 	backoff := 100 * time.Millisecond
 	for {
 		finished, err := s.session()
@@ -421,27 +469,30 @@ func (c *natsConn) flush() error {
 
 // session runs one connection; finished is true once close was asked and the queue is empty.
 func (s *shipper) session() (finished bool, err error) {
-	conn, err := net.DialTimeout("tcp", s.addr, logDialTimeout)
+	s.cmu.Lock()
+	addr, user, pass := s.addr, s.user, s.pass
+	s.cmu.Unlock()
+	conn, err := net.DialTimeout("tcp", addr, logDialTimeout)
 	if err != nil {
-		return false, fmt.Errorf("connecting to the log store %s: %w", s.addr, err)
+		return false, fmt.Errorf("connecting to the log store %s: %w", addr, err)
 	}
 	defer conn.Close()
 	br := bufio.NewReaderSize(conn, 32*1024)
 	_ = conn.SetReadDeadline(time.Now().Add(logDialTimeout))
 	info, err := br.ReadString('\n')
 	if err != nil || !strings.HasPrefix(info, "INFO ") {
-		return false, fmt.Errorf("the log store %s did not greet as NATS: %q %v", s.addr, info, err)
+		return false, fmt.Errorf("the log store %s did not greet as NATS: %q %v", addr, info, err)
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	connect := map[string]any{
 		"verbose": false, "pedantic": false, "lang": "go", "version": "kubelambda-agent", "protocol": 1,
 		"headers": true, "no_responders": true, "name": "kubelambda-agent " + s.pod,
 	}
-	if s.user != "" {
-		connect["user"], connect["pass"] = s.user, s.pass
+	if user != "" {
+		connect["user"], connect["pass"] = user, pass
 	}
 	cj, _ := json.Marshal(connect)
-	inbox := "_INBOX." + randomToken() + "."
+	inbox := inboxPrefix(user)
 	nc := &natsConn{conn: conn, w: bufio.NewWriterSize(conn, 64*1024)}
 	if err := nc.write([]byte("CONNECT "), cj, []byte("\r\nSUB "+inbox+"* 1\r\nPING\r\n")); err != nil {
 		return false, err

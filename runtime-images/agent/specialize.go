@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -71,7 +72,8 @@ type archiveRef struct {
 // specializeRequest is the body of POST /specialize.
 type specializeRequest struct {
 	FunctionName    string            `json:"functionName"`
-	Namespace       string            `json:"namespace,omitempty"` // the function's, for shipped log records
+	Namespace       string            `json:"namespace,omitempty"`  // the function's, for shipped log records
+	LogNatsURL      string            `json:"logNatsUrl,omitempty"` // the log store, as the namespace's log user
 	FunctionARN     string            `json:"functionArn"`
 	FunctionVersion string            `json:"functionVersion,omitempty"` // a published version's number; absent = $LATEST
 	Handler         string            `json:"handler"`
@@ -237,6 +239,11 @@ func (req *specializeRequest) validate() error {
 	case req.TimeoutSeconds != 0 && (req.TimeoutSeconds < 0.1 || req.TimeoutSeconds > 900):
 		return errors.New("timeoutSeconds must be 0.1..900")
 	}
+	if req.LogNatsURL != "" {
+		if u, err := url.Parse(req.LogNatsURL); err != nil || u.Scheme != "nats" || u.Host == "" {
+			return fmt.Errorf("logNatsUrl %q: want nats://user:password@host:port", redactURL(req.LogNatsURL))
+		}
+	}
 	if l := req.Logging; l != nil {
 		var bad []string
 		parseLogFormat(l.LogFormat, l.ApplicationLogLevel, l.SystemLogLevel, func(key, value, why string) {
@@ -310,6 +317,9 @@ func (s *specializer) configure(req *specializeRequest) {
 	c.FunctionName = req.FunctionName
 	if req.Namespace != "" {
 		c.Log.Namespace = req.Namespace
+	}
+	if req.LogNatsURL != "" && s.log.ship != nil {
+		_ = s.log.ship.setURL(req.LogNatsURL) // validate refused a bad one
 	}
 	s.log.ship.setFunction(c.Log.Namespace, c.FunctionName)
 	c.FunctionARN = req.FunctionARN

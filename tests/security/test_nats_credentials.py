@@ -11,17 +11,21 @@ runs Event invocations and stores the function's log lines.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import nats
 import nats.errors
 import pytest
 
-from kltest import Cluster, wait_for
+from kltest import Cluster, create_namespace, wait_for
 from kltest.platform import (
+    AGENT_KEY,
     FAST_ASYNC,
     Env,
     PlatformUnderTest,
@@ -58,11 +62,14 @@ async def platform(
         cluster,
         kube,
         nats_url=nats_.url_as("gateway"),
-        agent_nats_url=nats_.url_as("agent"),
+        # Log shippers log in as their namespace's log user; the gateway's auth callout decides (natscallout).
+        agent_nats_url=nats_.url,
+        logauth_nats_url=nats_.url_as("logauth"),
+        nats_callout_seed=nats_.callout_seed,
         operator_settings={
             "nats_url": nats_.url_as("operator"),
             "bridge_nats_url": nats_.url_as("bridge"),
-            "agent_nats_url": nats_.url_as("agent"),
+            "agent_nats_url": nats_.url,
         },
         **FAST_ASYNC,
     ) as platform:
@@ -125,15 +132,14 @@ async def log_messages(admin_url: str, namespace: str) -> int:
 
 
 async def agent_url_of(env: Env, name: str) -> str:
-    """What the tenant can read: the NATS URL in its function's pod template."""
+    """What the tenant can read: the NATS URL its function's pods get (from the function's agent Secret)."""
     deployment = await env.kube.get(
         resource_path("apps/v1", "deployments", namespace=env.namespace, name=name)
     )
     [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "function"]
-    env_vars = {e["name"]: e.get("value") for e in container["env"]}
-    url = env_vars["KUBELAMBDA_LOG_NATS_URL"]
-    assert url is not None
-    return str(url)
+    [ref] = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] == "KUBELAMBDA_LOG_NATS_URL"]
+    secret = await env.kube.get(resource_path("v1", "secrets", namespace=env.namespace, name=ref["name"]))
+    return base64.b64decode(secret["data"][ref["key"]]).decode()
 
 
 async def test_every_component_works_as_its_own_nats_user(env: Env, secured_nats: NatsServer) -> None:
@@ -151,7 +157,7 @@ async def test_every_component_works_as_its_own_nats_user(env: Env, secured_nats
         what=f"the function's log lines in {stream_name(env.namespace)}",
         timeout=90,
     )
-    assert natsauth.user_of(await agent_url_of(env, "victim")) == "agent"
+    assert natsauth.user_of(await agent_url_of(env, "victim")) == f"logs.{env.namespace}"
     # The gateway's logs route reads the store as the gateway's user (its answers come to its own inbox).
     async with (
         aiohttp.ClientSession() as http,
@@ -164,7 +170,13 @@ async def test_every_component_works_as_its_own_nats_user(env: Env, secured_nats
 
 
 async def test_nats_refuses_a_client_without_credentials(secured_nats: NatsServer) -> None:
-    for url in (secured_nats.url, natsauth.with_credentials(secured_nats.url, "agent", "guessed")):
+    guessed = natsauth.log_password("not-the-agent-key-0123456789", "default", int(time.time()))
+    for url in (
+        secured_nats.url,
+        natsauth.with_credentials(secured_nats.url, "agent", "guessed"),  # no shared agent user any more
+        natsauth.with_credentials(secured_nats.url, "logs.default", guessed),
+        natsauth.with_credentials(secured_nats.url, "logs.default", "1.0"),
+    ):
         errors: list[str] = []
 
         async def note(error: Exception, errors: list[str] = errors) -> None:
@@ -185,7 +197,7 @@ async def test_a_tenant_with_its_pods_agent_credentials_reads_no_events_nor_logs
     await env.deploy(doc)
     conn = await Connection().open(await agent_url_of(env, "reader"))
     try:
-        for subject in ("kubelambda.async.>", "kubelambda.dlq.>", "kubelambda.logs.>", ">", "_KL_INBOX.>"):
+        for subject in ("kubelambda.async.>", "kubelambda.dlq.>", "kubelambda.logs.>", ">", "_KL_INBOX.>", "_INBOX.>"):
             await conn.nc.subscribe(subject)
             await conn.refused("subscription", subject)
         # JetStream's API: no stream listing, no consumer on another namespace's logs, no direct reads.
@@ -242,3 +254,82 @@ async def test_a_tenant_with_a_bridges_credentials_cannot_touch_the_queues(
     finally:
         await conn.nc.close()
         await admin.nc.close()
+
+
+async def log_store_connection(url: str) -> Connection:
+    """A connection as a namespace's log user, its inbox where that user may subscribe (as the agent's)."""
+    conn = Connection()
+
+    async def note(error: Exception) -> None:
+        conn.errors.append(str(error).lower())
+
+    user = natsauth.user_of(url) or ""
+    conn.nc = await nats.connect(
+        natsauth.servers(url),
+        error_cb=note,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        connect_timeout=5,
+        inbox_prefix=natsauth.log_inbox(user.removeprefix(natsauth.LOG_USER_PREFIX)),
+    )
+    return conn
+
+
+async def test_a_namespaces_log_credentials_write_only_its_own_log(
+    env: Env, kube: KubeClient, secured_nats: NatsServer
+) -> None:
+    doc = python_function("shipper", HANDLER)
+    doc["spec"]["scaling"] = {"warmPool": False}
+    await env.deploy(doc)  # the operator makes the namespace's log stream and the agent Secret
+    other = await create_namespace(kube, "other")
+    admin = await Connection().open(secured_nats.url_as("admin"))
+    try:
+        await admin.nc.jetstream().add_stream(name=stream_name(other), subjects=[f"kubelambda.logs.{other}.>"])
+        conn = await log_store_connection(await agent_url_of(env, "shipper"))
+        try:
+            js = conn.nc.jetstream(timeout=5)
+            # Its own namespace's log: stored and acknowledged.
+            ack = await js.publish(f"kubelambda.logs.{env.namespace}.shipper.none", b'{"message": "mine"}')
+            assert ack.stream == stream_name(env.namespace)
+            # Another namespace's log: refused, nothing stored there.
+            forged = f"kubelambda.logs.{other}.victim.none"
+            await conn.nc.publish(forged, b'{"message": "forged"}')
+            await conn.refused("publish", forged)
+            for subject in (f"_INBOX.{other}.>", f"kubelambda.logs.{env.namespace}.>"):
+                await conn.nc.subscribe(subject)
+                await conn.refused("subscription", subject)
+            assert (await admin.nc.jetstream().stream_info(stream_name(other))).state.messages == 0
+        finally:
+            await conn.nc.close()
+        # Its password under the other namespace's user: not a login.
+        own = await agent_url_of(env, "shipper")
+        password = urlsplit(own).password or ""
+        with pytest.raises((nats.errors.NoServersError, nats.errors.Error)):
+            await log_store_connection(natsauth.with_credentials(own, natsauth.log_user(other), password))
+    finally:
+        await admin.nc.close()
+        await kube.delete(resource_path("v1", "namespaces", name=other))
+
+
+async def test_a_deleted_namespaces_log_credentials_stop_working(
+    kube: KubeClient, secured_nats: NatsServer
+) -> None:
+    gone = await create_namespace(kube, "gone")
+    created = natsauth.unix_seconds((await kube.get(resource_path("v1", "namespaces", name=gone)))["metadata"]["creationTimestamp"])
+    url = natsauth.log_url(secured_nats.url, AGENT_KEY, gone, created)
+    conn = await log_store_connection(url)  # works while the namespace is there
+    await conn.nc.close()
+    # A credential issued before the namespace was made (a deleted namespace's Function's) never works.
+    with pytest.raises((nats.errors.NoServersError, nats.errors.Error)):
+        await log_store_connection(natsauth.log_url(secured_nats.url, AGENT_KEY, gone, created - 1))
+    await kube.delete(resource_path("v1", "namespaces", name=gone))
+
+    async def refused() -> bool:
+        try:
+            other = await log_store_connection(url)
+        except (nats.errors.NoServersError, nats.errors.Error):
+            return True
+        await other.nc.close()
+        return False
+
+    await wait_for(refused, bool, what=f"the log credentials of deleted namespace {gone} refused", timeout=60)

@@ -148,7 +148,8 @@ class Platform:
                 "KUBELAMBDA_GATEWAY_URL": self.gateway_url,
                 "KUBELAMBDA_NATS_URL": nats.url_as("operator"),  # log streams
                 "KUBELAMBDA_BRIDGE_NATS_URL": nats.url_as("bridge"),  # Trigger bridges' onFailure.nats
-                "KUBELAMBDA_AGENT_NATS_URL": nats.url_as("agent"),  # function pods' log shipping
+                # Function pods' log shipping, as their namespace's own log user (natscallout).
+                "KUBELAMBDA_AGENT_NATS_URL": nats.url,
                 "KUBELAMBDA_AGENT_KEY": agent_key,
                 # Function pods' fetch-code downloads the API's zips from the gateway, which listens on 127.0.0.1
                 # (the pods share this machine's network): that one loopback address only (docs/local-cluster.md).
@@ -190,7 +191,10 @@ class Platform:
                     "KUBELAMBDA_GATEWAY_HTTP_ROUTES": "true",
                     "KUBELAMBDA_GATEWAY_WARM_POOL_SIZES": '{"python3.11": 2, "nodejs20": 1}',
                     "KUBELAMBDA_GATEWAY_NATS_URL": nats.url_as("gateway"),
-                    "KUBELAMBDA_GATEWAY_AGENT_NATS_URL": nats.url_as("agent"),
+                    "KUBELAMBDA_GATEWAY_AGENT_NATS_URL": nats.url,
+                    # The auth callout of the log shippers' logins (kubelambda.natscallout).
+                    "KUBELAMBDA_GATEWAY_LOGAUTH_NATS_URL": nats.url_as("logauth"),
+                    "KUBELAMBDA_GATEWAY_NATS_CALLOUT_SEED": nats.callout_seed or "",
                     "KUBELAMBDA_GATEWAY_AUTH_MODE": "kubernetes",
                     "KUBELAMBDA_GATEWAY_AUTH_NAMESPACE": SYSTEM_NS,
                     "KUBELAMBDA_GATEWAY_AGENT_KEY": agent_key,

@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Self
 
-from kubelambda import natsauth
+from kubelambda import natsauth, natscallout
 from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
 from kubelambda.devcluster._process import signal_group, spawn, stop, wait
 
@@ -193,6 +194,8 @@ class NatsServer(LocalServer):
         passwords: Mapping[str, str] | None = None,
     ) -> None:
         self.passwords = dict(passwords) if passwords is not None else None
+        # The auth callout's issuer (log shippers' logins, kubelambda.natscallout): its secret goes to the gateway.
+        self.callout_seed = secrets.token_hex(24) if passwords is not None else None
         self._monitor_port = monitor_port
         self.cluster_port = cluster_port
         self.routes = routes
@@ -227,7 +230,9 @@ class NatsServer(LocalServer):
         if self.passwords is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             config = self.data_dir / "authorization.conf"
-            config.write_text(natsauth.authorization(self.passwords))
+            assert self.callout_seed is not None
+            issuer = natscallout.Issuer(self.callout_seed).public_key
+            config.write_text(natsauth.authorization(self.passwords, issuer=issuer))
             config.chmod(0o600)
             argv += ["-c", str(config)]
         health = f"http://{HOST}:{self.monitor_port}/healthz?js-enabled-only=true"

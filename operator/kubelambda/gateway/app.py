@@ -57,6 +57,7 @@ from kubelambda.gateway.registry import FunctionEntry, NotFound, Registry, Regis
 from kubelambda.gateway.routes import Match, RouteTable
 from kubelambda.gateway.throttler import Throttled
 from kubelambda.kube import KubeClient
+from kubelambda.natscallout import Issuer, LogAuthService, kube_namespaces
 from kubelambda.outcomes import ASYNC_REQUEST_ID_HEADER, FUNCTION_ERROR_HEADER, OUTCOME_HEADER
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Gateway(RegistryLookups):
     logs_api: LogsApi = field(init=False)  # GET /kubelambda/logs/... (gateway/logsapi.py)
     session: aiohttp.ClientSession | None = None
     queue: EventQueue | None = None  # Event invocations, when NATS is configured
+    log_auth: LogAuthService | None = None  # NATS auth callout for log shippers (natscallout)
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     buffered: int = 0  # request body bytes all requests hold now (max_buffered_request_bytes)
@@ -588,6 +590,16 @@ class Gateway(RegistryLookups):
                 s.async_stream,
                 natsauth.redacted(s.nats_url),
             )
+        if s.logauth_nats_url and s.nats_callout_seed is not None and s.agent_key is not None:
+            # Before listening: agents connect as their namespace's log user as soon as they start.
+            self.log_auth = LogAuthService(
+                s.logauth_nats_url,
+                issuer=Issuer(s.nats_callout_seed.get_secret_value()),
+                agent_key=s.agent_key.get_secret_value(),
+                namespaces=kube_namespaces(self.kube),
+            )
+            await self.log_auth.start()
+            logger.info("Log shippers' NATS logins are decided here (auth callout)")
         # keepalive_timeout also closes a connection whose first request's headers are not complete by then.
         self._runner = web.AppRunner(
             self.app(),
@@ -670,6 +682,9 @@ class Gateway(RegistryLookups):
             await self.queue.close()
             self.queue = None
         await self.logs_api.close()
+        if self.log_auth is not None:
+            await self.log_auth.stop()
+            self.log_auth = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

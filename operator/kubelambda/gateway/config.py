@@ -63,8 +63,14 @@ class GatewaySettings(BaseSettings):
     """Warm-pool pods ship their functions' logs to ``agent_nats_url`` (docs/logs.md), as the operator's function
     pods do; False = pod logs only."""
     agent_nats_url: str | None = Field(default=None, pattern=r"^(nats|tls)://[^\s]+$")
-    """The NATS URL warm-pool pods ship logs to, with the agents' own NATS user (docs/security.md, "NATS"): it is in
-    the pods' environment, so never the gateway's credentials; default ``nats_url``."""
+    """The NATS URL warm-pool pods ship logs to (docs/logs.md); default ``nats_url``. Its credentials are never
+    used: a pool pod gets its function namespace's own log credentials with ``/specialize`` (with an agent key)."""
+    logauth_nats_url: str | None = Field(default=None, pattern=r"^(nats|tls)://[^\s]+$")
+    """NATS as its ``logauth`` user: with ``nats_callout_seed`` and ``agent_key``, the gateway answers the NATS
+    server's authorization requests for log shippers (``logs.<namespace>``, docs/logs.md "Credentials")."""
+    nats_callout_seed: SecretStr | None = Field(default=None, min_length=16)
+    """The secret the NATS auth callout's issuer key derives from (``KL_NATS_CALLOUT_SEED`` of the chart's NATS
+    Secret; the server trusts the key's public half)."""
     async_stream: str = Field(default="KUBELAMBDA_ASYNC", pattern=r"^[A-Za-z0-9_-]+$")
     """JetStream stream of queued events (file storage; created at start if missing)."""
     async_replicas: int = Field(default=3, ge=1, le=5)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from kubelambda import metrics
+from kubelambda import metrics, natsauth
 from kubelambda.agentauth import bearer, function_token, pool_token
 from kubelambda.gateway.functionname import FunctionRef
 from kubelambda.gateway.registry import FunctionEntry, Key, Registry
@@ -328,6 +328,11 @@ class WarmPool:
                 ns = self.settings.warm_pool_namespace
                 headers = bearer(pool_token(key.get_secret_value(), ns, runtime))
                 body["agentToken"] = function_token(key.get_secret_value(), *fn.key)
+                log_url = self.settings.agent_nats_url or self.settings.nats_url
+                if self.settings.logs and log_url:  # its namespace's own log credentials (docs/logs.md)
+                    body["logNatsUrl"] = natsauth.log_url(
+                        log_url, key.get_secret_value(), fn.namespace, int(time.time())
+                    )
             endpoint = f"{pod.ip}:{INVOKE_PORT}"
             started = time.monotonic()
             try:
@@ -593,7 +598,10 @@ class WarmPool:
                 memory_mb=s.warm_pool_memory_mb,
                 region=s.region,
                 agent_token=pool_token(s.agent_key.get_secret_value(), ns, runtime) if s.agent_key else None,
-                log_nats_url=(s.agent_nats_url or s.nats_url) if s.logs else None,
+                # No credentials: a pool pod gets its function namespace's own with /specialize.
+                log_nats_url=natsauth.without_credentials(s.agent_nats_url or s.nats_url or "") or None
+                if s.logs
+                else None,
             )
             await self.kube.apply(
                 resource_path("apps/v1", "deployments", namespace=ns, name=pool_name(runtime)),

@@ -230,9 +230,10 @@ def make_bridge_deployment(trigger: TriggerObject, *, settings: OperatorSettings
             [e["name"] for e in env].index("KUBELAMBDA_BRIDGE_PORT"),
             {"name": "KUBELAMBDA_BRIDGE_NATS_URL", "value": nats_url},
         )
-    if settings.log_nats_url:  # the bridge's own log lines go to the log store (docs/logs.md)
+    log_url = settings.log_nats_url_for(trigger.namespace, trigger.created)
+    if log_url:  # the bridge's own log lines go to the log store (docs/logs.md), as its namespace's log user
         env += [
-            {"name": "KUBELAMBDA_BRIDGE_LOG_NATS_URL", "value": settings.log_nats_url},
+            {"name": "KUBELAMBDA_BRIDGE_LOG_NATS_URL", "value": log_url},
             {"name": "KUBELAMBDA_BRIDGE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ]
     if settings.tracing_endpoint:  # the same tracing settings as the platform's (docs/tracing.md)

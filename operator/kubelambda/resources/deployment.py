@@ -13,6 +13,7 @@ import math
 from kubelambda.agentauth import (
     METRICS_TOKEN_ENV,
     SECRET_METRICS_KEY,
+    SECRET_LOG_URL_KEY,
     SECRET_TOKEN_KEY,
     TOKEN_ENV,
     function_token,
@@ -77,7 +78,8 @@ def function_env(
     agent.update(logging_env(spec.logging))
     if settings.log_nats_url:  # log shipping (docs/logs.md)
         agent["KUBELAMBDA_FUNCTION_NAMESPACE"] = fn.namespace
-        agent["KUBELAMBDA_LOG_NATS_URL"] = settings.log_nats_url
+        if settings.agent_key is None:
+            agent["KUBELAMBDA_LOG_NATS_URL"] = settings.log_nats_url
     env: list[JSON] = [{"name": k, "value": v} for k, v in agent.items()]
     if settings.log_nats_url:
         env.append(POD_NAME_ENV)
@@ -85,6 +87,8 @@ def function_env(
         # The tokens the agent asks of callers (docs/security.md), from the Function's own Secret.
         secret = agent_secret_name(fn.name)
         env.append(_secret_env(TOKEN_ENV, secret, SECRET_TOKEN_KEY))
+        if settings.log_nats_url:  # with the namespace's own log credentials (docs/logs.md, "Credentials")
+            env.append(_secret_env("KUBELAMBDA_LOG_NATS_URL", secret, SECRET_LOG_URL_KEY))
         if settings.agent_metrics_token is not None:
             env.append(_secret_env(METRICS_TOKEN_ENV, secret, SECRET_METRICS_KEY))
     env.sort(key=lambda e: str(e["name"]))
@@ -120,6 +124,9 @@ def make_agent_secret(fn: FunctionObject, *, settings: OperatorSettings) -> JSON
     if settings.agent_key is None:
         return None
     data = {SECRET_TOKEN_KEY: function_token(settings.agent_key.get_secret_value(), fn.namespace, fn.name)}
+    log_url = settings.log_nats_url_for(fn.namespace, fn.created)
+    if log_url:
+        data[SECRET_LOG_URL_KEY] = log_url
     if settings.agent_metrics_token is not None:
         data[SECRET_METRICS_KEY] = metrics_token_digest(settings.agent_metrics_token.get_secret_value())
     return {

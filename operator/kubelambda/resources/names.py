@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from kubelambda.api.v1alpha1 import API_VERSION, FunctionSpec
 from kubelambda.jsonobj import JSON
+from kubelambda.natscallout import unix_seconds
 
 INVOKE_PORT = 8080
 INVOKE_PORT_NAME = "invoke"
@@ -23,6 +24,8 @@ class OwnerObject:
     namespace: str
     uid: str
     generation: int
+    # When it was made (Unix seconds; 0: unknown): the ``issued`` of its pods' log credentials (natscallout).
+    created: int = field(default=0, kw_only=True)
 
     @staticmethod
     def identity(body: JSON) -> JSON:
@@ -33,6 +36,7 @@ class OwnerObject:
             "namespace": meta["namespace"],
             "uid": meta["uid"],
             "generation": int(meta.get("generation", 1)),
+            "created": unix_seconds(meta["creationTimestamp"]) if meta.get("creationTimestamp") else 0,
         }
 
     def owner_reference(self) -> JSON:
