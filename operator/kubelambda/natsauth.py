@@ -21,9 +21,9 @@ answers) goes to their inboxes under ``_KL_INBOX.<user>.``, out of reach of a su
 
 from __future__ import annotations
 
-import json
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import Mapping
 from datetime import datetime

@@ -17,7 +17,6 @@ their passwords itself, as before.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -34,8 +33,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from kubelambda import natsauth
-from kubelambda.natsauth import LOG_USER_PREFIX, log_password, log_permissions, unix_seconds
 from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.natsauth import LOG_USER_PREFIX, log_password, log_permissions, unix_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +153,7 @@ class LogAuthService:
         except Refused as e:
             logger.info("NATS login refused: %s", e)
             answer = {"error": str(e)}
-        except (ApiError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, ApiError, OSError) as e:
             logger.warning("NATS login not decided: %s", e)
             answer = {"error": "the log auth service could not read the namespace"}
         response = {

@@ -137,7 +137,9 @@ async def agent_url_of(env: Env, name: str) -> str:
         resource_path("apps/v1", "deployments", namespace=env.namespace, name=name)
     )
     [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "function"]
-    [ref] = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] == "KUBELAMBDA_LOG_NATS_URL"]
+    [ref] = [
+        e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] == "KUBELAMBDA_LOG_NATS_URL"
+    ]
     secret = await env.kube.get(resource_path("v1", "secrets", namespace=env.namespace, name=ref["name"]))
     return base64.b64decode(secret["data"][ref["key"]]).decode()
 
@@ -197,7 +199,14 @@ async def test_a_tenant_with_its_pods_agent_credentials_reads_no_events_nor_logs
     await env.deploy(doc)
     conn = await Connection().open(await agent_url_of(env, "reader"))
     try:
-        for subject in ("kubelambda.async.>", "kubelambda.dlq.>", "kubelambda.logs.>", ">", "_KL_INBOX.>", "_INBOX.>"):
+        for subject in (
+            "kubelambda.async.>",
+            "kubelambda.dlq.>",
+            "kubelambda.logs.>",
+            ">",
+            "_KL_INBOX.>",
+            "_INBOX.>",
+        ):
             await conn.nc.subscribe(subject)
             await conn.refused("subscription", subject)
         # JetStream's API: no stream listing, no consumer on another namespace's logs, no direct reads.
@@ -284,7 +293,9 @@ async def test_a_namespaces_log_credentials_write_only_its_own_log(
     other = await create_namespace(kube, "other")
     admin = await Connection().open(secured_nats.url_as("admin"))
     try:
-        await admin.nc.jetstream().add_stream(name=stream_name(other), subjects=[f"kubelambda.logs.{other}.>"])
+        await admin.nc.jetstream().add_stream(
+            name=stream_name(other), subjects=[f"kubelambda.logs.{other}.>"]
+        )
         conn = await log_store_connection(await agent_url_of(env, "shipper"))
         try:
             js = conn.nc.jetstream(timeout=5)
@@ -315,7 +326,9 @@ async def test_a_deleted_namespaces_log_credentials_stop_working(
     kube: KubeClient, secured_nats: NatsServer
 ) -> None:
     gone = await create_namespace(kube, "gone")
-    created = natsauth.unix_seconds((await kube.get(resource_path("v1", "namespaces", name=gone)))["metadata"]["creationTimestamp"])
+    created = natsauth.unix_seconds(
+        (await kube.get(resource_path("v1", "namespaces", name=gone)))["metadata"]["creationTimestamp"]
+    )
     url = natsauth.log_url(secured_nats.url, AGENT_KEY, gone, created)
     conn = await log_store_connection(url)  # works while the namespace is there
     await conn.nc.close()

@@ -12,8 +12,8 @@ import math
 
 from kubelambda.agentauth import (
     METRICS_TOKEN_ENV,
-    SECRET_METRICS_KEY,
     SECRET_LOG_URL_KEY,
+    SECRET_METRICS_KEY,
     SECRET_TOKEN_KEY,
     TOKEN_ENV,
     function_token,

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from kubelambda.api.v1alpha1 import API_VERSION, FunctionSpec
 from kubelambda.jsonobj import JSON
-from kubelambda.natscallout import unix_seconds
+from kubelambda.natsauth import unix_seconds
 
 INVOKE_PORT = 8080
 INVOKE_PORT_NAME = "invoke"
