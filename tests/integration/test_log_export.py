@@ -19,7 +19,7 @@ import pytest
 
 from kltest.otelcol import ExportedLog, OtelCollector
 from kltest.wait import wait_for
-from kubelambda import logexport, logstore, metrics, natsauth
+from kubelambda import logexport, logstore, metrics, natsauth, natscallout
 from kubelambda.devcluster._ports import free_port
 from kubelambda.devcluster._process import spawn, stop
 from kubelambda.devcluster.servers import NatsServer
@@ -28,6 +28,7 @@ from kubelambda.runtimes import agent_binary, local_command, runtime_images_dir
 pytestmark = pytest.mark.integration
 
 NAMESPACE = "team-otlp"
+LOG_KEY = "log-export-test-key-0123456789"
 HANDLER = """
 import json
 
@@ -49,12 +50,25 @@ async def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
             await logstore.ensure_stream(nc, NAMESPACE, logstore.Retention())
         finally:
             await nc.close()
-        yield server
+        # The gateway's auth callout admits the agent as its namespace's log user (no cluster here: the
+        # namespace is taken to exist since the epoch).
+        callout = natscallout.LogAuthService(
+            server.url_as("logauth"),
+            issuer=natscallout.Issuer(server.callout_seed or ""),
+            agent_key=LOG_KEY,
+            namespaces=lambda ns: asyncio.sleep(0, result=0 if ns == NAMESPACE else None),
+        )
+        await callout.start()
+        try:
+            yield server
+        finally:
+            await callout.stop()
 
 
 @pytest.fixture(scope="module")
 async def agent(secured_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A real agent running a Python handler, shipping its log as the ``agent`` user; yields its invoke URL."""
+    """A real agent running a Python handler, shipping its log as its namespace's log user; yields its invoke
+    URL."""
     code = tmp_path_factory.mktemp("code")
     (code / "app.py").write_text(HANDLER)
     cmd = local_command(
@@ -71,7 +85,7 @@ async def agent(secured_nats: NatsServer, tmp_path_factory: pytest.TempPathFacto
     )
     env = {
         **cmd.env,
-        "KUBELAMBDA_LOG_NATS_URL": secured_nats.url_as("agent"),
+        "KUBELAMBDA_LOG_NATS_URL": natsauth.log_url(secured_nats.url, LOG_KEY, NAMESPACE, 1),
         "KUBELAMBDA_FUNCTION_NAMESPACE": NAMESPACE,
         "KUBELAMBDA_POD_NAME": "exported-7d9f-abcde",
     }

