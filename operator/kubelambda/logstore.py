@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 SUBJECT_PREFIX = "kubelambda.logs"
 STREAM_PREFIX = "KUBELAMBDA_LOGS_"
 NO_REQUEST = "none"  # the subject token of lines outside an invocation (the agent's own, a runtime's init)
+BATCH = "batch"  # the subject token of a message with several requests' records (the agent's batches)
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 _LEVEL_ALIASES = {"WARNING": "WARN", "CRITICAL": "FATAL"}
@@ -143,10 +144,16 @@ class LogQuery:
     contains: str | None = None  # a substring of the message
     level: str | None = None  # at least this level (records with a level only)
 
-    def subject(self) -> str:
-        return subject(self.namespace, self.function, self.request_id or "*")
+    def subjects(self) -> list[str]:
+        """What to read: one request's subject and the function's batches (messages of several requests'
+        records, which :meth:`keep` filters), or all of the function's."""
+        if self.request_id:
+            return [subject(self.namespace, self.function, r) for r in (self.request_id, BATCH)]
+        return [subject(self.namespace, self.function)]
 
     def keep(self, record: LogRecord) -> bool:
+        if self.request_id and record.request_id != self.request_id:
+            return False
         if self.contains is not None and self.contains not in record.message:
             return False
         if self.level is not None:
@@ -278,8 +285,11 @@ async def read(
         deliver_policy=DeliverPolicy.BY_START_TIME if query.since is not None else DeliverPolicy.ALL,
         opt_start_time=query.since,
     )
+    subjects = query.subjects()
+    if len(subjects) > 1:
+        config.filter_subjects = subjects
     try:
-        sub = await js.pull_subscribe(query.subject(), stream=name, config=config)
+        sub = await js.pull_subscribe(subjects[0], stream=name, config=config)
     except NotFoundError as e:
         raise LogStoreError(f"no log stream {name} for namespace {query.namespace}") from e
     consumer: str | None = None
@@ -312,8 +322,8 @@ async def read(
 
 
 def records_of(data: bytes, subject: str = "") -> list[LogRecord]:
-    """The records of one stored message: the agent sends a request's consecutive records as one message, one
-    JSON record a line (a record's own newlines are escaped)."""
+    """The records of one stored message: the agent sends a batch's consecutive records of one function as one
+    message, one JSON record a line (a record's own newlines are escaped)."""
     out = []
     for line in data.split(b"\n"):
         if not line.strip():

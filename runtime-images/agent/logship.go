@@ -46,6 +46,7 @@ const (
 	logRetryMax       = 5 * time.Second       // the longest wait between connection attempts
 	logShutdownFlush  = 2 * time.Second       // how long SIGTERM waits for queued records to be stored
 	noRequestID       = "none"                // subject token of lines outside any invocation
+	batchSubjectToken = "batch"               // subject token of a message with several requests' records
 	logInboxTokenSize = 12
 )
 
@@ -298,23 +299,30 @@ func (s *shipper) buffered() int {
 	return len(s.buf.entries)
 }
 
-// messages groups a batch into NATS messages: consecutive records of one request (one subject) together. last
-// is true for the last message of a run of one pod identity (one namespace's stream): the sender asks JetStream
-// to acknowledge only those.
+// messages groups a batch into NATS messages: consecutive records of one function (one pod identity) together,
+// whichever requests they belong to, so that NATS stores one message per batch rather than one per invocation.
+// A message of one request's records goes on that request's subject (<function>.<request id>, or .none); one
+// with several requests' on <function>.batch, which a reader of one request id reads too, keeping its records
+// (docs/logs.md). last is true for the last message of a run of one identity (one namespace's stream): the
+// sender asks JetStream to acknowledge only those.
 func (b *logBatch) messages(yield func(subject string, payload []byte, records int, last bool) bool) {
 	for i := 0; i < len(b.entries); {
 		e := b.entries[i]
-		j, size := i+1, e.end-e.start
+		j, size, mixed := i+1, e.end-e.start, false
 		for j < len(b.entries) && j-i < logMessageRecords {
 			n := b.entries[j]
-			if n.ident != e.ident || n.id != e.id || size+1+n.end-n.start > logMessageBytes {
+			if n.ident != e.ident || size+1+n.end-n.start > logMessageBytes {
 				break
 			}
+			mixed = mixed || n.id != e.id
 			size += 1 + n.end - n.start
 			j++
 		}
 		rid := e.id
-		if rid == "" {
+		switch {
+		case mixed:
+			rid = batchSubjectToken
+		case rid == "":
 			rid = noRequestID
 		}
 		last := j == len(b.entries) || b.entries[j].ident != e.ident

@@ -29,7 +29,7 @@ def record(message: str, **extra: str) -> logstore.LogRecord:
         "function": "hello",
         "version": "$LATEST",
     }
-    raw.update(requestId="r1", pod="hello-1", stream="stdout", message=message, **extra)
+    raw.update({"requestId": "r1", "pod": "hello-1", "stream": "stdout", "message": message, **extra})
     return logstore.LogRecord.from_json(json.dumps(raw).encode())
 
 
@@ -82,9 +82,12 @@ def test_query_filters() -> None:
     assert not q.keep(record('{"level": "INFO", "message": "boom"}'))
     assert not q.keep(record('{"level": "ERROR", "message": "fine"}'))
     assert not q.keep(record("boom"))  # no level: not kept when a level is asked for
-    assert (
-        logstore.LogQuery("team-a", "hello", request_id="r9").subject() == "kubelambda.logs.team-a.hello.r9"
-    )
+    # One request: its own subject and the function's batches (several requests' records), filtered by id.
+    one = logstore.LogQuery("team-a", "hello", request_id="r9")
+    assert one.subjects() == ["kubelambda.logs.team-a.hello.r9", "kubelambda.logs.team-a.hello.batch"]
+    assert one.keep(record("mine", requestId="r9"))
+    assert not one.keep(record("another request's, in the same batch", requestId="r8"))
+    assert logstore.LogQuery("team-a", "hello").subjects() == ["kubelambda.logs.team-a.hello.*"]
     assert logstore.check_level("warning") == "WARN"
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         logstore.check_level("loud")
