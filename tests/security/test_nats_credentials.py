@@ -34,7 +34,7 @@ from kltest.platform import (
     python_function,
     running_platform,
 )
-from kubelambda import natsauth
+from kubelambda import logstore, natsauth
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
 from kubelambda.logstore import stream_name
@@ -66,6 +66,9 @@ async def platform(
         agent_nats_url=nats_.url,
         logauth_nats_url=nats_.url_as("logauth"),
         nats_callout_seed=nats_.callout_seed,
+        # A pool pod ships as its function namespace's log user, from /specialize on.
+        warm_pool_sizes={"python3.11": 1},
+        warm_pool_max_lifetime_seconds=5.0,
         operator_settings={
             "nats_url": nats_.url_as("operator"),
             "bridge_nats_url": nats_.url_as("bridge"),
@@ -197,7 +200,7 @@ async def test_a_tenant_with_its_pods_agent_credentials_reads_no_events_nor_logs
     doc = python_function("reader", HANDLER)
     doc["spec"]["scaling"] = {"warmPool": False}
     await env.deploy(doc)
-    conn = await Connection().open(await agent_url_of(env, "reader"))
+    conn = await log_store_connection(await agent_url_of(env, "reader"))
     try:
         for subject in (
             "kubelambda.async.>",
@@ -346,3 +349,39 @@ async def test_a_deleted_namespaces_log_credentials_stop_working(
         return False
 
     await wait_for(refused, bool, what=f"the log credentials of deleted namespace {gone} refused", timeout=60)
+
+
+async def test_a_warm_pool_pod_ships_as_its_function_namespaces_log_user(
+    env: Env, secured_nats: NatsServer
+) -> None:
+    await env.deploy(python_function("pooled", HANDLER))
+
+    def call() -> tuple[str, dict[str, str]]:
+        response = lambda_client(env.url).invoke(
+            FunctionName=f"{env.namespace}/pooled", Payload=json.dumps({"tenant": env.namespace}).encode()
+        )
+        assert response["StatusCode"] == 200
+        meta = response["ResponseMetadata"]
+        return meta["RequestId"], meta["HTTPHeaders"]
+
+    request_id, headers = await asyncio.to_thread(call)
+    pod = headers.get("x-kubelambda-warm-pool")
+    assert pod, f"not served by a warm-pool pod: {headers}"
+    admin = secured_nats.url_as("admin")
+
+    async def lines() -> list[logstore.LogRecord]:
+        nc = await nats.connect(natsauth.servers(admin), **natsauth.connect_options(admin))
+        try:
+            query = logstore.LogQuery(env.namespace, "pooled", request_id=request_id)
+            return [r async for r in logstore.read(nc, query)]
+        finally:
+            await nc.close()
+
+    records = await wait_for(
+        lines,
+        lambda got: any(r.message.startswith("REPORT ") for r in got),
+        what=f"request {request_id}'s REPORT, shipped by pool pod {pod}",
+        timeout=90,
+    )
+    assert {r.pod for r in records} == {pod}
+    assert f"secret of {env.namespace}" in [r.message for r in records]
