@@ -86,7 +86,7 @@ class Connection:
         self.errors: list[str] = []
         self.nc: Any = None
 
-    async def open(self, url: str) -> Connection:
+    async def open(self, url: str, **options: Any) -> Connection:
         async def note(error: Exception) -> None:
             self.errors.append(str(error).lower())
 
@@ -96,6 +96,7 @@ class Connection:
             allow_reconnect=False,
             max_reconnect_attempts=0,
             connect_timeout=5,
+            **options,
         )
         return self
 
@@ -270,21 +271,8 @@ async def test_a_tenant_with_a_bridges_credentials_cannot_touch_the_queues(
 
 async def log_store_connection(url: str) -> Connection:
     """A connection as a namespace's log user, its inbox where that user may subscribe (as the agent's)."""
-    conn = Connection()
-
-    async def note(error: Exception) -> None:
-        conn.errors.append(str(error).lower())
-
-    user = natsauth.user_of(url) or ""
-    conn.nc = await nats.connect(
-        natsauth.servers(url),
-        error_cb=note,
-        allow_reconnect=False,
-        max_reconnect_attempts=0,
-        connect_timeout=5,
-        inbox_prefix=natsauth.log_inbox(user.removeprefix(natsauth.LOG_USER_PREFIX)),
-    )
-    return conn
+    namespace = (natsauth.user_of(url) or "").removeprefix(natsauth.LOG_USER_PREFIX)
+    return await Connection().open(url, inbox_prefix=natsauth.log_inbox(namespace))
 
 
 async def test_a_namespaces_log_credentials_write_only_its_own_log(
