@@ -152,8 +152,8 @@ class LogQuery:
         return [subject(self.namespace, self.function)]
 
     def keep(self, record: LogRecord) -> bool:
-        if self.request_id and record.request_id != self.request_id:
-            return False
+        if self.request_id and (record.request_id or NO_REQUEST) != self.request_id:
+            return False  # another request's record in a batch
         if self.contains is not None and self.contains not in record.message:
             return False
         if self.level is not None:

@@ -88,6 +88,9 @@ def test_query_filters() -> None:
     assert one.keep(record("mine", requestId="r9"))
     assert not one.keep(record("another request's, in the same batch", requestId="r8"))
     assert logstore.LogQuery("team-a", "hello").subjects() == ["kubelambda.logs.team-a.hello.*"]
+    outside = logstore.LogQuery("team-a", "hello", request_id=logstore.NO_REQUEST)  # lines outside a request
+    assert outside.keep(record("a bridge's line", requestId=""))
+    assert not outside.keep(record("a request's line"))
     assert logstore.check_level("warning") == "WARN"
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         logstore.check_level("loud")
