@@ -39,7 +39,7 @@ from kubelambda.natsauth import LOG_USER_PREFIX, log_password, log_permissions, 
 logger = logging.getLogger(__name__)
 
 SUBJECT = natsauth.CALLOUT_SUBJECT
-USER_TTL_SECONDS = 3600
+USER_TTL_SECONDS = 24 * 3600
 GLOBAL_ACCOUNT = "$G"  # the account of the server's configured users (no accounts block)
 SEED_ENV = "KL_NATS_CALLOUT_SEED"
 """The environment variable the chart's NATS init container and the gateway read the issuer's seed from (any
