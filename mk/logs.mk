@@ -6,8 +6,8 @@
 # records per second through one agent before drops begin; then again with nats-server on a CPU of its own (as
 # with NATS on another node).
 bench-logs: venv agent
-	nice -n 10 $(PY) bench/logs_bench.py --requests 1000 --rounds 15 $(if $(BEFORE),--before $(BEFORE))
-	nice -n 10 $(PY) bench/logs_bench.py --requests 1000 --rounds 15 --burst --max-rate 0 --split-cpus $(if $(BEFORE),--before $(BEFORE))
+	nice -n 10 $(PY) bench/logs_bench.py --requests 1000 --rounds 30 $(if $(BEFORE),--before $(BEFORE))
+	nice -n 10 $(PY) bench/logs_bench.py --requests 1000 --rounds 30 --burst --max-rate 0 --split-cpus $(if $(BEFORE),--before $(BEFORE))
 
 bench: bench-logs
 
