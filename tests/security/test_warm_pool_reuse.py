@@ -68,12 +68,22 @@ def free(gateway: Gateway, runtime: str) -> list[PoolPod]:
 
 
 async def wait_free(gateway: Gateway, runtime: str, n: int) -> list[PoolPod]:
-    return await wait_for(
-        lambda: asyncio.sleep(0, result=free(gateway, runtime)),
-        lambda pods: len(pods) >= n,
-        what=f"{n} free {runtime} pool pods",
-        timeout=120,
-    )
+    try:
+        return await wait_for(
+            lambda: asyncio.sleep(0, result=free(gateway, runtime)),
+            lambda pods: len(pods) >= n,
+            what=f"{n} free {runtime} pool pods",
+            timeout=120,
+        )
+    except AssertionError as e:
+        # Say what the gateway's pool looked like (a bare "[]" told nothing the one time this failed, at load 90).
+        pool = pool_of(gateway)
+        seen = [
+            f"{p.name} runtime={p.runtime} ready={p.ready} free={p.free} deleting={p.deleting} "
+            f"taken={p.name in pool._taken} restarts={p.restarts}"
+            for p in pool.pods.values()
+        ]
+        raise AssertionError(f"{e}; the gateway's pool pods: {seen or 'none'}") from None
 
 
 async def invoke(url: str, name: str) -> tuple[int, bytes, bool, dict[str, str]]:
