@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict
 
+from kubelambda.gateway.app import json_problem
 from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
 from kubelambda.gateway.proxy import request_id
 from kubelambda.gateway.throttler import POOL, RESERVED, Throttled, Throttler
@@ -134,3 +136,39 @@ def test_request_ids_are_random_version_4_uuids_in_text_form() -> None:
     for value in ids[2:]:
         fixed |= int(uuid.UUID(ids[0])) ^ int(uuid.UUID(value))
     assert bin(fixed).count("1") == 128 - 6
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": 1, "a": 2}',
+        b"NaN",
+        b"[Infinity, -0, 1e400, 1E+5]",
+        b" \t[]\r\n",
+        b'"\\u00e9 \xc3\xa9"',
+        b"\xef\xbb\xbf{}",  # a UTF-8 BOM: pydantic-core refuses it, json.loads takes it
+        b'"\\ud800"',  # a lone surrogate, likewise
+        "[1]".encode("utf-16"),
+        b"[" * 300 + b"]" * 300,  # deeper than pydantic-core's 200 levels, within json.loads'
+    ],
+)
+def test_the_invoke_api_takes_every_body_json_loads_takes(body: bytes) -> None:
+    json.loads(body)  # the reference: it takes the body
+    assert json_problem(body) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'"a\x01b"', "not valid JSON"),
+        (b"{}x", "not valid JSON"),
+        (b"[1,]", "not valid JSON"),
+        (b"01", "not valid JSON"),
+        (b"\xff", "not valid JSON"),
+        (b"1 2", "not valid JSON"),
+        (b'"\t"', "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "arrays and objects are nested too deeply"),
+    ],
+)
+def test_the_invoke_api_refuses_what_json_loads_refuses(body: bytes, problem: str) -> None:
+    assert json_problem(body) == problem

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+import pydantic_core
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import generate_latest
@@ -68,6 +69,27 @@ IDEMPOTENCY_KEY_HEADER = "X-Kubelambda-Idempotency-Key"
 """An Event invocation's caller-chosen key (a bridge's tick or object version): the request id is derived from
 it, so a caller that re-sends after a crash gets the same request id, and JetStream's duplicate window
 (``Nats-Msg-Id``) stores the event once."""
+
+
+def json_problem(body: bytes) -> str | None:
+    """None when ``body`` is JSON, else what is wrong with it (the Invoke API refuses it).
+
+    pydantic-core's parser checks a body in about three quarters of ``json.loads``' CPU time (a 550 KB event of
+    1,000 stream records: the largest piece of the gateway's CPU for it); a body it refuses is judged again by
+    ``json.loads``, so exactly the bodies ``json.loads`` takes are taken (it also takes nesting deeper than
+    pydantic-core's 200 levels, a UTF-8 BOM, UTF-16 and lone surrogates)."""
+    try:
+        pydantic_core.from_json(body)
+        return None
+    except ValueError:
+        pass
+    try:
+        json.loads(body)
+    except ValueError:
+        return "not valid JSON"
+    except RecursionError:  # deeper than the parser goes: the caller's error, not a 500
+        return "arrays and objects are nested too deeply"
+    return None
 
 
 @dataclass
@@ -144,18 +166,10 @@ class Gateway(RegistryLookups):
             caller = await self.auth.authorise(request, INVOKE, ref, body=body)
         except AuthRefused as e:
             return error_response(e.code, e.message)
-        if body:
-            try:
-                json.loads(body)
-            except ValueError:
-                return error_response(
-                    "InvalidRequestContentException", "Could not parse request body into json: not valid JSON"
-                )
-            except RecursionError:  # deeper than the parser goes: the caller's error, not a 500
-                return error_response(
-                    "InvalidRequestContentException",
-                    "Could not parse request body into json: arrays and objects are nested too deeply",
-                )
+        if body and (problem := json_problem(body)) is not None:
+            return error_response(
+                "InvalidRequestContentException", f"Could not parse request body into json: {problem}"
+            )
         resolved = self.resolve(ref)
         if resolved is None:
             return error_response(
