@@ -132,14 +132,18 @@ class Platform:
         return self.state.gateway_url
 
 
-def warm_function(name: str, namespace: str, handler: str, *, per_instance: int) -> dict[str, Any]:
-    """A python3.11 Function of one always-warm instance (min = max = 1) running ``handler`` as app.handler."""
+def warm_function(
+    name: str, namespace: str, handler: str, *, per_instance: int, **spec: Any
+) -> dict[str, Any]:
+    """A python3.11 Function of one always-warm instance (min = max = 1) running ``handler`` as app.handler,
+    with ``spec`` fields added."""
     return inline_function(
         name,
         namespace,
         handler,
         scaling={"minInstances": 1, "maxInstances": 1},
         concurrency={"perInstance": per_instance},
+        **spec,
     )
 
 
@@ -169,13 +173,42 @@ async def platform(
                 await create_namespace(kube, namespace)
                 yield Platform(state, state_dir, proc, kube, http)
         except BaseException:
-            for log_name in ("kubelambda-gateway", "kubelambda-operator"):
-                log = state_dir / "logs" / f"{log_name}.log"
-                if log.exists():
-                    print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            print_platform_logs(state_dir)
             raise
         finally:
             stop_cluster(proc, state_dir)
+
+
+def print_platform_logs(state_dir: Path) -> None:
+    """The tails of the gateway's and the operator's logs of ``kubelambda dev serve`` in ``state_dir``, on
+    stderr (what a failed benchmark shows)."""
+    for log_name in ("kubelambda-gateway", "kubelambda-operator"):
+        log = state_dir / "logs" / f"{log_name}.log"
+        if log.exists():
+            print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+
+
+async def create_function_ready(kube: KubeClient, doc: Mapping[str, Any], timeout: float = 180) -> None:
+    """Creates the Function ``doc`` and waits until its ``Ready`` condition is True."""
+    meta = doc["metadata"]
+    await kube.create(resource_path("kubelambda.io/v1alpha1", "functions", namespace=meta["namespace"]), doc)
+    path = resource_path(
+        "kubelambda.io/v1alpha1", "functions", namespace=meta["namespace"], name=meta["name"]
+    )
+    await wait(
+        lambda: kube.get(path),
+        lambda f: any(
+            c["type"] == "Ready" and c["status"] == "True" for c in f.get("status", {}).get("conditions", [])
+        ),
+        f"the function {meta['name']} Ready",
+        timeout,
+        tolerate_errors=True,
+    )
+
+
+def load_average() -> str:
+    """The 1-minute load average now, as printed beside each figure (2 cores: above 2, processes queue)."""
+    return f"load {os.getloadavg()[0]:.0f}"
 
 
 async def wait(

@@ -23,7 +23,6 @@ import json
 import re
 import select
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,15 @@ import psutil
 import psycopg2
 import psycopg2.extras
 
-from _common import create_namespace, start_cluster, wait
+from _common import (
+    create_function_ready,
+    create_namespace,
+    load_average,
+    print_platform_logs,
+    start_cluster,
+    wait,
+    warm_function,
+)
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import PostgresServer
 from kubelambda.kube import KubeClient, resource_path
@@ -283,29 +290,7 @@ def trigger(
 
 
 async def deploy(kube: KubeClient, name: str, handler: str, env: dict[str, str]) -> None:
-    fn = {
-        "apiVersion": GROUP_VERSION,
-        "kind": "Function",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "runtime": "python3.11",
-            "handler": "app.handler",
-            "code": {"inline": {"app.py": handler}},
-            "environment": env,
-            "concurrency": {"perInstance": 4},
-            "scaling": {"minInstances": 1, "maxInstances": 1},
-        },
-    }
-    await kube.create(resource_path(GROUP_VERSION, "functions", namespace=NS), fn)
-    await wait(
-        lambda: kube.get(resource_path(GROUP_VERSION, "functions", namespace=NS, name=name)),
-        lambda f: any(
-            c["type"] == "Ready" and c["status"] == "True" for c in f.get("status", {}).get("conditions", [])
-        ),
-        f"the function {name} Ready",
-        180,
-        tolerate_errors=True,
-    )
+    await create_function_ready(kube, warm_function(name, NS, handler, per_instance=4, environment=env))
 
 
 async def main() -> None:
@@ -421,9 +406,7 @@ async def main() -> None:
                         f"p50 {statistics.median(values):.0f} ms, p95 {q[18]:.0f} ms, max {values[-1]:.0f} ms"
                     )
             except BaseException:
-                for log in sorted((root / "logs").glob("*.log")):
-                    if "operator" in log.name or "gateway" in log.name:
-                        print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+                print_platform_logs(root)
                 raise
             finally:
                 with contextlib.suppress(Exception):

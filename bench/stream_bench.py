@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,7 +34,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from _common import create_namespace, start_cluster, wait
+from _common import (
+    create_function_ready,
+    create_namespace,
+    print_platform_logs,
+    start_cluster,
+    warm_function,
+)
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import NatsServer, RedisServer
 from kubelambda.devcluster.streamservers import KafkaServer, KinesisServer
@@ -373,30 +378,8 @@ async def main() -> None:
                     aiohttp.ClientSession() as http,
                 ):
                     await create_namespace(kube, NS, 180, tolerate_errors=True)
-                    fn = {
-                        "apiVersion": GROUP_VERSION,
-                        "kind": "Function",
-                        "metadata": {"name": FUNCTION, "namespace": NS},
-                        "spec": {
-                            "runtime": "python3.11",
-                            "handler": "app.handler",
-                            "code": {"inline": {"app.py": HANDLER}},
-                            "concurrency": {"perInstance": SHARDS},
-                            "scaling": {"minInstances": 1, "maxInstances": 1},
-                        },
-                    }
-                    await kube.create(resource_path(GROUP_VERSION, "functions", namespace=NS), fn)
-                    await wait(
-                        lambda: kube.get(
-                            resource_path(GROUP_VERSION, "functions", namespace=NS, name=FUNCTION)
-                        ),
-                        lambda f: any(
-                            c["type"] == "Ready" and c["status"] == "True"
-                            for c in f.get("status", {}).get("conditions", [])
-                        ),
-                        "the function Ready",
-                        180,
-                        tolerate_errors=True,
+                    await create_function_ready(
+                        kube, warm_function(FUNCTION, NS, HANDLER, per_instance=SHARDS)
                     )
                     print(
                         f"{n} records per source, batch 100, parallelizationFactor {args.parallelization_factor}, "
@@ -425,9 +408,7 @@ async def main() -> None:
                             {"spec": {"enabled": False}},
                         )
             except BaseException:
-                for log in sorted((root / "logs").glob("*.log")):
-                    if "operator" in log.name or "gateway" in log.name:
-                        print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+                print_platform_logs(root)
                 raise
             finally:
                 proc.terminate()
