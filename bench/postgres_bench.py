@@ -36,6 +36,7 @@ import psycopg2.extras
 from _common import (
     create_function_ready,
     create_namespace,
+    developer_headers,
     load_average,
     print_platform_logs,
     start_cluster,
@@ -50,6 +51,14 @@ from stream_bench import GROUP_VERSION, NS, bridge_metrics, bridge_rate
 POLL_SECONDS = 0.1
 """How often the bridge pod's /metrics is read while it runs (each read costs the bridge CPU)."""
 NOOP = "def handler(event, context):\n    return {}\n"
+TRACE = """
+import time
+
+
+def handler(event, context):
+    return {"start": time.time(), "records": len(event["Records"])}
+"""
+TRACE_CALLS = 20
 STAMP = """
 import json
 import os
@@ -191,10 +200,11 @@ async def shaped_rate(kube: KubeClient, server: PostgresServer, table: str, slot
         await client.close()
 
 
-def stages(payloads: list[bytes], table: str, batch: int) -> dict[str, float]:
+def stages(payloads: list[bytes], table: str, batch: int) -> tuple[dict[str, float], bytes]:
     """CPU ms per batch of ``batch`` changes of each stage of the bridge's pipeline, run alone in this process on
     the messages the ceiling read: pgoutput decoding, shaping DynamoDB records, the event's encoding, and the
-    function side's ``json.loads`` of the event (what the Python runtime does before calling the handler)."""
+    function side's ``json.loads`` of the event (what the Python runtime does before calling the handler); and
+    the first batch's event as the bridge sends it."""
     from kubelambda.bridge.streams._batch import StreamRecord
     from kubelambda.bridge.streams._pgoutput import Change, Decoder, Shaper, Table, sequence_number
     from kubelambda.bridge.streams.postgres import PostgresStream
@@ -230,7 +240,7 @@ def stages(payloads: list[bytes], table: str, batch: int) -> dict[str, float]:
         "encode": (t3 - t2) * per_batch,
         "handler json.loads": (t4 - t3) * per_batch,
         "event KB": len(events[0]) / 1024,
-    }
+    }, events[0]
 
 
 def function_cpu(serve: psutil.Process) -> float:
@@ -256,6 +266,39 @@ def gateway_cpu(serve: psutil.Process) -> float:
                 times = child.cpu_times()
                 return float(times.user + times.system)
     return float("nan")
+
+
+async def trace(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], event: bytes, serve: psutil.Process
+) -> str:
+    """One batch's event sent ``TRACE_CALLS`` times, one at a time, from this process the way the bridge sends
+    it (POST to the gateway's Invoke API) to a function that answers the time its handler started: where the
+    wall time of a round trip goes (send → handler start: the body to the gateway, its read and JSON check, the
+    forward, the agent, the runtime's receive and ``json.loads``; handler start → answer: the way back), p50
+    and min (the min is what a free CPU gives), beside the CPU ms per call of the gateway and the function pods
+    and the load average. The clocks are this machine's one clock."""
+    rows: list[tuple[float, float, float]] = []
+    cpu = (gateway_cpu(serve), function_cpu(serve), process_cpu())
+    for _ in range(TRACE_CALLS):
+        sent = time.time()
+        async with http.post(url, data=event, headers=headers) as resp:
+            answer = json.loads(await resp.read())
+        back = time.time()
+        if resp.status != 200 or "start" not in answer:
+            raise RuntimeError(f"the trace function answered {resp.status}: {answer}")
+        rows.append((1e3 * (answer["start"] - sent), 1e3 * (back - answer["start"]), 1e3 * (back - sent)))
+    gateway, function, client = (
+        1e3 * (now - then) / TRACE_CALLS
+        for now, then in zip((gateway_cpu(serve), function_cpu(serve), process_cpu()), cpu, strict=True)
+    )
+    walls = ", ".join(
+        f"{what} p50 {statistics.median(r[k] for r in rows):.0f} ms (min {min(r[k] for r in rows):.0f})"
+        for k, what in enumerate(("send → handler start", "handler start → answer back", "round trip"))
+    )
+    return (
+        f"    trace, this batch's event sent {TRACE_CALLS} times one at a time ({load_average()}): {walls};"
+        f" CPU ms per call: gateway {gateway:.1f}, function pods {function:.1f}, sender {client:.1f}"
+    )
 
 
 def metric(text: str, name: str) -> float:
@@ -316,6 +359,10 @@ async def main() -> None:
                     await create_namespace(kube, NS, 180, tolerate_errors=True)
                     await deploy(kube, "noop", NOOP, {})
                     await deploy(kube, "stamp", STAMP, {"OUT": str(out)})
+                    await deploy(kube, "trace", TRACE, {})
+                    assert state.gateway_url
+                    trace_url = f"{state.gateway_url}/2015-03-31/functions/{NS}/trace/invocations"
+                    headers = {**await developer_headers(state), "Content-Type": "application/json"}
                     print(
                         f"{n} row changes (INSERTs, 100 per transaction), no-op python3.11 function; changes/s"
                     )
@@ -328,7 +375,7 @@ async def main() -> None:
                         cpu = process_cpu()
                         ceiling, payloads = await asyncio.to_thread(pg.ceiling, table, slots[0], n)
                         ceiling_us = 1e6 * (process_cpu() - cpu) / n
-                        stage = stages(payloads, table, batch)
+                        stage, event = stages(payloads, table, batch)
                         cpu = process_cpu()
                         shaped = await shaped_rate(kube, server, table, slots[1], n)
                         shaped_us = 1e6 * (process_cpu() - cpu) / n
@@ -356,7 +403,7 @@ async def main() -> None:
                             f"batch {batch:>4}, parallelizationFactor {lanes}: ceiling (psycopg2 read) {ceiling:>7.0f}"
                             f" ({ceiling_us:.1f} µs CPU/change), bridge read+decode+shape {shaped:>6.0f}"
                             f" ({shaped / ceiling:.0%}; {shaped_us:.1f} µs CPU/change), bridge end to end {rate:>6.0f}"
-                            f" ({rate / ceiling:.0%}, bridge CPU {cpu:.0%} = {1e6 * cpu / rate:.1f} µs/change)",
+                            f" ({rate / ceiling:.0%}, bridge CPU {cpu:.0%} = {1e6 * cpu / rate:.1f} µs/change); {load_average()}",
                             flush=True,
                         )
                         per = batch / 1e3  # µs per change → ms per batch
@@ -369,6 +416,7 @@ async def main() -> None:
                             f" {stage['handler json.loads']:.1f}), gateway {others['gateway'] * per:.1f}",
                             flush=True,
                         )
+                        print(await trace(http, trace_url, headers, event, serve), flush=True)
                         await kube.patch(
                             resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name),
                             {"spec": {"enabled": False}},

@@ -44,6 +44,7 @@ from aiobotocore.session import get_session
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from _common import load_average  # noqa: E402
 from kltest import Cluster, start_cluster  # noqa: E402
 from kltest.bridge import BridgeProcess  # noqa: E402
 from kltest.platform import deploy, python_function, start_gateway, start_operator, stop_gateway  # noqa: E402
@@ -461,7 +462,7 @@ async def main(n: int, batches: list[int], only: list[str], profile: Path | None
                             f" ({bridged.cpu_us:4.0f} µs CPU/msg, gateway {bridged.gateway_cpu_us:4.0f},"
                             f" function {bridged.function_cpu_us:4.0f})"
                             f"   ceiling {ceiling.rate:6.0f} rec/s ({ceiling.cpu_us:4.0f} µs CPU/msg)"
-                            f"   {100 * bridged.rate / ceiling.rate:5.1f}%",
+                            f"   {100 * bridged.rate / ceiling.rate:5.1f}%   {load_average()}",
                             flush=True,
                         )
             finally:
