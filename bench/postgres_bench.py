@@ -46,7 +46,7 @@ from _common import (
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import PostgresServer
 from kubelambda.kube import KubeClient, resource_path
-from stream_bench import GROUP_VERSION, NS, bridge_metrics, bridge_rate
+from stream_bench import GROUP_VERSION, NS, bridge_metrics, bridge_rate, trigger
 
 POLL_SECONDS = 0.1
 """How often the bridge pod's /metrics is read while it runs (each read costs the bridge CPU)."""
@@ -312,26 +312,6 @@ def process_cpu() -> float:
     return float(times.user + times.system)
 
 
-def trigger(
-    name: str, source: Postgres, function: str, *, enabled: bool, batch: int = 100, lanes: int = 1
-) -> dict[str, Any]:
-    return {
-        "apiVersion": GROUP_VERSION,
-        "kind": "Trigger",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "function": function,
-            "enabled": enabled,
-            "stream": {
-                **source.spec(name),
-                "batchSize": batch,
-                "parallelizationFactor": lanes,
-                "startingPosition": "TRIM_HORIZON",
-            },
-        },
-    }
-
-
 async def deploy(kube: KubeClient, name: str, handler: str, env: dict[str, str]) -> None:
     await create_function_ready(kube, warm_function(name, NS, handler, per_instance=4, environment=env))
 
@@ -381,7 +361,14 @@ async def main() -> None:
                         shaped_us = 1e6 * (process_cpu() - cpu) / n
                         await kube.create(
                             resource_path(GROUP_VERSION, "triggers", namespace=NS),
-                            trigger(name, pg, "noop", enabled=False, batch=batch, lanes=lanes),
+                            trigger(
+                                name,
+                                pg,  # type: ignore[arg-type]
+                                function="noop",
+                                enabled=False,
+                                batch=batch,
+                                parallelization=lanes,
+                            ),
                         )
                         serve = psutil.Process(proc.pid)
                         rate, cpu, others = await bridge_rate(
@@ -426,7 +413,7 @@ async def main() -> None:
                     await asyncio.to_thread(pg.prepare, "bench_lat", slots=["bench_lat_bridge"])
                     await kube.create(
                         resource_path(GROUP_VERSION, "triggers", namespace=NS),
-                        trigger(lat, pg, "stamp", enabled=True),
+                        trigger(lat, pg, function="stamp", enabled=True),  # type: ignore[arg-type],
                     )
                     await asyncio.sleep(
                         15

@@ -246,17 +246,26 @@ class Kinesis(Source):
         return {"kinesis": {"endpoint": self.server.endpoint, "streamName": name}}
 
 
-def trigger(name: str, source: Source, *, enabled: bool, parallelization: int) -> dict[str, Any]:
+def trigger(
+    name: str,
+    source: Source,
+    *,
+    enabled: bool,
+    parallelization: int = 1,
+    function: str = FUNCTION,
+    batch: int = 100,
+) -> dict[str, Any]:
+    """A stream Trigger named ``name`` on ``source`` (its ``spec(name)``), from the oldest record."""
     return {
         "apiVersion": GROUP_VERSION,
         "kind": "Trigger",
         "metadata": {"name": name, "namespace": NS},
         "spec": {
-            "function": FUNCTION,
+            "function": function,
             "enabled": enabled,
             "stream": {
                 **source.spec(name),
-                "batchSize": 100,
+                "batchSize": batch,
                 "startingPosition": "TRIM_HORIZON",
                 "parallelizationFactor": parallelization,
             },
