@@ -413,7 +413,7 @@ async def main() -> None:
                     await asyncio.to_thread(pg.prepare, "bench_lat", slots=["bench_lat_bridge"])
                     await kube.create(
                         resource_path(GROUP_VERSION, "triggers", namespace=NS),
-                        trigger(lat, pg, function="stamp", enabled=True),  # type: ignore[arg-type],
+                        trigger(lat, pg, function="stamp", enabled=True),  # type: ignore[arg-type]
                     )
                     await asyncio.sleep(
                         15
