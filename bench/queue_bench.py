@@ -274,6 +274,18 @@ class Run:
     """CPU µs per message of the function's pod: its agent and the runtime under it."""
 
 
+def busy(bridged: Run, ceiling: Run) -> str:
+    """How much of a core each side kept busy (rate times CPU per message): a chain that keeps far less busy than
+    the ceiling's one process waits on its hops (each process waiting for a core in turn), not on its CPU."""
+    chain = bridged.cpu_us + bridged.gateway_cpu_us + bridged.function_cpu_us
+    return (
+        f"cores kept busy: bridge + gateway + function {bridged.rate * chain / 1e6:.0%} of one"
+        f" ({chain:.0f} µs/msg: on two free cores at most {2e6 / chain:,.0f} msg/s),"
+        f" ceiling's client {ceiling.rate * ceiling.cpu_us / 1e6:.0%}"
+        f" (at most {1e6 / ceiling.cpu_us:,.0f} msg/s on one free core)"
+    )
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -465,6 +477,7 @@ async def main(n: int, batches: list[int], only: list[str], profile: Path | None
                             f"   {100 * bridged.rate / ceiling.rate:5.1f}%   {load_average()}",
                             flush=True,
                         )
+                        print(f"    {busy(bridged, ceiling)}", flush=True)
             finally:
                 await stop_gateway(gateway)
     finally:
@@ -496,5 +509,12 @@ if __name__ == "__main__":
         type=Path,
         help="write py-spy profiles (collapsed stacks) of each bridge run to this directory",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        help=f"the Triggers' maxConcurrency and the function's perInstance (default {CONCURRENCY})",
+    )
     args = parser.parse_args()
+    CONCURRENCY = args.concurrency
     asyncio.run(main(args.messages, args.batch or [100, 10], args.broker or BROKERS, args.profile))
