@@ -423,21 +423,19 @@ async def through_bridge(
 async def main(n: int, batches: list[int], only: list[str], profile: Path | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="queue-bench-"))
     cluster = start_cluster(tmp / "cluster")
-    servers = {
+    # Only the brokers asked for; started within the try, so that one failing to start stops the others too.
+    servers: dict[str, Any] = {
         "rabbitmq": RabbitMQServer(tmp / "rabbitmq"),
         "nats": NatsServer(tmp / "nats"),
         "redis": RedisServer(tmp / "redis"),
         "sqs": SqsServer(tmp / "elasticmq"),
     }
-    await asyncio.gather(*(s.start() for s in servers.values()))
-    brokers: dict[str, Any] = {
-        "rabbitmq": Rabbit(servers["rabbitmq"]),
-        "nats": Nats(servers["nats"]),
-        "redis": Redis(servers["redis"]),
-        "sqs": Sqs(servers["sqs"]),
-    }
+    servers = {kind: server for kind, server in servers.items() if kind in only}
+    clients: dict[str, Any] = {"rabbitmq": Rabbit, "nats": Nats, "redis": Redis, "sqs": Sqs}
     rows: list[tuple[str, int, Run, Run]] = []
     try:
+        await asyncio.gather(*(s.start() for s in servers.values()))
+        brokers = {kind: clients[kind](server) for kind, server in servers.items()}
         async with KubeClient.from_kubeconfig(cluster.kubeconfig) as kube:
             await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": NS}})
             operator = await start_operator(cluster, kube, problem_retry_seconds=1.0)
