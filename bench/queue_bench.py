@@ -511,7 +511,8 @@ if __name__ == "__main__":
         "--concurrency",
         type=int,
         default=CONCURRENCY,
-        help=f"the Triggers' maxConcurrency and the function's perInstance (default {CONCURRENCY})",
+        help=f"the Triggers' maxConcurrency and the function's perInstance (default {CONCURRENCY}); the function"
+        " keeps its default 128 MB, in which 32 invocations at once did not hold (its pod failed mid-invocation)",
     )
     args = parser.parse_args()
     CONCURRENCY = args.concurrency
