@@ -2,9 +2,9 @@
 # `make kind-local-up`: kind on this machine, offline. Docker with the runc wrapper (hack/kind-docker.sh), kind
 # itself (sigs.k8s.io/kind from the Go module proxy, cached), the node image assembled here
 # (hack/kind-node-image.sh), `kind create cluster` with hack/kind-config.yaml; then the images of `make images`
-# and the platform's NATS loaded with `kind load docker-image`, and the chart installed as on the container node
-# (kubelambda.devcluster._chart: restricted namespace, NATS on a hostPath volume, gateway on NodePort 30080 of
-# the node address, enforced NetworkPolicies). A cluster that exists is kept; images and chart are re-applied.
+# and the platform's NATS imported into the node, unpacked when first used (hack/kind-load.sh, not `kind load`),
+# and the chart installed as on the container node (kubelambda.devcluster._chart: restricted namespace, NATS on
+# a hostPath volume, gateway on NodePort 30080 of the node address, enforced NetworkPolicies). A cluster that exists is kept; images and chart are re-applied.
 # Prints KIND=, KUBECONFIG=, NODE_IP= and GATEWAY_URL= on stdout, progress and timings on stderr.
 #   KIND_CLUSTER       cluster name (default kubelambda-local)
 #   KUBELAMBDA_CACHE   cache root (default ~/.cache/kubelambda): kind in kind-<version>/
@@ -56,12 +56,18 @@ mapfile -t images < <(docker image ls --format '{{.Repository}}:{{.Tag}}' "$regi
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/pyproject.toml")
 printf '%s\n' "${images[@]}" | grep -qx "$registry/kubelambda:$version" \
   || { say "error: image $registry/kubelambda:$version is not in Docker: make images"; exit 1; }
-"$kind" load docker-image --name "$name" "$nats_image" "${images[@]}" >&2
-step "kind load docker-image (${#images[@]} images + NATS)"
+bash "$here/kind-load.sh" "$node" "$nats_image" "${images[@]}"
+step "images into the node (${#images[@]} images + NATS, hack/kind-load.sh)"
 
 # NATS's volume: a directory in the node owned by NATS's user, and a PersistentVolume bound to its claim.
 pv_dir=/var/lib/kubelambda/pv/nats-0
 docker exec "$node" sh -c "mkdir -p $pv_dir && chown 65532:65532 $pv_dir"
+# Released by a `helm uninstall` that deleted the claim (uninstall.keepData off): emptied and made again for the
+# next install's claim, as the container node does (kubelambda.devcluster._chart).
+if [[ $("$kubectl" get pv kubelambda-dev-nats-data -o 'jsonpath={.status.phase}' --ignore-not-found) == Released ]]; then
+  "$kubectl" delete pv kubelambda-dev-nats-data --wait >&2
+  docker exec "$node" sh -c "find $pv_dir -mindepth 1 -delete"
+fi
 "$kubectl" apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Namespace

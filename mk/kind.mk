@@ -12,7 +12,7 @@ kind-node-image: require-docker venv binaries node-binaries
 	bash hack/kind-docker.sh
 	bash hack/kind-node-image.sh
 
-# The cluster from that image, the images of `make images` loaded with `kind load`, the chart installed.
+# The cluster from that image, the images of `make images` imported (hack/kind-load.sh), the chart installed.
 kind-local-up: require-docker venv images binaries node-binaries
 	bash hack/kind-up.sh
 

@@ -24,7 +24,7 @@ import pytest
 
 from kltest import Cluster, create_namespace, start_cluster
 from kltest.cluster import backend, kind_cluster, kubectl_bin
-from kltest.e2e import host_snapshot
+from kltest.e2e import REPO, host_snapshot, kind_node
 from kltest.platform import lambda_client
 from kubelambda.devcluster import DevState, _containernode
 from kubelambda.devcluster._binaries import ensure_binaries
@@ -40,11 +40,11 @@ KIND_E2E_DIR = Path(tempfile.gettempdir()) / "kubelambda-e2e-kind"
 
 
 def kind_load_image(image: str) -> None:
-    """``kind load docker-image``: what ``import_image`` does for the container node, for the kind node."""
-    name = os.environ.get("KUBELAMBDA_KIND_CLUSTER", "kubelambda")
-    load = ["kind", "load", "docker-image", "--name", name, image]
+    """What ``import_image`` does for the container node, for the kind node: hack/kind-load.sh (imported, unpacked
+    when a container first uses it; ``kind load docker-image`` unpacked every layer and outlived tests' timeouts)."""
+    load = ["bash", str(REPO / "hack" / "kind-load.sh"), kind_node(), image]
     result = subprocess.run(load, capture_output=True, text=True, check=False, timeout=900)
-    assert result.returncode == 0, f"kind load docker-image {image} failed: {result.stderr[-500:]}"
+    assert result.returncode == 0, f"hack/kind-load.sh {image} failed: {result.stderr[-500:]}"
 
 
 if backend() == "kind":  # before the test modules import it: their images go into the kind node
@@ -73,8 +73,10 @@ def kind_platform() -> Cluster:
 
 @pytest.fixture(scope="session")
 def host_before() -> dict[str, set[str]]:
-    if os.environ.get("KUBELAMBDA_E2E_STATE_DIR") or backend() == "kind":
+    if os.environ.get("KUBELAMBDA_E2E_STATE_DIR"):
         return {}
+    if backend() == "kind":  # inside the kind node, the platform installed (hack/kind-up.sh)
+        return host_snapshot()
     left = host_leftovers()
     assert not left, f"a container node's leftovers are on this machine before the suite: {left}"
     return host_snapshot()

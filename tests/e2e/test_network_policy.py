@@ -7,17 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from kltest import Cluster, create_namespace, wait_for
-from kltest.e2e import connect, function_pods, invoke, python, ready
+from kltest.cluster import backend
+from kltest.e2e import connect, function_pods, invoke, node_bridge, on_node, python, ready
 from kubelambda.devcluster._chart import RESTRICTED
-from kubelambda.devcluster._containernode import BRIDGE
 from kubelambda.kube import KubeClient, resource_path
 
 SYSTEM = "kubelambda-system"
@@ -28,9 +28,32 @@ PROBER_IMAGE = "ghcr.io/kubelambda/runtime-python:3.11"
 
 @pytest.fixture
 def metadata_listener() -> Iterator[None]:
-    """A TCP listener on the metadata address, on the node's bridge (a pod reaches it through its gateway)."""
-    subprocess.run(["ip", "addr", "add", f"{METADATA}/32", "dev", BRIDGE], check=True)
-    server = socket.create_server((METADATA, METADATA_PORT))
+    """A TCP listener on the metadata address, on the node's bridge (a pod reaches it through its gateway): on
+    this host for the container node; inside the kind node for the kind backend (socat, which the node has)."""
+    on_node("ip", "addr", "add", f"{METADATA}/32", "dev", node_bridge())
+    try:
+        if backend() == "kind":
+            listen = f"socat TCP-LISTEN:{METADATA_PORT},bind={METADATA},fork,reuseaddr SYSTEM:true"
+            pid = on_node("sh", "-c", f"{listen} >/dev/null 2>&1 & echo $!").strip()
+            try:
+                deadline = time.monotonic() + 30
+                while f"{METADATA}:{METADATA_PORT}" not in on_node("ss", "-Hltn"):
+                    assert time.monotonic() < deadline, f"socat in the kind node is not listening ({pid})"
+                    time.sleep(0.1)
+                yield
+            finally:
+                on_node("kill", pid, check=False)
+            return
+        with listening(METADATA, METADATA_PORT):
+            yield
+    finally:
+        on_node("ip", "addr", "del", f"{METADATA}/32", "dev", node_bridge(), check=False)
+
+
+@contextlib.contextmanager
+def listening(address: str, port: int) -> Iterator[None]:
+    """A TCP listener in this process that accepts and closes every connection."""
+    server = socket.create_server((address, port))
     server.settimeout(0.5)
     stop = threading.Event()
 
@@ -48,7 +71,6 @@ def metadata_listener() -> Iterator[None]:
         stop.set()
         thread.join(5)
         server.close()
-        subprocess.run(["ip", "addr", "del", f"{METADATA}/32", "dev", BRIDGE], check=False)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""The suite's last module (it changes and then removes the platform): ``helm upgrade`` to a python3.11 warm pool
-and a cold invoke served by a pool pod, ``helm upgrade`` to two gateway replicas and the pool sized 0, ``helm
-uninstall`` leaving nothing but the CRDs, then ``kubelambda dev down`` leaving nothing on the host."""
+"""The suite's last module (it changes and then removes the platform): ``helm upgrade`` to a python3.11 warm pool in
+a namespace the chart did not create (``gateway.warmPools.createNamespace=false``) and a cold invoke served by a
+pool pod, ``helm upgrade`` to two gateway replicas, ``helm uninstall`` leaving nothing but the CRDs, then
+``kubelambda dev down`` leaving nothing on the host."""
 
 from __future__ import annotations
 
@@ -14,22 +15,19 @@ from typing import Any
 import pytest
 
 from kltest import Cluster, wait_for
-from kltest.e2e import host_snapshot, invoke, python, ready
+from kltest.cluster import backend
+from kltest.e2e import invoke, new_on_node, python, ready
 from kltest.platform import lambda_client
 from kubelambda.devcluster._binaries import ensure_binaries, repo_root
 from kubelambda.devcluster._chart import RESTRICTED
 from kubelambda.devcluster._containernode import host_leftovers
 
 SYSTEM = "kubelambda-system"
-POOL_NS = "kubelambda-warm-pool"
-# In the release namespace after `helm uninstall`: what Kubernetes makes in every namespace, and NATS's claim
-# (Kubernetes keeps a StatefulSet's claims: accepted events survive an uninstall, docs/helm.md). Besides these, only
-# the developer's access-key Secret (`dev up` makes it, as `kubelambda access-key create` would) may stay.
-KEPT = {
-    "configmap/kube-root-ca.crt",
-    "serviceaccount/default",
-    "persistentvolumeclaim/data-kubelambda-nats-0",
-}
+CHART_POOL_NS = "kubelambda-warm-pool"  # the chart's (gateway.warmPools.createNamespace, the default)
+POOL_NS = "kubelambda-e2e-pools"  # a namespace of the user's, given with createNamespace=false
+# What Kubernetes makes in every namespace: all a namespace holds after `helm uninstall` (uninstall.keepData off:
+# NATS's claim and the developer's access-key Secret, which `dev up` made, go too).
+KEPT = {"configmap/kube-root-ca.crt", "serviceaccount/default"}
 INSTANCE = "app.kubernetes.io/instance=kubelambda"
 POOL = "kubelambda.io/pool-runtime=python3.11"
 GATEWAY = "app.kubernetes.io/component=gateway"
@@ -46,11 +44,21 @@ def helm(cluster: Cluster, *args: str) -> str:
 
 @pytest.mark.timeout(600)
 async def test_a_cold_invoke_is_served_by_a_warm_pool_pod(cluster: Cluster, namespace: str) -> None:
+    # The chart made its warm-pool namespace, enforcing Pod Security "restricted".
+    labels = cluster.kubectl_json("get", "namespace", CHART_POOL_NS)["metadata"]["labels"]
+    assert RESTRICTED.items() <= labels.items(), labels
+    # The pools in a namespace of the user's (createNamespace=false), so that the uninstall test sees the chart's
+    # hook delete them: nothing deletes that namespace. The chart's own goes with the upgrade.
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": POOL_NS, "labels": RESTRICTED}},
+        "default",
+    )
     # One gateway replica: each replica keeps its own pool view and claims in memory (docs/warm-pools.md), and
     # before leader election a second replica scaled a function the first had just activated back to zero.
     helm(
         cluster, "upgrade", "kubelambda", str(repo_root() / "helm" / "kubelambda"), "-n", SYSTEM,
         "--reuse-values", "--set", "gateway.replicas=1", "--set", "gateway.warmPools.sizes.python3\\.11=1",
+        "--set", "gateway.warmPools.createNamespace=false", "--set", f"gateway.warmPools.namespace={POOL_NS}",
         "--wait", "--timeout", "5m",
     )  # fmt: skip
     # The session's client keeps its connections, NodePort-forwarded to the gateway pod before the upgrade, which
@@ -112,14 +120,18 @@ async def test_helm_upgrade_to_a_changed_value(cluster: Cluster, client: Any) ->
 
 @pytest.mark.timeout(900)
 async def test_helm_uninstall_leaves_only_the_crds(cluster: Cluster) -> None:
-    # The warm-pool test left the gateway's pool Deployment (made at run time, not a release object) in the pool
-    # namespace: the uninstall removes it with that namespace, a release object.
-    assert cluster.kubectl(
-        "get", "deployments", "-n", POOL_NS, "-l", "kubelambda.io/pool", "-o", "name"
-    ).stdout
-    namespace = cluster.kubectl_json("get", "namespace", POOL_NS)
-    assert RESTRICTED.items() <= namespace["metadata"]["labels"].items(), namespace["metadata"]["labels"]
-    assert cluster.kubectl("get", "leases", "-n", SYSTEM, "-o", "name").stdout  # the gateway replicas' Leases
+    # What the platform made at run time, which the release does not own: the gateway's pool Deployment and its
+    # NetworkPolicy and pods (a claimed one released by its ReplicaSet) in the user's pool namespace, the gateway
+    # replicas' Leases, NATS's claim (the StatefulSet's), the developer's access key (a Secret `dev up` made).
+    before = {
+        "pools": cluster.kubectl("get", "deployments,networkpolicies", "-n", POOL_NS, "-o", "name").stdout,
+        "leases": cluster.kubectl("get", "leases", "-n", SYSTEM, "-o", "name").stdout,
+        "claim": cluster.kubectl("get", "pvc", "-n", SYSTEM, "-o", "name").stdout,
+        "access key": cluster.kubectl(
+            "get", "secrets", "-n", SYSTEM, "-l", "kubelambda.io/access-key=true", "-o", "name"
+        ).stdout,
+    }
+    assert all(before.values()), before
     helm(cluster, "uninstall", "kubelambda", "-n", SYSTEM, "--wait", "--timeout", "5m")
     kinds = ",".join(
         kind
@@ -130,17 +142,19 @@ async def test_helm_uninstall_leaves_only_the_crds(cluster: Cluster) -> None:
     )
 
     def left() -> list[str]:
-        # Every object in the release namespace, but what Kubernetes and `dev up` put there.
+        # Every object of every namespaced kind in the release namespace and the pool namespace, but what
+        # Kubernetes puts in every namespace; the release's cluster-wide RBAC; the chart's pool namespace.
         names = [
-            name
-            for name in cluster.kubectl("get", kinds, "-n", SYSTEM, "-o", "name").stdout.split()
-            if name not in KEPT and not name.startswith("secret/kubelambda-access-key-")
+            f"{ns}: {name}"
+            for ns in (SYSTEM, POOL_NS)
+            for name in cluster.kubectl("get", kinds, "-n", ns, "-o", "name").stdout.split()
+            if name not in KEPT
         ]
         names += cluster.kubectl(
             "get", "clusterroles,clusterrolebindings", "-l", INSTANCE, "-o", "name"
         ).stdout.split()
         names += cluster.kubectl(
-            "get", "namespace", POOL_NS, "--ignore-not-found", "-o", "name"
+            "get", "namespace", CHART_POOL_NS, "--ignore-not-found", "-o", "name"
         ).stdout.split()
         return names
 
@@ -152,10 +166,25 @@ async def test_helm_uninstall_leaves_only_the_crds(cluster: Cluster) -> None:
     )
     crds = cluster.kubectl("get", "crd", "-o", "name").stdout.split()
     assert "customresourcedefinition.apiextensions.k8s.io/functions.kubelambda.io" in crds, crds
+    cluster.kubectl("delete", "namespace", POOL_NS, "--wait=false")
 
 
-def test_dev_down_leaves_nothing_on_the_host(cluster: Cluster, host_before: dict[str, set[str]]) -> None:
-    down = subprocess.run(
+async def test_dev_down_leaves_nothing_on_the_host(
+    cluster: Cluster, host_before: dict[str, set[str]]
+) -> None:
+    if backend() == "kind":
+        # No `dev down` on kind (make kind-local-down deletes the cluster): the same property inside the kind node.
+        # The suite's pods, the platform's with the uninstall, are gone with everything their sandboxes had:
+        # veths, mounts, iptables rules and chains, ipsets (the test namespaces go in the background).
+        await wait_for(
+            lambda: asyncio.to_thread(new_on_node, host_before),
+            lambda new: not new,
+            what="the kind node to hold nothing the suite's pods made",
+            timeout=300,
+        )
+        return
+    down = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "kubelambda", "dev", "down", "--state-dir", str(cluster.state_dir)],
         capture_output=True,
         text=True,
@@ -165,9 +194,6 @@ def test_dev_down_leaves_nothing_on_the_host(cluster: Cluster, host_before: dict
     assert host_leftovers() == []
     if not host_before:  # KUBELAMBDA_E2E_STATE_DIR: no snapshot from before that cluster started
         return
-    after = host_snapshot()
-    ours = ("klbr0", "10.245.", "KUBE-", "CNI-", "/run/kubelambda", "/var/lib/kubelambda", "veth")
-    for what, lines in after.items():
-        new = [line for line in lines - host_before[what] if any(mark in line for mark in ours)]
-        assert not new, f"{what} left by the container node: {new}"
+    new = new_on_node(host_before)
+    assert not new, f"left by the container node: {new}"
     assert not list(Path("/run/kubelambda").glob("containerd*")), list(Path("/run/kubelambda").iterdir())

@@ -201,7 +201,11 @@ async def test_install_invoke_uninstall(
         # has no PersistentVolumes); the gateway's Service URL stays the operator's advertised default.
         # The local node runs every pod in the host's network namespace: each listens on its own pod IP.
         "bindPodIP": True,
-        "gateway": {"replicas": 1, "httpRoutes": True},
+        "gateway": {
+            "replicas": 1,
+            "httpRoutes": True,
+            "warmPools": {"createNamespace": False, "namespace": namespace},
+        },
         "async": {"natsUrl": nats_server.url},
         "nats": {"enabled": False},
     }
@@ -229,8 +233,70 @@ async def install_invoke_uninstall(cluster: Cluster, kube: KubeClient, namespace
 
     await scenario(cluster, kube, namespace, gateway_url=f"http://{gateway_pod['status']['podIP']}:8080")
 
+    # What the platform makes at run time and the release does not own, which the chart's post-delete hook
+    # deletes: an access key, and (warmPools.createNamespace=false) the gateway's pool objects in the pool
+    # namespace; another party's Deployment there stays.
+    key = await create_key(kube, namespace, "caller", system_namespace=SYSTEM_NS)
+    pool = {"app.kubernetes.io/managed-by": "kubelambda-gateway", "kubelambda.io/pool-runtime": "python3.11"}
+    pool_objects = [
+        pool_deployment("warm-pool-python3-11", pool),
+        pool_deployment("not-a-pool", {"app": "x"}),
+    ]
+    pool_objects += [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "warm-pool", "labels": pool},
+            "spec": {"podSelector": {"matchLabels": pool}, "policyTypes": ["Ingress"]},
+        },
+        {  # a claimed pool pod: its ReplicaSet released it
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "claimed", "labels": pool},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": PAUSE}]},
+        },
+    ]
+    cluster.apply(pool_objects, namespace)
+
     helm("uninstall", RELEASE, "--namespace", SYSTEM_NS, "--wait", "--timeout", "120s")
     await assert_nothing_left(cluster, kube, installed)
+    assert not cluster.kubectl(
+        "get", "secrets", "-n", SYSTEM_NS, "-l", "kubelambda.io/access-key=true", "-o", "name"
+    ).stdout, f"access key {key.access_key_id} survived the uninstall"
+    pool_kinds = ("deployments", "networkpolicies", "pods")
+    left = await wait_for(
+        lambda: asyncio.to_thread(
+            lambda: cluster.kubectl("get", ",".join(pool_kinds), "-n", namespace, "-o", "name").stdout.split()
+        ),
+        lambda names: not set(names) & POOL_OBJECTS,
+        what="the gateway's pool objects deleted by the chart's post-delete hook",
+        timeout=60,
+    )
+    assert "deployment.apps/not-a-pool" in left, left
+
+
+PAUSE = "registry.k8s.io/pause:3.10"
+POOL_OBJECTS = {
+    "deployment.apps/warm-pool-python3-11",
+    "networkpolicy.networking.k8s.io/warm-pool",
+    "pod/claimed",
+}
+
+
+def pool_deployment(name: str, labels: dict[str, str]) -> JSON:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "c", "image": PAUSE}]},
+            },
+        },
+    }
 
 
 async def scenario(cluster: Cluster, kube: KubeClient, namespace: str, *, gateway_url: str) -> None:

@@ -8,6 +8,7 @@ import copy
 import hashlib
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kltest.cluster import Cluster
+from kltest.cluster import Cluster, backend
 from kltest.wait import wait_for
 from kubelambda.devcluster._containernode import BRIDGE, import_image
 from kubelambda.kube import KubeClient, resource_path
@@ -95,21 +96,51 @@ async def function_pods(kube: KubeClient, namespace: str) -> list[JSON]:
     return [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
 
 
+def kind_node() -> str:
+    """The kind backend's node container (one node: the control plane's)."""
+    return f"{os.environ.get('KUBELAMBDA_KIND_CLUSTER', 'kubelambda')}-control-plane"
+
+
+def on_node(*argv: str, check: bool = True) -> str:
+    """``argv`` run where the pods run, its stdout: this host for the container node, inside the kind node's
+    container (``docker exec``) for the kind backend."""
+    prefix = ["docker", "exec", kind_node()] if backend() == "kind" else []
+    result = subprocess.run([*prefix, *argv], capture_output=True, text=True, check=False, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join([*prefix, *argv])} failed ({result.returncode}): {result.stderr}")
+    return result.stdout
+
+
+def node_bridge() -> str:
+    """The pods' bridge on the node: the container node's, or the kind node's (hack/kind-node/default-cni.yaml)."""
+    return "cni0" if backend() == "kind" else BRIDGE
+
+
+# What the node's pods leave when they are not cleaned up (test_zz_chart_and_down): lines of host_snapshot()
+# holding one of these are the node's.
+NODE_MARKS = {
+    "local": ("klbr0", "10.245.", "KUBE-", "CNI-", "/run/kubelambda", "/var/lib/kubelambda", "veth"),
+    "kind": ("cni0", "10.244.", "KUBE-", "CNI-", "/run/containerd", "/var/lib/kubelet/pods", "veth"),
+}
+
+
 def host_snapshot() -> dict[str, set[str]]:
-    """What the container node could leave behind, as lines to compare before ``up`` and after ``down``."""
+    """What the node could leave behind, as lines to compare before and after: on this host for the container
+    node (before ``up``, after ``down``), inside the kind node for the kind backend."""
 
     def lines(*argv: str) -> set[str]:
-        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        out = on_node(*argv, check=False)
         return {line for line in out.splitlines() if line and not line.startswith("#")}
 
-    mounts = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+    mounts = {line.split()[4] for line in on_node("cat", "/proc/self/mountinfo").splitlines()}
     links = set()
+    bridge = node_bridge()
     for line in lines("ip", "-o", "link"):
         words = line.split()
         # Docker's containers (image builds, other users of this machine) come and go on Docker's own bridges:
         # a link enslaved to a bridge other than the node's is never the node's.
         master = words[words.index("master") + 1] if "master" in words else None
-        if master is None or master == BRIDGE:
+        if master is None or master == bridge:
             links.add(line.split(":", 2)[1].split("@")[0].strip())
     return {
         "mounts": mounts,
@@ -122,6 +153,31 @@ def host_snapshot() -> dict[str, set[str]]:
         | {line.split()[0] for line in lines("iptables-save", "-t", "nat") if line.startswith(":")},
         "ipsets": lines("ipset", "list", "-n"),
     }
+
+
+def new_on_node(before: dict[str, set[str]]) -> dict[str, list[str]]:
+    """What host_snapshot() holds now and did not hold in ``before``, of the node's (NODE_MARKS)."""
+    marks = NODE_MARKS[backend()]
+    new = {
+        what: sorted(line for line in lines - before[what] if any(mark in line for mark in marks))
+        for what, lines in host_snapshot().items()
+    }
+    return {what: lines for what, lines in new.items() if lines}
+
+
+def cpu_quota(container_id: str) -> tuple[int, int]:
+    """A container's CFS quota and period (µs), read from its cgroup on the node (cgroup v1 or v2, either cgroup
+    driver: the directory named after the container, ``<id>`` or ``cri-containerd-<id>.scope``)."""
+    script = (
+        f'for d in $(find /sys/fs/cgroup/ -type d -name "*{container_id}*"); do '
+        'if [ -f "$d/cpu.max" ]; then cat "$d/cpu.max"; '
+        'elif [ -f "$d/cpu.cfs_quota_us" ]; then echo "$(cat "$d/cpu.cfs_quota_us") $(cat "$d/cpu.cfs_period_us")"; '
+        "fi; done"
+    )
+    found = set(on_node("sh", "-c", script).splitlines())
+    assert len(found) == 1, f"the CPU settings of container {container_id} on the node: {found}"
+    quota, period = found.pop().split()
+    return -1 if quota == "max" else int(quota), int(period)
 
 
 CONNECT = """

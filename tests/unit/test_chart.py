@@ -167,7 +167,8 @@ def test_default_render(helm: Path) -> None:
     uninstall = find(docs, "Job", "kubelambda-uninstall")
     assert uninstall["metadata"]["annotations"]["helm.sh/hook"] == "post-delete"
     assert find(docs, "Role", "kubelambda-uninstall")["rules"] == [
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list", "delete"]}
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list", "delete"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["deletecollection"]},
     ]
     operator = find(docs, "Deployment", "kubelambda-operator")
     env = env_of(operator)
@@ -202,6 +203,84 @@ def test_default_render(helm: Path) -> None:
     nats = find(docs, "StatefulSet", "kubelambda-nats")
     assert nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert "jetstream" in find(docs, "ConfigMap", "kubelambda-nats")["data"]["nats.conf"]
+
+
+def test_uninstall_deletes_what_the_platform_made_unless_keep_data(helm: Path) -> None:
+    """Issue 15: `helm uninstall` leaves only the CRDs. NATS's claims go with the StatefulSet, the hook deletes the
+    access keys and, in a warm-pool namespace the chart did not create, the gateway's pools; uninstall.keepData
+    keeps the claims and the keys."""
+
+    def hook(docs: list[JSON]) -> tuple[dict[str, str], dict[str, set[tuple[str, str, str]]]]:
+        job = find(docs, "Job", "kubelambda-uninstall")
+        env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        roles = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "kubelambda-uninstall"]
+        bindings = [
+            d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "kubelambda-uninstall"
+        ]
+        assert {r["metadata"]["namespace"] for r in roles} == {b["metadata"]["namespace"] for b in bindings}
+        for d in [*roles, *bindings]:
+            assert d["metadata"]["annotations"]["helm.sh/hook"] == "post-delete", d["metadata"]
+        return env, {r["metadata"]["namespace"]: triples(r["rules"]) for r in roles}
+
+    def retention(docs: list[JSON]) -> JSON:
+        return dict(
+            find(docs, "StatefulSet", "kubelambda-nats")["spec"]["persistentVolumeClaimRetentionPolicy"]
+        )
+
+    docs = render(helm)
+    env, rules = hook(docs)
+    assert retention(docs) == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+    assert env == {"NAMESPACE": "kubelambda-system", "KEEP_DATA": "false"}  # the chart's pool namespace goes
+    assert rules == {
+        "kubelambda-system": {
+            ("coordination.k8s.io", "leases", "list"),
+            ("coordination.k8s.io", "leases", "delete"),
+            ("", "secrets", "deletecollection"),
+        }
+    }
+    docs = render(
+        helm, "--set", "uninstall.keepData=true", "--set", "gateway.warmPools.createNamespace=false",
+        "--set", "gateway.warmPools.namespace=pools",
+    )  # fmt: skip
+    env, rules = hook(docs)
+    assert retention(docs) == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    assert env == {"NAMESPACE": "kubelambda-system", "KEEP_DATA": "true", "POOL_NAMESPACE": "pools"}
+    assert rules == {
+        "kubelambda-system": {
+            ("coordination.k8s.io", "leases", "list"),
+            ("coordination.k8s.io", "leases", "delete"),
+        },
+        "pools": {
+            ("apps", "deployments", "deletecollection"),
+            ("networking.k8s.io", "networkpolicies", "deletecollection"),
+            ("", "pods", "deletecollection"),
+        },
+    }
+
+
+def test_the_uninstall_hook_names_what_the_platform_makes() -> None:
+    """files/uninstall.py runs in the image without the tests' imports: its names must be the code's."""
+    from kubelambda.gateway.auth.keys import LABEL as ACCESS_KEY_LABEL
+    from kubelambda.gateway.peers import LEADER_LEASE, MEMBER_LABEL
+    from kubelambda.resources.warmpool import MANAGED_BY, make_pool_deployment, make_pool_ingress_policy
+
+    source = (CHART / "files" / "uninstall.py").read_text()
+    names: dict[str, Any] = {"__name__": "uninstall"}
+    exec(compile(source, "uninstall.py", "exec"), names)
+    assert names["LEADER_LEASE"] == LEADER_LEASE
+    assert names["MEMBER_LABEL"] == MEMBER_LABEL
+    assert names["ACCESS_KEYS"] == f"{ACCESS_KEY_LABEL}=true"
+    assert names["POOL_OBJECTS"] == f"app.kubernetes.io/managed-by={MANAGED_BY}"
+    key, _, value = names["POOL_OBJECTS"].partition("=")
+    deployment = make_pool_deployment(
+        "python3.11", image="x", namespace="p", replicas=1, memory_mb=128, region="r"
+    )
+    for labels in (
+        deployment["metadata"]["labels"],
+        deployment["spec"]["template"]["metadata"]["labels"],  # the pods, claimed ones too
+        make_pool_ingress_policy("p", gateway_namespace="s")["metadata"]["labels"],
+    ):
+        assert labels.get(key) == value, labels
 
 
 def images(docs: list[JSON]) -> Iterator[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,18 @@ class ChartPlatform:
         path.mkdir(parents=True, exist_ok=True)
         os.chown(path, 65532, 65532)
         pv = resource_path("v1", "persistentvolumes", name=NATS_PV)
-        if await kube.get_or_none(pv) is None:
+        existing = await kube.get_or_none(pv)
+        if existing is not None and existing.get("status", {}).get("phase") == "Released":
+            # `helm uninstall` deleted the claim (the chart's uninstall.keepData is off): its data goes, as a
+            # provisioner's Delete reclaim would do, and the volume is bound ahead to the next install's claim.
+            for entry in path.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            await kube.patch(pv, {"spec": {"claimRef": {"uid": None, "resourceVersion": None}}})
+            logger.info("NATS's volume %s was released by an uninstall: emptied for the new claim", NATS_PV)
+        if existing is None:
             await kube.create(
                 resource_path("v1", "persistentvolumes"),
                 {
