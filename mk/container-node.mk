@@ -21,6 +21,7 @@ node-packages:
 e2e: venv node-packages images node-binaries
 	$(PY) -m pytest -q tests/e2e
 
-# Cold start from zero, container node beside process node in the same run (p50/p95, steps).
+# Cold start from zero, container node beside process node in the same run (p50/p95, steps); then on the
+# container node the warm pool's cold start and the memory of the platform's pods and of idle function pods.
 bench-container-node: venv node-packages images node-binaries
 	$(PY) bench/container_node_bench.py --runs 20
