@@ -46,6 +46,9 @@ KIND_GATEWAY_URL = "http://localhost:30080"
 # over objects it did not create. On kind, the release `make kind-up` installed.
 RELEASE = "kubelambda" if KIND else "kubelambda-it"
 SYSTEM_NS = "kubelambda-system" if KIND else "kubelambda-it"
+# A namespace of the user's for the warm pools (gateway.warmPools.createNamespace=false): the uninstall hook deletes
+# the gateway's pool objects there.
+POOLS_NS = f"{RELEASE}-pools"
 
 HANDLER = """
 def handler(event, context):
@@ -204,18 +207,23 @@ async def test_install_invoke_uninstall(
         "gateway": {
             "replicas": 1,
             "httpRoutes": True,
-            "warmPools": {"createNamespace": False, "namespace": namespace},
+            "warmPools": {"createNamespace": False, "namespace": POOLS_NS},
         },
         "async": {"natsUrl": nats_server.url},
         "nats": {"enabled": False},
     }
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
-    helm(
-        "install", RELEASE, str(CHART), "--namespace", SYSTEM_NS, "--create-namespace", "-f", str(values_file)
-    )
-    with helm.uninstalled_on_failure(RELEASE, SYSTEM_NS):
-        await install_invoke_uninstall(cluster, kube, namespace, helm)
+    await ensure_namespace(kube, POOLS_NS)  # the user's, given with createNamespace=false
+    try:
+        helm(
+            "install", RELEASE, str(CHART), "--namespace", SYSTEM_NS, "--create-namespace", "-f",
+            str(values_file),
+        )  # fmt: skip
+        with helm.uninstalled_on_failure(RELEASE, SYSTEM_NS):
+            await install_invoke_uninstall(cluster, kube, namespace, helm)
+    finally:
+        await kube.delete(resource_path("v1", "namespaces", name=POOLS_NS))
 
 
 async def install_invoke_uninstall(cluster: Cluster, kube: KubeClient, namespace: str, helm: Helm) -> None:
@@ -256,7 +264,7 @@ async def install_invoke_uninstall(cluster: Cluster, kube: KubeClient, namespace
             "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": PAUSE}]},
         },
     ]
-    cluster.apply(pool_objects, namespace)
+    cluster.apply(pool_objects, POOLS_NS)
 
     helm("uninstall", RELEASE, "--namespace", SYSTEM_NS, "--wait", "--timeout", "120s")
     await assert_nothing_left(cluster, kube, installed)
@@ -266,7 +274,7 @@ async def install_invoke_uninstall(cluster: Cluster, kube: KubeClient, namespace
     pool_kinds = ("deployments", "networkpolicies", "pods")
     left = await wait_for(
         lambda: asyncio.to_thread(
-            lambda: cluster.kubectl("get", ",".join(pool_kinds), "-n", namespace, "-o", "name").stdout.split()
+            lambda: cluster.kubectl("get", ",".join(pool_kinds), "-n", POOLS_NS, "-o", "name").stdout.split()
         ),
         lambda names: not set(names) & POOL_OBJECTS,
         what="the gateway's pool objects deleted by the chart's post-delete hook",
