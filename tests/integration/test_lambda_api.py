@@ -750,6 +750,10 @@ async def test_zips_go_to_the_code_store(env: Env, code_store: S3Server) -> None
     assert code_ == "InvalidParameterValueException", message
     assert "Code.ZipFile" in message, message
     await call(client.delete_function, FunctionName=fn)
+    # Every store call above (put, read_source, serve, the collector's passes) used the gateway's one S3 client.
+    store = env.gateway.code_store
+    assert store is not None
+    assert store.clients_made == 1
 
 
 async def test_unreferenced_zips_are_deleted(env: Env, code_store: S3Server) -> None:

@@ -112,11 +112,14 @@ class Gateway(RegistryLookups):
     code_collector: CodeCollector | None = (
         None  # deletes unreferenced zips of the code store (the leader's acts)
     )
+    code_store: CodeStore | None = None  # the code store, when configured: one S3 client, closed by stop()
 
     def __post_init__(self) -> None:
         self.path = InvokePath(self.settings, self.registry, Activator(self.kube), self.http)
         self.auth = Authoriser(self.settings, self.kube)
         self.logs_api = LogsApi(self.settings, self.auth)
+        if self.settings.code_store_endpoint is not None:
+            self.code_store = CodeStore(self.settings)
 
     def http(self) -> aiohttp.ClientSession:
         if self.session is None:
@@ -544,7 +547,9 @@ class Gateway(RegistryLookups):
             client_max_size=self.settings.max_request_bytes + 1024, middlewares=[self._guard]
         )
         app.router.add_post(INVOKE_PATH, self.invoke)
-        LambdaApi(self.settings, self.kube, self.auth, self.registry).register(app.router)  # control plane
+        LambdaApi(self.settings, self.kube, self.auth, self.registry, self.code_store).register(
+            app.router
+        )  # control plane
         self.logs_api.register(app.router)  # function logs from the log store (docs/logs.md)
         app.router.add_route("*", "/http/{namespace}/{name}", self.http_route)
         app.router.add_route("*", "/http/{namespace}/{name}/{tail:.*}", self.http_route)
@@ -635,10 +640,10 @@ class Gateway(RegistryLookups):
             self._tasks.append(asyncio.create_task(self.auth.keys.run(self.kube), name="access keys"))
         if s.http_routes:
             self._tasks.append(asyncio.create_task(self.routes.run(self.kube), name="trigger routes"))
-        if s.code_store_endpoint is not None:
+        if self.code_store is not None:
             peers = self.peers
             self.code_collector = CodeCollector(
-                CodeStore(s), self.kube, is_collector=lambda: peers is None or peers.is_leader
+                self.code_store, self.kube, is_collector=lambda: peers is None or peers.is_leader
             )
             self._tasks.append(asyncio.create_task(self.code_collector.run(), name="code store collector"))
         if any(n > 0 for n in s.warm_pool_sizes.values()):
@@ -705,6 +710,8 @@ class Gateway(RegistryLookups):
         if self.session is not None:
             await self.session.close()
             self.session = None
+        if self.code_store is not None:
+            await self.code_store.close()
 
 
 def _http(response: httpapi.HttpResponse) -> web.Response:

@@ -11,6 +11,7 @@ read the Function may read its code, as in Lambda.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import io
@@ -78,6 +79,11 @@ class CodeStore:
             (secret.get_secret_value() if secret else "").encode(), b"kubelambda code URLs", hashlib.sha256
         ).digest()
         self._bucket_ready = False
+        self._client_lock = asyncio.Lock()
+        self._client: Any = None  # one aiobotocore S3 client (its own connection pool), made at first use
+        self._exit = contextlib.AsyncExitStack()
+        self.clients_made = 0
+        """S3 clients made: one per store, however many calls (each client holds its own connection pool)."""
 
     # ---- signed URLs ----------------------------------------------------------------------------------
 
@@ -106,25 +112,41 @@ class CodeStore:
 
     # ---- S3 -------------------------------------------------------------------------------------------
 
-    def _client(self) -> Any:
-        from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
-        from aiobotocore.session import get_session  # type: ignore[import-untyped]
+    async def client(self) -> Any:
+        """This store's S3 client, made at the first call and kept until :meth:`close` (a client per call made
+        a connection pool, a TLS handshake and botocore's service model each time)."""
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+                from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
+                from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
-        s = self.settings
-        secret = s.code_store_secret_access_key
-        return get_session().create_client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=s.code_store_region,
-            aws_access_key_id=s.code_store_access_key_id,
-            aws_secret_access_key=secret.get_secret_value() if secret else None,
-            config=AioConfig(
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
-            ),
-        )
+                s = self.settings
+                secret = s.code_store_secret_access_key
+                made = get_session().create_client(
+                    "s3",
+                    endpoint_url=self.endpoint,
+                    region_name=s.code_store_region,
+                    aws_access_key_id=s.code_store_access_key_id,
+                    aws_secret_access_key=secret.get_secret_value() if secret else None,
+                    config=AioConfig(
+                        s3={"addressing_style": "path"},
+                        retries={"max_attempts": 3, "mode": "standard"},
+                        connect_timeout=5,
+                        read_timeout=60,
+                    ),
+                )
+                self._client = await self._exit.enter_async_context(made)
+                self.clients_made += 1
+        return self._client
+
+    async def close(self) -> None:
+        """Closes the S3 client (the gateway's shutdown); a later call makes a new one."""
+        async with self._client_lock:
+            self._client = None
+            await self._exit.aclose()
+            self._exit = contextlib.AsyncExitStack()
 
     async def _ensure_bucket(self, client: Any) -> None:
         if self._bucket_ready:
@@ -148,16 +170,16 @@ class CodeStore:
         sha = hashlib.sha256(data).hexdigest()
         key = _KEY_PREFIX + sha + ".zip"
         try:
-            async with self._client() as client:
-                await self._ensure_bucket(client)
-                try:
-                    head = await client.head_object(Bucket=self.bucket, Key=key)
-                    age = time.time() - head["LastModified"].timestamp()
-                    fresh = age < self.settings.code_store_gc_grace_seconds / 2
-                except ClientError:
-                    fresh = False
-                if not fresh:
-                    await client.put_object(Bucket=self.bucket, Key=key, Body=data)
+            client = await self.client()
+            await self._ensure_bucket(client)
+            try:
+                head = await client.head_object(Bucket=self.bucket, Key=key)
+                age = time.time() - head["LastModified"].timestamp()
+                fresh = age < self.settings.code_store_gc_grace_seconds / 2
+            except ClientError:
+                fresh = False
+            if not fresh:
+                await client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except (ClientError, BotoCoreError) as e:
             raise StoreError(
                 "ServiceException", f"The code store at {self.endpoint} refused the zip: {e}"
@@ -178,16 +200,16 @@ class CodeStore:
         if version:
             args["VersionId"] = version
         try:
-            async with self._client() as client:
-                answer = await client.get_object(**args)
-                async with answer["Body"] as body:
-                    if int(answer.get("ContentLength", 0)) > ZIP_MAX_BYTES:
-                        raise StoreError(
-                            "InvalidParameterValueException",
-                            f"S3Key: s3://{bucket}/{key} is {answer['ContentLength']} bytes; the limit for a "
-                            f"zip is {ZIP_MAX_BYTES}",
-                        )
-                    data: bytes = await body.read()
+            client = await self.client()
+            answer = await client.get_object(**args)
+            async with answer["Body"] as body:
+                if int(answer.get("ContentLength", 0)) > ZIP_MAX_BYTES:
+                    raise StoreError(
+                        "InvalidParameterValueException",
+                        f"S3Key: s3://{bucket}/{key} is {answer['ContentLength']} bytes; the limit for a "
+                        f"zip is {ZIP_MAX_BYTES}",
+                    )
+                data: bytes = await body.read()
         except ClientError as e:
             raise StoreError(
                 "InvalidParameterValueException",
@@ -212,25 +234,25 @@ class CodeStore:
         if expires and expires < time.time():
             raise web.HTTPForbidden(text="expires: this code URL has expired; get the function again")
         try:
-            async with self._client() as client:
-                answer = await client.get_object(Bucket=self.bucket, Key=_KEY_PREFIX + sha + ".zip")
-                response = web.StreamResponse(
-                    headers={
-                        "Content-Type": "application/zip",
-                        "Content-Length": str(answer["ContentLength"]),
-                    }
-                )
-                try:
-                    await response.prepare(request)
-                    async with answer["Body"] as body:
-                        while chunk := await body.read(256 * 1024):
-                            await response.write(chunk)
-                    await response.write_eof()
-                except ConnectionResetError:
-                    # The downloader went away (a pod's init container stopped, a client gave up): nothing to
-                    # answer, and no "unexpected error" either.
-                    logger.info("The download of zip %s ended: the client closed the connection", sha)
-                return response
+            client = await self.client()
+            answer = await client.get_object(Bucket=self.bucket, Key=_KEY_PREFIX + sha + ".zip")
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "application/zip",
+                    "Content-Length": str(answer["ContentLength"]),
+                }
+            )
+            try:
+                await response.prepare(request)
+                async with answer["Body"] as body:
+                    while chunk := await body.read(256 * 1024):
+                        await response.write(chunk)
+                await response.write_eof()
+            except ConnectionResetError:
+                # The downloader went away (a pod's init container stopped, a client gave up): nothing to
+                # answer, and no "unexpected error" either.
+                logger.info("The download of zip %s ended: the client closed the connection", sha)
+            return response
         except ClientError as e:
             if _s3_code(e) in ("NoSuchKey", "404"):
                 raise web.HTTPNotFound(text=f"no zip {sha} in the code store") from e
@@ -241,20 +263,20 @@ class CodeStore:
     async def stored(self) -> dict[str, float]:
         """Every zip of the store: sha256 → when it was last written (Unix time)."""
         found: dict[str, float] = {}
-        async with self._client() as client:
-            await self._ensure_bucket(client)
-            pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=_KEY_PREFIX)
-            async for page in pages:
-                for item in page.get("Contents") or []:
-                    sha = str(item["Key"])[len(_KEY_PREFIX) :].removesuffix(".zip")
-                    if _SHA256.match(sha):
-                        found[sha] = item["LastModified"].timestamp()
+        client = await self.client()
+        await self._ensure_bucket(client)
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=_KEY_PREFIX)
+        async for page in pages:
+            for item in page.get("Contents") or []:
+                sha = str(item["Key"])[len(_KEY_PREFIX) :].removesuffix(".zip")
+                if _SHA256.match(sha):
+                    found[sha] = item["LastModified"].timestamp()
         return found
 
     async def delete(self, shas: list[str]) -> None:
-        async with self._client() as client:
-            for sha in shas:
-                await client.delete_object(Bucket=self.bucket, Key=_KEY_PREFIX + sha + ".zip")
+        client = await self.client()
+        for sha in shas:
+            await client.delete_object(Bucket=self.bucket, Key=_KEY_PREFIX + sha + ".zip")
 
 
 class CodeCollector:
