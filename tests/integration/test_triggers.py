@@ -20,12 +20,15 @@ from kltest.platform import Env, PlatformUnderTest, python_function, running_pla
 from kltest.records import Records
 from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.bridge import BridgeSettings, build_context
+from kubelambda.bridge._context import StatusReporter
 from kubelambda.bridge.schedule import LAST_FIRED, ScheduleBridge
 from kubelambda.bridge.schedule_expressions import iso
 from kubelambda.devcluster.servers import NatsServer
+from kubelambda.jsonobj import utcnow
 from kubelambda.kube import KubeClient, resource_path
 from kubelambda.operator._cleanup import GRACE_SECONDS, held_in_deletion
-from kubelambda.resources.bridge import CLEANUP_FINALIZER
+from kubelambda.operator._trigger import trigger_status, write_trigger_status
+from kubelambda.resources.bridge import CLEANUP_FINALIZER, TriggerObject
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
@@ -206,6 +209,53 @@ class MovableClock:
             )
             self.t = t
             self.moved.notify_all()
+
+
+async def test_the_operators_status_write_keeps_a_condition_the_bridge_wrote_since_its_read(env: Env) -> None:
+    """The operator reconciles from a read of the Trigger; its bridge writes SourceReachable a moment later; the
+    operator's status write from that read keeps it (server-side apply of its own conditions: a merge patch
+    replaced the whole list with the operator's copy). Then a real reconcile of a new generation keeps it too."""
+    env.apply(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Trigger",
+            "metadata": {"name": "shared"},
+            "spec": {"function": "absent", "http": {"path": "/shared", "methods": ["GET"]}},
+        }
+    )
+    path = trigger_path(env.namespace, "shared")
+    read = await wait_for(
+        lambda: env.kube.get(path),
+        lambda b: condition(b, "FunctionMissing").get("status") == "True",
+        what="FunctionMissing=True",
+    )
+    reporter = StatusReporter(env.kube, namespace=env.namespace, trigger="shared", generation=1)
+    reporter.source_reachable(False, "the bridge's word")
+    await reporter.flush()
+    new = trigger_status(
+        dict(read["status"]),
+        trigger=TriggerObject.from_body(read),
+        function_exists=True,
+        deployment=None,
+        now=utcnow(),
+    )
+    await write_trigger_status(env.kube, env.namespace, "shared", new)
+    body = await env.kube.get(path)
+    assert condition(body, "SourceReachable")["message"] == "the bridge's word"
+    assert {c["type"] for c in body["status"]["conditions"]} == {
+        "FunctionMissing",
+        "Ready",
+        "SourceReachable",
+    }
+
+    await env.kube.patch(path, {"spec": {"http": {"path": "/shared2"}}})
+    body = await wait_for(
+        lambda: env.kube.get(path),
+        lambda b: b["status"].get("observedGeneration") == 2,
+        what="the operator's reconcile of generation 2",
+    )
+    assert condition(body, "SourceReachable")["message"] == "the bridge's word"
+    assert condition(body, "Ready")["reason"] == "FunctionMissing"
 
 
 async def test_rate_and_cron_schedules_fire_at_the_right_times_once_per_tick(env: Env) -> None:

@@ -30,7 +30,12 @@ from kubelambda.operator._cleanup import follow_held_trigger
 from kubelambda.operator._owned import NAME_CONFLICT, Outcome
 from kubelambda.operator._pace import AdaptiveLimit, backoff_seconds, is_transient
 from kubelambda.operator._reconcile import FunctionReconciler
-from kubelambda.operator._trigger import TriggerReconciler, bridge_ready, source_changed
+from kubelambda.operator._trigger import (
+    TriggerReconciler,
+    bridge_ready,
+    source_changed,
+    write_trigger_status,
+)
 from kubelambda.resources import FUNCTION_LABEL
 from kubelambda.resources import status as st
 from kubelambda.resources.bridge import TRIGGER_LABEL, TriggerObject, bridge_name, bridge_to_wake
@@ -135,11 +140,18 @@ async def _reconcile(
     body: kopf.Body,
     patch: kopf.Patch,
     slots: AdaptiveLimit,
+    write_status: Callable[[JSON], Awaitable[None]] | None = None,
 ) -> None:
-    """One reconcile through kopf: metrics, Events, the status as kopf's own patch, retries as kopf errors."""
+    """One reconcile through kopf: metrics, Events, the status as kopf's own patch (or, given ``write_status``,
+    its changes written by it), retries as kopf errors."""
     started = time.perf_counter()
+    current = dict(body.get("status") or {})
     try:
         outcome = await reconcile(dict(body))
+        changes = st.status_changes(current, outcome.status)
+        if write_status is not None and changes:
+            await write_status(outcome.status)
+            changes = {}
     except ApiError as e:
         metrics.OPERATOR_RECONCILES.labels(kind, "error").inc()
         if e.status in (400, 403, 422):
@@ -163,8 +175,7 @@ async def _reconcile(
     slots.succeeded()
     metrics.OPERATOR_RECONCILES.labels(kind, "problem" if outcome.problem else "ok").inc()
     _post_events(body, outcome)
-    current = dict(body.get("status") or {})
-    for key, value in st.status_changes(current, outcome.status).items():
+    for key, value in changes.items():
         patch.status[key] = value
     if outcome.retry_after is not None:
         # A problem that may go away by itself (a missing ServiceAccount or Function): look again later.
@@ -179,6 +190,10 @@ async def _patch_status_changes(
     """Writes what changed between ``current`` and ``new`` status; a deleted object has nothing to update."""
     changes = st.status_changes(current, new)
     if not changes:
+        return
+    if plural == "triggers":  # its conditions are shared with the bridge: the operator applies its own
+        await write_trigger_status(ctx.kube, namespace, name, new)
+        metrics.OPERATOR_API_WRITES.labels(kind).inc()
         return
     path = resource_path(f"{GROUP}/{VERSION}", plural, namespace=namespace, name=name, subresource="status")
     try:
@@ -272,6 +287,9 @@ class _Owner:
     status: Callable[[JSON], JSON]  # the owner's status, from what the index keeps
     refresh: Callable[[JSON, JSON], JSON | None]  # (kept, Deployment) → new status, or None to leave it
     reconciler: Callable[[Context], Callable[[JSON], Awaitable[Outcome]]]
+    # Writes the reconcile's status (kube, namespace, name, status) instead of kopf's merge patch: a Trigger's
+    # conditions are shared with its bridge (server-side apply, each its own field manager).
+    write_status: Callable[[KubeClient, str, str, JSON], Awaitable[None]] | None = None
 
 
 _OWNERS = (
@@ -292,6 +310,7 @@ _OWNERS = (
         status=_status_of,
         refresh=_trigger_refresh,
         reconciler=lambda ctx: ctx.triggers.reconcile,
+        write_status=write_trigger_status,
     ),
 )
 
@@ -304,8 +323,16 @@ def _register_owner(registry: kopf.OperatorRegistry, owner: _Owner) -> None:
 
     async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         ctx: Context = memo["ctx"]
+        writer = owner.write_status
+        write = None
+        if writer is not None:
+            namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+
+            async def write(status: JSON) -> None:
+                await writer(ctx.kube, namespace, name, status)
+
         async with ctx.slots:
-            await _reconcile(owner.kind, owner.reconciler(ctx), body, patch, ctx.slots)
+            await _reconcile(owner.kind, owner.reconciler(ctx), body, patch, ctx.slots, write)
 
     # The id kopf persists in status.kopf.progress: the one it derived when this was a nested function of
     # build_registry, so objects with a retry in progress keep it across an upgrade.

@@ -20,13 +20,16 @@ from typing import Any
 
 from kubelambda.api.v1alpha1 import API_VERSION
 from kubelambda.jsonobj import JSON
-from kubelambda.kube import resource_path
+from kubelambda.kube import ApiError, KubeClient, resource_path
 from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem
 from kubelambda.resources import Problem
 from kubelambda.resources import bridge as b
 from kubelambda.resources import status as st
 
 FUNCTION_MISSING = "FunctionMissing"
+STATUS_FIELD_MANAGER = "kubelambda-operator-status"
+"""The operator's field manager for its part of a Trigger's status (:func:`write_trigger_status`)."""
+OPERATOR_CONDITIONS = (FUNCTION_MISSING, st.READY)
 SOURCE_REACHABLE = "SourceReachable"  # written by the bridge (kubelambda.bridge._context)
 SOURCE_UNREACHABLE = "SourceUnreachable"
 BRIDGE_READY = ("True", "BridgeReady", "The bridge is running")
@@ -181,3 +184,31 @@ class TriggerReconciler(OwnedWriter):
             )
             outcome.retry_after = self.settings.problem_retry_seconds
         return outcome
+
+
+def operator_part(status: JSON) -> JSON:
+    """The fields of a Trigger's status the operator owns: ``observedGeneration``, ``source`` and its conditions
+    (``FunctionMissing``, ``Ready``); the bridge owns the rest (``SourceReachable``, ``eventsDelivered``, ...)."""
+    part: JSON = {k: status[k] for k in ("observedGeneration", "source") if k in status}
+    part["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") in OPERATOR_CONDITIONS]
+    return part
+
+
+async def write_trigger_status(kube: KubeClient, namespace: str, name: str, status: JSON) -> None:
+    """Writes the operator's part of ``status`` by server-side apply with its own field manager. The CRD keys
+    the conditions list by ``type`` (``x-kubernetes-list-type: map``), so the bridge's conditions, applied by
+    the bridge's manager, stay whatever the operator read: a merge patch replaced the whole list with the
+    operator's copy, dropping a condition the bridge had written since that read. A deleted Trigger has
+    nothing to update."""
+    path = resource_path(API_VERSION, "triggers", namespace=namespace, name=name, subresource="status")
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "Trigger",
+        "metadata": {"name": name, "namespace": namespace},
+        "status": operator_part(status),
+    }
+    try:
+        await kube.apply(path, body, field_manager=STATUS_FIELD_MANAGER)
+    except ApiError as e:
+        if e.status != 404:
+            raise
