@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -59,7 +60,8 @@ func run(cfg *Config) error {
 		return err
 	}
 	sp := newSpecializer(cfg, p, log)
-	front := &http.Server{Handler: newFrontMux(cfg, p, m, sp), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	gate := &frontGate{next: newFrontMux(cfg, p, m, sp)}
+	front := &http.Server{Handler: gate, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	go func() { _ = front.Serve(invokeLn) }()
 	p.start()
 	log.line(fmt.Sprintf("kubelambda-agent: serving invokes on %s, Runtime API on %s (+%d), %d worker(s) of %q%s",
@@ -72,15 +74,14 @@ func run(cfg *Config) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	s := <-sig
+	gate.closing.Store(true)
 	p.beginDrain()
 	log.line(fmt.Sprintf("kubelambda-agent: received %v, draining for up to %v", s, cfg.DrainTimeout))
 	if !p.waitDrained(cfg.DrainTimeout) {
 		log.line("kubelambda-agent: drain timed out; stopping with invocations in flight")
 	}
 	p.stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_ = front.Shutdown(ctx)
+	stopServing(front, gate, lingerQuiet, lingerMax)
 	for _, srv := range servers {
 		_ = srv.Close()
 	}
@@ -126,4 +127,47 @@ func newFrontMux(cfg *Config, p *pool, m *metrics, sp *specializer) http.Handler
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	return mux
+}
+
+// After SIGTERM the front server lingers (lingerQuiet without a request, at most lingerMax) before it closes.
+const (
+	lingerQuiet = time.Second
+	lingerMax   = 5 * time.Second
+)
+
+// frontGate is the front server's handler while the agent shuts down. Closing a kept-alive connection races
+// the gateway writing its next request on it: the gateway saw the connection drop with no answer, could not
+// know whether the invocation ran, and answered the caller 500 ServiceException (the weighted-alias test's
+// rare 500s, when an instance was scaled down while the gateway had not yet seen its endpoint go). So from
+// SIGTERM on, every answer (503 "shutting down" for a new invocation) carries Connection: close, which closes
+// each connection the gateway uses with an answer, and the server stays up until requests stop coming.
+type frontGate struct {
+	next    http.Handler
+	closing atomic.Bool
+	last    atomic.Int64 // when the latest request came (Unix ns)
+}
+
+func (g *frontGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.last.Store(time.Now().UnixNano())
+	if g.closing.Load() {
+		w.Header()["Connection"] = []string{"close"}
+	}
+	g.next.ServeHTTP(w, r)
+}
+
+// stopServing answers with Connection: close until no request has come for quiet (at most limit), then
+// shuts the server down (its idle connections closed, active ones given 2 s).
+func stopServing(front *http.Server, g *frontGate, quiet, limit time.Duration) {
+	g.closing.Store(true)
+	deadline := time.Now().Add(limit)
+	for {
+		wait := quiet - time.Since(time.Unix(0, g.last.Load()))
+		if wait <= 0 || !time.Now().Before(deadline) {
+			break
+		}
+		time.Sleep(min(wait, time.Until(deadline)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = front.Shutdown(ctx)
 }

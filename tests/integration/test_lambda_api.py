@@ -230,8 +230,9 @@ async def invoke_many(
     threads fighting the in-process gateway for the GIL); each answer's body and ``X-Amz-Executed-Version``.
 
     Retried after a pause, as the SDKs retry them: a throttle (429: every instance of the drawn version busy past
-    the slot wait while another starts) and, up to 2 % of the calls, Lambda's ServiceException (500: at load 67 one
-    call of 1,000 met an instance that dropped its connection mid-invocation); anything else fails at once."""
+    the slot wait while another starts); anything else fails at once, a ServiceException (500) too: it was an
+    instance being scaled down closing a kept-alive connection the gateway had just sent the call on (the agent
+    now answers with Connection: close until requests stop, runtime-images/agent/main.go)."""
     target = (
         f"{url}/2015-03-31/functions/{urllib.parse.quote(fn, safe='/')}/invocations?Qualifier={qualifier}"
     )
@@ -245,9 +246,8 @@ async def invoke_many(
                 if resp.status == 200:
                     assert "X-Amz-Function-Error" not in resp.headers, body
                     return body, resp.headers["X-Amz-Executed-Version"]
-                assert resp.status in (429, 500), (resp.status, body)
+                assert resp.status == 429, (resp.status, body)
                 retried[resp.status] += 1
-                assert retried[500] <= count // 50, ("more than 2 % ServiceExceptions", body)
             await asyncio.sleep(0.2)
         raise AssertionError(f"100 tries of one call were all retried: {body}")
 
