@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -31,6 +32,9 @@ from kltest.platform import (
     stop_gateway,
 )
 from kubelambda.agentauth import bearer, function_token
+from kubelambda.gateway.registry import Registry
+from kubelambda.gateway.scaler import Autoscaler
+from kubelambda.gateway.throttler import Throttler
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -369,3 +373,82 @@ async def test_http_routes_speak_api_gateway_payload_2(env: Env) -> None:
             assert (resp.status, await resp.json()) == (500, {"message": "Internal Server Error"})
         async with http.get(f"{env.url}/http/{env.namespace}/nope/") as resp:
             assert (resp.status, await resp.json()) == (404, {"message": "Not Found"})
+
+
+async def test_a_scale_refused_before_the_operator_grants_it_is_retried_quietly_then_warned_once(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Function in the registry before the operator granted the gateway its per-function Role (a version just
+    published): the autoscaler's 403s are retried with back-off (debug), one warning naming the Role once they
+    have lasted 30 s, and it scales as soon as the Role exists. A clock the test moves: no waiting."""
+    caplog.set_level(logging.DEBUG, logger="kubelambda.gateway.scaler")
+    name, ns = "ungranted", env.namespace
+    labels = {"app": name}
+    await env.kube.create(
+        resource_path("apps/v1", "deployments", namespace=ns),
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "c", "image": "never-started"}]},
+                },
+            },
+        },
+    )
+    registry = Registry()
+    registry.apply_function(
+        "ADDED",
+        {
+            "metadata": {"name": name, "namespace": ns, "uid": "u", "generation": 1},
+            "spec": {"runtime": "python3.12", "handler": "app.handler", "code": {"inline": {"app.py": "x"}}},
+            "status": {"observedGeneration": 1},
+        },
+    )
+    scaler = Autoscaler(Throttler(), registry, env.gateway.kube)
+    start = 1000.0
+    scaler.note_active((ns, name), start)  # tracked from now (the sampler's part)
+    for t in range(0, 62, 2):  # 31 decisions over 60 s
+        await scaler.decide_once(start + t)
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "kubelambda.gateway.scaler"]
+    quiet = [m for level, m in messages if level == logging.DEBUG and "yet (403" in m]
+    warned = [m for level, m in messages if level == logging.WARNING]
+    # Tries at 0, 2, 6, 14, 30 (the warning: 30 s refused) and 46 s: back-off 2, 4, 8, 16, 16 s.
+    assert len(quiet) == 5, messages
+    assert len(warned) == 1, messages
+    assert f"{ns}/{name}-scale" in warned[0], warned
+    assert "403" in warned[0], warned
+
+    rule = {
+        "apiGroups": ["apps"],
+        "resources": ["deployments/scale"],
+        "resourceNames": [name],
+        "verbs": ["get"],
+    }
+    await env.kube.create(
+        resource_path("rbac.authorization.k8s.io/v1", "roles", namespace=ns),
+        {"metadata": {"name": f"{name}-scale"}, "rules": [rule]},
+    )
+    await env.kube.create(
+        resource_path("rbac.authorization.k8s.io/v1", "rolebindings", namespace=ns),
+        {
+            "metadata": {"name": f"{name}-scale"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{name}-scale"},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "kubelambda-gateway", "namespace": "kubelambda-system"}
+            ],
+        },
+    )
+    clock = [start + 62]
+
+    async def decide() -> int | None:
+        await scaler.decide_once(clock[0])
+        clock[0] += 20  # past any back-off: every call tries
+        return scaler.tracks[(ns, name)].written
+
+    await wait_for(decide, lambda written: written == 0, what="the scale read once the Role exists")
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "kubelambda.gateway.scaler"]
+    assert any(level == logging.INFO and "May scale" in m for level, m in messages), messages
+    assert len([m for level, m in messages if level == logging.WARNING]) == 1, messages

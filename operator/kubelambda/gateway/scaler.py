@@ -27,8 +27,15 @@ from kubelambda.gateway.activator import deployment_name_of, scale_path, write_s
 from kubelambda.gateway.registry import FunctionEntry, Key, Registry
 from kubelambda.gateway.throttler import Throttler
 from kubelambda.kube import ApiError, KubeClient
+from kubelambda.resources.names import scale_role_name
 
 logger = logging.getLogger(__name__)
+
+DENIED_QUIET_SECONDS = 30.0
+"""How long a 403 on a function's scale is retried quietly before one warning: a new Function (a published
+version) is in the registry before the operator has granted its per-function Role (resources/rbac.py)."""
+DENIED_RETRY_MAX_SECONDS = 16.0
+"""The longest back-off between two tries of a scale the API server refused with 403."""
 
 
 def policy_of(fn: FunctionEntry) -> Policy:
@@ -49,6 +56,10 @@ class _Track:
     last_active: float | None = None
     state: ScalerState = field(default_factory=ScalerState)
     written: int | None = None  # the replicas we last wrote or confirmed, to skip needless reads
+    denied_since: float | None = None  # the first of the 403s in a row (monotonic)
+    denials: int = 0  # 403s in a row
+    retry_at: float = 0.0  # after a 403: no try before (monotonic; back-off)
+    denied_warned: bool = False  # the one warning of this run of 403s was logged
 
 
 def _no_pool(fn: FunctionEntry) -> int:
@@ -132,15 +143,17 @@ class Autoscaler:
                 desired = ready  # a new decider: up only, until its window holds a stable window of samples
             metrics.AUTOSCALER_DESIRED.labels(*key).set(desired)
             metrics.AUTOSCALER_READY.labels(*key).set(ready)
-            await self._apply(fn, track, desired, ready=ready, reason=result.reason)
+            await self._apply(fn, track, desired, ready=ready, reason=result.reason, now=now)
 
     async def _apply(
-        self, fn: FunctionEntry, track: _Track, desired: int, *, ready: int, reason: str
+        self, fn: FunctionEntry, track: _Track, desired: int, *, ready: int, reason: str, now: float
     ) -> None:
         # Settled (what we wrote is what serves): nothing to read or write. Otherwise read the scale first:
         # the activator, or the operator creating the Deployment, may have written it since.
         if track.written == desired and ready == desired:
             return
+        if now < track.retry_at:
+            return  # refused (403) a moment ago: backing off
         kube = self.kube
         name = deployment_name_of(fn)
         try:
@@ -151,9 +164,43 @@ class Autoscaler:
                 logger.info("Scaled %s/%s from %d to %d (%s)", fn.namespace, name, current, desired, reason)
             track.written = desired
         except ApiError as e:
-            if e.status != 404:  # the Deployment is not there yet (or any more): nothing to scale
-                logger.warning("Could not scale %s/%s: %s", fn.namespace, name, e)
             track.written = None
+            if e.status == 403:
+                self._denied(fn, track, now, e)
+            elif e.status != 404:  # the Deployment is not there yet (or any more): nothing to scale
+                logger.warning("Could not scale %s/%s: %s", fn.namespace, name, e)
+            return
+        if track.denied_since is not None:
+            if track.denied_warned:
+                logger.info(
+                    "May scale %s/%s now (refused for %.0f s)", fn.namespace, name, now - track.denied_since
+                )
+            track.denied_since, track.denials, track.retry_at, track.denied_warned = None, 0, 0.0, False
+
+    def _denied(self, fn: FunctionEntry, track: _Track, now: float, e: ApiError) -> None:
+        """A 403: retried with back-off, quietly at first (the operator grants the function's Role just after
+        the Function appears); one warning, naming the cause, once it lasts :data:`DENIED_QUIET_SECONDS`."""
+        if track.denied_since is None:
+            track.denied_since = now
+        track.denials += 1
+        track.retry_at = now + min(self.interval * 2 ** (track.denials - 1), DENIED_RETRY_MAX_SECONDS)
+        name = deployment_name_of(fn)
+        refused_for = now - track.denied_since
+        if refused_for >= DENIED_QUIET_SECONDS and not track.denied_warned:
+            track.denied_warned = True
+            logger.warning(
+                "Could not scale %s/%s for %.0f s: this gateway may not (403). The operator grants it per "
+                "function, with the Role and RoleBinding %s/%s; is the operator running and the Function "
+                "reconciled? Still trying. %s",
+                fn.namespace,
+                name,
+                refused_for,
+                fn.namespace,
+                scale_role_name(fn.name),
+                e,
+            )
+        else:
+            logger.debug("Could not scale %s/%s yet (403, try %d): %s", fn.namespace, name, track.denials, e)
 
     def _take_over(self, now: float) -> None:
         """This replica just became the decider: fresh windows, and every function counts as active now (its
