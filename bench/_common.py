@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,3 +378,55 @@ async def interleaved(
         for name, (url, headers) in cases.items():
             rows[name].append(await post_load(http, url, requests, connections, body=body, headers=headers))
     return rows
+
+
+Gateways = dict[str, tuple[subprocess.Popen[bytes], str]]
+"""Gateway processes a bench started: name → process and URL (:func:`gateway_process`)."""
+
+
+@contextlib.contextmanager
+def gateway_processes(root: Path, logs: str) -> Iterator[Gateways]:
+    """Holds the gateway processes a bench starts: the tails of their logs (``root/logs/<logs>``, a glob) are
+    printed if the bench fails, and every one is stopped at the end."""
+    gateways: Gateways = {}
+    try:
+        yield gateways
+    except BaseException:
+        for log in sorted((root / "logs").glob(logs)):
+            print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        for gateway, _ in gateways.values():
+            gateway.terminate()
+            gateway.wait(30)
+
+
+def interleaved_arguments(*, rounds: int) -> argparse.ArgumentParser:
+    """The options of a bench comparing gateways in interleaved rounds (:func:`compare_gateways`)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300, help="requests per case per round")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser
+
+
+async def compare_gateways(
+    http: aiohttp.ClientSession,
+    cases: Mapping[str, tuple[str, Sequence[Mapping[str, str]]]],
+    args: argparse.Namespace,
+    *,
+    body: bytes,
+    differ: str,
+    target: str,
+) -> None:
+    """:func:`interleaved` rounds over ``cases`` (gateways alike but for ``differ``, routing to the same warm
+    instance) and their table beside the first case, with the issue's ``target``."""
+    rows = await interleaved(
+        http, cases, rounds=args.rounds, requests=args.requests, connections=args.connections, body=body
+    )
+    print(
+        f"== warm invocations, {args.connections} connections, {args.rounds} x {args.requests} "
+        f"requests per case, same instance, gateways alike but for {differ}"
+    )
+    print_rows(rows)
+    print(f"  target: {target}")

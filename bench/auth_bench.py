@@ -21,10 +21,8 @@ Run: ``make bench-auth`` (``.venv/bin/python bench/auth_bench.py --rounds 10 --r
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,13 +33,14 @@ from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
 
 from _common import (
+    compare_gateways,
     create_namespace,
     create_warm_function,
     developer_headers,
     gateway_process,
-    interleaved,
+    gateway_processes,
+    interleaved_arguments,
     pct,
-    print_rows,
     start_cluster,
     stop_cluster,
     wait_answering,
@@ -134,17 +133,13 @@ def verify_cost(url: str, key: tuple[str, str], n: int) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=300, help="requests per case per round")
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser = interleaved_arguments(rounds=10)
     parser.add_argument("--misses", type=int, default=200)
     args = parser.parse_args()
     ensure_binaries()
     with tempfile.TemporaryDirectory(prefix="kl-bench-auth-") as tmp:
         root = Path(tmp)
         proc, state = start_cluster(root)
-        gateways: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
             key = (state.aws_access_key_id, state.aws_secret_access_key)
             bearer = await developer_headers(state)
@@ -152,52 +147,37 @@ async def main() -> None:
                 KubeClient.from_kubeconfig(state.kubeconfig) as kube,
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
             ):
-                await create_namespace(kube, NS)
-                await create_warm_function(kube, NS, per_instance=args.connections)
-                for name, mode in (("none", "none"), ("kubernetes", "kubernetes"), ("none-2", "none")):
-                    gateways[name] = gateway_mode(root, mode)
-                path = f"/2015-03-31/functions/{NS}/warm/invocations"
-                none_url, auth_url = gateways["none"][1] + path, gateways["kubernetes"][1] + path
-                sign_pool = presigned(auth_url, key, 64)
+                with gateway_processes(root, "*gateway*.log") as gateways:
+                    await create_namespace(kube, NS)
+                    await create_warm_function(kube, NS, per_instance=args.connections)
+                    for name, mode in (("none", "none"), ("kubernetes", "kubernetes"), ("none-2", "none")):
+                        gateways[name] = gateway_mode(root, mode)
+                    path = f"/2015-03-31/functions/{NS}/warm/invocations"
+                    none_url, auth_url = gateways["none"][1] + path, gateways["kubernetes"][1] + path
+                    sign_pool = presigned(auth_url, key, 64)
 
-                await wait_answering(http, none_url, "the none gateway to answer", body=BODY, timeout=180)
-                none2_url = gateways["none-2"][1] + path
-                await wait_answering(http, none2_url, "the 2nd none gateway to answer", body=BODY)
-                await wait_answering(http, auth_url, "the auth gateway to answer", body=BODY, headers=bearer)
-                cases: dict[str, tuple[str, list[dict[str, str]]]] = {
-                    "none": (none_url, [{}]),
-                    "sigv4": (auth_url, sign_pool),
-                    "bearer": (auth_url, [bearer]),
-                    "none, 2nd gateway": (none2_url, [{}]),
-                    "none, auth headers": (none_url, [{**bearer, **h} for h in sign_pool]),
-                }
-                # Every path warmed up first (and the decision caches).
-                rows = await interleaved(
-                    http,
-                    cases,
-                    rounds=args.rounds,
-                    requests=args.requests,
-                    connections=args.connections,
-                    body=BODY,
-                )
-                print(
-                    f"== warm invocations, {args.connections} connections, {args.rounds} x {args.requests} "
-                    "requests per case, same instance, gateways alike but for auth mode"
-                )
-                print_rows(rows)
-                print("  target: <= 0.1 ms added at p50")
-                token = bearer["Authorization"].removeprefix("Bearer ")
-                await step_cost(kube, auth_url, key, bearer, 5000)
-                verify_cost(auth_url, key, 5000)
-                await misses(kube, token, args.misses)
-        except BaseException:
-            for log in sorted((root / "logs").glob("*gateway*.log")):
-                print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-            raise
+                    await wait_answering(http, none_url, "the none gateway to answer", body=BODY, timeout=180)
+                    none2_url = gateways["none-2"][1] + path
+                    await wait_answering(http, none2_url, "the 2nd none gateway to answer", body=BODY)
+                    await wait_answering(
+                        http, auth_url, "the auth gateway to answer", body=BODY, headers=bearer
+                    )
+                    cases: dict[str, tuple[str, list[dict[str, str]]]] = {
+                        "none": (none_url, [{}]),
+                        "sigv4": (auth_url, sign_pool),
+                        "bearer": (auth_url, [bearer]),
+                        "none, 2nd gateway": (none2_url, [{}]),
+                        "none, auth headers": (none_url, [{**bearer, **h} for h in sign_pool]),
+                    }
+                    # Every path warmed up first (and the decision caches).
+                    await compare_gateways(
+                        http, cases, args, body=BODY, differ="auth mode", target="<= 0.1 ms added at p50"
+                    )
+                    token = bearer["Authorization"].removeprefix("Bearer ")
+                    await step_cost(kube, auth_url, key, bearer, 5000)
+                    verify_cost(auth_url, key, 5000)
+                    await misses(kube, token, args.misses)
         finally:
-            for gateway, _ in gateways.values():
-                gateway.terminate()
-                gateway.wait(30)
             stop_cluster(proc, root)
 
 

@@ -16,9 +16,7 @@ Run: ``make bench-tracing`` (``.venv/bin/python bench/tracing_bench.py --rounds 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,11 +24,12 @@ from pathlib import Path
 import aiohttp
 
 from _common import (
+    compare_gateways,
     create_namespace,
     create_warm_function,
     gateway_process,
-    interleaved,
-    print_rows,
+    gateway_processes,
+    interleaved_arguments,
     start_cluster,
     stop_cluster,
     wait_answering,
@@ -46,65 +45,48 @@ BODY = b'{"x": 1}'
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=300, help="requests per case per round")
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=8)
-    args = parser.parse_args()
+    args = interleaved_arguments(rounds=8).parse_args()
     ensure_binaries()
     with tempfile.TemporaryDirectory(prefix="kl-bench-tracing-") as tmp:
         root = Path(tmp)
         proc, state = start_cluster(root)
-        gateways: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
             async with (
                 JaegerServer(root / "jaeger") as jaeger,
                 KubeClient.from_kubeconfig(state.kubeconfig) as kube,
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
             ):
-                await create_namespace(kube, NS)
-                await create_warm_function(kube, NS, per_instance=args.connections)
-                on = {"KUBELAMBDA_TRACING_ENDPOINT": jaeger.otlp_endpoint}
-                configs = {
-                    "off": {},
-                    "off, 2nd gateway": {},
-                    "on, sampling 0": {**on, "KUBELAMBDA_TRACING_SAMPLE_RATIO": "0"},
-                    "on, sampling 0.01": {**on, "KUBELAMBDA_TRACING_SAMPLE_RATIO": "0.01"},
-                    "on, sampling 1": {**on, "KUBELAMBDA_TRACING_SAMPLE_RATIO": "1"},
-                }
-                path = f"/2015-03-31/functions/{NS}/warm/invocations"
-                for i, (name, env) in enumerate(configs.items()):  # auth off: only tracing differs
-                    gateways[name] = gateway_process(
-                        root, f"tracing-{i}", {"KUBELAMBDA_GATEWAY_AUTH_MODE": "none", **env}
-                    )
+                with gateway_processes(root, "bench-gateway-*.log") as gateways:
+                    await create_namespace(kube, NS)
+                    await create_warm_function(kube, NS, per_instance=args.connections)
+                    on = {"KUBELAMBDA_TRACING_ENDPOINT": jaeger.otlp_endpoint}
+                    configs = {
+                        "off": {},
+                        "off, 2nd gateway": {},
+                        "on, sampling 0": {**on, "KUBELAMBDA_TRACING_SAMPLE_RATIO": "0"},
+                        "on, sampling 0.01": {**on, "KUBELAMBDA_TRACING_SAMPLE_RATIO": "0.01"},
+                        "on, sampling 1": {**on, "KUBELAMBDA_TRACING_SAMPLE_RATIO": "1"},
+                    }
+                    path = f"/2015-03-31/functions/{NS}/warm/invocations"
+                    for i, (name, env) in enumerate(configs.items()):  # auth off: only tracing differs
+                        gateways[name] = gateway_process(
+                            root, f"tracing-{i}", {"KUBELAMBDA_GATEWAY_AUTH_MODE": "none", **env}
+                        )
 
-                for name, (_, url) in gateways.items():
-                    await wait_answering(http, url + path, f"the {name} gateway", body=BODY, timeout=180)
-                cases = {name: (url + path, [{}]) for name, (_, url) in gateways.items()}
-                rows = await interleaved(
-                    http,
-                    cases,
-                    rounds=args.rounds,
-                    requests=args.requests,
-                    connections=args.connections,
-                    body=BODY,
-                )
-                print(
-                    f"== warm invocations, {args.connections} connections, {args.rounds} x {args.requests} "
-                    "requests per case, same instance, gateways alike but for KUBELAMBDA_TRACING_*"
-                )
-                print_rows(rows)
-                print("  target: <= 5 % added at p50 with sampling 0.01")
-                services = await asyncio.to_thread(_services, jaeger)
-                print(f"  (Jaeger received spans of: {', '.join(services) or 'nothing'})")
-        except BaseException:
-            for log in sorted((root / "logs").glob("bench-gateway-*.log")):
-                print(f"--- {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-            raise
+                    for name, (_, url) in gateways.items():
+                        await wait_answering(http, url + path, f"the {name} gateway", body=BODY, timeout=180)
+                    cases = {name: (url + path, [{}]) for name, (_, url) in gateways.items()}
+                    await compare_gateways(
+                        http,
+                        cases,
+                        args,
+                        body=BODY,
+                        differ="KUBELAMBDA_TRACING_*",
+                        target="<= 5 % added at p50 with sampling 0.01",
+                    )
+                    services = await asyncio.to_thread(_services, jaeger)
+                    print(f"  (Jaeger received spans of: {', '.join(services) or 'nothing'})")
         finally:
-            for gateway, _ in gateways.values():
-                gateway.terminate()
-                gateway.wait(30)
             stop_cluster(proc, root)
 
 
