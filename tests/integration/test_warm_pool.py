@@ -26,9 +26,9 @@ from kltest.platform import (
     python_function,
     running_platform,
 )
+from kltest.warmpool import free_pool_pods, pool_of
 from kubelambda import metrics
 from kubelambda.gateway.app import Gateway
-from kubelambda.gateway.warmpool import WarmPool
 from kubelambda.kube import KubeClient, resource_path
 from kubelambda.resources.labels import FUNCTION_LABEL
 from kubelambda.resources.warmpool import POOL_LABEL, POOL_RUNTIME_LABEL
@@ -59,18 +59,8 @@ async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[Platform
         yield platform
 
 
-def pool_of(gateway: Gateway) -> WarmPool:
-    assert gateway.path.warm_pool is not None, "the gateway started no warm pool"
-    return gateway.path.warm_pool
-
-
 def free_pods(gateway: Gateway) -> list[str]:
-    pool = pool_of(gateway)
-    return sorted(
-        p.name
-        for p in pool.pods.values()
-        if p.runtime == "python3.11" and p.free and p.ready and not p.deleting and p.name not in pool._taken
-    )
+    return sorted(p.name for p in free_pool_pods(gateway, "python3.11"))
 
 
 async def wait_free(gateway: Gateway, n: int, *, timeout: float = 60) -> list[str]:

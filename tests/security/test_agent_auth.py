@@ -23,11 +23,11 @@ from kltest.platform import (
     PlatformUnderTest,
     lambda_client,
     python_function,
-    running_platform,
 )
+from kltest.warmpool import pool_of, wait_free_pool_pods, warm_pool_platform
 from kubelambda.agentauth import bearer, function_token, pool_token
 from kubelambda.gateway.app import Gateway
-from kubelambda.gateway.warmpool import PoolPod, WarmPool
+from kubelambda.gateway.warmpool import PoolPod
 from kubelambda.kube import KubeClient
 
 pytestmark = pytest.mark.integration
@@ -37,24 +37,12 @@ HELLO = "def handler(event, context):\n    return {'function': context.function_
 
 @pytest.fixture(scope="module")
 async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[PlatformUnderTest]:
-    async with running_platform(cluster, kube, warm_pool_sizes={"python3.11": 1}) as platform:
+    async with warm_pool_platform(cluster, kube, {"python3.11": 1}) as platform:
         yield platform
 
 
-def pool_of(gateway: Gateway) -> WarmPool:
-    assert gateway.path.warm_pool is not None, "the gateway started no warm pool"
-    return gateway.path.warm_pool
-
-
 async def free_pool_pod(gateway: Gateway) -> PoolPod:
-    def free() -> list[PoolPod]:
-        pool = pool_of(gateway)
-        return [p for p in pool.pods.values() if p.free and p.ready and p.name not in pool._taken]
-
-    pods: list[PoolPod] = await wait_for(
-        lambda: asyncio.sleep(0, result=free()), bool, what="a free pool pod", timeout=120
-    )
-    return pods[0]
+    return (await wait_free_pool_pods(gateway, "python3.11", 1))[0]
 
 
 async def call(method: str, url: str, token: str | None = None, body: JSON | None = None) -> tuple[int, str]:

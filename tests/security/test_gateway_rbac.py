@@ -24,8 +24,8 @@ from kltest.platform import (
     PlatformUnderTest,
     lambda_client,
     python_function,
-    running_platform,
 )
+from kltest.warmpool import warm_pool_platform
 from kubelambda.kube import ApiError, KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ HELLO = "def handler(event, context):\n    return {'ok': True}\n"
 
 @pytest.fixture(scope="module")
 async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[PlatformUnderTest]:
-    async with running_platform(cluster, kube, warm_pool_sizes={"python3.11": 1}) as platform:
+    async with warm_pool_platform(cluster, kube, {"python3.11": 1}) as platform:
         yield platform
 
 

@@ -29,15 +29,11 @@ from aiohttp import web
 from kltest import Cluster, wait_for
 from kltest.files import FileServer, serve_files, zip_bytes
 from kltest.platform import (
-    AGENT_KEY,
     ASYNC_STREAM,
     FAST_ASYNC,
     PlatformUnderTest,
-    install_crds,
     python_function,
-    start_gateway,
-    start_operator,
-    stop_gateway,
+    running_platform,
 )
 from kltest.records import Records
 from kubelambda.api.v1alpha1.function import FunctionSpec
@@ -108,30 +104,15 @@ async def platform(
 ) -> AsyncIterator[PlatformUnderTest]:
     """The gateway allowing only 127.0.0.2 to url destinations; the operator denying functions the metadata
     addresses (as the chart does)."""
-    await install_crds(cluster, kube)
-    gateway, url = await start_gateway(
+    async with running_platform(
         cluster,
         kube,
         nats_url=nats_server.url,
         url_allow_cidrs=[f"{ALLOWED_HOST}/32"],
-        slot_wait_seconds=1.0,
+        operator_settings={"function_egress_deny_cidrs": [str(n) for n in METADATA]},
         **FAST_ASYNC,
-    )
-    try:
-        operator = await start_operator(
-            cluster,
-            kube,
-            problem_retry_seconds=1.0,
-            gateway_url=url,
-            agent_key=AGENT_KEY,
-            function_egress_deny_cidrs=[str(n) for n in METADATA],
-        )
-        try:
-            yield PlatformUnderTest(operator, gateway, url)
-        finally:
-            await operator.stop()
-    finally:
-        await stop_gateway(gateway)
+    ) as platform:
+        yield platform
 
 
 async def dead_letters(nats_url: str, namespace: str) -> list[DeadLetter]:

@@ -28,12 +28,11 @@ from kltest.platform import (
     PlatformUnderTest,
     lambda_client,
     python_function,
-    running_platform,
 )
+from kltest.warmpool import free_pool_pods, pool_of, wait_free_pool_pods, warm_pool_platform
 from kubelambda import metrics
 from kubelambda.agentauth import bearer, pool_token
-from kubelambda.gateway.app import Gateway
-from kubelambda.gateway.warmpool import PoolPod, WarmPool
+from kubelambda.gateway.warmpool import PoolPod
 from kubelambda.kube import KubeClient, resource_path
 
 pytestmark = pytest.mark.integration
@@ -47,43 +46,8 @@ KILL_AGENT = "import os, signal\n\ndef handler(event, context):\n    os.kill(os.
 
 @pytest.fixture(scope="module")
 async def platform(cluster: Cluster, kube: KubeClient) -> AsyncIterator[PlatformUnderTest]:
-    async with running_platform(cluster, kube, warm_pool_sizes=SIZES) as platform:
-        for runtime in SIZES:
-            await wait_free(platform.gateway, runtime, 1)
+    async with warm_pool_platform(cluster, kube, SIZES) as platform:
         yield platform
-
-
-def pool_of(gateway: Gateway) -> WarmPool:
-    assert gateway.path.warm_pool is not None, "the gateway started no warm pool"
-    return gateway.path.warm_pool
-
-
-def free(gateway: Gateway, runtime: str) -> list[PoolPod]:
-    pool = pool_of(gateway)
-    return [
-        p
-        for p in pool.pods.values()
-        if p.runtime == runtime and p.free and p.ready and not p.deleting and p.name not in pool._taken
-    ]
-
-
-async def wait_free(gateway: Gateway, runtime: str, n: int) -> list[PoolPod]:
-    try:
-        return await wait_for(
-            lambda: asyncio.sleep(0, result=free(gateway, runtime)),
-            lambda pods: len(pods) >= n,
-            what=f"{n} free {runtime} pool pods",
-            timeout=120,
-        )
-    except AssertionError as e:
-        # Say what the gateway's pool looked like (a bare "[]" told nothing the one time this failed, at load 90).
-        pool = pool_of(gateway)
-        seen = [
-            f"{p.name} runtime={p.runtime} ready={p.ready} free={p.free} deleting={p.deleting} "
-            f"taken={p.name in pool._taken} restarts={p.restarts}"
-            for p in pool.pods.values()
-        ]
-        raise AssertionError(f"{e}; the gateway's pool pods: {seen or 'none'}") from None
 
 
 async def invoke(url: str, name: str) -> tuple[int, bytes, bool, dict[str, str]]:
@@ -110,10 +74,10 @@ async def test_a_specialisation_sent_to_a_stale_address_never_runs_on_the_pod_no
 ) -> None:
     gateway = env.gateway
     pool = pool_of(gateway)
-    (node_pod,) = (await wait_free(gateway, "nodejs20", 1))[:1]
+    (node_pod,) = (await wait_free_pool_pods(gateway, "nodejs20", 1))[:1]
     # The gateway's view right after python pool pods were deleted and a Node.js pod got an address of theirs:
     # the only free python pod it knows of is gone, and its address is the Node.js pod's.
-    hidden = {real.name for real in free(gateway, "python3.11")}
+    hidden = {real.name for real in free_pool_pods(gateway, "python3.11")}
     pool._taken |= hidden
     stale = PoolPod(
         name="warm-pool-python3-11-deleted",
@@ -147,7 +111,7 @@ async def test_a_pool_pod_whose_function_restarts_its_agent_is_never_specialised
     # kubelet restart it first): either way before any other reason, and never handed out again.
     retired = [metrics.WARM_POOL_RETIRED.labels(reason) for reason in ("failed", "restarted")]
     before = sum(c._value.get() for c in retired)
-    await wait_free(gateway, "python3.11", 1)
+    await wait_free_pool_pods(gateway, "python3.11", 1)
     await env.deploy(python_function("restarter", KILL_AGENT))
     with pytest.raises(ClientError, match="ServiceException"):
         # The agent dies mid-invocation: the gateway answers a ServiceException.
