@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -25,10 +26,10 @@ func TestShutdownAnswersOnKeptAliveConnectionsBeforeClosing(t *testing.T) {
 	front := &http.Server{Handler: gate}
 	go func() { _ = front.Serve(ln) }()
 	url := "http://" + ln.Addr().String() + "/invoke"
-	dials := 0
+	var dials atomic.Int32
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
-			dials++
+			dials.Add(1)
 			return net.Dial(network, addr)
 		},
 	}}
@@ -56,8 +57,8 @@ func TestShutdownAnswersOnKeptAliveConnectionsBeforeClosing(t *testing.T) {
 	if !resp.Close || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("answer while stopping: %d, Connection: close %v", resp.StatusCode, resp.Close)
 	}
-	if dials != 1 {
-		t.Fatalf("%d connections, want the one kept alive", dials)
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d connections, want the one kept alive", n)
 	}
 	select {
 	case <-stopped:
