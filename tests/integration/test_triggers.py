@@ -140,21 +140,27 @@ async def test_a_schedule_trigger_runs_its_bridge_pod_under_its_own_account_and_
     )
 
 
-async def test_a_trigger_of_a_missing_function_says_so_until_the_function_exists(env: Env) -> None:
+async def http_trigger_of_a_missing_function(env: Env, name: str, function: str) -> JSON:
+    """An HTTP Trigger ``name`` (path ``/<name>``) of a Function that does not exist, once it says so."""
     env.apply(
         {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Trigger",
-            "metadata": {"name": "orphan"},
-            "spec": {"function": "later", "http": {"path": "/later", "methods": ["GET"]}},
+            "metadata": {"name": name},
+            "spec": {"function": function, "http": {"path": f"/{name}", "methods": ["GET"]}},
         }
     )
-    path = trigger_path(env.namespace, "orphan")
-    body = await wait_for(
-        lambda: env.kube.get(path),
+    body: JSON = await wait_for(
+        lambda: env.kube.get(trigger_path(env.namespace, name)),
         lambda b: condition(b, "FunctionMissing").get("status") == "True",
         what="FunctionMissing=True",
     )
+    return body
+
+
+async def test_a_trigger_of_a_missing_function_says_so_until_the_function_exists(env: Env) -> None:
+    path = trigger_path(env.namespace, "orphan")
+    body = await http_trigger_of_a_missing_function(env, "orphan", "later")
     assert condition(body, "Ready")["status"] == "False"
     assert f"{env.namespace}/later" in condition(body, "Ready")["message"]
     await recorder(env, "later")
@@ -215,20 +221,8 @@ async def test_the_operators_status_write_keeps_a_condition_the_bridge_wrote_sin
     """The operator reconciles from a read of the Trigger; its bridge writes SourceReachable a moment later; the
     operator's status write from that read keeps it (server-side apply of its own conditions: a merge patch
     replaced the whole list with the operator's copy). Then a real reconcile of a new generation keeps it too."""
-    env.apply(
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "Trigger",
-            "metadata": {"name": "shared"},
-            "spec": {"function": "absent", "http": {"path": "/shared", "methods": ["GET"]}},
-        }
-    )
     path = trigger_path(env.namespace, "shared")
-    read = await wait_for(
-        lambda: env.kube.get(path),
-        lambda b: condition(b, "FunctionMissing").get("status") == "True",
-        what="FunctionMissing=True",
-    )
+    read = await http_trigger_of_a_missing_function(env, "shared", "absent")
     reporter = StatusReporter(env.kube, namespace=env.namespace, trigger="shared", generation=1)
     reporter.source_reachable(False, "the bridge's word")
     await reporter.flush()
