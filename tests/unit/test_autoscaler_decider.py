@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import pytest
 
 from kubelambda.autoscaler import Policy, ScalerState, Stats, decide
 
 P = Policy()  # perInstance 1: one instance per concurrent invocation, as Lambda
+P200 = Policy(max_instances=200)
 P10 = Policy(per_instance=10)  # at target utilization 0.7, one instance should carry 7 in flight
 NOW = 1000.0
 
@@ -83,7 +87,7 @@ def test_a_surge_panics_and_holds_its_peak_until_a_calm_stable_window() -> None:
     # limited to halving per decision: 6 -> 3
     result, state = decide(P10, Stats(14, 14, NOW + 60), ready=6, now=NOW + 60, state=state)
     assert (result.desired, result.panicking) == (3, False)
-    assert state == ScalerState()
+    assert state == ScalerState(asked=3)
 
 
 def test_a_new_surge_extends_the_panic() -> None:
@@ -130,3 +134,111 @@ def test_never_to_zero_under_a_running_request() -> None:
     policy = Policy(scale_to_zero_after=0)
     result, _ = decide(policy, Stats(0, 0, NOW - 10, in_flight=1), ready=1, now=NOW, state=ScalerState())
     assert result.desired == 1, result.reason
+
+
+def test_a_burst_is_asked_for_at_the_next_decision_not_over_the_panic_window() -> None:
+    # 200 first calls at once, one instance ready (the activator's): the 6 s window still averages 30 in flight,
+    # but 200 are in flight now: all 200 instances at once, not 30, then more as the average catches up
+    result, _ = decide(P200, Stats(3, 30, NOW, in_flight=200), ready=1, now=NOW, state=ScalerState())
+    assert (result.desired, result.panicking) == (200, True), result.reason
+
+
+def test_pods_asked_away_and_still_listed_ready_are_not_asked_back() -> None:
+    # 6 ready, 3 in flight: halve to 3. Two seconds later the endpoints list 10 ready: 4 pods that were starting
+    # got ready, the 3 removed ones are still listed (terminating). Counting them would ask for 5: a re-add.
+    state = ScalerState()
+    result, state = decide(P, Stats(3, 3, NOW), ready=6, now=NOW, state=state)
+    assert result.desired == 3, result.reason
+    result, state = decide(P, Stats(3, 3, NOW + 2), ready=10, now=NOW + 2, state=state)
+    assert result.desired == 3, result.reason
+
+
+def test_a_panic_during_a_scale_down_holds_what_it_asked_not_what_still_terminates() -> None:
+    # Scaled 40 -> 20; the 20 removed still show ready when a surge comes (48 in flight: 48 >= 2 x 20):
+    # the panic asks for 48, and what it holds is its own ask, never the 40 listed
+    state = ScalerState(asked=20)
+    result, state = decide(P, Stats(10, 48, NOW, in_flight=48), ready=40, now=NOW, state=state)
+    assert (result.desired, result.panicking) == (48, True), result.reason
+    result, state = decide(P, Stats(10, 30, NOW + 2, in_flight=30), ready=60, now=NOW + 2, state=state)
+    assert result.desired == 48, result.reason
+
+
+def test_the_activators_instance_from_zero_counts_as_serving() -> None:
+    # The last decision asked for 0; the activator brought one up for a request: it serves until idle
+    result, _ = decide(P, Stats(0, 0, NOW - 1), ready=1, now=NOW, state=ScalerState(asked=0))
+    assert result.desired == 1, result.reason
+
+
+class _Pods:
+    """A Deployment's pods as the gateway's endpoints show them: a pod asked for is ready ``start`` s later and
+    listed ``lag`` s after that; a removed pod (starting ones first, then the newest ready) is unlisted only
+    ``terminate`` s later."""
+
+    def __init__(self, start: float, lag: float, terminate: float) -> None:
+        self.start, self.lag, self.terminate = start, lag, terminate
+        self.pods: list[list[float]] = []  # [ready at, unlisted at (inf while kept)]
+
+    def scale(self, now: float, replicas: int) -> None:
+        kept = sorted((p for p in self.pods if p[1] == float("inf")), key=lambda p: p[0])
+        for pod in kept[replicas:][::-1]:
+            pod[1] = now if pod[0] > now else now + self.terminate
+        self.pods += [[now + self.start, float("inf")] for _ in range(replicas - len(kept))]
+
+    def listed(self, now: float) -> int:
+        return sum(1 for ready, gone in self.pods if ready + self.lag <= now < gone)
+
+
+def _simulate(
+    policy: Policy, load: Callable[[float], int], pods: _Pods, seconds: float
+) -> list[tuple[float, int]]:
+    """The scaler's loop (a sample every 0.5 s, a decision every 2 s) against ``pods``: what each decision asked."""
+    state, samples, asked = ScalerState(), list[tuple[float, int]](), []
+    for tick in range(int(seconds * 2)):
+        now = tick * 0.5
+        samples.append((now, load(now)))
+        if tick % 4:
+            continue
+
+        def average(window: float, at: float = now) -> float:
+            values = [v for t, v in samples if t > at - window]
+            return sum(values) / len(values)
+
+        last = max((t for t, v in samples if v), default=None)
+        stats = Stats(average(60), average(6), last, in_flight=load(now))
+        result, state = decide(policy, stats, ready=pods.listed(now), now=now, state=state)
+        pods.scale(now, result.desired)
+        asked.append((now, result.desired))
+    return asked
+
+
+def _never_back_up(asked: list[tuple[float, int]]) -> None:
+    """Once the asks go down they never go up again (the loads below only fall after their peak)."""
+    down = next(i for i in range(1, len(asked)) if asked[i][1] < asked[i - 1][1])
+    after = [d for _, d in asked[down:]]
+    assert all(b <= a for a, b in itertools.pairwise(after)), asked[down - 1 :]
+    assert after[-1] == 0, asked[-5:]
+
+
+def _steps(*steps: tuple[float, int]) -> Callable[[float], int]:
+    """In flight over time: ``(until, value)`` steps."""
+    return lambda t: next((v for until, v in steps if t < until), 0)
+
+
+@pytest.mark.parametrize(("start", "lag", "terminate"), [(3, 1, 4), (8, 3, 6), (1, 0.5, 10)])
+def test_a_falling_load_scales_down_without_flapping(start: float, lag: float, terminate: float) -> None:
+    """A burst from zero and a falling load, pods that start slowly and stay listed while terminating: the
+    burst is asked for at once, and once it scales down it never asks for more."""
+    load = _steps((10, 0), (20, 200), (90, 60), (150, 20), (200, 5))
+    asked = _simulate(
+        Policy(max_instances=200, scale_to_zero_after=30), load, _Pods(start, lag, terminate), 300
+    )
+    assert dict(asked)[10] == 200, asked  # the burst's first decision asks for all of it
+    _never_back_up(asked)
+
+
+def test_pods_listed_late_during_a_scale_down_are_not_asked_back() -> None:
+    """Two waves of a burst, then idle (scaleToZeroAfterSeconds 2): the second wave's pods are ready but not
+    listed yet when the scale-down removes them (newest first), and then listed while terminating; counting
+    them, the next decision asked for half of them back."""
+    load = _steps((10, 0), (12, 100), (13, 200))
+    _never_back_up(_simulate(Policy(max_instances=200, scale_to_zero_after=2), load, _Pods(3, 3, 10), 120))

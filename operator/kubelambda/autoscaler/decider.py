@@ -11,6 +11,13 @@ Worked example (perInstance 10, targetUtilization 0.7, so one instance should ca
   traffic stops: stable average falls to 0 → want 0, but only after ``scale_to_zero_after`` seconds with
   nothing in flight; until then the current count is kept (never below 1 while anything was recent).
 
+Two rules keep it from lagging or flapping (issue 24):
+- in panic it follows what is in flight *now* as well as the panic average: a burst from zero asks for every
+  instance it needs at the next decision, not over the panic window while the average catches up;
+- it counts no more instances than it last asked for (``ready`` capped by :attr:`ScalerState.asked`): pods it
+  removed stay ready for a while (terminating, the endpoints lag), and counting them as serving would hold a
+  panic at them or halve from them, asking back for pods it had just removed.
+
 The clock is a parameter (``now``) and the only state is :class:`ScalerState`, returned with the result,
 so table tests can replay minutes of traffic instantly.
 """
@@ -18,7 +25,7 @@ so table tests can replay minutes of traffic instantly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class Stats:
 class ScalerState:
     panic_since: float | None = None  # the last surge while panicking; None when calm
     panic_peak: int = 0  # the most instances wanted during this panic: never scale below it while panicking
+    asked: int | None = None  # what the last decision asked for (None: nothing yet)
 
 
 @dataclass(frozen=True)
@@ -86,10 +94,14 @@ def decide(
 ) -> tuple[ScaleResult, ScalerState]:
     """Desired instances for one function. ``ready`` is how many instances serve now."""
     stable_want = _instances_for(stats.stable_concurrency, policy.target_per_instance)
-    panic_want = _instances_for(stats.panic_concurrency, policy.target_per_instance)
+    # The panic window's average, or what is in flight right now if more (a burst has not filled the window yet).
+    panic_want = _instances_for(max(stats.panic_concurrency, stats.in_flight), policy.target_per_instance)
+    # What serves and stays: instances removed by the last decision may still show as ready (terminating).
+    # (The activator's instance from zero is not counted here but still kept until idle, below.)
+    serving = ready if state.asked is None else min(ready, state.asked)
 
     # Panic: the short window needs at least panic_threshold x what serves now (or anything, from zero).
-    surge = panic_want > 0 and (ready == 0 or panic_want / ready >= policy.panic_threshold)
+    surge = panic_want > 0 and (serving == 0 or panic_want / serving >= policy.panic_threshold)
     panic_since = state.panic_since
     if surge:
         panic_since = now  # (re)start the panic: it lasts a stable window past the last surge
@@ -98,8 +110,10 @@ def decide(
 
     if panic_since is not None:
         # While panicking, never below what is ready nor below the panic's peak: scaling down waits for calm.
-        want = max(panic_want, stable_want, state.panic_peak, ready)
-        reason = f"panic: {stats.panic_concurrency:.2f} in flight over the panic window"
+        want = max(panic_want, stable_want, state.panic_peak, serving)
+        reason = (
+            f"panic: {stats.panic_concurrency:.2f} in flight over the panic window, {stats.in_flight} now"
+        )
         new_state = ScalerState(panic_since=panic_since, panic_peak=max(state.panic_peak, want))
     else:
         want = stable_want
@@ -119,9 +133,9 @@ def decide(
         reason = f"{stats.waiting} request(s) waiting for an instance"
 
     # Rate limits relative to what is ready (from zero, scaling up is limited by the ceiling only).
-    if ready > 0:
-        want = min(want, math.ceil(ready * policy.max_scale_up_rate))
-        want = max(want, math.floor(ready / policy.max_scale_down_rate))
+    if serving > 0:
+        want = min(want, math.ceil(serving * policy.max_scale_up_rate))
+        want = max(want, math.floor(serving / policy.max_scale_down_rate))
 
     # Scale to zero only after the idle period; until then keep at least one instance.
     if want == 0 and ready > 0:
@@ -134,4 +148,6 @@ def decide(
     bounded = min(max(want, policy.min_instances), policy.ceiling)
     if bounded != want:
         reason += f"; bounded to [{policy.min_instances}, {policy.ceiling}]"
-    return ScaleResult(desired=bounded, panicking=panic_since is not None, reason=reason), new_state
+    return ScaleResult(desired=bounded, panicking=panic_since is not None, reason=reason), replace(
+        new_state, asked=bounded
+    )
