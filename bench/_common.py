@@ -299,11 +299,11 @@ async def post_load(
 
 
 def gateway_process(
-    state_dir: Path, name: str, env: Mapping[str, str]
+    state_dir: Path, name: str, env: Mapping[str, str], python_args: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A ``kubelambda gateway`` process of the local cluster in ``state_dir`` (as the gateway's ServiceAccount) on a
     free port of 127.0.0.1, with ``env`` over no other ``KUBELAMBDA_*`` variable; returns it and its URL. Its log
-    is ``logs/bench-gateway-<name>.log``."""
+    is ``logs/bench-gateway-<name>.log``. ``python_args``: before ``-m kubelambda gateway`` (a wrapper script)."""
     from kubelambda.devcluster._ports import free_port
 
     port = free_port()
@@ -318,7 +318,10 @@ def gateway_process(
     }
     log = (state_dir / "logs" / f"bench-gateway-{name}.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kubelambda", "gateway"], stdout=log, stderr=subprocess.STDOUT, env=full
+        [sys.executable, *python_args, "-m", "kubelambda", "gateway"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=full,
     )
     return proc, f"http://127.0.0.1:{port}"
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pstats
 import signal
 import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,31 @@ app = web.Application()
 app.cleanup_ctx.append(session)
 app.router.add_post("/invoke", forward)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+# Runs a Python program (``-m module`` or ``-c code``, then its arguments) under cProfile, switched on by the first
+# SIGUSR1 and off (written to $KL_BENCH_PROFILE) by the second: the calls of exactly the measured requests.
+PROFILED = """
+import cProfile, os, runpy, signal, sys
+profile, on = cProfile.Profile(), []
+def toggle(*_):
+    if on:
+        profile.disable()
+        profile.dump_stats(os.environ["KL_BENCH_PROFILE"] + ".tmp")
+        os.replace(os.environ["KL_BENCH_PROFILE"] + ".tmp", os.environ["KL_BENCH_PROFILE"])
+        on.clear()
+    else:
+        on.append(1)
+        profile.enable()
+signal.signal(signal.SIGUSR1, toggle)
+mode, what, *rest = sys.argv[1:]
+if mode == "-m":
+    sys.argv = [what, *rest]
+    runpy.run_module(what, run_name="__main__", alter_sys=True)
+else:
+    sys.argv = ["-c", *rest]
+    exec(compile(what, "<floor>", "exec"), {"__name__": "__main__"})
 """
 
 
@@ -218,6 +245,69 @@ async def measure(
     )
 
 
+GROUPS = (
+    "kubelambda",
+    "aiohttp",
+    "multidict",
+    "yarl",
+    "prometheus_client",
+    "opentelemetry",
+    "logging",
+    "asyncio",
+)
+
+
+def group_of(filename: str) -> str:
+    if filename == "~":
+        return "builtins"
+    return next((g for g in GROUPS if f"/{g}/" in filename), "other")
+
+
+def call_counts(path: Path, calls: int) -> dict[str, tuple[float, float]]:
+    """Per function ("module:line(name)"): (calls, own CPU us under the profiler) per invoke, from a cProfile dump."""
+    out: dict[str, tuple[float, float]] = {}
+    for (filename, line, name), (_, ncalls, tottime, _, _) in pstats.Stats(str(path)).stats.items():  # type: ignore[attr-defined]
+        where = "~" if filename == "~" else f"{group_of(filename)}/{Path(filename).name}:{line}"
+        out[f"{where}({name})"] = (ncalls / calls, 1e6 * tottime / calls)
+    return out
+
+
+async def count_calls(
+    http: aiohttp.ClientSession, targets: dict[str, tuple[str, int, Path]], calls: int, connections: int
+) -> None:
+    """Python function calls per invoke (cProfile, deterministic: not load noise) of each profiled process
+    (``targets``: name → (url, pid, dump file)), for ``calls`` warm invokes, grouped by package."""
+    for url, _, _ in targets.values():
+        await post_load(http, url, 300, connections)  # warm up, unprofiled
+    counts = {}
+    for name, (url, pid, out) in targets.items():
+        os.kill(pid, signal.SIGUSR1)
+        await post_load(http, url, calls, connections)
+        os.kill(pid, signal.SIGUSR1)
+        await wait(partial(asyncio.sleep, 0, out.exists), lambda exists: exists(), f"{name}'s profile", 30)
+        counts[name] = call_counts(out, calls)
+    names = list(counts)
+    print(
+        f"\n== Python function calls per warm invoke (cProfile over {calls} calls, {connections} connections)"
+    )
+    print(f"  {'package':<20}" + "".join(f"{n:>16}" for n in names))
+    for group in ("all", *GROUPS, "builtins", "other"):
+        row = [
+            sum(
+                c
+                for k, (c, _) in counts[n].items()
+                if group == "all" or k.startswith(f"{group}/") or (group == "builtins" and k.startswith("~"))
+            )
+            for n in names
+        ]
+        print(f"  {group:<20}" + "".join(f"{v:>16.1f}" for v in row))
+    first = counts[names[0]]
+    print(f"\n  the {names[0]}'s 40 most called functions (calls per invoke; own us under the profiler)")
+    for key, (c, us) in sorted(first.items(), key=lambda kv: -kv[1][0])[:40]:
+        others = "".join(f"{counts[n].get(key, (0.0, 0.0))[0]:>8.1f}" for n in names[1:])
+        print(f"  {c:>8.1f}{others} {us:>8.1f} us  {key}")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
@@ -230,6 +320,13 @@ async def main() -> None:
         help="a checkout of another commit (a git worktree): two more gateway processes on the same cluster, with"
         " the same settings, one running that checkout's operator/ code and one this checkout's, measured in the"
         " same rounds (before/after a change in the same machine state)",
+    )
+    parser.add_argument(
+        "--count-calls",
+        type=int,
+        metavar="N",
+        help="instead of CPU time: Python function calls per invoke over N calls (cProfile) of a profiled gateway"
+        " and floor proxy, by package, and the gateway's most called functions",
     )
     args = parser.parse_args()
     floor: asyncio.subprocess.Process | None = None
@@ -256,6 +353,28 @@ async def main() -> None:
             await wait(
                 floor_status, lambda s: s == 200, "the floor proxy answering", 60, tolerate_errors=True
             )
+            if args.count_calls:
+                targets = {}
+                for name in ("gateway", "floor proxy"):
+                    out = p.state_dir / f"{name.replace(' ', '-')}.prof"
+                    if name == "gateway":
+                        gw, url = gateway_process(
+                            p.state_dir, "counted", {"KL_BENCH_PROFILE": str(out)}, ("-c", PROFILED)
+                        )
+                        extra.append(gw)
+                        url, pid = f"{url}/2015-03-31/functions/{NS}/noop/invocations", gw.pid
+                    else:
+                        fport = free_port()
+                        counted = subprocess.Popen(  # noqa: ASYNC220 (killed with the others, in finally)
+                            [sys.executable, "-c", PROFILED, "-c", FLOOR_PROXY, str(fport), f"http://{pod_ip}:8080/invoke", agent_auth["Authorization"]],
+                            env={**os.environ, "KL_BENCH_PROFILE": str(out)},
+                        )  # fmt: skip
+                        extra.append(counted)
+                        url, pid = f"http://127.0.0.1:{fport}/invoke", counted.pid
+                    await wait_answering(http, url, f"the profiled {name} answering", body=b"{}", timeout=180)
+                    targets[name] = (url, pid, out)
+                await count_calls(http, targets, args.count_calls, args.connections)
+                return
             agent, runtime = instance_pids(proc.pid, pod_ip)
             pids = {
                 "gateway": [gateway_pid(proc.pid)],
