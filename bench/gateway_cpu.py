@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import pstats
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,15 +68,26 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 # Runs a Python program (``-m module`` or ``-c code``, then its arguments) under cProfile, switched on by the first
 # SIGUSR1 and off (written to $KL_BENCH_PROFILE) by the second: the calls of exactly the measured requests.
 PROFILED = """
-import cProfile, os, runpy, signal, sys
-profile, on = cProfile.Profile(), []
+import cProfile, gc, json, os, runpy, signal, sys, time
+profile, on, collections = cProfile.Profile(), [], {}
+def collected(phase, info, started=[0.0]):
+    if phase == "start":
+        started[0] = time.perf_counter()
+    elif on:
+        count, spent = collections.get(info["generation"], (0, 0.0))
+        collections[info["generation"]] = (count + 1, spent + time.perf_counter() - started[0])
+gc.callbacks.append(collected)
 def toggle(*_):
+    out = os.environ["KL_BENCH_PROFILE"]
     if on:
         profile.disable()
-        profile.dump_stats(os.environ["KL_BENCH_PROFILE"] + ".tmp")
-        os.replace(os.environ["KL_BENCH_PROFILE"] + ".tmp", os.environ["KL_BENCH_PROFILE"])
         on.clear()
+        profile.dump_stats(out + ".tmp")
+        with open(out + ".gc", "w") as f:
+            json.dump({"collections": collections, "objects": len(gc.get_objects())}, f)
+        os.replace(out + ".tmp", out)
     else:
+        collections.clear()
         on.append(1)
         profile.enable()
 signal.signal(signal.SIGUSR1, toggle)
@@ -89,7 +103,11 @@ else:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def cpu_seconds_of(stat: Path) -> float:
+    fields = stat.read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -272,21 +290,53 @@ def call_counts(path: Path, calls: int) -> dict[str, tuple[float, float]]:
     return out
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of ``pid``, by "name/tid" (Linux /proc)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = (task / "comm").read_text().strip()
+            out[f"{name}/{task.name}"] = cpu_seconds_of(task / "stat")
+    return out
+
+
 async def count_calls(
-    http: aiohttp.ClientSession, targets: dict[str, tuple[str, int, Path]], calls: int, connections: int
+    http: aiohttp.ClientSession,
+    targets: dict[str, tuple[str, int, Path]],
+    calls: int,
+    connections: int,
+    dump_to: Path | None,
 ) -> None:
     """Python function calls per invoke (cProfile, deterministic: not load noise) of each profiled process
     (``targets``: name → (url, pid, dump file)), for ``calls`` warm invokes, grouped by package."""
     for url, _, _ in targets.values():
         await post_load(http, url, 300, connections)  # warm up, unprofiled
-    counts = {}
+    counts, threads, collected = {}, {}, {}
     for name, (url, pid, out) in targets.items():
+        before = thread_cpu(pid)
         os.kill(pid, signal.SIGUSR1)
         await post_load(http, url, calls, connections)
         os.kill(pid, signal.SIGUSR1)
+        after = thread_cpu(pid)
         await wait(partial(asyncio.sleep, 0, out.exists), lambda exists: exists(), f"{name}'s profile", 30)
         counts[name] = call_counts(out, calls)
+        threads[name] = {t: 1e6 * (cpu - before.get(t, 0.0)) / calls for t, cpu in after.items()}
+        collected[name] = json.loads(out.with_suffix(".prof.gc").read_text())
+        if dump_to is not None:
+            shutil.copy(out, dump_to / out.name)
     names = list(counts)
+    print("\n== where the CPU goes (profiled, so inflated), per invoke")
+    for name in names:
+        busy = ", ".join(
+            f"{t} {us:.0f} us" for t, us in sorted(threads[name].items(), key=lambda kv: -kv[1]) if us >= 1
+        )
+        gcs = ", ".join(
+            f"gen{g} {c / calls:.2f} x {1e6 * sec / max(c, 1):.0f} us"
+            for g, (c, sec) in sorted(collected[name]["collections"].items())
+        )
+        print(
+            f"  {name}: threads: {busy}; collections: {gcs or 'none'} ({collected[name]['objects']} objects)"
+        )
     print(
         f"\n== Python function calls per warm invoke (cProfile over {calls} calls, {connections} connections)"
     )
@@ -313,7 +363,11 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", type=Path, help="py-spy (raw, from PyPI) of the gateway to this file")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy (raw, from PyPI) of the gateway to this file; with --count-calls: a folder for the cProfile dumps",
+    )
     parser.add_argument(
         "--before",
         type=Path,
@@ -373,7 +427,7 @@ async def main() -> None:
                         url, pid = f"http://127.0.0.1:{fport}/invoke", counted.pid
                     await wait_answering(http, url, f"the profiled {name} answering", body=b"{}", timeout=180)
                     targets[name] = (url, pid, out)
-                await count_calls(http, targets, args.count_calls, args.connections)
+                await count_calls(http, targets, args.count_calls, args.connections, args.profile)
                 return
             agent, runtime = instance_pids(proc.pid, pod_ip)
             pids = {

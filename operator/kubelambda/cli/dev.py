@@ -250,11 +250,22 @@ def cmd_dev_serve(args: argparse.Namespace) -> int:
             pod_network=args.pod_network,
             platform=args.platform,
             limits=args.limits,
+            node_memory_mb=args.node_memory_mb,
             node_kind=args.node,
             gateway_port=args.gateway_port,
             nats_port=args.nats_port,
         )
     )
+
+
+def _positive_mb(text: str) -> int:
+    try:
+        mb = int(text)
+    except ValueError:
+        mb = 0
+    if mb < 1:
+        raise argparse.ArgumentTypeError(f"--node-memory-mb must be a positive number of MB, not {text!r}")
+    return mb
 
 
 def _port(text: str) -> int:
@@ -355,6 +366,13 @@ def register(commands: Any) -> None:
         default="auto",
         help="auto: each container gets a cgroup with its memory and CPU limits when /sys/fs/cgroup is "
         "writable (root), else a warning; off: limits are not enforced",
+    )
+    serve.add_argument(
+        "--node-memory-mb",
+        type=_positive_mb,
+        default=None,
+        help="process node: the memory it offers pods (capacity and allocatable), default the machine's; more "
+        "than the machine has lets many small pods be scheduled (a burst of 200 instances at 128 MB)",
     )
     serve.add_argument(
         "--node",

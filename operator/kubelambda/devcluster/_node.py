@@ -60,9 +60,11 @@ class LocalNode:
         addresses: PodAddresses,
         node_ip: str,
         limits: str = "auto",
+        memory_mb: int | None = None,
     ) -> None:
         """``limits``: ``auto`` enforces each container's memory and CPU limits with cgroups when the
-        hierarchy is writable (else warns and runs without); ``off`` never does."""
+        hierarchy is writable (else warns and runs without); ``off`` never does. ``memory_mb``: the memory the
+        node offers pods (capacity and allocatable), default the machine's."""
         if limits not in ("auto", "off"):
             raise ValueError(f"limits must be auto or off, not {limits!r}")
         self.kubeconfig = kubeconfig
@@ -86,6 +88,7 @@ class LocalNode:
         self._node_uid = ""
         self._started = time.monotonic()
         self.limits = limits
+        self.memory_mb = memory_mb
         self.cgroups: NodeCgroups | None = None
 
     @property
@@ -173,7 +176,7 @@ class LocalNode:
 
     def _node_status(self, *, ready: bool = True, reason: str = "KubeletReady", message: str = "") -> JSON:
         now = now_rfc3339()
-        memory = psutil.virtual_memory().total
+        memory = psutil.virtual_memory().total if self.memory_mb is None else self.memory_mb * 1024 * 1024
         disk = shutil.disk_usage(self.state_dir).total
         resources = {
             "cpu": str(os.cpu_count() or 1),

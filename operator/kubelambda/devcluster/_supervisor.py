@@ -149,11 +149,13 @@ async def serve(
     pod_network: str = "auto",
     platform: bool = True,
     limits: str = "auto",
+    node_memory_mb: int | None = None,
     node_kind: str = "process",
     gateway_port: int = DEFAULT_GATEWAY_PORT,
     nats_port: int = DEFAULT_NATS_PORT,
 ) -> int:
     """``platform=False`` runs only Kubernetes (the test suites run their own operator and gateway);
+    ``node_memory_mb``: the memory the process node offers pods (default the machine's);
     ``gateway_port``/``nats_port``: the fixed ports the gateway and NATS keep when free."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +199,7 @@ async def serve(
             addresses=addresses,
             node_ip=node_ip,
             limits=limits,
+            memory_mb=node_memory_mb,
         )
         await node.start()
         await wait_until_usable(plane.kubeconfig, node_name)
