@@ -1,8 +1,8 @@
 """The gateway's cost per warm invoke in CPU time, machine-independent-ish: CPU microseconds per call of the
 gateway process (user + system, from /proc), beside, in the same run and interleaved round by round:
 
-- a floor proxy: a minimal reverse proxy on the same event loop and HTTP stack (aiohttp server + one pooled
-  aiohttp client session, same Python), doing nothing but forwarding the body to the same agent's ``/invoke``
+- a floor proxy: a minimal reverse proxy on the same event loop and HTTP stack (uvloop, aiohttp server + one
+  pooled aiohttp client session, same Python), doing nothing but forwarding the body to the same agent's ``/invoke``
   and the answer back: what any Python proxy on this stack must pay;
 - the instance itself: its agent process and its runtime process, per call, from the same calls.
 
@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -42,6 +43,7 @@ HANDLER = "def handler(event, context):\n    return event\n"
 FLOOR_PROXY = """
 import sys
 import aiohttp
+import uvloop
 from aiohttp import web
 
 target = sys.argv[2]
@@ -61,7 +63,8 @@ async def forward(request):
 app = web.Application()
 app.cleanup_ctx.append(session)
 app.router.add_post("/invoke", forward)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+# On the gateway's event loop (uvloop, kubelambda/cli/platform.py): the same loop and HTTP stack.
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, loop=uvloop.new_event_loop())
 """
 
 
@@ -290,6 +293,25 @@ def call_counts(path: Path, calls: int) -> dict[str, tuple[float, float]]:
     return out
 
 
+async def count_syscalls(
+    http: aiohttp.ClientSession, url: str, pid: int, calls: int, connections: int
+) -> dict[str, float]:
+    """System calls per invoke of process ``pid`` (and its threads) over ``calls`` invokes (strace -c)."""
+    with tempfile.NamedTemporaryFile(suffix=".strace") as out:
+        tracer = await asyncio.create_subprocess_exec("strace", "-c", "-f", "-p", str(pid), "-o", out.name)
+        await asyncio.sleep(1)  # attached (strace says so on stderr only)
+        await post_load(http, url, calls, connections)
+        tracer.send_signal(signal.SIGINT)
+        await tracer.wait()
+        counts = {}
+        for line in Path(out.name).read_text().splitlines():
+            fields = line.split()
+            # % time, seconds, usecs/call, calls, [errors,] syscall
+            if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+                counts[fields[-1]] = int(fields[3]) / calls
+        return counts
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds so far of each thread of ``pid``, by "name/tid" (Linux /proc)."""
     out = {}
@@ -325,6 +347,16 @@ async def count_calls(
         if dump_to is not None:
             shutil.copy(out, dump_to / out.name)
     names = list(counts)
+    syscalls = {
+        name: await count_syscalls(http, url, pid, calls, connections)
+        for name, (url, pid, _) in targets.items()
+    }
+    print(f"\n== system calls per warm invoke (strace -c -f, {calls} calls, unprofiled)")
+    for call in sorted(
+        {c for per in syscalls.values() for c in per}, key=lambda c: -syscalls[names[0]].get(c, 0)
+    ):
+        print(f"  {call:<24}" + "".join(f"{syscalls[n].get(call, 0):>16.2f}" for n in names))
+    print(f"  {'all':<24}" + "".join(f"{sum(syscalls[n].values()):>16.2f}" for n in names))
     print("\n== where the CPU goes (profiled, so inflated), per invoke")
     for name in names:
         busy = ", ".join(
