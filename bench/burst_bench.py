@@ -64,6 +64,7 @@ async def ready_function(kube: KubeClient, name: str) -> None:
         ),
         f"Function {name} Ready",
         300,
+        tolerate_errors=True,  # an API request timing out at load 40+ is "not yet"
     )
 
 
@@ -85,7 +86,10 @@ async def sample_deployment(
 ) -> None:
     path = resource_path("apps/v1", "deployments", namespace=NS, name=name)
     while True:
-        dep = await kube.get(path)
+        try:
+            dep = await kube.get(path)
+        except (aiohttp.ClientError, TimeoutError):  # the API server at load 40+: the next sample
+            continue
         out.append(
             (
                 time.monotonic() - started,
@@ -196,6 +200,7 @@ async def one_function_burst(
         lambda pods: len(pods["items"]) <= 1,
         "the burst's instances gone",
         600,
+        tolerate_errors=True,
     )
     plain_first, plain_all = await plain_scale_up(kube, peak_ready)
     plain_rate = (peak_ready - 1) / (plain_all - plain_first) if plain_all > plain_first else float("nan")
