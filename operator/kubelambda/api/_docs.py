@@ -225,6 +225,13 @@ def _metric_rows() -> list[tuple[str, str, str, str, str]]:
 
     rows = []
     for value in vars(metrics).values():
+        if isinstance(value, metrics.Invocations):  # plain numbers behind three families (the invoke path's)
+            for name, kind, label_names, help_text in value.DECLARED:
+                full = f"{name}_total" if kind == "counter" else name
+                labels = ", ".join(f"`{label}`" for label in label_names)
+                where = next(w for prefix, w in _EXPORTED_BY if full.startswith(prefix))
+                rows.append((full, kind, labels, where, help_text))
+            continue
         if not isinstance(value, MetricWrapperBase):
             continue
         # prometheus_client keeps a wrapper's declaration in these attributes (it has no public accessor).

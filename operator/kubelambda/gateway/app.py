@@ -521,7 +521,7 @@ class Gateway(RegistryLookups):
         if self.buffered + more > self.settings.max_buffered_request_bytes:
             raise BodyRefused("busy")
         self.buffered += more
-        request[HELD] = request.get(HELD, 0) + more
+        request[HELD] += more  # set to 0 by _guard, before the handler
 
     @web.middleware
     async def _guard(
@@ -529,6 +529,7 @@ class Gateway(RegistryLookups):
     ) -> web.StreamResponse:
         """Gives back the request's held body bytes once answered; an unexpected error is logged and answered
         without a traceback or internal detail (Lambda's ServiceException; API Gateway's 500 on HTTP routes)."""
+        request[HELD] = 0
         try:
             return await handler(request)
         except web.HTTPException:
@@ -539,7 +540,7 @@ class Gateway(RegistryLookups):
                 return _http(httpapi.bad_gateway())
             return error_response("ServiceException", "An internal error occurred; try again")
         finally:
-            self.buffered -= request.get(HELD, 0)
+            self.buffered -= request[HELD]
             request[HELD] = 0
 
     def app(self) -> web.Application:

@@ -50,18 +50,6 @@ class Unavailable(Exception):
         self.reason = reason
 
 
-class FunctionMetrics:
-    """One function's metric children, looked up once (``labels()`` costs a lock and a dict per call)."""
-
-    def __init__(self, namespace: str, name: str) -> None:
-        self.concurrent = metrics.GATEWAY_CONCURRENT.labels(namespace, name)
-        self.duration = metrics.GATEWAY_INVOCATION_SECONDS.labels(namespace, name)
-        self.outcomes = {
-            o: metrics.GATEWAY_INVOCATIONS.labels(namespace, name, o)
-            for o in ("success", "function_error", "timeout", "throttled", "error")
-        }
-
-
 @dataclass
 class InvokePath:
     settings: GatewaySettings
@@ -75,7 +63,6 @@ class InvokePath:
     balancer: Balancer = field(default_factory=Balancer)
     autoscaler: Autoscaler | None = None  # set by the gateway when it starts
     warm_pool: WarmPool | None = None  # when KUBELAMBDA_GATEWAY_WARM_POOL_SIZES names a pool
-    _function_metrics: dict[tuple[str, str], FunctionMetrics] = field(default_factory=dict)
     _cold_waiting: dict[tuple[str, str], int] = field(default_factory=dict)  # per function, in the activator
     _tokens: dict[tuple[str, str], str] = field(default_factory=dict)  # the agent token of each function
 
@@ -83,11 +70,9 @@ class InvokePath:
         self.throttler = Throttler(pool_limit=self.settings.pool_limit)
         self.limits = LocalLimits(self.throttler, self.balancer)
 
-    def metrics_of(self, fn: FunctionEntry) -> FunctionMetrics:
-        found = self._function_metrics.get(fn.key)
-        if found is None:
-            found = self._function_metrics[fn.key] = FunctionMetrics(fn.namespace, fn.name)
-        return found
+    @staticmethod
+    def metrics_of(fn: FunctionEntry) -> metrics.FunctionCounts:
+        return metrics.GATEWAY_INVOCATIONS.of(*fn.key)
 
     async def run(self, fn: FunctionEntry, invocation: Invocation, started: float) -> tuple[Result, bool]:
         """One invocation: throttler (exact in-flight), then :meth:`_route`. Raises :class:`Throttled` or
@@ -95,6 +80,8 @@ class InvokePath:
 
         With tracing on, it is one span (``invoke <namespace>/<name>``, a child of the caller's ``traceparent``
         or of the current span) whose children are the cold path's wait and the forward (docs/tracing.md)."""
+        if not tracing.enabled():
+            return await self._run(fn, invocation, started)
         parent = tracing.parent(invocation.traceparent, invocation.trace_id)
         with tracing.span(
             f"invoke {fn.namespace}/{fn.name}", context=parent, kind=tracing.SpanKind.SERVER
@@ -141,28 +128,28 @@ class InvokePath:
                 timeout=float(fn.spec.timeout_seconds),
             )
             async with self.limits.admit(want) as ticket:
-                m.concurrent.inc()
+                m.in_flight += 1
                 try:
                     result, cold = await self._route(fn, invocation, ticket)
                 finally:
-                    m.concurrent.dec()
+                    m.in_flight -= 1
                     # An invocation shorter than the sampling interval is never seen in flight by the
                     # sampler: without this a function whose requests are all short looked idle forever
                     # ("idle for inf s") and was scaled to zero right under them.
                     if self.autoscaler is not None:
                         self.autoscaler.note_active(fn.key, time.monotonic())
         except LimitsUnavailable as e:
-            m.outcomes["error"].inc()
+            m.outcomes["error"] += 1
             raise Unavailable("ServiceException", str(e)) from e
         except Throttled as e:
             metrics.GATEWAY_THROTTLES.labels(fn.namespace, fn.name, e.reason).inc()
-            m.outcomes["throttled"].inc()
+            m.outcomes["throttled"] += 1
             raise
         except Unavailable:
-            m.outcomes["error"].inc()
+            m.outcomes["error"] += 1
             raise
-        m.outcomes[result.outcome].inc()
-        m.duration.observe(time.monotonic() - started)
+        m.outcomes[result.outcome] += 1
+        m.observe(time.monotonic() - started)
         return result, cold
 
     async def _route(self, fn: FunctionEntry, invocation: Invocation, ticket: Ticket) -> tuple[Result, bool]:
@@ -242,11 +229,21 @@ class InvokePath:
         token = self._tokens.get(fn.key)
         if token is None and (key := s.agent_key):  # an HMAC: worked out once per function
             token = self._tokens[fn.key] = function_token(key.get_secret_value(), *fn.key)
+        http = self.http()
+        if not tracing.enabled():
+            return await forward(
+                http,
+                endpoint,
+                invocation,
+                deadline=deadline,
+                token=token,
+                max_response_bytes=s.max_response_bytes,
+            )
         # The function's trace parent (forward reads the current span): its own spans are children of this one.
         with tracing.span("forward", kind=tracing.SpanKind.CLIENT) as span:
             tracing.set_attributes(span, {"server.address": endpoint})
             return await forward(
-                self.http(),
+                http,
                 endpoint,
                 invocation,
                 deadline=deadline,

@@ -59,10 +59,18 @@ class Invocation:
         return cls(request_id(), arn, timeout_seconds, body, log_tail, client_context, trace_id, traceparent)
 
 
+_RANDOM_IDS = 256  # request ids per read of the OS's random source
+_random = memoryview(b"")
+
+
 def request_id() -> str:
     """A random (version 4) UUID in its usual text form, as ``str(uuid.uuid4())`` but in a third of its time
-    (it is made for every invocation)."""
-    raw = bytearray(os.urandom(16))
+    (it is made for every invocation): the same OS randomness, read for 256 ids at a time (one system call,
+    not one per invocation)."""
+    global _random
+    if not _random:
+        _random = memoryview(os.urandom(16 * _RANDOM_IDS))
+    raw, _random = bytearray(_random[:16]), _random[16:]
     raw[6] = raw[6] & 0x0F | 0x40  # version 4
     raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
     x = raw.hex()

@@ -34,10 +34,10 @@ class FunctionEntry:
     spec: FunctionSpec
     ready: bool
     not_ready: str  # "reason: message" of the Ready condition when it is not True
+    key: Key = field(init=False)  # (namespace, name): looked up several times per invocation
 
-    @property
-    def key(self) -> Key:
-        return (self.namespace, self.name)
+    def __post_init__(self) -> None:
+        self.key = (self.namespace, self.name)
 
     @property
     def lambda_name(self) -> str:
