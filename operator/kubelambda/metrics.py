@@ -13,7 +13,6 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -114,7 +113,7 @@ class Invocations:
         total = CounterMetricFamily(t_name, t_help, labels=t_labels)
         duration = HistogramMetricFamily(d_name, d_help, labels=d_labels)
         concurrent = GaugeMetricFamily(c_name, c_help, labels=c_labels)
-        bounds = [*(floatToGoString(b) for b in DURATION_BUCKETS), "+Inf"]
+        bounds = [*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf"]  # as prometheus_client writes these
         for (namespace, name), counts in list(self.functions.items()):
             for outcome, n in counts.outcomes.items():
                 total.add_metric([namespace, name, outcome], n)

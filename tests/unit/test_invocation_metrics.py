@@ -20,7 +20,9 @@ def test_the_same_exposition_as_prometheus_clients_own_metrics() -> None:
     registry = CollectorRegistry()
     registry.register(ours)
     reference = CollectorRegistry()
-    (t_name, _, t_labels, t_help), (d_name, _, d_labels, d_help), (c_name, _, c_labels, c_help) = ours.DECLARED
+    (t_name, _, t_labels, t_help), (d_name, _, d_labels, d_help), (c_name, _, c_labels, c_help) = (
+        ours.DECLARED
+    )
     total = Counter(t_name, t_help, t_labels, registry=reference)
     duration = Histogram(d_name, d_help, d_labels, buckets=metrics.DURATION_BUCKETS, registry=reference)
     concurrent = Gauge(c_name, c_help, c_labels, registry=reference)
