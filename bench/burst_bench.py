@@ -192,13 +192,14 @@ async def one_function_burst(
         resource_path(FN_API, "functions", namespace=NS, name="burst"),
         {"spec": {"scaling": {"maxInstances": 1}}},
     )
+    # (Pods still terminating keep their requests: the node has room for both sets, see main.)
     await wait(
         lambda: kube.list(
             resource_path("v1", "pods", namespace=NS),
             params={"labelSelector": "kubelambda.io/function=burst"},
         ),
-        lambda pods: len(pods["items"]) <= 1,
-        "the burst's instances gone",
+        lambda pods: sum(1 for pod in pods["items"] if "deletionTimestamp" not in pod["metadata"]) <= 1,
+        "the burst's instances asked away",
         600,
         tolerate_errors=True,
     )
@@ -245,7 +246,8 @@ async def main() -> None:
     # Room on the node for every instance's memory request (128 MB each; a no-op instance uses ~30 MB): the
     # process node offers what the machine has, unless told more (docs/local-cluster.md).
     machine_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    need_mb = 128 * max(args.calls, args.functions) + 8192  # and the platform's own pods (~3 GB)
+    # The burst's pods (some may still be terminating) and the plain Deployment's, and the platform's own (~3 GB).
+    need_mb = 128 * max(2 * args.calls, args.functions) + 8192
     serve_args = ("--node-memory-mb", str(max(machine_mb, need_mb)))
     async with platform("burst", NS, connections=0, serve_args=serve_args) as p:
         kube, http = p.kube, p.http
