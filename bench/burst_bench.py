@@ -248,7 +248,14 @@ async def main() -> None:
     machine_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     # The burst's pods (some may still be terminating) and the plain Deployment's, and the platform's own (~3 GB).
     need_mb = 128 * max(2 * args.calls, args.functions) + 8192
-    serve_args = ("--node-memory-mb", str(max(machine_mb, need_mb)))
+    # Each instance requests 8m CPU (a tenth of its 128 MB share): 2 x 200 of them do not fit in 2 CPUs.
+    need_cpus = -(-(2 * args.calls + 100) * 8 // 1000)
+    serve_args = (
+        "--node-memory-mb",
+        str(max(machine_mb, need_mb)),
+        "--node-cpus",
+        str(max(os.cpu_count() or 1, need_cpus)),
+    )
     async with platform("burst", NS, connections=0, serve_args=serve_args) as p:
         kube, http = p.kube, p.http
         if args.calls:

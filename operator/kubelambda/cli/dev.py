@@ -251,6 +251,7 @@ def cmd_dev_serve(args: argparse.Namespace) -> int:
             platform=args.platform,
             limits=args.limits,
             node_memory_mb=args.node_memory_mb,
+            node_cpus=args.node_cpus,
             node_kind=args.node,
             gateway_port=args.gateway_port,
             nats_port=args.nats_port,
@@ -266,6 +267,16 @@ def _positive_mb(text: str) -> int:
     if mb < 1:
         raise argparse.ArgumentTypeError(f"--node-memory-mb must be a positive number of MB, not {text!r}")
     return mb
+
+
+def _positive_cpus(text: str) -> int:
+    try:
+        cpus = int(text)
+    except ValueError:
+        cpus = 0
+    if cpus < 1:
+        raise argparse.ArgumentTypeError(f"--node-cpus must be a positive whole number of CPUs, not {text!r}")
+    return cpus
 
 
 def _port(text: str) -> int:
@@ -373,6 +384,12 @@ def register(commands: Any) -> None:
         default=None,
         help="process node: the memory it offers pods (capacity and allocatable), default the machine's; more "
         "than the machine has lets many small pods be scheduled (a burst of 200 instances at 128 MB)",
+    )
+    serve.add_argument(
+        "--node-cpus",
+        type=_positive_cpus,
+        default=None,
+        help="process node: the CPUs it offers pods (capacity and allocatable), default the machine's",
     )
     serve.add_argument(
         "--node",

@@ -61,10 +61,11 @@ class LocalNode:
         node_ip: str,
         limits: str = "auto",
         memory_mb: int | None = None,
+        cpus: int | None = None,
     ) -> None:
         """``limits``: ``auto`` enforces each container's memory and CPU limits with cgroups when the
         hierarchy is writable (else warns and runs without); ``off`` never does. ``memory_mb``: the memory the
-        node offers pods (capacity and allocatable), default the machine's."""
+        node offers pods (capacity and allocatable), default the machine's; ``cpus`` likewise."""
         if limits not in ("auto", "off"):
             raise ValueError(f"limits must be auto or off, not {limits!r}")
         self.kubeconfig = kubeconfig
@@ -89,6 +90,7 @@ class LocalNode:
         self._started = time.monotonic()
         self.limits = limits
         self.memory_mb = memory_mb
+        self.cpus = cpus
         self.cgroups: NodeCgroups | None = None
 
     @property
@@ -179,7 +181,7 @@ class LocalNode:
         memory = psutil.virtual_memory().total if self.memory_mb is None else self.memory_mb * 1024 * 1024
         disk = shutil.disk_usage(self.state_dir).total
         resources = {
-            "cpu": str(os.cpu_count() or 1),
+            "cpu": str(self.cpus or os.cpu_count() or 1),
             "memory": f"{memory // 1024}Ki",
             "pods": str(MAX_PODS),
             "ephemeral-storage": f"{disk // 1024}Ki",

@@ -150,12 +150,13 @@ async def serve(
     platform: bool = True,
     limits: str = "auto",
     node_memory_mb: int | None = None,
+    node_cpus: int | None = None,
     node_kind: str = "process",
     gateway_port: int = DEFAULT_GATEWAY_PORT,
     nats_port: int = DEFAULT_NATS_PORT,
 ) -> int:
     """``platform=False`` runs only Kubernetes (the test suites run their own operator and gateway);
-    ``node_memory_mb``: the memory the process node offers pods (default the machine's);
+    ``node_memory_mb``, ``node_cpus``: what the process node offers pods (default the machine's);
     ``gateway_port``/``nats_port``: the fixed ports the gateway and NATS keep when free."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +201,7 @@ async def serve(
             node_ip=node_ip,
             limits=limits,
             memory_mb=node_memory_mb,
+            cpus=node_cpus,
         )
         await node.start()
         await wait_until_usable(plane.kubeconfig, node_name)
