@@ -441,11 +441,19 @@ async def main() -> None:
             )
             if args.count_calls:
                 targets = {}
-                for name in ("gateway", "floor proxy"):
+                # With --before: the gateway at that checkout too (first, so that its most called are listed).
+                names = (BEFORE, "gateway", "floor proxy") if args.before else ("gateway", "floor proxy")
+                for name in names:
                     out = p.state_dir / f"{name.replace(' ', '-')}.prof"
-                    if name == "gateway":
+                    if name != "floor proxy":
+                        code = (
+                            {"PYTHONPATH": str(args.before.resolve() / "operator")} if name == BEFORE else {}
+                        )
                         gw, url = gateway_process(
-                            p.state_dir, "counted", {"KL_BENCH_PROFILE": str(out)}, ("-c", PROFILED)
+                            p.state_dir,
+                            f"counted-{name.replace(' ', '-')}",
+                            {"KL_BENCH_PROFILE": str(out), **code},
+                            ("-c", PROFILED),
                         )
                         extra.append(gw)
                         url, pid = f"{url}/2015-03-31/functions/{NS}/noop/invocations", gw.pid
