@@ -317,6 +317,10 @@ class InvokePath:
                     raise Unavailable(
                         "ServiceException", f"Could not scale {fn.namespace}/{fn.name} up"
                     ) from e
+                except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                    # The API server too slow for a moment: the autoscaler asks for an instance for the waiting
+                    # request too (docs/scaling.md); wait for it rather than answer a 500.
+                    logger.warning("Could not reach the API server to scale %s/%s up: %r", *labels, e)
                 endpoints = await self.registry.wait_for_endpoints(
                     fn.key, timeout=max(until - time.monotonic(), 0)
                 )

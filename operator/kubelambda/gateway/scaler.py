@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from kubelambda import metrics
 from kubelambda.autoscaler import Policy, ScalerState, Stats, decide
 from kubelambda.gateway.activator import deployment_name_of, scale_path, write_scale
@@ -169,6 +171,12 @@ class Autoscaler:
                 self._denied(fn, track, now, e)
             elif e.status != 404:  # the Deployment is not there yet (or any more): nothing to scale
                 logger.warning("Could not scale %s/%s: %s", fn.namespace, name, e)
+            return
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            # An API server too slow or gone for a moment (a burst at load 40 timed it out): the next decision
+            # tries again. Raised, it ended the autoscaler's task and with it the gateway, losing the calls.
+            logger.warning("Could not reach the API server to scale %s/%s: %r", fn.namespace, name, e)
+            track.written = None
             return
         if track.denied_since is not None:
             if track.denied_warned:
