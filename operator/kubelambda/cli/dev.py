@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -259,24 +260,21 @@ def cmd_dev_serve(args: argparse.Namespace) -> int:
     )
 
 
-def _positive_mb(text: str) -> int:
-    try:
-        mb = int(text)
-    except ValueError:
-        mb = 0
-    if mb < 1:
-        raise argparse.ArgumentTypeError(f"--node-memory-mb must be a positive number of MB, not {text!r}")
-    return mb
+def _positive(option: str, unit: str) -> Callable[[str], int]:
+    """An argparse type: a whole number ≥ 1, else an error naming ``option`` and the value."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(
+                f"{option} must be a positive whole number of {unit}, not {text!r}"
+            )
+        return value
 
-def _positive_cpus(text: str) -> int:
-    try:
-        cpus = int(text)
-    except ValueError:
-        cpus = 0
-    if cpus < 1:
-        raise argparse.ArgumentTypeError(f"--node-cpus must be a positive whole number of CPUs, not {text!r}")
-    return cpus
+    return parse
 
 
 def _port(text: str) -> int:
@@ -380,14 +378,14 @@ def register(commands: Any) -> None:
     )
     serve.add_argument(
         "--node-memory-mb",
-        type=_positive_mb,
+        type=_positive("--node-memory-mb", "MB"),
         default=None,
         help="process node: the memory it offers pods (capacity and allocatable), default the machine's; more "
         "than the machine has lets many small pods be scheduled (a burst of 200 instances at 128 MB)",
     )
     serve.add_argument(
         "--node-cpus",
-        type=_positive_cpus,
+        type=_positive("--node-cpus", "CPUs"),
         default=None,
         help="process node: the CPUs it offers pods (capacity and allocatable), default the machine's",
     )
