@@ -109,10 +109,12 @@ func serveRuntimeAPI(p *pool) ([]*http.Server, error) {
 }
 
 func newFrontMux(cfg *Config, p *pool, m *metrics, sp *specializer) http.Handler {
-	inv := &invokeAPI{pool: p, cfg: cfg, metrics: m}
+	ages := newInflightAges()
+	inv := ages.track(&invokeAPI{pool: p, cfg: cfg, metrics: m})
 	mux := http.NewServeMux()
 	mux.Handle("/invoke", sp.auth.guard(inv, false))
 	mux.Handle("/2015-03-31/functions/{name}/invocations", sp.auth.guard(inv, false))
+	mux.Handle("GET /inflight", sp.auth.guard(http.HandlerFunc(ages.serveHTTP), true))
 	mux.Handle("GET /metrics", sp.auth.guard(http.HandlerFunc(m.serveHTTP), true))
 	mux.Handle("/specialize", sp.auth.guard(sp, false))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
