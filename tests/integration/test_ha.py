@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,14 @@ import aiohttp
 import pytest
 
 from kltest import Cluster, manifests, wait_for
-from kltest.gateways import Replica, Replicas, leader_url, ready, start_replicas
+from kltest.gateways import Replica, Replicas, leader_url, previous_release, ready, start_replicas
 from kltest.platform import AGENT_KEY, FAST_ASYNC, apply_ready, lambda_client, python_function, start_operator
 from kltest.records import Records
 from kubelambda.agentauth import bearer, function_token
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
+from kubelambda.gateway.limits import PREFIX, PROTOCOL, TOKEN_HEADER, peer_token
 from kubelambda.gateway.registry import Registry
 from kubelambda.gateway.throttler import POOL, RESERVED
 from kubelambda.gateway.warmpool import PoolPod, WarmPool
@@ -158,11 +160,18 @@ async def first_calls(members: list[Replica], namespace: str, name: str) -> list
 
 
 async def flood_through_a_gate(
-    replicas: Replicas, kube: KubeClient, namespace: str, name: str, *, gate: Path, limit: int, reason: str
+    members: list[Replica],
+    kube: KubeClient,
+    namespace: str,
+    name: str,
+    *,
+    gate: Path,
+    limit: int,
+    reason: str,
 ) -> None:
-    """30 callers spread over the replicas, each call held in the function until ``gate`` exists: exactly
+    """30 callers spread over ``members``, each call held in the function until ``gate`` exists: exactly
     ``limit`` run (the agent's own counts say so), the other ``30 - limit`` get 429 with ``reason``."""
-    clients = await first_calls(replicas.members, namespace, name)
+    clients = await first_calls(members, namespace, name)
     [endpoint] = await agents(kube, namespace, name)
     before = await agent_metrics(namespace, name, endpoint)
     loop = asyncio.get_running_loop()
@@ -252,7 +261,7 @@ async def test_a_limit_holds_across_three_replicas(
         scaling={**scaling, "maxInstances": 1},
     )
     await flood_through_a_gate(
-        replicas, kube, namespace, name, gate=tmp_path / "open", limit=limit, reason=reason
+        replicas.members, kube, namespace, name, gate=tmp_path / "open", limit=limit, reason=reason
     )
 
 
@@ -316,77 +325,89 @@ async def test_a_sigkilled_decider_is_replaced_within_15_s_without_scaling_to_ze
     assert set(outcomes) == {"200"}, [(o, outcomes.count(o)) for o in sorted(set(outcomes))]
 
 
-async def test_a_sigkilled_replicas_calls_keep_their_slots_while_they_run_at_the_agent(
-    replicas: Replicas, cluster: Cluster, kube: KubeClient, namespace: str, tmp_path: Path
-) -> None:
-    """Reserved 5; a replica that does not lead has 3 calls running at the agent (held by a gate) and is
-    SIGKILLed. Its slots stay counted while its member Lease is live, and once the leader has seen the Lease
-    expire too (its log says so): the 3 calls still run at the agent, so new calls through the survivors get
-    only the 2 free slots, and the agent never sees more than 5. The slots go once the function's timeout after
-    they were placed has passed (the agent has ended the calls by then)."""
-    timeout = 15
+@dataclass
+class Orphans:
+    """Three calls of ``orphans`` (reserved 5) held at the agent by ``gate``, sent through ``victim``, which
+    is SIGKILLed; ``call(i)`` sends a gated call through a survivor; ``peak``: the most calls the agent was seen
+    running since before the kill (sampled every 0.1 s)."""
+
+    namespace: str
+    victim: Replica
+    survivors: list[Replica]
+    clients: list[Any]  # the survivors'
+    endpoint: str
+    gate: Path
+    pool: ThreadPoolExecutor
+    peak: list[float] = field(default_factory=list)
+
+    def call(self, i: int) -> asyncio.Future[str]:
+        client = self.clients[i % len(self.clients)]
+        payload = {"gate": str(self.gate), "i": 100 + i}
+        return asyncio.get_running_loop().run_in_executor(
+            self.pool, outcome, client, f"{self.namespace}/orphans", payload
+        )
+
+    async def running(self) -> dict[str, float]:
+        return await agent_metrics(self.namespace, "orphans", self.endpoint)
+
+
+ORPHANS_TIMEOUT = 15
+
+
+@contextlib.asynccontextmanager
+async def orphans_of_a_killed_replica(
+    replicas: Replicas, cluster: Cluster, kube: KubeClient, namespace: str, tmp_path: Path, *, leader: bool
+) -> AsyncIterator[Orphans]:
+    """Deploys ``orphans`` and yields once the victim (the leader, or not) holding three calls at the agent is
+    SIGKILLed; on leaving, opens the gate and waits for the victim's slots to be free again (five calls at once
+    all admitted): once the function's timeout after they were placed has passed, or the agent no longer runs
+    them. The agent never ran more than 5."""
     await deploy(
         cluster,
         kube,
         namespace,
         "orphans",
-        timeoutSeconds=timeout,
+        timeoutSeconds=ORPHANS_TIMEOUT,
         concurrency={"reserved": 5, "perInstance": 10},
         scaling={"minInstances": 0, "maxInstances": 1, "scaleToZeroAfterSeconds": 600},
     )
     await replicas.top_up(3)
     leader_at = await wait_for(lambda: leader_url(kube), bool, what="a leader")
-    [leader] = [r for r in replicas.live if r.url == leader_at]
-    victim = next(r for r in replicas.live if r.url != leader_at)
+    victim = next(r for r in replicas.live if (r.url == leader_at) == leader)
     survivors = [r for r in replicas.live if r is not victim]
     clients = await first_calls([victim, *survivors], namespace, "orphans")
     [endpoint] = await agents(kube, namespace, "orphans")
-    gate = tmp_path / "open"
     path = f"/2015-03-31/functions/{namespace}/orphans/invocations"
+    gate = tmp_path / "open"
 
     async def through_the_victim(http: aiohttp.ClientSession, i: int) -> None:
         with contextlib.suppress(aiohttp.ClientError):  # its replica dies under it
             async with http.post(f"{victim.url}{path}", data=json.dumps({"gate": str(gate), "i": i})):
                 pass
 
-    loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
-        orphans = [asyncio.create_task(through_the_victim(http, i)) for i in range(3)]
+        sent = [asyncio.create_task(through_the_victim(http, i)) for i in range(3)]
         await in_flight(namespace, "orphans", endpoint, 3)
-        victim.signal(signal.SIGKILL)
         with ThreadPoolExecutor(12) as pool:
+            orphans = Orphans(namespace, victim, survivors, clients[1:], endpoint, gate, pool)
 
-            def call(i: int) -> Any:
-                client = clients[1 + i % len(survivors)]
-                return loop.run_in_executor(
-                    pool, outcome, client, f"{namespace}/orphans", {"gate": str(gate), "i": 100 + i}
-                )
+            async def watch() -> None:
+                while True:
+                    orphans.peak.append((await orphans.running()).get("inflight", 0))
+                    await asyncio.sleep(0.1)
 
-            # While the victim's Lease is live: 2 slots are free.
-            early = [call(i) for i in range(6)]
-            held = await wait_for(
-                lambda: agent_metrics(namespace, "orphans", endpoint),
-                lambda m: m.get("inflight", 0) >= 5 and sum(c.done() for c in early) >= 4,
-                what="2 more calls held and 4 refused",
-                timeout=60,
-            )
-            assert held["inflight"] == 5, held
-            # The leader has seen the Lease expire: the 3 calls still run at the agent and stay counted.
-            await wait_for(
-                lambda: asyncio.sleep(0, result=leader.log.read_text()),
-                lambda log: "is gone: dropping 0 slots; 3 placed" in log,
-                what="the leader dropping the victim",
-                timeout=60,
-            )
-            late = await asyncio.gather(*(call(10 + i) for i in range(6)))
-            assert late == [RESERVED] * 6, late
-            assert (await agent_metrics(namespace, "orphans", endpoint))["inflight"] == 5
-            gate.touch()
-            assert sorted(await asyncio.gather(*early)) == ["200"] * 2 + [RESERVED] * 4
-        await asyncio.gather(*orphans)
+            watching = asyncio.create_task(watch())
+            try:
+                victim.signal(signal.SIGKILL)
+                yield orphans
+            finally:
+                gate.touch()
+                watching.cancel()
+        await asyncio.gather(*sent)
+    assert orphans.peak, "the agent's in-flight gauge was never read"
+    assert max(orphans.peak) <= 5, orphans.peak
 
-    # Once the function's timeout has passed since they were placed, the victim's slots go: five calls at once
-    # (each held a second, so they overlap) are all admitted again.
+    # The victim's slots free again: five calls at once (each held a second, so they overlap) are all admitted.
     async def five_at_once() -> list[str]:
         return await asyncio.gather(
             *(
@@ -398,9 +419,72 @@ async def test_a_sigkilled_replicas_calls_keep_their_slots_while_they_run_at_the
     await wait_for(
         five_at_once,
         lambda got: got == ["200"] * 5,
-        what="the victim's slots freed after the function timeout",
-        timeout=timeout + 30,
+        what="the victim's slots free again",
+        timeout=ORPHANS_TIMEOUT + 30,
     )
+
+
+async def two_admitted_four_refused(orphans: Orphans) -> list[asyncio.Future[str]]:
+    """Six gated calls through the survivors: the 2 free slots run (the agent at 5), 4 are refused."""
+    early = [orphans.call(i) for i in range(6)]
+    held = await wait_for(
+        orphans.running,
+        lambda m: m.get("inflight", 0) >= 5 and sum(c.done() for c in early) >= 4,
+        what="2 more calls held and 4 refused",
+        timeout=60,
+    )
+    assert held["inflight"] == 5, held
+    return early
+
+
+async def test_a_sigkilled_replicas_calls_keep_their_slots_while_they_run_at_the_agent(
+    replicas: Replicas, cluster: Cluster, kube: KubeClient, namespace: str, tmp_path: Path
+) -> None:
+    """Reserved 5; a replica that does not lead has 3 calls running at the agent (held by a gate) and is
+    SIGKILLed. Its slots stay counted while its member Lease is live, and once the leader has seen the Lease
+    expire too (its log says so): the 3 calls still run at the agent, so new calls through the survivors get
+    only the 2 free slots, and the agent never sees more than 5. The slots go once the function's timeout after
+    they were placed has passed (the agent has ended the calls by then)."""
+    async with orphans_of_a_killed_replica(
+        replicas, cluster, kube, namespace, tmp_path, leader=False
+    ) as orphans:
+        early = await two_admitted_four_refused(orphans)  # while the victim's Lease is live
+        # The leader has seen the Lease expire: the 3 calls still run at the agent and stay counted.
+        [leader] = [r for r in orphans.survivors if r.url == await leader_url(kube)]
+        await wait_for(
+            lambda: asyncio.sleep(0, result=leader.log.read_text()),
+            lambda log: "is gone: dropping 0 slots; 3 placed" in log,
+            what="the leader dropping the victim",
+            timeout=60,
+        )
+        late = await asyncio.gather(*(orphans.call(10 + i) for i in range(6)))
+        assert late == [RESERVED] * 6, late
+        assert (await orphans.running())["inflight"] == 5
+        orphans.gate.touch()
+        assert sorted(await asyncio.gather(*early)) == ["200"] * 2 + [RESERVED] * 4
+
+
+async def test_a_sigkilled_leaders_calls_running_at_the_agent_stay_counted(
+    replicas: Replicas, cluster: Cluster, kube: KubeClient, namespace: str, tmp_path: Path
+) -> None:
+    """Reserved 5; the leader itself has 3 calls running at the agent and is SIGKILLed: its count dies with it.
+    The new leader asks the agent what it runs (GET /inflight) before it places anything there and counts the 3
+    calls older than its term that no live replica holds: new calls get only the 2 free slots, the agent never
+    runs more than 5, and once the gate opens (the agent no longer runs them) the slots are free again."""
+    async with orphans_of_a_killed_replica(
+        replicas, cluster, kube, namespace, tmp_path, leader=True
+    ) as orphans:
+        early = await two_admitted_four_refused(orphans)  # once a new leader counts (the calls wait for it)
+        new = await wait_for(
+            lambda: leader_url(kube), lambda u: u not in (None, orphans.victim.url), what="a leader"
+        )
+        [leader] = [r for r in orphans.survivors if r.url == new]
+        assert "runs 3 call(s) of" in leader.log.read_text()
+        late = await asyncio.gather(*(orphans.call(10 + i) for i in range(6)))
+        assert late == [RESERVED] * 6, late
+        assert (await orphans.running())["inflight"] == 5
+        orphans.gate.touch()
+        assert sorted(await asyncio.gather(*early)) == ["200"] * 2 + [RESERVED] * 4
 
 
 async def test_sigterm_drains_the_calls_in_flight(
@@ -564,3 +648,63 @@ async def under_load_kill_one(
     # At-least-once: only the events the dead replica's worker held unacknowledged may have run twice.
     print(f"{len(twice)} Event(s) recorded twice (the dead worker's, redelivered)")
     assert len(twice) <= WORKER_CONCURRENCY, twice
+
+
+PREVIOUS_RELEASE = "0948460f40e853935900c6a9b4487815169bd2ac"  # the gateway before peer protocol 2
+
+
+async def test_replicas_of_the_previous_release_and_this_one_count_slots_together(
+    replicas: Replicas,
+    cluster: Cluster,
+    kube: KubeClient,
+    namespace: str,
+    nats_server: NatsServer,
+    tmp_path: Path,
+) -> None:
+    """A rolling update: a replica of the previous release (its code from git, peer protocol 1, no ``protocol``
+    field) leads two of this one; then a replica of this release leads one of the previous. Either way reserved 5
+    holds over 30 callers spread over all three (the agent runs exactly 5, 25 get 429). A replica of a protocol
+    the leader no longer counts is refused with a 409 naming both protocols."""
+    replicas.stop()
+    old = previous_release(PREVIOUS_RELEASE, tmp_path)
+    mixed = await start_replicas(
+        cluster, kube, tmp_path, 1, pool_limit=POOL_LIMIT, **settings(nats_server), extra_env=old
+    )
+    try:
+        await wait_for(
+            lambda: leader_url(kube), lambda url: url == mixed[0].url, what="the old replica leading"
+        )
+        await mixed.top_up(3)
+        await deploy(
+            cluster,
+            kube,
+            namespace,
+            "rolling",
+            timeoutSeconds=90,
+            concurrency={"reserved": 5, "perInstance": 10},
+            scaling={"minInstances": 0, "maxInstances": 1, "scaleToZeroAfterSeconds": 600},
+        )
+        flood = {"limit": 5, "reason": RESERVED}
+        await flood_through_a_gate(mixed.live, kube, namespace, "rolling", gate=tmp_path / "one", **flood)
+        # The old leader drains (SIGTERM hands the Lease on to a new replica); another old one joins.
+        mixed[0].signal(signal.SIGTERM)
+        assert await asyncio.to_thread(mixed[0].process.wait, 60) == 0, mixed[0].log.read_text()[-3000:]
+        new = {mixed[1].url, mixed[2].url}
+        leader = await wait_for(
+            lambda: leader_url(kube), lambda url: url in new, what="a new replica leading"
+        )
+        await mixed.top_up(3, extra=old)
+        await flood_through_a_gate(mixed.live, kube, namespace, "rolling", gate=tmp_path / "two", **flood)
+        # A replica of protocol 0 (none speaks it): refused, with both protocols named.
+        body = {"member": "http://127.0.0.1:1#old", "protocol": 0, "seq": 1, "key": f"{namespace}/rolling"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{leader}{PREFIX}/acquire", json=body, headers={TOKEN_HEADER: peer_token(AGENT_KEY)}
+            ) as resp,
+        ):
+            said = await resp.json()
+        assert resp.status == 409, said
+        assert f"speaks peer protocol 0; the leader speaks {PROTOCOL}" in said["message"], said
+    finally:
+        mixed.stop()

@@ -47,13 +47,19 @@ class Replicas:
     def live(self) -> list[Replica]:
         return [r for r in self.members if r.process.poll() is None]
 
-    async def top_up(self, count: int) -> None:
-        """Starts replicas until ``count`` are alive; returns once each new one answers /readyz."""
+    async def top_up(self, count: int, *, extra: dict[str, str] | None = None) -> None:
+        """Starts replicas (with ``extra`` added to their environment) until ``count`` are alive; returns once each
+        new one answers /readyz."""
         started = []
         while len(self.live) < count:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            env = {**self.env, "KUBELAMBDA_GATEWAY_PORT": str(port), "KUBELAMBDA_GATEWAY_PEER_URL": url}
+            env = {
+                **self.env,
+                **(extra or {}),
+                "KUBELAMBDA_GATEWAY_PORT": str(port),
+                "KUBELAMBDA_GATEWAY_PEER_URL": url,
+            }
             log = self.tmp / f"gateway-{len(self.members)}.log"
             replica = Replica(url, spawn_gateway(env, log), log)
             self.members.append(replica)
@@ -89,10 +95,16 @@ def spawn_gateway(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 async def start_replicas(
-    cluster: Cluster, kube: KubeClient, tmp: Path, count: int, **settings: Any
+    cluster: Cluster,
+    kube: KubeClient,
+    tmp: Path,
+    count: int,
+    *,
+    extra_env: dict[str, str] | None = None,
+    **settings: Any,
 ) -> Replicas:
-    """``count`` gateway processes with ``settings`` (GatewaySettings fields) over quick test defaults; returns
-    once every one answers /readyz."""
+    """``count`` gateway processes with ``settings`` (GatewaySettings fields) over quick test defaults (and
+    ``extra_env`` in the first ``count``'s environment); returns once every one answers /readyz."""
     await install_crds(cluster, kube)
     token = await service_account_token(cluster, kube, "gateway-rbac.yaml", "kubelambda-gateway")
     config = _kubeconfig_with_token(cluster.kubeconfig, token, tmp / "gateway.kubeconfig", "gateway")
@@ -102,7 +114,7 @@ async def start_replicas(
         "url_allow_cidrs": LOOPBACK_ALLOWED,
         "slot_wait_seconds": 1.0,
         "autoscale_interval_seconds": 0.5,
-        "lease_seconds": 4,
+        "lease_seconds": 5,
         "lease_renew_seconds": 1,
         "kubeconfig": str(config),
         "host": "127.0.0.1",
@@ -117,11 +129,25 @@ async def start_replicas(
     }
     replicas = Replicas(env, tmp)
     try:
-        await replicas.top_up(count)
+        await replicas.top_up(count, extra=extra_env)
     except BaseException:
         replicas.stop()
         raise
     return replicas
+
+
+def previous_release(commit: str, into: Path) -> dict[str, str]:
+    """The environment that runs the gateway of an earlier ``commit`` of this repository (its Python package,
+    from git, ahead of this checkout's on the path): a replica of the previous release in a rolling update."""
+    root = Path(__file__).resolve().parents[2]
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", commit, "operator/kubelambda"], capture_output=True, check=False
+    )
+    assert archive.returncode == 0, (
+        f"git archive {commit} (needs the repository's history): {archive.stderr!r}"
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return {"PYTHONPATH": str(into / "operator")}
 
 
 async def leader_url(kube: KubeClient) -> str | None:

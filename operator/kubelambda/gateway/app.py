@@ -584,6 +584,8 @@ class Gateway(RegistryLookups):
                 self.http,
                 peer_token(s.agent_key.get_secret_value()),
                 balancer=self.path.balancer,
+                agent_key=s.agent_key.get_secret_value(),
+                instances_known=self.registry.instances,
             )
 
         def decider() -> bool:

@@ -24,9 +24,21 @@ limits are then conservative (a caller may be throttled while its slots are in f
 expired, the slots it had not yet sent to an instance go; the ones it had, whose invocations keep running at the
 agents (an agent does not stop a function when its caller goes), stay counted until the function's timeout
 after they were placed has passed (the agent ends the invocation by then): the limit is never exceeded by new
-calls, at the cost of holding those slots up to one timeout. A dead *leader*'s own slots are lost with its
-memory (the new leader learns only live replicas' slots): its calls still running may exceed the limit until
-they end (docs/architecture.md).
+calls, at the cost of holding those slots up to one timeout.
+
+A dead *leader*'s own slots die with its memory, but its calls keep running at the agents. So a new leader asks
+every instance it knows (and, later, any instance before it places a call there) which calls it runs and since
+when (the agent's ``GET /inflight``): the calls that arrived before this leader took over, less the live
+replicas' slots it placed there before (they are in their syncs), are *strays*, counted against their function
+and the instance like slots until the agent no longer runs them (it is asked again every ``sync_seconds``). A
+call is never placed on an instance before the leader has heard from it (docs/architecture.md).
+
+Every request between replicas names its ``protocol`` (:data:`PROTOCOL`), so replicas of two releases work
+together during a rolling update: a leader counts the slots of members that speak :data:`MIN_PROTOCOL` or newer
+(a request without the field is protocol 1, a replica from before it) and refuses older ones with a 409 naming
+both protocols; a member refused so answers its calls with a retryable ServiceException saying why, never counts
+on its own. A leader from before per-instance counting answers ``place`` 404: the member then picks the instance
+with its own count (those leaders also count no strays).
 
 The requests between replicas carry a token derived from the platform's agent key (an HMAC), as the agents'
 tokens are: tenants reach the gateway's port, never this API.
@@ -40,7 +52,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +60,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kubelambda.agentauth import bearer, function_token
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.peers import Peers, url_of
 from kubelambda.gateway.proxy import TIMEOUT_MARGIN_SECONDS
@@ -59,6 +72,9 @@ logger = logging.getLogger(__name__)
 PREFIX = "/_kubelambda/limits"
 TOKEN_HEADER = "X-Kubelambda-Peer-Token"
 Endpoints = Callable[[], Sequence[str]]
+Instances = Callable[[], Iterable[tuple[str, str, str]]]  # (Function object, what reserved counts, endpoint)
+PROTOCOL = 2  # 1: per-instance slots ("slots" in sync, place/unplace); 2: "protocol" in requests, strays
+MIN_PROTOCOL = 1
 RELEASED_SECONDS = (
     30.0  # how long the leader remembers a released slot against syncs taken before the release
 )
@@ -66,6 +82,14 @@ RELEASED_SECONDS = (
 
 def peer_token(agent_key: str) -> str:
     return hmac.new(agent_key.encode(), b"kubelambda gateway peers", hashlib.sha256).hexdigest()
+
+
+def refuse_if_too_old(status: int, said: dict[str, Any]) -> None:
+    """A leader's 409: it counts no slot of this replica's protocol (a rolling update across too many
+    releases). Raised as a retryable error naming both, never counted here instead."""
+    if status == 409:
+        logger.error("The gateway leader refuses this replica: %s", said.get("message"))
+        raise LimitsUnavailable(f"Concurrency is counted by a gateway replica that refuses this one: {said}")
 
 
 @dataclass
@@ -113,6 +137,17 @@ class Held:
     timeout: float = 900.0
     endpoint: str | None = None
     until: float = math.inf
+    old: bool = False  # leader: placed before this leader took over (by its predecessor)
+
+
+@dataclass
+class Strays:
+    """Calls an instance runs that no live replica holds (sent by a leader that died), as the leader counts them
+    against the Function object ``key`` (reserved concurrency: ``group``) and the instance."""
+
+    key: str
+    group: str
+    count: int = 0
 
 
 @dataclass
@@ -163,6 +198,12 @@ class SharedLimits:
     _asking: set[int] = field(default_factory=set)  # slots asked of the leader, not answered yet
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _leader_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    agent_key: str | None = None  # to ask the agents what they run (their function's token)
+    instances_known: Instances = lambda: ()  # every ready instance (the registry): a new leader asks them all
+    _term: int = 0  # leader changes seen: an agent's answer from before the last one is not used
+    _since: float = 0.0  # leader: when it took over (monotonic)
+    _heard: dict[str, Strays] = field(default_factory=dict)  # leader: instances heard since, their strays
+    _hearing: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # leader: instances being asked
 
     def __post_init__(self) -> None:
         self.peers.on_change.append(self._on_leader)
@@ -239,6 +280,8 @@ class SharedLimits:
                 if answer is not None and answer[0] == 200 and self.peers.leader == leader:
                     found = answer[1].get("endpoint")
                     asked = True
+                elif answer is not None and answer[0] == 409:
+                    refuse_if_too_old(*answer)
                 elif answer is not None and answer[0] == 404:
                     # A leader from before per-instance counting (a rolling update): this replica's own count.
                     found = await self.balancer.acquire(endpoints, per_instance, timeout=left, avoid=avoid)
@@ -294,6 +337,7 @@ class SharedLimits:
             leader = self.peers.leader
             if leader is not None and leader == self.peers.identity and self.peers.is_leader:
                 if self.synced.is_set():
+                    await self._hear(slot.key, slot.group, endpoints)
                     return self._grant(leader, seq, slot, reserved, endpoints, per_instance)
             elif leader is not None:
                 body: dict[str, Any] = {
@@ -317,6 +361,7 @@ class SharedLimits:
                         continue
                     if status == 429:
                         raise Throttled(str(said.get("reason")), str(said.get("message")))
+                    refuse_if_too_old(status, said)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise LimitsUnavailable(
@@ -338,7 +383,7 @@ class SharedLimits:
         try:
             async with self.http().post(
                 f"{url_of(leader)}{PREFIX}/{op}",
-                json={"member": self.peers.identity, **body},
+                json={"member": self.peers.identity, "protocol": PROTOCOL, **body},
                 headers={TOKEN_HEADER: self.token},
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=1),
             ) as resp:
@@ -388,6 +433,10 @@ class SharedLimits:
     def _on_leader(self, leader: str | None) -> None:
         self._leader_changed.set()
         self.synced.clear()
+        self._term += 1
+        self._since = time.monotonic()
+        self._heard = {}
+        self._hearing = {}
         self.throttler.clear()
         self.instances = Balancer()
         self._ledger = {}
@@ -416,6 +465,9 @@ class SharedLimits:
                     logger.warning("Could not list the gateway replicas: %s", e)
                     continue
                 self.drop_gone(live | {self.peers.identity}, time.monotonic())
+                for endpoint, strays in list(self._heard.items()):
+                    if strays.count:  # until the agent no longer runs them
+                        self._spawn(self._ask_agent(strays.key, strays.group, endpoint))
 
     # ---- the leader ---------------------------------------------------------------------------------------
 
@@ -455,6 +507,10 @@ class SharedLimits:
                 continue
             waiting = live - set(self._ledger) - {me}
             if not waiting:
+                # Every instance's strays before anything is admitted: the pool limit counts them all.
+                await asyncio.gather(*(self._hear(k, g, [e]) for k, g, e in list(self.instances_known())))
+                if self.peers.leader != me:
+                    return
                 self.synced.set()
                 self._leader_changed.set()
                 logger.info(
@@ -487,6 +543,66 @@ class SharedLimits:
             self._set_placed(counted, endpoint)
         return endpoint
 
+    async def _hear(self, key: str, group: str, endpoints: Iterable[str]) -> None:
+        """Until every one of ``endpoints`` has told this leader what it runs (once per instance and term)."""
+        waits = []
+        for endpoint in endpoints:
+            if endpoint in self._heard:
+                continue
+            task = self._hearing.get(endpoint)
+            if task is None:
+                task = self._hearing[endpoint] = asyncio.create_task(self._ask_agent(key, group, endpoint))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            waits.append(asyncio.shield(task))
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def _ask_agent(self, key: str, group: str, endpoint: str) -> None:
+        """Asks the agent at ``endpoint`` the ages of the calls it runs; counts as strays those older than this
+        leader's term that no live replica's slot placed before it accounts for."""
+        term, sent = self._term, time.monotonic()
+        ages: list[float] = []
+        try:
+            namespace, _, name = key.partition("/")
+            token = function_token(self.agent_key, namespace, name) if self.agent_key else ""
+            async with self.http().get(
+                f"http://{endpoint}/inflight",
+                headers=bearer(token),
+                timeout=aiohttp.ClientTimeout(total=5, sock_connect=2),
+            ) as resp:
+                if resp.status == 200:
+                    ages = [float(a) / 1000 for a in (await resp.json(content_type=None))["agesMs"]]
+                else:  # an agent from before GET /inflight: what it runs is not known
+                    logger.warning("The agent at %s answered GET /inflight with %d", endpoint, resp.status)
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
+            # Gone (it runs nothing any more), or not answering: counted as running nothing of the last leader's.
+            logger.warning("Could not ask the agent at %s what it runs: %s", endpoint, e)
+        if term != self._term:
+            return  # the leader changed meanwhile
+        self._hearing.pop(endpoint, None)
+        # Older than this term: arrived before the takeover (measured from before the request: never fewer).
+        before = sum(age >= sent - self._since for age in ages)
+        ours = sum(
+            s.endpoint == endpoint and s.old for slots in self._ledger.values() for s in slots.values()
+        )
+        strays = self._heard.setdefault(endpoint, Strays(key, group))
+        count = max(before - ours, 0)
+        if count != strays.count:
+            logger.info(
+                "The agent at %s runs %d call(s) of %s no live gateway replica holds: counted",
+                endpoint,
+                count,
+                key,
+            )
+        for _ in range(count - strays.count):
+            self.throttler.acquire(strays.key, reserved=None, function=strays.group, force=True)
+            self.instances.load[endpoint] = self.instances.load.get(endpoint, 0) + 1
+        for _ in range(strays.count - count):
+            self.throttler.release(strays.key, function=strays.group)
+            self.instances.release(endpoint)
+        strays.count = count
+
     def _set_placed(self, slot: Held, endpoint: str) -> None:
         slot.endpoint = endpoint
         # The agent ends the invocation at its timeout after it starts, which is after now.
@@ -502,6 +618,9 @@ class SharedLimits:
         wait: float,
     ) -> str | None:
         self._unplace(member, seq)  # a retried request, or another try elsewhere
+        slot = self._ledger.get(member, {}).get(seq)
+        if slot is not None:
+            await self._hear(slot.key, slot.group, endpoints())
         instances = self.instances
         endpoint = await instances.acquire(endpoints, per_instance, timeout=wait, avoid=avoid)
         if endpoint is None:
@@ -520,6 +639,7 @@ class SharedLimits:
             self.instances.release(slot.endpoint)
             slot.endpoint = None
             slot.until = math.inf
+            slot.old = False
 
     def _uncount(self, member: str, seq: int) -> None:
         if member != self.peers.identity:  # (this replica's own slots are never synced to itself)
@@ -555,6 +675,7 @@ class SharedLimits:
                 self._unplace(member, seq)
                 self.instances.load[row.endpoint] = self.instances.load.get(row.endpoint, 0) + 1
                 self._set_placed(counted, row.endpoint)
+                counted.old = not self.synced.is_set()  # placed by the previous leader
 
     def _serve(
         self, op: Callable[[dict[str, Any]], Awaitable[web.Response]], *, counting: bool = False
@@ -570,6 +691,14 @@ class SharedLimits:
                     {"message": "not the leader", "leader": self.peers.leader}, status=503
                 )
             body = await request.json()
+            protocol = body.get("protocol", 1)
+            if not isinstance(protocol, int) or protocol < MIN_PROTOCOL:
+                logger.error("Refused gateway replica %s of peer protocol %r", body.get("member"), protocol)
+                message = (
+                    f"the gateway replica speaks peer protocol {protocol!r}; the leader speaks {PROTOCOL} and "
+                    f"counts replicas of protocol {MIN_PROTOCOL} or newer: update the replica"
+                )
+                return web.json_response({"message": message, "protocol": PROTOCOL}, status=409)
             if counting and not self.synced.is_set():
                 return web.json_response({"message": "learning the replicas' slots"}, status=503)
             return await op(body)
@@ -578,13 +707,15 @@ class SharedLimits:
 
     async def _acquire_op(self, body: dict[str, Any]) -> web.Response:
         slot = Held(str(body["key"]), str(body["function"]), timeout=float(body.get("timeout", 900.0)))
+        endpoints = [str(e) for e in body.get("endpoints") or ()]
+        await self._hear(slot.key, slot.group, endpoints)
         try:
             endpoint = self._grant(
                 str(body["member"]),
                 int(body["seq"]),
                 slot,
                 body.get("reserved"),
-                [str(e) for e in body.get("endpoints") or ()],
+                endpoints,
                 int(body.get("perInstance", 1)),
             )
         except Throttled as e:

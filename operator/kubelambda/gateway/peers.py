@@ -56,6 +56,7 @@ class Peers:
         default_factory=dict
     )  # Lease → (resourceVersion, seen at)
     _stopping: bool = False
+    _held: JSON | None = None  # the leader Lease as this replica last wrote it (renewed with one write)
     joined: asyncio.Event = field(default_factory=asyncio.Event)  # the member Lease exists, a leader is known
 
     def __post_init__(self) -> None:
@@ -113,6 +114,29 @@ class Peers:
     async def _lead(self) -> None:
         """Takes the leader Lease if it is free or expired, renews it if ours; records who holds it."""
         now = time.monotonic()
+        if self._held is not None and self.leader == self.identity and not self._stopping:
+            # Renewing its own Lease: one write, on the resourceVersion it wrote last (a loaded API server answers
+            # slowly, and the renewal must land within LEASE_SECONDS - LEASE_RENEW_SECONDS of the last).
+            spec = self._held.get("spec") or {}
+            body = {
+                "metadata": {
+                    "name": LEADER_LEASE,
+                    "resourceVersion": self._held["metadata"]["resourceVersion"],
+                },
+                "spec": self._spec(
+                    transitions=int(spec.get("leaseTransitions") or 0), acquired=spec.get("acquireTime")
+                ),
+            }
+            try:
+                self._held = await self.kube.replace(self._path(LEADER_LEASE), body)
+            except ApiError as e:
+                if e.status not in (404, 409):
+                    raise
+                self._held = None  # written by someone else meanwhile: read it
+            else:
+                self._renewed = now
+                return
+        self._held = None
         lease = await self.kube.get_or_none(self._path(LEADER_LEASE))
         if self._stopping:
             # Draining: never leads again, but follows who does (its slots go to that leader until it stops).
@@ -122,7 +146,7 @@ class Peers:
         if lease is None:
             body = {"metadata": {"name": LEADER_LEASE}, "spec": self._spec()}
             try:
-                await self.kube.create(self._path(), body)
+                self._held = await self.kube.create(self._path(), body)
             except ApiError as e:
                 if e.status == 409:  # another replica created it first
                     return
@@ -143,7 +167,7 @@ class Peers:
             "spec": self._spec(transitions=transitions, acquired=acquired),
         }
         try:
-            await self.kube.replace(self._path(LEADER_LEASE), body)
+            self._held = await self.kube.replace(self._path(LEADER_LEASE), body)
         except ApiError as e:
             if e.status == 409:
                 return  # someone else renewed or took it: read again next round
@@ -167,20 +191,27 @@ class Peers:
         }
 
     async def step(self) -> None:
-        await self._renew_member()
-        await self._lead()
+        # Both at once: under load each write may take seconds, and the leader's renewal is due on time.
+        await asyncio.gather(self._renew_member(), self._lead())
         if self.leader is not None:
             self.joined.set()
 
     async def run(self) -> None:
         while True:
+            started = time.monotonic()
             try:
                 await self.step()
             except (ApiError, aiohttp.ClientError, TimeoutError) as e:
                 logger.warning("Could not renew the gateway Leases: %s", e)
+            took = time.monotonic() - started
             if not self.is_leader and self.leader == self.identity:
-                self._set_leader(None)  # not renewed in time: stop acting as the leader
-            await asyncio.sleep(self.renew_seconds)
+                # Not renewed in time: stop acting as the leader.
+                logger.warning(
+                    "Renewing the leader Lease took %.1f s: not leading until a renewal is on time", took
+                )
+                self._set_leader(None)
+            # Every renew_seconds from the last start, not after it: a slow renewal does not delay the next.
+            await asyncio.sleep(max(self.renew_seconds - took, 0.0))
 
     async def resign(self) -> None:
         """Hands the leader Lease back, if held, and never takes it again: the next replica takes over at its

@@ -130,6 +130,16 @@ class Registry:
     def ready_endpoints(self, key: Key) -> list[str]:
         return self.endpoints.get(key, [])
 
+    def instances(self) -> list[tuple[str, str, str]]:
+        """Every ready instance: (``ns/name`` of its Function object, ``ns/function`` its reserved concurrency
+        counts, endpoint)."""
+        return [
+            (f"{ns}/{name}", f"{ns}/{fn.lambda_name}", endpoint)
+            for (ns, name), endpoints in self.endpoints.items()
+            if (fn := self.functions.get((ns, name))) is not None
+            for endpoint in endpoints
+        ]
+
     async def wait_for_endpoints(self, key: Key, *, timeout: float) -> list[str]:
         """Ready endpoints of ``key`` once there is one; ``[]`` when ``timeout`` passes first."""
         async with self._changed:
