@@ -184,19 +184,36 @@ async def run(args: argparse.Namespace, p: Platform) -> None:
         print(f"added p50 of the shared count: {pct(shared, 0.5) - pct(base, 0.5):+.2f} ms")
         await low_concurrency(args, http, lone, follower, path)
         gateways.kill(lone)
-        took = []
+        took, served = [], []
         for _ in range(args.kills):
             head = await wait(lambda: leader(kube), lambda u: u in gateways.procs, "a leader", 60)
+            survivor = next(u for u in gateways.procs if u != head)
             gateways.kill(head)
             killed_at = time.monotonic()
             await wait(
                 lambda: leader(kube), lambda u: u is not None and u in gateways.procs, "a new leader", 60
             )
             took.append(time.monotonic() - killed_at)
+
+            async def through_survivor(url: str = survivor) -> int:
+                async with http.post(f"{url}{path}", data=b"{}") as resp:
+                    return resp.status
+
+            # Admitting again: the new leader has every replica's slots and has asked the agents what they run.
+            await wait(
+                through_survivor,
+                lambda s: s == 200,
+                "a call admitted by the new leader",
+                60,
+                tolerate_errors=True,
+            )
+            served.append(time.monotonic() - killed_at)
             await gateways.start(shared=True)
         print(
-            "decider failover after SIGKILL (LEASE_SECONDS 4, RENEW 1): "
+            "decider failover after SIGKILL (LEASE_SECONDS 4, RENEW 1): new leader "
             + ", ".join(f"{t:.1f} s" for t in took)
+            + "; first call admitted again "
+            + ", ".join(f"{t:.1f} s" for t in served)
         )
     finally:
         gateways.stop()

@@ -299,12 +299,23 @@ async def test_a_sigkilled_decider_is_replaced_within_15_s_without_scaling_to_ze
                 what="scaled up under load",
                 timeout=120,
             )
+            leading = {
+                r.url: r.log.read_text().count("Leading ") for r in others
+            }  # (when it knows all slots)
             killed.signal(signal.SIGKILL)
             killed_at = time.monotonic()
             new = await wait_for(
                 lambda: leader_url(kube),
                 lambda url: url is not None and url != leader,
                 what="a new leader",
+                timeout=20,
+            )
+            # Deciding (and admitting): it holds the Lease and knows every replica's slots.
+            [successor] = [r for r in others if r.url == new]
+            await wait_for(
+                lambda: asyncio.sleep(0, result=successor.log.read_text().count("Leading ")),
+                lambda n: n > leading[new],
+                what="the new leader knowing every replica's slots",
                 timeout=20,
             )
             took = time.monotonic() - killed_at

@@ -466,8 +466,8 @@ class SharedLimits:
                     continue
                 self.drop_gone(live | {self.peers.identity}, time.monotonic())
                 for endpoint, strays in list(self._heard.items()):
-                    if strays.count:  # until the agent no longer runs them
-                        self._spawn(self._ask_agent(strays.key, strays.group, endpoint))
+                    if strays.count and endpoint not in self._hearing:  # until the agent no longer runs them
+                        self._asking_agent(strays.key, strays.group, endpoint)
 
     # ---- the leader ---------------------------------------------------------------------------------------
 
@@ -549,14 +549,17 @@ class SharedLimits:
         for endpoint in endpoints:
             if endpoint in self._heard:
                 continue
-            task = self._hearing.get(endpoint)
-            if task is None:
-                task = self._hearing[endpoint] = asyncio.create_task(self._ask_agent(key, group, endpoint))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            waits.append(asyncio.shield(task))
+            waits.append(
+                asyncio.shield(self._hearing.get(endpoint) or self._asking_agent(key, group, endpoint))
+            )
         if waits:
             await asyncio.gather(*waits)
+
+    def _asking_agent(self, key: str, group: str, endpoint: str) -> asyncio.Task[None]:
+        task = self._hearing[endpoint] = asyncio.create_task(self._ask_agent(key, group, endpoint))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _ask_agent(self, key: str, group: str, endpoint: str) -> None:
         """Asks the agent at ``endpoint`` the ages of the calls it runs; counts as strays those older than this
