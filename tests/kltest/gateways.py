@@ -69,7 +69,7 @@ class Replicas:
                 lambda r=replica: ready(r.url),
                 lambda status: status == 200,
                 what=f"gateway replica {replica.url} ready (log: {replica.log})",
-                timeout=60,
+                timeout=120,  # a process start under load 50 took over 60 s
             )
 
     def stop(self) -> None:
@@ -114,7 +114,7 @@ async def start_replicas(
         "url_allow_cidrs": LOOPBACK_ALLOWED,
         "slot_wait_seconds": 1.0,
         "autoscale_interval_seconds": 0.5,
-        "lease_seconds": 5,
+        "lease_seconds": 6,
         "lease_renew_seconds": 1,
         "kubeconfig": str(config),
         "host": "127.0.0.1",

@@ -505,7 +505,10 @@ class SharedLimits:
                 logger.warning("Could not list the gateway replicas: %s", e)
                 await asyncio.sleep(0.2)
                 continue
-            waiting = live - set(self._ledger) - {me}
+            # Not the leader whose expired Lease this one took: it did not renew for LEASE_SECONDS (dead, or
+            # too slow to lead). Its member Lease would take as long again to be seen expired; its calls still
+            # running are strays, and if it lives its next sync counts its slots.
+            waiting = live - set(self._ledger) - {me, self.peers.previous}
             if not waiting:
                 # Every instance's strays before anything is admitted: the pool limit counts them all.
                 await asyncio.gather(*(self._hear(k, g, [e]) for k, g, e in list(self.instances_known())))

@@ -57,6 +57,7 @@ class Peers:
     )  # Lease → (resourceVersion, seen at)
     _stopping: bool = False
     _held: JSON | None = None  # the leader Lease as this replica last wrote it (renewed with one write)
+    previous: str | None = None  # the holder whose expired leader Lease this replica took (dead, or too slow)
     joined: asyncio.Event = field(default_factory=asyncio.Event)  # the member Lease exists, a leader is known
 
     def __post_init__(self) -> None:
@@ -173,6 +174,8 @@ class Peers:
                 return  # someone else renewed or took it: read again next round
             raise
         self._renewed = now
+        if holder != self.identity:
+            self.previous = holder
         self._set_leader(self.identity)
 
     def _set_leader(self, leader: str | None) -> None:
