@@ -159,3 +159,40 @@ def test_a_sync_never_gives_back_a_slot_whose_grant_is_on_its_way() -> None:
     leader._count("a", 2, F, None)
     leader._apply_sync("a", body)
     assert sorted(leader._ledger["a"]) == [1, 2]
+
+
+def test_a_new_leader_counts_the_calls_an_agent_runs_that_no_live_replica_holds() -> None:
+    """Strays: calls older than the leader's term, less the live replicas' slots its predecessor placed there,
+    count against the function and the instance until the agent no longer runs them."""
+    limits = shared(pool_limit=10)
+    limits._since = 100.0  # took over at t = 100
+    e = "10.1.0.1:8080"
+    # Before it knows every replica's slots: a replica's slot placed on e by the previous leader.
+    limits._apply_sync("a", {"held": [[1, "ns/f", "ns/f"]], "slots": {"1": [e, 10.0]}, "last": 1})
+    assert limits._ledger["a"][1].old
+    limits.synced.set()
+    # At t = 103 the agent runs 4 calls that arrived before t = 100 and 1 since: 4 - 1 (replica a's) = 3 strays.
+    limits._count_strays("ns/f", "ns/f", e, [5.0, 4.0, 3.5, 3.0, 0.5], sent=103.0)
+    assert limits._heard[e].count == 3
+    assert limits.throttler.by_function == {"ns/f": 4}
+    assert limits.instances.load == {e: 4}
+    with pytest.raises(Throttled):
+        limits._count("b", 1, F, 4)  # reserved 4: full
+    # Two of them ended; replica a's slot was released: 1 stray left.
+    limits._uncount("a", 1)
+    limits._count_strays("ns/f", "ns/f", e, [6.0, 1.0], sent=104.0)
+    assert limits._heard[e].count == 1
+    assert limits.throttler.by_function == {"ns/f": 1}
+    assert limits.instances.load == {e: 1}
+    limits._count_strays("ns/f", "ns/f", e, [], sent=105.0)
+    assert limits.throttler.total == 0
+    assert limits.instances.load == {}
+
+
+def test_a_slot_placed_by_this_leader_is_not_its_predecessors() -> None:
+    limits = shared()
+    limits.synced.set()
+    limits._apply_sync(
+        "a", {"held": [[1, "ns/f", "ns/f"]], "slots": {"1": ["10.1.0.1:8080", 10.0]}, "last": 1}
+    )
+    assert not limits._ledger["a"][1].old

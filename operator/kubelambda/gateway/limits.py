@@ -587,6 +587,10 @@ class SharedLimits:
         if term != self._term:
             return  # the leader changed meanwhile
         self._hearing.pop(endpoint, None)
+        self._count_strays(key, group, endpoint, ages, sent)
+
+    def _count_strays(self, key: str, group: str, endpoint: str, ages: list[float], sent: float) -> None:
+        """``ages``: of the calls the agent at ``endpoint`` answered it runs, asked at ``sent`` (monotonic)."""
         # Older than this term: arrived before the takeover (measured from before the request: never fewer).
         before = sum(age >= sent - self._since for age in ages)
         ours = sum(
