@@ -17,7 +17,14 @@ the extra processes and round trips cost here, not what three nodes would give.
 
 Run: ``.venv/bin/python bench/ha_bench.py --requests 3000 --kills 3``.
 
-Last run (2026-12-05 14:05, 2 cores at load ~30 with a CI run beside it, ``--requests 600 --rounds 2 --kills 2
+Last run (2026-12-05 17:40, load 26-46 with test_ha running beside it, ``--requests 600 --rounds 2 --kills 2
+--low-requests 150``, strays counted by a new leader): 12 connections: 1 replica counting alone 32 req/s, p50 258 ms;
+3 replicas sharing the count 26 req/s, p50 346 ms; one non-leader replica 34 req/s, p50 289 ms (added +31 ms at
+p50). 1 connection: p50 9.0 ms alone, 27.0 ms through a non-leader (**+18 ms**); 4 connections: 73 vs 108 ms
+(+35 ms). Decider failover: a new leader after 3.9 and 3.8 s, a call through a survivor admitted again after 4.8
+and 8.2 s (the new leader has every replica's slots and has asked the agent what it runs; LEASE_SECONDS 4, RENEW 1).
+
+The run before (2026-12-05 14:05, 2 cores at load ~30 with a CI run beside it, ``--requests 600 --rounds 2 --kills 2
 --low-requests 150``, per-instance slots counted at the leader, the instance assigned in the slot's answer):
 12 connections: 1 replica counting alone 71 req/s, p50 158 ms; 3 replicas sharing the count 33 req/s, p50 311 ms;
 one non-leader replica 30 req/s, p50 356 ms (added +199 ms at p50). Where no queueing hides it: 1 connection,
