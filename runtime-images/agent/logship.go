@@ -4,9 +4,10 @@ package main
 // agent's START / END / REPORT lines) is also published, as one JSON record, to the platform's NATS
 // JetStream, where a stream per namespace keeps it past the pod's life. Shipping never blocks the
 // invocation and stays off its path: a line is encoded straight into a bounded buffer (no allocation, one
-// uncontended lock, no channel send); the sender goroutine is woken once a batch (when the buffer turns
-// non-empty), lingers 10 ms, swaps the buffer and publishes it, the consecutive records of one request as one
-// message (newline-separated JSON records), so that neither the agent nor NATS pays per line. A record that
+// uncontended lock, no channel send); the sender goroutine ticks every 10 ms while there is work, swaps the
+// buffer, publishes it (a function's consecutive records as one message of newline-separated JSON records) and
+// reads the store's acknowledgements without blocking, and sleeps otherwise (a record to an empty buffer wakes
+// it), so that neither the agent nor NATS pays per line or per invocation. A record that
 // finds the buffer full, or that the store refuses or never acknowledges, is counted in
 // kubelambda_agent_log_records_dropped_total, never lost silently.
 //
@@ -19,6 +20,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,6 +31,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 )
@@ -45,6 +48,7 @@ const (
 	logAckTimeout     = 10 * time.Second      // a record not acknowledged by then counts as dropped
 	logRetryMax       = 5 * time.Second       // the longest wait between connection attempts
 	logShutdownFlush  = 2 * time.Second       // how long SIGTERM waits for queued records to be stored
+	defaultLogRenew   = 23 * time.Hour        // a login is renewed after this, before its user JWT (a day) expires
 	noRequestID       = "none"                // subject token of lines outside any invocation
 	batchSubjectToken = "batch"               // subject token of a message with several requests' records
 	logInboxTokenSize = 12
@@ -95,16 +99,19 @@ type shipper struct {
 	buf     *logBatch     // records being added
 	spare   *logBatch     // the sender's last batch, emptied, for the next swap
 	limit   int           // records in buf, at most
-	wake    chan struct{} // capacity 1: buf turned non-empty
+	wake    chan struct{} // capacity 1: a record came while the sender slept (idle)
+	idle    atomic.Bool   // the sender sleeps until woken: nothing buffered, nothing awaiting acknowledgement
+	renew   time.Duration // a connection's age at which it is replaced by a new login (0: never)
 	done    chan struct{}
 	stopped chan struct{}
 
-	queued    atomic.Uint64 // accepted into the queue
-	stored    atomic.Uint64 // acknowledged by JetStream
-	dropped   atomic.Uint64 // queue full, refused, unacknowledged or lost with a connection
-	inflight  atomic.Int64  // published, not yet acknowledged
-	lastError atomic.Pointer[string]
-	now       func() time.Time
+	queued      atomic.Uint64 // accepted into the queue
+	stored      atomic.Uint64 // acknowledged by JetStream
+	dropped     atomic.Uint64 // queue full, refused, unacknowledged or lost with a connection
+	inflight    atomic.Int64  // published, not yet acknowledged
+	connections atomic.Uint64 // logins to the log store (a renewal is one)
+	lastError   atomic.Pointer[string]
+	now         func() time.Time
 }
 
 // newShipper returns nil when rawURL is empty (shipping off).
@@ -119,7 +126,7 @@ func newShipper(rawURL, namespace, function, version, pod string, buffer int) (*
 		pod: pod, version: version,
 		buf: &logBatch{}, spare: &logBatch{}, limit: buffer,
 		wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{}),
-		now: time.Now,
+		renew: defaultLogRenew, now: time.Now,
 	}
 	if err := s.setURL(rawURL); err != nil {
 		return nil, err
@@ -257,10 +264,11 @@ func (s *shipper) ship(stream, id string, line []byte) {
 	d = append(d, '}')
 	b.entries = append(b.entries, logEntry{ident: ident, id: id, start: start, end: len(d)})
 	b.data = append(d, '\n')
-	first := len(b.entries) == 1
 	s.mu.Unlock()
 	s.queued.Add(1)
-	if first {
+	// Only a sleeping sender is woken (once): a busy one sends what it finds at its next tick, so that a stream
+	// of invocations costs one sender wake-up per batch, not one per record or per invocation.
+	if s.idle.Load() && s.idle.CompareAndSwap(true, false) {
 		select {
 		case s.wake <- struct{}{}:
 		default:
@@ -399,6 +407,13 @@ func (s *shipper) start() {
 	}
 }
 
+// setRenew sets the age at which a connection's login is renewed (the next connection uses it).
+func (s *shipper) setRenew(seconds int) {
+	if s != nil && seconds > 0 {
+		s.renew = time.Duration(seconds) * time.Second
+	}
+}
+
 // close stops taking records and waits up to wait for the queued ones to be acknowledged.
 func (s *shipper) close(wait time.Duration) {
 	if s == nil {
@@ -427,15 +442,15 @@ func (s *shipper) run() {
 		case <-s.wake:
 		}
 	}
-	select { // the wake-up above may have been a record's: look at the buffer once
-	case s.wake <- struct{}{}:
-	default:
-	}
 	backoff := 100 * time.Millisecond
 	for {
 		finished, err := s.session()
 		if finished {
 			return
+		}
+		if errors.Is(err, errRenew) {
+			backoff = 100 * time.Millisecond
+			continue
 		}
 		if err != nil {
 			s.fail(err)
@@ -451,32 +466,56 @@ func (s *shipper) run() {
 	}
 }
 
-// natsConn is one connection: a writer shared by the sender and the reader's PONGs.
+// natsConn is one connection, used by the sender goroutine alone: it writes, and it reads what the server sent
+// without waiting for it (poll), so that no reader goroutine is woken for each acknowledgement.
 type natsConn struct {
 	conn net.Conn
-	mu   sync.Mutex
+	raw  syscall.RawConn
 	w    *bufio.Writer
+	in   []byte // read, not yet handled
 }
 
-func (c *natsConn) write(parts ...[]byte) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, p := range parts {
-		if _, err := c.w.Write(p); err != nil {
+// errRenew ends a session whose login is due for renewal (logRenew); run connects again at once.
+var errRenew = errors.New("renewing the log store login")
+
+// poll reads what the server has sent so far without waiting: one read system call when nothing came.
+func (c *natsConn) poll() error {
+	for {
+		if cap(c.in)-len(c.in) < 4096 {
+			grown := make([]byte, len(c.in), 2*cap(c.in)+32*1024)
+			copy(grown, c.in)
+			c.in = grown
+		}
+		space := c.in[len(c.in):cap(c.in)]
+		var n int
+		var rerr error
+		if err := c.raw.Read(func(fd uintptr) bool {
+			n, rerr = syscall.Read(int(fd), space)
+			return true // never wait for the poller: EAGAIN means nothing more came
+		}); err != nil {
 			return err
 		}
+		switch {
+		case rerr == syscall.EAGAIN || rerr == syscall.EINTR:
+			return nil
+		case rerr != nil:
+			return rerr
+		case n == 0:
+			return io.EOF
+		}
+		c.in = c.in[:len(c.in)+n]
+		if n < len(space) {
+			return nil
+		}
 	}
-	return nil
 }
 
-func (c *natsConn) flush() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.w.Flush()
-}
-
-// session runs one connection; finished is true once close was asked and the queue is empty.
+// session runs one connection; finished is true once close was asked and the queue is empty. One goroutine
+// does everything: it wakes every logLinger while records come or acknowledgements are due, and otherwise
+// sleeps until a record comes to an empty buffer (ship wakes it then) or for a second (PING, the server's
+// PINGs, a connection the server closed).
 func (s *shipper) session() (finished bool, err error) {
+	defer s.idle.Store(false) // no sender waits for a wake-up until the next session
 	s.cmu.Lock()
 	addr, user, pass := s.addr, s.user, s.pass
 	s.cmu.Unlock()
@@ -485,13 +524,26 @@ func (s *shipper) session() (finished bool, err error) {
 		return false, fmt.Errorf("connecting to the log store %s: %w", addr, err)
 	}
 	defer conn.Close()
-	br := bufio.NewReaderSize(conn, 32*1024)
+	br := bufio.NewReaderSize(conn, 4096)
 	_ = conn.SetReadDeadline(time.Now().Add(logDialTimeout))
 	info, err := br.ReadString('\n')
 	if err != nil || !strings.HasPrefix(info, "INFO ") {
 		return false, fmt.Errorf("the log store %s did not greet as NATS: %q %v", addr, info, err)
 	}
 	_ = conn.SetReadDeadline(time.Time{})
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return false, fmt.Errorf("the log store connection %T has no file descriptor", conn)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	c := &natsConn{conn: conn, raw: raw, w: bufio.NewWriterSize(conn, 64*1024)}
+	if n := br.Buffered(); n > 0 { // the server said more than INFO already (it waits for CONNECT: not expected)
+		rest, _ := br.Peek(n)
+		c.in = append(c.in, rest...)
+	}
 	connect := map[string]any{
 		"verbose": false, "pedantic": false, "lang": "go", "version": "kubelambda-agent", "protocol": 1,
 		"headers": true, "no_responders": true, "name": "kubelambda-agent " + s.pod,
@@ -501,26 +553,24 @@ func (s *shipper) session() (finished bool, err error) {
 	}
 	cj, _ := json.Marshal(connect)
 	inbox := inboxPrefix(user)
-	nc := &natsConn{conn: conn, w: bufio.NewWriterSize(conn, 64*1024)}
-	if err := nc.write([]byte("CONNECT "), cj, []byte("\r\nSUB "+inbox+"* 1\r\nPING\r\n")); err != nil {
+	_, _ = c.w.WriteString("CONNECT ")
+	_, _ = c.w.Write(cj)
+	_, _ = c.w.WriteString("\r\nSUB " + inbox + "* 1\r\nPING\r\n")
+	if err := c.w.Flush(); err != nil {
 		return false, err
 	}
-	if err := nc.flush(); err != nil {
-		return false, err
-	}
+	s.connections.Add(1)
+	started := time.Now()
 
-	// Every published message waits for its acknowledgement in pending, keyed by the reply token.
+	// Every published batch waits for its acknowledgement in pending, keyed by the reply token.
 	type sent struct {
 		at      time.Time
 		records int
 	}
-	var pmu sync.Mutex
 	pending := map[uint64]sent{}
 	settle := func(key uint64, ok bool) {
-		pmu.Lock()
 		p, known := pending[key]
 		delete(pending, key)
-		pmu.Unlock()
 		if !known {
 			return
 		}
@@ -533,31 +583,24 @@ func (s *shipper) session() (finished bool, err error) {
 	}
 	lost := func(expiredOnly bool) { // the connection ended (or acknowledgements are overdue): those are lost
 		n := 0
-		pmu.Lock()
 		for k, p := range pending {
 			if !expiredOnly || time.Since(p.at) > logAckTimeout {
 				delete(pending, k)
 				n += p.records
 			}
 		}
-		pmu.Unlock()
 		s.inflight.Add(-int64(n))
 		s.dropped.Add(uint64(n))
 	}
-	defer lost(false)
-
-	readErr := make(chan error, 1)
-	go func() { readErr <- s.read(br, nc, inbox, settle) }()
+	defer func() { lost(false) }()
 
 	var seq uint64
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
 	var seqBuf, lenBuf [20]byte
-	// send publishes what the buffer holds, one message per request's consecutive records, with one flush. Only
-	// the last message of a batch (of a run of one stream) carries a reply subject: JetStream stores one
-	// connection's messages to a stream in order, so its acknowledgement stands for the messages before it, and
-	// neither NATS nor the agent handles an acknowledgement per invocation. With no stream for the subject that
-	// last message gets the 503 of no responders, and the whole run counts as dropped.
+	// send publishes what the buffer holds, one message per request's consecutive records, into the writer (the
+	// caller flushes). Only the last message of a batch (of a run of one stream) carries a reply subject:
+	// JetStream stores one connection's messages to a stream in order, so its acknowledgement stands for the
+	// messages before it, and neither NATS nor the agent handles an acknowledgement per invocation. With no
+	// stream for the subject that last message gets the 503 of no responders, and the whole run counts as dropped.
 	send := func() error {
 		b := s.take()
 		defer s.recycle(b)
@@ -566,97 +609,125 @@ func (s *shipper) session() (finished bool, err error) {
 		}
 		var err error
 		group := 0 // records written since the last reply subject, not yet waiting in pending
+		put := func(p []byte) {
+			if err == nil {
+				_, err = c.w.Write(p)
+			}
+		}
 		b.messages(func(subject string, payload []byte, records int, last bool) bool {
 			group += records
 			s.inflight.Add(int64(records))
 			size := strconv.AppendInt(lenBuf[:0], int64(len(payload)), 10)
-			if !last {
-				err = nc.write([]byte("PUB "), []byte(subject), []byte(" "), size, []byte("\r\n"), payload, []byte("\r\n"))
-				return err == nil
+			put([]byte("PUB "))
+			put([]byte(subject))
+			put([]byte(" "))
+			if last {
+				seq++
+				pending[seq] = sent{time.Now(), group}
+				group = 0
+				put([]byte(inbox))
+				put(strconv.AppendUint(seqBuf[:0], seq, 10))
+				put([]byte(" "))
 			}
-			seq++
-			pmu.Lock()
-			pending[seq] = sent{time.Now(), group}
-			pmu.Unlock()
-			group = 0
-			err = nc.write([]byte("PUB "), []byte(subject), []byte(" "), []byte(inbox), strconv.AppendUint(seqBuf[:0], seq, 10),
-				[]byte(" "), size, []byte("\r\n"), payload, []byte("\r\n"))
+			put(size)
+			put([]byte("\r\n"))
+			put(payload)
+			put([]byte("\r\n"))
 			return err == nil
 		})
 		if err != nil {
 			s.inflight.Add(-int64(group)) // written without a reply yet: the broken connection lost them
 			s.dropped.Add(uint64(group))
+		}
+		return err
+	}
+	// exchange reads what came (acknowledgements, PINGs, errors), then flushes what was written.
+	exchange := func() error {
+		if err := c.poll(); err != nil {
 			return err
 		}
-		return nc.flush()
-	}
-	linger := time.NewTimer(logLinger)
-	linger.Stop()
-	defer linger.Stop()
-	if s.buffered() > 0 { // left by a connection that broke
-		select {
-		case s.wake <- struct{}{}:
-		default:
+		if err := s.handle(c, inbox, settle); err != nil {
+			return err
 		}
+		if c.w.Buffered() > 0 {
+			return c.w.Flush()
+		}
+		return nil
 	}
+
+	timer := time.NewTimer(logLinger) // the first tick reads the server's answer to CONNECT
+	defer timer.Stop()
+	housekeeping := time.Now()
 	for {
 		select {
-		case <-s.wake:
-			// Linger a little for more records: one write and one wake-up of the server for many records,
-			// instead of one per line, keeps shipping's CPU off the invocations' path.
-			linger.Reset(logLinger)
-			select {
-			case <-linger.C:
-			case <-s.done:
-				linger.Stop()
-			case err := <-readErr:
-				return false, err
-			}
-			if err := send(); err != nil {
-				return false, err
-			}
-		case err := <-readErr:
-			return false, err
-		case <-tick.C:
-			lost(true)
-			if err := nc.write([]byte("PING\r\n")); err != nil {
-				return false, err
-			}
-			if err := nc.flush(); err != nil {
-				return false, err
-			}
+		case <-s.wake: // a record came to an empty buffer while the sender slept: linger for more
+			timer.Reset(logLinger)
+			continue
 		case <-s.done:
 			if err := send(); err != nil {
 				return false, err
 			}
 			// Wait (briefly) for the acknowledgements of what was sent.
 			closeBy := time.Now().Add(logShutdownFlush)
-			for s.inflight.Load() > 0 && time.Now().Before(closeBy) {
-				select {
-				case err := <-readErr:
+			for {
+				if err := exchange(); err != nil {
 					return true, err
-				case <-time.After(10 * time.Millisecond):
 				}
+				if len(pending) == 0 || time.Now().After(closeBy) {
+					return true, nil
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
-			return true, nil
+		case <-timer.C:
 		}
+		now := time.Now()
+		if now.Sub(housekeeping) >= time.Second {
+			housekeeping = now
+			lost(true)
+			_, _ = c.w.WriteString("PING\r\n") // a connection that died unnoticed fails its write
+		}
+		// A login is renewed before the server expires it (logRenew): no more sends on this connection, and once
+		// what it sent is acknowledged a new one takes over; records wait in the buffer meanwhile.
+		renewing := s.renew > 0 && now.Sub(started) >= s.renew
+		if !renewing {
+			if err := send(); err != nil {
+				return false, err
+			}
+		}
+		if err := exchange(); err != nil {
+			return false, err
+		}
+		if renewing && len(pending) == 0 {
+			return false, errRenew
+		}
+		if renewing || len(pending) > 0 || s.buffered() > 0 {
+			timer.Reset(logLinger)
+			continue
+		}
+		// Nothing to send nor to wait for: sleep until ship wakes the sender (the buffer is looked at again after
+		// saying so, so that a record added meanwhile is not left waiting for the second).
+		s.idle.Store(true)
+		if s.buffered() > 0 && s.idle.CompareAndSwap(true, false) {
+			timer.Reset(logLinger)
+			continue
+		}
+		timer.Reset(time.Second)
 	}
 }
 
-// read handles what the server sends: PING, acknowledgements (MSG / HMSG on the inbox), errors.
-func (s *shipper) read(br *bufio.Reader, nc *natsConn, inbox string, settle func(uint64, bool)) error {
+// handle deals with what poll read: the server's PINGs answered, acknowledgements settled, an error returned.
+// An incomplete line or message stays in c.in for the next poll.
+func (s *shipper) handle(c *natsConn, inbox string, settle func(uint64, bool)) error {
+	in := c.in
 	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			return err
+		i := bytes.Index(in, []byte("\r\n"))
+		if i < 0 {
+			break
 		}
-		line = strings.TrimRight(line, "\r\n")
+		line, rest := string(in[:i]), in[i+2:]
 		switch {
 		case line == "PING":
-			if err := nc.write([]byte("PONG\r\n")); err != nil {
-				return err
-			}
-			if err := nc.flush(); err != nil {
+			if _, err := c.w.WriteString("PONG\r\n"); err != nil {
 				return err
 			}
 		case line == "PONG", line == "+OK", strings.HasPrefix(line, "INFO "):
@@ -667,20 +738,21 @@ func (s *shipper) read(br *bufio.Reader, nc *natsConn, inbox string, settle func
 			f := strings.Fields(line)
 			hmsg := f[0] == "HMSG"
 			total, err := strconv.Atoi(f[len(f)-1])
-			if err != nil {
+			if err != nil || total < 0 || len(f) < 4 || (hmsg && len(f) < 5) {
 				return fmt.Errorf("bad message line from the log store: %q", line)
 			}
-			body := make([]byte, total+2)
-			if _, err := ioReadFull(br, body); err != nil {
-				return err
+			if len(rest) < total+2 {
+				c.in = append(c.in[:0], in...) // the rest of the message comes with a later poll
+				return nil
 			}
-			body = body[:total]
+			body := rest[:total]
+			rest = rest[total+2:]
 			key, _ := strconv.ParseUint(strings.TrimPrefix(f[1], inbox), 10, 64)
 			ok := !hmsg && !bytes.Contains(body, []byte(`"error"`))
 			if hmsg { // a status (503: no stream takes the subject) or an answer with headers
 				hdrSize, _ := strconv.Atoi(f[len(f)-2])
-				status := body[:min(hdrSize, len(body))]
-				ok = !bytes.Contains(status, []byte(" 503")) && !bytes.Contains(body[min(hdrSize, len(body)):], []byte(`"error"`))
+				status := body[:min(max(hdrSize, 0), len(body))]
+				ok = !bytes.Contains(status, []byte(" 503")) && !bytes.Contains(body[len(status):], []byte(`"error"`))
 				if !ok {
 					s.fail(fmt.Errorf("the log store refused a record (%s)", strings.TrimSpace(string(status))))
 				}
@@ -689,19 +761,10 @@ func (s *shipper) read(br *bufio.Reader, nc *natsConn, inbox string, settle func
 			}
 			settle(key, ok)
 		}
+		in = rest
 	}
-}
-
-func ioReadFull(br *bufio.Reader, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := br.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+	c.in = append(c.in[:0], in...)
+	return nil
 }
 
 func randomToken() string {
@@ -721,12 +784,12 @@ func randomToken() string {
 
 // writeMetrics adds the shipper's counters to /metrics.
 func (s *shipper) writeMetrics(w io.Writer) {
-	var queued, stored, dropped uint64
+	var queued, stored, dropped, connections uint64
 	var inflight int64
 	buffered := 0
 	if s != nil {
 		queued, stored, dropped, inflight = s.queued.Load(), s.stored.Load(), s.dropped.Load(), s.inflight.Load()
-		buffered = s.buffered()
+		buffered, connections = s.buffered(), s.connections.Load()
 	}
 	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_queued_total Log records accepted for shipping to the log store.\n"+
 		"# TYPE kubelambda_agent_log_records_queued_total counter\nkubelambda_agent_log_records_queued_total %d\n", queued)
@@ -738,6 +801,8 @@ func (s *shipper) writeMetrics(w io.Writer) {
 		"# TYPE kubelambda_agent_log_records_inflight gauge\nkubelambda_agent_log_records_inflight %d\n", inflight)
 	fmt.Fprintf(w, "# HELP kubelambda_agent_log_records_buffered Log records queued in the agent, not yet sent.\n"+
 		"# TYPE kubelambda_agent_log_records_buffered gauge\nkubelambda_agent_log_records_buffered %d\n", buffered)
+	fmt.Fprintf(w, "# HELP kubelambda_agent_log_connections_total Logins to the log store (reconnections and renewals included).\n"+
+		"# TYPE kubelambda_agent_log_connections_total counter\nkubelambda_agent_log_connections_total %d\n", connections)
 }
 
 // shipPiped ships what one line read from a worker's pipe became: app, the runtime's part (nil: none or
@@ -775,9 +840,10 @@ type logShipConfig struct {
 	Namespace string // the function's namespace (a warm-pool pod learns it at /specialize)
 	Pod       string // this pod's name
 	Buffer    int    // records queued at most
+	Renew     int    // seconds after which a login is renewed
 }
 
-type logShipFlags struct{ url, namespace, pod, buffer *string }
+type logShipFlags struct{ url, namespace, pod, buffer, renew *string }
 
 func addLogShipFlags(fs *flag.FlagSet, env func(key, def string) string) logShipFlags {
 	host, _ := os.Hostname()
@@ -791,12 +857,16 @@ func addLogShipFlags(fs *flag.FlagSet, env func(key, def string) string) logShip
 			"this pod's name, in shipped log records (env KUBELAMBDA_POD_NAME, default the host name)"),
 		buffer: fs.String("log-buffer", env("KUBELAMBDA_LOG_BUFFER", strconv.Itoa(defaultLogBuffer)),
 			"log records waiting to be shipped, at most; more are dropped and counted (env KUBELAMBDA_LOG_BUFFER)"),
+		renew: fs.String("log-renew-seconds", env("KUBELAMBDA_LOG_RENEW_SECONDS", strconv.Itoa(int(defaultLogRenew/time.Second))),
+			"seconds after which the log store login is renewed, below the lifetime of the user JWT the platform's "+
+				"NATS auth callout issues (a day) (env KUBELAMBDA_LOG_RENEW_SECONDS)"),
 	}
 }
 
 func (f logShipFlags) parse(bad func(key, value, why string)) logShipConfig {
 	c := logShipConfig{URL: *f.url, Namespace: *f.namespace, Pod: *f.pod}
 	c.Buffer = intIn(*f.buffer, 1, 1<<24, "log-buffer (KUBELAMBDA_LOG_BUFFER)", bad)
+	c.Renew = intIn(*f.renew, 1, 1<<31-1, "log-renew-seconds (KUBELAMBDA_LOG_RENEW_SECONDS)", bad)
 	if c.URL != "" {
 		if _, err := newShipper(c.URL, "", "", "", "", 1); err != nil {
 			bad("log-nats-url (KUBELAMBDA_LOG_NATS_URL)", c.URL, "want nats://host:port")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -361,4 +362,69 @@ func BenchmarkShipInvocation(b *testing.B) {
 			s.recycle(batch)
 		}
 	}
+}
+
+// Only a sleeping sender is woken, once: records that come while it is busy cost no wake-up.
+func TestShipWakesOnlyAnIdleSender(t *testing.T) {
+	s, _ := newShipper("nats://127.0.0.1:1", "ns", "fn", "$LATEST", "p", 16)
+	<-s.wake // setFunction's
+	s.ship("stdout", "r1", []byte("busy"))
+	if len(s.wake) != 0 {
+		t.Fatal("a busy sender was woken")
+	}
+	s.idle.Store(true)
+	for i := range 3 {
+		s.ship("stdout", "r1", []byte(fmt.Sprintf("line %d", i)))
+	}
+	if len(s.wake) != 1 || s.idle.Load() {
+		t.Fatalf("wake-ups %d, idle %v: want one wake-up and the sender no longer idle", len(s.wake), s.idle.Load())
+	}
+}
+
+// The server's answers are handled as they come, in pieces: an acknowledgement split between two reads is settled
+// once whole, a PING answered.
+func TestHandleAcknowledgementsInPieces(t *testing.T) {
+	s, _ := newShipper("nats://127.0.0.1:1", "ns", "fn", "$LATEST", "p", 16)
+	var out bytes.Buffer
+	c := &natsConn{w: bufio.NewWriter(&out)}
+	var settled []string
+	settle := func(key uint64, ok bool) { settled = append(settled, fmt.Sprintf("%d:%v", key, ok)) }
+	ack := `{"stream":"L","seq":7}`
+	whole := "PING\r\nMSG _INBOX.ns.x.3 1 " + strconv.Itoa(len(ack)) + "\r\n" + ack + "\r\n" +
+		"HMSG _INBOX.ns.x.4 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"
+	for cut := 1; cut < len(whole); cut++ {
+		settled, c.in = nil, nil
+		out.Reset()
+		c.w.Reset(&out)
+		for _, part := range []string{whole[:cut], whole[cut:]} {
+			c.in = append(c.in, part...)
+			if err := s.handle(c, "_INBOX.ns.x.", settle); err != nil {
+				t.Fatalf("cut %d: %v", cut, err)
+			}
+		}
+		_ = c.w.Flush()
+		if strings.Join(settled, " ") != "3:true 4:false" || out.String() != "PONG\r\n" || len(c.in) != 0 {
+			t.Fatalf("cut %d: settled %v, wrote %q, left %q", cut, settled, out.String(), c.in)
+		}
+	}
+}
+
+// A login is renewed before the server would expire it: the old connection's batches are acknowledged before the
+// new connection sends, so nothing counts as dropped across renewals.
+func TestShipRenewsItsLoginWithoutDrops(t *testing.T) {
+	port := natsServer(t)
+	jsRequest(t, port, "$JS.API.STREAM.CREATE.L", `{"name":"L","subjects":["kubelambda.logs.>"],"storage":"memory"}`)
+	s, _ := newShipper(fmt.Sprintf("nats://127.0.0.1:%d", port), "ns", "fn", "$LATEST", "p", 8192)
+	s.renew = 200 * time.Millisecond
+	s.start()
+	n := 0
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); n++ {
+		s.ship("stdout", fmt.Sprintf("r%d", n/4), []byte(fmt.Sprintf("line %d", n)))
+		time.Sleep(200 * time.Microsecond)
+	}
+	waitShipped(s, uint64(n))
+	if d, st, c := s.dropped.Load(), s.stored.Load(), s.connections.Load(); d != 0 || st != uint64(n) || c < 3 {
+		t.Fatalf("dropped %d stored %d connections %d, want 0, %d and at least 3 (last error %v)", d, st, c, n, s.lastError.Load())
+	}
+	s.close(time.Second)
 }

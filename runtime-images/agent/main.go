@@ -47,6 +47,7 @@ func run(cfg *Config) error {
 		return err
 	}
 	log.ship, m.ship = ship, ship
+	ship.setRenew(cfg.Log.Renew)
 	ship.start()
 	p := newPool(cfg, log, m)
 
