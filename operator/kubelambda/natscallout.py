@@ -9,7 +9,8 @@ checks the HMAC, reads the namespace and refuses when it is gone, terminating, o
 credential of a deleted namespace's Function does not open a namespace made later under the same name); else it
 answers with a user JWT, signed by the callout's issuer key (an account nkey), that may publish only
 ``kubelambda.logs.<namespace>.>`` and subscribe only ``_INBOX.<namespace>.>`` (its acknowledgements), and that
-expires after :data:`USER_TTL_SECONDS` (the agent then logs in again, and is checked again).
+expires after :data:`USER_TTL_SECONDS` (the agent logs in again an hour before, and is checked again; a
+login left to expire would lose the acknowledgements of what was in flight).
 
 The platform's own users (:data:`kubelambda.natsauth.USERS`) are the callout's ``auth_users``: the server checks
 their passwords itself, as before.
@@ -115,8 +116,19 @@ def kube_namespaces(kube: KubeClient, cache_seconds: float = NAMESPACE_CACHE_SEC
 class LogAuthService:
     """Answers the NATS server's authorization requests for ``logs.<namespace>`` logins (module doc)."""
 
-    def __init__(self, url: str, *, issuer: Issuer, agent_key: str, namespaces: NamespaceCreated) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        issuer: Issuer,
+        agent_key: str,
+        namespaces: NamespaceCreated,
+        user_ttl_seconds: int = USER_TTL_SECONDS,
+    ) -> None:
         self.url = url  # as the ``logauth`` user
+        self.user_ttl_seconds = (
+            user_ttl_seconds  # the agent renews its login before (KUBELAMBDA_LOG_RENEW_SECONDS)
+        )
         self.issuer = issuer
         self.agent_key = agent_key
         self.namespaces = namespaces
@@ -186,7 +198,7 @@ class LogAuthService:
                 "sub": user_nkey,
                 "aud": GLOBAL_ACCOUNT,
                 "name": user,
-                "exp": int(time.time()) + USER_TTL_SECONDS,
+                "exp": int(time.time()) + self.user_ttl_seconds,
                 "nats": {
                     **log_permissions(namespace),
                     "subs": -1,

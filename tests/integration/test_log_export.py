@@ -40,9 +40,13 @@ def handler(event, context):
 """
 
 
-@pytest.fixture(scope="module")
-async def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
-    async with NatsServer(tmp_path_factory.mktemp("nats"), passwords=natsauth.new_passwords()) as server:
+@contextlib.asynccontextmanager
+async def log_store(
+    tmp: Path, *, user_ttl_seconds: int = natscallout.USER_TTL_SECONDS
+) -> AsyncIterator[NatsServer]:
+    """A NATS server with the platform's users, NAMESPACE's log stream, and the gateway's auth callout admitting
+    NAMESPACE's log shippers with user JWTs of ``user_ttl_seconds``."""
+    async with NatsServer(tmp, passwords=natsauth.new_passwords()) as server:
         nc = await nats.connect(
             server.url_as("operator"), **natsauth.connect_options(server.url_as("operator"))
         )
@@ -57,6 +61,7 @@ async def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
             issuer=natscallout.Issuer(server.callout_seed or ""),
             agent_key=LOG_KEY,
             namespaces=lambda ns: asyncio.sleep(0, result=0 if ns == NAMESPACE else None),
+            user_ttl_seconds=user_ttl_seconds,
         )
         await callout.start()
         try:
@@ -65,11 +70,11 @@ async def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
             await callout.stop()
 
 
-@pytest.fixture(scope="module")
-async def agent(secured_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A real agent running a Python handler, shipping its log as its namespace's log user; yields its invoke
-    URL."""
-    code = tmp_path_factory.mktemp("code")
+@contextlib.asynccontextmanager
+async def shipping_agent(server: NatsServer, tmp: Path, **env_extra: str) -> AsyncIterator[str]:
+    """A real agent running a Python handler, shipping its log as NAMESPACE's log user; yields its invoke URL."""
+    code = tmp / "code"
+    code.mkdir(parents=True)
     (code / "app.py").write_text(HANDLER)
     cmd = local_command(
         "python3.12",
@@ -85,15 +90,28 @@ async def agent(secured_nats: NatsServer, tmp_path_factory: pytest.TempPathFacto
     )
     env = {
         **cmd.env,
-        "KUBELAMBDA_LOG_NATS_URL": natsauth.log_url(secured_nats.url, LOG_KEY, NAMESPACE, 1),
+        "KUBELAMBDA_LOG_NATS_URL": natsauth.log_url(server.url, LOG_KEY, NAMESPACE, 1),
         "KUBELAMBDA_FUNCTION_NAMESPACE": NAMESPACE,
         "KUBELAMBDA_POD_NAME": "exported-7d9f-abcde",
+        **env_extra,
     }
-    proc = spawn(cmd.argv, log=tmp_path_factory.mktemp("agent") / "agent.log", env=env, cwd=Path(cmd.cwd))
+    proc = spawn(cmd.argv, log=tmp / "agent.log", env=env, cwd=Path(cmd.cwd))
     try:
         yield cmd.invoke_url
     finally:
         await stop(proc, grace_seconds=10)
+
+
+@pytest.fixture(scope="module")
+async def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    async with log_store(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def agent(secured_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    async with shipping_agent(secured_nats, tmp_path_factory.mktemp("agent")) as url:
+        yield url
 
 
 def invoke(url: str, tag: str) -> str:
@@ -227,3 +245,63 @@ async def test_records_wait_in_the_store_while_the_collector_is_down(
             assert len(records) == 5, [r.body for r in records]
             assert not of_request(again.logs(), before), "records exported before the outage were sent again"
     assert metrics.LOG_EXPORT_RECORDS.labels(NAMESPACE, "rejected")._value.get() == 0
+
+
+def agent_metrics(url: str) -> dict[str, float]:
+    host, _, port = url.split("/")[2].partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("kubelambda_agent_log_")
+    }
+
+
+async def test_an_agent_renews_its_login_before_it_expires_and_drops_nothing(tmp_path: Path) -> None:
+    """The callout's user JWTs expire (here after 3 s): NATS then closes the connection, and what the agent had
+    sent without an acknowledgement yet could not be counted as stored. The agent logs in again before (here
+    after 1 s), once what it sent is acknowledged: invocations all along, every record stored, none dropped. An
+    agent that does not renew in time is cut by the server at expiry (it logs in again), which shows the
+    expiry is real."""
+    async with (
+        log_store(tmp_path / "nats", user_ttl_seconds=3) as server,
+        shipping_agent(server, tmp_path / "renewing", KUBELAMBDA_LOG_RENEW_SECONDS="1") as renewing,
+        shipping_agent(server, tmp_path / "late", KUBELAMBDA_LOG_RENEW_SECONDS="3600") as late,
+    ):
+        await invoked(renewing, "first")
+        await invoked(late, "first")
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 8
+        n = 1
+        while loop.time() < until:  # invocations across several renewals (and the other agent's expiries)
+            await asyncio.to_thread(invoke, renewing, f"n{n}")
+            n += 1
+
+        def settled(m: dict[str, float]) -> bool:
+            return (
+                m["kubelambda_agent_log_records_buffered"] == m["kubelambda_agent_log_records_inflight"] == 0
+            )
+
+        got = await wait_for(
+            lambda: asyncio.to_thread(agent_metrics, renewing),
+            settled,
+            what="the renewing agent's records settled",
+        )
+        assert got["kubelambda_agent_log_records_dropped_total"] == 0, got
+        assert (
+            got["kubelambda_agent_log_records_stored_total"]
+            == got["kubelambda_agent_log_records_queued_total"]
+        )
+        assert got["kubelambda_agent_log_records_stored_total"] >= 5 * n, (n, got)
+        assert got["kubelambda_agent_log_connections_total"] >= 5, got  # a login a second, or so
+        cut = await wait_for(
+            lambda: asyncio.to_thread(agent_metrics, late),
+            lambda m: m["kubelambda_agent_log_connections_total"] >= 2,
+            what="the server closing the late agent's expired login",
+        )
+        assert cut["kubelambda_agent_log_records_stored_total"] >= 5, cut
