@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import logging
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from kubelambda import logexport, logstore, metrics, natsauth, natscallout
 from kubelambda.devcluster._ports import free_port
 from kubelambda.devcluster._process import spawn, stop
 from kubelambda.devcluster.servers import NatsServer
+from kubelambda.logstore_ship import LogShipper
 from kubelambda.runtimes import agent_binary, local_command, runtime_images_dir
 
 pytestmark = pytest.mark.integration
@@ -305,3 +307,57 @@ async def test_an_agent_renews_its_login_before_it_expires_and_drops_nothing(tmp
             what="the server closing the late agent's expired login",
         )
         assert cut["kubelambda_agent_log_records_stored_total"] >= 5, cut
+
+
+async def test_a_bridge_ships_as_its_triggers_namespace_and_into_no_other(secured_nats: NatsServer) -> None:
+    """A Trigger bridge's shipper (kubelambda/logstore_ship.py) logs in with its Trigger's namespace's log
+    credential (what the operator gives it, through the callout): its lines are stored there, and the same
+    credential aimed at another namespace's log subjects is refused by the server, nothing stored there."""
+    url = natsauth.log_url(secured_nats.url, LOG_KEY, NAMESPACE, 1)
+    other = "other-team"
+    admin = secured_nats.url_as("admin")
+    anc = await nats.connect(admin, **natsauth.connect_options(admin))
+    try:
+        await logstore.ensure_stream(anc, other, logstore.Retention())
+        shipper = LogShipper(
+            url, namespace=NAMESPACE, function="bridged", pod="nightly-bridge-1", component="bridge/nightly"
+        )
+        logger = logging.getLogger("kubelambda.test.bridge-credentials")
+        logger.addHandler(shipper)
+        logger.setLevel(logging.INFO)
+        try:
+            shipper.start()
+            logger.info("fired")
+            await shipper.aclose()
+        finally:
+            logger.removeHandler(shipper)
+        got = [r async for r in logstore.read(anc, logstore.LogQuery(NAMESPACE, "bridged"))]
+        assert [(r.message, r.pod) for r in got] == [
+            ("[INFO]\tkubelambda.test.bridge-credentials: fired", "nightly-bridge-1")
+        ]
+        errors: list[str] = []
+
+        async def note(error: Exception) -> None:
+            errors.append(str(error).lower())
+
+        nc = await nats.connect(
+            url,
+            error_cb=note,
+            inbox_prefix=natsauth.log_inbox(NAMESPACE),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+        )
+        try:
+            forged = f"kubelambda.logs.{other}.victim.none"
+            await nc.publish(forged, b'{"message": "forged"}')
+            await nc.flush()
+            await wait_for(
+                lambda: asyncio.sleep(0, result=errors),
+                lambda es: any(f'permissions violation for publish to "{forged}"' in e for e in es),
+                what=f"the server refusing {forged}",
+            )
+        finally:
+            await nc.close()
+        assert (await anc.jetstream().stream_info(logstore.stream_name(other))).state.messages == 0
+    finally:
+        await anc.close()

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kubelambda import natsauth
 from kubelambda.api.v1alpha1 import Trigger
 from kubelambda.api.v1alpha1.trigger import QueueSource, StreamSource, source_kinds
 from kubelambda.bridge import SOURCES, source_kind
@@ -334,6 +335,18 @@ def test_bridges_get_the_platforms_nats_when_the_operator_has_one() -> None:
     pod = {"name": "KUBELAMBDA_BRIDGE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     assert pod in env
     assert "KUBELAMBDA_BRIDGE_LOG_NATS_URL" not in names
+
+
+def test_a_bridge_ships_as_its_triggers_namespaces_log_user() -> None:
+    """With an agent key, a bridge logs in to the log store as its Trigger's namespace's log user (the same
+    credential as that namespace's functions), which may publish only that namespace's log subjects."""
+    t = trigger(schedule={"expression": "rate(5 minutes)"})
+    key = "bridge-agent-key-0123456789"
+    settings = OperatorSettings(gateway_url="http://gw:8080", nats_url="nats://nats:4222", agent_key=key)
+    env = b.make_bridge_deployment(t, settings=settings)["spec"]["template"]["spec"]["containers"][0]["env"]
+    [url] = [e["value"] for e in env if e["name"] == "KUBELAMBDA_BRIDGE_LOG_NATS_URL"]
+    assert url == natsauth.log_url("nats://nats:4222", key, "demo", t.created)
+    assert natsauth.user_of(url) == "logs.demo"
 
 
 STREAM_KINESIS = {"endpoint": "http://k:4566", "streamName": "s", "credentialsSecret": "aws"}
