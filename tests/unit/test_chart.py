@@ -469,6 +469,17 @@ def test_external_nats_and_async_off(helm: Path) -> None:
     )
     egress = find(docs, "NetworkPolicy", "kubelambda-gateway")["spec"]["egress"]
     assert {"port": 4333, "protocol": "TCP"} in [p for rule in egress for p in rule["ports"]]
+    assert "KUBELAMBDA_GATEWAY_LOGAUTH_NATS_URL" not in env_of(find(docs, "Deployment", "kubelambda-gateway"))
+    # With logs.calloutSecret, the gateway answers the external NATS's auth callout (docs/logs.md).
+    docs = render(
+        helm,
+        *("--set", "nats.enabled=false", "--set", "async.natsUrl=nats://10.0.0.9:4333"),
+        *("--set", "logs.calloutSecret=nats-callout"),
+    )
+    container = find(docs, "Deployment", "kubelambda-gateway")["spec"]["template"]["spec"]["containers"][0]
+    refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container["env"]}
+    assert refs["KUBELAMBDA_GATEWAY_LOGAUTH_NATS_URL"] == {"name": "nats-callout", "key": "logauth-url"}
+    assert refs["KUBELAMBDA_GATEWAY_NATS_CALLOUT_SEED"] == {"name": "nats-callout", "key": "callout-seed"}
     docs = render(helm, "--set", "async.enabled=false")
     assert "KUBELAMBDA_GATEWAY_NATS_URL" not in env_of(find(docs, "Deployment", "kubelambda-gateway"))
     assert not [d for d in docs if d["kind"] == "StatefulSet"]
