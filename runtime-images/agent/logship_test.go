@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -178,7 +179,7 @@ func TestShipPipedAttribution(t *testing.T) {
 
 // natsServer starts a real nats-server with JetStream (NATS_SERVER: its binary; `make agent-test` passes the
 // venv's) and returns its port.
-func natsServer(t *testing.T) int {
+func natsServer(t testing.TB) int {
 	t.Helper()
 	bin := os.Getenv("NATS_SERVER")
 	if bin == "" {
@@ -235,7 +236,7 @@ func TestShipToNatsWithoutStreamCountsDrops(t *testing.T) {
 }
 
 // jsRequest sends one JetStream API request over a raw connection and returns the answer's body.
-func jsRequest(t *testing.T, port int, subject, body string) string {
+func jsRequest(t testing.TB, port int, subject, body string) string {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
 	if err != nil {
@@ -427,4 +428,88 @@ func TestShipRenewsItsLoginWithoutDrops(t *testing.T) {
 		t.Fatalf("dropped %d stored %d connections %d, want 0, %d and at least 3 (last error %v)", d, st, c, n, s.lastError.Load())
 	}
 	s.close(time.Second)
+}
+
+// cpuSeconds is the user + system CPU time of process pid (0: this one, from getrusage to the microsecond) so
+// far, from /proc.
+func cpuSeconds(b *testing.B, pid int) float64 {
+	if pid == 0 {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			b.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return float64(utime+stime) / 100 // USER_HZ: 100 on Linux
+}
+
+// What shipping costs in CPU per invocation, apart from the runtime and the HTTP path that dwarf it in
+// bench/logs_bench.py: one invocation's four records shipped (START, a line, END, REPORT) at about 1,300
+// invocations a second (13 every 10 ms, the warm bench's rate), with the sender publishing to a real nats-server
+// and reading its acknowledgements, beside the same loop with shipping off. Reported: this process's CPU (the
+// agent's shipping) and nats-server's, µs per invocation, from /proc; run with -benchtime=3000x or more.
+func BenchmarkShipCPUPerInvocation(b *testing.B) {
+	bin := os.Getenv("NATS_SERVER")
+	for _, on := range []bool{false, true} {
+		name := map[bool]string{false: "off", true: "on"}[on]
+		b.Run(name, func(b *testing.B) {
+			port := natsServer(b)
+			jsRequest(b, port, "$JS.API.STREAM.CREATE.L", `{"name":"L","subjects":["kubelambda.logs.>"],"storage":"file"}`)
+			natsPid := natsPidOn(b, bin, port)
+			var s *shipper
+			if on {
+				s, _ = newShipper(fmt.Sprintf("nats://127.0.0.1:%d", port), "ns", "fn", "$LATEST", "pod-1", 1<<16)
+				s.start()
+				defer s.close(5 * time.Second)
+			}
+			lines := make([][]byte, 4)
+			selfBefore, natsBefore := cpuSeconds(b, 0), cpuSeconds(b, natsPid)
+			n := 0
+			for b.Loop() {
+				id := fmt.Sprintf("6f1c1a52-0d6a-4c8e-9f55-%012d", n)
+				lines[0] = []byte("START RequestId: " + id + " Version: $LATEST")
+				lines[1] = []byte("line 1 of a handler, padded to about one hundred bytes like a typical log line............")
+				lines[2] = []byte("END RequestId: " + id)
+				lines[3] = []byte("REPORT RequestId: " + id + "\tDuration: 0.21 ms\tBilled Duration: 1 ms\tMemory Size: 128 MB")
+				for _, l := range lines {
+					s.ship("stdout", id, l)
+				}
+				if n++; n%13 == 0 {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			if on {
+				waitShipped(s, uint64(4*n))
+				if d := s.dropped.Load(); d != 0 {
+					b.Fatalf("%d records dropped", d)
+				}
+			}
+			b.ReportMetric((cpuSeconds(b, 0)-selfBefore)*1e6/float64(n), "agent-cpu-µs/inv")
+			b.ReportMetric((cpuSeconds(b, natsPid)-natsBefore)*1e6/float64(n), "nats-cpu-µs/inv")
+		})
+	}
+}
+
+// natsPidOn is the pid of the nats-server (bin) listening on port, from /proc.
+func natsPidOn(b *testing.B, bin string, port int) int {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if bytes.HasPrefix(cmd, []byte(bin)) && bytes.Contains(cmd, []byte("\x00"+strconv.Itoa(port)+"\x00")) {
+			return pid
+		}
+	}
+	b.Fatalf("no nats-server on port %d", port)
+	return 0
 }
