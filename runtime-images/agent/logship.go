@@ -4,7 +4,7 @@ package main
 // agent's START / END / REPORT lines) is also published, as one JSON record, to the platform's NATS
 // JetStream, where a stream per namespace keeps it past the pod's life. Shipping never blocks the
 // invocation and stays off its path: a line is encoded straight into a bounded buffer (no allocation, one
-// uncontended lock, no channel send); the sender goroutine ticks every 10 ms while there is work, swaps the
+// uncontended lock, no channel send); the sender goroutine ticks every 50 ms while there is work (sooner for a burst), swaps the
 // buffer, publishes it (a function's consecutive records as one message of newline-separated JSON records) and
 // reads the store's acknowledgements without blocking, and sleeps otherwise (a record to an empty buffer wakes
 // it), so that neither the agent nor NATS pays per line or per invocation. A record that
@@ -43,7 +43,8 @@ const (
 	maxLogMessage     = 64 * 1024             // a longer line is cut (the record says so)
 	logMessageRecords = 256                   // records of one request in one NATS message, at most
 	logMessageBytes   = 256 * 1024            // bytes of one NATS message, at most (NATS' default limit is 1 MiB)
-	logLinger         = 10 * time.Millisecond // how long a batch waits for more records before it is sent
+	logLinger         = 50 * time.Millisecond // how long a batch waits for more records before it is sent
+	logEarlySend      = 1024                  // records that make a batch go before its linger is over
 	logDialTimeout    = 2 * time.Second       // connecting to NATS
 	logAckTimeout     = 10 * time.Second      // a record not acknowledged by then counts as dropped
 	logRetryMax       = 5 * time.Second       // the longest wait between connection attempts
@@ -264,11 +265,13 @@ func (s *shipper) ship(stream, id string, line []byte) {
 	d = append(d, '}')
 	b.entries = append(b.entries, logEntry{ident: ident, id: id, start: start, end: len(d)})
 	b.data = append(d, '\n')
+	full := len(b.entries) == logEarlySend
 	s.mu.Unlock()
 	s.queued.Add(1)
-	// Only a sleeping sender is woken (once): a busy one sends what it finds at its next tick, so that a stream
-	// of invocations costs one sender wake-up per batch, not one per record or per invocation.
-	if s.idle.Load() && s.idle.CompareAndSwap(true, false) {
+	// Only a sleeping sender is woken (once), or a busy one when a burst filled a batch: otherwise it sends what
+	// it finds at its next tick, so that a stream of invocations costs one sender wake-up per batch, not one per
+	// record or per invocation.
+	if (s.idle.Load() && s.idle.CompareAndSwap(true, false)) || full {
 		select {
 		case s.wake <- struct{}{}:
 		default:
@@ -511,7 +514,7 @@ func (c *natsConn) poll() error {
 }
 
 // session runs one connection; finished is true once close was asked and the queue is empty. One goroutine
-// does everything: it wakes every logLinger while records come or acknowledgements are due, and otherwise
+// does everything: it wakes every logLinger (or at logEarlySend records) while records come or acknowledgements are due, and otherwise
 // sleeps until a record comes to an empty buffer (ship wakes it then) or for a second (PING, the server's
 // PINGs, a connection the server closed).
 func (s *shipper) session() (finished bool, err error) {
@@ -660,9 +663,11 @@ func (s *shipper) session() (finished bool, err error) {
 	housekeeping := time.Now()
 	for {
 		select {
-		case <-s.wake: // a record came to an empty buffer while the sender slept: linger for more
-			timer.Reset(logLinger)
-			continue
+		case <-s.wake: // a record came to an empty buffer while the sender slept (linger for more), or a burst
+			if s.buffered() < logEarlySend {
+				timer.Reset(logLinger)
+				continue
+			}
 		case <-s.done:
 			if err := send(); err != nil {
 				return false, err

@@ -380,6 +380,19 @@ func TestShipWakesOnlyAnIdleSender(t *testing.T) {
 	if len(s.wake) != 1 || s.idle.Load() {
 		t.Fatalf("wake-ups %d, idle %v: want one wake-up and the sender no longer idle", len(s.wake), s.idle.Load())
 	}
+	// A burst wakes a busy sender once its batch is full, before the linger is over.
+	<-s.wake
+	b, _ := newShipper("nats://127.0.0.1:1", "ns", "fn", "$LATEST", "p", 2*logEarlySend)
+	<-b.wake
+	for i := range logEarlySend {
+		if len(b.wake) != 0 {
+			t.Fatalf("woken at record %d, want at %d", i, logEarlySend)
+		}
+		b.ship("stdout", "r1", []byte("burst"))
+	}
+	if len(b.wake) != 1 {
+		t.Fatalf("not woken by a full batch of %d records", logEarlySend)
+	}
 }
 
 // The server's answers are handled as they come, in pieces: an acknowledgement split between two reads is settled
