@@ -40,6 +40,7 @@ from kubelambda.settings import FIELD_MANAGER, OperatorSettings
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from kltest import start_cluster  # noqa: E402
+from kltest.platform import install_ownership_policy  # noqa: E402
 
 FN_API = "kubelambda.io/v1alpha1"
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE"}
@@ -182,11 +183,18 @@ async def start_profile(pid: int, out: Path) -> asyncio.subprocess.Process:
 
 
 async def run_operator_bench(
-    kube: KubeClient, kubeconfig: Path, n: int, root: int, profile: Path | None = None
+    kube: KubeClient,
+    kubeconfig: Path,
+    n: int,
+    root: int,
+    profile: Path | None = None,
+    in_flight: int | None = None,
 ) -> JSON:
     ns = "bench-operator"
     await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": ns}})
     env = {**os.environ, "KUBELAMBDA_KUBECONFIG": str(kubeconfig)}
+    if in_flight is not None:
+        env["KUBELAMBDA_API_REQUESTS_IN_FLIGHT"] = str(in_flight)
     log = (kubeconfig.parent / "operator.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kubelambda", "operator", env=env, stdout=subprocess.DEVNULL, stderr=log
@@ -293,7 +301,9 @@ async def run_floor(
     return elapsed, attributed_writes(write_deltas(before, await scrape_writes(kube))), cpu
 
 
-async def main_async(n: int, profile: Path | None = None) -> int:
+async def main_async(
+    n: int, profile: Path | None = None, *, in_flight: int | None = None, ownership_policy: bool = True
+) -> int:
     with tempfile.TemporaryDirectory(prefix="kubelambda-bench-op-") as tmp:
         cluster = start_cluster(Path(tmp))
         assert cluster.proc is not None
@@ -302,7 +312,9 @@ async def main_async(n: int, profile: Path | None = None) -> int:
             cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
             cluster.kubectl("wait", "--for=condition=Established", "crd/functions.kubelambda.io")
             async with KubeClient.from_kubeconfig(cluster.kubeconfig) as kube:
-                result = await run_operator_bench(kube, cluster.kubeconfig, n, root, profile)
+                if ownership_policy:  # as the chart and dev up install it: the operator applies without reads
+                    await install_ownership_policy(cluster, kube)
+                result = await run_operator_bench(kube, cluster.kubeconfig, n, root, profile, in_flight)
                 floor, floor_requests, floor_cpu = await run_floor(kube, n, root)
                 floor_load = os.getloadavg()[0]
         finally:
@@ -317,7 +329,9 @@ async def main_async(n: int, profile: Path | None = None) -> int:
     rejected = sum(v for k, v in writes.items() if k[1] != "events" and not k[3].startswith("2"))
     cores = os.cpu_count()
     print(f"\n{n} Functions applied at once on the local cluster ({cores} cores by os.cpu_count(), "
-          f"load average {os.getloadavg()[0]:.1f} at the end)\n")  # fmt: skip
+          f"load average {os.getloadavg()[0]:.1f} at the end)")  # fmt: skip
+    print(f"operator: api_requests_in_flight {in_flight or OperatorSettings().api_requests_in_flight}, "
+          f"ownership policy {'installed' if ownership_policy else 'not installed (reads first)'}\n")  # fmt: skip
     print(f"{'figure':<46}{'kubelambda operator':>22}{'floor: direct apply':>22}")
     print(f"{'all Deployments exist + every status written':<46}{result['elapsed']:>20.1f} s{floor:>20.1f} s")
     print(f"{'  operator / floor':<46}{result['elapsed'] / floor:>21.2f}x")
@@ -352,7 +366,12 @@ def main() -> int:
         "--profile", type=Path, help="py-spy output for the operator (.txt: collapsed stacks)"
     )
     args = parser.parse_args()
-    return asyncio.run(main_async(args.functions, args.profile.resolve() if args.profile else None))
+    profile = args.profile.resolve() if args.profile else None
+    return asyncio.run(
+        main_async(
+            args.functions, profile, in_flight=args.in_flight, ownership_policy=not args.no_ownership_policy
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ class OperatorSettings(BaseSettings):
     again, in seconds (default 30)."""
     reconcile_workers: int = Field(default=100, ge=1, le=1000)
     """Reconciles running at once (a semaphore around the reconcile; kopf's own worker limit stays unset)."""
+    api_requests_in_flight: int = Field(default=32, ge=1, le=1000)
+    """Reads and writes of owned objects the reconciles have in flight to the API server at once (a semaphore
+    around them), so many Functions at once queue in the operator rather than in the API server."""
     liveness_endpoint: str | None = Field(default=None, pattern=r"^http://[^\s]+$")
     """kopf's liveness endpoint (``http://host:port/healthz``), for the Deployment's probes; unset = none."""
     metrics_address: str | None = Field(default=None, pattern=r"^[^\s:]+:[0-9]{1,5}$")

@@ -30,6 +30,7 @@ from kubelambda.gateway.app import Gateway
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.kube import KubeClient, resource_path
 from kubelambda.operator import Login, run
+from kubelambda.ownership import POLICY_FILE, wait_ownership_policy
 from kubelambda.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,8 +124,20 @@ AGENT_KEY = "test-agent-key-0123456789abcdef"
 """The platform's agent key in tests: the gateway shows agents the tokens derived from it."""
 
 
-async def start_operator(cluster: Cluster, kube: KubeClient, **settings: Any) -> RunningOperator:
+async def install_ownership_policy(cluster: Cluster, kube: KubeClient) -> None:
+    """The ValidatingAdmissionPolicy that refuses the operator's applies onto objects of someone else's, as the
+    chart and ``dev up`` install it, once the API server enforces it."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO.joinpath(*POLICY_FILE)))
+    await wait_ownership_policy(kube)
+
+
+async def start_operator(
+    cluster: Cluster, kube: KubeClient, *, ownership_policy: bool = True, **settings: Any
+) -> RunningOperator:
+    """The operator as its ServiceAccount, with the ownership policy installed (``ownership_policy``)."""
     await install_crds(cluster, kube)
+    if ownership_policy:
+        await install_ownership_policy(cluster, kube)
     token = await service_account_token(cluster, kube, "operator-rbac.yaml", "kubelambda-operator")
     login = Login.from_kubeconfig(cluster.kubeconfig).with_token(token)
     settings.setdefault("url_allow_cidrs", LOOPBACK_ALLOWED)

@@ -6,6 +6,10 @@ over (replacing the Service's selector) and that deleting the Function then garb
 object is never changed, the owner is ``Ready=False`` with reason ``NameConflict`` naming it, deleting the owner
 leaves it, and everything else in the namespace still works (another Function is reconciled as usual; the
 conflicted one recovers once the foreign object is gone).
+
+The operator applies a new Function's objects without reading them first: the API server's ownership policy
+(helm/kubelambda/files/owned-objects-policy.yaml, installed by ``start_operator`` as by the chart) refuses the
+apply onto a foreign object, and that refusal is the conflict; the first test checks the policy itself.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import pytest
 from kltest import Cluster, wait_for
 from kltest.platform import RunningOperator, start_operator
 from kubelambda.api.v1alpha1 import API_VERSION
-from kubelambda.kube import KubeClient, resource_path
+from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.ownership import ownership_policy_enforced, refused_as_not_ours
+from kubelambda.settings import FIELD_MANAGER
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
@@ -68,6 +74,49 @@ def same_object(before: JSON, after: JSON) -> None:
     assert after["metadata"]["uid"] == before["metadata"]["uid"]
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], after["metadata"]
     assert not after["metadata"].get("ownerReferences")
+
+
+def claimed(name: str, uid: str, **labels: str) -> JSON:
+    """A Service ``name`` as the operator would apply it for the Function ``uid``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "ownerReferences": [
+                {"apiVersion": API_VERSION, "kind": "Function", "name": name, "uid": uid, "controller": True}
+            ],
+        },
+        "spec": {"selector": {"kubelambda.io/function": name}, "ports": [{"port": 8080}]},
+    }
+
+
+async def test_the_api_server_refuses_the_operators_apply_onto_an_object_of_someone_elses(
+    operator: RunningOperator, cluster: Cluster, kube: KubeClient, namespace: str
+) -> None:
+    assert await ownership_policy_enforced(kube)
+    cluster.apply(foreign_service("ledger"), namespace)
+    path = resource_path("v1", "services", namespace=namespace, name="ledger")
+    before = await kube.get(path)
+    uid = "6f1c2a8e-0000-4000-8000-000000000001"
+    with pytest.raises(ApiError) as refused:
+        await kube.apply(path, claimed("ledger", uid), field_manager=FIELD_MANAGER)
+    assert refused_as_not_ours(refused.value), refused.value
+    assert f"Service {namespace}/ledger exists and is not owned by" in refused.value.message
+    same_object(before, await kube.get(path))
+
+    # A new object, and then that owner's own object again, are the operator's to write.
+    mine = resource_path("v1", "services", namespace=namespace, name="journal")
+    await kube.apply(mine, claimed("journal", uid), field_manager=FIELD_MANAGER)
+    again = await kube.apply(mine, claimed("journal", uid, edited="yes"), field_manager=FIELD_MANAGER)
+    assert again["metadata"]["labels"] == {"edited": "yes"}
+    # Adding an owner to an object owned by another Function is refused too.
+    with pytest.raises(ApiError) as second:
+        await kube.apply(
+            mine, claimed("journal", "6f1c2a8e-0000-4000-8000-000000000002"), field_manager=FIELD_MANAGER
+        )
+    assert refused_as_not_ours(second.value), second.value
 
 
 async def test_a_function_named_after_an_existing_service_neither_takes_it_over_nor_deletes_it(

@@ -38,6 +38,7 @@ from kubelambda.devcluster._ports import (
 from kubelambda.devcluster._process import spawn, stop
 from kubelambda.devcluster.servers import NatsServer, S3Server
 from kubelambda.kube import KubeClient, resource_path
+from kubelambda.ownership import POLICY_FILE, wait_ownership_policy
 
 logger = logging.getLogger(__name__)
 SYSTEM_NS = "kubelambda-system"
@@ -112,7 +113,17 @@ class Platform:
             self._kubectl, "wait", "--for=condition=Established", "--timeout=60s",
             "crd/functions.kubelambda.io", "crd/triggers.kubelambda.io", "crd/functionaliases.kubelambda.io",
         )  # fmt: skip
+        # The operator's applies never take over an object of someone else's (docs/security.md).
+        await asyncio.to_thread(
+            self._kubectl,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(root.joinpath(*POLICY_FILE)),
+        )
         async with KubeClient.from_kubeconfig(self.admin_kubeconfig) as kube:
+            await wait_ownership_policy(kube)
             if await kube.get_or_none(resource_path("v1", "namespaces", name=SYSTEM_NS)) is None:
                 await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": SYSTEM_NS}})
             for rbac in ("operator-rbac.yaml", "gateway-rbac.yaml", "invoker-rbac.yaml"):

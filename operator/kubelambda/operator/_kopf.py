@@ -36,6 +36,7 @@ from kubelambda.operator._trigger import (
     source_changed,
     write_trigger_status,
 )
+from kubelambda.ownership import OWNERSHIP_POLICY, ownership_policy_enforced
 from kubelambda.resources import FUNCTION_LABEL
 from kubelambda.resources import status as st
 from kubelambda.resources.bridge import TRIGGER_LABEL, TriggerObject, bridge_name, bridge_to_wake
@@ -478,6 +479,20 @@ async def run(
     slots = AdaptiveLimit(settings.reconcile_workers)
     reconciler, triggers = FunctionReconciler(kube, settings), TriggerReconciler(kube, settings)
     reconciler.overloaded = triggers.overloaded = slots.overloaded
+    try:
+        enforced = await ownership_policy_enforced(kube)
+    except (ApiError, TimeoutError, aiohttp.ClientError) as e:
+        log.warning(
+            "could not tell whether %s is installed (%s): every object is read first", OWNERSHIP_POLICY, e
+        )
+        enforced = False
+    if not enforced:
+        log.warning(
+            "the API server does not enforce the ValidatingAdmissionPolicy %s (helm/kubelambda/files/"
+            "owned-objects-policy.yaml): every owned object is read before it is applied",
+            OWNERSHIP_POLICY,
+        )
+    reconciler.policy_enforced = triggers.policy_enforced = enforced
     ctx = Context(
         settings=settings, login=login, kube=kube, reconciler=reconciler, triggers=triggers, slots=slots
     )

@@ -4,8 +4,16 @@ and remember what changed for the owner's Events.
 Never an object of someone else's (docs/security.md): an existing object with the derived name that does not
 name the owner in its ``ownerReferences`` is neither applied, nor deleted, nor used. The owner gets
 ``Ready=False`` with reason ``NameConflict`` naming it, and since it never became an owner of that object,
-deleting it leaves the object alone. An object of ours is applied with its ``resourceVersion`` as a precondition,
-so one replaced between the read and the write fails (409) instead of being taken over.
+deleting it leaves the object alone.
+
+Two ways to tell, chosen per apply. **Direct** (:meth:`OwnedWriter._apply` with ``direct``, for a generation not
+reconciled yet, when the API server enforces :data:`kubelambda.ownership.OWNERSHIP_POLICY`): the object is applied without reading it
+first; the ValidatingAdmissionPolicy ``helm/kubelambda/files/owned-objects-policy.yaml`` refuses, in the API
+server and at the moment of the write, an apply of ours that would add an owner to an existing object not
+already naming it, and that refusal is the conflict (race-free: admission runs on the object the write replaces).
+**Read first** (a resume of a reconciled generation, or no policy): the object is read, judged, and written only
+when it differs, with its ``resourceVersion`` as a precondition, so one replaced between the read and the write
+fails (409) instead of being taken over.
 
 Only what differs is written: every applied object carries the digest of what was applied
 (:data:`APPLIED_ANNOTATION`), and an object whose live state already holds everything the operator would apply,
@@ -17,19 +25,23 @@ reconcile.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kubelambda import metrics
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, resource_path
 from kubelambda.operator._pace import retrying
+from kubelambda.ownership import refused_as_not_ours
 from kubelambda.resources import Problem
 from kubelambda.settings import FIELD_MANAGER, OperatorSettings
+
+T = TypeVar("T")
 
 # Kind → (apiVersion, plural) of every kind a Function or a Trigger owns.
 PLURALS = {
@@ -151,26 +163,43 @@ class OwnedWriter:
         self.settings = settings
         self.clock = clock
         self.overloaded: Callable[[], None] = lambda: None  # told of each transient answer (_pace)
+        # Whether the API server refuses our applies onto objects of someone else's (kubelambda.ownership): only
+        # then may an apply skip the read (``direct``). Set once the operator has looked (_kopf.run).
+        self.policy_enforced = False
+        # Requests of the reconcilers in flight to the API server at once (settings.api_requests_in_flight).
+        self._in_flight = asyncio.Semaphore(settings.api_requests_in_flight)
 
-    async def _retrying(self, call: Callable[[], Any]) -> Any:
-        return await retrying(call, overloaded=self.overloaded)
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        async def limited() -> T:
+            async with self._in_flight:
+                return await call()
+
+        return await retrying(limited, overloaded=self.overloaded)
+
+    def _conflict(self, obj: JSON, outcome: Outcome) -> None:
+        what = _what(obj)
+        if what not in outcome.conflicts:
+            outcome.conflicts.append(what)
 
     async def _ours_or_none(self, obj: JSON, outcome: Outcome) -> tuple[bool, JSON | None]:
         """``(usable, existing)``: the object now at ``obj``'s path, and False (noted in ``outcome.conflicts``)
         when it exists and is not of ``obj``'s owner."""
         path = object_path(obj)
-        existing = await self._retrying(lambda: self.kube.get_or_none(path))
+        existing: JSON | None = await self._retrying(lambda: self.kube.get_or_none(path))
         if existing is not None and not is_ours(existing, owner_uid(obj)):
-            what = _what(obj)
-            if what not in outcome.conflicts:
-                outcome.conflicts.append(what)
+            self._conflict(obj, outcome)
             return False, existing
         return True, existing
 
-    async def _apply(self, obj: JSON, outcome: Outcome, *, changed: bool = False) -> JSON | None:
+    async def _apply(
+        self, obj: JSON, outcome: Outcome, *, changed: bool = False, direct: bool = False
+    ) -> JSON | None:
         """Server-side apply; ``changed`` (the spec changed) reports an existing object as updated. None, and
-        nothing written, when an object that is not ours has that name. A write the API server was too busy
-        for is read and judged again before it is retried (it may have been applied after all)."""
+        nothing written, when an object that is not ours has that name. ``direct`` (honoured only while
+        :attr:`policy_enforced`): without reading it first (module docstring). Otherwise a write the API server
+        was too busy for is read and judged again before it is retried (it may have been applied after all)."""
+        if direct and self.policy_enforced:
+            return await self._retrying(lambda: self._apply_direct(obj, outcome, changed=changed))
 
         async def attempt() -> JSON | None:
             usable, existing = await self._ours_or_none(obj, outcome)
@@ -178,13 +207,38 @@ class OwnedWriter:
                 return None
             return await self._apply_checked(obj, existing, outcome, changed=changed)
 
-        result: JSON | None = await self._retrying(attempt)
+        # Not self._retrying: the read and the write each take a slot of their own.
+        return await retrying(attempt, overloaded=self.overloaded)
+
+    async def _apply_direct(
+        self, obj: JSON, outcome: Outcome, *, changed: bool = False, force: bool = True
+    ) -> JSON | None:
+        """One server-side apply of ``obj`` without a read; None when :data:`kubelambda.ownership.OWNERSHIP_POLICY` refused it (an
+        object of someone else's has that name: noted in ``outcome.conflicts``)."""
+        try:
+            result, created = await self.kube.apply_reporting(
+                object_path(obj), with_digest(obj), field_manager=FIELD_MANAGER, force=force
+            )
+        except ApiError as e:
+            if not refused_as_not_ours(e):
+                raise
+            metrics.OPERATOR_API_WRITES.labels(obj["kind"]).inc()
+            self._conflict(obj, outcome)
+            return None
+        metrics.OPERATOR_API_WRITES.labels(obj["kind"]).inc()
+        self._note(obj, outcome, created=created, changed=changed)
         return result
 
-    async def _apply_in_order(self, *objs: JSON, outcome: Outcome) -> None:
+    def _note(self, obj: JSON, outcome: Outcome, *, created: bool, changed: bool) -> None:
+        if created:
+            outcome.created.append(_what(obj))
+        elif changed:
+            outcome.updated.append(_what(obj))
+
+    async def _apply_in_order(self, *objs: JSON, outcome: Outcome, direct: bool = False) -> None:
         """Applies ``objs`` one after the other, stopping at one that is not ours (what follows depends on it)."""
         for obj in objs:
-            if await self._apply(obj, outcome) is None:
+            if await self._apply(obj, outcome, direct=direct) is None:
                 return
 
     async def _apply_checked(
@@ -198,20 +252,21 @@ class OwnedWriter:
         if existing is not None:
             # Precondition: the object we read as ours is the one we write (409 if it was replaced meanwhile).
             version = existing["metadata"].get("resourceVersion")
-            body = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
-        result, created = await self.kube.apply_reporting(object_path(obj), body, field_manager=FIELD_MANAGER)
+            body = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
+        async with self._in_flight:
+            result, created = await self.kube.apply_reporting(
+                object_path(obj), body, field_manager=FIELD_MANAGER
+            )
         metrics.OPERATOR_API_WRITES.labels(obj["kind"]).inc()
-        if created:
-            outcome.created.append(_what(obj))
-        elif changed:
-            outcome.updated.append(_what(obj))
+        self._note(obj, outcome, created=created, changed=changed)
         return result
 
     async def _create_once(self, obj: JSON, outcome: Outcome) -> None:
         """Creates ``obj`` unless it exists (a generated token must never change under the store using it); an
         existing one that is not ours is a conflict."""
         try:
-            await self.kube.create(owned_path(obj["kind"], obj["metadata"]["namespace"]), obj)
+            async with self._in_flight:
+                await self.kube.create(owned_path(obj["kind"], obj["metadata"]["namespace"]), obj)
         except ApiError as e:
             if e.status != 409:
                 raise
@@ -228,7 +283,8 @@ class OwnedWriter:
         if existing is None or not is_ours(existing, uid):
             return
         try:
-            deleted = await self.kube.delete(path, uid=existing["metadata"]["uid"])
+            async with self._in_flight:
+                deleted = await self.kube.delete(path, uid=existing["metadata"]["uid"])
         except ApiError as e:
             if e.status == 409:  # replaced since the read: not the object we read as ours
                 return

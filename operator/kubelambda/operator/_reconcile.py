@@ -3,6 +3,11 @@
 Steps, in order: judge what only the operator can judge (runtime image, code size, execution role),
 apply the owned objects with server-side apply, remove objects the spec no longer asks for, then compute
 the status. Nothing is remembered between calls: the cluster is the memory.
+
+A generation not reconciled yet (a new Function, a spec change) has its objects applied without reading them
+first (``direct``, _owned.py: the API server's ownership policy refuses an object of someone else's); the
+Deployment too when the Function is new. A resume of a reconciled generation reads each object and writes only
+what differs.
 """
 
 from __future__ import annotations
@@ -102,7 +107,13 @@ class FunctionReconciler(OwnedWriter):
 
         deployment: JSON | None = None
         try:
-            deployment = await self._apply_all(fn, outcome, spec_changed=spec_changed)
+            deployment = await self._apply_all(
+                fn,
+                outcome,
+                spec_changed=spec_changed,
+                direct=current.get("observedGeneration") != fn.generation,
+                new=current.get("observedGeneration") is None,
+            )
         except ApplyRefused as e:
             if e.error.status == 409:
                 # A write raced ours (the applies carry the read's resourceVersion): nothing is wrong with the
@@ -125,16 +136,23 @@ class FunctionReconciler(OwnedWriter):
         )
         return outcome
 
-    async def _apply(self, obj: JSON, outcome: Outcome, *, changed: bool = False) -> JSON | None:
+    async def _apply(
+        self, obj: JSON, outcome: Outcome, *, changed: bool = False, direct: bool = False
+    ) -> JSON | None:
         try:
-            return await super()._apply(obj, outcome, changed=changed)
+            return await super()._apply(obj, outcome, changed=changed, direct=direct)
         except ApiError as e:
             meta = obj["metadata"]
             raise ApplyRefused(f"{obj['kind']} {meta['namespace']}/{meta['name']}", e) from e
 
-    async def _apply_all(self, fn: FunctionObject, outcome: Outcome, *, spec_changed: bool) -> JSON | None:
-        """Applies the owned objects (unless a problem forbids); the Deployment as applied, if it was."""
+    async def _apply_all(
+        self, fn: FunctionObject, outcome: Outcome, *, spec_changed: bool, direct: bool, new: bool
+    ) -> JSON | None:
+        """Applies the owned objects (unless a problem forbids); the Deployment as applied, if it was. ``direct``:
+        without reading them first (module docstring); ``new``: the Function was never reconciled."""
         problem = outcome.problem
+        # The Deployment's replicas depend on whether it exists (_apply_deployment): read it unless it is new.
+        new_deployment = new and direct and self.policy_enforced
         deployment: JSON | None = None
         if problem is None or problem.reason == "ServiceAccountMissing":
             # The other objects do not depend on each other: apply them at once. The Deployment comes after
@@ -142,15 +160,15 @@ class FunctionReconciler(OwnedWriter):
             steps: list[Awaitable[Any]] = []
             configmap = make_code_configmap(fn)
             if configmap is not None:
-                steps.append(self._apply(configmap, outcome, changed=spec_changed))
+                steps.append(self._apply(configmap, outcome, changed=spec_changed, direct=direct))
             elif spec_changed:
                 steps.append(
                     self._delete("ConfigMap", fn.namespace, n.code_configmap_name(fn.name), fn.uid, outcome)
                 )
             agent_secret = make_agent_secret(fn, settings=self.settings)
             if agent_secret is not None:
-                steps.append(self._apply(agent_secret, outcome, changed=False))
-            steps.append(self._apply(make_service(fn), outcome, changed=False))
+                steps.append(self._apply(agent_secret, outcome, changed=False, direct=direct))
+            steps.append(self._apply(make_service(fn), outcome, changed=False, direct=direct))
             # The gateway's right to scale this Deployment only (it holds no cluster-wide scale): the Role first,
             # since the API server checks that the operator holds what a Role it binds grants.
             binding = make_scale_role_binding(
@@ -158,40 +176,44 @@ class FunctionReconciler(OwnedWriter):
                 gateway_account=self.settings.gateway_service_account,
                 system_namespace=self.settings.system_namespace,
             )
-            steps.append(self._apply_in_order(make_scale_role(fn), binding, outcome=outcome))
+            steps.append(self._apply_in_order(make_scale_role(fn), binding, outcome=outcome, direct=direct))
             ingress = make_ingress_policy(
                 fn,
                 system_namespace=self.settings.system_namespace,
                 metrics_namespaces=self.settings.metrics_namespaces,
             )
-            steps.append(self._apply(ingress, outcome, changed=False))
+            steps.append(self._apply(ingress, outcome, changed=False, direct=direct))
             egress = make_egress_policy(fn, deny=self.settings.function_egress_deny_cidrs)
             if egress is not None:
-                steps.append(self._apply(egress, outcome, changed=spec_changed))
+                steps.append(self._apply(egress, outcome, changed=spec_changed, direct=direct))
             elif spec_changed:
                 steps.append(
                     self._delete(
                         "NetworkPolicy", fn.namespace, n.egress_policy_name(fn.name), fn.uid, outcome
                     )
                 )
-            if problem is None:
+            if problem is None and not new_deployment:
                 image = self.settings.image_for(fn.spec.runtime) or ""
                 steps.append(
                     self._ours_or_none(make_deployment(fn, image=image, settings=self.settings), outcome)
                 )
             results = await asyncio.gather(*steps)
+            if problem is None and not outcome.conflicts:
+                await self._ensure_log_stream(fn.namespace)
+                try:
+                    deployment = await self._apply_deployment(
+                        fn,
+                        outcome,
+                        changed=spec_changed,
+                        existing=None if new_deployment else results[-1][1],
+                        unread=new_deployment,
+                    )
+                except ApiError as e:  # the Deployment's apply (the other applies raise ApplyRefused)
+                    raise ApplyRefused(f"Deployment {fn.namespace}/{n.deployment_name(fn.name)}", e) from e
             if outcome.conflicts:
                 # Nothing of someone else's is changed, and no pod starts half-configured.
                 outcome.problem = conflict_problem(outcome, "Function")
                 outcome.retry_after = self.settings.problem_retry_seconds
-            elif problem is None:
-                await self._ensure_log_stream(fn.namespace)
-                try:
-                    deployment = await self._apply_deployment(
-                        fn, outcome, changed=spec_changed, existing=results[-1][1]
-                    )
-                except ApiError as e:  # the Deployment's apply (the other applies raise ApplyRefused)
-                    raise ApplyRefused(f"Deployment {fn.namespace}/{n.deployment_name(fn.name)}", e) from e
         return deployment
 
     async def _ensure_log_stream(self, namespace: str) -> None:
@@ -212,13 +234,34 @@ class FunctionReconciler(OwnedWriter):
         await self.log_streams.ensure(namespace)
 
     async def _apply_deployment(
-        self, fn: FunctionObject, outcome: Outcome, *, changed: bool, existing: JSON | None
-    ) -> JSON:
-        """The Deployment, ``existing`` (already read as ours) or new. A write that raced another (409) or that
-        the API server was too busy for (_pace) is read and judged again before it is retried."""
+        self, fn: FunctionObject, outcome: Outcome, *, changed: bool, existing: JSON | None, unread: bool
+    ) -> JSON | None:
+        """The Deployment, ``existing`` (already read as ours) or new; None when an object of someone else's has
+        its name (``outcome.conflicts``). ``unread``: not read, taken for new and applied directly, without
+        force, so that an existing one whose replicas the autoscaler took answers 409 (and is then read).
+        A write that raced another (409) or that the API server was too busy for (_pace) is read and judged
+        again before it is retried."""
         image = self.settings.image_for(fn.spec.runtime) or ""
         body = make_deployment(fn, image=image, settings=self.settings)
         for attempt in range(ATTEMPTS):
+            if unread:
+                unread = False
+                held = make_deployment(
+                    fn, image=image, settings=self.settings, replicas=fn.spec.scaling.min_instances
+                )
+                try:
+                    async with self._in_flight:
+                        return await self._apply_direct(held, outcome, changed=changed, force=False)
+                except (ApiError, TimeoutError, aiohttp.ClientError) as e:
+                    if not ((isinstance(e, ApiError) and e.status == 409) or is_transient(e)):
+                        raise
+                    if is_transient(e):
+                        self.overloaded()
+                        await asyncio.sleep(backoff_seconds(attempt))
+                usable, existing = await self._ours_or_none(body, outcome)
+                if not usable:
+                    return None
+                continue
             if existing is None:
                 # A new Deployment starts at minInstances, in one write: the creator owns every field it sets,
                 # so the operator owns replicas until the autoscaler's first scale write takes them (an update

@@ -138,6 +138,9 @@ class TriggerReconciler(OwnedWriter):
         )
         function_exists = await self.kube.get_or_none(function_path) is not None
         deployment: JSON | None = None
+        # A generation not reconciled yet has its objects applied without reading them first (_owned.py); the
+        # bridge Deployment is still read first, as before.
+        direct = current.get("observedGeneration") != trigger.generation
         if trigger.needs_bridge:
             # RBAC and the checkpoint first, so the bridge's first requests are allowed and find their ConfigMap.
             # The Role must exist before its RoleBinding: the API server checks that the operator holds every
@@ -149,12 +152,13 @@ class TriggerReconciler(OwnedWriter):
                     b.make_role(trigger),
                     b.make_role_binding(trigger),
                     outcome=outcome,
+                    direct=direct,
                 ),
-                self._apply(b.make_checkpoint(trigger), outcome),
+                self._apply(b.make_checkpoint(trigger), outcome, direct=direct),
             ]
             name = b.bridge_name(trigger.name)
             if trigger.notification_webhook:
-                steps.append(self._apply(b.make_webhook_service(trigger), outcome))
+                steps.append(self._apply(b.make_webhook_service(trigger), outcome, direct=direct))
                 bucket = trigger.spec.bucket
                 if bucket is not None and bucket.token_secret is None:
                     token = secrets.token_urlsafe(32)
