@@ -88,7 +88,9 @@ def claimed(name: str, uid: str, **labels: str) -> JSON:
                 {"apiVersion": API_VERSION, "kind": "Function", "name": name, "uid": uid, "controller": True}
             ],
         },
-        "spec": {"selector": {"kubelambda.io/function": name}, "ports": [{"port": 8080}]},
+        # The foreign Service's port: merged with another port without a name, the apply would be invalid (422),
+        # refused before the policy runs.
+        "spec": {"selector": {"kubelambda.io/function": name}, "ports": [{"port": 5432, "targetPort": 5432}]},
     }
 
 

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from kubelambda import metrics
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, resource_path
-from kubelambda.operator._pace import retrying
+from kubelambda.operator._pace import is_transient, retrying
 from kubelambda.ownership import refused_as_not_ours
 from kubelambda.resources import Problem
 from kubelambda.settings import FIELD_MANAGER, OperatorSettings
@@ -199,7 +199,13 @@ class OwnedWriter:
         :attr:`policy_enforced`): without reading it first (module docstring). Otherwise a write the API server
         was too busy for is read and judged again before it is retried (it may have been applied after all)."""
         if direct and self.policy_enforced:
-            return await self._retrying(lambda: self._apply_direct(obj, outcome, changed=changed))
+            try:
+                return await self._retrying(lambda: self._apply_direct(obj, outcome, changed=changed))
+            except ApiError as e:
+                if is_transient(e):
+                    raise
+                # Refused otherwise (say 422: an object of someone else's merged with ours is invalid, and the
+                # API server validates before admission runs the policy): read and judge it, as without the policy.
 
         async def attempt() -> JSON | None:
             usable, existing = await self._ours_or_none(obj, outcome)

@@ -253,9 +253,11 @@ class FunctionReconciler(OwnedWriter):
                     async with self._in_flight:
                         return await self._apply_direct(held, outcome, changed=changed, force=False)
                 except (ApiError, TimeoutError, aiohttp.ClientError) as e:
-                    if not ((isinstance(e, ApiError) and e.status == 409) or is_transient(e)):
-                        raise
-                    if is_transient(e):
+                    # 409: it exists and the autoscaler owns its replicas; another refusal (a 422 of an object of
+                    # someone else's merged with ours): read and judge it, then apply as to an existing one.
+                    if not isinstance(e, ApiError) or is_transient(e):
+                        if not is_transient(e):
+                            raise
                         self.overloaded()
                         await asyncio.sleep(backoff_seconds(attempt))
                 usable, existing = await self._ours_or_none(body, outcome)
