@@ -365,6 +365,14 @@ def main() -> int:
     parser.add_argument(
         "--profile", type=Path, help="py-spy output for the operator (.txt: collapsed stacks)"
     )
+    parser.add_argument(
+        "--in-flight", type=int, help="the operator's api_requests_in_flight (default: its own default)"
+    )
+    parser.add_argument(
+        "--no-ownership-policy",
+        action="store_true",
+        help="without the ownership policy: the operator reads every object before applying it",
+    )
     args = parser.parse_args()
     profile = args.profile.resolve() if args.profile else None
     return asyncio.run(

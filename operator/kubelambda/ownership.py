@@ -16,13 +16,18 @@ from kubelambda.settings import FIELD_MANAGER
 
 # The ValidatingAdmissionPolicy (and its binding) that refuses the operator's apply onto an object of someone
 # else's (above): ``helm/kubelambda/files/owned-objects-policy.yaml``.
-OWNERSHIP_POLICY = "kubelambda-owned-objects"
+OWNERSHIP_POLICY = "kubelambda-owned-objects"  # as dev up and the tests apply it
 POLICY_FILE = ("helm", "kubelambda", "files", "owned-objects-policy.yaml")  # under kubelambda.bundle.root()
+
+
+# How the policy's refusal begins (its messageExpression), whatever the policy is named (the chart names it
+# <release>-owned-objects).
+REFUSAL = "NameConflict (kubelambda.io): "
 
 
 def refused_as_not_ours(error: ApiError) -> bool:
     """Whether ``error`` is :data:`OWNERSHIP_POLICY` refusing an apply onto an object of someone else's."""
-    return error.status == 403 and f"'{OWNERSHIP_POLICY}'" in error.message
+    return error.status == 403 and "ValidatingAdmissionPolicy" in error.message and REFUSAL in error.message
 
 
 # The object :func:`ownership_policy_enforced` asks about: one every namespace has, never owned by a Function.

@@ -22,6 +22,8 @@ import yaml
 import kubelambda
 from kubelambda import metrics
 from kubelambda.devcluster._binaries import ensure_binaries
+from kubelambda.ownership import OWNERSHIP_POLICY, POLICY_FILE
+from kubelambda.settings import FIELD_MANAGER
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubelambda"
@@ -130,14 +132,35 @@ def test_the_agent_key_is_generated_and_given_to_the_operator_gateway_and_promet
 
 def test_the_secret_reference_policy_is_off_by_default_and_rendered_when_enabled(helm: Path) -> None:
     kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
-    assert not [d for d in render(helm) if d["kind"] in kinds]
-    docs = render(helm, "--set", "admission.secretReferences.enabled=true")
-    names = sorted((d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in kinds)
-    assert names == sorted(
+
+    def secret_policies(docs: list[JSON]) -> list[tuple[str, str]]:
+        return sorted(
+            (d["kind"], d["metadata"]["name"])
+            for d in docs
+            if d["kind"] in kinds and d["metadata"]["name"].startswith("kubelambda-secret-references-")
+        )
+
+    assert not secret_policies(render(helm))
+    assert secret_policies(render(helm, "--set", "admission.secretReferences.enabled=true")) == sorted(
         (kind, f"kubelambda-secret-references-{plural}")
         for kind in kinds
         for plural in ("functions", "triggers")
     )
+
+
+def test_the_ownership_policy_is_always_rendered_as_dev_up_and_the_tests_apply_it(helm: Path) -> None:
+    shipped = list(yaml.safe_load_all(REPO.joinpath(*POLICY_FILE).read_text()))
+    kinds = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    rendered = [d for d in render(helm) if d["kind"] in kinds and d["metadata"]["name"] == OWNERSHIP_POLICY]
+    assert rendered == shipped
+    # Another release's is its own (cluster-scoped names), the same policy.
+    edge = [d for d in render(helm, release="edge") if d["kind"] in kinds]
+    assert {d["metadata"]["name"] for d in edge} == {"edge-kubelambda-owned-objects"}
+    assert [d["spec"].get("validations") for d in edge] == [d["spec"].get("validations") for d in shipped]
+    [policy] = [d for d in shipped if d["kind"] == "ValidatingAdmissionPolicy"]
+    # The field manager it guards is the operator's.
+    [condition] = policy["spec"]["matchConditions"]
+    assert f"== '{FIELD_MANAGER}'" in condition["expression"]
 
 
 def test_nats_monitoring_is_reachable_only_from_the_platform_and_named_peers(helm: Path) -> None:
@@ -159,7 +182,8 @@ def test_default_render(helm: Path) -> None:
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == sorted(
         {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Job", "Namespace", "NetworkPolicy",
-         "PodDisruptionBudget", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet"}
+         "PodDisruptionBudget", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet",
+         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     )  # fmt: skip
     # The warm pools' namespace enforces Pod Security "restricted"; the gateway's Leases go with a post-delete hook.
     pool_ns = find(docs, "Namespace", "kubelambda-warm-pool")["metadata"]["labels"]
