@@ -7,10 +7,11 @@ name the owner in its ``ownerReferences`` is neither applied, nor deleted, nor u
 deleting it leaves the object alone.
 
 Two ways to tell, chosen per apply. **Direct** (:meth:`OwnedWriter._apply` with ``direct``, for a generation not
-reconciled yet, when the API server enforces :data:`kubelambda.ownership.OWNERSHIP_POLICY`): the object is applied without reading it
-first; the ValidatingAdmissionPolicy ``helm/kubelambda/files/owned-objects-policy.yaml`` refuses, in the API
-server and at the moment of the write, an apply of ours that would add an owner to an existing object not
-already naming it, and that refusal is the conflict (race-free: admission runs on the object the write replaces).
+reconciled yet, when the API server enforces the policy of :mod:`kubelambda.ownership`): the object is applied
+without reading it first; the ValidatingAdmissionPolicy ``helm/kubelambda/files/owned-objects-policy.yaml``
+refuses, in the API server and at the moment of the write, an apply of ours that would add an owner to an
+existing object not already naming it, and that refusal is the conflict (race-free: admission runs on the object
+the write replaces).
 **Read first** (a resume of a reconciled generation, or no policy): the object is read, judged, and written only
 when it differs, with its ``resourceVersion`` as a precondition, so one replaced between the read and the write
 fails (409) instead of being taken over.
@@ -219,8 +220,8 @@ class OwnedWriter:
     async def _apply_direct(
         self, obj: JSON, outcome: Outcome, *, changed: bool = False, force: bool = True
     ) -> JSON | None:
-        """One server-side apply of ``obj`` without a read; None when :data:`kubelambda.ownership.OWNERSHIP_POLICY` refused it (an
-        object of someone else's has that name: noted in ``outcome.conflicts``)."""
+        """One server-side apply of ``obj`` without a read; None when the ownership policy refused it (an object of
+        someone else's has that name: noted in ``outcome.conflicts``)."""
         try:
             result, created = await self.kube.apply_reporting(
                 object_path(obj), with_digest(obj), field_manager=FIELD_MANAGER, force=force
