@@ -479,20 +479,9 @@ async def run(
     slots = AdaptiveLimit(settings.reconcile_workers)
     reconciler, triggers = FunctionReconciler(kube, settings), TriggerReconciler(kube, settings)
     reconciler.overloaded = triggers.overloaded = slots.overloaded
-    try:
-        enforced = await ownership_policy_enforced(kube)
-    except (ApiError, TimeoutError, aiohttp.ClientError) as e:
-        log.warning(
-            "could not tell whether %s is installed (%s): every object is read first", OWNERSHIP_POLICY, e
-        )
-        enforced = False
-    if not enforced:
-        log.warning(
-            "the API server does not enforce the ValidatingAdmissionPolicy %s (helm/kubelambda/files/"
-            "owned-objects-policy.yaml): every owned object is read before it is applied",
-            OWNERSHIP_POLICY,
-        )
-    reconciler.policy_enforced = triggers.policy_enforced = enforced
+    # Until the API server enforces the ownership policy (a fresh install may start the operator before the API
+    # server has loaded it), every object is read before it is applied; looked at again every POLICY_RECHECK s.
+    watcher = asyncio.create_task(_follow_ownership_policy(kube, (reconciler, triggers)))
     ctx = Context(
         settings=settings, login=login, kube=kube, reconciler=reconciler, triggers=triggers, slots=slots
     )
@@ -509,11 +498,47 @@ async def run(
             stop_flag=stop_flag,
         )
     finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
         if ctx.reconciler.log_streams is not None:
             await ctx.reconciler.log_streams.close()
         await kube.close()
         if served is not None:
             await served.cleanup()
+
+
+POLICY_RECHECK = 30.0  # seconds between looks at the ownership policy while it is not in effect
+
+
+async def _follow_ownership_policy(
+    kube: KubeClient, writers: tuple[FunctionReconciler, TriggerReconciler]
+) -> None:
+    """Sets the writers' ``policy_enforced`` once the API server enforces :data:`OWNERSHIP_POLICY` (at once if it
+    already does), warning while it does not."""
+    warned = False
+    while True:
+        try:
+            enforced = await ownership_policy_enforced(kube)
+        except (ApiError, TimeoutError, aiohttp.ClientError) as e:
+            log.warning("could not tell whether %s is in effect: %s", OWNERSHIP_POLICY, e)
+            enforced = False
+        if enforced:
+            for writer in writers:
+                writer.policy_enforced = True
+            if warned:
+                log.info(
+                    "%s is in effect: owned objects are applied without reading them first", OWNERSHIP_POLICY
+                )
+            return
+        if not warned:
+            log.warning(
+                "the API server does not enforce the ValidatingAdmissionPolicy %s (helm/kubelambda/files/"
+                "owned-objects-policy.yaml): every owned object is read before it is applied",
+                OWNERSHIP_POLICY,
+            )
+            warned = True
+        await asyncio.sleep(POLICY_RECHECK)
 
 
 async def _serve_metrics(address: str) -> web.AppRunner:
