@@ -22,7 +22,8 @@ import psutil
 
 from _common import inline_function, pct, platform, post_load
 from gateway_cpu import NS, component_pid, cpu_seconds, warm_pod
-from kubelambda.kube import KubeClient, resource_path
+from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.operator._pace import backoff_seconds, is_transient
 
 FN_API = "kubelambda.io/v1alpha1"
 # Calls at once to the one instance (perInstance 1): more wait for its worker, and on a loaded machine past the
@@ -39,9 +40,26 @@ async def create_functions(kube: KubeClient, first: int, last: int) -> None:
     path = resource_path(FN_API, "functions", namespace=NS)
     todo = iter(range(first, last))
 
+    async def create(name: str) -> None:
+        # An API server too loaded to answer a create in time (seen at load 138) is asked again; a create that
+        # was stored after all answers 409.
+        for attempt in range(5):
+            try:
+                await kube.create(path, function(name))
+                return
+            except ApiError as e:
+                if e.status == 409:
+                    return
+                if not is_transient(e) or attempt == 4:
+                    raise
+            except (TimeoutError, aiohttp.ClientError):
+                if attempt == 4:
+                    raise
+            await asyncio.sleep(backoff_seconds(attempt))
+
     async def worker() -> None:
         for i in todo:
-            await kube.create(path, function(f"fn-{i:05d}"))
+            await create(f"fn-{i:05d}")
 
     await asyncio.gather(*(worker() for _ in range(20)))
 
