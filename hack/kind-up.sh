@@ -91,12 +91,15 @@ spec:
   claimRef: {namespace: $system_ns, name: data-kubelambda-nats-0}
 YAML
 nats_repo=${nats_image%:*}
+# Gateways at 100m CPU requested, not 250m: the kind node also runs the control plane (750m of its CPUs
+# requested on a 2-core machine), and three gateways at 250m left no room for the CPU test's 1769 MB function.
 "$HELM_BIN/helm" upgrade --install kubelambda "$root/helm/kubelambda" --namespace "$system_ns" --create-namespace \
   --set image.pullPolicy=Never \
   --set "nats.image.registry=${nats_repo%%/*}" --set "nats.image.repository=${nats_repo#*/}" \
   --set "nats.image.tag=${nats_image##*:}" --set nats.image.pullPolicy=Never \
   --set gateway.service.type=NodePort --set gateway.service.nodePort=30080 \
   --set async.worker.separate=true \
+  --set gateway.resources.requests.cpu=100m \
   --set "networkPolicy.apiServerCIDRs={$node_ip/32}" --set "networkPolicy.apiServerPorts={6443}" \
   --wait --timeout 8m >&2
 step "helm upgrade --install"
