@@ -24,9 +24,9 @@ import pytest
 
 from kltest import Cluster, create_namespace, start_cluster
 from kltest.cluster import backend, kind_cluster, kubectl_bin
-from kltest.e2e import REPO, host_snapshot, kind_node
+from kltest.e2e import host_snapshot
 from kltest.platform import lambda_client
-from kubelambda.devcluster import DevState, _containernode
+from kubelambda.devcluster import DevState
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster._chart import GATEWAY_NODE_PORT, RESTRICTED
 from kubelambda.devcluster._containernode import cleanup_host, host_leftovers
@@ -37,18 +37,6 @@ from kubelambda.kube import KubeClient, resource_path
 E2E_DIR = Path(os.environ.get("KUBELAMBDA_E2E_DIR") or Path(tempfile.gettempdir()) / "kubelambda-e2e")
 # The kind backend's: never the container node's folder (a run there removes it first, and test_zz stops it).
 KIND_E2E_DIR = Path(tempfile.gettempdir()) / "kubelambda-e2e-kind"
-
-
-def kind_load_image(image: str) -> None:
-    """What ``import_image`` does for the container node, for the kind node: hack/kind-load.sh (imported, unpacked
-    when a container first uses it; ``kind load docker-image`` unpacked every layer and outlived tests' timeouts)."""
-    load = ["bash", str(REPO / "hack" / "kind-load.sh"), kind_node(), image]
-    result = subprocess.run(load, capture_output=True, text=True, check=False, timeout=900)
-    assert result.returncode == 0, f"hack/kind-load.sh {image} failed: {result.stderr[-500:]}"
-
-
-if backend() == "kind":  # before the test modules import it: their images go into the kind node
-    _containernode.import_image = kind_load_image
 
 
 def kind_platform() -> Cluster:

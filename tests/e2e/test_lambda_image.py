@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 from kltest import Cluster
-from kltest.e2e import REPO, example, function_pods, invoke, ready
+from kltest.e2e import REPO, example, function_pods, import_image, invoke, ready
 from kltest.ric import AWSLAMBDARIC_VERSION, ensure_awslambdaric
-from kubelambda.devcluster._containernode import import_image
 from kubelambda.kube import KubeClient
 
 RECORDER = REPO / "runtime-images" / "agent" / "testdata" / "recorder_extension.py"

@@ -19,7 +19,8 @@ import yaml
 
 from kltest.cluster import Cluster, backend
 from kltest.wait import wait_for
-from kubelambda.devcluster._containernode import BRIDGE, import_image
+from kubelambda.devcluster import _containernode
+from kubelambda.devcluster._containernode import BRIDGE
 from kubelambda.kube import KubeClient, resource_path
 
 JSON = dict[str, Any]
@@ -99,6 +100,18 @@ async def function_pods(kube: KubeClient, namespace: str) -> list[JSON]:
 def kind_node() -> str:
     """The kind backend's node container (one node: the control plane's)."""
     return f"{os.environ.get('KUBELAMBDA_KIND_CLUSTER', 'kubelambda')}-control-plane"
+
+
+def import_image(image: str) -> None:
+    """A Docker image into the node under test: the container node's containerd
+    (``_containernode.import_image``), or on kind hack/kind-load.sh into the kind node (imported, unpacked when a
+    container first uses it; ``kind load docker-image`` unpacked every layer and outlived tests' timeouts)."""
+    if backend() != "kind":
+        _containernode.import_image(image)
+        return
+    load = ["bash", str(REPO / "hack" / "kind-load.sh"), kind_node(), image]
+    result = subprocess.run(load, capture_output=True, text=True, check=False, timeout=900)
+    assert result.returncode == 0, f"hack/kind-load.sh {image} failed: {result.stderr[-500:]}"
 
 
 def on_node(*argv: str, check: bool = True) -> str:
