@@ -262,11 +262,13 @@ async def memory(state: DevState, kube: KubeClient, headers: dict[str, str]) -> 
         found: dict[str, float] = {}
         for pod in summary.get("pods", []):
             key = named(pod)
-            if key and pod.get("memory", {}).get("workingSetBytes") is not None:
-                found[key] = found.get(key, 0) + pod["memory"]["workingSetBytes"] / MiB
+            working_set = pod.get("memory", {}).get("workingSetBytes") or 0
+            if key and working_set > 0:
+                found[key] = found.get(key, 0) + working_set / MiB
         return found
 
-    # The kubelet's stats follow its housekeeping (about 10 s): wait until every pod has a figure.
+    # The kubelet's stats follow its housekeeping (about 10 s; a new pod is first listed with a working set of 0):
+    # wait until every pod has a figure above zero.
     return await wait(sample, lambda f: wanted <= f.keys(), "stats/summary for every pod measured", 180)
 
 
