@@ -180,7 +180,7 @@ async def test_dev_down_leaves_nothing_on_the_host(
             lambda: asyncio.to_thread(new_on_node, host_before),
             lambda new: not new,
             what="the kind node to hold nothing the suite's pods made",
-            timeout=300,
+            timeout=240,  # under pytest-timeout's 300 s, so a failure names what is left
         )
         return
     down = await asyncio.to_thread(
