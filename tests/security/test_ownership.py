@@ -114,11 +114,21 @@ async def test_the_api_server_refuses_the_operators_apply_onto_an_object_of_some
     again = await kube.apply(mine, claimed("journal", uid, edited="yes"), field_manager=FIELD_MANAGER)
     assert again["metadata"]["labels"] == {"edited": "yes"}
     # Adding an owner to an object owned by another Function is refused too.
-    with pytest.raises(ApiError) as second:
-        await kube.apply(
+    outcome: ApiError | JSON
+    try:
+        outcome = await kube.apply(
             mine, claimed("journal", "6f1c2a8e-0000-4000-8000-000000000002"), field_manager=FIELD_MANAGER
         )
-    assert refused_as_not_ours(second.value), second.value
+    except ApiError as e:
+        outcome = e
+    # Not refused was seen once, in a full run's session cluster, never in isolation: the message says what the API
+    # server held, to tell a policy out of effect from an apply that kept the first owner.
+    assert isinstance(outcome, ApiError), (
+        f"the apply giving journal a second Function's owner was taken: ownerReferences now "
+        f"{outcome['metadata'].get('ownerReferences')}, the policy in effect right after: "
+        f"{await ownership_policy_enforced(kube)}"
+    )
+    assert refused_as_not_ours(outcome), outcome
 
 
 async def test_a_function_named_after_an_existing_service_neither_takes_it_over_nor_deletes_it(
