@@ -229,27 +229,21 @@ class InvokePath:
         token = self._tokens.get(fn.key)
         if token is None and (key := s.agent_key):  # an HMAC: worked out once per function
             token = self._tokens[fn.key] = function_token(key.get_secret_value(), *fn.key)
-        http = self.http()
+        call = forward(
+            self.http(),
+            endpoint,
+            invocation,
+            deadline=deadline,
+            token=token,
+            max_response_bytes=s.max_response_bytes,
+        )
         if not tracing.enabled():
-            return await forward(
-                http,
-                endpoint,
-                invocation,
-                deadline=deadline,
-                token=token,
-                max_response_bytes=s.max_response_bytes,
-            )
-        # The function's trace parent (forward reads the current span): its own spans are children of this one.
+            return await call
+        # The function's trace parent (forward reads the current span when it runs, at the await): its own spans
+        # are children of this one.
         with tracing.span("forward", kind=tracing.SpanKind.CLIENT) as span:
             tracing.set_attributes(span, {"server.address": endpoint})
-            return await forward(
-                http,
-                endpoint,
-                invocation,
-                deadline=deadline,
-                token=token,
-                max_response_bytes=s.max_response_bytes,
-            )
+            return await call
 
     def _growing(self, fn: FunctionEntry) -> bool:
         """``fn`` has fewer ready instances than it may have (maxInstances, and what reserved concurrency can
