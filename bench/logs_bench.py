@@ -35,6 +35,7 @@ import nats
 
 from _common import pct
 from agent_bench import Target, agent_target, load
+from kltest.agentmetrics import agent_metrics  # importable once agent_bench put tests/ on the path
 from kubelambda import logstore
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.runtimes import runtime_images_dir
@@ -78,17 +79,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def metrics(t: Target) -> dict[str, float]:
-    conn = http.client.HTTPConnection(t.host, t.port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    return {
-        line.split()[0]: float(line.split()[1])
-        for line in text.splitlines()
-        if line.startswith("kubelambda_agent_log_records_")
-    }
+    return agent_metrics(t.host, t.port, "kubelambda_agent_log_records_")
 
 
 def invoke_lines(t: Target, lines: int, rate: int | None = None) -> tuple[float, bytes]:

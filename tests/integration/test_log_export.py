@@ -18,6 +18,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from kltest.agentmetrics import agent_metrics as scrape_agent_metrics
 from kltest.otelcol import ExportedLog, OtelCollector
 from kltest.wait import wait_for
 from kubelambda import logexport, logstore, metrics, natsauth, natscallout
@@ -251,17 +252,7 @@ async def test_records_wait_in_the_store_while_the_collector_is_down(
 
 def agent_metrics(url: str) -> dict[str, float]:
     host, _, port = url.split("/")[2].partition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    return {
-        line.split()[0]: float(line.split()[1])
-        for line in text.splitlines()
-        if line.startswith("kubelambda_agent_log_")
-    }
+    return scrape_agent_metrics(host, int(port), "kubelambda_agent_log_")
 
 
 async def test_an_agent_renews_its_login_before_it_expires_and_drops_nothing(tmp_path: Path) -> None:
