@@ -26,7 +26,7 @@ from kltest.platform import (
     python_function,
     running_platform,
 )
-from kltest.warmpool import free_pool_pods, pool_of
+from kltest.warmpool import free_pool_pods, pool_of, wait_free_pool_pods
 from kubelambda import metrics
 from kubelambda.gateway.app import Gateway
 from kubelambda.kube import KubeClient, resource_path
@@ -64,12 +64,9 @@ def free_pods(gateway: Gateway) -> list[str]:
 
 
 async def wait_free(gateway: Gateway, n: int, *, timeout: float = 60) -> list[str]:
-    return await wait_for(
-        lambda: asyncio.sleep(0, result=free_pods(gateway)),
-        lambda free: len(free) >= n,
-        what=f"{n} free python3.11 pool pods",
-        timeout=timeout,
-    )
+    """The names of the free python3.11 pool pods, once there are ``n`` (kltest's wait, which says what the pool
+    held if it gives up)."""
+    return sorted(p.name for p in await wait_free_pool_pods(gateway, "python3.11", n, timeout=timeout))
 
 
 def function(name: str, version: str = "v1", **spec: Any) -> JSON:
