@@ -216,6 +216,11 @@ ASYNC_DROPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+ASYNC_REDELIVERED_DONE = Counter(
+    "kubelambda_async_redelivered_done_total",
+    "Events JetStream delivered again after their outcome was recorded: acknowledged, not run twice.",
+    registry=REGISTRY,
+)
 ASYNC_QUEUE_DEPTH = Gauge(
     "kubelambda_async_queue_depth",
     "Events in the JetStream stream (waiting, being handled, or waiting for a retry).",

@@ -435,14 +435,12 @@ async def test_events_survive_sigkilled_nodes_of_a_3_node_nats_and_no_quorum_ref
             f"without quorum; refused by phase {refused_in}; {len(unasked)} record(s) of refused events that had "
             "been stored"
         )
-        # The aim is exactly one record per accepted event; not met yet. Seen in 4 runs: 0, 0, 1 and 19 events
-        # recorded twice, always among the first ~70 (worked off and acknowledged with ack_sync seconds before
-        # the first kill): JetStream redelivered them after the node holding the consumer's leader died, as if
-        # the new leader had not got those acks. Until that is understood this checks the at-least-once bound
-        # the worker-kill test uses: never more than the worker holds at once, never more than twice.
-        print(f"accepted events recorded twice: {repeated}")
-        assert len(repeated) <= WORKER_CONCURRENCY, repeated
-        assert all(n == 2 for n in repeated.values()), repeated
+        # Exactly one record per accepted event. JetStream does deliver acknowledged events again here (seen
+        # in 5 of 6 runs before the worker's done markers: 1 to 128 events, whole fetched batches, after the node
+        # leading the consumer died); the worker's done marker turns each into an acknowledgement.
+        again = gateway.log.read_text().count("was done already: acknowledged, not run again")
+        print(f"accepted events recorded twice: {repeated}; deliveries recognised as done: {again}")
+        assert not repeated, repeated
         for record in got:
             i = accepted.get(record["requestContext"]["requestId"])
             if i is not None:

@@ -11,15 +11,24 @@ Both are replicated: ``replicas = min(setting, cluster size)`` (default 3; 1 on 
 keeps every acknowledged event through the loss of any one node. A stream created with fewer replicas (an older
 kubelambda, a smaller cluster then) is updated in place; the worker's durable consumer leaves its replica count
 unset, so it follows the stream's.
+
+A delivery whose outcome is recorded leaves a marker in the key-value bucket ``KUBELAMBDA_ASYNC_DONE`` (same
+replicas, kept ``ASYNC_DONE_TTL_SECONDS``) before it is acknowledged, and the worker looks for it before running
+an event: JetStream can deliver an acknowledged event again (seen when the node leading the worker's consumer
+dies: the new leader had not got some acks; a consumer's ack reply does not wait for its replicas), and the
+marker, written like an event (stored on a quorum before the write returns), turns that into an acknowledgement
+instead of a second invocation and record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +38,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, NoStreamResponseError, NotFoundError
+from nats.js.kv import KeyValue
 
 from kubelambda import natsauth
 
@@ -53,6 +63,9 @@ DEFAULT_REPLICAS = 3
 # died elects another within NATS's election timeout (4-9 s); without quorum, the publish fails after this.
 FAILOVER_SECONDS = 12.0
 FAILOVER_RETRY_SECONDS = 0.25
+DONE_BUCKET = "KUBELAMBDA_ASYNC_DONE"
+DEFAULT_DONE_TTL_SECONDS = 21600.0  # Lambda's longest maximum event age, 6 h
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_=-]{1,200}")
 # JetStream's "replicas > 1 not supported in non-clustered mode".
 ERR_REPLICAS_NOT_CLUSTERED = 10074
 
@@ -105,6 +118,14 @@ class QueuedEvent:
         except (KeyError, ValueError) as e:
             raise BadEvent(f"not an event the gateway queued ({type(e).__name__}: {e}); headers {h}") from e
 
+    def done_key(self) -> str:
+        """This delivery's key in the done bucket: one per request id and invoke count (a retry is another
+        message, with a key of its own). A request id a key cannot hold is hashed."""
+        rid = self.request_id
+        if not _PLAIN_KEY.fullmatch(rid):
+            rid = "h" + hashlib.sha256(rid.encode()).hexdigest()
+        return f"{rid}.{self.invoke_count}"
+
 
 def _api_error(error: Any) -> Exception:
     """nats-py's typed error for a JetStream API error (its ``from_error`` raises it rather than return it)."""
@@ -154,6 +175,7 @@ class EventQueue:
         self._ack_sweeper: asyncio.Task[None] | None = None
         self._tokens = itertools.count()
         self._ack_lock = asyncio.Lock()
+        self._done: KeyValue | None = None
 
     @classmethod
     async def connect(
@@ -241,6 +263,41 @@ class EventQueue:
             config.num_replicas = max(config.num_replicas or 1, info.config.num_replicas or 1)
             await self.js.update_stream(config)
             logger.info("Updated JetStream stream %s", config.name)
+
+    async def open_done_markers(self, *, ttl_seconds: float = DEFAULT_DONE_TTL_SECONDS) -> None:
+        """Creates (or brings to this configuration) the bucket of done markers; the worker calls it at start."""
+        bucket = DONE_BUCKET
+        await self._ensure_stream(
+            StreamConfig(
+                name=f"KV_{bucket}",
+                subjects=[f"$KV.{bucket}.>"],
+                storage=StorageType.FILE,
+                max_age=ttl_seconds,
+                max_msgs_per_subject=1,
+                discard=DiscardPolicy.NEW,
+                allow_rollup_hdrs=True,
+                deny_delete=True,
+                duplicate_window=min(120.0, ttl_seconds),
+                # Reads go to the stream's leader: a replica answering a direct get may not have the marker yet.
+                allow_direct=False,
+            )
+        )
+        self._done = await self.js.key_value(bucket)
+
+    async def is_done(self, event: QueuedEvent) -> bool:
+        """Whether this delivery's outcome was recorded already (see the module's docstring)."""
+        if self._done is None:
+            return False
+        try:
+            await self._done.get(event.done_key())
+        except KeyNotFoundError:
+            return False
+        return True
+
+    async def mark_done(self, event: QueuedEvent) -> None:
+        """Stores the marker (on a quorum of the bucket's replicas) once the outcome is recorded."""
+        if self._done is not None:
+            await self._done.put(event.done_key(), b"")
 
     async def publish(self, event: QueuedEvent) -> None:
         """Returns once JetStream has stored the event (the publish ack); raises when it refused or did not

@@ -1,8 +1,9 @@
 """The consumer loop: pull events, invoke through the gateway's sync path, follow the decision.
 
-A message is acknowledged only after its outcome is recorded (a retry published, or the record delivered);
+A message is acknowledged only after its outcome is recorded (a retry published, or the record delivered) and
+marked done (kubelambda.asyncworker.queue: a delivery found marked is acknowledged without running it again);
 a worker that dies mid-event leaves it unacknowledged and JetStream redelivers it after the ack wait
-(the same request id: at-least-once). While an invocation runs the worker tells JetStream it is in progress;
+(the same request id: at-least-once, twice only when the worker died between the record and the marker). While an invocation runs the worker tells JetStream it is in progress;
 a worker that is stopped gives its events back at once.
 """
 
@@ -39,7 +40,14 @@ from kubelambda.asyncworker.decide import (
     after_invoke,
     before_invoke,
 )
-from kubelambda.asyncworker.queue import ENQUEUED_AT, EVENT_PREFIX, BadEvent, EventQueue, QueuedEvent
+from kubelambda.asyncworker.queue import (
+    DEFAULT_DONE_TTL_SECONDS,
+    ENQUEUED_AT,
+    EVENT_PREFIX,
+    BadEvent,
+    EventQueue,
+    QueuedEvent,
+)
 from kubelambda.asyncworker.record import Response, invocation_record
 from kubelambda.destinations import Senders
 from kubelambda.egress import AddressPolicy
@@ -50,6 +58,8 @@ logger = logging.getLogger(__name__)
 CONSUMER = "kubelambda-async-worker"
 FETCH_WAIT_SECONDS = 1.0
 OBSERVE_EVERY_SECONDS = 5.0
+MARK_DONE_SECONDS = 120.0  # how long a done marker is retried (see Worker._done)
+MARK_RETRY_SECONDS = 1.0
 
 
 class Invoker(Protocol):
@@ -90,6 +100,8 @@ class SettingsSource(Protocol):
     def async_backoff_max_seconds(self) -> float: ...
     @property
     def async_ack_wait_seconds(self) -> float: ...
+    @property
+    def async_done_ttl_seconds(self) -> float: ...
     def destination_policy(self, api_server: str | None) -> AddressPolicy: ...
 
 
@@ -100,6 +112,7 @@ class WorkerSettings:
     backoff_min: float
     backoff_max: float
     ack_wait: float = 30.0  # redelivery after a worker died mid-event
+    done_ttl: float = DEFAULT_DONE_TTL_SECONDS  # how long a delivery's done marker is kept
     destinations: AddressPolicy = field(default_factory=AddressPolicy)
     """Where ``url`` destinations may not go (loopback, metadata, the API server) unless allowed."""
 
@@ -112,6 +125,7 @@ class WorkerSettings:
             backoff_min=settings.async_backoff_min_seconds,
             backoff_max=settings.async_backoff_max_seconds,
             ack_wait=settings.async_ack_wait_seconds,
+            done_ttl=settings.async_done_ttl_seconds,
             destinations=settings.destination_policy(api_server),
         )
 
@@ -151,6 +165,8 @@ class Worker:
         self.settings = settings
         self.clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        # Deliveries being handled, by done key: the same one delivered again meanwhile waits for it (_process).
+        self._running: dict[str, asyncio.Task[Any]] = {}
         # Queue and topic destinations: connections by URL; a NATS one without URL uses the worker's NATS.
         self.senders = Senders(platform_nats=getattr(queue, "nc", None))
         self._destination_http: aiohttp.ClientSession | None = (
@@ -162,6 +178,7 @@ class Worker:
         s = self.settings
         # Consuming before the first list would dead-letter every event as "no such Function".
         await self.invoker.wait_synced()
+        await self.queue.open_done_markers(ttl_seconds=s.done_ttl)
         sub = await self.queue.js.pull_subscribe(
             f"{EVENT_PREFIX}.>",
             durable=CONSUMER,
@@ -265,7 +282,37 @@ class Worker:
                 await msg.nak(delay=self.settings.backoff_min)
 
     async def _process(self, msg: Msg, event: QueuedEvent) -> None:
+        key = event.done_key()
+        first = self._running.get(key)
+        if first is not None:
+            # JetStream delivered this event again while it runs here (a new consumer leader that had not got
+            # its delivery): wait for that run's outcome rather than run it twice at once.
+            await asyncio.wait({first})
+            if not await self.queue.is_done(event):
+                await msg.nak(delay=self.settings.backoff_min)  # that run handed it back: so does this one
+                return
+        task = asyncio.current_task()
+        assert task is not None
+        self._running[key] = task
+        try:
+            await self._process_once(msg, event)
+        finally:
+            if self._running.get(key) is task:
+                del self._running[key]
+
+    async def _process_once(self, msg: Msg, event: QueuedEvent) -> None:
         s = self.settings
+        if await self.queue.is_done(event):
+            # Its outcome is recorded: JetStream delivered an acknowledged event again.
+            metrics.ASYNC_REDELIVERED_DONE.inc()
+            logger.info(
+                "Event %s of %s/%s (invocation %d) was done already: acknowledged, not run again",
+                event.request_id,
+                *_labels(event),
+                event.invoke_count,
+            )
+            await msg.ack_sync()
+            return
         now = self.clock()
         spec = self.invoker.async_function(event.namespace, event.function)
         if spec is None:
@@ -275,7 +322,7 @@ class Worker:
                 "Event %s of %s/%s dead-lettered: no such Function", event.request_id, *_labels(event)
             )
             metrics.ASYNC_DESTINATION_RECORDS.labels(event.namespace, event.function, "dead_letter").inc()
-            await msg.ack_sync()
+            await self._done(msg, event)
             return
         policy = Policy(
             max_retries=spec.async_.max_retries,
@@ -337,13 +384,45 @@ class Worker:
                 decision.invoke_count,
                 response.function_error if response is not None else None,
             )
-            await msg.ack_sync()
+            await self._done(msg, event)
             return
         if (
             decision.failed or spec.async_.on_success is not None
         ):  # a success without a destination: no record
             record = self._record(event, decision.condition, count, response, now)
             await self._deliver(event, spec, decision, record)
+        await self._done(msg, event)
+
+    async def _done(self, msg: Msg, event: QueuedEvent) -> None:
+        """The outcome is recorded: mark the delivery done, then acknowledge it.
+
+        The marker is written again every ``MARK_RETRY_SECONDS`` while it fails (the bucket without quorum: two
+        of three NATS nodes down) for up to ``MARK_DONE_SECONDS``, the event kept in progress meanwhile: a
+        marker given up on leaves a redelivery of the event unrecognised (run, and recorded, twice).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MARK_DONE_SECONDS
+        heartbeat: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    await self.queue.mark_done(event)
+                    break
+                except Exception as e:
+                    if loop.time() + MARK_RETRY_SECONDS >= deadline:
+                        logger.warning(
+                            "Could not mark event %s done (a redelivery would run it again): %s: %s",
+                            event.request_id,
+                            type(e).__name__,
+                            e,
+                        )
+                        break
+                    if heartbeat is None:
+                        heartbeat = asyncio.create_task(_in_progress(msg, every=self.settings.ack_wait / 3))
+                    await asyncio.sleep(MARK_RETRY_SECONDS)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
         await msg.ack_sync()
 
     def _record(

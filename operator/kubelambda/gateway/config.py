@@ -92,6 +92,10 @@ class GatewaySettings(BaseSettings):
     async_ack_wait_seconds: float = Field(default=30.0, ge=1, le=3600)
     """How long JetStream waits before redelivering an event whose worker stopped answering (default 30 s;
     a running invocation is kept alive meanwhile)."""
+    async_done_ttl_seconds: float = Field(default=21600.0, ge=60, le=7 * 86400)
+    """How long a handled event's done marker is kept (bucket ``KUBELAMBDA_ASYNC_DONE``): JetStream delivering
+    an acknowledged event again within this time acknowledges it instead of running it twice (default 6 h,
+    Lambda's longest event age)."""
     # ---- several replicas (docs/architecture.md, "Several gateway replicas"; docs/operations.md) --------------
     peer_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+$")
     """This replica's URL as the other replicas reach it (``http://<pod IP>:8080``; the chart sets it). Set =
