@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+import nats.errors
 import pydantic_core
 from aiohttp import web
 from multidict import CIMultiDict
@@ -270,17 +271,28 @@ class Gateway(RegistryLookups):
         return web.Response(status=202, headers={"X-Amzn-RequestId": request_id})
 
     async def _publish(self, fn: FunctionEntry, event: QueuedEvent) -> web.Response | None:
-        """None once JetStream stored the event; else the answer that nothing was accepted."""
+        """None once JetStream stored the event; else a 503 that says whether it may still have been stored."""
         assert self.queue is not None
         try:
             await self.queue.publish(event)
         except Exception as e:  # NATS down or JetStream refusing: nothing was promised yet
-            logger.warning("Could not queue an event for %s/%s: %s", fn.namespace, fn.name, e)
+            logger.warning(
+                "Could not queue event %s for %s/%s: %s", event.request_id, fn.namespace, fn.name, e
+            )
+            if isinstance(e, nats.errors.TimeoutError):
+                # Sent, and no answer: a stream without quorum may still store it when quorum returns (and then
+                # run it). Only a refusal or no stream at all means nothing was accepted.
+                message = (
+                    "Could not confirm the event was queued (JetStream did not answer in time): it may still "
+                    "be queued and run; try again"
+                )
+            else:
+                message = "Could not queue the event, nothing was accepted; try again"
             # The broker's address and words stay in the log.
             return error_response(
                 "ServiceUnavailableException",
-                "Could not queue the event, nothing was accepted; try again",
-                extra_headers={"Retry-After": "1"},
+                message,
+                extra_headers={"Retry-After": "1", "X-Amzn-RequestId": event.request_id},
             )
         return None
 
