@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from kltest.cluster import Cluster
-from kltest.platform import PlatformUnderTest, running_platform
+from kltest.platform import POOL_NS, PlatformUnderTest, running_platform
 from kltest.wait import wait_for
 from kubelambda.gateway.app import Gateway
 from kubelambda.gateway.warmpool import PoolPod, WarmPool
-from kubelambda.kube import KubeClient
+from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.resources.warmpool import CLAIMED_BY_ANNOTATION, POOL_LABEL
 
 
 def pool_of(gateway: Gateway) -> WarmPool:
@@ -31,9 +34,62 @@ def free_pool_pods(gateway: Gateway, runtime: str) -> list[PoolPod]:
     ]
 
 
+async def pool_namespace_state(kube: KubeClient) -> str:
+    """What the API server holds in the pool namespace: its Deployments, ReplicaSets, pods and latest events (the
+    gateway's watch is one view of it; this is the other, for a wait that gave up)."""
+    lines: list[str] = []
+
+    async def items(version: str, plural: str) -> list[dict[str, Any]]:
+        try:
+            listed = await kube.list(resource_path(version, plural, namespace=POOL_NS))
+        except ApiError as e:
+            lines.append(f"  {plural}: {e}")
+            return []
+        found: list[dict[str, Any]] = listed["items"]
+        return found
+
+    for d in await items("apps/v1", "deployments"):
+        st = d.get("status") or {}
+        lines.append(
+            f"  deployment {d['metadata']['name']}: replicas {d['spec'].get('replicas')} "
+            f"generation {d['metadata'].get('generation')} observed {st.get('observedGeneration')} "
+            f"updated {st.get('updatedReplicas')} ready {st.get('readyReplicas')} "
+            f"available {st.get('availableReplicas')}"
+        )
+    for rs in await items("apps/v1", "replicasets"):
+        st = rs.get("status") or {}
+        lines.append(
+            f"  replicaset {rs['metadata']['name']}: spec {rs['spec'].get('replicas')} "
+            f"have {st.get('replicas')} ready {st.get('readyReplicas')}"
+        )
+    for p in await items("v1", "pods"):
+        meta, st = p["metadata"], p.get("status") or {}
+        labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []
+        )
+        owners = ",".join(o["name"] for o in meta.get("ownerReferences") or []) or "none"
+        lines.append(
+            f"  pod {meta['name']}: phase {st.get('phase')} ready {ready} pool={labels.get(POOL_LABEL)} "
+            f"claimed-by={notes.get(CLAIMED_BY_ANNOTATION)} deleting={meta.get('deletionTimestamp')} "
+            f"owner {owners} created {meta.get('creationTimestamp')} ip {st.get('podIP')}"
+        )
+    events = sorted(
+        await items("v1", "events"), key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""
+    )
+    for e in events[-15:]:
+        lines.append(
+            f"  event {e.get('lastTimestamp') or e.get('eventTime')} {e['involvedObject'].get('name')} "
+            f"{e.get('reason')}: {e.get('message')}"
+        )
+    return "\n".join(lines) or "  nothing"
+
+
 async def wait_free_pool_pods(
-    gateway: Gateway, runtime: str, n: int, *, timeout: float = 120
+    gateway: Gateway, runtime: str, n: int, *, timeout: float = 120, kube: KubeClient | None = None
 ) -> list[PoolPod]:
+    """The free ``runtime`` pool pods once the gateway sees ``n``; on timeout fails with the gateway's view of the
+    pool and, given the admin client ``kube``, the API server's (:func:`pool_namespace_state`)."""
     try:
         return await wait_for(
             lambda: asyncio.sleep(0, result=free_pool_pods(gateway, runtime)),
@@ -49,7 +105,8 @@ async def wait_free_pool_pods(
             f"taken={p.name in pool._taken} restarts={p.restarts}"
             for p in pool.pods.values()
         ]
-        raise AssertionError(f"{e}; the gateway's pool pods: {seen or 'none'}") from None
+        server = f"; the API server's pool namespace:\n{await pool_namespace_state(kube)}" if kube else ""
+        raise AssertionError(f"{e}; the gateway's pool pods: {seen or 'none'}{server}") from None
 
 
 @contextlib.asynccontextmanager
@@ -58,6 +115,9 @@ async def warm_pool_platform(
 ) -> AsyncIterator[PlatformUnderTest]:
     """:func:`running_platform` with ``sizes`` pool pods per runtime, each of them free before it is yielded."""
     async with running_platform(cluster, kube, warm_pool_sizes=sizes, **settings) as platform:
+        started = time.monotonic()
+        print(f"[pool] at start:\n{await pool_namespace_state(kube)}", file=sys.stderr)
         for runtime, n in sizes.items():
-            await wait_free_pool_pods(platform.gateway, runtime, n)
+            await wait_free_pool_pods(platform.gateway, runtime, n, kube=kube)
+        print(f"[pool] {sizes} free after {time.monotonic() - started:.1f} s", file=sys.stderr)
         yield platform
