@@ -347,7 +347,7 @@ WARM_POOL_SPECIALIZE_SECONDS = Histogram(
 )
 WARM_POOL_RETIRED = Counter(
     "kubelambda_warm_pool_retired_total",
-    "Specialised pool pods deleted, by reason (function_ready, code_changed, function_gone, lifetime, failed, restarted).",
+    "Specialised pool pods deleted, by reason (function_ready, code_changed, function_gone, lifetime, failed, restarted, abandoned).",
     ["reason"],
     registry=REGISTRY,
 )

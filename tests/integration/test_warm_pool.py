@@ -10,8 +10,10 @@ import asyncio
 import hashlib
 import io
 import json
+import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -29,9 +31,15 @@ from kltest.platform import (
 from kltest.warmpool import free_pool_pods, pool_of, wait_free_pool_pods
 from kubelambda import metrics
 from kubelambda.gateway.app import Gateway
+from kubelambda.gateway.warmpool import ABANDONED_CLAIM_SECONDS
 from kubelambda.kube import KubeClient, resource_path
 from kubelambda.resources.labels import FUNCTION_LABEL
-from kubelambda.resources.warmpool import POOL_LABEL, POOL_RUNTIME_LABEL
+from kubelambda.resources.warmpool import (
+    CLAIMED_AT_ANNOTATION,
+    CLAIMED_BY_ANNOTATION,
+    POOL_LABEL,
+    POOL_RUNTIME_LABEL,
+)
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
@@ -253,3 +261,35 @@ async def test_an_init_error_on_a_pool_pod_answers_like_lambda(env: Env) -> None
     assert response["StatusCode"] == 200
     assert response["FunctionError"] == "Unhandled"
     assert "no config" in body["errorMessage"], body
+
+
+@pytest.mark.parametrize("claimant", ["this gateway before a restart", "a gateway gone"])
+async def test_a_pool_pod_claimed_by_a_gateway_that_stopped_before_relabelling_it_is_replaced(
+    env: Env, claimant: str
+) -> None:
+    """A gateway that stops between its claim and the relabelling leaves a pod that its pool's ReplicaSet still
+    counts and nobody will specialise: the gateway running now deletes it, the ReplicaSet replaces it, and the
+    pool is whole again (before, only the pod's lifetime, 10 minutes by default, retired it)."""
+    abandoned = metrics.WARM_POOL_RETIRED.labels("abandoned")
+    before = abandoned._value.get()
+    free = await wait_free(env.gateway, POOL_SIZE, timeout=90)
+    victim = free[0]
+    pool = pool_of(env.gateway)
+    # What _claim writes: this gateway's identity (a restarted gateway has its predecessor's), or another's long ago.
+    claimed_by, age = (
+        (pool.identity, 0.0) if claimant.startswith("this") else ("gone-gw", ABANDONED_CLAIM_SECONDS + 5)
+    )
+    claimed_at = datetime.fromtimestamp(time.time() - age, UTC).isoformat(timespec="seconds")
+    await env.kube.patch(
+        resource_path("v1", "pods", namespace=POOL_NS, name=victim),
+        {"metadata": {"annotations": {CLAIMED_BY_ANNOTATION: claimed_by, CLAIMED_AT_ANNOTATION: claimed_at}}},
+    )
+    await wait_for(
+        lambda: pod_or_none(env.kube, victim),
+        lambda p: p is None or p["metadata"].get("deletionTimestamp") is not None,
+        what=f"the abandoned pool pod {victim} deleted",
+        timeout=60,
+    )
+    assert abandoned._value.get() == before + 1
+    again = await wait_free(env.gateway, POOL_SIZE, timeout=90)
+    assert victim not in again

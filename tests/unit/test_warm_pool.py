@@ -12,9 +12,11 @@ from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.registry import FunctionEntry, Registry
 from kubelambda.gateway.warmpool import (
+    ABANDONED_CLAIM_SECONDS,
     PoolPod,
     Specialised,
     WarmPool,
+    abandoned_claim,
     function_sha256,
     ineligible,
     retire_reason,
@@ -140,6 +142,39 @@ def test_retire_reason(kwargs: JSON, want: str | None) -> None:
         "lifetime": 600.0,
     }
     assert retire_reason(**{**args, **kwargs}) == want
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "want"),
+    [
+        ({}, False),
+        ({"claimed_by": "gw-1"}, True),
+        ({"claimed_by": "gw-1", "specialising": True}, False),
+        ({"claimed_by": "gw-1", "pooled": False}, False),
+        ({"claimed_by": "gw-2"}, False),
+        ({"claimed_by": "gw-2", "claimed_at": 1000.0 - ABANDONED_CLAIM_SECONDS - 1}, True),
+        ({"claimed_by": "gw-2", "claimed_at": None}, True),
+    ],
+    ids=[
+        "never claimed",
+        "ours from before",
+        "ours being specialised",
+        "ours relabelled",
+        "another's, recent",
+        "another's, too old",
+        "another's, unreadable time",
+    ],
+)
+def test_abandoned_claim(kwargs: JSON, want: bool) -> None:
+    args: JSON = {
+        "pooled": True,
+        "claimed_by": None,
+        "claimed_at": 990.0,
+        "identity": "gw-1",
+        "specialising": False,
+        "now": 1000.0,
+    }
+    assert abandoned_claim(**{**args, **kwargs}) is want
 
 
 def test_pool_deployment_runs_generic_pods_that_leave_the_pool_when_claimed() -> None:

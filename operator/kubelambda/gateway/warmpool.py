@@ -68,6 +68,9 @@ CLAIM_WINDOW_SECONDS = 60.0  # claims this recent grow the pool (pool_replicas)
 FLUSH_DELAY_SECONDS = 0.02  # deferred work starts this long after the first answer left
 DEFER_LIMIT_SECONDS = 1.0  # work deferred after a claim starts by then, answered or not
 REAPPLY_SECONDS = 60.0  # pool objects are re-applied this often even when nothing changed (heals deletions)
+# A live gateway relabels a pod it claimed within this long (its /specialize times out, its deferred relabel starts
+# a second after): a claimed pod still in its pool's selector after that was abandoned by a gateway that stopped.
+ABANDONED_CLAIM_SECONDS = SPECIALIZE_TIMEOUT_SECONDS + 30.0
 
 
 def ineligible(fn: FunctionEntry, *, settings: GatewaySettings) -> str | None:
@@ -160,6 +163,30 @@ def retire_reason(
     return None
 
 
+def abandoned_claim(
+    *,
+    pooled: bool,
+    claimed_by: str | None,
+    claimed_at: float | None,
+    identity: str,
+    specialising: bool,
+    now: float,
+) -> bool:
+    """Whether a claimed pod still in its pool's selector (``pooled``) was abandoned: no live gateway will relabel
+    it, and until it goes the pool's ReplicaSet counts it as one of its pods and starts no replacement. Pure, for
+    the table test.
+
+    Ours (``identity``) but not being specialised here (the pods a gateway serves are never asked): a previous run of this gateway claimed it
+    (a restart, an upgrade in place), or it refused the specialisation; another gateway's: once its claim is older
+    than any live gateway takes to relabel a pod it claimed (:data:`ABANDONED_CLAIM_SECONDS`).
+    """
+    if not pooled or claimed_by is None or specialising:
+        return False
+    if claimed_by == identity:
+        return True
+    return claimed_at is None or now - claimed_at > ABANDONED_CLAIM_SECONDS
+
+
 @dataclass
 class PoolPod:
     """A pod of a pool Deployment, as the watch shows it."""
@@ -173,6 +200,10 @@ class PoolPod:
     deleting: bool
     function: Key | None  # set once claimed (labels)
     claimed_at: float | None  # epoch seconds, from the annotation
+    claimed_by: str | None = None  # the claiming gateway's identity, from the annotation
+    pooled: bool = (
+        False  # still carries the pool label: in its Deployment's selector, counted as one of its pods
+    )
     restarts: int = 0  # container restarts the kubelet counted: a restarted agent has forgotten its function
     resource_version: str = ""  # the claim's precondition
 
@@ -203,6 +234,8 @@ class PoolPod:
             ip=status.get("podIP") or "",
             ready=ready,
             free=POOL_LABEL in labels and CLAIMED_BY_ANNOTATION not in annotations,
+            pooled=POOL_LABEL in labels,
+            claimed_by=annotations.get(CLAIMED_BY_ANNOTATION),
             resource_version=meta.get("resourceVersion", ""),
             deleting=meta.get("deletionTimestamp") is not None,
             function=function,
@@ -245,6 +278,7 @@ class WarmPool:
     _by_endpoint: dict[str, Specialised] = field(default_factory=dict)
     _sha: dict[Key, tuple[object, str]] = field(default_factory=dict)  # spec object → its code sha256
     _deleting: set[str] = field(default_factory=set)  # pods we asked to delete (until the watch says gone)
+    _claiming: set[str] = field(default_factory=set)  # pods we claimed and are specialising right now
 
     # ---- the invoke path (no Kubernetes calls) -------------------------------------------------------------
 
@@ -319,70 +353,78 @@ class WarmPool:
                 return None
             if not await self._claim(pod):
                 continue
-            body = specialize_body(
-                fn, sha256=sha, region=self.settings.region, runtime=runtime, pod_uid=pod.uid
-            )
-            key = self.settings.agent_key
-            headers: dict[str, str] = {}
-            if key is not None:
-                ns = self.settings.warm_pool_namespace
-                headers = bearer(pool_token(key.get_secret_value(), ns, runtime))
-                body["agentToken"] = function_token(key.get_secret_value(), *fn.key)
-                log_url = self.settings.agent_nats_url or self.settings.nats_url
-                if self.settings.logs and log_url:  # its namespace's own log credentials (docs/logs.md)
-                    body["logNatsUrl"] = natsauth.log_url(
-                        log_url, key.get_secret_value(), fn.namespace, int(time.time())
-                    )
-            endpoint = f"{pod.ip}:{INVOKE_PORT}"
-            started = time.monotonic()
+            self._claiming.add(pod.name)
             try:
-                async with session.post(
-                    f"http://{endpoint}/specialize",
-                    json=body,
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=SPECIALIZE_TIMEOUT_SECONDS, sock_connect=2),
-                ) as resp:
-                    status = resp.status
-                    answer = await resp.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                logger.warning("Could not specialise pool pod %s for %s/%s: %s", pod.name, *fn.key, e)
-                self._spawn(self._delete(pod.name, pod.uid, "failed"))
-                metrics.WARM_POOL_MISSES.labels(runtime, "failed").inc()
-                return None
-            if status in (401, 421):
-                # The address is another pod's by now (ours was deleted, its address reused before our watch
-                # said so): that pod refused. Try the next one.
-                logger.warning(
-                    "Pool pod %s's address %s is another pod's now: %s", pod.name, endpoint, answer
+                body = specialize_body(
+                    fn, sha256=sha, region=self.settings.region, runtime=runtime, pod_uid=pod.uid
                 )
-                continue
-            if status == 409:
-                # Another gateway got there first: it is that gateway's pod now. Try the next one.
-                logger.info("Pool pod %s was specialised by someone else: %s", pod.name, answer)
-                continue
-            if status != 200:
-                logger.warning(
-                    "Pool pod %s refused to specialise for %s/%s (%d): %s", pod.name, *fn.key, status, answer
+                key = self.settings.agent_key
+                headers: dict[str, str] = {}
+                if key is not None:
+                    ns = self.settings.warm_pool_namespace
+                    headers = bearer(pool_token(key.get_secret_value(), ns, runtime))
+                    body["agentToken"] = function_token(key.get_secret_value(), *fn.key)
+                    log_url = self.settings.agent_nats_url or self.settings.nats_url
+                    if self.settings.logs and log_url:  # its namespace's own log credentials (docs/logs.md)
+                        body["logNatsUrl"] = natsauth.log_url(
+                            log_url, key.get_secret_value(), fn.namespace, int(time.time())
+                        )
+                endpoint = f"{pod.ip}:{INVOKE_PORT}"
+                started = time.monotonic()
+                try:
+                    async with session.post(
+                        f"http://{endpoint}/specialize",
+                        json=body,
+                        headers=headers,
+                        timeout=aiohttp.ClientTimeout(total=SPECIALIZE_TIMEOUT_SECONDS, sock_connect=2),
+                    ) as resp:
+                        status = resp.status
+                        answer = await resp.json(content_type=None)
+                except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                    logger.warning("Could not specialise pool pod %s for %s/%s: %s", pod.name, *fn.key, e)
+                    self._spawn(self._delete(pod.name, pod.uid, "failed"))
+                    metrics.WARM_POOL_MISSES.labels(runtime, "failed").inc()
+                    return None
+                if status in (401, 421):
+                    # The address is another pod's by now (ours was deleted, its address reused before our watch
+                    # said so): that pod refused. Try the next one.
+                    logger.warning(
+                        "Pool pod %s's address %s is another pod's now: %s", pod.name, endpoint, answer
+                    )
+                    continue
+                if status == 409:
+                    # Another gateway got there first: it is that gateway's pod now. Try the next one.
+                    logger.info("Pool pod %s was specialised by someone else: %s", pod.name, answer)
+                    continue
+                if status != 200:
+                    logger.warning(
+                        "Pool pod %s refused to specialise for %s/%s (%d): %s",
+                        pod.name,
+                        *fn.key,
+                        status,
+                        answer,
+                    )
+                    self._spawn(self._delete(pod.name, pod.uid, "failed"))
+                    metrics.WARM_POOL_MISSES.labels(runtime, "failed").inc()
+                    return None
+                metrics.WARM_POOL_SPECIALIZE_SECONDS.labels(runtime).observe(time.monotonic() - started)
+                metrics.WARM_POOL_CLAIMS.labels(runtime).inc()
+                s = Specialised(pod.name, pod.uid, runtime, endpoint, fn.key, sha, time.monotonic())
+                self.serving.setdefault(fn.key, []).append(s)
+                self._by_endpoint[endpoint] = s
+                self._claims.setdefault(runtime, collections.deque()).append(time.monotonic())
+                logger.info(
+                    "Specialised pool pod %s for %s/%s (code %s, %s) in %.1f ms",
+                    pod.name,
+                    *fn.key,
+                    sha[:12],
+                    answer.get("state"),
+                    (time.monotonic() - started) * 1000,
                 )
-                self._spawn(self._delete(pod.name, pod.uid, "failed"))
-                metrics.WARM_POOL_MISSES.labels(runtime, "failed").inc()
-                return None
-            metrics.WARM_POOL_SPECIALIZE_SECONDS.labels(runtime).observe(time.monotonic() - started)
-            metrics.WARM_POOL_CLAIMS.labels(runtime).inc()
-            s = Specialised(pod.name, pod.uid, runtime, endpoint, fn.key, sha, time.monotonic())
-            self.serving.setdefault(fn.key, []).append(s)
-            self._by_endpoint[endpoint] = s
-            self._claims.setdefault(runtime, collections.deque()).append(time.monotonic())
-            logger.info(
-                "Specialised pool pod %s for %s/%s (code %s, %s) in %.1f ms",
-                pod.name,
-                *fn.key,
-                sha[:12],
-                answer.get("state"),
-                (time.monotonic() - started) * 1000,
-            )
-            s.deferred.append(partial(self._record_claim, s))
-            return s
+                s.deferred.append(partial(self._record_claim, s))
+                return s
+            finally:
+                self._claiming.discard(pod.name)
 
     async def _claim(self, pod: PoolPod) -> bool:
         """Claims ``pod`` through the API server: an annotation patch with the watched resourceVersion as its
@@ -541,7 +583,18 @@ class WarmPool:
                 or (pod.function is None and pod.claimed_at is None)
             ):
                 continue
-            # Claimed but never relabelled (its gateway stopped in between): only its lifetime retires it.
+            if pod.function is None and abandoned_claim(
+                pooled=pod.pooled,
+                claimed_by=pod.claimed_by,
+                claimed_at=pod.claimed_at,
+                identity=self.identity,
+                specialising=pod.name in self._claiming,
+                now=wall,
+            ):
+                # Claimed but never relabelled (its gateway stopped in between, or it refused us): it holds its
+                # pool's place; deleted, the ReplicaSet replaces it at once.
+                self._spawn(self._delete(pod.name, pod.uid, "abandoned"))
+                continue
             gone = pod.function is not None and pod.function not in self.registry.functions
             ready = pod.function is not None and bool(self.registry.ready_endpoints(pod.function))
             old = pod.claimed_at is not None and wall - pod.claimed_at > lifetime
