@@ -84,7 +84,7 @@ async def platform(
         finally:
             await operator.stop()
     finally:
-        await stop_gateway(gateway)
+        await stop_gateway(gateway, kube)
 
 
 async def kubelambda_logs(

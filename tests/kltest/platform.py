@@ -31,6 +31,7 @@ from kubelambda.gateway.config import GatewaySettings
 from kubelambda.kube import KubeClient, resource_path
 from kubelambda.operator import Login, run
 from kubelambda.ownership import POLICY_FILE, wait_ownership_policy
+from kubelambda.resources.warmpool import POOL_RUNTIME_LABEL
 from kubelambda.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,9 +186,33 @@ async def start_gateway(
     return gateway, url
 
 
-async def stop_gateway(gateway: Gateway) -> None:
+async def stop_gateway(gateway: Gateway, kube: KubeClient | None = None) -> None:
+    """Stops ``gateway``; one that kept warm pools also takes them away, given the admin client ``kube``
+    (:func:`remove_warm_pools`)."""
     await gateway.stop()
     await gateway.kube.close()
+    if kube is not None and gateway.path.warm_pool is not None:
+        await remove_warm_pools(kube)
+
+
+async def remove_warm_pools(kube: KubeClient, *, timeout: float = 120) -> None:
+    """Deletes the pool Deployments and every pool pod (free, claimed, specialised) and waits until they are gone:
+    the session cluster is shared by the modules one after another, and a module's pools must not be the next
+    one's (a pod another gateway claimed and never relabelled holds its pool's place, a pool grown under demand
+    or a rollout to the next gateway's template keeps the node busy while the next module waits for its pods)."""
+    deployments = resource_path("apps/v1", "deployments", namespace=POOL_NS)
+    for d in (await kube.list(deployments))["items"]:
+        await kube.delete(f"{deployments}/{d['metadata']['name']}", propagation="Background")
+    pods = resource_path("v1", "pods", namespace=POOL_NS)
+    selector = {"labelSelector": POOL_RUNTIME_LABEL}
+
+    async def left() -> list[str]:
+        names = [p["metadata"]["name"] for p in (await kube.list(pods, params=selector))["items"]]
+        for name in names:  # the ReplicaSets' own are deleted with them; the released ones are deleted here
+            await kube.delete(f"{pods}/{name}")
+        return names
+
+    await wait_for(left, lambda names: not names, what=f"no pool pods left in {POOL_NS}", timeout=timeout)
 
 
 # Event invocations retried and backed off in fractions of a second, for tests of the async path.
@@ -258,7 +283,7 @@ async def running_platform(
         finally:
             await operator.stop()
     finally:
-        await stop_gateway(gateway)
+        await stop_gateway(gateway, kube)
 
 
 @dataclass
