@@ -13,6 +13,7 @@ from typing import Any
 from kltest.cluster import Cluster
 from kltest.platform import POOL_NS, PlatformUnderTest, running_platform
 from kltest.wait import wait_for
+from kubelambda.devcluster._podenv import parse_quantity
 from kubelambda.gateway.app import Gateway
 from kubelambda.gateway.warmpool import PoolPod, WarmPool
 from kubelambda.kube import ApiError, KubeClient, resource_path
@@ -32,6 +33,36 @@ def free_pool_pods(gateway: Gateway, runtime: str) -> list[PoolPod]:
         for p in pool.pods.values()
         if p.runtime == runtime and p.free and p.ready and not p.deleting and p.name not in pool._taken
     ]
+
+
+async def node_room(kube: KubeClient) -> str:
+    """The nodes' allocatable CPU and memory beside what the pods not yet finished request of them (a pod the
+    scheduler cannot place stays Pending)."""
+    try:
+        nodes = (await kube.list(resource_path("v1", "nodes")))["items"]
+        pods = (await kube.list(resource_path("v1", "pods")))["items"]
+    except ApiError as e:
+        return f"  nodes: {e}"
+    lines = []
+    for node in nodes:
+        name, room = node["metadata"]["name"], node["status"].get("allocatable") or {}
+        placed = [
+            p
+            for p in pods
+            if p["spec"].get("nodeName") == name
+            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]
+        asked = {"cpu": 0.0, "memory": 0.0}
+        for p in placed:
+            for c in p["spec"]["containers"]:
+                for resource, value in ((c.get("resources") or {}).get("requests") or {}).items():
+                    if resource in asked:
+                        asked[resource] += parse_quantity(value)
+        lines.append(
+            f"  node {name}: {len(placed)} pods request cpu {asked['cpu']:.2f} of {room.get('cpu')}, "
+            f"memory {asked['memory'] / 2**30:.1f} GiB of {parse_quantity(room.get('memory', '0')) / 2**30:.1f}"
+        )
+    return "\n".join(lines)
 
 
 async def pool_namespace_state(kube: KubeClient) -> str:
@@ -77,6 +108,7 @@ async def pool_namespace_state(kube: KubeClient) -> str:
     events = sorted(
         await items("v1", "events"), key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""
     )
+    lines.append(await node_room(kube))
     for e in events[-15:]:
         lines.append(
             f"  event {e.get('lastTimestamp') or e.get('eventTime')} {e['involvedObject'].get('name')} "
