@@ -13,6 +13,7 @@ import base64
 import functools
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,11 +116,30 @@ class Truncate:
     relations: tuple[Relation, ...]
 
 
-Event = Begin | Commit | Change | Truncate | Relation | None
+class RawInsert:
+    """An INSERT kept as its message (``Decoder(raw_inserts=True)``): :meth:`Shaper.record` writes its record
+    straight from the message's bytes, without a :class:`Change` and its list of ``str`` values in between."""
+
+    __slots__ = ("payload", "relation")
+    kind = "INSERT"
+
+    def __init__(self, relation: Relation, payload: bytes) -> None:
+        self.relation = relation
+        self.payload = payload
+
+    def change(self) -> Change:
+        """The same INSERT decoded as a :class:`Change` (raises :class:`DecodeError` when malformed)."""
+        r = _Reader(self.payload)
+        r.at = 6
+        return Change("INSERT", self.relation, r.tuple(), None, False)
+
+
+Event = Begin | Commit | Change | RawInsert | Truncate | Relation | None
 
 
 _STRUCTS: dict[str, struct.Struct] = {}
 _OID = _SIZE = struct.Struct("!I")
+_COUNT = struct.Struct("!h")
 
 
 class _Reader:
@@ -182,10 +202,14 @@ class Decoder:
     """Decodes pgoutput messages; remembers the Relation messages the server sends before a table's first change."""
 
     relations: dict[int, Relation] = field(default_factory=dict)
+    raw_inserts: bool = False
+    """INSERTs come out as :class:`RawInsert` (their bytes, decoded when shaped) instead of :class:`Change`."""
 
     def feed(self, payload: bytes) -> Event:
         if payload[:1] == b"I" and payload[5:6] == b"N" and len(payload) >= 6:
             # The common message, an INSERT, without the general reader's per-field work.
+            if self.raw_inserts:
+                return RawInsert(self._relation(_OID.unpack_from(payload, 1)[0]), payload)
             r = _Reader(payload)
             r.at = 6
             return Change("INSERT", self._relation(_OID.unpack_from(payload, 1)[0]), r.tuple(), None, False)
@@ -349,6 +373,7 @@ def sequence_number(commit_lsn: int, index: int) -> str:
 _NULL = b'{"NULL":true}'
 _TRUE, _FALSE = b'{"BOOL":true}', b'{"BOOL":false}'
 _NOT_FINITE = frozenset(("NaN", "Infinity", "-Infinity"))
+_NEW_VIEWS = frozenset(("NEW_IMAGE", "NEW_AND_OLD_IMAGES"))
 
 
 def _json_string(text: str) -> bytes:
@@ -364,6 +389,35 @@ def _number_bytes(text: str) -> bytes:
 
 def _string_bytes(text: str) -> bytes:
     return b'{"S":' + _json_string(text) + b"}"
+
+
+_ESCAPED = re.compile(rb'[\x00-\x1f"\\]')
+"""What a JSON string must escape (``encode_basestring`` escapes nothing else when non-ASCII passes through)."""
+_NOT_FINITE_BYTES = frozenset(t.encode() for t in _NOT_FINITE)
+
+
+def _string_raw(value: bytes) -> bytes:
+    if value.isascii() and _ESCAPED.search(value) is None:
+        return b'{"S":"' + value + b'"}'  # nothing to escape: the bytes are the JSON string's
+    return _string_bytes(value.decode("utf-8", "replace"))
+
+
+def _number_raw(value: bytes) -> bytes:
+    if value in _NOT_FINITE_BYTES:
+        return b'{"S":"' + value + b'"}'
+    return b'{"N":"' + value + b'"}'
+
+
+def _raw_encoder(type_oid: int) -> Any:
+    """As :func:`_column_encoder`, from the value's bytes in the message (the same JSON bytes)."""
+    if type_oid in NUMBERS:
+        return _number_raw
+    if type_oid == BOOL:
+        return lambda value: _TRUE if value == b"t" else _FALSE
+    if type_oid in JSONS or type_oid in ARRAYS or type_oid == BYTEA:
+        encode = _column_encoder(type_oid)
+        return lambda value: encode(value.decode("utf-8", "replace"))
+    return _string_raw
 
 
 def _column_encoder(type_oid: int) -> Any:
@@ -393,6 +447,43 @@ class _Plan:
             (_json_string(k) + b":", _column_encoder(rel.columns[position[k]].type_oid)) for k in table.key
         ]
         self.columns = [(_json_string(c.name) + b":", _column_encoder(c.type_oid)) for c in rel.columns]
+        self.raw_columns = [
+            (prefix, _raw_encoder(c.type_oid))
+            for (prefix, _), c in zip(self.columns, rel.columns, strict=True)
+        ]
+
+    def insert(self, data: bytes) -> tuple[bytes, bytes, list[bytes | None]] | None:
+        """An INSERT message's ``(Keys, NewImage, the key values)`` written from its bytes in one pass; None when
+        it is not the plain case (another column count, a kind other than text or NULL, a short message): the
+        decoded :class:`Change` path takes it (and raises on what is malformed)."""
+        end = len(data)
+        if end < 8 or _COUNT.unpack_from(data, 6)[0] != len(self.raw_columns):
+            return None
+        at = 8
+        parts: list[bytes] = []
+        values: list[bytes | None] = []
+        for prefix, encode in self.raw_columns:
+            if at >= end:
+                return None
+            kind = data[at]
+            if kind == 0x74:  # t: text
+                if at + 5 > end:
+                    return None
+                (size,) = _SIZE.unpack_from(data, at + 1)
+                at += 5 + size
+                if at > end:
+                    return None
+                value = data[at - size : at]
+                values.append(value)
+                parts.append(prefix + encode(value))
+            elif kind == 0x6E:  # n: NULL
+                at += 1
+                values.append(None)
+                parts.append(prefix + _NULL)
+            else:
+                return None
+        keys = b"{" + b",".join([parts[i] for i in self.key_indexes]) + b"}"
+        return keys, b"{" + b",".join(parts) + b"}", [values[i] for i in self.key_indexes]
 
     def keys(self, values: Sequence[Any]) -> bytes:
         return (
@@ -434,10 +525,10 @@ class Shaper:
     def arn(self, table: str) -> str:
         return f"arn:kubelambda:postgres:{self.region}:{self.namespace}:table/{table}/stream/{self.slot}"
 
-    def record(self, change: Change, *, sequence: str, timestamp: float) -> tuple[str, bytes]:
+    def record(self, change: Change | RawInsert, *, sequence: str, timestamp: float) -> tuple[str, bytes]:
         """``(partition key, the record as JSON)`` of one change; the partition key is the table and its key
         values. The record is written as JSON bytes directly, column by column (:class:`_Plan`), and measured
-        (``SizeBytes``) on the way."""
+        (``SizeBytes``) on the way; a :class:`RawInsert` straight from its message's bytes."""
         rel = change.relation
         cached = self._plans.get(rel.oid)
         if cached is not None and cached[0] is rel:
@@ -448,6 +539,19 @@ class Shaper:
                 raise DecodeError(f"a change of table {rel.qualified}, which this Trigger does not stream")
             plan = _Plan(rel, table)
             self._plans[rel.oid] = (rel, plan)
+        if isinstance(change, RawInsert):
+            fast = plan.insert(change.payload)
+            if fast is None:
+                change = change.change()
+            else:
+                keys_json, image, raw_keys = fast
+                images = [b',"NewImage":', image] if self.view_type in _NEW_VIEWS else []
+                partition = (
+                    rel.qualified
+                    + "\x00"
+                    + "\x00".join("" if v is None else v.decode("utf-8", "replace") for v in raw_keys)
+                )
+                return partition, self._finish(rel, "INSERT", keys_json, images, sequence, timestamp)
         new, old = change.new, change.old
         if new is not None and old is not None and change.old_is_full and UNCHANGED_TOAST in new:
             # Unchanged TOASTed values are not in the new tuple; with REPLICA IDENTITY FULL the old one has them.
@@ -457,37 +561,38 @@ class Shaper:
         n = len(values)
         key_values = [values[i] if i < n else None for i in plan.key_indexes]
         keys_json = plan.keys(key_values)
-        parts = [b'{"ApproximateCreationDateTime":%d,"Keys":' % int(timestamp), keys_json]
-        size = len(keys_json)
-        if new is not None and self.view_type in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
-            image = self._typed(plan, new)
-            parts += [b',"NewImage":', image]
-            size += len(image)
+        images = []
+        if new is not None and self.view_type in _NEW_VIEWS:
+            images += [b',"NewImage":', self._typed(plan, new)]
         if (
             old is not None
             and change.old_is_full
             and self.view_type in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES")
             and change.kind != "INSERT"
         ):
-            image = self._typed(plan, old)
-            parts += [b',"OldImage":', image]
-            size += len(image)
+            images += [b',"OldImage":', self._typed(plan, old)]
+        partition = rel.qualified + "\x00" + "\x00".join(v if isinstance(v, str) else "" for v in key_values)
+        return partition, self._finish(rel, change.kind, keys_json, images, sequence, timestamp)
+
+    def _finish(
+        self, rel: Relation, kind: str, keys_json: bytes, images: list[bytes], sequence: str, timestamp: float
+    ) -> bytes:
+        """The record around its ``Keys`` and images (``images``: each image's ``,"NewImage":`` and its JSON)."""
+        size = len(keys_json) + sum(len(image) for image in images[1::2])
         event_id = hashlib.blake2b(f"{self.slot}:{sequence}".encode(), digest_size=16).hexdigest()
-        parts.append(
-            b',"SequenceNumber":"%s","SizeBytes":%d,"StreamViewType":"%s"}'
-            % (sequence.encode(), size, self.view_type.encode())
-        )
         head, tail = self._envelope(rel.qualified)
-        record = b"".join(
+        return b"".join(
             [
-                b'{"eventID":"%s","eventName":"%s",' % (event_id.encode(), change.kind.encode()),
+                b'{"eventID":"%s","eventName":"%s",' % (event_id.encode(), kind.encode()),
                 head,
-                *parts,
+                b'{"ApproximateCreationDateTime":%d,"Keys":' % int(timestamp),
+                keys_json,
+                *images,
+                b',"SequenceNumber":"%s","SizeBytes":%d,"StreamViewType":"%s"}'
+                % (sequence.encode(), size, self.view_type.encode()),
                 tail,
             ]
         )
-        partition = rel.qualified + "\x00" + "\x00".join(v if isinstance(v, str) else "" for v in key_values)
-        return partition, record
 
     def _typed(self, plan: _Plan, values: Sequence[Any]) -> bytes:
         if UNCHANGED_TOAST in values:
@@ -513,6 +618,7 @@ __all__ = [
     "Commit",
     "DecodeError",
     "Decoder",
+    "RawInsert",
     "Relation",
     "Shaper",
     "Table",

@@ -47,6 +47,7 @@ from kubelambda.bridge.streams._pgoutput import (
     Change,
     Commit,
     Decoder,
+    RawInsert,
     Relation,
     Shaper,
     Table,
@@ -98,9 +99,9 @@ class _Reader:
     def __init__(self, client: _PostgresClient, shard: str) -> None:
         self.client = client
         self.shard = shard
-        self.decoder = Decoder()
+        self.decoder = Decoder(raw_inserts=True)
         self.ready: deque[StreamRecord] = deque()
-        self.txn: list[Change] = []
+        self.txn: list[Change | RawInsert] = []
         self.begin: Begin | None = None
         self.last_end = 0
         """End LSN of the last transaction that had records (what its last record confirms)."""
@@ -173,7 +174,7 @@ class _Reader:
         if isinstance(event, Begin):
             self.begin = event
             self.txn = []
-        elif isinstance(event, Change):
+        elif isinstance(event, (RawInsert, Change)):
             if self.client.wanted(event.relation):
                 self.txn.append(event)
         elif isinstance(event, Commit):
