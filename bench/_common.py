@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,27 @@ import aiohttp
 
 from kubelambda.devcluster import DevState
 from kubelambda.kube import KubeClient, resource_path
+
+
+def py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy (``pip install py-spy``; not a dependency) recording process ``pid`` until sent SIGINT, writing
+    collapsed stacks (``--format raw``) to ``output`` then."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    command = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking"]
+    return subprocess.Popen(
+        [*command, "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def stop_spies(spies: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Stops :func:`py_spy` recorders (each writes its file as it exits)."""
+    for proc in spies:
+        proc.send_signal(signal.SIGINT)
+    for proc in spies:
+        proc.wait(60)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -39,14 +39,16 @@ from _common import (
     developer_headers,
     load_average,
     print_platform_logs,
+    py_spy,
     start_cluster,
+    stop_spies,
     wait,
     warm_function,
 )
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import PostgresServer
 from kubelambda.kube import KubeClient, resource_path
-from stream_bench import GROUP_VERSION, NS, bridge_metrics, bridge_rate, trigger
+from stream_bench import GROUP_VERSION, NS, bridge_metrics, bridge_process, bridge_rate, trigger
 
 POLL_SECONDS = 0.1
 """How often the bridge pod's /metrics is read while it runs (each read costs the bridge CPU)."""
@@ -72,6 +74,10 @@ def handler(event, context):
         f.write(lines)
     return {}
 """
+
+
+CONFIGS = [("bench-rows", 100, 1), ("bench-big", 1000, 1), ("bench-lanes", 1000, 4)]
+"""Each round's Triggers: name, batchSize, parallelizationFactor."""
 
 
 class Postgres:
@@ -206,10 +212,10 @@ def stages(payloads: list[bytes], table: str, batch: int) -> tuple[dict[str, flo
     function side's ``json.loads`` of the event (what the Python runtime does before calling the handler); and
     the first batch's event as the bridge sends it."""
     from kubelambda.bridge.streams._batch import StreamRecord
-    from kubelambda.bridge.streams._pgoutput import Change, Decoder, Shaper, Table, sequence_number
+    from kubelambda.bridge.streams._pgoutput import Change, Decoder, RawInsert, Shaper, Table, sequence_number
     from kubelambda.bridge.streams.postgres import PostgresStream
 
-    decoder = Decoder()
+    decoder = Decoder(raw_inserts=True)  # as the bridge's
     shaper = Shaper(
         tables={f"public.{table}": Table(f"public.{table}", ("id",))},
         view_type="NEW_IMAGE",
@@ -219,7 +225,7 @@ def stages(payloads: list[bytes], table: str, batch: int) -> tuple[dict[str, flo
     )
     clock = time.process_time
     t0 = clock()
-    changes = [e for e in map(decoder.feed, payloads) if isinstance(e, Change)]
+    changes = [e for e in map(decoder.feed, payloads) if isinstance(e, (RawInsert, Change))]
     t1 = clock()
     records = []
     for i, change in enumerate(changes):
@@ -312,6 +318,62 @@ def process_cpu() -> float:
     return float(times.user + times.system)
 
 
+async def spy(name: str, serve: psutil.Process, directory: Path | None) -> None:
+    """With ``--profile``: py-spy on the Trigger's bridge (its enabled revision's process, the newest) and on the
+    gateway from when the bridge starts until cancelled; then the bridge's profile summed up."""
+    if directory is None:
+        return
+    enabled = time.time()
+    found = None
+    for _ in range(6000):  # 5 minutes: the bridge's pod starts in seconds
+        found = bridge_process(name)
+        if found is not None and found.create_time() >= enabled - 1:
+            break
+        await asyncio.sleep(0.05)
+    assert found is not None
+    pids = {"bridge": found.pid}
+    with contextlib.suppress(psutil.Error):
+        pids.update(("gateway", c.pid) for c in serve.children() if "gateway" in c.cmdline())
+    spies = [py_spy(pid, directory / f"{name}-{who}.txt") for who, pid in pids.items()]
+    try:
+        await asyncio.Event().wait()
+    finally:
+        stop_spies(spies)
+        print(profile_summary(directory / f"{name}-bridge.txt"), flush=True)
+
+
+def profile_summary(path: Path, top: int = 12) -> str:
+    """The functions a collapsed-stacks profile spent most samples in, inclusive (each counted once per
+    sample), leaving out the ones in (nearly) every sample: the event loop and the process's entry."""
+    counts: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not n.isdigit():
+                continue
+            total += int(n)
+            for frame in set(stack.split(";")[1:]):
+                counts[frame] = counts.get(frame, 0) + int(n)
+    if not total:
+        return f"    profile {path.name}: no samples"
+    shown = sorted(((c, f) for f, c in counts.items() if c < 0.9 * total), reverse=True)[:top]
+    parts = "; ".join(f"{100 * c / total:.0f} % {re.sub(r' [(].*/', ' (', f)}" for c, f in shown)
+    return f"    profile of the bridge, {total} samples (CPU, 250/s): {parts}"
+
+
+def print_spread(ratios: dict[str, list[tuple[float, float, float]]]) -> None:
+    """Each configuration over the rounds: the bridge's share of the driver's rate, median and range."""
+    for what, runs in ratios.items():
+        shares = sorted(r[0] for r in runs)
+        print(
+            f"{what}: bridge / driver {statistics.median(shares):.0%} (median of {len(runs)}; "
+            f"{shares[0]:.0%} to {shares[-1]:.0%}); bridge "
+            + ", ".join(f"{r[1]:.0f}/s of {r[2]:.0f}/s" for r in runs),
+            flush=True,
+        )
+
+
 async def deploy(kube: KubeClient, name: str, handler: str, env: dict[str, str]) -> None:
     await create_function_ready(kube, warm_function(name, NS, handler, per_instance=4, environment=env))
 
@@ -320,6 +382,16 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--latency-rows", type=int, default=200)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="the three configurations, this many times over"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write py-spy profiles (collapsed stacks) of each bridge and the gateway while they run, and print"
+        " the bridge's largest parts",
+    )
     args = parser.parse_args()
     n = args.records
     ensure_binaries()
@@ -346,68 +418,80 @@ async def main() -> None:
                     print(
                         f"{n} row changes (INSERTs, 100 per transaction), no-op python3.11 function; changes/s"
                     )
-                    runs = [("bench-rows", 100, 1), ("bench-big", 1000, 1), ("bench-lanes", 1000, 4)]
-                    for name, batch, lanes in runs:
-                        table = name.replace("-", "_")
-                        slots = [f"{table}_ceiling", f"{table}_shaped", f"{table}_bridge"]
-                        await asyncio.to_thread(pg.prepare, table, slots=slots)
-                        await asyncio.to_thread(pg.publish, table, n)
-                        cpu = process_cpu()
-                        ceiling, payloads = await asyncio.to_thread(pg.ceiling, table, slots[0], n)
-                        ceiling_us = 1e6 * (process_cpu() - cpu) / n
-                        stage, event = stages(payloads, table, batch)
-                        cpu = process_cpu()
-                        shaped = await shaped_rate(kube, server, table, slots[1], n)
-                        shaped_us = 1e6 * (process_cpu() - cpu) / n
-                        await kube.create(
-                            resource_path(GROUP_VERSION, "triggers", namespace=NS),
-                            trigger(
+                    ratios: dict[str, list[tuple[float, float, float]]] = {}
+                    for round_ in range(1, args.rounds + 1):
+                        print(f"round {round_} of {args.rounds}", flush=True)
+                        for base, batch, lanes in CONFIGS:
+                            name = f"{base}-{round_}"
+                            table = name.replace("-", "_")
+                            slots = [f"{table}_ceiling", f"{table}_shaped", f"{table}_bridge"]
+                            await asyncio.to_thread(pg.prepare, table, slots=slots)
+                            await asyncio.to_thread(pg.publish, table, n)
+                            cpu = process_cpu()
+                            ceiling, payloads = await asyncio.to_thread(pg.ceiling, table, slots[0], n)
+                            ceiling_us = 1e6 * (process_cpu() - cpu) / n
+                            stage, event = stages(payloads, table, batch)
+                            cpu = process_cpu()
+                            shaped = await shaped_rate(kube, server, table, slots[1], n)
+                            shaped_us = 1e6 * (process_cpu() - cpu) / n
+                            await kube.create(
+                                resource_path(GROUP_VERSION, "triggers", namespace=NS),
+                                trigger(
+                                    name,
+                                    pg,  # type: ignore[arg-type]
+                                    function="noop",
+                                    enabled=False,
+                                    batch=batch,
+                                    parallelization=lanes,
+                                ),
+                            )
+                            serve = psutil.Process(proc.pid)
+                            spying = asyncio.create_task(spy(name, serve, args.profile))
+                            rate, cpu, others = await bridge_rate(
+                                kube,
+                                http,
                                 name,
                                 pg,  # type: ignore[arg-type]
-                                function="noop",
-                                enabled=False,
-                                batch=batch,
-                                parallelization=lanes,
-                            ),
-                        )
-                        serve = psutil.Process(proc.pid)
-                        rate, cpu, others = await bridge_rate(
-                            kube,
-                            http,
-                            name,
-                            pg,  # type: ignore[arg-type]
-                            n,
-                            interval=POLL_SECONDS,
-                            samplers={
-                                "function": functools.partial(function_cpu, serve),
-                                "gateway": functools.partial(gateway_cpu, serve),
-                            },
-                        )
-                        text = await bridge_metrics(kube, http, name) or ""
-                        invokes = metric(text, "kubelambda_bridge_invoke_seconds_count")
-                        invoke_ms = 1e3 * metric(text, "kubelambda_bridge_invoke_seconds_sum") / invokes
-                        print(
-                            f"batch {batch:>4}, parallelizationFactor {lanes}: ceiling (psycopg2 read) {ceiling:>7.0f}"
-                            f" ({ceiling_us:.1f} µs CPU/change), bridge read+decode+shape {shaped:>6.0f}"
-                            f" ({shaped / ceiling:.0%}; {shaped_us:.1f} µs CPU/change), bridge end to end {rate:>6.0f}"
-                            f" ({rate / ceiling:.0%}, bridge CPU {cpu:.0%} = {1e6 * cpu / rate:.1f} µs/change); {load_average()}",
-                            flush=True,
-                        )
-                        per = batch / 1e3  # µs per change → ms per batch
-                        print(
-                            f"    per batch of {batch} ({stage['event KB']:.0f} KB event): wall {1e3 * batch / rate:.0f} ms"
-                            f" end to end; {invokes:.0f} invocations, round trip {invoke_ms:.0f} ms (gateway → agent →"
-                            f" runtime → handler → back); CPU ms: bridge {1e6 * cpu / rate * per:.1f} (alone: decode"
-                            f" {stage['decode']:.1f}, shape {stage['shape']:.1f}, encode {stage['encode']:.1f}),"
-                            f" function pod {others['function'] * per:.1f} (of it the event's json.loads"
-                            f" {stage['handler json.loads']:.1f}), gateway {others['gateway'] * per:.1f}",
-                            flush=True,
-                        )
-                        print(await trace(http, trace_url, headers, event, serve), flush=True)
-                        await kube.patch(
-                            resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name),
-                            {"spec": {"enabled": False}},
-                        )
+                                n,
+                                interval=POLL_SECONDS,
+                                samplers={
+                                    "function": functools.partial(function_cpu, serve),
+                                    "gateway": functools.partial(gateway_cpu, serve),
+                                },
+                            )
+                            spying.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await spying
+                            ratios.setdefault(f"batch {batch}, factor {lanes}", []).append(
+                                (rate / ceiling, rate, ceiling)
+                            )
+                            text = await bridge_metrics(kube, http, name) or ""
+                            invokes = metric(text, "kubelambda_bridge_invoke_seconds_count")
+                            invoke_ms = 1e3 * metric(text, "kubelambda_bridge_invoke_seconds_sum") / invokes
+                            print(
+                                f"batch {batch:>4}, parallelizationFactor {lanes}: ceiling (psycopg2 read) {ceiling:>7.0f}"
+                                f" ({ceiling_us:.1f} µs CPU/change), bridge read+decode+shape {shaped:>6.0f}"
+                                f" ({shaped / ceiling:.0%}; {shaped_us:.1f} µs CPU/change), bridge end to end {rate:>6.0f}"
+                                f" ({rate / ceiling:.0%}, bridge CPU {cpu:.0%} = {1e6 * cpu / rate:.1f} µs/change); {load_average()}",
+                                flush=True,
+                            )
+                            per = batch / 1e3  # µs per change → ms per batch
+                            print(
+                                f"    per batch of {batch} ({stage['event KB']:.0f} KB event): wall {1e3 * batch / rate:.0f} ms"
+                                f" end to end; {invokes:.0f} invocations, round trip {invoke_ms:.0f} ms (gateway → agent →"
+                                f" runtime → handler → back); CPU ms: bridge {1e6 * cpu / rate * per:.1f} (alone: decode"
+                                f" {stage['decode']:.1f}, shape {stage['shape']:.1f}, encode {stage['encode']:.1f}),"
+                                f" function pod {others['function'] * per:.1f} (of it the event's json.loads"
+                                f" {stage['handler json.loads']:.1f}), gateway {others['gateway'] * per:.1f}",
+                                flush=True,
+                            )
+                            print(await trace(http, trace_url, headers, event, serve), flush=True)
+                            await kube.patch(
+                                resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name),
+                                {"spec": {"enabled": False}},
+                            )
+
+                    print_spread(ratios)
 
                     lat = "bench-lat"
                     await asyncio.to_thread(pg.prepare, "bench_lat", slots=["bench_lat_bridge"])

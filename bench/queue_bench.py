@@ -24,9 +24,6 @@ import json
 import math
 import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +41,7 @@ from aiobotocore.session import get_session
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from _common import load_average  # noqa: E402
+from _common import load_average, py_spy, stop_spies  # noqa: E402
 from kltest import Cluster, start_cluster  # noqa: E402
 from kltest.bridge import BridgeProcess  # noqa: E402
 from kltest.platform import deploy, python_function, start_gateway, start_operator, stop_gateway  # noqa: E402
@@ -318,38 +315,15 @@ def profiled(bridge: BridgeProcess, directory: Path | None, name: str) -> Any:
     if directory is None:
         yield
         return
-    spy = shutil.which("py-spy")
-    if spy is None:
-        raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
-    directory.mkdir(parents=True, exist_ok=True)
     assert bridge.proc is not None
     spies = [
-        subprocess.Popen(
-            [
-                spy,
-                "record",
-                "--pid",
-                str(pid),
-                "--format",
-                "raw",
-                "--rate",
-                "250",
-                "--nonblocking",
-                "--output",
-                str(directory / f"{name}-{who}.txt"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        py_spy(pid, directory / f"{name}-{who}.txt")
         for who, pid in (("bridge", bridge.proc.pid), ("gateway", os.getpid()))
     ]
     try:
         yield
     finally:
-        for proc in spies:
-            proc.send_signal(signal.SIGINT)
-        for proc in spies:
-            proc.wait(60)
+        stop_spies(spies)
 
 
 async def through_bridge(
