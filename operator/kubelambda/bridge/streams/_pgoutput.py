@@ -518,9 +518,13 @@ class Shaper:
     namespace: str
     slot: str
     warned_toast: set[str] = field(default_factory=set)
-    _envelopes: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    _envelopes: dict[tuple[str, str], tuple[bytes, bytes]] = field(default_factory=dict)
     _plans: dict[int, tuple[Relation, _Plan]] = field(default_factory=dict)
     """Relation OID → the Relation a plan was built for, and the plan."""
+
+    def __post_init__(self) -> None:
+        self._slot_prefix = f"{self.slot}:".encode()
+        """What each record's ``eventID`` hashes before its sequence number."""
 
     def arn(self, table: str) -> str:
         return f"arn:kubelambda:postgres:{self.region}:{self.namespace}:table/{table}/stream/{self.slot}"
@@ -578,18 +582,24 @@ class Shaper:
         self, rel: Relation, kind: str, keys_json: bytes, images: list[bytes], sequence: str, timestamp: float
     ) -> bytes:
         """The record around its ``Keys`` and images (``images``: each image's ``,"NewImage":`` and its JSON)."""
-        size = len(keys_json) + sum(len(image) for image in images[1::2])
-        event_id = hashlib.blake2b(f"{self.slot}:{sequence}".encode(), digest_size=16).hexdigest()
-        head, tail = self._envelope(rel.qualified)
+        size = len(keys_json)
+        for image in images[1::2]:
+            size += len(image)
+        seq = sequence.encode()
+        head, tail = self._envelope(rel.qualified, kind)
         return b"".join(
             [
-                b'{"eventID":"%s","eventName":"%s",' % (event_id.encode(), kind.encode()),
+                b'{"eventID":"',
+                hashlib.blake2b(self._slot_prefix + seq, digest_size=16).hexdigest().encode(),
                 head,
-                b'{"ApproximateCreationDateTime":%d,"Keys":' % int(timestamp),
+                b"%d" % int(timestamp),
+                b',"Keys":',
                 keys_json,
                 *images,
-                b',"SequenceNumber":"%s","SizeBytes":%d,"StreamViewType":"%s"}'
-                % (sequence.encode(), size, self.view_type.encode()),
+                b',"SequenceNumber":"',
+                seq,
+                b'","SizeBytes":',
+                b"%d" % size,
                 tail,
             ]
         )
@@ -599,15 +609,21 @@ class Shaper:
             self.warned_toast.add(plan.qualified)
         return plan.image(values)
 
-    def _envelope(self, table: str) -> tuple[bytes, bytes]:
-        """The parts of a record that are the same for every change of a table (JSON-escaped once)."""
-        cached = self._envelopes.get(table)
+    def _envelope(self, table: str, kind: str) -> tuple[bytes, bytes]:
+        """The parts of a record that are the same for every change of a kind of a table (JSON-escaped once):
+        from the end of ``eventID`` to ``ApproximateCreationDateTime``'s value, and from ``SizeBytes``' value
+        to the end."""
+        cached = self._envelopes.get((table, kind))
         if cached is None:
-            head = b'"eventVersion":"1.1","eventSource":"aws:dynamodb","awsRegion":%s,"dynamodb":' % _encode(
-                self.region
+            head = (
+                b'","eventName":"%s","eventVersion":"1.1","eventSource":"aws:dynamodb","awsRegion":%s,'
+                b'"dynamodb":{"ApproximateCreationDateTime":' % (kind.encode(), _encode(self.region))
             )
-            tail = b',"eventSourceARN":%s}' % _encode(self.arn(table))
-            cached = self._envelopes[table] = (head, tail)
+            tail = b',"StreamViewType":"%s"},"eventSourceARN":%s}' % (
+                self.view_type.encode(),
+                _encode(self.arn(table)),
+            )
+            cached = self._envelopes[(table, kind)] = (head, tail)
         return cached
 
 

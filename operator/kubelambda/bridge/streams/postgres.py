@@ -196,21 +196,17 @@ class _Reader:
             return
         shaper = self.client.shaper
         assert shaper is not None
-        previous = self.last_end
+        previous, shard, timestamp, ready = self.last_end, self.shard, commit.timestamp, self.ready
+        record = shaper.record
+        last = len(changes) - 1
         for i, change in enumerate(changes):
             sequence = sequence_number(begin.final_lsn, i)
-            partition, record = shaper.record(change, sequence=sequence, timestamp=commit.timestamp)
-            last = i == len(changes) - 1
-            self.ready.append(
+            partition, data = record(change, sequence=sequence, timestamp=timestamp)
+            # The LSN a record confirms once it is done: its transaction's end when it is the last change of
+            # it, else the end of the transaction before (a partial one replays whole).
+            ready.append(
                 StreamRecord(
-                    shard=self.shard,
-                    sequence=sequence,
-                    partition_key=partition,
-                    data=record,
-                    arrival=commit.timestamp,
-                    # The LSN this record confirms once it is done: its transaction's end when it is the
-                    # last change of it, else the end of the transaction before (a partial one replays whole).
-                    position=commit.end_lsn if last else previous,
+                    shard, sequence, partition, data, timestamp, commit.end_lsn if i == last else previous
                 )
             )
         self.last_end = commit.end_lsn
