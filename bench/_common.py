@@ -23,12 +23,18 @@ from kubelambda.devcluster import DevState
 from kubelambda.kube import KubeClient, resource_path
 
 
-def py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy (``pip install py-spy``; not a dependency) recording process ``pid`` until sent SIGINT, writing
-    collapsed stacks (``--format raw``) to ``output`` then."""
-    spy = shutil.which("py-spy")
+def py_spy_binary() -> str:
+    """py-spy's path (``pip install py-spy``; not a dependency): on PATH or beside this Python."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
     if spy is None:
         raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+    return spy
+
+
+def py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy recording process ``pid`` until sent SIGINT, writing collapsed stacks (``--format raw``) to
+    ``output`` then."""
+    spy = py_spy_binary()
     output.parent.mkdir(parents=True, exist_ok=True)
     command = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking"]
     return subprocess.Popen(

@@ -40,6 +40,7 @@ from _common import (
     load_average,
     print_platform_logs,
     py_spy,
+    py_spy_binary,
     start_cluster,
     stop_spies,
     wait,
@@ -393,6 +394,8 @@ async def main() -> None:
         " the bridge's largest parts",
     )
     args = parser.parse_args()
+    if args.profile is not None:
+        py_spy_binary()  # before minutes of setup
     n = args.records
     ensure_binaries()
     with tempfile.TemporaryDirectory(prefix="kl-bench-postgres-") as tmp:
