@@ -343,24 +343,47 @@ async def spy(name: str, serve: psutil.Process, directory: Path | None) -> None:
         print(profile_summary(directory / f"{name}-bridge.txt"), flush=True)
 
 
-def profile_summary(path: Path, top: int = 12) -> str:
-    """The functions a collapsed-stacks profile spent most samples in, inclusive (each counted once per
-    sample), leaving out the ones in (nearly) every sample: the event loop and the process's entry."""
-    counts: dict[str, int] = {}
-    total = 0
+PARTS = [
+    ("start-up imports", ("_find_and_load",)),
+    ("/metrics", ("prometheus_client",)),
+    ("Kubernetes API (checkpoint ConfigMap, deletion poll)", ("kubelambda/kube", "CheckpointStore")),
+    ("slot feedback (confirmed LSN)", ("_Reader.commit", "send_feedback")),
+    ("event encode", ("PostgresStream.encode",)),
+    ("pgoutput decode + DynamoDB records", ("_pgoutput.py",)),
+    ("invoke (aiohttp request and answer)", ("Invoker.invoke", "aiohttp/")),
+    ("replication read, transaction buffer", ("postgres.py",)),
+]
+"""Where a bridge sample goes: the first part any of whose strings is in its stack."""
+
+
+def profile_summary(path: Path) -> str:
+    """A bridge's collapsed-stacks profile in :data:`PARTS` (start-up left out of the shares), and its three
+    busiest lines. py-spy counts a thread that is running or waiting for a core, so on a loaded machine the
+    shares follow where the process waits for the CPU as well as where it spends it."""
+    parts: dict[str, int] = {}
+    leaves: dict[str, int] = {}
     with contextlib.suppress(OSError):
         for line in path.read_text().splitlines():
             stack, _, n = line.rpartition(" ")
             if not n.isdigit():
                 continue
-            total += int(n)
-            for frame in set(stack.split(";")[1:]):
-                counts[frame] = counts.get(frame, 0) + int(n)
+            part = next((p for p, marks in PARTS if any(m in stack for m in marks)), "shard loop and other")
+            parts[part] = parts.get(part, 0) + int(n)
+            if part != PARTS[0][0]:
+                leaf = re.sub(r" [(].*/", " (", stack.rsplit(";", 1)[-1])
+                leaves[leaf] = leaves.get(leaf, 0) + int(n)
+    startup = parts.pop(PARTS[0][0], 0)
+    total = sum(parts.values())
     if not total:
-        return f"    profile {path.name}: no samples"
-    shown = sorted(((c, f) for f, c in counts.items() if c < 0.9 * total), reverse=True)[:top]
-    parts = "; ".join(f"{100 * c / total:.0f} % {re.sub(r' [(].*/', ' (', f)}" for c, f in shown)
-    return f"    profile of the bridge, {total} samples (CPU, 250/s): {parts}"
+        return f"    profile {path.name}: no samples after start-up"
+    shares = ", ".join(f"{p} {100 * c / total:.0f} %" for p, c in sorted(parts.items(), key=lambda i: -i[1]))
+    busiest = ", ".join(
+        f"{f} {100 * c / total:.0f} %" for f, c in sorted(leaves.items(), key=lambda i: -i[1])[:3]
+    )
+    return (
+        f"    bridge profile ({path.name}, {total} samples at 250/s after start-up's {startup}): {shares};"
+        f" busiest lines: {busiest}"
+    )
 
 
 def print_spread(ratios: dict[str, list[tuple[float, float, float]]]) -> None:
