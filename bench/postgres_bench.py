@@ -344,7 +344,7 @@ async def spy(name: str, serve: psutil.Process, directory: Path | None) -> None:
 
 
 PARTS = [
-    ("start-up imports", ("_find_and_load",)),
+    ("start-up", ("_find_and_load", "load_source (", "StreamBridge._connect (", "CheckpointStore.load (")),
     ("/metrics", ("prometheus_client",)),
     ("Kubernetes API (checkpoint ConfigMap, deletion poll)", ("kubelambda/kube", "CheckpointStore")),
     ("slot feedback (confirmed LSN)", ("_Reader.commit", "send_feedback")),
@@ -357,9 +357,10 @@ PARTS = [
 
 
 def profile_summary(path: Path) -> str:
-    """A bridge's collapsed-stacks profile in :data:`PARTS` (start-up left out of the shares), and its three
-    busiest lines. py-spy counts a thread that is running or waiting for a core, so on a loaded machine the
-    shares follow where the process waits for the CPU as well as where it spends it."""
+    """A bridge's collapsed-stacks profile in :data:`PARTS` (start-up, left out of the shares: imports,
+    settings, the checkpoint's load, the slot's checks), and its three busiest lines. py-spy counts a thread
+    that is running or waiting for a core, so on a loaded machine the shares follow where the process waits
+    for the CPU as well as where it spends it."""
     parts: dict[str, int] = {}
     leaves: dict[str, int] = {}
     with contextlib.suppress(OSError):
@@ -368,6 +369,8 @@ def profile_summary(path: Path) -> str:
             if not n.isdigit():
                 continue
             part = next((p for p, marks in PARTS if any(m in stack for m in marks)), "shard loop and other")
+            if stack.endswith(";Runner.run (asyncio/runners.py:118)"):
+                part = "event loop (uvloop's C: sockets, timers)"
             parts[part] = parts.get(part, 0) + int(n)
             if part != PARTS[0][0]:
                 leaf = re.sub(r" [(].*/", " (", stack.rsplit(";", 1)[-1])

@@ -492,11 +492,12 @@ class _PostgresClient:
         return True
 
     async def wait_deleted(self) -> None:
-        """Returns once the Trigger is being deleted (read every ``DELETION_POLL_SECONDS``)."""
+        """Returns once the Trigger is being deleted (read every ``DELETION_POLL_SECONDS``, the first time
+        that long after the start: :meth:`PostgresStream.run` has just read it)."""
         while True:
+            await asyncio.sleep(DELETION_POLL_SECONDS)
             if await self.trigger_deleted():
                 return
-            await asyncio.sleep(DELETION_POLL_SECONDS)
 
     def _trigger_path(self) -> str:
         return resource_path(
