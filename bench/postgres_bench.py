@@ -341,10 +341,20 @@ async def spy(name: str, serve: psutil.Process, directory: Path | None) -> None:
     finally:
         stop_spies(spies)
         print(profile_summary(directory / f"{name}-bridge.txt"), flush=True)
+        print(gateway_summary(directory / f"{name}-gateway.txt"), flush=True)
 
 
 PARTS = [
-    ("start-up", ("_find_and_load", "load_source (", "StreamBridge._connect (", "CheckpointStore.load (")),
+    (
+        "start-up",
+        (
+            "_find_and_load",
+            "load_source (",
+            "StreamBridge._connect (",
+            "CheckpointStore.load (",
+            "BaseSettings.__init__ (",
+        ),
+    ),
     ("/metrics", ("prometheus_client",)),
     ("Kubernetes API (checkpoint ConfigMap, deletion poll)", ("kubelambda/kube", "CheckpointStore")),
     ("slot feedback (confirmed LSN)", ("_Reader.commit", "send_feedback")),
@@ -387,6 +397,22 @@ def profile_summary(path: Path) -> str:
         f"    bridge profile ({path.name}, {total} samples at 250/s after start-up's {startup}): {shares};"
         f" busiest lines: {busiest}"
     )
+
+
+def gateway_summary(path: Path) -> str:
+    """The gateway's own functions that most of its samples were in (inclusive: each counted once a sample)."""
+    counts: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            if n.isdigit():
+                total += int(n)
+                for frame in {f for f in stack.split(";") if "kubelambda/gateway/" in f}:
+                    counts[frame] = counts.get(frame, 0) + int(n)
+    shown = sorted(((c, f) for f, c in counts.items() if c < 0.9 * total), reverse=True)[:3]
+    parts = ", ".join(f"{re.sub(r' [(].*/', ' (', f)} {100 * c / total:.0f} %" for c, f in shown)
+    return f"    gateway profile ({path.name}, {total} samples): {parts or 'none of its own'}"
 
 
 def print_spread(ratios: dict[str, list[tuple[float, float, float]]]) -> None:
