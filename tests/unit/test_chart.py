@@ -23,7 +23,7 @@ import kubelambda
 from kubelambda import metrics
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.ownership import OWNERSHIP_POLICY, POLICY_FILE
-from kubelambda.settings import FIELD_MANAGER
+from kubelambda.settings import FIELD_MANAGER, OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubelambda"
@@ -99,8 +99,17 @@ def test_helm_lint_strict(helm: Path, values: Path | None) -> None:
         ("nats.replicas=2", "/nats/replicas"),
         ("runtime.images.cobol=x/y:1", "'cobol' not allowed"),
         ("async.natsUrl=http://nats:4222", "/async/natsUrl"),
+        ("operator.apiRequestsInFlight=0", "/operator/apiRequestsInFlight"),
     ],
-    ids=["replicas", "unknown-key", "nats-unpinned", "nats-no-quorum", "unknown-runtime", "nats-url"],
+    ids=[
+        "replicas",
+        "unknown-key",
+        "nats-unpinned",
+        "nats-no-quorum",
+        "unknown-runtime",
+        "nats-url",
+        "in-flight",
+    ],
 )
 def test_schema_refuses_bad_values_naming_the_key(helm: Path, setting: str, message: str) -> None:
     result = run_helm(helm, "template", "x", str(CHART), "--set", setting, check=False)
@@ -197,6 +206,9 @@ def test_default_render(helm: Path) -> None:
     operator = find(docs, "Deployment", "kubelambda-operator")
     env = env_of(operator)
     assert "KUBELAMBDA_PEERING" not in env, "one replica runs standalone"
+    assert env["KUBELAMBDA_API_REQUESTS_IN_FLIGHT"] == str(
+        OperatorSettings.model_fields["api_requests_in_flight"].default
+    )
     assert not [d for d in docs if d["kind"] in ("ClusterKopfPeering", "KopfPeering")]
     assert operator["spec"]["strategy"]["type"] == "Recreate"
     assert env["KUBELAMBDA_SYSTEM_NAMESPACE"] == "kubelambda-system"
@@ -332,6 +344,7 @@ def test_max_render_has_leader_election_worker_and_quorum(helm: Path) -> None:
     docs = render(helm, "-f", str(MAX_VALUES), "--api-versions", "monitoring.coreos.com/v1")
     operator = find(docs, "Deployment", "kubelambda-operator")
     assert env_of(operator)["KUBELAMBDA_PEERING"] == "kubelambda"
+    assert env_of(operator)["KUBELAMBDA_API_REQUESTS_IN_FLIGHT"] == "64"
     assert "strategy" not in operator["spec"]
     find(docs, "ClusterKopfPeering", "kubelambda")
     kopf = [d for d in yaml.safe_load_all((CHART / "crds" / KOPF_CRDS).read_text()) if d]
@@ -555,7 +568,6 @@ def test_every_setting_the_chart_passes_is_a_known_valid_setting(
     """pydantic-settings ignores unknown KUBELAMBDA_* variables, so a misspelt one would be silently lost: each
     must name a field, and together they must load (the component would refuse to start otherwise)."""
     from kubelambda.gateway.config import GatewaySettings
-    from kubelambda.settings import OperatorSettings
 
     classes = {
         "operator": (OperatorSettings, "KUBELAMBDA_"),
