@@ -163,6 +163,21 @@ def test_wrong_secret_is_refused() -> None:
         _check(headers, request)
 
 
+def test_a_cached_signing_key_decides_nothing_for_another_request_or_secret() -> None:
+    """The derived key is kept per (secret, day, region, service); the signature is still checked every time."""
+    headers, request = _signed_request()
+    signed = _check(headers, request)  # the key of SECRET for the day is derived and kept
+    _check(headers, request)  # and used again
+    assert sigv4.signing_key(
+        SECRET, signed.date, signed.region, signed.service
+    ) == sigv4.signing_key.__wrapped__(SECRET, signed.date, signed.region, signed.service)
+    other = sigv4.Request(request.method, request.raw_path, request.query, request.headers, b'{"x": 2}')
+    with pytest.raises(sigv4.SignatureError, match="does not match"):
+        sigv4.verify(signed, other, SECRET)
+    with pytest.raises(sigv4.SignatureError, match="does not match"):
+        sigv4.verify(signed, request, "not the secret")
+
+
 @pytest.mark.parametrize("part", ["body", "path", "query", "method", "signed header", "host"])
 def test_any_change_to_a_signed_part_is_refused(part: str) -> None:
     headers, request = _signed_request(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 class Balancer:
     load: dict[str, int] = field(default_factory=dict)
     _freed: asyncio.Event = field(default_factory=asyncio.Event)
+    _waiting: int = 0  # acquires waiting for a release
 
     def try_acquire(
         self, endpoints: Sequence[str], per_instance: int, *, avoid: frozenset[str] = frozenset()
@@ -49,8 +50,12 @@ class Balancer:
                 return None
             freed = self._freed
             # Slots free up on release (an event); new endpoints appear through the registry (polled).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(freed.wait(), min(left, 0.05))
+            self._waiting += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(freed.wait(), min(left, 0.05))
+            finally:
+                self._waiting -= 1
 
     def release(self, endpoint: str) -> None:
         left = self.load.get(endpoint, 0) - 1
@@ -58,6 +63,8 @@ class Balancer:
             self.load[endpoint] = left
         else:
             self.load.pop(endpoint, None)
-        # Wake every waiter once, then start a fresh event for the next wait.
-        self._freed.set()
-        self._freed = asyncio.Event()
+        # Wake every waiter once, then start a fresh event for the next wait (none to wake: the usual case of a
+        # warm call, which found its slot without waiting, costs nothing here).
+        if self._waiting:
+            self._freed.set()
+            self._freed = asyncio.Event()

@@ -53,7 +53,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +150,25 @@ class Strays:
     count: int = 0
 
 
+class _LocalSlot:
+    """:meth:`LocalLimits.admit`: the throttler's slot while the invocation runs (a class rather than generator
+    context managers: it is entered on every invocation, and those cost a dozen Python calls each time)."""
+
+    __slots__ = ("throttler", "want")
+
+    def __init__(self, throttler: Throttler, want: Admission) -> None:
+        self.throttler = throttler
+        self.want = want
+
+    async def __aenter__(self) -> Ticket:
+        want = self.want
+        self.throttler.acquire(want.key, reserved=want.reserved, function=want.function)
+        return Ticket(0)
+
+    async def __aexit__(self, *_: object) -> None:
+        self.throttler.release(self.want.key, function=self.want.function)
+
+
 @dataclass
 class LocalLimits:
     """One gateway replica: its own :class:`Throttler` and :class:`Balancer` are the whole count."""
@@ -157,10 +176,8 @@ class LocalLimits:
     throttler: Throttler
     balancer: Balancer
 
-    @asynccontextmanager
-    async def admit(self, want: Admission) -> AsyncIterator[Ticket]:
-        with self.throttler.admit(want.key, reserved=want.reserved, function=want.function):
-            yield Ticket(0)
+    def admit(self, want: Admission) -> AbstractAsyncContextManager[Ticket]:
+        return _LocalSlot(self.throttler, want)
 
     async def place(self, ticket: Ticket, want: Choice) -> str | None:
         return await self.balancer.acquire(

@@ -89,7 +89,10 @@ class Autoscaler:
         """Records activity the sampler may miss: an invocation served by a warm-pool pod can start and end
         between two samples, and the function must not look idle ("idle for inf s") while its own instance
         is still starting."""
-        self.tracks.setdefault(key, _Track()).last_active = now
+        track = self.tracks.get(key)
+        if track is None:
+            track = self.tracks[key] = _Track()
+        track.last_active = now
 
     def _sample(self, now: float) -> None:
         in_flight = self.counts.in_flight

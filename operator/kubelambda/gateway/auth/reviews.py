@@ -83,11 +83,11 @@ class TokenReviewer:
     def __init__(self, kube: KubeClient, *, audiences: list[str], ttl: float) -> None:
         self.kube = kube
         self.audiences = audiences
-        self.cache: TtlCache[str, Identity | None] = TtlCache(ttl)
+        self.cache: TtlCache[bytes, Identity | None] = TtlCache(ttl)
 
     async def review(self, token: str) -> Identity | None:
         """The token's identity, or None when the API server does not accept it."""
-        digest = hashlib.sha256(token.encode()).hexdigest()  # the cache keeps no token
+        digest = hashlib.sha256(token.encode()).digest()  # the cache keeps no token
         return await self.cache.get(digest, lambda: self._ask(token))
 
     async def _ask(self, token: str) -> Identity | None:

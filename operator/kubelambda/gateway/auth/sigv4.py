@@ -21,6 +21,7 @@ the request's time must be within 15 minutes of ours (a presigned URL: not expir
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import re
@@ -252,7 +253,11 @@ def signature(signed: Signed, request: Request, secret: str, *, payload_hash: st
     return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
 
 
+@functools.lru_cache(maxsize=1024)
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """The key derived from ``secret`` for a day, region and service: four HMACs, kept (as AWS SDKs keep theirs)
+    for the next requests of that key that day; a request's signature is still computed and compared every
+    time, only the key it is computed with is reused."""
     key = ("AWS4" + secret).encode()
     for part in (date, region, service, "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
