@@ -138,8 +138,8 @@ class TriggerReconciler(OwnedWriter):
         )
         function_exists = await self.kube.get_or_none(function_path) is not None
         deployment: JSON | None = None
-        # A generation not reconciled yet has its objects applied without reading them first (_owned.py); the
-        # bridge Deployment is still read first, as before.
+        # A generation not reconciled yet has its objects applied without reading them first (_owned.py), the
+        # bridge Deployment too (its apply answers with its status, which Ready is decided from).
         direct = current.get("observedGeneration") != trigger.generation
         if trigger.needs_bridge:
             # RBAC and the checkpoint first, so the bridge's first requests are allowed and find their ConfigMap.
@@ -166,10 +166,15 @@ class TriggerReconciler(OwnedWriter):
             else:
                 steps.append(self._delete("Service", trigger.namespace, name, trigger.uid, outcome))
             bridge = b.make_bridge_deployment(trigger, settings=self.settings)
-            steps.append(self._ours_or_none(bridge, outcome))
+            unread = direct and self.policy_enforced
+            if not unread:  # read first (a resume): the read goes with the other steps, the write after them
+                steps.append(self._ours_or_none(bridge, outcome))
             results = await asyncio.gather(*steps)
-            if not outcome.conflicts:
-                deployment = await self._apply_checked(bridge, results[-1][1], outcome)
+            if not outcome.conflicts:  # nothing runs under an account or a Role that is not ours
+                if unread:
+                    deployment = await self._apply(bridge, outcome, direct=True)
+                else:
+                    deployment = await self._apply_checked(bridge, results[-1][1], outcome)
         outcome.status = trigger_status(
             current,
             trigger=trigger,
