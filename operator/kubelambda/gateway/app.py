@@ -108,6 +108,7 @@ class Gateway(RegistryLookups):
     _runner: web.AppRunner | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     buffered: int = 0  # request body bytes all requests hold now (max_buffered_request_bytes)
+    _held: dict[int, int] = field(default_factory=dict)  # of those, by request id() while answered
     peers: Peers | None = None  # several replicas (settings.peer_url): membership and the leader's Lease
     draining: bool = False  # SIGTERM: /readyz answers 503, then in-flight requests finish (drain)
     code_collector: CodeCollector | None = (
@@ -533,7 +534,8 @@ class Gateway(RegistryLookups):
         if self.buffered + more > self.settings.max_buffered_request_bytes:
             raise BodyRefused("busy")
         self.buffered += more
-        request[HELD] += more  # set to 0 by _guard, before the handler
+        key = id(request)  # the request lives until _guard gives its bytes back: no other request has its id
+        self._held[key] = self._held.get(key, 0) + more
 
     @web.middleware
     async def _guard(
@@ -541,7 +543,6 @@ class Gateway(RegistryLookups):
     ) -> web.StreamResponse:
         """Gives back the request's held body bytes once answered; an unexpected error is logged and answered
         without a traceback or internal detail (Lambda's ServiceException; API Gateway's 500 on HTTP routes)."""
-        request[HELD] = 0
         try:
             return await handler(request)
         except web.HTTPException:
@@ -552,8 +553,7 @@ class Gateway(RegistryLookups):
                 return _http(httpapi.bad_gateway())
             return error_response("ServiceException", "An internal error occurred; try again")
         finally:
-            self.buffered -= request[HELD]
-            request[HELD] = 0
+            self.buffered -= self._held.pop(id(request), 0)
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -742,8 +742,6 @@ class BodyRefused(Exception):
         self.kind = kind
 
 
-HELD = web.RequestKey("kubelambda.held_bytes", int)
-"""Body bytes a request holds of ``max_buffered_request_bytes``."""
 BODY_REFUSALS = {
     "too_large": (413, "Request Entity Too Large"),
     "timeout": (408, "Request Timeout"),

@@ -34,20 +34,17 @@ class FunctionEntry:
     spec: FunctionSpec
     ready: bool
     not_ready: str  # "reason: message" of the Ready condition when it is not True
-    key: Key = field(init=False)  # (namespace, name): looked up several times per invocation
+    # Worked out once (an entry is replaced, never changed, when its Function changes): read on every invocation.
+    key: Key = field(init=False)  # (namespace, name)
+    lambda_name: str = field(init=False)
+    """The function name callers use: a published version's is its Function's."""
+    version: str = field(init=False)
+    """``$LATEST`` or the published version's number (``X-Amz-Executed-Version``)."""
 
     def __post_init__(self) -> None:
         self.key = (self.namespace, self.name)
-
-    @property
-    def lambda_name(self) -> str:
-        """The function name callers use: a published version's is its Function's."""
-        return lambda_name(self.name, self.spec)
-
-    @property
-    def version(self) -> str:
-        """``$LATEST`` or the published version's number (``X-Amz-Executed-Version``)."""
-        return lambda_version(self.spec)
+        self.lambda_name = lambda_name(self.name, self.spec)
+        self.version = lambda_version(self.spec)
 
 
 VersionKey = tuple[str, str, str]  # (namespace, function, version number or alias name)
