@@ -128,6 +128,9 @@ class Gateway(RegistryLookups):
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
                 auto_decompress=False,
+                # A proxy to many functions keeps no cookies: none an agent sets reaches another (nor is looked
+                # for on every call).
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self.session
 
