@@ -112,6 +112,48 @@ def test_a_dead_replicas_placed_slots_stay_counted_until_its_calls_timed_out_at_
     assert limits.instances.load == {}
 
 
+def test_a_dead_replicas_placed_slots_go_once_the_agent_no_longer_runs_calls_from_before_it_was_gone() -> None:
+    """Its calls all arrived before the leader saw its Lease expired: the agent's calls that old bound how many of
+    its slots still run; the others go (long before the function's timeout)."""
+    limits = shared()
+    me, e = limits.peers.identity, "10.1.0.1:8080"
+    limits.instances_known = lambda: [("ns/f", "ns/f", e)]
+    for seq in (1, 2, 3):
+        limits._grant("dead", seq, F, 5, [e], 3)
+    limits._grant("live", 1, F, 5, [e], 4)
+    limits.drop_gone({me, "live"}, now=100.0)  # seen gone at t = 100
+    assert limits._gone == {"dead": 100.0}
+    # At t = 102 the agent runs 2 calls from before t = 100 and 1 since (the live replica's): 1 slot freed.
+    limits._free_gone(e, [4.0, 3.0, 1.0], sent=102.0)
+    assert len(limits._ledger["dead"]) == 2
+    assert limits.throttler.by_function == {"ns/f": 3}
+    assert limits.instances.load == {e: 3}
+    limits._free_gone(e, None, sent=103.0)  # the agent did not answer, and the instance is still there: kept
+    assert len(limits._ledger["dead"]) == 2
+    limits._free_gone(e, [0.5], sent=104.0)  # only a call that arrived since: the dead replica's are over
+    assert "dead" not in limits._ledger and "dead" not in limits._gone
+    assert limits.throttler.by_function == {"ns/f": 1}
+    assert limits.instances.load == {e: 1}
+
+
+def test_a_dead_replicas_slots_on_an_instance_that_is_gone_are_free() -> None:
+    limits = shared()
+    limits._grant("dead", 1, F, 5, ["10.1.0.1:8080"], 1)
+    limits.drop_gone({limits.peers.identity}, now=100.0)
+    limits._free_gone("10.1.0.1:8080", None, sent=101.0)  # not answering, and no longer a ready instance
+    assert limits.throttler.total == 0
+
+
+def test_a_replica_that_renews_its_lease_again_is_not_gone() -> None:
+    limits = shared()
+    e = "10.1.0.1:8080"
+    limits._grant("slow", 1, F, 5, [e], 1)
+    limits.drop_gone({limits.peers.identity}, now=100.0)
+    limits.drop_gone({limits.peers.identity, "slow"}, now=101.0)
+    limits._free_gone(e, [], sent=102.0)
+    assert limits.throttler.total == 1
+
+
 def test_a_new_leader_learns_which_instances_the_slots_are_on() -> None:
     limits = shared()
     on_one = ["10.1.0.1:8080", 10]

@@ -22,9 +22,11 @@ Lease to expire).
 A replica that dies (SIGKILL) keeps its slots counted until its member Lease expires (``lease_seconds``): the
 limits are then conservative (a caller may be throttled while its slots are in fact free). Once the Lease has
 expired, the slots it had not yet sent to an instance go; the ones it had, whose invocations keep running at the
-agents (an agent does not stop a function when its caller goes), stay counted until the function's timeout
-after they were placed has passed (the agent ends the invocation by then): the limit is never exceeded by new
-calls, at the cost of holding those slots up to one timeout.
+agents (an agent does not stop a function when its caller goes), stay counted while the agent still runs as many
+calls that arrived before the leader saw the Lease expired (``GET /inflight``, asked every ``sync_seconds``; a
+dead replica sent nothing after it stopped renewing), and at the latest until the function's timeout after they
+were placed has passed (the agent ends the invocation by then): the limit is never exceeded by new calls, and
+the slots are usable again about a Lease duration after the kill, or once the calls end.
 
 A dead *leader*'s own slots die with its memory, but its calls keep running at the agents. So a new leader asks
 every instance it knows (and, later, any instance before it places a call there) which calls it runs and since
@@ -207,7 +209,9 @@ class SharedLimits:
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # leader: every member's slots are known
     instances: Balancer = field(default_factory=Balancer)  # leader: every replica's calls per instance
     _ledger: dict[str, dict[int, Held]] = field(default_factory=dict)  # leader: member → its slots
-    _gone: set[str] = field(default_factory=set)  # leader: members whose Lease expired, slots still counted
+    _gone: dict[str, float] = field(
+        default_factory=dict
+    )  # leader: members whose Lease expired, slots still counted → when it saw the Lease expired (monotonic)
     _released: dict[str, dict[int, float]] = field(
         default_factory=dict
     )  # leader: member → seq → when released
@@ -221,6 +225,9 @@ class SharedLimits:
     _since: float = 0.0  # leader: when it took over (monotonic)
     _heard: dict[str, Strays] = field(default_factory=dict)  # leader: instances heard since, their strays
     _hearing: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # leader: instances being asked
+    _checking: dict[str, asyncio.Task[None]] = field(
+        default_factory=dict
+    )  # leader: instances asked which of gone members' calls they still run
 
     def __post_init__(self) -> None:
         self.peers.on_change.append(self._on_leader)
@@ -454,10 +461,11 @@ class SharedLimits:
         self._since = time.monotonic()
         self._heard = {}
         self._hearing = {}
+        self._checking = {}
         self.throttler.clear()
         self.instances = Balancer()
         self._ledger = {}
-        self._gone = set()
+        self._gone = {}
         self._released = {}
         if leader is not None and leader == self.peers.identity:
             # This replica's own slots first; the others' come with their syncs (see _await_members).
@@ -485,20 +493,27 @@ class SharedLimits:
                 for endpoint, strays in list(self._heard.items()):
                     if strays.count and endpoint not in self._hearing:  # until the agent no longer runs them
                         self._asking_agent(strays.key, strays.group, endpoint)
+                for endpoint, key in self._gone_placed().items():
+                    if endpoint not in self._checking:  # until the agent no longer runs their calls
+                        self._checking_agent(key, endpoint)
 
     # ---- the leader ---------------------------------------------------------------------------------------
 
     def drop_gone(self, live: set[str], now: float) -> None:
         """The slots of members not in ``live`` (their Lease expired): those never placed on an instance go
-        now; those placed stay counted until their invocation is over at the agent (``Held.until``)."""
+        now; those placed stay counted until the agent no longer runs that many calls from before ``now``
+        (:meth:`_free_gone`, asked every ``sync_seconds``), at the latest until their invocation is over at the
+        agent (``Held.until``)."""
+        for member in set(self._gone) & live:  # renewed its Lease again (it was too slow, not dead)
+            del self._gone[member]
         for member in set(self._ledger) - live:
             slots = self._ledger[member]
             if member not in self._gone:
-                self._gone.add(member)
+                self._gone[member] = now
                 placed = sum(s.endpoint is not None for s in slots.values())
                 logger.info(
-                    "Gateway replica %s is gone: dropping %d slots; %d placed on instances stay counted until "
-                    "their function timeout has passed",
+                    "Gateway replica %s is gone: dropping %d slots; %d placed on instances stay counted while "
+                    "the agents run that many calls from before (or until their function timeout has passed)",
                     member,
                     len(slots) - placed,
                     placed,
@@ -507,9 +522,68 @@ class SharedLimits:
                 if slot.endpoint is None or slot.until <= now:
                     self._uncount(member, seq)
             if not slots:
-                del self._ledger[member]
-                self._gone.discard(member)
-                self._released.pop(member, None)
+                self._forget(member)
+
+    def _forget(self, member: str) -> None:
+        """A gone member whose slots are all free."""
+        self._ledger.pop(member, None)
+        self._gone.pop(member, None)
+        self._released.pop(member, None)
+
+    def _gone_placed(self) -> dict[str, str]:
+        """The instances gone members' slots are placed on → the Function object (for the agent's token)."""
+        return {
+            s.endpoint: s.key
+            for m in self._gone
+            for s in self._ledger.get(m, {}).values()
+            if s.endpoint is not None
+        }
+
+    def _checking_agent(self, key: str, endpoint: str) -> None:
+        async def check() -> None:
+            term, sent = self._term, time.monotonic()
+            ages = await self._agent_ages(key, endpoint)
+            if term != self._term:
+                return  # the leader changed meanwhile
+            self._checking.pop(endpoint, None)
+            self._free_gone(endpoint, ages, sent)
+
+        task = self._checking[endpoint] = asyncio.create_task(check())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _free_gone(self, endpoint: str, ages: list[float] | None, sent: float) -> None:
+        """Frees the slots gone members placed on ``endpoint`` beyond the calls its agent runs that arrived
+        before the last of those members was seen gone: every call a dead replica sent arrived before then (it
+        stopped renewing its Lease a Lease duration earlier), so the rest are over or were never sent. ``ages``:
+        the agent's answer, asked at ``sent`` (monotonic; None: it did not say, and the slots stay)."""
+        slots = [
+            (member, seq)
+            for member in self._gone
+            for seq, s in self._ledger.get(member, {}).items()
+            if s.endpoint == endpoint
+        ]
+        if not slots:
+            return
+        if ages is None:
+            if any(e == endpoint for _, _, e in self.instances_known()):
+                return  # not known: counted until their timeout
+            ages = []  # the instance is gone, and its calls with it
+        seen_gone = max(self._gone[member] for member, _ in slots)
+        # Arrived before ``seen_gone`` (measured from before the request: never fewer). Calls of live replicas
+        # among them are counted here too: the safe side.
+        before = sum(age >= sent - seen_gone for age in ages)
+        free = slots[: max(len(slots) - before, 0)]
+        if free:
+            logger.info(
+                "The agent at %s no longer runs %d call(s) of gone gateway replicas: their slots are free",
+                endpoint,
+                len(free),
+            )
+        for member, seq in free:
+            self._uncount(member, seq)
+            if not self._ledger.get(member):
+                self._forget(member)
 
     async def _await_members(self) -> None:
         """A new leader admits nothing until every live member has told it its slots (or has gone)."""
@@ -585,7 +659,16 @@ class SharedLimits:
         """Asks the agent at ``endpoint`` the ages of the calls it runs; counts as strays those older than this
         leader's term that no live replica's slot placed before it accounts for."""
         term, sent = self._term, time.monotonic()
-        ages: list[float] = []
+        # Gone (it runs nothing any more), or not answering: counted as running nothing of the last leader's.
+        ages = await self._agent_ages(key, endpoint) or []
+        if term != self._term:
+            return  # the leader changed meanwhile
+        self._hearing.pop(endpoint, None)
+        self._count_strays(key, group, endpoint, ages, sent)
+
+    async def _agent_ages(self, key: str, endpoint: str) -> list[float] | None:
+        """How long ago (s) each call the agent at ``endpoint`` runs arrived (``GET /inflight``, with the token
+        of the Function object ``key``); None when it did not say (logged)."""
         try:
             namespace, _, name = key.partition("/")
             token = function_token(self.agent_key, namespace, name) if self.agent_key else ""
@@ -595,16 +678,12 @@ class SharedLimits:
                 timeout=aiohttp.ClientTimeout(total=5, sock_connect=2),
             ) as resp:
                 if resp.status == 200:
-                    ages = [float(a) / 1000 for a in (await resp.json(content_type=None))["agesMs"]]
-                else:  # an agent from before GET /inflight: what it runs is not known
-                    logger.warning("The agent at %s answered GET /inflight with %d", endpoint, resp.status)
+                    return [float(a) / 1000 for a in (await resp.json(content_type=None))["agesMs"]]
+                # An agent from before GET /inflight: what it runs is not known.
+                logger.warning("The agent at %s answered GET /inflight with %d", endpoint, resp.status)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
-            # Gone (it runs nothing any more), or not answering: counted as running nothing of the last leader's.
             logger.warning("Could not ask the agent at %s what it runs: %s", endpoint, e)
-        if term != self._term:
-            return  # the leader changed meanwhile
-        self._hearing.pop(endpoint, None)
-        self._count_strays(key, group, endpoint, ages, sent)
+        return None
 
     def _count_strays(self, key: str, group: str, endpoint: str, ages: list[float], sent: float) -> None:
         """``ages``: of the calls the agent at ``endpoint`` answered it runs, asked at ``sent`` (monotonic)."""
