@@ -131,7 +131,8 @@ def test_a_dead_replicas_placed_slots_go_once_the_agent_no_longer_runs_calls_fro
     limits._free_gone(e, None, sent=103.0)  # the agent did not answer, and the instance is still there: kept
     assert len(limits._ledger["dead"]) == 2
     limits._free_gone(e, [0.5], sent=104.0)  # only a call that arrived since: the dead replica's are over
-    assert "dead" not in limits._ledger and "dead" not in limits._gone
+    assert "dead" not in limits._ledger
+    assert "dead" not in limits._gone
     assert limits.throttler.by_function == {"ns/f": 1}
     assert limits.instances.load == {e: 1}
 
