@@ -112,7 +112,9 @@ def test_a_dead_replicas_placed_slots_stay_counted_until_its_calls_timed_out_at_
     assert limits.instances.load == {}
 
 
-def test_a_dead_replicas_placed_slots_go_once_the_agent_no_longer_runs_calls_from_before_it_was_gone() -> None:
+def test_a_dead_replicas_placed_slots_go_once_the_agent_no_longer_runs_calls_from_before_it_was_gone() -> (
+    None
+):
     """Its calls all arrived before the leader saw its Lease expired: the agent's calls that old bound how many of
     its slots still run; the others go (long before the function's timeout)."""
     limits = shared()
