@@ -11,11 +11,15 @@ processes started here (auth off, the platform's agent key):
    the lone replica, at 12 connections and again at 1 and 4, where no queueing hides it.
 3. Decider failover: the leader SIGKILLed, the seconds until another replica holds the leader Lease (``--kills``
    times; the replica is replaced after each).
+4. A SIGKILLed replica's slots (``--dead-slots`` rounds): ``held`` (reserved 3, timeout 30 s) has its 3 slots held
+   by calls of 3 s through a replica that does not lead, which is SIGKILLed at once; the seconds until 3 calls
+   through the survivors are all admitted again. Baseline in the same run: the same with the replicas of
+   :data:`BEFORE` (the previous commit, from git), which kept those slots until the function's timeout.
 
 On this 2-core machine the three replicas, the agent and the load generator share two cores: the ratio says what
 the extra processes and round trips cost here, not what three nodes would give.
 
-Run: ``.venv/bin/python bench/ha_bench.py --requests 3000 --kills 3``.
+Run: ``.venv/bin/python bench/ha_bench.py --requests 3000 --kills 3``; only 4.: ``--only-dead-slots``.
 
 Last run (2026-12-05 17:40, load 26-46 with test_ha running beside it, ``--requests 600 --rounds 2 --kills 2
 --low-requests 150``, strays counted by a new leader): 12 connections: 1 replica counting alone 32 req/s, p50 258 ms;
@@ -37,28 +41,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
-from _common import Platform, pct, platform, post_load, wait, warm_function
+from _common import Platform, inline_function, load_average, pct, platform, post_load, wait, warm_function
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from kltest.gateways import previous_release
 from kubelambda.devcluster._ports import free_port
 from kubelambda.gateway.peers import LEADER_LEASE, url_of
 from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench"
 HANDLER = "def handler(event, context):\n    return event\n"
+SLEEPER = (
+    "import time\n\n\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n    return {}\n"
+)
+# The gateway before the leader asked the agents about a dead replica's slots (they stayed a function timeout).
+BEFORE = "93d123cca717b21fefc8f7cbef8d2b84aa963b0a"
+HELD_RESERVED = 3
 
 
 class Gateways:
     """``kubelambda gateway`` processes of this bench; ``shared`` ones elect a leader through Leases."""
 
-    def __init__(self, state_dir: Path, kubeconfig: str) -> None:
+    def __init__(self, state_dir: Path, kubeconfig: str, **extra: str) -> None:
         self.base = {
             **{k: v for k, v in os.environ.items() if not k.startswith("KUBELAMBDA_")},
             "KUBELAMBDA_GATEWAY_KUBECONFIG": kubeconfig,
@@ -67,6 +82,7 @@ class Gateways:
             "KUBELAMBDA_GATEWAY_AGENT_KEY": (state_dir / "agent.key").read_text().strip(),
             "KUBELAMBDA_GATEWAY_LEASE_SECONDS": "4",
             "KUBELAMBDA_GATEWAY_LEASE_RENEW_SECONDS": "1",
+            **extra,
         }
         self.state_dir = state_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -143,6 +159,83 @@ async def low_concurrency(
             f"{connections} connection(s), {args.low_requests} x {args.rounds}: p50 alone {pct(alone, 0.5):.2f} ms, "
             f"not the leader {pct(shared, 0.5):.2f} ms, added {pct(shared, 0.5) - pct(alone, 0.5):+.2f} ms"
         )
+
+
+async def dead_slots(p: Platform, gateways: Gateways) -> float:
+    """Seconds from the SIGKILL of a replica (not the leader) whose calls hold all of ``held``'s reserved slots
+    and end 3 s later, until as many calls through the survivors are all admitted again."""
+    path = f"/2015-03-31/functions/{NS}/held/invocations"
+    urls = [await gateways.start(shared=True) for _ in range(3)]
+    try:
+        head = await wait(lambda: leader(p.kube), lambda u: u in urls, "a leader of the three", 60)
+        victim, *survivors = sorted(urls, key=lambda u: u == head)
+
+        async def calls(through: list[str], sleep: float) -> list[int]:
+            async def one(i: int) -> int:
+                url = through[i % len(through)]
+                async with p.http.post(f"{url}{path}", data=f'{{"sleep": {sleep}}}'.encode()) as resp:
+                    return resp.status
+
+            return await asyncio.gather(*(one(i) for i in range(HELD_RESERVED)))
+
+        for url in urls:  # each replica knows the instance (and admits again, after a previous set's leader)
+            await wait(
+                lambda u=url: calls([u], 0),
+                lambda s: s == [200] * 3,
+                "calls admitted",
+                120,
+                tolerate_errors=True,
+            )
+
+        async def hold() -> None:
+            with contextlib.suppress(aiohttp.ClientError):  # its replica dies under it
+                await calls([victim], 3)
+
+        holding = asyncio.create_task(hold())
+        await wait(
+            lambda: calls(survivors, 0), lambda s: 200 not in s, "the victim's calls holding every slot", 30
+        )
+        gateways.kill(victim)
+        killed_at = time.monotonic()
+        await wait(lambda: calls(survivors, 0.5), lambda s: s == [200] * 3, "the slots admitted again", 120)
+        took = time.monotonic() - killed_at
+        await holding
+        return took
+    finally:
+        for url in urls:
+            if url in gateways.procs:
+                gateways.kill(url, signal.SIGTERM)  # hands the leader Lease on and deletes its member Lease
+
+
+async def compare_dead_slots(args: argparse.Namespace, p: Platform) -> None:
+    """Section 4: the previous commit's replicas (baseline) and this checkout's, alternately."""
+    held = inline_function(
+        "held",
+        NS,
+        SLEEPER,
+        timeoutSeconds=30,
+        scaling={"minInstances": 1, "maxInstances": 1},
+        concurrency={"perInstance": 10, "reserved": HELD_RESERVED},
+    )
+    await p.kube.create(resource_path("kubelambda.io/v1alpha1", "functions", namespace=NS), held)
+    with tempfile.TemporaryDirectory(prefix="kl-bench-ha-before-") as tmp:
+        before = previous_release(BEFORE, Path(tmp))
+        took: dict[str, list[float]] = {"before": [], "now": []}
+        for _ in range(args.dead_slots):
+            for name, extra in (("before", before), ("now", {})):
+                gateways = Gateways(p.state_dir, p.state.kubeconfig, **extra)
+                try:
+                    took[name].append(await dead_slots(p, gateways))
+                finally:
+                    gateways.stop()
+                print(f"  {name}: {took[name][-1]:.1f} s ({load_average()})", flush=True)
+    print(
+        f"a SIGKILLed replica's {HELD_RESERVED} slots (calls of 3 s, timeout 30 s, LEASE_SECONDS 4) usable again "
+        f"after: {BEFORE[:7]} (baseline) "
+        + ", ".join(f"{t:.1f} s" for t in took["before"])
+        + "; this checkout "
+        + ", ".join(f"{t:.1f} s" for t in took["now"])
+    )
 
 
 async def run(args: argparse.Namespace, p: Platform) -> None:
@@ -233,9 +326,13 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--low-requests", type=int, default=400)  # per round at 1 and at 4 connections
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--dead-slots", type=int, default=1)  # rounds of section 4
+    parser.add_argument("--only-dead-slots", action="store_true")
     args = parser.parse_args()
     async with platform("ha", NS, connections=0) as p:
-        await run(args, p)
+        if not args.only_dead_slots:
+            await run(args, p)
+        await compare_dead_slots(args, p)
 
 
 if __name__ == "__main__":
