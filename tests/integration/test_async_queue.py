@@ -18,6 +18,7 @@ from kltest.platform import LOOPBACK_ALLOWED
 from kltest.records import Records
 from kubelambda import metrics
 from kubelambda.api.v1alpha1 import FunctionSpec
+from kubelambda.asyncworker import queue as queue_module
 from kubelambda.asyncworker.decide import Outcome
 from kubelambda.asyncworker.dlq import list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent
@@ -59,6 +60,24 @@ async def test_concurrent_publishes_each_return_once_stored(nats_server: NatsSer
         await queue.publish(event(0))
         assert (await queue.js.stream_info(STREAM)).state.messages == 2000
         assert queue._acks == {}  # nothing left waiting
+    finally:
+        await queue.close()
+
+
+async def test_a_publish_outlives_a_stall_of_its_own_event_loop(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's loop stalled (its process starved on a loaded node) longer than the ack timeout: no ack
+    could be read meanwhile, so that time is not counted and the event is acknowledged, not refused."""
+    monkeypatch.setattr(queue_module, "PUBLISH_TIMEOUT_SECONDS", 1.0)
+    queue = await EventQueue.connect(nats_server.url, stream=STREAM)
+    try:
+        await queue.publish(event(0))  # the ack subscription and its sweeper run
+        publishing = asyncio.create_task(queue.publish(event(1)))
+        await asyncio.sleep(0)  # sent; its ack awaited
+        time.sleep(2.0)  # noqa: ASYNC251 (the whole loop stalls past the timeout: the point)
+        await publishing
+        assert (await queue.js.stream_info(STREAM)).state.messages == 2
     finally:
         await queue.close()
 

@@ -170,6 +170,9 @@ class EventQueue:
         self._capturing: dict[str, tuple[float, str | None]] = {}  # subject -> (looked up at, stream)
         # Publish acknowledgements of events in flight (see publish): token -> (future, deadline).
         self._acks: dict[str, tuple[asyncio.Future[None], float]] = {}
+        # Seconds the event loop ran late (starved on a loaded node): no ack could be read then, so that time does
+        # not count against PUBLISH_TIMEOUT_SECONDS (acks over 5 s at load 110 were this process's 6.6 s stalls).
+        self._stalled = 0.0
         self._ack_prefix = ""
         self._ack_sub: Subscription | None = None
         self._ack_sweeper: asyncio.Task[None] | None = None
@@ -333,7 +336,7 @@ class EventQueue:
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._acks[token] = (future, loop.time() + PUBLISH_TIMEOUT_SECONDS)
+        self._acks[token] = (future, loop.time() - self._stalled + PUBLISH_TIMEOUT_SECONDS)
         headers = event.headers()
         headers["Nats-Expected-Stream"] = self.stream
         try:
@@ -382,9 +385,13 @@ class EventQueue:
         """Fails the acks that did not come in time. Every publish waits the same time, so the dict (in
         insertion order) is also in deadline order: only its expired head is looked at."""
         loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
             await asyncio.sleep(0.25)
             now = loop.time()
+            self._stalled += max(now - last - 0.25, 0.0)
+            last = now
+            now -= self._stalled
             expired = []
             for token, (future, deadline) in self._acks.items():
                 if deadline > now:
