@@ -147,6 +147,20 @@ def test_a_dead_replicas_slots_on_an_instance_that_is_gone_are_free() -> None:
     assert limits.throttler.total == 0
 
 
+def test_a_replica_whose_lease_looks_expired_but_that_still_syncs_keeps_its_placed_slots() -> None:
+    """The API server was too slow to take its renewals; its syncs (between replicas) say it is alive, and it may
+    still send a call it was given an instance for."""
+    limits = shared()
+    e = "10.1.0.1:8080"
+    limits._apply_sync("slow", {"held": [[1, "ns/f", "ns/f"]], "slots": {"1": [e, 10.0]}, "last": 1})
+    synced = limits._synced_at["slow"]
+    limits.drop_gone({limits.peers.identity}, now=synced + 1)
+    limits._free_gone(e, [], sent=synced + 2)  # the agent runs nothing (the call is still on its way)
+    assert limits.throttler.total == 1
+    limits._free_gone(e, [], sent=synced + limits.peers.lease_seconds)  # silent for a Lease duration: dead
+    assert limits.throttler.total == 0
+
+
 def test_a_replica_that_renews_its_lease_again_is_not_gone() -> None:
     limits = shared()
     e = "10.1.0.1:8080"

@@ -228,6 +228,7 @@ class SharedLimits:
     _checking: dict[str, asyncio.Task[None]] = field(
         default_factory=dict
     )  # leader: instances asked which of gone members' calls they still run
+    _synced_at: dict[str, float] = field(default_factory=dict)  # leader: member → its last sync (monotonic)
 
     def __post_init__(self) -> None:
         self.peers.on_change.append(self._on_leader)
@@ -462,6 +463,7 @@ class SharedLimits:
         self._heard = {}
         self._hearing = {}
         self._checking = {}
+        self._synced_at = {}
         self.throttler.clear()
         self.instances = Balancer()
         self._ledger = {}
@@ -529,6 +531,7 @@ class SharedLimits:
         self._ledger.pop(member, None)
         self._gone.pop(member, None)
         self._released.pop(member, None)
+        self._synced_at.pop(member, None)
 
     def _gone_placed(self) -> dict[str, str]:
         """The instances gone members' slots are placed on → the Function object (for the agent's token)."""
@@ -556,10 +559,15 @@ class SharedLimits:
         """Frees the slots gone members placed on ``endpoint`` beyond the calls its agent runs that arrived
         before the last of those members was seen gone: every call a dead replica sent arrived before then (it
         stopped renewing its Lease a Lease duration earlier), so the rest are over or were never sent. ``ages``:
-        the agent's answer, asked at ``sent`` (monotonic; None: it did not say, and the slots stay)."""
+        the agent's answer, asked at ``sent`` (monotonic; None: it did not say, and the slots stay). A member
+        whose Lease looks expired but which sent a sync within a Lease duration is alive (the API server was slow
+        to take its renewals): it may still send a call it was given an instance for, so its slots stay."""
+        silent = [
+            m for m in self._gone if sent - self._synced_at.get(m, -math.inf) >= self.peers.lease_seconds
+        ]
         slots = [
             (member, seq)
-            for member in self._gone
+            for member in silent
             for seq, s in self._ledger.get(member, {}).items()
             if s.endpoint == endpoint
         ]
@@ -756,6 +764,7 @@ class SharedLimits:
             self.throttler.release(slot.key, function=slot.group)
 
     def _apply_sync(self, member: str, body: dict[str, Any]) -> None:
+        self._synced_at[member] = time.monotonic()
         more = body.get("slots") or {}
         rows: dict[int, Held] = {}
         for seq, key, group in body["held"]:
