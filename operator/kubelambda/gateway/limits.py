@@ -276,7 +276,7 @@ class SharedLimits:
                 return ticket.placed
             self.unplace(ticket, ticket.placed, final=False)  # gone meanwhile: give it back, pick again
         deadline = time.monotonic() + want.wait
-        no_leader_deadline = time.monotonic() + self.wait_seconds
+        no_leader_deadline = self._leader_wait()
         while True:
             left = max(deadline - time.monotonic(), 0.0)
             leader = self.peers.leader
@@ -323,9 +323,9 @@ class SharedLimits:
             if not asked:
                 # No leader that answers (it is being replaced): that time is not "every instance busy".
                 # Until it changes, then ask again, as long as an admission waits for one.
-                if time.monotonic() >= no_leader_deadline:
+                if no_leader_deadline() <= 0:
                     raise LimitsUnavailable(
-                        f"No gateway replica assigned an instance within {self.wait_seconds:g} s "
+                        f"No gateway replica assigned an instance within {self.wait_seconds:g} s of a leader change "
                         "(the leader is being replaced); try again"
                     )
                 paused = time.monotonic()
@@ -357,7 +357,7 @@ class SharedLimits:
         self, seq: int, slot: Held, reserved: int | None, endpoints: list[str], per_instance: int
     ) -> str | None:
         """Counts the slot at the leader; the instance assigned with it, if any."""
-        deadline = time.monotonic() + self.wait_seconds
+        left_for_leader = self._leader_wait()
         while True:
             leader = self.peers.leader
             if leader is not None and leader == self.peers.identity and self.peers.is_leader:
@@ -387,10 +387,10 @@ class SharedLimits:
                     if status == 429:
                         raise Throttled(str(said.get("reason")), str(said.get("message")))
                     refuse_if_too_old(status, said)
-            left = deadline - time.monotonic()
+            left = left_for_leader()
             if left <= 0:
                 raise LimitsUnavailable(
-                    f"No gateway replica counted the invocation's slot within {self.wait_seconds:g} s "
+                    f"No gateway replica counted the invocation's slot within {self.wait_seconds:g} s of a leader change "
                     "(the leader is being replaced); try again"
                 )
             # Until the leader changes or is ready; then ask again.
@@ -400,6 +400,22 @@ class SharedLimits:
                     await self._leader_changed.wait()
             except TimeoutError:
                 pass
+
+    def _leader_wait(self) -> Callable[[], float]:
+        """The seconds an admission has left to wait for a leader that counts: ``wait_seconds`` from now or from
+        the last leader change it saw (a new leader learning the replicas' slots is progress; under load that
+        took 10 s after its Lease took 8), at most twice ``wait_seconds`` in all."""
+        started = time.monotonic()
+        term, deadline = self._term, started + self.wait_seconds
+
+        def left() -> float:
+            nonlocal term, deadline
+            now = time.monotonic()
+            if self._term != term:
+                term, deadline = self._term, min(now + self.wait_seconds, started + 2 * self.wait_seconds)
+            return deadline - now
+
+        return left
 
     async def _ask(
         self, leader: str, op: str, body: dict[str, Any], *, timeout: float = 5.0
