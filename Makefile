@@ -5,15 +5,20 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 .PHONY: venv lint types test unit integration demo bench bench-cluster bench-gateway binaries clean
 .DEFAULT_GOAL := test
 
+# Installed from the wheelhouse of the pins (hack/wheelhouse.sh, cached: a second venv needs no package index; the
+# control-plane image is built from the same wheels).
 venv: .venv/.installed
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q -e '.[test]'
+	.venv/bin/pip install -q --no-index --find-links "$$(PYTHON=.venv/bin/python bash hack/wheelhouse.sh)" -e '.[test]'
 	touch $@
 
+# The Kubernetes binaries (hack/kube-binaries.sh): the control plane, etcd, helm. .ci/run asks for `all node`, so that
+# the container node's kubelet and kube-proxy compile in the same go build as the control plane.
+KUBE_BINARIES ?= all
 binaries:
-	bash hack/kube-binaries.sh
+	bash hack/kube-binaries.sh $(KUBE_BINARIES)
 
 lint: venv
 	$(PY) -m ruff check operator tests bench
@@ -30,9 +35,19 @@ integration: venv binaries
 
 # Lint, types, the agent's Go checks, every Python test (unit + integration on the real local cluster), then the
 # e2e suite on the container node (root; mk/container-node.mk, docs/local-cluster.md "The e2e suite").
-test: lint types binaries agent-test
+test: lint types agent-test test-deps
 	$(PY) -m pytest -q
 	$(MAKE) e2e
+
+# What `make test` builds or fetches before its tests (mk/*.mk add theirs: test servers, runtime clients).
+.PHONY: test-deps prepare
+test-deps: binaries
+
+# Everything `make test` builds, the e2e suite's images and node binaries included (e2e-deps), for a parallel make:
+# .ci/run runs `make -j4 --output-sync=target prepare` first, so that the CPU-bound compiles (Kubernetes, Jaeger, the
+# Collector, the Lambda Web Adapter) run beside the network-bound fetches (Go modules, Maven, npm, the images'
+# Debian packages). The longest first: make starts the prerequisites in this order.
+prepare: binaries images test-deps e2e-deps
 
 demo: venv binaries
 	bash hack/demo.sh

@@ -11,5 +11,5 @@ bench-bucket: venv binaries
 .PHONY: versitygw
 versitygw:
 	@bash hack/versitygw.sh >/dev/null
-test: versitygw
+test-deps: versitygw
 integration: versitygw

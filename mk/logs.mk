@@ -16,5 +16,5 @@ bench: bench-logs
 .PHONY: otelcol
 otelcol:
 	@bash hack/otelcol.sh >/dev/null
-test: otelcol
+test-deps: otelcol
 integration: otelcol

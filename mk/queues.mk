@@ -12,5 +12,5 @@ bench-queues: venv binaries queue-servers
 	$(PY) bench/queue_bench.py --messages 10000
 
 # `make test` resolves ElasticMQ first, so that a fresh machine fails here, with Maven's own message, if at all.
-test: queue-servers
+test-deps: queue-servers
 integration: queue-servers

@@ -35,7 +35,7 @@ runtimes-java:
 runtimes-build: agent runtimes-java
 
 # `make test` builds them first, so that a fresh machine fails here, with the build's own message, if at all.
-test: runtimes-build
+test-deps: runtimes-build
 
 # The Dockerfiles of runtime-images/, checked without Docker (pinned bases, USER, ENTRYPOINT, COPY sources,
 # runtime command = the runtime table's).
@@ -44,9 +44,15 @@ runtimes-dockerfiles: venv
 
 # Installs AWS's own runtime interface clients into the cache. `make test` installs them before the tests: on a
 # cold cache npm's aws-lambda-ric compiles a native client for minutes, which inside a test ran into its timeout.
-test: runtimes-ric
-runtimes-ric: venv
+# Each client installs on its own (make -j runs them side by side: npm and pip compile native code, cargo builds the
+# Web Adapter); `runtimes-ric` then prints where they are.
+RIC_CLIENTS := awslambdaric aws_lambda_ric aws_lambda_java_ric lambda_web_adapter
+test-deps: runtimes-ric
+runtimes-ric: $(addprefix runtimes-ric-,$(RIC_CLIENTS))
 	PYTHONPATH=tests $(PY) -m kltest.ric
+.PHONY: $(addprefix runtimes-ric-,$(RIC_CLIENTS))
+$(addprefix runtimes-ric-,$(RIC_CLIENTS)): runtimes-ric-%: venv
+	PYTHONPATH=tests $(PY) -c 'import kltest.ric; print(kltest.ric.ensure_$*())'
 
 # The runtimes' tests through the real agent (every runtime; ours and AWS's clients).
 runtimes-test: venv runtimes-build

@@ -6,7 +6,7 @@ stream-servers:
 	@bash hack/stream-servers.sh
 
 # `make test` installs them first, so that a fresh machine fails here, with the installer's own message, if at all.
-test: stream-servers
+test-deps: stream-servers
 integration: stream-servers
 
 # Records/s end to end per stream source to a no-op function (batch 100), beside the broker's own consumer

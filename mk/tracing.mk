@@ -5,7 +5,7 @@
 .PHONY: jaeger
 jaeger:
 	@bash hack/jaeger.sh >/dev/null
-test: jaeger
+test-deps: jaeger
 integration: jaeger
 
 # Warm invoke p50/p99 through gateways alike but for tracing: off (and a 2nd gateway off: the noise), on with
