@@ -32,35 +32,30 @@ mkdir -p "$cache"
 exec 9>"$cache/debian-bases.lock"
 flock 9
 
-for release in "${releases[@]}"; do
-  image="$repo:$release"
-  tarball="$cache/debian-$release.tar"
-  if docker image inspect "$image" >/dev/null 2>&1; then
-    say "$image: present"
-    echo "$image"
-    continue
-  fi
-  if [[ ! -f "$tarball" ]]; then
-    [[ -f "/usr/share/debootstrap/scripts/$release" ]] || {
-      say "error: debootstrap does not know the release '$release'"
-      exit 1
-    }
-    say "$image: debootstrap --variant=minbase $release from $mirror"
-    root="$(mktemp -d "$cache/debian-$release.XXXXXX")"
-    trap 'rm -rf "$root"' EXIT
-    debootstrap --variant=minbase "$release" "$root" "$mirror" >"$root.log" 2>&1 || {
-      say "error: debootstrap failed; its log ($root.log) ends with:"
-      tail -n 20 "$root.log" >&2
-      exit 1
-    }
-    rm -f "$root.log"
-    # Sources as in the official images (release, updates, security), and apt/dpkg set up for containers.
-    cat >"$root/etc/apt/sources.list" <<SOURCES
+# bootstrap RELEASE: the slimmed root filesystem of RELEASE as $cache/debian-RELEASE.tar.
+bootstrap() {
+  local release=$1  # (root: not local, the EXIT trap of this background subshell removes it)
+  local tarball="$cache/debian-$release.tar"
+  [[ -f "/usr/share/debootstrap/scripts/$release" ]] || {
+    say "error: debootstrap does not know the release '$release'"
+    return 1
+  }
+  say "$repo:$release: debootstrap --variant=minbase $release from $mirror"
+  root="$(mktemp -d "$cache/debian-$release.XXXXXX")"
+  trap 'rm -rf "$root"' EXIT
+  debootstrap --variant=minbase "$release" "$root" "$mirror" >"$root.log" 2>&1 || {
+    say "error: debootstrap failed; its log ($root.log) ends with:"
+    tail -n 20 "$root.log" >&2
+    return 1
+  }
+  rm -f "$root.log"
+  # Sources as in the official images (release, updates, security), and apt/dpkg set up for containers.
+  cat >"$root/etc/apt/sources.list" <<SOURCES
 deb $mirror $release main
 deb $mirror $release-updates main
 deb $security $release-security main
 SOURCES
-    cat >"$root/etc/dpkg/dpkg.cfg.d/kubelambda-slim" <<'DPKG'
+  cat >"$root/etc/dpkg/dpkg.cfg.d/kubelambda-slim" <<'DPKG'
 path-exclude /usr/share/doc/*
 path-include /usr/share/doc/*/copyright
 path-exclude /usr/share/man/*
@@ -69,21 +64,44 @@ path-exclude /usr/share/locale/*
 path-include /usr/share/locale/locale.alias
 path-exclude /usr/share/lintian/*
 DPKG
-    cat >"$root/etc/apt/apt.conf.d/kubelambda-container" <<'APT'
+  cat >"$root/etc/apt/apt.conf.d/kubelambda-container" <<'APT'
 APT::Install-Recommends "false";
 APT::Install-Suggests "false";
 Acquire::Languages "none";
 DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
 APT
-    find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete 2>/dev/null || true
-    find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete 2>/dev/null || true
-    rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/lib/apt/lists/* \
-      "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/log/*.log "$root"/tmp/*
-    find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} + 2>/dev/null || true
-    tar --numeric-owner --xattrs -C "$root" -cf "$tarball.tmp" .
-    mv -f "$tarball.tmp" "$tarball"
-    rm -rf "$root"
-    trap - EXIT
+  find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete 2>/dev/null || true
+  find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete 2>/dev/null || true
+  rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/lib/apt/lists/* \
+    "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/log/*.log "$root"/tmp/*
+  find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} + 2>/dev/null || true
+  tar --numeric-owner --xattrs -C "$root" -cf "$tarball.tmp" .
+  mv -f "$tarball.tmp" "$tarball"
+  rm -rf "$root"
+  trap - EXIT
+}
+
+# The missing root filesystems are bootstrapped side by side (mostly downloads and unpacking), then imported.
+declare -A bootstrapping=()
+for release in "${releases[@]}"; do
+  if ! docker image inspect "$repo:$release" >/dev/null 2>&1 && [[ ! -f "$cache/debian-$release.tar" ]]; then
+    bootstrap "$release" &
+    bootstrapping[$release]=$!
+  fi
+done
+failed=0
+for release in "${!bootstrapping[@]}"; do
+  wait "${bootstrapping[$release]}" || failed=1
+done
+((failed == 0)) || exit 1
+
+for release in "${releases[@]}"; do
+  image="$repo:$release"
+  tarball="$cache/debian-$release.tar"
+  if docker image inspect "$image" >/dev/null 2>&1; then
+    say "$image: present"
+    echo "$image"
+    continue
   fi
   say "$image: docker import $tarball"
   docker import \

@@ -18,6 +18,9 @@
 #   PLATFORMS, PUSH=1   with docker buildx (official bases): build for several platforms and push.
 #   BASE_REPO  the Debian bases' repository (default kubelambda/debian; hack/debian-bases.sh)
 #   DOCKER_BUILD_FLAGS  more flags for every build, e.g. --no-cache (a cold build's timing, docs/local-cluster.md)
+#   IMAGE_JOBS  builds at a time (default 3)
+#   PYTHON      the venv Python whose wheelhouse (hack/wheelhouse.sh) the control-plane image installs from on a
+#               Debian base (default .venv/bin/python; used when it is bookworm's Python, 3.11)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -107,34 +110,108 @@ case "$bases" in
   *) say "error: BASES=$bases: want auto, debian or official"; exit 2 ;;
 esac
 
+# background NAME COMMAND...: runs COMMAND in the background, its stdout to $work/NAME.out, stderr to
+# $work/NAME.err; collect NAME waits for it and fails with its stderr when it failed.
+work="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+declare -A pids=()
+background() {
+  local name=$1; shift
+  "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  pids[$name]=$!
+}
+collect() {
+  if ! wait "${pids[$1]}"; then
+    say "error: $1 failed:"
+    cat "$work/$1.err" >&2
+    exit 1
+  fi
+  cat "$work/$1.err" >&2
+}
+
 runtime_context="$root/runtime-images"
+kubelambda_context="$root"
+wheels=""
 if [[ "$bases" == debian ]]; then
+  # The Debian bases (network: debootstrap), the agent and the Java runtime client (compiled) and the wheelhouse
+  # (cached by make venv) side by side.
   releases="$(while IFS='|' read -r name tag _ _ _ release _; do
     if selected "$name" "$tag" && [[ "$release" != - ]]; then echo "$release"; fi; done <<<"$table" | sort -u | tr '\n' ' ')"
   # shellcheck disable=SC2086
-  [[ -n "$releases" ]] && bash "$root/hack/debian-bases.sh" $releases >/dev/null
+  [[ -n "$releases" ]] && background bases bash "$root/hack/debian-bases.sh" $releases
+  runtimes=false
   if grep -q '^runtime-' <<<"$(while IFS='|' read -r name tag _; do
     if selected "$name" "$tag"; then echo "$name"; fi; done <<<"$table")"; then
-    agent="$(bash "$root/hack/build-agent.sh")"
-    java_lib=""
+    runtimes=true
+    background agent bash "$root/hack/build-agent.sh"
     if selected runtime-java 17 || selected runtime-java 21; then
-      java_lib="$(bash "$root/hack/build-runtime-java.sh")/lib"
+      background java bash "$root/hack/build-runtime-java.sh"
     fi
-    # The runtime images' context with the host-built pieces in .prebuilt/ (a fixed path: builds reuse its cache).
-    mkdir -p "$cache/images"
-    exec 8>"$cache/images/context.lock"
-    flock 8
+  fi
+  # The control-plane image installs its dependencies from the wheelhouse of the venv's Python when that is the
+  # base's (bookworm: 3.11), else from the package index.
+  python="${PYTHON:-$root/.venv/bin/python}"
+  if selected kubelambda "$version"; then
+    if [[ ! -x "$python" ]]; then
+      say "no $python (make venv): the control-plane image's dependencies come from the package index"
+    elif [[ "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != 3.11 ]]; then
+      say "$python is not Python 3.11 (bookworm's): the control-plane image's dependencies come from the package index"
+    else
+      background wheels env PYTHON="$python" bash "$root/hack/wheelhouse.sh"
+    fi
+  fi
+  [[ -z "${pids[bases]:-}" ]] || collect bases
+  # Copies of the contexts with the host-built pieces in .prebuilt/ (fixed paths: builds reuse their cache).
+  mkdir -p "$cache/images"
+  exec 8>"$cache/images/context.lock"
+  flock 8
+  if $runtimes; then
+    collect agent
     runtime_context="$cache/images/runtime-context"
     rm -rf "$runtime_context"
     cp -a "$root/runtime-images" "$runtime_context"
     mkdir -p "$runtime_context/.prebuilt"
-    cp "$agent" "$runtime_context/.prebuilt/kubelambda-agent"
-    if [[ -n "$java_lib" ]]; then cp -r "$java_lib" "$runtime_context/.prebuilt/java-lib"; fi
+    cp "$(cat "$work/agent.out")" "$runtime_context/.prebuilt/kubelambda-agent"
+    if [[ -n "${pids[java]:-}" ]]; then
+      collect java
+      cp -r "$(cat "$work/java.out")/lib" "$runtime_context/.prebuilt/java-lib"
+    fi
+  fi
+  if [[ -n "${pids[wheels]:-}" ]]; then
+    collect wheels
+    wheels="$(cat "$work/wheels.out")"
+    kubelambda_context="$cache/images/kubelambda-context"
+    rm -rf "$kubelambda_context"
+    mkdir -p "$kubelambda_context/.prebuilt"
+    cp "$root/pyproject.toml" "$root/README.md" "$root/.dockerignore" "$kubelambda_context/"
+    tar -C "$root" --exclude=__pycache__ --exclude='*.egg-info' -cf - operator | tar -C "$kubelambda_context" -xf -
+    cp -al "$wheels" "$kubelambda_context/.prebuilt/wheels" 2>/dev/null || cp -a "$wheels" "$kubelambda_context/.prebuilt/wheels"
+    echo '!.prebuilt/' >>"$kubelambda_context/.dockerignore"
   fi
 fi
 
+# The builds, IMAGE_JOBS at a time (default 3: most of a build is apt-get's downloads and dpkg's unpacking). After a
+# failure no new build starts; the others finish, then the failed build's output is shown.
+image_jobs="${IMAGE_JOBS:-3}"
 built=()
 skipped=()
+failed=""
+declare -A building=()  # pid -> ref
+declare -A build_started=()
+# reap: waits for one build to end.
+reap() {
+  local pid rc=0
+  wait -n -p pid || rc=$?
+  local ref="${building[$pid]}"
+  unset "building[$pid]"
+  if ((rc == 0)); then
+    say "$ref: built in $((SECONDS - build_started[$ref])) s"
+    built+=("$ref")
+  else
+    say "error: $ref failed"
+    [[ -n "$failed" ]] || failed="$ref"
+  fi
+}
 while IFS='|' read -r name tag dockerfile context args release debian_args; do
   selected "$name" "$tag" || continue
   ref="$registry/$name:$tag"
@@ -142,7 +219,7 @@ while IFS='|' read -r name tag dockerfile context args release debian_args; do
   for a in $args; do cmd+=(--build-arg "$a"); done
   # This host's CA bundle, for builds that reach a package index through a TLS-intercepting proxy (Dockerfile).
   [[ -s "$ca_bundle" && "$name" == kubelambda ]] && cmd+=(--secret "id=ca-certificates,src=$ca_bundle")
-  if [[ "$context" == runtime-images ]]; then ctx="$runtime_context"; else ctx="$root/$context"; fi
+  if [[ "$context" == runtime-images ]]; then ctx="$runtime_context"; else ctx="$kubelambda_context"; fi
   if [[ "$bases" == debian ]]; then
     if [[ "$release" == - ]]; then
       skipped+=("$ref")
@@ -153,20 +230,21 @@ while IFS='|' read -r name tag dockerfile context args release debian_args; do
     cmd+=(--build-arg "BASE=$base" --label "io.kubelambda.base=$base")
     [[ "$context" == runtime-images ]] && cmd+=(--build-arg AGENT_FROM=agent-prebuilt)
     for a in $debian_args; do cmd+=(--build-arg "$a"); done
+    [[ "$name" == kubelambda && -n "$wheels" ]] && cmd+=(--build-arg WHEELS=.prebuilt/wheels)
   fi
-  say "$ref: building ($bases base${release:+, $([[ $bases == debian ]] && echo "Debian $release")})"
-  t0=$SECONDS
-  log="$(mktemp)"
-  if ! "${cmd[@]}" "$ctx" >"$log" 2>&1; then
-    say "error: $ref failed; the build's output ends with:"
-    tail -n 30 "$log" >&2
-    rm -f "$log"
-    exit 1
-  fi
-  rm -f "$log"
-  say "$ref: built in $((SECONDS - t0)) s"
-  built+=("$ref")
+  while ((${#building[@]} >= image_jobs)); do reap; done
+  [[ -z "$failed" ]] || break
+  say "$ref: building ($bases base${release:+, $([[ $bases == debian ]] && echo "Debian $release")})${wheels:+$([[ $name == kubelambda ]] && echo ", dependencies from $wheels")}"
+  build_started[$ref]=$SECONDS
+  "${cmd[@]}" "$ctx" >"$work/build-${ref//[\/:]/_}.log" 2>&1 &
+  building[$!]="$ref"
 done <<<"$table"
+while ((${#building[@]})); do reap; done
+if [[ -n "$failed" ]]; then
+  say "error: $failed failed; the build's output ends with:"
+  tail -n 30 "$work/build-${failed//[\/:]/_}.log" >&2
+  exit 1
+fi
 
 filters=()
 for ref in "${built[@]}"; do filters+=(--filter "reference=$ref"); done

@@ -55,8 +55,9 @@ docker-up:
 	bash hack/docker-up.sh
 
 # Every image the chart and the Functions use (docs/images.md), then their sizes. Starts Docker if needed; with no
-# container registry reachable, builds on Debian bases bootstrapped here (BASES=auto).
-images:
+# container registry reachable, builds on Debian bases bootstrapped here (BASES=auto), the control-plane image from
+# the venv's wheelhouse (hack/wheelhouse.sh).
+images: venv
 	$(IMAGES)
 
 # One image (all its tags), on a host whose Docker already answers.
