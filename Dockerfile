@@ -5,22 +5,25 @@
 # fixed architecture. Bases are pinned to exact releases (pin digests too when publishing: `BASE=...@sha256:...`).
 # Offline (no container registry; `make images` = hack/images.sh does this): a Debian base bootstrapped here,
 # with Python from Debian's packages, and the dependencies from the host's wheelhouse of the pins
-# (hack/wheelhouse.sh; hack/images.sh puts it in a copy of the context as .prebuilt/wheels):
+# (hack/wheelhouse.sh; hack/images.sh puts it in a copy of the context as .prebuilt/wheels/):
 #   --build-arg BASE=kubelambda/debian:bookworm --build-arg PACKAGES=python3 --build-arg BUILD_PACKAGES=python3-venv
-#   --build-arg WHEELS=.prebuilt/wheels
 ARG BASE=python:3.12.12-slim-bookworm
 # Debian packages to install on a plain Debian base (none on the official image): in the final stage, and in addition
 # in the build stage.
 ARG PACKAGES=""
 ARG BUILD_PACKAGES=""
-# A folder of the context holding wheels of the pins for the base's Python: pip installs from it alone, without the
-# package index. The default (a file, no wheels) leaves pip on the index.
-ARG WHEELS=pyproject.toml
+
+# The wheels of the pins for the base's Python when the context has them in .prebuilt/wheels/: then pip installs from
+# them alone, without the package index; else (the repository as the context) from the index. (A stage, not a bind
+# mount of .prebuilt/wheels: that path is not always there; the dependency layer below is keyed by the wheels'
+# content, so a code change does not reinstall them.)
+FROM ${BASE} AS wheels
+RUN --mount=type=bind,target=/context \
+    mkdir /wheels && if [ -d /context/.prebuilt/wheels ]; then cp /context/.prebuilt/wheels/*.whl /wheels/; fi
 
 FROM ${BASE} AS build
 ARG PACKAGES
 ARG BUILD_PACKAGES
-ARG WHEELS
 RUN if [ -n "$PACKAGES$BUILD_PACKAGES" ]; then \
       apt-get update && apt-get install -y --no-install-recommends $PACKAGES $BUILD_PACKAGES && rm -rf /var/lib/apt/lists/*; \
     fi
@@ -31,18 +34,18 @@ WORKDIR /src
 # A build host behind a TLS-intercepting proxy passes its CA bundle as a secret (hack/images.sh passes this host's):
 #   --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt
 COPY pyproject.toml ./
-RUN --mount=type=secret,id=ca-certificates --mount=type=bind,source=${WHEELS},target=/wheels \
+RUN --mount=type=secret,id=ca-certificates --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
- && if [ -d /wheels ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
+ && if ls /wheels/*.whl >/dev/null 2>&1; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
  && python3 -m venv /opt/kubelambda \
  && mkdir -p operator/kubelambda && touch operator/kubelambda/__init__.py README.md \
  && /opt/kubelambda/bin/pip install --no-compile . \
  && rm -rf operator build README.md
 COPY README.md ./
 COPY operator/ ./operator/
-RUN --mount=type=secret,id=ca-certificates --mount=type=bind,source=${WHEELS},target=/wheels \
+RUN --mount=type=secret,id=ca-certificates --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
- && if [ -d /wheels ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
+ && if ls /wheels/*.whl >/dev/null 2>&1; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
  && /opt/kubelambda/bin/pip install --no-compile --no-deps --force-reinstall . \
  && /opt/kubelambda/bin/python -m compileall -q /opt/kubelambda/lib
 

@@ -230,7 +230,6 @@ while IFS='|' read -r name tag dockerfile context args release debian_args; do
     cmd+=(--build-arg "BASE=$base" --label "io.kubelambda.base=$base")
     [[ "$context" == runtime-images ]] && cmd+=(--build-arg AGENT_FROM=agent-prebuilt)
     for a in $debian_args; do cmd+=(--build-arg "$a"); done
-    [[ "$name" == kubelambda && -n "$wheels" ]] && cmd+=(--build-arg WHEELS=.prebuilt/wheels)
   fi
   while ((${#building[@]} >= image_jobs)); do reap; done
   [[ -z "$failed" ]] || break
