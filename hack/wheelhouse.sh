@@ -38,7 +38,12 @@ if [[ ! -f "$dir/.complete" ]]; then
     echo "wheelhouse: pip wheel of $(wc -l <<<"$pins") pins into $dir" >&2
     started=$SECONDS
     rm -rf "$dir.tmp"
-    "$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$dir.tmp" -r /dev/stdin <<<"$pins" >&2
+    # The wheelhouses of earlier pins for the same Python: pip takes an unchanged package from there.
+    links=()
+    for old in "$cache/wheels/$tag"-*/; do
+      [[ -f "$old/.complete" ]] && links+=(--find-links "$old")
+    done
+    "$python" -m pip wheel --quiet --disable-pip-version-check "${links[@]}" --wheel-dir "$dir.tmp" -r /dev/stdin <<<"$pins" >&2
     touch "$dir.tmp/.complete"
     rm -rf "$dir" && mv "$dir.tmp" "$dir"
     echo "wheelhouse: $(find "$dir" -name '*.whl' | wc -l) wheels in $((SECONDS - started)) s" >&2
