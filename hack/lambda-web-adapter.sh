@@ -12,11 +12,7 @@ build() {
   command -v cargo >/dev/null || { echo "lambda-web-adapter: cargo (Rust) is required to build it from its crate" >&2; exit 1; }
   local root
   root=$(mktemp -d)
-  # The crate's release profile asks for fat LTO and one codegen unit (a smaller, faster binary, compiled on one
-  # core); a test extension does not need them: Cargo's default release codegen instead (config overrides the
-  # crate's profile), optimized all the same.
-  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-    CARGO_TARGET_DIR="$root/target" cargo install --quiet --locked lambda_web_adapter --version "$LWA_VERSION" --root "$root"
+  CARGO_TARGET_DIR="$root/target" cargo install --quiet --locked lambda_web_adapter --version "$LWA_VERSION" --root "$root"
   mv "$root/bin/lambda-adapter" "$1/"
   rm -rf "$root"
 }
