@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import nats
 import pytest
+from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError
 
@@ -221,6 +222,20 @@ async def test_an_event_redelivered_while_its_failing_first_delivery_runs_waits_
         await records.stop()
 
 
+async def publish_once_answered(js: JetStreamContext, subject: str, data: bytes) -> None:
+    """Publishes, again while no stream answers: a stream just created on one node of a cluster reaches the
+    others' interest over the routes a moment later ("no responders" meanwhile: nothing was stored)."""
+
+    async def attempt() -> bool:
+        try:
+            await js.publish(subject, data)
+        except NoStreamResponseError:
+            return False
+        return True
+
+    await wait_for(attempt, bool, what=f"a stream storing {subject}", timeout=30)
+
+
 async def test_streams_get_min_of_the_setting_and_the_cluster_size_and_are_raised_in_place(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
@@ -243,7 +258,7 @@ async def test_streams_get_min_of_the_setting_and_the_cluster_size_and_are_raise
             )
         )
         for i in range(10):
-            await js.publish(f"kubelambda.async.ns.fn{i}", b"%d" % i)
+            await publish_once_answered(js, f"kubelambda.async.ns.fn{i}", b"%d" % i)
         await nc.close()
         queue = await EventQueue.connect(cluster.url, stream=STREAM)
         try:

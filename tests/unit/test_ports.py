@@ -19,6 +19,7 @@ from kubelambda.devcluster._ports import (
     candidates,
     ephemeral_range,
     free_port,
+    free_ports,
     retry_taken_ports,
 )
 from kubelambda.devcluster.servers import HOST, LocalServer
@@ -40,6 +41,13 @@ def test_free_ports_lie_outside_the_ephemeral_range() -> None:
         paired = free_port(offset=10000)
         assert not low <= paired <= high
         assert not low <= paired + 10000 <= high
+
+
+def test_ports_picked_together_are_all_different() -> None:
+    # 300 picks from the ~22,000 candidates: independent free_port() calls repeat one most of the time (a 3-node
+    # NATS once got another node's port as its monitor port).
+    ports = free_ports(300)
+    assert len(set(ports)) == 300
 
 
 @pytest.mark.parametrize(

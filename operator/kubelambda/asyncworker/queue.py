@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,12 +312,17 @@ class EventQueue:
         elects a new leader after losing one, so the loss of one NATS node delays Events instead of refusing
         them.
         """
+        await self._while_no_stream(lambda: self._publish_once(event))
+
+    async def _while_no_stream(self, send: Callable[[], Awaitable[Any]]) -> Any:
+        """``await send()``, again every ``FAILOVER_RETRY_SECONDS`` for up to ``failover_seconds`` while no stream
+        answers: a stream's leader being elected, or a stream just created whose interest has not yet reached
+        the server this client is connected to (a clustered NATS spreads it over its routes asynchronously)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.failover_seconds
         while True:
             try:
-                await self._publish_once(event)
-                return
+                return await send()
             except NoStreamResponseError:
                 if loop.time() + FAILOVER_RETRY_SECONDS >= deadline:
                     raise
@@ -409,11 +415,13 @@ class EventQueue:
                 StreamConfig(name=stream, subjects=[f"{DLQ_PREFIX}.{namespace}.>"], storage=StorageType.FILE)
             )
             self._dlq_ready.add(stream)
-        await self.js.publish(
-            f"{DLQ_PREFIX}.{namespace}.{function}",
-            json.dumps(record).encode(),
-            stream=stream,
-            headers={"Kubelambda-Dead-Letter-Reason": why},
+        await self._while_no_stream(
+            lambda: self.js.publish(
+                f"{DLQ_PREFIX}.{namespace}.{function}",
+                json.dumps(record).encode(),
+                stream=stream,
+                headers={"Kubelambda-Dead-Letter-Reason": why},
+            )
         )
 
     async def publish_record(self, subject: str, body: bytes, *, now: float) -> str | None:

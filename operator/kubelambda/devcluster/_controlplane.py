@@ -22,7 +22,7 @@ import yaml
 
 from kubelambda.devcluster._binaries import Binaries
 from kubelambda.devcluster._certs import CertificateAuthority, CertPair, service_account_keys
-from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
+from kubelambda.devcluster._ports import PortTaken, address_in_use, free_ports, retry_taken_ports
 from kubelambda.devcluster._process import spawn, stop
 
 logger = logging.getLogger(__name__)
@@ -43,12 +43,13 @@ class Endpoints:
 
     @classmethod
     def allocate(cls) -> Endpoints:
+        etcd_client, etcd_peer, apiserver, controller_manager, scheduler = free_ports(5)  # all different
         return cls(
-            etcd_client=free_port(),
-            etcd_peer=free_port(),
-            apiserver=free_port(),
-            controller_manager=free_port(),
-            scheduler=free_port(),
+            etcd_client=etcd_client,
+            etcd_peer=etcd_peer,
+            apiserver=apiserver,
+            controller_manager=controller_manager,
+            scheduler=scheduler,
         )
 
 

@@ -118,6 +118,16 @@ def free_port(host: str = "127.0.0.1", *, offset: int = 0) -> int:
     raise RuntimeError(f"no free port in {pool.start}-{pool.stop - 1} on {host} after 200 tries")
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` different ports, each free now (:func:`free_port` called ``n`` times may give one port twice)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port(host)
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def address_in_use(text: str) -> bool:
     """True when a server's log or error says a port it wanted was taken."""
     return bool(_IN_USE.search(text))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import secrets
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Self
 
 from kubelambda import natsauth, natscallout
-from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, retry_taken_ports
+from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, free_ports, retry_taken_ports
 from kubelambda.devcluster._process import signal_group, spawn, stop, wait
 
 HOST = "127.0.0.1"
@@ -93,7 +94,15 @@ class LocalServer:
             try:
                 if await ready():
                     return
-            except (OSError, urllib.error.URLError, ValueError, asyncio.IncompleteReadError) as e:
+            except (
+                OSError,
+                urllib.error.URLError,
+                ValueError,
+                asyncio.IncompleteReadError,
+                # Another server answers on the port (one that took it before ours bound it: ours then exits
+                # saying so, and the next round sees that and picks new ports).
+                http.client.HTTPException,
+            ) as e:
                 last = repr(e)
             await asyncio.sleep(0.1)
         raise TimeoutError(f"{self.name} did not answer within {timeout:.0f} s ({last}):\n{self._tail()}")
@@ -281,12 +290,13 @@ class NatsCluster:
         return ",".join(node.url for node in self.nodes)
 
     def _make_nodes(self) -> None:
-        cluster_ports = tuple(free_port() for _ in range(self.size))
+        ports = free_ports(3 * self.size)  # client, monitor and cluster port of every node, all different
+        cluster_ports = tuple(ports[2 * self.size :])
         self.nodes = [
             NatsServer(
                 self.data_dir / f"node{i}",
-                port=free_port(),
-                monitor_port=free_port(),
+                port=ports[2 * i],
+                monitor_port=ports[2 * i + 1],
                 cluster_port=cluster_ports[i],
                 routes=cluster_ports,
             )
