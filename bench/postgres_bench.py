@@ -49,6 +49,7 @@ from _common import (
 from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import PostgresServer
 from kubelambda.kube import KubeClient, resource_path
+from kubelambda.resources.deployment import MB_PER_VCPU
 from stream_bench import GROUP_VERSION, NS, bridge_metrics, bridge_process, bridge_rate, trigger
 
 POLL_SECONDS = 0.1
@@ -62,6 +63,9 @@ def handler(event, context):
     return {"start": time.time(), "records": len(event["Records"])}
 """
 TRACE_CALLS = 20
+TRACE_FUNCTIONS = (("trace", 128), ("trace-vcpu", MB_PER_VCPU))
+"""The trace's functions, name and memoryMB: Lambda's smallest (CPU limit 73m: 7.3 ms of CPU per 100 ms CFS
+period) and one whole vCPU, so that the wait a CPU limit adds shows beside the same path without it."""
 STAMP = """
 import json
 import os
@@ -275,17 +279,55 @@ def gateway_cpu(serve: psutil.Process) -> float:
     return float("nan")
 
 
+def cpu_throttling(serve: psutil.Process) -> tuple[int, float]:
+    """CFS periods in which the local cluster's function pods were throttled so far, and for how long (ms), summed
+    over the CPU cgroups of their agents (cgroup v1 ``cpu.stat``'s ``nr_throttled``/``throttled_time`` in ns, v2's
+    ``nr_throttled``/``throttled_usec``); (0, 0.0) where the node enforces no CPU limits."""
+    seen: set[Path] = set()
+    periods, ms = 0, 0.0
+    with contextlib.suppress(psutil.Error):
+        for proc in serve.children(recursive=True):
+            with contextlib.suppress(psutil.Error, OSError, ValueError):
+                if not any("kubelambda-agent" in part for part in proc.cmdline()[:1]):
+                    continue
+                for line in Path(f"/proc/{proc.pid}/cgroup").read_text().splitlines():
+                    _, controllers, path = line.split(":", 2)
+                    if "cpu" in controllers.split(","):
+                        stat = Path(f"/sys/fs/cgroup/{controllers}{path}/cpu.stat")
+                    elif controllers == "":
+                        stat = Path(f"/sys/fs/cgroup{path}/cpu.stat")
+                    else:
+                        continue
+                    if stat in seen or not stat.exists():
+                        continue
+                    seen.add(stat)
+                    values = dict(row.split() for row in stat.read_text().splitlines())
+                    periods += int(values.get("nr_throttled", 0))
+                    if "throttled_time" in values:
+                        ms += int(values["throttled_time"]) / 1e6
+                    else:
+                        ms += int(values.get("throttled_usec", 0)) / 1e3
+    return periods, ms
+
+
 async def trace(
-    http: aiohttp.ClientSession, url: str, headers: dict[str, str], event: bytes, serve: psutil.Process
+    http: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    event: bytes,
+    serve: psutil.Process,
+    label: str,
 ) -> str:
     """One batch's event sent ``TRACE_CALLS`` times, one at a time, from this process the way the bridge sends
     it (POST to the gateway's Invoke API) to a function that answers the time its handler started: where the
     wall time of a round trip goes (send → handler start: the body to the gateway, its read and JSON check, the
     forward, the agent, the runtime's receive and ``json.loads``; handler start → answer: the way back), p50
-    and min (the min is what a free CPU gives), beside the CPU ms per call of the gateway and the function pods
-    and the load average. The clocks are this machine's one clock."""
+    and min (the min is what a free CPU gives), beside the CPU ms per call of the gateway and the function pods,
+    the function pods' CFS throttling per call (their CPU limit: memoryMB / 1769 cores) and the load average.
+    The clocks are this machine's one clock."""
     rows: list[tuple[float, float, float]] = []
     cpu = (gateway_cpu(serve), function_cpu(serve), process_cpu())
+    throttled = cpu_throttling(serve)
     for _ in range(TRACE_CALLS):
         sent = time.time()
         async with http.post(url, data=event, headers=headers) as resp:
@@ -298,13 +340,17 @@ async def trace(
         1e3 * (now - then) / TRACE_CALLS
         for now, then in zip((gateway_cpu(serve), function_cpu(serve), process_cpu()), cpu, strict=True)
     )
+    periods, throttled_ms = (
+        (now - then) / TRACE_CALLS for now, then in zip(cpu_throttling(serve), throttled, strict=True)
+    )
     walls = ", ".join(
         f"{what} p50 {statistics.median(r[k] for r in rows):.0f} ms (min {min(r[k] for r in rows):.0f})"
         for k, what in enumerate(("send → handler start", "handler start → answer back", "round trip"))
     )
     return (
-        f"    trace, this batch's event sent {TRACE_CALLS} times one at a time ({load_average()}): {walls};"
-        f" CPU ms per call: gateway {gateway:.1f}, function pods {function:.1f}, sender {client:.1f}"
+        f"    trace ({label}), this batch's event sent {TRACE_CALLS} times one at a time ({load_average()}): {walls};"
+        f" CPU ms per call: gateway {gateway:.1f}, function pods {function:.1f}, sender {client:.1f};"
+        f" function pods throttled per call: {periods:.1f} CFS periods, {throttled_ms:.0f} ms"
     )
 
 
@@ -427,8 +473,10 @@ def print_spread(ratios: dict[str, list[tuple[float, float, float]]]) -> None:
         )
 
 
-async def deploy(kube: KubeClient, name: str, handler: str, env: dict[str, str]) -> None:
-    await create_function_ready(kube, warm_function(name, NS, handler, per_instance=4, environment=env))
+async def deploy(kube: KubeClient, name: str, handler: str, env: dict[str, str], **spec: Any) -> None:
+    await create_function_ready(
+        kube, warm_function(name, NS, handler, per_instance=4, environment=env, **spec)
+    )
 
 
 async def main() -> None:
@@ -444,6 +492,13 @@ async def main() -> None:
         default=None,
         help="write py-spy profiles (collapsed stacks) of each bridge and the gateway while they run, and print"
         " the bridge's largest parts",
+    )
+    parser.add_argument(
+        "--function-mb",
+        type=int,
+        default=128,
+        help="memoryMB of the no-op function the bridge invokes (its CPU limit is memoryMB / 1769 cores: at 128, a"
+        " batch of 1,000 needs more CPU than a 100 ms CFS period gives it, and the function bounds the rate)",
     )
     args = parser.parse_args()
     if args.profile is not None:
@@ -464,11 +519,15 @@ async def main() -> None:
                     aiohttp.ClientSession() as http,
                 ):
                     await create_namespace(kube, NS, 180, tolerate_errors=True)
-                    await deploy(kube, "noop", NOOP, {})
+                    await deploy(kube, "noop", NOOP, {}, memoryMB=args.function_mb)
                     await deploy(kube, "stamp", STAMP, {"OUT": str(out)})
-                    await deploy(kube, "trace", TRACE, {})
+                    for trace_name, memory in TRACE_FUNCTIONS:
+                        await deploy(kube, trace_name, TRACE, {}, memoryMB=memory)
                     assert state.gateway_url
-                    trace_url = f"{state.gateway_url}/2015-03-31/functions/{NS}/trace/invocations"
+                    trace_urls = {
+                        f"{memory} MB function": f"{state.gateway_url}/2015-03-31/functions/{NS}/{trace_name}/invocations"
+                        for trace_name, memory in TRACE_FUNCTIONS
+                    }
                     headers = {**await developer_headers(state), "Content-Type": "application/json"}
                     print(
                         f"{n} row changes (INSERTs, 100 per transaction), no-op python3.11 function; changes/s"
@@ -502,6 +561,7 @@ async def main() -> None:
                             )
                             serve = psutil.Process(proc.pid)
                             spying = asyncio.create_task(spy(name, serve, args.profile))
+                            throttled = cpu_throttling(serve)
                             rate, cpu, others = await bridge_rate(
                                 kube,
                                 http,
@@ -514,6 +574,7 @@ async def main() -> None:
                                     "gateway": functools.partial(gateway_cpu, serve),
                                 },
                             )
+                            throttled_ms = cpu_throttling(serve)[1] - throttled[1]
                             spying.cancel()
                             with contextlib.suppress(asyncio.CancelledError):
                                 await spying
@@ -537,10 +598,13 @@ async def main() -> None:
                                 f" runtime → handler → back); CPU ms: bridge {1e6 * cpu / rate * per:.1f} (alone: decode"
                                 f" {stage['decode']:.1f}, shape {stage['shape']:.1f}, encode {stage['encode']:.1f}),"
                                 f" function pod {others['function'] * per:.1f} (of it the event's json.loads"
-                                f" {stage['handler json.loads']:.1f}), gateway {others['gateway'] * per:.1f}",
+                                f" {stage['handler json.loads']:.1f}), gateway {others['gateway'] * per:.1f};"
+                                f" function pods throttled {throttled_ms / (n / batch):.0f} ms per batch (CPU limit"
+                                f" {args.function_mb} MB / {MB_PER_VCPU} cores)",
                                 flush=True,
                             )
-                            print(await trace(http, trace_url, headers, event, serve), flush=True)
+                            for label, trace_url in trace_urls.items():
+                                print(await trace(http, trace_url, headers, event, serve, label), flush=True)
                             await kube.patch(
                                 resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name),
                                 {"spec": {"enabled": False}},
