@@ -599,8 +599,8 @@ async def main() -> None:
                                 f" {stage['decode']:.1f}, shape {stage['shape']:.1f}, encode {stage['encode']:.1f}),"
                                 f" function pod {others['function'] * per:.1f} (of it the event's json.loads"
                                 f" {stage['handler json.loads']:.1f}), gateway {others['gateway'] * per:.1f};"
-                                f" function pods throttled {throttled_ms / (n / batch):.0f} ms per batch (CPU limit"
-                                f" {args.function_mb} MB / {MB_PER_VCPU} cores)",
+                                f" function pods throttled {throttled_ms / (n / batch):.0f} ms per batch (no-op function"
+                                f" {args.function_mb} MB: CPU limit {args.function_mb / MB_PER_VCPU:.3f} cores)",
                                 flush=True,
                             )
                             for label, trace_url in trace_urls.items():
