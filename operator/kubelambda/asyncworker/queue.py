@@ -12,8 +12,9 @@ keeps every acknowledged event through the loss of any one node. A stream create
 kubelambda, a smaller cluster then) is updated in place; the worker's durable consumer leaves its replica count
 unset, so it follows the stream's.
 
-A delivery whose outcome is recorded leaves a marker in the key-value bucket ``KUBELAMBDA_ASYNC_DONE`` (same
-replicas, kept ``ASYNC_DONE_TTL_SECONDS``) before it is acknowledged, and the worker looks for it before running
+A delivery whose outcome is recorded leaves a marker in the stream ``KUBELAMBDA_ASYNC_DONE`` (one message per
+subject ``kubelambda.done.<key>``, a key-value bucket in all but the name: ``$KV`` subjects are not the worker's to
+use, docs/security.md; same replicas, kept ``ASYNC_DONE_TTL_SECONDS``) before it is acknowledged, and the worker looks for it before running
 an event: JetStream can deliver an acknowledged event again (seen when the node leading the worker's consumer
 dies: the new leader had not got some acks; a consumer's ack reply does not wait for its replicas), and the
 marker, written like an event (stored on a quorum before the write returns), turns that into an acknowledgement
@@ -39,9 +40,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, NoStreamResponseError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 
 from kubelambda import natsauth
 
@@ -64,7 +64,8 @@ DEFAULT_REPLICAS = 3
 # died elects another within NATS's election timeout (4-9 s); without quorum, the publish fails after this.
 FAILOVER_SECONDS = 12.0
 FAILOVER_RETRY_SECONDS = 0.25
-DONE_BUCKET = "KUBELAMBDA_ASYNC_DONE"
+DONE_STREAM = "KUBELAMBDA_ASYNC_DONE"
+DONE_PREFIX = "kubelambda.done"
 DEFAULT_DONE_TTL_SECONDS = 21600.0  # Lambda's longest maximum event age, 6 h
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_=-]{1,200}")
 # JetStream's "replicas > 1 not supported in non-clustered mode".
@@ -179,7 +180,7 @@ class EventQueue:
         self._ack_sweeper: asyncio.Task[None] | None = None
         self._tokens = itertools.count()
         self._ack_lock = asyncio.Lock()
-        self._done: KeyValue | None = None
+        self._done = False  # the done markers' stream is there (open_done_markers)
 
     @classmethod
     async def connect(
@@ -269,39 +270,35 @@ class EventQueue:
             logger.info("Updated JetStream stream %s", config.name)
 
     async def open_done_markers(self, *, ttl_seconds: float = DEFAULT_DONE_TTL_SECONDS) -> None:
-        """Creates (or brings to this configuration) the bucket of done markers; the worker calls it at start."""
-        bucket = DONE_BUCKET
+        """Creates (or brings to this configuration) the stream of done markers; the worker calls it at start."""
         await self._ensure_stream(
             StreamConfig(
-                name=f"KV_{bucket}",
-                subjects=[f"$KV.{bucket}.>"],
+                name=DONE_STREAM,
+                subjects=[f"{DONE_PREFIX}.>"],
                 storage=StorageType.FILE,
                 max_age=ttl_seconds,
                 max_msgs_per_subject=1,
-                discard=DiscardPolicy.NEW,
-                allow_rollup_hdrs=True,
-                deny_delete=True,
                 duplicate_window=min(120.0, ttl_seconds),
                 # Reads go to the stream's leader: a replica answering a direct get may not have the marker yet.
                 allow_direct=False,
             )
         )
-        self._done = await self.js.key_value(bucket)
+        self._done = True
 
     async def is_done(self, event: QueuedEvent) -> bool:
         """Whether this delivery's outcome was recorded already (see the module's docstring)."""
-        if self._done is None:
+        if not self._done:
             return False
         try:
-            await self._done.get(event.done_key())
-        except KeyNotFoundError:
+            await self.js.get_last_msg(DONE_STREAM, f"{DONE_PREFIX}.{event.done_key()}")
+        except NotFoundError:
             return False
         return True
 
     async def mark_done(self, event: QueuedEvent) -> None:
-        """Stores the marker (on a quorum of the bucket's replicas) once the outcome is recorded."""
-        if self._done is not None:
-            await self._done.put(event.done_key(), b"")
+        """Stores the marker (on a quorum of the stream's replicas) once the outcome is recorded."""
+        if self._done:
+            await self.js.publish(f"{DONE_PREFIX}.{event.done_key()}", b"", stream=DONE_STREAM)
 
     async def publish(self, event: QueuedEvent) -> None:
         """Returns once JetStream has stored the event (the publish ack); raises when it refused or did not
