@@ -121,7 +121,7 @@ class QueuedEvent:
             raise BadEvent(f"not an event the gateway queued ({type(e).__name__}: {e}); headers {h}") from e
 
     def done_key(self) -> str:
-        """This delivery's key in the done bucket: one per request id and invoke count (a retry is another
+        """This delivery's key in the done markers' stream: one per request id and invoke count (a retry is another
         message, with a key of its own). A request id a key cannot hold is hashed."""
         rid = self.request_id
         if not _PLAIN_KEY.fullmatch(rid):

@@ -3,8 +3,9 @@
 A message is acknowledged only after its outcome is recorded (a retry published, or the record delivered) and
 marked done (kubelambda.asyncworker.queue: a delivery found marked is acknowledged without running it again);
 a worker that dies mid-event leaves it unacknowledged and JetStream redelivers it after the ack wait
-(the same request id: at-least-once, twice only when the worker died between the record and the marker). While an invocation runs the worker tells JetStream it is in progress;
-a worker that is stopped gives its events back at once.
+(the same request id: at-least-once, twice only when the worker died between the record and the marker).
+While an invocation runs the worker tells JetStream it is in progress; a worker that is stopped gives its
+events back at once.
 """
 
 from __future__ import annotations
@@ -396,7 +397,7 @@ class Worker:
     async def _done(self, msg: Msg, event: QueuedEvent) -> None:
         """The outcome is recorded: mark the delivery done, then acknowledge it.
 
-        The marker is written again every ``MARK_RETRY_SECONDS`` while it fails (the bucket without quorum: two
+        The marker is written again every ``MARK_RETRY_SECONDS`` while it fails (the marker stream without quorum: two
         of three NATS nodes down) for up to ``MARK_DONE_SECONDS``, the event kept in progress meanwhile: a
         marker given up on leaves a redelivery of the event unrecognised (run, and recorded, twice).
         """

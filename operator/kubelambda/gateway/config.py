@@ -93,7 +93,7 @@ class GatewaySettings(BaseSettings):
     """How long JetStream waits before redelivering an event whose worker stopped answering (default 30 s;
     a running invocation is kept alive meanwhile)."""
     async_done_ttl_seconds: float = Field(default=21600.0, ge=60, le=7 * 86400)
-    """How long a handled event's done marker is kept (bucket ``KUBELAMBDA_ASYNC_DONE``): JetStream delivering
+    """How long a handled event's done marker is kept (stream ``KUBELAMBDA_ASYNC_DONE``): JetStream delivering
     an acknowledged event again within this time acknowledges it instead of running it twice (default 6 h,
     Lambda's longest event age)."""
     # ---- several replicas (docs/architecture.md, "Several gateway replicas"; docs/operations.md) --------------
