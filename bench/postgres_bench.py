@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import re
 import select
@@ -50,7 +51,15 @@ from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import PostgresServer
 from kubelambda.kube import KubeClient, resource_path
 from kubelambda.resources.deployment import MB_PER_VCPU
-from stream_bench import GROUP_VERSION, NS, bridge_metrics, bridge_process, bridge_rate, trigger
+from stream_bench import (
+    GROUP_VERSION,
+    NS,
+    bridge_metrics,
+    bridge_process,
+    bridge_rate,
+    cpu_seconds,
+    trigger,
+)
 
 POLL_SECONDS = 0.1
 """How often the bridge pod's /metrics is read while it runs (each read costs the bridge CPU)."""
@@ -81,8 +90,11 @@ def handler(event, context):
 """
 
 
-CONFIGS = [("bench-rows", 100, 1), ("bench-big", 1000, 1), ("bench-lanes", 1000, 4)]
-"""Each round's Triggers: name, batchSize, parallelizationFactor."""
+BATCHES = (100, 1000)
+FACTORS = (1, 4, 10)
+"""Each round's Triggers: every batchSize with every parallelizationFactor (Lambda allows 1 to 10; 1 is its
+default, a user who wants throughput from one shard sets more). The no-op function takes as many concurrent
+invocations as the largest factor, so that no factor's batches wait for a free worker."""
 
 
 class Postgres:
@@ -122,12 +134,15 @@ class Postgres:
         finally:
             conn.close()
 
-    def ceiling(self, table: str, slot: str, n: int) -> tuple[float, list[bytes]]:
-        """The driver's read rate, and the messages it read (for :func:`stages`)."""
+    def ceiling(self, table: str, slot: str, n: int) -> tuple[float, float, list[bytes]]:
+        """The driver's read rate, the CPU µs per change of the server's walsender that sent the changes, and the
+        messages read (for :func:`stages`)."""
         conn = psycopg2.connect(
             self.server.url, connection_factory=psycopg2.extras.LogicalReplicationConnection
         )
         try:
+            walsender = psutil.Process(conn.info.backend_pid)
+            sent = tree_cpu(walsender, children=False)
             cur = conn.cursor()
             cur.start_replication(
                 slot_name=slot,
@@ -147,9 +162,34 @@ class Postgres:
                     got += 1
                     if got % 1000 == 0:
                         cur.send_feedback(flush_lsn=msg.data_start)
-            return n / (time.perf_counter() - started), payloads
+            rate = n / (time.perf_counter() - started)
+            return rate, 1e6 * (tree_cpu(walsender, children=False) - sent) / n, payloads
         finally:
             conn.close()
+
+    def walsender(self, slot: str) -> int | None:
+        """The pid of the walsender streaming ``slot`` (None while no one reads it)."""
+        conn = psycopg2.connect(self.server.url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+                row = cur.fetchone()
+                return None if row is None else row[0]
+        finally:
+            conn.close()
+
+    async def reading(self, name: str, slot: str) -> tuple[psutil.Process, psutil.Process, float, float]:
+        """Once the bridge of Trigger ``name`` streams ``slot`` (its start-up, imports and checks, done): its
+        process, the slot's walsender, and the CPU seconds of each so far."""
+        for _ in range(6000):  # 5 minutes: the bridge's pod starts in seconds
+            pid = await asyncio.to_thread(self.walsender, slot)
+            bridge = bridge_process(name)
+            if pid is not None and bridge is not None:
+                walsender = psutil.Process(pid)
+                return bridge, walsender, cpu_seconds(bridge), tree_cpu(walsender, children=False)
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no bridge read slot {slot} within 5 minutes")
 
     def spec(self, name: str) -> dict[str, Any]:
         table = name.replace("-", "_")
@@ -254,18 +294,30 @@ def stages(payloads: list[bytes], table: str, batch: int) -> tuple[dict[str, flo
     }, events[0]
 
 
-def function_cpu(serve: psutil.Process) -> float:
+def function_cpu(serve: psutil.Process, part: str = "pod") -> float:
     """CPU seconds so far of the local cluster's function pods (pods are processes here): each agent and the
-    runtime under it. All of them: the no-op function's pod may be one taken from the warm pool (its folder is
-    named after the pool's pod), and the other pods idle meanwhile."""
+    runtime under it (``part`` "pod"), the agents alone ("agent") or the runtimes alone ("runtime": the Python
+    runtime client and the handler). All of them: the no-op function's pod may be one taken from the warm pool
+    (its folder is named after the pool's pod), and the other pods idle meanwhile."""
     total = 0.0
     with contextlib.suppress(psutil.Error):
         for proc in serve.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if any("kubelambda-agent" in part for part in proc.cmdline()[:1]):
-                    for p in (proc, *proc.children(recursive=True)):
-                        times = p.cpu_times()
-                        total += times.user + times.system
+                if any("kubelambda-agent" in arg for arg in proc.cmdline()[:1]):
+                    agent = [proc] if part != "runtime" else []
+                    runtimes = proc.children(recursive=True) if part != "agent" else []
+                    total += sum(tree_cpu(p, children=False) for p in (*agent, *runtimes))
+    return total
+
+
+def tree_cpu(proc: psutil.Process, *, children: bool = True) -> float:
+    """CPU seconds so far of ``proc`` and (``children``) its living descendants."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        for p in (proc, *(proc.children(recursive=True) if children else ())):
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
     return total
 
 
@@ -473,9 +525,11 @@ def print_spread(ratios: dict[str, list[tuple[float, float, float]]]) -> None:
         )
 
 
-async def deploy(kube: KubeClient, name: str, handler: str, env: dict[str, str], **spec: Any) -> None:
+async def deploy(
+    kube: KubeClient, name: str, handler: str, env: dict[str, str], *, per_instance: int = 4, **spec: Any
+) -> None:
     await create_function_ready(
-        kube, warm_function(name, NS, handler, per_instance=4, environment=env, **spec)
+        kube, warm_function(name, NS, handler, per_instance=per_instance, environment=env, **spec)
     )
 
 
@@ -483,8 +537,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--latency-rows", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="every configuration, this many times over")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="the three configurations, this many times over"
+        "--batches", default=",".join(map(str, BATCHES)), help="the Triggers' batchSize values"
+    )
+    parser.add_argument(
+        "--factors",
+        default=",".join(map(str, FACTORS)),
+        help="the Triggers' parallelizationFactor values (1 to 10)",
     )
     parser.add_argument(
         "--profile",
@@ -496,11 +556,16 @@ async def main() -> None:
     parser.add_argument(
         "--function-mb",
         type=int,
-        default=128,
-        help="memoryMB of the no-op function the bridge invokes (its CPU limit is memoryMB / 1769 cores: at 128, a"
-        " batch of 1,000 needs more CPU than a 100 ms CFS period gives it, and the function bounds the rate)",
+        default=MB_PER_VCPU,
+        help="memoryMB of the no-op function the bridge invokes (its CPU limit is memoryMB / 1769 cores). The"
+        " default, one full core (Lambda's 1,769 MB), measures the bridge; at 128 (CPU limit 73m) a batch of 1,000"
+        " needs more CPU than a 100 ms CFS period gives the function, and the function's limit bounds the rate",
     )
     args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    factors = [int(f) for f in args.factors.split(",")]
+    if not all(1 <= f <= 10 for f in factors):
+        parser.error(f"--factors {args.factors}: each parallelizationFactor must be 1 to 10")
     if args.profile is not None:
         py_spy_binary()  # before minutes of setup
     n = args.records
@@ -519,7 +584,7 @@ async def main() -> None:
                     aiohttp.ClientSession() as http,
                 ):
                     await create_namespace(kube, NS, 180, tolerate_errors=True)
-                    await deploy(kube, "noop", NOOP, {}, memoryMB=args.function_mb)
+                    await deploy(kube, "noop", NOOP, {}, per_instance=max(factors), memoryMB=args.function_mb)
                     await deploy(kube, "stamp", STAMP, {"OUT": str(out)})
                     for trace_name, memory in TRACE_FUNCTIONS:
                         await deploy(kube, trace_name, TRACE, {}, memoryMB=memory)
@@ -530,19 +595,30 @@ async def main() -> None:
                     }
                     headers = {**await developer_headers(state), "Content-Type": "application/json"}
                     print(
-                        f"{n} row changes (INSERTs, 100 per transaction), no-op python3.11 function; changes/s"
+                        f"{n} row changes (INSERTs, 100 per transaction), no-op python3.11 function of"
+                        f" {args.function_mb} MB ({args.function_mb / MB_PER_VCPU:.2f} cores), {max(factors)}"
+                        f" concurrent; changes/s",
+                        flush=True,
                     )
+                    serve = psutil.Process(proc.pid)
+                    samplers = {
+                        "gateway": functools.partial(gateway_cpu, serve),
+                        "agent": functools.partial(function_cpu, serve, "agent"),
+                        "runtime + handler": functools.partial(function_cpu, serve, "runtime"),
+                    }
                     ratios: dict[str, list[tuple[float, float, float]]] = {}
                     for round_ in range(1, args.rounds + 1):
                         print(f"round {round_} of {args.rounds}", flush=True)
-                        for base, batch, lanes in CONFIGS:
-                            name = f"{base}-{round_}"
+                        for batch, lanes in itertools.product(batches, factors):
+                            name = f"bench-b{batch}-f{lanes}-{round_}"
                             table = name.replace("-", "_")
                             slots = [f"{table}_ceiling", f"{table}_shaped", f"{table}_bridge"]
                             await asyncio.to_thread(pg.prepare, table, slots=slots)
                             await asyncio.to_thread(pg.publish, table, n)
                             cpu = process_cpu()
-                            ceiling, payloads = await asyncio.to_thread(pg.ceiling, table, slots[0], n)
+                            ceiling, ceiling_server_us, payloads = await asyncio.to_thread(
+                                pg.ceiling, table, slots[0], n
+                            )
                             ceiling_us = 1e6 * (process_cpu() - cpu) / n
                             stage, event = stages(payloads, table, batch)
                             cpu = process_cpu()
@@ -559,22 +635,32 @@ async def main() -> None:
                                     parallelization=lanes,
                                 ),
                             )
-                            serve = psutil.Process(proc.pid)
                             spying = asyncio.create_task(spy(name, serve, args.profile))
                             throttled = cpu_throttling(serve)
-                            rate, cpu, others = await bridge_rate(
+                            before = {who: sample() for who, sample in samplers.items()}
+                            reading = asyncio.create_task(pg.reading(name, slots[2]))
+                            rate, cpu, _ = await bridge_rate(
                                 kube,
                                 http,
                                 name,
                                 pg,  # type: ignore[arg-type]
                                 n,
                                 interval=POLL_SECONDS,
-                                samplers={
-                                    "function": functools.partial(function_cpu, serve),
-                                    "gateway": functools.partial(gateway_cpu, serve),
-                                },
                             )
                             throttled_ms = cpu_throttling(serve)[1] - throttled[1]
+                            # CPU µs per change of each process over the whole run (the bridge's from when it
+                            # reads the slot: after its start-up), not only between the first and last delivery.
+                            bridge_proc, walsender, bridge_cpu, walsender_cpu = await reading
+                            us = {
+                                "bridge": 1e6 * (cpu_seconds(bridge_proc) - bridge_cpu) / n,
+                                "its walsender": 1e6
+                                * (tree_cpu(walsender, children=False) - walsender_cpu)
+                                / n,
+                                **{
+                                    who: 1e6 * (sample() - before[who]) / n
+                                    for who, sample in samplers.items()
+                                },
+                            }
                             spying.cancel()
                             with contextlib.suppress(asyncio.CancelledError):
                                 await spying
@@ -585,7 +671,7 @@ async def main() -> None:
                             invokes = metric(text, "kubelambda_bridge_invoke_seconds_count")
                             invoke_ms = 1e3 * metric(text, "kubelambda_bridge_invoke_seconds_sum") / invokes
                             print(
-                                f"batch {batch:>4}, parallelizationFactor {lanes}: ceiling (psycopg2 read) {ceiling:>7.0f}"
+                                f"batch {batch:>4}, parallelizationFactor {lanes:>2}: ceiling (psycopg2 read) {ceiling:>7.0f}"
                                 f" ({ceiling_us:.1f} µs CPU/change), bridge read+decode+shape {shaped:>6.0f}"
                                 f" ({shaped / ceiling:.0%}; {shaped_us:.1f} µs CPU/change), bridge end to end {rate:>6.0f}"
                                 f" ({rate / ceiling:.0%}, bridge CPU {cpu:.0%} = {1e6 * cpu / rate:.1f} µs/change); {load_average()}",
@@ -595,15 +681,23 @@ async def main() -> None:
                             print(
                                 f"    per batch of {batch} ({stage['event KB']:.0f} KB event): wall {1e3 * batch / rate:.0f} ms"
                                 f" end to end; {invokes:.0f} invocations, round trip {invoke_ms:.0f} ms (gateway → agent →"
-                                f" runtime → handler → back); CPU ms: bridge {1e6 * cpu / rate * per:.1f} (alone: decode"
+                                f" runtime → handler → back); CPU ms: bridge {us['bridge'] * per:.1f} (alone: decode"
                                 f" {stage['decode']:.1f}, shape {stage['shape']:.1f}, encode {stage['encode']:.1f}),"
-                                f" function pod {others['function'] * per:.1f} (of it the event's json.loads"
-                                f" {stage['handler json.loads']:.1f}), gateway {others['gateway'] * per:.1f};"
+                                f" function pod {(us['agent'] + us['runtime + handler']) * per:.1f} (of it the"
+                                f" event's json.loads {stage['handler json.loads']:.1f}), gateway {us['gateway'] * per:.1f};"
                                 f" function pods throttled {throttled_ms / (n / batch):.0f} ms per batch (no-op function"
                                 f" {args.function_mb} MB: CPU limit {args.function_mb / MB_PER_VCPU:.3f} cores)",
                                 flush=True,
                             )
-                            for label, trace_url in trace_urls.items():
+                            print(
+                                f"    CPU µs per change by process, whole run: driver {ceiling_us:.1f} + its walsender"
+                                f" {ceiling_server_us:.1f} = {ceiling_us + ceiling_server_us:.1f};"
+                                + ",".join(f" {who} {v:.1f}" for who, v in us.items())
+                                + f" = {sum(us.values()):.1f} (the runtime's json.loads of the event, alone in this"
+                                f" process: {1e3 * stage['handler json.loads'] / batch:.1f})",
+                                flush=True,
+                            )
+                            for label, trace_url in trace_urls.items() if round_ == 1 else ():
                                 print(await trace(http, trace_url, headers, event, serve, label), flush=True)
                             await kube.patch(
                                 resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name),
