@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import json
 import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -396,28 +396,25 @@ _ESCAPED = re.compile(rb'[\x00-\x1f"\\]')
 _NOT_FINITE_BYTES = frozenset(t.encode() for t in _NOT_FINITE)
 
 
-def _string_raw(value: bytes) -> bytes:
-    if value.isascii() and _ESCAPED.search(value) is None:
-        return b'{"S":"' + value + b'"}'  # nothing to escape: the bytes are the JSON string's
-    return _string_bytes(value.decode("utf-8", "replace"))
-
-
-def _number_raw(value: bytes) -> bytes:
-    if value in _NOT_FINITE_BYTES:
-        return b'{"S":"' + value + b'"}'
-    return b'{"N":"' + value + b'"}'
-
-
-def _raw_encoder(type_oid: int) -> Any:
-    """As :func:`_column_encoder`, from the value's bytes in the message (the same JSON bytes)."""
+def _raw_encoder(type_oid: int, prefix: bytes) -> Any:
+    """As :func:`_column_encoder`, from the value's bytes in the message (the same JSON bytes), with the column's
+    ``"name":`` prefix written before it (one concatenation less per value)."""
+    string, number = prefix + b'{"S":"', prefix + b'{"N":"'
     if type_oid in NUMBERS:
-        return _number_raw
+        return lambda value: (string if value in _NOT_FINITE_BYTES else number) + value + b'"}'
     if type_oid == BOOL:
-        return lambda value: _TRUE if value == b"t" else _FALSE
+        true, false = prefix + _TRUE, prefix + _FALSE
+        return lambda value: true if value == b"t" else false
     if type_oid in JSONS or type_oid in ARRAYS or type_oid == BYTEA:
         encode = _column_encoder(type_oid)
-        return lambda value: encode(value.decode("utf-8", "replace"))
-    return _string_raw
+        return lambda value: prefix + encode(value.decode("utf-8", "replace"))
+
+    def text(value: bytes) -> bytes:
+        if value.isascii() and _ESCAPED.search(value) is None:
+            return string + value + b'"}'  # nothing to escape: the bytes are the JSON string's
+        return prefix + _string_bytes(value.decode("utf-8", "replace"))
+
+    return text
 
 
 def _column_encoder(type_oid: int) -> Any:
@@ -438,6 +435,8 @@ class _Plan:
 
     def __init__(self, rel: Relation, table: Table) -> None:
         self.qualified = rel.qualified
+        self.partition_prefix = rel.qualified + "\x00"
+        """A partition key's start (the table); its key values follow, each after a NUL."""
         position = {c.name: i for i, c in enumerate(rel.columns)}
         missing = [k for k in table.key if k not in position]
         if missing:
@@ -448,7 +447,7 @@ class _Plan:
         ]
         self.columns = [(_json_string(c.name) + b":", _column_encoder(c.type_oid)) for c in rel.columns]
         self.raw_columns = [
-            (prefix, _raw_encoder(c.type_oid))
+            (prefix + _NULL, _raw_encoder(c.type_oid, prefix))
             for (prefix, _), c in zip(self.columns, rel.columns, strict=True)
         ]
 
@@ -462,7 +461,7 @@ class _Plan:
         at = 8
         parts: list[bytes] = []
         values: list[bytes | None] = []
-        for prefix, encode in self.raw_columns:
+        for null, encode in self.raw_columns:
             if at >= end:
                 return None
             kind = data[at]
@@ -475,11 +474,11 @@ class _Plan:
                     return None
                 value = data[at - size : at]
                 values.append(value)
-                parts.append(prefix + encode(value))
+                parts.append(encode(value))
             elif kind == 0x6E:  # n: NULL
                 at += 1
                 values.append(None)
-                parts.append(prefix + _NULL)
+                parts.append(null)
             else:
                 return None
         keys = b"{" + b",".join([parts[i] for i in self.key_indexes]) + b"}"
@@ -525,6 +524,8 @@ class Shaper:
     def __post_init__(self) -> None:
         self._slot_prefix = f"{self.slot}:".encode()
         """What each record's ``eventID`` hashes before its sequence number."""
+        self._stamp: tuple[float, bytes] = (float("nan"), b"")
+        """The last ``ApproximateCreationDateTime`` written, and its JSON."""
 
     def arn(self, table: str) -> str:
         return f"arn:kubelambda:postgres:{self.region}:{self.namespace}:table/{table}/stream/{self.slot}"
@@ -550,11 +551,15 @@ class Shaper:
             else:
                 keys_json, image, raw_keys = fast
                 images = [b',"NewImage":', image] if self.view_type in _NEW_VIEWS else []
-                partition = (
-                    rel.qualified
-                    + "\x00"
-                    + "\x00".join("" if v is None else v.decode("utf-8", "replace") for v in raw_keys)
-                )
+                if len(raw_keys) == 1:  # the common case, without the join's generator
+                    key = raw_keys[0]
+                    partition = plan.partition_prefix + (
+                        "" if key is None else key.decode("utf-8", "replace")
+                    )
+                else:
+                    partition = plan.partition_prefix + "\x00".join(
+                        "" if v is None else v.decode("utf-8", "replace") for v in raw_keys
+                    )
                 return partition, self._finish(rel, "INSERT", keys_json, images, sequence, timestamp)
         new, old = change.new, change.old
         if new is not None and old is not None and change.old_is_full and UNCHANGED_TOAST in new:
@@ -587,12 +592,14 @@ class Shaper:
             size += len(image)
         seq = sequence.encode()
         head, tail = self._envelope(rel.qualified, kind)
+        if timestamp != self._stamp[0]:  # the same for every change of a transaction
+            self._stamp = (timestamp, b"%d" % int(timestamp))
         return b"".join(
             [
                 b'{"eventID":"',
-                hashlib.blake2b(self._slot_prefix + seq, digest_size=16).hexdigest().encode(),
+                blake2b(self._slot_prefix + seq, digest_size=16).hexdigest().encode(),
                 head,
-                b"%d" % int(timestamp),
+                self._stamp[1],
                 b',"Keys":',
                 keys_json,
                 *images,
