@@ -4,9 +4,18 @@ driver's own logical-replication read rate in the same run, and commit → funct
 1. **ceiling**: psycopg2's replication protocol reading the same N changes from a slot of its own with
    ``pgoutput`` (``read_message`` in a loop, no decoding): the rate the bridge's driver can read at;
 2. **bridge**: the Trigger's bridge as the operator runs it (a pod of the local cluster), invoking a no-op
-   Python function through the gateway with batches of 100. Both slots exist before the N rows are written
-   (inserts of 100 rows per transaction); the Trigger is created disabled, then enabled, and the rate is counted
-   from the first change delivered to the last (the bridge's ``kubelambda_bridge_events_total``);
+   Python function through the gateway, at batchSize 100 and 1,000 with parallelizationFactor 1, 4 and 10 (Lambda
+   allows 1 to 10; a user who wants one shard's throughput sets more than the default 1). The slots exist before
+   the N rows are written (inserts of 100 rows per transaction); the Trigger is created disabled, then enabled,
+   and the rate is counted from the first change delivered to the last (the bridge's
+   ``kubelambda_bridge_events_total``). Beside it, the CPU µs per change of each process over the whole run: the
+   driver and its walsender for the ceiling; the bridge (from when it reads its slot, after its start-up), its
+   walsender, the gateway, the function pods' agents and their runtimes (runtime client + handler).
+
+   The no-op function has one full vCPU by default (``--function-mb 1769``, Lambda's 1,769 MB): a function's CPU
+   limit is memoryMB / 1769 cores, and at 128 MB (73m, a CFS quota of 7.3 ms per 100 ms) one 527 KB batch of
+   1,000 costs its pod more CPU than a period gives, so the function's limit, not the bridge, bounds the rate
+   (``--function-mb 128`` shows it);
 3. **latency**: with a bridge caught up, 200 single-row transactions 20 ms apart; the function notes, when it
    starts, the time since the row's ``clock_timestamp()`` (its commit, within a millisecond): p50 and p95.
 
