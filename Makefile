@@ -35,19 +35,27 @@ integration: venv binaries
 
 # Lint, types, the agent's Go checks, every Python test (unit + integration on the real local cluster), then the
 # e2e suite on the container node (root; mk/container-node.mk, docs/local-cluster.md "The e2e suite").
-test: lint types agent-test test-deps
-	$(PY) -m pytest -q
+test: test-local
 	$(MAKE) e2e
+
+# `make test` without the e2e suite (.ci/run runs the two parts, the e2e suite's prerequisites building meanwhile).
+# --durations: the slowest tests, for whoever wants the suite faster.
+.PHONY: test-local
+test-local: lint types agent-test test-deps
+	$(PY) -m pytest -q --durations=30
 
 # What `make test` builds or fetches before its tests (mk/*.mk add theirs: test servers, runtime clients).
 .PHONY: test-deps prepare
 test-deps: binaries
 
-# Everything `make test` builds, the e2e suite's images and node binaries included (e2e-deps), for a parallel make:
-# .ci/run runs `make -j4 --output-sync=target prepare` first, so that the CPU-bound compiles (Kubernetes, Jaeger, the
-# Collector, the Lambda Web Adapter) run beside the network-bound fetches (Go modules, Maven, npm, the images'
-# Debian packages). The longest first: make starts the prerequisites in this order.
-prepare: binaries images test-deps e2e-deps
+# Everything `make test` builds, the e2e suite's images and node binaries included (e2e-deps), for a parallel make,
+# so that the CPU-bound compiles (Kubernetes, Jaeger, the Collector, the Lambda Web Adapter) run beside the
+# network-bound fetches (Go modules, Maven, npm, the images' Debian packages). The longest first: make starts the
+# prerequisites in this order. .ci/run builds it in two parts: `make -j4 --output-sync=target prepare-local` (what
+# pytest needs), then e2e-deps in the background (niced) while the tests run.
+.PHONY: prepare-local
+prepare: prepare-local e2e-deps
+prepare-local: binaries jaeger venv test-deps
 
 demo: venv binaries
 	bash hack/demo.sh

@@ -46,6 +46,12 @@ runtimes-dockerfiles: venv
 # cold cache npm's aws-lambda-ric compiles a native client for minutes, which inside a test ran into its timeout.
 # Each client installs on its own (make -j runs them side by side: npm and pip compile native code, cargo builds the
 # Web Adapter); `runtimes-ric` then prints where they are.
+# node-gyp (aws-lambda-ric's native client) compiles against the headers of the Node.js installed here when it has
+# them (NodeSource's package: /usr/include/node) instead of downloading them from nodejs.org, which CI machines do
+# not reach: a cold cache failed there ("gyp ERR! configure error"; warm caches held the built client).
+ifneq ($(wildcard /usr/include/node/common.gypi),)
+export npm_config_nodedir ?= /usr
+endif
 RIC_CLIENTS := awslambdaric aws_lambda_ric aws_lambda_java_ric lambda_web_adapter
 test-deps: runtimes-ric
 runtimes-ric: $(addprefix runtimes-ric-,$(RIC_CLIENTS))
