@@ -32,6 +32,7 @@ prepare_kube() {
   local work=$cache/build/kube-$KUBE_VERSION
   mkdir -p "$work"
   log "fetching k8s.io/kubernetes@$KUBE_VERSION"
+  local began=$SECONDS
   local modfile
   modfile=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   local minor_patch=${KUBE_VERSION#v1.}
@@ -56,6 +57,7 @@ prepare_kube() {
     printf ')\n'
   } > "$work/tools.go"
   (cd "$work" && go mod tidy -e >&2 2>&1 || true)
+  log "fetched k8s.io/kubernetes and its dependencies in $((SECONDS - began)) s"
 }
 
 # build_kube_cmds DEST CMD...: the Kubernetes commands in ONE go build (each package compiles once, the links run
@@ -68,7 +70,9 @@ build_kube_cmds() {
   for cmd in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
   log "building $* $KUBE_VERSION (several minutes on a cold cache)"
   mkdir -p "$dest"
+  local began=$SECONDS
   (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$dest/" "${pkgs[@]}")
+  log "built $* in $((SECONDS - began)) s"
 }
 
 # build_kube [node]: the control plane's commands (and with `node` the kubelet and kube-proxy too, in the same
@@ -122,7 +126,9 @@ build_single() {
   local work=$cache/build/$name-$version tmp=$dest.tmp
   log "building $name $version"
   rm -rf "$tmp"; mkdir -p "$tmp"
+  local began=$SECONDS
   (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$tmp/$name" "$package")
+  log "built $name in $((SECONDS - began)) s"
   touch "$tmp/.complete"
   rm -rf "$dest"; mv "$tmp" "$dest"
 }
