@@ -14,8 +14,9 @@ venv: .venv/.installed
 	.venv/bin/pip install -q --no-index --find-links "$$(PYTHON=.venv/bin/python bash hack/wheelhouse.sh)" -e '.[test]'
 	touch $@
 
-# The Kubernetes binaries (hack/kube-binaries.sh): the control plane, etcd, helm. .ci/run asks for `all node`, so that
-# the container node's kubelet and kube-proxy compile in the same go build as the control plane.
+# The Kubernetes binaries (hack/kube-binaries.sh): the control plane, etcd, helm. `KUBE_BINARIES="all node"` adds the
+# container node's kubelet and kube-proxy to the same go build; .ci/run leaves them to `make node-binaries`, built in
+# the background during pytest (its packages shared with the control plane come from the Go build cache).
 KUBE_BINARIES ?= all
 binaries:
 	bash hack/kube-binaries.sh $(KUBE_BINARIES)
@@ -55,7 +56,7 @@ test-deps: binaries
 # pytest needs), then e2e-deps in the background (niced) while the tests run.
 .PHONY: prepare-local
 prepare: prepare-local e2e-deps
-prepare-local: binaries jaeger venv test-deps
+prepare-local: binaries runtimes-ric-aws_lambda_ric jaeger venv test-deps
 
 demo: venv binaries
 	bash hack/demo.sh

@@ -7,7 +7,7 @@
 #   ~/.cache/kubelambda/bin/coredns-<COREDNS_VERSION>/coredns          (`node` too)
 #   ~/.cache/kubelambda/bin/kube-router-<KUBE_ROUTER_VERSION>/kube-router  (`node` too: its NetworkPolicy controller)
 # A directory holding a `.complete` stamp is never rebuilt; change a pin in hack/versions.env to rebuild.
-#   hack/kube-binaries.sh [all|kube|etcd|helm|node]...   (default: all; `all node`: everything, as .ci/run does)
+#   hack/kube-binaries.sh [all|kube|etcd|helm|node]...   (default: all; `all node`: everything in one go build)
 # Prints the directories (KUBE_BIN=, ETCD_BIN=, HELM_BIN=, with `node` NODE_BIN= ...) on stdout, progress on stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
