@@ -25,7 +25,8 @@ e2e: e2e-deps
 e2e-deps: venv node-packages images node-binaries node-images
 
 # The pause and NATS images of the container node (hack/node-images.sh; `dev up --node container` makes them too).
-node-images: venv
+# docker-up first: beside `make images` (make -j), the daemon hack/images.sh starts may not answer yet.
+node-images: venv docker-up
 	bash hack/node-images.sh >/dev/null
 
 # Cold start from zero, container node beside process node in the same run (p50/p95, steps); then on the
