@@ -53,10 +53,10 @@ test-deps: binaries
 # so that the CPU-bound compiles (Kubernetes, Jaeger, the Collector, the Lambda Web Adapter) run beside the
 # network-bound fetches (Go modules, Maven, npm, the images' Debian packages). The longest first: make starts the
 # prerequisites in this order. .ci/run builds it in two parts: `make -j4 --output-sync=target prepare-local` (what
-# pytest needs), then e2e-deps in the background (niced) while the tests run.
+# pytest needs, and the agent tests' compiles), then e2e-deps in the background (niced) while the tests run.
 .PHONY: prepare-local
 prepare: prepare-local e2e-deps
-prepare-local: binaries runtimes-ric-aws_lambda_ric jaeger venv test-deps
+prepare-local: binaries runtimes-ric-aws_lambda_ric jaeger venv test-deps agent-test-build
 
 demo: venv binaries
 	bash hack/demo.sh
