@@ -7,12 +7,13 @@ own, a warm-pool pod, or the activator from zero) → the agent (gateway/proxy.p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 
@@ -22,7 +23,7 @@ from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.limits import Admission, Choice, LocalLimits, SharedLimits, Ticket
-from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, forward
+from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, Unreachable, forward
 from kubelambda.gateway.registry import FunctionEntry, Registry
 from kubelambda.gateway.scaler import policy_of
 from kubelambda.gateway.throttler import LimitsUnavailable, Throttled, Throttler
@@ -48,6 +49,36 @@ class Unavailable(Exception):
         self.code = code
         self.message = message
         self.reason = reason
+
+
+RETRY_CONNECT_SECONDS = (0.1, 1.0)  # the first and the longest pause before connecting to an instance again
+
+Step = Literal["cold", "again", "grow", "throttle", "unreachable"]
+
+
+def when_no_slot(
+    *,
+    ready: Collection[str],
+    tried: Collection[str],
+    unreachable: Collection[str],
+    growing: bool,
+    time_left: float,
+) -> Step:
+    """What a call does when no ready instance it has not tried had a free slot (``ready``: the instances
+    ready now; ``tried``: those that refused it, of which ``unreachable`` could not even be connected to).
+
+    ``cold``: the instances it tried went away, back to the cold path. ``again``: an instance still ready could
+    not be connected to (refused, or slow to accept under load): that is no sign of throttling, so it connects
+    again (after a pause) until the call's deadline, and then ``unreachable`` (a retryable 5xx saying so), never a
+    429. ``grow``: an instance is starting for it (a Lambda request waits for a new environment). ``throttle``:
+    every instance was busy, Lambda's 429."""
+    if tried and not ready:
+        return "cold"
+    if any(e in ready for e in unreachable):
+        return "again" if time_left > 0 else "unreachable"
+    if growing and time_left > 0:
+        return "grow"
+    return "throttle"
 
 
 @dataclass
@@ -158,6 +189,8 @@ class InvokePath:
         labels = (fn.namespace, fn.name)
         cold = False
         tried: set[str] = set()
+        unreachable: dict[str, str] = {}  # the instances no connection could be made to: why (the last error)
+        pause = RETRY_CONNECT_SECONDS[0]
         give_up = time.monotonic() + spec.timeout_seconds + s.cold_start_allowance_seconds
         while True:
             endpoints_of = partial(self.registry.ready_endpoints, fn.key)
@@ -178,10 +211,35 @@ class InvokePath:
                 ticket, Choice(endpoints_of, per_instance, wait, frozenset(tried))
             )
             if endpoint is None:
-                if tried and not endpoints_of():
-                    continue  # the instances we tried went away: back to the cold path
-                if self._growing(fn) and time.monotonic() < give_up:
-                    continue  # an instance is starting for it, as Lambda waits for a new environment
+                step = when_no_slot(
+                    ready=endpoints_of(),
+                    tried=tried,
+                    unreachable=unreachable,
+                    growing=self._growing(fn),
+                    time_left=give_up - time.monotonic(),
+                )
+                if step == "again":
+                    await asyncio.sleep(min(pause, max(give_up - time.monotonic(), 0)))
+                    pause = min(pause * 2, RETRY_CONNECT_SECONDS[1])
+                    tried.difference_update(unreachable)
+                    unreachable.clear()
+                    continue
+                if step == "unreachable":
+                    logger.warning(
+                        "No connection to %s (%s/%s) until the deadline of %s: %s",
+                        ", ".join(unreachable),
+                        *labels,
+                        invocation.request_id,
+                        "; ".join(unreachable.values()),
+                    )
+                    raise Unavailable(
+                        "ServiceException",
+                        f"No connection could be made to an instance of {fn.namespace}/{fn.name} within "
+                        f"{spec.timeout_seconds} s + {s.cold_start_allowance_seconds:.0f} s "
+                        f"(RequestId: {invocation.request_id}); the function did not run, try again",
+                    )
+                if step in ("cold", "grow"):
+                    continue  # back to the cold path; or an instance is starting for it
                 raise Unavailable(
                     "TooManyRequestsException",
                     f"Rate Exceeded. Every instance of {fn.namespace}/{fn.name} was busy for {wait:.1f} s",
@@ -199,6 +257,8 @@ class InvokePath:
                 logger.info("Retrying %s/%s elsewhere: %s", *labels, e)
                 again = True
                 tried.add(endpoint)
+                if isinstance(e, Unreachable):
+                    unreachable[endpoint] = str(e)
                 if self.warm_pool is not None:
                     self.warm_pool.discard(endpoint)
             except aiohttp.ClientError as e:

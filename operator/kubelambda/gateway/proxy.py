@@ -26,10 +26,19 @@ PASSED_HEADERS = (
     OUTCOME_HEADER,  # passed through to the async worker, which decides from it (kubelambda.outcomes)
 )
 TIMEOUT_MARGIN_SECONDS = 2.0
+CONNECT_SECONDS = (
+    2.0  # one attempt to connect to an agent (the invoke path tries again, gateway/invoke_path.py)
+)
 
 
 class TryElsewhere(Exception):
     """This instance cannot take the invocation (busy, draining, gone); another may."""
+
+
+class Unreachable(TryElsewhere):
+    """No connection to this instance could be made (refused, or no answer to the connect within
+    ``CONNECT_SECONDS``): nothing ran there. Not a sign that it is busy: under load an instance (or the
+    machine) may be slow to accept, so the same instance may take the invocation a moment later."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +188,7 @@ async def forward(
             f"http://{endpoint}/invoke",
             data=invocation.body,
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=2),
+            timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=CONNECT_SECONDS),
         ) as resp:
             body = await _read_capped(resp, max_response_bytes)
             if body is None:
@@ -189,8 +198,11 @@ async def forward(
                 raise TryElsewhere(f"{endpoint} answered {resp.status}: {body[:200]!r}")
             passed = {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers}
             return Result(resp.status, passed, body, outcome_of(resp.headers))
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
+        # No connection: refused (the instance is going away, or not listening yet) or not accepted in time.
+        raise Unreachable(f"{endpoint}: {e!r}") from e
     except aiohttp.ClientConnectionError as e:
-        # Refused or reset before an answer: the instance is going away. Nothing ran there.
+        # Reset before an answer: the instance is going away. Nothing ran there.
         if isinstance(e, aiohttp.ServerDisconnectedError):
             raise
         raise TryElsewhere(f"{endpoint}: {e}") from e
