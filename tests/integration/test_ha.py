@@ -19,12 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
 import pytest
+from nats.js.api import StorageType, StreamConfig
 
 from kltest import Cluster, manifests, wait_for
 from kltest.gateways import Replica, Replicas, leader_url, previous_release, ready, start_replicas
-from kltest.platform import AGENT_KEY, FAST_ASYNC, apply_ready, lambda_client, python_function, start_operator
-from kltest.records import Records
+from kltest.platform import (
+    AGENT_KEY,
+    FAST_ASYNC,
+    apply_ready,
+    async_stream_drained,
+    lambda_client,
+    python_function,
+    start_operator,
+)
 from kubelambda.agentauth import bearer, function_token
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.gateway.balancer import Balancer
@@ -44,13 +53,16 @@ WORKER_CONCURRENCY = 8  # events each replica's worker holds unacknowledged: all
 CALLERS = 12  # concurrent sync callers, and as many Event posters, in the SIGKILL test
 
 # Waits for the file event["gate"] (the function runs as a process of the local node, so it sees the test's
-# files): every admitted call is in flight at once until the test opens the gate.
+# files): every admitted call is in flight at once until the test opens the gate. With event["runs"], each run
+# leaves a file named after its request id there (the test counts the runs of each Event).
 HANDLER = """
 import os
 import time
 
 
 def handler(event, context):
+    if event.get("runs"):
+        open(os.path.join(event["runs"], f"{context.aws_request_id}.{time.time_ns()}"), "w").close()
     gate = event.get("gate")
     deadline = time.time() + 120
     while gate and not os.path.exists(gate) and time.time() < deadline:
@@ -550,25 +562,64 @@ async def test_a_sigkilled_replica_fails_only_its_own_calls_and_loses_no_event(
     cluster: Cluster,
     kube: KubeClient,
     namespace: str,
-    records: Records,
     nats_server: NatsServer,
     tmp_path: Path,
 ) -> None:
     """1,000 sync calls and 1,000 Events spread over three replicas; a replica that does not lead is SIGKILLed
     mid-run (and taken out of the spread first, as a Service does once its endpoint goes). Three replicas of
-    their own, with the default pool limit (the module's is 5)."""
+    their own, with the default pool limit (the module's is 5). The Events' success records go to a NATS subject
+    a stream captures (published with ``Nats-Msg-Id``, docs/async.md): exactly one per accepted Event."""
     replicas.stop()
     fresh = await start_replicas(cluster, kube, tmp_path, 3, **settings(nats_server))
+    nc = await nats.connect(nats_server.url)
     try:
-        await under_load_kill_one(fresh, cluster, kube, namespace, records)
+        stored = RecordStream(nc.jetstream(), f"HA_OK_{namespace.replace('-', '_')}", f"haok.{namespace}")
+        await stored.create()
+        runs = tmp_path / "runs"
+        runs.mkdir()
+        await under_load_kill_one(fresh, cluster, kube, namespace, stored, runs)
+        await async_stream_drained(nats_server.url, timeout=120)  # no redelivery still to come
+        seen = await stored.request_ids()
+        ran = [f.name.split(".")[0] for f in runs.iterdir()]
     finally:
+        await nc.close()
         fresh.stop()
+    twice = {rid for rid in set(ran) if ran.count(rid) > 1}
+    # At-least-once runs: only the events the dead replica's worker held unacknowledged may have run twice.
+    print(f"{len(twice)} Event(s) ran twice (the dead worker's, redelivered); {len(seen)} records stored")
+    assert len(twice) <= WORKER_CONCURRENCY, twice
+    recorded_twice = {rid for rid in set(seen) if seen.count(rid) > 1}
+    assert recorded_twice == set(), (
+        f"{len(recorded_twice)} Events recorded twice: {sorted(recorded_twice)[:10]}"
+    )
+
+
+@dataclass
+class RecordStream:
+    """A JetStream stream capturing a destination subject (its default duplicate window, 2 minutes)."""
+
+    js: Any
+    name: str
+    subject: str
+
+    async def create(self) -> None:
+        await self.js.add_stream(
+            StreamConfig(name=self.name, subjects=[self.subject], storage=StorageType.FILE)
+        )
+
+    async def request_ids(self) -> list[str]:
+        """The request id of every record stored, in order."""
+        last = int((await self.js.stream_info(self.name)).state.last_seq)
+        found = []
+        for seq in range(1, last + 1):
+            msg = await self.js.get_msg(self.name, seq)
+            found.append(json.loads(msg.data or b"")["requestContext"]["requestId"])
+        return found
 
 
 async def under_load_kill_one(
-    replicas: Replicas, cluster: Cluster, kube: KubeClient, namespace: str, records: Records
+    replicas: Replicas, cluster: Cluster, kube: KubeClient, namespace: str, stored: RecordStream, runs: Path
 ) -> None:
-    ok = records.of(f"{namespace}-ok")
     await deploy(
         cluster,
         kube,
@@ -579,7 +630,7 @@ async def under_load_kill_one(
         # instances had no room for would be a 429, not a failure of the kill.
         concurrency={"perInstance": 16},
         scaling={"minInstances": 3, "maxInstances": 3},
-        **{"async": {"maxRetries": 2, "onSuccess": {"url": records.url(f"{namespace}-ok")}}},
+        **{"async": {"maxRetries": 2, "onSuccess": {"nats": stored.subject}}},
     )
     leader = await wait_for(lambda: leader_url(kube), bool, what="a leader")
     members = replicas.live
@@ -622,7 +673,7 @@ async def under_load_kill_one(
             try:
                 async with http.post(
                     f"{url}{path}",
-                    data=json.dumps({"i": i}).encode(),
+                    data=json.dumps({"i": i, "runs": str(runs)}).encode(),
                     headers={"X-Amz-Invocation-Type": "Event"},
                 ) as resp:
                     if resp.status == 202:
@@ -653,20 +704,10 @@ async def under_load_kill_one(
         f"\nSIGKILL of {victim.url}: {len(failed)} call(s) in flight there failed; {len(accepted)} Events accepted"
     )
 
-    def missing() -> set[str]:
-        return accepted - {r["requestContext"]["requestId"] for r in ok}
+    async def missing() -> set[str]:
+        return accepted - set(await stored.request_ids())
 
-    await wait_for(
-        lambda: asyncio.sleep(0, result=missing()),
-        lambda m: not m,
-        what="a record of every Event",
-        timeout=300,
-    )
-    seen = [r["requestContext"]["requestId"] for r in ok]
-    twice = {rid for rid in set(seen) if seen.count(rid) > 1}
-    # At-least-once: only the events the dead replica's worker held unacknowledged may have run twice.
-    print(f"{len(twice)} Event(s) recorded twice (the dead worker's, redelivered)")
-    assert len(twice) <= WORKER_CONCURRENCY, twice
+    await wait_for(missing, lambda m: not m, what="a record of every Event", timeout=300)
 
 
 PREVIOUS_RELEASE = "0948460f40e853935900c6a9b4487815169bd2ac"  # the gateway before peer protocol 2

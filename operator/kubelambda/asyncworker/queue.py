@@ -421,11 +421,14 @@ class EventQueue:
             )
         )
 
-    async def publish_record(self, subject: str, body: bytes, *, now: float) -> str | None:
+    async def publish_record(self, subject: str, body: bytes, *, key: str, now: float) -> str | None:
         """Publishes an invocation record to a destination subject; returns the stream that stored it.
 
         When a JetStream stream captures the subject, the record is published through JetStream and this
-        returns only after the stream's acknowledgement (the record is durable, like an Event). Otherwise it is
+        returns only after the stream's acknowledgement (the record is durable, like an Event), with
+        ``Nats-Msg-Id`` = ``key`` (the record's key, the same when a redelivered event sends it again): the stream
+        stores it once within its duplicate window, even when a worker died between this publish and the event's
+        done marker. Otherwise it is
         a plain NATS publish followed by a flush: the server has taken it and handed it to the subscribers
         present at that moment, at most once (core NATS keeps nothing). A JetStream publish to a subject no
         stream captures would wait for an ack that never comes when a plain subscriber listens, so which case
@@ -433,7 +436,7 @@ class EventQueue:
         """
         stream = await self._capturing_stream(subject, now=now)
         if stream is not None:
-            await self.js.publish(subject, body, stream=stream)
+            await self.js.publish(subject, body, stream=stream, headers={"Nats-Msg-Id": key})
             return stream
         await self.nc.publish(subject, body)
         await self.nc.flush(timeout=int(PUBLISH_TIMEOUT_SECONDS))

@@ -511,14 +511,12 @@ class Worker:
             refused = subject_refusal(destination.nats)
             if refused is not None:
                 raise PermissionError(refused)
-            await self.queue.publish_record(destination.nats, body, now=self.clock())
+            await self.queue.publish_record(destination.nats, body, key=record_key(record), now=self.clock())
             return "nats"
         target = destination.queue or destination.topic
         if target is not None:
-            # The key is the same when a redelivered event sends its record again (JetStream deduplicates it).
             condition = record["requestContext"]["condition"]
-            key = f"{record['requestContext']['requestId']}:{condition}"
-            return await self.senders.send(target, body, key=key, subject=condition)
+            return await self.senders.send(target, body, key=record_key(record), subject=condition)
         assert destination.url is not None
         await self._post_record(destination.url, body)
         return "url"
@@ -547,6 +545,13 @@ class Worker:
                 )
             if resp.status >= 300:
                 raise RuntimeError(f"{url} answered {resp.status}")
+
+
+def record_key(record: dict[str, Any]) -> str:
+    """A record's key for destinations that deduplicate (``Nats-Msg-Id``, SQS FIFO's deduplication id): the
+    same when a redelivered event sends its record again (docs/async.md, "Exactly one record")."""
+    context = record["requestContext"]
+    return f"{context['requestId']}:{context['condition']}"
 
 
 def _traceparent(event: QueuedEvent) -> str | None:
