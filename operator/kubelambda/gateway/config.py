@@ -104,11 +104,13 @@ class GatewaySettings(BaseSettings):
     replicas' requests to each other carry a token derived from it). Unset = one replica counts alone."""
     lease_namespace: str = Field(default="kubelambda-system", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     """Namespace of the replicas' Leases (``kubelambda-gateway-leader`` and one per replica)."""
-    lease_seconds: float = Field(default=8.0, ge=1, le=120)
-    """How long a replica's Lease lasts unrenewed: a SIGKILLed leader is replaced within about this plus
-    ``lease_renew_seconds`` (default 8 s)."""
+    lease_seconds: float = Field(default=10.0, ge=1, le=120)
+    """How long a replica's Lease lasts unrenewed: a SIGKILLed leader is replaced within about this plus half
+    ``lease_renew_seconds`` (default 10 s). The leader acts as one until a second short of it after the start of
+    its last successful renewal (gateway/peers.py)."""
     lease_renew_seconds: float = Field(default=2.0, gt=0, le=60)
-    """How often each replica renews its Leases and tries to take the leader's (default 2 s)."""
+    """How often each replica renews its member Lease (default 2 s); the leader's is renewed, or read and taken
+    when expired, every half of it."""
     drain_delay_seconds: float = Field(default=0.0, ge=0, le=300)
     """On SIGTERM, how long the replica keeps answering after /readyz turned 503, so that Services and load
     balancers stop sending to it first (default 0 s; the chart sets 5 s)."""
