@@ -101,10 +101,10 @@ crds: venv
 bench-operator: venv binaries
 	$(PY) bench/operator_scale.py --functions 1000
 
-# Many Functions present: operator and gateway RSS, the gateway's CPU per warm call with 10 vs 10,000 present.
+# Many Functions present: operator and gateway RSS, the gateway's CPU per warm call with 10, 1,000, 3,000, 10,000 present.
 .PHONY: bench-functions-many
 bench-functions-many: venv binaries
-	$(PY) bench/functions_many.py --functions 10000
+	$(PY) bench/functions_many.py --functions 1000,3000,10000 --timeout 120
 
 # Event invocations: accepted/s through the gateway beside raw JetStream publish-with-ack, end-to-end throughput
 # to a no-op function and the queue's oldest event age (issue 7).
