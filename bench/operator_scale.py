@@ -19,13 +19,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from kubelambda.kube import KubeClient, resource_path
+from kubelambda.kube import ApiError, KubeClient, resource_path
 from kubelambda.operator._owned import object_path
+from kubelambda.operator._pace import retrying
 from kubelambda.resources import (
     FunctionObject,
     make_code_configmap,
@@ -313,8 +315,18 @@ async def run_floor(
     await kube.create(resource_path("v1", "namespaces"), {"metadata": {"name": ns}})
     settings = OperatorSettings()
 
+    async def create(i: int) -> JSON:
+        path = resource_path(FN_API, "functions", namespace=ns)
+        try:
+            return await kube.create(path, function(f"fn-{i:04d}"))
+        except ApiError as e:
+            if e.status != 409:  # stored after all by an attempt that timed out
+                raise
+            return await kube.get(f"{path}/fn-{i:04d}")
+
     async def one(i: int) -> None:
-        body = await kube.create(resource_path(FN_API, "functions", namespace=ns), function(f"fn-{i:04d}"))
+        # A request the API server is too busy for is asked again, as the operator does (_pace.retrying).
+        body = await retrying(lambda: create(i), overloaded=lambda: None)
         fn = FunctionObject.from_body(body)
         binding = make_scale_role_binding(fn, gateway_account=settings.gateway_service_account,
                                           system_namespace=settings.system_namespace)  # fmt: skip
@@ -323,7 +335,8 @@ async def run_floor(
                 make_deployment(fn, image="img", settings=settings, replicas=0)]  # fmt: skip
         for obj in objs:
             assert obj is not None
-            await kube.apply(object_path(obj), obj, field_manager=FIELD_MANAGER)
+            await retrying(partial(kube.apply, object_path(obj), obj, field_manager=FIELD_MANAGER),
+                           overloaded=lambda: None)  # fmt: skip
 
     before = await scrape_writes(kube)
     cpu_before = component_cpu(root, {"bench (the floor's client)": os.getpid()})
