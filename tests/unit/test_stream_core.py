@@ -15,7 +15,7 @@ from typing import Any
 
 from kubelambda.api.v1alpha1 import Trigger
 from kubelambda.bridge._context import InvokeResult
-from kubelambda.bridge.streams._batch import SourceInfo, StreamRecord, shard_id
+from kubelambda.bridge.streams._batch import SourceInfo, StreamRecord, lane_of, shard_id
 from kubelambda.bridge.streams._core import ShardWorker, StreamBridge
 
 SOURCE = SourceInfo(
@@ -121,9 +121,17 @@ async def run_until_done(worker: ShardWorker, shard: MemoryShard, last: str) -> 
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_lanes_run_concurrently_keep_order_per_key_and_checkpoint_after_all() -> None:
+async def test_lanes_run_concurrently_keep_order_per_key_and_checkpoint_only_done_prefixes() -> None:
     function = Function()
     shard = MemoryShard(records(600, keys=10))
+    delivered_at_commit: list[tuple[int, set[int]]] = []
+    commit = shard.commit
+
+    async def watched_commit(record: StreamRecord) -> None:
+        delivered_at_commit.append((int(record.sequence), {i for call in function.calls for _, i in call}))
+        await commit(record)
+
+    shard.commit = watched_commit  # type: ignore[method-assign]
     b = bridge(function, batchSize=20, parallelizationFactor=3)
     await run_until_done(ShardWorker(b, shard), shard, "599")
     seen = [pair for call in function.calls for pair in call]
@@ -134,8 +142,51 @@ async def test_lanes_run_concurrently_keep_order_per_key_and_checkpoint_after_al
     assert all(v == sorted(v) for v in per_key.values())
     assert all(len(call) <= 20 for call in function.calls)
     assert function.max_in_flight > 1
-    # Checkpoints only at the end of a chunk of 3 x 20 records (all lanes done), never inside one.
-    assert all((int(c) + 1) % 60 == 0 for c in shard.commits)
+    # A checkpoint never passes a record that is not done: every record up to it was delivered before it.
+    assert delivered_at_commit
+    for through, delivered in delivered_at_commit:
+        assert set(range(through + 1)) <= delivered, through
+
+
+async def test_a_slow_key_holds_only_its_lane() -> None:
+    """Lambda's ParallelizationFactor: a lane takes its next batch when its previous one ended, not when every
+    lane's did. The slow key's first batch is released only once another lane has been invoked with records
+    read after a whole round (factor x batch size) — which a loop waiting for all lanes never does."""
+    lanes, size = 3, 10
+    slow_lane = lane_of("k0", lanes)
+    release = asyncio.Event()
+    events: list[tuple[str, str, list[int]]] = []
+
+    class SlowKey(Function):
+        async def invoke(self, payload: bytes, *, asynchronous: bool = False) -> InvokeResult:
+            got = json.loads(payload)["Records"]
+            keys = {r["kinesis"]["partitionKey"] for r in got}
+            numbers = [int(base64.b64decode(r["kinesis"]["data"])) for r in got]
+            slow = any(lane_of(k, lanes) == slow_lane for k in keys)
+            events.append(("start", "slow" if slow else "other", numbers))
+            if slow and not release.is_set():
+                await release.wait()
+            elif not slow and max(numbers) >= lanes * size:
+                release.set()
+            answer = await super().invoke(payload, asynchronous=asynchronous)
+            events.append(("end", "slow" if slow else "other", numbers))
+            return answer
+
+    function = SlowKey()
+    shard = MemoryShard(records(300, keys=10))
+    b = bridge(function, batchSize=size, parallelizationFactor=lanes)
+    await run_until_done(ShardWorker(b, shard), shard, "299")
+    first_slow_end = events.index(next(e for e in events if e[:2] == ("end", "slow")))
+    first_slow_start = events.index(next(e for e in events if e[:2] == ("start", "slow")))
+    others_meanwhile = [e for e in events[first_slow_start:first_slow_end] if e[:2] == ("end", "other")]
+    assert len(others_meanwhile) >= 2, events[: first_slow_end + 1]
+    assert max(max(e[2]) for e in others_meanwhile) >= lanes * size
+    seen = [pair for call in function.calls for pair in call]
+    assert sorted(i for _, i in seen) == list(range(300))
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for key, i in seen:
+        per_key[key].append(i)
+    assert all(v == sorted(v) for v in per_key.values())
 
 
 async def test_one_lane_is_one_batch_at_a_time_in_shard_order() -> None:

@@ -4,8 +4,9 @@ One task per shard reads ahead into a small buffer (the next batch is fetched wh
 one task per shard processes: it gathers a batch (``batchSize`` records or ``maxBatchingWindowSeconds``),
 invokes the function synchronously, applies :func:`kubelambda.bridge.streams._batch.plan`, and checkpoints
 only what is done (succeeded, or discarded and reported to the on-failure destination). With
-``parallelizationFactor`` N the processor takes N batches' worth of records, splits them into N lanes by
-partition key, runs the lanes concurrently (each in order) and checkpoints once all lanes are done.
+``parallelizationFactor`` N records go to N lanes by partition key; each lane gathers and invokes its own
+batches, one at a time and in order, taking its next batch as soon as its previous one ended (a slow key holds
+only its lane), and the shard is checkpointed at the end of the contiguous prefix of done records.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -43,8 +44,8 @@ from kubelambda.bridge.streams._batch import (
     event,
     expired_prefix,
     failure_record,
+    lane_of,
     plan,
-    split_lanes,
 )
 from kubelambda.destinations import Senders
 from kubelambda.natspolicy import subject_refusal
@@ -59,6 +60,9 @@ MIN_READ_RECORDS = 1000
 MAX_READ_RECORDS = 10000
 DESTINATION_ATTEMPTS = 8
 STOP_STEP_SECONDS = 10.0
+LANE_AHEAD_BATCHES = 2
+"""With lanes, records taken from the read-ahead buffer and not yet done are at most this many batches per lane
+(plus one read): a lane stuck on a slow key lets the others run ahead this far, not without bound."""
 
 
 class StreamSettings(BaseSettings):
@@ -324,18 +328,10 @@ class ShardWorker:
         reading = asyncio.create_task(self._read_ahead(), name=f"read {self.reader.shard}")
         committing = asyncio.create_task(self._committer(), name=f"commit {self.reader.shard}")
         try:
-            while True:
-                chunk = await self._gather(self.batch_size * self.lanes)
-                self.busy = True
-                if self.lanes == 1:
-                    await self._lane(chunk, commit_each=True)
-                else:
-                    lanes = [lane for lane in split_lanes(chunk, self.lanes) if lane]
-                    await asyncio.gather(*(self._lane(lane, commit_each=False) for lane in lanes))
-                    await self._commit(chunk[-1])
-                self.bridge.iterator_ages[self.reader.shard] = max(0.0, time.time() - chunk[-1].arrival)
-                self.busy = False
-                self.bridge.report_lag()
+            if self.lanes == 1:
+                await self._one_lane()
+            else:
+                await Lanes(self).run()
         finally:
             for task in (reading, committing):
                 task.cancel()
@@ -346,6 +342,21 @@ class ShardWorker:
             if last is not None and last is not self.committed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.reader.commit(last), 5)
+
+    async def _one_lane(self) -> None:
+        while True:
+            chunk = await self._gather(self.batch_size)
+            self.busy = True
+            await self._lane(chunk, done=self._commit_through)
+            self.batch_ended(chunk)
+            self.busy = False
+
+    def batch_ended(self, batch: Sequence[StreamRecord]) -> None:
+        self.bridge.iterator_ages[self.reader.shard] = max(0.0, time.time() - batch[-1].arrival)
+        self.bridge.report_lag()
+
+    async def _commit_through(self, records: Sequence[StreamRecord]) -> None:
+        await self._commit(records[-1])
 
     async def _read_ahead(self) -> None:
         delay = 0.5
@@ -422,7 +433,14 @@ class ShardWorker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
-    async def _lane(self, records: Sequence[StreamRecord], *, commit_each: bool) -> None:
+    async def _lane(
+        self,
+        records: Sequence[StreamRecord],
+        *,
+        done: Callable[[Sequence[StreamRecord]], Awaitable[None]],
+    ) -> None:
+        """Invokes ``records`` (one lane's, in order) in batches; ``done`` gets each run of records that is done
+        (succeeded or discarded), in order."""
         queue: deque[Piece] = deque()
         rest = list(records)
         while rest:
@@ -439,8 +457,7 @@ class ShardWorker:
             )
             if expired:
                 await self._discard(piece.records[:expired], reason=RECORD_AGE_EXCEEDED, info=last_info)
-                if commit_each:
-                    await self._commit(piece.records[expired - 1])
+                await done(piece.records[:expired])
                 if expired == len(piece.records):
                     continue
                 piece = Piece(piece.records[expired:], piece.attempts, piece.throttles, piece.first_failure)
@@ -486,13 +503,11 @@ class ShardWorker:
             decision = plan(piece, result, self.policy, now=time.time())
             if decision.done:
                 self.ctx.status.delivered(decision.done)
-                if commit_each:
-                    await self._commit(batch[decision.done - 1])
+                await done(batch[: decision.done])
             if decision.discard:
                 discarded = batch[decision.done : decision.done + decision.discard]
                 await self._discard(discarded, reason=decision.reason, info=last_info)
-                if commit_each:
-                    await self._commit(discarded[-1])
+                await done(discarded)
             queue.extendleft(reversed(decision.retry))
             if decision.delay:
                 await asyncio.sleep(decision.delay)
@@ -520,6 +535,90 @@ class ShardWorker:
             f"{self.ctx.namespace}/{self.ctx.name}/{records[0].shard}/{records[0].sequence}/{records[-1].sequence}".encode()
         ).hexdigest()[:32]
         await self.bridge.destination.send(record, key=key)
+
+
+class Lanes:
+    """``parallelizationFactor`` N of one shard: records are dealt to N lanes by partition key as they are read;
+    each lane runs its own batches one at a time, in shard order, and takes its next batch as soon as the
+    previous one ended. The shard's checkpoint advances to the end of the contiguous prefix of done records (as
+    Lambda's: records after an unfinished one are replayed after a crash, at-least-once)."""
+
+    def __init__(self, worker: ShardWorker) -> None:
+        self.worker = worker
+        self.n = worker.lanes
+        self.queues: list[deque[StreamRecord]] = [deque() for _ in range(self.n)]
+        self.arrived = [asyncio.Event() for _ in range(self.n)]
+        self.undone: deque[StreamRecord] = deque()
+        """Records dealt to a lane and not yet known done, in shard order (the head is the oldest)."""
+        self.done_ids: set[int] = set()
+        self.room = asyncio.Event()
+        self.limit = worker.batch_size * self.n * LANE_AHEAD_BATCHES
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._deal(), name=f"deal {self.worker.reader.shard}")]
+        tasks += [
+            asyncio.create_task(self._run_lane(i), name=f"lane {i} {self.worker.reader.shard}")
+            for i in range(self.n)
+        ]
+        try:
+            # A lane that fails stops the shard (as the one-lane loop's exception does).
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _deal(self) -> None:
+        worker = self.worker
+        while True:
+            while len(self.undone) >= self.limit:
+                self.room.clear()
+                await self.room.wait()
+            records = await worker.buffer.get()
+            worker.busy = True
+            self.undone.extend(records)
+            for record in records:
+                lane = lane_of(record.partition_key, self.n)
+                self.queues[lane].append(record)
+                self.arrived[lane].set()
+
+    async def _gather(self, lane: int) -> list[StreamRecord]:
+        """Up to a batch of the lane's records: waits for the first, then for more until the window closes."""
+        queue, arrived = self.queues[lane], self.arrived[lane]
+        while not queue:
+            arrived.clear()
+            await arrived.wait()
+        size = self.worker.batch_size
+        deadline = time.monotonic() + self.worker.window
+        while len(queue) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            arrived.clear()
+            try:
+                await asyncio.wait_for(arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        return [queue.popleft() for _ in range(min(size, len(queue)))]
+
+    async def _run_lane(self, lane: int) -> None:
+        while True:
+            batch = await self._gather(lane)
+            await self.worker._lane(batch, done=self._done)
+            self.worker.batch_ended(batch)
+
+    async def _done(self, records: Sequence[StreamRecord]) -> None:
+        self.done_ids.update(id(record) for record in records)
+        last = None
+        undone = self.undone
+        while undone and id(undone[0]) in self.done_ids:
+            last = undone.popleft()
+            self.done_ids.discard(id(last))
+        if last is not None:
+            await self.worker._commit(last)
+            self.room.set()
+            if not undone:
+                self.worker.busy = False
 
 
 def utcnow_millis() -> str:
