@@ -53,6 +53,19 @@ func (a *agentAuth) replace(token string) {
 	a.mu.Unlock()
 }
 
+// fromGateway tells whether r shows this pod's token (the gateway's calls): false on a platform without an
+// agent key, where anyone may call.
+func (a *agentAuth) fromGateway(r *http.Request) bool {
+	if a == nil {
+		return false
+	}
+	a.mu.RLock()
+	token := a.token
+	a.mu.RUnlock()
+	given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return token != "" && ok && subtle.ConstantTimeCompare([]byte(given), []byte(token)) == 1
+}
+
 func (a *agentAuth) allows(r *http.Request, metrics bool) bool {
 	a.mu.RLock()
 	token, metricsToken := a.token, a.metrics

@@ -111,7 +111,7 @@ func serveRuntimeAPI(p *pool) ([]*http.Server, error) {
 
 func newFrontMux(cfg *Config, p *pool, m *metrics, sp *specializer) http.Handler {
 	ages := newInflightAges()
-	inv := ages.track(&invokeAPI{pool: p, cfg: cfg, metrics: m})
+	inv := ages.track(&invokeAPI{pool: p, cfg: cfg, metrics: m, auth: sp.auth})
 	mux := http.NewServeMux()
 	mux.Handle("/invoke", sp.auth.guard(inv, false))
 	mux.Handle("/2015-03-31/functions/{name}/invocations", sp.auth.guard(inv, false))
