@@ -121,6 +121,16 @@ async def run_until_done(worker: ShardWorker, shard: MemoryShard, last: str) -> 
         await asyncio.gather(task, return_exceptions=True)
 
 
+def assert_each_once_in_order_per_key(function: Function, n: int) -> None:
+    """Records 0..n-1 were each invoked once, and each partition key's in shard order."""
+    seen = [pair for call in function.calls for pair in call]
+    assert sorted(i for _, i in seen) == list(range(n))
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for key, i in seen:
+        per_key[key].append(i)
+    assert all(v == sorted(v) for v in per_key.values())
+
+
 async def test_lanes_run_concurrently_keep_order_per_key_and_checkpoint_only_done_prefixes() -> None:
     function = Function()
     shard = MemoryShard(records(600, keys=10))
@@ -134,12 +144,7 @@ async def test_lanes_run_concurrently_keep_order_per_key_and_checkpoint_only_don
     shard.commit = watched_commit  # type: ignore[method-assign]
     b = bridge(function, batchSize=20, parallelizationFactor=3)
     await run_until_done(ShardWorker(b, shard), shard, "599")
-    seen = [pair for call in function.calls for pair in call]
-    assert sorted(i for _, i in seen) == list(range(600))
-    per_key: dict[str, list[int]] = defaultdict(list)
-    for key, i in seen:
-        per_key[key].append(i)
-    assert all(v == sorted(v) for v in per_key.values())
+    assert_each_once_in_order_per_key(function, 600)
     assert all(len(call) <= 20 for call in function.calls)
     assert function.max_in_flight > 1
     # A checkpoint never passes a record that is not done: every record up to it was delivered before it.
@@ -181,12 +186,7 @@ async def test_a_slow_key_holds_only_its_lane() -> None:
     others_meanwhile = [e for e in events[first_slow_start:first_slow_end] if e[:2] == ("end", "other")]
     assert len(others_meanwhile) >= 2, events[: first_slow_end + 1]
     assert max(max(e[2]) for e in others_meanwhile) >= lanes * size
-    seen = [pair for call in function.calls for pair in call]
-    assert sorted(i for _, i in seen) == list(range(300))
-    per_key: dict[str, list[int]] = defaultdict(list)
-    for key, i in seen:
-        per_key[key].append(i)
-    assert all(v == sorted(v) for v in per_key.values())
+    assert_each_once_in_order_per_key(function, 300)
 
 
 async def test_one_lane_is_one_batch_at_a_time_in_shard_order() -> None:
