@@ -142,17 +142,14 @@ def test_request_ids_are_random_version_4_uuids_in_text_form() -> None:
     "body",
     [
         b'{"a": 1, "a": 2}',
-        b"NaN",
-        b"[Infinity, -0, 1e400, 1E+5]",
+        b"[-0, 1e400, 1E+5, 123456789012345678901234567890]",
         b" \t[]\r\n",
         b'"\\u00e9 \xc3\xa9"',
-        b"\xef\xbb\xbf{}",  # a UTF-8 BOM: pydantic-core refuses it, json.loads takes it
-        b'"\\ud800"',  # a lone surrogate, likewise
-        "[1]".encode("utf-16"),
+        b'"\\ud800"',  # an escaped lone surrogate: JSON's grammar takes it (simdjson does not)
         b"[" * 300 + b"]" * 300,  # deeper than pydantic-core's 200 levels, within json.loads'
     ],
 )
-def test_the_invoke_api_takes_every_body_json_loads_takes(body: bytes) -> None:
+def test_the_invoke_api_takes_every_json_body(body: bytes) -> None:
     json.loads(body)  # the reference: it takes the body
     assert json_problem(body) is None
 
@@ -164,11 +161,16 @@ def test_the_invoke_api_takes_every_body_json_loads_takes(body: bytes) -> None:
         (b"{}x", "not valid JSON"),
         (b"[1,]", "not valid JSON"),
         (b"01", "not valid JSON"),
-        (b"\xff", "not valid JSON"),
+        (b"\xff", "not valid JSON (not UTF-8)"),
+        (b"NaN", "not valid JSON"),
+        (b"[1, Infinity]", "not valid JSON"),
+        (b"[-Infinity]", "not valid JSON"),
+        (b"\xef\xbb\xbf{}", "not valid JSON (a byte order mark before it)"),
+        ("[1]".encode("utf-16"), "not valid JSON (not UTF-8)"),
         (b"1 2", "not valid JSON"),
         (b'"\t"', "not valid JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "arrays and objects are nested too deeply"),
     ],
 )
-def test_the_invoke_api_refuses_what_json_loads_refuses(body: bytes, problem: str) -> None:
+def test_the_invoke_api_refuses_what_is_not_json(body: bytes, problem: str) -> None:
     assert json_problem(body) == problem
