@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -240,6 +241,12 @@ def load_average() -> str:
     return f"load {os.getloadavg()[0]:.0f}"
 
 
+def spread(values: Sequence[float], fmt: str = "{:.0f}") -> str:
+    """The median of ``values`` and, with more than one, their range: ``median (min to max)``."""
+    median = fmt.format(statistics.median(values))
+    return median if len(values) < 2 else f"{median} ({fmt.format(min(values))} to {fmt.format(max(values))})"
+
+
 async def wait(
     probe: Callable[[], Awaitable[Any]],
     done: Callable[[Any], bool],
@@ -356,7 +363,6 @@ def gateway_process(
 
 def print_rows(rows: Mapping[str, list[tuple[float, list[float]]]]) -> None:
     """Each case's median req/s and p50/p99 over all its rounds, beside the first case's."""
-    import statistics
 
     base: tuple[float, float] | None = None
     first = next(iter(rows), "")
