@@ -1,14 +1,21 @@
-"""Benchmark of the stream bridges (issue 9): records/s end to end per source to a no-op function, batch 100.
+"""Benchmark of the stream bridges (issue 9): records/s end to end per source to a no-op function.
 
-For each source (Kafka, Redis Streams, NATS JetStream, Kinesis API via kinesalite), in the same run:
+For each source (Kafka, Redis Streams, NATS JetStream, Kinesis API via kinesalite), each batch size (100, 10)
+and each of ``--rounds`` rounds (default 3; the table prints the median and range), in the same run:
 
 1. **ceiling**: the broker's own consumer throughput, with the same client library the bridge uses, reading the
-   same N records (Kafka: aiokafka ``getmany``; Redis: ``XREAD COUNT``; NATS: a pull consumer fetching and
-   acknowledging (AckPolicy.ALL) like the bridge; Kinesis: aiobotocore ``GetRecords`` per shard in parallel);
+   same N records a batch at a time, as a consumer that handles each batch before reading on
+   (Kafka: aiokafka ``getmany(max_records=batch)``; Redis: ``XREAD COUNT batch``; NATS: a pull consumer
+   fetching a batch and acknowledging it (AckPolicy.ALL) like the bridge; Kinesis: aiobotocore
+   ``GetRecords(Limit=batch)`` per shard in parallel);
 2. **bridge**: the Trigger's bridge as the operator runs it (a pod of the local cluster, ``kubelambda bridge``),
-   invoking a no-op Python function through the gateway with batches of 100. The Trigger is created disabled,
-   the N records are published, then the Trigger is enabled; the rate is counted from the first record the
-   bridge delivers to the last (its own ``kubelambda_bridge_events_total``), so pod start-up is left out.
+   invoking a no-op Python function through the gateway with batches of that size. The Trigger is created
+   disabled, the N records are published, then the Trigger is enabled; the rate is counted from the first record
+   the bridge delivers to the last (its own ``kubelambda_bridge_events_total``), so pod start-up is left out.
+
+The no-op function gets one full vCPU by default (``--function-mb 1769``, Lambda's 1,769 MB = 1 vCPU; its pod's
+CPU limit is memoryMB / 1769 cores): at Lambda's smallest, 128 MB (``--function-mb 128``: 73m, 7.3 ms of CPU per
+100 ms CFS period), the function's quota bounded the rate, not the bridge.
 
 Figures only, never assertions. Run: ``make bench-streams`` (or ``.venv/bin/python bench/stream_bench.py``).
 """
@@ -37,7 +44,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from _common import (
     create_function_ready,
     create_namespace,
+    load_average,
     print_platform_logs,
+    spread,
     start_cluster,
     warm_function,
 )
@@ -45,6 +54,7 @@ from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import NatsServer, RedisServer
 from kubelambda.devcluster.streamservers import KafkaServer, KinesisServer
 from kubelambda.kube import KubeClient, resource_path
+from kubelambda.resources.deployment import MB_PER_VCPU
 
 NS = "bench-streams"
 FUNCTION = "noop"
@@ -61,7 +71,7 @@ class Source:
     async def publish(self, name: str, n: int) -> None:
         raise NotImplementedError
 
-    async def ceiling(self, name: str, n: int) -> float:
+    async def ceiling(self, name: str, n: int, batch: int) -> float:
         raise NotImplementedError
 
     def spec(self, name: str) -> dict[str, Any]:
@@ -94,7 +104,7 @@ class Kafka(Source):
         finally:
             await producer.stop()
 
-    async def ceiling(self, name: str, n: int) -> float:
+    async def ceiling(self, name: str, n: int, batch: int) -> float:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.server.bootstrap, group_id=f"ceiling-{name}", enable_auto_commit=False
         )
@@ -106,7 +116,7 @@ class Kafka(Source):
             got = 0
             started = time.perf_counter()
             while got < n:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+                batches = await consumer.getmany(timeout_ms=1000, max_records=batch)
                 got += sum(len(v) for v in batches.values())
             return n / (time.perf_counter() - started)
         finally:
@@ -133,13 +143,13 @@ class Redis(Source):
         finally:
             await conn.aclose()
 
-    async def ceiling(self, name: str, n: int) -> float:
+    async def ceiling(self, name: str, n: int, batch: int) -> float:
         conn = aioredis.Redis.from_url(self.server.url)
         try:
             after, got = "0-0", 0
             started = time.perf_counter()
             while got < n:
-                answer: Any = await conn.xread({name: after}, count=1000, block=1000)
+                answer: Any = await conn.xread({name: after}, count=batch, block=1000)
                 entries = answer[0][1]
                 got += len(entries)
                 after = entries[-1][0]
@@ -169,7 +179,7 @@ class Nats(Source):
         finally:
             await nc.close()
 
-    async def ceiling(self, name: str, n: int) -> float:
+    async def ceiling(self, name: str, n: int, batch: int) -> float:
         nc = await nats.connect(self.server.url)
         try:
             js = nc.jetstream()
@@ -179,7 +189,7 @@ class Nats(Source):
             got = 0
             started = time.perf_counter()
             while got < n:
-                msgs = await sub.fetch(batch=1000, timeout=5)
+                msgs = await sub.fetch(batch=batch, timeout=5)
                 got += len(msgs)
                 await msgs[-1].ack_sync()
             return n / (time.perf_counter() - started)
@@ -218,7 +228,7 @@ class Kinesis(Source):
                     ],
                 )
 
-    async def ceiling(self, name: str, n: int) -> float:
+    async def ceiling(self, name: str, n: int, batch: int) -> float:
         async with self.client() as api:
             shards = [s["ShardId"] for s in (await api.list_shards(StreamName=name))["Shards"]]
             counts = dict.fromkeys(shards, 0)
@@ -230,9 +240,7 @@ class Kinesis(Source):
                     )
                 )["ShardIterator"]
                 while sum(counts.values()) < n:
-                    answer = await api.get_records(
-                        ShardIterator=iterator, Limit=1000
-                    )  # the bridge reads 1,000 too
+                    answer = await api.get_records(ShardIterator=iterator, Limit=batch)
                     iterator = answer["NextShardIterator"]
                     counts[shard] += len(answer["Records"])
                     if not answer["Records"]:
@@ -357,6 +365,17 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--sources", default="kafka,redis,nats,kinesis")
+    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 100 and 10)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of every case (default 3): median and range"
+    )
+    parser.add_argument(
+        "--function-mb",
+        type=int,
+        default=MB_PER_VCPU,
+        help=f"memoryMB of the no-op function (default {MB_PER_VCPU}: one vCPU; its CPU limit is memoryMB /"
+        f" {MB_PER_VCPU} cores, and at 128 MB, 73m, the function's quota bounded the rate, not the bridge)",
+    )
     parser.add_argument(
         "--parallelization-factor",
         type=int,
@@ -364,7 +383,7 @@ async def main() -> None:
         help="the Triggers' parallelizationFactor (1 = one batch in flight per shard, Lambda's default)",
     )
     args = parser.parse_args()
-    n = args.records
+    n, batches = args.records, args.batch or [100, 10]
     ensure_binaries()
     with tempfile.TemporaryDirectory(prefix="kl-bench-streams-") as tmp:
         root = Path(tmp)
@@ -381,6 +400,7 @@ async def main() -> None:
                 "nats": Nats(nats_server),
                 "kinesis": Kinesis(kinesis),
             }
+            rows: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
             try:
                 async with (
                     KubeClient.from_kubeconfig(state.kubeconfig) as kube,
@@ -388,40 +408,64 @@ async def main() -> None:
                 ):
                     await create_namespace(kube, NS, 180, tolerate_errors=True)
                     await create_function_ready(
-                        kube, warm_function(FUNCTION, NS, HANDLER, per_instance=SHARDS)
+                        kube,
+                        warm_function(FUNCTION, NS, HANDLER, per_instance=SHARDS, memoryMB=args.function_mb),
                     )
                     print(
-                        f"{n} records per source, batch 100, parallelizationFactor {args.parallelization_factor}, "
-                        "no-op python3.11 function; records/s"
+                        f"{n} records per source, parallelizationFactor {args.parallelization_factor}, no-op"
+                        f" python3.11 function of {args.function_mb} MB; records/s"
                     )
                     print(
-                        f"{'source':<8} {'shards':>6} {'ceiling':>10} {'bridge':>10} {'ratio':>6} {'bridge CPU':>10}"
+                        f"{'round':>5} {'source':<8} {'batch':>5} {'shards':>6} {'ceiling':>10} {'bridge':>10}"
+                        f" {'ratio':>6} {'bridge CPU':>10}"
                     )
-                    for kind in args.sources.split(","):
-                        source = sources[kind]
-                        name = f"bench-{kind}"
-                        await source.publish(name, n)
-                        ceiling = await source.ceiling(name, n)
-                        await kube.create(
-                            resource_path(GROUP_VERSION, "triggers", namespace=NS),
-                            trigger(name, source, enabled=False, parallelization=args.parallelization_factor),
-                        )
-                        rate, cpu, _ = await bridge_rate(kube, http, name, source, n)
-                        shards = SHARDS if kind in ("kafka", "kinesis") else 1
-                        print(
-                            f"{kind:<8} {shards:>6} {ceiling:>10.0f} {rate:>10.0f} {rate / ceiling:>6.0%} {cpu:>10.0%}",
-                            flush=True,
-                        )
-                        await kube.patch(
-                            resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name),
-                            {"spec": {"enabled": False}},
-                        )
+                    # Rounds outermost: the machine's load drifts over minutes, and each round sees every case.
+                    for round_ in range(args.rounds):
+                        for batch in batches:
+                            for kind in args.sources.split(","):
+                                source = sources[kind]
+                                name = f"bench-{kind}-{batch}-{round_}"
+                                await source.publish(name, n)
+                                ceiling = await source.ceiling(name, n, batch)
+                                await kube.create(
+                                    resource_path(GROUP_VERSION, "triggers", namespace=NS),
+                                    trigger(
+                                        name,
+                                        source,
+                                        enabled=False,
+                                        parallelization=args.parallelization_factor,
+                                        batch=batch,
+                                    ),
+                                )
+                                rate, cpu, _ = await bridge_rate(kube, http, name, source, n)
+                                rows.setdefault((kind, batch), []).append((ceiling, rate, cpu))
+                                shards = SHARDS if kind in ("kafka", "kinesis") else 1
+                                print(
+                                    f"{round_ + 1:>5} {kind:<8} {batch:>5} {shards:>6} {ceiling:>10.0f} {rate:>10.0f}"
+                                    f" {rate / ceiling:>6.0%} {cpu:>10.0%}   {load_average()}",
+                                    flush=True,
+                                )
+                                await kube.patch(
+                                    resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name),
+                                    {"spec": {"enabled": False}},
+                                )
             except BaseException:
                 print_platform_logs(root)
                 raise
             finally:
                 proc.terminate()
                 proc.wait(60)
+            print(f"\nstream bridges, median (range) of {args.rounds} rounds")
+            print(
+                "| source | batch | bridge (rec/s) | client ceiling (rec/s) | bridge / ceiling | bridge CPU |"
+            )
+            print("|---|---|---|---|---|---|")
+            for (kind, batch), runs in rows.items():
+                print(
+                    f"| {kind} | {batch} | {spread([r for _, r, _ in runs])} | {spread([c for c, _, _ in runs])}"
+                    f" | {spread([100 * r / c for c, r, _ in runs], '{:.0f}%')}"
+                    f" | {spread([100 * u for _, _, u in runs], '{:.0f}%')} |"
+                )
 
 
 if __name__ == "__main__":
