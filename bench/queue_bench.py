@@ -256,15 +256,19 @@ class Sqs:
             return time.perf_counter() - started
 
 
-async def events_total(http: aiohttp.ClientSession, port: int) -> float | None:
-    """The bridge process's ``kubelambda_bridge_events_total`` (messages acknowledged after a success)."""
+METRICS = ("kubelambda_bridge_events_total", "kubelambda_bridge_invoke_seconds_sum")
+
+
+async def bridge_counters(http: aiohttp.ClientSession, port: int) -> dict[str, float] | None:
+    """The bridge process's ``kubelambda_bridge_events_total`` (messages acknowledged after a success) and the
+    sum of its invocations' durations, or None while it does not answer."""
     try:
         async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
             text = await resp.text()
     except aiohttp.ClientError:
         return None
-    found = re.search(r"^kubelambda_bridge_events_total ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else None
+    found = {name: re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE) for name in METRICS}
+    return {name: float(m.group(1)) for name, m in found.items() if m}
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,10 @@ class Run:
     """CPU µs per message of this process while the bridge ran: the gateway (and this loop's polling)."""
     function_cpu_us: float = float("nan")
     """CPU µs per message of the function's pod: its agent and the runtime under it."""
+    in_flight: float = float("nan")
+    """Invocations the bridge had in flight on average (the sum of their durations over the time; Little's law):
+    near ``maxConcurrency``, every slot waits on an invocation and the chain behind the gateway bounds the rate;
+    well below it, the bridge's own loop (fetch, build, acknowledge) does."""
 
 
 def busy(bridged: Run, ceiling: Run) -> str:
@@ -373,7 +381,7 @@ async def through_bridge(
         KUBELAMBDA_BRIDGE_PORT=str(port),
         KUBELAMBDA_BRIDGE_STATUS_INTERVAL_SECONDS="5",
     )
-    first: tuple[float, float, float, float, float] | None = None
+    first: tuple[float, float, float, float, float, float] | None = None
     me = psutil.Process()
     function = function_processes()
     async with aiohttp.ClientSession() as http:
@@ -382,10 +390,12 @@ async def through_bridge(
             process = psutil.Process(bridge.proc.pid)
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
-                got = await events_total(http, port)
+                counters = await bridge_counters(http, port)
                 now = time.perf_counter()
+                got = (counters or {}).get(METRICS[0])
+                busy_s = (counters or {}).get(METRICS[1], 0.0)
                 if got and first is None:
-                    first = (now, got, cpu_seconds(process), cpu_seconds(me), total_cpu(function))
+                    first = (now, got, cpu_seconds(process), cpu_seconds(me), total_cpu(function), busy_s)
                 if got is not None and got >= n and first is not None:
                     if now == first[0]:
                         break
@@ -395,6 +405,7 @@ async def through_bridge(
                         1e6 * (cpu_seconds(process) - first[2]) / count,
                         1e6 * (cpu_seconds(me) - first[3]) / count,
                         1e6 * (total_cpu(function) - first[4]) / count,
+                        (busy_s - first[5]) / (now - first[0]),
                     )
                 if not bridge.alive():
                     break
@@ -411,9 +422,9 @@ def print_table(
     )
     print(
         "| broker | batch | bridge end to end (rec/s) | client ceiling (rec/s) | bridge / ceiling "
-        "| CPU µs/msg: bridge | gateway | function pod | ceiling's client |"
+        "| CPU µs/msg: bridge | gateway | function pod | ceiling's client | invocations in flight |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (kind, batch), runs in rows.items():
         ceilings, bridged = [c for c, _ in runs], [b for _, b in runs]
         print(
@@ -422,7 +433,8 @@ def print_table(
             f"| {statistics.median(b.cpu_us for b in bridged):.0f} "
             f"| {statistics.median(b.gateway_cpu_us for b in bridged):.0f} "
             f"| {statistics.median(b.function_cpu_us for b in bridged):.0f} "
-            f"| {statistics.median(c.cpu_us for c in ceilings):.0f} |"
+            f"| {statistics.median(c.cpu_us for c in ceilings):.0f} "
+            f"| {spread([b.in_flight for b in bridged], '{:.1f}')} |"
         )
 
 
@@ -482,7 +494,8 @@ async def main(
                             print(
                                 f"round {round_ + 1} {kind:9} batch {batch:3}: bridge {bridged.rate:6.0f} rec/s"
                                 f" ({bridged.cpu_us:4.0f} µs CPU/msg, gateway {bridged.gateway_cpu_us:4.0f},"
-                                f" function {bridged.function_cpu_us:4.0f})"
+                                f" function {bridged.function_cpu_us:4.0f}; {bridged.in_flight:.1f} invocations"
+                                f" in flight)"
                                 f"   ceiling {ceiling.rate:6.0f} rec/s ({ceiling.cpu_us:4.0f} µs CPU/msg)"
                                 f"   {100 * bridged.rate / ceiling.rate:5.1f}%   {load_average()}",
                                 flush=True,
