@@ -5,6 +5,7 @@ reconnection with SourceReachable."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -171,6 +172,84 @@ async def test_one_fetch_reads_for_every_free_slot() -> None:
     assert [got for _, got in broker.asked if got] == [40]
     assert sorted(len(p) for p in invoker.payloads) == [10, 10, 10, 10]
     assert sorted(broker.acked, key=int) == [str(i) for i in range(40)]
+
+
+class Gated(Invoker):
+    """Invocations wait for ``gate``; ``started`` records the first message id of each as it starts."""
+
+    def __init__(self) -> None:
+        super().__init__(ok)
+        self.gate = asyncio.Event()
+        self.started: list[str] = []
+
+    async def invoke(self, payload: Any, *, asynchronous: bool = False) -> InvokeResult:
+        self.started.append(payload["Records"][0]["messageId"])
+        await self.gate.wait()
+        return await super().invoke(payload, asynchronous=asynchronous)
+
+
+async def test_the_next_batch_is_fetched_while_the_slots_are_busy_and_kept_ours() -> None:
+    """maxConcurrency 2 (the least): while both slots' invocations run, the third batch is already fetched (its
+    lease renewed meanwhile, like a running batch's), and it is invoked when a slot is free."""
+    invoker = Gated()
+    ctx = Ctx(invoker, batchSize=2, maxConcurrency=2)
+    broker = MemoryBroker([f"m{i}" for i in range(8)])
+    broker.lease_renew_seconds = 0.02
+    consumer = QueueConsumer(ctx, broker, settings=FAST)  # type: ignore[arg-type]
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(
+            lambda: asyncio.sleep(0, result=len(broker.ready)),
+            lambda n: n == 2,
+            what="the third batch fetched",
+        )
+        assert invoker.started == ["0", "2"]
+        await wait_for(
+            lambda: asyncio.sleep(0, result=broker.held),
+            lambda h: ["4", "5"] in h,
+            what="the waiting batch held",
+        )
+        invoker.gate.set()
+        await wait_for(lambda: asyncio.sleep(0, result=len(broker.acked)), lambda n: n == 8, what="all acked")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert invoker.started == ["0", "2", "4", "6"]
+    assert broker.retried == []
+
+
+async def test_the_slot_is_free_for_the_next_invocation_while_the_last_is_acknowledged() -> None:
+    """maxConcurrency 2 and acknowledgements that take long: the next batches' invocations do not wait for
+    them, and every message is still acknowledged once."""
+
+    class SlowAck(MemoryBroker):
+        def __init__(self, bodies: list[str]) -> None:
+            super().__init__(bodies)
+            self.release = asyncio.Event()
+
+        async def ack(self, messages: Sequence[Message]) -> None:
+            await self.release.wait()
+            await super().ack(messages)
+
+    invoker = Invoker(ok)
+    ctx = Ctx(invoker, batchSize=1, maxConcurrency=2)
+    broker = SlowAck(["a", "b", "c", "d"])
+    consumer = QueueConsumer(ctx, broker, settings=FAST)  # type: ignore[arg-type]
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(
+            lambda: asyncio.sleep(0, result=len(invoker.payloads)), lambda n: n == 4, what="four invocations"
+        )
+        assert broker.acked == []
+        broker.release.set()
+        await wait_for(lambda: asyncio.sleep(0, result=len(broker.acked)), lambda n: n == 4, what="all acked")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sorted(broker.acked) == ["0", "1", "2", "3"]
+    assert ctx.status.delivered_count == 4
 
 
 async def test_partial_failures_return_only_the_named_messages() -> None:

@@ -17,9 +17,10 @@ A broker module implements :class:`Broker` (fetch, ack, return to the queue, kee
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from aiohttp import web
@@ -204,12 +205,25 @@ class QueueConsumer:
 
     async def _consume(self) -> None:
         slots = asyncio.Semaphore(self.spec.max_concurrency)
+        held = 0  # slots taken: a batch's slot is given back once its invocation answered, before its ack
         inflight: set[asyncio.Task[None]] = set()
         failed: list[BaseException] = []
 
-        def finished(task: asyncio.Task[None]) -> None:
+        def releaser() -> Callable[[], None]:
+            released = False
+
+            def release() -> None:
+                nonlocal released, held
+                if not released:
+                    released = True
+                    held -= 1
+                    slots.release()
+
+            return release
+
+        def finished(task: asyncio.Task[None], release: Callable[[], None]) -> None:
             inflight.discard(task)
-            slots.release()
+            release()
             if not task.cancelled() and task.exception() is not None:
                 failed.append(task.exception())  # type: ignore[arg-type]
 
@@ -218,24 +232,32 @@ class QueueConsumer:
             while True:
                 if _stop_requested():
                     raise asyncio.CancelledError
-                await self._wait_backoff()
-                await slots.acquire()
                 if failed:
-                    slots.release()
                     raise failed[0]  # a batch could not be acknowledged: the connection is gone
-                try:
-                    # The slots free besides this one: their batches are fetched with this one (one broker
-                    # round trip for several batches, as Lambda's poller reads ahead for its concurrent batches).
-                    batch = await self._gather(free=self.spec.max_concurrency - len(inflight) - 1)
-                except BaseException:
-                    slots.release()
-                    raise
+                await self._wait_backoff()
+                # The next batch is gathered while every slot may still be busy, so that a slot freed by an
+                # answer starts its next invocation at once instead of after a broker round trip. The slots
+                # free besides this batch's: their batches are fetched with it (one broker round trip for
+                # several batches, as Lambda's poller reads ahead for its concurrent batches).
+                batch = await self._gather(free=self.spec.max_concurrency - held - 1)
                 if not batch:
-                    slots.release()
                     continue
-                task = asyncio.create_task(self._process(batch))
+                await self._acquire(slots, batch)
+                held += 1
+                release = releaser()
+                if failed:
+                    release()
+                    self._carry[:0] = batch  # dropped with the connection: the broker redelivers it
+                    raise failed[0]
+                try:
+                    await self._wait_backoff(batch)  # a throttle seen while this batch waited for its slot
+                except BaseException:
+                    release()
+                    self._carry[:0] = batch
+                    raise
+                task = asyncio.create_task(self._process(batch, release))
                 inflight.add(task)
-                task.add_done_callback(finished)
+                task.add_done_callback(functools.partial(finished, release=release))
         except asyncio.CancelledError:
             # Stopping (SIGTERM, a rolled Deployment): let the batches in flight finish and be acknowledged,
             # so a restart does not hand them out again, within the drain time.
@@ -257,11 +279,25 @@ class QueueConsumer:
                     STOP_STEP_SECONDS,
                 )
 
-    async def _wait_backoff(self) -> None:
+    async def _acquire(self, slots: asyncio.Semaphore, batch: list[Message]) -> None:
+        """A free slot for ``batch``, keeping the batch ours meanwhile as a running invocation's is (a broker
+        whose lease has a length of its own is renewed every ``lease_renew_seconds``)."""
+        every = self.broker.lease_renew_seconds
+        while every is not None:
+            try:
+                await asyncio.wait_for(slots.acquire(), timeout=every)
+                return
+            except TimeoutError:
+                await self.broker.hold(batch, seconds=self.settings.visibility_timeout_seconds)
+        await slots.acquire()
+
+    async def _wait_backoff(self, batch: Sequence[Message] = ()) -> None:
         delay = self._resume_at - time.monotonic()
         if delay > 0:
-            if self._carry:  # fetched for the next batches: keep them ours while backing off
-                await self._hold_for(self._carry, delay)
+            # ``batch`` (about to be invoked) and what was fetched for the next batches: kept ours meanwhile
+            keep = [*batch, *self._carry]
+            if keep:
+                await self._hold_for(keep, delay)
             else:
                 await asyncio.sleep(delay)
 
@@ -312,7 +348,7 @@ class QueueConsumer:
                 break
         return batch
 
-    async def _process(self, batch: list[Message]) -> None:
+    async def _process(self, batch: list[Message], release: Callable[[], None] = lambda: None) -> None:
         # One span per batch (docs/tracing.md), linked to each message's trace when it carries a ``traceparent``
         # attribute/header; the invocations it makes are its children.
         links = trace_links(batch) if tracing.enabled() else ()
@@ -325,9 +361,11 @@ class QueueConsumer:
                     "kubelambda.trigger": self.ctx.name,
                 },
             )
-            await self._process_batch(batch)
+            await self._process_batch(batch, release)
 
-    async def _process_batch(self, batch: list[Message]) -> None:
+    async def _process_batch(self, batch: list[Message], release: Callable[[], None] = lambda: None) -> None:
+        """Invokes with ``batch`` until the answer is not a throttle or platform error, calls ``release`` (the
+        slot is free for the next invocation), then acknowledges or returns the messages."""
         unique_ids(batch)
         records = [
             to_record(
@@ -371,6 +409,7 @@ class QueueConsumer:
                 )
             await self._hold_for(batch, delay)
         self._not_delivered = 0
+        release()  # the acknowledgement is a broker round trip: the next invocation need not wait for it
         acked = [by_id[i] for i in decision.ack]
         failed = [by_id[i] for i in decision.retry]
         if acked:
