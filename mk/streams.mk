@@ -9,7 +9,7 @@ stream-servers:
 test-deps: stream-servers
 integration: stream-servers
 
-# Records/s end to end per stream source to a no-op function (batch 100), beside the broker's own consumer
+# Records/s end to end per stream source to a no-op function (batch 100 and 10, 3 rounds), beside the broker's own consumer
 # throughput with the same client library in the same run.
 bench-streams: venv binaries stream-servers
 	$(PY) bench/stream_bench.py --records 20000
