@@ -241,6 +241,24 @@ def load_average() -> str:
     return f"load {os.getloadavg()[0]:.0f}"
 
 
+def add_bridge_bench_options(parser: argparse.ArgumentParser) -> None:
+    """``--batch`` (repeatable; default 100 and 10), ``--rounds`` and ``--function-mb`` of the queue and stream
+    benches."""
+    from kubelambda.resources.deployment import MB_PER_VCPU
+
+    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 100 and 10)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of every case (default 3): median and range"
+    )
+    parser.add_argument(
+        "--function-mb",
+        type=int,
+        default=MB_PER_VCPU,
+        help=f"memoryMB of the no-op function (default {MB_PER_VCPU}: one vCPU; its CPU limit is memoryMB /"
+        f" {MB_PER_VCPU} cores, and at 128 MB, 73m, the function's quota bounded the rate, not the bridge)",
+    )
+
+
 def spread(values: Sequence[float], fmt: str = "{:.0f}") -> str:
     """The median of ``values`` and, with more than one, their range: ``median (min to max)``."""
     median = fmt.format(statistics.median(values))

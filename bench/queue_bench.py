@@ -48,7 +48,7 @@ from aiobotocore.session import get_session
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from _common import load_average, py_spy, spread, stop_spies  # noqa: E402
+from _common import add_bridge_bench_options, load_average, py_spy, spread, stop_spies  # noqa: E402
 from kltest import Cluster, start_cluster  # noqa: E402
 from kltest.bridge import BridgeProcess  # noqa: E402
 from kltest.platform import deploy, python_function, start_gateway, start_operator, stop_gateway  # noqa: E402
@@ -514,7 +514,6 @@ async def main(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000, help="messages per run (default 10000)")
-    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 100 and 10)")
     parser.add_argument(
         "--broker", action="append", choices=BROKERS, help="brokers (default: rabbitmq, nats, redis, sqs)"
     )
@@ -527,19 +526,10 @@ if __name__ == "__main__":
         "--concurrency",
         type=int,
         default=CONCURRENCY,
-        help=f"the Triggers' maxConcurrency and the function's perInstance (default {CONCURRENCY}); the function"
-        " at 128 MB 32 invocations at once did not hold (its pod failed mid-invocation)",
+        help=f"the Triggers' maxConcurrency and the function's perInstance (default {CONCURRENCY}); at 128 MB"
+        " 32 invocations at once did not hold (its pod failed mid-invocation)",
     )
-    parser.add_argument(
-        "--function-mb",
-        type=int,
-        default=MB_PER_VCPU,
-        help=f"memoryMB of the no-op function (default {MB_PER_VCPU}: one vCPU; its CPU limit is memoryMB /"
-        f" {MB_PER_VCPU} cores, and at 128 MB, 73m, the function's quota bounded the rate, not the bridge)",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds of every case (default 3): median and range"
-    )
+    add_bridge_bench_options(parser)
     args = parser.parse_args()
     CONCURRENCY = args.concurrency
     asyncio.run(

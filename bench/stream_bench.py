@@ -42,6 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from _common import (
+    add_bridge_bench_options,
     create_function_ready,
     create_namespace,
     load_average,
@@ -54,7 +55,6 @@ from kubelambda.devcluster._binaries import ensure_binaries
 from kubelambda.devcluster.servers import NatsServer, RedisServer
 from kubelambda.devcluster.streamservers import KafkaServer, KinesisServer
 from kubelambda.kube import KubeClient, resource_path
-from kubelambda.resources.deployment import MB_PER_VCPU
 
 NS = "bench-streams"
 FUNCTION = "noop"
@@ -365,17 +365,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--sources", default="kafka,redis,nats,kinesis")
-    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 100 and 10)")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds of every case (default 3): median and range"
-    )
-    parser.add_argument(
-        "--function-mb",
-        type=int,
-        default=MB_PER_VCPU,
-        help=f"memoryMB of the no-op function (default {MB_PER_VCPU}: one vCPU; its CPU limit is memoryMB /"
-        f" {MB_PER_VCPU} cores, and at 128 MB, 73m, the function's quota bounded the rate, not the bridge)",
-    )
+    add_bridge_bench_options(parser)
     parser.add_argument(
         "--parallelization-factor",
         type=int,
