@@ -34,6 +34,7 @@ from kltest.platform import (
 )
 from kubelambda.asyncworker.dlq import DeadLetter, list_dead_letters
 from kubelambda.asyncworker.queue import EventQueue, QueuedEvent, dlq_stream
+from kubelambda.asyncworker.worker import destination_request_id
 from kubelambda.devcluster._ports import free_port
 from kubelambda.gateway.app import Gateway
 from kubelambda.gateway.config import GatewaySettings
@@ -222,6 +223,8 @@ async def test_a_function_destination_is_invoked_asynchronously_with_the_record(
     assert inner["requestContext"]["requestId"] == first_id
     assert inner["requestPayload"] == {"step": 1}
     assert record["requestContext"]["requestId"] != first_id
+    # The Event's request id comes from the record's key: sent again after a crash, it is stored once.
+    assert record["requestContext"]["requestId"] == destination_request_id(inner)
 
 
 async def test_oversize_and_non_json_events_are_refused_and_nothing_is_queued(env: Env) -> None:

@@ -499,7 +499,9 @@ class Worker:
                 QueuedEvent(
                     namespace=namespace,
                     function=self.invoker.destination_object(namespace, destination.function),
-                    request_id=str(uuid.uuid4()),
+                    # The same for the same record: sent again by a redelivered event, the Event's Nats-Msg-Id
+                    # is the same and JetStream stores it once (within its duplicate window).
+                    request_id=destination_request_id(record),
                     payload=body,
                     enqueued_at=self.clock(),
                     traceparent=tracing.current_traceparent(),
@@ -552,6 +554,17 @@ def record_key(record: dict[str, Any]) -> str:
     same when a redelivered event sends its record again (docs/async.md, "Exactly one record")."""
     context = record["requestContext"]
     return f"{context['requestId']}:{context['condition']}"
+
+
+def destination_request_id(record: dict[str, Any]) -> str:
+    """The request id of the Event a function destination gets for ``record``: a UUID derived from the record's
+    key, so that the record sent again by a redelivered event is the same Event."""
+    return str(uuid.uuid5(_DESTINATION_IDS, record_key(record)))
+
+
+_DESTINATION_IDS = uuid.UUID(
+    "5f0d7c1e-3b57-4a8e-9d4c-6b1f2a0e8c31"
+)  # the namespace of those ids (any fixed UUID)
 
 
 def _traceparent(event: QueuedEvent) -> str | None:
