@@ -8,7 +8,7 @@ import pytest
 
 from kubelambda.kube import ApiError
 from kubelambda.operator import _pace
-from kubelambda.operator._owned import APPLIED_ANNOTATION, contains, stored_form, with_digest
+from kubelambda.operator._owned import APPLIED_ANNOTATION, contains, every_step, stored_form, with_digest
 from kubelambda.operator._pace import AdaptiveLimit, backoff_seconds, is_transient, retrying
 
 
@@ -138,3 +138,35 @@ def test_a_secret_written_as_string_data_is_compared_as_the_data_it_is_kept_as()
     live = {"kind": "Secret", "metadata": {"name": "s"}, "type": "Opaque", "data": {"token": "YWJj"}}
     assert contains(live, stored_form(want))
     assert not contains(live, stored_form({**want, "stringData": {"token": "abd"}}))
+
+
+async def test_a_failed_step_is_raised_only_once_every_other_step_has_ended() -> None:
+    """No step outlives its reconcile: the slow step's own failure would otherwise surface later, unretrieved
+    (kopf raises it when it stops), and its write would race the retry."""
+    slow_may_end = asyncio.Event()
+    ended: list[str] = []
+
+    async def fails_at_once() -> None:
+        raise ApiError(403, "Forbidden", "namespace is being terminated")
+
+    async def slow() -> str:
+        await slow_may_end.wait()
+        ended.append("slow")
+        raise ApiError(403, "Forbidden", "the second failure")
+
+    task = asyncio.create_task(every_step([fails_at_once(), slow()]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not task.done()  # asyncio.gather would have raised the first failure by now
+    slow_may_end.set()
+    with pytest.raises(ApiError, match="namespace is being terminated"):
+        await task
+    assert ended == ["slow"]
+
+
+async def test_every_step_returns_the_results_in_order() -> None:
+    async def value(v: int) -> int:
+        await asyncio.sleep(0)
+        return v
+
+    assert await every_step([value(1), value(2), value(3)]) == [1, 2, 3]

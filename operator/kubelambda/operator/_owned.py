@@ -57,6 +57,18 @@ PLURALS = {
 }
 
 
+async def every_step(steps: list[Awaitable[Any]]) -> list[Any]:
+    """The results of ``steps``, run together and each to its end; then the first failure is raised. Not
+    ``asyncio.gather``'s way (the first failure raised while the others still run): a step left running behind a
+    failed reconcile races its retry, and kopf raises such a stray task's error when it stops (a test's operator
+    ended with a ServiceAccount's 403 from a namespace being deleted)."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 def owned_path(kind: str, namespace: str, name: str | None = None) -> str:
     """The API path of an owned object (of its collection without ``name``)."""
     api_version, plural = PLURALS[kind]

@@ -22,7 +22,7 @@ import aiohttp
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, resource_path
 from kubelambda.logstore import LogStreams, Retention
-from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem
+from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem, every_step
 from kubelambda.operator._pace import ATTEMPTS, backoff_seconds, is_transient
 from kubelambda.resources import (
     CodeTooLarge,
@@ -197,7 +197,7 @@ class FunctionReconciler(OwnedWriter):
                 steps.append(
                     self._ours_or_none(make_deployment(fn, image=image, settings=self.settings), outcome)
                 )
-            results = await asyncio.gather(*steps)
+            results = await every_step(steps)
             if problem is None and not outcome.conflicts:
                 await self._ensure_log_stream(fn.namespace)
                 try:

@@ -13,7 +13,6 @@ bridge's message, so ``kubectl get trig`` never says READY True while nothing ca
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Awaitable
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from kubelambda.api.v1alpha1 import API_VERSION
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, KubeClient, resource_path
-from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem
+from kubelambda.operator._owned import Outcome, OwnedWriter, conflict_problem, every_step
 from kubelambda.resources import Problem
 from kubelambda.resources import bridge as b
 from kubelambda.resources import status as st
@@ -169,7 +168,7 @@ class TriggerReconciler(OwnedWriter):
             unread = direct and self.policy_enforced
             if not unread:  # read first (a resume): the read goes with the other steps, the write after them
                 steps.append(self._ours_or_none(bridge, outcome))
-            results = await asyncio.gather(*steps)
+            results = await every_step(steps)
             if not outcome.conflicts:  # nothing runs under an account or a Role that is not ours
                 if unread:
                     deployment = await self._apply(bridge, outcome, direct=True)
