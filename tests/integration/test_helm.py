@@ -493,16 +493,22 @@ async def two_operator_replicas(
     # The active replica reconciles; kopf starts every replica paused (peering is mandatory) and resumes only
     # the one with the highest priority (the oldest).
     cluster.apply(python_function("ha", HANDLER), namespace)
-    await wait_for(
-        lambda: kube.get(
-            resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="ha")
-        ),
-        lambda f: str((f.get("status") or {}).get("invokeUrl", "")).startswith(
-            f"http://{release}-kubelambda-gateway.{ns}.svc"
-        ),
-        what="the Function reconciled by the active replica",
-        timeout=60,
-    )
+    try:
+        await wait_for(
+            lambda: kube.get(
+                resource_path("kubelambda.io/v1alpha1", "functions", namespace=namespace, name="ha")
+            ),
+            lambda f: str((f.get("status") or {}).get("invokeUrl", "")).startswith(
+                f"http://{release}-kubelambda-gateway.{ns}.svc"
+            ),
+            what="the Function reconciled by the active replica",
+            timeout=60,
+        )
+    except AssertionError as e:
+        # Which replica thought itself active, and why: the peering object and both logs' ends.
+        peering = await kube.get_or_none(peering_path)
+        tails = ["\n".join(t.splitlines()[-80:]) for t in await asyncio.to_thread(logs)]
+        raise AssertionError(f"{e}\npeering: {peering}\n" + "\n---\n".join(tails)) from None
     texts = await asyncio.to_thread(logs)
     # Exactly one replica is active now: the last pause/resume line of each says which. (A replica may resume
     # and pause again while the peers first find each other: that start-up order is not asserted.)

@@ -290,6 +290,13 @@ async def test_a_pool_pod_claimed_by_a_gateway_that_stopped_before_relabelling_i
         what=f"the abandoned pool pod {victim} deleted",
         timeout=60,
     )
-    assert abandoned._value.get() == before + 1
+
+    # The API server marks the pod deleted before the gateway's DELETE call returns and counts it: wait for that.
+    async def retired() -> float:
+        return abandoned._value.get()
+
+    await wait_for(
+        retired, lambda n: n == before + 1, what="the pod counted as retired (abandoned)", timeout=30
+    )
     again = await wait_free(env.gateway, POOL_SIZE, timeout=90)
     assert victim not in again

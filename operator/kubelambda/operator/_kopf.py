@@ -111,9 +111,12 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
         settings.peering.name = ours.peering
         settings.peering.mandatory = True
         settings.peering.clusterwide = not ours.namespaces
-        # kopf pauses a peer only for a higher priority (equal ones all stay active, with a warning): the oldest
-        # replica wins, so a rolling update keeps the active operator until it stops.
-        settings.peering.priority = -time.time_ns() // 1_000_000
+        # kopf pauses a peer for a higher priority, and pauses *every* peer while two have the same one: the
+        # oldest replica wins, so a rolling update keeps the active operator until it stops. Microseconds, not
+        # milliseconds: a Deployment's two replicas started at once on an idle node run the same start-up in
+        # step and may read the same millisecond, and then neither ever resumes (the likely cause of a CI failure:
+        # test_helm's two replicas, neither reconciling for 60 s).
+        settings.peering.priority = -time.time_ns() // 1_000
     else:
         settings.peering.standalone = True
 
