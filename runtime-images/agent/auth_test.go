@@ -11,12 +11,12 @@ import (
 	"time"
 )
 
-func call(t *testing.T, method, url, token string, body any) int {
+// send makes one request, with a bearer token if given, and returns its status, headers and body.
+func send(t *testing.T, method, url, token string, body []byte) (int, http.Header, []byte) {
 	t.Helper()
 	var reader io.Reader
 	if body != nil {
-		b, _ := json.Marshal(body)
-		reader = bytes.NewReader(b)
+		reader = bytes.NewReader(body)
 	}
 	req, err := http.NewRequest(method, url, reader)
 	if err != nil {
@@ -29,9 +29,19 @@ func call(t *testing.T, method, url, token string, body any) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+func call(t *testing.T, method, url, token string, body any) int {
+	t.Helper()
+	var raw []byte
+	if body != nil {
+		raw, _ = json.Marshal(body)
+	}
+	status, _, _ := send(t, method, url, token, raw)
+	return status
 }
 
 // A pool pod: its pool's token opens /specialize; the function's token, given there, then replaces it.

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"syscall"
@@ -54,23 +52,11 @@ func BenchmarkValidateBody(b *testing.B) {
 // invokeWith posts body to /invoke with token; the status, then the answer (prefixed by its error type, if any).
 func invokeWith(t *testing.T, url, token string, body []byte) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest("POST", url+"/invoke", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
+	status, header, b := send(t, "POST", url+"/invoke", token, body)
+	if kind := header.Get("X-Amzn-Errortype"); kind != "" {
+		return status, kind + ": " + string(b)
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if kind := resp.Header.Get("X-Amzn-Errortype"); kind != "" {
-		return resp.StatusCode, kind + ": " + string(b)
-	}
-	return resp.StatusCode, string(b)
+	return status, string(b)
 }
 
 var notJSON = [][]byte{[]byte("hello"), []byte(`{"a":1`), []byte("\"\xff\""), []byte("NaN")}
