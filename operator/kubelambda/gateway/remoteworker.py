@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from kubelambda.aiotasks import run_together
 from kubelambda.asyncworker.decide import Outcome, outcome_of_answer
 from kubelambda.asyncworker.queue import EventQueue
 from kubelambda.asyncworker.record import Response
@@ -117,9 +118,6 @@ async def run_worker(
             asyncio.create_task(Worker(queue, invoker, http, settings=settings).run(), name="async worker"),
         ]
         try:
-            await asyncio.gather(*tasks)
+            await run_together(tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await queue.close()

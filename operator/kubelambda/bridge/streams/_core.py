@@ -28,6 +28,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubelambda import metrics, tracing
+from kubelambda.aiotasks import run_together
 from kubelambda.api.v1alpha1 import Trigger
 from kubelambda.bridge._context import BridgeContext, Checkpoint
 from kubelambda.bridge.streams._batch import (
@@ -560,13 +561,8 @@ class Lanes:
             asyncio.create_task(self._run_lane(i), name=f"lane {i} {self.worker.reader.shard}")
             for i in range(self.n)
         ]
-        try:
-            # A lane that fails stops the shard (as the one-lane loop's exception does).
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # A lane that fails stops the shard (as the one-lane loop's exception does).
+        await run_together(tasks)
 
     async def _deal(self) -> None:
         worker = self.worker
