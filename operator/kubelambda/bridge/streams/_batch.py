@@ -141,14 +141,6 @@ def lane_of(partition_key: str, lanes: int) -> int:
     return int.from_bytes(digest, "big") % lanes
 
 
-def split_lanes(records: Sequence[StreamRecord], lanes: int) -> list[list[StreamRecord]]:
-    """Records grouped by lane, each group in shard order (so order per partition key is kept)."""
-    out: list[list[StreamRecord]] = [[] for _ in range(max(1, lanes))]
-    for record in records:
-        out[lane_of(record.partition_key, lanes)].append(record)
-    return out
-
-
 def expired_prefix(records: Sequence[StreamRecord], *, maximum_record_age_seconds: int, now: float) -> int:
     """How many records at the front are older than the maximum age (-1 = never) and must be discarded
     before the next attempt. Arrival times are in shard order, so expired records form a prefix; a record
