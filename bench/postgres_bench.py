@@ -262,30 +262,39 @@ async def shaped_rate(kube: KubeClient, server: PostgresServer, table: str, slot
 
 def stages(payloads: list[bytes], table: str, batch: int) -> tuple[dict[str, float], bytes]:
     """CPU ms per batch of ``batch`` changes of each stage of the bridge's pipeline, run alone in this process on
-    the messages the ceiling read: pgoutput decoding, shaping DynamoDB records, the event's encoding, and the
-    function side's ``json.loads`` of the event (what the Python runtime does before calling the handler); and
-    the first batch's event as the bridge sends it."""
+    the messages the ceiling read, as the bridge's reader runs them: pgoutput decoding and shaping DynamoDB records
+    (natively: kubelambda._native; the other messages in Python), the StreamRecord objects, the event's encoding,
+    and the function side's ``json.loads`` of the event (what the Python runtime does before calling the handler);
+    and the first batch's event as the bridge sends it."""
+    from kubelambda import _native
     from kubelambda.bridge.streams._batch import StreamRecord
-    from kubelambda.bridge.streams._pgoutput import Change, Decoder, RawInsert, Shaper, Table, sequence_number
-    from kubelambda.bridge.streams.postgres import PostgresStream
+    from kubelambda.bridge.streams._pgoutput import Begin, Commit, DecodeError, Decoder, Relation
+    from kubelambda.bridge.streams.postgres import ROW_CHANGES, PostgresStream
 
-    decoder = Decoder(raw_inserts=True)  # as the bridge's
-    shaper = Shaper(
-        tables={f"public.{table}": Table(f"public.{table}", ("id",))},
-        view_type="NEW_IMAGE",
-        region="us-east-1",
-        namespace=NS,
-        slot=table,
+    decoder = Decoder()
+    shaper = _native.Shaper(
+        view_type="NEW_IMAGE", region="us-east-1", namespace=NS, slot=table, error=DecodeError
     )
     clock = time.process_time
+    shaped: list[tuple[str, str, bytes]] = []
+    begin = 0
     t0 = clock()
-    changes = [e for e in map(decoder.feed, payloads) if isinstance(e, (RawInsert, Change))]
+    for payload in payloads:
+        if payload[:1] in ROW_CHANGES:
+            shaper.change(payload)
+            continue
+        event = decoder.feed(payload)
+        if isinstance(event, Relation):
+            shaper.relation(event.oid, event.qualified, [(c.name, c.type_oid) for c in event.columns], ["id"])
+        elif isinstance(event, Begin):
+            begin = event.final_lsn
+        elif isinstance(event, Commit):
+            shaped += shaper.commit(begin, event.timestamp)
     t1 = clock()
-    records = []
-    for i, change in enumerate(changes):
-        sequence = sequence_number(1 << 32, i)
-        partition, data = shaper.record(change, sequence=sequence, timestamp=0.0)
-        records.append(StreamRecord("s", sequence, partition, data, 0.0, i))
+    records = [
+        StreamRecord("s", sequence, partition, data, 0.0, i)
+        for i, (sequence, partition, data) in enumerate(shaped)
+    ]
     t2 = clock()
     encode = PostgresStream.encode
     events = [encode(None, records[i : i + batch]) for i in range(0, len(records), batch)]  # type: ignore[arg-type]
@@ -293,10 +302,10 @@ def stages(payloads: list[bytes], table: str, batch: int) -> tuple[dict[str, flo
     for body in events:
         json.loads(body)
     t4 = clock()
-    per_batch = 1e3 * batch / len(changes)
+    per_batch = 1e3 * batch / len(records)
     return {
-        "decode": (t1 - t0) * per_batch,
-        "shape": (t2 - t1) * per_batch,
+        "decode+shape": (t1 - t0) * per_batch,
+        "records": (t2 - t1) * per_batch,
         "encode": (t3 - t2) * per_batch,
         "handler json.loads": (t4 - t3) * per_batch,
         "event KB": len(events[0]) / 1024,
@@ -690,8 +699,8 @@ async def main() -> None:
                             print(
                                 f"    per batch of {batch} ({stage['event KB']:.0f} KB event): wall {1e3 * batch / rate:.0f} ms"
                                 f" end to end; {invokes:.0f} invocations, round trip {invoke_ms:.0f} ms (gateway → agent →"
-                                f" runtime → handler → back); CPU ms: bridge {us['bridge'] * per:.1f} (alone: decode"
-                                f" {stage['decode']:.1f}, shape {stage['shape']:.1f}, encode {stage['encode']:.1f}),"
+                                f" runtime → handler → back); CPU ms: bridge {us['bridge'] * per:.1f} (alone: decode+shape"
+                                f" {stage['decode+shape']:.1f}, records {stage['records']:.1f}, encode {stage['encode']:.1f}),"
                                 f" function pod {(us['agent'] + us['runtime + handler']) * per:.1f} (of it the"
                                 f" event's json.loads {stage['handler json.loads']:.1f}), gateway {us['gateway'] * per:.1f};"
                                 f" function pods throttled {throttled_ms / (n / batch):.0f} ms per batch (no-op function"

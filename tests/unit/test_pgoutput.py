@@ -4,7 +4,6 @@ DynamoDB Streams records made of them, checked against powertools' ``DynamoDBStr
 from __future__ import annotations
 
 import json
-import random
 import struct
 
 import pytest
@@ -19,7 +18,6 @@ from kubelambda.bridge.streams._pgoutput import (
     Commit,
     DecodeError,
     Decoder,
-    RawInsert,
     Relation,
     Shaper,
     Table,
@@ -264,83 +262,3 @@ def test_the_model_accepts_a_postgres_stream_and_names_its_kind() -> None:
                 }
             }
         )
-
-
-def raw_tuple(values: list[bytes | None]) -> bytes:
-    out = struct.pack("!h", len(values))
-    for v in values:
-        out += b"n" if v is None else b"t" + struct.pack("!i", len(v)) + v
-    return out
-
-
-RAW_COLS = [
-    ("k1", INT4, True),
-    ("k2", TEXT, True),
-    ("n", NUMERIC, False),
-    ("f", 701, False),
-    ("b", BOOL, False),
-    ("s", TEXT, False),
-    ("j", JSONB, False),
-    ("a", TEXT_ARRAY, False),
-    ("x", BYTEA, False),
-    ('we"ird\\name', TEXT, False),
-]
-
-
-def random_value(rng: random.Random, type_oid: int) -> bytes | None:
-    if rng.random() < 0.1:
-        return None
-    if type_oid == INT4:
-        return str(rng.randint(-(2**31), 2**31 - 1)).encode()
-    if type_oid in (NUMERIC, 701):
-        return rng.choice([b"NaN", b"Infinity", b"-Infinity", b"0", b"-12.50", b"1e+300", b"3.25"])
-    if type_oid == BOOL:
-        return rng.choice([b"t", b"f"])
-    if type_oid == JSONB:
-        return rng.choice([b'{"a": [1, 2.5e3, "x\\"y", null, true]}', b"[]", b'"\\u00e9"', b"not json"])
-    if type_oid == TEXT_ARRAY:
-        return rng.choice([b'{a,"b,c",NULL}', b"{}", b"{{1},{2}}"])
-    if type_oid == BYTEA:
-        return b"\\x" + bytes(rng.randrange(256) for _ in range(rng.randrange(6))).hex().encode()
-    alphabet = ["a", "Z", " ", '"', "\\", "\n", "\t", "\x01", "\x7f", "é", "\u2028", "😀", "/"]
-    text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(12))).encode()
-    return text + b"\xff\xfe" if rng.random() < 0.05 else text  # now and then not UTF-8
-
-
-@pytest.mark.parametrize("view", ["KEYS_ONLY", "NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES"])
-def test_raw_inserts_make_the_same_records_as_decoded_ones(view: str) -> None:
-    """The bridge shapes INSERTs straight from the message's bytes (RawInsert); its records are byte for byte
-    those of the decoded Change, for every column kind, escapes, NULLs and bytes that are not UTF-8."""
-    raw, decoded = Decoder(raw_inserts=True), Decoder()
-    for d in (raw, decoded):
-        d.feed(relation(16500, "public", "kinds", "d", RAW_COLS))
-    tables = {"public.kinds": Table("public.kinds", ("k2", "k1"))}
-    fast, slow = (Shaper(tables=tables, view_type=view, region="r", namespace="ns", slot="s") for _ in "ab")
-    rng = random.Random(22)
-    for i in range(3000):
-        row = [random_value(rng, type_oid) for _, type_oid, _ in RAW_COLS]
-        message = b"I" + struct.pack("!I", 16500) + b"N" + raw_tuple(row)
-        ri, change = raw.feed(message), decoded.feed(message)
-        assert isinstance(ri, RawInsert)
-        assert isinstance(change, Change)
-        sequence = sequence_number(i, 0)
-        got = fast.record(ri, sequence=sequence, timestamp=1800000000.25)
-        assert got == slow.record(change, sequence=sequence, timestamp=1800000000.25)
-        assert json.loads(got[1])["dynamodb"]["Keys"] == {
-            "k2": attribute(TEXT, change.new[1] if change.new else None),
-            "k1": attribute(INT4, change.new[0] if change.new else None),
-        }
-
-
-def test_a_raw_insert_that_is_not_the_plain_case_takes_the_decoded_path() -> None:
-    d = Decoder(raw_inserts=True)
-    d.feed(relation(16400, "public", "orders", "f", COLS))
-    s = shaper("NEW_IMAGE")
-    short = d.feed(b"I" + struct.pack("!I", 16400) + b"N" + tup(["1", "ann", "x"])[:-1])
-    assert isinstance(short, RawInsert)
-    with pytest.raises(DecodeError, match="too short"):
-        s.record(short, sequence="1", timestamp=0)
-    fewer = d.feed(b"I" + struct.pack("!I", 16400) + b"N" + tup(["1", "ann"]))
-    assert isinstance(fewer, RawInsert)
-    record = json.loads(s.record(fewer, sequence="1", timestamp=0)[1])
-    assert record["dynamodb"]["NewImage"] == {"id": {"N": "1"}, "name": {"S": "ann"}}

@@ -5,6 +5,11 @@
 each replication message into events, :class:`Shaper` turns the row changes of a committed transaction into
 DynamoDB Streams records (``eventName`` INSERT / MODIFY / REMOVE, ``dynamodb.Keys``, ``NewImage``,
 ``OldImage`` as typed attribute values).
+
+The bridge decodes and shapes row changes natively (:class:`kubelambda._native.Shaper`, native/src/lib.rs: a
+few µs of Python per change were most of its CPU); it uses :class:`Decoder` for the other messages (Begin,
+Commit, Relation, Truncate). :class:`Shaper` is the native code's test oracle (tests/unit/test_pgoutput_native.py:
+the same bytes for the same messages): a change of the records' shape is made in both.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,30 +120,11 @@ class Truncate:
     relations: tuple[Relation, ...]
 
 
-class RawInsert:
-    """An INSERT kept as its message (``Decoder(raw_inserts=True)``): :meth:`Shaper.record` writes its record
-    straight from the message's bytes, without a :class:`Change` and its list of ``str`` values in between."""
-
-    __slots__ = ("payload", "relation")
-    kind = "INSERT"
-
-    def __init__(self, relation: Relation, payload: bytes) -> None:
-        self.relation = relation
-        self.payload = payload
-
-    def change(self) -> Change:
-        """The same INSERT decoded as a :class:`Change` (raises :class:`DecodeError` when malformed)."""
-        r = _Reader(self.payload)
-        r.at = 6
-        return Change("INSERT", self.relation, r.tuple(), None, False)
-
-
-Event = Begin | Commit | Change | RawInsert | Truncate | Relation | None
+Event = Begin | Commit | Change | Truncate | Relation | None
 
 
 _STRUCTS: dict[str, struct.Struct] = {}
-_OID = _SIZE = struct.Struct("!I")
-_COUNT = struct.Struct("!h")
+_SIZE = struct.Struct("!I")
 
 
 class _Reader:
@@ -202,17 +187,8 @@ class Decoder:
     """Decodes pgoutput messages; remembers the Relation messages the server sends before a table's first change."""
 
     relations: dict[int, Relation] = field(default_factory=dict)
-    raw_inserts: bool = False
-    """INSERTs come out as :class:`RawInsert` (their bytes, decoded when shaped) instead of :class:`Change`."""
 
     def feed(self, payload: bytes) -> Event:
-        if payload[:1] == b"I" and payload[5:6] == b"N" and len(payload) >= 6:
-            # The common message, an INSERT, without the general reader's per-field work.
-            if self.raw_inserts:
-                return RawInsert(self._relation(_OID.unpack_from(payload, 1)[0]), payload)
-            r = _Reader(payload)
-            r.at = 6
-            return Change("INSERT", self._relation(_OID.unpack_from(payload, 1)[0]), r.tuple(), None, False)
         r = _Reader(payload)
         tag = r.take("!c")
         if tag == b"B":
@@ -391,32 +367,6 @@ def _string_bytes(text: str) -> bytes:
     return b'{"S":' + _json_string(text) + b"}"
 
 
-_ESCAPED = re.compile(rb'[\x00-\x1f"\\]')
-"""What a JSON string must escape (``encode_basestring`` escapes nothing else when non-ASCII passes through)."""
-_NOT_FINITE_BYTES = frozenset(t.encode() for t in _NOT_FINITE)
-
-
-def _raw_encoder(type_oid: int, prefix: bytes) -> Any:
-    """As :func:`_column_encoder`, from the value's bytes in the message (the same JSON bytes), with the column's
-    ``"name":`` prefix written before it (one concatenation less per value)."""
-    string, number = prefix + b'{"S":"', prefix + b'{"N":"'
-    if type_oid in NUMBERS:
-        return lambda value: (string if value in _NOT_FINITE_BYTES else number) + value + b'"}'
-    if type_oid == BOOL:
-        true, false = prefix + _TRUE, prefix + _FALSE
-        return lambda value: true if value == b"t" else false
-    if type_oid in JSONS or type_oid in ARRAYS or type_oid == BYTEA:
-        encode = _column_encoder(type_oid)
-        return lambda value: prefix + encode(value.decode("utf-8", "replace"))
-
-    def text(value: bytes) -> bytes:
-        if value.isascii() and _ESCAPED.search(value) is None:
-            return string + value + b'"}'  # nothing to escape: the bytes are the JSON string's
-        return prefix + _string_bytes(value.decode("utf-8", "replace"))
-
-    return text
-
-
 def _column_encoder(type_oid: int) -> Any:
     """A column's text value → its DynamoDB attribute value as JSON bytes (the same bytes as
     ``_encode(attribute(type_oid, text))``, without building the dict for the common types)."""
@@ -435,8 +385,6 @@ class _Plan:
 
     def __init__(self, rel: Relation, table: Table) -> None:
         self.qualified = rel.qualified
-        self.partition_prefix = rel.qualified + "\x00"
-        """A partition key's start (the table); its key values follow, each after a NUL."""
         position = {c.name: i for i, c in enumerate(rel.columns)}
         missing = [k for k in table.key if k not in position]
         if missing:
@@ -446,43 +394,6 @@ class _Plan:
             (_json_string(k) + b":", _column_encoder(rel.columns[position[k]].type_oid)) for k in table.key
         ]
         self.columns = [(_json_string(c.name) + b":", _column_encoder(c.type_oid)) for c in rel.columns]
-        self.raw_columns = [
-            (prefix + _NULL, _raw_encoder(c.type_oid, prefix))
-            for (prefix, _), c in zip(self.columns, rel.columns, strict=True)
-        ]
-
-    def insert(self, data: bytes) -> tuple[bytes, bytes, list[bytes | None]] | None:
-        """An INSERT message's ``(Keys, NewImage, the key values)`` written from its bytes in one pass; None when
-        it is not the plain case (another column count, a kind other than text or NULL, a short message): the
-        decoded :class:`Change` path takes it (and raises on what is malformed)."""
-        end = len(data)
-        if end < 8 or _COUNT.unpack_from(data, 6)[0] != len(self.raw_columns):
-            return None
-        at = 8
-        parts: list[bytes] = []
-        values: list[bytes | None] = []
-        for null, encode in self.raw_columns:
-            if at >= end:
-                return None
-            kind = data[at]
-            if kind == 0x74:  # t: text
-                if at + 5 > end:
-                    return None
-                (size,) = _SIZE.unpack_from(data, at + 1)
-                at += 5 + size
-                if at > end:
-                    return None
-                value = data[at - size : at]
-                values.append(value)
-                parts.append(encode(value))
-            elif kind == 0x6E:  # n: NULL
-                at += 1
-                values.append(None)
-                parts.append(null)
-            else:
-                return None
-        keys = b"{" + b",".join([parts[i] for i in self.key_indexes]) + b"}"
-        return keys, b"{" + b",".join(parts) + b"}", [values[i] for i in self.key_indexes]
 
     def keys(self, values: Sequence[Any]) -> bytes:
         return (
@@ -530,10 +441,10 @@ class Shaper:
     def arn(self, table: str) -> str:
         return f"arn:kubelambda:postgres:{self.region}:{self.namespace}:table/{table}/stream/{self.slot}"
 
-    def record(self, change: Change | RawInsert, *, sequence: str, timestamp: float) -> tuple[str, bytes]:
+    def record(self, change: Change, *, sequence: str, timestamp: float) -> tuple[str, bytes]:
         """``(partition key, the record as JSON)`` of one change; the partition key is the table and its key
         values. The record is written as JSON bytes directly, column by column (:class:`_Plan`), and measured
-        (``SizeBytes``) on the way; a :class:`RawInsert` straight from its message's bytes."""
+        (``SizeBytes``) on the way."""
         rel = change.relation
         cached = self._plans.get(rel.oid)
         if cached is not None and cached[0] is rel:
@@ -544,23 +455,6 @@ class Shaper:
                 raise DecodeError(f"a change of table {rel.qualified}, which this Trigger does not stream")
             plan = _Plan(rel, table)
             self._plans[rel.oid] = (rel, plan)
-        if isinstance(change, RawInsert):
-            fast = plan.insert(change.payload)
-            if fast is None:
-                change = change.change()
-            else:
-                keys_json, image, raw_keys = fast
-                images = [b',"NewImage":', image] if self.view_type in _NEW_VIEWS else []
-                if len(raw_keys) == 1:  # the common case, without the join's generator
-                    key = raw_keys[0]
-                    partition = plan.partition_prefix + (
-                        "" if key is None else key.decode("utf-8", "replace")
-                    )
-                else:
-                    partition = plan.partition_prefix + "\x00".join(
-                        "" if v is None else v.decode("utf-8", "replace") for v in raw_keys
-                    )
-                return partition, self._finish(rel, "INSERT", keys_json, images, sequence, timestamp)
         new, old = change.new, change.old
         if new is not None and old is not None and change.old_is_full and UNCHANGED_TOAST in new:
             # Unchanged TOASTed values are not in the new tuple; with REPLICA IDENTITY FULL the old one has them.
@@ -641,7 +535,6 @@ __all__ = [
     "Commit",
     "DecodeError",
     "Decoder",
-    "RawInsert",
     "Relation",
     "Shaper",
     "Table",

@@ -1,8 +1,9 @@
 """PostgreSQL change streams: logical replication (``pgoutput``) delivered as DynamoDB Streams records.
 
 The self-hosted DynamoDB Streams. The bridge reads a logical replication slot through psycopg2's replication
-protocol support, decodes ``pgoutput`` (:mod:`._pgoutput`) and hands every row change of a committed
-transaction, in commit order, to the shared per-shard loop (:mod:`._core`): batching, retries, bisection,
+protocol support, decodes ``pgoutput`` (row changes natively, :mod:`kubelambda._native`, with the records they
+make; the rest of the protocol in :mod:`._pgoutput`) and hands every row change of a committed transaction, in
+commit order, to the shared per-shard loop (:mod:`._core`): batching, retries, bisection,
 partial failures, maximum record age, on-failure destination and ``parallelizationFactor`` (lanes by table and
 primary key) all work as for the other stream sources. The slot is one shard, ``shardId-000000000000``.
 
@@ -38,21 +39,19 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from kubelambda import _native
 from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.bridge._context import BridgeContext
 from kubelambda.bridge.streams._batch import SourceInfo, StreamRecord, shard_id
 from kubelambda.bridge.streams._core import CheckpointStore, StreamBridge, StreamClient, config_key
 from kubelambda.bridge.streams._pgoutput import (
     Begin,
-    Change,
     Commit,
+    DecodeError,
     Decoder,
-    RawInsert,
     Relation,
-    Shaper,
     Table,
     Truncate,
-    sequence_number,
 )
 from kubelambda.kube import change_finalizer, resource_path
 from kubelambda.resources.bridge import CLEANUP_FINALIZER as FINALIZER
@@ -61,6 +60,8 @@ log = logging.getLogger("kubelambda.bridge.streams.postgres")
 WAIT_SECONDS = 1.0
 MESSAGES_PER_TURN = 2000
 """Replication messages decoded before giving the event loop a turn."""
+ROW_CHANGES = frozenset((b"I", b"U", b"D"))
+"""The tags of Insert, Update and Delete messages: decoded and shaped natively."""
 STATUS_INTERVAL_SECONDS = 10
 NOTE_SECONDS = 10.0
 """The confirmed LSN is noted in the checkpoint ConfigMap at most this often (it is there for information)."""
@@ -96,14 +97,16 @@ def quote_ident(name: str) -> str:
 
 
 class _Reader:
-    """Reads the slot: decodes messages, keeps each transaction until its commit, then hands out its changes."""
+    """Reads the slot: decodes messages, keeps each transaction until its commit, then hands out its changes.
+
+    A transaction's row changes are shaped as they arrive (natively, against their table's columns at the time)
+    and kept in the client's :class:`kubelambda._native.Shaper` until the commit gives their sequence numbers."""
 
     def __init__(self, client: _PostgresClient, shard: str) -> None:
         self.client = client
         self.shard = shard
-        self.decoder = Decoder(raw_inserts=True)
+        self.decoder = Decoder()
         self.ready: deque[StreamRecord] = deque()
-        self.txn: list[Change | RawInsert] = []
         self.begin: Begin | None = None
         self.last_end = 0
         """End LSN of the last transaction that had records (what its last record confirms)."""
@@ -122,7 +125,8 @@ class _Reader:
             await self._fill(max_records)
         except (psycopg2.Error, OSError):
             # The connection is gone: reopen on the next read, from the slot's confirmed LSN.
-            self.txn, self.begin = [], None
+            self.begin = None
+            self.client.native().discard()
             self.client.close_replication()
             raise
         n = min(max_records, len(self.ready))
@@ -140,6 +144,7 @@ class _Reader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT_SECONDS
         handled = 0
+        change = self.client.native().change
         while len(self.ready) < max_records:
             msg = cur.read_message()
             if msg is None:
@@ -150,7 +155,11 @@ class _Reader:
                     break
                 await self._readable(remaining)
                 continue
-            self._handle(msg.payload)
+            payload = msg.payload
+            if payload[:1] in ROW_CHANGES:
+                change(payload)  # a change of a table this Trigger does not stream is left out
+            else:
+                self._handle(payload)
             handled += 1
             if handled % MESSAGES_PER_TURN == 0:
                 await asyncio.sleep(0)
@@ -174,13 +183,13 @@ class _Reader:
             loop.remove_reader(fd)
 
     def _handle(self, payload: bytes) -> None:
+        """A message other than a row change."""
         event = self.decoder.feed(payload)
         if isinstance(event, Begin):
             self.begin = event
-            self.txn = []
-        elif isinstance(event, (RawInsert, Change)):
-            if self.client.wanted(event.relation):
-                self.txn.append(event)
+            self.client.native().discard()
+        elif isinstance(event, Relation):
+            self.client.relation(event)
         elif isinstance(event, Commit):
             self._commit_txn(event)
         elif isinstance(event, Truncate):
@@ -188,25 +197,23 @@ class _Reader:
             log.warning("TRUNCATE of %s: a change stream has no record for it (rows removed unseen)", names)
 
     def _commit_txn(self, commit: Commit) -> None:
-        begin = self.begin
-        changes, self.txn, self.begin = self.txn, [], None
+        begin, self.begin = self.begin, None
+        shaper = self.client.native()
         if begin is not None and begin.final_lsn <= self.emitted_commit:
+            shaper.discard()
             return  # sent again after a reconnect: handed out already
-        if not changes or begin is None:
+        if not len(shaper) or begin is None:
+            shaper.discard()
             self.idle_end = commit.end_lsn
             if self.last_emitted is None or self.last_emitted == self.confirmed:
                 # Nothing of ours in flight: let the server forget this transaction's WAL now.
                 self._confirm(commit.end_lsn)
             return
-        shaper = self.client.shaper
-        assert shaper is not None
         previous, shard, timestamp, ready = self.last_end, self.shard, commit.timestamp, self.ready
-        record = shaper.record
-        last = len(changes) - 1
-        head = sequence_number(begin.final_lsn, 0)[:-8]  # the commit's part, the same for every change
-        for i, change in enumerate(changes):
-            sequence = f"{head}{i:08d}"  # sequence_number(begin.final_lsn, i), without a call per change
-            partition, data = record(change, sequence=sequence, timestamp=timestamp)
+        # Each change's sequence number (sequence_number(begin.final_lsn, i)), partition key and record JSON.
+        records = shaper.commit(begin.final_lsn, timestamp)
+        last = len(records) - 1
+        for i, (sequence, partition, data) in enumerate(records):
             # The LSN a record confirms once it is done: its transaction's end when it is the last change of
             # it, else the end of the transaction before (a partial one replays whole).
             ready.append(
@@ -260,7 +267,9 @@ class _PostgresClient:
         self.tables = [".".join(split_table(t)) for t in self.spec.tables]
         self.repl: Any = None
         self.cur: Any = None
-        self.shaper: Shaper | None = None
+        self.shaper: _native.Shaper | None = None
+        self.keys: dict[str, tuple[str, ...]] = {}
+        """Each streamed table's primary key columns, in key order."""
         self.kwargs: dict[str, str] = {}
         self.last_read = 0.0
         self._keeper: asyncio.Task[None] | None = None
@@ -272,9 +281,20 @@ class _PostgresClient:
             batch_info_key="DDBStreamBatchInfo",
         )
 
-    def wanted(self, relation: Relation) -> bool:
-        # A publication the user named may publish more tables than the Trigger streams.
-        return relation.qualified in self.tables
+    def native(self) -> _native.Shaper:
+        assert self.shaper is not None, "the client is started"
+        return self.shaper
+
+    def relation(self, rel: Relation) -> None:
+        """A Relation message: the table's columns for the records of its next changes. A publication the user
+        named may publish more tables than the Trigger streams: their changes are left out."""
+        key = self.keys.get(rel.qualified)
+        self.native().relation(
+            rel.oid,
+            rel.qualified,
+            [(c.name, c.type_oid) for c in rel.columns],
+            None if key is None else list(key),
+        )
 
     async def _connect_kwargs(self) -> dict[str, str]:
         kwargs: dict[str, str] = {}
@@ -313,12 +333,13 @@ class _PostgresClient:
             await self.store.flush()
         if not self.created:
             await self._finalizer(hold=False)  # nothing of ours to drop: deleting the Trigger need not wait
-        self.shaper = Shaper(
-            tables=tables,
+        self.keys = {name: table.key for name, table in tables.items()}
+        self.shaper = _native.Shaper(
             view_type=self.spec.stream_view_type,
             region=self.ctx.region,
             namespace=self.ctx.namespace,
             slot=self.slot,
+            error=DecodeError,
         )
         self.kwargs = kwargs
         await self.open_replication()
