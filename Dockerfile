@@ -8,6 +8,12 @@
 # (hack/wheelhouse.sh; hack/images.sh puts it in a copy of the context as .prebuilt/wheels/):
 #   --build-arg BASE=kubelambda/debian:bookworm --build-arg PACKAGES=python3 --build-arg BUILD_PACKAGES=python3-venv
 ARG BASE=python:3.12.12-slim-bookworm
+# Where kubelambda._native (native/, Rust: the PostgreSQL change stream's pgoutput decoding) comes from: native-build
+# compiles it (Rust's official image, multi-arch, crates from crates.io); native-prebuilt takes
+# .prebuilt/native/_native.abi3.so (hack/images.sh builds it on the host, hack/build-native.sh, for a Debian base).
+# abi3: one build serves the base's Python, 3.11 or later.
+ARG NATIVE_FROM=native-build
+ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
 # Debian packages to install on a plain Debian base (none on the official image): in the final stage, and in addition
 # in the build stage.
 ARG PACKAGES=""
@@ -20,6 +26,18 @@ ARG BUILD_PACKAGES=""
 FROM ${BASE} AS wheels
 RUN --mount=type=bind,target=/context \
     mkdir /wheels && if [ -d /context/.prebuilt/wheels ]; then cp /context/.prebuilt/wheels/*.whl /wheels/; fi
+
+FROM ${RUST_IMAGE} AS native-build
+WORKDIR /src
+COPY native/ ./
+RUN --mount=type=cache,target=/cargo-target \
+    CARGO_TARGET_DIR=/cargo-target PYO3_NO_PYTHON=1 cargo build --release --locked \
+ && mkdir /out && cp /cargo-target/release/lib_native.so /out/_native.abi3.so
+
+FROM scratch AS native-prebuilt
+COPY .prebuilt/native/_native.abi3.so /out/
+
+FROM ${NATIVE_FROM} AS native
 
 FROM ${BASE} AS build
 ARG PACKAGES
@@ -48,6 +66,11 @@ RUN --mount=type=secret,id=ca-certificates --mount=type=bind,from=wheels,source=
  && if ls /wheels/*.whl >/dev/null 2>&1; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
  && /opt/kubelambda/bin/pip install --no-compile --no-deps --force-reinstall . \
  && /opt/kubelambda/bin/python -m compileall -q /opt/kubelambda/lib
+# The native module beside the package (pyproject.toml alone builds no extension: setup.py is not in the context),
+# imported once so that a module this Python cannot load fails the build, not the bridge.
+RUN --mount=type=bind,from=native,source=/out,target=/native \
+    cp /native/_native.abi3.so "$(/opt/kubelambda/bin/python -c 'import kubelambda, os; print(os.path.dirname(kubelambda.__file__))')/" \
+ && /opt/kubelambda/bin/python -c 'import kubelambda._native'
 
 FROM ${BASE}
 ARG PACKAGES

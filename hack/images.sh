@@ -37,7 +37,7 @@ started=$SECONDS
 # name | tag | Dockerfile | context | build args (both ways) | Debian release ("-": needs the official base) |
 # build args on a Debian base. Tags follow the runtime table (operator/kubelambda/runtimes/table.py): <family>:<version>.
 table="$(cat <<TABLE
-kubelambda|$version|Dockerfile|.||bookworm|PACKAGES=python3 BUILD_PACKAGES=python3-venv
+kubelambda|$version|Dockerfile|.||bookworm|PACKAGES=python3 BUILD_PACKAGES=python3-venv NATIVE_FROM=native-prebuilt
 runtime-python|3.11|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.11|bookworm|PACKAGES=python3
 runtime-python|3.12|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.12|-|
 runtime-python|3.13|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.13|trixie|PACKAGES=python3
@@ -149,9 +149,10 @@ if [[ "$bases" == debian ]]; then
     fi
   fi
   # The control-plane image installs its dependencies from the wheelhouse of the venv's Python when that is the
-  # base's (bookworm: 3.11), else from the package index.
+  # base's (bookworm: 3.11), else from the package index; its native module is built here (no Rust image).
   python="${PYTHON:-$root/.venv/bin/python}"
   if selected kubelambda "$version"; then
+    background native bash "$root/hack/build-native.sh"
     if [[ ! -x "$python" ]]; then
       say "no $python (make venv): the control-plane image's dependencies come from the package index"
     elif [[ "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != 3.11 ]]; then
@@ -177,16 +178,21 @@ if [[ "$bases" == debian ]]; then
       cp -r "$(cat "$work/java.out")/lib" "$runtime_context/.prebuilt/java-lib"
     fi
   fi
+  if [[ -n "${pids[native]:-}" ]]; then
+    collect native
+    kubelambda_context="$cache/images/kubelambda-context"
+    rm -rf "$kubelambda_context"
+    mkdir -p "$kubelambda_context/.prebuilt/native"
+    cp "$root/pyproject.toml" "$root/README.md" "$root/.dockerignore" "$kubelambda_context/"
+    tar -C "$root" --exclude=__pycache__ --exclude='*.egg-info' --exclude='_native*.so' -cf - operator \
+      | tar -C "$kubelambda_context" -xf -
+    cp "$(cat "$work/native.out")" "$kubelambda_context/.prebuilt/native/_native.abi3.so"
+    echo '!.prebuilt/' >>"$kubelambda_context/.dockerignore"
+  fi
   if [[ -n "${pids[wheels]:-}" ]]; then
     collect wheels
     wheels="$(cat "$work/wheels.out")"
-    kubelambda_context="$cache/images/kubelambda-context"
-    rm -rf "$kubelambda_context"
-    mkdir -p "$kubelambda_context/.prebuilt"
-    cp "$root/pyproject.toml" "$root/README.md" "$root/.dockerignore" "$kubelambda_context/"
-    tar -C "$root" --exclude=__pycache__ --exclude='*.egg-info' -cf - operator | tar -C "$kubelambda_context" -xf -
     cp -al "$wheels" "$kubelambda_context/.prebuilt/wheels" 2>/dev/null || cp -a "$wheels" "$kubelambda_context/.prebuilt/wheels"
-    echo '!.prebuilt/' >>"$kubelambda_context/.dockerignore"
   fi
 fi
 

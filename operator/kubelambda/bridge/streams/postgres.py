@@ -638,7 +638,7 @@ class PostgresStream(StreamBridge):
 
     def encode(self, batch: Sequence[StreamRecord]) -> bytes:
         # Each record's data is its finished JSON: the event is their list.
-        return b'{"Records":[' + b",".join(r.data for r in batch) + b"]}"
+        return b'{"Records":[' + b",".join([r.data for r in batch]) + b"]}"
 
 
 BRIDGE = PostgresStream
