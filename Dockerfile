@@ -34,8 +34,9 @@ RUN --mount=type=cache,target=/cargo-target \
     CARGO_TARGET_DIR=/cargo-target PYO3_NO_PYTHON=1 cargo build --release --locked \
  && mkdir /out && cp /cargo-target/release/lib_native.so /out/_native.abi3.so
 
-FROM scratch AS native-prebuilt
-COPY .prebuilt/native/_native.abi3.so /out/
+# (A bind mount of the context, as the wheels stage: .prebuilt/ is only in hack/images.sh's copy of it.)
+FROM ${BASE} AS native-prebuilt
+RUN --mount=type=bind,target=/context mkdir /out && cp /context/.prebuilt/native/_native.abi3.so /out/
 
 FROM ${NATIVE_FROM} AS native
 

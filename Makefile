@@ -7,14 +7,15 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 # Installed from the wheelhouse of the pins (hack/wheelhouse.sh, cached: a second venv needs no package index; the
 # control-plane image is built from the same wheels).
-# The install builds kubelambda._native (native/, Rust: setup.py) in place, cargo's build cached in CARGO_TARGET_DIR
+# The install builds kubelambda._native (native/, Rust: setup.py) in place, cargo's build cached in NATIVE_TARGET_DIR
 # (a warm rebuild takes seconds); a change to its sources reinstalls.
-export CARGO_TARGET_DIR ?= $(HOME)/.cache/kubelambda/cargo
+NATIVE_TARGET_DIR ?= $(HOME)/.cache/kubelambda/cargo
 venv: .venv/.installed
 .venv/.installed: pyproject.toml setup.py native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q --no-index --find-links "$$(PYTHON=.venv/bin/python bash hack/wheelhouse.sh)" -e '.[test]'
+	CARGO_TARGET_DIR="$(NATIVE_TARGET_DIR)" .venv/bin/pip install -q --no-index \
+	  --find-links "$$(PYTHON=.venv/bin/python bash hack/wheelhouse.sh)" -e '.[test]'
 	touch $@
 
 # The Kubernetes binaries (hack/kube-binaries.sh): the control plane, etcd, helm. `KUBE_BINARIES="all node"` adds the

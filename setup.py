@@ -3,7 +3,7 @@
 
 It also carries ``kubelambda._native`` (native/, Rust with PyO3, built by setuptools-rust): the PostgreSQL change
 stream's pgoutput decoding and record writing. An editable install builds it in place (operator/kubelambda/);
-``CARGO_TARGET_DIR`` (the Makefile's: ~/.cache/kubelambda/cargo) keeps cargo's incremental build between venvs."""
+``CARGO_TARGET_DIR`` (the Makefile sets ~/.cache/kubelambda/cargo) keeps cargo's incremental build between venvs."""
 
 import shutil
 from pathlib import Path

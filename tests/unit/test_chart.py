@@ -823,8 +823,11 @@ def test_kubelambda_dockerfile() -> None:
     lines = dockerfile_lines(REPO / "Dockerfile")
     args = {k: v for k, v in (rest.partition("=")[::2] for kw, rest in lines if kw == "ARG") if v}
     bases = [rest.split()[0] for kw, rest in lines if kw == "FROM"]
+    stages = {rest.split()[2] for kw, rest in lines if kw == "FROM" and rest.upper().split()[1:2] == ["AS"]}
     for base in bases:
         image = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base)
+        if image in stages:  # a stage of this Dockerfile (NATIVE_FROM chooses one), not an image
+            continue
         assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[-\w.]*(@sha256:[0-9a-f]{64})?", image), (
             f"base {image!r} is not pinned to an exact release"
         )
