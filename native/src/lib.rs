@@ -1,7 +1,7 @@
 //! The PostgreSQL change stream's hot path (`kubelambda._native`): pgoutput Insert/Update/Delete messages of a
 //! streamed table decoded with the table's plan and written as DynamoDB Streams records (JSON bytes), byte for
 //! byte what `kubelambda.bridge.streams._pgoutput.Shaper` writes (that Python code is this module's test oracle,
-//! tests/unit/test_pgoutput_native.py).
+//! tests/unit/test_pgoutput.py).
 //!
 //! Python keeps the rest of the protocol (Begin, Commit, Relation, Truncate: a few per transaction) and the stream
 //! semantics; per row change it makes one call, `Shaper.change(payload)`, and per transaction one,

@@ -8,7 +8,7 @@ DynamoDB Streams records (``eventName`` INSERT / MODIFY / REMOVE, ``dynamodb.Key
 
 The bridge decodes and shapes row changes natively (:class:`kubelambda._native.Shaper`, native/src/lib.rs: a
 few µs of Python per change were most of its CPU); it uses :class:`Decoder` for the other messages (Begin,
-Commit, Relation, Truncate). :class:`Shaper` is the native code's test oracle (tests/unit/test_pgoutput_native.py:
+Commit, Relation, Truncate). :class:`Shaper` is the native code's test oracle (tests/unit/test_pgoutput.py:
 the same bytes for the same messages): a change of the records' shape is made in both.
 """
 
