@@ -134,7 +134,8 @@ def unique_ids(messages: Sequence[Message]) -> None:
 
 def record_size(message: Message) -> int:
     """Bytes a message adds to the invocation payload (base64 grows a binary body by 4/3)."""
-    return len(message.body) * 4 // 3 + RECORD_OVERHEAD_BYTES + len(json.dumps(message.message_attributes))
+    attributes = len(json.dumps(message.message_attributes)) if message.message_attributes else 2
+    return len(message.body) * 4 // 3 + RECORD_OVERHEAD_BYTES + attributes
 
 
 @dataclass(frozen=True)

@@ -282,6 +282,9 @@ class QueueConsumer:
     async def _acquire(self, slots: asyncio.Semaphore, batch: list[Message]) -> None:
         """A free slot for ``batch``, keeping the batch ours meanwhile as a running invocation's is (a broker
         whose lease has a length of its own is renewed every ``lease_renew_seconds``)."""
+        if not slots.locked():
+            await slots.acquire()  # free: taken at once, without a turn of the event loop
+            return
         every = self.broker.lease_renew_seconds
         while every is not None:
             try:
@@ -443,17 +446,35 @@ class QueueConsumer:
             await asyncio.sleep(every)
 
     async def _invoke_keeping_lease(self, batch: list[Message], payload: dict[str, object]) -> InvokeResult:
+        """Invokes in this task; an invocation still running after ``lease_renew_seconds`` gets a task renewing
+        the batch's lease meanwhile (most end long before: no task nor wait is made for them). A renewal that
+        fails fails the batch once the invocation returned (its messages go back with the connection)."""
         every = self.broker.lease_renew_seconds
-        invocation = asyncio.ensure_future(self.ctx.invoker.invoke(payload))
+        if every is None:
+            return await self.ctx.invoker.invoke(payload)
+        renewer: asyncio.Task[None] | None = None
+
+        def start() -> None:
+            nonlocal renewer
+            renewer = asyncio.create_task(self._renew(batch, every))
+
+        timer = asyncio.get_running_loop().call_later(every, start)
         try:
-            while every is not None:
-                done, _ = await asyncio.wait({invocation}, timeout=every)
-                if done:
-                    break
-                await self.broker.hold(batch, seconds=self.settings.visibility_timeout_seconds)
-            return await invocation
+            result = await self.ctx.invoker.invoke(payload)
         finally:
-            invocation.cancel()
+            timer.cancel()
+            if renewer is not None:
+                renewer.cancel()
+        if renewer is not None:
+            await asyncio.wait({renewer})
+            if not renewer.cancelled() and renewer.exception() is not None:
+                raise renewer.exception()  # type: ignore[misc]
+        return result
+
+    async def _renew(self, batch: list[Message], every: float) -> None:
+        while True:
+            await self.broker.hold(batch, seconds=self.settings.visibility_timeout_seconds)
+            await asyncio.sleep(every)
 
     async def _report_depth(self) -> None:
         while not _stop_requested():

@@ -9,17 +9,23 @@
   ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`` advisory (JetStream's dead-letter hook).
 - While the function runs, and while a throttled batch waits, the bridge sends ``+WPI`` (in progress) every
   third of ``AckWait``, so slow functions and throttles use no delivery attempt.
+- The bridge pulls with its own requests on a private inbox (``$JS.API.CONSUMER.MSG.NEXT``, one request open at
+  a time, for as many messages as the batches of the free slots need): nats-py's ``fetch`` waits for each message
+  in a task of its own, which in a busy bridge cost an event-loop turn per message.
 - ``messageId`` is the stream sequence; ``ApproximateReceiveCount`` is JetStream's delivery count;
   ``lag`` is the consumer's pending count.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import re
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,11 +34,16 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, DeliverPolicy, Header, StatusCode
 
 from kubelambda.bridge._context import BridgeContext
 from kubelambda.bridge.queues._batch import Message, string_headers
 from kubelambda.bridge.queues._core import QueueBridge, QueueSettings
+
+REQUEST_ENDED = frozenset({StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT, StatusCode.CONFLICT})
+"""Statuses that end a pull request without an error (no messages, expired, the server's limits on waiting
+requests); any other status (but the ``100`` heartbeat) is an error, as in nats-py's own fetch."""
+EXPIRES_MARGIN_SECONDS = 0.0001
 
 
 def consumer_name(namespace: str, trigger: str) -> str:
@@ -57,6 +68,15 @@ class NatsBroker:
         self.nc: Client | None = None
         self.sub: Any = None
         self._creds: str | None = None
+        self.pull_subject = f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.spec.stream}.{self.durable}"
+        self.inbox = ""
+        self.buffer: deque[Msg] = deque()
+        self.arrived = asyncio.Event()
+        self.owed = 0
+        """Messages the open pull request may still deliver (0: none is open)."""
+        self.request_ends = 0.0
+        """When the open request expires at the latest (monotonic), should its end status never come."""
+        self.error: str | None = None
 
     async def connect(self) -> None:
         options: dict[str, Any] = {
@@ -94,7 +114,26 @@ class NatsBroker:
             )
         ack_wait = info.config.ack_wait or self.settings.visibility_timeout_seconds
         self.lease_renew_seconds = max(0.5, float(ack_wait) / 3)
-        self.sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.spec.stream)
+        self.buffer = deque()
+        self.arrived = asyncio.Event()
+        self.owed = 0
+        self.error = None
+        self.inbox = self.nc.new_inbox()
+        self.sub = await self.nc.subscribe(self.inbox, cb=self._arrive)
+
+    async def _arrive(self, m: Msg) -> None:
+        status = m.headers.get(Header.STATUS) if m.headers else None
+        if status:
+            if status == StatusCode.CONTROL_MESSAGE:
+                return
+            self.owed = 0  # the request is over
+            if status not in REQUEST_ENDED:
+                description = m.headers.get(Header.DESCRIPTION, "") if m.headers else ""
+                self.error = f"JetStream answered the pull request with {status} {description}".strip()
+        else:
+            self.owed = max(0, self.owed - 1)
+            self.buffer.append(m)
+        self.arrived.set()
 
     async def close(self) -> None:
         if self.nc is not None:
@@ -108,14 +147,32 @@ class NatsBroker:
             self._creds = None
 
     async def fetch(self, max_count: int, *, wait_seconds: float) -> list[Message]:
-        if self.nc is None or not self.nc.is_connected:
+        """What the open pull request delivered, up to ``max_count``; with nothing delivered, a new request
+        for ``max_count`` (when none is open) and a wait of up to ``wait_seconds`` for its first message."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
             raise ConnectionError("the NATS connection closed")
-        try:
-            got: list[Msg] = await self.sub.fetch(max_count, timeout=max(wait_seconds, 0.01))
-        except (nats.errors.TimeoutError, TimeoutError):
-            return []
+        self._raise_error()
+        buffer = self.buffer
+        if not buffer:
+            wait = max(wait_seconds, 0.01)
+            if self.owed == 0 or time.monotonic() > self.request_ends:
+                expires = int((wait - EXPIRES_MARGIN_SECONDS) * 1e9)
+                self.owed = max_count
+                self.request_ends = time.monotonic() + wait + 1.0
+                request = json.dumps({"batch": max_count, "expires": expires}).encode()
+                await nc.publish(self.pull_subject, request, reply=self.inbox)
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), wait)
+            self._raise_error()
         now = int(time.time() * 1000)
-        return [self._message(m, now) for m in got]
+        return [self._message(buffer.popleft(), now) for _ in range(min(max_count, len(buffer)))]
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise ConnectionError(error)
 
     def _message(self, m: Msg, now: int) -> Message:
         meta = m.metadata

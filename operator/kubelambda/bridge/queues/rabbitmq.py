@@ -2,7 +2,9 @@
 
 - The bridge consumes the queue with manual acks and a prefetch of ``2 * batchSize * (maxConcurrency + 1)``
   (a batch being gathered and the next one waiting, per slot: acks free credit while the next batch is ready).
-- Success: ``basic.ack``. Function failure (or a message named in ``batchItemFailures``): ``basic.nack`` with
+- Success: ``basic.ack``: one frame with ``multiple`` for a batch whose messages are all the channel's unsettled
+  deliveries up to its last (the common case when batches end in the order they were delivered), else one per
+  message, written together and awaited once. Function failure (or a message named in ``batchItemFailures``): ``basic.nack`` with
   ``requeue=true``, so the broker's own limits apply: on a quorum queue with ``x-delivery-limit`` the message is
   dead-lettered to the queue's ``x-dead-letter-exchange`` (or dropped without one) once the limit is passed,
   exactly like SQS's redrive policy. Classic queues have no delivery limit: a failing message comes back until
@@ -22,10 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
+import aiormq
+import aiormq.abc
 import yarl
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
@@ -78,7 +83,14 @@ class RabbitMQBroker:
         self.connection: AbstractConnection | None = None
         self.channel: AbstractChannel | None = None
         self.queue: AbstractQueue | None = None
-        self.buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.amqp: aiormq.abc.AbstractChannel | None = None
+        """The channel's own aiormq channel: deliveries and acks go through it directly (one task per delivery
+        instead of aio-pika's two; acks written without awaiting each)."""
+        self.buffer: deque[AbstractIncomingMessage] = deque()
+        self.arrived = asyncio.Event()
+        self.unsettled: set[int] = set()
+        """Delivery tags of this channel not yet acknowledged or returned (a ``multiple`` ack covers every
+        unsettled tag up to its own)."""
 
     async def connect(self) -> None:
         url = yarl.URL(self.spec.url)
@@ -87,19 +99,31 @@ class RabbitMQBroker:
             url = url.with_user(secret.get("username", url.user)).with_password(
                 secret.get("password", url.password)
             )
-        self.buffer = asyncio.Queue()
+        self.buffer = buffer = deque[AbstractIncomingMessage]()
+        self.unsettled = unsettled = set[int]()
+        self.arrived = arrived = asyncio.Event()
         self.connection = await aio_pika.connect(url, timeout=10)
         self.channel = await self.connection.channel()
         await self.channel.set_qos(prefetch_count=self.prefetch)
         # Passive: the queue and its arguments (quorum, delivery limit, dead-letter exchange) are the user's.
         self.queue = await self.channel.declare_queue(self.spec.queue, passive=True)
-        buffer = self.buffer
-        await self.queue.consume(lambda m: _put(buffer, m), consumer_tag=f"kubelambda-{self.ctx.bridge_id}")
+        self.amqp = await self.channel.get_underlay_channel()
+
+        async def deliver(delivered: aiormq.abc.DeliveredMessage) -> None:
+            message = aio_pika.IncomingMessage(delivered, no_ack=False)
+            if message.delivery_tag is not None:
+                unsettled.add(message.delivery_tag)
+            buffer.append(message)
+            arrived.set()
+
+        await self.amqp.basic_consume(
+            self.spec.queue, deliver, consumer_tag=f"kubelambda-{self.ctx.bridge_id}"
+        )
 
     async def close(self) -> None:
         if self.connection is not None:
             await self.connection.close()
-        self.connection = self.channel = self.queue = None
+        self.connection = self.channel = self.queue = self.amqp = None
 
     def _alive(self) -> None:
         if (
@@ -112,16 +136,16 @@ class RabbitMQBroker:
 
     async def fetch(self, max_count: int, *, wait_seconds: float) -> list[Message]:
         self._alive()
-        got: list[AbstractIncomingMessage] = []
-        try:
-            got.append(await asyncio.wait_for(self.buffer.get(), timeout=max(wait_seconds, 0.001)))
-        except TimeoutError:
-            self._alive()
-            return []
-        while len(got) < max_count and not self.buffer.empty():
-            got.append(self.buffer.get_nowait())
+        buffer = self.buffer
+        if not buffer:  # else what the broker pushed is taken without yielding to the event loop
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), timeout=max(wait_seconds, 0.001))
+            except TimeoutError:
+                self._alive()
+                return []
         now = int(time.time() * 1000)
-        return [self._message(m, now) for m in got]
+        return [self._message(buffer.popleft(), now) for _ in range(min(max_count, len(buffer)))]
 
     def _message(self, m: AbstractIncomingMessage, now: int) -> Message:
         headers = dict(m.headers or {})
@@ -144,13 +168,45 @@ class RabbitMQBroker:
             handle=m,
         )
 
+    def _channel_of(self, messages: Sequence[Message]) -> aiormq.abc.AbstractChannel:
+        """The channel the messages came on, which must still be the open one (a delivery tag means nothing
+        on another channel)."""
+        self._alive()
+        channel = messages[0].handle.channel  # raises when that channel closed
+        if self.amqp is None or channel is not self.amqp:
+            raise ConnectionError("the AMQP channel these messages came on closed")
+        return self.amqp
+
+    def _settle(self, messages: Sequence[Message]) -> tuple[list[int], bool]:
+        """The delivery tags of ``messages`` in order, taken out of the unsettled set, and whether one
+        ``multiple`` frame on the last covers exactly them (no other unsettled tag below it)."""
+        tags = sorted(m.handle.delivery_tag for m in messages)
+        self.unsettled.difference_update(tags)
+        return tags, not self.unsettled or min(self.unsettled) > tags[-1]
+
     async def ack(self, messages: Sequence[Message]) -> None:
-        for m in messages:
-            await m.handle.ack()
+        if not messages:
+            return
+        channel = self._channel_of(messages)
+        tags, multiple = self._settle(messages)
+        if multiple:
+            await channel.basic_ack(tags[-1], multiple=True)
+            return
+        # One frame per message, queued to the connection's writer together; the last is awaited (frames are
+        # written in order, so all of them have been when it has).
+        for tag in tags[:-1]:
+            await channel.basic_ack(tag, wait=False)
+        await channel.basic_ack(tags[-1])
 
     async def retry(self, messages: Sequence[Message]) -> None:
-        for m in messages:
-            await m.handle.nack(requeue=self.settings.rabbitmq_requeue)
+        if not messages:
+            return
+        channel = self._channel_of(messages)
+        requeue = self.settings.rabbitmq_requeue
+        tags, _ = self._settle(messages)
+        for tag in tags[:-1]:
+            await channel.basic_nack(tag, requeue=requeue, wait=False)
+        await channel.basic_nack(tags[-1], requeue=requeue)
 
     async def hold(self, messages: Sequence[Message], *, seconds: float) -> None:
         self._alive()  # nothing to renew: an unacknowledged message stays ours while the channel lives
@@ -165,10 +221,6 @@ class RabbitMQBroker:
             return int(count) if count is not None else None
         finally:
             await channel.close()
-
-
-async def _put(buffer: asyncio.Queue[AbstractIncomingMessage], message: AbstractIncomingMessage) -> None:
-    buffer.put_nowait(message)
 
 
 class RabbitMQQueue(QueueBridge):
