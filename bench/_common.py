@@ -51,6 +51,51 @@ def stop_spies(spies: Sequence[subprocess.Popen[bytes]]) -> None:
         proc.wait(60)
 
 
+BRIDGE_PROFILE_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("logging", ("(logging/",)),
+    ("metrics", ("(prometheus_client/",)),
+    ("JSON", ("(json/",)),
+    ("records (shaping, sizes, ids)", ("queues/_batch.py", "streams/_batch.py")),
+    ("bridge's HTTP server (/metrics, health)", ("aiohttp/web",)),
+    ("invocation (aiohttp client)", ("(aiohttp/", "bridge/_context.py")),
+    ("status writes (API server)", ("(kubelambda/kube",)),
+    (
+        "broker client library",
+        ("(nats/", "(aio_pika/", "(aiormq/", "(pamqp/", "(redis/", "botocore/", "(aiokafka/"),
+    ),
+    (
+        "broker module (messages, acks)",
+        ("bridge/queues/", "bridge/streams/kafka.py", "bridge/streams/redis.py"),
+    ),
+    ("event loop", ("(asyncio/", "(uvloop/")),
+)
+"""What a bridge process was doing in a py-spy sample: the first category, from the innermost frame out, that
+one of its frames matches (a JSON encode inside the invocation counts as JSON)."""
+
+
+def profile_breakdown(path: Path) -> list[tuple[str, float]]:
+    """Shares of the samples of a :func:`py_spy` profile by :data:`BRIDGE_PROFILE_CATEGORIES`, largest first;
+    start-up (imports) left out."""
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit() or "_find_and_load" in stack:
+            continue
+        frames = stack.split(";")
+        kind = next(
+            (
+                name
+                for frame in reversed(frames)
+                for name, keys in BRIDGE_PROFILE_CATEGORIES
+                if any(k in frame for k in keys)
+            ),
+            "other",
+        )
+        counts[kind] = counts.get(kind, 0) + int(n)
+    total = sum(counts.values()) or 1
+    return sorted(((k, c / total) for k, c in counts.items()), key=lambda kv: -kv[1])
+
+
 def pct(values: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank) of ``values``; NaN when there are none."""
     ordered = sorted(values)

@@ -48,7 +48,14 @@ from aiobotocore.session import get_session
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from _common import add_bridge_bench_options, load_average, py_spy, spread, stop_spies  # noqa: E402
+from _common import (  # noqa: E402
+    add_bridge_bench_options,
+    load_average,
+    profile_breakdown,
+    py_spy,
+    spread,
+    stop_spies,
+)
 from kltest import Cluster, start_cluster  # noqa: E402
 from kltest.bridge import BridgeProcess  # noqa: E402
 from kltest.platform import deploy, python_function, start_gateway, start_operator, stop_gateway  # noqa: E402
@@ -503,6 +510,12 @@ async def main(
                                 flush=True,
                             )
                             print(f"    {busy(bridged, ceiling)}", flush=True)
+                            if profile is not None:
+                                shares = profile_breakdown(profile / f"{bridge_q}-bridge.txt")
+                                print(
+                                    "    bridge's samples: " + ", ".join(f"{k} {v:.0%}" for k, v in shares),
+                                    flush=True,
+                                )
             finally:
                 await stop_gateway(gateway)
     finally:

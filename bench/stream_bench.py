@@ -59,6 +59,8 @@ from kubelambda.kube import KubeClient, resource_path
 NS = "bench-streams"
 FUNCTION = "noop"
 SHARDS = 4
+"""Partitions of a Kafka topic and shards of a Kinesis stream (``--shards``); the bridge runs one batch at a time
+per partition (Lambda's ordering rule) and every partition at once, so the rate at a small batch grows with it."""
 HANDLER = "def handler(event, context):\n    return {}\n"
 GROUP_VERSION = "kubelambda.io/v1alpha1"
 
@@ -362,6 +364,7 @@ async def bridge_rate(
 
 
 async def main() -> None:
+    global SHARDS
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--sources", default="kafka,redis,nats,kinesis")
@@ -372,7 +375,15 @@ async def main() -> None:
         default=1,
         help="the Triggers' parallelizationFactor (1 = one batch in flight per shard, Lambda's default)",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=SHARDS,
+        help=f"partitions of the Kafka topics and shards of the Kinesis streams (default {SHARDS}); the function"
+        " takes as many invocations at once",
+    )
     args = parser.parse_args()
+    SHARDS = args.shards
     n, batches = args.records, args.batch or [100, 10]
     ensure_binaries()
     with tempfile.TemporaryDirectory(prefix="kl-bench-streams-") as tmp:
