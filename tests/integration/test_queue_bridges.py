@@ -32,6 +32,7 @@ from kubelambda.api.v1alpha1 import GROUP, VERSION
 from kubelambda.bridge.queues.nats import consumer_name
 from kubelambda.devcluster.servers import NatsServer, RabbitMQServer, RedisServer, SqsServer
 from kubelambda.kube import KubeClient, resource_path
+from kubelambda.resources.bridge import bridge_name
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
@@ -435,6 +436,27 @@ async def trigger_status(kube: KubeClient, namespace: str, name: str) -> JSON:
     return dict(body.get("status") or {})
 
 
+async def operator_bridge_diagnosis(cluster: Cluster, kube: KubeClient, run: Run) -> str:
+    """What a failed wait on an operator-run bridge should show: the Trigger's status, its bridge pods' phases
+    and the end of their logs (pods are processes of the local node, logging under its state dir)."""
+    try:
+        status: Any = await trigger_status(kube, run.namespace, run.name)
+        pods = await kube.get(resource_path("v1", "pods", namespace=run.namespace))
+    except Exception as e:
+        status, pods = f"{type(e).__name__}: {e}", {}
+    prefix = f"{bridge_name(run.name)}-"
+    phases = {
+        p["metadata"]["name"]: (p.get("status") or {}).get("phase")
+        for p in pods.get("items", [])
+        if p["metadata"]["name"].startswith(prefix)
+    }
+    logs = "".join(
+        f"\n---- {path.relative_to(cluster.state_dir)}\n{path.read_text(errors='replace')[-3000:]}"
+        for path in sorted((cluster.state_dir / "pods").glob(f"{run.namespace}_{prefix}*/logs/*.log"))
+    )
+    return f"Trigger status: {status}\nbridge pods: {phases}\n{await run.diagnose()}{logs}"
+
+
 # ---- tests
 
 
@@ -604,7 +626,12 @@ async def test_the_operator_runs_a_bridge_for_each_broker(
             async def count(name: str = run.name) -> int:
                 return len(bodies_seen(records, name))
 
-            await wait_for(count, lambda n: n >= 200, what=f"200 messages through {run.name}", timeout=120)
+            try:
+                await wait_for(
+                    count, lambda n: n >= 200, what=f"200 messages through {run.name}", timeout=120
+                )
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{await operator_bridge_diagnosis(cluster, kube, run)}") from None
             assert max(bodies_seen(records, run.name).values()) == 1
             await wait_for(lambda r=run: r.queue.settled(r.name), bool, what=f"{run.name} settled")
         for run in runs:

@@ -32,7 +32,7 @@ import aio_pika
 import aiormq
 import aiormq.abc
 import yarl
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from kubelambda.bridge._context import BridgeContext
 from kubelambda.bridge.queues._batch import Message, string_headers
@@ -86,7 +86,7 @@ class RabbitMQBroker:
         self.amqp: aiormq.abc.AbstractChannel | None = None
         """The channel's own aiormq channel: deliveries and acks go through it directly (one task per delivery
         instead of aio-pika's two; acks written without awaiting each)."""
-        self.buffer: deque[AbstractIncomingMessage] = deque()
+        self.buffer: deque[aiormq.abc.DeliveredMessage] = deque()
         self.arrived = asyncio.Event()
         self.unsettled: set[int] = set()
         """Delivery tags of this channel not yet acknowledged or returned (a ``multiple`` ack covers every
@@ -99,7 +99,7 @@ class RabbitMQBroker:
             url = url.with_user(secret.get("username", url.user)).with_password(
                 secret.get("password", url.password)
             )
-        self.buffer = buffer = deque[AbstractIncomingMessage]()
+        self.buffer = buffer = deque[aiormq.abc.DeliveredMessage]()
         self.unsettled = unsettled = set[int]()
         self.arrived = arrived = asyncio.Event()
         self.connection = await aio_pika.connect(url, timeout=10)
@@ -110,11 +110,11 @@ class RabbitMQBroker:
         self.amqp = await self.channel.get_underlay_channel()
 
         async def deliver(delivered: aiormq.abc.DeliveredMessage) -> None:
-            message = aio_pika.IncomingMessage(delivered, no_ack=False)
-            if message.delivery_tag is not None:
-                unsettled.add(message.delivery_tag)
-            buffer.append(message)
-            arrived.set()
+            tag = delivered.delivery_tag
+            if tag is not None:
+                unsettled.add(tag)
+                buffer.append(delivered)
+                arrived.set()
 
         await self.amqp.basic_consume(
             self.spec.queue, deliver, consumer_tag=f"kubelambda-{self.ctx.bridge_id}"
@@ -147,24 +147,29 @@ class RabbitMQBroker:
         now = int(time.time() * 1000)
         return [self._message(buffer.popleft(), now) for _ in range(min(max_count, len(buffer)))]
 
-    def _message(self, m: AbstractIncomingMessage, now: int) -> Message:
-        headers = dict(m.headers or {})
+    def _message(self, m: aiormq.abc.DeliveredMessage, now: int) -> Message:
+        """A delivery as a message, read from the AMQP frames as aiormq parsed them (aio-pika's
+        ``IncomingMessage`` copies every property into an object of its own first: a tenth of the bridge's CPU
+        at batch 10)."""
+        props = m.header.properties
+        headers = dict(props.headers or {})
+        tag = m.delivery_tag
         receives = receive_count(
             headers.pop("x-delivery-count", None),
             headers.get("x-death"),
             queue=self.spec.queue,
             redelivered=bool(m.redelivered),
         )
-        sent = _ms(m.timestamp) or now
+        sent = _ms(props.timestamp) or now
         return Message(
-            message_id=m.message_id or f"{self.spec.queue}-{m.delivery_tag}",
+            message_id=props.message_id or f"{self.spec.queue}-{tag}",
             body=m.body,
             receive_count=receives,
             sent_timestamp_ms=sent,
             first_receive_timestamp_ms=now if receives == 1 else sent,
-            sender_id=m.user_id or m.app_id or "",
+            sender_id=props.user_id or props.app_id or "",
             message_attributes=string_headers(headers),
-            receipt_handle=str(m.delivery_tag),
+            receipt_handle=str(tag),
             handle=m,
         )
 
@@ -172,8 +177,8 @@ class RabbitMQBroker:
         """The channel the messages came on, which must still be the open one (a delivery tag means nothing
         on another channel)."""
         self._alive()
-        channel = messages[0].handle.channel  # raises when that channel closed
-        if self.amqp is None or channel is not self.amqp:
+        channel = messages[0].handle.channel
+        if self.amqp is None or channel is not self.amqp or channel.is_closed:
             raise ConnectionError("the AMQP channel these messages came on closed")
         return self.amqp
 
