@@ -657,7 +657,7 @@ async def main() -> None:
                             throttled = cpu_throttling(serve)
                             before = {who: sample() for who, sample in samplers.items()}
                             reading = asyncio.create_task(pg.reading(name, slots[2]))
-                            rate, cpu, _ = await bridge_rate(
+                            rate, cpu, _, _ = await bridge_rate(
                                 kube,
                                 http,
                                 name,

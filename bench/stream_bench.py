@@ -283,13 +283,20 @@ def trigger(
     }
 
 
-async def bridge_events(kube: KubeClient, http: aiohttp.ClientSession, name: str) -> float | None:
-    """The bridge pod's own count of records delivered (its /metrics), or None while it is not up."""
+async def bridge_events(
+    kube: KubeClient, http: aiohttp.ClientSession, name: str
+) -> tuple[float, float] | None:
+    """The bridge pod's own count of records delivered and the sum of its invocations' durations in seconds (its
+    /metrics), or None while it is not up."""
     text = await bridge_metrics(kube, http, name)
     if text is None:
         return None
-    match = re.search(r"^kubelambda_bridge_events_total ([0-9.e+]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    found = [
+        re.search(rf"^{metric} ([0-9.e+-]+)$", text, re.M)
+        for metric in ("kubelambda_bridge_events_total", "kubelambda_bridge_invoke_seconds_sum")
+    ]
+    events, invoking = (float(m.group(1)) if m else 0.0 for m in found)
+    return events, invoking
 
 
 async def bridge_metrics(kube: KubeClient, http: aiohttp.ClientSession, name: str) -> str | None:
@@ -336,29 +343,33 @@ async def bridge_rate(
     *,
     interval: float = 0.02,
     samplers: dict[str, Callable[[], float]] | None = None,
-) -> tuple[float, float, dict[str, float]]:
+) -> tuple[float, float, dict[str, float], float]:
     """Records/s from the first record delivered to the last, the bridge process's CPU use meanwhile (100 % = one
-    core busy all the time), and the CPU µs per record of each of ``samplers`` (CPU seconds of other processes)
-    over the same time."""
+    core busy all the time), the CPU µs per record of each of ``samplers`` (CPU seconds of other processes)
+    over the same time, and the invocations the bridge had in flight on average (the sum of their durations over
+    the time: with one batch in flight per shard, as many as the shards when they are all read at once)."""
     path = resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name)
     await kube.patch(path, {"spec": {"enabled": True}})
     samplers = samplers or {}
-    first: tuple[float, float, float, dict[str, float]] | None = None
+    first: tuple[float, float, float, dict[str, float], float] | None = None
     proc: psutil.Process | None = None
     deadline = time.monotonic() + 600
+    nan = float("nan")
     while time.monotonic() < deadline:
-        events = await bridge_events(kube, http, name)
+        counters = await bridge_events(kube, http, name)
         now = time.perf_counter()
+        events, invoking = counters or (0.0, 0.0)
         if events:
             if first is None:
                 proc = bridge_process(name)
-                first = (now, events, cpu_seconds(proc), {k: f() for k, f in samplers.items()})
+                first = (now, events, cpu_seconds(proc), {k: f() for k, f in samplers.items()}, invoking)
             if events >= n:
                 if now <= first[0]:
-                    return float("nan"), float("nan"), {}
+                    return nan, nan, {}, nan
                 elapsed, count = now - first[0], events - first[1]
                 others = {k: 1e6 * (f() - first[3][k]) / count for k, f in samplers.items()}
-                return count / elapsed, (cpu_seconds(proc) - first[2]) / elapsed, others
+                in_flight = (invoking - first[4]) / elapsed
+                return count / elapsed, (cpu_seconds(proc) - first[2]) / elapsed, others, in_flight
         await asyncio.sleep(interval)
     raise TimeoutError(f"the {source.kind} bridge did not deliver {n} records within 600 s")
 
@@ -418,7 +429,7 @@ async def main() -> None:
                     )
                     print(
                         f"{'round':>5} {'source':<8} {'batch':>5} {'shards':>6} {'ceiling':>10} {'bridge':>10}"
-                        f" {'ratio':>6} {'bridge CPU':>10}"
+                        f" {'ratio':>6} {'bridge CPU':>10} {'in flight':>9}"
                     )
                     # Rounds outermost: the machine's load drifts over minutes, and each round sees every case.
                     for round_ in range(args.rounds):
@@ -438,12 +449,12 @@ async def main() -> None:
                                         batch=batch,
                                     ),
                                 )
-                                rate, cpu, _ = await bridge_rate(kube, http, name, source, n)
+                                rate, cpu, _, in_flight = await bridge_rate(kube, http, name, source, n)
                                 rows.setdefault((kind, batch), []).append((ceiling, rate, cpu))
                                 shards = SHARDS if kind in ("kafka", "kinesis") else 1
                                 print(
                                     f"{round_ + 1:>5} {kind:<8} {batch:>5} {shards:>6} {ceiling:>10.0f} {rate:>10.0f}"
-                                    f" {rate / ceiling:>6.0%} {cpu:>10.0%}   {load_average()}",
+                                    f" {rate / ceiling:>6.0%} {cpu:>10.0%} {in_flight:>9.1f}   {load_average()}",
                                     flush=True,
                                 )
                                 await kube.patch(

@@ -182,36 +182,42 @@ class RabbitMQBroker:
             raise ConnectionError("the AMQP channel these messages came on closed")
         return self.amqp
 
-    def _settle(self, messages: Sequence[Message]) -> tuple[list[int], bool]:
-        """The delivery tags of ``messages`` in order, taken out of the unsettled set, and whether one
-        ``multiple`` frame on the last covers exactly them (no other unsettled tag below it)."""
-        tags = sorted(m.handle.delivery_tag for m in messages)
-        self.unsettled.difference_update(tags)
-        return tags, not self.unsettled or min(self.unsettled) > tags[-1]
+    def _covers_exactly(self, tags: list[int]) -> bool:
+        """Whether one ``multiple`` frame on the last of ``tags`` (sorted) would settle exactly them: no other
+        unsettled delivery of the channel is below it. A tag stays unsettled until its own frame is queued, so a
+        batch whose frames are still being written is never covered by another batch's ``multiple``."""
+        mine = set(tags)
+        return all(tag in mine or tag > tags[-1] for tag in self.unsettled)
 
     async def ack(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
         channel = self._channel_of(messages)
-        tags, multiple = self._settle(messages)
-        if multiple:
-            await channel.basic_ack(tags[-1], multiple=True)
-            return
-        # One frame per message, queued to the connection's writer together; the last is awaited (frames are
-        # written in order, so all of them have been when it has).
-        for tag in tags[:-1]:
-            await channel.basic_ack(tag, wait=False)
-        await channel.basic_ack(tags[-1])
+        tags = sorted(m.handle.delivery_tag for m in messages)
+        try:
+            if self._covers_exactly(tags):
+                await channel.basic_ack(tags[-1], multiple=True)
+                return
+            # One frame per message, queued to the connection's writer together (the queue is bounded: a put may
+            # wait for the writer); the last is awaited, and frames are written in order.
+            for tag in tags[:-1]:
+                await channel.basic_ack(tag, wait=False)
+            await channel.basic_ack(tags[-1])
+        finally:
+            self.unsettled.difference_update(tags)
 
     async def retry(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
         channel = self._channel_of(messages)
         requeue = self.settings.rabbitmq_requeue
-        tags, _ = self._settle(messages)
-        for tag in tags[:-1]:
-            await channel.basic_nack(tag, requeue=requeue, wait=False)
-        await channel.basic_nack(tags[-1], requeue=requeue)
+        tags = sorted(m.handle.delivery_tag for m in messages)
+        try:
+            for tag in tags[:-1]:
+                await channel.basic_nack(tag, requeue=requeue, wait=False)
+            await channel.basic_nack(tags[-1], requeue=requeue)
+        finally:
+            self.unsettled.difference_update(tags)
 
     async def hold(self, messages: Sequence[Message], *, seconds: float) -> None:
         self._alive()  # nothing to renew: an unacknowledged message stays ours while the channel lives
