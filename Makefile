@@ -45,9 +45,14 @@ test: test-local
 
 # `make test` without the e2e suite (.ci/run runs the two parts, the e2e suite's prerequisites building meanwhile).
 # --durations: the slowest tests, for whoever wants the suite faster.
+# PYTEST_WORKERS: pytest processes (pytest-xdist), each with a local cluster of its own, running whole test modules
+# (--dist loadfile) in the order tests/conftest.py gives (the longest first); 0 = one process, no xdist. The suite
+# mostly waits (control planes, pods, brokers), so two workers on two cores halve its wall time
+# (docs/local-cluster.md, "Running the tests").
+PYTEST_WORKERS ?= 2
 .PHONY: test-local
 test-local: lint types agent-test test-deps
-	$(PY) -m pytest -q --durations=30
+	$(PY) -m pytest -q --durations=30 -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # What `make test` builds or fetches before its tests (mk/*.mk add theirs: test servers, runtime clients).
 .PHONY: test-deps prepare

@@ -17,6 +17,38 @@ from kltest.records import Records
 from kubelambda.devcluster.servers import NatsServer
 from kubelambda.kube import KubeClient, resource_path
 
+TESTS = Path(__file__).resolve().parent
+
+LONGEST_FIRST = (
+    "integration/test_docs.py",  # 1,081 s
+    "integration/test_dev_cli.py",  # 424 s
+    "integration/test_queue_bridges.py",  # 388 s
+    "integration/test_stream_bridges.py",  # 220 s
+    "integration/test_wheel.py",  # 200 s
+    "integration/test_lambda_api.py",  # 186 s
+    "integration/test_cli.py",  # 167 s
+    "integration/test_logs.py",  # 163 s
+    "integration/test_ha.py",  # 158 s
+    "integration/test_auth.py",  # 148 s
+    "integration/test_bucket_bridge.py",  # 145 s
+    "integration/test_async_crash.py",  # 126 s
+    "integration/test_triggers.py",  # 115 s
+)
+"""The modules that take minutes, longest first (each one's seconds in a run with two workers at load 13-70,
+2026-12-06). They run first, so that under pytest-xdist (``make test-local``: ``--dist loadfile``, whole modules
+handed out in this order to whichever worker is nearly done) no worker starts one of them while the other is about
+to finish; the unit tests come last, to fill the gaps."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def order(item: pytest.Item) -> tuple[int, bool]:
+        name = item.path.relative_to(TESTS).as_posix()
+        return rank.get(name, len(rank)), name.startswith("unit/")
+
+    items.sort(key=order)  # stable: each module's tests keep their order
+
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
