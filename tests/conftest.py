@@ -34,7 +34,7 @@ LONGEST_FIRST = (
     "integration/test_async_crash.py",  # 126 s
     "integration/test_triggers.py",  # 115 s
 )
-"""The modules that take minutes, longest first (each one's seconds in a run with two workers at load 13-70,
+"""The modules that take minutes, longest first (each one's seconds in a run with two workers at load 13-72,
 2026-12-06). They run first, so that under pytest-xdist (``make test-local``: ``--dist loadfile``, whole modules
 handed out in this order to whichever worker is nearly done) no worker starts one of them while the other is about
 to finish; the unit tests come last, to fill the gaps."""
