@@ -11,9 +11,9 @@ from pathlib import Path
 from kltest.platform import REPO
 
 
-def _run(argv: list[str], *, cwd: Path, timeout: float) -> None:
+def _run(argv: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | None = None) -> None:
     done = subprocess.run(
-        argv, cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=timeout
+        argv, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0, f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
 
@@ -43,8 +43,10 @@ def wheel_venv(folder: Path, *, extras: str = "servers") -> Path:
     wheels, venv = folder / "wheels", folder / "venv"
     wheels.mkdir(parents=True, exist_ok=True)
     source = source_copy(folder / "source")
+    # kubelambda._native's cargo build is cached as `make venv`'s is (cargo locks it: builds at once take turns).
+    cargo = {"CARGO_TARGET_DIR": str(Path.home() / ".cache" / "kubelambda" / "cargo-wheel")}
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)], cwd=folder,
-         timeout=600)  # fmt: skip
+         timeout=600, env=cargo)  # fmt: skip
     (wheel,) = wheels.glob("kubelambda-*.whl")
     _run([sys.executable, "-m", "venv", str(venv)], cwd=folder, timeout=300)
     _run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[{extras}]"], cwd=folder, timeout=1200)
