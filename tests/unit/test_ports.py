@@ -96,18 +96,23 @@ def squatter() -> Iterator[list[socket.socket]]:
         sock.close()
 
 
-def take(port: int, held: list[socket.socket]) -> int:
-    """Binds ``port`` (not listening: a probe of it is refused at once rather than left unanswered)."""
+def squat(held: list[socket.socket]) -> int:
+    """A port taken away from the code under test: bound (not listening: a probe of it is refused at once rather
+    than left unanswered) to a port the kernel picks, so that the bind cannot fail. Binding a port ``free_port``
+    picked could: it counts a port whose old connections linger in TIME_WAIT as free (servers bind with
+    SO_REUSEADDR), a plain bind does not — under parallel test workers, one such port failed a test here."""
     sock = socket.socket()
-    sock.bind((HOST, port))
+    sock.bind((HOST, 0))
     held.append(sock)
-    return port
+    return int(sock.getsockname()[1])
 
 
-# A minimal HTTP server; bind() of a taken port ends it with "OSError: [Errno 98] Address already in use".
+# A minimal HTTP server; bind() of a taken port ends it with "OSError: [Errno 98] Address already in use". With
+# SO_REUSEADDR, as the servers the tests start bind: a port in TIME_WAIT is free to it, as to free_port.
 SERVE = """
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen()
 while True:
@@ -134,10 +139,9 @@ async def test_a_server_whose_port_is_taken_in_between_starts_again_on_a_new_por
     picked: list[int] = []
 
     def pick(host: str = HOST, *, offset: int = 0) -> int:
-        port = free_port(host, offset=offset)
+        # The first two picks are taken by someone else before the server binds them.
+        port = squat(squatter) if len(picked) < 2 else free_port(host, offset=offset)
         picked.append(port)
-        if len(picked) <= 2:  # the first two picks are taken by someone else before the server binds them
-            take(port, squatter)
         return port
 
     monkeypatch.setattr(servers, "free_port", pick)
@@ -155,7 +159,7 @@ async def test_a_port_taken_at_every_try_fails_after_the_attempts_with_the_serve
     tries: list[int] = []
 
     def pick(host: str = HOST, *, offset: int = 0) -> int:
-        tries.append(take(free_port(host, offset=offset), squatter))
+        tries.append(squat(squatter))
         return tries[-1]
 
     monkeypatch.setattr(servers, "free_port", pick)
@@ -183,9 +187,7 @@ async def test_an_in_process_listener_tries_a_new_port_on_eaddrinuse(squatter: l
     ports: list[int] = []
 
     async def listen() -> int:
-        port = free_port()
-        if not ports:
-            take(port, squatter)
+        port = free_port() if ports else squat(squatter)
         ports.append(port)
         site = web.TCPSite(runner, HOST, port)
         try:
