@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,12 @@ import pytest
 
 from kubelambda.bridge.streams import kafka, kinesis, nats, redis
 from kubelambda.bridge.streams._core import config_key
-from kubelambda.devcluster.streamservers import _api_versions_ok, _api_versions_request, kafka_properties
+from kubelambda.devcluster.streamservers import (
+    _api_versions_ok,
+    _api_versions_request,
+    kafka_cluster_id,
+    kafka_properties,
+)
 
 
 @pytest.mark.parametrize(
@@ -135,3 +141,12 @@ def test_api_versions_probe() -> None:
     assert _api_versions_ok(b"\x00\x00\x01\x00" + b"\x00\x00\x00\x01" + b"\x00\x00")
     assert not _api_versions_ok(b"\x00\x00\x01\x00" + b"\x00\x00\x00\x01" + b"\x00\x23")
     assert not _api_versions_ok(b"")
+
+
+def test_a_kafka_cluster_id_never_starts_with_a_dash() -> None:
+    """One id in 64 would, and ``kafka-storage format`` would read it as an option (CI failed so once)."""
+    ids = {kafka_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for cluster_id in ids:
+        assert not cluster_id.startswith("-"), cluster_id
+        assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16, cluster_id

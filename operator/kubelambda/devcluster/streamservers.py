@@ -28,6 +28,16 @@ KAFKA_VERSION = "4.3.1"
 KINESALITE_VERSION = "3.3.3"
 
 
+def kafka_cluster_id() -> str:
+    """A new KRaft cluster id: 16 random bytes in URL-safe base64 without padding, never starting with ``-``
+    (Kafka's own ``Uuid.randomUuid`` draws again for those too: a command line would read one as an option; the
+    one-in-64 chance failed ``kafka-storage format -t <id>`` in CI)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def cache_dir() -> Path:
     root = os.environ.get("KUBELAMBDA_CACHE")
     if root:
@@ -135,9 +145,14 @@ class KafkaServer(LocalServer):
             )
         )
         if not (self.data_dir / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = self._spawn(
-                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)]
+                [
+                    *java,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    f"--cluster-id={kafka_cluster_id()}",
+                    f"--config={config}",
+                ]
             )
             code = await _wait_exit(fmt)
             self.procs.remove(fmt)
