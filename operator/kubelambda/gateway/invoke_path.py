@@ -284,8 +284,6 @@ class InvokePath:
 
     async def _forward(self, fn: FunctionEntry, endpoint: str, invocation: Invocation) -> Result:
         s = self.settings
-        # The deadline starts when an instance takes the invocation, as Lambda's timeout does.
-        deadline = time.time() + fn.spec.timeout_seconds
         token = self._tokens.get(fn.key)
         if token is None and (key := s.agent_key):  # an HMAC: worked out once per function
             token = self._tokens[fn.key] = function_token(key.get_secret_value(), *fn.key)
@@ -293,7 +291,6 @@ class InvokePath:
             self.http(),
             endpoint,
             invocation,
-            deadline=deadline,
             token=token,
             max_response_bytes=s.max_response_bytes,
         )

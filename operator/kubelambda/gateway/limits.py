@@ -65,7 +65,7 @@ from aiohttp import web
 from kubelambda.agentauth import bearer, function_token
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.peers import Peers, url_of
-from kubelambda.gateway.proxy import TIMEOUT_MARGIN_SECONDS
+from kubelambda.gateway.proxy import longest_wait
 from kubelambda.gateway.throttler import LimitsUnavailable, Throttled, Throttler
 from kubelambda.kube import ApiError
 
@@ -735,8 +735,9 @@ class SharedLimits:
 
     def _set_placed(self, slot: Held, endpoint: str) -> None:
         slot.endpoint = endpoint
-        # The agent ends the invocation at its timeout after it starts, which is after now.
-        slot.until = time.monotonic() + slot.timeout + TIMEOUT_MARGIN_SECONDS
+        # The agent ends the invocation at its timeout after a runtime takes it (after its init, if one was
+        # still initialising), which is after now.
+        slot.until = time.monotonic() + longest_wait(slot.timeout)
 
     async def _place_for(
         self,

@@ -1,14 +1,17 @@
 """Forwarding one invocation to an instance's agent (``POST http://<pod>:8080/invoke``).
 
-The agent enforces the function timeout itself and answers with Lambda's timeout error; the gateway's own
-deadline is a little later and only fires when an instance stops answering altogether.
+The agent enforces the function timeout itself and answers with Lambda's timeout error. As in Lambda, a runtime's
+init does not count toward it: the agent starts the timeout when a runtime takes the event, after waiting at most
+``AGENT_INIT_WAIT_SECONDS`` for one still initialising (a worker replaced after a timeout, a cold start). So the
+gateway sends the agent no ``Lambda-Runtime-Deadline-Ms`` (a caller's deadline holds from receipt, init included:
+docs/runtimes.md), and its own wait is that init wait + the timeout + a margin; it only fires when an instance
+stops answering altogether.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -26,6 +29,17 @@ PASSED_HEADERS = (
     OUTCOME_HEADER,  # passed through to the async worker, which decides from it (kubelambda.outcomes)
 )
 TIMEOUT_MARGIN_SECONDS = 2.0
+# The agent's longest wait for a runtime's init before an invocation's timeout starts (initWaitLimit in
+# runtime-images/agent/workers.go: Lambda's 10 s limit on the Init phase).
+AGENT_INIT_WAIT_SECONDS = 10.0
+
+
+def longest_wait(timeout_seconds: float) -> float:
+    """How long after it is sent an invocation may still be running at an agent: the agent's init wait, the
+    function's timeout and the margin for the answer to arrive."""
+    return AGENT_INIT_WAIT_SECONDS + timeout_seconds + TIMEOUT_MARGIN_SECONDS
+
+
 CONNECT_SECONDS = (
     2.0  # one attempt to connect to an agent (the invoke path tries again, gateway/invoke_path.py)
 )
@@ -155,7 +169,6 @@ async def forward(
     endpoint: str,
     invocation: Invocation,
     *,
-    deadline: float,
     token: str | None = None,
     max_response_bytes: int = 6 * 1024 * 1024,
 ) -> Result:
@@ -166,7 +179,6 @@ async def forward(
         **bearer(token),
         "Content-Type": "application/json",
         "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
-        "Lambda-Runtime-Deadline-Ms": str(int(deadline * 1000)),
         "Lambda-Runtime-Invoked-Function-Arn": invocation.arn,
     }
     if invocation.log_tail:
@@ -182,13 +194,14 @@ async def forward(
         headers["X-Amzn-Trace-Id"] = xray
     elif invocation.trace_id:
         headers["X-Amzn-Trace-Id"] = invocation.trace_id
-    remaining = max(deadline - time.time(), 0.001) + TIMEOUT_MARGIN_SECONDS
     try:
         async with session.post(
             f"http://{endpoint}/invoke",
             data=invocation.body,
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=remaining, sock_connect=CONNECT_SECONDS),
+            timeout=aiohttp.ClientTimeout(
+                total=longest_wait(invocation.timeout_seconds), sock_connect=CONNECT_SECONDS
+            ),
         ) as resp:
             body = await _read_capped(resp, max_response_bytes)
             if body is None:
