@@ -4,7 +4,9 @@ Authoriser (botocore signs), and who is trusted with the internal headers."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
+import time
 import urllib.parse
 from typing import Any
 
@@ -17,7 +19,7 @@ from botocore.credentials import Credentials
 from kubelambda.gateway.app import IDEMPOTENCY_KEY_HEADER, Gateway
 from kubelambda.gateway.auth import INVOKE, Authoriser, AuthRefused
 from kubelambda.gateway.auth.keys import AccessKeyStore, from_secret, new_key, secret_name, to_secret
-from kubelambda.gateway.auth.reviews import Identity, TtlCache
+from kubelambda.gateway.auth.reviews import Decision, Identity, TtlCache
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.functionname import FunctionRef
 from kubelambda.kube import KubeClient
@@ -169,3 +171,50 @@ async def _refusals_without_an_api_server(auth: Authoriser) -> None:
         await auth.authorise(signed, INVOKE, ref, body=b"{}")
     assert refused.value.code == "ServiceException"
     assert "Could not decide whether system:serviceaccount:team-a:web may invoke" in refused.value.message
+
+
+async def test_a_bearer_grant_is_kept_by_its_header_no_longer_than_either_answer() -> None:
+    """The invoke path's one-entry check of a bearer token: kept until the first of its TokenReview and
+    SubjectAccessReview answers expires, then both caches decide again; refusals and SigV4 are never kept. The
+    answers are put in the caches as an API server's would be: nothing here can reach one."""
+    auth = Authoriser(GatewaySettings(auth_mode="kubernetes", auth_cache_seconds=60), _kube())
+    ref = FunctionRef("team-a", "hello")
+    alice = Identity("alice", groups=("system:authenticated",))
+    now = time.monotonic()
+    auth.tokens.cache._entries[hashlib.sha256(b"tok").digest()] = (now + 60, alice)
+    decision = (alice, "invoke", "team-a", "hello", "functions")
+    auth.access.cache._entries[decision] = (now + 30, Decision(True))
+    header = "Bearer tok"
+    request = make_mocked_request("POST", "/", headers={"Authorization": header})
+    assert await auth.authorise(request, INVOKE, ref, body=b"") == alice
+    assert auth._granted == {(header, INVOKE, "team-a", "hello"): (now + 30, alice)}  # the earlier expiry
+    # Another spelling of the same token is its own entry, from the same answers.
+    spaced = make_mocked_request("POST", "/", headers={"Authorization": header + " "})
+    assert await auth.authorise(spaced, INVOKE, ref, body=b"") == alice
+    assert len(auth._granted) == 2
+
+    # Once the grant expired the caches decide again: the decision now is a denial, and it is not kept.
+    auth._granted[(header, INVOKE, "team-a", "hello")] = (now - 1, alice)
+    auth.access.cache._entries[decision] = (now + 30, Decision(False))
+    with pytest.raises(AuthRefused) as refused:
+        await auth.authorise(request, INVOKE, ref, body=b"")
+    assert refused.value.code == "AccessDeniedException"
+    with pytest.raises(AuthRefused):
+        await auth.authorise(request, INVOKE, ref, body=b"")
+    assert auth._granted[(header, INVOKE, "team-a", "hello")] == (now - 1, alice)
+
+    # A signed request is verified every time: its signature covers the body.
+    key = new_key("team-a", "web")
+    await auth.keys._listed([to_secret(key, namespace="kubelambda-system")])
+    web_sa = Identity.service_account("team-a", "web", via="sigv4", access_key_id=key.access_key_id)
+    auth.access.cache._entries[(web_sa, "invoke", "team-a", "hello", "functions")] = (
+        now + 30,
+        Decision(True),
+    )
+    url = "http://gw:8080/2015-03-31/functions/team-a%2Fhello/invocations"
+    signed = _signed(url, b"{}", key.access_key_id, key.secret_access_key)
+    assert await auth.authorise(signed, INVOKE, ref, body=b"{}") == web_sa
+    assert len(auth._granted) == 2
+    with pytest.raises(AuthRefused) as refused:
+        await auth.authorise(signed, INVOKE, ref, body=b'{"other": 1}')
+    assert refused.value.code == "InvalidSignatureException"

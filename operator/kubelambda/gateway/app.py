@@ -15,7 +15,6 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -49,12 +48,13 @@ from kubelambda.gateway.functionname import (
     qualified,
     qualified_arn,
 )
+from kubelambda.gateway.guarded import GuardedRoutes, Handler
 from kubelambda.gateway.invoke_path import InvokePath, Unavailable
 from kubelambda.gateway.lambdaapi import LambdaApi
 from kubelambda.gateway.limits import SharedLimits, peer_token
 from kubelambda.gateway.logsapi import LogsApi
 from kubelambda.gateway.peers import Peers
-from kubelambda.gateway.proxy import Invocation
+from kubelambda.gateway.proxy import Invocation, request_id
 from kubelambda.gateway.registry import FunctionEntry, NotFound, Registry, RegistryLookups, Resolved
 from kubelambda.gateway.routes import Match, RouteTable
 from kubelambda.gateway.throttler import Throttled
@@ -70,6 +70,23 @@ IDEMPOTENCY_KEY_HEADER = "X-Kubelambda-Idempotency-Key"
 """An Event invocation's caller-chosen key (a bridge's tick or object version): the request id is derived from
 it, so a caller that re-sends after a crash gets the same request id, and JetStream's duplicate window
 (``Nats-Msg-Id``) stores the event once."""
+
+
+# Request targets of the Invoke API kept parsed (Gateway._target); all forgotten when full.
+TARGETS_KEPT = 4096
+
+
+class Target:
+    """An Invoke API request target, parsed: the name with its qualifier, the ARN as invoked, and what ``$LATEST``
+    resolved to (used while the registry still holds that entry for the name)."""
+
+    __slots__ = ("arn", "key", "ref", "resolved")
+
+    def __init__(self, ref: FunctionRef, arn: str) -> None:
+        self.ref = ref
+        self.arn = arn
+        self.key = (ref.namespace, ref.name)
+        self.resolved: Resolved | None = None
 
 
 _JSON_CHECK = simdjson.Parser()  # reused: it keeps its buffer between bodies (the gateway's one thread)
@@ -131,6 +148,7 @@ class Gateway(RegistryLookups):
         None  # deletes unreferenced zips of the code store (the leader's acts)
     )
     code_store: CodeStore | None = None  # the code store, when configured: one S3 client, closed by stop()
+    _targets: dict[str, Target] = field(default_factory=dict)  # Invoke API request target → its parse
 
     def __post_init__(self) -> None:
         self.path = InvokePath(self.settings, self.registry, Activator(self.kube), self.http)
@@ -155,14 +173,15 @@ class Gateway(RegistryLookups):
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         s = self.settings
-        try:
-            ref = parse_function_name(request.match_info["name"], default_namespace=s.default_namespace)
-        except BadFunctionName as e:
-            return error_response("InvalidParameterValueException", str(e))
-        try:
-            ref = qualified(ref, request.query.get("Qualifier"))
-        except BadFunctionName as e:
-            return error_response("InvalidParameterValueException", str(e))
+        target = self._targets.get(request.raw_path)
+        if target is None:
+            try:
+                ref = parse_function_name(request.match_info["name"], default_namespace=s.default_namespace)
+                ref = qualified(ref, request.query.get("Qualifier"))
+            except BadFunctionName as e:
+                return error_response("InvalidParameterValueException", str(e))
+            target = self._target(request.raw_path, ref)
+        ref = target.ref
         kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if kind not in ("RequestResponse", "Event", "DryRun"):
             return error_response(
@@ -194,11 +213,13 @@ class Gateway(RegistryLookups):
             return error_response(
                 "InvalidRequestContentException", f"Could not parse request body into json: {problem}"
             )
-        resolved = self.resolve(ref)
-        if resolved is None:
-            return error_response(
-                "ResourceNotFoundException", f"Function not found: {qualified_arn(ref, s.region)}"
-            )
+        resolved = target.resolved
+        if resolved is None or self.registry.functions.get(target.key) is not resolved.entry:
+            resolved = self.resolve(ref)
+            if resolved is None:
+                return error_response("ResourceNotFoundException", f"Function not found: {target.arn}")
+            if ref.qualifier == "$LATEST":  # the same entry until the registry replaces it (checked above)
+                target.resolved = resolved
         fn = resolved.entry
         if not fn.ready:
             return error_response(
@@ -215,7 +236,15 @@ class Gateway(RegistryLookups):
                 traceparent=request.headers.get(tracing.TRACEPARENT),
                 xray=request.headers.get("X-Amzn-Trace-Id"),
             )
-        return await self._run(request, caller, resolved, ref, body or b"{}", started)
+        return await self._run(request, caller, resolved, target.arn, body or b"{}", started)
+
+    def _target(self, raw_path: str, ref: FunctionRef) -> Target:
+        """The Invoke API's parse of ``raw_path`` (the request target: name and Qualifier), kept by it: each
+        invocation of a name parses it, and works out its ARN, once (:data:`TARGETS_KEPT` paths at most)."""
+        if len(self._targets) >= TARGETS_KEPT:
+            self._targets.clear()
+        target = self._targets[raw_path] = Target(ref, qualified_arn(ref, self.settings.region))
+        return target
 
     def resolve(self, ref: FunctionRef) -> Resolved | None:
         """The resolve step of every entry point: a name with its qualifier (``$LATEST``, a version number, an
@@ -358,22 +387,25 @@ class Gateway(RegistryLookups):
         request: web.Request,
         caller: Identity,
         resolved: Resolved,
-        ref: FunctionRef,
+        arn: str,
         body: bytes,
         started: float,
     ) -> web.StreamResponse:
+        """``arn``: as invoked (:func:`qualified_arn`)."""
         fn = resolved.entry
-        invocation = Invocation.new(
-            arn=qualified_arn(ref, self.settings.region),
-            timeout_seconds=float(fn.spec.timeout_seconds),
-            body=body,
-            log_tail=request.headers.get("X-Amz-Log-Type") == "Tail",
-            client_context=request.headers.get("X-Amz-Client-Context"),
-            trace_id=request.headers.get("X-Amzn-Trace-Id"),
-            traceparent=request.headers.get(tracing.TRACEPARENT),
+        headers = request.headers
+        invocation = Invocation(
+            request_id(),
+            arn,
+            float(fn.spec.timeout_seconds),
+            body,
+            headers.get("X-Amz-Log-Type") == "Tail",
+            client_context=headers.get("X-Amz-Client-Context"),
+            trace_id=headers.get("X-Amzn-Trace-Id"),
+            traceparent=headers.get(tracing.TRACEPARENT),
         )
         # A standalone async worker (kubelambda.gateway.remoteworker) keeps an event's request id on every attempt.
-        async_request_id = request.headers.get(ASYNC_REQUEST_ID_HEADER)
+        async_request_id = headers.get(ASYNC_REQUEST_ID_HEADER)
         if async_request_id and self.auth.is_platform(caller):
             invocation = dataclasses.replace(invocation, request_id=async_request_id[:64])
         try:
@@ -382,15 +414,16 @@ class Gateway(RegistryLookups):
             return error_response("TooManyRequestsException", e.message, reason=e.reason)
         except Unavailable as e:
             return error_response(e.code, e.message, reason=e.reason)
-        headers = {**result.headers, COLD_START_HEADER: "true" if cold else "false"}
+        answer = {**result.headers, COLD_START_HEADER: "true" if cold else "false"}
         # The agent's outcome, passed through (the async worker decides from it); the gateway's own when it made
         # the answer without the agent's.
-        headers.setdefault(OUTCOME_HEADER, result.outcome)
+        if OUTCOME_HEADER not in answer:
+            answer[OUTCOME_HEADER] = result.outcome
         # The gateway resolved the version: a warm-pool pod specialised for a version says $LATEST itself.
-        headers["X-Amz-Executed-Version"] = resolved.version
+        answer["X-Amz-Executed-Version"] = resolved.version
         # As Lambda: SDKs read it as ResponseMetadata.RequestId, the id of the call's log records (docs/logs.md).
-        headers["X-Amzn-RequestId"] = invocation.request_id
-        return web.Response(status=result.status, body=result.body, headers=headers)
+        answer["X-Amzn-RequestId"] = invocation.request_id
+        return web.Response(status=result.status, body=result.body, headers=answer)
 
     # ---- HTTP routes (API Gateway HTTP API, payload 2.0) ----------------------------------------------
 
@@ -481,7 +514,7 @@ class Gateway(RegistryLookups):
         payload = json.dumps(event).encode()
         if len(payload) > s.max_request_bytes:
             return _http(httpapi.message(413, "Request Entity Too Large"))
-        answer = await self._run(request, caller, resolved, ref, payload, started)
+        answer = await self._run(request, caller, resolved, qualified_arn(ref, s.region), payload, started)
         assert isinstance(answer, web.Response)
         if answer.status == 200 and "X-Amz-Function-Error" not in answer.headers:
             mapped = httpapi.map_result(answer.body if isinstance(answer.body, bytes) else b"")
@@ -520,23 +553,25 @@ class Gateway(RegistryLookups):
         """The whole body (never a truncated payload), or :class:`BodyRefused`: over ``max_request_bytes``, not
         arrived within ``body_timeout_seconds``, or over what all requests together may hold. Bytes are counted
         as they arrive (a declared ``Content-Length`` holds nothing until sent, so idle connections cannot
-        reserve the cap), and given back when the request is answered (:meth:`_guard`)."""
+        reserve the cap), and given back when the request is answered (:meth:`_guarded`)."""
         s = self.settings
         limit = s.max_request_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BodyRefused("too_large")
-        if request.content.is_eof():  # all of it arrived with the headers (a small body): no wait, no timer
-            body = request.content.read_nowait()
+        content = request.content
+        if content.is_eof():  # all of it arrived with the headers (a small body): no wait, no timer
+            body = content.read_nowait()
             if len(body) > limit:
                 raise BodyRefused("too_large")
             self._hold(request, len(body))
             return body
+        length = request.content_length
+        if length is not None and length > limit:  # refused before any of it is read
+            raise BodyRefused("too_large")
         chunks: list[bytes] = []
         size = 0
         try:
             async with asyncio.timeout(s.body_timeout_seconds):
                 while True:
-                    chunk = await request.content.read(65536)
+                    chunk = await content.read(65536)
                     if not chunk:
                         return b"".join(chunks)
                     size += len(chunk)
@@ -553,45 +588,49 @@ class Gateway(RegistryLookups):
         if self.buffered + more > self.settings.max_buffered_request_bytes:
             raise BodyRefused("busy")
         self.buffered += more
-        key = id(request)  # the request lives until _guard gives its bytes back: no other request has its id
+        key = id(
+            request
+        )  # the request lives until _guarded gives its bytes back: no other request has its id
         self._held[key] = self._held.get(key, 0) + more
 
-    @web.middleware
-    async def _guard(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        """Gives back the request's held body bytes once answered; an unexpected error is logged and answered
-        without a traceback or internal detail (Lambda's ServiceException; API Gateway's 500 on HTTP routes)."""
-        try:
-            return await handler(request)
-        except web.HTTPException:
-            raise
-        except Exception:
-            logger.exception("Unexpected error answering %s %s", request.method, request.path)
-            if request.path.startswith(("/http/", "/api/")):
-                return _http(httpapi.bad_gateway())
-            return error_response("ServiceException", "An internal error occurred; try again")
-        finally:
-            self.buffered -= self._held.pop(id(request), 0)
+    def _guarded(self, handler: Handler) -> Handler:
+        """``handler``, giving back the request's held body bytes once answered; an unexpected error is logged and
+        answered without a traceback or internal detail (Lambda's ServiceException; API Gateway's 500 on HTTP
+        routes). Every route's handler is wrapped so (:class:`GuardedRoutes`), rather than by an aiohttp
+        middleware: with any middleware at all, aiohttp runs every request through two more coroutines."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except web.HTTPException:
+                raise
+            except Exception:
+                logger.exception("Unexpected error answering %s %s", request.method, request.path)
+                if request.path.startswith(("/http/", "/api/")):
+                    return _http(httpapi.bad_gateway())
+                return error_response("ServiceException", "An internal error occurred; try again")
+            finally:
+                self.buffered -= self._held.pop(id(request), 0)
+
+        return guarded
 
     def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.settings.max_request_bytes + 1024, middlewares=[self._guard]
-        )
-        app.router.add_post(INVOKE_PATH, self.invoke)
+        app = web.Application(client_max_size=self.settings.max_request_bytes + 1024)
+        router = GuardedRoutes(app.router, self._guarded)
+        router.add_post(INVOKE_PATH, self.invoke)
         LambdaApi(self.settings, self.kube, self.auth, self.registry, self.code_store).register(
-            app.router
+            router
         )  # control plane
-        self.logs_api.register(app.router)  # function logs from the log store (docs/logs.md)
-        app.router.add_route("*", "/http/{namespace}/{name}", self.http_route)
-        app.router.add_route("*", "/http/{namespace}/{name}/{tail:.*}", self.http_route)
-        app.router.add_route("*", "/api/{namespace}", self.trigger_route)
-        app.router.add_route("*", "/api/{namespace}/{tail:.*}", self.trigger_route)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics)
+        self.logs_api.register(router)  # function logs from the log store (docs/logs.md)
+        router.add_route("*", "/http/{namespace}/{name}", self.http_route)
+        router.add_route("*", "/http/{namespace}/{name}/{tail:.*}", self.http_route)
+        router.add_route("*", "/api/{namespace}", self.trigger_route)
+        router.add_route("*", "/api/{namespace}/{tail:.*}", self.trigger_route)
+        router.add_get("/healthz", self.healthz)
+        router.add_get("/readyz", self.readyz)
+        router.add_get("/metrics", self.metrics)
         if isinstance(self.path.limits, SharedLimits):
-            self.path.limits.register(app.router)
+            self.path.limits.register(router)
         return app
 
     async def start(self) -> None:

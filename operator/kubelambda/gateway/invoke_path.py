@@ -8,12 +8,13 @@ own, a warm-pool pod, or the activator from zero) → the agent (gateway/proxy.p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import aiohttp
 
@@ -23,7 +24,7 @@ from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.limits import Admission, Choice, LocalLimits, SharedLimits, Ticket
-from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, Unreachable, forward
+from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, Unreachable, agent_headers, forward
 from kubelambda.gateway.registry import FunctionEntry, Registry
 from kubelambda.gateway.scaler import policy_of
 from kubelambda.gateway.throttler import LimitsUnavailable, Throttled, Throttler
@@ -81,6 +82,15 @@ def when_no_slot(
     return "throttle"
 
 
+class Prepared(NamedTuple):
+    """The invoke path's working for one registry entry (:meth:`InvokePath._prepare`)."""
+
+    base: FunctionEntry  # the entry whose reserved concurrency counts (the function's, for a version)
+    admission: Admission
+    counts: metrics.FunctionCounts
+    headers: dict[str, str]  # what every call to the function's agents carries (proxy.agent_headers)
+
+
 @dataclass
 class InvokePath:
     settings: GatewaySettings
@@ -95,24 +105,24 @@ class InvokePath:
     autoscaler: Autoscaler | None = None  # set by the gateway when it starts
     warm_pool: WarmPool | None = None  # when KUBELAMBDA_GATEWAY_WARM_POOL_SIZES names a pool
     _cold_waiting: dict[tuple[str, str], int] = field(default_factory=dict)  # per function, in the activator
-    _tokens: dict[tuple[str, str], str] = field(default_factory=dict)  # the agent token of each function
 
     def __post_init__(self) -> None:
         self.throttler = Throttler(pool_limit=self.settings.pool_limit)
         self.limits = LocalLimits(self.throttler, self.balancer)
 
-    @staticmethod
-    def metrics_of(fn: FunctionEntry) -> metrics.FunctionCounts:
-        return metrics.GATEWAY_INVOCATIONS.of(*fn.key)
-
-    async def run(self, fn: FunctionEntry, invocation: Invocation, started: float) -> tuple[Result, bool]:
+    def run(
+        self, fn: FunctionEntry, invocation: Invocation, started: float
+    ) -> Awaitable[tuple[Result, bool]]:
         """One invocation: throttler (exact in-flight), then :meth:`_route`. Raises :class:`Throttled` or
         :class:`Unavailable`; counts the outcome either way. ``started``: when the entry point took the call.
 
         With tracing on, it is one span (``invoke <namespace>/<name>``, a child of the caller's ``traceparent``
         or of the current span) whose children are the cold path's wait and the forward (docs/tracing.md)."""
         if not tracing.enabled():
-            return await self._run(fn, invocation, started)
+            return self._run(fn, invocation, started)
+        return self._traced(fn, invocation, started)
+
+    async def _traced(self, fn: FunctionEntry, invocation: Invocation, started: float) -> tuple[Result, bool]:
         parent = tracing.parent(invocation.traceparent, invocation.trace_id)
         with tracing.span(
             f"invoke {fn.namespace}/{fn.name}", context=parent, kind=tracing.SpanKind.SERVER
@@ -120,7 +130,7 @@ class InvokePath:
             outcome = "error"
             cold = False
             try:
-                result, cold = await self._run(fn, invocation, started)
+                result, cold = await self._run(fn, invocation, started, traced=True)
                 outcome = result.outcome
                 return result, cold
             except Throttled:
@@ -144,31 +154,54 @@ class InvokePath:
                     if outcome not in ("success", "function_error"):
                         span.set_status(tracing.StatusCode.ERROR, outcome)
 
-    async def _run(self, fn: FunctionEntry, invocation: Invocation, started: float) -> tuple[Result, bool]:
-        m = self.metrics_of(fn)
-        try:
-            # Reserved concurrency is the function's, shared by its published versions (docs/versions.md).
-            base = self.registry.functions.get((fn.namespace, fn.lambda_name)) or fn
-            # With several replicas the leader also assigns one of the ready instances with the slot.
-            want = Admission(
+    def _prepare(self, fn: FunctionEntry, base: FunctionEntry) -> Prepared:
+        """What every invocation of ``fn`` needs that does not change between them, worked out once per entry
+        (the registry replaces an entry when its Function changes): kept on the entry, so it goes with it.
+        ``base``: the entry whose reserved concurrency counts."""
+        key = self.settings.agent_key
+        ready = fn.prepared = Prepared(
+            base,
+            Admission(
                 f"{fn.namespace}/{fn.name}",
                 reserved=base.spec.concurrency.reserved,
                 function=f"{fn.namespace}/{fn.lambda_name}",
-                endpoints=self.registry.ready_endpoints(fn.key),
                 per_instance=fn.spec.concurrency.per_instance,
                 timeout=float(fn.spec.timeout_seconds),
-            )
-            async with self.limits.admit(want) as ticket:
+            ),
+            metrics.GATEWAY_INVOCATIONS.of(*fn.key),
+            # The function's agent token is an HMAC: worked out once.
+            agent_headers(function_token(key.get_secret_value(), *fn.key) if key else None),
+        )
+        return ready
+
+    async def _run(
+        self, fn: FunctionEntry, invocation: Invocation, started: float, *, traced: bool = False
+    ) -> tuple[Result, bool]:
+        # Reserved concurrency is the function's, shared by its published versions (docs/versions.md).
+        base = self.registry.functions.get((fn.namespace, fn.lambda_name)) or fn
+        ready: Prepared | None = fn.prepared
+        if ready is None or ready.base is not base:
+            ready = self._prepare(fn, base)
+        m = ready.counts
+        want = ready.admission
+        limits = self.limits
+        if isinstance(limits, SharedLimits):
+            # With several replicas the leader also assigns one of the ready instances with the slot.
+            want = dataclasses.replace(want, endpoints=self.registry.ready_endpoints(fn.key))
+        try:
+            ticket = await limits.enter(want)
+            try:
                 m.in_flight += 1
-                try:
-                    result, cold = await self._route(fn, invocation, ticket)
-                finally:
-                    m.in_flight -= 1
-                    # An invocation shorter than the sampling interval is never seen in flight by the
-                    # sampler: without this a function whose requests are all short looked idle forever
-                    # ("idle for inf s") and was scaled to zero right under them.
-                    if self.autoscaler is not None:
-                        self.autoscaler.note_active(fn.key, time.monotonic())
+                result, cold = await self._route(fn, invocation, ticket, ready.headers, traced=traced)
+            finally:
+                m.in_flight -= 1
+                limits.leave(want, ticket)
+                done = time.monotonic()
+                # An invocation shorter than the sampling interval is never seen in flight by the
+                # sampler: without this a function whose requests are all short looked idle forever
+                # ("idle for inf s") and was scaled to zero right under them.
+                if self.autoscaler is not None:
+                    self.autoscaler.note_active(fn.key, done)
         except LimitsUnavailable as e:
             m.outcomes["error"] += 1
             raise Unavailable("ServiceException", str(e)) from e
@@ -180,10 +213,20 @@ class InvokePath:
             m.outcomes["error"] += 1
             raise
         m.outcomes[result.outcome] += 1
-        m.observe(time.monotonic() - started)
+        m.observe(done - started)
         return result, cold
 
-    async def _route(self, fn: FunctionEntry, invocation: Invocation, ticket: Ticket) -> tuple[Result, bool]:
+    async def _route(
+        self,
+        fn: FunctionEntry,
+        invocation: Invocation,
+        ticket: Ticket,
+        headers: Mapping[str, str],
+        *,
+        traced: bool,
+    ) -> tuple[Result, bool]:
+        """An instance for the call, and the call forwarded to it (``headers``: the function's for its agents;
+        ``traced``: the forward is a span of its own)."""
         s = self.settings
         spec = fn.spec
         labels = (fn.namespace, fn.name)
@@ -193,62 +236,76 @@ class InvokePath:
         pause = RETRY_CONNECT_SECONDS[0]
         give_up = time.monotonic() + spec.timeout_seconds + s.cold_start_allowance_seconds
         while True:
-            endpoints_of = partial(self.registry.ready_endpoints, fn.key)
-            per_instance = spec.concurrency.per_instance
-            if not self.registry.ready_endpoints(fn.key):
-                warm = await self._warm(fn)
-                if warm is None:
-                    cold = True
-                    await self._wait_cold(fn, until=give_up)
-                else:
-                    # Served by specialised pool pods (one worker each) until the function's own are ready.
-                    cold = cold or warm
-                    endpoints_of = partial(self._own_or_pool_endpoints, fn)
-                    per_instance = 1
-            wait = min(s.slot_wait_seconds, max(give_up - time.monotonic(), 0))
-            # An instance's worker slots are counted over every replica's calls (gateway/limits.py).
-            endpoint = await self.limits.place(
-                ticket, Choice(endpoints_of, per_instance, wait, frozenset(tried))
+            # A warm call: a ready instance with a free slot now (the same pick as place's first look).
+            ready = self.registry.endpoints.get(fn.key)
+            endpoint = (
+                self.limits.take(ticket, ready, spec.concurrency.per_instance)
+                if ready and not tried
+                else None
             )
             if endpoint is None:
-                step = when_no_slot(
-                    ready=endpoints_of(),
-                    tried=tried,
-                    unreachable=unreachable,
-                    growing=self._growing(fn),
-                    time_left=give_up - time.monotonic(),
+                endpoints_of = partial(self.registry.ready_endpoints, fn.key)
+                per_instance = spec.concurrency.per_instance
+                if not self.registry.ready_endpoints(fn.key):
+                    warm = await self._warm(fn)
+                    if warm is None:
+                        cold = True
+                        await self._wait_cold(fn, until=give_up)
+                    else:
+                        # Served by specialised pool pods (one worker each) until the function's own are ready.
+                        cold = cold or warm
+                        endpoints_of = partial(self._own_or_pool_endpoints, fn)
+                        per_instance = 1
+                wait = min(s.slot_wait_seconds, max(give_up - time.monotonic(), 0))
+                # An instance's worker slots are counted over every replica's calls (gateway/limits.py).
+                endpoint = await self.limits.place(
+                    ticket, Choice(endpoints_of, per_instance, wait, frozenset(tried))
                 )
-                if step == "again":
-                    await asyncio.sleep(min(pause, max(give_up - time.monotonic(), 0)))
-                    pause = min(pause * 2, RETRY_CONNECT_SECONDS[1])
-                    tried.difference_update(unreachable)
-                    unreachable.clear()
-                    continue
-                if step == "unreachable":
-                    logger.warning(
-                        "No connection to %s (%s/%s) until the deadline of %s: %s",
-                        ", ".join(unreachable),
-                        *labels,
-                        invocation.request_id,
-                        "; ".join(unreachable.values()),
+                if endpoint is None:
+                    step = when_no_slot(
+                        ready=endpoints_of(),
+                        tried=tried,
+                        unreachable=unreachable,
+                        growing=self._growing(fn),
+                        time_left=give_up - time.monotonic(),
                     )
+                    if step == "again":
+                        await asyncio.sleep(min(pause, max(give_up - time.monotonic(), 0)))
+                        pause = min(pause * 2, RETRY_CONNECT_SECONDS[1])
+                        tried.difference_update(unreachable)
+                        unreachable.clear()
+                        continue
+                    if step == "unreachable":
+                        logger.warning(
+                            "No connection to %s (%s/%s) until the deadline of %s: %s",
+                            ", ".join(unreachable),
+                            *labels,
+                            invocation.request_id,
+                            "; ".join(unreachable.values()),
+                        )
+                        raise Unavailable(
+                            "ServiceException",
+                            f"No connection could be made to an instance of {fn.namespace}/{fn.name} within "
+                            f"{spec.timeout_seconds} s + {s.cold_start_allowance_seconds:.0f} s "
+                            f"(RequestId: {invocation.request_id}); the function did not run, try again",
+                        )
+                    if step in ("cold", "grow"):
+                        continue  # back to the cold path; or an instance is starting for it
                     raise Unavailable(
-                        "ServiceException",
-                        f"No connection could be made to an instance of {fn.namespace}/{fn.name} within "
-                        f"{spec.timeout_seconds} s + {s.cold_start_allowance_seconds:.0f} s "
-                        f"(RequestId: {invocation.request_id}); the function did not run, try again",
+                        "TooManyRequestsException",
+                        f"Rate Exceeded. Every instance of {fn.namespace}/{fn.name} was busy for {wait:.1f} s",
+                        reason="ConcurrentInvocationLimitExceeded",
                     )
-                if step in ("cold", "grow"):
-                    continue  # back to the cold path; or an instance is starting for it
-                raise Unavailable(
-                    "TooManyRequestsException",
-                    f"Rate Exceeded. Every instance of {fn.namespace}/{fn.name} was busy for {wait:.1f} s",
-                    reason="ConcurrentInvocationLimitExceeded",
-                )
-            logger.debug("Forwarding %s to %s", invocation.request_id, endpoint)
             again = False
             try:
-                result = await self._forward(fn, endpoint, invocation)
+                call = forward(
+                    self.http(),
+                    endpoint,
+                    invocation,
+                    headers=headers,
+                    max_response_bytes=s.max_response_bytes,
+                )
+                result = await (self._traced_forward(endpoint, call) if traced else call)
                 pod = self.warm_pool.pod_at(endpoint) if self.warm_pool is not None else None
                 if pod is not None:
                     result.headers[WARM_POOL_HEADER] = pod
@@ -282,20 +339,8 @@ class InvokePath:
                 if self.warm_pool is not None:
                     self.warm_pool.flush(endpoint)
 
-    async def _forward(self, fn: FunctionEntry, endpoint: str, invocation: Invocation) -> Result:
-        s = self.settings
-        token = self._tokens.get(fn.key)
-        if token is None and (key := s.agent_key):  # an HMAC: worked out once per function
-            token = self._tokens[fn.key] = function_token(key.get_secret_value(), *fn.key)
-        call = forward(
-            self.http(),
-            endpoint,
-            invocation,
-            token=token,
-            max_response_bytes=s.max_response_bytes,
-        )
-        if not tracing.enabled():
-            return await call
+    @staticmethod
+    async def _traced_forward(endpoint: str, call: Coroutine[Any, Any, Result]) -> Result:
         # The function's trace parent (forward reads the current span when it runs, at the await): its own spans
         # are children of this one.
         with tracing.span("forward", kind=tracing.SpanKind.CLIENT) as span:

@@ -35,6 +35,7 @@ from kubelambda.gateway.codestore import CODE_PATH, ZIP_MAX_BYTES, CodeStore, St
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
 from kubelambda.gateway.functionname import BadFunctionName, FunctionRef, parse_function_name
+from kubelambda.gateway.guarded import GuardedRoutes
 from kubelambda.gateway.registry import Registry
 from kubelambda.jsonobj import JSON
 from kubelambda.kube import ApiError, KubeClient, resource_path
@@ -446,7 +447,7 @@ class LambdaApi:
 
     # ---- plumbing -----------------------------------------------------------------------------------
 
-    def register(self, router: web.UrlDispatcher) -> None:
+    def register(self, router: GuardedRoutes) -> None:
         from kubelambda.gateway import lambdaextras as x
 
         f = "/2015-03-31/functions"

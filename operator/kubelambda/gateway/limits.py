@@ -54,8 +54,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +63,7 @@ from aiohttp import web
 
 from kubelambda.agentauth import bearer, function_token
 from kubelambda.gateway.balancer import Balancer
+from kubelambda.gateway.guarded import GuardedRoutes
 from kubelambda.gateway.peers import Peers, url_of
 from kubelambda.gateway.proxy import longest_wait
 from kubelambda.gateway.throttler import LimitsUnavailable, Throttled, Throttler
@@ -152,34 +152,29 @@ class Strays:
     count: int = 0
 
 
-class _LocalSlot:
-    """:meth:`LocalLimits.admit`: the throttler's slot while the invocation runs (a class rather than generator
-    context managers: it is entered on every invocation, and those cost a dozen Python calls each time)."""
-
-    __slots__ = ("throttler", "want")
-
-    def __init__(self, throttler: Throttler, want: Admission) -> None:
-        self.throttler = throttler
-        self.want = want
-
-    async def __aenter__(self) -> Ticket:
-        want = self.want
-        self.throttler.acquire(want.key, reserved=want.reserved, function=want.function)
-        return Ticket(0)
-
-    async def __aexit__(self, *_: object) -> None:
-        self.throttler.release(self.want.key, function=self.want.function)
+_LOCAL = Ticket(0)  # every ticket of LocalLimits, which never changes one
 
 
 @dataclass
 class LocalLimits:
-    """One gateway replica: its own :class:`Throttler` and :class:`Balancer` are the whole count."""
+    """One gateway replica: its own :class:`Throttler` and :class:`Balancer` are the whole count.
+
+    The invoke path holds a slot from :meth:`enter` to :meth:`leave` (plain calls rather than a context manager:
+    they run on every invocation, and each context manager layer costs Python calls)."""
 
     throttler: Throttler
     balancer: Balancer
 
-    def admit(self, want: Admission) -> AbstractAsyncContextManager[Ticket]:
-        return _LocalSlot(self.throttler, want)
+    async def enter(self, want: Admission) -> Ticket:
+        self.throttler.acquire(want.key, reserved=want.reserved, function=want.function)
+        return _LOCAL  # one replica's slots need no name, nor an instance assigned with them
+
+    def leave(self, want: Admission, ticket: Ticket) -> None:
+        self.throttler.release(want.key, function=want.function)
+
+    def take(self, ticket: Ticket, endpoints: Sequence[str], per_instance: int) -> str | None:
+        """An instance of ``endpoints`` with a free worker slot now, without waiting (None: :meth:`place`)."""
+        return self.balancer.try_acquire(endpoints, per_instance)
 
     async def place(self, ticket: Ticket, want: Choice) -> str | None:
         return await self.balancer.acquire(
@@ -235,8 +230,9 @@ class SharedLimits:
 
     # ---- every replica ------------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def admit(self, want: Admission) -> AsyncIterator[Ticket]:
+    async def enter(self, want: Admission) -> Ticket:
+        """A slot counted at the leader (and the instance it assigned with it, if any); :meth:`leave` gives both
+        back."""
         self.seq += 1
         ticket = Ticket(self.seq)
         slot = Held(want.key, want.function or want.key, timeout=want.timeout)
@@ -250,13 +246,18 @@ class SharedLimits:
         self.held[ticket.seq] = slot
         if placed is not None:
             self._placed_here(ticket, placed)
-        try:
-            yield ticket
-        finally:
-            del self.held[ticket.seq]
-            if ticket.placed is not None:  # assigned with the slot and never used
-                self.balancer.release(ticket.placed)
-            self._release(ticket.seq)  # the slot and its instance, in one
+        return ticket
+
+    def leave(self, want: Admission, ticket: Ticket) -> None:
+        del self.held[ticket.seq]
+        if ticket.placed is not None:  # assigned with the slot and never used
+            self.balancer.release(ticket.placed)
+        self._release(ticket.seq)  # the slot and its instance, in one
+
+    def take(self, ticket: Ticket, endpoints: Sequence[str], per_instance: int) -> str | None:
+        """The instance assigned with the slot, while it is still one of ``endpoints`` (None: :meth:`place`)."""
+        placed = ticket.placed
+        return placed if placed is not None and placed in endpoints else None
 
     @property
     def in_flight_here(self) -> int:
@@ -880,7 +881,7 @@ class SharedLimits:
         self._apply_sync(str(body["member"]), body)
         return web.json_response({})
 
-    def register(self, router: web.UrlDispatcher) -> None:
+    def register(self, router: GuardedRoutes) -> None:
         router.add_post(f"{PREFIX}/acquire", self._serve(self._acquire_op, counting=True))
         router.add_post(f"{PREFIX}/place", self._serve(self._place_op, counting=True))
         router.add_post(f"{PREFIX}/unplace", self._serve(self._unplace_op))

@@ -29,6 +29,7 @@ from kubelambda.gateway.auth import NOBODY, Authoriser, AuthRefused
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.errors import error_response
 from kubelambda.gateway.functionname import FunctionRef
+from kubelambda.gateway.guarded import GuardedRoutes
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class LogsApi:
     _nc: NATS | None = field(default=None, init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
-    def register(self, router: web.UrlDispatcher) -> None:
+    def register(self, router: GuardedRoutes) -> None:
         router.add_get(LOGS_PATH, self.logs)
 
     async def _connection(self) -> NATS:

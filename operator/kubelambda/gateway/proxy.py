@@ -10,8 +10,10 @@ stops answering altogether.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -127,14 +129,14 @@ def too_large_result(limit: int) -> Result:
     )
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to exceed ``limit`` (the connection is then dropped, so the
-    rest is never read nor buffered)."""
-    if resp.content_length is not None:
-        if resp.content_length > limit:
+async def _read_capped(resp: aiohttp.ClientResponse, length: int | None, limit: int) -> bytes | None:
+    """The body of a response of ``length`` (its Content-Length, None without one), or None as soon as it is
+    known to exceed ``limit`` (the connection is then dropped, so the rest is never read nor buffered)."""
+    if length is not None:
+        if length > limit:
             resp.close()
             return None
-        return await resp.read()  # the agent's answers have a length: read at once, within the limit
+        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(65536):
@@ -164,20 +166,34 @@ def timeout_result(invocation: Invocation) -> Result:
     )
 
 
+def agent_headers(token: str | None) -> dict[str, str]:
+    """What every call to a function's agents carries: its ``token`` (see ``kubelambda.agentauth``)."""
+    return {**bearer(token), "Content-Type": "application/json"}
+
+
+PLAIN_HEADERS = agent_headers(None)
+
+
+@functools.lru_cache(
+    maxsize=256
+)  # one per function timeout (at most 900 whole seconds): made once, not per call
+def _client_timeout(timeout_seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=longest_wait(timeout_seconds), sock_connect=CONNECT_SECONDS)
+
+
 async def forward(
     session: aiohttp.ClientSession,
     endpoint: str,
     invocation: Invocation,
     *,
-    token: str | None = None,
+    headers: Mapping[str, str] = PLAIN_HEADERS,
     max_response_bytes: int = 6 * 1024 * 1024,
 ) -> Result:
-    """Sends ``invocation`` to ``endpoint`` (``ip:port``), showing the agent ``token`` (the function's, see
-    ``kubelambda.agentauth``); raises :class:`TryElsewhere` if it refuses. A response over
-    ``max_response_bytes`` is Lambda's ``Function.ResponseSizeTooLarge`` error, however the pod sends it."""
+    """Sends ``invocation`` to ``endpoint`` (``ip:port``) with ``headers`` (:func:`agent_headers`: the
+    function's token); raises :class:`TryElsewhere` if it refuses. A response over ``max_response_bytes`` is
+    Lambda's ``Function.ResponseSizeTooLarge`` error, however the pod sends it."""
     headers = {
-        **bearer(token),
-        "Content-Type": "application/json",
+        **headers,
         "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
         "Lambda-Runtime-Invoked-Function-Arn": invocation.arn,
     }
@@ -199,11 +215,13 @@ async def forward(
             f"http://{endpoint}/invoke",
             data=invocation.body,
             headers=headers,
-            timeout=aiohttp.ClientTimeout(
-                total=longest_wait(invocation.timeout_seconds), sock_connect=CONNECT_SECONDS
-            ),
+            timeout=_client_timeout(invocation.timeout_seconds),
         ) as resp:
-            body = await _read_capped(resp, max_response_bytes)
+            length = resp.content_length
+            if length is not None and length <= max_response_bytes:
+                body: bytes | None = await resp.read()  # the agent's answers have a length: read at once
+            else:
+                body = await _read_capped(resp, length, max_response_bytes)
             if body is None:
                 return too_large_result(max_response_bytes)
             # 401: the pod at this address is not one of the function's (a stale address now another pod's).

@@ -12,6 +12,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubelambda.api.v1alpha1 import FunctionAliasSpec, FunctionSpec
 from kubelambda.gateway.auth import destination_refusal
@@ -40,6 +41,8 @@ class FunctionEntry:
     """The function name callers use: a published version's is its Function's."""
     version: str = field(init=False)
     """``$LATEST`` or the published version's number (``X-Amz-Executed-Version``)."""
+    prepared: Any = field(default=None, init=False, repr=False, compare=False)
+    """The invoke path's working for this entry (gateway/invoke_path.py ``Prepared``), made by its first call."""
 
     def __post_init__(self) -> None:
         self.key = (self.namespace, self.name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -35,6 +36,10 @@ VERBS = {INVOKE: "invoke"}  # Lambda action -> RBAC verb on functions.kubelambda
 NOBODY = Identity(username="system:anonymous", groups=("system:unauthenticated",), via="none")
 PUBLIC = Identity(username="system:anonymous", groups=("system:unauthenticated",), via="public")
 """The caller of an HTTP Trigger with ``authType: NONE``: unchecked, and never trusted with internal headers."""
+
+GRANTS_KEPT = 10_000
+"""Bearer callers' grants kept for the invoke path's fast check (:meth:`Authoriser.authorise`), at most."""
+Grant = tuple[str, str, str, str]  # (the Authorization header as sent, action, namespace, Function)
 
 __all__ = ["INVOKE", "NOBODY", "PUBLIC", "AuthRefused", "Authoriser", "Identity", "destination_refusal"]
 
@@ -63,6 +68,10 @@ async def destination_refusal(
     )
 
 
+def _bearer_token(authorization: str) -> str:
+    return authorization.removeprefix("Bearer ").strip()
+
+
 class AuthRefused(Exception):
     """A refused call: ``code`` is Lambda's error type (``ServiceException`` when the API server could not be
     asked: 500, worth a retry), ``reason`` the metric label."""
@@ -88,6 +97,9 @@ class Authoriser:
         self.tokens = TokenReviewer(self.kube, audiences=list(s.auth_audiences), ttl=s.auth_cache_seconds)
         self.access = AccessReviewer(self.kube, ttl=s.auth_cache_seconds)
         self._platform_prefix = f"system:serviceaccount:{s.auth_namespace}:"
+        # Grants to bearer tokens, by the exact header: a warm invoke checks one entry, not the TokenReview and
+        # SubjectAccessReview caches (a SHA-256 and two lookups); each is used no longer than both answers.
+        self._granted: dict[Grant, tuple[float, Identity]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -119,9 +131,18 @@ class Authoriser:
     async def authorise(
         self, request: web.Request, action: str, function: FunctionRef, *, body: bytes
     ) -> Identity:
-        """The caller's identity if it may do ``action`` on ``function``; raises :class:`AuthRefused`."""
-        if not self.enabled:
+        """The caller's identity if it may do ``action`` on ``function``; raises :class:`AuthRefused`.
+
+        A bearer token allowed before is allowed again from one entry kept by the exact ``Authorization`` header,
+        until the first of its two answers (the TokenReview's, the SubjectAccessReview's) expires: the same
+        answer as asking both caches, without hashing the token. A SigV4 request is verified every time (its
+        signature covers the body and the time), and refusals are never kept here."""
+        if self.settings.auth_mode == "none":
             return NOBODY
+        grant = (request.headers.get("Authorization", ""), action, function.namespace, function.name)
+        kept = self._granted.get(grant)
+        if kept is not None and kept[0] > time.monotonic():
+            return kept[1]
         try:
             identity = await self.authenticate(request, body)
         except AuthRefused as e:
@@ -136,7 +157,25 @@ class Authoriser:
             arn=function.arn(self.settings.region),
             hint=" (bind the ClusterRole kubelambda-invoker)",
         )
+        if identity.via == "bearer":
+            self._keep(grant, identity)
         return identity
+
+    def _keep(self, grant: Grant, identity: Identity) -> None:
+        """Keeps a bearer token's grant until the first of the two answers it rests on expires."""
+        authorization, action, namespace, name = grant
+        until = min(
+            self.tokens.expires(_bearer_token(authorization)),
+            self.access.expires(identity, VERBS[action], namespace, name),
+        )
+        now = time.monotonic()
+        if until <= now:  # not cached (auth.cacheSeconds 0)
+            return
+        if len(self._granted) >= GRANTS_KEPT:
+            self._granted = {k: v for k, v in self._granted.items() if v[0] > now}
+            if len(self._granted) >= GRANTS_KEPT:
+                self._granted.clear()
+        self._granted[grant] = (until, identity)
 
     async def decide(
         self,
@@ -177,7 +216,7 @@ class Authoriser:
     async def authenticate(self, request: web.Request, body: bytes) -> Identity:
         authorization = request.headers.get("Authorization", "")
         if authorization.startswith("Bearer "):
-            token = authorization.removeprefix("Bearer ").strip()
+            token = _bearer_token(authorization)
             try:
                 identity = await self.tokens.review(token)
             except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:

@@ -76,6 +76,15 @@ class TtlCache(Generic[K, V]):
             self._entries[key] = (time.monotonic() + self.ttl, value)
         return value
 
+    def expires(self, key: K) -> float:
+        """When the answer kept for ``key`` stops being used (monotonic); 0 when none is kept."""
+        found = self._entries.get(key)
+        return found[0] if found is not None else 0.0
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()  # the review cache keeps no token
+
 
 class TokenReviewer:
     """Bearer tokens → identities with TokenReview (``audiences`` empty: the API server's own)."""
@@ -87,8 +96,11 @@ class TokenReviewer:
 
     async def review(self, token: str) -> Identity | None:
         """The token's identity, or None when the API server does not accept it."""
-        digest = hashlib.sha256(token.encode()).digest()  # the cache keeps no token
-        return await self.cache.get(digest, lambda: self._ask(token))
+        return await self.cache.get(_digest(token), lambda: self._ask(token))
+
+    def expires(self, token: str) -> float:
+        """When the kept answer for ``token`` stops being used (monotonic); 0 when none is kept."""
+        return self.cache.expires(_digest(token))
 
     async def _ask(self, token: str) -> Identity | None:
         metrics.GATEWAY_AUTH_REVIEWS.labels("TokenReview").inc()
@@ -134,6 +146,12 @@ class AccessReviewer:
             (identity, verb, namespace, name, resource),
             lambda: self._ask(identity, verb, namespace, name, resource),
         )
+
+    def expires(
+        self, identity: Identity, verb: str, namespace: str, name: str, *, resource: str = "functions"
+    ) -> float:
+        """When the kept decision stops being used (monotonic); 0 when none is kept."""
+        return self.cache.expires((identity, verb, namespace, name, resource))
 
     async def _ask(self, identity: Identity, verb: str, namespace: str, name: str, resource: str) -> Decision:
         metrics.GATEWAY_AUTH_REVIEWS.labels("SubjectAccessReview").inc()
