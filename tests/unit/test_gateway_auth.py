@@ -185,23 +185,24 @@ async def test_a_bearer_grant_is_kept_by_its_header_no_longer_than_either_answer
     decision = (alice, "invoke", "team-a", "hello", "functions")
     auth.access.cache._entries[decision] = (now + 30, Decision(True))
     header = "Bearer tok"
+    digest = hashlib.sha256(header.encode()).digest()  # the gateway keeps no token, only its digest
     request = make_mocked_request("POST", "/", headers={"Authorization": header})
     assert await auth.authorise(request, INVOKE, ref, body=b"") == alice
-    assert auth._granted == {(header, INVOKE, "team-a", "hello"): (now + 30, alice)}  # the earlier expiry
+    assert auth._granted == {(digest, INVOKE, "team-a", "hello"): (now + 30, alice)}  # the earlier expiry
     # Another spelling of the same token is its own entry, from the same answers.
     spaced = make_mocked_request("POST", "/", headers={"Authorization": header + " "})
     assert await auth.authorise(spaced, INVOKE, ref, body=b"") == alice
     assert len(auth._granted) == 2
 
     # Once the grant expired the caches decide again: the decision now is a denial, and it is not kept.
-    auth._granted[(header, INVOKE, "team-a", "hello")] = (now - 1, alice)
+    auth._granted[(digest, INVOKE, "team-a", "hello")] = (now - 1, alice)
     auth.access.cache._entries[decision] = (now + 30, Decision(False))
     with pytest.raises(AuthRefused) as refused:
         await auth.authorise(request, INVOKE, ref, body=b"")
     assert refused.value.code == "AccessDeniedException"
     with pytest.raises(AuthRefused):
         await auth.authorise(request, INVOKE, ref, body=b"")
-    assert auth._granted[(header, INVOKE, "team-a", "hello")] == (now - 1, alice)
+    assert auth._granted[(digest, INVOKE, "team-a", "hello")] == (now - 1, alice)
 
     # A signed request is verified every time: its signature covers the body.
     key = new_key("team-a", "web")

@@ -14,6 +14,7 @@ or run: :meth:`Authoriser.authorise` (docs/security.md).
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ PUBLIC = Identity(username="system:anonymous", groups=("system:unauthenticated",
 
 GRANTS_KEPT = 10_000
 """Bearer callers' grants kept for the invoke path's fast check (:meth:`Authoriser.authorise`), at most."""
-Grant = tuple[str, str, str, str]  # (the Authorization header as sent, action, namespace, Function)
+# (the SHA-256 of the Authorization header as sent, action, namespace, Function): the gateway keeps no token
+# it has seen, only its digest, as the TokenReview cache and the API server's own token cache do.
+Grant = tuple[bytes, str, str, str]
 
 __all__ = ["INVOKE", "NOBODY", "PUBLIC", "AuthRefused", "Authoriser", "Identity", "destination_refusal"]
 
@@ -97,8 +100,9 @@ class Authoriser:
         self.tokens = TokenReviewer(self.kube, audiences=list(s.auth_audiences), ttl=s.auth_cache_seconds)
         self.access = AccessReviewer(self.kube, ttl=s.auth_cache_seconds)
         self._platform_prefix = f"system:serviceaccount:{s.auth_namespace}:"
-        # Grants to bearer tokens, by the exact header: a warm invoke checks one entry, not the TokenReview and
-        # SubjectAccessReview caches (a SHA-256 and two lookups); each is used no longer than both answers.
+        # Grants to bearer tokens, by the exact header's SHA-256: a warm invoke checks one entry, not the
+        # TokenReview and SubjectAccessReview caches (two lookups, an Identity hashed and compared); each is used
+        # no longer than both answers.
         self._granted: dict[Grant, tuple[float, Identity]] = {}
 
     @property
@@ -133,13 +137,14 @@ class Authoriser:
     ) -> Identity:
         """The caller's identity if it may do ``action`` on ``function``; raises :class:`AuthRefused`.
 
-        A bearer token allowed before is allowed again from one entry kept by the exact ``Authorization`` header,
-        until the first of its two answers (the TokenReview's, the SubjectAccessReview's) expires: the same
-        answer as asking both caches, without hashing the token. A SigV4 request is verified every time (its
-        signature covers the body and the time), and refusals are never kept here."""
+        A bearer token allowed before is allowed again from one entry kept by the SHA-256 of the exact
+        ``Authorization`` header, until the first of its two answers (the TokenReview's, the
+        SubjectAccessReview's) expires: the same answer as asking both caches, in one lookup. A SigV4 request is
+        verified every time (its signature covers the body and the time), and refusals are never kept here."""
         if self.settings.auth_mode == "none":
             return NOBODY
-        grant = (request.headers.get("Authorization", ""), action, function.namespace, function.name)
+        authorization = request.headers.get("Authorization", "")
+        grant = (hashlib.sha256(authorization.encode()).digest(), action, function.namespace, function.name)
         kept = self._granted.get(grant)
         if kept is not None and kept[0] > time.monotonic():
             return kept[1]
@@ -158,12 +163,12 @@ class Authoriser:
             hint=" (bind the ClusterRole kubelambda-invoker)",
         )
         if identity.via == "bearer":
-            self._keep(grant, identity)
+            self._keep(grant, authorization, identity)
         return identity
 
-    def _keep(self, grant: Grant, identity: Identity) -> None:
+    def _keep(self, grant: Grant, authorization: str, identity: Identity) -> None:
         """Keeps a bearer token's grant until the first of the two answers it rests on expires."""
-        authorization, action, namespace, name = grant
+        _, action, namespace, name = grant
         until = min(
             self.tokens.expires(_bearer_token(authorization)),
             self.access.expires(identity, VERBS[action], namespace, name),
