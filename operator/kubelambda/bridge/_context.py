@@ -25,6 +25,7 @@ from aiohttp import web
 
 from kubelambda import metrics, tracing
 from kubelambda.api.v1alpha1 import GROUP, VERSION, Trigger
+from kubelambda.bridge._plainhttp import PlainHttp
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, resource_path
 from kubelambda.resources.bridge import checkpoint_name
@@ -85,8 +86,12 @@ class Invoker:
         self.url = f"{gateway_url.rstrip('/')}/2015-03-31/functions/{path}/invocations"
         self.http = http
         self.token = token  # the bridge's ServiceAccount token, sent as a bearer token (gateway/auth)
+        self.timeout_seconds = timeout_seconds
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._bearer: tuple[float, str | None] | None = None
+        # http:// (the gateway's Service in the cluster): a request and its answer in ~20 µs of CPU instead of
+        # aiohttp's ~150-250 (kubelambda.bridge._plainhttp); https:// goes through aiohttp.
+        self.plain = PlainHttp(self.url) if self.url.startswith("http://") else None
 
     def _bearer_token(self) -> str | None:
         """The token, re-read at most every ``TOKEN_REREAD_SECONDS`` (in a pod it is a file the kubelet
@@ -127,16 +132,24 @@ class Invoker:
             headers["Authorization"] = f"Bearer {bearer}"
         started = time.perf_counter()
         try:
-            async with self.http.post(self.url, data=body, headers=headers, timeout=self.timeout) as resp:
-                data = await resp.read()
+            if self.plain is not None:
+                answer = await self.plain.post(body, headers, timeout=self.timeout_seconds)
                 result = InvokeResult(
-                    status=resp.status,
-                    payload=data,
-                    request_id=resp.headers.get("X-Amzn-RequestId", ""),
-                    function_error=resp.headers.get("X-Amz-Function-Error"),
+                    status=answer.status,
+                    payload=answer.body,
+                    request_id=answer.headers.get("x-amzn-requestid", ""),
+                    function_error=answer.headers.get("x-amz-function-error"),
                 )
+            else:
+                async with self.http.post(self.url, data=body, headers=headers, timeout=self.timeout) as resp:
+                    result = InvokeResult(
+                        status=resp.status,
+                        payload=await resp.read(),
+                        request_id=resp.headers.get("X-Amzn-RequestId", ""),
+                        function_error=resp.headers.get("X-Amz-Function-Error"),
+                    )
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            result = InvokeResult(status=0, payload=str(e).encode(), request_id="")
+            result = InvokeResult(status=0, payload=(str(e) or type(e).__name__).encode(), request_id="")
         outcome = (
             "success"
             if result.ok
@@ -149,6 +162,11 @@ class Invoker:
         metrics.BRIDGE_INVOCATIONS.labels(outcome).inc()
         metrics.BRIDGE_INVOKE_SECONDS.observe(time.perf_counter() - started)
         return result
+
+    def close(self) -> None:
+        """Closes the kept-alive connections to the gateway."""
+        if self.plain is not None:
+            self.plain.close()
 
 
 class Checkpoint:
@@ -207,7 +225,9 @@ class StatusReporter:
         self.reachable: bool | None = None
         self.reachable_message = ""
         self.reachable_since = utcnow()
-        self.last_event_time: str | None = None
+        self.last_event: float | None = None
+        """When events were last delivered (``time.time()``; formatted only when the status is written: a
+        timestamp string per batch was 1.5 % of a queue bridge's samples at batch 10)."""
         self.events = 0
         self.lag: int | None = None
         self.iterator_age: float | None = None
@@ -232,7 +252,7 @@ class StatusReporter:
     def delivered(self, count: int = 1) -> None:
         """``count`` events or records were handed to the function (accepted or processed)."""
         self.events += count
-        self.last_event_time = utcnow()
+        self.last_event = time.time()
         metrics.BRIDGE_EVENTS.inc(count)
         self._dirty.set()
 
@@ -248,8 +268,8 @@ class StatusReporter:
 
     def body(self) -> JSON:
         status: JSON = {"eventsDelivered": self.events}
-        if self.last_event_time is not None:
-            status["lastEventTime"] = self.last_event_time
+        if self.last_event is not None:
+            status["lastEventTime"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_event))
         if self.lag is not None:
             status["lag"] = self.lag
         if self.iterator_age is not None:

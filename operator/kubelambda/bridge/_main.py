@@ -215,6 +215,7 @@ async def run_bridge(
             except Exception as e:  # TimeoutError included: the API server did not answer in time
                 log.warning("Could not write the last status of Trigger %s: %r", name, e)
             await runner.cleanup()
+            ctx.invoker.close()
             log.info("Stopped the bridge of Trigger %s/%s", namespace, name)
             if shipper is not None:
                 logging.getLogger().removeHandler(shipper)
