@@ -18,6 +18,10 @@ from kubelambda.bridge.queues._batch import (
     dead_letter,
     decide,
     decode_body,
+    record_json,
+    record_tail,
+    records_event,
+    string_attribute,
     string_headers,
     to_record,
     unique_ids,
@@ -384,3 +388,30 @@ def test_rabbitmq_receive_count(
     delivery_count: object, deaths: object, redelivered: bool, receives: int
 ) -> None:
     assert receive_count(delivery_count, deaths, queue="jobs", redelivered=redelivered) == receives
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Message(message_id="1796538039822-0", body=b'{"n": 0, "pad": "xx"}', sent_timestamp_ms=1796538039822),
+        Message(
+            message_id='id "quoted" \\ caf\u00e9 \U0001f600',
+            body="line\nbreak \u2028 caf\u00e9 \U0001f600 \x00".encode(),
+            receive_count=7,
+            sent_timestamp_ms=1,
+            first_receive_timestamp_ms=2,
+            sender_id='sender "x"',
+            message_attributes=string_headers({"trace": "t-1", "n": 3, "b": b"\xff\x00", "z": "caf\u00e9"}),
+            receipt_handle="rh",
+            md5_of_body="abc",
+        ),
+        Message(message_id="42", body=b"\xff payload", message_attributes={"a": string_attribute("x")}),
+        Message(message_id="", body=b""),
+    ],
+)
+def test_record_json_is_the_records_json_text(message: Message) -> None:
+    """record_json writes the text json.dumps writes for to_record: the same bytes reach the function."""
+    where = {"event_source": "kubelambda:redis", "event_source_arn": 'arn:x:"k"', "region": "us-east-1"}
+    expected = json.dumps({"Records": [to_record(message, **where), to_record(message, **where)]}).encode()
+    text = record_json(message, record_tail(**where))
+    assert records_event([text, text]) == expected

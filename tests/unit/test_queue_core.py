@@ -78,9 +78,10 @@ class Invoker:
         self.answer = answer
         self.payloads: list[list[dict[str, Any]]] = []
 
-    async def invoke(self, payload: Any, *, asynchronous: bool = False) -> InvokeResult:
-        self.payloads.append(payload["Records"])
-        return self.answer(payload["Records"])
+    async def invoke(self, payload: bytes, *, asynchronous: bool = False) -> InvokeResult:
+        records = json.loads(payload)["Records"]  # the event as the gateway gets it
+        self.payloads.append(records)
+        return self.answer(records)
 
 
 class Status:
@@ -182,8 +183,8 @@ class Gated(Invoker):
         self.gate = asyncio.Event()
         self.started: list[str] = []
 
-    async def invoke(self, payload: Any, *, asynchronous: bool = False) -> InvokeResult:
-        self.started.append(payload["Records"][0]["messageId"])
+    async def invoke(self, payload: bytes, *, asynchronous: bool = False) -> InvokeResult:
+        self.started.append(json.loads(payload)["Records"][0]["messageId"])
         await self.gate.wait()
         return await super().invoke(payload, asynchronous=asynchronous)
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from kubelambda.jsonobj import JSON
@@ -116,6 +117,53 @@ def to_record(message: Message, *, event_source: str, event_source_arn: str, reg
         "eventSourceARN": event_source_arn,
         "awsRegion": region,
     }
+
+
+def record_tail(*, event_source: str, event_source_arn: str, region: str) -> str:
+    """The end of every record of one bridge (its source, ARN and region), for :func:`record_json`."""
+    return (
+        f', "eventSource": {_quote(event_source)}, "eventSourceARN": {_quote(event_source_arn)},'
+        f' "awsRegion": {_quote(region)}}}'
+    )
+
+
+def record_json(message: Message, tail: str) -> str:
+    """``json.dumps(to_record(message, ...))``, the same text, written directly: the record's dicts and their
+    generic encoding cost 2-4 times as much CPU (at batch 10 and 100 a tenth of a queue bridge's samples).
+    ``tail`` is :func:`record_tail` of the bridge."""
+    body, is_binary = decode_body(message.body)
+    attributes = message.message_attributes
+    if is_binary:
+        attributes = {**attributes, BODY_ENCODING_ATTRIBUTE: string_attribute("base64")}
+    md5 = message.md5_of_body or hashlib.md5(message.body, usedforsecurity=False).hexdigest()
+    return "".join(
+        (
+            '{"messageId": ',
+            _quote(message.message_id),
+            ', "receiptHandle": ',
+            _quote(message.receipt_handle or message.message_id),
+            ', "body": ',
+            _quote(body),
+            ', "attributes": {"ApproximateReceiveCount": ',
+            _quote(str(message.receive_count)),
+            ', "SentTimestamp": ',
+            _quote(str(message.sent_timestamp_ms)),
+            ', "SenderId": ',
+            _quote(message.sender_id),
+            ', "ApproximateFirstReceiveTimestamp": ',
+            _quote(str(message.first_receive_timestamp_ms or message.sent_timestamp_ms)),
+            '}, "messageAttributes": ',
+            json.dumps(dict(sorted(attributes.items()))) if attributes else "{}",
+            ', "md5OfBody": ',
+            _quote(md5),
+            tail,
+        )
+    )
+
+
+def records_event(records: Sequence[str]) -> bytes:
+    """The event ``{"Records": [...]}`` of records written by :func:`record_json`."""
+    return ('{"Records": [' + ", ".join(records) + "]}").encode()
 
 
 def unique_ids(messages: Sequence[Message]) -> None:

@@ -36,8 +36,10 @@ from kubelambda.bridge.queues._batch import (
     Outcome,
     backoff_seconds,
     decide,
+    record_json,
     record_size,
-    to_record,
+    record_tail,
+    records_event,
     unique_ids,
 )
 
@@ -370,20 +372,17 @@ class QueueConsumer:
         """Invokes with ``batch`` until the answer is not a throttle or platform error, calls ``release`` (the
         slot is free for the next invocation), then acknowledges or returns the messages."""
         unique_ids(batch)
-        records = [
-            to_record(
-                m,
-                event_source=self.broker.event_source,
-                event_source_arn=self.broker.event_source_arn,
-                region=self.ctx.region,
-            )
-            for m in batch
-        ]
+        tail = record_tail(
+            event_source=self.broker.event_source,
+            event_source_arn=self.broker.event_source_arn,
+            region=self.ctx.region,
+        )
+        event = records_event([record_json(m, tail) for m in batch])
         by_id = {m.message_id: m for m in batch}
         metrics.BRIDGE_BATCH_SIZE.observe(len(batch))
         attempt = 0
         while True:
-            result = await self._invoke_keeping_lease(batch, {"Records": records})
+            result = await self._invoke_keeping_lease(batch, event)
             decision = decide(
                 ids=list(by_id),
                 status=result.status,
@@ -445,7 +444,7 @@ class QueueConsumer:
                 return
             await asyncio.sleep(every)
 
-    async def _invoke_keeping_lease(self, batch: list[Message], payload: dict[str, object]) -> InvokeResult:
+    async def _invoke_keeping_lease(self, batch: list[Message], payload: bytes) -> InvokeResult:
         """Invokes in this task; an invocation still running after ``lease_renew_seconds`` gets a task renewing
         the batch's lease meanwhile (most end long before: no task nor wait is made for them). A renewal that
         fails fails the batch once the invocation returned (its messages go back with the connection)."""
