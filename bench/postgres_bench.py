@@ -699,7 +699,8 @@ async def main() -> None:
                             print(
                                 f"    per batch of {batch} ({stage['event KB']:.0f} KB event): wall {1e3 * batch / rate:.0f} ms"
                                 f" end to end; {invokes:.0f} invocations, round trip {invoke_ms:.0f} ms (gateway → agent →"
-                                f" runtime → handler → back); CPU ms: bridge {us['bridge'] * per:.1f} (alone: decode+shape"
+                                f" runtime → handler → back), so {invoke_ms * rate / (1e3 * batch):.1f} in flight on average"
+                                f" of the {lanes} allowed; CPU ms: bridge {us['bridge'] * per:.1f} (alone: decode+shape"
                                 f" {stage['decode+shape']:.1f}, records {stage['records']:.1f}, encode {stage['encode']:.1f}),"
                                 f" function pod {(us['agent'] + us['runtime + handler']) * per:.1f} (of it the"
                                 f" event's json.loads {stage['handler json.loads']:.1f}), gateway {us['gateway'] * per:.1f};"
