@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
 from kubelambda.bridge._context import Invoker
-from kubelambda.bridge._plainhttp import PlainHttp, ProtocolError
+from kubelambda.bridge._plainhttp import PlainHttp, ProtocolError, Response
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ async def gateway() -> AsyncIterator[tuple[str, list[dict[str, object]]]]:
         if request.query.get("kind") == "close":
             return web.Response(body=body, headers={"Connection": "close"})
         if request.query.get("kind") == "slow":
-            await asyncio.sleep(5)
+            await asyncio.sleep(1)  # past the client's 0.2 s timeout
         return web.Response(body=body, headers={"X-Amzn-RequestId": "r-1"})
 
     app = web.Application()
@@ -120,49 +120,34 @@ async def test_a_timeout_closes_the_connection_and_the_next_request_works(
     assert (await PlainHttp(url).post(b"ok", {}, timeout=5)).body == b"ok"
 
 
-async def raw_server(
-    answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> tuple[asyncio.Server, str]:
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+async def post_to_raw_server(answer: bytes) -> Response:
+    """A POST to a server that reads the request's head, writes ``answer`` and closes the connection."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    return server, f"http://127.0.0.1:{port}/x"
-
-
-async def test_a_body_ended_by_the_close_and_a_server_that_hangs_up(tmp_path: object) -> None:
-    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Amz-Function-Error: Unhandled\r\n\r\nall of it")
-        await writer.drain()
-        writer.close()
-
-    server, url = await raw_server(until_close)
     async with server:
-        answer = await PlainHttp(url).post(b"", {}, timeout=5)
-        assert (answer.status, answer.body, answer.headers["x-amz-function-error"]) == (
-            200,
-            b"all of it",
-            "Unhandled",
-        )
+        return await PlainHttp(f"http://127.0.0.1:{port}/x").post(b"", {}, timeout=5)
 
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.close()
 
-    server, url = await raw_server(hang_up)
-    async with server:
-        with pytest.raises(ConnectionError):
-            await PlainHttp(url).post(b"", {}, timeout=5)
-
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server, url = await raw_server(garbage)
-    async with server:
-        with pytest.raises(ProtocolError, match="status line"):
-            await PlainHttp(url).post(b"", {}, timeout=5)
+async def test_a_body_ended_by_the_close_a_server_that_hangs_up_and_one_that_is_not_http() -> None:
+    answer = await post_to_raw_server(b"HTTP/1.1 200 OK\r\nX-Amz-Function-Error: Unhandled\r\n\r\nall of it")
+    assert (answer.status, answer.body, answer.headers["x-amz-function-error"]) == (
+        200,
+        b"all of it",
+        "Unhandled",
+    )
+    with pytest.raises(ConnectionError):
+        await post_to_raw_server(b"")
+    with pytest.raises(ProtocolError, match="status line"):
+        await post_to_raw_server(b"SSH-2.0-OpenSSH\r\n\r\n")
+    with pytest.raises(ProtocolError, match="bad chunk size"):
+        await post_to_raw_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
 
 
 async def test_the_invoker_answers_status_0_when_the_gateway_is_unreachable() -> None:
