@@ -137,9 +137,9 @@ async def test_a_body_ended_by_the_close_a_server_that_hangs_up_and_one_that_is_
     )
     with pytest.raises(ConnectionError):
         await post_to_raw_server(b"")
-    with pytest.raises(ProtocolError, match="status line"):
+    with pytest.raises(ProtocolError, match=r"not an HTTP/1\.x response"):
         await post_to_raw_server(b"SSH-2.0-OpenSSH\r\n\r\n")
-    with pytest.raises(ProtocolError, match="bad chunk size"):
+    with pytest.raises(ProtocolError, match=r"(?i)chunk size"):
         await post_to_raw_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
 
 

@@ -3,9 +3,10 @@
 A bridge sends one request per batch to the same URL; aiohttp's client spent ~150-250 µs of CPU on each (request
 and response objects, URL handling, cookie jar, timers), a tenth of a queue bridge's CPU per message at batch 10,
 where this spends ~20 µs (bench/queue_bench.py). It does only what that path needs: a POST with a body of known
-length, a response with ``Content-Length``, chunked or ended by the connection's close; connections kept alive
-between requests (one per request in flight) and dropped after ``IDLE_SECONDS`` unused, before a server's own
-keep-alive timeout (the gateway's aiohttp server: 75 s) closes them under a request. No retry: as with aiohttp for
+length, a response with ``Content-Length``, chunked or ended by the connection's close (parsed by httptools: the
+llhttp parser of Node.js, as uvicorn uses it); connections kept alive between requests (one per request in flight)
+and dropped after ``IDLE_SECONDS`` unused, before a server's own keep-alive timeout (the gateway's aiohttp server:
+75 s) closes them under a request. No retry: as with aiohttp for
 a POST, a request whose connection failed raises, and the caller treats it as the gateway being unreachable.
 """
 
@@ -18,10 +19,52 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import httptools
+
 IDLE_SECONDS = 15.0
 """An idle connection older than this is closed rather than reused (aiohttp's client keeps them 15 s too)."""
 READ_LIMIT = 1 << 20
-"""Longest status line and header block read (the reader's buffer limit)."""
+"""Longest status line and header block read."""
+READ_CHUNK = 1 << 16
+
+
+class _Answer:
+    """httptools' callbacks for one response: its headers (names in lower case), body parts, and whether its
+    connection may carry another request (llhttp answers that only from within its callbacks)."""
+
+    __slots__ = ("body", "complete", "headers", "headers_complete", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.headers_complete = False
+        self.complete = False
+        self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.headers_complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    def until_close(self) -> bool:
+        """The body is delimited by the connection's close (no length, not chunked): the close ends it."""
+        return (
+            "content-length" not in self.headers
+            and "chunked" not in self.headers.get("transfer-encoding", "").lower()
+            and self.parser.get_status_code() not in (204, 304)
+        )
+
+    def response(self) -> Response:
+        return Response(self.parser.get_status_code(), self.headers, b"".join(self.body))
 
 
 class ProtocolError(ConnectionError):
@@ -96,63 +139,28 @@ class PlainHttp:
 
     @staticmethod
     async def _read(reader: asyncio.StreamReader) -> tuple[Response, bool]:
-        """The response, and whether its connection may carry another request."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as e:
-            raise ConnectionResetError("the server closed the connection without answering") from e
-        except asyncio.LimitOverrunError as e:
-            raise ProtocolError("the response's header block is too long") from e
-        status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
-        version, _, rest = status_line.partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:100]!r}")
-        headers: dict[str, str] = {}
-        for line in header_lines:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise ProtocolError(f"malformed header line: {line[:100]!r}")
-            headers[name.strip().lower()] = value.strip()
-        status = int(code)
-        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        try:
-            if status in (204, 304) or 100 <= status < 200:
-                body = b""
-            elif "chunked" in headers.get("transfer-encoding", "").lower():
-                body = await _chunked(reader)
-            elif "content-length" in headers:
-                length = headers["content-length"]
-                if not length.isdigit():
-                    raise ProtocolError(f"bad Content-Length {length[:40]!r}")
-                body = await reader.readexactly(int(length))
-            else:
-                body = await reader.read()  # delimited by the connection's close
-                keep = False
-        except asyncio.IncompleteReadError as e:
-            raise ConnectionResetError("the server closed the connection within the response body") from e
-        return Response(status, headers, body), keep
+        """The response, and whether its connection may carry another request. httptools (llhttp, the parser
+        of Node.js) reads it: status line, headers, a body by ``Content-Length``, chunked, or ended by the
+        connection's close."""
+        answer = _Answer()
+        read = 0
+        while not answer.complete:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                if answer.headers_complete and answer.until_close():
+                    return answer.response(), False
+                where = "within the response" if read else "without answering"
+                raise ConnectionResetError(f"the server closed the connection {where}")
+            read += len(data)
+            if not answer.headers_complete and read > READ_LIMIT:
+                raise ProtocolError("the response's header block is too long")
+            try:
+                answer.parser.feed_data(data)
+            except httptools.HttpParserError as e:
+                raise ProtocolError(f"not an HTTP/1.x response this client reads: {e}") from e
+        return answer.response(), answer.keep_alive
 
     def close(self) -> None:
         """Closes the idle connections (one in use is closed by its request when it ends)."""
         while self._idle:
             self._idle.pop().close()
-
-
-async def _chunked(reader: asyncio.StreamReader) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ProtocolError(f"bad chunk size {size_text[:40]!r}") from None
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailer fields, then the blank line
-                pass
-            return b"".join(parts)
-        chunk = await reader.readexactly(size + 2)
-        if chunk[-2:] != b"\r\n":
-            raise ProtocolError("a chunk does not end with CRLF")
-        parts.append(chunk[:-2])
