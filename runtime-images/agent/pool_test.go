@@ -343,12 +343,18 @@ func TestMetricsEndpoint(t *testing.T) {
 	a := startAgent(t, 1, 2*time.Second, "echo")
 	waitFor(t, "readiness", a.pool.isReady)
 	a.invoke(t, `{}`)
-	resp, err := http.Get(a.url + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	var b []byte
+	scrape := func() bool {
+		resp, err := http.Get(a.url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return strings.Contains(string(b), "kubelambda_agent_max_memory_used_megabytes_count 1")
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	// The REPORT (and what it counts) follows the answer: the caller may read the metrics before it.
+	waitFor(t, "the REPORT's Max Memory Used in the metrics", scrape)
 	for _, want := range []string{
 		`kubelambda_agent_invocations_total{outcome="success"} 1`,
 		`kubelambda_agent_invocation_duration_seconds_count 1`,
