@@ -113,7 +113,7 @@ bench-operator: venv binaries
 # Many Functions present: operator and gateway RSS, the gateway's CPU per warm call with 10, 1,000, 3,000, 10,000 present.
 .PHONY: bench-functions-many
 bench-functions-many: venv binaries
-	$(PY) bench/functions_many.py --functions 1000,3000,10000 --timeout 120
+	$(PY) bench/functions_many.py --functions 1000,3000,10000
 
 # Event invocations: accepted/s through the gateway beside raw JetStream publish-with-ack, end-to-end throughput
 # to a no-op function and the queue's oldest event age (issue 7).

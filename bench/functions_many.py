@@ -5,19 +5,20 @@ the same platform in the same run.
 
 Every Function but the one called has ``minInstances: 0``: the operator reconciles each into its objects
 (ConfigMap, Service, NetworkPolicy, a Deployment at 0 replicas) and a status, and the gateway knows each, but
-no pod runs for them. At each count the run waits until every Function's status is written, or ``--timeout``
-seconds, then measures with the operator still reconciling the rest as fast as the API server lets it (on the
-shared 2 cores of this machine the local API server reconciles about 2 Functions/s: 10,000 would take 1.5 h, so
-the row says how many were reconciled when it was measured). The gateway learns every Function from its watch
-as soon as it is created, reconciled or not.
+no pod runs for them. At each count the run waits until every Function's status is written (a watch of the
+Functions counts them), or ``--timeout`` seconds, then measures; it prints how long the reconciles took, the
+Functions reconciled per second, and per new Function the API requests of every client and the CPU of each
+process of the platform. The gateway learns every Function from its watch as soon as it is created, reconciled
+or not.
 
-    .venv/bin/python bench/functions_many.py --functions 1000,3000,10000 --timeout 120
+    .venv/bin/python bench/functions_many.py --functions 1000,3000,10000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -27,8 +28,9 @@ import psutil
 
 from _common import inline_function, pct, platform, post_load
 from gateway_cpu import NS, component_pid, cpu_seconds, warm_pod
-from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.kube import ApiError, KubeClient, list_and_watch, resource_path
 from kubelambda.operator._pace import backoff_seconds, is_transient
+from operator_scale import WriteKey, component_cpu, cpu_delta, label, scrape_writes, write_deltas
 
 FN_API = "kubelambda.io/v1alpha1"
 # Calls at once to the one instance (perInstance 1): more wait for its worker, and on a loaded machine past the
@@ -69,33 +71,50 @@ async def create_functions(kube: KubeClient, first: int, last: int) -> None:
     await asyncio.gather(*(worker() for _ in range(20)))
 
 
-async def count_reconciled(kube: KubeClient) -> int:
-    """How many Functions have a status for their generation (listed 500 at a time: one list of 10,000 Functions
-    can take the API server longer than a request's timeout on a loaded machine)."""
-    path, params, done = resource_path(FN_API, "functions", namespace=NS), {"limit": "500"}, 0
-    while True:
-        page = await kube.request("GET", path, params=params, timeout=120)
-        done += sum(
-            1
-            for f in page["items"]
-            if (f.get("status") or {}).get("observedGeneration") == f["metadata"]["generation"]
-        )
-        if not page["metadata"].get("continue"):
-            return done
-        params = {"limit": "500", "continue": page["metadata"]["continue"]}
+def reconciled(body: dict[str, Any]) -> bool:
+    return bool((body.get("status") or {}).get("observedGeneration") == body["metadata"]["generation"])
 
 
-async def wait_reconciled(kube: KubeClient, n: int, timeout: float) -> tuple[int, float]:
-    """Waits until ``n`` Functions have a status for their generation, or ``timeout`` s: (how many do, the seconds
-    it took)."""
-    started = time.monotonic()
-    done = 0
-    while time.monotonic() - started < timeout:
-        done = await count_reconciled(kube)
-        if done >= n:
-            break
-        await asyncio.sleep(max(2.0, n / 1000))  # a list of 10,000 Functions is work for the API server too
-    return done, time.monotonic() - started
+class Reconciled:
+    """Which Functions of :data:`NS` have a status for their generation, kept by a watch: polling lists of every
+    Function (10,000 every 10 s) cost the API server more than the operator's own writes, and grew with the
+    square of the count (each poll longer, more polls while the operator waits behind them)."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self.kube = kube
+        self.done: set[str] = set()
+        self._changed = asyncio.Condition()
+
+    async def _on_list(self, items: list[dict[str, Any]]) -> None:
+        self.done = {f["metadata"]["name"] for f in items if reconciled(f)}
+        await self._notify()
+
+    async def _on_event(self, kind: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if kind != "DELETED" and reconciled(body):
+            self.done.add(name)
+        else:
+            self.done.discard(name)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def follow(self) -> None:
+        await list_and_watch(
+            self.kube, resource_path(FN_API, "functions", namespace=NS), on_list=self._on_list,
+            on_event=self._on_event,
+        )  # fmt: skip
+
+    async def wait(self, n: int, timeout: float) -> tuple[int, float]:
+        """Waits until ``n`` Functions have a status for their generation, or ``timeout`` s: (how many do, the
+        seconds it took)."""
+        started = time.monotonic()
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(lambda: len(self.done) >= n), timeout)
+        return len(self.done), time.monotonic() - started
 
 
 async def routing_cost(
@@ -114,6 +133,23 @@ async def routing_cost(
         cpu.append(1e6 * (cpu_seconds(gateway) - before - idle * spent) / requests)
         latencies.extend(lat)
     return pct(cpu, 0.5), pct(latencies, 0.5), pct(latencies, 0.99)
+
+
+ALL_VERBS = frozenset({"GET", "LIST", "WATCH", "POST", "PUT", "PATCH", "APPLY", "DELETE"})
+
+
+def print_costs(requests: dict[WriteKey, float], cpu: dict[str, float], new: int) -> None:
+    """Per new Function: the API requests of every client (the most frequent ones by verb, resource and code),
+    and the CPU of each process of the platform, while they were created and reconciled."""
+    total = sum(requests.values())
+    top = ", ".join(
+        f"{label(k)} {v / new:.2f}" for k, v in sorted(requests.items(), key=lambda kv: -kv[1])[:8]
+    )
+    print(f"  per new Function: {total / new:.1f} API requests ({top})")
+    spent = ", ".join(
+        f"{name} {1000 * s / new:.1f}" for name, s in sorted(cpu.items(), key=lambda kv: -kv[1])
+    )
+    print(f"  per new Function, CPU ms: {spent}", flush=True)
 
 
 def rss_mb(pid: int) -> float:
@@ -150,27 +186,37 @@ async def main() -> None:
     rows: list[tuple[int, int, float, float, float, float, float, float, float]] = []
     async with platform("many", NS) as p:
         kube, http = p.kube, p.http
+        counter = Reconciled(kube)
+        following = asyncio.create_task(counter.follow())
         await kube.create(resource_path(FN_API, "functions", namespace=NS), function("noop", min_instances=1))
         await warm_pod(kube)
         await create_functions(kube, 0, 9)
-        if (await wait_reconciled(kube, 10, 600))[0] < 10:
+        if (await counter.wait(10, 600))[0] < 10:
             raise TimeoutError("the first 10 Functions were not reconciled within 600 s")
         gateway, operator = component_pid(p.proc.pid, "gateway"), component_pid(p.proc.pid, "operator")
+        processes = {"operator": operator, "gateway": gateway}
         url = f"{p.gateway}/2015-03-31/functions/{NS}/noop/invocations"
         cost = await routing_cost(http, url, gateway, args.requests, args.rounds)
         rows.append((10, 10, 0.0, 0.0, rss_mb(operator), rss_mb(gateway), *cost))
         present = 10
         for n in args.functions:
+            before = await scrape_writes(kube, verbs=ALL_VERBS), component_cpu(p.proc.pid, processes)
             started = time.monotonic()
             await create_functions(kube, present - 1, n - 1)
-            created, present = time.monotonic() - started, n
+            created, new, present = time.monotonic() - started, n - present, n
             # All reconciled, or what the operator did by the deadline (the gateway knows every Function at once).
-            done, waited = await wait_reconciled(kube, n, args.timeout)
+            done, waited = await counter.wait(n, args.timeout)
             memory = rss_mb(operator), rss_mb(gateway)  # before the calls, so that a failing call keeps them
+            requests = write_deltas(before[0], await scrape_writes(kube, verbs=ALL_VERBS))
+            spent = cpu_delta(before[1], component_cpu(p.proc.pid, processes))
             print(f"{n} Functions present, {done} reconciled: operator RSS {memory[0]:.0f} MB, "
-                  f"gateway RSS {memory[1]:.0f} MB", flush=True)  # fmt: skip
+                  f"gateway RSS {memory[1]:.0f} MB; {new} created in {created:.0f} s, reconciled "
+                  f"{waited:.0f} s later: {(done - present + new) / (created + waited):.1f} Functions/s "
+                  f"(load {os.getloadavg()[0]:.0f})", flush=True)  # fmt: skip
+            print_costs(requests, spent, new)
             cost = await routing_cost(http, url, gateway, args.requests, args.rounds)
             rows.append((n, done, created, waited, *memory, *cost))
+        following.cancel()
     print(
         f"\nFunctions present vs the operator's and gateway's RSS and the gateway's cost per warm call "
         f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; --timeout {args.timeout:.0f} s)"

@@ -131,10 +131,12 @@ def label(key: WriteKey) -> str:
     return f"{verb} {resource}{'/' + sub if sub else ''} {code}"
 
 
-async def scrape_writes(kube: KubeClient) -> dict[WriteKey, float]:
-    """Writes and single-object reads (GET) counted so far."""
+async def scrape_writes(
+    kube: KubeClient, verbs: frozenset[str] | set[str] = WRITE_VERBS | READ_VERBS
+) -> dict[WriteKey, float]:
+    """The requests of ``verbs`` counted so far (writes and single-object reads, GET, by default)."""
     response = await kube._http().get(kube.server + "/metrics")  # plain text, not JSON
-    return parse_write_totals(await response.text(), WRITE_VERBS | READ_VERBS)
+    return parse_write_totals(await response.text(), verbs)
 
 
 async def gather_limited(coros: list[Any], limit: int) -> None:
