@@ -90,6 +90,7 @@ class Registry:
     _slices: dict[str, tuple[Key, list[str]]] = field(
         default_factory=dict
     )  # slice uid → (function, addresses)
+    _slices_of: dict[Key, set[str]] = field(default_factory=dict)  # function → the uids of its slices
     # Published versions: (namespace, function, "N") → the Function object that holds it.
     versions: dict[VersionKey, Key] = field(default_factory=dict)
     aliases: dict[VersionKey, AliasEntry] = field(default_factory=dict)
@@ -219,12 +220,18 @@ class Registry:
         self._alias_keys[key] = alias_key
 
     def apply_slice(self, kind: str, body: JSON) -> None:
+        """One slice's change: the ready endpoints of the Function it belonged to and of the one it belongs to
+        are merged again from their own slices (not every Function's: with 10,000 Functions, each slice event
+        merged 10,000 slices)."""
         meta = body["metadata"]
         uid = meta["uid"]
         function = meta.get("labels", {}).get(FUNCTION_LABEL)
-        if kind == "DELETED" or function is None:
-            self._slices.pop(uid, None)
-        else:
+        changed: set[Key] = set()
+        old = self._slices.pop(uid, None)
+        if old is not None:
+            self._slices_of[old[0]].discard(uid)
+            changed.add(old[0])
+        if kind != "DELETED" and function is not None:
             port = next((p.get("port") for p in body.get("ports") or [] if p.get("port")), None)
             addresses = []
             if port is not None:
@@ -233,11 +240,17 @@ class Registry:
                     # Serving but terminating instances get no new work; ready ones do.
                     if conditions.get("ready") and not conditions.get("terminating"):
                         addresses += [f"{a}:{port}" for a in endpoint.get("addresses", [])]
-            self._slices[uid] = ((meta["namespace"], function), sorted(addresses))
-        merged: dict[Key, list[str]] = {}
-        for key, addresses in self._slices.values():
-            merged.setdefault(key, []).extend(addresses)
-        self.endpoints = {k: sorted(set(v)) for k, v in merged.items()}
+            key = (meta["namespace"], function)
+            self._slices[uid] = (key, sorted(addresses))
+            self._slices_of.setdefault(key, set()).add(uid)
+            changed.add(key)
+        for key in changed:
+            uids = self._slices_of.get(key)
+            if uids:
+                self.endpoints[key] = sorted({a for u in uids for a in self._slices[u][1]})
+            else:
+                self._slices_of.pop(key, None)
+                self.endpoints.pop(key, None)
 
     # ---- watches --------------------------------------------------------------------------------------
 
@@ -263,10 +276,10 @@ class Registry:
 
     async def _on_slices(self, items: list[JSON]) -> None:
         self._slices.clear()
+        self._slices_of.clear()
+        self.endpoints = {}
         for item in items:
             self.apply_slice("MODIFIED", item)
-        if not items:
-            self.endpoints = {}
         await self._notify()
 
     async def _on_slice(self, kind: str, body: JSON) -> None:
