@@ -223,6 +223,17 @@ def _status_of(body: JSON) -> JSON:
     return dict(body.get("status") or {})
 
 
+# What the Function index keeps of a Function's status: what its refreshes read and write (_function_refresh,
+# _function_pod_problem). Not the rest (codeSha256, invokeUrl, kopf's lastHandledSpec: the spec again), held for
+# every Function for the operator's life.
+_INDEXED_STATUS = ("observedGeneration", "conditions", "instances")
+
+
+def _indexed_status(body: JSON) -> JSON:
+    status = body.get("status") or {}
+    return {k: status[k] for k in _INDEXED_STATUS if k in status}
+
+
 def _ready_status(current: JSON, ready: tuple[str, str, str], **changes: Any) -> JSON:
     """``current`` with ``changes`` and the Ready condition set to ``(status, reason, message)``."""
     status, reason, message = ready
@@ -301,7 +312,7 @@ _OWNERS = (
         FUNCTIONS,
         kind="Function",
         label=FUNCTION_LABEL,
-        keep=_status_of,  # only the status: a Function's inline code may be 1 MiB
+        keep=_indexed_status,  # not the spec (inline code may be 1 MiB), and only the status the refreshes use
         status=dict,
         refresh=_function_refresh,
         reconciler=lambda ctx: ctx.reconciler.reconcile,
