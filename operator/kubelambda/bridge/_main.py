@@ -177,6 +177,8 @@ async def run_bridge(
     Every stop step is bounded and logged. Returns whether every task stopped (False: one is still running,
     and the caller should exit the process rather than wait for it)."""
     stop = stop or asyncio.Event()
+    # Before anything that waits on the API server or a broker: a bridge whose log is empty never ran this far.
+    log.info("Starting the bridge of Trigger %s/%s: reading it from the API server", namespace, name)
     async with _client(settings) as kube, aiohttp.ClientSession() as http:
         ctx, kind = await build_context(kube, http, namespace, name, settings)
         shipper = None
