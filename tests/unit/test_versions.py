@@ -96,6 +96,28 @@ def test_deleted_versions_and_aliases_leave_the_cache(registry: Registry) -> Non
     assert len(registry.aliases) == 1
 
 
+def test_an_alias_written_here_is_not_moved_back_by_an_older_watch_event(registry: Registry) -> None:
+    """The Lambda API applies its own alias write at once (the very next call routes by it); the watch may still
+    bring the object as it was before the write, or the write itself: neither moves the alias back."""
+
+    def at(body: dict[str, Any], version: str) -> dict[str, Any]:
+        body["metadata"]["resourceVersion"] = version
+        return body
+
+    registry.apply_alias("MODIFIED", at(alias("live", "1", ("2", 0.1)), "10"))
+    registry.apply_alias("MODIFIED", at(alias("live", "2"), "12"))  # UpdateAlias' own write
+    for late in (at(alias("live", "1", ("2", 0.1)), "11"), at(alias("live", "2"), "12")):
+        registry.apply_alias("MODIFIED", late)  # one from before the write, then the write's own event
+        held = registry.aliases[("demo", "hello", "live")]
+        assert (held.version, held.additional, held.weight) == ("2", None, 0.0)
+        assert all(registry.resolve(ref("live")).version == "2" for _ in range(200))
+    registry.apply_alias("MODIFIED", at(alias("live", "1"), "13"))  # a later move (another replica's)
+    assert registry.resolve(ref("live")).version == "1"
+    registry.apply_alias("DELETED", at(alias("live", "1"), "14"))
+    registry.apply_alias("ADDED", at(alias("live", "2"), "15"))  # made again
+    assert registry.resolve(ref("live")).version == "2"
+
+
 def test_a_version_answers_as_its_function() -> None:
     r = Registry()
     r.apply_function("ADDED", function("hello-v1", version_of=("hello", 1)))

@@ -988,11 +988,14 @@ class LambdaApi:
             "spec": spec,
         }
         try:
-            return await self.kube.apply(
+            applied = await self.kube.apply(
                 _aliases(ns, object_name), doc, field_manager=FIELD_MANAGER, force=False
             )
         except ApiError as e:
             raise kube_failure(e, f"FunctionAlias {ns}/{object_name}") from e
+        if self.registry is not None:  # routes the very next call, before the watch brings the change
+            self.registry.apply_alias("MODIFIED", applied)
+        return applied
 
     def _alias_name(self, value: Any) -> str:
         if not isinstance(value, str) or not re.match(ALIAS_NAME, value):

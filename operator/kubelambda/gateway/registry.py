@@ -95,6 +95,8 @@ class Registry:
     versions: dict[VersionKey, Key] = field(default_factory=dict)
     aliases: dict[VersionKey, AliasEntry] = field(default_factory=dict)
     _alias_keys: dict[Key, VersionKey] = field(default_factory=dict)  # object (namespace, name) → alias
+    # object (namespace, name) → the resourceVersion of the alias held: an older one is not applied over it
+    _alias_versions: dict[Key, str] = field(default_factory=dict)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _listed: set[str] = field(default_factory=set)
     synced: asyncio.Event = field(default_factory=asyncio.Event)
@@ -195,13 +197,21 @@ class Registry:
                 del self.versions[version_key]
 
     def apply_alias(self, kind: str, body: JSON) -> None:
+        """A FunctionAlias as the watch delivers it, or as this gateway just wrote it (the Lambda API applies its
+        own writes at once, so a moved alias routes the very next call). A watch event older than what is held
+        (the write's own event, or one from before it, arriving after the write was applied) changes nothing."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
+        version = meta.get("resourceVersion") or ""
+        if kind != "DELETED" and _older(version, self._alias_versions.get(key, "")):
+            return
         old = self._alias_keys.pop(key, None)
         if old is not None:
             self.aliases.pop(old, None)
         if kind == "DELETED":
+            self._alias_versions.pop(key, None)
             return
+        self._alias_versions[key] = version
         try:
             spec = FunctionAliasSpec.model_validate(body.get("spec", {}))
         except ValueError as e:
@@ -268,6 +278,7 @@ class Registry:
     async def _on_aliases(self, items: list[JSON]) -> None:
         self.aliases.clear()
         self._alias_keys.clear()
+        self._alias_versions.clear()
         for item in items:
             self.apply_alias("ADDED", item)
 
@@ -371,3 +382,9 @@ class RegistryLookups:
         if fn is not None and fn.spec.version_of is not None:
             return f"{FunctionRef(namespace, fn.lambda_name).arn(self.arn_region())}:{fn.version}"
         return FunctionRef(namespace, name).arn(self.arn_region())
+
+
+def _older(version: str, than: str) -> bool:
+    """``version`` is an older resourceVersion of the same object than ``than``. The API server's are etcd
+    revisions, which only grow; anything else (none held, not a number) counts as not older."""
+    return version.isdigit() and than.isdigit() and int(version) < int(than)
