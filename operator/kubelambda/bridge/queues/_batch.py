@@ -88,7 +88,8 @@ def attribute(value: str | bytes) -> JSON:
 
 
 def to_record(message: Message, *, event_source: str, event_source_arn: str, region: str) -> JSON:
-    """One SQS-shaped record (Lambda's SQS event) for ``message``.
+    """One SQS-shaped record (Lambda's SQS event) for ``message``. The bridges write records with
+    :func:`record_json` (the same text, without the dicts); this is its readable definition and its test oracle.
 
     A body that is not UTF-8 is sent base64-encoded, and the record then carries the message attribute
     ``kubelambda.bodyEncoding = base64`` so a handler can tell. ``md5OfBody`` is the MD5 of the body's bytes as
