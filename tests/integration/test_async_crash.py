@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -47,6 +48,9 @@ pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
 EVENTS = 1000
 CLIENTS = 32
+# The 3-node test: events sent (and not refused) per phase with quorum; and its last phase, when clients stop.
+PER_PHASE = 300
+DONE = "3 nodes again"
 # The worker holds at most this many events delivered and not yet acknowledged (it fetches only for free
 # slots): the only events a SIGKILL can leave to run again.
 WORKER_CONCURRENCY = 64
@@ -349,10 +353,35 @@ async def test_events_survive_sigkilled_nodes_of_a_3_node_nats_and_no_quorum_ref
         refused_in: dict[str, int] = {}  # phase at the answer -> events refused
         refused_without_quorum: list[tuple[int, int, str]] = []
         accepted_without_quorum: list[int] = []
-        work = iter(range(EVENTS))
+        # Events are sent until the nodes are back, never running out before a phase the test waits for (a fixed
+        # 1,000 ran out once: all accepted before the second kill, none left to be refused). While the store has
+        # quorum each phase sends at most PER_PHASE events that were not refused (enough for the 250 it waits for),
+        # so that the number delivered later stays bounded; without quorum, events are sent until refused.
+        budget = {"left": PER_PHASE}
+        moved = asyncio.Condition()  # notified when the chaos moves to its next phase
+        indexes = itertools.count()
+        # (phase entered, accepted, refused) when each phase began, for a failure's message
+        timeline: list[tuple[str, int, int]] = []
+
+        async def next_index() -> int | None:
+            async with moved:
+                await moved.wait_for(
+                    lambda: bool(phase["no quorum"]) or budget["left"] > 0 or phase["name"] == DONE
+                )
+            if phase["name"] == DONE:
+                return None
+            budget["left"] -= 1
+            return next(indexes)
+
+        async def move(name: str, *, no_quorum: bool = False) -> None:
+            async with moved:
+                phase["name"], phase["no quorum"] = name, no_quorum
+                budget["left"] = PER_PHASE
+                timeline.append((name, len(accepted), len(refused)))
+                moved.notify_all()
 
         async def client(http: aiohttp.ClientSession) -> None:
-            for i in work:
+            while (i := await next_index()) is not None:
                 # Sent and answered while two nodes were down: the store had no quorum all along.
                 started_without_quorum = phase["no quorum"]
                 async with http.post(
@@ -365,6 +394,7 @@ async def test_events_survive_sigkilled_nodes_of_a_3_node_nats_and_no_quorum_ref
                         if started_without_quorum and phase["no quorum"]:
                             accepted_without_quorum.append(i)
                     else:
+                        budget["left"] += 1  # a refused event does not count toward a phase's accepted ones
                         answer = (i, resp.status, await resp.text())
                         refused.append(answer)
                         refused_ids[resp.headers["X-Amzn-RequestId"]] = answer[2]
@@ -376,32 +406,36 @@ async def test_events_survive_sigkilled_nodes_of_a_3_node_nats_and_no_quorum_ref
             def answered() -> Any:
                 return asyncio.sleep(0, result=(len(accepted), len(refused)))
 
-            await wait_for(answered, lambda n: n[0] >= 250, what="250 events accepted", timeout=120)
-            nats_cluster.nodes[0].kill()
-            phase["name"] = "2 of 3 nodes"
-            at_first_kill = len(accepted)
-            # Two of three nodes hold a quorum: events are still accepted.
-            await wait_for(
-                answered,
-                lambda n: n[0] >= at_first_kill + 250,
-                what="events accepted on 2 nodes",
-                timeout=120,
-            )
-            nats_cluster.nodes[1].kill()
-            phase["name"] = "1 of 3 nodes"
-            refused_before = len(refused)
-            phase["no quorum"] = True
-            await wait_for(
-                answered,
-                lambda n: n[1] >= refused_before + 2 * CLIENTS,
-                what="events refused without quorum",
-                timeout=120,
-            )
+            try:
+                await wait_for(answered, lambda n: n[0] >= 250, what="250 events accepted", timeout=120)
+                nats_cluster.nodes[0].kill()
+                await move("2 of 3 nodes")
+                at_first_kill = len(accepted)
+                # Two of three nodes hold a quorum: events are still accepted.
+                await wait_for(
+                    answered,
+                    lambda n: n[0] >= at_first_kill + 250,
+                    what="events accepted on 2 nodes",
+                    timeout=120,
+                )
+                nats_cluster.nodes[1].kill()
+                refused_before = len(refused)
+                await move("1 of 3 nodes", no_quorum=True)
+                await wait_for(
+                    answered,
+                    lambda n: n[1] >= refused_before + 2 * CLIENTS,
+                    what="events refused without quorum",
+                    timeout=120,
+                )
+            except AssertionError as e:
+                raise AssertionError(f"{e}; (phase, accepted, refused) when each began: {timeline}") from None
+            finally:
+                if phase["name"] != "1 of 3 nodes":
+                    await move(DONE)  # the clients stop (a failure above: nothing more to send)
             # Quorum is back as soon as one of them has rejoined.
-            phase["no quorum"] = False
-            phase["name"] = "restarting"
+            await move("restarting")
             await asyncio.gather(nats_cluster.nodes[0].start(), nats_cluster.nodes[1].start())
-            phase["name"] = "3 nodes again"
+            await move(DONE)
 
         async with aiohttp.ClientSession() as http:
             await asyncio.gather(chaos(), *(client(http) for _ in range(CLIENTS)))

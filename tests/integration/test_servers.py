@@ -4,6 +4,7 @@ a server whose port is taken between "found free" and "bound" starts again on ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import urllib.request
@@ -90,6 +91,41 @@ async def test_a_broker_whose_port_was_taken_starts_on_another(tmp_path: Path) -
             assert server.port != port
             assert await roundtrip(server.port, b"PING\r\n", b"+PONG")
             assert "Address already in use" in server.log.read_text()
+
+
+async def test_s3_whose_port_another_server_answers_on_starts_on_another(tmp_path: Path) -> None:
+    """Another HTTP server (here one answering as SeaweedFS' filer does) listens on the S3 port picked: it
+    answers the readiness probe, but ours never listened there, so the start goes on until ours does (on new
+    ports, after it exits saying the port is in use). CI once got a filer's JSON from a test S3 endpoint."""
+
+    async def filer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                body = b'{"name":"events"}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        writer.close()
+
+    taken = free_port(offset=10000)  # a port SeaweedFS could have picked (its gRPC port, + 10000, free too)
+    other = await asyncio.start_server(filer, HOST, taken)
+    try:
+        server = S3Server(tmp_path)
+        server.s3_port = server.port = (
+            taken  # as if it had picked it a moment before the other server bound it
+        )
+        async with server:
+            assert server.s3_port != taken
+            assert "address already in use" in server.log.read_text()
+
+            def listing() -> bytes:
+                with urllib.request.urlopen(f"{server.endpoint}/", timeout=10) as resp:
+                    body: bytes = resp.read()
+                    return body
+
+            assert b"ListAllMyBucketsResult" in await asyncio.to_thread(listing)
+    finally:
+        other.close()
+        await other.wait_closed()
 
 
 async def test_the_control_plane_starts_again_on_new_ports_when_the_api_servers_was_taken(

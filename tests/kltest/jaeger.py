@@ -125,6 +125,9 @@ class JaegerServer(LocalServer):
         self.query_grpc_port = free_port()
         self.health_port = free_port()
 
+    def _own_ports(self) -> list[int]:
+        return [self.port, self.query_port, self.query_grpc_port, self.health_port]
+
     @property
     def otlp_endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"

@@ -37,6 +37,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Self
 
+import psutil
+
 from kubelambda import natsauth, natscallout
 from kubelambda.devcluster._ports import PortTaken, address_in_use, free_port, free_ports, retry_taken_ports
 from kubelambda.devcluster._process import signal_group, spawn, stop, wait
@@ -72,7 +74,7 @@ class LocalServer:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._port = port  # None: any free port
         self.port = 0
-        self._pick_ports()
+        self._choose_ports()
 
     @property
     def log(self) -> Path:
@@ -92,8 +94,12 @@ class LocalServer:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{self.name} exited with {proc.returncode}:\n{self._tail()}")
             try:
-                if await ready():
+                # Ready only once our own processes listen on every port of theirs: another server that took one
+                # of them first answers the probe too (SeaweedFS' S3 API found another test's filer on its port
+                # and the tests got the filer's JSON); ours then exits saying so, and start() picks new ports.
+                if await ready() and await asyncio.to_thread(self._listening):
                     return
+                last = f"not listening yet on all of {self._own_ports()}"
             except (
                 OSError,
                 urllib.error.URLError,
@@ -110,6 +116,38 @@ class LocalServer:
     def _tail(self) -> str:
         return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
 
+    def _choose_ports(self) -> None:
+        """:meth:`_pick_ports`, again while two of :meth:`_own_ports` are one port (free_port may give one port
+        twice; fixed ports are the caller's to keep apart)."""
+        for _ in range(20):
+            self._pick_ports()
+            ports = self._own_ports()
+            if len(set(ports)) == len(ports):
+                return
+
+    def _own_ports(self) -> list[int]:
+        """The TCP ports this server's processes must listen on before it counts as started."""
+        return [self.port]
+
+    def _listening(self) -> bool:
+        """True when our processes (or their children: a start script's server) listen on all
+        :meth:`_own_ports`."""
+        listening: set[int] = set()
+        for proc in self.procs:
+            try:
+                parent = psutil.Process(proc.pid)
+                family = [parent, *parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for member in family:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    listening.update(
+                        c.laddr.port
+                        for c in member.net_connections(kind="tcp")
+                        if c.status == psutil.CONN_LISTEN
+                    )
+        return set(self._own_ports()) <= listening
+
     def _pick_ports(self) -> None:
         """Chooses the ports the caller did not fix; called again before each new try of :meth:`start`."""
         self.port = self._port or free_port()
@@ -125,7 +163,7 @@ class LocalServer:
             nonlocal tries
             tries += 1
             if tries > 1:
-                self._pick_ports()
+                self._choose_ports()
             mark = self.log.stat().st_size if self.log.exists() else 0
             try:
                 await self._launch()
@@ -214,6 +252,9 @@ class NatsServer(LocalServer):
     def _pick_ports(self) -> None:
         super()._pick_ports()
         self.monitor_port = self._monitor_port or free_port()
+
+    def _own_ports(self) -> list[int]:
+        return [self.port, self.monitor_port]
 
     @property
     def url(self) -> str:
@@ -437,11 +478,18 @@ class S3Server(LocalServer):
         super().__init__(data_dir, port=port)
 
     def _pick_ports(self) -> None:
-        # Each SeaweedFS port p also opens a gRPC port at p + 10000; ``port`` is the S3 API's.
-        self.master_port = free_port(offset=10000)
-        self.volume_port = free_port(offset=10000)
-        self.filer_port = free_port(offset=10000)
-        self.s3_port = self.port = self._port or free_port(offset=10000)
+        # Each SeaweedFS port p also opens a gRPC port at p + 10000; ``port`` is the S3 API's. All eight differ
+        # (free_port may give one port twice, or one that is another's p + 10000).
+        while True:
+            s3 = self._port or free_port(offset=10000)
+            ports = [free_port(offset=10000), free_port(offset=10000), free_port(offset=10000), s3]
+            if len({p + grpc for p in ports for grpc in (0, 10000)}) == 8:
+                break
+        self.master_port, self.volume_port, self.filer_port, self.s3_port = ports
+        self.port = self.s3_port
+
+    def _own_ports(self) -> list[int]:
+        return [self.master_port, self.volume_port, self.filer_port, self.s3_port]
 
     @property
     def endpoint(self) -> str:

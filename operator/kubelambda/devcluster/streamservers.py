@@ -113,6 +113,9 @@ class KafkaServer(LocalServer):
         super()._pick_ports()
         self.controller_port = free_port()
 
+    def _own_ports(self) -> list[int]:
+        return [self.port, self.controller_port]
+
     @property
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
