@@ -157,3 +157,24 @@ func TestWorkerEnv(t *testing.T) {
 		t.Errorf("log stream = %q", got["AWS_LAMBDA_LOG_STREAM_NAME"])
 	}
 }
+
+func TestAgentProcs(t *testing.T) {
+	tests := []struct {
+		name                   string
+		workers, current, want int
+		fromEnv                bool
+	}{
+		{"one worker on two CPUs", 1, 2, 1, false},
+		{"as many workers as CPUs", 2, 2, 2, false},
+		{"more workers than CPUs", 8, 2, 2, false},
+		{"four workers on sixteen CPUs", 4, 16, 4, false},
+		{"GOMAXPROCS set by the pod", 1, 2, 2, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := agentProcs(tt.workers, tt.current, tt.fromEnv); got != tt.want {
+				t.Errorf("agentProcs(%d, %d, %v) = %d, want %d", tt.workers, tt.current, tt.fromEnv, got, tt.want)
+			}
+		})
+	}
+}

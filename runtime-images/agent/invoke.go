@@ -76,6 +76,7 @@ func (a *invokeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	refused, ok := a.pool.submit(inv)
 	if !ok {
+		putBody(body)
 		a.metrics.record(refused, 0)
 		a.writeRefusal(rw, refused)
 		return
@@ -105,6 +106,15 @@ func (a *invokeAPI) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		rw.Header()["X-Amz-Log-Result"] = []string{base64.StdEncoding.EncodeToString(inv.tail.tail())}
 	}
 	a.writeResult(rw, inv)
+	// The buffers go back to the pool (bufpool.go) when nothing reads them any more: the event once the runtime's
+	// "next" has written it (a runtime killed while it was being written may still hold it), a function's
+	// answer once written here (only a success's: an init error's body answers every call until a new init).
+	if inv.delivered.Load() {
+		putBody(body)
+	}
+	if inv.res.outcome == outSuccess {
+		putBody(inv.res.body)
+	}
 }
 
 func (a *invokeAPI) newInvocation(r *http.Request, body []byte, now time.Time) (*invocation, error) {

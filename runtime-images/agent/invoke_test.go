@@ -1,9 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -100,4 +106,82 @@ func TestBodyFromTheGatewayIsNotCheckedAgain(t *testing.T) {
 	if status, _ := invokeWith(t, a.url, "other", notJSON[0]); status != http.StatusUnauthorized {
 		t.Errorf("another token: %d, want 401", status)
 	}
+}
+
+// What a warm invocation costs the agent: events of 1, 100 and 1,000 stream records (0.5, 52 and 527 KB, as the
+// PostgreSQL bridge sends them at those batch sizes) posted to /invoke one at a time over one kept-alive
+// connection with the gateway's token, to one worker whose runtime (this binary's fake runtime, another process)
+// answers {} as a bridge's handler does. The log goes to /dev/null. Reported beside ns/op (which counts the
+// runtime's turn too): cpu_us/op, this process's CPU per invocation from getrusage: the agent plus the client, a
+// raw socket writing prepared bytes and reading the answer. The floor (floor/records=N) is the same client and
+// body against a server of the same HTTP stack that only reads the body (into one buffer) and answers {}: the
+// agent's own cost is agent - floor.
+// For a profile: go test -run '^$' -bench 'Invoke/agent' -benchtime 5000x -cpuprofile /tmp/agent.prof
+func BenchmarkInvoke(b *testing.B) {
+	for _, records := range []int{1, 100, 1000} {
+		body := streamBatch(records)
+		b.Run(fmt.Sprintf("agent/records=%d", records), func(b *testing.B) {
+			b.Setenv(agentTokenEnv, "bench-token")
+			b.Setenv("AGENT_TEST_ANSWER", "{}")
+			devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer devnull.Close()
+			a := startAgentLogging(b, devnull, 1, time.Minute, "answer", func(c *Config) {
+				c.MaxRequest, c.MaxResponse = 6<<20, 6<<20
+			})
+			waitFor(b, "readiness", a.pool.isReady)
+			benchInvokes(b, a.url, body)
+		})
+		b.Run(fmt.Sprintf("floor/records=%d", records), func(b *testing.B) {
+			buf := make([]byte, len(body))
+			srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+				if _, err := io.ReadFull(r.Body, buf); err != nil {
+					b.Error(err)
+				}
+				_, _ = rw.Write([]byte("{}"))
+			}))
+			defer srv.Close()
+			benchInvokes(b, srv.URL, body)
+		})
+	}
+}
+
+// benchInvokes posts body to url's /invoke b.N times over one connection and reports cpu_us/op.
+func benchInvokes(b *testing.B, url string, body []byte) {
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	req := []byte("POST /invoke HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer bench-token\r\n" +
+		"Content-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body))
+	br := bufio.NewReader(conn)
+	call := func() {
+		if _, err := conn.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		answer, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(answer) != "{}" {
+			b.Fatalf("%d %s: %.200s", resp.StatusCode, resp.Header.Get("X-Kubelambda-Outcome"), answer)
+		}
+	}
+	for range 50 { // warm: connections, buffers, the runtime's first calls
+		call()
+	}
+	b.SetBytes(int64(len(body)))
+	var before, after syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+	b.ResetTimer()
+	for b.Loop() {
+		call()
+	}
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N)/1000, "cpu_us/op")
 }

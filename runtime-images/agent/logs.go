@@ -133,6 +133,9 @@ func (pl *procLog) close() {
 // pipe copies r to w one line at a time until r ends, writing the agent's marked lines in place. A
 // line longer than the buffer is written in pieces rather than held back. ids, when pl is nil, is the
 // worker's stdout pipe, whose current request id the shipped records of this pipe carry.
+//
+// Lines that came in together leave in one write (a lineBatch): a no-op invocation's START, END and REPORT
+// were three writes to the agent's stdout, now one or two.
 func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog, ids *procLog) {
 	defer r.Close()
 	stream := "stderr"
@@ -140,8 +143,15 @@ func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog, ids *procLog) {
 		ids, stream = pl, "stdout"
 	}
 	br := bufio.NewReaderSize(r, 64*1024)
+	out := newLineBatch(l, w)
 	var current *logCapture // the invocation whose log is being captured
+	finish := func() {
+		out.flush() // what the caller's log tail holds is out first
+		current.finish()
+		current = nil
+	}
 	defer func() {
+		out.flush()
 		if current != nil {
 			current.finish()
 		}
@@ -166,32 +176,30 @@ func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog, ids *procLog) {
 				app = nil // under applicationLogLevel
 			}
 			var text []byte // the agent's line, as the pipe carries it
-			var out [][]byte
+			var rendered [][]byte
 			if own >= 0 {
 				text = line[own+len(mark):]
 				if f.JSON {
-					out = f.render(text, time.Now())
+					rendered = f.render(text, time.Now())
 				}
 			}
-			l.mu.Lock()
 			if own < 0 {
 				if app != nil {
-					_, _ = w.Write(app)
+					out.add(app, false)
 				}
 			} else {
 				if len(app) > 0 { // the runtime's unfinished line, ended here
-					_, _ = w.Write(append(app[:len(app):len(app)], '\n'))
+					out.add(app, true)
 				}
 				if !f.JSON {
-					_, _ = w.Write(text)
+					out.add(text, false)
 				}
-				for _, o := range out {
-					_, _ = w.Write(append(o, '\n'))
+				for _, o := range rendered {
+					out.add(o, true)
 				}
 			}
-			l.mu.Unlock()
 			if l.ship != nil {
-				l.shipPiped(stream, ids, pl != nil, app, text, out, f.JSON)
+				l.shipPiped(stream, ids, pl != nil, app, text, rendered, f.JSON)
 			}
 			if own < 0 {
 				if current != nil && app != nil {
@@ -203,30 +211,74 @@ func (l *logger) pipe(r *os.File, w io.Writer, pl *procLog, ids *procLog) {
 				}
 				if rest, ok := bytes.CutPrefix(text, []byte("START RequestId: ")); ok {
 					if current != nil {
-						current.finish()
+						finish()
 					}
 					id, _, _ := bytes.Cut(rest, []byte(" "))
 					current = pl.take(string(id))
 				}
 				if current != nil {
 					if f.JSON {
-						for _, o := range out {
+						for _, o := range rendered {
 							current.add(append(o, '\n'))
 						}
 					} else {
 						current.add(text)
 					}
 					if bytes.HasPrefix(text, []byte("REPORT ")) {
-						current.finish()
-						current = nil
+						finish()
 					}
 				}
 			}
+		}
+		if br.Buffered() == 0 || out.full() {
+			out.flush() // before waiting for more: a line is never held back
 		}
 		if err != nil && err != bufio.ErrBufferFull {
 			return
 		}
 	}
+}
+
+// lineBatch gathers the lines pipe writes until it has read all that was there, then writes them at once
+// (under the logger's lock, so that two pipes' lines never interleave within a line). Each line still reaches
+// the telemetry tee on its own, as one record.
+type lineBatch struct {
+	l   *logger
+	dst io.Writer // the tee's destination, or w itself
+	tee *lineTee  // nil when w is not a tee
+	buf []byte
+}
+
+func newLineBatch(l *logger, w io.Writer) *lineBatch {
+	b := &lineBatch{l: l, dst: w}
+	if tee, ok := w.(*lineTee); ok {
+		b.dst, b.tee = tee.w, tee
+	}
+	return b
+}
+
+// add appends line (ended by a newline already, or given one when newline is set).
+func (b *lineBatch) add(line []byte, newline bool) {
+	start := len(b.buf)
+	b.buf = append(b.buf, line...)
+	if newline {
+		b.buf = append(b.buf, '\n')
+	}
+	if b.tee != nil {
+		b.tee.record(b.buf[start:])
+	}
+}
+
+func (b *lineBatch) full() bool { return len(b.buf) >= 64*1024 }
+
+func (b *lineBatch) flush() {
+	if len(b.buf) == 0 {
+		return
+	}
+	b.l.mu.Lock()
+	_, _ = b.dst.Write(b.buf)
+	b.l.mu.Unlock()
+	b.buf = b.buf[:0]
 }
 
 // logFormat is the LoggingConfig in force (logformat.go); Text until one is set.

@@ -23,7 +23,8 @@ import (
 
 // The test binary doubles as a tiny runtime: with AGENT_TEST_FAKE_RUNTIME set it serves the
 // Runtime API loop, acting on the event: {"sleep_ms": N}, {"crash": true}, {"fail": true},
-// {"big": N} (answers N bytes). AGENT_TEST_FAKE_RUNTIME=initerr reports an init error and exits;
+// {"big": N} (answers N bytes); any other event is echoed, or answered with AGENT_TEST_ANSWER when that is
+// set. AGENT_TEST_FAKE_RUNTIME=initerr reports an init error and exits;
 // =exit exits before asking for an event.
 func TestMain(m *testing.M) {
 	if os.Getenv("AGENT_TEST_FAKE_EXTENSION") != "" { // extensions_test.go
@@ -84,6 +85,10 @@ func fakeRuntime() {
 		awaitFunction()
 	}
 	base := "http://" + os.Getenv("AWS_LAMBDA_RUNTIME_API") + "/2018-06-01/runtime"
+	var answer []byte
+	if a, ok := os.LookupEnv("AGENT_TEST_ANSWER"); ok {
+		answer = []byte(a)
+	}
 	for {
 		resp, err := http.Get(base + "/invocation/next")
 		if err != nil {
@@ -129,7 +134,11 @@ func fakeRuntime() {
 				bytes.NewReader(bytes.Repeat([]byte("x"), ev.Big)))
 			r.Body.Close()
 		default:
+			if answer != nil { // AGENT_TEST_ANSWER: a fixed answer, as a bridge's handler gives
+				body = answer
+			}
 			r, _ := http.Post(base+"/invocation/"+id+"/response", "application/json", bytes.NewReader(body))
+			_, _ = io.Copy(io.Discard, r.Body) // read to the end, or the connection is not used again
 			r.Body.Close()
 		}
 	}
@@ -164,7 +173,13 @@ func startAgent(t *testing.T, workers int, timeout time.Duration, mode string) *
 }
 
 // startAgentWith is startAgent with a last say on the configuration.
-func startAgentWith(t *testing.T, workers int, timeout time.Duration, mode string, edit func(*Config)) *testAgent {
+func startAgentWith(t testing.TB, workers int, timeout time.Duration, mode string, edit func(*Config)) *testAgent {
+	t.Helper()
+	return startAgentLogging(t, &syncBuffer{}, workers, timeout, mode, edit)
+}
+
+// startAgentLogging is startAgentWith writing the agent's log to out (a benchmark's /dev/null).
+func startAgentLogging(t testing.TB, out io.Writer, workers int, timeout time.Duration, mode string, edit func(*Config)) *testAgent {
 	t.Helper()
 	t.Setenv("AGENT_TEST_FAKE_RUNTIME", mode)
 	exe, err := os.Executable()
@@ -177,7 +192,6 @@ func startAgentWith(t *testing.T, workers int, timeout time.Duration, mode strin
 	if edit != nil {
 		edit(cfg)
 	}
-	out := &syncBuffer{}
 	var p *pool
 	var servers []*http.Server
 	for attempt := 0; ; attempt++ {
@@ -198,7 +212,8 @@ func startAgentWith(t *testing.T, workers int, timeout time.Duration, mode strin
 			_ = s.Close()
 		}
 	})
-	return &testAgent{pool: p, url: front.URL, out: out}
+	buf, _ := out.(*syncBuffer)
+	return &testAgent{pool: p, url: front.URL, out: buf}
 }
 
 func (a *testAgent) invoke(t *testing.T, body string) (*http.Response, string) {
@@ -213,7 +228,7 @@ func (a *testAgent) invoke(t *testing.T, body string) (*http.Response, string) {
 }
 
 // waitFor polls cond until it holds or 30 s pass (generous: the race detector on a loaded two-core machine).
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 )
 
 // rssReader reads a process's peak resident set size (VmHWM) for the REPORT line. It keeps
@@ -12,6 +13,7 @@ import (
 type rssReader struct {
 	mu  sync.Mutex
 	f   *os.File
+	fd  int // f's descriptor
 	buf []byte
 }
 
@@ -27,10 +29,12 @@ func (r *rssReader) peakMB(pid int) int {
 		if err != nil {
 			return 0
 		}
-		r.f, r.buf = f, make([]byte, 4096)
+		r.f, r.fd, r.buf = f, int(f.Fd()), make([]byte, 4096)
 	}
-	n, err := r.f.ReadAt(r.buf, 0)
-	if n == 0 && err != nil {
+	// One pread: procfs makes the whole file for a read at offset 0. (os.File.ReadAt reads again until the
+	// buffer is full, and that second pread, at the end of the file, made the whole file once more.)
+	n, err := syscall.Pread(r.fd, r.buf, 0)
+	if n <= 0 || err != nil {
 		return 0
 	}
 	return vmHWMMB(r.buf[:n])

@@ -155,6 +155,7 @@ func (a *runtimeAPI) next(rw http.ResponseWriter, r *http.Request, pr *proc) {
 	a.pool.logStart(pr, inv)
 	rw.WriteHeader(http.StatusOK)
 	_, _ = rw.Write(inv.payload)
+	inv.delivered.Store(true) // the payload's buffer may be used again (invokeAPI.ServeHTTP)
 }
 
 // drainLimit bounds how much of an oversize body is read and thrown away so that the client,
@@ -171,7 +172,10 @@ func readBody(r *http.Request, limit int) (body []byte, tooLarge bool, err error
 	if r.ContentLength > 0 {
 		size = int(r.ContentLength) + 1
 	}
-	buf := make([]byte, 0, size)
+	buf := getBody(size) // bufpool.go; the caller gives it back with putBody once nothing reads it
+	if cap(buf) > limit+1 {
+		buf = buf[: 0 : limit+1] // the read stops one byte past the limit
+	}
 	lr := &io.LimitedReader{R: r.Body, N: int64(limit) + 1}
 	for {
 		if len(buf) == cap(buf) {
@@ -187,6 +191,7 @@ func readBody(r *http.Request, limit int) (body []byte, tooLarge bool, err error
 		}
 	}
 	if len(buf) > limit {
+		putBody(buf)
 		_, _ = io.CopyN(io.Discard, r.Body, drainLimit)
 		return nil, true, nil
 	}
@@ -201,10 +206,11 @@ func (a *runtimeAPI) response(rw http.ResponseWriter, r *http.Request, pr *proc,
 	}
 	inv := a.pool.complete(pr, id)
 	if inv == nil {
+		putBody(body)
 		a.unknownID(rw, pr, id)
 		return
 	}
-	res := result{outcome: outSuccess, body: body}
+	res := result{outcome: outSuccess, body: body} // its buffer goes back to the pool once answered (invoke.go)
 	status := ""
 	if tooLarge {
 		msg := "Response payload size exceeded maximum allowed payload size (" + strconv.Itoa(a.pool.cfg.MaxResponse) + " bytes)."

@@ -60,6 +60,7 @@ type invocation struct {
 	proc        *proc                     // assigned under pool.mu
 	started     atomic.Pointer[time.Time] // when the runtime received the event
 	runtimeDone atomic.Bool               // platform.runtimeDone sent (telemetry.go)
+	delivered   atomic.Bool               // the runtime's "next" has written the payload: nothing reads it any more
 	done        chan struct{}
 	res         result
 }
