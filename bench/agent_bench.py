@@ -17,6 +17,14 @@ here Python's ``http.server`` calling the handler, HTTP/1.1 kept alive), interle
 rounds; idle RSS of the agent or watchdog alone and with its runtime or function process. (That HTTP server called
 directly answered slower than through the watchdog at load 60, p50 5-20 ms, for a reason not found: not shown.)
 
+CPU per call (``--records``, ``--before-agent``/``--before-client``): the "CPU us/call" columns are the target
+process's own CPU (the agent, the RIE or the watchdog) and its children's (the runtime or function process) per
+measured call, from /proc (psutil), over the same load. ``--records N`` sends an event of N DynamoDB stream records
+(~527 bytes each, as the PostgreSQL bridge sends them) instead of ``{}``, to a handler that returns None. The agent is
+called with the pod's token as the gateway does (the agent then does not check the body again). ``--before-agent
+BINARY`` (and ``--before-client BOOTSTRAP_PY``) add a target with an older agent (and runtime client) into the same
+rounds: a before/after in one run.
+
 The RIE is built from its Go module into the cache on first use; of-watchdog by hack/of-watchdog.sh.
 """
 
@@ -89,6 +97,23 @@ class Invoke(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Invoke).serve_forever()
 """
 NODE_HANDLER = "exports.handler = async () => null;\n"
+AGENT_TOKEN = "agent-bench-token"  # the pod's token, which the gateway shows (docs/security.md)
+
+
+def stream_records(n: int) -> bytes:
+    """An event of n DynamoDB stream records as the PostgreSQL bridge sends them (~527 bytes each); {} for 0."""
+    if n == 0:
+        return b"{}"
+    records = [
+        f'{{"eventID":"{i:032x}","eventName":"INSERT","eventVersion":"1.1","eventSource":"aws:dynamodb",'
+        f'"awsRegion":"us-east-1","dynamodb":{{"ApproximateCreationDateTime":1796510000.{i % 1000:03d},'
+        f'"Keys":{{"id":{{"N":"{i}"}}}},"NewImage":{{"id":{{"N":"{i}"}},"body":{{"S":"payload \u00e9"}},'
+        f'"created":{{"S":"2026-12-06T00:00:00.{i:06d}Z"}}}},"SequenceNumber":"{i:021d}","SizeBytes":{100 + i % 50},'
+        f'"StreamViewType":"NEW_AND_OLD_IMAGES"}},'
+        f'"eventSourceARN":"arn:aws:dynamodb:us-east-1:bench:table/public.items/stream/2026-12-06T00:00:00.000"}}'
+        for i in range(n)
+    ]
+    return ('{"Records":[' + ",".join(records) + "]}").encode()
 
 
 def ensure_rie() -> Path:
@@ -130,6 +155,8 @@ class Target:
     proc: subprocess.Popen[bytes] | None = None
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_own: float = 0.0  # CPU seconds of the process over the measured calls
+    cpu_children: float = 0.0  # ... and of its runtime or function processes
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -160,6 +187,18 @@ class Target:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     child.kill()
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time (user + system) so far of the process and of its children, in seconds."""
+        assert self.proc is not None
+        me = psutil.Process(self.proc.pid)
+        t = me.cpu_times()
+        children = 0.0
+        for c in me.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                ct = c.cpu_times()
+                children += ct.user + ct.system
+        return t.user + t.system, children
+
     def rss_mb(self) -> tuple[float, float]:
         """Resident memory of the process alone and with its children (runtime, function process), in MB."""
         assert self.proc is not None
@@ -171,7 +210,8 @@ class Target:
 def invoke_once(host: str, port: int, path: str) -> int:
     conn = http.client.HTTPConnection(host, port, timeout=10)
     try:
-        conn.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {AGENT_TOKEN}"}
+        conn.request("POST", path, body=b"{}", headers=headers)
         resp = conn.getresponse()
         resp.read()
         return resp.status
@@ -179,12 +219,13 @@ def invoke_once(host: str, port: int, path: str) -> int:
         conn.close()
 
 
-def load(target: Target, requests: int) -> None:
-    """Closed loop over one kept-alive connection; appends per-request latencies."""
+def load(target: Target, requests: int, body: bytes = b"{}") -> None:
+    """Closed loop over one kept-alive connection; appends per-request latencies and adds the CPU they cost."""
     conn = http.client.HTTPConnection(target.host, target.port, timeout=30)
-    body, headers = b"{}", {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {AGENT_TOKEN}"}
     lat = target.latencies
     clock = time.perf_counter
+    own, children = target.cpu_seconds()
     start = clock()
     for _ in range(requests):
         t0 = clock()
@@ -196,6 +237,9 @@ def load(target: Target, requests: int) -> None:
             raise RuntimeError(f"{target.name} answered {resp.status}")
     target.seconds += clock() - start
     conn.close()
+    own_after, children_after = target.cpu_seconds()
+    target.cpu_own += own_after - own
+    target.cpu_children += children_after - children
 
 
 def agent_target(
@@ -215,7 +259,7 @@ def agent_target(
         listen=f"{ip}:8080",
         timeout_s=30,
         runtime_cmd=client_cmd,
-        base_env=env,
+        base_env={**env, "KUBELAMBDA_AGENT_TOKEN": AGENT_TOKEN},
     )
     return Target(name, cmd.argv, cmd.env, cmd.cwd, ip, 8080, "/invoke")
 
@@ -307,7 +351,27 @@ def main() -> int:
         action="store_true",
         help="OpenFaaS' of-watchdog (HTTP mode) instead of the RIE rows, Python only",
     )
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=0,
+        help="events of N DynamoDB stream records (~527 B each) instead of {}",
+    )
+    parser.add_argument(
+        "--before-agent", type=Path, help="also an older agent binary, in the same rounds (before/after)"
+    )
+    parser.add_argument(
+        "--before-client", type=Path, help="the Python runtime client (bootstrap.py) of --before-agent's row"
+    )
     args = parser.parse_args()
+    if args.records < 0:
+        parser.error(f"--records must be at least 0, got {args.records}")
+    if args.before_client is not None and args.before_agent is None:
+        parser.error("--before-client needs --before-agent")
+    for option, path in (("--before-agent", args.before_agent), ("--before-client", args.before_client)):
+        if path is not None and not path.is_file():
+            parser.error(f"{option}: no such file: {path}")
+    event = stream_records(args.records)
 
     workdir = Path(tempfile.mkdtemp(prefix="agent-bench-"))
     code = workdir / "code"
@@ -317,6 +381,11 @@ def main() -> int:
     base_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     ours = [sys.executable, str(runtime_images_dir() / "python" / "bootstrap.py"), "app.handler"]
     targets = [agent_target("agent + kubelambda client", code, ours, base_env)]
+    if args.before_agent is not None:
+        before = (
+            ours if args.before_client is None else [sys.executable, str(args.before_client), "app.handler"]
+        )
+        targets.append(agent_target("BEFORE agent + client", code, before, base_env, agent=args.before_agent))
     if args.peer:
         targets += watchdog_targets(code, base_env)
     else:
@@ -342,7 +411,7 @@ def main() -> int:
             t.seconds = 0.0
         for _ in range(args.rounds):
             for t in targets:
-                load(t, args.requests)
+                load(t, args.requests, event)
         idle = {}
         time.sleep(2)  # let the processes settle before reading their memory
         for t in targets:
@@ -354,11 +423,12 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(
-        f"warm invocations, no-op Python handler, 1 worker, 1 connection, {args.rounds}x{args.requests} requests"
+        f"warm invocations, no-op Python handler, 1 worker, 1 connection, {args.rounds}x{args.requests} requests,"
+        f" event {len(event)} bytes ({args.records} stream records)"
     )
     print(
         f"{'target':32} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'idle RSS MB':>12} {'+ children':>11}"
-        f"   (load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores)"
+        f" {'CPU us/call':>12} {'children':>9}   (load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores)"
     )
     for t in targets:
         n = len(t.latencies)
@@ -366,6 +436,7 @@ def main() -> int:
         print(
             f"{t.name:32} {n / t.seconds:8.0f} {pct(t.latencies, 0.5) * 1e3:8.3f} "
             f"{pct(t.latencies, 0.99) * 1e3:8.3f} {own:12.1f} {tree:11.1f}"
+            f" {t.cpu_own / n * 1e6:12.0f} {t.cpu_children / n * 1e6:9.0f}"
         )
     agent_p50 = pct(targets[0].latencies, 0.5)
     print(f"direct in-process call p50: {direct * 1e6:.2f} us")
