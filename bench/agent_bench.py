@@ -259,9 +259,12 @@ def agent_target(
         listen=f"{ip}:8080",
         timeout_s=30,
         runtime_cmd=client_cmd,
-        base_env={**env, "KUBELAMBDA_AGENT_TOKEN": AGENT_TOKEN},
+        base_env=env,
     )
-    return Target(name, cmd.argv, cmd.env, cmd.cwd, ip, 8080, "/invoke")
+    # The agent answers (and, for the gateway, skips checking the body) with the pod's token.
+    return Target(
+        name, cmd.argv, {**cmd.env, "KUBELAMBDA_AGENT_TOKEN": AGENT_TOKEN}, cmd.cwd, ip, 8080, "/invoke"
+    )
 
 
 def rie_target(
