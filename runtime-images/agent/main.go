@@ -180,8 +180,8 @@ func stopServing(front *http.Server, g *frontGate, quiet, limit time.Duration) {
 
 // agentProcs is the agent's GOMAXPROCS: at most one per worker. A worker runs one invocation at a time, so the
 // agent never has more invocations to serve at once than it has workers; a P more than that only spun idle at
-// each hand-over of a call (invoke, the runtime's next, its response): with 1 worker, GOMAXPROCS 1 cost 23 % less
-// CPU per call than 2 (BenchmarkInvoke, 500-byte events; 18 % at 527 KB). GOMAXPROCS in the environment decides
+// each hand-over of a call (invoke, the runtime's next, its response): with 1 worker, GOMAXPROCS 1 cost 12-25 % less
+// CPU per call than 2 (bench/agent_bench.py, {} and 52 KB events, load 20). GOMAXPROCS in the environment decides
 // when set; the runtime workers never see this setting (it is not an environment variable).
 func agentProcs(workers, current int, fromEnv bool) int {
 	if fromEnv || workers >= current {
