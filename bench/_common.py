@@ -57,7 +57,7 @@ BRIDGE_PROFILE_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("JSON", ("(json/",)),
     ("records (shaping, sizes, ids)", ("queues/_batch.py", "streams/_batch.py")),
     ("bridge's HTTP server (/metrics, health)", ("aiohttp/web",)),
-    ("invocation (HTTP client)", ("(aiohttp/", "bridge/_context.py", "bridge/_plainhttp.py")),
+    ("invocation (HTTP client)", ("(aiohttp/", "bridge/_context.py", "kubelambda/plainhttp.py")),
     ("status writes (API server)", ("(kubelambda/kube",)),
     (
         "broker client library",

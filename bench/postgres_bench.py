@@ -476,7 +476,7 @@ PARTS = [
     ("slot feedback (confirmed LSN)", ("_Reader.commit", "send_feedback")),
     ("event encode", ("PostgresStream.encode",)),
     ("pgoutput decode + DynamoDB records", ("_pgoutput.py",)),
-    ("invoke (HTTP request and answer)", ("Invoker.invoke", "aiohttp/", "bridge/_plainhttp.py")),
+    ("invoke (HTTP request and answer)", ("Invoker.invoke", "aiohttp/", "kubelambda/plainhttp.py")),
     ("replication read, transaction buffer", ("postgres.py",)),
 ]
 """Where a bridge sample goes: the first part any of whose strings is in its stack."""

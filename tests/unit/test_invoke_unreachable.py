@@ -6,12 +6,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
-import aiohttp
 import pytest
 
-from kubelambda.gateway import proxy
 from kubelambda.gateway.invoke_path import when_no_slot
-from kubelambda.gateway.proxy import Invocation, Unreachable, forward
+from kubelambda.gateway.proxy import Invocation, Unreachable, agent_connections, forward
+from kubelambda.plainhttp import Origins
 
 A, B = "10.0.0.1:8080", "10.0.0.2:8080"
 
@@ -81,19 +80,18 @@ def invocation() -> Invocation:
     )
 
 
-async def test_a_connection_not_accepted_in_time_is_unreachable(
-    full_backlog: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(proxy, "CONNECT_SECONDS", 0.3)
-    async with aiohttp.ClientSession() as http:
-        with pytest.raises(Unreachable, match="Connection timeout"):
-            await forward(http, full_backlog, invocation())
+async def test_a_connection_not_accepted_in_time_is_unreachable(full_backlog: str) -> None:
+    agents = Origins(connect_timeout=0.3)
+    with pytest.raises(Unreachable, match=r"did not accept a connection within 0\.3 s"):
+        await forward(agents, full_backlog, invocation())
+    agents.close()
 
 
 async def test_a_refused_connection_is_unreachable() -> None:
     with socket.socket() as s:  # a port that was just free: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    async with aiohttp.ClientSession() as http:
-        with pytest.raises(Unreachable, match=r"Connect call failed|refused"):
-            await forward(http, f"127.0.0.1:{port}", invocation())
+    agents = agent_connections()
+    with pytest.raises(Unreachable, match=r"Connect call failed|refused"):
+        await forward(agents, f"127.0.0.1:{port}", invocation())
+    agents.close()

@@ -1,4 +1,4 @@
-"""The bridges' HTTP/1.1 client for invocations (kubelambda.bridge._plainhttp), against a real aiohttp server
+"""The invocations' HTTP/1.1 client (kubelambda.plainhttp) as the bridges use it, against a real aiohttp server
 (the gateway's HTTP stack) and raw sockets for what aiohttp never sends: keep-alive reuse, chunked and
 close-delimited bodies, a connection the server closed, a timeout, a refused connection, a malformed answer."""
 
@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from kubelambda.bridge._context import Invoker
-from kubelambda.bridge._plainhttp import PlainHttp, ProtocolError, Response
+from kubelambda.plainhttp import PlainHttp, ProtocolError, Response
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ async def test_a_timeout_closes_the_connection_and_the_next_request_works(
     client = PlainHttp(url + "?kind=slow")
     with pytest.raises(TimeoutError):
         await client.post(b"{}", {}, timeout=0.2)
-    assert client._idle == []
+    assert client.origin.idle == 0
     assert (await PlainHttp(url).post(b"ok", {}, timeout=5)).body == b"ok"
 
 

@@ -25,9 +25,9 @@ from aiohttp import web
 
 from kubelambda import metrics, tracing
 from kubelambda.api.v1alpha1 import GROUP, VERSION, Trigger
-from kubelambda.bridge._plainhttp import PlainHttp
 from kubelambda.jsonobj import JSON, utcnow
 from kubelambda.kube import ApiError, KubeClient, resource_path
+from kubelambda.plainhttp import PlainHttp
 from kubelambda.resources.bridge import checkpoint_name
 
 log = logging.getLogger("kubelambda.bridge")
@@ -90,7 +90,7 @@ class Invoker:
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._bearer: tuple[float, str | None] | None = None
         # http:// (the gateway's Service in the cluster): a request and its answer in ~20 µs of CPU instead of
-        # aiohttp's ~150-250 (kubelambda.bridge._plainhttp); https:// goes through aiohttp.
+        # aiohttp's ~150-250 (kubelambda.plainhttp); https:// goes through aiohttp.
         self.plain = PlainHttp(self.url) if self.url.startswith("http://") else None
 
     def _bearer_token(self) -> str | None:

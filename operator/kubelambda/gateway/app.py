@@ -783,6 +783,7 @@ class Gateway(RegistryLookups):
         if self.session is not None:
             await self.session.close()
             self.session = None
+        self.path.agents.close()
         if self.code_store is not None:
             await self.code_store.close()
 

@@ -24,11 +24,21 @@ from kubelambda.gateway.activator import Activator
 from kubelambda.gateway.balancer import Balancer
 from kubelambda.gateway.config import GatewaySettings
 from kubelambda.gateway.limits import Admission, Choice, LocalLimits, SharedLimits, Ticket
-from kubelambda.gateway.proxy import Invocation, Result, TryElsewhere, Unreachable, agent_headers, forward
+from kubelambda.gateway.proxy import (
+    FailedMidInvocation,
+    Invocation,
+    Result,
+    TryElsewhere,
+    Unreachable,
+    agent_connections,
+    agent_headers,
+    forward,
+)
 from kubelambda.gateway.registry import FunctionEntry, Registry
 from kubelambda.gateway.scaler import policy_of
 from kubelambda.gateway.throttler import LimitsUnavailable, Throttled, Throttler
 from kubelambda.kube import ApiError
+from kubelambda.plainhttp import Origins
 
 if TYPE_CHECKING:
     from kubelambda.gateway.scaler import Autoscaler
@@ -96,7 +106,9 @@ class InvokePath:
     settings: GatewaySettings
     registry: Registry
     activator: Activator
-    http: Callable[[], aiohttp.ClientSession]  # the gateway's pooled session to the agents
+    http: Callable[
+        [], aiohttp.ClientSession
+    ]  # the gateway's pooled session (a warm-pool pod's specialisation)
     throttler: Throttler = field(init=False)
     limits: LocalLimits | SharedLimits = field(
         init=False
@@ -105,6 +117,7 @@ class InvokePath:
     autoscaler: Autoscaler | None = None  # set by the gateway when it starts
     warm_pool: WarmPool | None = None  # when KUBELAMBDA_GATEWAY_WARM_POOL_SIZES names a pool
     _cold_waiting: dict[tuple[str, str], int] = field(default_factory=dict)  # per function, in the activator
+    agents: Origins = field(default_factory=agent_connections)  # the invocations' connections to agents
 
     def __post_init__(self) -> None:
         self.throttler = Throttler(pool_limit=self.settings.pool_limit)
@@ -299,7 +312,7 @@ class InvokePath:
             again = False
             try:
                 call = forward(
-                    self.http(),
+                    self.agents,
                     endpoint,
                     invocation,
                     headers=headers,
@@ -318,7 +331,7 @@ class InvokePath:
                     unreachable[endpoint] = str(e)
                 if self.warm_pool is not None:
                     self.warm_pool.discard(endpoint)
-            except aiohttp.ClientError as e:
+            except FailedMidInvocation as e:
                 if self.warm_pool is not None:
                     self.warm_pool.discard(endpoint)  # a pool pod that failed is never specialised again
                 # The caller learns no pod address nor the client's error (both logged).

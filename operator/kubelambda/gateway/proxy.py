@@ -10,17 +10,22 @@ stops answering altogether.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
 from kubelambda import tracing
 from kubelambda.agentauth import bearer
 from kubelambda.outcomes import OUTCOME_HEADER, outcome_of
+from kubelambda.plainhttp import (
+    ConnectFailed,
+    Disconnected,
+    Origins,
+    ProtocolError,
+    TooLarge,
+    request_head,
+)
 
 # What the agent answers that a caller of the Invoke API sees.
 PASSED_HEADERS = (
@@ -129,25 +134,6 @@ def too_large_result(limit: int) -> Result:
     )
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, length: int | None, limit: int) -> bytes | None:
-    """The body of a response of ``length`` (its Content-Length, None without one), or None as soon as it is
-    known to exceed ``limit`` (the connection is then dropped, so the rest is never read nor buffered)."""
-    if length is not None:
-        if length > limit:
-            resp.close()
-            return None
-        return await resp.read()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            resp.close()
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def timeout_result(invocation: Invocation) -> Result:
     body = {
         "errorType": "Sandbox.Timedout",
@@ -174,24 +160,36 @@ def agent_headers(token: str | None) -> dict[str, str]:
 PLAIN_HEADERS = agent_headers(None)
 
 
-@functools.lru_cache(
-    maxsize=256
-)  # one per function timeout (at most 900 whole seconds): made once, not per call
-def _client_timeout(timeout_seconds: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=longest_wait(timeout_seconds), sock_connect=CONNECT_SECONDS)
+class FailedMidInvocation(Exception):
+    """The instance took the invocation and its connection ended (or its answer was not HTTP) before the answer was
+    complete: the function may have run, so the invocation is never sent elsewhere."""
+
+
+AGENT_IDLE_SECONDS = 30.0
+"""How long a connection to an agent is kept idle for the next call: well under the agent's own idle timeout (2
+min, runtime-images/agent/main.go), so the agent never closes one just as a call is written on it."""
+
+
+def agent_connections() -> Origins:
+    """The gateway's kept-alive connections to agents (one pool per instance, released once idle)."""
+    return Origins(connect_timeout=CONNECT_SECONDS, idle_seconds=AGENT_IDLE_SECONDS)
 
 
 async def forward(
-    session: aiohttp.ClientSession,
+    agents: Origins,
     endpoint: str,
     invocation: Invocation,
     *,
     headers: Mapping[str, str] = PLAIN_HEADERS,
     max_response_bytes: int = 6 * 1024 * 1024,
+    wait_seconds: float | None = None,
 ) -> Result:
     """Sends ``invocation`` to ``endpoint`` (``ip:port``) with ``headers`` (:func:`agent_headers`: the
-    function's token); raises :class:`TryElsewhere` if it refuses. A response over ``max_response_bytes`` is
-    Lambda's ``Function.ResponseSizeTooLarge`` error, however the pod sends it."""
+    function's token), waiting for its answer ``wait_seconds`` (default: :func:`longest_wait` of its timeout), over ``agents``' connections (kubelambda.plainhttp: our own HTTP/1.1 client, a third of
+    aiohttp's CPU per call). Raises :class:`TryElsewhere` if the instance refuses it or went away before
+    answering (nothing ran there; :class:`Unreachable` when no connection could be made), and
+    :class:`FailedMidInvocation` when it may have run. A response over ``max_response_bytes`` is Lambda's
+    ``Function.ResponseSizeTooLarge`` error, however the pod sends it."""
     headers = {
         **headers,
         "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
@@ -210,32 +208,36 @@ async def forward(
         headers["X-Amzn-Trace-Id"] = xray
     elif invocation.trace_id:
         headers["X-Amzn-Trace-Id"] = invocation.trace_id
+    origin = agents.get(endpoint)
+    body = invocation.body
     try:
-        async with session.post(
-            f"http://{endpoint}/invoke",
-            data=invocation.body,
-            headers=headers,
-            timeout=_client_timeout(invocation.timeout_seconds),
-        ) as resp:
-            length = resp.content_length
-            if length is not None and length <= max_response_bytes:
-                body: bytes | None = await resp.read()  # the agent's answers have a length: read at once
-            else:
-                body = await _read_capped(resp, length, max_response_bytes)
-            if body is None:
-                return too_large_result(max_response_bytes)
-            # 401: the pod at this address is not one of the function's (a stale address now another pod's).
-            if resp.status in (401, 429, 503):
-                raise TryElsewhere(f"{endpoint} answered {resp.status}: {body[:200]!r}")
-            passed = {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers}
-            return Result(resp.status, passed, body, outcome_of(resp.headers))
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
+        answer = await origin.post(
+            request_head("/invoke", origin.authority, headers, len(body)),
+            body,
+            timeout=longest_wait(invocation.timeout_seconds) if wait_seconds is None else wait_seconds,
+            max_body=max_response_bytes,
+        )
+    except TooLarge:
+        return too_large_result(max_response_bytes)
+    except ConnectFailed as e:
         # No connection: refused (the instance is going away, or not listening yet) or not accepted in time.
-        raise Unreachable(f"{endpoint}: {e!r}") from e
-    except aiohttp.ClientConnectionError as e:
-        # Reset before an answer: the instance is going away. Nothing ran there.
-        if isinstance(e, aiohttp.ServerDisconnectedError):
-            raise
-        raise TryElsewhere(f"{endpoint}: {e}") from e
+        raise Unreachable(f"{endpoint}: {e}") from e
+    except (Disconnected, ProtocolError) as e:
+        # The request was written and the instance hung up (or answered nonsense) before the whole answer: it
+        # may have run (a crash, an OOM kill), so it is not tried elsewhere.
+        raise FailedMidInvocation(f"{endpoint}: {e}") from e
     except TimeoutError:
         return timeout_result(invocation)
+    except OSError as e:
+        # Reset before any of an answer: the instance is going away. Nothing ran there.
+        raise TryElsewhere(f"{endpoint}: {e!r}") from e
+    status = answer.status
+    # 401: the pod at this address is not one of the function's (a stale address now another pod's).
+    if status in (401, 429, 503):
+        raise TryElsewhere(f"{endpoint} answered {status}: {answer.body[:200]!r}")
+    got = answer.headers
+    passed = {h: got[low] for h, low in _PASSED if low in got}
+    return Result(status, passed, answer.body, outcome_of(passed))
+
+
+_PASSED = tuple((h, h.lower()) for h in PASSED_HEADERS)  # as sent on, as the client names them
