@@ -8,6 +8,10 @@ gateway process (user + system, from /proc), beside, in the same run and interle
 
 Latency and throughput of the three paths (gateway, floor proxy, agent directly) come from the same load.
 
+``--payload-kb N``: each call carries a batch of DynamoDB stream records of about N KB (100 records ≈ 55 KB, about
+what a database or stream bridge sends at batch 100) and the function answers ``{"batchItemFailures": []}``, as a
+bridge's function does: the cost of the bytes on the way in (body read, checks, forwarding).
+
 Run: ``make bench-gateway-cpu`` (or ``.venv/bin/python bench/gateway_cpu.py --requests 3000``).
 """
 
@@ -38,7 +42,46 @@ from kubelambda.kube import KubeClient, resource_path
 
 NS = "bench-cpu"
 BEFORE, AFTER = "gateway before", "gateway after"  # --before: the same gateway process at two commits
-HANDLER = "def handler(event, context):\n    return event\n"
+# The no-op echoes its event; a batch of records is answered as a bridge's function answers it (--payload-kb).
+HANDLER = (
+    "def handler(event, context):\n    return {'batchItemFailures': []} if 'Records' in event else event\n"
+)
+SMALL_EVENT = b'{"x": 1}'
+
+
+def stream_batch(kb: int) -> bytes:
+    """A DynamoDB Streams event of about ``kb`` KB (records in the shape the PostgreSQL bridge delivers,
+    NEW_IMAGE view): 100 records are about 55 KB."""
+    records = []
+    while True:
+        i = len(records)
+        records.append(
+            {
+                "eventID": f"{i:032x}",
+                "eventName": "MODIFY",
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": "us-east-1",
+                "dynamodb": {
+                    "ApproximateCreationDateTime": 1764979200 + i,
+                    "Keys": {"id": {"N": str(i)}},
+                    "NewImage": {
+                        "id": {"N": str(i)},
+                        "customer": {"S": f"customer-{i % 97}"},
+                        "status": {"S": "shipped"},
+                        "total": {"N": f"{i * 3.17:.2f}"},
+                    },
+                    "SequenceNumber": f"{i:021d}",
+                    "SizeBytes": 72,
+                    "StreamViewType": "NEW_IMAGE",
+                },
+                "eventSourceARN": "arn:aws:dynamodb:us-east-1:demo:table/orders/stream/2026-12-06T00:00:00.000",
+            }
+        )
+        body = json.dumps({"Records": records}).encode()
+        if len(body) >= kb * 1024:
+            return body
+
 
 FLOOR_PROXY = """
 import sys
@@ -203,10 +246,12 @@ async def measure(
     connections: int,
     headers: dict[str, dict[str, str]],
     rounds: int = 3,
+    body: bytes = SMALL_EVENT,
 ) -> None:
-    """``headers``: per path, what its requests send over the session's (the developer's token)."""
+    """``headers``: per path, what its requests send over the session's (the developer's token); ``body``: each
+    call's event."""
     for path, url in urls.items():
-        await post_load(http, url, 300, connections, headers=(headers.get(path, {}),))  # warm every path up
+        await post_load(http, url, 300, connections, body=body, headers=(headers.get(path, {}),))  # warm up
     cpu: dict[tuple[str, str], list[float]] = {}  # (path, process) → CPU µs per call, one per round
     load: dict[str, list[tuple[float, list[float]]]] = {path: [] for path in urls}
     idle: dict[str, list[float]] = {name: [] for name in pids}
@@ -222,7 +267,7 @@ async def measure(
             before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
             started = time.perf_counter()
             load[path].append(
-                await post_load(http, url, requests, connections, headers=(headers.get(path, {}),))
+                await post_load(http, url, requests, connections, body=body, headers=(headers.get(path, {}),))
             )
             spent = time.perf_counter() - started
             for name, ps in pids.items():
@@ -230,8 +275,9 @@ async def measure(
                 # Net of the process's idle burn over the same time (measured just before, this round).
                 net = 1e6 * used - idle[name][-1] * spent
                 cpu.setdefault((path, name), []).append(net / requests)
+    event = "a no-op Python function" if body == SMALL_EVENT else f"a function taking {len(body)} B events"
     print(
-        f"\n== warm invokes of a no-op Python function, {connections} connections, {rounds} interleaved rounds"
+        f"\n== warm invokes of {event}, {connections} connections, {rounds} interleaved rounds"
         f" x {requests} calls per path (load average {os.getloadavg()[0]:.1f})"
     )
     print(
@@ -294,13 +340,13 @@ def call_counts(path: Path, calls: int) -> dict[str, tuple[float, float]]:
 
 
 async def count_syscalls(
-    http: aiohttp.ClientSession, url: str, pid: int, calls: int, connections: int
+    http: aiohttp.ClientSession, url: str, pid: int, calls: int, connections: int, body: bytes
 ) -> dict[str, float]:
     """System calls per invoke of process ``pid`` (and its threads) over ``calls`` invokes (strace -c)."""
     with tempfile.NamedTemporaryFile(suffix=".strace") as out:
         tracer = await asyncio.create_subprocess_exec("strace", "-c", "-f", "-p", str(pid), "-o", out.name)
         await asyncio.sleep(1)  # attached (strace says so on stderr only)
-        await post_load(http, url, calls, connections)
+        await post_load(http, url, calls, connections, body=body)
         tracer.send_signal(signal.SIGINT)
         await tracer.wait()
         counts = {}
@@ -328,16 +374,17 @@ async def count_calls(
     calls: int,
     connections: int,
     dump_to: Path | None,
+    body: bytes,
 ) -> None:
     """Python function calls per invoke (cProfile, deterministic: not load noise) of each profiled process
     (``targets``: name → (url, pid, dump file)), for ``calls`` warm invokes, grouped by package."""
     for url, _, _ in targets.values():
-        await post_load(http, url, 300, connections)  # warm up, unprofiled
+        await post_load(http, url, 300, connections, body=body)  # warm up, unprofiled
     counts, threads, collected = {}, {}, {}
     for name, (url, pid, out) in targets.items():
         before = thread_cpu(pid)
         os.kill(pid, signal.SIGUSR1)
-        await post_load(http, url, calls, connections)
+        await post_load(http, url, calls, connections, body=body)
         os.kill(pid, signal.SIGUSR1)
         after = thread_cpu(pid)
         await wait(partial(asyncio.sleep, 0, out.exists), lambda exists: exists(), f"{name}'s profile", 30)
@@ -348,7 +395,7 @@ async def count_calls(
             shutil.copy(out, dump_to / out.name)
     names = list(counts)
     syscalls = {
-        name: await count_syscalls(http, url, pid, calls, connections)
+        name: await count_syscalls(http, url, pid, calls, connections, body)
         for name, (url, pid, _) in targets.items()
     }
     print(f"\n== system calls per warm invoke (strace -c -f, {calls} calls, unprofiled)")
@@ -414,7 +461,15 @@ async def main() -> None:
         help="instead of CPU time: Python function calls per invoke over N calls (cProfile) of a profiled gateway"
         " and floor proxy, by package, and the gateway's most called functions",
     )
+    parser.add_argument(
+        "--payload-kb",
+        type=int,
+        default=0,
+        metavar="N",
+        help="each call's event: a batch of DynamoDB stream records of about N KB (default: the no-op's small event)",
+    )
     args = parser.parse_args()
+    event = stream_batch(args.payload_kb) if args.payload_kb else SMALL_EVENT
     floor: asyncio.subprocess.Process | None = None
     extra: list[subprocess.Popen[bytes]] = []
     async with platform("gwcpu", NS) as p:
@@ -467,7 +522,7 @@ async def main() -> None:
                         url, pid = f"http://127.0.0.1:{fport}/invoke", counted.pid
                     await wait_answering(http, url, f"the profiled {name} answering", body=b"{}", timeout=180)
                     targets[name] = (url, pid, out)
-                await count_calls(http, targets, args.count_calls, args.connections, args.profile)
+                await count_calls(http, targets, args.count_calls, args.connections, args.profile, event)
                 return
             agent, runtime = instance_pids(proc.pid, pod_ip)
             pids = {
@@ -496,7 +551,14 @@ async def main() -> None:
                     "--rate", "200", "-o", str(args.profile),
                 )  # fmt: skip
             await measure(
-                http, urls, pids, args.requests, args.connections, {"agent directly": agent_auth}, args.rounds
+                http,
+                urls,
+                pids,
+                args.requests,
+                args.connections,
+                {"agent directly": agent_auth},
+                args.rounds,
+                event,
             )
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
