@@ -233,7 +233,14 @@ class _Connection(asyncio.Protocol):
                 self.close()
 
     def reusable(self, now: float, idle_seconds: float) -> bool:
-        return self.open and now - self.used < idle_seconds
+        # is_closing: a transport that failed closes at once, and tells the protocol a loop iteration later.
+        transport = self.transport
+        return (
+            self.open
+            and now - self.used < idle_seconds
+            and transport is not None
+            and not transport.is_closing()
+        )
 
     def close(self) -> None:
         self.open = False
