@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from kltest.loopback import serve_app
 from kubelambda.bridge._context import Invoker
 from kubelambda.plainhttp import PlainHttp, ProtocolError, Response
 
@@ -51,15 +52,8 @@ async def gateway() -> AsyncIterator[tuple[str, list[dict[str, object]]]]:
 
     app = web.Application()
     app.router.add_post("/2015-03-31/functions/ns/fn/invocations", invoke)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/2015-03-31/functions/ns/fn/invocations", seen
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield f"{url}/2015-03-31/functions/ns/fn/invocations", seen
 
 
 async def test_requests_carry_body_and_headers_over_kept_alive_connections(

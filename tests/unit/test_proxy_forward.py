@@ -6,9 +6,10 @@ connections the server closed. Each case runs on asyncio's loop and on uvloop's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,19 @@ class Agent:
         await self.server.wait_closed()
 
 
+@contextlib.asynccontextmanager
+async def running(act: Act, agents: Origins | None = None) -> AsyncIterator[tuple[Agent, str, Origins]]:
+    """An agent acting with ``act``, its endpoint, and connections to agents (the gateway's by default)."""
+    agent = Agent(act)
+    endpoint = await agent.start()
+    agents = agents or agent_connections()
+    try:
+        yield agent, endpoint, agents
+    finally:
+        agents.close()
+        await agent.stop()
+
+
 def answer(body: bytes, *, status: int = 200, headers: str = "") -> bytes:
     return b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
         status,
@@ -126,25 +140,25 @@ def invocation(body: bytes = b'{"n": 1}', timeout: float = 3) -> Invocation:
 @LOOPS
 def test_an_answer_its_headers_and_a_kept_alive_connection(new_loop: Any) -> None:
     async def case() -> None:
-        agent = Agent(echo)
-        endpoint = await agent.start()
-        agents = agent_connections()
-        for n in range(3):
-            body = b'{"n": %d, "text": "caf\xc3\xa9"}' % n
-            result = await forward(agents, endpoint, invocation(body), headers=agent_headers("tok"))
-            assert (result.status, result.body, result.outcome) == (200, body, "success")
-            assert result.headers == {
-                "Content-Type": "application/json",
-                "X-Amz-Executed-Version": "3",
-                "X-Kubelambda-Outcome": "success",
-            }
-        assert [s.connection for s in agent.seen] == [0, 0, 0]  # one connection, kept alive
-        head = agent.seen[0].head.decode()
-        assert head.startswith("POST /invoke HTTP/1.1\r\nHost: 127.0.0.1:")
-        for line in ("Authorization: Bearer tok", "X-Amz-Log-Type: Tail", "Lambda-Runtime-Aws-Request-Id: "):
-            assert line in head
-        agents.close()
-        await agent.stop()
+        async with running(echo) as (agent, endpoint, agents):
+            for n in range(3):
+                body = b'{"n": %d, "text": "caf\xc3\xa9"}' % n
+                result = await forward(agents, endpoint, invocation(body), headers=agent_headers("tok"))
+                assert (result.status, result.body, result.outcome) == (200, body, "success")
+                assert result.headers == {
+                    "Content-Type": "application/json",
+                    "X-Amz-Executed-Version": "3",
+                    "X-Kubelambda-Outcome": "success",
+                }
+            assert [s.connection for s in agent.seen] == [0, 0, 0]  # one connection, kept alive
+            head = agent.seen[0].head.decode()
+            assert head.startswith("POST /invoke HTTP/1.1\r\nHost: 127.0.0.1:")
+            for line in (
+                "Authorization: Bearer tok",
+                "X-Amz-Log-Type: Tail",
+                "Lambda-Runtime-Aws-Request-Id: ",
+            ):
+                assert line in head
 
     run(new_loop, case())
 
@@ -157,14 +171,10 @@ def test_a_refusal_is_tried_elsewhere(new_loop: Any, status: int) -> None:
             writer.write(answer(b"busy", status=status))
             return True
 
-        agent = Agent(refuse)
-        endpoint = await agent.start()
-        agents = agent_connections()
-        with pytest.raises(TryElsewhere, match=f"answered {status}") as e:
-            await forward(agents, endpoint, invocation())
-        assert not isinstance(e.value, Unreachable)
-        agents.close()
-        await agent.stop()
+        async with running(refuse) as (_, endpoint, agents):
+            with pytest.raises(TryElsewhere, match=f"answered {status}") as e:
+                await forward(agents, endpoint, invocation())
+            assert not isinstance(e.value, Unreachable)
 
     run(new_loop, case())
 
@@ -186,16 +196,12 @@ def test_a_reset_before_any_answer_is_tried_elsewhere_and_one_within_it_is_not(n
             reset(writer)
             return False
 
-        agents = agent_connections()
         for act, error in ((reset_at_once, TryElsewhere), (reset_within, FailedMidInvocation)):
-            agent = Agent(act)
-            endpoint = await agent.start()
-            with pytest.raises(error) as e:
-                await forward(agents, endpoint, invocation())
-            assert not isinstance(e.value, Unreachable)
-            assert len(agent.seen) == 1  # never sent again
-            await agent.stop()
-        agents.close()
+            async with running(act) as (agent, endpoint, agents):
+                with pytest.raises(error) as e:
+                    await forward(agents, endpoint, invocation())
+                assert not isinstance(e.value, Unreachable)
+                assert len(agent.seen) == 1  # never sent again
 
     run(new_loop, case())
 
@@ -211,14 +217,10 @@ def test_a_server_that_hangs_up_after_taking_the_request_failed_it_and_it_is_not
         async def hang_up(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
             return False
 
-        agent = Agent(hang_up)
-        endpoint = await agent.start()
-        agents = agent_connections()
-        with pytest.raises(FailedMidInvocation, match="without answering"):
-            await forward(agents, endpoint, invocation())
-        assert (len(agent.seen), agent.connections) == (1, 1)
-        agents.close()
-        await agent.stop()
+        async with running(hang_up) as (agent, endpoint, agents):
+            with pytest.raises(FailedMidInvocation, match="without answering"):
+                await forward(agents, endpoint, invocation())
+            assert (len(agent.seen), agent.connections) == (1, 1)
 
     run(new_loop, case())
 
@@ -232,23 +234,19 @@ def test_an_idle_connection_the_server_closed_is_not_used_and_the_next_call_runs
             await echo(seen, reader, writer)
             return False  # then closes the kept-alive connection (its idle timeout, or shutting down)
 
-        agent = Agent(answer_then_close)
-        endpoint = await agent.start()
-        agents = agent_connections()
-        assert (await forward(agents, endpoint, invocation(b"1"))).body == b"1"
-        origin = agents.get(endpoint)
-        assert origin.idle == 1  # the answer said nothing of closing: kept
+        async with running(answer_then_close) as (agent, endpoint, agents):
+            assert (await forward(agents, endpoint, invocation(b"1"))).body == b"1"
+            origin = agents.get(endpoint)
+            assert origin.idle == 1  # the answer said nothing of closing: kept
 
-        async def idle_open() -> list[bool]:
-            return [c.open for c in origin._idle]
+            async def idle_open() -> list[bool]:
+                return [c.open for c in origin._idle]
 
-        await wait_for(
-            idle_open, lambda opened: opened == [False], what="the server's close seen by the client"
-        )
-        assert (await forward(agents, endpoint, invocation(b"2"))).body == b"2"
-        assert [(s.body, s.connection) for s in agent.seen] == [(b"1", 0), (b"2", 1)]  # each ran once
-        agents.close()
-        await agent.stop()
+            await wait_for(
+                idle_open, lambda opened: opened == [False], what="the server's close seen by the client"
+            )
+            assert (await forward(agents, endpoint, invocation(b"2"))).body == b"2"
+            assert [(s.body, s.connection) for s in agent.seen] == [(b"1", 0), (b"2", 1)]  # each ran once
 
     run(new_loop, case())
 
@@ -264,19 +262,15 @@ def test_connection_close_and_http_1_0_answers_are_not_reused(new_loop: Any) -> 
             await writer.drain()
             return True  # the server would go on: the client must not
 
-        agent = Agent(closing)
-        endpoint = await agent.start()
-        agents = agent_connections()
-        for body in (b"close", b"1.0", b"next"):
-            assert (await forward(agents, endpoint, invocation(body))).body == body
-        assert [s.connection for s in agent.seen] == [0, 1, 2]
-        await wait_for(
-            lambda: asyncio.sleep(0, sorted(agent.closed_by_client)),
-            lambda closed: closed[:2] == [0, 1],
-            what="the client closing both connections",
-        )
-        agents.close()
-        await agent.stop()
+        async with running(closing) as (agent, endpoint, agents):
+            for body in (b"close", b"1.0", b"next"):
+                assert (await forward(agents, endpoint, invocation(body))).body == body
+            assert [s.connection for s in agent.seen] == [0, 1, 2]
+            await wait_for(
+                lambda: asyncio.sleep(0, sorted(agent.closed_by_client)),
+                lambda closed: closed[:2] == [0, 1],
+                what="the client closing both connections",
+            )
 
     run(new_loop, case())
 
@@ -312,25 +306,21 @@ def test_an_answer_over_the_cap_is_lambdas_error_without_reading_the_rest(
             await reader.read()  # stalls, sending nothing more, until the client hangs up
             return False
 
-        agent = Agent(big)
-        endpoint = await agent.start()
-        agents = agent_connections()
-        started = asyncio.get_running_loop().time()
-        result = await forward(
-            agents, endpoint, invocation(b"10000"), max_response_bytes=100, wait_seconds=10
-        )
-        assert asyncio.get_running_loop().time() - started < 5
-        assert result.outcome == "function_error"
-        assert result.headers["X-Kubelambda-Outcome"] == "response_too_large"
-        assert b"Function.ResponseSizeTooLarge" in result.body
-        await wait_for(
-            lambda: asyncio.sleep(0, agent.closed_by_client),
-            lambda closed: 0 in closed,
-            what="the client dropping the connection",
-        )
-        assert (await forward(agents, endpoint, invocation(b"100"), max_response_bytes=100)).status == 200
-        agents.close()
-        await agent.stop()
+        async with running(big) as (agent, endpoint, agents):
+            started = asyncio.get_running_loop().time()
+            result = await forward(
+                agents, endpoint, invocation(b"10000"), max_response_bytes=100, wait_seconds=10
+            )
+            assert asyncio.get_running_loop().time() - started < 5
+            assert result.outcome == "function_error"
+            assert result.headers["X-Kubelambda-Outcome"] == "response_too_large"
+            assert b"Function.ResponseSizeTooLarge" in result.body
+            await wait_for(
+                lambda: asyncio.sleep(0, agent.closed_by_client),
+                lambda closed: 0 in closed,
+                what="the client dropping the connection",
+            )
+            assert (await forward(agents, endpoint, invocation(b"100"), max_response_bytes=100)).status == 200
 
     run(new_loop, case())
 
@@ -348,15 +338,11 @@ def test_a_chunked_answer(new_loop: Any) -> None:
             writer.write(b"0\r\n\r\n")
             return True
 
-        agent = Agent(chunked)
-        endpoint = await agent.start()
-        agents = agent_connections()
-        for _ in range(2):
-            result = await forward(agents, endpoint, invocation())
-            assert (result.body, result.outcome) == (b'{"a": 1}', "function_error")
-        assert [s.connection for s in agent.seen] == [0, 0]
-        agents.close()
-        await agent.stop()
+        async with running(chunked) as (agent, endpoint, agents):
+            for _ in range(2):
+                result = await forward(agents, endpoint, invocation())
+                assert (result.body, result.outcome) == (b'{"a": 1}', "function_error")
+            assert [s.connection for s in agent.seen] == [0, 0]
 
     run(new_loop, case())
 
@@ -370,23 +356,19 @@ def test_no_answer_in_time_is_the_timeout_error_and_the_connection_is_dropped(ne
             await reader.read()  # never answers; returns when the client hangs up
             return False
 
-        agent = Agent(stall)
-        endpoint = await agent.start()
-        agents = agent_connections()
-        call = invocation(b"slow")
-        result = await forward(agents, endpoint, call, wait_seconds=0.3)
-        assert (result.outcome, result.headers["X-Amz-Function-Error"]) == ("timeout", "Unhandled")
-        assert b"Sandbox.Timedout" in result.body
-        assert call.request_id.encode() in result.body
-        assert agents.get(endpoint).idle == 0
-        await wait_for(
-            lambda: asyncio.sleep(0, agent.closed_by_client),
-            lambda closed: closed == [0],
-            what="the client dropping the connection",
-        )
-        assert (await forward(agents, endpoint, invocation(b"ok"))).body == b"ok"
-        agents.close()
-        await agent.stop()
+        async with running(stall) as (agent, endpoint, agents):
+            call = invocation(b"slow")
+            result = await forward(agents, endpoint, call, wait_seconds=0.3)
+            assert (result.outcome, result.headers["X-Amz-Function-Error"]) == ("timeout", "Unhandled")
+            assert b"Sandbox.Timedout" in result.body
+            assert call.request_id.encode() in result.body
+            assert agents.get(endpoint).idle == 0
+            await wait_for(
+                lambda: asyncio.sleep(0, agent.closed_by_client),
+                lambda closed: closed == [0],
+                what="the client dropping the connection",
+            )
+            assert (await forward(agents, endpoint, invocation(b"ok"))).body == b"ok"
 
     run(new_loop, case())
 
@@ -398,13 +380,9 @@ def test_an_answer_that_is_not_http_failed_the_call(new_loop: Any) -> None:
             writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
             return True
 
-        agent = Agent(garbage)
-        endpoint = await agent.start()
-        agents = agent_connections()
-        with pytest.raises(FailedMidInvocation, match=r"not an HTTP/1\.x response"):
-            await forward(agents, endpoint, invocation())
-        agents.close()
-        await agent.stop()
+        async with running(garbage) as (_, endpoint, agents):
+            with pytest.raises(FailedMidInvocation, match=r"not an HTTP/1\.x response"):
+                await forward(agents, endpoint, invocation())
 
     run(new_loop, case())
 
@@ -415,21 +393,19 @@ def test_pools_of_endpoints_that_went_away_are_released(new_loop: Any) -> None:
     come and go); one in use keeps its pool."""
 
     async def case() -> None:
-        agent = Agent(echo)
-        endpoint = await agent.start()
-        agents = Origins(idle_seconds=0.2)
-        head = request_head("/invoke", endpoint, {}, 1)
-        await agents.get(endpoint).post(head, b"1", timeout=5)
-        assert agents.get(endpoint).idle == 1
-        await wait_for(
-            lambda: asyncio.sleep(0, dict(agents.origins)), lambda o: o == {}, what="the pool released"
-        )
-        await wait_for(
-            lambda: asyncio.sleep(0, agent.closed_by_client), lambda c: c == [0], what="the connection closed"
-        )
-        assert agents._sweeper is None  # nothing known: no timer either
-        agents.close()
-        await agent.stop()
+        async with running(echo, Origins(idle_seconds=0.2)) as (agent, endpoint, agents):
+            head = request_head("/invoke", endpoint, {}, 1)
+            await agents.get(endpoint).post(head, b"1", timeout=5)
+            assert agents.get(endpoint).idle == 1
+            await wait_for(
+                lambda: asyncio.sleep(0, dict(agents.origins)), lambda o: o == {}, what="the pool released"
+            )
+            await wait_for(
+                lambda: asyncio.sleep(0, agent.closed_by_client),
+                lambda c: c == [0],
+                what="the connection closed",
+            )
+            assert agents._sweeper is None  # nothing known: no timer either
 
     run(new_loop, case())
 

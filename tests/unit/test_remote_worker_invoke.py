@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from kltest.loopback import serve_app
 from kubelambda.asyncworker.decide import Outcome
 from kubelambda.asyncworker.record import Response
 from kubelambda.gateway.registry import Registry
@@ -38,15 +39,8 @@ async def gateway() -> AsyncIterator[tuple[str, list[web.Request]]]:
 
     app = web.Application()
     app.router.add_post("/2015-03-31/functions/ns/{name}/invocations", invoke)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url, seen
 
 
 @pytest.mark.parametrize(
