@@ -106,9 +106,8 @@ class InvokePath:
     settings: GatewaySettings
     registry: Registry
     activator: Activator
-    http: Callable[
-        [], aiohttp.ClientSession
-    ]  # the gateway's pooled session (a warm-pool pod's specialisation)
+    # The gateway's aiohttp session: a warm-pool pod's specialisation (invocations go over ``agents``).
+    http: Callable[[], aiohttp.ClientSession]
     throttler: Throttler = field(init=False)
     limits: LocalLimits | SharedLimits = field(
         init=False
