@@ -105,7 +105,7 @@ class _Connection(asyncio.Protocol):
         self.size = 0
         self.limit = math.inf
         self.head_done = False
-        self.complete = False
+        self.answer: Response | None = None  # the answer, once complete
         self.keep = False  # the connection may carry another request after this answer
         self.too_large = False
         self.messages = 0
@@ -127,8 +127,8 @@ class _Connection(asyncio.Protocol):
             return
         if self.too_large:
             self._fail(TooLarge())
-        elif self.complete:
-            waiter.set_result(Response(self.parser.get_status_code(), self.headers, b"".join(self.body)))
+        elif self.answer is not None:
+            waiter.set_result(self.answer)
         elif not self.head_done:
             self.size += len(data)  # until the head is complete, ``size`` counts its bytes
             if self.size > HEAD_LIMIT:
@@ -162,12 +162,17 @@ class _Connection(asyncio.Protocol):
     # -- httptools' callbacks
 
     def on_message_begin(self) -> None:
-        self.messages += 1  # a second answer to one request (a broken server): never reuse the connection
+        self.messages += 1
+        if self.messages > 1:  # a second answer to one request (a broken server): ignored, and the connection
+            self.headers = {}  # is not used again (exchange); the first answer's headers stay as they were
+            self.body = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        if self.messages > 1:
+            return
         self.head_done = True
         self.size = 0  # from here, the body's bytes
         self.keep = self.parser.should_keep_alive()
@@ -176,7 +181,7 @@ class _Connection(asyncio.Protocol):
             self.too_large = True
 
     def on_body(self, body: bytes) -> None:
-        if self.too_large:
+        if self.too_large or self.messages > 1:
             return
         self.size += len(body)
         if self.size > self.limit:
@@ -186,7 +191,8 @@ class _Connection(asyncio.Protocol):
             self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.complete = True
+        if self.messages == 1 and not self.too_large:
+            self.answer = Response(self.parser.get_status_code(), self.headers, b"".join(self.body))
 
     # -- the client's side
 
@@ -214,7 +220,8 @@ class _Connection(asyncio.Protocol):
         self.body = []
         self.size = 0
         self.limit = max_body
-        self.head_done = self.complete = self.keep = self.too_large = False
+        self.head_done = self.keep = self.too_large = False
+        self.answer = None
         self.messages = 0
         timer = loop.call_later(timeout, _expire, waiter)
         try:

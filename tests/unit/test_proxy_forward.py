@@ -419,3 +419,40 @@ def test_a_header_with_a_line_break_is_refused() -> None:
         request_head("/x", "h:1", {"A": "b"}, 2)
         == b"POST /x HTTP/1.1\r\nHost: h:1\r\nA: b\r\nContent-Length: 2\r\n\r\n"
     )
+
+
+@LOOPS
+def test_a_second_answer_to_one_request_is_ignored_and_its_connection_dropped(new_loop: Any) -> None:
+    async def case() -> None:
+        async def twice(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+            writer.write(
+                answer(seen.body, headers="X-Amz-Executed-Version: 1\r\n") + answer(b"stale", status=503)
+            )
+            return True
+
+        async with running(twice) as (agent, endpoint, agents):
+            for body in (b"1", b"2"):
+                result = await forward(agents, endpoint, invocation(body))
+                assert (result.status, result.body, result.headers["X-Amz-Executed-Version"]) == (
+                    200,
+                    body,
+                    "1",
+                )
+            assert [s.connection for s in agent.seen] == [0, 1]
+
+    run(new_loop, case())
+
+
+@LOOPS
+def test_an_answer_over_the_cap_that_arrives_whole_is_still_over_it(new_loop: Any) -> None:
+    async def case() -> None:
+        async def whole(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+            writer.write(answer(b"z" * 150))
+            return True
+
+        async with running(whole) as (_, endpoint, agents):
+            result = await forward(agents, endpoint, invocation(), max_response_bytes=100)
+            assert result.headers["X-Kubelambda-Outcome"] == "response_too_large"
+            assert (await forward(agents, endpoint, invocation(), max_response_bytes=150)).body == b"z" * 150
+
+    run(new_loop, case())
