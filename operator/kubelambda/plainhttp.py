@@ -213,6 +213,8 @@ class _Connection(asyncio.Protocol):
         """Writes the request and waits for its answer; the connection is closed unless it may be used again."""
         transport = self.transport
         assert transport is not None
+        if transport.is_closing():  # closed by the server as it was opened (uvloop raises on writing to it)
+            raise ConnectionResetError("the connection closed before the request was written")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Response] = loop.create_future()
         self.waiter = waiter
