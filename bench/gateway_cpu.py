@@ -3,7 +3,8 @@ gateway process (user + system, from /proc), beside, in the same run and interle
 
 - a floor proxy: a minimal reverse proxy on the same event loop and HTTP stack (uvloop, aiohttp server + one
   pooled aiohttp client session, same Python), doing nothing but forwarding the body to the same agent's ``/invoke``
-  and the answer back: what any Python proxy on this stack must pay;
+  and the answer back: what any Python proxy on this stack must pay (the gateway forwards over our own client,
+  kubelambda.plainhttp, not aiohttp's: it can go below this floor);
 - the instance itself: its agent process and its runtime process, per call, from the same calls.
 
 Latency and throughput of the three paths (gateway, floor proxy, agent directly) come from the same load.
