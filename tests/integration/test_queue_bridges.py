@@ -437,24 +437,39 @@ async def trigger_status(kube: KubeClient, namespace: str, name: str) -> JSON:
 
 
 async def operator_bridge_diagnosis(cluster: Cluster, kube: KubeClient, run: Run) -> str:
-    """What a failed wait on an operator-run bridge should show: the Trigger's status, its bridge pods' phases
-    and the end of their logs (pods are processes of the local node, logging under its state dir)."""
+    """What a failed wait on an operator-run bridge should show: the Trigger's status, its bridge pods' phases,
+    containers (restarts, last state) and Events (a failed probe, a kill), and the end of their logs (pods are
+    processes of the local node, logging under its state dir). An empty log with a restart means the process was
+    ended before it wrote a line: the Events say by whom."""
+    prefix = f"{bridge_name(run.name)}-"
     try:
         status: Any = await trigger_status(kube, run.namespace, run.name)
         pods = await kube.get(resource_path("v1", "pods", namespace=run.namespace))
+        events = await kube.get(resource_path("v1", "events", namespace=run.namespace))
     except Exception as e:
-        status, pods = f"{type(e).__name__}: {e}", {}
-    prefix = f"{bridge_name(run.name)}-"
-    phases = {
-        p["metadata"]["name"]: (p.get("status") or {}).get("phase")
-        for p in pods.get("items", [])
-        if p["metadata"]["name"].startswith(prefix)
-    }
+        status, pods, events = f"{type(e).__name__}: {e}", {}, {}
+    mine = [p for p in pods.get("items", []) if p["metadata"]["name"].startswith(prefix)]
+    phases = {p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in mine}
+    containers = "".join(
+        f"\n  {p['metadata']['name']}/{c['name']}: restarts {c.get('restartCount')}, state {c.get('state')}, "
+        f"last state {c.get('lastState')}"
+        for p in mine
+        for c in (p.get("status") or {}).get("containerStatuses") or []
+    )
+    said = "".join(
+        f"\n  {e.get('lastTimestamp')} {e['involvedObject'].get('name')}: {e.get('reason')}: {e.get('message')}"
+        for e in events.get("items", [])
+        if str(e.get("involvedObject", {}).get("name", "")).startswith(prefix)
+    )
+    others = sum(1 for p in pods.get("items", []) if "-bridge-" in p["metadata"]["name"])
     logs = "".join(
         f"\n---- {path.relative_to(cluster.state_dir)}\n{path.read_text(errors='replace')[-3000:]}"
         for path in sorted((cluster.state_dir / "pods").glob(f"{run.namespace}_{prefix}*/logs/*.log"))
     )
-    return f"Trigger status: {status}\nbridge pods: {phases}\n{await run.diagnose()}{logs}"
+    return (
+        f"Trigger status: {status}\nbridge pods: {phases} ({others} bridge pods in the namespace)"
+        f"\ncontainers:{containers}\nevents:{said}\n{await run.diagnose()}{logs}"
+    )
 
 
 # ---- tests
