@@ -31,16 +31,20 @@ class MemoryBroker:
     event_source_arn = "arn:kubelambda:memory:us-east-1:ns:q"
     lease_renew_seconds: float | None = None
 
-    def __init__(self, bodies: list[str], *, fail_fetches: int = 0) -> None:
+    def __init__(self, bodies: list[str], *, fail_fetches: int = 0, silent_connects: int = 0) -> None:
         self.ready = [Message(message_id=str(i), body=b.encode()) for i, b in enumerate(bodies)]
         self.acked: list[str] = []
         self.retried: list[str] = []
         self.held: list[list[str]] = []
         self.connects = 0
         self.fail_fetches = fail_fetches
+        self.silent_connects = silent_connects
 
     async def connect(self) -> None:
         self.connects += 1
+        if self.silent_connects:  # a broker that took the connection and never answers
+            self.silent_connects -= 1
+            await asyncio.Event().wait()
 
     async def close(self) -> None:
         return None
@@ -122,8 +126,10 @@ def ok(_: list[dict[str, Any]]) -> InvokeResult:
     return InvokeResult(status=200, payload=b"{}", request_id="r")
 
 
-async def consume_until(ctx: Ctx, broker: MemoryBroker, done: Callable[[], bool], what: str) -> None:
-    consumer = QueueConsumer(ctx, broker, settings=FAST)  # type: ignore[arg-type]
+async def consume_until(
+    ctx: Ctx, broker: MemoryBroker, done: Callable[[], bool], what: str, settings: QueueSettings = FAST
+) -> None:
+    consumer = QueueConsumer(ctx, broker, settings=settings)  # type: ignore[arg-type]
     task = asyncio.create_task(consumer.run())
     try:
         await wait_for(lambda: asyncio.sleep(0, result=done() or task.done()), bool, what=what, timeout=10)
@@ -327,6 +333,26 @@ async def test_an_unreachable_broker_is_reported_and_reconnected() -> None:
     assert broker.connects == 3
     assert [r for r, _ in ctx.status.reachable] == [True, False, True, False, True]
     assert "ConnectionError: broker down" in ctx.status.reachable[1][1]
+
+
+async def test_a_broker_that_never_finishes_connecting_is_reported_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A connection that hangs after the broker accepted it (no answer to a channel open or a queue check) must
+    not hold the bridge silently: it counts as unreachable, is said in the log, and is tried again."""
+    caplog.set_level(logging.WARNING, logger="kubelambda.bridge.queues")
+    invoker = Invoker(ok)
+    ctx = Ctx(invoker, batchSize=10)
+    broker = MemoryBroker(["a"], silent_connects=1)
+    settings = FAST.model_copy(update={"connect_timeout_seconds": 0.2})
+    await consume_until(
+        ctx, broker, lambda: broker.acked == ["0"], "the message after a silent connect", settings
+    )
+    assert broker.connects == 2
+    assert [r for r, _ in ctx.status.reachable] == [False, True]
+    message = "ConnectionError: the broker did not finish connecting within 0.2 s"
+    assert ctx.status.reachable[0][1] == message
+    assert message in caplog.text
 
 
 async def test_stopping_lets_the_batches_in_flight_finish_and_be_acknowledged(

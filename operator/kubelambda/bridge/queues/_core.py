@@ -99,6 +99,10 @@ class QueueSettings(BaseSettings):
     """RabbitMQ: return a failed message with ``requeue=true`` (default; quorum queues count it against
     ``x-delivery-limit``). ``false`` rejects it with ``requeue=false`` instead, so the queue's dead-letter exchange
     takes it at once (a classic queue's redrive, or a DLX + TTL retry loop); a queue without one drops it."""
+    connect_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """Longest a connection to the broker may take, up to consuming (default 30 s): a broker that accepts the
+    connection and then does not answer (a channel, a queue check) is reported and retried like one that refuses
+    it, instead of holding the bridge silently."""
     drain_seconds: float = Field(default=20.0, ge=0, le=3600)
     """On stop, how long batches in flight may still finish and be acknowledged (default 20 s, within the
     pod's 30 s termination grace period); what is still running then is left to the broker's redelivery."""
@@ -170,7 +174,7 @@ class QueueConsumer:
             try:
                 if _stop_requested():
                     raise asyncio.CancelledError
-                await self.broker.connect()
+                await self._connect()
                 self.ctx.status.source_reachable(True, "")
                 await self._consume()
                 raise ConnectionError("the consumer stopped")
@@ -192,6 +196,17 @@ class QueueConsumer:
                 self._carry.clear()  # leases of a closed connection are gone; the broker redelivers them
                 await self._close()
             await asyncio.sleep(delay)
+
+    async def _connect(self) -> None:
+        seconds = self.settings.connect_timeout_seconds
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                await self.broker.connect()
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the client's own timeout, which says what it waited for
+            raise ConnectionError(f"the broker did not finish connecting within {seconds:g} s") from None
 
     async def _close(self) -> None:
         try:
