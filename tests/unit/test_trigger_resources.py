@@ -138,6 +138,22 @@ def test_the_bridge_deployment_runs_one_bridge_under_its_own_account() -> None:
     assert [e["name"] for e in container["env"]] == sorted(env)
 
 
+def test_a_bridge_that_starts_slowly_is_not_killed_before_it_serves() -> None:
+    """Liveness counts only once /healthz first answered (the startup probe): a bridge still importing or reading
+    its Trigger on a busy node has five minutes, not the liveness probe's ~60 s, and is then probed as before."""
+    container = b.make_bridge_deployment(
+        trigger(schedule={"expression": "rate(5 minutes)"}), settings=SETTINGS
+    )["spec"]["template"]["spec"]["containers"][0]
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] == b.STARTUP_SECONDS == 300
+    liveness = container["livenessProbe"]
+    assert liveness["httpGet"] == startup["httpGet"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] == 60
+    assert "initialDelaySeconds" not in liveness  # the startup probe covers the start
+    assert container["readinessProbe"]["httpGet"] == startup["httpGet"]
+
+
 def test_disabling_scales_the_bridge_to_zero_and_a_spec_change_rolls_it() -> None:
     on = trigger(schedule={"expression": "rate(5 minutes)"})
     off = trigger(schedule={"expression": "rate(5 minutes)"}, enabled=False)

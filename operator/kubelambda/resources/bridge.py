@@ -23,6 +23,8 @@ TRIGGER_LABEL = "kubelambda.io/trigger"
 """Name of the Trigger; on everything a Trigger owns (the operator refreshes Ready from the bridge Deployment)."""
 BRIDGE_PORT = 8080
 SPEC_HASH_ANNOTATION = "kubelambda.io/trigger-spec-sha256"
+STARTUP_SECONDS = 300
+"""How long a bridge may take to first answer ``/healthz`` (its startup probe) before the kubelet restarts it."""
 
 
 @dataclass(frozen=True)
@@ -243,14 +245,21 @@ def make_bridge_deployment(trigger: TriggerObject, *, settings: OperatorSettings
         ]
     env.sort(key=lambda e: str(e["name"]))
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    # Liveness and readiness count once /healthz first answered (the startup probe): a bridge starting slowly
+    # (Python's imports and its Trigger read, on a busy node where its 25m request buys little CPU) is not killed
+    # before it could log. With liveness alone (10 s delay, 6 failures 10 s apart) the kubelet ended it with
+    # SIGTERM after ~60 s, before its first line, and again after each restart: twenty bridges started at once at
+    # load 25-60 took 28-56 s to their first log line and 37-59 s to serve (test_queue_bridges).
+    startup = {**probe, "periodSeconds": 2, "failureThreshold": STARTUP_SECONDS // 2}
     container: JSON = {
         "name": "bridge",
         "image": settings.fetcher_image,
         "args": ["bridge", "--trigger", f"{trigger.namespace}/{trigger.name}"],
         "env": env,
         "ports": [{"name": "http", "containerPort": BRIDGE_PORT, "protocol": "TCP"}],
-        "readinessProbe": {**probe, "initialDelaySeconds": 0},
-        "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
+        "startupProbe": startup,
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "failureThreshold": 6},
         "resources": {
             "limits": {"cpu": "1", "memory": "256Mi"},
             "requests": {"cpu": "25m", "memory": "64Mi"},
