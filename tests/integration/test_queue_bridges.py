@@ -396,10 +396,18 @@ class Run:
         return f"queue settled: {settled}; dead letters: {dead}\nbridge log:\n{log}"
 
     async def stop(self) -> None:
-        if self.bridge is not None:
-            code = self.bridge.stop()
-            assert code == 0, f"the bridge exited with {code}:\n{self.bridge.log()[-3000:]}"
-        await self.queue.close()
+        try:
+            if self.bridge is not None:
+                code = self.bridge.stop()
+                assert code == 0, f"the bridge exited with {code}:\n{self.bridge.log()[-3000:]}"
+        finally:
+            await self.queue.close()
+            if self.name:
+                # Else the next operator this module starts runs a bridge pod for every Trigger left here
+                # (sixteen more processes starting at once beside the four of the operator test).
+                self.cluster.kubectl(
+                    "delete", "trigger", self.name, "-n", self.namespace, "--ignore-not-found", "--wait=false"
+                )
 
 
 @pytest.fixture
