@@ -478,18 +478,16 @@ class S3Server(LocalServer):
         super().__init__(data_dir, port=port)
 
     def _pick_ports(self) -> None:
-        # Each SeaweedFS port p also opens a gRPC port at p + 10000; ``port`` is the S3 API's. All eight differ
-        # (free_port may give one port twice, or one that is another's p + 10000).
-        while True:
-            s3 = self._port or free_port(offset=10000)
-            ports = [free_port(offset=10000), free_port(offset=10000), free_port(offset=10000), s3]
-            if len({p + grpc for p in ports for grpc in (0, 10000)}) == 8:
-                break
-        self.master_port, self.volume_port, self.filer_port, self.s3_port = ports
-        self.port = self.s3_port
+        # Each SeaweedFS port p also opens a gRPC port at p + 10000; ``port`` is the S3 API's.
+        self.master_port = free_port(offset=10000)
+        self.volume_port = free_port(offset=10000)
+        self.filer_port = free_port(offset=10000)
+        self.s3_port = self.port = self._port or free_port(offset=10000)
 
     def _own_ports(self) -> list[int]:
-        return [self.master_port, self.volume_port, self.filer_port, self.s3_port]
+        # The gRPC ports too: all eight must differ (LocalServer._choose_ports) and be ours once started.
+        http = [self.master_port, self.volume_port, self.filer_port, self.s3_port]
+        return http + [p + 10000 for p in http]
 
     @property
     def endpoint(self) -> str:
