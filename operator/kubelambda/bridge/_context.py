@@ -16,9 +16,9 @@ import logging
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -36,6 +36,22 @@ SOURCE_REACHABLE = "SourceReachable"
 TOKEN_REREAD_SECONDS = 30.0
 """How long the bridge reuses its ServiceAccount token before reading it again: the kubelet renews a projected
 token when 80 % of its lifetime (at least 10 minutes) has passed, long before the old one expires."""
+T = TypeVar("T")
+
+
+async def within(step: Awaitable[T], seconds: float, what: str) -> T:
+    """Awaits ``step`` (a broker's connect, a first request) for at most ``seconds``: a broker that accepted the
+    connection and then does not answer raises ``ConnectionError("<what> within <seconds> s")``, which the
+    bridges report (``SourceReachable`` False) and retry like a refused connection. A ``TimeoutError`` of the
+    client's own passes through unchanged: it says what the client waited for."""
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await step
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise ConnectionError(f"{what} within {seconds:g} s") from None
 
 
 @dataclass(frozen=True)

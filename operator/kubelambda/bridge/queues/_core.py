@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubelambda import metrics, tracing
 from kubelambda.api.v1alpha1.trigger import QueueSource
-from kubelambda.bridge._context import BridgeContext, InvokeResult
+from kubelambda.bridge._context import BridgeContext, InvokeResult, within
 from kubelambda.bridge.queues._batch import (
     BatchLimits,
     Message,
@@ -198,15 +198,11 @@ class QueueConsumer:
             await asyncio.sleep(delay)
 
     async def _connect(self) -> None:
-        seconds = self.settings.connect_timeout_seconds
-        deadline = asyncio.timeout(seconds)
-        try:
-            async with deadline:
-                await self.broker.connect()
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the client's own timeout, which says what it waited for
-            raise ConnectionError(f"the broker did not finish connecting within {seconds:g} s") from None
+        await within(
+            self.broker.connect(),
+            self.settings.connect_timeout_seconds,
+            "the broker did not finish connecting",
+        )
 
     async def _close(self) -> None:
         try:
