@@ -33,7 +33,7 @@ from nats.js.api import StreamConfig
 
 from kltest import Cluster, create_namespace, wait_for
 from kltest.bridge import BridgeProcess
-from kltest.platform import REPO, deploy, python_function, running_platform, start_operator
+from kltest.platform import REPO, deploy, install_crds, python_function, running_platform, start_operator
 from kltest.records import Records
 from kubelambda.bridge import BridgeSettings, run_bridge
 from kubelambda.devcluster.servers import NatsServer, RedisServer
@@ -654,3 +654,71 @@ async def test_the_stream_processor_example_is_accepted_by_the_api_server(
     folder = REPO / "examples" / "stream-processor"
     for name in ("function.yaml", "trigger.yaml"):
         cluster.kubectl("apply", "--dry-run=server", "-n", platform.namespace, "-f", str(folder / name))
+
+
+async def test_a_kafka_broker_that_accepts_and_never_answers_is_reported_and_retried(
+    cluster: Cluster, kube: KubeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener that takes the connection and says nothing (aiokafka itself waits 40 s per bootstrap): the
+    bridge's own bound reports it (SourceReachable False, naming the bound) and connects again."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    await install_crds(cluster, kube)
+    namespace = await create_namespace(kube, "silent")
+    name = "silent-kafka"
+    cluster.apply(
+        {
+            "apiVersion": "kubelambda.io/v1alpha1",
+            "kind": "Trigger",
+            "metadata": {"name": name},
+            "spec": {
+                "function": FUNCTION,
+                "stream": {"kafka": {"bootstrapServers": [f"127.0.0.1:{port}"], "topic": name}},
+            },
+        },
+        namespace,
+    )
+    monkeypatch.setenv("KUBELAMBDA_BRIDGE_STREAM_CONNECT_TIMEOUT_SECONDS", "2")
+    config = BridgeSettings(
+        kubeconfig=str(cluster.kubeconfig),
+        gateway_url="http://127.0.0.1:9",
+        port=0,
+        status_interval_seconds=1,
+    )
+    stop = asyncio.Event()
+    bridge = asyncio.create_task(run_bridge(namespace, name, config, stop=stop))
+    path = resource_path("kubelambda.io/v1alpha1", "triggers", namespace=namespace, name=name)
+
+    async def reachable() -> list[JSON]:
+        body = await kube.get(path)
+        return [c for c in (body.get("status") or {}).get("conditions", []) if c["type"] == "SourceReachable"]
+
+    try:
+        said = await wait_for(
+            reachable,
+            lambda c: bool(c) or bridge.done(),
+            what="SourceReachable written",
+            timeout=30,
+        )
+        assert not bridge.done(), bridge.exception()
+        assert said[0]["status"] == "False"
+        assert said[0]["message"] == "the broker did not finish connecting within 2 s"
+        await wait_for(
+            lambda: asyncio.sleep(0, result=len(connections)),
+            lambda n: n >= 2 or bridge.done(),
+            what="a second connection after the first was given up",
+            timeout=30,
+        )
+        assert not bridge.done(), bridge.exception()
+    finally:
+        stop.set()
+        await asyncio.wait_for(bridge, 60)
+        server.close()
+        for writer in connections:
+            writer.close()
+        await kube.delete(resource_path("v1", "namespaces", name=namespace))

@@ -13,10 +13,11 @@ from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
+from kltest import wait_for
 from kubelambda.api.v1alpha1 import Trigger
 from kubelambda.bridge._context import InvokeResult
 from kubelambda.bridge.streams._batch import SourceInfo, StreamRecord, lane_of, shard_id
-from kubelambda.bridge.streams._core import ShardWorker, StreamBridge
+from kubelambda.bridge.streams._core import ShardWorker, StreamBridge, StreamSettings
 
 SOURCE = SourceInfo(
     "kubelambda:test", "arn:kubelambda:test:us-east-1:ns:stream/s", "arn:aws:iam::ns:role/t", "us-east-1"
@@ -204,3 +205,87 @@ async def test_throttles_are_retried_without_using_up_retries() -> None:
     b = bridge(function, batchSize=10, maximumRetryAttempts=0)
     await run_until_done(ShardWorker(b, shard), shard, "9")
     assert [i for call in function.calls for _, i in call] == list(range(10))
+
+
+class SilentClient:
+    """A source whose broker accepts connections and then, for the first few steps asked of it, never answers."""
+
+    info = SOURCE
+
+    def __init__(self, shard: MemoryShard, *, silent: set[str]) -> None:
+        self.shard = shard
+        self.silent = silent
+        self.asked: list[str] = []
+
+    async def _step(self, name: str) -> None:
+        self.asked.append(name)
+        if name in self.silent:
+            self.silent.discard(name)
+            await asyncio.Event().wait()
+
+    async def start(self) -> None:
+        await self._step("start")
+
+    async def shards(self) -> list[str]:
+        await self._step("shards")
+        return [self.shard.shard]
+
+    async def reader(self, shard: str) -> MemoryShard:
+        await self._step("reader")
+        return self.shard
+
+    async def close(self) -> None:
+        return None
+
+
+class Reachability(Status):
+    def __init__(self) -> None:
+        self.said: list[tuple[bool, str]] = []
+
+    def source_reachable(self, reachable: bool, message: str = "") -> None:
+        self.said.append((reachable, message))
+
+
+class MemoryCheckpoint:
+    name = "t-checkpoint"
+
+    async def load(self) -> dict[str, str]:
+        return {}
+
+    async def save(self, data: dict[str, str]) -> None:
+        return None
+
+
+async def test_a_broker_that_never_answers_connecting_or_opening_is_reported_and_retried() -> None:
+    """Connecting, listing the shards and opening one are each bounded: a broker that took the connection and
+    then says nothing is reported (SourceReachable False, saying which step) and asked again, instead of
+    holding the bridge silently."""
+    function = Function()
+    shard = MemoryShard(records(5, keys=1))
+    client = SilentClient(shard, silent={"start", "shards", "reader"})
+    b = bridge(function, batchSize=5)
+    b.client = client  # type: ignore[assignment]
+    b.settings = StreamSettings(stream_connect_timeout_seconds=0.2)
+    b.store.checkpoint = MemoryCheckpoint()  # type: ignore[assignment]
+    status = Reachability()
+    b.ctx.status = status  # type: ignore[misc]
+    task = asyncio.create_task(b.run())
+    try:
+        await wait_for(
+            lambda: asyncio.sleep(0, result=shard.commits or task.done()),
+            bool,
+            what="the records after three silent steps",
+            timeout=15,
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert shard.commits == ["4"]
+    assert client.asked == ["start", "start", "shards", "shards", "reader", "shards", "reader"]
+    assert status.said[:4] == [
+        (False, "the broker did not finish connecting within 0.2 s"),
+        (True, ""),
+        (False, "listing shards: the broker did not answer within 0.2 s"),
+        (False, f"opening {shard.shard}: the broker did not answer within 0.2 s"),
+    ]
+    assert status.said[-1] == (True, "")

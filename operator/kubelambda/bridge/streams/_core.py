@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kubelambda import metrics, tracing
 from kubelambda.aiotasks import run_together
 from kubelambda.api.v1alpha1 import Trigger
-from kubelambda.bridge._context import BridgeContext, Checkpoint
+from kubelambda.bridge._context import BridgeContext, Checkpoint, within
 from kubelambda.bridge.streams._batch import (
     RECORD_AGE_EXCEEDED,
     FailureInfo,
@@ -52,6 +52,7 @@ from kubelambda.destinations import Senders
 from kubelambda.natspolicy import subject_refusal
 
 log = logging.getLogger("kubelambda.bridge.streams")
+T = TypeVar("T")
 RECONNECT_MAX_SECONDS = 30.0
 SHARD_RELIST_SECONDS = 30.0
 READ_AHEAD_CHUNKS = 4
@@ -77,6 +78,10 @@ class StreamSettings(BaseSettings):
     checkpoint_interval_seconds: float = Field(default=0.2, gt=0, le=60)
     """ConfigMap checkpoints are written at most this often (default 0.2 s); a crash replays at most the
     records processed since the last write."""
+    stream_connect_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """Longest connecting to the broker may take, and each later step of opening the stream (listing its
+    shards, opening one at its checkpoint) (default 30 s): a broker that accepts the connection and then does
+    not answer is reported (``SourceReachable`` False) and retried, instead of holding the bridge silently."""
 
 
 class ShardReader(Protocol):
@@ -663,19 +668,36 @@ class StreamBridge:
         ages = list(self.iterator_ages.values())
         self.ctx.status.set_lag(sum(lags) if lags else None, iterator_age_seconds=max(ages) if ages else None)
 
+    connect_bounded = True
+    """Connecting and opening shards are bounded by ``stream_connect_timeout_seconds``; a source whose client
+    bounds its own connects and whose start cannot be abandoned half-way says False."""
+
+    def _bounded(self, step: Awaitable[T], what: str) -> Awaitable[T]:
+        if not self.connect_bounded:
+            return step
+        return within(step, self.settings.stream_connect_timeout_seconds, what)
+
     async def _connect(self) -> None:
         delay = 0.5
         while True:
             try:
-                await self.client.start()
+                await self._bounded(self.client.start(), "the broker did not finish connecting")
                 self.ctx.status.source_reachable(True)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self.ctx.status.source_reachable(False, str(e) or type(e).__name__)
+                message = str(e) or type(e).__name__
+                self.ctx.status.source_reachable(False, message)
+                log.warning(
+                    "Could not connect to the stream of Trigger %s/%s (%s); again in %.1f s",
+                    self.ctx.namespace,
+                    self.ctx.name,
+                    message,
+                    delay,
+                )
                 with contextlib.suppress(Exception):
-                    await self.client.close()
+                    await asyncio.wait_for(self.client.close(), STOP_STEP_SECONDS)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
@@ -685,12 +707,13 @@ class StreamBridge:
             await asyncio.Event().wait()
         await self.store.load()
         saver = asyncio.create_task(self.store.run(), name="checkpoint")
-        await self._connect()
         workers: dict[str, asyncio.Task[None]] = {}
         try:
+            # Inside: a bridge stopped while connecting still stops its checkpoint writer and closes its client.
+            await self._connect()
             while True:
                 try:
-                    shards = await self.client.shards()
+                    shards = await self._bounded(self.client.shards(), "the broker did not answer")
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
@@ -701,7 +724,7 @@ class StreamBridge:
                     if shard in workers:
                         continue
                     try:
-                        reader = await self.client.reader(shard)
+                        reader = await self._bounded(self.client.reader(shard), "the broker did not answer")
                     except asyncio.CancelledError:
                         raise
                     except Exception as e:  # e.g. Kafka's group coordinator not elected yet

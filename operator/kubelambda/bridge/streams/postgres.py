@@ -604,6 +604,9 @@ class PostgresStream(StreamBridge):
     """``spec.stream.postgres``: a database's row changes, in commit order, as DynamoDB Streams records."""
 
     client: _PostgresClient
+    connect_bounded = False
+    """libpq bounds each connect (``connect_timeout``); a start then creates the slot in a thread, which waits for
+    the transactions open at that moment and cannot be abandoned half-way (the slot would be made, not recorded)."""
 
     def client_for(self, ctx: BridgeContext) -> StreamClient:
         return _PostgresClient(ctx, self.store)
