@@ -10,6 +10,7 @@ import pytest
 from kubelambda.bridge.streams._batch import (
     RECORD_AGE_EXCEEDED,
     RETRIES_EXHAUSTED,
+    EventEncoder,
     FailureInfo,
     Outcome,
     Piece,
@@ -20,6 +21,7 @@ from kubelambda.bridge.streams._batch import (
     StreamRecord,
     classify,
     cut,
+    dumps,
     event,
     expired_prefix,
     failure_record,
@@ -74,6 +76,28 @@ def test_a_record_has_kinesis_shape_with_base64_data_even_when_not_utf8() -> Non
         "101",
         "102",
     ]
+
+
+def test_the_encoded_event_is_byte_for_byte_the_json_of_its_shape() -> None:
+    """The bridge writes the event as text from templates; it must be exactly what dumping the dicts gives, for
+    keys and sequence numbers JSON has to escape, any bytes of data and any arrival time."""
+    odd = SourceInfo(
+        event_source='kubelambda:"odd"',
+        event_source_arn="arn:kubelambda:kafka:eu-west-1:ns:topic/naïve\\x",
+        invoke_identity_arn="arn:aws:iam::ns:role/\u2028",
+        region="eu-west-1",
+    )
+    records = [
+        rec(0),
+        rec(1, key='quote " backslash \\ tab \t newline \n nul \x00', data=b"\xff\xfe\x00\x01"),
+        rec(2, key="ключ 🔑 \u2028 \udcff", data=b"", arrival=1700000000.1234567),
+        rec(3, key="", data=bytes(range(256)) * 3, arrival=1700000000),  # int arrival: dumps writes no ".0"
+        StreamRecord("shardId-000000000007", "1700000000000-12", "k", b"x", 0.0005),  # a Redis entry id
+        StreamRecord('s/"x"', "49590338271490256608559692538361571095921575989136588898", "k", b"yz", 1e-7),
+    ]
+    for source in (SOURCE, odd):
+        for batch in ([], records[:1], records):
+            assert EventEncoder(source).encode(batch) == dumps(event(batch, source))
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ def test_kafka_message_record(
     key: bytes | None, value: bytes | None, partition_key: str, data: bytes
 ) -> None:
     message = SimpleNamespace(offset=41, key=key, value=value, timestamp=1700000000250)
-    got = kafka.message_record("shardId-000000000003", message)
+    [got] = kafka.message_records("shardId-000000000003", [message])
     assert (got.sequence, got.partition_key, got.data, got.arrival, got.position) == (
         "41",
         partition_key,

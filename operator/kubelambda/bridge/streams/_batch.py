@@ -19,12 +19,14 @@ the :class:`Plan` it gets back. The semantics are those of Lambda's Kinesis / Ka
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import enum
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from kubelambda.jsonobj import JSON
@@ -109,6 +111,33 @@ def kinesis_record(record: StreamRecord, source: SourceInfo) -> JSON:
 
 def event(records: Sequence[StreamRecord], source: SourceInfo) -> JSON:
     return {"Records": [kinesis_record(r, source) for r in records]}
+
+
+class EventEncoder:
+    """The event of a batch as the function receives it: byte for byte ``dumps(event(batch, source))``, written
+    straight as text from templates of the source's constant fields instead of building two dicts per record
+    and encoding them (a third of the Kafka bridge's CPU per record went there)."""
+
+    def __init__(self, source: SourceInfo) -> None:
+        quote = encode_basestring_ascii  # json's own string encoder (ensure_ascii, as dumps)
+        self.middle = f',"eventSource":{quote(source.event_source)},"eventVersion":"1.0","eventID":'
+        self.end = (
+            f',"eventName":"aws:kinesis:record","invokeIdentityArn":{quote(source.invoke_identity_arn)}'
+            f',"awsRegion":{quote(source.region)},"eventSourceARN":{quote(source.event_source_arn)}}}'
+        )
+
+    def encode(self, records: Sequence[StreamRecord]) -> bytes:
+        quote, b64, middle, end = encode_basestring_ascii, binascii.b2a_base64, self.middle, self.end
+        text = ",".join(
+            [
+                f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":{quote(r.partition_key)}'
+                f',"sequenceNumber":{quote(r.sequence)},"data":"{b64(r.data, newline=False).decode()}"'
+                f',"approximateArrivalTimestamp":{round(r.arrival, 3)!r}}}'
+                f"{middle}{quote(f'{r.shard}:{r.sequence}')}{end}"
+                for r in records
+            ]
+        )
+        return f'{{"Records":[{text}]}}'.encode()
 
 
 def record_size(record: StreamRecord) -> int:

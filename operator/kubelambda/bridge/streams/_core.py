@@ -33,6 +33,7 @@ from kubelambda.api.v1alpha1 import Trigger
 from kubelambda.bridge._context import BridgeContext, Checkpoint, within
 from kubelambda.bridge.streams._batch import (
     RECORD_AGE_EXCEEDED,
+    EventEncoder,
     FailureInfo,
     Outcome,
     Piece,
@@ -42,7 +43,6 @@ from kubelambda.bridge.streams._batch import (
     classify,
     cut,
     dumps,
-    event,
     expired_prefix,
     failure_record,
     lane_of,
@@ -643,6 +643,7 @@ class StreamBridge:
             f"arn:aws:lambda:{ctx.region}:{ctx.namespace}:function:{ctx.trigger.spec.function}"
         )
         self.client = self.client_for(ctx)
+        self.encoder = EventEncoder(self.client.info)
         self.destination = FailureDestination(
             ctx, nats_url=self.settings.nats_url, nats_publish=self.nats_publish()
         )
@@ -654,7 +655,7 @@ class StreamBridge:
 
     def encode(self, batch: Sequence[StreamRecord]) -> bytes:
         """The event of one batch, as the function receives it (Kinesis's shape unless a source says otherwise)."""
-        return dumps(event(batch, self.client.info))
+        return self.encoder.encode(batch)
 
     def nats_publish(self) -> Any:
         """A publisher on the source's own NATS connection (NATS sources), used when no platform URL is set."""
