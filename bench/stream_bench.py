@@ -26,6 +26,9 @@ import argparse
 import asyncio
 import contextlib
 import re
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -343,16 +346,20 @@ async def bridge_rate(
     *,
     interval: float = 0.02,
     samplers: dict[str, Callable[[], float]] | None = None,
+    profile: Path | None = None,
 ) -> tuple[float, float, dict[str, float], float]:
     """Records/s from the first record delivered to the last, the bridge process's CPU use meanwhile (100 % = one
     core busy all the time), the CPU µs per record of each of ``samplers`` (CPU seconds of other processes)
     over the same time, and the invocations the bridge had in flight on average (the sum of their durations over
-    the time: with one batch in flight per shard, as many as the shards when they are all read at once)."""
+    the time: with one batch in flight per shard, as many as the shards when they are all read at once).
+    ``profile``: py-spy samples the bridge process from its first record delivered to its last (raw, collapsed
+    stacks: ``profile``/``name``.txt)."""
     path = resource_path(GROUP_VERSION, "triggers", namespace=NS, name=name)
     await kube.patch(path, {"spec": {"enabled": True}})
     samplers = samplers or {}
     first: tuple[float, float, float, dict[str, float], float] | None = None
     proc: psutil.Process | None = None
+    spy: subprocess.Popen[bytes] | None = None
     deadline = time.monotonic() + 600
     nan = float("nan")
     while time.monotonic() < deadline:
@@ -363,7 +370,10 @@ async def bridge_rate(
             if first is None:
                 proc = bridge_process(name)
                 first = (now, events, cpu_seconds(proc), {k: f() for k, f in samplers.items()}, invoking)
+                if profile is not None and proc is not None:
+                    spy = start_profile(proc.pid, profile / f"{name}.txt")
             if events >= n:
+                stop_profile(spy)
                 if now <= first[0]:
                     return nan, nan, {}, nan
                 elapsed, count = now - first[0], events - first[1]
@@ -371,7 +381,21 @@ async def bridge_rate(
                 in_flight = (invoking - first[4]) / elapsed
                 return count / elapsed, (cpu_seconds(proc) - first[2]) / elapsed, others, in_flight
         await asyncio.sleep(interval)
+    stop_profile(spy)
     raise TimeoutError(f"the {source.kind} bridge did not deliver {n} records within 600 s")
+
+
+def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (the venv's) recording ``pid`` into ``out`` until :func:`stop_profile`."""
+    spy = Path(sys.executable).with_name("py-spy")
+    command = [str(spy), "record", "--format", "raw", "--rate", "200", "-o", str(out), "--pid", str(pid)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None and spy.poll() is None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled, then exits
+        spy.wait(30)
 
 
 async def main() -> None:
@@ -380,6 +404,11 @@ async def main() -> None:
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--sources", default="kafka,redis,nats,kinesis")
     add_bridge_bench_options(parser)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="a folder: py-spy samples each bridge while it delivers, one raw collapsed-stack file per case",
+    )
     parser.add_argument(
         "--parallelization-factor",
         type=int,
@@ -449,7 +478,9 @@ async def main() -> None:
                                         batch=batch,
                                     ),
                                 )
-                                rate, cpu, _, in_flight = await bridge_rate(kube, http, name, source, n)
+                                rate, cpu, _, in_flight = await bridge_rate(
+                                    kube, http, name, source, n, profile=args.profile
+                                )
                                 rows.setdefault((kind, batch), []).append((ceiling, rate, cpu))
                                 shards = SHARDS if kind in ("kafka", "kinesis") else 1
                                 print(
