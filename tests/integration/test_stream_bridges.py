@@ -21,6 +21,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import nats
@@ -35,7 +36,9 @@ from kltest import Cluster, create_namespace, wait_for
 from kltest.bridge import BridgeProcess
 from kltest.platform import REPO, deploy, install_crds, python_function, running_platform, start_operator
 from kltest.records import Records
+from kubelambda.api.v1alpha1 import Trigger
 from kubelambda.bridge import BridgeSettings, run_bridge
+from kubelambda.bridge.streams import kafka as kafka_source
 from kubelambda.devcluster.servers import NatsServer, RedisServer
 from kubelambda.devcluster.streamservers import KafkaServer, KinesisServer
 from kubelambda.gateway.app import Gateway
@@ -722,3 +725,40 @@ async def test_a_kafka_broker_that_accepts_and_never_answers_is_reported_and_ret
         for writer in connections:
             writer.close()
         await kube.delete(resource_path("v1", "namespaces", name=namespace))
+
+
+async def test_kafka_offsets_of_every_partition_are_committed_in_one_request_at_most_every_interval(
+    brokers: Brokers,
+) -> None:
+    """The bridge's Kafka checkpoints: what the partitions want committed meanwhile goes in one OffsetCommit, and
+    commits are at least the interval apart; each caller returns once its offset is committed."""
+    name = "commits-kafka"
+    await brokers.create("kafka", name)
+    await brokers.publish("kafka", name, items(40))
+    trigger_ = Trigger.model_validate(trigger("kafka", name, brokers))
+    ctx = SimpleNamespace(trigger=trigger_, namespace="ns", name=name, region="us-east-1", secrets=None)
+    client = kafka_source._KafkaClient(ctx, commit_interval=0.5)  # type: ignore[arg-type]
+    await client.start()
+    try:
+        readers = [await client.reader(shard) for shard in await client.shards()]
+        assert len(readers) == SHARDS
+        consumer = client.consumer
+        assert consumer is not None
+        sent: list[tuple[float, dict[int, int]]] = []
+        commit = consumer.commit
+        loop = asyncio.get_running_loop()
+
+        async def counted(offsets: dict[TopicPartition, Any]) -> None:
+            sent.append((loop.time(), {tp.partition: meta.offset for tp, meta in offsets.items()}))
+            await commit(offsets)
+
+        consumer.commit = counted
+        for base in (3, 7):
+            await asyncio.gather(*(client.commit(r.tp, base + i) for i, r in enumerate(readers)))
+        assert [offsets for _, offsets in sent] == [{i: base + i for i in range(SHARDS)} for base in (3, 7)]
+        assert sent[1][0] - sent[0][0] >= 0.5
+        assert {r.tp.partition: await consumer.committed(r.tp) for r in readers} == {
+            i: 7 + i for i in range(SHARDS)
+        }
+    finally:
+        await client.close()

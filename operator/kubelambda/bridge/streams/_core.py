@@ -76,8 +76,8 @@ class StreamSettings(BaseSettings):
     """The platform's NATS, for ``onFailure.nats`` destinations (default: none; a NATS stream source
     publishes on its own server instead)."""
     checkpoint_interval_seconds: float = Field(default=0.2, gt=0, le=60)
-    """ConfigMap checkpoints are written at most this often (default 0.2 s); a crash replays at most the
-    records processed since the last write."""
+    """Checkpoints are written at most this often (default 0.2 s): the ConfigMap, and Kafka's offset commits (every
+    partition's in one request); a crash replays at most the records processed since the last write."""
     stream_connect_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """Longest connecting to the broker may take, and each later step of opening the stream (listing its
     shards, opening one at its checkpoint) (default 30 s): a broker that accepts the connection and then does
@@ -479,12 +479,15 @@ class ShardWorker:
                     },
                 )
                 answer = await self.ctx.invoker.invoke(self.bridge.encode(batch))
+            reported = self.policy.report_batch_item_failures  # only then is the response read
             result = classify(
                 status=answer.status,
                 function_error=answer.function_error,
-                response=answer.json() if answer.status == 200 and answer.function_error is None else None,
+                response=answer.json()
+                if reported and answer.status == 200 and answer.function_error is None
+                else None,
                 batch=batch,
-                report_batch_item_failures=self.policy.report_batch_item_failures,
+                report_batch_item_failures=reported,
             )
             metrics.BRIDGE_BATCHES.labels(
                 {Outcome.SUCCESS: "success", Outcome.PARTIAL: "partial"}.get(result.outcome, "failure")
