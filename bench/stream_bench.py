@@ -458,7 +458,7 @@ async def main() -> None:
                     )
                     print(
                         f"{'round':>5} {'source':<8} {'batch':>5} {'shards':>6} {'ceiling':>10} {'bridge':>10}"
-                        f" {'ratio':>6} {'bridge CPU':>10} {'in flight':>9}"
+                        f" {'ratio':>6} {'bridge CPU':>10} {'µs/record':>9} {'in flight':>9}"
                     )
                     # Rounds outermost: the machine's load drifts over minutes, and each round sees every case.
                     for round_ in range(args.rounds):
@@ -485,7 +485,8 @@ async def main() -> None:
                                 shards = SHARDS if kind in ("kafka", "kinesis") else 1
                                 print(
                                     f"{round_ + 1:>5} {kind:<8} {batch:>5} {shards:>6} {ceiling:>10.0f} {rate:>10.0f}"
-                                    f" {rate / ceiling:>6.0%} {cpu:>10.0%} {in_flight:>9.1f}   {load_average()}",
+                                    f" {rate / ceiling:>6.0%} {cpu:>10.0%} {1e6 * cpu / rate:>9.1f} {in_flight:>9.1f}"
+                                    f"   {load_average()}",
                                     flush=True,
                                 )
                                 await kube.patch(
@@ -500,14 +501,16 @@ async def main() -> None:
                 proc.wait(60)
             print(f"\nstream bridges, median (range) of {args.rounds} rounds")
             print(
-                "| source | batch | bridge (rec/s) | client ceiling (rec/s) | bridge / ceiling | bridge CPU |"
+                "| source | batch | bridge (rec/s) | client ceiling (rec/s) | bridge / ceiling | bridge CPU"
+                " | bridge CPU µs per record |"
             )
-            print("|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|")
             for (kind, batch), runs in rows.items():
                 print(
                     f"| {kind} | {batch} | {spread([r for _, r, _ in runs])} | {spread([c for c, _, _ in runs])}"
                     f" | {spread([100 * r / c for c, r, _ in runs], '{:.0f}%')}"
-                    f" | {spread([100 * u for _, _, u in runs], '{:.0f}%')} |"
+                    f" | {spread([100 * u for _, _, u in runs], '{:.0f}%')}"
+                    f" | {spread([1e6 * u / r for _, r, u in runs], '{:.1f}')} |"
                 )
 
 
