@@ -3,7 +3,8 @@
 Each partition is a shard (``shardId-<partition>``). The bridge assigns itself every partition of the topic
 (one bridge per Trigger, no group rebalances) and commits ``offset + 1`` of the last record done, in the
 consumer group ``spec.stream.kafka.consumerGroup`` (default ``kubelambda-<namespace>-<trigger>``), so the
-group's lag is visible to Kafka's own tools. A record becomes a Kinesis-shaped record: ``data`` is the value,
+group's lag is visible to Kafka's own tools; every partition's offset goes in one commit, at most every checkpoint
+interval (``KUBELAMBDA_BRIDGE_CHECKPOINT_INTERVAL_SECONDS``). A record becomes a Kinesis-shaped record: ``data`` is the value,
 ``partitionKey`` the key (UTF-8, or base64 when the key is not UTF-8), ``sequenceNumber`` the offset,
 ``approximateArrivalTimestamp`` the record's timestamp. ``eventSource`` is ``kubelambda:kafka``.
 """
