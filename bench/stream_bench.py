@@ -388,6 +388,8 @@ async def bridge_rate(
 def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """py-spy (the venv's) recording ``pid`` into ``out`` until :func:`stop_profile`."""
     spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise SystemExit(f"--profile needs py-spy beside {sys.executable} (not pinned: pip install py-spy)")
     command = [str(spy), "record", "--format", "raw", "--rate", "200", "-o", str(out), "--pid", str(pid)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
