@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 from kubelambda.devcluster import DevState
 from kubelambda.kube import KubeClient, resource_path
@@ -530,3 +531,40 @@ async def compare_gateways(
     )
     print_rows(rows)
     print(f"  target: {target}")
+
+
+def function_cpu(serve: psutil.Process, part: str = "pod") -> float:
+    """CPU seconds so far of the local cluster's function pods (pods are processes here): each agent and the
+    runtime under it (``part`` "pod"), the agents alone ("agent") or the runtimes alone ("runtime": the Python
+    runtime client and the handler). All of them: the no-op function's pod may be one taken from the warm pool
+    (its folder is named after the pool's pod), and the other pods idle meanwhile."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        for proc in serve.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if any("kubelambda-agent" in arg for arg in proc.cmdline()[:1]):
+                    agent = [proc] if part != "runtime" else []
+                    runtimes = proc.children(recursive=True) if part != "agent" else []
+                    total += sum(tree_cpu(p, children=False) for p in (*agent, *runtimes))
+    return total
+
+
+def tree_cpu(proc: psutil.Process, *, children: bool = True) -> float:
+    """CPU seconds so far of ``proc`` and (``children``) its living descendants."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        for p in (proc, *(proc.children(recursive=True) if children else ())):
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+def gateway_cpu(serve: psutil.Process) -> float:
+    """CPU seconds of the gateway so far (a child process of ``kubelambda dev serve``)."""
+    with contextlib.suppress(psutil.Error):
+        for child in serve.children():
+            if "gateway" in child.cmdline():
+                times = child.cpu_times()
+                return float(times.user + times.system)
+    return float("nan")

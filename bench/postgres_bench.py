@@ -47,12 +47,15 @@ from _common import (
     create_function_ready,
     create_namespace,
     developer_headers,
+    function_cpu,
+    gateway_cpu,
     load_average,
     print_platform_logs,
     py_spy,
     py_spy_binary,
     start_cluster,
     stop_spies,
+    tree_cpu,
     wait,
     warm_function,
 )
@@ -310,43 +313,6 @@ def stages(payloads: list[bytes], table: str, batch: int) -> tuple[dict[str, flo
         "handler json.loads": (t4 - t3) * per_batch,
         "event KB": len(events[0]) / 1024,
     }, events[0]
-
-
-def function_cpu(serve: psutil.Process, part: str = "pod") -> float:
-    """CPU seconds so far of the local cluster's function pods (pods are processes here): each agent and the
-    runtime under it (``part`` "pod"), the agents alone ("agent") or the runtimes alone ("runtime": the Python
-    runtime client and the handler). All of them: the no-op function's pod may be one taken from the warm pool
-    (its folder is named after the pool's pod), and the other pods idle meanwhile."""
-    total = 0.0
-    with contextlib.suppress(psutil.Error):
-        for proc in serve.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if any("kubelambda-agent" in arg for arg in proc.cmdline()[:1]):
-                    agent = [proc] if part != "runtime" else []
-                    runtimes = proc.children(recursive=True) if part != "agent" else []
-                    total += sum(tree_cpu(p, children=False) for p in (*agent, *runtimes))
-    return total
-
-
-def tree_cpu(proc: psutil.Process, *, children: bool = True) -> float:
-    """CPU seconds so far of ``proc`` and (``children``) its living descendants."""
-    total = 0.0
-    with contextlib.suppress(psutil.Error):
-        for p in (proc, *(proc.children(recursive=True) if children else ())):
-            with contextlib.suppress(psutil.Error):
-                times = p.cpu_times()
-                total += times.user + times.system
-    return total
-
-
-def gateway_cpu(serve: psutil.Process) -> float:
-    """CPU seconds of the gateway so far (a child process of ``kubelambda dev serve``)."""
-    with contextlib.suppress(psutil.Error):
-        for child in serve.children():
-            if "gateway" in child.cmdline():
-                times = child.cpu_times()
-                return float(times.user + times.system)
-    return float("nan")
 
 
 def cpu_throttling(serve: psutil.Process) -> tuple[int, float]:

@@ -48,6 +48,8 @@ from _common import (
     add_bridge_bench_options,
     create_function_ready,
     create_namespace,
+    function_cpu,
+    gateway_cpu,
     load_average,
     print_platform_logs,
     spread,
@@ -385,6 +387,25 @@ async def bridge_rate(
     raise TimeoutError(f"the {source.kind} bridge did not deliver {n} records within 600 s")
 
 
+def process_cpu() -> float:
+    """CPU seconds of this process so far (the ceiling's client runs in it)."""
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
+
+
+def cores_needed(ceiling: float, client_us: float, bridge_us: float, others: dict[str, float]) -> str:
+    """What half the ceiling would take: the CPU µs per record of the whole chain (bridge, gateway, the function's
+    agent and runtime) times half the ceiling's rate, in cores, beside what the ceiling's own client used. Two
+    cores are all this machine has, for the broker, the chain and this bench together."""
+    chain = bridge_us + others.get("gateway", float("nan")) + others.get("function", float("nan"))
+    return (
+        f"CPU µs/record: ceiling's client {client_us:.1f}; bridge {bridge_us:.1f} + gateway"
+        f" {others.get('gateway', float('nan')):.1f} + function {others.get('function', float('nan')):.1f} ="
+        f" {chain:.1f}: half the ceiling ({ceiling / 2:,.0f} rec/s) needs {ceiling / 2 * chain / 1e6:.2f} cores for"
+        f" the chain alone; on two free cores it passes at most {2e6 / chain:,.0f} rec/s"
+    )
+
+
 def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """py-spy (the venv's) recording ``pid`` into ``out`` until :func:`stop_profile`."""
     spy = Path(sys.executable).with_name("py-spy")
@@ -433,6 +454,11 @@ async def main() -> None:
         kafka, redis_server = KafkaServer(root / "kafka", heap_mb=768), RedisServer(root / "redis")
         nats_server, kinesis = NatsServer(root / "nats"), KinesisServer(root / "kinesis")
         proc, state = start_cluster(root)
+        serve = psutil.Process(proc.pid)
+        samplers: dict[str, Callable[[], float]] = {
+            "gateway": lambda: gateway_cpu(serve),
+            "function": lambda: function_cpu(serve),
+        }
         async with contextlib.AsyncExitStack() as stack:
             await asyncio.gather(
                 *(stack.enter_async_context(s) for s in (kafka, redis_server, nats_server, kinesis))
@@ -469,7 +495,9 @@ async def main() -> None:
                                 source = sources[kind]
                                 name = f"bench-{kind}-{batch}-{round_}"
                                 await source.publish(name, n)
+                                client_cpu = process_cpu()
                                 ceiling = await source.ceiling(name, n, batch)
+                                client_us = 1e6 * (process_cpu() - client_cpu) / n
                                 await kube.create(
                                     resource_path(GROUP_VERSION, "triggers", namespace=NS),
                                     trigger(
@@ -480,8 +508,8 @@ async def main() -> None:
                                         batch=batch,
                                     ),
                                 )
-                                rate, cpu, _, in_flight = await bridge_rate(
-                                    kube, http, name, source, n, profile=args.profile
+                                rate, cpu, others, in_flight = await bridge_rate(
+                                    kube, http, name, source, n, samplers=samplers, profile=args.profile
                                 )
                                 rows.setdefault((kind, batch), []).append((ceiling, rate, cpu))
                                 shards = SHARDS if kind in ("kafka", "kinesis") else 1
@@ -489,6 +517,10 @@ async def main() -> None:
                                     f"{round_ + 1:>5} {kind:<8} {batch:>5} {shards:>6} {ceiling:>10.0f} {rate:>10.0f}"
                                     f" {rate / ceiling:>6.0%} {cpu:>10.0%} {1e6 * cpu / rate:>9.1f} {in_flight:>9.1f}"
                                     f"   {load_average()}",
+                                    flush=True,
+                                )
+                                print(
+                                    f"      {cores_needed(ceiling, client_us, 1e6 * cpu / rate, others)}",
                                     flush=True,
                                 )
                                 await kube.patch(
