@@ -27,8 +27,21 @@ for extra in project.get("optional-dependencies", {}).values():
 print("\n".join(sorted(pins)))
 PY
 )"
+# The Python runtime's private orjson (the runtime-python extra; hack/python-runtime.sh): wheels for every Python
+# runtime of the runtime table, not only for this Python, for this machine's architecture.
+runtime_pins="$("$python" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["runtime-python"]))' "$root/pyproject.toml")"
+runtime_pythons="$("$python" - "$root" <<'PY'
+import importlib.util
+import sys
+
+spec = importlib.util.spec_from_file_location("table", f"{sys.argv[1]}/operator/kubelambda/runtimes/table.py")
+table = sys.modules["table"] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+spec.loader.exec_module(table)
+print(" ".join(r.version for r in table.RUNTIMES.values() if r.family == "python"))
+PY
+)"
 tag="$("$python" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
-dir="$cache/wheels/$tag-$(sha256sum <<<"$pins" | cut -c1-16)"
+dir="$cache/wheels/$tag-$(sha256sum <<<"$pins $runtime_pythons $(uname -m)" | cut -c1-16)"
 
 if [[ ! -f "$dir/.complete" ]]; then
   mkdir -p "$cache/wheels"
@@ -44,6 +57,11 @@ if [[ ! -f "$dir/.complete" ]]; then
       [[ -f "$old/.complete" ]] && links+=(--find-links "$old")
     done
     "$python" -m pip wheel --quiet --disable-pip-version-check "${links[@]}" --wheel-dir "$dir.tmp" -r /dev/stdin <<<"$pins" >&2
+    for v in $runtime_pythons; do
+      "$python" -m pip download --quiet --disable-pip-version-check "${links[@]}" --no-deps --only-binary=:all: \
+        --python-version "$v" --implementation cp --platform "manylinux_2_17_$(uname -m)" \
+        --platform "manylinux2014_$(uname -m)" --dest "$dir.tmp" -r /dev/stdin <<<"$runtime_pins" >&2
+    done
     touch "$dir.tmp/.complete"
     rm -rf "$dir" && mv "$dir.tmp" "$dir"
     echo "wheelhouse: $(find "$dir" -name '*.whl' | wc -l) wheels in $((SECONDS - started)) s" >&2

@@ -1,7 +1,7 @@
 # The per-pod agent and the runtime clients (runtime-images/). Included by the top-level Makefile.
 AGENT_DIR := runtime-images/agent
 
-.PHONY: runtimes-generate agent agent-test agent-fuzz runtimes-build runtimes-java runtimes-ric runtimes-test runtimes-dockerfiles \
+.PHONY: runtimes-generate agent agent-test agent-fuzz runtimes-build runtimes-java runtimes-python runtimes-ric runtimes-test runtimes-dockerfiles \
 	agent-bench runtimes-bench extensions-bench
 
 # The files generated from the runtime table (operator/kubelambda/runtimes/table.py): the chart's values schema
@@ -36,9 +36,15 @@ agent-fuzz:
 runtimes-java:
 	@bash hack/build-runtime-java.sh
 
-# Everything compiled that the runtimes' tests need, cached under ~/.cache/kubelambda: the agent and the Java
-# client. (Test functions in Go and Java are built by the test fixtures, cached by source hash.)
-runtimes-build: agent runtimes-java
+# The Python runtimes' folder on this machine (bootstrap.py beside its private orjson, from the wheelhouse), made
+# once and printed: hack/python-runtime.sh, for the runtime table's Python versions.
+runtimes-python: venv
+	@$(PY) -c 'from kubelambda.runtimes import python_runtime_dir; print(python_runtime_dir())'
+
+# Everything compiled that the runtimes' tests need, cached under ~/.cache/kubelambda: the agent, the Java
+# client and the Python runtimes' orjson. (Test functions in Go and Java are built by the test fixtures, cached by
+# source hash.)
+runtimes-build: agent runtimes-java runtimes-python
 
 # `make test` builds them first, so that a fresh machine fails here, with the build's own message, if at all.
 test-deps: runtimes-build

@@ -14,6 +14,7 @@ from kubelambda.runtimes._build import (
     build_go_function,
     compile_java_function,
     java_runtime_dir,
+    python_runtime_dir,
     repo_root,
     runtime_images_dir,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "local_command",
     "local_runtime_dir",
     "pod_command",
+    "python_runtime_dir",
     "repo_root",
     "runtime_for_image",
     "runtime_images_dir",

@@ -164,16 +164,19 @@ def local_command(
 
 
 def _default_runtime_dir(spec: RuntimeSpec) -> Path:
-    from kubelambda.runtimes._build import java_runtime_dir, runtime_images_dir
+    from kubelambda.runtimes._build import java_runtime_dir, python_runtime_dir, runtime_images_dir
 
     if spec.family == "java":
         return java_runtime_dir()  # compiled: the cached Maven build (built on first use)
+    if spec.family == "python":
+        return python_runtime_dir()  # bootstrap.py beside its private orjson (made on first use)
     return runtime_images_dir() / spec.folder
 
 
 def local_runtime_dir(runtime: str) -> Path:
     """This machine's folder for ``runtime``'s client (``LAMBDA_RUNTIME_DIR`` outside an image):
-    ``runtime-images/<folder>``, or for Java the cached Maven build (built on first call)."""
+    ``runtime-images/<folder>``, for Java the cached Maven build (built on first call), for Python the cached folder
+    of ``hack/python-runtime.sh`` (bootstrap.py and its private orjson, made on first call)."""
     return _default_runtime_dir(_spec(runtime))
 
 

@@ -1,29 +1,14 @@
 """The Python runtime client's reading of Runtime API answers (runtime-images/python/bootstrap.py), against a real
 socket that sends the answer as given: the head parsed in one piece when it is whole in the buffer, line by line
-otherwise."""
+otherwise. (The ``bootstrap`` fixture: conftest.py.)"""
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
-
-from kubelambda.runtimes import runtime_images_dir
-
-
-@pytest.fixture(scope="module")
-def bootstrap() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bootstrap", runtime_images_dir() / "python" / "bootstrap.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

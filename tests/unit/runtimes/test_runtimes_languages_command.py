@@ -1,4 +1,4 @@
-"""The runtime table's Java, Ruby, Go and provided rows: pure builders, tested without starting anything."""
+"""The runtime table's Java, Ruby, Go and provided rows (and where the Python runtimes' client lies): pure builders, tested without starting anything."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from kubelambda.runtimes import (
     local_command,
     local_runtime_dir,
     pod_command,
+    python_runtime_dir,
     runtime_for_image,
     runtime_images_dir,
     worker_command,
@@ -100,8 +101,22 @@ def test_pod_command_for_a_go_image(tmp_path: Path) -> None:
     assert cmd.env["LAMBDA_TASK_ROOT"] == str(tmp_path)
 
 
-@pytest.mark.parametrize("runtime", ["python3.12", "nodejs22", "ruby3.3", "provided", "go"])
+@pytest.mark.parametrize("runtime", ["nodejs22", "ruby3.3", "provided", "go"])
 def test_local_runtime_dir_is_the_source_folder(runtime: str) -> None:
     folder = local_runtime_dir(runtime)
     assert folder == runtime_images_dir() / RUNTIMES[runtime].folder
     assert (folder / RUNTIMES[runtime].entry).is_file()
+
+
+@pytest.mark.parametrize("runtime", ["python3.11", "python3.12", "python3.13"])
+def test_local_python_runtime_dir_is_bootstrap_beside_its_orjson(runtime: str) -> None:
+    """hack/python-runtime.sh's cached folder: the source's bootstrap.py (a link) and orjson for every version."""
+    folder = local_runtime_dir(runtime)
+    assert folder == python_runtime_dir()
+    assert (folder / "bootstrap.py").resolve() == (runtime_images_dir() / "python" / "bootstrap.py").resolve()
+    version = RUNTIMES[runtime].name.removeprefix("python")
+    assert list(
+        (folder / "_vendor" / f"python{version}" / "orjson").glob(
+            f"orjson.cpython-{version.replace('.', '')}-*.so"
+        )
+    )
