@@ -38,9 +38,9 @@ started=$SECONDS
 # build args on a Debian base. Tags follow the runtime table (operator/kubelambda/runtimes/table.py): <family>:<version>.
 table="$(cat <<TABLE
 kubelambda|$version|Dockerfile|.||bookworm|PACKAGES=python3 BUILD_PACKAGES=python3-venv NATIVE_FROM=native-prebuilt
-runtime-python|3.11|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.11|bookworm|PACKAGES=python3
-runtime-python|3.12|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.12|-|
-runtime-python|3.13|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.13|trixie|PACKAGES=python3
+runtime-python|3.11|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.11 VENDOR_FROM=vendor-prebuilt|bookworm|PACKAGES=python3
+runtime-python|3.12|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.12 VENDOR_FROM=vendor-prebuilt|-|
+runtime-python|3.13|runtime-images/python/Dockerfile|runtime-images|PYTHON_VERSION=3.13 VENDOR_FROM=vendor-prebuilt|trixie|PACKAGES=python3
 runtime-nodejs|18|runtime-images/nodejs/Dockerfile|runtime-images|NODE_VERSION=18|bookworm|PACKAGES=nodejs
 runtime-nodejs|20|runtime-images/nodejs/Dockerfile|runtime-images|NODE_VERSION=20|trixie|PACKAGES=nodejs
 runtime-nodejs|22|runtime-images/nodejs/Dockerfile|runtime-images|NODE_VERSION=22|-|
@@ -166,6 +166,7 @@ if [[ "$bases" == debian ]]; then
   mkdir -p "$cache/images"
   exec 8>"$cache/images/context.lock"
   flock 8
+  context_locked=1
   if $runtimes; then
     collect agent
     runtime_context="$cache/images/runtime-context"
@@ -194,6 +195,28 @@ if [[ "$bases" == debian ]]; then
     wheels="$(cat "$work/wheels.out")"
     cp -al "$wheels" "$kubelambda_context/.prebuilt/wheels" 2>/dev/null || cp -a "$wheels" "$kubelambda_context/.prebuilt/wheels"
   fi
+fi
+
+# The Python runtime's private orjson, for the selected Python versions (hack/python-runtime.sh, from the wheelhouse of
+# the venv's Python), in .prebuilt/python-vendor/ of a copy of the context, with either base.
+python_versions="$(while IFS='|' read -r name tag _; do
+  if [[ "$name" == runtime-python ]] && selected "$name" "$tag"; then echo "$tag"; fi; done <<<"$table" | tr '\n' ' ')"
+if [[ -n "${python_versions// /}" ]]; then
+  # shellcheck disable=SC2086
+  vendor="$(PYTHON="${PYTHON:-$root/.venv/bin/python}" bash "$root/hack/python-runtime.sh" $python_versions)/_vendor"
+  if [[ -z "${context_locked:-}" ]]; then
+    mkdir -p "$cache/images"
+    exec 8>"$cache/images/context.lock"
+    flock 8
+  fi
+  if [[ "$runtime_context" == "$root/runtime-images" ]]; then
+    runtime_context="$cache/images/runtime-context"
+    rm -rf "$runtime_context"
+    cp -a "$root/runtime-images" "$runtime_context"
+  fi
+  rm -rf "$runtime_context/.prebuilt/python-vendor"
+  mkdir -p "$runtime_context/.prebuilt"
+  cp -a "$vendor" "$runtime_context/.prebuilt/python-vendor"
 fi
 
 # The builds, IMAGE_JOBS at a time (default 3: most of a build is apt-get's downloads and dpkg's unpacking). After a
