@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -308,3 +310,78 @@ def test_log_tail_in_order(runtime: str, start_function: StartFunction) -> None:
     assert any("logged from the handler" in line and rid in line for line in lines[1:-2]), lines
     assert lines[-2] == f"END RequestId: {rid}"
     assert REPORT.match(lines[-1]), lines[-1]
+
+
+def decoded_digest(event: bytes) -> str:
+    """What decoder_seen answers for an event json.loads decodes."""
+    return hashlib.sha256(json.dumps(json.loads(event), sort_keys=True).encode()).hexdigest()
+
+
+def large_event(records: int, *, big: bool = False) -> bytes:
+    """DynamoDB stream records (bench/agent_bench.py's shape), with integers beyond 64 bits if ``big``."""
+    event = {
+        "Records": [
+            {
+                "eventID": f"{i:032x}",
+                "dynamodb": {
+                    "ApproximateCreationDateTime": 1796510000.125 + i,
+                    "NewImage": {"id": {"N": str(i)}, "body": {"S": "payload \u00e9\U0001f600"}},
+                    "SequenceNumber": f"{i:021d}",
+                    "SizeBytes": 2**70 + i if big else 100 + i,
+                },
+            }
+            for i in range(records)
+        ]
+    }
+    return json.dumps(event).encode()
+
+
+def runtime_vendor() -> Path:
+    """The runtime's private folder for the Python the local functions run on (this one)."""
+    from kubelambda.runtimes import python_runtime_dir
+
+    return python_runtime_dir() / "_vendor" / "python{}.{}".format(*sys.version_info[:2])
+
+
+def test_python_event_decoder_is_invisible_to_the_handler(start_function: StartFunction) -> None:
+    """Large events are decoded by the runtime's own orjson (mapped into the process), which the handler can
+    neither see nor import; small ones by json, without loading it; both arrive as json.loads gives them."""
+    fn = start_function("python3.12", "app.decoder_seen", timeout_s=30)
+    small = b'{"a": [1, 2.5, "\\u00e9"]}'
+    seen = body(fn.invoke(small))
+    assert isinstance(seen, dict), seen
+    assert seen["digest"] == decoded_digest(small)
+    assert seen["mapped"] == []  # orjson is loaded at the first large event only
+    for event in (large_event(2000), large_event(2000, big=True)):
+        assert len(event) > 200_000
+        result = fn.invoke(event)
+        assert result.function_error is None, result.body[:500]
+        seen = body(result)
+        assert isinstance(seen, dict), seen
+        assert seen["digest"] == decoded_digest(event)  # intact: 2**70 + i stays an int
+        assert seen["modules"] == []
+        assert seen["path"] == []
+        assert seen["import"] == "ImportError: No module named 'orjson'"
+        assert [str(Path(m).parent.parent) for m in seen["mapped"]] == [str(runtime_vendor())]
+
+
+def test_python_handler_bundling_orjson_gets_its_own(start_function: StartFunction, tmp_path: Path) -> None:
+    """A handler that brings its own orjson imports that one (its file, its version), beside the runtime's."""
+    import shutil
+
+    code = tmp_path / "code"
+    shutil.copytree(FUNCTIONS / "python", code)
+    vendor = runtime_vendor()
+    shutil.copytree(vendor / "orjson", code / "orjson")
+    (code / "bundled.py").write_text(
+        "import orjson  # at init, before the runtime loads its own\n\nfrom app import decoder_seen\n"
+    )
+    fn = start_function("python3.12", "bundled.decoder_seen", code=code, timeout_s=30)
+    event = large_event(2000)
+    seen = body(fn.invoke(event))
+    assert isinstance(seen, dict), seen
+    assert seen["digest"] == decoded_digest(event)
+    assert seen["import"] == str(code / "orjson" / "__init__.py")
+    assert seen["modules"] == ["orjson", "orjson.orjson"]
+    mapped = {str(Path(m).parent.parent) for m in seen["mapped"]}
+    assert mapped == {str(code), str(vendor)}, seen["mapped"]  # the handler's and the runtime's, apart

@@ -75,3 +75,27 @@ def crash(event, context):
 
 def grow(event, context):
     return "a" * (event["size"] - 2)  # a JSON string of exactly event["size"] bytes
+
+
+def decoder_seen(event, context):
+    """What a handler can see of the runtime's event decoder (test_runtimes_acceptance: nothing of its orjson), and
+    a digest of the event as it arrived."""
+    import hashlib
+    import json
+    import sys
+
+    try:
+        import orjson
+
+        found = orjson.__file__
+    except ImportError as e:
+        found = f"ImportError: {e}"
+    with open("/proc/self/maps") as f:  # a native module stays mapped after it left sys.modules
+        mapped = sorted({line.split()[-1] for line in f if "orjson" in line})
+    return {
+        "modules": sorted(name for name in sys.modules if "orjson" in name),
+        "path": [p for p in sys.path if "_vendor" in p],
+        "import": found,
+        "mapped": mapped,
+        "digest": hashlib.sha256(json.dumps(event, sort_keys=True).encode()).hexdigest(),
+    }
