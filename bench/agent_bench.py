@@ -23,7 +23,9 @@ measured call, from /proc (psutil), over the same load. ``--records N`` sends an
 (~527 bytes each, as the PostgreSQL bridge sends them) instead of ``{}``, to a handler that returns None. The agent is
 called with the pod's token as the gateway does (the agent then does not check the body again). ``--before-agent
 BINARY`` (and ``--before-client BOOTSTRAP_PY``) add a target with an older agent (and runtime client) into the same
-rounds: a before/after in one run.
+rounds: a before/after in one run. Our Python client runs from the local node's runtime folder (bootstrap.py beside
+its private orjson, ``kubelambda.runtimes.local_runtime_dir``); a ``--before-client`` file runs where it lies, without
+it (e.g. main's: ``git show main:runtime-images/python/bootstrap.py > /tmp/before.py``).
 
 The RIE is built from its Go module into the cache on first use; of-watchdog by hack/of-watchdog.sh.
 """
@@ -47,7 +49,7 @@ from pathlib import Path
 import psutil
 
 from _common import pct
-from kubelambda.runtimes import agent_binary, local_command, runtime_images_dir
+from kubelambda.runtimes import agent_binary, local_command, local_runtime_dir, runtime_images_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from kltest.ric import cache_dir, ensure_awslambdaric
@@ -382,7 +384,8 @@ def main() -> int:
     (code / "app.py").write_text(HANDLER)
     (code / "app.js").write_text(NODE_HANDLER)
     base_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-    ours = [sys.executable, str(runtime_images_dir() / "python" / "bootstrap.py"), "app.handler"]
+    # The local node's Python runtime folder: bootstrap.py beside its private orjson (hack/python-runtime.sh).
+    ours = [sys.executable, str(local_runtime_dir("python3.12") / "bootstrap.py"), "app.handler"]
     targets = [agent_target("agent + kubelambda client", code, ours, base_env)]
     if args.before_agent is not None:
         before = (
