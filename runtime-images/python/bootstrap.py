@@ -5,7 +5,7 @@ Started by the agent as ``python3 $LAMBDA_RUNTIME_DIR/bootstrap.py``. It loads `
 invocations from the Lambda Runtime API at ``$AWS_LAMBDA_RUNTIME_API``, one at a time.
 
 Events are decoded by orjson from the runtime's private folder ``_vendor/python<X.Y>/`` beside this file when it is
-there (about twice as fast as json.loads on large events), with json.loads' result for every input; handlers
+there (1.5-2 times as fast as json.loads on large events), with json.loads' result for every input; handlers
 cannot see it (``EventDecoder``).
 """
 
