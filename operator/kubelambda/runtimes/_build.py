@@ -56,15 +56,16 @@ def java_runtime_dir() -> Path:
 @cache
 def python_runtime_dir() -> Path:
     """``LAMBDA_RUNTIME_DIR`` of the Python runtimes locally: the cached folder of ``hack/python-runtime.sh``, a link
-    to ``runtime-images/python/bootstrap.py`` beside ``_vendor/python<X.Y>/`` with the runtime's private orjson for
-    each Python runtime of the table (from the wheelhouse; the first call takes ~2 s). When that folder cannot be
-    made, ``runtime-images/python``: the runtime then decodes events with json.loads alone.
+    to ``runtime_images_dir()``'s ``python/bootstrap.py`` beside ``_vendor/python<X.Y>/`` with the runtime's private
+    orjson for each Python runtime of the table (from the wheelhouse; the first call takes ~2 s). When that folder
+    cannot be made, ``runtime-images/python``: the runtime then decodes events with json.loads alone.
     """
     from kubelambda.runtimes.table import RUNTIMES
 
     versions = sorted({rt.version for rt in RUNTIMES.values() if rt.family == "python"})
     script = repo_root() / "hack" / "python-runtime.sh"
-    env = {**os.environ, "PYTHON": sys.executable}
+    bootstrap = runtime_images_dir() / "python" / "bootstrap.py"
+    env = {**os.environ, "PYTHON": sys.executable, "BOOTSTRAP": str(bootstrap.resolve())}
     done = subprocess.run(
         ["bash", str(script), *versions], check=False, capture_output=True, text=True, env=env
     )
@@ -75,7 +76,7 @@ def python_runtime_dir() -> Path:
             done.returncode,
             done.stderr.strip()[-500:],
         )
-        return runtime_images_dir() / "python"
+        return bootstrap.parent
     return Path(done.stdout.strip().splitlines()[-1])
 
 

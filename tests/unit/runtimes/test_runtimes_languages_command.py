@@ -120,3 +120,13 @@ def test_local_python_runtime_dir_is_bootstrap_beside_its_orjson(runtime: str) -
             f"orjson.cpython-{version.replace('.', '')}-*.so"
         )
     )
+
+
+def test_without_its_orjson_the_python_runtime_runs_from_the_source_folder(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache the script cannot write (or no wheelhouse): runtime-images/python, and a warning saying why."""
+    monkeypatch.setenv("KUBELAMBDA_CACHE", "/proc/kubelambda-cache-not-writable")
+    folder = python_runtime_dir.__wrapped__()
+    assert folder == runtime_images_dir() / "python"
+    assert "could not be installed" in caplog.text
