@@ -46,7 +46,7 @@ from kubelambda.bridge.queues._batch import (
 log = logging.getLogger("kubelambda.bridge.queues")
 
 MAX_READ_AHEAD = 1000
-"""Messages fetched at most for the batches of the other free slots, besides the one being gathered."""
+"""Messages fetched at most for the batches of the other slots, besides the one being gathered."""
 STOP_STEP_SECONDS = 2.0
 """On stop, how long each step after the drain may take (cancelling the depth reader and what is left in
 flight, closing the broker client)."""
@@ -249,10 +249,15 @@ class QueueConsumer:
                     raise failed[0]  # a batch could not be acknowledged: the connection is gone
                 await self._wait_backoff()
                 # The next batch is gathered while every slot may still be busy, so that a slot freed by an
-                # answer starts its next invocation at once instead of after a broker round trip. The slots
-                # free besides this batch's: their batches are fetched with it (one broker round trip for
-                # several batches, as Lambda's poller reads ahead for its concurrent batches).
-                batch = await self._gather(free=self.spec.max_concurrency - held - 1)
+                # answer starts its next invocation at once instead of after a broker round trip. The batches
+                # of the other slots are fetched with it (one broker round trip for several batches, as
+                # Lambda's poller reads ahead for its concurrent batches): of the slots free now, or, where the
+                # broker's lease is renewed (kept ours while they wait for a slot, see ``_acquire``), of every
+                # slot, so that slots freed while the loop waits for a fetch do not stay idle.
+                ahead = self.spec.max_concurrency - 1
+                if self.broker.lease_renew_seconds is None:
+                    ahead -= held  # a lease that lapses by itself (SQS): only what starts at once
+                batch = await self._gather(free=ahead)
                 if not batch:
                     continue
                 await self._acquire(slots, batch)
@@ -293,8 +298,9 @@ class QueueConsumer:
                 )
 
     async def _acquire(self, slots: asyncio.Semaphore, batch: list[Message]) -> None:
-        """A free slot for ``batch``, keeping the batch ours meanwhile as a running invocation's is (a broker
-        whose lease has a length of its own is renewed every ``lease_renew_seconds``)."""
+        """A free slot for ``batch``, keeping the batch and the batches read ahead behind it ours meanwhile as a
+        running invocation's is (a broker whose lease has a length of its own is renewed every
+        ``lease_renew_seconds``)."""
         if not slots.locked():
             await slots.acquire()  # free: taken at once, without a turn of the event loop
             return
@@ -304,7 +310,9 @@ class QueueConsumer:
                 await asyncio.wait_for(slots.acquire(), timeout=every)
                 return
             except TimeoutError:
-                await self.broker.hold(batch, seconds=self.settings.visibility_timeout_seconds)
+                await self.broker.hold(
+                    [*batch, *self._carry], seconds=self.settings.visibility_timeout_seconds
+                )
         await slots.acquire()
 
     async def _wait_backoff(self, batch: Sequence[Message] = ()) -> None:
@@ -319,8 +327,8 @@ class QueueConsumer:
 
     async def _gather(self, *, free: int = 0) -> list[Message]:
         """One batch: up to batchSize, within the batching window, under the payload cap. With ``free`` other
-        slots free (and no back-off in progress) a fetch asks for their batches too: the rest is carried to the
-        next batches, which those slots take at once."""
+        slots to read for (and no back-off in progress) a fetch asks for their batches too: the rest is carried to
+        the next batches, which those slots take as they free (kept ours meanwhile: ``_acquire``)."""
         ahead = self.limits.batch_size * max(0, free) if not self._not_delivered else 0
         ahead = min(ahead, MAX_READ_AHEAD)
         batch: list[Message] = []
