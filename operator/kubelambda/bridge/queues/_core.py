@@ -51,6 +51,9 @@ STOP_STEP_SECONDS = 2.0
 """On stop, how long each step after the drain may take (cancelling the depth reader and what is left in
 flight, closing the broker client)."""
 
+_BATCHES = {outcome: metrics.BRIDGE_BATCHES.labels(outcome.value) for outcome in Outcome}
+"""``kubelambda_bridge_batches_total`` by outcome, looked up once (``labels`` takes a lock and builds a key)."""
+
 
 def trace_links(batch: Sequence[Message]) -> list[tracing.Link]:
     """Links to the traces the messages name in a ``traceparent`` attribute (SQS message attribute, NATS or
@@ -357,16 +360,21 @@ class QueueConsumer:
                         continue
                     return []
                 metrics.BRIDGE_RECORDS_RECEIVED.inc(len(pending))
-            while pending:
-                adding = record_size(pending[0])
-                if not self.limits.fits(size=size, adding=adding, count=len(batch)) or self.limits.full(
-                    count=len(batch), size=size
+            take = 0  # the messages of ``pending`` that join, moved at once (a pop(0) each shifted the rest)
+            for message in pending:
+                count = len(batch) + take
+                adding = record_size(message)
+                if not self.limits.fits(size=size, adding=adding, count=count) or self.limits.full(
+                    count=count, size=size
                 ):
                     break
+                take += 1
+                size += adding
+            if take:
                 if not batch:
                     started = time.monotonic()
-                batch.append(pending.pop(0))
-                size += adding
+                batch += pending[:take]
+                del pending[:take]
             if pending:  # fetched more than fits: the rest opens the next batch
                 self._carry = pending
                 break
@@ -419,7 +427,7 @@ class QueueConsumer:
                 maximum=self.settings.backoff_max_seconds,
             )
             self._resume_at = max(self._resume_at, time.monotonic() + delay)
-            metrics.BRIDGE_BATCHES.labels("not_delivered").inc()
+            _BATCHES[Outcome.NOT_DELIVERED].inc()
             if attempt == 1 or attempt % 10 == 0:
                 log.info(
                     "Held a batch of %d for Trigger %s: %s; invoking again in %.1f s",
@@ -446,7 +454,7 @@ class QueueConsumer:
                 self.ctx.name,
                 decision.reason or "batch item failures",
             )
-        metrics.BRIDGE_BATCHES.labels(decision.outcome.value).inc()
+        _BATCHES[decision.outcome].inc()
 
     async def _hold_for(self, batch: list[Message], seconds: float) -> None:
         """Keeps the batch ours for ``seconds`` (the back-off before invoking again). A broker whose lease has a
