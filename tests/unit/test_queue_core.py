@@ -195,63 +195,48 @@ class Gated(Invoker):
         return await super().invoke(payload, asynchronous=asynchronous)
 
 
-async def test_the_next_batches_are_fetched_while_the_slots_are_busy_and_kept_ours() -> None:
-    """maxConcurrency 2 (the least), a broker whose lease is renewed (Redis, NATS): while both slots' invocations
-    run, the next batches for both slots are already fetched in one round trip (their leases renewed meanwhile,
-    like a running batch's), and they are invoked as slots free, in order."""
+@pytest.mark.parametrize(
+    ("lease_renew_seconds", "count", "read_ahead"),
+    [(0.02, 10, ["6", "7"]), (None, 8, [])],
+    ids=["lease-renewed", "lease-lapses-by-itself"],
+)
+async def test_the_next_batches_are_fetched_while_the_slots_are_busy_and_kept_ours(
+    lease_renew_seconds: float | None, count: int, read_ahead: list[str]
+) -> None:
+    """maxConcurrency 2 (the least). A broker whose lease is renewed (Redis, NATS): while both slots' invocations
+    run, the next batches for both slots are fetched in one round trip (their leases renewed meanwhile, like a
+    running batch's), and invoked as slots free, in order. A broker whose lease lapses by itself (SQS: the queue's
+    visibility timeout): only the next batch is fetched, none is read ahead to wait behind it."""
     invoker = Gated()
     ctx = Ctx(invoker, batchSize=2, maxConcurrency=2)
-    broker = MemoryBroker([f"m{i}" for i in range(10)])
-    broker.lease_renew_seconds = 0.02
+    broker = MemoryBroker([f"m{i}" for i in range(count)])
+    broker.lease_renew_seconds = lease_renew_seconds
     consumer = QueueConsumer(ctx, broker, settings=FAST)  # type: ignore[arg-type]
     task = asyncio.create_task(consumer.run())
     try:
         await wait_for(
             lambda: asyncio.sleep(0, result=len(broker.ready)),
             lambda n: n == 2,
-            what="the third and fourth batches fetched",
+            what="the next batches fetched while both slots are busy",
         )
         assert invoker.started == ["0", "2"]
-        await wait_for(
-            lambda: asyncio.sleep(0, result=broker.held),
-            lambda h: ["4", "5", "6", "7"] in h,
-            what="the waiting batch and the one read ahead held",
-        )
+        assert [m.message_id for m in consumer._carry] == read_ahead
+        if lease_renew_seconds is not None:
+            await wait_for(
+                lambda: asyncio.sleep(0, result=broker.held),
+                lambda h: ["4", "5", *read_ahead] in h,
+                what="the waiting batch and the one read ahead held",
+            )
         invoker.gate.set()
         await wait_for(
-            lambda: asyncio.sleep(0, result=len(broker.acked)), lambda n: n == 10, what="all acked"
+            lambda: asyncio.sleep(0, result=len(broker.acked)), lambda n: n == count, what="all acked"
         )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert invoker.started == ["0", "2", "4", "6", "8"]
+    assert invoker.started == [str(i) for i in range(0, count, 2)]
     assert broker.retried == []
-
-
-async def test_a_lease_that_lapses_by_itself_reads_only_for_free_slots() -> None:
-    """maxConcurrency 2, a broker whose lease is not renewed (SQS: the queue's visibility timeout applies): while
-    both slots are busy only the next batch is fetched, none is read ahead to wait behind it."""
-    invoker = Gated()
-    ctx = Ctx(invoker, batchSize=2, maxConcurrency=2)
-    broker = MemoryBroker([f"m{i}" for i in range(8)])
-    consumer = QueueConsumer(ctx, broker, settings=FAST)  # type: ignore[arg-type]
-    task = asyncio.create_task(consumer.run())
-    try:
-        await wait_for(
-            lambda: asyncio.sleep(0, result=len(broker.ready)),
-            lambda n: n == 2,
-            what="the third batch fetched",
-        )
-        assert invoker.started == ["0", "2"]
-        assert consumer._carry == []
-        invoker.gate.set()
-        await wait_for(lambda: asyncio.sleep(0, result=len(broker.acked)), lambda n: n == 8, what="all acked")
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    assert invoker.started == ["0", "2", "4", "6"]
 
 
 async def test_the_slot_is_free_for_the_next_invocation_while_the_last_is_acknowledged() -> None:
