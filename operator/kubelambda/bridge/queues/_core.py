@@ -259,7 +259,7 @@ class QueueConsumer:
                 # slot, so that slots freed while the loop waits for a fetch do not stay idle.
                 ahead = self.spec.max_concurrency - 1
                 if self.broker.lease_renew_seconds is None:
-                    ahead -= held  # a lease that lapses by itself (SQS): only what starts at once
+                    ahead -= held  # SQS' lease lapses by itself, RabbitMQ's are prefetched: what starts now
                 batch = await self._gather(free=ahead)
                 if not batch:
                     continue
