@@ -53,6 +53,14 @@ from kubelambda.natspolicy import subject_refusal
 
 log = logging.getLogger("kubelambda.bridge.streams")
 T = TypeVar("T")
+_BATCHES = {
+    outcome: metrics.BRIDGE_BATCHES.labels(
+        outcome.value if outcome in (Outcome.SUCCESS, Outcome.PARTIAL) else "failure"
+    )
+    for outcome in Outcome
+}
+"""``kubelambda_bridge_batches_total`` by a batch's outcome (success, partial, or failure), looked up once as the
+queue bridges' are (``labels`` takes a lock and builds a key per call)."""
 RECONNECT_MAX_SECONDS = 30.0
 SHARD_RELIST_SECONDS = 30.0
 READ_AHEAD_CHUNKS = 4
@@ -489,9 +497,7 @@ class ShardWorker:
                 batch=batch,
                 report_batch_item_failures=reported,
             )
-            metrics.BRIDGE_BATCHES.labels(
-                {Outcome.SUCCESS: "success", Outcome.PARTIAL: "partial"}.get(result.outcome, "failure")
-            ).inc()
+            _BATCHES[result.outcome].inc()
             if result.failed_count:
                 metrics.BRIDGE_FAILURES.inc(result.failed_count)
             if result.outcome in (Outcome.FUNCTION_ERROR, Outcome.PARTIAL):
