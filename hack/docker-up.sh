@@ -6,6 +6,9 @@
 #   KUBELAMBDA_CACHE     cache root (default ~/.cache/kubelambda); the lock lives there
 #   DOCKERD_LOG          dockerd's log (default /var/log/kubelambda-dockerd.log)
 #   DOCKER_UP_TIMEOUT    seconds to wait for the daemon to answer (default 60)
+#   DOCKERD_PIDFILE      the daemon's pid file (default /var/run/docker.pid)
+#   DOCKERD_FLAGS        more flags for dockerd, e.g. a second daemon's --host/--data-root/--exec-root (with
+#                        DOCKER_HOST for the client; tests/integration/test_docker_up.py starts one so)
 # Plain `docker build` / `docker run` (also `--memory`) work without any workaround on this VM; only
 # `--privileged` does not (the VM lacks CAP_SYS_RESOURCE), and no image build here needs it.
 set -euo pipefail
@@ -13,6 +16,8 @@ set -euo pipefail
 cache="${KUBELAMBDA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubelambda}"
 log="${DOCKERD_LOG:-/var/log/kubelambda-dockerd.log}"
 timeout="${DOCKER_UP_TIMEOUT:-60}"
+pidfile="${DOCKERD_PIDFILE:-/var/run/docker.pid}"
+read -r -a flags <<<"${DOCKERD_FLAGS:-}"
 say() { echo "docker-up: $*" >&2; }
 
 # The Debian client (20.10, same API as the daemon) talks to the daemon; a newer client elsewhere on PATH works too.
@@ -48,13 +53,22 @@ if docker info >/dev/null 2>&1; then
 fi
 
 # A dockerd that is running but not answering yet (starting up): wait for it rather than start a second one.
-pid="$(cat /var/run/docker.pid 2>/dev/null || true)"
+pid="$(cat "$pidfile" 2>/dev/null || true)"
 if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
   say "dockerd (pid $pid) is running; waiting for it to answer"
 else
   say "starting dockerd (log: $log)"
-  # setsid: the daemon outlives this script and the make that ran it, and gets no terminal signals.
-  setsid dockerd >>"$log" 2>&1 </dev/null &
+  # setsid: the daemon outlives this script and the make that ran it, and gets no terminal signals. It inherits no
+  # descriptor beyond 0-2: the lock above (fd 9) or a caller's lock held by a daemon that lives on would make every
+  # later caller that found the daemon not yet answering wait on `flock` for ever (a `make -j` started this script
+  # twice at once on a machine without a daemon: the second waited until CI's time ran out).
+  (
+    for fd in /proc/"$BASHPID"/fd/*; do
+      fd="${fd##*/}"
+      if ((fd > 2)); then eval "exec $fd>&-"; fi
+    done
+    exec setsid dockerd --pidfile "$pidfile" "${flags[@]}" >>"$log" 2>&1 </dev/null
+  ) &
 fi
 for ((i = 0; i < timeout * 4; i++)); do
   if docker info >/dev/null 2>&1; then
