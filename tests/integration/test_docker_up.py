@@ -14,6 +14,7 @@ import fcntl
 import os
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,8 +60,9 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         pytest.fail(
             "these tests start a Docker daemon: they need root and dockerd (Debian: docker.io; .ci/run installs it)"
         )
-    run = tmp_path / "run"
-    run.mkdir()
+    # Short: containerd's sockets under the exec root must fit a socket path's 108 bytes (pytest's tmp_path under
+    # xdist may not leave room).
+    run = Path(tempfile.mkdtemp(prefix="kl-dockerd-"))
     sock = run / "docker.sock"
     flags = [
         f"--host=unix://{sock}",
@@ -87,6 +89,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             _wait_gone(pid)
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def _wait_gone(pid: int) -> None:
