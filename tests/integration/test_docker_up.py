@@ -4,7 +4,9 @@ none of their locks (it did: dockerd inherited the script's lock on docker-up.lo
 the daemon not yet answering waited on `flock` for as long as the daemon lived, and CI ran out of time).
 
 Each test starts a daemon of its own (its own socket, data and exec roots, no bridge or iptables rules) beside any
-the machine runs, through the script's DOCKERD_FLAGS, and stops it at the end."""
+the machine runs, through the script's DOCKERD_FLAGS, and stops it at the end. It runs in a network namespace of its
+own: a daemon started with `--bridge=none` deletes the host's docker0 (the machine's daemon then fails every build
+step that needs a network: the e2e suite's `make images` did, after this test ran beside it)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,11 @@ class Daemon:
     async def up(self, *, prefix: str = "") -> tuple[int, str]:
         """Runs the script (under `prefix`, a shell line it is appended to), bounded: (exit status, its stderr)."""
         process = await asyncio.create_subprocess_exec(
-            "bash", "-c", f'{prefix} bash "{SCRIPT}"', env=self.env, stderr=asyncio.subprocess.PIPE
+            "bash",
+            "-c",
+            f'{prefix} exec unshare --net bash "{SCRIPT}"',
+            env=self.env,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             _, err = await asyncio.wait_for(process.communicate(), 90)
@@ -81,8 +87,11 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         "KUBELAMBDA_CACHE": str(tmp_path / "cache"),
     }
     started = Daemon(env, tmp_path / "cache", run / "docker.pid", tmp_path / "dockerd.log")
+    host_bridge = Path("/sys/class/net/docker0")
+    had_bridge = host_bridge.exists()
     try:
         yield started
+        assert host_bridge.exists() == had_bridge, "the test's daemon removed the machine's docker0"
     finally:
         if started.pidfile.exists():
             pid = started.pid()
