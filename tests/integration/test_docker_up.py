@@ -110,13 +110,13 @@ def _wait_gone(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def held_by(pid: int) -> list[str]:
-    """The files the process has open, but sockets, pipes and anonymous inodes."""
+def locks_held_by(pid: int) -> list[str]:
+    """The lock files (``*.lock``) the process has open."""
     held = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(FileNotFoundError):  # a descriptor closed meanwhile
             target = os.readlink(fd)
-            if target.startswith("/"):
+            if target.endswith(".lock"):
                 held.append(target)
     return held
 
@@ -143,8 +143,7 @@ async def test_callers_at_once_all_return_and_the_daemon_holds_none_of_their_loc
     said = "".join(err for _, err in results)
     assert said.count("starting dockerd") == 1, said
 
-    pid = daemon.pid()
-    locks = [path for path in held_by(pid) if path.endswith(".lock")]
+    locks = locks_held_by(daemon.pid())
     assert not locks, f"dockerd holds {locks}"
     assert free(daemon.cache / "docker-up.lock")
     assert free(theirs)
@@ -167,5 +166,5 @@ async def test_callers_at_once_after_the_daemon_stopped_start_one_new_one(daemon
     said = "".join(err for _, err in results)
     assert said.count("starting dockerd") == 1, said
     assert daemon.pid() != first
-    assert not [path for path in held_by(daemon.pid()) if path.endswith(".lock")]
+    assert not locks_held_by(daemon.pid())
     assert free(daemon.cache / "docker-up.lock")
