@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from kubelambda.devcluster._process import alive
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +60,13 @@ class Daemon:
                 f"docker-up.sh did not return within 90 s; dockerd's log:\n{self.log.read_text()[-3000:]}"
             )
         return process.returncode or 0, err.decode()
+
+    async def up_at_once(self, *prefixes: str) -> str:
+        """Runs the script once per prefix, all at once; each must succeed. Their stderr, joined."""
+        results = await asyncio.gather(*(self.up(prefix=prefix) for prefix in prefixes))
+        for status, err in results:
+            assert status == 0, err
+        return "".join(err for _, err in results)
 
 
 @pytest.fixture
@@ -104,7 +113,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 def _wait_gone(pid: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
+        if not alive(pid):
             return
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
@@ -134,13 +143,7 @@ def free(lock: Path) -> bool:
 async def test_callers_at_once_all_return_and_the_daemon_holds_none_of_their_locks(daemon: Daemon) -> None:
     # A caller holding a lock of its own on fd 7, as make's recipes and hack/images.sh may.
     theirs = daemon.cache.parent / "callers.lock"
-    results = await asyncio.gather(
-        daemon.up(prefix=f'exec 7>"{theirs}"; flock 7;'),
-        *(daemon.up() for _ in range(3)),
-    )
-    for status, err in results:
-        assert status == 0, err
-    said = "".join(err for _, err in results)
+    said = await daemon.up_at_once(f'exec 7>"{theirs}"; flock 7;', "", "", "")
     assert said.count("starting dockerd") == 1, said
 
     locks = locks_held_by(daemon.pid())
@@ -160,10 +163,7 @@ async def test_callers_at_once_after_the_daemon_stopped_start_one_new_one(daemon
     os.kill(first, signal.SIGTERM)
     await asyncio.to_thread(_wait_gone, first)
 
-    results = await asyncio.gather(*(daemon.up() for _ in range(3)))
-    for status, err in results:
-        assert status == 0, err
-    said = "".join(err for _, err in results)
+    said = await daemon.up_at_once("", "", "")
     assert said.count("starting dockerd") == 1, said
     assert daemon.pid() != first
     assert not locks_held_by(daemon.pid())
